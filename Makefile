@@ -1,0 +1,28 @@
+# The two quick-start commands are `make run` and `make test`; both install what they need first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.turnout-installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml scripts/install.sh
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/turnout serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check turnout tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
