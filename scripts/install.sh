@@ -19,5 +19,5 @@ if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
     | sed -u -nE 's/^ *\[([0-9]+)\/([0-9]+)\] .*/  llama.cpp build: step \1 of \2/p; s/^(Successfully installed.*)/  \1/p; /(ERROR|error:)/p'
 fi
 echo "turnout: installing turnout and its dependencies"
-"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev]'
+"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,guards,scale]'
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

@@ -1,0 +1,45 @@
+"""`turnout` command line. Each command group is one module with ``register(subparsers)``;
+heavy imports happen inside the command, never at registration."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["serve", "chat", "usage", "config", "eval", "cost", "keys", "audit"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="A hybrid LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"turnout.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command group still being built
+            if exc.name != f"turnout.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:  # a clear one-line error, not a traceback, for expected failures
+        from turnout.config import ConfigError
+
+        if isinstance(exc, (ConfigError, FileNotFoundError, ValueError)):
+            print(f"turnout: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""One exception tree; every error that reaches a client is OpenAI-shaped.
+
+    TurnoutError                         500 api_error
+    ├── InvalidRequest                   400 invalid_request_error
+    │   └── PayloadTooLarge              413
+    ├── AuthenticationFailed             401 authentication_error
+    ├── PermissionDenied                 403 permission_error
+    │   └── PolicyBlocked                403 (a guard or policy refused the request)
+    ├── NotFound                         404 not_found_error
+    ├── RateLimited                      429 rate_limit_error (Retry-After)
+    ├── Overloaded                       503 (backpressure; Retry-After)
+    ├── NoEngineAvailable                503 (e.g. a sensitive request and no local engine up)
+    ├── AllEnginesFailed                 502 / 503 (every hop of the chain failed; lists each)
+    └── EngineError                      502 upstream failure, one engine, one attempt
+        ├── EngineUnavailable            connection refused / reset, circuit open
+        ├── EngineTimeout                connect, first-token or total timeout
+        ├── EngineRateLimited            upstream 429 (retry_after)
+        ├── EngineStatusError            upstream non-2xx (status kept)
+        └── EngineProtocolError          malformed body, bad SSE, wrong content type, oversize
+
+``EngineError.retryable`` says whether the same engine may be tried again;
+``EngineError.fallback`` says whether the next engine in the chain may be tried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TurnoutError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(TurnoutError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(TurnoutError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(TurnoutError):
+    status = 403
+    type = "permission_error"
+
+
+class PolicyBlocked(PermissionDenied):
+    code = "policy_blocked"
+
+
+class NotFound(TurnoutError):
+    status = 404
+    type = "not_found_error"
+
+
+class RateLimited(TurnoutError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class Overloaded(TurnoutError):
+    status = 503
+    type = "overloaded_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class NoEngineAvailable(TurnoutError):
+    status = 503
+    type = "service_unavailable_error"
+    code = "no_engine_available"
+
+
+class EngineError(TurnoutError):
+    """One engine failed once. Carries the engine name for the hop report."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+    fallback = True
+
+    def __init__(self, message: str, *, engine: str = "?", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.engine = engine
+
+
+class EngineUnavailable(EngineError):
+    status = 503
+    code = "engine_unavailable"
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "engine_timeout"
+
+
+class EngineRateLimited(EngineError):
+    status = 429
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class EngineStatusError(EngineError):
+    """Upstream answered non-2xx. 5xx retries and falls back; 4xx other than 401/403/404/408
+    means the request itself is bad and is passed to the client as-is (no retry, no fallback);
+    401/403 (bad credentials at one provider) falls back but does not retry."""
+
+    def __init__(self, message: str, *, upstream_status: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.upstream_status = upstream_status
+        if upstream_status >= 500 or upstream_status == 408:
+            self.retryable, self.fallback = True, True
+        elif upstream_status in (401, 403, 404):
+            self.retryable, self.fallback = False, True
+        else:
+            self.retryable, self.fallback = False, False
+            self.status = upstream_status
+            self.type = "invalid_request_error"
+            self.code = "upstream_rejected_request"
+
+
+class EngineProtocolError(EngineError):
+    code = "upstream_protocol_error"
+
+
+class AllEnginesFailed(TurnoutError):
+    """Every engine of the chain failed. 503 when none was reachable, else 502."""
+
+    type = "upstream_error"
+    code = "all_engines_failed"
+
+    def __init__(self, hops: list[EngineError]) -> None:
+        reasons = "; ".join(f"{h.engine}: {h.message}" for h in hops) or "no engine in chain"
+        unreachable = all(isinstance(h, (EngineUnavailable, EngineTimeout, EngineRateLimited)) for h in hops)
+        super().__init__(f"all engines failed: {reasons}", status=503 if unreachable else 502)
+        self.hops = hops
+        retry = [h.retry_after for h in hops if isinstance(h, EngineRateLimited) and h.retry_after]
+        if retry:
+            self.headers["Retry-After"] = str(max(1, int(min(retry) + 0.999)))
