@@ -1,0 +1,67 @@
+"""SQLite plumbing shared by the governance stores and the audit log: where the file is,
+how to open it (WAL, busy timeout, explicit transactions) and append-only named migrations.
+
+Each component keeps its own migration list (a list that only grows) and its own
+bookkeeping table, so components that share ``.turnout/turnout.sqlite`` never step on
+each other's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+DEFAULT_DB = Path(".turnout") / "turnout.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+
+Migration = tuple[str, Sequence[str]]  # (name, SQL statements); never edit or reorder, only append
+
+
+def default_db_path() -> Path:
+    """``$TURNOUT_DB`` if set, else ``.turnout/turnout.sqlite`` (relative to the working directory)."""
+    return Path(os.environ.get("TURNOUT_DB") or DEFAULT_DB)
+
+
+def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open (creating the parent folder) in WAL mode, autocommit, so ``BEGIN IMMEDIATE`` is ours to issue."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that takes the database's write lock up front (``BEGIN IMMEDIATE``),
+    so read-check-write sequences are atomic across threads and processes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection, table: str, migrations: Sequence[Migration]) -> list[str]:
+    """Apply, in order, the migrations not yet recorded in ``table``. Returns the names applied."""
+    applied: list[str] = []
+    with immediate(conn):
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL "
+                     "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))")
+        done = {row[0] for row in conn.execute(f"SELECT name FROM {table}")}
+        for name, statements in migrations:
+            if name in done:
+                continue
+            for statement in statements:  # not executescript(): it would COMMIT our transaction
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {table} (name) VALUES (?)", (name,))
+            applied.append(name)
+    return applied
+
