@@ -1,0 +1,98 @@
+"""Requests/s of the fake OpenAI upstream itself (the baseline for the gateway overhead bench).
+
+    python bench/upstream_rps.py [--url http://127.0.0.1:P] [--requests 5000] [--concurrency 1 50] [--stream]
+
+Without --url it starts ``turnout.testing.upstream`` as a subprocess on a free port.  The
+client is aiohttp in one process; on a small machine the client is often the bottleneck, so
+``--clients N`` runs N client processes in parallel and sums their rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp  # noqa: E402
+
+BODY = {"model": "fake-echo", "messages": [{"role": "user", "content": "hello from the bench"}]}
+
+
+async def _run(url: str, n: int, concurrency: int, stream: bool) -> tuple[float, list[float]]:
+    body = dict(BODY, stream=True) if stream else BODY
+    target = f"{url}/v1/chat/completions"
+    latencies: list[float] = []
+    remaining = n
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        # warm-up: open the connections
+        await asyncio.gather(*(_one(session, target, body) for _ in range(concurrency)))
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                await _one(session, target, body)
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return elapsed, latencies
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> None:
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"status {resp.status}")
+        await resp.read()
+
+
+def _client(args: tuple[str, int, int, bool]) -> tuple[float, list[float]]:
+    return asyncio.run(_run(*args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url")
+    parser.add_argument("--requests", type=int, default=5000, help="per client process and concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--clients", type=int, default=1, help="client processes")
+    parser.add_argument("--stream", action="store_true")
+    args = parser.parse_args()
+
+    proc = None
+    url = args.url
+    if url is None:
+        from turnout.testing.procs import start_server
+
+        proc = start_server("turnout.testing.upstream")
+        url = proc.url
+    try:
+        print(f"upstream {url}  stream={args.stream}  clients={args.clients}  requests/client={args.requests}")
+        for c in args.concurrency:
+            if args.clients == 1:
+                results = [_client((url, args.requests, c, args.stream))]
+            else:
+                with mp.get_context("spawn").Pool(args.clients) as pool:
+                    results = pool.map(_client, [(url, args.requests, c, args.stream)] * args.clients)
+            total = sum(len(lat) for _, lat in results)
+            wall = max(el for el, _ in results)
+            lat = sorted(x for _, l in results for x in l)
+            p50 = statistics.median(lat) * 1000
+            p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+            print(f"concurrency {c:>3}: {total / wall:8.0f} req/s   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({total} requests)")
+    finally:
+        if proc is not None:
+            proc.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Start a Python server module as a real subprocess on a free loopback port and wait for it.
+
+Works for the fake upstreams and for the gateway itself, since each prints
+``listening on http://HOST:PORT`` when ready::
+
+    with start_server("turnout.testing.upstream") as up:
+        ...  # up.url == "http://127.0.0.1:PORT"
+    gw = start_server("turnout", "serve", "--config", path)
+    try: ...
+    finally: gw.stop()
+
+Output (stdout and stderr) goes to a temporary file; on a failed start the error carries
+its tail, and :meth:`Proc.output` reads it for debugging.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_URL = re.compile(r"https?://[^\s/]+:(\d+)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bind to 0, read, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not print its ready line in time."""
+
+
+class Proc:
+    """A started server: ``url``, ``port``, ``pid``, ``stop()``, ``output()``; a context manager."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], log_path: str, url: str, port: int) -> None:
+        self.popen = popen
+        self.log_path = log_path
+        self.url = url
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        return self.popen.returncode
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Proc(pid={self.pid}, url={self.url!r}, log={self.log_path!r})"
+
+
+def start_server(
+    module: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    ready_pattern: str = "listening on",
+    timeout: float = 30.0,
+    port: int | None = None,
+    add_port: bool = True,
+    host: str = "127.0.0.1",
+    cwd: str | None = None,
+    python: str = sys.executable,
+) -> Proc:
+    """Run ``python -m module *args`` and return once its output contains ``ready_pattern``.
+
+    Unless ``args`` already has ``--port`` (or ``add_port`` is false), ``--port P`` is added with
+    ``P = port or free_port()``.  The URL is read from the ready line when it contains one
+    (so ``--port 0`` works), else ``http://{host}:{P}``.  ``env`` is added to the current
+    environment.
+    """
+    argv = [python, "-m", module, *args]
+    chosen = port
+    if add_port and "--port" not in args:
+        chosen = port or free_port(host)
+        argv += ["--port", str(chosen)]
+    fd, log_path = tempfile.mkstemp(prefix=f"{module.replace('.', '_')}-", suffix=".log")
+    full_env = dict(os.environ)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    with os.fdopen(fd, "wb") as log:
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=full_env, cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = _read(log_path)
+        idx = text.find(ready_pattern)
+        if idx >= 0:
+            line = text[idx:].splitlines()[0]
+            m = _URL.search(line)
+            if m:
+                url = m.group(0)
+                real_port = int(m.group(1))
+            else:
+                real_port = chosen or 0
+                url = f"http://{host}:{real_port}"
+            return Proc(popen, log_path, url, real_port)
+        if popen.poll() is not None:
+            raise ServerStartError(
+                f"{' '.join(argv)} exited with {popen.returncode} before '{ready_pattern}'; "
+                f"output ({log_path}):\n{text[-4000:]}"
+            )
+        if time.monotonic() > deadline:
+            popen.kill()
+            popen.wait()
+            raise ServerStartError(
+                f"{' '.join(argv)} did not print '{ready_pattern}' within {timeout}s; "
+                f"output ({log_path}):\n{text[-4000:]}"
+            )
+        time.sleep(0.02)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def control(url: str, action: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """Talk to a fake's control API with the standard library (no event loop needed).
+
+    ``control(url, "scenarios", ["500", {"name": "429", "retry_after": 2}])``,
+    ``control(url, "reset", {})``, ``control(url, "requests")``.
+    """
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}/__control/{action}", data=data, method="GET" if data is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read())
+
+
+__all__: Sequence[str] = ["Proc", "ServerStartError", "control", "free_port", "start_server"]
