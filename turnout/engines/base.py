@@ -84,6 +84,7 @@ class Delta:
     finish_reason: str | None = None
     usage: Usage | None = None
     logprobs: dict[str, Any] | None = None
+    confidence: Confidence | None = None
 
 
 class Engine(ABC):

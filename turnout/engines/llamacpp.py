@@ -1,0 +1,253 @@
+"""The embedded engine: llama.cpp in this process (llama-cpp-python).
+
+One llama.cpp context answers one request at a time, on a worker thread, so the event
+loop never blocks. Generation stops as soon as the caller stops listening (client
+disconnect or cancelled cascade). A logits processor records the log-probability of each
+chosen token: that gives cascades their confidence signal and clients ``logprobs`` without
+``logits_all=True`` (which costs about 2.5x memory and time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnout.config import LlamaCppEngineConfig
+from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
+from turnout.engines.smollm2 import smollm2_gguf
+from turnout.errors import EngineError, EngineUnavailable
+from turnout.protocol import ChatRequest
+
+_SENTINEL = object()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TokenLogprobs:
+    """A llama.cpp logits processor that records log p(chosen token) at each step.
+
+    At step t it sees the logits for token t and, in ``input_ids``, the token chosen at
+    step t-1; so it keeps the previous step's log-softmax and looks the choice up."""
+
+    def __init__(self, top_k: int = 0) -> None:
+        self.top_k = top_k
+        self.chosen: list[tuple[int, float]] = []
+        self.top: list[list[tuple[int, float]]] = []
+        self._prev: np.ndarray | None = None
+        self.steps = 0
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self._prev is not None and len(input_ids):
+            tok = int(input_ids[-1])
+            self.chosen.append((tok, float(self._prev[tok])))
+        x = scores.astype(np.float64, copy=False)
+        m = x.max()
+        self._prev = x - m - np.log(np.exp(x - m).sum())
+        if self.top_k:
+            idx = np.argpartition(-self._prev, self.top_k)[: self.top_k]
+            idx = idx[np.argsort(-self._prev[idx])]
+            self.top.append([(int(i), float(self._prev[i])) for i in idx])
+        self.steps += 1
+        return scores
+
+    def finish(self, last_token: int | None) -> None:
+        """Account for the final sampled token (often end-of-text), which no later step reports."""
+        if self._prev is not None and last_token is not None and len(self.chosen) < self.steps:
+            self.chosen.append((last_token, float(self._prev[last_token])))
+        self._prev = None
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, name: str, cfg: LlamaCppEngineConfig) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.model_path) if cfg.model_path else None
+        self.info = EngineInfo(
+            name=name,
+            dialect="llamacpp",
+            model=cfg.model_name,
+            locality=cfg.locality,
+            hourly_cost=cfg.pricing.hourly_cost,
+            input_per_m=cfg.pricing.input_per_m,
+            output_per_m=cfg.pricing.output_per_m,
+            license=cfg.license,
+            supports_tools=False,
+        )
+        self._llm: Any = None
+        self._lock = threading.Lock()
+        self._error: str | None = None
+
+    async def start(self) -> None:
+        try:
+            self.path = self.path or smollm2_gguf()
+            if not self.path.is_file():
+                raise FileNotFoundError(f"model file {self.path} does not exist")
+            self._llm, digest = await asyncio.to_thread(self._load, self.path)
+        except Exception as exc:  # reported by /readyz and on each request, never a crash
+            self._error = f"cannot load {self.path}: {exc}"
+            raise
+        self.info = _with_checksum(self.info, digest)
+
+    def _load(self, path: Path) -> tuple[Any, str]:
+        from llama_cpp import Llama
+
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self.cfg.n_ctx,
+            n_threads=self.cfg.n_threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+        return llm, sha256_file(path)
+
+    async def ready(self) -> tuple[bool, str]:
+        if self._llm is None:
+            return False, self._error or "not loaded"
+        return True, f"{self.path.name if self.path else '?'} loaded"
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.close)
+
+    def _kwargs(self, req: ChatRequest, recorder: TokenLogprobs) -> dict[str, Any]:
+        from llama_cpp import LogitsProcessorList
+
+        kw: dict[str, Any] = {
+            "messages": [m.model_dump(exclude_none=True) for m in req.messages],
+            "max_tokens": min(req.token_limit or 512, self.cfg.n_ctx),
+            "logits_processor": LogitsProcessorList([recorder]),
+        }
+        if req.temperature is not None:
+            kw["temperature"] = req.temperature
+        if req.top_p is not None:
+            kw["top_p"] = req.top_p
+        if req.stop:
+            kw["stop"] = req.stop
+        if req.seed is not None:
+            kw["seed"] = req.seed
+        if req.presence_penalty is not None:
+            kw["presence_penalty"] = req.presence_penalty
+        if req.frequency_penalty is not None:
+            kw["frequency_penalty"] = req.frequency_penalty
+        if req.response_format is not None and req.response_format.get("type") == "json_object":
+            kw["response_format"] = {"type": "json_object"}
+        return kw
+
+    def _llm_or_raise(self) -> Any:
+        if self._llm is None:
+            raise EngineUnavailable(self._error or "model not loaded", engine=self.info.name)
+        return self._llm
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        """The whole answer, gathered from ``stream`` so that cancelling stops generation."""
+        parts: list[str] = []
+        final = Delta()
+        async for d in self.stream(req):
+            if d.content:
+                parts.append(d.content)
+            if d.finish_reason:
+                final = d
+        return ChatResult(
+            content="".join(parts),
+            finish_reason=final.finish_reason or "stop",
+            usage=final.usage or Usage(),
+            logprobs=final.logprobs,
+            confidence=final.confidence,
+            model=self.info.model,
+        )
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        llm = self._llm_or_raise()
+        recorder = TokenLogprobs(top_k=req.top_logprobs or 0 if req.logprobs else 0)
+        kw = self._kwargs(req, recorder)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    before = time.perf_counter()
+                    gen = llm.create_chat_completion(stream=True, **kw)
+                    try:
+                        for chunk in gen:
+                            if stop.is_set():
+                                break
+                            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    finally:
+                        gen.close()  # stops llama.cpp generating
+                    # prompt tokens: the context now holds prompt + completion
+                    n_prompt = max(0, int(llm.n_tokens) - recorder.steps)
+                    loop.call_soon_threadsafe(queue.put_nowait, ("usage", n_prompt, time.perf_counter() - before))
+            except BaseException as exc:  # delivered to the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _SENTINEL)
+
+        worker = loop.run_in_executor(None, produce)
+        finish: str | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is _SENTINEL:
+                    break
+                if isinstance(item, BaseException):
+                    raise EngineError(f"llama.cpp failed: {item}", engine=self.info.name) from item
+                if isinstance(item, tuple):
+                    recorder.finish(_eos_if_stopped(llm, finish))
+                    yield Delta(
+                        finish_reason=finish or "stop",
+                        usage=Usage(item[1], recorder.steps),
+                        logprobs=_openai_logprobs(llm, recorder) if req.logprobs else None,
+                        confidence=Confidence([lp for _, lp in recorder.chosen]),
+                    )
+                    continue
+                choice = item["choices"][0]
+                delta = choice.get("delta") or {}
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if delta.get("content") or delta.get("role"):
+                    yield Delta(content=delta.get("content"), role=delta.get("role"))
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
+
+def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
+    return int(llm.token_eos()) if finish_reason == "stop" else None
+
+
+def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
+    def text(tok: int) -> str:
+        return llm.detokenize([tok]).decode("utf-8", "replace")
+
+    content = []
+    for i, (tok, lp) in enumerate(rec.chosen):
+        t = text(tok)
+        entry: dict[str, Any] = {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+        if rec.top_k and i < len(rec.top):
+            entry["top_logprobs"] = [
+                {"token": text(k), "logprob": v, "bytes": list(text(k).encode())} for k, v in rec.top[i]
+            ]
+        content.append(entry)
+    return {"content": content}
+
+
+def _with_checksum(info: EngineInfo, digest: str) -> EngineInfo:
+    from dataclasses import replace
+
+    return replace(info, weights_sha256=digest)

@@ -1,0 +1,137 @@
+"""OpenAI Chat Completions dialect over HTTP: vLLM, llama.cpp server, Ollama, TGI, OpenAI.
+
+The provider (base URL, key) comes from config; the dialect is the same for all of them.
+Streams always ask the upstream for usage, so turnout can account for every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from turnout.config import OpenAIEngineConfig
+from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
+from turnout.engines.http import (
+    api_key_from_env,
+    loads_event,
+    new_session,
+    raise_for_upstream_status,
+    read_json,
+    sse_events,
+    transport_errors,
+)
+from turnout.errors import EngineProtocolError
+from turnout.protocol import ChatRequest
+
+# Fields that are turnout's own and never forwarded.
+_TURNOUT_ONLY = {"metadata"}
+
+
+class OpenAIEngine(Engine):
+    def __init__(self, name: str, cfg: OpenAIEngineConfig) -> None:
+        self.cfg = cfg
+        self.info = EngineInfo(
+            name=name,
+            dialect="openai",
+            model=cfg.model,
+            locality=cfg.locality,
+            input_per_m=cfg.pricing.input_per_m,
+            output_per_m=cfg.pricing.output_per_m,
+            hourly_cost=cfg.pricing.hourly_cost,
+            license=cfg.license,
+            supports_tools=cfg.supports_tools,
+        )
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        key = api_key_from_env(cfg.api_key_env)
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._session: Any = None
+
+    async def start(self) -> None:
+        self._session = new_session(self.cfg.resilience.connect_timeout, self.cfg.resilience.max_concurrency)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _payload(self, req: ChatRequest, stream: bool) -> dict[str, Any]:
+        body = req.model_dump(exclude_none=True, exclude=_TURNOUT_ONLY)
+        body["model"] = self.cfg.model
+        body["stream"] = stream
+        if stream:
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        else:
+            body.pop("stream_options", None)
+        return body
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        name = self.info.name
+        with transport_errors(name, "waiting for the answer"):
+            async with asyncio.timeout(self.cfg.resilience.timeout):
+                async with self._session.post(self.url, json=self._payload(req, False), headers=self._headers) as resp:
+                    await raise_for_upstream_status(resp, name)
+                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+        return _result(body, name)
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        name, res = self.info.name, self.cfg.resilience
+        finish: str | None = None
+        usage: Usage | None = None
+        produced = 0
+        with transport_errors(name, "before the first token"):
+            async with asyncio.timeout(res.first_token_timeout):
+                resp = await self._session.post(self.url, json=self._payload(req, True), headers=self._headers)
+        try:
+            with transport_errors(name, "before the first token"):
+                await raise_for_upstream_status(resp, name)
+            async for _event, data in sse_events(
+                resp, name, res.first_token_timeout, res.idle_timeout, self.cfg.max_response_bytes
+            ):
+                if data == b"[DONE]":
+                    if finish is None:
+                        raise EngineProtocolError("stream sent [DONE] without a finish_reason", engine=name)
+                    if usage is None:  # an upstream that ignores include_usage: count what we saw
+                        usage = Usage(req.estimated_tokens(), produced)
+                    yield Delta(finish_reason=finish, usage=usage)
+                    return
+                chunk = loads_event(data, name)
+                if "error" in chunk:
+                    raise EngineProtocolError(f"upstream error mid-stream: {chunk['error']}", engine=name)
+                if chunk.get("usage"):
+                    u = chunk["usage"]
+                    usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    content, tool_calls = delta.get("content"), delta.get("tool_calls")
+                    if content or tool_calls or delta.get("role") or choice.get("logprobs"):
+                        produced += 1
+                        yield Delta(
+                            content=content,
+                            tool_calls=tool_calls,
+                            role=delta.get("role"),
+                            logprobs=choice.get("logprobs"),
+                        )
+            raise EngineProtocolError("stream ended without [DONE]", engine=name)
+        finally:
+            resp.release()
+
+
+def _result(body: dict[str, Any], engine: str) -> ChatResult:
+    try:
+        choice = body["choices"][0]
+        msg = choice["message"]
+        u = body.get("usage") or {}
+        return ChatResult(
+            content=msg.get("content"),
+            tool_calls=msg.get("tool_calls"),
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))),
+            logprobs=choice.get("logprobs"),
+            model=str(body.get("model", "")),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise EngineProtocolError(f"answer is not a chat.completion: {exc!r}", engine=engine) from exc

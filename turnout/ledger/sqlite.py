@@ -1,0 +1,156 @@
+"""The embedded ledger: one row per request in a SQLite file, WAL mode.
+
+Writes go through one writer thread that commits in groups: each request awaits the
+commit of its own row, so a request reported complete is on disk (it survives kill -9),
+while many concurrent requests share one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turnout.ledger.migrations import migrate
+
+COLUMNS = (
+    "ts request_id tenant alias rule reason strategy score threshold engine locality hops prompt_tokens "
+    "completion_tokens latency_ms ttft_ms cost_usd baseline_cost_usd status http_status stream error labels trace_id"
+).split()
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    ts: float
+    request_id: str
+    tenant: str
+    alias: str
+    status: str                    # ok | error | error_midstream | cancelled
+    http_status: int
+    rule: str | None = None
+    reason: str | None = None
+    strategy: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    engine: str | None = None
+    locality: str | None = None
+    hops: str = "[]"               # JSON list of {"engine", "error"} for each failed hop
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0
+    stream: int = 0
+    error: str | None = None
+    labels: str = ""
+    trace_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> tuple[Any, ...]:
+        d = asdict(self)
+        return tuple(d[c] for c in COLUMNS)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crash; fsync at checkpoint
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+_STOP = object()
+_INSERT = f"INSERT OR REPLACE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+class SQLiteLedger:
+    def __init__(self, path: str | Path, max_batch: int = 512) -> None:
+        self.path = Path(path)
+        self.max_batch = max_batch
+        conn = connect(self.path)
+        migrate(conn)
+        conn.close()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="turnout-ledger", daemon=True)
+        self._thread.start()
+
+    async def record(self, row: LedgerRow) -> None:
+        """Append one row; returns once it is committed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put((row.values(), loop, fut))
+        await fut
+
+    def _writer(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                item = self._q.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        self._q.put(_STOP)
+                        break
+                    batch.append(nxt)
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: Sequence[Any]) -> None:
+        error: BaseException | None = None
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(_INSERT, [values for values, _, _ in batch])
+            conn.execute("COMMIT")
+        except BaseException as exc:  # a failed batch fails each of its requests' awaits
+            error = exc
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        for _, loop, fut in batch:
+            loop.call_soon_threadsafe(_settle, fut, error)
+
+    async def close(self) -> None:
+        self._q.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 10)
+
+    def rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        return read_rows(self.path, since)
+
+
+def read_rows(path: str | Path, since: float | None = None) -> list[dict[str, Any]]:
+    """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
+    conn = connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        if since is None:
+            cur = conn.execute("SELECT * FROM requests ORDER BY id")
+        else:
+            cur = conn.execute("SELECT * FROM requests WHERE ts >= ? ORDER BY id", (since,))
+        return [dict(r) for r in cur]
+    finally:
+        conn.close()
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)

@@ -1,0 +1,331 @@
+"""The one path every chat request takes, top to bottom.
+
+    authenticate  (server: key -> tenant)          -> Call.tenant
+    inspect       guards on the input               -> labels
+    decide        policy rules; sensitive -> local  -> Decision
+    call          engine chain with fallback        -> result or stream
+    respond       OpenAI-shaped body or SSE chunks
+    record        ledger row, metrics               (always, success or failure)
+
+Each step is a method of ``Gateway`` with one job; engines, routers and guards are
+objects handed in at construction, so adding one never edits this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from turnout.config import TurnoutConfig
+from turnout.engines.base import ChatResult, Delta, Engine, Usage
+from turnout.errors import AllEnginesFailed, EngineError, TurnoutError
+from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
+from turnout.metrics import Metrics
+from turnout.protocol import ChatRequest, usage_dict
+from turnout.routing.decision import Decision, RequestFacts
+from turnout.routing.rules import RulesRouter
+
+log = logging.getLogger("turnout.pipeline")
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything one request accumulates on its way; becomes the ledger row."""
+
+    request_id: str
+    tenant: str = "anonymous"
+    sensitivity: str | None = None
+    stream: bool = False
+    ts: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    decision: Decision | None = None
+    labels: set[str] = field(default_factory=set)
+    engine: Engine | None = None
+    hops: list[EngineError] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    ttft: float | None = None
+    busy: float = 0.0
+    status: str = "ok"
+    http_status: int = 200
+    error: str | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, TurnoutError):
+            self.status, self.http_status, self.error = "error", exc.status, exc.message
+        elif isinstance(exc, asyncio.CancelledError):
+            self.status, self.http_status, self.error = "cancelled", 499, "client went away"
+        else:
+            self.status, self.http_status, self.error = "error", 500, f"internal error: {exc.__class__.__name__}"
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-request-id": self.request_id}
+        if self.decision is not None:
+            d = self.decision
+            h["x-turnout-route"] = d.alias
+            h["x-turnout-rule"] = d.rule
+            h["x-turnout-reason"] = d.reason.encode("ascii", "replace").decode()
+            h["x-turnout-strategy"] = d.strategy
+            if d.score is not None:
+                h["x-turnout-score"] = f"{d.score:.4f}"
+        if self.engine is not None:
+            h["x-turnout-engine"] = self.engine.info.name
+            h["x-turnout-locality"] = self.engine.info.locality
+        if self.hops:
+            h["x-turnout-fallbacks"] = ",".join(f"{e.engine}:{e.code}" for e in self.hops)
+        return h
+
+
+class Gateway:
+    def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger) -> None:
+        self.cfg = cfg
+        self.engines = engines
+        self.ledger = ledger
+        self.router = RulesRouter(cfg)
+        self.metrics = Metrics(set(cfg.routes), set(engines))
+        remote = [e.info for e in engines.values() if e.info.locality == "remote"]
+        self.baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
+
+    # ---- inspect ---------------------------------------------------------------------------
+    def inspect(self, req: ChatRequest, call: Call) -> RequestFacts:
+        return RequestFacts(
+            model=req.model,
+            tenant=call.tenant,
+            sensitivity=call.sensitivity,
+            labels=call.labels,
+            estimated_tokens=req.estimated_tokens(),
+            metadata=req.metadata or {},
+        )
+
+    # ---- decide ----------------------------------------------------------------------------
+    def decide(self, facts: RequestFacts, req: ChatRequest) -> Decision:
+        decision = self.router.decide(facts)
+        if req.tools and req.tool_choice not in (None, "none", "auto"):
+            able = [n for n in decision.chain if self.engines[n].info.supports_tools]
+            if able != decision.chain:
+                decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
+                decision.chain = able
+        return decision
+
+    # ---- call (non-streaming): walk the chain, fall back on engine errors ----------------
+    async def call_chain(self, call: Call, req: ChatRequest) -> ChatResult:
+        assert call.decision is not None
+        for name in call.decision.chain:
+            engine = self.engines[name]
+            started = time.perf_counter()
+            try:
+                result = await engine.chat(req)
+            except EngineError as exc:
+                call.hops.append(exc)
+                if not exc.fallback:
+                    raise
+                continue
+            call.engine, call.busy, call.usage = engine, time.perf_counter() - started, result.usage
+            return result
+        raise AllEnginesFailed(call.hops)
+
+    # ---- call (streaming): fall back until one engine produces its first delta ------------
+    async def open_stream(self, call: Call, req: ChatRequest) -> tuple[Delta, AsyncIterator[Delta]]:
+        assert call.decision is not None
+        for name in call.decision.chain:
+            engine = self.engines[name]
+            agen = engine.stream(req)
+            try:
+                first = await anext(agen)
+            except EngineError as exc:
+                call.hops.append(exc)
+                await agen.aclose()
+                if not exc.fallback:
+                    raise
+                continue
+            except StopAsyncIteration:
+                call.hops.append(EngineError("stream ended before any output", engine=name))
+                continue
+            call.engine, call.ttft = engine, time.perf_counter() - call.t0
+            return first, agen
+        raise AllEnginesFailed(call.hops)
+
+    # ---- the whole path, non-streaming -------------------------------------------------------
+    async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
+        self.metrics.in_flight.inc()
+        try:
+            facts = self.inspect(req, call)
+            call.decision = self.decide(facts, req)
+            result = await self.call_chain(call, req)
+            return completion_body(call, result)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            await self.record(call)
+
+    # ---- the whole path, streaming: decide and open before any byte is sent --------------
+    async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[bytes]:
+        """Returns the SSE body. Errors before the first delta raise here (an ordinary
+        error response); errors after it end the stream with an error event."""
+        call.stream = True
+        self.metrics.in_flight.inc()
+        try:
+            facts = self.inspect(req, call)
+            call.decision = self.decide(facts, req)
+            first, agen = await self.open_stream(call, req)
+        except BaseException as exc:
+            call.fail(exc)
+            self.metrics.in_flight.dec()
+            await self.record(call)
+            raise
+        return self._relay(req, call, first, agen)
+
+    async def _relay(self, req: ChatRequest, call: Call, first: Delta, agen: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+        chunks = ChunkWriter(call, req)
+        started = time.perf_counter()
+        try:
+            yield chunks.delta(first)
+            async for d in agen:
+                yield chunks.delta(d)
+            if not chunks.finished:
+                raise EngineError("stream ended without a finish reason", engine=call.engine.info.name if call.engine else "?")
+            if req.include_usage:
+                yield chunks.usage()
+            yield b"data: [DONE]\n\n"
+        except EngineError as exc:
+            call.fail(exc)
+            call.status = "error_midstream"
+            yield chunks.error(exc)
+        except BaseException as exc:  # client went away (cancelled) or a bug
+            call.fail(exc)
+            raise
+        finally:
+            await agen.aclose()  # stops the engine (a local model stops generating)
+            call.busy = time.perf_counter() - started + (call.ttft or 0.0)
+            if chunks.final_usage is not None:
+                call.usage = chunks.final_usage
+            self.metrics.in_flight.dec()
+            await asyncio.shield(self.record(call))
+
+    # ---- record ------------------------------------------------------------------------------
+    async def record(self, call: Call) -> None:
+        d, e = call.decision, call.engine
+        latency = time.perf_counter() - call.t0
+        u = call.usage
+        cost = e.info.cost(u.prompt_tokens, u.completion_tokens, call.busy) if e else 0.0
+        base = self.baseline
+        baseline = base.cost(u.prompt_tokens, u.completion_tokens, 0.0) if base else cost
+        route = self.metrics.route(d.alias if d else None)
+        engine = self.metrics.engine(e.info.name if e else None)
+        tenant = self.metrics.tenant(call.tenant)
+        m = self.metrics
+        m.requests.labels(route, engine, tenant, call.status).inc()
+        if u.prompt_tokens or u.completion_tokens:
+            m.tokens.labels(route, engine, tenant, "in").inc(u.prompt_tokens)
+            m.tokens.labels(route, engine, tenant, "out").inc(u.completion_tokens)
+        if cost:
+            m.cost.labels(route, engine, tenant).inc(cost)
+        m.latency.labels(route, engine).observe(latency)
+        if call.ttft is not None:
+            m.ttft.labels(route, engine).observe(call.ttft)
+        if call.hops:
+            m.fallbacks.labels(route, engine).inc(len(call.hops))
+        if call.http_status >= 400:
+            m.errors.labels(route, str(call.http_status)).inc()
+        row = LedgerRow(
+            ts=call.ts,
+            request_id=call.request_id,
+            tenant=call.tenant,
+            alias=d.alias if d else "-",
+            rule=d.rule if d else None,
+            reason=d.reason if d else None,
+            strategy=d.strategy if d else None,
+            score=d.score if d else None,
+            threshold=d.threshold if d else None,
+            engine=e.info.name if e else None,
+            locality=e.info.locality if e else None,
+            hops=orjson.dumps([{"engine": h.engine, "error": h.message} for h in call.hops]).decode(),
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            latency_ms=latency * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            cost_usd=cost,
+            baseline_cost_usd=baseline,
+            status=call.status,
+            http_status=call.http_status,
+            stream=int(call.stream),
+            error=call.error,
+            labels=",".join(sorted(call.labels)),
+        )
+        try:
+            await self.ledger.record(row)
+        except Exception:  # the answer stands; the failure is loud in the log
+            log.exception("ledger write failed for request %s", call.request_id)
+
+
+def new_request_id(given: str | None) -> str:
+    if given and 8 <= len(given) <= 128 and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return uuid.uuid4().hex
+
+
+def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": r.content}
+    if r.tool_calls:
+        message["tool_calls"] = r.tool_calls
+    return {
+        "id": f"chatcmpl-{call.request_id}",
+        "object": "chat.completion",
+        "created": int(call.ts),
+        "model": call.engine.info.model if call.engine else "",
+        "choices": [{"index": 0, "message": message, "logprobs": r.logprobs, "finish_reason": r.finish_reason}],
+        "usage": usage_dict(r.usage.prompt_tokens, r.usage.completion_tokens),
+    }
+
+
+class ChunkWriter:
+    """Turns engine deltas into OpenAI ``chat.completion.chunk`` SSE lines."""
+
+    def __init__(self, call: Call, req: ChatRequest) -> None:
+        self.call = call
+        self.include_usage = req.include_usage
+        self.head = {
+            "id": f"chatcmpl-{call.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(call.ts),
+            "model": call.engine.info.model if call.engine else "",
+        }
+        self.sent_role = False
+        self.finished = False
+        self.final_usage: Usage | None = None
+
+    def _line(self, obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    def delta(self, d: Delta) -> bytes:
+        delta: dict[str, Any] = {}
+        if not self.sent_role:
+            delta["role"] = "assistant"
+            self.sent_role = True
+        if d.content:
+            delta["content"] = d.content
+        if d.tool_calls:
+            delta["tool_calls"] = d.tool_calls
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
+        chunk = {**self.head, "choices": [choice]}
+        if d.finish_reason:
+            self.finished = True
+            self.final_usage = d.usage or Usage()
+            if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
+                chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)
+        return self._line(chunk)
+
+    def usage(self) -> bytes:
+        u = self.final_usage or Usage()
+        return self._line({**self.head, "choices": [], "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
+
+    def error(self, exc: TurnoutError) -> bytes:
+        return self._line(exc.body())

@@ -1,0 +1,36 @@
+"""What a router decides, and the facts it decides on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What routing may look at. Built once per request by the pipeline."""
+
+    model: str
+    tenant: str = "anonymous"
+    sensitivity: str | None = None
+    labels: set[str] = field(default_factory=set)
+    estimated_tokens: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    prompt: str = ""
+
+    @property
+    def sensitive(self) -> bool:
+        from turnout.config import SENSITIVE_LABELS
+
+        return self.sensitivity in SENSITIVE_LABELS or bool(self.labels & SENSITIVE_LABELS)
+
+
+@dataclass(slots=True)
+class Decision:
+    alias: str                     # the route alias (or engine name) the request resolved to
+    chain: list[str]               # engines to try, in order
+    rule: str                      # which rule or route made the choice
+    reason: str                    # one human-readable sentence
+    strategy: str = "rules"        # rules | learned | cascade
+    score: float | None = None     # learned/cascade: P(strong engine needed) or confidence
+    threshold: float | None = None
+    confined: bool = False         # remote engines removed because the request is sensitive
