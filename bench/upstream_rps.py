@@ -59,6 +59,17 @@ def _client(args: tuple[str, int, int, bool]) -> tuple[float, list[float]]:
     return asyncio.run(_run(*args))
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (Linux /proc), to report the server's own cost."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url")
@@ -78,6 +89,7 @@ def main() -> None:
     try:
         print(f"upstream {url}  stream={args.stream}  clients={args.clients}  requests/client={args.requests}")
         for c in args.concurrency:
+            cpu0 = _cpu_seconds(proc.pid) if proc else None
             if args.clients == 1:
                 results = [_client((url, args.requests, c, args.stream))]
             else:
@@ -88,7 +100,12 @@ def main() -> None:
             lat = sorted(x for _, l in results for x in l)
             p50 = statistics.median(lat) * 1000
             p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-            print(f"concurrency {c:>3}: {total / wall:8.0f} req/s   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({total} requests)")
+            line = f"concurrency {c:>3}: {total / wall:8.0f} req/s   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({total} requests)"
+            cpu1 = _cpu_seconds(proc.pid) if proc else None
+            if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
+                # The server is one process on one core: requests per CPU-second is its ceiling.
+                line += f"   server CPU {cpu1 - cpu0:.2f} s -> {total / (cpu1 - cpu0):.0f} req per server CPU-second"
+            print(line)
     finally:
         if proc is not None:
             proc.stop()
