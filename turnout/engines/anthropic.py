@@ -1,0 +1,214 @@
+"""Anthropic Messages dialect: OpenAI-shaped requests in, Messages API out, and back.
+
+Translation, both ways, streaming included:
+  system/developer messages  -> ``system``
+  assistant tool_calls       -> ``tool_use`` blocks;  tool messages -> ``tool_result`` blocks
+  tools / tool_choice        -> ``tools`` with ``input_schema`` / auto|any|tool|none
+  stop_reason                -> finish_reason (end_turn|stop_sequence: stop, max_tokens: length, tool_use: tool_calls)
+  stream events              -> deltas (text_delta -> content, input_json_delta -> tool-call arguments)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from turnout.config import AnthropicEngineConfig
+from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
+from turnout.engines.http import (
+    api_key_from_env,
+    loads_event,
+    new_session,
+    raise_for_upstream_status,
+    read_json,
+    sse_events,
+    transport_errors,
+)
+from turnout.errors import EngineProtocolError, EngineStatusError, InvalidRequest
+from turnout.protocol import ChatMessage, ChatRequest
+
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+          "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def _blocks(m: ChatMessage) -> list[dict[str, Any]]:
+    if isinstance(m.content, str):
+        return [{"type": "text", "text": m.content}] if m.content else []
+    blocks: list[dict[str, Any]] = []
+    for part in m.content or ():
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media, data = url[5:].split(";base64,", 1)
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+    return blocks
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    try:
+        args = orjson.loads(fn.get("arguments") or "{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"tool call {call.get('id')} has arguments that are not JSON", param="messages") from exc
+    return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args}
+
+
+def to_anthropic(req: ChatRequest, model: str, default_max_tokens: int) -> dict[str, Any]:
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+
+    def push(role: str, blocks: list[dict[str, Any]]) -> None:
+        if messages and messages[-1]["role"] == role:  # the API wants roles to alternate
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+
+    for m in req.messages:
+        if m.role in ("system", "developer"):
+            system.append(m.text())
+        elif m.role == "user":
+            push("user", _blocks(m))
+        elif m.role == "assistant":
+            push("assistant", _blocks(m) + [_tool_use(c) for c in m.tool_calls or ()])
+        elif m.role in ("tool", "function"):
+            push("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.text()}])
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": req.token_limit or default_max_tokens}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if req.temperature is not None:
+        body["temperature"] = min(req.temperature, 1.0)  # Anthropic's range is 0..1
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.stop:
+        body["stop_sequences"] = req.stop
+    if req.user:
+        body["metadata"] = {"user_id": req.user}
+    if req.tools:
+        body["tools"] = [
+            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
+             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
+            for t in req.tools if t.get("type") == "function"
+        ]
+        choice = req.tool_choice
+        if choice == "required":
+            body["tool_choice"] = {"type": "any"}
+        elif choice == "none":
+            body["tool_choice"] = {"type": "none"}
+        elif isinstance(choice, dict):
+            body["tool_choice"] = {"type": "tool", "name": choice.get("function", {}).get("name")}
+    return body
+
+
+def from_anthropic(body: dict[str, Any], engine: str) -> ChatResult:
+    try:
+        text: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in body["content"]:
+            if block["type"] == "text":
+                text.append(block["text"])
+            elif block["type"] == "tool_use":
+                calls.append({"id": block["id"], "type": "function",
+                              "function": {"name": block["name"], "arguments": orjson.dumps(block["input"]).decode()}})
+        u = body.get("usage") or {}
+        return ChatResult(
+            content="".join(text) if text or not calls else None,
+            tool_calls=calls or None,
+            finish_reason=FINISH.get(body.get("stop_reason") or "end_turn", "stop"),
+            usage=Usage(_input_tokens(u), int(u.get("output_tokens", 0))),
+            model=str(body.get("model", "")),
+        )
+    except (KeyError, TypeError) as exc:
+        raise EngineProtocolError(f"answer is not an Anthropic message: {exc!r}", engine=engine) from exc
+
+
+def _input_tokens(u: dict[str, Any]) -> int:
+    return int(u.get("input_tokens", 0)) + int(u.get("cache_creation_input_tokens") or 0) + int(u.get("cache_read_input_tokens") or 0)
+
+
+class AnthropicEngine(Engine):
+    def __init__(self, name: str, cfg: AnthropicEngineConfig) -> None:
+        self.cfg = cfg
+        self.info = EngineInfo(
+            name=name, dialect="anthropic", model=cfg.model, locality=cfg.locality,
+            input_per_m=cfg.pricing.input_per_m, output_per_m=cfg.pricing.output_per_m,
+            hourly_cost=cfg.pricing.hourly_cost, license=cfg.license, supports_tools=True,
+        )
+        self.url = cfg.base_url.rstrip("/") + "/v1/messages"
+        self._headers = {"content-type": "application/json", "anthropic-version": cfg.anthropic_version}
+        key = api_key_from_env(cfg.api_key_env)
+        if key:
+            self._headers["x-api-key"] = key
+        self._session: Any = None
+
+    async def start(self) -> None:
+        self._session = new_session(self.cfg.resilience.connect_timeout, self.cfg.resilience.max_concurrency)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        name = self.info.name
+        payload = to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens)
+        with transport_errors(name, "waiting for the answer"):
+            async with asyncio.timeout(self.cfg.resilience.timeout):
+                async with self._session.post(self.url, json=payload, headers=self._headers) as resp:
+                    await raise_for_upstream_status(resp, name)
+                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+        return from_anthropic(body, name)
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        name, res = self.info.name, self.cfg.resilience
+        payload = {**to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens), "stream": True}
+        with transport_errors(name, "before the first token"):
+            async with asyncio.timeout(res.first_token_timeout):
+                resp = await self._session.post(self.url, json=payload, headers=self._headers)
+        usage = Usage()
+        finish = "stop"
+        tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
+        try:
+            with transport_errors(name, "before the first token"):
+                await raise_for_upstream_status(resp, name)
+            async for event, data in sse_events(resp, name, res.first_token_timeout, res.idle_timeout,
+                                                self.cfg.max_response_bytes):
+                ev = loads_event(data, name)
+                kind = ev.get("type", event)
+                if kind == "message_start":
+                    usage.prompt_tokens = _input_tokens(ev.get("message", {}).get("usage") or {})
+                    yield Delta(role="assistant")
+                elif kind == "content_block_start":
+                    block = ev.get("content_block") or {}
+                    if block.get("type") == "tool_use":
+                        i = tool_index[ev["index"]] = len(tool_index)
+                        yield Delta(tool_calls=[{"index": i, "id": block.get("id"), "type": "function",
+                                                 "function": {"name": block.get("name"), "arguments": ""}}])
+                elif kind == "content_block_delta":
+                    d = ev.get("delta") or {}
+                    if d.get("type") == "text_delta":
+                        yield Delta(content=d.get("text", ""))
+                    elif d.get("type") == "input_json_delta":
+                        yield Delta(tool_calls=[{"index": tool_index.get(ev.get("index", -1), 0),
+                                                 "function": {"arguments": d.get("partial_json", "")}}])
+                elif kind == "message_delta":
+                    stop = (ev.get("delta") or {}).get("stop_reason")
+                    finish = FINISH.get(stop or "end_turn", "stop")
+                    usage.completion_tokens = int((ev.get("usage") or {}).get("output_tokens", 0))
+                elif kind == "message_stop":
+                    yield Delta(finish_reason=finish, usage=usage)
+                    return
+                elif kind == "error":
+                    err = ev.get("error") or {}
+                    msg = f"upstream error mid-stream: {err.get('type')}: {err.get('message')}"
+                    if err.get("type") in ("overloaded_error", "api_error"):
+                        raise EngineStatusError(msg, engine=name, upstream_status=503)
+                    raise EngineProtocolError(msg, engine=name)
+            raise EngineProtocolError("stream ended without message_stop", engine=name)
+        finally:
+            resp.release()
