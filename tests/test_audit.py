@@ -1,0 +1,237 @@
+"""Hash-chained audit log against real SQLite and PostgreSQL: verify passes on an intact chain
+and names the first bad entry after raw-SQL tampering (edit, edit + re-hash, delete, reorder,
+truncate); appends from threads and from separate processes keep one unbroken chain."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from turnout.ledger.audit import (
+    AuditEvent,
+    AuditLog,
+    PostgresAuditLog,
+    SqliteAuditLog,
+    canonical_json,
+    entry_hash,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def event(i: int) -> AuditEvent:
+    return AuditEvent(request_id=f"req-{i}", route="local" if i % 2 else "remote", reason=f"rule {i}",
+                      engine="llamacpp" if i % 2 else "openai", cost_usd=i / 1000,
+                      findings=["pii"] if i % 3 == 0 else [], tenant="acme")
+
+
+@dataclass
+class Backend:
+    """A log plus raw SQL access to its tables, as someone with database access would have."""
+
+    name: str
+    log: AuditLog
+    sql: Callable[..., list[tuple]]  # type: ignore[type-arg]
+    entries: str  # qualified table name
+    head: str
+    drop_triggers: Callable[[], None]
+    reopen: Callable[[], AuditLog]
+    cli_args: list[str]
+
+
+def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "turnout.sqlite"
+    log = SqliteAuditLog(path)
+    raw = sqlite3.connect(path, isolation_level=None)
+
+    def sql(statement: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
+        return raw.execute(statement.replace("%s", "?"), args).fetchall()
+
+    def drop() -> None:
+        raw.execute("DROP TRIGGER audit_entries_no_update")
+        raw.execute("DROP TRIGGER audit_entries_no_delete")
+
+    yield Backend("sqlite", log, sql, "audit_entries", "audit_head", drop, lambda: SqliteAuditLog(path),
+                  ["--db", str(path)])
+    log.close()
+    raw.close()
+
+
+def _pg_backend() -> Iterator[Backend]:
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: pip install 'psycopg[binary]'")
+    try:
+        raw = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}: {exc}")
+    schema = f"audit_test_{uuid.uuid4().hex[:10]}"
+    log = PostgresAuditLog(PG_DSN, schema=schema)
+
+    def sql(statement: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
+        cur = raw.execute(statement, args)  # type: ignore[call-overload]
+        return cur.fetchall() if cur.description else []
+
+    def drop() -> None:
+        raw.execute(f"DROP TRIGGER audit_entries_append_only ON {schema}.audit_entries")
+
+    yield Backend("postgres", log, sql, f"{schema}.audit_entries", f"{schema}.audit_head", drop,
+                  lambda: PostgresAuditLog(PG_DSN, schema=schema), ["--dsn", PG_DSN, "--schema", schema])
+    log.close()
+    raw.execute(f"DROP SCHEMA {schema} CASCADE")
+    raw.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    gen = _sqlite_backend(tmp_path) if request.param == "sqlite" else _pg_backend()
+    yield next(gen)
+    next(gen, None)
+
+
+def fill(b: Backend, n: int = 8) -> None:
+    for i in range(1, n + 1):
+        b.log.append(event(i))
+
+
+def test_append_verify_and_tail(backend: Backend) -> None:
+    fill(backend)
+    result = backend.log.verify()
+    assert result.ok and result.entries == 8 and result.first_bad_seq is None
+    tail = backend.log.tail(3)
+    assert [r.seq for r in tail] == [6, 7, 8]
+    assert tail[-1].payload["request_id"] == "req-8" and tail[-1].payload["findings"] == []
+    assert tail[0].payload["findings"] == ["pii"]
+    assert tail[1].prev_hash == tail[0].hash and result.head_hash == tail[-1].hash
+    # the stored hash is sha256(prev + canonical JSON of seq, time and payload)
+    r = tail[-1]
+    assert r.hash == entry_hash(r.prev_hash, r.seq, r.time, r.payload)
+    # a fresh connection sees the same intact chain
+    with backend.reopen() as again:
+        assert again.verify().ok
+
+
+def test_triggers_refuse_edits_and_deletes(backend: Backend) -> None:
+    fill(backend, 2)
+    with pytest.raises(Exception, match="append-only"):
+        backend.sql(f"UPDATE {backend.entries} SET payload = '{{}}' WHERE seq = 1")
+    with pytest.raises(Exception, match="append-only"):
+        backend.sql(f"DELETE FROM {backend.entries} WHERE seq = 2")
+    assert backend.log.verify().ok
+
+
+def test_edited_entry_is_named(backend: Backend) -> None:
+    fill(backend)
+    backend.drop_triggers()
+    (payload,) = backend.sql(f"SELECT payload FROM {backend.entries} WHERE seq = 4")[0]
+    backend.sql(f"UPDATE {backend.entries} SET payload = %s WHERE seq = 4",
+                payload.replace('"cost_usd":0.004', '"cost_usd":0.0'))
+    result = backend.log.verify()
+    assert not result.ok and result.first_bad_seq == 4
+    assert "edited" in (result.problem or "")
+
+
+def test_edited_and_rehashed_entry_breaks_the_next_link(backend: Backend) -> None:
+    fill(backend)
+    backend.drop_triggers()
+    seq, time, prev, payload_text, _ = backend.sql(
+        f"SELECT seq, time, prev_hash, payload, hash FROM {backend.entries} WHERE seq = 4")[0]
+    forged = {**__import__("json").loads(payload_text), "route": "local"}
+    backend.sql(f"UPDATE {backend.entries} SET payload = %s, hash = %s WHERE seq = 4",
+                canonical_json(forged), entry_hash(prev, seq, time, forged))
+    result = backend.log.verify()
+    assert not result.ok and result.first_bad_seq == 5
+    assert "prev_hash" in (result.problem or "")
+
+
+def test_removed_entry_is_named(backend: Backend) -> None:
+    fill(backend)
+    backend.drop_triggers()
+    backend.sql(f"DELETE FROM {backend.entries} WHERE seq = 6")
+    result = backend.log.verify()
+    assert not result.ok and result.first_bad_seq == 6
+    assert "entry 6 is missing" in (result.problem or "")
+
+
+def test_removed_tail_is_caught_by_the_head(backend: Backend) -> None:
+    fill(backend)
+    backend.drop_triggers()
+    backend.sql(f"DELETE FROM {backend.entries} WHERE seq >= 7")
+    result = backend.log.verify()
+    assert not result.ok and result.first_bad_seq == 7
+    assert "missing from the end" in (result.problem or "")
+
+
+def test_reordered_entries_are_named(backend: Backend) -> None:
+    fill(backend)
+    backend.drop_triggers()
+    t = backend.entries
+    backend.sql(f"UPDATE {t} SET seq = -1 WHERE seq = 3")
+    backend.sql(f"UPDATE {t} SET seq = 3 WHERE seq = 4")
+    backend.sql(f"UPDATE {t} SET seq = 4 WHERE seq = -1")
+    result = backend.log.verify()
+    assert not result.ok and result.first_bad_seq == 3
+
+
+def test_cli_verify_exit_codes_and_tail(backend: Backend) -> None:
+    fill(backend)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "turnout", "audit", *args, *backend.cli_args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    ok = cli("verify")
+    assert ok.returncode == 0 and "ok: 8 entries" in ok.stdout
+    tail = cli("tail", "-n", "2")
+    assert tail.returncode == 0 and "req-7" in tail.stdout and "req-8" in tail.stdout and "req-6" not in tail.stdout
+    backend.drop_triggers()
+    backend.sql(f"UPDATE {backend.entries} SET time = %s WHERE seq = 2", "2020-01-01T00:00:00+00:00")
+    bad = cli("verify")
+    assert bad.returncode == 1
+    assert "BROKEN at seq 2" in bad.stderr
+
+
+def test_findings_must_be_types_not_text() -> None:
+    with pytest.raises(ValueError, match="finding types"):
+        AuditEvent(request_id="r", route="remote", reason="x", findings=["ssn 123-45-6789"]).payload()
+    assert AuditEvent(request_id="r", route="r", reason="x", findings=["secret", "pii", "pii"]).payload()[
+        "findings"] == ["pii", "secret"]
+
+
+APPENDER = """
+import sys
+from turnout.ledger.audit import open_audit_log, AuditEvent
+kind, target, schema, tag, n = sys.argv[1:6]
+log = open_audit_log(db=target) if kind == "sqlite" else open_audit_log(dsn=target, schema=schema)
+for i in range(int(n)):
+    log.append(AuditEvent(request_id=f"{tag}-{i}", route="local", reason="concurrent"))
+log.close()
+"""
+
+
+def test_concurrent_appends_from_threads_and_processes(backend: Backend) -> None:
+    if backend.name == "sqlite":
+        target, schema = backend.cli_args[1], "-"
+    else:
+        target, schema = PG_DSN, backend.cli_args[-1]
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, backend.name, target, schema, f"p{p}", "40"],
+                              cwd=ROOT) for p in range(2)]
+    threads = [threading.Thread(target=lambda t=t: [backend.log.append(AuditEvent(  # type: ignore[misc]
+        request_id=f"t{t}-{i}", route="local", reason="concurrent")) for i in range(20)]) for t in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert [p.wait(60) for p in procs] == [0, 0]
+    result = backend.log.verify()
+    assert result.ok and result.entries == 2 * 40 + 3 * 20
+    seqs = [r[0] for r in backend.sql(f"SELECT seq FROM {backend.entries} ORDER BY seq")]
+    assert seqs == list(range(1, 141))
