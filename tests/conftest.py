@@ -1,0 +1,152 @@
+"""Shared fixtures: real processes on loopback.
+
+- ``upstream``: turnout.testing.upstream, an OpenAI-wire server standing in for a frontier API.
+- ``anthropic_upstream``: the fake of Anthropic's Messages API (a paid API cannot run here).
+- ``gateway_factory``: starts ``python -m turnout serve`` with a given turnout.yaml and SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from turnout.testing.procs import Proc, start_server
+
+# Tests never reach paid APIs: engines only get loopback URLs, and no real keys are set.
+for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+    os.environ.pop(_var, None)
+
+
+class Upstream:
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.url = proc.url
+        self.client = httpx.Client(base_url=proc.url, timeout=10)
+
+    def reset(self) -> None:
+        self.client.post("/__control/reset").raise_for_status()
+
+    def queue(self, *scenarios: Any) -> None:
+        self.client.post("/__control/scenarios", json=list(scenarios)).raise_for_status()
+
+    def default(self, scenario: Any) -> None:
+        self.client.post("/__control/scenarios", json={"default": scenario}).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        data = self.client.get("/__control/requests").json()
+        return data["requests"] if isinstance(data, dict) else data
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    with start_server("turnout.testing.upstream", "--model", "fake-frontier") as proc:
+        yield Upstream(proc)
+
+
+@pytest.fixture(scope="session")
+def anthropic_upstream() -> Iterator[Upstream]:
+    with start_server("turnout.testing.anthropic_fake") as proc:
+        yield Upstream(proc)
+
+
+@pytest.fixture(autouse=False)
+def clean_upstreams(upstream: Upstream, anthropic_upstream: Upstream) -> Iterator[None]:
+    upstream.reset()
+    anthropic_upstream.reset()
+    yield
+
+
+FAST_RESILIENCE = {
+    "timeout": 5, "connect_timeout": 2, "first_token_timeout": 3, "idle_timeout": 2,
+    "retries": 1, "backoff": 0.01, "max_retry_after": 2, "breaker_failures": 50, "breaker_cooldown": 30,
+}
+
+
+def hybrid_config(upstream_url: str, anthropic_url: str, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "engines": {
+            "local": {"dialect": "llamacpp", "n_ctx": 1024},
+            "frontier": {
+                "dialect": "openai", "locality": "remote", "base_url": upstream_url + "/v1", "model": "fake-frontier",
+                "api_key_env": "TURNOUT_TEST_FRONTIER_KEY",
+                "pricing": {"input_per_m": 2.5, "output_per_m": 10.0}, "resilience": dict(FAST_RESILIENCE),
+            },
+            "claude": {
+                "dialect": "anthropic", "locality": "remote", "base_url": anthropic_url, "model": "fake-claude",
+                "pricing": {"input_per_m": 3.0, "output_per_m": 15.0}, "resilience": dict(FAST_RESILIENCE),
+            },
+        },
+        "routes": {
+            "auto": {"chain": ["frontier", "local"]},
+            "private": {"chain": ["local"]},
+            "anthropic": {"chain": ["claude", "local"]},
+            "remote-only": {"chain": ["frontier"]},
+        },
+        "rules": [
+            {"name": "code-to-claude", "when": {"metadata": {"task": "code"}}, "route": "anthropic"},
+        ],
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+class Gateway:
+    def __init__(self, proc: Proc, db: Path) -> None:
+        self.proc = proc
+        self.url = proc.url
+        self.db = db
+
+    def ledger(self) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
+        finally:
+            conn.close()
+
+    def openai(self, **kw: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, **kw)
+
+
+def _factory(tmp_path: Path, started: list[Proc]) -> Callable[..., Gateway]:
+
+    def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
+        db = tmp_path / f"ledger-{len(started)}.sqlite"
+        args = ["serve", "--db", str(db)]
+        if config is not None:
+            path = tmp_path / f"turnout-{len(started)}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            args += ["--config", str(path)]
+        proc = start_server("turnout", *args, env=env, timeout=60, cwd=str(tmp_path))
+        started.append(proc)
+        return Gateway(proc, db)
+
+    return start
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Proc] = []
+    yield _factory(tmp_path, started)
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, anthropic_upstream: Upstream) -> Iterator[Gateway]:
+    """One gateway per test module: local llama.cpp + OpenAI-wire frontier + Anthropic fake."""
+    started: list[Proc] = []
+    gw = _factory(tmp_path_factory.mktemp("hybrid"), started)(hybrid_config(upstream.url, anthropic_upstream.url))
+    yield gw
+    for proc in started:
+        proc.stop()
