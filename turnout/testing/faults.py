@@ -317,7 +317,7 @@ async def send_json(request: web.Request, scenario: Scenario, control: Control, 
                     payload: dict[str, Any]) -> web.StreamResponse:
     """Answer a non-streaming request with ``payload``, played through ``scenario``."""
     name = scenario.name
-    if name == "ok" and not control.delay_ms and "x-fake-delay-ms" not in request.headers:
+    if name == "ok" and not scenario.params and not control.delay_ms and "x-fake-delay-ms" not in request.headers:
         return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE, headers=dialect.headers())
     await _before(request, scenario, control)
     if scenario.status is not None:
@@ -373,7 +373,7 @@ async def send_stream(request: web.Request, scenario: Scenario, control: Control
     """Answer a streaming request: ``events`` are the SSE events up to the last content delta,
     ``tail`` the events that finish the stream (finish reason, usage, ``[DONE]`` / ``message_stop``)."""
     name = scenario.name
-    if name != "ok" or control.delay_ms or "x-fake-delay-ms" in request.headers:
+    if name != "ok" or scenario.params or control.delay_ms or "x-fake-delay-ms" in request.headers:
         await _before(request, scenario, control)
     if scenario.status is not None:
         return error_response(dialect, scenario.status, scenario.get("message"), scenario.get("retry_after"))
