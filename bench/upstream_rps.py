@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
 BODY = {"model": "fake-echo", "messages": [{"role": "user", "content": "hello from the bench"}]}
 
@@ -87,7 +87,9 @@ def main() -> None:
         proc = start_server("turnout.testing.upstream")
         url = proc.url
     try:
-        print(f"upstream {url}  stream={args.stream}  clients={args.clients}  requests/client={args.requests}")
+        print(
+            f"upstream {url}  stream={args.stream}  clients={args.clients}  requests/client={args.requests}"
+        )
         for c in args.concurrency:
             cpu0 = _cpu_seconds(proc.pid) if proc else None
             if args.clients == 1:

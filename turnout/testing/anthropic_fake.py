@@ -73,7 +73,11 @@ def _request_id() -> str:
 
 def error_body(status: int, message: str | None = None) -> dict[str, Any]:
     kind, default = _ERROR_TYPES.get(status, ("api_error", f"Upstream error {status}."))
-    return {"type": "error", "error": {"type": kind, "message": message or default}, "request_id": _request_id()}
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": message or default},
+        "request_id": _request_id(),
+    }
 
 
 def _event(name: str, obj: dict[str, Any]) -> bytes:
@@ -92,10 +96,13 @@ DIALECT = Dialect(
     error_body=error_body,
     unfinished=_unfinished,
     with_text=_with_text,
-    stream_filler=lambda text: _event("content_block_delta", {
-        "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-    stream_error=lambda: _event("error", {"type": "error", "error": {"type": "overloaded_error",
-                                                                    "message": "Overloaded"}}),
+    stream_filler=lambda text: _event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+    ),
+    stream_error=lambda: _event(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    ),
     broken_event=b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n',
     headers=lambda: {"request-id": _request_id()},
 )
@@ -131,15 +138,23 @@ class AnthropicFake:
         if "anthropic-version" not in request.headers:
             return error_response(DIALECT, 400, "anthropic-version: header is required")
         if not isinstance(body, dict):
-            return error_response(DIALECT, 400, "There was an issue with your request body: not a JSON object")
+            return error_response(
+                DIALECT, 400, "There was an issue with your request body: not a JSON object"
+            )
         return body, scenario
 
     async def models(self, request: web.Request) -> web.Response:
         denied = self._denied(request)
         if denied is not None:
             return denied
-        data = [{"type": "model", "id": self.model, "display_name": self.model,
-                 "created_at": "2025-01-01T00:00:00Z"}]
+        data = [
+            {
+                "type": "model",
+                "id": self.model,
+                "display_name": self.model,
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+        ]
         body = {"data": data, "has_more": False, "first_id": self.model, "last_id": self.model}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -148,7 +163,9 @@ class AnthropicFake:
         if isinstance(started, web.Response):
             return started
         body, scenario = started
-        return await send_json(request, scenario, self.control, DIALECT, {"input_tokens": _input_tokens(body)})
+        return await send_json(
+            request, scenario, self.control, DIALECT, {"input_tokens": _input_tokens(body)}
+        )
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         started = await self._start(request)
@@ -175,8 +192,10 @@ class AnthropicFake:
             name = tool.get("name", "")
             tool_input = echo.tool_input(tool.get("input_schema"), last_text)
             tool_id = "toolu_" + hashlib.sha1(f"{msg_id}{name}".encode()).hexdigest()[:24]
-            blocks = [{"type": "text", "text": f"Calling {name}."},
-                      {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input}]
+            blocks = [
+                {"type": "text", "text": f"Calling {name}."},
+                {"type": "tool_use", "id": tool_id, "name": name, "input": tool_input},
+            ]
             stop_reason = "tool_use"
             output_tokens = 2 + echo.count_words(orjson.dumps(tool_input).decode())
         else:
@@ -195,43 +214,103 @@ class AnthropicFake:
             blocks = [{"type": "text", "text": text}]
             output_tokens = echo.count_words(text)
 
-        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                 "output_tokens": output_tokens, "service_tier": "standard"}
+        usage = {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
         if not body.get("stream"):
-            payload = {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": blocks,
-                       "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage}
+            payload = {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": blocks,
+                "stop_reason": stop_reason,
+                "stop_sequence": stop_sequence,
+                "usage": usage,
+            }
             return await send_json(request, scenario, self.control, DIALECT, payload)
 
         start_usage = dict(usage, output_tokens=1)
-        events = [_event("message_start", {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": start_usage}})]
+        events = [
+            _event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            )
+        ]
         for index, block in enumerate(blocks):
             if block["type"] == "text":
-                events.append(_event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": {"type": "text", "text": ""}}))
+                events.append(
+                    _event(
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {"type": "text", "text": ""},
+                        },
+                    )
+                )
                 if index == 0:
                     events.append(_event("ping", {"type": "ping"}))
                 for piece in echo.split_pieces(block["text"]):
-                    events.append(_event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                                 "delta": {"type": "text_delta", "text": piece}}))
+                    events.append(
+                        _event(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "text_delta", "text": piece},
+                            },
+                        )
+                    )
             else:
                 start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-                events.append(_event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": start}))
+                events.append(
+                    _event(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": index, "content_block": start},
+                    )
+                )
                 if index == 0:
                     events.append(_event("ping", {"type": "ping"}))
                 arguments = orjson.dumps(block["input"]).decode()
                 half = len(arguments) // 2
                 for part in ("", arguments[:half], arguments[half:]):
-                    events.append(_event("content_block_delta", {
-                        "type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": part}}))
+                    events.append(
+                        _event(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": part},
+                            },
+                        )
+                    )
             events.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
         tail = [
-            _event("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                                     "usage": {"output_tokens": output_tokens}}),
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": {"output_tokens": output_tokens},
+                },
+            ),
             _event("message_stop", {"type": "message_stop"}),
         ]
         return await send_stream(request, scenario, self.control, DIALECT, events, tail)
@@ -247,7 +326,9 @@ def _input_tokens(body: dict[str, Any]) -> int:
 
 def _has_tool_result(message: dict[str, Any]) -> bool:
     content = message.get("content")
-    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "tool_result" for p in content)
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "tool_result" for p in content
+    )
 
 
 def _last_user(messages: list[Any]) -> str:
@@ -272,8 +353,12 @@ def _pick_tool(body: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | N
     return None
 
 
-def make_app(model: str = DEFAULT_MODEL, api_key: str | None = None, log_path: str | None = None,
-             control: Control | None = None) -> web.Application:
+def make_app(
+    model: str = DEFAULT_MODEL,
+    api_key: str | None = None,
+    log_path: str | None = None,
+    control: Control | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     control = control or Control(log_path)
     fake = AnthropicFake(control, model=model, api_key=api_key)
@@ -287,8 +372,10 @@ def make_app(model: str = DEFAULT_MODEL, api_key: str | None = None, log_path: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m turnout.testing.anthropic_fake",
-                                     description="A fake of Anthropic's Messages API on loopback (tests only).")
+    parser = argparse.ArgumentParser(
+        prog="python -m turnout.testing.anthropic_fake",
+        description="A fake of Anthropic's Messages API on loopback (tests only).",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     parser.add_argument("--api-key", default=None, help="require 'x-api-key: KEY'")

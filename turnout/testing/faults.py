@@ -25,8 +25,9 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -119,7 +120,7 @@ class Control:
         self.delay_ms = 0.0
         self.logprob: float | None = None
         self.flap_count = 0
-        self.log: deque[dict[str, Any]] = deque(maxlen=max_log)
+        self.log: deque[tuple[Any, ...]] = deque(maxlen=max_log)
         self.count = 0
         self._log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 - lives with the server
 
@@ -148,24 +149,41 @@ class Control:
         return scenario
 
     def record(self, request: web.Request, body: Any, scenario: Scenario) -> None:
+        """Log one received request.  Kept as a cheap tuple; :meth:`entries` makes it JSON."""
         self.count += 1
-        headers = {
-            str(k): ("<redacted>" if k.lower() in REDACTED_HEADERS else v) for k, v in request.headers.items()
-        }
-        entry = {
-            "n": self.count,
-            "ts": time.time(),
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": headers,
-            "body": body,
-            "scenario": scenario.to_json(),
-        }
-        self.log.append(entry)
+        self.log.append(
+            (
+                self.count,
+                time.time(),
+                request.method,
+                request.path,
+                request.query_string,
+                request.headers,
+                body,
+                scenario,
+            )
+        )
         if self._log_file is not None:
             self._log_file.write(orjson.dumps(body) + b"\n")
             self._log_file.flush()
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The request log: method, path, query, headers (credentials redacted), JSON body, scenario."""
+        return [
+            {
+                "n": n,
+                "ts": ts,
+                "method": method,
+                "path": path,
+                "query": query,
+                "headers": {
+                    str(k): ("<redacted>" if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()
+                },
+                "body": body,
+                "scenario": scenario.to_json(),
+            }
+            for n, ts, method, path, query, headers, body, scenario in self.log
+        ]
 
     def state(self) -> dict[str, Any]:
         return {
@@ -213,7 +231,7 @@ def add_control_routes(app: web.Application, control: Control) -> None:
         return _json(control.state())
 
     async def requests(request: web.Request) -> web.Response:
-        return _json(list(control.log))
+        return _json(control.entries())
 
     async def clear_requests(request: web.Request) -> web.Response:
         control.log.clear()
@@ -249,7 +267,7 @@ class Dialect:
     #: one SSE event whose JSON is cut short
     broken_event: bytes
     #: extra response headers (request ids and the like)
-    headers: Callable[[], dict[str, str]] = lambda: {}
+    headers: Callable[[], dict[str, str]] = dict
 
 
 JSON_TYPE = "application/json"
@@ -261,8 +279,9 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON_TYPE, headers=headers)
 
 
-def error_response(dialect: Dialect, status: int, message: str | None = None,
-                   retry_after: Any = None) -> web.Response:
+def error_response(
+    dialect: Dialect, status: int, message: str | None = None, retry_after: Any = None
+) -> web.Response:
     headers = dialect.headers()
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -313,11 +332,17 @@ def is_error(scenario: Scenario) -> bool:
     return scenario.status is not None
 
 
-async def send_json(request: web.Request, scenario: Scenario, control: Control, dialect: Dialect,
-                    payload: dict[str, Any]) -> web.StreamResponse:
+async def send_json(
+    request: web.Request, scenario: Scenario, control: Control, dialect: Dialect, payload: dict[str, Any]
+) -> web.StreamResponse:
     """Answer a non-streaming request with ``payload``, played through ``scenario``."""
     name = scenario.name
-    if name == "ok" and not scenario.params and not control.delay_ms and "x-fake-delay-ms" not in request.headers:
+    if (
+        name == "ok"
+        and not scenario.params
+        and not control.delay_ms
+        and "x-fake-delay-ms" not in request.headers
+    ):
         return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE, headers=dialect.headers())
     await _before(request, scenario, control)
     if scenario.status is not None:
@@ -368,8 +393,14 @@ async def send_json(request: web.Request, scenario: Scenario, control: Control, 
     return resp
 
 
-async def send_stream(request: web.Request, scenario: Scenario, control: Control, dialect: Dialect,
-                      events: list[bytes], tail: list[bytes]) -> web.StreamResponse:
+async def send_stream(
+    request: web.Request,
+    scenario: Scenario,
+    control: Control,
+    dialect: Dialect,
+    events: list[bytes],
+    tail: list[bytes],
+) -> web.StreamResponse:
     """Answer a streaming request: ``events`` are the SSE events up to the last content delta,
     ``tail`` the events that finish the stream (finish reason, usage, ``[DONE]`` / ``message_stop``)."""
     name = scenario.name
@@ -476,7 +507,7 @@ def run(app: web.Application, host: str, port: int) -> None:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - the only way to read the bound port
+        server = site._server
         real_port = server.sockets[0].getsockname()[1] if server and server.sockets else port
         print(f"listening on http://{host}:{real_port}", flush=True)
         stop = asyncio.Event()

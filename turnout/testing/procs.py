@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 _URL = re.compile(r"https?://[^\s/]+:(\d+)")
 
@@ -74,10 +74,10 @@ class Proc:
                 self.popen.wait(timeout)
         return self.popen.returncode
 
-    def __enter__(self) -> Proc:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -114,8 +114,9 @@ def start_server(
     if env:
         full_env.update(env)
     with os.fdopen(fd, "wb") as log:
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=full_env, cwd=cwd)
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd
+        )
     deadline = time.monotonic() + timeout
     while True:
         text = _read(log_path)
@@ -160,9 +161,13 @@ def control(url: str, action: str, body: Any = None, timeout: float = 10.0) -> A
     import urllib.request
 
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{url}/__control/{action}", data=data, method="GET" if data is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+    req = urllib.request.Request(
+        f"{url}/__control/{action}",
+        data=data,
+        method="GET" if data is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 

@@ -82,8 +82,15 @@ def _with_text(payload: dict[str, Any], text: str) -> dict[str, Any]:
     return payload
 
 
-def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None,
-           logprobs: Any = None, usage: bool = False) -> bytes:
+def _chunk(
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    logprobs: Any = None,
+    usage: bool = False,
+) -> bytes:
     obj: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",
@@ -159,7 +166,9 @@ class OpenAIUpstream:
         if denied is not None:
             return denied
         data = [{"id": self.model, "object": "model", "created": 1700000000, "owned_by": "turnout-fake"}]
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+        )
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         started = await self._start(request)
@@ -198,16 +207,21 @@ class OpenAIUpstream:
             return error_response(DIALECT, 400, "We could not parse the JSON body of your request.")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return error_response(DIALECT, 400, "'messages' is a required property and must be a non-empty array")
+            return error_response(
+                DIALECT, 400, "'messages' is a required property and must be a non-empty array"
+            )
         model = body.get("model") or self.model
-        prompt_tokens = sum(echo.count_words(echo.text_of(m.get("content"))) for m in messages
-                            if isinstance(m, dict))
+        prompt_tokens = sum(
+            echo.count_words(echo.text_of(m.get("content"))) for m in messages if isinstance(m, dict)
+        )
         last = messages[-1] if isinstance(messages[-1], dict) else {}
         tool = self._pick_tool(body, last)
         cid = f"chatcmpl-{next(_ids):012x}"
         created = int(time.time())
         if tool is not None:
-            return await self._tool_call(request, scenario, body, model, cid, created, prompt_tokens, tool, last)
+            return await self._tool_call(
+                request, scenario, body, model, cid, created, prompt_tokens, tool, last
+            )
 
         if last.get("role") == "tool":
             text = "tool result: " + echo.text_of(last.get("content"))
@@ -227,36 +241,61 @@ class OpenAIUpstream:
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = [_chunk(cid, created, model, {"role": "assistant", "content": "", "refusal": None},
-                             usage=include_usage, logprobs={"content": [], "refusal": None} if want_lp else None)]
+            events = [
+                _chunk(
+                    cid,
+                    created,
+                    model,
+                    {"role": "assistant", "content": "", "refusal": None},
+                    usage=include_usage,
+                    logprobs={"content": [], "refusal": None} if want_lp else None,
+                )
+            ]
             for piece in echo.split_pieces(text):
                 logprobs = {"content": [_lp_entry(piece, lp, top_n)], "refusal": None} if want_lp else None
-                events.append(_chunk(cid, created, model, {"content": piece}, logprobs=logprobs,
-                                     usage=include_usage))
+                events.append(
+                    _chunk(cid, created, model, {"content": piece}, logprobs=logprobs, usage=include_usage)
+                )
             tail = [_chunk(cid, created, model, {}, finish=finish, usage=include_usage)]
             if include_usage:
-                tail.append(b"data: " + orjson.dumps({
-                    "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
-                }) + b"\n\n")
+                tail.append(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "system_fingerprint": SYSTEM_FINGERPRINT,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
             tail.append(b"data: [DONE]\n\n")
             return await send_stream(request, scenario, self.control, DIALECT, events, tail)
 
         logprobs = None
         if want_lp:
-            logprobs = {"content": [_lp_entry(p, lp, top_n) for p in echo.split_pieces(text)], "refusal": None}
+            logprobs = {
+                "content": [_lp_entry(p, lp, top_n) for p in echo.split_pieces(text)],
+                "refusal": None,
+            }
         payload = {
             "id": cid,
             "object": "chat.completion",
             "created": created,
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            ],
             "usage": usage,
             "service_tier": "default",
         }
@@ -265,7 +304,9 @@ class OpenAIUpstream:
     # ------------------------------------------------------------------ tools
     @staticmethod
     def _pick_tool(body: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
-        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        tools = [
+            t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
+        ]
         if not tools or last.get("role") != "user":
             return None
         choice = body.get("tool_choice", "auto")
@@ -273,14 +314,25 @@ class OpenAIUpstream:
             return None
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name")
-            return next((t["function"] for t in tools if t["function"].get("name") == name), tools[0]["function"])
+            return next(
+                (t["function"] for t in tools if t["function"].get("name") == name), tools[0]["function"]
+            )
         if choice == "required" or echo.TOOL_TRIGGER in echo.text_of(last.get("content")).lower():
             return tools[0]["function"]
         return None
 
-    async def _tool_call(self, request: web.Request, scenario: Scenario, body: dict[str, Any], model: str,
-                         cid: str, created: int, prompt_tokens: int, tool: dict[str, Any],
-                         last: dict[str, Any]) -> web.StreamResponse:
+    async def _tool_call(
+        self,
+        request: web.Request,
+        scenario: Scenario,
+        body: dict[str, Any],
+        model: str,
+        cid: str,
+        created: int,
+        prompt_tokens: int,
+        tool: dict[str, Any],
+        last: dict[str, Any],
+    ) -> web.StreamResponse:
         text = echo.text_of(last.get("content"))
         arguments = orjson.dumps(echo.tool_input(tool.get("parameters"), text)).decode()
         call_id = f"call_{hashlib.sha1(f'{cid}{arguments}'.encode()).hexdigest()[:24]}"
@@ -294,18 +346,40 @@ class OpenAIUpstream:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             half = len(arguments) // 2
-            first = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
-                {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}
+            first = {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ],
+            }
             events = [_chunk(cid, created, model, first, usage=include_usage)]
             for part in (arguments[:half], arguments[half:]):
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}
                 events.append(_chunk(cid, created, model, delta, usage=include_usage))
             tail = [_chunk(cid, created, model, {}, finish="tool_calls", usage=include_usage)]
             if include_usage:
-                tail.append(b"data: " + orjson.dumps({
-                    "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
-                }) + b"\n\n")
+                tail.append(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "system_fingerprint": SYSTEM_FINGERPRINT,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
             tail.append(b"data: [DONE]\n\n")
             return await send_stream(request, scenario, self.control, DIALECT, events, tail)
         payload = {
@@ -314,19 +388,26 @@ class OpenAIUpstream:
             "created": created,
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [{
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "refusal": None,
-                    "annotations": [],
-                    "tool_calls": [{"id": call_id, "type": "function",
-                                    "function": {"name": name, "arguments": arguments}}],
-                },
-                "logprobs": None,
-                "finish_reason": "tool_calls",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "annotations": [],
+                        "tool_calls": [
+                            {
+                                "id": call_id,
+                                "type": "function",
+                                "function": {"name": name, "arguments": arguments},
+                            }
+                        ],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "tool_calls",
+                }
+            ],
             "usage": usage,
             "service_tier": "default",
         }
@@ -364,8 +445,12 @@ def embed(text: str, dims: int) -> list[float]:
     return [x / norm for x in out]
 
 
-def make_app(model: str = DEFAULT_MODEL, api_key: str | None = None, log_path: str | None = None,
-             control: Control | None = None) -> web.Application:
+def make_app(
+    model: str = DEFAULT_MODEL,
+    api_key: str | None = None,
+    log_path: str | None = None,
+    control: Control | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     control = control or Control(log_path)
     upstream = OpenAIUpstream(control, model=model, api_key=api_key)
@@ -379,7 +464,9 @@ def make_app(model: str = DEFAULT_MODEL, api_key: str | None = None, log_path: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m turnout.testing.upstream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m turnout.testing.upstream", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
