@@ -600,3 +600,10 @@ def test_anthropic_sdk_errors(an: Any) -> None:
         list(stream)
     assert not isinstance(exc_info.value, AssertionError)
     assert c.messages.count_tokens(model="claude-x", messages=AN_BODY["messages"]).input_tokens == 3
+
+
+def test_openai_stop_and_missing_model(up: Any) -> None:
+    r = client(up.url).chat.completions.create(model="m", messages=HELLO["messages"], stop=[" out"])
+    assert r.choices[0].message.content == "echo: hello" and r.choices[0].finish_reason == "stop"
+    res = raw(up.url + CHAT, {"messages": HELLO["messages"]})
+    assert res.status == 400 and json.loads(res.body)["error"]["type"] == "invalid_request_error"

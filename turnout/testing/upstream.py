@@ -210,7 +210,9 @@ class OpenAIUpstream:
             return error_response(
                 DIALECT, 400, "'messages' is a required property and must be a non-empty array"
             )
-        model = body.get("model") or self.model
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(DIALECT, 400, "you must provide a model parameter")
         prompt_tokens = sum(
             echo.count_words(echo.text_of(m.get("content"))) for m in messages if isinstance(m, dict)
         )
@@ -227,6 +229,11 @@ class OpenAIUpstream:
             text = "tool result: " + echo.text_of(last.get("content"))
         else:
             text = "echo: " + _last_user(messages)
+        stops = body.get("stop")
+        for seq in [stops] if isinstance(stops, str) else stops or []:
+            if isinstance(seq, str) and seq and seq in text:
+                text = text[: text.index(seq)]
+                break
         text, cut = echo.truncate(text, body.get("max_completion_tokens") or body.get("max_tokens"))
         finish = "length" if cut else "stop"
         completion_tokens = echo.count_words(text)
