@@ -350,7 +350,7 @@ async def _stream_one(session: Any, url: str, body: dict[str, Any], headers: dic
                     usage = event.get("usage")
                     if usage and usage.get("completion_tokens") is not None:
                         out.tokens, out.from_usage = int(usage["completion_tokens"]), True
-    except Exception as exc:  # one failed request is data, not a crash
+    except Exception as exc:  # noqa: BLE001  # one failed request is data, not a crash
         out.error = f"{type(exc).__name__}: {exc}"
         return out
     if not out.from_usage:

@@ -22,8 +22,9 @@ import secrets
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 from turnout.governance import sqlite
@@ -102,7 +103,7 @@ def new_plaintext() -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 _COLUMNS = "key_id, tenant, hint, routes, rpm, tpm, usd_per_day, usd_per_month, created_at, revoked_at"
@@ -193,7 +194,7 @@ class KeyStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> KeyStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

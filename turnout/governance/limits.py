@@ -38,7 +38,7 @@ import threading
 import time as _time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,10 @@ class Windows:
 
     @classmethod
     def at(cls, now: float) -> Windows:
-        dt = datetime.fromtimestamp(now, timezone.utc)
+        dt = datetime.fromtimestamp(now, UTC)
         minute = int(now // 60)
-        next_day = datetime(dt.year, dt.month, dt.day, tzinfo=timezone.utc) + timedelta(days=1)
-        next_month = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=timezone.utc)
+        next_day = datetime(dt.year, dt.month, dt.day, tzinfo=UTC) + timedelta(days=1)
+        next_month = datetime(dt.year + dt.month // 12, dt.month % 12 + 1, 1, tzinfo=UTC)
         to_minute = (minute + 1) * 60 - now
         return cls(str(minute), dt.strftime("%Y-%m-%d"), dt.strftime("%Y-%m"), {
             "rpm": to_minute, "tpm": to_minute,

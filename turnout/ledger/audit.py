@@ -34,9 +34,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 GENESIS = "0" * 64
 _LABEL = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -52,7 +52,7 @@ def entry_hash(prev_hash: str, seq: int, time: str, payload: Mapping[str, Any]) 
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class AuditLog(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> AuditLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
