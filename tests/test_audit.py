@@ -235,3 +235,11 @@ def test_concurrent_appends_from_threads_and_processes(backend: Backend) -> None
     assert result.ok and result.entries == 2 * 40 + 3 * 20
     seqs = [r[0] for r in backend.sql(f"SELECT seq FROM {backend.entries} ORDER BY seq")]
     assert seqs == list(range(1, 141))
+
+
+def test_cli_verify_refuses_a_missing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.sqlite"
+    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(missing)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "no database at" in r.stderr
+    assert not missing.exists()  # verifying did not create an empty log

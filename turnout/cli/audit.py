@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from turnout.governance.sqlite import default_db_path
     from turnout.ledger.audit import open_audit_log
 
+    if not args.dsn:
+        path = Path(args.db) if args.db else default_db_path()
+        if not path.exists():  # reading must not create an empty log and call it intact
+            raise ValueError(f"no database at {path} (set --db, $TURNOUT_DB or --dsn)")
     return open_audit_log(db=args.db, dsn=args.dsn, schema=args.schema)
 
 
@@ -62,7 +68,12 @@ def tail(args: argparse.Namespace) -> int:
     if args.n < 0:
         print("turnout audit: error: -n must be >= 0", file=sys.stderr)
         return 2
-    with _open(args) as log:
+    try:
+        log = _open(args)
+    except ValueError as exc:
+        print(f"turnout audit: error: {exc}", file=sys.stderr)
+        return 2
+    with log:
         records = log.tail(args.n)
     for r in records:
         if args.json:
