@@ -112,6 +112,18 @@ class Gateway:
         finally:
             conn.close()
 
+    def ledger_after(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Rows past the first ``count``, once there are any: a stream's row is committed
+        when the stream ends on the server, which can be just after the client returns."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.ledger()
+            if len(rows) > count or time.monotonic() > deadline:
+                return rows[count:]
+            time.sleep(0.05)
+
     def openai(self, **kw: Any) -> Any:
         import openai
 

@@ -103,11 +103,12 @@ def test_stream_falls_back_before_first_token(hybrid: Gateway, upstream: Upstrea
 
 def test_midstream_failure_ends_with_error_not_success(hybrid: Gateway, upstream: Upstream) -> None:
     upstream.queue({"name": "reset_midstream", "after_chunks": 2})
+    before = len(hybrid.ledger())
     stream = hybrid.openai().chat.completions.create(model="auto", messages=HI, stream=True)
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
-    row = hybrid.ledger()[-1]
+    row = hybrid.ledger_after(before)[-1]
     assert row["status"] == "error_midstream" and row["engine"] == "frontier"
 
 
