@@ -503,7 +503,7 @@ def run(app: web.Application, host: str, port: int) -> None:
     async def main() -> None:
         import signal
 
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
