@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="verify and read the hash-chained audit log", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cost", help="TCO: when owning accelerators beats renting an API",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--daily-tokens", metavar="N", help="output tokens per day (60M, 1.5e9, ...)")

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keys", help="create, list and revoke API keys", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", help="SQLite file (default $TURNOUT_DB or .turnout/turnout.sqlite)")

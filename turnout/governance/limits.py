@@ -314,7 +314,7 @@ class RedisLimiter(Limiter):
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
                        windows: Windows) -> list[str]:
         keys = [self._key(key_id, k, windows) for k in KINDS]
-        args = [-1 if caps[k] is None else caps[k] for k in KINDS]
+        args: list[int] = [-1 if (cap := caps[k]) is None else cap for k in KINDS]
         args += [tokens, micros, _TTL["rpm"], _TTL["usd_day"], _TTL["usd_month"]]
         failed = await self._reserve_script(keys=keys, args=args)
         return [KINDS[int(i) - 1] for i in failed]

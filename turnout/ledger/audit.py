@@ -298,7 +298,7 @@ class PostgresAuditLog(AuditLog):
                 if name in done:
                     continue
                 for statement in statements:
-                    cur.execute(statement)  # type: ignore[arg-type]  # our own literal SQL
+                    cur.execute(statement)  # our own literal SQL
                 cur.execute(f"INSERT INTO {s}.audit_migrations (name) VALUES (%s)", (name,))
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
