@@ -136,7 +136,6 @@ class TurnoutConfig(_Strict):
     engines: dict[str, EngineConfig] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
-    default_route: str = "auto"
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
 
@@ -156,8 +155,6 @@ class TurnoutConfig(_Strict):
                     raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {engine!r}")
             if rule.route and rule.route not in self.routes:
                 raise ValueError(f"rules[{i}] ({rule.name}).route names unknown route {rule.route!r}")
-        if self.default_route not in self.routes:
-            raise ValueError(f"default_route {self.default_route!r} is not one of routes {sorted(self.routes)}")
         return self
 
     def local_engines(self) -> list[str]:
