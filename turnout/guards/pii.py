@@ -218,7 +218,7 @@ def _cards(text: str, doc: Any) -> list[Cand]:
     out = []
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group(0))
-        if 12 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 2:
+        if 12 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:
             out.append(Cand(m.start(), m.end(), "CREDIT_CARD", 0.98, "luhn"))
     return out
 
@@ -419,7 +419,14 @@ def _addresses(text: str, doc: Any) -> list[Cand]:
     common = _lower_lexicon("common_words")
     for m in _MILITARY.finditer(text):
         out.append(Cand(m.start(), m.end(), "STREET_ADDRESS", 0.95, "regex"))
-    for m in _STREET_NUM_FIRST.finditer(text):
+    starts = [m.start() for m in re.finditer(r"(?<![\w.,-])\d", text)]
+    taken_to = -1
+    for st in starts:
+        if st < taken_to:
+            continue
+        m = _STREET_NUM_FIRST.match(text, st)
+        if not m:
+            continue
         s = m.start()
         e = _trim_tail(text, s, m.end())
         words = text[s:e].rstrip(".").split()
@@ -437,6 +444,7 @@ def _addresses(text: str, doc: Any) -> list[Cand]:
             continue
         e = s + len(text[s:e].rstrip(".")) if not re.search(r"\d\.$", text[s:e]) else e
         e = _extend_address(text, e, places)
+        taken_to = e
         out.append(Cand(s, e, "STREET_ADDRESS", 0.9, "address"))
     for m in _STREET_NAME_FIRST.finditer(text):
         s, e = m.start(), m.end()
@@ -643,7 +651,8 @@ def _ner(text: str, doc: Any) -> list[Cand]:
             continue
         if not v2.strip():
             continue
-        if t in ("ORGANIZATION", "LOCATION", "PERSON", "NRP") and v2.upper() in NOT_ENTITIES:
+        if t in ("ORGANIZATION", "LOCATION", "PERSON", "NRP") and (
+                v2.upper() in NOT_ENTITIES or (re.search(r"\d", v2) and not re.search(r"[a-z]", v2))):
             continue
         if t == "DATE_TIME":
             if re.fullmatch(r"[\d\s-]+", v2) and not re.fullmatch(r"(?:1[89]|20)\d\d", v2):
@@ -784,6 +793,8 @@ class PiiGuard:
             self._nlp = spacy.load(model, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
         for name in ("names", "places", "common_words", "jobs"):
             lexicon(name)  # load the word lists now, not on the first request
+        _lower_lexicon("common_words")
+        self.inspect("Warm-up: Jane Doe lives at 1 Main Street, Springfield; call +1 555 010 0000.")
 
     def candidates(self, text: str) -> list[Cand]:
         doc = None

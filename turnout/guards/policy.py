@@ -1,0 +1,122 @@
+"""What to do with findings: per finding kind, an action for remote and for local engines.
+
+Actions, weakest to strongest: ``allow`` < ``pseudonymize`` < ``keep_local`` < ``block``.
+``keep_local`` means "may not leave the premises": on a remote engine the caller must
+re-route to a local one or refuse; on a local engine it is the same as ``allow``.
+
+Fail closed: an inspection that carries an error (a detector raised or ran past its
+time budget) is never safe for remote, whatever its findings say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from turnout.guards.base import Finding
+
+if TYPE_CHECKING:
+    from turnout.guards.scanner import Inspection
+
+Action = Literal["allow", "pseudonymize", "keep_local", "block"]
+Locality = Literal["local", "remote"]
+ORDER: dict[str, int] = {"allow": 0, "pseudonymize": 1, "keep_local": 2, "block": 3}
+
+
+@dataclass(frozen=True)
+class Rule:
+    remote: Action
+    local: Action = "allow"
+    min_score: float = 0.0          # findings scoring below this are ignored by the rule
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Rules per finding kind, optionally refined per ``kind:TYPE`` (e.g. ``pii:US_SSN``).
+    ``injection_block`` is the score at or above which an injection finding blocks the
+    request on any engine (None: use the guard's calibrated threshold, carried in the
+    finding type ``JAILBREAK``)."""
+
+    rules: Mapping[str, Rule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    injection_block: float | None = None
+    on_error: Action = "keep_local"
+
+    def rule_for(self, f: Finding) -> Rule:
+        return self.rules.get(f"{f.kind}:{f.type}") or self.rules.get(f.kind) or Rule("keep_local")
+
+
+DEFAULT_RULES: dict[str, Rule] = {
+    "secret": Rule(remote="keep_local"),
+    "pii": Rule(remote="pseudonymize"),
+    "injection": Rule(remote="allow"),     # flagged as a label; blocking is by score, below
+    "leak": Rule(remote="block", local="block"),
+}
+
+
+@dataclass
+class Verdict:
+    action: Action
+    safe_for_remote: bool
+    to_pseudonymize: list[tuple[int, Finding]]   # (message index, finding) to replace before a remote call
+    reasons: list[str]
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+def decide(inspection: "Inspection", locality: Locality, policy: GuardPolicy | None = None) -> Verdict:
+    """The action for this request on an engine of ``locality``.
+
+    - ``block``: refuse (injection above threshold, or a rule says so);
+    - ``keep_local``: only for remote engines; route to a local engine or refuse;
+    - ``pseudonymize``: replace ``to_pseudonymize`` before the call, restore after;
+    - ``allow``: send as is.
+    ``safe_for_remote`` is False whenever a finding needs ``keep_local`` or ``block`` on a
+    remote engine, or the inspection failed."""
+    policy = policy or GuardPolicy()
+    action: Action = "allow"
+    reasons: list[str] = []
+    to_pseudo: list[tuple[int, Finding]] = []
+    safe = True
+
+    def raise_to(a: Action, why: str) -> None:
+        nonlocal action
+        if ORDER[a] > ORDER[action]:
+            action = a
+        reasons.append(why)
+
+    if inspection.error is not None:
+        safe = False
+        a: Action = policy.on_error if locality == "remote" else "allow"
+        if policy.on_error == "block":
+            a = "block"
+        raise_to(a, f"guard failure: {inspection.error}")
+
+    for idx, f in inspection.findings:
+        rule = policy.rule_for(f)
+        if f.score < rule.min_score:
+            continue
+        if f.kind == "injection":
+            threshold = policy.injection_block
+            hit = f.score >= threshold if threshold is not None else f.type == "JAILBREAK"
+            if hit:
+                safe = False
+                raise_to("block", f"injection score {f.score:.2f}")
+            continue
+        remote_action = rule.remote
+        if ORDER[remote_action] >= ORDER["keep_local"]:
+            safe = False
+        a = rule.remote if locality == "remote" else rule.local
+        if a == "keep_local" and locality == "local":
+            a = "allow"
+        if a == "pseudonymize":
+            to_pseudo.append((idx, f))
+        if a != "allow":
+            raise_to(a, f"{f.kind}:{f.type} -> {a}")
+    return Verdict(action, safe, to_pseudo if action == "pseudonymize" else [], _unique(reasons))
+
+
+def _unique(xs: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(xs))

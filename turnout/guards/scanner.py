@@ -1,0 +1,159 @@
+"""One entry point for the pipeline: inspect the input messages, scan the output.
+
+Build a ``Scanner`` once at start-up (it loads spaCy and the injection model) and share
+it; it is thread-safe. Per request::
+
+    insp = scanner.inspect_messages([m.content for m in request.messages])
+    verdict = decide(insp, engine.info.locality)           # turnout.guards.policy
+    if verdict.action == "pseudonymize":
+        p = Pseudonymizer()
+        texts = scanner.apply(p, texts, verdict)            # placeholders in, restore later
+
+Every guard runs under a time budget. A guard that raises or runs past it makes the
+inspection carry ``error``, which policy treats as "not safe for remote" (fail closed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from turnout.guards.base import Finding, Guard
+from turnout.guards.policy import Verdict
+from turnout.guards.pseudonymize import Pseudonymizer
+
+
+@dataclass
+class Inspection:
+    labels: set[str] = field(default_factory=set)             # "pii", "secret", "injection", "guard_error"
+    findings: list[tuple[int, Finding]] = field(default_factory=list)  # (message index, finding)
+    error: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per guard, summed over messages
+
+    @property
+    def injection_score(self) -> float:
+        return max((f.score for _, f in self.findings if f.kind == "injection"), default=0.0)
+
+    def for_message(self, index: int) -> list[Finding]:
+        return [f for i, f in self.findings if i == index]
+
+
+class Scanner:
+    def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, workers: int = 2,
+                 output_guards: Sequence[Guard] | None = None) -> None:
+        self.guards = list(guards)
+        self.output_guards = list(output_guards) if output_guards is not None else [
+            g for g in self.guards if g.name == "secrets"]
+        self.budget_ms = budget_ms
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
+
+    @classmethod
+    def default(cls, *, budget_ms: float = 250.0, spacy_model: str | None = None) -> "Scanner":
+        """PII (spaCy + recognisers), secrets and injection guards with shipped data."""
+        from turnout.guards.injection import InjectionGuard
+        from turnout.guards.pii import DEFAULT_MODEL, PiiGuard
+        from turnout.guards.secrets import SecretsGuard
+
+        secrets = SecretsGuard()
+        return cls([secrets, PiiGuard(spacy_model or DEFAULT_MODEL), InjectionGuard()], budget_ms=budget_ms,
+                   output_guards=[secrets])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ input
+
+    def _run(self, guard: Guard, text: str, deadline: float) -> list[Finding]:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise TimeoutError(f"{guard.name}: time budget of {self.budget_ms:.0f} ms spent")
+        fut = self._pool.submit(guard.inspect, text)
+        try:
+            return fut.result(timeout=remaining)
+        except cf.TimeoutError as exc:
+            fut.cancel()
+            raise TimeoutError(f"{guard.name}: time budget of {self.budget_ms:.0f} ms exceeded") from exc
+
+    def inspect_messages(self, texts: Sequence[str]) -> Inspection:
+        """Run every guard on every text. Never raises for a guard failure: the failure is
+        recorded in ``error`` (and the label ``guard_error``) and the remaining guards
+        still run, so the labels stay as complete as possible."""
+        insp = Inspection()
+        deadline = time.perf_counter() + self.budget_ms / 1000.0
+        for guard in self.guards:
+            t0 = time.perf_counter()
+            for i, text in enumerate(texts):
+                if not text:
+                    continue
+                try:
+                    found = self._run(guard, text, deadline)
+                except Exception as exc:  # fail closed: any failure marks the request unsafe
+                    msg = f"{guard.name}: {type(exc).__name__}: {exc}"
+                    insp.error = msg if insp.error is None else f"{insp.error}; {msg}"
+                    insp.labels.add("guard_error")
+                    break
+                for f in found:
+                    insp.findings.append((i, f))
+                    insp.labels.add(f.kind)
+            insp.timings_ms[guard.name] = round((time.perf_counter() - t0) * 1000, 3)
+        return insp
+
+    @staticmethod
+    def apply(p: Pseudonymizer, texts: Sequence[str], verdict: Verdict) -> list[str]:
+        """Replace the findings policy marked for pseudonymization, message by message."""
+        by_msg: dict[int, list[Finding]] = {}
+        for i, f in verdict.to_pseudonymize:
+            by_msg.setdefault(i, []).append(f)
+        return [p.pseudonymize(t, by_msg.get(i, [])) for i, t in enumerate(texts)]
+
+    # ------------------------------------------------------------------ output
+
+    def scan_output(self, text: str, *, system_prompt: str | None = None,
+                    kept_values: Iterable[str] = ()) -> list[Finding]:
+        """Findings in a model's answer: secrets (kind ``secret``), a verbatim run of the
+        system prompt (``leak``/``SYSTEM_PROMPT_LEAK``) and any value that policy kept
+        local (``leak``/``KEPT_VALUE_LEAK``). Output guard failures are raised: the
+        caller decides whether to withhold the answer."""
+        out: list[Finding] = []
+        for g in self.output_guards:
+            out.extend(g.inspect(text))
+        if system_prompt:
+            out.extend(system_prompt_leaks(text, system_prompt))
+        out.extend(value_leaks(text, kept_values))
+        return out
+
+
+def system_prompt_leaks(text: str, system_prompt: str, *, n: int = 8) -> list[Finding]:
+    """A run of ``n`` consecutive words of the system prompt reproduced in ``text``
+    (case and punctuation ignored). Score: share of the prompt's n-grams reproduced."""
+    words = [(m.group(0).lower(), m.start(), m.end()) for m in re.finditer(r"\w+", text)]
+    pwords = [w.lower() for w in re.findall(r"\w+", system_prompt)]
+    if len(pwords) < n:
+        n = max(3, len(pwords))
+        if len(pwords) < n:
+            return []
+    grams = {tuple(pwords[i:i + n]) for i in range(len(pwords) - n + 1)}
+    hits = [i for i in range(len(words) - n + 1) if tuple(w for w, _, _ in words[i:i + n]) in grams]
+    if not hits:
+        return []
+    seen = {tuple(w for w, _, _ in words[i:i + n]) for i in hits}
+    score = min(1.0, len(seen) / max(1, len(grams)) + 0.5)
+    first, last = hits[0], hits[-1]
+    return [Finding("leak", "SYSTEM_PROMPT_LEAK", words[first][1], words[last + n - 1][2], round(score, 3),
+                    "output.system_prompt")]
+
+
+def value_leaks(text: str, values: Iterable[str], *, min_len: int = 4) -> list[Finding]:
+    out = []
+    low = text.lower()
+    for v in set(values):
+        if len(v.strip()) < min_len:
+            continue
+        start = low.find(v.lower())
+        while start >= 0:
+            out.append(Finding("leak", "KEPT_VALUE_LEAK", start, start + len(v), 1.0, "output.kept_values"))
+            start = low.find(v.lower(), start + len(v))
+    return out
