@@ -607,3 +607,10 @@ def test_openai_stop_and_missing_model(up: Any) -> None:
     assert r.choices[0].message.content == "echo: hello" and r.choices[0].finish_reason == "stop"
     res = raw(up.url + CHAT, {"messages": HELLO["messages"]})
     assert res.status == 400 and json.loads(res.body)["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_path_is_provider_shaped_404(up: Any, an: Any) -> None:
+    res = raw(up.url + "/v1/nope", {})
+    assert res.status == 404 and "Unknown request URL" in json.loads(res.body)["error"]["message"]
+    res = raw(an.url + "/v1/nope", method="GET")
+    assert res.status == 404 and json.loads(res.body)["error"]["type"] == "not_found_error"

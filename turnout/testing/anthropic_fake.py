@@ -45,6 +45,7 @@ from turnout.testing.faults import (
     Dialect,
     ScenarioError,
     add_control_routes,
+    add_not_found_route,
     error_response,
     parse_body,
     run,
@@ -368,6 +369,7 @@ def make_app(
     app.router.add_post("/v1/messages/count_tokens", fake.count_tokens)
     app.router.add_get("/v1/models", fake.models)
     add_control_routes(app, control)
+    add_not_found_route(app, DIALECT)
     return app
 
 

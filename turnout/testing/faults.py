@@ -247,6 +247,15 @@ def add_control_routes(app: web.Application, control: Control) -> None:
     app.router.add_get("/__control/state", state)
 
 
+def add_not_found_route(app: web.Application, dialect: Dialect) -> None:
+    """Answer unknown paths with the provider's 404 error body instead of aiohttp's plain text."""
+
+    async def not_found(request: web.Request) -> web.Response:
+        return error_response(dialect, 404, f"Unknown request URL: {request.method} {request.path}")
+
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+
 # --------------------------------------------------------------------------- dialects
 
 

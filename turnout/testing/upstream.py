@@ -38,6 +38,7 @@ from turnout.testing.faults import (
     Scenario,
     ScenarioError,
     add_control_routes,
+    add_not_found_route,
     error_response,
     parse_body,
     run,
@@ -55,7 +56,7 @@ _ERROR_KINDS = {
     400: ("invalid_request_error", None, "Invalid request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
     403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
-    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    404: ("invalid_request_error", None, "Not found."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again later."),
     500: ("server_error", None, "The server had an error while processing your request."),
     502: ("server_error", None, "Bad gateway."),
@@ -467,6 +468,7 @@ def make_app(
     app.router.add_post("/v1/embeddings", upstream.embeddings)
     app.router.add_get("/v1/models", upstream.models)
     add_control_routes(app, control)
+    add_not_found_route(app, DIALECT)
     return app
 
 
