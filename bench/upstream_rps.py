@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per concurrency level")
     args = parser.parse_args()
 
     proc = None
@@ -107,7 +108,24 @@ def main() -> None:
             if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
                 # The server is one process on one core: requests per CPU-second is its ceiling.
                 line += f"   server CPU {cpu1 - cpu0:.2f} s -> {total / (cpu1 - cpu0):.0f} req per server CPU-second"
-            print(line)
+            print(line, flush=True)
+            if args.json:
+                import json
+
+                server_cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+                print(
+                    json.dumps(
+                        {
+                            "concurrency": c,
+                            "requests": total,
+                            "rps": total / wall,
+                            "p50_ms": p50,
+                            "p99_ms": p99,
+                            "stream": args.stream,
+                            "server_cpu_s": server_cpu,
+                        }
+                    )
+                )
     finally:
         if proc is not None:
             proc.stop()
