@@ -55,8 +55,63 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> None:
         await resp.read()
 
 
-def _client(args: tuple[str, int, int, bool]) -> tuple[float, list[float]]:
-    return asyncio.run(_run(*args))
+async def _run_raw(url: str, n: int, concurrency: int, stream: bool) -> tuple[float, list[float]]:
+    """The same load from a minimal HTTP/1.1 keep-alive client (asyncio streams, pre-built request
+    bytes), so that the client costs less CPU than the server it measures."""
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    payload = json.dumps(dict(BODY, stream=True) if stream else BODY).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    latencies: list[float] = []
+    remaining = n
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:60].decode(errors="replace"))
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            i = lower.index(b"content-length: ") + 16
+            await reader.readexactly(int(lower[i : lower.index(b"\r\n", i)]))
+
+    async def worker(warm: asyncio.Event) -> None:
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection(host, port)
+        await one(reader, writer)
+        await warm.wait()
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            await one(reader, writer)
+            latencies.append(time.perf_counter() - t0)
+        writer.close()
+
+    warm = asyncio.Event()
+    tasks = [asyncio.ensure_future(worker(warm)) for _ in range(concurrency)]
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    warm.set()
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0, latencies
+
+
+def _client(args: tuple[str, int, int, bool, str]) -> tuple[float, list[float]]:
+    url, n, concurrency, stream, kind = args
+    run = _run_raw if kind == "raw" else _run
+    return asyncio.run(run(url, n, concurrency, stream))
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -77,6 +132,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "raw"],
+        default="aiohttp",
+        help="aiohttp (a real client, often the bottleneck) or raw (a minimal keep-alive HTTP/1.1 client)",
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per concurrency level")
     args = parser.parse_args()
 
@@ -89,15 +150,18 @@ def main() -> None:
         url = proc.url
     try:
         print(
-            f"upstream {url}  stream={args.stream}  clients={args.clients}  requests/client={args.requests}"
+            f"upstream {url}  client={args.client}  stream={args.stream}  clients={args.clients}  "
+            f"requests/client={args.requests}"
         )
         for c in args.concurrency:
             cpu0 = _cpu_seconds(proc.pid) if proc else None
             if args.clients == 1:
-                results = [_client((url, args.requests, c, args.stream))]
+                results = [_client((url, args.requests, c, args.stream, args.client))]
             else:
                 with mp.get_context("spawn").Pool(args.clients) as pool:
-                    results = pool.map(_client, [(url, args.requests, c, args.stream)] * args.clients)
+                    results = pool.map(
+                        _client, [(url, args.requests, c, args.stream, args.client)] * args.clients
+                    )
             total = sum(len(lat) for _, lat in results)
             wall = max(el for el, _ in results)
             lat = sorted(x for _, l in results for x in l)
