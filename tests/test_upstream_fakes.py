@@ -94,7 +94,7 @@ def raw(
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout, connector=conn) as s,
-                s.request(method, url, json=body, headers=headers) as resp,
+                s.request(method, url, headers=headers, **_body_kw(body)) as resp,
             ):
                 out.status = resp.status
                 out.headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -108,6 +108,10 @@ def raw(
         return out
 
     return asyncio.run(go())
+
+
+def _body_kw(body: Any) -> dict[str, Any]:
+    return {"data": body} if isinstance(body, bytes) else {"json": body}
 
 
 def scenarios(url: str, *items: Any, **kw: Any) -> None:
@@ -442,9 +446,19 @@ def test_delay_and_header_scenario(up: Any) -> None:
 
 
 def test_control_rejects_unknown_scenarios(up: Any) -> None:
-    for bad in (["explode"], [{"name": "429", "seconds": 1}], {"nope": 1}):
+    bad_specs = (
+        ["explode"],
+        [{"name": "429", "seconds": 1}],
+        {"nope": 1},
+        [{"name": "stall_headers", "seconds": "long"}],
+        {"delay_ms": "x"},
+        b"{not json",
+    )
+    for bad in bad_specs:
         res = raw(up.url + "/__control/scenarios", bad)
         assert res.status == 400 and "error" in json.loads(res.body)
+    res = raw(up.url + CHAT, HELLO, headers={"x-fake-scenario": "{broken"})
+    assert res.status == 400 and "x-fake-scenario" in json.loads(res.body)["error"]["message"]
 
 
 def test_api_key_required() -> None:

@@ -90,7 +90,10 @@ def parse_scenario(spec: Any) -> Scenario:
     if isinstance(spec, str):
         spec = spec.strip()
         if spec.startswith("{"):
-            spec = orjson.loads(spec)
+            try:
+                spec = orjson.loads(spec)
+            except orjson.JSONDecodeError as exc:
+                raise ScenarioError(f"scenario JSON does not parse: {exc}") from exc
         else:
             spec = {"name": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), (str, int)):
@@ -105,9 +108,16 @@ def parse_scenario(spec: Any) -> Scenario:
         known = ", ".join(sorted(SCENARIOS)) + ", or a 3-digit HTTP status"
         raise ScenarioError(f"unknown scenario {name!r}; known: {known}")
     extra_ok = {"logprob"}  # the OpenAI server reads it; harmless elsewhere
-    for key in params:
+    for key, value in params.items():
         if key not in allowed and key not in COMMON_PARAMS and key not in extra_ok:
             raise ScenarioError(f"scenario {name!r} takes {sorted(allowed) + ['delay_ms']}, not {key!r}")
+        if key == "message":
+            if not isinstance(value, str):
+                raise ScenarioError(f"scenario {name!r}: 'message' must be a string")
+        elif (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or (value < 0 and key != "logprob")
+        ):
+            raise ScenarioError(f"scenario {name!r}: {key!r} must be a non-negative number, got {value!r}")
     return Scenario(name, params)
 
 
@@ -212,7 +222,10 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             queued = [parse_scenario(s) for s in data.get("scenarios", [])]
             default = data.get("default", ...)
             default_s = parse_scenario(default) if default not in (..., None) else None
-        except (ScenarioError, orjson.JSONDecodeError) as exc:
+            delay_ms = float(data.get("delay_ms") or 0)
+            logprob = data.get("logprob")
+            logprob = None if logprob is None else float(logprob)
+        except (ValueError, TypeError) as exc:  # ScenarioError and JSONDecodeError are ValueErrors
             return _json({"error": str(exc)}, status=400)
         if "scenarios" in data:
             if not data.get("append"):
@@ -221,9 +234,9 @@ def add_control_routes(app: web.Application, control: Control) -> None:
         if default is not ...:
             control.default = default_s
         if "delay_ms" in data:
-            control.delay_ms = float(data["delay_ms"] or 0)
+            control.delay_ms = delay_ms
         if "logprob" in data:
-            control.logprob = None if data["logprob"] is None else float(data["logprob"])
+            control.logprob = logprob
         return _json(control.state())
 
     async def reset(request: web.Request) -> web.Response:
