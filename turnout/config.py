@@ -130,6 +130,7 @@ class ServerConfig(_Strict):
 
 class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
+    redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
 
 
 class TurnoutConfig(_Strict):

@@ -1,11 +1,12 @@
 """The one path every chat request takes, top to bottom.
 
-    authenticate  (server: key -> tenant)          -> Call.tenant
-    inspect       guards on the input               -> labels
-    decide        policy rules; sensitive -> local  -> Decision
-    call          engine chain with fallback        -> result or stream
+    authenticate  bearer token -> API key -> tenant  (401/403)
+    inspect       guards on the input                -> labels
+    decide        policy rules; sensitive -> local   -> Decision
+    reserve       rate limits and budgets, estimated (429 with Retry-After)
+    call          engine chain with fallback         -> result or stream
     respond       OpenAI-shaped body or SSE chunks
-    record        ledger row, metrics               (always, success or failure)
+    record        settle the reservation; ledger row + audit entry; metrics  (always)
 
 Each step is a method of ``Gateway`` with one job; engines, routers and guards are
 objects handed in at construction, so adding one never edits this file.
@@ -26,6 +27,9 @@ import orjson
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, Engine, Usage
 from turnout.errors import AllEnginesFailed, EngineError, TurnoutError
+from turnout.governance.access import Access
+from turnout.governance.keys import ApiKey
+from turnout.governance.limits import Reservation
 from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
 from turnout.metrics import Metrics
 from turnout.protocol import ChatRequest, usage_dict
@@ -34,13 +38,22 @@ from turnout.routing.rules import RulesRouter
 
 log = logging.getLogger("turnout.pipeline")
 
+# Budget reservations need a cost before the answer exists: the prompt estimate plus the
+# request's token limit (or this default), priced at the dearest engine of the chain, with
+# local engines busy this long per token. Each reservation is settled to the actual cost.
+DEFAULT_COMPLETION_ESTIMATE = 1024
+LOCAL_SECONDS_PER_TOKEN = 0.02
+
 
 @dataclass(slots=True)
 class Call:
     """Everything one request accumulates on its way; becomes the ledger row."""
 
     request_id: str
+    credentials: str | None = field(default=None, repr=False)  # dropped once authenticated
     tenant: str = "anonymous"
+    key: ApiKey | None = None
+    reservation: Reservation | None = None
     sensitivity: str | None = None
     stream: bool = False
     ts: float = field(default_factory=time.time)
@@ -83,14 +96,26 @@ class Call:
 
 
 class Gateway:
-    def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger) -> None:
+    def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger,
+                 access: Access | None = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
+        self.access = access
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         self.baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
+
+    # ---- authenticate ----------------------------------------------------------------------
+    async def authenticate(self, call: Call, req: ChatRequest) -> None:
+        token, call.credentials = call.credentials, None
+        if self.access is None:
+            return
+        key = await self.access.authenticate(token, req.model)
+        if key is not None:
+            call.key, call.tenant = key, key.tenant
+            self.metrics.tenants.add(key.tenant)
 
     # ---- inspect ---------------------------------------------------------------------------
     def inspect(self, req: ChatRequest, call: Call) -> RequestFacts:
@@ -112,6 +137,18 @@ class Gateway:
                 decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
                 decision.chain = able
         return decision
+
+    # ---- reserve -----------------------------------------------------------------------------
+    async def reserve(self, call: Call, req: ChatRequest) -> None:
+        if self.access is None or call.key is None or call.decision is None:
+            return
+        prompt = req.estimated_tokens()
+        completion = req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        cost = max(
+            (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN) for n in call.decision.chain),
+            default=0.0,
+        )
+        call.reservation = await self.access.reserve(call.key, prompt + completion, cost)
 
     # ---- call (non-streaming): walk the chain, fall back on engine errors ----------------
     async def call_chain(self, call: Call, req: ChatRequest) -> ChatResult:
@@ -155,8 +192,10 @@ class Gateway:
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
         self.metrics.in_flight.inc()
         try:
+            await self.authenticate(call, req)
             facts = self.inspect(req, call)
             call.decision = self.decide(facts, req)
+            await self.reserve(call, req)
             result = await self.call_chain(call, req)
             return completion_body(call, result)
         except BaseException as exc:
@@ -173,8 +212,10 @@ class Gateway:
         call.stream = True
         self.metrics.in_flight.inc()
         try:
+            await self.authenticate(call, req)
             facts = self.inspect(req, call)
             call.decision = self.decide(facts, req)
+            await self.reserve(call, req)
             first, agen = await self.open_stream(call, req)
         except BaseException as exc:
             call.fail(exc)
@@ -218,6 +259,11 @@ class Gateway:
         cost = e.info.cost(u.prompt_tokens, u.completion_tokens, call.busy) if e else 0.0
         base = self.baseline
         baseline = base.cost(u.prompt_tokens, u.completion_tokens, 0.0) if base else cost
+        if self.access is not None and call.reservation is not None:
+            try:
+                await self.access.settle(call.reservation, u.prompt_tokens + u.completion_tokens, cost)
+            except Exception:
+                log.exception("settling the budget reservation of %s failed", call.request_id)
         route = self.metrics.route(d.alias if d else None)
         engine = self.metrics.engine(e.info.name if e else None)
         tenant = self.metrics.tenant(call.tenant)
@@ -266,9 +312,8 @@ class Gateway:
             log.exception("ledger write failed for request %s", call.request_id)
 
 
-def new_request_id(given: str | None) -> str:
-    if given and 8 <= len(given) <= 128 and given.replace("-", "").replace("_", "").isalnum():
-        return given
+def new_request_id() -> str:
+    """Server-made and unique: the ledger's key. (A client's own id would let two requests collide.)"""
     return uuid.uuid4().hex
 
 

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from turnout.governance.sqlite import default_db_path
+    from turnout.sqlitedb import default_db_path
     from turnout.ledger.audit import open_audit_log
 
     if not args.dsn:

@@ -41,6 +41,17 @@ def run(args: argparse.Namespace) -> int:
     port = cfg.server.port if args.port is None else args.port
     if args.db:
         cfg.storage.sqlite_path = args.db
+    from turnout.governance.keys import KeyStore
+
+    with KeyStore(cfg.storage.sqlite_path) as keys:
+        has_keys = bool(keys.list(include_revoked=False))
+    if not has_keys:
+        if not is_loopback(host):
+            print(f"turnout: error: no API keys exist, so the gateway would be open to anyone who can reach {host}; "
+                  "create one with `turnout keys create --tenant NAME` or listen on 127.0.0.1", file=sys.stderr)
+            return 2
+        print("turnout: no API keys: open to local callers on loopback only "
+              "(create one with `turnout keys create --tenant NAME` to require keys)", flush=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
         f"ledger {cfg.storage.sqlite_path}",
         flush=True,
     )
-    if not is_loopback(host):
-        print("turnout: warning: listening beyond loopback", flush=True)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Self
 
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
-from turnout.governance import sqlite
+from turnout import sqlitedb as sqlite
 
 KEY_PREFIX = "tk-"
 _KEY_SHAPE = re.compile(r"^tk-[A-Za-z0-9_-]{43}$")

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.errors import PermissionDenied, RateLimited
-from turnout.governance import sqlite
+from turnout import sqlitedb as sqlite
 from turnout.governance.keys import Limits
 
 KINDS = ("rpm", "tpm", "usd_day", "usd_month")

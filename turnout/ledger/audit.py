@@ -199,9 +199,21 @@ SQLITE_MIGRATIONS: list[tuple[str, list[str]]] = [
 ]
 
 
+def sqlite_append(c: Any, payload: dict[str, Any], time: str) -> AuditRecord:
+    """Append one entry using ``c``, inside a write transaction the caller holds (the
+    ledger writer uses this to commit a request's row and its audit entry together)."""
+    last_seq, prev = c.execute("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetchone()
+    seq = last_seq + 1
+    h = entry_hash(prev, seq, time, payload)
+    c.execute("INSERT INTO audit_entries (seq, time, prev_hash, payload, hash) VALUES (?, ?, ?, ?, ?)",
+              (seq, time, prev, canonical_json(payload), h))
+    c.execute("UPDATE audit_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, h))
+    return AuditRecord(seq, time, prev, payload, h)
+
+
 class SqliteAuditLog(AuditLog):
     def __init__(self, path: str | Path | None = None) -> None:
-        from turnout.governance import sqlite
+        from turnout import sqlitedb as sqlite
 
         self.path = Path(path) if path is not None else sqlite.default_db_path()
         self._sqlite = sqlite
@@ -211,13 +223,7 @@ class SqliteAuditLog(AuditLog):
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
         with self._lock, self._sqlite.immediate(self._conn) as c:
-            last_seq, prev = c.execute("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetchone()
-            seq = last_seq + 1
-            h = entry_hash(prev, seq, time, payload)
-            c.execute("INSERT INTO audit_entries (seq, time, prev_hash, payload, hash) VALUES (?, ?, ?, ?, ?)",
-                      (seq, time, prev, canonical_json(payload), h))
-            c.execute("UPDATE audit_head SET last_seq = ?, last_hash = ? WHERE id = 1", (seq, h))
-        return AuditRecord(seq, time, prev, payload, h)
+            return sqlite_append(c, payload, time)
 
     def verify(self) -> Verification:
         with self._lock:

@@ -1,4 +1,5 @@
-"""The embedded ledger: one row per request in a SQLite file, WAL mode.
+"""The embedded ledger: one row per request in a SQLite file, WAL mode, and the request's
+hash-chained audit entry committed in the same transaction.
 
 Writes go through one writer thread that commits in groups: each request awaits the
 commit of its own row, so a request reported complete is on disk (it survives kill -9),
@@ -16,7 +17,42 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout.ledger.migrations import migrate
+from turnout import sqlitedb
+from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit import sqlite_append, utc_now
+
+# Append-only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_requests", [
+        """CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            rule TEXT,
+            reason TEXT,
+            strategy TEXT,
+            score REAL,
+            threshold REAL,
+            engine TEXT,
+            locality TEXT,
+            hops TEXT NOT NULL DEFAULT '[]',
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_ms REAL,
+            ttft_ms REAL,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            baseline_cost_usd REAL NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            http_status INTEGER NOT NULL,
+            stream INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            labels TEXT NOT NULL DEFAULT '',
+            trace_id TEXT)""",
+        "CREATE INDEX requests_ts ON requests (ts)",
+    ]),
+]
 
 COLUMNS = (
     "ts request_id tenant alias rule reason strategy score threshold engine locality hops prompt_tokens "
@@ -56,27 +92,32 @@ class LedgerRow:
         d = asdict(self)
         return tuple(d[c] for c in COLUMNS)
 
+    def audit_payload(self) -> dict[str, Any]:
+        """What the audit log keeps: the decision, never the content (labels are finding types)."""
+        return {
+            "request_id": self.request_id, "tenant": self.tenant, "route": self.alias, "rule": self.rule,
+            "reason": self.reason, "engine": self.engine, "cost_usd": self.cost_usd, "status": self.http_status,
+            "findings": sorted(filter(None, self.labels.split(","))),
+        }
+
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # durable against process crash; fsync at checkpoint
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+    """WAL with synchronous=NORMAL: a commit survives the process being killed."""
+    return sqlitedb.connect(path)
 
 
 _STOP = object()
-_INSERT = f"INSERT OR REPLACE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 class SQLiteLedger:
-    def __init__(self, path: str | Path, max_batch: int = 512) -> None:
+    def __init__(self, path: str | Path, max_batch: int = 512, audit: bool = True) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
+        self.audit = audit
         conn = connect(self.path)
-        migrate(conn)
+        sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
+        sqlitedb.migrate(conn, "audit_migrations", AUDIT_MIGRATIONS)
         conn.close()
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="turnout-ledger", daemon=True)
@@ -86,7 +127,7 @@ class SQLiteLedger:
         """Append one row; returns once it is committed."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._q.put((row.values(), loop, fut))
+        self._q.put((row, loop, fut))
         await fut
 
     def _writer(self) -> None:
@@ -113,8 +154,11 @@ class SQLiteLedger:
     def _commit(self, conn: sqlite3.Connection, batch: Sequence[Any]) -> None:
         error: BaseException | None = None
         try:
-            conn.execute("BEGIN")
-            conn.executemany(_INSERT, [values for values, _, _ in batch])
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT, [row.values() for row, _, _ in batch])
+            if self.audit:
+                for row, _, _ in batch:
+                    sqlite_append(conn, row.audit_payload(), utc_now())
             conn.execute("COMMIT")
         except BaseException as exc:  # a failed batch fails each of its requests' awaits
             error = exc

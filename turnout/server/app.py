@@ -13,6 +13,9 @@ from starlette.routing import Route
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
+from turnout.governance.access import Access
+from turnout.governance.keys import KeyStore
+from turnout.governance.limits import open_limiter
 from turnout.ledger.sqlite import SQLiteLedger
 from turnout.pipeline import Gateway
 from turnout.server import chat, health, models
@@ -37,8 +40,10 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engines = await start_engines(cfg)
-        ledger = SQLiteLedger(Path(cfg.storage.sqlite_path))
-        gateway = Gateway(cfg, engines, ledger)
+        db = Path(cfg.storage.sqlite_path)
+        ledger = SQLiteLedger(db)
+        access = Access(KeyStore(db), open_limiter(redis_url=cfg.storage.redis_url, db=db))
+        gateway = Gateway(cfg, engines, ledger, access)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)
@@ -47,6 +52,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         finally:
             for engine in engines.values():
                 await engine.close()
+            await access.close()
             await ledger.close()
 
     routes = [

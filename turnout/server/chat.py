@@ -19,8 +19,10 @@ SENSITIVITY = {"public", "internal", "sensitive", "restricted"}
 
 
 def _call_for(request: Request) -> Call:
-    call = Call(request_id=new_request_id(request.headers.get("x-request-id")))
-    call.tenant = getattr(request.state, "tenant", "anonymous")
+    call = Call(request_id=new_request_id())
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        call.credentials = auth[7:].strip() or None
     label = request.headers.get("x-turnout-sensitivity")
     if label is not None:
         label = label.strip().lower()
