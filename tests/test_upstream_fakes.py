@@ -45,12 +45,14 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with start_server("turnout.testing.upstream", "--log", str(log)) as proc:
         proc.body_log = log  # type: ignore[attr-defined]
         yield proc
+        assert "Traceback" not in proc.output(), proc.output()
 
 
 @pytest.fixture(scope="module")
 def an() -> Any:
     with start_server("turnout.testing.anthropic_fake", "--api-key", "sk-ant-test") as proc:
         yield proc
+        assert "Traceback" not in proc.output(), proc.output()
 
 
 @pytest.fixture(autouse=True)
@@ -628,3 +630,30 @@ def test_unknown_path_is_provider_shaped_404(up: Any, an: Any) -> None:
     assert res.status == 404 and "Unknown request URL" in json.loads(res.body)["error"]["message"]
     res = raw(an.url + "/v1/nope", method="GET")
     assert res.status == 404 and json.loads(res.body)["error"]["type"] == "not_found_error"
+
+
+@BOTH
+def test_anthropic_other_scenarios_play(an: Any, stream: bool) -> None:
+    body = dict(AN_BODY, stream=stream)
+    url = an.url + "/v1/messages"
+    scenarios(
+        an.url,
+        "malformed_sse",
+        "malformed_json",
+        "wrong_content_type",
+        {"name": "oversized", "mb": 1},
+        {"name": "slow_trickle", "interval_ms": 0},
+        {"name": "stall_first_token", "seconds": 0.1},
+    )
+    results = [raw(url, body, headers=AN_HEADERS) for _ in range(6)]
+    assert [r.status for r in results] == [200] * 6 and all(r.error is None for r in results)
+    assert results[2].headers["content-type"].startswith("text/html")
+    assert len(results[3].body) > 1024 * 1024
+    if stream:
+        names = [n for n, _ in _events(results[4])]
+        assert names[0] == "message_start" and names[-1] == "message_stop"
+        with pytest.raises(json.JSONDecodeError):
+            _events(results[0])
+    else:
+        assert json.loads(results[4].body)["content"][0]["text"] == "echo: hello out there"
+    assert "Traceback" not in an.output()
