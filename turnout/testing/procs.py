@@ -15,6 +15,7 @@ its tail, and :meth:`Proc.output` reads it for debugging.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -64,14 +65,18 @@ class Proc:
             return ""
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM, then SIGKILL to its process group after ``timeout``; returns the exit code."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: it and its children
+                except ProcessLookupError:
+                    pass
                 self.popen.wait(timeout)
+        atexit.unregister(self.stop)
         return self.popen.returncode
 
     def __enter__(self) -> Self:
@@ -115,7 +120,13 @@ def start_server(
         full_env.update(env)
     with os.fdopen(fd, "wb") as log:
         popen = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+            cwd=cwd,
         )
     deadline = time.monotonic() + timeout
     while True:
@@ -130,14 +141,16 @@ def start_server(
             else:
                 real_port = chosen or 0
                 url = f"http://{host}:{real_port}"
-            return Proc(popen, log_path, url, real_port)
+            proc = Proc(popen, log_path, url, real_port)
+            atexit.register(proc.stop)  # no server outlives the test run or bench that started it
+            return proc
         if popen.poll() is not None:
             raise ServerStartError(
                 f"{' '.join(argv)} exited with {popen.returncode} before '{ready_pattern}'; "
                 f"output ({log_path}):\n{text[-4000:]}"
             )
         if time.monotonic() > deadline:
-            popen.kill()
+            os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
             raise ServerStartError(
                 f"{' '.join(argv)} did not print '{ready_pattern}' within {timeout}s; "
