@@ -10,7 +10,7 @@ figures are the honest estimate for unseen text.
 
 Injection (``prompt,type`` CSV): duplicates dropped, a fixed-seed stratified split
 (seed 13, 25 % held out). A model is fitted on the training part only, its threshold
-chosen on 5-fold out-of-fold scores of the training part for a 1 % false-positive rate;
+chosen on 5-fold out-of-fold scores of the training part for a 1.5 % false-positive rate;
 precision, recall, false-positive rate and AUROC are reported on the held-out part,
 for that model and for the model shipped in the package.
 """

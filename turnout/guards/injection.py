@@ -107,7 +107,7 @@ class InjectionModel:
         return [max(m, heuristic_score(t)) for m, t in zip(self.model_scores(texts), texts, strict=True)]
 
 
-def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_fpr: float = 0.01,
+def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_fpr: float = 0.015,
         folds: int = 5, seed: int = SPLIT_SEED) -> InjectionModel:
     """Fit idf and logistic regression on ``texts``; choose the threshold on out-of-fold
     scores of the same texts (so no held-out data is touched)."""
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="fit on the training part of a prompt,type CSV and write the artifact")
     t.add_argument("--data", required=True)
     t.add_argument("--out", default=str(ARTIFACT))
-    t.add_argument("--target-fpr", type=float, default=0.01)
+    t.add_argument("--target-fpr", type=float, default=0.015)
     args = p.parse_args(argv)
     texts, labels = load_csv(args.data)
     train_idx, _ = split(labels)

@@ -170,10 +170,10 @@ _SSN_BARE = re.compile(r"(?<!\d)\d{9}(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![:\w])")
 _PHONE = re.compile(
-    r"(?<![\w+/-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[\s.-]\d{1,6}){1,5}"
+    r"(?<![\w+/-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[ \t.-]\d{1,8}){1,5}"
     r"(?:\s?(?:x|ext\.?|#)\s?\d{1,5})?(?![\w/]|-\d)"
 )
-_PHONE_PLAIN = re.compile(r"(?<![\w+/-])\+?\d{8,15}(?![\w/-])")
+_PHONE_PLAIN = re.compile(r"(?<![\w+/-])\+?\d{8,15}(?![\w/]|-\d)")
 _DATE = re.compile(
     r"\b(?:\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?"
     r"|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}"
@@ -337,9 +337,10 @@ def _titles(text: str, doc: Any) -> list[Cand]:
         phrase = m.group(1)
         low = phrase.lower()
         words = low.replace(",", "").split()
-        if low in jobs or (len(words) >= 1 and _occupation_head(words[-1]) and
+        own_line = not m.group(0)[:1].isalpha() and text[m.end(1):m.end(1) + 1] in ("\n", "")
+        if low in jobs or (len(words) >= 1 and _occupation_head(words[-1]) and (own_line or
                            all(w not in _lower_lexicon("common_words") or w in ("and",) or _occupation_head(w)
-                               for w in words[:-1])):
+                               for w in words[:-1]))):
             out.append(Cand(m.start(1), m.end(1), "TITLE", 0.7 if low in jobs else 0.55, "lexicon"))
     return out
 
@@ -381,7 +382,7 @@ _MILITARY = re.compile(
     r"\b(?:(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+|(?:PSC|Unit)\s+\d{3,5},?\s+Box\s+\d{3,5})"
     r"\s*\n?\s*[AFD]PO\s+A[AEP]\s+\d{5}\b"
 )
-_SEG = re.compile(r"[ \t]*(?:,[ \t]*\n?|\n+)[ \t>?*•|-]*|[ \t]+")
+_SEG = re.compile(r"[ \t]*(?:\n+[ \t]*,?|,[ \t]*\n?)[ \t>?*•|-]*|[ \t]+")
 _ADDR_CTX = re.compile(r"(?:\b(?:at|on|of|to|in|into|address(?:es)?|is|live[sd]?|located|sent|send|corner|near|"
                        r"and|from)|[:,\n>])\s*$", re.I)
 _PARTICLES = frozenset("de do da dos das del dei della di du des la le van von der den het".split())
@@ -496,6 +497,7 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
     """Extend an address over following city / state / country / zip segments."""
     common = _lower_lexicon("common_words")
     pos = end
+    after_zip = bool(re.search(r"\d{4,6}$", text[:end]))
     for _ in range(8):
         sep = _SEG.match(text, pos)
         if not sep:
@@ -509,7 +511,9 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
         hard_sep = "," in sep.group(0) or "\n" in sep.group(0)
         is_zip = bool(re.fullmatch(r"\d{4,6}(?:-\d{3,4})?|[A-Z]\d[A-Z] ?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}", t))
         low = t.lower().strip("()")
-        if low in common and t[:1].islower():
+        if (low in common and t[:1].islower()) or low in LABELS:
+            break
+        if after_zip and not (t in places or (t.isupper() and len(t) >= 2)):
             break
         if re.search(r":$", tok.group(0)) or text[tok.end():tok.end() + 1] == ":":
             break
@@ -529,6 +533,7 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
         if not ok:
             break
         pos = sep.end() + len(t)
+        after_zip = after_zip or is_zip
     return pos
 
 
@@ -544,7 +549,7 @@ def _next_is_place_or_zip(text: str, pos: int, places: frozenset[str]) -> bool:
 
 LABELS = frozenset("""
 date time name phone address email e-mail website web mobile fax desk office when where note subject title
-from to cc re fwd dear hi hello thanks regards sincerely yes no ok please user bot
+from to cc re fwd dear hi hello thanks thank regards best cheers sincerely yes no ok please user bot
 """.split())
 _CAP_SEQ = re.compile(
     r"(?<![\w'’-])(?:[A-Z][\w'’-]*[^\W\d_]|[A-Z]\.)(?:\s+(?:[A-Z][\w'’-]*[^\W\d_]|[A-Z]\.|"
@@ -635,6 +640,9 @@ def _ner(text: str, doc: Any) -> list[Cand]:
             continue
         s, e = ent.start_char, ent.end_char
         v = text[s:e]
+        if "\n" in v.strip():  # NER runs over line breaks in signatures and forms: keep the first line
+            v = v.strip().split("\n")[0]
+            e = s + len(v)
         # strip a leading title or article NER sometimes includes
         lead = re.match(r"(?:(?:" + _TITLE_RE + r")\s+|the\s+|The\s+|(?:Southern|Northern|Eastern|Western|Central)\s+(?=[A-Z]))", v)
         if lead and t in ("PERSON", "ORGANIZATION", "LOCATION"):
@@ -737,12 +745,53 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
     return out
 
 
+_FIELD = re.compile(
+    r"(?im)^[ \t>*-]*(name|full name|first name|last name|surname|phone|mobile|cell|tel|telephone|fax|"
+    r"address|home address|e-?mail|website|company|employer|organi[sz]ation|date of birth|dob|birthday|"
+    r"zip|zip code|postcode|postal code|job title|occupation)[ \t]*:[ \t]*\n?[ \t]*([^\n]{1,120})")
+FIELD_TYPES = {"name": "PERSON", "full name": "PERSON", "first name": "PERSON", "last name": "PERSON",
+               "surname": "PERSON", "phone": "PHONE_NUMBER", "mobile": "PHONE_NUMBER", "cell": "PHONE_NUMBER",
+               "tel": "PHONE_NUMBER", "telephone": "PHONE_NUMBER", "fax": "PHONE_NUMBER",
+               "address": "STREET_ADDRESS", "home address": "STREET_ADDRESS", "email": "EMAIL_ADDRESS",
+               "e-mail": "EMAIL_ADDRESS", "website": "URL", "company": "ORGANIZATION", "employer": "ORGANIZATION",
+               "organisation": "ORGANIZATION", "organization": "ORGANIZATION", "date of birth": "DATE_TIME",
+               "dob": "DATE_TIME", "birthday": "DATE_TIME", "zip": "ZIP_CODE", "zip code": "ZIP_CODE",
+               "postcode": "ZIP_CODE", "postal code": "ZIP_CODE", "job title": "TITLE", "occupation": "TITLE"}
+_NAME_CTX = re.compile(r"(?:\b(?:my name is|name's|call me|called|named|i'?m|i am|this is|dear|hi|hello|hey)|"
+                       r"(?<![\w.])(?:mr|mrs|ms|dr|miss|prof)\.?)[ \t]+([^\W\d_][\w'’-]+(?:[ \t][A-Z][\w'’-]+){0,2})",
+                       re.I)
+
+
+def _fields(text: str, doc: Any) -> list[Cand]:
+    """``Name: ...``, ``Phone: ...``: the value of a labelled field in a form or signature."""
+    out = []
+    for m in _FIELD.finditer(text):
+        typ = FIELD_TYPES[m.group(1).lower()]
+        v = m.group(2).rstrip(" .;,")
+        if not v or (typ == "PHONE_NUMBER" and sum(c.isdigit() for c in v) < 6):
+            continue
+        if typ == "PERSON" and len(v.split()) > 5:
+            continue
+        out.append(Cand(m.start(2), m.start(2) + len(v), typ, 0.8, "field"))
+    common = _lower_lexicon("common_words")
+    for m in _NAME_CTX.finditer(text):
+        v = m.group(1)
+        first = v.split()[0]
+        if first.lower() in common or first.lower() in LABELS or first.lower() in NATIONALITIES:
+            continue
+        lead = m.group(0).lower()
+        if first[:1].islower() and not re.match(r"my name|call me|called|named", lead):
+            continue
+        out.append(Cand(m.start(1), m.end(1), "PERSON", 0.55, "context"))
+    return out
+
+
 # --------------------------------------------------------------------------- resolution
 
 RECOGNISERS: dict[str, Recogniser] = {
     "email": _emails, "url": _urls, "card": _cards, "iban": _ibans, "ssn": _ssns, "ip": _ips,
     "phone": _phones, "date": _dates, "age": _ages, "zip": _zips, "licence": _licences, "nrp": _nrp,
-    "title": _titles, "address": _addresses, "places": _places, "names": _names, "orgs": _orgs, "ner": _ner,
+    "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs, "ner": _ner,
 }
 
 # more specific (checksummed or structural) types win ties against NER guesses

@@ -1,0 +1,52 @@
+"""The PII detector on hand-written sentences (spaCy model loaded once per module)."""
+
+import pytest
+
+from turnout.guards.pii import PiiGuard
+
+
+@pytest.fixture(scope="module")
+def guard() -> PiiGuard:
+    return PiiGuard()
+
+
+def _found(guard: PiiGuard, text: str) -> set[tuple[str, str]]:
+    return {(f.type, text[f.start:f.end]) for f in guard.inspect(text)}
+
+
+def test_structured_identifiers(guard: PiiGuard) -> None:
+    text = ("Email jane.roe@example.org or call +44 20 7946 0958. SSN 123-45-6789, card 4111-1111-1111-1111, "
+            "IBAN GB82 WEST 1234 5698 7654 32, from 192.168.10.25, see https://www.example.net/x")
+    found = _found(guard, text)
+    for item in [("EMAIL_ADDRESS", "jane.roe@example.org"), ("PHONE_NUMBER", "+44 20 7946 0958"),
+                 ("US_SSN", "123-45-6789"), ("CREDIT_CARD", "4111-1111-1111-1111"),
+                 ("IBAN_CODE", "GB82 WEST 1234 5698 7654 32"), ("IP_ADDRESS", "192.168.10.25"),
+                 ("URL", "https://www.example.net/x")]:
+        assert item in found, item
+
+
+def test_names_addresses_and_context(guard: PiiGuard) -> None:
+    text = "Dr. Maria Gonzalez moved to 24 Clarke Avenue, Springfield last year. She is 47 years old."
+    found = _found(guard, text)
+    assert ("PERSON", "Maria Gonzalez") in found
+    assert ("TITLE", "Dr.") in found
+    assert ("AGE", "47") in found
+    assert any(t == "STREET_ADDRESS" and v.startswith("24 Clarke Avenue") for t, v in found)
+
+
+def test_european_multiline_address_is_one_finding(guard: PiiGuard) -> None:
+    text = "Ship to:\n4844 Søndergade 52\n Apt. 656\n Brønderslev\n Denmark 35018\nThanks"
+    addr = [v for t, v in _found(guard, text) if t == "STREET_ADDRESS"]
+    assert addr == ["4844 Søndergade 52\n Apt. 656\n Brønderslev\n Denmark 35018"]
+
+
+def test_plain_text_has_no_findings(guard: PiiGuard) -> None:
+    assert guard.inspect("How do I reset the password of my account? The page shows error 500.") == []
+    assert guard.inspect("") == []
+
+
+def test_findings_are_well_formed(guard: PiiGuard) -> None:
+    text = "Contact Ana Dias at ana@example.pt"
+    for f in guard.inspect(text):
+        assert f.kind == "pii" and 0 <= f.start < f.end <= len(text) and 0 < f.score <= 1
+        assert f.detector.startswith("pii.")
