@@ -305,6 +305,7 @@ class Gateway:
             stream=int(call.stream),
             error=call.error,
             labels=",".join(sorted(call.labels)),
+            key_id=call.key.key_id if call.key else None,
         )
         try:
             await self.ledger.record(row)

@@ -24,9 +24,11 @@ admits K of them admit exactly K; ``settle`` then replaces the estimate by the a
 A request whose estimate alone exceeds a limit can never pass and is refused with
 ``PermissionDenied`` rather than told to retry.
 
-Backends: :class:`SqliteLimiter` (the gateway's SQLite file, ``BEGIN IMMEDIATE``; exact
-across threads and processes on one host) and :class:`RedisLimiter` (one Lua script per
-step; exact across gateway replicas). Windows are computed from the gateway's clock
+Backends: :class:`MemoryLimiter` (the embedded default: one process, counters in memory,
+day and month spend seeded from the ledger at start-up, so budgets survive restarts; no
+I/O on the request path), :class:`SqliteLimiter` (the gateway's SQLite file, ``BEGIN
+IMMEDIATE``; exact across processes on one host, at the cost of two write transactions per
+request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas). Windows are computed from the gateway's clock
 (``now``), so replicas sharing Redis need synchronised clocks (NTP).
 """
 
@@ -254,6 +256,44 @@ class SqliteLimiter(Limiter):
 
     async def close(self) -> None:
         self._conn.close()
+
+
+class MemoryLimiter(Limiter):
+    """Counters in this process. The event loop runs each step without yielding, so a
+    check-and-increment is atomic without locks. Only for a single gateway process."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._minute = ""
+
+    def seed(self, key_id: str, kind: str, window: str, value: int) -> None:
+        """Start a day or month window from what the ledger says was already spent."""
+        self._counts[(key_id, kind, window)] = value
+
+    async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
+                       windows: Windows) -> list[str]:
+        if windows.minute != self._minute:  # drop finished minute windows (day/month stay until restart)
+            self._minute = windows.minute
+            self._counts = {k: v for k, v in self._counts.items() if k[1] not in ("rpm", "tpm") or k[2] == windows.minute}
+        add = {"rpm": 1, "tpm": tokens, "usd_day": micros, "usd_month": micros}
+        slots = {k: (key_id, k, windows.of(k)) for k in KINDS}
+        failed = [k for k in KINDS if caps[k] is not None and self._counts.get(slots[k], 0) + add[k] > caps[k]]  # type: ignore[operator]
+        if not failed:
+            for k in KINDS:
+                self._counts[slots[k]] = self._counts.get(slots[k], 0) + add[k]
+        return failed
+
+    async def _adjust(self, key_id: str, windows: Windows, d_tokens: int, d_micros: int) -> None:
+        for kind, delta in (("tpm", d_tokens), ("usd_day", d_micros), ("usd_month", d_micros)):
+            slot = (key_id, kind, windows.of(kind))
+            if slot in self._counts:
+                self._counts[slot] = max(0, self._counts[slot] + delta)
+
+    async def _read(self, key_id: str, windows: Windows) -> dict[str, int]:
+        return {k: self._counts.get((key_id, k, windows.of(k)), 0) for k in KINDS}
+
+    async def close(self) -> None:
+        self._counts.clear()
 
 
 # --- Redis ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             trace_id TEXT)""",
         "CREATE INDEX requests_ts ON requests (ts)",
     ]),
+    ("0002_requests_key_id", [
+        "ALTER TABLE requests ADD COLUMN key_id TEXT",
+        "CREATE INDEX requests_key_ts ON requests (key_id, ts)",
+    ]),
+    ("0003_feedback", [  # turnout.ledger.feedback: one thumbs or 1-5 rating per request
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            satisfaction REAL NOT NULL,
+            comment TEXT)""",
+        "CREATE INDEX feedback_ts ON feedback (ts)",
+    ]),
 ]
 
 COLUMNS = (
     "ts request_id tenant alias rule reason strategy score threshold engine locality hops prompt_tokens "
-    "completion_tokens latency_ms ttft_ms cost_usd baseline_cost_usd status http_status stream error labels trace_id"
+    "completion_tokens latency_ms ttft_ms cost_usd baseline_cost_usd status http_status stream error labels trace_id key_id"
 ).split()
 
 
@@ -86,7 +101,7 @@ class LedgerRow:
     error: str | None = None
     labels: str = ""
     trace_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None
 
     def values(self) -> tuple[Any, ...]:
         d = asdict(self)
@@ -175,6 +190,19 @@ class SQLiteLedger:
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_rows(self.path, since)
+
+
+def spend_since(path: str | Path, since: float) -> dict[str, list[float]]:
+    """The cost of each request per API key since a Unix time (uses the (key_id, ts) index)."""
+    conn = connect(path)
+    try:
+        spent: dict[str, list[float]] = {}
+        for key_id, cost in conn.execute("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?",
+                                         (since,)):
+            spent.setdefault(key_id, []).append(float(cost or 0.0))
+        return spent
+    finally:
+        conn.close()
 
 
 def read_rows(path: str | Path, since: float | None = None) -> list[dict[str, Any]]:

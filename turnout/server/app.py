@@ -13,9 +13,8 @@ from starlette.routing import Route
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
-from turnout.governance.access import Access
+from turnout.governance.access import Access, open_limiter
 from turnout.governance.keys import KeyStore
-from turnout.governance.limits import open_limiter
 from turnout.ledger.sqlite import SQLiteLedger
 from turnout.pipeline import Gateway
 from turnout.server import chat, health, models
@@ -42,7 +41,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         engines = await start_engines(cfg)
         db = Path(cfg.storage.sqlite_path)
         ledger = SQLiteLedger(db)
-        access = Access(KeyStore(db), open_limiter(redis_url=cfg.storage.redis_url, db=db))
+        access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, db))
         gateway = Gateway(cfg, engines, ledger, access)
         app.state.gateway = gateway
         if on_ready:

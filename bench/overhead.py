@@ -1,0 +1,136 @@
+"""Gateway overhead: requests/s and added latency through turnout, against a zero-latency
+OpenAI-compatible upstream, side by side with the upstream directly and (when installed)
+LiteLLM's proxy configured the same way.
+
+    python bench/overhead.py [--duration 10] [--concurrency 1 50] [--litellm PATH_TO_litellm]
+
+The load comes from wrk (Debian package `wrk`): a C client, so the client costs far less
+CPU than the servers it measures. turnout runs its full pipeline: API-key auth with rate
+limits, rules routing (a rule is evaluated on every request), the SQLite ledger with the
+audit chain, and Prometheus metrics. Everything shares this machine's cores, so figures
+are comparable within one run, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from turnout.testing.procs import Proc, free_port, start_server  # noqa: E402
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello from the bench"}], "max_tokens": 16}
+
+
+def wrk(url: str, concurrency: int, duration: float, body: dict, headers: dict[str, str]) -> dict[str, float]:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                 f'wrk.headers["Content-Type"] = "application/json"\n{hdrs}')
+    script.close()
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):\s*(\d+)", out))
+    pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    return {"rps": rps, "p50": pct["50"], "p99": pct["99"], "errors": errors}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def start_turnout(upstream: str, tmp: Path) -> tuple[Proc, str]:
+    cfg = {
+        "engines": {"up": {"dialect": "openai", "locality": "remote", "base_url": upstream + "/v1", "model": "fake-echo",
+                           "pricing": {"input_per_m": 1.0, "output_per_m": 2.0},
+                           "resilience": {"max_concurrency": 256, "max_queue": 1024}}},
+        "routes": {"auto": {"chain": ["up"]}, "other": {"chain": ["up"]}},
+        "rules": [{"name": "tagged", "when": {"metadata": {"tier": "gold"}}, "route": "other"}],
+        "storage": {"sqlite_path": str(tmp / "bench.sqlite")},
+    }
+    (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
+    made = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(tmp / "bench.sqlite"), "create",
+                           "--tenant", "bench", "--rpm", "100000000", "--json"], capture_output=True, text=True, check=True)
+    key = json.loads(made.stdout)["key"]
+    proc = start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--log-level", "warning", timeout=60)
+    return proc, key
+
+
+def start_litellm(binary: str, upstream: str, tmp: Path) -> Proc:
+    cfg = {"model_list": [{"model_name": "auto", "litellm_params": {"model": "openai/fake-echo",
+                                                                    "api_base": upstream + "/v1", "api_key": "x"}}],
+           "litellm_settings": {"telemetry": False}}
+    (tmp / "litellm.yaml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    return start_server("litellm.proxy.proxy_cli", "--config", str(tmp / "litellm.yaml"), "--port", str(port),
+                        "--num_workers", "1", ready_pattern="Uvicorn running", python=binary, timeout=180, add_port=False,
+                        env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
+    ap.add_argument("--litellm", default=os.environ.get("LITELLM_PYTHON"),
+                    help="a python interpreter that has litellm[proxy] installed")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("bench/overhead.py needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
+    procs: list[Proc] = []
+    try:
+        up = start_server("turnout.testing.upstream", "--model", "fake-echo")
+        procs.append(up)
+        gw, key = start_turnout(up.url, tmp)
+        procs.append(gw)
+        targets = {"upstream direct": (up.url, {}), "turnout": (gw.url, {"Authorization": f"Bearer {key}"})}
+        if args.litellm:
+            lite = start_litellm(args.litellm, up.url, tmp)
+            procs.append(lite)
+            targets["litellm proxy"] = (lite.url, {})
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for c in args.concurrency:
+            for name, (url, headers) in targets.items():
+                wrk(url + "/v1/chat/completions", c, 2, BODY, headers)  # warm-up
+                results[(name, c)] = r = wrk(url + "/v1/chat/completions", c, args.duration, BODY, headers)
+                print(f"  measured {name:<16} c={c:<3} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  "
+                      f"p99 {r['p99']:.2f} ms  errors {r['errors']}", file=sys.stderr)
+        print(f"\n{'target':<18}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+              f"{'vs direct':>11}{'vs litellm':>12}{'added p50':>11}")
+        for c in args.concurrency:
+            direct = results[("upstream direct", c)]
+            lite = results.get(("litellm proxy", c))
+            for name in targets:
+                r = results[(name, c)]
+                vs_l = f"{r['rps'] / lite['rps']:.1f}x" if lite else "-"
+                added = f"{r['p50'] - direct['p50']:+.2f}" if name != "upstream direct" else "-"
+                print(f"{name:<18}{c:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8.0f}"
+                      f"{r['rps'] / direct['rps']:>10.0%} {vs_l:>11}{added:>11}")
+        ledger_rows = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(tmp / "bench.sqlite"), "--json"],
+                                     capture_output=True, text=True, check=True)
+        print(f"\nturnout ledger rows written during the run: {json.loads(ledger_rows.stdout)['total']['requests']}")
+    finally:
+        for p in procs:
+            p.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
