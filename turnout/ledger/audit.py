@@ -277,6 +277,24 @@ def _pg_migrations(schema: str) -> list[tuple[str, list[str]]]:
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+def postgres_append(cur: Any, payload: dict[str, Any], time: str, *, schema: str = "public") -> AuditRecord:
+    """Append one entry using the psycopg cursor ``cur``, inside a transaction the caller
+    holds (the PostgreSQL ledger commits a request's row and its audit entry together)."""
+    if not _IDENT.match(schema):
+        raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
+    s = schema
+    # the row lock on the single head row serialises appenders across connections and processes
+    cur.execute(f"SELECT last_seq, last_hash FROM {s}.audit_head WHERE id = 1 FOR UPDATE")
+    row = cur.fetchone()
+    assert row is not None, "audit_head has no row: the migration did not run"
+    seq, prev = row[0] + 1, row[1]
+    h = entry_hash(prev, seq, time, payload)
+    cur.execute(f"INSERT INTO {s}.audit_entries (seq, time, prev_hash, payload, hash) "
+                "VALUES (%s, %s, %s, %s, %s)", (seq, time, prev, canonical_json(payload), h))
+    cur.execute(f"UPDATE {s}.audit_head SET last_seq = %s, last_hash = %s WHERE id = 1", (seq, h))
+    return AuditRecord(seq, time, prev, payload, h)
+
+
 class PostgresAuditLog(AuditLog):
     """The same log in PostgreSQL (``pip install 'psycopg[binary]'``), tables in ``schema``."""
 
@@ -308,18 +326,8 @@ class PostgresAuditLog(AuditLog):
                 cur.execute(f"INSERT INTO {s}.audit_migrations (name) VALUES (%s)", (name,))
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
-        s = self.schema
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            # the row lock on the single head row serialises appenders across connections and processes
-            cur.execute(f"SELECT last_seq, last_hash FROM {s}.audit_head WHERE id = 1 FOR UPDATE")
-            row = cur.fetchone()
-            assert row is not None, "audit_head has no row: the migration did not run"
-            seq, prev = row[0] + 1, row[1]
-            h = entry_hash(prev, seq, time, payload)
-            cur.execute(f"INSERT INTO {s}.audit_entries (seq, time, prev_hash, payload, hash) "
-                        "VALUES (%s, %s, %s, %s, %s)", (seq, time, prev, canonical_json(payload), h))
-            cur.execute(f"UPDATE {s}.audit_head SET last_seq = %s, last_hash = %s WHERE id = 1", (seq, h))
-        return AuditRecord(seq, time, prev, payload, h)
+            return postgres_append(cur, payload, time, schema=self.schema)
 
     def verify(self) -> Verification:
         s = self.schema
