@@ -1,0 +1,76 @@
+"""Guard figures: PII span metrics and latency, injection metrics on the held-out split,
+and the per-request cost of the whole input scan and of pseudonymize + restore.
+
+    python bench/guards.py [--pii FILE] [--injection FILE] [--limit N]
+
+Defaults to the shared data in ../shared/data (or /work/shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.exists()), None)
+
+
+def _scan_bench(n: int = 300) -> str:
+    from turnout.evals.guards_metrics import percentile
+    from turnout.guards.policy import decide
+    from turnout.guards.pseudonymize import Pseudonymizer
+    from turnout.guards.scanner import Scanner
+
+    scanner = Scanner.default()
+    messages = [
+        "You are a helpful assistant.",
+        "Hi, I'm Maria Gonzalez (maria.gonzalez@example.com, +34 612 345 678). Please update my address to "
+        "24 Clarke Avenue, Springfield and charge card 4111 1111 1111 1111.",
+    ]
+    total, restore = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        insp = scanner.inspect_messages(messages)
+        verdict = decide(insp, "remote")
+        p = Pseudonymizer()
+        masked = Scanner.apply(p, messages, verdict)
+        total.append((time.perf_counter() - t0) * 1000)
+        t1 = time.perf_counter()
+        r = p.stream()
+        out = "".join(r.feed(masked[1][i:i + 7]) for i in range(0, len(masked[1]), 7)) + r.flush()
+        restore.append((time.perf_counter() - t1) * 1000)
+        assert out == messages[1]
+    scanner.close()
+    return (f"Input scan (2 messages, secrets + PII + injection + policy + pseudonymize): "
+            f"p50 {percentile(total, 50):.1f} ms, p95 {percentile(total, 95):.1f} ms\n"
+            f"Streamed restore of one answer in 7-char chunks: p50 {percentile(restore, 50):.3f} ms")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pii", default=str(SHARED / "pii" / "data_synth_dataset_v2.json") if SHARED else None)
+    ap.add_argument("--injection", default=str(SHARED / "injection" / "jailbreak_dataset_train.csv") if SHARED else None)
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args()
+
+    from turnout.evals.guards_cli import eval_injection, eval_pii, format_report
+
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    report = {}
+    if args.pii:
+        report["pii"] = eval_pii(args.pii, limit=args.limit)
+    if args.injection:
+        report["injection"] = eval_injection(args.injection, limit=args.limit)
+    print(format_report(report))
+    print(_scan_bench())
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
