@@ -392,7 +392,7 @@ def _street_marks(words: list[str]) -> tuple[bool, bool, bool]:
     low = [w.lower().strip(".,") for w in words]
     has_suffix = any(w in STREET_SUFFIXES or w in STREET_WORDS or w + "." in STREET_WORDS for w in low[1:] + low[:1]
                      if not w.isdigit())
-    has_ending = any(w.endswith(STREET_ENDINGS) and len(w) > 4 for w in low)
+    has_ending = any(w.endswith(STREET_ENDINGS) and len(w) >= 4 for w in low)
     has_unit = bool(re.search(UNIT_RE, " ".join(words), re.I))
     return has_suffix, has_ending, has_unit
 
@@ -521,6 +521,17 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
         if unit:
             pos = sep.end() + unit.end()
             continue
+        # a multi-word place ("South Africa", "New Zealand") up to the end of the segment
+        line = re.match(r"[^\n,]*", text[sep.end():]).group(0)
+        words = line.split()
+        multi = next((k for k in range(min(4, len(words)), 1, -1) if " ".join(words[:k]) in places), 0)
+        if multi:
+            pos = text.index(words[multi - 1], sep.end()) + len(words[multi - 1])
+            continue
+        # a state code or placeholder before a zip ("FAUSKE nan 8200", "Wrocław\n nan\n 53-320")
+        if re.fullmatch(r"[a-z]{2,4}", t) and re.match(r"[ \t]*\n?[ \t]*\d{3,6}\b", text[tok.end():]):
+            pos = sep.end() + len(t)
+            continue
         ok = (
             is_zip
             or t in places
@@ -551,11 +562,54 @@ LABELS = frozenset("""
 date time name phone address email e-mail website web mobile fax desk office when where note subject title
 from to cc re fwd dear hi hello thanks thank regards best cheers sincerely yes no ok please user bot
 """.split())
-_CAP_SEQ = re.compile(
-    r"(?<![\w'’-])(?:[A-Z][\w'’-]*[^\W\d_]|[A-Z]\.)(?:\s+(?:[A-Z][\w'’-]*[^\W\d_]|[A-Z]\.|"
-    r"(?:van|von|de|der|den|da|di|del|la|le|ten|ter|bin|al)(?=\s+[A-Z])))*",
-    re.U,
-)
+_TOKEN = re.compile(r"[^\W\d_][\w'’-]*\.?", re.U)
+_PARTICLE_NAMES = frozenset("van von de der den da di del la le ten ter bin al dos das du".split())
+SURNAME_ENDINGS = ("ov", "ova", "ev", "eva", "in", "ina", "sky", "ski", "ska", "skaya", "son", "sen", "sson",
+                   "dottir", "dóttir", "ić", "ic", "vić", "escu", "ez", "es", "ová", "ovich", "ovic", "enko",
+                   "ian", "yan", "oglu", "oğlu", "poulos", "akis", "idis", "berg", "stein", "mann", "ini", "elli",
+                   "etti", "ucci", "aki", "ishi", "moto", "mura", "yama", "kawa", "uk", "chuk", "czyk", "wicz",
+                   "ewski", "owski", "nen", "lä", "la", "sz", "ek", "ák", "ský", "ská", "ovi", "ović")
+
+
+ADDRESS_WORDS = STREET_SUFFIXES | frozenset("suite apt apartment unit flat floor box p.o po psc".split())
+
+
+def _namey(tok: str) -> bool:
+    """A capitalised word shaped like a (non-English) name: diacritics or a surname ending."""
+    w = tok.rstrip(".")
+    if len(w) < 4 or not w[0].isupper() or not w[1:].islower():
+        return False
+    return not w.isascii() or w.lower().endswith(SURNAME_ENDINGS)
+
+
+def _cap_groups(text: str) -> list[tuple[int, int, list[str]]]:
+    """Runs of capitalised words (with initials and name particles) on one line."""
+    groups: list[tuple[int, int, list[str]]] = []
+    cur: list[tuple[int, int, str]] = []
+
+    def close() -> None:
+        while cur and cur[-1][2].lower() in _PARTICLE_NAMES:
+            cur.pop()
+        if cur:
+            groups.append((cur[0][0], cur[-1][1], [t for _, _, t in cur]))
+        cur.clear()
+
+    for m in _TOKEN.finditer(text):
+        t = m.group(0)
+        if t.endswith(".") and not re.fullmatch(r"[A-Z]\.|(?:Mr|Mrs|Ms|Dr|Jr|Sr|St)\.", t):
+            t = t[:-1]
+        start, end = m.start(), m.start() + len(t)
+        gap = text[cur[-1][1]:start] if cur else ""
+        joinable = cur and re.fullmatch(r"[ \t]+", gap or "x") is not None
+        ok = t[0].isupper() or (joinable and t.lower() in _PARTICLE_NAMES)
+        if not joinable:
+            close()
+        if ok:
+            cur.append((start, end, t))
+        else:
+            close()
+    close()
+    return groups
 
 
 def _names(text: str, doc: Any) -> list[Cand]:
@@ -563,33 +617,45 @@ def _names(text: str, doc: Any) -> list[Cand]:
     common = _lower_lexicon("common_words")
     places = lexicon("places")
     out = []
-    for m in _CAP_SEQ.finditer(text):
-        toks = m.group(0).split()
-        real = [t for t in toks if len(t) > 2 or not t.endswith(".")]
-        if not real or len(toks) > 4:
+    for gs, ge, toks in _cap_groups(text):
+        # a title opens the group: the name is what follows
+        while toks and toks[0].rstrip(".").lower() in TITLES:
+            gs = text.index(toks[1], gs + len(toks[0])) if len(toks) > 1 else ge
+            toks = toks[1:]
+        stop = next((k for k, t in enumerate(toks) if t.lower().rstrip(".") in ADDRESS_WORDS), None)
+        if stop is not None:  # "Diana Usamov Suite 913": the name ends where the address begins
+            if stop == 0:
+                continue
+            ge = text.index(toks[stop - 1], gs) + len(toks[stop - 1])
+            toks = toks[:stop]
+        real = [t for t in toks if not re.fullmatch(r"[A-Z]\.?", t) and t.lower() not in _PARTICLE_NAMES]
+        if not real or len(real) > 4:
             continue
-        known = [t.rstrip("'’s") in names or t in names for t in real]
+        known = [t.rstrip("'’s") in names or t in names or _namey(t) for t in real]
         commonish = [t.lower() in common or t.lower() in TITLES or t.lower() in MONTHS or t.lower() in WEEKDAYS
-                     or t.lower() in NATIONALITIES for t in real]
+                     or t.lower() in NATIONALITIES or t.upper() in NOT_ENTITIES for t in real]
         if any(t.lower().rstrip(":") in LABELS for t in real):
             continue
         if any(commonish[i] and not known[i] for i in range(len(real))):
             continue
+        initial_inside = len(toks) >= 3 and any(re.fullmatch(r"[A-Z]\.?", t) for t in toks[1:-1])
         if len(real) >= 2 and all(known) and not all(commonish):
             score = 0.75
+        elif len(real) == 2 and initial_inside and not any(commonish):
+            score = 0.7  # "Mijail C Adomo": first name, initial, family name
         elif len(real) >= 2 and sum(known) >= 1 and not any(commonish):
             score = 0.6
         elif len(real) == 1 and known[0] and not commonish[0] and real[0] not in places:
-            before = text[:m.start()]
+            before = text[:gs]
             ctx = re.search(r"(?:name is|named|call(?:ed)? me|called|i'?m|this is|hi|hello|dear|mr\.?|mrs\.?|ms\.?|"
                             r"dr\.?|with|by|from|to|and|,|:)\s*$", before, re.I)
             sentence_start = not before.strip() or before.rstrip()[-1:] in ".!?\n\"'>"
-            follow = re.match(r"\s*(?:[,:]|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)",
-                              text[m.end():])
+            follow = re.match(r"\s*(?:[,:]|['’]s\b|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)",
+                              text[ge:])
             score = 0.6 if ctx else (0.5 if follow else 0.45 if not sentence_start else 0.35)
         else:
             continue
-        out.append(Cand(m.start(), m.end(), "PERSON", score, "lexicon"))
+        out.append(Cand(gs, ge, "PERSON", score, "lexicon"))
     return out
 
 
