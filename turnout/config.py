@@ -131,6 +131,8 @@ class ServerConfig(_Strict):
 class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
     redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
+    postgres_dsn: str | None = Field(None, description="ledger in PostgreSQL (scale-out), e.g. postgresql://user@db:5432/turnout")
+    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger tables")
 
 
 class TurnoutConfig(_Strict):

@@ -1,0 +1,107 @@
+"""Feedback on answers, one per request, normalised to a satisfaction in 0..1.
+
+Scores on the wire (``POST /v1/feedback``)::
+
+    "up" / "down"     thumbs          -> satisfaction 1.0 / 0.0
+    1, 2, 3, 4, 5     rating (int)    -> satisfaction (rating - 1) / 4: 0, .25, .5, .75, 1
+
+Thumbs are strings and ratings integers, so ``1`` is never ambiguous; ``true``, ``-1``,
+``4.5`` and ``"5"`` are refused. A request has at most one feedback: a later one replaces
+the earlier (people change their minds), so satisfaction counts each request once.
+
+The table lives next to the ``requests`` table: migration ``0003_feedback`` of
+``turnout.ledger.sqlite`` for the embedded store, ``turnout.ledger.postgres`` for scale-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turnout import sqlitedb
+
+MAX_COMMENT_CHARS = 2000
+THUMBS = {"up": 1, "down": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    request_id: str
+    kind: str            # thumbs | rating
+    value: int           # thumbs: 1 up, 0 down; rating: 1..5
+    satisfaction: float  # 0..1
+    comment: str | None = None
+    ts: float = 0.0
+
+
+def normalise(score: str | int) -> tuple[str, int, float]:
+    """(kind, value, satisfaction) for a wire score; ValueError names what is accepted."""
+    if isinstance(score, str):
+        if score not in THUMBS:
+            raise ValueError(f"a thumbs score is 'up' or 'down', got {score!r}")
+        v = THUMBS[score]
+        return "thumbs", v, float(v)
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
+        raise ValueError(f"a rating is an integer from 1 to 5, got {score!r}")
+    return "rating", score, (score - 1) / 4
+
+
+def make(request_id: str, score: str | int, comment: str | None = None, ts: float | None = None) -> Feedback:
+    kind, value, sat = normalise(score)
+    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
+        raise ValueError(f"comment is {len(comment)} characters; at most {MAX_COMMENT_CHARS}")
+    return Feedback(request_id, kind, value, sat, comment, time.time() if ts is None else ts)
+
+
+# Shared by the SQLite and PostgreSQL stores (only the placeholder differs).
+UPSERT = ("INSERT INTO {t} (ts, request_id, kind, value, satisfaction, comment) VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
+          "ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts, kind = excluded.kind, value = excluded.value, "
+          "satisfaction = excluded.satisfaction, comment = excluded.comment")
+
+
+class SQLiteFeedback:
+    """Feedback in the gateway's SQLite file. ``add`` returns False for an unknown request."""
+
+    def __init__(self, path: str | Path) -> None:
+        from turnout.ledger.sqlite import MIGRATIONS
+
+        self.path = Path(path)
+        self._conn = sqlitedb.connect(self.path)
+        sqlitedb.migrate(self._conn, "ledger_migrations", MIGRATIONS)
+        self._lock = threading.Lock()
+
+    def _add(self, fb: Feedback) -> bool:
+        with self._lock, sqlitedb.immediate(self._conn) as c:
+            if c.execute("SELECT 1 FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone() is None:
+                return False
+            c.execute(UPSERT.format(t="feedback", p="?"),
+                      (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
+            return True
+
+    async def add(self, fb: Feedback) -> bool:
+        return await asyncio.to_thread(self._add, fb)
+
+    def rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        return read_feedback(self.path, since)
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+def read_feedback(path: str | Path, since: float | None = None) -> list[dict[str, Any]]:
+    """Feedback on the requests made since a Unix time (all when None), with each request's route."""
+    conn = sqlitedb.connect(path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feedback'").fetchone():
+            return []  # a ledger written before feedback existed
+        sql = ("SELECT f.request_id, r.alias, r.engine, f.kind, f.value, f.satisfaction, f.ts FROM feedback f "
+               "JOIN requests r ON r.request_id = f.request_id")
+        cur = conn.execute(sql + " WHERE r.ts >= ?", (since,)) if since is not None else conn.execute(sql)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur]
+    finally:
+        conn.close()

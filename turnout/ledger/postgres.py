@@ -1,0 +1,259 @@
+"""The scale-out ledger: the same rows as ``turnout.ledger.sqlite`` in PostgreSQL, shared by
+every gateway replica, each row's hash-chained audit entry committed in the same
+transaction (``turnout.ledger.audit.postgres_append``).
+
+Like the SQLite ledger, writes go through one writer thread per process that commits in
+groups: ``await ledger.record(row)`` returns once its row is committed, and rows that
+arrive together share one transaction (and one fsync). Appends from several replicas
+serialise on the audit head's row lock, so the chain stays one chain.
+
+Tables live in ``schema`` (default ``public``) with their own append-only migration list
+(``ledger_migrations``), applied under an advisory lock so replicas starting together
+do not race. psycopg 3: ``pip install 'turnout[scale]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
+from turnout.ledger.feedback import UPSERT, Feedback
+from turnout.ledger.sqlite import COLUMNS, LedgerRow
+
+log = logging.getLogger("turnout.ledger")
+
+
+def migrations(s: str) -> list[tuple[str, list[str]]]:
+    """Append-only, like the SQLite list; names match where the change is the same."""
+    return [
+        ("0001_requests", [
+            f"""CREATE TABLE {s}.requests (
+                id BIGSERIAL PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                request_id TEXT NOT NULL UNIQUE,
+                tenant TEXT NOT NULL,
+                alias TEXT NOT NULL,
+                rule TEXT,
+                reason TEXT,
+                strategy TEXT,
+                score DOUBLE PRECISION,
+                threshold DOUBLE PRECISION,
+                engine TEXT,
+                locality TEXT,
+                hops TEXT NOT NULL DEFAULT '[]',
+                prompt_tokens BIGINT NOT NULL DEFAULT 0,
+                completion_tokens BIGINT NOT NULL DEFAULT 0,
+                latency_ms DOUBLE PRECISION,
+                ttft_ms DOUBLE PRECISION,
+                cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                baseline_cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                status TEXT NOT NULL,
+                http_status INTEGER NOT NULL,
+                stream INTEGER NOT NULL DEFAULT 0,
+                error TEXT,
+                labels TEXT NOT NULL DEFAULT '',
+                trace_id TEXT)""",
+            f"CREATE INDEX requests_ts ON {s}.requests (ts)",
+        ]),
+        ("0002_requests_key_id", [
+            f"ALTER TABLE {s}.requests ADD COLUMN key_id TEXT",
+            f"CREATE INDEX requests_key_ts ON {s}.requests (key_id, ts)",
+        ]),
+        ("0003_feedback", [
+            f"""CREATE TABLE {s}.feedback (
+                id BIGSERIAL PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                request_id TEXT NOT NULL UNIQUE,
+                kind TEXT NOT NULL,
+                value INTEGER NOT NULL,
+                satisfaction DOUBLE PRECISION NOT NULL,
+                comment TEXT)""",
+            f"CREATE INDEX feedback_ts ON {s}.feedback (ts)",
+        ]),
+    ]
+
+
+_STOP = object()
+
+
+class PostgresLedger:
+    """``SQLiteLedger``'s interface over PostgreSQL: ``await record(row)``, ``rows(since)``,
+    ``await close()``; plus ``query(sql, params)`` for the dashboard and feedback helpers."""
+
+    def __init__(self, dsn: str, *, schema: str = "public", max_batch: int = 512, audit: bool = True,
+                 connect_timeout: float = 10) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.dsn, self.max_batch, self.audit = dsn, max_batch, audit
+        self.connect_timeout = connect_timeout
+        PostgresAuditLog(dsn, schema=schema).close()  # validates the schema name; creates the audit tables
+        self.schema = schema
+        self._migrate()
+        self._insert = (f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) "
+                        f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
+        self._read: Any = None
+        self._read_lock = threading.Lock()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="turnout-ledger-pg", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self.connect_timeout))
+
+    def _migrate(self) -> None:
+        s = self.schema
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.ledger.migrate.{s}",))
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_migrations (name TEXT PRIMARY KEY, "
+                        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            cur.execute(f"SELECT name FROM {s}.ledger_migrations")
+            done = {r[0] for r in cur.fetchall()}
+            for name, statements in migrations(s):
+                if name in done:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)  # our own literal SQL
+                cur.execute(f"INSERT INTO {s}.ledger_migrations (name) VALUES (%s)", (name,))
+
+    # ---- writes --------------------------------------------------------------------------
+    async def record(self, row: LedgerRow) -> None:
+        """Append one row; returns once it is committed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put((row, loop, fut))
+        await fut
+
+    def _writer(self) -> None:
+        conn: Any = None
+        try:
+            while True:
+                item = self._q.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        self._q.put(_STOP)
+                        break
+                    batch.append(nxt)
+                conn = self._commit(conn, batch)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _commit(self, conn: Any, batch: Sequence[Any]) -> Any:
+        """Commit a batch in one transaction; returns the connection to use next (None after
+        a broken connection: the next batch reconnects)."""
+        error: BaseException | None = None
+        try:
+            if conn is None or conn.closed:
+                conn = self._connect()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(self._insert, [row.values() for row, _, _ in batch])
+                if self.audit:
+                    for row, _, _ in batch:
+                        postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
+        except BaseException as exc:  # noqa: BLE001  # a failed batch fails each of its requests' awaits
+            error = exc
+            if conn is not None and (conn.closed or conn.broken):
+                conn = None
+        for _, loop, fut in batch:
+            loop.call_soon_threadsafe(_settle, fut, error)
+        return conn
+
+    async def close(self) -> None:
+        self._q.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 10)
+        with self._read_lock:
+            if self._read is not None:
+                self._read.close()
+                self._read = None
+
+    # ---- reads ---------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL with ``?`` placeholders (as SQLite's); unqualified tables resolve to the schema."""
+        with self._read_lock:
+            if self._read is None or self._read.closed or self._read.broken:
+                self._read = self._connect()
+                self._read.execute(f"SET search_path TO {self.schema}")
+            return list(self._read.execute(sql.replace("?", "%s"), tuple(params)).fetchall())
+
+    def rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
+        return read_rows(self.dsn, since, schema=self.schema)
+
+    def _add_feedback(self, fb: Feedback) -> bool:
+        s = self.schema
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
+            if cur.fetchone() is None:
+                return False
+            cur.execute(UPSERT.format(t=f"{s}.feedback", p="%s"),
+                        (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
+            return True
+
+
+class PostgresFeedback:
+    """Feedback next to a :class:`PostgresLedger`'s rows (the interface of ``SQLiteFeedback``)."""
+
+    def __init__(self, ledger: PostgresLedger) -> None:
+        self.ledger = ledger
+
+    async def add(self, fb: Feedback) -> bool:
+        return await asyncio.to_thread(self.ledger._add_feedback, fb)
+
+    def rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        return read_feedback(self.ledger.dsn, since, schema=self.ledger.schema)
+
+    async def close(self) -> None:
+        pass
+
+
+def _dict_rows(dsn: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10, row_factory=dict_row) as conn:
+        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]  # type: ignore[arg-type]
+
+
+def read_rows(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:
+    """What ``turnout.ledger.sqlite.read_rows`` returns, from PostgreSQL."""
+    _check(schema)
+    if since is None:
+        return _dict_rows(dsn, f"SELECT * FROM {schema}.requests ORDER BY id", ())
+    return _dict_rows(dsn, f"SELECT * FROM {schema}.requests WHERE ts >= %s ORDER BY id", (since,))
+
+
+def read_feedback(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:
+    """What ``turnout.ledger.feedback.read_feedback`` returns, from PostgreSQL."""
+    _check(schema)
+    sql = (f"SELECT f.request_id, r.alias, r.engine, f.kind, f.value, f.satisfaction, f.ts FROM {schema}.feedback f "
+           f"JOIN {schema}.requests r ON r.request_id = f.request_id")
+    return _dict_rows(dsn, sql + " WHERE r.ts >= %s", (since,)) if since is not None else _dict_rows(dsn, sql, ())
+
+
+def _check(schema: str) -> None:
+    import re
+
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
+        raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)

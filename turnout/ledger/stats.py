@@ -1,0 +1,215 @@
+"""Time series over the ledger for the dashboard, aggregated in SQL.
+
+With a window (``since``), every query reads ``requests`` through its ``ts`` index
+(``WHERE ts >= ?``) and groups by time bucket in SQL, so the cost follows the window,
+not the table. The same SQL runs on SQLite and PostgreSQL; only the bucket expression
+and the placeholders differ.
+
+Definitions (also returned under ``definitions``):
+
+* **local share**: answered requests (status ok) served by a local engine / answered requests.
+* **escalated**: a request answered by an engine other than the first it would have tried:
+  it has failed hops before its answer (fallback along the chain), or its strategy is
+  ``cascade`` and a remote engine answered (a cascade starts local). The ledger does not
+  keep the chain itself, so this is read from ``hops``, ``strategy`` and ``locality``.
+  **escalation rate** = escalated / requests that got an engine's answer.
+* **latency p50/p95**: nearest-rank percentiles of ``latency_ms`` over ok requests.
+* **saved**: ``baseline_cost_usd - cost_usd`` (baseline: the same tokens at the priciest remote engine).
+* **satisfaction**: mean normalised feedback score (0..1) of the requests made in the bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400, 7 * 86_400)
+MAX_POINTS = 60
+
+Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+
+DEFINITIONS = {
+    "local_share": "answered requests served by a local engine / answered requests",
+    "escalated": "answered by an engine other than the first it would have tried: failed hops before the answer "
+                 "(fallback), or strategy 'cascade' answered by a remote engine",
+    "escalation_rate": "escalated / requests that got an engine's answer",
+    "latency": "nearest-rank p50/p95 of latency_ms over ok requests",
+    "saved_usd": "baseline_cost_usd - cost_usd (baseline: same tokens at the priciest remote engine)",
+    "satisfaction": "mean normalised feedback (thumbs up 1, down 0; rating (n-1)/4) of the bucket's requests",
+}
+
+_ESCALATED = "(engine IS NOT NULL AND (hops <> '[]' OR (strategy = 'cascade' AND locality = 'remote')))"
+
+
+def bucket_seconds(span: float) -> int:
+    """The smallest bucket from ``BUCKETS`` that draws ``span`` seconds in at most MAX_POINTS points."""
+    for b in BUCKETS:
+        if span / b <= MAX_POINTS:
+            return b
+    return BUCKETS[-1]
+
+
+def _bucket(dialect: str, col: str = "ts") -> str:
+    # col >= origin always holds, so truncation is floor; PostgreSQL's CAST rounds, hence floor().
+    if dialect == "postgres":
+        return f"CAST(floor(({col} - ?) / ?) AS BIGINT)"
+    return f"CAST(({col} - ?) / ? AS INTEGER)"
+
+
+def compute(query: Query, dialect: str, hours: float | None = None, now: float | None = None) -> dict[str, Any]:
+    """The dashboard's JSON: per-bucket series plus totals, for the last ``hours`` (all when None)."""
+    now = time.time() if now is None else now
+    if hours is not None:
+        since: float | None = now - hours * 3600
+        assert since is not None
+        start, end = since, now
+    else:
+        since = None
+        lo_hi = query("SELECT MIN(ts), MAX(ts) FROM requests", ())
+        lo, hi = lo_hi[0] if lo_hi else (None, None)
+        if lo is None:
+            return _empty(hours, None, now)
+        start, end = float(lo), max(float(hi), now)
+    b = bucket_seconds(end - start)
+    origin = math.floor(start / b) * b
+    n = max(1, math.ceil((end - origin) / b))
+    where, wparams = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+    bk = _bucket(dialect)
+
+    groups = query(
+        f"SELECT {bk} AS k, alias, engine, COUNT(*), "
+        "SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status = 'ok' AND locality = 'local' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN engine IS NOT NULL THEN 1 ELSE 0 END), "
+        f"SUM(CASE WHEN {_ESCALATED} THEN 1 ELSE 0 END), "
+        "SUM(cost_usd), SUM(baseline_cost_usd), SUM(prompt_tokens), SUM(completion_tokens) "
+        f"FROM requests {where} GROUP BY 1, 2, 3",
+        [origin, b, *wparams])
+
+    ok_where = (where + " AND" if where else "WHERE") + " status = 'ok' AND latency_ms IS NOT NULL"
+    ranked = query(
+        "SELECT k, latency_ms, rn, cnt FROM ("
+        "  SELECT k, latency_ms, ROW_NUMBER() OVER (PARTITION BY k ORDER BY latency_ms) AS rn,"
+        "         COUNT(*) OVER (PARTITION BY k) AS cnt"
+        f"  FROM (SELECT {bk} AS k, latency_ms FROM requests {ok_where}) s) t "
+        "WHERE rn = (50 * cnt + 99) / 100 OR rn = (95 * cnt + 99) / 100",
+        [origin, b, *wparams])
+
+    rwhere = "WHERE r.ts >= ?" if since is not None else ""
+    fb = query(
+        f"SELECT {_bucket(dialect, 'r.ts')} AS k, r.alias, COUNT(*), SUM(f.satisfaction) "
+        f"FROM feedback f JOIN requests r ON r.request_id = f.request_id {rwhere} GROUP BY 1, 2",
+        [origin, b, *wparams])
+
+    series = _series(n, groups, ranked, fb)
+    return {
+        "hours": hours,
+        "since": since,
+        "origin": origin,
+        "until": now,
+        "bucket_seconds": b,
+        "buckets": [origin + i * b for i in range(n)],
+        **series,
+        "definitions": DEFINITIONS,
+    }
+
+
+def _empty(hours: float | None, since: float | None, now: float) -> dict[str, Any]:
+    return {"hours": hours, "since": since, "origin": now, "until": now, "bucket_seconds": BUCKETS[0], "buckets": [],
+            "traffic": [], "series": {}, "totals": _totals_from({}, 0, 0.0), "satisfaction_by_route": {},
+            "definitions": DEFINITIONS}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _series(n: int, groups: list[tuple[Any, ...]], ranked: list[tuple[Any, ...]],
+            fb: list[tuple[Any, ...]]) -> dict[str, Any]:
+    zero = lambda: [0] * n
+    traffic: dict[tuple[str, str], list[int]] = {}
+    keys = ("requests", "ok", "local", "answered", "escalated", "cost_usd", "baseline_cost_usd",
+            "prompt_tokens", "completion_tokens")
+    per: dict[str, list[Any]] = {k: zero() for k in keys}
+    totals: dict[str, float] = defaultdict(float)
+    for k, alias, engine, *vals in groups:
+        i = int(k)
+        if not 0 <= i < n:
+            continue
+        traffic.setdefault((alias, engine or "(none)"), zero())[i] += int(vals[0])
+        for key, v in zip(keys, vals):  # PostgreSQL's SUM(bigint) is a Decimal
+            x = float(v or 0) if key.endswith("_usd") else int(v or 0)
+            per[key][i] += x
+            totals[key] += x
+    p50: list[float | None] = [None] * n
+    p95: list[float | None] = [None] * n
+    for k, latency, rn, cnt in ranked:
+        i = int(k)
+        if not 0 <= i < n:
+            continue
+        if rn == (50 * cnt + 99) // 100:
+            p50[i] = float(latency)
+        if rn == (95 * cnt + 99) // 100:
+            p95[i] = float(latency)
+    fb_count, fb_sum = zero(), [0.0] * n
+    by_route: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for k, alias, count, total in fb:
+        i = int(k)
+        if 0 <= i < n:
+            fb_count[i] += int(count)
+            fb_sum[i] += float(total)
+        by_route[alias][0] += int(count)
+        by_route[alias][1] += float(total)
+    return {
+        "traffic": [{"route": r, "engine": e, "counts": c} for (r, e), c in sorted(traffic.items())],
+        "series": {
+            "requests": per["requests"],
+            "local_share": [_ratio(a, b) for a, b in zip(per["local"], per["ok"])],
+            "escalated": per["escalated"],
+            "escalation_rate": [_ratio(a, b) for a, b in zip(per["escalated"], per["answered"])],
+            "cost_usd": [float(x) for x in per["cost_usd"]],
+            "baseline_cost_usd": [float(x) for x in per["baseline_cost_usd"]],
+            "saved_usd": [float(b - c) for c, b in zip(per["cost_usd"], per["baseline_cost_usd"])],
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "satisfaction": [_ratio(s, c) for s, c in zip(fb_sum, fb_count)],
+            "feedback": fb_count,
+        },
+        "totals": _totals_from(totals, sum(fb_count), sum(fb_sum)),
+        "satisfaction_by_route": {r: {"mean": _ratio(s, c), "count": int(c)} for r, (c, s) in sorted(by_route.items())},
+    }
+
+
+def _totals_from(t: dict[str, float], fb_count: int, fb_sum: float) -> dict[str, Any]:
+    cost, base = float(t.get("cost_usd", 0.0)), float(t.get("baseline_cost_usd", 0.0))
+    return {
+        "requests": int(t.get("requests", 0)),
+        "errors": int(t.get("requests", 0) - t.get("ok", 0)),
+        "local_share": _ratio(t.get("local", 0), t.get("ok", 0)),
+        "escalated": int(t.get("escalated", 0)),
+        "escalation_rate": _ratio(t.get("escalated", 0), t.get("answered", 0)),
+        "cost_usd": cost,
+        "baseline_cost_usd": base,
+        "saved_usd": base - cost,
+        "prompt_tokens": int(t.get("prompt_tokens", 0)),
+        "completion_tokens": int(t.get("completion_tokens", 0)),
+        "satisfaction": _ratio(fb_sum, fb_count),
+        "feedback": fb_count,
+    }
+
+
+def sqlite_query(path: Any) -> Query:
+    """A ``Query`` over a SQLite ledger file (one short-lived connection per call)."""
+    from turnout import sqlitedb
+
+    def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        conn = sqlitedb.connect(path)
+        try:
+            return [tuple(r) for r in conn.execute(sql, tuple(params))]
+        finally:
+            conn.close()
+
+    return run

@@ -1,0 +1,39 @@
+"""Which ledger the gateway writes: the embedded SQLite file, or PostgreSQL when
+``storage.postgres_dsn`` is set. Each comes with its feedback store and a read-only
+``query`` for the dashboard's SQL (``turnout.ledger.stats``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turnout.config import StorageConfig
+from turnout.ledger.stats import Query
+
+
+@dataclass
+class Stores:
+    ledger: Any     # SQLiteLedger | PostgresLedger: async record(row), rows(since), async close()
+    feedback: Any   # SQLiteFeedback | PostgresFeedback: async add(fb) -> bool, rows(since), async close()
+    query: Query    # read-only SQL over the ledger, "?" placeholders
+    dialect: str    # sqlite | postgres
+
+    async def close(self) -> None:
+        await self.feedback.close()
+        await self.ledger.close()
+
+
+def open_stores(storage: StorageConfig) -> Stores:
+    dsn = getattr(storage, "postgres_dsn", None)
+    if dsn:
+        from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
+
+        pg = PostgresLedger(dsn, schema=getattr(storage, "postgres_schema", "public"))
+        return Stores(pg, PostgresFeedback(pg), pg.query, "postgres")
+    from turnout.ledger.feedback import SQLiteFeedback
+    from turnout.ledger.sqlite import SQLiteLedger
+    from turnout.ledger.stats import sqlite_query
+
+    db = Path(storage.sqlite_path)
+    return Stores(SQLiteLedger(db), SQLiteFeedback(db), sqlite_query(db), "sqlite")
