@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,7 +315,7 @@ class Gateway:
 
 def new_request_id() -> str:
     """Server-made and unique: the ledger's key. (A client's own id would let two requests collide.)"""
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:

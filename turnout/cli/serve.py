@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         http="httptools",
         timeout_graceful_shutdown=30,
         lifespan="on",
+        proxy_headers=False,  # no proxy is trusted unless one is configured in front
+        server_header=False,
     )
     Server(config).run(sockets=[sock])
     return 0

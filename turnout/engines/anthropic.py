@@ -159,7 +159,7 @@ class AnthropicEngine(Engine):
         payload = to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens)
         with transport_errors(name, "waiting for the answer"):
             async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, json=payload, headers=self._headers) as resp:
+                async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
                     await raise_for_upstream_status(resp, name)
                     body = await read_json(resp, name, self.cfg.max_response_bytes)
         return from_anthropic(body, name)
@@ -169,7 +169,7 @@ class AnthropicEngine(Engine):
         payload = {**to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens), "stream": True}
         with transport_errors(name, "before the first token"):
             async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, json=payload, headers=self._headers)
+                resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
         usage = Usage()
         finish = "stop"
         tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from turnout.config import OpenAIEngineConfig
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.engines.http import (
@@ -70,7 +72,7 @@ class OpenAIEngine(Engine):
         name = self.info.name
         with transport_errors(name, "waiting for the answer"):
             async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, json=self._payload(req, False), headers=self._headers) as resp:
+                async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
                     await raise_for_upstream_status(resp, name)
                     body = await read_json(resp, name, self.cfg.max_response_bytes)
         return _result(body, name)
@@ -82,7 +84,7 @@ class OpenAIEngine(Engine):
         produced = 0
         with transport_errors(name, "before the first token"):
             async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, json=self._payload(req, True), headers=self._headers)
+                resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)

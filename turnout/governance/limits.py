@@ -35,6 +35,7 @@ request) and :class:`RedisLimiter` (one Lua script per step; exact across gatewa
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time as _time
@@ -74,6 +75,12 @@ class Windows:
 
     @classmethod
     def at(cls, now: float) -> Windows:
+        """The windows around ``now``, computed once per whole second (``retry_after`` is
+        then up to a second long, which errs on the side of waiting)."""
+        return _windows_at_second(int(now))
+
+    @classmethod
+    def _compute(cls, now: float) -> Windows:
         dt = datetime.fromtimestamp(now, UTC)
         minute = int(now // 60)
         next_day = datetime(dt.year, dt.month, dt.day, tzinfo=UTC) + timedelta(days=1)
@@ -86,6 +93,11 @@ class Windows:
 
     def of(self, kind: str) -> str:
         return self.minute if kind in ("rpm", "tpm") else self.day if kind == "usd_day" else self.month
+
+
+@functools.lru_cache(maxsize=4)
+def _windows_at_second(second: int) -> Windows:
+    return Windows._compute(float(second))
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,7 @@ class LedgerRow:
     key_id: str | None = None
 
     def values(self) -> tuple[Any, ...]:
-        d = asdict(self)
-        return tuple(d[c] for c in COLUMNS)
+        return tuple(getattr(self, c) for c in COLUMNS)
 
     def audit_payload(self) -> dict[str, Any]:
         """What the audit log keeps: the decision, never the content (labels are finding types)."""

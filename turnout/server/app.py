@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
@@ -18,7 +20,8 @@ from turnout.governance.keys import KeyStore
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.server import chat, dashboard, feedback, health, models
-from turnout.server.errors import HANDLERS
+from turnout.errors import Overloaded
+from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
 
@@ -35,7 +38,41 @@ async def start_engines(cfg: TurnoutConfig) -> dict[str, Engine]:
     return engines
 
 
-def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None) -> Starlette:
+class ChatFastPath:
+    """Answers ``POST /v1/chat/completions`` itself and passes everything else on to Starlette.
+
+    The chat endpoint is the gateway's hot path; Starlette's router and its two exception
+    middlewares cost about 15% of its CPU, and the endpoint already turns every error into
+    an OpenAI-shaped response itself."""
+
+    def __init__(self, app: Starlette, max_in_flight: int) -> None:
+        self.app = app
+        self.state = app.state
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/chat/completions":
+            if self.in_flight >= self.max_in_flight:  # backpressure: refuse at once, not after a long queue
+                busy = Overloaded(f"the gateway is handling {self.in_flight} requests, its limit; retry shortly")
+                await error_response(busy)(scope, receive, send)
+                return
+            self.in_flight += 1
+            try:
+                scope["app"] = self.app
+                request = Request(scope, receive)
+                try:
+                    response = await chat.chat_completions(request)
+                except Exception as exc:  # a bug: still an OpenAI-shaped 500, and logged
+                    response = await unexpected_error(request, exc)
+                await response(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None) -> ChatFastPath:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engines = await start_engines(cfg)
@@ -64,4 +101,5 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/feedback", feedback.post_feedback, methods=["POST"]),
         *dashboard.ROUTES,
     ]
-    return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    return ChatFastPath(starlette, cfg.server.max_in_flight)
