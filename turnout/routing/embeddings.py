@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,8 +146,12 @@ class MiniLMEncoder:
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings of ``texts``; batches group texts of similar length to limit padding."""
+    def encode(
+        self, texts: list[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Embeddings of ``texts``; batches group texts of similar length to limit padding.
+
+        ``on_batch(n)`` is called after each batch of ``n`` texts (for a progress bar)."""
         encodings = self.tokenizer.encode_batch(list(texts))
         lengths = np.array([len(e.ids) for e in encodings])
         out = np.zeros((len(texts), DIM), dtype=np.float32)
@@ -161,6 +166,8 @@ class MiniLMEncoder:
                 ids[row, :n] = encodings[i].ids
                 mask[row, :n] = 1.0
             out[chunk] = self._forward(ids, mask)
+            if on_batch is not None:
+                on_batch(len(chunk))
         return out
 
     def fingerprint(self) -> str:
@@ -172,7 +179,9 @@ class MiniLMEncoder:
         return digest.hexdigest()
 
 
-def cached_embeddings(encoder: MiniLMEncoder, texts: list[str], cache_dir: Path) -> np.ndarray:
+def cached_embeddings(
+    encoder: MiniLMEncoder, texts: list[str], cache_dir: Path, on_batch: Callable[[int], None] | None = None
+) -> np.ndarray:
     """Embeddings of ``texts``, read from or written to ``cache_dir`` keyed by the texts' hash."""
     digest = hashlib.sha256()
     digest.update(f"{MODEL_NAME}|{encoder.max_length}|".encode())
@@ -183,7 +192,7 @@ def cached_embeddings(encoder: MiniLMEncoder, texts: list[str], cache_dir: Path)
         cached = np.load(path)
         if cached.shape == (len(texts), DIM):
             return cached
-    vectors = encoder.encode(texts)
+    vectors = encoder.encode(texts, on_batch=on_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, vectors)

@@ -1,0 +1,227 @@
+"""`turnout eval router`: cross-validated APGR / CPT of routers on outcome data, and training.
+
+Examples::
+
+    turnout eval router --dataset mmlu                       # table for the default routers
+    turnout eval router --dataset gsm8k --router hybrid gsm8k-weak-answer --json
+    turnout eval router --dataset my.csv --plot curve.png
+    turnout eval router --dataset mmlu --router tfidf-lr \\
+        --save-artifact .turnout/routers/mmlu-tfidf-lr.npz --target-escalation 0.2
+
+Every learned router is scored with k-fold cross-validation (fixed seed): no prompt is scored by
+a router trained on it. ``random`` and ``oracle`` are reference rows. ``gsm8k-weak-answer`` reads
+the weak model's response, so it is post-generation (a cascade) and marked so in the output.
+Heavy imports (scikit-learn, matplotlib, tqdm, the embedding model) happen inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from turnout.evals.datasets import RoutingDataset
+    from turnout.evals.routing_metrics import RouterMetrics
+
+LEARNED = ("tfidf-lr", "emb-knn", "emb-lr", "hybrid")
+POST_GENERATION = ("gsm8k-weak-answer",)
+REFERENCE = ("random", "oracle")
+ROUTERS = LEARNED + POST_GENERATION + REFERENCE
+T = TypeVar("T")
+
+
+def default_data_dir() -> Path:
+    """``$TURNOUT_DATA_DIR``, else ``../shared/data/routellm`` next to the repository."""
+    env = os.environ.get("TURNOUT_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "routellm"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TURNOUT_CACHE_DIR", Path(".turnout") / "cache"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "router",
+        help="cross-validated APGR/CPT of routers on outcome data; optionally train and save one",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help="mmlu, gsm8k, mt_bench, or PATH.csv "
+                   "(prompt,weak_correct,strong_correct[,weak_cost,strong_cost])")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="RouteLLM data folder (default: $TURNOUT_DATA_DIR or ../shared/data/routellm)")
+    p.add_argument("--router", nargs="+", choices=ROUTERS, default=None, metavar="NAME",
+                   help=f"routers to evaluate, from: {', '.join(ROUTERS)} (default: tfidf-lr, plus emb-knn "
+                   "and hybrid when the embedding model is installed, plus gsm8k-weak-answer on gsm8k)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="fold and random-router seed (default 0)")
+    p.add_argument("--bins", type=int, default=10, help="quantile bins of the score for the curve (RouteLLM: 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write the quality curves as PNG")
+    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .turnout/cache)")
+    p.add_argument("--save-artifact", type=Path, default=None, metavar="PATH",
+                   help="refit the one --router given on all rows and save it with a calibrated threshold "
+                   "(convention: .turnout/routers/<dataset>-<router>.npz)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-escalation", type=float, default=None, metavar="RATE",
+                        help="with --save-artifact: threshold sending this share of prompts to the strong model")
+    target.add_argument("--target-quality", type=float, default=None, metavar="Q",
+                        help="with --save-artifact: lowest-cost threshold whose CV quality reaches Q")
+    p.set_defaults(func=run)
+
+
+def _progress(iterable: Iterator[T], total: int, desc: str) -> Iterator[T]:
+    from tqdm import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False))
+
+
+def _default_routers(data: RoutingDataset) -> list[str]:
+    from turnout.routing.embeddings import embeddings_available
+
+    routers = ["tfidf-lr"]
+    if embeddings_available():
+        routers += ["emb-knn", "hybrid"]
+    if data.weak_responses is not None:
+        routers.append("gsm8k-weak-answer")
+    return routers
+
+
+def _embeddings(data: RoutingDataset, cache_dir: Path) -> np.ndarray:
+    from tqdm import tqdm
+
+    from turnout.routing.embeddings import MiniLMEncoder, cached_embeddings
+
+    with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
+        return cached_embeddings(MiniLMEncoder(), data.prompts, cache_dir, on_batch=bar.update)
+
+
+def _scores(name: str, data: RoutingDataset, emb: np.ndarray | None, args: argparse.Namespace) -> np.ndarray:
+    from turnout.evals.router_cv import cross_val_scores
+    from turnout.evals.routing_metrics import oracle_scores, random_scores
+
+    if name == "random":
+        return random_scores(len(data), args.seed)
+    if name == "oracle":
+        return oracle_scores(data.weak, data.strong)
+
+    def progress(it: Iterator[Any], total: int) -> Iterator[Any]:
+        return _progress(it, total, f"{name} folds")
+
+    if name in POST_GENERATION:
+        from turnout.routing.answer_check import WeakAnswerCheck
+
+        if data.weak_responses is None:
+            raise ValueError(f"router {name!r} needs the weak model's responses, which {data.name} lacks")
+        return cross_val_scores(WeakAnswerCheck, data, None, args.folds, args.seed, progress, data.weak_responses)
+    from turnout.routing.scorers import FAMILIES
+
+    return cross_val_scores(FAMILIES[name], data, emb, args.folds, args.seed, progress)
+
+
+def _table(dataset: str, results: dict[str, RouterMetrics]) -> str:
+    lines = [f"dataset: {dataset}", f"{'router':<30} {'n':>6} {'APGR':>7} {'CPT50':>7} {'CPT80':>7}"]
+    for name, m in results.items():
+        tag = name + (" (post-gen)" if name in POST_GENERATION else "")
+        lines.append(f"{tag:<30} {m.n:>6} {m.apgr:>7.3f} {m.cpt50 * 100:>6.1f}% {m.cpt80 * 100:>6.1f}%")
+    first = next(iter(results.values()))
+    lines.append(f"weak quality {first.weak_quality:.4f}, strong quality {first.strong_quality:.4f}")
+    return "\n".join(lines)
+
+
+def _as_json(data: RoutingDataset, results: dict[str, RouterMetrics], args: argparse.Namespace) -> dict[str, Any]:
+    routers = {}
+    for name, m in results.items():
+        routers[name] = {**m.as_dict(), "post_generation": name in POST_GENERATION}
+    return {
+        "dataset": data.name,
+        "n": len(data),
+        "dropped_contaminated": data.dropped_contaminated,
+        "folds": args.folds,
+        "seed": args.seed,
+        "bins": args.bins,
+        "cpt_unit": "share of calls to the strong model, 0..1",
+        "routers": routers,
+    }
+
+
+def plot_curves(path: Path, data: RoutingDataset, results: dict[str, RouterMetrics]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from turnout.evals.routing_metrics import optimal_quality
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, m in results.items():
+        if name in REFERENCE:
+            continue
+        ax.plot(m.curve.strong_share * 100, m.curve.quality, marker=".", label=f"{name} (APGR {m.apgr:.3f})")
+    wq, sq = float(data.weak.mean()), float(data.strong.mean())
+    grid = np.linspace(0, 1, 101)
+    ax.plot(grid * 100, optimal_quality(data.weak, data.strong, grid), "k:", label="oracle")
+    ax.plot([0, 100], [wq, sq], color="grey", linestyle="-.", label="random")
+    ax.axhline(wq, color="grey", linestyle="--", linewidth=0.8, label="weak model")
+    ax.axhline(sq, color="red", linestyle="--", linewidth=0.8, label="strong model")
+    ax.set_xlabel("strong model calls (%)")
+    ax.set_ylabel("quality")
+    ax.set_title(f"Router quality vs escalation ({data.name}, n={len(data)})")
+    ax.legend(loc="lower right", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _save_artifact(
+    args: argparse.Namespace, data: RoutingDataset, emb: np.ndarray | None, oof: np.ndarray, metrics: RouterMetrics
+) -> Path:
+    from turnout.routing.learned import LearnedRouter, build_metadata, calibrate, fit_final
+
+    name = args.router[0]
+    if args.target_escalation is None and args.target_quality is None:
+        raise ValueError("--save-artifact needs --target-escalation RATE or --target-quality Q")
+    threshold, target = calibrate(oof, data.weak, data.strong, args.target_escalation, args.target_quality)
+    scorer = fit_final(name, data.prompts, emb, data.weak, data.strong)
+    cv = {**metrics.as_dict(), "folds": args.folds, "seed": args.seed, "bins": args.bins}
+    meta = build_metadata(scorer, data.prompts, data.weak, data.strong, data.name, cv, target, oof, threshold)
+    return LearnedRouter(scorer, threshold, meta).save(args.save_artifact)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from turnout.evals.datasets import load_dataset
+    from turnout.evals.routing_metrics import evaluate_scores
+    from turnout.routing.scorers import FAMILIES
+
+    data = load_dataset(args.dataset, args.data_dir or default_data_dir())
+    routers = args.router or _default_routers(data)
+    if args.save_artifact is not None and (len(routers) != 1 or routers[0] not in LEARNED):
+        raise ValueError(f"--save-artifact needs exactly one --router from: {', '.join(LEARNED)}")
+    needs_emb = any(name in FAMILIES and FAMILIES[name].uses_embeddings for name in routers)
+    emb = _embeddings(data, args.cache_dir or default_cache_dir()) if needs_emb else None
+    results: dict[str, RouterMetrics] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name in routers:
+        scores[name] = _scores(name, data, emb, args)
+        results[name] = evaluate_scores(scores[name], data.weak, data.strong, args.bins)
+    if args.plot is not None:
+        plot_curves(args.plot, data, results)
+    if args.save_artifact is not None:
+        path = _save_artifact(args, data, emb, scores[routers[0]], results[routers[0]])
+        print(f"saved {routers[0]} router to {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_as_json(data, results, args), indent=2))
+    else:
+        print(_table(data.name, results))
+    return 0
