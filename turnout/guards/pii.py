@@ -150,6 +150,28 @@ class Cand:
 Recogniser = Callable[[str, Any], list[Cand]]
 
 
+def _english_word(tok: str) -> bool:
+    """An English dictionary word that is not also a known given or family name."""
+    w = tok.rstrip(".,'’").lower()
+    if tok.rstrip(".,'’") in lexicon("names") or w.title() in lexicon("names"):
+        return False
+    eng = lexicon("english_words")
+    return w in eng or (w.endswith("s") and w[:-1] in eng) or (w.endswith("es") and w[:-2] in eng)
+
+
+def _company_word(tok: str) -> bool:
+    """A made-up one-word brand: not a name, place or dictionary word, but two dictionary
+    words run together ("Flightaware", "Betterlesson") or CamelCase ("LinkedIn")."""
+    w = tok.rstrip(".,'’")
+    if len(w) < 6 or not w[0].isupper() or w in lexicon("names") or w in lexicon("places") or _english_word(w):
+        return False
+    if re.fullmatch(r"[A-Z][a-z]+[A-Z][A-Za-z]+", w):
+        return True
+    low = w.lower()
+    eng = lexicon("english_words")
+    return any(low[:i] in eng and low[i:] in eng for i in range(3, len(low) - 2))
+
+
 def _ctx_before(text: str, start: int, n: int = 40) -> str:
     return text[max(0, start - n):start].lower()
 
@@ -322,6 +344,10 @@ def _nrp(text: str, doc: Any) -> list[Cand]:
         for suf in ("es", "s"):
             if base not in NATIONALITIES and w.endswith(suf) and w[: -len(suf)] in NATIONALITIES:
                 base = w[: -len(suf)]
+        before = text[max(0, m.start() - 30):m.start()].lower()
+        if re.search(r"(?:\(|\b(?:studying|study|speaks?|speaking|learn|learning|into|translated? (?:to|into)))\s*$",
+                     before):
+            continue  # a language, or "Cyprus (Greek)"
         if base in NATIONALITIES and not re.match(r"[ \t]+[A-Z][a-z]", text[m.end():]):
             out.append(Cand(m.start(), m.end(), "NRP", 0.75, "lexicon"))
     return out
@@ -577,7 +603,7 @@ ADDRESS_WORDS = STREET_SUFFIXES | frozenset("suite apt apartment unit flat floor
 def _namey(tok: str) -> bool:
     """A capitalised word shaped like a (non-English) name: diacritics or a surname ending."""
     w = tok.rstrip(".")
-    if len(w) < 4 or not w[0].isupper() or not w[1:].islower():
+    if len(w) < 4 or not w[0].isupper() or not w[1:].islower() or _english_word(w):
         return False
     return not w.isascii() or w.lower().endswith(SURNAME_ENDINGS)
 
@@ -633,7 +659,7 @@ def _names(text: str, doc: Any) -> list[Cand]:
             continue
         known = [t.rstrip("'’s") in names or t in names or _namey(t) for t in real]
         commonish = [t.lower() in common or t.lower() in TITLES or t.lower() in MONTHS or t.lower() in WEEKDAYS
-                     or t.lower() in NATIONALITIES or t.upper() in NOT_ENTITIES for t in real]
+                     or t.lower() in NATIONALITIES or t.upper() in NOT_ENTITIES or _english_word(t) for t in real]
         if any(t.lower().rstrip(":") in LABELS for t in real):
             continue
         if any(commonish[i] and not known[i] for i in range(len(real))):
@@ -720,8 +746,8 @@ def _ner(text: str, doc: Any) -> list[Cand]:
             v2 = v2  # "Inc." keeps its dot
         e = s + len(v2)
         low_toks = v2.lower().split()
-        if t == "PERSON" and low_toks and (low_toks[0] in ROYAL or all(x in _lower_lexicon("common_words")
-                                                                     for x in low_toks)):
+        if t == "PERSON" and low_toks and (low_toks[0] in ROYAL or all(
+                x in _lower_lexicon("common_words") or _english_word(x) for x in v2.split())):
             continue
         if not v2.strip():
             continue
@@ -731,6 +757,8 @@ def _ner(text: str, doc: Any) -> list[Cand]:
         if t == "DATE_TIME":
             if re.fullmatch(r"[\d\s-]+", v2) and not re.fullmatch(r"(?:1[89]|20)\d\d", v2):
                 continue
+            if re.fullmatch(r"(?:the\s+)?(?:\d\d)?\d0['’]?s", v2, re.I):
+                continue  # a decade identifies no one
             if not re.search(r"\d", v2) and not re.search(r"\b(?:" + "|".join(MONTHS + WEEKDAYS) + r")\b", v2, re.I):
                 continue
             if _RELATIVE.match(v2) or re.search(r"\b(?:years?|months?|weeks?|days?)\b(?!\s+(?:ago|of))", v2, re.I):
@@ -768,6 +796,8 @@ def _retype(text: str, s: int, e: int, t: str) -> str:
         initials = sum(bool(re.fullmatch(r"[A-Z]\.?", x)) for x in toks)
         if known + initials == len(toks) or (len(toks) >= 2 and known >= 1 and toks[0] in names):
             return "PERSON"
+    if t in ("PERSON", "LOCATION", "NRP") and len(toks) == 1 and _company_word(v):
+        return "ORGANIZATION"
     if t in ("ORGANIZATION", "PERSON", "NRP") and len(toks) <= 3 and (
             v in places or (len(toks) == 1 and v not in names and _LOC_CTX.search(text[max(0, s - 25):s]))):
         return "LOCATION"
@@ -804,6 +834,9 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
                 toks[0].lower() in MONTHS + WEEKDAYS or toks[0].lower() in NATIONALITIES:
             continue
         out.append(Cand(m.start(1), m.start(1) + len(v), "ORGANIZATION", 0.62, "context"))
+    for m in re.finditer(r"(?<![\w'’-])[A-Z][\w]{5,}(?![\w'’-])", text):
+        if _company_word(m.group(0)):
+            out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.55, "shape"))
     # "Panjiva's Riku Andou": a possessive one-word name before a person's name
     for m in re.finditer(r"(?<![\w-])([A-Z][\w&-]+)['’]s[ \t]+([A-Z][\w-]+)[ \t]+([A-Z][\w-]+)", text):
         if m.group(1) not in names and m.group(2) in names:
@@ -906,7 +939,7 @@ class PiiGuard:
             import spacy
 
             self._nlp = spacy.load(model, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
-        for name in ("names", "places", "common_words", "jobs"):
+        for name in ("names", "places", "common_words", "jobs", "english_words"):
             lexicon(name)  # load the word lists now, not on the first request
         _lower_lexicon("common_words")
         self.inspect("Warm-up: Jane Doe lives at 1 Main Street, Springfield; call +1 555 010 0000.")
