@@ -30,6 +30,10 @@ def open_stores(storage: StorageConfig) -> Stores:
         from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
 
         pg = PostgresLedger(dsn, schema=getattr(storage, "postgres_schema", "public"))
+        # The embedded limiter (governance.access.open_limiter, no redis_url) seeds budgets from
+        # the SQLite ledger's rows; until it reads the chosen ledger, give it an empty one so the
+        # gateway starts. With PostgreSQL, set storage.redis_url: replicas must share limits anyway.
+        _empty_sqlite_ledger(Path(storage.sqlite_path))
         return Stores(pg, PostgresFeedback(pg), pg.query, "postgres")
     from turnout.ledger.feedback import SQLiteFeedback
     from turnout.ledger.sqlite import SQLiteLedger
@@ -37,3 +41,14 @@ def open_stores(storage: StorageConfig) -> Stores:
 
     db = Path(storage.sqlite_path)
     return Stores(SQLiteLedger(db), SQLiteFeedback(db), sqlite_query(db), "sqlite")
+
+
+def _empty_sqlite_ledger(path: Path) -> None:
+    from turnout import sqlitedb
+    from turnout.ledger.sqlite import MIGRATIONS
+
+    conn = sqlitedb.connect(path)
+    try:
+        sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
+    finally:
+        conn.close()

@@ -1,0 +1,125 @@
+"""The PostgreSQL ledger against a real server on 127.0.0.1:5432, a fresh schema per run:
+concurrent rows commit in shared transactions with their audit entries (one unbroken
+chain), a gateway configured with storage.postgres_dsn writes there (feedback and the
+dashboard too), and `turnout usage --dsn` reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Gateway, Upstream, hybrid_config
+from turnout.ledger.audit import PostgresAuditLog
+from turnout.ledger.postgres import read_rows
+from turnout.ledger.sqlite import LedgerRow
+
+PG_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: pip install 'turnout[scale]'")
+    try:
+        raw = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}: {exc}")
+    name = f"ledger_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    raw.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    raw.close()
+
+
+def _row(i: int) -> LedgerRow:
+    return LedgerRow(ts=time.time(), request_id=f"r{i}", tenant="acme", alias="auto", status="ok", http_status=200,
+                     engine="local" if i % 2 else "frontier", locality="local" if i % 2 else "remote",
+                     prompt_tokens=10 + i, completion_tokens=i, latency_ms=float(i), cost_usd=i / 1000,
+                     baseline_cost_usd=i / 500, labels="pii" if i % 3 == 0 else "")
+
+
+def test_concurrent_rows_share_transactions_and_audit_chain(schema: str) -> None:
+    import psycopg
+
+    from turnout.ledger.postgres import PostgresLedger
+
+    async def go() -> tuple[float, float]:
+        ledger = PostgresLedger(PG_DSN, schema=schema)
+        try:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(ledger.record(_row(i)) for i in range(200)))
+            elapsed = time.perf_counter() - t0
+            with pytest.raises(psycopg.errors.UniqueViolation):  # a failed batch fails its awaits
+                await ledger.record(_row(3))
+            await ledger.record(_row(1000))  # and the writer carries on
+            return elapsed, time.perf_counter() - t0
+        finally:
+            await ledger.close()
+
+    elapsed, _ = asyncio.run(go())
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        n, xids = conn.execute(f"SELECT count(*), count(DISTINCT xmin::text) FROM {schema}.requests").fetchone()
+        assert n == 201
+        assert xids < 200  # batched: rows that arrived together committed in one transaction
+        cols = conn.execute(f"SELECT prompt_tokens, cost_usd, labels FROM {schema}.requests WHERE request_id = 'r9'").fetchone()
+        assert cols == (19, 0.009, "pii")
+    with PostgresAuditLog(PG_DSN, schema=schema) as audit:
+        v = audit.verify()
+        assert v.ok and v.entries == 201, v  # the failed batch left no audit entry behind
+        assert {r.payload["request_id"] for r in audit.tail(201)} == {f"r{i}" for i in (*range(200), 1000)}
+    rows = read_rows(PG_DSN, schema=schema)
+    assert len(rows) == 201 and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert rows[-1]["request_id"] == "r1000"
+    assert [r["request_id"] for r in read_rows(PG_DSN, time.time() + 60, schema=schema)] == []
+    assert rows[0].keys() >= {"ts", "request_id", "alias", "engine", "cost_usd", "key_id"}
+    print(f"200 concurrent rows committed in {elapsed * 1000:.0f} ms in {xids} transactions")
+
+
+@pytest.mark.usefixtures("clean_upstreams")
+def test_gateway_writes_its_ledger_to_postgres(schema: str, gateway_factory, upstream: Upstream,
+                                               anthropic_upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    cfg = hybrid_config(upstream.url, anthropic_upstream.url,
+                        storage={"postgres_dsn": PG_DSN, "postgres_schema": schema})
+    gw: Gateway = gateway_factory(cfg)
+    client = gw.openai()
+    ids = [client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "x"}],
+                                                            max_tokens=4).headers["x-request-id"] for _ in range(2)]
+    stream = client.chat.completions.with_raw_response.create(model="private", messages=[{"role": "user", "content": "x"}],
+                                                              max_tokens=3, stream=True)
+    ids.append(stream.headers["x-request-id"])
+    list(stream.parse())
+    r = httpx.post(gw.url + "/v1/feedback", json={"request_id": ids[2], "score": "up"})  # waits for the stream's row
+    assert r.status_code == 200, r.text
+    assert httpx.post(gw.url + "/v1/feedback", json={"request_id": ids[0], "score": 2}).status_code == 200
+    assert httpx.post(gw.url + "/v1/feedback", json={"request_id": "nope", "score": 2}).status_code == 404
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        got = [r[0] for r in conn.execute(f"SELECT request_id FROM {schema}.requests ORDER BY id")]
+        assert got == ids
+    assert gw.ledger() == []  # nothing went to the SQLite file
+    with PostgresAuditLog(PG_DSN, schema=schema) as audit:
+        assert audit.verify().ok and audit.verify().entries == 3
+
+    stats = httpx.get(gw.url + "/v1/dashboard/stats", params={"hours": 1}).json()
+    assert stats["totals"]["requests"] == 3 and stats["totals"]["feedback"] == 2
+    assert stats["totals"]["satisfaction"] == pytest.approx((1.0 + 0.25) / 2)
+    assert sum(x is not None for x in stats["series"]["p50_ms"]) >= 1
+    everything = httpx.get(gw.url + "/v1/dashboard/stats").json()
+    assert everything["totals"] == stats["totals"]
+
+    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--dsn", PG_DSN, "--schema", schema, "--json"],
+                         capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout)
+    assert summary["total"]["requests"] == 3
+    assert summary["routes"]["auto"]["requests"] == 2 and summary["routes"]["private"]["local_share"] == 1.0
+    assert summary["routes"]["private"]["satisfaction"] == 1.0 and summary["routes"]["auto"]["satisfaction"] == 0.25
+    assert "Traceback" not in gw.proc.output()
