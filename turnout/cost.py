@@ -436,3 +436,115 @@ def measure_tokens_per_second(base_url: str, model: str, concurrency: int = 4, r
     import asyncio
 
     return asyncio.run(ameasure_tokens_per_second(base_url, model, concurrency, requests, max_tokens, **kw))
+
+
+# --- measuring a configured engine by name ------------------------------------------------------
+
+
+async def ameasure_engine(engine: Any, concurrency: int = 4, requests: int = 16, max_tokens: int = 128, *,
+                          prompt: str = "Write a long story about a lighthouse keeper. Keep going until you are stopped.",
+                          warmup: int = 0) -> Measurement:
+    """Realised output tokens/s of an in-process engine (``turnout.engines``), started by the
+    caller: ``requests`` real streamed generations, ``concurrency`` at a time; completion
+    tokens come from each stream's final usage. An embedded llama.cpp model generates one
+    request at a time, so concurrency there measures queueing, not parallel decoding."""
+    import asyncio
+    import time
+
+    from turnout.protocol import ChatRequest
+
+    _require(concurrency >= 1, f"concurrency must be >= 1, got {concurrency}")
+    _require(requests >= 1, f"requests must be >= 1, got {requests}")
+    _require(max_tokens >= 1, f"max_tokens must be >= 1, got {max_tokens}")
+    req = ChatRequest.model_validate({"model": engine.info.name, "messages": [{"role": "user", "content": prompt}],
+                                      "max_tokens": max_tokens, "temperature": 0, "stream": True})
+
+    async def one() -> _One:
+        out = _One()
+        start = time.perf_counter()
+        first = last = None
+        try:
+            async for d in engine.stream(req):
+                if d.content or d.tool_calls:
+                    now = time.perf_counter()
+                    first = first if first is not None else now
+                    last = now
+                if d.usage is not None:
+                    out.tokens, out.from_usage = d.usage.completion_tokens, True
+        except Exception as exc:  # noqa: BLE001  # one failed request is data, not a crash
+            out.error = f"{type(exc).__name__}: {exc}"
+            return out
+        out.latency = time.perf_counter() - start
+        if first is not None:
+            out.ttft = first - start
+            if last is not None and last > first and out.tokens > 1:
+                out.decode_seconds = last - first
+        return out
+
+    for _ in range(warmup):
+        await one()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> _One:
+        async with limit:
+            return await one()
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(bounded() for _ in range(requests)))
+    wall = time.perf_counter() - start
+    ok = [r for r in results if r.error is None]
+    if not ok:
+        raise ConnectionError(f"no request to engine {engine.info.name!r} succeeded; first error: {results[0].error}")
+    tokens = sum(r.tokens for r in ok)
+    return Measurement(
+        base_url=f"engine:{engine.info.name} ({engine.info.dialect}, in-process)",
+        model=engine.info.model,
+        concurrency=concurrency,
+        requests=requests,
+        succeeded=len(ok),
+        completion_tokens=tokens,
+        wall_seconds=wall,
+        tokens_per_second=tokens / wall if wall > 0 else 0.0,
+        per_stream_tokens_per_second=_median([(r.tokens - 1) / r.decode_seconds for r in ok if r.decode_seconds]),
+        ttft_p50_seconds=_median([r.ttft for r in ok if r.ttft is not None]),
+        latency_p50_seconds=_median([r.latency for r in ok]),
+        token_source="usage",
+        errors=[r.error for r in results if r.error][:5],
+    )
+
+
+def measure_configured_engine(cfg: Any, name: str, concurrency: int = 4, requests: int = 16,
+                              max_tokens: int = 128, **kw: Any) -> tuple[Measurement, float | None]:
+    """Measure the engine ``name`` of a ``TurnoutConfig``: an ``openai``-dialect engine over
+    HTTP at its base_url (API key from its ``api_key_env``), an embedded ``llamacpp`` engine
+    started in-process. Returns the measurement and the engine's configured ``hourly_cost``
+    (None when it has none), which the TCO report can use."""
+    import asyncio
+    import os
+
+    ecfg = cfg.engines.get(name)
+    if ecfg is None:
+        raise ValueError(f"no engine named {name!r} in the configuration; engines: {', '.join(sorted(cfg.engines))}")
+    hourly = ecfg.pricing.hourly_cost or None
+    if ecfg.dialect == "openai":
+        key = os.environ.get(ecfg.api_key_env) if ecfg.api_key_env else None
+        m = measure_tokens_per_second(ecfg.base_url, ecfg.model, concurrency, requests, max_tokens, api_key=key, **kw)
+        return m, hourly
+    if ecfg.dialect != "llamacpp":
+        raise ValueError(f"engine {name!r} speaks {ecfg.dialect!r}: --measure takes an 'openai' or 'llamacpp' engine "
+                         "(a paid API's throughput is not yours to size a fleet with)")
+
+    async def run() -> Measurement:
+        from turnout.engines.registry import build_engine
+
+        engine = build_engine(name, ecfg)
+        await engine.start()
+        try:
+            ok, detail = await engine.ready()
+            if not ok:
+                raise ConnectionError(f"engine {name!r} did not start: {detail}")
+            return await ameasure_engine(engine, concurrency, requests, max_tokens, **kw)
+        finally:
+            await engine.close()
+
+    return asyncio.run(run()), hourly

@@ -5,6 +5,9 @@
                  --escalated-share 0.2 --json --plot cost.png
     turnout cost --measure-url http://127.0.0.1:8000/v1 --model NAME --concurrency 8 --requests 32 \
                  [--daily-tokens 60M --hourly-cost 2.50]   # measured tokens/s feeds the model
+    turnout cost --measure local --config turnout.yaml --daily-tokens 5M [--requests 8 --max-tokens 64]
+                 # a configured engine by name: 'openai' dialect over HTTP, embedded 'llamacpp' in-process;
+                 # its pricing.hourly_cost is the default --hourly-cost
 
 Bad input exits 2 with one clear line; a measurement where no request succeeds exits 1.
 """
@@ -38,6 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--requests", type=int, default=16, help="requests in total (default 16)")
     m.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request (default 128)")
     m.add_argument("--api-key", default=None, help="bearer token for the endpoint, if it needs one")
+    m.add_argument("--measure", metavar="ENGINE", help="measure the engine of this name from --config instead")
+    m.add_argument("--config", metavar="FILE", help="turnout.yaml holding --measure's engine (default: the embedded setup)")
     p.set_defaults(func=run)
 
 
@@ -68,7 +73,21 @@ def _run(args: argparse.Namespace) -> int:
     from turnout import cost
 
     measurement = None
-    if args.measure_url:
+    engine_hourly = None
+    if args.measure and args.measure_url:
+        raise ValueError("use one of --measure ENGINE and --measure-url URL")
+    if args.measure:
+        from turnout.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except (ConfigError, FileNotFoundError) as exc:
+            raise ValueError(str(exc)) from None
+        measurement, engine_hourly = cost.measure_configured_engine(
+            cfg, args.measure, args.concurrency, args.requests, args.max_tokens)
+        if not args.json:
+            _print_measurement(measurement)
+    elif args.measure_url:
         if not args.model:
             raise ValueError("--measure-url needs --model")
         measurement = cost.measure_tokens_per_second(
@@ -81,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     tps = _amount(args, "tokens_per_second", base.tokens_per_second if base else None)
     if measurement is not None and args.tokens_per_second is None:
         tps = measurement.tokens_per_second
-    hourly = _amount(args, "hourly_cost", base.hourly_cost if base else None)
+    hourly = _amount(args, "hourly_cost", base.hourly_cost if base else engine_hourly)
     headroom = _amount(args, "headroom", cost.DEFAULT_HEADROOM)
     price = _amount(args, "api_price")
     share = _amount(args, "escalated_share")
