@@ -18,6 +18,19 @@ if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -v "llama-cpp-python==0.3.36" 2>&1 \
     | sed -u -nE 's/^ *\[([0-9]+)\/([0-9]+)\] .*/  llama.cpp build: step \1 of \2/p; s/^(Successfully installed.*)/  \1/p; /(ERROR|error:)/p'
 fi
+# --- chromium for the dashboard's browser test (tests/test_dashboard.py) -----------------------
+# The test drives headless Chromium; it cannot be downloaded by a test tool, so as root on
+# Debian/Ubuntu (CI runs `make test` as root on a fresh clone) install the distribution's
+# packages. Anyone else gets a note, and that one test skips with a message.
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "turnout: installing chromium and chromium-driver for the dashboard test"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+    echo "turnout: note: could not install chromium; the dashboard browser test will be skipped"
+  fi
+elif ! command -v chromium >/dev/null 2>&1; then
+  echo "turnout: note: chromium not found; the dashboard browser test will be skipped (apt-get install chromium chromium-driver)"
+fi
+# ------------------------------------------------------------------------------------------------
 echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,guards,scale]'
 echo "turnout: installed. Try: $VENV/bin/turnout serve"
