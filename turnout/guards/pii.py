@@ -682,6 +682,20 @@ def _names(text: str, doc: Any) -> list[Cand]:
         else:
             continue
         out.append(Cand(gs, ge, "PERSON", score, "lexicon"))
+    # "Muslija and Brown were ...": two names joined by "and" are two people, not a firm
+    for m in re.finditer(r"(?<![\w'’-])([A-Z][\w'’-]+) (?:and|&) ([A-Z][\w'’-]+)(?![\w'’-]| (?:Sons|Co\b|Partners))", text):
+        a, b = m.group(1), m.group(2)
+        if all((x in names or _namey(x)) and not _english_word(x) and x not in places for x in (a, b)):
+            out.append(Cand(m.start(1), m.end(1), "PERSON", 0.8, "lexicon"))
+            out.append(Cand(m.start(2), m.end(2), "PERSON", 0.8, "lexicon"))
+    # an unknown capitalised word opening a sentence and acting as its subject: a name
+    for m in re.finditer(r"(?:^|(?<=[.!?\n>\"]))[ \t>\"]*([A-Z][\w'’-]{2,})(?=\s*(?::|,\s|\s(?:is|was|will|has|had|"
+                         r"began|said|says|spent|lives|lived|shouted|asked|told|wrote|listed)\b))", text):
+        w = m.group(1)
+        if w.lower() in common or w.lower() in LABELS or _english_word(w) or w in places or _company_word(w) \
+                or w.lower() in NATIONALITIES or w.upper() in NOT_ENTITIES or w.lower() in MONTHS + WEEKDAYS:
+            continue
+        out.append(Cand(m.start(1), m.end(1), "PERSON", 0.5, "context"))
     return out
 
 
@@ -792,9 +806,10 @@ def _retype(text: str, s: int, e: int, t: str) -> str:
     places = lexicon("places")
     if t in ("ORGANIZATION", "LOCATION", "NRP") and 1 <= len(toks) <= 3 and "," not in v and v not in places \
             and not _LOC_CTX.search(text[max(0, s - 25):s]) and not any(x.lower() in ORG_WORDS for x in toks):
-        known = sum(x in names for x in toks)
+        known = sum(x in names or _namey(x) for x in toks)
         initials = sum(bool(re.fullmatch(r"[A-Z]\.?", x)) for x in toks)
-        if known + initials == len(toks) or (len(toks) >= 2 and known >= 1 and toks[0] in names):
+        if (known + initials == len(toks) and not _company_word(v)) or (
+                len(toks) >= 2 and known >= 1 and toks[0] in names):
             return "PERSON"
     if t in ("PERSON", "LOCATION", "NRP") and len(toks) == 1 and _company_word(v):
         return "ORGANIZATION"
