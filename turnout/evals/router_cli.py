@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write the quality curves as PNG")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .turnout/cache)")
     p.add_argument("--save-artifact", type=Path, default=None, metavar="PATH",
-                   help="refit the one --router given on all rows and save it with a calibrated threshold "
+                   help="refit the first --router (a learned one) on all rows and save it with a calibrated threshold "
                    "(convention: .turnout/routers/<dataset>-<router>.npz)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-escalation", type=float, default=None, metavar="RATE",
@@ -206,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_dataset(args.dataset, args.data_dir or default_data_dir())
     routers = args.router or _default_routers(data)
-    if args.save_artifact is not None and (len(routers) != 1 or routers[0] not in LEARNED):
-        raise ValueError(f"--save-artifact needs exactly one --router from: {', '.join(LEARNED)}")
+    if args.save_artifact is not None and routers[0] not in LEARNED:
+        raise ValueError(f"--save-artifact saves the first --router, which must be one of: {', '.join(LEARNED)}")
     needs_emb = any(name in FAMILIES and FAMILIES[name].uses_embeddings for name in routers)
     emb = _embeddings(data, args.cache_dir or default_cache_dir()) if needs_emb else None
     results: dict[str, RouterMetrics] = {}
