@@ -50,3 +50,12 @@ def test_findings_are_well_formed(guard: PiiGuard) -> None:
     for f in guard.inspect(text):
         assert f.kind == "pii" and 0 <= f.start < f.end <= len(text) and 0 < f.score <= 1
         assert f.detector.startswith("pii.")
+
+
+def test_result_cache_returns_the_same_findings(guard: PiiGuard) -> None:
+    text = "Please call Ana Dias on +351 912 345 678 tomorrow."
+    first = guard.inspect(text)
+    second = guard.inspect(text)
+    assert first == second and first is not second  # a copy: callers may mutate their list
+    uncached = PiiGuard(cache_size=0)
+    assert uncached.inspect(text) == first

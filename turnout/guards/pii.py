@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -944,12 +945,17 @@ class PiiGuard:
     name = "pii"
 
     def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.4,
-                 recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000) -> None:
+                 recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
+                 cache_size: int = 2048) -> None:
         self.min_score = min_score
+        # conversations resend their history every turn: remember recent texts' findings
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, list[Finding]] = OrderedDict()
         self.max_ner_chars = max_ner_chars
         self.recognisers = {k: RECOGNISERS[k] for k in (recognisers or RECOGNISERS)}
         self._nlp = None
         self._lock = threading.Lock()
+        self._nlp_lock = threading.Lock()
         if model:
             import spacy
 
@@ -962,12 +968,25 @@ class PiiGuard:
     def candidates(self, text: str) -> list[Cand]:
         doc = None
         if self._nlp is not None and "ner" in self.recognisers and text.strip():
-            doc = self._nlp(text[: self.max_ner_chars])
+            with self._nlp_lock:  # spaCy does not promise thread-safe inference
+                doc = self._nlp(text[: self.max_ner_chars])
         out: list[Cand] = []
         for fn in self.recognisers.values():
             out.extend(fn(text, doc))
         return out
 
     def inspect(self, text: str) -> list[Finding]:
-        return [Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
-                for c in resolve(self.candidates(text), self.min_score)]
+        if self.cache_size:
+            with self._lock:
+                hit = self._cache.get(text)
+                if hit is not None:
+                    self._cache.move_to_end(text)
+                    return list(hit)
+        found = [Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
+                 for c in resolve(self.candidates(text), self.min_score)]
+        if self.cache_size:
+            with self._lock:
+                self._cache[text] = found
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return list(found)
