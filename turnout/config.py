@@ -87,11 +87,28 @@ EngineConfig = Annotated[
 ]
 
 
+GuardAction = Literal["allow", "pseudonymize", "keep_local", "block"]
+
+
+class GuardsConfig(_Strict):
+    """Input and output guards. ``actions`` say what each finding kind means for a remote
+    engine; a route may override them. Detector failures always keep a request local."""
+
+    enabled: bool = True
+    budget_ms: float = Field(250.0, gt=0, description="time budget for all detectors on one request")
+    injection_threshold: float | None = Field(None, ge=0, le=1, description="block at or above; default: calibrated")
+    output: Literal["record", "redact", "block"] = Field("record", description="what output findings do (non-streamed)")
+    actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
+        default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
     chain: list[str] = Field(min_length=1)
     description: str | None = None
+    guards: dict[Literal["pii", "secret", "injection"], GuardAction] | None = Field(
+        None, description="this route's remote actions per finding kind, over guards.actions")
 
 
 class Match(_Strict):
@@ -139,6 +156,7 @@ class TurnoutConfig(_Strict):
     engines: dict[str, EngineConfig] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
+    guards: GuardsConfig = GuardsConfig()
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
 

@@ -1,10 +1,13 @@
 """The one path every chat request takes, top to bottom.
 
     authenticate  bearer token -> API key -> tenant  (401/403)
-    inspect       guards on the input                -> labels
+    inspect       guards on the input                -> labels; injection over threshold -> 403
     decide        policy rules; sensitive -> local   -> Decision
+    protect       route's guard policy: pseudonymize for remote engines, or keep local (fail closed)
     reserve       rate limits and budgets, estimated (429 with Retry-After)
-    call          engine chain with fallback         -> result or stream
+    call          engine chain with fallback         -> result or stream (remote engines get the protected copy)
+    restore       placeholders back into the answer, streamed chunks and tool calls
+    scan          guards on the output               -> labels; redact or withhold if configured
     respond       OpenAI-shaped body or SSE chunks
     record        settle the reservation; ledger row + audit entry; metrics  (always)
 
@@ -26,10 +29,12 @@ import orjson
 
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, Engine, Usage
-from turnout.errors import AllEnginesFailed, EngineError, TurnoutError
+from turnout.errors import AllEnginesFailed, EngineError, PolicyBlocked, TurnoutError
 from turnout.governance.access import Access
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
+from turnout.guards.scanner import Inspection
+from turnout.guards.step import GuardState, Guards, redact
 from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
 from turnout.metrics import Metrics
 from turnout.protocol import ChatRequest, usage_dict
@@ -60,6 +65,7 @@ class Call:
     t0: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None
     labels: set[str] = field(default_factory=set)
+    guard: GuardState | None = None
     engine: Engine | None = None
     hops: list[EngineError] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -97,11 +103,12 @@ class Call:
 
 class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger,
-                 access: Access | None = None) -> None:
+                 access: Access | None = None, guards: Guards | None = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
         self.access = access
+        self.guards = guards
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
@@ -118,7 +125,16 @@ class Gateway:
             self.metrics.tenants.add(key.tenant)
 
     # ---- inspect ---------------------------------------------------------------------------
-    def inspect(self, req: ChatRequest, call: Call) -> RequestFacts:
+    async def inspect(self, req: ChatRequest, call: Call) -> Inspection | None:
+        if self.guards is None:
+            return None
+        insp = await self.guards.inspect(req)
+        call.labels |= insp.labels
+        for _, f in insp.findings:
+            self.metrics.guard_findings.labels(f.kind).inc()
+        return insp
+
+    def facts(self, req: ChatRequest, call: Call) -> RequestFacts:
         return RequestFacts(
             model=req.model,
             tenant=call.tenant,
@@ -137,6 +153,18 @@ class Gateway:
                 decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
                 decision.chain = able
         return decision
+
+    # ---- protect ---------------------------------------------------------------------------
+    def protect(self, call: Call, req: ChatRequest, insp: Inspection | None) -> None:
+        """Apply the route's guard policy: remote engines get a pseudonymized copy, or, when
+        findings must stay local or a detector failed (fail closed), only local engines remain."""
+        if self.guards is None or insp is None or call.decision is None:
+            return
+        route = self.cfg.routes.get(call.decision.alias)
+        call.guard = self.guards.protect(req, insp, self.guards.policy_for(route.guards if route else None))
+        if not call.guard.safe_for_remote and not call.decision.confined:
+            why = "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
+            call.decision = self.router.confine(call.decision, why)
 
     # ---- reserve -----------------------------------------------------------------------------
     async def reserve(self, call: Call, req: ChatRequest) -> None:
@@ -157,14 +185,14 @@ class Gateway:
             engine = self.engines[name]
             started = time.perf_counter()
             try:
-                result = await engine.chat(req)
+                result = await engine.chat(call.guard.request_for(engine.info, req) if call.guard else req)
             except EngineError as exc:
                 call.hops.append(exc)
                 if not exc.fallback:
                     raise
                 continue
             call.engine, call.busy, call.usage = engine, time.perf_counter() - started, result.usage
-            return result
+            return call.guard.restore(engine.info, result) if call.guard else result
         raise AllEnginesFailed(call.hops)
 
     # ---- call (streaming): fall back until one engine produces its first delta ------------
@@ -172,7 +200,7 @@ class Gateway:
         assert call.decision is not None
         for name in call.decision.chain:
             engine = self.engines[name]
-            agen = engine.stream(req)
+            agen = engine.stream(call.guard.request_for(engine.info, req) if call.guard else req)
             try:
                 first = await anext(agen)
             except EngineError as exc:
@@ -193,10 +221,12 @@ class Gateway:
         self.metrics.in_flight.inc()
         try:
             await self.authenticate(call, req)
-            facts = self.inspect(req, call)
-            call.decision = self.decide(facts, req)
+            insp = await self.inspect(req, call)
+            call.decision = self.decide(self.facts(req, call), req)
+            self.protect(call, req, insp)
             await self.reserve(call, req)
             result = await self.call_chain(call, req)
+            self.scan(call, req, result)
             return completion_body(call, result)
         except BaseException as exc:
             call.fail(exc)
@@ -213,8 +243,9 @@ class Gateway:
         self.metrics.in_flight.inc()
         try:
             await self.authenticate(call, req)
-            facts = self.inspect(req, call)
-            call.decision = self.decide(facts, req)
+            insp = await self.inspect(req, call)
+            call.decision = self.decide(self.facts(req, call), req)
+            self.protect(call, req, insp)
             await self.reserve(call, req)
             first, agen = await self.open_stream(call, req)
         except BaseException as exc:
@@ -227,10 +258,22 @@ class Gateway:
     async def _relay(self, req: ChatRequest, call: Call, first: Delta, agen: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
         chunks = ChunkWriter(call, req)
         started = time.perf_counter()
+        restore = call.guard.stream(call.engine.info) if call.guard and call.engine else None
+        text: list[str] = []
+
+        def out(d: Delta) -> bytes:
+            if restore is not None:
+                d = restore.delta(d)
+            if d.content and self.guards is not None:
+                text.append(d.content)
+            return chunks.delta(d)
+
         try:
-            yield chunks.delta(first)
+            yield out(first)
             async for d in agen:
-                yield chunks.delta(d)
+                yield out(d)
+            if self.guards is not None and call.guard is not None:  # streamed text can only be recorded
+                self._note_output(call, self.guards.scan_output(call.guard, req, "".join(text)))
             if not chunks.finished:
                 raise EngineError("stream ended without a finish reason", engine=call.engine.info.name if call.engine else "?")
             if req.include_usage:
@@ -250,6 +293,23 @@ class Gateway:
                 call.usage = chunks.final_usage
             self.metrics.in_flight.dec()
             await asyncio.shield(self.record(call))
+
+    # ---- scan (non-streaming): record, redact or withhold per guards.output ---------------
+    def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+        if self.guards is None or call.guard is None or not result.content:
+            return
+        found = self.guards.scan_output(call.guard, req, result.content)
+        self._note_output(call, found)
+        if found and self.cfg.guards.output == "block":
+            kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
+            raise PolicyBlocked(f"the answer was withheld by output guards ({kinds})", code="output_blocked")
+        if found and self.cfg.guards.output == "redact":
+            result.content = redact(result.content, found)
+
+    def _note_output(self, call: Call, found: list[Any]) -> None:
+        for f in found:
+            call.labels.add(f"output_{f.kind}")
+            self.metrics.guard_findings.labels(f"output_{f.kind}").inc()
 
     # ---- record ------------------------------------------------------------------------------
     async def record(self, call: Call) -> None:

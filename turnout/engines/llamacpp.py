@@ -24,7 +24,7 @@ from turnout.config import LlamaCppEngineConfig
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
 from turnout.engines.smollm2 import smollm2_gguf
 from turnout.errors import EngineError, EngineUnavailable
-from turnout.protocol import ChatRequest
+from turnout.protocol import ChatMessage, ChatRequest
 
 _SENTINEL = object()
 
@@ -126,7 +126,7 @@ class LlamaCppEngine(Engine):
         from llama_cpp import LogitsProcessorList
 
         kw: dict[str, Any] = {
-            "messages": [m.model_dump(exclude_none=True) for m in req.messages],
+            "messages": [_for_template(m) for m in req.messages],
             "max_tokens": min(req.token_limit or 512, self.cfg.n_ctx),
             "logits_processor": LogitsProcessorList([recorder]),
         }
@@ -226,6 +226,21 @@ class LlamaCppEngine(Engine):
         finally:
             stop.set()
             await asyncio.shield(worker)
+
+def _for_template(m: ChatMessage) -> dict[str, Any]:
+    """A message as a plain chat template expects it: text content always present; tool
+    calls and tool results written out as text (the embedded model has no tool format)."""
+    text = m.text()
+    for call in m.tool_calls or ():
+        fn = call.get("function") or {}
+        text += f"\n[called {fn.get('name')}({fn.get('arguments', '')})]"
+    role = m.role if m.role in ("system", "user", "assistant") else "user"
+    if m.role in ("tool", "function"):
+        text = f"[result of {m.name or m.tool_call_id or 'tool'}]: {text}"
+    elif m.role == "developer":
+        role = "system"
+    return {"role": role, "content": text.strip()}
+
 
 def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
     return int(llm.token_eos()) if finish_reason == "stop" else None

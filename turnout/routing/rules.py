@@ -49,7 +49,7 @@ class RulesRouter:
                 decision = self._apply(rule, alias)
                 break
         if f.sensitive:
-            decision = self.confine(decision, f)
+            decision = self.confine(decision, f.sensitivity or ",".join(sorted(f.labels)))
         return decision
 
     def _apply(self, rule: RuleConfig, alias: str) -> Decision:
@@ -61,16 +61,15 @@ class RulesRouter:
         assert rule.chain is not None
         return Decision(alias=alias, chain=list(rule.chain), rule=rule.name, reason=f"rule {rule.name!r}")
 
-    def confine(self, d: Decision, f: RequestFacts) -> Decision:
+    def confine(self, d: Decision, why: str) -> Decision:
         """Keep only local engines: those of the chosen chain, else every local engine."""
         local = [e for e in d.chain if e in self.local] or sorted(self.local)
         if not local:
             raise NoEngineAvailable(
-                "this request is labelled sensitive and no local engine is configured; it was not sent anywhere",
+                f"this request must stay on local engines ({why}) and none is configured; it was not sent anywhere",
                 code="no_local_engine",
             )
-        label = f.sensitivity or ",".join(sorted(f.labels))
         if local != d.chain:
-            d.reason += f"; confined to local engines ({label})"
+            d.reason += f"; confined to local engines ({why})"
         d.chain, d.confined = local, True
         return d

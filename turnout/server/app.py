@@ -17,6 +17,7 @@ from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.governance.access import Access, open_limiter
 from turnout.governance.keys import KeyStore
+from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.server import chat, dashboard, feedback, health, models
@@ -72,6 +73,18 @@ class ChatFastPath:
         await self.app(scope, receive, send)
 
 
+def build_guards(cfg: TurnoutConfig) -> Guards:
+    """The detectors (spaCy NER, secrets, injection classifier) load once, here."""
+    from turnout.guards.policy import DEFAULT_RULES, GuardPolicy, Rule
+    from turnout.guards.scanner import Scanner
+
+    rules = dict(DEFAULT_RULES)
+    for kind, action in cfg.guards.actions.items():
+        rules[kind] = Rule(remote=action)
+    policy = GuardPolicy(rules=rules, injection_block=cfg.guards.injection_threshold)
+    return Guards(Scanner.default(budget_ms=cfg.guards.budget_ms), policy, cfg.guards.output)
+
+
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None) -> ChatFastPath:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,7 +93,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         app.state.stores = stores = open_stores(cfg.storage)  # PostgreSQL when storage.postgres_dsn is set
         ledger = stores.ledger
         access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, db))
-        gateway = Gateway(cfg, engines, ledger, access)
+        guards = build_guards(cfg) if cfg.guards.enabled else None
+        gateway = Gateway(cfg, engines, ledger, access, guards)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)

@@ -1,0 +1,208 @@
+"""The pipeline's guard steps, for one request: inspect the input, protect what goes to
+remote engines, restore their answers, scan the output.
+
+    insp = await guards.inspect(req)          # labels for routing; injection above threshold -> 403
+    state = guards.protect(req, insp, policy) # the route's policy: what remote engines may see
+    req_for_engine = state.request_for(info)  # remote: pseudonymized copy; local: the original
+    state.restore(result) / state.stream()    # placeholders back into answers, streams and tool calls
+    guards.scan_output(text, req)             # secrets, system-prompt and kept-value leaks
+
+Fail closed: a detector that raises or overruns its time budget leaves the request unsafe
+for remote engines; so does any content turnout cannot pseudonymize in place (multi-part
+content, tool-call arguments sent back by the client). The pipeline then confines the
+request to local engines, or refuses it when none is available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from turnout.engines.base import ChatResult, Delta, EngineInfo
+from turnout.errors import PolicyBlocked
+from turnout.guards.base import Finding
+from turnout.guards.policy import GuardPolicy, Verdict, decide
+from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
+from turnout.guards.scanner import Inspection, Scanner
+from turnout.protocol import ChatMessage, ChatRequest
+
+
+def _texts(req: ChatRequest) -> tuple[list[str], list[tuple[int, int]]]:
+    """Each message's text, then the arguments of the tool calls it carries; and where each
+    text lives: (message index, -1) for string content, (message index, call index) for
+    tool-call arguments, (-1, -1) for content that cannot be rewritten in place."""
+    texts: list[str] = []
+    where: list[tuple[int, int]] = []
+    for i, m in enumerate(req.messages):
+        texts.append(m.text())
+        where.append((i, -1) if isinstance(m.content, str) or m.content is None else (-1, -1))
+        for j, call in enumerate(m.tool_calls or ()):
+            texts.append(str((call.get("function") or {}).get("arguments", "")))
+            where.append((i, j))
+    return texts, where
+
+
+def _rewrite(req: ChatRequest, texts: list[str], new: list[str], where: list[tuple[int, int]]) -> ChatRequest | None:
+    """The request with rewritten texts put back; None if a rewritten tool-call argument
+    string is no longer valid JSON (the caller then keeps the request local)."""
+    import orjson
+
+    dumped = [m.model_dump(exclude_none=True) for m in req.messages]
+    for t, (i, j) in enumerate(where):
+        if new[t] == texts[t]:
+            continue
+        if j < 0:
+            dumped[i]["content"] = new[t]
+            continue
+        try:
+            orjson.loads(new[t])
+        except orjson.JSONDecodeError:
+            return None
+        call = dict(dumped[i]["tool_calls"][j])
+        call["function"] = {**call.get("function", {}), "arguments": new[t]}
+        dumped[i]["tool_calls"] = [*dumped[i]["tool_calls"][:j], call, *dumped[i]["tool_calls"][j + 1:]]
+    return req.model_copy(update={"messages": [ChatMessage.model_validate(d) for d in dumped]})
+
+
+@dataclass
+class GuardState:
+    inspection: Inspection
+    remote: Verdict
+    pseudonymizer: Pseudonymizer | None = None
+    protected: ChatRequest | None = None      # the pseudonymized copy for remote engines
+    output_findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def labels(self) -> set[str]:
+        return set(self.inspection.labels)
+
+    @property
+    def safe_for_remote(self) -> bool:
+        return self.remote.safe_for_remote
+
+    def request_for(self, info: EngineInfo, req: ChatRequest) -> ChatRequest:
+        if info.locality == "remote" and self.protected is not None:
+            return self.protected
+        return req
+
+    def restore(self, info: EngineInfo, result: ChatResult) -> ChatResult:
+        p = self.pseudonymizer
+        if p is None or info.locality != "remote":
+            return result
+        if result.content:
+            result.content = p.restore(result.content)
+        for call in result.tool_calls or ():
+            fn = call.get("function") or {}
+            if "arguments" in fn:
+                fn["arguments"] = p.restore_json(fn["arguments"])
+        return result
+
+    def stream(self, info: EngineInfo) -> StreamRestore | None:
+        if self.pseudonymizer is None or info.locality != "remote":
+            return None
+        return StreamRestore(self.pseudonymizer)
+
+
+class StreamRestore:
+    """Restores a stream of deltas: content and each tool call's argument fragments, with
+    placeholders split across chunks held back until complete."""
+
+    def __init__(self, p: Pseudonymizer) -> None:
+        self.p = p
+        self.content: StreamRestorer = p.stream()
+        self.args: dict[int, StreamRestorer] = {}
+
+    def delta(self, d: Delta) -> Delta:
+        if d.content:
+            d.content = self.content.feed(d.content)
+        for call in d.tool_calls or ():
+            fn = call.get("function") or {}
+            if fn.get("arguments"):
+                r = self.args.setdefault(int(call.get("index", 0)), self.p.stream(json_string=True))
+                fn["arguments"] = r.feed(fn["arguments"])
+        if d.finish_reason:  # the last delta: release whatever was held back
+            tail = self.content.flush()
+            d.content = (d.content or "") + tail if tail else d.content
+            held = [{"index": i, "function": {"arguments": r.flush()}} for i, r in self.args.items()]
+            held = [h for h in held if h["function"]["arguments"]]
+            if held:
+                d.tool_calls = [*(d.tool_calls or []), *held]
+        return d
+
+
+class Guards:
+    """Built once at start-up; ``inspect`` runs per request off the event loop."""
+
+    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None, output_action: str = "record") -> None:
+        self.scanner = scanner
+        self.policy = policy or GuardPolicy()
+        self.output_action = output_action
+
+    async def inspect(self, req: ChatRequest) -> Inspection:
+        """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
+        everywhere (injection above the threshold)."""
+        texts, _ = _texts(req)
+        insp = await asyncio.to_thread(self.scanner.inspect_messages, texts)
+        if decide(insp, "local", self.policy).blocked:
+            kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings if f.kind == "injection"})
+            raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})", code="guard_blocked")
+        return insp
+
+    def protect(self, req: ChatRequest, insp: Inspection, policy: GuardPolicy | None = None) -> GuardState:
+        """What remote engines may see under ``policy`` (the route's, else the default): a
+        pseudonymized copy, the original, or nothing (``safe_for_remote`` False)."""
+        texts, where = _texts(req)
+        remote = decide(insp, "remote", policy or self.policy)
+        state = GuardState(insp, remote)
+        if remote.action == "keep_local":
+            remote.safe_for_remote = False
+        if remote.safe_for_remote and remote.action == "pseudonymize" and remote.to_pseudonymize:
+            protected = None
+            if all(where[t][0] >= 0 for t, _ in remote.to_pseudonymize):
+                p = Pseudonymizer()
+                protected = _rewrite(req, texts, Scanner.apply(p, texts, remote), where)
+            if protected is None:  # cannot rewrite it in place: keep it local
+                remote.safe_for_remote = False
+                remote.reasons.append("findings in content that cannot be pseudonymized in place")
+            else:
+                state.pseudonymizer, state.protected = p, protected
+        return state
+
+    def policy_for(self, actions: dict[str, str] | None) -> GuardPolicy:
+        """The default policy with a route's own remote actions per finding kind."""
+        if not actions:
+            return self.policy
+        from turnout.guards.policy import Rule
+
+        rules = dict(self.policy.rules)
+        for kind, action in actions.items():
+            rules[kind] = Rule(remote=action)  # type: ignore[arg-type]
+        return GuardPolicy(rules=rules, injection_block=self.policy.injection_block, on_error=self.policy.on_error)
+
+    def scan_output(self, state: GuardState, req: ChatRequest, text: str) -> list[Finding]:
+        system = "\n".join(m.text() for m in req.messages if m.role in ("system", "developer")) or None
+        try:
+            found = self.scanner.scan_output(text, system_prompt=system)
+        except Exception:  # fail closed on output too: withhold rather than pass unscanned text
+            found = [Finding("leak", "OUTPUT_SCAN_FAILED", 0, 0, 1.0, "output")]
+        state.output_findings = found
+        return found
+
+    def close(self) -> None:
+        self.scanner.close()
+
+
+def redact(text: str, findings: list[Finding]) -> str:
+    for f in sorted(findings, key=lambda f: f.start, reverse=True):
+        if f.end > f.start:
+            text = text[: f.start] + f"[{f.type}]" + text[f.end :]
+    return text
+
+
+def finding_kinds(findings: list[tuple[int, Finding]] | list[Finding]) -> list[str]:
+    out: list[Any] = []
+    for item in findings:
+        f = item[1] if isinstance(item, tuple) else item
+        out.append(f.kind)
+    return sorted(set(out))
