@@ -187,7 +187,7 @@ _DOMAIN = re.compile(
     r"(?:/[^\s<>\"']*)?(?![\w@-])"
 )
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<![\d-])(\d{3})[- ](\d{2})[- ](\d{4})(?![\d-])")
 _SSN_BARE = re.compile(r"(?<!\d)\d{9}(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
@@ -829,6 +829,10 @@ _ORG_SUFFIX = re.compile(
 )
 
 
+_ORG_AFTER = (r"(?=(?:office|offices|headquarters|HQ|employees|staff|resignation|CEO|CFO|shares|stock|board|"
+              r"Orchestra|Foundation|Band|Inc\b|Corp\b)\b)")
+
+
 def _orgs(text: str, doc: Any) -> list[Cand]:
     out = []
     names = lexicon("names")
@@ -853,6 +857,28 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
     for m in re.finditer(r"(?<![\w'’-])[A-Z][\w]{5,}(?![\w'’-])", text):
         if _company_word(m.group(0)):
             out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.55, "shape"))
+    # "The Propublica office", "her Uber resignation letter": a word that things of a firm follow
+    for m in re.finditer(r"(?<![\w'’-])((?:[A-Z][\w&'’-]+[ \t]){0,2}[A-Z][\w&'’-]+)[ \t]+" + _ORG_AFTER, text):
+        v = m.group(1)
+        first = v.split()[0]
+        if first.lower() in _lower_lexicon("common_words") or v in lexicon("places") or _english_word(v):
+            continue
+        out.append(Cand(m.start(1), m.end(1), "ORGANIZATION", 0.6, "context"))
+    # signature blocks: the short line right after a person's name line is their employer
+    lines = list(re.finditer(r"[^\n]+", text))
+    for a, b in zip(lines, lines[1:]):
+        name_line = a.group(0).strip(" \t>?*-")
+        org_line = b.group(0).strip(" \t>?*-")
+        toks = name_line.split()
+        if not (2 <= len(toks) <= 4 and toks[0] in names and all(t[:1].isupper() for t in toks)):
+            continue
+        otoks = org_line.split()
+        if not (1 <= len(otoks) <= 5) or re.search(r"\d|@|:", org_line) or not org_line[:1].isupper():
+            continue
+        if org_line in lexicon("places") or _occupation_head(otoks[-1].lower()) or otoks[0] in names:
+            continue
+        s0 = b.start() + b.group(0).index(org_line)
+        out.append(Cand(s0, s0 + len(org_line), "ORGANIZATION", 0.62, "signature"))
     # "Panjiva's Riku Andou": a possessive one-word name before a person's name
     for m in re.finditer(r"(?<![\w-])([A-Z][\w&-]+)['’]s[ \t]+([A-Z][\w-]+)[ \t]+([A-Z][\w-]+)", text):
         if m.group(1) not in names and m.group(2) in names:
