@@ -253,7 +253,7 @@ def _ibans(text: str, doc: Any) -> list[Cand]:
         # the greedy match may have taken a trailing word: shrink until it validates
         for end in range(len(v), 14, -1):
             if iban_valid(v[:end]):
-                out.append(Cand(m.start(), m.start() + end, "IBAN_CODE", 1.0, "mod97"))
+                out.append(Cand(m.start(), m.start() + len(v[:end].rstrip()), "IBAN_CODE", 1.0, "mod97"))
                 break
     return out
 
