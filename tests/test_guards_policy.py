@@ -41,7 +41,7 @@ def test_a_raising_detector_makes_the_request_unsafe_for_remote() -> None:
 
 
 def test_a_detector_past_its_time_budget_fails_closed() -> None:
-    scanner = Scanner([StubGuard("slow", sleep=0.5)], budget_ms=50)
+    scanner = Scanner([StubGuard("slow", sleep=0.5)], budget_ms=50, budget_ms_per_kchar=0)
     t0 = time.perf_counter()
     insp = scanner.inspect_messages(["hello"])
     assert time.perf_counter() - t0 < 0.4  # the caller is not held for the slow detector

@@ -9,7 +9,8 @@ it; it is thread-safe. Per request::
         p = Pseudonymizer()
         texts = scanner.apply(p, texts, verdict)            # placeholders in, restore later
 
-Every guard runs under a time budget. A guard that raises or runs past it makes the
+All guards together run under one time budget (``budget_ms`` plus ``budget_ms_per_kchar``
+for every 1,000 characters inspected). A guard that raises or runs past it makes the
 inspection carry ``error``, which policy treats as "not safe for remote" (fail closed).
 """
 
@@ -42,16 +43,18 @@ class Inspection:
 
 
 class Scanner:
-    def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, workers: int = 2,
-                 output_guards: Sequence[Guard] | None = None) -> None:
+    def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+                 workers: int = 2, output_guards: Sequence[Guard] | None = None) -> None:
         self.guards = list(guards)
         self.output_guards = list(output_guards) if output_guards is not None else [
             g for g in self.guards if g.name == "secrets"]
         self.budget_ms = budget_ms
+        self.budget_ms_per_kchar = budget_ms_per_kchar  # long documents get time in proportion
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
 
     @classmethod
-    def default(cls, *, budget_ms: float = 250.0, spacy_model: str | None = None) -> "Scanner":
+    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+                spacy_model: str | None = None) -> "Scanner":
         """PII (spaCy + recognisers), secrets and injection guards with shipped data."""
         from turnout.guards.injection import InjectionGuard
         from turnout.guards.pii import DEFAULT_MODEL, PiiGuard
@@ -59,37 +62,42 @@ class Scanner:
 
         secrets = SecretsGuard()
         return cls([secrets, PiiGuard(spacy_model or DEFAULT_MODEL), InjectionGuard()], budget_ms=budget_ms,
-                   output_guards=[secrets])
+                   budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ input
 
-    def _run(self, guard: Guard, text: str, deadline: float) -> list[Finding]:
+    def budget_for(self, texts: Sequence[str]) -> float:
+        """The time budget in ms for one inspection of ``texts``."""
+        return self.budget_ms + self.budget_ms_per_kchar * sum(len(t) for t in texts) / 1000.0
+
+    def _run(self, guard: Guard, text: str, deadline: float, budget: float) -> list[Finding]:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
-            raise TimeoutError(f"{guard.name}: time budget of {self.budget_ms:.0f} ms spent")
+            raise TimeoutError(f"{guard.name}: time budget of {budget:.0f} ms spent")
         fut = self._pool.submit(guard.inspect, text)
         try:
             return fut.result(timeout=remaining)
         except cf.TimeoutError as exc:
             fut.cancel()
-            raise TimeoutError(f"{guard.name}: time budget of {self.budget_ms:.0f} ms exceeded") from exc
+            raise TimeoutError(f"{guard.name}: time budget of {budget:.0f} ms exceeded") from exc
 
     def inspect_messages(self, texts: Sequence[str]) -> Inspection:
         """Run every guard on every text. Never raises for a guard failure: the failure is
         recorded in ``error`` (and the label ``guard_error``) and the remaining guards
         still run, so the labels stay as complete as possible."""
         insp = Inspection()
-        deadline = time.perf_counter() + self.budget_ms / 1000.0
+        budget = self.budget_for(texts)
+        deadline = time.perf_counter() + budget / 1000.0
         for guard in self.guards:
             t0 = time.perf_counter()
             for i, text in enumerate(texts):
                 if not text:
                     continue
                 try:
-                    found = self._run(guard, text, deadline)
+                    found = self._run(guard, text, deadline, budget)
                 except Exception as exc:  # fail closed: any failure marks the request unsafe
                     msg = f"{guard.name}: {type(exc).__name__}: {exc}"
                     insp.error = msg if insp.error is None else f"{insp.error}; {msg}"
