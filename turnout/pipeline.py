@@ -2,10 +2,11 @@
 
     authenticate  bearer token -> API key -> tenant  (401/403)
     inspect       guards on the input                -> labels; injection over threshold -> 403
-    decide        policy rules; sensitive -> local   -> Decision
+    decide        policy rules, then the route's strategy (learned router score); sensitive -> local
     protect       route's guard policy: pseudonymize for remote engines, or keep local (fail closed)
     reserve       rate limits and budgets, estimated (429 with Retry-After)
     call          engine chain with fallback         -> result or stream (remote engines get the protected copy)
+                  cascade: the weak engine first; below the confidence threshold, the strong ones
     restore       placeholders back into the answer, streamed chunks and tool calls
     scan          guards on the output               -> labels; redact or withhold if configured
     respond       OpenAI-shaped body or SSE chunks
@@ -38,7 +39,9 @@ from turnout.guards.step import GuardState, Guards, redact
 from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
 from turnout.metrics import Metrics
 from turnout.protocol import ChatRequest, usage_dict
+from turnout.routing import cascade
 from turnout.routing.decision import Decision, RequestFacts
+from turnout.routing.learned import LearnedRouter
 from turnout.routing.rules import RulesRouter
 
 log = logging.getLogger("turnout.pipeline")
@@ -71,6 +74,8 @@ class Call:
     usage: Usage = field(default_factory=Usage)
     ttft: float | None = None
     busy: float = 0.0
+    prior_cost: float = 0.0  # engines that answered before the final one (a cascade's weak draft)
+    draft_request: ChatRequest | None = None  # a cascade's escalation with the weak draft attached
     status: str = "ok"
     http_status: int = 200
     error: str | None = None
@@ -103,12 +108,14 @@ class Call:
 
 class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger,
-                 access: Access | None = None, guards: Guards | None = None) -> None:
+                 access: Access | None = None, guards: Guards | None = None,
+                 routers: dict[str, LearnedRouter] | None = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
         self.access = access
         self.guards = guards
+        self.routers = routers or {}
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
@@ -145,14 +152,31 @@ class Gateway:
         )
 
     # ---- decide ----------------------------------------------------------------------------
-    def decide(self, facts: RequestFacts, req: ChatRequest) -> Decision:
+    async def decide(self, facts: RequestFacts, req: ChatRequest) -> Decision:
         decision = self.router.decide(facts)
+        route = self.cfg.routes.get(decision.alias)
+        if route is not None and route.strategy != "rules" and decision.rule == f"route:{decision.alias}":
+            decision.strategy = route.strategy
+            decision.threshold = route.threshold
+            if route.strategy == "learned":
+                await self.learned(decision, req)
         if req.tools and req.tool_choice not in (None, "none", "auto"):
             able = [n for n in decision.chain if self.engines[n].info.supports_tools]
             if able != decision.chain:
                 decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
                 decision.chain = able
         return decision
+
+    async def learned(self, d: Decision, req: ChatRequest) -> None:
+        """Score the prompt: at or above the threshold the strong engines go first."""
+        router = self.routers[d.alias]
+        d.score = await asyncio.to_thread(router.score, req.prompt_text())
+        d.threshold = d.threshold if d.threshold is not None else router.threshold
+        if d.score >= d.threshold:
+            d.chain = d.chain[1:] + d.chain[:1]
+            d.reason = f"learned router: {d.score:.3f} >= {d.threshold:.3f}, strong engine"
+        else:
+            d.reason = f"learned router: {d.score:.3f} < {d.threshold:.3f}, weak engine"
 
     # ---- protect ---------------------------------------------------------------------------
     def protect(self, call: Call, req: ChatRequest, insp: Inspection | None) -> None:
@@ -179,9 +203,9 @@ class Gateway:
         call.reservation = await self.access.reserve(call.key, prompt + completion, cost)
 
     # ---- call (non-streaming): walk the chain, fall back on engine errors ----------------
-    async def call_chain(self, call: Call, req: ChatRequest) -> ChatResult:
+    async def call_chain(self, call: Call, req: ChatRequest, chain: list[str] | None = None) -> ChatResult:
         assert call.decision is not None
-        for name in call.decision.chain:
+        for name in call.decision.chain if chain is None else chain:
             engine = self.engines[name]
             started = time.perf_counter()
             try:
@@ -196,9 +220,10 @@ class Gateway:
         raise AllEnginesFailed(call.hops)
 
     # ---- call (streaming): fall back until one engine produces its first delta ------------
-    async def open_stream(self, call: Call, req: ChatRequest) -> tuple[Delta, AsyncIterator[Delta]]:
+    async def open_stream(self, call: Call, req: ChatRequest,
+                          chain: list[str] | None = None) -> tuple[Delta, AsyncIterator[Delta]]:
         assert call.decision is not None
-        for name in call.decision.chain:
+        for name in call.decision.chain if chain is None else chain:
             engine = self.engines[name]
             agen = engine.stream(call.guard.request_for(engine.info, req) if call.guard else req)
             try:
@@ -216,16 +241,53 @@ class Gateway:
             return first, agen
         raise AllEnginesFailed(call.hops)
 
+    # ---- cascade: the weak engine's draft, kept if it is confident enough -----------------
+    async def draft(self, call: Call, req: ChatRequest) -> ChatResult | None:
+        """The weak engine's answer if its confidence reaches the threshold, else None
+        (escalate to the rest of the chain with the original request)."""
+        d = call.decision
+        assert d is not None and d.threshold is not None
+        weak, strong = d.chain[:1], d.chain[1:]
+        try:
+            result = await self.call_chain(call, cascade.with_logprobs(req), weak)
+        except AllEnginesFailed:
+            d.reason += f"; cascade: {weak[0]} failed, escalated"
+            self.metrics.escalations.labels(self.metrics.route(d.alias)).inc()
+            return None
+        d.score = conf = cascade.confidence(result)
+        if not strong or (conf is not None and conf >= d.threshold):
+            d.reason += f"; cascade kept {weak[0]}: confidence {_fmt(conf)} >= {d.threshold:g}" if strong else ""
+            if not req.logprobs:
+                result.logprobs = None
+            return result
+        assert call.engine is not None
+        call.prior_cost += call.engine.info.cost(result.usage.prompt_tokens, result.usage.completion_tokens, call.busy)
+        call.engine, call.ttft = None, None
+        d.reason += f"; cascade escalated: confidence {_fmt(conf)} < {d.threshold:g}"
+        self.metrics.escalations.labels(self.metrics.route(d.alias)).inc()
+        route = self.cfg.routes.get(d.alias)
+        if route is not None and route.include_draft and result.content:
+            call.draft_request = cascade.with_draft(req, result.content)
+        return None
+
+    async def answer(self, call: Call, req: ChatRequest) -> ChatResult:
+        d = call.decision
+        assert d is not None
+        if d.strategy != "cascade":
+            return await self.call_chain(call, req)
+        kept = await self.draft(call, req)
+        return kept if kept is not None else await self.call_chain(call, call.draft_request or req, d.chain[1:])
+
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
         self.metrics.in_flight.inc()
         try:
             await self.authenticate(call, req)
             insp = await self.inspect(req, call)
-            call.decision = self.decide(self.facts(req, call), req)
+            call.decision = await self.decide(self.facts(req, call), req)
             self.protect(call, req, insp)
             await self.reserve(call, req)
-            result = await self.call_chain(call, req)
+            result = await self.answer(call, req)
             self.scan(call, req, result)
             return completion_body(call, result)
         except BaseException as exc:
@@ -244,10 +306,19 @@ class Gateway:
         try:
             await self.authenticate(call, req)
             insp = await self.inspect(req, call)
-            call.decision = self.decide(self.facts(req, call), req)
+            call.decision = await self.decide(self.facts(req, call), req)
             self.protect(call, req, insp)
             await self.reserve(call, req)
-            first, agen = await self.open_stream(call, req)
+            if call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
+                kept = await self.draft(call, req)
+                if kept is not None:
+                    call.ttft = time.perf_counter() - call.t0
+                    replay = cascade.replay(kept)
+                    first, agen = await anext(replay), replay
+                else:
+                    first, agen = await self.open_stream(call, call.draft_request or req, call.decision.chain[1:])
+            else:
+                first, agen = await self.open_stream(call, req)
         except BaseException as exc:
             call.fail(exc)
             self.metrics.in_flight.dec()
@@ -316,7 +387,7 @@ class Gateway:
         d, e = call.decision, call.engine
         latency = time.perf_counter() - call.t0
         u = call.usage
-        cost = e.info.cost(u.prompt_tokens, u.completion_tokens, call.busy) if e else 0.0
+        cost = (e.info.cost(u.prompt_tokens, u.completion_tokens, call.busy) if e else 0.0) + call.prior_cost
         base = self.baseline
         baseline = base.cost(u.prompt_tokens, u.completion_tokens, 0.0) if base else cost
         if self.access is not None and call.reservation is not None:
@@ -371,6 +442,10 @@ class Gateway:
             await self.ledger.record(row)
         except Exception:  # the answer stands; the failure is loud in the log
             log.exception("ledger write failed for request %s", call.request_id)
+
+
+def _fmt(x: float | None) -> str:
+    return "none" if x is None else f"{x:.3f}"
 
 
 def new_request_id() -> str:

@@ -18,6 +18,7 @@ from turnout.engines.registry import build_engine
 from turnout.governance.access import Access, open_limiter
 from turnout.governance.keys import KeyStore
 from turnout.guards.step import Guards
+from turnout.routing.learned import LearnedRouter
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.server import chat, dashboard, feedback, health, models
@@ -85,6 +86,16 @@ def build_guards(cfg: TurnoutConfig) -> Guards:
     return Guards(Scanner.default(budget_ms=cfg.guards.budget_ms), policy, cfg.guards.output)
 
 
+def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
+    """Each ``learned`` route's router artifact, loaded and warmed up before serving."""
+    routers: dict[str, LearnedRouter] = {}
+    for alias, route in cfg.routes.items():
+        if route.strategy == "learned" and route.router:
+            routers[alias] = LearnedRouter.load(route.router)
+            routers[alias].warm_up()
+    return routers
+
+
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None) -> ChatFastPath:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -94,7 +105,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         ledger = stores.ledger
         access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, db))
         guards = build_guards(cfg) if cfg.guards.enabled else None
-        gateway = Gateway(cfg, engines, ledger, access, guards)
+        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg))
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)
