@@ -495,7 +495,11 @@ def _addresses(text: str, doc: Any) -> list[Cand]:
         if not (has_suffix or has_ending or has_unit or (ctx and (follows or len(words[-1].strip(".")) >= 2))):
             continue
         e = _extend_address(text, e, places)
-        out.append(Cand(s, e, "STREET_ADDRESS", 0.85 if (has_suffix or has_ending or has_unit) else 0.7, "address"))
+        strict = bool(re.search(r"\b(?:at|on|address(?:es)?|located at|lives? at|to)\s*:?\s*$",
+                                text[max(0, s - 20):s], re.I)) and re.search(r"\d\d\.?$", text[s:e].split("\n")[0])
+        # "on Peter Zuidhove 188": a street named after a person outranks the name inside it
+        score = 0.95 if strict else 0.85 if (has_suffix or has_ending or has_unit) else 0.7
+        out.append(Cand(s, e, "STREET_ADDRESS", score, "address"))
     for m in _UNIT_ONLY.finditer(text):
         if m.group(0).startswith("#"):
             continue
@@ -655,6 +659,8 @@ def _names(text: str, doc: Any) -> list[Cand]:
                 continue
             ge = text.index(toks[stop - 1], gs) + len(toks[stop - 1])
             toks = toks[:stop]
+        if " ".join(toks) in places:
+            continue
         real = [t for t in toks if not re.fullmatch(r"[A-Z]\.?", t) and t.lower() not in _PARTICLE_NAMES]
         if not real or len(real) > 4:
             continue
