@@ -851,7 +851,8 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
             ctx = re.search(r"(?:work(?:ed|s)? (?:for|at)|from|of|at|joined|with)\s*$", text[:m.start()], re.I)
             out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.65 if ctx else 0.4, "regex"))
             continue
-        out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.75, "regex"))
+        strong = re.search(r"(?:and|&) Sons$|\b(?:Inc\.?|LLC|Ltd\.?|PLC|GmbH|Corp\.?)$", v)
+        out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.92 if strong else 0.75, "regex"))
     for m in re.finditer(r"\b(?:work(?:ed|s|ing)? (?:for|at)|employed by|joined|recorded for|support|"
                          r"[A-Z][\w'-]+ (?:of|from))[ \t]+([A-Z][\w&'’-]*(?:[ \t][A-Z][\w&'’-]*){0,3})", text):
         v = m.group(1).rstrip()
