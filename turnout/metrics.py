@@ -26,6 +26,8 @@ class Metrics:
         self.escalations = Counter("turnout_escalations", "Cascade escalations to a stronger engine", ["route"], registry=r)
         self.guard_findings = Counter("turnout_guard_findings", "Guard findings by kind", ["kind"], registry=r)
         self.errors = Counter("turnout_errors", "Errors by HTTP status", ["route", "status"], registry=r)
+        self.ledger_failures = Counter("turnout_ledger_write_failures", "Ledger rows that could not be written",
+                                       registry=r)
         self.in_flight = Gauge("turnout_in_flight", "Requests being handled", registry=r)
 
     def route(self, alias: str | None) -> str:

@@ -36,7 +36,8 @@ from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
 from turnout.guards.scanner import Inspection
 from turnout.guards.step import GuardState, Guards, redact
-from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
+from turnout.ledger.base import Ledger
+from turnout.ledger.sqlite import LedgerRow
 from turnout.metrics import Metrics
 from turnout.protocol import ChatRequest, usage_dict
 from turnout.routing import cascade
@@ -107,7 +108,7 @@ class Call:
 
 
 class Gateway:
-    def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: SQLiteLedger,
+    def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: Ledger,
                  access: Access | None = None, guards: Guards | None = None,
                  routers: dict[str, LearnedRouter] | None = None) -> None:
         self.cfg = cfg
@@ -362,6 +363,8 @@ class Gateway:
             call.busy = time.perf_counter() - started + (call.ttft or 0.0)
             if chunks.final_usage is not None:
                 call.usage = chunks.final_usage
+            elif chunks.deltas:  # broken or cancelled: count what the client was sent (one token a delta)
+                call.usage = Usage(req.estimated_tokens(), chunks.deltas)
             self.metrics.in_flight.dec()
             await asyncio.shield(self.record(call))
 
@@ -440,7 +443,8 @@ class Gateway:
         )
         try:
             await self.ledger.record(row)
-        except Exception:  # the answer stands; the failure is loud in the log
+        except Exception:  # the answer stands; the failure is loud in the log and the metrics
+            m.ledger_failures.inc()
             log.exception("ledger write failed for request %s", call.request_id)
 
 
@@ -481,6 +485,7 @@ class ChunkWriter:
         }
         self.sent_role = False
         self.finished = False
+        self.deltas = 0  # content and tool-call pieces sent
         self.final_usage: Usage | None = None
 
     def _line(self, obj: dict[str, Any]) -> bytes:
@@ -493,8 +498,10 @@ class ChunkWriter:
             self.sent_role = True
         if d.content:
             delta["content"] = d.content
+            self.deltas += 1
         if d.tool_calls:
             delta["tool_calls"] = d.tool_calls
+            self.deltas += 1
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
         chunk = {**self.head, "choices": [choice]}
         if d.finish_reason:

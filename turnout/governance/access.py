@@ -10,28 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
 from turnout.governance.keys import ApiKey, KeyStore, hash_key
+if TYPE_CHECKING:
+    from turnout.ledger.base import Ledger
 from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
 
 
-def open_limiter(redis_url: str | None, ledger_path: Path) -> Limiter:
+def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
     """Redis for several replicas; otherwise in-memory counters whose day and month spend
     start from what the ledger recorded, so a restart does not reset a budget."""
     if redis_url:
         return RedisLimiter(redis_url)
     from datetime import UTC, datetime
 
-    from turnout.ledger.sqlite import spend_since
-
     limiter = MemoryLimiter()
     now = time.time()
     w = Windows.at(now)
     day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     for kind, window, since in (("usd_day", w.day, day), ("usd_month", w.month, day.replace(day=1))):
-        for key_id, costs in spend_since(ledger_path, since.timestamp()).items():
+        for key_id, costs in ledger.spend_since(since.timestamp()).items():
             # each request was settled in whole micro-dollars, rounded up: count them the same way
             limiter.seed(key_id, kind, window, sum(to_micros(c) for c in costs))
     return limiter

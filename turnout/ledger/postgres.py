@@ -192,6 +192,12 @@ class PostgresLedger:
         """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
         return read_rows(self.dsn, since, schema=self.schema)
 
+    def spend_since(self, since: float) -> dict[str, list[float]]:
+        spent: dict[str, list[float]] = {}
+        for key_id, cost in self.query("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?", (since,)):
+            spent.setdefault(key_id, []).append(float(cost or 0.0))
+        return spent
+
     def _add_feedback(self, fb: Feedback) -> bool:
         s = self.schema
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:

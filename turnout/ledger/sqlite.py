@@ -190,6 +190,9 @@ class SQLiteLedger:
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_rows(self.path, since)
 
+    def spend_since(self, since: float) -> dict[str, list[float]]:
+        return spend_since(self.path, since)
+
 
 def spend_since(path: str | Path, since: float) -> dict[str, list[float]]:
     """The cost of each request per API key since a Unix time (uses the (key_id, ts) index)."""

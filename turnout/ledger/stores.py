@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from turnout.config import StorageConfig
+from turnout.ledger.base import Ledger
 from turnout.ledger.stats import Query
 
 
 @dataclass
 class Stores:
-    ledger: Any     # SQLiteLedger | PostgresLedger: async record(row), rows(since), async close()
+    ledger: Ledger  # SQLiteLedger | PostgresLedger
     feedback: Any   # SQLiteFeedback | PostgresFeedback: async add(fb) -> bool, rows(since), async close()
     query: Query    # read-only SQL over the ledger, "?" placeholders
     dialect: str    # sqlite | postgres
@@ -25,15 +26,11 @@ class Stores:
 
 
 def open_stores(storage: StorageConfig) -> Stores:
-    dsn = getattr(storage, "postgres_dsn", None)
+    dsn = storage.postgres_dsn
     if dsn:
         from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
 
-        pg = PostgresLedger(dsn, schema=getattr(storage, "postgres_schema", "public"))
-        # The embedded limiter (governance.access.open_limiter, no redis_url) seeds budgets from
-        # the SQLite ledger's rows; until it reads the chosen ledger, give it an empty one so the
-        # gateway starts. With PostgreSQL, set storage.redis_url: replicas must share limits anyway.
-        _empty_sqlite_ledger(Path(storage.sqlite_path))
+        pg = PostgresLedger(dsn, schema=storage.postgres_schema)
         return Stores(pg, PostgresFeedback(pg), pg.query, "postgres")
     from turnout.ledger.feedback import SQLiteFeedback
     from turnout.ledger.sqlite import SQLiteLedger
@@ -41,14 +38,3 @@ def open_stores(storage: StorageConfig) -> Stores:
 
     db = Path(storage.sqlite_path)
     return Stores(SQLiteLedger(db), SQLiteFeedback(db), sqlite_query(db), "sqlite")
-
-
-def _empty_sqlite_ledger(path: Path) -> None:
-    from turnout import sqlitedb
-    from turnout.ledger.sqlite import MIGRATIONS
-
-    conn = sqlitedb.connect(path)
-    try:
-        sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
-    finally:
-        conn.close()

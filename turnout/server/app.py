@@ -103,7 +103,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         db = Path(cfg.storage.sqlite_path)
         app.state.stores = stores = open_stores(cfg.storage)  # PostgreSQL when storage.postgres_dsn is set
         ledger = stores.ledger
-        access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, db))
+        access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, ledger))
         guards = build_guards(cfg) if cfg.guards.enabled else None
         gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg))
         app.state.gateway = gateway
