@@ -68,14 +68,30 @@ async def raise_for_upstream_status(resp: aiohttp.ClientResponse, engine: str) -
     """Turn a non-2xx upstream answer into the right EngineError, with its message."""
     if resp.status < 300:
         return
-    raw = await resp.content.read(64 * 1024)
+    raw = await read_at_most(resp, 64 * 1024)
     detail = _error_message(raw) or resp.reason or ""
     msg = f"upstream answered HTTP {resp.status}: {detail}".strip()
     if resp.status == 429:
         raise EngineRateLimited(msg, engine=engine, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
     if resp.status == 529:  # Anthropic's "overloaded"
-        raise EngineStatusError(msg, engine=engine, upstream_status=503)
-    raise EngineStatusError(msg, engine=engine, upstream_status=resp.status)
+        raise EngineStatusError(msg, engine=engine, upstream_status=503,
+                                retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status == 503 else None
+    raise EngineStatusError(msg, engine=engine, upstream_status=resp.status, retry_after=retry_after)
+
+
+async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit`` bytes. (``content.read(n)`` returns what has arrived so far,
+    which is only part of any body that comes in more than one TCP segment.)"""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await resp.content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _error_message(raw: bytes) -> str:
@@ -98,7 +114,7 @@ async def read_json(resp: aiohttp.ClientResponse, engine: str, max_bytes: int) -
     declared = resp.content_length
     if declared is not None and declared > max_bytes:
         raise EngineProtocolError(f"response of {declared} bytes exceeds the {max_bytes}-byte limit", engine=engine)
-    raw = await resp.content.read(max_bytes + 1)
+    raw = await read_at_most(resp, max_bytes + 1)
     if len(raw) > max_bytes:
         raise EngineProtocolError(f"response exceeds the {max_bytes}-byte limit", engine=engine)
     try:
@@ -119,33 +135,36 @@ async def sse_events(
     ctype = resp.headers.get("Content-Type", "")
     if "text/event-stream" not in ctype:
         raise EngineProtocolError(f"expected an event stream, got Content-Type {ctype!r}", engine=engine)
-    loop = asyncio.get_running_loop()
     total = 0
     event: str | None = None
     data: list[bytes] = []
-    with transport_errors(engine, "mid-stream"):
-        async with asyncio.timeout(first_timeout) as deadline:
-            while True:
-                try:
+    wait, phase = first_timeout, "before the first token"
+    while True:
+        # The timeout covers one read and never a ``yield``: the pipeline pulls the first
+        # event in the request's task and the rest in the response's task, and a timeout
+        # held across a yield would cancel whichever task entered it, not the one reading.
+        with transport_errors(engine, phase):
+            try:
+                async with asyncio.timeout(wait):
                     line = await resp.content.readline()
-                except ValueError as exc:  # line longer than aiohttp's buffer limit
-                    raise EngineProtocolError(f"event stream line too long: {exc}", engine=engine) from exc
-                if not line:
-                    return
-                total += len(line)
-                if total > max_bytes:
-                    raise EngineProtocolError(f"stream exceeds the {max_bytes}-byte limit", engine=engine)
-                deadline.reschedule(loop.time() + idle_timeout)
-                line = line.rstrip(b"\r\n")
-                if not line:
-                    if data:
-                        yield event, b"\n".join(data)
-                    event, data = None, []
-                elif line.startswith(b"data:"):
-                    data.append(line[5:].lstrip(b" "))
-                elif line.startswith(b"event:"):
-                    event = line[6:].strip().decode()
-                # comments (":") and other fields are ignored, as the SSE spec says
+            except ValueError as exc:  # line longer than aiohttp's buffer limit
+                raise EngineProtocolError(f"event stream line too long: {exc}", engine=engine) from exc
+        if not line:
+            return
+        total += len(line)
+        if total > max_bytes:
+            raise EngineProtocolError(f"stream exceeds the {max_bytes}-byte limit", engine=engine)
+        wait, phase = idle_timeout, "mid-stream"
+        line = line.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            event, data = None, []
+        elif line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+        # comments (":") and other fields are ignored, as the SSE spec says
 
 
 def loads_event(data: bytes, engine: str) -> dict[str, Any]:
