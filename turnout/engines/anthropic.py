@@ -117,10 +117,13 @@ def from_anthropic(body: dict[str, Any], engine: str) -> ChatResult:
                 calls.append({"id": block["id"], "type": "function",
                               "function": {"name": block["name"], "arguments": orjson.dumps(block["input"]).decode()}})
         u = body.get("usage") or {}
+        stop = body.get("stop_reason")
+        if not stop:  # a finished message always has one; without it the text may be cut short
+            raise EngineProtocolError("answer has no stop_reason; it may be incomplete", engine=engine)
         return ChatResult(
             content="".join(text) if text or not calls else None,
             tool_calls=calls or None,
-            finish_reason=FINISH.get(body.get("stop_reason") or "end_turn", "stop"),
+            finish_reason=FINISH.get(stop, "stop"),
             usage=Usage(_input_tokens(u), int(u.get("output_tokens", 0))),
             model=str(body.get("model", "")),
         )
@@ -181,8 +184,8 @@ class AnthropicEngine(Engine):
                 ev = loads_event(data, name)
                 kind = ev.get("type", event)
                 if kind == "message_start":
+                    # no Delta: message_start is not output, so a stream that dies next still falls back
                     usage.prompt_tokens = _input_tokens(ev.get("message", {}).get("usage") or {})
-                    yield Delta(role="assistant")
                 elif kind == "content_block_start":
                     block = ev.get("content_block") or {}
                     if block.get("type") == "tool_use":

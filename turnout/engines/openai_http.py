@@ -109,13 +109,16 @@ class OpenAIEngine(Engine):
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
                     content, tool_calls = delta.get("content"), delta.get("tool_calls")
-                    if content or tool_calls or delta.get("role") or choice.get("logprobs"):
+                    logprobs = choice.get("logprobs")
+                    # A role-only chunk is not output: the first delta is the first token, so a
+                    # stream that dies after its role chunk still falls back.
+                    if content or tool_calls or (logprobs and logprobs.get("content")):
                         produced += 1
                         yield Delta(
                             content=content,
                             tool_calls=tool_calls,
                             role=delta.get("role"),
-                            logprobs=choice.get("logprobs"),
+                            logprobs=logprobs,
                         )
             raise EngineProtocolError("stream ended without [DONE]", engine=name)
         finally:
@@ -127,10 +130,13 @@ def _result(body: dict[str, Any], engine: str) -> ChatResult:
         choice = body["choices"][0]
         msg = choice["message"]
         u = body.get("usage") or {}
+        finish = choice.get("finish_reason")
+        if not finish:  # nobody can tell whether the text is whole: not an answer to pass off as complete
+            raise EngineProtocolError("answer has no finish_reason; it may be incomplete", engine=engine)
         return ChatResult(
             content=msg.get("content"),
             tool_calls=msg.get("tool_calls"),
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=finish,
             usage=Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))),
             logprobs=choice.get("logprobs"),
             model=str(body.get("model", "")),
