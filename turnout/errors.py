@@ -12,14 +12,16 @@
     ├── NoEngineAvailable                503 (e.g. a sensitive request and no local engine up)
     ├── AllEnginesFailed                 502 / 503 (every hop of the chain failed; lists each)
     └── EngineError                      502 upstream failure, one engine, one attempt
-        ├── EngineUnavailable            connection refused / reset, circuit open
+        ├── EngineUnavailable            connection refused / reset, circuit open, queue full
         ├── EngineTimeout                connect, first-token or total timeout
         ├── EngineRateLimited            upstream 429 (retry_after)
-        ├── EngineStatusError            upstream non-2xx (status kept)
+        ├── EngineStatusError            upstream non-2xx (status kept; 503 keeps retry_after)
         └── EngineProtocolError          malformed body, bad SSE, wrong content type, oversize
 
 ``EngineError.retryable`` says whether the same engine may be tried again;
-``EngineError.fallback`` says whether the next engine in the chain may be tried.
+``EngineError.fallback`` says whether the next engine in the chain may be tried;
+``EngineError.unreachable`` whether the engine could not take the request at all (503) rather
+than answering it wrongly (502); ``EngineError.retry_after`` how long it asked us to wait.
 """
 
 from __future__ import annotations
@@ -120,28 +122,32 @@ class EngineError(TurnoutError):
     retryable = True
     fallback = True
 
-    def __init__(self, message: str, *, engine: str = "?", **kw: Any) -> None:
+    def __init__(self, message: str, *, engine: str = "?", retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.engine = engine
+        self.retry_after = retry_after  # seconds the engine asked us (or we ask clients) to wait
+
+    #: The engine could not take the request (down, slow, rate-limited, overloaded), as
+    #: opposed to answering it wrongly: a chain of such failures is a 503, not a 502.
+    unreachable = False
 
 
 class EngineUnavailable(EngineError):
     status = 503
     code = "engine_unavailable"
+    unreachable = True
 
 
 class EngineTimeout(EngineError):
     status = 504
     code = "engine_timeout"
+    unreachable = True
 
 
 class EngineRateLimited(EngineError):
     status = 429
     code = "upstream_rate_limited"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
+    unreachable = True
 
 
 class EngineStatusError(EngineError):
@@ -152,6 +158,7 @@ class EngineStatusError(EngineError):
     def __init__(self, message: str, *, upstream_status: int, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
+        self.unreachable = upstream_status == 503  # overloaded: "try later", like a timeout
         if upstream_status >= 500 or upstream_status == 408:
             self.retryable, self.fallback = True, True
         elif upstream_status in (401, 403, 404):
@@ -175,9 +182,9 @@ class AllEnginesFailed(TurnoutError):
 
     def __init__(self, hops: list[EngineError]) -> None:
         reasons = "; ".join(f"{h.engine}: {h.message}" for h in hops) or "no engine in chain"
-        unreachable = all(isinstance(h, (EngineUnavailable, EngineTimeout, EngineRateLimited)) for h in hops)
+        unreachable = all(h.unreachable for h in hops)
         super().__init__(f"all engines failed: {reasons}", status=503 if unreachable else 502)
         self.hops = hops
-        retry = [h.retry_after for h in hops if isinstance(h, EngineRateLimited) and h.retry_after]
+        retry = [h.retry_after for h in hops if h.retry_after]
         if retry:
             self.headers["Retry-After"] = str(max(1, int(min(retry) + 0.999)))

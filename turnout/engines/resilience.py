@@ -67,7 +67,7 @@ class Capacity:
 
     async def acquire(self, engine: str) -> None:
         if self._sem.locked() and self.waiting >= self.max_waiting:
-            raise EngineUnavailable("engine at capacity (queue full)", engine=engine)
+            raise EngineUnavailable("engine at capacity (queue full)", engine=engine, retry_after=1.0)
         self.waiting += 1
         try:
             await self._sem.acquire()
@@ -110,12 +110,15 @@ class ResilientEngine(Engine):
 
     def _admit(self) -> None:
         if not self.breaker.allow():
-            raise EngineUnavailable("circuit open after repeated failures", engine=self.info.name)
+            b = self.breaker
+            left = b.cooldown - (b.clock() - b.opened_at) if b.opened_at is not None else b.cooldown
+            raise EngineUnavailable("circuit open after repeated failures", engine=self.info.name,
+                                    retry_after=max(1.0, left))
 
     async def _backoff(self, attempt: int, exc: EngineError) -> None:
         """Sleep before the next attempt, or re-raise if the wait would be too long."""
         delay = self.policy.backoff * (2**attempt) * (0.5 + random.random() / 2)
-        if isinstance(exc, EngineRateLimited) and exc.retry_after is not None:
+        if exc.retry_after is not None:  # a 429, or a 503 that said when to come back
             if exc.retry_after > self.policy.max_retry_after:
                 raise exc  # waiting that long is worse than falling back
             delay = max(delay, exc.retry_after)
