@@ -103,6 +103,8 @@ class MiniLMEncoder:
         self.tokenizer: Tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()
+        self.cache_key = f"{MODEL_NAME}|{max_length}"
+        self.cache_prefix = "minilm"
 
     @staticmethod
     def _load_layer(w: dict[str, np.ndarray], i: int) -> _Layer:
@@ -180,14 +182,14 @@ class MiniLMEncoder:
 
 
 def cached_embeddings(
-    encoder: MiniLMEncoder, texts: list[str], cache_dir: Path, on_batch: Callable[[int], None] | None = None
+    encoder: MiniLMEncoder | StaticMiniLM, texts: list[str], cache_dir: Path, on_batch: Callable[[int], None] | None = None
 ) -> np.ndarray:
     """Embeddings of ``texts``, read from or written to ``cache_dir`` keyed by the texts' hash."""
     digest = hashlib.sha256()
-    digest.update(f"{MODEL_NAME}|{encoder.max_length}|".encode())
+    digest.update(f"{encoder.cache_key}|".encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
-    path = Path(cache_dir) / f"minilm-{digest.hexdigest()[:24]}.npy"
+    path = Path(cache_dir) / f"{encoder.cache_prefix}-{digest.hexdigest()[:24]}.npy"
     if path.is_file():
         cached = np.load(path)
         if cached.shape == (len(texts), DIM):
@@ -198,3 +200,46 @@ def cached_embeddings(
     np.save(tmp, vectors)
     tmp.replace(path)
     return vectors
+
+
+class StaticMiniLM:
+    """Sub-millisecond sentence vectors: a per-token table distilled from MiniLM, mean-pooled.
+
+    Each vocabulary token is run through the full model alone (``[CLS] token [SEP]``) once; a
+    sentence is the normalised mean of its tokens' vectors (the Model2Vec recipe without PCA).
+    It loses word order and context, keeps topic. The table (30522 x 384) is built on first use
+    in about a minute and cached next to the embeddings, keyed by the weights' sha256.
+    """
+
+    def __init__(self, encoder: MiniLMEncoder | None = None, cache_dir: Path | None = None) -> None:
+        self.encoder = encoder or MiniLMEncoder()
+        self.cache_key = f"{MODEL_NAME}|static"
+        self.cache_prefix = "minilm-static-emb"
+        self.table = self._table(Path(cache_dir or Path(".turnout") / "cache"))
+
+    def _table(self, cache_dir: Path) -> np.ndarray:
+        path = cache_dir / f"minilm-static-{self.encoder.fingerprint()[:16]}.npy"
+        if path.is_file():
+            return np.load(path)
+        vocab = self.encoder._word.shape[0]
+        cls_id = self.encoder.tokenizer.token_to_id("[CLS]")
+        sep_id = self.encoder.tokenizer.token_to_id("[SEP]")
+        table = np.zeros((vocab, DIM), dtype=np.float32)
+        for start in range(0, vocab, 1024):
+            ids = np.arange(start, min(start + 1024, vocab))
+            batch = np.stack([np.full_like(ids, cls_id), ids, np.full_like(ids, sep_id)], axis=1)
+            table[ids] = self.encoder._forward(batch, np.ones(batch.shape, dtype=np.float32))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, table)
+        tmp.replace(path)
+        return table
+
+    def encode(self, texts: list[str], batch_size: int = 0, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for row, encoding in enumerate(self.encoder.tokenizer.encode_batch(list(texts))):
+            ids = encoding.ids[1:-1] or encoding.ids
+            out[row] = self.table[ids].mean(axis=0)
+        if on_batch is not None:
+            on_batch(len(texts))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -197,7 +197,7 @@ def build_metadata(
         "metrics": metrics,
         "target": target,
         "cv_escalation_rate_at_threshold": float((oof_scores >= threshold).mean()),
-        "score": "P(strong model needed) = P(strong right) * (1 - P(weak right))",
+        "score": "(1 + P(strong right) - P(weak right)) / 2: the strong model's expected gain in [0, 1]",
     }
 
 
