@@ -1,0 +1,43 @@
+"""`turnout eval cascade` on real local outputs: the embedded model over a few GSM8K
+questions, its confidence against its correctness, and the on-disk answer cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from turnout.evals.cascade_cli import auroc, final_number
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "routellm"
+
+
+def test_final_number_and_auroc_on_hand_computed_cases() -> None:
+    assert final_number("so 3 + 4 = 7\n#### 7") == 7
+    assert final_number("The answer is 1,234.5 dollars") == 1234.5
+    assert final_number("no digits here") is None
+    assert auroc([0.9, 0.8, 0.1], [1, 1, 0]) == 1.0      # every right answer more confident
+    assert auroc([0.1, 0.2, 0.9], [1, 1, 0]) == 0.0      # every right answer less confident
+    assert auroc([0.5, 0.5], [1, 0]) == 0.5              # ties count half
+    assert auroc([0.5, 0.7], [1, 1]) is None             # one class only: undefined
+
+
+def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(DATA), "--limit", "3",
+           "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    assert first["n"] == 3 and first["cached"] == 0
+    assert 0.0 <= first["local_accuracy"] <= 1.0 and 0.0 <= first["strong_accuracy"] <= 1.0
+    thresholds = first["thresholds"]
+    assert thresholds["escalate_20pct"] <= thresholds["escalate_50pct"] <= thresholds["escalate_80pct"] < 0
+    cached = list((tmp_path / "cache").glob("*.jsonl"))
+    assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 3
+    again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    assert again["cached"] == 3 and again["thresholds"] == thresholds
+
+
+def test_eval_cascade_reports_a_bad_data_dir(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr
