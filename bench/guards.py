@@ -29,8 +29,8 @@ def _scan_bench(n: int = 300) -> str:
     scanner = Scanner.default()
     messages = [
         "You are a helpful assistant.",
-        "Hi, I'm Maria Gonzalez (maria.gonzalez@example.com, +34 612 345 678). Please update my address to "
-        "24 Clarke Avenue, Springfield and charge card 4111 1111 1111 1111.",
+        ("Hi, I'm Maria Gonzalez (maria.gonzalez@example.com, +34 612 345 678). Please update my address to "
+         "24 Clarke Avenue, Springfield and charge card 4111 1111 1111 1111."),
     ]
     total, restore = [], []
     for _ in range(n):

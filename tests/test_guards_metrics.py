@@ -5,7 +5,15 @@ import math
 import pytest
 
 from turnout.evals.guards_metrics import (
-    PRF, PiiReport, auroc, binary_metrics, f_beta, map_types, percentile, score_record, stratified_split,
+    PRF,
+    PiiReport,
+    auroc,
+    binary_metrics,
+    f_beta,
+    map_types,
+    percentile,
+    score_record,
+    stratified_split,
     threshold_for_fpr,
 )
 

@@ -124,7 +124,7 @@ def eval_injection(path: str, *, limit: int | None = None, progress: bool = True
                                      "train": len(train_idx), "heldout": len(test_idx),
                                      "heldout_positive": sum(test_y)}}
     models: dict[str, InjectionModel] = {}
-    if len(set(labels[i] for i in train_idx)) == 2 and len(train_idx) >= 20:
+    if len({labels[i] for i in train_idx}) == 2 and len(train_idx) >= 20:
         t0 = time.perf_counter()
         models["fitted_on_train_split"] = fit([texts[i] for i in train_idx], [labels[i] for i in train_idx],
                                               folds=min(5, max(2, min(sum(labels), len(labels) - sum(labels)) // 2)))

@@ -30,7 +30,7 @@ class PRF:
     tp_gold: int = 0      # gold spans judged found
     n_gold: int = 0
 
-    def add(self, other: "PRF") -> None:
+    def add(self, other: PRF) -> None:
         self.tp_pred += other.tp_pred
         self.n_pred += other.n_pred
         self.tp_gold += other.tp_gold
@@ -182,7 +182,7 @@ def threshold_for_fpr(neg_scores: Sequence[float], max_fpr: float) -> float:
     """Smallest threshold t such that the share of negatives with score >= t is at most
     ``max_fpr`` (a prediction is positive when score >= t)."""
     s = sorted(neg_scores, reverse=True)
-    allowed = int(math.floor(max_fpr * len(s) + 1e-9))
+    allowed = math.floor(max_fpr * len(s) + 1e-9)
     if allowed >= len(s):
         return -math.inf
     # the threshold sits just above the (allowed+1)-th highest negative

@@ -35,10 +35,9 @@ def _write(name: str, words: set[str]) -> None:
 
 
 def main() -> None:
-    import faker.providers.address as address
     import faker.providers.job.en_US as job
     import faker.providers.lorem.en_US as lorem
-    import faker.providers.person as person
+    from faker.providers import address, person
     from spacy.lang.en.stop_words import STOP_WORDS
 
     names: set[str] = set()
@@ -52,7 +51,7 @@ def main() -> None:
     for mod in pkgutil.iter_modules(address.__path__):
         try:
             prov = importlib.import_module(f"{address.__name__}.{mod.name}").Provider
-        except Exception:  # a locale module that does not import on its own
+        except ImportError:  # a locale module that does not import on its own
             continue
         for attr in ("cities", "city_names", "countries", "states", "provinces", "regions"):
             places.update(_values(prov.__dict__.get(attr)))

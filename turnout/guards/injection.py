@@ -31,16 +31,16 @@ HOLDOUT_SHARE = 0.25
 # phrase heuristics: (pattern, score). Kept few and specific; the model does the rest.
 HEURISTICS: list[tuple[re.Pattern[str], float]] = [
     (re.compile(r"\b(?:ignore|disregard|forget|override)\b.{0,30}\b(?:previous|prior|above|earlier|all|any|your)\b"
-                r".{0,30}\b(?:instructions?|prompts?|rules|guidelines|directives|policies)\b", re.I | re.S), 0.95),
-    (re.compile(r"\b(?:DAN|STAN|DUDE|AIM|BetterDAN|AntiGPT|DevMode)\b.{0,40}\b(?:mode|stands for|now|jailbr)", re.S), 0.9),
-    (re.compile(r"\b(?:developer|god|jailbreak|unfiltered|uncensored|unrestricted)\s+mode\b", re.I), 0.9),
-    (re.compile(r"\bdo anything now\b", re.I), 0.95),
+                r".{0,30}\b(?:instructions?|prompts?|rules|guidelines|directives|policies)\b", re.IGNORECASE | re.DOTALL), 0.95),
+    (re.compile(r"\b(?:DAN|STAN|DUDE|AIM|BetterDAN|AntiGPT|DevMode)\b.{0,40}\b(?:mode|stands for|now|jailbr)", re.DOTALL), 0.9),
+    (re.compile(r"\b(?:developer|god|jailbreak|unfiltered|uncensored|unrestricted)\s+mode\b", re.IGNORECASE), 0.9),
+    (re.compile(r"\bdo anything now\b", re.IGNORECASE), 0.95),
     (re.compile(r"\b(?:without|no)\s+(?:any\s+)?(?:moral|ethical|content)\s+(?:restrictions|filters|guidelines|policy)",
-                re.I), 0.85),
+                re.IGNORECASE), 0.85),
     (re.compile(r"\b(?:reveal|print|show|repeat|output)\b.{0,30}\b(?:system prompt|initial instructions|hidden "
-                r"instructions)\b", re.I | re.S), 0.9),
-    (re.compile(r"\bopenai(?:'s)?\s+(?:content\s+)?polic(?:y|ies)\b", re.I), 0.7),
-    (re.compile(r"\bjailbr(?:eak|oken)\b", re.I), 0.75),
+                r"instructions)\b", re.IGNORECASE | re.DOTALL), 0.9),
+    (re.compile(r"\bopenai(?:'s)?\s+(?:content\s+)?polic(?:y|ies)\b", re.IGNORECASE), 0.7),
+    (re.compile(r"\bjailbr(?:eak|oken)\b", re.IGNORECASE), 0.75),
 ]
 
 
@@ -51,7 +51,8 @@ def heuristic_score(text: str) -> float:
 def _vectorizers() -> tuple[Any, Any]:
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    common = dict(n_features=N_FEATURES, alternate_sign=False, norm=None, lowercase=True, dtype="float32")
+    common: dict[str, Any] = {"n_features": N_FEATURES, "alternate_sign": False, "norm": None, "lowercase": True,
+                              "dtype": "float32"}
     char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
     word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
     return char, word
@@ -66,7 +67,7 @@ class InjectionModel:
     max_chars: int = 20_000
 
     @classmethod
-    def load(cls, path: Path = ARTIFACT) -> "InjectionModel":
+    def load(cls, path: Path = ARTIFACT) -> InjectionModel:
         import numpy as np
 
         z = np.load(path)

@@ -66,7 +66,7 @@ class Verdict:
         return self.action == "block"
 
 
-def decide(inspection: "Inspection", locality: Locality, policy: GuardPolicy | None = None) -> Verdict:
+def decide(inspection: Inspection, locality: Locality, policy: GuardPolicy | None = None) -> Verdict:
     """The action for this request on an engine of ``locality``.
 
     - ``block``: refuse (injection above threshold, or a rule says so);

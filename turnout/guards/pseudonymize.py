@@ -122,7 +122,7 @@ class Pseudonymizer:
             return {self.restore(k): self._restore_obj(v) for k, v in obj.items()}
         return obj
 
-    def stream(self, *, json_string: bool = False) -> "StreamRestorer":
+    def stream(self, *, json_string: bool = False) -> StreamRestorer:
         """A restorer for one streamed text (``json_string=True`` for streamed tool-call
         arguments, where restored values must be JSON-escaped)."""
         return StreamRestorer(self, json_string=json_string)

@@ -54,7 +54,7 @@ class Scanner:
 
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                spacy_model: str | None = None) -> "Scanner":
+                spacy_model: str | None = None) -> Scanner:
         """PII (spaCy + recognisers), secrets and injection guards with shipped data."""
         from turnout.guards.injection import InjectionGuard
         from turnout.guards.pii import DEFAULT_MODEL, PiiGuard
@@ -98,7 +98,7 @@ class Scanner:
                     continue
                 try:
                     found = self._run(guard, text, deadline, budget)
-                except Exception as exc:  # fail closed: any failure marks the request unsafe
+                except Exception as exc:  # noqa: BLE001  fail closed: any failure marks the request unsafe
                     msg = f"{guard.name}: {type(exc).__name__}: {exc}"
                     insp.error = msg if insp.error is None else f"{insp.error}; {msg}"
                     insp.labels.add("guard_error")

@@ -1,0 +1,190 @@
+"""Word lists, shared constants and the candidate type of the PII recognisers."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).with_name("data")
+
+# --------------------------------------------------------------------------- lexicons
+
+
+def words(text: str) -> list[str]:
+    """A word list written as blank-separated text."""
+    return text.split()
+
+
+@cache
+def lexicon(name: str) -> frozenset[str]:
+    with gzip.open(DATA / f"{name}.txt.gz", "rt", encoding="utf-8") as fh:
+        return frozenset(line.rstrip("\n") for line in fh if line.strip())
+
+
+@cache
+def _lower_lexicon(name: str) -> frozenset[str]:
+    return frozenset(w.lower() for w in lexicon(name))
+
+
+NATIONALITIES = frozenset(words("""
+afghan albanian algerian american andorran angolan argentine argentinian armenian australian
+austrian azerbaijani bahamian bahraini bangladeshi barbadian belarusian belgian belizean belizian
+beninese bhutanese bolivian bosnian botswanan brazilian british bruneian bulgarian burkinabe burmese
+burundian cambodian cameroonian canadian chadian chilean chinese colombian congolese croatian cuban
+cypriot czech danish djiboutian dominican dutch ecuadorian ecuadorean egyptian emirati english
+eritrean estonian ethiopian fijian filipino finnish french gabonese gambian georgian german ghanaian
+greek grenadian guatemalan guinean guyanese haitian honduran hungarian icelandic indian indonesian
+iranian iraqi irish israeli italian ivorian jamaican japanese jordanian kazakh kenyan korean kosovar
+kuwaiti kyrgyz laotian latvian lebanese liberian libyan lithuanian luxembourgish macedonian malagasy
+malawian malaysian maldivian malian maltese mauritanian mauritian mexican moldovan monegasque
+mongolian montenegrin moroccan mozambican namibian nepalese nepali nicaraguan nigerian nigerien
+norwegian omani pakistani palestinian panamanian paraguayan peruvian polish portuguese qatari
+romanian russian rwandan salvadoran samoan saudi scottish senegalese serbian singaporean slovak
+slovakian slovenian somali african spanish sri lankan sudanese surinamese swazi swedish swiss syrian
+taiwanese tajik tanzanian thai togolese tongan trinidadian tunisian turkish turkmen ugandan
+ukrainian uruguayan uzbek venezuelan vietnamese welsh yemeni zambian zimbabwean chechen greenlander
+inuit kurdish basque catalan flemish walloon tibetan uyghur tamil punjabi bengali gujarati hindu
+muslim christian jewish buddhist sikh catholic protestant orthodox sunni shia shiite shii mormon
+lutheran baptist methodist evangelical atheist agnostic hispanic latino latina arab arabic persian
+slavic asian european caucasian englishman englishmen frenchman scot scots democrat republican
+communist socialist conservative liberal
+"""))
+
+TITLES = ("mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "dame", "lord", "lady", "rev", "fr")
+_TITLE_RE = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Rev|Fr)\.?|Miss|Sir|Madam|Dame|Lord|Lady"
+MONTHS = words("""
+january february march april may june july august september october november december jan feb mar
+apr jun jul aug sep sept oct nov dec
+""")
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+STREET_SUFFIXES = frozenset(words("""
+street st str road rd avenue ave av lane ln drive dr boulevard blvd way court ct place pl square sq
+terrace crescent close grove gardens park parkway pkwy highway hwy row walk hill mews circle cir
+trail alley plaza loop path pike ridge heights view vale green
+"""))
+# street words that come before or inside the name in other languages
+STREET_WORDS = frozenset(words("""
+rue avenue av via viale corso piazza calle avenida av. rua travessa praça plaza paseo carrer ul ul.
+ulica aleja al. plac utca u. út tér strada bulevardul calea ulitsa prospekt
+"""))
+# endings of one-word street names (Finnish, Nordic, German, Dutch, Baltic ...)
+STREET_ENDINGS = (
+    "katu", "tie", "kuja", "polku", "kaari", "rinne", "vej", "gade", "gata", "gatan", "vägen", "väg",
+    "veien", "vegen", "gate", "stræde", "straße", "strasse", "str.", "weg", "gasse", "platz", "allee",
+    "laan", "straat", "gracht", "plein", "kade", "dijk", "iela", "gatvė", "tee", "põik", "puiestee",
+    "ulica", "utca", "cesta", "ulice", "náměstí", "třída", "sokak", "caddesi", "bulvarı", "road",
+    "street", "avenue", "lane", "drive",
+)
+UNIT_RE = r"(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat|Room|Rm|Floor|Fl|Bldg|Building)\.?\s*#?\s*\d+[A-Za-z]?" \
+          r"|P\.?\s?O\.?\s?Box\s+\d+|Box\s+\d+|PSC\s+\d+|#\s?\d+)"
+
+_WORD = r"[^\W\d_][\w'’.-]*"
+
+
+@dataclass(slots=True)
+class Cand:
+    start: int
+    end: int
+    type: str
+    score: float
+    source: str
+
+
+Recogniser = Callable[[str, Any], list[Cand]]
+
+
+def _english_word(tok: str) -> bool:
+    """An English dictionary word that is not also a known given or family name."""
+    w = tok.rstrip(".,'’").lower()
+    if tok.rstrip(".,'’") in lexicon("names") or w.title() in lexicon("names"):
+        return False
+    eng = lexicon("english_words")
+    return w in eng or (w.endswith("s") and w[:-1] in eng) or (w.endswith("es") and w[:-2] in eng)
+
+
+def _company_word(tok: str) -> bool:
+    """A made-up one-word brand: not a name, place or dictionary word, but two dictionary
+    words run together ("Flightaware", "Betterlesson") or CamelCase ("LinkedIn")."""
+    w = tok.rstrip(".,'’")
+    if len(w) < 6 or not w[0].isupper() or w in lexicon("names") or w in lexicon("places") or _english_word(w):
+        return False
+    if re.fullmatch(r"[A-Z][a-z]+[A-Z][A-Za-z]+", w):
+        return True
+    low = w.lower()
+    eng = lexicon("english_words")
+    return any(low[:i] in eng and low[i:] in eng for i in range(3, len(low) - 2))
+
+
+def _ctx_before(text: str, start: int, n: int = 40) -> str:
+    return text[max(0, start - n):start].lower()
+
+
+LABELS = frozenset(words("""
+date time name phone address email e-mail website web mobile fax desk office when where note subject
+title from to cc re fwd dear hi hello thanks thank regards best cheers sincerely yes no ok please
+user bot
+"""))
+_TOKEN = re.compile(r"[^\W\d_][\w'’-]*\.?", re.UNICODE)
+_PARTICLE_NAMES = frozenset(words("""
+van von de der den da di del la le ten ter bin al dos das du
+"""))
+SURNAME_ENDINGS = ("ov", "ova", "ev", "eva", "in", "ina", "sky", "ski", "ska", "skaya", "son", "sen", "sson",
+                   "dottir", "dóttir", "ić", "ic", "vić", "escu", "ez", "es", "ová", "ovich", "ovic", "enko",
+                   "ian", "yan", "oglu", "oğlu", "poulos", "akis", "idis", "berg", "stein", "mann", "ini", "elli",
+                   "etti", "ucci", "aki", "ishi", "moto", "mura", "yama", "kawa", "uk", "chuk", "czyk", "wicz",
+                   "ewski", "owski", "nen", "lä", "la", "sz", "ek", "ák", "ský", "ská", "ovi", "ović")
+
+
+ADDRESS_WORDS = STREET_SUFFIXES | frozenset(words("""
+suite apt apartment unit flat floor box p.o po psc
+"""))
+
+
+def _namey(tok: str) -> bool:
+    """A capitalised word shaped like a (non-English) name: diacritics or a surname ending."""
+    w = tok.rstrip(".")
+    if len(w) < 4 or not w[0].isupper() or not w[1:].islower() or _english_word(w):
+        return False
+    return not w.isascii() or w.lower().endswith(SURNAME_ENDINGS)
+
+
+_OCC_HEADS = frozenset(words("""
+accountant administrator analyst architect artist assistant attendant auditor baker banker barber
+cashier chef cleaner clerk coach consultant controller cook counselor designer developer director
+doctor driver economist editor electrician engineer examiner farmer firefighter guard hygienist
+inspector installer instructor interpreter janitor journalist judge laborer lawyer librarian
+machinist manager mechanic midwife nurse officer operator packager painter paralegal pharmacist
+photographer physician pilot plumber policeman professor programmer psychologist receptionist
+representative researcher salesperson scientist secretary singer soldier specialist supervisor
+surgeon teacher technician technologist therapist trainer translator typist writer worker fumigator
+distributor cinematographer echocardiographer sonographer veterinarian dentist optician tailor
+welder carpenter
+"""))
+
+
+def _occupation_head(word: str) -> bool:
+    return word in _OCC_HEADS or word.rstrip("s") in _OCC_HEADS
+
+
+ROYAL = frozenset(words("""
+the princess prince king queen duke duchess royal lord lady pope saint st
+"""))
+ORG_WORDS = frozenset(words("""
+inc inc. llc ltd ltd. plc corp corp. corporation company co co. group holdings partners bank
+university institute foundation association agency technologies systems consulting solutions club
+orchestra press media labs lab software networks capital ventures insurance airlines motors
+industries
+"""))
+NOT_ENTITIES = frozenset(words("""
+SSN IBAN ATM PIN CEO CFO CTO VAT ID IP URL API SMS PDF FAQ DOB OK USA UK EU TV DJ RR SIR BOT USER
+NAN
+"""))
+_LOC_CTX = re.compile(r"(?:\b(?:to|from|in|at|near|visit(?:ing|ed)?|towards?|across|around|via|city(?: of)?|"
+                      r"town(?: of)?|lives? in|grew up in|based in|born in|moved to)\s+)$", re.IGNORECASE)
+
+
