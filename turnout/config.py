@@ -162,6 +162,11 @@ class ServerConfig(_Strict):
     max_in_flight: int = Field(512, ge=1, description="requests the gateway holds at once before answering 503")
 
 
+class TracingConfig(_Strict):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = Field(None, description="otlp: e.g. http://127.0.0.1:4318/v1/traces (default from OTEL_* env)")
+
+
 class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
     redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
@@ -174,6 +179,7 @@ class TurnoutConfig(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
     guards: GuardsConfig = GuardsConfig()
+    tracing: TracingConfig = TracingConfig()
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
 

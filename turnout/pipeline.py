@@ -19,9 +19,10 @@ objects handed in at construction, so adding one never edits this file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from turnout.routing import cascade
 from turnout.routing.decision import Decision, RequestFacts
 from turnout.routing.learned import LearnedRouter
 from turnout.routing.rules import RulesRouter
+from turnout.tracing import genai_attributes, step, trace_id_of
 
 log = logging.getLogger("turnout.pipeline")
 
@@ -77,6 +79,9 @@ class Call:
     busy: float = 0.0
     prior_cost: float = 0.0  # engines that answered before the final one (a cascade's weak draft)
     draft_request: ChatRequest | None = None  # a cascade's escalation with the weak draft attached
+    trace_parent: Any = None  # the client's W3C trace context, if it sent one
+    span: Any = None          # the request's root span (when tracing is on)
+    trace_id: str | None = None
     status: str = "ok"
     http_status: int = 200
     error: str | None = None
@@ -104,25 +109,54 @@ class Call:
             h["x-turnout-locality"] = self.engine.info.locality
         if self.hops:
             h["x-turnout-fallbacks"] = ",".join(f"{e.engine}:{e.code}" for e in self.hops)
+        if self.trace_id:
+            h["x-turnout-trace-id"] = self.trace_id
         return h
 
 
 class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: Ledger,
                  access: Access | None = None, guards: Guards | None = None,
-                 routers: dict[str, LearnedRouter] | None = None) -> None:
+                 routers: dict[str, LearnedRouter] | None = None, tracer: Any = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
         self.access = access
         self.guards = guards
         self.routers = routers or {}
+        self.tracer = tracer  # an OpenTelemetry tracer, or None: tracing off
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         self.baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
 
+    # ---- tracing: a root span per request, a child per step and per engine call -------------
+    def _begin(self, call: Call, req: ChatRequest) -> None:
+        if self.tracer is None:
+            return
+        call.span = self.tracer.start_span("turnout.request", context=call.trace_parent, attributes={
+            "turnout.request_id": call.request_id, "gen_ai.request.model": req.model, "turnout.stream": call.stream})
+        call.trace_id = trace_id_of(call.span)
+
+    def _end(self, call: Call) -> None:
+        if call.span is not None:
+            d = call.decision
+            call.span.set_attributes({"turnout.route": d.alias if d else "-", "turnout.status": call.status,
+                                      "http.response.status_code": call.http_status})
+            call.span.end()
+
+    def _within(self, call: Call) -> contextlib.AbstractContextManager[Any]:
+        from opentelemetry import trace
+
+        return trace.use_span(call.span, end_on_exit=False) if call.span is not None else contextlib.nullcontext()
+
+    def _engine_span(self, engine: Engine) -> contextlib.AbstractContextManager[Any]:
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        return self.tracer.start_as_current_span(f"chat {engine.info.model}", attributes=genai_attributes(engine))
+
     # ---- authenticate ----------------------------------------------------------------------
+    @step("authenticate")
     async def authenticate(self, call: Call, req: ChatRequest) -> None:
         token, call.credentials = call.credentials, None
         if self.access is None:
@@ -133,6 +167,7 @@ class Gateway:
             self.metrics.tenants.add(key.tenant)
 
     # ---- inspect ---------------------------------------------------------------------------
+    @step("inspect")
     async def inspect(self, req: ChatRequest, call: Call) -> Inspection | None:
         if self.guards is None:
             return None
@@ -153,6 +188,7 @@ class Gateway:
         )
 
     # ---- decide ----------------------------------------------------------------------------
+    @step("decide")
     async def decide(self, facts: RequestFacts, req: ChatRequest) -> Decision:
         decision = self.router.decide(facts)
         route = self.cfg.routes.get(decision.alias)
@@ -192,6 +228,7 @@ class Gateway:
             call.decision = self.router.confine(call.decision, why)
 
     # ---- reserve -----------------------------------------------------------------------------
+    @step("reserve")
     async def reserve(self, call: Call, req: ChatRequest) -> None:
         if self.access is None or call.key is None or call.decision is None:
             return
@@ -210,7 +247,10 @@ class Gateway:
             engine = self.engines[name]
             started = time.perf_counter()
             try:
-                result = await engine.chat(call.guard.request_for(engine.info, req) if call.guard else req)
+                with self._engine_span(engine) as span:
+                    result = await engine.chat(call.guard.request_for(engine.info, req) if call.guard else req)
+                    if span is not None:
+                        span.set_attributes(genai_attributes(engine, result.usage, result.finish_reason))
             except EngineError as exc:
                 call.hops.append(exc)
                 if not exc.fallback:
@@ -228,7 +268,8 @@ class Gateway:
             engine = self.engines[name]
             agen = engine.stream(call.guard.request_for(engine.info, req) if call.guard else req)
             try:
-                first = await anext(agen)
+                with self._engine_span(engine):
+                    first = await anext(agen)
             except EngineError as exc:
                 call.hops.append(exc)
                 await agen.aclose()
@@ -282,21 +323,25 @@ class Gateway:
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
         self.metrics.in_flight.inc()
+        self._begin(call, req)
+        span = self._within(call)
         try:
-            await self.authenticate(call, req)
-            insp = await self.inspect(req, call)
-            call.decision = await self.decide(self.facts(req, call), req)
-            self.protect(call, req, insp)
-            await self.reserve(call, req)
-            result = await self.answer(call, req)
-            self.scan(call, req, result)
-            return completion_body(call, result)
+            with span:
+                await self.authenticate(call, req)
+                insp = await self.inspect(req, call)
+                call.decision = await self.decide(self.facts(req, call), req)
+                self.protect(call, req, insp)
+                await self.reserve(call, req)
+                result = await self.answer(call, req)
+                self.scan(call, req, result)
+                return completion_body(call, result)
         except BaseException as exc:
             call.fail(exc)
             raise
         finally:
             self.metrics.in_flight.dec()
             await self.record(call)
+            self._end(call)
 
     # ---- the whole path, streaming: decide and open before any byte is sent --------------
     async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[bytes]:
@@ -304,26 +349,29 @@ class Gateway:
         error response); errors after it end the stream with an error event."""
         call.stream = True
         self.metrics.in_flight.inc()
+        self._begin(call, req)
         try:
-            await self.authenticate(call, req)
-            insp = await self.inspect(req, call)
-            call.decision = await self.decide(self.facts(req, call), req)
-            self.protect(call, req, insp)
-            await self.reserve(call, req)
-            if call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
-                kept = await self.draft(call, req)
-                if kept is not None:
-                    call.ttft = time.perf_counter() - call.t0
-                    replay = cascade.replay(kept)
-                    first, agen = await anext(replay), replay
+            with self._within(call):
+                await self.authenticate(call, req)
+                insp = await self.inspect(req, call)
+                call.decision = await self.decide(self.facts(req, call), req)
+                self.protect(call, req, insp)
+                await self.reserve(call, req)
+                if call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
+                    kept = await self.draft(call, req)
+                    if kept is not None:
+                        call.ttft = time.perf_counter() - call.t0
+                        replay = cascade.replay(kept)
+                        first, agen = await anext(replay), replay
+                    else:
+                        first, agen = await self.open_stream(call, call.draft_request or req, call.decision.chain[1:])
                 else:
-                    first, agen = await self.open_stream(call, call.draft_request or req, call.decision.chain[1:])
-            else:
-                first, agen = await self.open_stream(call, req)
+                    first, agen = await self.open_stream(call, req)
         except BaseException as exc:
             call.fail(exc)
             self.metrics.in_flight.dec()
             await self.record(call)
+            self._end(call)
             raise
         return self._relay(req, call, first, agen)
 
@@ -367,6 +415,7 @@ class Gateway:
                 call.usage = Usage(req.estimated_tokens(), chunks.deltas)
             self.metrics.in_flight.dec()
             await asyncio.shield(self.record(call))
+            self._end(call)
 
     # ---- scan (non-streaming): record, redact or withhold per guards.output ---------------
     def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
@@ -440,6 +489,7 @@ class Gateway:
             error=call.error,
             labels=",".join(sorted(call.labels)),
             key_id=call.key.key_id if call.key else None,
+            trace_id=call.trace_id,
         )
         try:
             await self.ledger.record(row)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -96,7 +97,10 @@ def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
     return routers
 
 
-def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None) -> ChatFastPath:
+def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
+               span_exporter: Any = None) -> ChatFastPath:
+    """The gateway as an ASGI app. ``span_exporter`` (tests) receives every span, whatever
+    ``tracing.exporter`` says."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engines = await start_engines(cfg)
@@ -105,7 +109,13 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         ledger = stores.ledger
         access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, ledger))
         guards = build_guards(cfg) if cfg.guards.enabled else None
-        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg))
+        provider = None
+        if cfg.tracing.exporter != "none" or span_exporter is not None:
+            from turnout.tracing import make_provider
+
+            provider = make_provider(cfg.tracing.exporter, cfg.tracing.endpoint, span_exporter)
+        tracer = provider.get_tracer("turnout") if provider is not None else None
+        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)

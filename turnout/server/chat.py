@@ -20,6 +20,10 @@ SENSITIVITY = {"public", "internal", "sensitive", "restricted"}
 
 def _call_for(request: Request) -> Call:
     call = Call(request_id=new_request_id())
+    if "traceparent" in request.headers:  # continue the client's trace (W3C Trace Context)
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        call.trace_parent = TraceContextTextMapPropagator().extract(dict(request.headers))
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         call.credentials = auth[7:].strip() or None
