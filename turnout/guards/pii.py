@@ -99,7 +99,7 @@ class PiiGuard:
 
     name = "pii"
 
-    def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.4,
+    def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.35,
                  recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
                  cache_size: int = 2048) -> None:
         self.min_score = min_score

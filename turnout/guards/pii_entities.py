@@ -336,5 +336,3 @@ def _fields(text: str, doc: Any) -> list[Cand]:
             continue
         out.append(Cand(m.start(1), m.end(1), "PERSON", 0.55, "context"))
     return out
-
-
