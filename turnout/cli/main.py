@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as exc:  # a clear one-line error, not a traceback, for expected failures
         from turnout.config import ConfigError
+        from turnout.errors import TurnoutError
 
+        if isinstance(exc, TurnoutError):
+            print(f"turnout: error: {exc.message}", file=sys.stderr)
+            return 1
         if isinstance(exc, (ConfigError, FileNotFoundError, ValueError)):
             print(f"turnout: error: {exc}", file=sys.stderr)
             return 2

@@ -149,7 +149,7 @@ def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from turnout.config import LlamaCppEngineConfig, load_config
-    from turnout.engines.registry import build_engine
+    from turnout.engines.registry import engine_class
 
     items = load_golden(Path(args.data_dir), args.limit, args.seed)
     if not items:
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     ecfg = cfg.engines[args.engine]
 
     async def go() -> int:
-        engine = build_engine(args.engine, ecfg)
+        engine = engine_class(ecfg.dialect)(args.engine, ecfg)  # no request timeout: an evaluation waits
         await engine.start()
         try:
             tag = engine.info.weights_sha256 or engine.info.model
