@@ -105,6 +105,10 @@ def _names(text: str, doc: Any) -> list[Cand]:
             follow = re.match(r"\s*(?:[,:]|['’]s\b|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)",
                               text[ge:])
             score = 0.6 if ctx else (0.5 if follow else 0.45 if not sentence_start else 0.35)
+            if real[0] not in names and _LOC_CTX.search(text[max(0, gs - 25):gs]):
+                # "flew to Suurküla": a foreign-looking word after a movement verb is a place
+                out.append(Cand(gs, ge, "LOCATION", 0.55, "context"))
+                continue
         else:
             continue
         out.append(Cand(gs, ge, "PERSON", score, "lexicon"))
@@ -334,5 +338,6 @@ def _fields(text: str, doc: Any) -> list[Cand]:
         lead = m.group(0).lower()
         if first[:1].islower() and not re.match(r"my name|call me|called|named", lead):
             continue
-        out.append(Cand(m.start(1), m.end(1), "PERSON", 0.55, "context"))
+        strong = re.match(r"my name is|name's|call me|called|named", lead)
+        out.append(Cand(m.start(1), m.end(1), "PERSON", 0.75 if strong else 0.55, "context"))
     return out
