@@ -181,7 +181,8 @@ class InjectionGuard:
     def __init__(self, model: InjectionModel | None = None, *, flag_threshold: float | None = None) -> None:
         self.model = model or InjectionModel.load()
         self.block_threshold = self.model.threshold
-        self.flag_threshold = flag_threshold if flag_threshold is not None else min(0.5, self.block_threshold)
+        # below the block threshold, a band of half its width is flagged (label only)
+        self.flag_threshold = flag_threshold if flag_threshold is not None else self.block_threshold / 2
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
 
     def score(self, text: str) -> float:
