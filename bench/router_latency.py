@@ -90,8 +90,12 @@ def bench_torch(data_dir: Path, dataset: str, n: int) -> None:
     st = SentenceTransformer(str(model_dir()), device="cpu")
     print(f"sentence-transformers (torch {torch.__version__}) load: {(time.perf_counter() - t) * 1000:.0f} ms")
     print(f"  encode() 1 prompt: {_percentiles(_time_calls(lambda p: st.encode([p]), probe))}")
+    t = time.perf_counter()
+    encoder = MiniLMEncoder()
+    print(f"numpy MiniLM encoder load: {(time.perf_counter() - t) * 1000:.0f} ms")
+    print(f"  encode() 1 prompt: {_percentiles(_time_calls(lambda p: encoder.encode([p]), probe))}")
     ref = st.encode(probe, normalize_embeddings=True)
-    ours = MiniLMEncoder().encode(probe)
+    ours = encoder.encode(probe)
     cos = (ref * ours).sum(axis=1)
     print(f"  agreement with the numpy encoder over {len(probe)} prompts: cosine min {cos.min():.6f}, "
           f"mean {cos.mean():.6f}; max abs diff {np.abs(ref - ours).max():.2e}")
