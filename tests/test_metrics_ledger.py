@@ -55,7 +55,7 @@ def mixed_load(gw: Gateway, upstream: Upstream) -> dict[str, int]:
         client.chat.completions.create(model="remote-only", messages=USER, max_tokens=4)
     assert info.value.status_code == 502
     count("upstream_error")
-    upstream.queue({"name": "error_midstream", "after_chunks": 1})  # stream breaks after its first token
+    upstream.queue({"name": "error_midstream", "after_chunks": 2})  # stream breaks after its role chunk and first token
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="remote-only", messages=USER, max_tokens=16, stream=True))
     count("midstream")
