@@ -22,7 +22,7 @@ from turnout.guards.step import Guards
 from turnout.routing.learned import LearnedRouter
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
-from turnout.server import chat, dashboard, feedback, health, models
+from turnout.server import chat, dashboard, feedback, health, models, openapi
 from turnout.errors import Overloaded
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
@@ -133,6 +133,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/v1/feedback", feedback.post_feedback, methods=["POST"]),
         *dashboard.ROUTES,
     ]

@@ -1,0 +1,198 @@
+"""GET /openapi.json: an OpenAPI 3.1 document of the public endpoints.
+
+The request schema is the pydantic wire model (``turnout.protocol.ChatRequest``), so the
+document cannot disagree with the validation the server runs. Responses are plain dicts in
+OpenAI's shape (built in the pipeline); their schemas are written here, with the error body
+every failure shares: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from turnout import __version__
+from turnout.protocol import ChatRequest
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STRING = {"type": "string"}
+_INT = {"type": "integer"}
+_OBJ = {"type": "object"}
+
+USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+}
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {"message": _STRING, "type": _STRING, "param": _nullable(_STRING),
+                           "code": _nullable(_STRING)},
+        }
+    },
+}
+
+CHAT_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": _STRING,
+        "object": {"const": "chat.completion"},
+        "created": _INT,
+        "model": _STRING,
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message", "finish_reason"],
+                "properties": {
+                    "index": _INT,
+                    "message": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": _nullable(_STRING),
+                            "tool_calls": {"type": "array", "items": _OBJ},
+                        },
+                    },
+                    "logprobs": _nullable(_OBJ),
+                    "finish_reason": {"type": "string"},
+                },
+            },
+        },
+        "usage": _ref("Usage"),
+    },
+}
+
+MODEL_LIST = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "object", "created", "owned_by"],
+                "properties": {"id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING,
+                               "turnout": _OBJ},
+            },
+        },
+    },
+}
+
+HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+READY = {
+    "type": "object",
+    "required": ["status", "engines"],
+    "properties": {
+        "status": {"enum": ["ready", "degraded"]},
+        "engines": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["ready", "detail", "locality"],
+                "properties": {"ready": {"type": "boolean"}, "detail": _STRING,
+                               "locality": {"enum": ["local", "remote"]}},
+            },
+        },
+    },
+}
+
+# Checks that ChatRequest runs in code (validators), stated in the schema too.
+_REQUEST_OVERRIDES: dict[str, dict[str, Any]] = {
+    "n": {"type": "integer", "minimum": 1, "maximum": 1, "default": 1, "description": "only 1 is supported"},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                       {"type": "null"}], "default": None},
+}
+
+ERRORS = {
+    "400": "invalid JSON or a schema violation",
+    "401": "missing or unknown API key (when keys are configured)",
+    "403": "refused by a policy rule or a guard",
+    "404": "unknown model (route alias or engine)",
+    "413": "body larger than server.max_body_bytes",
+    "429": "rate limit or budget exceeded (Retry-After)",
+    "502": "every engine of the chain failed; the message names each hop",
+    "503": "overloaded (Retry-After) or no engine reachable",
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+@cache
+def document() -> dict[str, Any]:
+    request = ChatRequest.model_json_schema(ref_template=REF)
+    schemas: dict[str, Any] = request.pop("$defs", {})
+    request["properties"].update(_REQUEST_OVERRIDES)
+    schemas.update({
+        "ChatRequest": request, "ChatCompletion": CHAT_COMPLETION, "Usage": USAGE, "Error": ERROR,
+        "ModelList": MODEL_LIST, "Health": HEALTH, "Ready": READY,
+    })
+    chat_responses: dict[str, Any] = {
+        "200": {
+            "description": "the answer; with `stream: true`, server-sent `chat.completion.chunk` events "
+                           "ending in `data: [DONE]` (or an error event if the engine fails mid-stream)",
+            "content": {"application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **{code: _error_response(text) for code, text in ERRORS.items()},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "turnout", "version": __version__,
+                 "description": "OpenAI-compatible hybrid LLM gateway. Errors are OpenAI-shaped."},
+        "paths": {
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChatRequest")}}},
+                "responses": chat_responses,
+            }},
+            "/v1/models": {"get": {
+                "operationId": "listModels",
+                "responses": {"200": {"description": "route aliases and engines",
+                                      "content": {"application/json": {"schema": _ref("ModelList")}}}},
+            }},
+            "/healthz": {"get": {
+                "operationId": "health",
+                "responses": {"200": {"description": "the process answers",
+                                      "content": {"application/json": {"schema": _ref("Health")}}}},
+            }},
+            "/readyz": {"get": {
+                "operationId": "ready",
+                "responses": {
+                    "200": {"description": "every engine is ready",
+                            "content": {"application/json": {"schema": _ref("Ready")}}},
+                    "503": {"description": "some engine is not ready",
+                            "content": {"application/json": {"schema": _ref("Ready")}}},
+                },
+            }},
+        },
+        "components": {"schemas": schemas},
+    }
+
+
+async def openapi_json(_: Request) -> Response:
+    return JSONResponse(document())
