@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=int, default=10, help="quantile bins of the score for the curve (RouteLLM: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write the quality curves as PNG")
+    p.add_argument("--embedding", choices=("minilm", "minilm-static"), default="minilm",
+                   help="prompt embeddings for emb-*/hybrid: the full MiniLM forward pass (default) or its "
+                   "distilled static token table (sub-millisecond, built once in about a minute)")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .turnout/cache)")
     p.add_argument("--save-artifact", type=Path, default=None, metavar="PATH",
                    help="refit the first --router (a learned one) on all rows and save it with a calibrated threshold "
@@ -97,13 +100,14 @@ def _default_routers(data: RoutingDataset) -> list[str]:
     return routers
 
 
-def _embeddings(data: RoutingDataset, cache_dir: Path) -> np.ndarray:
+def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str) -> np.ndarray:
     from tqdm import tqdm
 
-    from turnout.routing.embeddings import MiniLMEncoder, cached_embeddings
+    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM, cached_embeddings
 
+    encoder = MiniLMEncoder() if kind == "minilm" else StaticMiniLM(cache_dir=cache_dir)
     with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
-        return cached_embeddings(MiniLMEncoder(), data.prompts, cache_dir, on_batch=bar.update)
+        return cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
 
 
 def _scores(name: str, data: RoutingDataset, emb: np.ndarray | None, args: argparse.Namespace) -> np.ndarray:
@@ -184,17 +188,22 @@ def plot_curves(path: Path, data: RoutingDataset, results: dict[str, RouterMetri
 
 
 def _save_artifact(
-    args: argparse.Namespace, data: RoutingDataset, emb: np.ndarray | None, oof: np.ndarray, metrics: RouterMetrics
+    args: argparse.Namespace,
+    name: str,
+    data: RoutingDataset,
+    emb: np.ndarray | None,
+    oof: np.ndarray,
+    metrics: RouterMetrics,
 ) -> Path:
     from turnout.routing.learned import LearnedRouter, build_metadata, calibrate, fit_final
 
-    name = args.router[0]
-    if args.target_escalation is None and args.target_quality is None:
-        raise ValueError("--save-artifact needs --target-escalation RATE or --target-quality Q")
     threshold, target = calibrate(oof, data.weak, data.strong, args.target_escalation, args.target_quality)
     scorer = fit_final(name, data.prompts, emb, data.weak, data.strong)
-    cv = {**metrics.as_dict(), "folds": args.folds, "seed": args.seed, "bins": args.bins}
-    meta = build_metadata(scorer, data.prompts, data.weak, data.strong, data.name, cv, target, oof, threshold)
+    cv = {**metrics.as_dict(), "folds": args.folds, "seed": args.seed, "bins": args.bins,
+          "embedding": args.embedding if scorer.uses_embeddings else None}
+    meta = build_metadata(
+        scorer, data.prompts, data.weak, data.strong, data.name, cv, target, oof, threshold, args.embedding
+    )
     return LearnedRouter(scorer, threshold, meta).save(args.save_artifact)
 
 
@@ -208,8 +217,10 @@ def run(args: argparse.Namespace) -> int:
     routers = args.router or _default_routers(data)
     if args.save_artifact is not None and routers[0] not in LEARNED:
         raise ValueError(f"--save-artifact saves the first --router, which must be one of: {', '.join(LEARNED)}")
+    if args.save_artifact is not None and args.target_escalation is None and args.target_quality is None:
+        raise ValueError("--save-artifact needs --target-escalation RATE or --target-quality Q")
     needs_emb = any(name in FAMILIES and FAMILIES[name].uses_embeddings for name in routers)
-    emb = _embeddings(data, args.cache_dir or default_cache_dir()) if needs_emb else None
+    emb = _embeddings(data, args.cache_dir or default_cache_dir(), args.embedding) if needs_emb else None
     results: dict[str, RouterMetrics] = {}
     scores: dict[str, np.ndarray] = {}
     for name in routers:
@@ -218,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot_curves(args.plot, data, results)
     if args.save_artifact is not None:
-        path = _save_artifact(args, data, emb, scores[routers[0]], results[routers[0]])
+        path = _save_artifact(args, routers[0], data, emb, scores[routers[0]], results[routers[0]])
         print(f"saved {routers[0]} router to {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(_as_json(data, results, args), indent=2))

@@ -60,10 +60,18 @@ def data_fingerprint(prompts: list[str], weak: np.ndarray, strong: np.ndarray) -
     return digest.hexdigest()
 
 
-def _default_embedder() -> Embedder:
-    from turnout.routing.embeddings import MiniLMEncoder
+EMBEDDINGS = ("minilm", "minilm-static")
 
-    return MiniLMEncoder()
+
+def make_embedder(kind: str = "minilm") -> Embedder:
+    """``minilm``: the full MiniLM forward pass; ``minilm-static``: its distilled token table."""
+    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
+
+    if kind == "minilm":
+        return MiniLMEncoder()
+    if kind == "minilm-static":
+        return StaticMiniLM()
+    raise ValueError(f"unknown embedding {kind!r}: choose from {', '.join(EMBEDDINGS)}")
 
 
 class LearnedRouter:
@@ -89,7 +97,7 @@ class LearnedRouter:
         if not self.scorer.uses_embeddings:
             return None
         if self._embedder is None:
-            self._embedder = _default_embedder()
+            self._embedder = make_embedder(str(self.metadata.get("embedding") or "minilm"))
         elif callable(self._embedder) and not hasattr(self._embedder, "encode"):
             self._embedder = self._embedder()
         return self._embedder.encode(prompts)  # type: ignore[union-attr]
@@ -137,12 +145,12 @@ class LearnedRouter:
         return cls(scorer, float(meta["threshold"]), meta, embedder)
 
 
-def embedding_metadata(scorer: Scorer) -> dict[str, Any]:
+def embedding_metadata(scorer: Scorer, embedding: str = "minilm") -> dict[str, Any]:
     if not scorer.uses_embeddings:
-        return {"embedding_model": None}
+        return {"embedding": None, "embedding_model": None}
     from turnout.routing.embeddings import MODEL_NAME, MiniLMEncoder
 
-    return {"embedding_model": MODEL_NAME, "embedding_sha256": MiniLMEncoder().fingerprint()}
+    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": MiniLMEncoder().fingerprint()}
 
 
 def features_of(scorer: Scorer) -> list[str]:
@@ -187,12 +195,13 @@ def build_metadata(
     target: dict[str, Any],
     oof_scores: np.ndarray,
     threshold: float,
+    embedding: str = "minilm",
 ) -> dict[str, Any]:
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_family": scorer.name,
         "features": features_of(scorer),
-        **embedding_metadata(scorer),
+        **embedding_metadata(scorer, embedding),
         "training_data": {"name": dataset, "rows": len(prompts), "sha256": data_fingerprint(prompts, weak, strong)},
         "metrics": metrics,
         "target": target,
