@@ -19,6 +19,16 @@ import yaml
 
 from turnout.testing.procs import Proc, start_server
 
+def shared_data(*parts: str) -> Path:
+    """A file or folder of the shared evaluation data: $TURNOUT_SHARED_DATA, else ../shared/data
+    beside this checkout (where CI puts it). Skips, saying where it looked, when it is absent."""
+    root = Path(os.environ.get("TURNOUT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    path = root.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared evaluation data not found at {path} (set TURNOUT_SHARED_DATA)")
+    return path
+
+
 # Tests never reach paid APIs: engines only get loopback URLs, and no real keys are set.
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
     os.environ.pop(_var, None)

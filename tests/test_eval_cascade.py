@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import shared_data
 from turnout.evals.cascade_cli import auroc, final_number
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "routellm"
 
 
 def test_final_number_and_auroc_on_hand_computed_cases() -> None:
@@ -24,7 +24,7 @@ def test_final_number_and_auroc_on_hand_computed_cases() -> None:
 
 
 def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(DATA), "--limit", "3",
+    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")), "--limit", "3",
            "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
     first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert first["n"] == 3 and first["cached"] == 0

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, Upstream, hybrid_config
+from tests.conftest import Gateway, Upstream, hybrid_config, shared_data
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -125,8 +125,7 @@ def test_leak_replay_of_labelled_pii(hybrid: Gateway, upstream: Upstream) -> Non
     arrives in clear, and every client gets its values back."""
     from turnout.guards.scanner import Scanner
 
-    records = json.loads(Path(__file__).resolve().parents[1].joinpath("..", "shared", "data", "pii",
-                                                                      "data_synth_dataset_v2.json").read_text())
+    records = json.loads(shared_data("pii", "data_synth_dataset_v2.json").read_text())
     sample = random.Random(7).sample(records, 25)
     scanner = Scanner.default()
     client = hybrid.openai()
