@@ -84,6 +84,41 @@ CHAT_COMPLETION = {
     },
 }
 
+CHAT_CHUNK = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": _STRING,
+        "object": {"const": "chat.completion.chunk"},
+        "created": _INT,
+        "model": _STRING,
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "delta", "finish_reason"],
+                "properties": {"index": _INT, "delta": _OBJ, "logprobs": _nullable(_OBJ),
+                               "finish_reason": _nullable(_STRING)},
+            },
+        },
+        "usage": _nullable(_ref("Usage")),
+    },
+}
+
+# One server-sent event (OpenAPI 3.1: the stream's ``schema`` describes each event): a chunk,
+# an error event when the engine fails mid-stream, or the final ``[DONE]``.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"anyOf": [
+            {"const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json",
+             "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("Error")]}},
+        ]},
+    },
+}
+
 MODEL_LIST = {
     "type": "object",
     "required": ["object", "data"],
@@ -148,7 +183,8 @@ def document() -> dict[str, Any]:
     schemas: dict[str, Any] = request.pop("$defs", {})
     request["properties"].update(_REQUEST_OVERRIDES)
     schemas.update({
-        "ChatRequest": request, "ChatCompletion": CHAT_COMPLETION, "Usage": USAGE, "Error": ERROR,
+        "ChatRequest": request, "ChatCompletion": CHAT_COMPLETION, "ChatCompletionChunk": CHAT_CHUNK,
+        "ChatCompletionEvent": SSE_EVENT, "Usage": USAGE, "Error": ERROR,
         "ModelList": MODEL_LIST, "Health": HEALTH, "Ready": READY,
     })
     chat_responses: dict[str, Any] = {
@@ -156,7 +192,7 @@ def document() -> dict[str, Any]:
             "description": "the answer; with `stream: true`, server-sent `chat.completion.chunk` events "
                            "ending in `data: [DONE]` (or an error event if the engine fails mid-stream)",
             "content": {"application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {"schema": {"type": "string"}}},
+                        "text/event-stream": {"schema": _ref("ChatCompletionEvent")}},
         },
         **{code: _error_response(text) for code, text in ERRORS.items()},
     }

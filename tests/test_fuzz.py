@@ -1,0 +1,92 @@
+"""Property-based fuzzing of the HTTP API from its own OpenAPI document (schemathesis).
+
+A real gateway process whose engine is the loopback OpenAI-wire upstream (fast, no model)
+is fuzzed through ``GET /openapi.json``: every response must be a non-5xx with the documented
+status, content type and schema, schema-violating requests must be rejected with a 4xx, and
+the gateway must log no traceback. Most generated chat requests name the route ``auto`` so
+that they reach the engine instead of stopping at 404.
+
+The CI run is small (``TURNOUT_FUZZ_EXAMPLES``, default 25 per operation and phase);
+``python bench/fuzz.py`` runs the same test with many more examples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (after the importorskip)
+
+from tests.conftest import Gateway, Upstream, _factory  # noqa: E402
+from turnout.testing.procs import Proc, start_server  # noqa: E402
+
+EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "25"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    started: list[Proc] = []
+    with start_server("turnout.testing.upstream", "--model", "fake-frontier") as proc:
+        up = Upstream(proc)
+        cfg = {
+            "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": up.url + "/v1",
+                                     "model": "fake-frontier", "resilience": {"retries": 0}}},
+            "routes": {"auto": {"chain": ["frontier"]}},
+            "server": {"max_in_flight": 10_000},
+        }
+        gw = _factory(tmp_path_factory.mktemp("fuzz"), started)(cfg)
+        yield gw
+        for p in started:
+            p.stop()
+        assert "Traceback" not in gw.proc.output(), gw.proc.output()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_gateway: Gateway) -> Any:
+    return schemathesis.openapi.from_url(fuzz_gateway.url + "/openapi.json")
+
+
+def _mostly_a_known_model(case: Any, mode: Any) -> None:
+    """Point two thirds of the well-formed chat bodies at a real route (the rest keep their
+    random model name and must get a clean 404)."""
+    body = case.body
+    if (mode is schemathesis.GenerationMode.POSITIVE and case.path == "/v1/chat/completions"
+            and isinstance(body, dict) and isinstance(body.get("model"), str) and len(body["model"]) % 3 != 0):
+        body["model"] = "auto"
+
+
+OPERATIONS = ["POST /v1/chat/completions", "GET /v1/models", "GET /healthz", "GET /readyz"]
+
+
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=lambda m: m.value)
+@pytest.mark.parametrize("label", OPERATIONS)
+def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gateway, label: str, mode: Any) -> None:
+    operation = api_schema.find_operation_by_label(label)
+    assert operation is not None, label
+    if mode is schemathesis.GenerationMode.NEGATIVE and "chat" not in label:
+        pytest.skip("nothing to violate: no parameters")
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.generate], database=None)
+    def run(case: Any) -> None:
+        _mostly_a_known_model(case, mode)
+        case.call_and_validate(base_url=fuzz_gateway.url, timeout=30)
+
+    run()
+
+
+def test_openapi_document_describes_the_wire_models(fuzz_gateway: Gateway) -> None:
+    import httpx
+
+    doc = httpx.get(fuzz_gateway.url + "/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"}
+    request = doc["components"]["schemas"]["ChatRequest"]
+    assert {"model", "messages"} <= set(request["required"]) and request["additionalProperties"] is True
+    error = doc["components"]["schemas"]["Error"]["properties"]["error"]
+    assert error["required"] == ["message", "type", "param", "code"]
