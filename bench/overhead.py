@@ -7,7 +7,8 @@ LiteLLM's proxy configured the same way.
 The load comes from wrk (Debian package `wrk`): a C client, so the client costs far less
 CPU than the servers it measures. turnout runs its full pipeline: API-key auth with rate
 limits, rules routing (a rule is evaluated on every request), the SQLite ledger with the
-audit chain, and Prometheus metrics. Everything shares this machine's cores, so figures
+audit chain, and Prometheus metrics; ``--guards`` adds the PII, secret and injection
+detectors (spaCy NER on every request), which cost far more than the rest. Everything shares this machine's cores, so figures
 are comparable within one run, not across machines.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from turnout.testing.procs import Proc, free_port, start_server  # noqa: E402
 
+LITELLM_KEY = "sk-turnout-bench-0123456789abcdef0123456789abcdef"  # auth on for both gateways
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello from the bench"}], "max_tokens": 16}
 
 
@@ -55,7 +58,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def start_turnout(upstream: str, tmp: Path) -> tuple[Proc, str]:
+def start_turnout(upstream: str, tmp: Path, guards: bool) -> tuple[Proc, str]:
     cfg = {
         "engines": {"up": {"dialect": "openai", "locality": "remote", "base_url": upstream + "/v1", "model": "fake-echo",
                            "pricing": {"input_per_m": 1.0, "output_per_m": 2.0},
@@ -63,6 +66,7 @@ def start_turnout(upstream: str, tmp: Path) -> tuple[Proc, str]:
         "routes": {"auto": {"chain": ["up"]}, "other": {"chain": ["up"]}},
         "rules": [{"name": "tagged", "when": {"metadata": {"tier": "gold"}}, "route": "other"}],
         "storage": {"sqlite_path": str(tmp / "bench.sqlite")},
+        "guards": {"enabled": guards},
     }
     (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
     made = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(tmp / "bench.sqlite"), "create",
@@ -78,15 +82,25 @@ def start_litellm(binary: str, upstream: str, tmp: Path) -> Proc:
            "litellm_settings": {"telemetry": False}}
     (tmp / "litellm.yaml").write_text(yaml.safe_dump(cfg))
     port = free_port()
-    return start_server("litellm.proxy.proxy_cli", "--config", str(tmp / "litellm.yaml"), "--port", str(port),
-                        "--num_workers", "1", ready_pattern="Uvicorn running", python=binary, timeout=180, add_port=False,
-                        env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+    proc = start_server("litellm.proxy.proxy_cli", "--config", str(tmp / "litellm.yaml"), "--port", str(port),
+                        "--num_workers", "1", ready_pattern="Proxy initialized", python=binary, timeout=180, add_port=False, port=port,
+                        env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": LITELLM_KEY})
+    deadline = time.monotonic() + 120  # it logs its config before uvicorn listens: wait for the port
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.stop()
+    raise RuntimeError(f"LiteLLM proxy did not listen on {port}; see {proc.log_path}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
+    ap.add_argument("--guards", action="store_true", help="also run PII/secret/injection guards on every request")
     ap.add_argument("--litellm", default=os.environ.get("LITELLM_PYTHON"),
                     help="a python interpreter that has litellm[proxy] installed")
     args = ap.parse_args()
@@ -98,13 +112,13 @@ def main() -> int:
     try:
         up = start_server("turnout.testing.upstream", "--model", "fake-echo")
         procs.append(up)
-        gw, key = start_turnout(up.url, tmp)
+        gw, key = start_turnout(up.url, tmp, args.guards)
         procs.append(gw)
         targets = {"upstream direct": (up.url, {}), "turnout": (gw.url, {"Authorization": f"Bearer {key}"})}
         if args.litellm:
             lite = start_litellm(args.litellm, up.url, tmp)
             procs.append(lite)
-            targets["litellm proxy"] = (lite.url, {})
+            targets["litellm proxy"] = (lite.url, {"Authorization": f"Bearer {LITELLM_KEY}"})
         results: dict[tuple[str, int], dict[str, float]] = {}
         for c in args.concurrency:
             for name, (url, headers) in targets.items():

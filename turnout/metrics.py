@@ -28,6 +28,8 @@ class Metrics:
         self.errors = Counter("turnout_errors", "Errors by HTTP status", ["route", "status"], registry=r)
         self.ledger_failures = Counter("turnout_ledger_write_failures", "Ledger rows that could not be written",
                                        registry=r)
+        self.overloaded = Counter("turnout_overloaded", "Requests refused at once because the gateway was full "
+                                  "(server.max_in_flight); not in the ledger", registry=r)
         self.in_flight = Gauge("turnout_in_flight", "Requests being handled", registry=r)
 
     def route(self, alias: str | None) -> str:

@@ -398,6 +398,7 @@ class Gateway:
                 raise EngineError("stream ended without a finish reason", engine=call.engine.info.name if call.engine else "?")
             if req.include_usage:
                 yield chunks.usage()
+            await self._finish_stream(call, chunks, started)  # committed before the client sees [DONE]
             yield b"data: [DONE]\n\n"
         except EngineError as exc:
             call.fail(exc)
@@ -408,14 +409,19 @@ class Gateway:
             raise
         finally:
             await agen.aclose()  # stops the engine (a local model stops generating)
-            call.busy = time.perf_counter() - started + (call.ttft or 0.0)
-            if chunks.final_usage is not None:
-                call.usage = chunks.final_usage
-            elif chunks.deltas:  # broken or cancelled: count what the client was sent (one token a delta)
-                call.usage = Usage(req.estimated_tokens(), chunks.deltas)
-            self.metrics.in_flight.dec()
-            await asyncio.shield(self.record(call))
-            self._end(call)
+            if not chunks.recorded:  # error and cancel paths
+                await self._finish_stream(call, chunks, started)
+
+    async def _finish_stream(self, call: Call, chunks: ChunkWriter, started: float) -> None:
+        chunks.recorded = True
+        call.busy = time.perf_counter() - started + (call.ttft or 0.0)
+        if chunks.final_usage is not None:
+            call.usage = chunks.final_usage
+        elif chunks.deltas:  # broken or cancelled: count what the client was sent (one token a delta)
+            call.usage = Usage(chunks.prompt_estimate, chunks.deltas)
+        self.metrics.in_flight.dec()
+        await asyncio.shield(self.record(call))
+        self._end(call)
 
     # ---- scan (non-streaming): record, redact or withhold per guards.output ---------------
     def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
@@ -536,6 +542,8 @@ class ChunkWriter:
         self.sent_role = False
         self.finished = False
         self.deltas = 0  # content and tool-call pieces sent
+        self.prompt_estimate = req.estimated_tokens()
+        self.recorded = False
         self.final_usage: Usage | None = None
 
     def _line(self, obj: dict[str, Any]) -> bytes:

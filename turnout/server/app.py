@@ -57,6 +57,7 @@ class ChatFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/chat/completions":
             if self.in_flight >= self.max_in_flight:  # backpressure: refuse at once, not after a long queue
+                self.app.state.gateway.metrics.overloaded.inc()
                 busy = Overloaded(f"the gateway is handling {self.in_flight} requests, its limit; retry shortly")
                 await error_response(busy)(scope, receive, send)
                 return
