@@ -210,3 +210,19 @@ def test_numpy_minilm_encoder_if_installed() -> None:
     # Reference values from sentence-transformers 6.2 (torch 2.13) on the same packaged weights.
     reference = [0.04219, 0.04323, -0.02057, -0.01827, -0.09989, -0.00113]
     np.testing.assert_allclose(vectors[0][:6], reference, atol=2e-5)
+
+
+def test_weak_answer_cascade_reads_prompt_and_response() -> None:
+    from turnout.routing.answer_check import WeakAnswerCheck, cascade_input, split_input
+
+    assert split_input(cascade_input("Q?", "A\n#### 3")) == ("Q?", "A\n#### 3")
+    rng = np.random.default_rng(0)
+    texts, weak = [], []
+    for i in range(200):
+        ok = rng.random() < 0.6
+        answer = f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}" if ok else f"{i} + 1 = <<{i}+1={i + 2}>>{i + 2}"
+        texts.append(cascade_input(f"What is {i} plus one?", answer))
+        weak.append(float(ok))
+    data = RoutingDataset("cascade", texts, np.array(weak), np.ones(200))
+    scores = cross_val_scores(WeakAnswerCheck, data, None, folds=5, seed=0)
+    assert evaluate_scores(scores, data.weak, data.strong).apgr > 0.9

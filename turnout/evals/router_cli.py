@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from turnout.evals.routing_metrics import RouterMetrics
 
 LEARNED = ("tfidf-lr", "emb-knn", "emb-lr", "hybrid")
-POST_GENERATION = ("gsm8k-weak-answer",)
+POST_GENERATION = ("gsm8k-weak-answer", "gsm8k-weak-answer-emb")
 REFERENCE = ("random", "oracle")
 ROUTERS = LEARNED + POST_GENERATION + REFERENCE
 T = TypeVar("T")
@@ -96,7 +96,7 @@ def _default_routers(data: RoutingDataset) -> list[str]:
     if embeddings_available():
         routers += ["emb-knn", "hybrid"]
     if data.weak_responses is not None:
-        routers.append("gsm8k-weak-answer")
+        routers.append("gsm8k-weak-answer-emb" if embeddings_available() else "gsm8k-weak-answer")
     return routers
 
 
@@ -123,21 +123,23 @@ def _scores(name: str, data: RoutingDataset, emb: np.ndarray | None, args: argpa
         return _progress(it, total, f"{name} folds")
 
     if name in POST_GENERATION:
-        from turnout.routing.answer_check import WeakAnswerCheck
+        from turnout.routing.answer_check import WeakAnswerCheck, WeakAnswerCheckEmb, cascade_input
 
         if data.weak_responses is None:
             raise ValueError(f"router {name!r} needs the weak model's responses, which {data.name} lacks")
-        return cross_val_scores(WeakAnswerCheck, data, None, args.folds, args.seed, progress, data.weak_responses)
+        inputs = [cascade_input(p, r) for p, r in zip(data.prompts, data.weak_responses, strict=True)]
+        family = WeakAnswerCheckEmb if name == "gsm8k-weak-answer-emb" else WeakAnswerCheck
+        return cross_val_scores(family, data, emb, args.folds, args.seed, progress, inputs)
     from turnout.routing.scorers import FAMILIES
 
     return cross_val_scores(FAMILIES[name], data, emb, args.folds, args.seed, progress)
 
 
 def _table(dataset: str, results: dict[str, RouterMetrics]) -> str:
-    lines = [f"dataset: {dataset}", f"{'router':<30} {'n':>6} {'APGR':>7} {'CPT50':>7} {'CPT80':>7}"]
+    lines = [f"dataset: {dataset}", f"{'router':<34} {'n':>6} {'APGR':>7} {'CPT50':>7} {'CPT80':>7}"]
     for name, m in results.items():
         tag = name + (" (post-gen)" if name in POST_GENERATION else "")
-        lines.append(f"{tag:<30} {m.n:>6} {m.apgr:>7.3f} {m.cpt50 * 100:>6.1f}% {m.cpt80 * 100:>6.1f}%")
+        lines.append(f"{tag:<34} {m.n:>6} {m.apgr:>7.3f} {m.cpt50 * 100:>6.1f}% {m.cpt80 * 100:>6.1f}%")
     first = next(iter(results.values()))
     lines.append(f"weak quality {first.weak_quality:.4f}, strong quality {first.strong_quality:.4f}")
     return "\n".join(lines)
@@ -219,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-artifact saves the first --router, which must be one of: {', '.join(LEARNED)}")
     if args.save_artifact is not None and args.target_escalation is None and args.target_quality is None:
         raise ValueError("--save-artifact needs --target-escalation RATE or --target-quality Q")
-    needs_emb = any(name in FAMILIES and FAMILIES[name].uses_embeddings for name in routers)
+    needs_emb = any(
+        (name in FAMILIES and FAMILIES[name].uses_embeddings) or name == "gsm8k-weak-answer-emb" for name in routers
+    )
     emb = _embeddings(data, args.cache_dir or default_cache_dir(), args.embedding) if needs_emb else None
     results: dict[str, RouterMetrics] = {}
     scores: dict[str, np.ndarray] = {}

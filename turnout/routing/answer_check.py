@@ -4,7 +4,11 @@ This is a cascade signal, not pre-generation routing: the weak model has already
 we decide whether to pay for the strong one. Features of a GSM8K-style response: does it end
 with ``#### <number>``, is that number an integer, are its ``<<expr=result>>`` calculator
 annotations arithmetically right, does the final answer match the last computed result, and a
-few hedging words. Two logistic regressions over these give P(strong needed) as elsewhere.
+few hedging words. These are joined with the prompt's own features (its length statistics and,
+for ``gsm8k-weak-answer-emb``, its MiniLM embedding): the answer tells whether the weak model
+failed, the prompt how likely the strong one is to succeed. Two logistic regressions over them
+give the expected-gain score as elsewhere. A scorer's input text is
+``cascade_input(prompt, response)``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,19 @@ from typing import ClassVar
 
 import numpy as np
 
+from turnout.routing.features import text_stats
 from turnout.routing.scorers import LinearPair, State
+
+SEPARATOR = "\x1e"  # ASCII record separator between prompt and response
+
+
+def cascade_input(prompt: str, response: str) -> str:
+    return f"{prompt}{SEPARATOR}{response}"
+
+
+def split_input(text: str) -> tuple[str, str]:
+    prompt, sep, response = text.partition(SEPARATOR)
+    return (prompt, response) if sep else ("", text)
 
 _CALC = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 _FINAL = re.compile(r"####\s*(.*)")
@@ -71,27 +87,44 @@ def answer_features(response: str) -> np.ndarray:
 
 
 class WeakAnswerCheck:
-    """Scores the weak model's response (pass responses where other scorers take prompts)."""
+    """Scores ``cascade_input(prompt, weak_response)`` texts: answer checks + prompt statistics."""
 
     name: ClassVar[str] = "gsm8k-weak-answer"
     uses_embeddings: ClassVar[bool] = False
     post_generation: ClassVar[bool] = True
+    STATS_SCALE = 3.0
 
     def __init__(self, c: float = 1.0) -> None:
         self.linear = LinearPair(c=c)
 
-    @staticmethod
-    def _design(responses: list[str]) -> np.ndarray:
-        return np.vstack([answer_features(r) for r in responses])
+    def _design(self, texts: list[str], emb: np.ndarray | None) -> np.ndarray:
+        rows = []
+        for text in texts:
+            prompt, response = split_input(text)
+            rows.append(np.concatenate([answer_features(response), self.STATS_SCALE * text_stats(prompt)]))
+        design = np.vstack(rows)
+        return design if emb is None or not self.uses_embeddings else np.hstack([design, emb])
 
     def fit(self, prompts: list[str], emb: np.ndarray | None, weak: np.ndarray, strong: np.ndarray) -> None:
-        self.linear.fit(self._design(prompts), weak, strong)
+        self.linear.fit(self._design(prompts, emb), weak, strong)
 
     def predict(self, prompts: list[str], emb: np.ndarray | None) -> np.ndarray:
-        return self.linear.predict(self._design(prompts))
+        return self.linear.predict(self._design(prompts, emb))
 
     def state(self) -> State:
         return {"coef": self.linear.coef, "intercept": self.linear.intercept}
 
     def load_state(self, state: State) -> None:
         self.linear.coef, self.linear.intercept = state["coef"], state["intercept"]
+
+
+class WeakAnswerCheckEmb(WeakAnswerCheck):
+    """:class:`WeakAnswerCheck` plus the prompt's MiniLM embedding."""
+
+    name: ClassVar[str] = "gsm8k-weak-answer-emb"
+    uses_embeddings: ClassVar[bool] = True
+
+    def _design(self, texts: list[str], emb: np.ndarray | None) -> np.ndarray:
+        if emb is None:
+            raise ValueError(f"router family {self.name!r} needs prompt embeddings")
+        return super()._design(texts, emb)
