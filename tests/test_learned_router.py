@@ -225,4 +225,7 @@ def test_weak_answer_cascade_reads_prompt_and_response() -> None:
         weak.append(float(ok))
     data = RoutingDataset("cascade", texts, np.array(weak), np.ones(200))
     scores = cross_val_scores(WeakAnswerCheck, data, None, folds=5, seed=0)
-    assert evaluate_scores(scores, data.weak, data.strong).apgr > 0.9
+    # Wrong arithmetic and a missing final answer mark exactly the failures: as good as the oracle.
+    assert np.all(scores[data.weak == 0] > scores[data.weak == 1].max())
+    oracle = evaluate_scores(data.strong - data.weak, data.weak, data.strong).apgr
+    assert evaluate_scores(scores, data.weak, data.strong).apgr == pytest.approx(oracle, abs=0.01)
