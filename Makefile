@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.turnout-installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench fuzz soak clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -23,6 +23,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

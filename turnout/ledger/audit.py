@@ -38,12 +38,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+import orjson
+
 GENESIS = "0" * 64
 _LABEL = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Sorted keys, no spaces, UTF-8 (orjson: it runs once per request on the ledger thread)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def entry_hash(prev_hash: str, seq: int, time: str, payload: Mapping[str, Any]) -> str:
