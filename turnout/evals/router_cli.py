@@ -9,8 +9,10 @@ Examples::
         --save-artifact .turnout/routers/mmlu-tfidf-lr.npz --target-escalation 0.2
 
 Every learned router is scored with k-fold cross-validation (fixed seed): no prompt is scored by
-a router trained on it. ``random`` and ``oracle`` are reference rows. ``gsm8k-weak-answer`` reads
-the weak model's response, so it is post-generation (a cascade) and marked so in the output.
+a router trained on it. ``random`` and ``oracle`` are reference rows. ``gsm8k-weak-answer`` and
+``gsm8k-weak-answer-emb`` read the weak model's response as well as the prompt, so they are
+post-generation (a cascade) and marked so in the output. ``--embedding minilm-static`` builds a
+per-token table from MiniLM once (cached in .turnout/cache) and then embeds a prompt in < 1 ms.
 Heavy imports (scikit-learn, matplotlib, tqdm, the embedding model) happen inside the command.
 """
 

@@ -200,7 +200,7 @@ def build_metadata(
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model_family": scorer.name,
-        "features": features_of(scorer),
+        "features": [f.replace("minilm", embedding) for f in features_of(scorer)],
         **embedding_metadata(scorer, embedding),
         "training_data": {"name": dataset, "rows": len(prompts), "sha256": data_fingerprint(prompts, weak, strong)},
         "metrics": metrics,
