@@ -36,7 +36,7 @@ from turnout.governance.access import Access
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
 from turnout.guards.scanner import Inspection
-from turnout.guards.step import GuardState, Guards, redact
+from turnout.guards.step import Guards, GuardState, redact
 from turnout.ledger.base import Ledger
 from turnout.ledger.sqlite import LedgerRow
 from turnout.metrics import Metrics
@@ -320,6 +320,14 @@ class Gateway:
         kept = await self.draft(call, req)
         return kept if kept is not None else await self.call_chain(call, call.draft_request or req, d.chain[1:])
 
+    # ---- the steps both paths share, before any engine is called --------------------------
+    async def prepare(self, call: Call, req: ChatRequest) -> None:
+        await self.authenticate(call, req)
+        insp = await self.inspect(req, call)
+        call.decision = await self.decide(self.facts(req, call), req)
+        self.protect(call, req, insp)
+        await self.reserve(call, req)
+
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
         self.metrics.in_flight.inc()
@@ -327,11 +335,7 @@ class Gateway:
         span = self._within(call)
         try:
             with span:
-                await self.authenticate(call, req)
-                insp = await self.inspect(req, call)
-                call.decision = await self.decide(self.facts(req, call), req)
-                self.protect(call, req, insp)
-                await self.reserve(call, req)
+                await self.prepare(call, req)
                 result = await self.answer(call, req)
                 self.scan(call, req, result)
                 return completion_body(call, result)
@@ -352,11 +356,8 @@ class Gateway:
         self._begin(call, req)
         try:
             with self._within(call):
-                await self.authenticate(call, req)
-                insp = await self.inspect(req, call)
-                call.decision = await self.decide(self.facts(req, call), req)
-                self.protect(call, req, insp)
-                await self.reserve(call, req)
+                await self.prepare(call, req)
+                assert call.decision is not None
                 if call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
                     kept = await self.draft(call, req)
                     if kept is not None:
