@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turnout.testing.procs import Proc, free_port, start_server  # noqa: E402
+from turnout.testing.procs import Proc, free_port, start_server
 
 LITELLM_KEY = "sk-turnout-bench-0123456789abcdef0123456789abcdef"  # auth on for both gateways
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello from the bench"}], "max_tokens": 16}
@@ -49,7 +49,7 @@ def wrk(url: str, concurrency: int, duration: float, body: dict, headers: dict[s
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):\s*(\d+)", out))
-    pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE)}
     return {"rps": rps, "p50": pct["50"], "p99": pct["99"], "errors": errors}
 
 

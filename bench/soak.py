@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from turnout.testing.procs import Proc, start_server  # noqa: E402
+from turnout.testing.procs import Proc, start_server
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
 
@@ -96,7 +96,7 @@ async def aiohttp_segment(url: str, seconds: int, concurrency: int) -> dict[str,
                     if r.status != 200:
                         errors["status"] += 1
                         continue
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["timeout"] += 1
                 continue
             except aiohttp.ClientConnectorError:

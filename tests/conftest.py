@@ -19,6 +19,7 @@ import yaml
 
 from turnout.testing.procs import Proc, start_server
 
+
 def shared_data(*parts: str) -> Path:
     """A file or folder of the shared evaluation data: $TURNOUT_SHARED_DATA, else ../shared/data
     beside this checkout (where CI puts it). Skips, saying where it looked, when it is absent."""

@@ -12,7 +12,6 @@ from tests.conftest import shared_data
 from turnout.evals.cascade_cli import auroc, final_number
 
 
-
 def test_final_number_and_auroc_on_hand_computed_cases() -> None:
     assert final_number("so 3 + 4 = 7\n#### 7") == 7
     assert final_number("The answer is 1,234.5 dollars") == 1234.5

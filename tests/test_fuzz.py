@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (after the importorskip)
+from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.conftest import Gateway, Upstream, _factory  # noqa: E402
-from turnout.testing.procs import Proc, start_server  # noqa: E402
+from tests.conftest import Gateway, Upstream, _factory
+from turnout.testing.procs import Proc, start_server
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "25"))
 

@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from tests.conftest import Gateway, Upstream, hybrid_config, shared_data

@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from turnout.sqlitedb import default_db_path
     from turnout.ledger.audit import open_audit_log
+    from turnout.sqlitedb import default_db_path
 
     if not args.dsn:
         path = Path(args.db) if args.db else default_db_path()

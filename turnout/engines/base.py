@@ -90,10 +90,10 @@ class Delta:
 class Engine(ABC):
     info: EngineInfo
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Open clients, load weights. Called once before the first request."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release clients and weights."""
 
     @abstractmethod

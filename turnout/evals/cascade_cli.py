@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     print(f"engine {report['engine']}, {report['n']} GSM8K questions ({hits} answers from cache)")
     print(f"  local accuracy {report['local_accuracy']:.1%}   strong (GPT-4) accuracy {report['strong_accuracy']:.1%}")
     print(f"  AUROC of confidence for local correctness: mean logprob {fmt(report['auroc_mean_logprob'])}, "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
 from turnout.governance.keys import ApiKey, KeyStore, hash_key
+
 if TYPE_CHECKING:
     from turnout.ledger.base import Ledger
 from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 from turnout import sqlitedb as sqlite
+from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 
 KEY_PREFIX = "tk-"
 _KEY_SHAPE = re.compile(r"^tk-[A-Za-z0-9_-]{43}$")

@@ -45,8 +45,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from turnout.errors import PermissionDenied, RateLimited
 from turnout import sqlitedb as sqlite
+from turnout.errors import PermissionDenied, RateLimited
 from turnout.governance.keys import Limits
 
 KINDS = ("rpm", "tpm", "usd_day", "usd_month")

@@ -69,10 +69,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ]),
 ]
 
-COLUMNS = (
-    "ts request_id tenant alias rule reason strategy score threshold engine locality hops prompt_tokens "
-    "completion_tokens latency_ms ttft_ms cost_usd baseline_cost_usd status http_status stream error labels trace_id key_id"
-).split()
+COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id"]
 
 
 @dataclass(slots=True)

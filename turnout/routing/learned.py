@@ -198,7 +198,7 @@ def build_metadata(
     embedding: str = "minilm",
 ) -> dict[str, Any]:
     return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model_family": scorer.name,
         "features": [f.replace("minilm", embedding) for f in features_of(scorer)],
         **embedding_metadata(scorer, embedding),

@@ -16,14 +16,14 @@ from starlette.types import Receive, Scope, Send
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
+from turnout.errors import Overloaded
 from turnout.governance.access import Access, open_limiter
 from turnout.governance.keys import KeyStore
 from turnout.guards.step import Guards
-from turnout.routing.learned import LearnedRouter
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
+from turnout.routing.learned import LearnedRouter
 from turnout.server import chat, dashboard, feedback, health, models, openapi
-from turnout.errors import Overloaded
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
