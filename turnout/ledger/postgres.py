@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
 from turnout.ledger.feedback import UPSERT, Feedback
 from turnout.ledger.sqlite import COLUMNS, LedgerRow
+from turnout.ledger.writer import GroupCommitWriter
 
 log = logging.getLogger("turnout.ledger")
 
@@ -78,10 +78,9 @@ def migrations(s: str) -> list[tuple[str, list[str]]]:
     ]
 
 
-_STOP = object()
 
 
-class PostgresLedger:
+class PostgresLedger(GroupCommitWriter):
     """``SQLiteLedger``'s interface over PostgreSQL: ``await record(row)``, ``rows(since)``,
     ``await close()``; plus ``query(sql, params)`` for the dashboard and feedback helpers."""
 
@@ -99,9 +98,7 @@ class PostgresLedger:
                         f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
         self._read: Any = None
         self._read_lock = threading.Lock()
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._writer, name="turnout-ledger-pg", daemon=True)
-        self._thread.start()
+        self._start("turnout-ledger-pg")
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self.connect_timeout))
@@ -121,59 +118,23 @@ class PostgresLedger:
                     cur.execute(statement)  # our own literal SQL
                 cur.execute(f"INSERT INTO {s}.ledger_migrations (name) VALUES (%s)", (name,))
 
-    # ---- writes --------------------------------------------------------------------------
-    async def record(self, row: LedgerRow) -> None:
-        """Append one row; returns once it is committed."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._q.put((row, loop, fut))
-        await fut
-
-    def _writer(self) -> None:
-        conn: Any = None
-        try:
-            while True:
-                item = self._q.get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                while len(batch) < self.max_batch:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        self._q.put(_STOP)
-                        break
-                    batch.append(nxt)
-                conn = self._commit(conn, batch)
-        finally:
-            if conn is not None:
-                conn.close()
-
-    def _commit(self, conn: Any, batch: Sequence[Any]) -> Any:
-        """Commit a batch in one transaction; returns the connection to use next (None after
-        a broken connection: the next batch reconnects)."""
-        error: BaseException | None = None
-        try:
-            if conn is None or conn.closed:
-                conn = self._connect()
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(self._insert, [row.values() for row, _, _ in batch])
-                if self.audit:
-                    for row, _, _ in batch:
-                        postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
-        except BaseException as exc:  # noqa: BLE001  # a failed batch fails each of its requests' awaits
-            error = exc
-            if conn is not None and (conn.closed or conn.broken):
-                conn = None
-        for _, loop, fut in batch:
-            loop.call_soon_threadsafe(_settle, fut, error)
+    # ---- writes (batched by GroupCommitWriter) ------------------------------------------
+    def _write(self, conn: Any, rows: list[LedgerRow]) -> Any:
+        if conn is None or conn.closed:
+            conn = self._connect()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(self._insert, [row.values() for row in rows])
+            if self.audit:
+                for row in rows:
+                    postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
         return conn
 
+    def _recover(self, conn: Any) -> Any:
+        """A broken connection is dropped; the next batch reconnects."""
+        return None if conn is not None and (conn.closed or conn.broken) else conn
+
     async def close(self) -> None:
-        self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join, 10)
+        await super().close()
         with self._read_lock:
             if self._read is not None:
                 self._read.close()
@@ -254,12 +215,3 @@ def _check(schema: str) -> None:
 
     if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
         raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
-
-
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)

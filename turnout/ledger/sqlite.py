@@ -8,11 +8,8 @@ while many concurrent requests share one commit.
 
 from __future__ import annotations
 
-import asyncio
-import queue
+import contextlib
 import sqlite3
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 from turnout import sqlitedb
 from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
 from turnout.ledger.audit import sqlite_append, utc_now
+from turnout.ledger.writer import GroupCommitWriter
 
 # Append-only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -117,11 +115,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return sqlitedb.connect(path)
 
 
-_STOP = object()
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
-class SQLiteLedger:
+class SQLiteLedger(GroupCommitWriter):
     def __init__(self, path: str | Path, max_batch: int = 512, audit: bool = True) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
@@ -130,59 +127,22 @@ class SQLiteLedger:
         sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
         sqlitedb.migrate(conn, "audit_migrations", AUDIT_MIGRATIONS)
         conn.close()
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._writer, name="turnout-ledger", daemon=True)
-        self._thread.start()
+        self._start("turnout-ledger")
 
-    async def record(self, row: LedgerRow) -> None:
-        """Append one row; returns once it is committed."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._q.put((row, loop, fut))
-        await fut
-
-    def _writer(self) -> None:
-        conn = connect(self.path)
+    def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
+        conn = conn or connect(self.path)
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            while True:
-                item = self._q.get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                while len(batch) < self.max_batch:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        self._q.put(_STOP)
-                        break
-                    batch.append(nxt)
-                self._commit(conn, batch)
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: Sequence[Any]) -> None:
-        error: BaseException | None = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, [row.values() for row, _, _ in batch])
+            conn.executemany(_INSERT, [row.values() for row in rows])
             if self.audit:
-                for row, _, _ in batch:
+                for row in rows:
                     sqlite_append(conn, row.audit_payload(), utc_now())
             conn.execute("COMMIT")
-        except BaseException as exc:  # a failed batch fails each of its requests' awaits
-            error = exc
-            try:
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        for _, loop, fut in batch:
-            loop.call_soon_threadsafe(_settle, fut, error)
-
-    async def close(self) -> None:
-        self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join, 10)
+            raise
+        return conn
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_rows(self.path, since)
@@ -216,12 +176,3 @@ def read_rows(path: str | Path, since: float | None = None) -> list[dict[str, An
         return [dict(r) for r in cur]
     finally:
         conn.close()
-
-
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
