@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(BIN)/turnout serve
 
 test: $(STAMP)
+	$(BIN)/ruff check turnout tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
