@@ -197,6 +197,16 @@ def test_bad_input_gets_openai_shaped_errors(hybrid: Gateway, body: str, status:
     assert err["code"] == code and err["message"] and "type" in err and "param" in err
 
 
+def test_forced_tool_call_on_a_route_without_tool_engines_is_a_clear_400(hybrid: Gateway, upstream: Upstream) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    resp = httpx.post(hybrid.url + "/v1/chat/completions", json={
+        "model": "private", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "required"})
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert err["code"] == "tools_unsupported" and err["param"] == "tool_choice" and "private" in err["message"]
+    assert upstream.requests() == []
+
+
 def test_all_engines_failing_names_each_hop(hybrid: Gateway, upstream: Upstream) -> None:
     upstream.default("500")
     with pytest.raises(openai.InternalServerError) as info:

@@ -31,7 +31,7 @@ import orjson
 
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, Engine, Usage
-from turnout.errors import AllEnginesFailed, EngineError, PolicyBlocked, TurnoutError
+from turnout.errors import AllEnginesFailed, EngineError, InvalidRequest, PolicyBlocked, TurnoutError
 from turnout.governance.access import Access
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
@@ -199,6 +199,11 @@ class Gateway:
                 await self.learned(decision, req)
         if req.tools and req.tool_choice not in (None, "none", "auto"):
             able = [n for n in decision.chain if self.engines[n].info.supports_tools]
+            if not able:
+                raise InvalidRequest(
+                    f"tool_choice requires a tool call, and no engine of {decision.alias!r} "
+                    f"({', '.join(decision.chain)}) supports tools; use another model or tool_choice 'auto'",
+                    param="tool_choice", code="tools_unsupported")
             if able != decision.chain:
                 decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
                 decision.chain = able
