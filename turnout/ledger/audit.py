@@ -312,21 +312,10 @@ class PostgresAuditLog(AuditLog):
         self._migrate()
 
     def _migrate(self) -> None:
-        s = self.schema
+        from turnout import pgdb
+
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            # two gateways starting at once must not both create the tables
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.audit.migrate.{s}",))
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.audit_migrations (name TEXT PRIMARY KEY, "
-                        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            cur.execute(f"SELECT name FROM {s}.audit_migrations")
-            done = {r[0] for r in cur.fetchall()}
-            for name, statements in _pg_migrations(s):
-                if name in done:
-                    continue
-                for statement in statements:
-                    cur.execute(statement)  # our own literal SQL
-                cur.execute(f"INSERT INTO {s}.audit_migrations (name) VALUES (%s)", (name,))
+            pgdb.migrate(cur, self.schema, "audit_migrations", _pg_migrations(self.schema))
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:

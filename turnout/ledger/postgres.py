@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from turnout import pgdb
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
 from turnout.ledger.feedback import UPSERT, Feedback
 from turnout.ledger.sqlite import COLUMNS, LedgerRow
@@ -104,19 +105,8 @@ class PostgresLedger(GroupCommitWriter):
         return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self.connect_timeout))
 
     def _migrate(self) -> None:
-        s = self.schema
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.ledger.migrate.{s}",))
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_migrations (name TEXT PRIMARY KEY, "
-                        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            cur.execute(f"SELECT name FROM {s}.ledger_migrations")
-            done = {r[0] for r in cur.fetchall()}
-            for name, statements in migrations(s):
-                if name in done:
-                    continue
-                for statement in statements:
-                    cur.execute(statement)  # our own literal SQL
-                cur.execute(f"INSERT INTO {s}.ledger_migrations (name) VALUES (%s)", (name,))
+            pgdb.migrate(cur, self.schema, "ledger_migrations", migrations(self.schema))
 
     # ---- writes (batched by GroupCommitWriter) ------------------------------------------
     def _write(self, conn: Any, rows: list[LedgerRow]) -> Any:
