@@ -399,7 +399,7 @@ class Gateway:
             async for d in agen:
                 yield out(d)
             if self.guards is not None and call.guard is not None:  # streamed text can only be recorded
-                self._note_output(call, self.guards.scan_output(call.guard, req, "".join(text)))
+                self._note_output(call, self.guards.scan_output(req, "".join(text)))
             if not chunks.finished:
                 raise EngineError("stream ended without a finish reason", engine=call.engine.info.name if call.engine else "?")
             if req.include_usage:
@@ -433,7 +433,7 @@ class Gateway:
     def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
         if self.guards is None or call.guard is None or not result.content:
             return
-        found = self.guards.scan_output(call.guard, req, result.content)
+        found = self.guards.scan_output(req, result.content)
         self._note_output(call, found)
         if found and self.cfg.guards.output == "block":
             kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))

@@ -5,7 +5,7 @@ remote engines, restore their answers, scan the output.
     state = guards.protect(req, insp, policy) # the route's policy: what remote engines may see
     req_for_engine = state.request_for(info)  # remote: pseudonymized copy; local: the original
     state.restore(result) / state.stream()    # placeholders back into answers, streams and tool calls
-    guards.scan_output(text, req)             # secrets, system-prompt and kept-value leaks
+    guards.scan_output(req, text)             # secrets and system-prompt leaks in the answer
 
 Fail closed: a detector that raises or overruns its time budget leaves the request unsafe
 for remote engines; so does any content turnout cannot pseudonymize in place (multi-part
@@ -16,8 +16,7 @@ request to local engines, or refuses it when none is available.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from turnout.engines.base import ChatResult, Delta, EngineInfo
 from turnout.errors import PolicyBlocked
@@ -71,11 +70,6 @@ class GuardState:
     remote: Verdict
     pseudonymizer: Pseudonymizer | None = None
     protected: ChatRequest | None = None      # the pseudonymized copy for remote engines
-    output_findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def labels(self) -> set[str]:
-        return set(self.inspection.labels)
 
     @property
     def safe_for_remote(self) -> bool:
@@ -180,13 +174,12 @@ class Guards:
             rules[kind] = Rule(remote=action)  # type: ignore[arg-type]
         return GuardPolicy(rules=rules, injection_block=self.policy.injection_block, on_error=self.policy.on_error)
 
-    def scan_output(self, state: GuardState, req: ChatRequest, text: str) -> list[Finding]:
+    def scan_output(self, req: ChatRequest, text: str) -> list[Finding]:
         system = "\n".join(m.text() for m in req.messages if m.role in ("system", "developer")) or None
         try:
             found = self.scanner.scan_output(text, system_prompt=system)
         except Exception:  # fail closed on output too: withhold rather than pass unscanned text
             found = [Finding("leak", "OUTPUT_SCAN_FAILED", 0, 0, 1.0, "output")]
-        state.output_findings = found
         return found
 
     def close(self) -> None:
@@ -199,10 +192,3 @@ def redact(text: str, findings: list[Finding]) -> str:
             text = text[: f.start] + f"[{f.type}]" + text[f.end :]
     return text
 
-
-def finding_kinds(findings: list[tuple[int, Finding]] | list[Finding]) -> list[str]:
-    out: list[Any] = []
-    for item in findings:
-        f = item[1] if isinstance(item, tuple) else item
-        out.append(f.kind)
-    return sorted(set(out))
