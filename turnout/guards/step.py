@@ -9,7 +9,7 @@ remote engines, restore their answers, scan the output.
 
 Fail closed: a detector that raises or overruns its time budget leaves the request unsafe
 for remote engines; so does any content turnout cannot pseudonymize in place (multi-part
-content, tool-call arguments sent back by the client). The pipeline then confines the
+content, or tool-call arguments that would not stay valid JSON). The pipeline then confines the
 request to local engines, or refuses it when none is available.
 """
 
