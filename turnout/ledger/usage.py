@@ -3,6 +3,7 @@ requests that got feedback (mean normalised score 0..1, see turnout.ledger.feedb
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from typing import Any
@@ -35,7 +36,7 @@ def _group(rows: list[dict[str, Any]], satisfaction: dict[str, float] | None = N
         "p50_ms": percentile(lat, 50),
         "p95_ms": percentile(lat, 95),
         "local_share": local / len(ok) if ok else None,
-        "fallback_hops": sum(r["hops"].count('"engine"') for r in rows),
+        "fallback_hops": sum(len(json.loads(r["hops"] or "[]")) for r in rows),
         "satisfaction": sum(scores) / len(scores) if scores else None,
         "feedback": len(scores),
     }
