@@ -272,13 +272,13 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
     for m in re.finditer(r"(?<![\w'’-])[A-Z][\w]{5,}(?![\w'’-])", text):
         if _company_word(m.group(0)):
             out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.55, "shape"))
-    # any other capitalised word mid-sentence that no dictionary, name list or gazetteer knows is a
-    # proper noun: hidden at a low score (a brand or firm more often than a person or place)
+    # any other capitalised word that no dictionary, name list or gazetteer knows is a proper noun
+    # (at a sentence start too: the dictionary check is what tells "However" from "Estately"):
+    # hidden at a low score, as a brand or firm, which it is more often than a person or place
     common = _lower_lexicon("common_words")
     for m in re.finditer(r"(?<![\w'’.-])[A-Z][a-z]{3,}(?![\w'’-])", text):
         w = m.group(0)
-        before = text[:m.start()].rstrip(" \t\"'“(")
-        if not before or before[-1] in ".!?:\n" or w in names or w in lexicon("places"):
+        if w in names or w in lexicon("places"):
             continue
         low = w.lower()
         if low in common or _english_word(w) or low in LABELS or low in NATIONALITIES or low in MONTHS + WEEKDAYS \

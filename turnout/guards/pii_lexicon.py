@@ -104,7 +104,8 @@ def _english_word(tok: str) -> bool:
     if tok.rstrip(".,'’") in lexicon("names") or w.title() in lexicon("names"):
         return False
     eng = lexicon("english_words")
-    return w in eng or (w.endswith("s") and w[:-1] in eng) or (w.endswith("es") and w[:-2] in eng)
+    return w in eng or (w.endswith("s") and w[:-1] in eng) or (w.endswith("es") and w[:-2] in eng) or (
+        w.endswith("ies") and w[:-3] + "y" in eng)
 
 
 def _company_word(tok: str) -> bool:
