@@ -103,9 +103,24 @@ def _english_word(tok: str) -> bool:
     w = tok.rstrip(".,'’").lower()
     if tok.rstrip(".,'’") in lexicon("names") or w.title() in lexicon("names"):
         return False
+    return _inflected_english(w)
+
+
+def _inflected_english(w: str) -> bool:
+    """``w`` (lower case) is a dictionary word or a regular inflection of one: "policies",
+    "celebrating", "capitalized", "helped", "stopped", "quickly"."""
     eng = lexicon("english_words")
-    return w in eng or (w.endswith("s") and w[:-1] in eng) or (w.endswith("es") and w[:-2] in eng) or (
-        w.endswith("ies") and w[:-3] + "y" in eng)
+    if w in eng:
+        return True
+    stems: list[str] = []
+    for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("ied", "y"), ("ed", ""), ("ed", "e"), ("ing", ""),
+                         ("ing", "e"), ("ly", ""), ("ily", "y"), ("er", ""), ("est", "")):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            stem = w[: -len(suffix)] + repl
+            stems.append(stem)
+            if suffix in ("ed", "ing", "er", "est") and not repl and len(stem) >= 4 and stem[-1] == stem[-2]:
+                stems.append(stem[:-1])  # "stopped" -> "stop"
+    return any(x in eng for x in stems)
 
 
 def _company_word(tok: str) -> bool:
