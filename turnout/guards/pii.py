@@ -104,13 +104,19 @@ class PiiGuard:
 
     def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.35,
                  recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
-                 cache_size: int = 2048) -> None:
+                 cache_size: int = 2048, model_ner: str | None = None) -> None:
         self.min_score = min_score
         # conversations resend their history every turn: remember recent texts' findings
         self.cache_size = cache_size
         self._cache: OrderedDict[str, list[Finding]] = OrderedDict()
         self.max_ner_chars = max_ner_chars
         self.recognisers = {k: RECOGNISERS[k] for k in (recognisers or RECOGNISERS)}
+        if model_ner == "rampart":  # optional transformer for names and addresses (pii_model.py)
+            from turnout.guards.pii_model import RampartNer
+
+            self.recognisers["model"] = RampartNer()
+        elif model_ner is not None:
+            raise ValueError(f"unknown PII model {model_ner!r}; known: rampart")
         self._nlp = None
         self._lock = threading.Lock()
         self._nlp_lock = threading.Lock()
