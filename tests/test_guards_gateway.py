@@ -123,6 +123,7 @@ def test_leak_replay_of_labelled_pii(hybrid: Gateway, upstream: Upstream) -> Non
     """Replay a slice of the labelled PII set to a remote route: no value the gateway detected
     arrives in clear, and every client gets its values back."""
     from turnout.guards.scanner import Scanner
+    from turnout.testing.leaks import sent_in_clear, wire_text
 
     records = json.loads(shared_data("pii", "data_synth_dataset_v2.json").read_text())
     sample = random.Random(7).sample(records, 25)
@@ -134,13 +135,13 @@ def test_leak_replay_of_labelled_pii(hybrid: Gateway, upstream: Upstream) -> Non
         upstream.reset()
         done = client.chat.completions.create(model="remote-only", messages=[{"role": "user", "content": text}])
         assert done.choices[0].message.content == f"echo: {text}"
-        wire = sent_text(upstream)
+        wire = wire_text([r["body"] for r in upstream.requests()])
         for _, f in scanner.inspect_messages([text]).findings:
-            if f.kind == "pii" and json.dumps(text[f.start:f.end])[1:-1] in wire:
+            if f.kind == "pii" and sent_in_clear(text[f.start:f.end], wire):
                 detected_leaks.append(f.type)
         for span in rec["spans"]:
             labelled += 1
-            labelled_leaks += json.dumps(span["entity_value"])[1:-1] in wire
+            labelled_leaks += sent_in_clear(span["entity_value"], wire)
     scanner.close()
     assert detected_leaks == []
     # What the detectors miss does go out: its rate is the detectors' recall, measured by

@@ -117,3 +117,24 @@ def test_overlapping_findings_replace_the_longer_first_span() -> None:
     f_short = Finding("pii", "PERSON", 9, 12, 0.9, "t")
     masked = p.pseudonymize(text, [f_short, f_long])
     assert masked.count("<PERSON_") == 1 and p.restore(masked) == text
+
+
+def test_every_occurrence_of_a_found_value_is_hidden_in_every_message() -> None:
+    from turnout.guards.policy import Verdict
+    from turnout.guards.scanner import Scanner, every_occurrence
+
+    texts = ["The verses from Pinabel Marcil's tales beat early Marcil.", "Did Marcil write more? Marcilla did not.",
+             "Her age: 71, room 71."]
+    early = texts[0].rindex("Marcil")
+    by_msg = {0: [Finding("pii", "PERSON", early, early + 6, 0.7, "pii.ner")],
+              2: [Finding("pii", "AGE", 9, 11, 0.9, "pii.context")]}
+    spread = every_occurrence(texts, by_msg)
+    assert sorted(texts[0][f.start:f.end] for f in spread[0]) == ["Marcil", "Marcil"]
+    assert [texts[1][f.start:f.end] for f in spread[1]] == ["Marcil"]  # whole words only: not "Marcilla"
+    assert len(spread[2]) == 1  # short values (an age) are not propagated: "room 71" stays
+    p = Pseudonymizer()
+    pairs = [(i, f) for i, fs in by_msg.items() for f in fs]
+    verdict = Verdict(action="pseudonymize", safe_for_remote=True, to_pseudonymize=pairs, reasons=[])
+    masked = Scanner.apply(p, texts, verdict)
+    assert "Marcil'" not in masked[0] and "Marcil " not in masked[1] and "Marcilla" in masked[1]
+    assert [p.restore(m) for m in masked] == texts

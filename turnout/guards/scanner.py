@@ -115,6 +115,7 @@ class Scanner:
         by_msg: dict[int, list[Finding]] = {}
         for i, f in verdict.to_pseudonymize:
             by_msg.setdefault(i, []).append(f)
+        by_msg = every_occurrence(texts, by_msg)
         return [p.pseudonymize(t, by_msg.get(i, [])) for i, t in enumerate(texts)]
 
     # ------------------------------------------------------------------ output
@@ -132,6 +133,35 @@ class Scanner:
             out.extend(system_prompt_leaks(text, system_prompt))
         out.extend(value_leaks(text, kept_values))
         return out
+
+
+def every_occurrence(texts: Sequence[str], by_msg: dict[int, list[Finding]], *,
+                     min_chars: int = 3) -> dict[int, list[Finding]]:
+    """Add a finding for every other whole-word occurrence, in any message, of a value that
+    was found once: a detector that recognised "early Marcil" but not "Pinabel Marcil's"
+    must not let the surname through, nor a name found in one turn go out in the next.
+    Values shorter than ``min_chars`` (an age, a house number) are not propagated."""
+    values: dict[str, Finding] = {}
+    for i, found in by_msg.items():
+        for f in found:
+            v = texts[i][f.start:f.end]
+            if len(v.strip()) >= min_chars:
+                values.setdefault(v, f)
+    if not values:
+        return by_msg
+    pattern = re.compile(r"(?<![\w])(?:" + "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+                         + r")(?![\w])")
+    out: dict[int, list[Finding]] = {}
+    for i, t in enumerate(texts):
+        found = list(by_msg.get(i, []))
+        for m in pattern.finditer(t):
+            if any(m.start() < f.end and f.start < m.end() for f in found):
+                continue
+            src = values[m.group(0)]
+            found.append(Finding(src.kind, src.type, m.start(), m.end(), src.score, src.detector + "+repeat"))
+        if found:
+            out[i] = found
+    return out
 
 
 def system_prompt_leaks(text: str, system_prompt: str, *, n: int = 8) -> list[Finding]:
