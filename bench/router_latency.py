@@ -64,7 +64,7 @@ def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str], emb
         scorer = fit_final(family, data.prompts, emb, data.weak, data.strong) if (
             emb is not None or family == "tfidf-lr") else None
         if scorer is None:
-            print(f"{family:10s} skipped: embedding model not installed")
+            print(f"{family:12s} skipped: embedding model not installed")
             continue
         router = LearnedRouter(scorer, 0.5, {"embedding": embedding}, embedder=encoder)
         path = router.save(Path(".turnout/cache") / f"bench-{dataset}-{family}-{embedding}.npz")
@@ -72,7 +72,7 @@ def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str], emb
         loaded = LearnedRouter.load(path, embedder=encoder)
         load_ms = (time.perf_counter() - t) * 1000
         size = path.stat().st_size / 1e6
-        print(f"{family:10s} score(): {_percentiles(_time_calls(loaded.score, probe))}  "
+        print(f"{family:12s} score(): {_percentiles(_time_calls(loaded.score, probe))}  "
               f"(artifact {size:.1f} MB, load {load_ms:.0f} ms)")
 
 

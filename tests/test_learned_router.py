@@ -18,8 +18,9 @@ from turnout.evals.datasets import RoutingDataset
 from turnout.evals.router_cv import check_disjoint, cross_val_scores, prompt_folds
 from turnout.evals.routing_metrics import evaluate_scores
 from turnout.routing.answer_check import answer_features, plain_number
+from turnout.routing.features import MATH_STAT_NAMES, math_stats
 from turnout.routing.learned import ARTIFACT_FORMAT, LearnedRouter, build_metadata, calibrate, fit_final
-from turnout.routing.scorers import EmbeddingKNN, Hybrid, TfidfLR
+from turnout.routing.scorers import EmbeddingKNN, Hybrid, HybridStats, Stacked, TfidfLR
 
 REPO = Path(__file__).resolve().parents[1]
 EASY = ["capital", "colour", "animal", "river", "city", "fruit", "planet", "song"]
@@ -88,7 +89,7 @@ def test_folds_are_seeded() -> None:
     assert a == b != c
 
 
-@pytest.mark.parametrize("family", [TfidfLR, EmbeddingKNN, Hybrid])
+@pytest.mark.parametrize("family", [TfidfLR, EmbeddingKNN, Hybrid, HybridStats, Stacked])
 def test_families_learn_the_hard_topics(family: type) -> None:
     data = synthetic()
     emb = HashEmbedder().encode(data.prompts)
@@ -131,6 +132,30 @@ def test_knn_artifact_round_trip_with_injected_embedder(tmp_path: Path) -> None:
     loaded = LearnedRouter.load(router.save(tmp_path / "k.npz"), embedder=HashEmbedder())
     probe = ["explain the proof and the tensor", "explain the city"]
     np.testing.assert_allclose(loaded.score_batch(probe), router.score_batch(probe), atol=2e-3)  # float16 keys
+
+
+@pytest.mark.parametrize("family", ["hybrid-stats", "stacked"])
+def test_stats_families_round_trip_through_the_artifact(tmp_path: Path, family: str) -> None:
+    data = synthetic(200)
+    emb = HashEmbedder().encode(data.prompts)
+    scorer = fit_final(family, data.prompts, emb, data.weak, data.strong)
+    router = LearnedRouter(scorer, 0.5, {}, embedder=HashEmbedder())
+    loaded = LearnedRouter.load(router.save(tmp_path / "h.npz"), embedder=HashEmbedder())
+    assert loaded.family == family
+    probe = ["explain the proof and the tensor", "explain the city", "It costs $2.50 per hour for 3/4 of 12 days."]
+    np.testing.assert_allclose(loaded.score_batch(probe), router.score_batch(probe), atol=2e-3)  # float16 keys
+    assert loaded.score(probe[0]) > loaded.score(probe[1])
+
+
+def test_math_stats_count_quantities_and_their_kind() -> None:
+    plain = math_stats("Tom has 3 apples. How many apples does he have?")
+    busy = math_stats("A shirt costs $12.50 and is discounted 20%. Ann buys 3/4 of 1,200 shirts in 2 days. "
+                      "She sells half of them at twice the price per shirt. How much profit does she make?")
+    assert plain.shape == busy.shape == (len(MATH_STAT_NAMES),)
+    names = dict(zip(MATH_STAT_NAMES, range(len(MATH_STAT_NAMES)), strict=True))
+    for feature in ("log_quantities", "log_max_magnitude", "decimals", "percents", "money", "fractions", "sentences"):
+        assert busy[names[feature]] > plain[names[feature]], feature
+    assert np.all((busy >= 0) & (busy <= 1.5)) and np.all((plain >= 0) & (plain <= 1.5))
 
 
 def test_load_rejects_foreign_files(tmp_path: Path) -> None:

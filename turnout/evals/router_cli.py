@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from turnout.evals.datasets import RoutingDataset
     from turnout.evals.routing_metrics import RouterMetrics
 
-LEARNED = ("tfidf-lr", "emb-knn", "emb-lr", "hybrid")
+LEARNED = ("tfidf-lr", "emb-knn", "emb-lr", "hybrid", "hybrid-stats", "stacked")
 POST_GENERATION = ("gsm8k-weak-answer", "gsm8k-weak-answer-emb")
 REFERENCE = ("random", "oracle")
 ROUTERS = LEARNED + POST_GENERATION + REFERENCE

@@ -119,3 +119,94 @@ class Tfidf:
     @classmethod
     def from_terms(cls, terms: list[str], idf: np.ndarray, ngrams: int) -> Tfidf:
         return cls(vocabulary={t: i for i, t in enumerate(terms)}, idf=np.asarray(idf, np.float32), ngrams=ngrams)
+
+
+# Structural difficulty of a math word problem: how many quantities it juggles and of what kind.
+# Each is a generic property of the text (no prompt- or data-set-specific keys): more numbers,
+# larger or fractional ones, percentages, rates and multi-clause questions mean more steps.
+_QUANTITY = re.compile(r"\$?\.?\d[\d,]*(?:\.\d+)?%?|\$\.\d+")
+_NUMBER_WORD = re.compile(
+    r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|"
+    r"thousand|million|dozen|half|halves|third|thirds|quarter|quarters|fourth|fifths?|tenths?|twice|double|"
+    r"triple|thrice)\b",
+    re.IGNORECASE,
+)
+_FRACTION = re.compile(r"\b\d+\s*/\s*\d+\b|\b(?:half|halves|thirds?|quarters?|fourths?|fifths?|tenths?)\b", re.IGNORECASE)
+_RATIO = re.compile(r"\b(?:times|twice|double|triple|ratio|per|each|every|average|rate)\b", re.IGNORECASE)
+_COMPARE = re.compile(r"\b(?:more|less|fewer|than|longer|shorter|older|younger|faster|slower)\b", re.IGNORECASE)
+_UNIT = re.compile(
+    r"\b(?:hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|kilometers?|km|meters?|feet|foot|inches?|"
+    r"pounds?|ounces?|kg|grams?|liters?|gallons?|cups?|dollars?|cents?|mph)\b",
+    re.IGNORECASE,
+)
+_CHANGE = re.compile(r"\b(?:increase[ds]?|decrease[ds]?|discount|profit|loss|interest|tax|remaining|rest|left)\b",
+                     re.IGNORECASE)
+_SENTENCE = re.compile(r"[.!?](?:\s|$)")
+_ASK = re.compile(r"\b(?:how many|how much|how long|how far|how old|what is|what was|what percent|find)\b",
+                  re.IGNORECASE)
+
+MATH_STAT_NAMES = (
+    "log_quantities",
+    "log_number_words",
+    "log_max_magnitude",
+    "mean_log_magnitude",
+    "decimals",
+    "percents",
+    "money",
+    "fractions",
+    "ratio_words",
+    "comparisons",
+    "units",
+    "distinct_units",
+    "change_words",
+    "sentences",
+    "asks",
+    "log_words",
+    "words_per_sentence",
+    "quantities_per_sentence",
+)
+
+
+def math_stats(text: str) -> np.ndarray:
+    """Structural difficulty statistics of a math word problem, each roughly in [0, 1]."""
+    quantities = _QUANTITY.findall(text)
+    values = []
+    for q in quantities:
+        try:
+            values.append(abs(float(q.strip("$%").replace(",", "") or "0")))
+        except ValueError:
+            continue
+    logs = [math.log10(1.0 + v) for v in values] or [0.0]
+    words = max(len(text.split()), 1)
+    sentences = max(len(_SENTENCE.findall(text)), 1)
+    units = [u.lower().rstrip("s") for u in _UNIT.findall(text)]
+    n_quant = len(quantities) + len(_NUMBER_WORD.findall(text))
+    return np.array(
+        [
+            math.log1p(len(quantities)) / 3.0,
+            math.log1p(len(_NUMBER_WORD.findall(text))) / 3.0,
+            max(logs) / 7.0,
+            float(np.mean(logs)) / 7.0,
+            min(sum("." in q.strip("$").rstrip(".") for q in quantities), 5) / 5.0,
+            min(text.count("%") + len(re.findall(r"\bpercent", text, re.IGNORECASE)), 5) / 5.0,
+            min(text.count("$"), 8) / 8.0,
+            min(len(_FRACTION.findall(text)), 5) / 5.0,
+            min(len(_RATIO.findall(text)), 8) / 8.0,
+            min(len(_COMPARE.findall(text)), 8) / 8.0,
+            min(len(units), 10) / 10.0,
+            min(len(set(units)), 5) / 5.0,
+            min(len(_CHANGE.findall(text)), 5) / 5.0,
+            min(sentences, 12) / 12.0,
+            min(len(_ASK.findall(text)), 3) / 3.0,
+            math.log1p(words) / 6.0,
+            min(words / sentences, 60) / 60.0,
+            min(n_quant / sentences, 6) / 6.0,
+        ],
+        dtype=np.float32,
+    )
+
+
+def math_stats_matrix(texts: list[str]) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, len(MATH_STAT_NAMES)), np.float32)
+    return np.vstack([math_stats(t) for t in texts])

@@ -159,6 +159,8 @@ def features_of(scorer: Scorer) -> list[str]:
         "emb-knn": ["minilm-knn"],
         "emb-lr": ["minilm"],
         "hybrid": ["tfidf-words", "minilm", "minilm-knn"],
+        "hybrid-stats": ["tfidf-words", "minilm", "minilm-knn", "text-stats", "math-stats"],
+        "stacked": ["tfidf-words", "minilm", "minilm-knn", "text-stats", "math-stats"],
     }
     return names.get(scorer.name, [scorer.name])
 

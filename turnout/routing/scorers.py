@@ -15,6 +15,9 @@ Families (all score with numpy only; scikit-learn is used for fitting):
 - ``emb-lr``: two logistic regressions on MiniLM embeddings.
 - ``hybrid``: two logistic regressions on TF-IDF + embeddings + the kNN rates (computed
   leave-one-out on the training rows so they carry no label of their own row).
+- ``hybrid-stats``: ``hybrid`` plus prompt length/layout and math-problem structure statistics.
+- ``stacked``: the TF-IDF, embedding and kNN models as base models; their out-of-fold outputs
+  (inner split of the training rows) and the same statistics feed a final pair of regressions.
 
 Each family's fitted state is a flat dict of numpy arrays so artifacts need no pickle.
 """
@@ -28,7 +31,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 from scipy import sparse
 
-from turnout.routing.features import Tfidf
+from turnout.routing.features import Tfidf, math_stats_matrix, stats_matrix
 
 State = dict[str, np.ndarray]
 
@@ -248,11 +251,125 @@ class Hybrid:
         self.linear.coef, self.linear.intercept = state["coef"], state["intercept"]
 
 
+class HybridStats(Hybrid):
+    """``hybrid`` plus the prompt's shape: length and layout statistics and the structural
+    difficulty of a math problem (how many quantities, their size, fractions, percentages, rates,
+    units, sentences; :func:`~turnout.routing.features.math_stats`). Generic text properties, no
+    prompt- or data-set-specific keys; on GSM8K they add about 0.03 APGR over ``hybrid``."""
+
+    name: ClassVar[str] = "hybrid-stats"
+
+    def _design(self, prompts: list[str], emb: np.ndarray, rates: np.ndarray) -> sparse.csr_matrix:
+        assert self.tfidf is not None
+        stats = np.hstack([stats_matrix(prompts), math_stats_matrix(prompts)])
+        dense = np.hstack([emb, self.KNN_SCALE * rates, stats]).astype(np.float32)
+        return sparse.hstack([self.tfidf.transform(prompts), sparse.csr_matrix(dense)]).tocsr()
+
+
+def _inner_folds(prompts: list[str], folds: int, seed: int) -> np.ndarray:
+    """Fold number per row; rows with the same prompt text share a fold."""
+    _, inverse = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(int(inverse.max()) + 1)
+    fold_of_prompt = np.empty(len(order), dtype=int)
+    fold_of_prompt[order] = np.arange(len(order)) % folds
+    return fold_of_prompt[inverse]
+
+
+class Stacked:
+    """Stacking: the three base models' outputs, plus the prompt's shape, into a final regression.
+
+    Base models: TF-IDF logistic regressions, MiniLM logistic regressions and kNN neighbour rates,
+    each giving ``(P(strong right), P(weak right))``. The meta model is the usual pair of logistic
+    regressions over those six probabilities, the three expected gains, and the text and math
+    statistics. Its training inputs are out-of-fold: an inner 5-fold split of the training rows
+    (over distinct prompts) so the meta model learns how far to trust each base model on prompts
+    it did not see. The base models are then refit on all training rows for prediction.
+    """
+
+    name: ClassVar[str] = "stacked"
+    uses_embeddings: ClassVar[bool] = True
+    INNER_FOLDS = 5
+
+    def __init__(self, c_tfidf: float = 0.3, c_emb: float = 1.0, c_meta: float = 1.0, k: int = 50) -> None:
+        self.tfidf: Tfidf | None = None
+        self.text = LinearPair(c=c_tfidf)
+        self.emb = LinearPair(c=c_emb)
+        self.knn = NeighbourRates(k=k)
+        self.meta = LinearPair(c=c_meta)
+
+    @staticmethod
+    def _probs(linear: LinearPair, x: sparse.spmatrix | np.ndarray) -> np.ndarray:
+        return _sigmoid(np.asarray(x @ linear.coef.T) + linear.intercept)
+
+    def _fit_bases(self, prompts: list[str], emb: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> None:
+        self.tfidf = Tfidf.fit(prompts, min_df=2)
+        self.text.fit(self.tfidf.transform(prompts), weak, strong)
+        self.emb.fit(emb, weak, strong)
+        self.knn.fit(emb, weak, strong)
+
+    def _base_outputs(self, prompts: list[str], emb: np.ndarray) -> np.ndarray:
+        assert self.tfidf is not None
+        return np.hstack(
+            [self._probs(self.text, self.tfidf.transform(prompts)), self._probs(self.emb, emb), self.knn.rates(emb)]
+        )
+
+    @staticmethod
+    def _meta_design(prompts: list[str], base: np.ndarray) -> np.ndarray:
+        gains = base[:, 0::2] - base[:, 1::2]
+        return np.hstack([base, gains, stats_matrix(prompts), math_stats_matrix(prompts)]).astype(np.float32)
+
+    def fit(self, prompts: list[str], emb: np.ndarray | None, weak: np.ndarray, strong: np.ndarray) -> None:
+        emb = _require(emb, self.name)
+        weak, strong = np.asarray(weak), np.asarray(strong)
+        fold = _inner_folds(prompts, self.INNER_FOLDS, seed=1)
+        base = np.zeros((len(prompts), 6), dtype=np.float32)
+        for f in range(self.INNER_FOLDS):
+            train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            if len(test) == 0 or len(train) == 0:
+                continue
+            self._fit_bases([prompts[i] for i in train], emb[train], weak[train], strong[train])
+            base[test] = self._base_outputs([prompts[i] for i in test], emb[test])
+        self._fit_bases(prompts, emb, weak, strong)
+        self.meta.fit(self._meta_design(prompts, base), weak, strong)
+
+    def predict(self, prompts: list[str], emb: np.ndarray | None) -> np.ndarray:
+        emb = _require(emb, self.name)
+        return self.meta.predict(self._meta_design(prompts, self._base_outputs(prompts, emb)))
+
+    def state(self) -> State:
+        assert self.tfidf is not None
+        return {
+            "tfidf_terms": np.asarray(self.tfidf.terms()),
+            "tfidf_idf": self.tfidf.idf,
+            "tfidf_ngrams": np.asarray(self.tfidf.ngrams),
+            "text_coef": self.text.coef,
+            "text_intercept": self.text.intercept,
+            "emb_coef": self.emb.coef,
+            "emb_intercept": self.emb.intercept,
+            "keys": self.knn.keys.astype(np.float16),
+            "outcomes": self.knn.outcomes,
+            "k": np.asarray(self.knn.k),
+            "coef": self.meta.coef,
+            "intercept": self.meta.intercept,
+        }
+
+    def load_state(self, state: State) -> None:
+        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"], int(state["tfidf_ngrams"]))
+        self.text.coef, self.text.intercept = state["text_coef"], state["text_intercept"]
+        self.emb.coef, self.emb.intercept = state["emb_coef"], state["emb_intercept"]
+        self.knn.keys = state["keys"].astype(np.float32)
+        self.knn.outcomes = state["outcomes"]
+        self.knn.k = int(state["k"])
+        self.meta.coef, self.meta.intercept = state["coef"], state["intercept"]
+
+
 FAMILIES: dict[str, Callable[[], Scorer]] = {
     TfidfLR.name: TfidfLR,
     EmbeddingKNN.name: EmbeddingKNN,
     EmbeddingLR.name: EmbeddingLR,
     Hybrid.name: Hybrid,
+    HybridStats.name: HybridStats,
+    Stacked.name: Stacked,
 }
 
 
