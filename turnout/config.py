@@ -69,6 +69,8 @@ class OpenAIEngineConfig(_EngineBase):
     model: str = Field(description="the upstream's model name")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     supports_tools: bool = True
+    embedding_model: str | None = Field(
+        None, description="the upstream's embedding model: set it to serve /v1/embeddings through this engine")
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
 
@@ -82,8 +84,19 @@ class AnthropicEngineConfig(_EngineBase):
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
 
+class MiniLMEngineConfig(_EngineBase):
+    """The embedded sentence-embedding model (serves /v1/embeddings only)."""
+
+    dialect: Literal["minilm"]
+    locality: Literal["local", "remote"] = "local"
+    model_name: str = "all-minilm-l6-v2"
+    max_length: int = Field(256, ge=8, le=512, description="tokens read per input; longer text is truncated")
+    license: str | None = "apache-2.0"
+
+
 EngineConfig = Annotated[
-    LlamaCppEngineConfig | OpenAIEngineConfig | AnthropicEngineConfig, Field(discriminator="dialect")
+    LlamaCppEngineConfig | OpenAIEngineConfig | AnthropicEngineConfig | MiniLMEngineConfig,
+    Field(discriminator="dialect"),
 ]
 
 
@@ -103,6 +116,17 @@ class GuardsConfig(_Strict):
         "better typed findings at about twice the CPU per text; see docs/guards.md")
     actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
         default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
+
+
+class CacheConfig(_Strict):
+    """Answer cache (in memory, per process): exact matches, and optionally near-identical
+    prompts by MiniLM embedding similarity. Requests with guard findings are never cached."""
+
+    enabled: bool = False
+    ttl_s: float = Field(3600.0, gt=0, description="seconds an answer stays valid")
+    max_entries: int = Field(10_000, ge=1)
+    semantic: bool = Field(False, description="also answer prompts whose embedding is this close to a cached one")
+    semantic_threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity for a semantic hit")
 
 
 class RouteConfig(_Strict):
@@ -185,6 +209,7 @@ class TurnoutConfig(_Strict):
     tracing: TracingConfig = TracingConfig()
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:
@@ -210,16 +235,20 @@ class TurnoutConfig(_Strict):
 
 def default_config() -> TurnoutConfig:
     """The embedded setup: works with no file, no network, no keys."""
-    return TurnoutConfig.model_validate(
-        {
-            "engines": {"local": {"dialect": "llamacpp"}},
-            "routes": {
-                "auto": {"chain": ["local"], "description": "the default route"},
-                "private": {"chain": ["local"], "description": "never leaves this machine"},
-                "fast": {"chain": ["local"], "description": "lowest latency"},
-            },
-        }
-    )
+    from turnout.routing.embeddings import embeddings_available
+
+    cfg: dict[str, Any] = {
+        "engines": {"local": {"dialect": "llamacpp"}},
+        "routes": {
+            "auto": {"chain": ["local"], "description": "the default route"},
+            "private": {"chain": ["local"], "description": "never leaves this machine"},
+            "fast": {"chain": ["local"], "description": "lowest latency"},
+        },
+    }
+    if embeddings_available():  # the MiniLM weights are installed (scripts/install.sh does)
+        cfg["engines"]["minilm"] = {"dialect": "minilm"}
+        cfg["routes"]["embed"] = {"chain": ["minilm"], "description": "sentence embeddings (/v1/embeddings)"}
+    return TurnoutConfig.model_validate(cfg)
 
 
 def _format_errors(path: str, exc: ValidationError) -> str:

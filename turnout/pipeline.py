@@ -2,6 +2,7 @@
 
     authenticate  bearer token -> API key -> tenant  (401/403)
     inspect       guards on the input                -> labels; injection over threshold -> 403
+    cache         exact, then semantic (when enabled) -> a hit is answered and recorded; no engine
     decide        policy rules, then the route's strategy (learned router score); sensitive -> local
     protect       route's guard policy: pseudonymize for remote engines, or keep local (fail closed)
     reserve       rate limits and budgets, estimated (429 with Retry-After)
@@ -11,6 +12,10 @@
     scan          guards on the output               -> labels; redact or withhold if configured
     respond       OpenAI-shaped body or SSE chunks
     record        settle the reservation; ledger row + audit entry; metrics  (always)
+
+``embed`` (POST /v1/embeddings) takes the same path without cache, restore and scan:
+authenticate, inspect (never refused for injection: embedded text is data), decide,
+protect, reserve, call, record.
 
 Each step is a method of ``Gateway`` with one job; engines, routers and guards are
 objects handed in at construction, so adding one never edits this file.
@@ -29,9 +34,17 @@ from typing import Any
 
 import orjson
 
+from turnout.cache import AnswerCache, cacheable
 from turnout.config import TurnoutConfig
-from turnout.engines.base import ChatResult, Delta, Engine, Usage
-from turnout.errors import AllEnginesFailed, EngineError, InvalidRequest, PolicyBlocked, TurnoutError
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage
+from turnout.errors import (
+    AllEnginesFailed,
+    EngineError,
+    InvalidRequest,
+    NoEngineAvailable,
+    PolicyBlocked,
+    TurnoutError,
+)
 from turnout.governance.access import Access
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
@@ -40,7 +53,7 @@ from turnout.guards.step import Guards, GuardState, redact
 from turnout.ledger.base import Ledger
 from turnout.ledger.sqlite import LedgerRow
 from turnout.metrics import Metrics
-from turnout.protocol import ChatRequest, usage_dict
+from turnout.protocol import ChatRequest, EmbeddingRequest, usage_dict
 from turnout.routing import cascade
 from turnout.routing.decision import Decision, RequestFacts
 from turnout.routing.learned import LearnedRouter
@@ -79,6 +92,10 @@ class Call:
     busy: float = 0.0
     prior_cost: float = 0.0  # engines that answered before the final one (a cascade's weak draft)
     draft_request: ChatRequest | None = None  # a cascade's escalation with the weak draft attached
+    cache: str | None = None  # "miss", "exact" or "semantic" when the answer cache was asked
+    cache_key: str | None = None
+    cache_vector: Any = None
+    cache_model: str = ""     # the model that made a cached answer
     trace_parent: Any = None  # the client's W3C trace context, if it sent one
     span: Any = None          # the request's root span (when tracing is on)
     trace_id: str | None = None
@@ -111,13 +128,16 @@ class Call:
             h["x-turnout-fallbacks"] = ",".join(f"{e.engine}:{e.code}" for e in self.hops)
         if self.trace_id:
             h["x-turnout-trace-id"] = self.trace_id
+        if self.cache:
+            h["x-turnout-cache"] = self.cache
         return h
 
 
 class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: Ledger,
                  access: Access | None = None, guards: Guards | None = None,
-                 routers: dict[str, LearnedRouter] | None = None, tracer: Any = None) -> None:
+                 routers: dict[str, LearnedRouter] | None = None, tracer: Any = None,
+                 cache: AnswerCache | None = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
@@ -125,6 +145,7 @@ class Gateway:
         self.guards = guards
         self.routers = routers or {}
         self.tracer = tracer  # an OpenTelemetry tracer, or None: tracing off
+        self.cache = cache    # None: caching off
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
@@ -171,7 +192,7 @@ class Gateway:
     async def inspect(self, req: ChatRequest, call: Call) -> Inspection | None:
         if self.guards is None:
             return None
-        insp = await self.guards.inspect(req)
+        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest))
         call.labels |= insp.labels
         for _, f in insp.findings:
             self.metrics.guard_findings.labels(f.kind).inc()
@@ -187,6 +208,31 @@ class Gateway:
             metadata=req.metadata or {},
         )
 
+    # ---- cache -----------------------------------------------------------------------------
+    @step("cache")
+    async def cached(self, call: Call, req: ChatRequest) -> ChatResult | None:
+        """A stored answer to the same (or, semantically, a near-identical) request of this
+        tenant on this route, or None. Requests with guard findings are never looked up or stored."""
+        if self.cache is None or not cacheable(req, call.labels, call.sensitivity):
+            return None
+        hit, call.cache_key, call.cache_vector = await asyncio.to_thread(self.cache.lookup, req, _partition(call))
+        call.cache = hit.kind if hit else "miss"
+        self.metrics.cache.labels(call.cache).inc()
+        if hit is None:
+            return None
+        reason = f"{hit.kind} cache hit" + (f" (similarity {hit.similarity:.3f})" if hit.kind == "semantic" else "")
+        call.decision = Decision(alias=req.model, chain=[], rule="cache", reason=reason, strategy="cache",
+                                 score=hit.similarity if hit.kind == "semantic" else None)
+        call.labels.add(f"cache_{hit.kind}")
+        call.cache_model = hit.result.model
+        return hit.result
+
+    def keep(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+        """Store an engine's answer for later identical requests (a miss that was cacheable)."""
+        if self.cache is not None and call.cache == "miss" and call.cache_key and call.engine is not None:
+            result.model = result.model or call.engine.info.model
+            self.cache.store(call.cache_key, req, _partition(call), result, call.cache_vector)
+
     # ---- decide ----------------------------------------------------------------------------
     @step("decide")
     async def decide(self, facts: RequestFacts, req: ChatRequest) -> Decision:
@@ -197,6 +243,7 @@ class Gateway:
             decision.threshold = route.threshold
             if route.strategy == "learned":
                 await self.learned(decision, req)
+        self.able(decision, "chat")
         if req.tools and req.tool_choice not in (None, "none", "auto"):
             able = [n for n in decision.chain if self.engines[n].info.supports_tools]
             if not able:
@@ -208,6 +255,18 @@ class Gateway:
                 decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
                 decision.chain = able
         return decision
+
+    def able(self, d: Decision, kind: str) -> None:
+        """Keep the engines of the chain that serve ``kind`` ("chat" or "embeddings")."""
+        able = [n for n in d.chain if getattr(self.engines[n].info, f"supports_{kind}")]
+        if not able and d.confined:
+            raise NoEngineAvailable(f"this request must stay on local engines ({d.reason}) and no local engine "
+                                    f"serves {kind}; it was not sent anywhere", code="no_local_engine")
+        if not able:
+            endpoint = "/v1/chat/completions" if kind == "chat" else "/v1/embeddings"
+            raise InvalidRequest(f"the model {d.alias!r} ({', '.join(d.chain)}) cannot be used with {endpoint}",
+                                 param="model", code="model_not_supported")
+        d.chain = able
 
     async def learned(self, d: Decision, req: ChatRequest) -> None:
         """Score the prompt: at or above the threshold the strong engines go first."""
@@ -221,7 +280,7 @@ class Gateway:
             d.reason = f"learned router: {d.score:.3f} < {d.threshold:.3f}, weak engine"
 
     # ---- protect ---------------------------------------------------------------------------
-    def protect(self, call: Call, req: ChatRequest, insp: Inspection | None) -> None:
+    def protect(self, call: Call, req: ChatRequest | EmbeddingRequest, insp: Inspection | None) -> None:
         """Apply the route's guard policy: remote engines get a pseudonymized copy, or, when
         findings must stay local or a detector failed (fail closed), only local engines remain."""
         if self.guards is None or insp is None or call.decision is None:
@@ -231,6 +290,7 @@ class Gateway:
         if not call.guard.safe_for_remote and not call.decision.confined:
             why = "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
             call.decision = self.router.confine(call.decision, why)
+            self.able(call.decision, "embeddings" if isinstance(req, EmbeddingRequest) else "chat")
 
     # ---- reserve -----------------------------------------------------------------------------
     @step("reserve")
@@ -238,7 +298,7 @@ class Gateway:
         if self.access is None or call.key is None or call.decision is None:
             return
         prompt = req.estimated_tokens()
-        completion = req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
         cost = max(
             (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN) for n in call.decision.chain),
             default=0.0,
@@ -326,12 +386,18 @@ class Gateway:
         return kept if kept is not None else await self.call_chain(call, call.draft_request or req, d.chain[1:])
 
     # ---- the steps both paths share, before any engine is called --------------------------
-    async def prepare(self, call: Call, req: ChatRequest) -> None:
+    async def prepare(self, call: Call, req: ChatRequest) -> ChatResult | None:
+        """Returns a cached answer, or None once the request is ready for an engine."""
         await self.authenticate(call, req)
         insp = await self.inspect(req, call)
+        hit = await self.cached(call, req)
+        if hit is not None:
+            await self.reserve(call, req)  # rate limits still count a cached answer
+            return hit
         call.decision = await self.decide(self.facts(req, call), req)
         self.protect(call, req, insp)
         await self.reserve(call, req)
+        return None
 
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
@@ -340,9 +406,10 @@ class Gateway:
         span = self._within(call)
         try:
             with span:
-                await self.prepare(call, req)
-                result = await self.answer(call, req)
+                hit = await self.prepare(call, req)
+                result = hit or await self.answer(call, req)
                 self.scan(call, req, result)
+                self.keep(call, req, result)
                 return completion_body(call, result)
         except BaseException as exc:
             call.fail(exc)
@@ -351,6 +418,47 @@ class Gateway:
             self.metrics.in_flight.dec()
             await self.record(call)
             self._end(call)
+
+    # ---- the embeddings path: the same steps, one engine call, no restore or output scan ----
+    async def embed(self, req: EmbeddingRequest, call: Call) -> dict[str, Any]:
+        self.metrics.in_flight.inc()
+        self._begin(call, req)
+        try:
+            with self._within(call):
+                await self.authenticate(call, req)
+                insp = await self.inspect(req, call)
+                call.decision = self.router.decide(self.facts(req, call))
+                self.able(call.decision, "embeddings")
+                self.protect(call, req, insp)
+                await self.reserve(call, req)
+                result = await self.call_embed(call, req)
+                return embedding_body(call, req, result)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            await self.record(call)
+            self._end(call)
+
+    async def call_embed(self, call: Call, req: EmbeddingRequest) -> EmbeddingResult:
+        assert call.decision is not None
+        for name in call.decision.chain:
+            engine = self.engines[name]
+            sent = call.guard.request_for(engine.info, req) if call.guard else req
+            started = time.perf_counter()
+            try:
+                with self._engine_span(engine):
+                    result = await engine.embed(sent.texts, req.dimensions)
+            except EngineError as exc:
+                call.hops.append(exc)
+                if not exc.fallback:
+                    raise
+                continue
+            call.engine, call.busy = engine, time.perf_counter() - started
+            call.usage = Usage(result.prompt_tokens or req.estimated_tokens(), 0)
+            return result
+        raise AllEnginesFailed(call.hops)
 
     # ---- the whole path, streaming: decide and open before any byte is sent --------------
     async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[bytes]:
@@ -361,9 +469,13 @@ class Gateway:
         self._begin(call, req)
         try:
             with self._within(call):
-                await self.prepare(call, req)
+                hit = await self.prepare(call, req)
                 assert call.decision is not None
-                if call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
+                if hit is not None:
+                    call.ttft = time.perf_counter() - call.t0
+                    replay = cascade.replay(hit)
+                    first, agen = await anext(replay), replay
+                elif call.decision.strategy == "cascade":  # buffer the draft; stream it if kept, else stream the strong engine
                     kept = await self.draft(call, req)
                     if kept is not None:
                         call.ttft = time.perf_counter() - call.t0
@@ -390,7 +502,7 @@ class Gateway:
         def out(d: Delta) -> bytes:
             if restore is not None:
                 d = restore.delta(d)
-            if d.content and self.guards is not None:
+            if d.content and (self.guards is not None or call.cache == "miss"):
                 text.append(d.content)
             return chunks.delta(d)
 
@@ -404,6 +516,8 @@ class Gateway:
                 raise EngineError("stream ended without a finish reason", engine=call.engine.info.name if call.engine else "?")
             if req.include_usage:
                 yield chunks.usage()
+            if chunks.final_usage is not None and chunks.finish_reason:
+                self.keep(call, req, ChatResult("".join(text), chunks.finish_reason, chunks.final_usage))
             await self._finish_stream(call, chunks, started)  # committed before the client sees [DONE]
             yield b"data: [DONE]\n\n"
         except EngineError as exc:
@@ -421,7 +535,9 @@ class Gateway:
     async def _finish_stream(self, call: Call, chunks: ChunkWriter, started: float) -> None:
         chunks.recorded = True
         call.busy = time.perf_counter() - started + (call.ttft or 0.0)
-        if chunks.final_usage is not None:
+        if call.engine is None:  # a cached answer: no engine spent a token on it
+            pass
+        elif chunks.final_usage is not None:
             call.usage = chunks.final_usage
         elif chunks.deltas:  # broken or cancelled: count what the client was sent (one token a delta)
             call.usage = Usage(chunks.prompt_estimate, chunks.deltas)
@@ -510,6 +626,11 @@ class Gateway:
             log.exception("ledger write failed for request %s", call.request_id)
 
 
+def _partition(call: Call) -> str:
+    """What separates cache entries beyond the request itself: who asks, and with what label."""
+    return f"{call.tenant}\x00{call.sensitivity or ''}"
+
+
 def _fmt(x: float | None) -> str:
     return "none" if x is None else f"{x:.3f}"
 
@@ -517,6 +638,24 @@ def _fmt(x: float | None) -> str:
 def new_request_id() -> str:
     """Server-made and unique: the ledger's key. (A client's own id would let two requests collide.)"""
     return secrets.token_hex(16)
+
+
+def embedding_body(call: Call, req: EmbeddingRequest, r: EmbeddingResult) -> dict[str, Any]:
+    """OpenAI's embedding list; ``encoding_format: base64`` packs little-endian float32, as OpenAI does."""
+    import base64
+    import struct
+
+    def encode(v: list[float]) -> Any:
+        if req.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        return v
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(r.vectors)],
+        "model": r.model or (call.engine.info.model if call.engine else req.model),
+        "usage": {"prompt_tokens": call.usage.prompt_tokens, "total_tokens": call.usage.prompt_tokens},
+    }
 
 
 def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:
@@ -527,7 +666,7 @@ def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:
         "id": f"chatcmpl-{call.request_id}",
         "object": "chat.completion",
         "created": int(call.ts),
-        "model": call.engine.info.model if call.engine else "",
+        "model": call.engine.info.model if call.engine else r.model,
         "choices": [{"index": 0, "message": message, "logprobs": r.logprobs, "finish_reason": r.finish_reason}],
         "usage": usage_dict(r.usage.prompt_tokens, r.usage.completion_tokens),
     }
@@ -543,10 +682,11 @@ class ChunkWriter:
             "id": f"chatcmpl-{call.request_id}",
             "object": "chat.completion.chunk",
             "created": int(call.ts),
-            "model": call.engine.info.model if call.engine else "",
+            "model": call.engine.info.model if call.engine else call.cache_model,
         }
         self.sent_role = False
         self.finished = False
+        self.finish_reason: str | None = None
         self.deltas = 0  # content and tool-call pieces sent
         self.prompt_estimate = req.estimated_tokens()
         self.recorded = False
@@ -570,6 +710,7 @@ class ChunkWriter:
         chunk = {**self.head, "choices": [choice]}
         if d.finish_reason:
             self.finished = True
+            self.finish_reason = d.finish_reason
             self.final_usage = d.usage or Usage()
             if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
                 chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)

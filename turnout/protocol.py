@@ -8,7 +8,7 @@ dicts in OpenAI's shape; they are built in one place per engine dialect.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -103,6 +103,42 @@ class ChatRequest(BaseModel):
     def estimated_tokens(self) -> int:
         """A cheap, tokenizer-free estimate (about 4 characters a token) for routing rules."""
         return sum(len(m.text()) for m in self.messages) // 4 + 4 * len(self.messages)
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``. Text input only: token-id arrays are refused with a clear error,
+    since they mean one tokenizer and turnout may route to engines with another."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: (Annotated[str, Field(min_length=1)]
+            | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)])
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=8192)
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, v: Any) -> Any:
+        for item in v if isinstance(v, list) else [v]:
+            if isinstance(item, int) or (isinstance(item, list) and item and all(isinstance(x, int) for x in item)):
+                raise ValueError("token-id arrays are not supported: send the text")
+        return v
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    def prompt_text(self) -> str:
+        return "\n".join(self.texts)
+
+    def estimated_tokens(self) -> int:
+        return sum(len(t) for t in self.texts) // 4 + len(self.texts)
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from turnout.errors import EngineError
 from turnout.protocol import ChatRequest
 
 Locality = Literal["local", "remote"]
@@ -31,6 +32,8 @@ class EngineInfo:
     license: str | None = None
     weights_sha256: str | None = None
     supports_tools: bool = True
+    supports_chat: bool = True
+    supports_embeddings: bool = False
 
     def cost(self, prompt_tokens: int, completion_tokens: int, busy_seconds: float) -> float:
         """USD for one request: token prices, plus owned hardware's hourly cost for the time it was busy."""
@@ -87,6 +90,13 @@ class Delta:
     confidence: Confidence | None = None
 
 
+@dataclass(slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    model: str = ""
+
+
 class Engine(ABC):
     info: EngineInfo
 
@@ -101,6 +111,11 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(self, req: ChatRequest) -> AsyncIterator[Delta]: ...
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        """One vector per text, in order. Engines that serve embeddings say so in
+        ``info.supports_embeddings`` and override this."""
+        raise EngineError("this engine does not serve embeddings", engine=self.info.name)
 
     async def ready(self) -> tuple[bool, str]:
         """(ready, detail) for /readyz. Cheap: no generation."""

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from turnout.config import OpenAIEngineConfig
-from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     api_key_from_env,
     loads_event,
@@ -43,8 +43,10 @@ class OpenAIEngine(Engine):
             hourly_cost=cfg.pricing.hourly_cost,
             license=cfg.license,
             supports_tools=cfg.supports_tools,
+            supports_embeddings=cfg.embedding_model is not None,
         )
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.embeddings_url = cfg.base_url.rstrip("/") + "/embeddings"
         self._headers = {"Content-Type": "application/json"}
         key = api_key_from_env(cfg.api_key_env)
         if key:
@@ -123,6 +125,29 @@ class OpenAIEngine(Engine):
             raise EngineProtocolError("stream ended without [DONE]", engine=name)
         finally:
             resp.release()
+
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        name = self.info.name
+        if self.cfg.embedding_model is None:
+            return await super().embed(texts, dimensions)
+        body: dict[str, Any] = {"model": self.cfg.embedding_model, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        with transport_errors(name, "waiting for the embeddings"):
+            async with asyncio.timeout(self.cfg.resilience.timeout):
+                async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
+                    await raise_for_upstream_status(resp, name)
+                    answer = await read_json(resp, name, self.cfg.max_response_bytes)
+        try:
+            data = sorted(answer["data"], key=lambda d: int(d["index"]))
+            vectors = [[float(x) for x in d["embedding"]] for d in data]
+            tokens = int((answer.get("usage") or {}).get("prompt_tokens", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineProtocolError(f"answer is not an embedding list: {exc!r}", engine=name) from exc
+        if len(vectors) != len(texts):
+            raise EngineProtocolError(f"{len(vectors)} embeddings for {len(texts)} inputs", engine=name)
+        return EmbeddingResult(vectors, tokens, str(answer.get("model", self.cfg.embedding_model)))
 
 
 def _result(body: dict[str, Any], engine: str) -> ChatResult:

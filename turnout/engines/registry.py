@@ -15,6 +15,7 @@ _BUILTIN = {
     "llamacpp": "turnout.engines.llamacpp:LlamaCppEngine",
     "openai": "turnout.engines.openai_http:OpenAIEngine",
     "anthropic": "turnout.engines.anthropic:AnthropicEngine",
+    "minilm": "turnout.engines.minilm:MiniLMEngine",
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from turnout.config import Resilience
-from turnout.engines.base import ChatResult, Delta, Engine
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine
 from turnout.errors import EngineError, EngineRateLimited, EngineTimeout, EngineUnavailable
 from turnout.protocol import ChatRequest
 
@@ -158,6 +158,16 @@ class ResilientEngine(Engine):
                     return await self.inner.chat(req)
             except TimeoutError as exc:
                 raise EngineTimeout(f"no answer within {self.policy.timeout:g}s", engine=self.info.name) from exc
+
+        return await self._attempts(once)
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        async def once() -> EmbeddingResult:
+            try:
+                async with asyncio.timeout(self.policy.timeout):
+                    return await self.inner.embed(texts, dimensions)
+            except TimeoutError as exc:
+                raise EngineTimeout(f"no embeddings within {self.policy.timeout:g}s", engine=self.info.name) from exc
 
         return await self._attempts(once)
 

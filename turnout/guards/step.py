@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from turnout.engines.base import ChatResult, Delta, EngineInfo
 from turnout.errors import PolicyBlocked
@@ -24,13 +25,16 @@ from turnout.guards.base import Finding
 from turnout.guards.policy import GuardPolicy, Verdict, decide
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
 from turnout.guards.scanner import Inspection, Scanner
-from turnout.protocol import ChatMessage, ChatRequest
+from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
 
 
-def _texts(req: ChatRequest) -> tuple[list[str], list[tuple[int, int]]]:
+def _texts(req: ChatRequest | EmbeddingRequest) -> tuple[list[str], list[tuple[int, int]]]:
     """Each message's text, then the arguments of the tool calls it carries; and where each
     text lives: (message index, -1) for string content, (message index, call index) for
-    tool-call arguments, (-1, -1) for content that cannot be rewritten in place."""
+    tool-call arguments, (-1, -1) for content that cannot be rewritten in place. For an
+    embedding request: its inputs, each rewritable in place."""
+    if isinstance(req, EmbeddingRequest):
+        return req.texts, [(i, -1) for i in range(len(req.texts))]
     texts: list[str] = []
     where: list[tuple[int, int]] = []
     for i, m in enumerate(req.messages):
@@ -42,10 +46,13 @@ def _texts(req: ChatRequest) -> tuple[list[str], list[tuple[int, int]]]:
     return texts, where
 
 
-def _rewrite(req: ChatRequest, texts: list[str], new: list[str], where: list[tuple[int, int]]) -> ChatRequest | None:
+def _rewrite(req: Any, texts: list[str], new: list[str], where: list[tuple[int, int]]) -> Any:
     """The request with rewritten texts put back; None if a rewritten tool-call argument
     string is no longer valid JSON (the caller then keeps the request local)."""
     import orjson
+
+    if isinstance(req, EmbeddingRequest):
+        return req.model_copy(update={"input": new})
 
     dumped = [m.model_dump(exclude_none=True) for m in req.messages]
     for t, (i, j) in enumerate(where):
@@ -69,13 +76,13 @@ class GuardState:
     inspection: Inspection
     remote: Verdict
     pseudonymizer: Pseudonymizer | None = None
-    protected: ChatRequest | None = None      # the pseudonymized copy for remote engines
+    protected: Any = None      # the pseudonymized copy of the request for remote engines
 
     @property
     def safe_for_remote(self) -> bool:
         return self.remote.safe_for_remote
 
-    def request_for(self, info: EngineInfo, req: ChatRequest) -> ChatRequest:
+    def request_for(self, info: EngineInfo, req: Any) -> Any:
         if info.locality == "remote" and self.protected is not None:
             return self.protected
         return req
@@ -133,17 +140,19 @@ class Guards:
         self.policy = policy or GuardPolicy()
         self.output_action = output_action
 
-    async def inspect(self, req: ChatRequest) -> Inspection:
+    async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True) -> Inspection:
         """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
-        everywhere (injection above the threshold)."""
+        everywhere (injection above the threshold) unless ``block`` is False (text to be
+        embedded is data, not instructions: indexing jailbreak prompts is legitimate)."""
         texts, _ = _texts(req)
         insp = await asyncio.to_thread(self.scanner.inspect_messages, texts)
-        if decide(insp, "local", self.policy).blocked:
+        if block and decide(insp, "local", self.policy).blocked:
             kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings if f.kind == "injection"})
             raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})", code="guard_blocked")
         return insp
 
-    def protect(self, req: ChatRequest, insp: Inspection, policy: GuardPolicy | None = None) -> GuardState:
+    def protect(self, req: ChatRequest | EmbeddingRequest, insp: Inspection,
+                policy: GuardPolicy | None = None) -> GuardState:
         """What remote engines may see under ``policy`` (the route's, else the default): a
         pseudonymized copy, the original, or nothing (``safe_for_remote`` False)."""
         texts, where = _texts(req)

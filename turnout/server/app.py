@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from turnout.cache import AnswerCache
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
@@ -23,7 +24,7 @@ from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.routing.learned import LearnedRouter
-from turnout.server import chat, dashboard, feedback, health, models, openapi
+from turnout.server import chat, dashboard, embeddings, feedback, health, models, openapi
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
@@ -90,6 +91,24 @@ def build_guards(cfg: TurnoutConfig) -> Guards:
     return Guards(scanner, policy, cfg.guards.output)
 
 
+def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
+    """The answer cache, or None when ``cache.enabled`` is false. The semantic layer embeds
+    prompts with the packaged MiniLM (numpy), loaded here, once."""
+    if not cfg.cache.enabled:
+        return None
+    embed = None
+    if cfg.cache.semantic:
+        from turnout.routing.embeddings import MiniLMEncoder
+
+        encoder = MiniLMEncoder()
+
+        def embed(text: str) -> Any:
+            return encoder.encode([text])[0]
+
+    return AnswerCache(ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries, embed=embed,
+                       semantic_threshold=cfg.cache.semantic_threshold)
+
+
 def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
     """Each ``learned`` route's router artifact, loaded and warmed up before serving."""
     routers: dict[str, LearnedRouter] = {}
@@ -118,7 +137,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
 
             provider = make_provider(cfg.tracing.exporter, cfg.tracing.endpoint, span_exporter)
         tracer = provider.get_tracer("turnout") if provider is not None else None
-        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer)
+        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, build_cache(cfg))
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)
@@ -132,6 +151,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
 
     routes = [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),

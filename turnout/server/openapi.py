@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from turnout import __version__
-from turnout.protocol import ChatRequest
+from turnout.protocol import ChatRequest, EmbeddingRequest
 
 REF = "#/components/schemas/{model}"
 
@@ -161,6 +161,23 @@ _REQUEST_OVERRIDES: dict[str, dict[str, Any]] = {
                        {"type": "null"}], "default": None},
 }
 
+EMBEDDING_LIST = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": {
+            "type": "object", "required": ["object", "index", "embedding"],
+            "properties": {"object": {"const": "embedding"}, "index": _INT,
+                           "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                                   {"type": "string", "description": "base64 of little-endian float32"}]}},
+        }},
+        "model": _STRING,
+        "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                  "properties": {"prompt_tokens": _INT, "total_tokens": _INT}},
+    },
+}
+
 ERRORS = {
     "400": "invalid JSON or a schema violation",
     "401": "missing or unknown API key (when keys are configured)",
@@ -182,7 +199,10 @@ def document() -> dict[str, Any]:
     request = ChatRequest.model_json_schema(ref_template=REF)
     schemas: dict[str, Any] = request.pop("$defs", {})
     request["properties"].update(_REQUEST_OVERRIDES)
+    embedding_request = EmbeddingRequest.model_json_schema(ref_template=REF)
+    schemas.update(embedding_request.pop("$defs", {}))
     schemas.update({
+        "EmbeddingRequest": embedding_request, "EmbeddingList": EMBEDDING_LIST,
         "ChatRequest": request, "ChatCompletion": CHAT_COMPLETION, "ChatCompletionChunk": CHAT_CHUNK,
         "ChatCompletionEvent": SSE_EVENT, "Usage": USAGE, "Error": ERROR,
         "ModelList": MODEL_LIST, "Health": HEALTH, "Ready": READY,
@@ -205,6 +225,16 @@ def document() -> dict[str, Any]:
                 "operationId": "createChatCompletion",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChatRequest")}}},
                 "responses": chat_responses,
+            }},
+            "/v1/embeddings": {"post": {
+                "operationId": "createEmbedding",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("EmbeddingRequest")}}},
+                "responses": {
+                    "200": {"description": "one vector per input, in order",
+                            "content": {"application/json": {"schema": _ref("EmbeddingList")}}},
+                    **{code: _error_response(text) for code, text in ERRORS.items()},
+                },
             }},
             "/v1/models": {"get": {
                 "operationId": "listModels",

