@@ -401,16 +401,21 @@ class Gateway:
 
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
+        async with self._handled(call, req):
+            hit = await self.prepare(call, req)
+            result = hit or await self.answer(call, req)
+            self.scan(call, req, result)
+            self.keep(call, req, result)
+            return completion_body(call, result)
+
+    @contextlib.asynccontextmanager
+    async def _handled(self, call: Call, req: ChatRequest | EmbeddingRequest) -> AsyncIterator[None]:
+        """A whole non-streamed request: counted in flight, traced, and always recorded."""
         self.metrics.in_flight.inc()
         self._begin(call, req)
-        span = self._within(call)
         try:
-            with span:
-                hit = await self.prepare(call, req)
-                result = hit or await self.answer(call, req)
-                self.scan(call, req, result)
-                self.keep(call, req, result)
-                return completion_body(call, result)
+            with self._within(call):
+                yield
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -421,25 +426,15 @@ class Gateway:
 
     # ---- the embeddings path: the same steps, one engine call, no restore or output scan ----
     async def embed(self, req: EmbeddingRequest, call: Call) -> dict[str, Any]:
-        self.metrics.in_flight.inc()
-        self._begin(call, req)
-        try:
-            with self._within(call):
-                await self.authenticate(call, req)
-                insp = await self.inspect(req, call)
-                call.decision = self.router.decide(self.facts(req, call))
-                self.able(call.decision, "embeddings")
-                self.protect(call, req, insp)
-                await self.reserve(call, req)
-                result = await self.call_embed(call, req)
-                return embedding_body(call, req, result)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            self.metrics.in_flight.dec()
-            await self.record(call)
-            self._end(call)
+        async with self._handled(call, req):
+            await self.authenticate(call, req)
+            insp = await self.inspect(req, call)
+            call.decision = self.router.decide(self.facts(req, call))
+            self.able(call.decision, "embeddings")
+            self.protect(call, req, insp)
+            await self.reserve(call, req)
+            result = await self.call_embed(call, req)
+            return embedding_body(call, req, result)
 
     async def call_embed(self, call: Call, req: EmbeddingRequest) -> EmbeddingResult:
         assert call.decision is not None
