@@ -129,3 +129,10 @@ def test_a_sensitive_chat_is_never_confined_to_an_embedding_model(gw: Gateway, u
                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 503 and r.json()["error"]["code"] == "no_local_engine"
     assert upstream.requests() == []
+
+
+def test_models_say_what_each_route_and_engine_serves(gw: Gateway) -> None:
+    data = {m["id"]: m["turnout"] for m in httpx.get(gw.url + "/v1/models").json()["data"]}
+    assert data["embed"]["serves"] == ["embeddings"] and data["chat"]["serves"] == ["chat"]
+    assert data["frontier"]["serves"] == ["chat", "embeddings"]
+    assert data["minilm"]["locality"] == "local" and len(data["minilm"]["weights_sha256"]) == 64
