@@ -101,5 +101,8 @@ def test_optional_transformer_recogniser_types_names_and_addresses() -> None:
     assert any(long[c.start:c.end] == "Tomomi Adachi" for c in ner(long))
     guard = PiiGuard(cache_size=0, model_ner="rampart")
     assert any(f.detector == "pii.model" for f in guard.inspect(text))
+    # word pieces labelled alone are dropped: spans are whole words
+    coda = "A song made greater by a mandolin coda (not by Elínborg Guðmundsdóttir)."
+    assert all(coda[c.start - 1:c.start].strip(" (") == "" for c in ner(coda) if c.start > 0)
     with pytest.raises(ValueError, match="unknown PII model"):
         PiiGuard(model_ner="nope")

