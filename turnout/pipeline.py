@@ -171,10 +171,11 @@ class Gateway:
 
         return trace.use_span(call.span, end_on_exit=False) if call.span is not None else contextlib.nullcontext()
 
-    def _engine_span(self, engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    def _engine_span(self, engine: Engine, operation: str = "chat") -> contextlib.AbstractContextManager[Any]:
         if self.tracer is None:
             return contextlib.nullcontext()
-        return self.tracer.start_as_current_span(f"chat {engine.info.model}", attributes=genai_attributes(engine))
+        return self.tracer.start_as_current_span(f"{operation} {engine.info.model}",
+                                                 attributes=genai_attributes(engine, operation=operation))
 
     # ---- authenticate ----------------------------------------------------------------------
     @step("authenticate")
@@ -215,7 +216,10 @@ class Gateway:
         tenant on this route, or None. Requests with guard findings are never looked up or stored."""
         if self.cache is None or not cacheable(req, call.labels, call.sensitivity):
             return None
-        hit, call.cache_key, call.cache_vector = await asyncio.to_thread(self.cache.lookup, req, _partition(call))
+        if self.cache.embed is None:  # exact only: a dict lookup, no thread hop
+            hit, call.cache_key, call.cache_vector = self.cache.lookup(req, _partition(call))
+        else:  # the semantic layer runs the embedding model
+            hit, call.cache_key, call.cache_vector = await asyncio.to_thread(self.cache.lookup, req, _partition(call))
         call.cache = hit.kind if hit else "miss"
         self.metrics.cache.labels(call.cache).inc()
         if hit is None:
@@ -390,7 +394,7 @@ class Gateway:
         """Returns a cached answer, or None once the request is ready for an engine."""
         await self.authenticate(call, req)
         insp = await self.inspect(req, call)
-        hit = await self.cached(call, req)
+        hit = await self.cached(call, req) if self.cache is not None else None
         if hit is not None:
             await self.reserve(call, req)  # rate limits still count a cached answer
             return hit
@@ -443,7 +447,7 @@ class Gateway:
             sent = call.guard.request_for(engine.info, req) if call.guard else req
             started = time.perf_counter()
             try:
-                with self._engine_span(engine):
+                with self._engine_span(engine, "embeddings"):
                     result = await engine.embed(sent.texts, req.dimensions)
             except EngineError as exc:
                 call.hops.append(exc)

@@ -52,11 +52,12 @@ def step(name: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitab
     return wrap
 
 
-def genai_attributes(engine: Any, usage: Any = None, finish: str | None = None) -> dict[str, Any]:
+def genai_attributes(engine: Any, usage: Any = None, finish: str | None = None,
+                     operation: str = "chat") -> dict[str, Any]:
     """OpenTelemetry GenAI semantic-convention attributes for one engine call."""
     info = engine.info
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": operation,
         "gen_ai.system": {"openai": "openai", "anthropic": "anthropic"}.get(info.dialect, info.dialect),
         "gen_ai.request.model": info.model,
         "turnout.engine": info.name,
