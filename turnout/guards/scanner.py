@@ -61,7 +61,8 @@ class Scanner:
         from turnout.guards.secrets import SecretsGuard
 
         secrets = SecretsGuard()
-        return cls([secrets, PiiGuard(spacy_model or DEFAULT_MODEL, model_ner=pii_model), InjectionGuard()], budget_ms=budget_ms,
+        pii = PiiGuard(spacy_model or DEFAULT_MODEL, model_ner=pii_model)
+        return cls([secrets, pii, InjectionGuard()], budget_ms=budget_ms,
                    budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
 
     def close(self) -> None:
