@@ -59,6 +59,8 @@ class LlamaCppEngineConfig(_EngineBase):
     model_name: str = "smollm2-135m-instruct"
     n_ctx: int = Field(2048, ge=128)
     n_threads: int | None = Field(None, ge=1)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="pin: the engine refuses to start if its weights have another sha256")
     license: str | None = "apache-2.0"
     pricing: Pricing = Pricing(hourly_cost=0.05)
 
@@ -91,6 +93,8 @@ class MiniLMEngineConfig(_EngineBase):
     locality: Literal["local", "remote"] = "local"
     model_name: str = "all-minilm-l6-v2"
     max_length: int = Field(256, ge=8, le=512, description="tokens read per input; longer text is truncated")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="pin: the engine refuses to start if its weights have another sha256")
     license: str | None = "apache-2.0"
 
 

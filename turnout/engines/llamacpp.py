@@ -10,7 +10,6 @@ chosen token: that gives cascades their confidence signal and clients ``logprobs
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 import time
@@ -25,16 +24,9 @@ from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineIn
 from turnout.engines.smollm2 import smollm2_gguf
 from turnout.errors import EngineError, EngineUnavailable
 from turnout.protocol import ChatMessage, ChatRequest
+from turnout.registry import check_pin, sha256_file
 
 _SENTINEL = object()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class TokenLogprobs:
@@ -96,7 +88,9 @@ class LlamaCppEngine(Engine):
             if not self.path.is_file():
                 raise FileNotFoundError(f"model file {self.path} does not exist")
             self._llm, digest = await asyncio.to_thread(self._load, self.path)
+            check_pin(self.info.name, self.cfg.sha256, digest)
         except Exception as exc:  # reported by /readyz and on each request, never a crash
+            self._llm = None
             self._error = f"cannot load {self.path}: {exc}"
             raise
         self.info = _with_checksum(self.info, digest)

