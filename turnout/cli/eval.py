@@ -1,4 +1,4 @@
-"""`turnout eval router|cascade|guards`: offline evaluation. Each evaluation lives in
+"""`turnout eval router|cascade|guards|golden`: offline evaluation and regression gates. Each evaluation lives in
 ``turnout.evals`` and registers its own sub-command."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-EVALS = ["turnout.evals.router_cli", "turnout.evals.cascade_cli", "turnout.evals.guards_cli"]
+EVALS = ["turnout.evals.router_cli", "turnout.evals.cascade_cli", "turnout.evals.guards_cli",
+         "turnout.evals.golden_cli"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
