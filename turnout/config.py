@@ -133,6 +133,15 @@ class CacheConfig(_Strict):
     semantic_threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity for a semantic hit")
 
 
+class RetrievalConfig(_Strict):
+    """The shared vector store (in the SQLite file) and the ``ground`` step: a chat request with
+    ``metadata: {"ground": "<collection>"}`` gets the best passages as context."""
+
+    enabled: bool = True
+    top_k: int = Field(4, ge=1, le=50, description="passages added to a grounded request")
+    min_score: float = Field(0.2, ge=-1, le=1, description="cosine similarity a passage needs to be added")
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
@@ -214,6 +223,7 @@ class TurnoutConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     cache: CacheConfig = CacheConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:

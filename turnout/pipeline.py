@@ -1,6 +1,7 @@
 """The one path every chat request takes, top to bottom.
 
     authenticate  bearer token -> API key -> tenant  (401/403)
+    ground        metadata.ground names a collection -> its best passages as a system message
     inspect       guards on the input                -> labels; injection over threshold -> 403
     cache         exact, then semantic (when enabled) -> a hit is answered and recorded; no engine
     decide        policy rules, then the route's strategy (learned router score); sensitive -> local
@@ -53,7 +54,8 @@ from turnout.guards.step import Guards, GuardState, redact
 from turnout.ledger.base import Ledger
 from turnout.ledger.sqlite import LedgerRow
 from turnout.metrics import Metrics
-from turnout.protocol import ChatRequest, EmbeddingRequest, usage_dict
+from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest, usage_dict
+from turnout.retrieval import VectorStore, context_message
 from turnout.routing import cascade
 from turnout.routing.decision import Decision, RequestFacts
 from turnout.routing.learned import LearnedRouter
@@ -137,7 +139,7 @@ class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: Ledger,
                  access: Access | None = None, guards: Guards | None = None,
                  routers: dict[str, LearnedRouter] | None = None, tracer: Any = None,
-                 cache: AnswerCache | None = None) -> None:
+                 cache: AnswerCache | None = None, store: VectorStore | None = None) -> None:
         self.cfg = cfg
         self.engines = engines
         self.ledger = ledger
@@ -146,6 +148,7 @@ class Gateway:
         self.routers = routers or {}
         self.tracer = tracer  # an OpenTelemetry tracer, or None: tracing off
         self.cache = cache    # None: caching off
+        self.store = store    # the shared vector store; None: retrieval off
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
@@ -208,6 +211,30 @@ class Gateway:
             estimated_tokens=req.estimated_tokens(),
             metadata=req.metadata or {},
         )
+
+    # ---- ground ----------------------------------------------------------------------------
+    @step("ground")
+    async def ground(self, call: Call, req: ChatRequest) -> ChatRequest:
+        """With ``metadata.ground`` naming a collection, the request with that collection's best
+        passages for the last user message as a system message (after the caller's own). It
+        runs before inspect, so the guards see the retrieved text as well."""
+        name = (req.metadata or {}).get("ground")
+        if not name:
+            return req
+        if self.store is None:
+            raise InvalidRequest("metadata.ground names a collection, and retrieval is off (retrieval.enabled)",
+                                 param="metadata.ground", code="retrieval_disabled")
+        query = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+        r = self.cfg.retrieval
+        passages = await asyncio.to_thread(self.store.search, name, query, r.top_k, r.min_score) if query else []
+        call.labels.add("grounded" if passages else "grounded_none")
+        if not passages:
+            return req
+        head = 0
+        while head < len(req.messages) and req.messages[head].role in ("system", "developer"):
+            head += 1
+        context = ChatMessage(role="system", content=context_message(passages))
+        return req.model_copy(update={"messages": [*req.messages[:head], context, *req.messages[head:]]})
 
     # ---- cache -----------------------------------------------------------------------------
     @step("cache")
@@ -390,23 +417,24 @@ class Gateway:
         return kept if kept is not None else await self.call_chain(call, call.draft_request or req, d.chain[1:])
 
     # ---- the steps both paths share, before any engine is called --------------------------
-    async def prepare(self, call: Call, req: ChatRequest) -> ChatResult | None:
-        """Returns a cached answer, or None once the request is ready for an engine."""
+    async def prepare(self, call: Call, req: ChatRequest) -> tuple[ChatRequest, ChatResult | None]:
+        """The request as engines will see it (grounded), and a cached answer or None."""
         await self.authenticate(call, req)
+        req = await self.ground(call, req)
         insp = await self.inspect(req, call)
         hit = await self.cached(call, req) if self.cache is not None else None
         if hit is not None:
             await self.reserve(call, req)  # rate limits still count a cached answer
-            return hit
+            return req, hit
         call.decision = await self.decide(self.facts(req, call), req)
         self.protect(call, req, insp)
         await self.reserve(call, req)
-        return None
+        return req, None
 
     # ---- the whole path, non-streaming -------------------------------------------------------
     async def chat(self, req: ChatRequest, call: Call) -> dict[str, Any]:
         async with self._handled(call, req):
-            hit = await self.prepare(call, req)
+            req, hit = await self.prepare(call, req)
             result = hit or await self.answer(call, req)
             self.scan(call, req, result)
             self.keep(call, req, result)
@@ -468,7 +496,7 @@ class Gateway:
         self._begin(call, req)
         try:
             with self._within(call):
-                hit = await self.prepare(call, req)
+                req, hit = await self.prepare(call, req)
                 assert call.decision is not None
                 if hit is not None:
                     call.ttft = time.perf_counter() - call.t0

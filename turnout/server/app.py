@@ -23,8 +23,9 @@ from turnout.governance.keys import KeyStore
 from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
+from turnout.retrieval import VectorStore
 from turnout.routing.learned import LearnedRouter
-from turnout.server import chat, dashboard, embeddings, feedback, health, models, openapi
+from turnout.server import chat, dashboard, documents, embeddings, feedback, health, models, openapi
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
@@ -109,6 +110,27 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
                        semantic_threshold=cfg.cache.semantic_threshold)
 
 
+def build_store(cfg: TurnoutConfig) -> VectorStore | None:
+    """The shared vector store in the SQLite file; its MiniLM encoder loads on first use."""
+    from turnout.routing.embeddings import embeddings_available
+
+    if not cfg.retrieval.enabled or not embeddings_available():
+        return None
+    import threading
+
+    from turnout.routing.embeddings import MiniLMEncoder
+
+    lock, holder = threading.Lock(), []
+
+    def embed(texts: list[str]) -> Any:
+        with lock:
+            if not holder:
+                holder.append(MiniLMEncoder())
+        return holder[0].encode(texts)
+
+    return VectorStore(cfg.storage.sqlite_path, embed)
+
+
 def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
     """Each ``learned`` route's router artifact, loaded and warmed up before serving."""
     routers: dict[str, LearnedRouter] = {}
@@ -137,7 +159,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
 
             provider = make_provider(cfg.tracing.exporter, cfg.tracing.endpoint, span_exporter)
         tracer = provider.get_tracer("turnout") if provider is not None else None
-        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, build_cache(cfg))
+        store = build_store(cfg)
+        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, build_cache(cfg), store)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)
@@ -148,11 +171,18 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
                 await engine.close()
             await access.close()
             await stores.close()
+            if store is not None:
+                store.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/turnout/collections/{name}", documents.collection, methods=["GET"]),
+        Route("/v1/turnout/collections/{name}", documents.delete, methods=["DELETE"]),
+        Route("/v1/turnout/collections/{name}/documents", documents.add_documents, methods=["POST"]),
+        Route("/v1/turnout/collections/{name}/documents/{doc_id}", documents.delete, methods=["DELETE"]),
+        Route("/v1/turnout/collections/{name}/search", documents.search, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

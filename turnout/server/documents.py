@@ -1,0 +1,92 @@
+"""The shared vector store over HTTP (turnout's own endpoints, not OpenAI's):
+
+    POST   /v1/turnout/collections/{name}/documents  {"documents": [{"id", "text", "metadata"?}]}
+    POST   /v1/turnout/collections/{name}/search     {"query", "k"?}
+    GET    /v1/turnout/collections/{name}            document and chunk counts
+    DELETE /v1/turnout/collections/{name}[/documents/{id}]
+
+A document sent again under the same id replaces the old one. When API keys exist, these
+endpoints need one; a key restricted to routes needs ``documents`` among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from turnout.errors import InvalidRequest, NotFound
+from turnout.retrieval import NAME
+from turnout.server.body import read_json, validate
+
+MAX_DOCUMENTS = 256
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=1_000_000)
+    metadata: dict[str, Any] | None = None
+
+
+class AddBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[Document] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+
+
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=10_000)
+    k: int = Field(4, ge=1, le=50)
+
+
+async def _store(request: Request) -> tuple[Any, str]:
+    gw = request.app.state.gateway
+    if gw.store is None:
+        raise InvalidRequest("retrieval is off (retrieval.enabled: false, or the MiniLM weights are not installed)",
+                             code="retrieval_disabled")
+    auth = request.headers.get("authorization", "")
+    if gw.access is not None:
+        await gw.access.authenticate(auth[7:].strip() if auth[:7].lower() == "bearer " else None, "documents")
+    name = request.path_params["name"]
+    if not NAME.match(name):
+        raise InvalidRequest(f"collection names are 1-64 letters, digits, '_', '.' or '-'; got {name!r}",
+                             param="name", code="invalid_collection")
+    return gw.store, name
+
+
+async def add_documents(request: Request) -> Response:
+    store, name = await _store(request)
+    body = validate(AddBody, await read_json(request, request.app.state.gateway.cfg.server.max_body_bytes))
+    ids = [d.id for d in body.documents]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest("document ids must be unique within one request", param="documents", code="duplicate_id")
+    added = await asyncio.to_thread(store.add, name, [d.model_dump() for d in body.documents])
+    return JSONResponse({"object": "collection.documents", "collection": name, "chunks": added,
+                         **await asyncio.to_thread(store.stats, name)})
+
+
+async def search(request: Request) -> Response:
+    store, name = await _store(request)
+    body = validate(SearchBody, await read_json(request, 64 * 1024))
+    found = await asyncio.to_thread(store.search, name, body.query, body.k)
+    return JSONResponse({"object": "list", "collection": name, "data": [
+        {"document": p.doc_id, "chunk": p.chunk, "score": round(p.score, 4), "text": p.text, "metadata": p.metadata}
+        for p in found]})
+
+
+async def collection(request: Request) -> Response:
+    store, name = await _store(request)
+    return JSONResponse({"object": "collection", "collection": name, **await asyncio.to_thread(store.stats, name)})
+
+
+async def delete(request: Request) -> Response:
+    store, name = await _store(request)
+    doc = request.path_params.get("doc_id")
+    removed = await asyncio.to_thread(store.delete, name, doc)
+    if doc is not None and not removed:
+        raise NotFound(f"no document {doc!r} in collection {name!r}", param="doc_id", code="document_not_found")
+    return JSONResponse({"object": "collection.deleted", "collection": name, "document": doc, "chunks": removed})
