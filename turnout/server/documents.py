@@ -5,7 +5,7 @@
     GET    /v1/turnout/collections/{name}            document and chunk counts
     DELETE /v1/turnout/collections/{name}[/documents/{id}]
 
-A document sent again under the same id replaces the old one. When API keys exist, these
+A document sent again under the same id replaces the old one (within one request too: the last wins). When API keys exist, these
 endpoints need one; a key restricted to routes needs ``documents`` among them.
 """
 
@@ -61,10 +61,8 @@ async def _store(request: Request) -> tuple[Any, str]:
 async def add_documents(request: Request) -> Response:
     store, name = await _store(request)
     body = validate(AddBody, await read_json(request, request.app.state.gateway.cfg.server.max_body_bytes))
-    ids = [d.id for d in body.documents]
-    if len(set(ids)) != len(ids):
-        raise InvalidRequest("document ids must be unique within one request", param="documents", code="duplicate_id")
-    added = await asyncio.to_thread(store.add, name, [d.model_dump() for d in body.documents])
+    latest = {d.id: d.model_dump() for d in body.documents}  # an id sent twice: the last one wins, as across requests
+    added = await asyncio.to_thread(store.add, name, list(latest.values()))
     return JSONResponse({"object": "collection.documents", "collection": name, "chunks": added,
                          **await asyncio.to_thread(store.stats, name)})
 

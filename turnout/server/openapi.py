@@ -178,6 +178,29 @@ EMBEDDING_LIST = {
     },
 }
 
+COLLECTION = {
+    "type": "object", "required": ["object", "collection", "documents", "chunks"],
+    "properties": {"object": {"const": "collection"}, "collection": _STRING, "documents": _INT, "chunks": _INT},
+}
+COLLECTION_DOCUMENTS = {
+    "type": "object", "required": ["object", "collection", "chunks", "documents"],
+    "properties": {"object": {"const": "collection.documents"}, "collection": _STRING,
+                   "chunks": {"anyOf": [_INT, {"type": "object", "additionalProperties": _INT}]},
+                   "documents": _INT},
+}
+COLLECTION_DELETED = {
+    "type": "object", "required": ["object", "collection", "chunks"],
+    "properties": {"object": {"const": "collection.deleted"}, "collection": _STRING,
+                   "document": _nullable(_STRING), "chunks": _INT},
+}
+PASSAGES = {
+    "type": "object", "required": ["object", "collection", "data"],
+    "properties": {"object": {"const": "list"}, "collection": _STRING, "data": {"type": "array", "items": {
+        "type": "object", "required": ["document", "chunk", "score", "text"],
+        "properties": {"document": _STRING, "chunk": _INT, "score": {"type": "number"}, "text": _STRING,
+                       "metadata": _OBJ}}}},
+}
+
 ERRORS = {
     "400": "invalid JSON or a schema violation",
     "401": "missing or unknown API key (when keys are configured)",
@@ -206,7 +229,36 @@ def document() -> dict[str, Any]:
         "ChatRequest": request, "ChatCompletion": CHAT_COMPLETION, "ChatCompletionChunk": CHAT_CHUNK,
         "ChatCompletionEvent": SSE_EVENT, "Usage": USAGE, "Error": ERROR,
         "ModelList": MODEL_LIST, "Health": HEALTH, "Ready": READY,
+        "Collection": COLLECTION, "CollectionDocuments": COLLECTION_DOCUMENTS,
+        "CollectionDeleted": COLLECTION_DELETED, "Passages": PASSAGES,
     })
+    from turnout.server.documents import AddBody, SearchBody
+
+    for model in (AddBody, SearchBody):
+        model_schema = model.model_json_schema(ref_template=REF)
+        schemas.update(model_schema.pop("$defs", {}))
+        schemas[model.__name__] = model_schema
+    name_param = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+
+    def op(op_id: str, ok: str, params: list[dict[str, Any]], body: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"operationId": op_id, "parameters": params, "responses": {
+            "200": {"description": "ok", "content": {"application/json": {"schema": _ref(ok)}}},
+            **{code: _error_response(text) for code, text in ERRORS.items()}}}
+        if body:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        return out
+
+    doc_param = {"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    collections = {
+        "/v1/turnout/collections/{name}": {"get": op("getCollection", "Collection", [name_param]),
+                                           "delete": op("deleteCollection", "CollectionDeleted", [name_param])},
+        "/v1/turnout/collections/{name}/documents": {
+            "post": op("addDocuments", "CollectionDocuments", [name_param], "AddBody")},
+        "/v1/turnout/collections/{name}/documents/{doc_id}": {
+            "delete": op("deleteDocument", "CollectionDeleted", [name_param, doc_param])},
+        "/v1/turnout/collections/{name}/search": {"post": op("searchCollection", "Passages", [name_param], "SearchBody")},
+    }
     chat_responses: dict[str, Any] = {
         "200": {
             "description": "the answer; with `stream: true`, server-sent `chat.completion.chunk` events "
@@ -236,6 +288,7 @@ def document() -> dict[str, Any]:
                     **{code: _error_response(text) for code, text in ERRORS.items()},
                 },
             }},
+            **collections,
             "/v1/models": {"get": {
                 "operationId": "listModels",
                 "responses": {"200": {"description": "route aliases and engines",
