@@ -20,13 +20,13 @@ sys.path.insert(0, str(ROOT))
 SHARED = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.exists()), None)
 
 
-def _scan_bench(n: int = 300) -> str:
+def _scan_bench(n: int = 300, pii_model: str | None = None) -> str:
     from turnout.evals.guards_metrics import percentile
     from turnout.guards.policy import decide
     from turnout.guards.pseudonymize import Pseudonymizer
     from turnout.guards.scanner import Scanner
 
-    scanner = Scanner.default()
+    scanner = Scanner.default(pii_model=pii_model)
     messages = [
         "You are a helpful assistant.",
         ("Hi, I'm Maria Gonzalez (maria.gonzalez@example.com, +34 612 345 678). Please update my address to "
@@ -59,20 +59,44 @@ def main() -> int:
     ap.add_argument("--pii", default=str(SHARED / "pii" / "data_synth_dataset_v2.json") if SHARED else None)
     ap.add_argument("--injection", default=str(SHARED / "injection" / "jailbreak_dataset_train.csv") if SHARED else None)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--pii-model", choices=("rampart", "spacy", "both", "all"), default="rampart",
+                    help="the statistical PII recogniser; 'all' compares the three side by side")
     args = ap.parse_args()
 
     from turnout.evals.guards_cli import eval_injection, eval_pii, format_report
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    if args.pii_model == "all":
+        if not args.pii:
+            raise SystemExit("--pii-model all needs --pii FILE")
+        print(_compare(args.pii, args.limit))
+        print(f"load average {os.getloadavg()[0]:.2f} at end")
+        return 0
     report = {}
     if args.pii:
-        report["pii"] = eval_pii(args.pii, limit=args.limit)
+        report["pii"] = eval_pii(args.pii, limit=args.limit, model_ner=args.pii_model)
     if args.injection:
         report["injection"] = eval_injection(args.injection, limit=args.limit)
     print(format_report(report))
-    print(_scan_bench())
+    print(_scan_bench(pii_model=args.pii_model))
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     return 0
+
+
+def _compare(path: str, limit: int | None) -> str:
+    """The three statistical recognisers on the same records, with spaCy as the reference."""
+    from turnout.evals.guards_cli import eval_pii
+
+    rows = {m: eval_pii(path, limit=limit, model_ner=m, progress=False) for m in ("spacy", "rampart", "both")}
+    base = rows["spacy"]["latency_ms"]
+    out = [f"PII recognisers on {path} (held-out templates; latency over all records, wall clock)",
+           f"  {'model':<9}{'F2 typed':>9}{'P typed':>9}{'R hidden':>9}{'P hidden':>9}"
+           f"{'p50 ms':>8}{'p95 ms':>8}{'p95 vs spacy':>13}"]
+    for m, r in rows.items():
+        ta, tg, lat = r["heldout_templates"]["type_aware"], r["heldout_templates"]["type_agnostic"], r["latency_ms"]
+        out.append(f"  {m:<9}{ta['f2']:>9.3f}{ta['precision']:>9.3f}{tg['recall']:>9.3f}{tg['precision']:>9.3f}"
+                   f"{lat['p50']:>8.1f}{lat['p95']:>8.1f}{lat['p95'] / base['p95']:>12.2f}x")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

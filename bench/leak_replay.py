@@ -1,6 +1,6 @@
 """Leak replay: every labelled PII record through the gateway to a remote engine on loopback.
 
-    python bench/leak_replay.py [--pii FILE] [--limit N] [--pii-model none|rampart] [--stream]
+    python bench/leak_replay.py [--pii FILE] [--limit N] [--pii-model rampart|spacy|both] [--stream]
 
 Starts the fake OpenAI-compatible upstream (it logs every request body it receives) and a
 real gateway process whose only route goes to it, with the default guard policy (PII is
@@ -46,7 +46,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pii", default=str(SHARED / "pii" / "data_synth_dataset_v2.json") if SHARED else None)
     ap.add_argument("--limit", type=int, default=None, help="only the first N records")
-    ap.add_argument("--pii-model", choices=("none", "rampart"), default="none")
+    ap.add_argument("--pii-model", choices=("rampart", "spacy", "both"), default="rampart")
     ap.add_argument("--stream", action="store_true", help="stream the answers (restoration across chunks)")
     args = ap.parse_args()
     if not args.pii:
@@ -59,7 +59,7 @@ def main() -> int:
     from turnout.testing.procs import start_server
 
     records = json.loads(Path(args.pii).read_text(encoding="utf-8"))[: args.limit]
-    scanner = Scanner.default(pii_model=None if args.pii_model == "none" else args.pii_model)
+    scanner = Scanner.default(pii_model=args.pii_model)
     detected_leaks: list[tuple[int, str]] = []
     not_restored: list[int] = []
     refused = labelled = labelled_leaks = detected = 0

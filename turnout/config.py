@@ -115,9 +115,9 @@ class GuardsConfig(_Strict):
     budget_ms: float = Field(250.0, gt=0, description="time budget for all detectors on one request")
     injection_threshold: float | None = Field(None, ge=0, le=1, description="block at or above; default: calibrated")
     output: Literal["record", "redact", "block"] = Field("record", description="what output findings do (non-streamed)")
-    pii_model: Literal["none", "rampart"] = Field(
-        "none", description="add a transformer recogniser for names and addresses (extra 'pii-model'): "
-        "better typed findings at about twice the CPU per text; see docs/guards.md")
+    pii_model: Literal["rampart", "spacy", "both"] = Field(
+        "rampart", description="the statistical PII recogniser: the Rampart transformer (int8, extra "
+        "'pii-model'), spaCy's small NER, or both (best recall, about twice the CPU); see docs/guards.md")
     actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
         default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
 

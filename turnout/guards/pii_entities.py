@@ -13,11 +13,13 @@ from turnout.guards.pii_lexicon import (
     _TITLE_RE,
     _TOKEN,
     ADDRESS_WORDS,
+    COUNTRIES,
     LABELS,
     MONTHS,
     NATIONALITIES,
     NOT_ENTITIES,
     ORG_WORDS,
+    REGION_WORDS,
     ROYAL,
     TITLES,
     WEEKDAYS,
@@ -54,9 +56,12 @@ def _cap_groups(text: str) -> list[tuple[int, int, list[str]]]:
         ok = t[0].isupper() or (joinable and t.lower() in _PARTICLE_NAMES)
         if not joinable:
             close()
+        possessive = ok and re.search(r"[^\W\d_]['’]s$", t) is not None
+        if possessive:  # "Goldberg's Cautionary Tales": the name ends at the possessive
+            t, end = t[:-2], end - 2
         if ok:
             cur.append((start, end, t))
-        else:
+        if not ok or possessive:
             close()
     close()
     return groups
@@ -78,7 +83,7 @@ def _names(text: str, doc: Any) -> list[Cand]:
                 continue
             ge = text.index(toks[stop - 1], gs) + len(toks[stop - 1])
             toks = toks[:stop]
-        if " ".join(toks) in places:
+        if " ".join(toks) in places and " ".join(toks) not in names:
             continue
         real = [t for t in toks if not re.fullmatch(r"[A-Z]\.?", t) and t.lower() not in _PARTICLE_NAMES]
         if not real or len(real) > 4:
@@ -97,7 +102,7 @@ def _names(text: str, doc: Any) -> list[Cand]:
             score = 0.7  # "Mijail C Adomo": first name, initial, family name
         elif len(real) >= 2 and sum(known) >= 1 and not any(commonish):
             score = 0.6
-        elif len(real) == 1 and known[0] and not commonish[0] and real[0] not in places:
+        elif len(real) == 1 and known[0] and not commonish[0]:
             before = text[:gs]
             ctx = re.search(r"(?:name is|named|call(?:ed)? me|called|i'?m|this is|hi|hello|dear|mr\.?|mrs\.?|ms\.?|"
                             r"dr\.?|with|by|from|to|and|,|:)\s*$", before, re.IGNORECASE)
@@ -105,7 +110,7 @@ def _names(text: str, doc: Any) -> list[Cand]:
             follow = re.match(r"\s*(?:[,:]|['’]s\b|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)",
                               text[ge:])
             score = 0.6 if ctx else (0.5 if follow else 0.45 if not sentence_start else 0.35)
-            if real[0] not in names and _LOC_CTX.search(text[max(0, gs - 25):gs]):
+            if (real[0] not in names or real[0] in places) and _LOC_CTX.search(text[max(0, gs - 25):gs]):
                 # "flew to Suurküla": a foreign-looking word after a movement verb is a place
                 out.append(Cand(gs, ge, "LOCATION", 0.55, "context"))
                 continue
@@ -145,6 +150,15 @@ def _places(text: str, doc: Any) -> list[Cand]:
         # the longest leading run of words that names a known place, else the whole run
         v = next((" ".join(toks[:k]) for k in range(len(toks), 0, -1) if " ".join(toks[:k]) in places), m.group(0))
         ctx = _LOC_CTX.search(text[max(0, m.start() - 25):m.start()])
+        # a country at the end of a run ("Southern Italy", "Back To Poland") or standing alone is a
+        # place even when the name lists know it as a name
+        tail = next((" ".join(toks[k:]) for k in range(len(toks)) if " ".join(toks[k:]) in COUNTRIES), None)
+        if tail is None and len(toks) >= 2 and toks[-2].lower() in REGION_WORDS and toks[-1] in places:
+            tail = toks[-1]
+        if tail is not None:
+            s0 = m.end() - len(tail)
+            out.append(Cand(s0, m.end(), "LOCATION", 0.65 if ctx or s0 > m.start() else 0.6, "lexicon"))
+            continue
         if v in places or v.title() in places:
             if v in names or v.lower() in common or v.lower() in NATIONALITIES or v.upper() in NOT_ENTITIES:
                 continue
@@ -237,7 +251,10 @@ def _retype(text: str, s: int, e: int, t: str) -> str:
 _ORG_SUFFIX = re.compile(
     r"(?<![\w-])(?:[A-Z][\w&'’.-]*\s+){1,4}(?:Inc\.?|LLC|Ltd\.?|PLC|Corp\.?|Corporation|Company|Co\.|GmbH|AG|SA|"
     r"S\.A\.|N\.V\.|B\.V\.|Group|Holdings|Partners|and Sons|& Sons|Bank|University|Institute|Foundation|"
-    r"Association|Agency|Technologies|Systems|Consulting|Solutions)(?![\w-])"
+    r"Association|Agency|Technologies|Systems|Consulting|Solutions|Associates|Ventures|Capital|Research|"
+    r"Software|Analytics|Insights?|Labs|Networks|Resources|Services|Enterprises|Industries|Logistics|"
+    r"Pharmaceuticals|Therapeutics|Robotics|Dynamics|Studios|Interactive|Financial|Investments|Advisors|"
+    r"Consultants|Movers|Reports)(?![\w-])"
     r"|(?<![\w-])[A-Z][a-z]+(?:-[A-Z][a-z]+)+(?![\w-])"
     r"|(?<![\w-])[A-Z][a-z]+,\s+[A-Z][a-z]+,?\s+and\s+[A-Z][a-z]+(?![\w-])"
 )
@@ -245,6 +262,9 @@ _ORG_SUFFIX = re.compile(
 
 _ORG_AFTER = (r"(?=(?:office|offices|headquarters|HQ|employees|staff|resignation|CEO|CFO|shares|stock|board|"
               r"Orchestra|Foundation|Band|Inc\b|Corp\b)\b)")
+
+
+_DETERMINERS = frozenset({"the", "a", "an", "our", "my", "your", "their", "his", "her", "its", "this", "that"})
 
 
 def _orgs(text: str, doc: Any) -> list[Cand]:
@@ -265,7 +285,9 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
                          r"[A-Z][\w'-]+ (?:of|from))[ \t]+([A-Z][\w&'’-]*(?:[ \t][A-Z][\w&'’-]*){0,3})", text):
         v = m.group(1).rstrip()
         toks = v.split()
-        if v in lexicon("places") or toks[0] in names or toks[0].lower() in _lower_lexicon("common_words") or \
+        common_first = toks[0].lower() in _lower_lexicon("common_words") and (
+            len(toks) == 1 or toks[0].lower() in _DETERMINERS)  # "joined Today" is no firm; "for Capital Cube" is
+        if v in lexicon("places") or toks[0] in names or common_first or \
                 toks[0].lower() in MONTHS + WEEKDAYS or toks[0].lower() in NATIONALITIES:
             continue
         out.append(Cand(m.start(1), m.start(1) + len(v), "ORGANIZATION", 0.62, "context"))
@@ -276,7 +298,7 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
     # (at a sentence start too: the dictionary check is what tells "However" from "Estately"):
     # hidden at a low score, as a brand or firm, which it is more often than a person or place
     common = _lower_lexicon("common_words")
-    for m in re.finditer(r"(?<![\w'’.-])[A-Z][a-z]{3,}(?![\w'’-])", text):
+    for m in re.finditer(r"(?<![\w'’.-])[A-Z][a-z]{2,}(?![\w'’-])", text):
         w = m.group(0)
         if w in names or w in lexicon("places"):
             continue
@@ -287,11 +309,16 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
         out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.4, "shape"))
     # "The Propublica office", "her Uber resignation letter": a word that things of a firm follow
     for m in re.finditer(r"(?<![\w'’-])((?:[A-Z][\w&'’-]+[ \t]){0,2}[A-Z][\w&'’-]+)[ \t]+" + _ORG_AFTER, text):
-        v = m.group(1)
+        v, s0 = m.group(1), m.start(1)
         first = v.split()[0]
-        if first.lower() in _lower_lexicon("common_words") or v in lexicon("places") or _english_word(v):
+        if first.lower() in _DETERMINERS and " " in v:  # "The Lending Club Orchestra": the name follows "The"
+            s0 += len(first) + 1
+            v = v[len(first) + 1:]
+            first = v.split()[0]
+        if (first.lower() in _lower_lexicon("common_words") and " " not in v) or v in lexicon("places") \
+                or _english_word(v):
             continue
-        out.append(Cand(m.start(1), m.end(1), "ORGANIZATION", 0.6, "context"))
+        out.append(Cand(s0, m.end(1), "ORGANIZATION", 0.6, "context"))
     # signature blocks: the short line right after a person's name line is their employer
     lines = list(re.finditer(r"[^\n]+", text))
     for a, b in itertools.pairwise(lines):

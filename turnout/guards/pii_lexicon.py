@@ -216,6 +216,32 @@ scikit selenium slack snowflake solidity spacy spark splunk spring sqlite svelte
 tensorflow terraform typescript ubuntu unity unix vercel vim vite vscode vue webpack windows wordpress
 xcode yaml zapier zsh
 """))
+# sovereign states by their usual English short names: a country is a place even where the
+# name lists also hold it as a given name or surname ("France", "Jordan", "Chad")
+COUNTRIES = frozenset(line.strip() for line in """
+Afghanistan|Albania|Algeria|Andorra|Angola|Argentina|Armenia|Australia|Austria|Azerbaijan|Bahamas|Bahrain
+Bangladesh|Barbados|Belarus|Belgium|Belize|Benin|Bhutan|Bolivia|Bosnia and Herzegovina|Botswana|Brazil|Brunei
+Bulgaria|Burkina Faso|Burundi|Cambodia|Cameroon|Canada|Cape Verde|Central African Republic|Chad|Chile|China
+Colombia|Comoros|Congo|Costa Rica|Croatia|Cuba|Cyprus|Czech Republic|Czechia|Denmark|Djibouti|Dominica
+Dominican Republic|East Timor|Ecuador|Egypt|El Salvador|Equatorial Guinea|Eritrea|Estonia|Eswatini|Ethiopia|Fiji
+Finland|France|Gabon|Gambia|Georgia|Germany|Ghana|Greece|Grenada|Guatemala|Guinea|Guinea-Bissau|Guyana|Haiti
+Honduras|Hungary|Iceland|India|Indonesia|Iran|Iraq|Ireland|Israel|Italy|Ivory Coast|Jamaica|Japan|Jordan
+Kazakhstan|Kenya|Kiribati|Kosovo|Kuwait|Kyrgyzstan|Laos|Latvia|Lebanon|Lesotho|Liberia|Libya|Liechtenstein
+Lithuania|Luxembourg|Madagascar|Malawi|Malaysia|Maldives|Mali|Malta|Marshall Islands|Mauritania|Mauritius|Mexico
+Micronesia|Moldova|Monaco|Mongolia|Montenegro|Morocco|Mozambique|Myanmar|Namibia|Nauru|Nepal|Netherlands
+New Zealand|Nicaragua|Niger|Nigeria|North Korea|North Macedonia|Norway|Oman|Pakistan|Palau|Palestine|Panama
+Papua New Guinea|Paraguay|Peru|Philippines|Poland|Portugal|Qatar|Romania|Russia|Rwanda|Saint Lucia|Samoa
+San Marino|Saudi Arabia|Senegal|Serbia|Seychelles|Sierra Leone|Singapore|Slovakia|Slovenia|Solomon Islands
+Somalia|South Africa|South Korea|South Sudan|Spain|Sri Lanka|Sudan|Suriname|Sweden|Switzerland|Syria|Taiwan
+Tajikistan|Tanzania|Thailand|Togo|Tonga|Trinidad and Tobago|Tunisia|Turkey|Turkmenistan|Tuvalu|Uganda|Ukraine
+United Arab Emirates|United Kingdom|United States|United States of America|Uruguay|Uzbekistan|Vanuatu
+Vatican City|Venezuela|Vietnam|Yemen|Zambia|Zimbabwe|England|Scotland|Wales|Northern Ireland|Greenland
+Puerto Rico|Hong Kong
+""".replace("\n", "|").split("|") if line.strip())
+# "Southern Italy": a region of a known place; the place is the part after these
+REGION_WORDS = frozenset(words("""
+north south east west northern southern eastern western central upper lower greater
+"""))
 _LOC_CTX = re.compile(r"(?:\b(?:to|from|in|at|near|visit(?:ing|ed)?|towards?|across|around|via|city(?: of)?|"
                       r"town(?: of)?|lives? in|grew up in|based in|born in|moved to)\s+)$", re.IGNORECASE)
 

@@ -55,13 +55,13 @@ class Scanner:
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
                 spacy_model: str | None = None, pii_model: str | None = None) -> Scanner:
-        """PII (spaCy + recognisers), secrets and injection guards with shipped data."""
+        """PII (a statistical model + recognisers), secrets and injection guards with shipped data."""
         from turnout.guards.injection import InjectionGuard
-        from turnout.guards.pii import DEFAULT_MODEL, PiiGuard
+        from turnout.guards.pii import DEFAULT_MODEL, DEFAULT_NER, PiiGuard
         from turnout.guards.secrets import SecretsGuard
 
         secrets = SecretsGuard()
-        pii = PiiGuard(spacy_model or DEFAULT_MODEL, model_ner=pii_model)
+        pii = PiiGuard(spacy_model or DEFAULT_MODEL, ner=pii_model or DEFAULT_NER)
         return cls([secrets, pii, InjectionGuard()], budget_ms=budget_ms,
                    budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
 

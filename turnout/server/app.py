@@ -87,8 +87,7 @@ def build_guards(cfg: TurnoutConfig) -> Guards:
     for kind, action in cfg.guards.actions.items():
         rules[kind] = Rule(remote=action)
     policy = GuardPolicy(rules=rules, injection_block=cfg.guards.injection_threshold)
-    pii_model = None if cfg.guards.pii_model == "none" else cfg.guards.pii_model
-    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=pii_model)
+    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=cfg.guards.pii_model)
     return Guards(scanner, policy, cfg.guards.output)
 
 
