@@ -93,6 +93,12 @@ def _names(text: str, doc: Any) -> list[Cand]:
                      or t.lower() in NATIONALITIES or t.upper() in NOT_ENTITIES or _english_word(t) for t in real]
         if any(t.lower().rstrip(":") in LABELS for t in real):
             continue
+        rare = len(real) == 2 and commonish[1] and not known[1] and real[1].lower() not in common \
+            and real[1].lower() not in (*TITLES, *MONTHS, *WEEKDAYS) and real[1] not in places
+        if rare and known[0] and not commonish[0]:
+            # "Alice Goldberg": a given name and a rare dictionary word ("goldberg") is a full name
+            out.append(Cand(gs, ge, "PERSON", 0.55, "lexicon"))
+            continue
         if any(commonish[i] and not known[i] for i in range(len(real))):
             continue
         initial_inside = len(toks) >= 3 and any(re.fullmatch(r"[A-Z]\.?", t) for t in toks[1:-1])

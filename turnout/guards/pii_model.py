@@ -41,6 +41,9 @@ TYPES = {"GIVEN_NAME": "PERSON", "SURNAME": "PERSON", "CITY": "LOCATION", "STATE
          "BUILDING_NUMBER": "STREET_ADDRESS", "STREET_NAME": "STREET_ADDRESS",
          "SECONDARY_ADDRESS": "STREET_ADDRESS", "ZIP_CODE": "ZIP_CODE"}
 MAX_TOKENS = 512
+# a token is taken as PII when its likeliest PII label has at least this probability, even if "O"
+# is likelier: a privacy filter should err towards hiding (chosen on the non-held-out templates)
+MIN_PROB = 0.15
 STRIDE = 64  # tokens shared by consecutive windows of a long text
 _JOIN = {"PERSON": re.compile(r"[ \t]?"), "default": re.compile(r"[ \t,]{0,2}")}  # what may lie inside one span
 
@@ -142,7 +145,8 @@ def int8_model(source: Path) -> Path:
 class RampartNer:
     """Token classification with the Rampart model; ``__call__`` is a PII recogniser."""
 
-    def __init__(self, path: Path | None = None, *, threads: int | None = None, int8: bool = True) -> None:
+    def __init__(self, path: Path | None = None, *, threads: int | None = None, int8: bool = True,
+                 min_prob: float = MIN_PROB) -> None:
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -163,6 +167,7 @@ class RampartNer:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         self.labels = {int(k): v for k, v in config["id2label"].items()}
         self._lock = threading.Lock()
+        self.min_prob = min_prob
 
     def tokens(self, text: str) -> list[tuple[int, int, str, float]]:
         """(start, end, label, probability) of every token not labelled ``O``, over all windows."""
@@ -177,8 +182,14 @@ class RampartNer:
                 logits = self.session.run(None, feeds)[0][0]
             z = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs = z / z.sum(axis=-1, keepdims=True)
-            best = probs.argmax(axis=-1)
-            for (s, e), k, p in zip(enc.offsets, best, probs.max(axis=-1), strict=True):
+            # the likeliest label other than "O", taken when it is the argmax or at least min_prob likely
+            o = next(i for i, lab in self.labels.items() if lab == "O")
+            masked = probs.copy()
+            masked[:, o] = -1.0
+            best = masked.argmax(axis=-1)
+            best_p = masked.max(axis=-1)
+            best = np.where(best_p >= np.minimum(self.min_prob, probs[:, o] + 1e-9), best, o)
+            for (s, e), k, p in zip(enc.offsets, best, best_p, strict=True):
                 label = self.labels[int(k)]
                 if s < e and label != "O" and float(p) > out.get((s, e), ("", 0.0))[1]:
                     out[(s, e)] = (label, float(p))
