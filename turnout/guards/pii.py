@@ -65,7 +65,6 @@ NER_CHOICES = ("rampart", "spacy", "both")
 DEFAULT_NER = "rampart"
 FILL_TYPES = frozenset({"STREET_ADDRESS", "PERSON"})
 PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
-NAME_TYPES = frozenset({"PERSON", "ORGANIZATION", "LOCATION", "NRP"})
 # --------------------------------------------------------------------------- resolution
 
 RECOGNISERS: dict[str, Recogniser] = {
@@ -175,8 +174,7 @@ class PiiGuard:
                 doc = self._nlp(text[: self.max_ner_chars])
         out: list[Cand] = []
         for fn in self.recognisers.values():
-            out.extend(c for c in fn(text, doc)
-                       if c.type not in NAME_TYPES or text[c.start:c.end].lower() not in TECH_TERMS)
+            out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
         return out
 
     def inspect(self, text: str) -> list[Finding]:
