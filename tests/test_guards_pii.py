@@ -157,3 +157,20 @@ def test_int8_copy_of_the_transformer_is_built_once_and_agrees(tmp_path, monkeyp
     with caplog.at_level("WARNING", logger="turnout.guards"):
         assert RampartNer().file.name == "model_q4.onnx"
     assert "int8 build failed" in caplog.text
+
+
+def test_spacy_as_second_opinion_only_where_a_capitalised_word_is_unexplained() -> None:
+    from turnout.guards.pii_entities import unexplained_sentences
+    from turnout.guards.pii_lexicon import Cand
+
+    text = "Hello there. We met the Golden Helix team on Monday. Jane Doe called."
+    taken = [Cand(text.index("Jane"), text.index(" called"), "PERSON", 0.9, "lexicon")]
+    spans = unexplained_sentences(text, taken)
+    assert [text[a:b].strip() for a, b in spans] == ["We met the Golden Helix team on Monday."]
+    assert unexplained_sentences("Jane Doe called.", [Cand(0, 8, "PERSON", 0.9, "lexicon")]) == []
+
+    rampart, both = PiiGuard(cache_size=0, ner="rampart"), PiiGuard(cache_size=0, ner="both")
+    for t in ["Tomomi is from Hawkins, Richardson and Santana.", "Ship to 24 Clarke Avenue, Springfield.",
+              "The Mint office is at 9243 Avenue d'Ouchy 109.", "Capitalized words like Wisdom are not names."]:
+        # spaCy may add findings where nothing else found one, but never drops or retypes one
+        assert set(rampart.inspect(t)) <= set(both.inspect(t)), t

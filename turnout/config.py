@@ -117,7 +117,8 @@ class GuardsConfig(_Strict):
     output: Literal["record", "redact", "block"] = Field("record", description="what output findings do (non-streamed)")
     pii_model: Literal["rampart", "spacy", "both"] = Field(
         "rampart", description="the statistical PII recogniser: the Rampart transformer (int8, extra "
-        "'pii-model'), spaCy's small NER, or both (best recall, about twice the CPU); see docs/guards.md")
+        "'pii-model'), spaCy's small NER, or both (Rampart, then spaCy on sentences with an unexplained "
+        "capitalised word: best recall, about 1.5x the CPU); see docs/guards.md")
     actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
         default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
 

