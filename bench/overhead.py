@@ -8,7 +8,8 @@ The load comes from wrk (Debian package `wrk`): a C client, so the client costs 
 CPU than the servers it measures. turnout runs its full pipeline: API-key auth with rate
 limits, rules routing (a rule is evaluated on every request), the SQLite ledger with the
 audit chain, and Prometheus metrics; ``--guards`` adds the PII, secret and injection
-detectors (spaCy NER on every request), which cost far more than the rest. Everything shares this machine's cores, so figures
+detectors (``--pii-model``: the PII transformer, spaCy or both on every request), which cost
+far more than the rest. Everything shares this machine's cores, so figures
 are comparable within one run, not across machines.
 """
 
@@ -58,7 +59,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def start_turnout(upstream: str, tmp: Path, guards: bool) -> tuple[Proc, str]:
+def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "rampart") -> tuple[Proc, str]:
     cfg = {
         "engines": {"up": {"dialect": "openai", "locality": "remote", "base_url": upstream + "/v1", "model": "fake-echo",
                            "pricing": {"input_per_m": 1.0, "output_per_m": 2.0},
@@ -66,7 +67,7 @@ def start_turnout(upstream: str, tmp: Path, guards: bool) -> tuple[Proc, str]:
         "routes": {"auto": {"chain": ["up"]}, "other": {"chain": ["up"]}},
         "rules": [{"name": "tagged", "when": {"metadata": {"tier": "gold"}}, "route": "other"}],
         "storage": {"sqlite_path": str(tmp / "bench.sqlite")},
-        "guards": {"enabled": guards},
+        "guards": {"enabled": guards, "pii_model": pii_model},
     }
     (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
     made = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(tmp / "bench.sqlite"), "create",
@@ -101,6 +102,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 50])
     ap.add_argument("--guards", action="store_true", help="also run PII/secret/injection guards on every request")
+    ap.add_argument("--pii-model", choices=("rampart", "spacy", "both"), default="rampart",
+                    help="the PII guard's statistical model, with --guards")
     ap.add_argument("--litellm", default=os.environ.get("LITELLM_PYTHON"),
                     help="a python interpreter that has litellm[proxy] installed")
     args = ap.parse_args()
@@ -112,7 +115,7 @@ def main() -> int:
     try:
         up = start_server("turnout.testing.upstream", "--model", "fake-echo")
         procs.append(up)
-        gw, key = start_turnout(up.url, tmp, args.guards)
+        gw, key = start_turnout(up.url, tmp, args.guards, args.pii_model)
         procs.append(gw)
         targets = {"upstream direct": (up.url, {}), "turnout": (gw.url, {"Authorization": f"Bearer {key}"})}
         if args.litellm:
