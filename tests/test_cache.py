@@ -166,3 +166,73 @@ def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstre
     assert b.parse().choices[0].message.content == a.parse().choices[0].message.content
     sent = json.dumps([r["body"] for r in upstream.requests()])
     assert len(upstream.requests()) == 2 and "forgotten" in sent
+
+
+def _redis_up() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_shared_answers_round_trip_expire_and_survive_a_dead_redis() -> None:
+    import asyncio
+    import uuid
+
+    from turnout.cache import SharedAnswers
+
+    async def run() -> None:
+        shared = SharedAnswers(REDIS_URL, ttl_s=60, prefix=f"turnout:test-cache:{uuid.uuid4().hex[:8]}")
+        try:
+            assert await shared.get("k1") is None
+            await shared.put("k1", _answer("Paris."))
+            back = await shared.get("k1")
+            assert back is not None and (back.content, back.finish_reason, back.model) == ("Paris.", "stop", "m")
+            assert (back.usage.prompt_tokens, back.usage.completion_tokens) == (7, 2)
+            assert 0 < await shared._redis.ttl(f"{shared.prefix}:k1") <= 60  # it expires
+            await shared._redis.delete(f"{shared.prefix}:k1")
+        finally:
+            await shared.close()
+        dead = SharedAnswers("redis://127.0.0.1:1/0", ttl_s=60)  # nothing listens: a miss, not an error
+        assert await dead.get("k1") is None
+        await dead.put("k1", _answer())
+        await dead.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_two_replicas_share_exact_answers_through_redis(tmp_path_factory: pytest.TempPathFactory,
+                                                        upstream: Upstream) -> None:
+    import uuid
+
+    started: list[Proc] = []
+    start = _factory(tmp_path_factory.mktemp("shared-cache"), started)
+    cfg = {
+        "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",
+                                 "model": "fake-frontier", "resilience": dict(FAST_RESILIENCE)}},
+        "routes": {"auto": {"chain": ["frontier"]}},
+        "cache": {"enabled": True},
+        "storage": {"redis_url": REDIS_URL},
+    }
+    try:
+        a, b = start(cfg), start(cfg)  # two replicas, each with its own ledger, one Redis
+        upstream.reset()
+        msgs = [{"role": "user", "content": f"Name a prime number larger than 10 (run {uuid.uuid4().hex[:8]})."}]
+        first = a.openai().chat.completions.with_raw_response.create(model="auto", messages=msgs)
+        second = b.openai().chat.completions.with_raw_response.create(model="auto", messages=msgs)
+        assert first.headers["x-turnout-cache"] == "miss" and second.headers["x-turnout-cache"] == "exact"
+        assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert len(upstream.requests()) == 1  # the second replica did not ask the engine
+        assert b.ledger()[-1]["engine"] is None and "cache_exact" in b.ledger()[-1]["labels"]
+    finally:
+        for p in started:
+            p.stop()
+    for p in started:
+        assert "Traceback" not in p.output()

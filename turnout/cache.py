@@ -1,4 +1,5 @@
-"""Answer caches: exact, then semantic. In memory, per gateway process.
+"""Answer caches: exact, then semantic. In memory, per gateway process; with
+``storage.redis_url`` the exact answers are also kept in Redis, shared by every replica.
 
     key = sha256(route alias, partition, the request's parameters and messages)
     exact     the same key answered within ``ttl_s``            -> the stored answer
@@ -17,17 +18,21 @@ sees another's answers and a rule that would route differently never meets a sta
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
+
+log = logging.getLogger("turnout.cache")
 
 # request fields that do not change the answer
 _NOT_IN_KEY = {"stream", "stream_options", "user", "model", "messages"}
@@ -72,8 +77,9 @@ class AnswerCache:
 
     def __init__(self, *, ttl_s: float = 3600.0, max_entries: int = 10_000,
                  embed: Callable[[str], np.ndarray] | None = None, semantic_threshold: float = 0.95,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shared: SharedAnswers | None = None) -> None:
         self.ttl_s = ttl_s
+        self.shared = shared  # exact answers in Redis, for every replica
         self.max_entries = max_entries
         self.embed = embed
         self.semantic_threshold = semantic_threshold
@@ -88,20 +94,34 @@ class AnswerCache:
         return now - e.stored <= self.ttl_s
 
     def lookup(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str, np.ndarray | None]:
-        """(hit or None, key, prompt vector for ``store``). Runs the embedding model when the
-        semantic layer is on and the exact lookup missed: call it off the event loop."""
-        scope = _scope(req, partition)
-        key = _key(scope, req)
-        now = self.clock()
+        """(hit or None, key, prompt vector for ``store``): ``exact``, then ``similar``. Runs the
+        embedding model when the semantic layer is on and the exact lookup missed: call it off
+        the event loop."""
+        hit, key = self.exact(req, partition)
+        if hit is not None or self.embed is None:
+            return hit, key, None
+        hit, vec = self.similar(req, partition)
+        return hit, key, vec
+
+    def exact(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str]:
+        """(hit or None, key): the same request in the same scope, within the time to live."""
+        key = _key(_scope(req, partition), req)
         with self._lock:
             e = self._entries.get(key)
-            if e is not None and self._fresh(e, now):
+            if e is not None and self._fresh(e, self.clock()):
                 self._entries.move_to_end(key)
-                return Hit("exact", _copy(e.result)), key, e.vector
+                return Hit("exact", _copy(e.result)), key
             if e is not None:
                 del self._entries[key]
+        return None, key
+
+    def similar(self, req: ChatRequest, partition: str) -> tuple[Hit | None, np.ndarray | None]:
+        """(hit or None, the prompt's vector): the closest stored prompt of the same scope, if
+        it reaches ``semantic_threshold``. None, None without the semantic layer."""
         if self.embed is None:
-            return None, key, None
+            return None, None
+        scope = _scope(req, partition)
+        now = self.clock()
         vec = self.embed(req.prompt_text())
         best: tuple[float, _Entry | None] = (-1.0, None)
         with self._lock:
@@ -111,8 +131,8 @@ class AnswerCache:
                     if sim > best[0]:
                         best = (sim, e)
         if best[1] is not None and best[0] >= self.semantic_threshold:
-            return Hit("semantic", _copy(best[1].result), best[0]), key, vec
-        return None, key, vec
+            return Hit("semantic", _copy(best[1].result), best[0]), vec
+        return None, vec
 
     def store(self, key: str, req: ChatRequest, partition: str, result: ChatResult, vector: np.ndarray | None) -> bool:
         if result.finish_reason not in ("stop", "length") or result.tool_calls or not result.content:
@@ -123,6 +143,45 @@ class AnswerCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return True
+
+
+class SharedAnswers:
+    """Exact answers in Redis (``pip install redis``), shared by every gateway replica: one
+    replica's answer serves the same request on another. Keys are ``{prefix}:{key}`` (the key
+    already holds the tenant, route and parameters) and expire after ``ttl_s``. A Redis error
+    is a miss, logged, never a failed request. The semantic layer stays per process."""
+
+    def __init__(self, url: str, *, ttl_s: float, prefix: str = "turnout:cache", client: Any = None) -> None:
+        import redis.asyncio as aioredis
+
+        self.prefix = prefix
+        self.ttl_s = max(1, int(ttl_s))
+        self._redis = client if client is not None else aioredis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    async def get(self, key: str) -> ChatResult | None:
+        try:
+            raw = await self._redis.get(f"{self.prefix}:{key}")
+        except Exception as exc:  # noqa: BLE001 - a cache never fails a request
+            log.warning("shared answer cache: lookup failed (%s); treated as a miss", exc)
+            return None
+        if raw is None:
+            return None
+        d = orjson.loads(raw)
+        return ChatResult(d["content"], d["finish_reason"], Usage(d["prompt_tokens"], d["completion_tokens"]),
+                          model=d["model"])
+
+    async def put(self, key: str, result: ChatResult) -> None:
+        value = orjson.dumps({"content": result.content, "finish_reason": result.finish_reason, "model": result.model,
+                              "prompt_tokens": result.usage.prompt_tokens,
+                              "completion_tokens": result.usage.completion_tokens})
+        try:
+            await self._redis.set(f"{self.prefix}:{key}", value, ex=self.ttl_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("shared answer cache: store failed (%s)", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
 
 
 def _copy(r: ChatResult) -> ChatResult:

@@ -125,7 +125,8 @@ class GuardsConfig(_Strict):
 
 class CacheConfig(_Strict):
     """Answer cache (in memory, per process): exact matches, and optionally near-identical
-    prompts by MiniLM embedding similarity. Requests with guard findings are never cached."""
+    prompts by MiniLM embedding similarity. With ``storage.redis_url`` the exact answers are
+    also kept in Redis, shared by every replica. Requests with guard findings are never cached."""
 
     enabled: bool = False
     ttl_s: float = Field(3600.0, gt=0, description="seconds an answer stays valid")

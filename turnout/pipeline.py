@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from turnout.cache import AnswerCache, cacheable
+from turnout.cache import AnswerCache, Hit, cacheable
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage
 from turnout.errors import (
@@ -243,10 +243,15 @@ class Gateway:
         tenant on this route, or None. Requests with guard findings are never looked up or stored."""
         if self.cache is None or not cacheable(req, call.labels, call.sensitivity):
             return None
-        if self.cache.embed is None:  # exact only: a dict lookup, no thread hop
-            hit, call.cache_key, call.cache_vector = self.cache.lookup(req, _partition(call))
-        else:  # the semantic layer runs the embedding model
-            hit, call.cache_key, call.cache_vector = await asyncio.to_thread(self.cache.lookup, req, _partition(call))
+        part = _partition(call)
+        hit, call.cache_key = self.cache.exact(req, part)  # a dict lookup, no thread hop
+        if hit is None and self.cache.shared is not None:  # another replica's answer
+            found = await self.cache.shared.get(call.cache_key)
+            if found is not None:
+                hit = Hit("exact", found)
+                self.cache.store(call.cache_key, req, part, found, None)
+        if hit is None and self.cache.embed is not None:  # the semantic layer runs the embedding model
+            hit, call.cache_vector = await asyncio.to_thread(self.cache.similar, req, part)
         call.cache = hit.kind if hit else "miss"
         self.metrics.cache.labels(call.cache).inc()
         if hit is None:
@@ -258,11 +263,13 @@ class Gateway:
         call.cache_model = hit.result.model
         return hit.result
 
-    def keep(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+    async def keep(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
         """Store an engine's answer for later identical requests (a miss that was cacheable)."""
         if self.cache is not None and call.cache == "miss" and call.cache_key and call.engine is not None:
             result.model = result.model or call.engine.info.model
-            self.cache.store(call.cache_key, req, _partition(call), result, call.cache_vector)
+            if self.cache.store(call.cache_key, req, _partition(call), result, call.cache_vector) and \
+                    self.cache.shared is not None:
+                await self.cache.shared.put(call.cache_key, result)
 
     # ---- decide ----------------------------------------------------------------------------
     @step("decide")
@@ -437,7 +444,7 @@ class Gateway:
             req, hit = await self.prepare(call, req)
             result = hit or await self.answer(call, req)
             self.scan(call, req, result)
-            self.keep(call, req, result)
+            await self.keep(call, req, result)
             return completion_body(call, result)
 
     @contextlib.asynccontextmanager
@@ -544,7 +551,7 @@ class Gateway:
             if req.include_usage:
                 yield chunks.usage()
             if chunks.final_usage is not None and chunks.finish_reason:
-                self.keep(call, req, ChatResult("".join(text), chunks.finish_reason, chunks.final_usage))
+                await self.keep(call, req, ChatResult("".join(text), chunks.finish_reason, chunks.final_usage))
             await self._finish_stream(call, chunks, started)  # committed before the client sees [DONE]
             yield b"data: [DONE]\n\n"
         except EngineError as exc:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from turnout.cache import AnswerCache
+from turnout.cache import AnswerCache, SharedAnswers
 from turnout.config import TurnoutConfig
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
@@ -105,8 +105,9 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
         def embed(text: str) -> Any:
             return encoder.encode([text])[0]
 
+    shared = SharedAnswers(cfg.storage.redis_url, ttl_s=cfg.cache.ttl_s) if cfg.storage.redis_url else None
     return AnswerCache(ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries, embed=embed,
-                       semantic_threshold=cfg.cache.semantic_threshold)
+                       semantic_threshold=cfg.cache.semantic_threshold, shared=shared)
 
 
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:
@@ -159,7 +160,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             provider = make_provider(cfg.tracing.exporter, cfg.tracing.endpoint, span_exporter)
         tracer = provider.get_tracer("turnout") if provider is not None else None
         store = build_store(cfg)
-        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, build_cache(cfg), store)
+        cache = build_cache(cfg)
+        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, cache, store)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)
@@ -172,6 +174,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             await stores.close()
             if store is not None:
                 store.close()
+            if cache is not None and cache.shared is not None:
+                await cache.shared.close()
 
     routes = [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
