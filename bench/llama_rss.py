@@ -9,7 +9,7 @@ answer, defaults): direct 9.6 KB/request, engine 5.5 KB/request in the same proc
 alone, 8.8 of it with MALLOC_ARENA_MAX=1: glibc arenas of the engine's worker threads).
 Python's own heap (tracemalloc) grew by about 24 KB in all: the growth is native, inside
 llama.cpp, not turnout's. Reloading the model every 500 requests did not stop it in a
-gateway soak (``bench/soak.py --only local``: +100 MiB per 10k requests either way), so it was not
+gateway soak (``bench/soak.py --only local``: RSS slope +48 MiB per 10k requests without, +100 with), so it was not
 kept. Figures are printed, never asserted.
 """
 
