@@ -20,6 +20,16 @@ import yaml
 from turnout.testing.procs import Proc, start_server
 
 
+def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """Whether a Redis server answers there (tests that need one skip otherwise)."""
+    try:
+        import redis
+
+        return bool(redis.Redis(host=host, port=port, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
 def shared_data(*parts: str) -> Path:
     """A file or folder of the shared evaluation data: $TURNOUT_SHARED_DATA, else ../shared/data
     beside this checkout (where CI puts it). Skips, saying where it looked, when it is absent."""

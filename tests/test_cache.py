@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory
+from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory, redis_up
 from turnout.cache import AnswerCache, cacheable
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
@@ -168,19 +168,10 @@ def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstre
     assert len(upstream.requests()) == 2 and "forgotten" in sent
 
 
-def _redis_up() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=1).ping())
-    except Exception:
-        return False
-
-
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 def test_shared_answers_round_trip_expire_and_survive_a_dead_redis() -> None:
     import asyncio
     import uuid
@@ -207,7 +198,7 @@ def test_shared_answers_round_trip_expire_and_survive_a_dead_redis() -> None:
     asyncio.run(run())
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 def test_two_replicas_share_exact_answers_through_redis(tmp_path_factory: pytest.TempPathFactory,
                                                         upstream: Upstream) -> None:
     import uuid

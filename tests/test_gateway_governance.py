@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Gateway, Upstream, hybrid_config
+from tests.conftest import Gateway, Upstream, hybrid_config, redis_up
 from turnout.testing.procs import start_server
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
@@ -61,16 +61,7 @@ def test_serve_refuses_to_listen_openly_beyond_loopback(tmp_path: Path) -> None:
     assert out.returncode == 2 and "no API keys exist" in out.stderr
 
 
-def _redis_up() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=1).ping())
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 def test_two_replicas_share_limits_and_budget_on_redis(tmp_path: Path, upstream: Upstream,
                                                       anthropic_upstream: Upstream) -> None:
     cfg = hybrid_config(upstream.url, anthropic_upstream.url,
