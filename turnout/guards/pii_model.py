@@ -114,6 +114,10 @@ def _dequantised(model: Any) -> Any:
     return model
 
 
+def _not_onnxruntime(record: logging.LogRecord) -> bool:
+    return "onnxruntime" not in record.pathname
+
+
 def int8_model(source: Path) -> Path:
     """The int8 copy of ``source`` in the cache folder, built once (atomically) if missing;
     ``source`` itself when ``onnx`` is not installed or the build fails."""
@@ -130,11 +134,12 @@ def int8_model(source: Path) -> Path:
             fp32 = Path(tmp) / "fp32.onnx"
             onnx.save(_dequantised(onnx.load(str(source))), str(fp32))
             out = Path(tmp) / "int8.onnx"
-            logging.getLogger().disabled = True  # quantize_dynamic warns through the root logger
+            root = logging.getLogger()  # quantize_dynamic warns through the root logger: drop only its words
+            root.addFilter(_not_onnxruntime)
             try:
                 quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
             finally:
-                logging.getLogger().disabled = False
+                root.removeFilter(_not_onnxruntime)
             os.replace(out, target)  # several processes may build at once: the last rename wins, same bytes
     except Exception as exc:  # noqa: BLE001 - a slower model beats none
         log.warning("PII model: using the 4-bit weights as shipped (int8 build failed: %s)", exc)
@@ -166,6 +171,7 @@ class RampartNer:
         self.inputs = {i.name for i in self.session.get_inputs()}
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         self.labels = {int(k): v for k, v in config["id2label"].items()}
+        self._outside = next(i for i, lab in self.labels.items() if lab == "O")
         self._lock = threading.Lock()
         self.min_prob = min_prob
 
@@ -183,7 +189,7 @@ class RampartNer:
             z = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs = z / z.sum(axis=-1, keepdims=True)
             # the likeliest label other than "O", taken when it is the argmax or at least min_prob likely
-            o = next(i for i, lab in self.labels.items() if lab == "O")
+            o = self._outside
             masked = probs.copy()
             masked[:, o] = -1.0
             best = masked.argmax(axis=-1)
