@@ -174,9 +174,8 @@ class PiiGuard:
         if self.ner == "spacy" and self._nlp is not None and "ner" in self.recognisers and text.strip():
             doc = self._spacy(text[: self.max_ner_chars])
         out: list[Cand] = []
-        for fn in self.recognisers.values():
-            if fn is not _ner or doc is not None:
-                out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
+        for fn in self.recognisers.values():  # _ner finds nothing without a spaCy doc
+            out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
         return out
 
     def find(self, text: str) -> list[Cand]:
