@@ -88,6 +88,15 @@ def weights_path(dialect: str, ecfg: Any) -> Path | None:
     return None
 
 
+def _weigh(rec: ModelRecord, path: Path, checksums: bool) -> None:
+    """Fill in a record's weights file: path, size, sha256 and source distribution."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    rec.weights, rec.size_bytes = str(path), path.stat().st_size
+    rec.sha256 = sha256_file(path) if checksums else None
+    rec.source = _distribution_of(path)
+
+
 def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]:
     records = []
     for name, e in cfg.engines.items():
@@ -96,11 +105,7 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
         try:
             path = weights_path(e.dialect, e)
             if path is not None:
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path} does not exist")
-                rec.weights, rec.size_bytes = str(path), path.stat().st_size
-                rec.sha256 = sha256_file(path) if checksums else None
-                rec.source = _distribution_of(path)
+                _weigh(rec, path, checksums)
         except Exception as exc:  # a missing package or file: reported, not raised
             rec.error = str(exc)
         records.append(rec)
@@ -119,10 +124,7 @@ def _guard_models(pii_model: str, checksums: bool) -> list[ModelRecord]:
         try:
             from turnout.guards.pii_model import model_dir
 
-            path = model_dir() / "onnx" / "model_q4.onnx"
-            rec.weights, rec.size_bytes = str(path), path.stat().st_size
-            rec.sha256 = sha256_file(path) if checksums else None
-            rec.source = _distribution_of(path)
+            _weigh(rec, model_dir() / "onnx" / "model_q4.onnx", checksums)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             rec.error = str(exc)
         out.append(rec)
