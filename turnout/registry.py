@@ -39,7 +39,7 @@ class ModelRecord:
     def status(self) -> str:
         if self.error:
             return "missing"
-        if self.sha256 is None or self.engine.startswith("guard:"):  # guard models have no pin
+        if self.sha256 is None:
             return "remote" if self.locality == "remote" else "-"
         if self.pinned is None:
             return "unpinned"
@@ -61,9 +61,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_pin(engine: str, pinned: str | None, digest: str) -> None:
+def check_pin(what: str, pinned: str | None, digest: str) -> None:
+    """Raise if ``digest`` differs from the ``pinned`` sha256; ``what`` names the pinned model."""
     if pinned is not None and pinned != digest:
-        raise WeightsMismatch(f"engine {engine!r}: weights sha256 {digest} do not match the pin {pinned} in the "
+        raise WeightsMismatch(f"{what}: weights sha256 {digest} do not match the pin {pinned} in the "
                               "configuration; if the change is intended, re-pin it (turnout models pin)")
 
 
@@ -110,21 +111,33 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
             rec.error = str(exc)
         records.append(rec)
     if cfg.guards.enabled:
-        records.extend(_guard_models(cfg.guards.pii_model, checksums))
+        records.extend(_guard_models(cfg.guards.pii_model, cfg.guards.pii_model_sha256, checksums))
     return records
 
 
-def _guard_models(pii_model: str, checksums: bool) -> list[ModelRecord]:
+def guard_pin_error(cfg: TurnoutConfig) -> str | None:
+    """Why the PII guard's model does not match its pin (``guards.pii_model_sha256``), or None."""
+    if not cfg.guards.enabled or cfg.guards.pii_model_sha256 is None:
+        return None
+    for rec in _guard_models(cfg.guards.pii_model, cfg.guards.pii_model_sha256, True):
+        if rec.status in ("MISMATCH", "missing") and rec.pinned is not None:
+            return rec.error or f"guards.pii_model_sha256: the PII model {rec.weights} has sha256 {rec.sha256}, " \
+                f"not the pinned {rec.pinned}; if the change is intended, re-pin it (turnout models pin)"
+    return None
+
+
+def _guard_models(pii_model: str, pinned: str | None, checksums: bool) -> list[ModelRecord]:
     """The models the PII guard runs (``guards.pii_model``), listed as ``guard:<model>`` rows:
-    not engines, but weights that decide what leaves the network."""
+    not engines, but weights that decide what leaves the network. The Rampart file is pinned by
+    ``guards.pii_model_sha256``; spaCy's model is a package, listed by version."""
     out = []
     if pii_model in ("rampart", "both"):
         rec = ModelRecord("guard:pii", "rampart", "Rampart PII token classifier (int8 at run time)", "local",
-                          "cc-by-4.0")
+                          "cc-by-4.0", pinned=pinned)
         try:
-            from turnout.guards.pii_model import model_dir
+            from turnout.guards.pii_model import source_file
 
-            _weigh(rec, model_dir() / "onnx" / "model_q4.onnx", checksums)
+            _weigh(rec, source_file(), checksums)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             rec.error = str(exc)
         out.append(rec)

@@ -29,11 +29,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
     elif args.action == "pin":
-        print("# merge into turnout.yaml: each engine refuses to start if its weights change")
+        print("# merge into turnout.yaml: each engine refuses to start if its weights change,")
+        print("# the gateway if the PII guard's model changes")
         print("engines:")
         for r in records:
-            if r.sha256 and not r.engine.startswith("guard:"):  # guard models are listed, not pinned
+            if r.sha256 and not r.engine.startswith("guard:"):
                 print(f"  {r.engine}:\n    sha256: {r.sha256}   # {r.source or r.weights}")
+        for r in records:
+            if r.engine == "guard:pii" and r.sha256:
+                print(f"guards:\n  pii_model_sha256: {r.sha256}   # {r.source or r.weights}")
     else:
         print(f"{'engine':<12}{'dialect':<11}{'locality':<9}{'license':<14}{'status':<10}{'sha256':<18}{'size':>9}  source / model")
         for r in records:

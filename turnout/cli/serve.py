@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     port = cfg.server.port if args.port is None else args.port
     if args.db:
         cfg.storage.sqlite_path = args.db
+    from turnout.registry import guard_pin_error
+
+    if (error := guard_pin_error(cfg)) is not None:  # fail closed, with one clear line before anything starts
+        print(f"turnout: error: {error}", file=sys.stderr)
+        return 2
     from turnout.governance.keys import KeyStore
 
     with KeyStore(cfg.storage.sqlite_path) as keys:
@@ -85,5 +90,6 @@ def run(args: argparse.Namespace) -> int:
         proxy_headers=False,  # no proxy is trusted unless one is configured in front
         server_header=False,
     )
-    Server(config).run(sockets=[sock])
-    return 0
+    server = Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # 3: startup failed (uvicorn's code), the reason is logged above

@@ -35,7 +35,7 @@ class MiniLMEngine(Engine):
         encoder = await asyncio.to_thread(MiniLMEncoder, None, self.cfg.max_length)
         digest = await asyncio.to_thread(encoder.fingerprint)
         try:
-            check_pin(self.info.name, self.cfg.sha256, digest)
+            check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         except WeightsMismatch as exc:
             self._error = str(exc)
             raise

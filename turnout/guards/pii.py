@@ -139,7 +139,7 @@ class PiiGuard:
 
     def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.35,
                  recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
-                 cache_size: int = 2048, ner: str = DEFAULT_NER) -> None:
+                 cache_size: int = 2048, ner: str = DEFAULT_NER, model_sha256: str | None = None) -> None:
         self.min_score = min_score
         # conversations resend their history every turn: remember recent texts' findings
         self.cache_size = cache_size
@@ -153,7 +153,7 @@ class PiiGuard:
         if ner in ("rampart", "both") and "model" in chosen:  # the transformer (pii_model.py)
             from turnout.guards.pii_model import RampartNer
 
-            self.recognisers["model"] = RampartNer()
+            self.recognisers["model"] = RampartNer(pin=model_sha256)
         if ner == "rampart":
             model = None
         self._nlp = None

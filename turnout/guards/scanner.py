@@ -54,14 +54,16 @@ class Scanner:
 
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                spacy_model: str | None = None, pii_model: str | None = None) -> Scanner:
-        """PII (a statistical model + recognisers), secrets and injection guards with shipped data."""
+                spacy_model: str | None = None, pii_model: str | None = None,
+                pii_model_sha256: str | None = None) -> Scanner:
+        """PII (a statistical model + recognisers), secrets and injection guards with shipped data;
+        ``pii_model_sha256`` pins the PII transformer's weights."""
         from turnout.guards.injection import InjectionGuard
         from turnout.guards.pii import DEFAULT_MODEL, DEFAULT_NER, PiiGuard
         from turnout.guards.secrets import SecretsGuard
 
         secrets = SecretsGuard()
-        pii = PiiGuard(spacy_model or DEFAULT_MODEL, ner=pii_model or DEFAULT_NER)
+        pii = PiiGuard(spacy_model or DEFAULT_MODEL, ner=pii_model or DEFAULT_NER, model_sha256=pii_model_sha256)
         return cls([secrets, pii, InjectionGuard()], budget_ms=budget_ms,
                    budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
 
