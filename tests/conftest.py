@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,23 @@ def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
         return bool(redis.Redis(host=host, port=port, socket_timeout=1).ping())
     except Exception:
         return False
+
+
+PG_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on the real PostgreSQL server (dropped afterwards); skips if none answers."""
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: pip install 'turnout[scale]'")
+    try:
+        raw = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}: {exc}")
+    name = f"turnout_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    raw.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    raw.close()
 
 
 def shared_data(*parts: str) -> Path:

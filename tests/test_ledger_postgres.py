@@ -7,35 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Gateway, Upstream, hybrid_config
+from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
 from turnout.ledger.audit import PostgresAuditLog
 from turnout.ledger.postgres import read_rows
 from turnout.ledger.sqlite import LedgerRow
 
-PG_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture
-def schema() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: pip install 'turnout[scale]'")
-    try:
-        raw = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}: {exc}")
-    name = f"ledger_test_{uuid.uuid4().hex[:10]}"
-    yield name
-    raw.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-    raw.close()
+def schema(pg_schema: str) -> str:
+    return pg_schema
 
 
 def _row(i: int) -> LedgerRow:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory
+from tests.conftest import FAST_RESILIENCE, PG_DSN, Gateway, Upstream, _factory
 from turnout.retrieval import CHUNK_CHARS, VectorStore, chunks
 from turnout.routing.embeddings import embeddings_available
 from turnout.testing.procs import Proc
@@ -53,6 +53,76 @@ def test_store_search_replace_delete(tmp_path: Path) -> None:
     reopened = VectorStore(tmp_path / "t.sqlite", enc.encode)  # it is on disk
     assert reopened.stats("hr")["documents"] == 2
     reopened.close()
+
+
+def _replicas_share_one_table(a: VectorStore, b: VectorStore) -> None:
+    """What one replica writes, the other finds on its next search, though it had the collection cached."""
+    a.add("hr", DOCS[:2])
+    assert b.search("hr", "on-call engineer", k=3)[0].doc_id in ("leave", "expenses")  # b caches 2 documents
+    a.add("hr", DOCS[2:])
+    assert b.search("hr", "Who is the database on-call engineer?", k=1)[0].doc_id == "oncall"
+    a.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}])
+    assert "20 weeks" in b.search("hr", "parental leave weeks", k=1)[0].text
+    assert a.delete("hr", "oncall") == 1
+    assert all(p.doc_id != "oncall" for p in b.search("hr", "on-call engineer", k=3))
+    assert b.stats("hr") == {"documents": 2, "chunks": 2}
+
+
+def test_two_processes_on_one_sqlite_file_see_each_others_writes(tmp_path: Path) -> None:
+    from turnout.routing.embeddings import MiniLMEncoder
+
+    enc = MiniLMEncoder()
+    a, b = VectorStore(tmp_path / "t.sqlite", enc.encode), VectorStore(tmp_path / "t.sqlite", enc.encode)
+    _replicas_share_one_table(a, b)
+    a.close()
+    b.close()
+
+
+def test_replicas_share_the_store_in_postgres(pg_schema: str) -> None:
+    from turnout.retrieval_pg import PostgresChunks
+    from turnout.routing.embeddings import MiniLMEncoder
+
+    enc = MiniLMEncoder()
+    a = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)
+    b = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)  # migrations run once, not twice
+    _replicas_share_one_table(a, b)
+    a.table._conn.close()  # a dropped connection (server restart, idle timeout) is reopened once
+    assert a.stats("hr") == {"documents": 2, "chunks": 2}
+    a.close()
+    b.close()
+
+
+def test_two_gateways_on_postgres_ground_answers_in_one_store(pg_schema: str, tmp_path: Path, upstream: Upstream) -> None:
+    started: list[Proc] = []
+    cfg = {
+        "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",
+                                 "model": "fake-frontier", "resilience": dict(FAST_RESILIENCE)}},
+        "routes": {"auto": {"chain": ["frontier"]}},
+        "guards": {"enabled": False},
+        "storage": {"postgres_dsn": PG_DSN, "postgres_schema": pg_schema},
+    }
+    start = _factory(tmp_path, started)
+    try:
+        one, two = start(cfg), start(cfg)  # two replicas: their own SQLite ledgers, one PostgreSQL store
+        def ask_two(question: str) -> str:
+            upstream.reset()
+            two.openai().chat.completions.create(model="auto", metadata={"ground": "hr"},
+                                                 messages=[{"role": "user", "content": question}])
+            return json.dumps(upstream.requests()[0]["body"])
+
+        def add_on_one(docs: list[dict]) -> None:
+            r = httpx.post(one.url + "/v1/turnout/collections/hr/documents", json={"documents": docs}, timeout=60)
+            assert r.status_code == 200, r.text
+
+        add_on_one(DOCS[:2])
+        assert "16 weeks of paid parental leave" in ask_two("How many weeks of paid parental leave?")  # now cached
+        add_on_one(DOCS[2:])
+        assert httpx.get(two.url + "/v1/turnout/collections/hr").json()["documents"] == 3
+        assert "Annemette Iversen" in ask_two("Who is the database on-call engineer?")  # added after it cached
+    finally:
+        for p in started:
+            p.stop()
+    assert not any("Traceback" in p.output() for p in started)
 
 
 @pytest.fixture(scope="module")

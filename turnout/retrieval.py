@@ -1,10 +1,14 @@
 """The shared vector store: one set of documents grounds every engine, local or remote.
 
 Documents are split into chunks (paragraphs, then sentences, up to ``CHUNK_CHARS``), embedded
-with the packaged MiniLM (numpy, 384 dimensions, unit vectors) and kept in the SQLite file
-with the ledger (table ``rag_chunks``; embedding as float32 bytes). A search is a cosine
-similarity over the collection's chunks in numpy: exact, and quick for the tens of thousands
-of chunks an embedded deployment holds.
+with the packaged MiniLM (numpy, 384 dimensions, unit vectors) and kept in a table of chunks:
+the SQLite file with the ledger (``SqliteChunks``, table ``rag_chunks``; embedding as float32
+bytes), or PostgreSQL when ``storage.postgres_dsn`` is set (``turnout.retrieval_pg``), shared
+by every replica. A search is a cosine similarity over the collection's chunks in numpy: exact,
+and quick for the tens of thousands of chunks a deployment of this kind holds. Each process keeps
+a collection's matrix in memory and reloads it when the collection's version (a counter bumped in
+the same transaction as every write) has moved, so a document added through one replica is found
+through every other on the next search.
 
 The pipeline's ``ground`` step (a chat request with ``metadata: {"ground": "<collection>"}``)
 puts the best chunks in a system message before the request is inspected, so guards see the
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -42,7 +47,11 @@ MIGRATIONS: list[sqlitedb.Migration] = [
             UNIQUE (collection, doc_id, chunk))""",
         "CREATE INDEX rag_chunks_collection ON rag_chunks (collection)",
     ]),
+    ("0002_versions", [
+        "CREATE TABLE rag_versions (collection TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    ]),
 ]
+Row = tuple[str, int, str, str]  # doc_id, chunk, text, metadata (JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,62 +94,119 @@ def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
     return out
 
 
-class VectorStore:
-    """Collections of chunked, embedded documents in one SQLite file. Thread-safe."""
+class ChunkTable(Protocol):
+    """Where chunks live. Every write bumps the collection's version in the same transaction."""
 
-    def __init__(self, path: str | Path, embed: Callable[[list[str]], np.ndarray]) -> None:
+    def replace(self, collection: str, doc_ids: Sequence[str], rows: Sequence[tuple[Row, bytes]]) -> None: ...
+
+    def delete(self, collection: str, doc_id: str | None) -> int: ...
+
+    def stats(self, collection: str) -> tuple[int, int]: ...
+
+    def version(self, collection: str) -> int: ...
+
+    def load(self, collection: str) -> tuple[int, list[tuple[Row, bytes]]]:
+        """The version, read before the rows, and the collection's rows in insertion order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteChunks:
+    """Chunks in a SQLite file (the embedded default; one connection, serialised by a lock)."""
+
+    def __init__(self, path: str | Path) -> None:
         self.conn = sqlitedb.connect(path)
         sqlitedb.migrate(self.conn, "rag_migrations", MIGRATIONS)
-        self.embed = embed
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[np.ndarray, list[tuple[str, int, str, str]]]] = {}
 
-    def add(self, collection: str, documents: Sequence[dict]) -> dict[str, int]:
-        """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
-        rows = []
-        counts: dict[str, int] = {}
-        for d in documents:
-            parts = chunks(d["text"])
-            counts[d["id"]] = len(parts)
-            rows.extend((d["id"], i, p, orjson.dumps(d.get("metadata") or {}).decode()) for i, p in enumerate(parts))
-        vectors = self.embed([r[2] for r in rows]) if rows else np.zeros((0, 0), dtype=np.float32)
+    def _bump(self, collection: str) -> None:
+        self.conn.execute("INSERT INTO rag_versions VALUES (?, 1) "
+                          "ON CONFLICT (collection) DO UPDATE SET version = version + 1", (collection,))
+
+    def replace(self, collection: str, doc_ids: Sequence[str], rows: Sequence[tuple[Row, bytes]]) -> None:
         now = time.time()
         with self._lock, sqlitedb.immediate(self.conn):
-            for d in documents:
-                self.conn.execute("DELETE FROM rag_chunks WHERE collection = ? AND doc_id = ?", (collection, d["id"]))
+            self.conn.executemany("DELETE FROM rag_chunks WHERE collection = ? AND doc_id = ?",
+                                  [(collection, d) for d in doc_ids])
             self.conn.executemany(
                 "INSERT INTO rag_chunks (collection, doc_id, chunk, text, metadata, embedding, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(collection, doc, i, text, meta, np.asarray(v, dtype=np.float32).tobytes(), now)
-                 for (doc, i, text, meta), v in zip(rows, vectors, strict=True)])
-            self._cache.pop(collection, None)
-        return counts
+                [(collection, *row, vector, now) for row, vector in rows])
+            self._bump(collection)
 
-    def delete(self, collection: str, doc_id: str | None = None) -> int:
+    def delete(self, collection: str, doc_id: str | None) -> int:
         with self._lock, sqlitedb.immediate(self.conn):
             if doc_id is None:
                 n = self.conn.execute("DELETE FROM rag_chunks WHERE collection = ?", (collection,)).rowcount
             else:
                 n = self.conn.execute("DELETE FROM rag_chunks WHERE collection = ? AND doc_id = ?",
                                       (collection, doc_id)).rowcount
-            self._cache.pop(collection, None)
+            self._bump(collection)
         return n
 
+    def stats(self, collection: str) -> tuple[int, int]:
+        with self._lock:
+            return self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                                     (collection,)).fetchone()
+
+    def version(self, collection: str) -> int:
+        with self._lock:
+            row = self.conn.execute("SELECT version FROM rag_versions WHERE collection = ?", (collection,)).fetchone()
+        return row[0] if row else 0
+
+    def load(self, collection: str) -> tuple[int, list[tuple[Row, bytes]]]:
+        version = self.version(collection)  # before the rows: a write in between only costs a reload
+        with self._lock:
+            rows = self.conn.execute("SELECT doc_id, chunk, text, metadata, embedding FROM rag_chunks "
+                                     "WHERE collection = ? ORDER BY id", (collection,)).fetchall()
+        return version, [(r[:4], r[4]) for r in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class VectorStore:
+    """Collections of chunked, embedded documents in a chunk table. Thread-safe."""
+
+    def __init__(self, table: ChunkTable | str | Path, embed: Callable[[list[str]], np.ndarray]) -> None:
+        self.table: ChunkTable = SqliteChunks(table) if isinstance(table, (str, Path)) else table
+        self.embed = embed
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[int, np.ndarray, list[Row]]] = {}
+
+    def add(self, collection: str, documents: Sequence[dict]) -> dict[str, int]:
+        """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
+        rows: list[Row] = []
+        counts: dict[str, int] = {}
+        for d in documents:
+            parts = chunks(d["text"])
+            counts[d["id"]] = len(parts)
+            rows.extend((d["id"], i, p, orjson.dumps(d.get("metadata") or {}).decode()) for i, p in enumerate(parts))
+        vectors = self.embed([r[2] for r in rows]) if rows else np.zeros((0, 0), dtype=np.float32)
+        self.table.replace(collection, [d["id"] for d in documents],
+                           [(row, np.asarray(v, dtype=np.float32).tobytes()) for row, v in zip(rows, vectors, strict=True)])
+        return counts
+
+    def delete(self, collection: str, doc_id: str | None = None) -> int:
+        return self.table.delete(collection, doc_id)
+
     def stats(self, collection: str) -> dict[str, int]:
-        docs, n = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                    (collection,)).fetchone()
+        docs, n = self.table.stats(collection)
         return {"documents": docs, "chunks": n}
 
-    def _matrix(self, collection: str) -> tuple[np.ndarray, list[tuple[str, int, str, str]]]:
+    def _matrix(self, collection: str) -> tuple[np.ndarray, list[Row]]:
+        current = self.table.version(collection)
         with self._lock:
             hit = self._cache.get(collection)
-            if hit is None:
-                rows = self.conn.execute("SELECT doc_id, chunk, text, metadata, embedding FROM rag_chunks "
-                                         "WHERE collection = ? ORDER BY id", (collection,)).fetchall()
-                mat = (np.stack([np.frombuffer(r[4], dtype=np.float32) for r in rows])
-                       if rows else np.zeros((0, 1), dtype=np.float32))
-                hit = self._cache[collection] = (mat, [r[:4] for r in rows])
-            return hit
+        if hit is None or hit[0] != current:  # first search, or a write here or on another replica
+            version, loaded = self.table.load(collection)
+            mat = (np.stack([np.frombuffer(vector, dtype=np.float32) for _, vector in loaded])
+                   if loaded else np.zeros((0, 1), dtype=np.float32))
+            hit = (version, mat, [row for row, _ in loaded])
+            with self._lock:
+                self._cache[collection] = hit
+        return hit[1], hit[2]
 
     def search(self, collection: str, query: str, k: int = 4, min_score: float = 0.0) -> list[Passage]:
         mat, rows = self._matrix(collection)
@@ -152,7 +218,7 @@ class VectorStore:
                 for i in best if scores[i] >= min_score]
 
     def close(self) -> None:
-        self.conn.close()
+        self.table.close()
 
 
 def context_message(passages: Sequence[Passage]) -> str:

@@ -87,7 +87,8 @@ def build_guards(cfg: TurnoutConfig) -> Guards:
     for kind, action in cfg.guards.actions.items():
         rules[kind] = Rule(remote=action)
     policy = GuardPolicy(rules=rules, injection_block=cfg.guards.injection_threshold)
-    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=cfg.guards.pii_model)
+    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=cfg.guards.pii_model,
+                              pii_model_sha256=cfg.guards.pii_model_sha256)
     return Guards(scanner, policy, cfg.guards.output)
 
 
@@ -111,7 +112,8 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
 
 
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:
-    """The shared vector store in the SQLite file; its MiniLM encoder loads on first use."""
+    """The shared vector store: in PostgreSQL when ``storage.postgres_dsn`` is set (shared by
+    replicas), else in the SQLite file; its MiniLM encoder loads on first use."""
     from turnout.routing.embeddings import embeddings_available
 
     if not cfg.retrieval.enabled or not embeddings_available():
@@ -128,6 +130,10 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
                 holder.append(MiniLMEncoder())
         return holder[0].encode(texts)
 
+    if cfg.storage.postgres_dsn:
+        from turnout.retrieval_pg import PostgresChunks
+
+        return VectorStore(PostgresChunks(cfg.storage.postgres_dsn, schema=cfg.storage.postgres_schema), embed)
     return VectorStore(cfg.storage.sqlite_path, embed)
 
 

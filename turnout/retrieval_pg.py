@@ -1,0 +1,142 @@
+"""The vector store's chunks in PostgreSQL (``storage.postgres_dsn``), shared by every replica.
+
+The same rows as ``turnout.retrieval.SqliteChunks`` (embedding as float32 bytes in ``BYTEA``),
+in ``schema`` with their own append-only migration list (``rag_migrations``), applied under an
+advisory lock. Every write bumps the collection's row in ``rag_versions`` in its transaction;
+replicas compare that version before each search and reload the collection when it moved.
+Searching stays exact cosine similarity in numpy (no pgvector needed on the server).
+psycopg 3: ``pip install 'turnout[scale]'``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from turnout import pgdb
+from turnout.retrieval import Row
+
+T = TypeVar("T")
+
+
+def migrations(s: str) -> list[pgdb.Migration]:
+    return [
+        ("0001_chunks", [
+            f"""CREATE TABLE {s}.rag_chunks (
+                id BIGSERIAL PRIMARY KEY,
+                collection TEXT NOT NULL,
+                doc_id TEXT NOT NULL,
+                chunk INTEGER NOT NULL,
+                text TEXT NOT NULL,
+                metadata TEXT NOT NULL DEFAULT '{{}}',
+                embedding BYTEA NOT NULL,
+                created DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now()),
+                UNIQUE (collection, doc_id, chunk))""",
+            f"CREATE INDEX rag_chunks_collection ON {s}.rag_chunks (collection)",
+        ]),
+        ("0002_versions", [
+            f"CREATE TABLE {s}.rag_versions (collection TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+        ]),
+    ]
+
+
+class PostgresChunks:
+    """One connection per process, serialised by a lock; reconnects once if the server dropped it."""
+
+    def __init__(self, dsn: str, *, schema: str = "public") -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.dsn, self.s = dsn, schema
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        with self._lock, self._transaction() as cur:
+            pgdb.migrate(cur, schema, "rag_migrations", migrations(schema))
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._psycopg.connect(self.dsn, autocommit=True)
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor in one transaction (the caller holds the lock)."""
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        """``fn(cursor)`` in a transaction; once more on a new connection if the old one broke
+        (every write here is idempotent: replace by id, delete, bump a counter)."""
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    with self._transaction() as cur:
+                        return fn(cur)
+                except self._psycopg.OperationalError:
+                    if attempt or self._conn is None or not self._conn.broken:
+                        raise
+                    self._conn = None
+        raise AssertionError("unreachable")
+
+    def _bump(self, cur: Any, collection: str) -> None:
+        cur.execute(f"INSERT INTO {self.s}.rag_versions VALUES (%s, 1) "
+                    "ON CONFLICT (collection) DO UPDATE SET version = rag_versions.version + 1", (collection,))
+
+    def replace(self, collection: str, doc_ids: Sequence[str], rows: Sequence[tuple[Row, bytes]]) -> None:
+        def write(cur: Any) -> None:
+            cur.executemany(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
+                            [(collection, d) for d in doc_ids])
+            cur.executemany(
+                f"INSERT INTO {self.s}.rag_chunks (collection, doc_id, chunk, text, metadata, embedding) "
+                "VALUES (%s, %s, %s, %s, %s, %s)", [(collection, *row, vector) for row, vector in rows])
+            self._bump(cur, collection)
+
+        self._run(write)
+
+    def delete(self, collection: str, doc_id: str | None) -> int:
+        def write(cur: Any) -> int:
+            if doc_id is None:
+                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s", (collection,))
+            else:
+                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
+                            (collection, doc_id))
+            n = cur.rowcount
+            self._bump(cur, collection)
+            return n
+
+        return self._run(write)
+
+    def stats(self, collection: str) -> tuple[int, int]:
+        def read(cur: Any) -> tuple[int, int]:
+            cur.execute(f"SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM {self.s}.rag_chunks WHERE collection = %s",
+                        (collection,))
+            return tuple(cur.fetchone())
+
+        return self._run(read)
+
+    def version(self, collection: str) -> int:
+        def read(cur: Any) -> int:
+            cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return self._run(read)
+
+    def load(self, collection: str) -> tuple[int, list[tuple[Row, bytes]]]:
+        def read(cur: Any) -> tuple[int, list[tuple[Row, bytes]]]:  # one transaction: one snapshot
+            cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
+            row = cur.fetchone()
+            cur.execute(f"SELECT doc_id, chunk, text, metadata, embedding FROM {self.s}.rag_chunks "
+                        "WHERE collection = %s ORDER BY id", (collection,))
+            return (int(row[0]) if row else 0), [(tuple(r[:4]), bytes(r[4])) for r in cur.fetchall()]
+
+        return self._run(read)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
