@@ -197,13 +197,18 @@ def test_bad_input_gets_openai_shaped_errors(hybrid: Gateway, body: str, status:
     assert err["code"] == code and err["message"] and "type" in err and "param" in err
 
 
-def test_forced_tool_call_on_a_route_without_tool_engines_is_a_clear_400(hybrid: Gateway, upstream: Upstream) -> None:
+def test_forced_tool_call_on_a_route_without_tool_engines_is_a_clear_400(gateway_factory, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    gw: Gateway = gateway_factory({
+        "engines": {"plain": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",
+                              "model": "m", "supports_tools": False}},
+        "routes": {"no-tools": {"chain": ["plain"]}},
+    })
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    resp = httpx.post(hybrid.url + "/v1/chat/completions", json={
-        "model": "private", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "required"})
+    resp = httpx.post(gw.url + "/v1/chat/completions", json={
+        "model": "no-tools", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "required"})
     assert resp.status_code == 400
     err = resp.json()["error"]
-    assert err["code"] == "tools_unsupported" and err["param"] == "tool_choice" and "private" in err["message"]
+    assert err["code"] == "tools_unsupported" and err["param"] == "tool_choice" and "no-tools" in err["message"]
     assert upstream.requests() == []
 
 

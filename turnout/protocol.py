@@ -8,13 +8,15 @@ dicts in OpenAI's shape; they are built in one place per engine dialect.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 log = logging.getLogger("turnout.protocol")
 MAX_INT32 = 2**31 - 1  # token limits past this mean nothing to any engine
 _seen_extra: set[str] = set()
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for tools[].function.name
 
 
 class ChatMessage(BaseModel):
@@ -56,6 +58,7 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -69,6 +72,45 @@ class ChatRequest(BaseModel):
     def _only_one_choice(cls, v: int) -> int:
         if v != 1:
             raise ValueError("only n=1 is supported")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _function_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """Function tools are checked as OpenAI checks them; other tool types pass to the engines."""
+        for i, tool in enumerate(v or ()):
+            if tool.get("type") != "function":
+                continue
+            fn = tool.get("function")
+            if not isinstance(fn, dict):
+                raise ValueError(f"tools[{i}].function must be an object with a name")
+            name = fn.get("name")
+            if not isinstance(name, str) or not FUNCTION_NAME.match(name):
+                raise ValueError(f"tools[{i}].function.name must be 1 to 64 letters, digits, '_' or '-', got {name!r}")
+            if "parameters" in fn and fn["parameters"] is not None and not isinstance(fn["parameters"], dict):
+                raise ValueError(f"tools[{i}].function.parameters must be a JSON schema object")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _declared_choice(cls, v: str | dict[str, Any] | None, info: ValidationInfo) -> str | dict[str, Any] | None:
+        if v is None:
+            return v
+        if isinstance(v, str):
+            if v not in ("none", "auto", "required"):
+                raise ValueError(f"must be 'none', 'auto', 'required' or a function, got {v!r}")
+            if v == "required" and not info.data.get("tools"):
+                raise ValueError("'required' is only allowed when tools are specified")
+            return v
+        fn = v.get("function")
+        if v.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ValueError('a named tool choice is {"type": "function", "function": {"name": "..."}}')
+        if "tools" not in info.data:  # tools itself was invalid: that error is reported
+            return v
+        declared = {t["function"]["name"] for t in info.data["tools"] or () if t.get("type") == "function"}
+        if fn["name"] not in declared:
+            raise ValueError(f"names the function {fn['name']!r}, which is not among the declared tools "
+                             f"({', '.join(sorted(declared)) or 'none'})")
         return v
 
     @field_validator("stop")

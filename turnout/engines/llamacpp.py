@@ -5,11 +5,16 @@ loop never blocks. Generation stops as soon as the caller stops listening (clien
 disconnect or cancelled cascade). A logits processor records the log-probability of each
 chosen token: that gives cascades their confidence signal and clients ``logprobs`` without
 ``logits_all=True`` (which costs about 2.5x memory and time).
+
+Tools (OpenAI ``tools`` / ``tool_choice``) are shown to the model in its prompt and its answer
+is constrained by a grammar built from the functions' JSON schemas; see
+``turnout.engines.llamacpp_tools``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -20,13 +25,15 @@ from typing import Any
 import numpy as np
 
 from turnout.config import LlamaCppEngineConfig
+from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
 from turnout.engines.smollm2 import smollm2_gguf
-from turnout.errors import EngineError, EngineUnavailable
-from turnout.protocol import ChatMessage, ChatRequest
+from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
+from turnout.protocol import ChatRequest
 from turnout.registry import check_pin, sha256_file
 
 _SENTINEL = object()
+log = logging.getLogger("turnout.engines.llamacpp")
 
 
 class TokenLogprobs:
@@ -76,7 +83,7 @@ class LlamaCppEngine(Engine):
             input_per_m=cfg.pricing.input_per_m,
             output_per_m=cfg.pricing.output_per_m,
             license=cfg.license,
-            supports_tools=False,
+            supports_tools=True,
         )
         self._llm: Any = None
         self._lock = threading.Lock()
@@ -88,7 +95,7 @@ class LlamaCppEngine(Engine):
             if not self.path.is_file():
                 raise FileNotFoundError(f"model file {self.path} does not exist")
             self._llm, digest = await asyncio.to_thread(self._load, self.path)
-            check_pin(self.info.name, self.cfg.sha256, digest)
+            check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None
             self._error = f"cannot load {self.path}: {exc}"
@@ -116,11 +123,11 @@ class LlamaCppEngine(Engine):
         if llm is not None:
             await asyncio.to_thread(llm.close)
 
-    def _kwargs(self, req: ChatRequest, recorder: TokenLogprobs) -> dict[str, Any]:
-        from llama_cpp import LogitsProcessorList
+    def _kwargs(self, req: ChatRequest, recorder: TokenLogprobs, plan: tools.ToolPlan | None) -> dict[str, Any]:
+        from llama_cpp import LlamaGrammar, LogitsProcessorList
 
         kw: dict[str, Any] = {
-            "messages": [_for_template(m) for m in req.messages],
+            "messages": tools.template_messages(req.messages, plan),
             "max_tokens": min(req.token_limit or 512, self.cfg.n_ctx),
             "logits_processor": LogitsProcessorList([recorder]),
         }
@@ -128,7 +135,7 @@ class LlamaCppEngine(Engine):
             kw["temperature"] = req.temperature
         if req.top_p is not None:
             kw["top_p"] = req.top_p
-        if req.stop:
+        if req.stop and not (plan and plan.forced):  # a stop string must not cut a forced call short
             kw["stop"] = req.stop
         if req.seed is not None:
             kw["seed"] = req.seed
@@ -136,9 +143,35 @@ class LlamaCppEngine(Engine):
             kw["presence_penalty"] = req.presence_penalty
         if req.frequency_penalty is not None:
             kw["frequency_penalty"] = req.frequency_penalty
-        if req.response_format is not None and req.response_format.get("type") == "json_object":
+        json_answer = req.response_format is not None and req.response_format.get("type") == "json_object"
+        if plan is not None and plan.constrained:  # the grammar replaces response_format's (see grammar_for)
+            kw["grammar"] = LlamaGrammar.from_string(self._grammar(plan, json_answer))
+        elif json_answer:
             kw["response_format"] = {"type": "json_object"}
         return kw
+
+    def _grammar(self, plan: tools.ToolPlan, json_answer: bool) -> str:
+        """The plan's grammar, once llama.cpp's own parser accepts it (one it rejects would reach
+        the sampler chain as a null pointer). The schema converter can write rules llama.cpp
+        rejects (a property name with a quote in it): then every function takes any JSON object."""
+        grammar = tools.grammar_for(plan, json_text=json_answer)
+        if self._parses(grammar):
+            return grammar
+        log.warning("llama.cpp rejected the grammar of the tools' parameter schemas; any JSON object allowed")
+        grammar = tools.grammar_for(plan, json_text=json_answer, any_arguments=True)
+        if self._parses(grammar):
+            return grammar
+        raise InvalidRequest("the tools could not be made into a grammar for the embedded model",
+                             param="tools", code="invalid_tools")
+
+    def _parses(self, grammar: str) -> bool:
+        from llama_cpp import llama_cpp as C
+
+        sampler = C.llama_sampler_init_grammar(self._llm._model.vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        C.llama_sampler_free(sampler)
+        return True
 
     def _llm_or_raise(self) -> Any:
         if self._llm is None:
@@ -148,14 +181,17 @@ class LlamaCppEngine(Engine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         """The whole answer, gathered from ``stream`` so that cancelling stops generation."""
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []
         final = Delta()
         async for d in self.stream(req):
             if d.content:
                 parts.append(d.content)
+            calls += d.tool_calls or ()
             if d.finish_reason:
                 final = d
         return ChatResult(
-            content="".join(parts),
+            content="".join(parts) if parts or not calls else None,
+            tool_calls=tools.merge_tool_deltas(calls) or None,
             finish_reason=final.finish_reason or "stop",
             usage=final.usage or Usage(),
             logprobs=final.logprobs,
@@ -166,7 +202,9 @@ class LlamaCppEngine(Engine):
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
         llm = self._llm_or_raise()
         recorder = TokenLogprobs(top_k=req.top_logprobs or 0 if req.logprobs else 0)
-        kw = self._kwargs(req, recorder)
+        plan = tools.plan(req)
+        kw = self._kwargs(req, recorder, plan)
+        scanner = tools.CallScanner(plan.mode) if plan is not None and plan.constrained else None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -204,10 +242,13 @@ class LlamaCppEngine(Engine):
                     raise EngineError(f"llama.cpp failed: {item}", engine=self.info.name) from item
                 if isinstance(item, tuple):
                     recorder.finish(_eos_if_stopped(llm, finish))
+                    called = scanner is not None and scanner.called
+                    whole = scanner is not None and scanner.complete
                     yield Delta(
-                        finish_reason=finish or "stop",
+                        finish_reason="tool_calls" if whole and finish in (None, "stop") else finish or "stop",
                         usage=Usage(item[1], recorder.steps),
-                        logprobs=_openai_logprobs(llm, recorder) if req.logprobs else None,
+                        # logprobs describe text; a tool call's tokens were forced by the grammar
+                        logprobs=_openai_logprobs(llm, recorder) if req.logprobs and not called else None,
                         confidence=Confidence([lp for _, lp in recorder.chosen]),
                     )
                     continue
@@ -215,26 +256,14 @@ class LlamaCppEngine(Engine):
                 delta = choice.get("delta") or {}
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
-                if delta.get("content") or delta.get("role"):
-                    yield Delta(content=delta.get("content"), role=delta.get("role"))
+                content, calls = delta.get("content"), None
+                if scanner is not None and content:
+                    content, calls = scanner.feed(content)
+                if content or calls or delta.get("role"):
+                    yield Delta(content=content, tool_calls=calls or None, role=delta.get("role"))
         finally:
             stop.set()
             await asyncio.shield(worker)
-
-def _for_template(m: ChatMessage) -> dict[str, Any]:
-    """A message as a plain chat template expects it: text content always present; tool
-    calls and tool results written out as text (the embedded model has no tool format)."""
-    text = m.text()
-    for call in m.tool_calls or ():
-        fn = call.get("function") or {}
-        text += f"\n[called {fn.get('name')}({fn.get('arguments', '')})]"
-    role = m.role if m.role in ("system", "user", "assistant") else "user"
-    if m.role in ("tool", "function"):
-        text = f"[result of {m.name or m.tool_call_id or 'tool'}]: {text}"
-    elif m.role == "developer":
-        role = "system"
-    return {"role": role, "content": text.strip()}
-
 
 def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
     return int(llm.token_eos()) if finish_reason == "stop" else None
