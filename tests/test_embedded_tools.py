@@ -242,6 +242,7 @@ def test_schemas_without_a_grammar_still_give_a_json_object_call(hybrid: Gateway
     ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "get_weather\n"}}]}, "tools"),  # '$' is not the end
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "object"}}]}, "tools"),
     ({"tools": [{"type": "function"}], "tool_choice": "auto"}, "tools"),
 ])

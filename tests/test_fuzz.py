@@ -60,6 +60,24 @@ def _mostly_a_known_model(case: Any, mode: Any) -> None:
         body["model"] = "auto"
 
 
+def _declare_the_chosen_tool(case: Any, mode: Any) -> None:
+    """Two rules of tool_choice span fields, which a JSON schema cannot state (see
+    ``turnout.protocol``): ``"required"`` needs tools and a named choice must name a declared
+    function. A well-formed chat body that breaks them gets the tool it chose, so that positive
+    cases stay valid; the 400s for breaking them are tested in tests/test_embedded_tools.py."""
+    body = case.body
+    if (mode is not schemathesis.GenerationMode.POSITIVE or case.path != "/v1/chat/completions"
+            or not isinstance(body, dict)):
+        return
+    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    if choice == "required" and not tools:
+        body["tools"] = [{"type": "function", "function": {"name": "chosen"}}]
+    elif isinstance(choice, dict):
+        name = choice["function"]["name"]
+        if name not in {t.get("function", {}).get("name") for t in tools if t.get("type") == "function"}:
+            body["tools"] = [*tools, {"type": "function", "function": {"name": name}}]
+
+
 NO_PARAMETERS = ["GET /v1/models", "GET /healthz", "GET /readyz"]
 COLLECTIONS = ["POST /v1/turnout/collections/{name}/documents", "POST /v1/turnout/collections/{name}/search",
                "GET /v1/turnout/collections/{name}", "DELETE /v1/turnout/collections/{name}",
@@ -80,6 +98,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gat
               phases=[Phase.explicit, Phase.generate], database=None)
     def run(case: Any) -> None:
         _mostly_a_known_model(case, mode)
+        _declare_the_chosen_tool(case, mode)
         case.call_and_validate(base_url=fuzz_gateway.url, timeout=30)
 
     run()
@@ -94,5 +113,7 @@ def test_openapi_document_describes_the_wire_models(fuzz_gateway: Gateway) -> No
                                  *(op.split(" ", 1)[1] for op in COLLECTIONS)}
     request = doc["components"]["schemas"]["ChatRequest"]
     assert {"model", "messages"} <= set(request["required"]) and request["additionalProperties"] is True
+    choices = request["properties"]["tool_choice"]["anyOf"]
+    assert {"enum": ["none", "auto", "required"]} in choices  # what the validator accepts, not any string
     error = doc["components"]["schemas"]["Error"]["properties"]["error"]
     assert error["required"] == ["message", "type", "param", "code"]

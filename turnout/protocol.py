@@ -11,12 +11,46 @@ import logging
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 log = logging.getLogger("turnout.protocol")
 MAX_INT32 = 2**31 - 1  # token limits past this mean nothing to any engine
 _seen_extra: set[str] = set()
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for tools[].function.name
+
+# The JSON schemas of ``tools`` and ``tool_choice`` in /openapi.json state what their validators
+# below enforce, so a client (or a fuzzer) that follows the document is not refused. Two rules
+# span fields and are checked only at run time: ``"required"`` needs tools, and a named choice
+# must name a declared function.
+_FUNCTION_TOOL = {
+    "type": "object", "required": ["type", "function"],
+    "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "pattern": FUNCTION_NAME.pattern},
+            "parameters": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        }},
+    },
+}
+_OTHER_TOOL = {"type": "object", "properties": {"type": {"not": {"const": "function"}}}}
+TOOLS_SCHEMA = {"anyOf": [{"type": "array", "items": {"anyOf": [_FUNCTION_TOOL, _OTHER_TOOL]}}, {"type": "null"}]}
+TOOL_CHOICE_SCHEMA = {"anyOf": [
+    {"enum": ["none", "auto", "required"]},
+    {"type": "object", "required": ["type", "function"], "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"],
+                     "properties": {"name": {"type": "string", "pattern": FUNCTION_NAME.pattern}}},
+    }},
+    {"type": "null"},
+]}
 
 
 class ChatMessage(BaseModel):
@@ -56,8 +90,8 @@ class ChatRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[dict[str, Any]] | None, WithJsonSchema(TOOLS_SCHEMA)] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, WithJsonSchema(TOOL_CHOICE_SCHEMA)] = None
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -85,7 +119,7 @@ class ChatRequest(BaseModel):
             if not isinstance(fn, dict):
                 raise ValueError(f"tools[{i}].function must be an object with a name")
             name = fn.get("name")
-            if not isinstance(name, str) or not FUNCTION_NAME.match(name):
+            if not isinstance(name, str) or not FUNCTION_NAME.fullmatch(name):
                 raise ValueError(f"tools[{i}].function.name must be 1 to 64 letters, digits, '_' or '-', got {name!r}")
             if "parameters" in fn and fn["parameters"] is not None and not isinstance(fn["parameters"], dict):
                 raise ValueError(f"tools[{i}].function.parameters must be a JSON schema object")
