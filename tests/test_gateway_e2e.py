@@ -4,6 +4,7 @@ real llama.cpp engine and real loopback servers standing in for frontier APIs.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -169,6 +170,24 @@ def test_anthropic_streaming_and_tool_calls(hybrid: Gateway, anthropic_upstream:
     ])
     last = anthropic_upstream.requests()[-1]["body"]["messages"]
     assert last[1]["content"][0]["type"] == "tool_use" and last[2]["content"][0]["type"] == "tool_result"
+
+
+@pytest.mark.parametrize("choice,sent", [
+    (None, {"type": "auto", "disable_parallel_tool_use": True}),
+    ("required", {"type": "any", "disable_parallel_tool_use": True}),
+    ({"type": "function", "function": {"name": "get_weather"}},
+     {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),  # Anthropic's "none" takes no options: the fake refuses them as the API does
+])
+def test_parallel_tool_calls_false_reaches_anthropic(hybrid: Gateway, anthropic_upstream: Upstream,
+                                                     choice: Any, sent: dict[str, Any]) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    extra = {} if choice is None else {"tool_choice": choice}
+    done = hybrid.openai().chat.completions.create(
+        model="anthropic", messages=[{"role": "user", "content": "what is the weather in Paris"}], tools=tools,
+        parallel_tool_calls=False, **extra)
+    assert anthropic_upstream.requests()[-1]["body"]["tool_choice"] == sent
+    assert done.choices[0].finish_reason == ("stop" if choice == "none" else "tool_calls")
 
 
 def test_models_health_and_ready(hybrid: Gateway) -> None:

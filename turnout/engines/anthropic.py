@@ -4,6 +4,7 @@ Translation, both ways, streaming included:
   system/developer messages  -> ``system``
   assistant tool_calls       -> ``tool_use`` blocks;  tool messages -> ``tool_result`` blocks
   tools / tool_choice        -> ``tools`` with ``input_schema`` / auto|any|tool|none
+  parallel_tool_calls: false -> ``tool_choice.disable_parallel_tool_use``
   stop_reason                -> finish_reason (end_turn|stop_sequence: stop, max_tokens: length, tool_use: tool_calls)
   stream events              -> deltas (text_delta -> content, input_json_delta -> tool-call arguments)
 """
@@ -103,6 +104,8 @@ def to_anthropic(req: ChatRequest, model: str, default_max_tokens: int) -> dict[
             body["tool_choice"] = {"type": "none"}
         elif isinstance(choice, dict):
             body["tool_choice"] = {"type": "tool", "name": choice.get("function", {}).get("name")}
+        if req.parallel_tool_calls is False and choice != "none":  # Anthropic's "none" takes no options
+            body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
     return body
 
 

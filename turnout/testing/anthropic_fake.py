@@ -179,6 +179,8 @@ class AnthropicFake:
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             return error_response(DIALECT, 400, "messages: at least one message is required")
+        if (problem := _tool_choice_problem(body.get("tool_choice"))) is not None:
+            return error_response(DIALECT, 400, problem)
         model = body["model"]
         input_tokens = _input_tokens(body)
         msg_id = f"msg_fake{next(_ids):016x}"
@@ -337,6 +339,25 @@ def _last_user(messages: list[Any]) -> str:
         if isinstance(m, dict) and m.get("role") == "user":
             return echo.text_of(m.get("content"))
     return ""
+
+
+def _tool_choice_problem(choice: Any) -> str | None:
+    """What Anthropic's API says of a ``tool_choice`` it does not take, or None: one of auto, any,
+    tool (with a name) and none; ``disable_parallel_tool_use`` (a boolean) on all but none."""
+    if choice is None:
+        return None
+    fields = {"auto": {"type", "disable_parallel_tool_use"}, "any": {"type", "disable_parallel_tool_use"},
+              "tool": {"type", "name", "disable_parallel_tool_use"}, "none": {"type"}}
+    if not isinstance(choice, dict) or choice.get("type") not in fields:
+        return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+    kind = choice["type"]
+    if extra := sorted(set(choice) - fields[kind]):
+        return f"tool_choice.{kind}.{extra[0]}: Extra inputs are not permitted"
+    if kind == "tool" and not isinstance(choice.get("name"), str):
+        return "tool_choice.tool.name: Field required"
+    if not isinstance(choice.get("disable_parallel_tool_use", False), bool):
+        return f"tool_choice.{kind}.disable_parallel_tool_use: Input should be a valid boolean"
+    return None
 
 
 def _pick_tool(body: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
