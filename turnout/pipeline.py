@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from turnout.cache import AnswerCache, Hit, cacheable
+from turnout.cache import AnswerCache, Hit, cacheable, scope_of
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage
 from turnout.errors import (
@@ -251,6 +251,8 @@ class Gateway:
                 hit = Hit("exact", found)
                 self.cache.store(call.cache_key, req, part, found, None)
         if hit is None and self.cache.embed is not None:  # the semantic layer runs the embedding model
+            if self.cache.shared is not None:  # first, what other replicas stored since the last look
+                self.cache.adopt(await self.cache.shared.since_last())
             hit, call.cache_vector = await asyncio.to_thread(self.cache.similar, req, part)
         call.cache = hit.kind if hit else "miss"
         self.metrics.cache.labels(call.cache).inc()
@@ -267,9 +269,10 @@ class Gateway:
         """Store an engine's answer for later identical requests (a miss that was cacheable)."""
         if self.cache is not None and call.cache == "miss" and call.cache_key and call.engine is not None:
             result.model = result.model or call.engine.info.model
-            if self.cache.store(call.cache_key, req, _partition(call), result, call.cache_vector) and \
-                    self.cache.shared is not None:
-                await self.cache.shared.put(call.cache_key, result)
+            part = _partition(call)
+            if self.cache.store(call.cache_key, req, part, result, call.cache_vector) and self.cache.shared is not None:
+                await self.cache.shared.put(call.cache_key, result, scope=scope_of(req, part),
+                                            vector=call.cache_vector)
 
     # ---- decide ----------------------------------------------------------------------------
     @step("decide")

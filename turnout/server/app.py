@@ -106,7 +106,8 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
         def embed(text: str) -> Any:
             return encoder.encode([text])[0]
 
-    shared = SharedAnswers(cfg.storage.redis_url, ttl_s=cfg.cache.ttl_s) if cfg.storage.redis_url else None
+    shared = SharedAnswers(cfg.storage.redis_url, ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries) \
+        if cfg.storage.redis_url else None
     return AnswerCache(ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries, embed=embed,
                        semantic_threshold=cfg.cache.semantic_threshold, shared=shared)
 
