@@ -265,6 +265,7 @@ class LlamaCppEngine(Engine):
             stop.set()
             await asyncio.shield(worker)
 
+
 def default_threads() -> int:
     """Half the CPUs, at least one: llama.cpp's threads spin while they wait for each other, so
     taking every core makes each token wait on whatever else runs (the gateway's guards too)."""
