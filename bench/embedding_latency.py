@@ -9,6 +9,8 @@ distilled token table). ``--n`` prompts are drawn (fixed seed) from each RouteLL
 encoder embeds each prompt alone, as the gateway does per request. Printed per encoder: model
 load time (files already built and cached: a first build is timed and reported apart), p50 / p99 /
 mean per prompt, p50 relative to numpy, and the cosine of each embedding with the numpy one.
+``--full-fidelity`` also compares whole data sets (every prompt, through the embedding cache that
+``turnout eval router`` fills, ``.turnout/cache`` or ``$TURNOUT_CACHE_DIR``: slow when not cached).
 ``--threads`` caps numpy's BLAS (threadpoolctl) and onnxruntime's intra-op threads alike. It
 prints figures and asserts nothing about speed.
 """
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="prompts per data set")
     parser.add_argument("--threads", type=int, default=1, help="BLAS / onnxruntime threads (default 1)")
     parser.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(ENCODERS))
+    parser.add_argument("--full-fidelity", action="store_true",
+                        help="cosine of fp32 / int8 / static with numpy over every prompt of --datasets")
     parser.add_argument("--static-cache", type=Path, default=Path(".turnout/cache"),
                         help="folder of the static token table (default .turnout/cache)")
     args = parser.parse_args()
@@ -112,6 +116,30 @@ def main() -> None:
             cos = f"{c.mean():.6f} / {c.min():.6f}{per_set}"
         print(f"{name:<10} {r['load']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['mean']:>8.2f} {ratio:>13}  {cos}")
     print("p50 vs numpy: how many times faster than the numpy forward pass at the median")
+    if "static" in results:
+        print("static is another embedding (a mean of per-token vectors): its cosine with numpy measures no fidelity")
+    if args.full_fidelity:
+        full_fidelity(args)
+
+
+def full_fidelity(args: argparse.Namespace) -> None:
+    from turnout.evals.datasets import load_dataset
+    from turnout.evals.router_cli import default_cache_dir
+    from turnout.routing.embeddings import cached_embeddings
+
+    others = [e for e in args.encoders if e != "numpy"]
+    print(f"cosine with numpy over whole data sets: mean / 1st percentile / min ({', '.join(others)})")
+    for name in args.datasets:
+        data = load_dataset(name, args.data_dir)
+        ref = cached_embeddings(_loader("numpy", args.threads, args.static_cache)(), data.prompts,
+                                default_cache_dir())  # type: ignore[arg-type]
+        cells = []
+        for other in others:
+            got = cached_embeddings(_loader(other, args.threads, args.static_cache)(), data.prompts,
+                                    default_cache_dir())  # type: ignore[arg-type]
+            c = (ref * got).sum(axis=1)
+            cells.append(f"{other} {c.mean():.6f} / {np.percentile(c, 1):.6f} / {c.min():.6f}")
+        print(f"  {name} ({len(data)}): " + "; ".join(cells))
 
 
 if __name__ == "__main__":
