@@ -19,6 +19,7 @@ would depend on its neighbours.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -169,7 +170,8 @@ def model_file(variant: str = "int8", folder: Path | None = None, digest: str | 
 
         fp32 = tmp / "fp32.onnx"
         onnx.save(build_graph(folder), str(fp32))
-        return fp32 if variant == "fp32" else quantize_int8(fp32, tmp / "int8.onnx", **QUANTIZE)
+        options = copy.deepcopy(QUANTIZE)  # quantize_dynamic may add keys to extra_options
+        return fp32 if variant == "fp32" else quantize_int8(fp32, tmp / "int8.onnx", **options)
 
     return cached_file(target, build, verify=True)
 
