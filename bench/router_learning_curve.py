@@ -50,7 +50,8 @@ def main() -> int:
     p.add_argument("--shares", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     p.add_argument("--seeds", type=int, default=3, help="fold seeds per share")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--embedding", default="minilm", choices=("minilm", "minilm-static"))
+    p.add_argument("--embedding", default="minilm",
+                   choices=("minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32"))
     p.add_argument("--target", type=float, default=None, help="APGR to forecast the data for (default: the issue's)")
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args()

@@ -12,7 +12,9 @@ Every learned router is scored with k-fold cross-validation (fixed seed): no pro
 a router trained on it. ``random`` and ``oracle`` are reference rows. ``gsm8k-weak-answer`` and
 ``gsm8k-weak-answer-emb`` read the weak model's response as well as the prompt, so they are
 post-generation (a cascade) and marked so in the output. ``--embedding minilm-static`` builds a
-per-token table from MiniLM once (cached in .turnout/cache) and then embeds a prompt in < 1 ms.
+per-token table from MiniLM once (cached in .turnout/cache) and then embeds a prompt in < 1 ms;
+``--embedding minilm-onnx`` runs the full model in onnxruntime with int8 weights (built once into
+the model cache, ~/.cache/turnout), ``minilm-onnx-fp32`` in float32.
 Heavy imports (scikit-learn, matplotlib, tqdm, the embedding model) happen inside the command.
 """
 
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
+from turnout.routing.embeddings import EMBEDDINGS
 
 if TYPE_CHECKING:
     from turnout.evals.datasets import RoutingDataset
@@ -70,9 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=int, default=10, help="quantile bins of the score for the curve (RouteLLM: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write the quality curves as PNG")
-    p.add_argument("--embedding", choices=("minilm", "minilm-static"), default="minilm",
-                   help="prompt embeddings for emb-*/hybrid: the full MiniLM forward pass (default) or its "
-                   "distilled static token table (sub-millisecond, built once in about a minute)")
+    p.add_argument("--embedding", choices=EMBEDDINGS, default="minilm",
+                   help="prompt embeddings for emb-*/hybrid: the full MiniLM forward pass in numpy (default), its "
+                   "distilled static token table (sub-millisecond, built once in about a minute), or the full "
+                   "model in onnxruntime, int8 (minilm-onnx) or float32 (minilm-onnx-fp32), built once in seconds")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .turnout/cache)")
     p.add_argument("--save-artifact", type=Path, default=None, metavar="PATH",
                    help="refit the first --router (a learned one) on all rows and save it with a calibrated threshold "
@@ -105,9 +110,10 @@ def _default_routers(data: RoutingDataset) -> list[str]:
 def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str) -> np.ndarray:
     from tqdm import tqdm
 
-    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM, cached_embeddings
+    from turnout.routing.embeddings import cached_embeddings
+    from turnout.routing.learned import make_embedder
 
-    encoder = MiniLMEncoder() if kind == "minilm" else StaticMiniLM(cache_dir=cache_dir)
+    encoder = make_embedder(kind, cache_dir)
     with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
         return cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
 

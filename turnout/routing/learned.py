@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from turnout.routing.calibration import threshold_for_escalation, threshold_for_quality
+from turnout.routing.embeddings import EMBEDDINGS
 from turnout.routing.scorers import Scorer, make_scorer
 
 ARTIFACT_FORMAT = "turnout.router/1"
@@ -60,17 +61,20 @@ def data_fingerprint(prompts: list[str], weak: np.ndarray, strong: np.ndarray) -
     return digest.hexdigest()
 
 
-EMBEDDINGS = ("minilm", "minilm-static")
-
-
-def make_embedder(kind: str = "minilm") -> Embedder:
-    """``minilm``: the full MiniLM forward pass; ``minilm-static``: its distilled token table."""
+def make_embedder(kind: str = "minilm", cache_dir: Path | None = None) -> Embedder:
+    """``minilm``: the full MiniLM forward pass in numpy; ``minilm-static``: its distilled token
+    table (kept in ``cache_dir``, default .turnout/cache); ``minilm-onnx`` / ``minilm-onnx-fp32``:
+    the full model in onnxruntime, int8 / float32 (built once into the model cache)."""
     from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
 
     if kind == "minilm":
         return MiniLMEncoder()
     if kind == "minilm-static":
-        return StaticMiniLM()
+        return StaticMiniLM(cache_dir=cache_dir)
+    if kind in ("minilm-onnx", "minilm-onnx-fp32"):
+        from turnout.routing.minilm_onnx import OnnxMiniLM
+
+        return OnnxMiniLM(int8=kind == "minilm-onnx")
     raise ValueError(f"unknown embedding {kind!r}: choose from {', '.join(EMBEDDINGS)}")
 
 
@@ -148,9 +152,9 @@ class LearnedRouter:
 def embedding_metadata(scorer: Scorer, embedding: str = "minilm") -> dict[str, Any]:
     if not scorer.uses_embeddings:
         return {"embedding": None, "embedding_model": None}
-    from turnout.routing.embeddings import MODEL_NAME, MiniLMEncoder
+    from turnout.routing.embeddings import MODEL_NAME, model_dir, weights_sha256
 
-    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": MiniLMEncoder().fingerprint()}
+    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(model_dir())}
 
 
 def features_of(scorer: Scorer) -> list[str]:
