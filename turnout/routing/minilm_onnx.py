@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ from turnout.routing.embeddings import (
     DIM,
     MODEL_NAME,
     EmbeddingModelMissing,
+    MiniLMEncoder,
+    embeddings_available,
     load_tokenizer,
     model_dir,
     weights_sha256,
@@ -41,6 +44,7 @@ from turnout.routing.embeddings import (
 if TYPE_CHECKING:
     import onnx
 
+log = logging.getLogger("turnout.embeddings")
 GRAPH_VERSION = 1  # bump when build_graph changes: cached files carry it in their name
 OPSET = 17  # LayerNormalization is an ONNX op from 17
 VARIANTS = ("fp32", "int8")
@@ -238,3 +242,17 @@ class OnnxMiniLM:
     def fingerprint(self) -> str:
         """sha256 of the weights file the graph was built from."""
         return self._sha256
+
+
+def exact_encoder(max_length: int = 256) -> OnnxMiniLM | MiniLMEncoder:
+    """The full MiniLM for the gateway's own embeddings (``/v1/embeddings``, the semantic cache,
+    retrieval): ONNX Runtime in float32 on one thread, the numpy encoder's vectors (cosine
+    1.000000 over MMLU and GSM8K) at 1.8x its speed (docs/routing-eval.md), when onnxruntime and
+    onnx are installed and the graph builds; else the numpy encoder itself."""
+    try:
+        return OnnxMiniLM(max_length=max_length, int8=False, threads=1)
+    except Exception as exc:  # noqa: BLE001 - the numpy encoder computes the same vectors
+        if not embeddings_available():  # no weights at all: that is the error to report
+            raise
+        log.warning("MiniLM in onnxruntime unavailable (%s); using the numpy encoder", exc)
+    return MiniLMEncoder(None, max_length)

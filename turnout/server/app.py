@@ -99,9 +99,9 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
         return None
     embed = None
     if cfg.cache.semantic:
-        from turnout.routing.embeddings import MiniLMEncoder
+        from turnout.routing.minilm_onnx import exact_encoder
 
-        encoder = MiniLMEncoder()
+        encoder = exact_encoder()
 
         def embed(text: str) -> Any:
             return encoder.encode([text])[0]
@@ -121,14 +121,14 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
         return None
     import threading
 
-    from turnout.routing.embeddings import MiniLMEncoder
+    from turnout.routing.minilm_onnx import exact_encoder
 
     lock, holder = threading.Lock(), []
 
     def embed(texts: list[str]) -> Any:
         with lock:
             if not holder:
-                holder.append(MiniLMEncoder())
+                holder.append(exact_encoder())
         return holder[0].encode(texts)
 
     if cfg.storage.postgres_dsn:
