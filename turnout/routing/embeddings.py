@@ -70,11 +70,9 @@ def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
 
 def weights_sha256(folder: Path) -> str:
     """sha256 of the packaged weights file, recorded in router artifacts and keying caches."""
-    digest = hashlib.sha256()
-    with (folder / "model.safetensors").open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from turnout.registry import sha256_file
+
+    return sha256_file(folder / "model.safetensors")
 
 
 class Encoder(Protocol):
