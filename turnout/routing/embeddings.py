@@ -75,6 +75,31 @@ def weights_sha256(folder: Path) -> str:
     return sha256_file(folder / "model.safetensors")
 
 
+def encode_in_batches(
+    tokenizer: Tokenizer, texts: list[str], batch_size: int,
+    forward: Callable[[np.ndarray, np.ndarray], np.ndarray], on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Sentence embeddings of ``texts`` in their order: tokenised, sorted by length, and run through
+    ``forward(ids, mask)`` (int64 token ids, padded, and the int64 attention mask) ``batch_size``
+    texts at a time, so that texts of similar length share a batch; ``on_batch(n)`` after each."""
+    encodings = tokenizer.encode_batch(list(texts))
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        t = int(lengths[chunk].max())
+        ids = np.zeros((len(chunk), t), dtype=np.int64)
+        mask = np.zeros((len(chunk), t), dtype=np.int64)
+        for row, i in enumerate(chunk):
+            ids[row, : lengths[i]] = encodings[i].ids
+            mask[row, : lengths[i]] = 1
+        out[chunk] = forward(ids, mask)
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return out
+
+
 class Encoder(Protocol):
     """What :func:`cached_embeddings` needs of an encoder."""
 
@@ -181,23 +206,8 @@ class MiniLMEncoder:
         """Embeddings of ``texts``; batches group texts of similar length to limit padding.
 
         ``on_batch(n)`` is called after each batch of ``n`` texts (for a progress bar)."""
-        encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = np.array([len(e.ids) for e in encodings])
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            t = int(lengths[chunk].max())
-            ids = np.zeros((len(chunk), t), dtype=np.int64)
-            mask = np.zeros((len(chunk), t), dtype=np.float32)
-            for row, i in enumerate(chunk):
-                n = lengths[i]
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1.0
-            out[chunk] = self._forward(ids, mask)
-            if on_batch is not None:
-                on_batch(len(chunk))
-        return out
+        return encode_in_batches(self.tokenizer, texts, batch_size,
+                                 lambda ids, mask: self._forward(ids, mask.astype(np.float32)), on_batch)
 
     def fingerprint(self) -> str:
         """sha256 of the weights file, recorded in router artifacts."""

@@ -36,6 +36,7 @@ from turnout.routing.embeddings import (
     EmbeddingModelMissing,
     MiniLMEncoder,
     embeddings_available,
+    encode_in_batches,
     load_tokenizer,
     model_dir,
     weights_sha256,
@@ -220,24 +221,9 @@ class OnnxMiniLM:
         self, texts: list[str], batch_size: int | None = None, on_batch: Callable[[int], None] | None = None
     ) -> np.ndarray:
         """Embeddings of ``texts``; ``on_batch(n)`` is called after each batch of ``n`` texts."""
-        batch_size = batch_size or self.batch_size
-        encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            t = int(lengths[chunk].max())
-            ids = np.zeros((len(chunk), t), dtype=np.int64)
-            mask = np.zeros((len(chunk), t), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                n = lengths[i]
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1
-            out[chunk] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            if on_batch is not None:
-                on_batch(len(chunk))
-        return out
+        return encode_in_batches(
+            self.tokenizer, texts, batch_size or self.batch_size,
+            lambda ids, mask: self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], on_batch)
 
     def fingerprint(self) -> str:
         """sha256 of the weights file the graph was built from."""
