@@ -137,15 +137,18 @@ class AnswerCache:
             return Hit("semantic", _copy(best[1].result), best[0]), vec
         return None, vec
 
-    def store(self, key: str, req: ChatRequest, partition: str, result: ChatResult, vector: np.ndarray | None) -> bool:
+    def store(self, key: str, req: ChatRequest, partition: str, result: ChatResult,
+              vector: np.ndarray | None) -> str | None:
+        """Keep a complete answer; returns the scope it was stored under, None if not stored."""
         if result.finish_reason not in ("stop", "length") or result.tool_calls or not result.content:
-            return False
+            return None
+        scope = scope_of(req, partition)
         with self._lock:
-            self._entries[key] = _Entry(_copy(result), self.clock(), scope_of(req, partition), vector)
+            self._entries[key] = _Entry(_copy(result), self.clock(), scope, vector)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return True
+        return scope
 
     def adopt(self, entries: list[SharedEntry]) -> int:
         """Add other replicas' semantic entries (``SharedAnswers.since_last``) that are still

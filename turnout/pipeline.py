@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from turnout.cache import AnswerCache, Hit, cacheable, scope_of
+from turnout.cache import AnswerCache, Hit, cacheable
 from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage
 from turnout.errors import (
@@ -269,10 +269,9 @@ class Gateway:
         """Store an engine's answer for later identical requests (a miss that was cacheable)."""
         if self.cache is not None and call.cache == "miss" and call.cache_key and call.engine is not None:
             result.model = result.model or call.engine.info.model
-            part = _partition(call)
-            if self.cache.store(call.cache_key, req, part, result, call.cache_vector) and self.cache.shared is not None:
-                await self.cache.shared.put(call.cache_key, result, scope=scope_of(req, part),
-                                            vector=call.cache_vector)
+            scope = self.cache.store(call.cache_key, req, _partition(call), result, call.cache_vector)
+            if scope is not None and self.cache.shared is not None:
+                await self.cache.shared.put(call.cache_key, result, scope=scope, vector=call.cache_vector)
 
     # ---- decide ----------------------------------------------------------------------------
     @step("decide")
