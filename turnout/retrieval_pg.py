@@ -117,21 +117,20 @@ class PostgresChunks:
 
         return self._run(read)
 
-    def version(self, collection: str) -> int:
-        def read(cur: Any) -> int:
-            cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
+    def _version(self, cur: Any, collection: str) -> int:
+        cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
 
-        return self._run(read)
+    def version(self, collection: str) -> int:
+        return self._run(lambda cur: self._version(cur, collection))
 
     def load(self, collection: str) -> tuple[int, list[tuple[Row, bytes]]]:
-        def read(cur: Any) -> tuple[int, list[tuple[Row, bytes]]]:  # one transaction: one snapshot
-            cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
-            row = cur.fetchone()
+        def read(cur: Any) -> tuple[int, list[tuple[Row, bytes]]]:
+            version = self._version(cur, collection)  # before the rows: a write in between only costs a reload
             cur.execute(f"SELECT doc_id, chunk, text, metadata, embedding FROM {self.s}.rag_chunks "
                         "WHERE collection = %s ORDER BY id", (collection,))
-            return (int(row[0]) if row else 0), [(tuple(r[:4]), bytes(r[4])) for r in cur.fetchall()]
+            return version, [(tuple(r[:4]), bytes(r[4])) for r in cur.fetchall()]
 
         return self._run(read)
 
