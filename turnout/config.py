@@ -223,6 +223,13 @@ class StorageConfig(_Strict):
     postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit and document tables")
 
 
+class FunctionsConfig(_Strict):
+    """Functions: prompt templates as files (``turnout.functions``), called as ``model: "fn:NAME"``."""
+
+    path: str | None = Field(None, description="the folder of functions, one sub-folder per function "
+                             "(relative to the working directory); none: functions off")
+
+
 class TurnoutConfig(_Strict):
     engines: dict[str, EngineConfig] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
@@ -233,6 +240,7 @@ class TurnoutConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     cache: CacheConfig = CacheConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    functions: FunctionsConfig = FunctionsConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:

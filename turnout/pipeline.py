@@ -53,6 +53,7 @@ from turnout.guards.scanner import Inspection
 from turnout.guards.step import Guards, GuardState, redact
 from turnout.ledger.base import Ledger
 from turnout.ledger.sqlite import LedgerRow
+from turnout.ledger.tags import FunctionTag
 from turnout.metrics import Metrics
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest, usage_dict
 from turnout.retrieval import VectorStore, context_message
@@ -104,6 +105,7 @@ class Call:
     status: str = "ok"
     http_status: int = 200
     error: str | None = None
+    function: FunctionTag | None = None  # set by turnout.functions for "fn:NAME" calls; copied to the row
 
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, TurnoutError):
@@ -446,6 +448,8 @@ class Gateway:
             req, hit = await self.prepare(call, req)
             result = hit or await self.answer(call, req)
             self.scan(call, req, result)
+            if call.function is not None:  # a function's output check: its verdict goes in the row
+                call.function.judge(result.content)
             await self.keep(call, req, result)
             return completion_body(call, result)
 
@@ -654,6 +658,7 @@ class Gateway:
             labels=",".join(sorted(call.labels)),
             key_id=call.key.key_id if call.key else None,
             trace_id=call.trace_id,
+            **(call.function.ledger_fields() if call.function else {}),
         )
         try:
             await self.ledger.record(row)

@@ -23,4 +23,10 @@ def check(args: argparse.Namespace) -> int:
         print(f"  route {alias}: {' -> '.join(route.chain)}")
     if not local:
         print("  note: no local engine; requests labelled sensitive will be refused")
+    if cfg.functions.path:  # templates, schemas and golden inputs, all checked (turnout.functions.spec)
+        from turnout.functions.spec import load_functions
+
+        for name, fn in load_functions(cfg.functions.path, cfg).items():
+            variants = ", ".join(f"{v.name}@{v.template_hash} -> {v.spec.route}" for v in fn.variants.values())
+            print(f"  function fn:{name}: {variants}; {len(fn.golden)} golden item(s)")
     return 0

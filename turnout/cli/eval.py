@@ -7,7 +7,7 @@ import argparse
 import importlib
 
 EVALS = ["turnout.evals.router_cli", "turnout.evals.cascade_cli", "turnout.evals.guards_cli",
-         "turnout.evals.golden_cli"]
+         "turnout.evals.golden_cli", "turnout.functions.eval_cli"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -143,9 +143,13 @@ class LlamaCppEngine(Engine):
             kw["presence_penalty"] = req.presence_penalty
         if req.frequency_penalty is not None:
             kw["frequency_penalty"] = req.frequency_penalty
-        json_answer = req.response_format is not None and req.response_format.get("type") == "json_object"
+        rf = req.response_format or {}
+        schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
+        json_answer = rf.get("type") == "json_object" or isinstance(schema, dict)
         if plan is not None and plan.constrained:  # the grammar replaces response_format's (see grammar_for)
             kw["grammar"] = LlamaGrammar.from_string(self._grammar(plan, json_answer))
+        elif isinstance(schema, dict):  # llama-cpp-python makes a grammar of the schema (json_schema_to_gbnf)
+            kw["response_format"] = {"type": "json_object", "schema": schema}
         elif json_answer:
             kw["response_format"] = {"type": "json_object"}
         return kw

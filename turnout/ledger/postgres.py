@@ -76,6 +76,16 @@ def migrations(s: str) -> list[tuple[str, list[str]]]:
                 comment TEXT)""",
             f"CREATE INDEX feedback_ts ON {s}.feedback (ts)",
         ]),
+        ("0004_requests_function", [
+            f"ALTER TABLE {s}.requests ADD COLUMN function TEXT",
+            f"ALTER TABLE {s}.requests ADD COLUMN variant TEXT",
+            f"ALTER TABLE {s}.requests ADD COLUMN template_hash TEXT",
+            f"ALTER TABLE {s}.requests ADD COLUMN episode TEXT",
+            f"ALTER TABLE {s}.requests ADD COLUMN function_attempt TEXT",
+            f"ALTER TABLE {s}.requests ADD COLUMN function_outcome TEXT",
+            f"CREATE INDEX requests_function ON {s}.requests (function, tenant, ts)",
+            f"CREATE INDEX requests_episode ON {s}.requests (function, episode)",
+        ]),
     ]
 
 

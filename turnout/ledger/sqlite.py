@@ -65,9 +65,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             comment TEXT)""",
         "CREATE INDEX feedback_ts ON feedback (ts)",
     ]),
+    ("0004_requests_function", [  # turnout.functions: which function, variant and template answered
+        "ALTER TABLE requests ADD COLUMN function TEXT",
+        "ALTER TABLE requests ADD COLUMN variant TEXT",
+        "ALTER TABLE requests ADD COLUMN template_hash TEXT",
+        "ALTER TABLE requests ADD COLUMN episode TEXT",
+        "ALTER TABLE requests ADD COLUMN function_attempt TEXT",
+        "ALTER TABLE requests ADD COLUMN function_outcome TEXT",
+        "CREATE INDEX requests_function ON requests (function, tenant, ts)",
+        "CREATE INDEX requests_episode ON requests (function, episode)",
+    ]),
 ]
 
-COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id"]
+COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
+           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome"]
 
 
 @dataclass(slots=True)
@@ -97,6 +108,12 @@ class LedgerRow:
     labels: str = ""
     trace_id: str | None = None
     key_id: str | None = None
+    function: str | None = None          # turnout.functions: "fn:NAME" calls only
+    variant: str | None = None
+    template_hash: str | None = None     # the variant's template version
+    episode: str | None = None           # the caller's episode id (sticky variant assignment)
+    function_attempt: str | None = None  # first | retry | escalated
+    function_outcome: str | None = None  # valid | unchecked | invalid: <why>
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in COLUMNS)

@@ -26,6 +26,7 @@ from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
 from turnout.routing.learned import LearnedRouter
 from turnout.server import chat, dashboard, documents, embeddings, feedback, health, models, openapi
+from turnout.server import functions as function_routes
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
@@ -148,12 +149,24 @@ def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
     return routers
 
 
+def load_functions(cfg: TurnoutConfig) -> dict[str, Any]:
+    """The functions of ``functions.path`` (turnout.functions), validated; {} when unset."""
+    if not cfg.functions.path:
+        return {}
+    from turnout.functions.spec import load_functions as load
+
+    return dict(load(cfg.functions.path, cfg))
+
+
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
                span_exporter: Any = None) -> ChatFastPath:
     """The gateway as an ASGI app. ``span_exporter`` (tests) receives every span, whatever
     ``tracing.exporter`` says."""
+    fns = load_functions(cfg)  # before anything starts: a broken function stops start-up
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.functions = fns
         engines = await start_engines(cfg)
         db = Path(cfg.storage.sqlite_path)
         app.state.stores = stores = open_stores(cfg.storage)  # PostgreSQL when storage.postgres_dsn is set
@@ -198,6 +211,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/v1/feedback", feedback.post_feedback, methods=["POST"]),
+        Route("/v1/turnout/functions/{name}/report", function_routes.function_report, methods=["GET"]),
         *dashboard.ROUTES,
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]

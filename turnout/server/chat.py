@@ -43,6 +43,10 @@ async def chat_completions(request: Request) -> Response:
     call = _call_for(request)
     try:
         req = validate(ChatRequest, await read_json(request, gw.cfg.server.max_body_bytes))
+        if req.model.startswith("fn:"):  # a function (turnout.functions): a client of the same pipeline
+            from turnout.server.functions import function_completions
+
+            return await function_completions(request, req, call, _until_disconnect)
         if req.stream:
             body = await gw.stream(req, call)
             return StreamingResponse(body, media_type="text/event-stream", headers={**call.headers(), "Cache-Control": "no-cache"})

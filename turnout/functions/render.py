@@ -1,0 +1,78 @@
+"""Templates: a sandboxed Jinja2 with ``StrictUndefined``, checked against the input schema,
+and the template hash that is a variant's version."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from turnout.functions.spec import Function, Variant
+
+
+class RenderError(ValueError):
+    """The variables do not fit the input schema, or a template failed on them."""
+
+
+def environment() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # Immutable: a template cannot change the caller's lists and dicts; no autoescape: prompts
+    # are text, not HTML; keep_trailing_newline: what is in the file is what is sent.
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def compile_template(env: Any, path: Path, source: str, declared: set[str], schema_file: str) -> Any:
+    """The compiled template; ``FunctionError`` with the line for a syntax error or a variable
+    the input schema does not declare."""
+    from jinja2 import TemplateSyntaxError, meta, nodes
+
+    from turnout.functions.spec import FunctionError
+
+    try:
+        ast = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise FunctionError(f"{path}:{exc.lineno}: template syntax error: {exc.message}") from None
+    unknown = sorted(meta.find_undeclared_variables(ast) - declared)
+    if unknown:
+        first = unknown[0]
+        line = min((n.lineno for n in ast.find_all(nodes.Name) if n.name == first and n.ctx == "load"), default=1)
+        raise FunctionError(f"{path}:{line}: the template uses {{{{ {first} }}}}, which {schema_file} does not declare "
+                            f"-> add it to \"properties\" or correct the name"
+                            + (f" (also undeclared: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""))
+    return env.from_string(source)
+
+
+def template_hash(system: str | None, user: str) -> str:
+    """A variant's template version: sha256 of its system and user templates, 16 hex digits."""
+    h = hashlib.sha256()
+    h.update(b"system\x00" + (system or "").encode() + b"\x00user\x00" + user.encode())
+    return h.hexdigest()[:16]
+
+
+def check_input(fn: Function, variables: Any) -> None:
+    if not isinstance(variables, dict):
+        raise RenderError("the variables must be a JSON object")
+    errors = list(fn.validator("input").iter_errors(variables))
+    if errors:
+        e = errors[0]
+        where = "/" + "/".join(map(str, e.instance_path)) if e.instance_path else "the variables"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise RenderError(f"{where}: {e.message}{more}")
+
+
+def messages(fn: Function, variant: Variant, variables: Any) -> list[dict[str, str]]:
+    """The chat messages of ``variant`` for ``variables`` (checked against the input schema first)."""
+    from jinja2 import TemplateError
+
+    check_input(fn, variables)
+    out = []
+    try:
+        if variant.system is not None:
+            out.append({"role": "system", "content": variant.system.render(**variables)})
+        out.append({"role": "user", "content": variant.user.render(**variables)})
+    except TemplateError as exc:
+        raise RenderError(f"template error: {exc}") from None
+    return out

@@ -1,0 +1,253 @@
+"""Calling a function: variables -> variant -> messages -> the pipeline, judged, retried once,
+then escalated.
+
+Each attempt is an ordinary pipeline call (``Gateway.chat``, or ``Gateway.stream`` for a
+function without output checks) under its own request id, so each is one ledger row carrying
+the function, variant, template hash, episode, attempt (first | retry | escalated) and the
+verdict on its answer. With ``escalate_on: [invalid_output]``, an answer that fails the output
+schema or a check is retried once on the same route, then sent with the original input to
+``escalate_to``; the last invalid verdict is the escalation's reason. If the escalation's
+answer is invalid too, the caller gets a 502 ``invalid_output`` error rather than an answer
+that breaks its parser. Without ``escalate_on`` the answer is returned as it is, and the
+verdict is in the ``x-turnout-function-outcome`` header and the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from turnout.errors import InvalidRequest, NotFound, TurnoutError
+from turnout.functions import checks, experiment, render
+from turnout.functions.spec import Function, Variant
+from turnout.ledger.tags import FunctionTag
+from turnout.pipeline import Call, Gateway, new_request_id
+from turnout.protocol import ChatRequest
+
+PREFIX = "fn:"
+
+
+@dataclass
+class Invocation:
+    """What the caller sent, apart from the pipeline's ``Call``."""
+
+    name: str
+    variables: dict[str, Any]
+    episode: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    variant: str | None = None  # metadata.variant pins one (evaluations); else the experiment assigns
+
+
+@dataclass
+class Outcome:
+    call: Call                                  # the attempt whose answer the caller gets
+    tag: FunctionTag
+    body: dict[str, Any] | None = None          # non-streamed answer
+    stream: AsyncIterator[bytes] | None = None  # SSE body
+    attempts: list[FunctionTag] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        t = self.tag
+        escalated = any(a.attempt == "escalated" for a in self.attempts)
+        return {**self.call.headers(), "x-turnout-function": t.function, "x-turnout-variant": t.variant,
+                "x-turnout-template-hash": t.template_hash,
+                "x-turnout-function-outcome": (t.outcome or "unchecked").encode("ascii", "replace").decode()[:200],
+                "x-turnout-function-attempts": ",".join(a.attempt for a in self.attempts),
+                **({"x-turnout-escalated": "invalid_output"} if escalated else {})}
+
+
+def variables_of(req: ChatRequest) -> dict[str, Any]:
+    """``metadata.variables`` (a JSON string: OpenAI metadata values are strings), else the last
+    user message, which must be a JSON object."""
+    raw = (req.metadata or {}).get("variables")
+    param = "metadata.variables"
+    if raw is None:
+        users = [m for m in req.messages if m.role == "user"]
+        if not users:
+            raise InvalidRequest("a function takes its variables as a JSON object in the last user message or in "
+                                 "metadata.variables", param="messages", code="function_variables")
+        raw, param = users[-1].text(), "messages"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest(f"{param}: the variables must be a JSON object, e.g. {{\"text\": \"...\"}}",
+                             param=param, code="function_variables") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{param}: the variables must be a JSON object, got {type(value).__name__}",
+                             param=param, code="function_variables")
+    return value
+
+
+def invocation_of(req: ChatRequest) -> Invocation:
+    meta = dict(req.metadata or {})
+    episode = meta.pop("episode", None)
+    variant = meta.pop("variant", None)
+    meta.pop("variables", None)
+    return Invocation(req.model[len(PREFIX):], variables_of(req), episode or None, req.stream, req.include_usage,
+                      meta or None, req.user, variant or None)
+
+
+class FunctionRunner:
+    def __init__(self, gateway: Gateway, functions: dict[str, Function], query: experiment.Query | None) -> None:
+        self.gw = gateway
+        self.functions = functions
+        self.query = query  # read-only SQL over the ledger: sticky episodes and bandit evidence
+
+    def get(self, name: str) -> Function:
+        fn = self.functions.get(name)
+        if fn is None:
+            known = ", ".join(f"{PREFIX}{n}" for n in sorted(self.functions)) or "none (functions.path is not set)"
+            raise NotFound(f"no function {name!r}; functions: {known}", param="model", code="model_not_found")
+        return fn
+
+    async def tenant(self, token: str | None, name: str) -> str:
+        """The caller's tenant (a key restricted to routes needs ``fn:NAME`` among them)."""
+        if self.gw.access is None:
+            return "anonymous"
+        key = await self.gw.access.authenticate(token, PREFIX + name)
+        return key.tenant if key is not None else "anonymous"
+
+    async def assign(self, fn: Function, tenant: str, episode: str | None) -> Variant:
+        import asyncio
+
+        if episode is not None and self.query is not None:
+            seen = await asyncio.to_thread(experiment.sticky, self.query, fn.name, tenant, episode)
+            if seen in fn.variants:
+                return fn.variants[seen]
+        alloc = await asyncio.to_thread(self.allocation, fn, tenant)
+        return fn.variants[experiment.pick(alloc.shares, experiment.draw(fn.name, tenant, episode))]
+
+    def allocation(self, fn: Function, tenant: str | None) -> experiment.Allocation:
+        if fn.spec.experiment.mode == "weights":
+            return experiment.allocate(fn)
+        return experiment.allocate(fn, experiment.evidence_for(fn, self.query, tenant))
+
+    def request(self, fn: Function, variant: Variant, inv: Invocation, model: str, stream: bool) -> ChatRequest:
+        try:
+            msgs = render.messages(fn, variant, inv.variables)
+        except render.RenderError as exc:
+            raise InvalidRequest(f"fn:{fn.name}: {exc}", param="messages", code="function_variables") from None
+        body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream,
+                                **variant.spec.params.model_dump(exclude_none=True)}
+        if stream and inv.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if fn.output_schema is not None and variant.spec.structured:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": fn.name, "schema": fn.output_schema, "strict": False}}
+        if inv.metadata:
+            body["metadata"] = inv.metadata
+        if inv.user:
+            body["user"] = inv.user
+        return ChatRequest.model_validate(body)
+
+    async def run(self, inv: Invocation, first: Call) -> Outcome:
+        """``first`` is the HTTP layer's call (credentials, sensitivity, trace context); later
+        attempts copy it under new request ids."""
+        fn = self.get(inv.name)
+        token = first.credentials
+        tenant = await self.tenant(token, fn.name)
+        if inv.variant is not None and inv.variant not in fn.variants:
+            raise InvalidRequest(f"fn:{fn.name} has no variant {inv.variant!r} ({', '.join(fn.variants)})",
+                                 param="metadata.variant", code="invalid_value")
+        variant = fn.variants[inv.variant] if inv.variant else await self.assign(fn, tenant, inv.episode)
+
+        def tag(attempt: str) -> FunctionTag:
+            check = (lambda answer: checks.problem(fn, answer, inv.variables)) if fn.checked else None
+            return FunctionTag(fn.name, variant.name, variant.template_hash, inv.episode, attempt, check=check)
+
+        if not fn.checked and inv.stream:  # nothing to judge: stream straight through
+            first.function = t = tag("first")
+            t.outcome = "unchecked"
+            req = self.request(fn, variant, inv, variant.spec.route, stream=True)
+            first.credentials = token
+            body = await self.gw.stream(req, first)
+            return Outcome(first, t, stream=body, attempts=[t])
+        plan = [("first", variant.spec.route)]
+        if fn.escalates:
+            plan += [("retry", variant.spec.route), ("escalated", fn.spec.escalate_to or variant.spec.route)]
+        attempts: list[FunctionTag] = []
+        call = first
+        result: dict[str, Any] | None = None
+        for attempt, model in plan:
+            if attempts:
+                call = _next_call(first, token)
+            call.credentials = token
+            call.function = t = tag(attempt)
+            attempts.append(t)
+            req = self.request(fn, variant, inv, model, stream=False)
+            if attempt == "retry" and result is not None:  # the same route, told what was wrong
+                req = with_repair(req, _content(result), attempts[-2].outcome or "")
+            result = await self.gw.chat(req, call)
+            if t.outcome is None:  # a cached or refused path that skipped the check
+                t.judge(_content(result))
+            if t.valid:
+                break
+        assert result is not None
+        if fn.escalates and not attempts[-1].valid:
+            raise TurnoutError(f"fn:{fn.name}: no valid answer after {len(attempts)} attempts; last: {t.outcome}",
+                               code="invalid_output", status=502,
+                               headers=Outcome(call, t, attempts=attempts).headers())
+        out = Outcome(call, t, attempts=attempts)
+        if inv.stream:
+            out.stream = replay(result, call, inv.include_usage)
+        else:
+            out.body = result
+        return out
+
+
+def with_repair(req: ChatRequest, answer: str | None, why: str) -> ChatRequest:
+    """The request again with the invalid answer and what was wrong with it (a deterministic
+    engine would otherwise repeat itself)."""
+    from turnout.protocol import ChatMessage
+
+    fix = ChatMessage(role="user", content=f"That answer is {why}. Reply again with only the corrected answer.")
+    return req.model_copy(update={"messages": [*req.messages, ChatMessage(role="assistant", content=answer or ""), fix]})
+
+
+def _content(body: dict[str, Any]) -> str | None:
+    content: str | None = body["choices"][0]["message"].get("content")
+    return content
+
+
+def _next_call(first: Call, token: str | None) -> Call:
+    return Call(request_id=new_request_id(), credentials=token, sensitivity=first.sensitivity,
+                trace_parent=first.trace_parent, ts=time.time())
+
+
+async def replay(body: dict[str, Any], call: Call, include_usage: bool) -> AsyncIterator[bytes]:
+    """A judged (so buffered) answer as an OpenAI chunk stream."""
+    head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
+    choice = body["choices"][0]
+    text = choice["message"].get("content") or ""
+
+    def line(obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    yield line({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None}]})
+    for i in range(0, len(text), 32):
+        yield line({**head, "choices": [{"index": 0, "delta": {"content": text[i:i + 32]}, "logprobs": None,
+                                         "finish_reason": None}]})
+    last: dict[str, Any] = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                 "finish_reason": choice["finish_reason"]}]}
+    if not include_usage:
+        last["usage"] = body["usage"]
+    yield line(last)
+    if include_usage:
+        yield line({**head, "choices": [], "usage": body["usage"]})
+    yield b"data: [DONE]\n\n"
+
+
+def is_function(model: str) -> bool:
+    return model.startswith(PREFIX)
+
+
+__all__ = ["FunctionRunner", "Invocation", "Outcome", "TurnoutError", "invocation_of", "is_function"]
