@@ -14,11 +14,12 @@ is constrained by a grammar built from the functions' JSON schemas; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +106,13 @@ class LlamaCppEngine(Engine):
     def _load(self, path: Path) -> tuple[Any, str]:
         from llama_cpp import Llama
 
-        llm = Llama(
-            model_path=str(path),
-            n_ctx=self.cfg.n_ctx,
-            n_threads=self.cfg.n_threads or default_threads(),
-            verbose=False,
-        )
+        with _extra_buffers(os.environ.get("TURNOUT_LLAMA_EXTRA_BUFFERS", "1") != "0"):
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=self.cfg.n_ctx,
+                n_threads=self.cfg.n_threads or default_threads(),
+                verbose=False,
+            )
         return llm, sha256_file(path)
 
     async def ready(self) -> tuple[bool, str]:
@@ -148,8 +150,8 @@ class LlamaCppEngine(Engine):
         json_answer = rf.get("type") == "json_object" or isinstance(schema, dict)
         if plan is not None and plan.constrained:  # the grammar replaces response_format's (see grammar_for)
             kw["grammar"] = LlamaGrammar.from_string(self._grammar(plan, json_answer))
-        elif isinstance(schema, dict):  # llama-cpp-python makes a grammar of the schema (json_schema_to_gbnf)
-            kw["response_format"] = {"type": "json_object", "schema": schema}
+        elif isinstance(schema, dict):  # the answer is JSON of the schema, enforced by a grammar
+            kw["grammar"] = LlamaGrammar.from_string(self._schema_grammar(schema), verbose=False)
         elif json_answer:
             kw["response_format"] = {"type": "json_object"}
         return kw
@@ -167,6 +169,25 @@ class LlamaCppEngine(Engine):
             return grammar
         raise InvalidRequest("the tools could not be made into a grammar for the embedded model",
                              param="tools", code="invalid_tools")
+
+    def _schema_grammar(self, schema: dict[str, Any]) -> str:
+        """A grammar for JSON of ``schema`` (response_format json_schema), once llama.cpp's parser
+        accepts it; else one for any JSON value (the answer is still checked by whoever asked).
+        Passing the schema through llama-cpp-python's response_format skips that check, and a
+        grammar llama.cpp rejects crashes the process (SmolLM2, a schema with a type union)."""
+        import json
+
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        try:
+            grammar = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:  # the converter asserts on what it does not know
+            log.warning("response_format schema not convertible to a grammar (%s); any JSON allowed", exc)
+            return str(JSON_GBNF)
+        if self._parses(grammar):
+            return str(grammar)
+        log.warning("llama.cpp rejected the grammar of the response_format schema; any JSON allowed")
+        return str(JSON_GBNF)
 
     def _parses(self, grammar: str) -> bool:
         from llama_cpp import llama_cpp as C
@@ -268,6 +289,36 @@ class LlamaCppEngine(Engine):
         finally:
             stop.set()
             await asyncio.shield(worker)
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _extra_buffers(on: bool) -> Iterator[None]:
+    """``TURNOUT_LLAMA_EXTRA_BUFFERS=0`` loads the weights without llama.cpp's extra CPU buffer
+    types (AMX / repacked layouts). On the December 2026 helper VMs (Firecracker, CPUs with
+    AMX_INT8) the first decode with them crashes the process (SIGSEGV; llama-cpp-python 0.3.36,
+    SmolLM2-135M Q4_1, even for "hi"); without them it answers. llama-cpp-python has no argument
+    for it, so the default model parameters are patched while this model loads."""
+    if on:
+        yield
+        return
+    import llama_cpp.llama as L
+
+    with _PARAMS_LOCK:
+        original = L.llama_cpp.llama_model_default_params
+
+        def without() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        L.llama_cpp.llama_model_default_params = without
+        try:
+            yield
+        finally:
+            L.llama_cpp.llama_model_default_params = original
 
 
 def default_threads() -> int:
