@@ -8,7 +8,7 @@ import json
 import time
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("functions", help="prompt functions (fn:NAME): reports and diffs")
     fsub = p.add_subparsers(dest="functions_command", required=True, metavar="ACTION")
     r = fsub.add_parser("report", help="per variant: calls, feedback with interval, cost, latency, escalation rate")

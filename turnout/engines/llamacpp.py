@@ -304,21 +304,22 @@ def _extra_buffers(on: bool) -> Iterator[None]:
     if on:
         yield
         return
-    import llama_cpp.llama as L
+    import importlib
 
+    C = importlib.import_module("llama_cpp.llama_cpp")  # what llama_cpp.Llama reads the defaults from
     with _PARAMS_LOCK:
-        original = L.llama_cpp.llama_model_default_params
+        original = getattr(C, "llama_model_default_params")
 
         def without() -> Any:
             params = original()
             params.use_extra_bufts = False
             return params
 
-        L.llama_cpp.llama_model_default_params = without
+        setattr(C, "llama_model_default_params", without)
         try:
             yield
         finally:
-            L.llama_cpp.llama_model_default_params = original
+            setattr(C, "llama_model_default_params", original)
 
 
 def default_threads() -> int:

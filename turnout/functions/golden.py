@@ -86,7 +86,7 @@ def score(item: dict[str, Any], answer: str, fn: Function) -> bool:
     if "json_schema" in item:
         import jsonschema_rs
 
-        schema = fn.output_schema if item["json_schema"] is True else item["json_schema"]
+        schema: Any = fn.output_schema if item["json_schema"] is True else item["json_schema"]
         return bool(jsonschema_rs.is_valid(schema, parsed))
     for key, expected in item["json_fields"].items():
         got = pointer(parsed, key if key.startswith("/") else "/" + key)

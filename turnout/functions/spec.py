@@ -50,7 +50,7 @@ class VariantSpec(_Strict):
     system: str | None = Field(None, description="template file of the system message")
     route: str = Field(description="route alias or engine name (turnout.yaml) that answers")
     weight: float = Field(1.0, ge=0, description="share of traffic, relative to the other variants")
-    params: Params = Params()
+    params: Params = Field(default_factory=lambda: Params.model_validate({}))
     structured: bool = Field(True, description="ask the engine for JSON of the output schema (response_format)")
 
 
@@ -98,7 +98,7 @@ class FunctionFile(_Strict):
     escalate_on: list[Literal["invalid_output"]] = Field(default_factory=list)
     escalate_to: str | None = Field(None, description="route alias or engine for the escalation")
     variants: dict[str, VariantSpec] = Field(min_length=1)
-    experiment: ExperimentSpec = ExperimentSpec()
+    experiment: ExperimentSpec = Field(default_factory=lambda: ExperimentSpec.model_validate({}))
     golden: str | None = Field(None, description="golden set (JSON lines); default golden.jsonl if present")
     min_pass: float = Field(0.0, ge=0, le=1, description="lowest golden pass rate `turnout eval function` accepts")
 

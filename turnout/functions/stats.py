@@ -92,7 +92,7 @@ def ledger_query(cfg: TurnoutConfig, db: str | None = None) -> Query:
         def pg(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 conn.execute(f"SET search_path TO {schema}")
-                return list(conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall())  # type: ignore[arg-type]
+                return list(conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall())
 
         return pg
     from turnout.ledger.stats import sqlite_query
