@@ -327,3 +327,53 @@ def test_extraction_on_the_embedded_model_answers_schema_valid_json(gateway_fact
     assert "not JSON" not in (first["function_outcome"] or "")  # the grammar made the 135M model write JSON
     assert "output schema" not in (first["function_outcome"] or "")  # ... of the schema's shape
     assert jsonschema_rs.is_valid(schema, json.loads(resp.json()["choices"][0]["message"]["content"]))
+
+
+def test_a_golden_metric_bandit_reads_the_saved_baseline(tmp_path: Path) -> None:
+    from turnout.functions.experiment import allocate, draw, evidence_for
+
+    fdir = functions_dir(tmp_path)
+    spec = fdir / "summarize" / "function.yaml"
+    spec.write_text(spec.read_text().replace("metric: feedback", "metric: golden").replace("min_samples: 20",
+                                                                                          "min_samples: 10"))
+    fn = load_functions(fdir)["summarize"]
+    assert evidence_for(fn, None, "acme") == {}  # no baseline yet: no evidence, even shares
+    assert abs(allocate(fn, {}).shares["plain"] - 0.5) < 0.05
+    (fdir / "summarize" / "baseline.json").write_text(json.dumps({"variants": {
+        "plain": {"n": 40, "passed": 38, "pass_rate": 0.95}, "bullets": {"n": 40, "passed": 20, "pass_rate": 0.5}}}))
+    alloc = allocate(fn, evidence_for(fn, None, "acme"))
+    assert alloc.winner == "plain" and alloc.shares == {"plain": 1.0}
+    assert draw("summarize", "acme", "e1") == draw("summarize", "acme", "e1") != draw("summarize", "globex", "e1")
+
+
+def test_the_report_compares_feedback_before_and_after_a_template_change(upstream: Upstream, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from turnout.testing.procs import start_server
+
+    upstream.reset()
+    fdir = functions_dir(tmp_path)
+    path = tmp_path / "turnout.yaml"
+    path.write_text(json.dumps(config(upstream.url, tmp_path, fdir)))
+    db = tmp_path / "one-ledger.sqlite"
+
+    def round_of(score: str) -> None:
+        with start_server("turnout", "serve", "--config", str(path), "--db", str(db), timeout=60, cwd=str(tmp_path)) as gw:
+            for i in range(3):
+                resp = call(gw, "summarize", SUMMARY_INPUT, metadata={"variant": "plain"})  # type: ignore[arg-type]
+                assert resp.status_code == 200 and resp.headers["x-turnout-variant"] == "plain"
+                assert httpx.post(gw.url + "/v1/feedback", timeout=10, json={
+                    "request_id": resp.headers["x-request-id"], "score": score}).status_code == 200
+
+    round_of("down")
+    (fdir / "summarize" / "plain.j2").write_text("Summarise in {{ words }} words or fewer; plain sentences.\n")
+    round_of("up")
+    capsys.readouterr()
+    assert cli(["functions", "report", "summarize", "--config", str(path), "--db", str(db), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    plain = [r for r in rep["variants"] if r["variant"] == "plain"]
+    by_version = {r["current"]: r for r in plain}
+    assert len(plain) == 2 and by_version[False]["feedback_mean"] == 0.0 and by_version[True]["feedback_mean"] == 1.0
+    assert by_version[True]["template_hash"] == load_functions(fdir)["summarize"].variants["plain"].template_hash
+    assert by_version[True]["calls"] == by_version[False]["calls"] == 3
+    assert cli(["functions", "report", "summarize", "--config", str(path), "--db", str(db)]) == 0
+    assert "* an earlier template version of that variant" in capsys.readouterr().out
