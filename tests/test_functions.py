@@ -284,6 +284,9 @@ def test_golden_gate_fails_on_a_regressed_template(gateway_factory, upstream: Up
     assert f"plain: pass rate fell 1.000 -> 0.000 (template {old} -> " in out
     assert "2 item(s) passed in the baseline and fail now: cats, dogs" in out
     assert "engine small: weights sha256" in out
+    listed = {m["id"]: m["turnout"] for m in httpx.get(gw.url + "/v1/models", timeout=10).json()["data"]}
+    assert listed["fn:summarize"]["kind"] == "function"
+    assert listed["fn:summarize"]["variants"]["plain"]["template_hash"] != old
     rows = gw.ledger()
     assert {r["variant"] for r in rows} == {"plain"} and {r["template_hash"] for r in rows} != {old}
 

@@ -26,4 +26,9 @@ async def list_models(request: Request) -> Response:
                                  "license": i.license, "weights_sha256": i.weights_sha256,
                                  "price_per_m": {"input": i.input_per_m, "output": i.output_per_m},
                                  "hourly_cost": i.hourly_cost, "serves": serves([name])}})
+    for name, fn in (getattr(request.app.state, "functions", None) or {}).items():  # turnout.functions
+        data.append({"id": f"fn:{name}", "object": "model", "created": 0, "owned_by": "turnout",
+                     "turnout": {"kind": "function", "description": fn.spec.description, "serves": ["chat"],
+                                 "variants": {v.name: {"route": v.spec.route, "template_hash": v.template_hash}
+                                              for v in fn.variants.values()}}})
     return JSONResponse({"object": "list", "data": data})
