@@ -8,8 +8,9 @@ Bandit (``experiment.mode: bandit``): each variant's metric is a Beta posterior,
 1 + n - s), where n is the number of judged answers and s the summed satisfaction (feedback:
 thumbs 1/0, ratings (r-1)/4; golden: passed items of the saved baseline). Traffic goes to each
 variant with its posterior probability of being best (probability matching, the expectation
-of Thompson sampling); once one variant's probability reaches ``confidence`` and every variant
-has ``min_samples``, the experiment stops and the winner takes all traffic.
+of Thompson sampling), at least 5% each until it has ``min_samples`` judged answers; once one
+variant's probability reaches ``confidence`` and every variant has ``min_samples``, the experiment
+stops and the winner takes all traffic.
 
 Experiment data is the tenant's own: one tenant's feedback never moves another's traffic.
 """
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 DRAWS = 4000
+FLOOR = 0.05  # the least share of a variant that has fewer than min_samples judged answers
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,14 @@ def allocate(fn: Function, evidence: dict[str, tuple[int, float]] | None = None)
     if pb[lead] >= exp.confidence and all(ev.get(n, (0, 0.0))[0] >= exp.min_samples for n in live):
         return Allocation({lead: 1.0}, pb, ev, lead,
                           f"stopped: {lead} is best with probability {pb[lead]:.3f} >= {exp.confidence}")
-    return Allocation(pb, pb, ev, None, f"bandit ({exp.metric}): shares = P(best)")
+    # Until a variant has min_samples, it keeps a floor of traffic: probability matching alone can
+    # starve an early loser, and then the stop rule (which needs min_samples of each) never fires.
+    under = [n for n in live if ev.get(n, (0, 0.0))[0] < exp.min_samples]
+    shares = {n: max(pb[n], FLOOR) if n in under else pb[n] for n in live}
+    total = sum(shares.values())
+    shares = {n: v / total for n, v in shares.items()}
+    return Allocation(shares, pb, ev, None, f"bandit ({exp.metric}): shares = P(best), at least {FLOOR:.0%} "
+                      f"until {exp.min_samples} samples")
 
 
 def draw(fn: str, tenant: str, episode: str | None) -> float:

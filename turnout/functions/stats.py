@@ -116,7 +116,7 @@ def format_report(rep: dict[str, Any]) -> str:
             f"{r['feedback_mean']:.2f} n={r['feedback_n']}" if r["feedback_low"] is None else
             f"{r['feedback_mean']:.2f} [{r['feedback_low']:.2f},{r['feedback_high']:.2f}] n={r['feedback_n']}")
         lines.append(f"{r['variant']:<12} {r['template_hash'] + ('' if r['current'] else '*'):<16} {r['calls']:>6} "
-                     f"{fb:>22} {r['cost_per_call_usd']:>11.6f} {r['latency_ms_per_call']:>8.0f} "
+                     f"{fb:>22} {r['cost_per_call_usd']:>11.3g} {r['latency_ms_per_call']:>8.0f} "
                      f"{pct(r['retry_rate']):>6} {pct(r['escalation_rate']):>6} {pct(r['handled_locally']):>6}")
     if any(not r["current"] for r in rep["variants"]):
         lines.append("* an earlier template version of that variant")
