@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from turnout.config import TurnoutConfig
+    from turnout.functions.spec import Function
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(func=diff)
 
 
-def _function(config: str | None, name: str):  # type: ignore[no-untyped-def]
+def _function(config: str | None, name: str) -> tuple[TurnoutConfig, Function]:
     from turnout.config import load_config
     from turnout.functions.spec import FunctionError, load_functions
 
