@@ -20,14 +20,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from turnout.call import Call
+from turnout.engines.base import ChatResult, Delta
 from turnout.errors import InvalidRequest, NotFound, TurnoutError
 from turnout.functions import checks, experiment, render
 from turnout.functions.spec import Function, Variant
 from turnout.ledger.tags import FunctionTag
-from turnout.pipeline import Call, Gateway, new_request_id
-from turnout.protocol import ChatRequest
+from turnout.pipeline import Gateway
+from turnout.protocol import ChatRequest, StreamOptions
+from turnout.routing import cascade
 
 PREFIX = "fn:"
 
@@ -50,14 +51,16 @@ class Invocation:
 class Outcome:
     call: Call                                  # the attempt whose answer the caller gets
     tag: FunctionTag
-    body: dict[str, Any] | None = None          # non-streamed answer
-    stream: AsyncIterator[bytes] | None = None  # SSE body
+    request: ChatRequest | None = None          # what that attempt sent (streams: include_usage)
+    result: ChatResult | None = None            # non-streamed answer
+    stream: AsyncIterator[Delta] | None = None  # streamed answer
     attempts: list[FunctionTag] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
+        """The ``x-turnout-function*`` headers (the server adds the pipeline's own)."""
         t = self.tag
         escalated = any(a.attempt == "escalated" for a in self.attempts)
-        return {**self.call.headers(), "x-turnout-function": t.function, "x-turnout-variant": t.variant,
+        return {"x-turnout-function": t.function, "x-turnout-variant": t.variant,
                 "x-turnout-template-hash": t.template_hash,
                 "x-turnout-function-outcome": (t.outcome or "unchecked").encode("ascii", "replace").decode()[:200],
                 "x-turnout-function-attempts": ",".join(a.attempt for a in self.attempts),
@@ -168,14 +171,14 @@ class FunctionRunner:
             t.outcome = "unchecked"
             req = self.request(fn, variant, inv, variant.spec.route, stream=True)
             first.credentials = token
-            body = await self.gw.stream(req, first)
-            return Outcome(first, t, stream=body, attempts=[t])
+            deltas = await self.gw.stream(req, first)
+            return Outcome(first, t, req, stream=deltas, attempts=[t])
         plan = [("first", variant.spec.route)]
         if fn.escalates:
             plan += [("retry", variant.spec.route), ("escalated", fn.spec.escalate_to or variant.spec.route)]
         attempts: list[FunctionTag] = []
         call = first
-        result: dict[str, Any] | None = None
+        result: ChatResult | None = None
         for attempt, model in plan:
             if attempts:
                 call = _next_call(first, token)
@@ -184,22 +187,23 @@ class FunctionRunner:
             attempts.append(t)
             req = self.request(fn, variant, inv, model, stream=False)
             if attempt == "retry" and result is not None:  # the same route, told what was wrong
-                req = with_repair(req, _content(result), attempts[-2].outcome or "")
+                req = with_repair(req, result.content, attempts[-2].outcome or "")
             result = await self.gw.chat(req, call)
-            if t.outcome is None:  # a cached or refused path that skipped the check
-                t.judge(_content(result))
+            if t.outcome is None:  # a path that skipped the check
+                t.judge(result.content)
             if t.valid:
                 break
         assert result is not None
         if fn.escalates and not attempts[-1].valid:
-            raise TurnoutError(f"fn:{fn.name}: no valid answer after {len(attempts)} attempts; last: {t.outcome}",
-                               code="invalid_output", status=502,
-                               headers=Outcome(call, t, attempts=attempts).headers())
-        out = Outcome(call, t, attempts=attempts)
-        if inv.stream:
-            out.stream = replay(result, call, inv.include_usage)
+            raise FunctionFailed(f"fn:{fn.name}: no valid answer after {len(attempts)} attempts; last: {t.outcome}",
+                                 Outcome(call, t, attempts=attempts))
+        out = Outcome(call, t, req, attempts=attempts)
+        if inv.stream:  # judged, so whole: replayed as a stream
+            opts = StreamOptions(include_usage=inv.include_usage)
+            out.request = req.model_copy(update={"stream": True, "stream_options": opts})
+            out.stream = cascade.replay(result)
         else:
-            out.body = result
+            out.result = result
         return out
 
 
@@ -212,42 +216,23 @@ def with_repair(req: ChatRequest, answer: str | None, why: str) -> ChatRequest:
     return req.model_copy(update={"messages": [*req.messages, ChatMessage(role="assistant", content=answer or ""), fix]})
 
 
-def _content(body: dict[str, Any]) -> str | None:
-    content: str | None = body["choices"][0]["message"].get("content")
-    return content
-
-
 def _next_call(first: Call, token: str | None) -> Call:
-    return Call(request_id=new_request_id(), credentials=token, sensitivity=first.sensitivity,
-                trace_parent=first.trace_parent, ts=time.time())
+    return Call(credentials=token, sensitivity=first.sensitivity, trace_parent=first.trace_parent, ts=time.time())
 
 
-async def replay(body: dict[str, Any], call: Call, include_usage: bool) -> AsyncIterator[bytes]:
-    """A judged (so buffered) answer as an OpenAI chunk stream."""
-    head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
-    choice = body["choices"][0]
-    text = choice["message"].get("content") or ""
+class FunctionFailed(TurnoutError):
+    """Every attempt's answer was invalid (502 ``invalid_output``); carries the last attempt."""
 
-    def line(obj: dict[str, Any]) -> bytes:
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+    status = 502
+    code = "invalid_output"
 
-    yield line({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                     "finish_reason": None}]})
-    for i in range(0, len(text), 32):
-        yield line({**head, "choices": [{"index": 0, "delta": {"content": text[i:i + 32]}, "logprobs": None,
-                                         "finish_reason": None}]})
-    last: dict[str, Any] = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                 "finish_reason": choice["finish_reason"]}]}
-    if not include_usage:
-        last["usage"] = body["usage"]
-    yield line(last)
-    if include_usage:
-        yield line({**head, "choices": [], "usage": body["usage"]})
-    yield b"data: [DONE]\n\n"
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def is_function(model: str) -> bool:
     return model.startswith(PREFIX)
 
 
-__all__ = ["FunctionRunner", "Invocation", "Outcome", "TurnoutError", "invocation_of", "is_function"]
+__all__ = ["FunctionFailed", "FunctionRunner", "Invocation", "Outcome", "invocation_of", "is_function"]

@@ -1,19 +1,23 @@
 """``POST /v1/chat/completions`` with ``model: "fn:NAME"``: HTTP only; the logic is
-``turnout.functions.runner``. ``chat.chat_completions`` hands such requests here."""
+``turnout.functions.runner``, the wire format ``turnout.server.wire``. ``chat.chat_completions``
+hands such requests here. Also ``GET /v1/turnout/functions/{name}/report``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from turnout.call import Call
 from turnout.errors import TurnoutError
-from turnout.functions.runner import FunctionRunner, invocation_of
-from turnout.pipeline import Call, Gateway
+from turnout.functions.runner import FunctionFailed, FunctionRunner, invocation_of
+from turnout.pipeline import Gateway
 from turnout.protocol import ChatRequest
 from turnout.server.errors import error_response
+from turnout.server.wire import completion_body, headers
 
 
 def runner_of(request: Request) -> FunctionRunner:
@@ -27,38 +31,41 @@ def runner_of(request: Request) -> FunctionRunner:
     return runner
 
 
-async def function_completions(request: Request, req: ChatRequest, call: Call, until_disconnect: Any) -> Response:
+async def function_completions(request: Request, req: ChatRequest, call: Call,
+                               until_disconnect: Callable[[Request, Awaitable[Any]], Awaitable[Any]]) -> Response:
+    from turnout.server.chat import refused, sse
+
     gw: Gateway = request.app.state.gateway
     runner = runner_of(request)
     try:
         inv = invocation_of(req)
         if inv.stream:
             out = await runner.run(inv, call)
-            assert out.stream is not None
-            return StreamingResponse(out.stream, media_type="text/event-stream",
-                                     headers={**out.headers(), "Cache-Control": "no-cache"})
+            assert out.stream is not None and out.request is not None
+            return StreamingResponse(sse(out.call, out.request, out.stream), media_type="text/event-stream",
+                                     headers={**headers(out.call), **out.headers(), "Cache-Control": "no-cache"})
         out = await until_disconnect(request, runner.run(inv, call))
+    except FunctionFailed as exc:
+        return error_response(exc, {**headers(exc.outcome.call), **exc.outcome.headers()})
     except TurnoutError as exc:
-        if call.decision is None and call.status == "ok":  # refused before the pipeline: still recorded
-            call.fail(exc)
-            await gw.record(call)
-        return error_response(exc, {**call.headers(), **exc.headers})
-    return Response(orjson.dumps(out.body), media_type="application/json", headers=out.headers())
+        return await refused(gw, call, exc)
+    assert out.result is not None
+    return Response(orjson.dumps(completion_body(out.call, out.result)), media_type="application/json",
+                    headers={**headers(out.call), **out.headers()})
 
 
 async def function_report(request: Request) -> Response:
-    """``GET /v1/turnout/functions/{name}/report``: the report of ``turnout functions report``,
-    over the caller's own tenant only (any valid key; a key restricted to routes needs
-    ``fn:NAME``). Operators see every tenant with the CLI, which reads the ledger directly."""
+    """The report of ``turnout functions report``, over the caller's own tenant only (any valid
+    key; a key restricted to routes needs ``fn:NAME``). Operators see every tenant with the CLI,
+    which reads the ledger directly."""
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse
 
     from turnout.functions import stats
 
     runner = runner_of(request)
     name = request.path_params["name"]
     auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() or None if auth[:7].lower() == "bearer " else None
+    token = (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
     tenant = await runner.tenant(token, name)
     fn = runner.get(name)
     if runner.query is None:
