@@ -385,3 +385,30 @@ def test_the_report_compares_feedback_before_and_after_a_template_change(upstrea
     assert by_version[True]["calls"] == by_version[False]["calls"] == 3
     assert cli(["functions", "report", "summarize", "--config", str(path), "--db", str(db)]) == 0
     assert "* an earlier template version of that variant" in capsys.readouterr().out
+
+
+def test_functions_on_the_postgres_ledger(gateway_factory, upstream: Upstream, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                          pg_schema: str) -> None:
+    import psycopg
+
+    from tests.conftest import PG_DSN
+
+    upstream.reset()
+    cfg = config(upstream.url, tmp_path, functions_dir(tmp_path))
+    cfg["storage"] = {"postgres_dsn": PG_DSN, "postgres_schema": pg_schema}
+    gw: Gateway = gateway_factory(cfg)
+    script(upstream, fake_small=["no", "no"], fake_big=[VALID])
+    assert call(gw, "extract_invoice", INVOICE).headers["x-turnout-function-attempts"] == "first,retry,escalated"
+    for i in range(3):  # sticky episodes read from PostgreSQL
+        first = call(gw, "summarize", SUMMARY_INPUT, metadata={"episode": "pg-ep"}).headers["x-turnout-variant"]
+        assert i == 0 or first == seen
+        seen = first
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        rows = conn.execute(f"SELECT function, variant, function_attempt, function_outcome, episode "
+                            f"FROM {pg_schema}.requests ORDER BY id").fetchall()
+    assert [r[2] for r in rows[:3]] == ["first", "retry", "escalated"] and rows[2][3] == "valid"
+    assert {r[4] for r in rows[3:]} == {"pg-ep"} and {r[1] for r in rows[3:]} == {seen}
+    rep = httpx.get(gw.url + "/v1/turnout/functions/extract_invoice/report", timeout=10).json()
+    assert "variants" in rep, rep
+    (v1,) = rep["variants"]
+    assert v1["calls"] == 1 and v1["escalation_rate"] == 1.0 and v1["retry_rate"] == 1.0 and v1["invalid_answers"] == 2

@@ -39,12 +39,12 @@ def report(query: Query, fn: Function, tenant: str | None = None, since: float |
 
     where, params = where_of(""), [fn.name, *([tenant] if tenant is not None else []),
                                    *([since] if since is not None else [])]
-    rows = query(
+    rows = query(  # no LIKE '...%': psycopg would read the % as a placeholder
         "SELECT variant, template_hash, "
         "SUM(CASE WHEN function_attempt = 'first' THEN 1 ELSE 0 END), COUNT(*), SUM(cost_usd), SUM(latency_ms), "
         "SUM(CASE WHEN function_attempt = 'retry' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN function_attempt = 'escalated' THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN function_outcome LIKE 'invalid%' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN substr(function_outcome, 1, 7) = 'invalid' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN locality = 'local' AND function_outcome IN ('valid', 'unchecked') THEN 1 ELSE 0 END), "
         "SUM(baseline_cost_usd), MIN(ts), MAX(ts) "
         f"FROM requests WHERE {where} GROUP BY variant, template_hash", params)
