@@ -399,10 +399,10 @@ def test_functions_on_the_postgres_ledger(gateway_factory, upstream: Upstream, t
     gw: Gateway = gateway_factory(cfg)
     script(upstream, fake_small=["no", "no"], fake_big=[VALID])
     assert call(gw, "extract_invoice", INVOICE).headers["x-turnout-function-attempts"] == "first,retry,escalated"
-    for i in range(3):  # sticky episodes read from PostgreSQL
-        first = call(gw, "summarize", SUMMARY_INPUT, metadata={"episode": "pg-ep"}).headers["x-turnout-variant"]
-        assert i == 0 or first == seen
-        seen = first
+    got = [call(gw, "summarize", SUMMARY_INPUT, metadata={"episode": "pg-ep"}).headers["x-turnout-variant"]
+           for _ in range(3)]  # sticky episodes, read from PostgreSQL
+    seen = got[0]
+    assert got == [seen] * 3
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         rows = conn.execute(f"SELECT function, variant, function_attempt, function_outcome, episode "
                             f"FROM {pg_schema}.requests ORDER BY id").fetchall()
