@@ -140,6 +140,10 @@ class CacheConfig(_Strict):
     max_entries: int = Field(10_000, ge=1)
     semantic: bool = Field(False, description="also answer prompts whose embedding is this close to a cached one")
     semantic_threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity for a semantic hit")
+    semantic_check: bool = Field(True, description="also require the same content words in the same order "
+                                 "(turnout.cache_check); off, cosine alone decides and serves wrong answers")
+    semantic_max_edits: int = Field(0, ge=0, le=10, description="content words (not numbers, negations, names, "
+                                    "question or order words) that may be added or removed in a semantic hit")
 
 
 class RetrievalConfig(_Strict):

@@ -109,7 +109,8 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
     shared = SharedAnswers(cfg.storage.redis_url, ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries) \
         if cfg.storage.redis_url else None
     return AnswerCache(ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries, embed=embed,
-                       semantic_threshold=cfg.cache.semantic_threshold, shared=shared)
+                       semantic_threshold=cfg.cache.semantic_threshold, semantic_check=cfg.cache.semantic_check,
+                       semantic_max_edits=cfg.cache.semantic_max_edits, shared=shared)
 
 
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:
