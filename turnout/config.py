@@ -227,6 +227,32 @@ class StorageConfig(_Strict):
     postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit and document tables")
 
 
+class LicensePolicy(_Strict):
+    """Which model licenses may run (``turnout.licenses``): SPDX ids where one exists, case-insensitive."""
+
+    allow: list[str] | None = Field(None, description="if set, an engine's license must be one of these "
+                                    "(an engine that declares none is refused)")
+    deny: list[str] = Field(default_factory=list, description="an engine under one of these refuses to start")
+
+    @model_validator(mode="after")
+    def _ids_parse(self) -> LicensePolicy:
+        from turnout.licenses import parse
+
+        for what, ids in (("allow", self.allow or []), ("deny", self.deny)):
+            for i, license_id in enumerate(ids):
+                try:
+                    parse(license_id)
+                except ValueError as exc:
+                    raise ValueError(f"licenses.{what}[{i}]: {exc}") from None
+        return self
+
+
+class PolicyConfig(_Strict):
+    """What the gateway enforces about the engines it runs."""
+
+    licenses: LicensePolicy = LicensePolicy()
+
+
 class TurnoutConfig(_Strict):
     engines: dict[str, EngineConfig] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
@@ -237,10 +263,20 @@ class TurnoutConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     cache: CacheConfig = CacheConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:
         names = set(self.engines)
+        if self.policy.licenses.allow is not None or self.policy.licenses.deny:
+            from turnout.licenses import parse
+
+            for name, engine in self.engines.items():
+                try:
+                    if engine.license:
+                        parse(engine.license)
+                except ValueError as exc:
+                    raise ValueError(f"engines.{name}.license: {exc}") from None
         clash = names & set(self.routes)
         if clash:
             raise ValueError(f"names used both as engine and route: {sorted(clash)}; rename one")

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from turnout.cache import AnswerCache, SharedAnswers
 from turnout.config import TurnoutConfig
+from turnout.engines.admission import Refused, why_refused
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
@@ -35,6 +36,10 @@ async def start_engines(cfg: TurnoutConfig) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for name, ecfg in cfg.engines.items():
         engine = build_engine(name, ecfg)
+        if (reason := why_refused(ecfg, cfg.policy.licenses)) is not None:  # never started; /readyz says why
+            log.warning("engine %s not started: %s", name, reason)
+            engines[name] = Refused(engine, reason)
+            continue
         try:
             await engine.start()
         except Exception as exc:  # the gateway still serves the other engines; /readyz says why
