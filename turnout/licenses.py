@@ -20,7 +20,7 @@ from typing import Any
 
 @lru_cache(maxsize=1)
 def _licensing() -> Any:
-    from license_expression import get_spdx_licensing
+    from license_expression import get_spdx_licensing  # type: ignore[import-untyped]
 
     return get_spdx_licensing()
 
