@@ -137,8 +137,9 @@ class AnswerCache:
         return None, key
 
     def similar(self, req: ChatRequest, partition: str) -> tuple[Hit | None, np.ndarray | None]:
-        """(hit or None, the prompt's vector): the closest stored prompt of the same scope, if
-        it reaches ``semantic_threshold``. None, None without the semantic layer."""
+        """(hit or None, the prompt's vector): the closest stored prompt of the same scope that
+        reaches ``semantic_threshold`` and (``semantic_check``) passes ``cache_check.mismatch``;
+        the ``CANDIDATES`` closest are tried in turn. None, None without the semantic layer."""
         if self.embed is None:
             return None, None
         scope = scope_of(req, partition)
