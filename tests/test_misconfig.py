@@ -169,3 +169,13 @@ def test_golden_gate_fails_when_items_error(hybrid: Gateway, upstream: Upstream,
     assert out.returncode == 1, out.stdout
     assert "gate: FAIL: 2 of 2 item(s) got an error instead of an answer (HTTP 404" in out.stdout
     assert "gate: ok" not in out.stdout
+
+
+def test_gate_counts_any_error_as_a_failure() -> None:
+    from turnout.evals.golden_cli import gate
+
+    rows = [{"id": "a", "pass": False, "error": "HTTP 401: invalid API key", "status": 401},
+            {"id": "b", "pass": True, "error": None, "status": 200}]
+    why = gate({"pass_rate": 0.5, "items": rows}, None, 0.0, 0.0)
+    assert why == ["1 of 2 item(s) got an error instead of an answer (HTTP 401; first: HTTP 401: invalid API key)"]
+    assert gate({"pass_rate": 1.0, "items": rows[1:]}, None, 0.0, 0.0) == []
