@@ -1,7 +1,7 @@
 """Tamper evidence of the ledger table itself: each audit entry commits to its request's full
 ledger row (``row_sha256``), so editing any stored field of ``requests`` (cost, tenant, tokens,
 engine, status...), deleting a row or inserting one is found by ``turnout audit verify``, which
-names the row. Real gateway over loopback writing SQLite, and the PostgreSQL ledger on the real
+names the row. Real gateways over loopback writing SQLite and PostgreSQL, and the PostgreSQL ledger on the real
 server; rows written before row hashing (legacy entries) are checked on their repeated fields."""
 
 from __future__ import annotations
@@ -166,3 +166,25 @@ def test_postgres_ledger_edits_are_named_by_verify(pg_schema: str) -> None:
         raw.execute(f"DELETE FROM {pg_schema}.requests WHERE request_id = 'r5'")
         r = verify_cli(*args)
         assert r.returncode == 1 and "ledger row of request r5" in r.stderr and "missing: deleted" in r.stderr
+
+
+@pytest.mark.usefixtures("clean_upstreams")
+def test_gateway_postgres_ledger_edit_is_named(pg_schema: str, gateway_factory: Callable[..., Gateway],
+                                               upstream: Upstream, anthropic_upstream: Upstream) -> None:
+    import psycopg
+
+    cfg = hybrid_config(upstream.url, anthropic_upstream.url,
+                        storage={"postgres_dsn": PG_DSN, "postgres_schema": pg_schema})
+    gw = gateway_factory(cfg)
+    client = gw.openai()
+    ids = [client.chat.completions.with_raw_response.create(
+        model="remote-only", messages=[{"role": "user", "content": "hi"}], max_tokens=4).headers["x-request-id"]
+        for _ in range(2)]
+    args = ("--dsn", PG_DSN, "--schema", pg_schema)
+    ok = verify_cli(*args)
+    assert ok.returncode == 0 and "2 ledger rows match their entries" in ok.stdout, ok.stdout + ok.stderr
+    with psycopg.connect(PG_DSN, autocommit=True) as raw:
+        raw.execute(f"UPDATE {pg_schema}.requests SET cost_usd = 0, tenant = 'x' WHERE request_id = %s", (ids[1],))
+    r = verify_cli(*args)
+    assert r.returncode == 1 and f"(request {ids[1]}), audit seq 2, was edited: tenant" in r.stderr, r.stderr
+    assert "cost_usd (entry" in r.stderr and ids[0] not in r.stderr
