@@ -77,8 +77,7 @@ def main() -> int:
     }
     (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
     db = tmp / "ledger.sqlite"
-    gw = start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--db", str(db), timeout=120,
-                      env={"TURNOUT_LLAMA_EXTRA_BUFFERS": "0"})
+    gw = start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--db", str(db), timeout=120)
     data = items(args.data, args.n, args.seed)
     results = []
     t0 = time.perf_counter()

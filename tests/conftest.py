@@ -61,6 +61,10 @@ def shared_data(*parts: str) -> Path:
 # Tests never reach paid APIs: engines only get loopback URLs, and no real keys are set.
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
     os.environ.pop(_var, None)
+# Fake keys for the loopback fakes: a remote engine whose api_key_env variable is unset is not
+# started (turnout.engines.admission), so the engines of hybrid_config need one each.
+os.environ["TURNOUT_TEST_FRONTIER_KEY"] = "test-frontier-key-not-real"
+os.environ["ANTHROPIC_API_KEY"] = "test-anthropic-key-not-real"
 
 
 class Upstream:

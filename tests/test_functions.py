@@ -325,7 +325,7 @@ def test_extraction_on_the_embedded_model_answers_schema_valid_json(gateway_fact
     cfg = config(upstream.url, tmp_path, functions_dir(tmp_path))
     cfg["engines"]["small"] = {"dialect": "llamacpp", "n_ctx": 1024}
     # without llama.cpp's AMX/repack buffers: they crash the helper VMs (turnout.engines.llamacpp._extra_buffers)
-    gw: Gateway = gateway_factory(cfg, env={"TURNOUT_LLAMA_EXTRA_BUFFERS": "0"})
+    gw: Gateway = gateway_factory(cfg)
     script(upstream, fake_big=[VALID])
     resp = call(gw, "extract_invoice", INVOICE)
     assert resp.status_code == 200, resp.text

@@ -6,7 +6,10 @@ each replica reads up to date before its semantic lookup.
     key = sha256(route alias, partition, the request's parameters and messages)
     exact     the same key answered within ``ttl_s``            -> the stored answer
     semantic  same alias, tenant and parameters, and a prompt whose MiniLM embedding has a
-              cosine similarity of at least ``semantic_threshold`` with a stored one
+              cosine similarity of at least ``semantic_threshold`` with a stored one, *and*
+              that says the same thing word for word (``turnout.cache_check``: no negation,
+              number, name or word swapped, moved, added or removed); the closest
+              ``CANDIDATES`` stored prompts above the threshold are tried in turn
 
 What is never cached: requests with guard findings (PII, secrets: the cache would hold
 the values), requests labelled sensitive or restricted, requests with tools, requests that
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from turnout.cache_check import mismatch
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
 
@@ -39,6 +43,7 @@ log = logging.getLogger("turnout.cache")
 
 # request fields that do not change the answer
 _NOT_IN_KEY = {"stream", "stream_options", "user", "model", "messages"}
+CANDIDATES = 4  # stored prompts above the threshold that the lexical check is tried on, closest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class _Entry:
     stored: float
     scope: str                      # alias, tenant and parameters: what a semantic match must share
     vector: np.ndarray | None = None
+    prompt: str | None = None       # the prompt text, for the lexical check of a semantic match
 
 
 @dataclass(slots=True)
@@ -96,15 +102,27 @@ class AnswerCache:
 
     def __init__(self, *, ttl_s: float = 3600.0, max_entries: int = 10_000,
                  embed: Callable[[str], np.ndarray] | None = None, semantic_threshold: float = 0.95,
+                 semantic_check: bool = True, semantic_max_edits: int = 0,
                  clock: Callable[[], float] = time.monotonic, shared: SharedAnswers | None = None) -> None:
         self.ttl_s = ttl_s
         self.shared = shared  # exact answers in Redis, for every replica
         self.max_entries = max_entries
         self.embed = embed
         self.semantic_threshold = semantic_threshold
+        self.semantic_check = semantic_check        # False: cosine alone decides (serves wrong answers)
+        self.semantic_max_edits = semantic_max_edits
+        self.rejected = 0  # semantic candidates above the threshold that the lexical check refused
         self.clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        if shared is not None:  # the shared stream carries each entry's prompt for other replicas' checks
+            shared.prompt_for = self.prompt_for
+
+    def prompt_for(self, key: str) -> str | None:
+        """The prompt text stored with ``key``, if held."""
+        with self._lock:
+            e = self._entries.get(key)
+            return None if e is None else e.prompt
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -135,22 +153,33 @@ class AnswerCache:
         return None, key
 
     def similar(self, req: ChatRequest, partition: str) -> tuple[Hit | None, np.ndarray | None]:
-        """(hit or None, the prompt's vector): the closest stored prompt of the same scope, if
-        it reaches ``semantic_threshold``. None, None without the semantic layer."""
+        """(hit or None, the prompt's vector): the closest stored prompt of the same scope that
+        reaches ``semantic_threshold`` and (``semantic_check``) passes ``cache_check.mismatch``;
+        the ``CANDIDATES`` closest are tried in turn. None, None without the semantic layer."""
         if self.embed is None:
             return None, None
         scope = scope_of(req, partition)
         now = self.clock()
-        vec = self.embed(req.prompt_text())
-        best: tuple[float, _Entry | None] = (-1.0, None)
+        text = req.prompt_text()
+        vec = self.embed(text)
+        found: list[tuple[float, _Entry]] = []
         with self._lock:
             for e in self._entries.values():
                 if e.scope == scope and e.vector is not None and e.vector.shape == vec.shape and self._fresh(e, now):
                     sim = float(np.dot(vec, e.vector))
-                    if sim > best[0]:
-                        best = (sim, e)
-        if best[1] is not None and best[0] >= self.semantic_threshold:
-            return Hit("semantic", _copy(best[1].result), best[0]), vec
+                    if sim >= self.semantic_threshold:
+                        found.append((sim, e))
+        found.sort(key=lambda c: c[0], reverse=True)
+        for sim, e in found[:CANDIDATES if self.semantic_check else 1]:
+            if self.semantic_check:
+                if e.prompt is None:  # another replica's entry without its prompt: cannot be checked
+                    continue
+                why = mismatch(text, e.prompt, max_edits=self.semantic_max_edits)
+                if why is not None:
+                    self.rejected += 1
+                    log.debug("semantic candidate at similarity %.3f refused: %s", sim, why)
+                    continue
+            return Hit("semantic", _copy(e.result), sim), vec
         return None, vec
 
     def store(self, key: str, req: ChatRequest, partition: str, result: ChatResult,
@@ -159,8 +188,9 @@ class AnswerCache:
         if result.finish_reason not in ("stop", "length") or result.tool_calls or not result.content:
             return None
         scope = scope_of(req, partition)
+        prompt = req.prompt_text() if vector is not None else None
         with self._lock:
-            self._entries[key] = _Entry(_copy(result), self.clock(), scope, vector)
+            self._entries[key] = _Entry(_copy(result), self.clock(), scope, vector, prompt)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -205,9 +235,10 @@ class AnswerCache:
                 if e.age_s > self.ttl_s:
                     continue
                 if (held := self._entries.get(e.key)) is not None:  # held here, perhaps as an exact answer only
-                    held.vector = e.vector if held.vector is None else held.vector
+                    if held.vector is None:
+                        held.vector, held.prompt = e.vector, e.prompt
                     continue
-                self._entries[e.key] = _Entry(e.result, now - max(e.age_s, 0.0), e.scope, e.vector)
+                self._entries[e.key] = _Entry(e.result, now - max(e.age_s, 0.0), e.scope, e.vector, e.prompt)
                 added += 1
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -221,6 +252,7 @@ class SharedEntry:
     vector: np.ndarray
     result: ChatResult
     age_s: float  # since it was stored, by the Redis server's clock
+    prompt: str | None = None  # None from a replica that predates the lexical check
 
 
 class SharedAnswers:
@@ -240,6 +272,8 @@ class SharedAnswers:
         self.ttl_s = max(1, int(ttl_s))
         self.max_entries = max_entries
         self._last_id = (0, 0)  # the newest stream entry read: the first read takes the whole stream
+        # the prompt text stored under a key, for ``put`` callers that do not pass it (set by AnswerCache)
+        self.prompt_for: Callable[[str], str | None] = lambda key: None
         self._redis = client if client is not None else aioredis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -252,8 +286,10 @@ class SharedAnswers:
         return None if raw is None else _result(raw)
 
     async def put(self, key: str, result: ChatResult, *, scope: str | None = None,
-                  vector: np.ndarray | None = None) -> None:
-        """Store an answer; with its ``scope`` and prompt ``vector``, for semantic lookups too."""
+                  vector: np.ndarray | None = None, prompt: str | None = None) -> None:
+        """Store an answer; with its ``scope`` and prompt ``vector``, for semantic lookups too
+        (and the prompt text, for other replicas' lexical check: ``prompt``, else the one the
+        local cache holds under ``key``)."""
         value = orjson.dumps({"content": result.content, "finish_reason": result.finish_reason, "model": result.model,
                               "prompt_tokens": result.usage.prompt_tokens,
                               "completion_tokens": result.usage.completion_tokens})
@@ -261,8 +297,11 @@ class SharedAnswers:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(f"{self.prefix}:{key}", value, ex=self.ttl_s)
                 if scope is not None and vector is not None:
-                    pipe.xadd(self.stream, {"key": key, "scope": scope, "answer": value,
-                                            "vector": np.asarray(vector, dtype=np.float32).tobytes()},
+                    fields = {"key": key, "scope": scope, "answer": value,
+                              "vector": np.asarray(vector, dtype=np.float32).tobytes()}
+                    if (text := prompt if prompt is not None else self.prompt_for(key)) is not None:
+                        fields["prompt"] = text.encode("utf-8")
+                    pipe.xadd(self.stream, fields,  # type: ignore[arg-type]
                               maxlen=self.max_entries, approximate=True)
                 await pipe.execute()
         except Exception as exc:  # noqa: BLE001
@@ -281,9 +320,10 @@ class SharedAnswers:
                 for entry_id, f in items:
                     ident = tuple(int(x) for x in entry_id.decode().split("-"))
                     self._last_id = max(self._last_id, ident)
+                    prompt = f[b"prompt"].decode("utf-8") if b"prompt" in f else None
                     out.append(SharedEntry(f[b"key"].decode(), f[b"scope"].decode(),
                                            np.frombuffer(f[b"vector"], dtype=np.float32).copy(),
-                                           _result(f[b"answer"]), (now_ms - ident[0]) / 1000.0))
+                                           _result(f[b"answer"]), (now_ms - ident[0]) / 1000.0, prompt))
                 if len(items) < batch:
                     return out
         except Exception as exc:  # noqa: BLE001 - a cache never fails a request

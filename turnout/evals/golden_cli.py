@@ -10,9 +10,11 @@ gateway (``--url``) or the pipeline in-process (``--config``, default: the embed
 so routing, guards and engines are what production runs. The report gives the pass rate,
 each item's answer, route, engine and latency, and the weights sha256 of every engine.
 
-The gate (exit status 1): the pass rate is under ``--min-pass``, or, against a saved
-``--baseline``, it fell by more than ``--max-drop``; items that passed in the baseline and
-fail now are listed. Run it when weights, prompts, routes or guards change.
+The gate (exit status 1): any item got an error instead of an answer (HTTP 401 from a
+gateway that wants a key, 503 when no engine is ready, ...: an error measures nothing, so a
+run with errors never passes, whatever ``--min-pass`` says), the pass rate is under
+``--min-pass``, or, against a saved ``--baseline``, it fell by more than ``--max-drop``;
+items that passed in the baseline and fail now are listed. Run it when weights, prompts, routes or guards change.
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ def run_items(client: Any, items: list[dict[str, Any]], model: str, max_tokens: 
         ms = (time.perf_counter() - t0) * 1000
         h = resp.headers
         if resp.status_code != 200:
-            answer, ok, err = "", False, resp.json().get("error", {}).get("message", resp.text)
+            try:
+                message = resp.json().get("error", {}).get("message", resp.text)
+            except ValueError:
+                message = resp.text[:200]
+            answer, ok, err = "", False, f"HTTP {resp.status_code}: {message}"
         else:
             answer, err = resp.json()["choices"][0]["message"]["content"] or "", None
             ok = passes(item, answer)
@@ -125,6 +131,11 @@ def gate(report: dict[str, Any], baseline: dict[str, Any] | None, max_drop: floa
     """Why the gate fails (empty: it passes)."""
     why = []
     rate = report["pass_rate"]
+    errored = [r for r in report["items"] if r.get("error")]
+    if errored:
+        statuses = sorted({str(r.get("status")) for r in errored})
+        why.append(f"{len(errored)} of {len(report['items'])} item(s) got an error instead of an answer "
+                   f"(HTTP {', '.join(statuses)}; first: {errored[0]['error'][:120]})")
     if rate < min_pass:
         why.append(f"pass rate {rate:.3f} < --min-pass {min_pass:.3f}")
     if baseline is not None:

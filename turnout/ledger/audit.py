@@ -13,6 +13,14 @@ a gap in ``seq`` (removed entry), a ``prev_hash`` that is not the previous entry
 not match the entry's content (edited). A one-row ``audit_head`` table, updated in the
 same transaction as each append, catches entries removed from the end.
 
+Each ledger entry also commits to its request's full ledger row: ``row_sha256`` in the
+payload is :func:`row_sha256` of every stored column of the row (see there). Where the store
+has a ``requests`` table, ``verify()`` reads it in the same snapshot and names each row that
+was edited (its hash no longer matches), deleted (an entry without its row) or inserted
+(a row without an entry). Entries written before row hashing (no ``row_sha256``) are
+*legacy*: their rows are checked only on the fields the entry repeats (tenant, route,
+rule, reason, engine, cost, HTTP status, findings), and the result says how many.
+
 Database triggers refuse UPDATE and DELETE on the entries, which stops accidents; someone
 who can drop the triggers can rewrite history, and the chain is what shows it (anchor the
 head hash elsewhere, e.g. in a ticket or a log shipper, to catch a full rewrite too).
@@ -52,6 +60,29 @@ def canonical_json(obj: Any) -> str:
 def entry_hash(prev_hash: str, seq: int, time: str, payload: Mapping[str, Any]) -> str:
     doc = canonical_json({"seq": seq, "time": time, "payload": payload})
     return hashlib.sha256((prev_hash + doc).encode("utf-8")).hexdigest()
+
+
+ROW_HASH = "row_sha256"
+# payload field -> ledger column, for the fields an entry repeats from its row
+_REPEATED = {"tenant": "tenant", "route": "alias", "rule": "rule", "reason": "reason", "engine": "engine",
+             "cost_usd": "cost_usd", "status": "http_status"}
+
+
+def _canonical_value(v: Any) -> Any:
+    if isinstance(v, float) and v != v:  # NaN: SQLite stores it as NULL
+        return None
+    if isinstance(v, (bool, int, float)):  # one number type: SQLite and PostgreSQL return ints or floats by column
+        return float(v)
+    return v
+
+
+def row_sha256(row: Mapping[str, Any]) -> str:
+    """The canonical hash of a ledger row: sha256 of the canonical JSON of its columns, every
+    number as a float, NULLs and the database's own ``id`` left out. Leaving NULLs out keeps old
+    rows' hashes valid when a migration adds a nullable column (a new column must be nullable
+    without a default, or old rows will read as edited)."""
+    doc = {k: c for k, v in row.items() if k != "id" and (c := _canonical_value(v)) is not None}
+    return hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()
 
 
 def utc_now() -> str:
@@ -96,11 +127,26 @@ class Verification:
     first_bad_seq: int | None = None
     problem: str | None = None
     head_hash: str | None = None
+    rows: int | None = None          # ledger rows checked against their entries; None: no ledger table
+    legacy_rows: int = 0             # of which only the repeated fields could be checked (no row hash)
+    bad_rows: tuple[str, ...] = ()   # one line per ledger row edited, deleted or inserted
 
     def __str__(self) -> str:
-        if self.ok:
-            return f"ok: {self.entries} entries, chain intact, head {self.head_hash}"
-        return f"BROKEN at seq {self.first_bad_seq}: {self.problem}"
+        if self.first_bad_seq is not None:
+            return f"BROKEN at seq {self.first_bad_seq}: {self.problem}"
+        if self.bad_rows:
+            shown = list(self.bad_rows[:20])
+            if len(self.bad_rows) > 20:
+                shown.append(f"... and {len(self.bad_rows) - 20} more")
+            return (f"BROKEN: {len(self.bad_rows)} ledger row(s) do not match the audit chain "
+                    f"(chain of {self.entries} entries intact)\n" + "\n".join(f"  {line}" for line in shown))
+        text = f"ok: {self.entries} entries, chain intact, head {self.head_hash}"
+        if self.rows is not None:
+            text += f"; {self.rows} ledger rows match their entries"
+            if self.legacy_rows:
+                text += (f" ({self.legacy_rows} written before row hashing: checked on tenant, route, rule, "
+                         "reason, engine, cost, HTTP status and findings only)")
+        return text
 
 
 @dataclass(slots=True)
@@ -113,8 +159,10 @@ class _Row:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None) -> Verification:
-    """Check a chain given its rows ordered by seq, as (seq, time, prev_hash, payload_text, hash)."""
+def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None,
+                payloads: dict[str, tuple[int, dict[str, Any]]] | None = None) -> Verification:
+    """Check a chain given its rows ordered by seq, as (seq, time, prev_hash, payload_text, hash).
+    With ``payloads``, also fill it: request id -> (seq, payload) of each entry that names one."""
     expected, prev, count = 1, GENESIS, 0
     for seq, time, prev_hash, payload_text, stored in rows:
         if seq != expected:
@@ -131,6 +179,8 @@ def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None) -> 
             return Verification(False, count, seq, f"payload is not valid JSON ({exc}): edited")
         if actual != stored:
             return Verification(False, count, seq, "content does not match its hash: the entry was edited")
+        if payloads is not None and isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
+            payloads[payload["request_id"]] = (seq, payload)
         prev, expected, count = stored, expected + 1, count + 1
     if head is not None:
         last_seq, last_hash = head
@@ -141,6 +191,54 @@ def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None) -> 
             what = f"the head records entry {last_seq} with hash {last_hash[:12]}..., the chain ends otherwise"
             return Verification(False, count, last_seq or 1, what)
     return Verification(True, count, head_hash=prev)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    return bool(_canonical_value(a) != _canonical_value(b))
+
+
+def _repeated_diffs(payload: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
+    """The fields an entry repeats that its ledger row no longer holds, as 'name (entry x, row y)'."""
+    out = []
+    for field_name, column in _REPEATED.items():
+        if field_name in payload and column in row and _differs(payload[field_name], row[column]):
+            out.append(f"{column} (entry {payload[field_name]!r}, row {row[column]!r})")
+    if "findings" in payload and "labels" in row:
+        labels = sorted(filter(None, str(row["labels"] or "").split(",")))
+        if labels != sorted(payload["findings"]):
+            out.append(f"labels (entry {','.join(payload['findings'])!r}, row {row['labels']!r})")
+    return out
+
+
+def check_ledger(payloads: dict[str, tuple[int, dict[str, Any]]],
+                 ledger_rows: Iterable[Mapping[str, Any]], chain: Verification) -> Verification:
+    """Match ledger rows (dicts, ``SELECT *`` of ``requests``) with the entries of an intact
+    chain: every row must have an entry whose ``row_sha256`` it still hashes to (legacy entries:
+    whose repeated fields it still holds), and every entry a row."""
+    bad: list[str] = []
+    rows = legacy = 0
+    for row in ledger_rows:
+        rows += 1
+        rid = row.get("request_id")
+        name = f"ledger row id {row.get('id')} (request {rid})"
+        found = payloads.pop(rid, None) if isinstance(rid, str) else None
+        if found is None:
+            bad.append(f"{name} has no audit entry: inserted outside the gateway (or written with the audit log off)")
+            continue
+        seq, payload = found
+        diffs = _repeated_diffs(payload, row)
+        if ROW_HASH not in payload:
+            legacy += 1
+            if diffs:
+                bad.append(f"{name}, audit seq {seq}, was edited: {'; '.join(diffs)}")
+        elif row_sha256(row) != payload[ROW_HASH]:
+            what = "; ".join(diffs) if diffs else ("a field the entry does not repeat (tokens, status, latency, "
+                                                   "labels, key, ...) changed")
+            bad.append(f"{name}, audit seq {seq}, was edited: {what}")
+    for rid, (seq, _) in sorted(payloads.items(), key=lambda kv: kv[1][0]):
+        bad.append(f"ledger row of request {rid} (audit seq {seq}) is missing: deleted")
+    return Verification(not bad, chain.entries, head_hash=chain.head_hash, rows=rows, legacy_rows=legacy,
+                        bad_rows=tuple(bad))
 
 
 class AuditLog(ABC):
@@ -236,7 +334,15 @@ class SqliteAuditLog(AuditLog):
                 head = self._conn.execute("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetchone()
                 rows = self._conn.execute(
                     "SELECT seq, time, prev_hash, payload, hash FROM audit_entries ORDER BY seq")
-                return verify_rows(rows, tuple(head) if head else None)
+                payloads: dict[str, tuple[int, dict[str, Any]]] = {}
+                chain = verify_rows(rows, tuple(head) if head else None, payloads)
+                has_ledger = self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'").fetchone()
+                if not chain.ok or not has_ledger:
+                    return chain
+                cur = self._conn.execute("SELECT * FROM requests ORDER BY id")
+                names = [d[0] for d in cur.description]
+                return check_ledger(payloads, (dict(zip(names, r, strict=True)) for r in cur), chain)
             finally:
                 self._conn.execute("COMMIT")
 
@@ -328,7 +434,15 @@ class PostgresAuditLog(AuditLog):
             cur.execute(f"SELECT last_seq, last_hash FROM {s}.audit_head WHERE id = 1")
             head = cur.fetchone()
             cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM {s}.audit_entries ORDER BY seq")
-            return verify_rows(cur, (head[0], head[1]) if head else None)
+            payloads: dict[str, tuple[int, dict[str, Any]]] = {}
+            chain = verify_rows(cur, (head[0], head[1]) if head else None, payloads)
+            cur.execute("SELECT to_regclass(%s)", (f"{s}.requests",))
+            found = cur.fetchone()
+            if not chain.ok or found is None or found[0] is None:
+                return chain
+            cur.execute(f"SELECT * FROM {s}.requests ORDER BY id")
+            names = [d.name for d in cur.description or ()]
+            return check_ledger(payloads, (dict(zip(names, r, strict=True)) for r in cur), chain)
 
     def tail(self, n: int = 10) -> list[AuditRecord]:
         s = self.schema

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
+from turnout.ledger.audit import ROW_HASH, row_sha256, sqlite_append, utc_now
 from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
-from turnout.ledger.audit import sqlite_append, utc_now
 from turnout.ledger.writer import GroupCommitWriter
 
 # Append-only: never edit a migration that has shipped; add a new one.
@@ -119,11 +119,13 @@ class LedgerRow:
         return tuple(getattr(self, c) for c in COLUMNS)
 
     def audit_payload(self) -> dict[str, Any]:
-        """What the audit log keeps: the decision, never the content (labels are finding types)."""
+        """What the audit log keeps: the decision, never the content (labels are finding types),
+        and the hash of the whole row, so an edit to any stored field is found by verify."""
         return {
             "request_id": self.request_id, "tenant": self.tenant, "route": self.alias, "rule": self.rule,
             "reason": self.reason, "engine": self.engine, "cost_usd": self.cost_usd, "status": self.http_status,
             "findings": sorted(filter(None, self.labels.split(","))),
+            ROW_HASH: row_sha256(dict(zip(COLUMNS, self.values(), strict=True))),
         }
 
 

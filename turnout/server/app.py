@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from turnout.cache import AnswerCache, SharedAnswers
 from turnout.config import TurnoutConfig
+from turnout.engines.admission import Refused, why_refused
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
@@ -36,6 +37,10 @@ async def start_engines(cfg: TurnoutConfig) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     for name, ecfg in cfg.engines.items():
         engine = build_engine(name, ecfg)
+        if (reason := why_refused(ecfg, cfg.policy.licenses)) is not None:  # never started; /readyz says why
+            log.warning("engine %s not started: %s", name, reason)
+            engines[name] = Refused(engine, reason)
+            continue
         try:
             await engine.start()
         except Exception as exc:  # the gateway still serves the other engines; /readyz says why
@@ -110,7 +115,8 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
     shared = SharedAnswers(cfg.storage.redis_url, ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries) \
         if cfg.storage.redis_url else None
     return AnswerCache(ttl_s=cfg.cache.ttl_s, max_entries=cfg.cache.max_entries, embed=embed,
-                       semantic_threshold=cfg.cache.semantic_threshold, shared=shared)
+                       semantic_threshold=cfg.cache.semantic_threshold, semantic_check=cfg.cache.semantic_check,
+                       semantic_max_edits=cfg.cache.semantic_max_edits, shared=shared)
 
 
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:

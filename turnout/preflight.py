@@ -1,0 +1,77 @@
+"""What ``turnout config check`` verifies beyond the schema, and ``turnout serve`` before it
+starts: that what the configuration points to exists and loads.
+
+- **Router artifacts** of ``learned`` routes load (``LearnedRouter.load``: the file, its
+  format and its scorer state). ``serve`` refuses to start without them (one line, exit 2).
+- **Model files** of engines and the PII guard exist, are GGUF files where a GGUF is expected
+  (the magic bytes: loading the weights themselves is the engine's start), and match their
+  ``sha256`` pins.
+- **Licenses** that ``policy.licenses`` does not allow (the engine would not start).
+- **API keys**: a remote engine whose ``api_key_env`` variable is unset here (a warning: the
+  gateway would start it not ready, ``turnout.engines.admission``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from turnout.config import TurnoutConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    level: str    # "error" | "warning"
+    where: str    # the configuration key
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+def router_problems(cfg: TurnoutConfig) -> list[Problem]:
+    from turnout.routing.learned import LearnedRouter
+
+    out = []
+    for alias, route in cfg.routes.items():
+        if route.strategy == "learned" and route.router:
+            try:
+                LearnedRouter.load(route.router)
+            except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+                out.append(Problem("error", f"routes.{alias}.router", f"{exc} (make one with `turnout eval router`)"))
+    return out
+
+
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def weight_problems(cfg: TurnoutConfig) -> list[Problem]:
+    from turnout.registry import describe
+
+    out = []
+    for rec in describe(cfg, checksums=True):
+        where = f"guards ({rec.engine})" if rec.engine.startswith("guard:") else f"engines.{rec.engine}"
+        if rec.refused:
+            out.append(Problem("error", f"{where}.license", f"{rec.refused}; the engine would not start"))
+        if rec.error:
+            out.append(Problem("error", where, f"model file: {rec.error}"))
+        elif rec.status == "MISMATCH":
+            out.append(Problem("error", f"{where}.sha256", f"weights {rec.weights} have sha256 {rec.sha256}, "
+                               f"the pin is {rec.pinned} (re-pin with `turnout models pin` if intended)"))
+        elif rec.dialect == "llamacpp" and rec.weights and not _is_gguf(Path(rec.weights)):
+            out.append(Problem("error", f"{where}.model_path", f"{rec.weights} is not a GGUF file"))
+    return out
+
+
+def key_problems(cfg: TurnoutConfig) -> list[Problem]:
+    from turnout.engines.admission import missing_key
+
+    return [Problem("warning", f"engines.{name}.api_key_env",
+                    f"environment variable {var} is not set here: the gateway would not start this engine")
+            for name, e in cfg.engines.items() if (var := missing_key(e)) is not None]
+
+
+def problems(cfg: TurnoutConfig) -> list[Problem]:
+    return [*router_problems(cfg), *weight_problems(cfg), *key_problems(cfg)]
