@@ -224,7 +224,7 @@ class AnswerCache:
         """Store the answer of a miss, here and (with Redis) for every replica."""
         scope = self.store(lookup.key, req, partition(tenant, sensitivity), result, lookup.vector)
         if scope is not None and self.shared is not None:
-            await self.shared.put(lookup.key, result, scope=scope, vector=lookup.vector)
+            await self.shared.put(lookup.key, result, scope=scope, vector=lookup.vector, prompt=req.prompt_text())
 
     def adopt(self, entries: list[SharedEntry]) -> int:
         """Add other replicas' semantic entries (``SharedAnswers.since_last``) that are still
