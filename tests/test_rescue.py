@@ -56,6 +56,7 @@ def rescue_config(a: str, b: str, claude: str) -> dict[str, Any]:
             "diverge": {"chain": ["frontier", "other"]},
             "none": {"chain": ["frontier", "no-continue"]},
             "anthropic": {"chain": ["frontier", "claude"]},
+            "claude-first": {"chain": ["claude", "backup"]},
             "alone": {"chain": ["frontier"]},
             "context": {"chain": ["small", "small-too", "large"]},
             "context-alone": {"chain": ["small", "small-too"]},
@@ -287,6 +288,21 @@ def test_content_policy_is_never_routed_around(gw: Gateway, upstream: Upstream, 
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "content_policy_violation", resp.text
     assert len(chats(upstream)) == 1 and chats(second) == []
     assert ledger_row(gw, resp.headers["x-request-id"])["status"] == "error"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_anthropic_refusal_is_passed_on(gw: Gateway, anthropic_upstream: Upstream, second: Upstream,
+                                        streamed: bool) -> None:
+    anthropic_upstream.default("content_policy")
+    if streamed:
+        headers, events = stream(gw, "claude-first")
+        assert finish_chunks(events)[0]["choices"][0]["finish_reason"] == "content_filter" and text_of(events) == ""
+    else:
+        raw = gw.openai(timeout=30).chat.completions.with_raw_response.create(model="claude-first", messages=HI)
+        assert raw.parse().choices[0].finish_reason == "content_filter"
+        headers = raw.headers
+    assert headers["x-turnout-engine"] == "claude" and chats(second) == []  # not routed around
+    assert len(chats(anthropic_upstream)) == 1
 
 
 def test_a_silent_provider_is_not_retried(gw: Gateway, upstream: Upstream, second: Upstream) -> None:

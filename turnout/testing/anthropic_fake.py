@@ -41,6 +41,7 @@ from aiohttp import web
 
 from turnout.testing import echo
 from turnout.testing.faults import (
+    OK,
     Control,
     Dialect,
     ScenarioError,
@@ -226,6 +227,10 @@ class AnthropicFake:
             blocks = [{"type": "text", "text": text}]
             output_tokens = echo.count_words(text)
 
+        if scenario.name == "content_policy":
+            # Anthropic refuses in the answer itself: a message that stops with "refusal"
+            blocks, stop_reason, stop_sequence, output_tokens = [], "refusal", None, 0
+            scenario = OK
         usage = {
             "input_tokens": input_tokens,
             "cache_creation_input_tokens": 0,
