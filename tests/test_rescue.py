@@ -17,6 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway, Upstream, _factory
+from tests.test_backpressure import upstream_connections, wait_for
+from turnout.config import HedgeConfig
+from turnout.engines.hedge import Hedge
 from turnout.testing.procs import Proc, start_server
 
 MESSAGE = "the quick brown fox jumps over the lazy dog again and again"
@@ -32,7 +35,7 @@ def _openai(url: str, model: str, **kw: Any) -> dict[str, Any]:
             "resilience": dict(FAST), **kw}
 
 
-def rescue_config(a: str, b: str, claude: str) -> dict[str, Any]:
+def rescue_config(a: str, b: str, claude: str, lead: str, racer: str) -> dict[str, Any]:
     return {
         "engines": {
             "frontier": _openai(a, "fake-frontier", pricing={"input_per_m": 2.5, "output_per_m": 10.0}),
@@ -46,6 +49,8 @@ def rescue_config(a: str, b: str, claude: str) -> dict[str, Any]:
             "small": _openai(a, "fake-small", context_window=8000),
             "small-too": _openai(b, "fake-small-too", context_window=8000),
             "large": _openai(b, "fake-large", context_window=200000),
+            "lead": _openai(lead, "fake-lead", pricing={"input_per_m": 2.5, "output_per_m": 10.0}),
+            "racer": _openai(racer, "fake-racer", pricing={"input_per_m": 1.0, "output_per_m": 4.0}),
             "flaky": _openai(a, "fake-flaky", resilience={**FAST, "retries": 0, "breaker_failures": 2,
                                                            "breaker_cooldown": 1.0}),
         },
@@ -61,6 +66,7 @@ def rescue_config(a: str, b: str, claude: str) -> dict[str, Any]:
             "context": {"chain": ["small", "small-too", "large"]},
             "context-alone": {"chain": ["small", "small-too"]},
             "outage": {"chain": ["flaky", "backup"]},
+            "hedged": {"chain": ["lead", "racer"], "hedge": {"after": 0.3}},
         },
     }
 
@@ -72,11 +78,24 @@ def second() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
+def lead() -> Iterator[Upstream]:
+    """The hedged route's first engine, alone on its upstream (its connections are counted)."""
+    with start_server("turnout.testing.upstream", "--model", "fake-lead") as proc:
+        yield Upstream(proc)
+
+
+@pytest.fixture(scope="module")
+def racer() -> Iterator[Upstream]:
+    with start_server("turnout.testing.upstream", "--model", "fake-racer") as proc:
+        yield Upstream(proc)
+
+
+@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, second: Upstream,
-       anthropic_upstream: Upstream) -> Iterator[Gateway]:
+       anthropic_upstream: Upstream, lead: Upstream, racer: Upstream) -> Iterator[Gateway]:
     started: list[Proc] = []
     gateway = _factory(tmp_path_factory.mktemp("rescue"), started)(
-        rescue_config(upstream.url, second.url, anthropic_upstream.url))
+        rescue_config(upstream.url, second.url, anthropic_upstream.url, lead.url, racer.url))
     yield gateway
     for proc in started:
         proc.stop()
@@ -338,3 +357,62 @@ def test_outage_opens_the_circuit_then_the_primary_is_probed_and_used_again(
     assert ask() == "flaky"  # the probe goes to the primary and succeeds
     assert ask() == "flaky"  # closed again
     assert len(chats(upstream)) == 2
+
+
+# ---------------------------------------------------------------------------- hedged first token
+
+def test_hedge_the_faster_engine_answers_and_the_slow_one_is_closed(gw: Gateway, lead: Upstream,
+                                                                     racer: Upstream) -> None:
+    lead.reset()
+    racer.reset()
+    lead.default({"name": "stall_first_token", "seconds": 5})  # headers, then 5 s of silence
+    t0 = time.monotonic()
+    headers, events = stream(gw, "hedged")
+    took = time.monotonic() - t0
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "racer"
+    assert took < 4, took  # not the 5 s stall, nor the first-token timeout plus a fallback
+    assert len(chats(lead)) == 1 and len(chats(racer)) == 1
+    # the loser's request is cancelled: its connection to the slow upstream is closed
+    assert wait_for(lambda: upstream_connections(lead.proc.port) == 0, timeout=3)
+    row = ledger_row(gw, headers["x-request-id"])
+    assert row["engine"] == "racer" and row["status"] == "ok"
+    assert [(h["engine"], h["code"]) for h in json.loads(row["hops"])] == [("lead", "hedge_lost")]
+    words = len(ANSWER.split())
+    racer_cost = row["prompt_tokens"] * 1.0 / 1e6 + words * 4.0 / 1e6
+    assert row["cost_usd"] > racer_cost  # the cancelled request's prompt is billed too
+    lead.reset()
+
+
+def test_hedge_the_primary_wins_when_it_is_first(gw: Gateway, lead: Upstream, racer: Upstream) -> None:
+    lead.reset()
+    racer.reset()
+    lead.default({"name": "stall_first_token", "seconds": 0.6})
+    racer.client.post("/__control/scenarios", json={"delay_ms": 3000}).raise_for_status()
+    headers, events = stream(gw, "hedged")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "lead"
+    assert len(chats(racer)) == 1  # the hedge was started, then lost
+    assert wait_for(lambda: upstream_connections(racer.proc.port) == 0, timeout=3)
+    hops = json.loads(ledger_row(gw, headers["x-request-id"])["hops"])
+    assert [(h["engine"], h["code"]) for h in hops] == [("racer", "hedge_lost")]
+    racer.reset()
+
+
+def test_hedge_not_started_for_a_quick_primary(gw: Gateway, lead: Upstream, racer: Upstream) -> None:
+    lead.reset()
+    racer.reset()
+    headers, events = stream(gw, "hedged")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "lead" and chats(racer) == []
+    assert "x-turnout-fallbacks" not in headers
+
+
+def test_hedge_delay_is_the_p95_of_recent_first_tokens() -> None:
+    hedge = Hedge(HedgeConfig(after="p95", initial=2.0, min_samples=20, window=100, floor=0.05))
+    assert hedge.delay("a") == 2.0  # too few samples yet
+    for i in range(100):
+        hedge.observe("a", (i + 1) / 100)  # 0.01 .. 1.00 s
+    assert hedge.delay("a") == pytest.approx(0.96)
+    assert hedge.delay("b") == 2.0  # per engine
+    for _ in range(100):
+        hedge.observe("a", 0.001)  # the window keeps the recent ones; the floor holds
+    assert hedge.delay("a") == 0.05
+    assert Hedge(HedgeConfig(after=0.5)).delay("a") == 0.5

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
 
@@ -164,6 +164,26 @@ class RetrievalConfig(_Strict):
     min_score: float = Field(0.2, ge=-1, le=1, description="cosine similarity a passage needs to be added")
 
 
+class HedgeConfig(_Strict):
+    """Hedged first token: if the chain's first engine has streamed no token after ``after``
+    seconds (or the p95 of its recent times to first token), the same request starts on the
+    second engine; the first to produce a token wins, the other is cancelled. Both are billed
+    (a cancelled request still costs its prompt at most providers): the price of a lower tail."""
+
+    after: float | Literal["p95"] = Field("p95", description="seconds, or 'p95' of the first engine's recent TTFT")
+    initial: float = Field(2.0, gt=0, description="seconds used for 'p95' until min_samples are known")
+    min_samples: int = Field(20, ge=1, description="TTFTs needed before 'p95' is used")
+    window: int = Field(200, ge=1, description="recent TTFTs kept per engine for 'p95'")
+    floor: float = Field(0.05, ge=0, description="never hedge sooner than this (seconds)")
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("after must be a positive number of seconds or 'p95'")
+        return v
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
@@ -180,6 +200,9 @@ class RouteConfig(_Strict):
                                     "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a plugin strategy, its own to read")
+    hedge: HedgeConfig | None = Field(
+        None, description="streams: race the second engine if the first is slow to its first token (off by default; "
+        "costs a second request whenever it fires; docs/reliability.md)")
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RouteConfig:

@@ -19,6 +19,11 @@ chain that can, per its ``continuation``:
   read as one text;
 * ``none``: skipped.
 
+Hedged first token (a route's ``hedge``, streams only): if the first engine has streamed no
+token after the hedge's delay, the second starts on the same request; the first to produce a
+token wins, the other is cancelled (its connection closed) and recorded as a hop
+``hedge_lost``, billed for its prompt.
+
 With no engine able to continue, the break propagates (the client gets the error event), as
 it does after a tool-call delta (tool-call arguments are never spliced). Each rescue is a
 ``Rescue`` in the trail (the ledger's hops and the stream's final chunk report it).
@@ -26,11 +31,14 @@ it does after a tool-call delta (tool-call arguments are never spliced). Each re
 
 from __future__ import annotations
 
+import asyncio
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
-from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, aclose
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage, aclose
+from turnout.engines.hedge import Hedge
 from turnout.engines.trail import Rescue, Trail
 from turnout.errors import (
     AllEnginesFailed,
@@ -45,16 +53,18 @@ T = TypeVar("T")
 
 
 class FallbackEngine(Engine):
-    def __init__(self, engines: Sequence[Engine], trail: Trail) -> None:
+    def __init__(self, engines: Sequence[Engine], trail: Trail, hedge: Hedge | None = None) -> None:
         if not engines:
             raise ValueError("a fallback chain needs at least one engine")
-        self.engines, self.trail = list(engines), trail
+        self.engines, self.trail, self.hedge = list(engines), trail, hedge
         self.info: EngineInfo = self.engines[0].info
 
-    async def _first(self, call: Callable[[Engine], Awaitable[T]]) -> tuple[T, int]:
+    async def _first(self, call: Callable[[Engine], Awaitable[T]], start: int = 0) -> tuple[T, int]:
         too_long: EngineContextTooLong | None = None
         needed = 0  # after a context_length_exceeded: a declared window must be larger than this
         for i, engine in enumerate(self.engines):
+            if i < start:
+                continue
             window = engine.info.context_window
             if too_long is not None and window is not None and window <= needed:
                 continue
@@ -77,7 +87,10 @@ class FallbackEngine(Engine):
         return (await self._first(lambda e: e.embed(texts, dimensions)))[0]
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
-        (agen, first), at = await self._first(lambda e: _opened(e, req))
+        if self.hedge is not None and len(self.engines) > 1:
+            (agen, first), at = await self._hedged(req, self.hedge)
+        else:
+            (agen, first), at = await self._first(lambda e: _opened(e, req))
         sent: list[str] = []
         tools = False
         try:
@@ -99,6 +112,56 @@ class FallbackEngine(Engine):
                     agen, d, at = rescued
         finally:
             await aclose(agen)
+
+    async def _hedged(self, req: ChatRequest, hedge: Hedge) -> tuple[tuple[AsyncIterator[Delta], Delta], int]:
+        """The first engine's stream, raced by the second's if no token came within the delay."""
+        lead, runner_up = self.engines[0], self.engines[1]
+        t0 = time.perf_counter()
+        tasks = {asyncio.ensure_future(_opened(lead, req)): 0}
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge.delay(lead.info.name))
+            if not done:
+                tasks[asyncio.ensure_future(_opened(runner_up, req))] = 1
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=tasks.__getitem__):
+                    exc = task.exception()
+                    if exc is None:
+                        i = tasks[task]
+                        if i == 0:
+                            hedge.observe(lead.info.name, time.perf_counter() - t0)
+                        await self._lost(pending | (done - {task}), tasks, self.engines[i].info.name)
+                        pending = set()
+                        return task.result(), i
+                    if not isinstance(exc, EngineError):
+                        raise exc
+                    self.trail.hops.append(exc)
+                    if not exc.fallback:
+                        raise exc
+        finally:
+            for task in tasks:
+                task.cancel()
+        # both failed (or the lead failed before the delay): the rest of the chain
+        return await self._first(lambda e: _opened(e, req), start=len(tasks))
+
+    async def _lost(self, losers: set[asyncio.Task[tuple[AsyncIterator[Delta], Delta]]],
+                    tasks: dict[asyncio.Task[tuple[AsyncIterator[Delta], Delta]], int], winner: str) -> None:
+        """Cancel the hedge's loser (its stream is closed, so is its connection); it is a hop
+        and billed for its prompt."""
+        for task in losers:
+            task.cancel()
+            try:
+                agen, _ = await task
+            except BaseException:  # cancelled, or failed just now: either way it is done
+                pass
+            else:  # it got its first token in the same instant: close it
+                await aclose(agen)
+            name = self.engines[tasks[task]].info.name
+            self.trail.hops.append(EngineError(f"hedge lost to {winner}; cancelled", engine=name, code="hedge_lost"))
+            attempt = next((a for a in reversed(self.trail.attempts) if a.engine.name == name), None)
+            if attempt is not None and not attempt.produced:
+                attempt.usage, attempt.charged = Usage(self.trail.prompt_estimate, 0), True
 
     async def _rescue(self, req: ChatRequest, text: str,
                       broke: EngineError, start: int) -> tuple[AsyncIterator[Delta], Delta, int] | None:

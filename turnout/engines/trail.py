@@ -28,6 +28,7 @@ class Attempt:
     usage: Usage = field(default_factory=Usage)
     ok: bool = False                  # produced a complete answer (or, for a stream, its first delta)
     discarded: bool = False           # its output never reached the client (a restart that diverged)
+    charged: bool = False             # billed for its prompt though it produced nothing (a cancelled hedge)
 
     @property
     def produced(self) -> bool:
@@ -91,4 +92,4 @@ class Trail:
         return Usage(sum(a.usage.prompt_tokens for a in parts), sum(a.usage.completion_tokens for a in parts))
 
     def cost(self) -> float:
-        return sum(a.cost() for a in self.attempts if a.produced)
+        return sum(a.cost() for a in self.attempts if a.produced or a.charged)
