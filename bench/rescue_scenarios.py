@@ -1,19 +1,20 @@
 """Provider faults against a real gateway: rescued, clean error, or failure, per scenario.
 
-    python bench/rescue_scenarios.py [--timeout 1.0] [--retries 2] [--words 60] [--only NAME]
+    python bench/rescue_scenarios.py [--timeout 1.0] [--retries 2] [--words 60] [--only NAME] [--hedge S]
 
 Three real processes on loopback: the gateway, a fault-injecting OpenAI-wire upstream as the
 primary engine, and a second, healthy one as the fallback (same deterministic answer,
 ``continuation: restart``; the route is ``[primary, backup]``). The issue's measurements used
 30 s timeouts and two retries; here the timeouts are ``--timeout`` seconds (compressed) so a
-run takes about a minute. Each scenario is played as a stream and as a JSON request.
+run takes about a minute. Each scenario is played as a stream and as a JSON request. With
+``--hedge S`` the route hedges streams whose first token is later than S seconds.
 
 Per scenario and kind it prints:
   outcome   complete (the whole answer: exact text, a finish reason, ``[DONE]`` for streams; "rescued"
             when the fallback took part),
             clean error (an error status, or a stream ending with an error event and neither a
             finish nor ``[DONE]``), or FAILURE (anything else, e.g. a truncated answer as success)
-  seconds   wall time until the response was complete
+  seconds   wall time until the response was complete (first token s: the ledger's, streams)
   attempts  requests each engine received
   how       the ledger's engine and, for a rescued stream, the splice (engine, error, chars, way)
 Timings are printed, never asserted.
@@ -49,6 +50,7 @@ SCENARIOS: list[tuple[str, Any]] = [
     ("content_policy_violation", "content_policy"),
     ("silent provider (no headers)", {"name": "stall_headers", "seconds": "4t"}),
     ("first token late (< first-token timeout)", {"name": "stall_first_token", "seconds": "0.6t"}),
+    ("first token late, backup slower", {"name": "stall_first_token", "seconds": "0.6t"}),
     ("503 on every attempt", "503"),
     ("429, Retry-After over the cap", {"name": "429", "retry_after": 30}),
 ]
@@ -68,7 +70,7 @@ def resolve(spec: Any, words: int, timeout: float) -> Any:
     return out
 
 
-def config(primary: str, backup: str, timeout: float, retries: int) -> dict[str, Any]:
+def config(primary: str, backup: str, timeout: float, retries: int, hedge: float | None) -> dict[str, Any]:
     res = {"timeout": timeout * 2, "connect_timeout": timeout, "first_token_timeout": timeout,
            "idle_timeout": timeout, "retries": retries, "backoff": 0.05, "max_retry_after": timeout,
            "breaker_failures": 1000}
@@ -81,7 +83,7 @@ def config(primary: str, backup: str, timeout: float, retries: int) -> dict[str,
                        "context_window": 1000000, "continuation": "restart", "resilience": res,
                        "pricing": {"input_per_m": 1.0, "output_per_m": 4.0}},
         },
-        "routes": {"chat": {"chain": ["primary", "backup"]}},
+        "routes": {"chat": {"chain": ["primary", "backup"], **({"hedge": {"after": hedge}} if hedge else {})}},
     }
 
 
@@ -102,6 +104,8 @@ def play(gw: str, body: dict[str, Any], answer: str) -> tuple[str, float, str]:
         rid = r.headers["x-request-id"]
         if r.status_code != 200:
             r.read()
+            if "-v" in sys.argv:
+                print(r.text, file=sys.stderr)
             return f"clean error {r.status_code}", time.perf_counter() - t0, rid
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -141,6 +145,8 @@ def main() -> None:
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--words", type=int, default=60, help="tokens in the answer")
     p.add_argument("--only", default=None, help="scenarios whose name contains this")
+    p.add_argument("--hedge", type=float, default=None, help="hedge streams after this many seconds (default off)")
+    p.add_argument("-v", action="store_true", help="print error bodies")
     args = p.parse_args()
     message = " ".join(f"w{i}" for i in range(args.words - 1))
     answer = "echo: " + message
@@ -148,14 +154,19 @@ def main() -> None:
             start_server("turnout.testing.upstream", "--model", "fake-primary") as primary, \
             start_server("turnout.testing.upstream", "--model", "fake-backup") as backup:
         cfg_path = Path(tmp) / "turnout.yaml"
-        cfg_path.write_text(yaml.safe_dump(config(primary.url, backup.url, args.timeout, args.retries)))
+        cfg_path.write_text(yaml.safe_dump(config(primary.url, backup.url, args.timeout, args.retries, args.hedge)))
         db = Path(tmp) / "ledger.sqlite"
         gw = start_server("turnout", "serve", "--config", str(cfg_path), "--db", str(db), timeout=60, cwd=tmp)
         try:
+            for stream in (True, False):  # warm-up: connections, first-request costs (not in the table)
+                play(gw.url, {"model": "chat", "messages": [{"role": "user", "content": message}], "stream": stream},
+                     answer)
+            hedge = f", hedge after {args.hedge:g} s" if args.hedge else ""
             print(f"timeouts {args.timeout:g} s, retries {args.retries}, answer {args.words} tokens, "
-                  "route [primary, backup]\n")
-            print("| scenario | request | outcome | seconds | attempts primary / backup | ledger engine | splice |")
-            print("|---|---|---|---|---|---|---|")
+                  f"route [primary, backup]{hedge}\n")
+            print("| scenario | request | outcome | seconds | first token s | attempts primary / backup "
+                  "| ledger engine | splice |")
+            print("|---|---|---|---|---|---|---|---|")
             for name, spec in SCENARIOS:
                 if args.only and args.only not in name:
                     continue
@@ -163,16 +174,21 @@ def main() -> None:
                     for u in (primary, backup):
                         control(u, "/__control/reset", {})
                     control(primary, "/__control/scenarios", {"default": resolve(spec, args.words, args.timeout)})
+                    if "backup slower" in name:
+                        control(backup, "/__control/scenarios", {"delay_ms": 1000 * args.timeout})
                     body = {"model": "chat", "messages": [{"role": "user", "content": message}], "stream": stream}
                     outcome, took, rid = play(gw.url, body, answer)
                     counts = [sum(1 for q in control(u, "/__control/requests") if q["path"] == "/v1/chat/completions")
                               for u in (primary, backup)]
-                    if outcome == "complete" and counts[1]:
-                        outcome = "rescued"  # complete, thanks to the fallback
                     row = ledger(db, rid)
+                    if outcome == "complete" and row.get("engine") != "primary":
+                        outcome = "rescued"  # complete, thanks to the fallback
+                    hops = json.loads(row.get("hops") or "[]")
                     splices = [f"{h['engine']}:{h.get('code')} after {h['after_chars']} chars, {h['rescue']} by {h['by']}"
-                               for h in json.loads(row.get("hops") or "[]") if "rescue" in h]
-                    print(f"| {name} | {'stream' if stream else 'JSON'} | {outcome} | {took:.2f} | "
+                               for h in hops if "rescue" in h]
+                    splices += [f"hedge: {h['engine']} lost" for h in hops if h.get("code") == "hedge_lost"]
+                    ttft = f"{row['ttft_ms'] / 1000:.2f}" if row.get("ttft_ms") is not None else "-"
+                    print(f"| {name} | {'stream' if stream else 'JSON'} | {outcome} | {took:.2f} | {ttft} | "
                           f"{counts[0]} / {counts[1]} | {row.get('engine')} | {'; '.join(splices) or '-'} |",
                           flush=True)
         finally:

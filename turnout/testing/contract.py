@@ -364,6 +364,24 @@ def markdown() -> str:
         "broken engine's hop, its `engine` is the one that finished the answer, and tokens and cost "
         "count every engine for what it produced (a thrown-away restart too).",
         "",
+        "## Hedged first token (opt-in per route)",
+        "",
+        "A route with `hedge:` races a slow first engine: when it has streamed no token after "
+        "`hedge.after` seconds (or, with `after: p95`, the 95th percentile of its last `window` times "
+        "to first token, `initial` until `min_samples` are known, never under `floor`), the same "
+        "request starts on the second engine of the chain. The first to produce a token wins; the "
+        "other is cancelled and its connection closed. The loser is a hop with code `hedge_lost` "
+        "(ledger and `x-turnout-fallbacks`) and is billed for its prompt, since most providers charge "
+        "for a cancelled request's input. Cost: at most one extra request for the share of requests "
+        "slower than the delay (about 5% with `p95`). Streams only; off by default.",
+        "",
+        "```yaml",
+        "routes:",
+        "  chat:",
+        "    chain: [gpt, claude]",
+        "    hedge: {after: p95}     # or {after: 1.5}",
+        "```",
+        "",
         "## The contract",
         "",
         "Three routes are played: `[frontier, local]` (a remote engine with the embedded model as "
