@@ -91,7 +91,7 @@ class ChunkWriter:
             "created": int(call.ts),
             "model": call.model,
         }
-        self.trail = call.trail
+        self.call, self.trail = call, call.trail
         self.sent_role = False
         self.finish_reason: str | None = None
         self.final_usage: Usage | None = None
@@ -115,7 +115,8 @@ class ChunkWriter:
         if d.tool_calls:
             delta["tool_calls"] = d.tool_calls
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
-        chunk = {**self.head, "choices": [choice]}
+        # the model of the engine whose text this is: after a mid-stream rescue, the one that continued
+        chunk = {**self.head, "model": self.call.model or self.head["model"], "choices": [choice]}
         if d.finish_reason:
             self.finish_reason = d.finish_reason
             self.final_usage = d.usage or Usage()
@@ -127,7 +128,8 @@ class ChunkWriter:
 
     def usage(self) -> bytes:
         u = self.final_usage or Usage()
-        return self._line({**self.head, "choices": [], "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
+        return self._line({**self.head, "model": self.call.model or self.head["model"], "choices": [],
+                           "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
 
     def error(self, exc: TurnoutError) -> bytes:
         return self._line(exc.body())
