@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import Gateway, Upstream, _factory
 from tests.test_backpressure import upstream_connections, wait_for
 from turnout.config import HedgeConfig
+from turnout.engines.fallback import splice_point
 from turnout.engines.hedge import Hedge
 from turnout.testing.procs import Proc, start_server
 
@@ -417,3 +418,19 @@ def test_hedge_delay_is_the_p95_of_recent_first_tokens() -> None:
         hedge.observe("a", 0.001)  # the window keeps the recent ones; the floor holds
     assert hedge.delay("a") == 0.05
     assert Hedge(HedgeConfig(after=0.5)).delay("a") == 0.5
+
+
+# ---------------------------------------------------------------------------- the splice point
+
+@pytest.mark.parametrize(("sent", "fresh", "want"), [
+    ("echo: the", "echo: the quick", 9),         # the new part begins after "the"
+    ("echo: the ", "echo: the quick", 9),        # trailing space sent: the rest is " quick" (lstripped later)
+    ("echo:  the\n", "echo: the", 9),            # whitespace runs compare as one space
+    ("ｅcho: the", "echo: the quick", 9),        # NFKC: a full-width letter is the letter
+    ("echo: the", "echo: th", -1),               # too short to tell yet
+    ("echo: the", "other: the", None),           # diverged
+    ("echo: the", "echo: thx", None),
+    ("", "anything", 0),
+])
+def test_splice_point(sent: str, fresh: str, want: int | None) -> None:
+    assert splice_point(sent, fresh) == want

@@ -261,8 +261,11 @@ async def _restarted(engine: Engine, req: ChatRequest, sent: str) -> tuple[Async
             if at is None or (at == -1 and d.finish_reason):
                 raise EngineProtocolError(f"restart diverged from the {len(sent)} characters already sent",
                                           engine=name, code="rescue_diverged")
-            if at >= 0 and (text[at:] or d.finish_reason):
-                return _resumed(agen), Delta(content=text[at:] or None, finish_reason=d.finish_reason, usage=d.usage)
+            rest = text[at:] if at >= 0 else ""
+            if sent[-1:].isspace():
+                rest = rest.lstrip()  # the client already has a space there
+            if at >= 0 and (rest or d.finish_reason):
+                return _resumed(agen), Delta(content=rest or None, finish_reason=d.finish_reason, usage=d.usage)
             nxt = await anext(agen, None)
             if nxt is None:
                 raise EngineProtocolError("restart ended without a finish", engine=name, code="rescue_diverged")
