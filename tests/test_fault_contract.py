@@ -1,9 +1,9 @@
 """The reliability contract (turnout/testing/contract.py), row by row, over real sockets.
 
 One gateway process for the module, configured by ``contract.contract_config``: routes
-``auto`` = [frontier, local] and ``remote-only`` = [frontier]; the frontier engine is the
-loopback OpenAI-wire upstream, which plays each row's fault. Each row is checked on both
-routes: the client's view (status, error code, Retry-After, the stream's events), how many
+``auto`` = [frontier, local], ``remote-only`` = [frontier] and ``rescue`` = [frontier, backup];
+the frontier engine is the loopback OpenAI-wire upstream, which plays each row's fault, and
+backup a second, healthy one. Each row is checked on the three routes: the client's view (status, error code, Retry-After, the stream's events), how many
 requests reached the upstream, and the ledger row (status, engine, hops).
 """
 
@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import Gateway, Upstream, _factory
 from turnout.testing import contract
-from turnout.testing.contract import ALONE, ROWS, WITH_FALLBACK, Outcome, Row
-from turnout.testing.procs import Proc
+from turnout.testing.contract import ALONE, RESCUE, ROWS, WITH_FALLBACK, Outcome, Row
+from turnout.testing.procs import Proc, start_server
 
 HI = [{"role": "user", "content": "hello there"}]
 ANSWER = "echo: hello there"
@@ -31,9 +31,16 @@ MAX_TOKENS = 3  # the upstream's answer is 3 words; the local fallback stays qui
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+def backup() -> Iterator[Upstream]:
+    with start_server("turnout.testing.upstream", "--model", "fake-backup") as proc:
+        yield Upstream(proc)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, backup: Upstream) -> Iterator[Gateway]:
     started: list[Proc] = []
-    gateway = _factory(tmp_path_factory.mktemp("contract"), started)(contract.contract_config(upstream.url))
+    gateway = _factory(tmp_path_factory.mktemp("contract"), started)(
+        contract.contract_config(upstream.url, backup.url))
     yield gateway
     for proc in started:
         proc.stop()
@@ -63,6 +70,9 @@ def check_ledger(gw: Gateway, request_id: str, want: Outcome) -> None:
     assert tuple(h["engine"] for h in json.loads(row["hops"])) == want.hops, row
     if want.ledger == "ok":
         assert row["completion_tokens"] > 0 and row["error"] is None
+    if want.rescue:
+        splice = json.loads(row["hops"])[0]
+        assert splice["rescue"] == want.rescue and splice["by"] == want.engine and splice["after_chars"] > 0, row
 
 
 def play_json(gw: Gateway, route: str, want: Outcome) -> None:
@@ -73,7 +83,7 @@ def play_json(gw: Gateway, route: str, want: Outcome) -> None:
         assert exc.status_code == want.http, exc.body
         headers = exc.response.headers
         assert exc.body["code"] == want.code and exc.body["message"], exc.body
-        for engine in want.hops:
+        for engine in want.hops if want.code == "all_engines_failed" else ():
             assert f"{engine}:" in exc.body["message"]
     else:
         assert raw.status_code == want.http == 200
@@ -82,7 +92,8 @@ def play_json(gw: Gateway, route: str, want: Outcome) -> None:
         assert headers["x-turnout-engine"] == want.engine
         assert done.choices[0].finish_reason in ("stop", "length")
         text = done.choices[0].message.content
-        assert text == ANSWER if want.engine == "frontier" else text
+        assert text == ANSWER if want.engine in ("frontier", "backup") else text
+        assert done.model == f"fake-{want.engine}" if want.engine != "local" else done.model
     assert ("retry-after" in headers) == want.retry_after, dict(headers)
     check_ledger(gw, headers["x-request-id"], want)
 
@@ -108,7 +119,8 @@ def play_stream(gw: Gateway, route: str, want: Outcome) -> None:
             return
         events = sse_data(resp)
     assert headers["content-type"].startswith("text/event-stream")
-    assert headers["x-turnout-engine"] == want.engine
+    # the headers go out with the first token: they name the engine that began the answer
+    assert headers["x-turnout-engine"] == ("frontier" if want.rescue or want.midstream else want.engine)
     chunks = [e for e in events if isinstance(e, dict) and "choices" in e]
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
@@ -119,7 +131,14 @@ def play_stream(gw: Gateway, route: str, want: Outcome) -> None:
         assert "[DONE]" not in events and finishes == [], events
     else:
         assert events[-1] == "[DONE]" and len(finishes) == 1, events
-        assert text == ANSWER if want.engine == "frontier" else text
+        assert text == ANSWER if want.engine in ("frontier", "backup") else text
+        trailer = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]).get("turnout")
+        if want.rescue:  # one answer, spliced where the frontier broke; the trailer says so
+            assert trailer["engines"] == [*want.hops, want.engine], trailer
+            assert [(r["engine"], r["rescue"], r["by"]) for r in trailer["rescues"]] == [
+                (want.hops[0], want.rescue, want.engine)], trailer
+        else:
+            assert trailer is None, trailer
     check_ledger(gw, headers["x-request-id"], want)
 
 
@@ -137,10 +156,11 @@ def play_stream_sdk(gw: Gateway, route: str, want: Outcome) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-@pytest.mark.parametrize("route", [WITH_FALLBACK, ALONE])
-def test_contract_row(gw: Gateway, upstream: Upstream, row: Row, route: str) -> None:
-    want = row.with_fallback if route == WITH_FALLBACK else row.alone
+@pytest.mark.parametrize("route", [WITH_FALLBACK, ALONE, RESCUE])
+def test_contract_row(gw: Gateway, upstream: Upstream, backup: Upstream, row: Row, route: str) -> None:
+    want = {WITH_FALLBACK: row.with_fallback, ALONE: row.alone, RESCUE: row.rescued}[route]
     upstream.reset()
+    backup.reset()
     if row.every_attempt:
         upstream.default(row.scenario)
     else:

@@ -16,8 +16,8 @@ from tests.conftest import FAST_RESILIENCE, Upstream
     ("/v1/chat/completions", {"model": "remote", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/embeddings", {"model": "remote", "input": ["hi"]}),
 ])
-def test_a_bad_sensitivity_label_is_a_400_and_goes_nowhere(gateway_factory, upstream: Upstream, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                           path: str, body: dict) -> None:  # type: ignore[type-arg]
+def test_a_bad_sensitivity_label_is_a_400_and_goes_nowhere(gateway_factory, upstream: Upstream, clean_upstreams,  # type: ignore[no-untyped-def]
+                                                           tmp_path: Path, path: str, body: dict) -> None:  # type: ignore[type-arg]
     engine = {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1", "model": "fake-frontier",
               "embedding_model": "fake-embed", "resilience": dict(FAST_RESILIENCE)}
     gw = gateway_factory({"engines": {"remote": engine}, "routes": {}, "guards": {"enabled": False},

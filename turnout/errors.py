@@ -16,6 +16,8 @@
         ├── EngineTimeout                connect, first-token or total timeout
         ├── EngineRateLimited            upstream 429 (retry_after)
         ├── EngineStatusError            upstream non-2xx (status kept; 503 keeps retry_after)
+        │   ├── EngineContextTooLong     400 context_length_exceeded: another engine with a larger window
+        │   └── EngineContentRefused     400 content_policy_violation: passed on, never routed around
         └── EngineProtocolError          malformed body, bad SSE, wrong content type, oversize
 
 ``EngineError.retryable`` says whether the same engine may be tried again;
@@ -139,9 +141,13 @@ class EngineUnavailable(EngineError):
 
 
 class EngineTimeout(EngineError):
+    """A silent engine: no answer (or no first token) within the timeout. Not retried: waiting
+    that long again on the same engine is worse than moving to the next one at once."""
+
     status = 504
     code = "engine_timeout"
     unreachable = True
+    retryable = False
 
 
 class EngineRateLimited(EngineError):
@@ -168,6 +174,27 @@ class EngineStatusError(EngineError):
             self.status = upstream_status
             self.type = "invalid_request_error"
             self.code = "upstream_rejected_request"
+
+
+class EngineContextTooLong(EngineStatusError):
+    """The prompt does not fit this engine's context window. Never resent to the same engine;
+    the chain moves to an engine whose declared window is larger, and when none is left the
+    client gets this 400 (it must shorten the request)."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, upstream_status=400, **kw)
+        self.retryable, self.fallback = False, True
+        self.code = "context_length_exceeded"
+
+
+class EngineContentRefused(EngineStatusError):
+    """The provider refused the content (OpenAI ``content_policy_violation``): passed to the
+    client as it is, never routed around to a more permissive engine."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, upstream_status=400, **kw)
+        self.retryable, self.fallback = False, False
+        self.code = "content_policy_violation"
 
 
 class EngineProtocolError(EngineError):

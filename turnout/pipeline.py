@@ -37,6 +37,7 @@ from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
 from turnout.engines.fallback import FallbackEngine
 from turnout.engines.guarded import GuardedEngine
+from turnout.engines.hedge import Hedge
 from turnout.engines.instrumented import InstrumentedEngine
 from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, PolicyBlocked
 from turnout.governance.access import Access
@@ -78,6 +79,9 @@ class Gateway:
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
+        # routes without a started strategy that hedge a slow first token (a strategy keeps its own)
+        self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
+                       if r.hedge is not None and alias not in self.strategies}
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -280,7 +284,7 @@ class Gateway:
             leaves.append(InstrumentedEngine(engine, call.trail, self.tracer))
         strategy = self.strategies.get(d.alias)
         if strategy is None or strategy.name != d.strategy:  # rules, or a rule's own chain
-            return FallbackEngine(leaves, call.trail)
+            return FallbackEngine(leaves, call.trail, self.hedges.get(d.alias))
         return strategy.stack(d, leaves, call.trail)
 
     # ==== scan (non-streaming): record, redact or withhold per guards.output ==================

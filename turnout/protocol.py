@@ -223,3 +223,20 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+# A request whose trailing assistant message is the start of the answer, to be continued
+# (mid-stream rescue by prefill). Marked in turnout's own ``metadata``, never forwarded.
+PREFILL_KEY = "turnout.prefill"
+
+
+def prefilled(req: ChatRequest, text: str) -> ChatRequest:
+    """``req`` with ``text`` as a trailing assistant message for the engine to continue."""
+    return req.model_copy(update={
+        "messages": [*req.messages, ChatMessage(role="assistant", content=text)],
+        "metadata": {**(req.metadata or {}), PREFILL_KEY: "1"},
+    })
+
+
+def is_prefill(req: ChatRequest) -> bool:
+    return bool(req.metadata and req.metadata.get(PREFILL_KEY))

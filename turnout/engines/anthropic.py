@@ -29,7 +29,7 @@ from turnout.engines.http import (
     transport_errors,
 )
 from turnout.errors import EngineProtocolError, EngineStatusError, InvalidRequest
-from turnout.protocol import ChatMessage, ChatRequest
+from turnout.protocol import ChatMessage, ChatRequest, is_prefill
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "pause_turn": "stop", "refusal": "content_filter"}
@@ -71,8 +71,12 @@ def to_anthropic(req: ChatRequest, model: str, default_max_tokens: int) -> dict[
         else:
             messages.append({"role": role, "content": blocks})
 
-    for m in req.messages:
-        if m.role in ("system", "developer"):
+    prefill = is_prefill(req)
+    for i, m in enumerate(req.messages):
+        if prefill and i == len(req.messages) - 1 and m.role == "assistant":
+            # the answer so far, to continue; the API refuses one that ends in whitespace
+            push("assistant", [{"type": "text", "text": m.text().rstrip()}])
+        elif m.role in ("system", "developer"):
             system.append(m.text())
         elif m.role == "user":
             push("user", _blocks(m))
@@ -145,6 +149,8 @@ class AnthropicEngine(Engine):
             name=name, dialect="anthropic", model=cfg.model, locality=cfg.locality,
             input_per_m=cfg.pricing.input_per_m, output_per_m=cfg.pricing.output_per_m,
             hourly_cost=cfg.pricing.hourly_cost, license=cfg.license, supports_tools=True,
+            context_window=cfg.context_window,
+            continuation=cfg.continuation or "prefill",  # Messages continues a trailing assistant turn natively
         )
         self.url = cfg.base_url.rstrip("/") + "/v1/messages"
         self._headers = {"content-type": "application/json", "anthropic-version": cfg.anthropic_version}
@@ -178,6 +184,10 @@ class AnthropicEngine(Engine):
                 resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
         usage = Usage()
         finish = "stop"
+        stopped = False  # a message_delta with a stop_reason was seen
+        # A prefill went out without its trailing whitespace; the continuation repeats it.
+        last = req.messages[-1].text() if is_prefill(req) else ""
+        trim = len(last) - len(last.rstrip())
         tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
         try:
             with transport_errors(name, "before the first token"):
@@ -198,13 +208,17 @@ class AnthropicEngine(Engine):
                 elif kind == "content_block_delta":
                     d = ev.get("delta") or {}
                     if d.get("type") == "text_delta":
-                        yield Delta(content=d.get("text", ""))
+                        text = d.get("text", "")
+                        if trim:
+                            text, trim = text[min(trim, len(text) - len(text.lstrip())):], 0
+                        yield Delta(content=text)
                     elif d.get("type") == "input_json_delta":
                         yield Delta(tool_calls=[{"index": tool_index.get(ev.get("index", -1), 0),
                                                  "function": {"arguments": d.get("partial_json", "")}}])
                 elif kind == "message_delta":
                     stop = (ev.get("delta") or {}).get("stop_reason")
                     finish = FINISH.get(stop or "end_turn", "stop")
+                    stopped = stopped or bool(stop)
                     usage.completion_tokens = int((ev.get("usage") or {}).get("output_tokens", 0))
                 elif kind == "message_stop":
                     yield Delta(finish_reason=finish, usage=usage)
@@ -215,6 +229,8 @@ class AnthropicEngine(Engine):
                     if err.get("type") in ("overloaded_error", "api_error"):
                         raise EngineStatusError(msg, engine=name, upstream_status=503)
                     raise EngineProtocolError(msg, engine=name)
-            raise EngineProtocolError("stream ended without message_stop", engine=name)
+            if not stopped:
+                raise EngineProtocolError("stream ended without a stop_reason or message_stop", engine=name)
+            yield Delta(finish_reason=finish, usage=usage)  # complete; only message_stop is missing
         finally:
             resp.release()

@@ -34,6 +34,8 @@ class EngineInfo:
     supports_tools: bool = True
     supports_chat: bool = True
     supports_embeddings: bool = False
+    context_window: int | None = None  # tokens the model takes (prompt + answer); None: unknown
+    continuation: str = "none"         # prefill | restart | none: how it continues a broken stream
 
     def cost(self, prompt_tokens: int, completion_tokens: int, busy_seconds: float) -> float:
         """USD for one request: token prices, plus owned hardware's hourly cost for the time it was busy."""

@@ -10,6 +10,7 @@ at all, is decided by the guard step (``turnout.guards.step``), never here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, aclose
 from turnout.guards.step import GuardState
@@ -19,6 +20,10 @@ from turnout.protocol import ChatRequest, EmbeddingRequest
 class GuardedEngine(Engine):
     def __init__(self, inner: Engine, state: GuardState) -> None:
         self.inner, self.info, self.state = inner, inner.info, state
+        if self.info.continuation == "prefill":
+            # the protected copy is fixed, so a prefill (the restored text) could not be added
+            # to it without sending restored values out: continue by restart instead
+            self.info = replace(self.info, continuation="restart")
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         result = await self.inner.chat(self.state.request_for(self.info, req))

@@ -13,6 +13,8 @@ import aiohttp
 import orjson
 
 from turnout.errors import (
+    EngineContentRefused,
+    EngineContextTooLong,
     EngineError,
     EngineProtocolError,
     EngineRateLimited,
@@ -69,8 +71,15 @@ async def raise_for_upstream_status(resp: aiohttp.ClientResponse, engine: str) -
     if resp.status < 300:
         return
     raw = await read_at_most(resp, 64 * 1024)
-    detail = _error_message(raw) or resp.reason or ""
+    detail, code = _error_message(raw)
+    detail = detail or resp.reason or ""
     msg = f"upstream answered HTTP {resp.status}: {detail}".strip()
+    if resp.status in (400, 413, 422):
+        kind = rejection_kind(code, detail)
+        if kind == "context":
+            raise EngineContextTooLong(msg, engine=engine)
+        if kind == "policy":
+            raise EngineContentRefused(msg, engine=engine)
     if resp.status == 429:
         raise EngineRateLimited(msg, engine=engine, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
     if resp.status == 529:  # Anthropic's "overloaded"
@@ -94,17 +103,36 @@ async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _error_message(raw: bytes) -> str:
+# How providers say "too long" and "refused" in a 4xx body: OpenAI (and vLLM) give a code,
+# Anthropic only a message ("prompt is too long: 210000 tokens > 200000 maximum").
+_CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
+_CONTEXT_WORDS = ("maximum context length", "prompt is too long", "context window", "context length")
+_POLICY_CODES = {"content_policy_violation", "content_filter"}
+
+
+def rejection_kind(code: str | None, message: str) -> str | None:
+    """'context' for a prompt that does not fit, 'policy' for refused content, else None."""
+    low = message.lower()
+    if code in _CONTEXT_CODES or any(w in low for w in _CONTEXT_WORDS):
+        return "context"
+    if code in _POLICY_CODES:
+        return "policy"
+    return None
+
+
+def _error_message(raw: bytes) -> tuple[str, str | None]:
+    """The error body's message and code (OpenAI ``{"error": {...}}``, Anthropic the same inside)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", "replace")
+        return raw[:200].decode("utf-8", "replace"), None
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        return str(err.get("message", ""))[:500]
+        code = err.get("code")
+        return str(err.get("message", ""))[:500], str(code) if code else None
     if isinstance(err, str):
-        return err[:500]
-    return ""
+        return err[:500], None
+    return "", None
 
 
 async def read_json(resp: aiohttp.ClientResponse, engine: str, max_bytes: int) -> dict[str, Any]:

@@ -84,6 +84,10 @@ class LlamaCppEngine(Engine):
             output_per_m=cfg.pricing.output_per_m,
             license=cfg.license,
             supports_tools=True,
+            context_window=cfg.context_window or cfg.n_ctx,
+            # A fresh answer of another model seldom begins with the broken one's text, and
+            # prefill would need the chat template rendered by hand: off unless configured.
+            continuation=cfg.continuation or "none",
         )
         self._llm: Any = None
         self._lock = threading.Lock()

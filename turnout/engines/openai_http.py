@@ -24,7 +24,7 @@ from turnout.engines.http import (
     transport_errors,
 )
 from turnout.errors import EngineProtocolError
-from turnout.protocol import ChatRequest
+from turnout.protocol import ChatRequest, is_prefill
 
 # Fields that are turnout's own and never forwarded.
 _TURNOUT_ONLY = {"metadata"}
@@ -44,6 +44,10 @@ class OpenAIEngine(Engine):
             license=cfg.license,
             supports_tools=cfg.supports_tools,
             supports_embeddings=cfg.embedding_model is not None,
+            context_window=cfg.context_window,
+            # OpenAI's own API rejects a trailing assistant message to continue; vLLM and the
+            # llama.cpp server accept it (continue_final_message): set continuation: prefill there.
+            continuation=cfg.continuation or "restart",
         )
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.embeddings_url = cfg.base_url.rstrip("/") + "/embeddings"
@@ -64,6 +68,8 @@ class OpenAIEngine(Engine):
         body = req.model_dump(exclude_none=True, exclude=_TURNOUT_ONLY)
         body["model"] = self.cfg.model
         body["stream"] = stream
+        if is_prefill(req):  # vLLM / llama.cpp server: continue the trailing assistant message
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         if stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         else:
@@ -96,9 +102,8 @@ class OpenAIEngine(Engine):
                 if data == b"[DONE]":
                     if finish is None:
                         raise EngineProtocolError("stream sent [DONE] without a finish_reason", engine=name)
-                    if usage is None:  # an upstream that ignores include_usage: count what we saw
-                        usage = Usage(req.estimated_tokens(), produced)
-                    yield Delta(finish_reason=finish, usage=usage)
+                    # usage None: an upstream that ignores include_usage; count what we saw
+                    yield Delta(finish_reason=finish, usage=usage or Usage(req.estimated_tokens(), produced))
                     return
                 chunk = loads_event(data, name)
                 if "error" in chunk:
@@ -122,7 +127,11 @@ class OpenAIEngine(Engine):
                             role=delta.get("role"),
                             logprobs=logprobs,
                         )
-            raise EngineProtocolError("stream ended without [DONE]", engine=name)
+            if finish is None:  # closed before any finish_reason: nobody can tell the text is whole
+                raise EngineProtocolError("stream ended without a finish_reason or [DONE]", engine=name)
+            # A finish_reason (and usage) then a clean close: the answer is complete, only the
+            # [DONE] marker is missing (some proxies drop it); a cut connection is an error above.
+            yield Delta(finish_reason=finish, usage=usage or Usage(req.estimated_tokens(), produced))
         finally:
             resp.release()
 

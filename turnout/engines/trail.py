@@ -3,7 +3,10 @@ failed hop of a fallback chain. The stack's wrappers write it; the pipeline read
 response headers and the recorder for the ledger row (engine, tokens, cost).
 
 Cost is the sum over the attempts that produced output (a cascade's weak draft and the
-strong answer both cost money); the engine of record is the last one that produced output.
+strong answer both cost money, so do both halves of a rescued stream and a restart whose
+answer was thrown away); the engine of record is the last one whose output the client got.
+A stream rescued mid-way (``Rescue``) counts the tokens of every attempt that delivered part
+of it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class Attempt:
     busy: float = 0.0                 # seconds the engine worked on it (owned hardware bills this)
     usage: Usage = field(default_factory=Usage)
     ok: bool = False                  # produced a complete answer (or, for a stream, its first delta)
+    discarded: bool = False           # its output never reached the client (a restart that diverged)
+    charged: bool = False             # billed for its prompt though it produced nothing (a cancelled hedge)
 
     @property
     def produced(self) -> bool:
@@ -34,10 +39,26 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class Rescue:
+    """A stream that broke after ``after_chars`` characters reached the client, continued by
+    ``by`` (``how``: prefill or restart). ``error`` is the break, also in ``hops``."""
+
+    error: EngineError
+    after_chars: int
+    how: str
+    by: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"engine": self.error.engine, "error": self.error.code, "after_chars": self.after_chars,
+                "rescue": self.how, "by": self.by}
+
+
+@dataclass(slots=True)
 class Trail:
     prompt_estimate: int = 0          # tokens of the request, for engines that do not count them
     attempts: list[Attempt] = field(default_factory=list)
     hops: list[EngineError] = field(default_factory=list)
+    rescues: list[Rescue] = field(default_factory=list)
 
     def begin(self, engine: EngineInfo) -> Attempt:
         attempt = Attempt(engine)
@@ -47,7 +68,18 @@ class Trail:
     @property
     def answered(self) -> Attempt | None:
         """The attempt whose output the client got: the last one that produced any."""
-        return next((a for a in reversed(self.attempts) if a.produced), None)
+        return next((a for a in reversed(self.attempts) if a.produced and not a.discarded), None)
+
+    @property
+    def delivered(self) -> list[Attempt]:
+        """The attempts whose output the client got: one, or each part of a rescued stream."""
+        if not self.rescues:
+            a = self.answered
+            return [a] if a is not None else []
+        return [a for a in self.attempts if a.produced and not a.discarded]
+
+    def rescue_of(self, hop: EngineError) -> Rescue | None:
+        return next((r for r in self.rescues if r.error is hop), None)
 
     @property
     def engine(self) -> EngineInfo | None:
@@ -56,8 +88,8 @@ class Trail:
 
     @property
     def usage(self) -> Usage:
-        a = self.answered
-        return a.usage if a is not None else Usage()
+        parts = self.delivered
+        return Usage(sum(a.usage.prompt_tokens for a in parts), sum(a.usage.completion_tokens for a in parts))
 
     def cost(self) -> float:
-        return sum(a.cost() for a in self.attempts if a.produced)
+        return sum(a.cost() for a in self.attempts if a.produced or a.charged)

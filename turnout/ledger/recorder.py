@@ -15,12 +15,23 @@ import orjson
 
 from turnout.call import Call
 from turnout.engines.base import EngineInfo
+from turnout.errors import EngineError
 from turnout.governance.access import Access
 from turnout.ledger.base import Ledger
 from turnout.ledger.sqlite import LedgerRow
 from turnout.metrics import Metrics
 
 log = logging.getLogger("turnout.ledger")
+
+
+def _hop(call: Call, h: EngineError) -> dict[str, object]:
+    """One failed hop for the ledger; a stream break that was rescued says where and how
+    (``after_chars`` sent before the break, ``rescue`` prefill|restart, ``by`` which engine)."""
+    hop: dict[str, object] = {"engine": h.engine, "error": h.message, "code": h.code}
+    rescue = call.trail.rescue_of(h)
+    if rescue is not None:
+        hop.update(after_chars=rescue.after_chars, rescue=rescue.how, by=rescue.by)
+    return hop
 
 
 class Recorder:
@@ -52,7 +63,7 @@ class Recorder:
             threshold=d.threshold if d else None,
             engine=e.name if e else None,
             locality=e.locality if e else None,
-            hops=orjson.dumps([{"engine": h.engine, "error": h.message} for h in hops]).decode(),
+            hops=orjson.dumps([_hop(call, h) for h in hops]).decode(),
             prompt_tokens=u.prompt_tokens,
             completion_tokens=u.completion_tokens,
             latency_ms=latency * 1000,

@@ -21,6 +21,7 @@ from turnout import plugins
 from turnout.engines.base import Engine
 from turnout.engines.cascade import CascadeEngine
 from turnout.engines.fallback import FallbackEngine
+from turnout.engines.hedge import Hedge
 from turnout.engines.trail import Trail
 from turnout.protocol import ChatRequest
 from turnout.routing.decision import Decision
@@ -38,6 +39,8 @@ class Strategy:
 
     def __init__(self, alias: str, route: RouteConfig) -> None:
         self.alias, self.route = alias, route
+        # the route's hedged first token, with its TTFT window (lives as long as the strategy)
+        self.hedge = Hedge(route.hedge) if route.hedge is not None else None
 
     @classmethod
     def check(cls, route: RouteConfig) -> None:
@@ -50,8 +53,8 @@ class Strategy:
         """Refine the decision (order of the chain, score, reason) for this request."""
 
     def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
-        """The engine that answers: by default the chain with fallback."""
-        return FallbackEngine(engines, trail)
+        """The engine that answers: by default the chain with fallback (hedged if configured)."""
+        return FallbackEngine(engines, trail, self.hedge)
 
 
 class RulesStrategy(Strategy):

@@ -11,6 +11,7 @@ import orjson
 
 from turnout.call import Call
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Usage
+from turnout.engines.trail import Trail
 from turnout.errors import TurnoutError
 from turnout.protocol import ChatRequest, EmbeddingRequest, usage_dict
 
@@ -37,6 +38,14 @@ def headers(call: Call) -> dict[str, str]:
     if call.cache is not None:
         h["x-turnout-cache"] = call.cache.kind
     return h
+
+
+def rescue_trailer(trail: Trail) -> dict[str, Any]:
+    """The ``turnout`` object on a rescued stream's finish chunk: the engines whose text it
+    is, in order, and each splice (the broken engine, its error code, the characters sent
+    before the break, prefill or restart, the engine that continued)."""
+    return {"engines": [a.engine.name for a in trail.delivered], "model": trail.engine.model if trail.engine else None,
+            "rescues": [r.to_json() for r in trail.rescues]}
 
 
 def embedding_body(call: Call, req: EmbeddingRequest, r: EmbeddingResult) -> dict[str, Any]:
@@ -82,6 +91,7 @@ class ChunkWriter:
             "created": int(call.ts),
             "model": call.model,
         }
+        self.call, self.trail = call, call.trail
         self.sent_role = False
         self.finish_reason: str | None = None
         self.final_usage: Usage | None = None
@@ -105,17 +115,21 @@ class ChunkWriter:
         if d.tool_calls:
             delta["tool_calls"] = d.tool_calls
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
-        chunk = {**self.head, "choices": [choice]}
+        # the model of the engine whose text this is: after a mid-stream rescue, the one that continued
+        chunk = {**self.head, "model": self.call.model or self.head["model"], "choices": [choice]}
         if d.finish_reason:
             self.finish_reason = d.finish_reason
             self.final_usage = d.usage or Usage()
             if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
                 chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)
+            if self.trail.rescues:  # the answer was continued by another engine: say where and how
+                chunk["turnout"] = rescue_trailer(self.trail)
         return self._line(chunk)
 
     def usage(self) -> bytes:
         u = self.final_usage or Usage()
-        return self._line({**self.head, "choices": [], "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
+        return self._line({**self.head, "model": self.call.model or self.head["model"], "choices": [],
+                           "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
 
     def error(self, exc: TurnoutError) -> bytes:
         return self._line(exc.body())

@@ -41,6 +41,7 @@ from aiohttp import web
 
 from turnout.testing import echo
 from turnout.testing.faults import (
+    OK,
     Control,
     Dialect,
     ScenarioError,
@@ -106,6 +107,10 @@ DIALECT = Dialect(
     ),
     broken_event=b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n',
     headers=lambda: {"request-id": _request_id()},
+    rejections={
+        "context_length_exceeded": (400, {"type": "error", "error": {
+            "type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}),
+    },
 )
 
 
@@ -206,6 +211,11 @@ class AnthropicFake:
                 text = "tool result: " + last_text
             else:
                 text = "echo: " + _last_user(messages)
+            if last.get("role") == "assistant":  # prefill: the answer continues that text
+                if last_text != last_text.rstrip():
+                    return error_response(
+                        DIALECT, 400, "messages: final assistant content cannot end with trailing whitespace")
+                text = echo.continuation(text, last_text)
             for seq in body.get("stop_sequences") or []:
                 if isinstance(seq, str) and seq and seq in text:
                     text = text[: text.index(seq)]
@@ -217,6 +227,10 @@ class AnthropicFake:
             blocks = [{"type": "text", "text": text}]
             output_tokens = echo.count_words(text)
 
+        if scenario.name == "content_policy":
+            # Anthropic refuses in the answer itself: a message that stops with "refusal"
+            blocks, stop_reason, stop_sequence, output_tokens = [], "refusal", None, 0
+            scenario = OK
         usage = {
             "input_tokens": input_tokens,
             "cache_creation_input_tokens": 0,

@@ -1,8 +1,10 @@
 """turnout's reliability contract, as data: what the gateway does when its upstream fails.
 
 One :class:`Row` per (upstream fault, streaming or not). Each row says how many times the
-failing engine is tried, and what a client sees on two routes: ``[frontier, local]`` (a
-remote engine with a local fallback) and ``[frontier]`` alone. ``tests/test_fault_contract.py``
+failing engine is tried, and what a client sees on three routes: ``[frontier, local]`` (a
+remote engine with the embedded model as fallback), ``[frontier]`` alone, and
+``[frontier, backup]`` (a second, healthy upstream of the same deterministic answer, which
+can continue a broken stream by restart: the mid-stream rescue). ``tests/test_fault_contract.py``
 plays every row against a real gateway process and the loopback upstream
 (:mod:`turnout.testing.upstream`); ``docs/reliability.md`` is generated from this table::
 
@@ -36,21 +38,34 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 
 WITH_FALLBACK = "auto"  # route [frontier, local]
 ALONE = "remote-only"  # route [frontier]
+RESCUE = "rescue"  # route [frontier, backup]
+FRONTIER_WINDOW = 128_000  # context_window the frontier declares
+BACKUP_WINDOW = 1_000_000  # ... and the backup: larger, so it takes what the frontier cannot
 
 
-def contract_config(upstream_url: str) -> dict[str, Any]:
-    """The turnout.yaml (as a dict) the contract is played against."""
-    return {
+def contract_config(upstream_url: str, backup_url: str | None = None) -> dict[str, Any]:
+    """The turnout.yaml (as a dict) the contract is played against; ``backup_url`` is a
+    second loopback upstream (the route ``rescue`` is left out without one)."""
+    cfg: dict[str, Any] = {
         "engines": {
             "local": {"dialect": "llamacpp", "n_ctx": 512},
             "frontier": {
                 "dialect": "openai", "locality": "remote", "base_url": upstream_url + "/v1",
                 "model": "fake-frontier", "max_response_bytes": MAX_RESPONSE_BYTES,
+                "context_window": FRONTIER_WINDOW,
                 "pricing": {"input_per_m": 2.5, "output_per_m": 10.0}, "resilience": dict(RESILIENCE),
             },
         },
         "routes": {WITH_FALLBACK: {"chain": ["frontier", "local"]}, ALONE: {"chain": ["frontier"]}},
     }
+    if backup_url is not None:
+        cfg["engines"]["backup"] = {
+            "dialect": "openai", "locality": "remote", "base_url": backup_url + "/v1", "model": "fake-backup",
+            "context_window": BACKUP_WINDOW, "continuation": "restart",
+            "pricing": {"input_per_m": 1.0, "output_per_m": 4.0}, "resilience": dict(RESILIENCE),
+        }
+        cfg["routes"][RESCUE] = {"chain": ["frontier", "backup"]}
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -63,12 +78,21 @@ class Outcome:
     code: str | None = None  # error code, in the error body or the stream's error event
     hops: tuple[str, ...] = ()  # engines named in the ledger's ``hops`` (failed on the way)
     retry_after: bool = False  # the error response carries Retry-After
+    rescue: str | None = None  # a stream continued by another engine: prefill | restart
 
     @property
     def midstream(self) -> bool:
         return self.ledger == "error_midstream"
 
     def describe(self) -> str:
+        if self.rescue:
+            return (f"200: first tokens from {self.hops[0]}, then the same answer continued by {self.engine} "
+                    f"({self.rescue}), one finish and `[DONE]`; the finish chunk's `turnout.rescues` and the "
+                    f"ledger's hops give the splice; ledger `ok`, engine {self.engine}")
+        if self.midstream and self.hops[1:]:
+            return (f"200 from {self.engine}, first tokens, then an error event `{self.code}`: "
+                    f"{', '.join(self.hops[1:])} tried to continue and its answer diverged (thrown away, "
+                    "billed); ledger `error_midstream`")
         if self.midstream:
             return (f"200 from {self.engine}, first tokens, then an error event `{self.code}`; "
                     "no finish, no `[DONE]`; ledger `error_midstream`")
@@ -91,6 +115,20 @@ class Row:
     every_attempt: bool = True  # the fault hits every attempt (else only the first)
     requests: int = 1  # client requests the row sends (per route)
     tags: tuple[str, ...] = field(default=())
+    rescue: Outcome | None = None  # route [frontier, backup]; None: derived from ``with_fallback``
+
+    @property
+    def rescued(self) -> Outcome:
+        """What route [frontier, backup] gives: what [frontier, local] gives with the backup in
+        place of the local model, and a broken stream continued by the backup."""
+        if self.rescue is not None:
+            return self.rescue
+        w = self.with_fallback
+        if w.midstream:
+            return RESCUED
+        if w.engine == "local":
+            return Outcome(200, "backup", "ok", hops=w.hops)
+        return w
 
     @property
     def retried(self) -> bool:
@@ -106,6 +144,7 @@ class Row:
 
 LOCAL_AFTER_FRONTIER = Outcome(200, "local", "ok", hops=("frontier",))
 FRONTIER_OK = Outcome(200, "frontier", "ok")
+RESCUED = Outcome(200, "backup", "ok", hops=("frontier",), rescue="restart")
 
 
 def _gone(http: int, retry_after: bool = False) -> Outcome:
@@ -152,35 +191,40 @@ ROWS: list[Row] = [
     "refuse (connection closed, no response)", "refuse", 2, 503,
     "the connection died before any answer, so retrying is safe; an unreachable chain is a 503",
 ) + _before(
-    "stall_headers (no response at all)", {"name": "stall_headers", "seconds": 4}, 2, 503,
-    "JSON: the whole-answer timeout; stream: the first-token timeout. Each attempt is bounded, "
-    "the retry too, then fallback; a chain that timed out is a 503",
+    "stall_headers (no response at all)", {"name": "stall_headers", "seconds": 4}, 1, 503,
+    "a silent provider: JSON: the whole-answer timeout; stream: the first-token timeout. Waiting as "
+    "long again on the same engine is worse than the next engine, so no retry: fallback at once; a "
+    "chain that timed out is a 503",
 ) + _before(
-    "stall_first_token (headers, then silence)", {"name": "stall_first_token", "seconds": 4}, 2, 503,
+    "stall_first_token (headers, then silence)", {"name": "stall_first_token", "seconds": 4}, 1, 503,
     "as stall_headers: headers alone are not an answer; timeouts cover the body, not just the connection",
 ) + [
-    Row("stall_midstream (silence after some output)", {"name": "stall_midstream", "seconds": 4}, False, 2,
+    Row("stall_midstream (silence after some output)", {"name": "stall_midstream", "seconds": 4}, False, 1,
         LOCAL_AFTER_FRONTIER, _gone(503),
-        "JSON: nothing reached the client yet, so as stall_headers: retry, then fallback"),
+        "JSON: nothing reached the client yet, so as stall_headers: no retry, fallback at once"),
     Row("stall_midstream (silence after some output)", {"name": "stall_midstream", "seconds": 4}, True, 1,
         _mid("engine_timeout"), _mid("engine_timeout"),
-        "stream: tokens were already relayed, so neither a retry nor another engine can continue "
-        "them; the idle timeout ends the stream with an error event, never a silent truncation"),
+        "stream: tokens were already relayed; the idle timeout breaks the stream. An engine that can "
+        "continue it (backup, by restart) does, and the client gets one whole answer; the embedded "
+        "model cannot (continuation none), so there the stream ends with an error event, never a "
+        "silent truncation"),
     Row("stall after the role chunk (no token yet)", {"name": "stall_midstream", "seconds": 4, "after_chunks": 1},
-        True, 2, LOCAL_AFTER_FRONTIER, _gone(503),
+        True, 1, LOCAL_AFTER_FRONTIER, _gone(503),
         "stream: a chunk that only says role=assistant is not a token; nothing was relayed, so the "
-        "idle timeout counts as a failure before the first token: retry, then fallback", tags=("role",)),
+        "idle timeout is a silent provider before the first token: fallback at once", tags=("role",)),
     Row("reset_midstream (TCP RST after some output)", "reset_midstream", False, 2,
         LOCAL_AFTER_FRONTIER, _gone(503), "JSON: a half-read body is discarded; retry, then fallback"),
     Row("reset_midstream (TCP RST after some output)", "reset_midstream", True, 1,
         _mid("engine_unavailable"), _mid("engine_unavailable"),
-        "stream: after the first token the failure is the client's to see: an error event"),
+        "stream: after the first token, continued by an engine that can (backup: restart, the part "
+        "already sent skipped); else the failure is the client's to see: an error event"),
     Row("error_midstream (error object instead of output)", "error_midstream", False, 2,
         LOCAL_AFTER_FRONTIER, _gone(502),
         "JSON: a 200 whose body is an error object is a failed answer, not an answer; retry, then fallback"),
     Row("error_midstream (error object instead of output)", "error_midstream", True, 1,
         _mid("upstream_protocol_error"), _mid("upstream_protocol_error"),
-        "stream: the upstream's error event is passed on as turnout's error event"),
+        "stream: continued by backup; with no engine able to continue, the upstream's error event is "
+        "passed on as turnout's error event"),
 ] + _before(
     "malformed_json", "malformed_json", 2, 502,
     "JSON: a body cut in half; stream: the first event does not parse, so no token was relayed. "
@@ -190,14 +234,22 @@ ROWS: list[Row] = [
         LOCAL_AFTER_FRONTIER, _gone(502), "JSON: an event stream where JSON was asked for is a protocol error"),
     Row("malformed_sse (broken event after some output)", "malformed_sse", True, 1,
         _mid("upstream_protocol_error"), _mid("upstream_protocol_error"),
-        "stream: a broken event after the first token ends the stream with an error event"),
+        "stream: a broken event after the first token: continued by backup, or an error event"),
     Row("no_done (answer without a finish)", "no_done", False, 2, LOCAL_AFTER_FRONTIER, _gone(502),
         "JSON: finish_reason null means nobody can tell whether the text is whole, so it is not "
         "passed off as complete; retry, then fallback"),
     Row("no_done (answer without a finish)", "no_done", True, 1,
         _mid("upstream_protocol_error"), _mid("upstream_protocol_error"),
-        "stream: the connection closed cleanly but without finish_reason and [DONE]: the client gets "
-        "an error event, not a truncated answer that looks complete"),
+        "stream: the connection closed cleanly but without finish_reason and [DONE]: nobody can tell the "
+        "text is whole, so it is continued by backup (its fresh answer adds nothing: the finish), or the "
+        "client gets an error event, never a truncated answer that looks complete"),
+] + [
+    Row("no_done_marker (finish and usage, then a clean close without [DONE])", "no_done_marker", s, 1,
+        FRONTIER_OK, FRONTIER_OK,
+        "the finish_reason says the answer is whole; only the end marker is missing (some proxies drop "
+        "it): the answer is complete, and turnout's own stream ends with `[DONE]`" if s else
+        "JSON has no end marker: the same as ok", tags=("marker",))
+    for s in (False, True)
 ] + _before(
     "wrong_content_type (an HTML proxy page)", "wrong_content_type", 2, 502,
     "a 200 that is not JSON (or not an event stream) is a protocol error: retry, then fallback",
@@ -207,7 +259,10 @@ ROWS: list[Row] = [
         "JSON: a body over max_response_bytes is refused before it is read whole (memory stays bounded)"),
     Row("oversized (2 MiB, limit 1 MiB)", {"name": "oversized", "mb": 2}, True, 1,
         _mid("upstream_protocol_error"), _mid("upstream_protocol_error"),
-        "stream: the stream is cut at the limit with an error event"),
+        "stream: the stream is cut at the limit; backup's fresh answer does not begin with the 1 MiB "
+        "already sent, so it is thrown away (never spliced) and the client gets the error event",
+        rescue=Outcome(200, "frontier", "error_midstream", code="upstream_protocol_error",
+                       hops=("frontier", "backup"))),
 ] + [
     Row("slow_trickle (one byte per ms)", {"name": "slow_trickle", "interval_ms": 1}, s, 1, FRONTIER_OK,
         FRONTIER_OK, "slow but alive: bytes keep arriving within the idle and whole-answer timeouts, "
@@ -222,10 +277,49 @@ ROWS: list[Row] = [
     "401 from this provider", "401", 1, 502,
     "the gateway's credentials at one provider are wrong: retrying cannot help, another provider "
     "can; the client's own credentials are not in question, so it gets 502, not 401",
-)
+) + [
+    Row("context_length_exceeded (400)", "context_length_exceeded", s, 1,
+        Outcome(400, None, "error", code="context_length_exceeded", hops=("frontier",)),
+        Outcome(400, None, "error", code="context_length_exceeded", hops=("frontier",)),
+        f"never resent to the same engine; the chain skips engines whose declared context_window is not "
+        f"larger than the frontier's ({FRONTIER_WINDOW:,}): the embedded model (512) is skipped, backup "
+        f"({BACKUP_WINDOW:,}) answers. With none larger, the client gets the 400 (shorten the request)",
+        rescue=Outcome(200, "backup", "ok", hops=("frontier",)))
+    for s in (False, True)
+] + [
+    Row("content_policy_violation (400)", "content_policy", s, 1,
+        Outcome(400, None, "error", code="content_policy_violation", hops=("frontier",)),
+        Outcome(400, None, "error", code="content_policy_violation", hops=("frontier",)),
+        "the provider refused the content: passed to the client, never retried nor routed around to a "
+        "more permissive engine",
+        rescue=Outcome(400, None, "error", code="content_policy_violation", hops=("frontier",)))
+    for s in (False, True)
+]
 
 
 # ---------------------------------------------------------------------------- the document
+
+#: Failure classes and the next move, as enforced by ``turnout.errors`` (retryable/fallback
+#: on each exception), ``turnout.engines.resilience`` (retries) and ``turnout.engines.fallback``.
+FAILURE_CLASSES: list[tuple[str, str, str]] = [
+    ("silent provider", "no answer / no first token within the timeout (`engine_timeout`)",
+     "not retried: the next engine at once"),
+    ("rate limited", "429 (`upstream_rate_limited`)",
+     "Retry-After honoured up to `max_retry_after` and retried; longer, or still limited: the next engine"),
+    ("server error, reset", "5xx, connection refused or reset, malformed answer",
+     "retried with exponential backoff (`retries`), then the next engine"),
+    ("context too long", "400 `context_length_exceeded` (Anthropic: \"prompt is too long\")",
+     "never resent to the same engine; the next engine whose declared `context_window` is larger; with "
+     "none, the client gets the 400 `context_length_exceeded`"),
+    ("content refused", "400 `content_policy_violation` (Anthropic refuses in the answer: "
+     "`stop_reason: refusal`, passed on as `finish_reason: content_filter`)",
+     "passed to the client as it is; never retried, never routed around"),
+    ("bad credentials at one provider", "401 / 403 / 404", "not retried; the next engine"),
+    ("other 4xx", "the request itself is bad", "passed to the client with the upstream's status"),
+    ("stream broken after output", "cut, stall past `idle_timeout`, malformed or error event, no finish",
+     "continued by the next engine that can (`continuation`), else the error event"),
+]
+
 
 def markdown() -> str:
     res = RESILIENCE
@@ -241,34 +335,85 @@ def markdown() -> str:
         "Retry-After, the events of a stream, how many requests reached the upstream, and the "
         "ledger row (status, engine, hops).",
         "",
-        "Two routes are played: `[frontier, local]` (a remote engine with the embedded model as "
-        "fallback) and `[frontier]` alone. Settings of the frontier engine while the contract is "
+        "## Failure classes",
+        "",
+        "| Class | Recognised by | Next move |",
+        "|---|---|---|",
+        *[f"| {c} | {how} | {move} |" for c, how, move in FAILURE_CLASSES],
+        "",
+        "## Mid-stream rescue",
+        "",
+        "When a stream breaks after text has reached the client, the next engine of the chain that can "
+        "continues the same answer, and the client's stream goes on as one answer with one finish and "
+        "`[DONE]`. Each engine declares how (`continuation` in its config):",
+        "",
+        "* `prefill` (default for `anthropic`; set it for vLLM and the llama.cpp server): the text sent "
+        "so far goes out as a trailing assistant message (OpenAI dialect: with `continue_final_message: "
+        "true, add_generation_prompt: false`) and the engine continues it. An engine that rejects it "
+        "(a 4xx) is tried by restart. Engines behind pseudonymization restart instead (the prefill is "
+        "restored text).",
+        "* `restart` (default for `openai`: OpenAI's own API rejects prefill): the engine answers afresh; "
+        "its answer is held back until it covers the text already sent and relayed from there if it "
+        "begins with it (NFKC, whitespace runs as one space). If it diverges, it is thrown away (billed) "
+        "and the client gets the error event: never a spliced answer that does not read as one text.",
+        "* `none` (default for the embedded `llamacpp` engine): never continues another's stream.",
+        "",
+        "No engine continues after a tool-call delta. The finish chunk of a rescued stream carries a "
+        "`turnout` object: `{\"engines\": [...], \"model\": ..., \"rescues\": [{\"engine\", \"error\", "
+        "\"after_chars\", \"rescue\", \"by\"}]}`; the ledger's `hops` carry the same splice on the "
+        "broken engine's hop, its `engine` is the one that finished the answer, and tokens and cost "
+        "count every engine for what it produced (a thrown-away restart too).",
+        "",
+        "## Hedged first token (opt-in per route)",
+        "",
+        "A route with `hedge:` races a slow first engine: when it has streamed no token after "
+        "`hedge.after` seconds (or, with `after: p95`, the 95th percentile of its last `window` times "
+        "to first token, `initial` until `min_samples` are known, never under `floor`), the same "
+        "request starts on the second engine of the chain. The first to produce a token wins; the "
+        "other is cancelled and its connection closed. The loser is a hop with code `hedge_lost` "
+        "(ledger and `x-turnout-fallbacks`) and is billed for its prompt, since most providers charge "
+        "for a cancelled request's input. Cost: at most one extra request for the share of requests "
+        "slower than the delay (about 5% with `p95`). Streams only; off by default.",
+        "",
+        "```yaml",
+        "routes:",
+        "  chat:",
+        "    chain: [gpt, claude]",
+        "    hedge: {after: p95}     # or {after: 1.5}",
+        "```",
+        "",
+        "## The contract",
+        "",
+        "Three routes are played: `[frontier, local]` (a remote engine with the embedded model as "
+        "fallback), `[frontier]` alone, and `[frontier, backup]` (a second loopback upstream with the "
+        "same answer, `continuation: restart`). Settings of the remote engines while the contract is "
         f"played: timeout {res['timeout']:g} s, first_token_timeout {res['first_token_timeout']:g} s, "
         f"idle_timeout {res['idle_timeout']:g} s, retries {res['retries']}, "
-        f"max_retry_after {res['max_retry_after']:g} s, max_response_bytes {MAX_RESPONSE_BYTES // 1024} KiB.",
+        f"max_retry_after {res['max_retry_after']:g} s, max_response_bytes {MAX_RESPONSE_BYTES // 1024} KiB; "
+        f"context_window: frontier {FRONTIER_WINDOW:,}, backup {BACKUP_WINDOW:,}, local 512 (its n_ctx).",
         "",
         "The rules behind the rows:",
         "",
-        "* A failure before the client has received anything is retried on the same engine "
-        "(unless retrying cannot help: 401/403/404, or a Retry-After longer than `max_retry_after`), "
-        "then the next engine of the chain is tried. With none left the client gets one error: "
-        "503 if no engine could be reached (connection, timeout, rate limit, overload), else 502; "
-        "code `all_engines_failed`, message naming each hop.",
-        "* A stream falls back only before its first token. After it, a failure ends the stream "
-        "with an OpenAI-shaped error event (`data: {\"error\": ...}`), no `finish_reason` and no "
-        "`data: [DONE]`, and the ledger says `error_midstream`: never a truncated answer reported "
+        "* A failure before the client has received anything moves as its class says (above). With no "
+        "engine left the client gets one error: 503 if no engine could be reached (connection, timeout, "
+        "rate limit, overload), else 502; code `all_engines_failed`, message naming each hop.",
+        "* A failure after the first token is rescued when an engine can continue (above); else it ends "
+        "the stream with an OpenAI-shaped error event (`data: {\"error\": ...}`), no `finish_reason` and "
+        "no `data: [DONE]`, and the ledger says `error_midstream`: never a truncated answer reported "
         "as success.",
-        "* \"Attempts\" counts the requests the upstream received for the row's client requests.",
+        "* A stream with a finish reason that closes cleanly is complete, `[DONE]` or not; without a "
+        "finish reason it is broken.",
+        "* \"Attempts\" counts the requests the frontier's upstream received for the row's client requests.",
         "",
-        "| Fault at the upstream | Request | Attempts | Route `[frontier, local]` | Route `[frontier]` | Why |",
-        "|---|---|---|---|---|---|",
+        "| Fault at the upstream | Request | Attempts | Route `[frontier, local]` | Route `[frontier]` "
+        "| Route `[frontier, backup]` | Why |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in ROWS:
         kind = "stream" if r.stream else "JSON"
         attempts = f"{r.attempts}" + (f" for {r.requests} requests" if r.requests > 1 else "")
-        lines.append(
-            f"| {r.fault} | {kind} | {attempts} | {r.with_fallback.describe()} | {r.alone.describe()} | {r.why} |"
-        )
+        lines.append(f"| {r.fault} | {kind} | {attempts} | {r.with_fallback.describe()} | {r.alone.describe()} "
+                     f"| {r.rescued.describe()} | {r.why} |")
     lines.append("")
     return "\n".join(lines)
 

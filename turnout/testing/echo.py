@@ -8,6 +8,8 @@
   the word :data:`TOOL_TRIGGER` (case-insensitive).  The first tool is called (or the named
   one) with an input built from its JSON schema by :func:`tool_input`.
 * Tokens are whitespace-separated words.
+* A prefill (a trailing assistant message to continue) gets the rest of the answer after it
+  (:func:`continuation`).
 """
 
 from __future__ import annotations
@@ -91,3 +93,8 @@ def truncate(text: str, max_tokens: Any) -> tuple[str, bool]:
     if len(words) <= max_tokens:
         return text, False
     return " ".join(words[:max_tokens]), True
+
+
+def continuation(answer: str, prefill: str) -> str:
+    """What follows ``prefill`` in ``answer`` (the whole answer when it does not begin so)."""
+    return answer[len(prefill):] if answer.startswith(prefill) else answer

@@ -44,6 +44,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "malformed_json": {},
     "malformed_sse": {"after_chunks": 2},
     "no_done": {},
+    "no_done_marker": {},
+    "context_length_exceeded": {},
+    "content_policy": {},
     "wrong_content_type": {},
     "oversized": {"mb": 11.0},
     "slow_trickle": {"interval_ms": 20.0},
@@ -309,6 +312,9 @@ class Dialect:
     broken_event: bytes
     #: extra response headers (request ids and the like)
     headers: Callable[[], dict[str, str]] = dict
+    #: scenario name -> (status, error body) for the provider's own rejections
+    #: ("context_length_exceeded", "content_policy"), as that provider words them
+    rejections: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
 
 JSON_TYPE = "application/json"
@@ -329,6 +335,11 @@ def error_response(
     elif status == 429:
         headers["Retry-After"] = "1"
     return _json(dialect.error_body(status, message), status=status, headers=headers)
+
+
+def _rejection(dialect: Dialect, name: str) -> web.Response:
+    status, body = dialect.rejections[name]
+    return _json(body, status=status, headers=dialect.headers())
 
 
 def _abort(request: web.Request) -> None:
@@ -388,6 +399,8 @@ async def send_json(
     await _before(request, scenario, control)
     if scenario.status is not None:
         return error_response(dialect, scenario.status, scenario.get("message"), scenario.get("retry_after"))
+    if name in dialect.rejections:
+        return _rejection(dialect, name)
     headers = dialect.headers()
     if name == "no_done":
         payload = dialect.unfinished(payload)
@@ -406,7 +419,7 @@ async def send_json(
         # An SSE body where JSON was asked for.
         sse = b"data: " + body + b"\n\ndata: [DONE]\n\n"
         return web.Response(body=sse, content_type=SSE_TYPE, headers=headers)
-    if name in ("ok", "stall_headers", "no_done", "oversized"):
+    if name in ("ok", "stall_headers", "no_done", "no_done_marker", "oversized"):
         return web.Response(body=body, content_type=JSON_TYPE, headers=headers)
     # Scenarios that need the headers out before the body.
     resp = web.StreamResponse(headers=headers)
@@ -449,6 +462,8 @@ async def send_stream(
         await _before(request, scenario, control)
     if scenario.status is not None:
         return error_response(dialect, scenario.status, scenario.get("message"), scenario.get("retry_after"))
+    if name in dialect.rejections:
+        return _rejection(dialect, name)
     headers = dialect.headers()
     headers["Cache-Control"] = "no-cache"
     if name == "wrong_content_type":
@@ -481,6 +496,8 @@ async def send_stream(
         await _write_all(resp, events[:k] + [dialect.broken_event] + events[k:] + tail)
     elif name == "no_done":
         await _write_all(resp, events)
+    elif name == "no_done_marker":  # complete (finish reason, usage), closed cleanly, no end marker
+        await _write_all(resp, events + tail[:-1])
     elif name == "oversized":
         size = int(float(scenario.get("mb")) * 1024 * 1024)
         piece = _filler(64 * 1024)

@@ -14,6 +14,12 @@ Logprobs, when asked, are a fixed value per token chosen by, in order: the reque
 ``x-fake-logprob: -2.5``; a model name containing ``@logprob=-2.5``; a scenario's
 ``logprob`` parameter; the control API's ``{"logprob": -2.5}``; otherwise -0.05.
 
+Model names carry switches, so one server can stand for several providers:
+``@diverge`` answers ``"other: ..."`` instead of ``"echo: ..."`` (a model whose answer differs);
+``@noprefill`` rejects ``continue_final_message`` with a 400, as OpenAI's own API does.
+``continue_final_message: true`` with a trailing assistant message (vLLM's prefill) continues
+that message: the answer is the rest of the usual answer after it.
+
 Run it::
 
     python -m turnout.testing.upstream --host 127.0.0.1 --port 0 [--api-key K] [--log F] [--model M]
@@ -121,6 +127,16 @@ DIALECT = Dialect(
     stream_error=lambda: b"data: " + orjson.dumps(error_body(500)) + b"\n\n",
     broken_event=b'data: {"id": "chatcmpl-broken", "object": "chat.completion.chunk", "choices": [{"delta": \n\n',
     headers=_request_headers,
+    rejections={
+        "context_length_exceeded": (400, {"error": {
+            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                       "131072 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+        "content_policy": (400, {"error": {
+            "message": "Your request was rejected as a result of our safety system. Your prompt may contain text "
+                       "that is not allowed by our safety system.",
+            "type": "invalid_request_error", "param": None, "code": "content_policy_violation"}}),
+    },
 )
 
 
@@ -230,13 +246,21 @@ class OpenAIUpstream:
                 request, scenario, body, model, cid, created, prompt_tokens, tool, last
             )
 
+        prefill = None
+        if body.get("continue_final_message") and last.get("role") == "assistant":
+            if "@noprefill" in model:
+                return error_response(
+                    DIALECT, 400, "Unrecognized request argument supplied: continue_final_message")
+            prefill = echo.text_of(last.get("content"))
         scripted = self.control.next_reply(model)
         if scripted is not None:
             text = scripted
         elif last.get("role") == "tool":
             text = "tool result: " + echo.text_of(last.get("content"))
         else:
-            text = "echo: " + _last_user(messages)
+            text = ("other: " if "@diverge" in model else "echo: ") + _last_user(messages)
+        if prefill is not None:
+            text = echo.continuation(text, prefill)
         stops = body.get("stop")
         for seq in [stops] if isinstance(stops, str) else stops or []:
             if isinstance(seq, str) and seq and seq in text:
