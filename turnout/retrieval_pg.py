@@ -39,6 +39,10 @@ def migrations(s: str) -> list[pgdb.Migration]:
         ("0002_versions", [
             f"CREATE TABLE {s}.rag_versions (collection TEXT PRIMARY KEY, version BIGINT NOT NULL)",
         ]),
+        ("0003_tenant_scope", [  # as turnout.retrieval's: collections become "<tenant>/<name>"
+            f"UPDATE {s}.rag_chunks SET collection = 'anonymous/' || collection WHERE strpos(collection, '/') = 0",
+            f"UPDATE {s}.rag_versions SET collection = 'anonymous/' || collection WHERE strpos(collection, '/') = 0",
+        ]),
     ]
 
 

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"), help="turnout.yaml (default: embedded setup)")
     p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default from config: 8000; 0 picks a free one)")
-    p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys")
+    p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys (embedded mode)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -46,17 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if (error := guard_pin_error(cfg)) is not None:  # fail closed, with one clear line before anything starts
         print(f"turnout: error: {error}", file=sys.stderr)
         return 2
-    from turnout.governance.keys import KeyStore
+    from turnout.governance.access import resolve_mode
+    from turnout.governance.keys import open_key_store
 
-    with KeyStore(cfg.storage.sqlite_path) as keys:
-        has_keys = bool(keys.list(include_revoked=False))
-    if not has_keys:
-        if not is_loopback(host):
-            print(f"turnout: error: no API keys exist, so the gateway would be open to anyone who can reach {host}; "
-                  "create one with `turnout keys create --tenant NAME` or listen on 127.0.0.1", file=sys.stderr)
-            return 2
-        print("turnout: no API keys: open to local callers on loopback only "
-              "(create one with `turnout keys create --tenant NAME` to require keys)", flush=True)
+    with open_key_store(cfg.storage) as keys:
+        active = len(keys.list(include_revoked=False))
+    try:
+        cfg.auth, why = resolve_mode(cfg.auth, is_loopback(host), active)
+    except ValueError as exc:
+        print(f"turnout: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"turnout: {why}", flush=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

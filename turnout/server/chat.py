@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from turnout.errors import InvalidRequest, TurnoutError
+from turnout.governance.access import token_from
 from turnout.pipeline import Call, Gateway, new_request_id
 from turnout.protocol import ChatRequest
 from turnout.server.body import read_json, validate
@@ -24,9 +25,7 @@ def _call_for(request: Request) -> Call:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         call.trace_parent = TraceContextTextMapPropagator().extract(dict(request.headers))
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        call.credentials = auth[7:].strip() or None
+    call.credentials = token_from(request.headers.get("authorization"))
     label = request.headers.get("x-turnout-sensitivity")
     if label is not None:
         label = label.strip().lower()
