@@ -24,7 +24,7 @@ from turnout.errors import AuthenticationFailed, TurnoutError
 from turnout.governance.access import Principal, token_from
 from turnout.server.errors import error_response
 
-Scope_ = Literal["none", "tenant", "tenant/all"]
+Scope_ = Literal["none", "tenant", "tenant/all", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class Endpoint:
     path: str
     roles: tuple[str, ...]  # any of these; () = public. admin counts as viewer.
     data: Scope_            # none: no tenant data; tenant: the caller's tenant only;
-                            # tenant/all: the caller's tenant, every tenant for admin
+                            # tenant/all: the caller's tenant, every tenant for admin; all: every tenant
     what: str
     route: str | None = None       # a key restricted to routes needs this one among them
     by: Literal["gateway", "pipeline"] = "gateway"
@@ -67,10 +67,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/turnout/usage", VIEW, "tenant/all", "usage and cost per route and engine"),
     Endpoint("GET", "/metrics", VIEW, "tenant/all", "Prometheus metrics (a viewer sees its tenant's series)"),
     Endpoint("GET", "/v1/turnout/config", ADMIN, "none", "the running configuration, secrets masked"),
-    Endpoint("GET", "/v1/turnout/keys", ADMIN, "tenant/all", "list keys (never their secrets)"),
-    Endpoint("POST", "/v1/turnout/keys", ADMIN, "tenant/all", "create a key (its secret is shown once)"),
-    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "tenant/all", "revoke a key"),
-    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "tenant/all", "a new secret, old one overlaps"),
+    Endpoint("GET", "/v1/turnout/keys", ADMIN, "all", "list keys (never their secrets)"),
+    Endpoint("POST", "/v1/turnout/keys", ADMIN, "all", "create a key (its secret is shown once)"),
+    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "all", "revoke a key"),
+    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "all", "a new secret, old one overlaps"),
 )
 
 
@@ -147,7 +147,8 @@ def markdown_table() -> str:
             ok = not e.roles or r in e.roles or (r == "admin" and "viewer" in e.roles)
             cells.append("yes" if ok else "403")
         anon = "yes (public)" if not e.roles else "401"
-        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all"}[e.data]
+        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all",
+                 "all": "every tenant"}[e.data]
         extra = f" (key routes must include `{e.route}`)" if e.route else ""
         rows.append(f"| `{e.method} {e.path}` | " + " | ".join(cells) + f" | {anon} | {scope}{extra} |")
     return head + "\n".join(rows) + "\n"
