@@ -163,3 +163,48 @@ def test_two_replicas_on_postgres_and_redis_share_one_key_store(tmp_path: Path, 
         a.stop()
         b.stop()
     assert "Traceback" not in a.output() + b.output()
+
+
+def test_dashboard_in_chromium_with_a_viewer_key_shows_its_tenant(tmp_path: Path, upstream: Upstream) -> None:
+    """What a browser does after the Basic login prompt (it sends the credentials with every
+    request to the origin, the page's fetch of the stats included), simulated with DevTools'
+    extra headers: the page draws the viewer's tenant's figures; without the key it gets 401."""
+    import base64
+    import os
+    import shutil
+    import tempfile
+
+    from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, _chromium_options
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    config = write_config(tmp_path, frontier_config(upstream.url, tmp_path))
+    keys = {"a": cli_key(config, "team-a"), "b": cli_key(config, "team-b"),
+            "va": cli_key(config, "team-a", "--roles", "viewer")}
+    with serve(config) as proc:
+        gw = Keyed(proc, config, keys)
+        for who, n in (("a", 2), ("b", 3)):
+            for _ in range(n):
+                assert gw.call("POST", "/v1/chat/completions", who, CHAT).status_code == 200
+        os.environ.setdefault("SE_OFFLINE", "true")
+        profile = tempfile.mkdtemp(prefix="turnout-chromium-")
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=_chromium_options(profile))
+        try:
+            driver.set_page_load_timeout(30)
+            driver.get(proc.url + "/dashboard?hours=1")
+            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") is None  # the 401 body
+            basic = base64.b64encode(f"viewer:{keys['va']['key']}".encode()).decode()
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}})
+            driver.get(proc.url + "/dashboard?hours=1")
+            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1"
+            assert driver.find_element(By.CSS_SELECTOR, "#totals .kpi .v").text == "2"  # team-a's 2, not all 5
+        finally:
+            driver.quit()
+            shutil.rmtree(profile, ignore_errors=True)
