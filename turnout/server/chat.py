@@ -13,6 +13,7 @@ from turnout.errors import InvalidRequest, TurnoutError
 from turnout.governance.access import token_from
 from turnout.pipeline import Call, Gateway, new_request_id
 from turnout.protocol import ChatRequest
+from turnout.server.authz import challenge
 from turnout.server.body import read_json, validate
 from turnout.server.errors import error_response
 
@@ -50,7 +51,7 @@ async def chat_completions(request: Request) -> Response:
         if call.decision is None and call.status == "ok":  # rejected before the pipeline: still recorded
             call.fail(exc)
             await gw.record(call)
-        return error_response(exc, call.headers())
+        return error_response(exc, {**call.headers(), **challenge(exc)})
     return Response(orjson.dumps(result), media_type="application/json", headers=call.headers())
 
 

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from turnout.errors import TurnoutError
 from turnout.pipeline import Gateway
 from turnout.protocol import EmbeddingRequest
+from turnout.server.authz import challenge
 from turnout.server.body import read_json, validate
 from turnout.server.chat import _call_for
 from turnout.server.errors import error_response
@@ -25,5 +26,5 @@ async def create_embeddings(request: Request) -> Response:
         if call is not None and call.decision is None and call.status == "ok":  # refused before the pipeline
             call.fail(exc)
             await gw.record(call)
-        return error_response(exc, call.headers() if call is not None else None)
+        return error_response(exc, {**(call.headers() if call is not None else {}), **challenge(exc)})
     return Response(orjson.dumps(result), media_type="application/json", headers=call.headers())
