@@ -208,3 +208,21 @@ def test_dashboard_in_chromium_with_a_viewer_key_shows_its_tenant(tmp_path: Path
         finally:
             driver.quit()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_keys_left_in_sqlite_after_scaling_out_never_open_the_gateway(tmp_path: Path, upstream: Upstream,
+                                                                       pg_schema: str) -> None:
+    cfg = frontier_config(upstream.url, tmp_path)
+    del cfg["auth"]
+    embedded = write_config(tmp_path, cfg, "embedded.yaml")
+    made = cli_key(embedded, "team-a")  # made while keys lived in the SQLite file
+    cfg["storage"] = {**cfg["storage"], "postgres_dsn": PG_DSN, "postgres_schema": pg_schema}
+    scaled = write_config(tmp_path, cfg, "scaled.yaml")
+    with serve(scaled) as proc:  # PostgreSQL holds no key yet: still keys mode, with a warning that says why
+        assert "holds 1 active API key(s)" in proc.output() and "auth: keys" in proc.output()
+        gw = Keyed(proc, scaled, {"a": made})
+        assert gw.call("POST", "/v1/chat/completions", None, CHAT).status_code == 401
+        assert gw.call("POST", "/v1/chat/completions", "a", CHAT).status_code == 401  # not in PostgreSQL yet
+        assert cli(scaled, "import", str(tmp_path / "turnout.sqlite")).stdout.startswith("copied 1 key(s)")
+        # the 401 above may be remembered for KEY_CACHE_S
+        _until(lambda: gw.call("POST", "/v1/chat/completions", "a", CHAT).status_code == 200, KEY_CACHE_S + 2)

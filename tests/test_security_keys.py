@@ -163,3 +163,17 @@ def test_no_token_authenticates_against_a_store_it_was_not_issued_by(tmp_path_fa
             keys.create("acme")
         with pytest.raises(AuthenticationFailed):
             keys.authenticate(token_from(token) or token)
+
+
+def test_keys_copied_from_sqlite_to_postgres_keep_working(tmp_path: Path, pg_schema: str) -> None:
+    with KeyStore(tmp_path / "old.sqlite") as old:
+        kept = old.create("acme", roles=["user", "viewer"])
+        rotated = old.rotate(kept.key.key_id, overlap_s=600)
+        gone = old.create("acme")
+        old.revoke(gone.key.key_id)
+        with PostgresKeyStore(PG_DSN, schema=pg_schema) as pg:
+            assert pg.copy_from(old) == 2 and pg.copy_from(old) == 0  # idempotent
+            assert pg.authenticate(kept.plaintext).roles == ("user", "viewer")  # old secret, in its overlap
+            assert pg.authenticate(rotated.plaintext).key_id == kept.key.key_id
+            with pytest.raises(AuthenticationFailed, match="revoked"):
+                pg.authenticate(gone.plaintext)

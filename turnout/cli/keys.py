@@ -6,6 +6,7 @@ budgets and expiry.
     turnout keys list [--tenant T] [--active] [--json]
     turnout keys revoke KEY_ID
     turnout keys rotate KEY_ID [--overlap 1h]       a new secret; the old one works for the overlap
+    turnout keys --config scaled.yaml import OLD.sqlite   copy a SQLite file's keys into the config's store
 
 Roles: admin (keys, configuration, every tenant's usage), viewer (dashboard, usage and metrics
 of its tenant), approver, user (inference, its feedback and collections; the default).
@@ -59,6 +60,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ro.add_argument("--overlap", default="1h", help="how long the old secret keeps working: 0s, 15m, 1h, 7d (default 1h)")
     ro.add_argument("--json", action="store_true")
     ro.set_defaults(func=rotate)
+
+    im = ksub.add_parser("import", help="copy the keys (hashes) of a SQLite file into this store, e.g. PostgreSQL")
+    im.add_argument("source", help="the SQLite file whose keys to copy")
+    im.set_defaults(func=import_keys)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -157,4 +162,18 @@ def rotate(args: argparse.Namespace) -> int:
     else:
         print(f"rotated {new.key.key_id} (tenant {new.key.tenant}); the old secret works for {args.overlap} more")
         print(f"new key (shown once, store it now): {new.plaintext}")
+    return 0
+
+
+def import_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from turnout.governance.keys import KeyStore
+
+    if not Path(args.source).is_file():
+        print(f"turnout keys: error: {args.source}: no such file", file=sys.stderr)
+        return 2
+    with KeyStore(args.source) as source, _store(args) as store:
+        copied = store.copy_from(source)
+    print(f"copied {copied} key(s) from {args.source}")
     return 0

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _sqlite_keys(path: str) -> int:
+    """Active keys in a SQLite file's key table (0 when it has none)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM keys_api_keys WHERE revoked_at IS NULL").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
 
     with open_key_store(cfg.storage) as keys:
         active = len(keys.list(include_revoked=False))
+    if cfg.storage.postgres_dsn and Path(cfg.storage.sqlite_path).is_file():
+        stranded = _sqlite_keys(cfg.storage.sqlite_path)
+        if stranded:  # keys made before they moved to PostgreSQL: never let their absence open the gateway
+            print(f"turnout: warning: {cfg.storage.sqlite_path} holds {stranded} active API key(s), but keys now live "
+                  f"in PostgreSQL (storage.postgres_dsn); copy them with `turnout keys --config FILE import "
+                  f"{cfg.storage.sqlite_path}`", file=sys.stderr, flush=True)
+            active += stranded
     try:
         cfg.auth, why = resolve_mode(cfg.auth, is_loopback(host), active)
     except ValueError as exc:

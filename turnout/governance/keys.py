@@ -317,6 +317,28 @@ class KeyTables:
                           "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
         return _row_to_key(rows[0][:12], rows[0][12]) if rows else None
 
+    _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
+                 "created_at", "revoked_at", "roles", "expires_at")
+    _RAW_SECRETS = ("key_hash", "key_id", "hint", "created_at", "expires_at")
+
+    def copy_from(self, other: KeyTables) -> int:
+        """Copy every key (hashes, never plaintext) and secret of ``other`` that this store lacks,
+        e.g. the SQLite file's keys into PostgreSQL when a deployment scales out. Returns the
+        number of keys copied."""
+        keys = other._read(f"SELECT {', '.join(self._RAW_KEYS)} FROM keys_api_keys ORDER BY created_at")
+        secrets_ = other._read(f"SELECT {', '.join(self._RAW_SECRETS)} FROM keys_secrets")
+        have = {r[0] for r in self._read("SELECT key_id FROM keys_api_keys")}
+        new = [k for k in keys if k[0] not in have]
+        with self._tx() as c:
+            for row in new:
+                c.execute(self._q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
+                                  f"VALUES ({', '.join('?' * len(self._RAW_KEYS))})"), row)
+            for row in secrets_:
+                if row[1] in {k[0] for k in new}:
+                    c.execute(self._q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
+                                      f"VALUES ({', '.join('?' * len(self._RAW_SECRETS))})"), row)
+        return len(new)
+
     def authenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
         """The active, unexpired key for a bearer token, allowed on ``route`` if given.
         Raises AuthenticationFailed (missing, unknown, revoked, expired) or PermissionDenied (route)."""
