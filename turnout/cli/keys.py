@@ -1,7 +1,7 @@
 """`turnout keys create|list|revoke|rotate`: API keys, their tenants, roles, routes, limits,
 budgets and expiry.
 
-    turnout keys [--config turnout.yaml] create --tenant acme [--roles user,viewer] [--routes fast,smart] \
+    turnout keys [--config turnout.yaml] create --tenant acme [--roles user,viewer] [--routes fast,smart]
                  [--rpm 60] [--tpm 100000] [--usd-day 5] [--usd-month 100] [--expires 90d]   prints the key ONCE
     turnout keys list [--tenant T] [--active] [--json]
     turnout keys revoke KEY_ID
