@@ -226,3 +226,12 @@ def test_keys_left_in_sqlite_after_scaling_out_never_open_the_gateway(tmp_path: 
         assert cli(scaled, "import", str(tmp_path / "turnout.sqlite")).stdout.startswith("copied 1 key(s)")
         # the 401 above may be remembered for KEY_CACHE_S
         _until(lambda: gw.call("POST", "/v1/chat/completions", "a", CHAT).status_code == 200, KEY_CACHE_S + 2)
+
+
+def test_config_view_masks_passwords_in_every_url() -> None:
+    from turnout.server.admin import masked
+
+    shown = masked({"storage": {"postgres_dsn": "postgresql://app:s3cret@db:5432/t", "redis_url": "redis://:pw@r:6379/0"},
+                    "engines": {"e": {"base_url": "https://user:tok@llm.example/v1", "model": "m"}}, "n": 3})
+    assert "s3cret" not in str(shown) and "pw@" not in str(shown) and "tok@" not in str(shown)
+    assert shown["storage"]["postgres_dsn"] == "postgresql://app:***@db:5432/t" and shown["n"] == 3

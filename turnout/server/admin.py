@@ -107,12 +107,24 @@ def mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def masked(value: Any) -> Any:
+    """``value`` with the password of every URL in it (DSNs, base URLs, endpoints) replaced by ***."""
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        try:
+            return mask_url(value)
+        except ValueError:
+            return "***"
+    return value
+
+
 async def config_view(request: Request) -> Response:
-    cfg = request.app.state.gateway.cfg
-    data = cfg.model_dump(mode="json")
-    data["storage"]["postgres_dsn"] = mask_url(cfg.storage.postgres_dsn)
-    data["storage"]["redis_url"] = mask_url(cfg.storage.redis_url)
-    return JSONResponse(data)
+    """The running configuration. It holds no API keys (engines name environment variables);
+    passwords inside URLs are masked."""
+    return JSONResponse(masked(request.app.state.gateway.cfg.model_dump(mode="json")))
 
 
 async def usage(request: Request) -> Response:
