@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -78,7 +78,7 @@ class Passage:
     chunk: int
     text: str
     score: float
-    metadata: dict
+    metadata: dict[str, Any]
 
 
 def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -165,8 +165,9 @@ class SqliteChunks:
 
     def stats(self, collection: str) -> tuple[int, int]:
         with self._lock:
-            return self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                     (collection,)).fetchone()
+            docs, n = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                                        (collection,)).fetchone()
+        return int(docs), int(n)
 
     def version(self, collection: str) -> int:
         with self._lock:
@@ -195,7 +196,7 @@ class VectorStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, np.ndarray, list[Row]]] = {}
 
-    def add(self, collection: str, documents: Sequence[dict], *, tenant: str) -> dict[str, int]:
+    def add(self, collection: str, documents: Sequence[dict[str, Any]], *, tenant: str) -> dict[str, int]:
         """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
         collection = scoped(tenant, collection)
         rows: list[Row] = []

@@ -124,7 +124,7 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
 
     from turnout.routing.minilm_onnx import exact_encoder
 
-    lock, holder = threading.Lock(), []
+    lock, holder = threading.Lock(), list[Any]()
 
     def embed(texts: list[str]) -> Any:
         with lock:
@@ -210,5 +210,5 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/turnout/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         *dashboard.ROUTES,
     ]
-    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     return ChatFastPath(starlette, cfg.server.max_in_flight)
