@@ -177,3 +177,26 @@ def test_keys_copied_from_sqlite_to_postgres_keep_working(tmp_path: Path, pg_sch
             assert pg.authenticate(rotated.plaintext).key_id == kept.key.key_id
             with pytest.raises(AuthenticationFailed, match="revoked"):
                 pg.authenticate(gone.plaintext)
+
+
+def test_keys_cli_dsn_writes_to_postgres(pg_schema: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "turnout", "keys", "--dsn", PG_DSN, "--schema", pg_schema, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    made = json.loads(cli("create", "--tenant", "acme", "--roles", "viewer", "--expires", "30d", "--json").stdout)
+    with PostgresKeyStore(PG_DSN, schema=pg_schema) as pg:
+        key = pg.authenticate(made["key"])
+        assert key.roles == ("viewer",) and key.expires_at is not None
+    rotated = json.loads(cli("rotate", made["key_id"], "--overlap", "0s", "--json").stdout)
+    listed = cli("list")
+    assert listed.returncode == 0 and made["key_id"] in listed.stdout and "viewer" in listed.stdout
+    with PostgresKeyStore(PG_DSN, schema=pg_schema) as pg:
+        with pytest.raises(AuthenticationFailed, match="expired"):
+            pg.authenticate(made["key"])
+        assert pg.authenticate(rotated["key"]).key_id == made["key_id"]
+    assert cli("rotate", "key_nope").returncode == 1 and cli("create", "--tenant", "x", "--roles", "root").returncode == 2

@@ -11,7 +11,7 @@ budgets and expiry.
 Roles: admin (keys, configuration, every tenant's usage), viewer (dashboard, usage and metrics
 of its tenant), approver, user (inference, its feedback and collections; the default).
 The store is the configuration's (``--config``, default $TURNOUT_CONFIG): PostgreSQL when
-``storage.postgres_dsn`` is set, else its SQLite file; without a configuration, $TURNOUT_DB or
+``storage.postgres_dsn`` is set (or ``--dsn`` [``--schema``]), else its SQLite file; without a configuration, $TURNOUT_DB or
 .turnout/turnout.sqlite (``--db`` overrides the SQLite file either way).
 """
 
@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"),
                    help="turnout.yaml: use its key store (PostgreSQL when storage.postgres_dsn is set)")
     p.add_argument("--db", help="SQLite file (default: the config's, else $TURNOUT_DB or .turnout/turnout.sqlite)")
+    p.add_argument("--dsn", help="PostgreSQL key store (overrides the config's storage.postgres_dsn)")
+    p.add_argument("--schema", help="PostgreSQL schema (default: the config's storage.postgres_schema, else public)")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     c = ksub.add_parser("create", help="create a key; the plaintext is shown once")
@@ -67,16 +69,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _store(args: argparse.Namespace) -> Any:
+    from turnout.config import StorageConfig, load_config
     from turnout.governance.keys import KeyStore, open_key_store
 
-    if args.config:
-        from turnout.config import load_config
-
-        storage = load_config(args.config).storage
-        if args.db:
-            storage.sqlite_path = args.db
-        return open_key_store(storage)
-    return KeyStore(args.db)
+    if not (args.config or args.dsn):
+        return KeyStore(args.db)
+    storage = load_config(args.config).storage if args.config else StorageConfig()
+    if args.db:
+        storage.sqlite_path = args.db
+    if args.dsn:
+        storage.postgres_dsn = args.dsn
+    if args.schema:
+        storage.postgres_schema = args.schema
+    return open_key_store(storage)
 
 
 def _key_dict(key: Any) -> dict[str, Any]:
