@@ -74,7 +74,7 @@ def _store(args: argparse.Namespace) -> Any:
 
     if not (args.config or args.dsn):
         return KeyStore(args.db)
-    storage = load_config(args.config).storage if args.config else StorageConfig()
+    storage = load_config(args.config).storage if args.config else StorageConfig.model_validate({})
     if args.db:
         storage.sqlite_path = args.db
     if args.dsn:
