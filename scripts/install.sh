@@ -12,10 +12,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel
+# A portable build (AVX2/FMA/F16C, no -march=native): a native build on a CPU with AMX tiles
+# (Sapphire Rapids and later) compiles ggml's AMX kernels, and the first matrix product dies with
+# a general protection fault where the kernel does not grant AMX state to the process (seen on
+# this project's 2-core machines). --no-cache-dir: a wheel cached by an earlier native build
+# would be reused whatever CMAKE_ARGS say.
 if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
-  echo "turnout: installing llama-cpp-python (compiled from source on first install: ~8 min on 2 cores; later installs reuse pip's wheel cache)"
+  echo "turnout: installing llama-cpp-python (compiled from source: ~8 min on 2 cores)"
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-  "$VENV/bin/python" -m pip install -v "llama-cpp-python==0.3.36" 2>&1 \
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ${CMAKE_ARGS:-}"
+  "$VENV/bin/python" -m pip install --no-cache-dir -v "llama-cpp-python==0.3.36" 2>&1 \
     | sed -u -nE 's/^ *\[([0-9]+)\/([0-9]+)\] .*/  llama.cpp build: step \1 of \2/p; s/^(Successfully installed.*)/  \1/p; /(ERROR|error:)/p'
 fi
 # --- chromium for the dashboard's browser test (tests/test_dashboard.py) -----------------------

@@ -19,6 +19,7 @@ sees another's answers and a rule that would route differently never meets a sta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -53,6 +54,21 @@ class _Entry:
     stored: float
     scope: str                      # alias, tenant and parameters: what a semantic match must share
     vector: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class CacheLookup:
+    """One request's lookup: its result, and what storing the answer of a miss needs."""
+
+    kind: str = "miss"          # miss | exact | semantic
+    key: str = ""
+    vector: np.ndarray | None = None  # the prompt's embedding (semantic layer), reused when storing
+    model: str = ""             # the model that made a cached answer
+
+
+def partition(tenant: str, sensitivity: str | None) -> str:
+    """What separates cache entries beyond the request itself: who asks, and with what label."""
+    return f"{tenant}\x00{sensitivity or ''}"
 
 
 def cacheable(req: ChatRequest, labels: set[str], sensitivity: str | None) -> bool:
@@ -149,6 +165,36 @@ class AnswerCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return scope
+
+    async def find(self, req: ChatRequest, tenant: str, sensitivity: str | None,
+                   labels: set[str]) -> tuple[CacheLookup | None, Hit | None]:
+        """The cache step: (the lookup, a hit or None); (None, None) for a request that is not
+        cacheable. Tiers in order: this process's exact answers, other replicas' (Redis), then
+        the semantic layer (the embedding model runs off the event loop)."""
+        if not cacheable(req, labels, sensitivity):
+            return None, None
+        part = partition(tenant, sensitivity)
+        hit, key = self.exact(req, part)  # a dict lookup, no thread hop
+        lookup = CacheLookup(key=key)
+        if hit is None and self.shared is not None:  # another replica's answer
+            found = await self.shared.get(key)
+            if found is not None:
+                hit = Hit("exact", found)
+                self.store(key, req, part, found, None)
+        if hit is None and self.embed is not None:
+            if self.shared is not None:  # first, what other replicas stored since the last look
+                self.adopt(await self.shared.since_last())
+            hit, lookup.vector = await asyncio.to_thread(self.similar, req, part)
+        if hit is not None:
+            lookup.kind, lookup.model = hit.kind, hit.result.model
+        return lookup, hit
+
+    async def keep(self, lookup: CacheLookup, req: ChatRequest, tenant: str, sensitivity: str | None,
+                   result: ChatResult) -> None:
+        """Store the answer of a miss, here and (with Redis) for every replica."""
+        scope = self.store(lookup.key, req, partition(tenant, sensitivity), result, lookup.vector)
+        if scope is not None and self.shared is not None:
+            await self.shared.put(lookup.key, result, scope=scope, vector=lookup.vector)
 
     def adopt(self, entries: list[SharedEntry]) -> int:
         """Add other replicas' semantic entries (``SharedAnswers.since_last``) that are still

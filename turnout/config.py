@@ -158,22 +158,22 @@ class RouteConfig(_Strict):
     description: str | None = None
     guards: dict[Literal["pii", "secret", "injection"], GuardAction] | None = Field(
         None, description="this route's remote actions per finding kind, over guards.actions")
-    strategy: Literal["rules", "learned", "cascade"] = Field(
-        "rules", description="rules: try the chain in order; learned: a router scores the prompt and sends it to "
-        "chain[0] (weak) or the rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
+    strategy: str = Field(
+        "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
+        "rules: try the chain in order; learned: a router scores the prompt and sends it to chain[0] (weak) or the "
+        "rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
     router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
                                     "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a plugin strategy, its own to read")
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RouteConfig:
-        if self.strategy != "rules" and len(self.chain) < 2:
-            raise ValueError(f"strategy {self.strategy!r} needs a chain of at least two engines: [weak, strong, ...]")
-        if self.strategy == "learned" and not self.router:
-            raise ValueError("strategy 'learned' needs 'router': the path of a router artifact")
-        if self.strategy == "cascade" and self.threshold is None:
-            raise ValueError("strategy 'cascade' needs 'threshold' (mean token logprob; see `turnout eval cascade`)")
+        from turnout import plugins
+
+        # The registered class checks the route; loaded through its entry point, so config stays low-level.
+        plugins.load("turnout.strategies", self.strategy, plugins.STRATEGIES, "routing strategy").check(self)
         return self
 
 

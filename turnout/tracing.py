@@ -6,6 +6,7 @@ still created, so their trace id reaches the ledger and the ``x-turnout-trace-id
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -74,3 +75,23 @@ def genai_attributes(engine: Any, usage: Any = None, finish: str | None = None,
 def trace_id_of(span: trace.Span) -> str | None:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def start_request(tracer: Any, parent: Any, attributes: dict[str, Any]) -> tuple[Any, str | None]:
+    """The request's root span (continuing the client's trace context ``parent``) and its
+    trace id; (None, None) when tracing is off."""
+    if tracer is None:
+        return None, None
+    span = tracer.start_span("turnout.request", context=parent, attributes=attributes)
+    return span, trace_id_of(span)
+
+
+def within(span: Any) -> contextlib.AbstractContextManager[Any]:
+    """Make ``span`` current (its steps and engine calls become its children); a no-op without one."""
+    return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
+
+
+def end_request(span: Any, attributes: dict[str, Any]) -> None:
+    if span is not None:
+        span.set_attributes(attributes)
+        span.end()

@@ -120,3 +120,10 @@ class Engine(ABC):
     async def ready(self) -> tuple[bool, str]:
         """(ready, detail) for /readyz. Cheap: no generation."""
         return True, "ok"
+
+
+async def aclose(stream: AsyncIterator[Any]) -> None:
+    """Close a stream early (an async generator stops its engine: a local model stops generating)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

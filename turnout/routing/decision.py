@@ -30,7 +30,8 @@ class Decision:
     chain: list[str]               # engines to try, in order
     rule: str                      # which rule or route made the choice
     reason: str                    # one human-readable sentence
-    strategy: str = "rules"        # rules | learned | cascade
+    strategy: str = "rules"        # the route's strategy (turnout.routing.strategies): rules, learned, cascade, ...
     score: float | None = None     # learned/cascade: P(strong engine needed) or confidence
     threshold: float | None = None
     confined: bool = False         # remote engines removed because the request is sensitive
+    escalated: bool = False        # cascade: the weak engine's draft was not kept

@@ -23,7 +23,7 @@ from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
-from turnout.routing.learned import LearnedRouter
+from turnout.routing.strategies import Strategy, strategy_class
 from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi
 from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
@@ -139,14 +139,14 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
     return VectorStore(cfg.storage.sqlite_path, embed)
 
 
-def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
-    """Each ``learned`` route's router artifact, loaded and warmed up before serving."""
-    routers: dict[str, LearnedRouter] = {}
+def start_strategies(cfg: TurnoutConfig) -> dict[str, Strategy]:
+    """Each route's registered strategy, started (a learned route loads and warms up its
+    router artifact) before serving."""
+    strategies: dict[str, Strategy] = {}
     for alias, route in cfg.routes.items():
-        if route.strategy == "learned" and route.router:
-            routers[alias] = LearnedRouter.load(route.router)
-            routers[alias].warm_up()
-    return routers
+        strategies[alias] = strategy_class(route.strategy)(alias, route)
+        strategies[alias].start()
+    return strategies
 
 
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
@@ -172,7 +172,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         tracer = provider.get_tracer("turnout") if provider is not None else None
         store = build_store(cfg)
         cache = build_cache(cfg)
-        gateway = Gateway(cfg, engines, ledger, access, guards, load_routers(cfg), tracer, cache, store)
+        gateway = Gateway(cfg, engines, ledger, access, guards, start_strategies(cfg), tracer, cache, store)
         app.state.gateway = gateway
         if on_ready:
             on_ready(gateway)

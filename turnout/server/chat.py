@@ -1,27 +1,32 @@
-"""POST /v1/chat/completions: HTTP only; the logic is ``turnout.pipeline``."""
+"""POST /v1/chat/completions: HTTP only; the logic is ``turnout.pipeline``, the wire format
+``turnout.server.wire``."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from turnout.errors import InvalidRequest, TurnoutError
+from turnout.call import Call
+from turnout.engines.base import Delta
+from turnout.errors import EngineError, InvalidRequest, TurnoutError
 from turnout.governance.access import token_from
-from turnout.pipeline import Call, Gateway, new_request_id
+from turnout.pipeline import Gateway
 from turnout.protocol import ChatRequest
 from turnout.server.authz import challenge
 from turnout.server.body import read_json, validate
 from turnout.server.errors import error_response
+from turnout.server.wire import ChunkWriter, completion_body, headers
 
 SENSITIVITY = {"public", "internal", "sensitive", "restricted"}
 
 
-def _call_for(request: Request) -> Call:
-    call = Call(request_id=new_request_id())
+def read_headers(call: Call, request: Request) -> None:
+    """The request's credentials, sensitivity label and trace context; 400 for a bad label."""
     if "traceparent" in request.headers:  # continue the client's trace (W3C Trace Context)
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -35,24 +40,45 @@ def _call_for(request: Request) -> Call:
                 f"x-turnout-sensitivity must be one of {sorted(SENSITIVITY)}, got {label!r}", param="x-turnout-sensitivity"
             )
         call.sensitivity = label
-    return call
+
+
+async def refused(gw: Gateway, call: Call, exc: TurnoutError) -> Response:
+    """An error response; a request refused before the pipeline took it is still recorded."""
+    if call.decision is None and call.status == "ok":
+        call.fail(exc)
+        await gw.record(call)
+    return error_response(exc, {**headers(call), **challenge(exc)})
 
 
 async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    call = _call_for(request)
+    call = Call()
     try:
+        read_headers(call, request)
         req = validate(ChatRequest, await read_json(request, gw.cfg.server.max_body_bytes))
         if req.stream:
-            body = await gw.stream(req, call)
-            return StreamingResponse(body, media_type="text/event-stream", headers={**call.headers(), "Cache-Control": "no-cache"})
+            deltas = await gw.stream(req, call)
+            return StreamingResponse(sse(call, req, deltas), media_type="text/event-stream",
+                                     headers={**headers(call), "Cache-Control": "no-cache"})
         result = await _until_disconnect(request, gw.chat(req, call))
     except TurnoutError as exc:
-        if call.decision is None and call.status == "ok":  # rejected before the pipeline: still recorded
-            call.fail(exc)
-            await gw.record(call)
-        return error_response(exc, {**call.headers(), **challenge(exc)})
-    return Response(orjson.dumps(result), media_type="application/json", headers=call.headers())
+        return await refused(gw, call, exc)
+    return Response(orjson.dumps(completion_body(call, result)), media_type="application/json", headers=headers(call))
+
+
+async def sse(call: Call, req: ChatRequest, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    """The stream as ``chat.completion.chunk`` events; a failure after the first chunk ends it
+    with an error event (never a truncation that reads as success)."""
+    chunks = ChunkWriter(call, req)
+    try:
+        async for d in deltas:
+            yield chunks.delta(d)
+    except EngineError as exc:
+        yield chunks.error(exc)
+        return
+    if req.include_usage:
+        yield chunks.usage()
+    yield ChunkWriter.DONE
 
 
 async def _until_disconnect(request: Request, work: Any) -> Any:

@@ -1,0 +1,75 @@
+"""Local first, escalate on doubt: the ``cascade`` strategy's engine.
+
+The weak engine (a chain of its own, usually one local engine) drafts the answer; if its
+confidence reaches the route's threshold the draft is the answer, else the strong chain
+answers the original request (with the draft attached when the route says
+``include_draft``). A weak engine that fails is an escalation too. Streaming clients get the
+kept draft replayed as a stream, or the strong engine's own stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from turnout.engines.base import ChatResult, Delta, Engine, aclose
+from turnout.errors import AllEnginesFailed
+from turnout.protocol import ChatRequest
+from turnout.routing import cascade
+from turnout.routing.decision import Decision
+
+
+class CascadeEngine(Engine):
+    def __init__(self, weak: Engine, strong: Engine | None, decision: Decision, *, include_draft: bool = False) -> None:
+        assert decision.threshold is not None, "a cascade needs a threshold"
+        self.weak, self.strong, self.decision = weak, strong, decision
+        self.info = weak.info
+        self.include_draft = include_draft
+
+    async def draft(self, req: ChatRequest) -> tuple[ChatResult | None, ChatRequest]:
+        """The weak engine's answer if it is kept, else None and the request for the strong chain."""
+        d, threshold = self.decision, self.decision.threshold
+        assert threshold is not None
+        weak_name = self.weak.info.name
+        try:
+            result = await self.weak.chat(cascade.with_logprobs(req))
+        except AllEnginesFailed:
+            if self.strong is None:
+                raise
+            d.reason += f"; cascade: {weak_name} failed, escalated"
+            d.escalated = True
+            return None, req
+        d.score = conf = cascade.confidence(result)
+        if self.strong is None or (conf is not None and conf >= threshold):
+            d.reason += f"; cascade kept {weak_name}: confidence {_fmt(conf)} >= {threshold:g}" if self.strong else ""
+            if not req.logprobs:
+                result.logprobs = None
+            return result, req
+        d.reason += f"; cascade escalated: confidence {_fmt(conf)} < {threshold:g}"
+        d.escalated = True
+        if self.include_draft and result.content:
+            return None, cascade.with_draft(req, result.content)
+        return None, req
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        kept, strong_req = await self.draft(req)
+        if kept is not None:
+            return kept
+        assert self.strong is not None
+        return await self.strong.chat(strong_req)
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        kept, strong_req = await self.draft(req)
+        if kept is not None:
+            agen = cascade.replay(kept)
+        else:
+            assert self.strong is not None
+            agen = self.strong.stream(strong_req)
+        try:
+            async for d in agen:
+                yield d
+        finally:
+            await aclose(agen)
+
+
+def _fmt(x: float | None) -> str:
+    return "none" if x is None else f"{x:.3f}"

@@ -1,0 +1,95 @@
+"""The pipeline's record step: settle the budget reservation, count the request in the
+metrics, and write its ledger row (with its audit entry) — always, whatever happened.
+
+Cost is what the engine stack spent (every attempt that produced output: a cascade's weak
+draft too); the baseline is what the dearest remote engine would have charged for the same
+tokens, for the saving in `turnout usage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from turnout.call import Call
+from turnout.engines.base import EngineInfo
+from turnout.governance.access import Access
+from turnout.ledger.base import Ledger
+from turnout.ledger.sqlite import LedgerRow
+from turnout.metrics import Metrics
+
+log = logging.getLogger("turnout.ledger")
+
+
+class Recorder:
+    def __init__(self, ledger: Ledger, metrics: Metrics, access: Access | None, baseline: EngineInfo | None) -> None:
+        self.ledger, self.metrics, self.access, self.baseline = ledger, metrics, access, baseline
+
+    async def record(self, call: Call) -> None:
+        d, e = call.decision, call.trail.engine
+        latency = time.perf_counter() - call.t0
+        u = call.trail.usage
+        cost = call.trail.cost()
+        baseline = self.baseline.cost(u.prompt_tokens, u.completion_tokens, 0.0) if self.baseline else cost
+        if self.access is not None and call.reservation is not None:
+            try:
+                await self.access.settle(call.reservation, u.prompt_tokens + u.completion_tokens, cost)
+            except Exception:
+                log.exception("settling the budget reservation of %s failed", call.request_id)
+        self._count(call, cost, latency)
+        hops = call.trail.hops
+        row = LedgerRow(
+            ts=call.ts,
+            request_id=call.request_id,
+            tenant=call.tenant,
+            alias=d.alias if d else "-",
+            rule=d.rule if d else None,
+            reason=d.reason if d else None,
+            strategy=d.strategy if d else None,
+            score=d.score if d else None,
+            threshold=d.threshold if d else None,
+            engine=e.name if e else None,
+            locality=e.locality if e else None,
+            hops=orjson.dumps([{"engine": h.engine, "error": h.message} for h in hops]).decode(),
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            latency_ms=latency * 1000,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            cost_usd=cost,
+            baseline_cost_usd=baseline,
+            status=call.status,
+            http_status=call.http_status,
+            stream=int(call.stream),
+            error=call.error,
+            labels=",".join(sorted(call.labels)),
+            key_id=call.key.key_id if call.key else None,
+            trace_id=call.trace_id,
+        )
+        try:
+            await self.ledger.record(row)
+        except Exception:  # the answer stands; the failure is loud in the log and the metrics
+            self.metrics.ledger_failures.inc()
+            log.exception("ledger write failed for request %s", call.request_id)
+
+    def _count(self, call: Call, cost: float, latency: float) -> None:
+        m, d, e, u = self.metrics, call.decision, call.trail.engine, call.trail.usage
+        route = m.route(d.alias if d else None)
+        engine = m.engine(e.name if e else None)
+        tenant = m.tenant(call.tenant)
+        m.requests.labels(route, engine, tenant, call.status).inc()
+        if u.prompt_tokens or u.completion_tokens:
+            m.tokens.labels(route, engine, tenant, "in").inc(u.prompt_tokens)
+            m.tokens.labels(route, engine, tenant, "out").inc(u.completion_tokens)
+        if cost:
+            m.cost.labels(route, engine, tenant).inc(cost)
+        m.latency.labels(route, engine).observe(latency)
+        if call.ttft is not None:
+            m.ttft.labels(route, engine).observe(call.ttft)
+        if call.trail.hops:
+            m.fallbacks.labels(route, engine).inc(len(call.trail.hops))
+        if d is not None and d.escalated:
+            m.escalations.labels(route).inc()
+        if call.http_status >= 400:
+            m.errors.labels(route, str(call.http_status)).inc()

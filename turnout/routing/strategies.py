@@ -1,0 +1,114 @@
+"""Routing strategies: how a route picks within its chain, and the engine stack it answers with.
+
+    rules     the chain in order, falling back along it
+    learned   a router artifact scores P(strong engine needed); at or above the threshold
+              the strong engines (chain[1:]) go first, else the weak one (chain[0])
+    cascade   chain[0] drafts; below the confidence threshold chain[1:] answers
+
+A strategy is registered by name in the ``turnout.strategies`` entry-point group; the
+built-ins above are registered there by turnout itself, exactly as a plugin would be. A route
+names its strategy in turnout.yaml (``strategy:``); ``check`` validates the route when the
+config is loaded, one instance per route serves requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from turnout import plugins
+from turnout.engines.base import Engine
+from turnout.engines.cascade import CascadeEngine
+from turnout.engines.fallback import FallbackEngine
+from turnout.engines.trail import Trail
+from turnout.protocol import ChatRequest
+from turnout.routing.decision import Decision
+
+if TYPE_CHECKING:
+    from turnout.config import RouteConfig
+
+GROUP = "turnout.strategies"
+
+
+class Strategy:
+    """The rules strategy, and the base of every other: try the chain in order."""
+
+    name: ClassVar[str] = "rules"
+
+    def __init__(self, alias: str, route: RouteConfig) -> None:
+        self.alias, self.route = alias, route
+
+    @classmethod
+    def check(cls, route: RouteConfig) -> None:
+        """Raise ValueError if ``route`` lacks what this strategy needs (config load time)."""
+
+    def start(self) -> None:
+        """Load what the strategy needs (a router artifact) before the gateway serves."""
+
+    async def decide(self, d: Decision, req: ChatRequest) -> None:
+        """Refine the decision (order of the chain, score, reason) for this request."""
+
+    def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
+        """The engine that answers: by default the chain with fallback."""
+        return FallbackEngine(engines, trail)
+
+
+class RulesStrategy(Strategy):
+    pass
+
+
+class _WeakStrong(Strategy):
+    @classmethod
+    def check(cls, route: RouteConfig) -> None:
+        if len(route.chain) < 2:
+            raise ValueError(f"strategy {cls.name!r} needs a chain of at least two engines: [weak, strong, ...]")
+
+
+class LearnedStrategy(_WeakStrong):
+    name = "learned"
+
+    @classmethod
+    def check(cls, route: RouteConfig) -> None:
+        super().check(route)
+        if not route.router:
+            raise ValueError("strategy 'learned' needs 'router': the path of a router artifact")
+
+    def start(self) -> None:
+        from turnout.routing.learned import LearnedRouter  # the `router` extra (numpy, scikit-learn)
+
+        assert self.route.router is not None
+        self.router = LearnedRouter.load(self.route.router)
+        self.router.warm_up()
+
+    async def decide(self, d: Decision, req: ChatRequest) -> None:
+        """Score the prompt: at or above the threshold the strong engines go first."""
+        d.score = score = await asyncio.to_thread(self.router.score, req.prompt_text())
+        d.threshold = threshold = d.threshold if d.threshold is not None else self.router.threshold
+        if score >= threshold:
+            d.chain = d.chain[1:] + d.chain[:1]
+            d.reason = f"learned router: {score:.3f} >= {threshold:.3f}, strong engine"
+        else:
+            d.reason = f"learned router: {score:.3f} < {threshold:.3f}, weak engine"
+
+
+class CascadeStrategy(_WeakStrong):
+    name = "cascade"
+
+    @classmethod
+    def check(cls, route: RouteConfig) -> None:
+        super().check(route)
+        if route.threshold is None:
+            raise ValueError("strategy 'cascade' needs 'threshold' (mean token logprob; see `turnout eval cascade`)")
+
+    def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
+        weak = FallbackEngine(engines[:1], trail)
+        strong = FallbackEngine(engines[1:], trail) if len(engines) > 1 else None
+        return CascadeEngine(weak, strong, d, include_draft=self.route.include_draft)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    cls: Any = plugins.load(GROUP, name, plugins.STRATEGIES, "routing strategy")
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"routing strategy {name!r} is registered as {cls!r}, which is not a turnout Strategy")
+    return cls

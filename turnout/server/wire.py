@@ -1,0 +1,123 @@
+"""OpenAI wire formatting of the pipeline's results: completion and embedding bodies,
+``chat.completion.chunk`` SSE lines, and the ``x-turnout-*`` response headers."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import orjson
+
+from turnout.call import Call
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Usage
+from turnout.errors import TurnoutError
+from turnout.protocol import ChatRequest, EmbeddingRequest, usage_dict
+
+
+def headers(call: Call) -> dict[str, str]:
+    """What happened, in the response headers (also on errors)."""
+    h = {"x-request-id": call.request_id}
+    if call.decision is not None:
+        d = call.decision
+        h["x-turnout-route"] = d.alias
+        h["x-turnout-rule"] = d.rule
+        h["x-turnout-reason"] = d.reason.encode("ascii", "replace").decode()
+        h["x-turnout-strategy"] = d.strategy
+        if d.score is not None:
+            h["x-turnout-score"] = f"{d.score:.4f}"
+    engine = call.trail.engine
+    if engine is not None:
+        h["x-turnout-engine"] = engine.name
+        h["x-turnout-locality"] = engine.locality
+    if call.trail.hops:
+        h["x-turnout-fallbacks"] = ",".join(f"{e.engine}:{e.code}" for e in call.trail.hops)
+    if call.trace_id:
+        h["x-turnout-trace-id"] = call.trace_id
+    if call.cache is not None:
+        h["x-turnout-cache"] = call.cache.kind
+    return h
+
+
+def embedding_body(call: Call, req: EmbeddingRequest, r: EmbeddingResult) -> dict[str, Any]:
+    """OpenAI's embedding list; ``encoding_format: base64`` packs little-endian float32, as OpenAI does."""
+
+    def encode(v: list[float]) -> Any:
+        if req.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        return v
+
+    tokens = call.trail.usage.prompt_tokens
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(r.vectors)],
+        "model": r.model or call.model or req.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": r.content}
+    if r.tool_calls:
+        message["tool_calls"] = r.tool_calls
+    return {
+        "id": f"chatcmpl-{call.request_id}",
+        "object": "chat.completion",
+        "created": int(call.ts),
+        "model": call.trail.engine.model if call.trail.engine is not None else r.model,
+        "choices": [{"index": 0, "message": message, "logprobs": r.logprobs, "finish_reason": r.finish_reason}],
+        "usage": usage_dict(r.usage.prompt_tokens, r.usage.completion_tokens),
+    }
+
+
+class ChunkWriter:
+    """Turns engine deltas into OpenAI ``chat.completion.chunk`` SSE lines, and keeps what
+    the stream said about itself: its finish reason, its usage and the text sent."""
+
+    def __init__(self, call: Call, req: ChatRequest) -> None:
+        self.include_usage = req.include_usage
+        self.head = {
+            "id": f"chatcmpl-{call.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(call.ts),
+            "model": call.model,
+        }
+        self.sent_role = False
+        self.finish_reason: str | None = None
+        self.final_usage: Usage | None = None
+        self.text: list[str] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def _line(self, obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    def delta(self, d: Delta) -> bytes:
+        delta: dict[str, Any] = {}
+        if not self.sent_role:
+            delta["role"] = "assistant"
+            self.sent_role = True
+        if d.content:
+            delta["content"] = d.content
+            self.text.append(d.content)
+        if d.tool_calls:
+            delta["tool_calls"] = d.tool_calls
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
+        chunk = {**self.head, "choices": [choice]}
+        if d.finish_reason:
+            self.finish_reason = d.finish_reason
+            self.final_usage = d.usage or Usage()
+            if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
+                chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)
+        return self._line(chunk)
+
+    def usage(self) -> bytes:
+        u = self.final_usage or Usage()
+        return self._line({**self.head, "choices": [], "usage": usage_dict(u.prompt_tokens, u.completion_tokens)})
+
+    def error(self, exc: TurnoutError) -> bytes:
+        return self._line(exc.body())
+
+    DONE = b"data: [DONE]\n\n"
