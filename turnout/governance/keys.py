@@ -414,7 +414,7 @@ class PostgresKeyStore(KeyTables):
         return sql.replace("?", "%s")
 
     def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
             self._conn.execute(f"SET search_path TO {self.schema}")
         return self._conn
