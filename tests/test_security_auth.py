@@ -235,3 +235,23 @@ def test_config_view_masks_passwords_in_every_url() -> None:
                     "engines": {"e": {"base_url": "https://user:tok@llm.example/v1", "model": "m"}}, "n": 3})
     assert "s3cret" not in str(shown) and "pw@" not in str(shown) and "tok@" not in str(shown)
     assert shown["storage"]["postgres_dsn"] == "postgresql://app:***@db:5432/t" and shown["n"] == 3
+
+
+def test_a_failing_key_store_fails_closed(tmp_path: Path, upstream: Upstream, pg_schema: str) -> None:
+    cfg = frontier_config(upstream.url, tmp_path, storage={"postgres_dsn": PG_DSN, "postgres_schema": pg_schema})
+    config = write_config(tmp_path, cfg)
+    viewer = cli_key(config, "team-a", "--roles", "viewer")
+    with serve(config) as proc:
+        gw = Keyed(proc, config, {"v": viewer})
+        assert gw.call("GET", "/metrics", "v").status_code == 200
+        import psycopg
+
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:  # the key table is gone under the gateway
+            conn.execute(f"DROP SCHEMA {pg_schema} CASCADE")
+        for who in ("tk-" + "y" * 43, None):
+            r = gw.call("GET", "/metrics", who)
+            assert r.status_code in (401, 503) and r.status_code != 200, r.text
+        r = gw.call("GET", "/v1/turnout/usage", "tk-" + "w" * 43)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "key_store_unavailable"
+        assert gw.call("POST", "/v1/chat/completions", "tk-" + "v" * 43, CHAT).status_code >= 500  # never served
+        assert upstream.requests() == []

@@ -11,6 +11,7 @@ with the same rule.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ from turnout.errors import AuthenticationFailed, TurnoutError
 from turnout.governance.access import Principal, token_from
 from turnout.server.errors import error_response
 
+log = logging.getLogger("turnout.server")
 Scope_ = Literal["none", "tenant", "tenant/all", "all"]
 
 
@@ -120,6 +122,12 @@ class Authorize:
                 scope.setdefault("state", {})["principal"] = await access.principal(token, rule.roles, rule.route)
             except TurnoutError as exc:
                 await error_response(exc, challenge(exc, rule))(scope, receive, send)
+                return
+            except Exception:  # the key store failed: closed, and said so, never a pass
+                log.exception("key lookup failed on %s %s", scope["method"], scope["path"])
+                down = TurnoutError("the API key store is unavailable; retry shortly", status=503,
+                                    code="key_store_unavailable", headers={"Retry-After": "1"})
+                await error_response(down)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
