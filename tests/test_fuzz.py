@@ -1,7 +1,8 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI document (schemathesis).
 
 A real gateway process whose engine is the loopback OpenAI-wire upstream (fast, no model)
-is fuzzed through ``GET /openapi.json``: every response must be a non-5xx with the documented
+is fuzzed through ``GET /openapi.json``, in ``auth: keys`` mode with a user key (schemathesis's
+ignored-auth check also sends each case without it and expects a 401): every response must be a non-5xx with the documented
 status, content type and schema, schema-violating requests must be rejected with a 4xx, and
 the gateway must log no traceback. Most generated chat requests name the route ``auto`` so
 that they reach the engine instead of stopping at 404.
@@ -38,12 +39,25 @@ def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                                      "resilience": {"retries": 0}}},
             "routes": {"auto": {"chain": ["frontier"]}},
             "server": {"max_in_flight": 10_000},
+            "auth": "keys",  # every documented operation declares its security; schemathesis checks it holds
         }
         gw = _factory(tmp_path_factory.mktemp("fuzz"), started)(cfg)
         yield gw
         for p in started:
             p.stop()
         assert "Traceback" not in gw.proc.output(), gw.proc.output()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def fuzz_key(fuzz_gateway: Gateway) -> str:
+    """A user key, made after the gateway started (a new key works at once)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(fuzz_gateway.db), "create",
+                          "--tenant", "fuzz", "--json"], capture_output=True, text=True, check=True, timeout=60)
+    return str(json.loads(out.stdout)["key"])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +108,8 @@ OPERATIONS = ["POST /v1/chat/completions", "POST /v1/embeddings", *COLLECTIONS, 
 
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=lambda m: m.value)
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gateway, label: str, mode: Any) -> None:
+def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gateway, fuzz_key: str, label: str,
+                                              mode: Any) -> None:
     operation = api_schema.find_operation_by_label(label)
     assert operation is not None, label
     if mode is schemathesis.GenerationMode.NEGATIVE and label in NO_PARAMETERS:
@@ -106,7 +121,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gat
     def run(case: Any) -> None:
         _mostly_a_known_model(case, mode)
         _declare_the_chosen_tool(case, mode)
-        case.call_and_validate(base_url=fuzz_gateway.url, timeout=30)
+        case.call_and_validate(base_url=fuzz_gateway.url, timeout=30, headers={"Authorization": f"Bearer {fuzz_key}"})
 
     run()
 

@@ -30,7 +30,8 @@ def two_fakes(up: str, tmp: Path, route: dict) -> dict:  # type: ignore[type-arg
             "storage": {"sqlite_path": str(tmp / "ledger.sqlite")}}
 
 
-def test_a_plugin_strategy_routes_from_turnout_yaml(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_plugin_strategy_routes_from_turnout_yaml(gateway_factory, upstream: Upstream, clean_upstreams,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
     route = {"chain": ["first", "second"], "strategy": "last-first", "options": {"why": "newest engine first"}}
     gw = gateway_factory(two_fakes(upstream.url, tmp_path, route), env=plugin_env())
     resp = httpx.post(gw.url + "/v1/chat/completions", timeout=30,

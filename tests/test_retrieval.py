@@ -40,32 +40,35 @@ def test_store_search_replace_delete(tmp_path: Path) -> None:
 
     enc = MiniLMEncoder()
     store = VectorStore(tmp_path / "t.sqlite", enc.encode)
-    assert store.add("hr", DOCS) == {"leave": 1, "expenses": 1, "oncall": 1}
-    top = store.search("hr", "How many weeks of paid leave do new parents get?", k=2)
+    assert store.add("hr", DOCS, tenant="t") == {"leave": 1, "expenses": 1, "oncall": 1}
+    top = store.search("hr", "How many weeks of paid leave do new parents get?", k=2, tenant="t")
     assert top[0].doc_id == "leave" and top[0].score > top[1].score
-    assert store.search("hr", "hotel price limit per night", k=1)[0].doc_id == "expenses"
-    store.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}])  # same id: replaced
-    assert store.stats("hr") == {"documents": 3, "chunks": 3}
-    assert "20 weeks" in store.search("hr", "parental leave weeks", k=1)[0].text
-    assert store.search("other", "anything") == []
-    assert store.delete("hr", "leave") == 1 and store.stats("hr")["documents"] == 2
+    assert store.search("hr", "hotel price limit per night", k=1, tenant="t")[0].doc_id == "expenses"
+    store.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}], tenant="t")  # same id: replaced
+    assert store.stats("hr", tenant="t") == {"documents": 3, "chunks": 3}
+    assert "20 weeks" in store.search("hr", "parental leave weeks", k=1, tenant="t")[0].text
+    assert store.search("other", "anything", tenant="t") == []
+    # another tenant's collection of the same name is another collection
+    assert store.search("hr", "paid parental leave", tenant="t2") == [] and store.stats("hr", tenant="t2")["chunks"] == 0
+    assert store.delete("hr", None, tenant="t2") == 0 and store.stats("hr", tenant="t")["documents"] == 3
+    assert store.delete("hr", "leave", tenant="t") == 1 and store.stats("hr", tenant="t")["documents"] == 2
     store.close()
     reopened = VectorStore(tmp_path / "t.sqlite", enc.encode)  # it is on disk
-    assert reopened.stats("hr")["documents"] == 2
+    assert reopened.stats("hr", tenant="t")["documents"] == 2
     reopened.close()
 
 
 def _replicas_share_one_table(a: VectorStore, b: VectorStore) -> None:
     """What one replica writes, the other finds on its next search, though it had the collection cached."""
-    a.add("hr", DOCS[:2])
-    assert b.search("hr", "on-call engineer", k=3)[0].doc_id in ("leave", "expenses")  # b caches 2 documents
-    a.add("hr", DOCS[2:])
-    assert b.search("hr", "Who is the database on-call engineer?", k=1)[0].doc_id == "oncall"
-    a.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}])
-    assert "20 weeks" in b.search("hr", "parental leave weeks", k=1)[0].text
-    assert a.delete("hr", "oncall") == 1
-    assert all(p.doc_id != "oncall" for p in b.search("hr", "on-call engineer", k=3))
-    assert b.stats("hr") == {"documents": 2, "chunks": 2}
+    a.add("hr", DOCS[:2], tenant="t")
+    assert b.search("hr", "on-call engineer", k=3, tenant="t")[0].doc_id in ("leave", "expenses")  # b caches 2 documents
+    a.add("hr", DOCS[2:], tenant="t")
+    assert b.search("hr", "Who is the database on-call engineer?", k=1, tenant="t")[0].doc_id == "oncall"
+    a.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}], tenant="t")
+    assert "20 weeks" in b.search("hr", "parental leave weeks", k=1, tenant="t")[0].text
+    assert a.delete("hr", "oncall", tenant="t") == 1
+    assert all(p.doc_id != "oncall" for p in b.search("hr", "on-call engineer", k=3, tenant="t"))
+    assert b.stats("hr", tenant="t") == {"documents": 2, "chunks": 2}
 
 
 def test_two_processes_on_one_sqlite_file_see_each_others_writes(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_replicas_share_the_store_in_postgres(pg_schema: str) -> None:
     b = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)  # migrations run once, not twice
     _replicas_share_one_table(a, b)
     a.table._conn.close()  # a dropped connection (server restart, idle timeout) is reopened once
-    assert a.stats("hr") == {"documents": 2, "chunks": 2}
+    assert a.stats("hr", tenant="t") == {"documents": 2, "chunks": 2}
     a.close()
     b.close()
 

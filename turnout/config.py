@@ -259,8 +259,9 @@ class TracingConfig(_Strict):
 class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
     redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
-    postgres_dsn: str | None = Field(None, description="ledger in PostgreSQL (scale-out), e.g. postgresql://user@db:5432/turnout")
-    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit and document tables")
+    postgres_dsn: str | None = Field(None, description="ledger, API keys and documents in PostgreSQL (scale-out, shared "
+                                     "by every replica), e.g. postgresql://user@db:5432/turnout")
+    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit, key and document tables")
 
 
 class FunctionsConfig(_Strict):
@@ -295,6 +296,10 @@ class PolicyConfig(_Strict):
 
 
 class TurnoutConfig(_Strict):
+    auth: Literal["keys", "open"] | None = Field(
+        None, description="keys: every request needs an API key with the right role (no key is 401, even when "
+        "none exist); open: no keys, every caller is tenant 'anonymous', loopback only. Fixed at start-up. Unset: "
+        "keys if the key store holds an active key, else open on loopback (docs/security.md)")
     engines: dict[str, EngineConfig] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)

@@ -160,7 +160,8 @@ class Gateway:
                                  param="metadata.ground", code="retrieval_disabled")
         query = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
         r = self.cfg.retrieval
-        passages = await asyncio.to_thread(self.store.search, name, query, r.top_k, r.min_score) if query else []
+        passages = (await asyncio.to_thread(self.store.search, name, query, r.top_k, r.min_score, tenant=call.tenant)
+                    if query else [])
         call.labels.add("grounded" if passages else "grounded_none")
         if not passages:
             return req

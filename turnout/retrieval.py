@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 from turnout import sqlitedb
+from turnout.errors import InvalidRequest
 
 CHUNK_CHARS = 800
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -50,8 +51,25 @@ MIGRATIONS: list[sqlitedb.Migration] = [
     ("0002_versions", [
         "CREATE TABLE rag_versions (collection TEXT PRIMARY KEY, version INTEGER NOT NULL)",
     ]),
+    # collections belong to a tenant: stored as "<tenant>/<name>"; those made before belong to
+    # "anonymous", the tenant of open mode
+    ("0003_tenant_scope", [
+        "UPDATE rag_chunks SET collection = 'anonymous/' || collection WHERE instr(collection, '/') = 0",
+        "UPDATE rag_versions SET collection = 'anonymous/' || collection WHERE instr(collection, '/') = 0",
+    ]),
 ]
 Row = tuple[str, int, str, str]  # doc_id, chunk, text, metadata (JSON)
+
+
+def scoped(tenant: str, name: str) -> str:
+    """The stored name of a tenant's collection, ``<tenant>/<name>``. Neither part may hold a
+    '/', so no tenant's name can reach another tenant's collection."""
+    if not NAME.match(name):
+        raise InvalidRequest(f"collection names are 1-64 letters, digits, '_', '.' or '-'; got {name!r}",
+                             param="name", code="invalid_collection")
+    if not tenant or "/" in tenant:
+        raise ValueError(f"not a tenant: {tenant!r}")
+    return f"{tenant}/{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +78,7 @@ class Passage:
     chunk: int
     text: str
     score: float
-    metadata: dict
+    metadata: dict[str, Any]
 
 
 def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -147,8 +165,9 @@ class SqliteChunks:
 
     def stats(self, collection: str) -> tuple[int, int]:
         with self._lock:
-            return self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                     (collection,)).fetchone()
+            docs, n = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                                        (collection,)).fetchone()
+        return int(docs), int(n)
 
     def version(self, collection: str) -> int:
         with self._lock:
@@ -167,7 +186,9 @@ class SqliteChunks:
 
 
 class VectorStore:
-    """Collections of chunked, embedded documents in a chunk table. Thread-safe."""
+    """Collections of chunked, embedded documents in a chunk table, each owned by a tenant:
+    every method takes the caller's ``tenant`` and touches only that tenant's collection of
+    that name (:func:`scoped`). Thread-safe."""
 
     def __init__(self, table: ChunkTable | str | Path, embed: Callable[[list[str]], np.ndarray]) -> None:
         self.table: ChunkTable = SqliteChunks(table) if isinstance(table, (str, Path)) else table
@@ -175,8 +196,9 @@ class VectorStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, np.ndarray, list[Row]]] = {}
 
-    def add(self, collection: str, documents: Sequence[dict]) -> dict[str, int]:
+    def add(self, collection: str, documents: Sequence[dict[str, Any]], *, tenant: str) -> dict[str, int]:
         """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
+        collection = scoped(tenant, collection)
         rows: list[Row] = []
         counts: dict[str, int] = {}
         for d in documents:
@@ -188,11 +210,11 @@ class VectorStore:
                            [(row, np.asarray(v, dtype=np.float32).tobytes()) for row, v in zip(rows, vectors, strict=True)])
         return counts
 
-    def delete(self, collection: str, doc_id: str | None = None) -> int:
-        return self.table.delete(collection, doc_id)
+    def delete(self, collection: str, doc_id: str | None = None, *, tenant: str) -> int:
+        return self.table.delete(scoped(tenant, collection), doc_id)
 
-    def stats(self, collection: str) -> dict[str, int]:
-        docs, n = self.table.stats(collection)
+    def stats(self, collection: str, *, tenant: str) -> dict[str, int]:
+        docs, n = self.table.stats(scoped(tenant, collection))
         return {"documents": docs, "chunks": n}
 
     def _matrix(self, collection: str) -> tuple[np.ndarray, list[Row]]:
@@ -208,8 +230,9 @@ class VectorStore:
                 self._cache[collection] = hit
         return hit[1], hit[2]
 
-    def search(self, collection: str, query: str, k: int = 4, min_score: float = 0.0) -> list[Passage]:
-        mat, rows = self._matrix(collection)
+    def search(self, collection: str, query: str, k: int = 4, min_score: float = 0.0, *,
+               tenant: str) -> list[Passage]:
+        mat, rows = self._matrix(scoped(tenant, collection))
         if not rows:
             return []
         scores = mat @ self.embed([query])[0]

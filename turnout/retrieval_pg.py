@@ -39,6 +39,10 @@ def migrations(s: str) -> list[pgdb.Migration]:
         ("0002_versions", [
             f"CREATE TABLE {s}.rag_versions (collection TEXT PRIMARY KEY, version BIGINT NOT NULL)",
         ]),
+        ("0003_tenant_scope", [  # as turnout.retrieval's: collections become "<tenant>/<name>"
+            f"UPDATE {s}.rag_chunks SET collection = 'anonymous/' || collection WHERE strpos(collection, '/') = 0",
+            f"UPDATE {s}.rag_versions SET collection = 'anonymous/' || collection WHERE strpos(collection, '/') = 0",
+        ]),
     ]
 
 
@@ -103,7 +107,7 @@ class PostgresChunks:
             else:
                 cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
                             (collection, doc_id))
-            n = cur.rowcount
+            n = int(cur.rowcount)
             self._bump(cur, collection)
             return n
 

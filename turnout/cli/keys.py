@@ -1,17 +1,25 @@
-"""`turnout keys create|list|revoke`: API keys, their tenants, routes, limits and budgets.
+"""`turnout keys create|list|revoke|rotate`: API keys, their tenants, roles, routes, limits,
+budgets and expiry.
 
-    turnout keys create --tenant acme [--routes fast,smart] [--rpm 60] [--tpm 100000] \
-                        [--usd-day 5] [--usd-month 100]     prints the key ONCE
+    turnout keys [--config turnout.yaml] create --tenant acme [--roles user,viewer] [--routes fast,smart]
+                 [--rpm 60] [--tpm 100000] [--usd-day 5] [--usd-month 100] [--expires 90d]   prints the key ONCE
     turnout keys list [--tenant T] [--active] [--json]
     turnout keys revoke KEY_ID
+    turnout keys rotate KEY_ID [--overlap 1h]       a new secret; the old one works for the overlap
+    turnout keys --config scaled.yaml import OLD.sqlite   copy a SQLite file's keys into the config's store
 
-The SQLite file defaults to $TURNOUT_DB or .turnout/turnout.sqlite (``--db`` overrides).
+Roles: admin (keys, configuration, every tenant's usage), viewer (dashboard, usage and metrics
+of its tenant), approver, user (inference, its feedback and collections; the default).
+The store is the configuration's (``--config``, default $TURNOUT_CONFIG): PostgreSQL when
+``storage.postgres_dsn`` is set (or ``--dsn`` [``--schema``]), else its SQLite file; without a configuration, $TURNOUT_DB or
+.turnout/turnout.sqlite (``--db`` overrides the SQLite file either way).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -20,12 +28,18 @@ from typing import Any
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keys", help="create, list and revoke API keys", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", help="SQLite file (default $TURNOUT_DB or .turnout/turnout.sqlite)")
+    p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"),
+                   help="turnout.yaml: use its key store (PostgreSQL when storage.postgres_dsn is set)")
+    p.add_argument("--db", help="SQLite file (default: the config's, else $TURNOUT_DB or .turnout/turnout.sqlite)")
+    p.add_argument("--dsn", help="PostgreSQL key store (overrides the config's storage.postgres_dsn)")
+    p.add_argument("--schema", help="PostgreSQL schema (default: the config's storage.postgres_schema, else public)")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     c = ksub.add_parser("create", help="create a key; the plaintext is shown once")
     c.add_argument("--tenant", required=True)
+    c.add_argument("--roles", default="user", help="comma-separated: admin, viewer, approver, user (default: user)")
     c.add_argument("--routes", default="", help="comma-separated route aliases this key may use (default: all)")
+    c.add_argument("--expires", help="when the key stops working: a duration (30d, 12h) or an ISO 8601 time")
     c.add_argument("--rpm", type=int, help="requests per minute")
     c.add_argument("--tpm", type=int, help="tokens per minute")
     c.add_argument("--usd-day", type=float, help="USD budget per UTC day")
@@ -43,34 +57,57 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("key_id")
     r.set_defaults(func=revoke)
 
+    ro = ksub.add_parser("rotate", help="a new secret for the same key; the old secret works for --overlap more")
+    ro.add_argument("key_id")
+    ro.add_argument("--overlap", default="1h", help="how long the old secret keeps working: 0s, 15m, 1h, 7d (default 1h)")
+    ro.add_argument("--json", action="store_true")
+    ro.set_defaults(func=rotate)
+
+    im = ksub.add_parser("import", help="copy the keys (hashes) of a SQLite file into this store, e.g. PostgreSQL")
+    im.add_argument("source", help="the SQLite file whose keys to copy")
+    im.set_defaults(func=import_keys)
+
 
 def _store(args: argparse.Namespace) -> Any:
-    from turnout.governance.keys import KeyStore
+    from turnout.config import StorageConfig, load_config
+    from turnout.governance.keys import KeyStore, open_key_store
 
-    return KeyStore(args.db)
+    if not (args.config or args.dsn):
+        return KeyStore(args.db)
+    storage = load_config(args.config).storage if args.config else StorageConfig.model_validate({})
+    if args.db:
+        storage.sqlite_path = args.db
+    if args.dsn:
+        storage.postgres_dsn = args.dsn
+    if args.schema:
+        storage.postgres_schema = args.schema
+    return open_key_store(storage)
 
 
 def _key_dict(key: Any) -> dict[str, Any]:
     d = asdict(key)
     d["routes"] = list(key.routes)
+    d["roles"] = list(key.roles)
     d["active"] = key.active
     return d
 
 
 def create(args: argparse.Namespace) -> int:
-    from turnout.governance.keys import Limits
+    from turnout.governance.keys import Limits, parse_expiry
 
     try:
         limits = Limits(rpm=args.rpm, tpm=args.tpm, usd_per_day=args.usd_day, usd_per_month=args.usd_month)
+        expires = parse_expiry(args.expires) if args.expires else None
         with _store(args) as store:
-            new = store.create(args.tenant, routes=args.routes.split(","), limits=limits)
+            new = store.create(args.tenant, routes=args.routes.split(","), limits=limits,
+                               roles=args.roles.split(","), expires_at=expires)
     except ValueError as exc:
         print(f"turnout keys: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"key": new.plaintext, **_key_dict(new.key)}))
     else:
-        print(f"created {new.key.key_id} for tenant {new.key.tenant}")
+        print(f"created {new.key.key_id} for tenant {new.key.tenant}, roles {','.join(new.key.roles)}")
         print(f"key (shown once, store it now): {new.plaintext}")
     return 0
 
@@ -85,12 +122,13 @@ def list_keys(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return 0
-    print(f"{'KEY_ID':<21} {'TENANT':<16} {'HINT':<10} {'ROUTES':<16} {'RPM':>7} {'TPM':>9} "
+    print(f"{'KEY_ID':<21} {'TENANT':<16} {'ROLES':<14} {'HINT':<10} {'ROUTES':<16} {'RPM':>7} {'TPM':>9} "
           f"{'USD/DAY':>8} {'USD/MON':>8}  STATUS")
     for k in keys:
         lim = k.limits
-        status = "active" if k.active else f"revoked {k.revoked_at}"
-        print(f"{k.key_id:<21} {k.tenant:<16} {k.hint:<10} {','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
+        status = f"revoked {k.revoked_at}" if not k.active else f"expired {k.expires_at}" if k.expired() else \
+            "active" + (f" until {k.expires_at}" if k.expires_at else "")
+        print(f"{k.key_id:<21} {k.tenant:<16} {','.join(k.roles):<14} {k.hint:<10} {','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
               f"{_limit(lim.tpm):>9} {_limit(lim.usd_per_day, True):>8} {_limit(lim.usd_per_month, True):>8}  "
               f"{status}")
     return 0
@@ -106,4 +144,41 @@ def revoke(args: argparse.Namespace) -> int:
         print(f"turnout keys: error: {exc.message}", file=sys.stderr)
         return 1
     print(f"revoked {key.key_id} (tenant {key.tenant}) at {key.revoked_at}")
+    return 0
+
+
+def rotate(args: argparse.Namespace) -> int:
+    from turnout.errors import TurnoutError
+    from turnout.governance.keys import parse_expiry
+
+    try:
+        now = parse_expiry("0s")
+        overlap = (parse_expiry(args.overlap, now) - now).total_seconds()
+        with _store(args) as store:
+            new = store.rotate(args.key_id, overlap_s=overlap)
+    except ValueError as exc:
+        print(f"turnout keys: error: {exc}", file=sys.stderr)
+        return 2
+    except TurnoutError as exc:
+        print(f"turnout keys: error: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"key": new.plaintext, **_key_dict(new.key)}))
+    else:
+        print(f"rotated {new.key.key_id} (tenant {new.key.tenant}); the old secret works for {args.overlap} more")
+        print(f"new key (shown once, store it now): {new.plaintext}")
+    return 0
+
+
+def import_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from turnout.governance.keys import KeyStore
+
+    if not Path(args.source).is_file():
+        print(f"turnout keys: error: {args.source}: no such file", file=sys.stderr)
+        return 2
+    with KeyStore(args.source) as source, _store(args) as store:
+        copied = store.copy_from(source)
+    print(f"copied {copied} key(s) from {args.source}")
     return 0

@@ -8,14 +8,15 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
     p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"), help="turnout.yaml (default: embedded setup)")
     p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default from config: 8000; 0 picks a free one)")
-    p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys")
+    p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys (embedded mode)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -27,6 +28,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _sqlite_keys(path: str) -> int:
+    """Active keys in a SQLite file's key table (0 when it has none)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM keys_api_keys WHERE revoked_at IS NULL").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +65,24 @@ def run(args: argparse.Namespace) -> int:
     for problem in router_problems(cfg):  # a learned route cannot route without its artifact
         print(f"turnout: {problem}", file=sys.stderr)
         return 2
-    from turnout.governance.keys import KeyStore
+    from turnout.governance.access import resolve_mode
+    from turnout.governance.keys import open_key_store
 
-    with KeyStore(cfg.storage.sqlite_path) as keys:
-        has_keys = bool(keys.list(include_revoked=False))
-    if not has_keys:
-        if not is_loopback(host):
-            print(f"turnout: error: no API keys exist, so the gateway would be open to anyone who can reach {host}; "
-                  "create one with `turnout keys create --tenant NAME` or listen on 127.0.0.1", file=sys.stderr)
-            return 2
-        print("turnout: no API keys: open to local callers on loopback only "
-              "(create one with `turnout keys create --tenant NAME` to require keys)", flush=True)
+    with open_key_store(cfg.storage) as keys:
+        active = len(keys.list(include_revoked=False))
+    if cfg.storage.postgres_dsn and Path(cfg.storage.sqlite_path).is_file():
+        stranded = _sqlite_keys(cfg.storage.sqlite_path)
+        if stranded:  # keys made before they moved to PostgreSQL: never let their absence open the gateway
+            print(f"turnout: warning: {cfg.storage.sqlite_path} holds {stranded} active API key(s), but keys now live "
+                  f"in PostgreSQL (storage.postgres_dsn); copy them with `turnout keys --config FILE import "
+                  f"{cfg.storage.sqlite_path}`", file=sys.stderr, flush=True)
+            active += stranded
+    try:
+        cfg.auth, why = resolve_mode(cfg.auth, is_loopback(host), active)
+    except ValueError as exc:
+        print(f"turnout: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"turnout: {why}", flush=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,23 +1,37 @@
-"""The pipeline's authenticate step: bearer token -> API key -> tenant, then limits and
-budgets reserved before any engine is called and settled after.
+"""Who is calling: the auth mode, bearer token -> API key -> tenant and roles, then limits
+and budgets reserved before any engine is called and settled after.
 
-With no key in the store, the gateway is open (tenant "anonymous"); ``turnout serve``
-refuses to listen beyond loopback in that state. Lookups are cached for ``ttl`` seconds
-(hashes, not plaintext), so a revoked key stops working within that time.
+The mode is fixed at start-up (:func:`resolve_mode`) and never follows the key table:
+
+* ``keys``: every protected request needs an active, unexpired key with the right role;
+  no key is 401, also when the store holds no key at all.
+* ``open``: every caller is tenant ``anonymous`` with every role; only on loopback.
+
+Lookups are cached for ``ttl`` seconds (by hash, never plaintext), so a key revoked or
+rotated through any replica stops working on every replica within ``ttl`` (KEY_CACHE_S);
+a new key works at once (an unknown token is not remembered as unknown for long either).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
-from turnout.governance.keys import ApiKey, KeyStore, hash_key
+from turnout.governance.keys import ROLES, ApiKey, KeyTables, check_key, hash_key
+from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
 
 if TYPE_CHECKING:
     from turnout.ledger.base import Ledger
-from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
+
+Mode = Literal["keys", "open"]
+KEY_CACHE_S = 2.0  # the bound on how long a revocation takes to reach every replica
+OPEN_TENANT = "anonymous"
+MAX_TOKEN_CHARS = 512
 
 
 def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
@@ -38,26 +52,76 @@ def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
     return limiter
 
 
+def resolve_mode(requested: Mode | None, loopback: bool, active_keys: int) -> tuple[Mode, str]:
+    """The mode to serve in, and a line saying why; ValueError when it must not start.
+
+    ``auth`` unset: ``keys`` if the store holds an active key (so upgrading never opens a
+    gateway that had keys), else ``open`` on loopback; beyond loopback it must be ``keys``."""
+    if requested == "open" and not loopback:
+        raise ValueError("auth: open serves anyone without a key, so it is only allowed on a loopback address; "
+                         "set auth: keys (and create a key with `turnout keys create --tenant NAME`) "
+                         "or listen on 127.0.0.1")
+    if requested is not None:
+        return requested, f"auth: {requested} (from the configuration)"
+    if active_keys:
+        return "keys", f"auth: keys ({active_keys} active API key(s) in the store; set auth: keys|open to choose)"
+    if not loopback:
+        raise ValueError("no API keys exist and auth is not set, so the gateway would be open to anyone who can "
+                         "reach it; set auth: keys and create a key with `turnout keys create --tenant NAME`, "
+                         "or listen on 127.0.0.1")
+    return "open", ("auth: open to local callers on loopback only (no API keys; set auth: keys and create one "
+                    "with `turnout keys create --tenant NAME` to require keys)")
+
+
+def token_from(authorization: str | None) -> str | None:
+    """The key in an ``Authorization`` header: ``Bearer <key>``, or HTTP Basic with the key as
+    password (what a browser sends for the dashboard after its login prompt). None if absent
+    or unreadable; never raises."""
+    if not authorization or len(authorization) > 4 * MAX_TOKEN_CHARS:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request: a tenant, its roles, and its key (None in open mode)."""
+
+    tenant: str
+    roles: tuple[str, ...]
+    key: ApiKey | None = None
+
+    def has_role(self, *roles: str) -> bool:
+        mine = set(self.roles) | ({"viewer"} if "admin" in self.roles else set())
+        return bool(mine & set(roles))
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.roles
+
+
+OPEN = Principal(OPEN_TENANT, ROLES)
+
+
 class Access:
-    def __init__(self, keys: KeyStore, limiter: Limiter, ttl: float = 2.0) -> None:
-        self.keys, self.limiter, self.ttl = keys, limiter, ttl
-        self._open_until = 0.0
-        self._open = True
+    def __init__(self, keys: KeyTables, limiter: Limiter, mode: Mode = "keys", ttl: float = KEY_CACHE_S) -> None:
+        if mode not in ("keys", "open"):
+            raise ValueError(f"auth mode must be 'keys' or 'open', got {mode!r}")
+        self.keys, self.limiter, self.mode, self.ttl = keys, limiter, mode, ttl
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
-    async def is_open(self) -> bool:
-        now = time.monotonic()
-        if now >= self._open_until:
-            self._open = not await asyncio.to_thread(self.keys.list, include_revoked=False)
-            self._open_until = now + self.ttl
-        return self._open
-
-    async def authenticate(self, token: str | None, route: str) -> ApiKey | None:
-        """The caller's key, or None when the gateway is open. Raises 401/403."""
-        if await self.is_open():
+    async def _lookup(self, token: str) -> ApiKey | None:
+        if len(token) > MAX_TOKEN_CHARS:
             return None
-        if not token:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
         digest, now = hash_key(token), time.monotonic()
         hit = self._cache.get(digest)
         if hit is None or hit[0] < now:
@@ -65,15 +129,29 @@ class Access:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = hit = (now + self.ttl, key)
-        key = hit[1]
-        if key is None:
-            raise AuthenticationFailed("invalid API key")
-        if not key.active:
-            raise AuthenticationFailed(f"API key {key.key_id} was revoked")
-        if not key.allows(route):
-            raise PermissionDenied(f"API key {key.key_id} may not use route {route!r} (allowed: {', '.join(key.routes)})",
-                                   code="route_not_allowed")
-        return key
+        return hit[1]
+
+    def forget(self, key_id: str) -> None:
+        """Drop this replica's cached lookups of a key (after revoking or rotating it here)."""
+        self._cache = {d: hit for d, hit in self._cache.items() if hit[1] is None or hit[1].key_id != key_id}
+
+    async def principal(self, token: str | None, roles: tuple[str, ...], route: str | None = None) -> Principal:
+        """The caller, if it holds one of ``roles`` (and may use ``route``); raises 401/403.
+        In open mode, tenant ``anonymous`` with every role."""
+        if self.mode == "open":
+            return OPEN
+        if not token:
+            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
+        key = check_key(await self._lookup(token), route)
+        if not key.has_role(*roles):
+            raise PermissionDenied(f"API key {key.key_id} has role(s) {', '.join(key.roles)}; this needs "
+                                   f"{' or '.join(roles)}", code="role_not_allowed")
+        return Principal(key.tenant, key.roles, key)
+
+    async def authenticate(self, token: str | None, route: str, role: str = "user") -> ApiKey | None:
+        """The pipeline's step: the caller's key (None in open mode), which must hold ``role``
+        and may use ``route``. Raises 401/403."""
+        return (await self.principal(token, (role,), route)).key
 
     async def reserve(self, key: ApiKey | None, tokens: int, cost: float) -> Reservation | None:
         if key is None or not any(v is not None for v in (key.limits.rpm, key.limits.tpm,

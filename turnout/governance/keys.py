@@ -1,15 +1,20 @@
-"""API keys and tenants.
+"""API keys, their tenants and roles, in the configured store.
 
 A key is ``tk-`` followed by 43 URL-safe characters (256 random bits). It is shown once,
-at creation; the store keeps only its SHA-256 (a high-entropy secret needs no slow hash or
-salt) and a short hint (``tk-...abcd``) for people to recognise it. Lookup is one
-equality match on the hash's unique index, so timing says nothing about how much of a
+at creation or rotation; the store keeps only its SHA-256 (a high-entropy secret needs no
+slow hash or salt) and a short hint (``tk-...abcd``) for people to recognise it. Lookup is
+one equality match on the hash's primary key, so timing says nothing about how much of a
 guessed key was right.
 
-Each key belongs to a tenant and carries its policy: the route aliases it may use (empty
-= all), rate limits (requests and tokens per minute) and budgets (USD per UTC day and per
-UTC calendar month). ``None`` means unlimited. Limits are enforced by
-``turnout.governance.limits``.
+Each key has an id (``key_...``), a tenant, roles (``ROLES``), the route aliases it may use
+(empty = all), rate limits and budgets (``None`` = unlimited, enforced by
+``turnout.governance.limits``) and an optional expiry. A key id has one or more *secrets*
+(table ``keys_secrets``): rotation adds a new secret and gives the old ones an expiry a
+short overlap away, so clients can switch without a gap.
+
+Where keys live follows ``storage``: the SQLite file (:class:`KeyStore`, embedded) or
+PostgreSQL when ``storage.postgres_dsn`` is set (:class:`PostgresKeyStore`), one store for
+every replica. :func:`open_key_store` picks. Both share the SQL below (``?`` placeholders).
 """
 
 from __future__ import annotations
@@ -19,19 +24,32 @@ import hashlib
 import json
 import re
 import secrets
+import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from turnout import pgdb
 from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
+
+if TYPE_CHECKING:
+    from turnout.config import StorageConfig
 
 KEY_PREFIX = "tk-"
 _KEY_SHAPE = re.compile(r"^tk-[A-Za-z0-9_-]{43}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
+#: admin: keys, config, every tenant's usage; viewer: dashboard, usage and metrics of its
+#: tenant; approver: approves tasks (reserved for them); user: inference, its own feedback
+#: and collections.
+ROLES = ("admin", "viewer", "approver", "user")
+DEFAULT_ROLES = ("user",)
+DEFAULT_OVERLAP_S = 3600.0
+T = TypeVar("T")
 
 MIGRATIONS: list[sqlite.Migration] = [
     ("0001_api_keys", [
@@ -49,7 +67,52 @@ MIGRATIONS: list[sqlite.Migration] = [
                revoked_at TEXT)""",
         "CREATE INDEX keys_api_keys_tenant ON keys_api_keys (tenant)",
     ]),
+    # roles, expiry and rotation: the hash that authenticates moves to keys_secrets (one key
+    # id, several secrets while a rotation overlaps); keys_api_keys.key_hash is the newest.
+    ("0002_roles_expiry_secrets", [
+        """ALTER TABLE keys_api_keys ADD COLUMN roles TEXT NOT NULL DEFAULT '["user"]'""",
+        "ALTER TABLE keys_api_keys ADD COLUMN expires_at TEXT",
+        """CREATE TABLE keys_secrets (
+               key_hash TEXT PRIMARY KEY,
+               key_id TEXT NOT NULL REFERENCES keys_api_keys (key_id),
+               hint TEXT NOT NULL,
+               created_at TEXT NOT NULL,
+               expires_at TEXT)""",
+        "CREATE INDEX keys_secrets_key ON keys_secrets (key_id)",
+        "INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) "
+        "SELECT key_hash, key_id, hint, created_at FROM keys_api_keys",
+    ]),
 ]
+
+
+def pg_migrations(s: str) -> list[pgdb.Migration]:
+    """The same tables in PostgreSQL (a new store: one migration holds the current shape)."""
+    return [
+        ("0001_api_keys", [
+            f"""CREATE TABLE {s}.keys_api_keys (
+                   key_id TEXT PRIMARY KEY,
+                   key_hash TEXT NOT NULL UNIQUE,
+                   hint TEXT NOT NULL,
+                   tenant TEXT NOT NULL,
+                   routes TEXT NOT NULL DEFAULT '[]',
+                   rpm BIGINT,
+                   tpm BIGINT,
+                   usd_per_day DOUBLE PRECISION,
+                   usd_per_month DOUBLE PRECISION,
+                   created_at TEXT NOT NULL,
+                   revoked_at TEXT,
+                   roles TEXT NOT NULL DEFAULT '["user"]',
+                   expires_at TEXT)""",
+            f"CREATE INDEX keys_api_keys_tenant ON {s}.keys_api_keys (tenant)",
+            f"""CREATE TABLE {s}.keys_secrets (
+                   key_hash TEXT PRIMARY KEY,
+                   key_id TEXT NOT NULL REFERENCES {s}.keys_api_keys (key_id),
+                   hint TEXT NOT NULL,
+                   created_at TEXT NOT NULL,
+                   expires_at TEXT)""",
+            f"CREATE INDEX keys_secrets_key ON {s}.keys_secrets (key_id)",
+        ]),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +140,23 @@ class ApiKey:
     limits: Limits = field(default_factory=Limits)
     created_at: str = ""
     revoked_at: str | None = None
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    expires_at: str | None = None  # the key's, or (from a lookup) its secret's if sooner
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
 
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= (now or datetime.now(UTC))
+
     def allows(self, route: str) -> bool:
         return not self.routes or route in self.routes
+
+    def has_role(self, *roles: str) -> bool:
+        """Any of ``roles``; ``admin`` includes ``viewer`` (every tenant's figures)."""
+        mine = set(self.roles) | ({"viewer"} if "admin" in self.roles else set())
+        return bool(mine & set(roles))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,28 +168,213 @@ class NewKey:
 
 
 def hash_key(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+    return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_plaintext() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-_COLUMNS = "key_id, tenant, hint, routes, rpm, tpm, usd_per_day, usd_per_month, created_at, revoked_at"
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def _row_to_key(row: tuple) -> ApiKey:  # type: ignore[type-arg]
-    key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked = row
-    return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)), Limits(rpm, tpm, usd_day, usd_month),
-                  created, revoked)
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """``30d``, ``12h``, ``90m``, ``45s`` from now, or an ISO 8601 time (UTC when no zone)."""
+    now = now or _now()
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
+        return now + timedelta(seconds=float(m.group(1)) * unit)
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expiry must be a duration like 30d, 12h, 90m or an ISO 8601 time; got {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-class KeyStore:
-    """Keys in the gateway's SQLite file (tables ``keys_*``)."""
+def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(sorted({r.strip() for r in roles if r.strip()}))
+    unknown = [r for r in out if r not in ROLES]
+    if unknown or not out:
+        raise ValueError(f"roles must be one or more of {', '.join(ROLES)}; got {', '.join(out) or 'none'}")
+    return out
+
+
+_COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day, k.usd_per_month, k.created_at, " \
+           "k.revoked_at, k.roles, k.expires_at"
+
+
+def _sooner(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return min(a, b, key=datetime.fromisoformat)
+
+
+def _row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
+    key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires = row
+    return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)),
+                  Limits(rpm, tpm, None if usd_day is None else float(usd_day),
+                         None if usd_month is None else float(usd_month)),
+                  created, revoked, tuple(json.loads(roles)), _sooner(expires, secret_expiry))
+
+
+class KeyTables:
+    """The SQL, once, over a backend that runs it (``?`` placeholders)."""
+
+    def _tx(self) -> AbstractContextManager[Any]:
+        """A cursor-like object (``execute``, ``fetchone``) inside one write transaction."""
+        raise NotImplementedError
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def create(self, tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None,
+               roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None) -> NewKey:
+        if not _TENANT.match(tenant):
+            raise ValueError(f"tenant must be 1-128 characters of letters, digits and _.@:- ; got {tenant!r}")
+        role_list = check_roles(roles)
+        route_list = sorted({r.strip() for r in routes if r.strip()})
+        lim = limits or Limits()
+        plaintext, now = new_plaintext(), _now()
+        key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, hint=f"{KEY_PREFIX}...{plaintext[-4:]}",
+                     routes=tuple(route_list), limits=lim, created_at=_iso(now), roles=role_list,
+                     expires_at=None if expires_at is None else _iso(expires_at))
+        with self._tx() as c:
+            c.execute(self._q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
+                              "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                      (key.key_id, tenant, key.hint, json.dumps(route_list), lim.rpm, lim.tpm, lim.usd_per_day,
+                       lim.usd_per_month, key.created_at, None, json.dumps(role_list), key.expires_at,
+                       hash_key(plaintext)))
+            c.execute(self._q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+                      (hash_key(plaintext), key.key_id, key.hint, key.created_at))
+        return NewKey(key, plaintext)
+
+    def rotate(self, key_id: str, *, overlap_s: float = DEFAULT_OVERLAP_S) -> NewKey:
+        """A new secret for the same key id (same tenant, roles, limits, budgets); the old
+        secrets keep working for ``overlap_s`` seconds more, then expire. Raises NotFound."""
+        if not overlap_s >= 0:
+            raise ValueError(f"overlap must be >= 0 seconds, got {overlap_s}")
+        plaintext, now = new_plaintext(), _now()
+        hint, until = f"{KEY_PREFIX}...{plaintext[-4:]}", _iso(now + timedelta(seconds=overlap_s))
+        with self._tx() as c:
+            row = c.execute(self._q(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
+                            (key_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+            if row[9] is not None:
+                raise PermissionDenied(f"API key {key_id} was revoked; create a new one", code="key_revoked")
+            for (h, exp) in c.execute(self._q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
+                                      (key_id,)).fetchall():
+                c.execute(self._q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
+                          (_sooner(exp, until), h))
+            c.execute(self._q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+                      (hash_key(plaintext), key_id, hint, _iso(now)))
+            c.execute(self._q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
+                      (hash_key(plaintext), hint, key_id))
+        key = _row_to_key(row)
+        return NewKey(ApiKey(key.key_id, key.tenant, hint, key.routes, key.limits, key.created_at, None, key.roles,
+                             key.expires_at), plaintext)
+
+    def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
+        sql, args = f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
+        if tenant is not None:
+            sql, args = sql + " AND k.tenant = ?", [tenant]
+        if not include_revoked:
+            sql += " AND k.revoked_at IS NULL"
+        return [_row_to_key(r) for r in self._read(sql + " ORDER BY k.created_at, k.key_id", args)]
+
+    def get(self, key_id: str) -> ApiKey | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?", (key_id,))
+        return _row_to_key(rows[0]) if rows else None
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke now, every secret of the key (idempotent: revoking twice keeps the first time).
+        Raises NotFound."""
+        with self._tx() as c:
+            c.execute(self._q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
+                      (_iso(_now()), key_id))
+            row = c.execute(self._q(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
+                            (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+        return _row_to_key(row)
+
+    def lookup_by_plaintext(self, plaintext: str) -> ApiKey | None:
+        """The key (revoked or expired or not) whose secret matches, or None. The key's
+        ``expires_at`` is the sooner of its own and this secret's."""
+        if not _KEY_SHAPE.match(plaintext):
+            return None
+        rows = self._read(f"SELECT {_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
+                          "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
+        return _row_to_key(rows[0][:12], rows[0][12]) if rows else None
+
+    _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
+                 "created_at", "revoked_at", "roles", "expires_at")
+    _RAW_SECRETS = ("key_hash", "key_id", "hint", "created_at", "expires_at")
+
+    def copy_from(self, other: KeyTables) -> int:
+        """Copy every key (hashes, never plaintext) and secret of ``other`` that this store lacks,
+        e.g. the SQLite file's keys into PostgreSQL when a deployment scales out. Returns the
+        number of keys copied."""
+        keys = other._read(f"SELECT {', '.join(self._RAW_KEYS)} FROM keys_api_keys ORDER BY created_at")
+        secrets_ = other._read(f"SELECT {', '.join(self._RAW_SECRETS)} FROM keys_secrets")
+        have = {r[0] for r in self._read("SELECT key_id FROM keys_api_keys")}
+        new = [k for k in keys if k[0] not in have]
+        with self._tx() as c:
+            for row in new:
+                c.execute(self._q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
+                                  f"VALUES ({', '.join('?' * len(self._RAW_KEYS))})"), row)
+            for row in secrets_:
+                if row[1] in {k[0] for k in new}:
+                    c.execute(self._q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
+                                      f"VALUES ({', '.join('?' * len(self._RAW_SECRETS))})"), row)
+        return len(new)
+
+    def authenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
+        """The active, unexpired key for a bearer token, allowed on ``route`` if given.
+        Raises AuthenticationFailed (missing, unknown, revoked, expired) or PermissionDenied (route)."""
+        if not plaintext:
+            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
+        return check_key(self.lookup_by_plaintext(plaintext), route)
+
+    async def aauthenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
+        return await asyncio.to_thread(self.authenticate, plaintext, route)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_key(key: ApiKey | None, route: str | None = None) -> ApiKey:
+    """``key`` if it may be used now (on ``route``); else AuthenticationFailed or PermissionDenied."""
+    if key is None:
+        raise AuthenticationFailed("invalid API key")
+    if not key.active:
+        raise AuthenticationFailed(f"API key {key.key_id} was revoked at {key.revoked_at}", code="key_revoked")
+    if key.expired():
+        raise AuthenticationFailed(f"API key {key.key_id} expired at {key.expires_at}", code="key_expired")
+    if route is not None and not key.allows(route):
+        raise PermissionDenied(f"API key {key.key_id} may not use route {route!r} "
+                               f"(allowed: {', '.join(key.routes)})", code="route_not_allowed")
+    return key
+
+
+class KeyStore(KeyTables):
+    """Keys in the gateway's SQLite file (tables ``keys_*``): the embedded store."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else sqlite.default_db_path()
@@ -124,78 +382,79 @@ class KeyStore:
         self._lock = threading.Lock()
         sqlite.migrate(self._conn, "keys_migrations", MIGRATIONS)
 
-    def create(self, tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None) -> NewKey:
-        if not _TENANT.match(tenant):
-            raise ValueError(f"tenant must be 1-128 characters of letters, digits and _.@:- ; got {tenant!r}")
-        route_list = sorted({r.strip() for r in routes if r.strip()})
-        lim = limits or Limits()
-        plaintext = new_plaintext()
-        key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant,
-                     hint=f"{KEY_PREFIX}...{plaintext[-4:]}", routes=tuple(route_list), limits=lim,
-                     created_at=_now())
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock, sqlite.immediate(self._conn) as c:
-            c.execute(f"INSERT INTO keys_api_keys ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      (key.key_id, key.tenant, key.hint, json.dumps(route_list), lim.rpm, lim.tpm,
-                       lim.usd_per_day, lim.usd_per_month, key.created_at, None, hash_key(plaintext)))
-        return NewKey(key, plaintext)
+            yield c
 
-    def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
-        sql, args = f"SELECT {_COLUMNS} FROM keys_api_keys WHERE 1 = 1", []
-        if tenant is not None:
-            sql, args = sql + " AND tenant = ?", [tenant]
-        if not include_revoked:
-            sql += " AND revoked_at IS NULL"
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY created_at, key_id", args).fetchall()
-        return [_row_to_key(r) for r in rows]
-
-    def get(self, key_id: str) -> ApiKey | None:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_COLUMNS} FROM keys_api_keys WHERE key_id = ?", (key_id,)).fetchone()
-        return _row_to_key(row) if row else None
-
-    def revoke(self, key_id: str) -> ApiKey:
-        """Revoke now (idempotent: revoking twice keeps the first time). Raises NotFound."""
-        with self._lock, sqlite.immediate(self._conn) as c:
-            c.execute("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
-                      (_now(), key_id))
-            row = c.execute(f"SELECT {_COLUMNS} FROM keys_api_keys WHERE key_id = ?", (key_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no API key with id {key_id!r}")
-        return _row_to_key(row)
-
-    def lookup_by_plaintext(self, plaintext: str) -> ApiKey | None:
-        """The key (revoked or not) whose hash matches, or None."""
-        if not _KEY_SHAPE.match(plaintext):
-            return None
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_COLUMNS} FROM keys_api_keys WHERE key_hash = ?",
-                                     (hash_key(plaintext),)).fetchone()
-        return _row_to_key(row) if row else None
-
-    def authenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
-        """The active key for a bearer token, allowed on ``route`` if given.
-        Raises AuthenticationFailed (missing, unknown or revoked) or PermissionDenied (route)."""
-        if not plaintext:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
-        key = self.lookup_by_plaintext(plaintext)
-        if key is None:
-            raise AuthenticationFailed("invalid API key")
-        if not key.active:
-            raise AuthenticationFailed(f"API key {key.key_id} was revoked at {key.revoked_at}")
-        if route is not None and not key.allows(route):
-            raise PermissionDenied(f"API key {key.key_id} may not use route {route!r} "
-                                   f"(allowed: {', '.join(key.routes)})", code="route_not_allowed")
-        return key
-
-    async def aauthenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
-        return await asyncio.to_thread(self.authenticate, plaintext, route)
+            return [tuple(r) for r in self._conn.execute(sql, tuple(args)).fetchall()]
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class PostgresKeyStore(KeyTables):
+    """Keys in PostgreSQL (``storage.postgres_dsn``), shared by every replica. One connection,
+    serialised by a lock; reconnects once when the server dropped it."""
+
+    def __init__(self, dsn: str, *, schema: str = "public") -> None:
+        import psycopg
+
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
+            raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
+        self._psycopg = psycopg
+        self.dsn, self.schema = dsn, schema
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            self._conn.execute(f"SET search_path TO {self.schema}")
+        return self._conn
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    conn = self._connection()
+                    with conn.transaction(), conn.cursor() as cur:
+                        return fn(cur)
+                except self._psycopg.OperationalError:
+                    if attempt or self._conn is None or not self._conn.broken:
+                        raise
+                    self._conn = None
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def read(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(self._q(sql), tuple(args))
+            return [tuple(r) for r in cur.fetchall()]
+
+        return self._run(read)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_key_store(storage: StorageConfig) -> KeyTables:
+    """PostgreSQL when ``storage.postgres_dsn`` is set (every replica shares it), else the SQLite file."""
+    if storage.postgres_dsn:
+        return PostgresKeyStore(storage.postgres_dsn, schema=storage.postgres_schema)
+    return KeyStore(storage.sqlite_path)

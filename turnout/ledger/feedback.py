@@ -11,6 +11,8 @@ the earlier (people change their minds), so satisfaction counts each request onc
 
 The table lives next to the ``requests`` table: migration ``0003_feedback`` of
 ``turnout.ledger.sqlite`` for the embedded store, ``turnout.ledger.postgres`` for scale-out.
+Feedback carries its tenant through its request: it is stored only on a request of the
+caller's tenant, so one tenant can neither write nor overwrite another's.
 """
 
 from __future__ import annotations
@@ -74,16 +76,19 @@ class SQLiteFeedback:
         sqlitedb.migrate(self._conn, "ledger_migrations", MIGRATIONS)
         self._lock = threading.Lock()
 
-    def _add(self, fb: Feedback) -> bool:
+    def _add(self, fb: Feedback, tenant: str | None) -> bool:
         with self._lock, sqlitedb.immediate(self._conn) as c:
-            if c.execute("SELECT 1 FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone() is None:
+            row = c.execute("SELECT tenant FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone()
+            if row is None or (tenant is not None and row[0] != tenant):
                 return False
             c.execute(UPSERT.format(t="feedback", p="?"),
                       (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
             return True
 
-    async def add(self, fb: Feedback) -> bool:
-        return await asyncio.to_thread(self._add, fb)
+    async def add(self, fb: Feedback, tenant: str | None) -> bool:
+        """Store ``fb`` on a request of ``tenant`` (any tenant's when None); False when there is
+        no such request of that tenant (another tenant's request is indistinguishable from none)."""
+        return await asyncio.to_thread(self._add, fb, tenant)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_feedback(self.path, since)

@@ -159,11 +159,12 @@ class PostgresLedger(GroupCommitWriter):
             spent.setdefault(key_id, []).append(float(cost or 0.0))
         return spent
 
-    def _add_feedback(self, fb: Feedback) -> bool:
+    def _add_feedback(self, fb: Feedback, tenant: str | None) -> bool:
         s = self.schema
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"SELECT 1 FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
-            if cur.fetchone() is None:
+            cur.execute(f"SELECT tenant FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
+            row = cur.fetchone()
+            if row is None or (tenant is not None and row[0] != tenant):
                 return False
             cur.execute(UPSERT.format(t=f"{s}.feedback", p="%s"),
                         (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
@@ -176,8 +177,8 @@ class PostgresFeedback:
     def __init__(self, ledger: PostgresLedger) -> None:
         self.ledger = ledger
 
-    async def add(self, fb: Feedback) -> bool:
-        return await asyncio.to_thread(self.ledger._add_feedback, fb)
+    async def add(self, fb: Feedback, tenant: str | None) -> bool:
+        return await asyncio.to_thread(self.ledger._add_feedback, fb, tenant)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_feedback(self.ledger.dsn, since, schema=self.ledger.schema)

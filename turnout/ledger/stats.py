@@ -59,8 +59,10 @@ def _bucket(dialect: str, col: str = "ts") -> str:
     return f"CAST(({col} - ?) / ? AS INTEGER)"
 
 
-def compute(query: Query, dialect: str, hours: float | None = None, now: float | None = None) -> dict[str, Any]:
-    """The dashboard's JSON: per-bucket series plus totals, for the last ``hours`` (all when None)."""
+def compute(query: Query, dialect: str, hours: float | None = None, now: float | None = None,
+            tenant: str | None = None) -> dict[str, Any]:
+    """The dashboard's JSON: per-bucket series plus totals, for the last ``hours`` (all when None),
+    of one tenant's requests (every tenant's when ``tenant`` is None: admins only)."""
     now = time.time() if now is None else now
     if hours is not None:
         since: float | None = now - hours * 3600
@@ -68,7 +70,8 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         start, end = since, now
     else:
         since = None
-        lo_hi = query("SELECT MIN(ts), MAX(ts) FROM requests", ())
+        lo_hi = query("SELECT MIN(ts), MAX(ts) FROM requests" + (" WHERE tenant = ?" if tenant is not None else ""),
+                      (tenant,) if tenant is not None else ())
         lo, hi = lo_hi[0] if lo_hi else (None, None)
         if lo is None:
             return _empty(hours, None, now)
@@ -76,7 +79,13 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
     b = bucket_seconds(end - start)
     origin = math.floor(start / b) * b
     n = max(1, math.ceil((end - origin) / b))
-    where, wparams = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+    conds: list[str] = []
+    wparams: list[Any] = []
+    if since is not None:
+        conds, wparams = ["ts >= ?"], [since]
+    if tenant is not None:
+        conds, wparams = [*conds, "tenant = ?"], [*wparams, tenant]
+    where = ("WHERE " + " AND ".join(conds)) if conds else ""
     bk = _bucket(dialect)
 
     groups = query(
@@ -98,7 +107,7 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "WHERE rn = (50 * cnt + 99) / 100 OR rn = (95 * cnt + 99) / 100",
         [origin, b, *wparams])
 
-    rwhere = "WHERE r.ts >= ?" if since is not None else ""
+    rwhere = ("WHERE " + " AND ".join(f"r.{c}" for c in conds)) if conds else ""
     fb = query(
         f"SELECT {_bucket(dialect, 'r.ts')} AS k, r.alias, COUNT(*), SUM(f.satisfaction) "
         f"FROM feedback f JOIN requests r ON r.request_id = f.request_id {rwhere} GROUP BY 1, 2",

@@ -16,7 +16,7 @@ from turnout.ledger.stats import Query
 @dataclass
 class Stores:
     ledger: Ledger  # SQLiteLedger | PostgresLedger
-    feedback: Any   # SQLiteFeedback | PostgresFeedback: async add(fb) -> bool, rows(since), async close()
+    feedback: Any   # SQLiteFeedback | PostgresFeedback: async add(fb, tenant) -> bool, rows(since), async close()
     query: Query    # read-only SQL over the ledger, "?" placeholders
     dialect: str    # sqlite | postgres
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,15 +18,16 @@ from turnout.engines.admission import Refused, why_refused
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
-from turnout.governance.access import Access, open_limiter
-from turnout.governance.keys import KeyStore
+from turnout.governance.access import Access, open_limiter, resolve_mode
+from turnout.governance.keys import open_key_store
 from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
 from turnout.routing.strategies import Strategy, strategy_class
-from turnout.server import chat, dashboard, documents, embeddings, feedback, health, models, openapi
+from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi
 from turnout.server import functions as function_routes
+from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
 log = logging.getLogger("turnout.server")
@@ -58,6 +58,7 @@ class ChatFastPath:
 
     def __init__(self, app: Starlette, max_in_flight: int) -> None:
         self.app = app
+        self.authorize = Authorize(app)  # everything but chat: the key and role checks of turnout.server.authz
         self.state = app.state
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -81,7 +82,7 @@ class ChatFastPath:
             finally:
                 self.in_flight -= 1
             return
-        await self.app(scope, receive, send)
+        await self.authorize(scope, receive, send)
 
 
 def build_guards(cfg: TurnoutConfig) -> Guards:
@@ -130,7 +131,7 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
 
     from turnout.routing.minilm_onnx import exact_encoder
 
-    lock, holder = threading.Lock(), []
+    lock, holder = threading.Lock(), list[Any]()
 
     def embed(texts: list[str]) -> Any:
         with lock:
@@ -174,10 +175,13 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.functions = fns
         engines = await start_engines(cfg)
-        db = Path(cfg.storage.sqlite_path)
         app.state.stores = stores = open_stores(cfg.storage)  # PostgreSQL when storage.postgres_dsn is set
         ledger = stores.ledger
-        access = Access(KeyStore(db), open_limiter(cfg.storage.redis_url, ledger))
+        keys = open_key_store(cfg.storage)  # PostgreSQL too when storage.postgres_dsn is set: one store for all
+        mode = cfg.auth
+        if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
+            mode, _ = resolve_mode(None, True, len(keys.list(include_revoked=False)))
+        access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
         guards = build_guards(cfg) if cfg.guards.enabled else None
         provider = None
         if cfg.tracing.exporter != "none" or span_exporter is not None:
@@ -218,7 +222,13 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/v1/feedback", feedback.post_feedback, methods=["POST"]),
         Route("/v1/turnout/functions/{name}/report", function_routes.function_report, methods=["GET"]),
+        Route("/v1/turnout/usage", admin.usage, methods=["GET"]),
+        Route("/v1/turnout/config", admin.config_view, methods=["GET"]),
+        Route("/v1/turnout/keys", admin.list_keys, methods=["GET"]),
+        Route("/v1/turnout/keys", admin.create_key, methods=["POST"]),
+        Route("/v1/turnout/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/v1/turnout/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         *dashboard.ROUTES,
     ]
-    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     return ChatFastPath(starlette, cfg.server.max_in_flight)

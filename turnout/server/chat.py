@@ -14,8 +14,10 @@ from starlette.responses import Response, StreamingResponse
 from turnout.call import Call
 from turnout.engines.base import Delta
 from turnout.errors import EngineError, InvalidRequest, TurnoutError
+from turnout.governance.access import token_from
 from turnout.pipeline import Gateway
 from turnout.protocol import ChatRequest
+from turnout.server.authz import challenge
 from turnout.server.body import read_json, validate
 from turnout.server.errors import error_response
 from turnout.server.wire import ChunkWriter, completion_body, headers
@@ -29,9 +31,7 @@ def read_headers(call: Call, request: Request) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         call.trace_parent = TraceContextTextMapPropagator().extract(dict(request.headers))
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        call.credentials = auth[7:].strip() or None
+    call.credentials = token_from(request.headers.get("authorization"))
     label = request.headers.get("x-turnout-sensitivity")
     if label is not None:
         label = label.strip().lower()
@@ -47,7 +47,7 @@ async def refused(gw: Gateway, call: Call, exc: TurnoutError) -> Response:
     if call.decision is None and call.status == "ok":
         call.fail(exc)
         await gw.record(call)
-    return error_response(exc, headers(call))
+    return error_response(exc, {**headers(call), **challenge(exc)})
 
 
 async def chat_completions(request: Request) -> Response:

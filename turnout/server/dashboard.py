@@ -1,5 +1,8 @@
 """GET /dashboard (one self-contained HTML page, no network) and the JSON it draws,
-GET /v1/dashboard/stats?hours=N (all of the ledger when ``hours`` is absent).
+GET /v1/dashboard/stats?hours=N (all of the ledger when ``hours`` is absent). Both need a
+``viewer`` (or ``admin``) key; a browser sends it as the password of the Basic login prompt the
+page's 401 brings up. A viewer sees its tenant's figures; an admin every tenant's, or one
+with ``?tenant=``.
 The series and their definitions are in ``turnout.ledger.stats``."""
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from starlette.routing import Route
 
 from turnout.errors import InvalidRequest
 from turnout.ledger import stats
+from turnout.server.authz import tenant_filter
 
 PAGE = Path(__file__).parent / "static" / "dashboard.html"
 MAX_HOURS = 24 * 366
@@ -39,7 +43,7 @@ async def page(_: Request) -> Response:
 async def stats_json(request: Request) -> Response:
     hours = parse_hours(request.query_params.get("hours"))
     stores = request.app.state.stores
-    data = await asyncio.to_thread(stats.compute, stores.query, stores.dialect, hours)
+    data = await asyncio.to_thread(stats.compute, stores.query, stores.dialect, hours, None, tenant_filter(request))
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 

@@ -4,8 +4,8 @@
      "score": "up" | "down" | 1..5,
      "comment": "optional, at most 2000 characters"}
 
-200 with the stored, normalised feedback; 404 for an unknown request id; 400 for a bad
-body. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
+200 with the stored, normalised feedback; 404 for an unknown request id, or one of another
+tenant (the two are indistinguishable); 400 for a bad body. Needs a ``user`` key. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from turnout.errors import InvalidRequest, NotFound
 from turnout.ledger.feedback import MAX_COMMENT_CHARS, make
+from turnout.server.authz import principal
 from turnout.server.body import read_json, validate
 
 MAX_BODY_BYTES = 16 * 1024
@@ -44,7 +45,8 @@ async def post_feedback(request: Request) -> Response:
         raise InvalidRequest(str(exc), param="score", code="invalid_value") from None
     store = request.app.state.stores.feedback
     waited = 0.0
-    while not await store.add(fb):
+    tenant = principal(request).tenant
+    while not await store.add(fb, tenant):
         if waited >= ROW_WAIT_SECONDS:
             raise NotFound(f"no request with id {request_id!r} in the ledger", param="request_id",
                            code="request_not_found")

@@ -16,6 +16,7 @@ from turnout.errors import TurnoutError
 from turnout.functions.runner import FunctionFailed, FunctionRunner, invocation_of
 from turnout.pipeline import Gateway
 from turnout.protocol import ChatRequest
+from turnout.server.authz import tenant_filter
 from turnout.server.errors import error_response
 from turnout.server.wire import completion_body, headers
 
@@ -55,18 +56,15 @@ async def function_completions(request: Request, req: ChatRequest, call: Call,
 
 
 async def function_report(request: Request) -> Response:
-    """The report of ``turnout functions report``, over the caller's own tenant only (any valid
-    key; a key restricted to routes needs ``fn:NAME``). Operators see every tenant with the CLI,
-    which reads the ledger directly."""
+    """The report of ``turnout functions report``: a viewer sees its own tenant's traffic, an
+    admin every tenant's (or one, with ``?tenant=``); the role check is ``Authorize``'s."""
     from starlette.concurrency import run_in_threadpool
 
     from turnout.functions import stats
 
     runner = runner_of(request)
     name = request.path_params["name"]
-    auth = request.headers.get("authorization", "")
-    token = (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
-    tenant = await runner.tenant(token, name)
+    tenant = tenant_filter(request)
     fn = runner.get(name)
     if runner.query is None:
         raise TurnoutError("the ledger is not open", code="ledger_unavailable", status=503)

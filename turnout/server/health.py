@@ -1,14 +1,19 @@
-"""GET /healthz (the process answers), GET /readyz (each engine's state), GET /metrics."""
+"""GET /healthz (the process answers), GET /readyz (each engine's state), GET /metrics
+(a ``viewer`` key: the series of its tenant and those without a tenant; ``admin``: all)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from turnout.pipeline import Gateway
+from turnout.server.authz import tenant_filter
 
 
 async def healthz(_: Request) -> Response:
@@ -24,6 +29,21 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready" if ready else "degraded", "engines": engines}, status_code=200 if ready else 503)
 
 
+class TenantView:
+    """A registry's metrics with only the samples of one tenant (and those without a tenant label)."""
+
+    def __init__(self, registry: CollectorRegistry, tenant: str) -> None:
+        self.registry, self.tenant = registry, tenant
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            kept.samples = [s for s in metric.samples if s.labels.get("tenant", self.tenant) == self.tenant]
+            yield kept
+
+
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    tenant = tenant_filter(request)
+    source: Any = gw.metrics.registry if tenant is None else TenantView(gw.metrics.registry, tenant)
+    return Response(generate_latest(source), media_type=CONTENT_TYPE_LATEST)

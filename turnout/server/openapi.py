@@ -203,8 +203,8 @@ PASSAGES = {
 
 ERRORS = {
     "400": "invalid JSON or a schema violation",
-    "401": "missing or unknown API key (when keys are configured)",
-    "403": "refused by a policy rule or a guard",
+    "401": "missing, unknown, revoked or expired API key (auth: keys)",
+    "403": "the key lacks the role or route, or a policy rule or a guard refused",
     "404": "unknown model (route alias or engine)",
     "413": "body larger than server.max_body_bytes",
     "429": "rate limit or budget exceeded (Retry-After)",
@@ -268,7 +268,7 @@ def document() -> dict[str, Any]:
         },
         **{code: _error_response(text) for code, text in ERRORS.items()},
     }
-    return {
+    return _secured({
         "openapi": "3.1.0",
         "info": {"title": "turnout", "version": __version__,
                  "description": "OpenAI-compatible hybrid LLM gateway. Errors are OpenAI-shaped."},
@@ -310,7 +310,26 @@ def document() -> dict[str, Any]:
             }},
         },
         "components": {"schemas": schemas},
+    })
+
+
+def _secured(doc: dict[str, Any]) -> dict[str, Any]:
+    """Each operation's security requirement and 401/403 answers, from ``turnout.server.authz``."""
+    from turnout.server.authz import ENDPOINTS
+
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key, tk-..."},
+        "basic": {"type": "http", "scheme": "basic", "description": "the API key as the password (browsers)"},
     }
+    for e in ENDPOINTS:
+        operation = doc["paths"].get(e.path, {}).get(e.method.lower())
+        if operation is None or not e.roles:
+            continue
+        operation["security"] = [{"bearer": []}, {"basic": []}]
+        operation["description"] = f"roles: {' or '.join(e.roles)}"
+        for code in ("401", "403"):
+            operation["responses"].setdefault(code, _error_response(ERRORS[code]))
+    return doc
 
 
 async def openapi_json(_: Request) -> Response:

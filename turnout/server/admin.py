@@ -1,0 +1,144 @@
+"""Admin and usage endpoints (roles in ``turnout.server.authz``):
+
+    GET    /v1/turnout/keys[?tenant=T]          list keys, never their secrets        admin
+    POST   /v1/turnout/keys                     create; the secret is in the answer once  admin
+    DELETE /v1/turnout/keys/{key_id}            revoke (every secret of the key)       admin
+    POST   /v1/turnout/keys/{key_id}/rotate     {"overlap_s"?}: a new secret; the old ones
+                                                expire after the overlap               admin
+    GET    /v1/turnout/config                   the running configuration, secrets masked  admin
+    GET    /v1/turnout/usage[?hours=N]          usage per route and engine: the caller's
+                                                tenant (viewer), every tenant (admin)  viewer
+
+Keys live in the configured store, shared by every replica; a revocation here takes effect
+on this replica at once and on the others within ``KEY_CACHE_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from turnout.errors import InvalidRequest
+from turnout.governance.access import Access
+from turnout.governance.keys import DEFAULT_OVERLAP_S, ROLES, ApiKey, Limits, parse_expiry
+from turnout.server.authz import tenant_filter
+from turnout.server.body import read_json, validate
+from turnout.server.dashboard import parse_hours
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(min_length=1, max_length=128)
+    roles: list[str] = Field(default_factory=lambda: ["user"], min_length=1, max_length=len(ROLES))
+    routes: list[str] = Field(default_factory=list, max_length=256)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    usd_per_day: float | None = Field(None, ge=0)
+    usd_per_month: float | None = Field(None, ge=0)
+    expires: str | None = Field(None, max_length=64, description="a duration (30d, 12h) or an ISO 8601 time")
+
+
+class RotateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    overlap_s: float = Field(DEFAULT_OVERLAP_S, ge=0, le=30 * 86_400)
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    d = asdict(key)
+    d.update(object="api_key", routes=list(key.routes), roles=list(key.roles), active=key.active,
+             expired=key.expired())
+    return d
+
+
+def _access(request: Request) -> Access:
+    return request.app.state.gateway.access  # type: ignore[no-any-return]
+
+
+async def list_keys(request: Request) -> Response:
+    keys = await asyncio.to_thread(_access(request).keys.list, tenant=request.query_params.get("tenant") or None)
+    return JSONResponse({"object": "list", "data": [key_json(k) for k in keys]})
+
+
+async def create_key(request: Request) -> Response:
+    body = validate(CreateBody, await read_json(request, MAX_BODY_BYTES))
+    try:
+        expires = parse_expiry(body.expires) if body.expires else None
+        limits = Limits(body.rpm, body.tpm, body.usd_per_day, body.usd_per_month)
+        new = await asyncio.to_thread(_access(request).keys.create, body.tenant, routes=body.routes, limits=limits,
+                                      roles=body.roles, expires_at=expires)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_value") from None
+    return JSONResponse({**key_json(new.key), "key": new.plaintext}, status_code=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    access = _access(request)
+    key = await asyncio.to_thread(access.keys.revoke, request.path_params["key_id"])
+    access.forget(key.key_id)
+    return JSONResponse(key_json(key))
+
+
+async def rotate_key(request: Request) -> Response:
+    access = _access(request)
+    raw = await read_json(request, MAX_BODY_BYTES) if request.headers.get("content-length", "0") != "0" else {}
+    body = validate(RotateBody, raw)
+    new = await asyncio.to_thread(access.keys.rotate, request.path_params["key_id"], overlap_s=body.overlap_s)
+    access.forget(new.key.key_id)
+    return JSONResponse({**key_json(new.key), "key": new.plaintext})
+
+
+def mask_url(url: str | None) -> str | None:
+    """A DSN or URL with its password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def masked(value: Any) -> Any:
+    """``value`` with the password of every URL in it (DSNs, base URLs, endpoints) replaced by ***."""
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        try:
+            return mask_url(value)
+        except ValueError:
+            return "***"
+    return value
+
+
+async def config_view(request: Request) -> Response:
+    """The running configuration. It holds no API keys (engines name environment variables);
+    passwords inside URLs are masked."""
+    return JSONResponse(masked(request.app.state.gateway.cfg.model_dump(mode="json")))
+
+
+async def usage(request: Request) -> Response:
+    from turnout.ledger.usage import summarize
+
+    hours = parse_hours(request.query_params.get("hours"))
+    tenant = tenant_filter(request)
+    stores = request.app.state.stores
+    since = None if hours is None else time.time() - hours * 3600
+
+    def read() -> dict[str, Any]:
+        rows = [r for r in stores.ledger.rows(since) if tenant is None or r["tenant"] == tenant]
+        ids = {r["request_id"] for r in rows}
+        feedback = [f for f in stores.feedback.rows(since) if f["request_id"] in ids]
+        return summarize(rows, feedback)
+
+    return JSONResponse({"object": "usage", "tenant": tenant, "hours": hours, **await asyncio.to_thread(read)})
