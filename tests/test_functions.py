@@ -218,7 +218,7 @@ def test_bandit_moves_traffic_to_the_better_variant_per_tenant(gateway_factory, 
     for i in range(24):  # acme's users like the bullet points and dislike the plain summary
         resp = ask(acme, f"ep-{i}")
         first[f"ep-{i}"] = v = resp.headers["x-turnout-variant"]
-        fb = httpx.post(gw.url + "/v1/feedback", timeout=10, json={
+        fb = httpx.post(gw.url + "/v1/feedback", timeout=10, headers={"Authorization": f"Bearer {acme}"}, json={
             "request_id": resp.headers["x-request-id"], "score": "up" if v == "bullets" else "down"})
         assert fb.status_code == 200
     assert set(first.values()) == {"plain", "bullets"}  # both were tried
