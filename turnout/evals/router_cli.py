@@ -269,9 +269,11 @@ def _save_artifact(
 ) -> Path:
     from turnout.routing.learned import LearnedRouter, build_metadata, calibrate, check_spread, fit_final
 
-    check_spread(oof, f"the cross-validated scores of {name} on {data.name}")
     threshold, target = calibrate(oof, data.weak, data.strong, args.target_escalation, args.target_quality)
     scorer = fit_final(name, data.prompts, emb, data.weak, data.strong)
+    # the refit router's own scores: out-of-fold scores can spread only because each fold's
+    # constant differs, which hides a router that gives every prompt of a fold one score
+    check_spread(scorer.predict(list(data.prompts), emb), f"{data.name} ({name} refitted on all rows)")
     cv = {**metrics.as_dict(), "folds": args.folds, "seed": args.seed, "bins": args.bins,
           "embedding": args.embedding if scorer.uses_embeddings else None}
     meta = build_metadata(
