@@ -20,11 +20,47 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class CachedOnly:
+    """The cache key of an encoder, for reading embeddings computed elsewhere (no model needed)."""
+
+    def __init__(self, kind: str) -> None:
+        from turnout.routing.embeddings import MODEL_NAME
+
+        keys = {"minilm": (f"{MODEL_NAME}|256|head-tail", "minilm"),
+                "minilm-onnx-fp32": (f"{MODEL_NAME}|256|onnx-fp32-g1|head-tail", "minilm-onnx-fp32"),
+                "minilm-onnx": (f"{MODEL_NAME}|256|onnx-int8-g1|head-tail", "minilm-onnx-int8")}
+        self.cache_key, self.cache_prefix = keys[kind]
+
+    def encode(self, texts: list[str], batch_size: int = 0, on_batch: Any = None) -> np.ndarray:
+        raise RuntimeError("embeddings not in the cache: run once where the MiniLM package is installed")
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _one(job: tuple[str, int]) -> tuple[str, int, list[Any], list[str]]:
+    from turnout.evals.replay import ReplayConfig, replay
+
+    sampling, fold = job
+    a = _STATE["args"]
+    cfg = ReplayConfig(family=a.family, sampling=sampling, label_budget=a.budget, test_fold=fold, seed=fold,
+                       retrain_every=a.retrain_every)
+    result = replay(_STATE["target"], _STATE["initial"], cfg, _STATE["embed"], _STATE["source"])
+    return sampling, fold, result.curve, result.events
+
+
+def _init(state: dict[str, Any]) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    _STATE.update(state)
 
 
 def at(curve: list, labels: int, field: str) -> float:  # type: ignore[type-arg]
@@ -49,11 +85,14 @@ def main() -> None:
     parser.add_argument("--samplings", nargs="+", default=["uncertainty", "uniform"])
     parser.add_argument("--retrain-every", type=int, default=100)
     parser.add_argument("--reference", type=float, default=None, help="in-domain 5-fold APGR of the target")
+    parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel processes")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="read embeddings from .turnout/cache only (a machine without the MiniLM package)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from turnout.evals.datasets import load_dataset
-    from turnout.evals.replay import ReplayConfig, embed_lookup, replay
+    from turnout.evals.replay import embed_lookup
     from turnout.routing.embeddings import cached_embeddings
     from turnout.routing.learned import LearnedRouter, fit_final, make_embedder
     from turnout.routing.scorers import make_scorer
@@ -61,7 +100,9 @@ def main() -> None:
     cache = Path(".turnout/cache")
     target = load_dataset(args.target, args.data_dir)
     needs_emb = make_scorer(args.family).uses_embeddings or make_scorer(args.initial_family).uses_embeddings
-    encoder = make_embedder(args.embedding, cache) if needs_emb else None
+    encoder: Any = None
+    if needs_emb:
+        encoder = CachedOnly(args.embedding) if args.cached_only else make_embedder(args.embedding, cache)
     embed = None
     if encoder is not None:
         embed = embed_lookup(target.prompts, cached_embeddings(encoder, target.prompts, cache))  # type: ignore[arg-type]
@@ -82,20 +123,31 @@ def main() -> None:
     if args.budget not in checkpoints:
         checkpoints.append(args.budget)
     means: dict[str, list[float]] = {}
+    state = {"args": args, "target": target, "initial": initial, "embed": embed, "source": source}
+    jobs = [(s, f) for s in args.samplings for f in args.folds]
+    t = time.perf_counter()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(state,)) as pool:
+            runs = list(pool.map(_one, jobs))
+    else:
+        _init(state)
+        runs = [_one(j) for j in jobs]
+    print(f"{len(jobs)} replays in {time.perf_counter() - t:.0f} s")
     for sampling in args.samplings:
-        t = time.perf_counter()
-        apgr = np.full((len(args.folds), len(checkpoints)), np.nan)
+        mine = [r for r in runs if r[0] == sampling]
+        apgr = np.full((len(mine), len(checkpoints)), np.nan)
         cpt = np.full_like(apgr, np.nan)
         cost = np.full_like(apgr, np.nan)
-        for k, fold in enumerate(args.folds):
-            cfg = ReplayConfig(family=args.family, sampling=sampling, label_budget=args.budget, test_fold=fold,
-                               seed=fold, retrain_every=args.retrain_every)
-            result = replay(target, initial, cfg, embed, source)
+        for k, (_, _, curve, _) in enumerate(mine):
             for j, c in enumerate(checkpoints):
-                apgr[k, j], cpt[k, j] = at(result.curve, c, "apgr"), at(result.curve, c, "cpt50")
-                cost[k, j] = at(result.curve, c, "shadow_calls")
+                apgr[k, j], cpt[k, j] = at(curve, c, "apgr"), at(curve, c, "cpt50")
+                cost[k, j] = at(curve, c, "shadow_calls")
         means[sampling] = [float(np.nanmean(apgr[:, j])) for j in range(len(checkpoints))]
-        print(f"\n{sampling} sampling ({time.perf_counter() - t:.0f} s): mean over folds {args.folds}")
+        final = [curve[-1] for _, _, curve, _ in mine]
+        print(f"\n{sampling} sampling: mean over folds {args.folds}; at the end "
+              f"{np.mean([p.labels for p in final]):.0f} labels, {np.mean([p.promotions for p in final]):.1f} "
+              f"promotions, {np.mean([p.refusals for p in final]):.1f} refusals, strong share on the test slice "
+              f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%")
         print(f"{'labels':>6} {'APGR':>6} {'sd':>6} {'CPT50':>6} {'shadow calls':>12}")
         for j, c in enumerate(checkpoints):
             print(f"{c:>6} {np.nanmean(apgr[:, j]):>6.3f} {np.nanstd(apgr[:, j]):>6.3f} "

@@ -27,7 +27,7 @@ from typing import Any
 REFUSED = 3
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("router", help="retrain the learned router from traffic labels; history; rollback",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     rsub = p.add_subparsers(dest="router_command", required=True, metavar="ACTION")

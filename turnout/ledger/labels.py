@@ -117,15 +117,17 @@ class SQLiteLabels:
 class PostgresLabels:
     """Labels in PostgreSQL ``schema.route_labels``, shared by every replica (psycopg 3)."""
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    def __init__(self, dsn: str, schema: str = "public", migrate: bool = True) -> None:
+        """``migrate=False`` for readers: they never create the table."""
         import psycopg
 
         from turnout import pgdb
 
         self._psycopg = psycopg
         self.dsn, self.schema = dsn, schema
-        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            pgdb.migrate(cur, schema, "label_migrations", pg_migrations(schema))
+        if migrate:
+            with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+                pgdb.migrate(cur, schema, "label_migrations", pg_migrations(schema))
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)

@@ -110,7 +110,8 @@ class Registry:
         """What served before ``name`` was last made current (so rollbacks chain backwards)."""
         for e in reversed(events):
             if e.get("artifact") == name:
-                return e.get("previous")
+                previous = e.get("previous")
+                return str(previous) if previous else None
         return None
 
 

@@ -64,7 +64,7 @@ def final_answer(text: str) -> str | None:
     numbers = _NUMBER.findall(candidate if candidate is not None else text)
     if not numbers:
         return candidate.strip().lower() if candidate else None
-    value = numbers[-1].replace(",", "")
+    value = str(numbers[-1]).replace(",", "")
     try:
         f = float(value)
     except ValueError:
