@@ -396,3 +396,65 @@ def test_replay_learns_the_traffic_from_a_foreign_router() -> None:
     assert first.labels == 0 and first.apgr < 0.5
     assert last.labels == 240 and last.apgr > 0.65 and last.serving != "initial"
     assert last.shadow_calls == 240 and any("promoted" in e for e in result.events)
+
+
+# --- item 3: drift in /metrics and `turnout usage` -------------------------------------------
+
+def test_drift_metrics_export() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from turnout.routing.drift import DriftMetrics
+    from turnout.routing.shadow import ShadowStats
+
+    registry = CollectorRegistry()
+    drift = DriftMetrics(registry)
+    tracker = ThresholdTracker(window=100, min_samples=10, every=1)
+    tracker.configure("auto", 0.2, 0.3)
+    for s in np.linspace(0.5, 0.9, 100):
+        tracker.observe("auto", float(s))
+    stats = ShadowStats(considered={"auto": 10}, labelled={"auto": 4}, agreed={"auto": 3}, spent_usd=0.25)
+    drift.update(tracker, stats)
+    text = generate_latest(registry).decode()
+    assert 'turnout_router_threshold{kind="artifact",route="auto"} 0.3' in text
+    assert 'turnout_router_escalation_share{kind="artifact",route="auto"} 1.0' in text
+    assert 'turnout_shadow_agreement{route="auto"} 0.75' in text
+    assert 'turnout_shadow_requests{result="considered",route="auto"} 10.0' in text
+    served = tracker.snapshot()["auto"].threshold
+    assert served == pytest.approx(np.quantile(np.linspace(0.5, 0.9, 100), 0.8))
+    assert f'turnout_router_threshold{{kind="served",route="auto"}} {served}' in text
+
+
+def test_usage_reports_escalation_and_the_learning_loop(tmp_path: Path) -> None:
+    from turnout.ledger.sqlite import COLUMNS, MIGRATIONS
+    from turnout.sqlitedb import connect, migrate
+
+    db = tmp_path / "turnout.sqlite"
+    conn = connect(db)
+    migrate(conn, "ledger_migrations", MIGRATIONS)
+    base = dict.fromkeys(COLUMNS)
+    rows = []
+    for i, (score, threshold) in enumerate([(0.9, 0.5), (0.2, 0.5), (0.3, 0.5), (0.7, 0.5)]):
+        rows.append({**base, "ts": 1000.0 + i, "request_id": f"r{i}", "tenant": "acme", "alias": "auto",
+                     "strategy": "learned", "score": score, "threshold": threshold, "engine": "small",
+                     "locality": "local", "hops": "[]", "prompt_tokens": 1, "completion_tokens": 1,
+                     "cost_usd": 0.0, "baseline_cost_usd": 0.0, "status": "ok", "http_status": 200, "stream": 0,
+                     "labels": ""})
+    for r in rows:
+        conn.execute(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                     [r[c] for c in COLUMNS])
+    conn.close()
+    store = SQLiteLabels(db)
+    store.add_sync(Label("acme", "auto", "p1", "small", "big", "shadow", "labels", 1.0, 1.0, "r1", 0.01))
+    store.add_sync(Label("acme", "auto", "p2", "small", "big", "shadow", "labels", 0.0, 1.0, "r2", 0.01))
+    store.add_sync(Label("acme", "auto", "p3", "small", "big", "cascade", "cascade:confidence", 0.0, None))
+    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db), "--json"], capture_output=True,
+                         text=True, env=ENV, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["routes"]["auto"]["escalation_rate"] == 0.5
+    loop = summary["learning"]["auto"]
+    assert loop["by_source"] == {"cascade": 1, "shadow": 2} and loop["labelling_share"] == 0.5
+    assert loop["shadow_agreement"] == 0.5 and loop["judged_local_quality"] == pytest.approx(1 / 3)
+    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db)], capture_output=True,
+                           text=True, env=ENV, timeout=60).stdout
+    assert "learning loop" in table and "escalated" in table
