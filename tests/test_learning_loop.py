@@ -458,3 +458,29 @@ def test_usage_reports_escalation_and_the_learning_loop(tmp_path: Path) -> None:
     table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db)], capture_output=True,
                            text=True, env=ENV, timeout=60).stdout
     assert "learning loop" in table and "escalated" in table
+
+
+def test_learned_serving_never_fails_a_request(tmp_path: Path) -> None:
+    from turnout.routing.serving import LearnedServing
+
+    good = router_on(synthetic(300, seed=12), escalate=0.3).save(tmp_path / "good.npz")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    serving = LearnedServing.from_routes({"auto": (good, 0.5, None), "broken": (tmp_path / "bad.npz", 0.2, None),
+                                          "fixed": (good, None, 0.99)})
+    v = serving.decide("broken", "explain the theorem")
+    assert v.escalate is None and "unusable" in v.reason and "rules" in v.reason
+    assert serving.decide("fixed", "explain the theorem and the lemma").escalate is False  # 0.99 fixed
+    shares = [serving.decide("auto", p).escalate for p in synthetic(400, seed=13).prompts]
+    assert abs(np.mean(shares[100:]) - 0.5) < 0.08  # the tracked share, not the artifact's 0.3
+    assert "(tracked)" in serving.decide("auto", "explain the city").reason
+
+    class Exploding:
+        uses_embeddings = False
+        name = "boom"
+
+        def predict(self, prompts: list[str], emb: object) -> np.ndarray:
+            raise RuntimeError("embedding model vanished")
+
+    serving.replace("auto", LearnedRouter(Exploding(), 0.5))  # type: ignore[arg-type]
+    v = serving.decide("auto", "explain the city")
+    assert v.escalate is None and "embedding model vanished" in v.reason
