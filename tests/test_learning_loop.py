@@ -484,3 +484,20 @@ def test_learned_serving_never_fails_a_request(tmp_path: Path) -> None:
     serving.replace("auto", LearnedRouter(Exploding(), 0.5))  # type: ignore[arg-type]
     v = serving.decide("auto", "explain the city")
     assert v.escalate is None and "embedding model vanished" in v.reason
+
+
+def test_eval_router_replay_cli(tmp_path: Path) -> None:
+    artifact = router_on(synthetic(400, seed=14), escalate=0.2).save(tmp_path / "public.npz")
+    target = synthetic(600, seed=15, flip=True)
+    path = tmp_path / "traffic.csv"
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        w.writerows(zip(target.prompts, target.weak.astype(int), target.strong.astype(int), strict=True))
+    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--replay", str(path), "--artifact",
+                          str(artifact), "--router", "tfidf-lr", "--label-budget", "150", "--sampling", "uniform",
+                          "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["config"]["sampling"] == "uniform" and result["curve"][-1]["labels"] == 150
+    assert result["curve"][-1]["apgr"] > result["curve"][0]["apgr"] + 0.2
