@@ -136,11 +136,15 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
     point()
     order = rng.permutation(pool)
     cursor = 0
+    idle_passes, labels_at_pass = 0, 0
     while len(label_rows) < cfg.label_budget and requests < cfg.max_requests:
         if cursor >= len(order):
             order, cursor = rng.permutation(pool), 0
-            if all(target.prompts[i] in labelled for i in pool):
-                result.events.append("every prompt of the pool is labelled")
+            idle_passes = idle_passes + 1 if len(label_rows) == labels_at_pass else 0
+            labels_at_pass = len(label_rows)
+            if idle_passes >= 3:  # what is left is never answered by the weak engine: no shadow label
+                result.events.append(f"stopped: 3 passes over the traffic without a new label "
+                                     f"({len(labelled)} of {len(pool)} prompts labelled)")
                 break
         batch = order[cursor:cursor + cfg.batch]
         cursor += len(batch)
