@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--retrain-every", type=int, default=100)
     parser.add_argument("--reference", type=float, default=None, help="in-domain 5-fold APGR of the target")
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel processes")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only the in-domain reference: the family fitted on every traffic prompt's outcome")
     parser.add_argument("--cached-only", action="store_true",
                         help="read embeddings from .turnout/cache only (a machine without the MiniLM package)")
     args = parser.parse_args()
@@ -122,6 +124,23 @@ def main() -> None:
     checkpoints = [c for c in (0, 50, 100, 150, 200, 300, 400, 500, 600, 700, 800, 900, 1000) if c <= args.budget]
     if args.budget not in checkpoints:
         checkpoints.append(args.budget)
+    from turnout.evals.router_cv import prompt_folds
+    from turnout.evals.routing_metrics import evaluate_scores
+
+    ref = []
+    for fold in args.folds:  # the same test slices as the replays, the family fitted on all the rest
+        train, test = prompt_folds(target.prompts, 5, fold)[fold]
+        scorer = make_scorer(args.family)
+        tp = [target.prompts[i] for i in train]
+        scorer.fit(tp, embed(tp) if (embed and scorer.uses_embeddings) else None, target.weak[train],
+                   target.strong[train])
+        sp = [target.prompts[i] for i in test]
+        s = scorer.predict(sp, embed(sp) if (embed and scorer.uses_embeddings) else None)
+        ref.append(evaluate_scores(s, target.weak[test], target.strong[test]).apgr)
+    print(f"in-domain reference: {args.family} fitted on all {len(train)} traffic prompts' outcomes, same test "
+          f"slices: mean APGR {np.mean(ref):.3f} (sd {np.std(ref):.3f})")
+    if args.reference_only:
+        return
     means: dict[str, list[float]] = {}
     state = {"args": args, "target": target, "initial": initial, "embed": embed, "source": source}
     jobs = [(s, f) for s in args.samplings for f in args.folds]
