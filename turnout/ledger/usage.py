@@ -108,7 +108,9 @@ def render(summary: dict[str, Any]) -> str:
     lines = []
 
     def row(name: str, g: dict[str, Any]) -> str:
-        fmt = lambda v, spec: format(v, spec) if v is not None else format("-", ">9")
+        def fmt(v: float | None, spec: str) -> str:
+            return format(v, spec) if v is not None else format("-", ">9")
+
         share = f"{g['local_share']:.0%}" if g["local_share"] is not None else "-"
         esc = f"{g['escalation_rate']:.0%}" if g.get("escalation_rate") is not None else "-"
         sat = f"{g['satisfaction']:.2f} ({g['feedback']})" if g.get("satisfaction") is not None else "-"
@@ -119,7 +121,9 @@ def render(summary: dict[str, Any]) -> str:
         lines += [title, head] + [row(k, g) for k, g in summary[key].items()] + [""]
     lines += [row("total", summary["total"])]
     if summary.get("learning"):
-        pct = lambda v: f"{v:.0%}" if v is not None else "-"
+        def pct(v: float | None) -> str:
+            return f"{v:.0%}" if v is not None else "-"
+
         lines += ["", "learning loop (route_labels)",
                   f"{'':<22}{'labels':>7}{'shadow share':>13}{'local quality':>14}{'agreement':>10}{'label $':>10}  by source"]
         for alias, lb in summary["learning"].items():
