@@ -501,3 +501,22 @@ def test_eval_router_replay_cli(tmp_path: Path) -> None:
     result = json.loads(out.stdout)
     assert result["config"]["sampling"] == "uniform" and result["curve"][-1]["labels"] == 150
     assert result["curve"][-1]["apgr"] > result["curve"][0]["apgr"] + 0.2
+
+
+def test_cascade_and_feedback_labels(tmp_path: Path) -> None:
+    from turnout.routing.shadow import cascade_label, feedback_label
+
+    store = SQLiteLabels(tmp_path / "t.sqlite")
+    store.add_sync(cascade_label(tenant="acme", alias="auto", prompt="p", weak_engine="small", strong_engine="big",
+                                 request_id="r1"))
+    store.add_sync(feedback_label(tenant="acme", alias="auto", prompt="q", engine="small", weak_engine="small",
+                                  strong_engine="big", satisfaction=0.75, request_id="r2"))
+    store.add_sync(feedback_label(tenant="acme", alias="auto", prompt="s", engine="big", weak_engine="small",
+                                  strong_engine="big", satisfaction=0.0, request_id="r3"))
+    rows = store.rows("auto")
+    assert [(r["source"], r["weak_score"], r["strong_score"]) for r in rows] == [
+        ("cascade", 0.0, None), ("feedback", 0.75, None), ("feedback", None, 0.0)]
+    data = traffic_dataset(rows)
+    assert data.weak.tolist() == [0.0, 0.75, 1.0] and data.strong.tolist() == [1.0, 1.0, 0.0]
+    assert labelable_prompt("my name is Ann", "my name is <PERSON_1a2b>", True) == "my name is <PERSON_1a2b>"
+    assert labelable_prompt("secret", None, False) is None
