@@ -53,7 +53,7 @@ def _one(job: tuple[str, int]) -> tuple[str, int, list[Any], list[str]]:
     sampling, fold = job
     a = _STATE["args"]
     cfg = ReplayConfig(family=a.family, sampling=sampling, label_budget=a.budget, test_fold=fold, seed=fold,
-                       retrain_every=a.retrain_every)
+                       retrain_every=a.retrain_every, explore=a.explore)
     result = replay(_STATE["target"], _STATE["initial"], cfg, _STATE["embed"], _STATE["source"])
     return sampling, fold, result.curve, result.events
 
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--samplings", nargs="+", default=["uncertainty", "uniform"])
     parser.add_argument("--retrain-every", type=int, default=100)
+    parser.add_argument("--explore", type=float, default=0.2, help="uncertainty sampling: uniform share of picks")
     parser.add_argument("--reference", type=float, default=None, help="in-domain 5-fold APGR of the target")
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel processes")
     parser.add_argument("--reference-only", action="store_true",
