@@ -520,3 +520,12 @@ def test_cascade_and_feedback_labels(tmp_path: Path) -> None:
     assert data.weak.tolist() == [0.0, 0.75, 1.0] and data.strong.tolist() == [1.0, 1.0, 0.0]
     assert labelable_prompt("my name is Ann", "my name is <PERSON_1a2b>", True) == "my name is <PERSON_1a2b>"
     assert labelable_prompt("secret", None, False) is None
+
+
+def test_tracker_seeded_with_recent_scores_serves_the_target_at_once() -> None:
+    tracker = ThresholdTracker(window=200, min_samples=50)
+    seed = np.linspace(0.0, 1.0, 201).tolist()
+    tracker.configure("auto", 0.25, artifact_threshold=0.1, seed_scores=seed)
+    assert tracker.threshold("auto") == pytest.approx(np.quantile(seed[-200:], 0.75))
+    tracker.configure("fresh", 0.25, artifact_threshold=0.1)
+    assert tracker.threshold("fresh") == 0.1

@@ -119,6 +119,7 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
     serving, name = initial, "initial"
     tracker = ThresholdTracker(window=1000, min_samples=50)
     tracker.configure("route", cfg.target_escalation, initial.threshold)
+    recent: list[int] = []  # rows of the last requests, to seed the threshold of a promoted router
     labelled: set[str] = set()
     label_rows: list[dict[str, Any]] = []
     cost = 0.0
@@ -149,6 +150,7 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
         batch = order[cursor:cursor + cfg.batch]
         cursor += len(batch)
         prompts = [target.prompts[i] for i in batch]
+        recent = (recent + [int(i) for i in batch])[-tracker.window:]
         scores = _scores(serving, prompts, embed)
         weak_answered: list[tuple[int, float, float]] = []  # (row, score, threshold at decision)
         for row, s in zip(batch, scores, strict=True):
@@ -175,7 +177,8 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
             if outcome.promote and outcome.candidate is not None:
                 promotions += 1
                 serving, name = outcome.candidate, f"r{promotions:04d}"
-                tracker.configure("route", cfg.target_escalation, serving.threshold)
+                seed = _scores(serving, [target.prompts[i] for i in recent], embed)
+                tracker.configure("route", cfg.target_escalation, serving.threshold, [float(x) for x in seed])
                 result.events.append(f"{len(label_rows)} labels: promoted {name}: {outcome.reason}")
             else:
                 refusals += 1

@@ -85,9 +85,11 @@ class LearnedServing:
                               f"learned router: {score:.3f} {word} {threshold:.3f}{tracked}, "
                               f"{'strong' if escalate else 'weak'} engine")
 
-    def replace(self, alias: str, router: LearnedRouter, target: float | None = None) -> None:
-        """Serve a newly promoted artifact (a reload or the retraining schedule)."""
+    def replace(self, alias: str, router: LearnedRouter, target: float | None = None,
+                seed_scores: list[float] | None = None) -> None:
+        """Serve a newly promoted artifact (a reload or the retraining schedule); ``seed_scores``:
+        its scores of recent requests, so the tracked threshold fits it from the first request."""
         self.routers[alias] = router
         self.problems.pop(alias, None)
         if target is not None:
-            self.tracker.configure(alias, target, self._fixed(alias, router))
+            self.tracker.configure(alias, target, self._fixed(alias, router), seed_scores)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,16 +64,23 @@ class ThresholdTracker:
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
 
-    def configure(self, alias: str, target: float, artifact_threshold: float) -> None:
+    def configure(self, alias: str, target: float, artifact_threshold: float,
+                  seed_scores: Sequence[float] | None = None) -> None:
         """Track ``alias`` to send a share ``target`` (0..1) of its requests to the strong engine.
-        A new artifact (another threshold) or target starts the route's window afresh."""
+        A new artifact (another threshold) or target starts the route's window afresh, from
+        ``seed_scores`` when given: the new router's scores of recent requests, so that its first
+        requests are not served at a threshold calibrated on other prompts."""
         if not 0.0 <= target <= 1.0:
             raise ValueError(f"target escalation share must be in [0, 1], got {target}")
         with self._lock:
             old = self._routes.get(alias)
-            if old is not None and old.target == target and old.initial == artifact_threshold:
+            if old is not None and old.target == target and old.initial == artifact_threshold and not seed_scores:
                 return
-            self._routes[alias] = _Route(float(target), float(artifact_threshold), self.window)
+            route = _Route(float(target), float(artifact_threshold), self.window)
+            route.scores.extend(float(s) for s in (seed_scores or ())[-self.window:])
+            if len(route.scores) >= self.min_samples:
+                route.current = float(np.quantile(np.fromiter(route.scores, float), 1.0 - target))
+            self._routes[alias] = route
 
     def tracks(self, alias: str) -> bool:
         return alias in self._routes
