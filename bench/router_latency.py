@@ -1,6 +1,6 @@
 """Router decision latency on CPU: load time and per-request score() time, one prompt at a time.
 
-    python bench/router_latency.py [--dataset mmlu] [--n 200] [--embedding minilm-static|minilm|minilm-onnx[-fp32]]
+    python bench/router_latency.py [--dataset mmlu] [--n 200] [--embedding minilm|minilm-static|minilm-onnx[-fp32]]
     python bench/router_latency.py --torch     # under a Python that has torch + sentence-transformers
 
 Trains each family on the data set (fit time is not the point), then times ``LearnedRouter.score``
@@ -110,8 +110,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="mmlu")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--families", nargs="+", default=["tfidf-lr", "emb-knn", "hybrid"])
-    parser.add_argument("--embedding", choices=("minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32"),
-                        default="minilm-static")
+    from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
+
+    # the default of `turnout eval router`, so latency and quality figures describe one router
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULT_EMBEDDING)
     parser.add_argument("--torch", action="store_true", help="also time torch + sentence-transformers if present")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -43,6 +43,7 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
     ("GET", "/v1/dashboard/stats"): ("/v1/dashboard/stats", None, 200),
     ("GET", "/v1/turnout/usage"): ("/v1/turnout/usage", None, 200),
     ("GET", "/metrics"): ("/metrics", None, 200),
+    ("GET", "/v1/turnout/functions/{name}/report"): ("/v1/turnout/functions/none-here/report", None, 404),
     ("GET", "/v1/turnout/config"): ("/v1/turnout/config", None, 200),
     ("GET", "/v1/turnout/keys"): ("/v1/turnout/keys", None, 200),
     ("POST", "/v1/turnout/keys"): ("/v1/turnout/keys", {"tenant": "made-by-matrix"}, 201),

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", type=float, default=None, help="only the last N hours")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
+
+
+def _labels(args: argparse.Namespace, since: float | None) -> list[dict[str, Any]]:
+    """The learning loop's labels (turnout.ledger.labels), empty where the table does not exist yet."""
+    if args.dsn:
+        import psycopg
+
+        from turnout.ledger.labels import PostgresLabels
+
+        try:
+            return PostgresLabels(args.dsn, args.schema, migrate=False).rows(since=since)
+        except psycopg.Error:
+            return []
+    import sqlite3
+
+    conn = sqlite3.connect(args.db)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'route_labels'").fetchone():
+            return []
+        cur = conn.execute("SELECT * FROM route_labels" + (" WHERE ts >= ?" if since is not None else ""),
+                           (since,) if since is not None else ())
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+    finally:
+        conn.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.db}: no ledger yet (start `turnout serve` and send a request, or pass --db)")
         rows = read_sqlite_rows(args.db, since)
         feedback = read_sqlite_feedback(args.db, since)
-    summary = summarize(rows, feedback)
+    summary = summarize(rows, feedback, _labels(args, since))
     print(json.dumps(summary, indent=2) if args.json else render(summary))
     return 0

@@ -7,6 +7,8 @@ Examples::
     turnout eval router --dataset my.csv --plot curve.png
     turnout eval router --dataset mmlu --router tfidf-lr \\
         --save-artifact .turnout/routers/mmlu-tfidf-lr.npz --target-escalation 0.2
+    turnout eval router --artifact .turnout/routers/mmlu-tfidf-lr.npz --dataset gsm8k
+    turnout eval router --replay gsm8k --artifact .turnout/routers/mmlu-hybrid-stats.npz
 
 Every learned router is scored with k-fold cross-validation (fixed seed): no prompt is scored by
 a router trained on it. ``random`` and ``oracle`` are reference rows. ``gsm8k-weak-answer`` and
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from turnout.routing.embeddings import EMBEDDINGS
+from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
 
 if TYPE_CHECKING:
     from turnout.evals.datasets import RoutingDataset
@@ -62,8 +64,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", required=True, help="mmlu, gsm8k, mt_bench, or PATH.csv "
-                   "(prompt,weak_correct,strong_correct[,weak_cost,strong_cost])")
+    p.add_argument("--dataset", default=None, help="mmlu, gsm8k, mt_bench, or PATH.csv "
+                   "(prompt,weak_correct,strong_correct[,weak_cost,strong_cost]); required unless --replay")
+    p.add_argument("--artifact", type=Path, default=None, metavar="R.npz",
+                   help="score this saved router on --dataset (no training): APGR, CPT, its escalation share at "
+                   "its threshold and the spread of its scores; with --replay, the router serving at the start")
+    p.add_argument("--replay", default=None, metavar="DATASET",
+                   help="replay this outcome data set as live traffic through the learning loop (shadow labels, "
+                   "judge, retraining, promotion gate) and print APGR/CPT50 of the serving router against labels; "
+                   "see turnout.evals.replay")
+    p.add_argument("--sampling", choices=("uncertainty", "uniform"), default="uncertainty",
+                   help="with --replay: which weak-answered requests are shadowed (default uncertainty)")
+    p.add_argument("--label-budget", type=int, default=1000, help="with --replay: labels to collect (default 1000)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="RouteLLM data folder (default: $TURNOUT_DATA_DIR or ../shared/data/routellm)")
     p.add_argument("--router", nargs="+", choices=ROUTERS, default=None, metavar="NAME",
@@ -74,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=int, default=10, help="quantile bins of the score for the curve (RouteLLM: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write the quality curves as PNG")
-    p.add_argument("--embedding", choices=EMBEDDINGS, default="minilm",
+    p.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULT_EMBEDDING,
                    help="prompt embeddings for emb-*/hybrid: the full MiniLM forward pass in numpy (default), its "
                    "distilled static token table (sub-millisecond, built once in about a minute), or the full "
                    "model in onnxruntime, int8 (minilm-onnx) or float32 (minilm-onnx-fp32), built once in seconds")
@@ -107,15 +119,65 @@ def _default_routers(data: RoutingDataset) -> list[str]:
     return routers
 
 
-def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str) -> np.ndarray:
+def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str, long_text: str = "head-tail") -> np.ndarray:
     from tqdm import tqdm
 
     from turnout.routing.embeddings import cached_embeddings
     from turnout.routing.learned import make_embedder
 
-    encoder = make_embedder(kind, cache_dir)
+    encoder = make_embedder(kind, cache_dir, long_text)
     with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
-        return cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
+        emb = cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
+    window = getattr(getattr(encoder, "encoder", encoder), "window", None)
+    if window is not None and window.truncated:
+        print(f"note: {window.truncated} of {window.texts} prompts are longer than {window.max_length} tokens; "
+              f"embedded {'head and tail' if window.long_text == 'head-tail' else 'head only'}", file=sys.stderr)
+    return emb
+
+
+def artifact_scores(path: Path, data: RoutingDataset, cache_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of a saved router on every prompt of ``data`` (embeddings through the cache)."""
+    from turnout.routing.learned import LearnedRouter
+
+    router = LearnedRouter.load(path)
+    emb = None
+    if router.scorer.uses_embeddings:
+        meta = router.metadata
+        emb = _embeddings(data, cache_dir, str(meta.get("embedding") or DEFAULT_EMBEDDING),
+                          str(meta.get("embedding_long_text") or "head"))
+    return router.scorer.predict(list(data.prompts), emb), router.metadata
+
+
+def run_artifact(args: argparse.Namespace, data: RoutingDataset) -> int:
+    """``--artifact R.npz --dataset D``: a saved router scored on another data set."""
+    from turnout.evals.routing_metrics import evaluate_scores
+    from turnout.routing.learned import DegenerateRouter, check_spread
+
+    scores, meta = artifact_scores(args.artifact, data, args.cache_dir or default_cache_dir())
+    m = evaluate_scores(scores, data.weak, data.strong, args.bins)
+    threshold = float(meta["threshold"])
+    share = float((scores >= threshold).mean())
+    degenerate = None
+    try:
+        check_spread(scores, f"{data.name} ({args.artifact})")
+    except DegenerateRouter as exc:
+        degenerate = str(exc)
+        print(f"warning: {exc}", file=sys.stderr)
+    target = meta.get("target") or {}
+    out = {
+        "artifact": str(args.artifact), "family": meta.get("family"),
+        "trained_on": (meta.get("training_data") or {}).get("name"), "dataset": data.name, "n": len(data),
+        **m.as_dict(), "threshold": threshold, "escalation_at_threshold": share, "target": target,
+        "score_spread": float(np.std(scores)), "degenerate": degenerate,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(_table(data.name, {f"{meta.get('family')} ({args.artifact.name})": m}))
+    want = f" (calibrated for {target.get('value')} {target.get('kind')})" if target else ""
+    print(f"threshold {threshold:.4f}: sends {share * 100:.1f}% to the strong model{want}; "
+          f"score spread (std) {out['score_spread']:.4f}")
+    return 0
 
 
 def _scores(name: str, data: RoutingDataset, emb: np.ndarray | None, args: argparse.Namespace) -> np.ndarray:
@@ -205,10 +267,13 @@ def _save_artifact(
     oof: np.ndarray,
     metrics: RouterMetrics,
 ) -> Path:
-    from turnout.routing.learned import LearnedRouter, build_metadata, calibrate, fit_final
+    from turnout.routing.learned import LearnedRouter, build_metadata, calibrate, check_spread, fit_final
 
     threshold, target = calibrate(oof, data.weak, data.strong, args.target_escalation, args.target_quality)
     scorer = fit_final(name, data.prompts, emb, data.weak, data.strong)
+    # the refit router's own scores: out-of-fold scores can spread only because each fold's
+    # constant differs, which hides a router that gives every prompt of a fold one score
+    check_spread(scorer.predict(list(data.prompts), emb), f"{data.name} ({name} refitted on all rows)")
     cv = {**metrics.as_dict(), "folds": args.folds, "seed": args.seed, "bins": args.bins,
           "embedding": args.embedding if scorer.uses_embeddings else None}
     meta = build_metadata(
@@ -223,7 +288,15 @@ def run(args: argparse.Namespace) -> int:
     from turnout.evals.routing_metrics import evaluate_scores
     from turnout.routing.scorers import FAMILIES
 
+    if args.replay is not None:
+        from turnout.evals.replay import run_cli
+
+        return run_cli(args)
+    if args.dataset is None:
+        raise ValueError("give --dataset (or --replay DATASET)")
     data = load_dataset(args.dataset, args.data_dir or default_data_dir())
+    if args.artifact is not None:
+        return run_artifact(args, data)
     routers = args.router or _default_routers(data)
     if args.save_artifact is not None and routers[0] not in LEARNED:
         raise ValueError(f"--save-artifact saves the first --router, which must be one of: {', '.join(LEARNED)}")

@@ -10,7 +10,8 @@ Definitions (also returned under ``definitions``):
 * **local share**: answered requests (status ok) served by a local engine / answered requests.
 * **escalated**: a request answered by an engine other than the first it would have tried:
   it has failed hops before its answer (fallback along the chain), or its strategy is
-  ``cascade`` and a remote engine answered (a cascade starts local). The ledger does not
+  ``cascade`` and a remote engine answered (a cascade starts local), or its strategy is
+  ``learned`` and the router's score reached the threshold (sent to the strong engines). The ledger does not
   keep the chain itself, so this is read from ``hops``, ``strategy`` and ``locality``.
   **escalation rate** = escalated / requests that got an engine's answer.
 * **latency p50/p95**: nearest-rank percentiles of ``latency_ms`` over ok requests.
@@ -34,14 +35,16 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 DEFINITIONS = {
     "local_share": "answered requests served by a local engine / answered requests",
     "escalated": "answered by an engine other than the first it would have tried: failed hops before the answer "
-                 "(fallback), or strategy 'cascade' answered by a remote engine",
+                 "(fallback), or strategy 'cascade' answered by a remote engine, or strategy 'learned' with the "
+                 "router's score at or above its threshold",
     "escalation_rate": "escalated / requests that got an engine's answer",
     "latency": "nearest-rank p50/p95 of latency_ms over ok requests",
     "saved_usd": "baseline_cost_usd - cost_usd (baseline: same tokens at the priciest remote engine)",
     "satisfaction": "mean normalised feedback (thumbs up 1, down 0; rating (n-1)/4) of the bucket's requests",
 }
 
-_ESCALATED = "(engine IS NOT NULL AND (hops <> '[]' OR (strategy = 'cascade' AND locality = 'remote')))"
+_ESCALATED = ("(engine IS NOT NULL AND (hops <> '[]' OR (strategy = 'cascade' AND locality = 'remote') "
+              "OR (strategy = 'learned' AND score IS NOT NULL AND threshold IS NOT NULL AND score >= threshold)))")
 
 
 def bucket_seconds(span: float) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 # the prompt embeddings a learned router can be trained with (``make_embedder`` in learned.py)
 EMBEDDINGS = ("minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32")
+# the one default of `turnout eval router`, `bench/router_latency.py` and artifacts that name none
+DEFAULT_EMBEDDING = "minilm"
+# A text longer than the model's window: sentence-transformers keeps its first tokens. Routers keep
+# the first HEAD_TOKENS and the rest from the end instead ("head-tail"): prompts of other benchmarks
+# open with a fixed few-shot preamble of 1,200-1,650 characters and ask the question last, so
+# keeping the head gave every prompt of a set the same embedding (and the router one score).
+HEAD_TOKENS = 64
+LONG_TEXT = ("head", "head-tail")
+log = logging.getLogger("turnout.embeddings")
 
 
 class EmbeddingModelMissing(RuntimeError):
@@ -58,14 +68,54 @@ def embeddings_available() -> bool:
     return True
 
 
-def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
-    """The model's WordPiece tokenizer, truncating at ``max_length`` tokens, no padding."""
+def load_tokenizer(folder: Path, max_length: int | None) -> Tokenizer:
+    """The model's WordPiece tokenizer, truncating at ``max_length`` tokens (None: not at all,
+    :func:`fit_window` cuts), no padding."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=max_length)
+    if max_length is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()
     return tokenizer
+
+
+def fit_window(ids: list[int], max_length: int, long_text: str = "head") -> list[int]:
+    """Token ids (``[CLS] ... [SEP]``) cut to the model's window of ``max_length``: ``head`` keeps
+    the first tokens (sentence-transformers' truncation), ``head-tail`` the first
+    :data:`HEAD_TOKENS` and the last ones, so a question asked after a long preamble is read."""
+    if len(ids) <= max_length:
+        return ids
+    if long_text == "head":
+        return ids[: max_length - 1] + ids[-1:]
+    if long_text != "head-tail":
+        raise ValueError(f"long_text must be one of {LONG_TEXT}, got {long_text!r}")
+    inner = ids[1:-1]
+    head = min(HEAD_TOKENS, max_length // 4)
+    tail = max_length - 2 - head
+    return ids[:1] + inner[:head] + inner[len(inner) - tail:] + ids[-1:]
+
+
+class Truncations:
+    """Counts texts longer than the window and warns once per encoder, naming what was kept."""
+
+    def __init__(self, max_length: int, long_text: str) -> None:
+        self.max_length, self.long_text = max_length, long_text
+        self.texts = 0
+        self.truncated = 0
+
+    def fit(self, encodings: list[list[int]]) -> list[list[int]]:
+        out = [fit_window(ids, self.max_length, self.long_text) for ids in encodings]
+        cut = sum(len(ids) > self.max_length for ids in encodings)
+        self.texts += len(encodings)
+        if cut and not self.truncated:
+            log.warning("%d of %d texts are longer than %d tokens: embedding %s", cut, len(encodings),
+                        self.max_length, "their first and last tokens" if self.long_text == "head-tail"
+                        else f"their first {self.max_length} tokens only")
+        self.truncated += cut
+        return out
 
 
 def weights_sha256(folder: Path) -> str:
@@ -78,12 +128,16 @@ def weights_sha256(folder: Path) -> str:
 def encode_in_batches(
     tokenizer: Tokenizer, texts: list[str], batch_size: int,
     forward: Callable[[np.ndarray, np.ndarray], np.ndarray], on_batch: Callable[[int], None] | None = None,
+    window: Truncations | None = None,
 ) -> np.ndarray:
-    """Sentence embeddings of ``texts`` in their order: tokenised, sorted by length, and run through
-    ``forward(ids, mask)`` (int64 token ids, padded, and the int64 attention mask) ``batch_size``
-    texts at a time, so that texts of similar length share a batch; ``on_batch(n)`` after each."""
-    encodings = tokenizer.encode_batch(list(texts))
-    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    """Sentence embeddings of ``texts`` in their order: tokenised, cut to the ``window`` (when the
+    tokenizer does not truncate), sorted by length, and run through ``forward(ids, mask)`` (int64
+    token ids, padded, and the int64 attention mask) ``batch_size`` texts at a time, so that texts
+    of similar length share a batch; ``on_batch(n)`` after each."""
+    token_ids = [list(e.ids) for e in tokenizer.encode_batch(list(texts))]
+    if window is not None:
+        token_ids = window.fit(token_ids)
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
     out = np.zeros((len(texts), DIM), dtype=np.float32)
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
@@ -92,7 +146,7 @@ def encode_in_batches(
         ids = np.zeros((len(chunk), t), dtype=np.int64)
         mask = np.zeros((len(chunk), t), dtype=np.int64)
         for row, i in enumerate(chunk):
-            ids[row, : lengths[i]] = encodings[i].ids
+            ids[row, : lengths[i]] = token_ids[i]
             mask[row, : lengths[i]] = 1
         out[chunk] = forward(ids, mask)
         if on_batch is not None:
@@ -138,9 +192,10 @@ class _Layer:
 
 
 class MiniLMEncoder:
-    """``encode(texts) -> (n, 384)`` unit-norm float32 embeddings, numpy only."""
+    """``encode(texts) -> (n, 384)`` unit-norm float32 embeddings, numpy only. ``long_text``: what
+    of a text longer than ``max_length`` tokens is read (:func:`fit_window`)."""
 
-    def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
+    def __init__(self, folder: Path | None = None, max_length: int = 256, long_text: str = "head") -> None:
         from safetensors.numpy import load_file
 
         self.folder = folder or model_dir()
@@ -154,8 +209,9 @@ class MiniLMEncoder:
         self._type0 = weights["embeddings.token_type_embeddings.weight"][0]
         self._ln0 = (weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"])
         self._layers = [self._load_layer(weights, i) for i in range(int(config["num_hidden_layers"]))]
-        self.tokenizer: Tokenizer = load_tokenizer(self.folder, max_length)
-        self.cache_key = f"{MODEL_NAME}|{max_length}"
+        self.tokenizer: Tokenizer = load_tokenizer(self.folder, None)
+        self.window = Truncations(max_length, long_text)
+        self.cache_key = f"{MODEL_NAME}|{max_length}" + ("" if long_text == "head" else f"|{long_text}")
         self.cache_prefix = "minilm"
 
     @staticmethod
@@ -207,7 +263,7 @@ class MiniLMEncoder:
 
         ``on_batch(n)`` is called after each batch of ``n`` texts (for a progress bar)."""
         return encode_in_batches(self.tokenizer, texts, batch_size,
-                                 lambda ids, mask: self._forward(ids, mask.astype(np.float32)), on_batch)
+                                 lambda ids, mask: self._forward(ids, mask.astype(np.float32)), on_batch, self.window)
 
     def fingerprint(self) -> str:
         """sha256 of the weights file, recorded in router artifacts."""
@@ -244,9 +300,11 @@ class StaticMiniLM:
     in about a minute and cached next to the embeddings, keyed by the weights' sha256.
     """
 
-    def __init__(self, encoder: MiniLMEncoder | None = None, cache_dir: Path | None = None) -> None:
-        self.encoder = encoder or MiniLMEncoder()
-        self.cache_key = f"{MODEL_NAME}|static"
+    def __init__(self, encoder: MiniLMEncoder | None = None, cache_dir: Path | None = None,
+                 long_text: str = "head") -> None:
+        self.encoder = encoder or MiniLMEncoder(long_text=long_text)
+        self.cache_key = f"{MODEL_NAME}|static" + ("" if self.encoder.window.long_text == "head" else
+                                                   f"|{self.encoder.window.long_text}")
         self.cache_prefix = "minilm-static-emb"
         self.table = self._table(Path(cache_dir or Path(".turnout") / "cache"))
 
@@ -270,8 +328,9 @@ class StaticMiniLM:
 
     def encode(self, texts: list[str], batch_size: int = 0, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
-        for row, encoding in enumerate(self.encoder.tokenizer.encode_batch(list(texts))):
-            ids = encoding.ids[1:-1] or encoding.ids
+        token_ids = self.encoder.window.fit([list(e.ids) for e in self.encoder.tokenizer.encode_batch(list(texts))])
+        for row, full in enumerate(token_ids):
+            ids = full[1:-1] or full
             out[row] = self.table[ids].mean(axis=0)
         if on_batch is not None:
             on_batch(len(texts))

@@ -26,11 +26,35 @@ from typing import Any, Protocol
 import numpy as np
 
 from turnout.routing.calibration import threshold_for_escalation, threshold_for_quality
-from turnout.routing.embeddings import EMBEDDINGS
+from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
 from turnout.routing.scorers import Scorer, make_scorer
 
 ARTIFACT_FORMAT = "turnout.router/1"
 DEFAULT_ARTIFACT_DIR = Path(".turnout") / "routers"
+# What a router reads of a prompt longer than the embedding window (``embeddings.fit_window``):
+# artifacts written before the key existed read the head only.
+LONG_TEXT = "head-tail"
+# A router's scores on an evaluation slice must spread at least this much (standard deviation;
+# scores live in [0, 1] and useful routers here spread 0.03-0.2): below it every prompt gets about
+# the same score, the router sends all or nothing to the strong engine and its APGR is noise.
+MIN_SCORE_SPREAD = 1e-3
+
+
+class DegenerateRouter(ValueError):
+    """The router gives (nearly) one score to every prompt of an evaluation slice."""
+
+
+def check_spread(scores: np.ndarray, where: str, minimum: float = MIN_SCORE_SPREAD) -> float:
+    """The scores' standard deviation; :class:`DegenerateRouter` when it is below ``minimum``."""
+    s = np.asarray(scores, dtype=float)
+    spread = float(s.std()) if s.size else 0.0
+    if spread < minimum:
+        raise DegenerateRouter(
+            f"degenerate router on {where}: its scores have a spread (std) of {spread:.2g} over {s.size} prompts "
+            f"(minimum {minimum:g}), i.e. about one score for every prompt. Common causes: the prompts share a long "
+            "fixed preamble and the embedding reads only its window (use an artifact fitted with head-tail "
+            "embeddings), or the training labels are all alike")
+    return spread
 
 
 class Router(Protocol):
@@ -61,20 +85,21 @@ def data_fingerprint(prompts: list[str], weak: np.ndarray, strong: np.ndarray) -
     return digest.hexdigest()
 
 
-def make_embedder(kind: str = "minilm", cache_dir: Path | None = None) -> Embedder:
+def make_embedder(kind: str = DEFAULT_EMBEDDING, cache_dir: Path | None = None, long_text: str = LONG_TEXT) -> Embedder:
     """``minilm``: the full MiniLM forward pass in numpy; ``minilm-static``: its distilled token
     table (kept in ``cache_dir``, default .turnout/cache); ``minilm-onnx`` / ``minilm-onnx-fp32``:
-    the full model in onnxruntime, int8 / float32 (built once into the model cache)."""
+    the full model in onnxruntime, int8 / float32 (built once into the model cache). ``long_text``:
+    what of a prompt longer than the window is read (``head-tail`` for routers, see LONG_TEXT)."""
     from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
 
     if kind == "minilm":
-        return MiniLMEncoder()
+        return MiniLMEncoder(long_text=long_text)
     if kind == "minilm-static":
-        return StaticMiniLM(cache_dir=cache_dir)
+        return StaticMiniLM(cache_dir=cache_dir, long_text=long_text)
     if kind in ("minilm-onnx", "minilm-onnx-fp32"):
         from turnout.routing.minilm_onnx import OnnxMiniLM
 
-        return OnnxMiniLM(int8=kind == "minilm-onnx")
+        return OnnxMiniLM(int8=kind == "minilm-onnx", long_text=long_text)
     raise ValueError(f"unknown embedding {kind!r}: choose from {', '.join(EMBEDDINGS)}")
 
 
@@ -101,7 +126,8 @@ class LearnedRouter:
         if not self.scorer.uses_embeddings:
             return None
         if self._embedder is None:
-            self._embedder = make_embedder(str(self.metadata.get("embedding") or "minilm"))
+            self._embedder = make_embedder(str(self.metadata.get("embedding") or DEFAULT_EMBEDDING),
+                                           long_text=str(self.metadata.get("embedding_long_text") or "head"))
         elif callable(self._embedder) and not hasattr(self._embedder, "encode"):
             self._embedder = self._embedder()
         return self._embedder.encode(prompts)  # type: ignore[union-attr]
@@ -149,12 +175,13 @@ class LearnedRouter:
         return cls(scorer, float(meta["threshold"]), meta, embedder)
 
 
-def embedding_metadata(scorer: Scorer, embedding: str = "minilm") -> dict[str, Any]:
+def embedding_metadata(scorer: Scorer, embedding: str = DEFAULT_EMBEDDING) -> dict[str, Any]:
     if not scorer.uses_embeddings:
         return {"embedding": None, "embedding_model": None}
     from turnout.routing.embeddings import MODEL_NAME, model_dir, weights_sha256
 
-    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(model_dir())}
+    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(model_dir()),
+            "embedding_long_text": LONG_TEXT}
 
 
 def features_of(scorer: Scorer) -> list[str]:
@@ -201,7 +228,7 @@ def build_metadata(
     target: dict[str, Any],
     oof_scores: np.ndarray,
     threshold: float,
-    embedding: str = "minilm",
+    embedding: str = DEFAULT_EMBEDDING,
 ) -> dict[str, Any]:
     return {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

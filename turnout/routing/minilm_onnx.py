@@ -35,6 +35,7 @@ from turnout.routing.embeddings import (
     MODEL_NAME,
     EmbeddingModelMissing,
     MiniLMEncoder,
+    Truncations,
     embeddings_available,
     encode_in_batches,
     load_tokenizer,
@@ -193,8 +194,9 @@ class OnnxMiniLM:
     """``encode(texts) -> (n, 384)`` unit-norm float32 embeddings through onnxruntime."""
 
     def __init__(self, folder: Path | None = None, max_length: int = 256, *, int8: bool = True,
-                 threads: int | None = None, cache: Path | None = None) -> None:
-        """``cache``: where the built model lives (default: the model cache folder)."""
+                 threads: int | None = None, cache: Path | None = None, long_text: str = "head") -> None:
+        """``cache``: where the built model lives (default: the model cache folder); ``long_text``:
+        what of a text longer than ``max_length`` tokens is read (``embeddings.fit_window``)."""
         self.folder = folder or model_dir()
         if not (self.folder / "model.safetensors").is_file():
             raise EmbeddingModelMissing(f"{self.folder}: model.safetensors is missing")
@@ -205,7 +207,8 @@ class OnnxMiniLM:
                 f"the MiniLM ONNX encoder needs onnxruntime and onnx (extra 'router-onnx'): {exc}") from exc
         self.variant = "int8" if int8 else "fp32"
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(self.folder, max_length)
+        self.tokenizer = load_tokenizer(self.folder, None)
+        self.window = Truncations(max_length, long_text)
         self._sha256 = weights_sha256(self.folder)
         self.file = model_file(self.variant, self.folder, self._sha256, cache)
         opts = ort.SessionOptions()
@@ -214,7 +217,8 @@ class OnnxMiniLM:
         self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
         # one text per run for int8 (see the module docstring), length-sorted batches for fp32
         self.batch_size = 1 if int8 else 32
-        self.cache_key = f"{MODEL_NAME}|{max_length}|onnx-{self.variant}-g{GRAPH_VERSION}"
+        self.cache_key = f"{MODEL_NAME}|{max_length}|onnx-{self.variant}-g{GRAPH_VERSION}" + (
+            "" if long_text == "head" else f"|{long_text}")
         self.cache_prefix = f"minilm-onnx-{self.variant}"
 
     def encode(
@@ -223,7 +227,8 @@ class OnnxMiniLM:
         """Embeddings of ``texts``; ``on_batch(n)`` is called after each batch of ``n`` texts."""
         return encode_in_batches(
             self.tokenizer, texts, batch_size or self.batch_size,
-            lambda ids, mask: self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], on_batch)
+            lambda ids, mask: self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], on_batch,
+            self.window)
 
     def fingerprint(self) -> str:
         """sha256 of the weights file the graph was built from."""

@@ -1,0 +1,531 @@
+"""The router that learns the user's traffic (issue 18): labels, judges, shadow calls over real
+sockets, retraining behind a promotion gate, history and rollback, the threshold tracker, the
+degenerate-router check, head-tail embeddings and the replay simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from turnout.evals.datasets import RoutingDataset
+from turnout.evals.replay import ReplayConfig, replay
+from turnout.evals.retrain import gate, recent_split, retrain, traffic_dataset
+from turnout.evals.routing_metrics import evaluate_scores
+from turnout.ledger.labels import SQLiteLabels
+from turnout.routing.artifacts import Registry, load_serving, resolve
+from turnout.routing.embeddings import HEAD_TOKENS, fit_window
+from turnout.routing.judge import ExactAnswer, FirstOf, LabelJudge, LLMJudge, SchemaCheck, final_answer
+from turnout.routing.labels import Label
+from turnout.routing.learned import DegenerateRouter, LearnedRouter, check_spread, fit_final
+from turnout.routing.shadow import Shadow, ShadowPolicy, ShadowSampler, labelable_prompt, pick_for_shadow
+from turnout.routing.threshold import ThresholdTracker
+
+REPO = Path(__file__).resolve().parents[1]
+EASY = ["capital", "colour", "animal", "river", "city", "fruit", "planet", "song"]
+HARD = ["integral", "theorem", "eigenvalue", "proof", "tensor", "lemma", "manifold", "topology"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def synthetic(n: int = 400, seed: int = 0, flip: bool = False, tag: str = "question") -> RoutingDataset:
+    """Hard topics defeat the weak model; ``flip`` makes the easy ones hard instead."""
+    rng = np.random.default_rng(seed)
+    prompts, weak, strong = [], [], []
+    for i in range(n):
+        hard = rng.random() < 0.4
+        words = rng.choice(HARD if hard else EASY, size=3)
+        prompts.append(f"{tag} {seed}-{i}: explain the {' and the '.join(words)} please")
+        weak.append(float(rng.random() < ((0.9 if hard else 0.15) if flip else (0.15 if hard else 0.9))))
+        strong.append(float(rng.random() < 0.95))
+    return RoutingDataset("synthetic", prompts, np.array(weak), np.array(strong))
+
+
+def router_on(data: RoutingDataset, escalate: float = 0.3) -> LearnedRouter:
+    scorer = fit_final("tfidf-lr", data.prompts, None, data.weak, data.strong)
+    return LearnedRouter(scorer, float(np.quantile(scorer.predict(data.prompts, None), 1 - escalate)),
+                         {"training_data": {"name": data.name}})
+
+
+def label_rows(data: RoutingDataset, source: str = "shadow") -> list[dict[str, object]]:
+    return [{"prompt": p, "weak_score": w, "strong_score": s, "source": source}
+            for p, w, s in zip(data.prompts, data.weak, data.strong, strict=True)]
+
+
+# --- item 5: embed what matters, catch degenerate routers -----------------------------------
+
+def test_fit_window_keeps_head_and_tail() -> None:
+    ids = [101, *range(1000, 1600), 102]  # [CLS] 600 tokens [SEP]
+    head = fit_window(ids, 256, "head")
+    both = fit_window(ids, 256, "head-tail")
+    assert len(head) == len(both) == 256
+    assert head[0] == both[0] == 101 and head[-1] == both[-1] == 102
+    assert head[1:-1] == list(range(1000, 1254))
+    assert both[1:1 + HEAD_TOKENS] == list(range(1000, 1000 + HEAD_TOKENS))
+    assert both[-2] == 1599  # the question at the end is read
+    assert fit_window(ids[:100], 256, "head-tail") == ids[:100]
+
+
+def test_long_preamble_no_longer_collapses_embeddings(caplog: pytest.LogCaptureFixture) -> None:
+    from turnout.routing.embeddings import MiniLMEncoder, embeddings_available
+
+    if not embeddings_available():
+        pytest.skip("MiniLM weights not installed")
+    preamble = " ".join(f"Example {i}: the answer to question number {i} is {i * 7}." for i in range(40))
+    assert len(preamble) > 1200
+    prompts = [f"{preamble}\nQuestion: what is the capital of France?",
+               f"{preamble}\nQuestion: integrate x squared times the sine of x."]
+    head = MiniLMEncoder(long_text="head").encode(prompts)
+    with caplog.at_level(logging.WARNING, logger="turnout.embeddings"):
+        both = MiniLMEncoder(long_text="head-tail").encode(prompts)
+    assert float(head[0] @ head[1]) > 0.9999  # the silent failure: one embedding for both
+    assert float(both[0] @ both[1]) < 0.97
+    assert "2 of 2 texts are longer than 256 tokens" in caplog.text
+
+
+def test_check_spread_refuses_a_constant_router() -> None:
+    with pytest.raises(DegenerateRouter, match="degenerate router on the slice"):
+        check_spread(np.full(50, 0.62), "the slice")
+    assert check_spread(np.linspace(0.4, 0.6, 50), "the slice") > 0.05
+
+
+def test_save_artifact_refuses_a_degenerate_router(tmp_path: Path) -> None:
+    path = tmp_path / "same.csv"
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        for i in range(60):  # the words they share carry no label; the rest are unique
+            w.writerow([f"the same fixed preamble and question id{i}", i % 2, 1])
+    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path), "--router",
+                          "tfidf-lr", "--save-artifact", str(tmp_path / "r.npz"), "--target-escalation", "0.2"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "degenerate router" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r.npz").exists()
+
+
+# --- item 7: evaluate an artifact on any file ------------------------------------------------
+
+def test_eval_artifact_on_another_dataset(tmp_path: Path) -> None:
+    router = router_on(synthetic(400, seed=1), escalate=0.2)
+    artifact = router.save(tmp_path / "r.npz")
+    other = synthetic(300, seed=2)
+    path = tmp_path / "other.csv"
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        w.writerows(zip(other.prompts, other.weak.astype(int), other.strong.astype(int), strict=True))
+    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--artifact", str(artifact),
+                          "--dataset", str(path), "--json"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    direct = evaluate_scores(router.score_batch(other.prompts), other.weak, other.strong)
+    assert report["n"] == 300 and report["apgr"] == pytest.approx(direct.apgr)
+    assert report["apgr"] > 0.65 and report["degenerate"] is None
+    assert 0.1 < report["escalation_at_threshold"] < 0.5
+
+
+# --- item 6: the threshold tracks the configured share ---------------------------------------
+
+def test_threshold_tracker_holds_the_escalation_share_on_foreign_traffic() -> None:
+    rng = np.random.default_rng(0)
+    tracker = ThresholdTracker(window=500, min_samples=50)
+    tracker.configure("auto", 0.2, artifact_threshold=0.55)
+    served = []
+    for s in rng.normal(0.7, 0.05, 3000):  # foreign traffic: nearly all above the artifact's threshold
+        t = tracker.threshold("auto")
+        served.append(s >= t)
+        tracker.observe("auto", float(s))
+    state = tracker.snapshot()["auto"]
+    assert state.escalation_share > 0.95  # the artifact's fixed threshold would escalate almost everything
+    assert abs(np.mean(served[500:]) - 0.2) < 0.03
+    assert abs(state.served_share - 0.2) < 0.04
+    assert state.threshold > 0.7 and state.artifact_threshold == 0.55
+    assert tracker.threshold("unknown", default=0.4) == 0.4
+
+
+# --- labels: store, judges --------------------------------------------------------------------
+
+def test_label_store_appends_and_filters(tmp_path: Path) -> None:
+    store = SQLiteLabels(tmp_path / "t.sqlite")
+    store.add_sync(Label("acme", "auto", "what is <PERSON_1a2b>'s age", "small", "big", "shadow", "exact-answer",
+                         0.0, 1.0, "req-1", 0.002, ts=100.0))
+    store.add_sync(Label("acme", "other", "p", "small", "big", "cascade", "cascade:confidence", 0.0, None, None))
+    rows = store.rows("auto")
+    assert len(rows) == 1 and rows[0]["prompt"] == "what is <PERSON_1a2b>'s age"
+    assert rows[0]["source"] == "shadow" and rows[0]["weak_score"] == 0.0 and len(rows[0]["prompt_sha256"]) == 64
+    assert len(store.rows()) == 2 and store.rows(since=101.0)[0]["alias"] == "other"
+    with pytest.raises(ValueError, match="source"):
+        Label("acme", "auto", "p", "a", "b", "guess", "x", 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Label("acme", "auto", "p", "a", "b", "shadow", "x", 2.0, 1.0)
+    assert SQLiteLabels(tmp_path / "t.sqlite").rows("auto")[0]["request_id"] == "req-1"  # migrations re-run safely
+
+
+def test_label_store_postgres() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    from turnout.ledger.labels import PostgresLabels
+
+    dsn = os.environ.get("TURNOUT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    schema = f"learnloop_{uuid.uuid4().hex[:8]}"
+    try:
+        store = PostgresLabels(dsn, schema)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL: {exc}")
+    try:
+        store.add_sync(Label("acme", "auto", "p1", "small", "big", "shadow", "labels", 1.0, 1.0))
+        store.add_sync(Label("acme", "auto", "p2", "small", "big", "feedback", "user", 0.25, None))
+        rows = store.rows("auto")
+        assert [r["prompt"] for r in rows] == ["p1", "p2"] and rows[1]["strong_score"] is None
+        assert traffic_dataset(rows).strong.tolist() == [1.0, 1.0]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_judges() -> None:
+    assert final_answer("so 3 + 4 = 7 apples\n#### 1,007") == "1007"
+    assert final_answer("The answer is 12.0.") == "12"
+    run = asyncio.run
+    assert run(ExactAnswer().judge("q", "it is 12", "12")).weak_score == 1.0  # type: ignore[union-attr]
+    assert run(ExactAnswer().judge("q", "it is 13", "#### 12")).weak_score == 0.0  # type: ignore[union-attr]
+    assert run(ExactAnswer().judge("q", "no idea", "12")) is None
+    req = {"response_format": {"type": "json_schema", "json_schema": {"schema": {
+        "type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}}
+    v = run(SchemaCheck().judge("q", '{"town": "Paris"}', '{"city": "Paris"}', req))
+    assert v is not None and (v.weak_score, v.strong_score) == (0.0, 1.0)
+    assert run(SchemaCheck().judge("q", "{}", "{}", {})) is None
+
+    async def says(text: str) -> str:
+        assert "rubric" not in text and "Answer A:\nfour" in text
+        return "VERDICT: WORSE"
+
+    llm = LLMJudge("judge-route", says)
+    v = run(FirstOf(SchemaCheck(), ExactAnswer(), llm).judge("2+2?", "four", "it is four"))
+    assert v is not None and v.weak_score == 0.0 and v.judge == "llm:judge-route:rubric-v1"
+
+
+# --- shadow evaluation over a real socket ----------------------------------------------------
+
+def test_shadow_labels_over_a_real_socket_within_budget(tmp_path: Path) -> None:
+    from turnout.config import OpenAIEngineConfig
+    from turnout.engines.openai_http import OpenAIEngine
+    from turnout.protocol import ChatRequest
+    from turnout.testing.procs import start_server
+
+    data = synthetic(40, seed=3)
+    outcomes = {p: (w, s) for p, w, s in zip(data.prompts, data.weak, data.strong, strict=True)}
+    store = SQLiteLabels(tmp_path / "t.sqlite")
+
+    async def main(url: str) -> Shadow:
+        engine = OpenAIEngine("big", OpenAIEngineConfig(dialect="openai", base_url=url + "/v1", model="fake-echo",
+                                                        locality="remote"))
+        await engine.start()
+        seen: list[str] = []
+
+        async def judge_reads_the_answer(prompt: str, weak: str, strong: str, request: object = None) -> object:
+            seen.append(strong)
+            return await LabelJudge(outcomes).judge(prompt, weak, strong)
+
+        judge = LabelJudge(outcomes)
+        judge.judge = judge_reads_the_answer  # type: ignore[method-assign]
+        shadow = Shadow(store, judge, {"auto": ShadowPolicy(share=1.0, daily_budget_usd=0.05, sampling="uniform")},
+                        seed=0)
+        for i, prompt in enumerate(data.prompts[:8]):
+            protected = prompt if i != 3 else None
+
+            async def call_strong(p: str = prompt) -> tuple[str, float]:
+                result = await engine.chat(ChatRequest.model_validate(
+                    {"model": "auto", "messages": [{"role": "user", "content": p}]}))
+                return result.content or "", 0.01
+
+            shadow.maybe_schedule(tenant="acme", alias="auto", request_id=f"r{i}",
+                                  prompt=labelable_prompt(prompt, protected, safe_for_remote=i != 3),
+                                  request=None, weak_engine="small", strong_engine="big", weak_answer="w",
+                                  score=0.4, threshold=0.5, estimated_cost=0.01, call_strong=call_strong)
+        await shadow.drain()
+        await engine.close()
+        assert seen and all(s.startswith("echo: ") for s in seen)  # the strong answers came over HTTP
+        return shadow
+
+    with start_server("turnout.testing.upstream") as proc:
+        shadow = asyncio.run(main(proc.url))
+    rows = store.rows("auto")
+    assert len(rows) == 5  # budget 0.05 at 0.01 a call; request 3 (sensitive) never considered
+    assert shadow.stats.over_budget["auto"] == 2 and shadow.stats.considered["auto"] == 7
+    assert {r["request_id"] for r in rows} == {"r0", "r1", "r2", "r4", "r5"}
+    for r in rows:
+        assert (r["weak_score"], r["strong_score"]) == outcomes[r["prompt"]] and r["source"] == "shadow"
+    assert shadow.stats.spent_usd == pytest.approx(0.05)
+
+
+def test_uncertainty_sampling_prefers_the_threshold() -> None:
+    rng = np.random.default_rng(0)
+    cands = [(s, 0.5) for s in np.linspace(0.0, 0.5, 101)]
+    picked = pick_for_shadow(cands, 10, "uncertainty", 0.0, rng)
+    assert sorted(picked) == list(range(91, 101))
+    assert len(set(pick_for_shadow(cands, 10, "uncertainty", 0.3, rng))) == 10
+    sampler = ShadowSampler(0.2, "uncertainty", explore=0.0, seed=0)
+    decisions = [(abs(0.5 - s), sampler.decide(float(s), 0.5)) for s in rng.uniform(0, 0.5, 2000)]
+    near = [d for dist, d in decisions[100:] if dist < 0.05]
+    far = [d for dist, d in decisions[100:] if dist > 0.2]
+    assert np.mean(near) > 0.8 and np.mean(far) < 0.05
+    assert 0.12 < np.mean([d for _, d in decisions[100:]]) < 0.28
+
+
+# --- retraining, the gate, the registry ------------------------------------------------------
+
+def test_gate_promotes_a_better_router_and_refuses_a_worse_one() -> None:
+    traffic = synthetic(300, seed=4, flip=True)  # the user's traffic: the opposite of the public data
+    stale = router_on(synthetic(300, seed=5))
+    better = retrain(traffic_dataset(label_rows(traffic)), stale, "tfidf-lr", 0.2)
+    assert better.promote, better.reason
+    assert better.candidate_metrics.apgr > 0.65 > 0.5 > better.current_metrics.apgr  # type: ignore[union-attr]
+    meta = better.candidate.metadata  # type: ignore[union-attr]
+    assert meta["training_data"]["labels_by_source"] == {"shadow": 300}
+    assert meta["holdout"]["rows"] == 75 and len(meta["training_data"]["sha256"]) == 64
+    worse = retrain(traffic_dataset(label_rows(traffic)), better.candidate, "tfidf-lr", 0.2,
+                    warm_start=synthetic(3000, seed=6))  # drowned in public data that says the opposite
+    assert not worse.promote and "not better" in worse.reason
+    ok, why = gate(better.candidate_metrics, None)  # type: ignore[arg-type]
+    assert ok and "no router" in why
+
+
+def test_recent_split_holds_out_whole_newest_prompts() -> None:
+    data = traffic_dataset([{"prompt": p, "weak_score": 1.0, "strong_score": 1.0, "source": "shadow"}
+                            for p in ["a", "b", "a", "c", "d", "e", "f", "g"]])
+    train, held = recent_split(data, 0.25)
+    assert [data.prompts[i] for i in held] == ["f", "g"]
+    assert not {data.prompts[i] for i in train} & {"f", "g"}
+
+
+def test_retrain_refuses_a_degenerate_candidate() -> None:
+    old = [{"prompt": f"alpha beta gamma {i % 3}", "weak_score": float(i % 2), "strong_score": 1.0,
+            "source": "shadow"} for i in range(60)]
+    new = [{"prompt": f"zeta{i} omega{i}", "weak_score": float(i % 2), "strong_score": 1.0, "source": "shadow"}
+           for i in range(20)]  # no word the candidate knows: one score for all
+    out = retrain(traffic_dataset(old + new), None, "tfidf-lr", 0.2, holdout=0.2)
+    assert not out.promote and "degenerate router" in out.reason
+
+
+def test_missing_or_broken_artifact_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    for path in (tmp_path / "missing.npz", tmp_path / "broken.npz", tmp_path):
+        router, why = load_serving(path)
+        assert router is None and why is not None and "routing by the chain's rules" in why
+    assert "unusable" in caplog.text
+
+
+def test_fit_from_traffic_cli_promotes_refuses_and_rolls_back(tmp_path: Path) -> None:
+    """Labels from shadow calls in the ledger -> `turnout router fit --from-traffic` promotes a
+    better router; a worse candidate is refused; `turnout router rollback` restores the first."""
+    db = tmp_path / "turnout.sqlite"
+    store = SQLiteLabels(db)
+    traffic = synthetic(240, seed=7, flip=True)
+    for i, (p, w, s) in enumerate(zip(traffic.prompts, traffic.weak, traffic.strong, strict=True)):
+        store.add_sync(Label("acme", "auto", p, "small", "big", "shadow", "labels", w, s, f"r{i}", ts=1000.0 + i))
+    baseline = router_on(synthetic(300, seed=8)).save(tmp_path / "public.npz")
+    reg = tmp_path / "routers" / "auto"
+    common = ["--alias", "auto", "--registry", str(reg)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "turnout", "router", *args], capture_output=True, text=True,
+                              env=ENV, cwd=tmp_path, timeout=120)
+
+    first = cli("fit", "--from-traffic", *common, "--db", str(db), "--baseline", str(baseline), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["promoted"] is True
+    assert resolve(reg).name == "r0002.npz"
+    served = LearnedRouter.load(resolve(reg))
+    assert served.metadata["training_data"]["labels_by_source"] == {"shadow": 240}
+
+    noisy = tmp_path / "opposite.csv"
+    public = synthetic(2000, seed=9)
+    with noisy.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        w.writerows(zip(public.prompts, public.weak.astype(int), public.strong.astype(int), strict=True))
+    second = cli("fit", "--from-traffic", *common, "--db", str(db), "--warm-start", str(noisy))
+    assert second.returncode == 3, second.stderr + second.stdout
+    assert "refused r0003" in second.stdout and resolve(reg).name == "r0002.npz"
+
+    history = cli("history", *common, "--json")
+    events = json.loads(history.stdout)["events"]
+    assert [e["event"] for e in events] == ["promoted", "promoted", "refused"]
+    assert events[1]["candidate"]["apgr"] > events[1]["current"]["apgr"]
+    back = cli("rollback", *common)
+    assert back.returncode == 0 and "now serving r0001.npz" in back.stdout
+    assert resolve(reg).name == "r0001.npz"
+    again = cli("rollback", *common)
+    assert again.returncode == 2 and "nothing to roll back" in again.stderr
+    table = cli("history", *common)
+    assert "rollback" in table.stdout and "refused" in table.stdout
+
+
+def test_registry_rollback_chains_back() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        reg = Registry(Path(folder))
+        router = router_on(synthetic(100))
+        paths = [reg.add(router) for _ in range(3)]
+        for p in paths:
+            reg.promote(p)
+        assert reg.rollback().name == "r0002.npz"
+        assert reg.rollback().name == "r0001.npz"
+        with pytest.raises(ValueError, match="first artifact"):
+            reg.rollback()
+
+
+# --- item 4: the replay simulator, in-process -----------------------------------------------
+
+def test_replay_learns_the_traffic_from_a_foreign_router() -> None:
+    target = synthetic(600, seed=10, flip=True)
+    initial = router_on(synthetic(400, seed=11), escalate=0.2)
+    cfg = ReplayConfig(family="tfidf-lr", label_budget=240, batch=100, retrain_every=80, shadow_share=0.5)
+    result = replay(target, initial, cfg, source="synthetic")
+    first, last = result.curve[0], result.curve[-1]
+    assert first.labels == 0 and first.apgr < 0.5
+    assert last.labels == 240 and last.apgr > 0.65 and last.serving != "initial"
+    assert last.shadow_calls == 240 and any("promoted" in e for e in result.events)
+
+
+# --- item 3: drift in /metrics and `turnout usage` -------------------------------------------
+
+def test_drift_metrics_export() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from turnout.routing.drift import DriftMetrics
+    from turnout.routing.shadow import ShadowStats
+
+    registry = CollectorRegistry()
+    drift = DriftMetrics(registry)
+    tracker = ThresholdTracker(window=100, min_samples=10, every=1)
+    tracker.configure("auto", 0.2, 0.3)
+    for s in np.linspace(0.5, 0.9, 100):
+        tracker.observe("auto", float(s))
+    stats = ShadowStats(considered={"auto": 10}, labelled={"auto": 4}, agreed={"auto": 3}, spent_usd=0.25)
+    drift.update(tracker, stats)
+    text = generate_latest(registry).decode()
+    assert 'turnout_router_threshold{kind="artifact",route="auto"} 0.3' in text
+    assert 'turnout_router_escalation_share{kind="artifact",route="auto"} 1.0' in text
+    assert 'turnout_shadow_agreement{route="auto"} 0.75' in text
+    assert 'turnout_shadow_requests{result="considered",route="auto"} 10.0' in text
+    served = tracker.snapshot()["auto"].threshold
+    assert served == pytest.approx(np.quantile(np.linspace(0.5, 0.9, 100), 0.8))
+    assert f'turnout_router_threshold{{kind="served",route="auto"}} {served}' in text
+
+
+def test_usage_reports_escalation_and_the_learning_loop(tmp_path: Path) -> None:
+    from turnout.ledger.sqlite import COLUMNS, MIGRATIONS
+    from turnout.sqlitedb import connect, migrate
+
+    db = tmp_path / "turnout.sqlite"
+    conn = connect(db)
+    migrate(conn, "ledger_migrations", MIGRATIONS)
+    base = dict.fromkeys(COLUMNS)
+    rows = []
+    for i, (score, threshold) in enumerate([(0.9, 0.5), (0.2, 0.5), (0.3, 0.5), (0.7, 0.5)]):
+        rows.append({**base, "ts": 1000.0 + i, "request_id": f"r{i}", "tenant": "acme", "alias": "auto",
+                     "strategy": "learned", "score": score, "threshold": threshold, "engine": "small",
+                     "locality": "local", "hops": "[]", "prompt_tokens": 1, "completion_tokens": 1,
+                     "cost_usd": 0.0, "baseline_cost_usd": 0.0, "status": "ok", "http_status": 200, "stream": 0,
+                     "labels": ""})
+    for r in rows:
+        conn.execute(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                     [r[c] for c in COLUMNS])
+    conn.close()
+    store = SQLiteLabels(db)
+    store.add_sync(Label("acme", "auto", "p1", "small", "big", "shadow", "labels", 1.0, 1.0, "r1", 0.01))
+    store.add_sync(Label("acme", "auto", "p2", "small", "big", "shadow", "labels", 0.0, 1.0, "r2", 0.01))
+    store.add_sync(Label("acme", "auto", "p3", "small", "big", "cascade", "cascade:confidence", 0.0, None))
+    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db), "--json"], capture_output=True,
+                         text=True, env=ENV, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["routes"]["auto"]["escalation_rate"] == 0.5
+    loop = summary["learning"]["auto"]
+    assert loop["by_source"] == {"cascade": 1, "shadow": 2} and loop["labelling_share"] == 0.5
+    assert loop["shadow_agreement"] == 0.5 and loop["judged_local_quality"] == pytest.approx(1 / 3)
+    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db)], capture_output=True,
+                           text=True, env=ENV, timeout=60).stdout
+    assert "learning loop" in table and "escalated" in table
+
+
+def test_learned_serving_never_fails_a_request(tmp_path: Path) -> None:
+    from turnout.routing.serving import LearnedServing
+
+    good = router_on(synthetic(300, seed=12), escalate=0.3).save(tmp_path / "good.npz")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    serving = LearnedServing.from_routes({"auto": (good, 0.5, None), "broken": (tmp_path / "bad.npz", 0.2, None),
+                                          "fixed": (good, None, 0.99)})
+    v = serving.decide("broken", "explain the theorem")
+    assert v.escalate is None and "unusable" in v.reason and "rules" in v.reason
+    assert serving.decide("fixed", "explain the theorem and the lemma").escalate is False  # 0.99 fixed
+    shares = [serving.decide("auto", p).escalate for p in synthetic(400, seed=13).prompts]
+    assert abs(np.mean(shares[100:]) - 0.5) < 0.08  # the tracked share, not the artifact's 0.3
+    assert "(tracked)" in serving.decide("auto", "explain the city").reason
+
+    class Exploding:
+        uses_embeddings = False
+        name = "boom"
+
+        def predict(self, prompts: list[str], emb: object) -> np.ndarray:
+            raise RuntimeError("embedding model vanished")
+
+    serving.replace("auto", LearnedRouter(Exploding(), 0.5))  # type: ignore[arg-type]
+    v = serving.decide("auto", "explain the city")
+    assert v.escalate is None and "embedding model vanished" in v.reason
+
+
+def test_eval_router_replay_cli(tmp_path: Path) -> None:
+    artifact = router_on(synthetic(400, seed=14), escalate=0.2).save(tmp_path / "public.npz")
+    target = synthetic(600, seed=15, flip=True)
+    path = tmp_path / "traffic.csv"
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        w.writerows(zip(target.prompts, target.weak.astype(int), target.strong.astype(int), strict=True))
+    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--replay", str(path), "--artifact",
+                          str(artifact), "--router", "tfidf-lr", "--label-budget", "150", "--sampling", "uniform",
+                          "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["config"]["sampling"] == "uniform" and result["curve"][-1]["labels"] == 150
+    assert result["curve"][-1]["apgr"] > result["curve"][0]["apgr"] + 0.2
+
+
+def test_cascade_and_feedback_labels(tmp_path: Path) -> None:
+    from turnout.routing.shadow import cascade_label, feedback_label
+
+    store = SQLiteLabels(tmp_path / "t.sqlite")
+    store.add_sync(cascade_label(tenant="acme", alias="auto", prompt="p", weak_engine="small", strong_engine="big",
+                                 request_id="r1"))
+    store.add_sync(feedback_label(tenant="acme", alias="auto", prompt="q", engine="small", weak_engine="small",
+                                  strong_engine="big", satisfaction=0.75, request_id="r2"))
+    store.add_sync(feedback_label(tenant="acme", alias="auto", prompt="s", engine="big", weak_engine="small",
+                                  strong_engine="big", satisfaction=0.0, request_id="r3"))
+    rows = store.rows("auto")
+    assert [(r["source"], r["weak_score"], r["strong_score"]) for r in rows] == [
+        ("cascade", 0.0, None), ("feedback", 0.75, None), ("feedback", None, 0.0)]
+    data = traffic_dataset(rows)
+    assert data.weak.tolist() == [0.0, 0.75, 1.0] and data.strong.tolist() == [1.0, 1.0, 0.0]
+    assert labelable_prompt("my name is Ann", "my name is <PERSON_1a2b>", True) == "my name is <PERSON_1a2b>"
+    assert labelable_prompt("secret", None, False) is None
+
+
+def test_tracker_seeded_with_recent_scores_serves_the_target_at_once() -> None:
+    tracker = ThresholdTracker(window=200, min_samples=50)
+    seed = np.linspace(0.0, 1.0, 201).tolist()
+    tracker.configure("auto", 0.25, artifact_threshold=0.1, seed_scores=seed)
+    assert tracker.threshold("auto") == pytest.approx(np.quantile(seed[-200:], 0.75))
+    tracker.configure("fresh", 0.25, artifact_threshold=0.1)
+    assert tracker.threshold("fresh") == 0.1

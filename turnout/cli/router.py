@@ -1,0 +1,178 @@
+"""`turnout router`: retrain a route's learned router from its traffic labels, list, roll back.
+
+    turnout router fit --from-traffic --alias auto [--db FILE | --dsn DSN] [--registry DIR]
+                       [--family tfidf-lr] [--embedding minilm] [--target-escalation 0.2]
+                       [--warm-start mmlu] [--baseline R.npz] [--since DAYS] [--json]
+    turnout router history --alias auto [--registry DIR] [--json]
+    turnout router rollback --alias auto [--registry DIR]
+
+``fit`` trains a candidate on the route's labels (``route_labels``, see turnout.ledger.labels),
+holds out the newest quarter, and promotes the candidate only if it beats the serving router there
+(APGR higher, CPT50 no higher) and its scores spread; every fitted artifact is kept in the
+registry (``.turnout/routers/<alias>/`` by default) with its provenance, and ``history.jsonl``
+records each decision. Point the route's ``router:`` at the registry folder to serve its current
+artifact. Exit status: 0 promoted, 3 refused (a worse or degenerate candidate), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REFUSED = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("router", help="retrain the learned router from traffic labels; history; rollback",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rsub = p.add_subparsers(dest="router_command", required=True, metavar="ACTION")
+
+    fit = rsub.add_parser("fit", help="fit a router from traffic labels and promote it if it is better")
+    fit.add_argument("--from-traffic", action="store_true", required=True,
+                     help="train on the route's labels in the ledger (the only source for now)")
+    _common(fit)
+    fit.add_argument("--db", default=os.environ.get("TURNOUT_DB", ".turnout/turnout.sqlite"))
+    fit.add_argument("--dsn", default=None, help="read labels from PostgreSQL at this DSN instead")
+    fit.add_argument("--schema", default="public")
+    fit.add_argument("--family", default="tfidf-lr", help="router family (turnout eval router --help lists them)")
+    fit.add_argument("--embedding", default=None, help="prompt embedding for embedding families (default minilm)")
+    fit.add_argument("--target-escalation", type=float, default=0.2, metavar="RATE",
+                     help="share of recent traffic the new threshold sends to the strong engine (default 0.2)")
+    fit.add_argument("--warm-start", default=None, metavar="DATASET",
+                     help="add a public outcome data set (mmlu, gsm8k, mt_bench or a CSV) to the training labels")
+    fit.add_argument("--data-dir", type=Path, default=None, help="folder of the public data sets")
+    fit.add_argument("--baseline", type=Path, default=None, metavar="R.npz",
+                     help="the router serving now, when the registry has none yet (e.g. the route's artifact)")
+    fit.add_argument("--holdout", type=float, default=0.25, help="newest share of labels held out (default 0.25)")
+    fit.add_argument("--since", type=float, default=None, metavar="DAYS", help="only labels of the last N days")
+    fit.add_argument("--json", action="store_true")
+    fit.set_defaults(func=run_fit)
+
+    hist = rsub.add_parser("history", help="the route's artifacts and gate decisions, oldest first")
+    _common(hist)
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=run_history)
+
+    back = rsub.add_parser("rollback", help="serve the artifact promoted before the current one")
+    _common(back)
+    back.set_defaults(func=run_rollback)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alias", required=True, help="the route (model alias) whose router this is")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="the route's artifact folder (default .turnout/routers/<alias>)")
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from turnout.routing.artifacts import Registry
+    from turnout.routing.learned import DEFAULT_ARTIFACT_DIR
+
+    return Registry(args.registry or DEFAULT_ARTIFACT_DIR / args.alias)
+
+
+def _labels(args: argparse.Namespace) -> list[dict[str, Any]]:
+    since = time.time() - args.since * 86400 if args.since is not None else None
+    if args.dsn:
+        from turnout.ledger.labels import PostgresLabels
+
+        return PostgresLabels(args.dsn, args.schema).rows(args.alias, since)
+    if not Path(args.db).is_file():
+        raise FileNotFoundError(f"{args.db}: no ledger yet (pass --db)")
+    from turnout.ledger.labels import SQLiteLabels
+
+    store = SQLiteLabels(args.db)
+    try:
+        return store.rows(args.alias, since)
+    finally:
+        store._conn.close()
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from turnout.evals.retrain import retrain, traffic_dataset
+    from turnout.routing.learned import LearnedRouter
+    from turnout.routing.scorers import make_scorer
+
+    registry = _registry(args)
+    current_path = registry.current()
+    if current_path is None and args.baseline is not None:  # seed the registry with the serving router
+        baseline = LearnedRouter.load(args.baseline)
+        current_path = registry.add(baseline)
+        registry.promote(current_path, reason=f"baseline: {args.baseline}")
+    current = LearnedRouter.load(current_path) if current_path is not None else None
+    data = traffic_dataset(_labels(args), f"traffic:{args.alias}")
+    warm = None
+    if args.warm_start:
+        from turnout.evals.datasets import load_dataset
+        from turnout.evals.router_cli import default_data_dir
+
+        warm = load_dataset(args.warm_start, args.data_dir or default_data_dir())
+    embed = None
+    embedding = None
+    if make_scorer(args.family).uses_embeddings:
+        from turnout.routing.embeddings import DEFAULT_EMBEDDING
+        from turnout.routing.learned import make_embedder
+
+        embedding = args.embedding or DEFAULT_EMBEDDING
+        encoder = make_embedder(embedding)
+        embed = encoder.encode
+    outcome = retrain(data, current, args.family, args.target_escalation, embed, embedding, warm, args.holdout)
+    path = None
+    if outcome.candidate is not None:
+        path = registry.add(outcome.candidate)
+        fields = {"reason": outcome.reason, "labels": len(data),
+                  "candidate": outcome.candidate_metrics.as_dict() if outcome.candidate_metrics else None,
+                  "current": outcome.current_metrics.as_dict() if outcome.current_metrics else None}
+        if outcome.promote:
+            registry.promote(path, **fields)
+        else:
+            registry.record("refused", path, **fields)
+    else:
+        registry.record("refused", None, reason=outcome.reason, labels=len(data))
+    result = {"alias": args.alias, "promoted": outcome.promote, "reason": outcome.reason,
+              "artifact": str(path) if path else None, "labels": len(data),
+              "current": str(registry.current()) if registry.current() else None}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verb = "promoted" if outcome.promote else "refused"
+        print(f"{args.alias}: {verb} {path.name if path else 'no candidate'} ({len(data)} labels): {outcome.reason}")
+    return 0 if outcome.promote else REFUSED
+
+
+def run_history(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    events = registry.history()
+    current = registry.current()
+    if args.json:
+        print(json.dumps({"alias": args.alias, "current": current.name if current else None, "events": events},
+                         indent=2))
+        return 0
+    if not events:
+        print(f"{args.alias}: no router artifacts in {registry.folder}")
+        return 0
+    print(f"{'when':<26} {'event':<9} {'artifact':<10} {'labels':>6} {'APGR':>6} {'CPT50':>6}  reason")
+    for e in events:
+        m = e.get("candidate") or {}
+        apgr = f"{m['apgr']:.3f}" if m.get("apgr") is not None else "-"
+        cpt = f"{m['cpt50'] * 100:.1f}%" if m.get("cpt50") is not None else "-"
+        mark = " *" if current is not None and e.get("artifact") == current.name and e["event"] != "refused" else ""
+        print(f"{e['ts']:<26} {e['event']:<9} {str(e.get('artifact') or '-'):<10} {e.get('labels', '-')!s:>6} "
+              f"{apgr:>6} {cpt:>6}  {e.get('reason', '')}{mark}")
+    print(f"serving: {current.name if current else 'none'}", file=sys.stderr)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    before = registry.current()
+    target = registry.rollback()
+    print(f"{args.alias}: now serving {target.name} (was {before.name if before else 'none'}); "
+          "restart or reload the gateway to load it")
+    return 0

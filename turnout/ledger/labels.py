@@ -1,0 +1,151 @@
+"""The store of routing labels learned from traffic (:class:`turnout.routing.labels.Label`: for one
+prompt, how well the weak and the strong engine answered, where the label came from).
+
+Privacy: ``prompt`` is what a remote engine was allowed to see: the pseudonymized copy when the
+guards replaced PII, and a request with findings that cannot be pseudonymized (``sensitive`` /
+``restricted``, kept local) is never labelled; callers pass the text through
+:func:`turnout.routing.shadow.labelable_prompt`. Rows are only appended.
+
+The table lives in the gateway's SQLite file (own migration list, ``label_migrations``) or, for
+scale-out, in PostgreSQL (:class:`PostgresLabels`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from turnout import sqlitedb
+from turnout.routing.labels import Label
+
+# Append-only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_route_labels", [
+        """CREATE TABLE route_labels (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            tenant TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            prompt_sha256 TEXT NOT NULL,
+            weak_engine TEXT NOT NULL,
+            strong_engine TEXT NOT NULL,
+            source TEXT NOT NULL,
+            judge TEXT NOT NULL,
+            weak_score REAL,
+            strong_score REAL,
+            request_id TEXT,
+            cost_usd REAL NOT NULL DEFAULT 0)""",
+        "CREATE INDEX route_labels_alias_ts ON route_labels (alias, ts)",
+    ]),
+]
+
+
+def pg_migrations(s: str) -> list[tuple[str, list[str]]]:
+    """The PostgreSQL counterpart of :data:`MIGRATIONS` (same names, same columns)."""
+    return [
+        ("0001_route_labels", [
+            f"""CREATE TABLE {s}.route_labels (
+                id BIGSERIAL PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                tenant TEXT NOT NULL,
+                alias TEXT NOT NULL,
+                prompt TEXT NOT NULL,
+                prompt_sha256 TEXT NOT NULL,
+                weak_engine TEXT NOT NULL,
+                strong_engine TEXT NOT NULL,
+                source TEXT NOT NULL,
+                judge TEXT NOT NULL,
+                weak_score DOUBLE PRECISION,
+                strong_score DOUBLE PRECISION,
+                request_id TEXT,
+                cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0)""",
+            f"CREATE INDEX route_labels_alias_ts ON {s}.route_labels (alias, ts)",
+        ]),
+    ]
+
+
+COLUMNS = ("ts", "tenant", "alias", "prompt", "prompt_sha256", "weak_engine", "strong_engine", "source", "judge",
+           "weak_score", "strong_score", "request_id", "cost_usd")
+
+
+def _insert(placeholder: str, table: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join([placeholder] * len(COLUMNS))})"
+
+
+def _select(placeholder: str, table: str, alias: str | None, since: float | None, tenant: str | None
+            ) -> tuple[str, list[Any]]:
+    where, params = [], []
+    for column, value, op in (("alias", alias, "="), ("ts", since, ">="), ("tenant", tenant, "=")):
+        if value is not None:
+            where.append(f"{column} {op} {placeholder}")
+            params.append(value)
+    sql = f"SELECT id, {', '.join(COLUMNS)} FROM {table}"
+    return sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts, id", params
+
+
+class SQLiteLabels:
+    """Labels in the gateway's SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn = sqlitedb.connect(self.path)
+        sqlitedb.migrate(self._conn, "label_migrations", MIGRATIONS)
+        self._lock = threading.Lock()
+
+    def add_sync(self, label: Label) -> None:
+        with self._lock, sqlitedb.immediate(self._conn) as c:
+            c.execute(_insert("?", "route_labels"), label.values())
+
+    async def add(self, label: Label) -> None:
+        await asyncio.to_thread(self.add_sync, label)
+
+    def rows(self, alias: str | None = None, since: float | None = None, tenant: str | None = None
+             ) -> list[dict[str, Any]]:
+        sql, params = _select("?", "route_labels", alias, since, tenant)
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresLabels:
+    """Labels in PostgreSQL ``schema.route_labels``, shared by every replica (psycopg 3)."""
+
+    def __init__(self, dsn: str, schema: str = "public", migrate: bool = True) -> None:
+        """``migrate=False`` for readers: they never create the table."""
+        import psycopg
+
+        from turnout import pgdb
+
+        self._psycopg = psycopg
+        self.dsn, self.schema = dsn, schema
+        if migrate:
+            with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+                pgdb.migrate(cur, schema, "label_migrations", pg_migrations(schema))
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+
+    def add_sync(self, label: Label) -> None:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(_insert("%s", f"{self.schema}.route_labels"), label.values())
+
+    async def add(self, label: Label) -> None:
+        await asyncio.to_thread(self.add_sync, label)
+
+    def rows(self, alias: str | None = None, since: float | None = None, tenant: str | None = None
+             ) -> list[dict[str, Any]]:
+        sql, params = _select("%s", f"{self.schema}.route_labels", alias, since, tenant)
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    async def close(self) -> None:
+        return None
