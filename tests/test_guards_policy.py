@@ -2,10 +2,10 @@
 
 import time
 
-from turnout.guards.base import Finding
+from turnout.guards.base import Finding, Inspection
 from turnout.guards.policy import GuardPolicy, Rule, decide
 from turnout.guards.pseudonymize import Pseudonymizer
-from turnout.guards.scanner import Inspection, Scanner, system_prompt_leaks, value_leaks
+from turnout.guards.scanner import Scanner, system_prompt_leaks, value_leaks
 from turnout.guards.secrets import SecretsGuard
 
 

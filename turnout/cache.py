@@ -26,13 +26,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
+
+if TYPE_CHECKING:  # numpy (the optional router extra) only for the semantic layer
+    import numpy as np
 
 log = logging.getLogger("turnout.cache")
 
@@ -126,6 +128,8 @@ class AnswerCache:
         scope = scope_of(req, partition)
         now = self.clock()
         vec = self.embed(req.prompt_text())
+        import numpy as np
+
         best: tuple[float, _Entry | None] = (-1.0, None)
         with self._lock:
             for e in self._entries.values():
@@ -208,6 +212,8 @@ class SharedAnswers:
     async def put(self, key: str, result: ChatResult, *, scope: str | None = None,
                   vector: np.ndarray | None = None) -> None:
         """Store an answer; with its ``scope`` and prompt ``vector``, for semantic lookups too."""
+        import numpy as np
+
         value = orjson.dumps({"content": result.content, "finish_reason": result.finish_reason, "model": result.model,
                               "prompt_tokens": result.usage.prompt_tokens,
                               "completion_tokens": result.usage.completion_tokens})
@@ -225,6 +231,8 @@ class SharedAnswers:
     async def since_last(self, batch: int = 500) -> list[SharedEntry]:
         """The semantic entries stored (by any replica) since the last call: the whole stream on
         the first. An error returns what was read, and the next call goes on from there."""
+        import numpy as np
+
         out: list[SharedEntry] = []
         try:
             now_ms = _ms(await self._redis.time())

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from turnout.weights import minilm_available
+
 SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
 
 
@@ -258,8 +260,6 @@ class TurnoutConfig(_Strict):
 
 def default_config() -> TurnoutConfig:
     """The embedded setup: works with no file, no network, no keys."""
-    from turnout.routing.embeddings import embeddings_available
-
     cfg: dict[str, Any] = {
         "engines": {"local": {"dialect": "llamacpp"}},
         "routes": {
@@ -268,7 +268,7 @@ def default_config() -> TurnoutConfig:
             "fast": {"chain": ["local"], "description": "lowest latency"},
         },
     }
-    if embeddings_available():  # the MiniLM weights are installed (scripts/install.sh does)
+    if minilm_available():  # the MiniLM weights are installed (scripts/install.sh does)
         cfg["engines"]["minilm"] = {"dialect": "minilm"}
         cfg["routes"]["embed"] = {"chain": ["minilm"], "description": "sentence embeddings (/v1/embeddings)"}
     return TurnoutConfig.model_validate(cfg)

@@ -49,16 +49,15 @@ from turnout.errors import (
 from turnout.governance.access import Access
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
-from turnout.guards.scanner import Inspection
+from turnout.guards.base import Inspection
 from turnout.guards.step import Guards, GuardState, redact
-from turnout.ledger.base import Ledger
-from turnout.ledger.sqlite import LedgerRow
+from turnout.ledger.base import Ledger, LedgerRow
 from turnout.metrics import Metrics
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest, usage_dict
 from turnout.retrieval import VectorStore, context_message
 from turnout.routing import cascade
+from turnout.routing.base import Router
 from turnout.routing.decision import Decision, RequestFacts
-from turnout.routing.learned import LearnedRouter
 from turnout.routing.rules import RulesRouter
 from turnout.tracing import genai_attributes, step, trace_id_of
 
@@ -138,7 +137,7 @@ class Call:
 class Gateway:
     def __init__(self, cfg: TurnoutConfig, engines: dict[str, Engine], ledger: Ledger,
                  access: Access | None = None, guards: Guards | None = None,
-                 routers: dict[str, LearnedRouter] | None = None, tracer: Any = None,
+                 routers: dict[str, Router] | None = None, tracer: Any = None,
                  cache: AnswerCache | None = None, store: VectorStore | None = None) -> None:
         self.cfg = cfg
         self.engines = engines

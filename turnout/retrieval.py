@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import orjson
 
 from turnout import sqlitedb
+
+if TYPE_CHECKING:  # numpy (the optional router extra) only once a store is opened
+    import numpy as np
 
 CHUNK_CHARS = 800
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -177,6 +179,8 @@ class VectorStore:
 
     def add(self, collection: str, documents: Sequence[dict]) -> dict[str, int]:
         """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
+        import numpy as np
+
         rows: list[Row] = []
         counts: dict[str, int] = {}
         for d in documents:
@@ -196,6 +200,8 @@ class VectorStore:
         return {"documents": docs, "chunks": n}
 
     def _matrix(self, collection: str) -> tuple[np.ndarray, list[Row]]:
+        import numpy as np
+
         current = self.table.version(collection)
         with self._lock:
             hit = self._cache.get(collection)
@@ -209,6 +215,8 @@ class VectorStore:
         return hit[1], hit[2]
 
     def search(self, collection: str, query: str, k: int = 4, min_score: float = 0.0) -> list[Passage]:
+        import numpy as np
+
         mat, rows = self._matrix(collection)
         if not rows:
             return []

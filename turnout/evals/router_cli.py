@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from turnout.routing.embeddings import EMBEDDINGS
+from turnout.embedding.embeddings import EMBEDDINGS
 
 if TYPE_CHECKING:
     from turnout.evals.datasets import RoutingDataset
@@ -97,20 +97,20 @@ def _progress(iterable: Iterator[T], total: int, desc: str) -> Iterator[T]:
 
 
 def _default_routers(data: RoutingDataset) -> list[str]:
-    from turnout.routing.embeddings import embeddings_available
+    from turnout.weights import minilm_available
 
     routers = ["tfidf-lr"]
-    if embeddings_available():
+    if minilm_available():
         routers += ["emb-knn", "hybrid"]
     if data.weak_responses is not None:
-        routers.append("gsm8k-weak-answer-emb" if embeddings_available() else "gsm8k-weak-answer")
+        routers.append("gsm8k-weak-answer-emb" if minilm_available() else "gsm8k-weak-answer")
     return routers
 
 
 def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str) -> np.ndarray:
     from tqdm import tqdm
 
-    from turnout.routing.embeddings import cached_embeddings
+    from turnout.embedding.embeddings import cached_embeddings
     from turnout.routing.learned import make_embedder
 
     encoder = make_embedder(kind, cache_dir)

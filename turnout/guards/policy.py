@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from turnout.guards.base import Finding
+from turnout.guards.base import Action, Finding, Inspection, Verdict
 
-if TYPE_CHECKING:
-    from turnout.guards.scanner import Inspection
-
-Action = Literal["allow", "pseudonymize", "keep_local", "block"]
 Locality = Literal["local", "remote"]
 ORDER: dict[str, int] = {"allow": 0, "pseudonymize": 1, "keep_local": 2, "block": 3}
 
@@ -52,18 +48,6 @@ DEFAULT_RULES: dict[str, Rule] = {
     "injection": Rule(remote="allow"),     # flagged as a label; blocking is by score, below
     "leak": Rule(remote="block", local="block"),
 }
-
-
-@dataclass
-class Verdict:
-    action: Action
-    safe_for_remote: bool
-    to_pseudonymize: list[tuple[int, Finding]]   # (message index, finding) to replace before a remote call
-    reasons: list[str]
-
-    @property
-    def blocked(self) -> bool:
-        return self.action == "block"
 
 
 def decide(inspection: Inspection, locality: Locality, policy: GuardPolicy | None = None) -> Verdict:

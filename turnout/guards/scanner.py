@@ -20,26 +20,9 @@ import concurrent.futures as cf
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
-from turnout.guards.base import Finding, Guard
-from turnout.guards.policy import Verdict
+from turnout.guards.base import Finding, Guard, Inspection, Verdict
 from turnout.guards.pseudonymize import Pseudonymizer
-
-
-@dataclass
-class Inspection:
-    labels: set[str] = field(default_factory=set)             # "pii", "secret", "injection", "guard_error"
-    findings: list[tuple[int, Finding]] = field(default_factory=list)  # (message index, finding)
-    error: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)  # per guard, summed over messages
-
-    @property
-    def injection_score(self) -> float:
-        return max((f.score for _, f in self.findings if f.kind == "injection"), default=0.0)
-
-    def for_message(self, index: int) -> list[Finding]:
-        return [f for i, f in self.findings if i == index]
 
 
 class Scanner:

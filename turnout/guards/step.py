@@ -21,10 +21,10 @@ from typing import Any
 
 from turnout.engines.base import ChatResult, Delta, EngineInfo
 from turnout.errors import PolicyBlocked
-from turnout.guards.base import Finding
-from turnout.guards.policy import GuardPolicy, Verdict, decide
+from turnout.guards.base import Finding, Inspection, Verdict
+from turnout.guards.policy import GuardPolicy, decide
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
-from turnout.guards.scanner import Inspection, Scanner
+from turnout.guards.scanner import Scanner
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from turnout import pgdb
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
+from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback
-from turnout.ledger.sqlite import COLUMNS, LedgerRow
 from turnout.ledger.writer import GroupCommitWriter
 
 log = logging.getLogger("turnout.ledger")

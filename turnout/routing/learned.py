@@ -25,18 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from turnout.embedding.embeddings import EMBEDDINGS
 from turnout.routing.calibration import threshold_for_escalation, threshold_for_quality
-from turnout.routing.embeddings import EMBEDDINGS
 from turnout.routing.scorers import Scorer, make_scorer
 
 ARTIFACT_FORMAT = "turnout.router/1"
 DEFAULT_ARTIFACT_DIR = Path(".turnout") / "routers"
-
-
-class Router(Protocol):
-    """Anything that scores a prompt with P(strong model needed)."""
-
-    def score(self, prompt: str) -> float: ...
 
 
 class Embedder(Protocol):
@@ -65,14 +59,14 @@ def make_embedder(kind: str = "minilm", cache_dir: Path | None = None) -> Embedd
     """``minilm``: the full MiniLM forward pass in numpy; ``minilm-static``: its distilled token
     table (kept in ``cache_dir``, default .turnout/cache); ``minilm-onnx`` / ``minilm-onnx-fp32``:
     the full model in onnxruntime, int8 / float32 (built once into the model cache)."""
-    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
+    from turnout.embedding.embeddings import MiniLMEncoder, StaticMiniLM
 
     if kind == "minilm":
         return MiniLMEncoder()
     if kind == "minilm-static":
         return StaticMiniLM(cache_dir=cache_dir)
     if kind in ("minilm-onnx", "minilm-onnx-fp32"):
-        from turnout.routing.minilm_onnx import OnnxMiniLM
+        from turnout.embedding.minilm_onnx import OnnxMiniLM
 
         return OnnxMiniLM(int8=kind == "minilm-onnx")
     raise ValueError(f"unknown embedding {kind!r}: choose from {', '.join(EMBEDDINGS)}")
@@ -152,9 +146,10 @@ class LearnedRouter:
 def embedding_metadata(scorer: Scorer, embedding: str = "minilm") -> dict[str, Any]:
     if not scorer.uses_embeddings:
         return {"embedding": None, "embedding_model": None}
-    from turnout.routing.embeddings import MODEL_NAME, model_dir, weights_sha256
+    from turnout.embedding.embeddings import MODEL_NAME, weights_sha256
+    from turnout.weights import minilm_dir
 
-    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(model_dir())}
+    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(minilm_dir())}
 
 
 def features_of(scorer: Scorer) -> list[str]:

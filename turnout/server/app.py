@@ -24,7 +24,7 @@ from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
-from turnout.routing.learned import LearnedRouter
+from turnout.routing.base import Router
 from turnout.server import chat, dashboard, documents, embeddings, feedback, health, models, openapi
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
@@ -99,7 +99,7 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
         return None
     embed = None
     if cfg.cache.semantic:
-        from turnout.routing.minilm_onnx import exact_encoder
+        from turnout.embedding.minilm_onnx import exact_encoder
 
         encoder = exact_encoder()
 
@@ -115,13 +115,13 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:
     """The shared vector store: in PostgreSQL when ``storage.postgres_dsn`` is set (shared by
     replicas), else in the SQLite file; its MiniLM encoder loads on first use."""
-    from turnout.routing.embeddings import embeddings_available
+    from turnout.weights import minilm_available
 
-    if not cfg.retrieval.enabled or not embeddings_available():
+    if not cfg.retrieval.enabled or not minilm_available():
         return None
     import threading
 
-    from turnout.routing.minilm_onnx import exact_encoder
+    from turnout.embedding.minilm_onnx import exact_encoder
 
     lock, holder = threading.Lock(), []
 
@@ -138,13 +138,17 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
     return VectorStore(cfg.storage.sqlite_path, embed)
 
 
-def load_routers(cfg: TurnoutConfig) -> dict[str, LearnedRouter]:
-    """Each ``learned`` route's router artifact, loaded and warmed up before serving."""
-    routers: dict[str, LearnedRouter] = {}
+def load_routers(cfg: TurnoutConfig) -> dict[str, Router]:
+    """Each ``learned`` route's router artifact, loaded and warmed up before serving (the
+    optional ``router`` extra is imported only when a route uses it)."""
+    routers: dict[str, Router] = {}
     for alias, route in cfg.routes.items():
         if route.strategy == "learned" and route.router:
-            routers[alias] = LearnedRouter.load(route.router)
-            routers[alias].warm_up()
+            from turnout.routing.learned import LearnedRouter
+
+            learned = LearnedRouter.load(route.router)
+            learned.warm_up()
+            routers[alias] = learned
     return routers
 
 

