@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
+from turnout.results import ChatResult, Usage
 
 if TYPE_CHECKING:  # numpy (the optional router extra) only for the semantic layer
     import numpy as np

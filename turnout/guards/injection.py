@@ -115,7 +115,7 @@ def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    from turnout.evals.guards_metrics import threshold_for_fpr
+    from turnout.guards.calibration import threshold_for_fpr
 
     def _fit(tx: Sequence[str], y: Sequence[int]) -> InjectionModel:
         import scipy.sparse as sp
@@ -166,7 +166,7 @@ def load_csv(path: str | Path) -> tuple[list[str], list[int]]:
 
 def split(labels: Sequence[int]) -> tuple[list[int], list[int]]:
     """The fixed split used everywhere: stratified, seed 13, 25 % held out."""
-    from turnout.evals.guards_metrics import stratified_split
+    from turnout.guards.calibration import stratified_split
 
     return stratified_split(labels, HOLDOUT_SHARE, SPLIT_SEED)
 

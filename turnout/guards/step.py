@@ -19,13 +19,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.engines.base import ChatResult, Delta, EngineInfo
 from turnout.errors import PolicyBlocked
 from turnout.guards.base import Finding, Inspection, Verdict
 from turnout.guards.policy import GuardPolicy, decide
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
 from turnout.guards.scanner import Scanner
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
+from turnout.results import ChatResult, Delta, EngineInfo
 
 
 def _texts(req: ChatRequest | EmbeddingRequest) -> tuple[list[str], list[tuple[int, int]]]:
