@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
-from turnout.config import AnthropicEngineConfig
+from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     api_key_from_env,
@@ -138,7 +139,19 @@ def _input_tokens(u: dict[str, Any]) -> int:
     return int(u.get("input_tokens", 0)) + int(u.get("cache_creation_input_tokens") or 0) + int(u.get("cache_read_input_tokens") or 0)
 
 
+class AnthropicEngineConfig(EngineConfigBase):
+    dialect: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    model: str
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(1024, ge=1)
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
 class AnthropicEngine(Engine):
+    config_model = AnthropicEngineConfig
+
     def __init__(self, name: str, cfg: AnthropicEngineConfig) -> None:
         self.cfg = cfg
         self.info = EngineInfo(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
+from turnout.config import EngineConfigBase
 from turnout.errors import EngineError
 from turnout.protocol import ChatRequest
 
@@ -27,7 +29,14 @@ from turnout.results import Usage as Usage
 
 
 class Engine(ABC):
+    """One dialect. ``config_model`` is its entry's schema in ``turnout.yaml`` (a subclass of
+    ``EngineConfigBase`` with the dialect's own keys); ``__init__(name, cfg)`` gets a validated one."""
+
+    config_model: ClassVar[type[EngineConfigBase]]
     info: EngineInfo
+
+    def __init__(self, name: str, cfg: EngineConfigBase) -> None:
+        """Subclasses take their own ``config_model``; nothing is opened here (see ``start``)."""
 
     async def start(self) -> None:
         """Open clients, load weights. Called once before the first request."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
-from turnout.config import OpenAIEngineConfig
+from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     api_key_from_env,
@@ -30,7 +31,20 @@ from turnout.protocol import ChatRequest
 _TURNOUT_ONLY = {"metadata"}
 
 
+class OpenAIEngineConfig(EngineConfigBase):
+    dialect: Literal["openai"]
+    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1")
+    model: str = Field(description="the upstream's model name")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    supports_tools: bool = True
+    embedding_model: str | None = Field(
+        None, description="the upstream's embedding model: set it to serve /v1/embeddings through this engine")
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
 class OpenAIEngine(Engine):
+    config_model = OpenAIEngineConfig
+
     def __init__(self, name: str, cfg: OpenAIEngineConfig) -> None:
         self.cfg = cfg
         self.info = EngineInfo(

@@ -148,7 +148,8 @@ def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from turnout.config import LlamaCppEngineConfig, load_config
+    from turnout.config import load_config
+    from turnout.engines.llamacpp import LlamaCppEngineConfig
     from turnout.engines.registry import engine_class
 
     items = load_golden(Path(args.data_dir), args.limit, args.seed)

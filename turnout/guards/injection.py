@@ -19,9 +19,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
+
+if TYPE_CHECKING:
+    from turnout.config import GuardsConfig
 
 ARTIFACT = Path(__file__).with_name("data") / "injection.npz"
 N_FEATURES = 2**20
@@ -177,6 +180,15 @@ class InjectionGuard:
     model/heuristic score, which policy compares with ``block_threshold``."""
 
     name = "injection"
+    kinds = ("injection",)
+    config_model = None
+    scans_output = False
+
+    @classmethod
+    def from_config(cls, cfg: GuardsConfig, options: None) -> InjectionGuard:
+        """The shipped model and its calibrated threshold (``guards.injection_threshold`` is the policy's)."""
+        return cls()
+
 
     def __init__(self, model: InjectionModel | None = None, *, flag_threshold: float | None = None) -> None:
         self.model = model or InjectionModel.load()

@@ -41,6 +41,16 @@ class GuardPolicy:
     def rule_for(self, f: Finding) -> Rule:
         return self.rules.get(f"{f.kind}:{f.type}") or self.rules.get(f.kind) or Rule("keep_local")
 
+    def with_actions(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
+        """This policy with the remote action of each finding kind in ``actions`` replaced
+        (``guards.actions``, or a route's ``guards``); local engines keep the kind's local action."""
+        if not actions:
+            return self
+        rules = dict(self.rules)
+        for kind, action in actions.items():
+            rules[kind] = Rule(remote=action)
+        return GuardPolicy(rules=rules, injection_block=self.injection_block, on_error=self.on_error)
+
 
 DEFAULT_RULES: dict[str, Rule] = {
     "secret": Rule(remote="keep_local"),

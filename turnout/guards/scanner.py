@@ -20,9 +20,20 @@ import concurrent.futures as cf
 import re
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
 
-from turnout.guards.base import Finding, Guard, Inspection, Verdict
+from turnout import plugins
+from turnout.guards.base import Finding, Guard, GuardFactory, Inspection, Verdict
 from turnout.guards.pseudonymize import Pseudonymizer
+
+if TYPE_CHECKING:
+    from turnout.config import GuardsConfig
+
+
+def guard_factory(name: str) -> GuardFactory:
+    """The factory registered as ``name`` in the ``turnout.guards`` entry-point group."""
+    found: GuardFactory = plugins.load(plugins.GUARDS, name)
+    return found
 
 
 class Scanner:
@@ -30,25 +41,28 @@ class Scanner:
                  workers: int = 2, output_guards: Sequence[Guard] | None = None) -> None:
         self.guards = list(guards)
         self.output_guards = list(output_guards) if output_guards is not None else [
-            g for g in self.guards if g.name == "secrets"]
+            g for g in self.guards if getattr(g, "scans_output", False)]
         self.budget_ms = budget_ms
         self.budget_ms_per_kchar = budget_ms_per_kchar  # long documents get time in proportion
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
 
     @classmethod
-    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                spacy_model: str | None = None, pii_model: str | None = None,
-                pii_model_sha256: str | None = None) -> Scanner:
-        """PII (a statistical model + recognisers), secrets and injection guards with shipped data;
-        ``pii_model_sha256`` pins the PII transformer's weights."""
-        from turnout.guards.injection import InjectionGuard
-        from turnout.guards.pii import DEFAULT_MODEL, DEFAULT_NER, PiiGuard
-        from turnout.guards.secrets import SecretsGuard
+    def from_config(cls, cfg: GuardsConfig) -> Scanner:
+        """The guards ``guards.detectors`` names, in that order, each built by its registered
+        factory (entry-point group ``turnout.guards``) with ``guards.options.<name>``; those that
+        declare ``scans_output`` scan answers too."""
+        guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
+        output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
+        return cls(guards, budget_ms=cfg.budget_ms, output_guards=output)
 
-        secrets = SecretsGuard()
-        pii = PiiGuard(spacy_model or DEFAULT_MODEL, ner=pii_model or DEFAULT_NER, model_sha256=pii_model_sha256)
-        return cls([secrets, pii, InjectionGuard()], budget_ms=budget_ms,
-                   budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
+    @classmethod
+    def default(cls, *, budget_ms: float = 250.0, pii_model: Literal["rampart", "spacy", "both"] = "rampart",
+                pii_model_sha256: str | None = None) -> Scanner:
+        """The built-in guards (secrets, PII, injection) with shipped data, as the default
+        configuration has them; ``pii_model_sha256`` pins the PII transformer's weights."""
+        from turnout.config import GuardsConfig
+
+        return cls.from_config(GuardsConfig(budget_ms=budget_ms, pii_model=pii_model, pii_model_sha256=pii_model_sha256))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -16,11 +16,12 @@ request to local engines, or refuses it when none is available.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from turnout.errors import PolicyBlocked
-from turnout.guards.base import Finding, Inspection, Verdict
+from turnout.guards.base import Action, Finding, Inspection, Verdict
 from turnout.guards.policy import GuardPolicy, decide
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
 from turnout.guards.scanner import Scanner
@@ -172,16 +173,9 @@ class Guards:
                 state.pseudonymizer, state.protected = p, protected
         return state
 
-    def policy_for(self, actions: dict[str, str] | None) -> GuardPolicy:
+    def policy_for(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
         """The default policy with a route's own remote actions per finding kind."""
-        if not actions:
-            return self.policy
-        from turnout.guards.policy import Rule
-
-        rules = dict(self.policy.rules)
-        for kind, action in actions.items():
-            rules[kind] = Rule(remote=action)  # type: ignore[arg-type]
-        return GuardPolicy(rules=rules, injection_block=self.policy.injection_block, on_error=self.policy.on_error)
+        return self.policy.with_actions(actions)
 
     def scan_output(self, req: ChatRequest, text: str) -> list[Finding]:
         system = "\n".join(m.text() for m in req.messages if m.role in ("system", "developer")) or None

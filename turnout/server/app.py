@@ -79,17 +79,13 @@ class ChatFastPath:
 
 
 def build_guards(cfg: TurnoutConfig) -> Guards:
-    """The detectors (spaCy NER, secrets, injection classifier) load once, here."""
-    from turnout.guards.policy import DEFAULT_RULES, GuardPolicy, Rule
+    """The detectors ``guards.detectors`` names (registered in the ``turnout.guards`` entry-point
+    group) load once, here; ``guards.actions`` refine the default policy."""
+    from turnout.guards.policy import GuardPolicy
     from turnout.guards.scanner import Scanner
 
-    rules = dict(DEFAULT_RULES)
-    for kind, action in cfg.guards.actions.items():
-        rules[kind] = Rule(remote=action)
-    policy = GuardPolicy(rules=rules, injection_block=cfg.guards.injection_threshold)
-    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=cfg.guards.pii_model,
-                              pii_model_sha256=cfg.guards.pii_model_sha256)
-    return Guards(scanner, policy, cfg.guards.output)
+    policy = GuardPolicy(injection_block=cfg.guards.injection_threshold).with_actions(cfg.guards.actions)
+    return Guards(Scanner.from_config(cfg.guards), policy, cfg.guards.output)
 
 
 def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
