@@ -38,15 +38,15 @@ def test_exact_hits_expire_and_are_partitioned() -> None:
     clock = Clock()
     cache = AnswerCache(ttl_s=60, clock=clock)
     req = _req("capital of France?", temperature=0)
-    hit, key, _ = cache.lookup(req, "team-a")
+    hit, key = cache.exact(req, "team-a")
     assert hit is None and cache.store(key, req, "team-a", _answer(), None)
-    hit, _, _ = cache.lookup(req, "team-a")
+    hit, _ = cache.exact(req, "team-a")
     assert hit is not None and hit.kind == "exact" and hit.result.content == "Paris."
-    assert cache.lookup(req, "team-b")[0] is None                     # another tenant: never shared
-    assert cache.lookup(_req("capital of France?", temperature=0.7), "team-a")[0] is None  # other parameters
-    assert cache.lookup(_req("capital of France?", temperature=0, metadata={"task": "x"}), "team-a")[0] is None
+    assert cache.exact(req, "team-b")[0] is None                     # another tenant: never shared
+    assert cache.exact(_req("capital of France?", temperature=0.7), "team-a")[0] is None  # other parameters
+    assert cache.exact(_req("capital of France?", temperature=0, metadata={"task": "x"}), "team-a")[0] is None
     clock.t = 61
-    assert cache.lookup(req, "team-a")[0] is None                     # expired
+    assert cache.exact(req, "team-a")[0] is None                     # expired
     assert len(cache) == 0
 
 
@@ -54,10 +54,10 @@ def test_lru_bound_and_what_is_not_stored() -> None:
     cache = AnswerCache(max_entries=2)
     for i in range(3):
         r = _req(f"q{i}")
-        cache.store(cache.lookup(r, "t")[1], r, "t", _answer(), None)
-    assert len(cache) == 2 and cache.lookup(_req("q0"), "t")[0] is None and cache.lookup(_req("q2"), "t")[0]
+        cache.store(cache.exact(r, "t")[1], r, "t", _answer(), None)
+    assert len(cache) == 2 and cache.exact(_req("q0"), "t")[0] is None and cache.exact(_req("q2"), "t")[0]
     r = _req("cut short")
-    key = cache.lookup(r, "t")[1]
+    key = cache.exact(r, "t")[1]
     assert not cache.store(key, r, "t", _answer(finish="content_filter"), None)
     assert not cache.store(key, r, "t", ChatResult(None, "tool_calls", Usage(), tool_calls=[{"id": "x"}]), None)
 
@@ -77,13 +77,15 @@ def test_semantic_hits_need_the_threshold_and_the_same_scope() -> None:
                "price of bread?": [0.0, 1.0]}
     cache = AnswerCache(embed=lambda t: np.asarray(vectors[t.lower()]), semantic_threshold=0.95)
     first = _req("How tall is the Eiffel Tower?")
-    hit, key, vec = cache.lookup(first, "t")
+    hit, key = cache.exact(first, "t")
+    hit, vec = cache.similar(first, "t")
     assert hit is None and vec is not None
     cache.store(key, first, "t", _answer("330 m"), vec)
-    hit = cache.lookup(_req("Eiffel tower height?"), "t")[0]
+    assert cache.exact(_req("Eiffel tower height?"), "t")[0] is None  # not the same request
+    hit = cache.similar(_req("Eiffel tower height?"), "t")[0]
     assert hit is not None and hit.kind == "semantic" and hit.similarity == pytest.approx(0.96)
-    assert cache.lookup(_req("Price of bread?"), "t")[0] is None
-    assert cache.lookup(_req("Eiffel tower height?"), "other")[0] is None
+    assert cache.similar(_req("Price of bread?"), "t")[0] is None
+    assert cache.similar(_req("Eiffel tower height?"), "other")[0] is None
 
 
 # --------------------------------------------------------------------------- end to end
@@ -224,9 +226,9 @@ def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
 
             replica = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)
             assert replica.adopt(seen) == 1 and replica.adopt(seen) == 0  # held already
-            hit = replica.lookup(_req("Eiffel tower height?"), "t")[0]
+            hit = replica.similar(_req("Eiffel tower height?"), "t")[0]
             assert hit is not None and hit.kind == "semantic" and hit.result.content == "330 m"
-            assert replica.lookup(_req("Eiffel tower height?"), "other tenant")[0] is None
+            assert replica.similar(_req("Eiffel tower height?"), "other tenant")[0] is None
             stale = SharedEntry("k3", seen[0].scope, seen[0].vector, _answer("old"), age_s=61)
             assert replica.adopt([stale]) == 0  # older than the time to live
         finally:

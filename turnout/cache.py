@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from turnout.protocol import ChatRequest
+from turnout.protocol import SENSITIVE_LEVELS, ChatRequest
 from turnout.results import ChatResult, Usage
 
 if TYPE_CHECKING:  # numpy (the optional router extra) only for the semantic layer
@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # numpy (the optional router extra) only for the semantic lay
 
 log = logging.getLogger("turnout.cache")
 
+# labels the pipeline adds itself before the cache step; every other label is a guard's finding
+PIPELINE_LABELS = frozenset({"grounded", "grounded_none"})
 # request fields that do not change the answer
 _NOT_IN_KEY = {"stream", "stream_options", "user", "model", "messages"}
 
@@ -60,9 +62,9 @@ class _Entry:
 def cacheable(req: ChatRequest, labels: set[str], sensitivity: str | None) -> bool:
     if req.tools or req.logprobs or (req.metadata or {}).get("cache") == "off":
         return False
-    if sensitivity in ("sensitive", "restricted"):
+    if sensitivity in SENSITIVE_LEVELS:
         return False
-    return not (labels & {"pii", "secret", "injection", "guard_error"})
+    return not (labels - PIPELINE_LABELS)  # any guard finding (a plugin guard's kinds too) or failure
 
 
 def scope_of(req: ChatRequest, partition: str) -> str:
@@ -97,16 +99,6 @@ class AnswerCache:
 
     def _fresh(self, e: _Entry, now: float) -> bool:
         return now - e.stored <= self.ttl_s
-
-    def lookup(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str, np.ndarray | None]:
-        """(hit or None, key, prompt vector for ``store``): ``exact``, then ``similar``. Runs the
-        embedding model when the semantic layer is on and the exact lookup missed: call it off
-        the event loop."""
-        hit, key = self.exact(req, partition)
-        if hit is not None or self.embed is None:
-            return hit, key, None
-        hit, vec = self.similar(req, partition)
-        return hit, key, vec
 
     def exact(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str]:
         """(hit or None, key): the same request in the same scope, within the time to live."""

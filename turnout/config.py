@@ -29,8 +29,6 @@ from pydantic import (
 from turnout import plugins
 from turnout.weights import minilm_available
 
-SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
-
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the file."""

@@ -11,7 +11,6 @@ Translation, both ways, streaming included:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -177,26 +176,23 @@ class AnthropicEngine(Engine):
         name = self.info.name
         payload = to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens)
         with transport_errors(name, "waiting for the answer"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                body = await read_json(resp, name, self.cfg.max_response_bytes)
         return from_anthropic(body, name)
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
         name, res = self.info.name, self.cfg.resilience
         payload = {**to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens), "stream": True}
         with transport_errors(name, "before the first token"):
-            async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
+            resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
         usage = Usage()
         finish = "stop"
         tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)
-            async for event, data in sse_events(resp, name, res.first_token_timeout, res.idle_timeout,
-                                                self.cfg.max_response_bytes):
+            async for event, data in sse_events(resp, name, res.idle_timeout, self.cfg.max_response_bytes):
                 ev = loads_event(data, name)
                 kind = ev.get("type", event)
                 if kind == "message_start":

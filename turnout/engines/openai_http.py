@@ -6,7 +6,6 @@ Streams always ask the upstream for usage, so turnout can account for every toke
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -87,10 +86,9 @@ class OpenAIEngine(Engine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
         with transport_errors(name, "waiting for the answer"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                body = await read_json(resp, name, self.cfg.max_response_bytes)
         return _result(body, name)
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
@@ -99,14 +97,11 @@ class OpenAIEngine(Engine):
         usage: Usage | None = None
         produced = 0
         with transport_errors(name, "before the first token"):
-            async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
+            resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)
-            async for _event, data in sse_events(
-                resp, name, res.first_token_timeout, res.idle_timeout, self.cfg.max_response_bytes
-            ):
+            async for _event, data in sse_events(resp, name, res.idle_timeout, self.cfg.max_response_bytes):
                 if data == b"[DONE]":
                     if finish is None:
                         raise EngineProtocolError("stream sent [DONE] without a finish_reason", engine=name)
@@ -149,10 +144,9 @@ class OpenAIEngine(Engine):
         if dimensions is not None:
             body["dimensions"] = dimensions
         with transport_errors(name, "waiting for the embeddings"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    answer = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                answer = await read_json(resp, name, self.cfg.max_response_bytes)
         try:
             data = sorted(answer["data"], key=lambda d: int(d["index"]))
             vectors = [[float(x) for x in d["embedding"]] for d in data]

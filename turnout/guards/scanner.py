@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from turnout import plugins
@@ -120,18 +120,15 @@ class Scanner:
 
     # ------------------------------------------------------------------ output
 
-    def scan_output(self, text: str, *, system_prompt: str | None = None,
-                    kept_values: Iterable[str] = ()) -> list[Finding]:
-        """Findings in a model's answer: secrets (kind ``secret``), a verbatim run of the
-        system prompt (``leak``/``SYSTEM_PROMPT_LEAK``) and any value that policy kept
-        local (``leak``/``KEPT_VALUE_LEAK``). Output guard failures are raised: the
-        caller decides whether to withhold the answer."""
+    def scan_output(self, text: str, *, system_prompt: str | None = None) -> list[Finding]:
+        """Findings in a model's answer: those of the output guards (secrets, kind ``secret``)
+        and a verbatim run of the system prompt (``leak``/``SYSTEM_PROMPT_LEAK``). Output guard
+        failures are raised: the caller decides whether to withhold the answer."""
         out: list[Finding] = []
         for g in self.output_guards:
             out.extend(g.inspect(text))
         if system_prompt:
             out.extend(system_prompt_leaks(text, system_prompt))
-        out.extend(value_leaks(text, kept_values))
         return out
 
 
@@ -182,16 +179,3 @@ def system_prompt_leaks(text: str, system_prompt: str, *, n: int = 8) -> list[Fi
     first, last = hits[0], hits[-1]
     return [Finding("leak", "SYSTEM_PROMPT_LEAK", words[first][1], words[last + n - 1][2], round(score, 3),
                     "output.system_prompt")]
-
-
-def value_leaks(text: str, values: Iterable[str], *, min_len: int = 4) -> list[Finding]:
-    out = []
-    low = text.lower()
-    for v in set(values):
-        if len(v.strip()) < min_len:
-            continue
-        start = low.find(v.lower())
-        while start >= 0:
-            out.append(Finding("leak", "KEPT_VALUE_LEAK", start, start + len(v), 1.0, "output.kept_values"))
-            start = low.find(v.lower(), start + len(v))
-    return out

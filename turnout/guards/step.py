@@ -136,10 +136,9 @@ class StreamRestore:
 class Guards:
     """Built once at start-up; ``inspect`` runs per request off the event loop."""
 
-    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None, output_action: str = "record") -> None:
+    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None) -> None:
         self.scanner = scanner
         self.policy = policy or GuardPolicy()
-        self.output_action = output_action
 
     async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True) -> Inspection:
         """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
@@ -184,9 +183,6 @@ class Guards:
         except Exception:  # fail closed on output too: withhold rather than pass unscanned text
             found = [Finding("leak", "OUTPUT_SCAN_FAILED", 0, 0, 1.0, "output")]
         return found
-
-    def close(self) -> None:
-        self.scanner.close()
 
 
 def redact(text: str, findings: list[Finding]) -> str:

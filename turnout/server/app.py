@@ -85,7 +85,7 @@ def build_guards(cfg: TurnoutConfig) -> Guards:
     from turnout.guards.scanner import Scanner
 
     policy = GuardPolicy(injection_block=cfg.guards.injection_threshold).with_actions(cfg.guards.actions)
-    return Guards(Scanner.from_config(cfg.guards), policy, cfg.guards.output)
+    return Guards(Scanner.from_config(cfg.guards), policy)
 
 
 def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:

@@ -11,11 +11,10 @@ from starlette.responses import Response, StreamingResponse
 
 from turnout.errors import InvalidRequest, TurnoutError
 from turnout.pipeline import Call, Gateway, new_request_id
+from turnout.protocol import SENSITIVITY_LEVELS as SENSITIVITY
 from turnout.protocol import ChatRequest
 from turnout.server.body import read_json, validate
 from turnout.server.errors import error_response
-
-SENSITIVITY = {"public", "internal", "sensitive", "restricted"}
 
 
 def _call_for(request: Request) -> Call:
