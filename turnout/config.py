@@ -7,10 +7,13 @@ running SmolLM2-135M-Instruct and a SQLite file for state.
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
+import types
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -89,9 +92,10 @@ def dialect_model(dialect: str) -> type[EngineConfigBase]:
 @cache
 def _engines_adapter(dialects: tuple[str, ...]) -> TypeAdapter[dict[str, EngineConfigBase]]:
     """Validates ``engines:`` with a union tagged by the registered dialect names given."""
-    members = tuple(Annotated[dialect_model(d), Tag(d)] for d in dialects)
-    union = Annotated[Union[members], Discriminator(_dialect_of)]  # noqa: UP007 - built at run time
-    return TypeAdapter(dict[str, union])  # type: ignore[valid-type]
+    members: list[Any] = [Annotated[dialect_model(d), Tag(d)] for d in dialects]
+    union: Any = functools.reduce(operator.or_, members)  # built at run time from the registry
+    shape: Any = types.GenericAlias(dict, (str, Annotated[union, Discriminator(_dialect_of)]))
+    return TypeAdapter(shape)
 
 
 GuardAction = Literal["allow", "pseudonymize", "keep_local", "block"]
@@ -120,7 +124,7 @@ class GuardsConfig(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="a detector's own settings, by name (validated against its config_model)")
     actions: dict[str, GuardAction] = Field(
-        default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"},
+        default_factory=lambda: dict[str, GuardAction](pii="pseudonymize", secret="keep_local", injection="allow"),
         description="the remote action per finding kind; the kinds are those the detectors report")
 
     @model_validator(mode="after")

@@ -82,7 +82,7 @@ def _weigh(rec: ModelRecord, path: Path, checksums: bool) -> None:
 def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]:
     records = []
     for name, e in cfg.engines.items():
-        model = getattr(e, "model_name", None) or getattr(e, "model", "?")
+        model = str(getattr(e, "model_name", None) or getattr(e, "model", "?"))
         rec = ModelRecord(name, e.dialect, model, e.locality, e.license, pinned=getattr(e, "sha256", None))
         try:
             path = weights_path(e.dialect, e)

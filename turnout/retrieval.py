@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -62,7 +62,7 @@ class Passage:
     chunk: int
     text: str
     score: float
-    metadata: dict
+    metadata: dict[str, Any]
 
 
 def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -149,8 +149,9 @@ class SqliteChunks:
 
     def stats(self, collection: str) -> tuple[int, int]:
         with self._lock:
-            return self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                     (collection,)).fetchone()
+            docs, chunks = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                                             (collection,)).fetchone()
+        return int(docs), int(chunks)
 
     def version(self, collection: str) -> int:
         with self._lock:
@@ -177,7 +178,7 @@ class VectorStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, np.ndarray, list[Row]]] = {}
 
-    def add(self, collection: str, documents: Sequence[dict]) -> dict[str, int]:
+    def add(self, collection: str, documents: Sequence[dict[str, Any]]) -> dict[str, int]:
         """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
         import numpy as np
 

@@ -103,7 +103,7 @@ class PostgresChunks:
             else:
                 cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
                             (collection, doc_id))
-            n = cur.rowcount
+            n: int = cur.rowcount
             self._bump(cur, collection)
             return n
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("chat", help="send one prompt and print the answer and the route taken")
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default="auto", help="route alias or engine (default: auto)")

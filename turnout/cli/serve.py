@@ -10,7 +10,7 @@ import socket
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
     p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"), help="turnout.yaml (default: embedded setup)")
     p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")

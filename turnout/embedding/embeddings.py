@@ -85,13 +85,15 @@ class Encoder(Protocol):
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    out: np.ndarray = (x - mean) / np.sqrt(var + eps) * weight + bias
+    return out
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
-    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    out: np.ndarray = 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class MiniLMEncoder:
         probs = np.exp(scores)
         probs /= probs.sum(axis=-1, keepdims=True)
         context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
-        return context @ layer.out_w + layer.out_b
+        out: np.ndarray = context @ layer.out_w + layer.out_b
+        return out
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         t = ids.shape[1]
@@ -169,7 +172,8 @@ class MiniLMEncoder:
             x = _layer_norm(x + hidden @ layer.down_w + layer.down_b, *layer.ln2, self.eps)
         summed = (x * mask[:, :, None]).sum(axis=1)
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return unit
 
     def encode(
         self, texts: list[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
@@ -195,7 +199,7 @@ def cached_embeddings(
         digest.update(hashlib.sha256(text.encode()).digest())
     path = Path(cache_dir) / f"{encoder.cache_prefix}-{digest.hexdigest()[:24]}.npy"
     if path.is_file():
-        cached = np.load(path)
+        cached: np.ndarray = np.load(path)
         if cached.shape == (len(texts), DIM):
             return cached
     vectors = encoder.encode(texts, on_batch=on_batch)
@@ -224,7 +228,8 @@ class StaticMiniLM:
     def _table(self, cache_dir: Path) -> np.ndarray:
         path = cache_dir / f"minilm-static-{self.encoder.fingerprint()[:16]}.npy"
         if path.is_file():
-            return np.load(path)
+            loaded: np.ndarray = np.load(path)
+            return loaded
         vocab = self.encoder._word.shape[0]
         cls_id = self.encoder.tokenizer.token_to_id("[CLS]")
         sep_id = self.encoder.tokenizer.token_to_id("[SEP]")
@@ -246,4 +251,5 @@ class StaticMiniLM:
             out[row] = self.table[ids].mean(axis=0)
         if on_batch is not None:
             on_batch(len(texts))
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit

@@ -143,7 +143,8 @@ class LlamaCppEngine(Engine):
             await asyncio.to_thread(llm.close)
 
     def _kwargs(self, req: ChatRequest, recorder: TokenLogprobs, plan: tools.ToolPlan | None) -> dict[str, Any]:
-        from llama_cpp import LlamaGrammar, LogitsProcessorList
+        from llama_cpp import LogitsProcessorList
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         kw: dict[str, Any] = {
             "messages": tools.template_messages(req.messages, plan),
@@ -297,7 +298,8 @@ def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
 
 def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
     def text(tok: int) -> str:
-        return llm.detokenize([tok]).decode("utf-8", "replace")
+        piece: str = llm.detokenize([tok]).decode("utf-8", "replace")
+        return piece
 
     content = []
     for i, (tok, lp) in enumerate(rec.chosen):

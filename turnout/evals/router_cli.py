@@ -55,7 +55,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TURNOUT_CACHE_DIR", Path(".turnout") / "cache"))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "router",
         help="cross-validated APGR/CPT of routers on outcome data; optionally train and save one",
@@ -115,7 +115,11 @@ def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str) -> np.ndarray:
 
     encoder = make_embedder(kind, cache_dir)
     with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
-        return cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
+
+        def progress(n: int) -> None:
+            bar.update(n)
+
+        return cached_embeddings(encoder, data.prompts, cache_dir, on_batch=progress)
 
 
 def _scores(name: str, data: RoutingDataset, emb: np.ndarray | None, args: argparse.Namespace) -> np.ndarray:

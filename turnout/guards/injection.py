@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from turnout.guards.base import Finding
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from turnout.config import GuardsConfig
 
 ARTIFACT = Path(__file__).with_name("data") / "injection.npz"
@@ -120,7 +122,7 @@ def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_
 
     from turnout.guards.calibration import threshold_for_fpr
 
-    def _fit(tx: Sequence[str], y: Sequence[int]) -> InjectionModel:
+    def _fit(tx: Sequence[str], y: Sequence[int] | np.ndarray) -> InjectionModel:
         import scipy.sparse as sp
         from sklearn.linear_model import LogisticRegression
 

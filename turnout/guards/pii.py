@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
 
@@ -169,7 +169,7 @@ class PiiGuard:
             self.recognisers["model"] = RampartNer(pin=model_sha256)
         if ner == "rampart":
             model = None
-        self._nlp = None
+        self._nlp: Any = None  # a spaCy Language when ner is spacy or both
         self._lock = threading.Lock()
         self._nlp_lock = threading.Lock()
         if model:

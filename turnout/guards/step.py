@@ -126,7 +126,8 @@ class StreamRestore:
         if d.finish_reason:  # the last delta: release whatever was held back
             tail = self.content.flush()
             d.content = (d.content or "") + tail if tail else d.content
-            held = [{"index": i, "function": {"arguments": r.flush()}} for i, r in self.args.items()]
+            held: list[dict[str, Any]] = [{"index": i, "function": {"arguments": r.flush()}}
+                                          for i, r in self.args.items()]
             held = [h for h in held if h["function"]["arguments"]]
             if held:
                 d.tool_calls = [*(d.tool_calls or []), *held]

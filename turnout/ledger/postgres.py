@@ -181,7 +181,7 @@ def _dict_rows(dsn: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]
     from psycopg.rows import dict_row
 
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10, row_factory=dict_row) as conn:
-        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]  # type: ignore[arg-type]
+        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]
 
 
 def read_rows(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:

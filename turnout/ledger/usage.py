@@ -63,7 +63,10 @@ def render(summary: dict[str, Any]) -> str:
     lines = []
 
     def row(name: str, g: dict[str, Any]) -> str:
-        fmt = lambda v, spec: format(v, spec) if v is not None else format("-", ">9")
+
+        def fmt(v: float | None, spec: str) -> str:
+            return format(v, spec) if v is not None else format("-", ">9")
+
         share = f"{g['local_share']:.0%}" if g["local_share"] is not None else "-"
         sat = f"{g['satisfaction']:.2f} ({g['feedback']})" if g.get("satisfaction") is not None else "-"
         return (f"{name[:21]:<22}{g['requests']:>9}{g['errors']:>7}{g['prompt_tokens']:>11}{g['completion_tokens']:>11}"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from turnout.embedding.embeddings import EMBEDDINGS
+from turnout.embedding.embeddings import EMBEDDINGS, Encoder
 from turnout.routing.calibration import threshold_for_escalation, threshold_for_quality
 from turnout.routing.scorers import Scorer, make_scorer
 
@@ -55,7 +55,7 @@ def data_fingerprint(prompts: list[str], weak: np.ndarray, strong: np.ndarray) -
     return digest.hexdigest()
 
 
-def make_embedder(kind: str = "minilm", cache_dir: Path | None = None) -> Embedder:
+def make_embedder(kind: str = "minilm", cache_dir: Path | None = None) -> Encoder:
     """``minilm``: the full MiniLM forward pass in numpy; ``minilm-static``: its distilled token
     table (kept in ``cache_dir``, default .turnout/cache); ``minilm-onnx`` / ``minilm-onnx-fp32``:
     the full model in onnxruntime, int8 / float32 (built once into the model cache)."""
@@ -118,7 +118,7 @@ class LearnedRouter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.metadata, "format": ARTIFACT_FORMAT, "family": self.family, "threshold": self.threshold}
-        arrays = {f"state.{k}": v for k, v in self.scorer.state().items()}
+        arrays: dict[str, Any] = {f"state.{k}": v for k, v in self.scorer.state().items()}
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as handle:
             np.savez_compressed(handle, __meta__=np.asarray(json.dumps(meta, sort_keys=True)), **arrays)

@@ -119,7 +119,7 @@ def build_store(cfg: TurnoutConfig) -> VectorStore | None:
 
     from turnout.embedding.minilm_onnx import exact_encoder
 
-    lock, holder = threading.Lock(), []
+    lock, holder = threading.Lock(), list[Any]()
 
     def embed(texts: list[str]) -> Any:
         with lock:
@@ -200,5 +200,5 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/feedback", feedback.post_feedback, methods=["POST"]),
         *dashboard.ROUTES,
     ]
-    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     return ChatFastPath(starlette, cfg.server.max_in_flight)
