@@ -186,3 +186,48 @@ def test_a_plugin_guard_finding_is_refused_where_no_local_engine_may_take_it(gat
     allowed = _chat(gw, "auto", "the sparrow file")
     assert allowed.status_code == 200 and len(upstream.requests()) == 1
 
+
+
+def test_a_stream_that_is_not_a_generator_is_relayed_and_released() -> None:
+    """Engine.stream promises an AsyncIterator, not a generator: a plugin may return any async
+    iterator, which has no aclose(); the resilience wrapper still relays it and frees its slot."""
+    import asyncio
+
+    from turnout.config import Resilience
+    from turnout.engines.base import Delta
+    from turnout.engines.resilience import ResilientEngine
+    from turnout.protocol import ChatRequest
+
+    class Chunks:
+        def __init__(self) -> None:
+            self.items = [Delta(content="a"), Delta(content="b"), Delta(finish_reason="stop")]
+
+        def __aiter__(self) -> Chunks:
+            return self
+
+        async def __anext__(self) -> Delta:
+            if not self.items:
+                raise StopAsyncIteration
+            return self.items.pop(0)
+
+    class Iterating(ShoutLike):
+        def stream(self, req: ChatRequest) -> Any:
+            return Chunks()
+
+    async def run() -> list[str | None]:
+        engine = ResilientEngine(Iterating(), Resilience(max_concurrency=1, max_queue=0))
+        req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        first = [d.content async for d in engine.stream(req)]
+        second = [d.content async for d in engine.stream(req)]  # the one slot was released
+        return first + second
+
+    assert asyncio.run(run()) == ["a", "b", None, "a", "b", None]
+
+
+class ShoutLike:
+    """A minimal engine for the unit test above (only what ResilientEngine touches)."""
+
+    def __init__(self) -> None:
+        from turnout.engines.base import EngineInfo
+
+        self.info = EngineInfo(name="it", dialect="test", model="m", locality="local")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from turnout.config import EngineConfigBase
 from turnout.errors import EngineError
@@ -58,3 +58,11 @@ class Engine(ABC):
     async def ready(self) -> tuple[bool, str]:
         """(ready, detail) for /readyz. Cheap: no generation."""
         return True, "ok"
+
+
+async def aclose(stream: AsyncIterator[Any]) -> None:
+    """Close an engine's stream: an async generator releases its connection or slot; a plain
+    async iterator (``Engine.stream`` promises no more) has nothing to close."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
