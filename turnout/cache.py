@@ -230,10 +230,10 @@ class SharedAnswers:
             now_ms = _ms(await self._redis.time())
             while True:
                 start = "%d-%d" % self._last_id
-                read = await self._redis.xread({self.stream: start}, count=batch)
-                items = read[0][1] if read else []
+                items = _entries(await self._redis.xread({self.stream: start}, count=batch))
                 for entry_id, f in items:
-                    ident = tuple(int(x) for x in entry_id.decode().split("-"))
+                    ms, seq = (int(x) for x in entry_id.decode().split("-"))
+                    ident = (ms, seq)
                     self._last_id = max(self._last_id, ident)
                     out.append(SharedEntry(f[b"key"].decode(), f[b"scope"].decode(),
                                            np.frombuffer(f[b"vector"], dtype=np.float32).copy(),
@@ -248,10 +248,25 @@ class SharedAnswers:
         await self._redis.aclose()
 
 
-def _result(raw: bytes) -> ChatResult:
+def _result(raw: bytes | str) -> ChatResult:
     d = orjson.loads(raw)
     return ChatResult(d["content"], d["finish_reason"], Usage(d["prompt_tokens"], d["completion_tokens"]),
                       model=d["model"])
+
+
+def _entries(read: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of one stream in an XREAD reply, ``[[stream, [(id, {field: value})]]]``, bytes
+    throughout (the client does not decode responses); an empty reply has none."""
+    if not read:
+        return []
+    if not isinstance(read, list):
+        raise TypeError(f"unexpected XREAD reply: {type(read).__name__}")
+    out: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry_id, fields in read[0][1]:
+        if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
+            raise TypeError("unexpected XREAD entry")
+        out.append((entry_id, fields))
+    return out
 
 
 def _ms(server_time: tuple[int, int]) -> int:
