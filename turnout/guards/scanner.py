@@ -47,22 +47,23 @@ class Scanner:
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
 
     @classmethod
-    def from_config(cls, cfg: GuardsConfig) -> Scanner:
+    def from_config(cls, cfg: GuardsConfig, *, budget_ms_per_kchar: float = 40.0) -> Scanner:
         """The guards ``guards.detectors`` names, in that order, each built by its registered
         factory (entry-point group ``turnout.guards``) with ``guards.options.<name>``; those that
         declare ``scans_output`` scan answers too."""
         guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
         output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
-        return cls(guards, budget_ms=cfg.budget_ms, output_guards=output)
+        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output)
 
     @classmethod
-    def default(cls, *, budget_ms: float = 250.0, pii_model: Literal["rampart", "spacy", "both"] = "rampart",
-                pii_model_sha256: str | None = None) -> Scanner:
+    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+                pii_model: Literal["rampart", "spacy", "both"] = "rampart", pii_model_sha256: str | None = None) -> Scanner:
         """The built-in guards (secrets, PII, injection) with shipped data, as the default
         configuration has them; ``pii_model_sha256`` pins the PII transformer's weights."""
         from turnout.config import GuardsConfig
 
-        return cls.from_config(GuardsConfig(budget_ms=budget_ms, pii_model=pii_model, pii_model_sha256=pii_model_sha256))
+        cfg = GuardsConfig(budget_ms=budget_ms, pii_model=pii_model, pii_model_sha256=pii_model_sha256)
+        return cls.from_config(cfg, budget_ms_per_kchar=budget_ms_per_kchar)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
