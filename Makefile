@@ -17,10 +17,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check turnout tests bench
+	$(BIN)/lint-imports
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check turnout tests bench
+	$(BIN)/lint-imports
+	$(BIN)/python -m mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

@@ -46,8 +46,7 @@ MODES: dict[str, Any] = {
 async def main(runs: int, threads: int) -> None:
     import jsonschema_rs
 
-    from turnout.config import LlamaCppEngineConfig
-    from turnout.engines.llamacpp import LlamaCppEngine
+    from turnout.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
     from turnout.protocol import ChatRequest
 
     engine = LlamaCppEngine("local", LlamaCppEngineConfig(dialect="llamacpp", n_threads=threads))

@@ -33,8 +33,8 @@ ENCODERS = ("numpy", "onnx-fp32", "onnx-int8", "static")
 
 
 def _loader(name: str, threads: int, static_cache: Path) -> Callable[[], object]:
-    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
-    from turnout.routing.minilm_onnx import OnnxMiniLM
+    from turnout.embedding.embeddings import MiniLMEncoder, StaticMiniLM
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
 
     if name == "numpy":
         return MiniLMEncoder
@@ -123,9 +123,9 @@ def main() -> None:
 
 
 def full_fidelity(args: argparse.Namespace) -> None:
+    from turnout.embedding.embeddings import cached_embeddings
     from turnout.evals.datasets import load_dataset
     from turnout.evals.router_cli import default_cache_dir
-    from turnout.routing.embeddings import cached_embeddings
 
     others = [e for e in args.encoders if e != "numpy"]
     print(f"cosine with numpy over whole data sets: mean / 1st percentile / min ({', '.join(others)})")

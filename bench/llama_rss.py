@@ -53,8 +53,7 @@ def direct(calls: int, warmup: int) -> float:
 
 
 def engine(calls: int, warmup: int) -> float:
-    from turnout.config import LlamaCppEngineConfig
-    from turnout.engines.llamacpp import LlamaCppEngine
+    from turnout.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
     from turnout.protocol import ChatRequest
 
     async def run() -> float:

@@ -40,8 +40,8 @@ def _time_calls(fn, prompts: list[str]) -> list[float]:  # type: ignore[no-untyp
 
 def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str], embedding: str) -> None:
     from turnout.evals.datasets import load_dataset
-    from turnout.routing.embeddings import embeddings_available
     from turnout.routing.learned import LearnedRouter, fit_final, make_embedder
+    from turnout.weights import minilm_available
 
     data = load_dataset(dataset, data_dir)
     rng = np.random.default_rng(0)
@@ -50,8 +50,8 @@ def bench_routers(data_dir: Path, dataset: str, n: int, families: list[str], emb
     print(f"{dataset}: {len(data)} rows; probe {len(probe)} prompts, median {statistics.median(lengths):.0f} chars")
     emb = None
     encoder = None
-    if embeddings_available():
-        from turnout.routing.embeddings import cached_embeddings
+    if minilm_available():
+        from turnout.embedding.embeddings import cached_embeddings
 
         t = time.perf_counter()
         encoder = make_embedder(embedding)
@@ -83,14 +83,15 @@ def bench_torch(data_dir: Path, dataset: str, n: int) -> None:
     except ImportError:
         print("torch / sentence-transformers not importable: torch comparison skipped")
         return
+    from turnout.embedding.embeddings import MiniLMEncoder
     from turnout.evals.datasets import load_dataset
-    from turnout.routing.embeddings import MiniLMEncoder, model_dir
+    from turnout.weights import minilm_dir
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     data = load_dataset(dataset, data_dir)
     probe = data.prompts[:n]
     t = time.perf_counter()
-    st = SentenceTransformer(str(model_dir()), device="cpu")
+    st = SentenceTransformer(str(minilm_dir()), device="cpu")
     print(f"sentence-transformers (torch {torch.__version__}) load: {(time.perf_counter() - t) * 1000:.0f} ms")
     print(f"  encode() 1 prompt: {_percentiles(_time_calls(lambda p: st.encode([p]), probe))}")
     t = time.perf_counter()
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mmlu")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--families", nargs="+", default=["tfidf-lr", "emb-knn", "hybrid"])
-    from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
+    from turnout.embedding.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
 
     # the default of `turnout eval router`, so latency and quality figures describe one router
     parser.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULT_EMBEDDING)

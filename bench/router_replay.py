@@ -33,7 +33,7 @@ class CachedOnly:
     """The cache key of an encoder, for reading embeddings computed elsewhere (no model needed)."""
 
     def __init__(self, kind: str) -> None:
-        from turnout.routing.embeddings import MODEL_NAME
+        from turnout.embedding.embeddings import MODEL_NAME
 
         keys = {"minilm": (f"{MODEL_NAME}|256|head-tail", "minilm"),
                 "minilm-onnx-fp32": (f"{MODEL_NAME}|256|onnx-fp32-g1|head-tail", "minilm-onnx-fp32"),
@@ -94,9 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from turnout.embedding.embeddings import cached_embeddings
     from turnout.evals.datasets import load_dataset
     from turnout.evals.replay import embed_lookup
-    from turnout.routing.embeddings import cached_embeddings
     from turnout.routing.learned import LearnedRouter, fit_final, make_embedder
     from turnout.routing.scorers import make_scorer
 

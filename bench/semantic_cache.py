@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N pairs of each PAWS split (default all)")
     args = ap.parse_args()
 
-    from turnout.routing.minilm_onnx import exact_encoder
+    from turnout.embedding.minilm_onnx import exact_encoder
 
     enc = exact_encoder()
     folder = paws_dir()

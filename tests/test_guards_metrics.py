@@ -13,9 +13,8 @@ from turnout.evals.guards_metrics import (
     map_types,
     percentile,
     score_record,
-    stratified_split,
-    threshold_for_fpr,
 )
+from turnout.guards.calibration import stratified_split, threshold_for_fpr
 
 
 def test_f_beta_by_hand() -> None:

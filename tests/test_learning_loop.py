@@ -17,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from turnout.embedding.embeddings import HEAD_TOKENS, fit_window
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.replay import ReplayConfig, replay
 from turnout.evals.retrain import gate, recent_split, retrain, traffic_dataset
 from turnout.evals.routing_metrics import evaluate_scores
-from turnout.ledger.labels import SQLiteLabels
+from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, load_serving, resolve
-from turnout.routing.embeddings import HEAD_TOKENS, fit_window
 from turnout.routing.judge import ExactAnswer, FirstOf, LabelJudge, LLMJudge, SchemaCheck, final_answer
-from turnout.routing.labels import Label
 from turnout.routing.learned import DegenerateRouter, LearnedRouter, check_spread, fit_final
 from turnout.routing.shadow import Shadow, ShadowPolicy, ShadowSampler, labelable_prompt, pick_for_shadow
 from turnout.routing.threshold import ThresholdTracker
@@ -75,7 +74,8 @@ def test_fit_window_keeps_head_and_tail() -> None:
 
 
 def test_long_preamble_no_longer_collapses_embeddings(caplog: pytest.LogCaptureFixture) -> None:
-    from turnout.routing.embeddings import MiniLMEncoder, embeddings_available
+    from turnout.embedding.embeddings import MiniLMEncoder
+    from turnout.weights import minilm_available as embeddings_available
 
     if not embeddings_available():
         pytest.skip("MiniLM weights not installed")

@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
 from turnout.ledger.audit import PostgresAuditLog
+from turnout.ledger.base import LedgerRow
 from turnout.ledger.postgres import read_rows
-from turnout.ledger.sqlite import LedgerRow
 
 
 @pytest.fixture

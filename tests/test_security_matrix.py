@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import Upstream
 from tests.keyed import Keyed, cli, cli_key, frontier_config, serve, write_config
-from turnout.routing.embeddings import embeddings_available
 from turnout.server.authz import ENDPOINTS, Endpoint, markdown_table
+from turnout.weights import minilm_available as embeddings_available
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}

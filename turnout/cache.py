@@ -30,17 +30,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from turnout.cache_check import mismatch
-from turnout.engines.base import ChatResult, Usage
-from turnout.protocol import ChatRequest
+from turnout.protocol import SENSITIVE_LEVELS, ChatRequest
+from turnout.results import ChatResult, Usage
+
+if TYPE_CHECKING:  # numpy (the optional router extra) only for the semantic layer
+    import numpy as np
 
 log = logging.getLogger("turnout.cache")
 
+# labels the pipeline adds itself before the cache step; every other label is a guard's finding
+PIPELINE_LABELS = frozenset({"grounded", "grounded_none"})
 # request fields that do not change the answer
 _NOT_IN_KEY = {"stream", "stream_options", "user", "model", "messages"}
 CANDIDATES = 4  # stored prompts above the threshold that the lexical check is tried on, closest first
@@ -80,9 +84,9 @@ def partition(tenant: str, sensitivity: str | None) -> str:
 def cacheable(req: ChatRequest, labels: set[str], sensitivity: str | None) -> bool:
     if req.tools or req.logprobs or (req.metadata or {}).get("cache") == "off":
         return False
-    if sensitivity in ("sensitive", "restricted"):
+    if sensitivity in SENSITIVE_LEVELS:
         return False
-    return not (labels & {"pii", "secret", "injection", "guard_error"})
+    return not (labels - PIPELINE_LABELS)  # any guard finding (a plugin guard's kinds too) or failure
 
 
 def scope_of(req: ChatRequest, partition: str) -> str:
@@ -130,16 +134,6 @@ class AnswerCache:
     def _fresh(self, e: _Entry, now: float) -> bool:
         return now - e.stored <= self.ttl_s
 
-    def lookup(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str, np.ndarray | None]:
-        """(hit or None, key, prompt vector for ``store``): ``exact``, then ``similar``. Runs the
-        embedding model when the semantic layer is on and the exact lookup missed: call it off
-        the event loop."""
-        hit, key = self.exact(req, partition)
-        if hit is not None or self.embed is None:
-            return hit, key, None
-        hit, vec = self.similar(req, partition)
-        return hit, key, vec
-
     def exact(self, req: ChatRequest, partition: str) -> tuple[Hit | None, str]:
         """(hit or None, key): the same request in the same scope, within the time to live."""
         key = _key(scope_of(req, partition), req)
@@ -162,6 +156,8 @@ class AnswerCache:
         now = self.clock()
         text = req.prompt_text()
         vec = self.embed(text)
+        import numpy as np
+
         found: list[tuple[float, _Entry]] = []
         with self._lock:
             for e in self._entries.values():
@@ -290,6 +286,8 @@ class SharedAnswers:
         """Store an answer; with its ``scope`` and prompt ``vector``, for semantic lookups too
         (and the prompt text, for other replicas' lexical check: ``prompt``, else the one the
         local cache holds under ``key``)."""
+        import numpy as np
+
         value = orjson.dumps({"content": result.content, "finish_reason": result.finish_reason, "model": result.model,
                               "prompt_tokens": result.usage.prompt_tokens,
                               "completion_tokens": result.usage.completion_tokens})
@@ -310,15 +308,17 @@ class SharedAnswers:
     async def since_last(self, batch: int = 500) -> list[SharedEntry]:
         """The semantic entries stored (by any replica) since the last call: the whole stream on
         the first. An error returns what was read, and the next call goes on from there."""
+        import numpy as np
+
         out: list[SharedEntry] = []
         try:
             now_ms = _ms(await self._redis.time())
             while True:
                 start = "%d-%d" % self._last_id
-                read = await self._redis.xread({self.stream: start}, count=batch)
-                items = read[0][1] if read else []
+                items = _entries(await self._redis.xread({self.stream: start}, count=batch))
                 for entry_id, f in items:
-                    ident = tuple(int(x) for x in entry_id.decode().split("-"))
+                    ms, seq = (int(x) for x in entry_id.decode().split("-"))
+                    ident = (ms, seq)
                     self._last_id = max(self._last_id, ident)
                     prompt = f[b"prompt"].decode("utf-8") if b"prompt" in f else None
                     out.append(SharedEntry(f[b"key"].decode(), f[b"scope"].decode(),
@@ -334,10 +334,25 @@ class SharedAnswers:
         await self._redis.aclose()
 
 
-def _result(raw: bytes) -> ChatResult:
+def _result(raw: bytes | str) -> ChatResult:
     d = orjson.loads(raw)
     return ChatResult(d["content"], d["finish_reason"], Usage(d["prompt_tokens"], d["completion_tokens"]),
                       model=d["model"])
+
+
+def _entries(read: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of one stream in an XREAD reply, ``[[stream, [(id, {field: value})]]]``, bytes
+    throughout (the client does not decode responses); an empty reply has none."""
+    if not read:
+        return []
+    if not isinstance(read, list):
+        raise TypeError(f"unexpected XREAD reply: {type(read).__name__}")
+    out: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry_id, fields in read[0][1]:
+        if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
+            raise TypeError("unexpected XREAD entry")
+        out.append((entry_id, fields))
+    return out
 
 
 def _ms(server_time: tuple[int, int]) -> int:

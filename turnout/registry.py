@@ -14,7 +14,6 @@ guard runs are listed too (rows ``guard:pii``, ``guard:ner``), with license and 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from turnout.config import TurnoutConfig
 from turnout.licenses import refusal
+from turnout.weights import sha256_file
 
 
 @dataclass
@@ -55,25 +55,6 @@ class ModelRecord:
         return {**asdict(self), "status": self.status}
 
 
-class WeightsMismatch(RuntimeError):
-    """An engine's weights differ from the sha256 pinned in the configuration."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_pin(what: str, pinned: str | None, digest: str) -> None:
-    """Raise if ``digest`` differs from the ``pinned`` sha256; ``what`` names the pinned model."""
-    if pinned is not None and pinned != digest:
-        raise WeightsMismatch(f"{what}: weights sha256 {digest} do not match the pin {pinned} in the "
-                              "configuration; if the change is intended, re-pin it (turnout models pin)")
-
-
 def _distribution_of(path: Path) -> str | None:
     for dist in md.distributions():
         for f in dist.files or ():
@@ -89,9 +70,9 @@ def weights_path(dialect: str, ecfg: Any) -> Path | None:
 
         return Path(ecfg.model_path) if ecfg.model_path else smollm2_gguf()
     if dialect == "minilm":
-        from turnout.routing.embeddings import model_dir
+        from turnout.weights import minilm_dir
 
-        return model_dir() / "model.safetensors"
+        return minilm_dir() / "model.safetensors"
     return None
 
 
@@ -107,7 +88,7 @@ def _weigh(rec: ModelRecord, path: Path, checksums: bool) -> None:
 def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]:
     records = []
     for name, e in cfg.engines.items():
-        model = getattr(e, "model_name", None) or getattr(e, "model", "?")
+        model = str(getattr(e, "model_name", None) or getattr(e, "model", "?"))
         rec = ModelRecord(name, e.dialect, model, e.locality, e.license, pinned=getattr(e, "sha256", None))
         lic = cfg.policy.licenses
         rec.refused = refusal(e.license, lic.allow, lic.deny)

@@ -24,13 +24,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import orjson
 
 from turnout import sqlitedb
 from turnout.errors import InvalidRequest
+
+if TYPE_CHECKING:  # numpy (the optional router extra) only once a store is opened
+    import numpy as np
 
 CHUNK_CHARS = 800
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -165,9 +167,9 @@ class SqliteChunks:
 
     def stats(self, collection: str) -> tuple[int, int]:
         with self._lock:
-            docs, n = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                        (collection,)).fetchone()
-        return int(docs), int(n)
+            docs, chunks = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                                             (collection,)).fetchone()
+        return int(docs), int(chunks)
 
     def version(self, collection: str) -> int:
         with self._lock:
@@ -198,6 +200,8 @@ class VectorStore:
 
     def add(self, collection: str, documents: Sequence[dict[str, Any]], *, tenant: str) -> dict[str, int]:
         """Store (or replace, by ``id``) documents ``{"id", "text", "metadata"}``; returns chunk counts."""
+        import numpy as np
+
         collection = scoped(tenant, collection)
         rows: list[Row] = []
         counts: dict[str, int] = {}
@@ -218,6 +222,8 @@ class VectorStore:
         return {"documents": docs, "chunks": n}
 
     def _matrix(self, collection: str) -> tuple[np.ndarray, list[Row]]:
+        import numpy as np
+
         current = self.table.version(collection)
         with self._lock:
             hit = self._cache.get(collection)
@@ -232,6 +238,8 @@ class VectorStore:
 
     def search(self, collection: str, query: str, k: int = 4, min_score: float = 0.0, *,
                tenant: str) -> list[Passage]:
+        import numpy as np
+
         mat, rows = self._matrix(scoped(tenant, collection))
         if not rows:
             return []

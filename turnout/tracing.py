@@ -1,7 +1,8 @@
 """OpenTelemetry tracing: one span per request and a child span per pipeline step, with
 GenAI semantic-convention attributes on engine calls. The exporter is configured in
-turnout.yaml (``tracing.exporter``: none, console or otlp); with ``none`` the spans are
-still created, so their trace id reaches the ledger and the ``x-turnout-trace-id`` header.
+turnout.yaml (``tracing.exporter``: none, console or otlp). With ``none`` (and no exporter
+given by a test) no tracer is made: no spans, and no trace id in the ledger or the
+``x-turnout-trace-id`` header.
 """
 
 from __future__ import annotations

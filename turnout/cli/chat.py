@@ -7,7 +7,7 @@ import os
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("chat", help="send one prompt and print the answer and the route taken")
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default="auto", help="route alias or engine (default: auto)")
@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a running gateway, e.g. http://127.0.0.1:8000 (default: run the pipeline in-process)")
     p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"), help="turnout.yaml for in-process mode")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--sensitivity", choices=["public", "internal", "sensitive", "restricted"])
+    from turnout.protocol import SENSITIVITY_LEVELS
+
+    p.add_argument("--sensitivity", choices=SENSITIVITY_LEVELS)
     p.add_argument("--api-key", default=os.environ.get("TURNOUT_API_KEY"))
     p.set_defaults(func=run)
 

@@ -7,10 +7,10 @@ import argparse
 import importlib
 
 EVALS = ["turnout.evals.router_cli", "turnout.evals.cascade_cli", "turnout.evals.guards_cli",
-         "turnout.evals.golden_cli", "turnout.functions.eval_cli"]
+         "turnout.evals.golden_cli", "turnout.cli.function_eval"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", help="evaluate routers, cascades and guards on labelled data")
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
     for name in EVALS:

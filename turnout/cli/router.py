@@ -116,7 +116,7 @@ def run_fit(args: argparse.Namespace) -> int:
     embed = None
     embedding = None
     if make_scorer(args.family).uses_embeddings:
-        from turnout.routing.embeddings import DEFAULT_EMBEDDING
+        from turnout.embedding.embeddings import DEFAULT_EMBEDDING
         from turnout.routing.learned import make_embedder
 
         embedding = args.embedding or DEFAULT_EMBEDDING

@@ -11,13 +11,13 @@ Translation, both ways, streaming included:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
-from turnout.config import AnthropicEngineConfig
+from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     api_key_from_env,
@@ -142,7 +142,19 @@ def _input_tokens(u: dict[str, Any]) -> int:
     return int(u.get("input_tokens", 0)) + int(u.get("cache_creation_input_tokens") or 0) + int(u.get("cache_read_input_tokens") or 0)
 
 
+class AnthropicEngineConfig(EngineConfigBase):
+    dialect: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    model: str
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(1024, ge=1)
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
 class AnthropicEngine(Engine):
+    config_model = AnthropicEngineConfig
+
     def __init__(self, name: str, cfg: AnthropicEngineConfig) -> None:
         self.cfg = cfg
         self.info = EngineInfo(
@@ -170,18 +182,16 @@ class AnthropicEngine(Engine):
         name = self.info.name
         payload = to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens)
         with transport_errors(name, "waiting for the answer"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                body = await read_json(resp, name, self.cfg.max_response_bytes)
         return from_anthropic(body, name)
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
         name, res = self.info.name, self.cfg.resilience
         payload = {**to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens), "stream": True}
         with transport_errors(name, "before the first token"):
-            async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
+            resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
         usage = Usage()
         finish = "stop"
         stopped = False  # a message_delta with a stop_reason was seen
@@ -192,8 +202,7 @@ class AnthropicEngine(Engine):
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)
-            async for event, data in sse_events(resp, name, res.first_token_timeout, res.idle_timeout,
-                                                self.cfg.max_response_bytes):
+            async for event, data in sse_events(resp, name, res.idle_timeout, self.cfg.max_response_bytes):
                 ev = loads_event(data, name)
                 kind = ev.get("type", event)
                 if kind == "message_start":

@@ -11,96 +11,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar
 
+from turnout.config import EngineConfigBase
 from turnout.errors import EngineError
 from turnout.protocol import ChatRequest
 
-Locality = Literal["local", "remote"]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    name: str
-    dialect: str
-    model: str
-    locality: Locality
-    input_per_m: float = 0.0
-    output_per_m: float = 0.0
-    hourly_cost: float = 0.0
-    license: str | None = None
-    weights_sha256: str | None = None
-    supports_tools: bool = True
-    supports_chat: bool = True
-    supports_embeddings: bool = False
-    context_window: int | None = None  # tokens the model takes (prompt + answer); None: unknown
-    continuation: str = "none"         # prefill | restart | none: how it continues a broken stream
-
-    def cost(self, prompt_tokens: int, completion_tokens: int, busy_seconds: float) -> float:
-        """USD for one request: token prices, plus owned hardware's hourly cost for the time it was busy."""
-        return (
-            prompt_tokens * self.input_per_m / 1e6
-            + completion_tokens * self.output_per_m / 1e6
-            + self.hourly_cost * busy_seconds / 3600.0
-        )
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(slots=True)
-class Confidence:
-    """The engine's own view of its answer, for cascades: per-token log-probabilities of the chosen tokens."""
-
-    token_logprobs: list[float] = field(default_factory=list)
-
-    @property
-    def mean_logprob(self) -> float | None:
-        return sum(self.token_logprobs) / len(self.token_logprobs) if self.token_logprobs else None
-
-    @property
-    def min_logprob(self) -> float | None:
-        return min(self.token_logprobs) if self.token_logprobs else None
-
-
-@dataclass(slots=True)
-class ChatResult:
-    content: str | None
-    finish_reason: str
-    usage: Usage
-    tool_calls: list[dict[str, Any]] | None = None
-    logprobs: dict[str, Any] | None = None
-    confidence: Confidence | None = None
-    model: str = ""
-
-
-@dataclass(slots=True)
-class Delta:
-    """One streamed increment. Engines yield text and tool-call fragments, then one final
-    Delta with ``finish_reason`` and ``usage`` set (usage is mandatory: engines count or ask for it)."""
-
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    role: str | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    logprobs: dict[str, Any] | None = None
-    confidence: Confidence | None = None
-
-
-@dataclass(slots=True)
-class EmbeddingResult:
-    vectors: list[list[float]]
-    prompt_tokens: int
-    model: str = ""
+# what an engine returns lives in turnout.results (low level: guards, routing and the cache use it
+# without depending on engines); re-exported here for the engines' own imports
+from turnout.results import ChatResult as ChatResult
+from turnout.results import Confidence as Confidence
+from turnout.results import Delta as Delta
+from turnout.results import EmbeddingResult as EmbeddingResult
+from turnout.results import EngineInfo as EngineInfo
+from turnout.results import Locality as Locality
+from turnout.results import Usage as Usage
 
 
 class Engine(ABC):
+    """One dialect. ``config_model`` is its entry's schema in ``turnout.yaml`` (a subclass of
+    ``EngineConfigBase`` with the dialect's own keys); ``__init__(name, cfg)`` gets a validated one."""
+
+    config_model: ClassVar[type[EngineConfigBase]]
     info: EngineInfo
+
+    def __init__(self, name: str, cfg: EngineConfigBase) -> None:
+        """Subclasses take their own ``config_model``; nothing is opened here (see ``start``)."""
 
     async def start(self) -> None:
         """Open clients, load weights. Called once before the first request."""
@@ -125,7 +61,8 @@ class Engine(ABC):
 
 
 async def aclose(stream: AsyncIterator[Any]) -> None:
-    """Close a stream early (an async generator stops its engine: a local model stops generating)."""
+    """Close an engine's stream: an async generator releases its connection or slot; a plain
+    async iterator (``Engine.stream`` promises no more) has nothing to close."""
     close = getattr(stream, "aclose", None)
     if close is not None:
         await close()

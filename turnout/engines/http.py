@@ -155,9 +155,11 @@ async def read_json(resp: aiohttp.ClientResponse, engine: str, max_bytes: int) -
 
 
 async def sse_events(
-    resp: aiohttp.ClientResponse, engine: str, first_timeout: float, idle_timeout: float, max_bytes: int
+    resp: aiohttp.ClientResponse, engine: str, idle_timeout: float | None, max_bytes: int
 ) -> AsyncIterator[tuple[str | None, bytes]]:
-    """Yield (event, data) pairs of a server-sent event stream with first-byte and idle timeouts.
+    """Yield (event, data) pairs of a server-sent event stream, with an idle timeout between two
+    reads once the first line has arrived (None: none; until then the engine's first-token timeout, applied
+    by ``ResilientEngine`` around the whole start of a stream, is the bound).
 
     Ends when the connection closes; the dialect decides whether that end was complete."""
     ctype = resp.headers.get("Content-Type", "")
@@ -166,7 +168,8 @@ async def sse_events(
     total = 0
     event: str | None = None
     data: list[bytes] = []
-    wait, phase = first_timeout, "before the first token"
+    wait: float | None = None
+    phase = "before the first token"
     while True:
         # The timeout covers one read and never a ``yield``: the pipeline pulls the first
         # event in the request's task and the rest in the response's task, and a timeout

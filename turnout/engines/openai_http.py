@@ -6,13 +6,13 @@ Streams always ask the upstream for usage, so turnout can account for every toke
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
-from turnout.config import OpenAIEngineConfig
+from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     api_key_from_env,
@@ -30,7 +30,20 @@ from turnout.protocol import ChatRequest, is_prefill
 _TURNOUT_ONLY = {"metadata"}
 
 
+class OpenAIEngineConfig(EngineConfigBase):
+    dialect: Literal["openai"]
+    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1")
+    model: str = Field(description="the upstream's model name")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    supports_tools: bool = True
+    embedding_model: str | None = Field(
+        None, description="the upstream's embedding model: set it to serve /v1/embeddings through this engine")
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
 class OpenAIEngine(Engine):
+    config_model = OpenAIEngineConfig
+
     def __init__(self, name: str, cfg: OpenAIEngineConfig) -> None:
         self.cfg = cfg
         self.info = EngineInfo(
@@ -79,10 +92,9 @@ class OpenAIEngine(Engine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
         with transport_errors(name, "waiting for the answer"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    body = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                body = await read_json(resp, name, self.cfg.max_response_bytes)
         return _result(body, name)
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
@@ -91,14 +103,11 @@ class OpenAIEngine(Engine):
         usage: Usage | None = None
         produced = 0
         with transport_errors(name, "before the first token"):
-            async with asyncio.timeout(res.first_token_timeout):
-                resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
+            resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)
-            async for _event, data in sse_events(
-                resp, name, res.first_token_timeout, res.idle_timeout, self.cfg.max_response_bytes
-            ):
+            async for _event, data in sse_events(resp, name, res.idle_timeout, self.cfg.max_response_bytes):
                 if data == b"[DONE]":
                     if finish is None:
                         raise EngineProtocolError("stream sent [DONE] without a finish_reason", engine=name)
@@ -144,10 +153,9 @@ class OpenAIEngine(Engine):
         if dimensions is not None:
             body["dimensions"] = dimensions
         with transport_errors(name, "waiting for the embeddings"):
-            async with asyncio.timeout(self.cfg.resilience.timeout):
-                async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
-                    await raise_for_upstream_status(resp, name)
-                    answer = await read_json(resp, name, self.cfg.max_response_bytes)
+            async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
+                await raise_for_upstream_status(resp, name)
+                answer = await read_json(resp, name, self.cfg.max_response_bytes)
         try:
             data = sorted(answer["data"], key=lambda d: int(d["index"]))
             vectors = [[float(x) for x in d["embedding"]] for d in data]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from turnout.config import Resilience
-from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, aclose
 from turnout.errors import EngineError, EngineRateLimited, EngineTimeout, EngineUnavailable
 from turnout.protocol import ChatRequest
 
@@ -181,14 +181,14 @@ class ResilientEngine(Engine):
                 async with asyncio.timeout(self.policy.first_token_timeout):
                     d = await anext(agen)
             except TimeoutError as exc:
-                await agen.aclose()
+                await aclose(agen)
                 raise EngineTimeout(
                     f"no first token within {self.policy.first_token_timeout:g}s", engine=self.info.name
                 ) from exc
             except StopAsyncIteration as exc:
                 raise EngineUnavailable("stream ended before any output", engine=self.info.name) from exc
             except BaseException:
-                await agen.aclose()
+                await aclose(agen)
                 raise
             holder["agen"] = agen
             return d
@@ -206,4 +206,4 @@ class ResilientEngine(Engine):
             self.breaker.success()
         finally:
             self.capacity.release()
-            await agen.aclose()
+            await aclose(agen)

@@ -29,7 +29,7 @@ CACHE_VERSION = "cascade-gsm8k/1"
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cascade", help="confidence of a local engine vs its correctness on a golden set",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("TURNOUT_DATA_DIR", "../shared/data/routellm"))
@@ -148,7 +148,8 @@ def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from turnout.config import LlamaCppEngineConfig, load_config
+    from turnout.config import load_config
+    from turnout.engines.llamacpp import LlamaCppEngineConfig
     from turnout.engines.registry import engine_class
 
     items = load_golden(Path(args.data_dir), args.limit, args.seed)
@@ -176,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     print(f"engine {report['engine']}, {report['n']} GSM8K questions ({hits} answers from cache)")
     print(f"  local accuracy {report['local_accuracy']:.1%}   strong (GPT-4) accuracy {report['strong_accuracy']:.1%}")
     print(f"  AUROC of confidence for local correctness: mean logprob {fmt(report['auroc_mean_logprob'])}, "

@@ -31,7 +31,7 @@ CHECKS = ("contains", "equals", "regex")
 SEED = 7
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("golden", help="run a golden set through the gateway; a regression gate",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--golden", required=True, help="JSON lines: prompt|messages + contains|equals|regex")

@@ -178,17 +178,6 @@ def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def threshold_for_fpr(neg_scores: Sequence[float], max_fpr: float) -> float:
-    """Smallest threshold t such that the share of negatives with score >= t is at most
-    ``max_fpr`` (a prediction is positive when score >= t)."""
-    s = sorted(neg_scores, reverse=True)
-    allowed = math.floor(max_fpr * len(s) + 1e-9)
-    if allowed >= len(s):
-        return -math.inf
-    # the threshold sits just above the (allowed+1)-th highest negative
-    return math.nextafter(s[allowed], math.inf)
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     """Percentile by linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -198,19 +187,3 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = math.ceil(pos)
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def stratified_split(labels: Sequence[int], test_share: float, seed: int) -> tuple[list[int], list[int]]:
-    """Fixed-seed stratified split of indices into (train, test)."""
-    import random
-
-    rng = random.Random(seed)
-    train: list[int] = []
-    test: list[int] = []
-    for cls in sorted(set(labels)):
-        idx = [i for i, y in enumerate(labels) if y == cls]
-        rng.shuffle(idx)
-        k = round(len(idx) * test_share)
-        test.extend(idx[:k])
-        train.extend(idx[k:])
-    return sorted(train), sorted(test)

@@ -22,10 +22,7 @@ real sockets.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -196,27 +193,3 @@ def render(result: ReplayResult) -> str:
         lines.append(f"{p.labels:>6} {p.requests:>8} {p.shadow_calls:>6} {p.apgr:>6.3f} {cpt:>6} "
                      f"{p.escalation_share * 100:>6.1f}%  {p.serving}")
     return "\n".join(lines)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``turnout eval router --replay DATASET --artifact R.npz [--router FAMILY]``."""
-    from turnout.evals.datasets import load_dataset
-    from turnout.evals.router_cli import _embeddings, default_cache_dir, default_data_dir
-    from turnout.routing.embeddings import DEFAULT_EMBEDDING
-    from turnout.routing.scorers import make_scorer
-
-    if args.artifact is None:
-        raise ValueError("--replay needs --artifact: the router serving at the start (trained on another data set)")
-    target = load_dataset(args.replay, args.data_dir or default_data_dir())
-    initial = LearnedRouter.load(args.artifact)
-    family = (args.router or ["hybrid-stats"])[0]
-    embed = None
-    if make_scorer(family).uses_embeddings or initial.scorer.uses_embeddings:
-        kind = str(initial.metadata.get("embedding") or args.embedding or DEFAULT_EMBEDDING)
-        emb = _embeddings(target, args.cache_dir or default_cache_dir(), kind)
-        embed = embed_lookup(target.prompts, emb)
-    cfg = ReplayConfig(family=family, sampling=args.sampling, label_budget=args.label_budget, seed=args.seed)
-    result = replay(target, initial, cfg, embed, str((initial.metadata.get("training_data") or {}).get("name")),
-                    progress=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
-    return 0

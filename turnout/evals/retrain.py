@@ -26,7 +26,7 @@ import numpy as np
 
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.routing_metrics import RouterMetrics, evaluate_scores
-from turnout.routing.labels import counts_by_source
+from turnout.ledger.labels import counts_by_source
 from turnout.routing.learned import (
     DegenerateRouter,
     LearnedRouter,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
+from turnout.embedding.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
 
 if TYPE_CHECKING:
     from turnout.evals.datasets import RoutingDataset
@@ -57,7 +57,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TURNOUT_CACHE_DIR", Path(".turnout") / "cache"))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "router",
         help="cross-validated APGR/CPT of routers on outcome data; optionally train and save one",
@@ -109,25 +109,29 @@ def _progress(iterable: Iterator[T], total: int, desc: str) -> Iterator[T]:
 
 
 def _default_routers(data: RoutingDataset) -> list[str]:
-    from turnout.routing.embeddings import embeddings_available
+    from turnout.weights import minilm_available
 
     routers = ["tfidf-lr"]
-    if embeddings_available():
+    if minilm_available():
         routers += ["emb-knn", "hybrid"]
     if data.weak_responses is not None:
-        routers.append("gsm8k-weak-answer-emb" if embeddings_available() else "gsm8k-weak-answer")
+        routers.append("gsm8k-weak-answer-emb" if minilm_available() else "gsm8k-weak-answer")
     return routers
 
 
 def _embeddings(data: RoutingDataset, cache_dir: Path, kind: str, long_text: str = "head-tail") -> np.ndarray:
     from tqdm import tqdm
 
-    from turnout.routing.embeddings import cached_embeddings
+    from turnout.embedding.embeddings import cached_embeddings
     from turnout.routing.learned import make_embedder
 
     encoder = make_embedder(kind, cache_dir, long_text)
     with tqdm(total=len(data), desc="embedding prompts", file=sys.stderr, leave=False) as bar:
-        emb = cached_embeddings(encoder, data.prompts, cache_dir, on_batch=bar.update)
+
+        def progress(n: int) -> None:
+            bar.update(n)
+
+        emb = cached_embeddings(encoder, data.prompts, cache_dir, on_batch=progress)
     window = getattr(getattr(encoder, "encoder", encoder), "window", None)
     if window is not None and window.truncated:
         print(f"note: {window.truncated} of {window.texts} prompts are longer than {window.max_length} tokens; "
@@ -289,9 +293,8 @@ def run(args: argparse.Namespace) -> int:
     from turnout.routing.scorers import FAMILIES
 
     if args.replay is not None:
-        from turnout.evals.replay import run_cli
 
-        return run_cli(args)
+        return run_replay(args)
     if args.dataset is None:
         raise ValueError("give --dataset (or --replay DATASET)")
     data = load_dataset(args.dataset, args.data_dir or default_data_dir())
@@ -320,4 +323,28 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_as_json(data, results, args), indent=2))
     else:
         print(_table(data.name, results))
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``turnout eval router --replay DATASET --artifact R.npz [--router FAMILY]``."""
+    from turnout.evals.datasets import load_dataset
+    from turnout.evals.replay import ReplayConfig, embed_lookup, render, replay
+    from turnout.routing.learned import LearnedRouter
+    from turnout.routing.scorers import make_scorer
+
+    if args.artifact is None:
+        raise ValueError("--replay needs --artifact: the router serving at the start (trained on another data set)")
+    target = load_dataset(args.replay, args.data_dir or default_data_dir())
+    initial = LearnedRouter.load(args.artifact)
+    family = (args.router or ["hybrid-stats"])[0]
+    embed = None
+    if make_scorer(family).uses_embeddings or initial.scorer.uses_embeddings:
+        kind = str(initial.metadata.get("embedding") or args.embedding or DEFAULT_EMBEDDING)
+        emb = _embeddings(target, args.cache_dir or default_cache_dir(), kind)
+        embed = embed_lookup(target.prompts, emb)
+    cfg = ReplayConfig(family=family, sampling=args.sampling, label_budget=args.label_budget, seed=args.seed)
+    result = replay(target, initial, cfg, embed, str((initial.metadata.get("training_data") or {}).get("name")),
+                    progress=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
     return 0

@@ -75,7 +75,8 @@ def quantile_thresholds(scores: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndar
     """The ``bins + 1`` quantiles ``linspace(0, 1, bins + 1)`` of the scores (linear interpolation)."""
     if bins < 1:
         raise ValueError("bins must be at least 1")
-    return np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, bins + 1))
+    edges: np.ndarray = np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, bins + 1))
+    return edges
 
 
 def route_at(scores: np.ndarray, threshold: float, strict: bool = False) -> np.ndarray:
@@ -149,7 +150,8 @@ def evaluate_scores(
 
 def oracle_scores(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
     """Scores of a router that knows the outcomes: the strong model's gain on each prompt."""
-    return np.asarray(strong, dtype=float) - np.asarray(weak, dtype=float)
+    gain: np.ndarray = np.asarray(strong, dtype=float) - np.asarray(weak, dtype=float)
+    return gain
 
 
 def random_scores(n: int, seed: int = 0) -> np.ndarray:
@@ -163,4 +165,5 @@ def optimal_quality(weak: np.ndarray, strong: np.ndarray, shares: np.ndarray) ->
     gains = np.sort(np.maximum(g - w, 0.0))[::-1]
     cumulative = np.concatenate([[0.0], np.cumsum(gains)])
     calls = np.clip(np.asarray(shares, dtype=float), 0.0, 1.0) * w.size
-    return (w.sum() + np.interp(calls, np.arange(w.size + 1), cumulative)) / w.size
+    quality: np.ndarray = (w.sum() + np.interp(calls, np.arange(w.size + 1), cumulative)) / w.size
+    return quality

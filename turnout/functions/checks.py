@@ -12,11 +12,17 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from turnout.config import ConfigError
+
 if TYPE_CHECKING:
     from turnout.functions.spec import CheckSpec, Function
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 _MISSING = object()
+
+
+class FunctionError(ConfigError):
+    """A function folder that does not load; the message names the file and line."""
 
 
 def parse_json(answer: str) -> Any:

@@ -25,7 +25,7 @@ SCORERS = ("exact", "contains", "regex", "json_schema", "json_fields")
 
 
 def load(path: Path, fn: Function) -> list[dict[str, Any]]:
-    from turnout.functions.spec import FunctionError
+    from turnout.functions.checks import FunctionError
 
     items: list[dict[str, Any]] = []
     ids: set[str] = set()

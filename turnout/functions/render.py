@@ -29,7 +29,7 @@ def compile_template(env: Any, path: Path, source: str, declared: set[str], sche
     the input schema does not declare."""
     from jinja2 import TemplateSyntaxError, meta, nodes
 
-    from turnout.functions.spec import FunctionError
+    from turnout.functions.checks import FunctionError
 
     try:
         ast = env.parse(source)

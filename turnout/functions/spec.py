@@ -21,14 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from turnout.config import ConfigError, TurnoutConfig
+from turnout.config import TurnoutConfig
+from turnout.functions.checks import FunctionError
 
 FUNCTION_FILE = "function.yaml"
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-
-
-class FunctionError(ConfigError):
-    """A function folder that does not load; the message names the file and line."""
 
 
 class _Strict(BaseModel):

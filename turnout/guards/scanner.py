@@ -19,27 +19,21 @@ from __future__ import annotations
 import concurrent.futures as cf
 import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
-from turnout.guards.base import Finding, Guard
-from turnout.guards.policy import Verdict
+from turnout import plugins
+from turnout.guards.base import Finding, Guard, GuardFactory, Inspection, Verdict
 from turnout.guards.pseudonymize import Pseudonymizer
 
+if TYPE_CHECKING:
+    from turnout.config import GuardsConfig
 
-@dataclass
-class Inspection:
-    labels: set[str] = field(default_factory=set)             # "pii", "secret", "injection", "guard_error"
-    findings: list[tuple[int, Finding]] = field(default_factory=list)  # (message index, finding)
-    error: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)  # per guard, summed over messages
 
-    @property
-    def injection_score(self) -> float:
-        return max((f.score for _, f in self.findings if f.kind == "injection"), default=0.0)
-
-    def for_message(self, index: int) -> list[Finding]:
-        return [f for i, f in self.findings if i == index]
+def guard_factory(name: str) -> GuardFactory:
+    """The factory registered as ``name`` in the ``turnout.guards`` entry-point group."""
+    found: GuardFactory = plugins.load(plugins.GUARDS, name)
+    return found
 
 
 class Scanner:
@@ -47,25 +41,29 @@ class Scanner:
                  workers: int = 2, output_guards: Sequence[Guard] | None = None) -> None:
         self.guards = list(guards)
         self.output_guards = list(output_guards) if output_guards is not None else [
-            g for g in self.guards if g.name == "secrets"]
+            g for g in self.guards if getattr(g, "scans_output", False)]
         self.budget_ms = budget_ms
         self.budget_ms_per_kchar = budget_ms_per_kchar  # long documents get time in proportion
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
 
     @classmethod
-    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                spacy_model: str | None = None, pii_model: str | None = None,
-                pii_model_sha256: str | None = None) -> Scanner:
-        """PII (a statistical model + recognisers), secrets and injection guards with shipped data;
-        ``pii_model_sha256`` pins the PII transformer's weights."""
-        from turnout.guards.injection import InjectionGuard
-        from turnout.guards.pii import DEFAULT_MODEL, DEFAULT_NER, PiiGuard
-        from turnout.guards.secrets import SecretsGuard
+    def from_config(cls, cfg: GuardsConfig, *, budget_ms_per_kchar: float = 40.0) -> Scanner:
+        """The guards ``guards.detectors`` names, in that order, each built by its registered
+        factory (entry-point group ``turnout.guards``) with ``guards.options.<name>``; those that
+        declare ``scans_output`` scan answers too."""
+        guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
+        output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
+        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output)
 
-        secrets = SecretsGuard()
-        pii = PiiGuard(spacy_model or DEFAULT_MODEL, ner=pii_model or DEFAULT_NER, model_sha256=pii_model_sha256)
-        return cls([secrets, pii, InjectionGuard()], budget_ms=budget_ms,
-                   budget_ms_per_kchar=budget_ms_per_kchar, output_guards=[secrets])
+    @classmethod
+    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+                pii_model: Literal["rampart", "spacy", "both"] = "rampart", pii_model_sha256: str | None = None) -> Scanner:
+        """The built-in guards (secrets, PII, injection) with shipped data, as the default
+        configuration has them; ``pii_model_sha256`` pins the PII transformer's weights."""
+        from turnout.config import GuardsConfig
+
+        cfg = GuardsConfig(budget_ms=budget_ms, pii_model=pii_model, pii_model_sha256=pii_model_sha256)
+        return cls.from_config(cfg, budget_ms_per_kchar=budget_ms_per_kchar)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -123,18 +121,15 @@ class Scanner:
 
     # ------------------------------------------------------------------ output
 
-    def scan_output(self, text: str, *, system_prompt: str | None = None,
-                    kept_values: Iterable[str] = ()) -> list[Finding]:
-        """Findings in a model's answer: secrets (kind ``secret``), a verbatim run of the
-        system prompt (``leak``/``SYSTEM_PROMPT_LEAK``) and any value that policy kept
-        local (``leak``/``KEPT_VALUE_LEAK``). Output guard failures are raised: the
-        caller decides whether to withhold the answer."""
+    def scan_output(self, text: str, *, system_prompt: str | None = None) -> list[Finding]:
+        """Findings in a model's answer: those of the output guards (secrets, kind ``secret``)
+        and a verbatim run of the system prompt (``leak``/``SYSTEM_PROMPT_LEAK``). Output guard
+        failures are raised: the caller decides whether to withhold the answer."""
         out: list[Finding] = []
         for g in self.output_guards:
             out.extend(g.inspect(text))
         if system_prompt:
             out.extend(system_prompt_leaks(text, system_prompt))
-        out.extend(value_leaks(text, kept_values))
         return out
 
 
@@ -185,16 +180,3 @@ def system_prompt_leaks(text: str, system_prompt: str, *, n: int = 8) -> list[Fi
     first, last = hits[0], hits[-1]
     return [Finding("leak", "SYSTEM_PROMPT_LEAK", words[first][1], words[last + n - 1][2], round(score, 3),
                     "output.system_prompt")]
-
-
-def value_leaks(text: str, values: Iterable[str], *, min_len: int = 4) -> list[Finding]:
-    out = []
-    low = text.lower()
-    for v in set(values):
-        if len(v.strip()) < min_len:
-            continue
-        start = low.find(v.lower())
-        while start >= 0:
-            out.append(Finding("leak", "KEPT_VALUE_LEAK", start, start + len(v), 1.0, "output.kept_values"))
-            start = low.find(v.lower(), start + len(v))
-    return out

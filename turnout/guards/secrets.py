@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from turnout.guards.base import Finding
+
+if TYPE_CHECKING:
+    from turnout.config import GuardsConfig
 
 # (type, pattern, score). Group 1, when present, is the secret itself.
 PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
@@ -85,6 +89,15 @@ class SecretsGuard:
     """Detect credentials. Stateless and cheap (regular expressions only)."""
 
     name = "secrets"
+    kinds = ("secret",)
+    config_model = None
+    scans_output = True
+
+    @classmethod
+    def from_config(cls, cfg: GuardsConfig, options: None) -> SecretsGuard:
+        """Built by ``guards.detectors``; scans answers too (an output guard)."""
+        return cls()
+
 
     def __init__(self, *, entropy: bool = True) -> None:
         self.entropy = entropy

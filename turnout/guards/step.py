@@ -16,16 +16,17 @@ request to local engines, or refuses it when none is available.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.engines.base import ChatResult, Delta, EngineInfo
 from turnout.errors import PolicyBlocked
-from turnout.guards.base import Finding
-from turnout.guards.policy import GuardPolicy, Verdict, decide
+from turnout.guards.base import Action, Finding, Inspection, Verdict
+from turnout.guards.policy import GuardPolicy, decide
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
-from turnout.guards.scanner import Inspection, Scanner
+from turnout.guards.scanner import Scanner
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
+from turnout.results import ChatResult, Delta, EngineInfo
 
 
 def _texts(req: ChatRequest | EmbeddingRequest) -> tuple[list[str], list[tuple[int, int]]]:
@@ -125,7 +126,8 @@ class StreamRestore:
         if d.finish_reason:  # the last delta: release whatever was held back
             tail = self.content.flush()
             d.content = (d.content or "") + tail if tail else d.content
-            held = [{"index": i, "function": {"arguments": r.flush()}} for i, r in self.args.items()]
+            held: list[dict[str, Any]] = [{"index": i, "function": {"arguments": r.flush()}}
+                                          for i, r in self.args.items()]
             held = [h for h in held if h["function"]["arguments"]]
             if held:
                 d.tool_calls = [*(d.tool_calls or []), *held]
@@ -135,10 +137,9 @@ class StreamRestore:
 class Guards:
     """Built once at start-up; ``inspect`` runs per request off the event loop."""
 
-    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None, output_action: str = "record") -> None:
+    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None) -> None:
         self.scanner = scanner
         self.policy = policy or GuardPolicy()
-        self.output_action = output_action
 
     async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True) -> Inspection:
         """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
@@ -172,16 +173,9 @@ class Guards:
                 state.pseudonymizer, state.protected = p, protected
         return state
 
-    def policy_for(self, actions: dict[str, str] | None) -> GuardPolicy:
+    def policy_for(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
         """The default policy with a route's own remote actions per finding kind."""
-        if not actions:
-            return self.policy
-        from turnout.guards.policy import Rule
-
-        rules = dict(self.policy.rules)
-        for kind, action in actions.items():
-            rules[kind] = Rule(remote=action)  # type: ignore[arg-type]
-        return GuardPolicy(rules=rules, injection_block=self.policy.injection_block, on_error=self.policy.on_error)
+        return self.policy.with_actions(actions)
 
     def scan_output(self, req: ChatRequest, text: str) -> list[Finding]:
         system = "\n".join(m.text() for m in req.messages if m.role in ("system", "developer")) or None
@@ -190,9 +184,6 @@ class Guards:
         except Exception:  # fail closed on output too: withhold rather than pass unscanned text
             found = [Finding("leak", "OUTPUT_SCAN_FAILED", 0, 0, 1.0, "output")]
         return found
-
-    def close(self) -> None:
-        self.scanner.close()
 
 
 def redact(text: str, findings: list[Finding]) -> str:

@@ -1,4 +1,4 @@
-"""The store of routing labels learned from traffic (:class:`turnout.routing.labels.Label`: for one
+"""The store of routing labels learned from traffic (:class:`Label`: for one
 prompt, how well the weak and the strong engine answered, where the label came from).
 
 Privacy: ``prompt`` is what a remote engine was allowed to see: the pseudonymized copy when the
@@ -13,12 +13,57 @@ scale-out, in PostgreSQL (:class:`PostgresLabels`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
-from turnout.routing.labels import Label
+
+SOURCES = ("cascade", "shadow", "feedback", "replay")
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One labelled prompt. Scores in [0, 1]; None where that engine's outcome is unknown."""
+
+    tenant: str
+    alias: str
+    prompt: str                 # pseudonymized (see the module docstring)
+    weak_engine: str
+    strong_engine: str
+    source: str
+    judge: str
+    weak_score: float | None
+    strong_score: float | None
+    request_id: str | None = None
+    cost_usd: float = 0.0       # what obtaining the label cost (the shadow call, the judge call)
+    ts: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"label source must be one of {SOURCES}, got {self.source!r}")
+        for name in ("weak_score", "strong_score"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.weak_score is None and self.strong_score is None:
+            raise ValueError("a label needs the outcome of at least one engine")
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.ts or time.time(), self.tenant, self.alias, self.prompt,
+                hashlib.sha256(self.prompt.encode()).hexdigest(), self.weak_engine, self.strong_engine, self.source,
+                self.judge, self.weak_score, self.strong_score, self.request_id, self.cost_usd)
+
+
+def counts_by_source(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[str(r["source"])] = out.get(str(r["source"]), 0) + 1
+    return out
 
 # Append-only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: list[tuple[str, list[str]]] = [

@@ -22,8 +22,8 @@ from typing import Any
 
 from turnout import pgdb
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
+from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback
-from turnout.ledger.sqlite import COLUMNS, LedgerRow
 from turnout.ledger.writer import GroupCommitWriter
 
 log = logging.getLogger("turnout.ledger")
@@ -192,7 +192,7 @@ def _dict_rows(dsn: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]
     from psycopg.rows import dict_row
 
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10, row_factory=dict_row) as conn:
-        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]  # type: ignore[arg-type]
+        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]
 
 
 def read_rows(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
-from turnout.ledger.audit import ROW_HASH, row_sha256, sqlite_append, utc_now
 from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit import sqlite_append, utc_now
+from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.writer import GroupCommitWriter
 
 # Append-only: never edit a migration that has shipped; add a new one.
@@ -76,58 +76,6 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "CREATE INDEX requests_episode ON requests (function, episode)",
     ]),
 ]
-
-COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
-           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome"]
-
-
-@dataclass(slots=True)
-class LedgerRow:
-    ts: float
-    request_id: str
-    tenant: str
-    alias: str
-    status: str                    # ok | error | error_midstream | cancelled
-    http_status: int
-    rule: str | None = None
-    reason: str | None = None
-    strategy: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    engine: str | None = None
-    locality: str | None = None
-    hops: str = "[]"               # JSON list of {"engine", "error"} for each failed hop
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: float | None = None
-    ttft_ms: float | None = None
-    cost_usd: float = 0.0
-    baseline_cost_usd: float = 0.0
-    stream: int = 0
-    error: str | None = None
-    labels: str = ""
-    trace_id: str | None = None
-    key_id: str | None = None
-    function: str | None = None          # turnout.functions: "fn:NAME" calls only
-    variant: str | None = None
-    template_hash: str | None = None     # the variant's template version
-    episode: str | None = None           # the caller's episode id (sticky variant assignment)
-    function_attempt: str | None = None  # first | retry | escalated
-    function_outcome: str | None = None  # valid | unchecked | invalid: <why>
-
-    def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, c) for c in COLUMNS)
-
-    def audit_payload(self) -> dict[str, Any]:
-        """What the audit log keeps: the decision, never the content (labels are finding types),
-        and the hash of the whole row, so an edit to any stored field is found by verify."""
-        return {
-            "request_id": self.request_id, "tenant": self.tenant, "route": self.alias, "rule": self.rule,
-            "reason": self.reason, "engine": self.engine, "cost_usd": self.cost_usd, "status": self.http_status,
-            "findings": sorted(filter(None, self.labels.split(","))),
-            ROW_HASH: row_sha256(dict(zip(COLUMNS, self.values(), strict=True))),
-        }
-
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """WAL with synchronous=NORMAL: a commit survives the process being killed."""

@@ -141,7 +141,10 @@ def _ratio(a: float, b: float) -> float | None:
 
 def _series(n: int, groups: list[tuple[Any, ...]], ranked: list[tuple[Any, ...]],
             fb: list[tuple[Any, ...]]) -> dict[str, Any]:
-    zero = lambda: [0] * n
+
+    def zero() -> list[int]:
+        return [0] * n
+
     traffic: dict[tuple[str, str], list[int]] = {}
     keys = ("requests", "ok", "local", "answered", "escalated", "cost_usd", "baseline_cost_usd",
             "prompt_tokens", "completion_tokens")

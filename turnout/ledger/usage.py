@@ -108,6 +108,7 @@ def render(summary: dict[str, Any]) -> str:
     lines = []
 
     def row(name: str, g: dict[str, Any]) -> str:
+
         def fmt(v: float | None, spec: str) -> str:
             return format(v, spec) if v is not None else format("-", ">9")
 

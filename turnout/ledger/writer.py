@@ -8,10 +8,9 @@ import asyncio
 import queue
 import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from turnout.ledger.sqlite import LedgerRow
+from turnout.ledger.base import LedgerRow
 
 _STOP = object()
 

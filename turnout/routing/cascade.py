@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from turnout.engines.base import ChatResult, Delta
 from turnout.protocol import ChatRequest
+from turnout.results import ChatResult, Delta
 
 
 def confidence(result: ChatResult) -> float | None:

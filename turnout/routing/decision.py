@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from turnout.protocol import SENSITIVE_LEVELS
+
 
 @dataclass(slots=True)
 class RequestFacts:
@@ -15,13 +17,10 @@ class RequestFacts:
     labels: set[str] = field(default_factory=set)
     estimated_tokens: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
-    prompt: str = ""
 
     @property
     def sensitive(self) -> bool:
-        from turnout.config import SENSITIVE_LABELS
-
-        return self.sensitivity in SENSITIVE_LABELS or bool(self.labels & SENSITIVE_LABELS)
+        return self.sensitivity in SENSITIVE_LEVELS or bool(self.labels & SENSITIVE_LEVELS)
 
 
 @dataclass(slots=True)
@@ -30,7 +29,7 @@ class Decision:
     chain: list[str]               # engines to try, in order
     rule: str                      # which rule or route made the choice
     reason: str                    # one human-readable sentence
-    strategy: str = "rules"        # the route's strategy (turnout.routing.strategies): rules, learned, cascade, ...
+    strategy: str = "rules"        # the route's strategy (turnout.strategies): rules, learned, cascade, ...
     score: float | None = None     # learned/cascade: P(strong engine needed) or confidence
     threshold: float | None = None
     confined: bool = False         # remote engines removed because the request is sensitive

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from turnout.embedding.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, Encoder
 from turnout.routing.calibration import threshold_for_escalation, threshold_for_quality
-from turnout.routing.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS
 from turnout.routing.scorers import Scorer, make_scorer
 
 ARTIFACT_FORMAT = "turnout.router/1"
@@ -57,12 +57,6 @@ def check_spread(scores: np.ndarray, where: str, minimum: float = MIN_SCORE_SPRE
     return spread
 
 
-class Router(Protocol):
-    """Anything that scores a prompt with P(strong model needed)."""
-
-    def score(self, prompt: str) -> float: ...
-
-
 class Embedder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
@@ -85,19 +79,19 @@ def data_fingerprint(prompts: list[str], weak: np.ndarray, strong: np.ndarray) -
     return digest.hexdigest()
 
 
-def make_embedder(kind: str = DEFAULT_EMBEDDING, cache_dir: Path | None = None, long_text: str = LONG_TEXT) -> Embedder:
+def make_embedder(kind: str = DEFAULT_EMBEDDING, cache_dir: Path | None = None, long_text: str = LONG_TEXT) -> Encoder:
     """``minilm``: the full MiniLM forward pass in numpy; ``minilm-static``: its distilled token
     table (kept in ``cache_dir``, default .turnout/cache); ``minilm-onnx`` / ``minilm-onnx-fp32``:
     the full model in onnxruntime, int8 / float32 (built once into the model cache). ``long_text``:
     what of a prompt longer than the window is read (``head-tail`` for routers, see LONG_TEXT)."""
-    from turnout.routing.embeddings import MiniLMEncoder, StaticMiniLM
+    from turnout.embedding.embeddings import MiniLMEncoder, StaticMiniLM
 
     if kind == "minilm":
         return MiniLMEncoder(long_text=long_text)
     if kind == "minilm-static":
         return StaticMiniLM(cache_dir=cache_dir, long_text=long_text)
     if kind in ("minilm-onnx", "minilm-onnx-fp32"):
-        from turnout.routing.minilm_onnx import OnnxMiniLM
+        from turnout.embedding.minilm_onnx import OnnxMiniLM
 
         return OnnxMiniLM(int8=kind == "minilm-onnx", long_text=long_text)
     raise ValueError(f"unknown embedding {kind!r}: choose from {', '.join(EMBEDDINGS)}")
@@ -150,7 +144,7 @@ class LearnedRouter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.metadata, "format": ARTIFACT_FORMAT, "family": self.family, "threshold": self.threshold}
-        arrays = {f"state.{k}": v for k, v in self.scorer.state().items()}
+        arrays: dict[str, Any] = {f"state.{k}": v for k, v in self.scorer.state().items()}
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as handle:
             np.savez_compressed(handle, __meta__=np.asarray(json.dumps(meta, sort_keys=True)), **arrays)
@@ -178,9 +172,10 @@ class LearnedRouter:
 def embedding_metadata(scorer: Scorer, embedding: str = DEFAULT_EMBEDDING) -> dict[str, Any]:
     if not scorer.uses_embeddings:
         return {"embedding": None, "embedding_model": None}
-    from turnout.routing.embeddings import MODEL_NAME, model_dir, weights_sha256
+    from turnout.embedding.embeddings import MODEL_NAME, weights_sha256
+    from turnout.weights import minilm_dir
 
-    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(model_dir()),
+    return {"embedding": embedding, "embedding_model": MODEL_NAME, "embedding_sha256": weights_sha256(minilm_dir()),
             "embedding_long_text": LONG_TEXT}
 
 

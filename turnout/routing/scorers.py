@@ -24,7 +24,6 @@ Each family's fitted state is a flat dict of numpy arrays so artifacts need no p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -51,11 +50,13 @@ class Scorer(Protocol):
 
 def need_probability(p_strong: np.ndarray, p_weak: np.ndarray) -> np.ndarray:
     """The strong model's expected gain ``p_s - p_w`` mapped from [-1, 1] to [0, 1]."""
-    return (1.0 + np.clip(p_strong, 0.0, 1.0) - np.clip(p_weak, 0.0, 1.0)) / 2.0
+    need: np.ndarray = (1.0 + np.clip(p_strong, 0.0, 1.0) - np.clip(p_weak, 0.0, 1.0)) / 2.0
+    return need
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+    s: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+    return s
 
 
 @dataclass
@@ -363,7 +364,7 @@ class Stacked:
         self.meta.coef, self.meta.intercept = state["coef"], state["intercept"]
 
 
-FAMILIES: dict[str, Callable[[], Scorer]] = {
+FAMILIES: dict[str, type[Scorer]] = {
     TfidfLR.name: TfidfLR,
     EmbeddingKNN.name: EmbeddingKNN,
     EmbeddingLR.name: EmbeddingLR,

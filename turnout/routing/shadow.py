@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from turnout.ledger.labels import Label
 from turnout.routing.judge import Judge
-from turnout.routing.labels import Label
 
 log = logging.getLogger("turnout.routing.shadow")
 SAMPLINGS = ("uncertainty", "uniform")

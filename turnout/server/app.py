@@ -24,11 +24,11 @@ from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
-from turnout.routing.strategies import Strategy, strategy_class
 from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi
 from turnout.server import functions as function_routes
 from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
+from turnout.strategies import Strategy, strategy_class
 
 log = logging.getLogger("turnout.server")
 
@@ -86,17 +86,13 @@ class ChatFastPath:
 
 
 def build_guards(cfg: TurnoutConfig) -> Guards:
-    """The detectors (spaCy NER, secrets, injection classifier) load once, here."""
-    from turnout.guards.policy import DEFAULT_RULES, GuardPolicy, Rule
+    """The detectors ``guards.detectors`` names (registered in the ``turnout.guards`` entry-point
+    group) load once, here; ``guards.actions`` refine the default policy."""
+    from turnout.guards.policy import GuardPolicy
     from turnout.guards.scanner import Scanner
 
-    rules = dict(DEFAULT_RULES)
-    for kind, action in cfg.guards.actions.items():
-        rules[kind] = Rule(remote=action)
-    policy = GuardPolicy(rules=rules, injection_block=cfg.guards.injection_threshold)
-    scanner = Scanner.default(budget_ms=cfg.guards.budget_ms, pii_model=cfg.guards.pii_model,
-                              pii_model_sha256=cfg.guards.pii_model_sha256)
-    return Guards(scanner, policy, cfg.guards.output)
+    policy = GuardPolicy(injection_block=cfg.guards.injection_threshold).with_actions(cfg.guards.actions)
+    return Guards(Scanner.from_config(cfg.guards), policy)
 
 
 def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
@@ -106,7 +102,7 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
         return None
     embed = None
     if cfg.cache.semantic:
-        from turnout.routing.minilm_onnx import exact_encoder
+        from turnout.embedding.minilm_onnx import exact_encoder
 
         encoder = exact_encoder()
 
@@ -123,13 +119,13 @@ def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
 def build_store(cfg: TurnoutConfig) -> VectorStore | None:
     """The shared vector store: in PostgreSQL when ``storage.postgres_dsn`` is set (shared by
     replicas), else in the SQLite file; its MiniLM encoder loads on first use."""
-    from turnout.routing.embeddings import embeddings_available
+    from turnout.weights import minilm_available
 
-    if not cfg.retrieval.enabled or not embeddings_available():
+    if not cfg.retrieval.enabled or not minilm_available():
         return None
     import threading
 
-    from turnout.routing.minilm_onnx import exact_encoder
+    from turnout.embedding.minilm_onnx import exact_encoder
 
     lock, holder = threading.Lock(), list[Any]()
 

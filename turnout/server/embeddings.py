@@ -11,7 +11,7 @@ from turnout.errors import TurnoutError
 from turnout.pipeline import Gateway
 from turnout.protocol import EmbeddingRequest
 from turnout.server.body import read_json, validate
-from turnout.server.chat import read_headers, refused
+from turnout.server.exchange import read_headers, refused
 from turnout.server.wire import embedding_body, headers
 
 

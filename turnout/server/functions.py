@@ -34,7 +34,7 @@ def runner_of(request: Request) -> FunctionRunner:
 
 async def function_completions(request: Request, req: ChatRequest, call: Call,
                                until_disconnect: Callable[[Request, Awaitable[Any]], Awaitable[Any]]) -> Response:
-    from turnout.server.chat import refused, sse
+    from turnout.server.exchange import refused, sse
 
     gw: Gateway = request.app.state.gateway
     runner = runner_of(request)

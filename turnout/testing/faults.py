@@ -552,7 +552,7 @@ def words(text: str) -> int:
 def run(app: web.Application, host: str, port: int) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; print ``listening on http://HOST:PORT`` once bound."""
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         uvloop.install()
     except ImportError:
@@ -566,7 +566,8 @@ def run(app: web.Application, host: str, port: int) -> None:
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
         server = site._server
-        real_port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        sockets = getattr(server, "sockets", None)
+        real_port = sockets[0].getsockname()[1] if sockets else port
         print(f"listening on http://{host}:{real_port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

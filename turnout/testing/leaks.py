@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 # <PERSON_7f3a>: the pseudonymizer's placeholders hold hex digits that could match a short value
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_[0-9a-f]{4,16}>")
 
 
-def wire_text(bodies: list) -> str:
+def wire_text(bodies: list[Any]) -> str:
     """The request bodies an upstream logged, as one JSON string with placeholders blanked."""
     return PLACEHOLDER.sub(" ", json.dumps(bodies))
 

