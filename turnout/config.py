@@ -374,9 +374,9 @@ class TurnoutConfig(_Strict):
         if clash:
             raise ValueError(f"names used both as engine and route: {sorted(clash)}; rename one")
         for alias, route in self.routes.items():
-            for engine in route.chain:
-                if engine not in names:
-                    raise ValueError(f"routes.{alias}.chain names unknown engine {engine!r}; engines are {sorted(names)}")
+            for member in route.chain:
+                if member not in names:
+                    raise ValueError(f"routes.{alias}.chain names unknown engine {member!r}; engines are {sorted(names)}")
         kinds = self.guards.kinds()
         for alias, route in self.routes.items():
             for kind in route.guards or {}:
@@ -384,9 +384,9 @@ class TurnoutConfig(_Strict):
                     raise ValueError(f"routes.{alias}.guards: no detector reports the kind {kind!r} -> use one "
                                      f"of the detectors' kinds: {', '.join(sorted(kinds))}")
         for i, rule in enumerate(self.rules):
-            for engine in rule.chain or []:
-                if engine not in names:
-                    raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {engine!r}")
+            for member in rule.chain or []:
+                if member not in names:
+                    raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {member!r}")
             if rule.route and rule.route not in self.routes:
                 raise ValueError(f"rules[{i}] ({rule.name}).route names unknown route {rule.route!r}")
         return self

@@ -17,8 +17,7 @@ from turnout.call import Call
 from turnout.engines.base import EngineInfo
 from turnout.errors import EngineError
 from turnout.governance.access import Access
-from turnout.ledger.base import Ledger
-from turnout.ledger.sqlite import LedgerRow
+from turnout.ledger.base import Ledger, LedgerRow
 from turnout.metrics import Metrics
 
 log = logging.getLogger("turnout.ledger")

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _function(config: str | None, name: str) -> tuple[TurnoutConfig, Function]:
     from turnout.config import load_config
-    from turnout.functions.spec import FunctionError, load_functions
+    from turnout.functions.checks import FunctionError
+    from turnout.functions.spec import load_functions
 
     cfg = load_config(config)
     if not cfg.functions.path:
