@@ -29,7 +29,6 @@ from turnout.routing.decision import Decision
 if TYPE_CHECKING:
     from turnout.config import RouteConfig
 
-GROUP = "turnout.strategies"
 
 
 class Strategy:
@@ -111,7 +110,7 @@ class CascadeStrategy(_WeakStrong):
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    cls: Any = plugins.load(GROUP, name, plugins.STRATEGIES, "routing strategy")
+    cls: Any = plugins.load(plugins.STRATEGIES, name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ValueError(f"routing strategy {name!r} is registered as {cls!r}, which is not a turnout Strategy")
     return cls
