@@ -47,7 +47,7 @@ PREDICTED_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME", "AG
 CONTEXT = 40  # characters either side of a span in --misses
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("guards", help="PII span metrics, injection classification metrics, secret recall")
     p.add_argument("--pii", metavar="FILE", help="presidio-research style JSON with full_text and spans")
     p.add_argument("--injection", metavar="FILE", help="CSV with prompt,type (benign | jailbreak)")
@@ -175,7 +175,7 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
         out["warnings"].append("no template_id in the file: no held-out-templates row")
     for name, rep in reports.items():
         out[name] = {
-            "type_aware": rep.type_aware.get("*").as_dict() if "*" in rep.type_aware else None,
+            "type_aware": rep.type_aware["*"].as_dict() if "*" in rep.type_aware else None,
             "type_agnostic": rep.agnostic.as_dict(),
             "per_type": {t: v.as_dict() for t, v in sorted(rep.type_aware.items()) if t != "*"},
         }

@@ -16,12 +16,14 @@ How a text is scored:
 3. **Head.** ``sigmoid(w . e + b)`` per window; the text's model score is the largest.
    The final score is the larger of that and the phrase heuristics.
 
-The head (384 weights, an intercept and two thresholds: a few KB of JSON in
-``data/injection_head.json``, sha256 pinned in ``ARTIFACT_SHA256``) is trained by
-``python -m turnout.guards.injection_train build`` on seven public sources with their hard
-negatives (see that module and docs/guards.md); both thresholds are chosen on
-leave-one-source-out scores of the training data, so they hold for a source the head was
-not fitted on: ``block_threshold`` for 2 % of benign prompts, ``flag_threshold`` for 5 %.
+The model score is the mean of the best window's and a hashed n-gram logistic model's
+(``NgramModel``: character 3-5-grams and word 1-2-grams). The head (384 weights, an intercept,
+two thresholds: JSON in ``data/injection_head.json``, sha256 pinned in ``ARTIFACT_SHA256``) and
+the n-gram weights (``data/injection_ngram.npz``, ~1.5 MB, its sha256 named in the head) are
+trained by ``python -m turnout.guards.injection_train build`` on six public sources with their
+hard negatives (see that module and docs/guards.md). Both thresholds are chosen on
+leave-one-source-out scores of the hard negatives, so they hold for a source the model was
+not fitted on: ``block_threshold`` for 2 % of them, ``flag_threshold`` for 5 %.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ if TYPE_CHECKING:
 ARTIFACT = Path(__file__).with_name("data") / "injection_head.json"
 NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
 N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
-# sha256 of the shipped head; the rebuild command prints the new one (docs/guards.md)
-ARTIFACT_SHA256 = "see-build"
+# sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
+ARTIFACT_SHA256 = "3499526d033eb994947679a88571b68b09a6f1860b8d88537b37d31a370e32e0"
 WINDOW = 128          # tokens per window, [CLS] and [SEP] included
 STRIDE = 112          # windows overlap by 16 tokens
 MAX_CHARS = 20_000    # longer texts are read up to here
@@ -298,7 +300,7 @@ class InjectionHead:
         raw = path.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         want = sha256 if sha256 is not None else (ARTIFACT_SHA256 if path == ARTIFACT else None)
-        if want is not None and want != "see-build" and digest != want:
+        if want is not None and digest != want:
             raise ValueError(f"{path}: sha256 {digest} is not the pinned {want}; rebuild it "
                              "(python -m turnout.guards.injection_train build) or restore the shipped file")
         d = json.loads(raw)

