@@ -54,6 +54,13 @@ def test_provider_keys_are_found_with_their_span(case: tuple[str, ...]) -> None:
     assert found[0].detector == "secrets.gitleaks" and family.replace("1", "") in found[0].type.replace("1", "")
 
 
+def test_detect_secrets_plugins_add_providers_gitleaks_lacks() -> None:
+    text = 'softlayer_api_key = "' + rnd(64, string.ascii_lowercase + string.digits) + '"'
+    found = SecretsGuard().inspect(text)
+    assert any(f.detector == "secrets.detect_secrets" and f.type == "SOFTLAYER_CREDENTIALS" for f in found), found
+    assert SecretsGuard(detect_secrets=False).detect_secrets is False
+
+
 def test_catalogue_loads_nearly_every_rule() -> None:
     cat = load_catalogue()
     assert len(cat.rules) >= 210 and "generic-api-key" in {r.id for r in cat.rules}

@@ -13,7 +13,10 @@ entropy logic for credentials no provider rule names.
    ``ConvertTo-SecureString``, ``Authorization:`` headers, passwords in XML elements and
    attributes, and ``*_PASSWORD = ...`` style assignments whose name merely *ends* in a
    credential word (``DB_PASSWORD``, ``client_secret``, ``smtp_passwd``).
-3. **Entropy.** Long random-looking tokens (detect-secrets' idea), except base64 blobs that
+3. **detect-secrets** (Yelp, Apache-2.0, PyPI; used when installed): its provider plugins
+   (Artifactory, SoftLayer, Cloudant, IBM, Mailchimp, ...) and its keyword plugin, line by
+   line. Its entropy and public-IP plugins are left out (entropy is below; an IP is PII here).
+4. **Entropy.** Long random-looking tokens (detect-secrets' idea), except base64 blobs that
    decode to a known binary type (PDF, images, archives, DER certificates, mail parts).
 
 A secret is never something to pseudonymize: policy keeps the request off remote engines
@@ -31,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from turnout.guards.base import Finding
 
@@ -252,6 +256,40 @@ def catalogue_findings(text: str, cat: Catalogue, detector: str) -> list[Finding
     return out
 
 
+# ---------------------------------------------------------------- detect-secrets
+
+_DS_SKIP = {"Public IP (ipv4)", "Base64 High Entropy String", "Hex High Entropy String"}
+
+
+@lru_cache(maxsize=1)
+def detect_secrets_plugins() -> tuple[object, ...]:
+    """detect-secrets' plugin instances, or () when the package is not installed."""
+    try:
+        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    except ImportError:
+        return ()
+    mapping: dict[str, Any] = dict(get_mapping_from_secret_type_to_class())
+    return tuple(mapping[t]() for t in sorted(mapping) if t not in _DS_SKIP)
+
+
+def detect_secrets_findings(text: str, detector: str, max_line: int = 2000) -> list[Finding]:
+    out: list[Finding] = []
+    plugins = detect_secrets_plugins()
+    pos = 0
+    for n, line in enumerate(text.split("\n")):
+        if line.strip() and len(line) <= max_line:
+            for p in plugins:
+                for found in p.analyze_line(filename="request.txt", line=line, line_number=n):  # type: ignore[attr-defined]
+                    value = found.secret_value
+                    i = line.find(value) if value else -1
+                    if i >= 0:
+                        typ = re.sub(r"\W+", "_", found.type).strip("_").upper()
+                        score = 0.75 if found.type == "Secret Keyword" else 0.9
+                        out.append(Finding("secret", typ, pos + i, pos + i + len(value), score, detector))
+        pos += len(line) + 1
+    return out
+
+
 # ---------------------------------------------------------------- the guard
 
 
@@ -260,9 +298,11 @@ class SecretsGuard:
 
     name = "secrets"
 
-    def __init__(self, *, entropy: bool = True, catalogue: Path | None = CATALOGUE) -> None:
+    def __init__(self, *, entropy: bool = True, catalogue: Path | None = CATALOGUE,
+                 detect_secrets: bool = True) -> None:
         self.entropy = entropy
         self.catalogue = load_catalogue(catalogue) if catalogue is not None else None
+        self.detect_secrets = detect_secrets and bool(detect_secrets_plugins())
 
     def inspect(self, text: str) -> list[Finding]:
         found: list[Finding] = []
@@ -285,6 +325,11 @@ class SecretsGuard:
                 if f.type.startswith("GENERIC") and _looks_like_placeholder(text[f.start:f.end]):
                     continue
                 found.append(f)
+        if self.detect_secrets:
+            for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
+                if not (encrypted and f.type == "PRIVATE_KEY") and not (
+                        f.type == "SECRET_KEYWORD" and _looks_like_placeholder(text[f.start:f.end])):
+                    found.append(f)
         if self.entropy:
             pem = [(m.start(), m.end()) for m in re.finditer(r"-----BEGIN [A-Z0-9 ]+-----[\s\S]*?-----END [A-Z0-9 ]+-----",
                                                              text)] if "-----BEGIN" in text else []
