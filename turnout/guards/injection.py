@@ -50,7 +50,7 @@ ARTIFACT = Path(__file__).with_name("data") / "injection_head.json"
 NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
 N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
 # sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
-ARTIFACT_SHA256 = "3499526d033eb994947679a88571b68b09a6f1860b8d88537b37d31a370e32e0"
+ARTIFACT_SHA256 = "2e52711535f13612fa3c8d119ddd8e6e30395009e9f51e0de05f2d3773d3d80d"
 WINDOW = 128          # tokens per window, [CLS] and [SEP] included
 STRIDE = 112          # windows overlap by 16 tokens
 MAX_CHARS = 20_000    # longer texts are read up to here
@@ -115,9 +115,11 @@ def _readable(raw: bytes) -> str | None:
 def _english_words() -> frozenset[str]:
     global _ENGLISH
     if _ENGLISH is None:
-        from turnout.guards.pii_lexicon import lexicon
+        from turnout.guards.pii_lexicon import _lower_lexicon, lexicon
 
-        _ENGLISH = frozenset(w.lower() for w in lexicon("english_words"))
+        # WordNet's index has no function words ("the", "to") but odd abbreviations ("gur", "gb"):
+        # add the stop-word list, or plain English reads as rot13
+        _ENGLISH = frozenset(w.lower() for w in lexicon("english_words")) | frozenset(_lower_lexicon("common_words"))
     return _ENGLISH
 
 
@@ -165,7 +167,7 @@ def decode_payloads(text: str) -> list[tuple[int, int, str, str]]:
     if len(words) >= 4:
         eng = _english_words()
         unknown = [w for w in words if w.lower() not in eng]
-        if len(unknown) >= 4:
+        if len(unknown) >= 4 and len(unknown) >= 0.4 * len(words):
             rot = [codecs.encode(w, "rot13") for w in unknown]
             if _english_share(rot) >= 0.6 and _english_share(rot) > _english_share(unknown) + 0.3:
                 add(0, len(text), "rot13", codecs.encode(text, "rot13"))

