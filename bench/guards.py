@@ -33,17 +33,18 @@ def _scan_bench(n: int = 300, pii_model: str | None = None) -> str:
         ("Hi, I'm Maria Gonzalez (maria.gonzalez@example.com, +34 612 345 678). Please update my address to "
          "24 Clarke Avenue, Springfield and charge card 4111 1111 1111 1111."),
     ]
-    total, restore = [], []
+    total, cpu, restore = [], [], []
     for i in range(n):
         # a new user message each time (the system prompt repeats, as in real traffic and
         # served from the PII result cache after the first call)
         messages[1] = messages[1].rstrip("0123456789 #") + f" #{i}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         insp = scanner.inspect_messages(messages)
         verdict = decide(insp, "remote")
         p = Pseudonymizer()
         masked = Scanner.apply(p, messages, verdict)
         total.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
         t1 = time.perf_counter()
         r = p.stream()
         out = "".join(r.feed(masked[1][i:i + 7]) for i in range(0, len(masked[1]), 7)) + r.flush()
@@ -51,7 +52,8 @@ def _scan_bench(n: int = 300, pii_model: str | None = None) -> str:
         assert out == messages[1]
     scanner.close()
     return (f"Input scan (2 messages, secrets + PII + injection + policy + pseudonymize): "
-            f"p50 {percentile(total, 50):.1f} ms, p95 {percentile(total, 95):.1f} ms\n"
+            f"p50 {percentile(total, 50):.1f} ms, p95 {percentile(total, 95):.1f} ms wall; "
+            f"CPU p50 {percentile(cpu, 50):.1f} ms, p95 {percentile(cpu, 95):.1f} ms (all threads)\n"
             f"Streamed restore of one answer in 7-char chunks: p50 {percentile(restore, 50):.3f} ms")
 
 
