@@ -62,7 +62,7 @@ def labels_of(db: Path, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         store = SQLiteLabels(db)
-        rows = store.rows("auto")
+        rows = store.rows()
         store._conn.close()
         if len(rows) >= n or time.monotonic() > deadline:
             return rows
@@ -200,3 +200,21 @@ def test_shadow_config_is_validated() -> None:
     judged = json.loads(json.dumps(base))
     judged["routes"]["auto"]["shadow"]["judge"] = "schema+exact+llm:big"
     TurnoutConfig.model_validate(judged)
+
+
+def test_cascade_escalation_is_a_label(gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    weak, strong = fakes
+    cfg = config(weak.url, strong.url, tmp_path / "unused.npz", guards=False, shadow=False)
+    cfg["engines"]["small"]["model"] = "fake-small@logprob=-3.5"  # unsure of every token
+    cfg["routes"] = {"auto": {"chain": ["small", "big"], "strategy": "cascade", "threshold": -1.0},
+                     "kept": {"chain": ["big", "small"], "strategy": "cascade", "threshold": -1000.0}}
+    gw = gateway_factory(cfg)
+    r = ask(gw.url, "What is 2 + 2?")
+    assert r.headers["x-turnout-engine"] == "big" and "cascade escalated" in r.headers["x-turnout-reason"]
+    kept = httpx.post(gw.url + "/v1/chat/completions", timeout=60, json={
+        "model": "kept", "messages": [{"role": "user", "content": "What is 3 + 3?"}]})
+    assert kept.headers["x-turnout-engine"] == "big"  # kept its draft: no label
+    rows = labels_of(gw.db, 2, timeout=2.0)  # a second label (route kept) would show within the wait
+    assert [(x["request_id"], x["source"], x["judge"], x["weak_score"], x["strong_score"]) for x in rows] == [
+        (r.headers["x-request-id"], "cascade", "cascade:confidence", 0.0, None)]
+    assert rows[0]["prompt"] == "What is 2 + 2?"
