@@ -27,6 +27,7 @@ from turnout.config import TurnoutConfig
 from turnout.engines.base import ChatResult, Engine
 from turnout.engines.guarded import GuardedEngine
 from turnout.protocol import ChatMessage, ChatRequest
+from turnout.routing.labels import Label
 from turnout.routing.strategies import LearnedStrategy, Strategy
 
 if TYPE_CHECKING:
@@ -46,6 +47,27 @@ def open_label_store(cfg: TurnoutConfig) -> Any:
     if s.postgres_dsn:
         return PostgresLabels(s.postgres_dsn, s.postgres_schema)
     return SQLiteLabels(s.sqlite_path)
+
+
+class LazyLabels:
+    """The label store, opened (and migrated) on the first label, in a worker thread: a gateway
+    that never labels touches no table, and start-up never waits for the database."""
+
+    def __init__(self, cfg: TurnoutConfig) -> None:
+        self.cfg = cfg
+        self.store: Any = None
+        self._opening = asyncio.Lock()
+
+    async def add(self, label: Label) -> None:
+        if self.store is None:
+            async with self._opening:
+                if self.store is None:
+                    self.store = await asyncio.to_thread(open_label_store, self.cfg)
+        await self.store.add(label)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
 
 
 def build_judge(spec: str, engines: Mapping[str, Engine]) -> Judge:
@@ -72,7 +94,7 @@ def build_judge(spec: str, engines: Mapping[str, Engine]) -> Judge:
 
 class LearningLoop:
     def __init__(self, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
-                 store: Any, shadow: Shadow | None, drift: DriftMetrics | None) -> None:
+                 store: LazyLabels, shadow: Shadow | None, drift: DriftMetrics | None) -> None:
         self.cfg, self.engines, self.store, self.shadow, self.drift = cfg, engines, store, shadow, drift
         self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
         self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
@@ -84,7 +106,7 @@ class LearningLoop:
         """None when no route is ``learned`` or ``cascade``: nothing is added to the request path."""
         if not any(isinstance(s, LearnedStrategy) or s.name == "cascade" for s in strategies.values()):
             return None
-        store = open_label_store(cfg)
+        store = LazyLabels(cfg)
         shadow = drift = None
         policies = {}
         judges: dict[str, Judge] = {}
