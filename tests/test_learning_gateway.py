@@ -218,3 +218,31 @@ def test_cascade_escalation_is_a_label(gateway_factory, fakes: tuple[Proc, Proc]
     assert [(x["request_id"], x["source"], x["judge"], x["weak_score"], x["strong_score"]) for x in rows] == [
         (r.headers["x-request-id"], "cascade", "cascade:confidence", 0.0, None)]
     assert rows[0]["prompt"] == "What is 2 + 2?"
+
+
+def test_shadow_labels_go_to_postgresql(gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path,  # type: ignore[no-untyped-def]
+                                        pg_schema: str) -> None:
+    from tests.conftest import PG_DSN
+    from turnout.ledger.labels import PostgresLabels
+
+    weak, strong = fakes
+    artifact = router_on(synthetic(300, seed=8)).save(tmp_path / "r.npz")
+    control(weak.url, "scenarios", {"replies": {"fake-small": ["#### 7"]}})
+    control(strong.url, "scenarios", {"replies": {"fake-big": ["#### 8"]}})
+    cfg = config(weak.url, strong.url, artifact, guards=False)
+    cfg["storage"] = {"postgres_dsn": PG_DSN, "postgres_schema": pg_schema}
+    gw = gateway_factory(cfg)
+    r = ask(gw.url, "What is 3 + 4?")
+    store = PostgresLabels(PG_DSN, pg_schema, migrate=False)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            rows = store.rows("auto")
+        except Exception:  # noqa: BLE001 - the table appears with the first label
+            rows = []
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(x["request_id"], x["source"], x["weak_score"], x["prompt"]) for x in rows] == [
+        (r.headers["x-request-id"], "shadow", 0.0, "What is 3 + 4?")]  # 7 != 8
+    assert not labels_of(gw.db, 1, timeout=0)  # none in the SQLite file
