@@ -212,7 +212,8 @@ class RouteConfig(_Strict):
         "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
         "rules: try the chain in order; learned: a router scores the prompt and sends it to chain[0] (weak) or the "
         "rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
-    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`")
+    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`, or a "
+                                  "registry folder of `turnout router fit` (its current artifact)")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
                                     "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
