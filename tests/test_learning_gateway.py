@@ -246,3 +246,44 @@ def test_shadow_labels_go_to_postgresql(gateway_factory, fakes: tuple[Proc, Proc
     assert [(x["request_id"], x["source"], x["weak_score"], x["prompt"]) for x in rows] == [
         (r.headers["x-request-id"], "shadow", 0.0, "What is 3 + 4?")]  # 7 != 8
     assert not labels_of(gw.db, 1, timeout=0)  # none in the SQLite file
+
+
+def test_no_learning_loop_without_learned_or_cascade_routes(tmp_path: Path) -> None:
+    from turnout.config import TurnoutConfig
+    from turnout.learning import LearningLoop
+    from turnout.routing.strategies import RulesStrategy
+
+    cfg = TurnoutConfig.model_validate(config("http://127.0.0.1:9", "http://127.0.0.1:9", tmp_path / "r.npz",
+                                              guards=False, shadow=False))
+    rules = {"auto": RulesStrategy("auto", cfg.routes["auto"])}
+    assert LearningLoop.build(cfg, {}, rules, None) is None  # Gateway.chat then skips the step entirely
+
+
+def test_llm_judge_asks_an_engine_over_a_socket(fakes: tuple[Proc, Proc]) -> None:
+    import asyncio
+
+    from turnout.config import OpenAIEngineConfig
+    from turnout.engines.openai_http import OpenAIEngine
+    from turnout.learning import build_judge
+
+    _, strong = fakes
+    control(strong.url, "scenarios", {"replies": {"fake-big": ["Both agree. VERDICT: SAME", "VERDICT: WORSE",
+                                                               "no idea"]}})
+
+    async def main() -> list[Any]:
+        engine = OpenAIEngine("big", OpenAIEngineConfig(dialect="openai", base_url=strong.url + "/v1",
+                                                        model="fake-big", locality="remote"))
+        await engine.start()
+        judge = build_judge("exact+llm:big", {"big": engine})
+        try:
+            return [await judge.judge("q", "a cat", "a dog"), await judge.judge("q", "#### 2", "#### 3"),
+                    await judge.judge("q", "x", "y"), await judge.judge("q", "y", "z")]
+        finally:
+            await engine.close()
+
+    same, exact, worse, unreadable = asyncio.run(main())
+    assert (same.weak_score, same.judge) == (1.0, "llm:big:rubric-v1")
+    assert (exact.weak_score, exact.judge) == (0.0, "exact-answer")  # the exact judge could tell: no LLM call
+    assert worse.weak_score == 0.0 and unreadable is None
+    sent = control(strong.url, "requests")
+    assert len(sent) == 3 and "a cat" in json.dumps(sent[0])
