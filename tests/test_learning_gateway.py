@@ -271,8 +271,8 @@ def test_llm_judge_asks_an_engine_over_a_socket(fakes: tuple[Proc, Proc]) -> Non
                                                                "no idea"]}})
 
     async def main() -> list[Any]:
-        engine = OpenAIEngine("big", OpenAIEngineConfig(dialect="openai", base_url=strong.url + "/v1",
-                                                        model="fake-big", locality="remote"))
+        engine = OpenAIEngine("big", OpenAIEngineConfig.model_validate(
+            {"dialect": "openai", "base_url": strong.url + "/v1", "model": "fake-big", "locality": "remote"}))
         await engine.start()
         judge = build_judge("exact+llm:big", {"big": engine})
         try:
