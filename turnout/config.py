@@ -214,6 +214,19 @@ class HedgeConfig(_Strict):
         return v
 
 
+class ShadowConfig(_Strict):
+    """learned: label live traffic by also asking the strong engine, after the client has its answer."""
+
+    share: float = Field(0.05, ge=0.0, le=1.0, description="of the requests the weak engine answered")
+    daily_budget_usd: float = Field(1.0, ge=0.0, description="cap on the shadow calls' cost per UTC day")
+    sampling: Literal["uncertainty", "uniform"] = Field(
+        "uncertainty", description="uncertainty: the prompts scored nearest the threshold first; uniform: any")
+    judge: str = Field("exact", pattern=r"^(exact|schema|llm:[A-Za-z0-9_.:-]+)(\+(exact|schema|llm:[A-Za-z0-9_.:-]+))*$",
+                       description="who compares the two answers, '+'-separated, the first that can tell wins: "
+                       "exact (same final answer), schema (the request's JSON schema), llm:ENGINE (an engine "
+                       "answers a rubric)")
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
@@ -225,10 +238,16 @@ class RouteConfig(_Strict):
         "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
         "rules: try the chain in order; learned: a router scores the prompt and sends it to chain[0] (weak) or the "
         "rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
-    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`")
+    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`, or a "
+                                  "registry folder of `turnout router fit` (its current artifact)")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
                                     "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
+    target_escalation: float | None = Field(
+        None, gt=0.0, lt=1.0, description="learned: the share of requests sent to the strong engine; the "
+        "threshold tracks it on recent traffic (instead of the fixed one)")
+    shadow: ShadowConfig | None = Field(None, description="learned: shadow evaluation that labels live traffic "
+                                        "for `turnout router fit --from-traffic` (off by default)")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a plugin strategy, its own to read")
     hedge: HedgeConfig | None = Field(
         None, description="streams: race the second engine if the first is slow to its first token (off by default; "
@@ -238,6 +257,8 @@ class RouteConfig(_Strict):
     def _strategy_needs(self) -> RouteConfig:
         from turnout import plugins
 
+        if self.strategy != "learned" and (self.shadow is not None or self.target_escalation is not None):
+            raise ValueError("'shadow' and 'target_escalation' belong to strategy 'learned'")
         # The registered class checks the route; loaded through its entry point, so config stays low-level.
         try:
             strategy = plugins.load(plugins.STRATEGIES, self.strategy)
@@ -377,6 +398,9 @@ class TurnoutConfig(_Strict):
             for member in route.chain:
                 if member not in names:
                     raise ValueError(f"routes.{alias}.chain names unknown engine {member!r}; engines are {sorted(names)}")
+            for part in (route.shadow.judge.split("+") if route.shadow else []):
+                if part.startswith("llm:") and part[4:] not in names:
+                    raise ValueError(f"routes.{alias}.shadow.judge names unknown engine {part[4:]!r}")
         kinds = self.guards.kinds()
         for alias, route in self.routes.items():
             for kind in route.guards or {}:

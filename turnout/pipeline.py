@@ -15,6 +15,8 @@
     scan          guards on the output               -> labels; redact or withhold if configured
     keep          a cacheable miss is stored
     record        settle the reservation; ledger row + audit entry; metrics  (always)
+    learn         learned/cascade routes only, after the record: a shadow call of the strong
+                  engine in the background, a cascade escalation's label (turnout.learning)
 
 ``embed`` (POST /v1/embeddings) takes the same path without ground, cache, scan and keep;
 injection is never refused there (embedded text is data). Wire formatting is the server's
@@ -43,6 +45,7 @@ from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, Polic
 from turnout.governance.access import Access
 from turnout.guards.base import Inspection
 from turnout.guards.step import Guards, redact
+from turnout.learning import LearningLoop
 from turnout.ledger.base import Ledger
 from turnout.metrics import Metrics
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
@@ -82,6 +85,8 @@ class Gateway:
         # routes without a started strategy that hedge a slow first token (a strategy keeps its own)
         self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
                        if r.hedge is not None and alias not in self.strategies}
+        # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
+        self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry)
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -92,7 +97,9 @@ class Gateway:
             if call.function is not None:  # a function's output check: its verdict goes in the row
                 call.function.judge(result.content)
             await self.keep(call, req, result)
-            return result
+        if self.learning is not None:  # recorded: shadow call / cascade label, off the response path
+            self.learning.after(call, req, result)
+        return result
 
     async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[Delta]:
         """The answer's deltas, once the first is in hand: errors before it raise here (an

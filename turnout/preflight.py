@@ -2,7 +2,9 @@
 starts: that what the configuration points to exists and loads.
 
 - **Router artifacts** of ``learned`` routes load (``LearnedRouter.load``: the file, its
-  format and its scorer state). ``serve`` refuses to start without them (one line, exit 2).
+  format and its scorer state). ``serve`` refuses to start only when the path does not exist
+  (one line, exit 2); a broken artifact or an empty registry folder is served by the route's
+  rules, with the reason in the decision (``x-turnout-reason``, the ledger) and the log.
 - **Model files** of engines and the PII guard exist, are GGUF files where a GGUF is expected
   (the magic bytes: loading the weights themselves is the engine's start), and match their
   ``sha256`` pins.
@@ -29,14 +31,24 @@ class Problem:
         return f"{self.level}: {self.where}: {self.message}"
 
 
-def router_problems(cfg: TurnoutConfig) -> list[Problem]:
+def router_problems(cfg: TurnoutConfig, missing_only: bool = False) -> list[Problem]:
+    """Learned routes whose ``router:`` (an artifact file or a registry folder) does not load;
+    ``missing_only`` (``turnout serve``): only a path that does not exist at all (a typo). A
+    broken artifact or an empty registry does not stop the gateway: the route is served by its
+    rules, visibly (``turnout.routing.serving``)."""
+    from turnout.routing.artifacts import resolve
     from turnout.routing.learned import LearnedRouter
 
     out = []
     for alias, route in cfg.routes.items():
         if route.strategy == "learned" and route.router:
+            if missing_only:
+                if not Path(route.router).exists():
+                    out.append(Problem("error", f"routes.{alias}.router", f"{route.router}: no such file or folder "
+                                       "(make one with `turnout eval router` or `turnout router fit`)"))
+                continue
             try:
-                LearnedRouter.load(route.router)
+                LearnedRouter.load(resolve(route.router))
             except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
                 out.append(Problem("error", f"routes.{alias}.router", f"{exc} (make one with `turnout eval router`)"))
     return out

@@ -77,21 +77,24 @@ class LearnedStrategy(_WeakStrong):
             raise ValueError("strategy 'learned' needs 'router': the path of a router artifact")
 
     def start(self) -> None:
-        from turnout.routing.learned import LearnedRouter  # the `router` extra (numpy, scikit-learn)
+        """Load the artifact (a file, or a registry folder's current one). A missing or broken one
+        does not stop the gateway: the route is served by its rules and every decision says why."""
+        from turnout.routing.serving import LearnedServing  # the `router` extra (numpy, scikit-learn)
 
-        assert self.route.router is not None
-        self.router = LearnedRouter.load(self.route.router)
-        self.router.warm_up()
+        r = self.route
+        assert r.router is not None
+        self.serving = LearnedServing.from_routes({self.alias: (r.router, r.target_escalation, r.threshold)})
 
     async def decide(self, d: Decision, req: ChatRequest) -> None:
-        """Score the prompt: at or above the threshold the strong engines go first."""
-        d.score = score = await asyncio.to_thread(self.router.score, req.prompt_text())
-        d.threshold = threshold = d.threshold if d.threshold is not None else self.router.threshold
-        if score >= threshold:
+        """Score the prompt: at or above the threshold the strong engines go first; without a
+        usable router the chain's order, with the reason."""
+        v = await asyncio.to_thread(self.serving.decide, self.alias, req.prompt_text())
+        d.reason = v.reason
+        if v.escalate is None:
+            return
+        d.score, d.threshold = v.score, v.threshold
+        if v.escalate:
             d.chain = d.chain[1:] + d.chain[:1]
-            d.reason = f"learned router: {score:.3f} >= {threshold:.3f}, strong engine"
-        else:
-            d.reason = f"learned router: {score:.3f} < {threshold:.3f}, weak engine"
 
 
 class CascadeStrategy(_WeakStrong):

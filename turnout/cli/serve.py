@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if (error := guard_pin_error(cfg)) is not None:  # fail closed, with one clear line before anything starts
         print(f"turnout: error: {error}", file=sys.stderr)
         return 2
-    for problem in router_problems(cfg):  # a learned route cannot route without its artifact
+    for problem in router_problems(cfg, missing_only=True):  # a typo in a learned route's router path
         print(f"turnout: {problem}", file=sys.stderr)
         return 2
     from turnout.governance.access import resolve_mode

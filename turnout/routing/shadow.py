@@ -12,7 +12,7 @@ the strong engine in the background, after the client has its answer; a judge
   threshold (:class:`ShadowSampler`), with a share drawn uniformly so the labels still cover
   the whole range; ``sampling="uniform"`` draws all uniformly.
 
-The pipeline calls, after the answer was recorded (see the report of issue 18)::
+``turnout.learning.LearningLoop.after`` calls, after the answer was recorded::
 
     shadow.maybe_schedule(tenant=..., alias=..., request_id=..., prompt=labelable_prompt(req, guard_state),
                           request=req.model_dump(), weak_engine=..., strong_engine=..., weak_answer=text,

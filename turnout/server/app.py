@@ -194,6 +194,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         try:
             yield
         finally:
+            if gateway.learning is not None:  # shadow calls in flight finish while the engines are open
+                await gateway.learning.close()
             for engine in engines.values():
                 await engine.close()
             await access.close()

@@ -45,5 +45,7 @@ class TenantView:
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     tenant = tenant_filter(request)
+    if gw.learning is not None:  # the learning loop's drift gauges, set at scrape time
+        gw.learning.update_metrics()
     source: Any = gw.metrics.registry if tenant is None else TenantView(gw.metrics.registry, tenant)
     return Response(generate_latest(source), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,213 @@
+"""The learning loop inside the running gateway (issue 18): after a request is recorded, a
+``learned`` route's weak answer may be shadowed by its strong engine (off the response path) and
+a cascade's escalation becomes a label; ``/metrics`` shows the drift gauges.
+
+    loop = LearningLoop.build(cfg, engines, strategies, registry)  # None: no learned/cascade route
+    loop.after(call, req, result)       # Gateway.chat, once the request is recorded (never raises)
+    loop.update_metrics()               # before /metrics is generated
+    await loop.close()                  # shutdown: shadow calls in flight finish, the store closes
+
+Only requests that may go remote are labelled: never one confined to local engines (the
+``x-turnout-sensitivity`` header, guard findings kept local, a failed detector), and the prompt
+stored is the pseudonymized copy the remote engines saw (:func:`turnout.routing.shadow.labelable_prompt`).
+Labels go to ``route_labels`` in the gateway's SQLite file, or PostgreSQL when
+``storage.postgres_dsn`` is set (:mod:`turnout.ledger.labels`), where ``turnout router fit
+--from-traffic`` reads them. Streamed answers are not shadowed (their text is not kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from turnout.call import Call
+from turnout.config import TurnoutConfig
+from turnout.engines.base import ChatResult, Engine
+from turnout.engines.guarded import GuardedEngine
+from turnout.ledger.labels import Label
+from turnout.protocol import ChatMessage, ChatRequest
+from turnout.strategies import LearnedStrategy, Strategy
+
+if TYPE_CHECKING:
+    from turnout.routing.drift import DriftMetrics
+    from turnout.routing.judge import Judge
+    from turnout.routing.shadow import Shadow
+
+log = logging.getLogger("turnout.learning")
+DEFAULT_COMPLETION_ESTIMATE = 1024
+
+
+def open_label_store(cfg: TurnoutConfig) -> Any:
+    """The label store of ``storage``: PostgreSQL when ``postgres_dsn`` is set, else the SQLite file."""
+    from turnout.ledger.labels import PostgresLabels, SQLiteLabels
+
+    s = cfg.storage
+    if s.postgres_dsn:
+        return PostgresLabels(s.postgres_dsn, s.postgres_schema)
+    return SQLiteLabels(s.sqlite_path)
+
+
+class LazyLabels:
+    """The label store, opened (and migrated) on the first label, in a worker thread: a gateway
+    that never labels touches no table, and start-up never waits for the database."""
+
+    def __init__(self, cfg: TurnoutConfig) -> None:
+        self.cfg = cfg
+        self.store: Any = None
+        self._opening = asyncio.Lock()
+
+    async def add(self, label: Label) -> None:
+        if self.store is None:
+            async with self._opening:
+                if self.store is None:
+                    self.store = await asyncio.to_thread(open_label_store, self.cfg)
+        await self.store.add(label)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+
+def build_judge(spec: str, engines: Mapping[str, Engine]) -> Judge:
+    """``exact``, ``schema``, ``llm:ENGINE``, '+'-separated (the first that can tell wins)."""
+    from turnout.routing.judge import ExactAnswer, FirstOf, LLMJudge, SchemaCheck
+
+    judges: list[Judge] = []
+    for part in spec.split("+"):
+        if part == "exact":
+            judges.append(ExactAnswer())
+        elif part == "schema":
+            judges.append(SchemaCheck())
+        else:
+            name = part.removeprefix("llm:")
+            engine = engines[name]
+
+            async def complete(text: str, engine: Engine = engine) -> str:
+                r = await engine.chat(ChatRequest(model=name, messages=[ChatMessage(role="user", content=text)]))
+                return r.content or ""
+
+            judges.append(LLMJudge(name, complete))
+    return judges[0] if len(judges) == 1 else FirstOf(*judges)
+
+
+class LearningLoop:
+    def __init__(self, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
+                 store: LazyLabels, shadow: Shadow | None, drift: DriftMetrics | None) -> None:
+        self.cfg, self.engines, self.store, self.shadow, self.drift = cfg, engines, store, shadow, drift
+        self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
+        self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def build(cls, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
+              registry: Any) -> LearningLoop | None:
+        """None when no route is ``learned`` or ``cascade``: nothing is added to the request path."""
+        if not any(isinstance(s, LearnedStrategy) or s.name == "cascade" for s in strategies.values()):
+            return None
+        store = LazyLabels(cfg)
+        shadow = drift = None
+        policies = {}
+        judges: dict[str, Judge] = {}
+        if any(isinstance(s, LearnedStrategy) for s in strategies.values()):
+            from turnout.routing.drift import DriftMetrics
+            from turnout.routing.shadow import Shadow, ShadowPolicy
+
+            drift = DriftMetrics(registry)
+            for alias, route in cfg.routes.items():
+                if route.strategy == "learned" and route.shadow is not None:
+                    s = route.shadow
+                    policies[alias] = ShadowPolicy(s.share, s.daily_budget_usd, s.sampling)
+                    judges[alias] = build_judge(s.judge, engines)
+            if policies:
+                shadow = Shadow(store, _PerRoute(judges), policies)
+        return cls(cfg, engines, strategies, store, shadow, drift)
+
+    # ==== after the request was recorded ======================================================
+    def after(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+        """Schedule what the loop learns from this answer; never delays nor fails the request."""
+        try:
+            self._after(call, req, result)
+        except Exception:  # noqa: BLE001 - learning never fails a request
+            log.exception("learning loop: request %s not labelled", call.request_id)
+
+    def _after(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+        d, answered = call.decision, call.trail.engine
+        if d is None or answered is None or call.status != "ok" or d.confined:
+            return
+        route = self.cfg.routes.get(d.alias)
+        if route is None or d.rule != f"route:{d.alias}" or len(route.chain) < 2:
+            return
+        prompt = self._labelable(call, req)
+        if prompt is None:
+            return
+        weak = route.chain[0]
+        if d.alias in self.cascades and d.escalated:
+            from turnout.routing.shadow import cascade_label
+
+            why = "failed" if f"{weak} failed, escalated" in d.reason else "confidence"
+            label = cascade_label(tenant=call.tenant, alias=d.alias, prompt=prompt, weak_engine=weak,
+                                  strong_engine=answered.name, request_id=call.request_id, why=why)
+            task = asyncio.get_running_loop().create_task(self.store.add(label))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if (self.shadow is None or d.alias not in self.learned or answered.name != weak or d.score is None
+                or d.threshold is None):
+            return
+        strong_name = route.chain[1]
+        strong: Engine = self.engines[strong_name]
+        if call.guard is not None and call.guard.protected is not None and strong.info.locality == "remote":
+            strong = GuardedEngine(strong, call.guard)  # the pseudonymized copy out, placeholders restored
+        completion = result.usage.completion_tokens or req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        estimate = strong.info.cost(req.estimated_tokens(), completion, 0.0)
+        plain = req.model_copy(update={"stream": False})
+
+        async def call_strong() -> tuple[str, float]:
+            r = await strong.chat(plain)
+            return r.content or "", strong.info.cost(r.usage.prompt_tokens, r.usage.completion_tokens, 0.0)
+
+        self.shadow.maybe_schedule(
+            tenant=call.tenant, alias=d.alias, request_id=call.request_id, prompt=prompt,
+            request=req.model_dump(exclude_none=True), weak_engine=weak, strong_engine=strong_name,
+            weak_answer=result.content or "", score=d.score, threshold=d.threshold, estimated_cost=estimate,
+            call_strong=call_strong)
+
+    @staticmethod
+    def _labelable(call: Call, req: ChatRequest) -> str | None:
+        from turnout.routing.shadow import labelable_prompt
+
+        g = call.guard
+        safe = call.sensitivity not in ("sensitive", "restricted") and (g is None or g.safe_for_remote)
+        protected = g.protected.prompt_text() if g is not None and g.protected is not None else None
+        return labelable_prompt(req.prompt_text(), protected, safe)
+
+    # ==== /metrics and shutdown ================================================================
+    def update_metrics(self) -> None:
+        if self.drift is None:
+            return
+        for strategy in self.learned.values():
+            self.drift.update(strategy.serving.tracker, None)
+        self.drift.update(None, self.shadow.stats if self.shadow is not None else None)
+
+    async def close(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.drain()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.store.close()
+
+
+class _PerRoute:
+    """Each route's judge, chosen by the alias the shadow call carries in its request."""
+
+    name = "per-route"
+
+    def __init__(self, judges: Mapping[str, Judge]) -> None:
+        self.judges = dict(judges)
+
+    async def judge(self, prompt: str, weak: str, strong: str, request: Mapping[str, Any] | None = None) -> Any:
+        alias = str((request or {}).get("model", ""))
+        judge = self.judges.get(alias)
+        return None if judge is None else await judge.judge(prompt, weak, strong, request)
