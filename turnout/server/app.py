@@ -24,7 +24,8 @@ from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
 from turnout.routing.strategies import Strategy, strategy_class
-from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi
+from turnout.tasks.runner import TaskRunner
+from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi, tasks
 from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 
@@ -149,6 +150,18 @@ def start_strategies(cfg: TurnoutConfig) -> dict[str, Strategy]:
     return strategies
 
 
+def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
+    """The task engine in this process: state in the SQLite file (shared by replicas on one
+    host), decisions in the audit log of the configured store."""
+    from turnout.ledger.audit import open_audit_log
+    from turnout.tasks.store import TaskStore
+
+    audit = open_audit_log(db=cfg.storage.sqlite_path, dsn=cfg.storage.postgres_dsn, schema=cfg.storage.postgres_schema)
+    runner = TaskRunner(gateway, TaskStore(cfg.storage.sqlite_path), audit)
+    runner.start()
+    return runner
+
+
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
                span_exporter: Any = None) -> ChatFastPath:
     """The gateway as an ASGI app. ``span_exporter`` (tests) receives every span, whatever
@@ -174,11 +187,17 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         cache = build_cache(cfg)
         gateway = Gateway(cfg, engines, ledger, access, guards, start_strategies(cfg), tracer, cache, store)
         app.state.gateway = gateway
+        runner = start_tasks(cfg, gateway)
+        app.state.tasks = runner
         if on_ready:
             on_ready(gateway)
         try:
             yield
         finally:
+            await runner.stop()
+            runner.store.close()
+            if runner.audit is not None:
+                runner.audit.close()
             for engine in engines.values():
                 await engine.close()
             await access.close()
@@ -209,6 +228,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/turnout/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/turnout/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         *dashboard.ROUTES,
+        *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     return ChatFastPath(starlette, cfg.server.max_in_flight)

@@ -130,6 +130,7 @@ class Control:
         self.delay_ms = 0.0
         self.logprob: float | None = None
         self.flap_count = 0
+        self.replies: dict[str, deque[str]] = {}  # model ("*": any) -> scripted answers, used in order
         self.log: deque[tuple[Any, ...]] = deque(maxlen=max_log)
         self.count = 0
         self._log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 - lives with the server
@@ -140,7 +141,16 @@ class Control:
         self.delay_ms = 0.0
         self.logprob = None
         self.flap_count = 0
+        self.replies.clear()
         self.log.clear()
+
+    def next_reply(self, model: str) -> str | None:
+        """The next scripted answer for ``model`` (else for any model), or None: echo."""
+        for key in (model, "*"):
+            queue = self.replies.get(key)
+            if queue:
+                return queue.popleft()
+        return None
 
     def next_scenario(self, request: web.Request) -> Scenario:
         header = request.headers.get("x-fake-scenario")
@@ -201,6 +211,7 @@ class Control:
             "default": self.default.to_json() if self.default else None,
             "delay_ms": self.delay_ms,
             "logprob": self.logprob,
+            "replies": {m: list(q) for m, q in self.replies.items() if q},
             "received": self.count,
         }
 
@@ -216,7 +227,7 @@ def add_control_routes(app: web.Application, control: Control) -> None:
                 data = {"scenarios": data}
             if not isinstance(data, dict):
                 raise ScenarioError("send a list of scenarios or an object")
-            unknown = set(data) - {"scenarios", "append", "default", "delay_ms", "logprob"}
+            unknown = set(data) - {"scenarios", "append", "default", "delay_ms", "logprob", "replies"}
             if unknown:
                 raise ScenarioError(f"unknown keys {sorted(unknown)}")
             queued = [parse_scenario(s) for s in data.get("scenarios", [])]
@@ -225,6 +236,12 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             delay_ms = float(data.get("delay_ms") or 0)
             logprob = data.get("logprob")
             logprob = None if logprob is None else float(logprob)
+            replies = data.get("replies", {})
+            if isinstance(replies, list):
+                replies = {"*": replies}
+            if not isinstance(replies, dict) or not all(
+                    isinstance(v, list) and all(isinstance(t, str) for t in v) for v in replies.values()):
+                raise ScenarioError("replies: a list of answer texts, or an object of model -> list of texts")
         except (ValueError, TypeError) as exc:  # ScenarioError and JSONDecodeError are ValueErrors
             return _json({"error": str(exc)}, status=400)
         if "scenarios" in data:
@@ -237,6 +254,8 @@ def add_control_routes(app: web.Application, control: Control) -> None:
             control.delay_ms = delay_ms
         if "logprob" in data:
             control.logprob = logprob
+        for model, texts in replies.items():
+            control.replies.setdefault(model, deque()).extend(texts)
         return _json(control.state())
 
     async def reset(request: web.Request) -> web.Response:

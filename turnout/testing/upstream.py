@@ -6,6 +6,10 @@ It speaks the Chat Completions wire format as OpenAI sends it (``chat.completion
 ``POST /v1/embeddings``.  Answers are deterministic (see :mod:`turnout.testing.echo`):
 ``"echo: <last user message>"``.  Faults are played from :mod:`turnout.testing.faults`.
 
+Scripted answers: ``control(url, "scenarios", {"replies": {"MODEL": ["text", ...]}})`` (or a plain
+list, for any model) queues answers given instead of the echo, in order, one per chat request
+for that upstream model name.
+
 Logprobs, when asked, are a fixed value per token chosen by, in order: the request header
 ``x-fake-logprob: -2.5``; a model name containing ``@logprob=-2.5``; a scenario's
 ``logprob`` parameter; the control API's ``{"logprob": -2.5}``; otherwise -0.05.
@@ -226,7 +230,10 @@ class OpenAIUpstream:
                 request, scenario, body, model, cid, created, prompt_tokens, tool, last
             )
 
-        if last.get("role") == "tool":
+        scripted = self.control.next_reply(model)
+        if scripted is not None:
+            text = scripted
+        elif last.get("role") == "tool":
             text = "tool result: " + echo.text_of(last.get("content"))
         else:
             text = "echo: " + _last_user(messages)
