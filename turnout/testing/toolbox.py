@@ -1,7 +1,8 @@
 """Real HTTP tools on loopback for the task tests and the worked example: an e-mail outbox
 and a ticket system that keep what they receive in memory.
 
-    POST /send_email      {"to", "subject", "body"}       irreversible; honours Idempotency-Key
+    POST /send_email      {"to", "subject", "body"}       irreversible; honours Idempotency-Key;
+                                                           ?delay=S answers S seconds after sending
     POST /create_ticket   {"title", "body", "priority"?}   irreversible; honours Idempotency-Key
     POST /search_tickets  {"query"}                        read-only
     GET  /calls           every call received (also repeats), and the outbox and tickets
@@ -51,7 +52,9 @@ def make_app() -> web.Application:
             outbox.append(body)
             return {"status": "sent", "message_id": f"m-{len(outbox)}"}
 
-        return once(key, make)
+        answer = once(key, make)
+        await asyncio.sleep(float(request.query.get("delay", 0)))  # ?delay=S: a slow mail server
+        return answer
 
     async def create_ticket(request: web.Request) -> web.Response:
         body, key = await body_of(request, "create_ticket")
