@@ -303,3 +303,28 @@ def test_budget_exhausted_mid_task(tmp_path: Path, fake: Proc, toolbox: Proc) ->
         t = wait_state(gw, tid, "failed", "succeeded", who="poor")
     assert t["state"] == "failed" and "429" in t["error"], t
     assert [(s["step_id"], s["status"]) for s in t["steps"]] == [("plan-1", "ok"), ("a", "ok"), ("b", "error")]
+
+
+@pytest.mark.slow
+def test_sensitive_input_stays_local_embedded(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """The plan asks for the frontier route; the task is sensitive, so the step runs on the
+    embedded SmolLM2 and neither the planner nor any remote call ever sees the input."""
+    secret = "Patient Jane Roe, MRN 88-1234-77, diagnosis code F32.1"
+    plan = {"steps": [{"id": "sum", "kind": "llm", "instruction": "Summarise in five words.",
+                       "inputs": ["input.record"], "route": "frontier"}]}
+    script(fake, plan)
+    cfg = config(fake.url, toolbox.url, tmp_path, step_max_tokens=16)
+    cfg["engines"]["small"] = {"dialect": "llamacpp", "n_ctx": 1024}
+    gw = start(tmp_path, cfg, PEOPLE)
+    with gw.proc:
+        r = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "summarise the record", "inputs": {"record": secret},
+                                                          "sensitivity": "sensitive"})
+        assert r.status_code == 201, r.text
+        t = wait_state(gw, r.json()["id"], "succeeded", "failed", timeout=120)
+    assert t["state"] == "succeeded", t
+    step = t["steps"][-1]
+    assert (step["route"], step["engine"], step["locality"]) == ("local", "small", "local")
+    assert t["result"]
+    sent = json.dumps(httpx.get(fake.url + "/__control/requests", timeout=5).json())
+    assert "88-1234-77" not in sent and "Jane Roe" not in sent
+    assert "fake-planner" in sent  # the planner was asked (without the record)

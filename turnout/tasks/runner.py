@@ -212,7 +212,8 @@ class TaskRunner:
 
     async def model_call(self, t: dict[str, Any], version: int, sid: str, kind: str, route: str,
                          messages: list[ChatMessage], sensitive: bool) -> str:
-        req = ChatRequest(model=route, messages=messages, temperature=0)
+        req = ChatRequest(model=route, messages=messages, temperature=0,
+                          max_tokens=None if kind == "plan" else self.tc.step_max_tokens)
         call = Call(on_behalf_of=t["key_id"], sensitivity=t["sensitivity"] if sensitive else None)
         call.labels.add(f"task:{t['id']}")
         t0 = time.perf_counter()
@@ -248,7 +249,8 @@ class TaskRunner:
             parts.append(f"{ref}:\n{planmod.as_text(value)}")
         prompt = "\n\n".join(parts)
         messages = [ChatMessage(role="system", content=EXECUTOR_SYSTEM), ChatMessage(role="user", content=prompt)]
-        key = hashlib.sha256(orjson.dumps(["llm", route, EXECUTOR_SYSTEM, prompt, 0, t["sensitivity"]])).hexdigest()
+        key = hashlib.sha256(orjson.dumps(["llm", route, EXECUTOR_SYSTEM, prompt, 0, self.tc.step_max_tokens,
+                                           t["sensitivity"]])).hexdigest()
         if self.tc.cache_ttl_s > 0:
             hit = self.store.cached(key, t["tenant"], self.tc.cache_ttl_s)
             if hit is not None:
