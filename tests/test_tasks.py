@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +330,32 @@ def test_sensitive_input_stays_local_embedded(tmp_path: Path, fake: Proc, toolbo
     sent = json.dumps(httpx.get(fake.url + "/__control/requests", timeout=5).json())
     assert "88-1234-77" not in sent and "Jane Roe" not in sent
     assert "fake-planner" in sent  # the planner was asked (without the record)
+
+
+def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    script(fake, TRIAGE)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), PEOPLE)
+    mail = tmp_path / "mail.txt"
+    mail.write_text(MAIL["mail"])
+
+    def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "turnout", *args, "--url", gw.url, "--key", gw.token(who)],
+                              capture_output=True, text=True, timeout=60)
+
+    with gw.proc:
+        out = cli("alice", "tasks", "run", "answer the mail", "--input-file", f"mail={mail}", "--input",
+                  f"sender={MAIL['sender']}", "--tool", "send_email", "--follow")
+        assert out.returncode == 0, out.stderr
+        assert "waits for approval: turnout approvals approve gate_" in out.stdout
+        gid = out.stdout.rsplit("approve ", 1)[1].split()[0]
+        tid = out.stdout.split()[1]
+        refused = cli("alice", "approvals", "approve", gid)
+        assert refused.returncode == 2 and "403" in refused.stderr
+        listed = cli("bob", "approvals", "list")
+        assert gid in listed.stdout and "send_email" in listed.stdout
+        assert cli("bob", "approvals", "approve", gid, "--reason", "ok").returncode == 0
+        wait_state(gw, tid, "succeeded")
+        shown = cli("alice", "tasks", "show", tid)
+        assert shown.returncode == 0 and "succeeded" in shown.stdout and "send_email" in shown.stdout
+        assert tid in cli("alice", "tasks", "list").stdout
+        assert "already ended" in cli("alice", "tasks", "cancel", tid).stderr

@@ -24,10 +24,21 @@ from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
 from turnout.routing.strategies import Strategy, strategy_class
-from turnout.tasks.runner import TaskRunner
-from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi, tasks
+from turnout.server import (
+    admin,
+    chat,
+    dashboard,
+    documents,
+    embeddings,
+    feedback,
+    health,
+    models,
+    openapi,
+    tasks,
+)
 from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
+from turnout.tasks.runner import TaskRunner
 
 log = logging.getLogger("turnout.server")
 

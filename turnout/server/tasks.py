@@ -102,7 +102,7 @@ async def create_task(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     runner = _runner(request)
-    rows = await asyncio.to_thread(runner.store.list, principal(request).tenant)
+    rows = await asyncio.to_thread(runner.store.tasks, principal(request).tenant)
     return JSONResponse({"object": "list", "data": rows})
 
 

@@ -122,7 +122,7 @@ class TaskStore:
             t[k] = _u(t[k])
         return t
 
-    def list(self, tenant: str | None, limit: int = 50) -> list[dict[str, Any]]:
+    def tasks(self, tenant: str | None, limit: int = 50) -> list[dict[str, Any]]:
         where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
         rows = self._all(f"SELECT id, tenant, goal, state, cost_usd, saved_usd, created, updated FROM tasks_tasks "
                          f"{where} ORDER BY created DESC LIMIT ?", (*args, limit))

@@ -29,7 +29,7 @@ def describe(tools: dict[str, ToolConfig]) -> dict[str, dict[str, Any]]:
 
 def check_arguments(tool: str, cfg: ToolConfig, args: dict[str, Any], scan: Any = None) -> None:
     """Raise ToolError when the arguments break the schema or carry what must not leave."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     try:
         jsonschema.validate(args, cfg.parameters)
