@@ -359,3 +359,43 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
         assert shown.returncode == 0 and "succeeded" in shown.stdout and "send_email" in shown.stdout
         assert tid in cli("alice", "tasks", "list").stdout
         assert "already ended" in cli("alice", "tasks", "cancel", tid).stderr
+
+
+def test_mcp_tools_stdio_and_streamable_http(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """A real MCP server: search_tickets over stdio (read-only, never gated), create_ticket over
+    streamable HTTP (irreversible, gated only when priority == urgent), the idempotency key
+    passed as an argument."""
+    pytest.importorskip("mcp")
+    state = tmp_path / "tickets.json"
+    server = start_server("turnout.testing.mcp_tickets", "--state", str(state), "--http", "--port", "0", add_port=False)
+    mcp_tools = {
+        "search_tickets": {"kind": "mcp", "command": [sys.executable, "-m", "turnout.testing.mcp_tickets", "--state",
+                                                      str(state)], "effect": "read_only", "approval": "never"},
+        "create_ticket": {"kind": "mcp", "url": server.url + "/mcp", "effect": "irreversible", "approval": "when",
+                          "when": ["priority == urgent"], "idempotency_argument": "idempotency_key",
+                          "parameters": {"type": "object", "required": ["title", "priority"]}},
+    }
+    plan = {"steps": [
+        {"id": "found", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}},
+        {"id": "open", "kind": "tool", "tool": "create_ticket", "reason": "no ticket yet",
+         "arguments": {"title": "VAT wrong on INV-2291", "priority": "{{input.priority}}"}}], "result": "open"}
+    script(fake, plan, plan)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, tools=mcp_tools), PEOPLE)
+    with server, gw.proc:
+        calm = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "normal"},
+                                                             "tools": ["search_tickets", "create_ticket"]}).json()["id"]
+        t = wait_state(gw, calm, "succeeded", "failed", "awaiting_approval")
+        assert t["state"] == "succeeded" and t["result"]["id"] == "T-1" and t["gates"] == [], t
+        assert t["steps"][1]["result"] == {"tickets": []}
+        urgent = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "urgent"},
+                                                               "tools": ["search_tickets", "create_ticket"]}).json()["id"]
+        wait_state(gw, urgent, "awaiting_approval")
+        gate = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]
+        assert gate["why"] == "condition met: priority == urgent"
+        gw.call("POST", f"/v1/turnout/approvals/{gate['id']}", "bob", {"decision": "approve"})
+        t = wait_state(gw, urgent, "succeeded", "failed")
+        assert t["state"] == "succeeded" and t["result"]["id"] == "T-2", t
+        assert t["steps"][1]["result"]["tickets"][0]["id"] == "T-1"  # the stdio server read the HTTP server's ticket
+    data = json.loads(state.read_text())
+    created = [c for c in data["calls"] if c["tool"] == "create_ticket"]
+    assert [c["idempotency_key"] for c in created] == [f"{calm}:1:open", f"{urgent}:1:open"]

@@ -227,7 +227,13 @@ class StorageConfig(_Strict):
 class ToolConfig(_Strict):
     """A tool tasks may call: a plain HTTP endpoint that takes the arguments as a JSON body."""
 
-    url: str = Field(description="POST target; the arguments are the JSON body, the answer's JSON the result")
+    kind: Literal["http", "mcp"] = Field("http", description="http: POST the arguments as JSON to `url`; mcp: "
+                                         "call a tool of an MCP server (streamable HTTP at `url`, or stdio `command`)")
+    url: str | None = Field(None, description="http: the POST target; mcp: the server's streamable HTTP endpoint")
+    command: list[str] | None = Field(None, description="mcp over stdio: the server's command line")
+    name: str | None = Field(None, description="mcp: the tool's name on the server (default: this key)")
+    idempotency_argument: str | None = Field(None, description="also pass the idempotency key as this argument "
+                                             "(for MCP servers, which have no header for it)")
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
                                        description="JSON schema of the arguments (checked before every call)")
@@ -247,6 +253,10 @@ class ToolConfig(_Strict):
 
         for c in self.when:
             parse_condition(c)
+        if self.kind == "http" and not self.url:
+            raise ValueError("an http tool needs `url`")
+        if self.kind == "mcp" and bool(self.url) == bool(self.command):
+            raise ValueError("an mcp tool needs exactly one of `url` (streamable HTTP) or `command` (stdio)")
         if self.approval == "when" and not self.when:
             raise ValueError("approval: when needs at least one condition in `when`")
         return self

@@ -254,8 +254,9 @@ class TaskRunner:
         if self.tc.cache_ttl_s > 0:
             hit = self.store.cached(key, t["tenant"], self.tc.cache_ttl_s)
             if hit is not None:
+                engine = self.gw.engines.get(hit["engine"] or "")
                 self.store.save_step(t["id"], version, step.id, kind="llm", route=route, engine=hit["engine"],
-                                     cached=1, saved_usd=hit["cost_usd"], status="ok", result=hit["result"],
+                                     locality=engine.info.locality if engine else None, cached=1, saved_usd=hit["cost_usd"], status="ok", result=hit["result"],
                                      latency_ms=0.0)
                 return hit["result"]
         text = await self.model_call(t, version, step.id, "llm", route, messages, sensitive=True)

@@ -57,6 +57,10 @@ def needs_approval(cfg: ToolConfig, args: dict[str, Any]) -> str | None:
 
 
 async def call_tool(tool: str, cfg: ToolConfig, args: dict[str, Any], idempotency_key: str | None) -> Any:
+    if cfg.idempotency_argument and idempotency_key:
+        args = {**args, cfg.idempotency_argument: idempotency_key}
+    if cfg.kind == "mcp":
+        return await call_mcp(tool, cfg, args)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     try:
         async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
@@ -70,3 +74,25 @@ async def call_tool(tool: str, cfg: ToolConfig, args: dict[str, Any], idempotenc
         return r.json()
     except ValueError:
         return r.text
+
+
+async def call_mcp(tool: str, cfg: ToolConfig, args: dict[str, Any]) -> Any:
+    """One call of an MCP server's tool (a session per call: the server may be on another
+    replica's side of a restart). The structured result when the server gives one, else the
+    text of its content blocks; a tool error is a ToolError."""
+    try:
+        from mcp import Client, StdioServerParameters
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise ToolError(f"tool {tool} is an MCP tool; install turnout[mcp]") from None
+    server: Any = cfg.url if cfg.url else StdioServerParameters(command=cfg.command[0], args=cfg.command[1:])  # type: ignore[index]
+    try:
+        async with Client(server, read_timeout_seconds=cfg.timeout_s) as client:
+            result = await client.call_tool(cfg.name or tool, args)
+    except Exception as exc:  # transport failures of every kind: the step fails, the planner is told
+        raise ToolError(f"MCP tool {tool} failed: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+    text = "\n".join(getattr(b, "text", "") for b in result.content)
+    if result.is_error:
+        raise ToolError(f"MCP tool {tool} answered an error: {text[:300]}")
+    if result.structured_content is not None:
+        return result.structured_content
+    return text
