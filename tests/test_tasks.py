@@ -399,3 +399,31 @@ def test_mcp_tools_stdio_and_streamable_http(tmp_path: Path, fake: Proc, toolbox
     data = json.loads(state.read_text())
     created = [c for c in data["calls"] if c["tool"] == "create_ticket"]
     assert [c["idempotency_key"] for c in created] == [f"{calm}:1:open", f"{urgent}:1:open"]
+
+
+def test_cancel_parked_task_and_refusals(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    script(fake, TRIAGE)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), {**PEOPLE, "mallory": ("globex", "user")})
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
+        wait_state(gw, tid, "awaiting_approval")
+        assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "mallory").status_code == 404  # another tenant
+        assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "bob").status_code == 403      # an approver
+        assert gw.call("GET", "/v1/turnout/tasks", "mallory").json()["data"] == []
+        assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "alice").status_code == 200
+        t = wait_state(gw, tid, "cancelled")
+        assert t["gates"][0]["state"] == "cancelled"
+        assert gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"] == []
+        assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "alice").status_code == 409
+        assert gw.call("GET", f"/v1/turnout/tasks/{tid}", "bob").status_code == 200  # approvers read their tenant's
+    assert httpx.get(toolbox.url + "/calls").json()["calls"] == []
+
+
+@pytest.mark.slow
+def test_worked_example_runs() -> None:
+    """docs/tasks.md's worked example, as the README runs it (auto-approving)."""
+    out = subprocess.run([sys.executable, "-m", "turnout.testing.tasks_demo", "--yes"], capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("succeeded") == 2 and "cached" in out.stdout
+    assert "outbox: 2 mail(s) sent" in out.stdout

@@ -5,8 +5,9 @@ It starts three real processes on loopback: the OpenAI-wire fake as the frontier
 outbox and a ticket system) and ``turnout serve`` with the embedded SmolLM2 as the local
 executor, in ``auth: keys`` mode with two keys: a support agent (``user``) who starts the task
 and a team lead (``approver``) who approves the reply. Then it starts the task, shows the
-step the approver must decide, and waits for the decision (``--yes`` approves at once). Last,
-it runs the same mail again to show the step cache.
+step the approver must decide, and waits for your decision (``turnout approvals approve|reject``
+in another shell, as the lead; the command is printed). With ``--yes`` it approves at once and
+runs the same mail a second time to show the step cache.
 
     python -m turnout.testing.tasks_demo [--mail FILE] [--yes] [--dir DIR]
 """
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
 
         views = []
-        for run in (1, 2):
+        for run in (1, 2) if args.yes else (1,):
             body = {"goal": "Triage this support mail and acknowledge it to the customer.",
                     "inputs": {"mail": mail, "sender": args.sender, "subject": "Invoice INV-2291 VAT"},
                     "tools": ["send_email", "create_ticket", "search_tickets"]}
