@@ -45,6 +45,7 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
     ("GET", "/v1/turnout/tasks/{task_id}/events"): ("/v1/turnout/tasks/task_none/events", None, 404),
     ("POST", "/v1/turnout/tasks/{task_id}/cancel"): ("/v1/turnout/tasks/task_none/cancel", None, 404),
     ("GET", "/v1/turnout/approvals"): ("/v1/turnout/approvals", None, 200),
+    ("GET", "/dashboard/approvals"): ("/dashboard/approvals", None, 200),
     ("POST", "/v1/turnout/approvals/{gate_id}"): ("/v1/turnout/approvals/gate_none", {"decision": "approve"}, 404),
     ("GET", "/dashboard"): ("/dashboard", None, 200),
     ("GET", "/v1/dashboard/stats"): ("/v1/dashboard/stats", None, 200),
@@ -121,7 +122,7 @@ def test_authorization_matrix(gw: Keyed, upstream: Upstream, endpoint: Endpoint,
         if want == 403:
             assert err["code"] == "role_not_allowed"
         if want == 401:
-            assert r.headers["www-authenticate"].startswith("Basic" if endpoint.path == "/dashboard" else "Bearer")
+            assert r.headers["www-authenticate"].startswith("Basic" if endpoint.path.split("/")[1] == "dashboard" else "Bearer")
         if endpoint.path == "/v1/chat/completions":
             assert upstream.requests() == []  # refused before any engine was called
 

@@ -72,6 +72,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/turnout/tasks/{task_id}/events", TASK_READ, "tenant", "a task's progress (SSE)"),
     Endpoint("POST", "/v1/turnout/tasks/{task_id}/cancel", INFERENCE, "tenant", "cancel a task"),
     Endpoint("GET", "/v1/turnout/approvals", APPROVE, "tenant", "the approver inbox"),
+    Endpoint("GET", "/dashboard/approvals", APPROVE, "none", "the approver inbox page (its data comes from the inbox)"),
     Endpoint("POST", "/v1/turnout/approvals/{gate_id}", APPROVE, "tenant",
              "approve, reject or edit a gated tool call (never the task's own key)"),
     Endpoint("GET", "/dashboard", VIEW, "none", "the dashboard page (its figures come from the stats)"),
@@ -147,7 +148,7 @@ def challenge(exc: TurnoutError, rule: Endpoint | None = None) -> dict[str, str]
     for the key (as the password), Bearer elsewhere."""
     if exc.status != 401:
         return {}
-    if rule is not None and rule.path == "/dashboard":
+    if rule is not None and (rule.path == "/dashboard" or rule.path.startswith("/dashboard/")):
         return {"WWW-Authenticate": 'Basic realm="turnout", charset="UTF-8"'}
     return {"WWW-Authenticate": 'Bearer realm="turnout"'}
 

@@ -8,6 +8,7 @@ tenant's task or gate is a 404, exactly like an unknown one).
     GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
     POST /v1/turnout/tasks/{id}/cancel       user
     GET  /v1/turnout/approvals               approver  pending gates of the tenant
+    GET  /dashboard/approvals                approver  the same inbox as a page (Basic login, key as password)
     POST /v1/turnout/approvals/{gate_id}     approver  {"decision": "approve"|"reject", "reason"?, "arguments"?}
 
 A decision needs an ``approver`` key of the task's tenant other than the key that started
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from turnout.errors import InvalidRequest, NotFound, PermissionDenied, TurnoutError
 from turnout.server.authz import principal
@@ -184,7 +186,16 @@ async def decide(request: Request) -> Response:
     return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})
 
 
+PAGE = Path(__file__).parent / "static" / "approvals.html"
+
+
+async def approvals_page(_: Request) -> Response:
+    """The approver inbox in a browser (its key as the Basic password, like the dashboard)."""
+    return FileResponse(PAGE, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
 ROUTES_SPEC = (
+    ("/dashboard/approvals", approvals_page, "GET"),
     ("/v1/turnout/tasks", create_task, "POST"),
     ("/v1/turnout/tasks", list_tasks, "GET"),
     ("/v1/turnout/tasks/{task_id}", get_task, "GET"),
