@@ -297,9 +297,10 @@ def test_budget_exhausted_mid_task(tmp_path: Path, fake: Proc, toolbox: Proc) ->
     plan = {"steps": [{"id": "a", "kind": "llm", "instruction": "one", "route": "frontier", "inputs": ["input.doc"]},
                       {"id": "b", "kind": "llm", "instruction": "two {{steps.a}}", "route": "frontier"}]}
     script(fake, plan)
-    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), {"bob": ("acme", "approver")})
-    # the planner's reservation fits in the budget (it never sees the long input); step a's does not
-    gw.keys["poor"] = cli_key(gw.config, "acme", "--usd-day", "0.07")
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, step_max_tokens=2000), {"bob": ("acme", "approver")})
+    # the planner (which never sees the long input) and step a fit in the budget; after a's
+    # 2000-word answer is paid for, step b's reservation does not
+    gw.keys["poor"] = cli_key(gw.config, "acme", "--usd-day", "0.08")
     with gw.proc:
         tid = gw.call("POST", "/v1/turnout/tasks", "poor", {"goal": "g", "inputs": {"doc": "word " * 3000}}).json()["id"]
         t = wait_state(gw, tid, "failed", "succeeded", who="poor")
