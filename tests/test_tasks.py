@@ -494,3 +494,29 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
         t = wait_state(gw, tid, "succeeded", "failed")
     assert t["state"] == "succeeded" and t["gates"][0]["decision_reason"] == "kinder wording"
     assert httpx.get(toolbox.url + "/calls").json()["outbox"] == [edited]
+
+
+def test_postgres_two_replicas_park_on_one_finish_on_the_other(tmp_path: Path, fake: Proc, toolbox: Proc,
+                                                               pg_schema: str) -> None:
+    """State in PostgreSQL (storage.postgres_dsn): the task parks on replica A, A is killed, the
+    decision and the rest of the task happen on replica B."""
+    from tests.conftest import PG_DSN
+
+    script(fake, TRIAGE)
+    cfg = config(fake.url, toolbox.url, tmp_path)
+    cfg["storage"] = {**cfg["storage"], "postgres_dsn": PG_DSN, "postgres_schema": pg_schema}
+    a = start(tmp_path, cfg, PEOPLE)
+    b = Keyed(serve(a.config), a.config, a.keys)
+    with b.proc:
+        tid = a.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
+        wait_state(b, tid, "awaiting_approval")
+        kill9(a.proc)
+        gid = b.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]["id"]
+        assert b.call("POST", f"/v1/turnout/approvals/{gid}", "alice", {"decision": "approve"}).status_code == 403
+        assert b.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "approve"}).status_code == 200
+        t = wait_state(b, tid, "succeeded", "failed")
+    assert t["state"] == "succeeded", t
+    assert len(httpx.get(toolbox.url + "/calls").json()["outbox"]) == 1
+    assert len(planner_requests(fake)) == 1
+    assert not (tmp_path / "turnout.sqlite").exists() or "tasks_tasks" not in str(
+        sqlite3.connect(tmp_path / "turnout.sqlite").execute("SELECT name FROM sqlite_master").fetchall())

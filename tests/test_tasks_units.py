@@ -115,3 +115,33 @@ def test_lease_one_winner_and_lapsed_lease(tmp_path: Path) -> None:
     assert a.get(tid)["state"] == "awaiting_approval" and b.claim("B", 60) is None  # type: ignore[index]
     assert a.decide(gid, "approved", "key_2", None, None) and not b.decide(gid, "rejected", "key_3", None, None)
     assert b.claim("B", 60) == tid           # queued again after the decision
+
+
+def test_lease_and_gates_on_postgres(pg_schema: str) -> None:
+    from tests.conftest import PG_DSN
+    from turnout.tasks.store import PostgresTaskStore
+
+    a, b = PostgresTaskStore(PG_DSN, schema=pg_schema), PostgresTaskStore(PG_DSN, schema=pg_schema)
+    try:
+        tid = a.create("acme", "key_1", "goal 100%", {"x": 1}, ["t"], "sensitive")
+        assert b.get(tid)["inputs"] == {"x": 1} and b.get(tid)["goal"] == "goal 100%"  # type: ignore[index]
+        assert a.claim("A", 60) == tid and b.claim("B", 60) is None
+        a.update(tid, lease_until=time.time() - 1)
+        assert b.claim("B", 60) == tid and not a.renew(tid, "A", 60)
+        b.save_step(tid, 1, "s", kind="llm", cost_usd=0.5, status="ok", result="r")
+        b.save_step(tid, 1, "s", kind="llm", cost_usd=0.25, status="ok", result="r2")  # replaced, not added
+        assert a.get(tid)["cost_usd"] == 0.25 and a.steps(tid)[0]["result"] == "r2"  # type: ignore[index]
+        gid = b.park(tid, "acme", 1, "t", "send", {"x": 1}, "why", "always", time.time() + 60)
+        assert [g["id"] for g in a.gates("acme")] == [gid] and a.gates("globex") == []
+        assert a.decide(gid, "approved", "key_2", None, {"x": 2}) and not b.decide(gid, "rejected", "k", None, None)
+        assert a.gate(gid)["edited"] == {"x": 2} and b.claim("B", 60) == tid  # type: ignore[index]
+        b.tool_started("k1", tid, "send", {})
+        b.tool_started("k1", tid, "send", {})
+        b.tool_done("k1", {"ok": True})
+        assert a.tool_call("k1") == {**a.tool_call("k1"), "state": "done", "attempts": 2, "result": {"ok": True}}  # type: ignore[dict-item]
+        a.keep("ck", "acme", "cached", "small", 0.1)
+        assert b.cached("ck", "acme", 60)["result"] == "cached" and b.cached("ck", "globex", 60) is None  # type: ignore[index]
+        assert [e["kind"] for e in a.events(tid)][:2] == ["created", "leased"]
+    finally:
+        a.close()
+        b.close()

@@ -162,13 +162,15 @@ def start_strategies(cfg: TurnoutConfig) -> dict[str, Strategy]:
 
 
 def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
-    """The task engine in this process: state in the SQLite file (shared by replicas on one
-    host), decisions in the audit log of the configured store."""
+    """The task engine in this process: state and decisions' audit entries in the configured
+    store (PostgreSQL when ``storage.postgres_dsn`` is set, shared by every replica; else the
+    SQLite file, shared by replicas on one host)."""
     from turnout.ledger.audit import open_audit_log
-    from turnout.tasks.store import TaskStore
+    from turnout.tasks.store import open_task_store
 
-    audit = open_audit_log(db=cfg.storage.sqlite_path, dsn=cfg.storage.postgres_dsn, schema=cfg.storage.postgres_schema)
-    runner = TaskRunner(gateway, TaskStore(cfg.storage.sqlite_path), audit)
+    st = cfg.storage
+    audit = open_audit_log(db=st.sqlite_path, dsn=st.postgres_dsn, schema=st.postgres_schema)
+    runner = TaskRunner(gateway, open_task_store(st.sqlite_path, st.postgres_dsn, st.postgres_schema), audit)
     runner.start()
     return runner
 

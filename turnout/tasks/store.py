@@ -73,9 +73,13 @@ def _u(text: str | None) -> Any:
 
 
 class TaskStore:
+    """The SQLite store (``storage.sqlite_path``): replicas on one host share the file."""
+
+    skip_locked = ""
+
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
         with self.lock:
@@ -84,7 +88,7 @@ class TaskStore:
             self.db.executescript(SCHEMA)
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[Any]:
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -94,9 +98,15 @@ class TaskStore:
                 raise
             self.db.execute("COMMIT")
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self.lock:
-            return list(self.db.execute(sql, args).fetchall())
+            return [dict(r) for r in self.db.execute(self._q(sql), args).fetchall()]
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _x(self, c: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return c.execute(self._q(sql), tuple(args))
 
     def close(self) -> None:
         with self.lock:
@@ -107,7 +117,7 @@ class TaskStore:
                sensitivity: str | None) -> str:
         tid, now = new_id("task"), time.time()
         with self.tx() as c:
-            c.execute("INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
+            self._x(c, "INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
                       "updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (tid, tenant, key_id, goal, _j(inputs), _j(tools), sensitivity, "queued", now, now))
             self._event(c, tid, "created", {"goal": goal})
@@ -135,20 +145,20 @@ class TaskStore:
                 fields[k] = _j(fields[k])
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.tx() as c:
-            c.execute(f"UPDATE tasks_tasks SET {sets} WHERE id = ?", (*fields.values(), tid))
+            self._x(c, f"UPDATE tasks_tasks SET {sets} WHERE id = ?", (*fields.values(), tid))
             if event is not None:
                 self._event(c, tid, *event)
 
     def request_cancel(self, tid: str) -> bool:
         """Mark a task cancelled (parked or queued: at once; running: its runner stops at the next step)."""
         with self.tx() as c:
-            row = c.execute("SELECT state FROM tasks_tasks WHERE id = ?", (tid,)).fetchone()
+            row = self._x(c, "SELECT state FROM tasks_tasks WHERE id = ?", (tid,)).fetchone()
             if row is None or row["state"] in TERMINAL:
                 return False
-            c.execute("UPDATE tasks_tasks SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), tid))
+            self._x(c, "UPDATE tasks_tasks SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), tid))
             if row["state"] != "running":
-                c.execute("UPDATE tasks_tasks SET state = 'cancelled', lease_owner = NULL WHERE id = ?", (tid,))
-                c.execute("UPDATE tasks_gates SET state = 'cancelled' WHERE task_id = ? AND state = 'pending'", (tid,))
+                self._x(c, "UPDATE tasks_tasks SET state = 'cancelled', lease_owner = NULL WHERE id = ?", (tid,))
+                self._x(c, "UPDATE tasks_gates SET state = 'cancelled' WHERE task_id = ? AND state = 'pending'", (tid,))
                 self._event(c, tid, "cancelled", {})
         return True
 
@@ -157,26 +167,29 @@ class TaskStore:
         """Take one runnable task whose lease is free or lapsed; None when there is none."""
         now = time.time()
         with self.tx() as c:
-            row = c.execute(
+            row = self._x(c,
                 "SELECT id FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
-                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1", (now,)).fetchone()
+                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1" + self.skip_locked, (now,)).fetchone()
             if row is None:
                 return None
-            c.execute("UPDATE tasks_tasks SET lease_owner = ?, lease_until = ?, state = 'running' WHERE id = ?",
-                      (owner, now + lease_s, row["id"]))
+            won = self._x(c, "UPDATE tasks_tasks SET lease_owner = ?, lease_until = ?, state = 'running' WHERE id = ? "
+                          "AND state IN ('queued', 'running') AND (lease_until IS NULL OR lease_until < ?)",
+                          (owner, now + lease_s, row["id"], now)).rowcount
+            if won != 1:  # another replica took it between the two statements
+                return None
             self._event(c, row["id"], "leased", {"replica": owner})
             return str(row["id"])
 
     def renew(self, tid: str, owner: str, lease_s: float) -> bool:
         """Extend the lease; False when this replica no longer holds it (then it must stop)."""
         with self.tx() as c:
-            cur = c.execute("UPDATE tasks_tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+            cur = self._x(c, "UPDATE tasks_tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
                             (time.time() + lease_s, tid, owner))
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def release(self, tid: str, owner: str) -> None:
         with self.tx() as c:
-            c.execute("UPDATE tasks_tasks SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+            self._x(c, "UPDATE tasks_tasks SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
                       (tid, owner))
 
     # ---- steps --------------------------------------------------------------------------
@@ -199,9 +212,11 @@ class TaskStore:
             f["result"] = _j(f["result"])
         cols = ["task_id", "plan_version", "step_id", *f]
         with self.tx() as c:
-            c.execute(f"INSERT OR REPLACE INTO tasks_steps ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                      (tid, version, sid, *f.values()))
-            c.execute("UPDATE tasks_tasks SET cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM tasks_steps WHERE "
+            updates = ", ".join(f"{k} = excluded.{k}" for k in f)
+            self._x(c, f"INSERT INTO tasks_steps ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                    f"ON CONFLICT (task_id, plan_version, step_id) DO UPDATE SET {updates}",
+                    (tid, version, sid, *f.values()))
+            self._x(c, "UPDATE tasks_tasks SET cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM tasks_steps WHERE "
                       "task_id = ?), saved_usd = (SELECT COALESCE(SUM(saved_usd), 0) FROM tasks_steps WHERE "
                       "task_id = ?), updated = ? WHERE id = ?", (tid, tid, time.time(), tid))
             self._event(c, tid, "step", {"plan_version": version, "step": sid, "status": f.get("status"),
@@ -222,10 +237,10 @@ class TaskStore:
         """Open a gate and park the task (awaiting_approval), in one transaction."""
         gid = new_id("gate")
         with self.tx() as c:
-            c.execute("INSERT INTO tasks_gates (id, task_id, tenant, plan_version, step_id, tool, arguments, reason, "
+            self._x(c, "INSERT INTO tasks_gates (id, task_id, tenant, plan_version, step_id, tool, arguments, reason, "
                       "why, state, deadline, created) VALUES (?,?,?,?,?,?,?,?,?,'pending',?,?)",
                       (gid, tid, tenant, version, sid, tool, _j(args), reason, why, deadline, time.time()))
-            c.execute("UPDATE tasks_tasks SET state = 'awaiting_approval', lease_owner = NULL, lease_until = NULL, "
+            self._x(c, "UPDATE tasks_tasks SET state = 'awaiting_approval', lease_owner = NULL, lease_until = NULL, "
                       "updated = ? WHERE id = ?", (time.time(), tid))
             self._event(c, tid, "awaiting_approval", {"gate": gid, "tool": tool, "arguments": args, "reason": reason})
         return gid
@@ -245,13 +260,13 @@ class TaskStore:
         """Record a decision on a pending gate and queue its task; False if it was already decided."""
         now = time.time()
         with self.tx() as c:
-            cur = c.execute("UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
+            cur = self._x(c, "UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
                             "edited = ? WHERE id = ? AND state = 'pending'",
                             (state, by, now, reason, None if edited is None else _j(edited), gid))
             if cur.rowcount != 1:
                 return False
-            tid = c.execute("SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
-            c.execute("UPDATE tasks_tasks SET state = 'queued', updated = ? WHERE id = ? AND state = "
+            tid = self._x(c, "SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
+            self._x(c, "UPDATE tasks_tasks SET state = 'queued', updated = ? WHERE id = ? AND state = "
                       "'awaiting_approval'", (now, tid))
             self._event(c, tid, "decision", {"gate": gid, "decision": state, "by": by, "reason": reason,
                                              "edited": edited is not None})
@@ -272,13 +287,13 @@ class TaskStore:
 
     def tool_started(self, key: str, tid: str, tool: str, args: dict[str, Any]) -> None:
         with self.tx() as c:
-            c.execute("INSERT INTO tasks_tool_calls (idempotency_key, task_id, tool, arguments, state, attempts, ts) "
+            self._x(c, "INSERT INTO tasks_tool_calls (idempotency_key, task_id, tool, arguments, state, attempts, ts) "
                       "VALUES (?,?,?,?, 'started', 1, ?) ON CONFLICT (idempotency_key) DO UPDATE SET "
-                      "attempts = attempts + 1", (key, tid, tool, _j(args), time.time()))
+                      "attempts = tasks_tool_calls.attempts + 1", (key, tid, tool, _j(args), time.time()))
 
     def tool_done(self, key: str, result: Any) -> None:
         with self.tx() as c:
-            c.execute("UPDATE tasks_tool_calls SET state = 'done', result = ? WHERE idempotency_key = ?",
+            self._x(c, "UPDATE tasks_tool_calls SET state = 'done', result = ? WHERE idempotency_key = ?",
                       (_j(result), key))
 
     # ---- step cache ------------------------------------------------------------------------
@@ -293,17 +308,18 @@ class TaskStore:
 
     def keep(self, key: str, tenant: str, result: Any, engine: str | None, cost: float) -> None:
         with self.tx() as c:
-            c.execute("INSERT OR REPLACE INTO tasks_step_cache (key, tenant, result, engine, cost_usd, ts) "
-                      "VALUES (?,?,?,?,?,?)", (key, tenant, _j(result), engine, cost, time.time()))
+            self._x(c, "INSERT INTO tasks_step_cache (key, tenant, result, engine, cost_usd, ts) VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, result = excluded.result, "
+                    "engine = excluded.engine, cost_usd = excluded.cost_usd, ts = excluded.ts",
+                    (key, tenant, _j(result), engine, cost, time.time()))
 
     # ---- events -------------------------------------------------------------------------
     def event(self, tid: str, kind: str, data: dict[str, Any]) -> None:
         with self.tx() as c:
             self._event(c, tid, kind, data)
 
-    @staticmethod
-    def _event(c: sqlite3.Connection, tid: str, kind: str, data: dict[str, Any]) -> None:
-        c.execute("INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)", (tid, time.time(), kind, _j(data)))
+    def _event(self, c: Any, tid: str, kind: str, data: dict[str, Any]) -> None:
+        self._x(c, "INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)", (tid, time.time(), kind, _j(data)))
 
     def events(self, tid: str, after: int = 0) -> list[dict[str, Any]]:
         rows = self._all("SELECT seq, ts, kind, data FROM tasks_events WHERE task_id = ? AND seq > ? ORDER BY seq",
@@ -311,8 +327,48 @@ class TaskStore:
         return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "data": _u(r["data"])} for r in rows]
 
 
-def _gate(row: sqlite3.Row) -> dict[str, Any]:
+def _gate(row: Any) -> dict[str, Any]:
     d = dict(row)
     d["arguments"] = _u(d["arguments"])
     d["edited"] = _u(d["edited"])
     return d
+
+
+def _pg_schema(schema: str) -> list[str]:
+    sql = SCHEMA.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    return [f"CREATE SCHEMA IF NOT EXISTS {schema}"] + [s.strip() for s in sql.split(";") if s.strip()]
+
+
+class PostgresTaskStore(TaskStore):
+    """The same tables in PostgreSQL (``storage.postgres_dsn``, schema ``postgres_schema``):
+    replicas on several hosts share it; a claim skips rows another replica is claiming."""
+
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str, *, schema: str = "public") -> None:  # not super().__init__: that one is SQLite's
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self.schema = schema
+        self.lock = threading.Lock()
+        self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
+        with self.lock, self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.tasks.{schema}",))
+            for statement in _pg_schema(schema):
+                self.db.execute(statement)
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        with self.lock, self.db.transaction():
+            yield self.db
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def open_task_store(sqlite_path: str, dsn: str | None, schema: str = "public") -> TaskStore:
+    return PostgresTaskStore(dsn, schema=schema) if dsn else TaskStore(sqlite_path)

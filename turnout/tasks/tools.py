@@ -64,7 +64,7 @@ async def call_tool(tool: str, cfg: ToolConfig, args: dict[str, Any], idempotenc
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     try:
         async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
-            r = await client.post(cfg.url, content=orjson.dumps(args),
+            r = await client.post(cfg.url or "", content=orjson.dumps(args),
                                   headers={**headers, "Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise ToolError(f"tool {tool} could not be reached: {exc.__class__.__name__}") from None
