@@ -520,3 +520,18 @@ def test_postgres_two_replicas_park_on_one_finish_on_the_other(tmp_path: Path, f
     assert len(planner_requests(fake)) == 1
     assert not (tmp_path / "turnout.sqlite").exists() or "tasks_tasks" not in str(
         sqlite3.connect(tmp_path / "turnout.sqlite").execute("SELECT name FROM sqlite_master").fetchall())
+
+
+def test_failed_tool_step_replans_with_the_reason(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    broken = {"broken": {"url": toolbox.url + "/no_such_tool", "effect": "read_only", "approval": "never"}}
+    first = {"steps": [{"id": "look", "kind": "tool", "tool": "broken", "arguments": {"q": "x"}}]}
+    second = {"steps": [{"id": "look2", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}}]}
+    script(fake, first, second)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, tools=broken), PEOPLE)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "tools": ["broken", "search_tickets"]}).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed")
+    assert t["state"] == "succeeded" and t["replans"] == 1, t
+    assert t["result"]["tickets"][0]["id"] == "T-1"
+    assert "answered 404" in t["notes"][0]
+    assert "answered 404" in json.dumps(planner_requests(fake)[1])  # the reason is in the planner's context
