@@ -166,6 +166,9 @@ class TaskStore:
     def claim(self, owner: str, lease_s: float) -> str | None:
         """Take one runnable task whose lease is free or lapsed; None when there is none."""
         now = time.time()
+        if not self._all("SELECT 1 FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
+                         "(lease_until IS NULL OR lease_until < ?) LIMIT 1", (now,)):
+            return None  # the common idle case: a read, no write lock on a file the ledger shares
         with self.tx() as c:
             row = self._x(c,
                 "SELECT id FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
