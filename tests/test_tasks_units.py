@@ -145,3 +145,11 @@ def test_lease_and_gates_on_postgres(pg_schema: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_example_tasks_config_is_valid() -> None:
+    from turnout.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "tasks" / "tasks.yaml")
+    assert cfg.tasks.tools["send_email"].approval == "always"
+    assert cfg.tasks.tools["create_ticket"].when == ["priority == urgent"]
