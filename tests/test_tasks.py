@@ -535,3 +535,23 @@ def test_failed_tool_step_replans_with_the_reason(tmp_path: Path, fake: Proc, to
     assert t["result"]["tickets"][0]["id"] == "T-1"
     assert "answered 404" in t["notes"][0]
     assert "answered 404" in json.dumps(planner_requests(fake)[1])  # the reason is in the planner's context
+
+
+def test_tool_approvers_scope_who_may_decide(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """`approvers` on a tool: only those approver keys of the tenant may decide its calls."""
+    script(fake, TRIAGE)
+    cfg = config(fake.url, toolbox.url, tmp_path)
+    path = write_config(tmp_path, cfg)
+    keys = {name: cli_key(path, tenant, "--roles", roles) for name, (tenant, roles) in
+            {**PEOPLE, "dave": ("acme", "approver")}.items()}
+    cfg["tasks"]["tools"]["send_email"]["approvers"] = [keys["dave"]["key_id"]]
+    write_config(tmp_path, cfg)
+    gw = Keyed(serve(path), path, keys)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
+        wait_state(gw, tid, "awaiting_approval")
+        gid = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]["id"]
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "approve"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "not_an_approver_of_tool"
+        assert gw.call("POST", f"/v1/turnout/approvals/{gid}", "dave", {"decision": "approve"}).status_code == 200
+        assert wait_state(gw, tid, "succeeded", "failed")["state"] == "succeeded"
