@@ -81,6 +81,14 @@ def _mostly_a_known_model(case: Any, mode: Any) -> None:
         body["model"] = "auto"
 
 
+def _only_configured_tools(case: Any, mode: Any) -> None:
+    """A task may only name tools of turnout.yaml (none here); a schema cannot list them, so a
+    well-formed task body names none (the 400 for an unknown tool is in tests/test_tasks.py)."""
+    if (mode is schemathesis.GenerationMode.POSITIVE and case.path == "/v1/turnout/tasks"
+            and isinstance(case.body, dict) and "tools" in case.body):
+        case.body["tools"] = []
+
+
 def _declare_the_chosen_tool(case: Any, mode: Any) -> None:
     """Two rules of tool_choice span fields, which a JSON schema cannot state (see
     ``turnout.protocol``): ``"required"`` needs tools and a named choice must name a declared
@@ -99,11 +107,13 @@ def _declare_the_chosen_tool(case: Any, mode: Any) -> None:
             body["tools"] = [*tools, {"type": "function", "function": {"name": name}}]
 
 
-NO_PARAMETERS = ["GET /v1/models", "GET /healthz", "GET /readyz"]
+NO_PARAMETERS = ["GET /v1/models", "GET /healthz", "GET /readyz", "GET /v1/turnout/tasks"]
 COLLECTIONS = ["POST /v1/turnout/collections/{name}/documents", "POST /v1/turnout/collections/{name}/search",
                "GET /v1/turnout/collections/{name}", "DELETE /v1/turnout/collections/{name}",
                "DELETE /v1/turnout/collections/{name}/documents/{doc_id}"]
-OPERATIONS = ["POST /v1/chat/completions", "POST /v1/embeddings", *COLLECTIONS, *NO_PARAMETERS]
+TASKS = ["POST /v1/turnout/tasks", "GET /v1/turnout/tasks/{task_id}",
+         "POST /v1/turnout/tasks/{task_id}/cancel"]
+OPERATIONS = ["POST /v1/chat/completions", "POST /v1/embeddings", *COLLECTIONS, *TASKS, *NO_PARAMETERS]
 
 
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=lambda m: m.value)
@@ -121,6 +131,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any, fuzz_gateway: Gat
     def run(case: Any) -> None:
         _mostly_a_known_model(case, mode)
         _declare_the_chosen_tool(case, mode)
+        _only_configured_tools(case, mode)
         case.call_and_validate(base_url=fuzz_gateway.url, timeout=30, headers={"Authorization": f"Bearer {fuzz_key}"})
 
     run()
@@ -132,7 +143,11 @@ def test_openapi_document_describes_the_wire_models(fuzz_gateway: Gateway) -> No
     doc = httpx.get(fuzz_gateway.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 *(op.split(" ", 1)[1] for op in COLLECTIONS)}
+                                 *(op.split(" ", 1)[1] for op in COLLECTIONS), "/v1/turnout/tasks",
+                                 "/v1/turnout/tasks/{task_id}", "/v1/turnout/tasks/{task_id}/events",
+                                 "/v1/turnout/tasks/{task_id}/cancel", "/v1/turnout/approvals",
+                                 "/v1/turnout/approvals/{gate_id}"}
+    assert doc["paths"]["/v1/turnout/approvals/{gate_id}"]["post"]["description"] == "roles: approver"
     request = doc["components"]["schemas"]["ChatRequest"]
     assert {"model", "messages"} <= set(request["required"]) and request["additionalProperties"] is True
     choices = request["properties"]["tool_choice"]["anyOf"]

@@ -39,6 +39,14 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
         "/v1/turnout/collections/matrix/documents/nope", None, 404 if RAG else 400),
     ("POST", "/v1/turnout/collections/{name}/search"): (
         "/v1/turnout/collections/matrix/search", {"query": "text"}, 200 if RAG else 400),
+    ("POST", "/v1/turnout/tasks"): ("/v1/turnout/tasks", {"goal": "matrix"}, 201),
+    ("GET", "/v1/turnout/tasks"): ("/v1/turnout/tasks", None, 200),
+    ("GET", "/v1/turnout/tasks/{task_id}"): ("/v1/turnout/tasks/task_none", None, 404),
+    ("GET", "/v1/turnout/tasks/{task_id}/events"): ("/v1/turnout/tasks/task_none/events", None, 404),
+    ("POST", "/v1/turnout/tasks/{task_id}/cancel"): ("/v1/turnout/tasks/task_none/cancel", None, 404),
+    ("GET", "/v1/turnout/approvals"): ("/v1/turnout/approvals", None, 200),
+    ("GET", "/dashboard/approvals"): ("/dashboard/approvals", None, 200),
+    ("POST", "/v1/turnout/approvals/{gate_id}"): ("/v1/turnout/approvals/gate_none", {"decision": "approve"}, 404),
     ("GET", "/dashboard"): ("/dashboard", None, 200),
     ("GET", "/v1/dashboard/stats"): ("/v1/dashboard/stats", None, 200),
     ("GET", "/v1/turnout/usage"): ("/v1/turnout/usage", None, 200),
@@ -115,7 +123,7 @@ def test_authorization_matrix(gw: Keyed, upstream: Upstream, endpoint: Endpoint,
         if want == 403:
             assert err["code"] == "role_not_allowed"
         if want == 401:
-            assert r.headers["www-authenticate"].startswith("Basic" if endpoint.path == "/dashboard" else "Bearer")
+            assert r.headers["www-authenticate"].startswith("Basic" if endpoint.path.split("/")[1] == "dashboard" else "Bearer")
         if endpoint.path == "/v1/chat/completions":
             assert upstream.requests() == []  # refused before any engine was called
 

@@ -34,6 +34,7 @@ def new_request_id() -> str:
 class Call:
     request_id: str = field(default_factory=new_request_id)
     credentials: str | None = field(default=None, repr=False)  # dropped once authenticated
+    on_behalf_of: str | None = None  # a task's call: the key id that started the task (no token at hand)
     sensitivity: str | None = None
     stream: bool = False
     ts: float = field(default_factory=time.time)

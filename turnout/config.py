@@ -321,6 +321,8 @@ class FunctionsConfig(_Strict):
 
     path: str | None = Field(None, description="the folder of functions, one sub-folder per function "
                              "(relative to the working directory); none: functions off")
+
+
 class LicensePolicy(_Strict):
     """Which model licenses may run (``turnout.licenses``): SPDX ids where one exists, case-insensitive."""
 
@@ -347,6 +349,61 @@ class PolicyConfig(_Strict):
     licenses: LicensePolicy = LicensePolicy()
 
 
+class ToolConfig(_Strict):
+    """A tool tasks may call: a plain HTTP endpoint that takes the arguments as a JSON body."""
+
+    kind: Literal["http", "mcp"] = Field("http", description="http: POST the arguments as JSON to `url`; mcp: "
+                                         "call a tool of an MCP server (streamable HTTP at `url`, or stdio `command`)")
+    url: str | None = Field(None, description="http: the POST target; mcp: the server's streamable HTTP endpoint")
+    command: list[str] | None = Field(None, description="mcp over stdio: the server's command line")
+    name: str | None = Field(None, description="mcp: the tool's name on the server (default: this key)")
+    idempotency_argument: str | None = Field(None, description="also pass the idempotency key as this argument "
+                                             "(for MCP servers, which have no header for it)")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
+                                       description="JSON schema of the arguments (checked before every call)")
+    effect: Literal["read_only", "irreversible"] = Field(
+        "irreversible", description="irreversible calls are never cached nor repeated; each carries an Idempotency-Key")
+    approval: Literal["never", "always", "when"] = Field(
+        "always", description="never; always; when: only if a condition of `when` holds on the arguments")
+    when: list[str] = Field(default_factory=list, description="conditions, any of which requires approval, "
+                            "e.g. 'amount > 100', 'to not_endswith @example.com'")
+    approvers: list[str] = Field(default_factory=list, description="key ids that may decide; empty: any approver "
+                                 "key of the task's tenant")
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _conditions(self) -> ToolConfig:
+        from turnout.conditions import parse_condition
+
+        for c in self.when:
+            parse_condition(c)
+        if self.kind == "http" and not self.url:
+            raise ValueError("an http tool needs `url`")
+        if self.kind == "mcp" and bool(self.url) == bool(self.command):
+            raise ValueError("an mcp tool needs exactly one of `url` (streamable HTTP) or `command` (stdio)")
+        if self.approval == "when" and not self.when:
+            raise ValueError("approval: when needs at least one condition in `when`")
+        return self
+
+
+class TasksConfig(_Strict):
+    """Pattern B: a planner route plans, executor routes run the steps, people approve tools."""
+
+    planner_route: str | None = Field(None, description="route the plan comes from (default: the first route "
+                                      "with a remote engine, else the first route)")
+    executor_route: str | None = Field(None, description="route executor steps run on unless the plan names "
+                                       "another (default: the first route whose chain is all local)")
+    tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    approval_deadline_s: float = Field(86400.0, gt=0, description="a gate not decided by then is rejected")
+    lease_s: float = Field(15.0, gt=0, description="a replica holds a running task this long between heartbeats")
+    max_replans: int = Field(2, ge=0, le=10, description="re-plans after a rejection or a failed step")
+    max_steps: int = Field(12, ge=1, le=100)
+    step_max_tokens: int = Field(512, ge=1, description="max_tokens of an executor step's answer")
+    cache_ttl_s: float = Field(3600.0, ge=0, description="step cache lifetime (0: off)")
+    poll_s: float = Field(0.25, gt=0, description="how often the runner looks for work")
+
+
 class TurnoutConfig(_Strict):
     auth: Literal["keys", "open"] | None = Field(
         None, description="keys: every request needs an API key with the right role (no key is 401, even when "
@@ -363,6 +420,7 @@ class TurnoutConfig(_Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     functions: FunctionsConfig = FunctionsConfig()
     policy: PolicyConfig = PolicyConfig()
+    tasks: TasksConfig = TasksConfig()
 
     @field_validator("engines", mode="wrap")
     @classmethod
@@ -413,6 +471,10 @@ class TurnoutConfig(_Strict):
                     raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {member!r}")
             if rule.route and rule.route not in self.routes:
                 raise ValueError(f"rules[{i}] ({rule.name}).route names unknown route {rule.route!r}")
+        for what in ("planner_route", "executor_route"):
+            name = getattr(self.tasks, what)
+            if name is not None and name not in self.routes:
+                raise ValueError(f"tasks.{what} names unknown route {name!r}; routes are {sorted(self.routes)}")
         return self
 
     def local_engines(self) -> list[str]:

@@ -148,7 +148,10 @@ class Gateway:
         token, call.credentials = call.credentials, None
         if self.access is None:
             return
-        key = await self.access.authenticate(token, req.model)
+        if call.on_behalf_of is not None:  # a task's step: the starting key, checked again now (revoked: refused)
+            key = await self.access.delegated(call.on_behalf_of, req.model)
+        else:
+            key = await self.access.authenticate(token, req.model)
         if key is not None:
             call.key, call.tenant = key, key.tenant
             self.metrics.tenants.add(key.tenant)

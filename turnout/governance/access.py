@@ -153,6 +153,17 @@ class Access:
         and may use ``route``. Raises 401/403."""
         return (await self.principal(token, (role,), route)).key
 
+    async def delegated(self, key_id: str, route: str, role: str = "user") -> ApiKey | None:
+        """A task's model call, made for the key that started the task: that key, looked up by
+        id (so a key revoked or expired since stops its tasks), which must still hold ``role``
+        and may use ``route``. None in open mode."""
+        if self.mode == "open":
+            return None
+        key = check_key(await asyncio.to_thread(self.keys.get, key_id), route)
+        if not key.has_role(role):
+            raise PermissionDenied(f"API key {key.key_id} no longer has role {role}", code="role_not_allowed")
+        return key
+
     async def reserve(self, key: ApiKey | None, tokens: int, cost: float) -> Reservation | None:
         if key is None or not any(v is not None for v in (key.limits.rpm, key.limits.tpm,
                                                           key.limits.usd_per_day, key.limits.usd_per_month)):

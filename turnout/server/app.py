@@ -24,11 +24,23 @@ from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
 from turnout.retrieval import VectorStore
-from turnout.server import admin, chat, dashboard, documents, embeddings, feedback, health, models, openapi
+from turnout.server import (
+    admin,
+    chat,
+    dashboard,
+    documents,
+    embeddings,
+    feedback,
+    health,
+    models,
+    openapi,
+    tasks,
+)
 from turnout.server import functions as function_routes
 from turnout.server.authz import Authorize
 from turnout.server.errors import HANDLERS, error_response, unexpected_error
 from turnout.strategies import Strategy, strategy_class
+from turnout.tasks.runner import TaskRunner
 
 log = logging.getLogger("turnout.server")
 
@@ -159,6 +171,18 @@ def load_functions(cfg: TurnoutConfig) -> dict[str, Any]:
     from turnout.functions.spec import load_functions as load
 
     return dict(load(cfg.functions.path, cfg))
+def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
+    """The task engine in this process: state and decisions' audit entries in the configured
+    store (PostgreSQL when ``storage.postgres_dsn`` is set, shared by every replica; else the
+    SQLite file, shared by replicas on one host)."""
+    from turnout.ledger.audit import open_audit_log
+    from turnout.tasks.store import open_task_store
+
+    st = cfg.storage
+    audit = open_audit_log(db=st.sqlite_path, dsn=st.postgres_dsn, schema=st.postgres_schema)
+    runner = TaskRunner(gateway, open_task_store(st.sqlite_path, st.postgres_dsn, st.postgres_schema), audit)
+    runner.start()
+    return runner
 
 
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
@@ -189,6 +213,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         cache = build_cache(cfg)
         gateway = Gateway(cfg, engines, ledger, access, guards, start_strategies(cfg), tracer, cache, store)
         app.state.gateway = gateway
+        runner = start_tasks(cfg, gateway)
+        app.state.tasks = runner
         if on_ready:
             on_ready(gateway)
         try:
@@ -196,6 +222,10 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         finally:
             if gateway.learning is not None:  # shadow calls in flight finish while the engines are open
                 await gateway.learning.close()
+            await runner.stop()
+            runner.store.close()
+            if runner.audit is not None:
+                runner.audit.close()
             for engine in engines.values():
                 await engine.close()
             await access.close()
@@ -227,6 +257,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/turnout/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/turnout/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         *dashboard.ROUTES,
+        *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     return ChatFastPath(starlette, cfg.server.max_in_flight)

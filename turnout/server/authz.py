@@ -45,6 +45,8 @@ INFERENCE = ("user",)
 VIEW = ("viewer",)
 ADMIN = ("admin",)
 ANY = ("admin", "viewer", "approver", "user")
+APPROVE = ("approver",)
+TASK_READ = ("user", "approver", "viewer")  # admin counts as viewer: the admin's own tenant only
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/healthz", (), "none", "liveness"),
@@ -64,6 +66,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              route="documents"),
     Endpoint("POST", "/v1/turnout/collections/{name}/search", INFERENCE, "tenant", "search a collection",
              route="documents"),
+    Endpoint("POST", "/v1/turnout/tasks", INFERENCE, "tenant", "start a task; its steps run as this key"),
+    Endpoint("GET", "/v1/turnout/tasks", INFERENCE, "tenant", "the tenant's tasks"),
+    Endpoint("GET", "/v1/turnout/tasks/{task_id}", TASK_READ, "tenant", "a task: plan, steps, cost"),
+    Endpoint("GET", "/v1/turnout/tasks/{task_id}/events", TASK_READ, "tenant", "a task's progress (SSE)"),
+    Endpoint("POST", "/v1/turnout/tasks/{task_id}/cancel", INFERENCE, "tenant", "cancel a task"),
+    Endpoint("GET", "/v1/turnout/approvals", APPROVE, "tenant", "the approver inbox"),
+    Endpoint("GET", "/dashboard/approvals", APPROVE, "none", "the approver inbox page (its data comes from the inbox)"),
+    Endpoint("POST", "/v1/turnout/approvals/{gate_id}", APPROVE, "tenant",
+             "approve, reject or edit a gated tool call (never the task's own key)"),
     Endpoint("GET", "/dashboard", VIEW, "none", "the dashboard page (its figures come from the stats)"),
     Endpoint("GET", "/v1/dashboard/stats", VIEW, "tenant/all", "dashboard figures"),
     Endpoint("GET", "/v1/turnout/usage", VIEW, "tenant/all", "usage and cost per route and engine"),
@@ -139,7 +150,7 @@ def challenge(exc: TurnoutError, rule: Endpoint | None = None) -> dict[str, str]
     for the key (as the password), Bearer elsewhere."""
     if exc.status != 401:
         return {}
-    if rule is not None and rule.path == "/dashboard":
+    if rule is not None and (rule.path == "/dashboard" or rule.path.startswith("/dashboard/")):
         return {"WWW-Authenticate": 'Basic realm="turnout", charset="UTF-8"'}
     return {"WWW-Authenticate": 'Bearer realm="turnout"'}
 

@@ -268,6 +268,7 @@ def document() -> dict[str, Any]:
         },
         **{code: _error_response(text) for code, text in ERRORS.items()},
     }
+    schemas.update(_task_schemas())
     return _secured({
         "openapi": "3.1.0",
         "info": {"title": "turnout", "version": __version__,
@@ -289,6 +290,7 @@ def document() -> dict[str, Any]:
                 },
             }},
             **collections,
+            **_task_paths(),
             "/v1/models": {"get": {
                 "operationId": "listModels",
                 "responses": {"200": {"description": "route aliases and engines",
@@ -311,6 +313,64 @@ def document() -> dict[str, Any]:
         },
         "components": {"schemas": schemas},
     })
+
+
+TASK_CREATED = {"type": "object", "required": ["object", "id", "state"],
+                "properties": {"object": {"const": "task"}, "id": _STRING, "state": _STRING}}
+TASK = {"type": "object", "required": ["object", "id", "state", "goal", "steps", "gates", "cost_usd", "saved_usd"],
+        "properties": {"object": {"const": "task"}, "id": _STRING, "state": _STRING, "goal": _STRING,
+                       "steps": {"type": "array", "items": {"type": "object"}},
+                       "gates": {"type": "array", "items": {"type": "object"}},
+                       "cost_usd": {"type": "number"}, "saved_usd": {"type": "number"}}}
+TASK_LIST = {"type": "object", "required": ["object", "data"],
+             "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}}}
+TASK_CANCELLED = {"type": "object", "required": ["object", "id", "cancel_requested"],
+                  "properties": {"object": {"const": "task"}, "id": _STRING, "cancel_requested": {"type": "boolean"}}}
+APPROVAL = {"type": "object", "required": ["object", "id", "state", "edited"],
+            "properties": {"object": {"const": "approval"}, "id": _STRING, "state": _STRING,
+                           "edited": {"type": "boolean"}}}
+
+
+def _task_schemas() -> dict[str, Any]:
+    from turnout.server.tasks import DecisionBody, TaskBody
+
+    out: dict[str, Any] = {"TaskCreated": TASK_CREATED, "Task": TASK, "TaskList": TASK_LIST,
+                           "TaskCancelled": TASK_CANCELLED, "Approval": APPROVAL}
+    for model in (TaskBody, DecisionBody):
+        model_schema = model.model_json_schema(ref_template=REF)
+        out.update(model_schema.pop("$defs", {}))
+        out[model.__name__] = model_schema
+    return out
+
+
+def _task_paths() -> dict[str, Any]:
+    """Tasks and approvals (docs/tasks.md)."""
+    def op(op_id: str, ok: str, params: list[dict[str, Any]], body: str | None = None, status: str = "200",
+           extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        answers = {**ERRORS, "404": "no such task or approval in the caller's tenant",
+                   "409": "the task already ended, or the approval was already decided"}
+        out: dict[str, Any] = {"operationId": op_id, "parameters": params, "responses": {
+            status: {"description": "ok", "content": {"application/json": {"schema": _ref(ok)}}},
+            **{code: _error_response(answers[code]) for code in ("400", "401", "403", "404", "413", *extra)}}}
+        if body:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        return out
+
+    task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    gate_id = {"name": "gate_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    events = op("taskEvents", "Task", [task_id])
+    events["responses"]["200"] = {"description": "server-sent events until the task ends",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/turnout/tasks": {"post": op("createTask", "TaskCreated", [], "TaskBody", status="201"),
+                              "get": op("listTasks", "TaskList", [])},
+        "/v1/turnout/tasks/{task_id}": {"get": op("getTask", "Task", [task_id])},
+        "/v1/turnout/tasks/{task_id}/events": {"get": events},
+        "/v1/turnout/tasks/{task_id}/cancel": {"post": op("cancelTask", "TaskCancelled", [task_id], extra=("409",))},
+        "/v1/turnout/approvals": {"get": op("listApprovals", "TaskList", [])},
+        "/v1/turnout/approvals/{gate_id}": {"post": op("decideApproval", "Approval", [gate_id], "DecisionBody",
+                                                       extra=("409",))},
+    }
 
 
 def _secured(doc: dict[str, Any]) -> dict[str, Any]:

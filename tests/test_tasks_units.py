@@ -1,0 +1,155 @@
+"""The task engine's parts without a gateway: approval conditions, plan checks and references,
+tool-argument guards (the real secrets detector), and the store's lease on a real SQLite
+file shared by two connections (as two replicas share it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from turnout.conditions import parse_condition
+from turnout.config import ConfigError, ToolConfig, parse_config
+from turnout.tasks.plan import PlanError, fill, parse_plan
+from turnout.tasks.store import TaskStore
+from turnout.tasks.tools import ToolError, check_arguments, needs_approval
+
+
+@pytest.mark.parametrize("cond,args,holds", [
+    ("amount > 100", {"amount": 150}, True),
+    ("amount > 100", {"amount": 100}, False),
+    ("amount > 100", {"amount": "lots"}, True),          # not a number: ask a person
+    ("to not_endswith @acme.example", {"to": "x@acme.example"}, False),
+    ("to not_endswith @acme.example", {"to": "x@ACME.example.evil.com"}, True),
+    ("to not_endswith @acme.example", {}, True),          # missing: the safe side
+    ("customer.country == BE", {"customer": {"country": "be"}}, True),
+    ("priority == 'urgent'", {"priority": "normal"}, False),
+    ("body contains refund", {"body": "a REFUND please"}, True),
+])
+def test_conditions(cond: str, args: dict[str, object], holds: bool) -> None:
+    assert parse_condition(cond).holds(args) is holds
+
+
+def test_bad_conditions_and_tools_are_config_errors() -> None:
+    with pytest.raises(ValueError):
+        parse_condition("amount >> 3")
+    with pytest.raises(ValueError):
+        parse_condition("amount > many")
+    base = {"engines": {"e": {"dialect": "openai", "locality": "remote", "base_url": "http://x/v1", "model": "m"}},
+            "routes": {"r": {"chain": ["e"]}}}
+    for tool in ({"url": "http://t", "approval": "when"}, {"kind": "mcp"}, {"kind": "mcp", "url": "u", "command": ["c"]},
+                 {"url": "http://t", "approval": "when", "when": ["amount ~ 3"]}):
+        with pytest.raises(ConfigError):
+            parse_config({**base, "tasks": {"tools": {"t": tool}}})
+    with pytest.raises(ConfigError, match="planner_route"):
+        parse_config({**base, "tasks": {"planner_route": "nope"}})
+
+
+def test_approval_policy() -> None:
+    pay = ToolConfig(url="http://t", approval="when", when=["amount > 100", "to not_endswith @acme.example"])
+    assert needs_approval(pay, {"amount": 5, "to": "a@acme.example"}) is None
+    assert needs_approval(pay, {"amount": 500, "to": "a@acme.example"}) == "condition met: amount > 100"
+    assert needs_approval(ToolConfig(url="http://t", approval="never"), {}) is None
+    assert needs_approval(ToolConfig(url="http://t"), {}) is not None  # the default is always
+
+
+def test_plan_checks() -> None:
+    ok = '```json\n{"steps": [{"id": "a", "kind": "llm", "instruction": "sum {{input.mail}}"},' \
+         ' {"id": "b", "kind": "tool", "tool": "send", "arguments": {"body": "{{steps.a}}"}}]}\n```'
+    plan = parse_plan(ok, {"mail"}, {"send"}, {"local"}, 5)
+    assert [s.id for s in plan.steps] == ["a", "b"]
+    bad = {
+        '{"steps": [{"id": "a", "kind": "llm", "instruction": "x {{steps.b}}"}, {"id": "b", "kind": "llm", "instruction": "y"}]}':
+            "not an earlier step",
+        '{"steps": [{"id": "a", "kind": "llm", "instruction": "{{input.secret}}"}]}': "no input named",
+        '{"steps": [{"id": "a", "kind": "tool", "tool": "pay"}]}': "not one this task may use",
+        '{"steps": [{"id": "a", "kind": "llm", "instruction": "x", "route": "cloud"}]}': "no route",
+        '{"steps": [{"id": "a", "kind": "shell", "instruction": "rm"}]}': "does not match the schema",
+        '{"steps": []}': "does not match the schema",
+        'sure! here is the plan': "no JSON object",
+        '{"steps": [{"id": "a", "kind": "llm", "instruction": "x"}, {"id": "a", "kind": "llm", "instruction": "y"}]}':
+            "used twice",
+    }
+    for text, why in bad.items():
+        with pytest.raises(PlanError, match=why):
+            parse_plan(text, {"mail"}, {"send"}, {"local"}, 5)
+    with pytest.raises(PlanError, match="at most 1"):
+        parse_plan(ok, {"mail"}, {"send"}, {"local"}, 1)
+
+
+def test_fill_keeps_whole_values() -> None:
+    out = fill({"to": "{{input.to}}", "n": "{{steps.a}}", "t": "n={{steps.a}}", "l": ["{{input.to}}"]},
+               {"to": "x@y"}, {"a": {"k": 1}})
+    assert out == {"to": "x@y", "n": {"k": 1}, "t": 'n={"k":1}', "l": ["x@y"]}
+
+
+def test_tool_arguments_pass_schema_and_output_guards() -> None:
+    from turnout.guards.scanner import Scanner
+    from turnout.guards.secrets import SecretsGuard
+
+    secrets = SecretsGuard()
+    scan = Scanner([secrets], output_guards=[secrets]).scan_output
+    cfg = ToolConfig(url="http://t", parameters={"type": "object", "required": ["to"],
+                                                 "properties": {"to": {"type": "string"}}})
+    check_arguments("send", cfg, {"to": "a@b.example", "body": "hello"}, scan)
+    with pytest.raises(ToolError, match="schema"):
+        check_arguments("send", cfg, {"body": "x"}, scan)
+    with pytest.raises(ToolError, match="placeholder"):
+        check_arguments("send", cfg, {"to": "<PERSON_7f3a>"}, scan)
+    with pytest.raises(ToolError, match="output guards"):
+        check_arguments("send", cfg, {"to": "a@b.example", "body": "key AKIAIOSFODNN7EXAMPLE secret "
+                                      "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, scan)
+
+
+def test_lease_one_winner_and_lapsed_lease(tmp_path: Path) -> None:
+    a, b = TaskStore(tmp_path / "t.sqlite"), TaskStore(tmp_path / "t.sqlite")
+    tid = a.create("acme", "key_1", "goal", {}, [], None)
+    assert a.claim("A", 60) == tid
+    assert b.claim("B", 60) is None          # held
+    assert not b.renew(tid, "B", 60) and a.renew(tid, "A", 60)
+    a.update(tid, lease_until=time.time() - 1)  # A died without releasing
+    assert b.claim("B", 60) == tid
+    assert not a.renew(tid, "A", 60)         # A, if alive, learns it lost the task
+    gid = b.park(tid, "acme", 1, "s", "send", {"x": 1}, "why", "always", time.time() + 60)
+    assert a.get(tid)["state"] == "awaiting_approval" and b.claim("B", 60) is None  # type: ignore[index]
+    assert a.decide(gid, "approved", "key_2", None, None) and not b.decide(gid, "rejected", "key_3", None, None)
+    assert b.claim("B", 60) == tid           # queued again after the decision
+
+
+def test_lease_and_gates_on_postgres(pg_schema: str) -> None:
+    from tests.conftest import PG_DSN
+    from turnout.tasks.store import PostgresTaskStore
+
+    a, b = PostgresTaskStore(PG_DSN, schema=pg_schema), PostgresTaskStore(PG_DSN, schema=pg_schema)
+    try:
+        tid = a.create("acme", "key_1", "goal 100%", {"x": 1}, ["t"], "sensitive")
+        assert b.get(tid)["inputs"] == {"x": 1} and b.get(tid)["goal"] == "goal 100%"  # type: ignore[index]
+        assert a.claim("A", 60) == tid and b.claim("B", 60) is None
+        a.update(tid, lease_until=time.time() - 1)
+        assert b.claim("B", 60) == tid and not a.renew(tid, "A", 60)
+        b.save_step(tid, 1, "s", kind="llm", cost_usd=0.5, status="ok", result="r")
+        b.save_step(tid, 1, "s", kind="llm", cost_usd=0.25, status="ok", result="r2")  # replaced, not added
+        assert a.get(tid)["cost_usd"] == 0.25 and a.steps(tid)[0]["result"] == "r2"  # type: ignore[index]
+        gid = b.park(tid, "acme", 1, "t", "send", {"x": 1}, "why", "always", time.time() + 60)
+        assert [g["id"] for g in a.gates("acme")] == [gid] and a.gates("globex") == []
+        assert a.decide(gid, "approved", "key_2", None, {"x": 2}) and not b.decide(gid, "rejected", "k", None, None)
+        assert a.gate(gid)["edited"] == {"x": 2} and b.claim("B", 60) == tid  # type: ignore[index]
+        b.tool_started("k1", tid, "send", {})
+        b.tool_started("k1", tid, "send", {})
+        b.tool_done("k1", {"ok": True})
+        assert a.tool_call("k1") == {**a.tool_call("k1"), "state": "done", "attempts": 2, "result": {"ok": True}}  # type: ignore[dict-item]
+        a.keep("ck", "acme", "cached", "small", 0.1)
+        assert b.cached("ck", "acme", 60)["result"] == "cached" and b.cached("ck", "globex", 60) is None  # type: ignore[index]
+        assert [e["kind"] for e in a.events(tid)][:2] == ["created", "leased"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_example_tasks_config_is_valid() -> None:
+    from turnout.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "tasks" / "tasks.yaml")
+    assert cfg.tasks.tools["send_email"].approval == "always"
+    assert cfg.tasks.tools["create_ticket"].when == ["priority == urgent"]

@@ -1,0 +1,206 @@
+"""Tasks and approvals over HTTP (docs/tasks.md). Who may call what is in
+``turnout.server.authz.ENDPOINTS``; every lookup is within the caller's tenant (another
+tenant's task or gate is a 404, exactly like an unknown one).
+
+    POST /v1/turnout/tasks                   user      {"goal", "inputs": {}, "tools": [], "sensitivity"?}
+    GET  /v1/turnout/tasks                   user      the tenant's tasks
+    GET  /v1/turnout/tasks/{id}              user, approver, viewer   state, plan, steps, cost
+    GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
+    POST /v1/turnout/tasks/{id}/cancel       user
+    GET  /v1/turnout/approvals               approver  pending gates of the tenant
+    GET  /dashboard/approvals                approver  the same inbox as a page (Basic login, key as password)
+    POST /v1/turnout/approvals/{gate_id}     approver  {"decision": "approve"|"reject", "reason"?, "arguments"?}
+
+A decision needs an ``approver`` key of the task's tenant other than the key that started
+the task (four eyes), and, when the tool lists ``approvers``, one of those key ids. Each
+decision is appended to the hash-chained audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from turnout.errors import InvalidRequest, NotFound, PermissionDenied, TurnoutError
+from turnout.server.authz import principal
+from turnout.server.body import read_json, validate
+from turnout.tasks.runner import TaskRunner
+from turnout.tasks.store import TERMINAL
+
+MAX_BODY_BYTES = 1024 * 1024
+SENSITIVITY = ("public", "internal", "sensitive", "restricted")
+
+
+class Conflict(TurnoutError):
+    status = 409
+    type = "invalid_request_error"
+
+
+class TaskBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(min_length=1, max_length=4000)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    tools: list[str] = Field(default_factory=list)
+    sensitivity: Literal["public", "internal", "sensitive", "restricted"] | None = None
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(None, max_length=2000)
+    arguments: dict[str, Any] | None = Field(None, description="approve with these arguments instead")
+
+
+def _runner(request: Request) -> TaskRunner:
+    runner: TaskRunner | None = getattr(request.app.state, "tasks", None)
+    if runner is None:
+        raise TurnoutError("the task engine is not running", status=503, code="tasks_unavailable")
+    return runner
+
+
+def _task(request: Request, tid: str) -> dict[str, Any]:
+    t = _runner(request).store.get(tid)
+    if t is None or t["tenant"] != principal(request).tenant:
+        raise NotFound(f"no task {tid!r}", code="task_not_found")
+    return t
+
+
+def view(runner: TaskRunner, t: dict[str, Any]) -> dict[str, Any]:
+    steps = runner.store.steps(t["id"])
+    gates = [g for g in runner.store.gates(t["tenant"], None) if g["task_id"] == t["id"]]
+    return {"object": "task", "id": t["id"], "state": t["state"], "goal": t["goal"], "tools": t["tools"],
+            "sensitivity": t["sensitivity"], "plan": t["plan"], "plan_version": t["plan_version"],
+            "replans": t["replans"], "notes": t["notes"], "result": t["result"], "error": t["error"],
+            "cost_usd": t["cost_usd"], "saved_usd": t["saved_usd"],
+            "tokens": sum(s["prompt_tokens"] + s["completion_tokens"] for s in steps),
+            "steps": steps, "gates": gates, "created": t["created"], "updated": t["updated"]}
+
+
+async def create_task(request: Request) -> Response:
+    runner = _runner(request)
+    who = principal(request)
+    body = validate(TaskBody, await read_json(request, MAX_BODY_BYTES))
+    unknown = [n for n in body.tools if n not in runner.tc.tools]
+    if unknown:
+        raise InvalidRequest(f"unknown tool(s) {unknown}; configured: {sorted(runner.tc.tools)}", param="tools",
+                             code="unknown_tool")
+    label = request.headers.get("x-turnout-sensitivity", body.sensitivity)
+    if label is not None and label.strip().lower() not in SENSITIVITY:
+        raise InvalidRequest(f"x-turnout-sensitivity must be one of {list(SENSITIVITY)}", param="x-turnout-sensitivity")
+    key_id = who.key.key_id if who.key is not None else None
+    tid = await asyncio.to_thread(runner.store.create, who.tenant, key_id, body.goal, body.inputs, body.tools,
+                                  label.strip().lower() if label else None)
+    return JSONResponse({"object": "task", "id": tid, "state": "queued"}, status_code=201)
+
+
+async def list_tasks(request: Request) -> Response:
+    runner = _runner(request)
+    rows = await asyncio.to_thread(runner.store.tasks, principal(request).tenant)
+    return JSONResponse({"object": "list", "data": rows})
+
+
+async def get_task(request: Request) -> Response:
+    t = _task(request, request.path_params["task_id"])
+    return JSONResponse(view(_runner(request), t))
+
+
+async def cancel_task(request: Request) -> Response:
+    t = _task(request, request.path_params["task_id"])
+    runner = _runner(request)
+    if not await asyncio.to_thread(runner.store.request_cancel, t["id"]):
+        raise Conflict(f"task {t['id']} already ended ({t['state']})", code="task_ended")
+    return JSONResponse({"object": "task", "id": t["id"], "cancel_requested": True})
+
+
+async def task_events(request: Request) -> Response:
+    t = _task(request, request.path_params["task_id"])
+    runner = _runner(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        seq = 0
+        while True:
+            batch = await asyncio.to_thread(runner.store.events, t["id"], seq)
+            for e in batch:
+                seq = e["seq"]
+                yield b"event: " + e["kind"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
+            state = (await asyncio.to_thread(runner.store.get, t["id"]) or {}).get("state")
+            if state in TERMINAL and not batch:
+                yield b"event: end\ndata: " + orjson.dumps({"state": state}) + b"\n\n"
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def list_approvals(request: Request) -> Response:
+    runner = _runner(request)
+    state = request.query_params.get("state", "pending")
+    gates = await asyncio.to_thread(runner.store.gates, principal(request).tenant, None if state == "all" else state)
+    return JSONResponse({"object": "list", "data": gates})
+
+
+async def decide(request: Request) -> Response:
+    runner = _runner(request)
+    who = principal(request)
+    gid = request.path_params["gate_id"]
+    gate = await asyncio.to_thread(runner.store.gate, gid)
+    if gate is None or gate["tenant"] != who.tenant:
+        raise NotFound(f"no approval {gid!r}", code="approval_not_found")
+    body = validate(DecisionBody, await read_json(request, MAX_BODY_BYTES))
+    task = runner.store.get(gate["task_id"])
+    assert task is not None
+    me = who.key.key_id if who.key is not None else None
+    if me is not None and me == task["key_id"]:
+        raise PermissionDenied("the key that started a task cannot decide its approvals (four eyes)",
+                               code="four_eyes")
+    tool = runner.tc.tools.get(gate["tool"])
+    if tool is not None and tool.approvers and me not in tool.approvers:
+        raise PermissionDenied(f"this key may not approve calls of {gate['tool']}", code="not_an_approver_of_tool")
+    edited = None
+    if body.arguments is not None:
+        if body.decision != "approve":
+            raise InvalidRequest("arguments can only be edited on approve", param="arguments")
+        if tool is not None:
+            from turnout.tasks.tools import ToolError, check_arguments
+
+            try:
+                check_arguments(gate["tool"], tool, body.arguments)
+            except ToolError as exc:
+                raise InvalidRequest(str(exc), param="arguments", code="invalid_arguments") from None
+        edited = body.arguments
+    state = "approved" if body.decision == "approve" else "rejected"
+    if not await asyncio.to_thread(runner.store.decide, gid, state, me or "anonymous", body.reason, edited):
+        raise Conflict(f"approval {gid} was already decided", code="already_decided")
+    await runner.audit_event({"event": "task_approval", "gate": gid, "task": gate["task_id"], "tenant": who.tenant,
+                              "tool": gate["tool"], "decision": state, "by": me or "anonymous",
+                              "reason": body.reason, "arguments": gate["arguments"], "edited": edited})
+    return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})
+
+
+PAGE = Path(__file__).parent / "static" / "approvals.html"
+
+
+async def approvals_page(_: Request) -> Response:
+    """The approver inbox in a browser (its key as the Basic password, like the dashboard)."""
+    return FileResponse(PAGE, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
+ROUTES_SPEC = (
+    ("/dashboard/approvals", approvals_page, "GET"),
+    ("/v1/turnout/tasks", create_task, "POST"),
+    ("/v1/turnout/tasks", list_tasks, "GET"),
+    ("/v1/turnout/tasks/{task_id}", get_task, "GET"),
+    ("/v1/turnout/tasks/{task_id}/events", task_events, "GET"),
+    ("/v1/turnout/tasks/{task_id}/cancel", cancel_task, "POST"),
+    ("/v1/turnout/approvals", list_approvals, "GET"),
+    ("/v1/turnout/approvals/{gate_id}", decide, "POST"),
+)

@@ -1,0 +1,377 @@
+"""Durable task state in the gateway's SQLite file (tables ``tasks_*``): tasks, their steps,
+approval gates, progress events, irreversible tool calls (by idempotency key) and the step
+cache. Every replica that shares the file sees the same state; a lease (``lease_owner``,
+``lease_until``) lets one replica at a time run a task, taken with one UPDATE so two replicas
+cannot both win it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+RUNNABLE = ("queued", "running")  # a running task whose lease lapsed is picked up again
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks_tasks (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT, goal TEXT NOT NULL, inputs TEXT NOT NULL,
+    tools TEXT NOT NULL, sensitivity TEXT, state TEXT NOT NULL, plan TEXT, plan_version INTEGER NOT NULL DEFAULT 0,
+    replans INTEGER NOT NULL DEFAULT 0, notes TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
+    cost_usd REAL NOT NULL DEFAULT 0, saved_usd REAL NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL,
+    lease_owner TEXT, lease_until REAL, cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_tasks_state ON tasks_tasks(state, lease_until);
+CREATE INDEX IF NOT EXISTS tasks_tasks_tenant ON tasks_tasks(tenant, created);
+CREATE TABLE IF NOT EXISTS tasks_steps (
+    task_id TEXT NOT NULL, plan_version INTEGER NOT NULL, step_id TEXT NOT NULL, kind TEXT NOT NULL,
+    route TEXT, engine TEXT, locality TEXT, request_id TEXT, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0, latency_ms REAL,
+    cached INTEGER NOT NULL DEFAULT 0, saved_usd REAL NOT NULL DEFAULT 0, status TEXT NOT NULL, result TEXT,
+    error TEXT, ts REAL NOT NULL, PRIMARY KEY (task_id, plan_version, step_id)
+);
+CREATE TABLE IF NOT EXISTS tasks_gates (
+    id TEXT PRIMARY KEY, task_id TEXT NOT NULL, tenant TEXT NOT NULL, plan_version INTEGER NOT NULL,
+    step_id TEXT NOT NULL, tool TEXT NOT NULL, arguments TEXT NOT NULL, reason TEXT, why TEXT,
+    state TEXT NOT NULL, deadline REAL NOT NULL, created REAL NOT NULL, decided_by TEXT, decided_at REAL,
+    decision_reason TEXT, edited TEXT, UNIQUE (task_id, plan_version, step_id)
+);
+CREATE INDEX IF NOT EXISTS tasks_gates_state ON tasks_gates(state, tenant);
+CREATE TABLE IF NOT EXISTS tasks_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL, data TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_events_task ON tasks_events(task_id, seq);
+CREATE TABLE IF NOT EXISTS tasks_tool_calls (
+    idempotency_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, tool TEXT NOT NULL, arguments TEXT NOT NULL,
+    state TEXT NOT NULL, result TEXT, attempts INTEGER NOT NULL DEFAULT 0, ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks_step_cache (
+    key TEXT PRIMARY KEY, tenant TEXT NOT NULL, result TEXT NOT NULL, engine TEXT, cost_usd REAL NOT NULL,
+    ts REAL NOT NULL
+);
+"""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _j(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _u(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+class TaskStore:
+    """The SQLite store (``storage.sqlite_path``): replicas on one host share the file."""
+
+    skip_locked = ""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.lock = threading.Lock()
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(r) for r in self.db.execute(self._q(sql), args).fetchall()]
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _x(self, c: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return c.execute(self._q(sql), tuple(args))
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # ---- tasks --------------------------------------------------------------------------
+    def create(self, tenant: str, key_id: str | None, goal: str, inputs: dict[str, Any], tools: list[str],
+               sensitivity: str | None) -> str:
+        tid, now = new_id("task"), time.time()
+        with self.tx() as c:
+            self._x(c, "INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
+                      "updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (tid, tenant, key_id, goal, _j(inputs), _j(tools), sensitivity, "queued", now, now))
+            self._event(c, tid, "created", {"goal": goal})
+        return tid
+
+    def get(self, tid: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM tasks_tasks WHERE id = ?", (tid,))
+        if not rows:
+            return None
+        t = dict(rows[0])
+        for k in ("inputs", "tools", "plan", "notes", "result"):
+            t[k] = _u(t[k])
+        return t
+
+    def tasks(self, tenant: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        rows = self._all(f"SELECT id, tenant, goal, state, cost_usd, saved_usd, created, updated FROM tasks_tasks "
+                         f"{where} ORDER BY created DESC LIMIT ?", (*args, limit))
+        return [dict(r) for r in rows]
+
+    def update(self, tid: str, event: tuple[str, dict[str, Any]] | None = None, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        for k in ("plan", "notes", "result"):
+            if k in fields:
+                fields[k] = _j(fields[k])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.tx() as c:
+            self._x(c, f"UPDATE tasks_tasks SET {sets} WHERE id = ?", (*fields.values(), tid))
+            if event is not None:
+                self._event(c, tid, *event)
+
+    def request_cancel(self, tid: str) -> bool:
+        """Mark a task cancelled (parked or queued: at once; running: its runner stops at the next step)."""
+        with self.tx() as c:
+            row = self._x(c, "SELECT state FROM tasks_tasks WHERE id = ?", (tid,)).fetchone()
+            if row is None or row["state"] in TERMINAL:
+                return False
+            self._x(c, "UPDATE tasks_tasks SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), tid))
+            if row["state"] != "running":
+                self._x(c, "UPDATE tasks_tasks SET state = 'cancelled', lease_owner = NULL WHERE id = ?", (tid,))
+                self._x(c, "UPDATE tasks_gates SET state = 'cancelled' WHERE task_id = ? AND state = 'pending'", (tid,))
+                self._event(c, tid, "cancelled", {})
+        return True
+
+    # ---- the lease ----------------------------------------------------------------------
+    def claim(self, owner: str, lease_s: float) -> str | None:
+        """Take one runnable task whose lease is free or lapsed; None when there is none."""
+        now = time.time()
+        if not self._all("SELECT 1 FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
+                         "(lease_until IS NULL OR lease_until < ?) LIMIT 1", (now,)):
+            return None  # the common idle case: a read, no write lock on a file the ledger shares
+        with self.tx() as c:
+            row = self._x(c,
+                "SELECT id FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
+                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1" + self.skip_locked, (now,)).fetchone()
+            if row is None:
+                return None
+            won = self._x(c, "UPDATE tasks_tasks SET lease_owner = ?, lease_until = ?, state = 'running' WHERE id = ? "
+                          "AND state IN ('queued', 'running') AND (lease_until IS NULL OR lease_until < ?)",
+                          (owner, now + lease_s, row["id"], now)).rowcount
+            if won != 1:  # another replica took it between the two statements
+                return None
+            self._event(c, row["id"], "leased", {"replica": owner})
+            return str(row["id"])
+
+    def renew(self, tid: str, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False when this replica no longer holds it (then it must stop)."""
+        with self.tx() as c:
+            cur = self._x(c, "UPDATE tasks_tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+                            (time.time() + lease_s, tid, owner))
+            return bool(cur.rowcount == 1)
+
+    def release(self, tid: str, owner: str) -> None:
+        with self.tx() as c:
+            self._x(c, "UPDATE tasks_tasks SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                      (tid, owner))
+
+    # ---- steps --------------------------------------------------------------------------
+    def steps(self, tid: str) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM tasks_steps WHERE task_id = ? ORDER BY plan_version, ts", (tid,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["result"] = _u(d["result"])
+            d["cached"] = bool(d["cached"])
+            out.append(d)
+        return out
+
+    def step(self, tid: str, version: int, sid: str) -> dict[str, Any] | None:
+        return next((s for s in self.steps(tid) if s["plan_version"] == version and s["step_id"] == sid), None)
+
+    def save_step(self, tid: str, version: int, sid: str, **f: Any) -> None:
+        f.setdefault("ts", time.time())
+        if "result" in f:
+            f["result"] = _j(f["result"])
+        cols = ["task_id", "plan_version", "step_id", *f]
+        with self.tx() as c:
+            updates = ", ".join(f"{k} = excluded.{k}" for k in f)
+            self._x(c, f"INSERT INTO tasks_steps ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                    f"ON CONFLICT (task_id, plan_version, step_id) DO UPDATE SET {updates}",
+                    (tid, version, sid, *f.values()))
+            self._x(c, "UPDATE tasks_tasks SET cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM tasks_steps WHERE "
+                      "task_id = ?), saved_usd = (SELECT COALESCE(SUM(saved_usd), 0) FROM tasks_steps WHERE "
+                      "task_id = ?), updated = ? WHERE id = ?", (tid, tid, time.time(), tid))
+            self._event(c, tid, "step", {"plan_version": version, "step": sid, "status": f.get("status"),
+                                         "cached": bool(f.get("cached"))})
+
+    # ---- gates --------------------------------------------------------------------------
+    def gate_for(self, tid: str, version: int, sid: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM tasks_gates WHERE task_id = ? AND plan_version = ? AND step_id = ?",
+                         (tid, version, sid))
+        return _gate(rows[0]) if rows else None
+
+    def gate(self, gid: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM tasks_gates WHERE id = ?", (gid,))
+        return _gate(rows[0]) if rows else None
+
+    def park(self, tid: str, tenant: str, version: int, sid: str, tool: str, args: dict[str, Any], reason: str,
+             why: str, deadline: float) -> str:
+        """Open a gate and park the task (awaiting_approval), in one transaction."""
+        gid = new_id("gate")
+        with self.tx() as c:
+            self._x(c, "INSERT INTO tasks_gates (id, task_id, tenant, plan_version, step_id, tool, arguments, reason, "
+                      "why, state, deadline, created) VALUES (?,?,?,?,?,?,?,?,?,'pending',?,?)",
+                      (gid, tid, tenant, version, sid, tool, _j(args), reason, why, deadline, time.time()))
+            self._x(c, "UPDATE tasks_tasks SET state = 'awaiting_approval', lease_owner = NULL, lease_until = NULL, "
+                      "updated = ? WHERE id = ?", (time.time(), tid))
+            self._event(c, tid, "awaiting_approval", {"gate": gid, "tool": tool, "arguments": args, "reason": reason})
+        return gid
+
+    def gates(self, tenant: str | None, state: str | None = "pending") -> list[dict[str, Any]]:
+        where, args = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        sql = "SELECT * FROM tasks_gates" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
+        return [_gate(r) for r in self._all(sql, tuple(args))]
+
+    def decide(self, gid: str, state: str, by: str, reason: str | None, edited: dict[str, Any] | None) -> bool:
+        """Record a decision on a pending gate and queue its task; False if it was already decided."""
+        now = time.time()
+        with self.tx() as c:
+            cur = self._x(c, "UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
+                            "edited = ? WHERE id = ? AND state = 'pending'",
+                            (state, by, now, reason, None if edited is None else _j(edited), gid))
+            if cur.rowcount != 1:
+                return False
+            tid = self._x(c, "SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
+            self._x(c, "UPDATE tasks_tasks SET state = 'queued', updated = ? WHERE id = ? AND state = "
+                      "'awaiting_approval'", (now, tid))
+            self._event(c, tid, "decision", {"gate": gid, "decision": state, "by": by, "reason": reason,
+                                             "edited": edited is not None})
+        return True
+
+    def expired_gates(self) -> list[dict[str, Any]]:
+        return [_gate(r) for r in self._all("SELECT * FROM tasks_gates WHERE state = 'pending' AND deadline < ?",
+                                            (time.time(),))]
+
+    # ---- irreversible tool calls ---------------------------------------------------------
+    def tool_call(self, key: str) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM tasks_tool_calls WHERE idempotency_key = ?", (key,))
+        if not rows:
+            return None
+        d = dict(rows[0])
+        d["result"] = _u(d["result"])
+        return d
+
+    def tool_started(self, key: str, tid: str, tool: str, args: dict[str, Any]) -> None:
+        with self.tx() as c:
+            self._x(c, "INSERT INTO tasks_tool_calls (idempotency_key, task_id, tool, arguments, state, attempts, ts) "
+                      "VALUES (?,?,?,?, 'started', 1, ?) ON CONFLICT (idempotency_key) DO UPDATE SET "
+                      "attempts = tasks_tool_calls.attempts + 1", (key, tid, tool, _j(args), time.time()))
+
+    def tool_done(self, key: str, result: Any) -> None:
+        with self.tx() as c:
+            self._x(c, "UPDATE tasks_tool_calls SET state = 'done', result = ? WHERE idempotency_key = ?",
+                      (_j(result), key))
+
+    # ---- step cache ------------------------------------------------------------------------
+    def cached(self, key: str, tenant: str, ttl_s: float) -> dict[str, Any] | None:
+        rows = self._all("SELECT * FROM tasks_step_cache WHERE key = ? AND tenant = ? AND ts > ?",
+                         (key, tenant, time.time() - ttl_s))
+        if not rows:
+            return None
+        d = dict(rows[0])
+        d["result"] = _u(d["result"])
+        return d
+
+    def keep(self, key: str, tenant: str, result: Any, engine: str | None, cost: float) -> None:
+        with self.tx() as c:
+            self._x(c, "INSERT INTO tasks_step_cache (key, tenant, result, engine, cost_usd, ts) VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, result = excluded.result, "
+                    "engine = excluded.engine, cost_usd = excluded.cost_usd, ts = excluded.ts",
+                    (key, tenant, _j(result), engine, cost, time.time()))
+
+    # ---- events -------------------------------------------------------------------------
+    def event(self, tid: str, kind: str, data: dict[str, Any]) -> None:
+        with self.tx() as c:
+            self._event(c, tid, kind, data)
+
+    def _event(self, c: Any, tid: str, kind: str, data: dict[str, Any]) -> None:
+        self._x(c, "INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)", (tid, time.time(), kind, _j(data)))
+
+    def events(self, tid: str, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._all("SELECT seq, ts, kind, data FROM tasks_events WHERE task_id = ? AND seq > ? ORDER BY seq",
+                         (tid, after))
+        return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "data": _u(r["data"])} for r in rows]
+
+
+def _gate(row: Any) -> dict[str, Any]:
+    d = dict(row)
+    d["arguments"] = _u(d["arguments"])
+    d["edited"] = _u(d["edited"])
+    return d
+
+
+def _pg_schema(schema: str) -> list[str]:
+    sql = SCHEMA.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    return [f"CREATE SCHEMA IF NOT EXISTS {schema}"] + [s.strip() for s in sql.split(";") if s.strip()]
+
+
+class PostgresTaskStore(TaskStore):
+    """The same tables in PostgreSQL (``storage.postgres_dsn``, schema ``postgres_schema``):
+    replicas on several hosts share it; a claim skips rows another replica is claiming."""
+
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str, *, schema: str = "public") -> None:  # not super().__init__: that one is SQLite's
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self.schema = schema
+        self.lock = threading.Lock()
+        self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
+        with self.lock, self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.tasks.{schema}",))
+            for statement in _pg_schema(schema):
+                self.db.execute(statement)
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        with self.lock, self.db.transaction():
+            yield self.db
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def open_task_store(sqlite_path: str, dsn: str | None, schema: str = "public") -> TaskStore:
+    return PostgresTaskStore(dsn, schema=schema) if dsn else TaskStore(sqlite_path)

@@ -1,0 +1,104 @@
+"""A real MCP server (the ``mcp`` package's MCPServer) for the task tests: a ticket system and
+an e-mail outbox. State is a JSON file, so a stdio server started per call and a long-lived
+streamable HTTP server keep the same tickets.
+
+    search_tickets(query)                              read-only
+    create_ticket(title, priority, idempotency_key?)   irreversible; a repeated key returns the first ticket
+    send_email(to, subject, body, idempotency_key?)    irreversible; a repeated key sends nothing
+
+    python -m turnout.testing.mcp_tickets --state FILE                       (stdio)
+    python -m turnout.testing.mcp_tickets --state FILE --http --port 0       (prints ``listening on ...``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def build(state: Path) -> Any:
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("turnout-test-tickets")
+
+    def change(fn: Callable[[dict[str, Any]], Any]) -> Any:
+        with open(str(state) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(state.read_text()) if state.exists() else {"tickets": [], "outbox": [], "calls": [],
+                                                                          "seen": {}}
+            out = fn(data)
+            state.write_text(json.dumps(data))
+            return out
+
+    def once(data: dict[str, Any], key: str | None, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if key and key in data["seen"]:
+            return data["seen"][key]  # type: ignore[no-any-return]
+        out = make()
+        if key:
+            data["seen"][key] = out
+        return out
+
+    @server.tool()
+    def search_tickets(query: str) -> dict[str, Any]:
+        """Search tickets whose title holds any word of the query."""
+        def run(data: dict[str, Any]) -> dict[str, Any]:
+            data["calls"].append({"tool": "search_tickets", "query": query})
+            words = query.lower().split()
+            return {"tickets": [t for t in data["tickets"] if any(w in t["title"].lower() for w in words)]}
+        return change(run)  # type: ignore[no-any-return]
+
+    @server.tool()
+    def create_ticket(title: str, priority: str = "normal", idempotency_key: str | None = None) -> dict[str, Any]:
+        """Open a ticket."""
+        def run(data: dict[str, Any]) -> dict[str, Any]:
+            data["calls"].append({"tool": "create_ticket", "title": title, "idempotency_key": idempotency_key})
+
+            def make() -> dict[str, Any]:
+                ticket = {"id": f"T-{len(data['tickets']) + 1}", "title": title, "priority": priority}
+                data["tickets"].append(ticket)
+                return ticket
+            return once(data, idempotency_key, make)
+        return change(run)  # type: ignore[no-any-return]
+
+    @server.tool()
+    def send_email(to: str, subject: str, body: str, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Send an e-mail."""
+        def run(data: dict[str, Any]) -> dict[str, Any]:
+            data["calls"].append({"tool": "send_email", "to": to, "idempotency_key": idempotency_key})
+
+            def make() -> dict[str, Any]:
+                data["outbox"].append({"to": to, "subject": subject, "body": body})
+                return {"status": "sent", "message_id": f"m-{len(data['outbox'])}"}
+            return once(data, idempotency_key, make)
+        return change(run)  # type: ignore[no-any-return]
+
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m turnout.testing.mcp_tickets", description=__doc__.split("\n")[0])
+    ap.add_argument("--state", required=True)
+    ap.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+    server = build(Path(args.state))
+    if not args.http:
+        server.run("stdio")
+        return
+    port = args.port
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((args.host, 0))
+            port = s.getsockname()[1]
+    print(f"listening on http://{args.host}:{port}", flush=True)
+    server.run("streamable-http", host=args.host, port=port)
+
+
+if __name__ == "__main__":
+    main()
