@@ -305,7 +305,7 @@ def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
             assert replica.adopt([stale]) == 0  # older than the time to live
             unchecked = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)  # an entry without its prompt
             unchecked.adopt([SharedEntry("k4", seen[0].scope, seen[0].vector, _answer("?"), age_s=0)])
-            assert unchecked.lookup(_req("how tall is the Eiffel tower"), "t")[0] is None  # cannot be checked
+            assert _lookup(unchecked, _req("how tall is the Eiffel tower"), "t")[0] is None  # cannot be checked
         finally:
             await a._redis.delete(a.stream, f"{prefix}:k1", f"{prefix}:k2")
             await a.close()

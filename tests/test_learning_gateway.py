@@ -261,8 +261,7 @@ def test_no_learning_loop_without_learned_or_cascade_routes(tmp_path: Path) -> N
 def test_llm_judge_asks_an_engine_over_a_socket(fakes: tuple[Proc, Proc]) -> None:
     import asyncio
 
-    from turnout.config import OpenAIEngineConfig
-    from turnout.engines.openai_http import OpenAIEngine
+    from turnout.engines.openai_http import OpenAIEngine, OpenAIEngineConfig
     from turnout.learning import build_judge
 
     _, strong = fakes

@@ -216,8 +216,7 @@ def test_judges() -> None:
 # --- shadow evaluation over a real socket ----------------------------------------------------
 
 def test_shadow_labels_over_a_real_socket_within_budget(tmp_path: Path) -> None:
-    from turnout.config import OpenAIEngineConfig
-    from turnout.engines.openai_http import OpenAIEngine
+    from turnout.engines.openai_http import OpenAIEngine, OpenAIEngineConfig
     from turnout.protocol import ChatRequest
     from turnout.testing.procs import start_server
 
