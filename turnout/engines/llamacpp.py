@@ -14,11 +14,12 @@ is constrained by a grammar built from the functions' JSON schemas; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 from turnout.config import LlamaCppEngineConfig
 from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
-from turnout.engines.smollm2 import smollm2_gguf
+from turnout.engines.smollm2 import packaged_gguf
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
 from turnout.registry import check_pin, sha256_file
@@ -37,7 +38,8 @@ log = logging.getLogger("turnout.engines.llamacpp")
 
 
 class TokenLogprobs:
-    """A llama.cpp logits processor that records log p(chosen token) at each step.
+    """A llama.cpp logits processor that records, at each step, log p(chosen token), the entropy
+    of the next-token distribution and (with ``top_k``) the ``top_k`` most likely tokens.
 
     At step t it sees the logits for token t and, in ``input_ids``, the token chosen at
     step t-1; so it keeps the previous step's log-softmax and looks the choice up."""
@@ -45,6 +47,7 @@ class TokenLogprobs:
     def __init__(self, top_k: int = 0) -> None:
         self.top_k = top_k
         self.chosen: list[tuple[int, float]] = []
+        self.entropies: list[float] = []
         self.top: list[list[tuple[int, float]]] = []
         self._prev: np.ndarray | None = None
         self.steps = 0
@@ -55,7 +58,11 @@ class TokenLogprobs:
             self.chosen.append((tok, float(self._prev[tok])))
         x = scores.astype(np.float64, copy=False)
         m = x.max()
-        self._prev = x - m - np.log(np.exp(x - m).sum())
+        e = np.exp(x - m)
+        z = e.sum()
+        self._prev = x - m - np.log(z)
+        # H = -sum p log p; a -inf logit has p = 0, and 0 * -inf must count as 0
+        self.entropies.append(float(-np.dot(e / z, np.where(e > 0, self._prev, 0.0))))
         if self.top_k:
             idx = np.argpartition(-self._prev, self.top_k)[: self.top_k]
             idx = idx[np.argsort(-self._prev[idx])]
@@ -68,6 +75,16 @@ class TokenLogprobs:
         if self._prev is not None and last_token is not None and len(self.chosen) < self.steps:
             self.chosen.append((last_token, float(self._prev[last_token])))
         self._prev = None
+
+    def confidence(self, text: Any) -> Confidence:
+        """The record as a ``Confidence``; ``text(token_id)`` detokenizes one token."""
+        n = len(self.chosen)
+        return Confidence(
+            token_logprobs=[lp for _, lp in self.chosen],
+            token_entropies=self.entropies[:n],
+            tokens=[text(tok) for tok, _ in self.chosen],
+            top_logprobs=[[(text(k), v) for k, v in step] for step in self.top[:n]],
+        )
 
 
 class LlamaCppEngine(Engine):
@@ -91,7 +108,7 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         try:
-            self.path = self.path or smollm2_gguf()
+            self.path = self.path or await asyncio.to_thread(packaged_gguf, self.cfg.packaged)
             if not self.path.is_file():
                 raise FileNotFoundError(f"model file {self.path} does not exist")
             self._llm, digest = await asyncio.to_thread(self._load, self.path)
@@ -105,12 +122,16 @@ class LlamaCppEngine(Engine):
     def _load(self, path: Path) -> tuple[Any, str]:
         from llama_cpp import Llama
 
-        llm = Llama(
-            model_path=str(path),
-            n_ctx=self.cfg.n_ctx,
-            n_threads=self.cfg.n_threads or default_threads(),
-            verbose=False,
-        )
+        repack = self.cfg.repack_weights
+        if repack is None:
+            repack = not (self.cfg.model_path is None and self.cfg.packaged == "qwen2.5-coder-0.5b")
+        with _model_params(use_extra_bufts=repack):
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=self.cfg.n_ctx,
+                n_threads=self.cfg.n_threads or default_threads(),
+                verbose=False,
+            )
         return llm, sha256_file(path)
 
     async def ready(self) -> tuple[bool, str]:
@@ -249,7 +270,7 @@ class LlamaCppEngine(Engine):
                         usage=Usage(item[1], recorder.steps),
                         # logprobs describe text; a tool call's tokens were forced by the grammar
                         logprobs=_openai_logprobs(llm, recorder) if req.logprobs and not called else None,
-                        confidence=Confidence([lp for _, lp in recorder.chosen]),
+                        confidence=recorder.confidence(_detokenizer(llm)),
                     )
                     continue
                 choice = item["choices"][0]
@@ -266,6 +287,32 @@ class LlamaCppEngine(Engine):
             await asyncio.shield(worker)
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(**overrides: Any) -> Iterator[None]:
+    """Model parameters that ``Llama()`` does not take as arguments (``use_extra_bufts``): it
+    builds them from ``llama_model_default_params()``, so that function is wrapped while a model
+    loads (under a lock: loads in other threads see the same values)."""
+    from llama_cpp import llama_cpp as C
+
+    original = C.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        for k, v in overrides.items():
+            setattr(p, k, v)
+        return p
+
+    with _PARAMS_LOCK:
+        C.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = original
+
+
 def default_threads() -> int:
     """Half the CPUs, at least one: llama.cpp's threads spin while they wait for each other, so
     taking every core makes each token wait on whatever else runs (the gateway's guards too)."""
@@ -276,9 +323,15 @@ def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
     return int(llm.token_eos()) if finish_reason == "stop" else None
 
 
-def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
+def _detokenizer(llm: Any) -> Any:
     def text(tok: int) -> str:
-        return llm.detokenize([tok]).decode("utf-8", "replace")
+        return str(llm.detokenize([tok]).decode("utf-8", "replace"))
+
+    return text
+
+
+def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
+    text = _detokenizer(llm)
 
     content = []
     for i, (tok, lp) in enumerate(rec.chosen):
