@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SENSITIVE_LABELS = frozenset({"sensitive", "restricted"})
+# turnout.routing.confidence.SIGNALS (kept here as a Literal so that the file is checked at start-up)
+ConfidenceSignal = Literal["mean_logprob", "min_logprob", "p10_logprob", "neg_entropy", "high_prob_share",
+                           "answer_logprob", "option_prob", "verifier", "agreement", "combined"]
 
 
 class ConfigError(ValueError):
@@ -177,7 +180,16 @@ class RouteConfig(_Strict):
         "chain[0] (weak) or the rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
     router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
-                                    "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
+                                    "artifact's calibrated threshold); cascade: escalate below this value of "
+                                    "confidence_signal (thresholds per escalation share: `turnout eval cascade`)")
+    confidence_signal: ConfidenceSignal = Field(
+        "min_logprob", description="cascade: the weak answer's confidence signal (turnout/routing/confidence.py; "
+        "measured side by side in docs/routing-eval.md): mean_logprob, min_logprob, p10_logprob, neg_entropy, "
+        "high_prob_share, answer_logprob (the final answer's tokens), option_prob (multiple choice), verifier, "
+        "agreement (a second local sample: twice the local compute) or combined (needs confidence_model)")
+    confidence_model: str | None = Field(
+        None, description="cascade with confidence_signal 'combined': the weights file written by "
+        "`turnout eval cascade --save-combination`")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
 
     @model_validator(mode="after")
@@ -187,7 +199,11 @@ class RouteConfig(_Strict):
         if self.strategy == "learned" and not self.router:
             raise ValueError("strategy 'learned' needs 'router': the path of a router artifact")
         if self.strategy == "cascade" and self.threshold is None:
-            raise ValueError("strategy 'cascade' needs 'threshold' (mean token logprob; see `turnout eval cascade`)")
+            raise ValueError(f"strategy 'cascade' needs 'threshold' (in units of confidence_signal "
+                             f"{self.confidence_signal!r}; see `turnout eval cascade`)")
+        if self.confidence_signal == "combined" and not self.confidence_model:
+            raise ValueError("confidence_signal 'combined' needs 'confidence_model': the weights file written by "
+                             "`turnout eval cascade --save-combination`")
         return self
 
 

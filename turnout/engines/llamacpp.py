@@ -49,31 +49,35 @@ class TokenLogprobs:
         self.chosen: list[tuple[int, float]] = []
         self.entropies: list[float] = []
         self.top: list[list[tuple[int, float]]] = []
-        self._prev: np.ndarray | None = None
+        self._prev: np.ndarray | None = None  # the last step's shifted logits
+        self._log_z = 0.0
         self.steps = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self._prev is not None and len(input_ids):
             tok = int(input_ids[-1])
-            self.chosen.append((tok, float(self._prev[tok])))
-        x = scores.astype(np.float64, copy=False)
-        m = x.max()
-        e = np.exp(x - m)
-        z = e.sum()
-        self._prev = x - m - np.log(z)
-        # H = -sum p log p; a -inf logit has p = 0, and 0 * -inf must count as 0
-        self.entropies.append(float(-np.dot(e / z, np.where(e > 0, self._prev, 0.0))))
+            self.chosen.append((tok, float(self._prev[tok] - self._log_z)))
+        # float32 throughout: this runs once per generated token over the whole vocabulary
+        d = scores - scores.max()  # logits shifted so the largest is 0; log p = d - log Z
+        e = np.exp(d)
+        z = float(e.sum(dtype=np.float64))
+        if not np.isfinite(d.min()):  # -inf logits (a grammar): p = 0, and 0 * -inf must count as 0
+            d = np.where(np.isfinite(d), d, 0.0).astype(np.float32)
+        self._log_z = float(np.log(z))
+        self._prev = d
+        # H = -sum p log p = log Z - E_p[d]
+        self.entropies.append(self._log_z - float(np.dot(e, d)) / z)
         if self.top_k:
-            idx = np.argpartition(-self._prev, self.top_k)[: self.top_k]
-            idx = idx[np.argsort(-self._prev[idx])]
-            self.top.append([(int(i), float(self._prev[i])) for i in idx])
+            idx = np.argpartition(-d, self.top_k)[: self.top_k]
+            idx = idx[np.argsort(-d[idx])]
+            self.top.append([(int(i), float(d[i]) - self._log_z) for i in idx])
         self.steps += 1
         return scores
 
     def finish(self, last_token: int | None) -> None:
         """Account for the final sampled token (often end-of-text), which no later step reports."""
         if self._prev is not None and last_token is not None and len(self.chosen) < self.steps:
-            self.chosen.append((last_token, float(self._prev[last_token])))
+            self.chosen.append((last_token, float(self._prev[last_token] - self._log_z)))
         self._prev = None
 
     def confidence(self, text: Any) -> Confidence:
