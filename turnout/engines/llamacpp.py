@@ -61,8 +61,8 @@ class TokenLogprobs:
         d = scores - scores.max()  # logits shifted so the largest is 0; log p = d - log Z
         e = np.exp(d)
         z = float(e.sum(dtype=np.float64))
-        if not np.isfinite(d.min()):  # -inf logits (a grammar): p = 0, and 0 * -inf must count as 0
-            d = np.where(np.isfinite(d), d, 0.0).astype(np.float32)
+        if not np.isfinite(d.min()):  # -inf logits (a grammar's mask): p = 0, and 0 * -inf must count as 0
+            d = np.maximum(d, np.finfo(np.float32).min)
         self._log_z = float(np.log(z))
         self._prev = d
         # H = -sum p log p = log Z - E_p[d]
@@ -112,10 +112,12 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         try:
-            self.path = self.path or await asyncio.to_thread(packaged_gguf, self.cfg.packaged)
-            if not self.path.is_file():
-                raise FileNotFoundError(f"model file {self.path} does not exist")
-            self._llm, digest = await asyncio.to_thread(self._load, self.path)
+            path = self.path
+            if path is None:
+                path = self.path = await asyncio.to_thread(packaged_gguf, self.cfg.packaged)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} does not exist")
+            self._llm, digest = await asyncio.to_thread(self._load, path)
             check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None

@@ -96,9 +96,10 @@ async def generate(items: list[Item], engine: Any, *, task: str, prompt: str, da
                 key = cache_key(task, prompt, max_tokens, sample, temp, item.question)
                 rec = known.get(key)
                 if rec is None:
-                    req = ChatRequest(model="eval", temperature=temp, max_tokens=max_tokens, logprobs=True,
-                                      top_logprobs=top_k, seed=sample if sample else None,
-                                      messages=messages(task, prompt, item, data_dir))
+                    req = ChatRequest.model_validate({
+                        "model": "eval", "temperature": temp, "max_tokens": max_tokens, "logprobs": True,
+                        "top_logprobs": top_k, "seed": sample if sample else None,
+                        "messages": messages(task, prompt, item, data_dir)})
                     t0 = time.perf_counter()
                     res = await engine.chat(req)
                     rec = {"key": key, "task": task, "prompt": prompt, "sample": sample, "temperature": temp,

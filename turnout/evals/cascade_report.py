@@ -64,7 +64,7 @@ def out_of_fold(rows: list[dict[str, float | None]], labels: list[int], features
     """Cross-validated P(correct) from a logistic regression on the signals; None when a class
     has fewer members than folds."""
     import numpy as np
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold  # type: ignore[import-untyped]
 
     from turnout.routing.confidence import fit_combination
 
@@ -135,8 +135,12 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
     return out
 
 
+def _fmt(v: float | None) -> str:
+    return "    -" if v is None else f"{v:5.3f}"
+
+
 def print_report(report: dict[str, Any]) -> None:
-    fmt = lambda v: "    -" if v is None else f"{v:5.3f}"  # noqa: E731
+    fmt = _fmt
     print(f"engine {report['engine']}, task {report['task']} ({report['prompt']} prompt), {report['n']} questions, "
           f"{report['samples']} answer(s) each ({report['cached']} from cache)")
     print(f"  local accuracy {report['local_accuracy']:.1%}   strong (GPT-4) accuracy {report['strong_accuracy']:.1%}   "

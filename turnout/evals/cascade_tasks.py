@@ -195,7 +195,7 @@ def correct(task: str, item: Item, answer: str) -> int:
 def same_answer(task: str, a: str, b: str) -> bool:
     """Do two samples give the same final answer (self-consistency)?"""
     if task == "mmlu":
-        x = chosen_letter(a)
-        return x is not None and x == chosen_letter(b)
+        letter = chosen_letter(a)
+        return letter is not None and letter == chosen_letter(b)
     x, y = final_number(a), final_number(b)
     return x is not None and y is not None and abs(x - y) < 1e-6

@@ -271,12 +271,15 @@ def fit_combination(rows: Sequence[dict[str, float | None]], labels: Sequence[in
                     features: Sequence[str], c: float = 1.0) -> Combination:
     """Fit the logistic regression (scikit-learn, L2, ``C=c``) on signal dicts and correctness."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
-    raw = np.array([[np.nan if r.get(f) is None else float(r[f]) for f in features] for r in rows], dtype=float)  # type: ignore[arg-type]
-    mean = np.nan_to_num(np.nanmean(raw, axis=0)) if len(raw) else np.zeros(len(features))
-    std = np.nanstd(raw, axis=0) if len(raw) else np.ones(len(features))
-    scale = np.where(np.isfinite(std) & (std > 1e-9), std, 1.0)
+    raw = np.array([[math.nan if r.get(f) is None else float(r[f] or 0.0) for f in features] for r in rows],
+                   dtype=np.float64).reshape(len(rows), len(features))
+    known = ~np.isnan(raw)
+    counts = known.sum(axis=0)
+    mean = np.where(counts > 0, np.where(known, raw, 0.0).sum(axis=0) / np.maximum(counts, 1), 0.0)
+    var = np.where(known, (raw - mean) ** 2, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    scale = np.where(var > 1e-18, np.sqrt(var), 1.0)
     comb = Combination(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
                        (0.0,) * len(features), (0.0,) * len(features), 0.0)
     x = np.array([comb.vector(r) for r in rows], dtype=float)
