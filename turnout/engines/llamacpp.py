@@ -128,10 +128,7 @@ class LlamaCppEngine(Engine):
     def _load(self, path: Path) -> tuple[Any, str]:
         from llama_cpp import Llama
 
-        repack = self.cfg.repack_weights
-        if repack is None:
-            repack = not (self.cfg.model_path is None and self.cfg.packaged == "qwen2.5-coder-0.5b")
-        with _model_params(use_extra_bufts=repack):
+        with _model_params(use_extra_bufts=self.cfg.repack_weights):
             llm = Llama(
                 model_path=str(path),
                 n_ctx=self.cfg.n_ctx,
