@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--temperature (self-consistency needs 2: a second local generation)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--generate-only", action="store_true", help="fill the cache and stop (for long background runs)")
+    p.add_argument("--cache-only", action="store_true", help="generate nothing: report on the questions whose answers "
+                   "are all in the cache (e.g. while a --generate-only run is filling it)")
     p.add_argument("--config", default=None, help="turnout.yaml with the engine to test (default: embedded)")
     p.add_argument("--engine", default="local", help="engine name in the config (default: local)")
     p.add_argument("--cache-dir", default=".turnout/cache/cascade")
@@ -115,6 +117,26 @@ async def generate(items: list[Item], engine: Any, *, task: str, prompt: str, da
     return runs, hits
 
 
+def cached_runs(items: list[Item], args: argparse.Namespace, ecfg: Any,
+                prompt: str) -> tuple[list[list[dict[str, Any]]], int]:
+    """The answers already cached for the leading questions that have all their samples."""
+    from turnout.registry import sha256_file, weights_path
+
+    path = weights_path(ecfg.dialect, ecfg)
+    tag = sha256_file(path) if path is not None else getattr(ecfg, "model", "")
+    known = read_cache(Path(args.cache_dir) / f"{ecfg.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl")
+    samples = max(1, args.samples)
+    runs: list[list[dict[str, Any]]] = [[] for _ in range(samples)]
+    for item in items:
+        keys = [cache_key(args.task, prompt, args.max_tokens, s, 0.0 if s == 0 else args.temperature, item.question)
+                for s in range(samples)]
+        if not all(k in known for k in keys):
+            break
+        for s, k in enumerate(keys):
+            runs[s].append(known[k])
+    return runs, sum(map(len, runs))
+
+
 def run(args: argparse.Namespace) -> int:
     from turnout.config import LlamaCppEngineConfig, load_config
     from turnout.engines.registry import engine_class
@@ -143,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             await engine.close()
 
-    runs, hits = asyncio.run(go())
+    runs, hits = cached_runs(items, args, ecfg, prompt) if args.cache_only else asyncio.run(go())
+    if not runs[0]:
+        raise ValueError("no answers in the cache for these questions; run without --cache-only first")
+    items = items[: len(runs[0])]
     if args.generate_only:
         print(f"{sum(map(len, runs))} answers ({hits} from cache)")
         return 0

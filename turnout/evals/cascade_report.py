@@ -18,6 +18,10 @@ from typing import Any
 from turnout.evals.cascade_tasks import Item, correct
 
 ESCALATION_SHARES = (0.2, 0.5, 0.8)
+# The frontier side of the cost curve: list prices of the example config's frontier engine
+# (gpt-4o, USD per 1M tokens) and the embedded engine's default owned-hardware price (USD/hour).
+FRONTIER_PRICE = (2.5, 10.0)
+LOCAL_HOURLY = 0.05
 COMBINED_FEATURES = ("mean_logprob", "min_logprob", "p10_logprob", "neg_entropy", "high_prob_share",
                      "answer_logprob", "option_prob", "verifier")
 
@@ -79,6 +83,45 @@ def out_of_fold(rows: list[dict[str, float | None]], labels: list[int], features
     return [float(v) for v in out]
 
 
+def learned_router_scores(items: list[Item], labels: list[int]) -> list[float] | None:
+    """Out-of-fold P(strong needed) of turnout's TF-IDF router (prompt only, before any local
+    generation), trained on these questions' local/strong outcomes; None if a fold lacks a class."""
+    import numpy as np
+
+    from turnout.evals.datasets import RoutingDataset
+    from turnout.evals.router_cv import cross_val_scores
+    from turnout.routing.scorers import FAMILIES
+
+    data = RoutingDataset("cascade", [it.question for it in items], np.array(labels, float),
+                          np.array([it.strong for it in items], float))
+    try:
+        return [float(v) for v in cross_val_scores(FAMILIES["tfidf-lr"], data, None, 5, 0)]
+    except ValueError:
+        return None
+
+
+def cost_curve(escalate_order: Sequence[float], weak: Sequence[float], strong: Sequence[float],
+               local_seconds: Sequence[float], frontier_usd: Sequence[float], *, runs_local_first: bool) -> list[dict[str, float]]:
+    """Quality and cost per 1,000 questions when the lowest-ranked share goes to the frontier:
+    a cascade pays the local answer for every question (``runs_local_first``), a router only
+    for those it keeps."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(escalate_order, float), kind="stable")  # most in need first
+    n = len(order)
+    out = []
+    for share in (0.0, *ESCALATION_SHARES, 1.0):
+        up = np.zeros(n, bool)
+        up[order[: int(round(share * n))]] = True
+        quality = float(np.where(up, strong, weak).mean())
+        local = np.asarray(local_seconds, float) * LOCAL_HOURLY / 3600.0
+        no_local = np.zeros(n, bool) if runs_local_first else up
+        usd = float(np.where(up, frontier_usd, 0.0).sum() + np.where(no_local, 0.0, local).sum())
+        out.append({"frontier_share": share, "quality": quality, "usd_per_1000": 1000.0 * usd / n,
+                    "local_seconds_per_q": float(np.where(no_local, 0.0, local_seconds).mean())})
+    return out
+
+
 def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
               save_combination: str | None = None) -> dict[str, Any]:
     import numpy as np
@@ -114,13 +157,32 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
                        "apgr": m.apgr, "cpt50": m.cpt50, "cpt80": m.cpt80,
                        "thresholds": {f"escalate_{int(r * 100)}pct": float(np.quantile(filled, r))
                                       for r in ESCALATION_SHARES}}
+    router = learned_router_scores(items, labels)
+    if router is not None:
+        m = evaluate_scores(np.array(router), weak, strong)
+        table["router:tfidf-lr"] = {"coverage": 1.0, "auroc": auroc([-v for v in router], labels), "apgr": m.apgr,
+                                    "cpt50": m.cpt50, "cpt80": m.cpt80, "thresholds": {}}
     tokens = [rec["completion_tokens"] for rec in greedy]
+    # cost/quality: frontier price from the strong answer's length (RouteLLM's GPT-4 responses
+    # where the data has them, else 5 tokens), about 4 characters a token
+    frontier_usd = [(len(it.question) / 4 * FRONTIER_PRICE[0] + it.extra.get("strong_chars", 20) / 4 * FRONTIER_PRICE[1]) / 1e6
+                    for it in items]
+    seconds = [float(r["seconds"]) for r in greedy]
+    single_best = max((k for k in table if k in SINGLE_SAMPLE), key=lambda k: table[k]["apgr"], default=None)
+    curves: dict[str, Any] = {}
+    if single_best is not None:
+        curves[f"cascade:{single_best}"] = cost_curve([-v for v in _filled(columns[single_best])], weak, strong, seconds,
+                                                      frontier_usd, runs_local_first=True)
+    if router is not None:
+        curves["router:tfidf-lr"] = cost_curve(router, weak, strong, seconds, frontier_usd, runs_local_first=False)
     out: dict[str, Any] = {
         "task": task, "n": n, "samples": len(runs), "local_accuracy": float(weak.mean()),
         "strong_accuracy": float(strong.mean()),
         "tokens_per_answer": float(np.mean(tokens)), "seconds_per_answer": float(np.mean([r["seconds"] for r in greedy])),
         "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in greedy) / n,
         "signals": table,
+        "cost_curves": curves,
+        "all_frontier": {"quality": float(strong.mean()), "usd_per_1000": 1000.0 * float(np.mean(frontier_usd))},
         # the answers' signals, one row per question, for the router-learning loop and audits
         "rows": [{**r, "correct": y, "strong": it.strong} for r, y, it in zip(rows, labels, items, strict=True)],
     }
@@ -151,7 +213,14 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"  {'signal':<20} {'cover':>5} {'AUROC':>5} {'APGR':>5} {'CPT50':>6} {'CPT80':>6}   threshold at 20/50/80% escalation")
     for name, row in report["signals"].items():
         t = row["thresholds"]
+        ts = " / ".join(f"{t[f'escalate_{int(r * 100)}pct']:.3f}" for r in ESCALATION_SHARES) if t else "-"
         print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {fmt(row['apgr'])} {row['cpt50']:6.1%} "
-              f"{row['cpt80']:6.1%}   {t['escalate_20pct']:.3f} / {t['escalate_50pct']:.3f} / {t['escalate_80pct']:.3f}")
+              f"{row['cpt80']:6.1%}   {ts}")
+    for name, curve in report.get("cost_curves", {}).items():
+        pts = "  ".join(f"{p['frontier_share']:.0%}: {p['quality']:.3f} ${p['usd_per_1000']:.3f}" for p in curve)
+        print(f"  cost/quality {name:<24} (frontier share: quality, USD per 1000 questions) {pts}")
+    if "all_frontier" in report:
+        af = report["all_frontier"]
+        print(f"  all-frontier: quality {af['quality']:.3f}, ${af['usd_per_1000']:.3f} per 1000 questions")
     print("  (signals: higher = more confident; a cascade route escalates below routes.<alias>.threshold of its "
           "routes.<alias>.confidence_signal; 'combined' rows are cross-validated)")

@@ -81,9 +81,11 @@ def load_gsm8k(data_dir: Path) -> list[Item]:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing; pass --data-dir pointing at the RouteLLM data folder")
     strong: dict[str, float] = {}
+    chars: dict[str, int] = {}
     with (gsm / "gsm8k_responses.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             strong[row["prompt"].strip()] = _flag(row["gpt-4-1106-preview"])
+            chars[row["prompt"].strip()] = len(row.get("gpt-4-1106-preview_response") or "")
     dropped = _dropped(gsm)
     items = []
     for line in (gsm / "test.jsonl").read_text(encoding="utf-8").splitlines():
@@ -93,7 +95,7 @@ def load_gsm8k(data_dir: Path) -> list[Item]:
             continue
         gold = final_number(rec["answer"])
         if gold is not None:
-            items.append(Item(q, gold, strong[q]))
+            items.append(Item(q, gold, strong[q], extra={"strong_chars": chars[q]}))
     return items
 
 
