@@ -35,7 +35,7 @@ CACHE_VERSION = "cascade/2"
 TOP_K = 5
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cascade", help="confidence of a local engine vs its correctness on a golden set",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("TURNOUT_DATA_DIR", "../shared/data/routellm"))
@@ -83,7 +83,7 @@ async def generate(items: list[Item], engine: Any, *, task: str, prompt: str, da
     Sample 0 is greedy; sample i > 0 draws at ``temperature`` with seed i."""
     import time
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     from turnout.protocol import ChatRequest
 
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.task == "gsm8k" else "plain"
 
     async def go() -> tuple[list[list[dict[str, Any]]], int]:
-        engine = engine_class(ecfg.dialect)(args.engine, ecfg)  # no request timeout: an evaluation waits
+        engine = engine_class(ecfg.dialect)(args.engine, ecfg)  # type: ignore[call-arg]  # no request timeout: an evaluation waits
         await engine.start()
         try:
             tag = engine.info.weights_sha256 or engine.info.model

@@ -100,7 +100,7 @@ def learned_router_scores(items: list[Item], labels: list[int]) -> list[float] |
         return None
 
 
-def cost_curve(escalate_order: Sequence[float], weak: Sequence[float], strong: Sequence[float],
+def cost_curve(escalate_order: Sequence[float], weak: Any, strong: Any,
                local_seconds: Sequence[float], frontier_usd: Sequence[float], *, runs_local_first: bool) -> list[dict[str, float]]:
     """Quality and cost per 1,000 questions when the lowest-ranked share goes to the frontier:
     a cascade pays the local answer for every question (``runs_local_first``), a router only
@@ -149,7 +149,7 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
         both = out_of_fold(rows, labels, [*single, "agreement"])
         if both is not None:
             columns["combined+agreement"] = list(both)
-    table = {}
+    table: dict[str, dict[str, Any]] = {}
     for name, values in columns.items():
         filled = _filled(values)
         m = evaluate_scores(-np.array(filled), weak, strong)  # low confidence -> escalate
@@ -168,7 +168,7 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
     frontier_usd = [(len(it.question) / 4 * FRONTIER_PRICE[0] + it.extra.get("strong_chars", 20) / 4 * FRONTIER_PRICE[1]) / 1e6
                     for it in items]
     seconds = [float(r["seconds"]) for r in greedy]
-    single_best = max((k for k in table if k in SINGLE_SAMPLE), key=lambda k: table[k]["apgr"], default=None)
+    single_best = max((k for k in table if k in SINGLE_SAMPLE), key=lambda k: float(table[k]["apgr"]), default=None)
     curves: dict[str, Any] = {}
     if single_best is not None:
         curves[f"cascade:{single_best}"] = cost_curve([-v for v in _filled(columns[single_best])], weak, strong, seconds,
