@@ -114,6 +114,8 @@ def test_openai_shaped_logprobs_give_the_same_signals_with_entropy_from_the_top_
     assert s["answer_logprob"] == pytest.approx(-1.5)  # the last number, " 7"
     assert cascade.confidence(res, "min_logprob") == pytest.approx(-1.5)
     assert cascade.confidence(res) == pytest.approx(-0.6)  # the default stays the mean (the pipeline's call today)
+    words = ChatResult(content="It is", finish_reason="stop", usage=Usage(), logprobs={"content": content[:2]})
+    assert score(words, "answer_logprob") == score(words, "min_logprob") == pytest.approx(-0.2)  # no answer tokens: all
     nothing = ChatResult(content="hi", finish_reason="stop", usage=Usage())
     assert score(nothing, "mean_logprob") is None and score(nothing, "verifier") is None
     with pytest.raises(ValueError, match="unknown confidence signal"):

@@ -20,7 +20,9 @@ Signals (figures for each in docs/routing-eval.md, from `turnout eval cascade`):
   low-probability tokens).
 - ``answer_logprob``: the lowest log-probability among the tokens of the final answer (the
   number after ``####``, else the last number; or a leading option letter): the tokens that
-  decide correctness, not the reasoning around them.
+  decide correctness, not the reasoning around them. An answer with no such tokens (free
+  text) falls back to all its tokens, i.e. ``min_logprob``, so the signal is defined wherever
+  logprobs are.
 - ``option_prob``: for a multiple-choice answer (a leading letter A-D), the probability of the
   chosen letter renormalised over the letters among the top-k at that position.
 - ``verifier``: 1 if the answer passes the check its form allows (JSON that parses, a Python
@@ -210,6 +212,8 @@ def signals(result: ChatResult, samples: Sequence[ChatResult] = (),
         if rec.token_entropies:
             out["neg_entropy"] = -sum(rec.token_entropies) / len(rec.token_entropies)
         out["answer_logprob"] = answer_logprob(rec, text)
+        if out["answer_logprob"] is None:
+            out["answer_logprob"] = out["min_logprob"]
         out["option_prob"] = option_prob(rec, text)
     out["verifier"] = verifier(text)
     if samples:
