@@ -1,4 +1,5 @@
-"""What the cascade's confidence signals cost per request, without the model.
+"""What the cascade's confidence signals cost per request, without the model (CPU time, so that
+other load on the machine does not count).
 
 - the embedded engine's logits processor (chosen-token logprob, entropy over the whole
   vocabulary, top-5), per generated token, on Qwen2.5's vocabulary size (151,936);

@@ -56,6 +56,25 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def auroc_interval(scores: Sequence[float], labels: Sequence[int], reps: int = 1000,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """95% bootstrap interval of the AUROC (questions resampled with replacement): small golden
+    samples give wide intervals, and the report says so."""
+    import random
+
+    rng = random.Random(seed)
+    n, values = len(scores), []
+    for _ in range(reps):
+        idx = [rng.randrange(n) for _ in range(n)]
+        a = auroc([scores[i] for i in idx], [labels[i] for i in idx])
+        if a is not None:
+            values.append(a)
+    if len(values) < reps // 2:
+        return None
+    values.sort()
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+
 def _filled(values: Sequence[float | None]) -> list[float]:
     """None as the lowest confidence (the gateway escalates an answer it cannot score)."""
     known = [v for v in values if v is not None]
@@ -154,13 +173,15 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
         filled = _filled(values)
         m = evaluate_scores(-np.array(filled), weak, strong)  # low confidence -> escalate
         table[name] = {"coverage": sum(v is not None for v in values) / n, "auroc": auroc(filled, labels),
+                       "auroc_ci95": auroc_interval(filled, labels),
                        "apgr": m.apgr, "cpt50": m.cpt50, "cpt80": m.cpt80,
                        "thresholds": {f"escalate_{int(r * 100)}pct": float(np.quantile(filled, r))
                                       for r in ESCALATION_SHARES}}
     router = learned_router_scores(items, labels)
     if router is not None:
         m = evaluate_scores(np.array(router), weak, strong)
-        table["router:tfidf-lr"] = {"coverage": 1.0, "auroc": auroc([-v for v in router], labels), "apgr": m.apgr,
+        table["router:tfidf-lr"] = {"coverage": 1.0, "auroc": auroc([-v for v in router], labels),
+                                    "auroc_ci95": auroc_interval([-v for v in router], labels), "apgr": m.apgr,
                                     "cpt50": m.cpt50, "cpt80": m.cpt80, "thresholds": {}}
     tokens = [rec["completion_tokens"] for rec in greedy]
     # cost/quality: frontier price from the strong answer's length (RouteLLM's GPT-4 responses
@@ -210,11 +231,14 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['cut_at_max_tokens']:.0%} cut at max tokens")
     if "sample_accuracy" in report:
         print(f"  second sample (temperature > 0) accuracy {report['sample_accuracy']:.1%}")
-    print(f"  {'signal':<20} {'cover':>5} {'AUROC':>5} {'APGR':>5} {'CPT50':>6} {'CPT80':>6}   threshold at 20/50/80% escalation")
+    print(f"  {'signal':<20} {'cover':>5} {'AUROC':>5} {'(95% CI)':>13} {'APGR':>5} {'CPT50':>6} {'CPT80':>6}   "
+          "threshold at 20/50/80% escalation")
     for name, row in report["signals"].items():
         t = row["thresholds"]
         ts = " / ".join(f"{t[f'escalate_{int(r * 100)}pct']:.3f}" for r in ESCALATION_SHARES) if t else "-"
-        print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {fmt(row['apgr'])} {row['cpt50']:6.1%} "
+        ci = row.get("auroc_ci95")
+        cis = f"({ci[0]:.2f}-{ci[1]:.2f})" if ci else "-"
+        print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {cis:>13} {fmt(row['apgr'])} {row['cpt50']:6.1%} "
               f"{row['cpt80']:6.1%}   {ts}")
     for name, curve in report.get("cost_curves", {}).items():
         pts = "  ".join(f"{p['frontier_share']:.0%}: {p['quality']:.3f} ${p['usd_per_1000']:.3f}" for p in curve)
