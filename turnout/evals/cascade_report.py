@@ -235,7 +235,7 @@ def print_report(report: dict[str, Any]) -> None:
           "threshold at 20/50/80% escalation")
     for name, row in report["signals"].items():
         t = row["thresholds"]
-        ts = " / ".join(f"{t[f'escalate_{int(r * 100)}pct']:.3f}" for r in ESCALATION_SHARES) if t else "-"
+        ts = " / ".join(f"{t[f'escalate_{int(r * 100)}pct']:.4g}" for r in ESCALATION_SHARES) if t else "-"
         ci = row.get("auroc_ci95")
         cis = f"({ci[0]:.2f}-{ci[1]:.2f})" if ci else "-"
         print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {cis:>13} {fmt(row['apgr'])} {row['cpt50']:6.1%} "
