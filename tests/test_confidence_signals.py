@@ -19,6 +19,7 @@ from turnout.engines.llamacpp import TokenLogprobs
 from turnout.evals.cascade_report import auroc, out_of_fold, result_of
 from turnout.routing import cascade
 from turnout.routing.confidence import (
+    DEFAULT_SIGNAL,
     SIGNALS,
     Combination,
     answer_span,
@@ -165,7 +166,7 @@ def test_combination_fits_predicts_and_round_trips() -> None:
 def test_route_confidence_signal_is_validated() -> None:
     base = {"engines": {"a": {"dialect": "llamacpp"}, "b": {"dialect": "llamacpp"}}}
     cfg = parse_config({**base, "routes": {"c": {"chain": ["a", "b"], "strategy": "cascade", "threshold": -1.0}}})
-    assert cfg.routes["c"].confidence_signal in SIGNALS
+    assert cfg.routes["c"].confidence_signal == DEFAULT_SIGNAL == "answer_logprob"
     for signal in SIGNALS:
         if signal != "combined":
             parse_config({**base, "routes": {"c": {"chain": ["a", "b"], "strategy": "cascade", "threshold": -1.0,

@@ -183,10 +183,11 @@ class RouteConfig(_Strict):
                                     "artifact's calibrated threshold); cascade: escalate below this value of "
                                     "confidence_signal (thresholds per escalation share: `turnout eval cascade`)")
     confidence_signal: ConfidenceSignal = Field(
-        "min_logprob", description="cascade: the weak answer's confidence signal (turnout/routing/confidence.py; "
-        "measured side by side in docs/routing-eval.md): mean_logprob, min_logprob, p10_logprob, neg_entropy, "
-        "high_prob_share, answer_logprob (the final answer's tokens), option_prob (multiple choice), verifier, "
-        "agreement (a second local sample: twice the local compute) or combined (needs confidence_model)")
+        "answer_logprob", description="cascade: the weak answer's confidence signal (turnout/routing/confidence.py; "
+        "measured side by side in docs/routing-eval.md): answer_logprob (default, the best measured: the lowest "
+        "log-probability among the final answer's tokens, all tokens when it has none), mean_logprob, min_logprob, "
+        "p10_logprob, neg_entropy, high_prob_share, option_prob (multiple choice), verifier, agreement (a second "
+        "local sample: twice the local compute) or combined (needs confidence_model)")
     confidence_model: str | None = Field(
         None, description="cascade with confidence_signal 'combined': the weights file written by "
         "`turnout eval cascade --save-combination`")
