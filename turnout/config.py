@@ -32,6 +32,10 @@ from pydantic import (
 from turnout import plugins
 from turnout.weights import minilm_available
 
+# turnout.routing.confidence.SIGNALS (kept here as a Literal so that the file is checked at start-up)
+ConfidenceSignal = Literal["mean_logprob", "min_logprob", "p10_logprob", "neg_entropy", "high_prob_share",
+                           "answer_logprob", "option_prob", "verifier", "agreement", "combined"]
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the file."""
@@ -241,7 +245,17 @@ class RouteConfig(_Strict):
     router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`, or a "
                                   "registry folder of `turnout router fit` (its current artifact)")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
-                                    "artifact's calibrated threshold); cascade: escalate below this mean token logprob")
+                                    "artifact's calibrated threshold); cascade: escalate below this value of "
+                                    "confidence_signal (thresholds per escalation share: `turnout eval cascade`)")
+    confidence_signal: ConfidenceSignal = Field(
+        "answer_logprob", description="cascade: the weak answer's confidence signal (turnout/routing/confidence.py; "
+        "measured side by side in docs/routing-eval.md): answer_logprob (default, the best measured: the lowest "
+        "log-probability among the final answer's tokens, all tokens when it has none), mean_logprob, min_logprob, "
+        "p10_logprob, neg_entropy, high_prob_share, option_prob (multiple choice), verifier, agreement (a second "
+        "local sample: twice the local compute) or combined (needs confidence_model)")
+    confidence_model: str | None = Field(
+        None, description="cascade with confidence_signal 'combined': the weights file written by "
+        "`turnout eval cascade --save-combination`")
     include_draft: bool = Field(False, description="cascade: show the strong engine the weak engine's draft")
     target_escalation: float | None = Field(
         None, gt=0.0, lt=1.0, description="learned: the share of requests sent to the strong engine; the "

@@ -66,9 +66,9 @@ def _distribution_of(path: Path) -> str | None:
 def weights_path(dialect: str, ecfg: Any) -> Path | None:
     """Where an engine's weights are on this machine; None for engines behind an API."""
     if dialect == "llamacpp":
-        from turnout.engines.smollm2 import smollm2_gguf
+        from turnout.engines.smollm2 import packaged_gguf
 
-        return Path(ecfg.model_path) if ecfg.model_path else smollm2_gguf()
+        return Path(ecfg.model_path) if ecfg.model_path else packaged_gguf(ecfg.packaged)
     if dialect == "minilm":
         from turnout.weights import minilm_dir
 
@@ -96,6 +96,11 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
             path = weights_path(e.dialect, e)
             if path is not None:
                 _weigh(rec, path, checksums)
+                if e.dialect == "llamacpp" and not getattr(e, "model_path", None) \
+                        and getattr(e, "packaged", None) == "qwen2.5-coder-0.5b":
+                    from turnout.engines import qwen_coder
+
+                    rec.source = qwen_coder.provenance()  # assembled from six packages: no single distribution
         except Exception as exc:  # a missing package or file: reported, not raised
             rec.error = str(exc)
         records.append(rec)

@@ -45,9 +45,16 @@ class Usage:
 
 @dataclass(slots=True)
 class Confidence:
-    """The engine's own view of its answer, for cascades: per-token log-probabilities of the chosen tokens."""
+    """The engine's own view of its answer, for cascades (``turnout.routing.confidence`` turns it
+    into signals): per generated token, the log-probability of the chosen token, the entropy (nats)
+    of the whole next-token distribution it was drawn from, its text, and the ``k`` most likely
+    alternatives as (text, logprob). Lists are aligned by position; any but ``token_logprobs``
+    may be empty when the engine does not record it."""
 
     token_logprobs: list[float] = field(default_factory=list)
+    token_entropies: list[float] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)
 
     @property
     def mean_logprob(self) -> float | None:

@@ -104,7 +104,11 @@ class CascadeStrategy(_WeakStrong):
     def check(cls, route: RouteConfig) -> None:
         super().check(route)
         if route.threshold is None:
-            raise ValueError("strategy 'cascade' needs 'threshold' (mean token logprob; see `turnout eval cascade`)")
+            raise ValueError(f"strategy 'cascade' needs 'threshold' (in units of confidence_signal "
+                             f"{route.confidence_signal!r}; see `turnout eval cascade`)")
+        if route.confidence_signal == "combined" and not route.confidence_model:
+            raise ValueError("confidence_signal 'combined' needs 'confidence_model': the weights file written by "
+                             "`turnout eval cascade --save-combination`")
 
     def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
         weak = FallbackEngine(engines[:1], trail)

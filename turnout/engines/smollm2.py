@@ -25,3 +25,12 @@ def smollm2_gguf() -> Path:
             if path.is_file():
                 return path
     raise FileNotFoundError(f"{DISTRIBUTION} is installed but holds no .gguf file; reinstall it")
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF of a packaged model (``engines.<name>.packaged``)."""
+    if name == "qwen2.5-coder-0.5b":
+        from turnout.engines.qwen_coder import qwen_coder_gguf
+
+        return qwen_coder_gguf()
+    return smollm2_gguf()

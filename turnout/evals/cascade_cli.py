@@ -1,15 +1,18 @@
 """`turnout eval cascade`: how well does the local engine's own confidence predict whether
 its answer is right, and what would confidence-based escalation buy?
 
-It runs a local engine (the embedded model by default) over GSM8K test questions with their
-reference answers, scores each answer (the final number against the reference), and reads
-the engine's confidence (mean and minimum log-probability of the chosen tokens). Against
-the strong model's known correctness on the same questions (RouteLLM's GPT-4 labels), it
-reports AUROC of confidence for local correctness, and APGR / CPT(50%) / CPT(80%) of
-"escalate when confidence is low" computed as for routers (quantile thresholds, trapezoid
-area, contaminated prompts removed), plus the mean-logprob thresholds that give common
-escalation rates, ready for a ``cascade`` route in turnout.yaml. Local answers are cached
-on disk, so a rerun only generates what is new.
+It runs a local engine (the embedded model by default) over a golden task (``--task gsm8k``:
+GSM8K test questions with reference answers; ``--task mmlu``: MMLU questions with their answer
+key), scores each answer, and computes every confidence signal of
+``turnout.routing.confidence`` from the engine's token record (chosen-token logprobs,
+entropies, top-k alternatives). ``--samples 2`` adds a second answer drawn at a temperature, for
+the self-consistency signal. Against the strong model's known correctness on the same
+questions (RouteLLM's GPT-4 labels), it reports for each signal the AUROC for local
+correctness and APGR / CPT(50%) / CPT(80%) of "escalate when confidence is low", computed as
+for routers (quantile thresholds, trapezoid area, contaminated prompts removed), plus the
+thresholds that give 20/50/80% escalation, ready for a ``cascade`` route in turnout.yaml
+(``threshold`` and ``confidence_signal``). Answers are cached on disk with their whole token
+record, so a rerun only generates what is new and every signal reads the same answers.
 """
 
 from __future__ import annotations
@@ -19,173 +22,166 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-SYSTEM = "Solve the math problem step by step. End with a line '#### <number>' giving the final answer."
-CACHE_VERSION = "cascade-gsm8k/1"
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+from turnout.evals.cascade_report import auroc, record_of, result_of
+from turnout.evals.cascade_tasks import Item, final_number, messages
+
+__all__ = ["auroc", "final_number", "record_of", "result_of", "register"]
+
+CACHE_VERSION = "cascade/2"
+TOP_K = 5
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cascade", help="confidence of a local engine vs its correctness on a golden set",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("TURNOUT_DATA_DIR", "../shared/data/routellm"))
+    p.add_argument("--task", choices=("gsm8k", "mmlu"), default="gsm8k")
+    p.add_argument("--prompt", choices=("plain", "fewshot"), default="plain",
+                   help="gsm8k prompt template: plain (a format instruction) or fewshot (plus two worked train examples)")
+    p.add_argument("--mmlu-answers", default=None, help="mmlu: JSONL of {prompt, answer} (RouteLLM's files hold no key)")
     p.add_argument("--limit", type=int, default=100, help="questions to run (a fixed-seed sample; default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--samples", type=int, default=1, help="answers per question: 1 greedy, plus samples-1 drawn at "
+                   "--temperature (self-consistency needs 2: a second local generation)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--generate-only", action="store_true", help="fill the cache and stop (for long background runs)")
+    p.add_argument("--cache-only", action="store_true", help="generate nothing: report on the questions whose answers "
+                   "are all in the cache (e.g. while a --generate-only run is filling it)")
     p.add_argument("--config", default=None, help="turnout.yaml with the engine to test (default: embedded)")
     p.add_argument("--engine", default="local", help="engine name in the config (default: local)")
     p.add_argument("--cache-dir", default=".turnout/cache/cascade")
+    p.add_argument("--save-combination", default=None, help="write the combined signal's weights (fitted on all rows) here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
-def final_number(text: str) -> float | None:
-    """The answer after '####', else the last number in the text."""
-    tail = text.split("####")[-1] if "####" in text else text
-    nums = _NUM.findall(tail)
-    if not nums:
-        return None
-    try:
-        return float(nums[-1 if "####" not in text else 0].replace(",", ""))
-    except ValueError:
-        return None
+def cache_key(task: str, prompt: str, max_tokens: int, sample: int, temperature: float, question: str) -> str:
+    return hashlib.sha256(f"{CACHE_VERSION}|{task}|{prompt}|{max_tokens}|{sample}|{temperature:g}|{question}".encode()).hexdigest()
 
 
-def auroc(scores: list[float], labels: list[int]) -> float | None:
-    """Probability that a random correct answer has higher confidence than a random wrong one."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
+def read_cache(cache: Path) -> dict[str, dict[str, Any]]:
+    known: dict[str, dict[str, Any]] = {}
+    if cache.exists():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                known[rec["key"]] = rec
+    return known
 
 
-def load_golden(data_dir: Path, limit: int, seed: int) -> list[dict[str, Any]]:
-    import csv
-    import random
+async def generate(items: list[Item], engine: Any, *, task: str, prompt: str, data_dir: Path, max_tokens: int,
+                   samples: int, temperature: float, cache: Path,
+                   top_k: int = TOP_K) -> tuple[list[list[dict[str, Any]]], int]:
+    """Each item's answers with their full token records (logprobs, entropies, top-k), from the
+    cache or the engine, question by question (all samples of one question before the next, so
+    an interrupted run leaves complete questions); returns (records[sample][item], cache hits).
+    Sample 0 is greedy; sample i > 0 draws at ``temperature`` with seed i."""
+    import time
 
-    from turnout.evals.datasets import read_contaminated
-
-    gsm = data_dir / "gsm8k"
-    for f in (gsm / "test.jsonl", gsm / "gsm8k_responses.csv"):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing; pass --data-dir pointing at the RouteLLM data folder")
-    strong: dict[str, float] = {}
-    with (gsm / "gsm8k_responses.csv").open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            strong[row["prompt"].strip()] = 1.0 if row["gpt-4-1106-preview"].strip().lower() in ("true", "1") else 0.0
-    dropped = read_contaminated(gsm / "contaminated_prompts.jsonl") if (gsm / "contaminated_prompts.jsonl").exists() else set()
-    items = []
-    for line in (gsm / "test.jsonl").read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        q = rec["question"].strip()
-        if q in dropped or q not in strong:
-            continue
-        gold = final_number(rec["answer"])
-        if gold is not None:
-            items.append({"question": q, "gold": gold, "strong": strong[q]})
-    random.Random(seed).shuffle(items)
-    return items[:limit]
-
-
-async def generate(items: list[dict[str, Any]], engine: Any, max_tokens: int, cache: Path) -> int:
-    """Fill each item's answer and confidence, from the cache or the engine; returns cache hits."""
     from tqdm import tqdm
 
     from turnout.protocol import ChatRequest
 
     cache.parent.mkdir(parents=True, exist_ok=True)
-    known: dict[str, dict[str, Any]] = {}
-    if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            known[rec["key"]] = rec
+    known = read_cache(cache)
     hits = 0
+    runs: list[list[dict[str, Any]]] = [[] for _ in range(samples)]
     with cache.open("a", encoding="utf-8") as out:
-        for item in tqdm(items, desc="local answers", unit="q", file=sys.stderr, disable=not sys.stderr.isatty() and len(items) < 20):
-            key = hashlib.sha256(f"{CACHE_VERSION}|{max_tokens}|{item['question']}".encode()).hexdigest()
-            rec = known.get(key)
-            if rec is None:
-                req = ChatRequest(model="eval", temperature=0, max_tokens=max_tokens,
-                                  messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": item["question"]}])
-                res = await engine.chat(req)
-                lps = res.confidence.token_logprobs if res.confidence else []
-                rec = {"key": key, "answer": res.content or "", "tokens": len(lps),
-                       "mean_logprob": sum(lps) / len(lps) if lps else None, "min_logprob": min(lps) if lps else None}
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
-            else:
-                hits += 1
-            item.update(answer=rec["answer"], mean_logprob=rec["mean_logprob"], min_logprob=rec["min_logprob"])
-    return hits
+        for item in tqdm(items, desc=f"{task} answers", unit="q", file=sys.stderr, disable=not sys.stderr.isatty()):
+            for sample in range(samples):
+                temp = 0.0 if sample == 0 else temperature
+                key = cache_key(task, prompt, max_tokens, sample, temp, item.question)
+                rec = known.get(key)
+                if rec is None:
+                    req = ChatRequest.model_validate({
+                        "model": "eval", "temperature": temp, "max_tokens": max_tokens, "logprobs": True,
+                        "top_logprobs": top_k, "seed": sample if sample else None,
+                        "messages": messages(task, prompt, item, data_dir)})
+                    t0 = time.perf_counter()
+                    res = await engine.chat(req)
+                    rec = {"key": key, "task": task, "prompt": prompt, "sample": sample, "temperature": temp,
+                           "max_tokens": max_tokens, "answer": res.content or "", "finish_reason": res.finish_reason,
+                           "prompt_tokens": res.usage.prompt_tokens, "completion_tokens": res.usage.completion_tokens,
+                           "seconds": round(time.perf_counter() - t0, 3), **record_of(res)}
+                    out.write(json.dumps(rec) + "\n")
+                    out.flush()
+                    known[key] = rec
+                else:
+                    hits += 1
+                runs[sample].append(rec)
+    return runs, hits
 
 
-def summarize(items: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
+def cached_runs(items: list[Item], args: argparse.Namespace, ecfg: Any,
+                prompt: str) -> tuple[list[list[dict[str, Any]]], int]:
+    """The answers already cached for the leading questions that have all their samples."""
+    from turnout.registry import weights_path
+    from turnout.weights import sha256_file
 
-    from turnout.evals.routing_metrics import evaluate_scores
-
-    for it in items:
-        got = final_number(it["answer"])
-        it["correct"] = int(got is not None and abs(got - it["gold"]) < 1e-6)
-    conf = [it["mean_logprob"] if it["mean_logprob"] is not None else -1e9 for it in items]
-    weak = np.array([it["correct"] for it in items], float)
-    strong = np.array([it["strong"] for it in items], float)
-    out: dict[str, Any] = {"n": len(items), "local_accuracy": float(weak.mean()), "strong_accuracy": float(strong.mean()),
-                           "auroc_mean_logprob": auroc(conf, [it["correct"] for it in items]),
-                           "auroc_min_logprob": auroc([it["min_logprob"] if it["min_logprob"] is not None else -1e9
-                                                       for it in items], [it["correct"] for it in items])}
-    m = evaluate_scores(-np.array(conf), weak, strong)  # low confidence -> escalate
-    out.update(apgr=m.apgr, cpt50=m.cpt50, cpt80=m.cpt80)
-    qs = np.array(conf)
-    out["thresholds"] = {f"escalate_{int(r * 100)}pct": float(np.quantile(qs, r)) for r in (0.2, 0.5, 0.8)}
-    return out
+    path = weights_path(ecfg.dialect, ecfg)
+    tag = sha256_file(path) if path is not None else getattr(ecfg, "model", "")
+    known = read_cache(Path(args.cache_dir) / f"{ecfg.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl")
+    samples = max(1, args.samples)
+    runs: list[list[dict[str, Any]]] = [[] for _ in range(samples)]
+    for item in items:
+        keys = [cache_key(args.task, prompt, args.max_tokens, s, 0.0 if s == 0 else args.temperature, item.question)
+                for s in range(samples)]
+        if not all(k in known for k in keys):
+            break
+        for s, k in enumerate(keys):
+            runs[s].append(known[k])
+    return runs, sum(map(len, runs))
 
 
 def run(args: argparse.Namespace) -> int:
     from turnout.config import load_config
     from turnout.engines.llamacpp import LlamaCppEngineConfig
     from turnout.engines.registry import engine_class
+    from turnout.evals import cascade_tasks
 
-    items = load_golden(Path(args.data_dir), args.limit, args.seed)
+    data_dir = Path(args.data_dir)
+    items = cascade_tasks.load(args.task, data_dir, args.limit, args.seed,
+                               Path(args.mmlu_answers) if args.mmlu_answers else None)
     if not items:
-        raise ValueError("no GSM8K questions to run")
+        raise ValueError(f"no {args.task} questions to run")
     cfg = load_config(args.config)
     if args.engine not in cfg.engines:
         raise ValueError(f"no engine {args.engine!r} in the configuration; engines: {sorted(cfg.engines)}")
     ecfg = cfg.engines[args.engine]
+    prompt = args.prompt if args.task == "gsm8k" else "plain"
 
-    async def go() -> int:
+    async def go() -> tuple[list[list[dict[str, Any]]], int]:
         engine = engine_class(ecfg.dialect)(args.engine, ecfg)  # no request timeout: an evaluation waits
         await engine.start()
         try:
             tag = engine.info.weights_sha256 or engine.info.model
-            name = f"{engine.info.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl"
-            return await generate(items, engine, args.max_tokens, Path(args.cache_dir) / name)
+            cache = Path(args.cache_dir) / f"{engine.info.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl"
+            return await generate(items, engine, task=args.task, prompt=prompt, data_dir=data_dir,
+                                  max_tokens=args.max_tokens, samples=max(1, args.samples),
+                                  temperature=args.temperature, cache=cache)
         finally:
             await engine.close()
 
-    hits = asyncio.run(go())
-    report = summarize(items)
+    runs, hits = cached_runs(items, args, ecfg, prompt) if args.cache_only else asyncio.run(go())
+    if not runs[0]:
+        raise ValueError("no answers in the cache for these questions; run without --cache-only first")
+    items = items[: len(runs[0])]
+    if args.generate_only:
+        print(f"{sum(map(len, runs))} answers ({hits} from cache)")
+        return 0
+    from turnout.evals.cascade_report import print_report, summarize
+
+    report = summarize(args.task, items, runs, save_combination=args.save_combination)
     report["cached"] = hits
+    report["prompt"] = prompt
     report["engine"] = args.engine if not isinstance(ecfg, LlamaCppEngineConfig) else f"{args.engine} (embedded)"
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    print(f"engine {report['engine']}, {report['n']} GSM8K questions ({hits} answers from cache)")
-    print(f"  local accuracy {report['local_accuracy']:.1%}   strong (GPT-4) accuracy {report['strong_accuracy']:.1%}")
-    print(f"  AUROC of confidence for local correctness: mean logprob {fmt(report['auroc_mean_logprob'])}, "
-          f"min logprob {fmt(report['auroc_min_logprob'])}")
-    print(f"  escalate on low confidence: APGR {report['apgr']:.3f}  CPT(50%) {report['cpt50']:.1%}  CPT(80%) {report['cpt80']:.1%}")
-    for name, t in report["thresholds"].items():
-        print(f"  threshold for {name.split('_')[1].replace('pct', '%')} escalation: {t:.3f}  (routes.<alias>.threshold)")
+    else:
+        print_report(report)
     return 0
