@@ -4,6 +4,7 @@ answer by its measured confidence, and a learned router trained on labelled outc
 from __future__ import annotations
 
 import csv
+import json
 import random
 import re
 import subprocess
@@ -62,6 +63,9 @@ def test_cascade_escalates_a_low_confidence_local_answer(gateway_factory, upstre
     row = gw.ledger()[-1]
     assert row["strategy"] == "cascade" and row["threshold"] == 0.0 and row["score"] < 0
     assert row["engine"] == "frontier" and "escalated" in row["reason"]
+    signals = json.loads(row["signals"])  # every signal of the weak draft, for routers to learn from
+    assert signals["answer_logprob"] == pytest.approx(row["score"], abs=1e-5)  # the default confidence_signal
+    assert signals["min_logprob"] <= signals["mean_logprob"] and "verifier" in signals
     metrics = httpx.get(gw.url + "/metrics").text
     assert re.search(r'turnout_escalations_total\{route="local-cascade"\} 1\.0', metrics)
 

@@ -76,6 +76,7 @@ class Recorder:
             labels=",".join(sorted(call.labels)),
             key_id=call.key.key_id if call.key else None,
             trace_id=call.trace_id,
+            signals=orjson.dumps(d.signals).decode() if d is not None and d.signals else None,
             **(call.function.ledger_fields() if call.function else {}),
         )
         try:

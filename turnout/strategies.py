@@ -110,10 +110,18 @@ class CascadeStrategy(_WeakStrong):
             raise ValueError("confidence_signal 'combined' needs 'confidence_model': the weights file written by "
                              "`turnout eval cascade --save-combination`")
 
+    def start(self) -> None:
+        self.combination = None  # the fitted weights of confidence_signal 'combined'
+        if self.route.confidence_model:
+            from turnout.routing.confidence import Combination
+
+            self.combination = Combination.load(self.route.confidence_model)
+
     def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
         weak = FallbackEngine(engines[:1], trail)
         strong = FallbackEngine(engines[1:], trail) if len(engines) > 1 else None
-        return CascadeEngine(weak, strong, d, include_draft=self.route.include_draft)
+        return CascadeEngine(weak, strong, d, include_draft=self.route.include_draft,
+                             signal=self.route.confidence_signal, combination=self.combination)
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -1,7 +1,8 @@
 """Local first, escalate on doubt: the ``cascade`` strategy's engine.
 
 The weak engine (a chain of its own, usually one local engine) drafts the answer; if its
-confidence reaches the route's threshold the draft is the answer, else the strong chain
+confidence (the route's ``confidence_signal``, ``turnout.routing.confidence``) reaches the
+route's threshold the draft is the answer, else the strong chain
 answers the original request (with the draft attached when the route says
 ``include_draft``). A weak engine that fails is an escalation too. Streaming clients get the
 kept draft replayed as a stream, or the strong engine's own stream.
@@ -14,16 +15,18 @@ from collections.abc import AsyncIterator
 from turnout.engines.base import ChatResult, Delta, Engine, aclose
 from turnout.errors import AllEnginesFailed
 from turnout.protocol import ChatRequest
-from turnout.routing import cascade
+from turnout.routing import cascade, confidence
+from turnout.routing.confidence import Combination
 from turnout.routing.decision import Decision
 
 
 class CascadeEngine(Engine):
-    def __init__(self, weak: Engine, strong: Engine | None, decision: Decision, *, include_draft: bool = False) -> None:
+    def __init__(self, weak: Engine, strong: Engine | None, decision: Decision, *, include_draft: bool = False,
+                 signal: str = "mean_logprob", combination: Combination | None = None) -> None:
         assert decision.threshold is not None, "a cascade needs a threshold"
         self.weak, self.strong, self.decision = weak, strong, decision
         self.info = weak.info
-        self.include_draft = include_draft
+        self.include_draft, self.signal, self.combination = include_draft, signal, combination
 
     async def draft(self, req: ChatRequest) -> tuple[ChatResult | None, ChatRequest]:
         """The weak engine's answer if it is kept, else None and the request for the strong chain."""
@@ -38,7 +41,14 @@ class CascadeEngine(Engine):
             d.reason += f"; cascade: {weak_name} failed, escalated"
             d.escalated = True
             return None, req
-        d.score = conf = cascade.confidence(result)
+        samples = []  # ``agreement`` compares the greedy draft with a second, sampled one (twice the local compute)
+        if cascade.needs_second_sample(self.signal):
+            try:
+                samples.append(await self.weak.chat(cascade.second_sample(cascade.with_logprobs(req))))
+            except AllEnginesFailed:
+                pass  # no second sample: agreement is unknown, and an unknown confidence escalates
+        d.signals = confidence.signals(result, samples, self.combination)
+        d.score = conf = d.signals.get(self.signal)
         if self.strong is None or (conf is not None and conf >= threshold):
             d.reason += f"; cascade kept {weak_name}: confidence {_fmt(conf)} >= {threshold:g}" if self.strong else ""
             if not req.logprobs:

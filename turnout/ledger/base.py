@@ -10,7 +10,7 @@ from turnout.ledger.audit import ROW_HASH, row_sha256
 
 # the columns of the ``requests`` table that a LedgerRow fills, in insert order
 COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
-           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome"]
+           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals"]
 
 
 @dataclass(slots=True)
@@ -46,6 +46,7 @@ class LedgerRow:
     episode: str | None = None           # the caller's episode id (sticky variant assignment)
     function_attempt: str | None = None  # first | retry | escalated
     function_outcome: str | None = None  # valid | unchecked | invalid: <why>
+    signals: str | None = None           # cascade: the weak draft's confidence signals, JSON
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in COLUMNS)

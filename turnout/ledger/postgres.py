@@ -86,6 +86,9 @@ def migrations(s: str) -> list[tuple[str, list[str]]]:
             f"CREATE INDEX requests_function ON {s}.requests (function, tenant, ts)",
             f"CREATE INDEX requests_episode ON {s}.requests (function, episode)",
         ]),
+        ("0005_requests_signals", [
+            f"ALTER TABLE {s}.requests ADD COLUMN signals TEXT",
+        ]),
     ]
 
 

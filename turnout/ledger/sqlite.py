@@ -75,6 +75,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "CREATE INDEX requests_function ON requests (function, tenant, ts)",
         "CREATE INDEX requests_episode ON requests (function, episode)",
     ]),
+    ("0005_requests_signals", [  # a cascade's confidence signals of the weak draft (JSON), for routers to learn from
+        "ALTER TABLE requests ADD COLUMN signals TEXT",
+    ]),
 ]
 
 def connect(path: str | Path) -> sqlite3.Connection:

@@ -34,3 +34,4 @@ class Decision:
     threshold: float | None = None
     confined: bool = False         # remote engines removed because the request is sensitive
     escalated: bool = False        # cascade: the weak engine's draft was not kept
+    signals: dict[str, float | None] | None = None  # cascade: every confidence signal of the draft
