@@ -62,6 +62,30 @@ def test_revoking_every_key_while_serving_closes_nothing(tmp_path: Path, upstrea
         assert gw.call("GET", "/v1/turnout/usage", None).status_code == 401
 
 
+def test_a_refused_key_is_recorded_under_its_own_tenant(tmp_path: Path, upstream: Upstream) -> None:
+    """A valid key without the right route or role gets a 403, and the ledger row names its
+    tenant and key (so the tenant's usage shows its refusals), not `anonymous`."""
+    import sqlite3
+
+    cfg = frontier_config(upstream.url, tmp_path)
+    cfg["routes"]["other"] = {"chain": ["frontier"]}
+    config = write_config(tmp_path, cfg)
+    narrow = cli_key(config, "team-n", "--routes", "other")
+    viewer = cli_key(config, "team-v", "--roles", "viewer")
+    with serve(config) as proc:
+        gw = Keyed(proc, config, {"narrow": narrow, "viewer": viewer})
+        route = gw.call("POST", "/v1/chat/completions", "narrow", CHAT)
+        role = gw.call("POST", "/v1/chat/completions", "viewer", CHAT)
+        assert route.status_code == 403 and route.json()["error"]["code"] == "route_not_allowed"
+        assert role.status_code == 403 and role.json()["error"]["code"] == "role_not_allowed"
+        assert upstream.requests() == []
+    conn = sqlite3.connect(tmp_path / "turnout.sqlite")
+    rows = conn.execute("SELECT request_id, tenant, key_id, http_status FROM requests ORDER BY id").fetchall()
+    conn.close()
+    assert (route.headers["x-request-id"], "team-n", narrow["key_id"], 403) in rows
+    assert (role.headers["x-request-id"], "team-v", viewer["key_id"], 403) in rows
+
+
 def test_open_is_refused_beyond_loopback(tmp_path: Path, upstream: Upstream) -> None:
     cfg = frontier_config(upstream.url, tmp_path, auth="open")
     config = write_config(tmp_path, cfg)

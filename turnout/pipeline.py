@@ -151,10 +151,11 @@ class Gateway:
         if call.on_behalf_of is not None:  # a task's step: the starting key, checked again now (revoked: refused)
             key = await self.access.delegated(call.on_behalf_of, req.model)
         else:
-            key = await self.access.authenticate(token, req.model)
-        if key is not None:
+            key = await self.access.identify(token)
+        if key is not None:  # known before it is authorized, so a 403 is recorded under its tenant and key
             call.key, call.tenant = key, key.tenant
             self.metrics.tenants.add(key.tenant)
+            self.access.authorize(key, req.model)
 
     # ==== ground ==============================================================================
     @step("ground")

@@ -140,18 +140,35 @@ class Access:
         In open mode, tenant ``anonymous`` with every role."""
         if self.mode == "open":
             return OPEN
+        key = await self.identify(token)
+        assert key is not None
+        self.authorize(key, route, roles)
+        return Principal(key.tenant, key.roles, key)
+
+    async def identify(self, token: str | None) -> ApiKey | None:
+        """Who calls: the key of ``token`` (None in open mode); 401 when there is none, or it is
+        unknown, revoked or expired. What it may do is :meth:`authorize`'s."""
+        if self.mode == "open":
+            return None
         if not token:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
-        key = check_key(await self._lookup(token), route)
+        return check_key(await self._lookup(token))
+
+    async def authenticate(self, token: str | None, route: str, role: str = "user") -> ApiKey | None:
+        """The caller's key (None in open mode), which must hold ``role`` and may use ``route``.
+        Raises 401/403."""
+        key = await self.identify(token)
+        if key is not None:
+            self.authorize(key, route, (role,))
+        return key
+
+    @staticmethod
+    def authorize(key: ApiKey, route: str | None, roles: tuple[str, ...] = ("user",)) -> None:
+        """403 unless ``key`` may use ``route`` and holds one of ``roles``."""
+        check_key(key, route)
         if not key.has_role(*roles):
             raise PermissionDenied(f"API key {key.key_id} has role(s) {', '.join(key.roles)}; this needs "
                                    f"{' or '.join(roles)}", code="role_not_allowed")
-        return Principal(key.tenant, key.roles, key)
-
-    async def authenticate(self, token: str | None, route: str, role: str = "user") -> ApiKey | None:
-        """The pipeline's step: the caller's key (None in open mode), which must hold ``role``
-        and may use ``route``. Raises 401/403."""
-        return (await self.principal(token, (role,), route)).key
 
     async def delegated(self, key_id: str, route: str, role: str = "user") -> ApiKey | None:
         """A task's model call, made for the key that started the task: that key, looked up by
