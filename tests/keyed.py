@@ -3,9 +3,11 @@ processes on loopback, keys made with ``turnout keys --config`` (the same store 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,14 @@ class Keyed:
 
     def token(self, who: str) -> str:
         return self.keys[who]["key"] if who in self.keys else who
+
+
+@contextlib.contextmanager
+def keyed_gateway(config: Path, keys: dict[str, dict[str, Any]]) -> Iterator[Keyed]:
+    """A keys-mode gateway serving ``config`` with ``keys``; stopped after, and its log must hold no traceback."""
+    proc = serve(config)
+    try:
+        yield Keyed(proc, config, keys)
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()

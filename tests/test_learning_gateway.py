@@ -6,7 +6,6 @@ refuses a worse one, rollback serves the first again; a broken artifact is serve
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import subprocess
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import FAST_RESILIENCE
-from tests.test_learning_loop import ENV, router_on, synthetic
+from tests.test_learning_loop import ENV, router_on, synthetic, write_outcomes
 from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, resolve
 from turnout.routing.learned import LearnedRouter
@@ -135,10 +134,7 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
 
     noisy = tmp_path / "opposite.csv"
     public = synthetic(2000, seed=9)
-    with noisy.open("w", newline="") as handle:
-        w = csv.writer(handle)
-        w.writerow(["prompt", "weak_correct", "strong_correct"])
-        w.writerows(zip(public.prompts, public.weak.astype(int), public.strong.astype(int), strict=True))
+    write_outcomes(noisy, public)
     worse = cli("fit", "--from-traffic", *common, "--warm-start", str(noisy))
     assert worse.returncode == 3 and "refused r0003" in worse.stdout, worse.stderr + worse.stdout
     assert resolve(reg.folder).name == "r0002.npz"

@@ -35,6 +35,14 @@ HARD = ["integral", "theorem", "eigenvalue", "proof", "tensor", "lemma", "manifo
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def write_outcomes(path: Path, data: RoutingDataset) -> None:
+    """``data`` as an outcome CSV (prompt, weak_correct, strong_correct), the format the CLI reads."""
+    with path.open("w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["prompt", "weak_correct", "strong_correct"])
+        w.writerows(zip(data.prompts, data.weak.astype(int), data.strong.astype(int), strict=True))
+
+
 def synthetic(n: int = 400, seed: int = 0, flip: bool = False, tag: str = "question") -> RoutingDataset:
     """Hard topics defeat the weak model; ``flip`` makes the easy ones hard instead."""
     rng = np.random.default_rng(seed)
@@ -119,10 +127,7 @@ def test_eval_artifact_on_another_dataset(tmp_path: Path) -> None:
     artifact = router.save(tmp_path / "r.npz")
     other = synthetic(300, seed=2)
     path = tmp_path / "other.csv"
-    with path.open("w", newline="") as handle:
-        w = csv.writer(handle)
-        w.writerow(["prompt", "weak_correct", "strong_correct"])
-        w.writerows(zip(other.prompts, other.weak.astype(int), other.strong.astype(int), strict=True))
+    write_outcomes(path, other)
     out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--artifact", str(artifact),
                           "--dataset", str(path), "--json"], capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -348,10 +353,7 @@ def test_fit_from_traffic_cli_promotes_refuses_and_rolls_back(tmp_path: Path) ->
 
     noisy = tmp_path / "opposite.csv"
     public = synthetic(2000, seed=9)
-    with noisy.open("w", newline="") as handle:
-        w = csv.writer(handle)
-        w.writerow(["prompt", "weak_correct", "strong_correct"])
-        w.writerows(zip(public.prompts, public.weak.astype(int), public.strong.astype(int), strict=True))
+    write_outcomes(noisy, public)
     second = cli("fit", "--from-traffic", *common, "--db", str(db), "--warm-start", str(noisy))
     assert second.returncode == 3, second.stderr + second.stdout
     assert "refused r0003" in second.stdout and resolve(reg).name == "r0002.npz"
@@ -489,10 +491,7 @@ def test_eval_router_replay_cli(tmp_path: Path) -> None:
     artifact = router_on(synthetic(400, seed=14), escalate=0.2).save(tmp_path / "public.npz")
     target = synthetic(600, seed=15, flip=True)
     path = tmp_path / "traffic.csv"
-    with path.open("w", newline="") as handle:
-        w = csv.writer(handle)
-        w.writerow(["prompt", "weak_correct", "strong_correct"])
-        w.writerows(zip(target.prompts, target.weak.astype(int), target.strong.astype(int), strict=True))
+    write_outcomes(path, target)
     out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--replay", str(path), "--artifact",
                           str(artifact), "--router", "tfidf-lr", "--label-budget", "150", "--sampling", "uniform",
                           "--json"], capture_output=True, text=True, env=ENV, timeout=300)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Upstream
-from tests.keyed import Keyed, cli_key, frontier_config, serve, write_config
+from tests.keyed import Keyed, cli_key, frontier_config, keyed_gateway, write_config
 
 PROTECTED = [("GET", "/metrics", b""), ("GET", "/v1/turnout/keys", b""),
              ("POST", "/v1/chat/completions", b'{"model":"auto","messages":[{"role":"user","content":"hi"}]}'),
@@ -27,12 +27,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
     tmp = tmp_path_factory.mktemp("fuzz")
     config = write_config(tmp, frontier_config(upstream.url, tmp))
     keys = {"user": cli_key(config, "team-a"), "admin": cli_key(config, "ops", "--roles", "admin")}
-    proc = serve(config)
-    try:
-        yield Keyed(proc, config, keys)
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.output()
+    with keyed_gateway(config, keys) as gw:
+        yield gw
 
 
 def raw_status(url: str, method: str, path: str, authorization: bytes, body: bytes) -> int:

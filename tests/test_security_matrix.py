@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Upstream
-from tests.keyed import Keyed, cli, cli_key, frontier_config, serve, write_config
+from tests.keyed import Keyed, cli, cli_key, frontier_config, keyed_gateway, write_config
 from turnout.server.authz import ENDPOINTS, Endpoint, markdown_table
 from turnout.weights import minilm_available as embeddings_available
 
@@ -84,12 +84,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
     keys["victim"] = cli_key(config, "team-c")
     keys["rotated"] = cli_key(config, "team-c")
     keys["unknown key"] = {"key": "tk-" + "Q" * 43}
-    proc = serve(config)
-    try:
-        yield Keyed(proc, config, keys)
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.output()
+    with keyed_gateway(config, keys) as gw:
+        yield gw
 
 
 def _request(gw: Keyed, e: Endpoint, caller: str) -> Any:

