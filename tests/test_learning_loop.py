@@ -303,6 +303,25 @@ def test_gate_promotes_a_better_router_and_refuses_a_worse_one() -> None:
     assert ok and "no router" in why
 
 
+def test_a_promoted_candidate_is_refitted_on_every_label() -> None:
+    traffic = synthetic(300, seed=4, flip=True)
+    stale = router_on(synthetic(300, seed=5))
+    data = traffic_dataset(label_rows(traffic))
+    _, held = recent_split(data)
+    newest = [data.prompts[i] for i in held]
+    gated_only = retrain(data, stale, "tfidf-lr", 0.2, refit_all=False)
+    refitted = retrain(data, stale, "tfidf-lr", 0.2)
+    assert gated_only.promote and refitted.promote
+    assert gated_only.candidate.metadata["training_data"]["traffic_rows"] == 225  # type: ignore[union-attr]
+    meta = refitted.candidate.metadata  # type: ignore[union-attr]
+    assert meta["training_data"]["traffic_rows"] == 300 and meta["training_data"]["refit_on_all_labels"]
+    assert meta["holdout"]["candidate"] == gated_only.candidate.metadata["holdout"]["candidate"]  # type: ignore[union-attr]
+    # the served router has learned from the newest labels too: its scores on them moved
+    before = gated_only.candidate.score_batch(newest)  # type: ignore[union-attr]
+    after = refitted.candidate.score_batch(newest)  # type: ignore[union-attr]
+    assert not np.allclose(before, after)
+
+
 def test_recent_split_holds_out_whole_newest_prompts() -> None:
     data = traffic_dataset([{"prompt": p, "weak_score": 1.0, "strong_score": 1.0, "source": "shadow"}
                             for p in ["a", "b", "a", "c", "d", "e", "f", "g"]])

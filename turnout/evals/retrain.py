@@ -116,8 +116,11 @@ def retrain(
     holdout: float = DEFAULT_HOLDOUT,
     min_labels: int = MIN_LABELS,
     margin: float = 0.0,
+    refit_all: bool = True,
 ) -> Outcome:
-    """Fit a candidate on the older labels, gate it against ``current`` on the newest ones."""
+    """Fit a candidate on the older labels, gate it against ``current`` on the newest ones; a
+    candidate that passes is refitted on every label (``refit_all``) before it is returned: the gate
+    judged the procedure on held-out labels, the artifact served should not waste them."""
     if len(data) < min_labels:
         return Outcome(False, f"{len(data)} labels; at least {min_labels} are needed to fit and hold out",
                        None, None, None)
@@ -150,6 +153,15 @@ def retrain(
     except DegenerateRouter as exc:
         return Outcome(False, str(exc), candidate, cand_metrics, current_metrics)
     promote, reason = gate(cand_metrics, current_metrics, margin)
+    if promote and refit_all:
+        prompts, weak, strong = list(data.prompts), data.weak, data.strong
+        if warm_start is not None:
+            prompts = list(warm_start.prompts) + prompts
+            weak, strong = np.concatenate([warm_start.weak, weak]), np.concatenate([warm_start.strong, strong])
+        scorer = make_scorer(family)
+        scorer.fit(prompts, embed(prompts) if scorer.uses_embeddings and embed else None, weak, strong)
+        candidate = LearnedRouter(scorer, 0.5, candidate.metadata)
+        cand_scores = _score(candidate, list(ho.prompts), embed)
     candidate.threshold = float(np.quantile(cand_scores, 1.0 - target_escalation))
     rows_by_source = counts_by_source([{"source": g} for g in data.groups or []])
     provenance = {
@@ -159,7 +171,9 @@ def retrain(
         **(embedding_metadata(scorer, embedding) if scorer.uses_embeddings and embedding else {}),
         "training_data": {"name": "traffic" + (f"+{warm_start.name}" if warm_start else ""), "rows": len(prompts),
                           "sha256": data_fingerprint(prompts, weak, strong),
-                          "labels_by_source": rows_by_source, "traffic_rows": len(tr),
+                          "labels_by_source": rows_by_source,
+                          "traffic_rows": len(data) if promote and refit_all else len(tr),
+                          "refit_on_all_labels": bool(promote and refit_all),
                           "warm_start": {"name": warm_start.name, "rows": len(warm_start)} if warm_start else None},
         "holdout": {"rows": len(ho), "share": holdout, "candidate": cand_metrics.as_dict(),
                     "current": current_metrics.as_dict() if current_metrics else None},
