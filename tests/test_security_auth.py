@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PG_DSN, Upstream, redis_up
-from tests.keyed import Keyed, cli, cli_key, frontier_config, serve, write_config
+from tests.keyed import Keyed, cli, cli_key, frontier_config, keyed_gateway, serve, write_config
 from turnout.governance.access import KEY_CACHE_S
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
@@ -84,6 +84,27 @@ def test_a_refused_key_is_recorded_under_its_own_tenant(tmp_path: Path, upstream
     conn.close()
     assert (route.headers["x-request-id"], "team-n", narrow["key_id"], 403) in rows
     assert (role.headers["x-request-id"], "team-v", viewer["key_id"], 403) in rows
+
+
+def test_readyz_tells_why_an_engine_is_down_to_a_viewer_only(tmp_path: Path, upstream: Upstream) -> None:
+    """/readyz stays public for probes, but the reason an engine is not ready (here: the name of an
+    unset key variable) is internal: a viewer or admin key reads it, nobody else."""
+    unset = "TURNOUT_TEST_READYZ_UNSET_KEY"
+    cfg = frontier_config(upstream.url, tmp_path)
+    cfg["engines"]["down"] = {**cfg["engines"]["frontier"], "api_key_env": unset}
+    config = write_config(tmp_path, cfg)
+    keys = {"viewer": cli_key(config, "team-v", "--roles", "viewer"), "user": cli_key(config, "team-u"),
+            "admin": cli_key(config, "ops", "--roles", "admin")}
+    with keyed_gateway(config, keys) as gw:
+        for who in (None, "user", "tk-not-a-key"):
+            r = gw.call("GET", "/readyz", who)
+            assert r.status_code == 503 and r.json()["status"] == "degraded", who
+            engines = r.json()["engines"]
+            assert engines["down"]["ready"] is False and engines["frontier"]["ready"] is True
+            assert "detail" not in engines["down"] and unset not in r.text, who
+        for who in ("viewer", "admin"):
+            r = gw.call("GET", "/readyz", who)
+            assert r.status_code == 503 and unset in r.json()["engines"]["down"]["detail"], who
 
 
 def test_open_is_refused_beyond_loopback(tmp_path: Path, upstream: Upstream) -> None:

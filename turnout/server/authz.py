@@ -50,7 +50,7 @@ TASK_READ = ("user", "approver", "viewer")  # admin counts as viewer: the admin'
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/healthz", (), "none", "liveness"),
-    Endpoint("GET", "/readyz", (), "none", "readiness of each engine"),
+    Endpoint("GET", "/readyz", (), "none", "readiness of each engine; why one is not: a viewer key's only"),
     Endpoint("GET", "/openapi.json", (), "none", "the API description"),
     Endpoint("POST", "/v1/chat/completions", INFERENCE, "tenant", "inference; grounding and cache within the tenant",
              by="pipeline"),

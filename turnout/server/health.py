@@ -1,5 +1,9 @@
 """GET /healthz (the process answers), GET /readyz (each engine's state), GET /metrics
-(a ``viewer`` key: the series of its tenant and those without a tenant; ``admin``: all)."""
+(a ``viewer`` key: the series of its tenant and those without a tenant; ``admin``: all).
+
+``/readyz`` is public, for load balancers and orchestrators: anyone sees whether each engine is
+ready. Why one is not (an upstream's address, a weights path, an unset variable's name) is
+shown only to a ``viewer`` or ``admin`` key, or to anyone in ``auth: open`` (loopback only)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from prometheus_client.metrics_core import Metric
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from turnout.errors import TurnoutError
+from turnout.governance.access import token_from
 from turnout.pipeline import Gateway
-from turnout.server.authz import tenant_filter
+from turnout.server.authz import VIEW, tenant_filter
 
 
 async def healthz(_: Request) -> Response:
@@ -24,9 +30,26 @@ async def readyz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     names = list(gw.engines)
     states = await asyncio.gather(*(gw.engines[n].ready() for n in names))
-    engines = {n: {"ready": ok, "detail": detail, "locality": gw.engines[n].info.locality} for n, (ok, detail) in zip(names, states)}
+    detailed = await may_see_details(request, gw)
+    engines: dict[str, dict[str, Any]] = {}
+    for n, (ok, detail) in zip(names, states, strict=True):
+        engines[n] = {"ready": ok, "locality": gw.engines[n].info.locality}
+        if detailed:
+            engines[n]["detail"] = detail
     ready = all(e["ready"] for e in engines.values())
     return JSONResponse({"status": "ready" if ready else "degraded", "engines": engines}, status_code=200 if ready else 503)
+
+
+async def may_see_details(request: Request, gw: Gateway) -> bool:
+    """Whether the caller may read why an engine is not ready: a viewer or admin key (or open mode).
+    Any other caller, a bad key included, still gets the readiness itself: a probe never fails on auth."""
+    if gw.access is None:  # an in-process gateway without access control
+        return True
+    try:
+        await gw.access.principal(token_from(request.headers.get("authorization")), VIEW)
+    except TurnoutError:
+        return False
+    return True
 
 
 class TenantView:
