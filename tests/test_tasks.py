@@ -383,7 +383,7 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
 
     with gw.proc:
         out = cli("alice", "tasks", "run", "answer the mail", "--input-file", f"mail={mail}", "--input",
-                  f"sender={MAIL['sender']}", "--tool", "send_email", "--follow")
+                  f"sender={MAIL['sender']}", "--tool", "send_email", "--budget", "5", "--follow")
         assert out.returncode == 0, out.stderr
         assert "waits for approval: turnout approvals approve gate_" in out.stdout
         gid = out.stdout.rsplit("approve ", 1)[1].split()[0]
@@ -396,6 +396,7 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
         wait_state(gw, tid, "succeeded")
         shown = cli("alice", "tasks", "show", tid)
         assert shown.returncode == 0 and "succeeded" in shown.stdout and "send_email" in shown.stdout
+        assert " of $5.000000 " in shown.stdout
         assert tid in cli("alice", "tasks", "list").stdout
         assert "already ended" in cli("alice", "tasks", "cancel", tid).stderr
 
