@@ -180,3 +180,30 @@ def test_example_tasks_config_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "tasks" / "tasks.yaml")
     assert cfg.tasks.tools["send_email"].approval == "always"
     assert cfg.tasks.tools["create_ticket"].when == ["priority == urgent"]
+
+
+def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
+    """A tasks table written by an older gateway (without budget_usd, failure, local_only) gets
+    the columns when a store opens the file; its rows keep working."""
+    import sqlite3
+
+    from turnout.tasks.store import SCHEMA
+
+    old = SCHEMA
+    for column in ("budget_usd", "failure", "local_only"):
+        assert column not in old  # the first release's tables; the columns are added in place
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    db.executescript(old)
+    db.execute("INSERT INTO tasks_tasks (id, tenant, goal, inputs, tools, state, created, updated) "
+               "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1)")
+    db.commit()
+    db.close()
+    store = TaskStore(tmp_path / "t.sqlite")
+    try:
+        assert store.get("task_old")["budget_usd"] is None  # type: ignore[index]
+        tid = store.create("acme", "key_1", "g", {}, [], None, 0.5, "guard findings: secret")
+        t = store.get(tid)
+        assert t is not None and t["budget_usd"] == 0.5 and t["local_only"] == "guard findings: secret"
+    finally:
+        store.close()
+    TaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice
