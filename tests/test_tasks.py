@@ -22,6 +22,8 @@ import pytest
 
 from tests.conftest import FAST_RESILIENCE
 from tests.keyed import Keyed, cli_key, serve, write_config
+from turnout.tasks.runner import sha256_json
+from turnout.testing import mcp_tickets
 from turnout.testing.procs import Proc, start_server
 
 
@@ -156,11 +158,29 @@ def test_approve_four_eyes_tenancy_audit_and_ledger(tmp_path: Path, fake: Proc, 
     assert {r[1] for r in rows} == {"gpt", "small"}
     assert {r[2] for r in rows} == {gw.keys["alice"]["key_id"]}
     assert {r[0] for r in rows} == {s["request_id"] for s in t["steps"] if s["request_id"]}
-    audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries")]
+    audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")]
     decisions = [a for a in audit if a.get("event") == "task_approval"]
     assert decisions == [{"event": "task_approval", "gate": gid, "task": tid, "tenant": "acme", "tool": "send_email",
                           "decision": "approved", "by": gw.keys["bob"]["key_id"], "reason": "fine",
                           "arguments": gates[0]["arguments"], "edited": None}]
+    # the task's life in the chain: created, its plan, the tool call, the end (hashes, not content)
+    mine = [a for a in audit if a.get("task") == tid]
+    assert [a["event"] for a in mine] == ["task_created", "task_plan", "task_approval", "task_tool_call", "task_end"]
+    created, planned, _, called, ended = mine
+    assert created == {"event": "task_created", "task": tid, "tenant": "acme", "by": gw.keys["alice"]["key_id"],
+                       "goal_sha256": sha256_json("answer the mail"), "inputs": ["mail", "sender"],
+                       "tools": ["send_email"], "sensitivity": None, "local_only": None, "budget_usd": None}
+    assert planned["plan_sha256"] == sha256_json(t["plan"]) and planned["plan_version"] == 1
+    assert planned["route"] == "frontier" and planned["steps"] == 2
+    assert called == {"event": "task_tool_call", "task": tid, "tenant": "acme", "plan_version": 1, "step": "reply",
+                      "tool": "send_email", "arguments_sha256": sha256_json(outbox[0]),
+                      "idempotency_key": f"{tid}:1:reply", "outcome": "ok"}
+    assert ended == {"event": "task_end", "task": tid, "tenant": "acme", "state": "succeeded", "failure": None,
+                     "cost_usd": t["cost_usd"], "saved_usd": 0.0}
+    assert MAIL["mail"] not in json.dumps([created, planned, called, ended])  # hashes, not text
+    verified = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db",
+                               str(tmp_path / "turnout.sqlite")], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_four_eyes_same_key_with_both_roles(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
@@ -308,15 +328,32 @@ def test_budget_exhausted_mid_task(tmp_path: Path, fake: Proc, toolbox: Proc) ->
     assert [(s["step_id"], s["status"]) for s in t["steps"]] == [("plan-1", "ok"), ("a", "ok"), ("b", "error")]
 
 
+def with_local_planner(cfg: dict[str, Any], fake_url: str) -> dict[str, Any]:
+    """A second fake declared local (model fake-local-planner) on route local-plan, the local planner route."""
+    cfg["engines"]["localplanner"] = {"dialect": "openai", "locality": "local", "base_url": fake_url + "/v1",
+                                      "model": "fake-local-planner", "resilience": dict(FAST_RESILIENCE)}
+    cfg["routes"]["local-plan"] = {"chain": ["localplanner"]}
+    cfg["tasks"]["local_planner_route"] = "local-plan"
+    return cfg
+
+
+def script_local_planner(fake: Proc, *plans: Any) -> None:
+    r = httpx.post(fake.url + "/__control/scenarios", timeout=5,
+                   json={"replies": {"fake-local-planner": [json.dumps(p) for p in plans]}})
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.slow
 def test_sensitive_input_stays_local_embedded(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
-    """The plan asks for the frontier route; the task is sensitive, so the step runs on the
-    embedded SmolLM2 and neither the planner nor any remote call ever sees the input."""
+    """The plan asks for the frontier route; the task is sensitive, so the plan comes from the
+    local planner route and the step runs on the embedded SmolLM2: no remote engine is asked
+    anything, the planner included."""
     secret = "Patient Jane Roe, MRN 88-1234-77, diagnosis code F32.1"
     plan = {"steps": [{"id": "sum", "kind": "llm", "instruction": "Summarise in five words.",
                        "inputs": ["input.record"], "route": "frontier"}]}
-    script(fake, plan)
-    cfg = config(fake.url, toolbox.url, tmp_path, step_max_tokens=16)
+    script(fake)
+    script_local_planner(fake, plan)
+    cfg = with_local_planner(config(fake.url, toolbox.url, tmp_path, step_max_tokens=16), fake.url)
     cfg["engines"]["small"] = {"dialect": "llamacpp", "n_ctx": 1024}
     gw = start(tmp_path, cfg, PEOPLE)
     with gw.proc:
@@ -327,10 +364,11 @@ def test_sensitive_input_stays_local_embedded(tmp_path: Path, fake: Proc, toolbo
     assert t["state"] == "succeeded", t
     step = t["steps"][-1]
     assert (step["route"], step["engine"], step["locality"]) == ("local", "small", "local")
+    assert (t["steps"][0]["engine"], t["steps"][0]["locality"]) == ("localplanner", "local")
     assert t["result"]
     sent = json.dumps(httpx.get(fake.url + "/__control/requests", timeout=5).json())
     assert "88-1234-77" not in sent and "Jane Roe" not in sent
-    assert "fake-planner" in sent  # the planner was asked (without the record)
+    assert planner_requests(fake) == []  # the frontier planner was never asked
 
 
 def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
@@ -345,7 +383,7 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
 
     with gw.proc:
         out = cli("alice", "tasks", "run", "answer the mail", "--input-file", f"mail={mail}", "--input",
-                  f"sender={MAIL['sender']}", "--tool", "send_email", "--follow")
+                  f"sender={MAIL['sender']}", "--tool", "send_email", "--budget", "5", "--follow")
         assert out.returncode == 0, out.stderr
         assert "waits for approval: turnout approvals approve gate_" in out.stdout
         gid = out.stdout.rsplit("approve ", 1)[1].split()[0]
@@ -358,20 +396,26 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
         wait_state(gw, tid, "succeeded")
         shown = cli("alice", "tasks", "show", tid)
         assert shown.returncode == 0 and "succeeded" in shown.stdout and "send_email" in shown.stdout
+        assert " of $5.000000 " in shown.stdout
         assert tid in cli("alice", "tasks", "list").stdout
         assert "already ended" in cli("alice", "tasks", "cancel", tid).stderr
+
+
+MCP_TICKETS = str(Path(mcp_tickets.__file__))  # run as a file: a stdio server gets a filtered environment
 
 
 def test_mcp_tools_stdio_and_streamable_http(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
     """A real MCP server: search_tickets over stdio (read-only, never gated), create_ticket over
     streamable HTTP (irreversible, gated only when priority == urgent), the idempotency key
-    passed as an argument."""
+    passed as an argument. The schemas and descriptions come from the servers' tool lists
+    (the config's `parameters` narrows create_ticket's); one stdio server serves every call and
+    leaves with the gateway."""
     pytest.importorskip("mcp")
     state = tmp_path / "tickets.json"
     server = start_server("turnout.testing.mcp_tickets", "--state", str(state), "--http", "--port", "0", add_port=False)
     mcp_tools = {
-        "search_tickets": {"kind": "mcp", "command": [sys.executable, "-m", "turnout.testing.mcp_tickets", "--state",
-                                                      str(state)], "effect": "read_only", "approval": "never"},
+        "search_tickets": {"kind": "mcp", "command": [sys.executable, MCP_TICKETS, "--state", str(state)],
+                           "effect": "read_only", "approval": "never"},
         "create_ticket": {"kind": "mcp", "url": server.url + "/mcp", "effect": "irreversible", "approval": "when",
                           "when": ["priority == urgent"], "idempotency_argument": "idempotency_key",
                           "parameters": {"type": "object", "required": ["title", "priority"]}},
@@ -380,26 +424,87 @@ def test_mcp_tools_stdio_and_streamable_http(tmp_path: Path, fake: Proc, toolbox
         {"id": "found", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}},
         {"id": "open", "kind": "tool", "tool": "create_ticket", "reason": "no ticket yet",
          "arguments": {"title": "VAT wrong on INV-2291", "priority": "{{input.priority}}"}}], "result": "open"}
-    script(fake, plan, plan)
-    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, tools=mcp_tools), PEOPLE)
-    with server, gw.proc:
-        calm = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "normal"},
-                                                             "tools": ["search_tickets", "create_ticket"]}).json()["id"]
-        t = wait_state(gw, calm, "succeeded", "failed", "awaiting_approval")
-        assert t["state"] == "succeeded" and t["result"]["id"] == "T-1" and t["gates"] == [], t
-        assert t["steps"][1]["result"] == {"tickets": []}
-        urgent = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "urgent"},
-                                                               "tools": ["search_tickets", "create_ticket"]}).json()["id"]
-        wait_state(gw, urgent, "awaiting_approval")
-        gate = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]
-        assert gate["why"] == "condition met: priority == urgent"
-        gw.call("POST", f"/v1/turnout/approvals/{gate['id']}", "bob", {"decision": "approve"})
-        t = wait_state(gw, urgent, "succeeded", "failed")
-        assert t["state"] == "succeeded" and t["result"]["id"] == "T-2", t
-        assert t["steps"][1]["result"]["tickets"][0]["id"] == "T-1"  # the stdio server read the HTTP server's ticket
-    data = json.loads(state.read_text())
+    wrong_type = {"steps": [{"id": "q", "kind": "tool", "tool": "search_tickets", "arguments": {"query": 5}}]}
+    unprioritised = {"steps": [{"id": "o", "kind": "tool", "tool": "create_ticket", "arguments": {"title": "x"}}]}
+    script(fake, plan, plan, wrong_type, unprioritised)
+    cfg = config(fake.url, toolbox.url, tmp_path, tools=mcp_tools, max_replans=0)
+    gw = start(tmp_path, cfg, PEOPLE)
+    tools = ["search_tickets", "create_ticket"]
+    with server:
+        with gw.proc:
+            calm = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "normal"},
+                                                                 "tools": tools}).json()["id"]
+            t = wait_state(gw, calm, "succeeded", "failed", "awaiting_approval")
+            assert t["state"] == "succeeded" and t["result"]["id"] == "T-1" and t["gates"] == [], t
+            assert t["steps"][1]["result"] == {"tickets": []}
+            # what the planner was told: the servers' descriptions and input schemas
+            told = json.dumps(planner_requests(fake)[0])
+            assert "Search tickets whose title holds any word of the query." in told
+            assert '\\"query\\":{\\"' in told and "idempotency_key" in told, told[:3000]
+            urgent = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"priority": "urgent"},
+                                                                   "tools": tools}).json()["id"]
+            wait_state(gw, urgent, "awaiting_approval")
+            gate = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]
+            assert gate["why"] == "condition met: priority == urgent"
+            bad = gw.call("POST", f"/v1/turnout/approvals/{gate['id']}", "bob",
+                          {"decision": "approve", "arguments": {"title": ["not", "a", "string"], "priority": "urgent"}})
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_arguments"  # the server's schema
+            gw.call("POST", f"/v1/turnout/approvals/{gate['id']}", "bob", {"decision": "approve"})
+            t = wait_state(gw, urgent, "succeeded", "failed")
+            assert t["state"] == "succeeded" and t["result"]["id"] == "T-2", t
+            assert t["steps"][1]["result"]["tickets"][0]["id"] == "T-1"  # the stdio server read the HTTP server's
+            # arguments the server's schema refuses (query is a string), and ones only the config refuses
+            for why in ("is not of type 'string'", "'priority' is a required property"):
+                tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "tools": tools}).json()["id"]
+                t = wait_state(gw, tid, "succeeded", "failed")
+                assert t["state"] == "failed" and "do not match its schema" in t["error"] and why in t["error"], t
+        log = gw.proc.output()  # a clean stop (SIGTERM): the sessions were closed by the shutdown, no error
+        assert "Application shutdown complete" in log and "Traceback" not in log and "ERROR" not in log, log
+        data = json.loads(state.read_text())
+        stdio = [pid for pid in data["starts"] if pid != server.pid]
+        assert len(stdio) == 1  # one stdio server for the gateway's life, not one per call
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{stdio[0]}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{stdio[0]}")  # it left with the gateway
     created = [c for c in data["calls"] if c["tool"] == "create_ticket"]
     assert [c["idempotency_key"] for c in created] == [f"{calm}:1:open", f"{urgent}:1:open"]
+    assert [c["query"] for c in data["calls"] if c["tool"] == "search_tickets"] == ["VAT", "VAT"]
+
+
+def test_mcp_tool_missing_on_its_server(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """A tool the config declares and its MCP server does not list: `turnout config check`
+    names it (an error, exit 1) and warns of a read_only tool the server marks destructive; a
+    task that may use it fails at planning (tool_missing), before any model call."""
+    pytest.importorskip("mcp")
+    state = tmp_path / "tickets.json"
+    server = start_server("turnout.testing.mcp_tickets", "--state", str(state), "--http", "--port", "0", add_port=False)
+    mcp_tools = {
+        "close_ticket": {"kind": "mcp", "url": server.url + "/mcp", "effect": "irreversible"},
+        "mail_quietly": {"kind": "mcp", "url": server.url + "/mcp", "name": "send_email", "effect": "read_only",
+                         "approval": "never"},
+        "search_tickets": {"kind": "mcp", "command": [sys.executable, MCP_TICKETS, "--state", str(state)],
+                           "effect": "read_only", "approval": "never"},
+    }
+    script(fake)
+    cfg = config(fake.url, toolbox.url, tmp_path, tools=mcp_tools)
+    with server:
+        path = write_config(tmp_path, cfg)
+        out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(path)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "error: tasks.tools.close_ticket: MCP server" in out.stderr and "'close_ticket'" in out.stderr
+        assert "search_tickets" in out.stderr.split("close_ticket", 2)[2]  # what the server does list
+        assert "warning: tasks.tools.mail_quietly: effect: read_only, but its server marks 'send_email' " \
+               "destructive" in out.stderr
+        assert "tasks.tools.search_tickets" not in out.stderr  # listed by its (stdio) server: fine
+        gw = start(tmp_path, cfg, PEOPLE)
+        with gw.proc:
+            tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "tools": ["close_ticket"]}).json()["id"]
+            t = wait_state(gw, tid, "succeeded", "failed")
+    assert t["state"] == "failed" and t["failure"] == "tool_missing", t
+    assert "has no tool 'close_ticket'" in t["error"] and t["steps"] == []
+    assert planner_requests(fake) == []
 
 
 def test_cancel_parked_task_and_refusals(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
@@ -418,6 +523,12 @@ def test_cancel_parked_task_and_refusals(tmp_path: Path, fake: Proc, toolbox: Pr
         assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "alice").status_code == 409
         assert gw.call("GET", f"/v1/turnout/tasks/{tid}", "bob").status_code == 200  # approvers read their tenant's
     assert httpx.get(toolbox.url + "/calls").json()["calls"] == []
+    db = sqlite3.connect(tmp_path / "turnout.sqlite")
+    audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")]
+    assert [a["event"] for a in audit if a.get("task") == tid] == ["task_created", "task_plan", "task_cancel",
+                                                                    "task_end"]
+    cancel, end = [a for a in audit if a.get("task") == tid][2:]
+    assert cancel["by"] == gw.keys["alice"]["key_id"] and end["state"] == "cancelled"
 
 
 @pytest.mark.slow
@@ -555,3 +666,158 @@ def test_tool_approvers_scope_who_may_decide(tmp_path: Path, fake: Proc, toolbox
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_an_approver_of_tool"
         assert gw.call("POST", f"/v1/turnout/approvals/{gid}", "dave", {"decision": "approve"}).status_code == 200
         assert wait_state(gw, tid, "succeeded", "failed")["state"] == "succeeded"
+
+
+def test_a_locked_store_does_not_stall_the_gateway(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """The runner's store calls run in worker threads: while another process holds the SQLite
+    file's write lock, the runner waits for it off the event loop and the gateway keeps
+    answering (readiness, a task view: reads have their own connection); when the lock goes,
+    the task finishes. (The tool answers while the file is locked, so the runner's next act is a
+    store write, with no ledger write before it.)"""
+    slow = {"slow_lookup": {"url": toolbox.url + "/send_email?delay=2", "effect": "read_only", "approval": "never"}}
+    plan = {"steps": [{"id": "look", "kind": "tool", "tool": "slow_lookup", "arguments": {"to": "x", "body": "y"}}]}
+    script(fake, plan)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, tools=slow), PEOPLE)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "tools": ["slow_lookup"]}).json()["id"]
+        deadline = time.monotonic() + 20
+        while not httpx.get(toolbox.url + "/calls").json()["calls"]:  # the tool is answering, slowly
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        holder = sqlite3.connect(tmp_path / "turnout.sqlite", isolation_level=None, timeout=10)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            time.sleep(2.5)  # the tool has answered; saving its result waits for the lock
+            for _ in range(3):
+                assert httpx.get(gw.url + "/healthz", timeout=2).status_code == 200
+                r = httpx.get(gw.url + f"/v1/turnout/tasks/{tid}", timeout=2,
+                              headers={"Authorization": f"Bearer {gw.token('alice')}"})
+                assert r.status_code == 200 and r.json()["state"] == "running"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        t = wait_state(gw, tid, "succeeded", "failed")
+    assert t["state"] == "succeeded" and t["result"]["status"] == "sent", t
+
+
+def test_task_budget_stops_the_task_and_nothing_after_runs(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """budget_usd is checked before each step and model call against the task's rolled-up cost:
+    once spent, the task fails with failure budget_exhausted and no later model or tool call is
+    made. tasks.budget_usd is the default when the body names none; bad values are 400s."""
+    plan = {"steps": [{"id": "a", "kind": "llm", "instruction": "one", "route": "frontier"},
+                      {"id": "b", "kind": "llm", "instruction": "two {{steps.a}}", "route": "frontier"},
+                      {"id": "look", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}}]}
+    script(fake, plan, "A", "B", plan, "A", "B", plan)
+    cfg = config(fake.url, toolbox.url, tmp_path, cache_ttl_s=0, budget_usd=0.000001)
+    gw = start(tmp_path, cfg, PEOPLE)
+    body = {"goal": "g", "tools": ["search_tickets"]}
+    with gw.proc:
+        r = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": 100})
+        assert r.status_code == 201 and r.json()["budget_usd"] == 100
+        full = wait_state(gw, r.json()["id"], "succeeded", "failed")
+        assert full["state"] == "succeeded", full
+        cost = {s["step_id"]: s["cost_usd"] for s in full["steps"]}
+        assert cost["plan-1"] > 0 and cost["a"] > 0
+        # enough for the plan and step a, not for b: a starts under the budget, b never does
+        budget = cost["plan-1"] + cost["a"] / 2
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": budget}).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed")
+        assert t["state"] == "failed" and t["failure"] == "budget_exhausted", t
+        assert t["error"].startswith("budget_exhausted") and t["budget_usd"] == pytest.approx(budget)
+        assert [s["step_id"] for s in t["steps"]] == ["plan-1", "a"]
+        assert t["cost_usd"] >= budget
+        # the config's default: the plan spends it, nothing after
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", body).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed")
+        assert t["failure"] == "budget_exhausted" and t["budget_usd"] == 0.000001, t
+        assert [s["step_id"] for s in t["steps"]] == ["plan-1"]
+        for bad in (0, -1, "lots", [1]):
+            r = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": bad})
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
+            assert "budget_usd" in r.json()["error"]["message"] + str(r.json()["error"].get("param"))
+    assert len(planner_requests(fake)) == 3 + 2 + 1  # no call after the budget was spent
+    searches = [c for c in httpx.get(toolbox.url + "/calls").json()["calls"] if c["tool"] == "search_tickets"]
+    assert len(searches) == 1  # only the first task's
+
+
+def test_sensitive_task_plans_locally(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """A task labelled sensitive, and one whose input the guards keep local (a secret), make
+    every model call on local engines, the planner's included: the plan comes from the local
+    planner route, the steps from the local executor, and the frontier fake gets no request."""
+    plan = {"steps": [{"id": "sum", "kind": "llm", "instruction": "Summarise.", "inputs": ["input.record"],
+                       "route": "frontier"}]}
+    script(fake)
+    script_local_planner(fake, plan, plan)
+    cfg = with_local_planner(config(fake.url, toolbox.url, tmp_path), fake.url)
+    cfg["guards"] = {"enabled": True, "detectors": ["secrets"], "actions": {"secret": "keep_local"}}
+    gw = start(tmp_path, cfg, PEOPLE)
+    aws = "key AKIAIOSFODNN7EXAMPLE secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    with gw.proc:
+        labelled = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "summarise the record",
+                                                                  "inputs": {"record": "Jane Roe, F32.1"},
+                                                                  "sensitivity": "sensitive"}).json()
+        guarded = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "summarise the record",
+                                                                 "inputs": {"record": aws}}).json()
+        assert labelled["local_only"] is None and guarded["local_only"].startswith("guard findings: "), guarded
+        done = [wait_state(gw, x["id"], "succeeded", "failed") for x in (labelled, guarded)]
+    for t in done:
+        assert t["state"] == "succeeded", t
+        assert [(s["step_id"], s["engine"], s["locality"]) for s in t["steps"]] == [
+            ("plan-1", "localplanner", "local"), ("sum", "small", "local")]
+    assert planner_requests(fake) == []  # the frontier planner saw nothing, not even the goal
+    db = sqlite3.connect(tmp_path / "turnout.sqlite")
+    engines = {e for (e,) in db.execute("SELECT engine FROM requests WHERE labels LIKE '%task:%'")}
+    assert engines == {"localplanner", "small"}
+
+
+def test_sensitive_task_without_a_local_planner_fails_cleanly(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """No route with only local engines can plan: the sensitive task fails (no_local_planner)
+    before any model call; the frontier fake gets no request. A public task still plans."""
+    plan = {"steps": [{"id": "s", "kind": "llm", "instruction": "say hi", "route": "frontier"}]}
+    script(fake, plan)
+    cfg = config(fake.url, toolbox.url, tmp_path)
+    del cfg["engines"]["small"], cfg["routes"]["local"]
+    cfg["tasks"]["executor_route"] = "frontier"
+    gw = start(tmp_path, cfg, PEOPLE)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": {"r": "x"},
+                                                            "sensitivity": "restricted"}).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed")
+        assert t["state"] == "failed" and t["failure"] == "no_local_planner", t
+        assert "labelled restricted" in t["error"] and "nothing was sent" in t["error"]
+        assert t["steps"] == [] and planner_requests(fake) == []
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g"}).json()["id"]
+        assert wait_state(gw, tid, "succeeded", "failed")["state"] == "succeeded"
+    assert len(planner_requests(fake)) == 2  # the public task's plan and step
+
+
+def test_cacheable_read_only_tool_results(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """A read-only tool marked cacheable is called once for the same arguments within the TTL
+    and tenant (the later step shows cached); one not marked is called every time."""
+    tools = {"search_tickets": {"url": toolbox.url + "/search_tickets", "effect": "read_only", "approval": "never",
+                                "cacheable": True},
+             "lookup": {"url": toolbox.url + "/search_tickets", "effect": "read_only", "approval": "never"}}
+    plan = {"steps": [{"id": "s", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}},
+                      {"id": "l", "kind": "tool", "tool": "lookup", "arguments": {"query": "VAT"}}], "result": "s"}
+    script(fake, plan, plan, plan)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, tools=tools),
+               {**PEOPLE, "mallory": ("globex", "user")})
+    body = {"goal": "g", "tools": ["search_tickets", "lookup"]}
+    with gw.proc:
+        a = wait_state(gw, gw.call("POST", "/v1/turnout/tasks", "alice", body).json()["id"], "succeeded", "failed")
+        b = wait_state(gw, gw.call("POST", "/v1/turnout/tasks", "alice", body).json()["id"], "succeeded", "failed")
+        c = wait_state(gw, gw.call("POST", "/v1/turnout/tasks", "mallory", body).json()["id"], "succeeded", "failed",
+                       who="mallory")
+    assert a["state"] == b["state"] == c["state"] == "succeeded"
+    cached = {t["id"]: {s["step_id"]: s["cached"] for s in t["steps"]} for t in (a, b, c)}
+    assert cached[a["id"]] == {"plan-1": False, "s": False, "l": False}
+    assert cached[b["id"]] == {"plan-1": False, "s": True, "l": False}
+    assert cached[c["id"]]["s"] is False  # another tenant: its own call
+    assert a["result"] == b["result"] == {"tickets": [{"id": "T-1", "title": "Invoice shows wrong VAT",
+                                                        "status": "open"}]}
+    calls = httpx.get(toolbox.url + "/calls").json()["calls"]
+    assert len(calls) == 2 + 3  # search_tickets: tenant acme once, globex once; lookup: every task
+    db = sqlite3.connect(tmp_path / "turnout.sqlite")
+    outcomes = [json.loads(p)["outcome"] for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")
+                if json.loads(p).get("task") == b["id"] and json.loads(p)["event"] == "task_tool_call"]
+    assert outcomes == ["cached", "ok"]

@@ -44,6 +44,33 @@ def test_bad_conditions_and_tools_are_config_errors() -> None:
             parse_config({**base, "tasks": {"tools": {"t": tool}}})
     with pytest.raises(ConfigError, match="planner_route"):
         parse_config({**base, "tasks": {"planner_route": "nope"}})
+    with pytest.raises(ConfigError, match="local_planner_route.*remote engines"):
+        parse_config({**base, "tasks": {"local_planner_route": "r"}})
+    with pytest.raises(ConfigError, match="cacheable: true needs effect: read_only"):
+        parse_config({**base, "tasks": {"tools": {"t": {"url": "http://t", "cacheable": True}}}})
+    for budget in (0, -1, float("inf")):
+        with pytest.raises(ConfigError, match="budget_usd"):
+            parse_config({**base, "tasks": {"budget_usd": budget}})
+    parse_config({**base, "tasks": {"budget_usd": 0.5, "tools": {"t": {"url": "http://t", "effect": "read_only",
+                                                                       "cacheable": True}}}})
+
+
+def test_config_check_refuses_cacheable_irreversible(tmp_path: Path) -> None:
+    """`turnout config check` (a real process) refuses a cacheable irreversible tool, naming the key."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {"engines": {"e": {"dialect": "openai", "locality": "remote", "base_url": "http://127.0.0.1:9/v1",
+                             "model": "m"}},
+           "routes": {"r": {"chain": ["e"]}},
+           "tasks": {"tools": {"send_email": {"url": "http://127.0.0.1:9/send", "cacheable": True}}}}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "send_email" in out.stderr and "cacheable" in out.stderr, out.stderr
 
 
 def test_approval_policy() -> None:
@@ -92,13 +119,13 @@ def test_tool_arguments_pass_schema_and_output_guards() -> None:
     scan = Scanner([secrets], output_guards=[secrets]).scan_output
     cfg = ToolConfig(url="http://t", parameters={"type": "object", "required": ["to"],
                                                  "properties": {"to": {"type": "string"}}})
-    check_arguments("send", cfg, {"to": "a@b.example", "body": "hello"}, scan)
+    check_arguments("send", cfg.parameters, {"to": "a@b.example", "body": "hello"}, scan)
     with pytest.raises(ToolError, match="schema"):
-        check_arguments("send", cfg, {"body": "x"}, scan)
+        check_arguments("send", cfg.parameters, {"body": "x"}, scan)
     with pytest.raises(ToolError, match="placeholder"):
-        check_arguments("send", cfg, {"to": "<PERSON_7f3a>"}, scan)
+        check_arguments("send", cfg.parameters, {"to": "<PERSON_7f3a>"}, scan)
     with pytest.raises(ToolError, match="output guards"):
-        check_arguments("send", cfg, {"to": "a@b.example", "body": "key AKIAIOSFODNN7EXAMPLE secret "
+        check_arguments("send", cfg.parameters, {"to": "a@b.example", "body": "key AKIAIOSFODNN7EXAMPLE secret "
                                       "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, scan)
 
 
@@ -153,3 +180,30 @@ def test_example_tasks_config_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "tasks" / "tasks.yaml")
     assert cfg.tasks.tools["send_email"].approval == "always"
     assert cfg.tasks.tools["create_ticket"].when == ["priority == urgent"]
+
+
+def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
+    """A tasks table written by an older gateway (without budget_usd, failure, local_only) gets
+    the columns when a store opens the file; its rows keep working."""
+    import sqlite3
+
+    from turnout.tasks.store import SCHEMA
+
+    old = SCHEMA
+    for column in ("budget_usd", "failure", "local_only"):
+        assert column not in old  # the first release's tables; the columns are added in place
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    db.executescript(old)
+    db.execute("INSERT INTO tasks_tasks (id, tenant, goal, inputs, tools, state, created, updated) "
+               "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1)")
+    db.commit()
+    db.close()
+    store = TaskStore(tmp_path / "t.sqlite")
+    try:
+        assert store.get("task_old")["budget_usd"] is None  # type: ignore[index]
+        tid = store.create("acme", "key_1", "g", {}, [], None, 0.5, "guard findings: secret")
+        t = store.get(tid)
+        assert t is not None and t["budget_usd"] == 0.5 and t["local_only"] == "guard findings: secret"
+    finally:
+        store.close()
+    TaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice

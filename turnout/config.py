@@ -385,6 +385,8 @@ class ToolConfig(_Strict):
     approvers: list[str] = Field(default_factory=list, description="key ids that may decide; empty: any approver "
                                  "key of the task's tenant")
     timeout_s: float = Field(30.0, gt=0)
+    cacheable: bool = Field(False, description="read_only tools only: keep results in the step cache (same "
+                            "tool and arguments, per tenant, for tasks.cache_ttl_s)")
 
     @model_validator(mode="after")
     def _conditions(self) -> ToolConfig:
@@ -398,6 +400,9 @@ class ToolConfig(_Strict):
             raise ValueError("an mcp tool needs exactly one of `url` (streamable HTTP) or `command` (stdio)")
         if self.approval == "when" and not self.when:
             raise ValueError("approval: when needs at least one condition in `when`")
+        if self.cacheable and self.effect != "read_only":
+            raise ValueError("cacheable: true needs effect: read_only (an irreversible call is never cached nor "
+                             "repeated)")
         return self
 
 
@@ -408,6 +413,13 @@ class TasksConfig(_Strict):
                                       "with a remote engine, else the first route)")
     executor_route: str | None = Field(None, description="route executor steps run on unless the plan names "
                                        "another (default: the first route whose chain is all local)")
+    local_planner_route: str | None = Field(
+        None, description="route that plans sensitive tasks (labelled sensitive/restricted, or whose inputs the "
+        "guards keep local); its chain must be all local (default: executor_route if all local, else the first "
+        "all-local route; with none, such tasks fail with no_local_planner and nothing is sent)")
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="default spending limit of a task (POST budget_usd overrides it); "
+                                     "checked before each step and model call; None: none")
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     approval_deadline_s: float = Field(86400.0, gt=0, description="a gate not decided by then is rejected")
     lease_s: float = Field(15.0, gt=0, description="a replica holds a running task this long between heartbeats")
@@ -485,10 +497,14 @@ class TurnoutConfig(_Strict):
                     raise ValueError(f"rules[{i}] ({rule.name}).chain names unknown engine {member!r}")
             if rule.route and rule.route not in self.routes:
                 raise ValueError(f"rules[{i}] ({rule.name}).route names unknown route {rule.route!r}")
-        for what in ("planner_route", "executor_route"):
+        for what in ("planner_route", "executor_route", "local_planner_route"):
             name = getattr(self.tasks, what)
             if name is not None and name not in self.routes:
                 raise ValueError(f"tasks.{what} names unknown route {name!r}; routes are {sorted(self.routes)}")
+        lp = self.tasks.local_planner_route
+        if lp is not None and any(self.engines[e].locality != "local" for e in self.routes[lp].chain):
+            raise ValueError(f"tasks.local_planner_route: route {lp!r} has remote engines; it plans sensitive tasks, "
+                             "so its chain must be all local")
         return self
 
     def local_engines(self) -> list[str]:

@@ -11,6 +11,10 @@ starts: that what the configuration points to exists and loads.
 - **Licenses** that ``policy.licenses`` does not allow (the engine would not start).
 - **API keys**: a remote engine whose ``api_key_env`` variable is unset here (a warning: the
   gateway would start it not ready, ``turnout.engines.admission``).
+- **MCP tools** of ``tasks.tools``: each server is asked for its tools (a stdio server is
+  started and stopped); a declared tool it does not list is an error, a server that cannot be
+  reached now a warning (the gateway checks again at first use), and so is a tool the config
+  calls read_only that its server marks otherwise (``turnout.tasks.tools.server_problems``).
 """
 
 from __future__ import annotations
@@ -85,5 +89,15 @@ def key_problems(cfg: TurnoutConfig) -> list[Problem]:
             for name, e in cfg.engines.items() if (var := missing_key(e)) is not None]
 
 
+def tool_problems(cfg: TurnoutConfig) -> list[Problem]:
+    if not any(t.kind == "mcp" for t in cfg.tasks.tools.values()):
+        return []
+    import asyncio
+
+    from turnout.tasks.tools import server_problems
+
+    return [Problem(*p) for p in asyncio.run(server_problems(cfg.tasks.tools))]
+
+
 def problems(cfg: TurnoutConfig) -> list[Problem]:
-    return [*router_problems(cfg), *weight_problems(cfg), *key_problems(cfg)]
+    return [*router_problems(cfg), *weight_problems(cfg), *key_problems(cfg), *tool_problems(cfg)]

@@ -1,6 +1,7 @@
 """`turnout tasks` and `turnout approvals`: clients of a running gateway's task API.
 
-    turnout tasks run "GOAL" [--input NAME=TEXT] [--input-file NAME=PATH] [--tool T]... [--sensitive] [--follow]
+    turnout tasks run "GOAL" [--input NAME=TEXT] [--input-file NAME=PATH] [--tool T]... [--sensitive]
+                      [--budget USD] [--follow]
     turnout tasks list | show TASK_ID | cancel TASK_ID
     turnout approvals list
     turnout approvals approve GATE_ID [--reason TEXT] [--arguments JSON]
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--input", action="append", default=[], metavar="NAME=TEXT")
     run.add_argument("--input-file", action="append", default=[], metavar="NAME=PATH")
     run.add_argument("--tool", action="append", default=[], help="a tool the task may use (repeat)")
-    run.add_argument("--sensitive", action="store_true", help="every step stays on local engines")
+    run.add_argument("--sensitive", action="store_true", help="every model call, the plan's too, stays on local engines")
+    run.add_argument("--budget", type=float, metavar="USD", help="the task's spending limit (default: tasks.budget_usd)")
     run.add_argument("--follow", action="store_true", help="print progress until the task ends or waits for approval")
     _common(run)
     run.set_defaults(func=run_task)
@@ -94,6 +96,8 @@ def run_task(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"goal": args.goal, "inputs": inputs, "tools": args.tool}
     if args.sensitive:
         body["sensitivity"] = "sensitive"
+    if args.budget is not None:
+        body["budget_usd"] = args.budget
     made = _call(args, "POST", "/v1/turnout/tasks", body)
     print(json.dumps(made) if args.json else f"task {made['id']} queued")
     if args.follow:
@@ -136,8 +140,11 @@ def show_task(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(t, indent=2))
         return 0
-    print(f"task {t['id']}: {t['state']}  cost ${t['cost_usd']:.6f} (saved by the step cache ${t['saved_usd']:.6f}), "
-          f"{t['tokens']} tokens, plan v{t['plan_version']}, re-plans {t['replans']}")
+    budget = f" of ${t['budget_usd']:.6f}" if t.get("budget_usd") is not None else ""
+    print(f"task {t['id']}: {t['state']}  cost ${t['cost_usd']:.6f}{budget} (saved by the step cache "
+          f"${t['saved_usd']:.6f}), {t['tokens']} tokens, plan v{t['plan_version']}, re-plans {t['replans']}")
+    if t.get("local_only"):
+        print(f"  every model call local: {t['local_only']}")
     for s in t["steps"]:
         where = f"{s['route'] or ''}/{s['engine'] or '-'}({s['locality'] or '-'})" if s["kind"] != "tool" else s["route"]
         cached = " cached" if s["cached"] else ""
@@ -146,7 +153,7 @@ def show_task(args: argparse.Namespace) -> int:
     for g in t["gates"]:
         print(f"  gate {g['id']} {g['tool']} {g['state']} by {g['decided_by'] or '-'}")
     if t["error"]:
-        print(f"error: {t['error']}")
+        print(f"error ({t.get('failure') or 'failed'}): {t['error']}")
     if t["result"] is not None:
         print("result:", t["result"] if isinstance(t["result"], str) else json.dumps(t["result"]))
     return 0 if t["state"] != "failed" else 1

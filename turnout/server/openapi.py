@@ -315,13 +315,17 @@ def document() -> dict[str, Any]:
     })
 
 
+_MAYBE_NUMBER = {"type": ["number", "null"]}
+_MAYBE_STRING = {"type": ["string", "null"]}
 TASK_CREATED = {"type": "object", "required": ["object", "id", "state"],
-                "properties": {"object": {"const": "task"}, "id": _STRING, "state": _STRING}}
+                "properties": {"object": {"const": "task"}, "id": _STRING, "state": _STRING,
+                               "budget_usd": _MAYBE_NUMBER, "local_only": _MAYBE_STRING}}
 TASK = {"type": "object", "required": ["object", "id", "state", "goal", "steps", "gates", "cost_usd", "saved_usd"],
         "properties": {"object": {"const": "task"}, "id": _STRING, "state": _STRING, "goal": _STRING,
                        "steps": {"type": "array", "items": {"type": "object"}},
                        "gates": {"type": "array", "items": {"type": "object"}},
-                       "cost_usd": {"type": "number"}, "saved_usd": {"type": "number"}}}
+                       "cost_usd": {"type": "number"}, "saved_usd": {"type": "number"},
+                       "budget_usd": _MAYBE_NUMBER, "failure": _MAYBE_STRING, "local_only": _MAYBE_STRING}}
 TASK_LIST = {"type": "object", "required": ["object", "data"],
              "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}}}
 TASK_CANCELLED = {"type": "object", "required": ["object", "id", "cancel_requested"],

@@ -2,7 +2,7 @@
 ``turnout.server.authz.ENDPOINTS``; every lookup is within the caller's tenant (another
 tenant's task or gate is a 404, exactly like an unknown one).
 
-    POST /v1/turnout/tasks                   user      {"goal", "inputs": {}, "tools": [], "sensitivity"?}
+    POST /v1/turnout/tasks                   user      {"goal", "inputs": {}, "tools": [], "sensitivity"?, "budget_usd"?}
     GET  /v1/turnout/tasks                   user      the tenant's tasks
     GET  /v1/turnout/tasks/{id}              user, approver, viewer   state, plan, steps, cost
     GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
@@ -13,7 +13,8 @@ tenant's task or gate is a 404, exactly like an unknown one).
 
 A decision needs an ``approver`` key of the task's tenant other than the key that started
 the task (four eyes), and, when the tool lists ``approvers``, one of those key ids. Each
-decision is appended to the hash-chained audit log.
+decision is appended to the hash-chained audit log, as are a task's creation (who, tenant, the
+goal's hash, its tools) and cancellation (the runner adds its plans, tool calls and end).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from turnout.errors import InvalidRequest, NotFound, PermissionDenied, TurnoutError
+from turnout.protocol import SENSITIVE_LEVELS
 from turnout.server.authz import principal
 from turnout.server.body import read_json, validate
-from turnout.tasks.runner import TaskRunner
+from turnout.tasks.runner import TaskRunner, sha256_json
 from turnout.tasks.store import TERMINAL
+from turnout.tasks.tools import ToolError
 
 MAX_BODY_BYTES = 1024 * 1024
 SENSITIVITY = ("public", "internal", "sensitive", "restricted")
@@ -50,6 +53,8 @@ class TaskBody(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     tools: list[str] = Field(default_factory=list)
     sensitivity: Literal["public", "internal", "sensitive", "restricted"] | None = None
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="the task's spending limit in USD (default: tasks.budget_usd)")
 
 
 class DecisionBody(BaseModel):
@@ -67,20 +72,22 @@ def _runner(request: Request) -> TaskRunner:
     return runner
 
 
-def _task(request: Request, tid: str) -> dict[str, Any]:
-    t = _runner(request).store.get(tid)
+async def _task(request: Request, tid: str) -> dict[str, Any]:
+    t = await asyncio.to_thread(_runner(request).store.get, tid)
     if t is None or t["tenant"] != principal(request).tenant:
         raise NotFound(f"no task {tid!r}", code="task_not_found")
     return t
 
 
 def view(runner: TaskRunner, t: dict[str, Any]) -> dict[str, Any]:
+    """The task as GET shows it (store reads: call it in a worker thread)."""
     steps = runner.store.steps(t["id"])
     gates = [g for g in runner.store.gates(t["tenant"], None) if g["task_id"] == t["id"]]
     return {"object": "task", "id": t["id"], "state": t["state"], "goal": t["goal"], "tools": t["tools"],
             "sensitivity": t["sensitivity"], "plan": t["plan"], "plan_version": t["plan_version"],
             "replans": t["replans"], "notes": t["notes"], "result": t["result"], "error": t["error"],
-            "cost_usd": t["cost_usd"], "saved_usd": t["saved_usd"],
+            "cost_usd": t["cost_usd"], "saved_usd": t["saved_usd"], "budget_usd": t["budget_usd"],
+            "failure": t["failure"], "local_only": t["local_only"],
             "tokens": sum(s["prompt_tokens"] + s["completion_tokens"] for s in steps),
             "steps": steps, "gates": gates, "created": t["created"], "updated": t["updated"]}
 
@@ -97,9 +104,18 @@ async def create_task(request: Request) -> Response:
     if label is not None and label.strip().lower() not in SENSITIVITY:
         raise InvalidRequest(f"x-turnout-sensitivity must be one of {list(SENSITIVITY)}", param="x-turnout-sensitivity")
     key_id = who.key.key_id if who.key is not None else None
+    sensitivity = label.strip().lower() if label else None
+    budget = body.budget_usd if body.budget_usd is not None else runner.tc.budget_usd
+    # not labelled sensitive, but the guards keep its goal or inputs local: every call stays local
+    local_only = None if sensitivity in SENSITIVE_LEVELS else await runner.confinement(body.goal, body.inputs)
     tid = await asyncio.to_thread(runner.store.create, who.tenant, key_id, body.goal, body.inputs, body.tools,
-                                  label.strip().lower() if label else None)
-    return JSONResponse({"object": "task", "id": tid, "state": "queued"}, status_code=201)
+                                  sensitivity, budget, local_only)
+    await runner.audit_event({"event": "task_created", "task": tid, "tenant": who.tenant, "by": key_id or "anonymous",
+                              "goal_sha256": sha256_json(body.goal), "inputs": sorted(body.inputs),
+                              "tools": body.tools, "sensitivity": sensitivity, "local_only": local_only,
+                              "budget_usd": budget})
+    return JSONResponse({"object": "task", "id": tid, "state": "queued", "budget_usd": budget,
+                         "local_only": local_only}, status_code=201)
 
 
 async def list_tasks(request: Request) -> Response:
@@ -109,20 +125,27 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def get_task(request: Request) -> Response:
-    t = _task(request, request.path_params["task_id"])
-    return JSONResponse(view(_runner(request), t))
+    t = await _task(request, request.path_params["task_id"])
+    return JSONResponse(await asyncio.to_thread(view, _runner(request), t))
 
 
 async def cancel_task(request: Request) -> Response:
-    t = _task(request, request.path_params["task_id"])
+    t = await _task(request, request.path_params["task_id"])
     runner = _runner(request)
     if not await asyncio.to_thread(runner.store.request_cancel, t["id"]):
         raise Conflict(f"task {t['id']} already ended ({t['state']})", code="task_ended")
+    who = principal(request)
+    await runner.audit_event({"event": "task_cancel", "task": t["id"], "tenant": t["tenant"],
+                              "by": who.key.key_id if who.key is not None else "anonymous"})
+    after = await asyncio.to_thread(runner.store.get, t["id"])
+    if after is not None and after["state"] == "cancelled":  # parked or queued: it ended here (running: at its runner)
+        await runner.audit_event({"event": "task_end", "task": t["id"], "tenant": t["tenant"], "state": "cancelled",
+                                  "failure": None, "cost_usd": after["cost_usd"], "saved_usd": after["saved_usd"]})
     return JSONResponse({"object": "task", "id": t["id"], "cancel_requested": True})
 
 
 async def task_events(request: Request) -> Response:
-    t = _task(request, request.path_params["task_id"])
+    t = await _task(request, request.path_params["task_id"])
     runner = _runner(request)
 
     async def events() -> AsyncIterator[bytes]:
@@ -156,7 +179,7 @@ async def decide(request: Request) -> Response:
     if gate is None or gate["tenant"] != who.tenant:
         raise NotFound(f"no approval {gid!r}", code="approval_not_found")
     body = validate(DecisionBody, await read_json(request, MAX_BODY_BYTES))
-    task = runner.store.get(gate["task_id"])
+    task = await asyncio.to_thread(runner.store.get, gate["task_id"])
     assert task is not None
     me = who.key.key_id if who.key is not None else None
     if me is not None and me == task["key_id"]:
@@ -170,11 +193,11 @@ async def decide(request: Request) -> Response:
         if body.decision != "approve":
             raise InvalidRequest("arguments can only be edited on approve", param="arguments")
         if tool is not None:
-            from turnout.tasks.tools import ToolError, check_arguments
-
             try:
-                check_arguments(gate["tool"], tool, body.arguments)
+                await runner.tools.check(gate["tool"], body.arguments)
             except ToolError as exc:
+                if exc.code != "tool_error":  # the tool's MCP server: unreachable, or without the tool
+                    raise TurnoutError(str(exc), status=503, code=exc.code) from None
                 raise InvalidRequest(str(exc), param="arguments", code="invalid_arguments") from None
         edited = body.arguments
     state = "approved" if body.decision == "approve" else "rejected"

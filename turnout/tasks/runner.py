@@ -9,6 +9,14 @@ the step. Running a task is a walk over its plan that skips steps already done, 
 resumed on another replica (after a restart, a lapsed lease or a decision) continues where it
 stopped; an irreversible tool call is recorded under its idempotency key before it is sent,
 and a retry sends the same key.
+
+A task that must stay local (labelled sensitive or restricted, or whose goal and inputs the
+guards keep local) makes every model call, the plan's included, on local routes with its
+sensitivity on the call, so the pipeline confines it too. A task's own budget (``budget_usd``)
+is checked before every step and model call. The store is synchronous (SQLite, psycopg):
+every store call runs in a worker thread, never on the event loop. Task life-cycle events
+(created, each accepted plan, each tool call, cancel, the end) go to the hash-chained audit
+log beside the approval decisions.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from asyncio import to_thread
 from typing import Any
 
 import orjson
@@ -43,19 +52,43 @@ class StepFailed(Exception):
 
 
 class TaskFailed(Exception):
-    """The task cannot go on (invalid plan after repair, budget, key revoked, re-plans spent)."""
+    """The task cannot go on (invalid plan after repair, budget, key revoked, re-plans spent);
+    ``code`` says why in one word (the task's ``failure``)."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def default_routes(cfg: TurnoutConfig) -> tuple[str, str]:
-    """(planner route, executor route): the configured ones, else the first route with a
-    remote engine and the first route whose chain is all local."""
+def sha256_json(obj: Any) -> str:
+    """The hash the audit log keeps instead of a goal, a plan or a tool's arguments."""
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def all_local(cfg: TurnoutConfig, route: str) -> bool:
+    return all(cfg.engines[e].locality == "local" for e in cfg.routes[route].chain)
+
+
+def default_routes(cfg: TurnoutConfig) -> tuple[str, str, str | None]:
+    """(planner route, executor route, local planner route): the configured ones, else the first
+    route with a remote engine, the first route whose chain is all local, and for sensitive
+    tasks the executor route when it is all local, else the first all-local route (None: no
+    route can plan a sensitive task)."""
     routes = cfg.routes
-    local = [a for a, r in routes.items() if all(cfg.engines[e].locality == "local" for e in r.chain)]
+    local = [a for a in routes if all_local(cfg, a)]
     remote = [a for a, r in routes.items() if any(cfg.engines[e].locality == "remote" for e in r.chain)]
     first = next(iter(routes), "auto")
     planner = cfg.tasks.planner_route or (remote[0] if remote else first)
     executor = cfg.tasks.executor_route or (local[0] if local else first)
-    return planner, executor
+    local_planner = cfg.tasks.local_planner_route or (executor if executor in local else local[0] if local else None)
+    return planner, executor, local_planner
+
+
+def local_reason(t: dict[str, Any]) -> str | None:
+    """Why every model call of this task stays local, or None."""
+    if (t["sensitivity"] or "") in SENSITIVE_LEVELS:
+        return f"labelled {t['sensitivity']}"
+    return t.get("local_only") or None
 
 
 class TaskRunner:
@@ -64,7 +97,8 @@ class TaskRunner:
         self.cfg = gateway.cfg
         self.tc = gateway.cfg.tasks
         self.owner = new_id("replica")
-        self.planner_route, self.executor_route = default_routes(gateway.cfg)
+        self.planner_route, self.executor_route, self.local_planner_route = default_routes(gateway.cfg)
+        self.tools = toolmod.Toolbox(self.tc.tools)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
 
@@ -79,13 +113,14 @@ class TaskRunner:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        await self.tools.close()
 
     async def loop(self) -> None:
         while True:
             try:
                 await self.expire_gates()
                 while len(self.running) < MAX_PARALLEL:
-                    tid = await asyncio.to_thread(self.store.claim, self.owner, self.tc.lease_s)
+                    tid = await to_thread(self.store.claim, self.owner, self.tc.lease_s)
                     if tid is None:
                         break
                     self.running[tid] = asyncio.create_task(self.run(tid))
@@ -96,9 +131,9 @@ class TaskRunner:
             await asyncio.sleep(self.tc.poll_s)
 
     async def expire_gates(self) -> None:
-        for g in await asyncio.to_thread(self.store.expired_gates):
+        for g in await to_thread(self.store.expired_gates):
             reason = "the approval deadline passed (rejected by default)"
-            if await asyncio.to_thread(self.store.decide, g["id"], "expired", "deadline", reason, None):
+            if await to_thread(self.store.decide, g["id"], "expired", "deadline", reason, None):
                 await self.audit_event({"event": "task_approval", "gate": g["id"], "task": g["task_id"],
                                         "tenant": g["tenant"], "tool": g["tool"], "decision": "expired",
                                         "by": "deadline"})
@@ -108,7 +143,23 @@ class TaskRunner:
             try:
                 await self.audit.aappend(payload)
             except Exception:
-                log.exception("audit append failed for %s", payload.get("gate"))
+                log.exception("audit append failed for %s of %s", payload.get("event"), payload.get("task"))
+
+    async def confinement(self, goal: str, inputs: dict[str, Any]) -> str | None:
+        """Why a new task must stay local though it is not labelled so: the guards keep its goal
+        or inputs off remote engines under the planner route's policy (a secret, a detector
+        that failed, ...). None when remote engines may see it, or guards are off."""
+        guards = self.gw.guards
+        if guards is None:
+            return None
+        text = "\n\n".join([goal, *(f"{k}:\n{planmod.as_text(v)}" for k, v in inputs.items())])
+        req = ChatRequest(model=self.planner_route, messages=[ChatMessage(role="user", content=text)])
+        insp = await guards.inspect(req, block=False)
+        route = self.cfg.routes.get(self.planner_route)
+        state = guards.protect(req, insp, guards.policy_for(route.guards if route else None))
+        if state.safe_for_remote:
+            return None
+        return "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
 
     async def run(self, tid: str) -> None:
         work = asyncio.current_task()
@@ -117,7 +168,7 @@ class TaskRunner:
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.tc.lease_s / 3)
-                if not await asyncio.to_thread(self.store.renew, tid, self.owner, self.tc.lease_s):
+                if not await to_thread(self.store.renew, tid, self.owner, self.tc.lease_s):
                     log.warning("lost the lease of %s; stopping it here", tid)
                     work.cancel()
                     return
@@ -126,45 +177,65 @@ class TaskRunner:
         try:
             await self.drive(tid)
         except TaskFailed as exc:
-            self.store.update(tid, ("failed", {"error": str(exc)}), state="failed", error=str(exc))
+            await self.finish(tid, "failed", error=str(exc), failure=exc.code)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
             log.exception("task %s failed", tid)
-            msg = f"internal error: {exc.__class__.__name__}"
-            self.store.update(tid, ("failed", {"error": msg}), state="failed", error=msg)
+            await self.finish(tid, "failed", error=f"internal error: {exc.__class__.__name__}", failure="internal_error")
         finally:
             beat.cancel()
-            await asyncio.to_thread(self.store.release, tid, self.owner)
+            await to_thread(self.store.release, tid, self.owner)
             self.running.pop(tid, None)
+
+    async def finish(self, tid: str, state: str, **fields: Any) -> None:
+        """End the task (succeeded, failed or cancelled) and say so in the audit log."""
+        event = {k: fields[k] for k in ("error", "failure") if fields.get(k) is not None}
+        await to_thread(self.store.update, tid, (state, event), state=state, **fields)
+        t = await to_thread(self.store.get, tid)
+        assert t is not None
+        await self.audit_event({"event": "task_end", "task": tid, "tenant": t["tenant"], "state": state,
+                                "failure": t["failure"], "cost_usd": t["cost_usd"], "saved_usd": t["saved_usd"]})
 
     # ---- one task ---------------------------------------------------------------------------
     async def drive(self, tid: str) -> None:
         while True:
-            t = self.store.get(tid)
+            t = await to_thread(self.store.get, tid)
             if t is None or t["state"] in ("succeeded", "failed", "cancelled", "awaiting_approval"):
                 return
             if t["cancel_requested"]:
-                self.store.update(tid, ("cancelled", {}), state="cancelled")
+                await self.finish(tid, "cancelled")
                 return
             if t["plan"] is None:
-                plan = await self.make_plan(t)
-                self.store.update(tid, ("planned", {"plan_version": t["plan_version"] + 1, "plan": plan.model_dump()}),
-                                  plan=plan.model_dump(), plan_version=t["plan_version"] + 1)
+                plan, route = await self.make_plan(t)
+                version = t["plan_version"] + 1
+                await to_thread(self.store.update, tid, ("planned", {"plan_version": version, "plan": plan.model_dump()}),
+                                plan=plan.model_dump(), plan_version=version)
+                await self.audit_event({"event": "task_plan", "task": tid, "tenant": t["tenant"],
+                                        "plan_version": version, "plan_sha256": sha256_json(plan.model_dump()),
+                                        "steps": len(plan.steps), "route": route})
                 continue
             try:
                 done = await self.walk(t)
             except StepFailed as exc:
-                self.replan(t, str(exc))
+                await self.replan(t, str(exc))
                 continue
             if done:
                 return
 
-    def replan(self, t: dict[str, Any], reason: str) -> None:
+    async def replan(self, t: dict[str, Any], reason: str) -> None:
         if t["replans"] >= self.tc.max_replans:
-            raise TaskFailed(f"{reason}; no re-plans left ({self.tc.max_replans} used)")
-        self.store.update(t["id"], ("replan", {"reason": reason}), plan=None, replans=t["replans"] + 1,
-                          notes=[*t["notes"], reason])
+            raise TaskFailed(f"{reason}; no re-plans left ({self.tc.max_replans} used)", code="replans_spent")
+        await to_thread(self.store.update, t["id"], ("replan", {"reason": reason}), plan=None, replans=t["replans"] + 1,
+                        notes=[*t["notes"], reason])
+
+    async def check_budget(self, tid: str) -> None:
+        """Before each step and model call: the task's rolled-up cost against its budget."""
+        t = await to_thread(self.store.get, tid)
+        assert t is not None
+        if t["budget_usd"] is not None and t["cost_usd"] >= t["budget_usd"]:
+            raise TaskFailed(f"budget_exhausted: the task spent ${t['cost_usd']:.6f} of its ${t['budget_usd']:.6f} "
+                             "budget; nothing more runs", code="budget_exhausted")
 
     async def walk(self, t: dict[str, Any]) -> bool:
         """Run the plan's steps not done yet; True when the task ended (done or parked)."""
@@ -172,13 +243,14 @@ class TaskRunner:
         plan = planmod.Plan.model_validate(t["plan"])
         results: dict[str, Any] = {}
         for step in plan.steps:
-            if self.store.get(tid)["cancel_requested"]:  # type: ignore[index]
-                self.store.update(tid, ("cancelled", {}), state="cancelled")
+            if (await to_thread(self.store.get, tid) or {}).get("cancel_requested"):
+                await self.finish(tid, "cancelled")
                 return True
-            prior = self.store.step(tid, version, step.id)
+            prior = await to_thread(self.store.step, tid, version, step.id)
             if prior is not None and prior["status"] == "ok":
                 results[step.id] = prior["result"]
                 continue
+            await self.check_budget(tid)
             if step.kind == "llm":
                 results[step.id] = await self.llm_step(t, version, step, results)
             else:
@@ -186,61 +258,78 @@ class TaskRunner:
                 if out is _PARKED:
                     return True
                 results[step.id] = out
-        final = results[plan.result or plan.steps[-1].id]
-        self.store.update(tid, ("succeeded", {}), state="succeeded", result=final)
+        await self.finish(tid, "succeeded", result=results[plan.result or plan.steps[-1].id])
         return True
 
     # ---- the planner ------------------------------------------------------------------------
-    async def make_plan(self, t: dict[str, Any]) -> planmod.Plan:
-        allowed = {n: c for n, c in self.tc.tools.items() if n in t["tools"]}
-        prompt = planmod.planner_prompt(t["goal"], t["inputs"], toolmod.describe(allowed), list(self.cfg.routes),
-                                        t["notes"])
+    async def make_plan(self, t: dict[str, Any]) -> tuple[planmod.Plan, str]:
+        """A checked plan and the route that made it: the planner route, or for a task that
+        must stay local the local planner route (none: the task fails, nothing is sent)."""
+        local = local_reason(t)
+        route = self.planner_route
+        if local is not None:
+            if self.local_planner_route is None:
+                raise TaskFailed(f"this task must stay on local engines ({local}) and no route with only local "
+                                 "engines can plan it (tasks.local_planner_route); nothing was sent",
+                                 code="no_local_planner")
+            route = self.local_planner_route
+        allowed = [n for n in self.tc.tools if n in t["tools"]]
+        try:
+            described = await self.tools.describe(allowed)
+        except toolmod.ToolError as exc:
+            raise TaskFailed(str(exc), code=exc.code) from None
+        prompt = planmod.planner_prompt(t["goal"], t["inputs"], described, list(self.cfg.routes), t["notes"])
         messages = [ChatMessage(role="system", content=PLANNER_SYSTEM), ChatMessage(role="user", content=prompt)]
         sid = f"plan-{t['plan_version'] + 1}"
         for attempt in (1, 2):
             text = await self.model_call(t, t["plan_version"], sid if attempt == 1 else sid + "-repair", "plan",
-                                         self.planner_route, messages, sensitive=False)
+                                         route, messages)
             try:
-                return planmod.parse_plan(text, set(t["inputs"]), set(allowed), set(self.cfg.routes), self.tc.max_steps)
+                plan = planmod.parse_plan(text, set(t["inputs"]), set(allowed), set(self.cfg.routes), self.tc.max_steps)
+                return plan, route
             except planmod.PlanError as exc:
                 if attempt == 2:
-                    raise TaskFailed(f"the planner's plan was invalid after one repair: {exc}") from None
+                    raise TaskFailed(f"the planner's plan was invalid after one repair: {exc}",
+                                     code="invalid_plan") from None
                 messages += [ChatMessage(role="assistant", content=text),
                              ChatMessage(role="user", content=f"That plan is invalid: {exc}. Answer with the corrected "
                                                               "JSON object only.")]
         raise AssertionError("unreachable")
 
     async def model_call(self, t: dict[str, Any], version: int, sid: str, kind: str, route: str,
-                         messages: list[ChatMessage], sensitive: bool) -> str:
+                         messages: list[ChatMessage]) -> str:
+        await self.check_budget(t["id"])
         req = ChatRequest(model=route, messages=messages, temperature=0,
                           max_tokens=None if kind == "plan" else self.tc.step_max_tokens)
-        call = Call(on_behalf_of=t["key_id"], sensitivity=t["sensitivity"] if sensitive else None)
+        sensitivity = t["sensitivity"] if local_reason(t) is None or t["sensitivity"] in SENSITIVE_LEVELS \
+            else "sensitive"  # kept local by the guards: the pipeline confines it like a labelled one
+        call = Call(on_behalf_of=t["key_id"], sensitivity=sensitivity)
         call.labels.add(f"task:{t['id']}")
         t0 = time.perf_counter()
         try:
             result = await self.gw.chat(req, call)
         except TurnoutError as exc:
-            self.store.save_step(t["id"], version, sid, kind=kind, route=route, request_id=call.request_id,
-                                 status="error", error=exc.message, cost_usd=call.trail.cost(),
-                                 latency_ms=(time.perf_counter() - t0) * 1000)
+            await to_thread(self.store.save_step, t["id"], version, sid, kind=kind, route=route,
+                            request_id=call.request_id, status="error", error=exc.message, cost_usd=call.trail.cost(),
+                            latency_ms=(time.perf_counter() - t0) * 1000)
             if exc.status in (401, 403, 429) or kind == "plan":
                 raise TaskFailed(f"{kind} step {sid} refused by the gateway ({exc.status} {exc.code}): "
-                                 f"{exc.message}") from None
+                                 f"{exc.message}", code="refused" if exc.status in (401, 403, 429)
+                                 else "planner_failed") from None
             raise StepFailed(f"step {sid} failed: {exc.message}") from None
         e, u = call.trail.engine, call.trail.usage
-        self.store.save_step(t["id"], version, sid, kind=kind, route=route, engine=e.name if e else None,
-                             locality=e.locality if e else None, request_id=call.request_id,
-                             prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                             cost_usd=call.trail.cost(), latency_ms=(time.perf_counter() - t0) * 1000,
-                             status="ok", result=result.content or "")
+        await to_thread(self.store.save_step, t["id"], version, sid, kind=kind, route=route,
+                        engine=e.name if e else None, locality=e.locality if e else None, request_id=call.request_id,
+                        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                        cost_usd=call.trail.cost(), latency_ms=(time.perf_counter() - t0) * 1000,
+                        status="ok", result=result.content or "")
         return result.content or ""
 
     # ---- executor steps ---------------------------------------------------------------------
     async def llm_step(self, t: dict[str, Any], version: int, step: planmod.Step, results: dict[str, Any]) -> Any:
-        sensitive = (t["sensitivity"] or "") in SENSITIVE_LEVELS
         route = step.route or self.executor_route
-        if sensitive and route != self.executor_route:
-            route = self.executor_route  # sensitive inputs stay local, whatever the plan says
+        if local_reason(t) is not None and not all_local(self.cfg, route):
+            route = self.executor_route  # a task that must stay local: whatever the plan says
         instruction = planmod.fill(step.instruction or "", t["inputs"], results)
         parts = [planmod.as_text(instruction)]
         for ref in step.inputs:
@@ -250,19 +339,20 @@ class TaskRunner:
         prompt = "\n\n".join(parts)
         messages = [ChatMessage(role="system", content=EXECUTOR_SYSTEM), ChatMessage(role="user", content=prompt)]
         key = hashlib.sha256(orjson.dumps(["llm", route, EXECUTOR_SYSTEM, prompt, 0, self.tc.step_max_tokens,
-                                           t["sensitivity"]])).hexdigest()
+                                           t["sensitivity"], local_reason(t)])).hexdigest()
         if self.tc.cache_ttl_s > 0:
-            hit = self.store.cached(key, t["tenant"], self.tc.cache_ttl_s)
+            hit = await to_thread(self.store.cached, key, t["tenant"], self.tc.cache_ttl_s)
             if hit is not None:
                 engine = self.gw.engines.get(hit["engine"] or "")
-                self.store.save_step(t["id"], version, step.id, kind="llm", route=route, engine=hit["engine"],
-                                     locality=engine.info.locality if engine else None, cached=1, saved_usd=hit["cost_usd"], status="ok", result=hit["result"],
-                                     latency_ms=0.0)
+                await to_thread(self.store.save_step, t["id"], version, step.id, kind="llm", route=route,
+                                engine=hit["engine"], locality=engine.info.locality if engine else None, cached=1,
+                                saved_usd=hit["cost_usd"], status="ok", result=hit["result"], latency_ms=0.0)
                 return hit["result"]
-        text = await self.model_call(t, version, step.id, "llm", route, messages, sensitive=True)
+        text = await self.model_call(t, version, step.id, "llm", route, messages)
         if self.tc.cache_ttl_s > 0:
-            s = self.store.step(t["id"], version, step.id)
-            self.store.keep(key, t["tenant"], text, s["engine"] if s else None, s["cost_usd"] if s else 0.0)
+            s = await to_thread(self.store.step, t["id"], version, step.id)
+            await to_thread(self.store.keep, key, t["tenant"], text, s["engine"] if s else None,
+                            s["cost_usd"] if s else 0.0)
         return text
 
     async def tool_step(self, t: dict[str, Any], version: int, step: planmod.Step, results: dict[str, Any]) -> Any:
@@ -271,49 +361,71 @@ class TaskRunner:
         args = planmod.fill(step.arguments, t["inputs"], results)
         why = toolmod.needs_approval(cfg, args)
         if why is not None:
-            gate = self.store.gate_for(t["id"], version, step.id)
+            gate = await to_thread(self.store.gate_for, t["id"], version, step.id)
             if gate is None:
-                self.check(t, name, cfg, args)
+                await self.check(name, args)
                 deadline = time.time() + self.tc.approval_deadline_s
-                self.store.park(t["id"], t["tenant"], version, step.id, name, args, step.reason or "", why, deadline)
+                await to_thread(self.store.park, t["id"], t["tenant"], version, step.id, name, args, step.reason or "",
+                                why, deadline)
                 return _PARKED
             if gate["state"] == "pending":
                 return _PARKED
             if gate["state"] in ("rejected", "expired", "cancelled"):
-                self.store.save_step(t["id"], version, step.id, kind="tool", status=gate["state"],
-                                     error=gate["decision_reason"])
+                await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", status=gate["state"],
+                                error=gate["decision_reason"])
                 raise StepFailed(f"a person {'rejected' if gate['state'] == 'rejected' else 'did not approve'} "
                                  f"{name} with arguments {orjson.dumps(gate['arguments']).decode()}: "
                                  f"{gate['decision_reason'] or 'no reason given'}")
             if gate["edited"] is not None:
                 args = gate["edited"]
-        self.check(t, name, cfg, args)
+        await self.check(name, args)
+        ikey = f"{t['id']}:{version}:{step.id}" if cfg.effect == "irreversible" else None
+        audit = {"event": "task_tool_call", "task": t["id"], "tenant": t["tenant"], "plan_version": version,
+                 "step": step.id, "tool": name, "arguments_sha256": sha256_json(args), "idempotency_key": ikey}
         t0 = time.perf_counter()
+        cache_key = None
         try:
-            if cfg.effect == "irreversible":
-                ikey = f"{t['id']}:{version}:{step.id}"
-                prior = self.store.tool_call(ikey)
+            if ikey is not None:
+                prior = await to_thread(self.store.tool_call, ikey)
                 if prior is not None and prior["state"] == "done":
-                    out = prior["result"]
+                    out, outcome = prior["result"], "replayed"
                 else:
-                    self.store.tool_started(ikey, t["id"], name, args)
-                    out = await toolmod.call_tool(name, cfg, args, ikey)
-                    self.store.tool_done(ikey, out)
+                    await to_thread(self.store.tool_started, ikey, t["id"], name, args)
+                    out, outcome = await self.tools.call(name, args, ikey), "ok"
+                    await to_thread(self.store.tool_done, ikey, out)
             else:
-                out = await toolmod.call_tool(name, cfg, args, None)
+                hit = None
+                if cfg.cacheable and self.tc.cache_ttl_s > 0:  # read-only by the config's own check
+                    cache_key = sha256_json(["tool", name, self.tools.identity(name), args])
+                    hit = await to_thread(self.store.cached, cache_key, t["tenant"], self.tc.cache_ttl_s)
+                if hit is not None:
+                    await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", route=name,
+                                    cached=1, status="ok", result=hit["result"], latency_ms=0.0)
+                    await self.audit_event({**audit, "outcome": "cached"})
+                    return hit["result"]
+                out, outcome = await self.tools.call(name, args, None), "ok"
         except toolmod.ToolError as exc:
-            self.store.save_step(t["id"], version, step.id, kind="tool", route=name, status="error", error=str(exc))
+            await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", route=name, status="error",
+                            error=str(exc))
+            await self.audit_event({**audit, "outcome": "error"})
+            if exc.code == "tool_missing":
+                raise TaskFailed(str(exc), code=exc.code) from None
             raise StepFailed(str(exc)) from None
-        self.store.save_step(t["id"], version, step.id, kind="tool", route=name, status="ok", result=out,
-                             latency_ms=(time.perf_counter() - t0) * 1000)
+        await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", route=name, status="ok",
+                        result=out, latency_ms=(time.perf_counter() - t0) * 1000)
+        if cache_key is not None:
+            await to_thread(self.store.keep, cache_key, t["tenant"], out, None, 0.0)
+        await self.audit_event({**audit, "outcome": outcome})
         return out
 
-    def check(self, t: dict[str, Any], name: str, cfg: Any, args: dict[str, Any]) -> None:
+    async def check(self, name: str, args: dict[str, Any]) -> None:
         guards = self.gw.guards
         scan = guards.scanner.scan_output if guards is not None else None
         try:
-            toolmod.check_arguments(name, cfg, args, scan)
+            await self.tools.check(name, args, scan)
         except toolmod.ToolError as exc:
+            if exc.code == "tool_missing":
+                raise TaskFailed(str(exc), code=exc.code) from None
             raise StepFailed(str(exc)) from None
 
 

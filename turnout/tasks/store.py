@@ -60,6 +60,16 @@ CREATE TABLE IF NOT EXISTS tasks_step_cache (
 """
 
 
+# Columns added after the first release: (table, column, SQL type). Each store adds those its
+# tables lack when it opens (ALTER TABLE ... ADD COLUMN; PostgreSQL: IF NOT EXISTS), so a file or
+# schema made by an older gateway keeps working.
+ADDED_COLUMNS = (
+    ("tasks_tasks", "budget_usd", "REAL"),      # the task's own spending limit (None: none)
+    ("tasks_tasks", "failure", "TEXT"),         # why it failed, as a code: budget_exhausted, no_local_planner, ...
+    ("tasks_tasks", "local_only", "TEXT"),      # why every model call stays local (None: it need not)
+)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
@@ -82,10 +92,19 @@ class TaskStore:
         self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
+        # reads on a connection of their own: in WAL mode they never wait for a writer, so a task
+        # view answers while a write waits for the file's lock (held by another replica, the ledger)
+        self.rdb: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.rdb.row_factory = sqlite3.Row
+        self.rlock = threading.Lock()
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(SCHEMA)
+            for table, column, kind in ADDED_COLUMNS:
+                have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
@@ -99,8 +118,8 @@ class TaskStore:
             self.db.execute("COMMIT")
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self.lock:
-            return [dict(r) for r in self.db.execute(self._q(sql), args).fetchall()]
+        with self.rlock:
+            return [dict(r) for r in self.rdb.execute(self._q(sql), args).fetchall()]
 
     def _q(self, sql: str) -> str:
         return sql
@@ -109,18 +128,20 @@ class TaskStore:
         return c.execute(self._q(sql), tuple(args))
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self.rlock:
             self.db.close()
+            self.rdb.close()
 
     # ---- tasks --------------------------------------------------------------------------
     def create(self, tenant: str, key_id: str | None, goal: str, inputs: dict[str, Any], tools: list[str],
-               sensitivity: str | None) -> str:
+               sensitivity: str | None, budget_usd: float | None = None, local_only: str | None = None) -> str:
         tid, now = new_id("task"), time.time()
         with self.tx() as c:
             self._x(c, "INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
-                      "updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (tid, tenant, key_id, goal, _j(inputs), _j(tools), sensitivity, "queued", now, now))
-            self._event(c, tid, "created", {"goal": goal})
+                      "updated, budget_usd, local_only) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (tid, tenant, key_id, goal, _j(inputs), _j(tools), sensitivity, "queued", now, now, budget_usd,
+                       local_only))
+            self._event(c, tid, "created", {"goal": goal, "budget_usd": budget_usd, "local_only": local_only})
         return tid
 
     def get(self, tid: str) -> dict[str, Any] | None:
@@ -355,10 +376,14 @@ class PostgresTaskStore(TaskStore):
         self.schema = schema
         self.lock = threading.Lock()
         self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
+        self.rdb, self.rlock = self.db, self.lock  # one connection: psycopg serialises its use anyway
         with self.lock, self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.tasks.{schema}",))
             for statement in _pg_schema(schema):
                 self.db.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                kind = kind.replace("REAL", "DOUBLE PRECISION")
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
     @contextmanager
     def tx(self) -> Iterator[Any]:

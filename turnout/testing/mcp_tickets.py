@@ -1,6 +1,7 @@
 """A real MCP server (the ``mcp`` package's MCPServer) for the task tests: a ticket system and
-an e-mail outbox. State is a JSON file, so a stdio server started per call and a long-lived
-streamable HTTP server keep the same tickets.
+an e-mail outbox. State is a JSON file, so a stdio server and a streamable HTTP server keep the
+same tickets; each process records its pid under ``starts`` when it starts (how many times a
+gateway started a stdio server). The tools carry MCP annotations (read-only, destructive).
 
     search_tickets(query)                              read-only
     create_ticket(title, priority, idempotency_key?)   irreversible; a repeated key returns the first ticket
@@ -15,25 +16,31 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def build(state: Path) -> Any:
-    from mcp.server.mcpserver import MCPServer
-
-    server = MCPServer("turnout-test-tickets")
-
+def changer(state: Path) -> Callable[[Callable[[dict[str, Any]], Any]], Any]:
     def change(fn: Callable[[dict[str, Any]], Any]) -> Any:
         with open(str(state) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = json.loads(state.read_text()) if state.exists() else {"tickets": [], "outbox": [], "calls": [],
-                                                                          "seen": {}}
+                                                                          "seen": {}, "starts": []}
             out = fn(data)
             state.write_text(json.dumps(data))
             return out
+    return change
+
+
+def build(state: Path) -> Any:
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    server = MCPServer("turnout-test-tickets")
+    change = changer(state)
 
     def once(data: dict[str, Any], key: str | None, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key and key in data["seen"]:
@@ -43,7 +50,7 @@ def build(state: Path) -> Any:
             data["seen"][key] = out
         return out
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def search_tickets(query: str) -> dict[str, Any]:
         """Search tickets whose title holds any word of the query."""
         def run(data: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +59,7 @@ def build(state: Path) -> Any:
             return {"tickets": [t for t in data["tickets"] if any(w in t["title"].lower() for w in words)]}
         return change(run)  # type: ignore[no-any-return]
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True))
     def create_ticket(title: str, priority: str = "normal", idempotency_key: str | None = None) -> dict[str, Any]:
         """Open a ticket."""
         def run(data: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +72,7 @@ def build(state: Path) -> Any:
             return once(data, idempotency_key, make)
         return change(run)  # type: ignore[no-any-return]
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True))
     def send_email(to: str, subject: str, body: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Send an e-mail."""
         def run(data: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
     server = build(Path(args.state))
+    changer(Path(args.state))(lambda data: data.setdefault("starts", []).append(os.getpid()))
     if not args.http:
         server.run("stdio")
         return

@@ -58,7 +58,7 @@ def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
         "storage": {"sqlite_path": str(db)},
         "tasks": {
             "planner_route": "frontier", "executor_route": "local", "step_max_tokens": 48,
-            "approval_deadline_s": 3600,
+            "approval_deadline_s": 3600, "budget_usd": 0.05,
             "tools": {
                 "send_email": {"url": tools_url + "/send_email", "effect": "irreversible", "approval": "always",
                                "description": "send an e-mail", "parameters": email},
@@ -66,7 +66,7 @@ def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
                                   "when": ["priority == urgent"], "description": "open a ticket",
                                   "parameters": {"type": "object", "required": ["title"]}},
                 "search_tickets": {"url": tools_url + "/search_tickets", "effect": "read_only",
-                                   "approval": "never", "description": "search open tickets"},
+                                   "approval": "never", "description": "search open tickets", "cacheable": True},
             },
         },
     }
@@ -136,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                           f"--url {gw.url} --key {lead['key']}\n  (or: reject {gate['id']} --reason '...')\n")
                 t = wait(tid, "failed", "succeeded", "cancelled")
             views.append(t)
-            print(f"  {t['state']}: cost ${t['cost_usd']:.6f}, saved by the step cache ${t['saved_usd']:.6f}")
+            print(f"  {t['state']}: cost ${t['cost_usd']:.6f} of a ${t['budget_usd']:.2f} budget, saved by the "
+                  f"step cache ${t['saved_usd']:.6f}")
+            print(f"    {'step':<10} {'kind':<5} {'engine/tool':<14} {'where':<7} {'':<7} {'ends at':>8} "
+                  f"{'took':>9} {'tokens':>7}  cost")
             for s in t["steps"]:
+                tokens = s["prompt_tokens"] + s["completion_tokens"]
                 print(f"    {s['step_id']:<10} {s['kind']:<5} {s['engine'] or s['route'] or '-':<14} "
-                      f"{s['locality'] or '-':<7} {'cached' if s['cached'] else '':<7} ${s['cost_usd']:.6f}")
+                      f"{s['locality'] or '-':<7} {'cached' if s['cached'] else '':<7} "
+                      f"{s['ts'] - t['created']:>7.2f}s {s['latency_ms'] or 0:>7.0f}ms {tokens:>7}  ${s['cost_usd']:.6f}")
             if t["state"] != "succeeded":
                 print(f"  error: {t['error']}")
         sent = httpx.get(tools.url + "/calls").json()["outbox"]
