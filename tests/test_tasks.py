@@ -162,7 +162,8 @@ def test_approve_four_eyes_tenancy_audit_and_ledger(tmp_path: Path, fake: Proc, 
     decisions = [a for a in audit if a.get("event") == "task_approval"]
     assert decisions == [{"event": "task_approval", "gate": gid, "task": tid, "tenant": "acme", "tool": "send_email",
                           "decision": "approved", "by": gw.keys["bob"]["key_id"], "reason": "fine",
-                          "arguments": gates[0]["arguments"], "edited": None}]
+                          "arguments_sha256": sha256_json(gates[0]["arguments"]), "edited_sha256": None,
+                          "changed": []}]
     # the task's life in the chain: created, its plan, the tool call, the end (hashes, not content)
     mine = [a for a in audit if a.get("task") == tid]
     assert [a["event"] for a in mine] == ["task_created", "task_plan", "task_approval", "task_tool_call", "task_end"]
@@ -219,6 +220,14 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
         assert t["state"] == "succeeded", t
     outbox = httpx.get(toolbox.url + "/calls").json()["outbox"]
     assert outbox == [edited]
+    db = sqlite3.connect(tmp_path / "turnout.sqlite")
+    audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")]
+    db.close()
+    decisions = [a for a in audit if a.get("event") == "task_approval"]
+    assert [d["decision"] for d in decisions] == ["rejected", "approved"]
+    assert decisions[1]["edited_sha256"] == sha256_json(edited) and decisions[1]["changed"]
+    assert set(decisions[1]["changed"]) <= set(edited) and decisions[0]["changed"] == []
+    assert "dana@customer.example" not in json.dumps(audit)  # the audit log keeps hashes, never the arguments
 
 
 def test_deadline_expiry_rejects(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:

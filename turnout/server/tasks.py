@@ -33,7 +33,7 @@ from turnout.errors import InvalidRequest, NotFound, PermissionDenied, TurnoutEr
 from turnout.protocol import SENSITIVE_LEVELS
 from turnout.server.authz import principal
 from turnout.server.body import read_json, validate
-from turnout.tasks.runner import TaskRunner, sha256_json
+from turnout.tasks.runner import TaskRunner, changed_keys, sha256_json
 from turnout.tasks.store import TERMINAL
 from turnout.tasks.tools import ToolError
 
@@ -205,7 +205,9 @@ async def decide(request: Request) -> Response:
         raise Conflict(f"approval {gid} was already decided", code="already_decided")
     await runner.audit_event({"event": "task_approval", "gate": gid, "task": gate["task_id"], "tenant": who.tenant,
                               "tool": gate["tool"], "decision": state, "by": me or "anonymous",
-                              "reason": body.reason, "arguments": gate["arguments"], "edited": edited})
+                              "reason": body.reason, "arguments_sha256": sha256_json(gate["arguments"]),
+                              "edited_sha256": None if edited is None else sha256_json(edited),
+                              "changed": changed_keys(gate["arguments"], edited)})
     return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})
 
 

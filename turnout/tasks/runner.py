@@ -65,6 +65,13 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def changed_keys(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+    """The argument names an approver's edit changed, added or removed (none when not edited)."""
+    if after is None:
+        return []
+    return sorted(k for k in before.keys() | after.keys() if before.get(k, ...) != after.get(k, ...))
+
+
 def all_local(cfg: TurnoutConfig, route: str) -> bool:
     return all(cfg.engines[e].locality == "local" for e in cfg.routes[route].chain)
 
