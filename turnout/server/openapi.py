@@ -146,8 +146,10 @@ READY = {
             "type": "object",
             "additionalProperties": {
                 "type": "object",
-                "required": ["ready", "detail", "locality"],
-                "properties": {"ready": {"type": "boolean"}, "detail": _STRING,
+                "required": ["ready", "locality"],
+                "properties": {"ready": {"type": "boolean"},
+                               "detail": {**_STRING, "description": "why it is (not) ready: for a viewer or admin "
+                                          "key only (anyone in auth: open)"},
                                "locality": {"enum": ["local", "remote"]}},
             },
         },
