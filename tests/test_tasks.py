@@ -463,7 +463,7 @@ def test_mcp_tools_stdio_and_streamable_http(tmp_path: Path, fake: Proc, toolbox
             assert t["state"] == "succeeded" and t["result"]["id"] == "T-2", t
             assert t["steps"][1]["result"]["tickets"][0]["id"] == "T-1"  # the stdio server read the HTTP server's
             # arguments the server's schema refuses (query is a string), and ones only the config refuses
-            for why in ("is not of type 'string'", "'priority' is a required property"):
+            for why in ('is not of type "string"', '"priority" is a required property'):
                 tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "tools": tools}).json()["id"]
                 t = wait_state(gw, tid, "succeeded", "failed")
                 assert t["state"] == "failed" and "do not match its schema" in t["error"] and why in t["error"], t

@@ -40,14 +40,17 @@ class ToolError(Exception):
 
 def check_arguments(tool: str, schema: dict[str, Any], args: dict[str, Any], scan: Any = None) -> None:
     """Raise ToolError when the arguments break the schema or carry what must not leave."""
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema_rs
 
     try:
-        jsonschema.validate(args, schema)
-    except jsonschema.ValidationError as exc:
+        jsonschema_rs.meta.validate(schema)
+        validator = jsonschema_rs.validator_for(schema)
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        raise ToolError(f"the schema of {tool} is not a valid JSON schema: {getattr(exc, 'message', exc)}") from None
+    try:
+        validator.validate(args)
+    except jsonschema_rs.ValidationError as exc:
         raise ToolError(f"arguments of {tool} do not match its schema: {exc.message}") from None
-    except jsonschema.SchemaError as exc:
-        raise ToolError(f"the schema of {tool} is not a valid JSON schema: {exc.message}") from None
     text = orjson.dumps(args).decode()
     if PLACEHOLDER.search(text):
         raise ToolError(f"arguments of {tool} hold an un-restored placeholder ({PLACEHOLDER.search(text)!s})")
