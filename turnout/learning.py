@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from turnout.routing.drift import DriftMetrics
     from turnout.routing.judge import Judge
     from turnout.routing.shadow import Shadow
+    from turnout.routing.upkeep import RouterUpkeep
 
 log = logging.getLogger("turnout.learning")
 DEFAULT_COMPLETION_ESTIMATE = 1024
@@ -58,12 +59,19 @@ class LazyLabels:
         self.store: Any = None
         self._opening = asyncio.Lock()
 
-    async def add(self, label: Label) -> None:
+    async def _open(self) -> Any:
         if self.store is None:
             async with self._opening:
                 if self.store is None:
                     self.store = await asyncio.to_thread(open_label_store, self.cfg)
-        await self.store.add(label)
+        return self.store
+
+    async def add(self, label: Label) -> None:
+        await (await self._open()).add(label)
+
+    async def count(self, alias: str) -> int:
+        store = await self._open()
+        return int(await asyncio.to_thread(store.count, alias))
 
     async def close(self) -> None:
         if self.store is not None:
@@ -99,6 +107,13 @@ class LearningLoop:
         self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
         self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.upkeep: dict[str, RouterUpkeep] = {}
+        if self.learned:
+            from turnout.routing.upkeep import RouterUpkeep
+
+            on_retrain = drift.retrained if drift is not None else None
+            self.upkeep = {a: RouterUpkeep(a, s.serving, cfg.routes[a], cfg.storage, store.count, on_retrain)
+                           for a, s in self.learned.items()}
 
     @classmethod
     def build(cls, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
@@ -183,6 +198,17 @@ class LearningLoop:
         protected = g.protected.prompt_text() if g is not None and g.protected is not None else None
         return labelable_prompt(req.prompt_text(), protected, safe)
 
+    # ==== the running gateway: hot reload, retraining, /readyz =================================
+    def start(self) -> None:
+        """Background work (in the running event loop): each learned route's hot reload and schedule."""
+        for upkeep in self.upkeep.values():
+            upkeep.start()
+
+    def status(self) -> dict[str, Any]:
+        """Per learned route, for ``/readyz``: the artifact serving, a newer one that did not load,
+        the last scheduled retrain."""
+        return {alias: upkeep.status() for alias, upkeep in self.upkeep.items()}
+
     # ==== /metrics and shutdown ================================================================
     def update_metrics(self) -> None:
         if self.drift is None:
@@ -192,6 +218,8 @@ class LearningLoop:
         self.drift.update(None, self.shadow.stats if self.shadow is not None else None)
 
     async def close(self) -> None:
+        for upkeep in self.upkeep.values():
+            await upkeep.close()
         if self.shadow is not None:
             await self.shadow.drain()
         while self._tasks:

@@ -155,6 +155,11 @@ class SQLiteLabels:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def count(self, alias: str) -> int:
+        """The route's labels so far (the retraining schedule compares it with the last fit's)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM route_labels WHERE alias = ?", (alias,)).fetchone()[0])
+
     async def close(self) -> None:
         self._conn.close()
 
@@ -191,6 +196,11 @@ class PostgresLabels:
             cur.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def count(self, alias: str) -> int:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {self.schema}.route_labels WHERE alias = %s", (alias,))
+            return int(cur.fetchone()[0])
 
     async def close(self) -> None:
         return None

@@ -13,6 +13,8 @@ Metrics (registered on the gateway's registry by :class:`DriftMetrics`, set at s
                                                                 failed, over_budget (counts so far)
     turnout_shadow_agreement{route}                             agreed / labelled (weak as good as strong)
     turnout_shadow_spend_usd                                    spent on shadow calls today (UTC)
+    turnout_router_retrains_total{route, result}                the retraining schedule's rounds: promoted,
+                                                                refused, skipped, failed
 
 An example Prometheus alert rule is in docs/routing-eval.md ("Drift").
 """
@@ -30,7 +32,7 @@ RESULTS = ("considered", "scheduled", "labelled", "agreed", "failed", "over_budg
 
 class DriftMetrics:
     def __init__(self, registry: Any) -> None:
-        from prometheus_client import Gauge
+        from prometheus_client import Counter, Gauge
 
         self.threshold = Gauge("turnout_router_threshold", "Learned router threshold: served (tracked on recent "
                                "traffic) and the artifact's", ["route", "kind"], registry=registry)
@@ -44,6 +46,11 @@ class DriftMetrics:
         self.agreement = Gauge("turnout_shadow_agreement", "Shadow labels where the weak answer was as good as the "
                                "strong one / shadow labels", ["route"], registry=registry)
         self.spend = Gauge("turnout_shadow_spend_usd", "Spent on shadow calls today (UTC)", registry=registry)
+        self.retrains = Counter("turnout_router_retrains", "Rounds of the retraining schedule by result (promoted, "
+                                "refused, skipped, failed)", ["route", "result"], registry=registry)
+
+    def retrained(self, alias: str, result: str) -> None:
+        self.retrains.labels(alias, result).inc()
 
     def update(self, tracker: ThresholdTracker | None, stats: ShadowStats | None) -> None:
         """Copy the tracker's and the shadow loop's state into the gauges (call before a scrape)."""

@@ -1,5 +1,7 @@
-"""GET /healthz (the process answers), GET /readyz (each engine's state), GET /metrics
-(a ``viewer`` key: the series of its tenant and those without a tenant; ``admin``: all)."""
+"""GET /healthz (the process answers), GET /readyz (each engine's state, and each learned route's
+router: the artifact serving, a newer one that did not load, the last scheduled retrain; a route
+served by its rules is still ready), GET /metrics (a ``viewer`` key: the series of its tenant and
+those without a tenant; ``admin``: all)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ async def readyz(request: Request) -> Response:
     states = await asyncio.gather(*(gw.engines[n].ready() for n in names))
     engines = {n: {"ready": ok, "detail": detail, "locality": gw.engines[n].info.locality} for n, (ok, detail) in zip(names, states)}
     ready = all(e["ready"] for e in engines.values())
-    return JSONResponse({"status": "ready" if ready else "degraded", "engines": engines}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "degraded", "engines": engines}
+    if gw.learning is not None and gw.learning.upkeep:
+        body["routers"] = gw.learning.status()
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 class TenantView:

@@ -1,0 +1,198 @@
+"""The learning loop while the gateway serves (issue 18), over real sockets: a promotion, a rollback
+or a broken artifact in the route's registry is picked up without a restart; the retraining
+schedule fits, promotes and refuses in the running gateway."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.test_learning_gateway import ask, config, fakes  # noqa: F401 - fakes is a fixture
+from tests.test_learning_loop import ENV, router_on, synthetic
+from turnout.ledger.labels import Label, SQLiteLabels
+from turnout.routing.artifacts import Registry, resolve
+from turnout.routing.learned import LearnedRouter
+from turnout.routing.serving import artifact_id
+from turnout.testing.procs import Proc
+
+T = TypeVar("T")
+PROBE = "explain the river and the city and the fruit please"
+
+
+def until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll ``check`` until it returns something truthy (behaviour, not timing: the deadline is generous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def served_by(url: str, artifact: str) -> httpx.Response | None:
+    r = ask(url, PROBE)
+    return r if r.headers.get("x-turnout-router") == artifact else None
+
+
+def add_labels(db: Path, rows: list[tuple[str, float, float]], start: float) -> None:
+    store = SQLiteLabels(db)
+    for i, (p, w, s) in enumerate(rows):
+        store.add_sync(Label("acme", "auto", p, "small", "big", "shadow", "labels", w, s, f"l{start + i}",
+                             ts=start + i))
+    store._conn.close()
+
+
+def flipped(n: int, seed: int) -> list[tuple[str, float, float]]:
+    d = synthetic(n, seed=seed, flip=True)
+    return list(zip(d.prompts, d.weak.tolist(), d.strong.tolist(), strict=True))
+
+
+def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "turnout", "router", *args], capture_output=True, text=True,
+                          env=ENV, cwd=tmp, timeout=180)
+
+
+def learned(weak: str, strong: str, registry: Path, learning: dict[str, Any]) -> dict[str, Any]:
+    cfg = config(weak, strong, registry, guards=False, shadow=False)
+    cfg["routes"]["auto"]["learning"] = learning
+    return cfg
+
+
+def test_promotion_rollback_and_a_broken_artifact_are_served_without_restart(  # type: ignore[no-untyped-def]
+        gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path) -> None:
+    weak, strong = fakes
+    reg = Registry(tmp_path / "routers" / "auto")
+    reg.promote(reg.add(router_on(synthetic(300, seed=8))))
+    first = artifact_id(reg.folder / "r0001.npz")
+    gw = gateway_factory(learned(weak.url, strong.url, reg.folder, {"reload_s": 0.2}))
+    r = ask(gw.url, PROBE)
+    assert r.headers["x-turnout-router"] == first and f"learned router {first}:" in r.headers["x-turnout-reason"]
+    ready = httpx.get(gw.url + "/readyz", timeout=10).json()
+    assert ready["routers"] == {"auto": {"artifact": first, "ok": True, "detail": None}}
+
+    # promoted by the CLI while the gateway serves: the next requests are scored by r0002
+    add_labels(gw.db, flipped(240, seed=7), start=1000.0)
+    fit = cli(tmp_path, "fit", "--from-traffic", "--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db))
+    assert fit.returncode == 0 and "promoted r0002" in fit.stdout, fit.stdout + fit.stderr
+    second = artifact_id(reg.folder / "r0002.npz")
+    r = until(lambda: served_by(gw.url, second), "the promoted artifact")
+    assert float(r.headers["x-turnout-score"]) == pytest.approx(
+        LearnedRouter.load(reg.folder / "r0002.npz").score(PROBE), abs=1e-3)
+    assert second in gw.ledger()[-1]["reason"]  # the ledger names the artifact that scored
+    assert f"now serving {second} (was {first})" in gw.proc.output()
+
+    back = cli(tmp_path, "rollback", "--alias", "auto", "--registry", str(reg.folder))
+    assert back.returncode == 0 and "now serving r0001.npz" in back.stdout, back.stderr
+    until(lambda: served_by(gw.url, first), "the rolled-back artifact")
+
+    # a broken artifact is promoted: the old router keeps serving, and says so
+    broken = reg.folder / "r0003.npz"
+    broken.write_bytes(b"half a router")
+    reg.promote(broken, reason="test: a broken artifact")
+
+    def stale() -> httpx.Response | None:
+        r = ask(gw.url, PROBE)
+        return r if "r0003.npz unusable" in r.headers["x-turnout-reason"] else None
+
+    r = until(stale, "the broken artifact to be noticed")
+    assert r.headers["x-turnout-router"] == first and f"still serving {first}" in r.headers["x-turnout-reason"]
+    assert r.headers["x-turnout-engine"] in ("small", "big") and "x-turnout-score" in r.headers
+    row = gw.ledger()[-1]
+    assert "r0003.npz unusable" in row["reason"] and row["score"] is not None
+    ready = httpx.get(gw.url + "/readyz", timeout=10)
+    assert ready.status_code == 200  # still served by a router: ready
+    status = ready.json()["routers"]["auto"]
+    assert status["artifact"] == first and status["ok"] is False
+    assert status["detail"] == f"r0003.npz unusable (ValueError); still serving {first}"
+    assert str(tmp_path) not in ready.text  # a public endpoint: no paths
+    assert "r0003.npz unusable" in gw.proc.output()
+
+    reg.promote(reg.folder / "r0002.npz", reason="test: fixed")
+    r = until(lambda: served_by(gw.url, second), "the fixed promotion")
+    assert "unusable" not in r.headers["x-turnout-reason"]
+    assert httpx.get(gw.url + "/readyz", timeout=10).json()["routers"]["auto"]["ok"] is True
+
+
+def test_the_schedule_retrains_promotes_and_refuses_in_the_running_gateway(  # type: ignore[no-untyped-def]
+        gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path) -> None:
+    weak, strong = fakes
+    reg = Registry(tmp_path / "routers" / "auto")
+    reg.promote(reg.add(router_on(synthetic(300, seed=8))))
+    first = artifact_id(reg.folder / "r0001.npz")
+    gw = gateway_factory(learned(weak.url, strong.url, reg.folder, {
+        "reload_s": 30, "retrain": {"every_s": 1, "min_new_labels": 100}}))  # promotions load at once, not on a tick
+    assert ask(gw.url, PROBE).headers["x-turnout-router"] == first
+
+    def retrains(result: str) -> float:
+        text = httpx.get(gw.url + "/metrics", timeout=10).text
+        m = re.search(rf'turnout_router_retrains_total\{{result="{result}",route="auto"\}} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    until(lambda: retrains("skipped") >= 1, "a round with too few labels")
+    assert reg.folder.joinpath("r0002.npz").exists() is False and ask(gw.url, PROBE).headers["x-turnout-router"] == first
+
+    add_labels(gw.db, flipped(240, seed=7), start=1000.0)
+    until(lambda: retrains("promoted") >= 1, "the scheduled promotion", timeout=120)
+    second = artifact_id(reg.folder / "r0002.npz")
+    assert resolve(reg.folder).name == "r0002.npz"
+    assert ask(gw.url, PROBE).headers["x-turnout-router"] == second  # no reload tick (30 s) needed
+    assert httpx.get(gw.url + "/readyz", timeout=10).json()["routers"]["auto"]["retrain"]["result"] == "promoted"
+    promoted = [e for e in reg.history() if e["event"] == "promoted"][-1]
+    assert promoted["artifact"] == "r0002.npz" and promoted["labels"] == 240
+
+    # new labels that cannot tell the engines apart: the gate refuses, r0002 keeps serving
+    add_labels(gw.db, [(f"question alike {i}: explain the song please", 1.0, 1.0) for i in range(120)], start=5000.0)
+    until(lambda: retrains("refused") >= 1, "the scheduled refusal", timeout=120)
+    assert resolve(reg.folder).name == "r0002.npz" and ask(gw.url, PROBE).headers["x-turnout-router"] == second
+    assert reg.history()[-1]["event"] == "refused" and reg.history()[-1]["labels"] == 360
+    assert httpx.get(gw.url + "/readyz", timeout=10).json()["routers"]["auto"]["retrain"]["result"] == "refused"
+    assert retrains("promoted") == 1 and retrains("failed") == 0
+
+
+def test_retrain_needs_a_registry_folder_and_a_learned_route(tmp_path: Path) -> None:
+    import yaml
+
+    from turnout.config import TurnoutConfig
+
+    artifact = router_on(synthetic(200, seed=3)).save(tmp_path / "r.npz")
+    cfg = learned("http://127.0.0.1:9", "http://127.0.0.1:9", artifact, {"retrain": {"every_s": 60}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", "0", "--db",
+                        str(tmp_path / "db.sqlite")], capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "routes.auto.learning.retrain" in r.stderr and "registry folder" in r.stderr
+    rules = learned("http://127.0.0.1:9", "http://127.0.0.1:9", artifact, {"reload_s": 1})
+    rules["routes"]["auto"].update(strategy="rules")
+    del rules["routes"]["auto"]["target_escalation"]
+    with pytest.raises(ValueError, match="belong to strategy 'learned'"):
+        TurnoutConfig.model_validate(rules)
+    for bad in ({"reload_s": -1}, {"retrain": {"every_s": 0}}, {"retrain": {"min_new_labels": 0}},
+                {"retrain": {"holdout": 1.0}}, {"retrain": {"every": 60}}):
+        with pytest.raises(ValueError):
+            TurnoutConfig.model_validate(learned("http://127.0.0.1:9", "http://127.0.0.1:9", artifact, bad))
+
+
+def test_fit_min_new_labels_skips_until_enough_arrived(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "routers" / "auto")
+    reg.promote(reg.add(router_on(synthetic(300, seed=8))))
+    db = tmp_path / "labels.sqlite"
+    add_labels(db, flipped(60, seed=5), start=10.0)
+    common = ["fit", "--from-traffic", "--alias", "auto", "--registry", str(reg.folder), "--db", str(db),
+              "--min-new-labels", "100"]
+    skip = cli(tmp_path, *common, "--json")
+    assert skip.returncode == 4 and '"skipped": true' in skip.stdout and '"new_labels": 60' in skip.stdout
+    add_labels(db, flipped(180, seed=6), start=100.0)
+    fit = cli(tmp_path, *common)
+    assert fit.returncode in (0, 3) and "240 labels" in fit.stdout, fit.stdout + fit.stderr
+    again = cli(tmp_path, *common)
+    assert again.returncode == 4 and "0 new labels since the last fit; 100 needed" in again.stdout
