@@ -151,6 +151,22 @@ READY = {
                                "locality": {"enum": ["local", "remote"]}},
             },
         },
+        "routers": {
+            "description": "learned routes only: the router artifact serving (null: routed by the chain's "
+                           "rules), whether a newer one failed to load, the last scheduled retrain",
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["artifact", "ok", "detail"],
+                "properties": {
+                    "artifact": {"type": ["string", "null"]}, "ok": {"type": "boolean"},
+                    "detail": {"type": ["string", "null"]},
+                    "retrain": {"type": ["object", "null"], "properties": {
+                        "result": {"enum": ["promoted", "refused", "skipped", "failed"]},
+                        "at": _STRING, "artifact": {"type": ["string", "null"]}}},
+                },
+            },
+        },
     },
 }
 
