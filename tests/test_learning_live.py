@@ -4,27 +4,35 @@ schedule fits, promotes and refuses in the running gateway."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from tests.test_learning_gateway import ask, config, fakes  # noqa: F401 - fakes is a fixture
+from tests.test_learning_gateway import ask, config, labels_of
 from tests.test_learning_loop import ENV, router_on, synthetic
 from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, resolve
 from turnout.routing.learned import LearnedRouter
 from turnout.routing.serving import artifact_id
-from turnout.testing.procs import Proc
+from turnout.testing.procs import Proc, control, start_server
 
 T = TypeVar("T")
 PROBE = "explain the river and the city and the fruit please"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Proc, Proc]]:
+    """A weak and a strong loopback OpenAI-compatible fake."""
+    with start_server("turnout.testing.upstream") as weak, start_server("turnout.testing.upstream") as strong:
+        yield weak, strong
 
 
 def until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
@@ -69,8 +77,8 @@ def learned(weak: str, strong: str, registry: Path, learning: dict[str, Any]) ->
 
 
 def test_promotion_rollback_and_a_broken_artifact_are_served_without_restart(  # type: ignore[no-untyped-def]
-        gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path) -> None:
-    weak, strong = fakes
+        gateway_factory, pair: tuple[Proc, Proc], tmp_path: Path) -> None:
+    weak, strong = pair
     reg = Registry(tmp_path / "routers" / "auto")
     reg.promote(reg.add(router_on(synthetic(300, seed=8))))
     first = artifact_id(reg.folder / "r0001.npz")
@@ -124,8 +132,8 @@ def test_promotion_rollback_and_a_broken_artifact_are_served_without_restart(  #
 
 
 def test_the_schedule_retrains_promotes_and_refuses_in_the_running_gateway(  # type: ignore[no-untyped-def]
-        gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path) -> None:
-    weak, strong = fakes
+        gateway_factory, pair: tuple[Proc, Proc], tmp_path: Path) -> None:
+    weak, strong = pair
     reg = Registry(tmp_path / "routers" / "auto")
     reg.promote(reg.add(router_on(synthetic(300, seed=8))))
     first = artifact_id(reg.folder / "r0001.npz")
@@ -196,3 +204,43 @@ def test_fit_min_new_labels_skips_until_enough_arrived(tmp_path: Path) -> None:
     assert fit.returncode in (0, 3) and "240 labels" in fit.stdout, fit.stdout + fit.stderr
     again = cli(tmp_path, *common)
     assert again.returncode == 4 and "0 new labels since the last fit; 100 needed" in again.stdout
+
+
+def stream(url: str, text: str) -> tuple[str, dict[str, str]]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    parts: list[str] = []
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:]).get("choices", []):
+                    parts.append((choice.get("delta") or {}).get("content") or "")
+        return "".join(parts), dict(r.headers)
+
+
+def test_a_streamed_weak_answer_is_shadowed_like_a_whole_one(  # type: ignore[no-untyped-def]
+        gateway_factory, pair: tuple[Proc, Proc], tmp_path: Path) -> None:
+    from turnout.learning import MAX_STREAMED_ANSWER_CHARS
+
+    weak, strong = pair
+    artifact = router_on(synthetic(300, seed=8)).save(tmp_path / "r.npz")
+    long_answer = "x" * (MAX_STREAMED_ANSWER_CHARS + 10) + " #### 4"
+    control(weak.url, "scenarios", {"replies": {"fake-small": ["Adding them: 2 + 2 gives #### 5", long_answer]}})
+    control(strong.url, "scenarios", {"replies": {"fake-big": ["#### 4"] * 4}})
+    gw = gateway_factory(config(weak.url, strong.url, artifact, guards=False))
+    text, headers = stream(gw.url, "What is 2 + 2?")
+    assert text == "Adding them: 2 + 2 gives #### 5" and headers["x-turnout-engine"] == "small"
+    rows = labels_of(gw.db, 1)
+    assert [(r["request_id"], r["source"], r["judge"], r["weak_score"], r["strong_score"]) for r in rows] == [
+        (headers["x-request-id"], "shadow", "exact-answer", 0.0, 1.0)]  # the streamed text was judged: 5 != 4
+    def chats() -> list[dict[str, Any]]:
+        return [e for e in control(strong.url, "requests") if e["path"].endswith("/chat/completions")]
+
+    shadowed = chats()
+    assert len(shadowed) == 1 and not shadowed[0]["body"].get("stream")  # asked for a whole answer
+
+    text, headers = stream(gw.url, "What is 2 + 2, at length?")
+    assert len(text) == len(long_answer)
+    assert not [r for r in labels_of(gw.db, 2, timeout=3.0) if r["request_id"] == headers["x-request-id"]]
+    assert len(chats()) == 1  # a cut answer is never judged: no shadow call

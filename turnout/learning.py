@@ -3,7 +3,7 @@
 a cascade's escalation becomes a label; ``/metrics`` shows the drift gauges.
 
     loop = LearningLoop.build(cfg, engines, strategies, registry)  # None: no learned/cascade route
-    loop.after(call, req, result)       # Gateway.chat, once the request is recorded (never raises)
+    loop.after(call, req, result)       # Gateway.chat and a stream's end, once recorded (never raises)
     loop.update_metrics()               # before /metrics is generated
     await loop.close()                  # shutdown: shadow calls in flight finish, the store closes
 
@@ -12,7 +12,8 @@ Only requests that may go remote are labelled: never one confined to local engin
 stored is the pseudonymized copy the remote engines saw (:func:`turnout.routing.shadow.labelable_prompt`).
 Labels go to ``route_labels`` in the gateway's SQLite file, or PostgreSQL when
 ``storage.postgres_dsn`` is set (:mod:`turnout.ledger.labels`), where ``turnout router fit
---from-traffic`` reads them. Streamed answers are not shadowed (their text is not kept).
+--from-traffic`` reads them. A streamed weak answer is shadowed like a whole one: its text is kept
+until the stream ends, up to :data:`MAX_STREAMED_ANSWER_CHARS` (a longer one is not shadowed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("turnout.learning")
 DEFAULT_COMPLETION_ESTIMATE = 1024
+# A streamed weak answer is kept (in memory, until the stream ends) for its shadow call's judge up
+# to this many characters; a longer one is not shadowed (a cut answer would be judged wrongly).
+MAX_STREAMED_ANSWER_CHARS = 32_000
 
 
 def open_label_store(cfg: TurnoutConfig) -> Any:
@@ -140,14 +144,22 @@ class LearningLoop:
         return cls(cfg, engines, strategies, store, shadow, drift)
 
     # ==== after the request was recorded ======================================================
-    def after(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
-        """Schedule what the loop learns from this answer; never delays nor fails the request."""
+    def answer_bound(self, call: Call) -> int:
+        """How much of a streamed answer to keep for :meth:`after`: :data:`MAX_STREAMED_ANSWER_CHARS`
+        on a route whose weak answers may be shadowed, else 0 (nothing)."""
+        d = call.decision
+        shadowed = d is not None and self.shadow is not None and d.alias in self.shadow.policies and not d.confined
+        return MAX_STREAMED_ANSWER_CHARS if shadowed else 0
+
+    def after(self, call: Call, req: ChatRequest, result: ChatResult, answer_kept: bool = True) -> None:
+        """Schedule what the loop learns from this answer; never delays nor fails the request.
+        ``answer_kept``: False for a stream whose text was not kept (whole): no shadow call."""
         try:
-            self._after(call, req, result)
+            self._after(call, req, result, answer_kept)
         except Exception:  # noqa: BLE001 - learning never fails a request
             log.exception("learning loop: request %s not labelled", call.request_id)
 
-    def _after(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+    def _after(self, call: Call, req: ChatRequest, result: ChatResult, answer_kept: bool) -> None:
         d, answered = call.decision, call.trail.engine
         if d is None or answered is None or call.status != "ok" or d.confined:
             return
@@ -169,7 +181,7 @@ class LearningLoop:
             task.add_done_callback(self._tasks.discard)
             return
         if (self.shadow is None or d.alias not in self.learned or answered.name != weak or d.score is None
-                or d.threshold is None):
+                or d.threshold is None or not answer_kept):
             return
         strong_name = route.chain[1]
         strong: Engine = self.engines[strong_name]
