@@ -244,3 +244,63 @@ def test_a_streamed_weak_answer_is_shadowed_like_a_whole_one(  # type: ignore[no
     assert len(text) == len(long_answer)
     assert not [r for r in labels_of(gw.db, 2, timeout=3.0) if r["request_id"] == headers["x-request-id"]]
     assert len(chats()) == 1  # a cut answer is never judged: no shadow call
+
+
+EMAIL = "bob.smith@example.com"
+
+
+@pytest.fixture
+def keyed(pair: tuple[Proc, Proc], tmp_path: Path) -> Iterator[Any]:
+    """A keys-mode gateway with a learned route (its weak engine answers everything, every weak
+    answer shadowed), a rules route over the same engines, guards on; keys of two tenants."""
+    from tests.keyed import cli_key, keyed_gateway, write_config
+
+    weak, strong = pair
+    control(weak.url, "scenarios", {"replies": {"fake-small": ["#### 4"]}})
+    control(strong.url, "scenarios", {"replies": {"fake-big": ["#### 4"]}})
+    cfg = config(weak.url, strong.url, router_on(synthetic(300, seed=8)).save(tmp_path / "r.npz"), guards=True)
+    cfg["routes"]["plain"] = {"chain": ["small", "big"]}
+    cfg.update(auth="keys", storage={"sqlite_path": str(tmp_path / "turnout.sqlite")})
+    path = write_config(tmp_path, cfg)
+    keys = {"a": cli_key(path, "team-a"), "b": cli_key(path, "team-b"),
+            "va": cli_key(path, "team-a", "--roles", "viewer"), "admin": cli_key(path, "ops", "--roles", "admin")}
+    with keyed_gateway(path, keys) as gw:
+        yield gw
+
+
+def chat(gw: Any, who: str, text: str, model: str = "auto", **headers: str) -> httpx.Response:
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}]},
+                   headers={"Authorization": f"Bearer {gw.token(who)}", **headers}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_feedback_on_a_weak_answer_is_a_label_of_the_callers_tenant(keyed: Any, tmp_path: Path) -> None:
+    from turnout.evals.retrain import traffic_dataset
+
+    db = tmp_path / "turnout.sqlite"
+    mine = chat(keyed, "a", f"What is 2 + 2? Write to {EMAIL}")
+    assert mine.headers["x-turnout-engine"] == "small"
+    rid = mine.headers["x-request-id"]
+    shadowed = len(labels_of(db, 1))  # the shadow label of the same request
+    feedback = lambda who, request_id, score: keyed.call("POST", "/v1/feedback", who,  # noqa: E731
+                                                         {"request_id": request_id, "score": score})
+    assert feedback("b", rid, "up").status_code == 404  # another tenant's request: no feedback, no label
+    assert feedback("a", rid, "down").status_code == 200
+    rows = [r for r in labels_of(db, shadowed + 1) if r["source"] == "feedback"]
+    assert [(r["request_id"], r["tenant"], r["judge"], r["weak_score"], r["strong_score"], r["weak_engine"],
+             r["strong_engine"]) for r in rows] == [(rid, "team-a", "user", 0.0, None, "small", "big")]
+    assert EMAIL not in rows[0]["prompt"] and "<EMAIL" in rows[0]["prompt"]  # as the other sources store it
+
+    secret = chat(keyed, "a", "What is 2 + 2 for the board?", **{"x-turnout-sensitivity": "sensitive"})
+    rules = chat(keyed, "a", "What is 3 + 3?", model="plain")
+    for r in (secret, rules):  # feedback is stored, and is no routing label
+        assert feedback("a", r.headers["x-request-id"], 5).status_code == 200
+    assert feedback("a", rid, "up").status_code == 200  # changed its mind: the later one counts
+    labels_of(db, shadowed + 2)  # the second feedback label on rid, posted last
+    everything = labels_of(db, shadowed + 3, timeout=1.0)  # one for secret or rules would show within the wait
+    assert len(everything) == shadowed + 2
+    rows = [r for r in everything if r["source"] == "feedback"]
+    assert [(r["request_id"], r["weak_score"]) for r in rows] == [(rid, 0.0), (rid, 1.0)]
+    data = traffic_dataset(rows)
+    assert len(data) == 1 and data.weak.tolist() == [1.0]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from turnout.call import Call
@@ -42,6 +44,9 @@ DEFAULT_COMPLETION_ESTIMATE = 1024
 # A streamed weak answer is kept (in memory, until the stream ends) for its shadow call's judge up
 # to this many characters; a longer one is not shadowed (a cut answer would be judged wrongly).
 MAX_STREAMED_ANSWER_CHARS = 32_000
+# Requests answered by a weak engine, remembered (prompt and engines, in memory) so that feedback
+# on one can become a label; the oldest is forgotten past this many.
+MAX_FEEDBACK_CANDIDATES = 10_000
 
 
 def open_label_store(cfg: TurnoutConfig) -> Any:
@@ -111,6 +116,7 @@ class LearningLoop:
         self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
         self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answered: OrderedDict[str, _Answered] = OrderedDict()  # request id -> weak answer, for feedback
         self.upkeep: dict[str, RouterUpkeep] = {}
         if self.learned:
             from turnout.routing.upkeep import RouterUpkeep
@@ -176,10 +182,10 @@ class LearningLoop:
             why = "failed" if f"{weak} failed, escalated" in d.reason else "confidence"
             label = cascade_label(tenant=call.tenant, alias=d.alias, prompt=prompt, weak_engine=weak,
                                   strong_engine=answered.name, request_id=call.request_id, why=why)
-            task = asyncio.get_running_loop().create_task(self.store.add(label))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._store(label)
             return
+        if answered.name == weak and (d.alias in self.learned or d.alias in self.cascades):
+            self._remember(call.request_id, _Answered(call.tenant, d.alias, prompt, weak, route.chain[1]))
         if (self.shadow is None or d.alias not in self.learned or answered.name != weak or d.score is None
                 or d.threshold is None or not answer_kept):
             return
@@ -200,6 +206,32 @@ class LearningLoop:
             request=req.model_dump(exclude_none=True), weak_engine=weak, strong_engine=strong_name,
             weak_answer=result.content or "", score=d.score, threshold=d.threshold, estimated_cost=estimate,
             call_strong=call_strong)
+
+    def _store(self, label: Label) -> None:
+        task = asyncio.get_running_loop().create_task(self.store.add(label))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ==== explicit feedback ====================================================================
+    def _remember(self, request_id: str, answered: _Answered) -> None:
+        self._answered[request_id] = answered
+        while len(self._answered) > MAX_FEEDBACK_CANDIDATES:
+            self._answered.popitem(last=False)
+
+    def feedback(self, request_id: str, tenant: str | None, satisfaction: float) -> bool:
+        """A user's feedback on a request a learned or cascade route's weak engine answered (and that
+        may go remote: the pseudonymized prompt is kept, never a sensitive one) becomes a ``feedback``
+        label; True when it did. ``tenant``: the caller's (None: any). Only the last
+        :data:`MAX_FEEDBACK_CANDIDATES` such requests of this process are remembered."""
+        answered = self._answered.get(request_id)
+        if answered is None or (tenant is not None and answered.tenant != tenant):
+            return False
+        from turnout.routing.shadow import feedback_label
+
+        self._store(feedback_label(tenant=answered.tenant, alias=answered.alias, prompt=answered.prompt,
+                                   engine=answered.weak, weak_engine=answered.weak, strong_engine=answered.strong,
+                                   satisfaction=satisfaction, request_id=request_id))
+        return True
 
     @staticmethod
     def _labelable(call: Call, req: ChatRequest) -> str | None:
@@ -237,6 +269,17 @@ class LearningLoop:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    """A request a route's weak engine answered, kept for feedback that may follow."""
+
+    tenant: str
+    alias: str
+    prompt: str  # labelable: the pseudonymized copy
+    weak: str
+    strong: str
 
 
 class _PerRoute:
