@@ -106,7 +106,7 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
     assert all(EMAIL not in json.dumps(e) for e in strong_log)  # the shadow call went out pseudonymized
 
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
-    assert re.search(r'turnout_shadow_requests\{result="labelled",route="auto"\} 2\.0', metrics)
+    assert re.search(r'turnout_shadow_requests\{result="labelled",route="auto",tenant="anonymous"\} 2\.0', metrics)
     assert re.search(r'turnout_router_threshold\{kind="served",route="auto"\} 0\.999', metrics)
     assert 'turnout_router_target_escalation{route="auto"} 0.1' in metrics
 

@@ -304,3 +304,23 @@ def test_feedback_on_a_weak_answer_is_a_label_of_the_callers_tenant(keyed: Any, 
     assert [(r["request_id"], r["weak_score"]) for r in rows] == [(rid, 0.0), (rid, 1.0)]
     data = traffic_dataset(rows)
     assert len(data) == 1 and data.weak.tolist() == [1.0]
+
+
+def test_drift_metrics_carry_the_tenant_and_a_viewer_sees_its_own(keyed: Any, tmp_path: Path) -> None:
+    for who, text in (("a", "What is 2 + 2?"), ("a", "What is 2 + 2, again?"), ("b", "What is 2 + 2 for b?")):
+        assert chat(keyed, who, text).headers["x-turnout-engine"] == "small"
+    labels_of(tmp_path / "turnout.sqlite", 3)  # every weak answer shadowed and labelled
+    mine = keyed.call("GET", "/metrics", "va")
+    everyone = keyed.call("GET", "/metrics", "admin").text
+    assert mine.status_code == 200
+    for series in ('turnout_router_escalation_share{kind="served",route="auto",tenant="team-a"} 0.0',
+                   'turnout_router_decisions_total{route="auto",tenant="team-a"} 2.0',
+                   'turnout_shadow_requests{result="labelled",route="auto",tenant="team-a"} 2.0',
+                   'turnout_shadow_agreement{route="auto",tenant="team-a"} 1.0'):
+        assert series in mine.text and series in everyone
+    assert 'tenant="team-b"' not in mine.text and 'tenant="ops"' not in mine.text
+    assert 'turnout_shadow_requests{result="labelled",route="auto",tenant="team-b"} 1.0' in everyone
+    assert 'turnout_router_decisions_total{route="auto",tenant="team-b"} 1.0' in everyone
+    assert re.search(r'turnout_router_threshold\{kind="served",route="auto"\}', mine.text)  # the router's, no tenant
+    assert keyed.call("GET", "/metrics", "a").status_code == 403  # a user key reads no metrics
+    assert keyed.call("GET", "/metrics", None).status_code == 401

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from turnout.engines.base import ChatResult, Engine
 from turnout.engines.guarded import GuardedEngine
 from turnout.ledger.labels import Label
 from turnout.protocol import ChatMessage, ChatRequest
+from turnout.routing.decision import Decision
 from turnout.strategies import LearnedStrategy, Strategy
 
 if TYPE_CHECKING:
@@ -111,8 +112,10 @@ def build_judge(spec: str, engines: Mapping[str, Engine]) -> Judge:
 
 class LearningLoop:
     def __init__(self, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
-                 store: LazyLabels, shadow: Shadow | None, drift: DriftMetrics | None) -> None:
+                 store: LazyLabels, shadow: Shadow | None, drift: DriftMetrics | None,
+                 tenant_of: Callable[[str], str] = str) -> None:
         self.cfg, self.engines, self.store, self.shadow, self.drift = cfg, engines, store, shadow, drift
+        self.tenant_of = tenant_of  # folds a tenant into the metrics' bounded set (Metrics.tenant)
         self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
         self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,19 +130,20 @@ class LearningLoop:
 
     @classmethod
     def build(cls, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
-              registry: Any) -> LearningLoop | None:
+              registry: Any, tenant_of: Callable[[str], str] = str) -> LearningLoop | None:
         """None when no route is ``learned`` or ``cascade``: nothing is added to the request path."""
         if not any(isinstance(s, LearnedStrategy) or s.name == "cascade" for s in strategies.values()):
             return None
+        from turnout.routing.drift import DriftMetrics
+
         store = LazyLabels(cfg)
-        shadow = drift = None
+        drift = DriftMetrics(registry)
+        shadow = None
         policies = {}
         judges: dict[str, Judge] = {}
         if any(isinstance(s, LearnedStrategy) for s in strategies.values()):
-            from turnout.routing.drift import DriftMetrics
             from turnout.routing.shadow import Shadow, ShadowPolicy
 
-            drift = DriftMetrics(registry)
             for alias, route in cfg.routes.items():
                 if route.strategy == "learned" and route.shadow is not None:
                     s = route.shadow
@@ -147,7 +151,7 @@ class LearningLoop:
                     judges[alias] = build_judge(s.judge, engines)
             if policies:
                 shadow = Shadow(store, _PerRoute(judges), policies)
-        return cls(cfg, engines, strategies, store, shadow, drift)
+        return cls(cfg, engines, strategies, store, shadow, drift, tenant_of)
 
     # ==== after the request was recorded ======================================================
     def answer_bound(self, call: Call) -> int:
@@ -167,10 +171,13 @@ class LearningLoop:
 
     def _after(self, call: Call, req: ChatRequest, result: ChatResult, answer_kept: bool) -> None:
         d, answered = call.decision, call.trail.engine
-        if d is None or answered is None or call.status != "ok" or d.confined:
+        if d is None or answered is None or call.status != "ok":
             return
         route = self.cfg.routes.get(d.alias)
         if route is None or d.rule != f"route:{d.alias}" or len(route.chain) < 2:
+            return
+        self._observe(call, d)
+        if d.confined:
             return
         prompt = self._labelable(call, req)
         if prompt is None:
@@ -206,6 +213,17 @@ class LearningLoop:
             request=req.model_dump(exclude_none=True), weak_engine=weak, strong_engine=strong_name,
             weak_answer=result.content or "", score=d.score, threshold=d.threshold, estimated_cost=estimate,
             call_strong=call_strong)
+
+    def _observe(self, call: Call, d: Decision) -> None:
+        """The escalation drift of this answered request, under its tenant."""
+        if self.drift is None:
+            return
+        tenant = self.tenant_of(call.tenant)
+        if d.alias in self.cascades:
+            self.drift.observe(d.alias, tenant, d.escalated)
+        elif d.alias in self.learned and d.score is not None and d.threshold is not None:
+            fixed = self.learned[d.alias].serving.artifact_threshold(d.alias)
+            self.drift.observe(d.alias, tenant, d.score >= d.threshold, None if fixed is None else d.score >= fixed)
 
     def _store(self, label: Label) -> None:
         task = asyncio.get_running_loop().create_task(self.store.add(label))
@@ -259,7 +277,7 @@ class LearningLoop:
             return
         for strategy in self.learned.values():
             self.drift.update(strategy.serving.tracker, None)
-        self.drift.update(None, self.shadow.stats if self.shadow is not None else None)
+        self.drift.update(None, self.shadow.stats if self.shadow is not None else None, self.tenant_of)
 
     async def close(self) -> None:
         for upkeep in self.upkeep.values():

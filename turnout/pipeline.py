@@ -86,7 +86,7 @@ class Gateway:
         self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
                        if r.hedge is not None and alias not in self.strategies}
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
-        self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry)
+        self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:

@@ -116,6 +116,11 @@ class LearnedServing:
         configured = self.thresholds.get(alias)
         return configured if configured is not None else router.threshold
 
+    def artifact_threshold(self, alias: str) -> float | None:
+        """The fixed threshold (configured, else the artifact's) of the router serving ``alias``."""
+        router = self.routers.get(alias)
+        return None if router is None else self._fixed(alias, router)
+
     def decide(self, alias: str, prompt: str) -> ServingVerdict:
         router, artifact = self.routers.get(alias), self.ids.get(alias)  # one consistent pair per request
         if router is None:
