@@ -85,6 +85,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             cost_usd REAL NOT NULL DEFAULT 0)""",
         "CREATE INDEX route_labels_alias_ts ON route_labels (alias, ts)",
     ]),
+    ("0002_route_labels_ts", [  # the dashboard's drift panels read a time window of every route
+        "CREATE INDEX route_labels_ts ON route_labels (ts)",
+    ]),
 ]
 
 
@@ -109,6 +112,7 @@ def pg_migrations(s: str) -> list[tuple[str, list[str]]]:
                 cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0)""",
             f"CREATE INDEX route_labels_alias_ts ON {s}.route_labels (alias, ts)",
         ]),
+        ("0002_route_labels_ts", [f"CREATE INDEX route_labels_ts ON {s}.route_labels (ts)"]),
     ]
 
 
