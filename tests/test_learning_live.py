@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.test_learning_gateway import ask, config, labels_of
@@ -22,6 +23,7 @@ from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, resolve
 from turnout.routing.learned import LearnedRouter
 from turnout.routing.serving import artifact_id
+from turnout.server.openapi import READY
 from turnout.testing.procs import Proc, control, start_server
 
 T = TypeVar("T")
@@ -119,6 +121,7 @@ def test_promotion_rollback_and_a_broken_artifact_are_served_without_restart(  #
     assert "r0003.npz unusable" in row["reason"] and row["score"] is not None
     ready = httpx.get(gw.url + "/readyz", timeout=10)
     assert ready.status_code == 200  # still served by a router: ready
+    jsonschema.validate(ready.json(), READY)  # as the OpenAPI document describes it
     status = ready.json()["routers"]["auto"]
     assert status["artifact"] == first and status["ok"] is False
     assert status["detail"] == f"r0003.npz unusable (ValueError); still serving {first}"
@@ -163,7 +166,9 @@ def test_the_schedule_retrains_promotes_and_refuses_in_the_running_gateway(  # t
     until(lambda: retrains("refused") >= 1, "the scheduled refusal", timeout=120)
     assert resolve(reg.folder).name == "r0002.npz" and ask(gw.url, PROBE).headers["x-turnout-router"] == second
     assert reg.history()[-1]["event"] == "refused" and reg.history()[-1]["labels"] == 360
-    assert httpx.get(gw.url + "/readyz", timeout=10).json()["routers"]["auto"]["retrain"]["result"] == "refused"
+    ready = httpx.get(gw.url + "/readyz", timeout=10).json()
+    jsonschema.validate(ready, READY)
+    assert ready["routers"]["auto"]["retrain"]["result"] == "refused"
     assert retrains("promoted") == 1 and retrains("failed") == 0
 
 

@@ -159,11 +159,10 @@ READY = {
                 "type": "object",
                 "required": ["artifact", "ok", "detail"],
                 "properties": {
-                    "artifact": {"type": ["string", "null"]}, "ok": {"type": "boolean"},
-                    "detail": {"type": ["string", "null"]},
-                    "retrain": {"type": ["object", "null"], "properties": {
+                    "artifact": _nullable(_STRING), "ok": {"type": "boolean"}, "detail": _nullable(_STRING),
+                    "retrain": _nullable({"type": "object", "properties": {
                         "result": {"enum": ["promoted", "refused", "skipped", "failed"]},
-                        "at": _STRING, "artifact": {"type": ["string", "null"]}}},
+                        "at": _STRING, "artifact": _nullable(_STRING)}}),
                 },
             },
         },
