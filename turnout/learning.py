@@ -48,6 +48,7 @@ MAX_STREAMED_ANSWER_CHARS = 32_000
 # Requests answered by a weak engine, remembered (prompt and engines, in memory) so that feedback
 # on one can become a label; the oldest is forgotten past this many.
 MAX_FEEDBACK_CANDIDATES = 10_000
+MAX_FEEDBACK_CHARS = 20_000_000  # and past this many characters of prompts (about 20 MB)
 
 
 def open_label_store(cfg: TurnoutConfig) -> Any:
@@ -120,6 +121,7 @@ class LearningLoop:
         self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: OrderedDict[str, _Answered] = OrderedDict()  # request id -> weak answer, for feedback
+        self._answered_chars = 0
         self.upkeep: dict[str, RouterUpkeep] = {}
         if self.learned:
             from turnout.routing.upkeep import RouterUpkeep
@@ -232,15 +234,19 @@ class LearningLoop:
 
     # ==== explicit feedback ====================================================================
     def _remember(self, request_id: str, answered: _Answered) -> None:
+        old = self._answered.pop(request_id, None)
+        self._answered_chars += len(answered.prompt) - (len(old.prompt) if old else 0)
         self._answered[request_id] = answered
-        while len(self._answered) > MAX_FEEDBACK_CANDIDATES:
-            self._answered.popitem(last=False)
+        while len(self._answered) > MAX_FEEDBACK_CANDIDATES or self._answered_chars > MAX_FEEDBACK_CHARS:
+            _, dropped = self._answered.popitem(last=False)
+            self._answered_chars -= len(dropped.prompt)
 
     def feedback(self, request_id: str, tenant: str | None, satisfaction: float) -> bool:
         """A user's feedback on a request a learned or cascade route's weak engine answered (and that
         may go remote: the pseudonymized prompt is kept, never a sensitive one) becomes a ``feedback``
         label; True when it did. ``tenant``: the caller's (None: any). Only the last
-        :data:`MAX_FEEDBACK_CANDIDATES` such requests of this process are remembered."""
+        :data:`MAX_FEEDBACK_CANDIDATES` such requests of this process are remembered (fewer when
+        their prompts pass :data:`MAX_FEEDBACK_CHARS`)."""
         answered = self._answered.get(request_id)
         if answered is None or (tenant is not None and answered.tenant != tenant):
             return False

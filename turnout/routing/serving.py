@@ -77,6 +77,9 @@ class LearnedServing:
         self.tracker = tracker or ThresholdTracker()
         self.sources = dict(sources or {})   # alias -> what its router: names (refresh reads it again)
         self.ids = dict(ids or {})           # alias -> artifact_id of the router serving
+        # what decide reads: (router, its id), replaced in one assignment, so a request never
+        # pairs the old router with the new id
+        self._serving = {a: (r, self.ids.get(a)) for a, r in self.routers.items() if r is not None}
         self.stale: dict[str, tuple[str, str]] = {}  # alias -> (why a newer artifact is not served, its public form)
         self.loaded: dict[str, Signature | None] = {}  # alias -> what serves, as last seen on disk
         self.failed: dict[str, object] = {}  # alias -> the signature (or error text) that failed: not retried
@@ -122,7 +125,7 @@ class LearnedServing:
         return None if router is None else self._fixed(alias, router)
 
     def decide(self, alias: str, prompt: str) -> ServingVerdict:
-        router, artifact = self.routers.get(alias), self.ids.get(alias)  # one consistent pair per request
+        router, artifact = self._serving.get(alias, (None, None))
         if router is None:
             return ServingVerdict(None, None, None, self.problems.get(alias, f"no router for route {alias!r}")
                                   + "; routed by the chain's rules")
@@ -150,8 +153,12 @@ class LearnedServing:
         its scores of recent requests, so the tracked threshold fits it from the first request."""
         if target is not None:
             self.tracker.configure(alias, target, self._fixed(alias, router), seed_scores)
-        self.ids[alias] = artifact or self.ids.get(alias) or "unnamed"
+        if artifact is None:
+            self.ids.pop(alias, None)  # a router handed in (a test, the replay): no file to name
+        else:
+            self.ids[alias] = artifact
         self.routers[alias] = router
+        self._serving[alias] = (router, artifact)
         self.problems.pop(alias, None)
         self.stale.pop(alias, None)
 

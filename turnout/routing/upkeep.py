@@ -88,11 +88,13 @@ class RouterUpkeep:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:
             await asyncio.sleep(seconds)
-            await job()
+            try:
+                await job()
+            except Exception:  # noqa: BLE001 - one bad round never ends the schedule
+                log.exception("route %s: %s failed", self.alias, getattr(job, "__name__", "upkeep"))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -148,6 +150,9 @@ class RouterUpkeep:
         except TimeoutError:
             await self._stop_fit()
             return self._done("failed", f"the fit ran past timeout_s ({retrain.timeout_s:g} s) and was stopped")
+        except asyncio.CancelledError:  # shutdown: the fit does not outlive the gateway
+            await self._stop_fit()
+            raise
         finally:
             self._fit = None
         try:
