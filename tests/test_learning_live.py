@@ -329,3 +329,38 @@ def test_drift_metrics_carry_the_tenant_and_a_viewer_sees_its_own(keyed: Any, tm
     assert re.search(r'turnout_router_threshold\{kind="served",route="auto"\}', mine.text)  # the router's, no tenant
     assert keyed.call("GET", "/metrics", "a").status_code == 403  # a user key reads no metrics
     assert keyed.call("GET", "/metrics", None).status_code == 401
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_a_fit_in_progress_does_not_outlive_the_gateway(  # type: ignore[no-untyped-def]
+        gateway_factory, pair: tuple[Proc, Proc], tmp_path: Path) -> None:
+    from tests.test_learning_loop import write_outcomes
+
+    weak, strong = pair
+    reg = Registry(tmp_path / "routers" / "auto")
+    reg.promote(reg.add(router_on(synthetic(300, seed=8))))
+    big = tmp_path / "big.csv"  # a warm start large enough that the fit is still running when the gateway stops
+    write_outcomes(big, synthetic(200_000, seed=2))
+    gw = gateway_factory(learned(weak.url, strong.url, reg.folder, {
+        "retrain": {"every_s": 1, "min_new_labels": 40, "warm_start": str(big)}}))
+    add_labels(gw.db, flipped(60, seed=7), start=1000.0)
+    fit = until(lambda: [c for c in _children(gw.proc.pid) if "router fit" in c[1]], "the scheduled fit to start")
+    fit_pid = fit[0][0]
+    gw.proc.stop(timeout=30)
+    assert "Application shutdown complete" in gw.proc.output()  # a graceful stop, not the SIGKILL fallback
+    assert not Path(f"/proc/{fit_pid}").exists() or "zombie" in Path(f"/proc/{fit_pid}/status").read_text().lower()
+    assert reg.current() == reg.folder / "r0001.npz"  # nothing was promoted by the stopped fit
