@@ -19,6 +19,7 @@ from tests.conftest import Gateway, Upstream, hybrid_config
 from tests.test_metrics_ledger import mixed_load
 from turnout.ledger import stats
 from turnout.ledger.base import LedgerRow
+from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.ledger.sqlite import SQLiteLedger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,20 +70,29 @@ def test_stats_values_buckets_and_index_use(tmp_path: Path) -> None:
                   baseline_cost_usd=0.03),
     ]
     _insert(db, old + recent, [("a1", 1.0), ("a2", 0.5), ("b1", 0.0), ("old3", 1.0)])
+    labels = SQLiteLabels(db)  # the learning loop's labels: two shadow calls, a feedback, an escalation
+    for ts, source, weak, strong in ((now - 10 * 86400, "shadow", 0.0, 1.0), (now - 1795, "shadow", 1.0, 1.0),
+                                     (now - 1794, "shadow", 0.0, 1.0), (now - 1793, "feedback", 0.75, None),
+                                     (now - 58, "cascade", 0.0, None)):
+        labels.add_sync(Label("t", "auto", f"p{ts}", "local", "frontier", source, "j", weak, strong, ts=ts))
+    labels._conn.close()
 
-    plans: list[str] = []
+    plans: list[tuple[str, str]] = []
     run = stats.sqlite_query(db)
 
     def query(sql: str, params: Any) -> list[tuple[Any, ...]]:
-        plans.append(" | ".join(str(r[-1]) for r in run("EXPLAIN QUERY PLAN " + sql, params)))
+        plans.append((sql, " | ".join(str(r[-1]) for r in run("EXPLAIN QUERY PLAN " + sql, params))))
         return run(sql, params)
 
     data = stats.compute(query, "sqlite", hours=1, now=now)
-    # no full scan of requests (or feedback) for a windowed query: requests are found through the ts index
-    assert len(plans) == 3
-    for plan in plans:
+    # no full scan of requests (or feedback, or labels) for a windowed query: each is found through its ts index
+    ledger_plans = [plan for sql, plan in plans if "requests" in sql]
+    assert len(ledger_plans) == 3
+    for plan in ledger_plans:
         assert "requests_ts" in plan, plan
         assert "SCAN r " not in plan + " " and "SCAN requests" not in plan and "SCAN f" not in plan, plan
+    label_plans = [plan for sql, plan in plans if "FROM route_labels" in sql]
+    assert len(label_plans) == 1 and "route_labels_ts" in label_plans[0], label_plans
     assert data["bucket_seconds"] == 60 and len(data["buckets"]) == 61  # clock-aligned: a partial bucket at each end
     t = data["totals"]
     assert t["requests"] == 6 and t["errors"] == 1
@@ -102,6 +112,16 @@ def test_stats_values_buckets_and_index_use(tmp_path: Path) -> None:
     assert data["satisfaction_by_route"] == {"auto": {"mean": 0.0, "count": 1}, "private": {"mean": 0.75, "count": 2}}
     traffic = {(g["route"], g["engine"]): sum(g["counts"]) for g in data["traffic"]}
     assert traffic == {("auto", "(none)"): 1, ("auto", "frontier"): 2, ("auto", "local"): 1, ("private", "local"): 2}
+    drift = data["drift"]["routes"]
+    auto, private = drift["auto"], drift["private"]
+    assert auto["escalation_rate"][ia] == 1.0 and auto["escalation_rate"][ib] == 0.5  # a3 escalated; b1 of b1, b2
+    assert private["escalation_rate"][ia] == 0.0 and private["judged_local_quality"][ia] is None
+    assert auto["judged_local_quality"][ia] == pytest.approx(1.75 / 3) and auto["judged_local_quality"][ib] == 0.0
+    assert auto["shadow_agreement"][ia] == 0.5 and auto["shadow_agreement"][ib] is None
+    assert auto["labels"][ia] == 3 and sum(auto["labels"]) == 4  # the old label is outside the window
+    assert auto["totals"] == {"escalation_rate": pytest.approx(2 / 3), "judged_local_quality": pytest.approx(1.75 / 4),
+                              "shadow_agreement": 0.5, "labels": 4, "shadow_labels": 2}
+    assert "judged_local_quality" in data["definitions"]
 
     everything = stats.compute(run, "sqlite", hours=None, now=now)
     assert everything["totals"]["requests"] == 506 and everything["totals"]["feedback"] == 4
@@ -173,3 +193,75 @@ def test_dashboard_draws_charts_in_headless_chromium(gateway_factory, upstream: 
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_drift_panels_show_the_viewers_tenant_in_headless_chromium(tmp_path: Path) -> None:
+    """A learned route's traffic of two tenants, shadowed and judged: the drift panels (escalation
+    rate, judged local quality, shadow agreement per route) drawn for a viewer show its tenant only."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver; scripts/install.sh does it as root)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.keyed import cli_key, keyed_gateway, write_config
+    from tests.test_learning_gateway import config, labels_of
+    from tests.test_learning_loop import router_on, synthetic
+    from turnout.testing.procs import control, start_server
+
+    with start_server("turnout.testing.upstream") as weak, start_server("turnout.testing.upstream") as strong:
+        control(weak.url, "scenarios", {"replies": {"fake-small": ["#### 4", "#### 5", "#### 5", "#### 5"]}})
+        control(strong.url, "scenarios", {"replies": {"fake-big": ["#### 4"] * 4}})
+        cfg = config(weak.url, strong.url, router_on(synthetic(300, seed=8)).save(tmp_path / "r.npz"), guards=False)
+        cfg.update(auth="keys", storage={"sqlite_path": str(tmp_path / "turnout.sqlite")})
+        path = write_config(tmp_path, cfg)
+        keys = {"a": cli_key(path, "team-a"), "b": cli_key(path, "team-b"),
+                "va": cli_key(path, "team-a", "--roles", "viewer"), "admin": cli_key(path, "ops", "--roles", "admin")}
+        with keyed_gateway(path, keys) as gw:
+            for who in ("a", "a", "b", "b"):  # a: 4 == 4, 5 != 4; b: 5 != 4 twice
+                r = gw.call("POST", "/v1/chat/completions", who,
+                            {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]})
+                assert r.status_code == 200 and r.headers["x-turnout-engine"] == "small", r.text
+            assert len(labels_of(tmp_path / "turnout.sqlite", 4)) == 4
+
+            def drift(who: str, query: str = "") -> dict[str, Any]:
+                r = gw.call("GET", "/v1/dashboard/stats?hours=1" + query, who)
+                assert r.status_code == 200, r.text
+                return r.json()["drift"]["routes"]["auto"]["totals"]  # type: ignore[no-any-return]
+
+            assert drift("va") == {"escalation_rate": 0.0, "judged_local_quality": 0.5, "shadow_agreement": 0.5,
+                                   "labels": 2, "shadow_labels": 2}
+            assert drift("va", "&tenant=team-b") == drift("va")  # a viewer cannot ask for another tenant
+            assert drift("admin")["shadow_agreement"] == 0.25 and drift("admin")["labels"] == 4
+            assert drift("admin", "&tenant=team-b")["shadow_agreement"] == 0.0
+            assert gw.call("GET", "/v1/dashboard/stats", "a").status_code == 403
+
+            os.environ.setdefault("SE_OFFLINE", "true")
+            profile = tempfile.mkdtemp(prefix="turnout-chromium-")
+            driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=_chromium_options(profile))
+            try:
+                driver.execute_cdp_cmd("Network.enable", {})
+                driver.execute_cdp_cmd("Network.setExtraHTTPHeaders",
+                                       {"headers": {"Authorization": f"Bearer {gw.token('va')}"}})
+                driver.set_page_load_timeout(30)
+                driver.get(gw.url + "/dashboard?hours=1")
+                WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+                assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1", \
+                    driver.find_element(By.ID, "status").text
+
+                def count(css: str) -> int:
+                    return len(driver.find_elements(By.CSS_SELECTOR, css))
+
+                for panel in ("drift-escalation", "drift-quality", "drift-agreement"):
+                    assert count(f"#{panel} circle.pt[data-series='auto']") >= 1, panel
+                cells = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#drift-table tr.drift-row td")]
+                assert cells == ["auto", "0%", "0.50", "50%", "2 (2)"]  # team-a's figures, not everyone's (25 %)
+                assert driver.find_element(By.CSS_SELECTOR, "#totals .kpi .v").text == "2"  # team-a's requests
+                ARTIFACTS.mkdir(exist_ok=True)
+                shot = ARTIFACTS / "dashboard-drift.png"
+                driver.execute_script("document.getElementById('drift-escalation').scrollIntoView()")
+                assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            finally:
+                driver.quit()
+                shutil.rmtree(profile, ignore_errors=True)

@@ -106,7 +106,7 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
     assert all(EMAIL not in json.dumps(e) for e in strong_log)  # the shadow call went out pseudonymized
 
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
-    assert re.search(r'turnout_shadow_requests\{result="labelled",route="auto"\} 2\.0', metrics)
+    assert re.search(r'turnout_shadow_requests\{result="labelled",route="auto",tenant="anonymous"\} 2\.0', metrics)
     assert re.search(r'turnout_router_threshold\{kind="served",route="auto"\} 0\.999', metrics)
     assert 'turnout_router_target_escalation{route="auto"} 0.1' in metrics
 
@@ -241,6 +241,9 @@ def test_shadow_labels_go_to_postgresql(gateway_factory, fakes: tuple[Proc, Proc
     assert [(x["request_id"], x["source"], x["weak_score"], x["prompt"]) for x in rows] == [
         (r.headers["x-request-id"], "shadow", 0.0, "What is 3 + 4?")]  # 7 != 8
     assert not labels_of(gw.db, 1, timeout=0)  # none in the SQLite file
+    drift = httpx.get(gw.url + "/v1/dashboard/stats", params={"hours": 1}, timeout=10).json()["drift"]["routes"]
+    assert drift["auto"]["totals"] == {"escalation_rate": 0.0, "judged_local_quality": 0.0, "shadow_agreement": 0.0,
+                                       "labels": 1, "shadow_labels": 1}  # the dashboard reads them there too
 
 
 def test_no_learning_loop_without_learned_or_cascade_routes(tmp_path: Path) -> None:

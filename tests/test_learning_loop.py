@@ -423,7 +423,7 @@ def test_replay_learns_the_traffic_from_a_foreign_router() -> None:
 def test_drift_metrics_export() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from turnout.routing.drift import DriftMetrics
+    from turnout.routing.drift import WINDOW, DriftMetrics
     from turnout.routing.shadow import ShadowStats
 
     registry = CollectorRegistry()
@@ -432,16 +432,33 @@ def test_drift_metrics_export() -> None:
     tracker.configure("auto", 0.2, 0.3)
     for s in np.linspace(0.5, 0.9, 100):
         tracker.observe("auto", float(s))
-    stats = ShadowStats(considered={"auto": 10}, labelled={"auto": 4}, agreed={"auto": 3}, spent_usd=0.25)
-    drift.update(tracker, stats)
+    stats = ShadowStats(considered={"auto": 10}, labelled={"auto": 4}, agreed={"auto": 3}, spent_usd=0.25,
+                        tenants={("auto", "acme", "considered"): 6, ("auto", "acme", "labelled"): 4,
+                                 ("auto", "acme", "agreed"): 3, ("auto", "intruder", "considered"): 4},
+                        spent_by_tenant={"acme": 0.2, "intruder": 0.05})
+    for i in range(10):  # acme: 3 of 10 served strong, all 10 by the artifact's threshold
+        drift.observe("auto", "acme", escalated=i < 3, artifact_escalated=True)
+    drift.observe("cascade", "acme", escalated=True)
+    drift.update(tracker, stats, tenant_of=lambda t: t if t == "acme" else "other")
     text = generate_latest(registry).decode()
     assert 'turnout_router_threshold{kind="artifact",route="auto"} 0.3' in text
-    assert 'turnout_router_escalation_share{kind="artifact",route="auto"} 1.0' in text
-    assert 'turnout_shadow_agreement{route="auto"} 0.75' in text
-    assert 'turnout_shadow_requests{result="considered",route="auto"} 10.0' in text
+    assert 'turnout_router_escalation_share{kind="artifact",route="auto",tenant="acme"} 1.0' in text
+    assert 'turnout_router_escalation_share{kind="served",route="auto",tenant="acme"} 0.3' in text
+    assert 'turnout_router_escalated_total{kind="served",route="auto",tenant="acme"} 3.0' in text
+    assert 'turnout_router_decisions_total{route="auto",tenant="acme"} 10.0' in text
+    assert 'turnout_router_escalation_share{kind="served",route="cascade",tenant="acme"} 1.0' in text
+    assert 'kind="artifact",route="cascade"' not in text  # a cascade has no artifact
+    assert 'turnout_shadow_agreement{route="auto",tenant="acme"} 0.75' in text
+    assert 'turnout_shadow_requests{result="considered",route="auto",tenant="acme"} 6.0' in text
+    assert 'turnout_shadow_requests{result="considered",route="auto",tenant="other"} 4.0' in text  # folded
+    assert 'turnout_shadow_spend_usd{tenant="acme"} 0.2' in text
+    assert "intruder" not in text
     served = tracker.snapshot()["auto"].threshold
     assert served == pytest.approx(np.quantile(np.linspace(0.5, 0.9, 100), 0.8))
     assert f'turnout_router_threshold{{kind="served",route="auto"}} {served}' in text
+    for _ in range(3 * WINDOW):  # a moving share: it follows the recent requests
+        drift.observe("auto", "acme", escalated=False)
+    assert drift._shares[("auto", "acme", "served")].value < 0.05
 
 
 def test_usage_reports_escalation_and_the_learning_loop(tmp_path: Path) -> None:

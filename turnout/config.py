@@ -231,6 +231,30 @@ class ShadowConfig(_Strict):
                        "answers a rubric)")
 
 
+class RetrainConfig(_Strict):
+    """learned: retrain the route's router from its traffic labels on a schedule, in the gateway: every
+    ``every_s`` seconds, once ``min_new_labels`` labels arrived since the last fit, ``turnout router fit
+    --from-traffic`` runs in a child process; a candidate that passes the promotion gate is served at
+    once (hot reload), a refused one changes nothing. Needs ``router:`` to be a registry folder."""
+
+    every_s: float = Field(3600.0, ge=1.0, description="seconds between checks for new labels")
+    min_new_labels: int = Field(200, ge=1, description="labels of the route since the last fit needed to fit again")
+    family: str = Field("tfidf-lr", description="router family of the candidate (`turnout eval router --help`)")
+    holdout: float = Field(0.25, gt=0.0, lt=1.0, description="newest share of labels held out for the gate")
+    warm_start: str | None = Field(None, description="a public outcome data set (mmlu, gsm8k, mt_bench or a CSV) "
+                                   "added to the training labels")
+    timeout_s: float = Field(1800.0, gt=0.0, description="a fit still running after this long is stopped")
+
+
+class LearningConfig(_Strict):
+    """learned: how the gateway follows the route's router artifact, and an optional retraining schedule."""
+
+    reload_s: float = Field(5.0, ge=0.0, description="seconds between checks of what `router:` names (a registry "
+                            "folder's current.json, or the file): a promotion or rollback is served without a "
+                            "restart; 0: loaded at start only")
+    retrain: RetrainConfig | None = Field(None, description="retrain from traffic labels on a schedule (off by default)")
+
+
 class RouteConfig(_Strict):
     """A model alias a client may name. ``chain`` is tried in order (fallback)."""
 
@@ -262,6 +286,8 @@ class RouteConfig(_Strict):
         "threshold tracks it on recent traffic (instead of the fixed one)")
     shadow: ShadowConfig | None = Field(None, description="learned: shadow evaluation that labels live traffic "
                                         "for `turnout router fit --from-traffic` (off by default)")
+    learning: LearningConfig | None = Field(None, description="learned: hot reload of the router artifact (on by "
+                                            "default, every 5 s) and an optional retraining schedule")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a plugin strategy, its own to read")
     hedge: HedgeConfig | None = Field(
         None, description="streams: race the second engine if the first is slow to its first token (off by default; "
@@ -271,8 +297,9 @@ class RouteConfig(_Strict):
     def _strategy_needs(self) -> RouteConfig:
         from turnout import plugins
 
-        if self.strategy != "learned" and (self.shadow is not None or self.target_escalation is not None):
-            raise ValueError("'shadow' and 'target_escalation' belong to strategy 'learned'")
+        if self.strategy != "learned" and (self.shadow is not None or self.target_escalation is not None
+                                           or self.learning is not None):
+            raise ValueError("'shadow', 'target_escalation' and 'learning' belong to strategy 'learned'")
         # The registered class checks the route; loaded through its entry point, so config stays low-level.
         try:
             strategy = plugins.load(plugins.STRATEGIES, self.strategy)

@@ -86,7 +86,7 @@ class Gateway:
         self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
                        if r.hedge is not None and alias not in self.strategies}
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
-        self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry)
+        self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -324,12 +324,16 @@ class Gateway:
         finish: str | None = None
         usage: Usage | None = None
         text: list[str] = []
-        keep_text = self.guards is not None or (call.cache is not None and call.cache.kind == "miss")
+        whole = self.guards is not None or (call.cache is not None and call.cache.kind == "miss")
+        # the learning loop's shadow call judges the weak answer: kept up to a bound, else not shadowed
+        bound = None if whole else self.learning.answer_bound(call) if self.learning is not None else 0
+        kept = 0
         try:
             d: Delta | None = first
             while d is not None:
-                if d.content and keep_text:
+                if d.content and (bound is None or 0 < bound and kept <= bound):
                     text.append(d.content)
+                    kept += len(d.content)
                 if d.finish_reason:
                     finish, usage = d.finish_reason, d.usage or Usage()
                 yield d
@@ -351,6 +355,10 @@ class Gateway:
         finally:
             await aclose(deltas)  # stops the engine (a local model stops generating)
             await asyncio.shield(self._end(call))  # committed before the client sees [DONE]
+        if self.learning is not None and usage is not None:  # recorded: as Gateway.chat does for a whole answer
+            whole_answer = bound is None or 0 < bound and kept <= bound
+            self.learning.after(call, req, ChatResult("".join(text) if whole_answer else "", finish or "stop", usage),
+                                answer_kept=whole_answer)
 
     # ==== record: every request, whatever happened ============================================
     @contextlib.asynccontextmanager

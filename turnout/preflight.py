@@ -3,8 +3,9 @@ starts: that what the configuration points to exists and loads.
 
 - **Router artifacts** of ``learned`` routes load (``LearnedRouter.load``: the file, its
   format and its scorer state). ``serve`` refuses to start only when the path does not exist
-  (one line, exit 2); a broken artifact or an empty registry folder is served by the route's
-  rules, with the reason in the decision (``x-turnout-reason``, the ledger) and the log.
+  (one line, exit 2), or when ``learning.retrain`` is set and the path is not a registry folder;
+  a broken artifact or an empty registry folder is served by the route's rules, with the reason
+  in the decision (``x-turnout-reason``, the ledger) and the log.
 - **Model files** of engines and the PII guard exist, are GGUF files where a GGUF is expected
   (the magic bytes: loading the weights themselves is the engine's start), and match their
   ``sha256`` pins.
@@ -45,6 +46,12 @@ def router_problems(cfg: TurnoutConfig, missing_only: bool = False) -> list[Prob
 
     out = []
     for alias, route in cfg.routes.items():
+        scheduled = route.learning is not None and route.learning.retrain is not None
+        if route.strategy == "learned" and route.router and scheduled and not Path(route.router).is_dir():
+            out.append(Problem("error", f"routes.{alias}.learning.retrain", f"{route.router} is not a router registry "
+                               "folder; the schedule promotes into one (make it with `turnout router fit "
+                               "--from-traffic --baseline R.npz --registry DIR`)"))
+            continue
         if route.strategy == "learned" and route.router:
             if missing_only:
                 if not Path(route.router).exists():

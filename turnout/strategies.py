@@ -89,7 +89,7 @@ class LearnedStrategy(_WeakStrong):
         """Score the prompt: at or above the threshold the strong engines go first; without a
         usable router the chain's order, with the reason."""
         v = await asyncio.to_thread(self.serving.decide, self.alias, req.prompt_text())
-        d.reason = v.reason
+        d.reason, d.router = v.reason, v.artifact
         if v.escalate is None:
             return
         d.score, d.threshold = v.score, v.threshold

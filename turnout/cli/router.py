@@ -2,7 +2,7 @@
 
     turnout router fit --from-traffic --alias auto [--db FILE | --dsn DSN] [--registry DIR]
                        [--family tfidf-lr] [--embedding minilm] [--target-escalation 0.2]
-                       [--warm-start mmlu] [--baseline R.npz] [--since DAYS] [--json]
+                       [--warm-start mmlu] [--baseline R.npz] [--since DAYS] [--min-new-labels N] [--json]
     turnout router history --alias auto [--registry DIR] [--json]
     turnout router rollback --alias auto [--registry DIR]
 
@@ -11,7 +11,11 @@ holds out the newest quarter, and promotes the candidate only if it beats the se
 (APGR higher, CPT50 no higher) and its scores spread; every fitted artifact is kept in the
 registry (``.turnout/routers/<alias>/`` by default) with its provenance, and ``history.jsonl``
 records each decision. Point the route's ``router:`` at the registry folder to serve its current
-artifact. Exit status: 0 promoted, 3 refused (a worse or degenerate candidate), 2 bad input.
+artifact: a running gateway serves a promotion or a rollback within ``learning.reload_s`` (5 s by
+default), without a restart. One fit runs at a time per registry (``fit.lock``); with
+``--min-new-labels N`` a fit only runs when N labels arrived since the last one (the gateway's
+schedule, ``routes.<alias>.learning.retrain``, runs exactly this). Exit status: 0 promoted,
+3 refused (a worse or degenerate candidate), 4 skipped (fewer new labels than asked), 2 bad input.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REFUSED = 3
+SKIPPED = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="the router serving now, when the registry has none yet (e.g. the route's artifact)")
     fit.add_argument("--holdout", type=float, default=0.25, help="newest share of labels held out (default 0.25)")
     fit.add_argument("--since", type=float, default=None, metavar="DAYS", help="only labels of the last N days")
+    fit.add_argument("--min-new-labels", type=int, default=None, metavar="N",
+                     help="fit only if N labels arrived since the last fit (else exit 4)")
     fit.add_argument("--json", action="store_true")
     fit.set_defaults(func=run_fit)
 
@@ -95,18 +102,31 @@ def _labels(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run_fit(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    registry = _registry(args)
+    with registry.lock():  # one fit at a time per route: the CLI, and each replica's schedule
+        return _fit(args, registry)
+
+
+def _fit(args: argparse.Namespace, registry: Any) -> int:
     from turnout.evals.retrain import retrain, traffic_dataset
     from turnout.routing.learned import LearnedRouter
     from turnout.routing.scorers import make_scorer
 
-    registry = _registry(args)
+    rows = _labels(args)
+    if args.min_new_labels is not None:
+        new = len(rows) - registry.labels_at_last_fit()
+        if new < args.min_new_labels:
+            result = {"alias": args.alias, "promoted": False, "skipped": True, "labels": len(rows), "new_labels": new,
+                      "reason": f"{new} new labels since the last fit; {args.min_new_labels} needed"}
+            print(json.dumps(result, indent=2) if args.json else f"{args.alias}: skipped: {result['reason']}")
+            return SKIPPED
     current_path = registry.current()
     if current_path is None and args.baseline is not None:  # seed the registry with the serving router
         baseline = LearnedRouter.load(args.baseline)
         current_path = registry.add(baseline)
         registry.promote(current_path, reason=f"baseline: {args.baseline}")
     current = LearnedRouter.load(current_path) if current_path is not None else None
-    data = traffic_dataset(_labels(args), f"traffic:{args.alias}")
+    data = traffic_dataset(rows, f"traffic:{args.alias}")
     warm = None
     if args.warm_start:
         from turnout.evals.datasets import load_dataset
@@ -126,7 +146,7 @@ def run_fit(args: argparse.Namespace) -> int:
     path = None
     if outcome.candidate is not None:
         path = registry.add(outcome.candidate)
-        fields = {"reason": outcome.reason, "labels": len(data),
+        fields = {"reason": outcome.reason, "labels": len(rows),
                   "candidate": outcome.candidate_metrics.as_dict() if outcome.candidate_metrics else None,
                   "current": outcome.current_metrics.as_dict() if outcome.current_metrics else None}
         if outcome.promote:
@@ -134,15 +154,15 @@ def run_fit(args: argparse.Namespace) -> int:
         else:
             registry.record("refused", path, **fields)
     else:
-        registry.record("refused", None, reason=outcome.reason, labels=len(data))
-    result = {"alias": args.alias, "promoted": outcome.promote, "reason": outcome.reason,
-              "artifact": str(path) if path else None, "labels": len(data),
+        registry.record("refused", None, reason=outcome.reason, labels=len(rows))
+    result = {"alias": args.alias, "promoted": outcome.promote, "skipped": False, "reason": outcome.reason,
+              "artifact": str(path) if path else None, "labels": len(rows),
               "current": str(registry.current()) if registry.current() else None}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         verb = "promoted" if outcome.promote else "refused"
-        print(f"{args.alias}: {verb} {path.name if path else 'no candidate'} ({len(data)} labels): {outcome.reason}")
+        print(f"{args.alias}: {verb} {path.name if path else 'no candidate'} ({len(rows)} labels): {outcome.reason}")
     return 0 if outcome.promote else REFUSED
 
 
@@ -174,5 +194,5 @@ def run_rollback(args: argparse.Namespace) -> int:
     before = registry.current()
     target = registry.rollback()
     print(f"{args.alias}: now serving {target.name} (was {before.name if before else 'none'}); "
-          "restart or reload the gateway to load it")
+          "a running gateway picks it up within its learning.reload_s")
     return 0

@@ -45,9 +45,14 @@ DEFAULT_HOLDOUT = 0.25
 def traffic_dataset(rows: Sequence[dict[str, Any]], name: str = "traffic") -> RoutingDataset:
     """Label rows (oldest first) as outcome data. A label that knows one engine's outcome only
     (user feedback on the weak answer, a pairwise judge) takes the other as 1.0 (good): the row
-    then says whether the weak answer sufficed, which is what the router ranks by."""
+    then says whether the weak answer sufficed, which is what the router ranks by. Of several
+    feedback labels on one request only the last counts (a later feedback replaces the earlier)."""
+    last_feedback = {str(r["request_id"]): i for i, r in enumerate(rows)
+                     if r["source"] == "feedback" and r.get("request_id")}
     prompts, weak, strong, groups = [], [], [], []
-    for r in rows:
+    for i, r in enumerate(rows):
+        if r["source"] == "feedback" and r.get("request_id") and last_feedback[str(r["request_id"])] != i:
+            continue
         prompts.append(str(r["prompt"]))
         weak.append(1.0 if r["weak_score"] is None else float(r["weak_score"]))
         strong.append(1.0 if r["strong_score"] is None else float(r["strong_score"]))

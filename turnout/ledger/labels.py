@@ -85,6 +85,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             cost_usd REAL NOT NULL DEFAULT 0)""",
         "CREATE INDEX route_labels_alias_ts ON route_labels (alias, ts)",
     ]),
+    ("0002_route_labels_ts", [  # the dashboard's drift panels read a time window of every route
+        "CREATE INDEX route_labels_ts ON route_labels (ts)",
+    ]),
 ]
 
 
@@ -109,6 +112,7 @@ def pg_migrations(s: str) -> list[tuple[str, list[str]]]:
                 cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0)""",
             f"CREATE INDEX route_labels_alias_ts ON {s}.route_labels (alias, ts)",
         ]),
+        ("0002_route_labels_ts", [f"CREATE INDEX route_labels_ts ON {s}.route_labels (ts)"]),
     ]
 
 
@@ -155,6 +159,11 @@ class SQLiteLabels:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def count(self, alias: str) -> int:
+        """The route's labels so far (the retraining schedule compares it with the last fit's)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM route_labels WHERE alias = ?", (alias,)).fetchone()[0])
+
     async def close(self) -> None:
         self._conn.close()
 
@@ -191,6 +200,11 @@ class PostgresLabels:
             cur.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def count(self, alias: str) -> int:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {self.schema}.route_labels WHERE alias = %s", (alias,))
+            return int(cur.fetchone()[0])
 
     async def close(self) -> None:
         return None

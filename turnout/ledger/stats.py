@@ -17,6 +17,11 @@ Definitions (also returned under ``definitions``):
 * **latency p50/p95**: nearest-rank percentiles of ``latency_ms`` over ok requests.
 * **saved**: ``baseline_cost_usd - cost_usd`` (baseline: the same tokens at the priciest remote engine).
 * **satisfaction**: mean normalised feedback score (0..1) of the requests made in the bucket.
+* **drift**, per route (the learning loop, from ``requests`` and the ``route_labels`` table of
+  :mod:`turnout.ledger.labels`, when it exists): the route's escalation rate; **judged local
+  quality** = mean weak-answer score of the labels made in the bucket that judged it (shadow,
+  feedback, a cascade's escalation as 0); **shadow agreement** = share of the bucket's shadow
+  labels where the weak answer was as good as the strong one (as ``turnout usage``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ DEFINITIONS = {
     "latency": "nearest-rank p50/p95 of latency_ms over ok requests",
     "saved_usd": "baseline_cost_usd - cost_usd (baseline: same tokens at the priciest remote engine)",
     "satisfaction": "mean normalised feedback (thumbs up 1, down 0; rating (n-1)/4) of the bucket's requests",
+    "judged_local_quality": "mean weak-answer score of the routing labels that judged it (shadow calls, feedback, "
+                            "a cascade's escalation as 0), by the time they were labelled",
+    "shadow_agreement": "shadow labels where the weak answer was as good as the strong one / shadow labels",
 }
 
 _ESCALATED = ("(engine IS NOT NULL AND (hops <> '[]' OR (strategy = 'cascade' AND locality = 'remote') "
@@ -117,6 +125,14 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         [origin, b, *wparams])
 
     series = _series(n, groups, ranked, fb)
+    labels = query(
+        f"SELECT {bk} AS k, alias, COUNT(*), "
+        "SUM(CASE WHEN weak_score IS NOT NULL THEN weak_score ELSE 0 END), "
+        "SUM(CASE WHEN weak_score IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN source = 'shadow' AND weak_score IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN source = 'shadow' AND weak_score IS NOT NULL AND weak_score >= COALESCE(strong_score, 1.0) "
+        f"THEN 1 ELSE 0 END) FROM route_labels {where} GROUP BY 1, 2",
+        [origin, b, *wparams]) if _has_labels(query, dialect) else []
     return {
         "hours": hours,
         "since": since,
@@ -125,14 +141,58 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "bucket_seconds": b,
         "buckets": [origin + i * b for i in range(n)],
         **series,
+        "drift": _drift(n, groups, labels),
         "definitions": DEFINITIONS,
     }
+
+
+def _has_labels(query: Query, dialect: str) -> bool:
+    """Whether the learning loop's table exists (it is made with the first label)."""
+    if dialect == "postgres":
+        return bool(query("SELECT to_regclass('route_labels') IS NOT NULL", [])[0][0])
+    return bool(query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'route_labels'", []))
+
+
+def _drift(n: int, groups: list[tuple[Any, ...]], labels: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Per route: escalation rate, judged local quality and shadow agreement per bucket, and over the window."""
+    keys = ("answered", "escalated", "labels", "judged_sum", "judged", "shadow", "agreed")
+    per: dict[str, dict[str, list[float]]] = {}
+
+    def route(alias: str) -> dict[str, list[float]]:
+        return per.setdefault(alias, {k: [0.0] * n for k in keys})
+
+    for k, alias, _engine, _req, _ok, _local, answered, escalated, *_ in groups:
+        i = int(k)
+        if 0 <= i < n and int(answered or 0):
+            r = route(alias)
+            r["answered"][i] += int(answered or 0)
+            r["escalated"][i] += int(escalated or 0)
+    for k, alias, count, judged_sum, judged, shadow, agreed in labels:
+        i = int(k)
+        if 0 <= i < n:
+            r = route(alias)
+            for key, v in zip(keys[2:], (count, judged_sum, judged, shadow, agreed), strict=True):
+                r[key][i] += float(v or 0)  # PostgreSQL's SUM(bigint) is a Decimal
+    out: dict[str, Any] = {}
+    for alias, r in sorted(per.items()):
+        total = {k: sum(v) for k, v in r.items()}
+        out[alias] = {
+            "escalation_rate": [_ratio(a, b) for a, b in zip(r["escalated"], r["answered"], strict=True)],
+            "judged_local_quality": [_ratio(a, b) for a, b in zip(r["judged_sum"], r["judged"], strict=True)],
+            "shadow_agreement": [_ratio(a, b) for a, b in zip(r["agreed"], r["shadow"], strict=True)],
+            "labels": [int(x) for x in r["labels"]],
+            "totals": {"escalation_rate": _ratio(total["escalated"], total["answered"]),
+                       "judged_local_quality": _ratio(total["judged_sum"], total["judged"]),
+                       "shadow_agreement": _ratio(total["agreed"], total["shadow"]),
+                       "labels": int(total["labels"]), "shadow_labels": int(total["shadow"])},
+        }
+    return {"routes": out}
 
 
 def _empty(hours: float | None, since: float | None, now: float) -> dict[str, Any]:
     return {"hours": hours, "since": since, "origin": now, "until": now, "bucket_seconds": BUCKETS[0], "buckets": [],
             "traffic": [], "series": {}, "totals": _totals_from({}, 0, 0.0), "satisfaction_by_route": {},
-            "definitions": DEFINITIONS}
+            "drift": {"routes": {}}, "definitions": DEFINITIONS}
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -5,6 +5,7 @@ A registry is one folder per route (``.turnout/routers/<alias>/``)::
     r0001.npz, r0002.npz ...   every artifact fitted for the route, never overwritten
     history.jsonl              one event per line: fitted, promoted, refused, rollback (append-only)
     current.json               {"artifact": "r0002.npz"}: the one that serves (replaced atomically)
+    fit.lock                   held while a fit runs (:meth:`Registry.lock`): one fit at a time per route
 
 A route's ``router:`` may name such a folder instead of one ``.npz`` file; the gateway then loads
 the artifact ``current.json`` names. ``turnout router history`` lists the events, ``turnout router
@@ -16,11 +17,14 @@ and the route falls back to its rules (the chain in order), visibly in the log a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +81,26 @@ class Registry:
         if not self.history_file.is_file():
             return []
         return [json.loads(line) for line in self.history_file.read_text(encoding="utf-8").splitlines() if line]
+
+    def labels_at_last_fit(self) -> int:
+        """How many labels the route had when it was last fitted (0 before any fit): ``turnout
+        router fit --min-new-labels`` and the gateway's schedule fit again only past it."""
+        for e in reversed(self.history()):
+            if e.get("event") in ("promoted", "refused") and isinstance(e.get("labels"), int):
+                return int(e["labels"])
+        return 0
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the route's fit lock (waits for a fit in progress, in this or another process, e.g.
+        the retraining schedule of two gateway replicas on one host)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "fit.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def add(self, router: LearnedRouter) -> Path:
         """Save a new artifact (not serving yet)."""

@@ -35,3 +35,4 @@ class Decision:
     confined: bool = False         # remote engines removed because the request is sensitive
     escalated: bool = False        # cascade: the weak engine's draft was not kept
     signals: dict[str, float | None] | None = None  # cascade: every confidence signal of the draft
+    router: str | None = None      # learned: the artifact that scored (name@sha256 prefix; x-turnout-router)

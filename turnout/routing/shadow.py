@@ -135,10 +135,18 @@ class ShadowStats:
     over_budget: dict[str, int] = field(default_factory=dict)
     spent_usd: float = 0.0
     day: str = ""
+    tenants: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (route, tenant, result) -> count
+    spent_by_tenant: dict[str, float] = field(default_factory=dict)        # today, what the calls cost
 
     @staticmethod
     def bump(counter: dict[str, int], alias: str) -> None:
         counter[alias] = counter.get(alias, 0) + 1
+
+    def count(self, result: str, alias: str, tenant: str) -> None:
+        """One more ``result`` (a field above) for ``alias``, and for it of ``tenant``."""
+        self.bump(getattr(self, result), alias)
+        key = (alias, tenant, result)
+        self.tenants[key] = self.tenants.get(key, 0) + 1
 
 
 StrongCall = Callable[[], Awaitable[tuple[str, float]]]  # -> (strong answer text, its cost in USD)
@@ -158,6 +166,7 @@ class Shadow:
         day = dt.datetime.fromtimestamp(self.clock(), dt.UTC).date().isoformat()
         if day != self.stats.day:
             self.stats.day, self.stats.spent_usd = day, 0.0
+            self.stats.spent_by_tenant.clear()
         return day
 
     def maybe_schedule(self, *, tenant: str, alias: str, request_id: str | None, prompt: str | None,
@@ -168,16 +177,16 @@ class Shadow:
         if policy is None or prompt is None:
             return False
         s = self.stats
-        s.bump(s.considered, alias)
+        s.count("considered", alias, tenant)
         if not self.samplers[alias].decide(score, threshold):
             return False
         self._today()
         budget = self.policies[alias].daily_budget_usd
         if s.spent_usd + estimated_cost > budget:
-            s.bump(s.over_budget, alias)
+            s.count("over_budget", alias, tenant)
             return False
         s.spent_usd += estimated_cost  # reserved now, corrected when the call's cost is known
-        s.bump(s.scheduled, alias)
+        s.count("scheduled", alias, tenant)
         task = asyncio.get_running_loop().create_task(self._run(
             tenant, alias, request_id, prompt, request, weak_engine, strong_engine, weak_answer, estimated_cost,
             call_strong))
@@ -192,17 +201,18 @@ class Shadow:
         try:
             strong_answer, cost = await call_strong()
             s.spent_usd += cost - estimated
+            s.spent_by_tenant[tenant] = s.spent_by_tenant.get(tenant, 0.0) + cost
             verdict = await self.judge.judge(prompt, weak_answer, strong_answer, request)
             if verdict is None:
-                s.bump(s.failed, alias)
+                s.count("failed", alias, tenant)
                 return
             await self.store.add(Label(tenant, alias, prompt, weak_engine, strong_engine, "shadow", verdict.judge,
                                        verdict.weak_score, verdict.strong_score, request_id, cost))
-            s.bump(s.labelled, alias)
+            s.count("labelled", alias, tenant)
             if verdict.weak_score is not None and verdict.weak_score >= (verdict.strong_score or 0.0):
-                s.bump(s.agreed, alias)
+                s.count("agreed", alias, tenant)
         except Exception as exc:  # noqa: BLE001 - a shadow call never affects the user's request
-            s.bump(s.failed, alias)
+            s.count("failed", alias, tenant)
             log.warning("shadow call for route %s failed: %s", alias, exc)
 
     async def drain(self) -> None:

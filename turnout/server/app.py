@@ -213,6 +213,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         cache = build_cache(cfg)
         gateway = Gateway(cfg, engines, ledger, access, guards, start_strategies(cfg), tracer, cache, store)
         app.state.gateway = gateway
+        if gateway.learning is not None:  # learned routes: hot reload of the router, the retraining schedule
+            gateway.learning.start()
         runner = start_tasks(cfg, gateway)
         app.state.tasks = runner
         if on_ready:

@@ -6,6 +6,10 @@
 
 200 with the stored, normalised feedback; 404 for an unknown request id, or one of another
 tenant (the two are indistinguishable); 400 for a bad body. Needs a ``user`` key. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
+
+Feedback on an answer of a ``learned`` or ``cascade`` route's weak engine also becomes a routing
+label (source ``feedback``, the satisfaction as the weak answer's score, the pseudonymized prompt;
+never for a request kept local): ``turnout.learning.LearningLoop.feedback``.
 """
 
 from __future__ import annotations
@@ -52,5 +56,8 @@ async def post_feedback(request: Request) -> Response:
                            code="request_not_found")
         await asyncio.sleep(0.1)
         waited += 0.1
+    learning = request.app.state.gateway.learning
+    if learning is not None:  # on a weak engine's answer of a learned/cascade route: a routing label
+        learning.feedback(request_id, tenant, fb.satisfaction)
     return JSONResponse({"object": "feedback", "request_id": fb.request_id, "kind": fb.kind, "value": fb.value,
                          "satisfaction": fb.satisfaction, "comment": fb.comment})

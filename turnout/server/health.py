@@ -1,9 +1,12 @@
-"""GET /healthz (the process answers), GET /readyz (each engine's state), GET /metrics
-(a ``viewer`` key: the series of its tenant and those without a tenant; ``admin``: all).
+"""GET /healthz (the process answers), GET /readyz (each engine's state, and each learned route's
+router: the artifact serving, a newer one that did not load, the last scheduled retrain; a route
+served by its rules is still ready), GET /metrics (a ``viewer`` key: the series of its tenant and
+those without a tenant; ``admin``: all).
 
 ``/readyz`` is public, for load balancers and orchestrators: anyone sees whether each engine is
-ready. Why one is not (an upstream's address, a weights path, an unset variable's name) is
-shown only to a ``viewer`` or ``admin`` key, or to anyone in ``auth: open`` (loopback only)."""
+ready (and the routers' artifact file names and error types). Why an engine is not ready (an
+upstream's address, a weights path, an unset variable's name) is shown only to a ``viewer`` or
+``admin`` key, or to anyone in ``auth: open`` (loopback only)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ async def readyz(request: Request) -> Response:
         if detailed:
             engines[n]["detail"] = detail
     ready = all(e["ready"] for e in engines.values())
-    return JSONResponse({"status": "ready" if ready else "degraded", "engines": engines}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "degraded", "engines": engines}
+    if gw.learning is not None and gw.learning.upkeep:
+        body["routers"] = gw.learning.status()
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def may_see_details(request: Request, gw: Gateway) -> bool:

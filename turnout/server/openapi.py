@@ -153,6 +153,21 @@ READY = {
                                "locality": {"enum": ["local", "remote"]}},
             },
         },
+        "routers": {
+            "description": "learned routes only: the router artifact serving (null: routed by the chain's "
+                           "rules), whether a newer one failed to load, the last scheduled retrain",
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["artifact", "ok", "detail"],
+                "properties": {
+                    "artifact": _nullable(_STRING), "ok": {"type": "boolean"}, "detail": _nullable(_STRING),
+                    "retrain": _nullable({"type": "object", "properties": {
+                        "result": {"enum": ["promoted", "refused", "skipped", "failed"]},
+                        "at": _STRING, "artifact": _nullable(_STRING)}}),
+                },
+            },
+        },
     },
 }
 

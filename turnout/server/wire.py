@@ -27,6 +27,8 @@ def headers(call: Call) -> dict[str, str]:
         h["x-turnout-strategy"] = d.strategy
         if d.score is not None:
             h["x-turnout-score"] = f"{d.score:.4f}"
+        if d.router is not None:
+            h["x-turnout-router"] = d.router
     engine = call.trail.engine
     if engine is not None:
         h["x-turnout-engine"] = engine.name
