@@ -143,6 +143,7 @@ def main() -> None:
     if args.reference_only:
         return
     means: dict[str, list[float]] = {}
+    pgr_means: dict[str, list[float]] = {}
     state = {"args": args, "target": target, "initial": initial, "embed": embed, "source": source}
     jobs = [(s, f) for s in args.samplings for f in args.folds]
     t = time.perf_counter()
@@ -158,30 +159,45 @@ def main() -> None:
         apgr = np.full((len(mine), len(checkpoints)), np.nan)
         cpt = np.full_like(apgr, np.nan)
         cost = np.full_like(apgr, np.nan)
+        pgr = np.full_like(apgr, np.nan)
         for k, (_, _, curve, _) in enumerate(mine):
             for j, c in enumerate(checkpoints):
                 apgr[k, j], cpt[k, j] = at(curve, c, "apgr"), at(curve, c, "cpt50")
-                cost[k, j] = at(curve, c, "shadow_calls")
+                cost[k, j], pgr[k, j] = at(curve, c, "shadow_calls"), at(curve, c, "pgr_at_target")
         means[sampling] = [float(np.nanmean(apgr[:, j])) for j in range(len(checkpoints))]
+        pgr_means[sampling] = [float(np.nanmean(pgr[:, j])) for j in range(len(checkpoints))]
         final = [curve[-1] for _, _, curve, _ in mine]
         print(f"\n{sampling} sampling: mean over folds {args.folds}; at the end "
               f"{np.mean([p.labels for p in final]):.0f} labels, {np.mean([p.promotions for p in final]):.1f} "
               f"promotions, {np.mean([p.refusals for p in final]):.1f} refusals, strong share on the test slice "
               f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%")
-        print(f"{'labels':>6} {'APGR':>6} {'sd':>6} {'CPT50':>6} {'shadow calls':>12}")
+        print(f"{'labels':>6} {'APGR':>6} {'sd':>6} {'CPT50':>6} {'PGR@20%':>7} {'sd':>6} {'shadow calls':>12}")
         for j, c in enumerate(checkpoints):
             print(f"{c:>6} {np.nanmean(apgr[:, j]):>6.3f} {np.nanstd(apgr[:, j]):>6.3f} "
-                  f"{np.nanmean(cpt[:, j]) * 100:>5.1f}% {np.nanmean(cost[:, j]):>12.0f}")
+                  f"{np.nanmean(cpt[:, j]) * 100:>5.1f}% {np.nanmean(pgr[:, j]):>7.3f} {np.nanstd(pgr[:, j]):>6.3f} "
+                  f"{np.nanmean(cost[:, j]):>12.0f}")
     levels = [0.55, 0.60, 0.62, 0.64, 0.65]
     if args.reference is not None:
         levels.append(round(args.reference - 0.03, 3))
+    def reach(curve: list[float], level: float) -> int | None:
+        return next((c for c, a in zip(checkpoints, curve, strict=True) if not math.isnan(a) and a >= level), None)
+
     print("\nlabels to reach a mean APGR (first checkpoint at or above):")
     for level in sorted(set(levels)):
-        row = []
-        for sampling, curve in means.items():
-            hit = next((c for c, a in zip(checkpoints, curve, strict=True) if not math.isnan(a) and a >= level), None)
-            row.append(f"{sampling} {hit if hit is not None else '>' + str(args.budget)}")
+        row = [f"{s} {reach(curve, level) or '>' + str(args.budget)}" for s, curve in means.items()]
         print(f"  {level:.3f}: " + ", ".join(row))
+    if "uniform" in means:  # the comparison: labels needed for what uniform sampling reaches
+        for name, table in (("APGR", means), ("PGR at 20 % strong calls", pgr_means)):
+            print(f"\nlabels each sampling needs to reach uniform sampling's mean {name} at N labels (ratio to N):")
+            for j, c in enumerate(checkpoints):
+                level = table["uniform"][j]
+                if c == 0 or math.isnan(level):
+                    continue
+                row = []
+                for s, curve in table.items():
+                    hit = reach(curve, level)
+                    row.append(f"{s} {hit} ({hit / c:.2f})" if hit else f"{s} >{args.budget}")
+                print(f"  uniform@{c} = {level:.3f}: " + ", ".join(row))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from turnout.evals.routing_metrics import (
     evaluate_scores,
     optimal_quality,
     oracle_scores,
+    pgr_at,
     quality_curve,
     quantile_thresholds,
     random_scores,
@@ -82,6 +83,17 @@ def test_cpt_takes_first_crossing_and_nan_without_gap() -> None:
     assert cpt(dip, 0.5, 0.5, 1.0) == pytest.approx(0.2 * (0.25 / 0.4))
     assert np.isnan(cpt(dip, 0.5, 0.7, 0.7))
     assert np.isnan(apgr(dip, 0.7, 0.7))
+
+
+def test_pgr_at_one_operating_point() -> None:
+    weak = np.array([1.0, 0.0, 0.0, 1.0, 0.0])    # weak quality 0.4
+    strong = np.array([1.0, 1.0, 1.0, 1.0, 0.0])  # strong quality 0.8, gap 0.4
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3])  # ranks rows 1, 3, 4, 2, 0
+    assert pgr_at(scores, weak, strong, 0.2) == pytest.approx(0.5)  # row 1 goes strong: 0.6 -> (0.6-0.4)/0.4
+    assert pgr_at(scores, weak, strong, 0.4) == pytest.approx(0.5)  # row 3 adds nothing (weak already right)
+    assert pgr_at(scores, weak, strong, 0.8) == pytest.approx(1.0)  # rows 1 and 2 both strong
+    assert pgr_at(scores, weak, strong, 0.0) == 0.0 and pgr_at(-scores, weak, strong, 0.2) == 0.0
+    assert np.isnan(pgr_at(scores, weak, weak, 0.2))
 
 
 def test_optimal_quality_escalates_gains_first() -> None:

@@ -14,8 +14,9 @@ refitted from the labels and promoted only through the gate of :mod:`turnout.eva
 (better APGR and CPT50 on the newest labels, scores that spread).
 
 Reported against the number of labels: APGR and CPT(50%) of the serving router on a test slice
-of the data set that the loop never sees (one fold of five over distinct prompts), and the
-labelling cost (shadow calls to the strong engine; in USD when the data has costs).
+of the data set that the loop never sees (one fold of five over distinct prompts), its PGR at the
+configured escalation share (the operating point it serves at, where uncertainty sampling spends
+its labels; APGR averages over every share), and the labelling cost (shadow calls to the strong engine; in USD when the data has costs).
 Everything runs in-process for speed; ``tests/test_learning_loop.py`` runs the same pieces over
 real sockets.
 """
@@ -32,7 +33,7 @@ import numpy as np
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.retrain import retrain, traffic_dataset
 from turnout.evals.router_cv import prompt_folds
-from turnout.evals.routing_metrics import evaluate_scores
+from turnout.evals.routing_metrics import evaluate_scores, pgr_at
 from turnout.routing.learned import LearnedRouter
 from turnout.routing.shadow import pick_for_shadow
 from turnout.routing.threshold import ThresholdTracker
@@ -64,6 +65,7 @@ class CurvePoint:
     serving: str
     apgr: float
     cpt50: float
+    pgr_at_target: float            # PGR with the configured share of the test prompts sent strong
     escalation_share: float
     promotions: int
     refusals: int
@@ -127,6 +129,7 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
         s = _scores(serving, list(test.prompts), embed)
         m = evaluate_scores(s, test.weak, test.strong)
         result.curve.append(CurvePoint(len(label_rows), requests, shadow_calls, cost, name, m.apgr, m.cpt50,
+                                       pgr_at(s, test.weak, test.strong, cfg.target_escalation),
                                        float((s >= tracker.threshold("route")).mean()), promotions, refusals))
         if progress:
             progress(f"{len(label_rows):5d} labels  APGR {m.apgr:.3f}  CPT50 {m.cpt50 * 100:5.1f}%  ({name})")
@@ -187,9 +190,9 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
 def render(result: ReplayResult) -> str:
     lines = [f"replay {result.target} from a router trained on {result.source} "
              f"(family {result.config.family}, {result.config.sampling} sampling, seed {result.config.seed})",
-             f"{'labels':>6} {'requests':>8} {'shadow':>6} {'APGR':>6} {'CPT50':>6} {'strong%':>7}  serving"]
+             f"{'labels':>6} {'requests':>8} {'shadow':>6} {'APGR':>6} {'CPT50':>6} {'PGR@t':>6} {'strong%':>7}  serving"]
     for p in result.curve:
         cpt = "-" if math.isnan(p.cpt50) else f"{p.cpt50 * 100:.1f}"
-        lines.append(f"{p.labels:>6} {p.requests:>8} {p.shadow_calls:>6} {p.apgr:>6.3f} {cpt:>6} "
+        lines.append(f"{p.labels:>6} {p.requests:>8} {p.shadow_calls:>6} {p.apgr:>6.3f} {cpt:>6} {p.pgr_at_target:>6.3f} "
                      f"{p.escalation_share * 100:>6.1f}%  {p.serving}")
     return "\n".join(lines)

@@ -130,6 +130,22 @@ def cpt(curve: QualityCurve, fraction: float, weak_quality: float, strong_qualit
     return float("nan")
 
 
+def pgr_at(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, share: float) -> float:
+    """Performance gap recovered at one operating point: the ``share`` of prompts scored highest go
+    to the strong model (ties broken by order), the rest to the weak one. This is what a serving
+    router calibrated to that escalation share delivers; APGR averages over every share. NaN when
+    both models are equally good."""
+    s, w, g = _as_vectors(scores, weak, strong)
+    wq, sq = float(w.mean()), float(g.mean())
+    if sq == wq or s.size == 0:
+        return float("nan")
+    k = int(round(share * s.size))
+    strong_rows = np.argsort(-s, kind="stable")[:k]
+    routed = w.copy()
+    routed[strong_rows] = g[strong_rows]
+    return (float(routed.mean()) - wq) / (sq - wq)
+
+
 def evaluate_scores(
     scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, bins: int = DEFAULT_BINS
 ) -> RouterMetrics:
