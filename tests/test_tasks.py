@@ -717,7 +717,9 @@ def test_task_budget_stops_the_task_and_nothing_after_runs(tmp_path: Path, fake:
                       {"id": "b", "kind": "llm", "instruction": "two {{steps.a}}", "route": "frontier"},
                       {"id": "look", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}}]}
     script(fake, plan, "A", "B", plan, "A", "B", plan)
-    cfg = config(fake.url, toolbox.url, tmp_path, cache_ttl_s=0, budget_usd=0.000001)
+    # a call's worst case is its prompt plus max_tokens at the route's prices: a short plan, long steps
+    cfg = config(fake.url, toolbox.url, tmp_path, cache_ttl_s=0, budget_usd=0.000001, plan_max_tokens=40,
+                 step_max_tokens=4000)
     gw = start(tmp_path, cfg, PEOPLE)
     body = {"goal": "g", "tools": ["search_tickets"]}
     with gw.proc:
@@ -727,24 +729,28 @@ def test_task_budget_stops_the_task_and_nothing_after_runs(tmp_path: Path, fake:
         assert full["state"] == "succeeded", full
         cost = {s["step_id"]: s["cost_usd"] for s in full["steps"]}
         assert cost["plan-1"] > 0 and cost["a"] > 0
-        # enough for the plan and step a, not for b: a starts under the budget, b never does
-        budget = cost["plan-1"] + cost["a"] / 2
+        # room for the plan's worst case (prompt + 40 tokens, about $0.003), not for step a's
+        # (4,000 tokens at $15/M = $0.06): the task stops before a is sent, never overspent
+        budget = 0.02
         tid = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": budget}).json()["id"]
         t = wait_state(gw, tid, "succeeded", "failed")
         assert t["state"] == "failed" and t["failure"] == "budget_exhausted", t
         assert t["error"].startswith("budget_exhausted") and t["budget_usd"] == pytest.approx(budget)
-        assert [s["step_id"] for s in t["steps"]] == ["plan-1", "a"]
-        assert t["cost_usd"] >= budget
-        # the config's default: the plan spends it, nothing after
+        assert 0 < t["cost_usd"] <= budget
+        *made, refused = t["steps"]
+        assert [(s["step_id"], s["status"]) for s in made] == [("plan-1", "ok")], t["steps"]
+        assert refused["step_id"] == "a" and refused["status"] == "error" and refused["cost_usd"] == 0
+        assert "its task has $" in refused["error"], refused
+        # the config's default: not even the plan fits, so nothing is sent at all
         tid = gw.call("POST", "/v1/turnout/tasks", "alice", body).json()["id"]
         t = wait_state(gw, tid, "succeeded", "failed")
         assert t["failure"] == "budget_exhausted" and t["budget_usd"] == 0.000001, t
-        assert [s["step_id"] for s in t["steps"]] == ["plan-1"]
+        assert [(s["step_id"], s["status"]) for s in t["steps"]] == [("plan-1", "error")] and t["cost_usd"] == 0
         for bad in (0, -1, "lots", [1]):
             r = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": bad})
             assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
             assert "budget_usd" in r.json()["error"]["message"] + str(r.json()["error"].get("param"))
-    assert len(planner_requests(fake)) == 3 + 2 + 1  # no call after the budget was spent
+    assert len(planner_requests(fake)) == 3 + len(made)  # no call beyond the budget was sent
     searches = [c for c in httpx.get(toolbox.url + "/calls").json()["calls"] if c["tool"] == "search_tickets"]
     assert len(searches) == 1  # only the first task's
 

@@ -44,6 +44,7 @@ class Call:
     tenant: str = "anonymous"
     key: ApiKey | None = None
     reservation: Reservation | None = None
+    spend_cap_usd: float | None = None  # a task's budget left: a call whose worst case exceeds it is refused
     # inspect, ground, cache, scan
     labels: set[str] = field(default_factory=set)
     # decide / protect

@@ -453,6 +453,8 @@ class TasksConfig(_Strict):
     max_replans: int = Field(2, ge=0, le=10, description="re-plans after a rejection or a failed step")
     max_steps: int = Field(12, ge=1, le=100)
     step_max_tokens: int = Field(512, ge=1, description="max_tokens of an executor step's answer")
+    plan_max_tokens: int = Field(2048, ge=1, description="max_tokens of a plan (with step_max_tokens, what bounds a "
+                                 "call's worst-case cost against a task's budget)")
     cache_ttl_s: float = Field(3600.0, ge=0, description="step cache lifetime (0: off)")
     poll_s: float = Field(0.25, gt=0, description="how often the runner looks for work")
 

@@ -7,7 +7,7 @@
     decide        policy rules, then the route's strategy; sensitive -> local engines only
     protect       the route's guard policy: remote engines get a pseudonymized copy, or only
                   local engines remain (fail closed)
-    reserve       rate limits and budgets, estimated (429 with Retry-After)
+    reserve       rate limits and budgets, estimated (429 with Retry-After); a task's budget left (403)
     call          the engine stack the strategy builds for this decision:
                       Fallback([Instrumented(Guarded(remote)), Instrumented(local), ...])
                       Cascade(weak=Fallback([...]), strong=Fallback([...]))
@@ -41,7 +41,7 @@ from turnout.engines.fallback import FallbackEngine
 from turnout.engines.guarded import GuardedEngine
 from turnout.engines.hedge import Hedge
 from turnout.engines.instrumented import InstrumentedEngine
-from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, PolicyBlocked
+from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, PermissionDenied, PolicyBlocked
 from turnout.governance.access import Access
 from turnout.guards.base import Inspection
 from turnout.guards.step import Guards, redact
@@ -273,7 +273,8 @@ class Gateway:
     # ==== reserve =============================================================================
     @step("reserve")
     async def reserve(self, call: Call, req: ChatRequest | EmbeddingRequest) -> None:
-        if self.access is None or call.key is None or call.decision is None:
+        keyed = self.access is not None and call.key is not None
+        if call.decision is None or not (keyed or call.spend_cap_usd is not None):
             return
         prompt = req.estimated_tokens()
         completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
@@ -281,7 +282,12 @@ class Gateway:
             (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN) for n in call.decision.chain),
             default=0.0,
         )
-        call.reservation = await self.access.reserve(call.key, prompt + completion, cost)
+        if call.spend_cap_usd is not None and cost > call.spend_cap_usd:  # a task's own budget: never overspent
+            raise PermissionDenied(f"this call may cost up to ${cost:.6f} ({prompt} prompt + {completion} completion "
+                                   f"tokens on route {call.decision.alias}); its task has ${call.spend_cap_usd:.6f} "
+                                   "of its budget left", code="task_budget_exhausted")
+        if self.access is not None and call.key is not None:
+            call.reservation = await self.access.reserve(call.key, prompt + completion, cost)
 
     # ==== call: the engine stack for this decision ============================================
     def stack(self, call: Call, req: ChatRequest | EmbeddingRequest) -> Engine:

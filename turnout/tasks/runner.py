@@ -236,13 +236,16 @@ class TaskRunner:
         await to_thread(self.store.update, t["id"], ("replan", {"reason": reason}), plan=None, replans=t["replans"] + 1,
                         notes=[*t["notes"], reason])
 
-    async def check_budget(self, tid: str) -> None:
-        """Before each step and model call: the task's rolled-up cost against its budget."""
+    async def check_budget(self, tid: str) -> float | None:
+        """Before each step and model call: the task's rolled-up cost against its budget; what is
+        left of it (None: no budget). Each model call is then refused by the pipeline's reserve
+        step if its worst case exceeds what is left, so the budget is never overspent."""
         t = await to_thread(self.store.get, tid)
         assert t is not None
         if t["budget_usd"] is not None and t["cost_usd"] >= t["budget_usd"]:
             raise TaskFailed(f"budget_exhausted: the task spent ${t['cost_usd']:.6f} of its ${t['budget_usd']:.6f} "
                              "budget; nothing more runs", code="budget_exhausted")
+        return None if t["budget_usd"] is None else float(t["budget_usd"]) - float(t["cost_usd"])
 
     async def walk(self, t: dict[str, Any]) -> bool:
         """Run the plan's steps not done yet; True when the task ended (done or parked)."""
@@ -305,12 +308,12 @@ class TaskRunner:
 
     async def model_call(self, t: dict[str, Any], version: int, sid: str, kind: str, route: str,
                          messages: list[ChatMessage]) -> str:
-        await self.check_budget(t["id"])
+        left = await self.check_budget(t["id"])
         req = ChatRequest(model=route, messages=messages, temperature=0,
-                          max_tokens=None if kind == "plan" else self.tc.step_max_tokens)
+                          max_tokens=self.tc.plan_max_tokens if kind == "plan" else self.tc.step_max_tokens)
         sensitivity = t["sensitivity"] if local_reason(t) is None or t["sensitivity"] in SENSITIVE_LEVELS \
             else "sensitive"  # kept local by the guards: the pipeline confines it like a labelled one
-        call = Call(on_behalf_of=t["key_id"], sensitivity=sensitivity)
+        call = Call(on_behalf_of=t["key_id"], sensitivity=sensitivity, spend_cap_usd=left)
         call.labels.add(f"task:{t['id']}")
         t0 = time.perf_counter()
         try:
@@ -319,6 +322,9 @@ class TaskRunner:
             await to_thread(self.store.save_step, t["id"], version, sid, kind=kind, route=route,
                             request_id=call.request_id, status="error", error=exc.message, cost_usd=call.trail.cost(),
                             latency_ms=(time.perf_counter() - t0) * 1000)
+            if exc.code == "task_budget_exhausted":
+                raise TaskFailed(f"budget_exhausted: {kind} step {sid} not run: {exc.message}",
+                                 code="budget_exhausted") from None
             if exc.status in (401, 403, 429) or kind == "plan":
                 raise TaskFailed(f"{kind} step {sid} refused by the gateway ({exc.status} {exc.code}): "
                                  f"{exc.message}", code="refused" if exc.status in (401, 403, 429)
