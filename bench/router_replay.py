@@ -184,7 +184,8 @@ def main() -> None:
 
     print("\nlabels to reach a mean APGR (first checkpoint at or above):")
     for level in sorted(set(levels)):
-        row = [f"{s} {reach(curve, level) or '>' + str(args.budget)}" for s, curve in means.items()]
+        row = [f"{s} {'>' + str(args.budget) if (hit := reach(curve, level)) is None else hit}"
+               for s, curve in means.items()]
         print(f"  {level:.3f}: " + ", ".join(row))
     if "uniform" in means:  # the comparison: labels needed for what uniform sampling reaches
         for name, table in (("APGR", means), ("PGR at 20 % strong calls", pgr_means)):
@@ -196,7 +197,7 @@ def main() -> None:
                 row = []
                 for s, curve in table.items():
                     hit = reach(curve, level)
-                    row.append(f"{s} {hit} ({hit / c:.2f})" if hit else f"{s} >{args.budget}")
+                    row.append(f"{s} >{args.budget}" if hit is None else f"{s} {hit} ({hit / c:.2f})")
                 print(f"  uniform@{c} = {level:.3f}: " + ", ".join(row))
 
 

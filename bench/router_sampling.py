@@ -126,7 +126,7 @@ def main() -> None:
             row = []
             for s in args.strategies:
                 hit = next((k for k in args.checkpoints if means[s][k] >= level), None)
-                row.append(f"{s} {hit if hit else '>' + str(top)}" + (f" ({hit / c:.2f})" if hit else ""))
+                row.append(f"{s} >{top}" if hit is None else f"{s} {hit} ({hit / c:.2f})")
             print(f"  uniform@{c} = {level:.3f}: " + ", ".join(row))
 
 
