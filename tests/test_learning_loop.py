@@ -175,7 +175,7 @@ def test_label_store_appends_and_filters(tmp_path: Path) -> None:
     assert SQLiteLabels(tmp_path / "t.sqlite").rows("auto")[0]["request_id"] == "req-1"  # migrations re-run safely
 
 
-def test_label_store_postgres() -> None:
+def test_label_store_postgres(tmp_path: Path) -> None:
     psycopg = pytest.importorskip("psycopg")
     from turnout.ledger.labels import PostgresLabels
 
@@ -191,6 +191,17 @@ def test_label_store_postgres() -> None:
         rows = store.rows("auto")
         assert [r["prompt"] for r in rows] == ["p1", "p2"] and rows[1]["strong_score"] is None
         assert traffic_dataset(rows).strong.tolist() == [1.0, 1.0]
+        # the gateway's scheduled fit reads these labels with the DSN in its environment, never in its argv
+        from turnout.config import RetrainConfig, RouteConfig, StorageConfig
+        from turnout.routing.upkeep import fit_command, fit_env
+
+        storage = StorageConfig(postgres_dsn=dsn, postgres_schema=schema)
+        registry = tmp_path / "auto"
+        cmd = fit_command("auto", RouteConfig(chain=["a", "b"], strategy="learned", router=str(registry)),
+                          RetrainConfig(min_new_labels=1), storage)
+        assert dsn not in " ".join(cmd) and fit_env(storage)["TURNOUT_DSN"] == dsn
+        out = subprocess.run(cmd, env=fit_env(storage), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 3 and "2 labels" in out.stdout + out.stderr, out.stdout + out.stderr
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="train on the route's labels in the ledger (the only source for now)")
     _common(fit)
     fit.add_argument("--db", default=os.environ.get("TURNOUT_DB", ".turnout/turnout.sqlite"))
-    fit.add_argument("--dsn", default=None, help="read labels from PostgreSQL at this DSN instead")
+    fit.add_argument("--dsn", default=os.environ.get("TURNOUT_DSN") or None,
+                     help="read labels from PostgreSQL at this DSN instead (default $TURNOUT_DSN: keeps a "
+                          "password off the command line, where other users of the host can read it)")
     fit.add_argument("--schema", default="public")
     fit.add_argument("--family", default="tfidf-lr", help="router family (turnout eval router --help lists them)")
     fit.add_argument("--embedding", default=None, help="prompt embedding for embedding families (default minilm)")

@@ -53,13 +53,23 @@ def fit_command(alias: str, route: RouteConfig, retrain: RetrainConfig, storage:
            "--registry", str(route.router), "--family", retrain.family, "--holdout", str(retrain.holdout),
            "--target-escalation", str(route.target_escalation or DEFAULT_TARGET),
            "--min-new-labels", str(retrain.min_new_labels), "--json"]
-    if storage.postgres_dsn:
-        cmd += ["--dsn", storage.postgres_dsn, "--schema", storage.postgres_schema]
+    if storage.postgres_dsn:  # the DSN itself goes in the environment (fit_env): argv is readable by anyone on the host
+        cmd += ["--schema", storage.postgres_schema]
     else:
         cmd += ["--db", str(storage.sqlite_path)]
     if retrain.warm_start:
         cmd += ["--warm-start", retrain.warm_start]
     return cmd
+
+
+def fit_env(storage: StorageConfig) -> dict[str, str]:
+    """The environment of the fit: the gateway's, offline, one thread, and the label store's DSN."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # a fit beside the serving process takes one core
+    env.pop("TURNOUT_DSN", None)
+    if storage.postgres_dsn:
+        env["TURNOUT_DSN"] = storage.postgres_dsn
+    return env
 
 
 class RouterUpkeep:
@@ -139,8 +149,7 @@ class RouterUpkeep:
         if new < retrain.min_new_labels:
             return self._done("skipped", f"{new} new labels since the last fit; {retrain.min_new_labels} needed",
                               quiet=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        env.setdefault("OMP_NUM_THREADS", "1")  # a fit beside the serving process takes one core
+        env = fit_env(self.storage)
         log.info("route %s: %d new labels, fitting a candidate router", self.alias, new)
         self._fit = proc = await asyncio.create_subprocess_exec(
             *fit_command(self.alias, self.route, retrain, self.storage), stdout=asyncio.subprocess.PIPE,
