@@ -43,6 +43,31 @@ async def _make_ledger(db: Path) -> None:
     await SQLiteLedger(db).close()  # creates the tables (all migrations)
 
 
+def test_a_hedges_cancelled_loser_is_not_an_escalation(tmp_path: Path) -> None:
+    """The dashboard's SQL and `turnout usage` agree: a hop with code hedge_lost (the slower engine of
+    a hedge, cancelled) does not make a request escalated; any other failed hop does, with or without
+    a code (older rows), also beside a hedge's loser."""
+    import asyncio
+    import json
+
+    from turnout.ledger.usage import escalated
+
+    db = tmp_path / "ledger.sqlite"
+    asyncio.run(_make_ledger(db))
+    now = 1_700_000_000.0
+    lost = {"engine": "local", "error": 'hedge lost to frontier; cancelled "engine"', "code": "hedge_lost"}
+    failed = {"engine": "local", "error": "upstream said {\"code\": \"hedge_lost\"}", "code": "upstream_error"}
+    hops = {"h1": [lost], "h2": [lost, failed], "h3": [failed], "h4": [{"engine": "x", "error": "500"}], "h5": []}
+    rows = [LedgerRow(ts=now - 30 + i, request_id=rid, tenant="t", alias="auto", status="ok", http_status=200,
+                      engine="frontier", locality="remote", latency_ms=1.0,
+                      hops=json.dumps(h, separators=(",", ":")) if rid != "h4" else json.dumps(h))
+            for i, (rid, h) in enumerate(hops.items())]
+    _insert(db, rows, [])
+    t = stats.compute(stats.sqlite_query(db), "sqlite", hours=1, now=now)["totals"]
+    assert t["requests"] == 5 and t["escalated"] == 3
+    assert [escalated({"engine": "frontier", "hops": r.hops}) for r in rows] == [False, True, True, True, False]
+
+
 def test_stats_values_buckets_and_index_use(tmp_path: Path) -> None:
     import asyncio
 

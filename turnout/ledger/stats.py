@@ -9,7 +9,8 @@ Definitions (also returned under ``definitions``):
 
 * **local share**: answered requests (status ok) served by a local engine / answered requests.
 * **escalated**: a request answered by an engine other than the first it would have tried:
-  it has failed hops before its answer (fallback along the chain), or its strategy is
+  it has failed hops before its answer (fallback along the chain; a hedge's cancelled loser is
+  not a failure), or its strategy is
   ``cascade`` and a remote engine answered (a cascade starts local), or its strategy is
   ``learned`` and the router's score reached the threshold (sent to the strong engines). The ledger does not
   keep the chain itself, so this is read from ``hops``, ``strategy`` and ``locality``.
@@ -40,7 +41,7 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 DEFINITIONS = {
     "local_share": "answered requests served by a local engine / answered requests",
     "escalated": "answered by an engine other than the first it would have tried: failed hops before the answer "
-                 "(fallback), or strategy 'cascade' answered by a remote engine, or strategy 'learned' with the "
+                 "(fallback; a hedge's cancelled loser is not one), or strategy 'cascade' answered by a remote engine, or strategy 'learned' with the "
                  "router's score at or above its threshold",
     "escalation_rate": "escalated / requests that got an engine's answer",
     "latency": "nearest-rank p50/p95 of latency_ms over ok requests",
@@ -51,7 +52,11 @@ DEFINITIONS = {
     "shadow_agreement": "shadow labels where the weak answer was as good as the strong one / shadow labels",
 }
 
-_ESCALATED = ("(engine IS NOT NULL AND (hops <> '[]' OR (strategy = 'cascade' AND locality = 'remote') "
+# a failed hop other than a hedge's loser: more hops ('{"engine"' opens each, engine the first key)
+# than '"hedge_lost"' codes in the hops JSON (neither sequence can occur inside an escaped string)
+_FAILED_HOP = ("((LENGTH(hops) - LENGTH(REPLACE(hops, '{\"engine\"', ''))) * 12 > "
+               "(LENGTH(hops) - LENGTH(REPLACE(hops, '\"hedge_lost\"', ''))) * 9)")
+_ESCALATED = (f"(engine IS NOT NULL AND ({_FAILED_HOP} OR (strategy = 'cascade' AND locality = 'remote') "
               "OR (strategy = 'learned' AND score IS NOT NULL AND threshold IS NOT NULL AND score >= threshold)))")
 
 

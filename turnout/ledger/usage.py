@@ -21,11 +21,14 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
+HEDGE_LOST = "hedge_lost"  # the hop a hedge's slower engine leaves (turnout.engines.fallback): not an escalation
+
+
 def escalated(r: dict[str, Any]) -> bool:
     """Answered by an engine other than the first it would have tried (turnout.ledger.stats)."""
     if r.get("engine") is None:
         return False
-    if (r.get("hops") or "[]") != "[]":
+    if any(h.get("code") != HEDGE_LOST for h in json.loads(r.get("hops") or "[]")):  # a hedge's loser is no failure
         return True
     if r.get("strategy") == "cascade":
         return r.get("locality") == "remote"
