@@ -64,6 +64,20 @@ def test_feedback_is_stored_normalised_and_summarised(gateway_factory, upstream:
     list(stream.parse())
     assert httpx.post(url, json={"request_id": stream_id, "score": 3}).json()["satisfaction"] == 0.5
 
+    # every feedback, replaced ones included, is in the hash-chained audit log with its request's row; the
+    # comment only as its hash
+    conn = sqlite3.connect(gw.db)
+    audit = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM audit_entries ORDER BY seq")]
+    conn.close()
+    given = [(a["request_id"], a["kind"], a["value"]) for a in audit if a.get("event") == "feedback"]
+    assert given == [(ids[0], "thumbs", 1), (ids[1], "rating", 2), (local_id, "thumbs", 0), (local_id, "rating", 5),
+                     (stream_id, "rating", 3)]
+    assert "spot on" not in json.dumps(audit) and all(a["tenant"] == "anonymous" for a in audit
+                                                       if a.get("event") == "feedback")
+    verify = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(gw.db)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
     out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db), "--json"],
                          capture_output=True, text=True, check=True)
     summary = json.loads(out.stdout)

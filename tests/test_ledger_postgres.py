@@ -97,7 +97,10 @@ def test_gateway_writes_its_ledger_to_postgres(schema: str, gateway_factory, ups
     with sqlite3.connect(gw.db) as lite:  # nothing went to the SQLite file: it has no ledger table at all
         assert lite.execute("SELECT name FROM sqlite_master WHERE name = 'requests'").fetchall() == []
     with PostgresAuditLog(PG_DSN, schema=schema) as audit:
-        assert audit.verify().ok and audit.verify().entries == 3
+        # three requests and two feedbacks (the 404 for an unknown request writes nothing)
+        assert audit.verify().ok and audit.verify().entries == 5
+        feedback = [e.payload for e in audit.tail(5) if e.payload.get("event") == "feedback"]
+        assert [(f["request_id"], f["kind"]) for f in feedback] == [(ids[2], "thumbs"), (ids[0], "rating")]
 
     stats = httpx.get(gw.url + "/v1/dashboard/stats", params={"hours": 1}).json()
     assert stats["totals"]["requests"] == 3 and stats["totals"]["feedback"] == 2

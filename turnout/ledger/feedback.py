@@ -18,6 +18,7 @@ caller's tenant, so one tenant can neither write nor overwrite another's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
+from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit import sqlite_append, utc_now
 
 MAX_COMMENT_CHARS = 2000
 THUMBS = {"up": 1, "down": 0}
@@ -59,6 +62,15 @@ def make(request_id: str, score: str | int, comment: str | None = None, ts: floa
     return Feedback(request_id, kind, value, sat, comment, time.time() if ts is None else ts)
 
 
+def audit_payload(fb: Feedback, tenant: str) -> dict[str, Any]:
+    """The audit entry committed with a feedback row: feedback moves satisfaction figures and, on a
+    learned route, becomes a training label, so it is tamper-evident like the requests. The free-text
+    comment is kept as its hash (the chain cannot be erased)."""
+    comment = None if fb.comment is None else hashlib.sha256(fb.comment.encode()).hexdigest()
+    return {"event": "feedback", "request_id": fb.request_id, "tenant": tenant, "kind": fb.kind, "value": fb.value,
+            "satisfaction": fb.satisfaction, "comment_sha256": comment}
+
+
 # Shared by the SQLite and PostgreSQL stores (only the placeholder differs).
 UPSERT = ("INSERT INTO {t} (ts, request_id, kind, value, satisfaction, comment) VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
           "ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts, kind = excluded.kind, value = excluded.value, "
@@ -74,6 +86,7 @@ class SQLiteFeedback:
         self.path = Path(path)
         self._conn = sqlitedb.connect(self.path)
         sqlitedb.migrate(self._conn, "ledger_migrations", MIGRATIONS)
+        sqlitedb.migrate(self._conn, "audit_migrations", AUDIT_MIGRATIONS)
         self._lock = threading.Lock()
 
     def _add(self, fb: Feedback, tenant: str | None) -> bool:
@@ -83,6 +96,7 @@ class SQLiteFeedback:
                 return False
             c.execute(UPSERT.format(t="feedback", p="?"),
                       (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
+            sqlite_append(c, audit_payload(fb, row[0]), utc_now())  # in the same transaction
             return True
 
     async def add(self, fb: Feedback, tenant: str | None) -> bool:

@@ -24,6 +24,7 @@ from turnout import pgdb
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
 from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback
+from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
 
 log = logging.getLogger("turnout.ledger")
@@ -171,6 +172,7 @@ class PostgresLedger(GroupCommitWriter):
                 return False
             cur.execute(UPSERT.format(t=f"{s}.feedback", p="%s"),
                         (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
+            postgres_append(cur, feedback_audit(fb, row[0]), utc_now(), schema=s)  # in the same transaction
             return True
 
 
