@@ -77,6 +77,15 @@ def test_feedback_is_stored_normalised_and_summarised(gateway_factory, upstream:
     verify = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(gw.db)],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # a feedback entry never stands in for its request's own entry (whose row hash is checked)
+    assert "before row hashing" not in verify.stdout and "4 ledger rows match their entries" in verify.stdout, verify.stdout
+    conn = sqlite3.connect(gw.db)
+    with conn:
+        conn.execute("UPDATE requests SET completion_tokens = completion_tokens + 1 WHERE request_id = ?", (local_id,))
+    conn.close()
+    edited = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(gw.db)],
+                            capture_output=True, text=True)
+    assert edited.returncode == 1 and local_id in edited.stdout + edited.stderr, edited.stdout + edited.stderr
 
     out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db), "--json"],
                          capture_output=True, text=True, check=True)

@@ -179,7 +179,8 @@ def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None,
             return Verification(False, count, seq, f"payload is not valid JSON ({exc}): edited")
         if actual != stored:
             return Verification(False, count, seq, "content does not match its hash: the entry was edited")
-        if payloads is not None and isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
+        if (payloads is not None and isinstance(payload, dict) and isinstance(payload.get("request_id"), str)
+                and "event" not in payload):  # a request's row entry; feedback and task events name an event
             payloads[payload["request_id"]] = (seq, payload)
         prev, expected, count = stored, expected + 1, count + 1
     if head is not None:
