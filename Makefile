@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/ruff check turnout tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check turnout tests bench

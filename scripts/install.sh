@@ -17,12 +17,27 @@ fi
 # a general protection fault where the kernel does not grant AMX state to the process (seen on
 # this project's 2-core machines). --no-cache-dir: a wheel cached by an earlier native build
 # would be reused whatever CMAKE_ARGS say.
+# The portable wheel is kept in a cache folder named by everything that shapes the build (the
+# version, CMAKE_ARGS, the Python and the platform), so a second install on this machine (a new
+# clone, CI) installs it in seconds; a different build setting gets a folder of its own.
+LLAMA_CPP=llama-cpp-python==0.3.36
 if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
-  echo "turnout: installing llama-cpp-python (compiled from source: ~8 min on 2 cores)"
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
   export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ${CMAKE_ARGS:-}"
-  "$VENV/bin/python" -m pip install --no-cache-dir -v "llama-cpp-python==0.3.36" 2>&1 \
-    | sed -u -nE 's/^ *\[([0-9]+)\/([0-9]+)\] .*/  llama.cpp build: step \1 of \2/p; s/^(Successfully installed.*)/  \1/p; /(ERROR|error:)/p'
+  build_id=$(printf '%s|%s|%s' "$LLAMA_CPP" "$CMAKE_ARGS" \
+    "$("$VENV/bin/python" -c 'import sys, sysconfig; print(sys.version.split()[0], sysconfig.get_platform())')" \
+    | sha256sum | cut -c1-16)
+  wheels="${TURNOUT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turnout/wheels}/llama-cpp-$build_id"
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "turnout: building llama-cpp-python (compiled from source: ~8 min on 2 cores; kept in $wheels)"
+    mkdir -p "$wheels.tmp"
+    "$VENV/bin/python" -m pip wheel --no-deps --no-cache-dir -v -w "$wheels.tmp" "$LLAMA_CPP" 2>&1 \
+      | sed -u -nE 's/^ *\[([0-9]+)\/([0-9]+)\] .*/  llama.cpp build: step \1 of \2/p; /(ERROR|error:)/p'
+    rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"  # whole or not at all: an interrupted build is not cached
+  else
+    echo "turnout: installing llama-cpp-python from the wheel built earlier on this machine ($wheels)"
+  fi
+  "$VENV/bin/python" -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
 fi
 # --- chromium for the dashboard's browser test (tests/test_dashboard.py) -----------------------
 # The test drives headless Chromium; it cannot be downloaded by a test tool, so as root on
