@@ -215,6 +215,28 @@ def test_cascade_escalation_is_a_label(gateway_factory, fakes: tuple[Proc, Proc]
     assert rows[0]["prompt"] == "What is 2 + 2?"
 
 
+def test_a_weak_engine_that_failed_is_a_cascade_failed_label(gateway_factory, fakes: tuple[Proc, Proc],  # type: ignore[no-untyped-def]
+                                                             tmp_path: Path) -> None:
+    """The label says why the cascade escalated from the decision's field, whichever engine drafted:
+    here the route's first engine cannot call tools, so the second one drafts (and fails)."""
+    weak, strong = fakes
+    cfg = config(weak.url, strong.url, tmp_path / "unused.npz", guards=False, shadow=False)
+    cfg["engines"]["plain"] = {**cfg["engines"]["small"], "supports_tools": False}
+    cfg["engines"]["small"]["base_url"] = "http://127.0.0.1:9/v1"  # nothing listens: the draft fails
+    cfg["routes"] = {"auto": {"chain": ["plain", "small", "big"], "strategy": "cascade", "threshold": -1.0}}
+    gw = gateway_factory(cfg)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=60, json={
+        "model": "auto", "messages": [{"role": "user", "content": "look it up"}], "max_tokens": 16,
+        "tools": [tool], "tool_choice": "required"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-turnout-engine"] == "big" and "cascade: small failed, escalated" in r.headers["x-turnout-reason"]
+    assert "engines without tool calling skipped" in r.headers["x-turnout-reason"]
+    rows = labels_of(gw.db, 1)
+    assert [(x["request_id"], x["source"], x["judge"]) for x in rows] == [
+        (r.headers["x-request-id"], "cascade", "cascade:failed")]
+
+
 def test_shadow_labels_go_to_postgresql(gateway_factory, fakes: tuple[Proc, Proc], tmp_path: Path,  # type: ignore[no-untyped-def]
                                         pg_schema: str) -> None:
     from tests.conftest import PG_DSN

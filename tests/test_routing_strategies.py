@@ -75,6 +75,41 @@ def test_cascade_escalates_a_low_confidence_local_answer(gateway_factory, upstre
     assert len(upstream.requests()) == 1
 
 
+def test_a_policy_rule_named_like_a_route_is_not_the_routes_own_chain(gateway_factory, upstream: Upstream,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    """Whether the route's strategy applies is a field the router sets, not the rule's name: a
+    policy rule called ``route:unsure`` chooses a chain that is tried in order, not cascaded."""
+    cfg = strategy_config(upstream.url, tmp_path)
+    del cfg["engines"]["local"]  # no embedded model needed here
+    cfg["routes"] = {"unsure": cfg["routes"]["unsure"]}
+    cfg["rules"] = [{"name": "route:unsure", "when": {"metadata": {"pin": "rule"}}, "chain": ["hesitant", "frontier"]}]
+    gw: Gateway = gateway_factory(cfg)
+    ruled = ask(gw, "unsure", metadata={"pin": "rule"})
+    assert ruled.status_code == 200, ruled.text
+    assert ruled.headers["x-turnout-strategy"] == "rules" and ruled.headers["x-turnout-engine"] == "hesitant"
+    assert ruled.headers["x-turnout-reason"] == "rule 'route:unsure'"
+    own = ask(gw, "unsure")  # the route's own chain: its cascade escalates the unsure draft
+    assert own.headers["x-turnout-strategy"] == "cascade" and own.headers["x-turnout-engine"] == "frontier"
+    assert own.headers["x-turnout-reason"] == "default chain of route:unsure; cascade escalated: confidence -3.500 < -1"
+    assert [r["rule"] for r in gw.ledger()[-2:]] == ["route:unsure", "route:unsure"]
+
+
+def test_the_reason_users_see_is_rendered_from_the_decisions_fields() -> None:
+    from turnout.routing.decision import CascadeOutcome, Decision
+
+    d = Decision(alias="auto", chain=["local", "frontier"], rule="route:auto", reason="default chain of route:auto")
+    assert d.explanation == d.reason and not d.escalated
+    d.cascade = CascadeOutcome("local", kept=True, confidence=-0.25, threshold=-1.0)
+    assert d.explanation == "default chain of route:auto; cascade kept local: confidence -0.250 >= -1"
+    assert not d.escalated and d.cascade.cause is None
+    d.cascade = CascadeOutcome("local", kept=False, confidence=None, threshold=-1.0)
+    assert d.explanation.endswith("; cascade escalated: confidence none < -1") and d.escalated
+    assert d.cascade.cause == "confidence"
+    d.cascade = CascadeOutcome("local", kept=False, failed=True, threshold=-1.0)
+    assert d.explanation.endswith("; cascade: local failed, escalated") and d.cascade.cause == "failed"
+    assert d.reason == "default chain of route:auto"  # the router's sentence is never appended to
+
+
 def test_cascade_uses_the_weak_engines_logprobs_and_streams(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw: Gateway = gateway_factory(strategy_config(upstream.url, tmp_path))
     sure = ask(gw, "sure")

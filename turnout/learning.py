@@ -32,7 +32,7 @@ from turnout.engines.guarded import GuardedEngine
 from turnout.ledger.labels import Label
 from turnout.protocol import ChatMessage, ChatRequest
 from turnout.routing.decision import Decision
-from turnout.strategies import LearnedStrategy, Strategy
+from turnout.strategies import CascadeStrategy, LearnedStrategy, Strategy
 
 if TYPE_CHECKING:
     from turnout.routing.drift import DriftMetrics
@@ -118,7 +118,7 @@ class LearningLoop:
         self.cfg, self.engines, self.store, self.shadow, self.drift = cfg, engines, store, shadow, drift
         self.tenant_of = tenant_of  # folds a tenant into the metrics' bounded set (Metrics.tenant)
         self.learned = {a: s for a, s in strategies.items() if isinstance(s, LearnedStrategy)}
-        self.cascades = {a for a, s in strategies.items() if s.name == "cascade"}
+        self.cascades = {a for a, s in strategies.items() if isinstance(s, CascadeStrategy)}
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: OrderedDict[str, _Answered] = OrderedDict()  # request id -> weak answer, for feedback
         self._answered_chars = 0
@@ -134,7 +134,7 @@ class LearningLoop:
     def build(cls, cfg: TurnoutConfig, engines: Mapping[str, Engine], strategies: Mapping[str, Strategy],
               registry: Any, tenant_of: Callable[[str], str] = str) -> LearningLoop | None:
         """None when no route is ``learned`` or ``cascade``: nothing is added to the request path."""
-        if not any(isinstance(s, LearnedStrategy) or s.name == "cascade" for s in strategies.values()):
+        if not any(isinstance(s, (LearnedStrategy, CascadeStrategy)) for s in strategies.values()):
             return None
         from turnout.routing.drift import DriftMetrics
 
@@ -176,7 +176,7 @@ class LearningLoop:
         if d is None or answered is None or call.status != "ok":
             return
         route = self.cfg.routes.get(d.alias)
-        if route is None or d.rule != f"route:{d.alias}" or len(route.chain) < 2:
+        if route is None or not d.own_route or len(route.chain) < 2:
             return
         self._observe(call, d)
         if d.confined:
@@ -185,12 +185,11 @@ class LearningLoop:
         if prompt is None:
             return
         weak = route.chain[0]
-        if d.alias in self.cascades and d.escalated:
+        if d.alias in self.cascades and d.cascade is not None and d.cascade.cause is not None:
             from turnout.routing.shadow import cascade_label
 
-            why = "failed" if f"{weak} failed, escalated" in d.reason else "confidence"
             label = cascade_label(tenant=call.tenant, alias=d.alias, prompt=prompt, weak_engine=weak,
-                                  strong_engine=answered.name, request_id=call.request_id, why=why)
+                                  strong_engine=answered.name, request_id=call.request_id, why=d.cascade.cause)
             self._store(label)
             return
         if answered.name == weak and (d.alias in self.learned or d.alias in self.cascades):

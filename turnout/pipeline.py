@@ -228,7 +228,7 @@ class Gateway:
     async def decide(self, call: Call, req: ChatRequest) -> Decision:
         decision = self.router.decide(self.facts(call, req))
         strategy = self.strategies.get(decision.alias)
-        if strategy is not None and decision.rule == f"route:{decision.alias}":  # the route's own chain
+        if strategy is not None and decision.own_route:  # the route's own chain
             route = self.cfg.routes[decision.alias]
             decision.strategy, decision.threshold = strategy.name, route.threshold
             await strategy.decide(decision, req)

@@ -56,7 +56,7 @@ class Recorder:
             tenant=call.tenant,
             alias=d.alias if d else "-",
             rule=d.rule if d else None,
-            reason=d.reason if d else None,
+            reason=d.explanation if d else None,
             strategy=d.strategy if d else None,
             score=d.score if d else None,
             threshold=d.threshold if d else None,

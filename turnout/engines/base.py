@@ -1,10 +1,14 @@
 """The Engine interface: who answers a chat request.
 
 An engine is one dialect (how to talk: llama.cpp in-process, OpenAI HTTP, Anthropic
-Messages) bound to one provider (where and with which credentials). It answers a
-request whole (``chat``) or as a stream of ``Delta``s (``stream``) whose last item
-carries ``usage`` and ``finish_reason``. Retries, circuit breaking and fallback live
-around engines (``turnout.engines.resilience``), never inside them.
+Messages, or a plugin's) configured with where and with which credentials (today the
+dialect's own config keys, e.g. ``base_url`` and ``api_key_env``). It describes itself in
+``info`` and answers a request whole (``chat``) or as a stream of ``Delta``s (``stream``)
+whose last item carries ``usage`` and ``finish_reason``; it reports every failure as the
+``turnout.errors.EngineError`` subclass that says what happened. Retries, timeouts and the
+circuit breaker (``turnout.engines.resilience``), the fallback chain and mid-stream rescue
+(``turnout.engines.fallback``) live in wrappers around engines, never inside them.
+docs/plugins.md walks through a complete dialect (examples/plugins/turnout_bedrock.py).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from turnout.results import Usage as Usage
 
 class Engine(ABC):
     """One dialect. ``config_model`` is its entry's schema in ``turnout.yaml`` (a subclass of
-    ``EngineConfigBase`` with the dialect's own keys); ``__init__(name, cfg)`` gets a validated one."""
+    ``EngineConfigBase`` with the dialect's own keys); ``__init__(name, cfg)`` gets a validated one
+    and sets ``info`` (what the gateway routes and bills by: locality, prices, context window, ...)."""
 
     config_model: ClassVar[type[EngineConfigBase]]
     info: EngineInfo

@@ -17,7 +17,7 @@ from turnout.errors import AllEnginesFailed
 from turnout.protocol import ChatRequest
 from turnout.routing import cascade, confidence
 from turnout.routing.confidence import Combination
-from turnout.routing.decision import Decision
+from turnout.routing.decision import CascadeOutcome, Decision
 
 
 class CascadeEngine(Engine):
@@ -38,8 +38,7 @@ class CascadeEngine(Engine):
         except AllEnginesFailed:
             if self.strong is None:
                 raise
-            d.reason += f"; cascade: {weak_name} failed, escalated"
-            d.escalated = True
+            d.cascade = CascadeOutcome(weak_name, kept=False, failed=True, threshold=threshold)
             return None, req
         samples = []  # ``agreement`` compares the greedy draft with a second, sampled one (twice the local compute)
         if cascade.needs_second_sample(self.signal):
@@ -49,13 +48,13 @@ class CascadeEngine(Engine):
                 pass  # no second sample: agreement is unknown, and an unknown confidence escalates
         d.signals = confidence.signals(result, samples, self.combination)
         d.score = conf = d.signals.get(self.signal)
-        if self.strong is None or (conf is not None and conf >= threshold):
-            d.reason += f"; cascade kept {weak_name}: confidence {_fmt(conf)} >= {threshold:g}" if self.strong else ""
+        kept = conf is not None and conf >= threshold
+        if self.strong is not None:  # a lone weak engine (the strong ones confined away) keeps its draft unjudged
+            d.cascade = CascadeOutcome(weak_name, kept=kept, confidence=conf, threshold=threshold)
+        if self.strong is None or kept:
             if not req.logprobs:
                 result.logprobs = None
             return result, req
-        d.reason += f"; cascade escalated: confidence {_fmt(conf)} < {threshold:g}"
-        d.escalated = True
         if self.include_draft and result.content:
             return None, cascade.with_draft(req, result.content)
         return None, req
@@ -79,7 +78,3 @@ class CascadeEngine(Engine):
                 yield d
         finally:
             await aclose(agen)
-
-
-def _fmt(x: float | None) -> str:
-    return "none" if x is None else f"{x:.3f}"

@@ -1,9 +1,13 @@
 """Resilience around one engine, as a wrapper: bounded concurrency with a bounded queue,
-a circuit breaker, and bounded retries with exponential backoff that honour Retry-After.
+a circuit breaker, timeouts (whole answer, first token of a stream), and bounded retries with
+exponential backoff that honour Retry-After. Every engine is built wrapped in one
+(``turnout.engines.registry.build_engine``, the entry's ``resilience:`` keys); a retry is decided
+by the error's ``retryable``, so a dialect only has to raise the right ``EngineError``.
 
 Streams are retried only before their first delta; once a stream has produced output a
-failure propagates, and the pipeline ends the client's stream with an error event.
-Fallback to the next engine of a chain is the pipeline's job, not this wrapper's.
+failure propagates to the chain around it. Moving on to the next engine of a chain (before
+output: fallback; after: mid-stream rescue, else the client's stream ends with an error event)
+is ``turnout.engines.fallback.FallbackEngine``'s job, not this wrapper's.
 """
 
 from __future__ import annotations

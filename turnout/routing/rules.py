@@ -43,7 +43,8 @@ class RulesRouter:
 
     def decide(self, f: RequestFacts) -> Decision:
         alias, chain, rule_name = self.resolve(f.model)
-        decision = Decision(alias=alias, chain=chain, rule=rule_name, reason=f"default chain of {rule_name}")
+        decision = Decision(alias=alias, chain=chain, rule=rule_name, reason=f"default chain of {rule_name}",
+                            own_route=alias in self.cfg.routes)
         for rule in self.cfg.rules:
             if matches(rule.when, f, alias):
                 decision = self._apply(rule, alias)

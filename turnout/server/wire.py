@@ -23,7 +23,7 @@ def headers(call: Call) -> dict[str, str]:
         d = call.decision
         h["x-turnout-route"] = d.alias
         h["x-turnout-rule"] = d.rule
-        h["x-turnout-reason"] = d.reason.encode("ascii", "replace").decode()
+        h["x-turnout-reason"] = d.explanation.encode("ascii", "replace").decode()
         h["x-turnout-strategy"] = d.strategy
         if d.score is not None:
             h["x-turnout-score"] = f"{d.score:.4f}"
