@@ -90,6 +90,8 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
         assert not labels_of(gw.db, 1, timeout=0)  # ...and the strong engine (1.5 s) has not answered yet
     secret = ask(gw.url, "What is 2 + 2 for the board?", **{"x-turnout-sensitivity": "sensitive"})
     assert secret.headers["x-turnout-engine"] == "small"
+    # the learned router's sentence replaces the rules', never the confinement note after it
+    assert "confined to local engines (sensitive)" in secret.headers["x-turnout-reason"], secret.headers
 
     rows = labels_of(gw.db, 2)
     assert len(rows) == 2

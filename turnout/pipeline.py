@@ -241,7 +241,7 @@ class Gateway:
                     f"({', '.join(decision.chain)}) supports tools; use another model or tool_choice 'auto'",
                     param="tool_choice", code="tools_unsupported")
             if able != decision.chain:
-                decision.reason += "; engines without tool calling skipped (tool_choice forces a call)"
+                decision.notes.append("engines without tool calling skipped (tool_choice forces a call)")
                 decision.chain = able
         return decision
 
@@ -249,7 +249,7 @@ class Gateway:
         """Keep the engines of the chain that serve ``kind`` ("chat" or "embeddings")."""
         able = [n for n in d.chain if getattr(self.engines[n].info, f"supports_{kind}")]
         if not able and d.confined:
-            raise NoEngineAvailable(f"this request must stay on local engines ({d.reason}) and no local engine "
+            raise NoEngineAvailable(f"this request must stay on local engines ({d.explanation}) and no local engine "
                                     f"serves {kind}; it was not sent anywhere", code="no_local_engine")
         if not able:
             endpoint = "/v1/chat/completions" if kind == "chat" else "/v1/embeddings"

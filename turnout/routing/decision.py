@@ -66,6 +66,7 @@ class Decision:
     threshold: float | None = None
     confined: bool = False         # remote engines removed because the request is sensitive
     cascade: CascadeOutcome | None = None  # cascade with a strong chain: what it did with the weak draft
+    notes: list[str] = field(default_factory=list)  # what changed the chain after the choice (confined, skipped)
     signals: dict[str, float | None] | None = None  # cascade: every confidence signal of the draft
     router: str | None = None      # learned: the artifact that scored (name@sha256 prefix; x-turnout-router)
 
@@ -77,5 +78,7 @@ class Decision:
     @property
     def explanation(self) -> str:
         """The sentence users see (``x-turnout-reason``, the ledger's ``reason``): ``reason``,
-        then what the cascade did."""
-        return self.reason if self.cascade is None else f"{self.reason}; {self.cascade}"
+        then what narrowed the chain, then what the cascade did. A strategy that rewrites ``reason``
+        keeps the notes (a confined request says so on every route)."""
+        parts = [self.reason, *self.notes, *([str(self.cascade)] if self.cascade is not None else [])]
+        return "; ".join(parts)

@@ -71,6 +71,6 @@ class RulesRouter:
                 code="no_local_engine",
             )
         if local != d.chain:
-            d.reason += f"; confined to local engines ({why})"
+            d.notes.append(f"confined to local engines ({why})")
         d.chain, d.confined = local, True
         return d
