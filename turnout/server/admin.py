@@ -84,6 +84,7 @@ async def revoke_key(request: Request) -> Response:
     access = _access(request)
     key = await asyncio.to_thread(access.keys.revoke, request.path_params["key_id"])
     access.forget(key.key_id)
+    request.app.state.sessions.forget(key.key_id)  # its browser sessions end with it, here at once
     return JSONResponse(key_json(key))
 
 
