@@ -200,6 +200,21 @@ def test_sessions_login_cross_site_logout_revocation_and_expiry(tmp_path: Path, 
         _error(as_browser("GET", "/v1/turnout/approvals"), 401, "session_expired")
         assert as_browser("POST", "/dashboard/logout", {}, Origin=own).json()["ended"] is False
 
+        # logging in again ends the session the new one replaces
+        jar[COOKIE] = _login(gw, "bob").cookies[COOKIE]
+        replaced = jar[COOKIE]
+        again = httpx.post(own + "/dashboard/login", json={"key": gw.token("bob")},
+                           headers={"Cookie": f"{COOKIE}={replaced}", "Origin": own})
+        assert again.status_code == 200
+        _error(as_browser("GET", "/v1/turnout/approvals"), 401, "session_expired")
+
+        # a session ends with the secret it was opened with: rotated without overlap, at once
+        jar[COOKIE] = _login(gw, "vera").cookies[COOKIE]
+        assert as_browser("GET", "/v1/dashboard/stats").status_code == 200
+        rotated = gw.call("POST", f"/v1/turnout/keys/{gw.keys['vera']['key_id']}/rotate", "root", {"overlap_s": 0})
+        assert rotated.status_code == 200, rotated.text
+        _error(as_browser("GET", "/v1/dashboard/stats"), 401, "key_expired")
+
         # revoking the key ends its sessions (at once on the replica that revoked it)
         jar[COOKIE] = _login(gw, "bob").cookies[COOKIE]
         assert as_browser("GET", "/v1/turnout/approvals").status_code == 200
@@ -230,7 +245,7 @@ def test_sessions_login_cross_site_logout_revocation_and_expiry(tmp_path: Path, 
         # HTTP Basic is no credential any more (a browser would send it from any page)
         import base64
 
-        basic = base64.b64encode(f"x:{gw.token('vera')}".encode()).decode()
+        basic = base64.b64encode(f"x:{gw.token('root')}".encode()).decode()
         _error(httpx.get(own + "/v1/dashboard/stats", headers={"Authorization": f"Basic {basic}"}), 401,
                "invalid_api_key")
         assert httpx.get(own + "/dashboard/login").status_code == 200

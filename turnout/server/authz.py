@@ -263,7 +263,7 @@ def markdown_table() -> str:
         scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all",
                  "all": "every tenant"}[e.data]
         extra = f" (key routes must include `{e.route}`)" if e.route else ""
-        extra += "; browser session too" if e.browser else ""
+        extra += " (the browser login's cookie counts as a key)" if e.browser else ""
         rows.append(f"| `{e.method} {e.path}` | " + " | ".join(cells) + f" | {anon} | {scope}{extra} |")
     return head + "\n".join(rows) + "\n"
 

@@ -58,6 +58,8 @@ async def login(request: Request) -> Response:
     sessions: Sessions = request.app.state.sessions
     hours: float = request.app.state.gateway.cfg.server.session_hours
     new = await asyncio.to_thread(sessions.open, key, body.key, hours * 3600)
+    if old := request.cookies.get(COOKIE):  # logging in again (as someone else, say) ends the session it replaces
+        await asyncio.to_thread(sessions.end, old)
     out = JSONResponse({"object": "session", "key_id": key.key_id, "tenant": key.tenant, "roles": list(key.roles),
                         "expires_at": new.expires_at}, headers={"Cache-Control": "no-store"})
     out.set_cookie(COOKIE, new.token, max_age=int(hours * 3600), path="/", httponly=True, samesite="strict",
