@@ -7,7 +7,7 @@
 The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page
 sends it), ``Path=/`` (the pages and their data calls under ``/v1`` all get it), ``Secure`` when
 the gateway is reached over https, and lasts ``server.session_hours``. Both POSTs take JSON only
-and only from the gateway's own origin (``turnout.server.authz``), so no other page can log a
+and are refused from any other origin (``turnout.server.authz``), so no other page can log a
 browser in to someone else's session or out of its own.
 """
 
