@@ -128,9 +128,11 @@ def test_feedback_errors_are_openai_shaped(gateway_factory, upstream: Upstream,
     for body in bad_bodies:
         err = _is_openai_error(httpx.post(url, json=body), 400)
         assert err["type"] == "invalid_request_error", body
-    _is_openai_error(httpx.post(url, content=b"{not json"), 400)
-    _is_openai_error(httpx.post(url, content=b""), 400)
-    _is_openai_error(httpx.post(url, content=b"x" * 20_000), 413)
+    as_json = {"Content-Type": "application/json"}
+    _is_openai_error(httpx.post(url, content=b"{not json", headers=as_json), 400)
+    _is_openai_error(httpx.post(url, content=b"", headers=as_json), 400)
+    _is_openai_error(httpx.post(url, content=b"x" * 20_000, headers=as_json), 413)
+    _is_openai_error(httpx.post(url, content=b'{"request_id": "x", "score": "up"}'), 415)  # no Content-Type
     _is_openai_error(httpx.get(url), 405)
     assert _feedback_rows(gw) == {}  # nothing was stored by any of them
     assert httpx.post(url, json={"request_id": rid, "score": 1}).status_code == 200  # and the id was good

@@ -149,7 +149,7 @@ def test_openapi_document_describes_the_wire_models(fuzz_gateway: Gateway) -> No
                                  *(op.split(" ", 1)[1] for op in COLLECTIONS), "/v1/turnout/tasks",
                                  "/v1/turnout/tasks/{task_id}", "/v1/turnout/tasks/{task_id}/events",
                                  "/v1/turnout/tasks/{task_id}/cancel", "/v1/turnout/approvals",
-                                 "/v1/turnout/approvals/{gate_id}"}
+                                 "/v1/turnout/approvals/{gate_id}", "/dashboard/login", "/dashboard/logout"}
     assert doc["paths"]["/v1/turnout/approvals/{gate_id}"]["post"]["description"] == "roles: approver"
     request = doc["components"]["schemas"]["ChatRequest"]
     assert {"model", "messages"} <= set(request["required"]) and request["additionalProperties"] is True

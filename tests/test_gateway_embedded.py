@@ -91,7 +91,8 @@ def test_body_over_the_limit_is_413(gateway_factory, upstream: Upstream, anthrop
     resp = httpx.post(gw.url + "/v1/chat/completions", json=big)
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
     # chunked upload without Content-Length is cut off too
-    resp = httpx.post(gw.url + "/v1/chat/completions", content=iter([json.dumps(big).encode()]))
+    resp = httpx.post(gw.url + "/v1/chat/completions", content=iter([json.dumps(big).encode()]),
+                      headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
     assert upstream.requests() == []
 

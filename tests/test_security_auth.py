@@ -167,15 +167,21 @@ def test_admin_api_creates_rotates_expires_and_revokes(tmp_path: Path, upstream:
     assert "Traceback" not in proc.output()
 
 
-def test_dashboard_takes_the_key_as_a_basic_password(tmp_path: Path, upstream: Upstream) -> None:
+def test_dashboard_takes_a_bearer_key_or_a_login_never_a_basic_password(tmp_path: Path, upstream: Upstream) -> None:
+    """HTTP Basic credentials are ambient (a browser sends them to every URL of the site from any
+    page), so they are no credential: the page's 401 challenges Bearer, and a browser logs in
+    (tests/test_security_sessions.py)."""
     config = write_config(tmp_path, frontier_config(upstream.url, tmp_path))
     viewer = cli_key(config, "team-a", "--roles", "viewer")["key"]
     with serve(config) as proc:
         page = httpx.get(proc.url + "/dashboard")
-        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic")
-        assert httpx.get(proc.url + "/dashboard", auth=("me", viewer)).status_code == 200
-        assert httpx.get(proc.url + "/v1/dashboard/stats", auth=("", viewer)).status_code == 200
-        assert httpx.get(proc.url + "/dashboard", auth=("me", "tk-" + "z" * 43)).status_code == 401
+        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(proc.url + "/dashboard", auth=("me", viewer)).status_code == 401
+        assert httpx.get(proc.url + "/v1/dashboard/stats", auth=("", viewer)).status_code == 401
+        assert httpx.get(proc.url + "/dashboard", headers={"Authorization": f"Bearer {viewer}"}).status_code == 200
+        login = httpx.post(proc.url + "/dashboard/login", json={"key": viewer})
+        assert login.status_code == 200
+        assert httpx.get(proc.url + "/v1/dashboard/stats", cookies=login.cookies).status_code == 200
 
 
 @pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
@@ -211,22 +217,10 @@ def test_two_replicas_on_postgres_and_redis_share_one_key_store(tmp_path: Path, 
 
 
 def test_dashboard_in_chromium_with_a_viewer_key_shows_its_tenant(tmp_path: Path, upstream: Upstream) -> None:
-    """What a browser does after the Basic login prompt (it sends the credentials with every
-    request to the origin, the page's fetch of the stats included), simulated with DevTools'
-    extra headers: the page draws the viewer's tenant's figures; without the key it gets 401."""
-    import base64
-    import os
-    import shutil
-    import tempfile
-
-    from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, _chromium_options
-
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    """A viewer logs in through the login form (the page's 401 sends the browser there; the
+    session cookie goes with the page's fetch of the stats): the page draws the viewer's
+    tenant's figures only."""
+    from tests.test_security_sessions import _chromium, _log_in_through_the_form
 
     config = write_config(tmp_path, frontier_config(upstream.url, tmp_path))
     keys = {"a": cli_key(config, "team-a"), "b": cli_key(config, "team-b"),
@@ -236,23 +230,15 @@ def test_dashboard_in_chromium_with_a_viewer_key_shows_its_tenant(tmp_path: Path
         for who, n in (("a", 2), ("b", 3)):
             for _ in range(n):
                 assert gw.call("POST", "/v1/chat/completions", who, CHAT).status_code == 200
-        os.environ.setdefault("SE_OFFLINE", "true")
-        profile = tempfile.mkdtemp(prefix="turnout-chromium-")
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=_chromium_options(profile))
+        driver, close = _chromium()
         try:
-            driver.set_page_load_timeout(30)
-            driver.get(proc.url + "/dashboard?hours=1")
-            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") is None  # the 401 body
-            basic = base64.b64encode(f"viewer:{keys['va']['key']}".encode()).decode()
-            driver.execute_cdp_cmd("Network.enable", {})
-            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}})
-            driver.get(proc.url + "/dashboard?hours=1")
-            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+            from selenium.webdriver.common.by import By
+
+            _log_in_through_the_form(driver, gw, "va", "/dashboard?hours=1")
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1"
             assert driver.find_element(By.CSS_SELECTOR, "#totals .kpi .v").text == "2"  # team-a's 2, not all 5
         finally:
-            driver.quit()
-            shutil.rmtree(profile, ignore_errors=True)
+            close()
 
 
 def test_keys_left_in_sqlite_after_scaling_out_never_open_the_gateway(tmp_path: Path, upstream: Upstream,

@@ -87,6 +87,7 @@ def test_the_real_keys_do_get_in(gw: Keyed) -> None:
     """The property above is not vacuous: the same requests with the real keys pass."""
     admin, user = gw.keys["admin"]["key"].encode(), gw.keys["user"]["key"].encode()
     assert raw_status(gw.url, "GET", "/metrics", b"Bearer " + admin, b"") == 200
-    assert raw_status(gw.url, "GET", "/v1/turnout/keys", b"Basic " + base64.b64encode(b"x:" + admin), b"") == 200
+    assert raw_status(gw.url, "GET", "/v1/turnout/keys", b"Bearer " + admin, b"") == 200
+    assert raw_status(gw.url, "GET", "/v1/turnout/keys", b"Basic " + base64.b64encode(b"x:" + admin), b"") == 401
     assert raw_status(gw.url, *PROTECTED[2][:2], b"Bearer " + user, PROTECTED[2][2]) == 200
     assert raw_status(gw.url, "GET", "/v1/turnout/keys", b"Bearer " + user, b"") == 403

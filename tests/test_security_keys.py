@@ -137,10 +137,11 @@ def test_parse_expiry() -> None:
         parse_expiry("soon", now)
 
 
-def test_token_from_reads_bearer_and_basic() -> None:
+def test_token_from_reads_bearer_never_basic() -> None:
     key = "tk-" + "a" * 43
     assert token_from(f"Bearer {key}") == key and token_from(f"bearer   {key}  ") == key
-    assert token_from("Basic " + base64.b64encode(f"me:{key}".encode()).decode()) == key
+    # Basic credentials are ambient in a browser (sent from any page): no credential (issue 23, H2)
+    assert token_from("Basic " + base64.b64encode(f"me:{key}".encode()).decode()) is None
     for nothing in (None, "", "Bearer", "Bearer   ", "Token abc", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode()):
         assert token_from(nothing) is None
 

@@ -49,6 +49,9 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
     ("POST", "/v1/turnout/approvals/{gate_id}"): ("/v1/turnout/approvals/gate_none", {"decision": "approve"}, 404),
     ("GET", "/dashboard"): ("/dashboard", None, 200),
     ("GET", "/v1/dashboard/stats"): ("/v1/dashboard/stats", None, 200),
+    ("GET", "/dashboard/login"): ("/dashboard/login", None, 200),
+    ("POST", "/dashboard/login"): ("/dashboard/login", {"key": "tk-" + "L" * 43}, 401),  # an unknown key, whoever asks
+    ("POST", "/dashboard/logout"): ("/dashboard/logout", {}, 200),
     ("GET", "/v1/turnout/usage"): ("/v1/turnout/usage", None, 200),
     ("GET", "/metrics"): ("/metrics", None, 200),
     ("GET", "/v1/turnout/functions/{name}/report"): ("/v1/turnout/functions/none-here/report", None, 404),
@@ -119,7 +122,7 @@ def test_authorization_matrix(gw: Keyed, upstream: Upstream, endpoint: Endpoint,
         if want == 403:
             assert err["code"] == "role_not_allowed"
         if want == 401:
-            assert r.headers["www-authenticate"].startswith("Basic" if endpoint.path.split("/")[1] == "dashboard" else "Bearer")
+            assert r.headers["www-authenticate"].startswith("Bearer")  # never Basic: a browser would keep it
         if endpoint.path == "/v1/chat/completions":
             assert upstream.requests() == []  # refused before any engine was called
 

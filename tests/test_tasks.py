@@ -551,21 +551,11 @@ def test_worked_example_runs() -> None:
 
 
 def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
-    """The approver inbox page in a real browser: an approver of the tenant sees the gate, edits
-    the arguments and approves; the task finishes with the edited mail. The starting key gets
-    a 403 for the page; another tenant's approver sees an empty inbox."""
-    import base64
-    import shutil
-    import tempfile
-
-    from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, _chromium_options
-
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    """The approver inbox page in a real browser, after logging in through the login form: an
+    approver of the tenant sees the gate, edits the arguments and approves; the task finishes
+    with the edited mail. The starting key gets a 403 for the page; another tenant's approver
+    sees an empty inbox."""
+    from tests.test_security_sessions import _chromium, _log_in_through_the_form
 
     script(fake, TRIAGE)
     gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), PEOPLE)
@@ -574,21 +564,17 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
         wait_state(gw, tid, "awaiting_approval")
         assert gw.call("GET", "/dashboard/approvals", "alice").status_code == 403
         page = httpx.get(gw.url + "/dashboard/approvals")
-        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic")
-        os.environ.setdefault("SE_OFFLINE", "true")
-        profile = tempfile.mkdtemp(prefix="turnout-chromium-")
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=_chromium_options(profile))
+        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Bearer")
+        driver, close = _chromium()
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
         def login(who: str) -> None:
-            basic = base64.b64encode(f"{who}:{gw.token(who)}".encode()).decode()
-            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {basic}"}})
-            driver.get(gw.url + "/dashboard/approvals")
-            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+            driver.delete_all_cookies()
+            _log_in_through_the_form(driver, gw, who, "/dashboard/approvals")
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1"
 
         try:
-            driver.set_page_load_timeout(30)
-            driver.execute_cdp_cmd("Network.enable", {})
             login("eve")  # another tenant's approver
             assert driver.find_elements(By.CSS_SELECTOR, ".gate") == []
             assert driver.find_element(By.ID, "status").text == "nothing waiting"
@@ -609,8 +595,7 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
             urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
             assert urls and all(u.startswith(gw.url) for u in urls), urls
         finally:
-            driver.quit()
-            shutil.rmtree(profile, ignore_errors=True)
+            close()
         t = wait_state(gw, tid, "succeeded", "failed")
     assert t["state"] == "succeeded" and t["gates"][0]["decision_reason"] == "kinder wording"
     assert httpx.get(toolbox.url + "/calls").json()["outbox"] == [edited]

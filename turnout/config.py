@@ -342,6 +342,10 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_in_flight: int = Field(512, ge=1, description="requests the gateway holds at once before answering 503")
+    public_origin: str | None = Field(None, pattern=r"^https?://[^/?#\s]+$",
+                                      description="the origin browsers use for the gateway (https://gw.example) when "
+                                      "a proxy in front changes the scheme or host; default: the request's own")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a dashboard login lasts")
 
 
 class TracingConfig(_Strict):

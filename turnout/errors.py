@@ -2,7 +2,8 @@
 
     TurnoutError                         500 api_error
     ├── InvalidRequest                   400 invalid_request_error
-    │   └── PayloadTooLarge              413
+    │   ├── PayloadTooLarge              413
+    │   └── UnsupportedMediaType         415 (a body that is not declared application/json)
     ├── AuthenticationFailed             401 authentication_error
     ├── PermissionDenied                 403 permission_error
     │   └── PolicyBlocked                403 (a guard or policy refused the request)
@@ -71,6 +72,11 @@ class InvalidRequest(TurnoutError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class AuthenticationFailed(TurnoutError):

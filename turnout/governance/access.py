@@ -15,8 +15,6 @@ a new key works at once (an unknown token is not remembered as unknown for long 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -74,21 +72,16 @@ def resolve_mode(requested: Mode | None, loopback: bool, active_keys: int) -> tu
 
 
 def token_from(authorization: str | None) -> str | None:
-    """The key in an ``Authorization`` header: ``Bearer <key>``, or HTTP Basic with the key as
-    password (what a browser sends for the dashboard after its login prompt). None if absent
-    or unreadable; never raises."""
+    """The key in an ``Authorization: Bearer <key>`` header; None if absent or unreadable; never
+    raises. HTTP Basic is not taken: a browser caches Basic credentials and sends them with every
+    request to the site, whatever page asks (browsers log in with a session instead:
+    ``turnout.governance.sessions``)."""
     if not authorization or len(authorization) > 4 * MAX_TOKEN_CHARS:
         return None
     scheme, _, value = authorization.strip().partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer":
         return value or None
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        return decoded.partition(":")[2] or None
     return None
 
 

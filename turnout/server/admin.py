@@ -84,6 +84,7 @@ async def revoke_key(request: Request) -> Response:
     access = _access(request)
     key = await asyncio.to_thread(access.keys.revoke, request.path_params["key_id"])
     access.forget(key.key_id)
+    request.app.state.sessions.forget(key.key_id)  # its browser sessions end with it, here at once
     return JSONResponse(key_json(key))
 
 
@@ -93,6 +94,7 @@ async def rotate_key(request: Request) -> Response:
     body = validate(RotateBody, raw)
     new = await asyncio.to_thread(access.keys.rotate, request.path_params["key_id"], overlap_s=body.overlap_s)
     access.forget(new.key.key_id)
+    request.app.state.sessions.forget(new.key.key_id)  # a session ends with the secret it was opened with
     return JSONResponse({**key_json(new.key), "key": new.plaintext})
 
 

@@ -20,6 +20,7 @@ from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
 from turnout.governance.access import Access, open_limiter, resolve_mode
 from turnout.governance.keys import open_key_store
+from turnout.governance.sessions import Sessions
 from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
 from turnout.pipeline import Gateway
@@ -34,6 +35,7 @@ from turnout.server import (
     health,
     models,
     openapi,
+    session,
     tasks,
 )
 from turnout.server import functions as function_routes
@@ -202,6 +204,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
             mode, _ = resolve_mode(None, True, len(keys.list(include_revoked=False)))
         access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
+        app.state.sessions = Sessions(keys)  # the browser pages' logins, in the same store as the keys
         guards = build_guards(cfg) if cfg.guards.enabled else None
         provider = None
         if cfg.tracing.exporter != "none" or span_exporter is not None:
@@ -259,6 +262,9 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/v1/turnout/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/v1/turnout/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
         *dashboard.ROUTES,
+        Route("/dashboard/login", session.login_page, methods=["GET"]),
+        Route("/dashboard/login", session.login, methods=["POST"]),
+        Route("/dashboard/logout", session.logout, methods=["POST"]),
         *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)

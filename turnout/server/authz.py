@@ -7,6 +7,15 @@ caller's key and role, puts the :class:`~turnout.governance.access.Principal` on
 ``request.state.principal`` and passes on, or answers 401/403 itself. Chat and embeddings
 are checked by the pipeline's ``authenticate`` step instead (so refusals are in the ledger),
 with the same rule.
+
+Browsers (docs/security.md, "Browser sessions"): a row marked ``browser`` also takes the session
+cookie of ``POST /dashboard/login`` (``turnout.governance.sessions``) when no ``Authorization``
+header is sent. Every state-changing request (POST, PUT, PATCH, DELETE) that declares a body
+must declare it JSON (415), and one without a Bearer key (the cookie, or no credential at
+all) must come from the gateway's own origin: an ``Origin`` header, when present,
+equal to it; ``Sec-Fetch-Site``, when present, ``same-origin`` or ``none``; and with the cookie,
+at least one of the two (403 ``cross_site_request``). A Bearer key is never sent by a browser on
+its own, so API clients are not asked for either header.
 """
 
 from __future__ import annotations
@@ -14,15 +23,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from turnout.errors import AuthenticationFailed, TurnoutError
-from turnout.governance.access import Principal, token_from
+from turnout.errors import AuthenticationFailed, PermissionDenied, TurnoutError
+from turnout.governance.access import Access, Principal, token_from
+from turnout.governance.sessions import COOKIE, Sessions
+from turnout.server.body import require_json
 from turnout.server.errors import error_response
 
 log = logging.getLogger("turnout.server")
@@ -39,6 +52,7 @@ class Endpoint:
     what: str
     route: str | None = None       # a key restricted to routes needs this one among them
     by: Literal["gateway", "pipeline"] = "gateway"
+    browser: bool = False          # the dashboard login's session cookie is accepted too
 
 
 INFERENCE = ("user",)
@@ -71,12 +85,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/turnout/tasks/{task_id}", TASK_READ, "tenant", "a task: plan, steps, cost"),
     Endpoint("GET", "/v1/turnout/tasks/{task_id}/events", TASK_READ, "tenant", "a task's progress (SSE)"),
     Endpoint("POST", "/v1/turnout/tasks/{task_id}/cancel", INFERENCE, "tenant", "cancel a task"),
-    Endpoint("GET", "/v1/turnout/approvals", APPROVE, "tenant", "the approver inbox"),
-    Endpoint("GET", "/dashboard/approvals", APPROVE, "none", "the approver inbox page (its data comes from the inbox)"),
+    Endpoint("GET", "/v1/turnout/approvals", APPROVE, "tenant", "the approver inbox", browser=True),
+    Endpoint("GET", "/dashboard/approvals", APPROVE, "none", "the approver inbox page (its data comes from the inbox)",
+             browser=True),
     Endpoint("POST", "/v1/turnout/approvals/{gate_id}", APPROVE, "tenant",
-             "approve, reject or edit a gated tool call (never the task's own key)"),
-    Endpoint("GET", "/dashboard", VIEW, "none", "the dashboard page (its figures come from the stats)"),
-    Endpoint("GET", "/v1/dashboard/stats", VIEW, "tenant/all", "dashboard figures"),
+             "approve, reject or edit a gated tool call (never the task's own key)", browser=True),
+    Endpoint("GET", "/dashboard", VIEW, "none", "the dashboard page (its figures come from the stats)", browser=True),
+    Endpoint("GET", "/v1/dashboard/stats", VIEW, "tenant/all", "dashboard figures", browser=True),
+    Endpoint("GET", "/dashboard/login", (), "none", "the login page of the browser pages"),
+    Endpoint("POST", "/dashboard/login", (), "none",
+             "a key (admin, viewer or approver) in, a session cookie out; same origin only"),
+    Endpoint("POST", "/dashboard/logout", (), "none", "end the session of the cookie sent; same origin only"),
     Endpoint("GET", "/v1/turnout/usage", VIEW, "tenant/all", "usage and cost per route and engine"),
     Endpoint("GET", "/metrics", VIEW, "tenant/all", "Prometheus metrics (a viewer sees its tenant's series)"),
     Endpoint("GET", "/v1/turnout/functions/{name}/report", VIEW, "tenant/all",
@@ -128,13 +147,24 @@ class Authorize:
             await self.app(scope, receive, send)
             return
         rule = self.endpoint(scope)
+        headers = Headers(scope=scope)
+        cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE) or None
+        token = token_from(headers.get("authorization"))
+        try:
+            if scope["method"] in UNSAFE:
+                self.same_origin(scope, headers, token, cookie)
+        except TurnoutError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
         if rule is not None and rule.roles and rule.by == "gateway":
-            access = self.app.state.gateway.access
-            token = token_from(Headers(scope=scope).get("authorization"))
+            access: Access = self.app.state.gateway.access
             try:
-                scope.setdefault("state", {})["principal"] = await access.principal(token, rule.roles, rule.route)
+                if token is None and cookie is not None and rule.browser and access.mode == "keys":
+                    scope.setdefault("state", {})["principal"] = await self.session(cookie, rule)
+                else:
+                    scope.setdefault("state", {})["principal"] = await access.principal(token, rule.roles, rule.route)
             except TurnoutError as exc:
-                await error_response(exc, challenge(exc, rule))(scope, receive, send)
+                await refusal(exc, rule, scope, headers)(scope, receive, send)
                 return
             except Exception:  # the key store failed: closed, and said so, never a pass
                 log.exception("key lookup failed on %s %s", scope["method"], scope["path"])
@@ -144,14 +174,76 @@ class Authorize:
                 return
         await self.app(scope, receive, send)
 
+    async def session(self, cookie: str, rule: Endpoint) -> Principal:
+        """The caller of a browser page or its data: the key behind the session cookie."""
+        sessions: Sessions = self.app.state.sessions
+        key = await sessions.key(cookie)
+        Access.authorize(key, rule.route, rule.roles)
+        return Principal(key.tenant, key.roles, key)
 
-def challenge(exc: TurnoutError, rule: Endpoint | None = None) -> dict[str, str]:
-    """RFC 9110's WWW-Authenticate on a 401: Basic for the dashboard page, so a browser asks
-    for the key (as the password), Bearer elsewhere."""
+    def same_origin(self, scope: Scope, headers: Headers, token: str | None, cookie: str | None) -> None:
+        """A state change comes from the gateway's own origin unless it carries a Bearer key
+        (403), and its body, if any, is JSON (415): see the module's docstring."""
+        if token is None:
+            self.cross_site(scope, headers, cookie)
+        if "content-type" in headers or headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            require_json(headers)
+
+    def cross_site(self, scope: Scope, headers: Headers, cookie: str | None) -> None:
+        origin, site = headers.get("origin"), headers.get("sec-fetch-site")
+        own = self.own_origin(scope, headers)
+        if origin is not None and _normal(origin) != own:
+            raise PermissionDenied(f"cross-site request refused: Origin {origin!r} is not this gateway's ({own}); "
+                                   "API clients send 'Authorization: Bearer tk-...'", code="cross_site_request")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
+            raise PermissionDenied(f"cross-site request refused: Sec-Fetch-Site is {site!r}",
+                                   code="cross_site_request")
+        if cookie is not None and origin is None and site is None:
+            raise PermissionDenied("a state change with the session cookie needs the browser's Origin or "
+                                   "Sec-Fetch-Site header; API clients send 'Authorization: Bearer tk-...'",
+                                   code="cross_site_request")
+
+    def own_origin(self, scope: Scope, headers: Headers) -> str:
+        """``server.public_origin``, else the scheme and Host of the request itself."""
+        configured: str | None = self.app.state.gateway.cfg.server.public_origin
+        if configured:
+            return _normal(configured)
+        host = headers.get("host")
+        if host is None and scope.get("server"):
+            name, port = scope["server"]
+            host = f"{name}:{port}"
+        return _normal(f"{scope.get('scheme', 'http')}://{host or ''}")
+
+
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PAGES = frozenset({"/dashboard", "/dashboard/approvals"})
+LOGIN = "/dashboard/login"
+
+
+def _normal(origin: str) -> str:
+    """An origin as compared: lower case, without its scheme's default port."""
+    o = origin.strip().lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if o.startswith(scheme) and o.endswith(port):
+            return o[: -len(port)]
+    return o
+
+
+def refusal(exc: TurnoutError, rule: Endpoint, scope: Scope, headers: Headers) -> Response:
+    """A 401/403 as JSON with a Bearer challenge; a browser (it asks for HTML) that opens a page
+    without a live session is sent to the login page instead."""
+    if exc.status == 401 and rule.path in PAGES and "text/html" in headers.get("accept", ""):
+        here = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope.get("query_string") else "")
+        return Response(status_code=303, headers={"Location": f"{LOGIN}?next={quote(here, safe='')}",
+                                                  "Cache-Control": "no-store"})
+    return error_response(exc, challenge(exc))
+
+
+def challenge(exc: TurnoutError) -> dict[str, str]:
+    """RFC 9110's WWW-Authenticate on a 401: Bearer (never Basic: a browser would cache Basic
+    credentials and send them to every URL of the site, from any page)."""
     if exc.status != 401:
         return {}
-    if rule is not None and (rule.path == "/dashboard" or rule.path.startswith("/dashboard/")):
-        return {"WWW-Authenticate": 'Basic realm="turnout", charset="UTF-8"'}
     return {"WWW-Authenticate": 'Bearer realm="turnout"'}
 
 
@@ -171,6 +263,7 @@ def markdown_table() -> str:
         scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all",
                  "all": "every tenant"}[e.data]
         extra = f" (key routes must include `{e.route}`)" if e.route else ""
+        extra += " (the browser login's cookie counts as a key)" if e.browser else ""
         rows.append(f"| `{e.method} {e.path}` | " + " | ".join(cells) + f" | {anon} | {scope}{extra} |")
     return head + "\n".join(rows) + "\n"
 

@@ -224,6 +224,7 @@ ERRORS = {
     "403": "the key lacks the role or route, or a policy rule or a guard refused",
     "404": "unknown model (route alias or engine)",
     "413": "body larger than server.max_body_bytes",
+    "415": "a body not declared Content-Type: application/json",
     "429": "rate limit or budget exceeded (Retry-After)",
     "502": "every engine of the chain failed; the message names each hop",
     "503": "overloaded (Retry-After) or no engine reachable",
@@ -286,6 +287,10 @@ def document() -> dict[str, Any]:
         **{code: _error_response(text) for code, text in ERRORS.items()},
     }
     schemas.update(_task_schemas())
+    from turnout.server.session import LoginBody
+
+    schemas.update({"LoginBody": LoginBody.model_json_schema(ref_template=REF), "Session": SESSION,
+                    "SessionEnded": SESSION_ENDED})
     return _secured({
         "openapi": "3.1.0",
         "info": {"title": "turnout", "version": __version__,
@@ -308,6 +313,7 @@ def document() -> dict[str, Any]:
             }},
             **collections,
             **_task_paths(),
+            **_session_paths(),
             "/v1/models": {"get": {
                 "operationId": "listModels",
                 "responses": {"200": {"description": "route aliases and engines",
@@ -372,7 +378,7 @@ def _task_paths() -> dict[str, Any]:
                    "409": "the task already ended, or the approval was already decided"}
         out: dict[str, Any] = {"operationId": op_id, "parameters": params, "responses": {
             status: {"description": "ok", "content": {"application/json": {"schema": _ref(ok)}}},
-            **{code: _error_response(answers[code]) for code in ("400", "401", "403", "404", "413", *extra)}}}
+            **{code: _error_response(answers[code]) for code in ("400", "401", "403", "404", "413", "415", *extra)}}}
         if body:
             out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
         return out
@@ -394,19 +400,47 @@ def _task_paths() -> dict[str, Any]:
     }
 
 
+SESSION = {"type": "object", "required": ["object", "tenant", "roles", "expires_at"],
+           "properties": {"object": {"const": "session"}, "key_id": _STRING, "tenant": _MAYBE_STRING,
+                          "roles": {"type": "array", "items": _STRING}, "expires_at": _MAYBE_STRING,
+                          "open": {"type": "boolean"}}}
+SESSION_ENDED = {"type": "object", "required": ["object", "ended"],
+                 "properties": {"object": {"const": "session.ended"}, "ended": {"type": "boolean"}}}
+
+
+def _session_paths() -> dict[str, Any]:
+    """The browser pages' login and logout (turnout.server.session): same origin only."""
+    def op(op_id: str, ok: str, description: str, body: str | None = None) -> dict[str, Any]:
+        codes = ("400", "401", "403", "413", "415") if body else ("403", "415")
+        out: dict[str, Any] = {"operationId": op_id, "description": description, "responses": {
+            "200": {"description": "ok; sets (or clears) the session cookie, `turnout_session`",
+                    "content": {"application/json": {"schema": _ref(ok)}}},
+            **{code: _error_response(ERRORS[code]) for code in codes}}}
+        if body:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        return out
+
+    return {
+        "/dashboard/login": {"post": op("login", "Session", "an API key with role admin, viewer or approver in, "
+                                        "an HttpOnly SameSite=Strict session cookie out", "LoginBody")},
+        "/dashboard/logout": {"post": op("logout", "SessionEnded", "ends the session of the cookie sent")},
+    }
+
+
 def _secured(doc: dict[str, Any]) -> dict[str, Any]:
     """Each operation's security requirement and 401/403 answers, from ``turnout.server.authz``."""
     from turnout.server.authz import ENDPOINTS
 
     doc["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "an API key, tk-..."},
-        "basic": {"type": "http", "scheme": "basic", "description": "the API key as the password (browsers)"},
+        "session": {"type": "apiKey", "in": "cookie", "name": "turnout_session",
+                    "description": "the browser pages' login (POST /dashboard/login); same-origin requests only"},
     }
     for e in ENDPOINTS:
         operation = doc["paths"].get(e.path, {}).get(e.method.lower())
         if operation is None or not e.roles:
             continue
-        operation["security"] = [{"bearer": []}, {"basic": []}]
+        operation["security"] = [{"bearer": []}, {"session": []}] if e.browser else [{"bearer": []}]
         operation["description"] = f"roles: {' or '.join(e.roles)}"
         for code in ("401", "403"):
             operation["responses"].setdefault(code, _error_response(ERRORS[code]))
