@@ -52,19 +52,21 @@ def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
     return limiter
 
 
-def resolve_mode(requested: Mode | None, loopback: bool, active_keys: int) -> tuple[Mode, str]:
+def resolve_mode(requested: Mode | None, loopback: bool, keys_held: int) -> tuple[Mode, str]:
     """The mode to serve in, and a line saying why; ValueError when it must not start.
 
-    ``auth`` unset: ``keys`` if the store holds an active key (so upgrading never opens a
-    gateway that had keys), else ``open`` on loopback; beyond loopback it must be ``keys``."""
+    ``auth`` unset: ``keys`` if the store holds any key, revoked and expired ones included (so
+    neither upgrading nor revoking every key ever opens a gateway that had keys), else ``open``
+    on loopback; beyond loopback it must be ``keys``."""
     if requested == "open" and not loopback:
         raise ValueError("auth: open serves anyone without a key, so it is only allowed on a loopback address; "
                          "set auth: keys (and create a key with `turnout keys create --tenant NAME`) "
                          "or listen on 127.0.0.1")
     if requested is not None:
         return requested, f"auth: {requested} (from the configuration)"
-    if active_keys:
-        return "keys", f"auth: keys ({active_keys} active API key(s) in the store; set auth: keys|open to choose)"
+    if keys_held:
+        return "keys", (f"auth: keys ({keys_held} API key(s) in the store, revoked and expired ones included: "
+                        "a store that ever held a key is never served open; set auth: keys|open to choose)")
     if not loopback:
         raise ValueError("no API keys exist and auth is not set, so the gateway would be open to anyone who can "
                          "reach it; set auth: keys and create a key with `turnout keys create --tenant NAME`, "

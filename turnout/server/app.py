@@ -200,7 +200,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         keys = open_key_store(cfg.storage)  # PostgreSQL too when storage.postgres_dsn is set: one store for all
         mode = cfg.auth
         if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
-            mode, _ = resolve_mode(None, True, len(keys.list(include_revoked=False)))
+            mode, _ = resolve_mode(None, True, len(keys.list()))  # every key ever held counts
         access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
         guards = build_guards(cfg) if cfg.guards.enabled else None
         provider = None
