@@ -106,3 +106,51 @@ def test_an_empty_store_still_starts_open_on_loopback(tmp_path: Path, upstream: 
     with serve(config, "--host", "127.0.0.1") as proc:
         assert "auth: open" in proc.output()
         assert httpx.post(proc.url + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+
+
+# ---- M2: every form of credential in a DSN or URL is masked ------------------------------------
+DSNS = {
+    "url userinfo": (f"postgresql://app:{SECRET}@db:5432/t", "postgresql://app:***@db:5432/t"),
+    "url userinfo with unescaped @ and /": (f"postgresql://app:{SECRET}@x/y@db:5432/t", "postgresql://app:***@db:5432/t"),
+    "url multi-host": (f"postgresql://app:{SECRET}@h1:5432,[::1]:5433/t", "postgresql://app:***@h1:5432,[::1]:5433/t"),
+    "url query password": (f"postgresql://db/t?user=app&password={SECRET}&sslmode=require",
+                           "postgresql://db/t?user=app&password=***&sslmode=require"),
+    "url query sslpassword": (f"postgresql:///t?host=/tmp&sslpassword={SECRET}", "postgresql:///t?host=/tmp&sslpassword=***"),
+    "redis": (f"redis://:{SECRET}@r:6379/0", "redis://:***@r:6379/0"),
+    "keyword": (f"host=db password={SECRET} dbname=t", "host=db password=*** dbname=t"),
+    "keyword quoted, spaces, escapes": (f"host=db password = '{SECRET} x\\' y' dbname=t",
+                                        "host=db password = *** dbname=t"),
+    "keyword sslpassword, upper case": (f"host=db SSLPASSWORD={SECRET} dbname=t", "host=db SSLPASSWORD=*** dbname=t"),
+}
+
+
+@pytest.mark.parametrize("form", DSNS)
+def test_config_view_masks_every_credential_form(form: str) -> None:
+    dsn, want = DSNS[form]
+    shown = masked({"storage": {"postgres_dsn": dsn}, "engines": {"e": {"base_url": dsn, "api_key_env": "OPENAI_KEY"}},
+                    "n": 3, "names": [dsn]})
+    assert SECRET not in str(shown) and "y'" not in str(shown)
+    assert shown["storage"]["postgres_dsn"] == want and shown["names"] == [want]
+    assert shown["engines"]["e"]["api_key_env"] == "OPENAI_KEY" and shown["n"] == 3  # a variable's name is no secret
+
+
+def test_config_view_leaves_what_holds_no_credential() -> None:
+    for plain in ("https://api.example/v1", "host=db dbname=t user=app", "postgresql://app@db/t", "max_tokens=5"):
+        assert masked({"x": plain}) == {"x": plain}
+    assert masked({"redis_password": "pw", "api_token": "t"}) == {"redis_password": "***", "api_token": "***"}
+
+
+def test_config_view_over_http_masks_a_keyword_form_postgres_password(tmp_path: Path, upstream: Upstream,
+                                                                        pg_schema: str) -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(PG_DSN)
+    dsn = (f"host={u.hostname} port={u.port or 5432} dbname={u.path.lstrip('/')} user={u.username} "
+           f"password='{SECRET} quoted'")  # PostgreSQL here trusts loopback: the password is never checked
+    cfg = frontier_config(upstream.url, tmp_path, storage={"postgres_dsn": dsn, "postgres_schema": pg_schema,
+                                                           "sqlite_path": str(tmp_path / "t.sqlite")})
+    config = write_config(tmp_path, cfg)
+    with keyed_gateway(config, {"admin": cli_key(config, "ops", "--roles", "admin")}) as g:
+        r = g.call("GET", "/v1/turnout/config", "admin")
+        assert r.status_code == 200 and SECRET not in r.text and "quoted" not in r.text
+        assert r.json()["storage"]["postgres_dsn"].endswith("password=***")

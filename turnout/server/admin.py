@@ -16,10 +16,10 @@ on this replica at once and on the others within ``KEY_CACHE_S``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -96,34 +96,47 @@ async def rotate_key(request: Request) -> Response:
     return JSONResponse({**key_json(new.key), "key": new.plaintext})
 
 
+# Where a credential hides in a connection string: URL userinfo (``user:PASSWORD@``), a query
+# parameter (``?password=``, ``&sslpassword=``), or libpq's keyword form (``password=...``,
+# ``password = '...'`` with quotes and backslash escapes).
+_SECRET_NAME = r"[A-Za-z_]*(?:password|passwd|secret|token|api_?key)"
+_SECRET_PARAM = re.compile(rf"(?i)([?&;]{_SECRET_NAME}=)[^&#;]*")
+_SECRET_KEYWORD = re.compile(rf"(?i)(?<![\w.-])({_SECRET_NAME}\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s']*)")
+_SECRET_FIELD = re.compile(rf"(?i)^{_SECRET_NAME}$")
+
+
 def mask_url(url: str | None) -> str | None:
-    """A DSN or URL with its password replaced by ***."""
+    """A DSN or URL with every credential in it replaced by ***: the password of its userinfo,
+    secret query parameters, and secret ``key=value`` pairs of libpq's keyword form."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    text = url
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, after = rest.rpartition("@")  # the last @: a password may hold an unescaped @ or /
+    if sep and at and ":" in userinfo:  # over-masks a URL with an @ in its query; never shows a password
+        text = f"{scheme}://{userinfo.partition(':')[0]}:***@{after}"
+    if sep:
+        return _SECRET_PARAM.sub(r"\1***", text)
+    return _SECRET_KEYWORD.sub(lambda m: m.group(1) + "***", text)
 
 
-def masked(value: Any) -> Any:
-    """``value`` with the password of every URL in it (DSNs, base URLs, endpoints) replaced by ***."""
+def masked(value: Any, name: str = "") -> Any:
+    """``value`` with every credential masked: in URLs and DSNs of any form (:func:`mask_url`),
+    and the whole value of a field named like a secret (``password``, ``token``, ``api_key``)."""
     if isinstance(value, dict):
-        return {k: masked(v) for k, v in value.items()}
+        return {k: masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [masked(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        try:
-            return mask_url(value)
-        except ValueError:
+        return [masked(v, name) for v in value]
+    if isinstance(value, str):
+        if _SECRET_FIELD.match(name) and value:
             return "***"
+        return mask_url(value)
     return value
 
 
 async def config_view(request: Request) -> Response:
     """The running configuration. It holds no API keys (engines name environment variables);
-    passwords inside URLs are masked."""
+    credentials inside URLs and DSNs (every form) are masked."""
     return JSONResponse(masked(request.app.state.gateway.cfg.model_dump(mode="json")))
 
 
