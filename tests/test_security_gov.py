@@ -154,3 +154,135 @@ def test_config_view_over_http_masks_a_keyword_form_postgres_password(tmp_path: 
         r = g.call("GET", "/v1/turnout/config", "admin")
         assert r.status_code == 200 and SECRET not in r.text and "quoted" not in r.text
         assert r.json()["storage"]["postgres_dsn"].endswith("password=***")
+
+
+# ---- M4: tenant admins, the operator's all-tenants admin, the metrics role, owners ------------
+def test_a_tenant_admin_manages_its_own_tenant_only(gw: Keyed) -> None:
+    ok = gw.call("POST", "/v1/turnout/keys", "a-admin", {"tenant": "team-a", "roles": ["user", "approver"],
+                                                         "owner": "dana@team-a.example"})
+    assert ok.status_code == 201 and ok.json()["owner"] == "dana@team-a.example" and not ok.json()["all_tenants"]
+    assert gw.call("POST", "/v1/chat/completions", ok.json()["key"], CHAT).status_code == 200
+    listed = gw.call("GET", "/v1/turnout/keys?tenant=team-b", "a-admin").json()["data"]
+    assert listed and {k["tenant"] for k in listed} == {"team-a"}  # ?tenant= of another tenant: still its own
+    for body in ({"tenant": "team-b"}, {"tenant": "team-a", "roles": ["metrics"]}):
+        r = gw.call("POST", "/v1/turnout/keys", "a-admin", body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "tenant_not_allowed", body
+    other = gw.keys["b-user"]["key_id"]
+    for method, path in (("DELETE", f"/v1/turnout/keys/{other}"), ("POST", f"/v1/turnout/keys/{other}/rotate")):
+        r = gw.call(method, path, "a-admin", {} if method == "POST" else None)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "key_not_found"  # as if it did not exist
+    operator = gw.keys["a-admin-cli"]["key_id"]  # in team-a, but the operator's: no rotation into its secret
+    r = gw.call("POST", f"/v1/turnout/keys/{operator}/rotate", "a-admin", {})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "tenant_not_allowed"
+    assert gw.call("DELETE", f"/v1/turnout/keys/{operator}", "a-admin").status_code == 403
+    assert gw.call("POST", "/v1/chat/completions", "b-user", CHAT).status_code == 200  # untouched
+    rotated = gw.call("POST", f"/v1/turnout/keys/{ok.json()['key_id']}/rotate", "a-admin", {"overlap_s": 0})
+    assert rotated.status_code == 200
+    assert gw.call("DELETE", f"/v1/turnout/keys/{ok.json()['key_id']}", "a-admin").status_code == 200
+    r = gw.call("GET", "/v1/turnout/config", "a-admin")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "all_tenants_only"
+    usage = gw.call("GET", "/v1/turnout/usage?tenant=team-b", "a-admin").json()
+    assert usage["tenant"] == "team-a"  # figures of its own tenant only
+
+
+def test_the_operators_admin_manages_every_tenant(gw: Keyed) -> None:
+    r = gw.call("POST", "/v1/turnout/keys", "admin", {"tenant": "team-b", "roles": ["metrics"]})
+    assert r.status_code == 201 and r.json()["roles"] == ["metrics"]
+    assert gw.call("DELETE", f"/v1/turnout/keys/{r.json()['key_id']}", "admin").status_code == 200
+    assert gw.call("GET", "/v1/turnout/config", "admin").status_code == 200
+    tenants = {k["tenant"] for k in gw.call("GET", "/v1/turnout/keys", "admin").json()["data"]}
+    assert {"ops", "team-a", "team-b", "monitoring"} <= tenants
+    assert gw.call("GET", "/v1/turnout/usage", "admin").json()["tenant"] is None  # every tenant
+
+
+def test_a_metrics_key_scrapes_every_tenant_and_does_nothing_else(gw: Keyed) -> None:
+    for who in ("a-user", "b-user"):
+        assert gw.call("POST", "/v1/chat/completions", who, CHAT).status_code == 200
+    scraped = gw.call("GET", "/metrics", "metrics")
+    assert scraped.status_code == 200
+    assert 'tenant="team-a"' in scraped.text and 'tenant="team-b"' in scraped.text
+    viewer = gw.call("GET", "/metrics", "a-viewer").text
+    assert 'tenant="team-a"' in viewer and 'tenant="team-b"' not in viewer  # a viewer: its tenant only
+    for method, path, body in (("POST", "/v1/chat/completions", CHAT), ("GET", "/v1/turnout/usage", None),
+                               ("GET", "/v1/dashboard/stats", None), ("GET", "/v1/models", None),
+                               ("GET", "/v1/turnout/keys", None), ("GET", "/v1/turnout/approvals", None)):
+        r = gw.call(method, path, "metrics", body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "role_not_allowed", path
+
+
+def test_admin_keys_made_before_all_tenants_existed_stay_the_operators(tmp_path: Path) -> None:
+    """Migration 0003: every admin key of an older store keeps managing every tenant; others do not."""
+    from turnout import sqlitedb
+
+    db = tmp_path / "old.sqlite"
+    conn = sqlitedb.connect(db)
+    sqlitedb.migrate(conn, "keys_migrations", MIGRATIONS[:2])
+    plain = {}
+    for key_id, roles in (("key_admin", '["admin"]'), ("key_user", '["user"]'), ("key_both", '["admin", "user"]')):
+        plain[key_id] = new_plaintext()
+        conn.execute("INSERT INTO keys_api_keys (key_id, key_hash, hint, tenant, created_at, roles) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (key_id, hash_key(plain[key_id]), "tk-...", "ops",
+                                                   "2026-01-01T00:00:00+00:00", roles))
+        conn.execute("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)",
+                     (hash_key(plain[key_id]), key_id, "tk-...", "2026-01-01T00:00:00+00:00"))
+    conn.commit()
+    conn.close()
+    with KeyStore(db) as s:
+        assert {k.key_id: k.all_tenants for k in s.list()} == {"key_admin": True, "key_user": False,
+                                                                "key_both": True}
+        assert s.authenticate(plain["key_admin"]).all_tenants and s.get("key_user").owner is None  # type: ignore[union-attr]
+        with pytest.raises(ValueError, match="admin"):
+            s.create("ops", roles=["viewer"], all_tenants=True)
+
+
+def test_cli_admin_keys_are_the_operators_unless_tenant_only(tmp_path: Path, upstream: Upstream) -> None:
+    config = write_config(tmp_path, frontier_config(upstream.url, tmp_path))
+    op = cli_key(config, "ops", "--roles", "admin", "--owner", "ops-lead")
+    tenant = cli_key(config, "team-a", "--roles", "admin", "--tenant-only")
+    user = cli_key(config, "team-a", "--owner", "alice@team-a.example")
+    assert op["all_tenants"] is True and op["owner"] == "ops-lead"
+    assert tenant["all_tenants"] is False and user["all_tenants"] is False and user["owner"] == "alice@team-a.example"
+    listed = cli(config, "list").stdout
+    assert "ops (all)" in listed and "alice@team-a.example" in listed
+    bad = cli(config, "create", "--tenant", "t", "--owner", "no spaces please")
+    assert bad.returncode == 2 and "owner" in bad.stderr
+
+
+def test_four_eyes_compares_owners(tmp_path: Path) -> None:
+    async def go() -> None:
+        with KeyStore(tmp_path / "k.sqlite") as keys:
+            access = Access(keys, MemoryLimiter(), mode="keys")
+            alice = keys.create("acme", owner="alice").key
+            alice_approver = keys.create("acme", roles=["approver"], owner="alice").key
+            bob = keys.create("acme", roles=["approver"], owner="bob").key
+            anon_a, anon_b = keys.create("acme").key, keys.create("acme", roles=["approver"]).key
+            assert same_person(alice, alice_approver) and same_person(anon_a, anon_a)
+            assert not same_person(alice, bob) and not same_person(anon_a, anon_b)
+            assert not same_person(alice, anon_b) and not same_person(anon_b, alice)  # one owner unset: by key
+            assert await access.same_person(alice_approver, alice.key_id)
+            assert not await access.same_person(bob, alice.key_id)
+            assert await access.same_person(anon_a, anon_a.key_id) and not await access.same_person(anon_b, None)
+
+    asyncio.run(go())
+
+
+def test_four_eyes_over_http_refuses_a_second_key_of_the_same_person(tmp_path: Path) -> None:
+    from tests.test_tasks import MAIL, TRIAGE, config, script, wait_state
+    from turnout.testing.procs import start_server
+
+    with start_server("turnout.testing.upstream", "--port", "0", add_port=False) as fake, \
+            start_server("turnout.testing.toolbox", "--port", "0", add_port=False) as toolbox:
+        script(fake, TRIAGE)
+        path = write_config(tmp_path, config(fake.url, toolbox.url, tmp_path))
+        keys = {"alice": cli_key(path, "acme", "--owner", "alice"),
+                "alice-approver": cli_key(path, "acme", "--roles", "approver", "--owner", "alice"),
+                "bob": cli_key(path, "acme", "--roles", "approver", "--owner", "bob")}
+        with keyed_gateway(path, keys) as g:
+            tid = g.call("POST", "/v1/turnout/tasks", "alice", {"goal": "answer the mail", "inputs": MAIL,
+                                                               "tools": ["send_email"]}).json()["id"]
+            wait_state(g, tid, "awaiting_approval")
+            gid = g.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]["id"]
+            r = g.call("POST", f"/v1/turnout/approvals/{gid}", "alice-approver", {"decision": "approve"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "four_eyes"
+            r = g.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "approve"})
+            assert r.status_code == 200 and r.json()["state"] == "approved"

@@ -21,12 +21,12 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from turnout.errors import AuthenticationFailed, TurnoutError
+from turnout.errors import AuthenticationFailed, PermissionDenied, TurnoutError
 from turnout.governance.access import Principal, token_from
 from turnout.server.errors import error_response
 
 log = logging.getLogger("turnout.server")
-Scope_ = Literal["none", "tenant", "tenant/all", "all"]
+Scope_ = Literal["none", "tenant", "tenant/all", "all", "operator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +34,9 @@ class Endpoint:
     method: str
     path: str
     roles: tuple[str, ...]  # any of these; () = public. admin counts as viewer.
-    data: Scope_            # none: no tenant data; tenant: the caller's tenant only;
-                            # tenant/all: the caller's tenant, every tenant for admin; all: every tenant
+    data: Scope_            # none: no tenant data; tenant: the caller's tenant only; tenant/all: the
+                            # caller's tenant, every tenant for an all-tenants admin; all: every tenant;
+                            # operator: the gateway's own settings, an all-tenants admin only
     what: str
     route: str | None = None       # a key restricted to routes needs this one among them
     by: Literal["gateway", "pipeline"] = "gateway"
@@ -78,14 +79,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dashboard", VIEW, "none", "the dashboard page (its figures come from the stats)"),
     Endpoint("GET", "/v1/dashboard/stats", VIEW, "tenant/all", "dashboard figures"),
     Endpoint("GET", "/v1/turnout/usage", VIEW, "tenant/all", "usage and cost per route and engine"),
-    Endpoint("GET", "/metrics", VIEW, "tenant/all", "Prometheus metrics (a viewer sees its tenant's series)"),
+    Endpoint("GET", "/metrics", ("viewer", "metrics"), "tenant/all",
+             "Prometheus metrics (a viewer sees its tenant's series, a metrics key every tenant's)"),
     Endpoint("GET", "/v1/turnout/functions/{name}/report", VIEW, "tenant/all",
              "a function's experiment: calls, feedback, cost, escalations per variant"),
-    Endpoint("GET", "/v1/turnout/config", ADMIN, "none", "the running configuration, secrets masked"),
-    Endpoint("GET", "/v1/turnout/keys", ADMIN, "all", "list keys (never their secrets)"),
-    Endpoint("POST", "/v1/turnout/keys", ADMIN, "all", "create a key (its secret is shown once)"),
-    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "all", "revoke a key"),
-    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "all", "a new secret, old one overlaps"),
+    Endpoint("GET", "/v1/turnout/config", ADMIN, "operator", "the running configuration, secrets masked"),
+    Endpoint("GET", "/v1/turnout/keys", ADMIN, "tenant/all", "list keys (never their secrets)"),
+    Endpoint("POST", "/v1/turnout/keys", ADMIN, "tenant/all",
+             "create a key (its secret is shown once); a metrics key needs an all-tenants admin"),
+    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "tenant/all", "revoke a key"),
+    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "tenant/all", "a new secret, old one overlaps"),
 )
 
 
@@ -98,10 +101,10 @@ def principal(request: Request) -> Principal:
 
 
 def tenant_filter(request: Request) -> str | None:
-    """The tenant whose figures a ``tenant/all`` endpoint shows: the caller's, or for an admin
-    every tenant's (None) unless ``?tenant=`` names one."""
+    """The tenant whose data a ``tenant/all`` endpoint shows: the caller's, or for an
+    all-tenants admin every tenant's (None) unless ``?tenant=`` names one."""
     who = principal(request)
-    if who.admin:
+    if who.all_tenants:
         return request.query_params.get("tenant") or None
     return who.tenant
 
@@ -132,7 +135,11 @@ class Authorize:
             access = self.app.state.gateway.access
             token = token_from(Headers(scope=scope).get("authorization"))
             try:
-                scope.setdefault("state", {})["principal"] = await access.principal(token, rule.roles, rule.route)
+                who = await access.principal(token, rule.roles, rule.route)
+                if rule.data == "operator" and not who.all_tenants:
+                    raise PermissionDenied("this is the gateway's own configuration: an all-tenants admin key "
+                                           "(`turnout keys create --roles admin`) reads it", code="all_tenants_only")
+                scope.setdefault("state", {})["principal"] = who
             except TurnoutError as exc:
                 await error_response(exc, challenge(exc, rule))(scope, receive, send)
                 return
@@ -168,8 +175,8 @@ def markdown_table() -> str:
             ok = not e.roles or r in e.roles or (r == "admin" and "viewer" in e.roles)
             cells.append("yes" if ok else "403")
         anon = "yes (public)" if not e.roles else "401"
-        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all",
-                 "all": "every tenant"}[e.data]
+        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; all-tenants admin: all",
+                 "all": "every tenant", "operator": "gateway-wide: all-tenants admin only"}[e.data]
         extra = f" (key routes must include `{e.route}`)" if e.route else ""
         rows.append(f"| `{e.method} {e.path}` | " + " | ".join(cells) + f" | {anon} | {scope}{extra} |")
     return head + "\n".join(rows) + "\n"
