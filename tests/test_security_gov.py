@@ -286,3 +286,20 @@ def test_four_eyes_over_http_refuses_a_second_key_of_the_same_person(tmp_path: P
             assert r.status_code == 403 and r.json()["error"]["code"] == "four_eyes"
             r = g.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "approve"})
             assert r.status_code == 200 and r.json()["state"] == "approved"
+
+
+# ---- L4: what a 503 tells a caller ----------------------------------------------------------------
+def test_a_503_names_each_hops_kind_never_an_address_or_variable(gw: Keyed) -> None:
+    for stream in (False, True):
+        r = gw.call("POST", "/v1/chat/completions", "a-user", {**CHAT, "model": "broken", "stream": stream})
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "all_engines_failed"
+        assert "nokey: engine_unavailable (not started" in err["message"], err
+        assert "dead: engine_unavailable (cannot connect)" in err["message"], err
+        for leak in (UNSET, "api_key_env", "nokey.internal.example", str(DEAD_PORT), "http://", "127.0.0.1"):
+            assert leak not in r.text, (leak, r.text)
+    conn = sqlite3.connect(_db(gw))
+    hops = conn.execute("SELECT hops FROM requests WHERE request_id = ?", (r.headers["x-request-id"],)).fetchone()[0]
+    conn.close()
+    assert UNSET in hops and str(DEAD_PORT) in hops  # the operator's detail stays in the ledger
