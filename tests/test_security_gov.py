@@ -303,3 +303,44 @@ def test_a_503_names_each_hops_kind_never_an_address_or_variable(gw: Keyed) -> N
     hops = conn.execute("SELECT hops FROM requests WHERE request_id = ?", (r.headers["x-request-id"],)).fetchone()[0]
     conn.close()
     assert UNSET in hops and str(DEAD_PORT) in hops  # the operator's detail stays in the ledger
+
+
+# ---- M5: callers without a valid key leave no stored trace --------------------------------------
+def test_refusals_without_a_valid_key_are_counted_not_stored(gw: Keyed) -> None:
+    rows, entries = _count(gw, "requests"), _count(gw, "audit_entries")
+    before = gw.call("GET", "/metrics", "metrics").text
+    callers: list[dict[str, str]] = [{}, {"Authorization": "Bearer tk-" + "Z" * 43},
+                                     {"Authorization": "Bearer " + gw.keys["revoked"]["key"]},
+                                     {"Authorization": "Basic !!"}]
+    sent = 0
+    for i in range(60):
+        headers = callers[i % len(callers)]
+        r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=headers, timeout=30)
+        assert r.status_code == 401, r.text
+        sent += 1
+    for body in (b"{not json", b"[]"):  # refused before any key was checked
+        r = httpx.post(gw.url + "/v1/chat/completions", content=body, timeout=30,
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 400
+    r = httpx.post(gw.url + "/v1/embeddings", json={"model": "auto", "input": "x"}, timeout=30)
+    assert r.status_code == 401
+    assert _count(gw, "requests") == rows and _count(gw, "audit_entries") == entries  # nothing stored
+    after = gw.call("GET", "/metrics", "metrics").text
+
+    def counted(text: str, status: str) -> float:
+        m = re.search(rf'^turnout_unauthenticated_total\{{status="{status}"\}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    assert counted(after, "401") - counted(before, "401") >= sent + 1
+    assert counted(after, "400") - counted(before, "400") >= 2
+    lines = [x for x in gw.proc.output().splitlines() if "refused without a valid API key" in x]
+    assert 1 <= len(lines) <= 3, lines  # one summary line per 10 s, not one per request
+    # a valid key is still recorded, its refusals too: a bad body under its own tenant
+    r = httpx.post(gw.url + "/v1/chat/completions", content=b"{not json", timeout=30,
+                   headers={"Authorization": f"Bearer {gw.keys['a-user']['key']}", "Content-Type": "application/json"})
+    assert r.status_code == 400
+    conn = sqlite3.connect(_db(gw))
+    row = conn.execute("SELECT tenant, key_id, http_status FROM requests WHERE request_id = ?",
+                       (r.headers["x-request-id"],)).fetchone()
+    conn.close()
+    assert row == ("team-a", gw.keys["a-user"]["key_id"], 400)

@@ -141,6 +141,8 @@ class Authorize:
                                            "(`turnout keys create --roles admin`) reads it", code="all_tenants_only")
                 scope.setdefault("state", {})["principal"] = who
             except TurnoutError as exc:
+                if exc.status in (400, 401):  # nobody: counted and logged (rate-limited), stored nowhere
+                    self.app.state.gateway.recorder.unauthenticated(exc.status, exc.message, rule.path)
                 await error_response(exc, challenge(exc, rule))(scope, receive, send)
                 return
             except Exception:  # the key store failed: closed, and said so, never a pass

@@ -4,6 +4,7 @@ written as server-sent events."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -42,7 +43,11 @@ async def refused(gw: Gateway, call: Call, exc: TurnoutError) -> Response:
     """An error response; a request refused before the pipeline took it is still recorded."""
     if call.decision is None and call.status == "ok":
         call.fail(exc)
-        await gw.record(call)
+        if call.key is None and call.credentials and gw.access is not None:  # refused before authenticate:
+            with contextlib.suppress(Exception):  # a valid key's bad request is recorded under its tenant
+                if (key := await gw.access.identify(call.credentials)) is not None:
+                    call.key, call.tenant = key, key.tenant
+        await gw.record(call)  # a caller without a valid key is counted, not recorded (turnout.recorder)
     return error_response(exc, {**headers(call), **challenge(exc)})
 
 
