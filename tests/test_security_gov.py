@@ -344,3 +344,58 @@ def test_refusals_without_a_valid_key_are_counted_not_stored(gw: Keyed) -> None:
                        (r.headers["x-request-id"],)).fetchone()
     conn.close()
     assert row == ("team-a", gw.keys["a-user"]["key_id"], 400)
+
+
+# ---- L11: ambiguous requests are refused ---------------------------------------------------------
+def test_two_authorization_headers_are_a_400(gw: Keyed) -> None:
+    good, other = gw.keys["a-user"]["key"], gw.keys["b-user"]["key"]
+    admin = gw.keys["admin"]["key"]
+    for path, method, body in (("/v1/chat/completions", "POST", CHAT), ("/v1/turnout/usage", "GET", None),
+                               ("/v1/turnout/keys", "GET", None)):
+        for pair in ((good, other), (good, good), ("tk-" + "Q" * 43, admin), (admin, "tk-" + "Q" * 43)):
+            headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
+            r = httpx.request(method, gw.url + path, json=body, headers=headers, timeout=30)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_header", (path, r.text)
+    assert gw.call("POST", "/v1/chat/completions", "a-user", CHAT).status_code == 200  # one header: served
+    assert gw.call("GET", "/v1/turnout/keys", "admin").status_code == 200
+
+
+DUPLICATE_BODIES = {
+    ("POST", "/v1/chat/completions", "a-user"): b'{"model": "auto", "max_tokens": 8, "messages": '
+                                                b'[{"role": "user", "content": "a", "content": "b"}]}',
+    ("POST", "/v1/embeddings", "a-user"): b'{"model": "auto", "input": "a", "input": "b"}',
+    ("POST", "/v1/feedback", "a-user"): b'{"request_id": "x", "request_id": "y", "score": "up"}',
+    ("POST", "/v1/turnout/collections/c/search", "a-user"): b'{"query": "a", "query": "b"}',
+    ("POST", "/v1/turnout/tasks", "a-user"): b'{"goal": "a", "goal": "b"}',
+    ("POST", "/v1/turnout/keys", "admin"): b'{"tenant": "team-a", "roles": ["user"], "roles": ["admin"]}',
+    ("POST", "/v1/turnout/keys/{rotate}/rotate", "admin"): b'{"overlap_s": 1, "overlap_s": 2}',
+}
+
+
+@pytest.mark.parametrize("where", DUPLICATE_BODIES, ids=lambda w: f"{w[0]} {w[1]}")
+def test_a_json_body_naming_a_key_twice_is_a_400(gw: Keyed, where: tuple[str, str, str]) -> None:
+    method, path, who = where
+    path = path.format(rotate=gw.keys["a-user"]["key_id"])
+    r = httpx.request(method, gw.url + path, content=DUPLICATE_BODIES[where], timeout=30,
+                      headers={"Authorization": f"Bearer {gw.token(who)}", "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "duplicate_key" and err["type"] == "invalid_request_error", err
+
+
+def test_a_body_nested_deeper_than_the_duplicate_check_goes_is_a_400_not_a_500(gw: Keyed) -> None:
+    for depth in (990, 1000, 1023):  # orjson parses these; the duplicate check's parser recurses less deep
+        body = b'{"model": "auto", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+        r = httpx.post(gw.url + "/v1/chat/completions", content=body, timeout=30,
+                       headers={"Authorization": f"Bearer {gw.keys['a-user']['key']}",
+                                "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_json", "invalid_value"), depth
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(gw: Keyed) -> None:
+    for method, path in (("GET", "/v1/models/"), ("POST", "/v1/chat/completions/"), ("GET", "/v1/turnout/usage/"),
+                         ("GET", "/healthz/")):
+        r = httpx.request(method, gw.url + path, json=CHAT if method == "POST" else None, timeout=30,
+                          headers={"Host": "evil.example", "Authorization": f"Bearer {gw.keys['admin']['key']}"})
+        assert r.status_code == 404 and "location" not in r.headers, (path, r.status_code, r.headers)
+        assert r.json()["error"]["type"] == "not_found_error"

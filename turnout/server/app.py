@@ -262,4 +262,5 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
+    starlette.router.redirect_slashes = False  # its redirect's Location comes from the Host header: 404 instead
     return ChatFastPath(starlette, cfg.server.max_in_flight)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from turnout.errors import AuthenticationFailed, PermissionDenied, TurnoutError
+from turnout.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, TurnoutError
 from turnout.governance.access import Principal, token_from
 from turnout.server.errors import error_response
 
@@ -100,6 +100,16 @@ def principal(request: Request) -> Principal:
     return found
 
 
+def authorization(headers: Headers) -> str | None:
+    """The request's one ``Authorization`` header; 400 when it sends several (a proxy in front
+    may check one while we would read another)."""
+    values = headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidRequest("send one Authorization header, not several", param="authorization",
+                             code="duplicate_header")
+    return values[0] if values else None
+
+
 def tenant_filter(request: Request) -> str | None:
     """The tenant whose data a ``tenant/all`` endpoint shows: the caller's, or for an
     all-tenants admin every tenant's (None) unless ``?tenant=`` names one."""
@@ -133,8 +143,8 @@ class Authorize:
         rule = self.endpoint(scope)
         if rule is not None and rule.roles and rule.by == "gateway":
             access = self.app.state.gateway.access
-            token = token_from(Headers(scope=scope).get("authorization"))
             try:
+                token = token_from(authorization(Headers(scope=scope)))
                 who = await access.principal(token, rule.roles, rule.route)
                 if rule.data == "operator" and not who.all_tenants:
                     raise PermissionDenied("this is the gateway's own configuration: an all-tenants admin key "

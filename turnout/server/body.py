@@ -1,7 +1,8 @@
-"""Reading and validating request bodies: size limit, JSON, schema."""
+"""Reading and validating request bodies: size limit, JSON (each key once per object), schema."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 import orjson
@@ -29,9 +30,28 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object", code="invalid_json")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)  # strict: UTF-8, no NaN, no lone surrogates
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    try:  # orjson keeps the last of a repeated key: check each object's keys once more
+        json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except RecursionError:  # orjson takes 1,024 levels, json fewer: nothing real nests that deep
+        raise InvalidRequest("request body is nested too deeply", code="invalid_json") from None
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One JSON object, refused when it names a key twice: which value counts would depend on
+    the parser (a proxy or guard may read the first, we the last). The check costs about 4 us on
+    a typical chat body, 0.15-0.5 ms on a 390 KB prompt (bench/json_duplicate_keys.py, loaded
+    2-core machine)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise InvalidRequest(f"request body names the key {twice[:64]!r} twice in one object; send each key once",
+                             code="duplicate_key")
+    return obj
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -17,7 +17,7 @@ from turnout.governance.access import token_from
 from turnout.pipeline import Gateway
 from turnout.protocol import SENSITIVITY_LEVELS as SENSITIVITY
 from turnout.protocol import ChatRequest
-from turnout.server.authz import challenge
+from turnout.server.authz import authorization, challenge
 from turnout.server.errors import error_response
 from turnout.server.wire import ChunkWriter, headers
 
@@ -28,7 +28,7 @@ def read_headers(call: Call, request: Request) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         call.trace_parent = TraceContextTextMapPropagator().extract(dict(request.headers))
-    call.credentials = token_from(request.headers.get("authorization"))
+    call.credentials = token_from(authorization(request.headers))
     label = request.headers.get("x-turnout-sensitivity")
     if label is not None:
         label = label.strip().lower()
