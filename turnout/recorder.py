@@ -74,10 +74,10 @@ class Recorder:
                 await self.access.settle(call.reservation, u.prompt_tokens + u.completion_tokens, cost)
             except Exception:
                 log.exception("settling the budget reservation of %s failed", call.request_id)
-        self._count(call, cost, latency)
-        if self.anonymous(call):  # counted and logged above and here; never a row nor an audit entry
+        if self.anonymous(call):  # counted apart and logged; never a row nor an audit entry
             self.unauthenticated(call.http_status, call.error or "", "chat or embeddings")
             return
+        self._count(call, cost, latency)  # the request metrics stay the ledger's sums
         hops = call.trail.hops
         row = LedgerRow(
             ts=call.ts,
