@@ -356,6 +356,12 @@ def test_two_authorization_headers_are_a_400(gw: Keyed) -> None:
             headers = [("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")]
             r = httpx.request(method, gw.url + path, json=body, headers=headers, timeout=30)
             assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_header", (path, r.text)
+    viewer = gw.keys["a-viewer"]["key"]
+    for pair in ((viewer, "tk-" + "Q" * 43), ("tk-" + "Q" * 43, viewer)):  # public /readyz: no details either way
+        r = httpx.get(gw.url + "/readyz", timeout=30,
+                      headers=[("Authorization", f"Bearer {pair[0]}"), ("Authorization", f"Bearer {pair[1]}")])
+        assert r.status_code == 503 and "detail" not in r.json()["engines"]["nokey"], r.text
+    assert "detail" in gw.call("GET", "/readyz", "a-viewer").json()["engines"]["nokey"]
     assert gw.call("POST", "/v1/chat/completions", "a-user", CHAT).status_code == 200  # one header: served
     assert gw.call("GET", "/v1/turnout/keys", "admin").status_code == 200
 
