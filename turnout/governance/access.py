@@ -110,6 +110,7 @@ class Principal:
 
     @property
     def admin(self) -> bool:
+        """An admin of its tenant; of every tenant only with ``all_tenants``."""
         return "admin" in self.roles
 
 
