@@ -11,7 +11,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "turnout: creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip wheel
+# setuptools too: a venv starts with its Python's bundled copy (65.5 on 3.11), which has known
+# advisories (CVE-2022-40897, CVE-2024-6345, CVE-2025-47273); pyproject.toml's build floor is 78.1.1.
+"$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
 # A portable build (AVX2/FMA/F16C, no -march=native): a native build on a CPU with AMX tiles
 # (Sapphire Rapids and later) compiles ggml's AMX kernels, and the first matrix product dies with
 # a general protection fault where the kernel does not grant AMX state to the process (seen on

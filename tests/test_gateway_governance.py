@@ -61,8 +61,9 @@ def test_keys_tenants_and_rate_limits(gateway_factory, upstream: Upstream, anthr
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     rows = gw.ledger()
     assert {r["tenant"] for r in rows if r["http_status"] == 200} == {"team-a"}
-    # refusals are recorded too: an unknown caller as anonymous, a known key's 403 under its own tenant
-    assert {r["http_status"] for r in rows if r["tenant"] == "anonymous"} == {401}
+    # a known key's refusals are recorded under its own tenant; callers without a valid key are only
+    # counted (turnout_unauthenticated_total) and logged: anyone can send those, stored history must not grow
+    assert [r for r in rows if r["tenant"] == "anonymous"] == []
     assert [r["http_status"] for r in rows if r["tenant"] == "team-a" and r["http_status"] == 403] == [403]
     assert key not in gw.db.read_bytes().decode("latin-1")  # only the hash is stored
 

@@ -50,7 +50,7 @@ def test_revoking_every_key_while_serving_closes_nothing(tmp_path: Path, upstrea
     config = write_config(tmp_path, cfg)
     made = cli_key(config, "team-a")
     with serve(config, "--host", "127.0.0.1") as proc:
-        assert "auth: keys (1 active API key(s)" in proc.output()
+        assert "auth: keys (1 API key(s) in the store" in proc.output()
         gw = Keyed(proc, config, {"a": made})
         assert gw.call("POST", "/v1/chat/completions", "a", CHAT).status_code == 200
         assert cli(config, "revoke", made["key_id"]).returncode == 0  # through the CLI: another process

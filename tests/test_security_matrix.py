@@ -1,7 +1,7 @@
 """The authorization matrix, row by row over real sockets: every endpoint of
 ``turnout.server.authz.ENDPOINTS`` x every kind of caller (no key, an unknown key, a malformed
-header, a revoked key, an expired key, each role, a user of another tenant), against one
-gateway in ``auth: keys`` mode. The expected status comes from the same table that the
+header, a revoked key, an expired key, each role, a tenant's own admin, a user of another
+tenant), against one gateway in ``auth: keys`` mode. The expected status comes from the same table that the
 gateway enforces and docs/security.md prints; the doc is checked against it too."""
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
     ("DELETE", "/v1/turnout/keys/{key_id}"): ("/v1/turnout/keys/{victim}", None, 200),
     ("POST", "/v1/turnout/keys/{key_id}/rotate"): ("/v1/turnout/keys/{rotated}/rotate", {"overlap_s": 60}, 200),
 }
-ROLE_CALLERS = ("admin", "viewer", "approver", "user", "other-tenant")
+ROLE_CALLERS = ("admin", "viewer", "approver", "user", "metrics", "tenant-admin", "other-tenant")
+# A tenant's admin (not the operator's all-tenants admin) on the rows whose request above acts
+# on another tenant (team-c, made-by-matrix) or on the gateway's own settings.
+TENANT_ADMIN = {("GET", "/v1/turnout/config"): 403, ("POST", "/v1/turnout/keys"): 403,
+                ("DELETE", "/v1/turnout/keys/{key_id}"): 404, ("POST", "/v1/turnout/keys/{key_id}/rotate"): 404}
 BAD_CALLERS = ("no key", "unknown key", "malformed", "revoked", "expired")
 
 
@@ -70,8 +74,10 @@ def expected(e: Endpoint, caller: str) -> int:
         return SPECS[(e.method, e.path)][2]
     if caller in BAD_CALLERS:
         return 401
-    role = "user" if caller == "other-tenant" else caller
+    role = {"other-tenant": "user", "tenant-admin": "admin"}.get(caller, caller)
     allowed = role in e.roles or (role == "admin" and "viewer" in e.roles)
+    if allowed and caller == "tenant-admin" and (e.method, e.path) in TENANT_ADMIN:
+        return TENANT_ADMIN[(e.method, e.path)]
     return SPECS[(e.method, e.path)][2] if allowed else 403
 
 
@@ -80,6 +86,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
     tmp = tmp_path_factory.mktemp("matrix")
     config = write_config(tmp, frontier_config(upstream.url, tmp))
     keys = {role: cli_key(config, "team-a", "--roles", role) for role in ("admin", "viewer", "approver", "user")}
+    keys["metrics"] = cli_key(config, "monitoring", "--roles", "metrics")
+    keys["tenant-admin"] = cli_key(config, "team-a", "--roles", "admin", "--tenant-only")
     keys["other-tenant"] = cli_key(config, "team-b")
     keys["revoked"] = cli_key(config, "team-a", "--roles", "admin,user,viewer")
     assert cli(config, "revoke", keys["revoked"]["key_id"]).returncode == 0
@@ -120,7 +128,9 @@ def test_authorization_matrix(gw: Keyed, upstream: Upstream, endpoint: Endpoint,
         assert set(err) == {"message", "type", "param", "code"}
         assert err["type"] == ("authentication_error" if want == 401 else "permission_error")
         if want == 403:
-            assert err["code"] == "role_not_allowed"
+            scoped = caller == "tenant-admin" and (endpoint.method, endpoint.path) in TENANT_ADMIN
+            assert err["code"] == ("role_not_allowed" if not scoped else
+                                   "all_tenants_only" if endpoint.data == "operator" else "tenant_not_allowed")
         if want == 401:
             assert r.headers["www-authenticate"].startswith("Bearer")  # never Basic: a browser would keep it
         if endpoint.path == "/v1/chat/completions":

@@ -21,6 +21,12 @@
         │   └── EngineContentRefused     400 content_policy_violation: passed on, never routed around
         └── EngineProtocolError          malformed body, bad SSE, wrong content type, oversize
 
+What a caller reads of an engine failure is its kind (``EngineError.public()``: the engine's
+name, the error code, the upstream status), never the message, which may hold an address, an
+environment variable's name or the upstream's own words; the message goes to the ledger's
+``hops`` and the log. A 4xx the client must fix (``upstream_rejected_request``, context too
+long, content refused) keeps the upstream's words: they are about the client's request.
+
 ``EngineError.retryable`` says whether the same engine may be tried again;
 ``EngineError.fallback`` says whether the next engine in the chain may be tried;
 ``EngineError.unreachable`` whether the engine could not take the request at all (503) rather
@@ -135,14 +141,25 @@ class EngineError(TurnoutError):
     retryable = True
     fallback = True
 
-    def __init__(self, message: str, *, engine: str = "?", retry_after: float | None = None, **kw: Any) -> None:
+    def __init__(self, message: str, *, engine: str = "?", retry_after: float | None = None,
+                 reason: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.engine = engine
         self.retry_after = retry_after  # seconds the engine asked us (or we ask clients) to wait
+        self.reason = reason  # turnout's own words for the failure, safe for callers (None: the code says it)
 
     #: The engine could not take the request (down, slow, rate-limited, overloaded), as
     #: opposed to answering it wrongly: a chain of such failures is a 503, not a 502.
     unreachable = False
+
+    def public(self) -> str:
+        """The failure as a caller may read it: engine and kind, no address or variable name."""
+        return f"{self.engine}: {self.code}" + (f" ({self.reason})" if self.reason else "")
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["message"] = self.public()
+        return body
 
 
 class EngineUnavailable(EngineError):
@@ -186,6 +203,11 @@ class EngineStatusError(EngineError):
             self.type = "invalid_request_error"
             self.code = "upstream_rejected_request"
 
+    def public(self) -> str:
+        if self.type == "invalid_request_error":  # about the client's own request: the upstream's words
+            return self.message
+        return f"{self.engine}: {self.code} (HTTP {self.upstream_status})"
+
 
 class EngineContextTooLong(EngineStatusError):
     """The prompt does not fit this engine's context window. Never resent to the same engine;
@@ -213,13 +235,14 @@ class EngineProtocolError(EngineError):
 
 
 class AllEnginesFailed(TurnoutError):
-    """Every engine of the chain failed. 503 when none was reachable, else 502."""
+    """Every engine of the chain failed. 503 when none was reachable, else 502. The message
+    names each hop's engine and kind of failure; what each said is in ``hops`` (the ledger's)."""
 
     type = "upstream_error"
     code = "all_engines_failed"
 
     def __init__(self, hops: list[EngineError]) -> None:
-        reasons = "; ".join(f"{h.engine}: {h.message}" for h in hops) or "no engine in chain"
+        reasons = "; ".join(h.public() for h in hops) or "no engine in chain"
         unreachable = all(h.unreachable for h in hops)
         super().__init__(f"all engines failed: {reasons}", status=503 if unreachable else 502)
         self.hops = hops

@@ -30,6 +30,8 @@ class Metrics:
                                        registry=r)
         self.overloaded = Counter("turnout_overloaded", "Requests refused at once because the gateway was full "
                                   "(server.max_in_flight); not in the ledger", registry=r)
+        self.unauthenticated = Counter("turnout_unauthenticated", "Requests refused without a valid API key "
+                                       "(auth: keys), by HTTP status; not in the ledger", ["status"], registry=r)
         self.cache = Counter("turnout_cache_lookups", "Answer cache lookups by result (miss, exact, semantic)",
                              ["result"], registry=r)
         self.in_flight = Gauge("turnout_in_flight", "Requests being handled", registry=r)

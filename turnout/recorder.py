@@ -1,6 +1,12 @@
 """The pipeline's record step: settle the budget reservation, count the request in the
 metrics, and write its ledger row (with its audit entry) — always, whatever happened.
 
+A request refused without a valid API key in ``auth: keys`` mode (no key, an unknown, revoked
+or expired one, a bad header or body before a key was checked) writes no ledger row and so no
+audit entry: anyone can send those, at any rate, and stored history must not grow with them.
+They are counted in ``turnout_unauthenticated_total{status}`` and summed up in one log line at
+most every ``ANONYMOUS_LOG_EVERY_S`` seconds.
+
 Cost is what the engine stack spent (every attempt that produced output: a cascade's weak
 draft too); the baseline is what the dearest remote engine would have charged for the same
 tokens, for the saving in `turnout usage`.
@@ -21,6 +27,7 @@ from turnout.ledger.base import Ledger, LedgerRow
 from turnout.metrics import Metrics
 
 log = logging.getLogger("turnout.ledger")
+ANONYMOUS_LOG_EVERY_S = 10.0
 
 
 def _hop(call: Call, h: EngineError) -> dict[str, object]:
@@ -36,6 +43,25 @@ def _hop(call: Call, h: EngineError) -> dict[str, object]:
 class Recorder:
     def __init__(self, ledger: Ledger, metrics: Metrics, access: Access | None, baseline: EngineInfo | None) -> None:
         self.ledger, self.metrics, self.access, self.baseline = ledger, metrics, access, baseline
+        self._unlogged: dict[int, int] = {}  # refusals without a key since the last log line, by status
+        self._logged_at = -ANONYMOUS_LOG_EVERY_S
+
+    def anonymous(self, call: Call) -> bool:
+        """Whether ``call`` came from nobody: keys mode, no valid key, not a task's step."""
+        return self.access is not None and self.access.mode == "keys" and call.key is None \
+            and call.on_behalf_of is None
+
+    def unauthenticated(self, status: int, why: str, where: str) -> None:
+        """Count a refusal of a caller without a valid key; log a summary at most every
+        ``ANONYMOUS_LOG_EVERY_S`` seconds (the latest refusal's reason and path)."""
+        self.metrics.unauthenticated.labels(str(status)).inc()
+        self._unlogged[status] = self._unlogged.get(status, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at >= ANONYMOUS_LOG_EVERY_S:
+            counts = ", ".join(f"{n} x HTTP {s}" for s, n in sorted(self._unlogged.items()))
+            log.warning("refused without a valid API key (not in the ledger): %s in the last %.0f s at most; "
+                        "latest on %.100r: %.200s", counts, ANONYMOUS_LOG_EVERY_S, where, why)
+            self._unlogged, self._logged_at = {}, now
 
     async def record(self, call: Call) -> None:
         d, e = call.decision, call.trail.engine
@@ -48,7 +74,10 @@ class Recorder:
                 await self.access.settle(call.reservation, u.prompt_tokens + u.completion_tokens, cost)
             except Exception:
                 log.exception("settling the budget reservation of %s failed", call.request_id)
-        self._count(call, cost, latency)
+        if self.anonymous(call):  # counted apart and logged; never a row nor an audit entry
+            self.unauthenticated(call.http_status, call.error or "", "chat or embeddings")
+            return
+        self._count(call, cost, latency)  # the request metrics stay the ledger's sums
         hops = call.trail.hops
         row = LedgerRow(
             ts=call.ts,

@@ -2,14 +2,20 @@
 budgets and expiry.
 
     turnout keys [--config turnout.yaml] create --tenant acme [--roles user,viewer] [--routes fast,smart]
-                 [--rpm 60] [--tpm 100000] [--usd-day 5] [--usd-month 100] [--expires 90d]   prints the key ONCE
+                 [--rpm 60] [--tpm 100000] [--usd-day 5] [--usd-month 100] [--expires 90d]
+                 [--owner alice@acme.example] [--tenant-only]                        prints the key ONCE
     turnout keys list [--tenant T] [--active] [--json]
     turnout keys revoke KEY_ID
     turnout keys rotate KEY_ID [--overlap 1h]       a new secret; the old one works for the overlap
     turnout keys --config scaled.yaml import OLD.sqlite   copy a SQLite file's keys into the config's store
 
-Roles: admin (keys, configuration, every tenant's usage), viewer (dashboard, usage and metrics
-of its tenant), approver, user (inference, its feedback and collections; the default).
+Roles: admin, viewer (dashboard, usage and metrics of its tenant), approver (decides its tenant's
+task approvals), user (inference, its feedback and collections; the default), metrics (GET
+/metrics of every tenant, nothing else: for Prometheus). An admin key made here is the
+operator's: it manages every tenant's keys and reads every tenant's usage and the configuration
+(``all_tenants``); with --tenant-only it administers its own tenant only, like an admin key made
+through the API. --owner names the person a key belongs to: an approver never approves a task
+started by a key of the same owner (four eyes), whichever key each used.
 The store is the configuration's (``--config``, default $TURNOUT_CONFIG): PostgreSQL when
 ``storage.postgres_dsn`` is set (or ``--dsn`` [``--schema``]), else its SQLite file; without a configuration, $TURNOUT_DB or
 .turnout/turnout.sqlite (``--db`` overrides the SQLite file either way).
@@ -37,7 +43,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     c = ksub.add_parser("create", help="create a key; the plaintext is shown once")
     c.add_argument("--tenant", required=True)
-    c.add_argument("--roles", default="user", help="comma-separated: admin, viewer, approver, user (default: user)")
+    c.add_argument("--roles", default="user",
+                   help="comma-separated: admin, viewer, approver, user, metrics (default: user)")
+    c.add_argument("--owner", help="the person the key belongs to (four eyes compares owners)")
+    c.add_argument("--tenant-only", action="store_true",
+                   help="an admin key of its tenant only (default for admin here: every tenant, the operator's)")
     c.add_argument("--routes", default="", help="comma-separated route aliases this key may use (default: all)")
     c.add_argument("--expires", help="when the key stops working: a duration (30d, 12h) or an ISO 8601 time")
     c.add_argument("--rpm", type=int, help="requests per minute")
@@ -99,15 +109,18 @@ def create(args: argparse.Namespace) -> int:
         limits = Limits(rpm=args.rpm, tpm=args.tpm, usd_per_day=args.usd_day, usd_per_month=args.usd_month)
         expires = parse_expiry(args.expires) if args.expires else None
         with _store(args) as store:
-            new = store.create(args.tenant, routes=args.routes.split(","), limits=limits,
-                               roles=args.roles.split(","), expires_at=expires)
+            roles = args.roles.split(",")
+            new = store.create(args.tenant, routes=args.routes.split(","), limits=limits, roles=roles,
+                               expires_at=expires, owner=args.owner,
+                               all_tenants="admin" in {r.strip() for r in roles} and not args.tenant_only)
     except ValueError as exc:
         print(f"turnout keys: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"key": new.plaintext, **_key_dict(new.key)}))
     else:
-        print(f"created {new.key.key_id} for tenant {new.key.tenant}, roles {','.join(new.key.roles)}")
+        every = " (all tenants)" if new.key.all_tenants else ""
+        print(f"created {new.key.key_id} for tenant {new.key.tenant}{every}, roles {','.join(new.key.roles)}")
         print(f"key (shown once, store it now): {new.plaintext}")
     return 0
 
@@ -122,13 +135,14 @@ def list_keys(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return 0
-    print(f"{'KEY_ID':<21} {'TENANT':<16} {'ROLES':<14} {'HINT':<10} {'ROUTES':<16} {'RPM':>7} {'TPM':>9} "
+    print(f"{'KEY_ID':<21} {'TENANT':<16} {'ROLES':<14} {'OWNER':<16} {'HINT':<10} {'ROUTES':<16} {'RPM':>7} {'TPM':>9} "
           f"{'USD/DAY':>8} {'USD/MON':>8}  STATUS")
     for k in keys:
         lim = k.limits
         status = f"revoked {k.revoked_at}" if not k.active else f"expired {k.expires_at}" if k.expired() else \
             "active" + (f" until {k.expires_at}" if k.expires_at else "")
-        print(f"{k.key_id:<21} {k.tenant:<16} {','.join(k.roles):<14} {k.hint:<10} {','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
+        tenant = k.tenant + (" (all)" if k.all_tenants else "")  # an all-tenants admin key: every tenant
+        print(f"{k.key_id:<21} {tenant:<16} {','.join(k.roles):<14} {k.owner or '-':<16} {k.hint:<10} {','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
               f"{_limit(lim.tpm):>9} {_limit(lim.usd_per_day, True):>8} {_limit(lim.usd_per_month, True):>8}  "
               f"{status}")
     return 0

@@ -30,14 +30,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _sqlite_keys(path: str) -> int:
-    """Active keys in a SQLite file's key table (0 when it has none)."""
+def _sqlite_keys(path: str, active_only: bool = True) -> int:
+    """Keys (the active ones, or every one ever made) in a SQLite file's key table (0 when it has none)."""
     import sqlite3
 
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            return int(conn.execute("SELECT COUNT(*) FROM keys_api_keys WHERE revoked_at IS NULL").fetchone()[0])
+            where = " WHERE revoked_at IS NULL" if active_only else ""
+            return int(conn.execute("SELECT COUNT(*) FROM keys_api_keys" + where).fetchone()[0])
         finally:
             conn.close()
     except sqlite3.Error:
@@ -69,16 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from turnout.governance.keys import open_key_store
 
     with open_key_store(cfg.storage) as keys:
-        active = len(keys.list(include_revoked=False))
+        held = len(keys.list())  # revoked and expired keys count: revoking every key never opens the gateway
     if cfg.storage.postgres_dsn and Path(cfg.storage.sqlite_path).is_file():
         stranded = _sqlite_keys(cfg.storage.sqlite_path)
         if stranded:  # keys made before they moved to PostgreSQL: never let their absence open the gateway
             print(f"turnout: warning: {cfg.storage.sqlite_path} holds {stranded} active API key(s), but keys now live "
                   f"in PostgreSQL (storage.postgres_dsn); copy them with `turnout keys --config FILE import "
                   f"{cfg.storage.sqlite_path}`", file=sys.stderr, flush=True)
-            active += stranded
+        held += _sqlite_keys(cfg.storage.sqlite_path, active_only=False)
     try:
-        cfg.auth, why = resolve_mode(cfg.auth, is_loopback(host), active)
+        cfg.auth, why = resolve_mode(cfg.auth, is_loopback(host), held)
     except ValueError as exc:
         print(f"turnout: error: {exc}", file=sys.stderr)
         return 2

@@ -52,8 +52,9 @@ class Refused(Engine):
         self.info = engine.info
         self.reason = reason
 
-    def _error(self) -> EngineUnavailable:
-        return EngineUnavailable(self.reason, engine=self.info.name)
+    def _error(self) -> EngineUnavailable:  # the reason names a variable and an address: operators only
+        return EngineUnavailable(self.reason, engine=self.info.name,
+                                 reason="not started; /readyz and the log say why")
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         raise self._error()

@@ -55,15 +55,17 @@ def transport_errors(engine: str, phase: str) -> Iterator[None]:
     except EngineError:
         raise
     except TimeoutError as exc:
-        raise EngineTimeout(f"timed out {phase}", engine=engine) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise EngineUnavailable(f"cannot connect: {exc.os_error or exc}", engine=engine) from exc
+        raise EngineTimeout(f"timed out {phase}", engine=engine, reason=f"timed out {phase}") from exc
+    except aiohttp.ClientConnectorError as exc:  # its text names the address: the ledger's and the log's only
+        raise EngineUnavailable(f"cannot connect: {exc.os_error or exc}", engine=engine, reason="cannot connect") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
-        raise EngineUnavailable(f"connection lost {phase}: {exc.__class__.__name__}", engine=engine) from exc
+        raise EngineUnavailable(f"connection lost {phase}: {exc.__class__.__name__}", engine=engine,
+                                reason=f"connection lost {phase}") from exc
     except aiohttp.ClientPayloadError as exc:
-        raise EngineUnavailable(f"connection broken {phase}: {exc}", engine=engine) from exc
+        raise EngineUnavailable(f"connection broken {phase}: {exc}", engine=engine,
+                                reason=f"connection broken {phase}") from exc
     except aiohttp.ClientError as exc:
-        raise EngineUnavailable(f"HTTP client error {phase}: {exc}", engine=engine) from exc
+        raise EngineUnavailable(f"HTTP client error {phase}: {exc}", engine=engine, reason="HTTP client error") from exc
 
 
 async def raise_for_upstream_status(resp: aiohttp.ClientResponse, engine: str) -> None:

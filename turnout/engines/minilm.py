@@ -73,7 +73,9 @@ class MiniLMEngine(Engine):
             raise InvalidRequest(f"{self.info.model} makes {DIM}-dimensional vectors; dimensions={dimensions} "
                                  "cannot be served", param="dimensions", code="unsupported_dimensions")
         if self._encoder is None:
-            raise EngineUnavailable(self._error or "the embedding model is not loaded yet", engine=self.info.name)
+            pinned = self._error is not None and "do not match the pin" in self._error
+            raise EngineUnavailable(self._error or "the embedding model is not loaded yet", engine=self.info.name,
+                                    reason="its weights do not match the pin" if pinned else "not loaded")
         enc = self._encoder
         async with self._lock:
             vectors = await asyncio.to_thread(enc.encode, texts)

@@ -71,7 +71,8 @@ class Capacity:
 
     async def acquire(self, engine: str) -> None:
         if self._sem.locked() and self.waiting >= self.max_waiting:
-            raise EngineUnavailable("engine at capacity (queue full)", engine=engine, retry_after=1.0)
+            raise EngineUnavailable("engine at capacity (queue full)", engine=engine, retry_after=1.0,
+                                    reason="at capacity (queue full)")
         self.waiting += 1
         try:
             await self._sem.acquire()
@@ -117,7 +118,7 @@ class ResilientEngine(Engine):
             b = self.breaker
             left = b.cooldown - (b.clock() - b.opened_at) if b.opened_at is not None else b.cooldown
             raise EngineUnavailable("circuit open after repeated failures", engine=self.info.name,
-                                    retry_after=max(1.0, left))
+                                    retry_after=max(1.0, left), reason="circuit open")
 
     async def _backoff(self, attempt: int, exc: EngineError) -> None:
         """Sleep before the next attempt, or re-raise if the wait would be too long."""
@@ -161,7 +162,8 @@ class ResilientEngine(Engine):
                 async with asyncio.timeout(self.policy.timeout):
                     return await self.inner.chat(req)
             except TimeoutError as exc:
-                raise EngineTimeout(f"no answer within {self.policy.timeout:g}s", engine=self.info.name) from exc
+                raise EngineTimeout(f"no answer within {self.policy.timeout:g}s", engine=self.info.name,
+                                    reason=f"no answer within {self.policy.timeout:g}s") from exc
 
         return await self._attempts(once)
 
@@ -171,7 +173,8 @@ class ResilientEngine(Engine):
                 async with asyncio.timeout(self.policy.timeout):
                     return await self.inner.embed(texts, dimensions)
             except TimeoutError as exc:
-                raise EngineTimeout(f"no embeddings within {self.policy.timeout:g}s", engine=self.info.name) from exc
+                raise EngineTimeout(f"no embeddings within {self.policy.timeout:g}s", engine=self.info.name,
+                                    reason=f"no embeddings within {self.policy.timeout:g}s") from exc
 
         return await self._attempts(once)
 
@@ -187,10 +190,11 @@ class ResilientEngine(Engine):
             except TimeoutError as exc:
                 await aclose(agen)
                 raise EngineTimeout(
-                    f"no first token within {self.policy.first_token_timeout:g}s", engine=self.info.name
-                ) from exc
+                    f"no first token within {self.policy.first_token_timeout:g}s", engine=self.info.name,
+                    reason=f"no first token within {self.policy.first_token_timeout:g}s") from exc
             except StopAsyncIteration as exc:
-                raise EngineUnavailable("stream ended before any output", engine=self.info.name) from exc
+                raise EngineUnavailable("stream ended before any output", engine=self.info.name,
+                                        reason="stream ended before any output") from exc
             except BaseException:
                 await aclose(agen)
                 raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
-from turnout.governance.keys import ROLES, ApiKey, KeyTables, check_key, hash_key
+from turnout.governance.keys import ROLES, ApiKey, KeyTables, check_key, hash_key, same_person
 from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
 
 if TYPE_CHECKING:
@@ -50,19 +50,21 @@ def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
     return limiter
 
 
-def resolve_mode(requested: Mode | None, loopback: bool, active_keys: int) -> tuple[Mode, str]:
+def resolve_mode(requested: Mode | None, loopback: bool, keys_held: int) -> tuple[Mode, str]:
     """The mode to serve in, and a line saying why; ValueError when it must not start.
 
-    ``auth`` unset: ``keys`` if the store holds an active key (so upgrading never opens a
-    gateway that had keys), else ``open`` on loopback; beyond loopback it must be ``keys``."""
+    ``auth`` unset: ``keys`` if the store holds any key, revoked and expired ones included (so
+    neither upgrading nor revoking every key ever opens a gateway that had keys), else ``open``
+    on loopback; beyond loopback it must be ``keys``."""
     if requested == "open" and not loopback:
         raise ValueError("auth: open serves anyone without a key, so it is only allowed on a loopback address; "
                          "set auth: keys (and create a key with `turnout keys create --tenant NAME`) "
                          "or listen on 127.0.0.1")
     if requested is not None:
         return requested, f"auth: {requested} (from the configuration)"
-    if active_keys:
-        return "keys", f"auth: keys ({active_keys} active API key(s) in the store; set auth: keys|open to choose)"
+    if keys_held:
+        return "keys", (f"auth: keys ({keys_held} API key(s) in the store, revoked and expired ones included: "
+                        "a store that ever held a key is never served open; set auth: keys|open to choose)")
     if not loopback:
         raise ValueError("no API keys exist and auth is not set, so the gateway would be open to anyone who can "
                          "reach it; set auth: keys and create a key with `turnout keys create --tenant NAME`, "
@@ -87,11 +89,13 @@ def token_from(authorization: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller of one request: a tenant, its roles, and its key (None in open mode)."""
+    """The caller of one request: a tenant, its roles, its key (None in open mode), and whether
+    it acts for every tenant (an all-tenants admin key; anyone in open mode)."""
 
     tenant: str
     roles: tuple[str, ...]
     key: ApiKey | None = None
+    all_tenants: bool = False
 
     def has_role(self, *roles: str) -> bool:
         mine = set(self.roles) | ({"viewer"} if "admin" in self.roles else set())
@@ -99,10 +103,11 @@ class Principal:
 
     @property
     def admin(self) -> bool:
+        """An admin of its tenant; of every tenant only with ``all_tenants``."""
         return "admin" in self.roles
 
 
-OPEN = Principal(OPEN_TENANT, ROLES)
+OPEN = Principal(OPEN_TENANT, ROLES, all_tenants=True)
 
 
 class Access:
@@ -136,7 +141,7 @@ class Access:
         key = await self.identify(token)
         assert key is not None
         self.authorize(key, route, roles)
-        return Principal(key.tenant, key.roles, key)
+        return Principal(key.tenant, key.roles, key, key.all_tenants)
 
     async def identify(self, token: str | None) -> ApiKey | None:
         """Who calls: the key of ``token`` (None in open mode); 401 when there is none, or it is
@@ -173,6 +178,16 @@ class Access:
         if not key.has_role(role):
             raise PermissionDenied(f"API key {key.key_id} no longer has role {role}", code="role_not_allowed")
         return key
+
+    async def same_person(self, key: ApiKey, other_id: str | None) -> bool:
+        """Four eyes: whether ``key`` acts for the same person as the key ``other_id`` (the same
+        key, or both name one owner; :func:`~turnout.governance.keys.same_person`)."""
+        if other_id is None:
+            return False
+        if other_id == key.key_id:
+            return True
+        other = await asyncio.to_thread(self.keys.get, other_id) if key.owner is not None else None
+        return other is not None and same_person(key, other)
 
     async def reserve(self, key: ApiKey | None, tokens: int, cost: float) -> Reservation | None:
         if key is None or not any(v is not None for v in (key.limits.rpm, key.limits.tpm,

@@ -8,7 +8,13 @@ guessed key was right.
 
 Each key has an id (``key_...``), a tenant, roles (``ROLES``), the route aliases it may use
 (empty = all), rate limits and budgets (``None`` = unlimited, enforced by
-``turnout.governance.limits``) and an optional expiry. A key id has one or more *secrets*
+``turnout.governance.limits``), an optional expiry, an optional ``owner`` (the person it
+belongs to: four eyes compares owners, :func:`same_person`) and ``all_tenants``. An admin key
+with ``all_tenants`` is the operator's: it manages keys of every tenant and reads every
+tenant's figures and the configuration. Only ``turnout keys create`` makes one (an admin key
+made there is the operator's unless ``--tenant-only``); an admin key made through the API
+administers its own tenant only. Keys that held ``admin`` before ``all_tenants`` existed
+became all-tenants keys (migration 0003), so nothing an operator had stops working. A key id has one or more *secrets*
 (table ``keys_secrets``): rotation adds a new secret and gives the old ones an expiry a
 short overlap away, so clients can switch without a gap.
 
@@ -28,7 +34,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -43,10 +49,13 @@ if TYPE_CHECKING:
 KEY_PREFIX = "tk-"
 _KEY_SHAPE = re.compile(r"^tk-[A-Za-z0-9_-]{43}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
-#: admin: keys, config, every tenant's usage; viewer: dashboard, usage and metrics of its
-#: tenant; approver: approves tasks (reserved for them); user: inference, its own feedback
-#: and collections.
-ROLES = ("admin", "viewer", "approver", "user")
+#: admin: its tenant's keys (every tenant's keys, usage and the config with all_tenants);
+#: viewer: dashboard, usage and metrics of its tenant; approver: decides its tenant's task
+#: approvals; user: inference, its own feedback and collections; metrics: GET /metrics of every
+#: tenant and nothing else (a Prometheus scraper's key).
+ROLES = ("admin", "viewer", "approver", "user", "metrics")
+#: roles that read every tenant's data: only an all-tenants admin (or the CLI) gives them
+CROSS_TENANT_ROLES = ("metrics",)
 DEFAULT_ROLES = ("user",)
 DEFAULT_OVERLAP_S = 3600.0
 T = TypeVar("T")
@@ -82,6 +91,14 @@ MIGRATIONS: list[sqlite.Migration] = [
         "INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) "
         "SELECT key_hash, key_id, hint, created_at FROM keys_api_keys",
     ]),
+    # the person behind a key (four eyes), and the operator's admin keys: every admin key made
+    # so far could manage every tenant, so each keeps that power; admin keys made through the
+    # API from now on administer their own tenant only.
+    ("0003_owner_all_tenants", [
+        "ALTER TABLE keys_api_keys ADD COLUMN owner TEXT",
+        "ALTER TABLE keys_api_keys ADD COLUMN all_tenants INTEGER NOT NULL DEFAULT 0",
+        """UPDATE keys_api_keys SET all_tenants = 1 WHERE roles LIKE '%"admin"%'""",
+    ]),
 ]
 
 
@@ -111,6 +128,11 @@ def pg_migrations(s: str) -> list[pgdb.Migration]:
                    created_at TEXT NOT NULL,
                    expires_at TEXT)""",
             f"CREATE INDEX keys_secrets_key ON {s}.keys_secrets (key_id)",
+        ]),
+        ("0003_owner_all_tenants", [  # as SQLite's 0003
+            f"ALTER TABLE {s}.keys_api_keys ADD COLUMN owner TEXT",
+            f"ALTER TABLE {s}.keys_api_keys ADD COLUMN all_tenants INTEGER NOT NULL DEFAULT 0",
+            f"""UPDATE {s}.keys_api_keys SET all_tenants = 1 WHERE roles LIKE '%"admin"%'""",
         ]),
     ]
 
@@ -142,6 +164,8 @@ class ApiKey:
     revoked_at: str | None = None
     roles: tuple[str, ...] = DEFAULT_ROLES
     expires_at: str | None = None  # the key's, or (from a lookup) its secret's if sooner
+    owner: str | None = None       # the person the key belongs to (four eyes)
+    all_tenants: bool = False      # an admin key of the operator's: every tenant
 
     @property
     def active(self) -> bool:
@@ -157,6 +181,12 @@ class ApiKey:
         """Any of ``roles``; ``admin`` includes ``viewer`` (every tenant's figures)."""
         mine = set(self.roles) | ({"viewer"} if "admin" in self.roles else set())
         return bool(mine & set(roles))
+
+
+def same_person(a: ApiKey, b: ApiKey) -> bool:
+    """Whether two keys act for one person, for four eyes: the same key, or two keys that both
+    name the same ``owner``. (Keys without an owner are told apart by key only.)"""
+    return a.key_id == b.key_id or (a.owner is not None and a.owner == b.owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +236,8 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
 
 
 _COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day, k.usd_per_month, k.created_at, " \
-           "k.revoked_at, k.roles, k.expires_at"
+           "k.revoked_at, k.roles, k.expires_at, k.owner, k.all_tenants"
+_NCOL = 14
 
 
 def _sooner(a: str | None, b: str | None) -> str | None:
@@ -216,11 +247,11 @@ def _sooner(a: str | None, b: str | None) -> str | None:
 
 
 def _row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
-    key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires = row
+    key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires, owner, every = row
     return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)),
                   Limits(rpm, tpm, None if usd_day is None else float(usd_day),
                          None if usd_month is None else float(usd_month)),
-                  created, revoked, tuple(json.loads(roles)), _sooner(expires, secret_expiry))
+                  created, revoked, tuple(json.loads(roles)), _sooner(expires, secret_expiry), owner, bool(every))
 
 
 class KeyTables:
@@ -237,23 +268,31 @@ class KeyTables:
         return sql
 
     def create(self, tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None,
-               roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None) -> NewKey:
+               roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None, owner: str | None = None,
+               all_tenants: bool = False) -> NewKey:
+        """A new key. ``all_tenants`` (an operator's admin key) needs the admin role; callers
+        that act for one tenant (the admin API) never pass it."""
         if not _TENANT.match(tenant):
             raise ValueError(f"tenant must be 1-128 characters of letters, digits and _.@:- ; got {tenant!r}")
+        if owner is not None and not _TENANT.match(owner):
+            raise ValueError(f"owner must be 1-128 characters of letters, digits and _.@:- ; got {owner!r}")
         role_list = check_roles(roles)
+        if all_tenants and "admin" not in role_list:
+            raise ValueError("only an admin key can act for all tenants")
         route_list = sorted({r.strip() for r in routes if r.strip()})
         lim = limits or Limits()
         plaintext, now = new_plaintext(), _now()
         key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, hint=f"{KEY_PREFIX}...{plaintext[-4:]}",
                      routes=tuple(route_list), limits=lim, created_at=_iso(now), roles=role_list,
-                     expires_at=None if expires_at is None else _iso(expires_at))
+                     expires_at=None if expires_at is None else _iso(expires_at), owner=owner,
+                     all_tenants=all_tenants)
         with self._tx() as c:
             c.execute(self._q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
-                              "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                              "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash, owner, "
+                              "all_tenants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                       (key.key_id, tenant, key.hint, json.dumps(route_list), lim.rpm, lim.tpm, lim.usd_per_day,
                        lim.usd_per_month, key.created_at, None, json.dumps(role_list), key.expires_at,
-                       hash_key(plaintext)))
+                       hash_key(plaintext), owner, int(all_tenants)))
             c.execute(self._q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
                       (hash_key(plaintext), key.key_id, key.hint, key.created_at))
         return NewKey(key, plaintext)
@@ -280,9 +319,7 @@ class KeyTables:
                       (hash_key(plaintext), key_id, hint, _iso(now)))
             c.execute(self._q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
                       (hash_key(plaintext), hint, key_id))
-        key = _row_to_key(row)
-        return NewKey(ApiKey(key.key_id, key.tenant, hint, key.routes, key.limits, key.created_at, None, key.roles,
-                             key.expires_at), plaintext)
+        return NewKey(replace(_row_to_key(row), hint=hint), plaintext)
 
     def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
         sql, args = f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
@@ -315,10 +352,10 @@ class KeyTables:
             return None
         rows = self._read(f"SELECT {_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
                           "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
-        return _row_to_key(rows[0][:12], rows[0][12]) if rows else None
+        return _row_to_key(rows[0][:_NCOL], rows[0][_NCOL]) if rows else None
 
     _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
-                 "created_at", "revoked_at", "roles", "expires_at")
+                 "created_at", "revoked_at", "roles", "expires_at", "owner", "all_tenants")
     _RAW_SECRETS = ("key_hash", "key_id", "hint", "created_at", "expires_at")
 
     def copy_from(self, other: KeyTables) -> int:

@@ -202,7 +202,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         keys = open_key_store(cfg.storage)  # PostgreSQL too when storage.postgres_dsn is set: one store for all
         mode = cfg.auth
         if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
-            mode, _ = resolve_mode(None, True, len(keys.list(include_revoked=False)))
+            mode, _ = resolve_mode(None, True, len(keys.list()))  # every key ever held counts
         access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
         app.state.sessions = Sessions(keys)  # the browser pages' logins, in the same store as the keys
         guards = build_guards(cfg) if cfg.guards.enabled else None
@@ -268,4 +268,5 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
+    starlette.router.redirect_slashes = False  # its redirect's Location comes from the Host header: 404 instead
     return ChatFastPath(starlette, cfg.server.max_in_flight)

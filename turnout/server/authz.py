@@ -32,14 +32,14 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from turnout.errors import AuthenticationFailed, PermissionDenied, TurnoutError
+from turnout.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, TurnoutError
 from turnout.governance.access import Access, Principal, token_from
 from turnout.governance.sessions import COOKIE, Sessions
 from turnout.server.body import require_json
 from turnout.server.errors import error_response
 
 log = logging.getLogger("turnout.server")
-Scope_ = Literal["none", "tenant", "tenant/all", "all"]
+Scope_ = Literal["none", "tenant", "tenant/all", "all", "operator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,9 @@ class Endpoint:
     method: str
     path: str
     roles: tuple[str, ...]  # any of these; () = public. admin counts as viewer.
-    data: Scope_            # none: no tenant data; tenant: the caller's tenant only;
-                            # tenant/all: the caller's tenant, every tenant for admin; all: every tenant
+    data: Scope_            # none: no tenant data; tenant: the caller's tenant only; tenant/all: the
+                            # caller's tenant, every tenant for an all-tenants admin; all: every tenant;
+                            # operator: the gateway's own settings, an all-tenants admin only
     what: str
     route: str | None = None       # a key restricted to routes needs this one among them
     by: Literal["gateway", "pipeline"] = "gateway"
@@ -97,14 +98,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "a key (admin, viewer or approver) in, a session cookie out; same origin only"),
     Endpoint("POST", "/dashboard/logout", (), "none", "end the session of the cookie sent; same origin only"),
     Endpoint("GET", "/v1/turnout/usage", VIEW, "tenant/all", "usage and cost per route and engine"),
-    Endpoint("GET", "/metrics", VIEW, "tenant/all", "Prometheus metrics (a viewer sees its tenant's series)"),
+    Endpoint("GET", "/metrics", ("viewer", "metrics"), "tenant/all",
+             "Prometheus metrics (a viewer sees its tenant's series, a metrics key every tenant's)"),
     Endpoint("GET", "/v1/turnout/functions/{name}/report", VIEW, "tenant/all",
              "a function's experiment: calls, feedback, cost, escalations per variant"),
-    Endpoint("GET", "/v1/turnout/config", ADMIN, "none", "the running configuration, secrets masked"),
-    Endpoint("GET", "/v1/turnout/keys", ADMIN, "all", "list keys (never their secrets)"),
-    Endpoint("POST", "/v1/turnout/keys", ADMIN, "all", "create a key (its secret is shown once)"),
-    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "all", "revoke a key"),
-    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "all", "a new secret, old one overlaps"),
+    Endpoint("GET", "/v1/turnout/config", ADMIN, "operator", "the running configuration, secrets masked"),
+    Endpoint("GET", "/v1/turnout/keys", ADMIN, "tenant/all", "list keys (never their secrets)"),
+    Endpoint("POST", "/v1/turnout/keys", ADMIN, "tenant/all",
+             "create a key (its secret is shown once); a metrics key needs an all-tenants admin"),
+    Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "tenant/all", "revoke a key"),
+    Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "tenant/all", "a new secret, old one overlaps"),
 )
 
 
@@ -116,11 +119,21 @@ def principal(request: Request) -> Principal:
     return found
 
 
+def authorization(headers: Headers) -> str | None:
+    """The request's one ``Authorization`` header; 400 when it sends several (a proxy in front
+    may check one while we would read another)."""
+    values = headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidRequest("send one Authorization header, not several", param="authorization",
+                             code="duplicate_header")
+    return values[0] if values else None
+
+
 def tenant_filter(request: Request) -> str | None:
-    """The tenant whose figures a ``tenant/all`` endpoint shows: the caller's, or for an admin
-    every tenant's (None) unless ``?tenant=`` names one."""
+    """The tenant whose data a ``tenant/all`` endpoint shows: the caller's, or for an
+    all-tenants admin every tenant's (None) unless ``?tenant=`` names one."""
     who = principal(request)
-    if who.admin:
+    if who.all_tenants:
         return request.query_params.get("tenant") or None
     return who.tenant
 
@@ -149,8 +162,8 @@ class Authorize:
         rule = self.endpoint(scope)
         headers = Headers(scope=scope)
         cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE) or None
-        token = token_from(headers.get("authorization"))
         try:
+            token = token_from(authorization(headers))
             if scope["method"] in UNSAFE:
                 self.same_origin(scope, headers, token, cookie)
         except TurnoutError as exc:
@@ -160,10 +173,16 @@ class Authorize:
             access: Access = self.app.state.gateway.access
             try:
                 if token is None and cookie is not None and rule.browser and access.mode == "keys":
-                    scope.setdefault("state", {})["principal"] = await self.session(cookie, rule)
+                    who = await self.session(cookie, rule)
                 else:
-                    scope.setdefault("state", {})["principal"] = await access.principal(token, rule.roles, rule.route)
+                    who = await access.principal(token, rule.roles, rule.route)
+                if rule.data == "operator" and not who.all_tenants:
+                    raise PermissionDenied("this is the gateway's own configuration: an all-tenants admin key "
+                                           "(`turnout keys create --roles admin`) reads it", code="all_tenants_only")
+                scope.setdefault("state", {})["principal"] = who
             except TurnoutError as exc:
+                if exc.status in (400, 401):  # nobody: counted and logged (rate-limited), stored nowhere
+                    self.app.state.gateway.recorder.unauthenticated(exc.status, exc.message, rule.path)
                 await refusal(exc, rule, scope, headers)(scope, receive, send)
                 return
             except Exception:  # the key store failed: closed, and said so, never a pass
@@ -179,7 +198,7 @@ class Authorize:
         sessions: Sessions = self.app.state.sessions
         key = await sessions.key(cookie)
         Access.authorize(key, rule.route, rule.roles)
-        return Principal(key.tenant, key.roles, key)
+        return Principal(key.tenant, key.roles, key, key.all_tenants)
 
     def same_origin(self, scope: Scope, headers: Headers, token: str | None, cookie: str | None) -> None:
         """A state change comes from the gateway's own origin unless it carries a Bearer key
@@ -260,8 +279,8 @@ def markdown_table() -> str:
             ok = not e.roles or r in e.roles or (r == "admin" and "viewer" in e.roles)
             cells.append("yes" if ok else "403")
         anon = "yes (public)" if not e.roles else "401"
-        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; admin: all",
-                 "all": "every tenant"}[e.data]
+        scope = {"none": "-", "tenant": "caller's tenant", "tenant/all": "caller's tenant; all-tenants admin: all",
+                 "all": "every tenant", "operator": "gateway-wide: all-tenants admin only"}[e.data]
         extra = f" (key routes must include `{e.route}`)" if e.route else ""
         extra += " (the browser login's cookie counts as a key)" if e.browser else ""
         rows.append(f"| `{e.method} {e.path}` | " + " | ".join(cells) + f" | {anon} | {scope}{extra} |")

@@ -4,6 +4,7 @@ written as server-sent events."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -16,7 +17,7 @@ from turnout.governance.access import token_from
 from turnout.pipeline import Gateway
 from turnout.protocol import SENSITIVITY_LEVELS as SENSITIVITY
 from turnout.protocol import ChatRequest
-from turnout.server.authz import challenge
+from turnout.server.authz import authorization, challenge
 from turnout.server.errors import error_response
 from turnout.server.wire import ChunkWriter, headers
 
@@ -27,7 +28,7 @@ def read_headers(call: Call, request: Request) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         call.trace_parent = TraceContextTextMapPropagator().extract(dict(request.headers))
-    call.credentials = token_from(request.headers.get("authorization"))
+    call.credentials = token_from(authorization(request.headers))
     label = request.headers.get("x-turnout-sensitivity")
     if label is not None:
         label = label.strip().lower()
@@ -42,7 +43,11 @@ async def refused(gw: Gateway, call: Call, exc: TurnoutError) -> Response:
     """An error response; a request refused before the pipeline took it is still recorded."""
     if call.decision is None and call.status == "ok":
         call.fail(exc)
-        await gw.record(call)
+        if call.key is None and call.credentials and gw.access is not None:  # refused before authenticate:
+            with contextlib.suppress(Exception):  # a valid key's bad request is recorded under its tenant
+                if (key := await gw.access.identify(call.credentials)) is not None:
+                    call.key, call.tenant = key, key.tenant
+        await gw.record(call)  # a caller without a valid key is counted, not recorded (turnout.recorder)
     return error_response(exc, {**headers(call), **challenge(exc)})
 
 

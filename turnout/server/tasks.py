@@ -182,8 +182,8 @@ async def decide(request: Request) -> Response:
     task = await asyncio.to_thread(runner.store.get, gate["task_id"])
     assert task is not None
     me = who.key.key_id if who.key is not None else None
-    if me is not None and me == task["key_id"]:
-        raise PermissionDenied("the key that started a task cannot decide its approvals (four eyes)",
+    if who.key is not None and await request.app.state.gateway.access.same_person(who.key, task["key_id"]):
+        raise PermissionDenied("the key that started a task, or a key of its owner, cannot decide its approvals",
                                code="four_eyes")
     tool = runner.tc.tools.get(gate["tool"])
     if tool is not None and tool.approvers and me not in tool.approvers:
