@@ -31,6 +31,7 @@ from turnout.errors import AuthenticationFailed
 from turnout.governance.access import KEY_CACHE_S
 from turnout.governance.keys import (
     _COLUMNS,
+    _NCOL,
     ApiKey,
     KeyStore,
     KeyTables,
@@ -135,9 +136,12 @@ class Sessions:
                                "JOIN keys_api_keys k ON k.key_id = b.key_id "
                                "JOIN keys_secrets s ON s.key_hash = b.secret_hash WHERE b.session_hash = ?",
                                (digest,))
-        if not rows or rows[0][14] is not None:
+        if not rows:
             return None
-        return _row_to_key(rows[0][:12], rows[0][12]), rows[0][13]
+        key, (secret_expires, expires, ended) = rows[0][:_NCOL], rows[0][_NCOL:]
+        if ended is not None:
+            return None
+        return _row_to_key(key, secret_expires), expires
 
     async def key(self, token: str) -> ApiKey:
         """The key behind a live session, which must itself still be usable; raises

@@ -162,14 +162,18 @@ class Authorize:
         rule = self.endpoint(scope)
         headers = Headers(scope=scope)
         cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE) or None
-        try:
-            token = token_from(authorization(headers))
-            if scope["method"] in UNSAFE:
+        keyed = rule is not None and bool(rule.roles) and rule.by == "gateway"
+        unsafe = scope["method"] in UNSAFE
+        try:  # a public read (/readyz) decides for itself what two Authorization headers get
+            token = token_from(authorization(headers)) if keyed or unsafe else None
+            if unsafe:
                 self.same_origin(scope, headers, token, cookie)
         except TurnoutError as exc:
+            if keyed and exc.status == 400:  # nobody: counted and logged (rate-limited), stored nowhere
+                self.app.state.gateway.recorder.unauthenticated(exc.status, exc.message, scope["path"])
             await error_response(exc)(scope, receive, send)
             return
-        if rule is not None and rule.roles and rule.by == "gateway":
+        if rule is not None and keyed:
             access: Access = self.app.state.gateway.access
             try:
                 if token is None and cookie is not None and rule.browser and access.mode == "keys":
