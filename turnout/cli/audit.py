@@ -4,13 +4,15 @@
                                                                  and every ledger row edited, deleted or inserted)
     turnout audit tail [-n N] [--json] [--db PATH | --dsn DSN]
 
-The SQLite file defaults to $TURNOUT_DB or .turnout/turnout.sqlite.
+The SQLite file defaults to $TURNOUT_DB or .turnout/turnout.sqlite; the PostgreSQL DSN to $TURNOUT_DSN
+(a password on the command line is visible to every user of the host in `ps`). --db wins over $TURNOUT_DSN.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def store_args(q: argparse.ArgumentParser) -> None:
         g = q.add_mutually_exclusive_group()
         g.add_argument("--db", help="SQLite file (default $TURNOUT_DB or .turnout/turnout.sqlite)")
-        g.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/turnout")
+        g.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1:5432/turnout "
+                                     "(default $TURNOUT_DSN, which keeps a password out of `ps`)")
         q.add_argument("--schema", default="public", help="PostgreSQL schema of the audit tables (default public)")
 
     v = asub.add_parser("verify", help="walk the chain and the ledger rows it commits to; exit 1 naming what is wrong")
@@ -43,6 +46,8 @@ def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from turnout.ledger.audit import open_audit_log
     from turnout.sqlitedb import default_db_path
 
+    if not args.dsn and not args.db:  # an explicit --db wins over $TURNOUT_DSN
+        args.dsn = os.environ.get("TURNOUT_DSN") or None
     if not args.dsn:
         path = Path(args.db) if args.db else default_db_path()
         if not path.exists():  # reading must not create an empty log and call it intact
