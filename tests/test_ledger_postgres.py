@@ -148,3 +148,26 @@ def test_usage_and_audit_verify_take_the_dsn_from_the_environment(schema: str, t
     explicit = cli("audit", "verify", "--db", str(tmp_path / "none.sqlite"))  # --db wins over $TURNOUT_DSN
     assert explicit.returncode == 2 and "no database at" in explicit.stderr
     assert not (tmp_path / ".turnout").exists()
+
+
+def test_postgres_feedback_only_by_the_key_that_made_the_request(schema: str) -> None:
+    from dataclasses import replace
+
+    from turnout.ledger.feedback import make
+    from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
+
+    async def go() -> list[bool]:
+        ledger = PostgresLedger(PG_DSN, schema=schema)
+        try:
+            await ledger.record(replace(_row(1), key_id="key-a"))
+            fb = PostgresFeedback(ledger)
+            return [await fb.add(make("r1", "up"), "acme", "key-b"),  # another key of the tenant
+                    await fb.add(make("r1", 5), "other", "key-a"),    # another tenant
+                    await fb.add(make("r1", 2, "mine"), "acme", "key-a"),
+                    await fb.add(make("r1", 1), "acme", None)]        # open mode: no keys
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(go()) == [False, False, True, True]
+    with PostgresAuditLog(PG_DSN, schema=schema) as audit:
+        assert audit.verify().ok
