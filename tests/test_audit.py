@@ -298,6 +298,8 @@ def test_wiped_log_fails_against_the_saved_head(backend: Backend) -> None:
     assert plain.returncode == 0 and "an empty log" in plain.stdout  # says so, rather than a bare "ok"
     r = audit_cli(backend, "verify", "--expect-head", saved)
     assert r.returncode == 1 and "the whole log wiped" in r.stderr
+    assert audit_cli(backend, "verify", "--expect-head", "0:" + "0" * 64).returncode == 0  # an empty log's own head
+    assert audit_cli(backend, "verify", "--expect-head", "0:" + "a" * 64).returncode == 1  # no head of this log
 
 
 def test_missing_head_row_or_table_is_named_never_a_traceback(backend: Backend) -> None:

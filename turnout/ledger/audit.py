@@ -243,6 +243,9 @@ def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None,
     if last_seq < count or last_hash != prev:
         what = f"the head records entry {last_seq} with hash {last_hash[:12]}..., the chain ends otherwise"
         return Verification(False, count, last_seq or 1, what)
+    if expect is not None and expect[0] == 0 and expect[1] != GENESIS:
+        return Verification(False, count, None, "the saved head is entry 0 with a hash other than the genesis "
+                                                "hash (64 zeros): not a head of this log")
     if expect is not None and expect[0] > count:
         what = (f"the chain ends at entry {count}, the saved head is entry {expect[0]}: entries were cut from "
                 "the end and the head rewound" + (" (the whole log wiped)" if count == 0 else ""))
