@@ -4,6 +4,7 @@ truncate); appends from threads and from separate processes keep one unbroken ch
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -243,3 +244,94 @@ def test_cli_verify_refuses_a_missing_database(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "no database at" in r.stderr
     assert not missing.exists()  # verifying did not create an empty log
+
+
+# ---- a saved head, a wiped log, missing tables (issue 23, L2) ---------------------------------
+def audit_cli(b: Backend, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "turnout", "audit", *args, *b.cli_args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_head_prints_the_verified_head_to_save(backend: Backend) -> None:
+    fill(backend)
+    last = backend.log.tail(1)[0]
+    h = audit_cli(backend, "head")
+    assert h.returncode == 0 and h.stdout.strip() == f"8:{last.hash}", h.stderr
+    j = json.loads(audit_cli(backend, "head", "--json").stdout)
+    assert (j["seq"], j["hash"]) == (8, last.hash) and j["time"]
+    backend.drop_triggers()
+    backend.sql(f"UPDATE {backend.entries} SET time = %s WHERE seq = 3", "2020-01-01T00:00:00+00:00")
+    broken = audit_cli(backend, "head")
+    assert broken.returncode == 1 and broken.stdout == "" and "BROKEN at seq 3" in broken.stderr  # no anchor of a bad chain
+
+
+def test_cut_tail_with_rewound_head_fails_against_the_saved_head(backend: Backend, tmp_path: Path) -> None:
+    fill(backend)
+    saved = audit_cli(backend, "head").stdout.strip()
+    (tmp_path / "head.txt").write_text(saved + "\n")
+    backend.drop_triggers()
+    fifth = backend.sql(f"SELECT hash FROM {backend.entries} WHERE seq = 5")[0][0]
+    backend.sql(f"DELETE FROM {backend.entries} WHERE seq > 5")  # cut the last entries, rewind the head to match
+    backend.sql(f"UPDATE {backend.head} SET last_seq = 5, last_hash = %s WHERE id = 1", fifth)
+    assert backend.log.verify().ok  # self-consistent: without a saved head this cannot be told
+    for expect in (saved, str(tmp_path / "head.txt")):
+        r = audit_cli(backend, "verify", "--expect-head", expect)
+        assert r.returncode == 1, r.stdout
+        assert "BROKEN at seq 6" in r.stderr and "the saved head is entry 8" in r.stderr and "cut from the end" in r.stderr
+    for i in (6, 7, 8, 9):  # appending again does not hide it: entry 8 is another entry now
+        backend.log.append(event(100 + i))
+    r = audit_cli(backend, "verify", "--expect-head", saved)
+    assert r.returncode == 1 and "BROKEN at seq 8" in r.stderr and "rewritten" in r.stderr
+    ok = audit_cli(backend, "verify", "--expect-head", audit_cli(backend, "head").stdout.strip())
+    assert ok.returncode == 0 and "extends the saved head 9:" in ok.stdout
+    older = backend.sql(f"SELECT hash FROM {backend.entries} WHERE seq = 7")[0][0]
+    assert audit_cli(backend, "verify", "--expect-head", f"7:{older}").returncode == 0  # a longer chain extends it
+
+
+def test_wiped_log_fails_against_the_saved_head(backend: Backend) -> None:
+    fill(backend)
+    saved = audit_cli(backend, "head").stdout.strip()
+    backend.drop_triggers()
+    backend.sql(f"DELETE FROM {backend.entries}")
+    backend.sql(f"UPDATE {backend.head} SET last_seq = 0, last_hash = %s WHERE id = 1", "0" * 64)
+    plain = audit_cli(backend, "verify")
+    assert plain.returncode == 0 and "an empty log" in plain.stdout  # says so, rather than a bare "ok"
+    r = audit_cli(backend, "verify", "--expect-head", saved)
+    assert r.returncode == 1 and "the whole log wiped" in r.stderr
+    assert audit_cli(backend, "verify", "--expect-head", "0:" + "0" * 64).returncode == 0  # an empty log's own head
+    assert audit_cli(backend, "verify", "--expect-head", "0:" + "a" * 64).returncode == 1  # no head of this log
+
+
+def test_missing_head_row_or_table_is_named_never_a_traceback(backend: Backend) -> None:
+    fill(backend)
+    backend.sql(f"DELETE FROM {backend.head}")
+    v = backend.log.verify()
+    assert not v.ok and "audit_head row is missing" in (v.problem or "")
+    backend.sql(f"DROP TABLE {backend.head}")
+    r = audit_cli(backend, "verify")
+    assert r.returncode == 1 and "BROKEN: table audit_head is missing" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not backend.log.verify().ok
+    t = audit_cli(backend, "tail")
+    assert t.returncode == 0 and "Traceback" not in t.stderr  # the entries are still readable
+
+
+@pytest.mark.parametrize("value, says", [("8:nothex", "64-digit hex"), ("eight", "neither SEQ:HASH nor a file"),
+                                         ('{"seq": 1}', "a saved head is SEQ:HASH")])
+def test_a_bad_saved_head_is_a_usage_error(tmp_path: Path, value: str, says: str) -> None:
+    path = tmp_path / "turnout.sqlite"
+    SqliteAuditLog(path).close()
+    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(path), "--expect-head", value],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_database_without_an_audit_log_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "no audit log here" in r.stderr
+    conn = sqlite3.connect(path)
+    assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master")] == ["t"]  # nothing created
+    conn.close()

@@ -233,7 +233,28 @@ def test_disconnect_mid_stream_closes_the_upstream_connection(gateways: dict[str
     sock.close()  # the client goes away mid-stream
     assert wait_for(lambda: upstream_connections(port) == 0), "the upstream still holds the connection"
     row = ledger_row(gw.db, request_id)
-    assert row["status"] == "cancelled" and row["engine"] == "edge"
+    assert row["status"] == "client_closed" and row["http_status"] == 499 and row["engine"] == "edge"
+    assert 0 < row["completion_tokens"] < 20  # what was produced before the client left, not a whole answer
+    quiet_upstream.reset()
+
+
+def test_disconnect_before_the_first_token_closes_the_upstream_connection(gateways: dict[str, Gateway],
+                                                                          quiet_upstream: Upstream) -> None:
+    """Issue 23, L6: the client leaves while a stream's first token is awaited. The gateway used
+    to wait on, then relay the whole answer (arriving at once) to nobody and record it ok/200."""
+    gw = gateways["engines"]
+    port = quiet_upstream.proc.port
+    quiet_upstream.default({"name": "stall_first_token", "seconds": 30})  # then the whole answer at once
+    assert upstream_connections(port) == 0
+    before = len(gw.ledger())
+    sock = raw_request(gw.url, {"model": "edge-only", "messages": HI, "stream": True})
+    assert wait_for(lambda: upstream_connections(port) >= 1)  # the gateway is waiting on the first token
+    sock.close()
+    assert wait_for(lambda: upstream_connections(port) == 0), "the upstream still holds the connection"
+    rows = gw.ledger_after(before)
+    assert rows and rows[-1]["status"] == "client_closed" and rows[-1]["http_status"] == 499, rows
+    assert rows[-1]["stream"] == 1 and rows[-1]["completion_tokens"] == 0
+    assert "Traceback" not in gw.proc.output() and "CancelledError" not in gw.proc.output()
     quiet_upstream.reset()
 
 
@@ -248,7 +269,9 @@ def test_disconnect_while_waiting_closes_the_upstream_connection(gateways: dict[
     sock.close()
     assert wait_for(lambda: upstream_connections(port) == 0), "the upstream still holds the connection"
     rows = gw.ledger_after(before)
-    assert rows and rows[-1]["status"] == "cancelled" and rows[-1]["http_status"] == 499
+    assert rows and rows[-1]["status"] == "client_closed" and rows[-1]["http_status"] == 499
+    # the gateway's stderr: a client leaving is an outcome, not a crash (it logged a CancelledError traceback)
+    assert "Traceback" not in gw.proc.output() and "CancelledError" not in gw.proc.output()
     quiet_upstream.reset()
 
 
@@ -268,7 +291,7 @@ def test_disconnect_stops_the_embedded_model(gateways: dict[str, Gateway]) -> No
                       if ln.lower().startswith(b"x-request-id:"))
     sock.close()
     row = ledger_row(gw.db, request_id, timeout=DID_NOT_HANG)
-    assert row["status"] == "cancelled" and row["engine"] == "local"
+    assert row["status"] == "client_closed" and row["engine"] == "local"
     assert row["completion_tokens"] < max_tokens // 4, row
     # generation stopped: the gateway process is idle, not still decoding for nobody
     pid = gw.proc.pid
@@ -279,3 +302,47 @@ def test_disconnect_stops_the_embedded_model(gateways: dict[str, Gateway]) -> No
     resp, _ = post(gw.url, "private")
     assert resp.status_code == 200 and resp.headers["x-turnout-engine"] == "local"
     assert resp.json()["usage"]["completion_tokens"] <= 5
+
+
+def test_a_stream_whose_client_left_stops_even_when_the_rest_is_buffered() -> None:
+    """In process, as Starlette runs it under uvicorn (ASGI 2.3): the client is gone before the
+    first event is sent, and the relay never has to wait (the upstream's rest is all buffered),
+    so Starlette's cancellation has no pause to land in. The stream stops at the mark the
+    disconnect listener leaves on the call: the relay is closed, not drained to nobody."""
+    import asyncio
+
+    from turnout.call import Call
+    from turnout.protocol import ChatRequest
+    from turnout.results import Delta
+    from turnout.server.exchange import EventStream, sse
+
+    relayed: list[int] = []
+    closed: list[bool] = []
+
+    async def buffered() -> Any:  # never suspends, as a relay over an already-read upstream
+        try:
+            for i in range(50):
+                relayed.append(i)
+                yield Delta(content=f"w{i} ")
+        finally:
+            closed.append(True)
+
+    async def run() -> list[dict[str, Any]]:
+        call = Call()
+        req = ChatRequest(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True)
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:  # uvicorn after a disconnect: returns at once
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "headers": []}
+        await EventStream(call, sse(call, req, buffered()), {})(scope, receive, send)  # type: ignore[arg-type]
+        assert call.client_closed
+        return sent
+
+    sent = asyncio.run(run())
+    assert closed == [True] and len(relayed) <= 2, relayed  # was: all 50 relayed, then recorded as a whole answer
+    assert sum(1 for m in sent if m.get("body")) <= 1

@@ -123,6 +123,29 @@ def test_a_close_vector_is_not_enough_when_the_words_differ() -> None:
     assert hit is not None and hit.result.content == "safe"  # cosine alone: the wrong answer
 
 
+def test_roles_and_pointing_words_must_match_for_a_semantic_hit() -> None:
+    """Vectors equal on purpose, as above: the same words under another role (a system
+    instruction asked as a user message) or another pointing word (this/that, here/there) are
+    misses; the same conversation is a hit."""
+    def conv(*msgs: tuple[str, str]) -> ChatRequest:
+        return ChatRequest(model="auto", messages=[{"role": r, "content": t} for r, t in msgs])
+
+    cache = AnswerCache(embed=lambda t: np.asarray([1.0, 0.0]), semantic_threshold=0.95)
+    stored = {"pirate": conv(("system", "Answer as a pirate."), ("user", "Is this mushroom safe to eat?")),
+              "here": conv(("user", "Is parking allowed here?"))}
+    for answer, r in stored.items():
+        _, key, vec = _lookup(cache, r, "t")
+        cache.store(key, r, "t", _answer(answer), vec)
+    misses = [conv(("user", "Answer as a pirate."), ("user", "Is this mushroom safe to eat?")),  # role changed
+              conv(("system", "Answer as a pirate."), ("user", "Is that mushroom safe to eat?")),  # this/that
+              conv(("user", "Answer as a pirate. Is this mushroom safe to eat?")),  # messages merged
+              conv(("user", "Is parking allowed there?"))]  # here/there
+    for r in misses:
+        assert cache.similar(r, "t")[0] is None, r.messages
+    same = cache.similar(conv(("system", "answer as a pirate"), ("user", "is this mushroom safe to eat")), "t")[0]
+    assert same is not None and same.result.content == "pirate"
+
+
 def test_max_edits_allows_plain_words_never_key_words() -> None:
     from turnout.cache_check import mismatch
 
@@ -275,6 +298,7 @@ def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
     import uuid
 
     from turnout.cache import SharedAnswers, SharedEntry, scope_of
+    from turnout.cache_check import role_text
 
     vectors = {"how tall is the eiffel tower?": [1.0, 0.0], "how tall is the eiffel tower": [0.96, 0.28]}
 
@@ -293,7 +317,7 @@ def test_semantic_entries_reach_the_other_replicas_through_a_stream() -> None:
             seen = await b.since_last()
             assert [(e.key, e.result.content) for e in seen] == [("k1", "330 m")]
             assert np.allclose(seen[0].vector, [1.0, 0.0]) and 0 <= seen[0].age_s < 5
-            assert seen[0].prompt == "How tall is the Eiffel Tower?"
+            assert seen[0].prompt == role_text([("user", "How tall is the Eiffel Tower?")])  # roles travel too
             assert await b.since_last() == []  # read from where it stopped
 
             replica = AnswerCache(embed=embed, semantic_threshold=0.95, ttl_s=60)

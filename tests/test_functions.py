@@ -172,6 +172,27 @@ def test_bad_variables_are_a_400_and_recorded(fn_gateway: Gateway, upstream: Ups
     assert "INV-2041" in upstream.requests()[0]["body"]["messages"][-1]["content"]
 
 
+def test_undeclared_variables_are_refused_by_name_and_self_is_an_ordinary_name(gateway_factory, upstream: Upstream,
+                                                                               tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    upstream.reset()
+    fns = functions_dir(tmp_path)
+    lax = fns / "extract_invoice" / "input.schema.json"  # no additionalProperties: JSON Schema lets extras in
+    lax.write_text(json.dumps({k: v for k, v in json.loads(lax.read_text()).items() if k != "additionalProperties"}))
+    open_ = fns / "summarize" / "input.schema.json"  # extras explicitly allowed
+    open_.write_text(json.dumps({**json.loads(open_.read_text()), "additionalProperties": True}))
+    gw = gateway_factory(config(upstream.url, tmp_path, fns))
+    for extra in ("self", "sneaky"):
+        r = call(gw, "extract_invoice", {**INVOICE, extra: "x"})
+        assert r.status_code == 400, r.text  # "self" was a 500 (render's own parameter), "sneaky" passed
+        err = r.json()["error"]
+        assert err["code"] == "function_variables" and f"variable '{extra}' is not declared" in err["message"]
+    assert upstream.requests() == []  # refused before any engine
+    script(upstream, fake_small=["Cats sleep."])
+    ok = call(gw, "summarize", {"text": "Cats sleep all day.", "words": 10, "self": "x"})
+    assert ok.status_code == 200, ok.text  # declared extras may be named anything
+    assert "Traceback" not in gw.proc.output()
+
+
 def test_streaming_a_checked_function_and_an_unchecked_one(fn_gateway: Gateway, upstream: Upstream) -> None:
     script(upstream, fake_small=["not json", VALID])
     client = fn_gateway.openai()

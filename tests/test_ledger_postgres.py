@@ -116,3 +116,58 @@ def test_gateway_writes_its_ledger_to_postgres(schema: str, gateway_factory, ups
     assert summary["routes"]["auto"]["requests"] == 2 and summary["routes"]["private"]["local_share"] == 1.0
     assert summary["routes"]["private"]["satisfaction"] == 1.0 and summary["routes"]["auto"]["satisfaction"] == 0.25
     assert "Traceback" not in gw.proc.output()
+
+
+def test_usage_and_audit_verify_take_the_dsn_from_the_environment(schema: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """$TURNOUT_DSN, as `turnout router fit` reads it: the password stays off the command line,
+    where every user of the host reads it in `ps`. An explicit --db still wins."""
+    import os
+
+    from turnout.ledger.postgres import PostgresLedger
+
+    async def write() -> None:
+        ledger = PostgresLedger(PG_DSN, schema=schema)
+        try:
+            await asyncio.gather(*(ledger.record(_row(i)) for i in range(3)))
+        finally:
+            await ledger.close()
+
+    asyncio.run(write())
+    env = {**os.environ, "TURNOUT_DSN": PG_DSN}
+    env.pop("TURNOUT_DB", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:  # run where there is no SQLite ledger at all
+        return subprocess.run([sys.executable, "-m", "turnout", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    usage = cli("usage", "--schema", schema, "--json")
+    assert usage.returncode == 0, usage.stderr
+    assert json.loads(usage.stdout)["total"]["requests"] == 3
+    verify = cli("audit", "verify", "--schema", schema)
+    assert verify.returncode == 0 and "ok: 3 entries" in verify.stdout, verify.stderr
+    explicit = cli("audit", "verify", "--db", str(tmp_path / "none.sqlite"))  # --db wins over $TURNOUT_DSN
+    assert explicit.returncode == 2 and "no database at" in explicit.stderr
+    assert not (tmp_path / ".turnout").exists()
+
+
+def test_postgres_feedback_only_by_the_key_that_made_the_request(schema: str) -> None:
+    from dataclasses import replace
+
+    from turnout.ledger.feedback import make
+    from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
+
+    async def go() -> list[bool]:
+        ledger = PostgresLedger(PG_DSN, schema=schema)
+        try:
+            await ledger.record(replace(_row(1), key_id="key-a"))
+            fb = PostgresFeedback(ledger)
+            return [await fb.add(make("r1", "up"), "acme", "key-b"),  # another key of the tenant
+                    await fb.add(make("r1", 5), "other", "key-a"),    # another tenant
+                    await fb.add(make("r1", 2, "mine"), "acme", "key-a"),
+                    await fb.add(make("r1", 1), "acme", None)]        # open mode: no keys
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(go()) == [False, False, True, True]
+    with PostgresAuditLog(PG_DSN, schema=schema) as audit:
+        assert audit.verify().ok

@@ -188,3 +188,87 @@ def test_gateway_postgres_ledger_edit_is_named(pg_schema: str, gateway_factory: 
     r = verify_cli(*args)
     assert r.returncode == 1 and f"(request {ids[1]}), audit seq 2, was edited: tenant" in r.stderr, r.stderr
     assert "cost_usd (entry" in r.stderr and ids[0] not in r.stderr
+
+
+# ---- feedback rows and a wiped log (issue 23, L2) ----------------------------------------------
+def _write_with_feedback(store: str, target: str, schema: str) -> None:
+    """Five ledger rows and feedback on r2 (given twice: the second replaces the first) and r4."""
+    from turnout.ledger.feedback import SQLiteFeedback, make
+
+    async def go() -> None:
+        if store == "sqlite":
+            ledger: Any = SQLiteLedger(target)
+            feedback: Any = SQLiteFeedback(target)
+        else:
+            from turnout.ledger.postgres import PostgresFeedback, PostgresLedger
+
+            ledger = PostgresLedger(PG_DSN, schema=schema)
+            feedback = PostgresFeedback(ledger)
+        try:
+            await asyncio.gather(*(ledger.record(_row(i)) for i in range(1, 6)))
+            for rid, score, comment in (("r2", "up", None), ("r2", 2, "changed my mind"), ("r4", 5, "great")):
+                assert await feedback.add(make(rid, score, comment), "acme", "tk_a")
+        finally:
+            await feedback.close()
+            await ledger.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_feedback_edits_and_a_wiped_log_are_named_by_verify(store: str, tmp_path: Path, request: Any) -> None:
+    if store == "sqlite":
+        db = tmp_path / "ledger.sqlite"
+        args: tuple[str, ...] = ("--db", str(db))
+        raw: Any = sqlite3.connect(db, isolation_level=None)
+        _write_with_feedback(store, str(db), "")
+        t = {"fb": "feedback", "req": "requests", "entries": "audit_entries", "head": "audit_head"}
+
+        def sql(statement: str, *params: object) -> None:
+            raw.execute(statement.replace("%s", "?"), params)
+
+        def drop_triggers() -> None:
+            raw.execute("DROP TRIGGER audit_entries_no_update")
+            raw.execute("DROP TRIGGER audit_entries_no_delete")
+    else:
+        psycopg = pytest.importorskip("psycopg")
+        schema = request.getfixturevalue("pg_schema")
+        args = ("--dsn", PG_DSN, "--schema", schema)
+        _write_with_feedback(store, PG_DSN, schema)
+        raw = psycopg.connect(PG_DSN, autocommit=True)
+        t = {k: f"{schema}.{v}" for k, v in
+             {"fb": "feedback", "req": "requests", "entries": "audit_entries", "head": "audit_head"}.items()}
+
+        def sql(statement: str, *params: object) -> None:
+            raw.execute(statement, params)
+
+        def drop_triggers() -> None:
+            raw.execute(f"DROP TRIGGER audit_entries_append_only ON {schema}.audit_entries")
+
+    ok = verify_cli(*args)
+    assert ok.returncode == 0 and "2 feedback rows match their entries" in ok.stdout, ok.stdout + ok.stderr
+    for column, value in (("value", 5), ("satisfaction", 1.0), ("comment", "forged"), ("kind", "thumbs"), ("ts", 1.0)):
+        sql(f"UPDATE {t['fb']} SET {column} = %s WHERE request_id = 'r2'", value)
+        r = verify_cli(*args)
+        assert r.returncode == 1 and "(request r2)" in r.stderr and "was edited" in r.stderr, (column, r.stderr)
+        _restore = {"value": 2, "satisfaction": 0.25, "comment": "changed my mind", "kind": "rating"}
+        if column == "ts":
+            break  # the timestamp cannot be put back exactly from here: the row stays edited below
+        sql(f"UPDATE {t['fb']} SET {column} = %s WHERE request_id = 'r2'", _restore[column])
+        assert verify_cli(*args).returncode == 0, column
+    sql(f"DELETE FROM {t['fb']} WHERE request_id = 'r4'")
+    sql(f"INSERT INTO {t['fb']} (ts, request_id, kind, value, satisfaction) VALUES (1.0, 'r5', 'thumbs', 1, 1.0)")
+    r = verify_cli(*args)
+    assert r.returncode == 1
+    assert "feedback row of request r4" in r.stderr and "missing: deleted" in r.stderr
+    assert "(request r5) has no audit entry" in r.stderr
+    # the whole log wiped, head rewound: the rows that remain say it was there
+    drop_triggers()
+    sql(f"DELETE FROM {t['entries']}")
+    sql(f"UPDATE {t['head']} SET last_seq = 0, last_hash = %s WHERE id = 1", "0" * 64)
+    r = verify_cli(*args)
+    assert r.returncode == 1 and "the audit log is empty but the database holds 5 ledger row(s)" in r.stderr, r.stderr
+    sql(f"DELETE FROM {t['fb']}")
+    sql(f"DELETE FROM {t['req']}")
+    assert verify_cli(*args).returncode == 0  # everything gone: only a saved head can tell (tests/test_audit.py)
+    raw.close()

@@ -70,9 +70,9 @@ def mixed_load(gw: Gateway, upstream: Upstream) -> dict[str, int]:
     assert raw.headers["x-turnout-engine"] == "local"
     count("sensitive")
     stream = client.chat.completions.create(model="private", messages=USER, max_tokens=200, stream=True)
-    next(iter(stream))  # the client goes away after the first chunk: the local model stops, status cancelled
+    next(iter(stream))  # the client goes away after the first chunk: the local model stops, status client_closed
     stream.close()
-    count("cancelled")
+    count("client_closed")
 
     deadline = time.monotonic() + 15
     while len(gw.ledger()) < sent["total"] and time.monotonic() < deadline:
@@ -114,7 +114,7 @@ def test_metrics_agree_with_the_ledger(gateway_factory, upstream: Upstream, anth
 
     # the load produced every kind of outcome the ledger knows
     statuses = {r["status"] for r in rows}
-    assert {"ok", "error", "error_midstream", "cancelled"} <= statuses
+    assert {"ok", "error", "error_midstream", "client_closed"} <= statuses
     assert {r["locality"] for r in rows} >= {"local", "remote"} and any(r["stream"] for r in rows)
     assert any(r["hops"] != "[]" and r["status"] == "ok" for r in rows)
 

@@ -27,7 +27,7 @@ COLL = "/v1/turnout/collections/hr"
 def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Keyed]:
     tmp = tmp_path_factory.mktemp("tenancy")
     config = write_config(tmp, frontier_config(upstream.url, tmp, cache={"enabled": True, "semantic": True}))
-    keys = {"a": cli_key(config, "team-a"), "b": cli_key(config, "team-b"),
+    keys = {"a": cli_key(config, "team-a"), "a2": cli_key(config, "team-a"), "b": cli_key(config, "team-b"),
             "va": cli_key(config, "team-a", "--roles", "viewer"), "admin": cli_key(config, "ops", "--roles", "admin")}
     with keyed_gateway(config, keys) as gw:
         yield gw
@@ -85,6 +85,26 @@ def test_feedback_only_on_the_callers_own_requests(gw: Keyed) -> None:
                             (rid,)).fetchall() == [("thumbs", 1, None)]
     finally:
         conn.close()
+
+
+def test_feedback_only_by_the_key_that_made_the_request(gw: Keyed) -> None:
+    """Within a tenant too (issue 23, L9): another user key of team-a neither overwrites a's
+    feedback nor learns that a's request exists (404, as for an unknown id); it gives feedback
+    on its own requests, and a's stays as a gave it."""
+    mine = _chat(gw, "a", "Say hi to my feedback.").headers["x-request-id"]
+    theirs = _chat(gw, "a2", "Say hi to their feedback.").headers["x-request-id"]
+    assert gw.call("POST", "/v1/feedback", "a", {"request_id": mine, "score": 5, "comment": "mine"}).status_code == 200
+    other = gw.call("POST", "/v1/feedback", "a2", {"request_id": mine, "score": 1, "comment": "overwritten"})
+    assert other.status_code == 404 and other.json()["error"]["code"] == "request_not_found"
+    assert gw.call("POST", "/v1/feedback", "a2", {"request_id": theirs, "score": "down"}).status_code == 200
+    assert gw.call("POST", "/v1/feedback", "a", {"request_id": theirs, "score": "up"}).status_code == 404
+    conn = sqlite3.connect(gw.config.parent / "turnout.sqlite")
+    try:
+        got = dict(conn.execute("SELECT request_id, comment FROM feedback WHERE request_id IN (?, ?)", (mine, theirs)))
+        values = dict(conn.execute("SELECT request_id, value FROM feedback WHERE request_id IN (?, ?)", (mine, theirs)))
+    finally:
+        conn.close()
+    assert got == {mine: "mine", theirs: None} and values == {mine: 5, theirs: 0}
 
 
 def test_cache_hits_never_cross_tenants(gw: Keyed, upstream: Upstream) -> None:

@@ -7,8 +7,9 @@ each replica reads up to date before its semantic lookup.
     exact     the same key answered within ``ttl_s``            -> the stored answer
     semantic  same alias, tenant and parameters, and a prompt whose MiniLM embedding has a
               cosine similarity of at least ``semantic_threshold`` with a stored one, *and*
-              that says the same thing word for word (``turnout.cache_check``: no negation,
-              number, name or word swapped, moved, added or removed); the closest
+              that says the same thing word for word, message by message with the same roles
+              (``turnout.cache_check``: no negation, number, name, pointing word or other word
+              swapped, moved, added or removed); the closest
               ``CANDIDATES`` stored prompts above the threshold are tried in turn
 
 What is never cached: requests with guard findings (PII, secrets: the cache would hold
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from turnout.cache_check import mismatch
+from turnout.cache_check import mismatch, role_text
 from turnout.protocol import SENSITIVE_LEVELS, ChatRequest
 from turnout.results import ChatResult, Usage
 
@@ -93,6 +94,11 @@ def scope_of(req: ChatRequest, partition: str) -> str:
     """What a semantic match must share: alias, partition and every parameter but the messages."""
     params = req.model_dump(exclude=_NOT_IN_KEY, exclude_none=True)
     return hashlib.sha256(orjson.dumps([req.model, partition, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def check_text(req: ChatRequest) -> str:
+    """What the lexical check compares: every message's text with its role (``cache_check.role_text``)."""
+    return role_text((m.role, m.text()) for m in req.messages)
 
 
 def _key(scope: str, req: ChatRequest) -> str:
@@ -154,8 +160,8 @@ class AnswerCache:
             return None, None
         scope = scope_of(req, partition)
         now = self.clock()
-        text = req.prompt_text()
-        vec = self.embed(text)
+        vec = self.embed(req.prompt_text())
+        text = check_text(req)
         import numpy as np
 
         found: list[tuple[float, _Entry]] = []
@@ -184,7 +190,7 @@ class AnswerCache:
         if result.finish_reason not in ("stop", "length") or result.tool_calls or not result.content:
             return None
         scope = scope_of(req, partition)
-        prompt = req.prompt_text() if vector is not None else None
+        prompt = check_text(req) if vector is not None else None
         with self._lock:
             self._entries[key] = _Entry(_copy(result), self.clock(), scope, vector, prompt)
             self._entries.move_to_end(key)
@@ -220,7 +226,7 @@ class AnswerCache:
         """Store the answer of a miss, here and (with Redis) for every replica."""
         scope = self.store(lookup.key, req, partition(tenant, sensitivity), result, lookup.vector)
         if scope is not None and self.shared is not None:
-            await self.shared.put(lookup.key, result, scope=scope, vector=lookup.vector, prompt=req.prompt_text())
+            await self.shared.put(lookup.key, result, scope=scope, vector=lookup.vector, prompt=check_text(req))
 
     def adopt(self, entries: list[SharedEntry]) -> int:
         """Add other replicas' semantic entries (``SharedAnswers.since_last``) that are still

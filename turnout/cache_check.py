@@ -8,10 +8,17 @@ are wrong). So a candidate that passes the cosine threshold is served only if th
 also say the same thing word for word, up to what does not change a question:
 
 - case, punctuation, whitespace, contractions (``isn't`` = ``is not``);
-- function words that carry no content (articles, forms of *be* and *do*, *it/this/that*,
+- function words that carry no content (articles, forms of *be* and *do*, *it*,
   *can/could/would/will*, *please* and other fillers; personal pronouns do count: "who am I" is
-  not "who are you");
+  not "who are you", and so do the pointing words *this/that/these/those/here/there*: "is this
+  safe" may be asked of another thing than "is that safe");
 - inflection (a light suffix stemmer: ``sorting`` = ``sort``, ``lists`` = ``list``).
+
+Roles are part of the prompt: a conversation is compared message by message (``role_text``
+marks each message's role), and two prompts whose messages do not have the same roles in the
+same order never match ("You are a pirate" as a system message is not the same request as the
+same words from the user). A prompt without role marks (a replica older than this check) never
+matches one with them.
 
 Compared after that normalisation, the prompts' content words are aligned (``difflib``):
 
@@ -35,16 +42,18 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
 # words that carry no content in a question; never compared
 _IGNORED = frozenset("""
-a an the is are was were be been being am do does did doing done it its this that these those there here can
+a an the is are was were be been being am do does did doing done it its can
 could would will shall please kindly just really actually exactly hey hi hello thanks thank so well ok okay
 also quite very tell let
 """.split())
 _NEGATIONS = frozenset("not no never without none nobody nothing neither nor nowhere cannot".split())
+_POINTING = frozenset("this that these those here there".split())  # which thing, which place: content
 _QUESTION = frozenset("what which who whom whose when where why how whether".split())
 _PREPOSITIONS = frozenset("""
 to from in into on onto at by for with of off out over under above below before after between among against
@@ -104,33 +113,74 @@ def content_words(text: str) -> tuple[_Word, ...]:
             out.append(_Word(low, True))
             continue
         capitalised = raw[:1].isupper() and n > 0 and not text[: m.start()].rstrip().endswith((".", "?", "!", "\n"))
-        key = (low in _NEGATIONS or low in _QUESTION or low in _PREPOSITIONS or low in _ORDER or capitalised)
+        key = (low in _NEGATIONS or low in _QUESTION or low in _PREPOSITIONS or low in _ORDER or low in _POINTING
+               or capitalised)
         out.append(_Word(_stem(low), key))
     return tuple(out)
 
 
+ROLE_MARK, ROLE_END = "\x1e", "\x1f"  # ASCII record and unit separators: never content (the tokeniser skips them)
+
+
+def role_text(messages: Iterable[tuple[str, str]]) -> str:
+    """The text the check compares: each message as ROLE_MARK role ROLE_END text (the marks
+    taken out of the text itself, so a message cannot forge another's role)."""
+    clean = str.maketrans({ROLE_MARK: " ", ROLE_END: " "})
+    return "".join(f"{ROLE_MARK}{role.translate(clean)}{ROLE_END}{text.translate(clean)}" for role, text in messages)
+
+
+def _messages(text: str) -> list[tuple[str | None, str]]:
+    """(role, text) per message of a ``role_text``; one message of unknown role (None) for plain text."""
+    if not text.startswith(ROLE_MARK):
+        return [(None, text)]
+    out: list[tuple[str | None, str]] = []
+    for part in text[1:].split(ROLE_MARK):
+        role, _, body = part.partition(ROLE_END)
+        out.append((role, body))
+    return out
+
+
 def mismatch(a: str, b: str, *, max_edits: int = 0) -> str | None:
     """Why prompts ``a`` and ``b`` may ask different things (a short reason), or None if they
-    say the same: the same content words in the same order, up to ``max_edits`` added or
-    removed words that are not key words (numbers, negations, question words, prepositions,
-    names, order words)."""
+    say the same: messages of the same roles in the same order (``role_text``; plain text is one
+    message of unknown role), each with the same content words in the same order, up to
+    ``max_edits`` added or removed words in all that are not key words (numbers, negations,
+    question words, prepositions, names, order words, pointing words)."""
+    ma, mb = _messages(a), _messages(b)
+    roles_a, roles_b = [r for r, _ in ma], [r for r, _ in mb]
+    if roles_a != roles_b:
+        def show(roles: list[str | None]) -> str:
+            return "/".join(r if r is not None else "?" for r in roles)
+
+        return f"roles differ ({show(roles_a)} vs {show(roles_b)})"
+    edits = 0
+    for (_, ta), (_, tb) in zip(ma, mb, strict=True):
+        why, n = _compare(ta, tb)
+        if why is not None:
+            return why
+        edits += n
+    if edits > max_edits:
+        return f"{edits} content words differ"
+    return None
+
+
+def _compare(a: str, b: str) -> tuple[str | None, int]:
+    """(why one text may ask another thing than the other, or None; how many plain words were added or removed)."""
     wa, wb = content_words(a), content_words(b)
     sa, sb = [w.stem for w in wa], [w.stem for w in wb]
     if sa == sb:
-        return None
+        return None, 0
     unmatched_a: list[_Word] = []
     unmatched_b: list[_Word] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, sa, sb, autojunk=False).get_opcodes():
         if op == "replace":
-            return f"{' '.join(sa[i1:i2])!r} replaced by {' '.join(sb[j1:j2])!r}"
+            return f"{' '.join(sa[i1:i2])!r} replaced by {' '.join(sb[j1:j2])!r}", 0
         unmatched_a += wa[i1:i2] if op == "delete" else []
         unmatched_b += wb[j1:j2] if op == "insert" else []
     moved = {w.stem for w in unmatched_a} & {w.stem for w in unmatched_b}
     if moved:
-        return f"{sorted(moved)[0]!r} moved"
+        return f"{sorted(moved)[0]!r} moved", 0
     for w in (*unmatched_a, *unmatched_b):
         if w.key:
-            return f"{w.stem!r} only in one"
-    if len(unmatched_a) + len(unmatched_b) > max_edits:
-        return f"{len(unmatched_a) + len(unmatched_b)} content words differ"
-    return None
+            return f"{w.stem!r} only in one", 0
+    return None, len(unmatched_a) + len(unmatched_b)

@@ -61,6 +61,7 @@ class Call:
     # outcome
     status: str = "ok"
     http_status: int = 200
+    client_closed: bool = False  # set by the server when the client's connection closed (streams stop relaying)
     error: str | None = None
     # a function call (turnout.functions): judged once the answer is final, copied to the row
     function: FunctionTag | None = None
@@ -68,8 +69,9 @@ class Call:
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, TurnoutError):
             self.status, self.http_status, self.error = "error", exc.status, exc.message
-        elif isinstance(exc, asyncio.CancelledError):
-            self.status, self.http_status, self.error = "cancelled", 499, "client went away"
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the server stopped the work: the client left
+            self.status, self.http_status, self.error = ("client_closed", 499,  # 499: nginx's "client closed request"
+                                                         "the client closed the connection before the answer was complete")
         else:
             self.status, self.http_status, self.error = "error", 500, f"internal error: {exc.__class__.__name__}"
 

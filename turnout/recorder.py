@@ -23,17 +23,22 @@ from turnout.call import Call
 from turnout.engines.base import EngineInfo
 from turnout.errors import EngineError
 from turnout.governance.access import Access
+from turnout.guards.scrub import scrub
 from turnout.ledger.base import Ledger, LedgerRow
 from turnout.metrics import Metrics
 
 log = logging.getLogger("turnout.ledger")
 ANONYMOUS_LOG_EVERY_S = 10.0
+# The row's error quotes upstream messages (all engines failed: each one's); like each hop's, it is
+# scrubbed of secrets and pattern PII (turnout.guards.scrub) and bounded before it is stored.
+ERROR_CHARS = 600
 
 
 def _hop(call: Call, h: EngineError) -> dict[str, object]:
-    """One failed hop for the ledger; a stream break that was rescued says where and how
+    """One failed hop for the ledger, its message scrubbed and bounded (an upstream's 400 may quote
+    the prompt: e-mail addresses, keys); a stream break that was rescued says where and how
     (``after_chars`` sent before the break, ``rescue`` prefill|restart, ``by`` which engine)."""
-    hop: dict[str, object] = {"engine": h.engine, "error": h.message, "code": h.code}
+    hop: dict[str, object] = {"engine": h.engine, "error": scrub(h.message), "code": h.code}
     rescue = call.trail.rescue_of(h)
     if rescue is not None:
         hop.update(after_chars=rescue.after_chars, rescue=rescue.how, by=rescue.by)
@@ -45,6 +50,7 @@ class Recorder:
         self.ledger, self.metrics, self.access, self.baseline = ledger, metrics, access, baseline
         self._unlogged: dict[int, int] = {}  # refusals without a key since the last log line, by status
         self._logged_at = -ANONYMOUS_LOG_EVERY_S
+        scrub("")  # builds the secrets catalogue now, not in the first failed request's record step
 
     def anonymous(self, call: Call) -> bool:
         """Whether ``call`` came from nobody: keys mode, no valid key, not a task's step."""
@@ -101,7 +107,7 @@ class Recorder:
             status=call.status,
             http_status=call.http_status,
             stream=int(call.stream),
-            error=call.error,
+            error=scrub(call.error, ERROR_CHARS),
             labels=",".join(sorted(call.labels)),
             key_id=call.key.key_id if call.key else None,
             trace_id=call.trace_id,

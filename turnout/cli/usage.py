@@ -2,6 +2,10 @@
 
     turnout usage [--db FILE] [--since HOURS] [--json]
     turnout usage --dsn postgresql://user@host/db [--schema public]   # the scale-out ledger
+    TURNOUT_DSN=postgresql://... turnout usage                          # the same, the DSN kept out of `ps`
+
+--dsn defaults to $TURNOUT_DSN (a password on the command line is visible to every user of the
+host); --db names the SQLite file instead, and wins over $TURNOUT_DSN.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("usage", help="summarise the ledger per route and per engine", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", default=os.environ.get("TURNOUT_DB", ".turnout/turnout.sqlite"))
-    p.add_argument("--dsn", default=None, help="read the PostgreSQL ledger at this DSN instead of the SQLite file")
+    p.add_argument("--db", default=None, help="SQLite file (default $TURNOUT_DB or .turnout/turnout.sqlite)")
+    p.add_argument("--dsn", default=None, help="read the PostgreSQL ledger at this DSN instead of the SQLite file "
+                                               "(default $TURNOUT_DSN, which keeps a password out of `ps`)")
     p.add_argument("--schema", default="public", help="schema of the PostgreSQL ledger tables (default public)")
     p.add_argument("--since", type=float, default=None, help="only the last N hours")
     p.add_argument("--json", action="store_true")
@@ -50,9 +55,18 @@ def _labels(args: argparse.Namespace, since: float | None) -> list[dict[str, Any
         conn.close()
 
 
+def store_of(args: argparse.Namespace) -> None:
+    """Resolve --db / --dsn: an explicit flag wins, then $TURNOUT_DSN, then $TURNOUT_DB or the default file."""
+    if not args.dsn and not args.db:
+        args.dsn = os.environ.get("TURNOUT_DSN") or None
+    if not args.db:
+        args.db = os.environ.get("TURNOUT_DB") or ".turnout/turnout.sqlite"
+
+
 def run(args: argparse.Namespace) -> int:
     from turnout.ledger.usage import render, summarize
 
+    store_of(args)
     since = time.time() - args.since * 3600 if args.since is not None else None
     if args.dsn:
         from turnout.ledger.postgres import read_feedback, read_rows

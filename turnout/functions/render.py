@@ -52,9 +52,29 @@ def template_hash(system: str | None, user: str) -> str:
     return h.hexdigest()[:16]
 
 
+def undeclared(schema: dict[str, Any], variables: dict[str, Any]) -> list[str]:
+    """The variables the input schema does not declare in ``properties``, unless the schema
+    allows others explicitly (``additionalProperties`` given and not false, or
+    ``patternProperties``: its own validation then decides). JSON Schema lets extras through
+    when ``additionalProperties`` is absent; a function refuses them, since no template uses
+    them (the loader checks) and a name like ``self`` is no business of the renderer."""
+    extra = schema.get("additionalProperties", False)
+    if (extra is not False and extra is not None) or schema.get("patternProperties"):
+        return []
+    declared = schema.get("properties") or {}
+    return [k for k in variables if k not in declared]
+
+
 def check_input(fn: Function, variables: Any) -> None:
     if not isinstance(variables, dict):
         raise RenderError("the variables must be a JSON object")
+    unknown = undeclared(fn.input_schema, variables)
+    if unknown:
+        names = [repr(k[:64]) for k in unknown[:4]]
+        raise RenderError(f"variable {names[0]} is not declared in the input schema's properties"
+                          + (f" (also undeclared: {', '.join(names[1:])}{', ...' if len(unknown) > 4 else ''})"
+                             if len(unknown) > 1 else "")
+                          + "; set \"additionalProperties\" in the schema to accept others")
     errors = list(fn.validator("input").iter_errors(variables))
     if errors:
         e = errors[0]
@@ -71,8 +91,9 @@ def messages(fn: Function, variant: Variant, variables: Any) -> list[dict[str, s
     out = []
     try:
         if variant.system is not None:
-            out.append({"role": "system", "content": variant.system.render(**variables)})
-        out.append({"role": "user", "content": variant.user.render(**variables)})
+            out.append({"role": "system", "content": variant.system.render(variables)})
+        # a mapping, not **keywords: a variable named "self" must not collide with render's own parameter
+        out.append({"role": "user", "content": variant.user.render(variables)})
     except TemplateError as exc:
         raise RenderError(f"template error: {exc}") from None
     return out

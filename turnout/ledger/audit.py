@@ -21,9 +21,19 @@ was edited (its hash no longer matches), deleted (an entry without its row) or i
 *legacy*: their rows are checked only on the fields the entry repeats (tenant, route,
 rule, reason, engine, cost, HTTP status, findings), and the result says how many.
 
+Feedback entries (``event: feedback``) are checked the same way against the ``feedback``
+table: each row must match the latest feedback entry of its request (``row_sha256``; older
+entries: kind, value, satisfaction and the comment's hash), and each request's latest
+feedback entry must have its row.
+
 Database triggers refuse UPDATE and DELETE on the entries, which stops accidents; someone
-who can drop the triggers can rewrite history, and the chain is what shows it (anchor the
-head hash elsewhere, e.g. in a ticket or a log shipper, to catch a full rewrite too).
+who can drop the triggers can rewrite history, and the chain is what shows it — except for a
+consistent rewrite, or entries cut from the end with the head rewound to match (a wiped log
+is the extreme case). Against those, keep a *saved head* elsewhere (``turnout audit head``
+prints ``SEQ:HASH``; a ticket, a log shipper, another host) and verify against it
+(``verify(expect=...)``, ``turnout audit verify --expect-head``): the chain must still reach
+that entry with that hash. Without one, an empty log is a failure where the ledger or the
+feedback table still holds rows, and a missing head row or table is named, never a pass.
 
 Two stores behind one interface: :class:`SqliteAuditLog` (a table in the gateway's
 SQLite file, WAL, ``BEGIN IMMEDIATE`` so appends from threads and processes serialise)
@@ -40,7 +50,7 @@ import json
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,23 +139,34 @@ class Verification:
     head_hash: str | None = None
     rows: int | None = None          # ledger rows checked against their entries; None: no ledger table
     legacy_rows: int = 0             # of which only the repeated fields could be checked (no row hash)
-    bad_rows: tuple[str, ...] = ()   # one line per ledger row edited, deleted or inserted
+    bad_rows: tuple[str, ...] = ()   # one line per ledger or feedback row edited, deleted or inserted
+    feedback_rows: int | None = None  # feedback rows checked against their entries; None: no feedback table
+    saved_head: str | None = None    # the saved head (SEQ:HASH) the chain was checked to extend
 
     def __str__(self) -> str:
         if self.first_bad_seq is not None:
             return f"BROKEN at seq {self.first_bad_seq}: {self.problem}"
+        if self.problem is not None:
+            return f"BROKEN: {self.problem}"
         if self.bad_rows:
             shown = list(self.bad_rows[:20])
             if len(self.bad_rows) > 20:
                 shown.append(f"... and {len(self.bad_rows) - 20} more")
             return (f"BROKEN: {len(self.bad_rows)} ledger row(s) do not match the audit chain "
                     f"(chain of {self.entries} entries intact)\n" + "\n".join(f"  {line}" for line in shown))
-        text = f"ok: {self.entries} entries, chain intact, head {self.head_hash}"
+        text = f"ok: {self.entries} entries, chain intact, head {self.entries}:{self.head_hash}"
+        if self.entries == 0:
+            text += (" (an empty log: nothing recorded yet, or wiped together with every row; "
+                     "--expect-head tells the two apart)")
+        if self.saved_head is not None:
+            text += f"; extends the saved head {self.saved_head[:80]}"
         if self.rows is not None:
             text += f"; {self.rows} ledger rows match their entries"
             if self.legacy_rows:
                 text += (f" ({self.legacy_rows} written before row hashing: checked on tenant, route, rule, "
                          "reason, engine, cost, HTTP status and findings only)")
+        if self.feedback_rows is not None:
+            text += f"; {self.feedback_rows} feedback rows match their entries"
         return text
 
 
@@ -159,10 +180,33 @@ class _Row:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+def parse_head(text: str) -> tuple[int, str]:
+    """A saved head: ``SEQ:HASH`` (what ``turnout audit head`` prints) or the JSON object of
+    ``turnout audit head --json``. ValueError says what is accepted."""
+    text = text.strip()
+    try:
+        if text.startswith("{"):
+            obj = json.loads(text)
+            seq, h = obj["seq"], obj["hash"]
+        else:
+            seq_text, h = text.split(":", 1)
+            seq = int(seq_text)
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"a saved head is SEQ:HASH (from `turnout audit head`), got {text[:80]!r}") from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not re.fullmatch(r"[0-9a-f]{64}", str(h)):
+        raise ValueError(f"a saved head is SEQ:HASH with SEQ >= 0 and a 64-digit hex HASH, got {text[:80]!r}")
+    return seq, str(h)
+
+
 def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None,
-                payloads: dict[str, tuple[int, dict[str, Any]]] | None = None) -> Verification:
-    """Check a chain given its rows ordered by seq, as (seq, time, prev_hash, payload_text, hash).
-    With ``payloads``, also fill it: request id -> (seq, payload) of each entry that names one."""
+                payloads: dict[str, tuple[int, dict[str, Any]]] | None = None,
+                feedback: dict[str, tuple[int, dict[str, Any]]] | None = None,
+                expect: tuple[int, str] | None = None) -> Verification:
+    """Check a chain given its rows ordered by seq, as (seq, time, prev_hash, payload_text, hash),
+    against its head row (None: the row is missing, a failure) and, with ``expect``, a saved
+    head (seq, hash) that the chain must still reach. With ``payloads``, also fill it: request
+    id -> (seq, payload) of each request's row entry; with ``feedback``, request id -> the
+    latest feedback entry naming it."""
     expected, prev, count = 1, GENESIS, 0
     for seq, time, prev_hash, payload_text, stored in rows:
         if seq != expected:
@@ -179,19 +223,35 @@ def verify_rows(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None,
             return Verification(False, count, seq, f"payload is not valid JSON ({exc}): edited")
         if actual != stored:
             return Verification(False, count, seq, "content does not match its hash: the entry was edited")
-        if (payloads is not None and isinstance(payload, dict) and isinstance(payload.get("request_id"), str)
-                and "event" not in payload):  # a request's row entry; feedback and task events name an event
-            payloads[payload["request_id"]] = (seq, payload)
+        if expect is not None and seq == expect[0] and stored != expect[1]:
+            what = (f"entry {seq} has hash {stored[:12]}..., the saved head says {expect[1][:12]}...: "
+                    f"the chain was rewritten at or before entry {seq}")
+            return Verification(False, count, seq, what)
+        if isinstance(payload, dict) and isinstance(payload.get("request_id"), str):
+            if payloads is not None and "event" not in payload:  # a request's row entry
+                payloads[payload["request_id"]] = (seq, payload)
+            elif feedback is not None and payload.get("event") == "feedback":  # the latest one counts
+                feedback[payload["request_id"]] = (seq, payload)
         prev, expected, count = stored, expected + 1, count + 1
-    if head is not None:
-        last_seq, last_hash = head
-        if last_seq > count:
-            what = f"entries {count + 1}..{last_seq} are missing from the end (the head records {last_seq})"
-            return Verification(False, count, count + 1, what)
-        if last_seq < count or last_hash != prev:
-            what = f"the head records entry {last_seq} with hash {last_hash[:12]}..., the chain ends otherwise"
-            return Verification(False, count, last_seq or 1, what)
-    return Verification(True, count, head_hash=prev)
+    if head is None:
+        return Verification(False, count, None, "the audit_head row is missing (deleted): the end of the log "
+                                                "cannot be checked")
+    last_seq, last_hash = head
+    if last_seq > count:
+        what = f"entries {count + 1}..{last_seq} are missing from the end (the head records {last_seq})"
+        return Verification(False, count, count + 1, what)
+    if last_seq < count or last_hash != prev:
+        what = f"the head records entry {last_seq} with hash {last_hash[:12]}..., the chain ends otherwise"
+        return Verification(False, count, last_seq or 1, what)
+    if expect is not None and expect[0] == 0 and expect[1] != GENESIS:
+        return Verification(False, count, None, "the saved head is entry 0 with a hash other than the genesis "
+                                                "hash (64 zeros): not a head of this log")
+    if expect is not None and expect[0] > count:
+        what = (f"the chain ends at entry {count}, the saved head is entry {expect[0]}: entries were cut from "
+                "the end and the head rewound" + (" (the whole log wiped)" if count == 0 else ""))
+        return Verification(False, count, count + 1, what)
+    saved = f"{expect[0]}:{expect[1]}" if expect is not None else None
+    return Verification(True, count, head_hash=prev, saved_head=saved)
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -212,10 +272,14 @@ def _repeated_diffs(payload: Mapping[str, Any], row: Mapping[str, Any]) -> list[
 
 
 def check_ledger(payloads: dict[str, tuple[int, dict[str, Any]]],
-                 ledger_rows: Iterable[Mapping[str, Any]], chain: Verification) -> Verification:
+                 ledger_rows: Iterable[Mapping[str, Any]], chain: Verification,
+                 feedback: dict[str, tuple[int, dict[str, Any]]] | None = None,
+                 feedback_rows: Iterable[Mapping[str, Any]] | None = None) -> Verification:
     """Match ledger rows (dicts, ``SELECT *`` of ``requests``) with the entries of an intact
     chain: every row must have an entry whose ``row_sha256`` it still hashes to (legacy entries:
-    whose repeated fields it still holds), and every entry a row."""
+    whose repeated fields it still holds), and every entry a row. With ``feedback_rows``
+    (``SELECT *`` of ``feedback``) the same for feedback and its latest entry per request. An
+    empty chain while rows exist is a wiped log."""
     bad: list[str] = []
     rows = legacy = 0
     for row in ledger_rows:
@@ -238,8 +302,59 @@ def check_ledger(payloads: dict[str, tuple[int, dict[str, Any]]],
             bad.append(f"{name}, audit seq {seq}, was edited: {what}")
     for rid, (seq, _) in sorted(payloads.items(), key=lambda kv: kv[1][0]):
         bad.append(f"ledger row of request {rid} (audit seq {seq}) is missing: deleted")
-    return Verification(not bad, chain.entries, head_hash=chain.head_hash, rows=rows, legacy_rows=legacy,
-                        bad_rows=tuple(bad))
+    fb_rows: int | None = None
+    if feedback_rows is not None:
+        fb_rows = 0
+        entries = dict(feedback or {})
+        for row in feedback_rows:
+            fb_rows += 1
+            rid = row.get("request_id")
+            name = f"feedback row id {row.get('id')} (request {rid})"
+            found = entries.pop(rid, None) if isinstance(rid, str) else None
+            if found is None:
+                bad.append(f"{name} has no audit entry: inserted outside the gateway")
+                continue
+            seq, payload = found
+            if _feedback_differs(payload, row):
+                bad.append(f"{name}, audit seq {seq}, was edited: it no longer matches its latest feedback entry")
+        for rid, (seq, _) in sorted(entries.items(), key=lambda kv: kv[1][0]):
+            bad.append(f"feedback row of request {rid} (audit seq {seq}) is missing: deleted")
+    problem = None
+    if chain.entries == 0 and (rows or fb_rows):
+        problem = (f"the audit log is empty but the database holds {rows} ledger row(s) and {fb_rows or 0} "
+                   "feedback row(s): the log was wiped (or the rows written with the audit log off)")
+    return Verification(not bad and problem is None, chain.entries, problem=problem, head_hash=chain.head_hash,
+                        rows=rows, legacy_rows=legacy, bad_rows=tuple(bad), feedback_rows=fb_rows,
+                        saved_head=chain.saved_head)
+
+
+def _feedback_differs(payload: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    stored = {k: v for k, v in row.items() if k != "id"}
+    if ROW_HASH in payload:
+        return bool(row_sha256(stored) != payload[ROW_HASH])
+    comment = row.get("comment")
+    digest = None if comment is None else hashlib.sha256(str(comment).encode()).hexdigest()
+    return (_differs(payload.get("kind"), row.get("kind")) or _differs(payload.get("value"), row.get("value"))
+            or _differs(payload.get("satisfaction"), row.get("satisfaction"))
+            or payload.get("comment_sha256") != digest)
+
+
+class NoAuditLog(ValueError):
+    """The database (or schema) has no audit log at all: none of its tables."""
+
+
+AUDIT_TABLES = ("audit_migrations", "audit_entries", "audit_head")
+
+
+def missing_tables(present: set[str]) -> Verification | None:
+    """None when every audit table is there; NoAuditLog when none is; else a failure naming the missing."""
+    missing = [t for t in AUDIT_TABLES if t not in present]
+    if len(missing) == len(AUDIT_TABLES):
+        raise NoAuditLog("no audit log here (none of its tables exists): check --db, --dsn or --schema")
+    if not missing:
+        return None
+    return Verification(False, 0, problem=f"table {', '.join(missing)} is missing (dropped): the log cannot be "
+                                          "checked, and what it held is gone")
 
 
 class AuditLog(ABC):
@@ -257,7 +372,10 @@ class AuditLog(ABC):
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord: ...
 
     @abstractmethod
-    def verify(self) -> Verification: ...
+    def verify(self, expect: tuple[int, str] | None = None) -> Verification:
+        """Walk the chain (and the ledger and feedback rows it commits to) in one snapshot;
+        ``expect`` is a saved head (seq, hash) the chain must still reach. NoAuditLog when the
+        database has none of the log's tables."""
 
     @abstractmethod
     def tail(self, n: int = 10) -> list[AuditRecord]: ...
@@ -314,38 +432,48 @@ def sqlite_append(c: Any, payload: dict[str, Any], time: str) -> AuditRecord:
 
 
 class SqliteAuditLog(AuditLog):
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, migrate: bool = True) -> None:
+        """``migrate=False`` (the CLI's reads) leaves the schema as it is: a dropped table is
+        reported by ``verify``, never quietly re-created empty."""
         from turnout import sqlitedb as sqlite
 
         self.path = Path(path) if path is not None else sqlite.default_db_path()
         self._sqlite = sqlite
         self._conn = sqlite.connect(self.path)
         self._lock = threading.Lock()
-        sqlite.migrate(self._conn, "audit_migrations", SQLITE_MIGRATIONS)
+        if migrate:
+            sqlite.migrate(self._conn, "audit_migrations", SQLITE_MIGRATIONS)
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
         with self._lock, self._sqlite.immediate(self._conn) as c:
             return sqlite_append(c, payload, time)
 
-    def verify(self) -> Verification:
+    def verify(self, expect: tuple[int, str] | None = None) -> Verification:
         with self._lock:
             # one read transaction: a consistent snapshot even while others append (WAL)
             self._conn.execute("BEGIN")
             try:
+                tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                broken = missing_tables(tables)
+                if broken is not None:
+                    return broken
                 head = self._conn.execute("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetchone()
                 rows = self._conn.execute(
                     "SELECT seq, time, prev_hash, payload, hash FROM audit_entries ORDER BY seq")
                 payloads: dict[str, tuple[int, dict[str, Any]]] = {}
-                chain = verify_rows(rows, tuple(head) if head else None, payloads)
-                has_ledger = self._conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'").fetchone()
-                if not chain.ok or not has_ledger:
+                feedback: dict[str, tuple[int, dict[str, Any]]] = {}
+                chain = verify_rows(rows, tuple(head) if head else None, payloads, feedback, expect)
+                if not chain.ok or "requests" not in tables:
                     return chain
-                cur = self._conn.execute("SELECT * FROM requests ORDER BY id")
-                names = [d[0] for d in cur.description]
-                return check_ledger(payloads, (dict(zip(names, r, strict=True)) for r in cur), chain)
+                return check_ledger(payloads, self._dicts("SELECT * FROM requests ORDER BY id"), chain, feedback,
+                                    self._dicts("SELECT * FROM feedback ORDER BY id") if "feedback" in tables else None)
             finally:
                 self._conn.execute("COMMIT")
+
+    def _dicts(self, sql: str) -> Iterator[dict[str, Any]]:
+        cur = self._conn.execute(sql)
+        names = [d[0] for d in cur.description]
+        return (dict(zip(names, r, strict=True)) for r in cur)
 
     def tail(self, n: int = 10) -> list[AuditRecord]:
         with self._lock:
@@ -408,7 +536,7 @@ def postgres_append(cur: Any, payload: dict[str, Any], time: str, *, schema: str
 class PostgresAuditLog(AuditLog):
     """The same log in PostgreSQL (``pip install 'psycopg[binary]'``), tables in ``schema``."""
 
-    def __init__(self, dsn: str, *, schema: str = "public") -> None:
+    def __init__(self, dsn: str, *, schema: str = "public", migrate: bool = True) -> None:
         import psycopg
 
         if not _IDENT.match(schema):
@@ -416,7 +544,8 @@ class PostgresAuditLog(AuditLog):
         self.schema = schema
         self._conn = psycopg.connect(dsn, autocommit=True)
         self._lock = threading.Lock()
-        self._migrate()
+        if migrate:
+            self._migrate()
 
     def _migrate(self) -> None:
         from turnout import pgdb
@@ -428,22 +557,33 @@ class PostgresAuditLog(AuditLog):
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
             return postgres_append(cur, payload, time, schema=self.schema)
 
-    def verify(self) -> Verification:
+    def verify(self, expect: tuple[int, str] | None = None) -> Verification:
         s = self.schema
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,))
+            tables = {r[0] for r in cur.fetchall()}
+            broken = missing_tables(tables)
+            if broken is not None:
+                return broken
             cur.execute(f"SELECT last_seq, last_hash FROM {s}.audit_head WHERE id = 1")
             head = cur.fetchone()
             cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM {s}.audit_entries ORDER BY seq")
             payloads: dict[str, tuple[int, dict[str, Any]]] = {}
-            chain = verify_rows(cur, (head[0], head[1]) if head else None, payloads)
-            cur.execute("SELECT to_regclass(%s)", (f"{s}.requests",))
-            found = cur.fetchone()
-            if not chain.ok or found is None or found[0] is None:
+            feedback: dict[str, tuple[int, dict[str, Any]]] = {}
+            chain = verify_rows(cur, (head[0], head[1]) if head else None, payloads, feedback, expect)
+            if not chain.ok or "requests" not in tables:
                 return chain
-            cur.execute(f"SELECT * FROM {s}.requests ORDER BY id")
+            ledger = self._dicts(f"SELECT * FROM {s}.requests ORDER BY id")
+            fb = self._dicts(f"SELECT * FROM {s}.feedback ORDER BY id") if "feedback" in tables else None
+            return check_ledger(payloads, ledger, chain, feedback, fb)
+
+    def _dicts(self, sql: str) -> list[dict[str, Any]]:
+        """Rows as dicts, read in the caller's transaction (its snapshot)."""
+        with self._conn.cursor() as cur:
+            cur.execute(sql)
             names = [d.name for d in cur.description or ()]
-            return check_ledger(payloads, (dict(zip(names, r, strict=True)) for r in cur), chain)
+            return [dict(zip(names, r, strict=True)) for r in cur]
 
     def tail(self, n: int = 10) -> list[AuditRecord]:
         s = self.schema
@@ -457,9 +597,10 @@ class PostgresAuditLog(AuditLog):
         self._conn.close()
 
 
-def open_audit_log(*, db: str | Path | None = None, dsn: str | None = None, schema: str = "public") -> AuditLog:
+def open_audit_log(*, db: str | Path | None = None, dsn: str | None = None, schema: str = "public",
+                   migrate: bool = True) -> AuditLog:
     """PostgreSQL when ``dsn`` is given, else SQLite at ``db`` (default ``$TURNOUT_DB`` or
-    ``.turnout/turnout.sqlite``)."""
+    ``.turnout/turnout.sqlite``). ``migrate=False`` to read a log as it is (``turnout audit``)."""
     if dsn:
-        return PostgresAuditLog(dsn, schema=schema)
-    return SqliteAuditLog(db)
+        return PostgresAuditLog(dsn, schema=schema, migrate=migrate)
+    return SqliteAuditLog(db, migrate=migrate)

@@ -19,7 +19,7 @@ class LedgerRow:
     request_id: str
     tenant: str
     alias: str
-    status: str                    # ok | error | error_midstream | cancelled
+    status: str                    # ok | error | error_midstream | client_closed (499)
     http_status: int
     rule: str | None = None
     reason: str | None = None

@@ -11,8 +11,10 @@ the earlier (people change their minds), so satisfaction counts each request onc
 
 The table lives next to the ``requests`` table: migration ``0003_feedback`` of
 ``turnout.ledger.sqlite`` for the embedded store, ``turnout.ledger.postgres`` for scale-out.
-Feedback carries its tenant through its request: it is stored only on a request of the
-caller's tenant, so one tenant can neither write nor overwrite another's.
+Feedback carries its tenant and its key through its request: it is stored only on a request
+the caller's key made (in ``keys`` mode; in ``open`` mode on any request), so neither another
+tenant nor another key of the same tenant can write or overwrite it. For them the request does
+not exist (404, as for an unknown id): one user's request ids are not another's to probe.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
+from turnout.ledger.audit import ROW_HASH, row_sha256, sqlite_append, utc_now
 from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
-from turnout.ledger.audit import sqlite_append, utc_now
 
 MAX_COMMENT_CHARS = 2000
 THUMBS = {"up": 1, "down": 0}
@@ -62,13 +64,32 @@ def make(request_id: str, score: str | int, comment: str | None = None, ts: floa
     return Feedback(request_id, kind, value, sat, comment, time.time() if ts is None else ts)
 
 
+def comment_sha256(comment: str | None) -> str | None:
+    return None if comment is None else hashlib.sha256(comment.encode()).hexdigest()
+
+
+def stored_row(fb: Feedback) -> dict[str, Any]:
+    """The ``feedback`` row as the upsert stores it (every column but the database's ``id``)."""
+    return {"ts": fb.ts, "request_id": fb.request_id, "kind": fb.kind, "value": fb.value,
+            "satisfaction": fb.satisfaction, "comment": fb.comment}
+
+
 def audit_payload(fb: Feedback, tenant: str) -> dict[str, Any]:
     """The audit entry committed with a feedback row: feedback moves satisfaction figures and, on a
     learned route, becomes a training label, so it is tamper-evident like the requests. The free-text
-    comment is kept as its hash (the chain cannot be erased)."""
-    comment = None if fb.comment is None else hashlib.sha256(fb.comment.encode()).hexdigest()
+    comment is kept as its hash (the chain cannot be erased); ``row_sha256`` commits to the whole
+    stored row (``turnout.ledger.audit.row_sha256``), which ``turnout audit verify`` checks."""
     return {"event": "feedback", "request_id": fb.request_id, "tenant": tenant, "kind": fb.kind, "value": fb.value,
-            "satisfaction": fb.satisfaction, "comment_sha256": comment}
+            "satisfaction": fb.satisfaction, "comment_sha256": comment_sha256(fb.comment),
+            ROW_HASH: row_sha256(stored_row(fb))}
+
+
+def owned(row: tuple[Any, ...] | None, tenant: str | None, key_id: str | None) -> bool:
+    """Whether a request's (tenant, key_id) lets this caller give feedback on it: its tenant, and
+    the key that made it (a caller without a key, in open mode: any)."""
+    if row is None or (tenant is not None and row[0] != tenant):
+        return False
+    return key_id is None or row[1] == key_id
 
 
 # Shared by the SQLite and PostgreSQL stores (only the placeholder differs).
@@ -89,20 +110,21 @@ class SQLiteFeedback:
         sqlitedb.migrate(self._conn, "audit_migrations", AUDIT_MIGRATIONS)
         self._lock = threading.Lock()
 
-    def _add(self, fb: Feedback, tenant: str | None) -> bool:
+    def _add(self, fb: Feedback, tenant: str | None, key_id: str | None) -> bool:
         with self._lock, sqlitedb.immediate(self._conn) as c:
-            row = c.execute("SELECT tenant FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone()
-            if row is None or (tenant is not None and row[0] != tenant):
+            row = c.execute("SELECT tenant, key_id FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone()
+            if not owned(row, tenant, key_id):
                 return False
             c.execute(UPSERT.format(t="feedback", p="?"),
                       (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
             sqlite_append(c, audit_payload(fb, row[0]), utc_now())  # in the same transaction
             return True
 
-    async def add(self, fb: Feedback, tenant: str | None) -> bool:
-        """Store ``fb`` on a request of ``tenant`` (any tenant's when None); False when there is
-        no such request of that tenant (another tenant's request is indistinguishable from none)."""
-        return await asyncio.to_thread(self._add, fb, tenant)
+    async def add(self, fb: Feedback, tenant: str | None, key_id: str | None = None) -> bool:
+        """Store ``fb`` on a request of ``tenant`` made by ``key_id`` (None: any tenant's, any
+        key's); False when there is no such request (another tenant's or another key's request
+        is indistinguishable from none)."""
+        return await asyncio.to_thread(self._add, fb, tenant, key_id)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_feedback(self.path, since)

@@ -23,7 +23,7 @@ from typing import Any
 from turnout import pgdb
 from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
 from turnout.ledger.base import COLUMNS, LedgerRow
-from turnout.ledger.feedback import UPSERT, Feedback
+from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
 
@@ -163,12 +163,12 @@ class PostgresLedger(GroupCommitWriter):
             spent.setdefault(key_id, []).append(float(cost or 0.0))
         return spent
 
-    def _add_feedback(self, fb: Feedback, tenant: str | None) -> bool:
+    def _add_feedback(self, fb: Feedback, tenant: str | None, key_id: str | None = None) -> bool:
         s = self.schema
         with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"SELECT tenant FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
+            cur.execute(f"SELECT tenant, key_id FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
             row = cur.fetchone()
-            if row is None or (tenant is not None and row[0] != tenant):
+            if not owned(row, tenant, key_id):
                 return False
             cur.execute(UPSERT.format(t=f"{s}.feedback", p="%s"),
                         (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
@@ -182,8 +182,8 @@ class PostgresFeedback:
     def __init__(self, ledger: PostgresLedger) -> None:
         self.ledger = ledger
 
-    async def add(self, fb: Feedback, tenant: str | None) -> bool:
-        return await asyncio.to_thread(self.ledger._add_feedback, fb, tenant)
+    async def add(self, fb: Feedback, tenant: str | None, key_id: str | None = None) -> bool:
+        return await asyncio.to_thread(self.ledger._add_feedback, fb, tenant, key_id)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_feedback(self.ledger.dsn, since, schema=self.ledger.schema)

@@ -71,7 +71,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              by="pipeline"),
     Endpoint("POST", "/v1/embeddings", INFERENCE, "tenant", "embeddings", by="pipeline"),
     Endpoint("GET", "/v1/models", ANY, "none", "route aliases and engines"),
-    Endpoint("POST", "/v1/feedback", INFERENCE, "tenant", "feedback on a request of the caller's tenant"),
+    Endpoint("POST", "/v1/feedback", INFERENCE, "tenant", "feedback on a request the caller's own key made"),
     Endpoint("GET", "/v1/turnout/collections/{name}", INFERENCE, "tenant", "a collection's counts", route="documents"),
     Endpoint("DELETE", "/v1/turnout/collections/{name}", INFERENCE, "tenant", "delete a collection",
              route="documents"),

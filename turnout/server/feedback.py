@@ -4,8 +4,9 @@
      "score": "up" | "down" | 1..5,
      "comment": "optional, at most 2000 characters"}
 
-200 with the stored, normalised feedback; 404 for an unknown request id, or one of another
-tenant (the two are indistinguishable); 400 for a bad body. Needs a ``user`` key. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
+200 with the stored, normalised feedback; 404 for an unknown request id, or one another key
+made (of this tenant or another: the three are indistinguishable, so one user cannot overwrite
+another's feedback nor probe their request ids); 400 for a bad body. Needs a ``user`` key. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
 
 Feedback on an answer of a ``learned`` or ``cascade`` route's weak engine also becomes a routing
 label (source ``feedback``, the satisfaction as the weak answer's score, the pseudonymized prompt;
@@ -49,8 +50,10 @@ async def post_feedback(request: Request) -> Response:
         raise InvalidRequest(str(exc), param="score", code="invalid_value") from None
     store = request.app.state.stores.feedback
     waited = 0.0
-    tenant = principal(request).tenant
-    while not await store.add(fb, tenant):
+    who = principal(request)
+    tenant = who.tenant
+    key_id = who.key.key_id if who.key is not None else None  # open mode: no keys, any request
+    while not await store.add(fb, tenant, key_id):
         if waited >= ROW_WAIT_SECONDS:
             raise NotFound(f"no request with id {request_id!r} in the ledger", param="request_id",
                            code="request_not_found")

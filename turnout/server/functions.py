@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from turnout.call import Call
 from turnout.errors import TurnoutError
@@ -34,22 +34,23 @@ def runner_of(request: Request) -> FunctionRunner:
 
 async def function_completions(request: Request, req: ChatRequest, call: Call,
                                until_disconnect: Callable[[Request, Awaitable[Any]], Awaitable[Any]]) -> Response:
-    from turnout.server.exchange import refused, sse
+    from turnout.server.exchange import CLIENT_CLOSED, ClientClosed, EventStream, refused, sse
 
     gw: Gateway = request.app.state.gateway
     runner = runner_of(request)
     try:
         inv = invocation_of(req)
         if inv.stream:
-            out = await runner.run(inv, call)
+            out = await until_disconnect(request, runner.run(inv, call))
             assert out.stream is not None and out.request is not None
-            return StreamingResponse(sse(out.call, out.request, out.stream), media_type="text/event-stream",
-                                     headers={**headers(out.call), **out.headers(), "Cache-Control": "no-cache"})
+            return EventStream(out.call, sse(out.call, out.request, out.stream), {**headers(out.call), **out.headers()})
         out = await until_disconnect(request, runner.run(inv, call))
     except FunctionFailed as exc:
         return error_response(exc, {**headers(exc.outcome.call), **exc.outcome.headers()})
     except TurnoutError as exc:
         return await refused(gw, call, exc)
+    except ClientClosed:
+        return Response(status_code=CLIENT_CLOSED)
     assert out.result is not None
     return Response(orjson.dumps(completion_body(out.call, out.result)), media_type="application/json",
                     headers={**headers(out.call), **out.headers()})
