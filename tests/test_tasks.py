@@ -518,12 +518,18 @@ def test_mcp_tool_missing_on_its_server(tmp_path: Path, fake: Proc, toolbox: Pro
 
 def test_cancel_parked_task_and_refusals(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
     script(fake, TRIAGE)
-    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), {**PEOPLE, "mallory": ("globex", "user")})
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), {**PEOPLE, "mallory": ("globex", "user"),
+                                                                   "dan": ("acme", "user")})
     with gw.proc:
         tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
         wait_state(gw, tid, "awaiting_approval")
         assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "mallory").status_code == 404  # another tenant
         assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "bob").status_code == 403      # an approver
+        # another user key of the same tenant may read the task, not cancel it (issue 23, L9)
+        assert gw.call("GET", f"/v1/turnout/tasks/{tid}", "dan").status_code == 200
+        r = gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "dan")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "not_task_starter", r.text
+        assert gw.call("GET", f"/v1/turnout/tasks/{tid}", "alice").json()["state"] == "awaiting_approval"
         assert gw.call("GET", "/v1/turnout/tasks", "mallory").json()["data"] == []
         assert gw.call("POST", f"/v1/turnout/tasks/{tid}/cancel", "alice").status_code == 200
         t = wait_state(gw, tid, "cancelled")

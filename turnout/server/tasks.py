@@ -6,7 +6,7 @@ tenant's task or gate is a 404, exactly like an unknown one).
     GET  /v1/turnout/tasks                   user      the tenant's tasks
     GET  /v1/turnout/tasks/{id}              user, approver, viewer   state, plan, steps, cost
     GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
-    POST /v1/turnout/tasks/{id}/cancel       user
+    POST /v1/turnout/tasks/{id}/cancel       user      the key that started the task only
     GET  /v1/turnout/approvals               approver  pending gates of the tenant
     GET  /dashboard/approvals                approver  the same inbox as a page (Basic login, key as password)
     POST /v1/turnout/approvals/{gate_id}     approver  {"decision": "approve"|"reject", "reason"?, "arguments"?}
@@ -130,11 +130,16 @@ async def get_task(request: Request) -> Response:
 
 
 async def cancel_task(request: Request) -> Response:
+    """Only the key that started the task may cancel it (another user key of the tenant may read
+    it, so it gets a 403, not a 404). An admin stops a task by revoking its key: every step is
+    authorized again, so the next one is refused (``failure: refused``)."""
     t = await _task(request, request.path_params["task_id"])
     runner = _runner(request)
+    who = principal(request)
+    if (who.key.key_id if who.key is not None else None) != t["key_id"]:
+        raise PermissionDenied("only the key that started a task may cancel it", code="not_task_starter")
     if not await asyncio.to_thread(runner.store.request_cancel, t["id"]):
         raise Conflict(f"task {t['id']} already ended ({t['state']})", code="task_ended")
-    who = principal(request)
     await runner.audit_event({"event": "task_cancel", "task": t["id"], "tenant": t["tenant"],
                               "by": who.key.key_id if who.key is not None else "anonymous"})
     after = await asyncio.to_thread(runner.store.get, t["id"])
