@@ -214,8 +214,21 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
         bad = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob", {"decision": "approve", "arguments": {"to": 3}})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_arguments"
         edited = {"to": "dana@customer.example", "body": "We are sorry: the VAT is fixed."}
-        assert gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob",
-                       {"decision": "approve", "arguments": edited}).status_code == 200
+        # an edit does not approve: the edited call parks again for another approver (issue 23, M3)
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob", {"decision": "approve", "arguments": edited})
+        assert r.status_code == 200 and r.json() == {"object": "approval", "id": gid2, "state": "pending",
+                                                     "edited": True}, r.text
+        time.sleep(0.5)  # a few runner polls: nothing may run
+        t = gw.call("GET", f"/v1/turnout/tasks/{tid}", "alice").json()
+        assert t["state"] == "awaiting_approval" and httpx.get(toolbox.url + "/calls").json()["calls"] == []
+        gate = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]
+        assert gate["edited"] == edited and gate["edited_by"] == gw.keys["bob"]["key_id"]
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob", {"decision": "approve", "arguments": edited})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "four_eyes"  # the editor reviews not itself
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "carol", {"decision": "approve"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "edit_not_reviewed"  # a page loaded pre-edit
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "carol", {"decision": "approve", "arguments": edited})
+        assert r.status_code == 200 and r.json()["state"] == "approved" and r.json()["edited"], r.text
         t = wait_state(gw, tid, "succeeded", "failed")
         assert t["state"] == "succeeded", t
     outbox = httpx.get(toolbox.url + "/calls").json()["outbox"]
@@ -224,9 +237,13 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
     audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")]
     db.close()
     decisions = [a for a in audit if a.get("event") == "task_approval"]
-    assert [d["decision"] for d in decisions] == ["rejected", "approved"]
-    assert decisions[1]["edited_sha256"] == sha256_json(edited) and decisions[1]["changed"]
-    assert set(decisions[1]["changed"]) <= set(edited) and decisions[0]["changed"] == []
+    assert [(d["decision"], d["by"]) for d in decisions] == [
+        ("rejected", gw.keys["bob"]["key_id"]), ("edited", gw.keys["bob"]["key_id"]),
+        ("approved", gw.keys["carol"]["key_id"])]
+    for d in decisions[1:]:
+        assert d["edited_sha256"] == sha256_json(edited) and d["changed"]
+        assert set(d["changed"]) <= set(edited)
+    assert decisions[0]["changed"] == []
     assert "dana@customer.example" not in json.dumps(audit)  # the audit log keeps hashes, never the arguments
 
 
@@ -238,6 +255,34 @@ def test_deadline_expiry_rejects(tmp_path: Path, fake: Proc, toolbox: Proc) -> N
         t = wait_state(gw, tid, "failed", "succeeded")
         assert t["state"] == "failed" and "deadline" in t["error"], t
         assert t["gates"][0]["state"] == "expired"
+    assert httpx.get(toolbox.url + "/calls").json()["calls"] == []
+
+
+def test_a_decision_past_the_deadline_is_refused_and_expires_the_gate(tmp_path: Path, fake: Proc,
+                                                                     toolbox: Proc) -> None:
+    """Issue 23, L1: the runner's sweep is not the only guard of a deadline. The gate's deadline
+    is moved into the past in the store and the approver answers at once (the sweep runs every
+    2 s here): the decision is refused with 409 approval_expired, the gate is expired then, and
+    nothing is sent."""
+    script(fake, TRIAGE)
+    gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path, poll_s=2, max_replans=0), PEOPLE)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
+        wait_state(gw, tid, "awaiting_approval", timeout=60)
+        gid = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]["id"]
+        db = sqlite3.connect(tmp_path / "turnout.sqlite", timeout=10)
+        with db:
+            db.execute("UPDATE tasks_gates SET deadline = ? WHERE id = ?", (time.time() - 1, gid))
+        db.close()
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "approve"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "approval_expired", r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        t = gw.call("GET", f"/v1/turnout/tasks/{tid}", "alice").json()
+        assert t["gates"][0]["state"] == "expired" and t["gates"][0]["decided_by"] == "deadline"
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid}", "bob", {"decision": "reject"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "approval_expired"
+        t = wait_state(gw, tid, "failed", "succeeded", timeout=60)
+        assert t["state"] == "failed" and "deadline" in t["error"], t
     assert httpx.get(toolbox.url + "/calls").json()["calls"] == []
 
 
@@ -587,6 +632,7 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
             login("bob")
             cards = driver.find_elements(By.CSS_SELECTOR, ".gate")
             assert len(cards) == 1 and cards[0].find_element(By.TAG_NAME, "h2").text == "send_email"
+            cards_gate = cards[0].get_attribute("data-gate")
             area = cards[0].find_element(By.TAG_NAME, "textarea")
             shown = json.loads(area.get_attribute("value"))
             assert shown["to"] == MAIL["sender"]
@@ -596,14 +642,18 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
             cards[0].find_element(By.CSS_SELECTOR, "input.reason").send_keys("kinder wording")
             cards[0].find_element(By.CSS_SELECTOR, "button.approve").click()
             WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, ".gate").get_attribute(
-                "data-state") == "approved")
-            assert "arguments edited" in driver.find_element(By.CSS_SELECTOR, ".gate .result").text
+                "data-state") == "pending")  # an edit waits for another approver (issue 23, M3)
+            assert "waits for another approver" in driver.find_element(By.CSS_SELECTOR, ".gate .result").text
             urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
             assert urls and all(u.startswith(gw.url) for u in urls), urls
         finally:
             close()
+        assert gw.call("GET", f"/v1/turnout/tasks/{tid}", "alice").json()["state"] == "awaiting_approval"
+        r = gw.call("POST", f"/v1/turnout/approvals/{cards_gate}", "carol", {"decision": "approve", "arguments": edited})
+        assert r.status_code == 200 and r.json()["state"] == "approved", r.text
         t = wait_state(gw, tid, "succeeded", "failed")
-    assert t["state"] == "succeeded" and t["gates"][0]["decision_reason"] == "kinder wording"
+    assert t["state"] == "succeeded" and t["gates"][0]["edited_by"] == gw.keys["bob"]["key_id"]
+    assert t["gates"][0]["decided_by"] == gw.keys["carol"]["key_id"]
     assert httpx.get(toolbox.url + "/calls").json()["outbox"] == [edited]
 
 

@@ -139,11 +139,15 @@ class TaskRunner:
 
     async def expire_gates(self) -> None:
         for g in await to_thread(self.store.expired_gates):
-            reason = "the approval deadline passed (rejected by default)"
-            if await to_thread(self.store.decide, g["id"], "expired", "deadline", reason, None):
-                await self.audit_event({"event": "task_approval", "gate": g["id"], "task": g["task_id"],
-                                        "tenant": g["tenant"], "tool": g["tool"], "decision": "expired",
-                                        "by": "deadline"})
+            await self.expire_gate(g)
+
+    async def expire_gate(self, g: dict[str, Any]) -> None:
+        """A pending gate past its deadline: rejected by default (the sweep, or a late decision)."""
+        reason = "the approval deadline passed (rejected by default)"
+        if await to_thread(self.store.decide, g["id"], "expired", "deadline", reason):
+            await self.audit_event({"event": "task_approval", "gate": g["id"], "task": g["task_id"],
+                                    "tenant": g["tenant"], "tool": g["tool"], "decision": "expired",
+                                    "by": "deadline"})
 
     async def audit_event(self, payload: dict[str, Any]) -> None:
         if self.audit is not None:
