@@ -226,3 +226,18 @@ def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
     finally:
         store.close()
     TaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice
+
+
+def test_an_approver_reason_quoting_the_task_data_is_recognised() -> None:
+    """plan.quotes (issue 23, H3): a reason repeating a name, a number, an identifier (or a piece
+    of one) or six words in a row of the task's data is withheld from the planner; ordinary
+    advice passes."""
+    from turnout.tasks.plan import quotes
+
+    data = ["Hello, my invoice INV-2291 charges 21% VAT, but we are a registered business in Belgium. Dana Weber",
+            "dana.weber@customer.example", "qz3f9a1c7d2e8b"]
+    for plain in ("too curt, apologise", "please be kinder to the customer and mention the invoice", ""):
+        assert not quotes(plain, data), plain
+    for quoting in ("write to Dana instead", "the number 2291 is wrong", "never send 3f9a1c", "Weber is wrong",
+                    "we are a registered business in the EU", "use dana.weber@customer.example"):
+        assert quotes(quoting, data), quoting
