@@ -642,9 +642,10 @@ def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox
             area.send_keys(json.dumps(edited))
             cards[0].find_element(By.CSS_SELECTOR, "input.reason").send_keys("kinder wording")
             cards[0].find_element(By.CSS_SELECTOR, "button.approve").click()
-            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, ".gate").get_attribute(
-                "data-state") == "pending")  # an edit waits for another approver (issue 23, M3)
+            # an edit waits for another approver (issue 23, M3): the card stays pending, and says so
+            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, ".gate .result").text)
             assert "waits for another approver" in driver.find_element(By.CSS_SELECTOR, ".gate .result").text
+            assert driver.find_element(By.CSS_SELECTOR, ".gate").get_attribute("data-state") == "pending"
             urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
             assert urls and all(u.startswith(gw.url) for u in urls), urls
         finally:

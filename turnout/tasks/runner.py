@@ -50,7 +50,12 @@ MAX_PARALLEL = 8
 class StepFailed(Exception):
     """A step failed in a way a new plan may avoid. Its message goes to the planner, so it is
     made of step ids, tool names, statuses and error codes only, never of the task's values
-    (arguments, inputs, results, a tool's answer): those stay in the step's ``error``."""
+    (arguments, inputs, results, a tool's answer); ``detail`` says it all for the task's owner
+    (the step's and, when no re-plan is left, the task's ``error``)."""
+
+    def __init__(self, note: str, detail: str | None = None) -> None:
+        super().__init__(note)
+        self.detail = detail or note
 
 
 class TaskFailed(Exception):
@@ -231,14 +236,15 @@ class TaskRunner:
             try:
                 done = await self.walk(t)
             except StepFailed as exc:
-                await self.replan(t, str(exc))
+                await self.replan(t, str(exc), exc.detail)
                 continue
             if done:
                 return
 
-    async def replan(self, t: dict[str, Any], reason: str) -> None:
+    async def replan(self, t: dict[str, Any], reason: str, detail: str) -> None:
+        """Plan again, telling the planner ``reason`` (value-free); ``detail`` is the owner's."""
         if t["replans"] >= self.tc.max_replans:
-            raise TaskFailed(f"{reason}; no re-plans left ({self.tc.max_replans} used)", code="replans_spent")
+            raise TaskFailed(f"{detail}; no re-plans left ({self.tc.max_replans} used)", code="replans_spent")
         await to_thread(self.store.update, t["id"], ("replan", {"reason": reason}), plan=None, replans=t["replans"] + 1,
                         notes=[*t["notes"], reason])
 
@@ -358,7 +364,8 @@ class TaskRunner:
                 raise TaskFailed(f"{kind} step {sid} refused by the gateway ({exc.status} {exc.code}): "
                                  f"{exc.message}", code="refused" if exc.status in (401, 403, 429)
                                  else "planner_failed") from None
-            raise StepFailed(f"step {sid} ({kind}, route {route}) failed: {exc.status} {exc.code}") from None
+            raise StepFailed(f"step {sid} ({kind}, route {route}) failed: {exc.status} {exc.code}",
+                             f"step {sid} failed: {exc.message}") from None
         e, u = call.trail.engine, call.trail.usage
         await to_thread(self.store.save_step, t["id"], version, sid, kind=kind, route=route,
                         engine=e.name if e else None, locality=e.locality if e else None, request_id=call.request_id,
@@ -421,7 +428,10 @@ class TaskRunner:
                 what = {"rejected": "a person rejected", "expired": "nobody approved before the deadline",
                         "cancelled": "the task was cancelled at"}[gate["state"]]
                 raise StepFailed(f"step {step.id}: {what} the call of {name} with arguments "
-                                 f"{orjson.dumps(step.arguments).decode()[:500]}")
+                                 f"{orjson.dumps(step.arguments).decode()[:500]}",
+                                 f"step {step.id}: {what} the call of {name} with arguments "
+                                 f"{orjson.dumps(gate['arguments']).decode()}: "
+                                 f"{gate['decision_reason'] or 'no reason given'}")
             if gate["edited"] is not None:
                 args = gate["edited"]
         await self.check(t, version, step.id, name, args)
@@ -456,7 +466,7 @@ class TaskRunner:
             await self.audit_event({**audit, "outcome": "error"})
             if exc.code == "tool_missing":
                 raise TaskFailed(str(exc), code=exc.code) from None
-            raise StepFailed(f"step {step.id}: {exc.public}") from None
+            raise StepFailed(f"step {step.id}: {exc.public}", f"step {step.id}: {exc}") from None
         await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", route=name, status="ok",
                         result=out, latency_ms=(time.perf_counter() - t0) * 1000)
         if cache_key is not None:
@@ -474,7 +484,7 @@ class TaskRunner:
                 raise TaskFailed(str(exc), code=exc.code) from None
             await to_thread(self.store.save_step, t["id"], version, sid, kind="tool", route=name, status="error",
                             error=str(exc))  # the whole message for the task's owner; the planner gets exc.public
-            raise StepFailed(f"step {sid}: {exc.public}") from None
+            raise StepFailed(f"step {sid}: {exc.public}", f"step {sid}: {exc}") from None
 
 
 _PARKED: Any = object()

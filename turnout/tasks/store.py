@@ -288,7 +288,7 @@ class TaskStore:
         or (when given) its arguments are no longer at ``revision`` or its deadline passed before
         ``at``. An approved gate runs its ``edited`` arguments when it has them."""
         now = time.time()
-        cond, args = "", []
+        cond, args = "", list[Any]()
         if revision is not None:
             cond, args = cond + " AND revision = ?", [*args, revision]
         if at is not None:
