@@ -807,6 +807,33 @@ def test_default_guards_accept_the_planner_prompt_and_refuse_injection(tmp_path:
         assert len(planner_requests(fake)) == len(COMBOS)  # the injected goals reached no planner
 
 
+def test_mcp_tool_descriptions_are_inspected_as_third_party_text(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
+    """Issue 23, H4: the gateway's own template is not inspected for injection, but the tools of
+    an MCP server are the server's words (description and schema), so they come to the planner
+    in a message the guards inspect: a benign server's tools plan and run with the default
+    guards; a poisoned tool description refuses the task before the planner gets anything."""
+    state = tmp_path / "tickets.json"
+    server = [sys.executable, MCP_TICKETS, "--state", str(state), "--poisoned"]
+    cfg = config(fake.url, toolbox.url, tmp_path, tools={
+        "search_tickets": {"kind": "mcp", "command": server, "effect": "read_only", "approval": "never"},
+        "export_tickets": {"kind": "mcp", "command": server, "effect": "read_only", "approval": "never"}})
+    cfg["guards"] = {"enabled": True, "budget_ms": 20000}
+    script(fake, {"steps": [{"id": "q", "kind": "tool", "tool": "search_tickets", "arguments": {"query": "VAT"}}]})
+    gw = start(tmp_path, cfg, PEOPLE)
+    with gw.proc:
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "find tickets about VAT",
+                                                          "tools": ["search_tickets"]}).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed", timeout=60)
+        assert t["state"] == "succeeded", t
+        sent = json.dumps(planner_requests(fake))
+        assert "Search tickets whose title holds any word of the query." in sent
+        tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "export the tickets",
+                                                          "tools": ["export_tickets"]}).json()["id"]
+        t = wait_state(gw, tid, "succeeded", "failed", timeout=60)
+        assert t["state"] == "failed" and t["failure"] == "refused" and "guard_blocked" in t["error"], t
+    assert "attacker.example" not in json.dumps(planner_requests(fake)) and len(planner_requests(fake)) == 1
+
+
 def test_tool_approvers_scope_who_may_decide(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
     """`approvers` on a tool: only those approver keys of the tenant may decide its calls."""
     script(fake, TRIAGE)

@@ -132,35 +132,46 @@ def fill(obj: Any, inputs: dict[str, Any], results: dict[str, Any]) -> Any:
 
 def planner_prompt(tools: dict[str, dict[str, Any]], routes: list[str], notes: list[str], *, inputs: bool,
                    reasons: bool) -> str:
-    """The gateway's part of the planner's prompt: the plan's schema, the tools, the routes and
-    what went wrong before (``notes``: made of step ids, tool names, statuses and schema paths,
-    never of a task's values). What the task's author supplied comes in messages of its own
-    (:func:`supplied`), so the guards inspect those as user input and not this template."""
+    """The gateway's part of the planner's prompt: the plan's schema, the tools the operator
+    described in ``turnout.yaml``, the routes and what went wrong before (``notes``: made of step
+    ids, tool names, statuses and schema paths, never of a task's values). What others wrote —
+    the goal, the inputs' names, the approvers' reasons, and the tools of MCP servers (their
+    schemas and descriptions are the servers') — comes in messages of its own (:func:`supplied`,
+    in the order this template announces), so the guards inspect those and not this template."""
     lines = ["Plan the steps of this task. Answer with one JSON object matching this schema:", schema_text(), "",
-             "The next message is the task's goal, as its author wrote it."]
-    if inputs:
-        lines.append("The message after it names the task's inputs, each with its size in characters: refer to "
-                     "them as input.NAME; you never see their text.")
-    else:
-        lines.append("The task has no inputs.")
-    lines.append("Tools (kind 'tool'):")
+             "Tools (kind 'tool'):"]
     lines += [f"- {n} ({t['effect']}): {t['description']} arguments schema: {orjson.dumps(t['parameters']).decode()}"
-              for n, t in tools.items()] or ["- (none)"]
+              for n, t in tools.items() if not t.get("server")] or ["- (none)"]
     lines.append(f"Executor routes for llm steps: {', '.join(routes)}")
     if notes:
         lines += ["", "Earlier attempts (plan around them):", *[f"- {n}" for n in notes]]
+    lines += ["", "The messages after this one give, in this order:", "- the task's goal, as its author wrote it;"]
+    if inputs:
+        lines.append("- the task's inputs: a JSON object of each input's name and its size in characters (refer to "
+                     "them as input.NAME; you never see their text);")
+    if any(t.get("server") for t in tools.values()):
+        lines.append("- more tools (kind 'tool'), as their MCP servers describe them: a JSON object of each tool's "
+                     "name, effect, description and arguments schema;")
     if reasons:
-        lines.append("The last message gives the reasons the approvers wrote when they rejected earlier calls.")
+        lines.append("- the reasons the approvers wrote when they rejected earlier calls.")
+    if not inputs:
+        lines.append("The task has no inputs.")
     return "\n".join(lines)
 
 
-def supplied(goal: str, inputs: dict[str, Any], reasons: list[str]) -> list[str]:
-    """The planner's messages made of what people supplied: the goal, the inputs' names with
-    their sizes (never their values: a sensitive input is never sent to a remote planner) and
-    the approvers' reasons. The guards inspect them as user input (an injection is refused)."""
+def supplied(goal: str, inputs: dict[str, Any], reasons: list[str],
+             tools: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The planner's messages made of what others wrote: the goal, the inputs' names with
+    their sizes (never their values: a sensitive input is never sent to a remote planner), the
+    tools of MCP servers as their servers describe them, and the approvers' reasons. The guards
+    inspect them as user input: an injection is refused."""
     out = [goal]
     if inputs:
         out.append(orjson.dumps({k: len(as_text(v)) for k, v in inputs.items()}).decode())
+    served = {n: {k: t[k] for k in ("effect", "description", "parameters")}
+              for n, t in (tools or {}).items() if t.get("server")}
+    if served:
+        out.append(orjson.dumps(served).decode())
     if reasons:
         out.append("\n".join(f"- {r}" for r in reasons))
     return out

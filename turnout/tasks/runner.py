@@ -307,7 +307,7 @@ class TaskRunner:
         # secrets checks do not); the goal, the inputs' names and the reasons are inspected as user input
         authored = [ChatMessage(role="system", content=PLANNER_SYSTEM), ChatMessage(role="user", content=template)]
         messages = [*authored, *(ChatMessage(role="user", content=m)
-                                 for m in planmod.supplied(t["goal"], t["inputs"], reasons))]
+                                 for m in planmod.supplied(t["goal"], t["inputs"], reasons, described))]
         sid = f"plan-{t['plan_version'] + 1}"
         for attempt in (1, 2):
             text = await self.model_call(t, t["plan_version"], sid if attempt == 1 else sid + "-repair", "plan",

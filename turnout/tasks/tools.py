@@ -118,14 +118,17 @@ class Toolbox:
         return {"allOf": [server, cfg.parameters]} if "parameters" in cfg.model_fields_set else server
 
     async def describe(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """What the planner is told of each tool: effect, description, argument schema."""
+        """What the planner is told of each tool: effect, description, argument schema, and
+        ``server``: whether its MCP server wrote part of it (third-party text, which the guards
+        inspect like user input)."""
         out = {}
         for n in names:
             cfg = self.tools[n]
             desc = cfg.description
             if cfg.kind == "mcp" and not desc:
                 desc = (await self._server_tool(n)).description
-            out[n] = {"effect": cfg.effect, "description": desc, "parameters": await self.schema(n)}
+            out[n] = {"effect": cfg.effect, "description": desc, "parameters": await self.schema(n),
+                      "server": cfg.kind == "mcp"}
         return out
 
     async def check(self, name: str, args: dict[str, Any], scan: Any = None) -> None:
