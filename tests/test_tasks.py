@@ -604,8 +604,9 @@ def test_worked_example_runs() -> None:
 
 def test_approvals_page_in_headless_chromium(tmp_path: Path, fake: Proc, toolbox: Proc) -> None:
     """The approver inbox page in a real browser, after logging in through the login form: an
-    approver of the tenant sees the gate, edits the arguments and approves; the task finishes
-    with the edited mail. The starting key gets a 403 for the page; another tenant's approver
+    approver of the tenant sees the gate, edits the arguments and approves; the edit waits for
+    another approver (issue 23, M3), whose approval of the edited call finishes the task with
+    the edited mail. The starting key gets a 403 for the page; another tenant's approver
     sees an empty inbox."""
     from tests.test_security_sessions import _chromium, _log_in_through_the_form
 
