@@ -201,6 +201,8 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
                          "arguments": {"to": "{{input.sender}}", "body": "Sorry about the VAT."}}]}
     script(fake, TRIAGE, second)
     gw = start(tmp_path, config(fake.url, toolbox.url, tmp_path), PEOPLE)
+    for name in ("dora", "dora2"):  # two approver keys of one person
+        gw.keys[name] = cli_key(gw.config, "acme", "--roles", "approver", "--owner", "dora")
     with gw.proc:
         tid = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "g", "inputs": MAIL, "tools": ["send_email"]}).json()["id"]
         wait_state(gw, tid, "awaiting_approval")
@@ -216,16 +218,17 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_arguments"
         edited = {"to": "dana@customer.example", "body": "We are sorry: the VAT is fixed."}
         # an edit does not approve: the edited call parks again for another approver (issue 23, M3)
-        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob", {"decision": "approve", "arguments": edited})
+        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "dora", {"decision": "approve", "arguments": edited})
         assert r.status_code == 200 and r.json() == {"object": "approval", "id": gid2, "state": "pending",
                                                      "edited": True}, r.text
         time.sleep(0.5)  # a few runner polls: nothing may run
         t = gw.call("GET", f"/v1/turnout/tasks/{tid}", "alice").json()
         assert t["state"] == "awaiting_approval" and httpx.get(toolbox.url + "/calls").json()["calls"] == []
         gate = gw.call("GET", "/v1/turnout/approvals", "bob").json()["data"][0]
-        assert gate["edited"] == edited and gate["edited_by"] == gw.keys["bob"]["key_id"]
-        r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "bob", {"decision": "approve", "arguments": edited})
-        assert r.status_code == 403 and r.json()["error"]["code"] == "four_eyes"  # the editor reviews not itself
+        assert gate["edited"] == edited and gate["edited_by"] == gw.keys["dora"]["key_id"]
+        for who in ("dora", "dora2"):  # the editor reviews not itself, with this key or another of its owner's
+            r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", who, {"decision": "approve", "arguments": edited})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "four_eyes", r.text
         r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "carol", {"decision": "approve"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "edit_not_reviewed"  # a page loaded pre-edit
         r = gw.call("POST", f"/v1/turnout/approvals/{gid2}", "carol", {"decision": "approve", "arguments": edited})
@@ -239,7 +242,7 @@ def test_reject_replans_with_reason_and_edit_arguments(tmp_path: Path, fake: Pro
     db.close()
     decisions = [a for a in audit if a.get("event") == "task_approval"]
     assert [(d["decision"], d["by"]) for d in decisions] == [
-        ("rejected", gw.keys["bob"]["key_id"]), ("edited", gw.keys["bob"]["key_id"]),
+        ("rejected", gw.keys["bob"]["key_id"]), ("edited", gw.keys["dora"]["key_id"]),
         ("approved", gw.keys["carol"]["key_id"])]
     for d in decisions[1:]:
         assert d["edited_sha256"] == sha256_json(edited) and d["changed"]

@@ -216,9 +216,9 @@ async def decide(request: Request) -> Response:
             raise Conflict(f"the arguments of this call were edited by {gate['edited_by']}: approve it by sending the "
                            "edited arguments you reviewed as 'arguments' (the inbox shows them as 'edited'), or "
                            "reject it", code="edit_not_reviewed")
-        if me is not None and me == gate["edited_by"]:
-            raise PermissionDenied("the key that edited a call cannot approve its own edit (four eyes): another "
-                                   "approver must", code="four_eyes")
+        if who.key is not None and await request.app.state.gateway.access.same_person(who.key, gate["edited_by"]):
+            raise PermissionDenied("the key that edited a call, or a key of its owner, cannot approve the edit (four "
+                                   "eyes): another approver must", code="four_eyes")
     state = "approved" if body.decision == "approve" else "rejected"
     if not await asyncio.to_thread(runner.store.decide, gid, state, me or "anonymous", body.reason,
                                    revision=gate["revision"], at=now):
