@@ -22,6 +22,7 @@ from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
 from turnout.guards.step import GuardState
 from turnout.ledger.tags import FunctionTag
+from turnout.protocol import ChatMessage
 from turnout.routing.decision import Decision
 
 
@@ -45,6 +46,9 @@ class Call:
     key: ApiKey | None = None
     reservation: Reservation | None = None
     spend_cap_usd: float | None = None  # a task's budget left: a call whose worst case exceeds it is refused
+    # messages the gateway itself wrote (a task's planner template, its system prompts): the
+    # injection check skips them, PII and secrets checks do not; never set from the wire
+    authored: tuple[ChatMessage, ...] = ()
     # inspect, ground, cache, scan
     labels: set[str] = field(default_factory=set)
     # decide / protect

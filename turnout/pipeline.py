@@ -187,7 +187,7 @@ class Gateway:
     async def inspect(self, call: Call, req: ChatRequest | EmbeddingRequest) -> Inspection | None:
         if self.guards is None:
             return None
-        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest))
+        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest), authored=call.authored)
         call.labels |= insp.labels
         for _, f in insp.findings:
             self.metrics.guard_findings.labels(f.kind).inc()

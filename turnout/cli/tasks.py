@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("gate_id")
         p.add_argument("--reason", required=name == "reject", help="the planner reads it when re-planning")
         if name == "approve":
-            p.add_argument("--arguments", help="approve with these arguments (a JSON object) instead")
+            p.add_argument("--arguments", help="other arguments (a JSON object) are an edit, which waits for another "
+                                                "approver; an edited call is approved with its edited arguments")
         _common(p)
         p.set_defaults(func=decide, decision=name)
 
@@ -183,5 +184,6 @@ def decide(args: argparse.Namespace) -> int:
     if getattr(args, "arguments", None):
         body["arguments"] = json.loads(args.arguments)
     out = _call(args, "POST", f"/v1/turnout/approvals/{args.gate_id}", body)
-    print(json.dumps(out) if args.json else f"{args.gate_id}: {out['state']}")
+    waits = " (edited: waits for another approver)" if out["state"] == "pending" else ""
+    print(json.dumps(out) if args.json else f"{args.gate_id}: {out['state']}{waits}")
     return 0

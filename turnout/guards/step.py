@@ -16,7 +16,7 @@ request to local engines, or refuses it when none is available.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,12 +141,21 @@ class Guards:
         self.scanner = scanner
         self.policy = policy or GuardPolicy()
 
-    async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True) -> Inspection:
+    async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True,
+                      authored: Sequence[ChatMessage] = ()) -> Inspection:
         """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
         everywhere (injection above the threshold) unless ``block`` is False (text to be
-        embedded is data, not instructions: indexing jailbreak prompts is legitimate)."""
-        texts, _ = _texts(req)
+        embedded is data, not instructions: indexing jailbreak prompts is legitimate).
+        Injection findings in ``authored`` messages (these very objects: the gateway's own
+        template, never anything from the wire) are dropped: the gateway's prompt is not user
+        input; every other finding on them stands, and what the user supplied is inspected."""
+        texts, where = _texts(req)
         insp = await asyncio.to_thread(self.scanner.inspect_messages, texts)
+        if authored and isinstance(req, ChatRequest):
+            ours = {t for t, (i, _) in enumerate(where) if i >= 0 and any(req.messages[i] is m for m in authored)}
+            insp.findings = [(t, f) for t, f in insp.findings if not (f.kind == "injection" and t in ours)]
+            if not any(f.kind == "injection" for _, f in insp.findings):
+                insp.labels.discard("injection")
         if block and decide(insp, "local", self.policy).blocked:
             kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings if f.kind == "injection"})
             raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})", code="guard_blocked")

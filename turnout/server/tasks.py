@@ -6,13 +6,16 @@ tenant's task or gate is a 404, exactly like an unknown one).
     GET  /v1/turnout/tasks                   user      the tenant's tasks
     GET  /v1/turnout/tasks/{id}              user, approver, viewer   state, plan, steps, cost
     GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
-    POST /v1/turnout/tasks/{id}/cancel       user
+    POST /v1/turnout/tasks/{id}/cancel       user      the key that started the task only
     GET  /v1/turnout/approvals               approver  pending gates of the tenant
     GET  /dashboard/approvals                approver  the same inbox as a page (Basic login, key as password)
     POST /v1/turnout/approvals/{gate_id}     approver  {"decision": "approve"|"reject", "reason"?, "arguments"?}
+                                                       (other arguments: an edit, parked for another approver)
 
 A decision needs an ``approver`` key of the task's tenant other than the key that started
-the task (four eyes), and, when the tool lists ``approvers``, one of those key ids. Each
+the task (four eyes), and, when the tool lists ``approvers``, one of those key ids. An edit of
+the arguments does not approve: the edited call waits for an approver other than its editor.
+A decision past the gate's deadline is refused (409 ``approval_expired``). Each
 decision is appended to the hash-chained audit log, as are a task's creation (who, tenant, the
 goal's hash, its tools) and cancellation (the runner adds its plans, tool calls and end).
 """
@@ -20,6 +23,7 @@ goal's hash, its tools) and cancellation (the runner adds its plans, tool calls 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +66,9 @@ class DecisionBody(BaseModel):
 
     decision: Literal["approve", "reject"]
     reason: str | None = Field(None, max_length=2000)
-    arguments: dict[str, Any] | None = Field(None, description="approve with these arguments instead")
+    arguments: dict[str, Any] | None = Field(
+        None, description="with approve: other arguments than the call's current ones are an edit, which waits for "
+                          "another approver; an edited call is approved by sending its edited arguments")
 
 
 def _runner(request: Request) -> TaskRunner:
@@ -130,11 +136,16 @@ async def get_task(request: Request) -> Response:
 
 
 async def cancel_task(request: Request) -> Response:
+    """Only the key that started the task may cancel it (another user key of the tenant may read
+    it, so it gets a 403, not a 404). An admin stops a task by revoking its key: every step is
+    authorized again, so the next one is refused (``failure: refused``)."""
     t = await _task(request, request.path_params["task_id"])
     runner = _runner(request)
+    who = principal(request)
+    if (who.key.key_id if who.key is not None else None) != t["key_id"]:
+        raise PermissionDenied("only the key that started a task may cancel it", code="not_task_starter")
     if not await asyncio.to_thread(runner.store.request_cancel, t["id"]):
         raise Conflict(f"task {t['id']} already ended ({t['state']})", code="task_ended")
-    who = principal(request)
     await runner.audit_event({"event": "task_cancel", "task": t["id"], "tenant": t["tenant"],
                               "by": who.key.key_id if who.key is not None else "anonymous"})
     after = await asyncio.to_thread(runner.store.get, t["id"])
@@ -172,6 +183,10 @@ async def list_approvals(request: Request) -> Response:
 
 
 async def decide(request: Request) -> Response:
+    """Approve, reject or edit a parked call. An edit (arguments other than the call's current
+    ones) does not approve: the call parks again, edited, for another approver, who approves it
+    by sending the edited arguments they reviewed (four eyes on the call that runs). A decision
+    past the deadline is refused, and the gate expires then."""
     runner = _runner(request)
     who = principal(request)
     gid = request.path_params["gate_id"]
@@ -188,27 +203,72 @@ async def decide(request: Request) -> Response:
     tool = runner.tc.tools.get(gate["tool"])
     if tool is not None and tool.approvers and me not in tool.approvers:
         raise PermissionDenied(f"this key may not approve calls of {gate['tool']}", code="not_an_approver_of_tool")
-    edited = None
-    if body.arguments is not None:
-        if body.decision != "approve":
-            raise InvalidRequest("arguments can only be edited on approve", param="arguments")
-        if tool is not None:
-            try:
-                await runner.tools.check(gate["tool"], body.arguments)
-            except ToolError as exc:
-                if exc.code != "tool_error":  # the tool's MCP server: unreachable, or without the tool
-                    raise TurnoutError(str(exc), status=503, code=exc.code) from None
-                raise InvalidRequest(str(exc), param="arguments", code="invalid_arguments") from None
-        edited = body.arguments
+    if body.arguments is not None and body.decision != "approve":
+        raise InvalidRequest("arguments can only be edited on approve", param="arguments")
+    now = time.time()
+    if gate["state"] == "pending" and gate["deadline"] < now:
+        raise await _refused(runner, gid, now)
+    current = gate["edited"] if gate["edited"] is not None else gate["arguments"]
+    if body.arguments is not None and body.arguments != current:
+        return await _edit(runner, request, gate, body, me, now)
+    if body.decision == "approve" and gate["edited"] is not None:
+        if body.arguments is None:
+            raise Conflict(f"the arguments of this call were edited by {gate['edited_by']}: approve it by sending the "
+                           "edited arguments you reviewed as 'arguments' (the inbox shows them as 'edited'), or "
+                           "reject it", code="edit_not_reviewed")
+        if who.key is not None and await request.app.state.gateway.access.same_person(who.key, gate["edited_by"]):
+            raise PermissionDenied("the key that edited a call, or a key of its owner, cannot approve the edit (four "
+                                   "eyes): another approver must", code="four_eyes")
     state = "approved" if body.decision == "approve" else "rejected"
-    if not await asyncio.to_thread(runner.store.decide, gid, state, me or "anonymous", body.reason, edited):
-        raise Conflict(f"approval {gid} was already decided", code="already_decided")
+    if not await asyncio.to_thread(runner.store.decide, gid, state, me or "anonymous", body.reason,
+                                   revision=gate["revision"], at=now):
+        raise await _refused(runner, gid, now)
+    edited = gate["edited"]
     await runner.audit_event({"event": "task_approval", "gate": gid, "task": gate["task_id"], "tenant": who.tenant,
                               "tool": gate["tool"], "decision": state, "by": me or "anonymous",
                               "reason": body.reason, "arguments_sha256": sha256_json(gate["arguments"]),
                               "edited_sha256": None if edited is None else sha256_json(edited),
                               "changed": changed_keys(gate["arguments"], edited)})
     return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})
+
+
+async def _edit(runner: TaskRunner, request: Request, gate: dict[str, Any], body: DecisionBody, me: str | None,
+                now: float) -> Response:
+    """Store an approver's edit of a parked call: it stays parked for another approver."""
+    edited = body.arguments
+    assert edited is not None
+    if runner.tc.tools.get(gate["tool"]) is not None:
+        try:
+            await runner.tools.check(gate["tool"], edited)
+        except ToolError as exc:
+            if exc.code != "tool_error":  # the tool's MCP server: unreachable, or without the tool
+                raise TurnoutError(str(exc), status=503, code=exc.code) from None
+            raise InvalidRequest(str(exc), param="arguments", code="invalid_arguments") from None
+    if not await asyncio.to_thread(runner.store.edit, gate["id"], me or "anonymous", edited, gate["revision"], now):
+        raise await _refused(runner, gate["id"], now)
+    await runner.audit_event({"event": "task_approval", "gate": gate["id"], "task": gate["task_id"],
+                              "tenant": gate["tenant"], "tool": gate["tool"], "decision": "edited",
+                              "by": me or "anonymous", "reason": body.reason,
+                              "arguments_sha256": sha256_json(gate["arguments"]), "edited_sha256": sha256_json(edited),
+                              "changed": changed_keys(gate["arguments"], edited)})
+    return JSONResponse({"object": "approval", "id": gate["id"], "state": "pending", "edited": True})
+
+
+async def _refused(runner: TaskRunner, gid: str, now: float) -> Conflict:
+    """Why a decision on ``gid`` cannot be taken now (409): its deadline passed (the gate expires
+    here, as the runner's sweep would expire it), it was decided, or edited meanwhile."""
+    gate = await asyncio.to_thread(runner.store.gate, gid)
+    assert gate is not None
+    if gate["state"] == "pending" and gate["deadline"] < now:
+        await runner.expire_gate(gate)
+        gate = {**gate, "state": "expired"}
+    if gate["state"] == "expired":
+        return Conflict(f"approval {gid} passed its deadline and expired; the call was not made and the task is "
+                        "planned again", code="approval_expired")
+    if gate["state"] == "pending":
+        return Conflict(f"the arguments of approval {gid} were edited meanwhile (by {gate['edited_by']}); review "
+                        "them again", code="approval_changed")
+    return Conflict(f"approval {gid} was already decided", code="already_decided")
 
 
 PAGE = Path(__file__).parent / "static" / "approvals.html"

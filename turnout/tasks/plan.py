@@ -130,17 +130,72 @@ def fill(obj: Any, inputs: dict[str, Any], results: dict[str, Any]) -> Any:
     return obj
 
 
-def planner_prompt(goal: str, inputs: dict[str, Any], tools: dict[str, dict[str, Any]], routes: list[str],
-                   notes: list[str]) -> str:
-    """What the planner sees: the goal, the inputs' names and sizes (never their values: a
-    sensitive input is never sent to a remote planner), the tools and the plan's schema."""
+def planner_prompt(tools: dict[str, dict[str, Any]], routes: list[str], notes: list[str], *, inputs: bool,
+                   reasons: bool) -> str:
+    """The gateway's part of the planner's prompt: the plan's schema, the tools the operator
+    described in ``turnout.yaml``, the routes and what went wrong before (``notes``: made of step
+    ids, tool names, statuses and schema paths, never of a task's values). What others wrote —
+    the goal, the inputs' names, the approvers' reasons, and the tools of MCP servers (their
+    schemas and descriptions are the servers') — comes in messages of its own (:func:`supplied`,
+    in the order this template announces), so the guards inspect those and not this template."""
     lines = ["Plan the steps of this task. Answer with one JSON object matching this schema:", schema_text(), "",
-             f"Goal: {goal}", "Inputs (refer to them as input.NAME; you do not see their text):"]
-    lines += [f"- {k}: {len(as_text(v))} characters" for k, v in inputs.items()] or ["- (none)"]
-    lines.append("Tools (kind 'tool'):")
+             "Tools (kind 'tool'):"]
     lines += [f"- {n} ({t['effect']}): {t['description']} arguments schema: {orjson.dumps(t['parameters']).decode()}"
-              for n, t in tools.items()] or ["- (none)"]
+              for n, t in tools.items() if not t.get("server")] or ["- (none)"]
     lines.append(f"Executor routes for llm steps: {', '.join(routes)}")
     if notes:
         lines += ["", "Earlier attempts (plan around them):", *[f"- {n}" for n in notes]]
+    lines += ["", "The messages after this one give, in this order:", "- the task's goal, as its author wrote it;"]
+    if inputs:
+        lines.append("- the task's inputs: a JSON object of each input's name and its size in characters (refer to "
+                     "them as input.NAME; you never see their text);")
+    if any(t.get("server") for t in tools.values()):
+        lines.append("- more tools (kind 'tool'), as their MCP servers describe them: a JSON object of each tool's "
+                     "name, effect, description and arguments schema;")
+    if reasons:
+        lines.append("- the reasons the approvers wrote when they rejected earlier calls.")
+    if not inputs:
+        lines.append("The task has no inputs.")
     return "\n".join(lines)
+
+
+def supplied(goal: str, inputs: dict[str, Any], reasons: list[str],
+             tools: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The planner's messages made of what others wrote: the goal, the inputs' names with
+    their sizes (never their values: a sensitive input is never sent to a remote planner), the
+    tools of MCP servers as their servers describe them, and the approvers' reasons. The guards
+    inspect them as user input: an injection is refused."""
+    out = [goal]
+    if inputs:
+        out.append(orjson.dumps({k: len(as_text(v)) for k, v in inputs.items()}).decode())
+    served = {n: {k: t[k] for k in ("effect", "description", "parameters")}
+              for n, t in (tools or {}).items() if t.get("server")}
+    if served:
+        out.append(orjson.dumps(served).decode())
+    if reasons:
+        out.append("\n".join(f"- {r}" for r in reasons))
+    return out
+
+
+QUOTE_WORDS = 6  # a reason repeating this many words of the task's data in a row quotes it
+_WORD = re.compile(r"\w+")
+
+
+def quotes(text: str, data: list[str]) -> bool:
+    """Whether ``text`` (an approver's reason) repeats part of ``data`` (the task's inputs, step
+    results and arguments): a word of four or more characters that is not an ordinary dictionary
+    word (a name, a number, an address, an identifier, or a piece of one) and occurs in the data,
+    or ``QUOTE_WORDS`` words in a row as the data has them; case ignored. Such a reason is
+    withheld from the planner: a person who read the arguments may quote them."""
+    from turnout.guards.pii_lexicon import lexicon
+
+    english, names = lexicon("english_words"), lexicon("names")
+    blob = "\x00".join(d.casefold() for d in data)
+    said = _WORD.findall(text)
+    for w in said:
+        plain = w.isalpha() and w.casefold() in english and w.title() not in names
+        if len(w) >= 4 and not plain and w.casefold() in blob:
+            return True
+    words = " \x00 ".join(" ".join(_WORD.findall(d.casefold())) for d in data)
+    runs = (" ".join(said[i:i + QUOTE_WORDS]).casefold() for i in range(len(said) - QUOTE_WORDS + 1))
+    return any(f" {r} " in f" {words} " for r in runs)

@@ -48,7 +48,14 @@ MAX_PARALLEL = 8
 
 
 class StepFailed(Exception):
-    """A step failed in a way a new plan may avoid (the reason goes to the planner)."""
+    """A step failed in a way a new plan may avoid. Its message goes to the planner, so it is
+    made of step ids, tool names, statuses and error codes only, never of the task's values
+    (arguments, inputs, results, a tool's answer); ``detail`` says it all for the task's owner
+    (the step's and, when no re-plan is left, the task's ``error``)."""
+
+    def __init__(self, note: str, detail: str | None = None) -> None:
+        super().__init__(note)
+        self.detail = detail or note
 
 
 class TaskFailed(Exception):
@@ -139,11 +146,15 @@ class TaskRunner:
 
     async def expire_gates(self) -> None:
         for g in await to_thread(self.store.expired_gates):
-            reason = "the approval deadline passed (rejected by default)"
-            if await to_thread(self.store.decide, g["id"], "expired", "deadline", reason, None):
-                await self.audit_event({"event": "task_approval", "gate": g["id"], "task": g["task_id"],
-                                        "tenant": g["tenant"], "tool": g["tool"], "decision": "expired",
-                                        "by": "deadline"})
+            await self.expire_gate(g)
+
+    async def expire_gate(self, g: dict[str, Any]) -> None:
+        """A pending gate past its deadline: rejected by default (the sweep, or a late decision)."""
+        reason = "the approval deadline passed (rejected by default)"
+        if await to_thread(self.store.decide, g["id"], "expired", "deadline", reason):
+            await self.audit_event({"event": "task_approval", "gate": g["id"], "task": g["task_id"],
+                                    "tenant": g["tenant"], "tool": g["tool"], "decision": "expired",
+                                    "by": "deadline"})
 
     async def audit_event(self, payload: dict[str, Any]) -> None:
         if self.audit is not None:
@@ -225,14 +236,15 @@ class TaskRunner:
             try:
                 done = await self.walk(t)
             except StepFailed as exc:
-                await self.replan(t, str(exc))
+                await self.replan(t, str(exc), exc.detail)
                 continue
             if done:
                 return
 
-    async def replan(self, t: dict[str, Any], reason: str) -> None:
+    async def replan(self, t: dict[str, Any], reason: str, detail: str) -> None:
+        """Plan again, telling the planner ``reason`` (value-free); ``detail`` is the owner's."""
         if t["replans"] >= self.tc.max_replans:
-            raise TaskFailed(f"{reason}; no re-plans left ({self.tc.max_replans} used)", code="replans_spent")
+            raise TaskFailed(f"{detail}; no re-plans left ({self.tc.max_replans} used)", code="replans_spent")
         await to_thread(self.store.update, t["id"], ("replan", {"reason": reason}), plan=None, replans=t["replans"] + 1,
                         notes=[*t["notes"], reason])
 
@@ -288,12 +300,18 @@ class TaskRunner:
             described = await self.tools.describe(allowed)
         except toolmod.ToolError as exc:
             raise TaskFailed(str(exc), code=exc.code) from None
-        prompt = planmod.planner_prompt(t["goal"], t["inputs"], described, list(self.cfg.routes), t["notes"])
-        messages = [ChatMessage(role="system", content=PLANNER_SYSTEM), ChatMessage(role="user", content=prompt)]
+        reasons = await to_thread(self.approver_reasons, t)
+        template = planmod.planner_prompt(described, list(self.cfg.routes), t["notes"], inputs=bool(t["inputs"]),
+                                          reasons=bool(reasons))
+        # the gateway's own messages (authored: the guards' injection check skips them, PII and
+        # secrets checks do not); the goal, the inputs' names and the reasons are inspected as user input
+        authored = [ChatMessage(role="system", content=PLANNER_SYSTEM), ChatMessage(role="user", content=template)]
+        messages = [*authored, *(ChatMessage(role="user", content=m)
+                                 for m in planmod.supplied(t["goal"], t["inputs"], reasons, described))]
         sid = f"plan-{t['plan_version'] + 1}"
         for attempt in (1, 2):
             text = await self.model_call(t, t["plan_version"], sid if attempt == 1 else sid + "-repair", "plan",
-                                         route, messages)
+                                         route, messages, authored)
             try:
                 plan = planmod.parse_plan(text, set(t["inputs"]), set(allowed), set(self.cfg.routes), self.tc.max_steps)
                 return plan, route
@@ -301,19 +319,36 @@ class TaskRunner:
                 if attempt == 2:
                     raise TaskFailed(f"the planner's plan was invalid after one repair: {exc}",
                                      code="invalid_plan") from None
-                messages += [ChatMessage(role="assistant", content=text),
-                             ChatMessage(role="user", content=f"That plan is invalid: {exc}. Answer with the corrected "
-                                                              "JSON object only.")]
+                repair = [ChatMessage(role="assistant", content=text),
+                          ChatMessage(role="user", content=f"That plan is invalid: {exc}. Answer with the corrected "
+                                                           "JSON object only.")]
+                messages, authored = [*messages, *repair], [*authored, *repair]
         raise AssertionError("unreachable")
 
+    def approver_reasons(self, t: dict[str, Any]) -> list[str]:
+        """The reasons approvers gave for rejecting this task's calls, for the planner; one that
+        quotes the task's data (its inputs, step results or a call's arguments) is withheld
+        (store reads and a scan of the data: call it in a worker thread)."""
+        gates = [g for g in self.store.gates(t["tenant"], "rejected") if g["task_id"] == t["id"]]
+        said = [g for g in gates if (g["decision_reason"] or "").strip()]
+        if not said:
+            return []
+        data = [planmod.as_text(v) for v in t["inputs"].values()]
+        data += [planmod.as_text(s["result"]) for s in self.store.steps(t["id"]) if s["result"] is not None]
+        data += [planmod.as_text(g[k]) for g in gates for k in ("arguments", "edited") if g[k] is not None]
+        return [f"step {g['step_id']} ({g['tool']}): " + ("(withheld: it quotes the task's data)"
+                                                           if planmod.quotes(g["decision_reason"], data)
+                                                           else g["decision_reason"].strip()) for g in said]
+
     async def model_call(self, t: dict[str, Any], version: int, sid: str, kind: str, route: str,
-                         messages: list[ChatMessage]) -> str:
+                         messages: list[ChatMessage], authored: list[ChatMessage] | None = None) -> str:
         left = await self.check_budget(t["id"])
         req = ChatRequest(model=route, messages=messages, temperature=0,
                           max_tokens=self.tc.plan_max_tokens if kind == "plan" else self.tc.step_max_tokens)
         sensitivity = t["sensitivity"] if local_reason(t) is None or t["sensitivity"] in SENSITIVE_LEVELS \
             else "sensitive"  # kept local by the guards: the pipeline confines it like a labelled one
-        call = Call(on_behalf_of=t["key_id"], sensitivity=sensitivity, spend_cap_usd=left)
+        call = Call(on_behalf_of=t["key_id"], sensitivity=sensitivity, spend_cap_usd=left,
+                    authored=tuple(authored or ()))
         call.labels.add(f"task:{t['id']}")
         t0 = time.perf_counter()
         try:
@@ -329,7 +364,8 @@ class TaskRunner:
                 raise TaskFailed(f"{kind} step {sid} refused by the gateway ({exc.status} {exc.code}): "
                                  f"{exc.message}", code="refused" if exc.status in (401, 403, 429)
                                  else "planner_failed") from None
-            raise StepFailed(f"step {sid} failed: {exc.message}") from None
+            raise StepFailed(f"step {sid} ({kind}, route {route}) failed: {exc.status} {exc.code}",
+                             f"step {sid} failed: {exc.message}") from None
         e, u = call.trail.engine, call.trail.usage
         await to_thread(self.store.save_step, t["id"], version, sid, kind=kind, route=route,
                         engine=e.name if e else None, locality=e.locality if e else None, request_id=call.request_id,
@@ -350,7 +386,8 @@ class TaskRunner:
             value = (t["inputs"] if kind == "input" else results)[name]
             parts.append(f"{ref}:\n{planmod.as_text(value)}")
         prompt = "\n\n".join(parts)
-        messages = [ChatMessage(role="system", content=EXECUTOR_SYSTEM), ChatMessage(role="user", content=prompt)]
+        system = ChatMessage(role="system", content=EXECUTOR_SYSTEM)  # the gateway's: not inspected for injection
+        messages = [system, ChatMessage(role="user", content=prompt)]
         key = hashlib.sha256(orjson.dumps(["llm", route, EXECUTOR_SYSTEM, prompt, 0, self.tc.step_max_tokens,
                                            t["sensitivity"], local_reason(t)])).hexdigest()
         if self.tc.cache_ttl_s > 0:
@@ -361,7 +398,7 @@ class TaskRunner:
                                 engine=hit["engine"], locality=engine.info.locality if engine else None, cached=1,
                                 saved_usd=hit["cost_usd"], status="ok", result=hit["result"], latency_ms=0.0)
                 return hit["result"]
-        text = await self.model_call(t, version, step.id, "llm", route, messages)
+        text = await self.model_call(t, version, step.id, "llm", route, messages, [system])
         if self.tc.cache_ttl_s > 0:
             s = await to_thread(self.store.step, t["id"], version, step.id)
             await to_thread(self.store.keep, key, t["tenant"], text, s["engine"] if s else None,
@@ -376,7 +413,7 @@ class TaskRunner:
         if why is not None:
             gate = await to_thread(self.store.gate_for, t["id"], version, step.id)
             if gate is None:
-                await self.check(name, args)
+                await self.check(t, version, step.id, name, args)
                 deadline = time.time() + self.tc.approval_deadline_s
                 await to_thread(self.store.park, t["id"], t["tenant"], version, step.id, name, args, step.reason or "",
                                 why, deadline)
@@ -386,12 +423,18 @@ class TaskRunner:
             if gate["state"] in ("rejected", "expired", "cancelled"):
                 await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", status=gate["state"],
                                 error=gate["decision_reason"])
-                raise StepFailed(f"a person {'rejected' if gate['state'] == 'rejected' else 'did not approve'} "
-                                 f"{name} with arguments {orjson.dumps(gate['arguments']).decode()}: "
+                # the planner's own arguments (references, not values); the approver's reason comes
+                # to the planner apart (approver_reasons), withheld when it quotes the task's data
+                what = {"rejected": "a person rejected", "expired": "nobody approved before the deadline",
+                        "cancelled": "the task was cancelled at"}[gate["state"]]
+                raise StepFailed(f"step {step.id}: {what} the call of {name} with arguments "
+                                 f"{orjson.dumps(step.arguments).decode()[:500]}",
+                                 f"step {step.id}: {what} the call of {name} with arguments "
+                                 f"{orjson.dumps(gate['arguments']).decode()}: "
                                  f"{gate['decision_reason'] or 'no reason given'}")
             if gate["edited"] is not None:
                 args = gate["edited"]
-        await self.check(name, args)
+        await self.check(t, version, step.id, name, args)
         ikey = f"{t['id']}:{version}:{step.id}" if cfg.effect == "irreversible" else None
         audit = {"event": "task_tool_call", "task": t["id"], "tenant": t["tenant"], "plan_version": version,
                  "step": step.id, "tool": name, "arguments_sha256": sha256_json(args), "idempotency_key": ikey}
@@ -423,7 +466,7 @@ class TaskRunner:
             await self.audit_event({**audit, "outcome": "error"})
             if exc.code == "tool_missing":
                 raise TaskFailed(str(exc), code=exc.code) from None
-            raise StepFailed(str(exc)) from None
+            raise StepFailed(f"step {step.id}: {exc.public}", f"step {step.id}: {exc}") from None
         await to_thread(self.store.save_step, t["id"], version, step.id, kind="tool", route=name, status="ok",
                         result=out, latency_ms=(time.perf_counter() - t0) * 1000)
         if cache_key is not None:
@@ -431,7 +474,7 @@ class TaskRunner:
         await self.audit_event({**audit, "outcome": outcome})
         return out
 
-    async def check(self, name: str, args: dict[str, Any]) -> None:
+    async def check(self, t: dict[str, Any], version: int, sid: str, name: str, args: dict[str, Any]) -> None:
         guards = self.gw.guards
         scan = guards.scanner.scan_output if guards is not None else None
         try:
@@ -439,7 +482,9 @@ class TaskRunner:
         except toolmod.ToolError as exc:
             if exc.code == "tool_missing":
                 raise TaskFailed(str(exc), code=exc.code) from None
-            raise StepFailed(str(exc)) from None
+            await to_thread(self.store.save_step, t["id"], version, sid, kind="tool", route=name, status="error",
+                            error=str(exc))  # the whole message for the task's owner; the planner gets exc.public
+            raise StepFailed(f"step {sid}: {exc.public}", f"step {sid}: {exc}") from None
 
 
 _PARKED: Any = object()

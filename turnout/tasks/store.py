@@ -67,6 +67,8 @@ ADDED_COLUMNS = (
     ("tasks_tasks", "budget_usd", "REAL"),      # the task's own spending limit (None: none)
     ("tasks_tasks", "failure", "TEXT"),         # why it failed, as a code: budget_exhausted, no_local_planner, ...
     ("tasks_tasks", "local_only", "TEXT"),      # why every model call stays local (None: it need not)
+    ("tasks_gates", "edited_by", "TEXT"),       # the key whose edit of the arguments waits for review
+    ("tasks_gates", "revision", "INTEGER NOT NULL DEFAULT 0"),  # edits so far: a decision names the one it saw
 )
 
 
@@ -280,20 +282,42 @@ class TaskStore:
         sql = "SELECT * FROM tasks_gates" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
         return [_gate(r) for r in self._all(sql, tuple(args))]
 
-    def decide(self, gid: str, state: str, by: str, reason: str | None, edited: dict[str, Any] | None) -> bool:
-        """Record a decision on a pending gate and queue its task; False if it was already decided."""
+    def decide(self, gid: str, state: str, by: str, reason: str | None, *, revision: int | None = None,
+               at: float | None = None) -> bool:
+        """Record a decision on a pending gate and queue its task; False if it was already decided,
+        or (when given) its arguments are no longer at ``revision`` or its deadline passed before
+        ``at``. An approved gate runs its ``edited`` arguments when it has them."""
         now = time.time()
+        cond, args = "", list[Any]()
+        if revision is not None:
+            cond, args = cond + " AND revision = ?", [*args, revision]
+        if at is not None:
+            cond, args = cond + " AND deadline >= ?", [*args, at]
         with self.tx() as c:
-            cur = self._x(c, "UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ?, "
-                            "edited = ? WHERE id = ? AND state = 'pending'",
-                            (state, by, now, reason, None if edited is None else _j(edited), gid))
+            cur = self._x(c, "UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ? "
+                            "WHERE id = ? AND state = 'pending'" + cond, (state, by, now, reason, gid, *args))
             if cur.rowcount != 1:
                 return False
-            tid = self._x(c, "SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
+            row = self._x(c, "SELECT task_id, edited FROM tasks_gates WHERE id = ?", (gid,)).fetchone()
+            tid = row["task_id"]
             self._x(c, "UPDATE tasks_tasks SET state = 'queued', updated = ? WHERE id = ? AND state = "
                       "'awaiting_approval'", (now, tid))
             self._event(c, tid, "decision", {"gate": gid, "decision": state, "by": by, "reason": reason,
-                                             "edited": edited is not None})
+                                             "edited": row["edited"] is not None})
+        return True
+
+    def edit(self, gid: str, by: str, edited: dict[str, Any], revision: int, at: float) -> bool:
+        """Replace the arguments of a pending gate with an approver's edit, which parks again for
+        another approver (four eyes on the call that runs); False if the gate was decided, edited
+        since ``revision`` or is past its deadline."""
+        with self.tx() as c:
+            cur = self._x(c, "UPDATE tasks_gates SET edited = ?, edited_by = ?, revision = revision + 1 WHERE id = ? "
+                            "AND state = 'pending' AND revision = ? AND deadline >= ?",
+                          (_j(edited), by, gid, revision, at))
+            if cur.rowcount != 1:
+                return False
+            tid = self._x(c, "SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
+            self._event(c, tid, "edited", {"gate": gid, "by": by, "revision": revision + 1})
         return True
 
     def expired_gates(self) -> list[dict[str, Any]]:

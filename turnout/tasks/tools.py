@@ -31,11 +31,14 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_[0-9a-f]{4,}>")
 class ToolError(Exception):
     """A tool call or check failed; ``code``: tool_error (a new plan may avoid it), tool_missing
     (the server has no such tool: the configuration is wrong), tool_unavailable (its server
-    cannot be reached)."""
+    cannot be reached). The message may quote the arguments or the tool's answer (the task's
+    owner reads it); ``public`` says the same from names, statuses and the schema only, and is
+    all a planner is told (a planner never sees the task's values)."""
 
-    def __init__(self, message: str, code: str = "tool_error") -> None:
+    def __init__(self, message: str, code: str = "tool_error", public: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.public = public or f"the tool call failed ({code})"
 
 
 def check_arguments(tool: str, schema: dict[str, Any], args: dict[str, Any], scan: Any = None) -> None:
@@ -46,19 +49,24 @@ def check_arguments(tool: str, schema: dict[str, Any], args: dict[str, Any], sca
         jsonschema_rs.meta.validate(schema)
         validator = jsonschema_rs.validator_for(schema)
     except (jsonschema_rs.ValidationError, ValueError) as exc:
-        raise ToolError(f"the schema of {tool} is not a valid JSON schema: {getattr(exc, 'message', exc)}") from None
+        raise ToolError(f"the schema of {tool} is not a valid JSON schema: {getattr(exc, 'message', exc)}",
+                        public=f"the schema of {tool} is not a valid JSON schema") from None
     try:
         validator.validate(args)
     except jsonschema_rs.ValidationError as exc:
-        raise ToolError(f"arguments of {tool} do not match its schema: {exc.message}") from None
+        where = "/".join(str(p) for p in exc.schema_path)  # the schema's path: never the value
+        raise ToolError(f"arguments of {tool} do not match its schema: {exc.message}",
+                        public=f"arguments of {tool} do not match its schema (at {where or 'the top'})") from None
     text = orjson.dumps(args).decode()
     if PLACEHOLDER.search(text):
-        raise ToolError(f"arguments of {tool} hold an un-restored placeholder ({PLACEHOLDER.search(text)!s})")
+        raise ToolError(f"arguments of {tool} hold an un-restored placeholder ({PLACEHOLDER.search(text)!s})",
+                        public=f"arguments of {tool} hold an un-restored placeholder")
     if scan is not None:
         found = [f for f in scan(text) if f.kind in ("secret", "leak")]
         if found:
             kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
-            raise ToolError(f"arguments of {tool} were withheld by the output guards ({kinds})")
+            message = f"arguments of {tool} were withheld by the output guards ({kinds})"
+            raise ToolError(message, public=message)
 
 
 def needs_approval(cfg: ToolConfig, args: dict[str, Any]) -> str | None:
@@ -95,10 +103,11 @@ class Toolbox:
         try:
             listed = await self.mcp.tools(cfg)
         except McpError as exc:
-            raise ToolError(f"MCP server of {name} ({where}) could not be reached: {exc}", "tool_unavailable") from None
+            raise ToolError(f"MCP server of {name} ({where}) could not be reached: {exc}", "tool_unavailable",
+                            public=f"the MCP server of {name} could not be reached") from None
         if remote not in listed:
             raise ToolError(f"MCP server {where} has no tool {remote!r} (tasks.tools.{name}); it lists "
-                            f"{sorted(listed)}", "tool_missing")
+                            f"{sorted(listed)}", "tool_missing", public=f"the MCP server of {name} lacks it")
         return listed[remote]
 
     async def schema(self, name: str) -> dict[str, Any]:
@@ -109,14 +118,17 @@ class Toolbox:
         return {"allOf": [server, cfg.parameters]} if "parameters" in cfg.model_fields_set else server
 
     async def describe(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """What the planner is told of each tool: effect, description, argument schema."""
+        """What the planner is told of each tool: effect, description, argument schema, and
+        ``server``: whether its MCP server wrote part of it (third-party text, which the guards
+        inspect like user input)."""
         out = {}
         for n in names:
             cfg = self.tools[n]
             desc = cfg.description
             if cfg.kind == "mcp" and not desc:
                 desc = (await self._server_tool(n)).description
-            out[n] = {"effect": cfg.effect, "description": desc, "parameters": await self.schema(n)}
+            out[n] = {"effect": cfg.effect, "description": desc, "parameters": await self.schema(n),
+                      "server": cfg.kind == "mcp"}
         return out
 
     async def check(self, name: str, args: dict[str, Any], scan: Any = None) -> None:
@@ -134,9 +146,11 @@ class Toolbox:
                 r = await client.post(cfg.url or "", content=orjson.dumps(args),
                                       headers={**headers, "Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            raise ToolError(f"tool {tool} could not be reached: {exc.__class__.__name__}") from None
-        if r.status_code >= 400:
-            raise ToolError(f"tool {tool} answered {r.status_code}: {r.text[:300]}")
+            message = f"tool {tool} could not be reached: {exc.__class__.__name__}"
+            raise ToolError(message, public=message) from None
+        if r.status_code >= 400:  # the body may quote the arguments: the planner gets the status only
+            raise ToolError(f"tool {tool} answered {r.status_code}: {r.text[:300]}",
+                            public=f"tool {tool} answered {r.status_code}")
         try:
             return r.json()
         except ValueError:
@@ -149,10 +163,11 @@ class Toolbox:
         try:
             result = await self.mcp.call(cfg, cfg.name or tool, args, retry=cfg.effect == "read_only")
         except McpError as exc:
-            raise ToolError(f"MCP tool {tool} failed: {exc}") from None
+            raise ToolError(f"MCP tool {tool} failed: {exc}", public=f"MCP tool {tool} failed") from None
         text = "\n".join(getattr(b, "text", "") for b in result.content)
         if result.is_error:
-            raise ToolError(f"MCP tool {tool} answered an error: {text[:300]}")
+            raise ToolError(f"MCP tool {tool} answered an error: {text[:300]}",
+                            public=f"MCP tool {tool} answered an error")
         if result.structured_content is not None:
             return result.structured_content
         return text

@@ -3,8 +3,8 @@
 It starts three real processes on loopback: the OpenAI-wire fake as the frontier planner
 (scripted with the plan below: a fake, standing in for a paid API), the toolbox (an e-mail
 outbox and a ticket system) and ``turnout serve`` with the embedded SmolLM2 as the local
-executor, in ``auth: keys`` mode with two keys: a support agent (``user``) who starts the task
-and a team lead (``approver``) who approves the reply. Then it starts the task, shows the
+executor, in ``auth: keys`` mode, with the default guards on, and two keys: a support agent
+(``user``) who starts the task and a team lead (``approver``) who approves the reply. Then it starts the task, shows the
 step the approver must decide, and waits for your decision (``turnout approvals approve|reject``
 in another shell, as the lead; the command is printed). With ``--yes`` it approves at once and
 runs the same mail a second time to show the step cache.
@@ -54,7 +54,11 @@ def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
             "smollm2": {"dialect": "llamacpp", "n_ctx": 2048, "pricing": {"hourly_cost": 0.5}},
         },
         "routes": {"frontier": {"chain": ["planner"]}, "local": {"chain": ["smollm2"]}},
-        "guards": {"enabled": False},
+        # the default guards (detectors, actions, injection threshold) with a longer time budget:
+        # bench/tasks_guards.py on this shared 2-core machine: the planner call (2,309 characters) took
+        # 486 ms median, 1,204 ms max to inspect, over its default 342 ms, and a detector past its
+        # budget keeps a call local, which the remote planner route cannot serve
+        "guards": {"budget_ms": 5000},
         "storage": {"sqlite_path": str(db)},
         "tasks": {
             "planner_route": "frontier", "executor_route": "local", "step_max_tokens": 48,

@@ -5,6 +5,8 @@ and a ticket system that keep what they receive in memory.
                                                            ?delay=S answers S seconds after sending
     POST /create_ticket   {"title", "body", "priority"?}   irreversible; honours Idempotency-Key
     POST /search_tickets  {"query"}                        read-only
+    POST /lookup_account  {"account"}                      read-only; knows no account: 404 quoting it,
+                                                           as many APIs do (a tool error that carries a value)
     GET  /calls           every call received (also repeats), and the outbox and tickets
 
 A request with an ``Idempotency-Key`` already seen gets the first answer again and does
@@ -71,12 +73,17 @@ def make_app() -> web.Application:
         q = str(body.get("query", "")).lower()
         return web.json_response({"tickets": [t for t in tickets if any(w in t["title"].lower() for w in q.split())]})
 
+    async def lookup_account(request: web.Request) -> web.Response:
+        body, _ = await body_of(request, "lookup_account")
+        return web.json_response({"error": f"no account {body.get('account')!r}"}, status=404)
+
     async def get_calls(request: web.Request) -> web.Response:
         return web.json_response({"calls": calls, "outbox": outbox, "tickets": tickets})
 
     app.router.add_post("/send_email", send_email)
     app.router.add_post("/create_ticket", create_ticket)
     app.router.add_post("/search_tickets", search_tickets)
+    app.router.add_post("/lookup_account", lookup_account)
     app.router.add_get("/calls", get_calls)
     return app
 
