@@ -162,7 +162,7 @@ def test_approve_four_eyes_tenancy_audit_and_ledger(tmp_path: Path, fake: Proc, 
     audit = [json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_entries ORDER BY seq")]
     decisions = [a for a in audit if a.get("event") == "task_approval"]
     assert decisions == [{"event": "task_approval", "gate": gid, "task": tid, "tenant": "acme", "tool": "send_email",
-                          "decision": "approved", "by": gw.keys["bob"]["key_id"], "reason": "fine",
+                          "decision": "approved", "by": gw.keys["bob"]["key_id"], "reason_sha256": sha256_json("fine"),
                           "arguments_sha256": sha256_json(gates[0]["arguments"]), "edited_sha256": None,
                           "changed": []}]
     # the task's life in the chain: created, its plan, the tool call, the end (hashes, not content)
@@ -170,7 +170,8 @@ def test_approve_four_eyes_tenancy_audit_and_ledger(tmp_path: Path, fake: Proc, 
     assert [a["event"] for a in mine] == ["task_created", "task_plan", "task_approval", "task_tool_call", "task_end"]
     created, planned, _, called, ended = mine
     assert created == {"event": "task_created", "task": tid, "tenant": "acme", "by": gw.keys["alice"]["key_id"],
-                       "goal_sha256": sha256_json("answer the mail"), "inputs": ["mail", "sender"],
+                       "goal_sha256": sha256_json("answer the mail"), "inputs": 2,
+                       "input_names_sha256": sha256_json(["mail", "sender"]),
                        "tools": ["send_email"], "sensitivity": None, "local_only": None, "budget_usd": None}
     assert planned["plan_sha256"] == sha256_json(t["plan"]) and planned["plan_version"] == 1
     assert planned["route"] == "frontier" and planned["steps"] == 2
@@ -931,6 +932,11 @@ def test_task_budget_stops_the_task_and_nothing_after_runs(tmp_path: Path, fake:
             r = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "budget_usd": bad})
             assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
             assert "budget_usd" in r.json()["error"]["message"] + str(r.json()["error"].get("param"))
+        # input names are what plans reference ({{input.NAME}}), bounded in length and count
+        for inputs in ({"jane.doe@example.com": "x"}, {"a" * 65: "x"}, {"": "x"},
+                       {f"i{n}": "x" for n in range(65)}):
+            r = gw.call("POST", "/v1/turnout/tasks", "alice", {**body, "inputs": inputs})
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (inputs, r.text)
     assert len(planner_requests(fake)) == 3 + len(made)  # no call beyond the budget was sent
     searches = [c for c in httpx.get(toolbox.url + "/calls").json()["calls"] if c["tool"] == "search_tickets"]
     assert len(searches) == 1  # only the first task's

@@ -26,10 +26,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
@@ -50,11 +50,16 @@ class Conflict(TurnoutError):
     type = "invalid_request_error"
 
 
+MAX_INPUTS = 64
+
+
 class TaskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     goal: str = Field(min_length=1, max_length=4000)
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    # names as plans reference them ({{input.NAME}}); the values are the task's data, never logged
+    inputs: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")], Any] = Field(
+        default_factory=dict, max_length=MAX_INPUTS)
     tools: list[str] = Field(default_factory=list)
     sensitivity: Literal["public", "internal", "sensitive", "restricted"] | None = None
     budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False,
@@ -69,6 +74,12 @@ class DecisionBody(BaseModel):
     arguments: dict[str, Any] | None = Field(
         None, description="with approve: other arguments than the call's current ones are an edit, which waits for "
                           "another approver; an edited call is approved by sending its edited arguments")
+
+
+def _opt_hash(text: str | None) -> str | None:
+    """An approver's free text in the audit chain: its hash (the task store keeps the words), so the
+    chain, which cannot be erased, never holds what a person wrote about a customer."""
+    return None if text is None else sha256_json(text)
 
 
 def _runner(request: Request) -> TaskRunner:
@@ -117,7 +128,8 @@ async def create_task(request: Request) -> Response:
     tid = await asyncio.to_thread(runner.store.create, who.tenant, key_id, body.goal, body.inputs, body.tools,
                                   sensitivity, budget, local_only)
     await runner.audit_event({"event": "task_created", "task": tid, "tenant": who.tenant, "by": key_id or "anonymous",
-                              "goal_sha256": sha256_json(body.goal), "inputs": sorted(body.inputs),
+                              "goal_sha256": sha256_json(body.goal), "inputs": len(body.inputs),
+                              "input_names_sha256": sha256_json(sorted(body.inputs)),
                               "tools": body.tools, "sensitivity": sensitivity, "local_only": local_only,
                               "budget_usd": budget})
     return JSONResponse({"object": "task", "id": tid, "state": "queued", "budget_usd": budget,
@@ -226,7 +238,7 @@ async def decide(request: Request) -> Response:
     edited = gate["edited"]
     await runner.audit_event({"event": "task_approval", "gate": gid, "task": gate["task_id"], "tenant": who.tenant,
                               "tool": gate["tool"], "decision": state, "by": me or "anonymous",
-                              "reason": body.reason, "arguments_sha256": sha256_json(gate["arguments"]),
+                              "reason_sha256": _opt_hash(body.reason), "arguments_sha256": sha256_json(gate["arguments"]),
                               "edited_sha256": None if edited is None else sha256_json(edited),
                               "changed": changed_keys(gate["arguments"], edited)})
     return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})
@@ -248,7 +260,7 @@ async def _edit(runner: TaskRunner, request: Request, gate: dict[str, Any], body
         raise await _refused(runner, gate["id"], now)
     await runner.audit_event({"event": "task_approval", "gate": gate["id"], "task": gate["task_id"],
                               "tenant": gate["tenant"], "tool": gate["tool"], "decision": "edited",
-                              "by": me or "anonymous", "reason": body.reason,
+                              "by": me or "anonymous", "reason_sha256": _opt_hash(body.reason),
                               "arguments_sha256": sha256_json(gate["arguments"]), "edited_sha256": sha256_json(edited),
                               "changed": changed_keys(gate["arguments"], edited)})
     return JSONResponse({"object": "approval", "id": gate["id"], "state": "pending", "edited": True})

@@ -73,10 +73,12 @@ def sha256_json(obj: Any) -> str:
 
 
 def changed_keys(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
-    """The argument names an approver's edit changed, added or removed (none when not edited)."""
+    """The argument names an approver's edit changed, added or removed (none when not edited):
+    at most 20, each cut to 64 characters (a schema that allows extra arguments bounds nothing)."""
     if after is None:
         return []
-    return sorted(k for k in before.keys() | after.keys() if before.get(k, ...) != after.get(k, ...))
+    names = sorted(k for k in before.keys() | after.keys() if before.get(k, ...) != after.get(k, ...))
+    return [k[:64] for k in names[:20]]
 
 
 def all_local(cfg: TurnoutConfig, route: str) -> bool:
