@@ -152,6 +152,9 @@ class GuardsConfig(_Strict):
 
     @model_validator(mode="after")
     def _registered(self) -> GuardsConfig:
+        if self.tenant_share is not None and self.tenant_share > self.workers:
+            raise ValueError(f"tenant_share: {self.tenant_share} is more than workers ({self.workers}) -> at most "
+                             "workers; below it, one tenant never takes every worker")
         known = plugins.names(plugins.GUARDS)
         for name in self.detectors:
             if name not in known:
