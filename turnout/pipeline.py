@@ -136,7 +136,7 @@ class Gateway:
             insp = await self.inspect(call, req)
             call.decision = self.router.decide(self.facts(call, req))
             self.able(call.decision, "embeddings")
-            self.protect(call, req, insp)
+            await self.protect(call, req, insp)
             await self.reserve(call, req)
             return await self.stack(call, req).embed(req.texts, req.dimensions)
 
@@ -150,8 +150,8 @@ class Gateway:
         hit = await self.cached(call, req)
         if hit is None:
             call.decision = await self.decide(call, req)
-            self.protect(call, req, insp)
-        await self.reserve(call, req)  # rate limits count a cached answer too
+            await self.protect(call, req, insp)
+        await self.reserve(call, req)
         return req, hit
 
     # ==== authenticate ========================================================================
@@ -294,13 +294,15 @@ class Gateway:
         d.chain = able
 
     # ==== protect =============================================================================
-    def protect(self, call: Call, req: ChatRequest | EmbeddingRequest, insp: Inspection | None) -> None:
+    async def protect(self, call: Call, req: ChatRequest | EmbeddingRequest, insp: Inspection | None) -> None:
         """Apply the route's guard policy: remote engines get a pseudonymized copy, or, when
-        findings must stay local or a detector failed (fail closed), only local engines remain."""
+        findings must stay local or a detector failed (fail closed), only local engines remain.
+        The copy is made on the tenant's share of the guard workers, off the event loop."""
         if self.guards is None or insp is None or call.decision is None:
             return
         route = self.cfg.routes.get(call.decision.alias)
-        call.guard = self.guards.protect(req, insp, self.guards.policy_for(route.guards if route else None))
+        call.guard = await self.guards.protect_async(req, insp, self.guards.policy_for(route.guards if route else None),
+                                                     call.tenant)
         if not call.guard.safe_for_remote and not call.decision.confined:
             why = "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
             call.decision = self.router.confine(call.decision, why)

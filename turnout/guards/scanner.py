@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from turnout import plugins
 from turnout.errors import RateLimited
@@ -47,6 +47,8 @@ from turnout.guards.pseudonymize import Pseudonymizer
 
 if TYPE_CHECKING:
     from turnout.config import GuardsConfig
+
+T = TypeVar("T")
 
 
 def guard_factory(name: str) -> GuardFactory:
@@ -278,6 +280,11 @@ class Scanner:
             if run.started is None and fut.cancel():  # never started: the tenant's share is busy
                 raise self._busy(tenant, "its share of the guard workers stayed busy") from None
         return await asyncio.wait_for(waited, max(0.0, run.remaining()))
+
+    async def run_fair(self, tenant: str, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on ``tenant``'s share of the workers (no budget: work that must finish)."""
+        result: T = await asyncio.wrap_future(self._pool.submit(tenant, fn, *args))
+        return result
 
     def _busy(self, tenant: str, why: str) -> RateLimited:
         return RateLimited(f"the input guards are busy with tenant {tenant}'s other requests ({why}); retry shortly",

@@ -182,6 +182,12 @@ class Guards:
                 state.pseudonymizer, state.protected = p, protected
         return state
 
+    async def protect_async(self, req: ChatRequest | EmbeddingRequest, insp: Inspection, policy: GuardPolicy | None,
+                            tenant: str) -> GuardState:
+        """:meth:`protect` on ``tenant``'s share of the guard workers: pseudonymizing a long
+        prompt with many findings takes a while, and the event loop serves every tenant."""
+        return await self.scanner.run_fair(tenant, self.protect, req, insp, policy)
+
     def policy_for(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
         """The default policy with a route's own remote actions per finding kind."""
         return self.policy.with_actions(actions)
