@@ -275,3 +275,42 @@ def test_pii_resolution_is_linear() -> None:
     out = resolve(cands, 0.35, text)
     assert time.monotonic() - t0 < 30.0
     assert len(out) == 10_000 and all(c.type == "STREET_ADDRESS" and c.end - c.start == 30 for c in out)
+
+
+def test_a_tenant_whose_share_stays_busy_gets_429_and_others_do_not() -> None:
+    """A's inspections beyond its share wait their turn up to max_budget_ms, then 429
+    guards_busy; beyond max_queued waiting, at once. B, meanwhile, is inspected."""
+    import asyncio
+
+    from turnout.errors import RateLimited
+    from turnout.guards.base import Finding
+    from turnout.guards.scanner import Scanner
+
+    class Slow:
+        name = "slow"
+
+        def inspect(self, text: str) -> list[Finding]:
+            time.sleep(0.6 if text.startswith("A") else 0.0)
+            return [Finding("pii", "PERSON", 0, 1, 0.9, "slow")]
+
+    scanner = Scanner([Slow()], budget_ms=2000, budget_ms_per_kchar=0, max_budget_ms=300, max_queued=1)
+
+    async def go() -> tuple[list[Any], Any, float]:
+        a = [asyncio.ensure_future(scanner.inspect_async(["A0"], "a"))]
+        await asyncio.sleep(0.1)  # under way: A's share (one of the two workers) is taken
+        a += [asyncio.ensure_future(scanner.inspect_async([f"A{i}"], "a")) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        b = await scanner.inspect_async(["B"], "b")
+        b_took = time.monotonic() - t0
+        return await asyncio.gather(*a, return_exceptions=True), b, b_took
+
+    try:
+        a, b, b_took = asyncio.run(go())
+    finally:
+        scanner.close()
+    assert b.error is None and b.labels == {"pii"} and b_took < 0.3
+    assert "guard_error" in a[0].labels and "budget of 300 ms" in a[0].error  # ran, past the ceiling: fails closed
+    busy = [r for r in a[1:] if isinstance(r, RateLimited)]
+    assert len(busy) == 2 and all(r.status == 429 and r.code == "guards_busy" for r in busy), a
+    assert {("already waiting" in r.message) for r in busy} == {True, False}  # one at once, one after 300 ms

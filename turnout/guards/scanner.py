@@ -92,7 +92,7 @@ class _Unit:
     whole: bool      # the only piece of this message
 
 
-@dataclass
+@dataclass(eq=False)
 class _Run:
     """One inspection: its units in order, the findings so far, the clock."""
 
@@ -174,7 +174,7 @@ class Scanner:
         self.max_budget_ms = max_budget_ms
         self.max_queued = max_queued
         self._pool = FairPool(workers, tenant_share)
-        self._waiting: dict[str, int] = {}  # per tenant: inspections waiting for their first unit
+        self._runs: dict[str, set[_Run]] = {}  # per tenant: its inspections under way (event loop only)
 
     @classmethod
     def from_config(cls, cfg: GuardsConfig, *, budget_ms_per_kchar: float = 40.0) -> Scanner:
@@ -236,10 +236,10 @@ class Scanner:
         ``max_budget_ms``, and a tenant whose inspections cannot start in that time, or that has
         ``max_queued`` of them waiting, is answered 429 (its own flood, not others', holds it)."""
         run = _Run(self, texts, self.budget_for(texts))
-        if self._waiting.get(tenant, 0) >= self.max_queued:
+        runs = self._runs.setdefault(tenant, set())
+        if sum(r.started is None for r in runs) >= self.max_queued:
             raise self._busy(tenant, f"{self.max_queued} of its inspections are already waiting")
-        self._waiting[tenant] = self._waiting.get(tenant, 0) + 1
-        waiting = True
+        runs.add(run)
         try:
             for u in run.units():
                 if run.remaining() <= 0:
@@ -249,8 +249,6 @@ class Scanner:
                 try:
                     if run.started is None:  # its first unit: waits for the tenant's turn
                         found = await self._first(run, fut, tenant)
-                        self._waiting[tenant] -= 1
-                        waiting = False
                     else:
                         found = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, run.remaining()))
                 except TimeoutError:
@@ -264,21 +262,26 @@ class Scanner:
                     continue
                 run.add(u, found)
         finally:
-            if waiting:
-                self._waiting[tenant] -= 1
-            if not self._waiting.get(tenant):
-                self._waiting.pop(tenant, None)
+            runs.discard(run)
+            if not runs:
+                self._runs.pop(tenant, None)
         return run.insp
 
     async def _first(self, run: _Run, fut: cf.Future[list[Finding]], tenant: str) -> list[Finding]:
-        """The first unit's findings: it may wait its turn up to ``max_budget_ms``, then run
-        within the budget."""
+        """The first unit's findings: it may wait its turn up to ``max_budget_ms`` (looked at
+        every 50 ms), then run within the budget."""
         waited = asyncio.wrap_future(fut)
-        try:
-            return await asyncio.wait_for(asyncio.shield(waited), self.max_budget_ms / 1000.0)
-        except TimeoutError:
-            if run.started is None and fut.cancel():  # never started: the tenant's share is busy
-                raise self._busy(tenant, "its share of the guard workers stayed busy") from None
+        give_up = time.perf_counter() + self.max_budget_ms / 1000.0
+        while run.started is None:
+            left = give_up - time.perf_counter()
+            if left <= 0:
+                if fut.cancel():  # never started: the tenant's share stayed busy
+                    raise self._busy(tenant, "its share of the guard workers stayed busy")
+                break
+            try:
+                return await asyncio.wait_for(asyncio.shield(waited), min(left, 0.05))
+            except TimeoutError:
+                continue
         return await asyncio.wait_for(waited, max(0.0, run.remaining()))
 
     async def run_fair(self, tenant: str, fn: Callable[..., T], *args: object) -> T:
