@@ -2,7 +2,7 @@
 tenant A floods the gateway with prompts just under the size limit, side by side with the ratio
 (the target: B's p99 within 2x of its unloaded value). Also the figures the guard code cites.
 
-    python bench/guard_fairness.py [--seconds 20] [--flood 4] [--flood-chars 190000]
+    python bench/guard_fairness.py [--rounds 3] [--seconds 10] [--flood 4] [--flood-chars 190000]
     python bench/guard_fairness.py --pii 10000 100000 390000   # PII detector, us per character
     python bench/guard_fairness.py --windows                   # each detector on one window
     python bench/guard_fairness.py --process                   # what a killable guard process costs
@@ -17,6 +17,7 @@ machine here), so compare figures within one run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -77,34 +78,43 @@ def fairness(args: argparse.Namespace) -> None:
                                       "max_tokens": 8})
                 return r.status_code, time.perf_counter() - t0
 
+            asked = itertools.count()
+
             def b_run(seconds: float) -> list[tuple[int, float]]:
                 out: list[tuple[int, float]] = []
                 until = time.monotonic() + seconds
                 while len(out) < args.requests or time.monotonic() < until:
-                    out.append(ask(key_b, f"Question {len(out)}: how many legs has a spider? Ask Maria Garcia."))
+                    # each question new: the PII detector remembers texts it has seen
+                    out.append(ask(key_b, f"Question {next(asked)}: how many legs has a spider? Ask Maria Garcia."))
                 return out
 
             for _ in range(5):
                 ask(key_b, "warm up")
-            quiet = b_run(args.seconds)
             big = prose(args.flood_chars)
-            stop = threading.Event()
+            quiet: list[tuple[int, float]] = []
+            loaded: list[tuple[int, float]] = []
             a_codes: list[int] = []
+            # quiet and flooded phases alternate, so the load of whatever else runs on this machine
+            # falls on both alike
+            for _ in range(args.rounds):
+                quiet += b_run(args.seconds)
+                stop = threading.Event()
 
-            def flood() -> None:
-                while not stop.is_set():
-                    a_codes.append(ask(key_a, big)[0])
+                def flood(stop: threading.Event = stop) -> None:
+                    while not stop.is_set():
+                        a_codes.append(ask(key_a, big)[0])
 
-            with ThreadPoolExecutor(args.flood) as pool:
-                floods = [pool.submit(flood) for _ in range(args.flood)]
-                time.sleep(2.0)
-                loaded = b_run(args.seconds)
-                stop.set()
-                for f in floods:
-                    f.result()
+                with ThreadPoolExecutor(args.flood) as pool:
+                    floods = [pool.submit(flood) for _ in range(args.flood)]
+                    time.sleep(2.0)  # A's prompts are in the guards
+                    loaded += b_run(args.seconds)
+                    stop.set()
+                    for f in floods:
+                        f.result()
     q_ms = [s * 1000 for _, s in quiet]
     l_ms = [s * 1000 for _, s in loaded]
-    print(f"tenant B: one request at a time for {args.seconds:.0f} s ({len(quiet)} unloaded, {len(loaded)} loaded); "
+    print(f"tenant B: one request at a time, {args.rounds} x {args.seconds:.0f} s quiet and {args.rounds} x "
+          f"{args.seconds:.0f} s while A floods, alternating ({len(quiet)} unloaded, {len(loaded)} loaded); "
           f"tenant A: {args.flood} connections of {args.flood_chars:,}-character prompts ({len(a_codes)} sent, "
           f"statuses {sorted(set(a_codes))})")
     print(f"{'':8s} {'unloaded':>10s} {'A floods':>10s} {'ratio':>7s}")
@@ -160,8 +170,9 @@ def process() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=40, help="tenant B's requests, unloaded and loaded, at least")
-    p.add_argument("--seconds", type=float, default=20.0, help="how long B asks, unloaded and loaded, at least")
+    p.add_argument("--requests", type=int, default=20, help="tenant B's requests per phase, at least")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long B asks per phase, at least")
+    p.add_argument("--rounds", type=int, default=3, help="quiet and flooded phases, alternating")
     p.add_argument("--flood", type=int, default=4, help="tenant A's connections")
     p.add_argument("--flood-chars", type=int, default=190_000, help="characters of each of A's prompts")
     p.add_argument("--pii", type=int, nargs="*", help="measure the PII detector on texts of these sizes")
