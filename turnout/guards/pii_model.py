@@ -178,7 +178,7 @@ class RampartNer:
             # no lock: onnxruntime guarantees InferenceSession::Run thread-safe (microsoft/onnxruntime
             # 674afbe), and a lock made one tenant's short prompt wait for another's long one, window
             # after window (issue 23, H1: tenant B's p50 under a flood 2.36x -> 1.78x its unloaded
-            # value, bench/guard_fairness.py on this loaded 2-core machine)
+            # value, one run each of bench/guard_fairness.py on this loaded 2-core machine)
             logits = self.session.run(None, feeds)[0][0]
             z = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs = z / z.sum(axis=-1, keepdims=True)

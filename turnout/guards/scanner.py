@@ -59,9 +59,9 @@ def guard_factory(name: str) -> GuardFactory:
 
 # A window's work is bounded, so an inspection stops within one window of its deadline. 2,000
 # characters is about one window of the PII transformer (512 tokens of prose). Measured on this
-# loaded 2-core machine (bench/guard_fairness.py --windows), per window of 2,400 characters: PII
-# 170 ms on prose, 560 ms at worst (one token per two characters: "x x x ..."); injection 80 ms
-# and 510 ms; secrets 1-13 ms. The overlap re-reads 10 % of a long text.
+# loaded 2-core machine (bench/guard_fairness.py --windows, two runs), per window of 2,400
+# characters: PII 150-170 ms on prose, up to 560 ms at worst (one token per two characters:
+# "x x x ..."); injection 80-130 ms, up to 780 ms; secrets 1-13 ms. The overlap re-reads 10 %.
 WINDOW_CHARS = 2000
 OVERLAP_CHARS = 200
 # the longest any one inspection may run, however long the text (guards.max_budget_ms)
