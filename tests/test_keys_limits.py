@@ -18,7 +18,7 @@ import pytest
 
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied, RateLimited
 from turnout.governance.keys import KeyStore, Limits, hash_key
-from turnout.governance.limits import Limiter, RedisLimiter, Reservation, SqliteLimiter
+from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SqliteLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -174,6 +174,9 @@ def test_tokens_per_minute_reserve_and_settle(backend: str, tmp_path: Path) -> N
 
 
 async def _with_limiter(backend: str, tmp_path: Path, body) -> None:  # type: ignore[no-untyped-def]
+    if backend == "memory":
+        await body(MemoryLimiter())
+        return
     if backend == "sqlite":
         lim: Limiter = SqliteLimiter(tmp_path / "turnout.sqlite")
         try:
@@ -282,3 +285,36 @@ def test_two_processes_share_one_budget_exactly(backend: str, tmp_path: Path) ->
             await _cleanup_redis(lim)
             await lim.close()
         run(cleanup())
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+def test_admitted_then_extended_by_its_cost(backend: str, tmp_path: Path) -> None:
+    """Issue 23, H1: a request is counted (requests, tokens) when it is admitted, before any
+    expensive step; its cost is added once its engines are known, against the USD budgets only,
+    in the windows it was admitted in (a minute later, nothing of the new minute is dropped)."""
+    async def body(lim: Limiter) -> None:
+        limits = Limits(rpm=2, usd_per_day=1.0)
+        a = await _try(lim, "k", limits, tokens=100)
+        assert isinstance(a, Reservation) and a.cost_micros == 0
+        await lim.extend(a, limits, cost_estimate=0.6)
+        assert a.cost_micros == 600_000 and (await lim.usage("k", now=T0))["usd_day"] == 600_000
+        b = await _try(lim, "k", limits, tokens=100, now=T0 + 1)
+        assert isinstance(b, Reservation)
+        with pytest.raises(RateLimited, match="USD budget per day") as over:
+            await lim.extend(b, limits, cost_estimate=0.6)
+        assert over.value.code == "budget_exceeded"
+        with pytest.raises(PermissionDenied, match="can never fit"):
+            await lim.extend(b, limits, cost_estimate=1.5)
+        used = await lim.usage("k", now=T0 + 1)
+        assert used["rpm"] == 2 and used["usd_day"] == 600_000  # b stays counted, its cost was not added
+        # b refused later: settled at its input (min_tokens), never below
+        b.min_tokens = 30
+        await lim.settle(b, actual_tokens=0, actual_cost=0)
+        assert (await lim.usage("k", now=T0 + 1))["tpm"] == 100 + 30
+        # a's extension in its own (now old) minute window keeps the new minute's counts
+        c = await _try(lim, "k", limits, tokens=5, now=T0 + 60)
+        assert isinstance(c, Reservation)
+        await lim.extend(a, limits, cost_estimate=0.0)
+        assert (await lim.usage("k", now=T0 + 60))["rpm"] == 1
+
+    run(_with_limiter(backend, tmp_path, body))

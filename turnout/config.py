@@ -121,7 +121,15 @@ class GuardsConfig(_Strict):
     engine; a route may override them. Detector failures always keep a request local."""
 
     enabled: bool = True
-    budget_ms: float = Field(250.0, gt=0, description="time budget for all detectors on one request")
+    budget_ms: float = Field(250.0, gt=0, description="time budget for all detectors on one request (plus 40 ms "
+                             "per 1,000 characters, up to max_budget_ms)")
+    max_budget_ms: float = Field(5000.0, gt=0, description="the most any one inspection may take, however long the "
+                                 "text; past it the request is kept local (fail closed)")
+    workers: int = Field(2, ge=1, le=64, description="threads that run the detectors, shared by the tenants in turn")
+    tenant_share: int | None = Field(None, ge=1, description="workers one tenant may hold at once (default: all "
+                                     "but one, so one tenant's flood never takes every worker)")
+    max_queued_per_tenant: int = Field(32, ge=1, description="inspections of one tenant that may wait for its "
+                                       "share; more are answered 429 guards_busy")
     injection_threshold: float | None = Field(None, ge=0, le=1, description="block at or above; default: calibrated")
     output: Literal["record", "redact", "block"] = Field("record", description="what output findings do (non-streamed)")
     pii_model: Literal["rampart", "spacy", "both"] = Field(
@@ -144,6 +152,9 @@ class GuardsConfig(_Strict):
 
     @model_validator(mode="after")
     def _registered(self) -> GuardsConfig:
+        if self.tenant_share is not None and self.tenant_share > self.workers:
+            raise ValueError(f"tenant_share: {self.tenant_share} is more than workers ({self.workers}) -> at most "
+                             "workers; below it, one tenant never takes every worker")
         known = plugins.names(plugins.GUARDS)
         for name in self.detectors:
             if name not in known:
@@ -292,6 +303,10 @@ class RouteConfig(_Strict):
     hedge: HedgeConfig | None = Field(
         None, description="streams: race the second engine if the first is slow to its first token (off by default; "
         "costs a second request whenever it fires; docs/reliability.md)")
+    max_input_chars: int | None = Field(
+        None, ge=1, description="the most characters of input (messages, tool calls; a function's rendered prompt) "
+        "a request on this route may carry; more is refused with 413 before any guard runs (default: "
+        "server.max_input_chars)")
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RouteConfig:
@@ -346,6 +361,9 @@ class ServerConfig(_Strict):
                                       description="the origin browsers use for the gateway (https://gw.example) when "
                                       "a proxy in front changes the scheme or host; default: the request's own")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="how long a dashboard login lasts")
+    max_input_chars: int = Field(200_000, ge=1, description="the most characters of input a request may carry "
+                                 "(a route's max_input_chars overrides it); more is refused with 413 before any "
+                                 "guard runs")
 
 
 class TracingConfig(_Strict):

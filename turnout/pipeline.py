@@ -1,13 +1,16 @@
 """The one path every request takes, top to bottom.
 
     authenticate  bearer token -> API key -> tenant  (401/403)
+    admit         the request's cost, bounded and charged before any expensive step: input over
+                  the route's max_input_chars -> 413; requests and tokens per minute counted (429)
     ground        metadata.ground names a collection -> its best passages as a system message
     inspect       guards on the input                -> labels; injection over threshold -> 403
     cache         exact, then semantic (when enabled) -> a hit is the answer; no engine is called
     decide        policy rules, then the route's strategy; sensitive -> local engines only
     protect       the route's guard policy: remote engines get a pseudonymized copy, or only
                   local engines remain (fail closed)
-    reserve       rate limits and budgets, estimated (429 with Retry-After); a task's budget left (403)
+    reserve       budgets, the cost estimated for the decided chain (429 with Retry-After); a task's
+                  budget left (403)
     call          the engine stack the strategy builds for this decision:
                       Fallback([Instrumented(Guarded(remote)), Instrumented(local), ...])
                       Cascade(weak=Fallback([...]), strong=Fallback([...]))
@@ -41,7 +44,14 @@ from turnout.engines.fallback import FallbackEngine
 from turnout.engines.guarded import GuardedEngine
 from turnout.engines.hedge import Hedge
 from turnout.engines.instrumented import InstrumentedEngine
-from turnout.errors import EngineError, InvalidRequest, NoEngineAvailable, PermissionDenied, PolicyBlocked
+from turnout.errors import (
+    EngineError,
+    InvalidRequest,
+    NoEngineAvailable,
+    PayloadTooLarge,
+    PermissionDenied,
+    PolicyBlocked,
+)
 from turnout.governance.access import Access
 from turnout.guards.base import Inspection
 from turnout.guards.step import Guards, redact
@@ -122,10 +132,11 @@ class Gateway:
     async def embed(self, req: EmbeddingRequest, call: Call) -> EmbeddingResult:
         async with self.handled(call, req):
             await self.authenticate(call, req)
+            await self.admit(call, req)
             insp = await self.inspect(call, req)
             call.decision = self.router.decide(self.facts(call, req))
             self.able(call.decision, "embeddings")
-            self.protect(call, req, insp)
+            await self.protect(call, req, insp)
             await self.reserve(call, req)
             return await self.stack(call, req).embed(req.texts, req.dimensions)
 
@@ -133,13 +144,14 @@ class Gateway:
         """The steps before any engine is called: the request as engines will see it
         (grounded), and a cached answer or None."""
         await self.authenticate(call, req)
+        await self.admit(call, req)
         req = await self.ground(call, req)
         insp = await self.inspect(call, req)
         hit = await self.cached(call, req)
         if hit is None:
             call.decision = await self.decide(call, req)
-            self.protect(call, req, insp)
-        await self.reserve(call, req)  # rate limits count a cached answer too
+            await self.protect(call, req, insp)
+        await self.reserve(call, req)
         return req, hit
 
     # ==== authenticate ========================================================================
@@ -156,6 +168,29 @@ class Gateway:
             call.key, call.tenant = key, key.tenant
             self.metrics.tenants.add(key.tenant)
             self.access.authorize(key, req.model)
+
+    # ==== admit: the cost of a request, bounded and charged to its tenant before any expensive step
+    @step("admit")
+    async def admit(self, call: Call, req: ChatRequest | EmbeddingRequest) -> None:
+        """413 for input over the route's ``max_input_chars``; then the request and its estimated
+        tokens are counted against its key's per-minute limits (429), so a key at its limit never
+        reaches the guards, and a request refused later stays counted."""
+        route = self.cfg.routes.get(req.model)
+        limit = (route.max_input_chars if route is not None else None) or self.cfg.server.max_input_chars
+        chars = req.input_chars()
+        if chars > limit:
+            raise PayloadTooLarge(f"the input is {chars:,} characters and {req.model!r} takes at most {limit:,} "
+                                  "(max_input_chars); shorten it or split it into several requests",
+                                  param="messages" if isinstance(req, ChatRequest) else "input", code="input_too_large")
+        if self.access is not None and call.key is not None:
+            call.reservation = await self.access.admit(call.key, self.tokens(req), req.estimated_tokens())
+
+    @staticmethod
+    def tokens(req: ChatRequest | EmbeddingRequest) -> int:
+        """A request's tokens as limits count them: its prompt, estimated, and its token limit
+        (or ``DEFAULT_COMPLETION_ESTIMATE``)."""
+        completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        return req.estimated_tokens() + completion
 
     # ==== ground ==============================================================================
     @step("ground")
@@ -187,7 +222,8 @@ class Gateway:
     async def inspect(self, call: Call, req: ChatRequest | EmbeddingRequest) -> Inspection | None:
         if self.guards is None:
             return None
-        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest), authored=call.authored)
+        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest), authored=call.authored,
+                                         tenant=call.tenant)
         call.labels |= insp.labels
         for _, f in insp.findings:
             self.metrics.guard_findings.labels(f.kind).inc()
@@ -258,13 +294,15 @@ class Gateway:
         d.chain = able
 
     # ==== protect =============================================================================
-    def protect(self, call: Call, req: ChatRequest | EmbeddingRequest, insp: Inspection | None) -> None:
+    async def protect(self, call: Call, req: ChatRequest | EmbeddingRequest, insp: Inspection | None) -> None:
         """Apply the route's guard policy: remote engines get a pseudonymized copy, or, when
-        findings must stay local or a detector failed (fail closed), only local engines remain."""
+        findings must stay local or a detector failed (fail closed), only local engines remain.
+        The copy is made on the tenant's share of the guard workers, off the event loop."""
         if self.guards is None or insp is None or call.decision is None:
             return
         route = self.cfg.routes.get(call.decision.alias)
-        call.guard = self.guards.protect(req, insp, self.guards.policy_for(route.guards if route else None))
+        call.guard = await self.guards.protect_async(req, insp, self.guards.policy_for(route.guards if route else None),
+                                                     call.tenant)
         if not call.guard.safe_for_remote and not call.decision.confined:
             why = "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
             call.decision = self.router.confine(call.decision, why)
@@ -286,8 +324,8 @@ class Gateway:
             raise PermissionDenied(f"this call may cost up to ${cost:.6f} ({prompt} prompt + {completion} completion "
                                    f"tokens on route {call.decision.alias}); its task has ${call.spend_cap_usd:.6f} "
                                    "of its budget left", code="task_budget_exhausted")
-        if self.access is not None and call.key is not None:
-            call.reservation = await self.access.reserve(call.key, prompt + completion, cost)
+        if self.access is not None:
+            await self.access.reserve(call.key, call.reservation, cost)
 
     # ==== call: the engine stack for this decision ============================================
     def stack(self, call: Call, req: ChatRequest | EmbeddingRequest) -> Engine:

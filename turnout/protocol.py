@@ -185,6 +185,11 @@ class ChatRequest(BaseModel):
         """A cheap, tokenizer-free estimate (about 4 characters a token) for routing rules."""
         return sum(len(m.text()) for m in self.messages) // 4 + 4 * len(self.messages)
 
+    def input_chars(self) -> int:
+        """Characters of input the guards read: message texts and tool-call arguments."""
+        return sum(len(m.text()) + sum(len(str((c.get("function") or {}).get("arguments", "")))
+                                       for c in m.tool_calls or ()) for m in self.messages)
+
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
 
@@ -220,6 +225,9 @@ class EmbeddingRequest(BaseModel):
 
     def estimated_tokens(self) -> int:
         return sum(len(t) for t in self.texts) // 4 + len(self.texts)
+
+    def input_chars(self) -> int:
+        return sum(len(t) for t in self.texts)
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

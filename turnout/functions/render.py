@@ -83,17 +83,60 @@ def check_input(fn: Function, variables: Any) -> None:
         raise RenderError(f"{where}: {e.message}{more}")
 
 
-def messages(fn: Function, variant: Variant, variables: Any) -> list[dict[str, str]]:
-    """The chat messages of ``variant`` for ``variables`` (checked against the input schema first)."""
+class RenderTooLarge(RenderError):
+    """The variables, or the prompt they render to, are over their size limit."""
+
+
+# values (every string, number, list item, object member, at any depth) a call's variables may hold:
+# a template loops over them, so their count bounds the rendering's work (issue 23, H1: a 200,000-item
+# list kept a guard thread busy for half an hour)
+MAX_VARIABLE_ITEMS = 10_000
+
+
+def count_items(value: Any, limit: int = MAX_VARIABLE_ITEMS) -> int:
+    """The values in ``value``, counting stops past ``limit``."""
+    n, stack = 0, [value]
+    while stack and n <= limit:
+        v = stack.pop()
+        n += 1
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n
+
+
+def _render(template: Any, variables: dict[str, Any], max_chars: int | None) -> str:
+    """The template's text, stopped as soon as it passes ``max_chars``."""
+    # a mapping, not **keywords: a variable named "self" must not collide with render's own parameter
+    if max_chars is None:
+        return str(template.render(variables))
+    out: list[str] = []
+    size = 0
+    for piece in template.generate(variables):
+        size += len(piece)
+        if size > max_chars:
+            raise RenderTooLarge(f"the rendered prompt passes {max_chars:,} characters (max_input_chars)")
+        out.append(piece)
+    return "".join(out)
+
+
+def messages(fn: Function, variant: Variant, variables: Any, max_chars: int | None = None) -> list[dict[str, str]]:
+    """The chat messages of ``variant`` for ``variables`` (checked against the input schema
+    first); ``max_chars`` bounds the variables' values and the rendered prompt (RenderTooLarge)."""
     from jinja2 import TemplateError
 
+    if max_chars is not None:
+        n = count_items(variables)
+        if n > MAX_VARIABLE_ITEMS:
+            raise RenderTooLarge(f"the variables hold more than {MAX_VARIABLE_ITEMS:,} values")
     check_input(fn, variables)
     out = []
     try:
         if variant.system is not None:
-            out.append({"role": "system", "content": variant.system.render(variables)})
-        # a mapping, not **keywords: a variable named "self" must not collide with render's own parameter
-        out.append({"role": "user", "content": variant.user.render(variables)})
+            out.append({"role": "system", "content": _render(variant.system, variables, max_chars)})
+        left = max_chars if max_chars is None or not out else max_chars - len(out[0]["content"])
+        out.append({"role": "user", "content": _render(variant.user, variables, left)})
     except TemplateError as exc:
         raise RenderError(f"template error: {exc}") from None
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from turnout.call import Call
 from turnout.engines.base import ChatResult, Delta
-from turnout.errors import InvalidRequest, NotFound, TurnoutError
+from turnout.errors import InvalidRequest, NotFound, PayloadTooLarge, TurnoutError
 from turnout.functions import checks, experiment, render
 from turnout.functions.spec import Function, Variant
 from turnout.ledger.tags import FunctionTag
@@ -134,8 +134,12 @@ class FunctionRunner:
         return experiment.allocate(fn, experiment.evidence_for(fn, self.query, tenant))
 
     def request(self, fn: Function, variant: Variant, inv: Invocation, model: str, stream: bool) -> ChatRequest:
+        route = self.gw.cfg.routes.get(model)
+        limit = (route.max_input_chars if route is not None else None) or self.gw.cfg.server.max_input_chars
         try:
-            msgs = render.messages(fn, variant, inv.variables)
+            msgs = render.messages(fn, variant, inv.variables, max_chars=limit)
+        except render.RenderTooLarge as exc:
+            raise PayloadTooLarge(f"fn:{fn.name}: {exc}", param="messages", code="input_too_large") from None
         except render.RenderError as exc:
             raise InvalidRequest(f"fn:{fn.name}: {exc}", param="messages", code="function_variables") from None
         body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream,

@@ -189,11 +189,23 @@ class Access:
         other = await asyncio.to_thread(self.keys.get, other_id) if key.owner is not None else None
         return other is not None and same_person(key, other)
 
-    async def reserve(self, key: ApiKey | None, tokens: int, cost: float) -> Reservation | None:
+    async def admit(self, key: ApiKey | None, tokens: int, input_tokens: int = 0) -> Reservation | None:
+        """Count a request against its key's requests and tokens per minute (``tokens`` estimated
+        from its input and token limit), before any expensive step; raises 429 (or 403 when it
+        can never fit). The request stays counted whatever happens to it later, and its
+        ``input_tokens`` (what the gateway reads of it) stay charged even if it is refused."""
         if key is None or not any(v is not None for v in (key.limits.rpm, key.limits.tpm,
                                                           key.limits.usd_per_day, key.limits.usd_per_month)):
             return None
-        return await self.limiter.check_and_reserve(key.key_id, key.limits, tokens_estimate=tokens, cost_estimate=cost)
+        r = await self.limiter.check_and_reserve(key.key_id, key.limits, tokens_estimate=tokens, cost_estimate=0.0)
+        r.min_tokens = min(input_tokens, tokens)
+        return r
+
+    async def reserve(self, key: ApiKey | None, reservation: Reservation | None, cost: float) -> None:
+        """Add an admitted request's estimated cost (known once its engines are) to its
+        reservation, against the key's USD budgets; raises 429 (or 403)."""
+        if key is not None and reservation is not None:
+            await self.limiter.extend(reservation, key.limits, cost_estimate=cost)
 
     async def settle(self, reservation: Reservation | None, tokens: int, cost: float) -> None:
         if reservation is not None and not reservation.settled:

@@ -109,6 +109,7 @@ class Reservation:
     cost_micros: int
     windows: Windows
     settled: bool = False
+    min_tokens: int = 0  # what a request that used no tokens is settled at: the input the gateway read
 
     @property
     def cost_usd(self) -> float:
@@ -150,12 +151,25 @@ class Limiter(ABC):
         windows = Windows.at(now)
         failed = await self._reserve(key_id, caps, tokens, micros, windows)
         if failed:
-            retry = max(windows.retry_after[k] for k in failed)
-            budget = any(k.startswith("usd") for k in failed)
-            raise RateLimited(f"API key {key_id} is over its {' and '.join(_WHAT[k] for k in failed)}; "
-                              f"retry in {retry:.0f} s", retry_after=retry,
-                              code="budget_exceeded" if budget else "rate_limit_exceeded")
+            raise _over(key_id, failed, windows)
         return Reservation(key_id, tokens, micros, windows)
+
+    async def extend(self, reservation: Reservation, limits: Limits, *, cost_estimate: float) -> None:
+        """Add ``cost_estimate`` to an admitted request's reservation (its requests and tokens were
+        counted when it was admitted, before any expensive step; its cost is known only once its
+        engines are): checked against the USD budgets only, in the windows it was admitted in.
+        Raises like :meth:`check_and_reserve`."""
+        micros = to_micros(cost_estimate)
+        caps = {**limit_values(limits), "rpm": None, "tpm": None}
+        never = [k for k in ("usd_day", "usd_month") if caps[k] is not None and micros > caps[k]]  # type: ignore[operator]
+        if never:
+            raise PermissionDenied("request can never fit: " + "; ".join(
+                f"needs {_fmt(k, micros)} but the key's {_WHAT[k]} is {_fmt(k, caps[k])}" for k in never),
+                code="request_exceeds_limit")
+        failed = await self._reserve(reservation.key_id, caps, 0, micros, reservation.windows, requests=0)
+        if failed:
+            raise _over(reservation.key_id, failed, reservation.windows)
+        reservation.cost_micros += micros
 
     async def settle(self, reservation: Reservation, *, actual_tokens: int, actual_cost: float) -> None:
         """Replace the reservation's estimates by what the request really used (0, 0 if it failed).
@@ -165,7 +179,7 @@ class Limiter(ABC):
         if actual_tokens < 0:
             raise ValueError(f"actual_tokens must be >= 0, got {actual_tokens}")
         reservation.settled = True
-        d_tokens = int(actual_tokens) - reservation.tokens
+        d_tokens = (int(actual_tokens) or reservation.min_tokens) - reservation.tokens
         d_micros = to_micros(actual_cost) - reservation.cost_micros
         if d_tokens or d_micros:
             await self._adjust(reservation.key_id, reservation.windows, d_tokens, d_micros)
@@ -176,9 +190,10 @@ class Limiter(ABC):
 
     @abstractmethod
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                       windows: Windows) -> list[str]:
+                       windows: Windows, requests: int = 1) -> list[str]:
         """Atomically: if every counter stays within its cap, add to all and return []; else
-        change nothing and return the kinds that would overflow."""
+        change nothing and return the kinds that would overflow. ``requests`` 0: an extension of
+        an admitted request (``windows`` may then be a minute old; nothing is dropped)."""
 
     @abstractmethod
     async def _adjust(self, key_id: str, windows: Windows, d_tokens: int, d_micros: int) -> None: ...
@@ -188,6 +203,14 @@ class Limiter(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def _over(key_id: str, failed: list[str], windows: Windows) -> RateLimited:
+    retry = max(windows.retry_after[k] for k in failed)
+    budget = any(k.startswith("usd") for k in failed)
+    return RateLimited(f"API key {key_id} is over its {' and '.join(_WHAT[k] for k in failed)}; "
+                       f"retry in {retry:.0f} s", retry_after=retry,
+                       code="budget_exceeded" if budget else "rate_limit_exceeded")
 
 
 def _fmt(kind: str, value: int | None) -> str:
@@ -220,20 +243,20 @@ class SqliteLimiter(Limiter):
         sqlite.migrate(self._conn, "limits_migrations", MIGRATIONS)
 
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                       windows: Windows) -> list[str]:
-        return await asyncio.to_thread(self._reserve_sync, key_id, caps, tokens, micros, windows)
+                       windows: Windows, requests: int = 1) -> list[str]:
+        return await asyncio.to_thread(self._reserve_sync, key_id, caps, tokens, micros, windows, requests)
 
     def _reserve_sync(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                      windows: Windows) -> list[str]:
-        add = {"rpm": 1, "tpm": tokens, "usd_day": micros, "usd_month": micros}
+                      windows: Windows, requests: int = 1) -> list[str]:
+        add = {"rpm": requests, "tpm": tokens, "usd_day": micros, "usd_month": micros}
         with self._lock, sqlite.immediate(self._conn) as c:
             used = self._counters(c, key_id, windows)
             failed = [k for k in KINDS if caps[k] is not None and used[k] + add[k] > caps[k]]  # type: ignore[operator]
             if failed:
                 return failed
-            # minute windows other than the current one are over: drop them as we go
-            c.execute("DELETE FROM limits_counters WHERE key_id = ? AND kind IN ('rpm', 'tpm') AND window <> ?",
-                      (key_id, windows.minute))
+            if requests:  # minute windows other than the current one are over: drop them as we go
+                c.execute("DELETE FROM limits_counters WHERE key_id = ? AND kind IN ('rpm', 'tpm') AND window <> ?",
+                          (key_id, windows.minute))
             for k in KINDS:
                 c.execute("INSERT INTO limits_counters (key_id, kind, window, value) VALUES (?, ?, ?, ?) "
                           "ON CONFLICT (key_id, kind, window) DO UPDATE SET value = value + excluded.value",
@@ -283,11 +306,11 @@ class MemoryLimiter(Limiter):
         self._counts[(key_id, kind, window)] = value
 
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                       windows: Windows) -> list[str]:
-        if windows.minute != self._minute:  # drop finished minute windows (day/month stay until restart)
+                       windows: Windows, requests: int = 1) -> list[str]:
+        if requests and windows.minute != self._minute:  # drop finished minute windows (day/month stay until restart)
             self._minute = windows.minute
             self._counts = {k: v for k, v in self._counts.items() if k[1] not in ("rpm", "tpm") or k[2] == windows.minute}
-        add = {"rpm": 1, "tpm": tokens, "usd_day": micros, "usd_month": micros}
+        add = {"rpm": requests, "tpm": tokens, "usd_day": micros, "usd_month": micros}
         slots = {k: (key_id, k, windows.of(k)) for k in KINDS}
         failed = [k for k in KINDS if caps[k] is not None and self._counts.get(slots[k], 0) + add[k] > caps[k]]  # type: ignore[operator]
         if not failed:
@@ -312,8 +335,8 @@ class MemoryLimiter(Limiter):
 
 _RESERVE_LUA = """
 -- KEYS: rpm, tpm, usd_day, usd_month counters
--- ARGV: 4 caps (-1 = unlimited), tokens, micros, minute ttl, day ttl, month ttl
-local add = {1, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[6])}
+-- ARGV: 4 caps (-1 = unlimited), tokens, micros, minute ttl, day ttl, month ttl, requests
+local add = {tonumber(ARGV[10]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[6])}
 local failed = {}
 for i = 1, 4 do
   local cap = tonumber(ARGV[i])
@@ -364,10 +387,10 @@ class RedisLimiter(Limiter):
         return f"{self.prefix}:{{{key_id}}}:{kind}:{windows.of(kind)}"
 
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                       windows: Windows) -> list[str]:
+                       windows: Windows, requests: int = 1) -> list[str]:
         keys = [self._key(key_id, k, windows) for k in KINDS]
         args: list[int] = [-1 if (cap := caps[k]) is None else cap for k in KINDS]
-        args += [tokens, micros, _TTL["rpm"], _TTL["usd_day"], _TTL["usd_month"]]
+        args += [tokens, micros, _TTL["rpm"], _TTL["usd_day"], _TTL["usd_month"], requests]
         failed = await self._reserve_script(keys=keys, args=args)
         return [KINDS[int(i) - 1] for i in failed]
 

@@ -18,6 +18,7 @@ IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -73,6 +74,7 @@ DEFAULT_NER = "rampart"
 # spans that may be found in parts: a whole one takes the score of its parts, and the rest of a
 # lost one is kept
 PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
+_PART_TYPES = frozenset().union(*PARTS.values())
 # --------------------------------------------------------------------------- resolution
 
 RECOGNISERS: dict[str, Recogniser] = {
@@ -91,7 +93,11 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
     """Greedy overlap resolution: highest (score, priority, length) first; a candidate that
     overlaps an accepted one is dropped. Agreeing votes on the same span raise its score; a
     confident address or name takes the score of the parts found inside it; the rest of a lost
-    address or name beyond the winners of its own type is kept (needs ``text``)."""
+    address or name beyond the winners of its own type is kept (needs ``text``).
+
+    Linear in the candidates up to a log factor (issue 23, H1: the pairwise version took
+    200-240 us per character of a long prompt): overlaps are looked up in ``_Spans``, the
+    parts inside a long span by bisection over the candidates sorted by start."""
     by_span: dict[tuple[int, int, str], Cand] = {}
     for c in cands:
         k = (c.start, c.end, c.type)
@@ -102,26 +108,32 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
             by_span[k] = Cand(c.start, c.end, c.type, c.score, c.source)
     # a confident long span takes the score of the spans of its kind inside it: a whole postal
     # address (one placeholder) wins over the street, city and zip code found within it
+    parts = sorted((d for d in by_span.values() if d.type in _PART_TYPES), key=lambda d: d.start)
+    part_starts = [d.start for d in parts]
     for c in by_span.values():
         if c.type in PARTS and c.score >= 0.7:
-            inner = [d.score for d in by_span.values() if d.type in PARTS[c.type] and c.start <= d.start
-                     and d.end <= c.end and (d.end - d.start) < (c.end - c.start)]
+            kinds = PARTS[c.type]
+            lo, hi = bisect.bisect_left(part_starts, c.start), bisect.bisect_left(part_starts, c.end + 1)
+            inner = [d.score for d in parts[lo:hi] if d.type in kinds and d.end <= c.end
+                     and (d.end - d.start) < (c.end - c.start)]
             c.score = max([c.score, *inner])
     ordered = sorted(by_span.values(), key=lambda c: (-(c.score + PRIORITY.get(c.type, 0) * 0.01), -(c.end - c.start)))
-    taken: list[Cand] = []
+    taken = _Spans()
     lost: list[Cand] = []
     for c in ordered:
         if c.score < min_score:
             continue
-        if any(c.start < t.end and t.start < c.end for t in taken):
+        if taken.overlaps(c.start, c.end):
             lost.append(c)
             continue
-        taken.append(c)
+        taken.add(c)
     # a long span that lost to a shorter one of its own type inside it ("Apt. 675 62314 Mellemvej 32"
     # against "Mellemvej 32") still says the rest is that type: keep the rest, not just the winner
     for c in lost:
-        inside = sorted((t for t in taken if c.start < t.end and t.start < c.end), key=lambda t: t.start)
-        if text is None or c.type not in PARTS or c.score < 0.7 or not any(t.type == c.type for t in inside):
+        if text is None or c.type not in PARTS or c.score < 0.7:
+            continue
+        inside = taken.overlapping(c.start, c.end)
+        if not any(t.type == c.type for t in inside):
             continue
         pos = c.start
         for t_start, t_end in [(t.start, t.end) for t in inside] + [(c.end, c.end)]:
@@ -130,10 +142,43 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
                 s0 += 1
             while e0 > s0 and not text[e0 - 1].isalnum():
                 e0 -= 1
-            if e0 - s0 >= 2 and not any(s0 < x.end and x.start < e0 for x in taken):
-                taken.append(Cand(s0, e0, c.type, c.score, c.source))
+            if e0 - s0 >= 2 and not taken.overlaps(s0, e0):
+                taken.add(Cand(s0, e0, c.type, c.score, c.source))
             pos = max(pos, t_end)
-    return sorted(taken, key=lambda c: c.start)
+    return taken.items()
+
+
+class _Spans:
+    """Non-overlapping spans kept sorted by (start, end): whether a span overlaps one of them,
+    and which, in O(log n) plus the answer (they are disjoint, so only the run of spans just
+    before ``end`` can overlap, and they end in the order they start)."""
+
+    def __init__(self) -> None:
+        self._keys: list[tuple[int, int, int]] = []  # (start, end, insertion number)
+        self._items: list[Cand] = []
+
+    def _last_before(self, end: int) -> int:
+        return bisect.bisect_left(self._keys, (end, -1, -1)) - 1  # the last span starting before ``end``
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = self._last_before(end)
+        return i >= 0 and self._keys[i][1] > start and self._keys[i][0] < end
+
+    def overlapping(self, start: int, end: int) -> list[Cand]:
+        """The spans overlapping [start, end), by start."""
+        out = []
+        i = self._last_before(end)
+        while i >= 0 and self._keys[i][1] > start:
+            out.append(self._items[self._keys[i][2]])
+            i -= 1
+        return out[::-1]
+
+    def add(self, c: Cand) -> None:
+        bisect.insort(self._keys, (c.start, c.end, len(self._items)))
+        self._items.append(c)
+
+    def items(self) -> list[Cand]:
+        return [self._items[k[2]] for k in self._keys]
 
 
 class PiiGuard:

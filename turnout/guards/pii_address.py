@@ -153,6 +153,11 @@ def _merge_adjacent(text: str, cands: list[Cand]) -> list[Cand]:
     return merged
 
 
+# matched where they stand (pattern.match(text, pos)): slicing text[pos:] for each address was
+# quadratic in a long prompt (issue 23, H1); a segment is read only as far as a place name can run
+_UNIT_AT = re.compile(UNIT_RE, re.IGNORECASE)
+_SEGMENT = re.compile(r"[^\n,]{0,256}")
+_ZIP_NEXT = re.compile(r"[ \t]*\n?[ \t]*\d{3,6}\b")
 _CONT_TOKEN = re.compile(r"\(?[^\W_][\w'’.()-]*\)?", re.UNICODE)
 
 
@@ -160,7 +165,7 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
     """Extend an address over following city / state / country / zip segments."""
     common = _lower_lexicon("common_words")
     pos = end
-    after_zip = bool(re.search(r"\d{4,6}$", text[:end]))
+    after_zip = bool(re.search(r"\d{4,6}$", text[max(0, end - 7):end]))  # not text[:end]: quadratic
     for _ in range(8):
         sep = _SEG.match(text, pos)
         if not sep:
@@ -180,19 +185,20 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
             break
         if re.search(r":$", tok.group(0)) or text[tok.end():tok.end() + 1] == ":":
             break
-        unit = re.match(UNIT_RE, text[sep.end():], re.IGNORECASE)
+        unit = _UNIT_AT.match(text, sep.end())
         if unit:
-            pos = sep.end() + unit.end()
+            pos = unit.end()
             continue
         # a multi-word place ("South Africa", "New Zealand") up to the end of the segment
-        line = re.split(r"[\n,]", text[sep.end():], maxsplit=1)[0]
+        seg = _SEGMENT.match(text, sep.end())
+        line = seg.group(0) if seg else ""
         words = line.split()
         multi = next((k for k in range(min(4, len(words)), 1, -1) if " ".join(words[:k]) in places), 0)
         if multi:
             pos = text.index(words[multi - 1], sep.end()) + len(words[multi - 1])
             continue
         # a state code or placeholder before a zip ("FAUSKE nan 8200", "Wrocław\n nan\n 53-320")
-        if re.fullmatch(r"[a-z]{2,4}", t) and re.match(r"[ \t]*\n?[ \t]*\d{3,6}\b", text[tok.end():]):
+        if re.fullmatch(r"[a-z]{2,4}", t) and _ZIP_NEXT.match(text, tok.end()):
             pos = sep.end() + len(t)
             continue
         ok = (

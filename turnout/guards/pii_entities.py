@@ -3,6 +3,7 @@ with word lists, shapes and context."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from typing import Any
@@ -68,6 +69,19 @@ def _cap_groups(text: str) -> list[tuple[int, int, list[str]]]:
     return groups
 
 
+_NAME_BEFORE = re.compile(r"(?:name is|named|call(?:ed)? me|called|i'?m|this is|hi|hello|dear|mr\.?|mrs\.?|ms\.?|"
+                          r"dr\.?|with|by|from|to|and|,|:)\s*$", re.IGNORECASE)
+_NAME_FOLLOW = re.compile(r"\s*(?:[,:]|['’]s\b|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)")
+
+
+def _last_visible(text: str, pos: int, blank: str | None = None) -> int:
+    """One past the last character before ``pos`` that is not in ``blank`` (default: white
+    space, as ``\\s`` and ``str.strip`` take it); 0 when there is none."""
+    while pos > 0 and (text[pos - 1].isspace() if blank is None else text[pos - 1] in blank):
+        pos -= 1
+    return pos
+
+
 def _names(text: str, doc: Any) -> list[Cand]:
     names = lexicon("names")
     common = _lower_lexicon("common_words")
@@ -110,12 +124,12 @@ def _names(text: str, doc: Any) -> list[Cand]:
         elif len(real) >= 2 and sum(known) >= 1 and not any(commonish):
             score = 0.6
         elif len(real) == 1 and known[0] and not commonish[0]:
-            before = text[:gs]
-            ctx = re.search(r"(?:name is|named|call(?:ed)? me|called|i'?m|this is|hi|hello|dear|mr\.?|mrs\.?|ms\.?|"
-                            r"dr\.?|with|by|from|to|and|,|:)\s*$", before, re.IGNORECASE)
-            sentence_start = not before.strip() or before.rstrip()[-1:] in ".!?\n\"'>"
-            follow = re.match(r"\s*(?:[,:]|['’]s\b|(?:is|was|will|has|had|and|shouted|began|said|spent|lives|from)\b)",
-                              text[ge:])
+            # only the words just before the name matter: look at them, not at the whole text before it
+            # (a search over text[:gs] per name was quadratic in a long prompt, issue 23 H1)
+            last = _last_visible(text, gs)
+            ctx = _NAME_BEFORE.search(text, max(0, last - 16), gs)
+            sentence_start = last == 0 or text[last - 1] in ".!?\n\"'>"
+            follow = _NAME_FOLLOW.match(text, ge)
             score = 0.6 if ctx else (0.5 if follow else 0.45 if not sentence_start else 0.35)
             if (real[0] not in names or real[0] in places) and _LOC_CTX.search(text[max(0, gs - 25):gs]):
                 # "flew to Suurküla": a foreign-looking word after a movement verb is a place
@@ -242,16 +256,23 @@ def unexplained_sentences(text: str, taken: list[Cand]) -> list[tuple[int, int]]
     sentence counts only when no dictionary knows it): where a second opinion may find a name."""
     common = _lower_lexicon("common_words")
     spans: list[tuple[int, int]] = []
+    # sentence breaks found once and bisected, not searched for again from each word (quadratic)
+    breaks_end = [b.end() for b in re.finditer(r"[.!?\n]\s", text)]
+    stops = [(b.start(), b.end()) for b in re.finditer(r"[.!?\n](?:\s|$)", text)]
+    stop_starts = [st for st, _ in stops]
+    covered = sorted((c.start, c.end) for c in taken)
     for m in _CAP_WORD.finditer(text):
         w = m.group(0)
-        if w.lower() in TECH_TERMS or any(m.start() < c.end and c.start < m.end() for c in taken):
+        k = bisect.bisect_left(covered, (m.end(), -1)) - 1
+        if w.lower() in TECH_TERMS or (k >= 0 and any(m.start() < e for _, e in covered[max(0, k - 3):k + 1])):
             continue
-        before = text[:m.start()].rstrip(" \t\"'(")
-        if (not before or before[-1] in ".!?:\n>") and (w.lower() in common or _english_word(w)):
+        last = _last_visible(text, m.start(), " \t\"'(")
+        if (last == 0 or text[last - 1] in ".!?:\n>") and (w.lower() in common or _english_word(w)):
             continue
-        a = max((b.end() for b in re.finditer(r"[.!?\n]\s", text[:m.start()])), default=0)
-        end = re.search(r"[.!?\n](?:\s|$)", text[m.end():])
-        b = m.end() + end.end() if end else len(text)
+        i = bisect.bisect_right(breaks_end, m.start()) - 1
+        a = breaks_end[i] if i >= 0 else 0
+        j = bisect.bisect_left(stop_starts, m.end())
+        b = stops[j][1] if j < len(stops) else len(text)
         if spans and a <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(b, spans[-1][1]))
         else:
@@ -299,6 +320,9 @@ _ORG_AFTER = (r"(?=(?:office|offices|headquarters|HQ|employees|staff|resignation
 _DETERMINERS = frozenset({"the", "a", "an", "our", "my", "your", "their", "his", "her", "its", "this", "that"})
 
 
+_ORG_BEFORE = re.compile(r"(?:work(?:ed|s)? (?:for|at)|from|of|at|joined|with)\s*$", re.IGNORECASE)
+
+
 def _orgs(text: str, doc: Any) -> list[Cand]:
     out = []
     names = lexicon("names")
@@ -308,7 +332,7 @@ def _orgs(text: str, doc: Any) -> list[Cand]:
             parts = v.split("-")
             if not all(p in names for p in parts):
                 continue
-            ctx = re.search(r"(?:work(?:ed|s)? (?:for|at)|from|of|at|joined|with)\s*$", text[:m.start()], re.IGNORECASE)
+            ctx = _ORG_BEFORE.search(text, max(0, _last_visible(text, m.start()) - 16), m.start())
             out.append(Cand(m.start(), m.end(), "ORGANIZATION", 0.65 if ctx else 0.4, "regex"))
             continue
         strong = re.search(r"(?:and|&) Sons$|\b(?:Inc\.?|LLC|Ltd\.?|PLC|GmbH|Corp\.?)$", v)

@@ -217,6 +217,9 @@ def _licences(text: str, doc: Any) -> list[Cand]:
             if any(c.isdigit() for c in m.group(1))]
 
 
+_CAPITAL_NEXT = re.compile(r"[ \t]+[A-Z][a-z]")
+
+
 def _nrp(text: str, doc: Any) -> list[Cand]:
     out = []
     for m in re.finditer(r"\b[^\W\d_]{3,}\b", text):
@@ -229,7 +232,7 @@ def _nrp(text: str, doc: Any) -> list[Cand]:
         if re.search(r"(?:\(|\b(?:studying|study|speaks?|speaking|learn|learning|into|translated? (?:to|into)))\s*$",
                      before):
             continue  # a language, or "Cyprus (Greek)"
-        if base in NATIONALITIES and not re.match(r"[ \t]+[A-Z][a-z]", text[m.end():]):
+        if base in NATIONALITIES and not _CAPITAL_NEXT.match(text, m.end()):  # not text[m.end():] (quadratic)
             out.append(Cand(m.start(), m.end(), "NRP", 0.75, "lexicon"))
     return out
 

@@ -65,10 +65,24 @@ def refine(taken: list[Cand], text: str) -> list[Cand]:
     common = _lower_lexicon("common_words")
     names = lexicon("names")
 
-    def free(s: int, e: int, me: Cand) -> bool:
-        return not any(o is not me and s < o.end and o.start < e for o in out)
+    def free(s: int, e: int, me: Cand, at: int) -> bool:
+        """No span but ``me`` (``out[at]``) overlaps [s, e). ``out`` stays sorted and disjoint (a
+        span only grows into free room), so only the neighbours up to the first that ends
+        before ``s`` (to the left) or starts after ``e`` (to the right) need a look: linear
+        over the whole text, where scanning every span was quadratic (issue 23, H1)."""
+        j = at - 1
+        while j >= 0 and out[j].end > s:
+            if out[j].start < e:
+                return False
+            j -= 1
+        j = at + 1
+        while j < len(out) and out[j].start < e:
+            if s < out[j].end:
+                return False
+            j += 1
+        return True
 
-    for c in out:
+    for at, c in enumerate(out):
         if c.type == "PERSON":
             # the surname next to a given name goes with it
             for _ in range(2):
@@ -78,22 +92,22 @@ def refine(taken: list[Cand], text: str) -> list[Cand]:
                 w = m.group(1)
                 last = text[c.start:c.end].split()[-1] if text[c.start:c.end].split() else ""
                 if (w.lower() in _NOT_SURNAME or (w.lower() in common and w not in names)
-                        or not (last in names or last[:1].isupper()) or not free(c.end, m.end(1), c)):
+                        or not (last in names or last[:1].isupper()) or not free(c.end, m.end(1), c, at)):
                     break
                 c.end = m.end(1)
         elif c.type == "LOCATION":
             m = _STATE_FORM.search(text, max(0, c.start - 80), c.start)
-            if m and free(m.start(), c.start, c):
+            if m and free(m.start(), c.start, c, at):
                 c.start = m.start() + (4 if text[m.start():m.start() + 4].lower() == "the " else 0)
     # occupations in apposition to a person: "Mark Rivera, the civil drafter, said"
     extra: list[Cand] = []
-    for c in out:
+    for at, c in enumerate(out):
         if c.type != "PERSON":
             continue
         m = _APPOSITION.match(text, c.end)
         if not m:
             continue
         head = m.group(2)
-        if (_occupation_head(head) or _AGENT.fullmatch(head)) and free(m.start(1), m.end(1), c):
+        if (_occupation_head(head) or _AGENT.fullmatch(head)) and free(m.start(1), m.end(1), c, at):
             extra.append(Cand(m.start(1), m.end(1), "TITLE", 0.6, "apposition"))
     return sorted(out + extra, key=lambda c: c.start)

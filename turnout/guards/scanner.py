@@ -10,24 +10,45 @@ it; it is thread-safe. Per request::
         texts = scanner.apply(p, texts, verdict)            # placeholders in, restore later
 
 All guards together run under one time budget (``budget_ms`` plus ``budget_ms_per_kchar``
-for every 1,000 characters inspected). A guard that raises or runs past it makes the
-inspection carry ``error``, which policy treats as "not safe for remote" (fail closed).
+for every 1,000 characters inspected, never more than ``max_budget_ms``). A guard that raises
+or runs past it makes the inspection carry ``error``, which policy treats as "not safe for
+remote" (fail closed).
+
+Bounded work (issue 23, H1): the scanner cuts each text into windows of ``WINDOW_CHARS``
+(overlapping by ``OVERLAP_CHARS``, so a finding across a cut is still whole in one window) and
+runs each detector window by window on the ``FairPool`` (``turnout.guards.fairshare``): the
+deadline is checked between windows, so an inspection stops within one window's work of its
+budget, and a tenant's units queue behind that tenant's own share of the workers. Every window
+is read (the injection classifier used to read the first 20,000 characters only); whole-text
+findings (span 0, 0) are reported once per detector and type, at their best score. A plugin
+detector that must see a text whole declares ``windowed = False`` (its work is then its own to
+bound). Why windows and not a process to kill: a guard process takes seconds to start and load
+its models, and holds them again in memory (measured in bench/guard_fairness.py), while
+abandoning an inspection between windows wastes at most one window's work.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import concurrent.futures as cf
+import itertools
 import re
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from turnout import plugins
+from turnout.errors import RateLimited
 from turnout.guards.base import Finding, Guard, GuardFactory, Inspection, Verdict
+from turnout.guards.fairshare import FairPool
 from turnout.guards.pseudonymize import Pseudonymizer
 
 if TYPE_CHECKING:
     from turnout.config import GuardsConfig
+
+T = TypeVar("T")
 
 
 def guard_factory(name: str) -> GuardFactory:
@@ -36,15 +57,124 @@ def guard_factory(name: str) -> GuardFactory:
     return found
 
 
+# A window's work is bounded, so an inspection stops within one window of its deadline. 2,000
+# characters is about one window of the PII transformer (512 tokens of prose). Measured on this
+# loaded 2-core machine (bench/guard_fairness.py --windows, two runs), per window of 2,400
+# characters: PII 150-170 ms on prose, up to 560 ms at worst (one token per two characters:
+# "x x x ..."); injection 80-130 ms, up to 780 ms; secrets 1-13 ms. The overlap re-reads 10 %.
+WINDOW_CHARS = 2000
+OVERLAP_CHARS = 200
+# the longest any one inspection may run, however long the text (guards.max_budget_ms)
+MAX_BUDGET_MS = 5000.0
+# inspections of one tenant that may wait for its share of the workers before it gets a 429
+MAX_QUEUED = 32
+
+
+def windows(text: str, size: int = WINDOW_CHARS, overlap: int = OVERLAP_CHARS) -> list[tuple[int, int, int, str]]:
+    """``text`` in pieces: (offset of the piece, start and end of its core, piece). The cores
+    tile the text; each piece adds ``overlap`` characters on both sides of its core."""
+    if len(text) <= size + overlap:
+        return [(0, 0, len(text), text)]
+    out = []
+    for lo in range(0, len(text), size):
+        a = max(0, lo - overlap)
+        out.append((a, lo, min(len(text), lo + size), text[a:lo + size + overlap]))
+    return out
+
+
+@dataclass
+class _Unit:
+    guard: Guard
+    index: int       # message
+    offset: int      # of the piece in the message
+    core: tuple[int, int]
+    piece: str
+    whole: bool      # the only piece of this message
+
+
+@dataclass(eq=False)
+class _Run:
+    """One inspection: its units in order, the findings so far, the clock."""
+
+    scanner: Scanner
+    texts: Sequence[str]
+    budget: float                      # ms
+    insp: Inspection = field(default_factory=Inspection)
+    started: float | None = None       # when its first unit started on a worker
+    failed: set[str] = field(default_factory=set)
+    whole: dict[tuple[int, str, str], int] = field(default_factory=dict)  # -> index in findings
+
+    def units(self) -> Iterator[_Unit]:
+        for guard in self.scanner.guards:
+            t0 = time.perf_counter()
+            for i, text in enumerate(self.texts):
+                if not text:
+                    continue
+                pieces = windows(text) if getattr(guard, "windowed", True) else [(0, 0, len(text), text)]
+                for offset, lo, hi, piece in pieces:
+                    if guard.name in self.failed:
+                        break
+                    yield _Unit(guard, i, offset, (lo, hi), piece, len(pieces) == 1)
+            self.insp.timings_ms[guard.name] = round((time.perf_counter() - t0) * 1000, 3)
+
+    def remaining(self) -> float:
+        """Seconds left of the budget (the whole budget until the first unit started)."""
+        if self.started is None:
+            return self.budget / 1000.0
+        return self.started + self.budget / 1000.0 - time.perf_counter()
+
+    def timed(self, fn: Callable[[str], list[Finding]]) -> Callable[[str], list[Finding]]:
+        def run(piece: str) -> list[Finding]:
+            if self.started is None:
+                self.started = time.perf_counter()
+            return fn(piece)
+        return run
+
+    def add(self, u: _Unit, found: list[Finding]) -> None:
+        lo, hi = u.core
+        for f in found:
+            if not u.whole:
+                if f.start == f.end == 0:  # about the whole text: once per detector and type, at its best
+                    key = (u.index, f.detector, f.type)
+                    best = self.whole.get(key)
+                    if best is not None:
+                        if f.score > self.insp.findings[best][1].score:
+                            self.insp.findings[best] = (u.index, f)
+                        continue
+                    self.whole[key] = len(self.insp.findings)
+                else:
+                    start = f.start + u.offset
+                    if not lo <= start < hi:  # the neighbouring piece's core: found there
+                        continue
+                    f = Finding(f.kind, f.type, start, f.end + u.offset, f.score, f.detector)
+            self.insp.findings.append((u.index, f))
+            self.insp.labels.add(f.kind)
+
+    def fail(self, u: _Unit, exc: BaseException) -> None:
+        msg = f"{u.guard.name}: {type(exc).__name__}: {exc}"
+        self.insp.error = msg if self.insp.error is None else f"{self.insp.error}; {msg}"
+        self.insp.labels.add("guard_error")
+        self.failed.add(u.guard.name)
+
+    def late(self, u: _Unit, spent: bool) -> TimeoutError:
+        verb = "spent" if spent else "exceeded"
+        return TimeoutError(f"{u.guard.name}: time budget of {self.budget:.0f} ms {verb}")
+
+
 class Scanner:
     def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                 workers: int = 2, output_guards: Sequence[Guard] | None = None) -> None:
+                 workers: int = 2, output_guards: Sequence[Guard] | None = None,
+                 max_budget_ms: float = MAX_BUDGET_MS, tenant_share: int | None = None,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.guards = list(guards)
         self.output_guards = list(output_guards) if output_guards is not None else [
             g for g in self.guards if getattr(g, "scans_output", False)]
         self.budget_ms = budget_ms
         self.budget_ms_per_kchar = budget_ms_per_kchar  # long documents get time in proportion
-        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turnout-guard")
+        self.max_budget_ms = max_budget_ms
+        self.max_queued = max_queued
+        self._pool = FairPool(workers, tenant_share)
+        self._runs: dict[str, set[_Run]] = {}  # per tenant: its inspections under way (event loop only)
 
     @classmethod
     def from_config(cls, cfg: GuardsConfig, *, budget_ms_per_kchar: float = 40.0) -> Scanner:
@@ -53,7 +183,9 @@ class Scanner:
         declare ``scans_output`` scan answers too."""
         guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
         output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
-        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output)
+        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output,
+                   workers=cfg.workers, max_budget_ms=cfg.max_budget_ms, tenant_share=cfg.tenant_share,
+                   max_queued=cfg.max_queued_per_tenant)
 
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
@@ -66,49 +198,100 @@ class Scanner:
         return cls.from_config(cfg, budget_ms_per_kchar=budget_ms_per_kchar)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     # ------------------------------------------------------------------ input
 
     def budget_for(self, texts: Sequence[str]) -> float:
-        """The time budget in ms for one inspection of ``texts``."""
-        return self.budget_ms + self.budget_ms_per_kchar * sum(len(t) for t in texts) / 1000.0
+        """The time budget in ms for one inspection of ``texts``: in proportion to their length,
+        up to ``max_budget_ms``."""
+        return min(self.max_budget_ms, self.budget_ms + self.budget_ms_per_kchar * sum(len(t) for t in texts) / 1000.0)
 
-    def _run(self, guard: Guard, text: str, deadline: float, budget: float) -> list[Finding]:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise TimeoutError(f"{guard.name}: time budget of {budget:.0f} ms spent")
-        fut = self._pool.submit(guard.inspect, text)
-        try:
-            return fut.result(timeout=remaining)
-        except cf.TimeoutError as exc:
-            fut.cancel()
-            raise TimeoutError(f"{guard.name}: time budget of {budget:.0f} ms exceeded") from exc
-
-    def inspect_messages(self, texts: Sequence[str]) -> Inspection:
+    def inspect_messages(self, texts: Sequence[str], tenant: str = "-") -> Inspection:
         """Run every guard on every text. Never raises for a guard failure: the failure is
         recorded in ``error`` (and the label ``guard_error``) and the remaining guards
-        still run, so the labels stay as complete as possible."""
-        insp = Inspection()
-        budget = self.budget_for(texts)
-        deadline = time.perf_counter() + budget / 1000.0
-        for guard in self.guards:
-            t0 = time.perf_counter()
-            for i, text in enumerate(texts):
-                if not text:
+        still run, so the labels stay as complete as possible. Blocks the calling thread:
+        the gateway uses :meth:`inspect_async`."""
+        run = _Run(self, texts, self.budget_for(texts))
+        for u in run.units():
+            if run.remaining() <= 0:
+                run.fail(u, run.late(u, spent=True))
+                continue
+            fut = self._pool.submit(tenant, run.timed(u.guard.inspect), u.piece)
+            try:
+                found = fut.result(timeout=run.remaining())
+            except cf.TimeoutError:
+                fut.cancel()
+                run.fail(u, run.late(u, spent=False))
+                continue
+            except Exception as exc:  # noqa: BLE001  fail closed: any failure marks the request unsafe
+                run.fail(u, exc)
+                continue
+            run.add(u, found)
+        return run.insp
+
+    async def inspect_async(self, texts: Sequence[str], tenant: str) -> Inspection:
+        """:meth:`inspect_messages` for the event loop, on ``tenant``'s share of the workers.
+        Its budget starts when its first unit starts; waiting for that is bounded by
+        ``max_budget_ms``, and a tenant whose inspections cannot start in that time, or that has
+        ``max_queued`` of them waiting, is answered 429 (its own flood, not others', holds it)."""
+        run = _Run(self, texts, self.budget_for(texts))
+        runs = self._runs.setdefault(tenant, set())
+        if sum(r.started is None for r in runs) >= self.max_queued:
+            raise self._busy(tenant, f"{self.max_queued} of its inspections are already waiting")
+        runs.add(run)
+        try:
+            for u in run.units():
+                if run.remaining() <= 0:
+                    run.fail(u, run.late(u, spent=True))
                     continue
+                fut = self._pool.submit(tenant, run.timed(u.guard.inspect), u.piece)
                 try:
-                    found = self._run(guard, text, deadline, budget)
-                except Exception as exc:  # noqa: BLE001  fail closed: any failure marks the request unsafe
-                    msg = f"{guard.name}: {type(exc).__name__}: {exc}"
-                    insp.error = msg if insp.error is None else f"{insp.error}; {msg}"
-                    insp.labels.add("guard_error")
-                    break
-                for f in found:
-                    insp.findings.append((i, f))
-                    insp.labels.add(f.kind)
-            insp.timings_ms[guard.name] = round((time.perf_counter() - t0) * 1000, 3)
-        return insp
+                    if run.started is None:  # its first unit: waits for the tenant's turn
+                        found = await self._first(run, fut, tenant)
+                    else:
+                        found = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, run.remaining()))
+                except TimeoutError:
+                    fut.cancel()
+                    run.fail(u, run.late(u, spent=False))
+                    continue
+                except RateLimited:
+                    raise
+                except Exception as exc:  # noqa: BLE001  fail closed
+                    run.fail(u, exc)
+                    continue
+                run.add(u, found)
+        finally:
+            runs.discard(run)
+            if not runs:
+                self._runs.pop(tenant, None)
+        return run.insp
+
+    async def _first(self, run: _Run, fut: cf.Future[list[Finding]], tenant: str) -> list[Finding]:
+        """The first unit's findings: it may wait its turn up to ``max_budget_ms`` (looked at
+        every 50 ms), then run within the budget."""
+        waited = asyncio.wrap_future(fut)
+        give_up = time.perf_counter() + self.max_budget_ms / 1000.0
+        while run.started is None:
+            left = give_up - time.perf_counter()
+            if left <= 0:
+                if fut.cancel():  # never started: the tenant's share stayed busy
+                    raise self._busy(tenant, "its share of the guard workers stayed busy")
+                break
+            try:
+                return await asyncio.wait_for(asyncio.shield(waited), min(left, 0.05))
+            except TimeoutError:
+                continue
+        return await asyncio.wait_for(waited, max(0.0, run.remaining()))
+
+    async def run_fair(self, tenant: str, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on ``tenant``'s share of the workers (no budget: work that must finish)."""
+        result: T = await asyncio.wrap_future(self._pool.submit(tenant, fn, *args))
+        return result
+
+    def _busy(self, tenant: str, why: str) -> RateLimited:
+        return RateLimited(f"the input guards are busy with tenant {tenant}'s other requests ({why}); retry shortly",
+                           retry_after=max(1.0, self.max_budget_ms / 1000.0), code="guards_busy")
 
     @staticmethod
     def apply(p: Pseudonymizer, texts: Sequence[str], verdict: Verdict) -> list[str]:
@@ -152,8 +335,15 @@ def every_occurrence(texts: Sequence[str], by_msg: dict[int, list[Finding]], *,
     out: dict[int, list[Finding]] = {}
     for i, t in enumerate(texts):
         found = list(by_msg.get(i, []))
+        # overlap with a finding: bisect the findings by start, with the furthest end so far (the
+        # matches never overlap each other, so only the findings given need looking at); a scan
+        # of every finding per match was quadratic in a long prompt (issue 23, H1)
+        spans = sorted((f.start, f.end) for f in found)
+        starts = [a for a, _ in spans]
+        reach = list(itertools.accumulate((e for _, e in spans), max))
         for m in pattern.finditer(t):
-            if any(m.start() < f.end and f.start < m.end() for f in found):
+            k = bisect.bisect_left(starts, m.end()) - 1
+            if k >= 0 and reach[k] > m.start():
                 continue
             src = values[m.group(0)]
             found.append(Finding(src.kind, src.type, m.start(), m.end(), src.score, src.detector + "+repeat"))

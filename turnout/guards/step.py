@@ -15,7 +15,6 @@ request to local engines, or refuses it when none is available.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,15 +141,16 @@ class Guards:
         self.policy = policy or GuardPolicy()
 
     async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True,
-                      authored: Sequence[ChatMessage] = ()) -> Inspection:
-        """Run the detectors (off the event loop). Refuses, on any engine, what policy blocks
-        everywhere (injection above the threshold) unless ``block`` is False (text to be
+                      authored: Sequence[ChatMessage] = (), tenant: str = "-") -> Inspection:
+        """Run the detectors (off the event loop, on ``tenant``'s share of the guard workers:
+        429 ``guards_busy`` when that share stays busy). Refuses, on any engine, what policy
+        blocks everywhere (injection above the threshold) unless ``block`` is False (text to be
         embedded is data, not instructions: indexing jailbreak prompts is legitimate).
         Injection findings in ``authored`` messages (these very objects: the gateway's own
         template, never anything from the wire) are dropped: the gateway's prompt is not user
         input; every other finding on them stands, and what the user supplied is inspected."""
         texts, where = _texts(req)
-        insp = await asyncio.to_thread(self.scanner.inspect_messages, texts)
+        insp = await self.scanner.inspect_async(texts, tenant)
         if authored and isinstance(req, ChatRequest):
             ours = {t for t, (i, _) in enumerate(where) if i >= 0 and any(req.messages[i] is m for m in authored)}
             insp.findings = [(t, f) for t, f in insp.findings if not (f.kind == "injection" and t in ours)]
@@ -181,6 +181,12 @@ class Guards:
             else:
                 state.pseudonymizer, state.protected = p, protected
         return state
+
+    async def protect_async(self, req: ChatRequest | EmbeddingRequest, insp: Inspection, policy: GuardPolicy | None,
+                            tenant: str) -> GuardState:
+        """:meth:`protect` on ``tenant``'s share of the guard workers: pseudonymizing a long
+        prompt with many findings takes a while, and the event loop serves every tenant."""
+        return await self.scanner.run_fair(tenant, self.protect, req, insp, policy)
 
     def policy_for(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
         """The default policy with a route's own remote actions per finding kind."""

@@ -223,9 +223,9 @@ ERRORS = {
     "401": "missing, unknown, revoked or expired API key (auth: keys)",
     "403": "the key lacks the role or route, or a policy rule or a guard refused",
     "404": "unknown model (route alias or engine)",
-    "413": "body larger than server.max_body_bytes",
+    "413": "body larger than server.max_body_bytes, or input over the route's max_input_chars",
     "415": "a body not declared Content-Type: application/json",
-    "429": "rate limit or budget exceeded (Retry-After)",
+    "429": "rate limit or budget exceeded, or the tenant's share of the guards busy (Retry-After)",
     "502": "every engine of the chain failed; the message names each hop",
     "503": "overloaded (Retry-After) or no engine reachable",
 }
