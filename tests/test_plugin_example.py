@@ -175,7 +175,10 @@ def test_a_bedrock_failure_falls_back_as_its_error_class_says(gw: Gateway, bedro
 def test_a_bedrock_failure_with_no_engine_left_reaches_the_client_with_its_status(gw: Gateway) -> None:
     throttled = chat(gw, "nova-throttled")
     assert throttled.status_code == 503 and throttled.json()["error"]["code"] == "all_engines_failed"
-    assert "ThrottlingException" in throttled.json()["error"]["message"]
+    # the caller learns the hop and its kind of failure; the upstream's own words stay in the ledger
+    assert "nova-throttled: upstream_rate_limited" in throttled.json()["error"]["message"]
+    hops = json.loads(next(r for r in gw.ledger() if r["request_id"] == throttled.headers["x-request-id"])["hops"])
+    assert "ThrottlingException" in hops[0]["error"], hops
     short = chat(gw, "nova-short")
     assert short.status_code == 400 and short.json()["error"]["code"] == "context_length_exceeded"
     assert set(short.json()["error"]) == {"message", "type", "param", "code"}

@@ -59,7 +59,7 @@ class TaskBody(BaseModel):
     goal: str = Field(min_length=1, max_length=4000)
     # names as plans reference them ({{input.NAME}}); the values are the task's data, never logged
     inputs: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")], Any] = Field(
-        default_factory=dict, max_length=MAX_INPUTS)
+        default_factory=dict, max_length=MAX_INPUTS, json_schema_extra={"additionalProperties": False})
     tools: list[str] = Field(default_factory=list)
     sensitivity: Literal["public", "internal", "sensitive", "restricted"] | None = None
     budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False,
