@@ -265,4 +265,11 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     forged = ChatMessage(role="system", content=ours.content)
     with pytest.raises(PolicyBlocked):  # the gateway's system prompt alone is a JAILBREAK to the default guard
         asyncio.run(guards.inspect(ChatRequest(model="m", messages=[forged, user]), authored=[ours]))
+    # the injection detector does not even read an authored message (its time stays the user's)
+    injection = next(g for g in guards.scanner.guards if g.name == "injection")
+    read: list[str] = []
+    real = injection.inspect
+    injection.inspect = lambda text: read.append(text) or real(text)  # type: ignore[method-assign]
+    asyncio.run(guards.inspect(ChatRequest(model="m", messages=[ours, also, user]), authored=[ours, also]))
+    assert read == [user.content], read
     guards.scanner.close()

@@ -35,7 +35,8 @@ import concurrent.futures as cf
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -99,6 +100,7 @@ class _Run:
     scanner: Scanner
     texts: Sequence[str]
     budget: float                      # ms
+    skip: Mapping[int, AbstractSet[str]] = field(default_factory=dict)  # text -> finding kinds not wanted
     insp: Inspection = field(default_factory=Inspection)
     started: float | None = None       # when its first unit started on a worker
     failed: set[str] = field(default_factory=set)
@@ -107,8 +109,9 @@ class _Run:
     def units(self) -> Iterator[_Unit]:
         for guard in self.scanner.guards:
             t0 = time.perf_counter()
+            kinds = self.scanner.kinds.get(guard.name)
             for i, text in enumerate(self.texts):
-                if not text:
+                if not text or (kinds and i in self.skip and set(kinds) <= self.skip[i]):
                     continue
                 pieces = windows(text) if getattr(guard, "windowed", True) else [(0, 0, len(text), text)]
                 for offset, lo, hi, piece in pieces:
@@ -165,8 +168,9 @@ class Scanner:
     def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
                  workers: int = 2, output_guards: Sequence[Guard] | None = None,
                  max_budget_ms: float = MAX_BUDGET_MS, tenant_share: int | None = None,
-                 max_queued: int = MAX_QUEUED) -> None:
+                 max_queued: int = MAX_QUEUED, kinds: Mapping[str, Sequence[str]] | None = None) -> None:
         self.guards = list(guards)
+        self.kinds = dict(kinds or {})  # guard name -> the finding kinds it reports (its factory's)
         self.output_guards = list(output_guards) if output_guards is not None else [
             g for g in self.guards if getattr(g, "scans_output", False)]
         self.budget_ms = budget_ms
@@ -183,9 +187,10 @@ class Scanner:
         declare ``scans_output`` scan answers too."""
         guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
         output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
+        kinds = {g.name: tuple(guard_factory(name).kinds) for name, g in zip(cfg.detectors, guards, strict=True)}
         return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output,
                    workers=cfg.workers, max_budget_ms=cfg.max_budget_ms, tenant_share=cfg.tenant_share,
-                   max_queued=cfg.max_queued_per_tenant)
+                   max_queued=cfg.max_queued_per_tenant, kinds=kinds)
 
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
@@ -207,12 +212,14 @@ class Scanner:
         up to ``max_budget_ms``."""
         return min(self.max_budget_ms, self.budget_ms + self.budget_ms_per_kchar * sum(len(t) for t in texts) / 1000.0)
 
-    def inspect_messages(self, texts: Sequence[str], tenant: str = "-") -> Inspection:
+    def inspect_messages(self, texts: Sequence[str], tenant: str = "-",
+                         skip: Mapping[int, AbstractSet[str]] | None = None) -> Inspection:
         """Run every guard on every text. Never raises for a guard failure: the failure is
         recorded in ``error`` (and the label ``guard_error``) and the remaining guards
         still run, so the labels stay as complete as possible. Blocks the calling thread:
-        the gateway uses :meth:`inspect_async`."""
-        run = _Run(self, texts, self.budget_for(texts))
+        the gateway uses :meth:`inspect_async`. ``skip`` maps a text's index to finding kinds
+        not wanted on it: a detector that reports only those kinds does not read that text."""
+        run = _Run(self, texts, self.budget_for(texts), dict(skip or {}))
         for u in run.units():
             if run.remaining() <= 0:
                 run.fail(u, run.late(u, spent=True))
@@ -230,12 +237,13 @@ class Scanner:
             run.add(u, found)
         return run.insp
 
-    async def inspect_async(self, texts: Sequence[str], tenant: str) -> Inspection:
+    async def inspect_async(self, texts: Sequence[str], tenant: str,
+                            skip: Mapping[int, AbstractSet[str]] | None = None) -> Inspection:
         """:meth:`inspect_messages` for the event loop, on ``tenant``'s share of the workers.
         Its budget starts when its first unit starts; waiting for that is bounded by
         ``max_budget_ms``, and a tenant whose inspections cannot start in that time, or that has
         ``max_queued`` of them waiting, is answered 429 (its own flood, not others', holds it)."""
-        run = _Run(self, texts, self.budget_for(texts))
+        run = _Run(self, texts, self.budget_for(texts), dict(skip or {}))
         runs = self._runs.setdefault(tenant, set())
         if sum(r.started is None for r in runs) >= self.max_queued:
             raise self._busy(tenant, f"{self.max_queued} of its inspections are already waiting")

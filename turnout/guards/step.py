@@ -150,9 +150,11 @@ class Guards:
         template, never anything from the wire) are dropped: the gateway's prompt is not user
         input; every other finding on them stands, and what the user supplied is inspected."""
         texts, where = _texts(req)
-        insp = await self.scanner.inspect_async(texts, tenant)
+        ours: set[int] = set()
         if authored and isinstance(req, ChatRequest):
             ours = {t for t, (i, _) in enumerate(where) if i >= 0 and any(req.messages[i] is m for m in authored)}
+        insp = await self.scanner.inspect_async(texts, tenant, skip={t: {"injection"} for t in ours})
+        if ours:  # a detector whose kinds the scanner does not know (a plugin's) still read them
             insp.findings = [(t, f) for t, f in insp.findings if not (f.kind == "injection" and t in ours)]
             if not any(f.kind == "injection" for _, f in insp.findings):
                 insp.labels.discard("injection")

@@ -124,7 +124,7 @@ async def create_task(request: Request) -> Response:
     sensitivity = label.strip().lower() if label else None
     budget = body.budget_usd if body.budget_usd is not None else runner.tc.budget_usd
     # not labelled sensitive, but the guards keep its goal or inputs local: every call stays local
-    local_only = None if sensitivity in SENSITIVE_LEVELS else await runner.confinement(body.goal, body.inputs)
+    local_only = None if sensitivity in SENSITIVE_LEVELS else await runner.confinement(body.goal, body.inputs, who.tenant)
     tid = await asyncio.to_thread(runner.store.create, who.tenant, key_id, body.goal, body.inputs, body.tools,
                                   sensitivity, budget, local_only)
     await runner.audit_event({"event": "task_created", "task": tid, "tenant": who.tenant, "by": key_id or "anonymous",

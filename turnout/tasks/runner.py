@@ -165,7 +165,7 @@ class TaskRunner:
             except Exception:
                 log.exception("audit append failed for %s of %s", payload.get("event"), payload.get("task"))
 
-    async def confinement(self, goal: str, inputs: dict[str, Any]) -> str | None:
+    async def confinement(self, goal: str, inputs: dict[str, Any], tenant: str) -> str | None:
         """Why a new task must stay local though it is not labelled so: the guards keep its goal
         or inputs off remote engines under the planner route's policy (a secret, a detector
         that failed, ...). None when remote engines may see it, or guards are off."""
@@ -174,7 +174,7 @@ class TaskRunner:
             return None
         text = "\n\n".join([goal, *(f"{k}:\n{planmod.as_text(v)}" for k, v in inputs.items())])
         req = ChatRequest(model=self.planner_route, messages=[ChatMessage(role="user", content=text)])
-        insp = await guards.inspect(req, block=False)
+        insp = await guards.inspect(req, block=False, tenant=tenant)  # on the tenant's share of the guards
         route = self.cfg.routes.get(self.planner_route)
         state = guards.protect(req, insp, guards.policy_for(route.guards if route else None))
         if state.safe_for_remote:

@@ -54,11 +54,6 @@ def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
             "smollm2": {"dialect": "llamacpp", "n_ctx": 2048, "pricing": {"hourly_cost": 0.5}},
         },
         "routes": {"frontier": {"chain": ["planner"]}, "local": {"chain": ["smollm2"]}},
-        # the default guards (detectors, actions, injection threshold) with a longer time budget:
-        # bench/tasks_guards.py on this shared 2-core machine: the planner call (2,309 characters) took
-        # 486 ms median, 1,204 ms max to inspect, over its default 342 ms, and a detector past its
-        # budget keeps a call local, which the remote planner route cannot serve
-        "guards": {"budget_ms": 5000},
         "storage": {"sqlite_path": str(db)},
         "tasks": {
             "planner_route": "frontier", "executor_route": "local", "step_max_tokens": 48,
