@@ -11,7 +11,8 @@
                   local engines remain (fail closed)
     reserve       budgets, the cost estimated for the decided chain (429 with Retry-After); a task's
                   budget left (403)
-    call          the engine stack the strategy builds for this decision:
+    call          the engine stack for this decision (turnout.engines.stack; the route's strategy
+                  gives it its shape):
                       Fallback([Instrumented(Guarded(remote)), Instrumented(local), ...])
                       Cascade(weak=Fallback([...]), strong=Fallback([...]))
                   (Guarded: protected copy out, placeholders restored in answers, streams, tool calls)
@@ -33,17 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from turnout.cache import AnswerCache
 from turnout.call import Call
 from turnout.config import TurnoutConfig
+from turnout.engines import stack
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
-from turnout.engines.fallback import FallbackEngine
-from turnout.engines.guarded import GuardedEngine
-from turnout.engines.hedge import Hedge
-from turnout.engines.instrumented import InstrumentedEngine
 from turnout.errors import (
     EngineError,
     InvalidRequest,
@@ -92,9 +90,6 @@ class Gateway:
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
-        # routes without a started strategy that hedge a slow first token (a strategy keeps its own)
-        self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
-                       if r.hedge is not None and alias not in self.strategies}
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
 
@@ -332,16 +327,14 @@ class Gateway:
         d = call.decision
         assert d is not None
         call.trail.prompt_estimate = req.estimated_tokens()
-        leaves = []
-        for name in d.chain:
-            engine = self.engines[name]
-            if call.guard is not None and call.guard.protected is not None and engine.info.locality == "remote":
-                engine = GuardedEngine(engine, call.guard)
-            leaves.append(InstrumentedEngine(engine, call.trail, self.tracer))
         strategy = self.strategies.get(d.alias)
-        if strategy is None or strategy.name != d.strategy:  # rules, or a rule's own chain
-            return FallbackEngine(leaves, call.trail, self.hedges.get(d.alias))
-        return strategy.stack(d, leaves, call.trail)
+        if strategy is None or strategy.name != d.strategy:  # a rule's own chain: fallback along it
+            return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer)
+
+        def shape(leaves: Sequence[Engine]) -> Engine:  # the route's strategy (its hedge too)
+            return strategy.stack(d, leaves, call.trail)
+
+        return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer, shape)
 
     # ==== scan (non-streaming): record, redact or withhold per guards.output ==================
     def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
