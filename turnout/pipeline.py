@@ -17,7 +17,10 @@
                       Cascade(weak=Fallback([...]), strong=Fallback([...]))
                   (Guarded: protected copy out, placeholders restored in answers, streams, tool calls)
     scan          guards on the output               -> labels; redact or withhold if configured
+                  (a stream: recorded only, at its end)
     keep          a cacheable miss is stored
+                  (scan, a function's output check, keep: one sequence for a whole answer and a
+                  stream's end, Gateway.conclude)
     record        settle the reservation; ledger row + audit entry; metrics  (always)
     learn         learned/cascade routes only, after the record: a shadow call of the strong
                   engine in the background, a cascade escalation's label (turnout.learning)
@@ -98,12 +101,8 @@ class Gateway:
         async with self.handled(call, req):
             req, hit = await self.prepare(call, req)
             result = hit or await self.stack(call, req).chat(req)
-            self.scan(call, req, result)
-            if call.function is not None:  # a function's output check: its verdict goes in the row
-                call.function.judge(result.content)
-            await self.keep(call, req, result)
-        if self.learning is not None:  # recorded: shadow call / cascade label, off the response path
-            self.learning.after(call, req, result)
+            await self.conclude(call, req, result)
+        self.learn(call, req, result)
         return result
 
     async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[Delta]:
@@ -336,26 +335,39 @@ class Gateway:
 
         return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer, shape)
 
-    # ==== scan (non-streaming): record, redact or withhold per guards.output ==================
-    def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+    # ==== the answer in hand (whole, or a stream's assembled at its end): scan, judge, keep ====
+    async def conclude(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:
+        """The steps after the answer and before its record, for ``chat`` and a stream's end
+        alike (``_relay`` hands in the streamed text and usage): scan, the function's output
+        check, keep."""
+        self.scan(call, req, result, streamed)
+        if call.function is not None:  # a function's output check: its verdict goes in the row
+            call.function.judge(result.content)
+        await self.keep(call, req, result)
+
+    # ==== scan: record, redact or withhold per guards.output ==================================
+    def scan(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:
+        """Guards on the output. A streamed answer is with the client already: its findings
+        are only recorded (labels, metrics)."""
         if self.guards is None or call.guard is None or not result.content:
             return
-        found = self._scan_text(call, req, result.content)
-        if found and self.cfg.guards.output == "block":
-            kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
-            raise PolicyBlocked(f"the answer was withheld by output guards ({kinds})", code="output_blocked")
-        if found and self.cfg.guards.output == "redact":
-            result.content = redact(result.content, found)
-
-    def _scan_text(self, call: Call, req: ChatRequest, text: str) -> list[Any]:
-        assert self.guards is not None
-        found = self.guards.scan_output(req, text)
+        found = self.guards.scan_output(req, result.content)
         for f in found:
             call.labels.add(f"output_{f.kind}")
             self.metrics.guard_findings.labels(f"output_{f.kind}").inc()
-        return found
+        if found and not streamed and self.cfg.guards.output == "block":
+            kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
+            raise PolicyBlocked(f"the answer was withheld by output guards ({kinds})", code="output_blocked")
+        if found and not streamed and self.cfg.guards.output == "redact":
+            result.content = redact(result.content, found)
 
-    # ==== the stream, delta by delta: scan, keep and record at its end ========================
+    # ==== learn: after the record, off the response path ======================================
+    def learn(self, call: Call, req: ChatRequest, result: ChatResult, answer_kept: bool = True) -> None:
+        """A learned route's shadow call, a cascade escalation's label (never raises)."""
+        if self.learning is not None:
+            self.learning.after(call, req, result, answer_kept=answer_kept)
+
+    # ==== the stream, delta by delta; at its end the same conclude, record and learn as chat ==
     async def _relay(self, call: Call, req: ChatRequest, first: Delta,
                      deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         finish: str | None = None
@@ -375,13 +387,12 @@ class Gateway:
                     finish, usage = d.finish_reason, d.usage or Usage()
                 yield d
                 d = await anext(deltas, None)
-            if self.guards is not None and call.guard is not None:  # streamed text can only be recorded
-                self._scan_text(call, req, "".join(text))
-            if finish is None:
+            if finish is None or usage is None:
                 engine = call.trail.engine
                 raise EngineError("stream ended without a finish reason", engine=engine.name if engine else "?")
-            if usage is not None:
-                await self.keep(call, req, ChatResult("".join(text), finish, usage))
+            answer_kept = bound is None or 0 < bound and kept <= bound  # the whole text is in hand
+            result = ChatResult("".join(text) if answer_kept else "", finish, usage)
+            await self.conclude(call, req, result, streamed=True)
         except EngineError as exc:
             call.fail(exc)
             call.status = "error_midstream"
@@ -392,10 +403,7 @@ class Gateway:
         finally:
             await aclose(deltas)  # stops the engine (a local model stops generating)
             await asyncio.shield(self._end(call))  # committed before the client sees [DONE]
-        if self.learning is not None and usage is not None:  # recorded: as Gateway.chat does for a whole answer
-            whole_answer = bound is None or 0 < bound and kept <= bound
-            self.learning.after(call, req, ChatResult("".join(text) if whole_answer else "", finish or "stop", usage),
-                                answer_kept=whole_answer)
+        self.learn(call, req, result, answer_kept=answer_kept)
 
     # ==== record: every request, whatever happened ============================================
     @contextlib.asynccontextmanager
