@@ -157,3 +157,24 @@ def test_leak_replay_of_labelled_pii(hybrid: Gateway, upstream: Upstream) -> Non
     # What the detectors miss does go out: its rate is the detectors' recall, measured by
     # `turnout eval guards` on the whole file; printed here for the record.
     print(f"labelled values sent in clear (detector misses): {labelled_leaks}/{labelled}")
+
+
+def test_output_findings_are_acted_on_whole_and_recorded_for_a_stream(  # type: ignore[no-untyped-def]
+        gateway_factory, upstream: Upstream, anthropic_upstream: Upstream) -> None:
+    """One end-of-request sequence for both (Gateway.conclude): a whole answer that repeats the system
+    prompt is redacted (guards.output: redact) and labelled; a streamed one is with the client
+    already, so it is only labelled, in its ledger row, once the stream ends."""
+    cfg = hybrid_config(upstream.url, anthropic_upstream.url, guards={"output": "redact"})
+    gw: Gateway = gateway_factory(cfg)
+    system = "you answer questions about the garden centre opening hours and its plant catalogue only"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": system}]
+    client = gw.openai()
+    whole = client.chat.completions.create(model="remote-only", messages=messages)  # type: ignore[arg-type]
+    assert whole.choices[0].message.content == "echo: [SYSTEM_PROMPT_LEAK]"
+    chunks = list(client.chat.completions.create(model="remote-only", messages=messages,  # type: ignore[arg-type]
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {system}"
+    gw.ledger_after(1)  # the stream's row is committed as it ends on the server
+    rows = gw.ledger()
+    assert [r["stream"] for r in rows] == [0, 1]
+    assert all("output_leak" in r["labels"] for r in rows), [r["labels"] for r in rows]

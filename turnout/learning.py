@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from turnout.call import Call
 from turnout.config import TurnoutConfig
+from turnout.engines import stack
 from turnout.engines.base import ChatResult, Engine
-from turnout.engines.guarded import GuardedEngine
 from turnout.ledger.labels import Label
 from turnout.protocol import ChatMessage, ChatRequest
 from turnout.routing.decision import Decision
@@ -198,9 +198,7 @@ class LearningLoop:
                 or d.threshold is None or not answer_kept):
             return
         strong_name = route.chain[1]
-        strong: Engine = self.engines[strong_name]
-        if call.guard is not None and call.guard.protected is not None and strong.info.locality == "remote":
-            strong = GuardedEngine(strong, call.guard)  # the pseudonymized copy out, placeholders restored
+        strong = stack.leaf(self.engines[strong_name], call.guard)  # a remote one: the pseudonymized copy out
         completion = result.usage.completion_tokens or req.token_limit or DEFAULT_COMPLETION_ESTIMATE
         estimate = strong.info.cost(req.estimated_tokens(), completion, 0.0)
         plain = req.model_copy(update={"stream": False})

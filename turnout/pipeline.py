@@ -11,12 +11,16 @@
                   local engines remain (fail closed)
     reserve       budgets, the cost estimated for the decided chain (429 with Retry-After); a task's
                   budget left (403)
-    call          the engine stack the strategy builds for this decision:
+    call          the engine stack for this decision (turnout.engines.stack; the route's strategy
+                  gives it its shape):
                       Fallback([Instrumented(Guarded(remote)), Instrumented(local), ...])
                       Cascade(weak=Fallback([...]), strong=Fallback([...]))
                   (Guarded: protected copy out, placeholders restored in answers, streams, tool calls)
     scan          guards on the output               -> labels; redact or withhold if configured
+                  (a stream: recorded only, at its end)
     keep          a cacheable miss is stored
+                  (scan, a function's output check, keep: one sequence for a whole answer and a
+                  stream's end, Gateway.conclude)
     record        settle the reservation; ledger row + audit entry; metrics  (always)
     learn         learned/cascade routes only, after the record: a shadow call of the strong
                   engine in the background, a cascade escalation's label (turnout.learning)
@@ -33,17 +37,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from turnout.cache import AnswerCache
 from turnout.call import Call
 from turnout.config import TurnoutConfig
+from turnout.engines import stack
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
-from turnout.engines.fallback import FallbackEngine
-from turnout.engines.guarded import GuardedEngine
-from turnout.engines.hedge import Hedge
-from turnout.engines.instrumented import InstrumentedEngine
 from turnout.errors import (
     EngineError,
     InvalidRequest,
@@ -92,9 +93,6 @@ class Gateway:
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
-        # routes without a started strategy that hedge a slow first token (a strategy keeps its own)
-        self.hedges = {alias: Hedge(r.hedge) for alias, r in cfg.routes.items()
-                       if r.hedge is not None and alias not in self.strategies}
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
 
@@ -103,12 +101,8 @@ class Gateway:
         async with self.handled(call, req):
             req, hit = await self.prepare(call, req)
             result = hit or await self.stack(call, req).chat(req)
-            self.scan(call, req, result)
-            if call.function is not None:  # a function's output check: its verdict goes in the row
-                call.function.judge(result.content)
-            await self.keep(call, req, result)
-        if self.learning is not None:  # recorded: shadow call / cascade label, off the response path
-            self.learning.after(call, req, result)
+            await self.conclude(call, req, result)
+        self.learn(call, req, result)
         return result
 
     async def stream(self, req: ChatRequest, call: Call) -> AsyncIterator[Delta]:
@@ -332,37 +326,48 @@ class Gateway:
         d = call.decision
         assert d is not None
         call.trail.prompt_estimate = req.estimated_tokens()
-        leaves = []
-        for name in d.chain:
-            engine = self.engines[name]
-            if call.guard is not None and call.guard.protected is not None and engine.info.locality == "remote":
-                engine = GuardedEngine(engine, call.guard)
-            leaves.append(InstrumentedEngine(engine, call.trail, self.tracer))
         strategy = self.strategies.get(d.alias)
-        if strategy is None or strategy.name != d.strategy:  # rules, or a rule's own chain
-            return FallbackEngine(leaves, call.trail, self.hedges.get(d.alias))
-        return strategy.stack(d, leaves, call.trail)
+        if strategy is None or strategy.name != d.strategy:  # a rule's own chain: fallback along it
+            return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer)
 
-    # ==== scan (non-streaming): record, redact or withhold per guards.output ==================
-    def scan(self, call: Call, req: ChatRequest, result: ChatResult) -> None:
+        def shape(leaves: Sequence[Engine]) -> Engine:  # the route's strategy (its hedge too)
+            return strategy.stack(d, leaves, call.trail)
+
+        return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer, shape)
+
+    # ==== the answer in hand (whole, or a stream's assembled at its end): scan, judge, keep ====
+    async def conclude(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:
+        """The steps after the answer and before its record, for ``chat`` and a stream's end
+        alike (``_relay`` hands in the streamed text and usage): scan, the function's output
+        check, keep."""
+        self.scan(call, req, result, streamed)
+        if call.function is not None:  # a function's output check: its verdict goes in the row
+            call.function.judge(result.content)
+        await self.keep(call, req, result)
+
+    # ==== scan: record, redact or withhold per guards.output ==================================
+    def scan(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:
+        """Guards on the output. A streamed answer is with the client already: its findings
+        are only recorded (labels, metrics)."""
         if self.guards is None or call.guard is None or not result.content:
             return
-        found = self._scan_text(call, req, result.content)
-        if found and self.cfg.guards.output == "block":
-            kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
-            raise PolicyBlocked(f"the answer was withheld by output guards ({kinds})", code="output_blocked")
-        if found and self.cfg.guards.output == "redact":
-            result.content = redact(result.content, found)
-
-    def _scan_text(self, call: Call, req: ChatRequest, text: str) -> list[Any]:
-        assert self.guards is not None
-        found = self.guards.scan_output(req, text)
+        found = self.guards.scan_output(req, result.content)
         for f in found:
             call.labels.add(f"output_{f.kind}")
             self.metrics.guard_findings.labels(f"output_{f.kind}").inc()
-        return found
+        if found and not streamed and self.cfg.guards.output == "block":
+            kinds = ", ".join(sorted({f"{f.kind}:{f.type}" for f in found}))
+            raise PolicyBlocked(f"the answer was withheld by output guards ({kinds})", code="output_blocked")
+        if found and not streamed and self.cfg.guards.output == "redact":
+            result.content = redact(result.content, found)
 
-    # ==== the stream, delta by delta: scan, keep and record at its end ========================
+    # ==== learn: after the record, off the response path ======================================
+    def learn(self, call: Call, req: ChatRequest, result: ChatResult, answer_kept: bool = True) -> None:
+        """A learned route's shadow call, a cascade escalation's label (never raises)."""
+        if self.learning is not None:
+            self.learning.after(call, req, result, answer_kept=answer_kept)
+
+    # ==== the stream, delta by delta; at its end the same conclude, record and learn as chat ==
     async def _relay(self, call: Call, req: ChatRequest, first: Delta,
                      deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         finish: str | None = None
@@ -382,13 +387,12 @@ class Gateway:
                     finish, usage = d.finish_reason, d.usage or Usage()
                 yield d
                 d = await anext(deltas, None)
-            if self.guards is not None and call.guard is not None:  # streamed text can only be recorded
-                self._scan_text(call, req, "".join(text))
-            if finish is None:
+            if finish is None or usage is None:
                 engine = call.trail.engine
                 raise EngineError("stream ended without a finish reason", engine=engine.name if engine else "?")
-            if usage is not None:
-                await self.keep(call, req, ChatResult("".join(text), finish, usage))
+            answer_kept = bound is None or 0 < bound and kept <= bound  # the whole text is in hand
+            result = ChatResult("".join(text) if answer_kept else "", finish, usage)
+            await self.conclude(call, req, result, streamed=True)
         except EngineError as exc:
             call.fail(exc)
             call.status = "error_midstream"
@@ -399,10 +403,7 @@ class Gateway:
         finally:
             await aclose(deltas)  # stops the engine (a local model stops generating)
             await asyncio.shield(self._end(call))  # committed before the client sees [DONE]
-        if self.learning is not None and usage is not None:  # recorded: as Gateway.chat does for a whole answer
-            whole_answer = bound is None or 0 < bound and kept <= bound
-            self.learning.after(call, req, ChatResult("".join(text) if whole_answer else "", finish or "stop", usage),
-                                answer_kept=whole_answer)
+        self.learn(call, req, result, answer_kept=answer_kept)
 
     # ==== record: every request, whatever happened ============================================
     @contextlib.asynccontextmanager

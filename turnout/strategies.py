@@ -52,7 +52,9 @@ class Strategy:
         """Refine the decision (order of the chain, score, reason) for this request."""
 
     def stack(self, d: Decision, engines: Sequence[Engine], trail: Trail) -> Engine:
-        """The engine that answers: by default the chain with fallback (hedged if configured)."""
+        """The stack's shape: the engine that answers, from the chain's engines ready to call
+        (``turnout.engines.stack`` guards and instruments them); by default the chain with
+        fallback (hedged if configured)."""
         return FallbackEngine(engines, trail, self.hedge)
 
 

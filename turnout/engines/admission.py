@@ -18,6 +18,7 @@ from typing import Any
 
 from turnout.config import LicensePolicy
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine
+from turnout.engines.wrapper import WrapperEngine
 from turnout.errors import EngineUnavailable
 from turnout.licenses import refusal
 from turnout.protocol import ChatRequest
@@ -44,13 +45,18 @@ def why_refused(ecfg: Any, policy: LicensePolicy) -> str | None:
     return None
 
 
-class Refused(Engine):
+class Refused(WrapperEngine):
     """An engine that was not started: not ready, and every request fails over at once."""
 
     def __init__(self, engine: Engine, reason: str) -> None:
-        self.inner = engine
-        self.info = engine.info
+        super().__init__(engine)
         self.reason = reason
+
+    async def start(self) -> None:
+        """Never started."""
+
+    async def close(self) -> None:
+        """Never started: nothing to release."""
 
     def _error(self) -> EngineUnavailable:  # the reason names a variable and an address: operators only
         return EngineUnavailable(self.reason, engine=self.info.name,

@@ -12,18 +12,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, aclose
+from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, aclose
+from turnout.engines.wrapper import WrapperEngine
 from turnout.guards.step import GuardState
 from turnout.protocol import ChatRequest, EmbeddingRequest
 
 
-class GuardedEngine(Engine):
+class GuardedEngine(WrapperEngine):
     def __init__(self, inner: Engine, state: GuardState) -> None:
-        self.inner, self.info, self.state = inner, inner.info, state
-        if self.info.continuation == "prefill":
+        self.state = state
+        super().__init__(inner)
+
+    def describe(self, info: EngineInfo) -> EngineInfo:
+        if info.continuation == "prefill":
             # the protected copy is fixed, so a prefill (the restored text) could not be added
             # to it without sending restored values out: continue by restart instead
-            self.info = replace(self.info, continuation="restart")
+            return replace(info, continuation="restart")
+        return info
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         result = await self.inner.chat(self.state.request_for(self.info, req))

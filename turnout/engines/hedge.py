@@ -1,6 +1,7 @@
 """When to hedge a stream: a fixed delay, or the p95 of the first engine's recent times to
-first token. One ``Hedge`` per route, kept by the gateway for its lifetime (the TTFT window
-must outlive a request); ``FallbackEngine`` asks it for the delay and reports each TTFT."""
+first token. One ``Hedge`` per route, kept by the route's strategy for the gateway's lifetime
+(the TTFT window must outlive a request); ``FallbackEngine`` asks it for the delay and reports
+each TTFT."""
 
 from __future__ import annotations
 

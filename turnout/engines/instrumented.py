@@ -11,13 +11,15 @@ from typing import Any
 
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
 from turnout.engines.trail import Trail
+from turnout.engines.wrapper import WrapperEngine
 from turnout.protocol import ChatRequest
 from turnout.tracing import genai_attributes
 
 
-class InstrumentedEngine(Engine):
+class InstrumentedEngine(WrapperEngine):
     def __init__(self, inner: Engine, trail: Trail, tracer: Any = None) -> None:
-        self.inner, self.info, self.trail, self.tracer = inner, inner.info, trail, tracer
+        super().__init__(inner)
+        self.trail, self.tracer = trail, tracer
 
     def _span(self, operation: str) -> contextlib.AbstractContextManager[Any]:
         if self.tracer is None:

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from turnout.config import Resilience
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, aclose
+from turnout.engines.wrapper import WrapperEngine
 from turnout.errors import EngineError, EngineRateLimited, EngineTimeout, EngineUnavailable
 from turnout.protocol import ChatRequest
 
@@ -90,21 +91,13 @@ def _counts_against_breaker(exc: EngineError) -> bool:
     return exc.retryable or isinstance(exc, (EngineUnavailable, EngineTimeout, EngineRateLimited))
 
 
-class ResilientEngine(Engine):
+class ResilientEngine(WrapperEngine):
     def __init__(self, inner: Engine, policy: Resilience, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
-        self.inner = inner
-        self.info = inner.info
+        super().__init__(inner)
         self.policy = policy
         self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown)
         self.capacity = Capacity(policy.max_concurrency, policy.max_queue)
         self._sleep = sleep
-
-    async def start(self) -> None:
-        await self.inner.start()
-        self.info = self.inner.info  # start() may add facts such as the weights checksum
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     async def ready(self) -> tuple[bool, str]:
         ok, detail = await self.inner.ready()

@@ -33,7 +33,3 @@ def threshold_for_quality(scores: np.ndarray, weak: np.ndarray, strong: np.ndarr
     if k == 0:
         return float(np.nextafter(s.max(), np.inf))
     return float(s[order[k - 1]])
-
-
-def escalation_rate(scores: np.ndarray, threshold: float) -> float:
-    return float((np.asarray(scores) >= threshold).mean())

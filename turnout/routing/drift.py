@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # a cascade-only gateway builds these metrics without the `ro
     from turnout.routing.shadow import ShadowStats
     from turnout.routing.threshold import ThresholdTracker
 
-RESULTS = ("considered", "scheduled", "labelled", "agreed", "failed", "over_budget")
 WINDOW = 1000  # requests the escalation share's moving average is about
 
 
