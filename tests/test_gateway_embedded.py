@@ -50,8 +50,7 @@ def test_sensitive_request_never_reaches_remote_when_local_is_down(gateway_facto
     for stream in (True,):
         with pytest.raises(openai.APIStatusError):
             list(client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}],
-                                                stream=stream,
-                                                extra_headers={"x-turnout-sensitivity": "restricted"}))
+                                                stream=stream, extra_headers={"x-turnout-sensitivity": "restricted"}))
     assert upstream.requests() == [] and anthropic_upstream.requests() == []
     # an ordinary request still goes out, so the test above could have failed
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
