@@ -16,13 +16,13 @@ run: $(STAMP)
 	$(BIN)/turnout serve
 
 test: $(STAMP)
-	$(BIN)/ruff check turnout tests bench
+	$(BIN)/ruff check turnout tests bench examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check turnout tests bench
+	$(BIN)/ruff check turnout tests bench examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
 

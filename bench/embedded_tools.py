@@ -23,7 +23,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 WEATHER = {"name": "get_weather", "description": "Current weather in a city", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "type": "object", "properties": {"city": {"type": "string"},
+                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
     "required": ["city", "unit"], "additionalProperties": False}}
 BOOKING = {"name": "book_table", "description": "Book a table at a restaurant", "parameters": {
     "type": "object", "properties": {"restaurant": {"type": "string"}, "people": {"type": "integer"},

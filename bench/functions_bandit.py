@@ -32,7 +32,8 @@ def main() -> int:
     shutil.copytree(ROOT / "examples" / "functions", tmp / "functions", ignore=shutil.ignore_patterns("turnout.yaml"))
     with start_server("turnout.testing.upstream") as up:
         def engine(model: str, locality: str, pricing: dict[str, float]) -> dict[str, object]:
-            return {"dialect": "openai", "locality": locality, "base_url": up.url + "/v1", "model": model, "pricing": pricing}
+            return {"dialect": "openai", "locality": locality, "base_url": up.url + "/v1",
+                    "model": model, "pricing": pricing}
 
         cfg = {"engines": {"small": engine("fake-small", "local", {"hourly_cost": 0.05}),
                            "big": engine("fake-big", "remote", {"input_per_m": 0.15, "output_per_m": 0.6})},
@@ -40,12 +41,14 @@ def main() -> int:
                "functions": {"path": str(tmp / "functions")}}
         (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
         db = tmp / "ledger.sqlite"
-        with start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--db", str(db), cwd=str(tmp)) as gw:
+        with start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--db", str(db),
+                          cwd=str(tmp)) as gw:
             block: list[str] = []
             for i in range(args.episodes):
                 r = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json={
                     "model": "fn:summarize", "metadata": {"episode": f"e{i}"},
-                    "messages": [{"role": "user", "content": json.dumps({"text": "Cats sleep most of the day.", "words": 10})}]})
+                    "messages": [{"role": "user",
+                                  "content": json.dumps({"text": "Cats sleep most of the day.", "words": 10})}]})
                 v = r.headers["x-turnout-variant"]
                 block.append(v)
                 liked = v == "bullets" or i % 3 == 0

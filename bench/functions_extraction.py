@@ -45,7 +45,8 @@ def items(path: Path, n: int, seed: int) -> list[dict[str, Any]]:
         first = {}
         for s in r["spans"]:
             first.setdefault(s["entity_type"], s["entity_value"])
-        out.append({"text": r["full_text"], "gold": {"person": first.get("PERSON"), "email": first.get("EMAIL_ADDRESS")}})
+        out.append({"text": r["full_text"],
+                    "gold": {"person": first.get("PERSON"), "email": first.get("EMAIL_ADDRESS")}})
     return out
 
 
@@ -87,13 +88,16 @@ def main() -> int:
                 client.post(up.url + "/__control/reset")
                 client.post(up.url + "/__control/scenarios", json={"replies": {"fake-big": [json.dumps(it["gold"])]}})
                 resp = client.post(gw.url + "/v1/chat/completions", json={
-                    "model": "fn:extract_contact", "messages": [{"role": "user", "content": json.dumps({"text": it["text"]})}]})
+                    "model": "fn:extract_contact",
+                    "messages": [{"role": "user", "content": json.dumps({"text": it["text"]})}]})
                 h = resp.headers
-                answer = json.loads(resp.json()["choices"][0]["message"]["content"]) if resp.status_code == 200 else None
+                answer = (json.loads(resp.json()["choices"][0]["message"]["content"]) if resp.status_code == 200
+                          else None)
                 ok = answer is not None and all(same(answer.get(k), v) for k, v in it["gold"].items())
                 results.append({"engine": h.get("x-turnout-engine"), "attempts": h.get("x-turnout-function-attempts"),
                                 "status": resp.status_code, "correct": ok})
-                print(f"{i + 1:>3}/{len(data)} {h.get('x-turnout-engine')!s:<6} {h.get('x-turnout-function-attempts')!s:<22} "
+                print(f"{i + 1:>3}/{len(data)} {h.get('x-turnout-engine')!s:<6} "
+                      f"{h.get('x-turnout-function-attempts')!s:<22} "
                       f"{'ok ' if ok else 'bad'} {json.dumps(answer)[:70]}", file=sys.stderr)
     finally:
         gw.stop()
@@ -118,7 +122,8 @@ def main() -> int:
           f"{sum(r['correct'] for r in local) / max(len(local), 1):.3f}")
     print(f"hybrid accuracy (escalations answered by the labelled stand-in, an upper bound): "
           f"{sum(r['correct'] for r in results) / n:.3f}; all-frontier stand-in: 1.000 by construction")
-    print(f"cost: hybrid ${cost:.6f} vs all-frontier ${frontier:.6f} (ratio {cost / frontier if frontier else float('nan'):.3f})")
+    print(f"cost: hybrid ${cost:.6f} vs all-frontier ${frontier:.6f} "
+          f"(ratio {cost / frontier if frontier else float('nan'):.3f})")
     print("local verdicts (first and retry attempts): " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
     return 0
 

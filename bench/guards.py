@@ -85,7 +85,8 @@ def _detector_bench(n: int = 200) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pii", default=str(SHARED / "pii" / "data_synth_dataset_v2.json") if SHARED else None)
-    ap.add_argument("--injection", default=str(SHARED / "injection" / "jailbreak_dataset_train.csv") if SHARED else None)
+    ap.add_argument("--injection",
+                    default=str(SHARED / "injection" / "jailbreak_dataset_train.csv") if SHARED else None)
     ap.add_argument("--secrets", default=str(SHARED / "secrets-extra" / "secret_fixtures.jsonl") if SHARED else None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--pii-model", choices=("rampart", "spacy", "both", "all"), default="rampart",

@@ -64,7 +64,8 @@ def main() -> int:
     not_restored: list[int] = []
     refused = labelled = labelled_leaks = detected = 0
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, start_server("turnout.testing.upstream", "--model", "fake-frontier") as up:
+    with tempfile.TemporaryDirectory() as tmp, start_server("turnout.testing.upstream",
+                                                            "--model", "fake-frontier") as up:
         cfg = Path(tmp) / "turnout.yaml"
         cfg.write_text(yaml.safe_dump(_config(up.url, str(Path(tmp) / "ledger.db"), args.pii_model)))
         with start_server("turnout", "serve", "--config", str(cfg), timeout=120) as gw, \

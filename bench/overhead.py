@@ -44,7 +44,8 @@ def wrk(url: str, concurrency: int, duration: float, body: dict, headers: dict[s
                  f'wrk.headers["Content-Type"] = "application/json"\n{hdrs}')
     script.close()
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", script.name, url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency",
+         "--timeout", "10s", "-s", script.name, url],
         capture_output=True, text=True, check=True,
     ).stdout
     os.unlink(script.name)
@@ -61,7 +62,8 @@ def _ms(text: str) -> float:
 
 def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "rampart") -> tuple[Proc, str]:
     cfg = {
-        "engines": {"up": {"dialect": "openai", "locality": "remote", "base_url": upstream + "/v1", "model": "fake-echo",
+        "engines": {"up": {"dialect": "openai", "locality": "remote",
+                           "base_url": upstream + "/v1", "model": "fake-echo",
                            "pricing": {"input_per_m": 1.0, "output_per_m": 2.0},
                            "resilience": {"max_concurrency": 256, "max_queue": 1024}}},
         "routes": {"auto": {"chain": ["up"]}, "other": {"chain": ["up"]}},
@@ -71,7 +73,8 @@ def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "ramp
     }
     (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
     made = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(tmp / "bench.sqlite"), "create",
-                           "--tenant", "bench", "--rpm", "100000000", "--json"], capture_output=True, text=True, check=True)
+                           "--tenant", "bench", "--rpm", "100000000", "--json"],
+                          capture_output=True, text=True, check=True)
     key = json.loads(made.stdout)["key"]
     proc = start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), "--log-level", "warning", timeout=60)
     return proc, key
@@ -84,7 +87,8 @@ def start_litellm(binary: str, upstream: str, tmp: Path) -> Proc:
     (tmp / "litellm.yaml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     proc = start_server("litellm.proxy.proxy_cli", "--config", str(tmp / "litellm.yaml"), "--port", str(port),
-                        "--num_workers", "1", ready_pattern="Proxy initialized", python=binary, timeout=180, add_port=False, port=port,
+                        "--num_workers", "1", ready_pattern="Proxy initialized",
+                        python=binary, timeout=180, add_port=False, port=port,
                         env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": LITELLM_KEY})
     deadline = time.monotonic() + 120  # it logs its config before uvicorn listens: wait for the port
     while time.monotonic() < deadline:
@@ -140,7 +144,8 @@ def main() -> int:
                 added = f"{r['p50'] - direct['p50']:+.2f}" if name != "upstream direct" else "-"
                 print(f"{name:<18}{c:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8.0f}"
                       f"{r['rps'] / direct['rps']:>10.0%} {vs_l:>11}{added:>11}")
-        ledger_rows = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(tmp / "bench.sqlite"), "--json"],
+        ledger_rows = subprocess.run([sys.executable, "-m", "turnout", "usage",
+                                      "--db", str(tmp / "bench.sqlite"), "--json"],
                                      capture_output=True, text=True, check=True)
         print(f"\nturnout ledger rows written during the run: {json.loads(ledger_rows.stdout)['total']['requests']}")
     finally:

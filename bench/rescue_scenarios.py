@@ -184,7 +184,8 @@ def main() -> None:
                     if outcome == "complete" and row.get("engine") != "primary":
                         outcome = "rescued"  # complete, thanks to the fallback
                     hops = json.loads(row.get("hops") or "[]")
-                    splices = [f"{h['engine']}:{h.get('code')} after {h['after_chars']} chars, {h['rescue']} by {h['by']}"
+                    splices = [f"{h['engine']}:{h.get('code')} after {h['after_chars']} chars, "
+                               f"{h['rescue']} by {h['by']}"
                                for h in hops if "rescue" in h]
                     splices += [f"hedge: {h['engine']} lost" for h in hops if h.get("code") == "hedge_lost"]
                     ttft = f"{row['ttft_ms'] / 1000:.2f}" if row.get("ttft_ms") is not None else "-"

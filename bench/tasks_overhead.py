@@ -46,8 +46,9 @@ def main() -> None:
                "tasks": {"poll_s": 0.02, "cache_ttl_s": 0}}
         (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
         with start_server("turnout", "serve", "--config", str(tmp / "turnout.yaml"), timeout=90) as gw:
+            # direct calls take one too
             httpx.post(fake.url + "/__control/scenarios",
-                       json={"replies": {"fake-planner": [json.dumps(PLAN)] * 2 * args.tasks}})  # direct calls take one too
+                       json={"replies": {"fake-planner": [json.dumps(PLAN)] * 2 * args.tasks}})
             c = httpx.Client(base_url=gw.url, timeout=30)
             task_s, direct_s = [], []
             for i in range(args.tasks):

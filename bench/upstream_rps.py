@@ -167,7 +167,8 @@ def main() -> None:
             lat = sorted(x for _, l in results for x in l)
             p50 = statistics.median(lat) * 1000
             p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-            line = f"concurrency {c:>3}: {total / wall:8.0f} req/s   p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({total} requests)"
+            line = (f"concurrency {c:>3}: {total / wall:8.0f} req/s   p50 {p50:.2f} ms   p99 {p99:.2f} ms   "
+                    f"({total} requests)")
             cpu1 = _cpu_seconds(proc.pid) if proc else None
             if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
                 # The server is one process on one core: requests per CPU-second is its ceiling.

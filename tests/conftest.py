@@ -198,7 +198,8 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
 
 @pytest.fixture(scope="module")
-def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, anthropic_upstream: Upstream) -> Iterator[Gateway]:
+def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
+           anthropic_upstream: Upstream) -> Iterator[Gateway]:
     """One gateway per test module: local llama.cpp + OpenAI-wire frontier + Anthropic fake."""
     started: list[Proc] = []
     gw = _factory(tmp_path_factory.mktemp("hybrid"), started)(hybrid_config(upstream.url, anthropic_upstream.url))

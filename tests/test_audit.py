@@ -262,7 +262,8 @@ def test_head_prints_the_verified_head_to_save(backend: Backend) -> None:
     backend.drop_triggers()
     backend.sql(f"UPDATE {backend.entries} SET time = %s WHERE seq = 3", "2020-01-01T00:00:00+00:00")
     broken = audit_cli(backend, "head")
-    assert broken.returncode == 1 and broken.stdout == "" and "BROKEN at seq 3" in broken.stderr  # no anchor of a bad chain
+    # no anchor of a bad chain
+    assert broken.returncode == 1 and broken.stdout == "" and "BROKEN at seq 3" in broken.stderr
 
 
 def test_cut_tail_with_rewound_head_fails_against_the_saved_head(backend: Backend, tmp_path: Path) -> None:
@@ -277,7 +278,8 @@ def test_cut_tail_with_rewound_head_fails_against_the_saved_head(backend: Backen
     for expect in (saved, str(tmp_path / "head.txt")):
         r = audit_cli(backend, "verify", "--expect-head", expect)
         assert r.returncode == 1, r.stdout
-        assert "BROKEN at seq 6" in r.stderr and "the saved head is entry 8" in r.stderr and "cut from the end" in r.stderr
+        assert ("BROKEN at seq 6" in r.stderr and "the saved head is entry 8" in r.stderr
+                and "cut from the end" in r.stderr)
     for i in (6, 7, 8, 9):  # appending again does not hide it: entry 8 is another entry now
         backend.log.append(event(100 + i))
     r = audit_cli(backend, "verify", "--expect-head", saved)

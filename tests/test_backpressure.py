@@ -218,7 +218,8 @@ def read_until(sock: socket.socket, marker: bytes, count: int = 1) -> bytes:
     return got
 
 
-def test_disconnect_mid_stream_closes_the_upstream_connection(gateways: dict[str, Gateway], quiet_upstream: Upstream) -> None:
+def test_disconnect_mid_stream_closes_the_upstream_connection(gateways: dict[str, Gateway],
+                                                              quiet_upstream: Upstream) -> None:
     gw = gateways["engines"]
     port = quiet_upstream.proc.port
     # the upstream sends two chunks, then would stay silent for 30 s
@@ -258,7 +259,8 @@ def test_disconnect_before_the_first_token_closes_the_upstream_connection(gatewa
     quiet_upstream.reset()
 
 
-def test_disconnect_while_waiting_closes_the_upstream_connection(gateways: dict[str, Gateway], quiet_upstream: Upstream) -> None:
+def test_disconnect_while_waiting_closes_the_upstream_connection(gateways: dict[str, Gateway],
+                                                                 quiet_upstream: Upstream) -> None:
     gw = gateways["engines"]
     port = quiet_upstream.proc.port
     quiet_upstream.client.post("/__control/scenarios", json={"delay_ms": 30000}).raise_for_status()

@@ -103,7 +103,8 @@ def test_a_close_vector_is_not_enough_when_the_words_differ() -> None:
     closest candidate that says the same is served, and the check can be turned off."""
     stored = {"Is it safe to take ibuprofen with alcohol?": "safe",
               "Flights from Paris to London": "paris-london", "What is 12 times 13?": "156"}
-    asked = {"Is it unsafe to take ibuprofen with alcohol?": None, "Is it safe to take ibuprofen without alcohol?": None,
+    asked = {"Is it unsafe to take ibuprofen with alcohol?": None,
+             "Is it safe to take ibuprofen without alcohol?": None,
              "Isn't it safe to take ibuprofen with alcohol?": None, "Flights from London to Paris": None,
              "What is 12 times 14?": None, "is it safe to take ibuprofen with alcohol": "safe",
              "Flights from Paris to London, please": "paris-london", "What's 12 times 13": "156"}
@@ -255,8 +256,10 @@ def test_near_identical_prompts_of_other_meaning_are_not_served(gw: Gateway, ups
     for first, second in pairs:  # cosine alone would serve each: at or above the gateway's threshold of 0.9
         assert float(np.dot(*enc.encode([first, second]))) >= 0.9, (first, second)
     for first, second in pairs:
-        a = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": first}])
-        b = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": second}])
+        a = client.chat.completions.with_raw_response.create(model="auto",
+                                                             messages=[{"role": "user", "content": first}])
+        b = client.chat.completions.with_raw_response.create(model="auto",
+                                                             messages=[{"role": "user", "content": second}])
         assert a.headers.get("x-turnout-cache") == "miss", first
         assert b.headers.get("x-turnout-cache") == "miss", (second, dict(b.headers))
     assert len(upstream.requests()) == 6  # every one of them reached the engine

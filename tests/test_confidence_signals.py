@@ -102,14 +102,16 @@ def test_openai_shaped_logprobs_give_the_same_signals_with_entropy_from_the_top_
     """The shape the loopback upstream (and OpenAI) send: per token, logprob and top_logprobs."""
     def entry(tok: str, lp: float, alt: float) -> dict:
         return {"token": tok, "logprob": lp, "bytes": list(tok.encode()),
-                "top_logprobs": [{"token": tok, "logprob": lp, "bytes": []}, {"token": "x", "logprob": alt, "bytes": []}]}
+                "top_logprobs": [{"token": tok, "logprob": lp, "bytes": []},
+                                 {"token": "x", "logprob": alt, "bytes": []}]}
 
     content = [entry("It", -0.1, -2.5), entry(" is", -0.2, -1.8), entry(" 7", -1.5, -0.4)]
     res = ChatResult(content="It is 7", finish_reason="stop", usage=Usage(), logprobs={"content": content})
     rec = token_record(res)
     assert rec is not None and rec.tokens == ["It", " is", " 7"]
     p, q = math.exp(-0.1), math.exp(-2.5)
-    assert rec.token_entropies[0] == pytest.approx(-(p * math.log(p) + q * math.log(q) + (1 - p - q) * math.log(1 - p - q)))
+    assert rec.token_entropies[0] == pytest.approx(-(p * math.log(p) + q * math.log(q)
+                                                     + (1 - p - q) * math.log(1 - p - q)))
     s = signals(res)
     assert s["mean_logprob"] == pytest.approx(-0.6) and s["min_logprob"] == pytest.approx(-1.5)
     assert s["answer_logprob"] == pytest.approx(-1.5)  # the last number, " 7"
@@ -148,7 +150,8 @@ def test_combination_fits_predicts_and_round_trips() -> None:
     rows, labels = [], []
     for i in range(80):
         y = i % 2
-        rows.append({"min_logprob": float(rng.normal(-1.0 if y else -3.0, 0.5)), "verifier": None if i % 5 == 0 else float(y)})
+        rows.append({"min_logprob": float(rng.normal(-1.0 if y else -3.0, 0.5)),
+                     "verifier": None if i % 5 == 0 else float(y)})
         labels.append(y)
     comb = fit_combination(rows, labels, ["min_logprob", "verifier"])
     again = Combination.from_json(json.loads(json.dumps(comb.to_json())))

@@ -47,7 +47,8 @@ def test_measure_the_embedded_engine_feeds_the_report(tmp_path: Path) -> None:
           f"({m['completion_tokens']} tokens in {m['wall_seconds']:.2f} s)")
 
 
-def test_measure_an_openai_engine_and_bad_names(tmp_path: Path, upstream: Upstream, anthropic_upstream: Upstream) -> None:
+def test_measure_an_openai_engine_and_bad_names(tmp_path: Path, upstream: Upstream,
+                                                anthropic_upstream: Upstream) -> None:
     upstream.reset()
     cfg = tmp_path / "turnout.yaml"
     cfg.write_text(yaml.safe_dump(hybrid_config(upstream.url, anthropic_upstream.url)))

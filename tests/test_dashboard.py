@@ -31,11 +31,12 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 def _insert(db: Path, rows: list[LedgerRow], feedback: list[tuple[str, float]]) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        cols = ["ts", "request_id", "tenant", "alias", "status", "http_status", "engine", "locality", "hops", "strategy", "latency_ms", "cost_usd", "baseline_cost_usd"]
+        cols = ["ts", "request_id", "tenant", "alias", "status", "http_status", "engine", "locality", "hops",
+                "strategy", "latency_ms", "cost_usd", "baseline_cost_usd"]
         conn.executemany(f"INSERT INTO requests ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                          [tuple(getattr(r, c) for c in cols) for r in rows])
-        conn.executemany("INSERT INTO feedback (ts, request_id, kind, value, satisfaction) VALUES (0, ?, 'rating', 1, ?)",
-                         feedback)
+        conn.executemany("INSERT INTO feedback (ts, request_id, kind, value, satisfaction) "
+                         "VALUES (0, ?, 'rating', 1, ?)", feedback)
     conn.close()
 
 
@@ -169,7 +170,8 @@ def _chromium_options(profile: str) -> Any:
 def test_dashboard_draws_charts_in_headless_chromium(gateway_factory, upstream: Upstream,
                                                      anthropic_upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver; scripts/install.sh does it as root)")
+        pytest.skip("chromium is not installed "
+                    "(apt-get install chromium chromium-driver; scripts/install.sh does it as root)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -180,7 +182,8 @@ def test_dashboard_draws_charts_in_headless_chromium(gateway_factory, upstream: 
     rows = gw.ledger()
     for i, r in enumerate(rows[:6]):
         if r["status"] == "ok":
-            assert httpx.post(gw.url + "/v1/feedback", json={"request_id": r["request_id"], "score": 1 + i % 5}).status_code == 200
+            assert httpx.post(gw.url + "/v1/feedback",
+                              json={"request_id": r["request_id"], "score": 1 + i % 5}).status_code == 200
     api = httpx.get(gw.url + "/v1/dashboard/stats", params={"hours": 1}).json()
     assert api["totals"]["requests"] == len(rows) and api["totals"]["feedback"] >= 3
     assert httpx.get(gw.url + "/v1/dashboard/stats", params={"hours": "soon"}).status_code == 400
@@ -205,7 +208,8 @@ def test_dashboard_draws_charts_in_headless_chromium(gateway_factory, upstream: 
         assert count("#share circle.pt[data-series='local share']") >= 1
         assert count("#share circle.pt[data-series='escalation rate']") >= 1
         assert count("#cost circle.pt[data-series='cost']") >= 1 and count("#cost circle.pt[data-series='saved']") >= 1
-        assert count("#latency circle.pt[data-series='p50']") >= 1 and count("#latency circle.pt[data-series='p95']") >= 1
+        assert (count("#latency circle.pt[data-series='p50']") >= 1
+                and count("#latency circle.pt[data-series='p95']") >= 1)
         assert count("#satisfaction circle.pt") >= 1
         assert count("#byroute tr.route-row") >= 1
         assert driver.find_element(By.CSS_SELECTOR, "#totals .kpi .v").text == str(len(rows))
@@ -224,7 +228,8 @@ def test_drift_panels_show_the_viewers_tenant_in_headless_chromium(tmp_path: Pat
     """A learned route's traffic of two tenants, shadowed and judged: the drift panels (escalation
     rate, judged local quality, shadow agreement per route) drawn for a viewer show its tenant only."""
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver; scripts/install.sh does it as root)")
+        pytest.skip("chromium is not installed "
+                    "(apt-get install chromium chromium-driver; scripts/install.sh does it as root)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -271,7 +276,8 @@ def test_drift_panels_show_the_viewers_tenant_in_headless_chromium(tmp_path: Pat
                                        {"headers": {"Authorization": f"Bearer {gw.token('va')}"}})
                 driver.set_page_load_timeout(30)
                 driver.get(gw.url + "/dashboard?hours=1")
-                WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+                WebDriverWait(driver, 20).until(
+                    lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
                 assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1", \
                     driver.find_element(By.ID, "status").text
 

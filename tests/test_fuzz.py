@@ -2,7 +2,8 @@
 
 A real gateway process whose engine is the loopback OpenAI-wire upstream (fast, no model)
 is fuzzed through ``GET /openapi.json``, in ``auth: keys`` mode with a user key (schemathesis's
-ignored-auth check also sends each case without it and expects a 401): every response must be a non-5xx with the documented
+ignored-auth check also sends each case without it and expects a 401): every response must be a
+non-5xx with the documented
 status, content type and schema, schema-violating requests must be rejected with a 4xx, and
 the gateway must log no traceback. Most generated chat requests name the route ``auto`` so
 that they reach the engine instead of stopping at 404.

@@ -96,7 +96,8 @@ def test_retry_honours_retry_after_then_succeeds(hybrid: Gateway, upstream: Upst
 
 def test_stream_falls_back_before_first_token(hybrid: Gateway, upstream: Upstream) -> None:
     upstream.queue("refuse", "refuse")
-    raw = hybrid.openai().chat.completions.with_raw_response.create(model="auto", messages=HI, stream=True, max_tokens=6)
+    raw = hybrid.openai().chat.completions.with_raw_response.create(model="auto", messages=HI,
+                                                                    stream=True, max_tokens=6)
     assert raw.headers["x-turnout-engine"] == "local"
     chunks = list(raw.parse())
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
@@ -142,7 +143,8 @@ def test_metadata_rule_routes_to_anthropic(hybrid: Gateway, anthropic_upstream: 
 
 def test_anthropic_streaming_and_tool_calls(hybrid: Gateway, anthropic_upstream: Upstream) -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
     client = hybrid.openai()
     done = client.chat.completions.create(
         model="anthropic", messages=[{"role": "user", "content": "what is the weather in Paris"}], tools=tools

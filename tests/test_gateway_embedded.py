@@ -49,8 +49,8 @@ def test_sensitive_request_never_reaches_remote_when_local_is_down(gateway_facto
         assert "local" in info.value.body["message"]
     for stream in (True,):
         with pytest.raises(openai.APIStatusError):
-            list(client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], stream=stream,
-                                                extra_headers={"x-turnout-sensitivity": "restricted"}))
+            list(client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}],
+                                                stream=stream, extra_headers={"x-turnout-sensitivity": "restricted"}))
     assert upstream.requests() == [] and anthropic_upstream.requests() == []
     # an ordinary request still goes out, so the test above could have failed
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}])
@@ -60,7 +60,8 @@ def test_sensitive_request_never_reaches_remote_when_local_is_down(gateway_facto
 
 def test_sensitive_without_any_local_engine_is_refused(gateway_factory, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
     gw: Gateway = gateway_factory({
-        "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1", "model": "m"}},
+        "engines": {"frontier": {"dialect": "openai", "locality": "remote",
+                                 "base_url": upstream.url + "/v1", "model": "m"}},
         "routes": {"auto": {"chain": ["frontier"]}},
     })
     resp = httpx.post(gw.url + "/v1/chat/completions", headers={"x-turnout-sensitivity": "sensitive"},
@@ -69,14 +70,17 @@ def test_sensitive_without_any_local_engine_is_refused(gateway_factory, upstream
     assert upstream.requests() == []
 
 
-def test_circuit_opens_and_skips_a_failing_engine(gateway_factory, upstream: Upstream, anthropic_upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_circuit_opens_and_skips_a_failing_engine(  # type: ignore[no-untyped-def]
+        gateway_factory, upstream: Upstream, anthropic_upstream: Upstream) -> None:
     cfg = hybrid_config(upstream.url, anthropic_upstream.url)
-    cfg["engines"]["frontier"]["resilience"] = {**FAST_RESILIENCE, "retries": 0, "breaker_failures": 2, "breaker_cooldown": 60}
+    cfg["engines"]["frontier"]["resilience"] = {**FAST_RESILIENCE, "retries": 0,
+                                                "breaker_failures": 2, "breaker_cooldown": 60}
     gw: Gateway = gateway_factory(cfg)
     upstream.default("500")
     client = gw.openai()
     for _ in range(4):
-        raw = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "x"}],
+        raw = client.chat.completions.with_raw_response.create(model="auto",
+                                                               messages=[{"role": "user", "content": "x"}],
                                                                max_tokens=3)
         assert raw.headers["x-turnout-engine"] == "local"
     assert len(upstream.requests()) == 2  # the breaker opened after two failures
@@ -99,7 +103,8 @@ def test_body_over_the_limit_is_413(gateway_factory, upstream: Upstream, anthrop
 
 def test_config_check_names_file_key_and_fix(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("engines:\n  x:\n    dialect: openai\n    locality: remote\n    base_url: http://h/v1\n    modle: m\n"
+    bad.write_text("engines:\n  x:\n    dialect: openai\n    locality: remote\n"
+                   "    base_url: http://h/v1\n    modle: m\n"
                    "routes:\n  auto: {chain: [x]}\n")
     out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
@@ -107,7 +112,8 @@ def test_config_check_names_file_key_and_fix(tmp_path: Path) -> None:
     assert "engines.x.model" in out.stderr and "add it" in out.stderr
     good = tmp_path / "good.yaml"
     good.write_text(bad.read_text().replace("modle", "model"))
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(good)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(good)],
+                         capture_output=True, text=True)
     assert out.returncode == 0 and "route auto: x" in out.stdout
     out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(tmp_path / "missing.yaml")],
                          capture_output=True, text=True)

@@ -127,7 +127,8 @@ def test_secrets_eval_counts_files_values_and_negatives(tmp_path: Path) -> None:
     rng = random.Random(5)
     key = "ghp_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(36))
     rows = [{"text": f"token = {key}", "secrets": [{"value": key, "kind": "github"}], "source": "made@x"},
-            {"text": "DB_PASSWORD=Tr0ub4dor-99x", "secrets": [{"value": "Tr0ub4dor-99x", "kind": "pw"}], "source": "made@x"},
+            {"text": "DB_PASSWORD=Tr0ub4dor-99x", "secrets": [{"value": "Tr0ub4dor-99x", "kind": "pw"}],
+             "source": "made@x"},
             {"text": "nothing to see here", "secrets": [], "source": "made@x"},
             {"text": "password = ${DB_PASSWORD}", "secrets": [], "source": "made@x"}]
     path = tmp_path / "s.jsonl"

@@ -27,7 +27,8 @@ def sent_text(up: Upstream) -> str:
 
 
 def test_pii_is_pseudonymized_for_remote_and_restored(hybrid: Gateway, upstream: Upstream) -> None:
-    raw = hybrid.openai().chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": PII_MSG}])
+    raw = hybrid.openai().chat.completions.with_raw_response.create(model="auto",
+                                                                    messages=[{"role": "user", "content": PII_MSG}])
     assert raw.headers["x-turnout-engine"] == "frontier"
     assert raw.parse().choices[0].message.content == f"echo: {PII_MSG}"  # the client sees its own values
     wire = sent_text(upstream)

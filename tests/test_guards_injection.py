@@ -53,7 +53,8 @@ def test_encoded_payloads_are_decoded_and_scanned(guard: InjectionGuard) -> None
     assert any(e == "rot13" for _, _, e, _ in decode_payloads(rot))
     assert guard.score(rot) >= guard.block_threshold
     # ordinary identifiers are not payloads
-    assert decode_payloads("commit 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 and AKIAIOSFODNN") == []
+    assert decode_payloads("commit 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 "
+                           "and AKIAIOSFODNN") == []
 
 
 def test_injection_hidden_in_a_long_document_is_found(guard: InjectionGuard) -> None:

@@ -74,7 +74,8 @@ def test_re2_translation() -> None:
 
 
 def test_private_key_block() -> None:
-    text = "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA" + rnd(64) + "\n-----END RSA PRIVATE KEY-----\nthanks"
+    text = ("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA" + rnd(64)
+            + "\n-----END RSA PRIVATE KEY-----\nthanks")
     found = SecretsGuard().inspect(text)
     assert any(f.type == "PRIVATE_KEY" and text[f.start:f.end].startswith("-----BEGIN")
                and text[f.start:f.end].endswith("END RSA PRIVATE KEY-----") for f in found)

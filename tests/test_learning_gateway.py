@@ -232,7 +232,8 @@ def test_a_weak_engine_that_failed_is_a_cascade_failed_label(gateway_factory, fa
         "model": "auto", "messages": [{"role": "user", "content": "look it up"}], "max_tokens": 16,
         "tools": [tool], "tool_choice": "required"})
     assert r.status_code == 200, r.text
-    assert r.headers["x-turnout-engine"] == "big" and "cascade: small failed, escalated" in r.headers["x-turnout-reason"]
+    assert (r.headers["x-turnout-engine"] == "big"
+            and "cascade: small failed, escalated" in r.headers["x-turnout-reason"])
     assert "engines without tool calling skipped" in r.headers["x-turnout-reason"]
     rows = labels_of(gw.db, 1)
     assert [(x["request_id"], x["source"], x["judge"]) for x in rows] == [

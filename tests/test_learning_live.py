@@ -150,7 +150,8 @@ def test_the_schedule_retrains_promotes_and_refuses_in_the_running_gateway(  # t
         return float(m.group(1)) if m else 0.0
 
     until(lambda: retrains("skipped") >= 1, "a round with too few labels")
-    assert reg.folder.joinpath("r0002.npz").exists() is False and ask(gw.url, PROBE).headers["x-turnout-router"] == first
+    assert (reg.folder.joinpath("r0002.npz").exists() is False
+            and ask(gw.url, PROBE).headers["x-turnout-router"] == first)
 
     add_labels(gw.db, flipped(240, seed=7), start=1000.0)
     until(lambda: retrains("promoted") >= 1, "the scheduled promotion", timeout=120)
@@ -274,7 +275,8 @@ def keyed(pair: tuple[Proc, Proc], tmp_path: Path) -> Iterator[Any]:
 
 
 def chat(gw: Any, who: str, text: str, model: str = "auto", **headers: str) -> httpx.Response:
-    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}]},
+    r = httpx.post(gw.url + "/v1/chat/completions",
+                   json={"model": model, "messages": [{"role": "user", "content": text}]},
                    headers={"Authorization": f"Bearer {gw.token(who)}", **headers}, timeout=60)
     assert r.status_code == 200, r.text
     return r

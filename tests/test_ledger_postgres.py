@@ -55,7 +55,8 @@ def test_concurrent_rows_share_transactions_and_audit_chain(schema: str) -> None
         n, xids = conn.execute(f"SELECT count(*), count(DISTINCT xmin::text) FROM {schema}.requests").fetchone()
         assert n == 201
         assert xids < 200  # batched: rows that arrived together committed in one transaction
-        cols = conn.execute(f"SELECT prompt_tokens, cost_usd, labels FROM {schema}.requests WHERE request_id = 'r9'").fetchone()
+        cols = conn.execute(f"SELECT prompt_tokens, cost_usd, labels FROM {schema}.requests "
+                            "WHERE request_id = 'r9'").fetchone()
         assert cols == (19, 0.009, "pii")
     with PostgresAuditLog(PG_DSN, schema=schema) as audit:
         v = audit.verify()
@@ -80,7 +81,8 @@ def test_gateway_writes_its_ledger_to_postgres(schema: str, gateway_factory, ups
     client = gw.openai()
     ids = [client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "x"}],
                                                             max_tokens=4).headers["x-request-id"] for _ in range(2)]
-    stream = client.chat.completions.with_raw_response.create(model="private", messages=[{"role": "user", "content": "x"}],
+    stream = client.chat.completions.with_raw_response.create(model="private",
+                                                              messages=[{"role": "user", "content": "x"}],
                                                               max_tokens=3, stream=True)
     ids.append(stream.headers["x-request-id"])
     list(stream.parse())

@@ -41,7 +41,8 @@ def test_installed_model_is_the_published_file_and_the_registry_says_where_it_ca
     path = qwen_coder.qwen_coder_gguf()
     assert path.stat().st_size == qwen_coder.SIZE
     assert path.with_name(path.name + ".sha256").read_text().strip() == qwen_coder.SHA256
-    cfg = parse_config({"engines": {"q": {"dialect": "llamacpp", "packaged": "qwen2.5-coder-0.5b", "sha256": qwen_coder.SHA256}}})
+    cfg = parse_config({"engines": {"q": {"dialect": "llamacpp", "packaged": "qwen2.5-coder-0.5b",
+                                          "sha256": qwen_coder.SHA256}}})
     assert cfg.engines["q"].model_name == "qwen2.5-coder-0.5b-instruct"  # type: ignore[union-attr]
     rec = next(r for r in describe(cfg) if r.engine == "q")
     assert rec.status == "ok" and rec.sha256 == qwen_coder.SHA256 and rec.license == "apache-2.0"

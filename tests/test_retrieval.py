@@ -49,7 +49,8 @@ def test_store_search_replace_delete(tmp_path: Path) -> None:
     assert "20 weeks" in store.search("hr", "parental leave weeks", k=1, tenant="t")[0].text
     assert store.search("other", "anything", tenant="t") == []
     # another tenant's collection of the same name is another collection
-    assert store.search("hr", "paid parental leave", tenant="t2") == [] and store.stats("hr", tenant="t2")["chunks"] == 0
+    assert (store.search("hr", "paid parental leave", tenant="t2") == []
+            and store.stats("hr", tenant="t2")["chunks"] == 0)
     assert store.delete("hr", None, tenant="t2") == 0 and store.stats("hr", tenant="t")["documents"] == 3
     assert store.delete("hr", "leave", tenant="t") == 1 and store.stats("hr", tenant="t")["documents"] == 2
     store.close()
@@ -61,7 +62,8 @@ def test_store_search_replace_delete(tmp_path: Path) -> None:
 def _replicas_share_one_table(a: VectorStore, b: VectorStore) -> None:
     """What one replica writes, the other finds on its next search, though it had the collection cached."""
     a.add("hr", DOCS[:2], tenant="t")
-    assert b.search("hr", "on-call engineer", k=3, tenant="t")[0].doc_id in ("leave", "expenses")  # b caches 2 documents
+    # b caches 2 documents
+    assert b.search("hr", "on-call engineer", k=3, tenant="t")[0].doc_id in ("leave", "expenses")
     a.add("hr", DOCS[2:], tenant="t")
     assert b.search("hr", "Who is the database on-call engineer?", k=1, tenant="t")[0].doc_id == "oncall"
     a.add("hr", [{"id": "leave", "text": "Parental leave is now 20 weeks."}], tenant="t")
@@ -95,7 +97,8 @@ def test_replicas_share_the_store_in_postgres(pg_schema: str) -> None:
     b.close()
 
 
-def test_two_gateways_on_postgres_ground_answers_in_one_store(pg_schema: str, tmp_path: Path, upstream: Upstream) -> None:
+def test_two_gateways_on_postgres_ground_answers_in_one_store(pg_schema: str,
+                                                              tmp_path: Path, upstream: Upstream) -> None:
     started: list[Proc] = []
     cfg = {
         "engines": {"frontier": {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1",

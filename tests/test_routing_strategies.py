@@ -29,7 +29,8 @@ def strategy_config(up: str, tmp: Path, router: Path | None = None) -> dict:
         "local-kept": {"chain": ["local", "frontier"], "strategy": "cascade", "threshold": -1000.0},
         "sure": {"chain": ["confident", "frontier"], "strategy": "cascade", "threshold": -1.0},
         "unsure": {"chain": ["hesitant", "frontier"], "strategy": "cascade", "threshold": -1.0},
-        "unsure-draft": {"chain": ["hesitant", "frontier"], "strategy": "cascade", "threshold": -1.0, "include_draft": True},
+        "unsure-draft": {"chain": ["hesitant", "frontier"], "strategy": "cascade",
+                         "threshold": -1.0, "include_draft": True},
     }
     if router is not None:
         routes["smart"] = {"chain": ["confident", "frontier"], "strategy": "learned", "router": str(router)}
@@ -110,11 +111,13 @@ def test_the_reason_users_see_is_rendered_from_the_decisions_fields() -> None:
     assert d.reason == "default chain of route:auto"  # the router's sentence is never appended to
 
 
-def test_cascade_uses_the_weak_engines_logprobs_and_streams(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cascade_uses_the_weak_engines_logprobs_and_streams(  # type: ignore[no-untyped-def]
+        gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
     gw: Gateway = gateway_factory(strategy_config(upstream.url, tmp_path))
     sure = ask(gw, "sure")
     assert sure.headers["x-turnout-engine"] == "confident"
-    assert sure.json()["choices"][0]["logprobs"] is None  # asked of the weak engine, not shown to a client who did not ask
+    # asked of the weak engine, not shown to a client who did not ask
+    assert sure.json()["choices"][0]["logprobs"] is None
     unsure = ask(gw, "unsure")
     assert unsure.headers["x-turnout-engine"] == "frontier"
     assert abs(float(unsure.headers["x-turnout-score"]) + 3.5) < 1e-6
@@ -127,7 +130,8 @@ def test_cascade_uses_the_weak_engines_logprobs_and_streams(gateway_factory, ups
         assert lines[-1] == "data: [DONE]"
         import json
 
-        text = "".join((json.loads(ln[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or "" for ln in lines[:-1])
+        text = "".join((json.loads(ln[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                       for ln in lines[:-1])
         assert text == "echo: tell me"
 
     upstream.reset()
@@ -136,13 +140,14 @@ def test_cascade_uses_the_weak_engines_logprobs_and_streams(gateway_factory, ups
     assert strong["messages"][-1]["role"] == "system" and "<draft>" in strong["messages"][-1]["content"]
 
 
-def test_learned_router_sends_hard_prompts_to_the_strong_engine(gateway_factory, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_learned_router_sends_hard_prompts_to_the_strong_engine(  # type: ignore[no-untyped-def]
+        gateway_factory, upstream: Upstream, tmp_path: Path) -> None:
     rng = random.Random(3)
     rows = []
     for i in range(400):  # the weak model fails exactly on proofs; both pass arithmetic
         hard = i % 2 == 0
-        topic = rng.choice(["prove that the group", "prove the theorem on", "give a rigorous proof that"]) if hard else \
-            rng.choice(["add the numbers", "what is the sum of", "compute the total of"])
+        topic = (rng.choice(["prove that the group", "prove the theorem on", "give a rigorous proof that"]) if hard
+                 else rng.choice(["add the numbers", "what is the sum of", "compute the total of"]))
         rows.append((f"{topic} {rng.randint(1, 10_000)} and {rng.randint(1, 10_000)}", 0 if hard else 1, 1))
     data = tmp_path / "outcomes.csv"
     with data.open("w", newline="") as f:

@@ -142,7 +142,8 @@ def test_token_from_reads_bearer_never_basic() -> None:
     assert token_from(f"Bearer {key}") == key and token_from(f"bearer   {key}  ") == key
     # Basic credentials are ambient in a browser (sent from any page): no credential (issue 23, H2)
     assert token_from("Basic " + base64.b64encode(f"me:{key}".encode()).decode()) is None
-    for nothing in (None, "", "Bearer", "Bearer   ", "Token abc", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode()):
+    for nothing in (None, "", "Bearer", "Bearer   ", "Token abc",
+                    "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode()):
         assert token_from(nothing) is None
 
 
@@ -200,7 +201,8 @@ def test_keys_cli_dsn_writes_to_postgres(pg_schema: str) -> None:
         with pytest.raises(AuthenticationFailed, match="expired"):
             pg.authenticate(made["key"])
         assert pg.authenticate(rotated["key"]).key_id == made["key_id"]
-    assert cli("rotate", "key_nope").returncode == 1 and cli("create", "--tenant", "x", "--roles", "root").returncode == 2
+    assert (cli("rotate", "key_nope").returncode == 1
+            and cli("create", "--tenant", "x", "--roles", "root").returncode == 2)
 
 
 def test_postgres_key_store_reconnects_after_a_dropped_connection(pg_schema: str) -> None:

@@ -164,7 +164,8 @@ def test_sessions_login_cross_site_logout_revocation_and_expiry(tmp_path: Path, 
         jar = {COOKIE: token}
 
         def as_browser(method: str, path: str, body: Any = None, **headers: str) -> httpx.Response:
-            return httpx.request(method, own + path, json=body, headers={"Cookie": f"{COOKIE}={jar[COOKIE]}", **headers},
+            return httpx.request(method, own + path, json=body,
+                                 headers={"Cookie": f"{COOKIE}={jar[COOKIE]}", **headers},
                                  timeout=30)
 
         # the pages and their data take the session; nothing else does
@@ -173,11 +174,14 @@ def test_sessions_login_cross_site_logout_revocation_and_expiry(tmp_path: Path, 
         assert inbox.status_code == 200 and [g["id"] for g in inbox.json()["data"]] == [gid]
         _error(as_browser("GET", "/dashboard"), 403, "role_not_allowed")  # an approver is no viewer
         _error(as_browser("GET", f"/v1/turnout/tasks/{tid}"), 401, "invalid_api_key")
-        _error(as_browser("POST", "/v1/chat/completions", {"model": "local", "messages": [{"role": "user", "content": "hi"}]}), 401, "invalid_api_key")
+        _error(as_browser("POST", "/v1/chat/completions",
+                          {"model": "local", "messages": [{"role": "user", "content": "hi"}]}),
+               401, "invalid_api_key")
         # a state change with the cookie: only from the gateway's own origin
         approve = {"decision": "approve", "reason": "forged"}
         _error(as_browser("POST", f"/v1/turnout/approvals/{gid}", approve), 403, "cross_site_request")  # no header
-        for headers in ({"Origin": "http://127.0.0.1:9"}, {"Origin": "null"}, {"Origin": own.replace("127.0.0.1", "localhost")},
+        for headers in ({"Origin": "http://127.0.0.1:9"}, {"Origin": "null"},
+                        {"Origin": own.replace("127.0.0.1", "localhost")},
                         {"Origin": own.replace("http:", "https:")}, {"Sec-Fetch-Site": "same-site"},
                         {"Sec-Fetch-Site": "cross-site"}, {"Origin": own, "Sec-Fetch-Site": "same-site"},
                         {"Origin": "http://evil.example", "Sec-Fetch-Site": "same-origin"}):
@@ -238,7 +242,8 @@ def test_sessions_login_cross_site_logout_revocation_and_expiry(tmp_path: Path, 
 
         # a page opened without a session: a browser goes to the login page, an API client gets a 401
         r = httpx.get(own + "/dashboard/approvals?x=1", headers={"Accept": "text/html,*/*;q=0.8"})
-        assert r.status_code == 303 and r.headers["location"] == "/dashboard/login?next=%2Fdashboard%2Fapprovals%3Fx%3D1"
+        assert (r.status_code == 303
+                and r.headers["location"] == "/dashboard/login?next=%2Fdashboard%2Fapprovals%3Fx%3D1")
         r = httpx.get(own + "/dashboard")
         _error(r, 401, "invalid_api_key")
         assert r.headers["www-authenticate"].startswith("Bearer")

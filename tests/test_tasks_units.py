@@ -38,7 +38,8 @@ def test_bad_conditions_and_tools_are_config_errors() -> None:
         parse_condition("amount > many")
     base = {"engines": {"e": {"dialect": "openai", "locality": "remote", "base_url": "http://x/v1", "model": "m"}},
             "routes": {"r": {"chain": ["e"]}}}
-    for tool in ({"url": "http://t", "approval": "when"}, {"kind": "mcp"}, {"kind": "mcp", "url": "u", "command": ["c"]},
+    for tool in ({"url": "http://t", "approval": "when"}, {"kind": "mcp"},
+                 {"kind": "mcp", "url": "u", "command": ["c"]},
                  {"url": "http://t", "approval": "when", "when": ["amount ~ 3"]}):
         with pytest.raises(ConfigError):
             parse_config({**base, "tasks": {"tools": {"t": tool}}})
@@ -87,7 +88,8 @@ def test_plan_checks() -> None:
     plan = parse_plan(ok, {"mail"}, {"send"}, {"local"}, 5)
     assert [s.id for s in plan.steps] == ["a", "b"]
     bad = {
-        '{"steps": [{"id": "a", "kind": "llm", "instruction": "x {{steps.b}}"}, {"id": "b", "kind": "llm", "instruction": "y"}]}':
+        ('{"steps": [{"id": "a", "kind": "llm", "instruction": "x {{steps.b}}"}, '
+         '{"id": "b", "kind": "llm", "instruction": "y"}]}'):
             "not an earlier step",
         '{"steps": [{"id": "a", "kind": "llm", "instruction": "{{input.secret}}"}]}': "no input named",
         '{"steps": [{"id": "a", "kind": "tool", "tool": "pay"}]}': "not one this task may use",
@@ -152,7 +154,8 @@ def test_gate_edit_parks_again_and_decisions_name_what_they_saw(tmp_path: Path) 
     gid = a.park(tid, "acme", 1, "s", "send", {"x": 1}, "why", "always", time.time() + 60)
     assert a.edit(gid, "key_2", {"x": 2}, 0, time.time())
     g = a.gate(gid)
-    assert g is not None and (g["state"], g["edited"], g["edited_by"], g["revision"]) == ("pending", {"x": 2}, "key_2", 1)
+    assert g is not None and (g["state"], g["edited"], g["edited_by"], g["revision"]) == (
+        "pending", {"x": 2}, "key_2", 1)
     assert a.get(tid)["state"] == "awaiting_approval"  # type: ignore[index]
     assert not a.edit(gid, "key_3", {"x": 3}, 0, time.time())          # edited since revision 0
     assert not a.decide(gid, "approved", "key_3", None, revision=0)     # approves what it did not see

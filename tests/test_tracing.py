@@ -27,7 +27,8 @@ def test_spans_for_each_step_and_engine_call(tmp_path: Path, upstream: Upstream)
     spans = InMemorySpanExporter()
     parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     with TestClient(create_app(cfg, span_exporter=spans)) as client:
-        resp = client.post("/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "a b"}]},
+        resp = client.post("/v1/chat/completions", json={"model": "auto",
+                                                         "messages": [{"role": "user", "content": "a b"}]},
                            headers={"traceparent": f"00-{parent_trace}-00f067aa0ba902b7-01"})
         assert resp.status_code == 200
         trace_id = resp.headers["x-turnout-trace-id"]
@@ -38,7 +39,8 @@ def test_spans_for_each_step_and_engine_call(tmp_path: Path, upstream: Upstream)
     finished = spans.get_finished_spans()
     first = [s for s in finished if format(s.context.trace_id, "032x") == trace_id]
     names = {s.name for s in first}
-    assert {"turnout.request", "turnout.authenticate", "turnout.decide", "turnout.reserve", "chat fake-frontier"} <= names
+    assert {"turnout.request", "turnout.authenticate", "turnout.decide",
+            "turnout.reserve", "chat fake-frontier"} <= names
     call = next(s for s in first if s.name == "chat fake-frontier")
     assert call.attributes["gen_ai.system"] == "openai" and call.attributes["gen_ai.request.model"] == "fake-frontier"
     assert call.attributes["gen_ai.usage.input_tokens"] > 0 and call.attributes["gen_ai.usage.output_tokens"] > 0

@@ -74,8 +74,9 @@ class Call:
         if isinstance(exc, TurnoutError):
             self.status, self.http_status, self.error = "error", exc.status, exc.message
         elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the server stopped the work: the client left
-            self.status, self.http_status, self.error = ("client_closed", 499,  # 499: nginx's "client closed request"
-                                                         "the client closed the connection before the answer was complete")
+            # 499: nginx's "client closed request"
+            self.status, self.http_status, self.error = (
+                "client_closed", 499, "the client closed the connection before the answer was complete")
         else:
             self.status, self.http_status, self.error = "error", 500, f"internal error: {exc.__class__.__name__}"
 

@@ -163,7 +163,8 @@ class GuardsConfig(_Strict):
             raise ValueError("detectors: a guard is named twice -> name each once")
         for name, given in self.options.items():
             if name not in self.detectors:
-                raise ValueError(f"options.{name}: {name!r} is not in detectors -> add it to detectors or remove its options")
+                raise ValueError(f"options.{name}: {name!r} is not in detectors -> "
+                                 "add it to detectors or remove its options")
             model = getattr(plugins.load(plugins.GUARDS, name), "config_model", None)
             if model is None:
                 raise ValueError(f"options.{name}: the guard {name!r} takes no options -> remove them")
@@ -236,7 +237,8 @@ class ShadowConfig(_Strict):
     daily_budget_usd: float = Field(1.0, ge=0.0, description="cap on the shadow calls' cost per UTC day")
     sampling: Literal["uncertainty", "uniform"] = Field(
         "uncertainty", description="uncertainty: the prompts scored nearest the threshold first; uniform: any")
-    judge: str = Field("exact", pattern=r"^(exact|schema|llm:[A-Za-z0-9_.:-]+)(\+(exact|schema|llm:[A-Za-z0-9_.:-]+))*$",
+    judge: str = Field("exact",
+                       pattern=r"^(exact|schema|llm:[A-Za-z0-9_.:-]+)(\+(exact|schema|llm:[A-Za-z0-9_.:-]+))*$",
                        description="who compares the two answers, '+'-separated, the first that can tell wins: "
                        "exact (same final answer), schema (the request's JSON schema), llm:ENGINE (an engine "
                        "answers a rubric)")
@@ -263,7 +265,8 @@ class LearningConfig(_Strict):
     reload_s: float = Field(5.0, ge=0.0, description="seconds between checks of what `router:` names (a registry "
                             "folder's current.json, or the file): a promotion or rollback is served without a "
                             "restart; 0: loaded at start only")
-    retrain: RetrainConfig | None = Field(None, description="retrain from traffic labels on a schedule (off by default)")
+    retrain: RetrainConfig | None = Field(
+        None, description="retrain from traffic labels on a schedule (off by default)")
 
 
 class RouteConfig(_Strict):
@@ -277,8 +280,8 @@ class RouteConfig(_Strict):
         "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
         "rules: try the chain in order; learned: a router scores the prompt and sends it to chain[0] (weak) or the "
         "rest (strong); cascade: chain[0] answers first and the rest only if its confidence is low")
-    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`, or a "
-                                  "registry folder of `turnout router fit` (its current artifact)")
+    router: str | None = Field(None, description="learned: the router artifact (.npz) made by `turnout eval router`, "
+                                  "or a registry folder of `turnout router fit` (its current artifact)")
     threshold: float | None = Field(None, description="learned: escalate at or above this score (default: the "
                                     "artifact's calibrated threshold); cascade: escalate below this value of "
                                     "confidence_signal (thresholds per escalation share: `turnout eval cascade`)")
@@ -368,15 +371,18 @@ class ServerConfig(_Strict):
 
 class TracingConfig(_Strict):
     exporter: Literal["none", "console", "otlp"] = "none"
-    endpoint: str | None = Field(None, description="otlp: e.g. http://127.0.0.1:4318/v1/traces (default from OTEL_* env)")
+    endpoint: str | None = Field(
+        None, description="otlp: e.g. http://127.0.0.1:4318/v1/traces (default from OTEL_* env)")
 
 
 class StorageConfig(_Strict):
     sqlite_path: str = Field(".turnout/turnout.sqlite", description="ledger, audit log and keys (embedded mode)")
-    redis_url: str | None = Field(None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
-    postgres_dsn: str | None = Field(None, description="ledger, API keys and documents in PostgreSQL (scale-out, shared "
-                                     "by every replica), e.g. postgresql://user@db:5432/turnout")
-    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="schema of the ledger, audit, key and document tables")
+    redis_url: str | None = Field(
+        None, description="shared rate limits and budgets across replicas, e.g. redis://127.0.0.1:6379/0")
+    postgres_dsn: str | None = Field(None, description="ledger, API keys and documents in PostgreSQL (scale-out, "
+                                     "shared by every replica), e.g. postgresql://user@db:5432/turnout")
+    postgres_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                                 description="schema of the ledger, audit, key and document tables")
 
 
 class FunctionsConfig(_Strict):
@@ -532,7 +538,8 @@ class TurnoutConfig(_Strict):
         for alias, route in self.routes.items():
             for member in route.chain:
                 if member not in names:
-                    raise ValueError(f"routes.{alias}.chain names unknown engine {member!r}; engines are {sorted(names)}")
+                    raise ValueError(
+                        f"routes.{alias}.chain names unknown engine {member!r}; engines are {sorted(names)}")
             for part in (route.shadow.judge.split("+") if route.shadow else []):
                 if part.startswith("llm:") and part[4:] not in names:
                     raise ValueError(f"routes.{alias}.shadow.judge names unknown engine {part[4:]!r}")

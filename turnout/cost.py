@@ -438,7 +438,8 @@ def measure_tokens_per_second(base_url: str, model: str, concurrency: int = 4, r
 
 
 async def ameasure_engine(engine: Any, concurrency: int = 4, requests: int = 16, max_tokens: int = 128, *,
-                          prompt: str = "Write a long story about a lighthouse keeper. Keep going until you are stopped.",
+                          prompt: str = ("Write a long story about a lighthouse keeper. "
+                                         "Keep going until you are stopped."),
                           warmup: int = 0) -> Measurement:
     """Realised output tokens/s of an in-process engine (``turnout.engines``), started by the
     caller: ``requests`` real streamed generations, ``concurrency`` at a time; completion

@@ -16,14 +16,17 @@ class Metrics:
         r = self.registry
         lbl = ["route", "engine", "tenant", "status"]
         self.requests = Counter("turnout_requests", "Chat requests by outcome", lbl, registry=r)
-        self.tokens = Counter("turnout_tokens", "Tokens by direction", ["route", "engine", "tenant", "direction"], registry=r)
+        self.tokens = Counter("turnout_tokens", "Tokens by direction", ["route", "engine", "tenant", "direction"],
+                              registry=r)
         self.cost = Counter("turnout_cost_usd", "Cost in USD", ["route", "engine", "tenant"], registry=r)
         self.latency = Histogram("turnout_request_seconds", "Whole-request latency", ["route", "engine"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("turnout_time_to_first_token_seconds", "Time to first streamed token", ["route", "engine"],
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.fallbacks = Counter("turnout_fallbacks", "Failed hops before an answer or error", ["route", "engine"], registry=r)
-        self.escalations = Counter("turnout_escalations", "Cascade escalations to a stronger engine", ["route"], registry=r)
+        self.ttft = Histogram("turnout_time_to_first_token_seconds", "Time to first streamed token",
+                              ["route", "engine"], buckets=LATENCY_BUCKETS, registry=r)
+        self.fallbacks = Counter("turnout_fallbacks", "Failed hops before an answer or error", ["route", "engine"],
+                                 registry=r)
+        self.escalations = Counter("turnout_escalations", "Cascade escalations to a stronger engine", ["route"],
+                                   registry=r)
         self.guard_findings = Counter("turnout_guard_findings", "Guard findings by kind", ["kind"], registry=r)
         self.errors = Counter("turnout_errors", "Errors by HTTP status", ["route", "status"], registry=r)
         self.ledger_failures = Counter("turnout_ledger_write_failures", "Ledger rows that could not be written",

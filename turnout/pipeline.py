@@ -311,7 +311,8 @@ class Gateway:
         prompt = req.estimated_tokens()
         completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
         cost = max(
-            (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN) for n in call.decision.chain),
+            (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN)
+             for n in call.decision.chain),
             default=0.0,
         )
         if call.spend_cap_usd is not None and cost > call.spend_cap_usd:  # a task's own budget: never overspent

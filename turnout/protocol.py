@@ -202,7 +202,8 @@ class EmbeddingRequest(BaseModel):
 
     model: str = Field(min_length=1)
     input: (Annotated[str, Field(min_length=1)]
-            | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)])
+            | Annotated[list[Annotated[str, Field(min_length=1)]],
+                        Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)])
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=8192)
     user: str | None = None

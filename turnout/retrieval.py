@@ -167,8 +167,9 @@ class SqliteChunks:
 
     def stats(self, collection: str) -> tuple[int, int]:
         with self._lock:
-            docs, chunks = self.conn.execute("SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
-                                             (collection,)).fetchone()
+            docs, chunks = self.conn.execute(
+                "SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM rag_chunks WHERE collection = ?",
+                (collection,)).fetchone()
         return int(docs), int(chunks)
 
     def version(self, collection: str) -> int:
@@ -211,7 +212,8 @@ class VectorStore:
             rows.extend((d["id"], i, p, orjson.dumps(d.get("metadata") or {}).decode()) for i, p in enumerate(parts))
         vectors = self.embed([r[2] for r in rows]) if rows else np.zeros((0, 0), dtype=np.float32)
         self.table.replace(collection, [d["id"] for d in documents],
-                           [(row, np.asarray(v, dtype=np.float32).tobytes()) for row, v in zip(rows, vectors, strict=True)])
+                           [(row, np.asarray(v, dtype=np.float32).tobytes())
+                            for row, v in zip(rows, vectors, strict=True)])
         return counts
 
     def delete(self, collection: str, doc_id: str | None = None, *, tenant: str) -> int:

@@ -29,7 +29,8 @@ def make_provider(exporter: str, endpoint: str | None = None, extra: SpanExporte
     elif exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()))
     if extra is not None:  # tests: an in-memory exporter
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 

@@ -31,7 +31,8 @@ def check(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
         return 1
     local = cfg.local_engines()
-    print(f"{args.file}: ok — {len(cfg.engines)} engine(s) ({len(local)} local), {len(cfg.routes)} route(s), {len(cfg.rules)} rule(s)")
+    print(f"{args.file}: ok — {len(cfg.engines)} engine(s) ({len(local)} local), {len(cfg.routes)} route(s), "
+          f"{len(cfg.rules)} rule(s)")
     for alias, route in cfg.routes.items():
         print(f"  route {alias}: {' -> '.join(route.chain)}")
     if not local:

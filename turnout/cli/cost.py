@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request (default 128)")
     m.add_argument("--api-key", default=None, help="bearer token for the endpoint, if it needs one")
     m.add_argument("--measure", metavar="ENGINE", help="measure the engine of this name from --config instead")
-    m.add_argument("--config", metavar="FILE", help="turnout.yaml holding --measure's engine (default: the embedded setup)")
+    m.add_argument("--config", metavar="FILE",
+                   help="turnout.yaml holding --measure's engine (default: the embedded setup)")
     p.set_defaults(func=run)
 
 

@@ -86,7 +86,8 @@ def gate(report: dict[str, Any], baseline: dict[str, Any] | None, max_drop: floa
             continue
         if base["pass_rate"] - v["pass_rate"] > max_drop + 1e-12:
             why.append(f"{name}: pass rate fell {base['pass_rate']:.3f} -> {v['pass_rate']:.3f} "
-                       f"(template {base.get('template_hash')} -> {v['template_hash']}; more than --max-drop {max_drop:.3f})")
+                       f"(template {base.get('template_hash')} -> {v['template_hash']}; "
+                       f"more than --max-drop {max_drop:.3f})")
         before = {r["id"]: r["pass"] for r in base.get("items", [])}
         lost = [r["id"] for r in v["items"] if before.get(r["id"]) and not r["pass"]]
         if lost:

@@ -17,8 +17,8 @@ operator's: it manages every tenant's keys and reads every tenant's usage and th
 through the API. --owner names the person a key belongs to: an approver never approves a task
 started by a key of the same owner (four eyes), whichever key each used.
 The store is the configuration's (``--config``, default $TURNOUT_CONFIG): PostgreSQL when
-``storage.postgres_dsn`` is set (or ``--dsn`` [``--schema``]), else its SQLite file; without a configuration, $TURNOUT_DB or
-.turnout/turnout.sqlite (``--db`` overrides the SQLite file either way).
+``storage.postgres_dsn`` is set (or ``--dsn`` [``--schema``]), else its SQLite file; without a
+configuration, $TURNOUT_DB or .turnout/turnout.sqlite (``--db`` overrides the SQLite file either way).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     ro = ksub.add_parser("rotate", help="a new secret for the same key; the old secret works for --overlap more")
     ro.add_argument("key_id")
-    ro.add_argument("--overlap", default="1h", help="how long the old secret keeps working: 0s, 15m, 1h, 7d (default 1h)")
+    ro.add_argument("--overlap", default="1h",
+                    help="how long the old secret keeps working: 0s, 15m, 1h, 7d (default 1h)")
     ro.add_argument("--json", action="store_true")
     ro.set_defaults(func=rotate)
 
@@ -135,14 +136,15 @@ def list_keys(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return 0
-    print(f"{'KEY_ID':<21} {'TENANT':<16} {'ROLES':<14} {'OWNER':<16} {'HINT':<10} {'ROUTES':<16} {'RPM':>7} {'TPM':>9} "
-          f"{'USD/DAY':>8} {'USD/MON':>8}  STATUS")
+    print(f"{'KEY_ID':<21} {'TENANT':<16} {'ROLES':<14} {'OWNER':<16} {'HINT':<10} {'ROUTES':<16} "
+          f"{'RPM':>7} {'TPM':>9} {'USD/DAY':>8} {'USD/MON':>8}  STATUS")
     for k in keys:
         lim = k.limits
         status = f"revoked {k.revoked_at}" if not k.active else f"expired {k.expires_at}" if k.expired() else \
             "active" + (f" until {k.expires_at}" if k.expires_at else "")
         tenant = k.tenant + (" (all)" if k.all_tenants else "")  # an all-tenants admin key: every tenant
-        print(f"{k.key_id:<21} {tenant:<16} {','.join(k.roles):<14} {k.owner or '-':<16} {k.hint:<10} {','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
+        print(f"{k.key_id:<21} {tenant:<16} {','.join(k.roles):<14} {k.owner or '-':<16} {k.hint:<10} "
+              f"{','.join(k.routes) or '*':<16} {_limit(lim.rpm):>7} "
               f"{_limit(lim.tpm):>9} {_limit(lim.usd_per_day, True):>8} {_limit(lim.usd_per_month, True):>8}  "
               f"{status}")
     return 0

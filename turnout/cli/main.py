@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["serve", "chat", "usage", "config", "eval", "cost", "keys", "audit", "models", "functions", "router", "tasks"]
+COMMANDS = ["serve", "chat", "usage", "config", "eval", "cost", "keys", "audit", "models", "functions", "router",
+            "tasks"]
 
 
 def build_parser() -> argparse.ArgumentParser:

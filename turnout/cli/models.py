@@ -40,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
             if r.engine == "guard:pii" and r.sha256:
                 print(f"guards:\n  pii_model_sha256: {r.sha256}   # {r.source or r.weights}")
     else:
-        print(f"{'engine':<12}{'dialect':<11}{'locality':<9}{'license':<14}{'status':<10}{'sha256':<18}{'size':>9}  source / model")
+        print(f"{'engine':<12}{'dialect':<11}{'locality':<9}{'license':<14}{'status':<10}{'sha256':<18}{'size':>9}"
+              "  source / model")
         for r in records:
             size = f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "-"
             sha = (r.sha256[:16] if r.sha256 else "-")
             where = r.refused or r.error or r.source or r.model
-            print(f"{r.engine:<12}{r.dialect:<11}{r.locality:<9}{(r.license or '-'):<14}{r.status:<10}{sha:<18}{size:>9}  {where}")
+            print(f"{r.engine:<12}{r.dialect:<11}{r.locality:<9}{(r.license or '-'):<14}{r.status:<10}{sha:<18}"
+                  f"{size:>9}  {where}")
     bad = [r for r in records if r.status in ("MISMATCH", "missing", "REFUSED")]
     if args.action == "verify":
         for r in bad:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
-    p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"), help="turnout.yaml (default: embedded setup)")
+    p.add_argument("--config", "-c", default=os.environ.get("TURNOUT_CONFIG"),
+                   help="turnout.yaml (default: embedded setup)")
     p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default from config: 8000; 0 picks a free one)")
     p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys (embedded mode)")

@@ -38,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--input", action="append", default=[], metavar="NAME=TEXT")
     run.add_argument("--input-file", action="append", default=[], metavar="NAME=PATH")
     run.add_argument("--tool", action="append", default=[], help="a tool the task may use (repeat)")
-    run.add_argument("--sensitive", action="store_true", help="every model call, the plan's too, stays on local engines")
-    run.add_argument("--budget", type=float, metavar="USD", help="the task's spending limit (default: tasks.budget_usd)")
+    run.add_argument("--sensitive", action="store_true",
+                     help="every model call, the plan's too, stays on local engines")
+    run.add_argument("--budget", type=float, metavar="USD",
+                     help="the task's spending limit (default: tasks.budget_usd)")
     run.add_argument("--follow", action="store_true", help="print progress until the task ends or waits for approval")
     _common(run)
     run.set_defaults(func=run_task)
@@ -147,7 +149,8 @@ def show_task(args: argparse.Namespace) -> int:
     if t.get("local_only"):
         print(f"  every model call local: {t['local_only']}")
     for s in t["steps"]:
-        where = f"{s['route'] or ''}/{s['engine'] or '-'}({s['locality'] or '-'})" if s["kind"] != "tool" else s["route"]
+        where = (f"{s['route'] or ''}/{s['engine'] or '-'}({s['locality'] or '-'})" if s["kind"] != "tool"
+                 else s["route"])
         cached = " cached" if s["cached"] else ""
         print(f"  v{s['plan_version']} {s['step_id']:<14} {s['kind']:<5} {s['status']:<9} {where} "
               f"${s['cost_usd']:.6f}{cached} {(s['latency_ms'] or 0):.0f} ms")

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         from turnout.ledger.sqlite import read_rows as read_sqlite_rows
 
         if not Path(args.db).is_file():
-            raise FileNotFoundError(f"{args.db}: no ledger yet (start `turnout serve` and send a request, or pass --db)")
+            raise FileNotFoundError(
+                f"{args.db}: no ledger yet (start `turnout serve` and send a request, or pass --db)")
         rows = read_sqlite_rows(args.db, since)
         feedback = read_sqlite_feedback(args.db, since)
     summary = summarize(rows, feedback, _labels(args, since))

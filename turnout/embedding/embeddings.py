@@ -302,7 +302,8 @@ class StaticMiniLM:
         tmp.replace(path)
         return table
 
-    def encode(self, texts: list[str], batch_size: int = 0, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 0,
+               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         token_ids = self.encoder.window.fit([list(e.ids) for e in self.encoder.tokenizer.encode_batch(list(texts))])
         for row, full in enumerate(token_ids):

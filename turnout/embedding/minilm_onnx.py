@@ -94,7 +94,8 @@ def build_graph(folder: Path) -> onnx.ModelProto:
     g = _Graph()
 
     def dense(x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
-        return g.op("Add", g.op("MatMul", x, g.const(weight.T, name=name + ".weight")), g.const(bias, name=name + ".bias"))
+        return g.op("Add", g.op("MatMul", x, g.const(weight.T, name=name + ".weight")),
+                    g.const(bias, name=name + ".bias"))
 
     def layer_norm(x: str, prefix: str) -> str:
         return g.op("LayerNormalization", x, g.const(w[prefix + ".weight"], name=prefix + ".weight"),

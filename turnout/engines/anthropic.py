@@ -139,7 +139,8 @@ def from_anthropic(body: dict[str, Any], engine: str) -> ChatResult:
 
 
 def _input_tokens(u: dict[str, Any]) -> int:
-    return int(u.get("input_tokens", 0)) + int(u.get("cache_creation_input_tokens") or 0) + int(u.get("cache_read_input_tokens") or 0)
+    return (int(u.get("input_tokens", 0)) + int(u.get("cache_creation_input_tokens") or 0)
+            + int(u.get("cache_read_input_tokens") or 0))
 
 
 class AnthropicEngineConfig(EngineConfigBase):

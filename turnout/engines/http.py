@@ -57,7 +57,8 @@ def transport_errors(engine: str, phase: str) -> Iterator[None]:
     except TimeoutError as exc:
         raise EngineTimeout(f"timed out {phase}", engine=engine, reason=f"timed out {phase}") from exc
     except aiohttp.ClientConnectorError as exc:  # its text names the address: the ledger's and the log's only
-        raise EngineUnavailable(f"cannot connect: {exc.os_error or exc}", engine=engine, reason="cannot connect") from exc
+        raise EngineUnavailable(f"cannot connect: {exc.os_error or exc}", engine=engine,
+                                reason="cannot connect") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
         raise EngineUnavailable(f"connection lost {phase}: {exc.__class__.__name__}", engine=engine,
                                 reason=f"connection lost {phase}") from exc

@@ -92,7 +92,8 @@ class OpenAIEngine(Engine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
         with transport_errors(name, "waiting for the answer"):
-            async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)), headers=self._headers) as resp:
+            async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)),
+                                          headers=self._headers) as resp:
                 await raise_for_upstream_status(resp, name)
                 body = await read_json(resp, name, self.cfg.max_response_bytes)
         return _result(body, name)
@@ -103,7 +104,8 @@ class OpenAIEngine(Engine):
         usage: Usage | None = None
         produced = 0
         with transport_errors(name, "before the first token"):
-            resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)), headers=self._headers)
+            resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)),
+                                            headers=self._headers)
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)

@@ -41,8 +41,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", default=os.environ.get("TURNOUT_DATA_DIR", "../shared/data/routellm"))
     p.add_argument("--task", choices=("gsm8k", "mmlu"), default="gsm8k")
     p.add_argument("--prompt", choices=("plain", "fewshot"), default="plain",
-                   help="gsm8k prompt template: plain (a format instruction) or fewshot (plus two worked train examples)")
-    p.add_argument("--mmlu-answers", default=None, help="mmlu: JSONL of {prompt, answer} (RouteLLM's files hold no key)")
+                   help="gsm8k prompt template: plain (a format instruction) "
+                        "or fewshot (plus two worked train examples)")
+    p.add_argument("--mmlu-answers", default=None,
+                   help="mmlu: JSONL of {prompt, answer} (RouteLLM's files hold no key)")
     p.add_argument("--limit", type=int, default=100, help="questions to run (a fixed-seed sample; default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=256)
@@ -55,13 +57,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", default=None, help="turnout.yaml with the engine to test (default: embedded)")
     p.add_argument("--engine", default="local", help="engine name in the config (default: local)")
     p.add_argument("--cache-dir", default=".turnout/cache/cascade")
-    p.add_argument("--save-combination", default=None, help="write the combined signal's weights (fitted on all rows) here")
+    p.add_argument("--save-combination", default=None,
+                   help="write the combined signal's weights (fitted on all rows) here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def cache_key(task: str, prompt: str, max_tokens: int, sample: int, temperature: float, question: str) -> str:
-    return hashlib.sha256(f"{CACHE_VERSION}|{task}|{prompt}|{max_tokens}|{sample}|{temperature:g}|{question}".encode()).hexdigest()
+    return hashlib.sha256(
+        f"{CACHE_VERSION}|{task}|{prompt}|{max_tokens}|{sample}|{temperature:g}|{question}".encode()).hexdigest()
 
 
 def read_cache(cache: Path) -> dict[str, dict[str, Any]]:
@@ -160,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         await engine.start()
         try:
             tag = engine.info.weights_sha256 or engine.info.model
-            cache = Path(args.cache_dir) / f"{engine.info.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl"
+            cache = (Path(args.cache_dir)
+                     / f"{engine.info.dialect}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.jsonl")
             return await generate(items, engine, task=args.task, prompt=prompt, data_dir=data_dir,
                                   max_tokens=args.max_tokens, samples=max(1, args.samples),
                                   temperature=args.temperature, cache=cache)

@@ -120,7 +120,8 @@ def learned_router_scores(items: list[Item], labels: list[int]) -> list[float] |
 
 
 def cost_curve(escalate_order: Sequence[float], weak: Any, strong: Any,
-               local_seconds: Sequence[float], frontier_usd: Sequence[float], *, runs_local_first: bool) -> list[dict[str, float]]:
+               local_seconds: Sequence[float], frontier_usd: Sequence[float], *,
+               runs_local_first: bool) -> list[dict[str, float]]:
     """Quality and cost per 1,000 questions when the lowest-ranked share goes to the frontier:
     a cascade pays the local answer for every question (``runs_local_first``), a router only
     for those it keeps."""
@@ -186,20 +187,22 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
     tokens = [rec["completion_tokens"] for rec in greedy]
     # cost/quality: frontier price from the strong answer's length (RouteLLM's GPT-4 responses
     # where the data has them, else 5 tokens), about 4 characters a token
-    frontier_usd = [(len(it.question) / 4 * FRONTIER_PRICE[0] + it.extra.get("strong_chars", 20) / 4 * FRONTIER_PRICE[1]) / 1e6
+    frontier_usd = [(len(it.question) / 4 * FRONTIER_PRICE[0]
+                     + it.extra.get("strong_chars", 20) / 4 * FRONTIER_PRICE[1]) / 1e6
                     for it in items]
     seconds = [float(r["seconds"]) for r in greedy]
     single_best = max((k for k in table if k in SINGLE_SAMPLE), key=lambda k: float(table[k]["apgr"]), default=None)
     curves: dict[str, Any] = {}
     if single_best is not None:
-        curves[f"cascade:{single_best}"] = cost_curve([-v for v in _filled(columns[single_best])], weak, strong, seconds,
-                                                      frontier_usd, runs_local_first=True)
+        curves[f"cascade:{single_best}"] = cost_curve([-v for v in _filled(columns[single_best])], weak, strong,
+                                                      seconds, frontier_usd, runs_local_first=True)
     if router is not None:
         curves["router:tfidf-lr"] = cost_curve(router, weak, strong, seconds, frontier_usd, runs_local_first=False)
     out: dict[str, Any] = {
         "task": task, "n": n, "samples": len(runs), "local_accuracy": float(weak.mean()),
         "strong_accuracy": float(strong.mean()),
-        "tokens_per_answer": float(np.mean(tokens)), "seconds_per_answer": float(np.mean([r["seconds"] for r in greedy])),
+        "tokens_per_answer": float(np.mean(tokens)),
+        "seconds_per_answer": float(np.mean([r["seconds"] for r in greedy])),
         "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in greedy) / n,
         "signals": table,
         "cost_curves": curves,
@@ -208,7 +211,8 @@ def summarize(task: str, items: list[Item], runs: list[list[dict[str, Any]]],
         "rows": [{**r, "correct": y, "strong": it.strong} for r, y, it in zip(rows, labels, items, strict=True)],
     }
     if len(runs) > 1:
-        out["sample_accuracy"] = float(np.mean([correct(task, it, rec["answer"]) for it, rec in zip(items, runs[1], strict=True)]))
+        out["sample_accuracy"] = float(np.mean([correct(task, it, rec["answer"])
+                                                for it, rec in zip(items, runs[1], strict=True)]))
     if save_combination and single:
         import json
 
@@ -226,7 +230,8 @@ def print_report(report: dict[str, Any]) -> None:
     fmt = _fmt
     print(f"engine {report['engine']}, task {report['task']} ({report['prompt']} prompt), {report['n']} questions, "
           f"{report['samples']} answer(s) each ({report['cached']} from cache)")
-    print(f"  local accuracy {report['local_accuracy']:.1%}   strong (GPT-4) accuracy {report['strong_accuracy']:.1%}   "
+    print(f"  local accuracy {report['local_accuracy']:.1%}   "
+          f"strong (GPT-4) accuracy {report['strong_accuracy']:.1%}   "
           f"{report['tokens_per_answer']:.0f} tokens/answer, {report['seconds_per_answer']:.1f} s/answer, "
           f"{report['cut_at_max_tokens']:.0%} cut at max tokens")
     if "sample_accuracy" in report:
@@ -238,8 +243,8 @@ def print_report(report: dict[str, Any]) -> None:
         ts = " / ".join(f"{t[f'escalate_{int(r * 100)}pct']:.4g}" for r in ESCALATION_SHARES) if t else "-"
         ci = row.get("auroc_ci95")
         cis = f"({ci[0]:.2f}-{ci[1]:.2f})" if ci else "-"
-        print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {cis:>13} {fmt(row['apgr'])} {row['cpt50']:6.1%} "
-              f"{row['cpt80']:6.1%}   {ts}")
+        print(f"  {name:<20} {row['coverage']:5.0%} {fmt(row['auroc'])} {cis:>13} {fmt(row['apgr'])} "
+              f"{row['cpt50']:6.1%} {row['cpt80']:6.1%}   {ts}")
     for name, curve in report.get("cost_curves", {}).items():
         pts = "  ".join(f"{p['frontier_share']:.0%}: {p['quality']:.3f} ${p['usd_per_1000']:.3f}" for p in curve)
         print(f"  cost/quality {name:<24} (frontier share: quality, USD per 1000 questions) {pts}")

@@ -5,7 +5,8 @@
 
 Each line of the golden file is a JSON object: ``prompt`` (or ``messages``), one check —
 ``contains``, ``equals`` or ``regex``, case-insensitive unless ``"case_sensitive": true`` —
-and optionally ``id``, ``model``, ``max_tokens``. Every item is sent with temperature 0 and a fixed seed, through a running
+and optionally ``id``, ``model``, ``max_tokens``. Every item is sent with temperature 0 and a fixed
+seed, through a running
 gateway (``--url``) or the pipeline in-process (``--config``, default: the embedded setup),
 so routing, guards and engines are what production runs. The report gives the pass rate,
 each item's answer, route, engine and latency, and the weights sha256 of every engine.
@@ -58,7 +59,8 @@ def load_golden(path: str) -> list[dict[str, Any]]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
-            if not isinstance(item, dict) or not (isinstance(item.get("prompt"), str) or isinstance(item.get("messages"), list)):
+            if not isinstance(item, dict) or not (isinstance(item.get("prompt"), str)
+                                                  or isinstance(item.get("messages"), list)):
                 raise ValueError(f"{path}:{n}: needs 'prompt' (a string) or 'messages' (a list)")
             checks = [c for c in CHECKS if c in item]
             if len(checks) != 1 or not isinstance(item[checks[0]], str):

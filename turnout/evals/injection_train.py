@@ -223,7 +223,8 @@ def fit_ngram(rows: Sequence[Row], enc: Encoded, idx: Sequence[int], w_text: dic
     idf = np.where(df > 0, np.log((1 + n) / (1 + df)) + 1, 0).astype("float32")
     model = NgramModel(idf, np.zeros_like(idf), 0.0)
     lr = LogisticRegression(C=c, max_iter=2000, solver="liblinear")
-    lr.fit(model.features(x), np.asarray([rows[i].label for i in idx]), sample_weight=np.asarray([w_text[i] for i in idx]))
+    lr.fit(model.features(x), np.asarray([rows[i].label for i in idx]),
+           sample_weight=np.asarray([w_text[i] for i in idx]))
     model.coef = lr.coef_.ravel().astype("float32")
     model.intercept = float(lr.intercept_[0])
     return model

@@ -16,7 +16,8 @@ refitted from the labels and promoted only through the gate of :mod:`turnout.eva
 Reported against the number of labels: APGR and CPT(50%) of the serving router on a test slice
 of the data set that the loop never sees (one fold of five over distinct prompts), its PGR at the
 configured escalation share (the operating point it serves at, where uncertainty sampling spends
-its labels; APGR averages over every share), and the labelling cost (shadow calls to the strong engine; in USD when the data has costs).
+its labels; APGR averages over every share), and the labelling cost (shadow calls to the strong
+engine; in USD when the data has costs).
 Everything runs in-process for speed; ``tests/test_learning_loop.py`` runs the same pieces over
 real sockets.
 """
@@ -190,9 +191,11 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
 def render(result: ReplayResult) -> str:
     lines = [f"replay {result.target} from a router trained on {result.source} "
              f"(family {result.config.family}, {result.config.sampling} sampling, seed {result.config.seed})",
-             f"{'labels':>6} {'requests':>8} {'shadow':>6} {'APGR':>6} {'CPT50':>6} {'PGR@t':>6} {'strong%':>7}  serving"]
+             f"{'labels':>6} {'requests':>8} {'shadow':>6} {'APGR':>6} {'CPT50':>6} {'PGR@t':>6} {'strong%':>7}"
+             "  serving"]
     for p in result.curve:
         cpt = "-" if math.isnan(p.cpt50) else f"{p.cpt50 * 100:.1f}"
-        lines.append(f"{p.labels:>6} {p.requests:>8} {p.shadow_calls:>6} {p.apgr:>6.3f} {cpt:>6} {p.pgr_at_target:>6.3f} "
+        lines.append(f"{p.labels:>6} {p.requests:>8} {p.shadow_calls:>6} {p.apgr:>6.3f} {cpt:>6} "
+                     f"{p.pgr_at_target:>6.3f} "
                      f"{p.escalation_share * 100:>6.1f}%  {p.serving}")
     return "\n".join(lines)

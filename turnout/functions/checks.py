@@ -70,7 +70,8 @@ def _check(c: CheckSpec, i: int, answer: str, parsed: Any, variables: dict[str, 
     if c.in_input is not None:
         source = _text(variables.get(c.in_input, ""))
         if _text(value).casefold() not in source.casefold():
-            return f"{label}: {c.field or 'the answer'} {_text(value)[:80]!r} does not occur in the input {c.in_input!r}"
+            return (f"{label}: {c.field or 'the answer'} {_text(value)[:80]!r} "
+                    f"does not occur in the input {c.in_input!r}")
     return None
 
 

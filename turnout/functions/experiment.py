@@ -63,8 +63,8 @@ def golden_evidence(fn: Function) -> dict[str, tuple[int, float]]:
 
 def sticky(query: Query, fn: str, tenant: str, episode: str) -> str | None:
     """The variant an episode got first, if it has been seen."""
-    rows = query("SELECT variant FROM requests WHERE function = ? AND episode = ? AND tenant = ? AND variant IS NOT NULL "
-                 "ORDER BY id LIMIT 1", [fn, episode, tenant])
+    rows = query("SELECT variant FROM requests WHERE function = ? AND episode = ? AND tenant = ? "
+                 "AND variant IS NOT NULL ORDER BY id LIMIT 1", [fn, episode, tenant])
     return str(rows[0][0]) if rows else None
 
 

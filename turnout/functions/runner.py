@@ -217,7 +217,8 @@ def with_repair(req: ChatRequest, answer: str | None, why: str) -> ChatRequest:
     from turnout.protocol import ChatMessage
 
     fix = ChatMessage(role="user", content=f"That answer is {why}. Reply again with only the corrected answer.")
-    return req.model_copy(update={"messages": [*req.messages, ChatMessage(role="assistant", content=answer or ""), fix]})
+    return req.model_copy(
+        update={"messages": [*req.messages, ChatMessage(role="assistant", content=answer or ""), fix]})
 
 
 def _next_call(first: Call, token: str | None) -> Call:

@@ -36,7 +36,8 @@ def _compare(label_a: str, a: dict[str, Any] | None, label_b: str, b: dict[str, 
     if a is None or b is None:
         missing = label_a if a is None else label_b
         return [f"{missing}: no such variant"]
-    out = [f"template hash: {a['hash']} -> {b['hash']}" if a["hash"] != b["hash"] else f"template hash: {a['hash']} (same)"]
+    out = [f"template hash: {a['hash']} -> {b['hash']}" if a["hash"] != b["hash"]
+           else f"template hash: {a['hash']} (same)"]
     for key in ("route", "weight", "params"):
         if a[key] != b[key]:
             out.append(f"{key}: {a[key]} -> {b[key]}")

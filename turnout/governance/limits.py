@@ -28,7 +28,8 @@ Backends: :class:`MemoryLimiter` (the embedded default: one process, counters in
 day and month spend seeded from the ledger at start-up, so budgets survive restarts; no
 I/O on the request path), :class:`SqliteLimiter` (the gateway's SQLite file, ``BEGIN
 IMMEDIATE``; exact across processes on one host, at the cost of two write transactions per
-request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas). Windows are computed from the gateway's clock
+request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
+Windows are computed from the gateway's clock
 (``now``), so replicas sharing Redis need synchronised clocks (NTP).
 """
 
@@ -216,7 +217,8 @@ def _over(key_id: str, failed: list[str], windows: Windows) -> RateLimited:
 def _fmt(kind: str, value: int | None) -> str:
     if value is None:
         return "unlimited"
-    return f"${value / MICROS:.6g}" if kind.startswith("usd") else f"{value:,} {'requests' if kind == 'rpm' else 'tokens'}"
+    return (f"${value / MICROS:.6g}" if kind.startswith("usd")
+            else f"{value:,} {'requests' if kind == 'rpm' else 'tokens'}")
 
 
 # --- SQLite -----------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ class MemoryLimiter(Limiter):
                        windows: Windows, requests: int = 1) -> list[str]:
         if requests and windows.minute != self._minute:  # drop finished minute windows (day/month stay until restart)
             self._minute = windows.minute
-            self._counts = {k: v for k, v in self._counts.items() if k[1] not in ("rpm", "tpm") or k[2] == windows.minute}
+            self._counts = {k: v for k, v in self._counts.items()
+                            if k[1] not in ("rpm", "tpm") or k[2] == windows.minute}
         add = {"rpm": requests, "tpm": tokens, "usd_day": micros, "usd_month": micros}
         slots = {k: (key_id, k, windows.of(k)) for k in KINDS}
         failed = [k for k in KINDS if caps[k] is not None and self._counts.get(slots[k], 0) + add[k] > caps[k]]  # type: ignore[operator]

@@ -6,7 +6,8 @@ Sources: Faker's per-locale person and address providers (MIT) for given names,
 family names, cities and countries; its English lorem list and spaCy's stop words
 for common words that must never count as names on their own; its job list for
 occupational titles; English dictionary words from the WordNet index that spaCy's English
-lemmatizer ships (words that are also given names are still names: the name list wins). Nothing here is taken from any evaluation file.
+lemmatizer ships (words that are also given names are still names: the name list wins). Nothing
+here is taken from any evaluation file.
 """
 
 from __future__ import annotations

@@ -75,14 +75,16 @@ HEURISTICS: list[tuple[re.Pattern[str], float]] = [
     (re.compile(r"\b(?:ignora\w*|olvida\w*|descarta\w*|esquec\w*|dimentica\w*|ignore[zs]?|oublie[zs]?|"
                 r"negeer\w*|vergeet)\b.{0,40}\b(?:instrucci\w+|instru[cç]\w+|istruzion\w+|consignes?|"
                 r"instructies|regras|reglas|regole|r[eè]gles|todo|tudo|tutto|tout)\b", _I), 0.9),
-    (re.compile(r"\b(?:DAN|STAN|DUDE|AIM|BetterDAN|AntiGPT|DevMode)\b.{0,40}\b(?:mode|stands for|now|jailbr)", re.DOTALL), 0.9),
+    (re.compile(r"\b(?:DAN|STAN|DUDE|AIM|BetterDAN|AntiGPT|DevMode)\b.{0,40}\b(?:mode|stands for|now|jailbr)",
+                re.DOTALL), 0.9),
     (re.compile(r"\b(?:developer|god|jailbreak|unfiltered|uncensored|unrestricted)\s+mode\b", re.IGNORECASE), 0.9),
     (re.compile(r"\bdo anything now\b", re.IGNORECASE), 0.95),
     (re.compile(r"\b(?:without|no)\s+(?:any\s+)?(?:moral|ethical|content)\s+(?:restrictions|filters|guidelines|policy)",
                 re.IGNORECASE), 0.85),
     (re.compile(r"\b(?:reveal|print|show|repeat|output|display|leak|tell me)\b.{0,30}\b(?:(?:system|initial|original|"
                 r"hidden|secret)\s+(?:prompt|instructions?|message)|your\s+(?:instructions|prompt|rules))\b", _I), 0.9),
-    (re.compile(r"\b(?:new|updated|real|actual)\s+(?:instructions?|task|rules|directive)s?\s*(?::|are\b|is\b)", _I), 0.8),
+    (re.compile(r"\b(?:new|updated|real|actual)\s+(?:instructions?|task|rules|directive)s?\s*(?::|are\b|is\b)", _I),
+     0.8),
     (re.compile(r"\byou\s+are\s+no\s+longer\b|\bfrom\s+now\s+on,?\s+you\s+(?:are|will|must|shall)\b", _I), 0.8),
     (re.compile(r"\b(?:stay|remain)\s+in\s+character\b", _I), 0.8),
 ]

@@ -80,7 +80,8 @@ _PART_TYPES = frozenset().union(*PARTS.values())
 RECOGNISERS: dict[str, Recogniser] = {
     "email": _emails, "url": _urls, "card": _cards, "iban": _ibans, "ssn": _ssns, "ip": _ips,
     "phone": _phones, "date": _dates, "age": _ages, "zip": _zips, "licence": _licences, "nrp": _nrp,
-    "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs, "ner": _ner,
+    "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs,
+    "ner": _ner,
 }
 
 # more specific (checksummed or structural) types win ties against NER guesses

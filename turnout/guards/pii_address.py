@@ -127,8 +127,9 @@ def _addresses(text: str, doc: Any) -> list[Cand]:
         if not (has_suffix or has_ending or has_unit or (ctx and (follows or len(words[-1].strip(".")) >= 2))):
             continue
         e = _extend_address(text, e, places)
-        strict = bool(re.search(r"\b(?:at|on|address(?:es)?|located at|lives? at|to)\s*:?\s*$",
-                                text[max(0, s - 20):s], re.IGNORECASE)) and re.search(r"\d\d\.?$", text[s:e].split("\n")[0])
+        strict = (bool(re.search(r"\b(?:at|on|address(?:es)?|located at|lives? at|to)\s*:?\s*$",
+                                 text[max(0, s - 20):s], re.IGNORECASE))
+                  and re.search(r"\d\d\.?$", text[s:e].split("\n")[0]))
         # "on Peter Zuidhove 188": a street named after a person outranks the name inside it
         score = 0.95 if strict else 0.85 if (has_suffix or has_ending or has_unit) else 0.7
         out.append(Cand(s, e, "STREET_ADDRESS", score, "address"))
@@ -208,7 +209,8 @@ def _extend_address(text: str, end: int, places: frozenset[str]) -> int:
             or (t.isupper() and len(t) >= 2 and not t.isdigit())
             or (hard_sep and (t[:1].isupper() or not t.isascii()) and low not in common)
             or (hard_sep and re.fullmatch(r"[a-z][\w-]+", t) is not None and low not in common and len(t) > 3)
-            or (not hard_sep and t[:1].isupper() and low not in common and _next_is_place_or_zip(text, tok.end(), places))
+            or (not hard_sep and t[:1].isupper() and low not in common
+                and _next_is_place_or_zip(text, tok.end(), places))
         )
         if not ok:
             break

@@ -139,7 +139,8 @@ def _names(text: str, doc: Any) -> list[Cand]:
             continue
         out.append(Cand(gs, ge, "PERSON", score, "lexicon"))
     # "Muslija and Brown were ...": two names joined by "and" are two people, not a firm
-    for m in re.finditer(r"(?<![\w'’-])([A-Z][\w'’-]+) (?:and|&) ([A-Z][\w'’-]+)(?![\w'’-]| (?:Sons|Co\b|Partners))", text):
+    for m in re.finditer(r"(?<![\w'’-])([A-Z][\w'’-]+) (?:and|&) ([A-Z][\w'’-]+)"
+                         r"(?![\w'’-]| (?:Sons|Co\b|Partners))", text):
         a, b = m.group(1), m.group(2)
         if all((x in names or _namey(x)) and not _english_word(x) and x not in places for x in (a, b)):
             out.append(Cand(m.start(1), m.end(1), "PERSON", 0.8, "lexicon"))
@@ -215,7 +216,8 @@ def _ner(text: str, doc: Any) -> list[Cand]:
             v = v.strip().split("\n")[0]
             e = s + len(v)
         # strip a leading title or article NER sometimes includes
-        lead = re.match(r"(?:(?:" + _TITLE_RE + r")\s+|the\s+|The\s+|(?:Southern|Northern|Eastern|Western|Central)\s+(?=[A-Z]))", v)
+        lead = re.match(r"(?:(?:" + _TITLE_RE
+                        + r")\s+|the\s+|The\s+|(?:Southern|Northern|Eastern|Western|Central)\s+(?=[A-Z]))", v)
         if lead and t in ("PERSON", "ORGANIZATION", "LOCATION"):
             s += lead.end()
             v = text[s:e]
@@ -236,9 +238,11 @@ def _ner(text: str, doc: Any) -> list[Cand]:
                 continue
             if re.fullmatch(r"(?:the\s+)?(?:\d\d)?\d0['’]?s", v2, re.IGNORECASE):
                 continue  # a decade identifies no one
-            if not re.search(r"\d", v2) and not re.search(r"\b(?:" + "|".join(MONTHS + WEEKDAYS) + r")\b", v2, re.IGNORECASE):
+            if not re.search(r"\d", v2) and not re.search(r"\b(?:" + "|".join(MONTHS + WEEKDAYS) + r")\b", v2,
+                                                          re.IGNORECASE):
                 continue
-            if _RELATIVE.match(v2) or re.search(r"\b(?:years?|months?|weeks?|days?)\b(?!\s+(?:ago|of))", v2, re.IGNORECASE):
+            if _RELATIVE.match(v2) or re.search(r"\b(?:years?|months?|weeks?|days?)\b(?!\s+(?:ago|of))", v2,
+                                                re.IGNORECASE):
                 continue
         t = _retype(text, s, e, t)
         score = {"PERSON": 0.7, "ORGANIZATION": 0.6, "LOCATION": 0.7, "NRP": 0.65, "DATE_TIME": 0.6}[t]

@@ -71,7 +71,8 @@ _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])")
 _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<![\d-])(\d{3})[- ](\d{2})[- ](\d{4})(?![\d-])")
 _SSN_BARE = re.compile(r"(?<!\d)\d{9}(?!\d)")
-_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
+_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+                   r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
 _IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![:\w])")
 _PHONE = re.compile(
     r"(?<![\w+/-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[ \t.-]\d{1,8}){1,5}"
@@ -87,8 +88,8 @@ _DATE = re.compile(
     r"|\d{1,2}:\d{2}(?::\d{2})?\s?(?:am|pm)?)\b",
     re.IGNORECASE,
 )
-_YEAR_CTX = re.compile(r"\b(?:in|since|during|of|from|until|till|by|year|a|an|the)\s+((?:19|20)\d{2})\b(?!\s*(?:%|km|kg))",
-                       re.IGNORECASE)
+_YEAR_CTX = re.compile(r"\b(?:in|since|during|of|from|until|till|by|year|a|an|the)\s+"
+                       r"((?:19|20)\d{2})\b(?!\s*(?:%|km|kg))", re.IGNORECASE)
 _WEEKDAY = re.compile(r"\b(?:" + "|".join(WEEKDAYS) + r")\b", re.IGNORECASE)
 _AGE = re.compile(
     r"(?:\b(\d{1,3})[- ](?:years?|yrs?)[- ]old\b|\b(\d{1,3})\s?(?:y/o|yo)\b"
@@ -113,7 +114,8 @@ def _urls(text: str, doc: Any) -> list[Cand]:
         v = m.group(0)
         labels = v.split("/")[0].split(".")
         # bare domains need a label of 3+ chars and not look like "e.g." or a file name
-        if len(labels) >= 2 and max(len(x) for x in labels[:-1]) >= 3 and not v.split("/")[0].replace(".", "").isdigit():
+        if (len(labels) >= 2 and max(len(x) for x in labels[:-1]) >= 3
+                and not v.split("/")[0].replace(".", "").isdigit()):
             out.append(Cand(m.start(), m.end(), "URL", 0.7, "regex"))
     return out
 

@@ -194,7 +194,8 @@ class Scanner:
 
     @classmethod
     def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
-                pii_model: Literal["rampart", "spacy", "both"] = "rampart", pii_model_sha256: str | None = None) -> Scanner:
+                pii_model: Literal["rampart", "spacy", "both"] = "rampart",
+                pii_model_sha256: str | None = None) -> Scanner:
         """The built-in guards (secrets, PII, injection) with shipped data, as the default
         configuration has them; ``pii_model_sha256`` pins the PII transformer's weights."""
         from turnout.config import GuardsConfig

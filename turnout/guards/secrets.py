@@ -51,14 +51,16 @@ _VALUE_END = r"[^\s\"'<>;,&`]"
 PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
     ("PRIVATE_KEY", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
                                r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)"), 1.0),
-    ("CREDENTIAL_IN_URL", re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']{1,64}:([^\s@/\"']{1,128})@[^\s/]+"), 0.95),
+    ("CREDENTIAL_IN_URL",
+     re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']{1,64}:([^\s@/\"']{1,128})@[^\s/]+"), 0.95),
     ("PASSWORD", re.compile(r"\bcurl\b[^\n|;]*?\s(?:-u|--user)\s*[\"']?[^\s:\"']{1,64}:([^\s\"']{3,128})"), 0.9),
     ("PASSWORD", re.compile(r"(?i)ConvertTo-SecureString\s+(?:-String\s+)?[\"']([^\"'\s]{4,128})[\"']"), 0.9),
     ("PASSWORD", re.compile(r"(?i)<(\w*" + _NAME + r")>\s*([^<\s]{4,200})\s*</\1>"), 0.85),
     ("PASSWORD", re.compile(r"(?i)<add\s+key=\"[\w.:-]*" + _NAME + r"\"\s+value=\"([^\"]{4,200})\""), 0.85),
     ("PASSWORD", re.compile(r"(?i)(?<![a-z0-9])[a-z0-9_.-]{0,40}" + _NAME +
                             r"(?![a-z0-9])[\"']?\s*(?::=|=>|[:=])\s*[\"']?(" + _VALUE_END + r"{6,200})"), 0.85),
-    ("PASSWORD", re.compile(r"(?i)\b(?:my|the|our)\s+(?:password|passcode|pin)\s+(?:is|was|=|:)\s*[\"']?([^\s\"']{4,128})"),
+    ("PASSWORD", re.compile(r"(?i)\b(?:my|the|our)\s+(?:password|passcode|pin)\s+(?:is|was|=|:)\s*"
+                            r"[\"']?([^\s\"']{4,128})"),
      0.85),
     ("BEARER_TOKEN", re.compile(r"(?i)\bauthorization\s*:\s*(?:bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{16,})"), 0.9),
 ]
@@ -342,8 +344,9 @@ class SecretsGuard:
                         f.type == "SECRET_KEYWORD" and _looks_like_placeholder(text[f.start:f.end])):
                     found.append(f)
         if self.entropy:
-            pem = [(m.start(), m.end()) for m in re.finditer(r"-----BEGIN [A-Z0-9 ]+-----[\s\S]*?-----END [A-Z0-9 ]+-----",
-                                                             text)] if "-----BEGIN" in text else []
+            pem = [(m.start(), m.end())
+                   for m in re.finditer(r"-----BEGIN [A-Z0-9 ]+-----[\s\S]*?-----END [A-Z0-9 ]+-----", text)
+                   ] if "-----BEGIN" in text else []
             pem += [(m.start(), m.end()) for m in _WRAPPED_BLOB.finditer(text)]
             for m in _CANDIDATE.finditer(text):
                 if any(a <= m.start() < b for a, b in pem):

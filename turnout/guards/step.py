@@ -160,7 +160,8 @@ class Guards:
                 insp.labels.discard("injection")
         if block and decide(insp, "local", self.policy).blocked:
             kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings if f.kind == "injection"})
-            raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})", code="guard_blocked")
+            raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})",
+                                code="guard_blocked")
         return insp
 
     def protect(self, req: ChatRequest | EmbeddingRequest, insp: Inspection,

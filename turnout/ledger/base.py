@@ -9,7 +9,9 @@ from typing import Any, Protocol
 from turnout.ledger.audit import ROW_HASH, row_sha256
 
 # the columns of the ``requests`` table that a LedgerRow fills, in insert order
-COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine", "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd", "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
+COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine",
+           "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd",
+           "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
            "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals"]
 
 

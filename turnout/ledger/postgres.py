@@ -159,7 +159,8 @@ class PostgresLedger(GroupCommitWriter):
 
     def spend_since(self, since: float) -> dict[str, list[float]]:
         spent: dict[str, list[float]] = {}
-        for key_id, cost in self.query("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?", (since,)):
+        for key_id, cost in self.query("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?",
+                                       (since,)):
             spent.setdefault(key_id, []).append(float(cost or 0.0))
         return spent
 

@@ -41,7 +41,8 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 DEFINITIONS = {
     "local_share": "answered requests served by a local engine / answered requests",
     "escalated": "answered by an engine other than the first it would have tried: failed hops before the answer "
-                 "(fallback; a hedge's cancelled loser is not one), or strategy 'cascade' answered by a remote engine, or strategy 'learned' with the "
+                 "(fallback; a hedge's cancelled loser is not one), or strategy 'cascade' answered by a remote engine, "
+                 "or strategy 'learned' with the "
                  "router's score at or above its threshold",
     "escalation_rate": "escalated / requests that got an engine's answer",
     "latency": "nearest-rank p50/p95 of latency_ms over ok requests",

@@ -107,7 +107,8 @@ def summarize(rows: list[dict[str, Any]], feedback: list[dict[str, Any]] | None 
 
 
 def render(summary: dict[str, Any]) -> str:
-    head = f"{'':<22}{'requests':>9}{'errors':>7}{'tokens in':>11}{'tokens out':>11}{'cost $':>11}{'saved $':>11}{'p50 ms':>9}{'p95 ms':>9}{'local':>7}{'escalated':>10}{'satisfaction':>17}"
+    head = (f"{'':<22}{'requests':>9}{'errors':>7}{'tokens in':>11}{'tokens out':>11}{'cost $':>11}{'saved $':>11}"
+            f"{'p50 ms':>9}{'p95 ms':>9}{'local':>7}{'escalated':>10}{'satisfaction':>17}")
     lines = []
 
     def row(name: str, g: dict[str, Any]) -> str:
@@ -119,7 +120,8 @@ def render(summary: dict[str, Any]) -> str:
         esc = f"{g['escalation_rate']:.0%}" if g.get("escalation_rate") is not None else "-"
         sat = f"{g['satisfaction']:.2f} ({g['feedback']})" if g.get("satisfaction") is not None else "-"
         return (f"{name[:21]:<22}{g['requests']:>9}{g['errors']:>7}{g['prompt_tokens']:>11}{g['completion_tokens']:>11}"
-                f"{g['cost_usd']:>11.6f}{g['saved_usd']:>11.6f}{fmt(g['p50_ms'], '>9.1f')}{fmt(g['p95_ms'], '>9.1f')}{share:>7}{esc:>10}{sat:>17}")
+                f"{g['cost_usd']:>11.6f}{g['saved_usd']:>11.6f}{fmt(g['p50_ms'], '>9.1f')}{fmt(g['p95_ms'], '>9.1f')}"
+                f"{share:>7}{esc:>10}{sat:>17}")
 
     for title, key in (("by route", "routes"), ("by engine", "engines")):
         lines += [title, head] + [row(k, g) for k, g in summary[key].items()] + [""]
@@ -129,7 +131,8 @@ def render(summary: dict[str, Any]) -> str:
             return f"{v:.0%}" if v is not None else "-"
 
         lines += ["", "learning loop (route_labels)",
-                  f"{'':<22}{'labels':>7}{'shadow share':>13}{'local quality':>14}{'agreement':>10}{'label $':>10}  by source"]
+                  f"{'':<22}{'labels':>7}{'shadow share':>13}{'local quality':>14}{'agreement':>10}{'label $':>10}"
+                  "  by source"]
         for alias, lb in summary["learning"].items():
             sources = ", ".join(f"{k} {v}" for k, v in lb["by_source"].items())
             lines.append(f"{alias[:21]:<22}{lb['labels']:>7}{pct(lb['labelling_share']):>13}"

@@ -131,7 +131,8 @@ _NUMBER_WORD = re.compile(
     r"triple|thrice)\b",
     re.IGNORECASE,
 )
-_FRACTION = re.compile(r"\b\d+\s*/\s*\d+\b|\b(?:half|halves|thirds?|quarters?|fourths?|fifths?|tenths?)\b", re.IGNORECASE)
+_FRACTION = re.compile(r"\b\d+\s*/\s*\d+\b|\b(?:half|halves|thirds?|quarters?|fourths?|fifths?|tenths?)\b",
+                       re.IGNORECASE)
 _RATIO = re.compile(r"\b(?:times|twice|double|triple|ratio|per|each|every|average|rate)\b", re.IGNORECASE)
 _COMPARE = re.compile(r"\b(?:more|less|fewer|than|longer|shorter|older|younger|faster|slower)\b", re.IGNORECASE)
 _UNIT = re.compile(

@@ -95,7 +95,8 @@ def fits_schema(value: Any, schema: Mapping[str, Any]) -> bool:
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind else []
     if kinds:
-        ok = any(isinstance(value, _TYPES.get(str(k), ())) and not (k in ("integer", "number") and isinstance(value, bool))
+        ok = any(isinstance(value, _TYPES.get(str(k), ()))
+                 and not (k in ("integer", "number") and isinstance(value, bool))
                  for k in kinds)
         if not ok:
             return False

@@ -58,7 +58,8 @@ class RulesRouter:
             raise PolicyBlocked(f"refused by rule {rule.name!r}: {rule.reject}")
         if rule.route:
             chain = list(self.cfg.routes[rule.route].chain)
-            return Decision(alias=alias, chain=chain, rule=rule.name, reason=f"rule {rule.name!r} -> route {rule.route}")
+            return Decision(alias=alias, chain=chain, rule=rule.name,
+                            reason=f"rule {rule.name!r} -> route {rule.route}")
         assert rule.chain is not None
         return Decision(alias=alias, chain=list(rule.chain), rule=rule.name, reason=f"rule {rule.name!r}")
 

@@ -156,7 +156,8 @@ class TfidfLR:
         }
 
     def load_state(self, state: State) -> None:
-        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"], int(state["tfidf_ngrams"]))
+        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"],
+                                      int(state["tfidf_ngrams"]))
         self.linear.coef, self.linear.intercept = state["coef"], state["intercept"]
 
 
@@ -245,7 +246,8 @@ class Hybrid:
         }
 
     def load_state(self, state: State) -> None:
-        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"], int(state["tfidf_ngrams"]))
+        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"],
+                                      int(state["tfidf_ngrams"]))
         self.knn.keys = state["keys"].astype(np.float32)
         self.knn.outcomes = state["outcomes"]
         self.knn.k = int(state["k"])
@@ -355,7 +357,8 @@ class Stacked:
         }
 
     def load_state(self, state: State) -> None:
-        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"], int(state["tfidf_ngrams"]))
+        self.tfidf = Tfidf.from_terms([str(t) for t in state["tfidf_terms"]], state["tfidf_idf"],
+                                      int(state["tfidf_ngrams"]))
         self.text.coef, self.text.intercept = state["text_coef"], state["text_intercept"]
         self.emb.coef, self.emb.intercept = state["emb_coef"], state["emb_intercept"]
         self.knn.keys = state["keys"].astype(np.float32)

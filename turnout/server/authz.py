@@ -85,7 +85,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/turnout/tasks", INFERENCE, "tenant", "the tenant's tasks"),
     Endpoint("GET", "/v1/turnout/tasks/{task_id}", TASK_READ, "tenant", "a task: plan, steps, cost"),
     Endpoint("GET", "/v1/turnout/tasks/{task_id}/events", TASK_READ, "tenant", "a task's progress (SSE)"),
-    Endpoint("POST", "/v1/turnout/tasks/{task_id}/cancel", INFERENCE, "tenant", "cancel a task the caller's key started"),
+    Endpoint("POST", "/v1/turnout/tasks/{task_id}/cancel", INFERENCE, "tenant",
+             "cancel a task the caller's key started"),
     Endpoint("GET", "/v1/turnout/approvals", APPROVE, "tenant", "the approver inbox", browser=True),
     Endpoint("GET", "/dashboard/approvals", APPROVE, "none", "the approver inbox page (its data comes from the inbox)",
              browser=True),
@@ -142,7 +143,8 @@ class Authorize:
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.rules = {(e.method, e.path): e for e in ENDPOINTS}
-        missing = [f"{m} {getattr(r, 'path', r)}" for r in app.router.routes for m in sorted(getattr(r, "methods", None) or ())
+        missing = [f"{m} {getattr(r, 'path', r)}"
+                   for r in app.router.routes for m in sorted(getattr(r, "methods", None) or ())
                    if m != "HEAD" and (m, getattr(r, "path", "")) not in self.rules]
         if missing:  # every route has a row: a new endpoint cannot be served without deciding who may call it
             raise RuntimeError(f"endpoints without an authorization rule in turnout.server.authz: {missing}")

@@ -40,7 +40,8 @@ async def http_error(_: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = {"error": {"message": "internal error; see the gateway log", "type": "api_error", "param": None, "code": "internal_error"}}
+    body = {"error": {"message": "internal error; see the gateway log", "type": "api_error", "param": None,
+                      "code": "internal_error"}}
     return JSONResponse(body, status_code=500)
 
 

@@ -37,7 +37,8 @@ def read_headers(call: Call, request: Request) -> None:
         label = label.strip().lower()
         if label not in SENSITIVITY:
             raise InvalidRequest(
-                f"x-turnout-sensitivity must be one of {sorted(SENSITIVITY)}, got {label!r}", param="x-turnout-sensitivity"
+                f"x-turnout-sensitivity must be one of {sorted(SENSITIVITY)}, got {label!r}",
+                param="x-turnout-sensitivity"
             )
         call.sensitivity = label
 

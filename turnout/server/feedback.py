@@ -6,7 +6,8 @@
 
 200 with the stored, normalised feedback; 404 for an unknown request id, or one another key
 made (of this tenant or another: the three are indistinguishable, so one user cannot overwrite
-another's feedback nor probe their request ids); 400 for a bad body. Needs a ``user`` key. Unknown fields are refused (this is our own endpoint, so a typo should not pass).
+another's feedback nor probe their request ids); 400 for a bad body. Needs a ``user`` key. Unknown
+fields are refused (this is our own endpoint, so a typo should not pass).
 
 Feedback on an answer of a ``learned`` or ``cascade`` route's weak engine also becomes a routing
 label (source ``feedback``, the satisfaction as the weak answer's score, the pseudonymized prompt;

@@ -186,8 +186,9 @@ EMBEDDING_LIST = {
         "data": {"type": "array", "items": {
             "type": "object", "required": ["object", "index", "embedding"],
             "properties": {"object": {"const": "embedding"}, "index": _INT,
-                           "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
-                                                   {"type": "string", "description": "base64 of little-endian float32"}]}},
+                           "embedding": {"anyOf": [
+                               {"type": "array", "items": {"type": "number"}},
+                               {"type": "string", "description": "base64 of little-endian float32"}]}},
         }},
         "model": _STRING,
         "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
@@ -275,7 +276,8 @@ def document() -> dict[str, Any]:
             "post": op("addDocuments", "CollectionDocuments", [name_param], "AddBody")},
         "/v1/turnout/collections/{name}/documents/{doc_id}": {
             "delete": op("deleteDocument", "CollectionDeleted", [name_param, doc_param])},
-        "/v1/turnout/collections/{name}/search": {"post": op("searchCollection", "Passages", [name_param], "SearchBody")},
+        "/v1/turnout/collections/{name}/search": {
+            "post": op("searchCollection", "Passages", [name_param], "SearchBody")},
     }
     chat_responses: dict[str, Any] = {
         "200": {

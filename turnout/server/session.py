@@ -33,7 +33,8 @@ MAX_BODY_BYTES = 4096
 
 class LoginBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1, max_length=512, description="an API key (tk-...) with role admin, viewer or approver")
+    key: str = Field(min_length=1, max_length=512,
+                     description="an API key (tk-...) with role admin, viewer or approver")
 
 
 async def login_page(_: Request) -> Response:

@@ -2,7 +2,8 @@
 ``turnout.server.authz.ENDPOINTS``; every lookup is within the caller's tenant (another
 tenant's task or gate is a 404, exactly like an unknown one).
 
-    POST /v1/turnout/tasks                   user      {"goal", "inputs": {}, "tools": [], "sensitivity"?, "budget_usd"?}
+    POST /v1/turnout/tasks                   user      {"goal", "inputs": {}, "tools": [], "sensitivity"?,
+                                                        "budget_usd"?}
     GET  /v1/turnout/tasks                   user      the tenant's tasks
     GET  /v1/turnout/tasks/{id}              user, approver, viewer   state, plan, steps, cost
     GET  /v1/turnout/tasks/{id}/events       user, approver, viewer   SSE progress until the task ends
@@ -124,7 +125,8 @@ async def create_task(request: Request) -> Response:
     sensitivity = label.strip().lower() if label else None
     budget = body.budget_usd if body.budget_usd is not None else runner.tc.budget_usd
     # not labelled sensitive, but the guards keep its goal or inputs local: every call stays local
-    local_only = None if sensitivity in SENSITIVE_LEVELS else await runner.confinement(body.goal, body.inputs, who.tenant)
+    local_only = (None if sensitivity in SENSITIVE_LEVELS
+                  else await runner.confinement(body.goal, body.inputs, who.tenant))
     tid = await asyncio.to_thread(runner.store.create, who.tenant, key_id, body.goal, body.inputs, body.tools,
                                   sensitivity, budget, local_only)
     await runner.audit_event({"event": "task_created", "task": tid, "tenant": who.tenant, "by": key_id or "anonymous",
@@ -238,7 +240,8 @@ async def decide(request: Request) -> Response:
     edited = gate["edited"]
     await runner.audit_event({"event": "task_approval", "gate": gid, "task": gate["task_id"], "tenant": who.tenant,
                               "tool": gate["tool"], "decision": state, "by": me or "anonymous",
-                              "reason_sha256": _opt_hash(body.reason), "arguments_sha256": sha256_json(gate["arguments"]),
+                              "reason_sha256": _opt_hash(body.reason),
+                              "arguments_sha256": sha256_json(gate["arguments"]),
                               "edited_sha256": None if edited is None else sha256_json(edited),
                               "changed": changed_keys(gate["arguments"], edited)})
     return JSONResponse({"object": "approval", "id": gid, "state": state, "edited": edited is not None})

@@ -42,7 +42,8 @@ from turnout.tasks.store import TaskStore, new_id
 
 log = logging.getLogger("turnout.tasks")
 
-EXECUTOR_SYSTEM = "You carry out one step of a larger task. Do exactly what the instruction says. Answer with the result only."
+EXECUTOR_SYSTEM = ("You carry out one step of a larger task. Do exactly what the instruction says. "
+                   "Answer with the result only.")
 PLANNER_SYSTEM = "You are a planner. You answer with one JSON object: a plan. No prose."
 MAX_PARALLEL = 8
 
@@ -202,7 +203,8 @@ class TaskRunner:
             pass
         except Exception as exc:
             log.exception("task %s failed", tid)
-            await self.finish(tid, "failed", error=f"internal error: {exc.__class__.__name__}", failure="internal_error")
+            await self.finish(tid, "failed", error=f"internal error: {exc.__class__.__name__}",
+                              failure="internal_error")
         finally:
             beat.cancel()
             await to_thread(self.store.release, tid, self.owner)
@@ -229,7 +231,8 @@ class TaskRunner:
             if t["plan"] is None:
                 plan, route = await self.make_plan(t)
                 version = t["plan_version"] + 1
-                await to_thread(self.store.update, tid, ("planned", {"plan_version": version, "plan": plan.model_dump()}),
+                await to_thread(self.store.update, tid,
+                                ("planned", {"plan_version": version, "plan": plan.model_dump()}),
                                 plan=plan.model_dump(), plan_version=version)
                 await self.audit_event({"event": "task_plan", "task": tid, "tenant": t["tenant"],
                                         "plan_version": version, "plan_sha256": sha256_json(plan.model_dump()),

@@ -195,7 +195,8 @@ class TaskStore:
         with self.tx() as c:
             row = self._x(c,
                 "SELECT id FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
-                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1" + self.skip_locked, (now,)).fetchone()
+                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1" + self.skip_locked,
+                (now,)).fetchone()
             if row is None:
                 return None
             won = self._x(c, "UPDATE tasks_tasks SET lease_owner = ?, lease_until = ?, state = 'running' WHERE id = ? "
@@ -367,7 +368,8 @@ class TaskStore:
             self._event(c, tid, kind, data)
 
     def _event(self, c: Any, tid: str, kind: str, data: dict[str, Any]) -> None:
-        self._x(c, "INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)", (tid, time.time(), kind, _j(data)))
+        self._x(c, "INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)",
+                (tid, time.time(), kind, _j(data)))
 
     def events(self, tid: str, after: int = 0) -> list[dict[str, Any]]:
         rows = self._all("SELECT seq, ts, kind, data FROM tasks_events WHERE task_id = ? AND seq > ? ORDER BY seq",
@@ -383,7 +385,8 @@ def _gate(row: Any) -> dict[str, Any]:
 
 
 def _pg_schema(schema: str) -> list[str]:
-    sql = SCHEMA.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    sql = SCHEMA.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                                                             "BIGSERIAL PRIMARY KEY")
     return [f"CREATE SCHEMA IF NOT EXISTS {schema}"] + [s.strip() for s in sql.split(";") if s.strip()]
 
 

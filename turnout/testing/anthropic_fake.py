@@ -105,7 +105,8 @@ DIALECT = Dialect(
     stream_error=lambda: _event(
         "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     ),
-    broken_event=b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n',
+    broken_event=(b'event: content_block_delta\n'
+                  b'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n'),
     headers=lambda: {"request-id": _request_id()},
     rejections={
         "context_length_exceeded": (400, {"type": "error", "error": {

@@ -34,7 +34,8 @@ PLAN = {
          "instruction": "Classify this support mail as one word: billing, bug, account or other."},
         {"id": "summary", "kind": "llm", "route": "local", "inputs": ["input.mail"],
          "instruction": "Summarise the customer's request in one sentence."},
-        {"id": "reply", "kind": "tool", "tool": "send_email", "reason": "acknowledge the mail and say what happens next",
+        {"id": "reply", "kind": "tool", "tool": "send_email",
+         "reason": "acknowledge the mail and say what happens next",
          "arguments": {"to": "{{input.sender}}", "subject": "Re: {{input.subject}}",
                        "body": "Hello,\n\nthank you for your mail. We understood: {{steps.summary}}\n"
                                "Category: {{steps.classify}}. We will answer within one working day.\n\nSupport team"}},
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 tokens = s["prompt_tokens"] + s["completion_tokens"]
                 print(f"    {s['step_id']:<10} {s['kind']:<5} {s['engine'] or s['route'] or '-':<14} "
                       f"{s['locality'] or '-':<7} {'cached' if s['cached'] else '':<7} "
-                      f"{s['ts'] - t['created']:>7.2f}s {s['latency_ms'] or 0:>7.0f}ms {tokens:>7}  ${s['cost_usd']:.6f}")
+                      f"{s['ts'] - t['created']:>7.2f}s {s['latency_ms'] or 0:>7.0f}ms {tokens:>7}  "
+                      f"${s['cost_usd']:.6f}")
             if t["state"] != "succeeded":
                 print(f"  error: {t['error']}")
         sent = httpx.get(tools.url + "/calls").json()["outbox"]
