@@ -26,6 +26,7 @@ from tests.keyed import Keyed, cli_key, serve, write_config
 from turnout.tasks.runner import sha256_json
 from turnout.testing import mcp_tickets
 from turnout.testing.procs import Proc, start_server
+from turnout.testing.tasks_demo import COMBOS
 
 
 @pytest.fixture(scope="module")
@@ -777,18 +778,6 @@ def test_replanning_never_sends_input_values_to_the_planner(tmp_path: Path, fake
 
 TOOLS_DESCRIBED = {"send_email": "send an e-mail to a customer", "create_ticket": "open a ticket",
                    "search_tickets": "search open tickets"}
-COMBOS = [
-    ("Triage this support mail and acknowledge it to the customer.", ["send_email", "create_ticket", "search_tickets"]),
-    ("Summarise the customer's complaint and open a ticket if it is urgent.", ["create_ticket"]),
-    ("Find open tickets about this invoice and reply to the sender.", ["search_tickets", "send_email"]),
-    ("Answer the customer's question about VAT.", ["send_email"]),
-    ("Classify the mail and send a polite acknowledgement.", ["send_email"]),
-    ("Draft a reply to this mail and send it after review.", ["send_email", "search_tickets"]),
-    ("Look up related tickets and summarise them for the support lead.", ["search_tickets"]),
-    ("Create an urgent ticket for this outage report and tell the customer.", ["create_ticket", "send_email"]),
-    ("Summarise the mail in one sentence.", []),
-    ("Check whether the customer already has an open ticket; if not, open one.", ["search_tickets", "create_ticket"]),
-]
 
 
 def test_default_guards_accept_the_planner_prompt_and_refuse_injection(tmp_path: Path, fake: Proc,

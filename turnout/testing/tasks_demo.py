@@ -44,6 +44,20 @@ PLAN = {
 }
 
 
+# goal/tool combinations of the worked example's tools (tests/test_tasks.py, bench/tasks_guards.py)
+COMBOS = [
+    ("Triage this support mail and acknowledge it to the customer.", ["send_email", "create_ticket", "search_tickets"]),
+    ("Summarise the customer's complaint and open a ticket if it is urgent.", ["create_ticket"]),
+    ("Find open tickets about this invoice and reply to the sender.", ["search_tickets", "send_email"]),
+    ("Answer the customer's question about VAT.", ["send_email"]),
+    ("Classify the mail and send a polite acknowledgement.", ["send_email"]),
+    ("Draft a reply to this mail and send it after review.", ["send_email", "search_tickets"]),
+    ("Look up related tickets and summarise them for the support lead.", ["search_tickets"]),
+    ("Create an urgent ticket for this outage report and tell the customer.", ["create_ticket", "send_email"]),
+    ("Summarise the mail in one sentence.", []),
+    ("Check whether the customer already has an open ticket; if not, open one.", ["search_tickets", "create_ticket"]),
+]
+
 def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
     email = {"type": "object", "required": ["to", "subject", "body"],
              "properties": {"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}}}
