@@ -437,44 +437,20 @@ class PostgresKeyStore(KeyTables):
     serialised by a lock; reconnects once when the server dropped it."""
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:
-        import psycopg
-
         if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
             raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
-        self._psycopg = psycopg
         self.dsn, self.schema = dsn, schema
-        self._lock = threading.Lock()
-        self._conn: Any = None
+        self.pg = pgdb.Connection(dsn, search_path=schema)
         self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", "%s")
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
-            self._conn.execute(f"SET search_path TO {self.schema}")
-        return self._conn
-
     def _run(self, fn: Callable[[Any], T]) -> T:
-        with self._lock:
-            for attempt in (0, 1):
-                try:
-                    conn = self._connection()
-                    with conn.transaction(), conn.cursor() as cur:
-                        return fn(cur)
-                except self._psycopg.OperationalError:
-                    if attempt or self._conn is None or not self._conn.broken:
-                        raise
-                    self._conn = None
-        raise AssertionError("unreachable")
+        return self.pg.run(fn)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._connection()
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+    def _tx(self) -> AbstractContextManager[Any]:
+        return self.pg.transaction()
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(cur: Any) -> list[tuple[Any, ...]]:
@@ -484,10 +460,7 @@ class PostgresKeyStore(KeyTables):
         return self._run(read)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.pg.close()
 
 
 def open_key_store(storage: StorageConfig) -> KeyTables:
