@@ -372,3 +372,17 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     asyncio.run(guards.inspect(ChatRequest(model="m", messages=[ours, also, user]), authored=[ours, also]))
     assert read == [user.content], read
     guards.scanner.close()
+
+
+def test_placeholders_shared_by_the_postgres_stores(pg_schema: str) -> None:
+    """The tasks and keys stores write their SQL once, with ``?``; PostgreSQL gets ``%s`` and a
+    literal ``%`` survives."""
+    import psycopg
+
+    from tests.conftest import PG_DSN
+    from turnout.pgdb import placeholders
+
+    sql = placeholders("SELECT '100%' || ?, ? LIKE 'a%'")
+    assert sql == "SELECT '100%%' || %s, %s LIKE 'a%%'"
+    with psycopg.connect(PG_DSN, autocommit=True) as db:
+        assert db.execute(sql, ("x", "ab")).fetchone() == ("100%x", True)

@@ -15,6 +15,12 @@ T = TypeVar("T")
 Migration = tuple[str, Sequence[str]]  # (name, SQL statements); never edit or reorder, only append
 
 
+def placeholders(sql: str) -> str:
+    """SQL written once for both databases, with SQLite's ``?`` placeholders, as psycopg's:
+    ``%s``, a literal ``%`` doubled. (No store's shared SQL has a ``?`` inside a string literal.)"""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
 def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded in ``schema.table``; the caller holds
     the transaction. Returns the names applied."""

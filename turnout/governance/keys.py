@@ -444,7 +444,7 @@ class PostgresKeyStore(KeyTables):
         self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
 
     def _q(self, sql: str) -> str:
-        return sql.replace("?", "%s")
+        return pgdb.placeholders(sql)
 
     def _run(self, fn: Callable[[Any], T]) -> T:
         return self.pg.run(fn)

@@ -440,7 +440,7 @@ class PostgresTaskStore(TaskStore):
             yield self.db
 
     def _q(self, sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s")
+        return pgdb.placeholders(sql)
 
     def close(self) -> None:
         with self.lock:
