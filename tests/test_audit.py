@@ -337,3 +337,17 @@ def test_a_database_without_an_audit_log_is_a_usage_error(tmp_path: Path) -> Non
     conn = sqlite3.connect(path)
     assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master")] == ["t"]  # nothing created
     conn.close()
+
+
+def test_postgres_audit_log_reopens_a_dropped_connection(pg_schema: str) -> None:
+    """A server restart or idle timeout closes the log's connection: the next append and the
+    verification open a new one (pgdb.Connection) instead of failing from then on."""
+    log = PostgresAuditLog(PG_DSN, schema=pg_schema)
+    try:
+        log.append(AuditEvent(request_id="r-1", route="local", reason="before"))
+        log.pg.conn.close()
+        assert log.append(AuditEvent(request_id="r-2", route="local", reason="after")).seq == 2
+        log.pg.conn.close()
+        assert log.verify().ok and len(log.tail()) == 2
+    finally:
+        log.close()

@@ -91,7 +91,7 @@ def test_replicas_share_the_store_in_postgres(pg_schema: str) -> None:
     a = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)
     b = VectorStore(PostgresChunks(PG_DSN, schema=pg_schema), enc.encode)  # migrations run once, not twice
     _replicas_share_one_table(a, b)
-    a.table._conn.close()  # a dropped connection (server restart, idle timeout) is reopened once
+    a.table.pg.conn.close()  # a dropped connection (server restart, idle timeout) is reopened once
     assert a.stats("hr", tenant="t") == {"documents": 2, "chunks": 2}
     a.close()
     b.close()

@@ -208,7 +208,7 @@ def test_keys_cli_dsn_writes_to_postgres(pg_schema: str) -> None:
 def test_postgres_key_store_reconnects_after_a_dropped_connection(pg_schema: str) -> None:
     with PostgresKeyStore(PG_DSN, schema=pg_schema) as pg:
         made = pg.create("acme")
-        pg._conn.close()  # a server restart or idle timeout
+        pg.pg.conn.close()  # a server restart or idle timeout
         assert pg.authenticate(made.plaintext).tenant == "acme"
-        pg._conn.close()
+        pg.pg.conn.close()
         assert pg.create("acme").key.tenant == "acme"  # writes reconnect too

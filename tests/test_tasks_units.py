@@ -12,7 +12,7 @@ import pytest
 from turnout.conditions import parse_condition
 from turnout.config import ConfigError, ToolConfig, parse_config
 from turnout.tasks.plan import PlanError, fill, parse_plan
-from turnout.tasks.store import TaskStore
+from turnout.tasks.store import MIGRATIONS, TaskStore
 from turnout.tasks.tools import ToolError, check_arguments, needs_approval
 
 
@@ -229,6 +229,102 @@ def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
     finally:
         store.close()
     TaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice
+    db = sqlite3.connect(tmp_path / "t.sqlite")  # adopted: later migrations start from its named ones
+    assert [r[0] for r in db.execute("SELECT name FROM tasks_migrations ORDER BY name")] == [
+        name for name, _ in MIGRATIONS]
+    db.close()
+
+
+def test_store_opens_a_file_the_last_gateway_before_named_migrations_made(tmp_path: Path) -> None:
+    """That gateway had added every column already (and kept no ``tasks_migrations``): opening the
+    file must not add them again (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    import sqlite3
+
+    from turnout.tasks.store import ADDED_COLUMNS, SCHEMA
+
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    db.executescript(SCHEMA)
+    for table, column, kind in ADDED_COLUMNS:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.execute("INSERT INTO tasks_tasks (id, tenant, goal, inputs, tools, state, created, updated, budget_usd) "
+               "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1, 2.5)")
+    db.commit()
+    db.close()
+    store = TaskStore(tmp_path / "t.sqlite")
+    try:
+        assert store.get("task_old")["budget_usd"] == 2.5  # type: ignore[index]
+    finally:
+        store.close()
+
+
+_OPEN_AND_CREATE = """
+import sys
+from turnout.tasks.store import open_task_store
+store = open_task_store(sys.argv[1], sys.argv[2] or None, sys.argv[3])
+print(store.create("acme", None, "g", {}, [], None))
+store.close()
+"""
+
+
+def _open_at_once(path: str, dsn: str, schema: str, n: int = 4) -> list[str]:
+    """``n`` processes open a store nobody has made yet, all at once; the task ids they made."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_CREATE, path, dsn, schema],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    return [out.strip() for out, _ in outs]
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_do_not_race(tmp_path: Path) -> None:
+    import sqlite3
+
+    ids = _open_at_once(str(tmp_path / "t.sqlite"), "", "public")
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    assert [r[0] for r in db.execute("SELECT name FROM tasks_migrations ORDER BY name")] == [
+        name for name, _ in MIGRATIONS]  # each applied once
+    assert sorted(r[0] for r in db.execute("SELECT id FROM tasks_tasks")) == sorted(ids)
+    db.close()
+
+
+def test_processes_opening_a_new_postgres_store_at_once_do_not_race(pg_schema: str) -> None:
+    import psycopg
+
+    from tests.conftest import PG_DSN
+
+    ids = _open_at_once("", PG_DSN, pg_schema)
+    with psycopg.connect(PG_DSN, autocommit=True) as db:
+        assert [r[0] for r in db.execute(f"SELECT name FROM {pg_schema}.tasks_migrations ORDER BY name")] == [
+            name for name, _ in MIGRATIONS]
+        assert sorted(r[0] for r in db.execute(f"SELECT id FROM {pg_schema}.tasks_tasks")) == sorted(ids)
+
+
+def test_postgres_store_adopts_a_schema_made_before_named_migrations(pg_schema: str) -> None:
+    """A schema set up by the older code (first-release tables plus some added columns, no
+    ``tasks_migrations``) opens, keeps its rows and gets the columns it lacks."""
+    import psycopg
+
+    from tests.conftest import PG_DSN
+    from turnout.tasks.store import SCHEMA, PostgresTaskStore, pg_migrations
+
+    with psycopg.connect(PG_DSN, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {pg_schema}")
+        db.execute(f"SET search_path TO {pg_schema}")
+        for statement in pg_migrations(pg_schema)[0][1]:
+            db.execute(statement)
+        db.execute("ALTER TABLE tasks_tasks ADD COLUMN budget_usd DOUBLE PRECISION")  # the older code's first step
+        db.execute("INSERT INTO tasks_tasks (id, tenant, goal, inputs, tools, state, created, updated) "
+                   "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1)")
+    assert "budget_usd" not in SCHEMA
+    store = PostgresTaskStore(PG_DSN, schema=pg_schema)
+    try:
+        assert store.get("task_old")["local_only"] is None  # type: ignore[index]
+        tid = store.create("acme", "key_1", "g", {}, [], None, 0.5, "guard findings: secret")
+        assert store.get(tid)["budget_usd"] == 0.5  # type: ignore[index]
+    finally:
+        store.close()
 
 
 def test_an_approver_reason_quoting_the_task_data_is_recognised() -> None:
@@ -276,3 +372,17 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     asyncio.run(guards.inspect(ChatRequest(model="m", messages=[ours, also, user]), authored=[ours, also]))
     assert read == [user.content], read
     guards.scanner.close()
+
+
+def test_placeholders_shared_by_the_postgres_stores(pg_schema: str) -> None:
+    """The tasks and keys stores write their SQL once, with ``?``; PostgreSQL gets ``%s`` and a
+    literal ``%`` survives."""
+    import psycopg
+
+    from tests.conftest import PG_DSN
+    from turnout.pgdb import placeholders
+
+    sql = placeholders("SELECT '100%' || ?, ? LIKE 'a%'")
+    assert sql == "SELECT '100%%' || %s, %s LIKE 'a%%'"
+    with psycopg.connect(PG_DSN, autocommit=True) as db:
+        assert db.execute(sql, ("x", "ab")).fetchone() == ("100%x", True)

@@ -1,13 +1,24 @@
-"""PostgreSQL plumbing shared by the ledger and the audit log (the counterpart of
-``turnout.sqlitedb``): append-only named migrations, applied once each under an advisory lock
-so that gateways starting together do not both create the tables."""
+"""PostgreSQL plumbing shared by every PostgreSQL store (the counterpart of ``turnout.sqlitedb``):
+append-only named migrations, applied once each under an advisory lock so that gateways starting
+together do not both create the tables, and :class:`Connection`, the one locked, reconnecting
+connection a store keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Migration = tuple[str, Sequence[str]]  # (name, SQL statements); never edit or reorder, only append
+
+
+def placeholders(sql: str) -> str:
+    """SQL written once for both databases, with SQLite's ``?`` placeholders, as psycopg's:
+    ``%s``, a literal ``%`` doubled. (No store's shared SQL has a ``?`` inside a string literal.)"""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) -> list[str]:
@@ -28,3 +39,56 @@ def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) 
         cur.execute(f"INSERT INTO {schema}.{table} (name) VALUES (%s)", (name,))
         applied.append(name)
     return applied
+
+
+class Connection:
+    """One psycopg connection shared by a store's threads, serialised by a lock, opened on first
+    use and once more when the server dropped it. ``run(fn)`` calls ``fn(cursor)`` in a
+    transaction (retried once on a new connection if the old one broke, so ``fn`` must be safe to
+    repeat); ``transaction()`` yields a cursor without the retry."""
+
+    def __init__(self, dsn: str, *, search_path: str | None = None, connect_timeout: int | None = 10,
+                 **options: Any) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.dsn, self.search_path = dsn, search_path
+        self.options = dict(options, autocommit=True)
+        if connect_timeout is not None:
+            self.options["connect_timeout"] = connect_timeout
+        self.lock = threading.Lock()
+        self.conn: Any = None
+
+    def connection(self) -> Any:
+        """The open connection, (re)connecting if need be; the caller holds ``lock``."""
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = self._psycopg.connect(self.dsn, **self.options)
+            if self.search_path:
+                self.conn.execute(f"SET search_path TO {self.search_path}")
+        return self.conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self.lock:
+            conn = self.connection()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+
+    def run(self, fn: Callable[[Any], T]) -> T:
+        with self.lock:
+            for attempt in (0, 1):
+                try:
+                    conn = self.connection()
+                    with conn.transaction(), conn.cursor() as cur:
+                        return fn(cur)
+                except self._psycopg.OperationalError:
+                    if attempt or self.conn is None or not self.conn.broken:
+                        raise
+                    self.conn = None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None

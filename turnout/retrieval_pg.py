@@ -10,9 +10,7 @@ psycopg 3: ``pip install 'turnout[scale]'``.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from turnout import pgdb
@@ -50,40 +48,15 @@ class PostgresChunks:
     """One connection per process, serialised by a lock; reconnects once if the server dropped it."""
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:
-        import psycopg
-
-        self._psycopg = psycopg
         self.dsn, self.s = dsn, schema
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        with self._lock, self._transaction() as cur:
+        self.pg = pgdb.Connection(dsn, connect_timeout=None)
+        with self.pg.transaction() as cur:
             pgdb.migrate(cur, schema, "rag_migrations", migrations(schema))
-
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._psycopg.connect(self.dsn, autocommit=True)
-        return self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A cursor in one transaction (the caller holds the lock)."""
-        conn = self._connection()
-        with conn.transaction(), conn.cursor() as cur:
-            yield cur
 
     def _run(self, fn: Callable[[Any], T]) -> T:
         """``fn(cursor)`` in a transaction; once more on a new connection if the old one broke
         (every write here is idempotent: replace by id, delete, bump a counter)."""
-        with self._lock:
-            for attempt in (0, 1):
-                try:
-                    with self._transaction() as cur:
-                        return fn(cur)
-                except self._psycopg.OperationalError:
-                    if attempt or self._conn is None or not self._conn.broken:
-                        raise
-                    self._conn = None
-        raise AssertionError("unreachable")
+        return self.pg.run(fn)
 
     def _bump(self, cur: Any, collection: str) -> None:
         cur.execute(f"INSERT INTO {self.s}.rag_versions VALUES (%s, 1) "
@@ -139,7 +112,4 @@ class PostgresChunks:
         return self._run(read)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.pg.close()

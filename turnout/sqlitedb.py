@@ -49,12 +49,19 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def record_applied(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> None:
+    """Create the bookkeeping ``table`` if need be and record ``names`` as applied, in the caller's
+    transaction: for a component that adopts a file its older code had set up another way."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL "
+                 "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))")
+    conn.executemany(f"INSERT OR IGNORE INTO {table} (name) VALUES (?)", [(n,) for n in names])
+
+
 def migrate(conn: sqlite3.Connection, table: str, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded in ``table``. Returns the names applied."""
     applied: list[str] = []
     with immediate(conn):
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL "
-                     "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))")
+        record_applied(conn, table, ())
         done = {row[0] for row in conn.execute(f"SELECT name FROM {table}")}
         for name, statements in migrations:
             if name in done:

@@ -235,9 +235,9 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-_COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day, k.usd_per_month, k.created_at, " \
+KEY_COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day, k.usd_per_month, k.created_at, " \
            "k.revoked_at, k.roles, k.expires_at, k.owner, k.all_tenants"
-_NCOL = 14
+KEY_NCOL = 14
 
 
 def _sooner(a: str | None, b: str | None) -> str | None:
@@ -246,7 +246,7 @@ def _sooner(a: str | None, b: str | None) -> str | None:
     return min(a, b, key=datetime.fromisoformat)
 
 
-def _row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
+def row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
     key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires, owner, every = row
     return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)),
                   Limits(rpm, tpm, None if usd_day is None else float(usd_day),
@@ -257,15 +257,21 @@ def _row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
 class KeyTables:
     """The SQL, once, over a backend that runs it (``?`` placeholders)."""
 
-    def _tx(self) -> AbstractContextManager[Any]:
+    def tx(self) -> AbstractContextManager[Any]:
         """A cursor-like object (``execute``, ``fetchone``) inside one write transaction."""
         raise NotImplementedError
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def _q(self, sql: str) -> str:
+    def q(self, sql: str) -> str:
         return sql
+
+    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
+                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
+        """Apply a neighbouring component's named migrations (``pg_migrations(schema)`` on
+        PostgreSQL) to this store's database; returns the names applied."""
+        raise NotImplementedError
 
     def create(self, tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None,
                roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None, owner: str | None = None,
@@ -286,14 +292,14 @@ class KeyTables:
                      routes=tuple(route_list), limits=lim, created_at=_iso(now), roles=role_list,
                      expires_at=None if expires_at is None else _iso(expires_at), owner=owner,
                      all_tenants=all_tenants)
-        with self._tx() as c:
-            c.execute(self._q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
+        with self.tx() as c:
+            c.execute(self.q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
                               "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash, owner, "
                               "all_tenants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                       (key.key_id, tenant, key.hint, json.dumps(route_list), lim.rpm, lim.tpm, lim.usd_per_day,
                        lim.usd_per_month, key.created_at, None, json.dumps(role_list), key.expires_at,
                        hash_key(plaintext), owner, int(all_tenants)))
-            c.execute(self._q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
                       (hash_key(plaintext), key.key_id, key.hint, key.created_at))
         return NewKey(key, plaintext)
 
@@ -304,55 +310,55 @@ class KeyTables:
             raise ValueError(f"overlap must be >= 0 seconds, got {overlap_s}")
         plaintext, now = new_plaintext(), _now()
         hint, until = f"{KEY_PREFIX}...{plaintext[-4:]}", _iso(now + timedelta(seconds=overlap_s))
-        with self._tx() as c:
-            row = c.execute(self._q(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
+        with self.tx() as c:
+            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
                             (key_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
             if row[9] is not None:
                 raise PermissionDenied(f"API key {key_id} was revoked; create a new one", code="key_revoked")
-            for (h, exp) in c.execute(self._q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
+            for (h, exp) in c.execute(self.q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
                                       (key_id,)).fetchall():
-                c.execute(self._q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
+                c.execute(self.q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
                           (_sooner(exp, until), h))
-            c.execute(self._q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
                       (hash_key(plaintext), key_id, hint, _iso(now)))
-            c.execute(self._q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
+            c.execute(self.q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
                       (hash_key(plaintext), hint, key_id))
-        return NewKey(replace(_row_to_key(row), hint=hint), plaintext)
+        return NewKey(replace(row_to_key(row), hint=hint), plaintext)
 
     def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
-        sql, args = f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
+        sql, args = f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
         if tenant is not None:
             sql, args = sql + " AND k.tenant = ?", [tenant]
         if not include_revoked:
             sql += " AND k.revoked_at IS NULL"
-        return [_row_to_key(r) for r in self._read(sql + " ORDER BY k.created_at, k.key_id", args)]
+        return [row_to_key(r) for r in self.read(sql + " ORDER BY k.created_at, k.key_id", args)]
 
     def get(self, key_id: str) -> ApiKey | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?", (key_id,))
-        return _row_to_key(rows[0]) if rows else None
+        rows = self.read(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?", (key_id,))
+        return row_to_key(rows[0]) if rows else None
 
     def revoke(self, key_id: str) -> ApiKey:
         """Revoke now, every secret of the key (idempotent: revoking twice keeps the first time).
         Raises NotFound."""
-        with self._tx() as c:
-            c.execute(self._q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
+        with self.tx() as c:
+            c.execute(self.q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
                       (_iso(_now()), key_id))
-            row = c.execute(self._q(f"SELECT {_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
+            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
                             (key_id,)).fetchone()
         if row is None:
             raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
-        return _row_to_key(row)
+        return row_to_key(row)
 
     def lookup_by_plaintext(self, plaintext: str) -> ApiKey | None:
         """The key (revoked or expired or not) whose secret matches, or None. The key's
         ``expires_at`` is the sooner of its own and this secret's."""
         if not _KEY_SHAPE.match(plaintext):
             return None
-        rows = self._read(f"SELECT {_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
+        rows = self.read(f"SELECT {KEY_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
                           "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
-        return _row_to_key(rows[0][:_NCOL], rows[0][_NCOL]) if rows else None
+        return row_to_key(rows[0][:KEY_NCOL], rows[0][KEY_NCOL]) if rows else None
 
     _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
                  "created_at", "revoked_at", "roles", "expires_at", "owner", "all_tenants")
@@ -362,17 +368,17 @@ class KeyTables:
         """Copy every key (hashes, never plaintext) and secret of ``other`` that this store lacks,
         e.g. the SQLite file's keys into PostgreSQL when a deployment scales out. Returns the
         number of keys copied."""
-        keys = other._read(f"SELECT {', '.join(self._RAW_KEYS)} FROM keys_api_keys ORDER BY created_at")
-        secrets_ = other._read(f"SELECT {', '.join(self._RAW_SECRETS)} FROM keys_secrets")
-        have = {r[0] for r in self._read("SELECT key_id FROM keys_api_keys")}
+        keys = other.read(f"SELECT {', '.join(self._RAW_KEYS)} FROM keys_api_keys ORDER BY created_at")
+        secrets_ = other.read(f"SELECT {', '.join(self._RAW_SECRETS)} FROM keys_secrets")
+        have = {r[0] for r in self.read("SELECT key_id FROM keys_api_keys")}
         new = [k for k in keys if k[0] not in have]
-        with self._tx() as c:
+        with self.tx() as c:
             for row in new:
-                c.execute(self._q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
+                c.execute(self.q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
                                   f"VALUES ({', '.join('?' * len(self._RAW_KEYS))})"), row)
             for row in secrets_:
                 if row[1] in {k[0] for k in new}:
-                    c.execute(self._q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
+                    c.execute(self.q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
                                       f"VALUES ({', '.join('?' * len(self._RAW_SECRETS))})"), row)
         return len(new)
 
@@ -419,12 +425,17 @@ class KeyStore(KeyTables):
         self._lock = threading.Lock()
         sqlite.migrate(self._conn, "keys_migrations", MIGRATIONS)
 
+    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
+                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
+        with self._lock:
+            return sqlite.migrate(self._conn, table, migrations)
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock, sqlite.immediate(self._conn) as c:
             yield c
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return [tuple(r) for r in self._conn.execute(sql, tuple(args)).fetchall()]
 
@@ -437,57 +448,34 @@ class PostgresKeyStore(KeyTables):
     serialised by a lock; reconnects once when the server dropped it."""
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:
-        import psycopg
-
         if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
             raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
-        self._psycopg = psycopg
         self.dsn, self.schema = dsn, schema
-        self._lock = threading.Lock()
-        self._conn: Any = None
+        self.pg = pgdb.Connection(dsn, search_path=schema)
         self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
 
-    def _q(self, sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
-            self._conn.execute(f"SET search_path TO {self.schema}")
-        return self._conn
+    def q(self, sql: str) -> str:
+        return pgdb.placeholders(sql)
 
     def _run(self, fn: Callable[[Any], T]) -> T:
-        with self._lock:
-            for attempt in (0, 1):
-                try:
-                    conn = self._connection()
-                    with conn.transaction(), conn.cursor() as cur:
-                        return fn(cur)
-                except self._psycopg.OperationalError:
-                    if attempt or self._conn is None or not self._conn.broken:
-                        raise
-                    self._conn = None
-        raise AssertionError("unreachable")
+        return self.pg.run(fn)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._connection()
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
+                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
+        return self._run(lambda cur: pgdb.migrate(cur, self.schema, table, pg_migrations(self.schema)))
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        def read(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(self._q(sql), tuple(args))
+    def tx(self) -> AbstractContextManager[Any]:
+        return self.pg.transaction()
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def fetch(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(self.q(sql), tuple(args))
             return [tuple(r) for r in cur.fetchall()]
 
-        return self._run(read)
+        return self._run(fetch)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.pg.close()
 
 
 def open_key_store(storage: StorageConfig) -> KeyTables:

@@ -30,18 +30,18 @@ from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed
 from turnout.governance.access import KEY_CACHE_S
 from turnout.governance.keys import (
-    _COLUMNS,
-    _NCOL,
+    KEY_COLUMNS,
+    KEY_NCOL,
     ApiKey,
     KeyStore,
     KeyTables,
     PostgresKeyStore,
     _iso,
     _now,
-    _row_to_key,
     _sooner,
     check_key,
     hash_key,
+    row_to_key,
 )
 
 SESSION_PREFIX = "ts-"
@@ -92,13 +92,9 @@ class Sessions:
     def __init__(self, keys: KeyTables, ttl: float = KEY_CACHE_S) -> None:
         self.keys, self.ttl = keys, ttl
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
-        if isinstance(keys, PostgresKeyStore):
-            keys._run(lambda cur: pgdb.migrate(cur, keys.schema, "sessions_migrations", pg_migrations(keys.schema)))
-        elif isinstance(keys, KeyStore):
-            with keys._lock:
-                sqlite.migrate(keys._conn, "sessions_migrations", MIGRATIONS)
-        else:
+        if not isinstance(keys, KeyStore | PostgresKeyStore):
             raise TypeError(f"no session table for a key store of type {type(keys).__name__}")
+        keys.migrate("sessions_migrations", MIGRATIONS, pg_migrations)
 
     def open(self, key: ApiKey, secret: str, lifetime_s: float) -> NewSession:
         """A session for ``key`` (an active key that ``secret`` authenticated), ending after
@@ -108,8 +104,8 @@ class Sessions:
         until = _sooner(_iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
         assert until is not None
         token = SESSION_PREFIX + secrets.token_urlsafe(32)
-        q = self.keys._q
-        with self.keys._tx() as c:
+        q = self.keys.q
+        with self.keys.tx() as c:
             c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (_iso(now),))
             c.execute(q("INSERT INTO browser_sessions (session_hash, key_id, secret_hash, created_at, expires_at) "
                         "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), _iso(now), until))
@@ -122,8 +118,8 @@ class Sessions:
             return False
         digest = hash_key(token)
         self._cache.pop(digest, None)
-        with self.keys._tx() as c:
-            done = c.execute(self.keys._q("UPDATE browser_sessions SET ended_at = ? WHERE session_hash = ? "
+        with self.keys.tx() as c:
+            done = c.execute(self.keys.q("UPDATE browser_sessions SET ended_at = ? WHERE session_hash = ? "
                                           "AND ended_at IS NULL"), (_iso(_now()), digest))
             return bool(done.rowcount)
 
@@ -132,16 +128,16 @@ class Sessions:
         self._cache = {d: hit for d, hit in self._cache.items() if hit[1] is None or hit[1][0].key_id != key_id}
 
     def _lookup(self, digest: str) -> tuple[ApiKey, str] | None:
-        rows = self.keys._read(f"SELECT {_COLUMNS}, s.expires_at, b.expires_at, b.ended_at FROM browser_sessions b "
+        rows = self.keys.read(f"SELECT {KEY_COLUMNS}, s.expires_at, b.expires_at, b.ended_at FROM browser_sessions b "
                                "JOIN keys_api_keys k ON k.key_id = b.key_id "
                                "JOIN keys_secrets s ON s.key_hash = b.secret_hash WHERE b.session_hash = ?",
                                (digest,))
         if not rows:
             return None
-        key, (secret_expires, expires, ended) = rows[0][:_NCOL], rows[0][_NCOL:]
+        key, (secret_expires, expires, ended) = rows[0][:KEY_NCOL], rows[0][KEY_NCOL:]
         if ended is not None:
             return None
-        return _row_to_key(key, secret_expires), expires
+        return row_to_key(key, secret_expires), expires
 
     async def key(self, token: str) -> ApiKey:
         """The key behind a live session, which must itself still be usable; raises

@@ -537,29 +537,30 @@ class PostgresAuditLog(AuditLog):
     """The same log in PostgreSQL (``pip install 'psycopg[binary]'``), tables in ``schema``."""
 
     def __init__(self, dsn: str, *, schema: str = "public", migrate: bool = True) -> None:
-        import psycopg
+        from turnout import pgdb
 
         if not _IDENT.match(schema):
             raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
         self.schema = schema
-        self._conn = psycopg.connect(dsn, autocommit=True)
-        self._lock = threading.Lock()
+        self.pg = pgdb.Connection(dsn, connect_timeout=None)
+        with self.pg.lock:
+            self.pg.connection()  # fail here, not at the first use, when the server cannot be reached
         if migrate:
             self._migrate()
 
     def _migrate(self) -> None:
         from turnout import pgdb
 
-        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+        with self.pg.transaction() as cur:
             pgdb.migrate(cur, self.schema, "audit_migrations", _pg_migrations(self.schema))
 
     def _append(self, payload: dict[str, Any], time: str) -> AuditRecord:
-        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+        with self.pg.transaction() as cur:
             return postgres_append(cur, payload, time, schema=self.schema)
 
     def verify(self, expect: tuple[int, str] | None = None) -> Verification:
         s = self.schema
-        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+        with self.pg.transaction() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,))
             tables = {r[0] for r in cur.fetchall()}
@@ -574,27 +575,28 @@ class PostgresAuditLog(AuditLog):
             chain = verify_rows(cur, (head[0], head[1]) if head else None, payloads, feedback, expect)
             if not chain.ok or "requests" not in tables:
                 return chain
-            ledger = self._dicts(f"SELECT * FROM {s}.requests ORDER BY id")
-            fb = self._dicts(f"SELECT * FROM {s}.feedback ORDER BY id") if "feedback" in tables else None
+            ledger = _dicts(cur, f"SELECT * FROM {s}.requests ORDER BY id")
+            fb = _dicts(cur, f"SELECT * FROM {s}.feedback ORDER BY id") if "feedback" in tables else None
             return check_ledger(payloads, ledger, chain, feedback, fb)
-
-    def _dicts(self, sql: str) -> list[dict[str, Any]]:
-        """Rows as dicts, read in the caller's transaction (its snapshot)."""
-        with self._conn.cursor() as cur:
-            cur.execute(sql)
-            names = [d.name for d in cur.description or ()]
-            return [dict(zip(names, r, strict=True)) for r in cur]
 
     def tail(self, n: int = 10) -> list[AuditRecord]:
         s = self.schema
-        with self._lock, self._conn.cursor() as cur:
+        with self.pg.lock, self.pg.connection().cursor() as cur:
             cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM {s}.audit_entries "
                         "ORDER BY seq DESC LIMIT %s", (n,))
             rows = cur.fetchall()
         return [_record(*r) for r in reversed(rows)]
 
     def close(self) -> None:
-        self._conn.close()
+        self.pg.close()
+
+
+def _dicts(cur: Any, sql: str) -> list[dict[str, Any]]:
+    """Rows as dicts, read in ``cur``'s transaction (its snapshot)."""
+    with cur.connection.cursor() as c:
+        c.execute(sql)
+        names = [d.name for d in c.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in c]
 
 
 def open_audit_log(*, db: str | Path | None = None, dsn: str | None = None, schema: str = "public",

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from turnout import pgdb, sqlitedb
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 RUNNABLE = ("queued", "running")  # a running task whose lease lapsed is picked up again
 
@@ -60,9 +62,8 @@ CREATE TABLE IF NOT EXISTS tasks_step_cache (
 """
 
 
-# Columns added after the first release: (table, column, SQL type). Each store adds those its
-# tables lack when it opens (ALTER TABLE ... ADD COLUMN; PostgreSQL: IF NOT EXISTS), so a file or
-# schema made by an older gateway keeps working.
+# Columns added after the first release, before tasks had named migrations: (table, column, SQL
+# type). Migration 0002 adds them; a file or schema made by that older code already has some.
 ADDED_COLUMNS = (
     ("tasks_tasks", "budget_usd", "REAL"),      # the task's own spending limit (None: none)
     ("tasks_tasks", "failure", "TEXT"),         # why it failed, as a code: budget_exhausted, no_local_planner, ...
@@ -70,6 +71,36 @@ ADDED_COLUMNS = (
     ("tasks_gates", "edited_by", "TEXT"),       # the key whose edit of the arguments waits for review
     ("tasks_gates", "revision", "INTEGER NOT NULL DEFAULT 0"),  # edits so far: a decision names the one it saw
 )
+
+# Named migrations (``turnout.sqlitedb`` / ``turnout.pgdb``), recorded in ``tasks_migrations``;
+# never edit or reorder, only append.
+MIGRATIONS: list[sqlitedb.Migration] = [
+    ("0001_tables", [s.strip() for s in SCHEMA.split(";") if s.strip()]),
+    ("0002_budget_failure_local_only_edits", [f"ALTER TABLE {t} ADD COLUMN {c} {k}" for t, c, k in ADDED_COLUMNS]),
+]
+
+
+def pg_migrations(schema: str) -> list[pgdb.Migration]:
+    """MIGRATIONS for PostgreSQL (tables found through ``search_path``, set to ``schema``). Both
+    steps are idempotent, so a schema made before named migrations is adopted as it is."""
+    del schema  # the connection's search_path names it
+    return [(name, [_pg(sql).replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS") for sql in statements])
+            for name, statements in MIGRATIONS]
+
+
+def _adopt_old_file(conn: sqlite3.Connection) -> None:
+    """A file whose tasks tables predate named migrations (tables, no ``tasks_migrations``): add
+    the columns it lacks as the older code did, then record both migrations as applied."""
+    with sqlitedb.immediate(conn):
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "tasks_tasks" not in tables or "tasks_migrations" in tables:
+            return
+        for statement in MIGRATIONS[0][1]:  # CREATE ... IF NOT EXISTS: whatever the older code had not made
+            conn.execute(statement)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        sqlitedb.record_applied(conn, "tasks_migrations", [name for name, _ in MIGRATIONS[:2]])
 
 
 def new_id(prefix: str) -> str:
@@ -102,11 +133,8 @@ class TaskStore:
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=10000")
-            self.db.executescript(SCHEMA)
-            for table, column, kind in ADDED_COLUMNS:
-                have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            _adopt_old_file(self.db)
+            sqlitedb.migrate(self.db, "tasks_migrations", MIGRATIONS)
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
@@ -384,10 +412,9 @@ def _gate(row: Any) -> dict[str, Any]:
     return d
 
 
-def _pg_schema(schema: str) -> list[str]:
-    sql = SCHEMA.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT",
-                                                             "BIGSERIAL PRIMARY KEY")
-    return [f"CREATE SCHEMA IF NOT EXISTS {schema}"] + [s.strip() for s in sql.split(";") if s.strip()]
+def _pg(sql: str) -> str:
+    """SQLite DDL as PostgreSQL's."""
+    return sql.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
 
 
 class PostgresTaskStore(TaskStore):
@@ -398,19 +425,14 @@ class PostgresTaskStore(TaskStore):
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:  # not super().__init__: that one is SQLite's
         import psycopg
-        from psycopg.rows import dict_row
+        from psycopg.rows import dict_row, tuple_row
 
         self.schema = schema
         self.lock = threading.Lock()
         self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
         self.rdb, self.rlock = self.db, self.lock  # one connection: psycopg serialises its use anyway
-        with self.lock, self.db.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.tasks.{schema}",))
-            for statement in _pg_schema(schema):
-                self.db.execute(statement)
-            for table, column, kind in ADDED_COLUMNS:
-                kind = kind.replace("REAL", "DOUBLE PRECISION")
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        with self.lock, self.db.transaction(), self.db.cursor(row_factory=tuple_row) as cur:
+            pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema))
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
@@ -418,7 +440,7 @@ class PostgresTaskStore(TaskStore):
             yield self.db
 
     def _q(self, sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s")
+        return pgdb.placeholders(sql)
 
     def close(self) -> None:
         with self.lock:
