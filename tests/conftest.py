@@ -112,7 +112,13 @@ FAST_RESILIENCE = {
 }
 
 
+# Guards load the PII model and MiniLM at start (~2 s a gateway) and scan every request: off in
+# the shared configs. A test that asserts guard behaviour opts in: hybrid_config(..., guards=GUARDS_ON).
+GUARDS_ON: dict[str, Any] = {"enabled": True}
+
+
 def hybrid_config(upstream_url: str, anthropic_url: str, **overrides: Any) -> dict[str, Any]:
+    """Local llama.cpp + OpenAI-wire frontier + Anthropic fake; guards off unless ``guards=`` says."""
     cfg: dict[str, Any] = {
         "engines": {
             "local": {"dialect": "llamacpp", "n_ctx": 1024},
@@ -135,6 +141,7 @@ def hybrid_config(upstream_url: str, anthropic_url: str, **overrides: Any) -> di
         "rules": [
             {"name": "code-to-claude", "when": {"metadata": {"task": "code"}}, "route": "anthropic"},
         ],
+        "guards": {"enabled": False},
     }
     for key, value in overrides.items():
         cfg[key] = value
@@ -197,12 +204,16 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         proc.stop()
 
 
+def module_gateway(tmp_path_factory: pytest.TempPathFactory, config: dict[str, Any]) -> Iterator[Gateway]:
+    """A gateway for a module-scoped fixture (stopped when the generator closes)."""
+    started: list[Proc] = []
+    yield _factory(tmp_path_factory.mktemp("hybrid"), started)(config)
+    for proc in started:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
            anthropic_upstream: Upstream) -> Iterator[Gateway]:
-    """One gateway per test module: local llama.cpp + OpenAI-wire frontier + Anthropic fake."""
-    started: list[Proc] = []
-    gw = _factory(tmp_path_factory.mktemp("hybrid"), started)(hybrid_config(upstream.url, anthropic_upstream.url))
-    yield gw
-    for proc in started:
-        proc.stop()
+    """One gateway per test module: local llama.cpp + OpenAI-wire frontier + Anthropic fake, guards off."""
+    yield from module_gateway(tmp_path_factory, hybrid_config(upstream.url, anthropic_upstream.url))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 import yaml
 
 from tests.conftest import FAST_RESILIENCE
+from tests.runcli import run_cli
 from turnout.testing.procs import Proc, start_server
 
 
@@ -43,15 +43,13 @@ def write_config(tmp: Path, cfg: dict[str, Any], name: str = "turnout.yaml") -> 
 
 
 def cli_key(config: Path, tenant: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "turnout", "keys", "--config", str(config), "create", "--tenant",
-                          tenant, "--json", *args], capture_output=True, text=True, timeout=60)
+    out = run_cli("keys", "--config", str(config), "create", "--tenant", tenant, "--json", *args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "keys", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("keys", "--config", str(config), *args)
 
 
 def serve(config: Path, *extra: str) -> Proc:

@@ -16,7 +16,7 @@ import jsonschema_rs
 import openai
 import pytest
 
-from tests.conftest import Gateway, Upstream, _factory, hybrid_config
+from tests.conftest import GUARDS_ON, Gateway, Upstream, _factory, hybrid_config
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -26,8 +26,9 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
            anthropic_upstream: Upstream) -> Iterator[Gateway]:
     """conftest's hybrid gateway, with the embedded engine on one thread: on a machine whose
     cores are shared, a two-thread llama.cpp decode stalls for seconds a token whenever another
-    process holds a core (measured: 3.5 s a token against 12 ms on one thread)."""
-    cfg = hybrid_config(upstream.url, anthropic_upstream.url)
+    process holds a core (measured: 3.5 s a token against 12 ms on one thread). Guards on: the
+    sensitive-request test asserts the PII label."""
+    cfg = hybrid_config(upstream.url, anthropic_upstream.url, guards=GUARDS_ON)
     cfg["engines"]["local"]["n_threads"] = 1
     started: list[Any] = []
     yield _factory(tmp_path_factory.mktemp("tools"), started)(cfg)

@@ -19,14 +19,14 @@ import pytest
 import yaml
 
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSET = "TURNOUT_TEST_NEVER_SET_KEY"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+    return run_cli(*args, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def remote_only(upstream: Upstream, **engine: Any) -> dict[str, Any]:
@@ -155,7 +155,8 @@ def test_serve_refuses_a_missing_router_artifact_in_one_line(tmp_path: Path) -> 
            "routes": {"auto": {"chain": ["a", "b"], "strategy": "learned", "router": str(tmp_path / "none.npz")}}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = cli("serve", "--config", str(path), "--port", "0", "--db", str(tmp_path / "db.sqlite"))
+    r = subprocess.run([sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", "0", "--db",
+                        str(tmp_path / "db.sqlite")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "routes.auto.router" in r.stderr and "none.npz" in r.stderr and "Traceback" not in r.stderr
 

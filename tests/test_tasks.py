@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import FAST_RESILIENCE
 from tests.keyed import Keyed, cli_key, serve, write_config
+from tests.runcli import run_cli
 from turnout.tasks.runner import sha256_json
 from turnout.testing import mcp_tickets
 from turnout.testing.procs import Proc, start_server
@@ -183,8 +184,7 @@ def test_approve_four_eyes_tenancy_audit_and_ledger(tmp_path: Path, fake: Proc, 
     assert ended == {"event": "task_end", "task": tid, "tenant": "acme", "state": "succeeded", "failure": None,
                      "cost_usd": t["cost_usd"], "saved_usd": 0.0}
     assert MAIL["mail"] not in json.dumps([created, planned, called, ended])  # hashes, not text
-    verified = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db",
-                               str(tmp_path / "turnout.sqlite")], capture_output=True, text=True, timeout=60)
+    verified = run_cli("audit", "verify", "--db", str(tmp_path / "turnout.sqlite"))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -445,8 +445,7 @@ def test_cli_run_follow_approve_show(tmp_path: Path, fake: Proc, toolbox: Proc) 
     mail.write_text(MAIL["mail"])
 
     def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", *args, "--url", gw.url, "--key", gw.token(who)],
-                              capture_output=True, text=True, timeout=60)
+        return run_cli(*args, "--url", gw.url, "--key", gw.token(who))
 
     with gw.proc:
         out = cli("alice", "tasks", "run", "answer the mail", "--input-file", f"mail={mail}", "--input",
@@ -557,8 +556,7 @@ def test_mcp_tool_missing_on_its_server(tmp_path: Path, fake: Proc, toolbox: Pro
     cfg = config(fake.url, toolbox.url, tmp_path, tools=mcp_tools)
     with server:
         path = write_config(tmp_path, cfg)
-        out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(path)], capture_output=True,
-                             text=True, timeout=120)
+        out = run_cli("config", "check", str(path))
         assert out.returncode == 1, out.stdout + out.stderr
         assert "error: tasks.tools.close_ticket: MCP server" in out.stderr and "'close_ticket'" in out.stderr
         assert "search_tickets" in out.stderr.split("close_ticket", 2)[2]  # what the server does list
