@@ -99,6 +99,20 @@ def anthropic_upstream() -> Iterator[Upstream]:
         yield Upstream(proc)
 
 
+@pytest.fixture(scope="module")
+def fake() -> Iterator[Proc]:
+    """A module's own OpenAI-wire fake (the task tests script its planner answers)."""
+    with start_server("turnout.testing.upstream", "--port", "0", add_port=False) as p:
+        yield p
+
+
+@pytest.fixture
+def toolbox() -> Iterator[Proc]:
+    """turnout.testing.toolbox: HTTP tools (send_email, create_ticket, ...) and their outbox."""
+    with start_server("turnout.testing.toolbox", "--port", "0", add_port=False) as p:
+        yield p
+
+
 @pytest.fixture(autouse=False)
 def clean_upstreams(upstream: Upstream, anthropic_upstream: Upstream) -> Iterator[None]:
     upstream.reset()

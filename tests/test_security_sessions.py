@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,23 +30,11 @@ import pytest
 from tests.keyed import Keyed, cli_key, serve, write_config
 from tests.test_tasks import MAIL, TRIAGE, config, script, wait_state
 from turnout.server.authz import ENDPOINTS, UNSAFE
-from turnout.testing.procs import Proc, start_server
+from turnout.testing.procs import Proc
 
 PEOPLE = {"alice": ("acme", "user"), "bob": ("acme", "approver"), "vera": ("acme", "viewer"),
           "root": ("acme", "admin,user,approver")}
 COOKIE = "turnout_session"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[Proc]:
-    with start_server("turnout.testing.upstream", "--port", "0", add_port=False) as p:
-        yield p
-
-
-@pytest.fixture
-def toolbox() -> Iterator[Proc]:
-    with start_server("turnout.testing.toolbox", "--port", "0", add_port=False) as p:
-        yield p
 
 
 def _start(tmp: Path, fake: Proc, toolbox: Proc, people: dict[str, tuple[str, str]] = PEOPLE,

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,6 @@ from turnout.tasks.runner import sha256_json
 from turnout.testing import mcp_tickets
 from turnout.testing.procs import Proc, start_server
 from turnout.testing.tasks_demo import COMBOS
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[Proc]:
-    with start_server("turnout.testing.upstream", "--port", "0", add_port=False) as p:
-        yield p
-
-
-@pytest.fixture
-def toolbox() -> Iterator[Proc]:
-    with start_server("turnout.testing.toolbox", "--port", "0", add_port=False) as p:
-        yield p
 
 
 def config(fake_url: str, tools_url: str, tmp: Path, **tasks: Any) -> dict[str, Any]:
