@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pii", metavar="FILE", help="presidio-research style JSON with full_text and spans")
     p.add_argument("--injection", metavar="FILE", help="CSV with prompt,type (benign | jailbreak)")
     p.add_argument("--secrets", metavar="FILE", help="JSON lines with text and secrets: [{value}] (empty: negative)")
+    p.add_argument("--injection-loso", action="store_true",
+                   help="injection: the leave-source-group-out table of the shipped model at its shipped thresholds "
+                        "(as measured when it was built; with --run, recomputed from a training run)")
+    p.add_argument("--run", metavar="DIR", help="--injection-loso: a training run (injection_finetune train --out)")
+    p.add_argument("--bundle", metavar="DIR", default="build/injection-bundle",
+                   help="--injection-loso --run: the run's bundle (injection_finetune bundle --out)")
+    p.add_argument("--data", metavar="DIR", default="../shared/data",
+                   help="--injection-loso --run: the shared data folder the bundle was built from")
     p.add_argument("--score-only", action="store_true",
                    help="injection: score the whole file with the shipped model (no split, no refit)")
     p.add_argument("--label-map", metavar="A=B,...", default="",
@@ -361,9 +369,27 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True,
             "latency_ms": {"p50": round(percentile(latencies, 50), 3), "p95": round(percentile(latencies, 95), 3)}}
 
 
+def injection_loso(args: argparse.Namespace) -> dict[str, Any]:
+    """The held-out table: the shipped head's (its meta holds the table its thresholds were chosen
+    from), or recomputed from a training run at the shipped thresholds."""
+    from turnout.evals.injection_finetune import loso_table
+    from turnout.guards.injection import InjectionHead
+
+    head = InjectionHead.load()
+    if args.run:
+        rep = loso_table(args.data, args.bundle, args.run, block=head.block_threshold, flag=head.flag_threshold)
+        rep["origin"] = f"recomputed from {args.run}"
+    else:
+        if "loso" not in head.meta:
+            raise ValueError("the shipped injection head carries no held-out table; give --run DIR")
+        rep = dict(head.meta["loso"])
+        rep["origin"] = "as measured when the shipped model was built (" + str(head.meta.get("build", "")) + ")"
+    return rep
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.pii and not args.injection and not args.secrets:
-        raise ValueError("give --pii FILE, --injection FILE and/or --secrets FILE")
+    if not args.pii and not args.injection and not args.secrets and not args.injection_loso:
+        raise ValueError("give --pii FILE, --injection FILE, --secrets FILE and/or --injection-loso")
     report: dict[str, Any] = {}
     progress = not args.no_progress
     label_map = parse_label_map(args.label_map)
@@ -378,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
         if args.injection:
             report["injection"] = eval_injection(args.injection, limit=args.limit, progress=progress,
                                                  score_only=args.score_only, misses=misses)
+        if args.injection_loso:
+            report["injection_loso"] = injection_loso(args)
         if args.secrets:
             report["secrets"] = eval_secrets(args.secrets, limit=args.limit, progress=progress, misses=misses)
     finally:
@@ -436,6 +464,12 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  latency per prompt (shipped): p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms")
         for u in inj.get("undefined", []):
             lines.append(f"  not defined: {u}")
+    loso = report.get("injection_loso")
+    if loso:
+        from turnout.evals.injection_finetune import format_table
+
+        lines.append(f"Injection, each source held out with its group; {loso['origin']}")
+        lines.append(format_table(loso))
     sec = report.get("secrets")
     if sec:
         lines.append(f"Secrets  {sec['file']}  ({sec['records']} snippets)")

@@ -34,6 +34,7 @@ import codecs
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
+from turnout.guards.deobfuscate import _english_words, english_share, readings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from turnout.config import GuardsConfig
 
 ARTIFACT = Path(__file__).with_name("data") / "injection_head.json"
+# the fine-tuned encoder: every MiniLM weight but the word-embedding table (the packaged one), fp16
+ENCODER_ARTIFACT = Path(__file__).with_name("data") / "injection_encoder.safetensors"
 NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
 N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
 # sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
@@ -116,25 +120,6 @@ def _readable(raw: bytes) -> str | None:
     return s
 
 
-def _english_words() -> frozenset[str]:
-    global _ENGLISH
-    if _ENGLISH is None:
-        from turnout.guards.pii_lexicon import _lower_lexicon, lexicon
-
-        # WordNet's index has no function words ("the", "to") but odd abbreviations ("gur", "gb"):
-        # add the stop-word list, or plain English reads as rot13
-        _ENGLISH = frozenset(w.lower() for w in lexicon("english_words")) | frozenset(_lower_lexicon("common_words"))
-    return _ENGLISH
-
-
-_ENGLISH: frozenset[str] | None = None
-
-
-def _english_share(words: Sequence[str]) -> float:
-    eng = _english_words()
-    return sum(w.lower() in eng for w in words) / len(words) if words else 0.0
-
-
 def decode_payloads(text: str) -> list[tuple[int, int, str, str]]:
     """Encoded payloads in ``text``: ``(start, end, encoding, decoded)`` for base64 (and its
     URL-safe form), base32 and hex runs that decode to readable text, and for rot13 when
@@ -173,33 +158,75 @@ def decode_payloads(text: str) -> list[tuple[int, int, str, str]]:
         unknown = [w for w in words if w.lower() not in eng]
         if len(unknown) >= 4 and len(unknown) >= 0.4 * len(words):
             rot = [codecs.encode(w, "rot13") for w in unknown]
-            if _english_share(rot) >= 0.6 and _english_share(rot) > _english_share(unknown) + 0.3:
+            if english_share(rot) >= 0.6 and english_share(rot) > english_share(unknown) + 0.3:
                 add(0, len(text), "rot13", codecs.encode(text, "rot13"))
     return out
 
 
 def views(text: str) -> list[str]:
     """The texts the model reads for ``text``: itself, then per decoded payload the text with
-    the payload decoded in place and the payload alone."""
+    the payload decoded in place and the payload alone, then its plain readings when it is
+    obfuscated otherwise (Morse, Braille, a cipher, split letters, ...: ``deobfuscate``)."""
     text = text[:MAX_CHARS]
     out = [text]
     for s, e, _enc, dec in decode_payloads(text):
         out.append(text[:s] + dec + text[e:])
         out.append(dec)
+    out.extend(readings(text))
     return out
 
 
 # ---------------------------------------------------------------- the encoder
 
 
-class WindowEncoder:
-    """MiniLM (int8 ONNX) embeddings of every ``WINDOW``-token window of a text."""
+def encoder_folder(sha256: str, artifact: Path = ENCODER_ARTIFACT, cache: Path | None = None) -> Path:
+    """The fine-tuned encoder as a model folder (config, tokenizer, fp32 safetensors): the packaged
+    MiniLM's files with ``artifact``'s weights over them, made once in the model cache. ``artifact``
+    must have ``sha256`` (the head names it), or nothing is built."""
+    import shutil
 
-    def __init__(self, threads: int | None = None) -> None:
+    from turnout.model_cache import cache_dir
+    from turnout.weights import minilm_dir
+
+    raw = artifact.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{artifact}: sha256 {digest} is not the {sha256} the injection head names; rebuild "
+                         "both (python -m turnout.evals.injection_finetune) or restore the shipped files")
+    base = minilm_dir()
+    dest = (cache or cache_dir()) / f"injection-encoder-{digest[:16]}"
+    if (dest / "model.safetensors").is_file():
+        return dest
+    import numpy as np
+    from safetensors.numpy import load, load_file, save_file
+
+    weights = load_file(str(base / "model.safetensors"))
+    for k, v in load(raw).items():
+        if k not in weights:
+            raise ValueError(f"{artifact}: {k} is not a MiniLM weight")
+        weights[k] = v.astype(np.float32)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name != "model.safetensors":
+            shutil.copy(f, tmp / f.name)
+    save_file(weights, str(tmp / "model.safetensors"))
+    try:
+        os.replace(tmp, dest)  # several processes may build at once: the first rename wins
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+class WindowEncoder:
+    """The fine-tuned MiniLM's (int8 ONNX) embeddings of every ``WINDOW``-token window of a text."""
+
+    def __init__(self, threads: int | None = None, folder: Path | None = None) -> None:
         from turnout.embedding.embeddings import load_tokenizer
         from turnout.embedding.minilm_onnx import OnnxMiniLM
 
-        self.minilm = OnnxMiniLM(int8=True, threads=threads)
+        self.minilm = OnnxMiniLM(folder, int8=True, threads=threads)
         self.tokenizer: Tokenizer = load_tokenizer(self.minilm.folder, WINDOW)
         self.tokenizer.no_truncation()
         self.fingerprint = self.minilm.fingerprint()
@@ -300,6 +327,7 @@ class InjectionHead:
     meta: dict[str, Any] = field(default_factory=dict)
     ngram_weight: float = 0.0  # the model score: (1 - w) x best window + w x the n-gram model
     ngram: NgramModel | None = None
+    encoder_sha256: str | None = None  # the fine-tuned encoder it was trained with (None: the packaged MiniLM)
 
     @classmethod
     def load(cls, path: Path = ARTIFACT, *, sha256: str | None = None) -> InjectionHead:
@@ -311,7 +339,8 @@ class InjectionHead:
                              "(python -m turnout.evals.injection_train build) or restore the shipped file")
         d = json.loads(raw)
         head = cls([float(x) for x in d["coef"]], float(d["intercept"]), float(d["block_threshold"]),
-                   float(d["flag_threshold"]), dict(d.get("meta", {})), float(d.get("ngram_weight", 0.0)))
+                   float(d["flag_threshold"]), dict(d.get("meta", {})), float(d.get("ngram_weight", 0.0)),
+                   encoder_sha256=d.get("encoder_sha256"))
         if head.ngram_weight > 0:
             ng = path.with_name(str(d["ngram_file"]))
             digest = hashlib.sha256(ng.read_bytes()).hexdigest()
@@ -325,6 +354,8 @@ class InjectionHead:
                              "block_threshold": round(self.block_threshold, 6),
                              "flag_threshold": round(self.flag_threshold, 6), "meta": self.meta,
                              "ngram_weight": self.ngram_weight}
+        if self.encoder_sha256:
+            d["encoder_sha256"] = self.encoder_sha256
         if self.ngram_weight > 0:
             d.update(ngram_file=ngram_file, ngram_sha256=ngram_sha256)
         return json.dumps(d, indent=1, sort_keys=True) + "\n"
@@ -362,7 +393,10 @@ class InjectionGuard:
     def __init__(self, head: InjectionHead | None = None, *, flag_threshold: float | None = None,
                  encoder: WindowEncoder | None = None) -> None:
         self.head = head or InjectionHead.load()
-        self.encoder = encoder or WindowEncoder()
+        if encoder is None:
+            folder = encoder_folder(self.head.encoder_sha256) if self.head.encoder_sha256 else None
+            encoder = WindowEncoder(folder=folder)
+        self.encoder = encoder
         self.block_threshold = self.head.block_threshold
         self.flag_threshold = flag_threshold if flag_threshold is not None else self.head.flag_threshold
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
