@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 import tomllib
@@ -350,20 +349,17 @@ class SecretsGuard:
                     continue
                 if f.type.startswith("GENERIC") and _looks_like_placeholder(text[f.start:f.end]):
                     continue
-                if f.type == "JWT" and not valid_jwt(text[f.start:f.end]):
-                    continue
                 found.append(f)
         if self.detect_secrets:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
                 if encrypted and f.type == "PRIVATE_KEY":
                     continue
-                if f.type == "SECRET_KEYWORD" and (_looks_like_placeholder(text[f.start:f.end])
+                if f.type in _DS_VALUE_TYPES and (_looks_like_placeholder(text[f.start:f.end])
                                                    or non_secret_name(_name_before(text, f.start))):
                     continue
-                if f.type == "JSON_WEB_TOKEN" and not valid_jwt(text[f.start:f.end]):
-                    continue
-                if _filler(_token_at(text, f.start, f.end)):
-                    continue  # ghp_xxxx...: the plugin matched a prefix followed by filler
+                token = _token_at(text, f.start, f.end)
+                if _filler(token) or _PLACEHOLDER_WORDS.search(token + " " + text[f.start:f.end]):
+                    continue  # ghp_xxxx..., AKIA...EXAMPLE: a prefix followed by filler, a documented example
                 found.append(f)
         if self.entropy:
             pem = [(m.start(), m.end())
@@ -373,7 +369,8 @@ class SecretsGuard:
             for m in _CANDIDATE.finditer(text):
                 if any(a <= m.start() < b for a, b in pem):
                     continue  # a PEM block (a key is caught whole above; certificates are public) or a wrapped file
-                if high_entropy(m.group(0)) and has_context(text, m.start(), m.end()):
+                if (high_entropy(m.group(0)) and not _PLACEHOLDER_WORDS.search(m.group(0))
+                        and has_context(text, m.start(), m.end())):
                     found.append(Finding("secret", "HIGH_ENTROPY_STRING", m.start(), m.end(), 0.6,
                                          f"{self.name}.entropy"))
         return _dedupe(found)
@@ -381,9 +378,10 @@ class SecretsGuard:
 
 # finding types whose span is a typed-in value (a password), where placeholders are common
 _VALUE_TYPES = frozenset({"PASSWORD", "BEARER_TOKEN", "CREDENTIAL_IN_URL", "SQL_PASSWORD"})
+_DS_VALUE_TYPES = frozenset({"SECRET_KEYWORD", "BASIC_AUTH_CREDENTIALS"})  # detect-secrets' typed-in values
 _CODE_VALUE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+|[A-Za-z_][\w.]*\(.*|.*\)")
 _PLACEHOLDER_WORDS = re.compile(r"(?i)fake|dummy|example|sample|placeholder|insert|your[_-]?|[_-]here\b|changeme|"
-                                r"redacted|xxxx|\*\*\*")
+                                r"redacted|xxxx|\*\*\*|\.\.\.|\u2026")
 _CONSTANT = re.compile(r"[A-Z][A-Z0-9]*(?:[_-][A-Z0-9]+)+|[a-z]+(?:_[a-z]+)+")  # DB_PASSWORD, new_password
 _BARE_WORDS = {"password", "changeme", "example", "xxxxxx", "******", "<password>", "none", "null", "true", "false",
                "required", "optional", "string", "undefined", "secret", "redacted", "hidden", "test", "pass", "token",
@@ -423,17 +421,6 @@ def _token_at(text: str, s: int, e: int) -> str:
     while e < len(text) and (text[e].isalnum() or text[e] in "_-"):
         e += 1
     return text[s:e]
-
-
-def valid_jwt(token: str) -> bool:
-    """A JWT's header decodes to a JSON object naming its algorithm or type (base64url)."""
-    head = token.split(".", 1)[0]
-    try:
-        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
-        header = json.loads(raw)
-    except (binascii.Error, ValueError):
-        return False
-    return isinstance(header, dict) and bool({"alg", "typ", "kid", "enc"} & set(header))
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:
