@@ -38,7 +38,7 @@ def code_file(size: int = 10_000, seed: int = 7) -> str:
         "for i, row in enumerate(rows):\n    if row.get(\"status\") != \"ok\":\n        continue\n"
         "    total += float(row[\"amount\"])\n",
     ]
-    out = []
+    out: list[str] = []
     while sum(map(len, out)) < size:
         out.append(rng.choice(blocks))
     text = "".join(out)[: size - 60]

@@ -83,8 +83,8 @@ def positives() -> list[dict[str, object]]:
     nt = rnd(32, HEX)
     out.append(pos("ntlm", "NTLM hash", f"john --format=nt hashes.txt\nalice:$NT${nt}", nt))
     nt = rnd(32, HEX)
-    out.append(pos("ntlm", "NTLM hash", f"  * Username : jdoe\n  * Domain   : CORP\n  * NTLM     : {nt}\n  * SHA1     : "
-                   f"{rnd(40, HEX)}", nt))
+    out.append(pos("ntlm", "NTLM hash", f"  * Username : jdoe\n  * Domain   : CORP\n  * NTLM     : {nt}\n"
+                   f"  * SHA1     : {rnd(40, HEX)}", nt))
     nt = rnd(32, HEX)
     out.append(pos("ntlm", "NTLM hash", f"hashcat -m 1000 -a 0 '{nt}' rockyou.txt  # the NT hash we dumped", nt))
     v = f"admin::WS01:{rnd(16, HEX)}:{rnd(32, HEX)}:0101000000000000{rnd(96, HEX)}"
@@ -193,15 +193,16 @@ def negatives() -> list[dict[str, object]]:
     out.append(neg("lockfile", "requests==2.32.3 \\\n    --hash=sha256:" + rnd(64, HEX) + " \\\n    --hash=sha256:"
                    + rnd(64, HEX)))
     # UUIDs
-    out.append(neg("uuid", "\n".join(f'INSERT INTO orders (id, customer_id) VALUES (\'{uuid.UUID(int=R.getrandbits(128))}'
-                                      f"', '{uuid.UUID(int=R.getrandbits(128))}');" for _ in range(4))))
+    out.append(neg("uuid", "\n".join(f"INSERT INTO orders (id, customer_id) VALUES "
+                                      f"('{uuid.UUID(int=R.getrandbits(128))}', "
+                                      f"'{uuid.UUID(int=R.getrandbits(128))}');" for _ in range(4))))
     out.append(neg("uuid", f'<ProjectGuid>{{{str(uuid.UUID(int=R.getrandbits(128))).upper()}}}</ProjectGuid>\n'
                    f'Project("{{{str(uuid.UUID(int=R.getrandbits(128))).upper()}}}") = "Api", "Api\\Api.csproj"'))
     out.append(neg("uuid", f'  "correlationId": "{uuid.uuid5(uuid.NAMESPACE_DNS, "a.example")}",\n  "requestId": '
                    f'"{uuid.UUID(int=R.getrandbits(128))}"'))
     # base64 test vectors and fixtures
-    out.append(neg("base64-vector", "def test_roundtrip():\n    raw = bytes(range(48))\n    assert b64encode(raw) == b\""
-                   + base64.b64encode(bytes(range(48))).decode() + "\""))
+    out.append(neg("base64-vector", "def test_roundtrip():\n    raw = bytes(range(48))\n"
+                   "    assert b64encode(raw) == b\"" + base64.b64encode(bytes(range(48))).decode() + "\""))
     out.append(neg("base64-vector", "\n".join(
         f'    ("{rnd(12)}", "{b64bytes(33)}"),' for _ in range(4))))
     out.append(neg("base64-vector", f'FIXTURE_PAYLOAD = "{b64bytes(120)}"\nEXPECTED_LEN = 120'))
