@@ -259,7 +259,7 @@ def negatives() -> list[dict[str, object]]:
         "curl https://api.example.com/v1/items -H \"Authorization: Bearer <YOUR_API_TOKEN>\"",
         "export OPENAI_API_KEY=\"sk-...\"  # paste your key here",
         "api_key = \"YOUR_API_KEY_HERE\"",
-        "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "aws_access_key_id = <your-access-key-id>\naws_secret_access_key = <your-secret-access-key>",
         "| Header | Value |\n| --- | --- |\n| X-Api-Key | `{{api_key}}` |",
         "password: ********",
         "Set `token` to the value shown under Settings > Tokens (it starts with `tok_`).",
