@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import re
 
-_Q = r"(?:N?'([^'\n]{3,128})'|\"([^\"\n]{3,128})\"|([^\s;'\"(),]{3,128}))"  # a quoted or bare SQL literal
+_QUOTED = r"(?:N?'([^'\n]{3,128})'|\"([^\"\n]{3,128})\")"  # a quoted SQL literal
 _B32 = r"[A-Z2-7]"
 
 FORMATS: list[tuple[str, re.Pattern[str], float, tuple[str, ...]]] = [
     # --- SQL
-    ("SQL_PASSWORD", re.compile(r"(?i)\bIDENTIFIED\s+(?:WITH\s+['\"`]?\w+['\"`]?\s+)?BY\s+(?:PASSWORD\s+)?" + _Q),
+    ("SQL_PASSWORD", re.compile(r"(?i)\bIDENTIFIED\s+(?:WITH\s+['\"`]?\w+['\"`]?\s+)?BY\s+(?:PASSWORD\s+)?" + _QUOTED),
      0.9, ("identified",)),
+    # a bare literal (Oracle) only right after the user it belongs to: prose says "identified by its name"
+    ("SQL_PASSWORD", re.compile(r"(?i)\b(?:USER|TO)\s+[\w\"'`@%.$#-]+\s+IDENTIFIED\s+BY\s+([^\s;'\"(),]{3,128})"),
+     0.85, ("identified",)),
     ("SQL_PASSWORD", re.compile(r"(?i)\b(?:CREATE|ALTER)\s+(?:USER|ROLE|LOGIN)\b[^;\n]{0,200}?\bPASSWORD\s*=?\s*"
                                 r"(?:N?'([^'\n]{3,128})'|\"([^\"\n]{3,128})\")"), 0.9, ("password",)),
     ("SQL_PASSWORD", re.compile(r"(?i)\bSET\s+PASSWORD\b[^=\n]{0,100}=\s*(?:PASSWORD\s*\(\s*)?"
