@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from turnout.guards.base import Finding
 from turnout.guards.secrets import (
     SecretsGuard,
     binary_blob,
@@ -150,7 +151,7 @@ REALISTIC = [r for r in map(json.loads, DATA.read_text(encoding="utf-8").splitli
 B32 = string.ascii_uppercase + "234567"
 
 
-def _covers(text: str, value: str, found: list) -> bool:
+def _covers(text: str, value: str, found: list[Finding]) -> bool:
     i = text.index(value)
     return sum(any(f.start <= k < f.end for f in found) for k in range(i, i + len(value))) >= 0.5 * len(value)
 
