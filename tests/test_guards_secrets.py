@@ -2,11 +2,14 @@
 time from a seeded random generator so that no scanner mistakes this file for a leak."""
 
 import base64
+import json
 import random
 import string
+from pathlib import Path
 
 import pytest
 
+from turnout.guards.base import Finding
 from turnout.guards.secrets import (
     SecretsGuard,
     binary_blob,
@@ -15,6 +18,7 @@ from turnout.guards.secrets import (
     shannon_entropy,
     translate_re2,
 )
+from turnout.guards.secrets_context import has_context, secret_name
 
 _RNG = random.Random(20260315)
 
@@ -138,3 +142,122 @@ def test_entropy_rule() -> None:
     assert high_entropy("Zx9Qw3Er7Ty1Ui5Op2As8Df4Gh6Jk0")
     assert not high_entropy("this-is-a-long-dashed-identifier-name")
     assert not high_entropy("d41d8cd98f00b204e9800998ecf8427e")  # an md5 is not a secret
+
+
+# ---------------------------------------------------------------- issue 25: formats, context, realistic negatives
+
+DATA = Path(__file__).parent / "data" / "secrets_realistic.jsonl"
+REALISTIC = [r for r in map(json.loads, DATA.read_text(encoding="utf-8").splitlines()) if "text" in r]
+B32 = string.ascii_uppercase + "234567"
+
+
+def _covers(text: str, value: str, found: list[Finding]) -> bool:
+    i = text.index(value)
+    return sum(any(f.start <= k < f.end for f in found) for k in range(i, i + len(value))) >= 0.5 * len(value)
+
+
+NEW_FORMATS = [
+    ("SQL_PASSWORD", "CREATE USER 'app'@'%' IDENTIFIED BY '{}';", "Kettle#" + rnd(8)),
+    ("SQL_PASSWORD", "ALTER USER 'root'@'localhost' IDENTIFIED WITH caching_sha2_password BY '{}';", rnd(12)),
+    ("SQL_PASSWORD", "CREATE USER scott IDENTIFIED BY {} DEFAULT TABLESPACE users;", "tiger" + rnd(6)),
+    ("SQL_PASSWORD", "CREATE ROLE etl WITH LOGIN PASSWORD '{}' VALID UNTIL 'infinity';", rnd(14)),
+    ("SQL_PASSWORD", "ALTER LOGIN sa WITH PASSWORD = N'{}';", "Winter!" + rnd(6)),
+    ("SQL_PASSWORD", "SET PASSWORD FOR 'bob'@'%' = PASSWORD('{}');", rnd(10)),
+    ("NTLM_HASH", "Administrator:500:aad3b435b51404eeaad3b435b51404ee:{}:::", rnd(32, HEX)),
+    ("NTLM_HASH", "alice:$NT${}", rnd(32, HEX)),
+    ("NTLM_HASH", "  * Username : jdoe\n  * NTLM     : {}\n", rnd(32, HEX)),
+    ("NETNTLM_HASH", "[SMB] NTLMv2-SSP Hash : {}",
+     "bob::CORP:" + rnd(16, HEX) + ":" + rnd(32, HEX) + ":0101" + rnd(60, HEX)),
+    ("OTP_SECRET", "otpauth://totp/ACME:alice?secret={}&issuer=ACME", rnd(32, B32)),
+    ("OTP_SECRET", "totp_secret = \"{}\"", rnd(16, B32)),
+    ("OTP_SECRET", "MFA_SEED: {}", rnd(32, B32)),
+    ("NKEY_SEED", "seed: {}", "SUA" + rnd(55, B32)),
+    ("NKEY_SEED", "{}", "SOA" + rnd(55, B32)),
+    ("GOOGLE_OAUTH_CLIENT_SECRET", '"client_secret":"{}"', "GOCSPX-" + rnd(28)),
+    ("DOCKER_HUB_TOKEN", "docker login -p {}", "dckr_pat_" + rnd(27)),
+    ("GROQ_API_KEY", "Groq(api_key='{}')", "gsk_" + rnd(52)),
+    ("OPENROUTER_API_KEY", "{}", "sk-or-v1-" + rnd(64, HEX)),
+    ("AZURE_STORAGE_KEY", "AccountName=x;AccountKey={};EndpointSuffix=core.windows.net",
+     rnd(86, string.ascii_letters + string.digits + "+/") + "=="),
+    ("PASSWORD", "machine api.example.org\n  login me\n  password {}\n", "n3tRc-" + rnd(8)),
+]
+
+
+@pytest.mark.parametrize("typ,template,value", NEW_FORMATS, ids=[f"{c[0]}-{i}" for i, c in enumerate(NEW_FORMATS)])
+def test_formats_gitleaks_lacks_are_found(typ: str, template: str, value: str) -> None:
+    text = template.format(value)
+    found = SecretsGuard().inspect(text)
+    assert _covers(text, value, found), (text, found)
+    assert any(f.type == typ for f in found), found
+
+
+def test_public_nkey_and_sql_placeholders_are_not_secrets() -> None:
+    g = SecretsGuard()
+    assert g.inspect("nsc describe user: UA" + rnd(54, B32)) == []  # a public NKEY (no S prefix)
+    assert g.inspect("cur.execute(\"CREATE USER %s IDENTIFIED BY %s\", (name, pw))") == []
+    assert g.inspect("ALTER USER app IDENTIFIED BY :new_password") == []
+    assert g.inspect("CREATE USER app IDENTIFIED EXTERNALLY;") == []
+
+
+@pytest.mark.parametrize("family", sorted({r["family"] for r in REALISTIC if not r["secrets"]}))
+def test_realistic_negatives_are_not_flagged(family: str) -> None:
+    g = SecretsGuard()
+    for r in REALISTIC:
+        if r["family"] == family and not r["secrets"]:
+            assert g.inspect(r["text"]) == [], r["text"][:200]
+
+
+def test_realistic_positives_are_found() -> None:
+    g = SecretsGuard()
+    missed = [(r["family"], s["value"]) for r in REALISTIC for s in r["secrets"]
+              if not _covers(r["text"], s["value"], g.inspect(r["text"]))]
+    assert missed == []
+
+
+@pytest.mark.parametrize("name", ["api_key", "API_KEY", "apiKey", "ApiKey", "api-key", "X-Auth-Token", "clientSecret",
+                                  "DBPASSWD", "db.password", "aws_secret_access_key", "signingKey", "privateKeyPem"])
+def test_secret_like_names(name: str) -> None:
+    assert secret_name(name), name
+
+
+@pytest.mark.parametrize("name", ["public_key", "key_id", "primaryKey", "csrf_token", "cache_key", "next_page_token",
+                                  "issuerKeyHash", "tokenizer", "secret_name", "keyDownEvent", "request_id", "nonce"])
+def test_names_that_are_not_secret(name: str) -> None:
+    assert not secret_name(name), name
+
+
+@pytest.mark.parametrize("name", ["apiKeyValue", "clientSecretB64", "AUTH_TOKEN_RAW", "sessionSigningKeyData"])
+def test_random_string_flagged_with_a_secret_like_name(name: str) -> None:
+    value = rnd(40)
+    assert high_entropy(value)
+    for text in (f'const {name} = "{value}";', f"{name}: {value}", f'{{"{name}": "{value}"}}'):
+        found = SecretsGuard().inspect(text)
+        assert _covers(text, value, found), (text, found)
+
+
+@pytest.mark.parametrize("template", ['const v = "{}";', "{}", "x = {}\ny = 2", '  "checksum": "{}",',
+                                     "public_key = '{}'", 'mappings:"{}"', "0x0040: {}  ........"])
+def test_bare_random_string_not_flagged(template: str) -> None:
+    value = rnd(40)
+    assert high_entropy(value)
+    assert SecretsGuard().inspect(template.format(value)) == []
+
+
+def test_random_string_flagged_with_a_keyword_nearby() -> None:
+    value = rnd(40)
+    text = f"Here is the staging token you asked for: {value}"
+    assert _covers(text, value, SecretsGuard().inspect(text))
+    assert has_context(text, text.index(value), len(text))
+
+
+def test_eval_split_is_by_family() -> None:
+    from turnout.evals.guards_cli import eval_secrets, secret_family, secret_split
+
+    assert secret_family({"rule": "github-pat"}) == secret_family({"rule": "GitHubTokenDetector"}) == "github"
+    assert secret_family({"negative_for": "KeywordDetector"}) == secret_family({"rule": "generic-api-key"})
+    assert secret_family({"family": "ntlm", "rule": "x"}) == "ntlm"
+    assert {secret_split(f) for f in ("aws", "github", "gitlab", "slack", "stripe", "ntlm")} == {"dev", "test"}
+    both = {split: eval_secrets(str(DATA), progress=False, split=split) for split in ("dev", "test")}
+    fams = {split: set(out["by_family"]) for split, out in both.items()}
+    assert fams["dev"] and fams["test"] and not fams["dev"] & fams["test"]
+    assert both["dev"]["records"] + both["test"]["records"] == len(REALISTIC)

@@ -17,8 +17,13 @@ the shipped model are scored on the held-out part. A one-class file reports what
 is not.
 
 Secrets (JSON lines with ``text`` and ``secrets``: ``[{"value": ...}]``, an empty list for a
-negative): per-file recall (a file with a credential has a finding), per-value recall (a
-finding covers at least half of the value) and the share of negative files with a finding.
+negative; a line without ``text``, such as a provenance note, is skipped): per-file recall (a
+file with a credential has a finding), per-value recall (a finding covers at least half of the
+value) and the share of negative files with a finding, per source, per split and per family.
+A record's family is its ``family`` field, else the provider of its rule (``rule`` or
+``negative_for``: a gitleaks id up to its first dash, a detect-secrets class without
+``Detector``, onto one name per provider by ``FAMILY_ALIASES``). ``secret_split`` hashes the
+family into dev (tuning) or test (held out): a provider is never on both sides.
 
 ``--misses FILE`` writes every miss and false positive as JSON lines for review.
 """
@@ -26,6 +31,7 @@ finding covers at least half of the value) and the share of negative files with 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -60,6 +66,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="--injection-loso --run: the run's bundle (injection_finetune bundle --out)")
     p.add_argument("--data", metavar="DIR", default="../shared/data",
                    help="--injection-loso --run: the shared data folder the bundle was built from")
+    p.add_argument("--secrets-split", choices=("all", "dev", "test"), default="all",
+                   help="secrets: only the families of this split (provider hashed into dev/test; tune on dev)")
+    p.add_argument("--per-family", action="store_true", help="secrets: a table row per family")
     p.add_argument("--score-only", action="store_true",
                    help="injection: score the whole file with the shipped model (no split, no refit)")
     p.add_argument("--label-map", metavar="A=B,...", default="",
@@ -299,44 +308,74 @@ def eval_injection(path: str, *, limit: int | None = None, progress: bool = True
     return out
 
 
-def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True,
+# detect-secrets plugin names onto the provider names of gitleaks' rule ids (one family per provider)
+FAMILY_ALIASES = {"awskey": "aws", "githubtoken": "github", "gitlabtoken": "gitlab", "twiliokey": "twilio",
+                  "pypitoken": "pypi", "telegrambottoken": "telegram", "discordbottoken": "discord",
+                  "jwttoken": "jwt", "ibmcloudiam": "ibm", "ibmcoshmac": "ibm", "squareoauth": "square",
+                  "azurestoragekey": "azure", "privatekey": "private", "keyword": "generic", "basicauth": "curl",
+                  "base64highentropystring": "entropy"}
+
+
+def secret_family(record: dict[str, Any]) -> str:
+    """The provider or rule family a labelled snippet belongs to (see the module docstring)."""
+    if record.get("family"):
+        return str(record["family"])
+    rule = str(record.get("negative_for") or record.get("rule") or "").split(",")[0].strip()
+    if not rule:
+        return "unknown"
+    name = rule.split("-")[0] if "-" in rule else rule.removesuffix("Detector").split(" ")[0]
+    return FAMILY_ALIASES.get(name.lower(), name.lower())
+
+
+def secret_split(family: str) -> str:
+    """``dev`` or ``test``: a fixed hash of the family, so a provider is never on both sides."""
+    return "test" if hashlib.sha256(family.encode()).digest()[0] % 2 else "dev"
+
+
+def load_secret_records(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(1)
+        fh.seek(0)
+        records = json.load(fh) if head == "[" else [json.loads(line) for line in fh if line.strip()]
+    return [r for r in records if isinstance(r.get("text"), str)]
+
+
+def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, split: str = "all",
                  misses: TextIO | None = None) -> dict[str, Any]:
     from turnout.evals.guards_metrics import percentile
     from turnout.guards.secrets import SecretsGuard
 
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(1)
-        fh.seek(0)
-        if head == "[":
-            records = json.load(fh)
-        else:
-            records = [json.loads(line) for line in fh if line.strip()]
+    records = load_secret_records(path)
+    if split != "all":
+        records = [r for r in records if secret_split(secret_family(r)) == split]
     if limit:
         records = records[:limit]
     guard = SecretsGuard()
     groups: dict[str, dict[str, int]] = {}
+    families: dict[str, dict[str, int]] = {}
     latencies: list[float] = []
 
-    def bump(group: str, key: str, by: int = 1) -> None:
-        g = groups.setdefault(group, {"files": 0, "files_flagged": 0, "values": 0, "values_covered": 0,
-                                      "negatives": 0, "negatives_flagged": 0})
+    def bump(table: dict[str, dict[str, int]], group: str, key: str, by: int = 1) -> None:
+        g = table.setdefault(group, {"files": 0, "files_flagged": 0, "values": 0, "values_covered": 0,
+                                     "negatives": 0, "negatives_flagged": 0})
         g[key] += by
 
     for n, r in enumerate(_progress(records, len(records), "secrets", progress)):
-        text = r.get("text", "")
+        text = r["text"]
         t = time.perf_counter()
         found = guard.inspect(text)
         latencies.append((time.perf_counter() - t) * 1000)
+        fam = secret_family(r)
         part = str(r.get("source", "")).split("@")[0] or "all"
+        where = [(groups, g) for g in {"all", part, f"split:{secret_split(fam)}"}] + [(families, fam)]
         values = [s.get("value") for s in r.get("secrets", [])]
-        for group in {"all", part}:
+        for table, group in where:
             if values:
-                bump(group, "files")
-                bump(group, "files_flagged", int(bool(found)))
+                bump(table, group, "files")
+                bump(table, group, "files_flagged", int(bool(found)))
             else:
-                bump(group, "negatives")
-                bump(group, "negatives_flagged", int(bool(found)))
+                bump(table, group, "negatives")
+                bump(table, group, "negatives_flagged", int(bool(found)))
         for v in values:
             if not v:
                 continue
@@ -345,18 +384,20 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True,
             if i >= 0:
                 covered = sum(1 for k in range(i, i + len(v)) if any(f.start <= k < f.end for f in found))
             hit = i >= 0 and covered >= 0.5 * len(v)
-            for group in {"all", part}:
-                bump(group, "values")
-                bump(group, "values_covered", int(hit))
+            for table, group in where:
+                bump(table, group, "values")
+                bump(table, group, "values_covered", int(hit))
             if misses is not None and not hit:
                 kind = next((s.get("kind") for s in r["secrets"] if s.get("value") == v), None)
                 misses.write(json.dumps({"guard": "secrets", "record": n, "what": "miss", "type": kind,
-                                         "text": v, "context": _context(text, max(i, 0), max(i, 0) + len(v))},
+                                         "family": fam, "text": v,
+                                         "context": _context(text, max(i, 0), max(i, 0) + len(v))},
                                         ensure_ascii=False) + "\n")
         if misses is not None and not values and found:
             for f in found:
                 misses.write(json.dumps({"guard": "secrets", "record": n, "what": "false_positive", "type": f.type,
-                                         "text": text[f.start:f.end], "context": _context(text, f.start, f.end),
+                                         "family": fam, "text": text[f.start:f.end],
+                                         "context": _context(text, f.start, f.end),
                                          "negative_for": r.get("negative_for")}, ensure_ascii=False) + "\n")
 
     def rates(g: dict[str, int]) -> dict[str, Any]:
@@ -365,7 +406,9 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True,
                 "value_recall": round(g["values_covered"] / g["values"], 4) if g["values"] else None,
                 "negative_flag_rate": round(g["negatives_flagged"] / g["negatives"], 4) if g["negatives"] else None}
 
-    return {"file": path, "records": len(records), "by_source": {k: rates(v) for k, v in sorted(groups.items())},
+    return {"file": path, "records": len(records), "split": split,
+            "by_source": {k: rates(v) for k, v in sorted(groups.items())},
+            "by_family": {k: {"split": secret_split(k), **rates(v)} for k, v in sorted(families.items())},
             "latency_ms": {"p50": round(percentile(latencies, 50), 3), "p95": round(percentile(latencies, 95), 3)}}
 
 
@@ -407,14 +450,15 @@ def run(args: argparse.Namespace) -> int:
         if args.injection_loso:
             report["injection_loso"] = injection_loso(args)
         if args.secrets:
-            report["secrets"] = eval_secrets(args.secrets, limit=args.limit, progress=progress, misses=misses)
+            report["secrets"] = eval_secrets(args.secrets, limit=args.limit, progress=progress,
+                                             split=args.secrets_split, misses=misses)
     finally:
         if misses is not None:
             misses.close()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_report(report))
+        print(format_report(report, per_family=args.per_family))
     return 0
 
 
@@ -422,7 +466,7 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: dict[str, Any], per_family: bool = False) -> str:
     lines: list[str] = []
     pii = report.get("pii")
     if pii:
@@ -472,12 +516,18 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(format_table(loso))
     sec = report.get("secrets")
     if sec:
-        lines.append(f"Secrets  {sec['file']}  ({sec['records']} snippets)")
+        lines.append(f"Secrets  {sec['file']}  ({sec['records']} snippets, split {sec.get('split', 'all')})")
         lines.append(f"  {'source':<28}{'files':>7}{'file recall':>13}{'values':>8}{'value recall':>14}"
                      f"{'negatives':>11}{'flagged':>9}")
         for k, v in sec["by_source"].items():
             lines.append(f"  {k:<28}{v['files']:>7}{_f(v['file_recall']):>13}{v['values']:>8}"
                          f"{_f(v['value_recall']):>14}{v['negatives']:>11}{_f(v['negative_flag_rate']):>9}")
+        if per_family:
+            lines.append(f"  per family ({len(sec['by_family'])}; split in brackets)")
+            for k, v in sec["by_family"].items():
+                name = f"{k} [{v['split']}]"
+                lines.append(f"  {name:<28}{v['files']:>7}{_f(v['file_recall']):>13}{v['values']:>8}"
+                             f"{_f(v['value_recall']):>14}{v['negatives']:>11}{_f(v['negative_flag_rate']):>9}")
         lat = sec["latency_ms"]
         lines.append(f"  latency per snippet: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
     return "\n".join(lines)

@@ -16,8 +16,12 @@ entropy logic for credentials no provider rule names.
 3. **detect-secrets** (Yelp, Apache-2.0, PyPI; used when installed): its provider plugins
    (Artifactory, SoftLayer, Cloudant, IBM, Mailchimp, ...) and its keyword plugin, line by
    line. Its entropy and public-IP plugins are left out (entropy is below; an IP is PII here).
-4. **Entropy.** Long random-looking tokens (detect-secrets' idea), except base64 blobs that
-   decode to a known binary type (PDF, images, archives, DER certificates, mail parts).
+4. **Formats** (``secrets_formats``): SQL ``IDENTIFIED BY`` / ``PASSWORD '...'``, NTLM/LM
+   hashes, OTP secrets, NATS NKEY seeds and provider prefixes the catalogue lacks.
+5. **Entropy.** Long random-looking tokens (detect-secrets' idea), except base64 blobs that
+   decode to a known binary type (PDF, images, archives, DER certificates, mail parts), and only
+   with supporting context (``secrets_context``: a secret-like name, a credential prefix or a
+   credential word nearby): a bare random string in code or a binary is not a secret.
 
 A secret is never something to pseudonymize: policy keeps the request off remote engines
 (or refuses it), so recall matters more than precision here.
@@ -37,6 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
+from turnout.guards.secrets_context import has_context, non_secret_name
+from turnout.guards.secrets_formats import format_spans
 
 if TYPE_CHECKING:
     from turnout.config import GuardsConfig
@@ -52,7 +58,7 @@ PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
     ("PRIVATE_KEY", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
                                r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)"), 1.0),
     ("CREDENTIAL_IN_URL",
-     re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']{1,64}:([^\s@/\"']{1,128})@[^\s/]+"), 0.95),
+     re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']{0,64}:([^\s@/\"']{1,128})@[^\s/]+"), 0.95),
     ("PASSWORD", re.compile(r"\bcurl\b[^\n|;]*?\s(?:-u|--user)\s*[\"']?[^\s:\"']{1,64}:([^\s\"']{3,128})"), 0.9),
     ("PASSWORD", re.compile(r"(?i)ConvertTo-SecureString\s+(?:-String\s+)?[\"']([^\"'\s]{4,128})[\"']"), 0.9),
     ("PASSWORD", re.compile(r"(?i)<(\w*" + _NAME + r")>\s*([^<\s]{4,200})\s*</\1>"), 0.85),
@@ -62,7 +68,8 @@ PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
     ("PASSWORD", re.compile(r"(?i)\b(?:my|the|our)\s+(?:password|passcode|pin)\s+(?:is|was|=|:)\s*"
                             r"[\"']?([^\s\"']{4,128})"),
      0.85),
-    ("BEARER_TOKEN", re.compile(r"(?i)\bauthorization\s*:\s*(?:bearer|basic|token)\s+([A-Za-z0-9._~+/=-]{16,})"), 0.9),
+    ("BEARER_TOKEN", re.compile(r"(?i)\bauthorization[\"']?\s*:\s*[\"']?(?:(?:bearer|basic|token)\s+)?"
+                                r"([A-Za-z0-9._~+/=-]{12,})"), 0.9),
 ]
 _XML_GROUP = 2  # the XML element pattern's secret is its second group
 
@@ -326,11 +333,16 @@ class SecretsGuard:
                     s, e = m.span(_XML_GROUP)
                 else:
                     s, e = (m.start(1), m.end(1)) if m.groups() and m.group(1) else (m.start(), m.end())
-                if typ == "PASSWORD" and _looks_like_placeholder(text[s:e]):
+                if typ in _VALUE_TYPES and (_looks_like_placeholder(text[s:e])
+                                            or non_secret_name(text[m.start():s])):
                     continue
                 if typ == "PRIVATE_KEY" and encrypted and _ENCRYPTED_KEY.search(m.group(0)):
                     continue
                 found.append(Finding("secret", typ, s, e, score, f"{self.name}.pattern"))
+        for typ, s, e, score in format_spans(text):
+            if typ in _VALUE_TYPES and _looks_like_placeholder(text[s:e]):
+                continue
+            found.append(Finding("secret", typ, s, e, score, f"{self.name}.format"))
         if self.catalogue is not None:
             for f in catalogue_findings(text, self.catalogue, f"{self.name}.gitleaks"):
                 if f.type in ("PRIVATE_KEY",) and encrypted:
@@ -340,9 +352,15 @@ class SecretsGuard:
                 found.append(f)
         if self.detect_secrets:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
-                if not (encrypted and f.type == "PRIVATE_KEY") and not (
-                        f.type == "SECRET_KEYWORD" and _looks_like_placeholder(text[f.start:f.end])):
-                    found.append(f)
+                if encrypted and f.type == "PRIVATE_KEY":
+                    continue
+                if f.type in _DS_VALUE_TYPES and (_looks_like_placeholder(text[f.start:f.end])
+                                                   or non_secret_name(_name_before(text, f.start))):
+                    continue
+                token = _token_at(text, f.start, f.end)
+                if _filler(token) or _FILLER_WORDS.search(token + " " + text[f.start:f.end]):
+                    continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
+                found.append(f)
         if self.entropy:
             pem = [(m.start(), m.end())
                    for m in re.finditer(r"-----BEGIN [A-Z0-9 ]+-----[\s\S]*?-----END [A-Z0-9 ]+-----", text)
@@ -351,24 +369,62 @@ class SecretsGuard:
             for m in _CANDIDATE.finditer(text):
                 if any(a <= m.start() < b for a, b in pem):
                     continue  # a PEM block (a key is caught whole above; certificates are public) or a wrapped file
-                if high_entropy(m.group(0)):
+                if (high_entropy(m.group(0)) and not _FILLER_WORDS.search(m.group(0))
+                        and has_context(text, m.start(), m.end())):
                     found.append(Finding("secret", "HIGH_ENTROPY_STRING", m.start(), m.end(), 0.6,
                                          f"{self.name}.entropy"))
         return _dedupe(found)
 
 
+# finding types whose span is a typed-in value (a password), where placeholders are common
+_VALUE_TYPES = frozenset({"PASSWORD", "BEARER_TOKEN", "CREDENTIAL_IN_URL", "SQL_PASSWORD"})
+_DS_VALUE_TYPES = frozenset({"SECRET_KEYWORD", "BASIC_AUTH_CREDENTIALS"})  # detect-secrets' typed-in values
 _CODE_VALUE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+|[A-Za-z_][\w.]*\(.*|.*\)")
+_PLACEHOLDER_WORDS = re.compile(r"(?i)fake|dummy|example|sample|placeholder|insert|your[_-]?|[_-]here\b|changeme|"
+                                r"redacted|xxxx|\*\*\*|\.\.\.|\u2026")
+# in a random-looking token: filler words (AWS's documented AKIA...EXAMPLE pair stays a finding, as
+# tests/test_tasks_units.py expects of the output guards)
+_FILLER_WORDS = re.compile(r"(?i)fake|dummy|placeholder|your[_-]?(?:api|secret|token|key|access)|[_-]here\b|"
+                           r"changeme|redacted|xxxx|\.\.\.")
+_CONSTANT = re.compile(r"[A-Z][A-Z0-9]*(?:[_-][A-Z0-9]+)+|[a-z]+(?:_[a-z]+)+")  # DB_PASSWORD, new_password
+_BARE_WORDS = {"password", "changeme", "example", "xxxxxx", "******", "<password>", "none", "null", "true", "false",
+               "required", "optional", "string", "undefined", "secret", "redacted", "hidden", "test", "pass", "token",
+               "passwd", "key", "apikey", "api_key", "user", "admin", "username", "value", "empty", "nil"}
 
 
 def _looks_like_placeholder(v: str) -> bool:
-    low = v.lower().strip("\"'")
-    return (low in {"password", "changeme", "example", "xxxxxx", "******", "<password>", "none", "null", "true",
-                    "false", "required", "optional", "string", "undefined", "secret", "redacted", "hidden"}
-            or low.startswith(("${", "{{", "<", "$(", "%(", "os.environ", "env[", "process.env", "$", "%", "@",
-                               "getenv", "os.getenv", "system.getenv", "env.", "config.", "settings.", "self.",
-                               "this.", "params.", "args.", "request."))
-            or bool(_CODE_VALUE.fullmatch(v.strip("\"'")))
+    raw = v.strip("\"'")
+    low = raw.lower().rstrip("=")
+    return (low in _BARE_WORDS or low.strip("<>[]{}()") in _BARE_WORDS
+            or low.startswith(("${", "{", "<", "[", "$(", "%(", "os.environ", "env[", "process.env", "$", "%", "@",
+                               ":", "?", "getenv", "os.getenv", "system.getenv", "env.", "config.", "settings.",
+                               "self.", "this.", "params.", "args.", "request."))
+            or bool(_CODE_VALUE.fullmatch(raw.rstrip("=")))
+            or bool(_CONSTANT.fullmatch(raw.rstrip("=")))
+            or bool(_PLACEHOLDER_WORDS.search(raw))
+            or _filler(raw)
             or set(low) <= {"*", "x", ".", "-", "_", "<", ">"})
+
+
+def _filler(v: str) -> bool:
+    """One character makes most of the value (``hf_xxxxxxxx``, ``glc_1111...``, ``aaaa``)."""
+    return len(set(v)) == 1 or len(v) >= 6 and Counter(v).most_common(1)[0][1] > 0.6 * len(v)
+
+
+def _name_before(text: str, start: int) -> str:
+    """The last identifier before ``start`` on its line (the name a value is assigned to)."""
+    line = text[text.rfind("\n", 0, start) + 1: start]
+    names = re.findall(r"[A-Za-z_][\w.-]*", line)
+    return names[-1] if names else ""
+
+
+def _token_at(text: str, s: int, e: int) -> str:
+    """The whole token around ``text[s:e]`` (letters, digits, ``_`` and ``-``)."""
+    while s > 0 and (text[s - 1].isalnum() or text[s - 1] in "_-"):
+        s -= 1
+    while e < len(text) and (text[e].isalnum() or text[e] in "_-"):
+        e += 1
+    return text[s:e]
 
 
 def _dedupe(found: list[Finding]) -> list[Finding]:
