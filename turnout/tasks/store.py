@@ -424,27 +424,30 @@ class PostgresTaskStore(TaskStore):
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:  # not super().__init__: that one is SQLite's
-        import psycopg
-        from psycopg.rows import dict_row, tuple_row
+        from psycopg.rows import dict_row
 
-        self.schema = schema
-        self.lock = threading.Lock()
-        self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
-        self.rdb, self.rlock = self.db, self.lock  # one connection: psycopg serialises its use anyway
-        with self.lock, self.db.transaction(), self.db.cursor(row_factory=tuple_row) as cur:
-            pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema))
+        self.schema, self._dict_row = schema, dict_row
+        self.pg = pgdb.Connection(dsn, search_path=schema)  # one connection, locked, reopened when dropped
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema)))
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
-        with self.lock, self.db.transaction():
-            yield self.db
+        with self.pg.transaction() as cur:
+            cur.row_factory = self._dict_row
+            yield cur
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        def fetch(cur: Any) -> list[dict[str, Any]]:
+            cur.row_factory = self._dict_row
+            return [dict(r) for r in cur.execute(self._q(sql), args).fetchall()]
+
+        return self.pg.run(fetch)
 
     def _q(self, sql: str) -> str:
         return pgdb.placeholders(sql)
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.pg.close()
 
 
 def open_task_store(sqlite_path: str, dsn: str | None, schema: str = "public") -> TaskStore:
