@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
-from turnout.ledger.audit import PostgresAuditLog
+from turnout.ledger.audit_store import PostgresAuditLog
 from turnout.ledger.base import LedgerRow
 from turnout.ledger.postgres import read_rows
 

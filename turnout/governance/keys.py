@@ -18,7 +18,7 @@ became all-tenants keys (migration 0003), so nothing an operator had stops worki
 (table ``keys_secrets``): rotation adds a new secret and gives the old ones an expiry a
 short overlap away, so clients can switch without a gap.
 
-Where keys live follows ``storage``: the SQLite file (:class:`KeyStore`, embedded) or
+Where keys live follows ``storage``: the SQLite file (:class:`SQLiteKeyStore`, embedded) or
 PostgreSQL when ``storage.postgres_dsn`` is set (:class:`PostgresKeyStore`), one store for
 every replica. :func:`open_key_store` picks. Both share the SQL below (``?`` placeholders).
 """
@@ -416,7 +416,7 @@ def check_key(key: ApiKey | None, route: str | None = None) -> ApiKey:
     return key
 
 
-class KeyStore(KeyTables):
+class SQLiteKeyStore(KeyTables):
     """Keys in the gateway's SQLite file (tables ``keys_*``): the embedded store."""
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -482,4 +482,4 @@ def open_key_store(storage: StorageConfig) -> KeyTables:
     """PostgreSQL when ``storage.postgres_dsn`` is set (every replica shares it), else the SQLite file."""
     if storage.postgres_dsn:
         return PostgresKeyStore(storage.postgres_dsn, schema=storage.postgres_schema)
-    return KeyStore(storage.sqlite_path)
+    return SQLiteKeyStore(storage.sqlite_path)

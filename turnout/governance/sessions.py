@@ -33,7 +33,7 @@ from turnout.governance.keys import (
     KEY_COLUMNS,
     KEY_NCOL,
     ApiKey,
-    KeyStore,
+    SQLiteKeyStore,
     KeyTables,
     PostgresKeyStore,
     _iso,
@@ -92,7 +92,7 @@ class Sessions:
     def __init__(self, keys: KeyTables, ttl: float = KEY_CACHE_S) -> None:
         self.keys, self.ttl = keys, ttl
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
-        if not isinstance(keys, KeyStore | PostgresKeyStore):
+        if not isinstance(keys, SQLiteKeyStore | PostgresKeyStore):
             raise TypeError(f"no session table for a key store of type {type(keys).__name__}")
         keys.migrate("sessions_migrations", MIGRATIONS, pg_migrations)
 

@@ -1,6 +1,6 @@
 """The scale-out ledger: the same rows as ``turnout.ledger.sqlite`` in PostgreSQL, shared by
 every gateway replica, each row's hash-chained audit entry committed in the same
-transaction (``turnout.ledger.audit.postgres_append``).
+transaction (``turnout.ledger.audit_store.postgres_append``).
 
 Like the SQLite ledger, writes go through one writer thread per process that commits in
 groups: ``await ledger.record(row)`` returns once its row is committed, and rows that
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from turnout import pgdb
-from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
+from turnout.ledger.audit import utc_now
+from turnout.ledger.audit_store import PostgresAuditLog, postgres_append
 from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit

@@ -177,7 +177,7 @@ def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
     """The task engine in this process: state and decisions' audit entries in the configured
     store (PostgreSQL when ``storage.postgres_dsn`` is set, shared by every replica; else the
     SQLite file, shared by replicas on one host)."""
-    from turnout.ledger.audit import open_audit_log
+    from turnout.ledger.audit_store import open_audit_log
     from turnout.tasks.store import open_task_store
 
     st = cfg.storage
