@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from turnout import pgdb
 from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
+from turnout.governance import clock
 
 if TYPE_CHECKING:
     from turnout.config import StorageConfig
@@ -205,17 +206,9 @@ def new_plaintext() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """``30d``, ``12h``, ``90m``, ``45s`` from now, or an ISO 8601 time (UTC when no zone)."""
-    now = now or _now()
+    now = now or clock.now()
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
@@ -240,18 +233,12 @@ KEY_COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day
 KEY_NCOL = 14
 
 
-def _sooner(a: str | None, b: str | None) -> str | None:
-    if a is None or b is None:
-        return a or b
-    return min(a, b, key=datetime.fromisoformat)
-
-
 def row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
     key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires, owner, every = row
     return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)),
                   Limits(rpm, tpm, None if usd_day is None else float(usd_day),
                          None if usd_month is None else float(usd_month)),
-                  created, revoked, tuple(json.loads(roles)), _sooner(expires, secret_expiry), owner, bool(every))
+                  created, revoked, tuple(json.loads(roles)), clock.sooner(expires, secret_expiry), owner, bool(every))
 
 
 class KeyTables:
@@ -287,10 +274,10 @@ class KeyTables:
             raise ValueError("only an admin key can act for all tenants")
         route_list = sorted({r.strip() for r in routes if r.strip()})
         lim = limits or Limits()
-        plaintext, now = new_plaintext(), _now()
+        plaintext, now = new_plaintext(), clock.now()
         key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, hint=f"{KEY_PREFIX}...{plaintext[-4:]}",
-                     routes=tuple(route_list), limits=lim, created_at=_iso(now), roles=role_list,
-                     expires_at=None if expires_at is None else _iso(expires_at), owner=owner,
+                     routes=tuple(route_list), limits=lim, created_at=clock.iso(now), roles=role_list,
+                     expires_at=None if expires_at is None else clock.iso(expires_at), owner=owner,
                      all_tenants=all_tenants)
         with self.tx() as c:
             c.execute(self.q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
@@ -308,8 +295,8 @@ class KeyTables:
         secrets keep working for ``overlap_s`` seconds more, then expire. Raises NotFound."""
         if not overlap_s >= 0:
             raise ValueError(f"overlap must be >= 0 seconds, got {overlap_s}")
-        plaintext, now = new_plaintext(), _now()
-        hint, until = f"{KEY_PREFIX}...{plaintext[-4:]}", _iso(now + timedelta(seconds=overlap_s))
+        plaintext, now = new_plaintext(), clock.now()
+        hint, until = f"{KEY_PREFIX}...{plaintext[-4:]}", clock.iso(now + timedelta(seconds=overlap_s))
         with self.tx() as c:
             row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
                             (key_id,)).fetchone()
@@ -320,9 +307,9 @@ class KeyTables:
             for (h, exp) in c.execute(self.q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
                                       (key_id,)).fetchall():
                 c.execute(self.q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
-                          (_sooner(exp, until), h))
+                          (clock.sooner(exp, until), h))
             c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
-                      (hash_key(plaintext), key_id, hint, _iso(now)))
+                      (hash_key(plaintext), key_id, hint, clock.iso(now)))
             c.execute(self.q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
                       (hash_key(plaintext), hint, key_id))
         return NewKey(replace(row_to_key(row), hint=hint), plaintext)
@@ -344,7 +331,7 @@ class KeyTables:
         Raises NotFound."""
         with self.tx() as c:
             c.execute(self.q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
-                      (_iso(_now()), key_id))
+                      (clock.iso(clock.now()), key_id))
             row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
                             (key_id,)).fetchone()
         if row is None:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from turnout import pgdb
 from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed
+from turnout.governance import clock
 from turnout.governance.access import KEY_CACHE_S
 from turnout.governance.keys import (
     KEY_COLUMNS,
@@ -36,9 +37,6 @@ from turnout.governance.keys import (
     SQLiteKeyStore,
     KeyTables,
     PostgresKeyStore,
-    _iso,
-    _now,
-    _sooner,
     check_key,
     hash_key,
     row_to_key,
@@ -100,15 +98,16 @@ class Sessions:
         """A session for ``key`` (an active key that ``secret`` authenticated), ending after
         ``lifetime_s`` seconds or sooner with the key or the secret. Ended and expired sessions
         are deleted on the way."""
-        now = _now()
-        until = _sooner(_iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
+        now = clock.now()
+        until = clock.sooner(clock.iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
         assert until is not None
         token = SESSION_PREFIX + secrets.token_urlsafe(32)
         q = self.keys.q
+        at = clock.iso(now)
         with self.keys.tx() as c:
-            c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (_iso(now),))
+            c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (at,))
             c.execute(q("INSERT INTO browser_sessions (session_hash, key_id, secret_hash, created_at, expires_at) "
-                        "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), _iso(now), until))
+                        "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), at, until))
         return NewSession(token, key, until)
 
     def end(self, token: str) -> bool:
@@ -120,7 +119,7 @@ class Sessions:
         self._cache.pop(digest, None)
         with self.keys.tx() as c:
             done = c.execute(self.keys.q("UPDATE browser_sessions SET ended_at = ? WHERE session_hash = ? "
-                                          "AND ended_at IS NULL"), (_iso(_now()), digest))
+                                          "AND ended_at IS NULL"), (clock.iso(clock.now()), digest))
             return bool(done.rowcount)
 
     def forget(self, key_id: str) -> None:
