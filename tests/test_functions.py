@@ -220,7 +220,7 @@ SUMMARY_INPUT = {"text": "Cats sleep for most of the day.", "words": 10}
 def test_bandit_moves_traffic_to_the_better_variant_per_tenant(gateway_factory, upstream: Upstream,  # type: ignore[no-untyped-def]
                                                                tmp_path: Path) -> None:
 
-    from turnout.governance.keys import SQLiteKeyStore
+    from turnout.governance.key_store import SQLiteKeyStore
 
     upstream.reset()
     fdir = functions_dir(tmp_path)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied, RateLimited
-from turnout.governance.keys import SQLiteKeyStore, Limits, hash_key
+from turnout.governance.key_store import SQLiteKeyStore
+from turnout.governance.keys import Limits, hash_key
 from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SQLiteLimiter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ import pytest
 from tests.conftest import PG_DSN, Upstream
 from tests.keyed import Keyed, cli, cli_key, frontier_config, keyed_gateway, serve, write_config
 from turnout.governance.access import Access
-from turnout.governance.keys import MIGRATIONS, SQLiteKeyStore, hash_key, new_plaintext, same_person
+from turnout.governance.key_store import MIGRATIONS, SQLiteKeyStore
+from turnout.governance.keys import hash_key, new_plaintext, same_person
 from turnout.governance.limits import MemoryLimiter
 from turnout.server.admin import masked
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from tests.conftest import PG_DSN
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 from turnout.governance.access import OPEN, Access, resolve_mode, token_from
-from turnout.governance.keys import SQLiteKeyStore, KeyTables, PostgresKeyStore, parse_expiry
+from turnout.governance.key_store import KeyTables, PostgresKeyStore, SQLiteKeyStore
+from turnout.governance.keys import parse_expiry
 from turnout.governance.limits import MemoryLimiter
 
 
@@ -81,7 +82,8 @@ def test_keys_made_before_roles_migrate_to_user_role(tmp_path: Path) -> None:
     import sqlite3
 
     from turnout import sqlitedb
-    from turnout.governance.keys import MIGRATIONS, hash_key, new_plaintext
+    from turnout.governance.key_store import MIGRATIONS
+    from turnout.governance.keys import hash_key, new_plaintext
 
     db = tmp_path / "old.sqlite"
     conn = sqlitedb.connect(db)

@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _store(args: argparse.Namespace) -> Any:
     from turnout.config import StorageConfig, load_config
-    from turnout.governance.keys import SQLiteKeyStore, open_key_store
+    from turnout.governance.key_store import SQLiteKeyStore, open_key_store
 
     if not (args.config or args.dsn):
         return SQLiteKeyStore(args.db)
@@ -189,7 +189,7 @@ def rotate(args: argparse.Namespace) -> int:
 def import_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from turnout.governance.keys import SQLiteKeyStore
+    from turnout.governance.key_store import SQLiteKeyStore
 
     if not Path(args.source).is_file():
         print(f"turnout keys: error: {args.source}: no such file", file=sys.stderr)

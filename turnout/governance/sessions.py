@@ -30,17 +30,8 @@ from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed
 from turnout.governance import clock
 from turnout.governance.access import KEY_CACHE_S
-from turnout.governance.keys import (
-    KEY_COLUMNS,
-    KEY_NCOL,
-    ApiKey,
-    SQLiteKeyStore,
-    KeyTables,
-    PostgresKeyStore,
-    check_key,
-    hash_key,
-    row_to_key,
-)
+from turnout.governance.key_store import KEY_COLUMNS, KEY_NCOL, KeyTables, PostgresKeyStore, SQLiteKeyStore, row_to_key
+from turnout.governance.keys import ApiKey, check_key, hash_key
 
 SESSION_PREFIX = "ts-"
 _SESSION_SHAPE = re.compile(r"^ts-[A-Za-z0-9_-]{43}$")

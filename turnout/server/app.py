@@ -19,7 +19,7 @@ from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
 from turnout.governance.access import Access, open_limiter, resolve_mode
-from turnout.governance.keys import open_key_store
+from turnout.governance.key_store import open_key_store
 from turnout.governance.sessions import Sessions
 from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
