@@ -196,6 +196,28 @@ def test_lease_and_gates_on_postgres(pg_schema: str) -> None:
         b.close()
 
 
+def test_postgres_task_store_reopens_a_connection_the_server_dropped(pg_schema: str) -> None:
+    """The store is on ``pgdb.Connection``: after the server ends its session (a restart, a
+    failover, an idle timeout) the next read opens a new connection instead of failing."""
+    import psycopg
+
+    from tests.conftest import PG_DSN
+    from turnout.tasks.store import PostgresTaskStore
+
+    store = PostgresTaskStore(PG_DSN, schema=pg_schema)
+    try:
+        tid = store.create("acme", None, "goal", {}, [], None)
+        pid = store.pg.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert store.get(tid)["goal"] == "goal"  # type: ignore[index]
+        assert store.pg.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0]) != pid
+        store.update(tid, state="failed")  # and writes go on, on the new connection
+        assert store.get(tid)["state"] == "failed"  # type: ignore[index]
+    finally:
+        store.close()
+
+
 def test_example_tasks_config_is_valid() -> None:
     from turnout.config import load_config
 
