@@ -17,14 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from turnout.ledger.audit import (
-    AuditEvent,
-    AuditLog,
-    PostgresAuditLog,
-    SqliteAuditLog,
-    canonical_json,
-    entry_hash,
-)
+from turnout.ledger.audit import AuditEvent, canonical_json, entry_hash
+from turnout.ledger.audit_store import AuditLog, PostgresAuditLog, SQLiteAuditLog
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -52,7 +46,7 @@ class Backend:
 
 def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
     path = tmp_path / "turnout.sqlite"
-    log = SqliteAuditLog(path)
+    log = SQLiteAuditLog(path)
     raw = sqlite3.connect(path, isolation_level=None)
 
     def sql(statement: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
@@ -62,7 +56,7 @@ def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
         raw.execute("DROP TRIGGER audit_entries_no_update")
         raw.execute("DROP TRIGGER audit_entries_no_delete")
 
-    yield Backend("sqlite", log, sql, "audit_entries", "audit_head", drop, lambda: SqliteAuditLog(path),
+    yield Backend("sqlite", log, sql, "audit_entries", "audit_head", drop, lambda: SQLiteAuditLog(path),
                   ["--db", str(path)])
     log.close()
     raw.close()
@@ -209,7 +203,8 @@ def test_findings_must_be_types_not_text() -> None:
 
 APPENDER = """
 import sys
-from turnout.ledger.audit import open_audit_log, AuditEvent
+from turnout.ledger.audit import AuditEvent
+from turnout.ledger.audit_store import open_audit_log
 kind, target, schema, tag, n = sys.argv[1:6]
 log = open_audit_log(db=target) if kind == "sqlite" else open_audit_log(dsn=target, schema=schema)
 for i in range(int(n)):
@@ -322,7 +317,7 @@ def test_missing_head_row_or_table_is_named_never_a_traceback(backend: Backend) 
                                          ('{"seq": 1}', "a saved head is SEQ:HASH")])
 def test_a_bad_saved_head_is_a_usage_error(tmp_path: Path, value: str, says: str) -> None:
     path = tmp_path / "turnout.sqlite"
-    SqliteAuditLog(path).close()
+    SQLiteAuditLog(path).close()
     r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(path), "--expect-head", value],
                        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr

@@ -220,14 +220,14 @@ SUMMARY_INPUT = {"text": "Cats sleep for most of the day.", "words": 10}
 def test_bandit_moves_traffic_to_the_better_variant_per_tenant(gateway_factory, upstream: Upstream,  # type: ignore[no-untyped-def]
                                                                tmp_path: Path) -> None:
 
-    from turnout.governance.keys import KeyStore
+    from turnout.governance.key_store import SQLiteKeyStore
 
     upstream.reset()
     fdir = functions_dir(tmp_path)
     spec = fdir / "summarize" / "function.yaml"
     spec.write_text(spec.read_text().replace("min_samples: 20", "min_samples: 4"))
     gw: Gateway = gateway_factory({**config(upstream.url, tmp_path, fdir), "auth": "keys"})
-    with KeyStore(gw.db) as keys:  # a key works as soon as it exists (the key store is asked per request)
+    with SQLiteKeyStore(gw.db) as keys:  # a key works as soon as it exists (the key store is asked per request)
         acme, globex = (keys.create(t, roles=("user", "viewer")).plaintext for t in ("acme", "globex"))
 
     def ask(key: str, episode: str) -> httpx.Response:

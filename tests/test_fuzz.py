@@ -146,11 +146,9 @@ def test_openapi_document_describes_the_wire_models(fuzz_gateway: Gateway) -> No
 
     doc = httpx.get(fuzz_gateway.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 *(op.split(" ", 1)[1] for op in COLLECTIONS), "/v1/turnout/tasks",
-                                 "/v1/turnout/tasks/{task_id}", "/v1/turnout/tasks/{task_id}/events",
-                                 "/v1/turnout/tasks/{task_id}/cancel", "/v1/turnout/approvals",
-                                 "/v1/turnout/approvals/{gate_id}", "/dashboard/login", "/dashboard/logout"}
+    assert {"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
+            *(op.split(" ", 1)[1] for op in COLLECTIONS), "/v1/turnout/tasks"} <= set(doc["paths"])
+    # every route of the app is documented: tests/test_openapi.py
     assert doc["paths"]["/v1/turnout/approvals/{gate_id}"]["post"]["description"] == "roles: approver"
     request = doc["components"]["schemas"]["ChatRequest"]
     assert {"model", "messages"} <= set(request["required"]) and request["additionalProperties"] is True

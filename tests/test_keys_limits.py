@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied, RateLimited
-from turnout.governance.keys import KeyStore, Limits, hash_key
-from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SqliteLimiter
+from turnout.governance.key_store import SQLiteKeyStore
+from turnout.governance.keys import Limits, hash_key
+from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SQLiteLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -28,12 +29,12 @@ T0 = 1_790_000_000.0  # a fixed instant, 20 s into a minute window (1_790_000_00
 # --- keys -------------------------------------------------------------------------------------
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KeyStore]:
-    with KeyStore(tmp_path / "turnout.sqlite") as s:
+def store(tmp_path: Path) -> Iterator[SQLiteKeyStore]:
+    with SQLiteKeyStore(tmp_path / "turnout.sqlite") as s:
         yield s
 
 
-def test_key_is_hashed_at_rest_and_shown_once(store: KeyStore, tmp_path: Path) -> None:
+def test_key_is_hashed_at_rest_and_shown_once(store: SQLiteKeyStore, tmp_path: Path) -> None:
     new = store.create("acme", routes=["fast", "smart"], limits=Limits(rpm=60, usd_per_day=5))
     assert new.plaintext.startswith("tk-") and len(new.plaintext) == 46
     found = store.lookup_by_plaintext(new.plaintext)
@@ -48,7 +49,7 @@ def test_key_is_hashed_at_rest_and_shown_once(store: KeyStore, tmp_path: Path) -
     assert new.plaintext not in repr(store.list())
 
 
-def test_authenticate_revoke_and_routes(store: KeyStore) -> None:
+def test_authenticate_revoke_and_routes(store: SQLiteKeyStore) -> None:
     new = store.create("acme", routes=["fast"])
     other = store.create("globex")
     assert store.authenticate(new.plaintext, route="fast").tenant == "acme"
@@ -68,7 +69,7 @@ def test_authenticate_revoke_and_routes(store: KeyStore) -> None:
         store.revoke("key_missing")
 
 
-def test_bad_tenant_and_limits_are_refused(store: KeyStore) -> None:
+def test_bad_tenant_and_limits_are_refused(store: SQLiteKeyStore) -> None:
     with pytest.raises(ValueError, match="tenant"):
         store.create("a tenant with spaces")
     with pytest.raises(ValueError, match="rpm"):
@@ -97,7 +98,7 @@ def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     bad = cli("create", "--tenant", "acme", "--usd-day", "-1")
     assert bad.returncode == 2 and "usd_per_day" in bad.stderr
     # the key printed by the CLI is the one stored, and it is now revoked
-    with KeyStore(db) as s, pytest.raises(AuthenticationFailed, match="revoked"):
+    with SQLiteKeyStore(db) as s, pytest.raises(AuthenticationFailed, match="revoked"):
         s.authenticate(created["key"])
 
 
@@ -178,7 +179,7 @@ async def _with_limiter(backend: str, tmp_path: Path, body) -> None:  # type: ig
         await body(MemoryLimiter())
         return
     if backend == "sqlite":
-        lim: Limiter = SqliteLimiter(tmp_path / "turnout.sqlite")
+        lim: Limiter = SQLiteLimiter(tmp_path / "turnout.sqlite")
         try:
             await body(lim)
         finally:
@@ -233,12 +234,12 @@ HAMMER = f"""
 import asyncio, sys, time
 from turnout.errors import RateLimited
 from turnout.governance.keys import Limits
-from turnout.governance.limits import RedisLimiter, SqliteLimiter
+from turnout.governance.limits import RedisLimiter, SQLiteLimiter
 
 backend, target, key, n, start_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 
 async def main():
-    lim = RedisLimiter(target, prefix=key) if backend == "redis" else SqliteLimiter(target)
+    lim = RedisLimiter(target, prefix=key) if backend == "redis" else SQLiteLimiter(target)
     limits = Limits(usd_per_day=2.37)
     admitted = 0
     async def worker():
@@ -268,7 +269,7 @@ def test_two_processes_share_one_budget_exactly(backend: str, tmp_path: Path) ->
         target = REDIS_URL
     else:
         target = str(tmp_path / "turnout.sqlite")
-        run(SqliteLimiter(target).close())  # create the schema before the race
+        run(SQLiteLimiter(target).close())  # create the schema before the race
     start_at = time.time() + 1.5  # both processes are up and import-complete by then
     procs = [subprocess.Popen([sys.executable, "-c", HAMMER, backend, target, prefix, "200", str(start_at)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

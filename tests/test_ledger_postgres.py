@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
-from turnout.ledger.audit import PostgresAuditLog
+from turnout.ledger.audit_store import PostgresAuditLog
 from turnout.ledger.base import LedgerRow
 from turnout.ledger.postgres import read_rows
 
@@ -173,3 +173,33 @@ def test_postgres_feedback_only_by_the_key_that_made_the_request(schema: str) ->
     assert asyncio.run(go()) == [False, False, True, True]
     with PostgresAuditLog(PG_DSN, schema=schema) as audit:
         assert audit.verify().ok
+
+
+def test_postgres_ledger_reads_reopen_a_connection_the_server_dropped(schema: str) -> None:
+    """Reads (``query``, ``rows``) and the writer are on ``pgdb.Connection``s: after the server
+    ends their sessions, the next read and the next batch open new connections."""
+    import psycopg
+
+    from turnout.ledger.postgres import PostgresLedger
+
+    async def scenario() -> None:
+        ledger = PostgresLedger(PG_DSN, schema=schema)
+        try:
+            await ledger.record(_row(0))
+            assert ledger.query("SELECT COUNT(*) FROM requests") == [(1,)]
+            pids = [pg.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
+                    for pg in (ledger.pg, ledger._writer)]
+            with psycopg.connect(PG_DSN, autocommit=True) as admin:  # the ledger's two sessions, no one else's
+                for pid in pids:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            assert ledger.query("SELECT COUNT(*) FROM requests") == [(1,)]
+            try:  # the batch that finds the writer's connection gone fails (its request gets the error) ...
+                await ledger.record(_row(1))
+            except psycopg.OperationalError:
+                pass
+            await ledger.record(_row(2))  # ... and the next batch reconnects
+            assert {r["request_id"] for r in ledger.rows()} >= {_row(0).request_id, _row(2).request_id}
+        finally:
+            await ledger.close()
+
+    asyncio.run(scenario())

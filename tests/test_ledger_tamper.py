@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
-from turnout.ledger.audit import ROW_HASH, SqliteAuditLog, row_sha256, sqlite_append, utc_now
+from turnout.ledger.audit import ROW_HASH, row_sha256, utc_now
+from turnout.ledger.audit_store import SQLiteAuditLog, sqlite_append
 from turnout.ledger.sqlite import COLUMNS, LedgerRow, SQLiteLedger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,15 +123,15 @@ def test_legacy_entries_are_checked_on_their_repeated_fields(tmp_path: Path) -> 
     sqlite_append(conn, payload, utc_now())
     conn.execute("COMMIT")
 
-    with SqliteAuditLog(db) as log:
+    with SQLiteAuditLog(db) as log:
         v = log.verify()
     assert v.ok and v.rows == 2 and v.legacy_rows == 1, v
     assert "1 written before row hashing" in str(v)
     conn.execute("UPDATE requests SET prompt_tokens = 0 WHERE request_id = 'r2'")  # not repeated: not seen
-    with SqliteAuditLog(db) as log:
+    with SQLiteAuditLog(db) as log:
         assert log.verify().ok
     conn.execute("UPDATE requests SET cost_usd = 0 WHERE request_id = 'r2'")
-    with SqliteAuditLog(db) as log:
+    with SQLiteAuditLog(db) as log:
         v = log.verify()
     assert not v.ok and len(v.bad_rows) == 1 and "(request r2), audit seq 2, was edited: cost_usd" in v.bad_rows[0]
     conn.close()

@@ -26,7 +26,8 @@ import pytest
 from tests.conftest import PG_DSN, Upstream
 from tests.keyed import Keyed, cli, cli_key, frontier_config, keyed_gateway, serve, write_config
 from turnout.governance.access import Access
-from turnout.governance.keys import MIGRATIONS, KeyStore, hash_key, new_plaintext, same_person
+from turnout.governance.key_store import MIGRATIONS, SQLiteKeyStore
+from turnout.governance.keys import hash_key, new_plaintext, same_person
 from turnout.governance.limits import MemoryLimiter
 from turnout.server.admin import masked
 
@@ -228,7 +229,7 @@ def test_admin_keys_made_before_all_tenants_existed_stay_the_operators(tmp_path:
                      (hash_key(plain[key_id]), key_id, "tk-...", "2026-01-01T00:00:00+00:00"))
     conn.commit()
     conn.close()
-    with KeyStore(db) as s:
+    with SQLiteKeyStore(db) as s:
         assert {k.key_id: k.all_tenants for k in s.list()} == {"key_admin": True, "key_user": False,
                                                                 "key_both": True}
         assert s.authenticate(plain["key_admin"]).all_tenants and s.get("key_user").owner is None  # type: ignore[union-attr]
@@ -251,7 +252,7 @@ def test_cli_admin_keys_are_the_operators_unless_tenant_only(tmp_path: Path, ups
 
 def test_four_eyes_compares_owners(tmp_path: Path) -> None:
     async def go() -> None:
-        with KeyStore(tmp_path / "k.sqlite") as keys:
+        with SQLiteKeyStore(tmp_path / "k.sqlite") as keys:
             access = Access(keys, MemoryLimiter(), mode="keys")
             alice = keys.create("acme", owner="alice").key
             alice_approver = keys.create("acme", roles=["approver"], owner="alice").key

@@ -17,14 +17,15 @@ from hypothesis import strategies as st
 from tests.conftest import PG_DSN
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 from turnout.governance.access import OPEN, Access, resolve_mode, token_from
-from turnout.governance.keys import KeyStore, KeyTables, PostgresKeyStore, parse_expiry
+from turnout.governance.key_store import KeyTables, PostgresKeyStore, SQLiteKeyStore
+from turnout.governance.keys import parse_expiry
 from turnout.governance.limits import MemoryLimiter
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyTables]:
     if request.param == "sqlite":
-        with KeyStore(tmp_path / "k.sqlite") as s:
+        with SQLiteKeyStore(tmp_path / "k.sqlite") as s:
             yield s
         return
     schema = request.getfixturevalue("pg_schema")
@@ -81,7 +82,8 @@ def test_keys_made_before_roles_migrate_to_user_role(tmp_path: Path) -> None:
     import sqlite3
 
     from turnout import sqlitedb
-    from turnout.governance.keys import MIGRATIONS, hash_key, new_plaintext
+    from turnout.governance.key_store import MIGRATIONS
+    from turnout.governance.keys import hash_key, new_plaintext
 
     db = tmp_path / "old.sqlite"
     conn = sqlitedb.connect(db)
@@ -90,7 +92,7 @@ def test_keys_made_before_roles_migrate_to_user_role(tmp_path: Path) -> None:
     conn.execute("INSERT INTO keys_api_keys (key_id, key_hash, hint, tenant, created_at) VALUES (?, ?, ?, ?, ?)",
                  ("key_old", hash_key(plain), "tk-...", "legacy", "2026-01-01T00:00:00+00:00"))
     conn.close()
-    with KeyStore(db) as s:
+    with SQLiteKeyStore(db) as s:
         key = s.authenticate(plain)
         assert key.key_id == "key_old" and key.roles == ("user",) and key.tenant == "legacy"
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM keys_secrets").fetchone() == (1,)
@@ -110,7 +112,7 @@ def test_auth_mode_is_decided_at_start_up() -> None:
 
 def test_keys_mode_stays_closed_when_every_key_is_revoked(tmp_path: Path) -> None:
     async def go() -> None:
-        with KeyStore(tmp_path / "k.sqlite") as keys:
+        with SQLiteKeyStore(tmp_path / "k.sqlite") as keys:
             access = Access(keys, MemoryLimiter(), mode="keys", ttl=0.0)
             new = keys.create("acme")
             assert (await access.authenticate(new.plaintext, "auto")) is not None
@@ -160,7 +162,7 @@ def test_token_from_never_raises(header: str) -> None:
 def test_no_token_authenticates_against_a_store_it_was_not_issued_by(tmp_path_factory: pytest.TempPathFactory,
                                                                       token: str) -> None:
     db = tmp_path_factory.getbasetemp() / "fuzz-keys.sqlite"
-    with KeyStore(db) as keys:
+    with SQLiteKeyStore(db) as keys:
         if not keys.list():
             keys.create("acme")
         with pytest.raises(AuthenticationFailed):
@@ -168,7 +170,7 @@ def test_no_token_authenticates_against_a_store_it_was_not_issued_by(tmp_path_fa
 
 
 def test_keys_copied_from_sqlite_to_postgres_keep_working(tmp_path: Path, pg_schema: str) -> None:
-    with KeyStore(tmp_path / "old.sqlite") as old:
+    with SQLiteKeyStore(tmp_path / "old.sqlite") as old:
         kept = old.create("acme", roles=["user", "viewer"])
         rotated = old.rotate(kept.key.key_id, overlap_s=600)
         gone = old.create("acme")

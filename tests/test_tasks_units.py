@@ -12,7 +12,7 @@ import pytest
 from turnout.conditions import parse_condition
 from turnout.config import ConfigError, ToolConfig, parse_config
 from turnout.tasks.plan import PlanError, fill, parse_plan
-from turnout.tasks.store import MIGRATIONS, TaskStore
+from turnout.tasks.store import MIGRATIONS, SQLiteTaskStore
 from turnout.tasks.tools import ToolError, check_arguments, needs_approval
 
 
@@ -132,7 +132,7 @@ def test_tool_arguments_pass_schema_and_output_guards() -> None:
 
 
 def test_lease_one_winner_and_lapsed_lease(tmp_path: Path) -> None:
-    a, b = TaskStore(tmp_path / "t.sqlite"), TaskStore(tmp_path / "t.sqlite")
+    a, b = SQLiteTaskStore(tmp_path / "t.sqlite"), SQLiteTaskStore(tmp_path / "t.sqlite")
     tid = a.create("acme", "key_1", "goal", {}, [], None)
     assert a.claim("A", 60) == tid
     assert b.claim("B", 60) is None          # held
@@ -149,7 +149,7 @@ def test_lease_one_winner_and_lapsed_lease(tmp_path: Path) -> None:
 def test_gate_edit_parks_again_and_decisions_name_what_they_saw(tmp_path: Path) -> None:
     """An edit does not decide (the task stays parked); a decision or edit made on an older
     revision, or past the deadline, is refused by the store itself (issue 23, M3 and L1)."""
-    a = TaskStore(tmp_path / "t.sqlite")
+    a = SQLiteTaskStore(tmp_path / "t.sqlite")
     tid = a.create("acme", "key_1", "goal", {}, [], None)
     gid = a.park(tid, "acme", 1, "s", "send", {"x": 1}, "why", "always", time.time() + 60)
     assert a.edit(gid, "key_2", {"x": 2}, 0, time.time())
@@ -196,6 +196,28 @@ def test_lease_and_gates_on_postgres(pg_schema: str) -> None:
         b.close()
 
 
+def test_postgres_task_store_reopens_a_connection_the_server_dropped(pg_schema: str) -> None:
+    """The store is on ``pgdb.Connection``: after the server ends its session (a restart, a
+    failover, an idle timeout) the next read opens a new connection instead of failing."""
+    import psycopg
+
+    from tests.conftest import PG_DSN
+    from turnout.tasks.store import PostgresTaskStore
+
+    store = PostgresTaskStore(PG_DSN, schema=pg_schema)
+    try:
+        tid = store.create("acme", None, "goal", {}, [], None)
+        pid = store.pg.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert store.get(tid)["goal"] == "goal"  # type: ignore[index]
+        assert store.pg.run(lambda cur: cur.execute("SELECT pg_backend_pid()").fetchone()[0]) != pid
+        store.update(tid, state="failed")  # and writes go on, on the new connection
+        assert store.get(tid)["state"] == "failed"  # type: ignore[index]
+    finally:
+        store.close()
+
+
 def test_example_tasks_config_is_valid() -> None:
     from turnout.config import load_config
 
@@ -220,7 +242,7 @@ def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
                "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1)")
     db.commit()
     db.close()
-    store = TaskStore(tmp_path / "t.sqlite")
+    store = SQLiteTaskStore(tmp_path / "t.sqlite")
     try:
         assert store.get("task_old")["budget_usd"] is None  # type: ignore[index]
         tid = store.create("acme", "key_1", "g", {}, [], None, 0.5, "guard findings: secret")
@@ -228,7 +250,7 @@ def test_store_adds_new_columns_to_an_older_file(tmp_path: Path) -> None:
         assert t is not None and t["budget_usd"] == 0.5 and t["local_only"] == "guard findings: secret"
     finally:
         store.close()
-    TaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice
+    SQLiteTaskStore(tmp_path / "t.sqlite").close()  # opening again adds nothing twice
     db = sqlite3.connect(tmp_path / "t.sqlite")  # adopted: later migrations start from its named ones
     assert [r[0] for r in db.execute("SELECT name FROM tasks_migrations ORDER BY name")] == [
         name for name, _ in MIGRATIONS]
@@ -250,7 +272,7 @@ def test_store_opens_a_file_the_last_gateway_before_named_migrations_made(tmp_pa
                "VALUES ('task_old', 'acme', 'g', '{}', '[]', 'succeeded', 1, 1, 2.5)")
     db.commit()
     db.close()
-    store = TaskStore(tmp_path / "t.sqlite")
+    store = SQLiteTaskStore(tmp_path / "t.sqlite")
     try:
         assert store.get("task_old")["budget_usd"] == 2.5  # type: ignore[index]
     finally:

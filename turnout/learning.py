@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from turnout.routing.upkeep import RouterUpkeep
 
 log = logging.getLogger("turnout.learning")
-DEFAULT_COMPLETION_ESTIMATE = 1024
 # A streamed weak answer is kept (in memory, until the stream ends) for its shadow call's judge up
 # to this many characters; a longer one is not shadowed (a cut answer would be judged wrongly).
 MAX_STREAMED_ANSWER_CHARS = 32_000
@@ -199,7 +198,7 @@ class LearningLoop:
             return
         strong_name = route.chain[1]
         strong = stack.leaf(self.engines[strong_name], call.guard)  # a remote one: the pseudonymized copy out
-        completion = result.usage.completion_tokens or req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        completion = result.usage.completion_tokens or req.completion_estimate()
         estimate = strong.info.cost(req.estimated_tokens(), completion, 0.0)
         plain = req.model_copy(update={"stream": False})
 

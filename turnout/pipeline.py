@@ -69,9 +69,9 @@ from turnout.strategies import Strategy
 from turnout.tracing import end_request, start_request, step, within
 
 # Budget reservations need a cost before the answer exists: the prompt estimate plus the
-# request's token limit (or this default), priced at the dearest engine of the chain, with
-# local engines busy this long per token. Each reservation is settled to the actual cost.
-DEFAULT_COMPLETION_ESTIMATE = 1024
+# request's token limit (or ``turnout.protocol.DEFAULT_COMPLETION_ESTIMATE``), priced at the
+# dearest engine of the chain, with local engines busy this long per token. Each reservation
+# is settled to the actual cost.
 LOCAL_SECONDS_PER_TOKEN = 0.02
 
 
@@ -182,8 +182,8 @@ class Gateway:
     @staticmethod
     def tokens(req: ChatRequest | EmbeddingRequest) -> int:
         """A request's tokens as limits count them: its prompt, estimated, and its token limit
-        (or ``DEFAULT_COMPLETION_ESTIMATE``)."""
-        completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        (``ChatRequest.completion_estimate``)."""
+        completion = 0 if isinstance(req, EmbeddingRequest) else req.completion_estimate()
         return req.estimated_tokens() + completion
 
     # ==== ground ==============================================================================
@@ -309,7 +309,7 @@ class Gateway:
         if call.decision is None or not (keyed or call.spend_cap_usd is not None):
             return
         prompt = req.estimated_tokens()
-        completion = 0 if isinstance(req, EmbeddingRequest) else req.token_limit or DEFAULT_COMPLETION_ESTIMATE
+        completion = 0 if isinstance(req, EmbeddingRequest) else req.completion_estimate()
         cost = max(
             (self.engines[n].info.cost(prompt, completion, completion * LOCAL_SECONDS_PER_TOKEN)
              for n in call.decision.chain),

@@ -27,6 +27,8 @@ log = logging.getLogger("turnout.protocol")
 # --sensitivity``); the sensitive ones keep a request on local engines and out of the answer cache
 SENSITIVITY_LEVELS = ("public", "internal", "sensitive", "restricted")
 SENSITIVE_LEVELS = frozenset({"sensitive", "restricted"})
+# completion tokens priced before the answer exists when a request sets no token limit
+DEFAULT_COMPLETION_ESTIMATE = 1024
 MAX_INT32 = 2**31 - 1  # token limits past this mean nothing to any engine
 _seen_extra: set[str] = set()
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for tools[].function.name
@@ -173,6 +175,11 @@ class ChatRequest(BaseModel):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def completion_estimate(self) -> int:
+        """The completion tokens to price before the answer exists (a budget reservation, a
+        shadow call's estimate): the request's token limit, or ``DEFAULT_COMPLETION_ESTIMATE``."""
+        return self.token_limit or DEFAULT_COMPLETION_ESTIMATE
 
     @property
     def include_usage(self) -> bool:

@@ -2,7 +2,7 @@
 
 Documents are split into chunks (paragraphs, then sentences, up to ``CHUNK_CHARS``), embedded
 with the packaged MiniLM (numpy, 384 dimensions, unit vectors) and kept in a table of chunks:
-the SQLite file with the ledger (``SqliteChunks``, table ``rag_chunks``; embedding as float32
+the SQLite file with the ledger (``SQLiteChunks``, table ``rag_chunks``; embedding as float32
 bytes), or PostgreSQL when ``storage.postgres_dsn`` is set (``turnout.retrieval_pg``), shared
 by every replica. A search is a cosine similarity over the collection's chunks in numpy: exact,
 and quick for the tens of thousands of chunks a deployment of this kind holds. Each process keeps
@@ -132,7 +132,7 @@ class ChunkTable(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteChunks:
+class SQLiteChunks:
     """Chunks in a SQLite file (the embedded default; one connection, serialised by a lock)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -194,7 +194,7 @@ class VectorStore:
     that name (:func:`scoped`). Thread-safe."""
 
     def __init__(self, table: ChunkTable | str | Path, embed: Callable[[list[str]], np.ndarray]) -> None:
-        self.table: ChunkTable = SqliteChunks(table) if isinstance(table, (str, Path)) else table
+        self.table: ChunkTable = SQLiteChunks(table) if isinstance(table, (str, Path)) else table
         self.embed = embed
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, np.ndarray, list[Row]]] = {}

@@ -1,6 +1,6 @@
 """The vector store's chunks in PostgreSQL (``storage.postgres_dsn``), shared by every replica.
 
-The same rows as ``turnout.retrieval.SqliteChunks`` (embedding as float32 bytes in ``BYTEA``),
+The same rows as ``turnout.retrieval.SQLiteChunks`` (embedding as float32 bytes in ``BYTEA``),
 in ``schema`` with their own append-only migration list (``rag_migrations``), applied under an
 advisory lock. Every write bumps the collection's row in ``rag_versions`` in its transaction;
 replicas compare that version before each search and reload the collection when it moved.

@@ -43,13 +43,12 @@ from pydantic import Field
 from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.engines.http import (
-    api_key_from_env,
-    new_session,
     parse_retry_after,
     read_at_most,
     read_json,
     transport_errors,
 )
+from turnout.engines.provider import Provider, credential
 from turnout.errors import (
     EngineContextTooLong,
     EngineError,
@@ -91,26 +90,23 @@ class BedrockEngine(Engine):
             hourly_cost=cfg.pricing.hourly_cost, license=cfg.license, supports_tools=False,
             context_window=cfg.context_window, continuation=cfg.continuation or "restart")
         base = (cfg.endpoint_url or f"https://bedrock-runtime.{cfg.region}.amazonaws.com").rstrip("/")
-        self.url = f"{base}/model/{quote(cfg.model_id, safe='')}"
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = api_key_from_env(cfg.api_key_env)
-        if key:
-            self.headers["Authorization"] = f"Bearer {key}"
-        self.session: aiohttp.ClientSession | None = None
+        # the provider: where (the endpoint), as whom (the API key), the HTTP client; the rest is the dialect
+        self.provider = Provider(base, headers={"Accept": "application/json", **credential(cfg.api_key_env)},
+                                 connect_timeout=cfg.resilience.connect_timeout,
+                                 max_concurrency=cfg.resilience.max_concurrency)
+        self.path = f"/model/{quote(cfg.model_id, safe='')}"
 
     async def start(self) -> None:
-        self.session = new_session(self.cfg.resilience.connect_timeout, self.cfg.resilience.max_concurrency)
+        await self.provider.start()
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.provider.close()
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
-        assert self.session is not None, "start() opens the session"
         with transport_errors(name, "waiting for the answer"):
             body = orjson.dumps(to_converse(req, self.cfg))
-            async with self.session.post(f"{self.url}/converse", data=body, headers=self.headers) as resp:
+            async with self.provider.post(f"{self.path}/converse", body) as resp:
                 await _raise_for(resp, name)
                 answer = await read_json(resp, name, self.cfg.max_response_bytes)
         try:
@@ -123,11 +119,9 @@ class BedrockEngine(Engine):
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
         name = self.info.name
-        assert self.session is not None, "start() opens the session"
         with transport_errors(name, "before the first token"):
-            resp = await self.session.post(f"{self.url}/converse-stream",
-                                           data=orjson.dumps(to_converse(req, self.cfg)),
-                                           headers={**self.headers, "Accept": EVENT_STREAM})
+            resp = await self.provider.post(f"{self.path}/converse-stream", orjson.dumps(to_converse(req, self.cfg)),
+                                            headers={"Accept": EVENT_STREAM})
         finish: str | None = None
         produced = 0
         try:

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from turnout.ledger.audit import open_audit_log
+    from turnout.ledger.audit_store import open_audit_log
     from turnout.sqlitedb import default_db_path
 
     if not args.dsn and not args.db:  # an explicit --db wins over $TURNOUT_DSN

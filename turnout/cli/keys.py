@@ -81,10 +81,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _store(args: argparse.Namespace) -> Any:
     from turnout.config import StorageConfig, load_config
-    from turnout.governance.keys import KeyStore, open_key_store
+    from turnout.governance.key_store import SQLiteKeyStore, open_key_store
 
     if not (args.config or args.dsn):
-        return KeyStore(args.db)
+        return SQLiteKeyStore(args.db)
     storage = load_config(args.config).storage if args.config else StorageConfig.model_validate({})
     if args.db:
         storage.sqlite_path = args.db
@@ -189,12 +189,12 @@ def rotate(args: argparse.Namespace) -> int:
 def import_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from turnout.governance.keys import KeyStore
+    from turnout.governance.key_store import SQLiteKeyStore
 
     if not Path(args.source).is_file():
         print(f"turnout keys: error: {args.source}: no such file", file=sys.stderr)
         return 2
-    with KeyStore(args.source) as source, _store(args) as store:
+    with SQLiteKeyStore(args.source) as source, _store(args) as store:
         copied = store.copy_from(source)
     print(f"copied {copied} key(s) from {args.source}")
     return 0

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"turnout: {problem}", file=sys.stderr)
         return 2
     from turnout.governance.access import resolve_mode
-    from turnout.governance.keys import open_key_store
+    from turnout.governance.key_store import open_key_store
 
     with open_key_store(cfg.storage) as keys:
         held = len(keys.list())  # revoked and expired keys count: revoking every key never opens the gateway

@@ -20,14 +20,13 @@ from pydantic import Field
 from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.engines.http import (
-    api_key_from_env,
     loads_event,
-    new_session,
     raise_for_upstream_status,
     read_json,
     sse_events,
     transport_errors,
 )
+from turnout.engines.provider import Provider, credential
 from turnout.errors import EngineProtocolError, EngineStatusError, InvalidRequest
 from turnout.protocol import ChatMessage, ChatRequest, is_prefill
 
@@ -165,25 +164,22 @@ class AnthropicEngine(Engine):
             context_window=cfg.context_window,
             continuation=cfg.continuation or "prefill",  # Messages continues a trailing assistant turn natively
         )
-        self.url = cfg.base_url.rstrip("/") + "/v1/messages"
-        self._headers = {"content-type": "application/json", "anthropic-version": cfg.anthropic_version}
-        key = api_key_from_env(cfg.api_key_env)
-        if key:
-            self._headers["x-api-key"] = key
-        self._session: Any = None
+        self.provider = Provider(cfg.base_url, headers={"anthropic-version": cfg.anthropic_version,
+                                                        **credential(cfg.api_key_env, "x-api-key", scheme="")},
+                                 connect_timeout=cfg.resilience.connect_timeout,
+                                 max_concurrency=cfg.resilience.max_concurrency)
 
     async def start(self) -> None:
-        self._session = new_session(self.cfg.resilience.connect_timeout, self.cfg.resilience.max_concurrency)
+        await self.provider.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.provider.close()
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
         payload = to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens)
         with transport_errors(name, "waiting for the answer"):
-            async with self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers) as resp:
+            async with self.provider.post("/v1/messages", orjson.dumps(payload)) as resp:
                 await raise_for_upstream_status(resp, name)
                 body = await read_json(resp, name, self.cfg.max_response_bytes)
         return from_anthropic(body, name)
@@ -192,7 +188,7 @@ class AnthropicEngine(Engine):
         name, res = self.info.name, self.cfg.resilience
         payload = {**to_anthropic(req, self.cfg.model, self.cfg.default_max_tokens), "stream": True}
         with transport_errors(name, "before the first token"):
-            resp = await self._session.post(self.url, data=orjson.dumps(payload), headers=self._headers)
+            resp = await self.provider.post("/v1/messages", orjson.dumps(payload))
         usage = Usage()
         finish = "stop"
         stopped = False  # a message_delta with a stop_reason was seen

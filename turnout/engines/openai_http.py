@@ -1,6 +1,7 @@
 """OpenAI Chat Completions dialect over HTTP: vLLM, llama.cpp server, Ollama, TGI, OpenAI.
 
-The provider (base URL, key) comes from config; the dialect is the same for all of them.
+The provider (``turnout.engines.provider``: base URL, key, HTTP client) comes from config; the
+dialect is the same for all of them.
 Streams always ask the upstream for usage, so turnout can account for every token.
 """
 
@@ -15,14 +16,13 @@ from pydantic import Field
 from turnout.config import EngineConfigBase
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage
 from turnout.engines.http import (
-    api_key_from_env,
     loads_event,
-    new_session,
     raise_for_upstream_status,
     read_json,
     sse_events,
     transport_errors,
 )
+from turnout.engines.provider import Provider, credential
 from turnout.errors import EngineProtocolError
 from turnout.protocol import ChatRequest, is_prefill
 
@@ -62,20 +62,15 @@ class OpenAIEngine(Engine):
             # llama.cpp server accept it (continue_final_message): set continuation: prefill there.
             continuation=cfg.continuation or "restart",
         )
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.embeddings_url = cfg.base_url.rstrip("/") + "/embeddings"
-        self._headers = {"Content-Type": "application/json"}
-        key = api_key_from_env(cfg.api_key_env)
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        self._session: Any = None
+        self.provider = Provider(cfg.base_url, headers=credential(cfg.api_key_env),
+                                 connect_timeout=cfg.resilience.connect_timeout,
+                                 max_concurrency=cfg.resilience.max_concurrency)
 
     async def start(self) -> None:
-        self._session = new_session(self.cfg.resilience.connect_timeout, self.cfg.resilience.max_concurrency)
+        await self.provider.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.provider.close()
 
     def _payload(self, req: ChatRequest, stream: bool) -> dict[str, Any]:
         body = req.model_dump(exclude_none=True, exclude=_TURNOUT_ONLY)
@@ -92,8 +87,7 @@ class OpenAIEngine(Engine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         name = self.info.name
         with transport_errors(name, "waiting for the answer"):
-            async with self._session.post(self.url, data=orjson.dumps(self._payload(req, False)),
-                                          headers=self._headers) as resp:
+            async with self.provider.post("/chat/completions", orjson.dumps(self._payload(req, False))) as resp:
                 await raise_for_upstream_status(resp, name)
                 body = await read_json(resp, name, self.cfg.max_response_bytes)
         return _result(body, name)
@@ -104,8 +98,7 @@ class OpenAIEngine(Engine):
         usage: Usage | None = None
         produced = 0
         with transport_errors(name, "before the first token"):
-            resp = await self._session.post(self.url, data=orjson.dumps(self._payload(req, True)),
-                                            headers=self._headers)
+            resp = await self.provider.post("/chat/completions", orjson.dumps(self._payload(req, True)))
         try:
             with transport_errors(name, "before the first token"):
                 await raise_for_upstream_status(resp, name)
@@ -155,7 +148,7 @@ class OpenAIEngine(Engine):
         if dimensions is not None:
             body["dimensions"] = dimensions
         with transport_errors(name, "waiting for the embeddings"):
-            async with self._session.post(self.embeddings_url, data=orjson.dumps(body), headers=self._headers) as resp:
+            async with self.provider.post("/embeddings", orjson.dumps(body)) as resp:
                 await raise_for_upstream_status(resp, name)
                 answer = await read_json(resp, name, self.cfg.max_response_bytes)
         try:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
-from turnout.governance.keys import ROLES, ApiKey, KeyTables, check_key, hash_key, same_person
+from turnout.governance.key_store import KeyTables
+from turnout.governance.keys import ROLES, ApiKey, check_key, hash_key, same_person
 from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
 
 if TYPE_CHECKING:

@@ -18,33 +18,21 @@ became all-tenants keys (migration 0003), so nothing an operator had stops worki
 (table ``keys_secrets``): rotation adds a new secret and gives the old ones an expiry a
 short overlap away, so clients can switch without a gap.
 
-Where keys live follows ``storage``: the SQLite file (:class:`KeyStore`, embedded) or
-PostgreSQL when ``storage.postgres_dsn`` is set (:class:`PostgresKeyStore`), one store for
-every replica. :func:`open_key_store` picks. Both share the SQL below (``?`` placeholders).
+This module is the keys themselves (shape, hashing, roles, limits, checks), with no database
+code; where they live (the SQLite file or PostgreSQL) is ``turnout.governance.key_store``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import re
 import secrets
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from turnout import pgdb
-from turnout import sqlitedb as sqlite
-from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    from turnout.config import StorageConfig
+from turnout.errors import AuthenticationFailed, PermissionDenied
+from turnout.governance import clock
 
 KEY_PREFIX = "tk-"
 _KEY_SHAPE = re.compile(r"^tk-[A-Za-z0-9_-]{43}$")
@@ -58,83 +46,6 @@ ROLES = ("admin", "viewer", "approver", "user", "metrics")
 CROSS_TENANT_ROLES = ("metrics",)
 DEFAULT_ROLES = ("user",)
 DEFAULT_OVERLAP_S = 3600.0
-T = TypeVar("T")
-
-MIGRATIONS: list[sqlite.Migration] = [
-    ("0001_api_keys", [
-        """CREATE TABLE keys_api_keys (
-               key_id TEXT PRIMARY KEY,
-               key_hash TEXT NOT NULL UNIQUE,
-               hint TEXT NOT NULL,
-               tenant TEXT NOT NULL,
-               routes TEXT NOT NULL DEFAULT '[]',
-               rpm INTEGER,
-               tpm INTEGER,
-               usd_per_day REAL,
-               usd_per_month REAL,
-               created_at TEXT NOT NULL,
-               revoked_at TEXT)""",
-        "CREATE INDEX keys_api_keys_tenant ON keys_api_keys (tenant)",
-    ]),
-    # roles, expiry and rotation: the hash that authenticates moves to keys_secrets (one key
-    # id, several secrets while a rotation overlaps); keys_api_keys.key_hash is the newest.
-    ("0002_roles_expiry_secrets", [
-        """ALTER TABLE keys_api_keys ADD COLUMN roles TEXT NOT NULL DEFAULT '["user"]'""",
-        "ALTER TABLE keys_api_keys ADD COLUMN expires_at TEXT",
-        """CREATE TABLE keys_secrets (
-               key_hash TEXT PRIMARY KEY,
-               key_id TEXT NOT NULL REFERENCES keys_api_keys (key_id),
-               hint TEXT NOT NULL,
-               created_at TEXT NOT NULL,
-               expires_at TEXT)""",
-        "CREATE INDEX keys_secrets_key ON keys_secrets (key_id)",
-        "INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) "
-        "SELECT key_hash, key_id, hint, created_at FROM keys_api_keys",
-    ]),
-    # the person behind a key (four eyes), and the operator's admin keys: every admin key made
-    # so far could manage every tenant, so each keeps that power; admin keys made through the
-    # API from now on administer their own tenant only.
-    ("0003_owner_all_tenants", [
-        "ALTER TABLE keys_api_keys ADD COLUMN owner TEXT",
-        "ALTER TABLE keys_api_keys ADD COLUMN all_tenants INTEGER NOT NULL DEFAULT 0",
-        """UPDATE keys_api_keys SET all_tenants = 1 WHERE roles LIKE '%"admin"%'""",
-    ]),
-]
-
-
-def pg_migrations(s: str) -> list[pgdb.Migration]:
-    """The same tables in PostgreSQL (a new store: one migration holds the current shape)."""
-    return [
-        ("0001_api_keys", [
-            f"""CREATE TABLE {s}.keys_api_keys (
-                   key_id TEXT PRIMARY KEY,
-                   key_hash TEXT NOT NULL UNIQUE,
-                   hint TEXT NOT NULL,
-                   tenant TEXT NOT NULL,
-                   routes TEXT NOT NULL DEFAULT '[]',
-                   rpm BIGINT,
-                   tpm BIGINT,
-                   usd_per_day DOUBLE PRECISION,
-                   usd_per_month DOUBLE PRECISION,
-                   created_at TEXT NOT NULL,
-                   revoked_at TEXT,
-                   roles TEXT NOT NULL DEFAULT '["user"]',
-                   expires_at TEXT)""",
-            f"CREATE INDEX keys_api_keys_tenant ON {s}.keys_api_keys (tenant)",
-            f"""CREATE TABLE {s}.keys_secrets (
-                   key_hash TEXT PRIMARY KEY,
-                   key_id TEXT NOT NULL REFERENCES {s}.keys_api_keys (key_id),
-                   hint TEXT NOT NULL,
-                   created_at TEXT NOT NULL,
-                   expires_at TEXT)""",
-            f"CREATE INDEX keys_secrets_key ON {s}.keys_secrets (key_id)",
-        ]),
-        ("0003_owner_all_tenants", [  # as SQLite's 0003
-            f"ALTER TABLE {s}.keys_api_keys ADD COLUMN owner TEXT",
-            f"ALTER TABLE {s}.keys_api_keys ADD COLUMN all_tenants INTEGER NOT NULL DEFAULT 0",
-            f"""UPDATE {s}.keys_api_keys SET all_tenants = 1 WHERE roles LIKE '%"admin"%'""",
-        ]),
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,17 +116,9 @@ def new_plaintext() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """``30d``, ``12h``, ``90m``, ``45s`` from now, or an ISO 8601 time (UTC when no zone)."""
-    now = now or _now()
+    now = now or clock.now()
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
@@ -235,173 +138,6 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-KEY_COLUMNS = "k.key_id, k.tenant, k.hint, k.routes, k.rpm, k.tpm, k.usd_per_day, k.usd_per_month, k.created_at, " \
-           "k.revoked_at, k.roles, k.expires_at, k.owner, k.all_tenants"
-KEY_NCOL = 14
-
-
-def _sooner(a: str | None, b: str | None) -> str | None:
-    if a is None or b is None:
-        return a or b
-    return min(a, b, key=datetime.fromisoformat)
-
-
-def row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
-    key_id, tenant, hint, routes, rpm, tpm, usd_day, usd_month, created, revoked, roles, expires, owner, every = row
-    return ApiKey(key_id, tenant, hint, tuple(json.loads(routes)),
-                  Limits(rpm, tpm, None if usd_day is None else float(usd_day),
-                         None if usd_month is None else float(usd_month)),
-                  created, revoked, tuple(json.loads(roles)), _sooner(expires, secret_expiry), owner, bool(every))
-
-
-class KeyTables:
-    """The SQL, once, over a backend that runs it (``?`` placeholders)."""
-
-    def tx(self) -> AbstractContextManager[Any]:
-        """A cursor-like object (``execute``, ``fetchone``) inside one write transaction."""
-        raise NotImplementedError
-
-    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def q(self, sql: str) -> str:
-        return sql
-
-    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
-                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
-        """Apply a neighbouring component's named migrations (``pg_migrations(schema)`` on
-        PostgreSQL) to this store's database; returns the names applied."""
-        raise NotImplementedError
-
-    def create(self, tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None,
-               roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None, owner: str | None = None,
-               all_tenants: bool = False) -> NewKey:
-        """A new key. ``all_tenants`` (an operator's admin key) needs the admin role; callers
-        that act for one tenant (the admin API) never pass it."""
-        if not _TENANT.match(tenant):
-            raise ValueError(f"tenant must be 1-128 characters of letters, digits and _.@:- ; got {tenant!r}")
-        if owner is not None and not _TENANT.match(owner):
-            raise ValueError(f"owner must be 1-128 characters of letters, digits and _.@:- ; got {owner!r}")
-        role_list = check_roles(roles)
-        if all_tenants and "admin" not in role_list:
-            raise ValueError("only an admin key can act for all tenants")
-        route_list = sorted({r.strip() for r in routes if r.strip()})
-        lim = limits or Limits()
-        plaintext, now = new_plaintext(), _now()
-        key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, hint=f"{KEY_PREFIX}...{plaintext[-4:]}",
-                     routes=tuple(route_list), limits=lim, created_at=_iso(now), roles=role_list,
-                     expires_at=None if expires_at is None else _iso(expires_at), owner=owner,
-                     all_tenants=all_tenants)
-        with self.tx() as c:
-            c.execute(self.q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
-                              "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash, owner, "
-                              "all_tenants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                      (key.key_id, tenant, key.hint, json.dumps(route_list), lim.rpm, lim.tpm, lim.usd_per_day,
-                       lim.usd_per_month, key.created_at, None, json.dumps(role_list), key.expires_at,
-                       hash_key(plaintext), owner, int(all_tenants)))
-            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
-                      (hash_key(plaintext), key.key_id, key.hint, key.created_at))
-        return NewKey(key, plaintext)
-
-    def rotate(self, key_id: str, *, overlap_s: float = DEFAULT_OVERLAP_S) -> NewKey:
-        """A new secret for the same key id (same tenant, roles, limits, budgets); the old
-        secrets keep working for ``overlap_s`` seconds more, then expire. Raises NotFound."""
-        if not overlap_s >= 0:
-            raise ValueError(f"overlap must be >= 0 seconds, got {overlap_s}")
-        plaintext, now = new_plaintext(), _now()
-        hint, until = f"{KEY_PREFIX}...{plaintext[-4:]}", _iso(now + timedelta(seconds=overlap_s))
-        with self.tx() as c:
-            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
-                            (key_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
-            if row[9] is not None:
-                raise PermissionDenied(f"API key {key_id} was revoked; create a new one", code="key_revoked")
-            for (h, exp) in c.execute(self.q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
-                                      (key_id,)).fetchall():
-                c.execute(self.q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
-                          (_sooner(exp, until), h))
-            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
-                      (hash_key(plaintext), key_id, hint, _iso(now)))
-            c.execute(self.q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
-                      (hash_key(plaintext), hint, key_id))
-        return NewKey(replace(row_to_key(row), hint=hint), plaintext)
-
-    def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
-        sql, args = f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
-        if tenant is not None:
-            sql, args = sql + " AND k.tenant = ?", [tenant]
-        if not include_revoked:
-            sql += " AND k.revoked_at IS NULL"
-        return [row_to_key(r) for r in self.read(sql + " ORDER BY k.created_at, k.key_id", args)]
-
-    def get(self, key_id: str) -> ApiKey | None:
-        rows = self.read(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?", (key_id,))
-        return row_to_key(rows[0]) if rows else None
-
-    def revoke(self, key_id: str) -> ApiKey:
-        """Revoke now, every secret of the key (idempotent: revoking twice keeps the first time).
-        Raises NotFound."""
-        with self.tx() as c:
-            c.execute(self.q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
-                      (_iso(_now()), key_id))
-            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
-                            (key_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
-        return row_to_key(row)
-
-    def lookup_by_plaintext(self, plaintext: str) -> ApiKey | None:
-        """The key (revoked or expired or not) whose secret matches, or None. The key's
-        ``expires_at`` is the sooner of its own and this secret's."""
-        if not _KEY_SHAPE.match(plaintext):
-            return None
-        rows = self.read(f"SELECT {KEY_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
-                          "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
-        return row_to_key(rows[0][:KEY_NCOL], rows[0][KEY_NCOL]) if rows else None
-
-    _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
-                 "created_at", "revoked_at", "roles", "expires_at", "owner", "all_tenants")
-    _RAW_SECRETS = ("key_hash", "key_id", "hint", "created_at", "expires_at")
-
-    def copy_from(self, other: KeyTables) -> int:
-        """Copy every key (hashes, never plaintext) and secret of ``other`` that this store lacks,
-        e.g. the SQLite file's keys into PostgreSQL when a deployment scales out. Returns the
-        number of keys copied."""
-        keys = other.read(f"SELECT {', '.join(self._RAW_KEYS)} FROM keys_api_keys ORDER BY created_at")
-        secrets_ = other.read(f"SELECT {', '.join(self._RAW_SECRETS)} FROM keys_secrets")
-        have = {r[0] for r in self.read("SELECT key_id FROM keys_api_keys")}
-        new = [k for k in keys if k[0] not in have]
-        with self.tx() as c:
-            for row in new:
-                c.execute(self.q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
-                                  f"VALUES ({', '.join('?' * len(self._RAW_KEYS))})"), row)
-            for row in secrets_:
-                if row[1] in {k[0] for k in new}:
-                    c.execute(self.q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
-                                      f"VALUES ({', '.join('?' * len(self._RAW_SECRETS))})"), row)
-        return len(new)
-
-    def authenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
-        """The active, unexpired key for a bearer token, allowed on ``route`` if given.
-        Raises AuthenticationFailed (missing, unknown, revoked, expired) or PermissionDenied (route)."""
-        if not plaintext:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer tk-...'")
-        return check_key(self.lookup_by_plaintext(plaintext), route)
-
-    async def aauthenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
-        return await asyncio.to_thread(self.authenticate, plaintext, route)
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def check_key(key: ApiKey | None, route: str | None = None) -> ApiKey:
     """``key`` if it may be used now (on ``route``); else AuthenticationFailed or PermissionDenied."""
     if key is None:
@@ -416,70 +152,31 @@ def check_key(key: ApiKey | None, route: str | None = None) -> ApiKey:
     return key
 
 
-class KeyStore(KeyTables):
-    """Keys in the gateway's SQLite file (tables ``keys_*``): the embedded store."""
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else sqlite.default_db_path()
-        self._conn = sqlite.connect(self.path)
-        self._lock = threading.Lock()
-        sqlite.migrate(self._conn, "keys_migrations", MIGRATIONS)
-
-    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
-                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
-        with self._lock:
-            return sqlite.migrate(self._conn, table, migrations)
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, sqlite.immediate(self._conn) as c:
-            yield c
-
-    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return [tuple(r) for r in self._conn.execute(sql, tuple(args)).fetchall()]
-
-    def close(self) -> None:
-        self._conn.close()
+def key_shaped(plaintext: str) -> bool:
+    """Whether a bearer token has a key's shape (anything else is never looked up)."""
+    return bool(_KEY_SHAPE.match(plaintext))
 
 
-class PostgresKeyStore(KeyTables):
-    """Keys in PostgreSQL (``storage.postgres_dsn``), shared by every replica. One connection,
-    serialised by a lock; reconnects once when the server dropped it."""
-
-    def __init__(self, dsn: str, *, schema: str = "public") -> None:
-        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
-            raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
-        self.dsn, self.schema = dsn, schema
-        self.pg = pgdb.Connection(dsn, search_path=schema)
-        self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
-
-    def q(self, sql: str) -> str:
-        return pgdb.placeholders(sql)
-
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        return self.pg.run(fn)
-
-    def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
-                pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
-        return self._run(lambda cur: pgdb.migrate(cur, self.schema, table, pg_migrations(self.schema)))
-
-    def tx(self) -> AbstractContextManager[Any]:
-        return self.pg.transaction()
-
-    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        def fetch(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(self.q(sql), tuple(args))
-            return [tuple(r) for r in cur.fetchall()]
-
-        return self._run(fetch)
-
-    def close(self) -> None:
-        self.pg.close()
+def hint_of(plaintext: str) -> str:
+    return f"{KEY_PREFIX}...{plaintext[-4:]}"
 
 
-def open_key_store(storage: StorageConfig) -> KeyTables:
-    """PostgreSQL when ``storage.postgres_dsn`` is set (every replica shares it), else the SQLite file."""
-    if storage.postgres_dsn:
-        return PostgresKeyStore(storage.postgres_dsn, schema=storage.postgres_schema)
-    return KeyStore(storage.sqlite_path)
+def new_key(tenant: str, *, routes: Iterable[str] = (), limits: Limits | None = None,
+            roles: Iterable[str] = DEFAULT_ROLES, expires_at: datetime | None = None, owner: str | None = None,
+            all_tenants: bool = False) -> NewKey:
+    """A new key and its plaintext, checked, not yet stored (``KeyTables.create`` stores it).
+    ``all_tenants`` (an operator's admin key) needs the admin role. ValueError says what is wrong."""
+    if not _TENANT.match(tenant):
+        raise ValueError(f"tenant must be 1-128 characters of letters, digits and _.@:- ; got {tenant!r}")
+    if owner is not None and not _TENANT.match(owner):
+        raise ValueError(f"owner must be 1-128 characters of letters, digits and _.@:- ; got {owner!r}")
+    role_list = check_roles(roles)
+    if all_tenants and "admin" not in role_list:
+        raise ValueError("only an admin key can act for all tenants")
+    plaintext = new_plaintext()
+    key = ApiKey(key_id="key_" + secrets.token_hex(8), tenant=tenant, hint=hint_of(plaintext),
+                 routes=tuple(sorted({r.strip() for r in routes if r.strip()})), limits=limits or Limits(),
+                 created_at=clock.iso(clock.now()), roles=role_list,
+                 expires_at=None if expires_at is None else clock.iso(expires_at), owner=owner,
+                 all_tenants=all_tenants)
+    return NewKey(key, plaintext)

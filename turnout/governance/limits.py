@@ -26,7 +26,7 @@ A request whose estimate alone exceeds a limit can never pass and is refused wit
 
 Backends: :class:`MemoryLimiter` (the embedded default: one process, counters in memory,
 day and month spend seeded from the ledger at start-up, so budgets survive restarts; no
-I/O on the request path), :class:`SqliteLimiter` (the gateway's SQLite file, ``BEGIN
+I/O on the request path), :class:`SQLiteLimiter` (the gateway's SQLite file, ``BEGIN
 IMMEDIATE``; exact across processes on one host, at the cost of two write transactions per
 request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
 Windows are computed from the gateway's clock
@@ -235,7 +235,7 @@ MIGRATIONS: list[sqlite.Migration] = [
 ]
 
 
-class SqliteLimiter(Limiter):
+class SQLiteLimiter(Limiter):
     """Counters in the gateway's SQLite file (table ``limits_counters``)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -414,4 +414,4 @@ def open_limiter(*, redis_url: str | None = None, db: str | Path | None = None,
     """Redis when ``redis_url`` is given, else SQLite at ``db`` (default ``$TURNOUT_DB``)."""
     if redis_url:
         return RedisLimiter(redis_url, prefix=prefix)
-    return SqliteLimiter(db)
+    return SQLiteLimiter(db)

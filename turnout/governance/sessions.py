@@ -28,21 +28,10 @@ from datetime import UTC, datetime, timedelta
 from turnout import pgdb
 from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed
+from turnout.governance import clock
 from turnout.governance.access import KEY_CACHE_S
-from turnout.governance.keys import (
-    KEY_COLUMNS,
-    KEY_NCOL,
-    ApiKey,
-    KeyStore,
-    KeyTables,
-    PostgresKeyStore,
-    _iso,
-    _now,
-    _sooner,
-    check_key,
-    hash_key,
-    row_to_key,
-)
+from turnout.governance.key_store import KEY_COLUMNS, KEY_NCOL, KeyTables, PostgresKeyStore, SQLiteKeyStore, row_to_key
+from turnout.governance.keys import ApiKey, check_key, hash_key
 
 SESSION_PREFIX = "ts-"
 _SESSION_SHAPE = re.compile(r"^ts-[A-Za-z0-9_-]{43}$")
@@ -92,7 +81,7 @@ class Sessions:
     def __init__(self, keys: KeyTables, ttl: float = KEY_CACHE_S) -> None:
         self.keys, self.ttl = keys, ttl
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
-        if not isinstance(keys, KeyStore | PostgresKeyStore):
+        if not isinstance(keys, SQLiteKeyStore | PostgresKeyStore):
             raise TypeError(f"no session table for a key store of type {type(keys).__name__}")
         keys.migrate("sessions_migrations", MIGRATIONS, pg_migrations)
 
@@ -100,15 +89,16 @@ class Sessions:
         """A session for ``key`` (an active key that ``secret`` authenticated), ending after
         ``lifetime_s`` seconds or sooner with the key or the secret. Ended and expired sessions
         are deleted on the way."""
-        now = _now()
-        until = _sooner(_iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
+        now = clock.now()
+        until = clock.sooner(clock.iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
         assert until is not None
         token = SESSION_PREFIX + secrets.token_urlsafe(32)
         q = self.keys.q
+        at = clock.iso(now)
         with self.keys.tx() as c:
-            c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (_iso(now),))
+            c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (at,))
             c.execute(q("INSERT INTO browser_sessions (session_hash, key_id, secret_hash, created_at, expires_at) "
-                        "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), _iso(now), until))
+                        "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), at, until))
         return NewSession(token, key, until)
 
     def end(self, token: str) -> bool:
@@ -120,7 +110,7 @@ class Sessions:
         self._cache.pop(digest, None)
         with self.keys.tx() as c:
             done = c.execute(self.keys.q("UPDATE browser_sessions SET ended_at = ? WHERE session_hash = ? "
-                                          "AND ended_at IS NULL"), (_iso(_now()), digest))
+                                          "AND ended_at IS NULL"), (clock.iso(clock.now()), digest))
             return bool(done.rowcount)
 
     def forget(self, key_id: str) -> None:

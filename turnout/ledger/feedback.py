@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
-from turnout.ledger.audit import ROW_HASH, row_sha256, sqlite_append, utc_now
-from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit import ROW_HASH, row_sha256, utc_now
+from turnout.ledger.audit_store import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit_store import sqlite_append
 
 MAX_COMMENT_CHARS = 2000
 THUMBS = {"up": 1, "down": 0}

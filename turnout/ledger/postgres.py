@@ -1,6 +1,6 @@
 """The scale-out ledger: the same rows as ``turnout.ledger.sqlite`` in PostgreSQL, shared by
 every gateway replica, each row's hash-chained audit entry committed in the same
-transaction (``turnout.ledger.audit.postgres_append``).
+transaction (``turnout.ledger.audit_store.postgres_append``).
 
 Like the SQLite ledger, writes go through one writer thread per process that commits in
 groups: ``await ledger.record(row)`` returns once its row is committed, and rows that
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from turnout import pgdb
-from turnout.ledger.audit import PostgresAuditLog, postgres_append, utc_now
+from turnout.ledger.audit import utc_now
+from turnout.ledger.audit_store import PostgresAuditLog, postgres_append
 from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
@@ -97,65 +97,44 @@ def migrations(s: str) -> list[tuple[str, list[str]]]:
 
 class PostgresLedger(GroupCommitWriter):
     """``SQLiteLedger``'s interface over PostgreSQL: ``await record(row)``, ``rows(since)``,
-    ``await close()``; plus ``query(sql, params)`` for the dashboard and feedback helpers."""
+    ``await close()``; plus ``query(sql, params)`` for the dashboard and feedback helpers.
+    Two ``pgdb.Connection``s: the writer thread's, and one for reads and feedback."""
 
     def __init__(self, dsn: str, *, schema: str = "public", max_batch: int = 512, audit: bool = True,
                  connect_timeout: float = 10) -> None:
-        import psycopg
-
-        self._psycopg = psycopg
         self.dsn, self.max_batch, self.audit = dsn, max_batch, audit
-        self.connect_timeout = connect_timeout
         PostgresAuditLog(dsn, schema=schema).close()  # validates the schema name; creates the audit tables
         self.schema = schema
-        self._migrate()
+        self.pg = pgdb.Connection(dsn, search_path=schema, connect_timeout=int(connect_timeout))
+        self._writer = pgdb.Connection(dsn, connect_timeout=int(connect_timeout))
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "ledger_migrations", migrations(schema)))
         self._insert = (f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) "
                         f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
-        self._read: Any = None
-        self._read_lock = threading.Lock()
         self._start("turnout-ledger-pg")
-
-    def _connect(self) -> Any:
-        return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=int(self.connect_timeout))
-
-    def _migrate(self) -> None:
-        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-            pgdb.migrate(cur, self.schema, "ledger_migrations", migrations(self.schema))
 
     # ---- writes (batched by GroupCommitWriter) ------------------------------------------
     def _write(self, conn: Any, rows: list[LedgerRow]) -> Any:
-        if conn is None or conn.closed:
-            conn = self._connect()
-        with conn.transaction(), conn.cursor() as cur:
+        """One transaction on the writer's connection (reopened by the next batch if it broke)."""
+        with self._writer.transaction() as cur:
             cur.executemany(self._insert, [row.values() for row in rows])
             if self.audit:
                 for row in rows:
                     postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
-        return conn
-
-    def _recover(self, conn: Any) -> Any:
-        """A broken connection is dropped; the next batch reconnects."""
-        return None if conn is not None and (conn.closed or conn.broken) else conn
+        return self._writer
 
     async def close(self) -> None:
         await super().close()
-        with self._read_lock:
-            if self._read is not None:
-                self._read.close()
-                self._read = None
+        self._writer.close()  # if the writer thread never wrote
+        self.pg.close()
 
     # ---- reads ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL with ``?`` placeholders (as SQLite's); unqualified tables resolve to the schema."""
-        with self._read_lock:
-            if self._read is None or self._read.closed or self._read.broken:
-                self._read = self._connect()
-                self._read.execute(f"SET search_path TO {self.schema}")
-            return list(self._read.execute(sql.replace("?", "%s"), tuple(params)).fetchall())
+        return self.pg.run(lambda cur: list(cur.execute(pgdb.placeholders(sql), tuple(params)).fetchall()))
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
-        return read_rows(self.dsn, since, schema=self.schema)
+        return _select(self.pg, _rows_query(since, self.schema))
 
     def spend_since(self, since: float) -> dict[str, list[float]]:
         spent: dict[str, list[float]] = {}
@@ -166,7 +145,7 @@ class PostgresLedger(GroupCommitWriter):
 
     def _add_feedback(self, fb: Feedback, tenant: str | None, key_id: str | None = None) -> bool:
         s = self.schema
-        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+        with self.pg.transaction() as cur:  # not retried: the audit append must not happen twice
             cur.execute(f"SELECT tenant, key_id FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
             row = cur.fetchone()
             if not owned(row, tenant, key_id):
@@ -187,34 +166,52 @@ class PostgresFeedback:
         return await asyncio.to_thread(self.ledger._add_feedback, fb, tenant, key_id)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
-        return read_feedback(self.ledger.dsn, since, schema=self.ledger.schema)
+        return _select(self.ledger.pg, _feedback_query(since, self.ledger.schema))
 
     async def close(self) -> None:
         pass
 
 
-def _dict_rows(dsn: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    import psycopg
+def _select(pg: pgdb.Connection, query: tuple[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     from psycopg.rows import dict_row
 
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10, row_factory=dict_row) as conn:
-        return [dict(r) for r in conn.execute(sql, tuple(params)).fetchall()]
+    def fetch(cur: Any) -> list[dict[str, Any]]:
+        cur.row_factory = dict_row
+        return [dict(r) for r in cur.execute(*query).fetchall()]
+
+    return pg.run(fetch)
+
+
+def _once(dsn: str, query: tuple[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    pg = pgdb.Connection(dsn)
+    try:
+        return _select(pg, query)
+    finally:
+        pg.close()
+
+
+def _rows_query(since: float | None, schema: str) -> tuple[str, tuple[Any, ...]]:
+    _check(schema)
+    if since is None:
+        return f"SELECT * FROM {schema}.requests ORDER BY id", ()
+    return f"SELECT * FROM {schema}.requests WHERE ts >= %s ORDER BY id", (since,)
+
+
+def _feedback_query(since: float | None, schema: str) -> tuple[str, tuple[Any, ...]]:
+    _check(schema)
+    sql = (f"SELECT f.request_id, r.alias, r.engine, f.kind, f.value, f.satisfaction, f.ts FROM {schema}.feedback f "
+           f"JOIN {schema}.requests r ON r.request_id = f.request_id")
+    return (sql + " WHERE r.ts >= %s", (since,)) if since is not None else (sql, ())
 
 
 def read_rows(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:
     """What ``turnout.ledger.sqlite.read_rows`` returns, from PostgreSQL."""
-    _check(schema)
-    if since is None:
-        return _dict_rows(dsn, f"SELECT * FROM {schema}.requests ORDER BY id", ())
-    return _dict_rows(dsn, f"SELECT * FROM {schema}.requests WHERE ts >= %s ORDER BY id", (since,))
+    return _once(dsn, _rows_query(since, schema))
 
 
 def read_feedback(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:
     """What ``turnout.ledger.feedback.read_feedback`` returns, from PostgreSQL."""
-    _check(schema)
-    sql = (f"SELECT f.request_id, r.alias, r.engine, f.kind, f.value, f.satisfaction, f.ts FROM {schema}.feedback f "
-           f"JOIN {schema}.requests r ON r.request_id = f.request_id")
-    return _dict_rows(dsn, sql + " WHERE r.ts >= %s", (since,)) if since is not None else _dict_rows(dsn, sql, ())
+    return _once(dsn, _feedback_query(since, schema))
 
 
 def _check(schema: str) -> None:

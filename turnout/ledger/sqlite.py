@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
-from turnout.ledger.audit import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
-from turnout.ledger.audit import sqlite_append, utc_now
+from turnout.ledger.audit import utc_now
+from turnout.ledger.audit_store import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
+from turnout.ledger.audit_store import sqlite_append
 from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.writer import GroupCommitWriter
 

@@ -19,7 +19,7 @@ from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
 from turnout.governance.access import Access, open_limiter, resolve_mode
-from turnout.governance.keys import open_key_store
+from turnout.governance.key_store import open_key_store
 from turnout.governance.sessions import Sessions
 from turnout.guards.step import Guards
 from turnout.ledger.stores import open_stores
@@ -177,7 +177,7 @@ def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
     """The task engine in this process: state and decisions' audit entries in the configured
     store (PostgreSQL when ``storage.postgres_dsn`` is set, shared by every replica; else the
     SQLite file, shared by replicas on one host)."""
-    from turnout.ledger.audit import open_audit_log
+    from turnout.ledger.audit_store import open_audit_log
     from turnout.tasks.store import open_task_store
 
     st = cfg.storage

@@ -1,9 +1,13 @@
-"""GET /openapi.json: an OpenAPI 3.1 document of the public endpoints.
+"""GET /openapi.json: an OpenAPI 3.1 document of every endpoint the app serves (a test compares
+it with the app's routes): inference, embeddings, collections, tasks and approvals, the browser
+login, health, and (``turnout.server.openapi_ops``) feedback, usage, reports, the configuration,
+keys, metrics and the pages.
 
-The request schema is the pydantic wire model (``turnout.protocol.ChatRequest``), so the
-document cannot disagree with the validation the server runs. Responses are plain dicts in
-OpenAI's shape (built in the pipeline); their schemas are written here, with the error body
-every failure shares: ``{"error": {"message", "type", "param", "code"}}``.
+Request schemas are the handlers' pydantic models (``turnout.protocol.ChatRequest`` and the
+bodies of ``turnout.server``), so the document cannot disagree with the validation the server
+runs. Responses are plain dicts (OpenAI's shape for inference); their schemas are written here,
+with the error body every failure shares: ``{"error": {"message", "type", "param", "code"}}``.
+Each operation's security and its 401/403 come from the role table, ``turnout.server.authz``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from turnout import __version__
 from turnout.protocol import ChatRequest, EmbeddingRequest
+from turnout.server import openapi_ops
 
 REF = "#/components/schemas/{model}"
 
@@ -293,7 +298,8 @@ def document() -> dict[str, Any]:
 
     schemas.update({"LoginBody": LoginBody.model_json_schema(ref_template=REF), "Session": SESSION,
                     "SessionEnded": SESSION_ENDED})
-    return _secured({
+    schemas.update(openapi_ops.schemas())
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "turnout", "version": __version__,
                  "description": "OpenAI-compatible hybrid LLM gateway. Errors are OpenAI-shaped."},
@@ -337,7 +343,10 @@ def document() -> dict[str, Any]:
             }},
         },
         "components": {"schemas": schemas},
-    })
+    }
+    for path, operations in openapi_ops.paths(ERRORS, _error_response).items():
+        doc["paths"].setdefault(path, {}).update(operations)
+    return _secured(doc)
 
 
 _MAYBE_NUMBER = {"type": ["number", "null"]}

@@ -38,7 +38,7 @@ from turnout.pipeline import Gateway
 from turnout.protocol import SENSITIVE_LEVELS, ChatMessage, ChatRequest
 from turnout.tasks import plan as planmod
 from turnout.tasks import tools as toolmod
-from turnout.tasks.store import TaskStore, new_id
+from turnout.tasks.store import TaskTables, new_id
 
 log = logging.getLogger("turnout.tasks")
 
@@ -109,7 +109,7 @@ def local_reason(t: dict[str, Any]) -> str | None:
 
 
 class TaskRunner:
-    def __init__(self, gateway: Gateway, store: TaskStore, audit: Any = None) -> None:
+    def __init__(self, gateway: Gateway, store: TaskTables, audit: Any = None) -> None:
         self.gw, self.store, self.audit = gateway, store, audit
         self.cfg = gateway.cfg
         self.tc = gateway.cfg.tasks

@@ -1,8 +1,9 @@
-"""Durable task state in the gateway's SQLite file (tables ``tasks_*``): tasks, their steps,
-approval gates, progress events, irreversible tool calls (by idempotency key) and the step
-cache. Every replica that shares the file sees the same state; a lease (``lease_owner``,
-``lease_until``) lets one replica at a time run a task, taken with one UPDATE so two replicas
-cannot both win it.
+"""Durable task state (tables ``tasks_*``): tasks, their steps, approval gates, progress events,
+irreversible tool calls (by idempotency key) and the step cache, in the gateway's SQLite file
+(:class:`SQLiteTaskStore`) or PostgreSQL (:class:`PostgresTaskStore`); :class:`TaskTables` holds
+the SQL once. Every replica that shares the database sees the same state; a lease
+(``lease_owner``, ``lease_until``) lets one replica at a time run a task, taken with one UPDATE
+so two replicas cannot both win it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,41 +116,18 @@ def _u(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-class TaskStore:
-    """The SQLite store (``storage.sqlite_path``): replicas on one host share the file."""
+class TaskTables:
+    """The SQL, once, over a backend that runs it (``?`` placeholders): :class:`SQLiteTaskStore`
+    or :class:`PostgresTaskStore`."""
 
-    skip_locked = ""
+    skip_locked = ""  # PostgreSQL: a claim skips rows another replica is claiming
 
-    def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.lock = threading.Lock()
-        # reads on a connection of their own: in WAL mode they never wait for a writer, so a task
-        # view answers while a write waits for the file's lock (held by another replica, the ledger)
-        self.rdb: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
-        self.rdb.row_factory = sqlite3.Row
-        self.rlock = threading.Lock()
-        with self.lock:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=10000")
-            _adopt_old_file(self.db)
-            sqlitedb.migrate(self.db, "tasks_migrations", MIGRATIONS)
-
-    @contextmanager
-    def tx(self) -> Iterator[Any]:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+    def tx(self) -> AbstractContextManager[Any]:
+        """A cursor-like object (``execute`` returning rows by column name) in one write transaction."""
+        raise NotImplementedError
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self.rlock:
-            return [dict(r) for r in self.rdb.execute(self._q(sql), args).fetchall()]
+        raise NotImplementedError
 
     def _q(self, sql: str) -> str:
         return sql
@@ -158,9 +136,7 @@ class TaskStore:
         return c.execute(self._q(sql), tuple(args))
 
     def close(self) -> None:
-        with self.lock, self.rlock:
-            self.db.close()
-            self.rdb.close()
+        raise NotImplementedError
 
     # ---- tasks --------------------------------------------------------------------------
     def create(self, tenant: str, key_id: str | None, goal: str, inputs: dict[str, Any], tools: list[str],
@@ -412,40 +388,83 @@ def _gate(row: Any) -> dict[str, Any]:
     return d
 
 
+class SQLiteTaskStore(TaskTables):
+    """The SQLite store (``storage.sqlite_path``): replicas on one host share the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.lock = threading.Lock()
+        # reads on a connection of their own: in WAL mode they never wait for a writer, so a task
+        # view answers while a write waits for the file's lock (held by another replica, the ledger)
+        self.rdb: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.rdb.row_factory = sqlite3.Row
+        self.rlock = threading.Lock()
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            _adopt_old_file(self.db)
+            sqlitedb.migrate(self.db, "tasks_migrations", MIGRATIONS)
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.rlock:
+            return [dict(r) for r in self.rdb.execute(self._q(sql), args).fetchall()]
+
+    def close(self) -> None:
+        with self.lock, self.rlock:
+            self.db.close()
+            self.rdb.close()
+
+
 def _pg(sql: str) -> str:
     """SQLite DDL as PostgreSQL's."""
     return sql.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
 
 
-class PostgresTaskStore(TaskStore):
+class PostgresTaskStore(TaskTables):
     """The same tables in PostgreSQL (``storage.postgres_dsn``, schema ``postgres_schema``):
     replicas on several hosts share it; a claim skips rows another replica is claiming."""
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, dsn: str, *, schema: str = "public") -> None:  # not super().__init__: that one is SQLite's
-        import psycopg
-        from psycopg.rows import dict_row, tuple_row
+    def __init__(self, dsn: str, *, schema: str = "public") -> None:
+        from psycopg.rows import dict_row
 
-        self.schema = schema
-        self.lock = threading.Lock()
-        self.db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}")
-        self.rdb, self.rlock = self.db, self.lock  # one connection: psycopg serialises its use anyway
-        with self.lock, self.db.transaction(), self.db.cursor(row_factory=tuple_row) as cur:
-            pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema))
+        self.schema, self._dict_row = schema, dict_row
+        self.pg = pgdb.Connection(dsn, search_path=schema)  # one connection, locked, reopened when dropped
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema)))
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
-        with self.lock, self.db.transaction():
-            yield self.db
+        with self.pg.transaction() as cur:
+            cur.row_factory = self._dict_row
+            yield cur
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        def fetch(cur: Any) -> list[dict[str, Any]]:
+            cur.row_factory = self._dict_row
+            return [dict(r) for r in cur.execute(self._q(sql), args).fetchall()]
+
+        return self.pg.run(fetch)
 
     def _q(self, sql: str) -> str:
         return pgdb.placeholders(sql)
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.pg.close()
 
 
-def open_task_store(sqlite_path: str, dsn: str | None, schema: str = "public") -> TaskStore:
-    return PostgresTaskStore(dsn, schema=schema) if dsn else TaskStore(sqlite_path)
+def open_task_store(sqlite_path: str, dsn: str | None, schema: str = "public") -> TaskTables:
+    return PostgresTaskStore(dsn, schema=schema) if dsn else SQLiteTaskStore(sqlite_path)
