@@ -46,7 +46,7 @@ EVAL_TYPES: dict[str, str | None] = {
 }
 # types the PII guard can predict (after EVAL_TYPES): gold labels outside these are never found typed
 PREDICTED_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME", "AGE", "TITLE", "EMAIL_ADDRESS",
-                   "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL"}
+                   "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL", "ID"}
 CONTEXT = 40  # characters either side of a span in --misses
 
 

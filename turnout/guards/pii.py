@@ -13,7 +13,7 @@ recogniser returns candidates; overlaps are resolved by score.
 
 Finding types (``Finding.type``): PERSON, ORGANIZATION, LOCATION, STREET_ADDRESS,
 ZIP_CODE, NRP, DATE_TIME, AGE, TITLE, EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD,
-IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL.
+IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL, ID (an identifier named by its label).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 from turnout.guards.pii_address import (
     _addresses,
 )
+from turnout.guards.pii_ids import _ids
 from turnout.guards.pii_firms import _firms, named_by_head
 from turnout.guards.pii_entities import (
     _fields,
@@ -86,13 +87,13 @@ RECOGNISERS: dict[str, Recogniser] = {
     "email": _emails, "url": _urls, "card": _cards, "iban": _ibans, "ssn": _ssns, "ip": _ips,
     "phone": _phones, "date": _dates, "age": _ages, "zip": _zips, "licence": _licences, "nrp": _nrp,
     "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs,
-    "firms": _firms, "roles": _roles, "ner": _ner,
+    "firms": _firms, "roles": _roles, "ids": _ids, "ner": _ner,
 }
 
 # more specific (checksummed or structural) types win ties against NER guesses
 PRIORITY = {"EMAIL_ADDRESS": 9, "CREDIT_CARD": 9, "IBAN_CODE": 9, "US_SSN": 8, "IP_ADDRESS": 8, "URL": 7,
             "US_DRIVER_LICENSE": 7, "STREET_ADDRESS": 6, "ZIP_CODE": 6, "PHONE_NUMBER": 5, "DATE_TIME": 5,
-            "AGE": 5, "TITLE": 4, "NRP": 3, "PERSON": 3, "ORGANIZATION": 3, "LOCATION": 3}
+            "AGE": 5, "ID": 5, "TITLE": 4, "NRP": 3, "PERSON": 3, "ORGANIZATION": 3, "LOCATION": 3}
 
 
 def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) -> list[Cand]:

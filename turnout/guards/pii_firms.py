@@ -53,9 +53,10 @@ advisory accounting audit marketing advertising consulting staffing recruitment 
 defence aerospace robotics analytics insights intelligence grid arena stadium club cooperative co-op
 collective guild alliance network charity mission outreach relief ventures partners partnership
 holdings group brands products industries enterprises systems solutions services technologies
+global international worldwide unlimited
 """))
 # what a firm has: "the Lumen team", "Harlow Peak's engineers"
-_FIRM_THINGS = (r"team|teams|engineers|engineering|staff|employees|board|recruiter|recruiters|spokesperson|"
+_FIRM_THINGS = (r"team|teams|crew|engineers|engineering|staff|employees|board|recruiter|recruiters|spokesperson|"
                 r"spokesman|spokeswoman|hiring|headquarters|HQ|offices?|customers|clients|shareholders|"
                 r"investors|founders?|CEO|CFO|CTO|executives|management|leadership|support|helpdesk|account|"
                 r"app|website|platform|contract|deal|merger|acquisition|IPO|stock|shares|payroll|policy|"
@@ -106,9 +107,10 @@ def _not_firm(toks: list[str]) -> bool:
         return True
     if all(t.lower() in TECH_TERMS or t.upper() in NOT_ENTITIES for t in toks):
         return True
-    # "Maria Lopez": a given name and a surname; a one-word run that is only a name
-    return (len(toks) >= 2 and toks[0] in names and toks[1] in names) or (len(toks) == 1 and toks[0] in names
-                                                                          and not _coined(toks[0]))
+    # "Maria Lopez", "Leo Tolstoy": a given name opening two words; a one-word run that is only a name
+    if len(toks) == 2 and toks[0] in names and not _coined(toks[0]) and toks[1].lower() not in INDUSTRY_HEADS:
+        return True
+    return len(toks) == 1 and toks[0] in names and not _coined(toks[0])
 
 
 def _trim(text: str, s: int, toks: list[str]) -> tuple[int, list[str]]:
@@ -126,8 +128,8 @@ def _firms(text: str, doc: Any) -> list[Cand]:
     common = _lower_lexicon("common_words")
     for m in _RUN.finditer(text):
         s, toks = _trim(text, m.start(), m.group(0).split())
-        if not toks or not toks[0]:
-            continue
+        if not toks or not toks[0] or (len(toks) == 1 and len(toks[0]) < 3):
+            continue  # "B", "O(1)", "J.K.": letters and initials, not firms
         v_end = text.rfind(toks[-1], s, m.end()) + len(toks[-1])
         if _not_firm(toks):
             continue
@@ -141,7 +143,8 @@ def _firms(text: str, doc: Any) -> list[Cand]:
             # above the transformer's guess of a place or person for the same coined word
             out.append(Cand(s, v_end, "ORGANIZATION", 0.92 if (any(coined) or head) else 0.66, "firm"))
             continue
-        if _AFTER_THING.match(text, v_end) and (any(coined) or head or len(toks) >= 2) and (
+        rare = any(t.lower() not in common for t in toks)  # "the Oxbow crew"; not "the Sales team"
+        if _AFTER_THING.match(text, v_end) and (any(coined) or head or len(toks) >= 2 or rare) and (
                 re.search(r"\b(?:the|our|their|at|with|from|for)\s*$", before, re.IGNORECASE) or
                 text[v_end:v_end + 1] in ("'", "’")):
             out.append(Cand(s, v_end, "ORGANIZATION", 0.78, "firm"))

@@ -46,6 +46,8 @@ payroll procurement purchasing supply chain logistics warehouse store branch off
 nursing infection control safety health environmental structural electrical mechanical chemical
 structural planning policy compliance risk audit treasury investment portfolio
 """))
+# last words of the job list that are not ranks on their own ("Sales person", "Health visitor")
+_NOT_HEADS = frozenset(words("person visitor staff runner emeritus sciences"))
 _ACRONYM = re.compile(r"[A-Z]{2,4}")
 _FUNCTION = frozenset(words("""
 a an the of and or in on at to for from by with as is are was were be been this that these those my our your
@@ -56,7 +58,7 @@ _BEFORE = re.compile(r"(?:\b(?:the|a|an|as|our|my|your|his|her|their|its|new|for
                      re.IGNORECASE)
 # "act as a Travel Guide", "you are a Senior Developer": a role to play, not someone's job
 _ROLEPLAY = re.compile(r"\b(?:act|acting|pretend(?:ing)? to be|you are|you're|be|become|play|imagine you are|"
-                       r"roleplay|role-play)\s+(?:as\s+)?(?:a|an|the|my|our)?\s*$", re.IGNORECASE)
+                       r"roleplay|role-play|role of|part of)\s+(?:as\s+)?(?:a|an|the|my|our)?\s*$", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'&-]*|[,()]")
 
 
@@ -69,7 +71,7 @@ def _vocab() -> tuple[frozenset[str], frozenset[str]]:
         toks = [t for t in re.split(r"[\s/]+", job.lower()) if t.isalpha()]
         if not toks:
             continue
-        if len(toks[-1]) >= 5:
+        if len(toks[-1]) >= 5 and toks[-1] not in _NOT_HEADS:
             heads.add(toks[-1])
         mods.update(t for t in toks[:-1] if t not in _FUNCTION and len(t) >= 3)
     return frozenset(heads), frozenset(mods - _FUNCTION)
@@ -118,6 +120,8 @@ def _roles(text: str, doc: Any) -> list[Cand]:
         start, end = toks[i][0], toks[end_tok][1]
         i = end_tok + 1
         caps = [x for x in words_ if x[0].isupper() and x not in ("of", "the")]
+        if all(x.isupper() for x in words_ if len(x) > 2):
+            continue  # "A REAL PERSON": shouting, not a title
         if not caps or (len(words_) == 1 and _ACRONYM.fullmatch(words_[0])):
             continue
         if len(words_) == 1 and words_[0].lower() in RANK_MODIFIERS | {"head", "lead", "principal", "general",
