@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 from turnout.guards.pii_address import (
     _addresses,
 )
-from turnout.guards.pii_ids import _ids
-from turnout.guards.pii_firms import _firms, named_by_head
 from turnout.guards.pii_entities import (
     _fields,
     _names,
@@ -41,6 +39,8 @@ from turnout.guards.pii_entities import (
     _places,
     unexplained_sentences,
 )
+from turnout.guards.pii_firms import _firms, named_by_head
+from turnout.guards.pii_ids import _ids
 from turnout.guards.pii_lexicon import (
     TECH_TERMS,
     Cand,

@@ -68,14 +68,15 @@ _AFTER_THING = re.compile(r"(?:['’]s)?[ \t]+(?:" + _FIRM_THINGS + r")\b")
 _STRONG_BEFORE = re.compile(
     r"(?:\b(?:work(?:ed|s|ing)?|intern(?:ed|s|ing)?|consult(?:ed|s|ing)?|volunteer(?:ed|s|ing)?|"
     r"employed|hired|recruited|sponsored|funded|acquired|owned|founded|run|audited)\s+(?:at|for|by|with)"
-    r"|\b(?:join|joins|joined|joining|left|leaving|acquired|acquire|acquiring|founded|co-founded|sued|bank(?:s|ed)? with|"
+    r"|\b(?:join|joins|joined|joining|left|leaving|acquired|acquire|acquiring|founded|co-founded|sued|"
+    r"bank(?:s|ed)? with|"
     r"spokes(?:person|man|woman) for|on behalf of|(?:a |an |the |our |my |their )?"
     r"(?:contract|partnership|deal|agreement|merger|grant|offer|sponsorship|funding|donation|investment|"
     r"job|internship|position|role|interview|account|subscription|invoice|order|complaint|lawsuit)"
     r"\s+(?:with|from|at|for|against|by|to)))\s*$",
     re.IGNORECASE)
 HEADED = "firm_head"  # the source of a firm found by its industry noun: it outranks a name found inside it
-_WEAK_BEFORE = re.compile(r"\b(?:at|from|with|for|by|to|of)\s*$", re.IGNORECASE)
+_WEAK_BEFORE = re.compile(r"\b(?:at|with|for|by)\s*$", re.IGNORECASE)  # not "to", "from", "of": places follow those
 _RUN = re.compile(r"(?<![\w'’&.-])[A-Z][\w'’&-]*(?:[ \t]+(?:&[ \t]+)?[A-Z][\w'’&-]*){0,3}")
 
 
@@ -151,7 +152,7 @@ def _firms(text: str, doc: Any) -> list[Cand]:
             continue
         if len(toks) >= 2 and head and (not line_start or any(coined)):
             # "Copperleaf Health", "Verity Legal": capitalised mid-sentence and ending in an industry noun
-            out.append(Cand(s, v_end, "ORGANIZATION", 0.78 if any(coined) else 0.7, HEADED))
+            out.append(Cand(s, v_end, "ORGANIZATION", 0.78 if any(coined) else 0.75, HEADED))
             continue
         if _WEAK_BEFORE.search(before) and any(coined) and not line_start:
             out.append(Cand(s, v_end, "ORGANIZATION", 0.6, "firm"))
