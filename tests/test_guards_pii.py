@@ -203,3 +203,85 @@ def test_no_sentence_fragment_is_an_address(guard: PiiGuard) -> None:
 def test_a_surname_is_not_taken_from_a_following_word(guard: PiiGuard) -> None:
     found = _found(guard, "I met Jane on Monday and Thanks to her we finished.")
     assert ("PERSON", "Jane") in found and not any(v.startswith("Jane ") for _, v in found)
+
+
+# issue 25: organisations without a legal suffix, capitalised job titles, labelled identifiers
+# (sentences written for these tests; none is in tests/data/pii_new_shapes.txt)
+@pytest.mark.parametrize(("text", "expected"), [
+    # business context before the name: the verb makes it a firm even where the model says place
+    ("Before joining Saltcrest she was a nurse.", ("ORGANIZATION", "Saltcrest")),
+    ("He spent two summers interning at Greenfinch Media.", ("ORGANIZATION", "Greenfinch Media")),
+    # what a firm has, after "the" or a possessive
+    ("The Oxbow crew finished the audit early.", ("ORGANIZATION", "Oxbow")),
+])
+def test_firms_without_a_legal_suffix(guard: PiiGuard, text: str, expected: tuple) -> None:
+    assert expected in _found(guard, text)
+
+
+def test_a_firm_named_by_its_industry_noun(guard: PiiGuard) -> None:
+    text = "Our orders now go through Hadley Freight instead."
+    found = _found(guard, text)
+    # spaCy's NER and the name list both read a given name and a surname here and outvote the firm
+    # rule; the transformer does not: hidden either way, typed as a firm with the default model
+    assert any(v == "Hadley Freight" for _, v in found)
+    if guard.ner == "rampart":
+        assert ("ORGANIZATION", "Hadley Freight") in found
+
+
+@pytest.mark.parametrize("text", [
+    "Emily works at the hospital with Tom.",     # people and a common noun after "at"
+    "A is the father of B. B is the father of C.",  # letters are not firms
+    "I moved to Chicago last year.",             # a place after a movement verb
+    "Ask the Sales team for a quote.",           # a department, not a firm
+])
+def test_firms_are_not_found_in_ordinary_text(text: str) -> None:
+    from turnout.guards.pii_firms import _firms
+
+    assert _firms(text, None) == [], text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Greta Holm, Principal Investigator, opened the session.", ("TITLE", "Principal Investigator")),
+    ("She was hired as Chief Operating Officer in 2020.", ("TITLE", "Chief Operating Officer")),
+    ("Please cc our Head of Legal on this thread.", ("TITLE", "Head of Legal")),
+    ("Jonas Berg (Lead Security Engineer) found the bug.", ("TITLE", "Lead Security Engineer")),
+    ("The report went to the Structural surveyor first.", ("TITLE", "Structural surveyor")),
+])
+def test_capitalised_job_titles(guard: PiiGuard, text: str, expected: tuple) -> None:
+    assert expected in _found(guard, text)
+
+
+@pytest.mark.parametrize("text", [
+    "Act as a Software Engineer and review my code.",  # a role to play, not someone's job
+    "CAN I SPEAK TO A REAL PERSON?",                  # shouting, not a title
+    "Lead the way and the rest will follow.",         # a rank word alone opening a sentence
+    "Senior citizens get a discount on Tuesdays.",    # a modifier without an occupation head
+])
+def test_no_job_title_in_ordinary_text(text: str) -> None:
+    from turnout.guards.pii_roles import _roles
+
+    assert _roles(text, None) == [], text
+
+
+def test_identifiers_named_by_their_label(guard: PiiGuard) -> None:
+    found = _found(guard, "My passport number is K7730291; member ID MB-447120 was suspended.")
+    assert ("ID", "K7730291") in found and ("ID", "MB-447120") in found
+    from turnout.guards.pii_ids import _ids
+
+    for text in ["Policy 12 applies to everyone.", "The case was filed in 2019.", "Your account is ready."]:
+        assert _ids(text, None) == [], text
+
+
+def test_new_shapes_file_is_well_formed() -> None:
+    from pathlib import Path
+
+    from turnout.evals.guards_cli import load_pii_records, template_split
+
+    records = load_pii_records(str(Path(__file__).parent / "data" / "pii_new_shapes.jsonl"))
+    assert len(records) >= 150
+    for r in records:
+        for s in r["spans"]:
+            assert r["full_text"][s["start_position"]:s["end_position"]] == s["entity_value"]
+    # the dev/test split of template ids is fixed and about half each
+    assert [template_split(i) for i in range(6)] == [template_split(i) for i in range(6)]
+    assert 80 <= sum(template_split(i) == "test" for i in range(200)) <= 120

@@ -6,8 +6,10 @@ coverage (see ``guards_metrics``), type-aware after mapping both gold and predic
 types onto one vocabulary (``EVAL_TYPES``, extended by ``--label-map``), and type-agnostic
 ("was it hidden at all"). Gold labels outside the known vocabulary are named in a warning
 (they can only be found type-agnostically). When records carry ``template_id``, those whose
-id is divisible by 3 are the "held-out templates" (the detector's rules were tuned on the
-others); without template ids there is no held-out row.
+id is divisible by 3 are the "held-out templates" (the detector's rules up to session 4 were
+tuned on the others), and a second split by a hash of the template id (``template_split``)
+gives "dev_templates" (tuned on from issue 25 on) and "test_templates" (never tuned on);
+without template ids there are no such rows. The file may be one JSON list or JSON lines.
 
 Injection (``prompt,type`` CSV): ``--score-only`` scores every prompt of the file with the
 shipped model. Without it, a fixed-seed stratified split (seed 13, 25 % held out): a head is
@@ -49,7 +51,7 @@ EVAL_TYPES: dict[str, str | None] = {
 }
 # types the PII guard can predict (after EVAL_TYPES): gold labels outside these are never found typed
 PREDICTED_TYPES = {"PERSON", "ORGANIZATION", "LOCATION", "NRP", "DATE_TIME", "AGE", "TITLE", "EMAIL_ADDRESS",
-                   "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL"}
+                   "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "US_DRIVER_LICENSE", "URL", "ID"}
 CONTEXT = 40  # characters either side of a span in --misses
 
 
@@ -108,6 +110,20 @@ def parse_label_map(spec: str) -> dict[str, str | None]:
     return out
 
 
+def template_split(template_id: int) -> str:
+    """"test" for about half of the template ids (a hash, so no rule can follow it), else "dev"."""
+    return "test" if hashlib.sha256(f"pii-template:{template_id}".encode()).digest()[0] % 2 else "dev"
+
+
+def load_pii_records(path: str) -> list[dict[str, Any]]:
+    """A presidio-research JSON list, or JSON lines with the same fields."""
+    with open(path, encoding="utf-8") as fh:
+        body = fh.read()
+    if body.lstrip().startswith("["):
+        return list(json.loads(body))
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
 def _context(text: str, s: int, e: int) -> str:
     return text[max(0, s - CONTEXT): e + CONTEXT].replace("\n", " ")
 
@@ -118,8 +134,7 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     from turnout.evals.guards_metrics import PiiReport, map_types, percentile, score_record
     from turnout.guards.pii import PiiGuard
 
-    with open(path, encoding="utf-8") as fh:
-        records = json.load(fh)
+    records = load_pii_records(path)
     if limit:
         records = records[:limit]
     gold_map: dict[str, str | None] = {**EVAL_TYPES, **(label_map or {})}
@@ -135,8 +150,11 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     reports = {"all": PiiReport()}
     if has_templates:
         reports["heldout_templates"] = PiiReport()
+        reports["dev_templates"] = PiiReport()
+        reports["test_templates"] = PiiReport()
     per_gold_type: dict[str, list[int]] = {}
     per_gold_type_heldout: dict[str, list[int]] = {}
+    per_gold_type_test: dict[str, list[int]] = {}
     unknown: dict[str, int] = {}
     latencies: list[float] = []
     cpu: list[float] = []
@@ -155,14 +173,19 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
                 unknown[m[2]] = unknown.get(m[2], 0) + 1
         reports["all"].add(text, gold, pred, min_cover)
         tid = r.get("template_id")
+        split = template_split(tid) if has_templates and isinstance(tid, int) else None
         if has_templates and isinstance(tid, int) and tid % 3 == 0:
             reports["heldout_templates"].add(text, gold, pred, min_cover)
+        if split is not None:
+            reports[f"{split}_templates"].add(text, gold, pred, min_cover)
         for raw, mapped in pairs:
             hit = score_record(text, [mapped], pred, type_aware=True, min_cover=min_cover)["*"].tp_gold
             agn = score_record(text, [mapped], pred, type_aware=False, min_cover=min_cover)["*"].tp_gold
             tables = [per_gold_type]
             if has_templates and isinstance(tid, int) and tid % 3 == 0:
                 tables.append(per_gold_type_heldout)
+            if split == "test":
+                tables.append(per_gold_type_test)
             for table in tables:
                 row = table.setdefault(raw[2], [0, 0, 0])
                 row[0] += 1
@@ -201,6 +224,8 @@ def eval_pii(path: str, *, limit: int | None = None, min_cover: float = 0.5, pro
     if has_templates:
         out["recall_by_gold_type_heldout"] = {t: {"n": n, "type_aware": round(h / n, 4), "hidden": round(a / n, 4)}
                                               for t, (n, h, a) in sorted(per_gold_type_heldout.items())}
+        out["recall_by_gold_type_test"] = {t: {"n": n, "type_aware": round(h / n, 4), "hidden": round(a / n, 4)}
+                                           for t, (n, h, a) in sorted(per_gold_type_test.items())}
     out["latency_ms"] = {"p50": round(percentile(latencies, 50), 2), "p95": round(percentile(latencies, 95), 2),
                          "max": round(max(latencies, default=0.0), 2)}
     # CPU time of the process: what the detector costs when the cores are not shared
@@ -472,13 +497,13 @@ def format_report(report: dict[str, Any], per_family: bool = False) -> str:
     if pii:
         lines.append(f"PII  {pii['file']}  ({pii['records']} records, coverage >= {pii['min_cover']})")
         lines.append(f"  {'split':<20}{'view':<15}{'precision':>10}{'recall':>8}{'F2':>8}")
-        for split in ("all", "heldout_templates"):
+        for split in ("all", "heldout_templates", "dev_templates", "test_templates"):
             for view in ("type_aware", "type_agnostic"):
                 v = pii.get(split, {}).get(view)
                 if v:
                     lines.append(f"  {split:<20}{view:<15}{v['precision']:>10.3f}{v['recall']:>8.3f}{v['f2']:>8.3f}")
-        held = pii.get("recall_by_gold_type_heldout", {})
-        lines.append("  recall by gold type (type-aware / hidden at all)" + (": all records | held-out templates"
+        held = pii.get("recall_by_gold_type_test", {})
+        lines.append("  recall by gold type (type-aware / hidden at all)" + (": all records | test templates"
                                                                              if held else ":"))
         for t, v in pii["recall_by_gold_type"].items():
             h = held.get(t)

