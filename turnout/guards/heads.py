@@ -159,7 +159,7 @@ class TenantHeads:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(tenant)
-        if hit is not None and (self.reload_s == 0 or now - hit[0] < self.reload_s):
+        if hit is not None and now - hit[0] < self.reload_s:  # 0: checked on every request
             return hit[2]
         name, head = self._load(tenant, hit)
         with self._lock:

@@ -173,6 +173,11 @@ def refit(base: InjectionHead, current: InjectionHead | None, examples: Sequence
     cand.flag_threshold = min(base.flag_threshold, cand.block_threshold)
     shipped_f, current_f, cand_f = (figures(h, gate, emb, y, ng, heur) for h in (base, serving, cand))
     figs = {"shipped": shipped_f.as_dict(), "current": current_f.as_dict(), "candidate": cand_f.as_dict()}
+    cand.meta = {**base.meta, "tenant": tenant, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                 "fit": {"prior": prior, "floor": floor, "examples": len(examples),
+                         "false_positive": int(np.sum(y == 0)), "false_negative": int(np.sum(y == 1)),
+                         "gate_sha256": gate.sha256},
+                 "figures": figs}
     want = shipped_f.gate_recall - floor
     if cand_f.gate_recall < want:
         return Outcome(False, f"gate recall {cand_f.gate_recall:.3f} < floor {want:.3f} (shipped "
@@ -188,9 +193,4 @@ def refit(base: InjectionHead, current: InjectionHead | None, examples: Sequence
     reason = (f"gate recall {cand_f.gate_recall:.3f} >= floor {want:.3f}; tenant false positives blocked "
               f"{current_f.tenant_fp_blocked} -> {cand_f.tenant_fp_blocked}, false negatives passed "
               f"{current_f.tenant_fn_passed} -> {cand_f.tenant_fn_passed}")
-    cand.meta = {**base.meta, "tenant": tenant, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 "fit": {"prior": prior, "floor": floor, "examples": len(examples),
-                         "false_positive": int(np.sum(y == 0)), "false_negative": int(np.sum(y == 1)),
-                         "gate_sha256": gate.sha256},
-                 "figures": figs, "gate": {"promote": True, "reason": reason}}
     return Outcome(True, reason, cand, figs)

@@ -191,14 +191,14 @@ class Guards:
         the guard's encoder on the one message again, is paid only for those. Never fails a request."""
         if self.examples is None or self.injection is None:
             return
-        texts, _ = _texts(req)
+        texts, where = _texts(req)
         found = [(i, f) for i, f in insp.findings if f.kind == "injection"]
         if found:
             index = max(found, key=lambda x: x[1].score)[0]
             out = next((o for o in outs if o.kind == "injection"), None)
             verdict = "flagged" if out is None or not out.blocks else "would_block" if out.shadow else "blocked"
         elif isinstance(req, ChatRequest) and self.benign_sample > 0 and random.random() < self.benign_sample:
-            users = [t for t, (i, _) in enumerate(_texts(req)[1]) if i >= 0 and req.messages[i].role == "user"]
+            users = [t for t, (i, _) in enumerate(where) if i >= 0 and req.messages[i].role == "user"]
             if not users:
                 return
             index, verdict = users[-1], "sample"

@@ -60,7 +60,8 @@ DEFINITIONS = {
 
 
 def _has(label: str) -> str:
-    return f"(',' || labels || ',') LIKE '%,{label},%'"
+    """The ledger row's comma-joined labels hold ``label`` (no LIKE: a '%' would upset PostgreSQL's placeholders)."""
+    return f"REPLACE(',' || labels || ',', ',{label},', '') <> (',' || labels || ',')"
 
 
 _GUARD_SQL = (f"SELECT alias, COUNT(*), SUM(CASE WHEN {_has('injection')} AND NOT {_has('injection_shadow')} "
