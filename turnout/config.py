@@ -144,8 +144,8 @@ class GuardLearningConfig(_Strict):
                                  "flagged and blocked requests)")
     heads: str = Field(".turnout/guards", description="folder of the per-tenant injection heads "
                        "(<heads>/<tenant>/current.json), written by `turnout guards fit`")
-    reload_s: float = Field(5.0, ge=0, description="seconds between checks for a newly promoted or rolled back head (0: "
-                            "every request)")
+    reload_s: float = Field(5.0, ge=0, description="seconds between checks for a newly promoted or rolled back "
+                            "head (0: every request)")
 
 
 class GuardsConfig(_Strict):

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fit.add_argument("--gate", type=Path, default=None, help="the attack gate set (default: the shipped one)")
     fit.add_argument("--floor", type=float, default=0.02,
                      help="largest drop in gate recall accepted, vs the shipped head (default 0.02)")
-    fit.add_argument("--prior", type=float, default=1.0, help="pull towards the shipped weights (default 1.0)")
+    fit.add_argument("--prior", type=float, default=10.0,
+                     help="strongest pull towards the shipped weights tried (default 10)")
     fit.add_argument("--json", action="store_true")
     fit.set_defaults(func=run_fit)
 
@@ -73,7 +74,7 @@ def run_fit(args: argparse.Namespace) -> int:
         if not tenants:
             raise ValueError("no tenant has guard labels yet (POST /v1/feedback with kind 'guard')")
         base = InjectionHead.load()
-        encoder = WindowEncoder(threads=1)
+        encoder = WindowEncoder()
         texts, labels = load_gate(args.gate or GATE)
         gate = GateSet.embed(texts, labels, encoder, base, cache=args.heads / ".cache")
         results: list[dict[str, Any]] = []

@@ -15,6 +15,11 @@ whose licenses permit redistribution without share-alike (MIT, Apache-2.0, CC0),
   self_instruct_human_tasks.csv (Apache-2.0), mtbench_vicuna_prompts.csv (Apache-2.0).
 
 The set gates a refit (recall must stay above a floor); it trains nothing and sets no threshold.
+
+``--moment`` also writes ``data/injection_moment.npy``: the second moment E[x x^T] (384 x 384,
+float16) of the guard encoder's window embeddings over ``--moment-per-class`` other texts of each
+class from the same files, none of them in the gate set. The refit measures a change to the head
+by it (how much the change moves scores on typical traffic), so the gate stays an honest test.
 """
 
 from __future__ import annotations
@@ -60,16 +65,41 @@ def build(data: Path, per_class: int, seed: int) -> list[dict[str, object]]:
     return rows
 
 
+def moment(data: Path, gate_texts: set[str], per_class: int, seed: int) -> object:
+    """E[x x^T] of the window embeddings of a seeded sample disjoint from the gate."""
+    import numpy as np
+
+    from turnout.guards.injection import WindowEncoder, views
+
+    rng = random.Random(seed + 1)
+    enc = WindowEncoder()
+    rows = []
+    for label, files in ((1, ATTACKS), (0, BENIGN)):
+        pool = sorted({t for folder, name in files for t in _rows(data / folder / name, label)} - gate_texts)
+        for t in rng.sample(pool, min(per_class, len(pool))):
+            rows.extend(np.concatenate([enc.encode(v) for v in views(t)]))
+    x = np.asarray(rows, dtype=np.float64)
+    return (x.T @ x / len(x)).astype(np.float16)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--seed", type=int, default=25)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("data") / "injection_gate.jsonl")
+    ap.add_argument("--moment", action="store_true", help="also write data/injection_moment.npy")
+    ap.add_argument("--moment-per-class", type=int, default=200)
     args = ap.parse_args(argv)
     rows = build(args.data, args.per_class, args.seed)
     args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     print(f"{args.out}: {sum(r['label'] == 1 for r in rows)} attacks, {sum(r['label'] == 0 for r in rows)} benign")
+    if args.moment:
+        import numpy as np
+
+        out = args.out.with_name("injection_moment.npy")
+        np.save(out, moment(args.data, {str(r["text"]) for r in rows}, args.moment_per_class, args.seed))
+        print(f"{out}: written")
     return 0
 
 

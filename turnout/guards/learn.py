@@ -5,11 +5,16 @@
     result = refit(base, current, examples, gate)
     if result.promote: registry.promote(...)                          # turnout.guards.heads
 
-**Fit.** Logistic regression on the kept window embeddings (384 weights and the intercept), with
-the shipped head as the prior: minimise the examples' log-loss plus ``prior / 2 * ||w - w0||^2``
-(intercept too). A false positive is a benign example (0), a false negative an attack (1). The
-n-gram half and the phrase heuristics are the shipped ones; each example's n-gram and heuristic
-scores were kept with its embedding, so its full score under a candidate is exact.
+**Fit.** Logistic regression on the kept window embeddings (the 384 weights; the intercept stays),
+with the shipped head as the prior: minimise the examples' log-loss plus ``prior / 2 * d' M d``,
+``d = w - w0``, ``M`` the second moment of typical window embeddings (``data/injection_moment.npy``,
+built from texts outside the gate set), so a change costs what it moves scores on typical traffic.
+Of the pulls ``prior x PRIOR_STEPS``, the strongest under which every labelled example lands on its
+side of the shipped block threshold is kept (the least change that fixes the labels; chosen on the
+tenant's labels only, never on the gate set). A false positive is a benign example (0), a false
+negative an attack (1). The n-gram half and the phrase heuristics are the shipped ones; each
+example's n-gram and heuristic scores were kept with its embedding, so its score under a candidate
+is exact.
 
 **Threshold.** The candidate's block threshold is the shipped one, raised just above the highest
 score of the tenant's labelled benign examples under the candidate (so none of them is blocked);
@@ -39,8 +44,12 @@ from turnout.guards.injection import InjectionHead, WindowEncoder, heuristic_sco
 from turnout.ledger.guard_examples import Example
 
 GATE = Path(__file__).with_name("data") / "injection_gate.jsonl"
+MOMENT = Path(__file__).with_name("data") / "injection_moment.npy"
+DIM = 384
+RIDGE = 1e-3
 DEFAULT_FLOOR = 0.02     # recall on the gate's attacks may drop by at most this much
-DEFAULT_PRIOR = 1.0      # pull towards the shipped weights (L2 on the difference)
+DEFAULT_PRIOR = 10.0     # pull towards the shipped weights, the strongest tried
+PRIOR_STEPS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)  # weaker pulls, tried in turn until the labels are fixed
 MAX_THRESHOLD = 0.999
 
 
@@ -93,7 +102,8 @@ class GateSet:
         best = np.zeros(len(self.labels))
         np.maximum.at(best, self.owner, ws)
         model = (1 - head.ngram_weight) * best + head.ngram_weight * self.ngram
-        return np.maximum(model, self.heuristic)
+        out: np.ndarray = np.maximum(model, self.heuristic)
+        return out
 
 
 def example_arrays(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -105,25 +115,38 @@ def example_arrays(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray,
 
 def example_scores(head: InjectionHead, emb: np.ndarray, ng: np.ndarray, heur: np.ndarray) -> np.ndarray:
     window = 1.0 / (1.0 + np.exp(-(emb @ np.asarray(head.coef) + head.intercept)))
-    return np.maximum((1 - head.ngram_weight) * window + head.ngram_weight * ng, heur)
+    out: np.ndarray = np.maximum((1 - head.ngram_weight) * window + head.ngram_weight * ng, heur)
+    return out
 
 
-def fit_head(base: InjectionHead, emb: np.ndarray, y: np.ndarray, prior: float = DEFAULT_PRIOR) -> InjectionHead:
-    """The shipped head moved towards the examples: log-loss + prior/2 * ||(w, b) - (w0, b0)||^2."""
+def load_moment(path: Path = MOMENT) -> np.ndarray:
+    """E[x x^T] of typical window embeddings (shipped, built with the gate set; identity without it)."""
+    if not path.is_file():
+        return np.eye(DIM)
+    m: np.ndarray = np.load(path).astype(np.float64)
+    return m + RIDGE * np.eye(len(m))
+
+
+def fit_head(base: InjectionHead, emb: np.ndarray, y: np.ndarray, prior: float = DEFAULT_PRIOR,
+             moment: np.ndarray | None = None) -> InjectionHead:
+    """The shipped head moved towards the examples: log-loss + prior/2 * d' M d, d = w - w0, M the
+    second moment of typical embeddings: a change is measured by how much it moves scores on typical
+    traffic, not by its length, so it goes where the examples differ from that traffic. The intercept
+    stays the shipped one (moving it moves every score)."""
     from scipy.optimize import minimize
 
-    w0 = np.asarray([*base.coef, base.intercept], dtype=np.float64)
-    x = np.hstack([emb, np.ones((len(emb), 1))])
+    w0 = np.asarray(base.coef, dtype=np.float64)
+    m = np.eye(len(w0)) if moment is None else moment
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = x @ w
+        z = emb @ w + base.intercept
         p = 1.0 / (1.0 + np.exp(-z))
-        ll = float(np.sum(np.logaddexp(0.0, z) - y * z))
         d = w - w0
-        return ll + prior / 2 * float(d @ d), x.T @ (p - y) + prior * d
+        md = m @ d
+        return float(np.sum(np.logaddexp(0.0, z) - y * z)) + prior / 2 * float(d @ md), emb.T @ (p - y) + prior * md
 
     w = minimize(loss, w0, jac=True, method="L-BFGS-B").x
-    return InjectionHead([float(v) for v in w[:-1]], float(w[-1]), base.block_threshold, base.flag_threshold,
+    return InjectionHead([float(v) for v in w], base.intercept, base.block_threshold, base.flag_threshold,
                          dict(base.meta), base.ngram_weight, base.ngram)
 
 
@@ -166,7 +189,12 @@ def refit(base: InjectionHead, current: InjectionHead | None, examples: Sequence
         return Outcome(False, "no labelled examples for this tenant (POST /v1/feedback with kind 'guard')", None)
     emb, y, ng, heur = example_arrays(examples)
     serving = current or base
-    cand = fit_head(base, emb, y, prior)
+    moment = load_moment()
+    for strength in (prior * f for f in PRIOR_STEPS):  # the least change to the shipped head that fixes the labels
+        cand = fit_head(base, emb, y, strength, moment)
+        scores = example_scores(cand, emb, ng, heur)
+        if np.all((scores >= base.block_threshold) == (y == 1)):
+            break
     benign = example_scores(cand, emb, ng, heur)[y == 0]
     needed = float(np.max(benign)) + 1e-4 if len(benign) else 0.0
     cand.block_threshold = min(MAX_THRESHOLD, max(base.block_threshold, needed))
@@ -174,7 +202,7 @@ def refit(base: InjectionHead, current: InjectionHead | None, examples: Sequence
     shipped_f, current_f, cand_f = (figures(h, gate, emb, y, ng, heur) for h in (base, serving, cand))
     figs = {"shipped": shipped_f.as_dict(), "current": current_f.as_dict(), "candidate": cand_f.as_dict()}
     cand.meta = {**base.meta, "tenant": tenant, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 "fit": {"prior": prior, "floor": floor, "examples": len(examples),
+                 "fit": {"prior": strength, "floor": floor, "examples": len(examples),
                          "false_positive": int(np.sum(y == 0)), "false_negative": int(np.sum(y == 1)),
                          "gate_sha256": gate.sha256},
                  "figures": figs}

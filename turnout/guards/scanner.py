@@ -74,7 +74,8 @@ MAX_QUEUED = 32
 def _inspector(guard: Guard, tenant: str) -> Callable[[str], list[Finding]]:
     """``guard.inspect``, or its tenant's own (a guard with ``for_tenant``: a per-tenant head)."""
     for_tenant = getattr(guard, "for_tenant", None)
-    return for_tenant(tenant) if for_tenant is not None else guard.inspect  # type: ignore[no-any-return]
+    fn: Callable[[str], list[Finding]] = for_tenant(tenant) if for_tenant is not None else guard.inspect
+    return fn
 
 
 def windows(text: str, size: int = WINDOW_CHARS, overlap: int = OVERLAP_CHARS) -> list[tuple[int, int, int, str]]:

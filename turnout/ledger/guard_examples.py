@@ -94,8 +94,8 @@ class SQLiteGuardExamples:
             raise ValueError(f"an embedding of {len(w.embedding) // 4} floats; {DIM} expected")
         now = w.ts or time.time()
         with self._lock, sqlitedb.immediate(self._conn) as c:
-            c.execute("INSERT OR REPLACE INTO guard_examples (request_id, tenant, ts, kind, verdict, score, ngram_score, "
-                      "heuristic, fingerprint, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            c.execute("INSERT OR REPLACE INTO guard_examples (request_id, tenant, ts, kind, verdict, score, "
+                      "ngram_score, heuristic, fingerprint, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (w.request_id, w.tenant, now, w.kind, w.verdict, w.score, w.ngram_score, w.heuristic,
                        w.fingerprint, w.embedding))
             c.execute("DELETE FROM guard_examples WHERE tenant = ? AND label IS NULL AND ts < ?",
