@@ -219,6 +219,7 @@ class Gateway:
         insp = await self.guards.inspect(req, block=False, authored=call.authored, tenant=call.tenant)
         route = self.cfg.routes.get(req.model)
         policy = self.guards.policy_for(route.guards if route else None, route.guard_mode if route else None)
+        call.route = req.model if route is not None else None  # a refusal below is counted on its route
         call.labels |= insp.labels
         for _, f in insp.findings:
             self.metrics.guard_findings.labels(f.kind).inc()

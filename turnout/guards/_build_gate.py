@@ -30,6 +30,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 MAX_CHARS = 1500
 ATTACKS = [("guards-extra", "asb_agent_injections.csv"), ("guards-extra", "agentdojo_injections.csv"),
@@ -65,7 +66,7 @@ def build(data: Path, per_class: int, seed: int) -> list[dict[str, object]]:
     return rows
 
 
-def moment(data: Path, gate_texts: set[str], per_class: int, seed: int) -> object:
+def moment(data: Path, gate_texts: set[str], per_class: int, seed: int) -> Any:
     """E[x x^T] of the window embeddings of a seeded sample disjoint from the gate."""
     import numpy as np
 
@@ -73,7 +74,7 @@ def moment(data: Path, gate_texts: set[str], per_class: int, seed: int) -> objec
 
     rng = random.Random(seed + 1)
     enc = WindowEncoder()
-    rows = []
+    rows: list[Any] = []
     for label, files in ((1, ATTACKS), (0, BENIGN)):
         pool = sorted({t for folder, name in files for t in _rows(data / folder / name, label)} - gate_texts)
         for t in rng.sample(pool, min(per_class, len(pool))):
