@@ -384,7 +384,7 @@ class InjectionGuard:
 
     def inspect_with(self, text: str, head: InjectionHead | None) -> list[Finding]:
         """Findings under ``head`` (a tenant's, with its own thresholds) or the shipped head (None)."""
-        s = self.score(text, head)
+        s = self.score(text) if head is None else self.score(text, head)
         flag, block = (self.flag_threshold, self.block_threshold) if head is None else (
             head.flag_threshold, head.block_threshold)
         if s < flag or math.isnan(s):
