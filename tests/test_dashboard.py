@@ -113,7 +113,7 @@ def test_stats_values_buckets_and_index_use(tmp_path: Path) -> None:
     data = stats.compute(query, "sqlite", hours=1, now=now)
     # no full scan of requests (or feedback, or labels) for a windowed query: each is found through its ts index
     ledger_plans = [plan for sql, plan in plans if "requests" in sql]
-    assert len(ledger_plans) == 3
+    assert len(ledger_plans) == 4  # traffic, latency, feedback, the injection guard's flag rate
     for plan in ledger_plans:
         assert "requests_ts" in plan, plan
         assert "SCAN r " not in plan + " " and "SCAN requests" not in plan and "SCAN f" not in plan, plan

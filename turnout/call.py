@@ -51,6 +51,7 @@ class Call:
     authored: tuple[ChatMessage, ...] = ()
     # inspect, ground, cache, scan
     labels: set[str] = field(default_factory=set)
+    route: str | None = None     # the route asked for, once the guards inspected it (before any decision)
     # decide / protect
     decision: Decision | None = None
     guard: GuardState | None = None

@@ -114,6 +114,38 @@ def _engines_adapter(dialects: tuple[str, ...]) -> TypeAdapter[dict[str, EngineC
 
 
 GuardAction = Literal["allow", "pseudonymize", "keep_local", "block"]
+# enforce: findings act (block, keep local, pseudonymize); shadow: scored and labelled only
+GuardMode = Literal["enforce", "shadow"]
+# the finding kinds that may run in shadow: those whose only effect is refusing the request. Shadow for
+# pii or secret would send unredacted data to a remote engine where enforce would not (docs/guards.md).
+SHADOWABLE_KINDS = frozenset({"injection"})
+
+
+def check_guard_modes(modes: dict[str, GuardMode], kinds: set[str], where: str) -> None:
+    for kind, mode in modes.items():
+        if kind not in kinds:
+            raise ValueError(f"{where}: no detector reports the kind {kind!r} -> use one of the detectors' kinds: "
+                             f"{', '.join(sorted(kinds))}")
+        if mode == "shadow" and kind not in SHADOWABLE_KINDS:
+            raise ValueError(f"{where}.{kind}: shadow is refused for {kind!r}: it would send unredacted data to remote "
+                             f"engines where enforce would not -> shadow only {', '.join(sorted(SHADOWABLE_KINDS))} "
+                             "(docs/guards.md, 'Shadow mode and learning from traffic')")
+
+
+class GuardLearningConfig(_Strict):
+    """What the injection guard keeps of flagged traffic so feedback can become a label, and where
+    the per-tenant heads of `turnout guards fit --from-traffic` live (docs/guards.md)."""
+
+    keep_days: float = Field(30.0, gt=0, description="unlabelled kept windows expire after this many days "
+                             "(labelled ones stay: they are the tenant's training labels)")
+    max_per_tenant: int = Field(5000, ge=1, description="unlabelled kept windows per tenant; the oldest go first")
+    benign_sample: float = Field(0.0, ge=0, le=1, description="share of unflagged requests whose top window "
+                                 "embedding is kept too, so a false_negative can be labelled on them (0: only "
+                                 "flagged and blocked requests)")
+    heads: str = Field(".turnout/guards", description="folder of the per-tenant injection heads "
+                       "(<heads>/<tenant>/current.json), written by `turnout guards fit`")
+    reload_s: float = Field(5.0, ge=0, description="seconds between checks for a newly promoted or rolled back "
+                            "head (0: every request)")
 
 
 class GuardsConfig(_Strict):
@@ -149,6 +181,10 @@ class GuardsConfig(_Strict):
     actions: dict[str, GuardAction] = Field(
         default_factory=lambda: dict[str, GuardAction](pii="pseudonymize", secret="keep_local", injection="allow"),
         description="the remote action per finding kind; the kinds are those the detectors report")
+    mode: dict[str, GuardMode] = Field(
+        default_factory=dict, description="per finding kind: enforce (default) or shadow (scored, labelled and "
+        "counted, never blocks); shadow is for injection only")
+    learning: GuardLearningConfig = GuardLearningConfig()
 
     @model_validator(mode="after")
     def _registered(self) -> GuardsConfig:
@@ -178,6 +214,7 @@ class GuardsConfig(_Strict):
             if kind not in kinds:
                 raise ValueError(f"actions: no detector reports the kind {kind!r} -> use one of the detectors' "
                                  f"kinds: {', '.join(sorted(kinds))}")
+        check_guard_modes(self.mode, kinds, "mode")
         return self
 
     def kinds(self) -> set[str]:
@@ -276,6 +313,8 @@ class RouteConfig(_Strict):
     description: str | None = None
     guards: dict[str, GuardAction] | None = Field(
         None, description="this route's remote actions per finding kind, over guards.actions")
+    guard_mode: dict[str, GuardMode] | None = Field(
+        None, description="this route's guard mode per finding kind (enforce | shadow), over guards.mode")
     strategy: str = Field(
         "rules", description="a registered routing strategy (entry-point group turnout.strategies). Built in: "
         "rules: try the chain in order; learned: a router scores the prompt and sends it to chain[0] (weak) or the "
@@ -549,6 +588,7 @@ class TurnoutConfig(_Strict):
                 if kind not in kinds:
                     raise ValueError(f"routes.{alias}.guards: no detector reports the kind {kind!r} -> use one "
                                      f"of the detectors' kinds: {', '.join(sorted(kinds))}")
+            check_guard_modes(route.guard_mode or {}, kinds, f"routes.{alias}.guard_mode")
         for i, rule in enumerate(self.rules):
             for member in rule.chain or []:
                 if member not in names:

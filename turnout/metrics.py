@@ -28,6 +28,12 @@ class Metrics:
         self.escalations = Counter("turnout_escalations", "Cascade escalations to a stronger engine", ["route"],
                                    registry=r)
         self.guard_findings = Counter("turnout_guard_findings", "Guard findings by kind", ["kind"], registry=r)
+        self.guard_inspected = Counter("turnout_guard_inspected", "Requests the input guards inspected, by route",
+                                       ["route"], registry=r)
+        self.guard_verdicts = Counter(
+            "turnout_guard_verdicts", "Requests a guard kind flagged, or would block (verdict=blocked), by route and "
+            "mode (shadow: never acted on); flag rate = this / turnout_guard_inspected",
+            ["route", "kind", "mode", "verdict"], registry=r)
         self.errors = Counter("turnout_errors", "Errors by HTTP status", ["route", "status"], registry=r)
         self.ledger_failures = Counter("turnout_ledger_write_failures", "Ledger rows that could not be written",
                                        registry=r)

@@ -216,11 +216,25 @@ class Gateway:
     async def inspect(self, call: Call, req: ChatRequest | EmbeddingRequest) -> Inspection | None:
         if self.guards is None:
             return None
-        insp = await self.guards.inspect(req, block=not isinstance(req, EmbeddingRequest), authored=call.authored,
-                                         tenant=call.tenant)
+        insp = await self.guards.inspect(req, block=False, authored=call.authored, tenant=call.tenant)
+        route = self.cfg.routes.get(req.model)
+        policy = self.guards.policy_for(route.guards if route else None, route.guard_mode if route else None)
+        call.route = req.model if route is not None else None  # a refusal below is counted on its route
         call.labels |= insp.labels
         for _, f in insp.findings:
             self.metrics.guard_findings.labels(f.kind).inc()
+        outs = self.guards.outcomes(insp, policy)
+        alias = self.metrics.route(req.model)
+        self.metrics.guard_inspected.labels(alias).inc()
+        for o in outs:  # the flag rate per route, shadow and enforced apart
+            call.labels |= o.labels()
+            mode = "shadow" if o.shadow else "enforce"
+            self.metrics.guard_verdicts.labels(alias, o.kind, mode, "flagged").inc()
+            if o.blocks:
+                self.metrics.guard_verdicts.labels(alias, o.kind, mode, "blocked").inc()
+        await self.guards.keep(call.request_id, call.tenant, req, insp, outs)
+        if not isinstance(req, EmbeddingRequest):  # text to be embedded is data, not instructions
+            self.guards.enforce(insp, policy)
         return insp
 
     # ==== cache ===============================================================================
@@ -295,7 +309,8 @@ class Gateway:
         if self.guards is None or insp is None or call.decision is None:
             return
         route = self.cfg.routes.get(call.decision.alias)
-        call.guard = await self.guards.protect_async(req, insp, self.guards.policy_for(route.guards if route else None),
+        call.guard = await self.guards.protect_async(req, insp, self.guards.policy_for(
+            route.guards if route else None, route.guard_mode if route else None),
                                                      call.tenant)
         if not call.guard.safe_for_remote and not call.decision.confined:
             why = "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"

@@ -89,7 +89,7 @@ class Recorder:
             ts=call.ts,
             request_id=call.request_id,
             tenant=call.tenant,
-            alias=d.alias if d else "-",
+            alias=d.alias if d else call.route or "-",  # a guard refusal comes before the decision
             rule=d.rule if d else None,
             reason=d.explanation if d else None,
             strategy=d.strategy if d else None,

@@ -33,12 +33,13 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -409,19 +410,61 @@ class InjectionGuard:
         self.flag_threshold = flag_threshold if flag_threshold is not None else self.head.flag_threshold
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
 
-    def score(self, text: str) -> float:
+    def score(self, text: str, head: InjectionHead | None = None) -> float:
         if not text.strip():
             return 0.0
         import numpy as np
 
+        head = head or self.head
         vs = views(text)
         emb = np.concatenate([self.encoder.encode(v) for v in vs])
-        ng = self.head.ngram.score(vs) if self.head.ngram is not None else 0.0
-        return float(combine(list(self.head.window_scores(emb)), vs, ng, self.head.ngram_weight))
+        ng = head.ngram.score(vs) if head.ngram is not None else 0.0
+        return float(combine(list(head.window_scores(emb)), vs, ng, head.ngram_weight))
 
     def inspect(self, text: str) -> list[Finding]:
-        s = self.score(text)
-        if s < self.flag_threshold or math.isnan(s):
+        return self.inspect_with(text, None)
+
+    def inspect_with(self, text: str, head: InjectionHead | None) -> list[Finding]:
+        """Findings under ``head`` (a tenant's, with its own thresholds) or the shipped head (None)."""
+        s = self.score(text) if head is None else self.score(text, head)
+        flag, block = (self.flag_threshold, self.block_threshold) if head is None else (
+            head.flag_threshold, head.block_threshold)
+        if s < flag or math.isnan(s):
             return []
-        typ = "JAILBREAK" if s >= self.block_threshold else "SUSPECTED_INJECTION"
+        typ = "JAILBREAK" if s >= block else "SUSPECTED_INJECTION"
         return [Finding("injection", typ, 0, 0, round(s, 4), self.name)]
+
+    # ---- learning from traffic (turnout.guards.learn): a tenant's own head, and what feedback needs
+
+    tenant_heads: Callable[[str], InjectionHead | None] | None = None  # tenant -> its promoted head, or None
+
+    def for_tenant(self, tenant: str) -> Callable[[str], list[Finding]]:
+        """``inspect`` for ``tenant``: with its promoted head when it has one (the scanner calls this)."""
+        head = self.tenant_heads(tenant) if self.tenant_heads is not None else None
+        return self.inspect if head is None else functools.partial(self.inspect_with, head=head)
+
+    def evidence(self, text: str, head: InjectionHead | None = None) -> Evidence:
+        """What a refit needs of ``text``, never the text: its best window's embedding under ``head``
+        (the shipped one by default), the n-gram and heuristic scores the head cannot change, the score."""
+        import numpy as np
+
+        head = head or self.head
+        vs = views(text) if text.strip() else [" "]
+        emb = np.concatenate([self.encoder.encode(v) for v in vs])
+        ws = head.window_scores(emb)
+        ng = head.ngram.score(vs) if head.ngram is not None else 0.0
+        heur = max(heuristic_score(t) for t in vs)
+        best = int(np.argmax(ws))
+        return Evidence(emb[best].astype(np.float32), float(ng), float(heur),
+                        float(combine(list(ws), vs, ng, head.ngram_weight)), self.encoder.fingerprint)
+
+
+@dataclass
+class Evidence:
+    """A text's best window embedding and the parts of its score a head cannot change."""
+
+    embedding: Any          # (384,) float32
+    ngram_score: float
+    heuristic: float
+    score: float
+    fingerprint: str        # the encoder's: a head is only refitted on embeddings of the same encoder

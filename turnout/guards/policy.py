@@ -6,6 +6,10 @@ re-route to a local one or refuse; on a local engine it is the same as ``allow``
 
 Fail closed: an inspection that carries an error (a detector raised or ran past its
 time budget) is never safe for remote, whatever its findings say.
+
+Shadow: the finding kinds in ``GuardPolicy.shadow`` are labels only (``guards.mode``, a route's
+``guard_mode``): ``decide`` passes over them, and :func:`outcomes` says what they would have done.
+Only kinds whose one effect is a refusal may be shadowed (``turnout.config.SHADOWABLE_KINDS``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class GuardPolicy:
     rules: Mapping[str, Rule] = field(default_factory=lambda: dict(DEFAULT_RULES))
     injection_block: float | None = None
     on_error: Action = "keep_local"
+    shadow: frozenset[str] = frozenset()   # finding kinds scored and labelled, never acted on
 
     def rule_for(self, f: Finding) -> Rule:
         return self.rules.get(f"{f.kind}:{f.type}") or self.rules.get(f.kind) or Rule("keep_local")
@@ -49,7 +54,17 @@ class GuardPolicy:
         rules = dict(self.rules)
         for kind, action in actions.items():
             rules[kind] = Rule(remote=action)
-        return GuardPolicy(rules=rules, injection_block=self.injection_block, on_error=self.on_error)
+        return GuardPolicy(rules=rules, injection_block=self.injection_block, on_error=self.on_error,
+                           shadow=self.shadow)
+
+    def with_modes(self, modes: Mapping[str, str] | None) -> GuardPolicy:
+        """This policy with the kinds ``modes`` names put in shadow (``"shadow"``) or back to enforce."""
+        if not modes:
+            return self
+        shadow = {k for k in self.shadow if modes.get(k, "shadow") == "shadow"}
+        shadow |= {k for k, m in modes.items() if m == "shadow"}
+        return GuardPolicy(rules=self.rules, injection_block=self.injection_block, on_error=self.on_error,
+                           shadow=frozenset(shadow))
 
 
 DEFAULT_RULES: dict[str, Rule] = {
@@ -89,6 +104,8 @@ def decide(inspection: Inspection, locality: Locality, policy: GuardPolicy | Non
         raise_to(a, f"guard failure: {inspection.error}")
 
     for idx, f in inspection.findings:
+        if f.kind in policy.shadow:
+            continue
         rule = policy.rule_for(f)
         if f.score < rule.min_score:
             continue
@@ -110,6 +127,39 @@ def decide(inspection: Inspection, locality: Locality, policy: GuardPolicy | Non
         if a != "allow":
             raise_to(a, f"{f.kind}:{f.type} -> {a}")
     return Verdict(action, safe, to_pseudo if action == "pseudonymize" else [], _unique(reasons))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one finding kind did to a request: ``flagged`` (it has findings), ``blocks`` (they
+    would refuse it on any engine), and whether the kind runs in ``shadow`` (then it did not)."""
+
+    kind: str
+    shadow: bool
+    blocks: bool
+
+    @property
+    def blocked(self) -> bool:
+        return self.blocks and not self.shadow
+
+    def labels(self) -> set[str]:
+        """The ledger labels beside the kind's own: ``<kind>_shadow`` for a shadowed kind's findings,
+        ``<kind>_blocked`` or, in shadow, ``<kind>_would_block``."""
+        out = {f"{self.kind}_shadow"} if self.shadow else set()
+        if self.blocks:
+            out.add(f"{self.kind}_would_block" if self.shadow else f"{self.kind}_blocked")
+        return out
+
+
+def outcomes(inspection: Inspection, policy: GuardPolicy) -> list[Outcome]:
+    """Per finding kind present: would its findings alone block the request on any engine
+    (as ``decide`` for a local engine, shadow ignored)?"""
+    enforce = GuardPolicy(rules=policy.rules, injection_block=policy.injection_block, on_error=policy.on_error)
+    out = []
+    for kind in sorted({f.kind for _, f in inspection.findings}):
+        alone = Inspection(findings=[(i, f) for i, f in inspection.findings if f.kind == kind])
+        out.append(Outcome(kind, kind in policy.shadow, decide(alone, "local", enforce).blocked))
+    return out
 
 
 def _unique(xs: Iterable[str]) -> list[str]:

@@ -71,6 +71,13 @@ MAX_BUDGET_MS = 5000.0
 MAX_QUEUED = 32
 
 
+def _inspector(guard: Guard, tenant: str) -> Callable[[str], list[Finding]]:
+    """``guard.inspect``, or its tenant's own (a guard with ``for_tenant``: a per-tenant head)."""
+    for_tenant = getattr(guard, "for_tenant", None)
+    fn: Callable[[str], list[Finding]] = for_tenant(tenant) if for_tenant is not None else guard.inspect
+    return fn
+
+
 def windows(text: str, size: int = WINDOW_CHARS, overlap: int = OVERLAP_CHARS) -> list[tuple[int, int, int, str]]:
     """``text`` in pieces: (offset of the piece, start and end of its core, piece). The cores
     tile the text; each piece adds ``overlap`` characters on both sides of its core."""
@@ -225,7 +232,7 @@ class Scanner:
             if run.remaining() <= 0:
                 run.fail(u, run.late(u, spent=True))
                 continue
-            fut = self._pool.submit(tenant, run.timed(u.guard.inspect), u.piece)
+            fut = self._pool.submit(tenant, run.timed(_inspector(u.guard, tenant)), u.piece)
             try:
                 found = fut.result(timeout=run.remaining())
             except cf.TimeoutError:
@@ -254,7 +261,7 @@ class Scanner:
                 if run.remaining() <= 0:
                     run.fail(u, run.late(u, spent=True))
                     continue
-                fut = self._pool.submit(tenant, run.timed(u.guard.inspect), u.piece)
+                fut = self._pool.submit(tenant, run.timed(_inspector(u.guard, tenant)), u.piece)
                 try:
                     if run.started is None:  # its first unit: waits for the tenant's turn
                         found = await self._first(run, fut, tenant)

@@ -15,17 +15,21 @@ request to local engines, or refuses it when none is available.
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from turnout.errors import PolicyBlocked
 from turnout.guards.base import Action, Finding, Inspection, Verdict
-from turnout.guards.policy import GuardPolicy, decide
+from turnout.guards.policy import GuardPolicy, Outcome, decide, outcomes
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
 from turnout.guards.scanner import Scanner
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
 from turnout.results import ChatResult, Delta, EngineInfo
+
+log = logging.getLogger("turnout.guards")
 
 
 def _texts(req: ChatRequest | EmbeddingRequest) -> tuple[list[str], list[tuple[int, int]]]:
@@ -136,9 +140,13 @@ class StreamRestore:
 class Guards:
     """Built once at start-up; ``inspect`` runs per request off the event loop."""
 
-    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None) -> None:
+    def __init__(self, scanner: Scanner, policy: GuardPolicy | None = None, *, examples: Any = None,
+                 benign_sample: float = 0.0) -> None:
         self.scanner = scanner
         self.policy = policy or GuardPolicy()
+        self.examples = examples            # SQLiteGuardExamples (turnout.ledger.guard_examples), or None
+        self.benign_sample = benign_sample  # share of unflagged chat requests whose top window is kept too
+        self.injection: Any = next((g for g in scanner.guards if hasattr(g, "evidence")), None)
 
     async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True,
                       authored: Sequence[ChatMessage] = (), tenant: str = "-") -> Inspection:
@@ -158,11 +166,54 @@ class Guards:
             insp.findings = [(t, f) for t, f in insp.findings if not (f.kind == "injection" and t in ours)]
             if not any(f.kind == "injection" for _, f in insp.findings):
                 insp.labels.discard("injection")
-        if block and decide(insp, "local", self.policy).blocked:
-            kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings if f.kind == "injection"})
+        if block:
+            self.enforce(insp, self.policy)
+        return insp
+
+    def enforce(self, insp: Inspection, policy: GuardPolicy) -> None:
+        """403 ``guard_blocked`` for what ``policy`` blocks on any engine (a shadowed kind never does)."""
+        if decide(insp, "local", policy).blocked:
+            kinds = sorted({f"{f.kind}:{f.type}" for _, f in insp.findings
+                            if f.kind == "injection" and f.kind not in policy.shadow})
             raise PolicyBlocked(f"request refused by input guards ({', '.join(kinds) or 'policy'})",
                                 code="guard_blocked")
-        return insp
+
+    @staticmethod
+    def outcomes(insp: Inspection, policy: GuardPolicy) -> list[Outcome]:
+        """Per finding kind: flagged, would it block, is it in shadow (labels and metrics)."""
+        return outcomes(insp, policy)
+
+    async def keep(self, request_id: str, tenant: str, req: ChatRequest | EmbeddingRequest, insp: Inspection,
+                   outs: Sequence[Outcome]) -> None:
+        """Keep what a refit needs of a request the injection guard flagged (or of a sampled
+        unflagged one, ``guards.learning.benign_sample``): its best window's embedding, never the
+        text, so feedback on it can become a label (``turnout.ledger.guard_examples``). Its cost,
+        the guard's encoder on the one message again, is paid only for those. Never fails a request."""
+        if self.examples is None or self.injection is None:
+            return
+        texts, where = _texts(req)
+        found = [(i, f) for i, f in insp.findings if f.kind == "injection"]
+        if found:
+            index = max(found, key=lambda x: x[1].score)[0]
+            out = next((o for o in outs if o.kind == "injection"), None)
+            verdict = "flagged" if out is None or not out.blocks else "would_block" if out.shadow else "blocked"
+        elif isinstance(req, ChatRequest) and self.benign_sample > 0 and random.random() < self.benign_sample:
+            users = [t for t, (i, _) in enumerate(where) if i >= 0 and req.messages[i].role == "user"]
+            if not users:
+                return
+            index, verdict = users[-1], "sample"
+        else:
+            return
+        try:
+            from turnout.ledger.guard_examples import KeptWindow
+
+            heads = getattr(self.injection, "tenant_heads", None)
+            head = heads(tenant) if heads is not None else None
+            ev = await self.scanner.run_fair(tenant, self.injection.evidence, texts[index], head)
+            await self.examples.keep(KeptWindow(request_id, tenant, verdict, ev.score, ev.ngram_score, ev.heuristic,
+                                                ev.fingerprint, ev.embedding.astype("<f4").tobytes()))
+        except Exception:  # noqa: BLE001 - learning never fails a request
+            log.exception("could not keep the guard's window of request %s", request_id)
 
     def protect(self, req: ChatRequest | EmbeddingRequest, insp: Inspection,
                 policy: GuardPolicy | None = None) -> GuardState:
@@ -191,9 +242,9 @@ class Guards:
         prompt with many findings takes a while, and the event loop serves every tenant."""
         return await self.scanner.run_fair(tenant, self.protect, req, insp, policy)
 
-    def policy_for(self, actions: Mapping[str, Action] | None) -> GuardPolicy:
-        """The default policy with a route's own remote actions per finding kind."""
-        return self.policy.with_actions(actions)
+    def policy_for(self, actions: Mapping[str, Action] | None, modes: Mapping[str, str] | None = None) -> GuardPolicy:
+        """The default policy with a route's own remote actions and modes (shadow) per finding kind."""
+        return self.policy.with_actions(actions).with_modes(modes)
 
     def scan_output(self, req: ChatRequest, text: str) -> list[Finding]:
         system = "\n".join(m.text() for m in req.messages if m.role in ("system", "developer")) or None

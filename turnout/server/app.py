@@ -99,14 +99,21 @@ class ChatFastPath:
         await self.authorize(scope, receive, send)
 
 
-def build_guards(cfg: TurnoutConfig) -> Guards:
+def build_guards(cfg: TurnoutConfig, examples: Any = None) -> Guards:
     """The detectors ``guards.detectors`` names (registered in the ``turnout.guards`` entry-point
-    group) load once, here; ``guards.actions`` refine the default policy."""
+    group) load once, here; ``guards.actions`` and ``guards.mode`` refine the default policy. The
+    injection guard scores each tenant with its promoted head (``turnout guards fit``), and flagged
+    requests' windows go to ``examples`` (``turnout.ledger.guard_examples``) for feedback to label."""
+    from turnout.guards.heads import TenantHeads
     from turnout.guards.policy import GuardPolicy
     from turnout.guards.scanner import Scanner
 
-    policy = GuardPolicy(injection_block=cfg.guards.injection_threshold).with_actions(cfg.guards.actions)
-    return Guards(Scanner.from_config(cfg.guards), policy)
+    g = cfg.guards
+    policy = GuardPolicy(injection_block=g.injection_threshold).with_actions(g.actions).with_modes(g.mode)
+    guards = Guards(Scanner.from_config(g), policy, examples=examples, benign_sample=g.learning.benign_sample)
+    if guards.injection is not None and hasattr(guards.injection, "head"):
+        guards.injection.tenant_heads = TenantHeads(g.learning.heads, guards.injection.head, g.learning.reload_s)
+    return guards
 
 
 def build_cache(cfg: TurnoutConfig) -> AnswerCache | None:
@@ -197,7 +204,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.functions = fns
         engines = await start_engines(cfg)
-        app.state.stores = stores = open_stores(cfg.storage)  # PostgreSQL when storage.postgres_dsn is set
+        # PostgreSQL when storage.postgres_dsn is set
+        app.state.stores = stores = open_stores(cfg.storage, cfg.guards.learning)
         ledger = stores.ledger
         keys = open_key_store(cfg.storage)  # PostgreSQL too when storage.postgres_dsn is set: one store for all
         mode = cfg.auth
@@ -205,7 +213,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             mode, _ = resolve_mode(None, True, len(keys.list()))  # every key ever held counts
         access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
         app.state.sessions = Sessions(keys)  # the browser pages' logins, in the same store as the keys
-        guards = build_guards(cfg) if cfg.guards.enabled else None
+        guards = build_guards(cfg, stores.guard_examples) if cfg.guards.enabled else None
         provider = None
         if cfg.tracing.exporter != "none" or span_exporter is not None:
             from turnout.tracing import make_provider

@@ -177,7 +177,8 @@ class TaskRunner:
         req = ChatRequest(model=self.planner_route, messages=[ChatMessage(role="user", content=text)])
         insp = await guards.inspect(req, block=False, tenant=tenant)  # on the tenant's share of the guards
         route = self.cfg.routes.get(self.planner_route)
-        state = guards.protect(req, insp, guards.policy_for(route.guards if route else None))
+        state = guards.protect(req, insp, guards.policy_for(route.guards if route else None,
+                                                             route.guard_mode if route else None))
         if state.safe_for_remote:
             return None
         return "guard findings: " + ", ".join(sorted(insp.labels)) if insp.labels else "guard policy"
