@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.runcli import run_cli as cli
 from turnout import cost
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "turnout", "cost", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return cli("cost", *args, cwd=ROOT)
 
 
 # --- the worked example -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings
 
+from tests.runcli import run_cli
 from tests.conftest import Gateway, Upstream, _factory
 from turnout.testing.procs import Proc, start_server
 
@@ -59,8 +60,7 @@ def fuzz_key(fuzz_gateway: Gateway) -> str:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(fuzz_gateway.db), "create",
-                          "--tenant", "fuzz", "--json"], capture_output=True, text=True, check=True, timeout=60)
+    out = run_cli("keys", "--db", str(fuzz_gateway.db), "create", "--tenant", "fuzz", "--json", check=True)
     return str(json.loads(out.stdout)["key"])
 
 

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.runcli import run_cli
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, hybrid_config
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
@@ -106,17 +107,15 @@ def test_config_check_names_file_key_and_fix(tmp_path: Path) -> None:
     bad.write_text("engines:\n  x:\n    dialect: openai\n    locality: remote\n"
                    "    base_url: http://h/v1\n    modle: m\n"
                    "routes:\n  auto: {chain: [x]}\n")
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(bad)], capture_output=True, text=True)
+    out = run_cli("config", "check", str(bad))
     assert out.returncode == 2
     assert str(bad) in out.stderr and "engines.x.modle" in out.stderr and "remove it" in out.stderr
     assert "engines.x.model" in out.stderr and "add it" in out.stderr
     good = tmp_path / "good.yaml"
     good.write_text(bad.read_text().replace("modle", "model"))
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(good)],
-                         capture_output=True, text=True)
+    out = run_cli("config", "check", str(good))
     assert out.returncode == 0 and "route auto: x" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(tmp_path / "missing.yaml")],
-                         capture_output=True, text=True)
+    out = run_cli("config", "check", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and "no such configuration file" in out.stderr
 
 
@@ -125,8 +124,7 @@ def test_usage_summarises_the_ledger(gateway_factory, upstream: Upstream, anthro
     client = gw.openai()
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "a b c"}])
     client.chat.completions.create(model="private", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("usage", "--db", str(gw.db), "--json", check=True)
     summary = json.loads(out.stdout)
     assert summary["total"]["requests"] == 2
     assert summary["routes"]["auto"]["cost_usd"] > 0 and summary["routes"]["private"]["local_share"] == 1.0
@@ -136,8 +134,7 @@ def test_usage_summarises_the_ledger(gateway_factory, upstream: Upstream, anthro
     private = summary["routes"]["private"]
     assert private["cost_usd"] > 0 and private["baseline_cost_usd"] > 0
     assert private["saved_usd"] == pytest.approx(private["baseline_cost_usd"] - private["cost_usd"])
-    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db)],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_cli("usage", "--db", str(gw.db), check=True).stdout
     assert "by route" in table and "frontier" in table
 
 

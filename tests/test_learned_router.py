@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from tests.runcli import run_cli
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.router_cv import check_disjoint, cross_val_scores, prompt_folds
 from turnout.evals.routing_metrics import evaluate_scores
@@ -216,8 +217,7 @@ def test_cli_json_on_generated_csv(tmp_path: Path) -> None:
 def test_cli_reports_bad_file_with_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.csv"
     path.write_text("prompt,weak_correct,strong_correct\na,True,True\nb,True,perhaps\n")
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = run_cli("eval", "router", "--dataset", str(path), cwd=REPO)
     assert out.returncode == 2
     assert "broken.csv:3" in out.stderr
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.runcli import run_cli
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
 from turnout.ledger.audit import ROW_HASH, SqliteAuditLog, row_sha256, sqlite_append, utc_now
 from turnout.ledger.sqlite import COLUMNS, LedgerRow, SQLiteLedger
@@ -34,8 +35,7 @@ EDITS: list[tuple[str, object]] = [
 
 
 def verify_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("audit", "verify", *args, cwd=ROOT)
 
 
 def _row(i: int) -> LedgerRow:
