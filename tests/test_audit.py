@@ -9,12 +9,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-from subprocess import CompletedProcess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 

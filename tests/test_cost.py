@@ -8,7 +8,6 @@ import json
 import math
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path

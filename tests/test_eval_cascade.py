@@ -4,8 +4,6 @@ questions, its confidence against its correctness, and the on-disk answer cache.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.runcli import run_cli
 from tests.conftest import Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 

@@ -23,8 +23,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.runcli import run_cli
 from tests.conftest import Gateway, Upstream, _factory
+from tests.runcli import run_cli
 from turnout.testing.procs import Proc, start_server
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "25"))
@@ -57,8 +57,6 @@ def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def fuzz_key(fuzz_gateway: Gateway) -> str:
     """A user key, made after the gateway started (a new key works at once)."""
     import json
-    import subprocess
-    import sys
 
     out = run_cli("keys", "--db", str(fuzz_gateway.db), "create", "--tenant", "fuzz", "--json", check=True)
     return str(json.loads(out.stdout)["key"])

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.runcli import run_cli
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 

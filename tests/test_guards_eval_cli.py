@@ -1,14 +1,15 @@
-"""`turnout eval guards` end to end on small slices and small files made here, as a subprocess."""
+"""`turnout eval guards` end to end on small slices and small files made here, through the CLI's main(argv)."""
 
 import csv
 import json
 import random
 import string
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.runcli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # shared/ sits beside the clone (CI) or at /work/shared (a developer's machine)

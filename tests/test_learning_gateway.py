@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.runcli import run_cli
 from tests.conftest import FAST_RESILIENCE
+from tests.runcli import run_cli
 from tests.test_learning_loop import ENV, router_on, synthetic, write_outcomes
 from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, resolve

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -113,7 +112,8 @@ def test_save_artifact_refuses_a_degenerate_router(tmp_path: Path) -> None:
         w.writerow(["prompt", "weak_correct", "strong_correct"])
         for i in range(60):  # the words they share carry no label; the rest are unique
             w.writerow([f"the same fixed preamble and question id{i}", i % 2, 1])
-    out = run_cli("eval", "router", "--dataset", str(path), "--router", "tfidf-lr", "--save-artifact", str(tmp_path / "r.npz"), "--target-escalation", "0.2", env=ENV, cwd=tmp_path)
+    out = run_cli("eval", "router", "--dataset", str(path), "--router", "tfidf-lr", "--save-artifact",
+                  str(tmp_path / "r.npz"), "--target-escalation", "0.2", env=ENV, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "degenerate router" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r.npz").exists()
@@ -534,7 +534,8 @@ def test_eval_router_replay_cli(tmp_path: Path) -> None:
     target = synthetic(600, seed=15, flip=True)
     path = tmp_path / "traffic.csv"
     write_outcomes(path, target)
-    out = run_cli("eval", "router", "--replay", str(path), "--artifact", str(artifact), "--router", "tfidf-lr", "--label-budget", "150", "--sampling", "uniform", "--json", env=ENV)
+    out = run_cli("eval", "router", "--replay", str(path), "--artifact", str(artifact), "--router", "tfidf-lr",
+                  "--label-budget", "150", "--sampling", "uniform", "--json", env=ENV)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["config"]["sampling"] == "uniform" and result["curve"][-1]["labels"] == 150

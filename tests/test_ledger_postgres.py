@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from tests.runcli import run_cli
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 from turnout.ledger.audit import PostgresAuditLog
 from turnout.ledger.base import LedgerRow
 from turnout.ledger.postgres import read_rows

@@ -10,7 +10,6 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.runcli import run_cli
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 from turnout.ledger.audit import ROW_HASH, SqliteAuditLog, row_sha256, sqlite_append, utc_now
 from turnout.ledger.sqlite import COLUMNS, LedgerRow, SQLiteLedger
 
