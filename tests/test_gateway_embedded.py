@@ -4,8 +4,6 @@ when things fail."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -139,12 +137,12 @@ def test_usage_summarises_the_ledger(gateway_factory, upstream: Upstream, anthro
 
 
 def test_chat_command_in_process_and_against_a_running_gateway(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "turnout", "chat", "Say hi.", "--max-tokens", "4"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    cmd = ["chat", "Say hi.", "--max-tokens", "4"]
+    out = run_cli(*cmd, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip()
     assert "route auto -> engine local (local)" in out.stderr
     gw: Gateway = gateway_factory(None)
-    out = subprocess.run([*cmd, "--url", gw.url, "--model", "private"], capture_output=True, text=True, timeout=300)
+    out = run_cli(*cmd, "--url", gw.url, "--model", "private")
     assert out.returncode == 0 and "route private -> engine local" in out.stderr
-    bad = subprocess.run([*cmd, "--url", gw.url, "--model", "nope"], capture_output=True, text=True, timeout=300)
+    bad = run_cli(*cmd, "--url", gw.url, "--model", "nope")
     assert bad.returncode == 1 and "error 404" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,8 +6,6 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -194,10 +192,8 @@ def test_cli_json_on_generated_csv(tmp_path: Path) -> None:
     _write_csv(path, synthetic(300, seed=5))
     artifact = tmp_path / "routers" / "small-tfidf-lr.npz"
     env = {**os.environ, "TURNOUT_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path), "--json"]
-    out = subprocess.run(cmd + ["--router", "tfidf-lr", "random", "oracle", "--save-artifact", str(artifact),
-                                "--target-escalation", "0.45"], capture_output=True, text=True, cwd=REPO,
-                         env=env, timeout=120)
+    out = run_cli("eval", "router", "--dataset", str(path), "--json", "--router", "tfidf-lr", "random", "oracle",
+                  "--save-artifact", str(artifact), "--target-escalation", "0.45", cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     routers = result["routers"]
