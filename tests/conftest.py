@@ -226,8 +226,11 @@ def module_gateway(tmp_path_factory: pytest.TempPathFactory, config: dict[str, A
         proc.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def hybrid(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
            anthropic_upstream: Upstream) -> Iterator[Gateway]:
-    """One gateway per test module: local llama.cpp + OpenAI-wire frontier + Anthropic fake, guards off."""
+    """One gateway for the session: local llama.cpp + OpenAI-wire frontier + Anthropic fake, guards off.
+    Started once (the model loaded once) for every module that only needs *a* gateway with the common
+    config; its ledger is shared, so tests read their own rows (``ledger_after``, ``ledger()[-1]``).
+    A module that needs other settings defines its own ``hybrid`` (test_embedded_tools, test_guards_gateway)."""
     yield from module_gateway(tmp_path_factory, hybrid_config(upstream.url, anthropic_upstream.url))

@@ -33,12 +33,13 @@ def _environ(env: dict[str, str] | None) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def run_cli(*args: str, cwd: str | Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
     """``turnout ARGS`` in this process: exit status, stdout and stderr as a CompletedProcess.
 
     ``env``, when given, is the whole environment (as for subprocess.run), restored afterwards;
-    ``cwd`` likewise. An argparse error (SystemExit) gives its status, as the process would."""
+    ``cwd`` likewise. An argparse error (SystemExit) gives its status, as the process would.
+    ``check`` raises CalledProcessError on a non-zero status, as subprocess.run's does."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_environ(env))
@@ -52,4 +53,7 @@ def run_cli(*args: str, cwd: str | Path | None = None,
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             if exc.code is not None and not isinstance(exc.code, int):
                 print(exc.code, file=err)
-    return subprocess.CompletedProcess(["turnout", *args], code, out.getvalue(), err.getvalue())
+    done = subprocess.CompletedProcess(["turnout", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        done.check_returncode()
+    return done

@@ -14,9 +14,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
+from tests.runcli import run_cli
 from turnout.ledger.audit import AuditEvent, canonical_json, entry_hash
 from turnout.ledger.audit_store import AuditLog, PostgresAuditLog, SQLiteAuditLog
 
@@ -179,9 +181,8 @@ def test_reordered_entries_are_named(backend: Backend) -> None:
 def test_cli_verify_exit_codes_and_tail(backend: Backend) -> None:
     fill(backend)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", "audit", *args, *backend.cli_args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    def cli(*args: str) -> CompletedProcess[str]:
+        return run_cli("audit", *args, *backend.cli_args, cwd=ROOT)
 
     ok = cli("verify")
     assert ok.returncode == 0 and "ok: 8 entries" in ok.stdout
@@ -235,16 +236,14 @@ def test_concurrent_appends_from_threads_and_processes(backend: Backend) -> None
 
 def test_cli_verify_refuses_a_missing_database(tmp_path: Path) -> None:
     missing = tmp_path / "nope.sqlite"
-    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(missing)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = run_cli("audit", "verify", "--db", str(missing), cwd=ROOT)
     assert r.returncode == 2 and "no database at" in r.stderr
     assert not missing.exists()  # verifying did not create an empty log
 
 
 # ---- a saved head, a wiped log, missing tables (issue 23, L2) ---------------------------------
-def audit_cli(b: Backend, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "audit", *args, *b.cli_args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+def audit_cli(b: Backend, *args: str) -> CompletedProcess[str]:
+    return run_cli("audit", *args, *b.cli_args, cwd=ROOT)
 
 
 def test_head_prints_the_verified_head_to_save(backend: Backend) -> None:
@@ -318,16 +317,14 @@ def test_missing_head_row_or_table_is_named_never_a_traceback(backend: Backend) 
 def test_a_bad_saved_head_is_a_usage_error(tmp_path: Path, value: str, says: str) -> None:
     path = tmp_path / "turnout.sqlite"
     SQLiteAuditLog(path).close()
-    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(path), "--expect-head", value],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    r = run_cli("audit", "verify", "--db", str(path), "--expect-head", value, cwd=ROOT)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_database_without_an_audit_log_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "other.sqlite"
     sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
-    r = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = run_cli("audit", "verify", "--db", str(path), cwd=ROOT)
     assert r.returncode == 2 and "no audit log here" in r.stderr
     conn = sqlite3.connect(path)
     assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master")] == ["t"]  # nothing created

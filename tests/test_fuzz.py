@@ -24,6 +24,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.conftest import Gateway, Upstream, _factory
+from tests.runcli import run_cli
 from turnout.testing.procs import Proc, start_server
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "25"))
@@ -56,11 +57,8 @@ def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def fuzz_key(fuzz_gateway: Gateway) -> str:
     """A user key, made after the gateway started (a new key works at once)."""
     import json
-    import subprocess
-    import sys
 
-    out = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(fuzz_gateway.db), "create",
-                          "--tenant", "fuzz", "--json"], capture_output=True, text=True, check=True, timeout=60)
+    out = run_cli("keys", "--db", str(fuzz_gateway.db), "create", "--tenant", "fuzz", "--json", check=True)
     return str(json.loads(out.stdout)["key"])
 
 

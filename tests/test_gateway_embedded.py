@@ -4,8 +4,6 @@ when things fail."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -106,17 +105,15 @@ def test_config_check_names_file_key_and_fix(tmp_path: Path) -> None:
     bad.write_text("engines:\n  x:\n    dialect: openai\n    locality: remote\n"
                    "    base_url: http://h/v1\n    modle: m\n"
                    "routes:\n  auto: {chain: [x]}\n")
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(bad)], capture_output=True, text=True)
+    out = run_cli("config", "check", str(bad))
     assert out.returncode == 2
     assert str(bad) in out.stderr and "engines.x.modle" in out.stderr and "remove it" in out.stderr
     assert "engines.x.model" in out.stderr and "add it" in out.stderr
     good = tmp_path / "good.yaml"
     good.write_text(bad.read_text().replace("modle", "model"))
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(good)],
-                         capture_output=True, text=True)
+    out = run_cli("config", "check", str(good))
     assert out.returncode == 0 and "route auto: x" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(tmp_path / "missing.yaml")],
-                         capture_output=True, text=True)
+    out = run_cli("config", "check", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and "no such configuration file" in out.stderr
 
 
@@ -125,8 +122,7 @@ def test_usage_summarises_the_ledger(gateway_factory, upstream: Upstream, anthro
     client = gw.openai()
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "a b c"}])
     client.chat.completions.create(model="private", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("usage", "--db", str(gw.db), "--json", check=True)
     summary = json.loads(out.stdout)
     assert summary["total"]["requests"] == 2
     assert summary["routes"]["auto"]["cost_usd"] > 0 and summary["routes"]["private"]["local_share"] == 1.0
@@ -136,18 +132,17 @@ def test_usage_summarises_the_ledger(gateway_factory, upstream: Upstream, anthro
     private = summary["routes"]["private"]
     assert private["cost_usd"] > 0 and private["baseline_cost_usd"] > 0
     assert private["saved_usd"] == pytest.approx(private["baseline_cost_usd"] - private["cost_usd"])
-    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(gw.db)],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_cli("usage", "--db", str(gw.db), check=True).stdout
     assert "by route" in table and "frontier" in table
 
 
 def test_chat_command_in_process_and_against_a_running_gateway(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "turnout", "chat", "Say hi.", "--max-tokens", "4"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    cmd = ["chat", "Say hi.", "--max-tokens", "4"]
+    out = run_cli(*cmd, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip()
     assert "route auto -> engine local (local)" in out.stderr
     gw: Gateway = gateway_factory(None)
-    out = subprocess.run([*cmd, "--url", gw.url, "--model", "private"], capture_output=True, text=True, timeout=300)
+    out = run_cli(*cmd, "--url", gw.url, "--model", "private")
     assert out.returncode == 0 and "route private -> engine local" in out.stderr
-    bad = subprocess.run([*cmd, "--url", gw.url, "--model", "nope"], capture_output=True, text=True, timeout=300)
+    bad = run_cli(*cmd, "--url", gw.url, "--model", "nope")
     assert bad.returncode == 1 and "error 404" in bad.stderr and "Traceback" not in bad.stderr

@@ -22,6 +22,7 @@ import yaml
 
 from tests.conftest import Upstream
 from tests.keyed import Keyed, cli_key, frontier_config, keyed_gateway, write_config
+from tests.minute import within_one_minute
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -143,14 +144,16 @@ def test_size_and_rate_limits_come_before_the_guards(tmp_path: Path, upstream: U
 
         # a key at 1 request a minute: a request the guards refuse is counted, and the next one
         # never reaches the guards (429, not the guards' 403)
-        left = 60 - time.time() % 60
-        if left < 20:
-            time.sleep(left + 0.2)
-        first = chat(gw, "once", JAILBREAK)
+        def attempt(n: int) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+            if n > 1:  # a fresh key: the straddling try left its count in the old one's window
+                gw.keys["once"] = cli_key(gw.config, "team-b", "--rpm", "1")
+            return (chat(gw, "once", JAILBREAK), chat(gw, "once", JAILBREAK),
+                    chat(gw, "once", "What is two plus two?"))
+
+        (first, second, third), _ = within_one_minute(attempt)
         assert first.status_code == 403 and first.json()["error"]["code"] == "guard_blocked"
-        second = chat(gw, "once", JAILBREAK)
         assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded"
-        assert chat(gw, "once", "What is two plus two?").status_code == 429
+        assert third.status_code == 429
         rows = [r for r in ledger(gw) if r["key_id"] == gw.keys["once"]["key_id"]]
         assert [r["http_status"] for r in rows] == [403, 429, 429]
         assert "input guards" in rows[0]["error"] and all("requests per minute" in r["error"] for r in rows[1:])

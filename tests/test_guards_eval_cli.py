@@ -1,14 +1,15 @@
-"""`turnout eval guards` end to end on small slices and small files made here, as a subprocess."""
+"""`turnout eval guards` end to end on small slices and small files made here, through the CLI's main(argv)."""
 
 import csv
 import json
 import random
 import string
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.runcli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # shared/ sits beside the clone (CI) or at /work/shared (a developer's machine)
@@ -20,8 +21,7 @@ SECRETS = SHARED / "secrets-extra" / "secret_fixtures.jsonl"
 
 
 def _proc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "eval", "guards", *args, "--json", "--no-progress"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    return run_cli("eval", "guards", *args, "--json", "--no-progress", cwd=ROOT)
 
 
 def _run(*args: str) -> dict:
@@ -147,6 +147,5 @@ def test_secrets_slice() -> None:
 
 
 def test_requires_a_file() -> None:
-    proc = subprocess.run([sys.executable, "-m", "turnout", "eval", "guards"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = run_cli("eval", "guards", cwd=ROOT)
     assert proc.returncode == 2 and "--pii" in proc.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.runcli import run_cli
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied, RateLimited
 from turnout.governance.key_store import SQLiteKeyStore
 from turnout.governance.keys import Limits, hash_key
@@ -80,8 +81,7 @@ def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     db = str(tmp_path / "cli.sqlite")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", db, *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return run_cli("keys", "--db", db, *args, cwd=ROOT)
 
     made = cli("create", "--tenant", "acme", "--routes", "fast,smart", "--rpm", "60", "--tpm", "1000",
                "--usd-day", "5", "--usd-month", "100", "--json")

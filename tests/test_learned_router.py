@@ -6,14 +6,13 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from tests.runcli import run_cli
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.router_cv import check_disjoint, cross_val_scores, prompt_folds
 from turnout.evals.routing_metrics import evaluate_scores
@@ -193,10 +192,8 @@ def test_cli_json_on_generated_csv(tmp_path: Path) -> None:
     _write_csv(path, synthetic(300, seed=5))
     artifact = tmp_path / "routers" / "small-tfidf-lr.npz"
     env = {**os.environ, "TURNOUT_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path), "--json"]
-    out = subprocess.run(cmd + ["--router", "tfidf-lr", "random", "oracle", "--save-artifact", str(artifact),
-                                "--target-escalation", "0.45"], capture_output=True, text=True, cwd=REPO,
-                         env=env, timeout=120)
+    out = run_cli("eval", "router", "--dataset", str(path), "--json", "--router", "tfidf-lr", "random", "oracle",
+                  "--save-artifact", str(artifact), "--target-escalation", "0.45", cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     routers = result["routers"]
@@ -216,8 +213,7 @@ def test_cli_json_on_generated_csv(tmp_path: Path) -> None:
 def test_cli_reports_bad_file_with_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.csv"
     path.write_text("prompt,weak_correct,strong_correct\na,True,True\nb,True,perhaps\n")
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = run_cli("eval", "router", "--dataset", str(path), cwd=REPO)
     assert out.returncode == 2
     assert "broken.csv:3" in out.stderr
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import FAST_RESILIENCE
+from tests.runcli import run_cli
 from tests.test_learning_loop import ENV, router_on, synthetic, write_outcomes
 from turnout.ledger.labels import Label, SQLiteLabels
 from turnout.routing.artifacts import Registry, resolve
@@ -126,8 +127,7 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
     common = ["--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", "router", *args], capture_output=True, text=True,
-                              env=ENV, cwd=tmp_path, timeout=120)
+        return run_cli("router", *args, env=ENV, cwd=tmp_path)
 
     fit = cli("fit", "--from-traffic", *common, "--json")
     assert fit.returncode == 0, fit.stderr

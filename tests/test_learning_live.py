@@ -17,6 +17,7 @@ import httpx
 import jsonschema
 import pytest
 
+from tests.runcli import run_cli
 from tests.test_learning_gateway import ask, config, labels_of
 from tests.test_learning_loop import ENV, router_on, synthetic
 from turnout.ledger.labels import Label, SQLiteLabels
@@ -68,8 +69,7 @@ def flipped(n: int, seed: int) -> list[tuple[str, float, float]]:
 
 
 def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "router", *args], capture_output=True, text=True,
-                          env=ENV, cwd=tmp, timeout=180)
+    return run_cli("router", *args, env=ENV, cwd=tmp)
 
 
 def learned(weak: str, strong: str, registry: Path, learning: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,13 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.runcli import run_cli
 from turnout.embedding.embeddings import HEAD_TOKENS, fit_window
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.replay import ReplayConfig, replay
@@ -112,9 +112,8 @@ def test_save_artifact_refuses_a_degenerate_router(tmp_path: Path) -> None:
         w.writerow(["prompt", "weak_correct", "strong_correct"])
         for i in range(60):  # the words they share carry no label; the rest are unique
             w.writerow([f"the same fixed preamble and question id{i}", i % 2, 1])
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(path), "--router",
-                          "tfidf-lr", "--save-artifact", str(tmp_path / "r.npz"), "--target-escalation", "0.2"],
-                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    out = run_cli("eval", "router", "--dataset", str(path), "--router", "tfidf-lr", "--save-artifact",
+                  str(tmp_path / "r.npz"), "--target-escalation", "0.2", env=ENV, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "degenerate router" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r.npz").exists()
@@ -128,8 +127,7 @@ def test_eval_artifact_on_another_dataset(tmp_path: Path) -> None:
     other = synthetic(300, seed=2)
     path = tmp_path / "other.csv"
     write_outcomes(path, other)
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--artifact", str(artifact),
-                          "--dataset", str(path), "--json"], capture_output=True, text=True, env=ENV, timeout=120)
+    out = run_cli("eval", "router", "--artifact", str(artifact), "--dataset", str(path), "--json", env=ENV)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     direct = evaluate_scores(router.score_batch(other.prompts), other.weak, other.strong)
@@ -371,8 +369,7 @@ def test_fit_from_traffic_cli_promotes_refuses_and_rolls_back(tmp_path: Path) ->
     common = ["--alias", "auto", "--registry", str(reg)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", "router", *args], capture_output=True, text=True,
-                              env=ENV, cwd=tmp_path, timeout=120)
+        return run_cli("router", *args, env=ENV, cwd=tmp_path)
 
     first = cli("fit", "--from-traffic", *common, "--db", str(db), "--baseline", str(baseline), "--json")
     assert first.returncode == 0, first.stderr
@@ -495,16 +492,14 @@ def test_usage_reports_escalation_and_the_learning_loop(tmp_path: Path) -> None:
     store.add_sync(Label("acme", "auto", "p1", "small", "big", "shadow", "labels", 1.0, 1.0, "r1", 0.01))
     store.add_sync(Label("acme", "auto", "p2", "small", "big", "shadow", "labels", 0.0, 1.0, "r2", 0.01))
     store.add_sync(Label("acme", "auto", "p3", "small", "big", "cascade", "cascade:confidence", 0.0, None))
-    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db), "--json"], capture_output=True,
-                         text=True, env=ENV, timeout=60)
+    out = run_cli("usage", "--db", str(db), "--json", env=ENV)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["routes"]["auto"]["escalation_rate"] == 0.5
     loop = summary["learning"]["auto"]
     assert loop["by_source"] == {"cascade": 1, "shadow": 2} and loop["labelling_share"] == 0.5
     assert loop["shadow_agreement"] == 0.5 and loop["judged_local_quality"] == pytest.approx(1 / 3)
-    table = subprocess.run([sys.executable, "-m", "turnout", "usage", "--db", str(db)], capture_output=True,
-                           text=True, env=ENV, timeout=60).stdout
+    table = run_cli("usage", "--db", str(db), env=ENV).stdout
     assert "learning loop" in table and "escalated" in table
 
 
@@ -539,9 +534,8 @@ def test_eval_router_replay_cli(tmp_path: Path) -> None:
     target = synthetic(600, seed=15, flip=True)
     path = tmp_path / "traffic.csv"
     write_outcomes(path, target)
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--replay", str(path), "--artifact",
-                          str(artifact), "--router", "tfidf-lr", "--label-budget", "150", "--sampling", "uniform",
-                          "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    out = run_cli("eval", "router", "--replay", str(path), "--artifact", str(artifact), "--router", "tfidf-lr",
+                  "--label-budget", "150", "--sampling", "uniform", "--json", env=ENV)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["config"]["sampling"] == "uniform" and result["curve"][-1]["labels"] == 150

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 from turnout.ledger.audit_store import PostgresAuditLog
 from turnout.ledger.base import LedgerRow
 from turnout.ledger.postgres import read_rows
@@ -111,8 +111,7 @@ def test_gateway_writes_its_ledger_to_postgres(schema: str, gateway_factory, ups
     everything = httpx.get(gw.url + "/v1/dashboard/stats").json()
     assert everything["totals"] == stats["totals"]
 
-    out = subprocess.run([sys.executable, "-m", "turnout", "usage", "--dsn", PG_DSN, "--schema", schema, "--json"],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("usage", "--dsn", PG_DSN, "--schema", schema, "--json", check=True)
     summary = json.loads(out.stdout)
     assert summary["total"]["requests"] == 3
     assert summary["routes"]["auto"]["requests"] == 2 and summary["routes"]["private"]["local_share"] == 1.0
@@ -139,8 +138,7 @@ def test_usage_and_audit_verify_take_the_dsn_from_the_environment(schema: str, t
     env.pop("TURNOUT_DB", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:  # run where there is no SQLite ledger at all
-        return subprocess.run([sys.executable, "-m", "turnout", *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return run_cli(*args, cwd=tmp_path, env=env)
 
     usage = cli("usage", "--schema", schema, "--json")
     assert usage.returncode == 0, usage.stderr

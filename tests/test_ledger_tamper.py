@@ -10,7 +10,6 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PG_DSN, Gateway, Upstream, hybrid_config
+from tests.runcli import run_cli
 from turnout.ledger.audit import ROW_HASH, row_sha256, utc_now
 from turnout.ledger.audit_store import SQLiteAuditLog, sqlite_append
 from turnout.ledger.sqlite import COLUMNS, LedgerRow, SQLiteLedger
@@ -35,8 +35,7 @@ EDITS: list[tuple[str, object]] = [
 
 
 def verify_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "audit", "verify", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("audit", "verify", *args, cwd=ROOT)
 
 
 def _row(i: int) -> LedgerRow:

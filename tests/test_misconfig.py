@@ -166,8 +166,7 @@ def test_golden_gate_fails_when_items_error(hybrid: Gateway, upstream: Upstream,
     golden = tmp_path / "g.jsonl"
     golden.write_text('{"id": "a", "prompt": "ping", "contains": "ping", "model": "no-such-route"}\n'
                       '{"id": "b", "prompt": "pong", "contains": "pong", "model": "no-such-route"}\n')
-    out = subprocess.run([sys.executable, "-m", "turnout", "eval", "golden", "--golden", str(golden),
-                          "--url", hybrid.url], capture_output=True, text=True, timeout=120)
+    out = run_cli("eval", "golden", "--golden", str(golden), "--url", hybrid.url)
     assert out.returncode == 1, out.stdout
     assert "gate: FAIL: 2 of 2 item(s) got an error instead of an answer (HTTP 404" in out.stdout
     assert "gate: ok" not in out.stdout

@@ -11,13 +11,14 @@ import httpx
 import pytest
 import yaml
 
+from tests.runcli import run_cli
 from turnout.weights import minilm_available
 
 WRONG = "0" * 64
 
 
 def _models(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "turnout", "models", *args], capture_output=True, text=True)
+    return run_cli("models", *args)
 
 
 def test_models_lists_licenses_checksums_and_sources() -> None:

@@ -7,14 +7,13 @@ import csv
 import json
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import FAST_RESILIENCE, Gateway, Upstream
+from tests.runcli import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_upstreams")
 
@@ -155,9 +154,8 @@ def test_learned_router_sends_hard_prompts_to_the_strong_engine(  # type: ignore
         w.writerow(["prompt", "weak_correct", "strong_correct"])
         w.writerows(rows)
     artifact = tmp_path / "router.npz"
-    subprocess.run([sys.executable, "-m", "turnout", "eval", "router", "--dataset", str(data), "--router", "tfidf-lr",
-                    "--save-artifact", str(artifact), "--target-escalation", "0.5", "--json"],
-                   check=True, capture_output=True, text=True, timeout=300)
+    run_cli("eval", "router", "--dataset", str(data), "--router", "tfidf-lr", "--save-artifact", str(artifact),
+            "--target-escalation", "0.5", "--json", check=True)
     gw: Gateway = gateway_factory(strategy_config(upstream.url, tmp_path, router=artifact))
     hard = ask(gw, "smart", "prove that the group 17 and 4242")
     easy = ask(gw, "smart", "what is the sum of 17 and 4242")

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PG_DSN
+from tests.runcli import run_cli
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied
 from turnout.governance.access import OPEN, Access, resolve_mode, token_from
 from turnout.governance.key_store import KeyTables, PostgresKeyStore, SQLiteKeyStore
@@ -186,11 +187,9 @@ def test_keys_copied_from_sqlite_to_postgres_keep_working(tmp_path: Path, pg_sch
 def test_keys_cli_dsn_writes_to_postgres(pg_schema: str) -> None:
     import json
     import subprocess
-    import sys
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "turnout", "keys", "--dsn", PG_DSN, "--schema", pg_schema, *args],
-                              capture_output=True, text=True, timeout=60)
+        return run_cli("keys", "--dsn", PG_DSN, "--schema", pg_schema, *args)
 
     made = json.loads(cli("create", "--tenant", "acme", "--roles", "viewer", "--expires", "30d", "--json").stdout)
     with PostgresKeyStore(PG_DSN, schema=pg_schema) as pg:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.runcli import run_cli
 from turnout.conditions import parse_condition
 from turnout.config import ConfigError, ToolConfig, parse_config
 from turnout.tasks.plan import PlanError, fill, parse_plan
@@ -58,8 +59,6 @@ def test_bad_conditions_and_tools_are_config_errors() -> None:
 
 def test_config_check_refuses_cacheable_irreversible(tmp_path: Path) -> None:
     """`turnout config check` (a real process) refuses a cacheable irreversible tool, naming the key."""
-    import subprocess
-    import sys
 
     import yaml
 
@@ -69,8 +68,7 @@ def test_config_check_refuses_cacheable_irreversible(tmp_path: Path) -> None:
            "tasks": {"tools": {"send_email": {"url": "http://127.0.0.1:9/send", "cacheable": True}}}}
     path = tmp_path / "turnout.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "turnout", "config", "check", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    out = run_cli("config", "check", str(path))
     assert out.returncode != 0 and "send_email" in out.stderr and "cacheable" in out.stderr, out.stderr
 
 
