@@ -222,14 +222,20 @@ def encoder_folder(sha256: str, artifact: Path = ENCODER_ARTIFACT, cache: Path |
     return dest
 
 
+def shipped_encoder_folder() -> Path:
+    """The model folder of the encoder the shipped head names."""
+    return encoder_folder(InjectionHead.load().encoder_sha256 or "")
+
+
 class WindowEncoder:
-    """The fine-tuned MiniLM's (int8 ONNX) embeddings of every ``WINDOW``-token window of a text."""
+    """The (int8 ONNX) embeddings of every ``WINDOW``-token window of a text: by the shipped,
+    fine-tuned encoder unless ``folder`` names another model folder."""
 
     def __init__(self, threads: int | None = None, folder: Path | None = None) -> None:
         from turnout.embedding.embeddings import load_tokenizer
         from turnout.embedding.minilm_onnx import OnnxMiniLM
 
-        self.minilm = OnnxMiniLM(folder, int8=True, threads=threads)
+        self.minilm = OnnxMiniLM(folder or shipped_encoder_folder(), int8=True, threads=threads)
         self.tokenizer: Tokenizer = load_tokenizer(self.minilm.folder, WINDOW)
         self.tokenizer.no_truncation()
         self.fingerprint = self.minilm.fingerprint()
@@ -403,7 +409,10 @@ class InjectionGuard:
                  encoder: WindowEncoder | None = None) -> None:
         self.head = head or InjectionHead.load()
         if encoder is None:
-            folder = encoder_folder(self.head.encoder_sha256) if self.head.encoder_sha256 else None
+            from turnout.weights import minilm_dir
+
+            # a head without an encoder of its own was fitted on the packaged MiniLM's embeddings
+            folder = encoder_folder(self.head.encoder_sha256) if self.head.encoder_sha256 else minilm_dir()
             encoder = WindowEncoder(folder=folder)
         self.encoder = encoder
         self.block_threshold = self.head.block_threshold
