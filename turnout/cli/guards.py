@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="largest drop in gate recall accepted, vs the shipped head (default 0.02)")
     fit.add_argument("--prior", type=float, default=10.0,
                      help="strongest pull towards the shipped weights tried (default 10)")
+    fit.add_argument("--threshold", type=float, default=None,
+                     help="the block threshold the gateway runs at (guards.injection_threshold) when it is not the "
+                          "shipped head's: the gate and the tenant's labels are judged there")
     fit.add_argument("--json", action="store_true")
     fit.set_defaults(func=run_fit)
 
@@ -74,6 +77,11 @@ def run_fit(args: argparse.Namespace) -> int:
         if not tenants:
             raise ValueError("no tenant has guard labels yet (POST /v1/feedback with kind 'guard')")
         base = InjectionHead.load()
+        if args.threshold is not None:
+            if not 0 < args.threshold < 1:
+                raise ValueError(f"--threshold {args.threshold}: a score between 0 and 1")
+            base.block_threshold = args.threshold
+            base.flag_threshold = min(base.flag_threshold, args.threshold)
         encoder = WindowEncoder()
         texts, labels = load_gate(args.gate or GATE)
         gate = GateSet.embed(texts, labels, encoder, base, cache=args.heads / ".cache")

@@ -402,8 +402,12 @@ class InjectionGuard:
 
     @classmethod
     def from_config(cls, cfg: GuardsConfig, options: None) -> InjectionGuard:
-        """The shipped model and its calibrated thresholds (``guards.injection_threshold`` is the policy's)."""
-        return cls()
+        """The shipped model and its calibrated thresholds. ``guards.injection_threshold`` is the
+        policy's block threshold; a stricter one than the head's lowers the flag threshold to it,
+        so scores from there on are reported and the policy can block on them."""
+        head = InjectionHead.load()
+        strict = cfg.injection_threshold
+        return cls(head, flag_threshold=min(head.flag_threshold, strict) if strict is not None else None)
 
     def __init__(self, head: InjectionHead | None = None, *, flag_threshold: float | None = None,
                  encoder: WindowEncoder | None = None) -> None:
