@@ -259,13 +259,13 @@ def _binary_report(labels: Sequence[int], scores: Sequence[float], threshold: fl
 def eval_injection(path: str, *, limit: int | None = None, progress: bool = True, score_only: bool = False,
                    misses: TextIO | None = None) -> dict[str, Any]:
     from turnout.evals.guards_metrics import percentile
+    from turnout.evals.injection_data import load_csv
     from turnout.evals.injection_train import (
         HOLDOUT_SHARE,
         SPLIT_SEED,
         EmbeddingCache,
         encode_rows,
         fit_head,
-        load_csv,
         stratified_split,
         text_scores,
         threshold_at,

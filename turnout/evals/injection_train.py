@@ -14,10 +14,8 @@ two rounds re-pick the windows. Embeddings are cached in ``$TURNOUT_GUARDS_CACHE
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turnout.evals.injection_data import Row
 from turnout.guards.injection import (
     STRIDE,
     WINDOW,
@@ -38,34 +37,6 @@ C = 1.0
 ROUNDS = 2
 SPLIT_SEED = 13
 HOLDOUT_SHARE = 0.25
-
-
-@dataclass
-class Row:
-    text: str
-    label: int
-    source: str
-    language: str = "en"
-    category: str = ""
-    heldout: bool = False   # llm-warden's fixed held-out split: never trained on
-
-
-def _norm(t: str) -> str:
-    return re.sub(r"\s+", " ", t.lower()).strip()
-
-
-def load_csv(path: str | Path, source: str = "") -> list[Row]:
-    """``prompt,type`` rows (``text``/``label`` accepted); type jailbreak/injection/1/true/malicious
-    is positive. ``language`` and ``category`` columns are kept when present."""
-    csv.field_size_limit(sys.maxsize)
-    rows: list[Row] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            t = r.get("prompt") or r.get("text") or ""
-            lab = str(r.get("type", r.get("label", ""))).strip().lower()
-            rows.append(Row(t, int(lab in ("jailbreak", "injection", "1", "true", "malicious")), source or str(path),
-                            (r.get("language") or "en").strip() or "en", (r.get("category") or "").strip()))
-    return rows
 
 
 def stratified_split(labels: Sequence[int], test_share: float = HOLDOUT_SHARE,
