@@ -301,23 +301,11 @@ def _threshold(scores_by_source: dict[str, list[float]], fpr: float) -> float:
 
 def _auroc(pos: Any, neg: Any) -> float | None:
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     if len(pos) == 0 or len(neg) == 0:
         return None
-    allv = np.concatenate([pos, neg])
-    ranks = allv.argsort().argsort() + 1.0
-    # ties: average ranks
-    order = np.argsort(allv, kind="mergesort")
-    sorted_v = allv[order]
-    i = 0
-    while i < len(sorted_v):
-        j = i
-        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        if j > i:
-            ranks[order[i: j + 1]] = (i + j + 2) / 2.0
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def loso_table(data: str, bundle_dir: str, run: str, *, block: float | None = None,
