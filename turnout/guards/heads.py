@@ -16,29 +16,20 @@ every ``reload_s`` seconds, so a promotion or a rollback serves without a restar
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
 import json
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
+from turnout.artifact_registry import ArtifactRegistry
 from turnout.guards.injection import InjectionHead
 
 log = logging.getLogger("turnout.guards")
-_NAME = re.compile(r"^h(\d{4,})\.json$")
 _TENANT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def tenant_folder(root: str | Path, tenant: str) -> Path:
@@ -60,62 +51,17 @@ def load_head(path: Path, base: InjectionHead) -> InjectionHead:
 
 
 @dataclass
-class HeadRegistry:
-    folder: Path
+class HeadRegistry(ArtifactRegistry):
+    """The heads of one tenant, in ``folder`` (``h0001.json``, ...)."""
 
-    @property
-    def history_file(self) -> Path:
-        return self.folder / "history.jsonl"
-
-    def artifacts(self) -> list[Path]:
-        found = [(int(m.group(1)), p) for p in self.folder.glob("h*.json") if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found)]
-
-    def current(self) -> Path | None:
-        pointer = self.folder / "current.json"
-        if not pointer.is_file():
-            return None
-        return self.folder / str(json.loads(pointer.read_text())["artifact"])
-
-    def _point(self, path: Path) -> None:
-        tmp = self.folder / "current.json.tmp"
-        tmp.write_text(json.dumps({"artifact": path.name, "since": _now()}))
-        os.replace(tmp, self.folder / "current.json")
-
-    def record(self, event: str, artifact: Path | None, **fields: Any) -> dict[str, Any]:
-        entry = {"ts": _now(), "event": event, "artifact": artifact.name if artifact else None, **fields}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.history_file.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        return entry
-
-    def history(self) -> list[dict[str, Any]]:
-        if not self.history_file.is_file():
-            return []
-        return [json.loads(line) for line in self.history_file.read_text(encoding="utf-8").splitlines() if line]
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / "fit.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    prefix: ClassVar[str] = "h"
+    suffix: ClassVar[str] = ".json"
 
     def add(self, head: InjectionHead) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        existing = self.artifacts()
-        n = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
-        path = self.folder / f"h{n:04d}.json"
+        path = self.next_path()
         path.write_text(head.dumps(), encoding="utf-8")
         return path
-
-    def promote(self, path: Path, **fields: Any) -> None:
-        previous = self.current()
-        self._point(path)
-        self.record("promoted", path, previous=previous.name if previous else None, **fields)
 
     def rollback(self) -> Path | None:
         """Serve what served before the current head: the previous promoted head, or the shipped
@@ -123,11 +69,7 @@ class HeadRegistry:
         current = self.current()
         if current is None:
             raise ValueError(f"{self.folder}: no tenant head serves (the shipped head does); nothing to roll back")
-        previous = None
-        for e in reversed(self.history()):
-            if e.get("artifact") == current.name and e["event"] in ("promoted", "rollback"):
-                previous = e.get("previous")
-                break
+        previous = self.previous_of(current.name)
         if not previous:
             (self.folder / "current.json").unlink()
             self.record("rollback", None, replaced=current.name, previous=None)
@@ -135,11 +77,7 @@ class HeadRegistry:
         target = self.folder / str(previous)
         if not target.is_file():
             raise ValueError(f"{self.folder}: the previous head {previous} is missing")
-        before = None
-        for e in reversed(self.history()):
-            if e.get("artifact") == target.name and e["event"] in ("promoted", "rollback"):
-                before = e.get("previous")
-                break
+        before = self.previous_of(target.name)
         self._point(target)
         self.record("rollback", target, previous=before, replaced=current.name)
         return target

@@ -17,70 +17,23 @@ and the route falls back to its rules (the chain in order), visibly in the log a
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
-import json
 import logging
-import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
+from turnout.artifact_registry import ArtifactRegistry
 from turnout.routing.learned import LearnedRouter
 
 log = logging.getLogger("turnout.routing")
-_NAME = re.compile(r"^r(\d{4,})\.npz$")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
-class Registry:
-    """The artifacts of one route, in ``folder``."""
+class Registry(ArtifactRegistry):
+    """The artifacts of one route, in ``folder`` (``r0001.npz``, ...)."""
 
-    folder: Path
-
-    @property
-    def history_file(self) -> Path:
-        return self.folder / "history.jsonl"
-
-    def artifacts(self) -> list[Path]:
-        found = [p for p in self.folder.glob("r*.npz") if _NAME.match(p.name)]
-        return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
-
-    def next_path(self) -> Path:
-        existing = self.artifacts()
-        n = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1  # type: ignore[union-attr]
-        return self.folder / f"r{n:04d}.npz"
-
-    def current(self) -> Path | None:
-        pointer = self.folder / "current.json"
-        if not pointer.is_file():
-            return None
-        name = str(json.loads(pointer.read_text())["artifact"])
-        return self.folder / name
-
-    def _point(self, path: Path) -> None:
-        tmp = self.folder / "current.json.tmp"
-        tmp.write_text(json.dumps({"artifact": path.name, "since": _now()}))
-        os.replace(tmp, self.folder / "current.json")
-
-    def record(self, event: str, artifact: Path | None, **fields: Any) -> dict[str, Any]:
-        entry = {"ts": _now(), "event": event, "artifact": artifact.name if artifact else None, **fields}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.history_file.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        return entry
-
-    def history(self) -> list[dict[str, Any]]:
-        if not self.history_file.is_file():
-            return []
-        return [json.loads(line) for line in self.history_file.read_text(encoding="utf-8").splitlines() if line]
+    prefix: ClassVar[str] = "r"
+    suffix: ClassVar[str] = ".npz"
 
     def labels_at_last_fit(self) -> int:
         """How many labels the route had when it was last fitted (0 before any fit): ``turnout
@@ -90,27 +43,10 @@ class Registry:
                 return int(e["labels"])
         return 0
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the route's fit lock (waits for a fit in progress, in this or another process, e.g.
-        the retraining schedule of two gateway replicas on one host)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / "fit.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def add(self, router: LearnedRouter) -> Path:
         """Save a new artifact (not serving yet)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         return router.save(self.next_path())
-
-    def promote(self, path: Path, **fields: Any) -> None:
-        previous = self.current()
-        self._point(path)
-        self.record("promoted", path, previous=previous.name if previous else None, **fields)
 
     def rollback(self) -> Path:
         """Serve the artifact that served before the current one; ValueError when there is none."""
@@ -124,19 +60,10 @@ class Registry:
         target = self.folder / str(previous)
         if not target.is_file():
             raise ValueError(f"{self.folder}: the previous artifact {previous} is missing")
-        before = self._before(target.name, promoted)
+        before = self.previous_of(target.name)
         self._point(target)
         self.record("rollback", target, previous=before, replaced=current.name)
         return target
-
-    @staticmethod
-    def _before(name: str, events: list[dict[str, Any]]) -> str | None:
-        """What served before ``name`` was last made current (so rollbacks chain backwards)."""
-        for e in reversed(events):
-            if e.get("artifact") == name:
-                previous = e.get("previous")
-                return str(previous) if previous else None
-        return None
 
 
 def resolve(path: str | Path) -> Path:
