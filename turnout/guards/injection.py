@@ -97,8 +97,17 @@ HEURISTICS: list[tuple[re.Pattern[str], float]] = [
 ]
 
 
+_JOINERS = re.compile(r"(?<=[^\W_])[_\-.+]+(?=[^\W_])")
+
+
 def heuristic_score(text: str) -> float:
-    return max((s for rx, s in HEURISTICS if rx.search(text)), default=0.0)
+    """The highest score of a phrase heuristic on ``text``, or on it with words joined by ``_``, ``-``,
+    ``.`` or ``+`` read apart (``ignore_all_previous_instructions`` is the phrase too)."""
+    score = max((s for rx, s in HEURISTICS if rx.search(text)), default=0.0)
+    spaced = _JOINERS.sub(" ", text)
+    if spaced != text:
+        score = max(score, max((s for rx, s in HEURISTICS if rx.search(spaced)), default=0.0))
+    return score
 
 
 # ---------------------------------------------------------------- encoded payloads
