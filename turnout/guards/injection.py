@@ -59,7 +59,7 @@ ENCODER_ARTIFACT = Path(__file__).with_name("data") / "injection_encoder.safeten
 NGRAM_ARTIFACT = Path(__file__).with_name("data") / "injection_ngram.npz"
 N_FEATURES = 2**18  # hashed buckets per analyser (character 3-5-grams, word 1-2-grams)
 # sha256 of the shipped head (the rebuild command prints it; docs/guards.md)
-ARTIFACT_SHA256 = "35e21046ba4d41731e2f07bc12f87438c23ecf89a0e4b65ab56e2f45f7692578"
+ARTIFACT_SHA256 = "c35ba74e34f42a74ae8f9a309cf04a499828097a1c45421415c69923f5e7ab39"
 WINDOW = 128          # tokens per window, [CLS] and [SEP] included
 STRIDE = 112          # windows overlap by 16 tokens
 MAX_CHARS = 20_000    # longer texts are read up to here
