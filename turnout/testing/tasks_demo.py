@@ -70,6 +70,11 @@ def config(planner_url: str, tools_url: str, db: Path) -> dict[str, Any]:
         },
         "routes": {"frontier": {"chain": ["planner"]}, "local": {"chain": ["smollm2"]}},
         "storage": {"sqlite_path": str(db)},
+        # the default guards, with a time budget for small, loaded machines: the first planner prompt (the mail, the
+        # goal, the tools) is about 3,000 characters, which the PII model reads at ~190 ms per 1,000 characters on
+        # one core here, past the default 250 ms + 40 ms per 1,000; a guard past its budget keeps a request local
+        # (fail closed), and the planner route has no local engine
+        "guards": {"budget_ms": 3000},
         "tasks": {
             "planner_route": "frontier", "executor_route": "local", "step_max_tokens": 48,
             "approval_deadline_s": 3600, "budget_usd": 0.05,
