@@ -397,15 +397,23 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     guards.scanner.close()
 
 
-def test_placeholders_shared_by_the_postgres_stores(pg_schema: str) -> None:
-    """The tasks and keys stores write their SQL once, with ``?``; PostgreSQL gets ``%s`` and a
-    literal ``%`` survives."""
-    import psycopg
-
+def test_sql_shared_by_sqlite_and_postgres_reaches_both_unchanged(tmp_path: Path, pg_schema: str) -> None:
+    """The tasks and keys stores write their SQL once, with numbered placeholders
+    (turnout.sqlshared): the same text runs on SQLite and PostgreSQL, a value is used twice, and a
+    ``?`` or a ``%`` inside a literal is left alone (no translation rewrites the text)."""
     from tests.conftest import PG_DSN
-    from turnout.pgdb import placeholders
+    from turnout import pgdb, sqlitedb
+    from turnout.sqlshared import Args
 
-    sql = placeholders("SELECT '100%' || ?, ? LIKE 'a%'")
-    assert sql == "SELECT '100%%' || %s, %s LIKE 'a%%'"
-    with psycopg.connect(PG_DSN, autocommit=True) as db:
-        assert db.execute(sql, ("x", "ab")).fetchone() == ("100%x", True)
+    a = Args()
+    sql = f"SELECT '100%?' || {a('x')}, {a('ab')} LIKE 'a%', {a(2)} * 3, $1"
+    assert sql == "SELECT '100%?' || $1, $2 LIKE 'a%', $3 * 3, $1" and a == ["x", "ab", 2]
+    expect = ("100%?x", 1, 6, "x")
+    conn = sqlitedb.connect(tmp_path / "t.sqlite")
+    assert tuple(sqlitedb.Numbered(conn).execute(sql, a).fetchone()) == expect
+    conn.close()
+    pg = pgdb.Connection(PG_DSN, numbered=True)
+    try:
+        assert pg.run(lambda cur: cur.execute(sql, a).fetchone()) == ("100%?x", True, 6, "x")
+    finally:
+        pg.close()

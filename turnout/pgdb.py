@@ -23,8 +23,11 @@ def placeholders(sql: str) -> str:
 
 def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded in ``schema.table``; the caller holds
-    the transaction. Returns the names applied."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"turnout.{table}.{schema}",))
+    the transaction. Returns the names applied. (Values as quoted literals, no placeholders: the
+    cursor may take ``%s`` or ``$1``.)"""
+    from psycopg.sql import SQL, Literal
+
+    cur.execute(SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(Literal(f"turnout.{table}.{schema}")))
     cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     cur.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{table} (name TEXT PRIMARY KEY, "
                 "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
@@ -36,7 +39,7 @@ def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) 
             continue
         for statement in statements:
             cur.execute(statement)  # our own literal SQL
-        cur.execute(f"INSERT INTO {schema}.{table} (name) VALUES (%s)", (name,))
+        cur.execute(SQL(f"INSERT INTO {schema}.{table} (name) VALUES ({{}})").format(Literal(name)))
         applied.append(name)
     return applied
 
@@ -45,15 +48,19 @@ class Connection:
     """One psycopg connection shared by a store's threads, serialised by a lock, opened on first
     use and once more when the server dropped it. ``run(fn)`` calls ``fn(cursor)`` in a
     transaction (retried once on a new connection if the old one broke, so ``fn`` must be safe to
-    repeat); ``transaction()`` yields a cursor without the retry."""
+    repeat); ``transaction()`` yields a cursor without the retry. ``numbered=True`` for a store
+    whose SQL is shared with SQLite (``turnout.sqlshared``): its cursors take ``$1``, ``$2``, ...
+    as written (psycopg's ``RawCursor``) instead of ``%s``."""
 
     def __init__(self, dsn: str, *, search_path: str | None = None, connect_timeout: int | None = 10,
-                 **options: Any) -> None:
+                 numbered: bool = False, **options: Any) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self.dsn, self.search_path = dsn, search_path
         self.options = dict(options, autocommit=True)
+        if numbered:
+            self.options["cursor_factory"] = psycopg.RawCursor
         if connect_timeout is not None:
             self.options["connect_timeout"] = connect_timeout
         self.lock = threading.Lock()

@@ -1,5 +1,6 @@
-"""SQLite plumbing shared by the governance stores and the audit log: where the file is,
-how to open it (WAL, busy timeout, explicit transactions) and append-only named migrations.
+"""SQLite plumbing shared by every SQLite store: where the file is, how to open it (WAL, busy
+timeout, explicit transactions), append-only named migrations, and :class:`Numbered` for the SQL
+a store shares with PostgreSQL (``turnout.sqlshared``).
 
 Each component keeps its own migration list (a list that only grows) and its own
 bookkeeping table, so components that share ``.turnout/turnout.sqlite`` never step on
@@ -13,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DB = Path(".turnout") / "turnout.sqlite"
 BUSY_TIMEOUT_MS = 30_000
@@ -25,15 +27,30 @@ def default_db_path() -> Path:
     return Path(os.environ.get("TURNOUT_DB") or DEFAULT_DB)
 
 
-def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open (creating the parent folder) in WAL mode, autocommit, so ``BEGIN IMMEDIATE`` is ours to issue."""
+def connect(path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (creating the parent folder) in WAL mode, autocommit, so ``BEGIN IMMEDIATE`` is ours to issue.
+    ``synchronous="FULL"`` for a store whose last commits must survive a power cut, not only a crash."""
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn
+
+
+class Numbered:
+    """A connection's ``execute`` for SQL shared with PostgreSQL (``$1``, ``$2``, ...:
+    ``turnout.sqlshared``), from a sequence of values: SQLite binds ``$n`` as the named
+    parameter ``n``, so the values go in as a mapping."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, {str(i): v for i, v in enumerate(args, 1)})
 
 
 @contextmanager

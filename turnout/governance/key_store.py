@@ -1,7 +1,8 @@
 """Where API keys live (the keys themselves are ``turnout.governance.keys``): tables ``keys_*``
 in the gateway's SQLite file (:class:`SQLiteKeyStore`, embedded) or in PostgreSQL when
 ``storage.postgres_dsn`` is set (:class:`PostgresKeyStore`), one store for every replica.
-:func:`open_key_store` picks. Both run the SQL of :class:`KeyTables` (``?`` placeholders). A key
+:func:`open_key_store` picks. Both run the SQL of :class:`KeyTables` (numbered placeholders,
+``turnout.sqlshared``). A key
 id has one or more *secrets* (table ``keys_secrets``): rotation adds a new secret and gives the
 old ones an expiry a short overlap away.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from turnout import pgdb
 from turnout import sqlitedb as sqlite
@@ -37,11 +37,11 @@ from turnout.governance.keys import (
     new_key,
     new_plaintext,
 )
+from turnout.sqlshared import Args, marks
 
 if TYPE_CHECKING:
     from turnout.config import StorageConfig
 
-T = TypeVar("T")
 
 MIGRATIONS: list[sqlite.Migration] = [
     ("0001_api_keys", [
@@ -134,17 +134,15 @@ def row_to_key(row: Sequence[Any], secret_expiry: str | None = None) -> ApiKey:
 
 
 class KeyTables:
-    """The SQL, once, over a backend that runs it (``?`` placeholders)."""
+    """The SQL, once, over a backend that runs it (numbered placeholders, ``turnout.sqlshared``)."""
 
     def tx(self) -> AbstractContextManager[Any]:
-        """A cursor-like object (``execute``, ``fetchone``) inside one write transaction."""
+        """An object whose ``execute(sql, args)`` returns a cursor (``fetchone``, ``rowcount``),
+        inside one write transaction."""
         raise NotImplementedError
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
-
-    def q(self, sql: str) -> str:
-        return sql
 
     def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
                 pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
@@ -162,13 +160,13 @@ class KeyTables:
                       all_tenants=all_tenants)
         key, lim, digest = new.key, new.key.limits, hash_key(new.plaintext)
         with self.tx() as c:
-            c.execute(self.q("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
-                              "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash, owner, "
-                              "all_tenants) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            c.execute("INSERT INTO keys_api_keys (key_id, tenant, hint, routes, rpm, tpm, usd_per_day, "
+                      "usd_per_month, created_at, revoked_at, roles, expires_at, key_hash, owner, "
+                      f"all_tenants) VALUES ({marks(15)})",
                       (key.key_id, tenant, key.hint, json.dumps(list(key.routes)), lim.rpm, lim.tpm,
                        lim.usd_per_day, lim.usd_per_month, key.created_at, None, json.dumps(list(key.roles)),
                        key.expires_at, digest, owner, int(all_tenants)))
-            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+            c.execute("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES ($1, $2, $3, $4)",
                       (digest, key.key_id, key.hint, key.created_at))
         return new
 
@@ -180,42 +178,39 @@ class KeyTables:
         plaintext, now = new_plaintext(), clock.now()
         hint, until = hint_of(plaintext), clock.iso(now + timedelta(seconds=overlap_s))
         with self.tx() as c:
-            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
-                            (key_id,)).fetchone()
+            row = c.execute(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = $1", (key_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
             if row[9] is not None:
                 raise PermissionDenied(f"API key {key_id} was revoked; create a new one", code="key_revoked")
-            for (h, exp) in c.execute(self.q("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = ?"),
+            for (h, exp) in c.execute("SELECT key_hash, expires_at FROM keys_secrets WHERE key_id = $1",
                                       (key_id,)).fetchall():
-                c.execute(self.q("UPDATE keys_secrets SET expires_at = ? WHERE key_hash = ?"),
-                          (clock.sooner(exp, until), h))
-            c.execute(self.q("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES (?, ?, ?, ?)"),
+                c.execute("UPDATE keys_secrets SET expires_at = $1 WHERE key_hash = $2", (clock.sooner(exp, until), h))
+            c.execute("INSERT INTO keys_secrets (key_hash, key_id, hint, created_at) VALUES ($1, $2, $3, $4)",
                       (hash_key(plaintext), key_id, hint, clock.iso(now)))
-            c.execute(self.q("UPDATE keys_api_keys SET key_hash = ?, hint = ? WHERE key_id = ?"),
+            c.execute("UPDATE keys_api_keys SET key_hash = $1, hint = $2 WHERE key_id = $3",
                       (hash_key(plaintext), hint, key_id))
         return NewKey(replace(row_to_key(row), hint=hint), plaintext)
 
     def list(self, *, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
-        sql, args = f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", []
+        sql, a = f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE 1 = 1", Args()
         if tenant is not None:
-            sql, args = sql + " AND k.tenant = ?", [tenant]
+            sql += f" AND k.tenant = {a(tenant)}"
         if not include_revoked:
             sql += " AND k.revoked_at IS NULL"
-        return [row_to_key(r) for r in self.read(sql + " ORDER BY k.created_at, k.key_id", args)]
+        return [row_to_key(r) for r in self.read(sql + " ORDER BY k.created_at, k.key_id", a)]
 
     def get(self, key_id: str) -> ApiKey | None:
-        rows = self.read(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?", (key_id,))
+        rows = self.read(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = $1", (key_id,))
         return row_to_key(rows[0]) if rows else None
 
     def revoke(self, key_id: str) -> ApiKey:
         """Revoke now, every secret of the key (idempotent: revoking twice keeps the first time).
         Raises NotFound."""
         with self.tx() as c:
-            c.execute(self.q("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"),
+            c.execute("UPDATE keys_api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key_id = $2",
                       (clock.iso(clock.now()), key_id))
-            row = c.execute(self.q(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = ?"),
-                            (key_id,)).fetchone()
+            row = c.execute(f"SELECT {KEY_COLUMNS} FROM keys_api_keys k WHERE k.key_id = $1", (key_id,)).fetchone()
         if row is None:
             raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
         return row_to_key(row)
@@ -226,7 +221,7 @@ class KeyTables:
         if not key_shaped(plaintext):
             return None
         rows = self.read(f"SELECT {KEY_COLUMNS}, s.expires_at FROM keys_secrets s JOIN keys_api_keys k "
-                          "ON k.key_id = s.key_id WHERE s.key_hash = ?", (hash_key(plaintext),))
+                          "ON k.key_id = s.key_id WHERE s.key_hash = $1", (hash_key(plaintext),))
         return row_to_key(rows[0][:KEY_NCOL], rows[0][KEY_NCOL]) if rows else None
 
     _RAW_KEYS = ("key_id", "key_hash", "hint", "tenant", "routes", "rpm", "tpm", "usd_per_day", "usd_per_month",
@@ -243,12 +238,12 @@ class KeyTables:
         new = [k for k in keys if k[0] not in have]
         with self.tx() as c:
             for row in new:
-                c.execute(self.q(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
-                                  f"VALUES ({', '.join('?' * len(self._RAW_KEYS))})"), row)
+                c.execute(f"INSERT INTO keys_api_keys ({', '.join(self._RAW_KEYS)}) "
+                          f"VALUES ({marks(len(self._RAW_KEYS))})", row)
             for row in secrets_:
                 if row[1] in {k[0] for k in new}:
-                    c.execute(self.q(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
-                                      f"VALUES ({', '.join('?' * len(self._RAW_SECRETS))})"), row)
+                    c.execute(f"INSERT INTO keys_secrets ({', '.join(self._RAW_SECRETS)}) "
+                              f"VALUES ({marks(len(self._RAW_SECRETS))})", row)
         return len(new)
 
     def authenticate(self, plaintext: str | None, route: str | None = None) -> ApiKey:
@@ -286,13 +281,13 @@ class SQLiteKeyStore(KeyTables):
             return sqlite.migrate(self._conn, table, migrations)
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[sqlite.Numbered]:
         with self._lock, sqlite.immediate(self._conn) as c:
-            yield c
+            yield sqlite.Numbered(c)
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return [tuple(r) for r in self._conn.execute(sql, tuple(args)).fetchall()]
+            return [tuple(r) for r in sqlite.Numbered(self._conn).execute(sql, args).fetchall()]
 
     def close(self) -> None:
         self._conn.close()
@@ -306,28 +301,21 @@ class PostgresKeyStore(KeyTables):
         if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
             raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
         self.dsn, self.schema = dsn, schema
-        self.pg = pgdb.Connection(dsn, search_path=schema)
-        self._run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
-
-    def q(self, sql: str) -> str:
-        return pgdb.placeholders(sql)
-
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        return self.pg.run(fn)
+        self.pg = pgdb.Connection(dsn, search_path=schema, numbered=True)
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
 
     def migrate(self, table: str, migrations: Sequence[sqlite.Migration],
                 pg_migrations: Callable[[str], Sequence[pgdb.Migration]]) -> list[str]:
-        return self._run(lambda cur: pgdb.migrate(cur, self.schema, table, pg_migrations(self.schema)))
+        return self.pg.run(lambda cur: pgdb.migrate(cur, self.schema, table, pg_migrations(self.schema)))
 
     def tx(self) -> AbstractContextManager[Any]:
         return self.pg.transaction()
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def fetch(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(self.q(sql), tuple(args))
-            return [tuple(r) for r in cur.fetchall()]
+            return [tuple(r) for r in cur.execute(sql, tuple(args)).fetchall()]
 
-        return self._run(fetch)
+        return self.pg.run(fetch)
 
     def close(self) -> None:
         self.pg.close()

@@ -93,12 +93,11 @@ class Sessions:
         until = clock.sooner(clock.iso(now + timedelta(seconds=lifetime_s)), key.expires_at)
         assert until is not None
         token = SESSION_PREFIX + secrets.token_urlsafe(32)
-        q = self.keys.q
         at = clock.iso(now)
         with self.keys.tx() as c:
-            c.execute(q("DELETE FROM browser_sessions WHERE expires_at < ? OR ended_at IS NOT NULL"), (at,))
-            c.execute(q("INSERT INTO browser_sessions (session_hash, key_id, secret_hash, created_at, expires_at) "
-                        "VALUES (?, ?, ?, ?, ?)"), (hash_key(token), key.key_id, hash_key(secret), at, until))
+            c.execute("DELETE FROM browser_sessions WHERE expires_at < $1 OR ended_at IS NOT NULL", (at,))
+            c.execute("INSERT INTO browser_sessions (session_hash, key_id, secret_hash, created_at, expires_at) "
+                      "VALUES ($1, $2, $3, $4, $5)", (hash_key(token), key.key_id, hash_key(secret), at, until))
         return NewSession(token, key, until)
 
     def end(self, token: str) -> bool:
@@ -109,8 +108,8 @@ class Sessions:
         digest = hash_key(token)
         self._cache.pop(digest, None)
         with self.keys.tx() as c:
-            done = c.execute(self.keys.q("UPDATE browser_sessions SET ended_at = ? WHERE session_hash = ? "
-                                          "AND ended_at IS NULL"), (clock.iso(clock.now()), digest))
+            done = c.execute("UPDATE browser_sessions SET ended_at = $1 WHERE session_hash = $2 AND ended_at IS NULL",
+                             (clock.iso(clock.now()), digest))
             return bool(done.rowcount)
 
     def forget(self, key_id: str) -> None:
@@ -120,7 +119,7 @@ class Sessions:
     def _lookup(self, digest: str) -> tuple[ApiKey, str] | None:
         rows = self.keys.read(f"SELECT {KEY_COLUMNS}, s.expires_at, b.expires_at, b.ended_at FROM browser_sessions b "
                                "JOIN keys_api_keys k ON k.key_id = b.key_id "
-                               "JOIN keys_secrets s ON s.key_hash = b.secret_hash WHERE b.session_hash = ?",
+                               "JOIN keys_secrets s ON s.key_hash = b.secret_hash WHERE b.session_hash = $1",
                                (digest,))
         if not rows:
             return None

@@ -1,7 +1,8 @@
 """Durable task state (tables ``tasks_*``): tasks, their steps, approval gates, progress events,
 irreversible tool calls (by idempotency key) and the step cache, in the gateway's SQLite file
 (:class:`SQLiteTaskStore`) or PostgreSQL (:class:`PostgresTaskStore`); :class:`TaskTables` holds
-the SQL once. Every replica that shares the database sees the same state; a lease
+the SQL once, in the numbered placeholders both databases read (``turnout.sqlshared``); each
+backend has its own DDL, as named migrations. Every replica that shares the database sees the same state; a lease
 (``lease_owner``, ``lease_until``) lets one replica at a time run a task, taken with one UPDATE
 so two replicas cannot both win it.
 """
@@ -12,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from turnout import pgdb, sqlitedb
+from turnout.sqlshared import Args, marks
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 RUNNABLE = ("queued", "running")  # a running task whose lease lapsed is picked up again
@@ -81,12 +83,54 @@ MIGRATIONS: list[sqlitedb.Migration] = [
 ]
 
 
-def pg_migrations(schema: str) -> list[pgdb.Migration]:
-    """MIGRATIONS for PostgreSQL (tables found through ``search_path``, set to ``schema``). Both
-    steps are idempotent, so a schema made before named migrations is adopted as it is."""
-    del schema  # the connection's search_path names it
-    return [(name, [_pg(sql).replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS") for sql in statements])
-            for name, statements in MIGRATIONS]
+def pg_migrations(s: str) -> list[pgdb.Migration]:
+    """:data:`MIGRATIONS` in PostgreSQL's types, same names. Every statement is idempotent (``IF NOT
+    EXISTS``), so a schema made before named migrations is adopted as it is."""
+    return [
+        ("0001_tables", [
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_tasks (
+                id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT, goal TEXT NOT NULL, inputs TEXT NOT NULL,
+                tools TEXT NOT NULL, sensitivity TEXT, state TEXT NOT NULL, plan TEXT,
+                plan_version INTEGER NOT NULL DEFAULT 0, replans INTEGER NOT NULL DEFAULT 0,
+                notes TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT, cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL,
+                updated DOUBLE PRECISION NOT NULL, lease_owner TEXT, lease_until DOUBLE PRECISION,
+                cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+            f"CREATE INDEX IF NOT EXISTS tasks_tasks_state ON {s}.tasks_tasks (state, lease_until)",
+            f"CREATE INDEX IF NOT EXISTS tasks_tasks_tenant ON {s}.tasks_tasks (tenant, created)",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_steps (
+                task_id TEXT NOT NULL, plan_version INTEGER NOT NULL, step_id TEXT NOT NULL, kind TEXT NOT NULL,
+                route TEXT, engine TEXT, locality TEXT, request_id TEXT, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+                completion_tokens INTEGER NOT NULL DEFAULT 0, cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                latency_ms DOUBLE PRECISION, cached INTEGER NOT NULL DEFAULT 0,
+                saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0, status TEXT NOT NULL, result TEXT, error TEXT,
+                ts DOUBLE PRECISION NOT NULL, PRIMARY KEY (task_id, plan_version, step_id))""",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_gates (
+                id TEXT PRIMARY KEY, task_id TEXT NOT NULL, tenant TEXT NOT NULL, plan_version INTEGER NOT NULL,
+                step_id TEXT NOT NULL, tool TEXT NOT NULL, arguments TEXT NOT NULL, reason TEXT, why TEXT,
+                state TEXT NOT NULL, deadline DOUBLE PRECISION NOT NULL, created DOUBLE PRECISION NOT NULL,
+                decided_by TEXT, decided_at DOUBLE PRECISION, decision_reason TEXT, edited TEXT,
+                UNIQUE (task_id, plan_version, step_id))""",
+            f"CREATE INDEX IF NOT EXISTS tasks_gates_state ON {s}.tasks_gates (state, tenant)",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_events (
+                seq BIGSERIAL PRIMARY KEY, task_id TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL,
+                data TEXT)""",
+            f"CREATE INDEX IF NOT EXISTS tasks_events_task ON {s}.tasks_events (task_id, seq)",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_tool_calls (
+                idempotency_key TEXT PRIMARY KEY, task_id TEXT NOT NULL, tool TEXT NOT NULL, arguments TEXT NOT NULL,
+                state TEXT NOT NULL, result TEXT, attempts INTEGER NOT NULL DEFAULT 0, ts DOUBLE PRECISION NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tasks_step_cache (
+                key TEXT PRIMARY KEY, tenant TEXT NOT NULL, result TEXT NOT NULL, engine TEXT,
+                cost_usd DOUBLE PRECISION NOT NULL, ts DOUBLE PRECISION NOT NULL)""",
+        ]),
+        ("0002_budget_failure_local_only_edits", [
+            f"ALTER TABLE {s}.tasks_tasks ADD COLUMN IF NOT EXISTS budget_usd DOUBLE PRECISION",
+            f"ALTER TABLE {s}.tasks_tasks ADD COLUMN IF NOT EXISTS failure TEXT",
+            f"ALTER TABLE {s}.tasks_tasks ADD COLUMN IF NOT EXISTS local_only TEXT",
+            f"ALTER TABLE {s}.tasks_gates ADD COLUMN IF NOT EXISTS edited_by TEXT",
+            f"ALTER TABLE {s}.tasks_gates ADD COLUMN IF NOT EXISTS revision INTEGER NOT NULL DEFAULT 0",
+        ]),
+    ]
 
 
 def _adopt_old_file(conn: sqlite3.Connection) -> None:
@@ -117,23 +161,18 @@ def _u(text: str | None) -> Any:
 
 
 class TaskTables:
-    """The SQL, once, over a backend that runs it (``?`` placeholders): :class:`SQLiteTaskStore`
-    or :class:`PostgresTaskStore`."""
+    """The SQL, once, over a backend that runs it (numbered placeholders, ``turnout.sqlshared``):
+    :class:`SQLiteTaskStore` or :class:`PostgresTaskStore`."""
 
     skip_locked = ""  # PostgreSQL: a claim skips rows another replica is claiming
 
     def tx(self) -> AbstractContextManager[Any]:
-        """A cursor-like object (``execute`` returning rows by column name) in one write transaction."""
+        """An object whose ``execute(sql, args)`` returns a cursor with rows by column name, in one
+        write transaction."""
         raise NotImplementedError
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
-
-    def _q(self, sql: str) -> str:
-        return sql
-
-    def _x(self, c: Any, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
-        return c.execute(self._q(sql), tuple(args))
 
     def close(self) -> None:
         raise NotImplementedError
@@ -143,15 +182,15 @@ class TaskTables:
                sensitivity: str | None, budget_usd: float | None = None, local_only: str | None = None) -> str:
         tid, now = new_id("task"), time.time()
         with self.tx() as c:
-            self._x(c, "INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
-                      "updated, budget_usd, local_only) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            c.execute("INSERT INTO tasks_tasks (id, tenant, key_id, goal, inputs, tools, sensitivity, state, created, "
+                      f"updated, budget_usd, local_only) VALUES ({marks(12)})",
                       (tid, tenant, key_id, goal, _j(inputs), _j(tools), sensitivity, "queued", now, now, budget_usd,
                        local_only))
             self._event(c, tid, "created", {"goal": goal, "budget_usd": budget_usd, "local_only": local_only})
         return tid
 
     def get(self, tid: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM tasks_tasks WHERE id = ?", (tid,))
+        rows = self._all("SELECT * FROM tasks_tasks WHERE id = $1", (tid,))
         if not rows:
             return None
         t = dict(rows[0])
@@ -160,9 +199,10 @@ class TaskTables:
         return t
 
     def tasks(self, tenant: str | None, limit: int = 50) -> list[dict[str, Any]]:
-        where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        a = Args()
+        where = f"WHERE tenant = {a(tenant)}" if tenant is not None else ""
         rows = self._all(f"SELECT id, tenant, goal, state, cost_usd, saved_usd, created, updated FROM tasks_tasks "
-                         f"{where} ORDER BY created DESC LIMIT ?", (*args, limit))
+                         f"{where} ORDER BY created DESC LIMIT {a(limit)}", a)
         return [dict(r) for r in rows]
 
     def update(self, tid: str, event: tuple[str, dict[str, Any]] | None = None, **fields: Any) -> None:
@@ -170,22 +210,23 @@ class TaskTables:
         for k in ("plan", "notes", "result"):
             if k in fields:
                 fields[k] = _j(fields[k])
-        sets = ", ".join(f"{k} = ?" for k in fields)
+        a = Args()
+        sets = ", ".join(f"{k} = {a(v)}" for k, v in fields.items())
         with self.tx() as c:
-            self._x(c, f"UPDATE tasks_tasks SET {sets} WHERE id = ?", (*fields.values(), tid))
+            c.execute(f"UPDATE tasks_tasks SET {sets} WHERE id = {a(tid)}", a)
             if event is not None:
                 self._event(c, tid, *event)
 
     def request_cancel(self, tid: str) -> bool:
         """Mark a task cancelled (parked or queued: at once; running: its runner stops at the next step)."""
         with self.tx() as c:
-            row = self._x(c, "SELECT state FROM tasks_tasks WHERE id = ?", (tid,)).fetchone()
+            row = c.execute("SELECT state FROM tasks_tasks WHERE id = $1", (tid,)).fetchone()
             if row is None or row["state"] in TERMINAL:
                 return False
-            self._x(c, "UPDATE tasks_tasks SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), tid))
+            c.execute("UPDATE tasks_tasks SET cancel_requested = 1, updated = $1 WHERE id = $2", (time.time(), tid))
             if row["state"] != "running":
-                self._x(c, "UPDATE tasks_tasks SET state = 'cancelled', lease_owner = NULL WHERE id = ?", (tid,))
-                self._x(c, "UPDATE tasks_gates SET state = 'cancelled' WHERE task_id = ? AND state = 'pending'", (tid,))
+                c.execute("UPDATE tasks_tasks SET state = 'cancelled', lease_owner = NULL WHERE id = $1", (tid,))
+                c.execute("UPDATE tasks_gates SET state = 'cancelled' WHERE task_id = $1 AND state = 'pending'", (tid,))
                 self._event(c, tid, "cancelled", {})
         return True
 
@@ -194,18 +235,19 @@ class TaskTables:
         """Take one runnable task whose lease is free or lapsed; None when there is none."""
         now = time.time()
         if not self._all("SELECT 1 FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
-                         "(lease_until IS NULL OR lease_until < ?) LIMIT 1", (now,)):
+                         "(lease_until IS NULL OR lease_until < $1) LIMIT 1", (now,)):
             return None  # the common idle case: a read, no write lock on a file the ledger shares
         with self.tx() as c:
-            row = self._x(c,
+            row = c.execute(
                 "SELECT id FROM tasks_tasks WHERE state IN ('queued', 'running') AND "
-                "(lease_until IS NULL OR lease_until < ?) ORDER BY updated LIMIT 1" + self.skip_locked,
+                "(lease_until IS NULL OR lease_until < $1) ORDER BY updated LIMIT 1" + self.skip_locked,
                 (now,)).fetchone()
             if row is None:
                 return None
-            won = self._x(c, "UPDATE tasks_tasks SET lease_owner = ?, lease_until = ?, state = 'running' WHERE id = ? "
-                          "AND state IN ('queued', 'running') AND (lease_until IS NULL OR lease_until < ?)",
-                          (owner, now + lease_s, row["id"], now)).rowcount
+            won = c.execute("UPDATE tasks_tasks SET lease_owner = $1, lease_until = $2, state = 'running' "
+                            "WHERE id = $3 AND state IN ('queued', 'running') AND "
+                            "(lease_until IS NULL OR lease_until < $4)",
+                            (owner, now + lease_s, row["id"], now)).rowcount
             if won != 1:  # another replica took it between the two statements
                 return None
             self._event(c, row["id"], "leased", {"replica": owner})
@@ -214,18 +256,18 @@ class TaskTables:
     def renew(self, tid: str, owner: str, lease_s: float) -> bool:
         """Extend the lease; False when this replica no longer holds it (then it must stop)."""
         with self.tx() as c:
-            cur = self._x(c, "UPDATE tasks_tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+            cur = c.execute("UPDATE tasks_tasks SET lease_until = $1 WHERE id = $2 AND lease_owner = $3",
                             (time.time() + lease_s, tid, owner))
             return bool(cur.rowcount == 1)
 
     def release(self, tid: str, owner: str) -> None:
         with self.tx() as c:
-            self._x(c, "UPDATE tasks_tasks SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                      (tid, owner))
+            c.execute("UPDATE tasks_tasks SET lease_owner = NULL, lease_until = NULL "
+                      "WHERE id = $1 AND lease_owner = $2", (tid, owner))
 
     # ---- steps --------------------------------------------------------------------------
     def steps(self, tid: str) -> list[dict[str, Any]]:
-        rows = self._all("SELECT * FROM tasks_steps WHERE task_id = ? ORDER BY plan_version, ts", (tid,))
+        rows = self._all("SELECT * FROM tasks_steps WHERE task_id = $1 ORDER BY plan_version, ts", (tid,))
         out = []
         for r in rows:
             d = dict(r)
@@ -244,23 +286,23 @@ class TaskTables:
         cols = ["task_id", "plan_version", "step_id", *f]
         with self.tx() as c:
             updates = ", ".join(f"{k} = excluded.{k}" for k in f)
-            self._x(c, f"INSERT INTO tasks_steps ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                    f"ON CONFLICT (task_id, plan_version, step_id) DO UPDATE SET {updates}",
-                    (tid, version, sid, *f.values()))
-            self._x(c, "UPDATE tasks_tasks SET cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM tasks_steps WHERE "
-                      "task_id = ?), saved_usd = (SELECT COALESCE(SUM(saved_usd), 0) FROM tasks_steps WHERE "
-                      "task_id = ?), updated = ? WHERE id = ?", (tid, tid, time.time(), tid))
+            c.execute(f"INSERT INTO tasks_steps ({', '.join(cols)}) VALUES ({marks(len(cols))}) "
+                      f"ON CONFLICT (task_id, plan_version, step_id) DO UPDATE SET {updates}",
+                      (tid, version, sid, *f.values()))
+            c.execute("UPDATE tasks_tasks SET cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM tasks_steps WHERE "
+                      "task_id = $1), saved_usd = (SELECT COALESCE(SUM(saved_usd), 0) FROM tasks_steps WHERE "
+                      "task_id = $1), updated = $2 WHERE id = $1", (tid, time.time()))
             self._event(c, tid, "step", {"plan_version": version, "step": sid, "status": f.get("status"),
                                          "cached": bool(f.get("cached"))})
 
     # ---- gates --------------------------------------------------------------------------
     def gate_for(self, tid: str, version: int, sid: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM tasks_gates WHERE task_id = ? AND plan_version = ? AND step_id = ?",
+        rows = self._all("SELECT * FROM tasks_gates WHERE task_id = $1 AND plan_version = $2 AND step_id = $3",
                          (tid, version, sid))
         return _gate(rows[0]) if rows else None
 
     def gate(self, gid: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM tasks_gates WHERE id = ?", (gid,))
+        rows = self._all("SELECT * FROM tasks_gates WHERE id = $1", (gid,))
         return _gate(rows[0]) if rows else None
 
     def park(self, tid: str, tenant: str, version: int, sid: str, tool: str, args: dict[str, Any], reason: str,
@@ -268,24 +310,22 @@ class TaskTables:
         """Open a gate and park the task (awaiting_approval), in one transaction."""
         gid = new_id("gate")
         with self.tx() as c:
-            self._x(c, "INSERT INTO tasks_gates (id, task_id, tenant, plan_version, step_id, tool, arguments, reason, "
-                      "why, state, deadline, created) VALUES (?,?,?,?,?,?,?,?,?,'pending',?,?)",
+            c.execute("INSERT INTO tasks_gates (id, task_id, tenant, plan_version, step_id, tool, arguments, reason, "
+                      "why, state, deadline, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11)",
                       (gid, tid, tenant, version, sid, tool, _j(args), reason, why, deadline, time.time()))
-            self._x(c, "UPDATE tasks_tasks SET state = 'awaiting_approval', lease_owner = NULL, lease_until = NULL, "
-                      "updated = ? WHERE id = ?", (time.time(), tid))
+            c.execute("UPDATE tasks_tasks SET state = 'awaiting_approval', lease_owner = NULL, lease_until = NULL, "
+                      "updated = $1 WHERE id = $2", (time.time(), tid))
             self._event(c, tid, "awaiting_approval", {"gate": gid, "tool": tool, "arguments": args, "reason": reason})
         return gid
 
     def gates(self, tenant: str | None, state: str | None = "pending") -> list[dict[str, Any]]:
-        where, args = [], []
+        a, where = Args(), []
         if tenant is not None:
-            where.append("tenant = ?")
-            args.append(tenant)
+            where.append(f"tenant = {a(tenant)}")
         if state is not None:
-            where.append("state = ?")
-            args.append(state)
+            where.append(f"state = {a(state)}")
         sql = "SELECT * FROM tasks_gates" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
-        return [_gate(r) for r in self._all(sql, tuple(args))]
+        return [_gate(r) for r in self._all(sql, a)]
 
     def decide(self, gid: str, state: str, by: str, reason: str | None, *, revision: int | None = None,
                at: float | None = None) -> bool:
@@ -293,19 +333,19 @@ class TaskTables:
         or (when given) its arguments are no longer at ``revision`` or its deadline passed before
         ``at``. An approved gate runs its ``edited`` arguments when it has them."""
         now = time.time()
-        cond, args = "", list[Any]()
+        a = Args()
+        sql = (f"UPDATE tasks_gates SET state = {a(state)}, decided_by = {a(by)}, decided_at = {a(now)}, "
+               f"decision_reason = {a(reason)} WHERE id = {a(gid)} AND state = 'pending'")
         if revision is not None:
-            cond, args = cond + " AND revision = ?", [*args, revision]
+            sql += f" AND revision = {a(revision)}"
         if at is not None:
-            cond, args = cond + " AND deadline >= ?", [*args, at]
+            sql += f" AND deadline >= {a(at)}"
         with self.tx() as c:
-            cur = self._x(c, "UPDATE tasks_gates SET state = ?, decided_by = ?, decided_at = ?, decision_reason = ? "
-                            "WHERE id = ? AND state = 'pending'" + cond, (state, by, now, reason, gid, *args))
-            if cur.rowcount != 1:
+            if c.execute(sql, a).rowcount != 1:
                 return False
-            row = self._x(c, "SELECT task_id, edited FROM tasks_gates WHERE id = ?", (gid,)).fetchone()
+            row = c.execute("SELECT task_id, edited FROM tasks_gates WHERE id = $1", (gid,)).fetchone()
             tid = row["task_id"]
-            self._x(c, "UPDATE tasks_tasks SET state = 'queued', updated = ? WHERE id = ? AND state = "
+            c.execute("UPDATE tasks_tasks SET state = 'queued', updated = $1 WHERE id = $2 AND state = "
                       "'awaiting_approval'", (now, tid))
             self._event(c, tid, "decision", {"gate": gid, "decision": state, "by": by, "reason": reason,
                                              "edited": row["edited"] is not None})
@@ -316,22 +356,22 @@ class TaskTables:
         another approver (four eyes on the call that runs); False if the gate was decided, edited
         since ``revision`` or is past its deadline."""
         with self.tx() as c:
-            cur = self._x(c, "UPDATE tasks_gates SET edited = ?, edited_by = ?, revision = revision + 1 WHERE id = ? "
-                            "AND state = 'pending' AND revision = ? AND deadline >= ?",
-                          (_j(edited), by, gid, revision, at))
+            cur = c.execute("UPDATE tasks_gates SET edited = $1, edited_by = $2, revision = revision + 1 WHERE id = $3 "
+                            "AND state = 'pending' AND revision = $4 AND deadline >= $5",
+                            (_j(edited), by, gid, revision, at))
             if cur.rowcount != 1:
                 return False
-            tid = self._x(c, "SELECT task_id FROM tasks_gates WHERE id = ?", (gid,)).fetchone()["task_id"]
+            tid = c.execute("SELECT task_id FROM tasks_gates WHERE id = $1", (gid,)).fetchone()["task_id"]
             self._event(c, tid, "edited", {"gate": gid, "by": by, "revision": revision + 1})
         return True
 
     def expired_gates(self) -> list[dict[str, Any]]:
-        return [_gate(r) for r in self._all("SELECT * FROM tasks_gates WHERE state = 'pending' AND deadline < ?",
+        return [_gate(r) for r in self._all("SELECT * FROM tasks_gates WHERE state = 'pending' AND deadline < $1",
                                             (time.time(),))]
 
     # ---- irreversible tool calls ---------------------------------------------------------
     def tool_call(self, key: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM tasks_tool_calls WHERE idempotency_key = ?", (key,))
+        rows = self._all("SELECT * FROM tasks_tool_calls WHERE idempotency_key = $1", (key,))
         if not rows:
             return None
         d = dict(rows[0])
@@ -340,18 +380,18 @@ class TaskTables:
 
     def tool_started(self, key: str, tid: str, tool: str, args: dict[str, Any]) -> None:
         with self.tx() as c:
-            self._x(c, "INSERT INTO tasks_tool_calls (idempotency_key, task_id, tool, arguments, state, attempts, ts) "
-                      "VALUES (?,?,?,?, 'started', 1, ?) ON CONFLICT (idempotency_key) DO UPDATE SET "
+            c.execute("INSERT INTO tasks_tool_calls (idempotency_key, task_id, tool, arguments, state, attempts, ts) "
+                      "VALUES ($1, $2, $3, $4, 'started', 1, $5) ON CONFLICT (idempotency_key) DO UPDATE SET "
                       "attempts = tasks_tool_calls.attempts + 1", (key, tid, tool, _j(args), time.time()))
 
     def tool_done(self, key: str, result: Any) -> None:
         with self.tx() as c:
-            self._x(c, "UPDATE tasks_tool_calls SET state = 'done', result = ? WHERE idempotency_key = ?",
+            c.execute("UPDATE tasks_tool_calls SET state = 'done', result = $1 WHERE idempotency_key = $2",
                       (_j(result), key))
 
     # ---- step cache ------------------------------------------------------------------------
     def cached(self, key: str, tenant: str, ttl_s: float) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM tasks_step_cache WHERE key = ? AND tenant = ? AND ts > ?",
+        rows = self._all("SELECT * FROM tasks_step_cache WHERE key = $1 AND tenant = $2 AND ts > $3",
                          (key, tenant, time.time() - ttl_s))
         if not rows:
             return None
@@ -361,10 +401,10 @@ class TaskTables:
 
     def keep(self, key: str, tenant: str, result: Any, engine: str | None, cost: float) -> None:
         with self.tx() as c:
-            self._x(c, "INSERT INTO tasks_step_cache (key, tenant, result, engine, cost_usd, ts) VALUES (?,?,?,?,?,?) "
-                    "ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, result = excluded.result, "
-                    "engine = excluded.engine, cost_usd = excluded.cost_usd, ts = excluded.ts",
-                    (key, tenant, _j(result), engine, cost, time.time()))
+            c.execute(f"INSERT INTO tasks_step_cache (key, tenant, result, engine, cost_usd, ts) VALUES ({marks(6)}) "
+                      "ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, result = excluded.result, "
+                      "engine = excluded.engine, cost_usd = excluded.cost_usd, ts = excluded.ts",
+                      (key, tenant, _j(result), engine, cost, time.time()))
 
     # ---- events -------------------------------------------------------------------------
     def event(self, tid: str, kind: str, data: dict[str, Any]) -> None:
@@ -372,11 +412,11 @@ class TaskTables:
             self._event(c, tid, kind, data)
 
     def _event(self, c: Any, tid: str, kind: str, data: dict[str, Any]) -> None:
-        self._x(c, "INSERT INTO tasks_events (task_id, ts, kind, data) VALUES (?,?,?,?)",
-                (tid, time.time(), kind, _j(data)))
+        c.execute("INSERT INTO tasks_events (task_id, ts, kind, data) VALUES ($1, $2, $3, $4)",
+                  (tid, time.time(), kind, _j(data)))
 
     def events(self, tid: str, after: int = 0) -> list[dict[str, Any]]:
-        rows = self._all("SELECT seq, ts, kind, data FROM tasks_events WHERE task_id = ? AND seq > ? ORDER BY seq",
+        rows = self._all("SELECT seq, ts, kind, data FROM tasks_events WHERE task_id = $1 AND seq > $2 ORDER BY seq",
                          (tid, after))
         return [{"seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "data": _u(r["data"])} for r in rows]
 
@@ -392,45 +432,33 @@ class SQLiteTaskStore(TaskTables):
     """The SQLite store (``storage.sqlite_path``): replicas on one host share the file."""
 
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        # synchronous=FULL (sqlite's default, as before): a started irreversible call's record
+        # must survive a power cut, or a retry after it would make the call twice
+        self.db = sqlitedb.connect(path, synchronous="FULL")
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
         # reads on a connection of their own: in WAL mode they never wait for a writer, so a task
         # view answers while a write waits for the file's lock (held by another replica, the ledger)
-        self.rdb: Any = sqlite3.connect(str(path), timeout=10, check_same_thread=False, isolation_level=None)
+        self.rdb = sqlitedb.connect(path, synchronous="FULL")
         self.rdb.row_factory = sqlite3.Row
         self.rlock = threading.Lock()
         with self.lock:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA busy_timeout=10000")
             _adopt_old_file(self.db)
             sqlitedb.migrate(self.db, "tasks_migrations", MIGRATIONS)
 
     @contextmanager
-    def tx(self) -> Iterator[Any]:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+    def tx(self) -> Iterator[sqlitedb.Numbered]:
+        with self.lock, sqlitedb.immediate(self.db) as conn:
+            yield sqlitedb.Numbered(conn)
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.rlock:
-            return [dict(r) for r in self.rdb.execute(self._q(sql), args).fetchall()]
+            return [dict(r) for r in sqlitedb.Numbered(self.rdb).execute(sql, args).fetchall()]
 
     def close(self) -> None:
         with self.lock, self.rlock:
             self.db.close()
             self.rdb.close()
-
-
-def _pg(sql: str) -> str:
-    """SQLite DDL as PostgreSQL's."""
-    return sql.replace("REAL", "DOUBLE PRECISION").replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
 
 
 class PostgresTaskStore(TaskTables):
@@ -443,7 +471,8 @@ class PostgresTaskStore(TaskTables):
         from psycopg.rows import dict_row
 
         self.schema, self._dict_row = schema, dict_row
-        self.pg = pgdb.Connection(dsn, search_path=schema)  # one connection, locked, reopened when dropped
+        # one connection, locked, reopened when dropped; $n placeholders as written
+        self.pg = pgdb.Connection(dsn, search_path=schema, numbered=True)
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema)))
 
     @contextmanager
@@ -452,15 +481,12 @@ class PostgresTaskStore(TaskTables):
             cur.row_factory = self._dict_row
             yield cur
 
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         def fetch(cur: Any) -> list[dict[str, Any]]:
             cur.row_factory = self._dict_row
-            return [dict(r) for r in cur.execute(self._q(sql), args).fetchall()]
+            return [dict(r) for r in cur.execute(sql, tuple(args)).fetchall()]
 
         return self.pg.run(fetch)
-
-    def _q(self, sql: str) -> str:
-        return pgdb.placeholders(sql)
 
     def close(self) -> None:
         self.pg.close()
