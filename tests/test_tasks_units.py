@@ -412,7 +412,7 @@ def test_sql_shared_by_sqlite_and_postgres_reaches_both_unchanged(tmp_path: Path
     conn = sqlitedb.connect(tmp_path / "t.sqlite")
     assert tuple(sqlitedb.Numbered(conn).execute(sql, a).fetchone()) == expect
     conn.close()
-    pg = pgdb.Connection(PG_DSN, numbered=True)
+    pg = pgdb.Connection(PG_DSN)
     try:
         assert pg.run(lambda cur: cur.execute(sql, a).fetchone()) == ("100%?x", True, 6, "x")
     finally:

@@ -15,12 +15,6 @@ T = TypeVar("T")
 Migration = tuple[str, Sequence[str]]  # (name, SQL statements); never edit or reorder, only append
 
 
-def placeholders(sql: str) -> str:
-    """SQL written once for both databases, with SQLite's ``?`` placeholders, as psycopg's:
-    ``%s``, a literal ``%`` doubled. (No store's shared SQL has a ``?`` inside a string literal.)"""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
 def migrate(cur: Any, schema: str, table: str, migrations: Sequence[Migration]) -> list[str]:
     """Apply, in order, the migrations not yet recorded in ``schema.table``; the caller holds
     the transaction. Returns the names applied. (Values as quoted literals, no placeholders: the
@@ -48,19 +42,18 @@ class Connection:
     """One psycopg connection shared by a store's threads, serialised by a lock, opened on first
     use and once more when the server dropped it. ``run(fn)`` calls ``fn(cursor)`` in a
     transaction (retried once on a new connection if the old one broke, so ``fn`` must be safe to
-    repeat); ``transaction()`` yields a cursor without the retry. ``numbered=True`` for a store
-    whose SQL is shared with SQLite (``turnout.sqlshared``): its cursors take ``$1``, ``$2``, ...
-    as written (psycopg's ``RawCursor``) instead of ``%s``."""
+    repeat); ``transaction()`` yields a cursor without the retry. Its cursors take PostgreSQL's
+    own placeholders, ``$1``, ``$2``, ..., and send the text as written (psycopg's ``RawCursor``,
+    not ``%s``): the SQL a store shares with SQLite (``turnout.sqlshared``) runs unchanged, and a
+    ``%`` in a literal is a ``%``."""
 
     def __init__(self, dsn: str, *, search_path: str | None = None, connect_timeout: int | None = 10,
-                 numbered: bool = False, **options: Any) -> None:
+                 **options: Any) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self.dsn, self.search_path = dsn, search_path
-        self.options = dict(options, autocommit=True)
-        if numbered:
-            self.options["cursor_factory"] = psycopg.RawCursor
+        self.options = dict(options, autocommit=True, cursor_factory=psycopg.RawCursor)
         if connect_timeout is not None:
             self.options["connect_timeout"] = connect_timeout
         self.lock = threading.Lock()

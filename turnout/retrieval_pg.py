@@ -10,13 +10,11 @@ psycopg 3: ``pip install 'turnout[scale]'``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from turnout import pgdb
 from turnout.retrieval import Row
-
-T = TypeVar("T")
 
 
 def migrations(s: str) -> list[pgdb.Migration]:
@@ -45,7 +43,9 @@ def migrations(s: str) -> list[pgdb.Migration]:
 
 
 class PostgresChunks:
-    """One connection per process, serialised by a lock; reconnects once if the server dropped it."""
+    """One ``pgdb.Connection`` per process (serialised by a lock; a call is retried once on a new
+    connection if the server dropped the old one: every write here is idempotent, replace by id,
+    delete, bump a counter)."""
 
     def __init__(self, dsn: str, *, schema: str = "public") -> None:
         self.dsn, self.s = dsn, schema
@@ -53,63 +53,58 @@ class PostgresChunks:
         with self.pg.transaction() as cur:
             pgdb.migrate(cur, schema, "rag_migrations", migrations(schema))
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        """``fn(cursor)`` in a transaction; once more on a new connection if the old one broke
-        (every write here is idempotent: replace by id, delete, bump a counter)."""
-        return self.pg.run(fn)
-
     def _bump(self, cur: Any, collection: str) -> None:
-        cur.execute(f"INSERT INTO {self.s}.rag_versions VALUES (%s, 1) "
+        cur.execute(f"INSERT INTO {self.s}.rag_versions VALUES ($1, 1) "
                     "ON CONFLICT (collection) DO UPDATE SET version = rag_versions.version + 1", (collection,))
 
     def replace(self, collection: str, doc_ids: Sequence[str], rows: Sequence[tuple[Row, bytes]]) -> None:
         def write(cur: Any) -> None:
-            cur.executemany(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
+            cur.executemany(f"DELETE FROM {self.s}.rag_chunks WHERE collection = $1 AND doc_id = $2",
                             [(collection, d) for d in doc_ids])
             cur.executemany(
                 f"INSERT INTO {self.s}.rag_chunks (collection, doc_id, chunk, text, metadata, embedding) "
-                "VALUES (%s, %s, %s, %s, %s, %s)", [(collection, *row, vector) for row, vector in rows])
+                "VALUES ($1, $2, $3, $4, $5, $6)", [(collection, *row, vector) for row, vector in rows])
             self._bump(cur, collection)
 
-        self._run(write)
+        self.pg.run(write)
 
     def delete(self, collection: str, doc_id: str | None) -> int:
         def write(cur: Any) -> int:
             if doc_id is None:
-                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s", (collection,))
+                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = $1", (collection,))
             else:
-                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = %s AND doc_id = %s",
+                cur.execute(f"DELETE FROM {self.s}.rag_chunks WHERE collection = $1 AND doc_id = $2",
                             (collection, doc_id))
             n = int(cur.rowcount)
             self._bump(cur, collection)
             return n
 
-        return self._run(write)
+        return self.pg.run(write)
 
     def stats(self, collection: str) -> tuple[int, int]:
         def read(cur: Any) -> tuple[int, int]:
-            cur.execute(f"SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM {self.s}.rag_chunks WHERE collection = %s",
+            cur.execute(f"SELECT COUNT(DISTINCT doc_id), COUNT(*) FROM {self.s}.rag_chunks WHERE collection = $1",
                         (collection,))
             return tuple(cur.fetchone())
 
-        return self._run(read)
+        return self.pg.run(read)
 
     def _version(self, cur: Any, collection: str) -> int:
-        cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = %s", (collection,))
+        cur.execute(f"SELECT version FROM {self.s}.rag_versions WHERE collection = $1", (collection,))
         row = cur.fetchone()
         return int(row[0]) if row else 0
 
     def version(self, collection: str) -> int:
-        return self._run(lambda cur: self._version(cur, collection))
+        return self.pg.run(lambda cur: self._version(cur, collection))
 
     def load(self, collection: str) -> tuple[int, list[tuple[Row, bytes]]]:
         def read(cur: Any) -> tuple[int, list[tuple[Row, bytes]]]:
             version = self._version(cur, collection)  # before the rows: a write in between only costs a reload
             cur.execute(f"SELECT doc_id, chunk, text, metadata, embedding FROM {self.s}.rag_chunks "
-                        "WHERE collection = %s ORDER BY id", (collection,))
+                        "WHERE collection = $1 ORDER BY id", (collection,))
             return version, [(tuple(r[:4]), bytes(r[4])) for r in cur.fetchall()]
 
-        return self._run(read)
+        return self.pg.run(read)
 
     def close(self) -> None:
         self.pg.close()

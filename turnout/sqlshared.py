@@ -1,6 +1,6 @@
 """SQL written once for SQLite and PostgreSQL (the task, key and session stores): placeholders
 are PostgreSQL's own numbered ones, ``$1``, ``$2``, ... PostgreSQL reads them natively
-(``pgdb.Connection(numbered=True)``: psycopg's ``RawCursor`` sends the text as it is); SQLite
+(``pgdb.Connection``: psycopg's ``RawCursor`` sends the text as it is); SQLite
 reads ``$1`` as the named parameter ``1`` and binds it from a mapping (``sqlitedb.Numbered``).
 The text reaches both databases unchanged: nothing rewrites SQL, so a ``?`` or a ``%`` in a
 literal means what it says, and a value may be used twice (``$1`` ... ``$1``).

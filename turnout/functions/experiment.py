@@ -44,10 +44,10 @@ class Allocation:
 def feedback_evidence(query: Query, fn: str, tenant: str | None) -> dict[str, tuple[int, float]]:
     """(n, summed satisfaction) of the feedback on each variant's answers."""
     sql = ("SELECT r.variant, COUNT(*), SUM(f.satisfaction) FROM feedback f JOIN requests r "
-           "ON r.request_id = f.request_id WHERE r.function = ?")
+           "ON r.request_id = f.request_id WHERE r.function = $1")
     params: list[Any] = [fn]
     if tenant is not None:
-        sql += " AND r.tenant = ?"
+        sql += " AND r.tenant = $2"
         params.append(tenant)
     return {str(v): (int(n), float(s or 0.0)) for v, n, s in query(sql + " GROUP BY r.variant", params) if v}
 
@@ -63,7 +63,7 @@ def golden_evidence(fn: Function) -> dict[str, tuple[int, float]]:
 
 def sticky(query: Query, fn: str, tenant: str, episode: str) -> str | None:
     """The variant an episode got first, if it has been seen."""
-    rows = query("SELECT variant FROM requests WHERE function = ? AND episode = ? AND tenant = ? "
+    rows = query("SELECT variant FROM requests WHERE function = $1 AND episode = $2 AND tenant = $3 "
                  "AND variant IS NOT NULL ORDER BY id LIMIT 1", [fn, episode, tenant])
     return str(rows[0][0]) if rows else None
 

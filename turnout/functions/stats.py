@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from turnout.functions.experiment import Query
+from turnout.sqlshared import Args
 
 if TYPE_CHECKING:
     from turnout.config import TurnoutConfig
@@ -33,13 +34,18 @@ def interval(n: int, total: float, squares: float) -> tuple[float | None, float 
 
 def report(query: Query, fn: Function, tenant: str | None = None, since: float | None = None) -> dict[str, Any]:
     """Per variant and template hash; ``tenant`` None means every tenant (the operator's view)."""
-    def where_of(t: str) -> str:
-        return f"{t}function = ?" + (f" AND {t}tenant = ?" if tenant is not None else "") + \
-            (f" AND {t}ts >= ?" if since is not None else "")
+    params = Args()
+    conds = [("function", "=", params(fn.name))]
+    if tenant is not None:
+        conds.append(("tenant", "=", params(tenant)))
+    if since is not None:
+        conds.append(("ts", ">=", params(since)))
 
-    where, params = where_of(""), [fn.name, *([tenant] if tenant is not None else []),
-                                   *([since] if since is not None else [])]
-    rows = query(  # no LIKE '...%': psycopg would read the % as a placeholder
+    def where_of(t: str) -> str:  # the same placeholders, with or without the table's alias
+        return " AND ".join(f"{t}{column} {op} {mark}" for column, op, mark in conds)
+
+    where = where_of("")
+    rows = query(
         "SELECT variant, template_hash, "
         "SUM(CASE WHEN function_attempt = 'first' THEN 1 ELSE 0 END), COUNT(*), SUM(cost_usd), SUM(latency_ms), "
         "SUM(CASE WHEN function_attempt = 'retry' THEN 1 ELSE 0 END), "
@@ -85,14 +91,16 @@ def ledger_query(cfg: TurnoutConfig, db: str | None = None) -> Query:
     """Read-only SQL over the configured ledger: PostgreSQL when ``storage.postgres_dsn`` is set
     (and no ``db`` file is given), else the SQLite file."""
     if cfg.storage.postgres_dsn and db is None:
-        import psycopg
+        from turnout import pgdb
 
         dsn, schema = cfg.storage.postgres_dsn, cfg.storage.postgres_schema
 
         def pg(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(f"SET search_path TO {schema}")
-                return list(conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall())
+            conn = pgdb.Connection(dsn, search_path=schema)  # one use: the CLI's report
+            try:
+                return conn.run(lambda cur: list(cur.execute(sql, tuple(params)).fetchall()))
+            finally:
+                conn.close()
 
         return pg
     from turnout.ledger.stats import sqlite_query

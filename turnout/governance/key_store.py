@@ -301,7 +301,7 @@ class PostgresKeyStore(KeyTables):
         if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
             raise ValueError(f"schema must be a plain lower-case identifier, got {schema!r}")
         self.dsn, self.schema = dsn, schema
-        self.pg = pgdb.Connection(dsn, search_path=schema, numbered=True)
+        self.pg = pgdb.Connection(dsn, search_path=schema)
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "keys_migrations", pg_migrations(schema)))
 
     def migrate(self, table: str, migrations: Sequence[sqlite.Migration],

@@ -203,8 +203,8 @@ def postgres_append(cur: Any, payload: dict[str, Any], time: str, *, schema: str
     seq, prev = row[0] + 1, row[1]
     h = entry_hash(prev, seq, time, payload)
     cur.execute(f"INSERT INTO {s}.audit_entries (seq, time, prev_hash, payload, hash) "
-                "VALUES (%s, %s, %s, %s, %s)", (seq, time, prev, canonical_json(payload), h))
-    cur.execute(f"UPDATE {s}.audit_head SET last_seq = %s, last_hash = %s WHERE id = 1", (seq, h))
+                "VALUES ($1, $2, $3, $4, $5)", (seq, time, prev, canonical_json(payload), h))
+    cur.execute(f"UPDATE {s}.audit_head SET last_seq = $1, last_hash = $2 WHERE id = 1", (seq, h))
     return AuditRecord(seq, time, prev, payload, h)
 
 
@@ -237,7 +237,7 @@ class PostgresAuditLog(AuditLog):
         s = self.schema
         with self.pg.transaction() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,))
+            cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", (s,))
             tables = {r[0] for r in cur.fetchall()}
             broken = missing_tables(tables)
             if broken is not None:
@@ -258,7 +258,7 @@ class PostgresAuditLog(AuditLog):
         s = self.schema
         with self.pg.lock, self.pg.connection().cursor() as cur:
             cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM {s}.audit_entries "
-                        "ORDER BY seq DESC LIMIT %s", (n,))
+                        "ORDER BY seq DESC LIMIT $1", (n,))
             rows = cur.fetchall()
         return [_record(*r) for r in reversed(rows)]
 

@@ -93,8 +93,8 @@ def owned(row: tuple[Any, ...] | None, tenant: str | None, key_id: str | None) -
     return key_id is None or row[1] == key_id
 
 
-# Shared by the SQLite and PostgreSQL stores (only the placeholder differs).
-UPSERT = ("INSERT INTO {t} (ts, request_id, kind, value, satisfaction, comment) VALUES ({p}, {p}, {p}, {p}, {p}, {p}) "
+# Shared by the SQLite and PostgreSQL stores (numbered placeholders, turnout.sqlshared; only the table differs).
+UPSERT = ("INSERT INTO {t} (ts, request_id, kind, value, satisfaction, comment) VALUES ($1, $2, $3, $4, $5, $6) "
           "ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts, kind = excluded.kind, value = excluded.value, "
           "satisfaction = excluded.satisfaction, comment = excluded.comment")
 
@@ -116,8 +116,8 @@ class SQLiteFeedback:
             row = c.execute("SELECT tenant, key_id FROM requests WHERE request_id = ?", (fb.request_id,)).fetchone()
             if not owned(row, tenant, key_id):
                 return False
-            c.execute(UPSERT.format(t="feedback", p="?"),
-                      (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
+            sqlitedb.Numbered(c).execute(UPSERT.format(t="feedback"),
+                                         (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
             sqlite_append(c, audit_payload(fb, row[0]), utc_now())  # in the same transaction
             return True
 

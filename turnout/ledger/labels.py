@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout import sqlitedb
+from turnout.sqlshared import Args, marks
 
 SOURCES = ("cascade", "shadow", "feedback", "replay")
 
@@ -120,19 +121,17 @@ COLUMNS = ("ts", "tenant", "alias", "prompt", "prompt_sha256", "weak_engine", "s
            "weak_score", "strong_score", "request_id", "cost_usd")
 
 
-def _insert(placeholder: str, table: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join([placeholder] * len(COLUMNS))})"
+def _insert(table: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks(len(COLUMNS))})"
 
 
-def _select(placeholder: str, table: str, alias: str | None, since: float | None, tenant: str | None
-            ) -> tuple[str, list[Any]]:
-    where, params = [], []
+def _select(table: str, alias: str | None, since: float | None, tenant: str | None) -> tuple[str, Args]:
+    where, a = [], Args()
     for column, value, op in (("alias", alias, "="), ("ts", since, ">="), ("tenant", tenant, "=")):
         if value is not None:
-            where.append(f"{column} {op} {placeholder}")
-            params.append(value)
+            where.append(f"{column} {op} {a(value)}")
     sql = f"SELECT id, {', '.join(COLUMNS)} FROM {table}"
-    return sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts, id", params
+    return sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts, id", a
 
 
 class SQLiteLabels:
@@ -146,18 +145,15 @@ class SQLiteLabels:
 
     def add_sync(self, label: Label) -> None:
         with self._lock, sqlitedb.immediate(self._conn) as c:
-            c.execute(_insert("?", "route_labels"), label.values())
+            sqlitedb.Numbered(c).execute(_insert("route_labels"), label.values())
 
     async def add(self, label: Label) -> None:
         await asyncio.to_thread(self.add_sync, label)
 
     def rows(self, alias: str | None = None, since: float | None = None, tenant: str | None = None
              ) -> list[dict[str, Any]]:
-        sql, params = _select("?", "route_labels", alias, since, tenant)
         with self._lock:
-            cur = self._conn.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            return _dicts(sqlitedb.Numbered(self._conn).execute(*_select("route_labels", alias, since, tenant)))
 
     def count(self, alias: str) -> int:
         """The route's labels so far (the retraining schedule compares it with the last fit's)."""
@@ -169,42 +165,38 @@ class SQLiteLabels:
 
 
 class PostgresLabels:
-    """Labels in PostgreSQL ``schema.route_labels``, shared by every replica (psycopg 3)."""
+    """Labels in PostgreSQL ``schema.route_labels``, shared by every replica (psycopg 3), on one
+    ``pgdb.Connection``."""
 
     def __init__(self, dsn: str, schema: str = "public", migrate: bool = True) -> None:
         """``migrate=False`` for readers: they never create the table."""
-        import psycopg
-
         from turnout import pgdb
 
-        self._psycopg = psycopg
         self.dsn, self.schema = dsn, schema
+        self.pg = pgdb.Connection(dsn)
         if migrate:
-            with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
-                pgdb.migrate(cur, schema, "label_migrations", pg_migrations(schema))
-
-    def _connect(self) -> Any:
-        return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            self.pg.run(lambda cur: pgdb.migrate(cur, schema, "label_migrations", pg_migrations(schema)))
 
     def add_sync(self, label: Label) -> None:
-        with self._connect() as conn, conn.cursor() as cur:
-            cur.execute(_insert("%s", f"{self.schema}.route_labels"), label.values())
+        with self.pg.transaction() as cur:  # not retried: a label is appended once
+            cur.execute(_insert(f"{self.schema}.route_labels"), label.values())
 
     async def add(self, label: Label) -> None:
         await asyncio.to_thread(self.add_sync, label)
 
     def rows(self, alias: str | None = None, since: float | None = None, tenant: str | None = None
              ) -> list[dict[str, Any]]:
-        sql, params = _select("%s", f"{self.schema}.route_labels", alias, since, tenant)
-        with self._connect() as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        query = _select(f"{self.schema}.route_labels", alias, since, tenant)
+        return self.pg.run(lambda cur: _dicts(cur.execute(*query)))
 
     def count(self, alias: str) -> int:
-        with self._connect() as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT COUNT(*) FROM {self.schema}.route_labels WHERE alias = %s", (alias,))
-            return int(cur.fetchone()[0])
+        return self.pg.run(lambda cur: int(cur.execute(f"SELECT COUNT(*) FROM {self.schema}.route_labels "
+                                                       "WHERE alias = $1", (alias,)).fetchone()[0]))
 
     async def close(self) -> None:
-        return None
+        self.pg.close()
+
+
+def _dicts(cur: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

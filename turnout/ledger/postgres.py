@@ -26,6 +26,7 @@ from turnout.ledger.base import COLUMNS, LedgerRow
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
+from turnout.sqlshared import marks
 
 log = logging.getLogger("turnout.ledger")
 
@@ -108,8 +109,7 @@ class PostgresLedger(GroupCommitWriter):
         self.pg = pgdb.Connection(dsn, search_path=schema, connect_timeout=int(connect_timeout))
         self._writer = pgdb.Connection(dsn, connect_timeout=int(connect_timeout))
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "ledger_migrations", migrations(schema)))
-        self._insert = (f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) "
-                        f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
+        self._insert = f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) VALUES ({marks(len(COLUMNS))})"
         self._start("turnout-ledger-pg")
 
     # ---- writes (batched by GroupCommitWriter) ------------------------------------------
@@ -129,8 +129,9 @@ class PostgresLedger(GroupCommitWriter):
 
     # ---- reads ---------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read-only SQL with ``?`` placeholders (as SQLite's); unqualified tables resolve to the schema."""
-        return self.pg.run(lambda cur: list(cur.execute(pgdb.placeholders(sql), tuple(params)).fetchall()))
+        """Read-only SQL shared with SQLite (``$1`` placeholders, ``turnout.sqlshared``); unqualified
+        tables resolve to the schema."""
+        return self.pg.run(lambda cur: list(cur.execute(sql, tuple(params)).fetchall()))
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
@@ -138,7 +139,7 @@ class PostgresLedger(GroupCommitWriter):
 
     def spend_since(self, since: float) -> dict[str, list[float]]:
         spent: dict[str, list[float]] = {}
-        for key_id, cost in self.query("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?",
+        for key_id, cost in self.query("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= $1",
                                        (since,)):
             spent.setdefault(key_id, []).append(float(cost or 0.0))
         return spent
@@ -146,11 +147,11 @@ class PostgresLedger(GroupCommitWriter):
     def _add_feedback(self, fb: Feedback, tenant: str | None, key_id: str | None = None) -> bool:
         s = self.schema
         with self.pg.transaction() as cur:  # not retried: the audit append must not happen twice
-            cur.execute(f"SELECT tenant, key_id FROM {s}.requests WHERE request_id = %s", (fb.request_id,))
+            cur.execute(f"SELECT tenant, key_id FROM {s}.requests WHERE request_id = $1", (fb.request_id,))
             row = cur.fetchone()
             if not owned(row, tenant, key_id):
                 return False
-            cur.execute(UPSERT.format(t=f"{s}.feedback", p="%s"),
+            cur.execute(UPSERT.format(t=f"{s}.feedback"),
                         (fb.ts, fb.request_id, fb.kind, fb.value, fb.satisfaction, fb.comment))
             postgres_append(cur, feedback_audit(fb, row[0]), utc_now(), schema=s)  # in the same transaction
             return True
@@ -194,14 +195,14 @@ def _rows_query(since: float | None, schema: str) -> tuple[str, tuple[Any, ...]]
     _check(schema)
     if since is None:
         return f"SELECT * FROM {schema}.requests ORDER BY id", ()
-    return f"SELECT * FROM {schema}.requests WHERE ts >= %s ORDER BY id", (since,)
+    return f"SELECT * FROM {schema}.requests WHERE ts >= $1 ORDER BY id", (since,)
 
 
 def _feedback_query(since: float | None, schema: str) -> tuple[str, tuple[Any, ...]]:
     _check(schema)
     sql = (f"SELECT f.request_id, r.alias, r.engine, f.kind, f.value, f.satisfaction, f.ts FROM {schema}.feedback f "
            f"JOIN {schema}.requests r ON r.request_id = f.request_id")
-    return (sql + " WHERE r.ts >= %s", (since,)) if since is not None else (sql, ())
+    return (sql + " WHERE r.ts >= $1", (since,)) if since is not None else (sql, ())
 
 
 def read_rows(dsn: str, since: float | None = None, *, schema: str = "public") -> list[dict[str, Any]]:

@@ -1,9 +1,9 @@
 """Time series over the ledger for the dashboard, aggregated in SQL.
 
 With a window (``since``), every query reads ``requests`` through its ``ts`` index
-(``WHERE ts >= ?``) and groups by time bucket in SQL, so the cost follows the window,
-not the table. The same SQL runs on SQLite and PostgreSQL; only the bucket expression
-and the placeholders differ.
+(``WHERE ts >= $1``) and groups by time bucket in SQL, so the cost follows the window,
+not the table. The same SQL runs on SQLite and PostgreSQL (numbered placeholders,
+``turnout.sqlshared``); only the bucket expression differs.
 
 Definitions (also returned under ``definitions``):
 
@@ -36,6 +36,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from turnout.sqlshared import Args
+
 BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400, 7 * 86_400)
 MAX_POINTS = 60
 
@@ -60,7 +62,7 @@ DEFINITIONS = {
 
 
 def _has(label: str) -> str:
-    """The ledger row's comma-joined labels hold ``label`` (no LIKE: a '%' would upset PostgreSQL's placeholders)."""
+    """The ledger row's comma-joined labels hold ``label`` (the whole label between commas)."""
     return f"REPLACE(',' || labels || ',', ',{label},', '') <> (',' || labels || ',')"
 
 
@@ -98,11 +100,12 @@ def bucket_seconds(span: float) -> int:
     return BUCKETS[-1]
 
 
-def _bucket(dialect: str, col: str = "ts") -> str:
+def _bucket(dialect: str, origin: str, width: str, col: str = "ts") -> str:
+    """The bucket number of ``col``; ``origin`` and ``width`` are placeholders."""
     # col >= origin always holds, so truncation is floor; PostgreSQL's CAST rounds, hence floor().
     if dialect == "postgres":
-        return f"CAST(floor(({col} - ?) / ?) AS BIGINT)"
-    return f"CAST(({col} - ?) / ? AS INTEGER)"
+        return f"CAST(floor(({col} - {origin}) / {width}) AS BIGINT)"
+    return f"CAST(({col} - {origin}) / {width} AS INTEGER)"
 
 
 def compute(query: Query, dialect: str, hours: float | None = None, now: float | None = None,
@@ -116,7 +119,7 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         start, end = since, now
     else:
         since = None
-        lo_hi = query("SELECT MIN(ts), MAX(ts) FROM requests" + (" WHERE tenant = ?" if tenant is not None else ""),
+        lo_hi = query("SELECT MIN(ts), MAX(ts) FROM requests" + (" WHERE tenant = $1" if tenant is not None else ""),
                       (tenant,) if tenant is not None else ())
         lo, hi = lo_hi[0] if lo_hi else (None, None)
         if lo is None:
@@ -125,14 +128,15 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
     b = bucket_seconds(end - start)
     origin = math.floor(start / b) * b
     n = max(1, math.ceil((end - origin) / b))
-    conds: list[str] = []
-    wparams: list[Any] = []
+    conds, wparams = [], Args()  # the window's conditions: $1, $2; the bucket's origin and width after them
     if since is not None:
-        conds, wparams = ["ts >= ?"], [since]
+        conds.append(f"ts >= {wparams(since)}")
     if tenant is not None:
-        conds, wparams = [*conds, "tenant = ?"], [*wparams, tenant]
+        conds.append(f"tenant = {wparams(tenant)}")
     where = ("WHERE " + " AND ".join(conds)) if conds else ""
-    bk = _bucket(dialect)
+    params = Args(wparams)
+    bucket = params(origin), params(b)
+    bk = _bucket(dialect, *bucket)
 
     groups = query(
         f"SELECT {bk} AS k, alias, engine, COUNT(*), "
@@ -142,7 +146,7 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         f"SUM(CASE WHEN {_ESCALATED} THEN 1 ELSE 0 END), "
         "SUM(cost_usd), SUM(baseline_cost_usd), SUM(prompt_tokens), SUM(completion_tokens) "
         f"FROM requests {where} GROUP BY 1, 2, 3",
-        [origin, b, *wparams])
+        params)
 
     ok_where = (where + " AND" if where else "WHERE") + " status = 'ok' AND latency_ms IS NOT NULL"
     ranked = query(
@@ -151,13 +155,13 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "         COUNT(*) OVER (PARTITION BY k) AS cnt"
         f"  FROM (SELECT {bk} AS k, latency_ms FROM requests {ok_where}) s) t "
         "WHERE rn = (50 * cnt + 99) / 100 OR rn = (95 * cnt + 99) / 100",
-        [origin, b, *wparams])
+        params)
 
     rwhere = ("WHERE " + " AND ".join(f"r.{c}" for c in conds)) if conds else ""
     fb = query(
-        f"SELECT {_bucket(dialect, 'r.ts')} AS k, r.alias, COUNT(*), SUM(f.satisfaction) "
+        f"SELECT {_bucket(dialect, *bucket, 'r.ts')} AS k, r.alias, COUNT(*), SUM(f.satisfaction) "
         f"FROM feedback f JOIN requests r ON r.request_id = f.request_id {rwhere} GROUP BY 1, 2",
-        [origin, b, *wparams])
+        params)
 
     series = _series(n, groups, ranked, fb)
     labels = query(
@@ -167,7 +171,7 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "SUM(CASE WHEN source = 'shadow' AND weak_score IS NOT NULL THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN source = 'shadow' AND weak_score IS NOT NULL AND weak_score >= COALESCE(strong_score, 1.0) "
         f"THEN 1 ELSE 0 END) FROM route_labels {where} GROUP BY 1, 2",
-        [origin, b, *wparams]) if _has_labels(query, dialect) else []
+        params) if _has_labels(query, dialect) else []
     return {
         "hours": hours,
         "since": since,
@@ -319,7 +323,7 @@ def sqlite_query(path: Any) -> Query:
     def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         conn = sqlitedb.connect(path)
         try:
-            return [tuple(r) for r in conn.execute(sql, tuple(params))]
+            return [tuple(r) for r in sqlitedb.Numbered(conn).execute(sql, params)]
         finally:
             conn.close()
 

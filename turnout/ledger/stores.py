@@ -17,7 +17,7 @@ from turnout.ledger.stats import Query
 class Stores:
     ledger: Ledger  # SQLiteLedger | PostgresLedger
     feedback: Any   # SQLiteFeedback | PostgresFeedback: async add(fb, tenant) -> bool, rows(since), async close()
-    query: Query    # read-only SQL over the ledger, "?" placeholders
+    query: Query    # read-only SQL over the ledger, "$1" placeholders (turnout.sqlshared)
     dialect: str    # sqlite | postgres
     guard_examples: Any = None  # SQLiteGuardExamples (turnout.ledger.guard_examples); None on PostgreSQL
 

@@ -471,8 +471,7 @@ class PostgresTaskStore(TaskTables):
         from psycopg.rows import dict_row
 
         self.schema, self._dict_row = schema, dict_row
-        # one connection, locked, reopened when dropped; $n placeholders as written
-        self.pg = pgdb.Connection(dsn, search_path=schema, numbered=True)
+        self.pg = pgdb.Connection(dsn, search_path=schema)  # one connection, locked, reopened when dropped
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "tasks_migrations", pg_migrations(schema)))
 
     @contextmanager
