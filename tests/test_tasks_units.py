@@ -395,25 +395,3 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     asyncio.run(guards.inspect(ChatRequest(model="m", messages=[ours, also, user]), authored=[ours, also]))
     assert read == [user.content], read
     guards.scanner.close()
-
-
-def test_sql_shared_by_sqlite_and_postgres_reaches_both_unchanged(tmp_path: Path, pg_schema: str) -> None:
-    """The tasks and keys stores write their SQL once, with numbered placeholders
-    (turnout.sqlshared): the same text runs on SQLite and PostgreSQL, a value is used twice, and a
-    ``?`` or a ``%`` inside a literal is left alone (no translation rewrites the text)."""
-    from tests.conftest import PG_DSN
-    from turnout import pgdb, sqlitedb
-    from turnout.sqlshared import Args
-
-    a = Args()
-    sql = f"SELECT '100%?' || {a('x')}, {a('ab')} LIKE 'a%', {a(2)} * 3, $1"
-    assert sql == "SELECT '100%?' || $1, $2 LIKE 'a%', $3 * 3, $1" and a == ["x", "ab", 2]
-    expect = ("100%?x", 1, 6, "x")
-    conn = sqlitedb.connect(tmp_path / "t.sqlite")
-    assert tuple(sqlitedb.Numbered(conn).execute(sql, a).fetchone()) == expect
-    conn.close()
-    pg = pgdb.Connection(PG_DSN)
-    try:
-        assert pg.run(lambda cur: cur.execute(sql, a).fetchone()) == ("100%?x", True, 6, "x")
-    finally:
-        pg.close()

@@ -41,6 +41,15 @@ def connect(path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> sql
     return conn
 
 
+def read_only(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open an existing file for reading only (a CLI's look at a gateway's file: never creates
+    it, never migrates); ``sqlite3.OperationalError`` when there is no such file."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
 class Numbered:
     """A connection's ``execute`` for SQL shared with PostgreSQL (``$1``, ``$2``, ...:
     ``turnout.sqlshared``), from a sequence of values: SQLite binds ``$n`` as the named

@@ -35,8 +35,10 @@ def _sqlite_keys(path: str, active_only: bool = True) -> int:
     """Keys (the active ones, or every one ever made) in a SQLite file's key table (0 when it has none)."""
     import sqlite3
 
+    from turnout import sqlitedb
+
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlitedb.read_only(path)
         try:
             where = " WHERE revoked_at IS NULL" if active_only else ""
             return int(conn.execute("SELECT COUNT(*) FROM keys_api_keys" + where).fetchone()[0])

@@ -41,9 +41,11 @@ def _labels(args: argparse.Namespace, since: float | None) -> list[dict[str, Any
             return PostgresLabels(args.dsn, args.schema, migrate=False).rows(since=since)
         except psycopg.Error:
             return []
-    import sqlite3
+    from turnout import sqlitedb
 
-    conn = sqlite3.connect(args.db)
+    if not Path(args.db).is_file():
+        return []
+    conn = sqlitedb.read_only(args.db)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'route_labels'").fetchone():
             return []

@@ -255,11 +255,9 @@ class PostgresAuditLog(AuditLog):
             return check_ledger(payloads, ledger, chain, feedback, fb)
 
     def tail(self, n: int = 10) -> list[AuditRecord]:
-        s = self.schema
-        with self.pg.lock, self.pg.connection().cursor() as cur:
-            cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM {s}.audit_entries "
-                        "ORDER BY seq DESC LIMIT $1", (n,))
-            rows = cur.fetchall()
+        rows = self.pg.run(lambda cur: cur.execute(f"SELECT seq, time, prev_hash, payload, hash FROM "
+                                                   f"{self.schema}.audit_entries ORDER BY seq DESC LIMIT $1",
+                                                   (n,)).fetchall())
         return [_record(*r) for r in reversed(rows)]
 
     def close(self) -> None:

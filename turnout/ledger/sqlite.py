@@ -81,10 +81,6 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ]),
 ]
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """WAL with synchronous=NORMAL: a commit survives the process being killed."""
-    return sqlitedb.connect(path)
-
 
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -94,14 +90,14 @@ class SQLiteLedger(GroupCommitWriter):
         self.path = Path(path)
         self.max_batch = max_batch
         self.audit = audit
-        conn = connect(self.path)
+        conn = sqlitedb.connect(self.path)
         sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
         sqlitedb.migrate(conn, "audit_migrations", AUDIT_MIGRATIONS)
         conn.close()
         self._start("turnout-ledger")
 
     def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
-        conn = conn or connect(self.path)
+        conn = conn or sqlitedb.connect(self.path)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, [row.values() for row in rows])
@@ -124,7 +120,7 @@ class SQLiteLedger(GroupCommitWriter):
 
 def spend_since(path: str | Path, since: float) -> dict[str, list[float]]:
     """The cost of each request per API key since a Unix time (uses the (key_id, ts) index)."""
-    conn = connect(path)
+    conn = sqlitedb.connect(path)
     try:
         spent: dict[str, list[float]] = {}
         for key_id, cost in conn.execute("SELECT key_id, cost_usd FROM requests WHERE key_id IS NOT NULL AND ts >= ?",
@@ -137,7 +133,7 @@ def spend_since(path: str | Path, since: float) -> dict[str, list[float]]:
 
 def read_rows(path: str | Path, since: float | None = None) -> list[dict[str, Any]]:
     """All ledger rows (or those since a Unix time), oldest first; uses the ``ts`` index."""
-    conn = connect(path)
+    conn = sqlitedb.connect(path)
     conn.row_factory = sqlite3.Row
     try:
         if since is None:
