@@ -121,7 +121,8 @@ def _check(s: dict[str, Any]) -> list[str]:
             "keys": len(s[f"{side} keys"].list(tenant="acme")) == 2,
             "chunks": s[f"{side} chunks"].stats("docs", tenant="acme")["documents"] == 2,
             "tasks": len(s[f"{side} tasks"].tasks("acme")) == 2 and len(s[f"{side} tasks"].gates("acme")) == 2,
-            "audit": s[f"{side} audit"].verify().ok and len(s[f"{side} audit"].tail(10)) >= 2,
+            "audit": s[f"{side} audit"].verify().ok and [r.payload.get("tag") for r in s[f"{side} audit"].tail(50)
+                                                          if r.payload.get("kind") == "check"] == ["old", "new"],
         }
         bad += [f"{side} {k}" for k, ok in got.items() if not ok]
     return bad
