@@ -370,9 +370,11 @@ class SecretsGuard:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
                 if encrypted and f.type == "PRIVATE_KEY":
                     continue
-                if f.type in _DS_VALUE_TYPES and (_looks_like_placeholder(text[f.start:f.end])
-                                                   or non_secret_name(_name_before(text, f.start))):
-                    continue
+                if f.type in _DS_VALUE_TYPES:
+                    name = _name_before(text, f.start)
+                    if (_looks_like_placeholder(text[f.start:f.end]) or non_secret_name(name)
+                            or code_value(text, text.rfind(name, 0, f.start) if name else f.start, f.start, f.end)):
+                        continue
                 token = _token_at(text, f.start, f.end)
                 if _filler(token) or _FILLER_WORDS.search(token + " " + text[f.start:f.end]):
                     continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
