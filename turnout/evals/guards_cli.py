@@ -21,7 +21,9 @@ is not.
 Secrets (JSON lines with ``text`` and ``secrets``: ``[{"value": ...}]``, an empty list for a
 negative; a line without ``text``, such as a provenance note, is skipped): per-file recall (a
 file with a credential has a finding), per-value recall (a finding covers at least half of the
-value) and the share of negative files with a finding, per source, per split and per family.
+value) and the share of negative files with a finding, per source, per split and per family:
+*flagged* counts any finding, *by rule* only a generic one or one of the negative's own provider
+(``counts_against``: the fixtures' negatives are negatives for one named rule only).
 A record's family is its ``family`` field, else the provider of its rule (``rule`` or
 ``negative_for``: a gitleaks id up to its first dash, a detect-secrets class without
 ``Detector``, onto one name per provider by ``FAMILY_ALIASES``). ``secret_split`` hashes the

@@ -12,7 +12,9 @@ entropy logic for credentials no provider rule names.
    without their pass phrase), credentials in URLs, ``curl -u user:pass``, PowerShell
    ``ConvertTo-SecureString``, ``Authorization:`` headers, passwords in XML elements and
    attributes, and ``*_PASSWORD = ...`` style assignments whose name merely *ends* in a
-   credential word (``DB_PASSWORD``, ``client_secret``, ``smtp_passwd``).
+   credential word (``DB_PASSWORD``, ``client_secret``, ``smtp_passwd``), unless the value is
+   code (``token: Optional[str]``, ``secret = tokens[i]``: ``secrets_context.code_value``), a
+   placeholder or sample (``YOUR_KEY``, ``abc123``), or the name says it is made up (``fakeToken``).
 3. **detect-secrets** (Yelp, Apache-2.0, PyPI; used when installed): its provider plugins
    (Artifactory, SoftLayer, Cloudant, IBM, Mailchimp, ...) and its keyword plugin, line by
    line. Its entropy and public-IP plugins are left out (entropy is below; an IP is PII here).
