@@ -24,6 +24,12 @@ def _proc(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("eval", "guards", *args, "--json", "--no-progress", cwd=ROOT)
 
 
+def _proc_table(*args: str) -> str:
+    proc = run_cli("eval", "guards", *args, "--no-progress", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def _run(*args: str) -> dict:
     proc = _proc(*args)
     assert proc.returncode == 0, proc.stderr
@@ -138,6 +144,41 @@ def test_secrets_eval_counts_files_values_and_negatives(tmp_path: Path) -> None:
     assert (out["files"], out["files_flagged"], out["values"], out["values_covered"]) == (2, 2, 2, 2)
     assert (out["negatives"], out["negatives_flagged"]) == (2, 0)
     assert misses.read_text(encoding="utf-8") == ""
+
+
+def test_secrets_negatives_by_rule(tmp_path: Path) -> None:
+    """A negative for one rule that holds another provider's well-formed key is flagged (strict) but
+    not counted by rule; a generic finding or the rule's own format counts under both."""
+    rng = random.Random(6)
+    ghp = "ghp_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(36))
+    rows = [{"text": f"GITLAB_TOKEN={ghp}", "secrets": [], "negative_for": "gitlab-pat", "source": "made@x"},
+            {"text": f"token: {ghp}", "secrets": [], "negative_for": "github-pat", "source": "made@x"},
+            {"text": 'password = "Xk29fjLQpw81"', "secrets": [], "negative_for": "gitlab-pat", "source": "made@x"},
+            {"text": "nothing here", "secrets": [], "negative_for": "gitlab-pat", "source": "made@x"}]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    misses = tmp_path / "m.jsonl"
+    out = _run("--secrets", str(path), "--misses", str(misses))["secrets"]["by_source"]["all"]
+    assert (out["negatives"], out["negatives_flagged"], out["negatives_flagged_by_rule"]) == (4, 3, 2)
+    assert out["negative_flag_rate"] == 0.75 and out["negative_flag_rate_by_rule"] == 0.5
+    fps = [json.loads(line) for line in misses.read_text(encoding="utf-8").splitlines()]
+    assert sorted((f["record"], f["counts_by_rule"]) for f in fps) == [(0, False), (1, True), (2, True)]
+    table = _proc_table("--secrets", str(path))
+    assert "by rule" in table and "0.750" in table and "0.500" in table
+
+
+def test_counts_against_sibling_rules() -> None:
+    from turnout.evals.guards_cli import counts_against
+
+    neg = {"negative_for": "cloudflare-global-api-key"}
+    assert not counts_against(neg, "CLOUDFLARE_ORIGIN_CA_KEY", "secrets.gitleaks")  # a sibling rule's key
+    assert counts_against(neg, "CLOUDFLARE_GLOBAL_API_KEY", "secrets.gitleaks")    # its own rule
+    assert counts_against(neg, "PASSWORD", "secrets.pattern")                      # generic: always
+    assert counts_against(neg, "GENERIC_API_KEY", "secrets.gitleaks")
+    ds = {"negative_for": "JwtTokenDetector"}
+    assert counts_against(ds, "JWT", "secrets.gitleaks")                     # the same provider, another tool
+    assert counts_against(ds, "JSON_WEB_TOKEN", "secrets.detect_secrets")
+    assert not counts_against(ds, "AWS_ACCESS_KEY", "secrets.detect_secrets")
 
 
 @pytest.mark.skipif(not SECRETS.exists(), reason="shared secret fixtures not present")

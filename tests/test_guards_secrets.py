@@ -261,3 +261,114 @@ def test_eval_split_is_by_family() -> None:
     fams = {split: set(out["by_family"]) for split, out in both.items()}
     assert fams["dev"] and fams["test"] and not fams["dev"] & fams["test"]
     assert both["dev"]["records"] + both["test"]["records"] == len(REALISTIC)
+
+
+# ---------------------------------------------------------------- issue 25: negative files in code (secrets25b)
+# Each rule has a false positive that is gone and a true positive of the same shape that is kept.
+
+CODE_NOT_SECRETS = [
+    "    token: Optional[str] = None",                      # a type annotation
+    "    authorization_token: Required[str]",               # a generic type
+    "    client_secret: SessionClientSecret",               # a class named for what it holds
+    "def get_raw_secret(\n    secret: PotentialSecret,\n    line: int,\n) -> str:",
+    "    token: TokenOpt = None,",                          # an annotation with a default
+    "    def __init__(self, token: TokenInterface):",       # a parameter's type
+    "            currentToken = tokens[i]",                 # a subscript
+    "        stoken = encoding.tokens[first.token_ix]",
+    "        password: _PasswordType | None = None,",       # a private type name
+    "    if not token:\n        return []",                # a keyword
+    "    BYPASS = \"bypass\"",                              # an enum member naming itself
+    "    OTP_CREDENTIALS = \"otp-credentials\"",
+    "            client_secret=\"my-client-secret\",",      # a placeholder ending in the name
+    "        Token:              '#d0d0d0',",               # a CSS colour
+    "    pre-sorted inputs followed by a single\n    coalescing pass: adjacent or overlapping intervals",
+    "The `environment_key` is the worker's standing credential: polling always uses it",
+    "        Args:\n          client_secret: Configuration options for the generated client secret.",
+]
+CODE_SECRETS = [  # the same shapes with a literal value: still found
+    ("    token: str = \"{}\"", rnd(24)),
+    ("    client_secret = \"{}\"", rnd(12) + "Secret"),
+    ("currentToken = '{}'", rnd(20)),
+    ("    BYPASS = \"{}\"", rnd(16)),
+    ("            client_secret=\"{}\",", "my-" + rnd(10) + "-secret"),
+    ("DB_PASSWORD={}", "correcthorsebatterystaple"),   # unquoted letters in a .env file: a password
+    ("POSTGRES_PASSWORD: {}", "mysecretpassword"),
+    ("smtp_password: {}", "BlueHorizon"),
+    ("token: {}", "CorrectHorse"),
+]
+
+
+@pytest.mark.parametrize("text", CODE_NOT_SECRETS)
+def test_code_assigned_to_a_secret_name_is_not_a_secret(text: str) -> None:
+    assert SecretsGuard().inspect(text) == [], text
+
+
+@pytest.mark.parametrize("template,value", CODE_SECRETS)
+def test_literal_assigned_to_a_secret_name_is_still_found(template: str, value: str) -> None:
+    text = template.format(value)
+    assert _covers(text, value, SecretsGuard().inspect(text)), text
+
+
+@pytest.mark.parametrize("name", ["nonMatchingToken", "fakeApiKey", "dummy_password", "INVALID_SECRET",
+                                  "exampleToken", "wrongLengthKey"])
+def test_a_made_up_name_is_not_a_secret(name: str) -> None:
+    value = rnd(16, string.ascii_lowercase + string.digits)
+    assert SecretsGuard().inspect(f'{name} := "{value}"') == []
+    assert not secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["authToken", "apiKey", "db_password", "testToken", "CLIENT_SECRET"])
+def test_the_same_value_with_a_real_name_is_found(name: str) -> None:
+    value = rnd(16, string.ascii_lowercase + string.digits)
+    text = f'{name} := "{value}"'
+    assert _covers(text, value, SecretsGuard().inspect(text)), text
+
+
+def test_a_provider_format_under_a_made_up_name_is_still_found() -> None:
+    key = "ghp_" + rnd(36)
+    assert any(f.type.startswith("GITHUB") for f in SecretsGuard().inspect(f'fakeToken = "{key}"'))
+
+
+@pytest.mark.parametrize("value", ["AbCeFG123", "abc123xyz", "12345678", "abcdefgh1234"])
+def test_sequential_sample_values_are_not_secrets(value: str) -> None:
+    assert SecretsGuard().inspect(f"SUMO_ACCESS_KEY: {value}") == []
+
+
+def test_a_non_sequential_value_is_found() -> None:
+    text = "SUMO_ACCESS_KEY: Kx9vLmQ2"
+    assert _covers(text, "Kx9vLmQ2", SecretsGuard().inspect(text))
+
+
+def test_words_and_numbers_joined_are_not_high_entropy() -> None:
+    from turnout.guards.secrets import word_like
+
+    for token in ("id-Gost28147-89-None-KeyMeshing", "rc0.15.0_20231217_1420-SNAPSHOT",
+                  "x509_safe_environment_headers"):
+        assert word_like(token) and not high_entropy(token), token
+    assert SecretsGuard().inspect('pub const SN_KeyMeshing = "id-Gost28147-89-None-KeyMeshing"') == []
+    rng = random.Random(7)  # random tokens almost never read as words: at most 1 in 1,000 here
+    tokens = ["".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32)) for _ in range(2000)]
+    assert sum(word_like(t) for t in tokens) <= 2
+
+
+def test_a_token_cut_short_in_docs_is_not_flagged() -> None:
+    g = SecretsGuard()
+    assert g.inspect('    ...     verify_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9...",') == []
+    value = rnd(40)
+    text = f'    verify_token="{value}",'
+    assert _covers(text, value, g.inspect(text))
+
+
+@pytest.mark.parametrize("text,value", [
+    ("mysql -u root -p{} shop", "S3cret" + rnd(6)),
+    ("mysqldump -h db -u app -p'{}' shop > dump.sql", rnd(10)),
+])
+def test_mysql_password_on_the_command_line(text: str, value: str) -> None:
+    found = SecretsGuard().inspect(text.format(value))
+    assert _covers(text.format(value), value, found) and found[0].type == "SQL_PASSWORD"
+
+
+@pytest.mark.parametrize("text", ["mysql -u root -p shop", "mysql -u root -p$MYSQL_PWD",
+                                  'mysql -u root -p -e "select 1"'])
+def test_mysql_prompted_password_is_not_a_secret(text: str) -> None:
+    assert SecretsGuard().inspect(text) == []

@@ -12,7 +12,9 @@ entropy logic for credentials no provider rule names.
    without their pass phrase), credentials in URLs, ``curl -u user:pass``, PowerShell
    ``ConvertTo-SecureString``, ``Authorization:`` headers, passwords in XML elements and
    attributes, and ``*_PASSWORD = ...`` style assignments whose name merely *ends* in a
-   credential word (``DB_PASSWORD``, ``client_secret``, ``smtp_passwd``).
+   credential word (``DB_PASSWORD``, ``client_secret``, ``smtp_passwd``), unless the value is
+   code (``token: Optional[str]``, ``secret = tokens[i]``: ``secrets_context.code_value``), a
+   placeholder or sample (``YOUR_KEY``, ``abc123``), or the name says it is made up (``fakeToken``).
 3. **detect-secrets** (Yelp, Apache-2.0, PyPI; used when installed): its provider plugins
    (Artifactory, SoftLayer, Cloudant, IBM, Mailchimp, ...) and its keyword plugin, line by
    line. Its entropy and public-IP plugins are left out (entropy is below; an IP is PII here).
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
-from turnout.guards.secrets_context import has_context, non_secret_name
+from turnout.guards.secrets_context import code_value, has_context, non_secret_name
 from turnout.guards.secrets_formats import format_spans
 
 if TYPE_CHECKING:
@@ -117,7 +119,20 @@ def high_entropy(token: str) -> bool:
     if _HEX.fullmatch(token):
         return shannon_entropy(token) > 3.9 and len(token) >= 40
     digits = sum(c.isdigit() for c in token)
-    return shannon_entropy(token) >= 4.2 and 0 < digits < len(token) * 0.8 and not binary_blob(token)
+    return (shannon_entropy(token) >= 4.2 and 0 < digits < len(token) * 0.8 and not word_like(token)
+            and not binary_blob(token))
+
+
+_RUNS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def word_like(token: str) -> bool:
+    """Words and numbers joined (``id-Gost28147-89-None-KeyMeshing``, ``rc0.15.0_20231217-SNAPSHOT``):
+    their letter / digit / case runs average 3.5 characters or more, which fewer than 1 in 1,000
+    random base62 or base64url tokens of 24+ characters reach (a random token changes class every
+    ~2 characters)."""
+    runs = _RUNS.findall(token)
+    return bool(runs) and sum(map(len, runs)) / len(runs) >= 3.5
 
 
 # ---------------------------------------------------------------- the gitleaks catalogue
@@ -334,7 +349,8 @@ class SecretsGuard:
                 else:
                     s, e = (m.start(1), m.end(1)) if m.groups() and m.group(1) else (m.start(), m.end())
                 if typ in _VALUE_TYPES and (_looks_like_placeholder(text[s:e])
-                                            or non_secret_name(text[m.start():s])):
+                                            or non_secret_name(text[m.start():s])
+                                            or code_value(text, m.start(), s, e)):
                     continue
                 if typ == "PRIVATE_KEY" and encrypted and _ENCRYPTED_KEY.search(m.group(0)):
                     continue
@@ -347,16 +363,20 @@ class SecretsGuard:
             for f in catalogue_findings(text, self.catalogue, f"{self.name}.gitleaks"):
                 if f.type in ("PRIVATE_KEY",) and encrypted:
                     continue
-                if f.type.startswith("GENERIC") and _looks_like_placeholder(text[f.start:f.end]):
+                if f.type.startswith("GENERIC") and (_looks_like_placeholder(text[f.start:f.end])
+                                                     or word_like(text[f.start:f.end])
+                                                     or non_secret_name(_name_before(text, f.start))):
                     continue
                 found.append(f)
         if self.detect_secrets:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
                 if encrypted and f.type == "PRIVATE_KEY":
                     continue
-                if f.type in _DS_VALUE_TYPES and (_looks_like_placeholder(text[f.start:f.end])
-                                                   or non_secret_name(_name_before(text, f.start))):
-                    continue
+                if f.type in _DS_VALUE_TYPES:
+                    name = _name_before(text, f.start)
+                    if (_looks_like_placeholder(text[f.start:f.end]) or non_secret_name(name)
+                            or code_value(text, text.rfind(name, 0, f.start) if name else f.start, f.start, f.end)):
+                        continue
                 token = _token_at(text, f.start, f.end)
                 if _filler(token) or _FILLER_WORDS.search(token + " " + text[f.start:f.end]):
                     continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
@@ -370,12 +390,13 @@ class SecretsGuard:
                 if any(a <= m.start() < b for a, b in pem):
                     continue  # a PEM block (a key is caught whole above; certificates are public) or a wrapped file
                 if (high_entropy(m.group(0)) and not _FILLER_WORDS.search(m.group(0))
-                        and has_context(text, m.start(), m.end())):
+                        and not text.startswith(_ELLIPSIS, m.end()) and has_context(text, m.start(), m.end())):
                     found.append(Finding("secret", "HIGH_ENTROPY_STRING", m.start(), m.end(), 0.6,
                                          f"{self.name}.entropy"))
         return _dedupe(found)
 
 
+_ELLIPSIS = ("...", "\u2026")  # a token cut short in documentation ("eyJhbGciOi...")
 # finding types whose span is a typed-in value (a password), where placeholders are common
 _VALUE_TYPES = frozenset({"PASSWORD", "BEARER_TOKEN", "CREDENTIAL_IN_URL", "SQL_PASSWORD"})
 _DS_VALUE_TYPES = frozenset({"SECRET_KEYWORD", "BASIC_AUTH_CREDENTIALS"})  # detect-secrets' typed-in values
@@ -403,7 +424,29 @@ def _looks_like_placeholder(v: str) -> bool:
             or bool(_CONSTANT.fullmatch(raw.rstrip("=")))
             or bool(_PLACEHOLDER_WORDS.search(raw))
             or _filler(raw)
+            or _sequential(low)
+            or bool(_COLOUR.fullmatch(raw))
             or set(low) <= {"*", "x", ".", "-", "_", "<", ">"})
+
+
+_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")  # a CSS colour (``Token: '#d0d0d0'``)
+
+
+def _sequential(v: str) -> bool:
+    """Made of ascending runs of 3 or more (``abc123``, ``AbCeFG123``, ``12345678``): a sample value,
+    as in detect-secrets' ``is_sequential_string`` filter."""
+    if len(v) < 6:
+        return False
+    in_runs = 0
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and ord(v[j + 1]) == ord(v[j]) + 1:
+            j += 1
+        if j - i >= 2:
+            in_runs += j - i + 1
+        i = j + 1
+    return in_runs >= 0.8 * len(v)
 
 
 def _filler(v: str) -> bool:

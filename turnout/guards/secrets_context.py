@@ -38,6 +38,10 @@ NON_SECRET_LAST = frozenset({
     "field", "label", "mesh", "pair", "ring", "word", "policy", "expiry", "expires", "ttl", "timeout", "header",
     "env", "var", "param", "location", "dir", "hint", "required", "enabled", "mode",
 })
+# a name that says its value is made up (test fixtures, docs): ``fakeToken``, ``dummy_password``,
+# ``invalidKey``, ``nonMatchingToken``, ``EXAMPLE_SECRET``. "test" alone is not one: CI passwords are real.
+MADE_UP_PARTS = ("fake", "dummy", "mock", "bogus", "invalid", "wrong", "placeholder", "example", "sample",
+                 "nonmatching", "notmatching", "notreal")
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _IDENT = re.compile(r"[A-Za-z_$@][\w$@.-]*")
 # a credential-like prefix on the token itself
@@ -54,9 +58,14 @@ def name_words(name: str) -> list[str]:
 
 
 def non_secret_name(name: str) -> bool:
-    """A name whose words say it holds something public or derived (``public_key``, ``key_id``)."""
+    """A name whose words say it holds something public or derived (``public_key``, ``key_id``),
+    or something made up (``fake_token``: ``MADE_UP_PARTS``)."""
     words = name_words(name)
-    return bool(words) and (any(w in NON_SECRET_WORDS for w in words) or words[-1] in NON_SECRET_LAST)
+    if not words:
+        return False
+    joined = "".join(words)
+    return (any(w in NON_SECRET_WORDS for w in words) or words[-1] in NON_SECRET_LAST
+            or any(p in joined for p in MADE_UP_PARTS))
 
 
 def secret_name(name: str) -> bool:
@@ -101,3 +110,57 @@ def has_context(text: str, start: int, end: int) -> bool:
     if non_secret_name(names[-1]):  # the name right before the value decides when it says "not a secret"
         return False
     return any(secret_name(n) for n in names)
+
+
+# code, not a literal: keywords, and the last word of a type or class name (``ClientSecret``, ``TokenOpt``)
+_KEYWORDS = frozenset({"return", "not", "await", "yield", "lambda", "new", "self", "this", "function", "async",
+                       "typeof", "None", "nil"})
+TYPE_LAST = frozenset({"secret", "secrets", "token", "key", "password", "credential", "credentials", "type", "opt",
+                       "opts", "interface", "provider", "param", "params", "config", "options", "model", "info",
+                       "response", "request", "handler", "manager", "factory", "store", "error", "exception"})
+_LETTERS = re.compile(r"[A-Za-z_]+")
+_NAMEISH = re.compile(r"[A-Za-z]+(?:[-_.][A-Za-z]+)+")  # letters and separators only: my-client-secret
+_PROSE_AFTER = re.compile(r" [a-z]+ [a-z]+\b")  # two more lower-case words follow on the line
+_CALL = re.compile(r"[A-Za-z_][\w.]*[\[()]")  # a name and a bracket: tokens[i], Optional[str], get(), Iface):
+
+
+def code_value(text: str, name_start: int, start: int, end: int) -> bool:
+    """Whether the value ``text[start:end]`` assigned to the name at ``name_start`` is code or a
+    constant naming itself rather than a literal secret (issue 25: negative files in code).
+
+    - the value repeats the name (``BYPASS = "bypass"``, ``OTP_CREDENTIALS = "otp-credentials"``):
+      an enum member; or words ending in the name's last word (``client_secret="my-client-secret"``):
+      a placeholder;
+    - unquoted, a name and a bracket: a call, subscript or generic type (``token = tokens[i]``,
+      ``token: Optional[str]``);
+    - unquoted letters only: a keyword (``return``), a private name (``_style``), a type annotation
+      (followed by ``=``, ``|`` or ``)``: ``token: TokenOpt = None``), a class whose last word
+      names what it holds (``secret: PotentialSecret``), a word followed by more prose
+      ("client_secret: Configuration options for ..."), or a lower-case word in prose
+      ("a single pass: adjacent ...", "the worker's standing credential: polling").
+
+    A quoted value is a literal whatever it looks like; an unquoted value with digits or
+    symbols (``PASSWORD=hunter2``) is never code here.
+    """
+    value = text[start:end]
+    line_start = text.rfind("\n", 0, name_start) + 1
+    names = _IDENT.findall(text[name_start:start])
+    name = name_words(names[-1]) if names else []
+    vw = name_words(value)
+    if vw and name and (name[-len(vw):] == vw or len(vw) > 1 and vw[-1] == name[-1] and _NAMEISH.fullmatch(value)):
+        return True
+    if start > 0 and text[start - 1] in "\"'`":
+        return False
+    if _CALL.match(value):
+        return True
+    if not _LETTERS.fullmatch(value):
+        return False
+    if value.startswith("_") or value in _KEYWORDS:
+        return True
+    if text[end: end + 40].lstrip(" \t")[:1] in ("=", "|", ")"):
+        return True
+    if value[0].isupper() and vw and vw[-1] in TYPE_LAST:
+        return True
+    if _PROSE_AFTER.match(text, end):  # "client_secret: Configuration options for the ..."
+        return True
+    return value.islower() and (name == ["pass"] or len(_LETTERS.findall(text[line_start:name_start])) >= 3)

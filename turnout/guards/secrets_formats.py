@@ -6,7 +6,7 @@ is the secret, else the whole match.
 
 - SQL: ``IDENTIFIED BY '...'`` (MySQL, Oracle, also ``IDENTIFIED WITH plugin BY``),
   ``PASSWORD '...'`` in ``CREATE/ALTER USER/ROLE/LOGIN``, ``SET PASSWORD ... = '...'``,
-  ``sqlplus user/password@db``.
+  ``sqlplus user/password@db``, ``mysql -u root -pPASSWORD``.
 - Windows hashes: pwdump / secretsdump lines ``user:rid:LM:NT:::``, John's ``$NT$`` / ``$LM$``,
   labelled NTLM hashes (mimikatz ``* NTLM : ...``), NetNTLMv1/v2 responses.
 - OTP: ``otpauth://`` URIs with ``secret=`` (also URL-encoded, as in QR code links), base32
@@ -38,6 +38,9 @@ FORMATS: list[tuple[str, re.Pattern[str], float, tuple[str, ...]]] = [
                                 r"(?:N?'([^'\n]{3,128})'|\"([^\"\n]{3,128})\")"), 0.9, ("password",)),
     ("SQL_PASSWORD", re.compile(r"(?i)\bSET\s+PASSWORD\b[^=\n]{0,100}=\s*(?:PASSWORD\s*\(\s*)?"
                                 r"(?:N?'([^'\n]{3,128})'|\"([^\"\n]{3,128})\")"), 0.9, ("password",)),
+    # mysql / mysqldump / mysqladmin take the password glued to -p (a space after -p means "ask")
+    ("SQL_PASSWORD", re.compile(r"\bmysql(?:dump|admin|import|show|check)?\b[^\n|;]*?\s-p(?:'([^'\n]{3,128})'|"
+                                r"\"([^\"\n]{3,128})\"|([^\s'\"$-][^\s'\"]{2,127}))"), 0.9, ("mysql",)),
     ("SQL_PASSWORD", re.compile(r"(?i)\b(?:sqlplus|connect)\s+(?:-s\s+)?[\w$#]+/([^\s@/\"']{3,64})@"), 0.85,
      ("sqlplus", "connect")),
     # --- Windows password hashes
