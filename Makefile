@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.turnout-installed
+# Test workers: most of a test's time is spent waiting on the processes it starts, so more workers than
+# cores pays (docs/testing.md has the figures); `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 4
 
 .PHONY: install run test lint bench fuzz soak clean
 
@@ -19,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff check turnout tests bench examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check turnout tests bench examples

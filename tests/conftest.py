@@ -21,6 +21,24 @@ import yaml
 from turnout.testing.procs import Proc, start_server
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs ``-n auto --dist loadgroup``), tests spread one by one over
+    the workers, except where a module shares state between its tests: a test that uses a module- or
+    class-scoped fixture defined in its own module stays with its module's other such tests on one worker,
+    so that fixture (often a gateway with its models) starts once. Session fixtures start once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        module_id = item.nodeid.split("::", 1)[0]
+        shared = any(
+            fixturedef.scope in ("module", "class") and fixturedef.baseid.startswith(module_id)
+            for fixturedefs in info.name2fixturedefs.values() for fixturedef in fixturedefs
+        )
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(module_id))
+
+
 def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
     """Whether a Redis server answers there (tests that need one skip otherwise)."""
     try:

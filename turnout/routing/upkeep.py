@@ -82,7 +82,9 @@ class RouterUpkeep:
         self.config = route.learning or LearningConfig()
         self.count_labels = count_labels
         self.on_retrain = on_retrain  # (alias, result): metrics
-        self.last: dict[str, Any] | None = None  # the last retrain: result, when, artifact
+        # the last retrain that decided something (result, when, artifact): a round skipped for too few new
+        # labels (every ``every_s``) shows only until a round promotes, refuses or fails, and never hides one
+        self.last: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._fit: asyncio.subprocess.Process | None = None
 
@@ -180,7 +182,8 @@ class RouterUpkeep:
         return self._done("failed", f"exit {proc.returncode}: {reason}")
 
     def _done(self, result: str, reason: str, artifact: str | None = None, quiet: bool = False) -> str:
-        self.last = {"result": result, "at": _now(), "artifact": artifact}
+        if result != "skipped" or self.last is None or self.last["result"] == "skipped":
+            self.last = {"result": result, "at": _now(), "artifact": artifact}
         if self.on_retrain is not None:
             self.on_retrain(self.alias, result)
         level = logging.DEBUG if quiet else logging.ERROR if result == "failed" else logging.INFO

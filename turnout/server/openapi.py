@@ -160,7 +160,8 @@ READY = {
         },
         "routers": {
             "description": "learned routes only: the router artifact serving (null: routed by the chain's "
-                           "rules), whether a newer one failed to load, the last scheduled retrain",
+                           "rules), whether a newer one failed to load, the last scheduled retrain that "
+                           "decided (a skipped round shows only until one promotes, refuses or fails)",
             "type": "object",
             "additionalProperties": {
                 "type": "object",

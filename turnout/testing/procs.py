@@ -106,8 +106,39 @@ def start_server(
     Unless ``args`` already has ``--port`` (or ``add_port`` is false), ``--port P`` is added with
     ``P = port or free_port()``.  The URL is read from the ready line when it contains one
     (so ``--port 0`` works), else ``http://{host}:{P}``.  ``env`` is added to the current
-    environment.
+    environment.  A port picked here can be taken by another process between the pick and the
+    server's bind (tests run in parallel workers): such a start is retried on a new port.
     """
+    auto_port = add_port and "--port" not in args and port is None
+    for attempt in range(_PORT_ATTEMPTS):
+        try:
+            return _start(module, args, env, ready_pattern, timeout, port, add_port, host, cwd, python)
+        except _PortTaken:
+            if not auto_port or attempt == _PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_PORT_ATTEMPTS = 5
+_PORT_TAKEN = ("address already in use", "errno 98")
+
+
+class _PortTaken(ServerStartError):
+    """The server exited because its port was taken before it could bind."""
+
+
+def _start(
+    module: str,
+    args: Sequence[str],
+    env: Mapping[str, str] | None,
+    ready_pattern: str,
+    timeout: float,
+    port: int | None,
+    add_port: bool,
+    host: str,
+    cwd: str | None,
+    python: str,
+) -> Proc:
     argv = [python, "-m", module, *args]
     chosen = port
     if add_port and "--port" not in args:
@@ -145,7 +176,8 @@ def start_server(
             atexit.register(proc.stop)  # no server outlives the test run or bench that started it
             return proc
         if popen.poll() is not None:
-            raise ServerStartError(
+            taken = any(mark in text.lower() for mark in _PORT_TAKEN)
+            raise (_PortTaken if taken else ServerStartError)(
                 f"{' '.join(argv)} exited with {popen.returncode} before '{ready_pattern}'; "
                 f"output ({log_path}):\n{text[-4000:]}"
             )
