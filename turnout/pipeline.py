@@ -18,7 +18,8 @@
                   (Guarded: protected copy out, placeholders restored in answers, streams, tool calls)
     scan          guards on the output               -> labels; redact or withhold if configured
                   (a stream: recorded only, at its end)
-    keep          a cacheable miss is stored
+    keep          a cacheable miss is stored; a route or function that opts in captures the
+                  request as remote engines may see it (turnout.capture), written with the record
                   (scan, a function's output check, keep: one sequence for a whole answer and a
                   stream's end, Gateway.conclude)
     record        settle the reservation; ledger row + audit entry; metrics  (always)
@@ -42,6 +43,7 @@ from typing import Any
 
 from turnout.cache import AnswerCache
 from turnout.call import Call
+from turnout.capture import Capturer
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
@@ -93,6 +95,8 @@ class Gateway:
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
+        # what routes and functions that opt in keep for datasets; None (nothing on the path) when none does
+        self.capturer = Capturer.build(cfg)
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
 
@@ -360,6 +364,8 @@ class Gateway:
         if call.function is not None:  # a function's output check: its verdict goes in the row
             call.function.judge(result.content)
         await self.keep(call, req, result)
+        if self.capturer is not None:  # references only: the row is made and committed with the ledger row
+            call.capture = self.capturer.take(call, req, result)
 
     # ==== scan: record, redact or withhold per guards.output ==================================
     def scan(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:

@@ -113,6 +113,7 @@ class Recorder:
             trace_id=call.trace_id,
             signals=orjson.dumps(d.signals).decode() if d is not None and d.signals else None,
             **(call.function.ledger_fields() if call.function else {}),
+            capture=call.capture,
         )
         try:
             await self.ledger.record(row)

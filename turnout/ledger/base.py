@@ -4,9 +4,12 @@ Embedded: ``turnout.ledger.sqlite.SQLiteLedger``; scale-out: ``turnout.ledger.po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from turnout.ledger.audit import ROW_HASH, row_sha256
+
+if TYPE_CHECKING:
+    from turnout.ledger.capture import PendingCapture
 
 # the columns of the ``requests`` table that a LedgerRow fills, in insert order
 COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine",
@@ -49,6 +52,8 @@ class LedgerRow:
     function_attempt: str | None = None  # first | retry | escalated
     function_outcome: str | None = None  # valid | unchecked | invalid: <why>
     signals: str | None = None           # cascade: the weak draft's confidence signals, JSON
+    # not a column: the request's captured text (turnout.capture), committed in the same transaction
+    capture: PendingCapture | None = None
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in COLUMNS)

@@ -23,6 +23,8 @@ from turnout import pgdb
 from turnout.ledger.audit import utc_now
 from turnout.ledger.audit_store import PostgresAuditLog, postgres_append
 from turnout.ledger.base import COLUMNS, LedgerRow
+from turnout.ledger.capture import Purge, finish, insert_postgres
+from turnout.ledger.capture import pg_migrations as capture_migrations
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
@@ -108,6 +110,8 @@ class PostgresLedger(GroupCommitWriter):
         self.pg = pgdb.Connection(dsn, search_path=schema, connect_timeout=int(connect_timeout))
         self._writer = pgdb.Connection(dsn, connect_timeout=int(connect_timeout))
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "ledger_migrations", migrations(schema)))
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "capture_migrations", capture_migrations(schema)))
+        self._purge = Purge()
         self._insert = (f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) "
                         f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
         self._start("turnout-ledger-pg")
@@ -120,6 +124,7 @@ class PostgresLedger(GroupCommitWriter):
             if self.audit:
                 for row in rows:
                     postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
+            insert_postgres(cur, self.schema, finish(row.capture for row in rows), self._purge)
         return self._writer
 
     async def close(self) -> None:

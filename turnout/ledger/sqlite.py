@@ -18,6 +18,8 @@ from turnout.ledger.audit import utc_now
 from turnout.ledger.audit_store import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
 from turnout.ledger.audit_store import sqlite_append
 from turnout.ledger.base import COLUMNS, LedgerRow
+from turnout.ledger.capture import MIGRATIONS as CAPTURE_MIGRATIONS
+from turnout.ledger.capture import Purge, finish, insert_sqlite
 from turnout.ledger.writer import GroupCommitWriter
 
 # Append-only: never edit a migration that has shipped; add a new one.
@@ -97,7 +99,9 @@ class SQLiteLedger(GroupCommitWriter):
         conn = connect(self.path)
         sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
         sqlitedb.migrate(conn, "audit_migrations", AUDIT_MIGRATIONS)
+        sqlitedb.migrate(conn, "capture_migrations", CAPTURE_MIGRATIONS)
         conn.close()
+        self._purge = Purge()
         self._start("turnout-ledger")
 
     def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
@@ -108,6 +112,7 @@ class SQLiteLedger(GroupCommitWriter):
             if self.audit:
                 for row in rows:
                     sqlite_append(conn, row.audit_payload(), utc_now())
+            insert_sqlite(conn, finish(row.capture for row in rows), self._purge)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
