@@ -175,6 +175,9 @@ class PendingCapture(Protocol):
 
     def row(self) -> CaptureRow: ...
 
+    def conceal(self, text: str) -> str:
+        """``text`` (an answer that arrives later) concealed like the request's own answers."""
+
 
 def finish(pending: Iterable[PendingCapture | None]) -> list[CaptureRow]:
     """The rows of the pending captures; one that fails is logged and skipped, never failing the
@@ -194,6 +197,9 @@ _INSERT = (f"INSERT INTO {{t}}captures ({', '.join(_CAPTURE_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_CAPTURE_COLUMNS))}) ON CONFLICT (request_id) DO NOTHING")
 _INSERT_ANSWER = (f"INSERT INTO {{t}}capture_answers ({', '.join(_ANSWER_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(_ANSWER_COLUMNS))})")
+
+
+_SCORE = "UPDATE {t}capture_answers SET judge = {p}, score = {p} WHERE request_id = {p} AND role = 'answer'"
 
 
 class Purge:
@@ -282,6 +288,10 @@ _ROW_KEYS = ("request_id", "tenant", "ts", "route", "function", "variant", "temp
              "satisfaction")
 
 
+def _without_feedback(sql: str, t: str) -> str:
+    return sql.replace("f.satisfaction", "NULL").replace(f" LEFT JOIN {t}feedback f ON f.request_id = c.request_id", "")
+
+
 def _selection(t: str, p: str, *, tenants: Sequence[str] | None, routes: Sequence[str] | None,
                functions: Sequence[str] | None, since: float | None, until: float | None,
                now: float) -> tuple[str, list[Any]]:
@@ -320,18 +330,21 @@ class SQLiteCaptures:
         sqlitedb.migrate(self._conn, "capture_migrations", MIGRATIONS)
         self._lock = threading.Lock()
 
-    def add_answer(self, request_id: str, answer: CapturedAnswer) -> bool:
-        """Add a later answer (a shadow call's) to a captured request; False when it was not captured."""
+    def add_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
+        """Add a later answer (a shadow call's, with its judge's score) to a captured request, and the
+        judge's score of the answer the client got (``answered_score``); False when it was not captured."""
         with self._lock, sqlitedb.immediate(self._conn) as c:
             row = c.execute("SELECT tenant FROM captures WHERE request_id = ?", (request_id,)).fetchone()
             if row is None:
                 return False
             c.execute(_INSERT_ANSWER.format(t=""), (request_id, row[0], time.time(), answer.engine, answer.locality,
                                                     answer.role, answer.text, answer.judge, answer.score))
+            if answered_score is not None:
+                c.execute(_SCORE.format(t="", p="?"), (answer.judge, answered_score, request_id))
             return True
 
-    async def aadd_answer(self, request_id: str, answer: CapturedAnswer) -> bool:
-        return await asyncio.to_thread(self.add_answer, request_id, answer)
+    async def aadd_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
+        return await asyncio.to_thread(self.add_answer, request_id, answer, answered_score)
 
     def forget(self, *, tenant: str | None = None, request_id: str | None = None, by: str = "operator") -> Erased:
         """Delete the captured rows of a tenant or of one request (and the route labels holding their
@@ -361,8 +374,7 @@ class SQLiteCaptures:
         has_feedback = self._conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feedback'").fetchone()
         if not has_feedback:  # captures without a ledger beside them (a copied file): no feedback to join
-            sql = sql.replace("f.satisfaction", "NULL").replace(" LEFT JOIN feedback f ON f.request_id = c.request_id",
-                                                                "")
+            sql = _without_feedback(sql, "")
         with self._lock:
             self._conn.execute("BEGIN")
             try:
@@ -393,7 +405,7 @@ class PostgresCaptures:
         self.pg = pgdb.Connection(dsn, search_path=schema)
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "capture_migrations", pg_migrations(schema)))
 
-    def add_answer(self, request_id: str, answer: CapturedAnswer) -> bool:
+    def add_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
         s = self.schema
         with self.pg.transaction() as cur:
             cur.execute(f"SELECT tenant FROM {s}.captures WHERE request_id = %s", (request_id,))
@@ -403,10 +415,12 @@ class PostgresCaptures:
             cur.execute(pgdb.placeholders(_INSERT_ANSWER.format(t=f"{s}.")),
                         (request_id, row[0], time.time(), answer.engine, answer.locality, answer.role, answer.text,
                          answer.judge, answer.score))
+            if answered_score is not None:
+                cur.execute(_SCORE.format(t=f"{s}.", p="%s"), (answer.judge, answered_score, request_id))
             return True
 
-    async def aadd_answer(self, request_id: str, answer: CapturedAnswer) -> bool:
-        return await asyncio.to_thread(self.add_answer, request_id, answer)
+    async def aadd_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
+        return await asyncio.to_thread(self.add_answer, request_id, answer, answered_score)
 
     def forget(self, *, tenant: str | None = None, request_id: str | None = None, by: str = "operator") -> Erased:
         s = self.schema
@@ -436,7 +450,10 @@ class PostgresCaptures:
 
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = cur.execute(sql, params).fetchall()
+            cur.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'feedback'",
+                        (s,))
+            query = sql if cur.fetchone() else _without_feedback(sql, f"{s}.")
+            rows = cur.execute(query, params).fetchall()
             ids = [r[0] for r in rows]
             answers = cur.execute(f"SELECT request_id, engine, locality, role, text, judge, score FROM "
                                   f"{s}.capture_answers WHERE request_id = ANY(%s) ORDER BY id", (ids,)).fetchall()
