@@ -101,7 +101,8 @@ def test_pii_is_stored_pseudonymized_never_raw(gw: Gateway) -> None:
 
 
 def test_sensitive_requests_are_never_captured(gw: Gateway) -> None:
-    raw = chat(gw, "a sensitive question", model="lenient", max_tokens=8, extra_headers={"x-turnout-sensitivity": "sensitive"})
+    raw = chat(gw, "a sensitive question", model="lenient", max_tokens=8,
+               extra_headers={"x-turnout-sensitivity": "sensitive"})
     assert raw.headers["x-turnout-engine"] == "local"
     assert captured(gw, raw.headers["x-request-id"]) == []
 
