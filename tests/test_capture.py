@@ -42,6 +42,9 @@ def _config(upstream: Upstream, anthropic: Upstream, fns: Path, **extra: Any) ->
     cfg = hybrid_config(upstream.url, anthropic.url, guards=GUARDS_ON)
     cfg["routes"]["auto"]["capture"] = "on"
     cfg["routes"]["lenient"] = {"chain": ["frontier", "local"], "capture": "local_ok"}
+    # answer_logprob is never above 0: every draft is escalated
+    cfg["routes"]["cascading"] = {"chain": ["local", "frontier"], "strategy": "cascade", "threshold": 0.0,
+                                  "capture": "on"}
     cfg["functions"] = {"path": str(fns)}
     cfg.update(extra)
     return cfg
@@ -98,6 +101,37 @@ def test_pii_is_stored_pseudonymized_never_raw(gw: Gateway) -> None:
     # the answer (restored for the client) is stored with the same placeholders as the request
     placeholder = next(w.strip(".;") for w in json.loads(row["messages"])[0]["content"].split() if "<EMAIL" in w)
     assert placeholder in row["answers"][0]["text"]
+
+
+def test_streamed_answers_are_captured_whole(gw: Gateway) -> None:
+    with gw.openai().chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": "stream this answer please"}], stream=True,
+            max_tokens=64) as resp:
+        rid = resp.headers["x-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == "echo: stream this answer please"
+    [row] = gw_rows_after_stream(gw, rid)
+    assert row["answers"][0]["text"] == text
+
+
+def gw_rows_after_stream(gw: Gateway, rid: str) -> list[dict[str, Any]]:
+    """A stream's row is committed when the stream ends on the server, just after the client's end."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while not (rows := captured(gw, rid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return rows
+
+
+def test_a_cascade_keeps_the_escalated_draft_beside_the_strong_answer(gw: Gateway) -> None:
+    raw = chat(gw, "What is the capital of France?", model="cascading", max_tokens=8)
+    assert raw.headers["x-turnout-engine"] == "frontier"
+    [row] = captured(gw, raw.headers["x-request-id"])
+    assert row["escalated"] == 1
+    roles = [(a["role"], a["engine"], a["locality"]) for a in row["answers"]]
+    assert roles == [("draft", "local", "local"), ("answer", "frontier", "remote")]
+    assert row["answers"][0]["text"] and row["answers"][1]["text"].startswith("echo: What is the capital")
 
 
 def test_sensitive_requests_are_never_captured(gw: Gateway) -> None:
@@ -194,3 +228,22 @@ def test_forget_a_request_then_a_tenant_and_audit_still_verifies(gw: Gateway) ->
     assert run_cli("audit", "verify", "--db", str(gw.db)).returncode == 0
     missing = run_cli("data", "forget", "--db", str(gw.db) + ".nope", "--tenant", "x")
     assert missing.returncode == 2 and "no database" in missing.stderr
+
+
+def test_guards_off_streams_are_kept_whole_and_scrubbed(gateway_factory: Any, upstream: Upstream,
+                                                         anthropic_upstream: Upstream) -> None:
+    """Without guards no pseudonymized copy exists: the text is stored scrubbed of pattern PII and
+    secrets, and a streamed answer (not otherwise kept whole) is captured all the same."""
+    cfg = hybrid_config(upstream.url, anthropic_upstream.url)
+    cfg["routes"]["remote-only"]["capture"] = "on"
+    g = gateway_factory(cfg)
+    msg = f"mail {EMAIL} about key {SECRET} please"
+    with g.openai().chat.completions.with_streaming_response.create(
+            model="remote-only", messages=[{"role": "user", "content": msg}], stream=True, max_tokens=64) as resp:
+        rid = resp.headers["x-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == f"echo: {msg}"
+    [row] = gw_rows_after_stream(g, rid)
+    stored = row["messages"] + row["answers"][0]["text"]
+    assert EMAIL not in stored and SECRET not in stored
+    assert "[EMAIL_ADDRESS]" in row["answers"][0]["text"] and row["answers"][0]["text"].startswith("echo: mail ")

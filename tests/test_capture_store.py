@@ -220,3 +220,15 @@ def test_yaml_on_and_off_read_as_modes() -> None:
                                       "capture: {functions: {fx: local_ok}}\n"))
     assert (cfg.routes["a"].capture, cfg.routes["b"].capture, cfg.capture.functions) == ("on", "off",
                                                                                          {"fx": "local_ok"})
+
+
+def test_serve_refuses_capture_of_an_unknown_function(tmp_path: Path) -> None:
+    from turnout.server.app import load_functions
+
+    base: dict[str, Any] = {"engines": {"local": {"dialect": "llamacpp"}}, "routes": {"auto": {"chain": ["local"]}},
+                            "capture": {"functions": {"nosuch": "on"}}}
+    with pytest.raises(ConfigError, match="functions.path is not set"):
+        load_functions(parse_config(base))
+    (tmp_path / "fns").mkdir()
+    with pytest.raises(ConfigError, match=r"unknown function\(s\) nosuch"):
+        load_functions(parse_config({**base, "functions": {"path": str(tmp_path / "fns")}}))

@@ -11,8 +11,11 @@ and:
 - or the guards kept it local and the route says ``local_ok``: stored with secrets and pattern
   PII replaced by their type (``[EMAIL_ADDRESS]``), since no pseudonymized copy exists.
 
-Whatever the scope, the stored text also passes the ledger's scrub (secrets and pattern PII
-by type, ``turnout.guards.scrub``) as a second line: a value the guards missed is not kept.
+Text the guards did not inspect (guards off, ``local_ok``) passes the ledger's scrub (secrets and
+pattern PII by type, ``turnout.guards.scrub``); answers always pass its pattern-PII half (an
+address the engine wrote itself), and its secrets half too where the output scan found a secret
+or no guard scanned them. (The secrets half is two thirds of the scrub's cost: 0.24 of 0.35 ms on
+a 200-character text, ``bench/capture_cost.py``.)
 
 The hot path only takes references (:meth:`Capturer.take`, in ``Gateway.conclude``); the text is
 concealed, scrubbed and serialised by :meth:`Pending.row` on the ledger's writer thread, and the
@@ -39,12 +42,12 @@ if TYPE_CHECKING:
 NEVER = frozenset({"sensitive", "restricted"})
 
 
-def scrubbed(text: str) -> str:
-    """``text`` with secrets and pattern PII replaced by their type, whole (the ledger's scrub
-    cuts long text; a training example must not be cut)."""
+def scrubbed(text: str, secrets: bool = True) -> str:
+    """``text`` with secrets (unless ``secrets`` is False) and pattern PII replaced by their type,
+    whole (the ledger's scrub cuts long text; a training example must not be cut)."""
     from turnout.guards.scrub import findings
 
-    found = findings(text)
+    found = findings(text, secrets)
     for f in sorted(found, key=lambda f: f.start, reverse=True):
         if f.end > f.start:
             text = f"{text[:f.start]}[{f.type}]{text[f.end:]}"
@@ -65,6 +68,10 @@ class Pending:
     shown: list[tuple[str, str]]                 # what remote engines were allowed to see (or the raw, scrubbed)
     answers: list[CapturedAnswer] = field(default_factory=list)
     pseudonymizer: Pseudonymizer | None = None
+    # the guards inspected the request (secrets, PII) and scanned the answer for secrets: the stored
+    # messages are exactly what they passed, and answers need the secrets scrub only where one was found
+    inspected: bool = False
+    output_secret: bool = False
     function_fields: dict[str, str | None] = field(default_factory=dict)
     input_sha256: str | None = None
     engine: str | None = None
@@ -72,12 +79,14 @@ class Pending:
     escalated: int = 0
 
     def conceal(self, text: str) -> str:
+        """An answer as stored: the request's placeholders put back, then pattern PII (an address
+        the engine wrote itself) and secrets scrubbed (the latter only where no guard scanned it)."""
         if self.pseudonymizer is not None:
             text = self.pseudonymizer.conceal(text)
-        return scrubbed(text)
+        return scrubbed(text, secrets=not self.inspected or self.output_secret)
 
     def row(self) -> CaptureRow:
-        messages = [{"role": role, "content": scrubbed(text)} for role, text in self.shown]
+        messages = [{"role": role, "content": text if self.inspected else scrubbed(text)} for role, text in self.shown]
         answers = [CapturedAnswer(a.engine, a.locality, a.role, self.conceal(a.text), a.judge, a.score)
                    for a in self.answers]
         f = self.function_fields
@@ -117,6 +126,11 @@ class Capturer:
             return self.functions[fn.function]
         return self.routes.get(alias, "off")
 
+    def wants(self, call: Call) -> bool:
+        """Whether this request may be captured once answered (a stream's text is then kept whole)."""
+        d = call.decision
+        return d is not None and call.sensitivity not in NEVER and self.mode(call, d.alias) != "off"
+
     def take(self, call: Call, req: ChatRequest, result: ChatResult) -> Pending | None:
         """The pending capture of an answered request, or None (not opted in, not allowed, nothing
         to keep). Cheap: references and a few attributes; the text work is done in :meth:`Pending.row`."""
@@ -145,6 +159,7 @@ class Capturer:
             request_id=call.request_id, tenant=call.tenant, ts=call.ts, expires_ts=call.ts + self.keep_s,
             route=d.alias, scope="local_ok" if kept_local else "remote", raw=raw, shown=shown, answers=answers,
             pseudonymizer=g.pseudonymizer if g is not None and not kept_local else None,
+            inspected=g is not None and not kept_local, output_secret="output_secret" in call.labels,
             function_fields=fn.ledger_fields() if fn is not None else {},
             input_sha256=fn.input_sha256 if fn is not None else None, engine=engine.name, locality=engine.locality,
             escalated=int(escalated))

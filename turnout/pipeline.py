@@ -395,7 +395,8 @@ class Gateway:
         finish: str | None = None
         usage: Usage | None = None
         text: list[str] = []
-        whole = self.guards is not None or (call.cache is not None and call.cache.kind == "miss")
+        whole = self.guards is not None or (call.cache is not None and call.cache.kind == "miss") \
+            or (self.capturer is not None and self.capturer.wants(call))  # a captured answer is kept whole
         # the learning loop's shadow call judges the weak answer: kept up to a bound, else not shadowed
         bound = None if whole else self.learning.answer_bound(call) if self.learning is not None else 0
         kept = 0

@@ -455,6 +455,8 @@ class PostgresCaptures:
             query = sql if cur.fetchone() else _without_feedback(sql, f"{s}.")
             rows = cur.execute(query, params).fetchall()
             ids = [r[0] for r in rows]
+            if not ids:
+                return []
             answers = cur.execute(f"SELECT request_id, engine, locality, role, text, judge, score FROM "
                                   f"{s}.capture_answers WHERE request_id = ANY(%s) ORDER BY id", (ids,)).fetchall()
             return _attach(rows, answers)

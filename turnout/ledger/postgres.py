@@ -119,12 +119,13 @@ class PostgresLedger(GroupCommitWriter):
     # ---- writes (batched by GroupCommitWriter) ------------------------------------------
     def _write(self, conn: Any, rows: list[LedgerRow]) -> Any:
         """One transaction on the writer's connection (reopened by the next batch if it broke)."""
+        captured = finish(row.capture for row in rows)  # the text work, before the transaction
         with self._writer.transaction() as cur:
             cur.executemany(self._insert, [row.values() for row in rows])
             if self.audit:
                 for row in rows:
                     postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
-            insert_postgres(cur, self.schema, finish(row.capture for row in rows), self._purge)
+            insert_postgres(cur, self.schema, captured, self._purge)
         return self._writer
 
     async def close(self) -> None:

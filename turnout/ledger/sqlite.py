@@ -106,13 +106,14 @@ class SQLiteLedger(GroupCommitWriter):
 
     def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
         conn = conn or connect(self.path)
+        captured = finish(row.capture for row in rows)  # the text work, before the write lock is taken
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, [row.values() for row in rows])
             if self.audit:
                 for row in rows:
                     sqlite_append(conn, row.audit_payload(), utc_now())
-            insert_sqlite(conn, finish(row.capture for row in rows), self._purge)
+            insert_sqlite(conn, captured, self._purge)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
