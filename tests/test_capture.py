@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -204,6 +205,25 @@ def test_dataset_build_refuses_unknown_terms_then_excludes_golden(gw: Gateway, t
         assert card["files"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     assert json.loads((out / "card.json").read_text())["files"] == card["files"]
 
+    # a plain call on the route: a golden input sent as it renders is left out too; a rated answer goes in
+    as_rendered = chat(gw, "Write one line about: the golden input")
+    liked = chat(gw, "a question someone liked")
+    disliked = chat(gw, "a question someone did not like")
+    for r, score in ((liked, "up"), (disliked, "down")):
+        fb = httpx.post(gw.url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": score})
+        assert fb.status_code == 200, fb.text
+    by_route = tmp_path / "by-route"
+    done = run_cli("dataset", "build", "--config", str(allowed), "--tenant", "anonymous", "--route", "auto",
+                   "--sources", "rated", "--out", str(by_route), "--json")
+    assert done.returncode == 0, done.stderr
+    card = json.loads(done.stdout)
+    lines = [json.loads(x) for f in ("train.jsonl", "validation.jsonl")
+             for x in (by_route / f).read_text().splitlines()]
+    assert [x["request_id"] for x in lines] == [liked.headers["x-request-id"]]
+    assert as_rendered.headers["x-request-id"] not in {x["request_id"] for x in lines}
+    assert card["counts"]["excluded"]["golden"] >= 2 and card["counts"]["excluded"]["rated_bad"] == 1
+    assert card["counts"]["by_source"]["rated"] == 1 and card["counts"]["validation"] == 0  # one episode: training
+
 
 def test_forget_a_request_then_a_tenant_and_audit_still_verifies(gw: Gateway) -> None:
     a = chat(gw, "forget me please").headers["x-request-id"]
@@ -247,3 +267,43 @@ def test_guards_off_streams_are_kept_whole_and_scrubbed(gateway_factory: Any, up
     stored = row["messages"] + row["answers"][0]["text"]
     assert EMAIL not in stored and SECRET not in stored
     assert "[EMAIL_ADDRESS]" in row["answers"][0]["text"] and row["answers"][0]["text"].startswith("echo: mail ")
+
+
+def test_a_shadow_answer_and_its_verdict_are_captured_on_postgresql(gateway_factory: Any, tmp_path: Path,
+                                                                    pg_schema: str) -> None:
+    """A learned route's shadow call (the strong engine, judged after the client has its answer) is
+    kept beside the captured request, in PostgreSQL; the build takes it as distillation."""
+    from tests.conftest import PG_DSN
+    from tests.test_learning_gateway import ask, config
+    from tests.test_learning_loop import router_on, synthetic
+    from turnout.evals.dataset_build import SOURCES, classify
+    from turnout.ledger.capture import PostgresCaptures
+    from turnout.testing.procs import control, start_server
+
+    with start_server("turnout.testing.upstream") as weak, start_server("turnout.testing.upstream") as strong:
+        control(weak.url, "scenarios", {"replies": {"fake-small": ["#### 7"]}})
+        control(strong.url, "scenarios", {"replies": {"fake-big": ["#### 8"]}})
+        cfg = config(weak.url, strong.url, router_on(synthetic(300, seed=8)).save(tmp_path / "r.npz"), guards=False)
+        cfg["routes"]["auto"]["capture"] = "on"
+        cfg["storage"] = {"postgres_dsn": PG_DSN, "postgres_schema": pg_schema}
+        gw = gateway_factory(cfg)
+        rid = ask(gw.url, "What is 3 + 4?").headers["x-request-id"]
+        store = PostgresCaptures(PG_DSN, pg_schema)
+        try:
+            import time
+
+            deadline = time.monotonic() + 30
+            while True:
+                rows = store.rows(tenants=["anonymous"])
+                if (rows and len(rows[0]["answers"]) == 2) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        finally:
+            store.close()
+    [row] = rows
+    assert row["request_id"] == rid and row["route"] == "auto" and json.loads(row["messages"]) == [
+        {"role": "user", "content": "What is 3 + 4?"}]
+    assert [(a["role"], a["engine"], a["text"], a["judge"], a["score"]) for a in row["answers"]] == [
+        ("answer", "small", "#### 7", "exact-answer", 0.0), ("shadow", "big", "#### 8", "exact-answer", 1.0)]
+    source, answer = classify(row, SOURCES, 0.75)
+    assert (source, answer["engine"]) == ("distill", "big")
