@@ -61,6 +61,27 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, anthropic_u
 
 
 def captured(gw: Gateway, request_id: str | None = None) -> list[dict[str, Any]]:
+    """The captured rows (of one request), once written: captures are written off the request path,
+    after the response, so a request's row is waited for (10 s at most)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        rows = _captured(gw, request_id)
+        if rows or request_id is None or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def not_captured(gw: Gateway, request_id: str) -> bool:
+    """True when ``request_id`` has no captured row, once the queue is past it: one capture writer
+    thread writes in order, so a later request's row in the table means earlier ones were written."""
+    marker = chat(gw, "a marker request, captured after the one checked").headers["x-request-id"]
+    assert captured(gw, marker), "the marker request was not captured"
+    return _captured(gw, request_id) == []
+
+
+def _captured(gw: Gateway, request_id: str | None) -> list[dict[str, Any]]:
     conn = sqlite3.connect(gw.db)
     conn.row_factory = sqlite3.Row
     try:
@@ -82,7 +103,7 @@ def chat(gw: Gateway, content: str, model: str = "auto", max_tokens: int = 64, *
 def test_off_by_default_and_per_route(gw: Gateway) -> None:
     raw = chat(gw, "hello from a route that does not capture", model="remote-only")
     assert raw.headers["x-turnout-engine"] == "frontier"
-    assert captured(gw, raw.headers["x-request-id"]) == []
+    assert not_captured(gw, raw.headers["x-request-id"])
     on = chat(gw, "hello from a route that captures")
     rows = captured(gw, on.headers["x-request-id"])
     assert len(rows) == 1 and rows[0]["route"] == "auto" and rows[0]["scope"] == "remote"
@@ -111,18 +132,8 @@ def test_streamed_answers_are_captured_whole(gw: Gateway) -> None:
         rid = resp.headers["x-request-id"]
         text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
     assert text == "echo: stream this answer please"
-    [row] = gw_rows_after_stream(gw, rid)
+    [row] = captured(gw, rid)
     assert row["answers"][0]["text"] == text
-
-
-def gw_rows_after_stream(gw: Gateway, rid: str) -> list[dict[str, Any]]:
-    """A stream's row is committed when the stream ends on the server, just after the client's end."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while not (rows := captured(gw, rid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return rows
 
 
 def test_a_cascade_keeps_the_escalated_draft_beside_the_strong_answer(gw: Gateway) -> None:
@@ -139,20 +150,20 @@ def test_sensitive_requests_are_never_captured(gw: Gateway) -> None:
     raw = chat(gw, "a sensitive question", model="lenient", max_tokens=8,
                extra_headers={"x-turnout-sensitivity": "sensitive"})
     assert raw.headers["x-turnout-engine"] == "local"
-    assert captured(gw, raw.headers["x-request-id"]) == []
+    assert not_captured(gw, raw.headers["x-request-id"])
 
 
 def test_kept_local_only_with_local_ok_and_scrubbed(gw: Gateway, upstream: Upstream) -> None:
     msg = f"Why does aws reject my key {SECRET}?"
     on = chat(gw, msg, max_tokens=8)  # capture: on, the guards keep it local -> not captured
     assert on.headers["x-turnout-engine"] == "local"
-    assert captured(gw, on.headers["x-request-id"]) == []
+    assert not_captured(gw, on.headers["x-request-id"])
     ok = chat(gw, msg, model="lenient", max_tokens=8)  # capture: local_ok
     assert ok.headers["x-turnout-engine"] == "local"
     [row] = captured(gw, ok.headers["x-request-id"])
     assert row["scope"] == "local_ok" and row["locality"] == "local"
     assert SECRET not in row["messages"] and "Why does aws reject my key [" in row["messages"]
-    assert upstream.requests() == []
+    assert SECRET not in json.dumps(upstream.requests())  # only the marker requests went out
 
 
 def test_function_calls_carry_function_variant_template_and_verdict(gw: Gateway) -> None:
@@ -178,7 +189,7 @@ def test_dataset_build_refuses_unknown_terms_then_excludes_golden(gw: Gateway, t
     other = chat(gw, json.dumps({"text": "the hills"}), model="fn:greet")
     again = chat(gw, json.dumps({"text": "the hills"}), model="fn:greet")  # the same input: a duplicate
     ids = {r.headers["x-request-id"] for r in (golden, other, again)}
-    assert {r["request_id"] for r in captured(gw)} >= ids
+    assert all(captured(gw, i) for i in ids)
     cfg = _build_config(gw, tmp_path)
     out = tmp_path / "ds"
     refused = run_cli("dataset", "build", "--config", str(cfg), "--tenant", "anonymous", "--function", "greet",
@@ -209,6 +220,7 @@ def test_dataset_build_refuses_unknown_terms_then_excludes_golden(gw: Gateway, t
     as_rendered = chat(gw, "Write one line about: the golden input")
     liked = chat(gw, "a question someone liked")
     disliked = chat(gw, "a question someone did not like")
+    assert all(captured(gw, r.headers["x-request-id"]) for r in (as_rendered, liked, disliked))
     for r, score in ((liked, "up"), (disliked, "down")):
         fb = httpx.post(gw.url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": score})
         assert fb.status_code == 200, fb.text
@@ -234,7 +246,7 @@ def test_forget_a_request_then_a_tenant_and_audit_still_verifies(gw: Gateway) ->
     one = run_cli("data", "forget", "--db", str(gw.db), "--request", a, "--by", "dpo", "--json")
     assert one.returncode == 0, one.stderr
     assert json.loads(one.stdout)["captures"] == 1
-    assert captured(gw, a) == [] and captured(gw, b)
+    assert _captured(gw, a) == [] and captured(gw, b)
     verify = run_cli("audit", "verify", "--db", str(gw.db))
     assert verify.returncode == 0, verify.stderr
     tail = run_cli("audit", "tail", "-n", "50", "--json", "--db", str(gw.db))
@@ -244,7 +256,7 @@ def test_forget_a_request_then_a_tenant_and_audit_still_verifies(gw: Gateway) ->
                            "answers": 1, "labels": 0, "by": "dpo"}
     everyone = run_cli("data", "forget", "--db", str(gw.db), "--tenant", "anonymous", "--json")
     assert everyone.returncode == 0 and json.loads(everyone.stdout)["captures"] >= 1
-    assert captured(gw) == []
+    assert _captured(gw, None) == []
     assert run_cli("audit", "verify", "--db", str(gw.db)).returncode == 0
     missing = run_cli("data", "forget", "--db", str(gw.db) + ".nope", "--tenant", "x")
     assert missing.returncode == 2 and "no database" in missing.stderr
@@ -263,7 +275,7 @@ def test_guards_off_streams_are_kept_whole_and_scrubbed(gateway_factory: Any, up
         rid = resp.headers["x-request-id"]
         text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
     assert text == f"echo: {msg}"
-    [row] = gw_rows_after_stream(g, rid)
+    [row] = captured(g, rid)
     stored = row["messages"] + row["answers"][0]["text"]
     assert EMAIL not in stored and SECRET not in stored
     assert "[EMAIL_ADDRESS]" in row["answers"][0]["text"] and row["answers"][0]["text"].startswith("echo: mail ")

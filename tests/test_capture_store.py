@@ -57,12 +57,17 @@ def _pending(rid: str, tenant: str, ts: float, text: str, answer: str, engine: s
 
 
 def _write(where: dict[str, Any], pendings: list[Pending]) -> None:
+    """As the recorder does: each request's ledger row, then its capture queued (written by the
+    ledger's capture writer; closing the ledger waits for what is queued)."""
+    async def record(ledger: Any, p: Pending) -> None:
+        await ledger.record(LedgerRow(ts=p.ts, request_id=p.request_id, tenant=p.tenant, alias="auto", status="ok",
+                                      http_status=200, engine=p.engine))
+        ledger.keep(p)
+
     async def go() -> None:
         ledger = _ledger(where)
         try:
-            await asyncio.gather(*(ledger.record(LedgerRow(ts=p.ts, request_id=p.request_id, tenant=p.tenant,
-                                                           alias="auto", status="ok", http_status=200,
-                                                           engine=p.engine, capture=p)) for p in pendings))
+            await asyncio.gather(*(record(ledger, p) for p in pendings))
         finally:
             await ledger.close()
 
@@ -100,7 +105,7 @@ def test_rows_answers_retention_and_erasure(backend: dict[str, Any]) -> None:
         assert not store.add_answer("nope", CapturedAnswer("frontier", "remote", "shadow", "x"))
         a2 = next(r for r in store.rows(tenants=["acme"]) if r["request_id"] == "a2")
         assert [(a["role"], a["score"]) for a in a2["answers"]] == [("answer", 0.0), ("shadow", 1.0)]
-        # the writer deleted the expired row in its first batch (not only hidden from reads)
+        # the capture writer deleted the expired row in its first batch (not only hidden from reads)
         assert "old" not in {r["request_id"] for r in store.rows(now=now - 3600)}
         assert store.purge_expired() == 0
         with pytest.raises(ValueError):

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from turnout.call import Call
-from turnout.capture import Capturer
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
 from turnout.engines.base import ChatResult, Engine
+from turnout.ledger.base import Ledger
 from turnout.ledger.labels import Label
 from turnout.protocol import ChatMessage, ChatRequest
 from turnout.routing.decision import Decision
 from turnout.strategies import CascadeStrategy, LearnedStrategy, Strategy
 
 if TYPE_CHECKING:
-    from turnout.ledger.capture import CapturedAnswer
     from turnout.routing.drift import DriftMetrics
     from turnout.routing.judge import Judge
     from turnout.routing.shadow import AfterLabel, Shadow
@@ -90,31 +89,6 @@ class LazyLabels:
             await self.store.close()
 
 
-class LazyCaptures:
-    """The capture store, opened on the first shadow answer of a captured request (in a worker
-    thread), for the answers that arrive after the request's row was written."""
-
-    def __init__(self, cfg: TurnoutConfig) -> None:
-        self.cfg = cfg
-        self.store: Any = None
-        self._opening = asyncio.Lock()
-
-    async def add(self, request_id: str, answer: CapturedAnswer, answered_score: float | None) -> bool:
-        if self.store is None:
-            async with self._opening:
-                if self.store is None:
-                    from turnout.ledger.capture import open_captures
-
-                    s = self.cfg.storage
-                    self.store = await asyncio.to_thread(open_captures, db=s.sqlite_path, dsn=s.postgres_dsn,
-                                                         schema=s.postgres_schema)
-        return bool(await self.store.aadd_answer(request_id, answer, answered_score))
-
-    async def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-
-
 def build_judge(spec: str, engines: Mapping[str, Engine]) -> Judge:
     """``exact``, ``schema``, ``llm:ENGINE``, '+'-separated (the first that can tell wins)."""
     from turnout.routing.judge import ExactAnswer, FirstOf, LLMJudge, SchemaCheck
@@ -148,8 +122,8 @@ class LearningLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: OrderedDict[str, _Answered] = OrderedDict()  # request id -> weak answer, for feedback
         self._answered_chars = 0
-        # shadow answers of captured requests (turnout.capture); None when no route or function captures
-        self.captures = LazyCaptures(cfg) if Capturer.build(cfg) is not None else None
+        # where shadow answers of captured requests go (the gateway's ledger, when capture is on)
+        self.captures: Ledger | None = None
         self.upkeep: dict[str, RouterUpkeep] = {}
         if self.learned:
             from turnout.routing.upkeep import RouterUpkeep
@@ -253,8 +227,8 @@ class LearningLoop:
             from turnout.ledger.capture import CapturedAnswer
 
             text = await asyncio.to_thread(pending.conceal, answer)
-            await captures.add(call.request_id, CapturedAnswer(strong, locality, "shadow", text, judge, strong_score),
-                               weak_score)
+            captures.keep_answer(call.request_id, CapturedAnswer(strong, locality, "shadow", text, judge, strong_score),
+                                 weak_score)
 
         return keep
 
@@ -335,8 +309,6 @@ class LearningLoop:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.store.close()
-        if self.captures is not None:
-            await self.captures.close()
 
 
 @dataclass(frozen=True, slots=True)

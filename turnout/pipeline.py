@@ -19,7 +19,7 @@
     scan          guards on the output               -> labels; redact or withhold if configured
                   (a stream: recorded only, at its end)
     keep          a cacheable miss is stored; a route or function that opts in captures the
-                  request as remote engines may see it (turnout.capture), written with the record
+                  request as remote engines may see it (turnout.capture), queued by the record
                   (scan, a function's output check, keep: one sequence for a whole answer and a
                   stream's end, Gateway.conclude)
     record        settle the reservation; ledger row + audit entry; metrics  (always)
@@ -99,6 +99,8 @@ class Gateway:
         self.capturer = Capturer.build(cfg)
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
+        if self.learning is not None and self.capturer is not None:  # shadow answers of captured requests
+            self.learning.captures = ledger
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -364,7 +366,7 @@ class Gateway:
         if call.function is not None:  # a function's output check: its verdict goes in the row
             call.function.judge(result.content)
         await self.keep(call, req, result)
-        if self.capturer is not None:  # references only: the row is made and committed with the ledger row
+        if self.capturer is not None:  # references only: the row is made and written after the record, off the path
             call.capture = self.capturer.take(call, req, result)
 
     # ==== scan: record, redact or withhold per guards.output ==================================

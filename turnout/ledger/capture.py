@@ -14,9 +14,10 @@ Two tables beside the ledger's ``requests`` (same SQLite file, or the same Postg
   ``draft``: a cascade's weak draft that was escalated; ``shadow``: a learned route's shadow
   call of its strong engine, with the judge's verdict), concealed like the messages.
 
-Rows are written by the ledger's writer thread in the same transaction as the request's ledger
-row (``insert_sqlite`` / ``insert_postgres``): capturing adds no database round trip to a
-request. The writer also deletes expired rows, at most once per :data:`PURGE_EVERY_S`.
+Rows are written off the request path, in batches, by the ledger's capture writer
+(``turnout.ledger.capture_writer``) once the request's ledger row has committed: capturing adds no
+database round trip to a request. The writer also deletes expired rows, at most once per
+:data:`PURGE_EVERY_S`.
 
 Erasure (``turnout data forget``) deletes a tenant's or one request's captured rows, and the
 route labels that hold their prompts, and appends an ``erasure`` entry to the audit chain in the
@@ -25,7 +26,6 @@ same transaction. Ledger rows stay: they hold no request text (the audit chain c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -202,6 +202,22 @@ _INSERT_ANSWER = (f"INSERT INTO {{t}}capture_answers ({', '.join(_ANSWER_COLUMNS
 _SCORE = "UPDATE {t}capture_answers SET judge = {p}, score = {p} WHERE request_id = {p} AND role = 'answer'"
 
 
+def add_answer(c: Any, t: str, p: str, request_id: str, answer: CapturedAnswer,
+               answered_score: float | None = None) -> bool:
+    """In the caller's transaction: a later answer (a shadow call's, with its judge's score) of a
+    captured request, and the judge's score of the answer the client got; False when the request
+    was not captured (or was erased since)."""
+    row = c.execute(f"SELECT tenant FROM {t}captures WHERE request_id = {p}", (request_id,)).fetchone()
+    if row is None:
+        return False
+    c.execute(_INSERT_ANSWER.format(t=t).replace("?", p), (request_id, row[0], time.time(), answer.engine,
+                                                           answer.locality, answer.role, answer.text, answer.judge,
+                                                           answer.score))
+    if answered_score is not None:
+        c.execute(_SCORE.format(t=t, p=p), (answer.judge, answered_score, request_id))
+    return True
+
+
 class Purge:
     """When the writer last deleted expired rows: at most once per :data:`PURGE_EVERY_S`."""
 
@@ -331,20 +347,9 @@ class SQLiteCaptures:
         self._lock = threading.Lock()
 
     def add_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
-        """Add a later answer (a shadow call's, with its judge's score) to a captured request, and the
-        judge's score of the answer the client got (``answered_score``); False when it was not captured."""
+        """Add a later answer to a captured request (:func:`add_answer`); False when it was not captured."""
         with self._lock, sqlitedb.immediate(self._conn) as c:
-            row = c.execute("SELECT tenant FROM captures WHERE request_id = ?", (request_id,)).fetchone()
-            if row is None:
-                return False
-            c.execute(_INSERT_ANSWER.format(t=""), (request_id, row[0], time.time(), answer.engine, answer.locality,
-                                                    answer.role, answer.text, answer.judge, answer.score))
-            if answered_score is not None:
-                c.execute(_SCORE.format(t="", p="?"), (answer.judge, answered_score, request_id))
-            return True
-
-    async def aadd_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
-        return await asyncio.to_thread(self.add_answer, request_id, answer, answered_score)
+            return add_answer(c, "", "?", request_id, answer, answered_score)
 
     def forget(self, *, tenant: str | None = None, request_id: str | None = None, by: str = "operator") -> Erased:
         """Delete the captured rows of a tenant or of one request (and the route labels holding their
@@ -406,21 +411,8 @@ class PostgresCaptures:
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "capture_migrations", pg_migrations(schema)))
 
     def add_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
-        s = self.schema
         with self.pg.transaction() as cur:
-            cur.execute(f"SELECT tenant FROM {s}.captures WHERE request_id = %s", (request_id,))
-            row = cur.fetchone()
-            if row is None:
-                return False
-            cur.execute(pgdb.placeholders(_INSERT_ANSWER.format(t=f"{s}.")),
-                        (request_id, row[0], time.time(), answer.engine, answer.locality, answer.role, answer.text,
-                         answer.judge, answer.score))
-            if answered_score is not None:
-                cur.execute(_SCORE.format(t=f"{s}.", p="%s"), (answer.judge, answered_score, request_id))
-            return True
-
-    async def aadd_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> bool:
-        return await asyncio.to_thread(self.add_answer, request_id, answer, answered_score)
+            return add_answer(cur, f"{self.schema}.", "%s", request_id, answer, answered_score)
 
     def forget(self, *, tenant: str | None = None, request_id: str | None = None, by: str = "operator") -> Erased:
         s = self.schema

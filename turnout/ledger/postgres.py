@@ -23,8 +23,9 @@ from turnout import pgdb
 from turnout.ledger.audit import utc_now
 from turnout.ledger.audit_store import PostgresAuditLog, postgres_append
 from turnout.ledger.base import COLUMNS, LedgerRow
-from turnout.ledger.capture import Purge, finish, insert_postgres
+from turnout.ledger.capture import CapturedAnswer, PendingCapture
 from turnout.ledger.capture import pg_migrations as capture_migrations
+from turnout.ledger.capture_writer import LaterAnswer, PostgresCaptureWriter
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
@@ -111,7 +112,7 @@ class PostgresLedger(GroupCommitWriter):
         self._writer = pgdb.Connection(dsn, connect_timeout=int(connect_timeout))
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "ledger_migrations", migrations(schema)))
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "capture_migrations", capture_migrations(schema)))
-        self._purge = Purge()
+        self.captures = PostgresCaptureWriter(dsn, schema)
         self._insert = (f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) "
                         f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
         self._start("turnout-ledger-pg")
@@ -119,17 +120,22 @@ class PostgresLedger(GroupCommitWriter):
     # ---- writes (batched by GroupCommitWriter) ------------------------------------------
     def _write(self, conn: Any, rows: list[LedgerRow]) -> Any:
         """One transaction on the writer's connection (reopened by the next batch if it broke)."""
-        captured = finish(row.capture for row in rows)  # the text work, before the transaction
         with self._writer.transaction() as cur:
             cur.executemany(self._insert, [row.values() for row in rows])
             if self.audit:
                 for row in rows:
                     postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
-            insert_postgres(cur, self.schema, captured, self._purge)
         return self._writer
+
+    def keep(self, capture: PendingCapture) -> None:
+        self.captures.put(capture)
+
+    def keep_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> None:
+        self.captures.put(LaterAnswer(request_id, answer, answered_score))
 
     async def close(self) -> None:
         await super().close()
+        await asyncio.to_thread(self.captures.close)
         self._writer.close()  # if the writer thread never wrote
         self.pg.close()
 
