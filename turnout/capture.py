@@ -17,10 +17,10 @@ address the engine wrote itself), and its secrets half too where the output scan
 or no guard scanned them. (The secrets half is two thirds of the scrub's cost: 0.24 of 0.35 ms on
 a 200-character text, ``bench/capture_cost.py``.)
 
-The hot path only takes references (:meth:`Capturer.take`, in ``Gateway.conclude``); the text is
-concealed, scrubbed and serialised by :meth:`Pending.row` on the ledger's writer thread, and the
-row is committed in the same transaction as the request's ledger row, so capture adds no database
-round trip to a request.
+The hot path only takes references (:meth:`Capturer.take`, in ``Gateway.conclude``); once the
+request's ledger row has committed, the recorder queues them for the ledger's capture writer
+(``turnout.ledger.capture_writer``), whose thread makes the row (:meth:`Pending.row`: concealed,
+scrubbed, serialised) and writes it in a batch, off the request path.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def scrubbed(text: str, secrets: bool = True) -> str:
 
 @dataclass(slots=True)
 class Pending:
-    """One request's capture, as references; :meth:`row` makes the stored row (writer thread)."""
+    """One request's capture, as references; :meth:`row` makes the stored row (capture writer thread)."""
 
     request_id: str
     tenant: str

@@ -233,7 +233,7 @@ class Purge:
 
 
 def insert_sqlite(conn: Any, rows: Sequence[CaptureRow], purge: Purge | None = None) -> None:
-    """Insert captured rows in the caller's transaction (the ledger writer's), and delete expired ones when due."""
+    """Insert captured rows in the caller's transaction (the capture writer's), and delete expired ones when due."""
     if rows:
         conn.executemany(_INSERT.format(t=""), [r.values() for r in rows])
         conn.executemany(_INSERT_ANSWER.format(t=""), [a for r in rows for a in r.answer_values()])
@@ -338,7 +338,7 @@ def _attach(rows: Iterable[Sequence[Any]], answers: Iterable[Sequence[Any]]) -> 
 
 class SQLiteCaptures:
     """The capture tables in the gateway's SQLite file: reads for datasets, later answers
-    (shadow calls), erasure. Writes of new captures go through the ledger writer."""
+    (shadow calls), erasure. New captures are written by the ledger's capture writer."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
