@@ -237,3 +237,46 @@ def test_serve_refuses_capture_of_an_unknown_function(tmp_path: Path) -> None:
     (tmp_path / "fns").mkdir()
     with pytest.raises(ConfigError, match=r"unknown function\(s\) nosuch"):
         load_functions(parse_config({**base, "functions": {"path": str(tmp_path / "fns")}}))
+
+
+def test_config_check_refuses_capture_of_an_unknown_function(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.runcli import run_cli
+
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump({"engines": {"local": {"dialect": "llamacpp"}},
+                                    "capture": {"functions": {"nosuch": "on"}}}))
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2 and "capture.functions names nosuch" in out.stderr
+    assert "Traceback" not in out.stderr and "ok" not in out.stdout
+
+
+def test_dataset_and_data_commands_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.runcli import run_cli
+
+    db = tmp_path / "t.sqlite"
+    _write({"db": db}, [_pending("x1", "acme", time.time() - 5, "a question", "an answer")])
+    cfg = tmp_path / "turnout.yaml"
+    cfg.write_text(yaml.safe_dump({"engines": {"local": {"dialect": "llamacpp"}},
+                                   "storage": {"sqlite_path": str(db)}}))
+    out = str(tmp_path / "out")
+    cases = [
+        (("--config", str(cfg), "--out", out), "--all-tenants"),                                  # whose data?
+        (("--config", str(cfg), "--tenant", "a", "--all-tenants", "--out", out), "--all-tenants"),
+        (("--config", str(cfg), "--tenant", "acme", "--sources", "gossip", "--out", out), "gossip"),
+        (("--config", str(cfg), "--tenant", "acme", "--since", "yesterday", "--out", out), "ISO 8601"),
+        (("--config", str(cfg), "--tenant", "acme", "--validation", "1.5", "--out", out), "--validation"),
+        (("--config", str(cfg), "--tenant", "acme", "--base", "nope", "--out", out), "not a llamacpp engine"),
+        (("--tenant", "acme", "--out", out), "--config"),
+        (("--config", str(cfg), "--tenant", "acme", "--out", out), "no example among 1 captured"),  # no outcome
+    ]
+    for args, message in cases:
+        r = run_cli("dataset", "build", *args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not Path(out).exists()
+    purged = run_cli("data", "purge", "--config", str(cfg), "--json")
+    assert purged.returncode == 0 and json.loads(purged.stdout) == {"purged": 0}

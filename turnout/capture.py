@@ -25,13 +25,14 @@ scrubbed, serialised) and writes it in a batch, off the request path.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
 
 from turnout.call import Call
-from turnout.config import TurnoutConfig
+from turnout.config import ConfigError, TurnoutConfig
 from turnout.engines.base import ChatResult
 from turnout.ledger.capture import CapturedAnswer, CaptureRow, input_digest
 from turnout.protocol import ChatRequest
@@ -163,3 +164,17 @@ class Capturer:
             function_fields=fn.ledger_fields() if fn is not None else {},
             input_sha256=fn.input_sha256 if fn is not None else None, engine=engine.name, locality=engine.locality,
             escalated=int(escalated))
+
+
+def check_functions(cfg: TurnoutConfig, functions: Iterable[str]) -> None:
+    """ConfigError when ``capture.functions`` names a function that ``functions.path`` does not hold
+    (``turnout serve`` and ``turnout config check`` refuse such a file)."""
+    named = sorted(cfg.capture.functions)
+    if named and not cfg.functions.path:
+        raise ConfigError(f"capture.functions names {', '.join(named)}, and functions.path is not set -> set "
+                          "functions.path or remove capture.functions")
+    known = set(functions)
+    unknown = [n for n in named if n not in known]
+    if unknown:
+        raise ConfigError(f"capture.functions names unknown function(s) {', '.join(unknown)} -> use one of: "
+                          f"{', '.join(sorted(known)) or 'none (no function under functions.path)'}")

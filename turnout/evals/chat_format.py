@@ -9,7 +9,12 @@ Only the vocabulary is loaded (``vocab_only``: about 0.1 s for SmolLM2-135M), no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,21 @@ class ChatFormat:
         return prompt, text
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Standard error to /dev/null for a moment, C's (file descriptor 2) and Python's (llama-cpp-python
+    prints llama.cpp's log lines there); failures still raise, as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null, contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def load(gguf: str | Path) -> ChatFormat:
     """The chat format of ``gguf``; NoChatTemplate when it carries none."""
     from llama_cpp import Llama
@@ -54,7 +74,8 @@ def load(gguf: str | Path) -> ChatFormat:
     path = Path(gguf)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    with _quiet_stderr():  # llama.cpp warns on C's stderr that a vocabulary has no training context
+        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from turnout.cache import AnswerCache, SharedAnswers
-from turnout.config import ConfigError, TurnoutConfig
+from turnout.config import TurnoutConfig
 from turnout.engines.admission import Refused, why_refused
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
@@ -175,19 +175,15 @@ def start_strategies(cfg: TurnoutConfig) -> dict[str, Strategy]:
 
 def load_functions(cfg: TurnoutConfig) -> dict[str, Any]:
     """The functions of ``functions.path`` (turnout.functions), validated; {} when unset."""
-    named = sorted(cfg.capture.functions)  # capture.functions must name functions that exist
+    from turnout.capture import check_functions
+
     if not cfg.functions.path:
-        if named:
-            raise ConfigError(f"capture.functions names {', '.join(named)}, and functions.path is not set -> set "
-                              "functions.path or remove capture.functions")
+        check_functions(cfg, ())  # capture.functions must name functions that exist
         return {}
     from turnout.functions.spec import load_functions as load
 
     fns = dict(load(cfg.functions.path, cfg))
-    unknown = [n for n in named if n not in fns]
-    if unknown:
-        raise ConfigError(f"capture.functions names unknown function(s) {', '.join(unknown)} -> use one of: "
-                          f"{', '.join(sorted(fns)) or 'none (no function under functions.path)'}")
+    check_functions(cfg, fns)
     return fns
 def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
     """The task engine in this process: state and decisions' audit entries in the configured
