@@ -280,3 +280,38 @@ def test_dataset_and_data_commands_refuse_bad_input_in_one_line(tmp_path: Path) 
     assert not Path(out).exists()
     purged = run_cli("data", "purge", "--config", str(cfg), "--json")
     assert purged.returncode == 0 and json.loads(purged.stdout) == {"purged": 0}
+
+
+def test_a_function_entry_wins_over_its_route() -> None:
+    """capture.functions: 'off' keeps a function out of a route that captures; 'on' captures a
+    function whose route does not."""
+    from turnout.call import Call
+    from turnout.capture import Capturer
+    from turnout.engines.base import ChatResult, Usage
+    from turnout.ledger.tags import FunctionTag
+    from turnout.protocol import ChatRequest
+    from turnout.results import EngineInfo
+    from turnout.routing.decision import Decision
+
+    cfg = parse_config({"engines": {"local": {"dialect": "llamacpp"}},
+                        "routes": {"on": {"chain": ["local"], "capture": "on"}, "off": {"chain": ["local"]}},
+                        "functions": {"path": "fns"}, "capture": {"functions": {"quiet": "off", "loud": "on"}}})
+    capturer = Capturer.build(cfg)
+    assert capturer is not None
+
+    def call(route: str, function: str | None) -> Call:
+        c = Call(decision=Decision(alias=route, chain=["local"], rule="route", reason="r"))
+        c.trail.begin(EngineInfo("local", "llamacpp", "m", "local")).ok = True
+        if function is not None:
+            c.function = FunctionTag(function, "v1", "h", attempt="first", input_sha256="0" * 64)
+        return c
+
+    req = ChatRequest.model_validate({"model": "on", "messages": [{"role": "user", "content": "hi"}]})
+    answer = ChatResult("hello", "stop", Usage(1, 1))
+    assert capturer.take(call("on", None), req, answer) is not None
+    assert capturer.take(call("off", None), req, answer) is None
+    assert capturer.take(call("on", "quiet"), req, answer) is None
+    loud = capturer.take(call("off", "loud"), req, answer)
+    assert loud is not None and loud.row().function == "loud" and loud.row().input_sha256 == "0" * 64
+    assert capturer.take(call("on", None), req, ChatResult("", "stop", Usage(1, 0))) is None  # nothing to keep
+    assert Capturer.build(parse_config({"engines": {"local": {"dialect": "llamacpp"}}})) is None  # off: no work
