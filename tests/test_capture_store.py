@@ -96,6 +96,8 @@ def test_rows_answers_retention_and_erasure(backend: dict[str, Any]) -> None:
     try:
         rows = {r["request_id"]: r for r in store.rows(tenants=["acme"])}
         assert set(rows) == {"a1", "a2"}  # another tenant's and the expired row are not read
+        assert [r["request_id"] for r in store.rows(since=now - 25)] == ["a2", "b1"]
+        assert [r["request_id"] for r in store.rows(tenants=["acme"], until=now - 25, functions=["fx"])] == ["a1"]
         a1 = rows["a1"]
         assert [a["role"] for a in a1["answers"]] == ["draft", "answer"]
         # the answer restored for the client is stored concealed, with the request's placeholder
