@@ -9,8 +9,9 @@ CPU than the servers it measures. turnout runs its full pipeline: API-key auth w
 limits, rules routing (a rule is evaluated on every request), the SQLite ledger with the
 audit chain, and Prometheus metrics; ``--guards`` adds the PII, secret and injection
 detectors (``--pii-model``: the PII transformer, spaCy or both on every request), which cost
-far more than the rest. Everything shares this machine's cores, so figures
-are comparable within one run, not across machines.
+far more than the rest; ``--capture`` turns capture on for both routes (every request's text and
+answer kept for datasets, written with its ledger row: turnout.capture). Everything shares this
+machine's cores, so figures are comparable within one run, not across machines.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "rampart") -> tuple[Proc, str]:
+def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "rampart",
+                  capture: bool = False) -> tuple[Proc, str]:
     cfg = {
         "engines": {"up": {"dialect": "openai", "locality": "remote",
                            "base_url": upstream + "/v1", "model": "fake-echo",
@@ -71,6 +73,9 @@ def start_turnout(upstream: str, tmp: Path, guards: bool, pii_model: str = "ramp
         "storage": {"sqlite_path": str(tmp / "bench.sqlite")},
         "guards": {"enabled": guards, "pii_model": pii_model},
     }
+    if capture:
+        for route in cfg["routes"].values():
+            route["capture"] = "on"
     (tmp / "turnout.yaml").write_text(yaml.safe_dump(cfg))
     made = subprocess.run([sys.executable, "-m", "turnout", "keys", "--db", str(tmp / "bench.sqlite"), "create",
                            "--tenant", "bench", "--rpm", "100000000", "--json"],
@@ -108,6 +113,7 @@ def main() -> int:
     ap.add_argument("--guards", action="store_true", help="also run PII/secret/injection guards on every request")
     ap.add_argument("--pii-model", choices=("rampart", "spacy", "both"), default="rampart",
                     help="the PII guard's statistical model, with --guards")
+    ap.add_argument("--capture", action="store_true", help="capture every request for datasets (routes' capture: on)")
     ap.add_argument("--litellm", default=os.environ.get("LITELLM_PYTHON"),
                     help="a python interpreter that has litellm[proxy] installed")
     args = ap.parse_args()
@@ -119,7 +125,7 @@ def main() -> int:
     try:
         up = start_server("turnout.testing.upstream", "--model", "fake-echo")
         procs.append(up)
-        gw, key = start_turnout(up.url, tmp, args.guards, args.pii_model)
+        gw, key = start_turnout(up.url, tmp, args.guards, args.pii_model, args.capture)
         procs.append(gw)
         targets = {"upstream direct": (up.url, {}), "turnout": (gw.url, {"Authorization": f"Bearer {key}"})}
         if args.litellm:
@@ -148,6 +154,11 @@ def main() -> int:
                                       "--db", str(tmp / "bench.sqlite"), "--json"],
                                      capture_output=True, text=True, check=True)
         print(f"\nturnout ledger rows written during the run: {json.loads(ledger_rows.stdout)['total']['requests']}")
+        if args.capture:
+            import sqlite3
+
+            with sqlite3.connect(tmp / "bench.sqlite") as conn:
+                print(f"captured requests: {conn.execute('SELECT count(*) FROM captures').fetchone()[0]}")
     finally:
         for p in procs:
             p.stop()

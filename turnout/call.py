@@ -21,6 +21,7 @@ from turnout.errors import TurnoutError
 from turnout.governance.keys import ApiKey
 from turnout.governance.limits import Reservation
 from turnout.guards.step import GuardState
+from turnout.ledger.capture import PendingCapture
 from turnout.ledger.tags import FunctionTag
 from turnout.protocol import ChatMessage
 from turnout.routing.decision import Decision
@@ -70,6 +71,8 @@ class Call:
     error: str | None = None
     # a function call (turnout.functions): judged once the answer is final, copied to the row
     function: FunctionTag | None = None
+    # capture (turnout.capture): the request and its answers for datasets, written with the ledger row
+    capture: PendingCapture | None = None
 
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, TurnoutError):

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from turnout import plugins
+from turnout.config_capture import CaptureConfig, CaptureMode, DistillationPolicy, OutputTerms, capture_mode
 from turnout.weights import minilm_available
 
 # turnout.routing.confidence.SIGNALS (kept here as a Literal so that the file is checked at start-up)
@@ -87,6 +88,10 @@ class EngineConfigBase(_Strict):
         "text already sent as a trailing assistant message and continues it), 'restart' (it answers afresh and "
         "the part already sent is skipped if its answer begins with it), 'none'. Default per dialect: "
         "anthropic prefill, openai restart, llamacpp none (docs/reliability.md)")
+    terms: OutputTerms = Field(
+        default_factory=OutputTerms, description="the provider's terms on its outputs: may they train another "
+        "model? (turnout dataset build refuses answers of engines whose terms forbid it or are unknown; "
+        "docs/ownership.md)")
 
 
 def _dialect_of(entry: Any) -> str | None:
@@ -349,6 +354,14 @@ class RouteConfig(_Strict):
         None, ge=1, description="the most characters of input (messages, tool calls; a function's rendered prompt) "
         "a request on this route may carry; more is refused with 413 before any guard runs (default: "
         "server.max_input_chars)")
+    capture: CaptureMode = Field(
+        "off", description="keep this route's requests and answers for datasets (docs/ownership.md): off; on (what "
+        "remote engines may see: pseudonymized); local_ok (also requests the guards kept local, scrubbed)")
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _capture_mode(cls, value: Any) -> Any:
+        return capture_mode(value)
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RouteConfig:
@@ -455,6 +468,7 @@ class PolicyConfig(_Strict):
     """What the gateway enforces about the engines it runs."""
 
     licenses: LicensePolicy = LicensePolicy()
+    distillation: DistillationPolicy = DistillationPolicy()
 
 
 class ToolConfig(_Strict):
@@ -543,6 +557,7 @@ class TurnoutConfig(_Strict):
     functions: FunctionsConfig = FunctionsConfig()
     policy: PolicyConfig = PolicyConfig()
     tasks: TasksConfig = TasksConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @field_validator("engines", mode="wrap")
     @classmethod
@@ -603,6 +618,10 @@ class TurnoutConfig(_Strict):
         if lp is not None and any(self.engines[e].locality != "local" for e in self.routes[lp].chain):
             raise ValueError(f"tasks.local_planner_route: route {lp!r} has remote engines; it plans sensitive tasks, "
                              "so its chain must be all local")
+        for i, name in enumerate(self.policy.distillation.allow):
+            if name not in names:
+                raise ValueError(f"policy.distillation.allow[{i}] names unknown engine {name!r}; engines are "
+                                 f"{sorted(names)}")
         return self
 
     def local_engines(self) -> list[str]:

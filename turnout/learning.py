@@ -29,6 +29,7 @@ from turnout.call import Call
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
 from turnout.engines.base import ChatResult, Engine
+from turnout.ledger.base import Ledger
 from turnout.ledger.labels import Label
 from turnout.protocol import ChatMessage, ChatRequest
 from turnout.routing.decision import Decision
@@ -37,7 +38,7 @@ from turnout.strategies import CascadeStrategy, LearnedStrategy, Strategy
 if TYPE_CHECKING:
     from turnout.routing.drift import DriftMetrics
     from turnout.routing.judge import Judge
-    from turnout.routing.shadow import Shadow
+    from turnout.routing.shadow import AfterLabel, Shadow
     from turnout.routing.upkeep import RouterUpkeep
 
 log = logging.getLogger("turnout.learning")
@@ -121,6 +122,8 @@ class LearningLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: OrderedDict[str, _Answered] = OrderedDict()  # request id -> weak answer, for feedback
         self._answered_chars = 0
+        # where shadow answers of captured requests go (the gateway's ledger, when capture is on)
+        self.captures: Ledger | None = None
         self.upkeep: dict[str, RouterUpkeep] = {}
         if self.learned:
             from turnout.routing.upkeep import RouterUpkeep
@@ -210,7 +213,24 @@ class LearningLoop:
             tenant=call.tenant, alias=d.alias, request_id=call.request_id, prompt=prompt,
             request=req.model_dump(exclude_none=True), weak_engine=weak, strong_engine=strong_name,
             weak_answer=result.content or "", score=d.score, threshold=d.threshold, estimated_cost=estimate,
-            call_strong=call_strong)
+            call_strong=call_strong, after=self._captured(call, strong_name, strong.info.locality))
+
+    def _captured(self, call: Call, strong: str, locality: str) -> AfterLabel | None:
+        """When the request was captured: keep the shadow answer and the judge's scores beside it
+        (``turnout dataset build`` reads them), the answer concealed like the request."""
+        pending = call.capture
+        if pending is None or self.captures is None:
+            return None
+        captures = self.captures
+
+        async def keep(answer: str, judge: str, weak_score: float | None, strong_score: float | None) -> None:
+            from turnout.ledger.capture import CapturedAnswer
+
+            text = await asyncio.to_thread(pending.conceal, answer)
+            captures.keep_answer(call.request_id, CapturedAnswer(strong, locality, "shadow", text, judge, strong_score),
+                                 weak_score)
+
+        return keep
 
     def _observe(self, call: Call, d: Decision) -> None:
         """The escalation drift of this answered request, under its tenant."""

@@ -18,7 +18,8 @@
                   (Guarded: protected copy out, placeholders restored in answers, streams, tool calls)
     scan          guards on the output               -> labels; redact or withhold if configured
                   (a stream: recorded only, at its end)
-    keep          a cacheable miss is stored
+    keep          a cacheable miss is stored; a route or function that opts in captures the
+                  request as remote engines may see it (turnout.capture), queued by the record
                   (scan, a function's output check, keep: one sequence for a whole answer and a
                   stream's end, Gateway.conclude)
     record        settle the reservation; ledger row + audit entry; metrics  (always)
@@ -42,6 +43,7 @@ from typing import Any
 
 from turnout.cache import AnswerCache
 from turnout.call import Call
+from turnout.capture import Capturer
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
@@ -93,8 +95,12 @@ class Gateway:
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
+        # what routes and functions that opt in keep for datasets; None (nothing on the path) when none does
+        self.capturer = Capturer.build(cfg)
         # labels from shadow calls and cascade escalations; None (nothing on the path) without such routes
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
+        if self.learning is not None and self.capturer is not None:  # shadow answers of captured requests
+            self.learning.captures = ledger
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -360,6 +366,8 @@ class Gateway:
         if call.function is not None:  # a function's output check: its verdict goes in the row
             call.function.judge(result.content)
         await self.keep(call, req, result)
+        if self.capturer is not None:  # references only: the row is made and written after the record, off the path
+            call.capture = self.capturer.take(call, req, result)
 
     # ==== scan: record, redact or withhold per guards.output ==================================
     def scan(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:
@@ -389,7 +397,8 @@ class Gateway:
         finish: str | None = None
         usage: Usage | None = None
         text: list[str] = []
-        whole = self.guards is not None or (call.cache is not None and call.cache.kind == "miss")
+        whole = self.guards is not None or (call.cache is not None and call.cache.kind == "miss") \
+            or (self.capturer is not None and self.capturer.wants(call))  # a captured answer is kept whole
         # the learning loop's shadow call judges the weak answer: kept up to a bound, else not shadowed
         bound = None if whole else self.learning.answer_bound(call) if self.learning is not None else 0
         kept = 0

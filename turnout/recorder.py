@@ -119,6 +119,9 @@ class Recorder:
         except Exception:  # the answer stands; the failure is loud in the log and the metrics
             self.metrics.ledger_failures.inc()
             log.exception("ledger write failed for request %s", call.request_id)
+            return
+        if call.capture is not None:  # queued, written off the request path (turnout.ledger.capture_writer)
+            self.ledger.keep(call.capture)
 
     def _count(self, call: Call, cost: float, latency: float) -> None:
         m, d, e, u = self.metrics, call.decision, call.trail.engine, call.trail.usage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,14 @@ class Numbered:
         self.conn = conn
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, {str(i): v for i, v in enumerate(args, 1)})
+        return self.conn.execute(sql, _named(args))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, (_named(args) for args in rows))
+
+
+def _named(args: Sequence[Any]) -> dict[str, Any]:
+    return {str(i): v for i, v in enumerate(args, 1)}
 
 
 @contextmanager

@@ -30,6 +30,14 @@ def check(args: argparse.Namespace) -> int:
     if errors:
         print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
         return 1
+    from turnout.capture import check_functions
+
+    fns = {}
+    if cfg.functions.path:  # templates, schemas and golden inputs, all checked (turnout.functions.spec)
+        from turnout.functions.spec import load_functions
+
+        fns = load_functions(cfg.functions.path, cfg)
+    check_functions(cfg, fns)  # capture.functions names functions that exist (ConfigError: exit 2, one line)
     local = cfg.local_engines()
     print(f"{args.file}: ok — {len(cfg.engines)} engine(s) ({len(local)} local), {len(cfg.routes)} route(s), "
           f"{len(cfg.rules)} rule(s)")
@@ -37,10 +45,7 @@ def check(args: argparse.Namespace) -> int:
         print(f"  route {alias}: {' -> '.join(route.chain)}")
     if not local:
         print("  note: no local engine; requests labelled sensitive will be refused")
-    if cfg.functions.path:  # templates, schemas and golden inputs, all checked (turnout.functions.spec)
-        from turnout.functions.spec import load_functions
-
-        for name, fn in load_functions(cfg.functions.path, cfg).items():
-            variants = ", ".join(f"{v.name}@{v.template_hash} -> {v.spec.route}" for v in fn.variants.values())
-            print(f"  function fn:{name}: {variants}; {len(fn.golden)} golden item(s)")
+    for name, fn in fns.items():
+        variants = ", ".join(f"{v.name}@{v.template_hash} -> {v.spec.route}" for v in fn.variants.values())
+        print(f"  function fn:{name}: {variants}; {len(fn.golden)} golden item(s)")
     return 0

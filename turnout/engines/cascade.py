@@ -50,7 +50,8 @@ class CascadeEngine(Engine):
         d.score = conf = d.signals.get(self.signal)
         kept = conf is not None and conf >= threshold
         if self.strong is not None:  # a lone weak engine (the strong ones confined away) keeps its draft unjudged
-            d.cascade = CascadeOutcome(weak_name, kept=kept, confidence=conf, threshold=threshold)
+            d.cascade = CascadeOutcome(weak_name, kept=kept, confidence=conf, threshold=threshold,
+                                        draft=None if kept else result.content)
         if self.strong is None or kept:
             if not req.logprobs:
                 result.logprobs = None

@@ -25,6 +25,7 @@ from turnout.engines.base import ChatResult, Delta
 from turnout.errors import InvalidRequest, NotFound, PayloadTooLarge, TurnoutError
 from turnout.functions import checks, experiment, render
 from turnout.functions.spec import Function, Variant
+from turnout.ledger.capture import variables_digest
 from turnout.ledger.tags import FunctionTag
 from turnout.pipeline import Gateway
 from turnout.protocol import ChatRequest, StreamOptions
@@ -166,9 +167,12 @@ class FunctionRunner:
                                  param="metadata.variant", code="invalid_value")
         variant = fn.variants[inv.variant] if inv.variant else await self.assign(fn, tenant, inv.episode)
 
+        digest = variables_digest(inv.variables)  # what capture knows the input by (golden-set exclusion)
+
         def tag(attempt: str) -> FunctionTag:
             check = (lambda answer: checks.problem(fn, answer, inv.variables)) if fn.checked else None
-            return FunctionTag(fn.name, variant.name, variant.template_hash, inv.episode, attempt, check=check)
+            return FunctionTag(fn.name, variant.name, variant.template_hash, inv.episode, attempt, check=check,
+                               input_sha256=digest)
 
         if not fn.checked and inv.stream:  # nothing to judge: stream straight through
             first.function = t = tag("first")

@@ -71,6 +71,17 @@ class Pseudonymizer:
         out.append(text[pos:])
         return "".join(out)
 
+    def conceal(self, text: str) -> str:
+        """``text`` with every value this object replaced so far put back behind its placeholder
+        (the longest value first): an answer restored for the client, stored as the remote engine
+        wrote it (turnout.capture). Values it never saw stay as they are."""
+        if not self._forward or not text:
+            return text
+        for (_, value), core in sorted(self._forward.items(), key=lambda kv: -len(kv[0][1])):
+            if value:
+                text = text.replace(value, f"<{core}>")
+        return text
+
     # ------------------------------------------------------------------ backward
 
     @property

@@ -43,9 +43,10 @@ def _guard() -> SecretsGuard:
         return _secrets
 
 
-def findings(text: str) -> list[Finding]:
-    """Secrets and pattern PII in ``text``, overlapping spans merged (the longer wins)."""
-    found = list(_guard().inspect(text))
+def findings(text: str, secrets: bool = True) -> list[Finding]:
+    """Secrets (unless ``secrets`` is False: a text the secrets guard has seen already) and pattern
+    PII in ``text``, overlapping spans merged (the longer wins)."""
+    found = list(_guard().inspect(text)) if secrets else []
     for fn in _PII:
         found += [Finding("pii", c.type, c.start, c.end, c.score, "scrub") for c in fn(text, None)
                   if c.type != "URL" or c.score >= 0.9]  # a bare domain ("api.example.com") is no secret

@@ -4,9 +4,12 @@ Embedded: ``turnout.ledger.sqlite.SQLiteLedger``; scale-out: ``turnout.ledger.po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from turnout.ledger.audit import ROW_HASH, row_sha256
+
+if TYPE_CHECKING:
+    from turnout.ledger.capture import CapturedAnswer, PendingCapture
 
 # the columns of the ``requests`` table that a LedgerRow fills, in insert order
 COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine",
@@ -72,5 +75,12 @@ class Ledger(Protocol):
 
     def spend_since(self, since: float) -> dict[str, list[float]]:
         """The cost of each request per API key since a Unix time (seeds budget counters)."""
+
+    def keep(self, capture: PendingCapture) -> None:
+        """Queue a request's capture (``turnout.capture``), once its row is committed; written off
+        the request path (``turnout.ledger.capture_writer``). Never blocks."""
+
+    def keep_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> None:
+        """Queue a later answer (a shadow call's) of a captured request, after its capture."""
 
     async def close(self) -> None: ...

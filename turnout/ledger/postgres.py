@@ -23,6 +23,9 @@ from turnout import pgdb
 from turnout.ledger.audit import utc_now
 from turnout.ledger.audit_store import PostgresAuditLog, postgres_append
 from turnout.ledger.base import COLUMNS, LedgerRow
+from turnout.ledger.capture import CapturedAnswer, PendingCapture
+from turnout.ledger.capture import pg_migrations as capture_migrations
+from turnout.ledger.capture_writer import LaterAnswer, PostgresCaptureWriter
 from turnout.ledger.feedback import UPSERT, Feedback, owned
 from turnout.ledger.feedback import audit_payload as feedback_audit
 from turnout.ledger.writer import GroupCommitWriter
@@ -109,6 +112,8 @@ class PostgresLedger(GroupCommitWriter):
         self.pg = pgdb.Connection(dsn, search_path=schema, connect_timeout=int(connect_timeout))
         self._writer = pgdb.Connection(dsn, connect_timeout=int(connect_timeout))
         self.pg.run(lambda cur: pgdb.migrate(cur, schema, "ledger_migrations", migrations(schema)))
+        self.pg.run(lambda cur: pgdb.migrate(cur, schema, "capture_migrations", capture_migrations(schema)))
+        self.captures = PostgresCaptureWriter(dsn, schema)
         self._insert = f"INSERT INTO {schema}.requests ({', '.join(COLUMNS)}) VALUES ({marks(len(COLUMNS))})"
         self._start("turnout-ledger-pg")
 
@@ -122,8 +127,15 @@ class PostgresLedger(GroupCommitWriter):
                     postgres_append(cur, row.audit_payload(), utc_now(), schema=self.schema)
         return self._writer
 
+    def keep(self, capture: PendingCapture) -> None:
+        self.captures.put(capture)
+
+    def keep_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> None:
+        self.captures.put(LaterAnswer(request_id, answer, answered_score))
+
     async def close(self) -> None:
         await super().close()
+        await asyncio.to_thread(self.captures.close)
         self._writer.close()  # if the writer thread never wrote
         self.pg.close()
 

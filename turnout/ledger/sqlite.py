@@ -8,6 +8,7 @@ while many concurrent requests share one commit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from pathlib import Path
@@ -18,6 +19,9 @@ from turnout.ledger.audit import utc_now
 from turnout.ledger.audit_store import SQLITE_MIGRATIONS as AUDIT_MIGRATIONS
 from turnout.ledger.audit_store import sqlite_append
 from turnout.ledger.base import COLUMNS, LedgerRow
+from turnout.ledger.capture import MIGRATIONS as CAPTURE_MIGRATIONS
+from turnout.ledger.capture import CapturedAnswer, PendingCapture
+from turnout.ledger.capture_writer import LaterAnswer, SQLiteCaptureWriter
 from turnout.ledger.writer import GroupCommitWriter
 
 # Append-only: never edit a migration that has shipped; add a new one.
@@ -93,7 +97,9 @@ class SQLiteLedger(GroupCommitWriter):
         conn = sqlitedb.connect(self.path)
         sqlitedb.migrate(conn, "ledger_migrations", MIGRATIONS)
         sqlitedb.migrate(conn, "audit_migrations", AUDIT_MIGRATIONS)
+        sqlitedb.migrate(conn, "capture_migrations", CAPTURE_MIGRATIONS)
         conn.close()
+        self.captures = SQLiteCaptureWriter(self.path)
         self._start("turnout-ledger")
 
     def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
@@ -110,6 +116,16 @@ class SQLiteLedger(GroupCommitWriter):
                 conn.execute("ROLLBACK")
             raise
         return conn
+
+    def keep(self, capture: PendingCapture) -> None:
+        self.captures.put(capture)
+
+    def keep_answer(self, request_id: str, answer: CapturedAnswer, answered_score: float | None = None) -> None:
+        self.captures.put(LaterAnswer(request_id, answer, answered_score))
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.to_thread(self.captures.close)
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_rows(self.path, since)

@@ -20,6 +20,7 @@ class FunctionTag:
     attempt: str = "first"        # first | retry | escalated
     outcome: str | None = None    # valid | unchecked | invalid: <why>; set by judge()
     check: Callable[[str | None], str | None] | None = field(default=None, repr=False)  # answer -> why invalid
+    input_sha256: str | None = None  # of the caller's variables (turnout.ledger.capture.variables_digest): not a column
 
     def judge(self, answer: str | None) -> None:
         if self.check is None:

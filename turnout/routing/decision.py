@@ -39,6 +39,7 @@ class CascadeOutcome:
     failed: bool = False             # escalated because the weak engine failed (no confidence)
     confidence: float | None = None  # the route's confidence_signal of the draft (None: unknown)
     threshold: float | None = None
+    draft: str | None = field(default=None, repr=False)  # the escalated draft's text (capture keeps it, if on)
 
     @property
     def cause(self) -> str | None:

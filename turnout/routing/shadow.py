@@ -150,6 +150,8 @@ class ShadowStats:
 
 
 StrongCall = Callable[[], Awaitable[tuple[str, float]]]  # -> (strong answer text, its cost in USD)
+# after a label is stored: (the strong answer, the judge's name, weak score, strong score) -> kept elsewhere (capture)
+AfterLabel = Callable[[str, str, "float | None", "float | None"], Awaitable[object]]
 
 
 class Shadow:
@@ -171,7 +173,8 @@ class Shadow:
 
     def maybe_schedule(self, *, tenant: str, alias: str, request_id: str | None, prompt: str | None,
                        request: Mapping[str, Any] | None, weak_engine: str, strong_engine: str, weak_answer: str,
-                       score: float, threshold: float, estimated_cost: float, call_strong: StrongCall) -> bool:
+                       score: float, threshold: float, estimated_cost: float, call_strong: StrongCall,
+                       after: AfterLabel | None = None) -> bool:
         """Off the response path: True when a shadow call was scheduled for this request."""
         policy = self.policies.get(alias)
         if policy is None or prompt is None:
@@ -189,14 +192,14 @@ class Shadow:
         s.count("scheduled", alias, tenant)
         task = asyncio.get_running_loop().create_task(self._run(
             tenant, alias, request_id, prompt, request, weak_engine, strong_engine, weak_answer, estimated_cost,
-            call_strong))
+            call_strong, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
     async def _run(self, tenant: str, alias: str, request_id: str | None, prompt: str,
                    request: Mapping[str, Any] | None, weak_engine: str, strong_engine: str, weak_answer: str,
-                   estimated: float, call_strong: StrongCall) -> None:
+                   estimated: float, call_strong: StrongCall, after: AfterLabel | None = None) -> None:
         s = self.stats
         try:
             strong_answer, cost = await call_strong()
@@ -209,6 +212,8 @@ class Shadow:
             await self.store.add(Label(tenant, alias, prompt, weak_engine, strong_engine, "shadow", verdict.judge,
                                        verdict.weak_score, verdict.strong_score, request_id, cost))
             s.count("labelled", alias, tenant)
+            if after is not None:
+                await after(strong_answer, verdict.judge, verdict.weak_score, verdict.strong_score)
             if verdict.weak_score is not None and verdict.weak_score >= (verdict.strong_score or 0.0):
                 s.count("agreed", alias, tenant)
         except Exception as exc:  # noqa: BLE001 - a shadow call never affects the user's request

@@ -175,11 +175,16 @@ def start_strategies(cfg: TurnoutConfig) -> dict[str, Strategy]:
 
 def load_functions(cfg: TurnoutConfig) -> dict[str, Any]:
     """The functions of ``functions.path`` (turnout.functions), validated; {} when unset."""
+    from turnout.capture import check_functions
+
     if not cfg.functions.path:
+        check_functions(cfg, ())  # capture.functions must name functions that exist
         return {}
     from turnout.functions.spec import load_functions as load
 
-    return dict(load(cfg.functions.path, cfg))
+    fns = dict(load(cfg.functions.path, cfg))
+    check_functions(cfg, fns)
+    return fns
 def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
     """The task engine in this process: state and decisions' audit entries in the configured
     store (PostgreSQL when ``storage.postgres_dsn`` is set, shared by every replica; else the
