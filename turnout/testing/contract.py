@@ -39,6 +39,12 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 WITH_FALLBACK = "auto"  # route [frontier, local]
 ALONE = "remote-only"  # route [frontier]
 RESCUE = "rescue"  # route [frontier, backup]
+DEFAULTS = "defaults"  # route [patient, backup]: patient is the frontier's upstream with default timeouts
+RECOVERY = "recovery"  # route [flaky, backup]: flaky is the frontier's upstream with the default circuit breaker
+HEDGED = "hedged"  # route [frontier, backup] with a hedged first token
+#: The engine ``flaky``'s settings: the default breaker and probing, opened after two failures.
+FLAKY: dict[str, Any] = {"breaker_failures": 2, "backoff": 0.01}
+HEDGE_AFTER = 0.3  # seconds: route ``hedged`` starts backup when frontier has streamed no token by then
 FRONTIER_WINDOW = 128_000  # context_window the frontier declares
 BACKUP_WINDOW = 1_000_000  # ... and the backup: larger, so it takes what the frontier cannot
 
@@ -65,6 +71,12 @@ def contract_config(upstream_url: str, backup_url: str | None = None) -> dict[st
             "pricing": {"input_per_m": 1.0, "output_per_m": 4.0}, "resilience": dict(RESILIENCE),
         }
         cfg["routes"][RESCUE] = {"chain": ["frontier", "backup"]}
+        upstream = cfg["engines"]["frontier"]
+        cfg["engines"]["patient"] = {**upstream, "resilience": {"breaker_failures": 1000}}  # default timeouts
+        cfg["engines"]["flaky"] = {**upstream, "resilience": dict(FLAKY)}
+        cfg["routes"][DEFAULTS] = {"chain": ["patient", "backup"]}
+        cfg["routes"][RECOVERY] = {"chain": ["flaky", "backup"]}
+        cfg["routes"][HEDGED] = {"chain": ["frontier", "backup"], "hedge": {"after": HEDGE_AFTER}}
     return cfg
 
 
@@ -297,6 +309,56 @@ ROWS: list[Row] = [
 ]
 
 
+# ---------------------------------------------------------------------------- timing, recovery, usage
+
+@dataclass(frozen=True)
+class Promise:
+    """A promise that one table row cannot hold: it needs the default settings (real time), a
+    sequence of requests, or a look at the answer's ``usage``. Each is played by the test of the
+    same id in ``tests/test_fault_contract.py`` (a test fails when a promise has none)."""
+
+    id: str
+    fault: str  # the fault, in words
+    route: str  # the route played, in words
+    promise: str  # what the client and the ledger get
+    why: str
+
+
+PROMISES: list[Promise] = [
+    Promise("slow-first-token-defaults", "first token after 20 s (`stall_first_token`, 20 s), stream",
+            "`[patient, backup]`, default settings",
+            "200 from backup within 12 s (the answer begins about 10 s in); the ledger's hop: patient "
+            "`engine_timeout`",
+            "with a spare behind it an engine gets `fallback_first_token_timeout` (10 s), or 3 x its recent p95 "
+            "time to first token if longer, at most `first_token_timeout` (30 s): a careful client's wait, not "
+            "three times that; alone, it is waited for the whole 30 s"),
+    Promise("stall-midstream-defaults", "silence after the first tokens (`stall_midstream`, 40 s), stream",
+            "`[patient, backup]`, default settings",
+            "200, one whole answer: first tokens from patient, the rest from backup (restart), within 12 s",
+            "with an engine behind it that can continue the stream, the idle timeout is "
+            "`fallback_idle_timeout` (10 s), not `idle_timeout` (30 s)"),
+    Promise("probe-after-recovery", "503 on every request (an outage), then healthy again", "`[flaky, backup]`, "
+            "the default breaker (`breaker_failures` 2)",
+            "every request answered (by backup during the outage); while the circuit is open the primary is "
+            "asked only by probes; a refused request's ledger hop is `circuit_open` with the `attempts` it made "
+            "there (a failed probe's 503s); after recovery, traffic is back on flaky within 1.5 s",
+            "the first probe goes `breaker_probe` (0.25 s) after the circuit opens; a failed probe doubles the "
+            "wait, up to `breaker_cooldown` (1 s), so a recovered engine is back within about a second of "
+            "recovering, and a long outage costs one probe request a second"),
+    Promise("usage-after-rescue", "TCP reset after some output (`reset_midstream`), stream", "`[frontier, backup]`",
+            "the finish chunk's `usage` is the ledger's tokens: frontier's part plus backup's whole fresh answer; "
+            "`turnout.usage.billed` lists both engines, delivered",
+            "`usage` counts every token the request was billed for, so a client that bills from it bills what "
+            "the gateway paid"),
+    Promise("usage-after-hedge", f"first token late (`stall_first_token`, 5 s), stream, hedge after "
+            f"{HEDGE_AFTER:g} s", "`[frontier, backup]` hedged",
+            "200 from backup; `usage` (client and ledger) includes frontier's cancelled prompt; "
+            "`turnout.usage.discarded` is that prompt",
+            "a cancelled request is billed for its prompt at most providers: it is in `usage`, and reported "
+            "apart as `discarded`, so `usage` = the delivered tokens + `discarded`"),
+]
+
+
 # ---------------------------------------------------------------------------- the document
 
 #: Failure classes and the next move, as enforced by ``turnout.errors`` (retryable/fallback
@@ -414,7 +476,19 @@ def markdown() -> str:
         attempts = f"{r.attempts}" + (f" for {r.requests} requests" if r.requests > 1 else "")
         lines.append(f"| {r.fault} | {kind} | {attempts} | {r.with_fallback.describe()} | {r.alone.describe()} "
                      f"| {r.rescued.describe()} | {r.why} |")
-    lines.append("")
+    lines += [
+        "",
+        "## Timing, recovery and usage",
+        "",
+        "Promises a row cannot hold, each played by its own test against the same gateway: the engines "
+        "`patient` (the frontier's upstream with the default timeouts) and `flaky` (the default circuit "
+        "breaker, opened after two failures), and the route `hedged`.",
+        "",
+        "| Fault at the upstream | Route | Promise | Why |",
+        "|---|---|---|---|",
+        *[f"| {p.fault} | {p.route} | {p.promise} | {p.why} |" for p in PROMISES],
+        "",
+    ]
     return "\n".join(lines)
 
 
