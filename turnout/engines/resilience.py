@@ -1,6 +1,7 @@
 """Resilience around one engine, as a wrapper: bounded concurrency with a bounded queue,
-a circuit breaker, timeouts (whole answer, first token of a stream), and bounded retries with
-exponential backoff that honour Retry-After. Every engine is built wrapped in one
+a circuit breaker probed soon after it opens, timeouts (whole answer; a stream's first token and
+the wait between its chunks, shorter when the chain has a spare: ``turnout.engines.deadline``),
+and bounded retries with exponential backoff that honour Retry-After. Every engine is built wrapped in one
 (``turnout.engines.registry.build_engine``, the entry's ``resilience:`` keys); a retry is decided
 by the error's ``retryable``, so a dialect only has to raise the right ``EngineError``.
 
@@ -178,6 +179,8 @@ class ResilientEngine(WrapperEngine):
                 tried.append(exc)
                 if not exc.retryable or attempt == self.policy.retries:
                     raise
+                if self.breaker.state == "open":  # this failure (re)opened it: refused now, not after a backoff
+                    self._admit(tried)
                 await self._backoff(attempt, exc)
                 continue
             if not keep_slot:

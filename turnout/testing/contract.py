@@ -361,10 +361,26 @@ PROMISES: list[Promise] = [
 
 # ---------------------------------------------------------------------------- the document
 
+#: ``python bench/rescue_scenarios.py --scale 1`` on the 2-core development machine, streams: seconds
+#: until the whole answer (all "complete", from the backup where it says so), and the outage run.
+RESCUE_FIGURES: list[str] = [
+    "| Fault at the primary (stream, route `[primary, backup]`) | previous defaults (30 s) | today's defaults |",
+    "|---|---|---|",
+    "| silent provider (no headers) | 30.1 | 10.2 (backup) |",
+    "| first token after 20 s | 20.2 | 10.1 (backup) |",
+    "| first token after 12 s | 12.2 | 10.2 (backup; the primary, cut at 10 s, would have answered 2 s later) |",
+    "| first token after 5 s | 5.1 | 5.2 (the primary: under the timeout) |",
+    "| stall after a third of the answer | 30.4 (backup) | 10.2 (backup) |",
+    "| cut, error event, malformed chunk, no finish, 503, 429 over the cap | 0.1 to 0.4 | the same |",
+    "| outage (503 on every request) of 50 s, a request every 0.5 s: from recovery to the primary's first "
+    "answer | 11.8 | 0.08 (50 of the 92 requests during the outage were probes: one a second) |",
+]
+
 #: Failure classes and the next move, as enforced by ``turnout.errors`` (retryable/fallback
 #: on each exception), ``turnout.engines.resilience`` (retries) and ``turnout.engines.fallback``.
 FAILURE_CLASSES: list[tuple[str, str, str]] = [
-    ("silent provider", "no answer / no first token within the timeout (`engine_timeout`)",
+    ("silent provider", "no answer within `timeout`, or no first token within the first-token timeout (10 s with "
+     "a later engine in the chain, else 30 s: below) (`engine_timeout`)",
      "not retried: the next engine at once"),
     ("rate limited", "429 (`upstream_rate_limited`)",
      "Retry-After honoured up to `max_retry_after` and retried; longer, or still limited: the next engine"),
@@ -378,8 +394,66 @@ FAILURE_CLASSES: list[tuple[str, str, str]] = [
      "passed to the client as it is; never retried, never routed around"),
     ("bad credentials at one provider", "401 / 403 / 404", "not retried; the next engine"),
     ("other 4xx", "the request itself is bad", "passed to the client with the upstream's status"),
-    ("stream broken after output", "cut, stall past `idle_timeout`, malformed or error event, no finish",
+    ("stream broken after output", "cut, stall past the idle timeout (10 s when a later engine can continue the "
+     "stream, else `idle_timeout`), malformed or error event, no finish",
      "continued by the next engine that can (`continuation`), else the error event"),
+]
+
+
+#: How long a stream is waited for, how the circuit comes back, what ``usage`` counts (prose of
+#: docs/reliability.md; the figures are bench/rescue_scenarios.py's, the command is given).
+TIMEOUTS_AND_CIRCUIT: list[str] = [
+    "## Timeouts: shorter with a spare",
+    "",
+    "An engine alone on its route is worth waiting for: a slow first token is still the only answer, so "
+    "`first_token_timeout` and `idle_timeout` (30 s each) apply. With a later engine in the chain, a second "
+    "spent on a silent engine is a second the spare could have been answering, and a careful client gives up "
+    "after 10 s. So, per request (`turnout.engines.deadline`):",
+    "",
+    "* first token, with any later engine: `fallback_first_token_timeout` (10 s) until 20 times to first "
+    "token are known, then `ttft_multiple` (3) x the engine's p95 over its last 200, never less than those "
+    "10 s and never more than `first_token_timeout`. An engine known to be slow (a reasoning model whose p95 "
+    "is 8 s gets 24 s) is given the time it usually needs; a fast one is not cut sooner than a careful client "
+    "would, since time to first token grows with the prompt and a p95 of short prompts says little about a "
+    "long one (lower `fallback_first_token_timeout` per engine to rescue sooner where prompts are uniform);",
+    "* between two chunks, with a later engine that can continue the stream (`continuation` not `none`): "
+    "`fallback_idle_timeout` (10 s);",
+    "* a non-streamed (JSON) request keeps the whole-answer `timeout` (60 s) whatever the chain: an "
+    "answer sent whole gives no sign of life before it is complete, so nothing earlier tells a slow engine "
+    "from a silent one. Stream to be rescued fast.",
+    "",
+    "The cost: a request cut sooner is paid twice, its abandoned attempt (providers bill the prompt of a "
+    "request they worked on; turnout does not know whether they did, so the ledger does not count it) and "
+    "the spare's answer; and a cut engine's first tokens that would have come after 10 s are never seen. "
+    "Only requests slower than the timeout pay it, which would have waited up to three times as long. "
+    "`bench/rescue_scenarios.py` plays both settings side by side (`--scale 1`: real seconds; the JSON "
+    "column is unchanged and not shown):",
+    "",
+    *RESCUE_FIGURES,
+    "",
+    "## The circuit breaker",
+    "",
+    "After `breaker_failures` (5) consecutive failures an engine's circuit opens: requests skip it (the "
+    "ledger's hop says `circuit_open`). `breaker_probe` (0.25 s) later one request, the probe, goes "
+    "through: its success closes the circuit; its failure reopens it for twice the last wait, up to "
+    "`breaker_cooldown` (1 s). A recovered engine gets traffic back within about a second of recovering "
+    "(the previous defaults, a 30 s cooldown repeated after each failed probe, took up to 30 s); a long "
+    "outage costs one probe request a second, each answered by the next engine after the probe's quick "
+    "failure (a silent engine's probe waits its first-token timeout). A refused request's hop lists the "
+    "`attempts` it made on that engine first: a probe whose 503 reopened the circuit, so that its retry "
+    "was refused, says so.",
+    "",
+    "## Usage: what the request was billed for",
+    "",
+    "`usage` (the response's, streamed or not) and the ledger's `prompt_tokens` / `completion_tokens` count "
+    "every token the request was billed for, by every engine: each part of a rescued stream (a restart's "
+    "repeat of the text already sent included), a restart thrown away, a cascade's weak draft, a cancelled "
+    "hedge's prompt. `cost_usd` prices the same tokens, so a client that bills from `usage` bills what the "
+    "gateway paid. When more than one engine was billed, the `turnout` object (a stream's finish chunk, a "
+    "JSON body) says which: `usage.billed`, each engine's tokens with `delivered` (its output reached the "
+    "client), and `usage.discarded`, the tokens that did not; `usage` = the delivered engines' tokens + "
+    "`discarded`. `baseline_cost_usd` prices only the delivered tokens: the baseline engine would have "
+    "answered once.",
 ]
 
 
@@ -424,7 +498,7 @@ def markdown() -> str:
         "`turnout` object: `{\"engines\": [...], \"model\": ..., \"rescues\": [{\"engine\", \"error\", "
         "\"after_chars\", \"rescue\", \"by\"}]}`; the ledger's `hops` carry the same splice on the "
         "broken engine's hop, its `engine` is the one that finished the answer, and tokens and cost "
-        "count every engine for what it produced (a thrown-away restart too).",
+        "count every engine for what it produced (a thrown-away restart too; see Usage below).",
         "",
         "## Hedged first token (opt-in per route)",
         "",
@@ -434,8 +508,9 @@ def markdown() -> str:
         "request starts on the second engine of the chain. The first to produce a token wins; the "
         "other is cancelled and its connection closed. The loser is a hop with code `hedge_lost` "
         "(ledger and `x-turnout-fallbacks`) and is billed for its prompt, since most providers charge "
-        "for a cancelled request's input. Cost: at most one extra request for the share of requests "
-        "slower than the delay (about 5% with `p95`). Streams only; off by default.",
+        "for a cancelled request's input (in `usage`, reported as `discarded`: see Usage below). Cost: "
+        "at most one extra request for the share of requests slower than the delay (about 5% with "
+        "`p95`). Streams only; off by default.",
         "",
         "```yaml",
         "routes:",
@@ -443,6 +518,8 @@ def markdown() -> str:
         "    chain: [gpt, claude]",
         "    hedge: {after: p95}     # or {after: 1.5}",
         "```",
+        "",
+        *TIMEOUTS_AND_CIRCUIT,
         "",
         "## The contract",
         "",
