@@ -54,6 +54,8 @@ def rescue_config(a: str, b: str, claude: str, lead: str, racer: str) -> dict[st
             "large": _openai(b, "fake-large", context_window=200000),
             "lead": _openai(lead, "fake-lead", pricing={"input_per_m": 2.5, "output_per_m": 10.0}),
             "racer": _openai(racer, "fake-racer", pricing={"input_per_m": 1.0, "output_per_m": 4.0}),
+            "learner": _openai(a, "fake-learner", resilience={
+                **FAST, "first_token_timeout": 5, "fallback_first_token_timeout": 0.5, "ttft_multiple": 4}),
             "flaky": _openai(a, "fake-flaky", resilience={**FAST, "retries": 0, "breaker_failures": 2,
                                                            "breaker_probe": 1.0, "breaker_cooldown": 1.0}),
         },
@@ -69,6 +71,7 @@ def rescue_config(a: str, b: str, claude: str, lead: str, racer: str) -> dict[st
             "context": {"chain": ["small", "small-too", "large"]},
             "context-alone": {"chain": ["small", "small-too"]},
             "outage": {"chain": ["flaky", "backup"]},
+            "learn": {"chain": ["learner", "backup"]},
             "hedged": {"chain": ["lead", "racer"], "hedge": {"after": 0.3}},
         },
     }
@@ -360,6 +363,23 @@ def test_outage_opens_the_circuit_then_the_primary_is_probed_and_used_again(
     assert ask() == "flaky"  # the probe goes to the primary and succeeds
     assert ask() == "flaky"  # closed again
     assert len(chats(upstream)) == 2
+
+
+def test_the_first_token_timeout_learns_the_engines_latency(gw: Gateway, upstream: Upstream) -> None:
+    """With a spare, an engine first gets fallback_first_token_timeout (0.5 s here); once its times to
+    first token are known, ttft_multiple (4) x their p95: a slow engine is waited for as long as it needs."""
+    upstream.default({"name": "ok", "delay_ms": 800})
+    headers, events = stream(gw, "learn")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "backup"  # nothing known: cut at 0.5 s
+    hops = json.loads(ledger_row(gw, headers["x-request-id"])["hops"])
+    assert [(h["engine"], h["code"]) for h in hops] == [("learner", "engine_timeout")]
+    upstream.default({"name": "ok", "delay_ms": 300})
+    for _ in range(MIN_SAMPLES):
+        assert stream(gw, "learn")[0]["x-turnout-engine"] == "learner"
+    upstream.default({"name": "ok", "delay_ms": 800})  # 4 x its p95 (about 0.35 s) is about 1.4 s: waited for
+    headers, events = stream(gw, "learn")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "learner"
+    assert "x-turnout-fallbacks" not in headers
 
 
 class Clock:
