@@ -403,7 +403,10 @@ def test_a_failed_probe_waits_twice_as_long_up_to_the_cooldown() -> None:
         clock.now += 0.01
         assert b.allow(), wait  # the probe
         assert not b.allow()  # one probe at a time: the others are refused
-        b.failure()
+        b.failure(probe=True)
+    clock.now += 0.5
+    b.failure()  # a request let through before the circuit opened fails late: open again from now, same wait
+    assert b.left() == 1.0 and not b.allow()
     clock.now += 1.0
     assert b.allow()
     b.success()

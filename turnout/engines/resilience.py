@@ -68,13 +68,14 @@ class CircuitBreaker:
     def success(self) -> None:
         self.consecutive, self.opened_at, self._trial, self.wait = 0, None, False, self.first_wait
 
-    def failure(self) -> None:
+    def failure(self, probe: bool = False) -> None:
+        """A failure; ``probe``: of the half-open circuit's probe (the next one waits twice as long)."""
         self.consecutive += 1
-        probed, self._trial = self._trial, False
-        if probed and self.opened_at is not None:  # the probe failed: wait longer before the next
-            self.wait = min(self.cooldown, self.wait * 2)
-            self.opened_at = self.clock()
-        elif self.opened_at is not None or self.consecutive >= self.threshold:
+        if probe:
+            self._trial = False
+            if self.opened_at is not None:
+                self.wait = min(self.cooldown, self.wait * 2)
+        if probe or self.opened_at is not None or self.consecutive >= self.threshold:
             self.opened_at = self.clock()
 
     def abandon(self) -> None:
@@ -150,7 +151,7 @@ class ResilientEngine(WrapperEngine):
 
     def _record(self, exc: EngineError, probe: bool = False) -> None:
         if _counts_against_breaker(exc):
-            self.breaker.failure()
+            self.breaker.failure(probe)
         elif probe:
             self.breaker.abandon()
 
