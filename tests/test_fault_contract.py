@@ -1,4 +1,5 @@
-"""The reliability contract (turnout/testing/contract.py), row by row, over real sockets.
+"""The reliability contract (turnout/testing/contract.py), row by row and promise by promise,
+over real sockets.
 
 One gateway process for the module, configured by ``contract.contract_config``: routes
 ``auto`` = [frontier, local], ``remote-only`` = [frontier] and ``rescue`` = [frontier, backup];
@@ -23,7 +24,19 @@ import pytest
 
 from tests.conftest import Gateway, Upstream, _factory
 from turnout.testing import contract
-from turnout.testing.contract import ALONE, RESCUE, ROWS, WITH_FALLBACK, Outcome, Row
+from turnout.testing.contract import (
+    ALONE,
+    DEFAULTS,
+    HEDGED,
+    PROMISES,
+    RECOVERY,
+    RESCUE,
+    ROWS,
+    WITH_FALLBACK,
+    Outcome,
+    Promise,
+    Row,
+)
 from turnout.testing.procs import Proc, start_server
 
 HI = [{"role": "user", "content": "hello there"}]
@@ -178,6 +191,135 @@ def test_contract_row(gw: Gateway, upstream: Upstream, backup: Upstream, row: Ro
         assert len(attempts) == row.attempts, [r["scenario"] for r in attempts]
     finally:
         upstream.reset()
+
+
+# ---------------------------------------------------------------------------- timing, recovery, usage
+
+def stream_events(gw: Gateway, route: str) -> tuple[httpx.Headers, list[Any]]:
+    body = {"model": route, "messages": HI, "max_tokens": MAX_TOKENS, "stream": True}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        assert resp.status_code == 200, resp.read()
+        return resp.headers, sse_data(resp)
+
+
+def finished(events: list[Any]) -> dict[str, Any]:
+    """The one finish chunk of a whole answer (after it, only ``[DONE]``)."""
+    assert events[-1] == "[DONE]", events
+    (chunk,) = [e for e in events if isinstance(e, dict) and e.get("choices") and e["choices"][0]["finish_reason"]]
+    return chunk
+
+
+def text_of(events: list[Any]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events if isinstance(e, dict) and e.get("choices"))
+
+
+def slow_first_token_defaults(gw: Gateway, upstream: Upstream, backup: Upstream) -> None:
+    upstream.default({"name": "stall_first_token", "seconds": 20})
+    t0 = time.monotonic()
+    headers, events = stream_events(gw, DEFAULTS)
+    took = time.monotonic() - t0
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "backup"
+    assert 9.5 < took < 12, took  # the 10 s first-token timeout with a spare, not the 20 s stall nor 30 s
+    row = ledger_row(gw, headers["x-request-id"])
+    assert [(h["engine"], h["code"]) for h in json.loads(row["hops"])] == [("patient", "engine_timeout")], row
+
+
+def stall_midstream_defaults(gw: Gateway, upstream: Upstream, backup: Upstream) -> None:
+    upstream.default({"name": "stall_midstream", "seconds": 40})
+    t0 = time.monotonic()
+    headers, events = stream_events(gw, DEFAULTS)
+    took = time.monotonic() - t0
+    assert text_of(events) == ANSWER and 9.5 < took < 12, (took, events)
+    (splice,) = finished(events)["turnout"]["rescues"]
+    assert (splice["engine"], splice["error"], splice["by"]) == ("patient", "engine_timeout", "backup")
+    assert ledger_row(gw, headers["x-request-id"])["engine"] == "backup"
+
+
+def probe_after_recovery(gw: Gateway, upstream: Upstream, backup: Upstream) -> None:
+    client = gw.openai(timeout=30)
+
+    def ask() -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(model=RECOVERY, messages=HI, max_tokens=MAX_TOKENS)
+        assert raw.parse().choices[0].message.content == ANSWER
+        return str(raw.headers["x-turnout-engine"]), str(raw.headers["x-request-id"])
+
+    def asked() -> int:
+        return len([r for r in upstream.requests() if r["path"] == "/v1/chat/completions"])
+
+    upstream.default("503")  # the outage: two failures (a request and its retry) open the circuit
+    outage: list[str] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:
+        engine, rid = ask()
+        assert engine == "backup"
+        outage.append(rid)
+        time.sleep(0.05)
+    probes = asked() - 2
+    assert 1 <= probes <= 6 < len(outage), (probes, len(outage))  # probes only, not every request
+    hops = [json.loads(ledger_row(gw, rid)["hops"]) for rid in outage[1:]]
+    assert all([h["code"] for h in hop] == ["circuit_open"] for hop in hops), hops
+    refused = [hop[0]["attempts"] for hop in hops]
+    assert [] in refused  # refused outright: no attempt of its own
+    failed = [a for a in refused if a]  # a probe's 503, then its retry refused by the reopened circuit
+    assert len(failed) == probes and all(len(a) == 1 and "503" in a[0]["error"] for a in failed), refused
+    upstream.reset()  # the outage ends
+    recovered = time.monotonic()
+    while ask()[0] != "flaky":
+        assert time.monotonic() - recovered < 5, "traffic never came back to the recovered engine"
+        time.sleep(0.05)
+    assert time.monotonic() - recovered < 1.5  # breaker_cooldown (1 s) at most, plus a request
+    assert ask()[0] == "flaky"  # closed again
+
+
+def billed(row: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+    """The client's usage is the ledger's; the ``turnout.usage`` split sums to it."""
+    usage, split = chunk["usage"], chunk["turnout"]["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row["prompt_tokens"], row["completion_tokens"])
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert usage[kind] == sum(b[kind] for b in split["billed"])
+        assert split["discarded"][kind] == sum(b[kind] for b in split["billed"] if not b["delivered"])
+    return dict(split)
+
+
+def usage_after_rescue(gw: Gateway, upstream: Upstream, backup: Upstream) -> None:
+    upstream.default("reset_midstream")
+    headers, events = stream_events(gw, RESCUE)
+    assert text_of(events) == ANSWER
+    chunk = finished(events)
+    split = billed(ledger_row(gw, headers["x-request-id"]), chunk)
+    assert [(b["engine"], b["delivered"]) for b in split["billed"]] == [("frontier", True), ("backup", True)]
+    part, fresh = (b["completion_tokens"] for b in split["billed"])
+    assert part > 0 and fresh > 0 and chunk["usage"]["completion_tokens"] == part + fresh  # not the last engine's
+
+
+def usage_after_hedge(gw: Gateway, upstream: Upstream, backup: Upstream) -> None:
+    upstream.default({"name": "stall_first_token", "seconds": 5})
+    headers, events = stream_events(gw, HEDGED)
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "backup"
+    chunk = finished(events)
+    split = billed(ledger_row(gw, headers["x-request-id"]), chunk)
+    assert [(b["engine"], b["delivered"]) for b in split["billed"]] == [("frontier", False), ("backup", True)]
+    assert split["discarded"]["prompt_tokens"] > 0 and split["discarded"]["completion_tokens"] == 0
+
+
+PLAYS = {"slow-first-token-defaults": slow_first_token_defaults, "stall-midstream-defaults": stall_midstream_defaults,
+         "probe-after-recovery": probe_after_recovery, "usage-after-rescue": usage_after_rescue,
+         "usage-after-hedge": usage_after_hedge}
+
+
+@pytest.mark.parametrize("promise", PROMISES, ids=[p.id for p in PROMISES])
+def test_promise(gw: Gateway, upstream: Upstream, backup: Upstream, promise: Promise) -> None:
+    upstream.reset()
+    backup.reset()
+    try:
+        PLAYS[promise.id](gw, upstream, backup)
+    finally:
+        upstream.reset()
+
+
+def test_every_promise_is_played() -> None:
+    assert set(PLAYS) == {p.id for p in PROMISES}
 
 
 def test_gateway_stayed_healthy(gw: Gateway) -> None:

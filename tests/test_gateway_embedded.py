@@ -73,7 +73,7 @@ def test_circuit_opens_and_skips_a_failing_engine(  # type: ignore[no-untyped-de
         gateway_factory, upstream: Upstream, anthropic_upstream: Upstream) -> None:
     cfg = hybrid_config(upstream.url, anthropic_upstream.url)
     cfg["engines"]["frontier"]["resilience"] = {**FAST_RESILIENCE, "retries": 0,
-                                                "breaker_failures": 2, "breaker_cooldown": 60}
+                                                "breaker_failures": 2, "breaker_probe": 60, "breaker_cooldown": 60}
     gw: Gateway = gateway_factory(cfg)
     upstream.default("500")
     client = gw.openai()

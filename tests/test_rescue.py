@@ -18,9 +18,11 @@ import pytest
 
 from tests.conftest import Gateway, Upstream, _factory
 from tests.test_backpressure import upstream_connections, wait_for
-from turnout.config import HedgeConfig
+from turnout.config import HedgeConfig, Resilience
+from turnout.engines.deadline import MIN_SAMPLES, WINDOW, Deadlines, Spare
 from turnout.engines.fallback import splice_point
 from turnout.engines.hedge import Hedge
+from turnout.engines.resilience import CircuitBreaker
 from turnout.testing.procs import Proc, start_server
 
 MESSAGE = "the quick brown fox jumps over the lazy dog again and again"
@@ -52,8 +54,10 @@ def rescue_config(a: str, b: str, claude: str, lead: str, racer: str) -> dict[st
             "large": _openai(b, "fake-large", context_window=200000),
             "lead": _openai(lead, "fake-lead", pricing={"input_per_m": 2.5, "output_per_m": 10.0}),
             "racer": _openai(racer, "fake-racer", pricing={"input_per_m": 1.0, "output_per_m": 4.0}),
+            "learner": _openai(a, "fake-learner", resilience={
+                **FAST, "first_token_timeout": 5, "fallback_first_token_timeout": 0.5, "ttft_multiple": 4}),
             "flaky": _openai(a, "fake-flaky", resilience={**FAST, "retries": 0, "breaker_failures": 2,
-                                                           "breaker_cooldown": 1.0}),
+                                                           "breaker_probe": 1.0, "breaker_cooldown": 1.0}),
         },
         "routes": {
             "restart": {"chain": ["frontier", "backup"]},
@@ -67,6 +71,7 @@ def rescue_config(a: str, b: str, claude: str, lead: str, racer: str) -> dict[st
             "context": {"chain": ["small", "small-too", "large"]},
             "context-alone": {"chain": ["small", "small-too"]},
             "outage": {"chain": ["flaky", "backup"]},
+            "learn": {"chain": ["learner", "backup"]},
             "hedged": {"chain": ["lead", "racer"], "hedge": {"after": 0.3}},
         },
     }
@@ -354,11 +359,92 @@ def test_outage_opens_the_circuit_then_the_primary_is_probed_and_used_again(
         assert ask() == "backup"
     assert len(chats(upstream)) == 2, "with the circuit open, the primary is not asked"
     upstream.reset()  # the outage ends
-    assert ask() == "backup"  # still inside the cooldown
-    time.sleep(1.2)  # breaker_cooldown 1 s: half-open
+    time.sleep(1.2)  # breaker_probe 1 s (its breaker_cooldown): half-open
     assert ask() == "flaky"  # the probe goes to the primary and succeeds
     assert ask() == "flaky"  # closed again
     assert len(chats(upstream)) == 2
+
+
+def test_the_first_token_timeout_learns_the_engines_latency(gw: Gateway, upstream: Upstream) -> None:
+    """With a spare, an engine first gets fallback_first_token_timeout (0.5 s here); once its times to
+    first token are known, ttft_multiple (4) x their p95: a slow engine is waited for as long as it needs."""
+    upstream.default({"name": "ok", "delay_ms": 800})
+    headers, events = stream(gw, "learn")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "backup"  # nothing known: cut at 0.5 s
+    hops = json.loads(ledger_row(gw, headers["x-request-id"])["hops"])
+    assert [(h["engine"], h["code"]) for h in hops] == [("learner", "engine_timeout")]
+    upstream.default({"name": "ok", "delay_ms": 300})
+    for _ in range(MIN_SAMPLES):
+        assert stream(gw, "learn")[0]["x-turnout-engine"] == "learner"
+    upstream.default({"name": "ok", "delay_ms": 800})  # 4 x its p95 (about 0.35 s) is about 1.4 s: waited for
+    headers, events = stream(gw, "learn")
+    assert text_of(events) == ANSWER and headers["x-turnout-engine"] == "learner"
+    assert "x-turnout-fallbacks" not in headers
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_probe_waits_twice_as_long_up_to_the_cooldown() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=2, cooldown=1.0, probe=0.25, clock=clock)
+    b.failure()
+    assert b.allow() and b.state == "closed"
+    b.failure()
+    assert b.state == "open" and not b.allow() and b.left() == 0.25
+    for wait in (0.25, 0.5, 1.0, 1.0):  # each failed probe doubles the wait, up to the cooldown
+        clock.now += wait - 0.01
+        assert not b.allow()
+        clock.now += 0.01
+        assert b.allow(), wait  # the probe
+        assert not b.allow()  # one probe at a time: the others are refused
+        b.failure(probe=True)
+    clock.now += 0.5
+    b.failure()  # a request let through before the circuit opened fails late: open again from now, same wait
+    assert b.left() == 1.0 and not b.allow()
+    clock.now += 1.0
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.allow()
+    b.failure()
+    b.failure()  # opened again: the first probe comes after the short interval again
+    assert b.left() == 0.25
+
+
+def test_a_probe_without_a_verdict_lets_the_next_request_probe() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=1, cooldown=1.0, probe=0.25, clock=clock)
+    b.failure()
+    clock.now += 0.25
+    assert b.allow() and not b.allow()
+    b.abandon()  # the probe's client left, or the upstream rejected the request as malformed
+    assert b.allow()
+
+
+def test_first_token_timeout_with_and_without_a_spare() -> None:
+    d = Deadlines(Resilience())  # the defaults: 30 s alone, 10 s with a spare, 3 x p95 between the two
+    alone, spare, mid = Spare(), Spare(first_token=True), Spare(first_token=True, midstream=True)
+    assert d.first_token(alone) == 30 and d.first_token(spare) == 10  # nothing known yet
+    assert d.idle(alone) == d.idle(spare) == 30 and d.idle(mid) == 10
+    for _ in range(MIN_SAMPLES - 1):
+        d.ttft.observe(5.0)
+    assert d.first_token(spare) == 10  # too few samples yet
+    d.ttft.observe(5.0)
+    assert d.first_token(spare) == 15 and d.first_token(alone) == 30  # a slow engine is given 3 x its p95
+    for _ in range(WINDOW):
+        d.ttft.observe(0.2)
+    assert d.first_token(spare) == 10  # a fast one: never cut sooner than a careful client would
+    for _ in range(WINDOW):
+        d.ttft.observe(20.0)
+    assert d.first_token(spare) == 30  # never longer than alone
+    fixed = Deadlines(Resilience(ttft_multiple=0, first_token_timeout=5, fallback_idle_timeout=60))
+    fixed.ttft.observe(20.0)
+    assert fixed.first_token(spare) == 5 and fixed.idle(mid) == 30  # never looser than the engine's own
 
 
 # ---------------------------------------------------------------------------- hedged first token
@@ -379,9 +465,14 @@ def test_hedge_the_faster_engine_answers_and_the_slow_one_is_closed(gw: Gateway,
     row = ledger_row(gw, headers["x-request-id"])
     assert row["engine"] == "racer" and row["status"] == "ok"
     assert [(h["engine"], h["code"]) for h in json.loads(row["hops"])] == [("lead", "hedge_lost")]
-    words = len(ANSWER.split())
-    racer_cost = row["prompt_tokens"] * 1.0 / 1e6 + words * 4.0 / 1e6
-    assert row["cost_usd"] > racer_cost  # the cancelled request's prompt is billed too
+    finish = finish_chunks(events)[0]
+    (lost, won) = finish["turnout"]["usage"]["billed"]
+    assert (lost["engine"], lost["delivered"], lost["completion_tokens"]) == ("lead", False, 0)
+    assert lost["prompt_tokens"] > 0 and won["engine"] == "racer" and won["delivered"]
+    # the cancelled request's prompt is billed: in usage (the client's and the ledger's) and in the cost
+    assert row["prompt_tokens"] == finish["usage"]["prompt_tokens"] == lost["prompt_tokens"] + won["prompt_tokens"]
+    assert row["cost_usd"] == pytest.approx(lost["prompt_tokens"] * 2.5 / 1e6 + won["prompt_tokens"] * 1.0 / 1e6
+                                            + won["completion_tokens"] * 4.0 / 1e6)
     lead.reset()
 
 

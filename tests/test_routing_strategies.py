@@ -92,6 +92,18 @@ def test_a_policy_rule_named_like_a_route_is_not_the_routes_own_chain(gateway_fa
     assert own.headers["x-turnout-strategy"] == "cascade" and own.headers["x-turnout-engine"] == "frontier"
     assert own.headers["x-turnout-reason"] == "default chain of route:unsure; cascade escalated: confidence -3.500 < -1"
     assert [r["rule"] for r in gw.ledger()[-2:]] == ["route:unsure", "route:unsure"]
+    # usage counts what the request was billed for: the weak draft too, reported as discarded (docs/reliability.md)
+    assert "turnout" not in ruled.json()  # one engine billed: usage is its answer's
+    usage, split = own.json()["usage"], own.json()["turnout"]["usage"]
+    row = gw.ledger()[-1]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row["prompt_tokens"], row["completion_tokens"])
+    (draft, answer) = split["billed"]
+    assert (draft["engine"], draft["delivered"], answer["engine"], answer["delivered"]) == (
+        "hesitant", False, "frontier", True)
+    assert split["discarded"] == {k: draft[k] for k in ("prompt_tokens", "completion_tokens")}
+    assert usage["completion_tokens"] == draft["completion_tokens"] + answer["completion_tokens"] > answer[
+        "completion_tokens"]
+    assert row["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2) / 1e6)
 
 
 def test_the_reason_users_see_is_rendered_from_the_decisions_fields() -> None:

@@ -51,11 +51,27 @@ class Resilience(_Strict):
     connect_timeout: float = Field(5.0, gt=0)
     first_token_timeout: float = Field(30.0, gt=0, description="seconds until a stream's first token")
     idle_timeout: float = Field(30.0, gt=0, description="seconds allowed between two streamed chunks")
+    # With a spare behind the engine (turnout.engines.deadline): shorter waits, learnt from its latency.
+    fallback_first_token_timeout: float = Field(
+        10.0, gt=0, description="with a later engine in the chain: seconds until a stream's first token (at most "
+        "first_token_timeout), and the least the adaptive timeout gives")
+    ttft_multiple: float = Field(
+        3.0, ge=0, description="with a later engine in the chain: the first-token timeout is this multiple of the "
+        "engine's recent p95 time to first token, between fallback_first_token_timeout and first_token_timeout "
+        "(0: fixed at fallback_first_token_timeout)")
+    fallback_idle_timeout: float = Field(
+        10.0, gt=0, description="with a later engine that can continue a broken stream: seconds allowed between "
+        "two streamed chunks (at most idle_timeout)")
     retries: int = Field(1, ge=0, le=10, description="extra attempts on the same engine")
     backoff: float = Field(0.2, ge=0, description="first backoff in seconds; doubles each retry")
     max_retry_after: float = Field(10.0, ge=0, description="longest Retry-After honoured before falling back")
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open the circuit")
-    breaker_cooldown: float = Field(30.0, gt=0, description="seconds the circuit stays open")
+    breaker_probe: float = Field(
+        0.25, gt=0, description="seconds from the circuit opening to its first probe (one request); each failed "
+        "probe doubles the wait before the next, up to breaker_cooldown")
+    breaker_cooldown: float = Field(
+        1.0, gt=0, description="the longest wait between two probes of an open circuit: traffic returns to a "
+        "recovered engine at most this long after it recovered")
     max_concurrency: int = Field(64, ge=1, description="requests in flight on this engine")
     max_queue: int = Field(256, ge=0, description="requests waiting for a slot before a fast 503")
 

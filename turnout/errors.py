@@ -13,7 +13,8 @@
     ├── NoEngineAvailable                503 (e.g. a sensitive request and no local engine up)
     ├── AllEnginesFailed                 502 / 503 (every hop of the chain failed; lists each)
     └── EngineError                      502 upstream failure, one engine, one attempt
-        ├── EngineUnavailable            connection refused / reset, circuit open, queue full
+        ├── EngineUnavailable            connection refused / reset, queue full
+        │   └── CircuitOpen              the engine's circuit is open (the attempts this request made first)
         ├── EngineTimeout                connect, first-token or total timeout
         ├── EngineRateLimited            upstream 429 (retry_after)
         ├── EngineStatusError            upstream non-2xx (status kept; 503 keeps retry_after)
@@ -166,6 +167,19 @@ class EngineUnavailable(EngineError):
     status = 503
     code = "engine_unavailable"
     unreachable = True
+
+
+class CircuitOpen(EngineUnavailable):
+    """The engine's circuit breaker refused the request. ``attempts`` are the failures this
+    request met on the engine before (a probe that failed reopens the circuit, and its retry is
+    refused): the ledger's hop lists them, so a refused request's row says what happened."""
+
+    code = "circuit_open"
+    retryable = False
+
+    def __init__(self, message: str, *, attempts: list[EngineError] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.attempts = list(attempts or ())
 
 
 class EngineTimeout(EngineError):

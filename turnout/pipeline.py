@@ -101,6 +101,7 @@ class Gateway:
         self.learning = LearningLoop.build(cfg, engines, self.strategies, self.metrics.registry, self.metrics.tenant)
         if self.learning is not None and self.capturer is not None:  # shadow answers of captured requests
             self.learning.captures = ledger
+        self._recording: set[asyncio.Task[None]] = set()  # records whose requests' clients left (``_end``)
 
     # ==== the request path ====================================================================
     async def chat(self, req: ChatRequest, call: Call) -> ChatResult:
@@ -426,8 +427,10 @@ class Gateway:
             call.fail(exc)
             raise
         finally:
-            await aclose(deltas)  # stops the engine (a local model stops generating)
-            await asyncio.shield(self._end(call))  # committed before the client sees [DONE]
+            try:
+                await aclose(deltas)  # stops the engine (a local model stops generating)
+            finally:
+                await self._end(call)  # committed before the client sees [DONE]
         self.learn(call, req, result, answer_kept=answer_kept)
 
     # ==== record: every request, whatever happened ============================================
@@ -450,6 +453,21 @@ class Gateway:
             "turnout.request_id": call.request_id, "gen_ai.request.model": req.model, "turnout.stream": call.stream})
 
     async def _end(self, call: Call) -> None:
+        """Record ``call`` in a task of its own, awaited: when the awaiting task is cancelled
+        (its client left while the row was being written) the record goes on, so the row is
+        never lost, and the cancellation reaches the caller as it came (the server answers
+        nobody, quietly). ``drain`` waits for records still running at shutdown."""
+        task = asyncio.ensure_future(self._recorded(call))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for the records of requests whose clients left (before the ledger closes)."""
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
+
+    async def _recorded(self, call: Call) -> None:
         self.metrics.in_flight.dec()
         await self.record(call)
         d = call.decision

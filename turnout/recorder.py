@@ -21,7 +21,7 @@ import orjson
 
 from turnout.call import Call
 from turnout.engines.base import EngineInfo
-from turnout.errors import EngineError
+from turnout.errors import CircuitOpen, EngineError
 from turnout.governance.access import Access
 from turnout.guards.scrub import scrub
 from turnout.ledger.base import Ledger, LedgerRow
@@ -37,8 +37,12 @@ ERROR_CHARS = 600
 def _hop(call: Call, h: EngineError) -> dict[str, object]:
     """One failed hop for the ledger, its message scrubbed and bounded (an upstream's 400 may quote
     the prompt: e-mail addresses, keys); a stream break that was rescued says where and how
-    (``after_chars`` sent before the break, ``rescue`` prefill|restart, ``by`` which engine)."""
+    (``after_chars`` sent before the break, ``rescue`` prefill|restart, ``by`` which engine); a
+    request the engine's circuit refused lists the ``attempts`` it had made there first (a probe's
+    503: the circuit reopened, so its retry was refused)."""
     hop: dict[str, object] = {"engine": h.engine, "error": scrub(h.message), "code": h.code}
+    if isinstance(h, CircuitOpen):  # refused by the circuit: after which failures of its own here, if any
+        hop["attempts"] = [{"code": e.code, "error": scrub(e.message)} for e in h.attempts]
     rescue = call.trail.rescue_of(h)
     if rescue is not None:
         hop.update(after_chars=rescue.after_chars, rescue=rescue.how, by=rescue.by)
@@ -72,9 +76,10 @@ class Recorder:
     async def record(self, call: Call) -> None:
         d, e = call.decision, call.trail.engine
         latency = time.perf_counter() - call.t0
-        u = call.trail.usage
+        u = call.trail.usage  # every billed token (turnout.engines.trail), as the client's usage says
         cost = call.trail.cost()
-        baseline = self.baseline.cost(u.prompt_tokens, u.completion_tokens, 0.0) if self.baseline else cost
+        once = call.trail.delivered_usage  # the baseline engine would have answered once
+        baseline = self.baseline.cost(once.prompt_tokens, once.completion_tokens, 0.0) if self.baseline else cost
         if self.access is not None and call.reservation is not None:
             try:
                 await self.access.settle(call.reservation, u.prompt_tokens + u.completion_tokens, cost)

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import TypeVar
 
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage, aclose
+from turnout.engines.deadline import Spare, backed
 from turnout.engines.hedge import Hedge
 from turnout.engines.trail import Rescue, Trail
 from turnout.errors import (
@@ -59,6 +60,12 @@ class FallbackEngine(Engine):
         self.engines, self.trail, self.hedge = list(engines), trail, hedge
         self.info: EngineInfo = self.engines[0].info
 
+    def _spare(self, i: int) -> Spare:
+        """What stands behind the chain's engine ``i``: a later engine to answer instead, one to
+        continue its broken stream (``turnout.engines.deadline``: shorter timeouts then)."""
+        later = self.engines[i + 1:]
+        return Spare(first_token=bool(later), midstream=any(e.info.continuation != "none" for e in later))
+
     async def _first(self, call: Callable[[Engine], Awaitable[T]], start: int = 0) -> tuple[T, int]:
         too_long: EngineContextTooLong | None = None
         needed = 0  # after a context_length_exceeded: a declared window must be larger than this
@@ -69,7 +76,8 @@ class FallbackEngine(Engine):
             if too_long is not None and window is not None and window <= needed:
                 continue
             try:
-                return await call(engine), i
+                with backed(self._spare(i)):
+                    return await call(engine), i
             except EngineError as exc:
                 self.trail.hops.append(exc)
                 if not exc.fallback:
@@ -117,11 +125,13 @@ class FallbackEngine(Engine):
         """The first engine's stream, raced by the second's if no token came within the delay."""
         lead, runner_up = self.engines[0], self.engines[1]
         t0 = time.perf_counter()
-        tasks = {asyncio.ensure_future(_opened(lead, req)): 0}
+        with backed(self._spare(0)):  # a task copies the context it is created in
+            tasks = {asyncio.ensure_future(_opened(lead, req)): 0}
         try:
             done, _ = await asyncio.wait(tasks, timeout=hedge.delay(lead.info.name))
             if not done:
-                tasks[asyncio.ensure_future(_opened(runner_up, req))] = 1
+                with backed(self._spare(1)):
+                    tasks[asyncio.ensure_future(_opened(runner_up, req))] = 1
             pending = set(tasks)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -178,7 +188,8 @@ class FallbackEngine(Engine):
                 tried = True
             if how == "prefill":
                 try:
-                    agen, first = await _opened(engine, prefilled(req, text))
+                    with backed(self._spare(i)):
+                        agen, first = await _opened(engine, prefilled(req, text))
                 except EngineError as exc:
                     self.trail.hops.append(exc)
                     if exc.fallback:  # the engine failed, not the prefill: the next one
@@ -189,7 +200,8 @@ class FallbackEngine(Engine):
                     return agen, first, i
             mark = len(self.trail.attempts)
             try:
-                agen, first = await _restarted(engine, req, text)
+                with backed(self._spare(i)):
+                    agen, first = await _restarted(engine, req, text)
             except EngineError as exc:
                 self.trail.hops.append(exc)
                 if exc.code == "rescue_diverged":

@@ -5,25 +5,23 @@ each TTFT."""
 
 from __future__ import annotations
 
-from collections import deque
-
 from turnout.config import HedgeConfig
+from turnout.engines.deadline import Window
 
 
 class Hedge:
     def __init__(self, cfg: HedgeConfig) -> None:
         self.cfg = cfg
-        self._ttft: dict[str, deque[float]] = {}
+        self._ttft: dict[str, Window] = {}
 
     def delay(self, engine: str) -> float:
         """Seconds to wait for ``engine``'s first token before starting the next engine."""
         cfg = self.cfg
         if not isinstance(cfg.after, str):
             return max(cfg.floor, cfg.after)
-        seen = sorted(self._ttft.get(engine, ()))
-        if len(seen) < cfg.min_samples:
-            return max(cfg.floor, cfg.initial)
-        return max(cfg.floor, seen[min(len(seen) - 1, int(0.95 * len(seen)))])
+        seen = self._ttft.get(engine)
+        p95 = seen.p95() if seen is not None and len(seen) >= cfg.min_samples else None
+        return max(cfg.floor, cfg.initial if p95 is None else p95)
 
     def observe(self, engine: str, seconds: float) -> None:
-        self._ttft.setdefault(engine, deque(maxlen=self.cfg.window)).append(seconds)
+        self._ttft.setdefault(engine, Window(self.cfg.window)).observe(seconds)

@@ -2,11 +2,13 @@
 failed hop of a fallback chain. The stack's wrappers write it; the pipeline reads it for the
 response headers and the recorder for the ledger row (engine, tokens, cost).
 
-Cost is the sum over the attempts that produced output (a cascade's weak draft and the
-strong answer both cost money, so do both halves of a rescued stream and a restart whose
-answer was thrown away); the engine of record is the last one whose output the client got.
-A stream rescued mid-way (``Rescue``) counts the tokens of every attempt that delivered part
-of it.
+What a request is billed for (``billed``): every attempt that produced output (a cascade's
+weak draft and the strong answer both cost money, so do both halves of a rescued stream, a
+restart's repeat of the text already sent and a restart whose answer was thrown away) and a
+cancelled hedge (its prompt). Its cost and its ``usage`` (the ledger's tokens, and the
+``usage`` the client gets) sum the same attempts, so a client that bills from ``usage`` bills
+what turnout paid; ``split`` says which of those tokens reached the client. The engine of
+record is the last one whose output the client got.
 """
 
 from __future__ import annotations
@@ -87,9 +89,38 @@ class Trail:
         return a.engine if a is not None else None
 
     @property
+    def billed(self) -> list[Attempt]:
+        """The attempts this request is billed for (the module's docstring says which)."""
+        return [a for a in self.attempts if a.produced or a.charged]
+
+    @property
     def usage(self) -> Usage:
-        parts = self.delivered
-        return Usage(sum(a.usage.prompt_tokens for a in parts), sum(a.usage.completion_tokens for a in parts))
+        """Every billed token: what the ledger row and the client's ``usage`` report."""
+        return _total(self.billed)
+
+    @property
+    def delivered_usage(self) -> Usage:
+        """The tokens of the attempts whose output the client got (the baseline's tokens)."""
+        return _total(self.delivered)
+
+    def split(self) -> dict[str, object] | None:
+        """``usage`` per billed attempt when more than one engine was billed (None otherwise):
+        each with ``delivered`` (its output reached the client), and the tokens that did not
+        (``discarded``: a cascade's weak draft, a thrown-away restart, a cancelled hedge);
+        ``usage`` = the delivered attempts' tokens + ``discarded``."""
+        billed = self.billed
+        if len(billed) < 2:
+            return None
+        kept = {id(a) for a in self.delivered}
+        lost = _total([a for a in billed if id(a) not in kept])
+        return {"billed": [{"engine": a.engine.name, "prompt_tokens": a.usage.prompt_tokens,
+                            "completion_tokens": a.usage.completion_tokens, "delivered": id(a) in kept}
+                           for a in billed],
+                "discarded": {"prompt_tokens": lost.prompt_tokens, "completion_tokens": lost.completion_tokens}}
 
     def cost(self) -> float:
-        return sum(a.cost() for a in self.attempts if a.produced or a.charged)
+        return sum(a.cost() for a in self.billed)
+
+
+def _total(attempts: list[Attempt]) -> Usage:
+    return Usage(sum(a.usage.prompt_tokens for a in attempts), sum(a.usage.completion_tokens for a in attempts))

@@ -238,6 +238,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         try:
             yield
         finally:
+            await gateway.drain()  # rows of requests whose clients left, still being written
             if gateway.learning is not None:  # shadow calls in flight finish while the engines are open
                 await gateway.learning.close()
             await runner.stop()

@@ -85,7 +85,10 @@ CHAT_COMPLETION = {
                 },
             },
         },
-        "usage": _ref("Usage"),
+        "usage": {**_ref("Usage"), "description": "every token the request was billed for, by every engine "
+                  "(docs/reliability.md, Usage)"},
+        "turnout": {**_OBJ, "description": "when more than one engine was billed (a cascade's weak draft and "
+                    "strong answer): usage.billed per engine and usage.discarded"},
     },
 }
 
@@ -107,6 +110,8 @@ CHAT_CHUNK = {
             },
         },
         "usage": _nullable(_ref("Usage")),
+        "turnout": {**_OBJ, "description": "on the finish chunk of an answer more than one engine worked on: "
+                    "rescues (engines, model, each splice) and usage (billed per engine, discarded)"},
     },
 }
 

@@ -42,12 +42,28 @@ def headers(call: Call) -> dict[str, str]:
     return h
 
 
-def rescue_trailer(trail: Trail) -> dict[str, Any]:
-    """The ``turnout`` object on a rescued stream's finish chunk: the engines whose text it
-    is, in order, and each splice (the broken engine, its error code, the characters sent
-    before the break, prefill or restart, the engine that continued)."""
-    return {"engines": [a.engine.name for a in trail.delivered], "model": trail.engine.model if trail.engine else None,
-            "rescues": [r.to_json() for r in trail.rescues]}
+def trailer(trail: Trail) -> dict[str, Any] | None:
+    """The ``turnout`` object of an answer that more than one engine worked on (a stream's
+    finish chunk, a JSON body), None for one engine's answer. After a rescue: the engines whose
+    text it is, in order, and each splice (the broken engine, its error code, the characters
+    sent before the break, prefill or restart, the engine that continued). When more than one
+    engine was billed: ``usage``, the billed tokens per engine and the ``discarded`` ones
+    (``Trail.split``; the response's ``usage`` is their sum, as in the ledger)."""
+    out: dict[str, Any] = {}
+    if trail.rescues:
+        out.update(engines=[a.engine.name for a in trail.delivered], model=trail.engine.model if trail.engine else None,
+                   rescues=[r.to_json() for r in trail.rescues])
+    split = trail.split()
+    if split is not None:
+        out["usage"] = split
+    return out or None
+
+
+def billed(call: Call, reported: Usage) -> Usage:
+    """The ``usage`` a client gets: every token the request was billed for (``Trail.usage``,
+    the ledger's too); ``reported``, the answer's own, for an answer no engine was called for
+    (a cache hit)."""
+    return call.trail.usage if call.trail.attempts else reported
 
 
 def embedding_body(call: Call, req: EmbeddingRequest, r: EmbeddingResult) -> dict[str, Any]:
@@ -71,14 +87,19 @@ def completion_body(call: Call, r: ChatResult) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": r.content}
     if r.tool_calls:
         message["tool_calls"] = r.tool_calls
-    return {
+    u = billed(call, r.usage)
+    body = {
         "id": f"chatcmpl-{call.request_id}",
         "object": "chat.completion",
         "created": int(call.ts),
         "model": call.trail.engine.model if call.trail.engine is not None else r.model,
         "choices": [{"index": 0, "message": message, "logprobs": r.logprobs, "finish_reason": r.finish_reason}],
-        "usage": usage_dict(r.usage.prompt_tokens, r.usage.completion_tokens),
+        "usage": usage_dict(u.prompt_tokens, u.completion_tokens),
     }
+    more = trailer(call.trail)
+    if more is not None:
+        body["turnout"] = more
+    return body
 
 
 class ChunkWriter:
@@ -121,11 +142,12 @@ class ChunkWriter:
         chunk = {**self.head, "model": self.call.model or self.head["model"], "choices": [choice]}
         if d.finish_reason:
             self.finish_reason = d.finish_reason
-            self.final_usage = d.usage or Usage()
+            self.final_usage = billed(self.call, d.usage or Usage())  # every engine's part, not the last one's
             if not self.include_usage:  # usage is always reported: on the last chunk unless asked apart
                 chunk["usage"] = usage_dict(self.final_usage.prompt_tokens, self.final_usage.completion_tokens)
-            if self.trail.rescues:  # the answer was continued by another engine: say where and how
-                chunk["turnout"] = rescue_trailer(self.trail)
+            more = trailer(self.trail)  # a rescue (where and how), a hedge: which engine billed what
+            if more is not None:
+                chunk["turnout"] = more
         return self._line(chunk)
 
     def usage(self) -> bytes:

@@ -39,6 +39,12 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 WITH_FALLBACK = "auto"  # route [frontier, local]
 ALONE = "remote-only"  # route [frontier]
 RESCUE = "rescue"  # route [frontier, backup]
+DEFAULTS = "defaults"  # route [patient, backup]: patient is the frontier's upstream with default timeouts
+RECOVERY = "recovery"  # route [flaky, backup]: flaky is the frontier's upstream with the default circuit breaker
+HEDGED = "hedged"  # route [frontier, backup] with a hedged first token
+#: The engine ``flaky``'s settings: the default breaker and probing, opened after two failures.
+FLAKY: dict[str, Any] = {"breaker_failures": 2, "backoff": 0.01}
+HEDGE_AFTER = 0.3  # seconds: route ``hedged`` starts backup when frontier has streamed no token by then
 FRONTIER_WINDOW = 128_000  # context_window the frontier declares
 BACKUP_WINDOW = 1_000_000  # ... and the backup: larger, so it takes what the frontier cannot
 
@@ -65,6 +71,12 @@ def contract_config(upstream_url: str, backup_url: str | None = None) -> dict[st
             "pricing": {"input_per_m": 1.0, "output_per_m": 4.0}, "resilience": dict(RESILIENCE),
         }
         cfg["routes"][RESCUE] = {"chain": ["frontier", "backup"]}
+        upstream = cfg["engines"]["frontier"]
+        cfg["engines"]["patient"] = {**upstream, "resilience": {"breaker_failures": 1000}}  # default timeouts
+        cfg["engines"]["flaky"] = {**upstream, "resilience": dict(FLAKY)}
+        cfg["routes"][DEFAULTS] = {"chain": ["patient", "backup"]}
+        cfg["routes"][RECOVERY] = {"chain": ["flaky", "backup"]}
+        cfg["routes"][HEDGED] = {"chain": ["frontier", "backup"], "hedge": {"after": HEDGE_AFTER}}
     return cfg
 
 
@@ -297,12 +309,78 @@ ROWS: list[Row] = [
 ]
 
 
+# ---------------------------------------------------------------------------- timing, recovery, usage
+
+@dataclass(frozen=True)
+class Promise:
+    """A promise that one table row cannot hold: it needs the default settings (real time), a
+    sequence of requests, or a look at the answer's ``usage``. Each is played by the test of the
+    same id in ``tests/test_fault_contract.py`` (a test fails when a promise has none)."""
+
+    id: str
+    fault: str  # the fault, in words
+    route: str  # the route played, in words
+    promise: str  # what the client and the ledger get
+    why: str
+
+
+PROMISES: list[Promise] = [
+    Promise("slow-first-token-defaults", "first token after 20 s (`stall_first_token`, 20 s), stream",
+            "`[patient, backup]`, default settings",
+            "200 from backup within 12 s (the answer begins about 10 s in); the ledger's hop: patient "
+            "`engine_timeout`",
+            "with a spare behind it an engine gets `fallback_first_token_timeout` (10 s), or 3 x its recent p95 "
+            "time to first token if longer, at most `first_token_timeout` (30 s): a careful client's wait, not "
+            "three times that; alone, it is waited for the whole 30 s"),
+    Promise("stall-midstream-defaults", "silence after the first tokens (`stall_midstream`, 40 s), stream",
+            "`[patient, backup]`, default settings",
+            "200, one whole answer: first tokens from patient, the rest from backup (restart), within 12 s",
+            "with an engine behind it that can continue the stream, the idle timeout is "
+            "`fallback_idle_timeout` (10 s), not `idle_timeout` (30 s)"),
+    Promise("probe-after-recovery", "503 on every request (an outage), then healthy again", "`[flaky, backup]`, "
+            "the default breaker (`breaker_failures` 2)",
+            "every request answered (by backup during the outage); while the circuit is open the primary is "
+            "asked only by probes; a refused request's ledger hop is `circuit_open` with the `attempts` it made "
+            "there (a failed probe's 503s); after recovery, traffic is back on flaky within 1.5 s",
+            "the first probe goes `breaker_probe` (0.25 s) after the circuit opens; a failed probe doubles the "
+            "wait, up to `breaker_cooldown` (1 s), so a recovered engine is back within about a second of "
+            "recovering, and a long outage costs one probe request a second"),
+    Promise("usage-after-rescue", "TCP reset after some output (`reset_midstream`), stream", "`[frontier, backup]`",
+            "the finish chunk's `usage` is the ledger's tokens: frontier's part plus backup's whole fresh answer; "
+            "`turnout.usage.billed` lists both engines, delivered",
+            "`usage` counts every token the request was billed for, so a client that bills from it bills what "
+            "the gateway paid"),
+    Promise("usage-after-hedge", f"first token late (`stall_first_token`, 5 s), stream, hedge after "
+            f"{HEDGE_AFTER:g} s", "`[frontier, backup]` hedged",
+            "200 from backup; `usage` (client and ledger) includes frontier's cancelled prompt; "
+            "`turnout.usage.discarded` is that prompt",
+            "a cancelled request is billed for its prompt at most providers: it is in `usage`, and reported "
+            "apart as `discarded`, so `usage` = the delivered tokens + `discarded`"),
+]
+
+
 # ---------------------------------------------------------------------------- the document
+
+#: ``python bench/rescue_scenarios.py --scale 1`` on the 2-core development machine, streams: seconds
+#: until the whole answer (all "complete", from the backup where it says so), and the outage run.
+RESCUE_FIGURES: list[str] = [
+    "| Fault at the primary (stream, route `[primary, backup]`) | previous defaults (30 s) | today's defaults |",
+    "|---|---|---|",
+    "| silent provider (no headers) | 30.1 | 10.2 (backup) |",
+    "| first token after 20 s | 20.2 | 10.1 (backup) |",
+    "| first token after 12 s | 12.2 | 10.2 (backup; the primary, cut at 10 s, would have answered 2 s later) |",
+    "| first token after 5 s | 5.1 | 5.2 (the primary: under the timeout) |",
+    "| stall after a third of the answer | 30.4 (backup) | 10.2 (backup) |",
+    "| cut, error event, malformed chunk, no finish, 503, 429 over the cap | 0.1 to 0.4 | the same |",
+    "| outage (503 on every request) of 50 s, a request every 0.5 s: from recovery to the primary's first "
+    "answer | 11.8 | 0.08 (50 of the 92 requests during the outage were probes: one a second) |",
+]
 
 #: Failure classes and the next move, as enforced by ``turnout.errors`` (retryable/fallback
 #: on each exception), ``turnout.engines.resilience`` (retries) and ``turnout.engines.fallback``.
 FAILURE_CLASSES: list[tuple[str, str, str]] = [
-    ("silent provider", "no answer / no first token within the timeout (`engine_timeout`)",
+    ("silent provider", "no answer within `timeout`, or no first token within the first-token timeout (10 s with "
+     "a later engine in the chain, else 30 s: below) (`engine_timeout`)",
      "not retried: the next engine at once"),
     ("rate limited", "429 (`upstream_rate_limited`)",
      "Retry-After honoured up to `max_retry_after` and retried; longer, or still limited: the next engine"),
@@ -316,8 +394,66 @@ FAILURE_CLASSES: list[tuple[str, str, str]] = [
      "passed to the client as it is; never retried, never routed around"),
     ("bad credentials at one provider", "401 / 403 / 404", "not retried; the next engine"),
     ("other 4xx", "the request itself is bad", "passed to the client with the upstream's status"),
-    ("stream broken after output", "cut, stall past `idle_timeout`, malformed or error event, no finish",
+    ("stream broken after output", "cut, stall past the idle timeout (10 s when a later engine can continue the "
+     "stream, else `idle_timeout`), malformed or error event, no finish",
      "continued by the next engine that can (`continuation`), else the error event"),
+]
+
+
+#: How long a stream is waited for, how the circuit comes back, what ``usage`` counts (prose of
+#: docs/reliability.md; the figures are bench/rescue_scenarios.py's, the command is given).
+TIMEOUTS_AND_CIRCUIT: list[str] = [
+    "## Timeouts: shorter with a spare",
+    "",
+    "An engine alone on its route is worth waiting for: a slow first token is still the only answer, so "
+    "`first_token_timeout` and `idle_timeout` (30 s each) apply. With a later engine in the chain, a second "
+    "spent on a silent engine is a second the spare could have been answering, and a careful client gives up "
+    "after 10 s. So, per request (`turnout.engines.deadline`):",
+    "",
+    "* first token, with any later engine: `fallback_first_token_timeout` (10 s) until 20 times to first "
+    "token are known, then `ttft_multiple` (3) x the engine's p95 over its last 200, never less than those "
+    "10 s and never more than `first_token_timeout`. An engine known to be slow (a reasoning model whose p95 "
+    "is 8 s gets 24 s) is given the time it usually needs; a fast one is not cut sooner than a careful client "
+    "would, since time to first token grows with the prompt and a p95 of short prompts says little about a "
+    "long one (lower `fallback_first_token_timeout` per engine to rescue sooner where prompts are uniform);",
+    "* between two chunks, with a later engine that can continue the stream (`continuation` not `none`): "
+    "`fallback_idle_timeout` (10 s);",
+    "* a non-streamed (JSON) request keeps the whole-answer `timeout` (60 s) whatever the chain: an "
+    "answer sent whole gives no sign of life before it is complete, so nothing earlier tells a slow engine "
+    "from a silent one. Stream to be rescued fast.",
+    "",
+    "The cost: a request cut sooner is paid twice, its abandoned attempt (providers bill the prompt of a "
+    "request they worked on; turnout does not know whether they did, so the ledger does not count it) and "
+    "the spare's answer; and a cut engine's first tokens that would have come after 10 s are never seen. "
+    "Only requests slower than the timeout pay it, which would have waited up to three times as long. "
+    "`bench/rescue_scenarios.py` plays both settings side by side (`--scale 1`: real seconds; the JSON "
+    "column is unchanged and not shown):",
+    "",
+    *RESCUE_FIGURES,
+    "",
+    "## The circuit breaker",
+    "",
+    "After `breaker_failures` (5) consecutive failures an engine's circuit opens: requests skip it (the "
+    "ledger's hop says `circuit_open`). `breaker_probe` (0.25 s) later one request, the probe, goes "
+    "through: its success closes the circuit; its failure reopens it for twice the last wait, up to "
+    "`breaker_cooldown` (1 s). A recovered engine gets traffic back within about a second of recovering "
+    "(the previous defaults, a 30 s cooldown repeated after each failed probe, took up to 30 s); a long "
+    "outage costs one probe request a second, each answered by the next engine after the probe's quick "
+    "failure (a silent engine's probe waits its first-token timeout). A refused request's hop lists the "
+    "`attempts` it made on that engine first: a probe whose 503 reopened the circuit, so that its retry "
+    "was refused, says so.",
+    "",
+    "## Usage: what the request was billed for",
+    "",
+    "`usage` (the response's, streamed or not) and the ledger's `prompt_tokens` / `completion_tokens` count "
+    "every token the request was billed for, by every engine: each part of a rescued stream (a restart's "
+    "repeat of the text already sent included), a restart thrown away, a cascade's weak draft, a cancelled "
+    "hedge's prompt. `cost_usd` prices the same tokens, so a client that bills from `usage` bills what the "
+    "gateway paid. When more than one engine was billed, the `turnout` object (a stream's finish chunk, a "
+    "JSON body) says which: `usage.billed`, each engine's tokens with `delivered` (its output reached the "
+    "client), and `usage.discarded`, the tokens that did not; `usage` = the delivered engines' tokens + "
+    "`discarded`. `baseline_cost_usd` prices only the delivered tokens: the baseline engine would have "
+    "answered once.",
 ]
 
 
@@ -362,7 +498,7 @@ def markdown() -> str:
         "`turnout` object: `{\"engines\": [...], \"model\": ..., \"rescues\": [{\"engine\", \"error\", "
         "\"after_chars\", \"rescue\", \"by\"}]}`; the ledger's `hops` carry the same splice on the "
         "broken engine's hop, its `engine` is the one that finished the answer, and tokens and cost "
-        "count every engine for what it produced (a thrown-away restart too).",
+        "count every engine for what it produced (a thrown-away restart too; see Usage below).",
         "",
         "## Hedged first token (opt-in per route)",
         "",
@@ -372,8 +508,9 @@ def markdown() -> str:
         "request starts on the second engine of the chain. The first to produce a token wins; the "
         "other is cancelled and its connection closed. The loser is a hop with code `hedge_lost` "
         "(ledger and `x-turnout-fallbacks`) and is billed for its prompt, since most providers charge "
-        "for a cancelled request's input. Cost: at most one extra request for the share of requests "
-        "slower than the delay (about 5% with `p95`). Streams only; off by default.",
+        "for a cancelled request's input (in `usage`, reported as `discarded`: see Usage below). Cost: "
+        "at most one extra request for the share of requests slower than the delay (about 5% with "
+        "`p95`). Streams only; off by default.",
         "",
         "```yaml",
         "routes:",
@@ -381,6 +518,8 @@ def markdown() -> str:
         "    chain: [gpt, claude]",
         "    hedge: {after: p95}     # or {after: 1.5}",
         "```",
+        "",
+        *TIMEOUTS_AND_CIRCUIT,
         "",
         "## The contract",
         "",
@@ -414,7 +553,19 @@ def markdown() -> str:
         attempts = f"{r.attempts}" + (f" for {r.requests} requests" if r.requests > 1 else "")
         lines.append(f"| {r.fault} | {kind} | {attempts} | {r.with_fallback.describe()} | {r.alone.describe()} "
                      f"| {r.rescued.describe()} | {r.why} |")
-    lines.append("")
+    lines += [
+        "",
+        "## Timing, recovery and usage",
+        "",
+        "Promises a row cannot hold, each played by its own test against the same gateway: the engines "
+        "`patient` (the frontier's upstream with the default timeouts) and `flaky` (the default circuit "
+        "breaker, opened after two failures), and the route `hedged`.",
+        "",
+        "| Fault at the upstream | Route | Promise | Why |",
+        "|---|---|---|---|",
+        *[f"| {p.fault} | {p.route} | {p.promise} | {p.why} |" for p in PROMISES],
+        "",
+    ]
     return "\n".join(lines)
 
 
