@@ -73,7 +73,7 @@ def test_remote_embeddings_get_pseudonymized_text(gw: Gateway, upstream: Upstrea
     upstream.reset()
     text = f"Meeting notes: {NAME} asked about the invoice."
     res = gw.openai().embeddings.with_raw_response.create(model="embed-remote", input=[text, "no personal data here"])
-    assert res.headers["x-turnout-engine"] == "frontier"
+    assert res.headers["x-turnout-engine"] == "frontier", dict(res.headers)
     assert len(res.parse().data) == 2
     sent = json.dumps([r["body"] for r in upstream.requests()])
     assert NAME not in sent and "<PERSON_" in sent and "no personal data here" in sent

@@ -172,7 +172,7 @@ class _Run:
 
 
 class Scanner:
-    def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+    def __init__(self, guards: Sequence[Guard], *, budget_ms: float = 1000.0, budget_ms_per_kchar: float = 400.0,
                  workers: int = 2, output_guards: Sequence[Guard] | None = None,
                  max_budget_ms: float = MAX_BUDGET_MS, tenant_share: int | None = None,
                  max_queued: int = MAX_QUEUED, kinds: Mapping[str, Sequence[str]] | None = None) -> None:
@@ -188,27 +188,28 @@ class Scanner:
         self._runs: dict[str, set[_Run]] = {}  # per tenant: its inspections under way (event loop only)
 
     @classmethod
-    def from_config(cls, cfg: GuardsConfig, *, budget_ms_per_kchar: float = 40.0) -> Scanner:
+    def from_config(cls, cfg: GuardsConfig) -> Scanner:
         """The guards ``guards.detectors`` names, in that order, each built by its registered
         factory (entry-point group ``turnout.guards``) with ``guards.options.<name>``; those that
         declare ``scans_output`` scan answers too."""
         guards = [guard_factory(name).from_config(cfg, cfg.options.get(name)) for name in cfg.detectors]
         output = [g for name, g in zip(cfg.detectors, guards, strict=True) if guard_factory(name).scans_output]
         kinds = {g.name: tuple(guard_factory(name).kinds) for name, g in zip(cfg.detectors, guards, strict=True)}
-        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, output_guards=output,
+        return cls(guards, budget_ms=cfg.budget_ms, budget_ms_per_kchar=cfg.budget_ms_per_kchar, output_guards=output,
                    workers=cfg.workers, max_budget_ms=cfg.max_budget_ms, tenant_share=cfg.tenant_share,
                    max_queued=cfg.max_queued_per_tenant, kinds=kinds)
 
     @classmethod
-    def default(cls, *, budget_ms: float = 250.0, budget_ms_per_kchar: float = 40.0,
+    def default(cls, *, budget_ms: float = 1000.0, budget_ms_per_kchar: float = 400.0,
                 pii_model: Literal["rampart", "spacy", "both"] = "rampart",
                 pii_model_sha256: str | None = None) -> Scanner:
         """The built-in guards (secrets, PII, injection) with shipped data, as the default
         configuration has them; ``pii_model_sha256`` pins the PII transformer's weights."""
         from turnout.config import GuardsConfig
 
-        cfg = GuardsConfig(budget_ms=budget_ms, pii_model=pii_model, pii_model_sha256=pii_model_sha256)
-        return cls.from_config(cfg, budget_ms_per_kchar=budget_ms_per_kchar)
+        cfg = GuardsConfig(budget_ms=budget_ms, budget_ms_per_kchar=budget_ms_per_kchar, pii_model=pii_model,
+                           pii_model_sha256=pii_model_sha256)
+        return cls.from_config(cfg)
 
     def close(self) -> None:
         self._pool.close()
