@@ -114,7 +114,7 @@ def test_injection_is_blocked(hybrid: Gateway, upstream: Upstream) -> None:
 
 def test_detector_failure_fails_closed(gateway_factory, upstream: Upstream, anthropic_upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
     cfg = hybrid_config(upstream.url, anthropic_upstream.url,
-                        guards={"enabled": True, "budget_ms": 0.001, "budget_ms_per_kchar": 0})  # every detector overruns
+                        guards={"enabled": True, "budget_ms": 0.001, "budget_ms_per_kchar": 0})  # all overrun
     gw: Gateway = gateway_factory(cfg)
     raw = gw.openai().chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "hello there"}], max_tokens=4)
