@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata as md
 import json
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 from turnout import adapter_manifest as am
 from turnout.tune import convert
 from turnout.tune.data import DatasetError, read_conversations, sha256_bytes, tokenize
-from turnout.tune.train import Hyper, Progress, load_base, train
+from turnout.tune.train import Hyper, Progress, check_resume, load_base, train
 from turnout.weights import sha256_file
 
 LIBRARIES = ("torch", "transformers", "peft", "safetensors", "llama-cpp-python", "turnout")
@@ -55,6 +54,9 @@ def tune(dataset: Path, base: Path, out: Path, hyper: Hyper, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     if not resume and (out / am.MANIFEST).exists():
         raise FileExistsError(f"{out} already holds an adapter ({am.MANIFEST}); choose another --out")
+    fingerprint = {"dataset_sha256": dataset_sha, "base_sha256": base_sha, **hyper.as_dict()}
+    if resume:
+        check_resume(out, fingerprint)
     convert.converter_dir()  # fetched (once) before the long part, so a missing converter fails fast
     t0 = time.monotonic()
     model, tokenizer = load_base(base, threads)
@@ -64,14 +66,15 @@ def tune(dataset: Path, base: Path, out: Path, hyper: Hyper, resume: bool = Fals
     examples = [tokenize(c, tokenizer, hyper.max_tokens) for c in conversations]
     if not any(e.trained_tokens for e in examples):
         raise DatasetError(f"{dataset}: no assistant tokens within --max-tokens {hyper.max_tokens}")
-    fingerprint = {"dataset_sha256": dataset_sha, "base_sha256": base_sha, **hyper.as_dict()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     figures = train(model, examples, hyper, out, fingerprint, resume, int(pad), progress)
     with tempfile.TemporaryDirectory() as tmp:  # the converter reads the base's config.json only
-        config = copy.deepcopy(model.config)
-        # a config read from a GGUF names no architecture, and the converter picks its model class by it
-        config.architectures = config.architectures or [type(model).__name__]
-        config.save_pretrained(tmp)
+        config = model.config.to_dict()
+        # a config read from a GGUF names no architecture (the converter picks its model class by it) and
+        # says quant_method 'gguf' (which the converter would try to dequantize): the weights are float here
+        config["architectures"] = config.get("architectures") or [type(model).__name__]
+        config.pop("quantization_config", None)
+        (Path(tmp) / "config.json").write_text(json.dumps(config), encoding="utf-8")
         t1 = time.monotonic()
         convert.to_gguf(out / am.PEFT_DIR, Path(tmp), out / am.GGUF, outtype)
         convert_s = time.monotonic() - t1

@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +100,22 @@ def order(n_examples: int, hyper: Hyper, total: int) -> list[list[int]]:
     return batches[:total]
 
 
+def check_resume(out: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's state, if it is of this very run; else ResumeRefused saying what differs.
+    Called before the base loads, so a wrong --resume fails in seconds."""
+    ckpt = out / CHECKPOINT
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
+        raise ResumeRefused(f"--resume: no checkpoint in {ckpt}")
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    if state.get("fingerprint") != fingerprint:
+        theirs = state.get("fingerprint") or {}
+        diff = sorted(k for k in fingerprint if theirs.get(k) != fingerprint[k])
+        raise ResumeRefused(f"--resume: the checkpoint in {ckpt} is of another run ({', '.join(diff)} differ); "
+                            "start over without --resume or with the same dataset and settings")
+    return state
+
+
 def device() -> str:
     import torch
 
@@ -144,6 +161,8 @@ def train(model: Any, examples: list[Example], hyper: Hyper, out: Path, fingerpr
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    # peft looks for a config.json beside the base to see if the vocabulary changed; a GGUF has none
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
     torch.manual_seed(hyper.seed)
     random.seed(hyper.seed)
     dev = device()
@@ -158,14 +177,7 @@ def train(model: Any, examples: list[Example], hyper: Hyper, out: Path, fingerpr
     ckpt = out / CHECKPOINT
     step = 0
     if resume:
-        state_file = ckpt / "state.json"
-        if not state_file.is_file():
-            raise ResumeRefused(f"--resume: no checkpoint in {ckpt}")
-        state = json.loads(state_file.read_text())
-        if state["fingerprint"] != fingerprint:
-            diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-            raise ResumeRefused(f"--resume: the checkpoint in {ckpt} is of another run ({', '.join(diff)} differ); "
-                                "start over without --resume or with the same dataset and settings")
+        state = check_resume(out, fingerprint)
         set_peft_model_state_dict(peft_model, load_file(str(ckpt / "adapter_model.safetensors"), device=dev))
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=dev, weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
