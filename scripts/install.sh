@@ -82,7 +82,7 @@ fi
 # ~/.cache/turnout/llama.cpp/ (turnout/tune/convert.py).
 if [ "${TURNOUT_TUNE:-0}" = 1 ]; then
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" ${TURNOUT_TORCH_INDEX:+--index-url "$TURNOUT_TORCH_INDEX"}
-  "$VENV/bin/python" -m pip install --quiet -e '.[tune]'
+  "$VENV/bin/python" -m pip install --quiet -e '.[tune,sign]'
   "$VENV/bin/python" -c "from turnout.tune.convert import converter_dir; print('turnout: llama.cpp LoRA converter ready:', converter_dir())"
 fi
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

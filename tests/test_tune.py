@@ -123,7 +123,8 @@ def _local(adapter: Path | None) -> dict[str, Any]:
     engine: dict[str, Any] = {"dialect": "llamacpp", "n_ctx": 512}
     if adapter is not None:
         engine["adapter"] = str(adapter)
-    return {"engines": {"local": engine}, "routes": {"auto": {"chain": ["local"]}}}
+    # guards off, as in the shared configs (tests/conftest.py): this is about the engine
+    return {"engines": {"local": engine}, "routes": {"auto": {"chain": ["local"]}}, "guards": {"enabled": False}}
 
 
 def _ask(gw: Any, question: str) -> str:
@@ -259,3 +260,50 @@ def test_models_verify_checks_the_adapter(tmp_path: Path) -> None:
     assert out.returncode == 1 and "turnout: local: adapter" in out.stdout and "changed after" in out.stdout
     listed = json.loads(run_cli("models", "--json", "--config", str(config)).stdout)[0]
     assert listed["status"] == "REFUSED" and listed["adapter"] == str(adapter)
+
+
+# --- signatures (OpenSSF model-signing, key mode; the 'sign' extra) -------------------------------
+
+def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_signed_adapters_refuse_unknown_keys_and_changes_after_signing(tmp_path: Path) -> None:
+    pytest.importorskip("model_signing", reason="signed adapters need the sign extra: pip install -e '.[sign]'")
+    private, public = _keypair(tmp_path, "trusted")
+    _, stranger = _keypair(tmp_path, "stranger")
+    base = "a" * 64
+    adapter = _fake_adapter(tmp_path / "adapter", base)
+    with pytest.raises(am.AdapterRefused, match="unsigned"):
+        am.verify(adapter, base, public_keys=[str(public)])
+    am.sign(adapter, private)
+    assert am.verify(adapter, base, public_keys=[str(stranger), str(public)])[0] == adapter / am.GGUF
+    with pytest.raises(am.AdapterRefused, match="signed by none of the trusted keys"):
+        am.verify(adapter, base, public_keys=[str(stranger)])
+    # a file and its manifest entry changed together: the sha256 check passes, the signature does not
+    config = adapter / am.PEFT_DIR / "adapter_config.json"
+    config.write_text('{"r": 64}')
+    manifest = json.loads((adapter / am.MANIFEST).read_text())
+    manifest["files"]["peft/adapter_config.json"] = am.file_entry(config)
+    am.write_manifest(adapter, manifest)
+    assert am.verify(adapter, base)[0] == adapter / am.GGUF
+    with pytest.raises(am.AdapterRefused, match="differ from what was signed"):
+        am.verify(adapter, base, public_keys=[str(public)])
+
+
+def test_the_engine_refuses_an_unsigned_adapter_when_it_trusts_keys(tmp_path: Path, gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    adapter = _fake_adapter(tmp_path / "adapter", sha256_file(smollm2_gguf()))
+    config = _local(adapter)
+    config["engines"]["local"]["adapter_public_keys"] = [str(tmp_path / "trusted.pub.pem")]
+    gw = gateway_factory(config)
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 503 and "unsigned (adapter.sig missing)" in ready.text

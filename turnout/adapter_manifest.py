@@ -6,11 +6,14 @@ loads the adapter.
     DIR/adapter.gguf                      the LoRA in llama.cpp's GGUF adapter format (``lora_path``)
     DIR/peft/adapter_model.safetensors    the same LoRA as PEFT wrote it (vLLM, Ollama's ``ADAPTER``)
     DIR/peft/adapter_config.json
+    DIR/adapter.sig                       optional: an OpenSSF model-signing signature (P-256 key, offline)
+                                          over every other file of the folder, the manifest included
 
 An engine loads an adapter only if every file the manifest lists still has its sha256 and the
 manifest's base is the engine's own weights: a LoRA is a difference to one exact set of weights, and
-on any other it changes answers in ways nobody measured. (The manifest itself is not protected here:
-that is what a signature over adapter + manifest is for, issue 26 item 4.)
+on any other it changes answers in ways nobody measured. The sha256s alone do not protect the manifest
+(edit a file and its entry together and both checks pass): with trusted public keys configured, the
+engine also requires a signature by one of them over the whole folder (``sign``, ``verify``).
 
 Low level on purpose: the embedded engine imports it, and it imports nothing from turnout but
 ``turnout.weights``.
@@ -25,6 +28,7 @@ from typing import Any
 from turnout.weights import sha256_file
 
 MANIFEST = "manifest.json"
+SIGNATURE = "adapter.sig"
 FORMAT = "turnout.adapter/1"
 GGUF = "adapter.gguf"
 PEFT_DIR = "peft"
@@ -61,10 +65,64 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify(folder: Path, base_sha256: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """(the GGUF adapter's path, the manifest) once every listed file matches its sha256 and, when
-    ``base_sha256`` is given, the adapter was trained on those weights; else AdapterRefused naming
-    the first file that differs."""
+def _hashing(folder: Path) -> Any:
+    """model-signing's hashing settings: every file of the folder but the signature (an absolute path:
+    a relative one is not matched when verifying, model-signing 1.1.1)."""
+    from model_signing import hashing
+
+    return hashing.Config().set_ignored_paths(paths=[(folder / SIGNATURE).resolve()])
+
+
+def _model_signing() -> None:
+    try:
+        import model_signing  # noqa: F401
+    except ImportError as exc:
+        raise AdapterRefused(f"signed adapters need the OpenSSF model-signing library ({exc.name} is missing): "
+                             "pip install 'turnout[sign]'") from exc
+
+
+def sign(folder: Path, private_key: Path) -> Path:
+    """Sign the whole folder (adapter, PEFT files, manifest) with a P-256 private key (PEM); DIR/adapter.sig."""
+    _model_signing()
+    from model_signing import signing
+
+    folder = folder.resolve()
+    signature = folder / SIGNATURE
+    signing.Config().use_elliptic_key_signer(private_key=private_key).set_hashing_config(
+        _hashing(folder)).sign(folder, signature)
+    return signature
+
+
+def check_signature(folder: Path, public_keys: list[str]) -> str:
+    """The trusted public key (PEM path) whose signature covers the folder as it is now; else
+    AdapterRefused: unsigned, a file changed or added after signing, or signed by no trusted key."""
+    signature = folder.resolve() / SIGNATURE
+    if not signature.is_file():
+        raise AdapterRefused(f"adapter {folder}: unsigned ({SIGNATURE} missing) and the engine trusts only "
+                             "signed adapters (adapter_public_keys); sign it: turnout tune --sign-key KEY")
+    _model_signing()
+    from model_signing import verifying
+
+    errors = []
+    for key in public_keys:
+        try:
+            verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(
+                _hashing(folder.resolve())).verify(folder.resolve(), signature)
+            return key
+        except Exception as exc:  # model-signing raises ValueError and crypto errors alike
+            errors.append(str(exc))
+    changed = next((e for e in errors if e.startswith("Signature mismatch")), None)  # files, not keys
+    if changed is not None:
+        raise AdapterRefused(f"adapter {folder}: the files differ from what was signed ({changed[:300]})")
+    raise AdapterRefused(f"adapter {folder}: signed by none of the trusted keys (adapter_public_keys: "
+                         f"{', '.join(public_keys)})")
+
+
+def verify(folder: Path, base_sha256: str | None = None,
+           public_keys: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """(the GGUF adapter's path, the manifest) once every listed file matches its sha256, when
+    ``base_sha256`` is given the adapter was trained on those weights, and when ``public_keys`` are
+    given one of them signed the folder as it is; else AdapterRefused naming what differs."""
     manifest = read_manifest(folder)
     files: dict[str, Any] = manifest["files"]
     if GGUF not in files:
@@ -84,4 +142,6 @@ def verify(folder: Path, base_sha256: str | None = None) -> tuple[Path, dict[str
     if base_sha256 is not None and base != base_sha256:
         raise AdapterRefused(f"adapter {folder}: trained on weights with sha256 {base}, but this engine runs "
                              f"{base_sha256}; train it again on this engine's model (turnout tune)")
+    if public_keys:
+        check_signature(folder, public_keys)
     return folder / GGUF, manifest

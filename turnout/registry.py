@@ -88,12 +88,12 @@ def _weigh(rec: ModelRecord, path: Path, checksums: bool) -> None:
     rec.source = _distribution_of(path)
 
 
-def _adapter_refusal(folder: Path, base_sha256: str | None) -> str | None:
+def _adapter_refusal(folder: Path, base_sha256: str | None, public_keys: list[str]) -> str | None:
     """Why the engine would refuse its adapter (the check it runs at start), or None."""
     from turnout.adapter_manifest import AdapterRefused, verify
 
     try:
-        verify(folder, base_sha256)
+        verify(folder, base_sha256, public_keys)
     except AdapterRefused as exc:
         return str(exc)
     return None
@@ -117,7 +117,7 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
                     rec.source = qwen_coder.provenance()  # assembled from six packages: no single distribution
             if (adapter := getattr(e, "adapter", None)) and checksums:
                 rec.adapter = str(adapter)
-                rec.adapter_refused = _adapter_refusal(Path(adapter), rec.sha256)
+                rec.adapter_refused = _adapter_refusal(Path(adapter), rec.sha256, getattr(e, "adapter_public_keys", []))
         except Exception as exc:  # a missing package or file: reported, not raised
             rec.error = str(exc)
         records.append(rec)

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (for --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: half the CPUs)")
+    p.add_argument("--sign-key", type=Path, default=None,
+                   help="P-256 private key (PEM): sign the folder with OpenSSF model-signing (extra 'sign')")
     p.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"), default="f32", help="GGUF adapter dtype")
     p.set_defaults(func=run)
 
@@ -75,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--dataset {args.dataset}: no such file")
     read_conversations(args.dataset)  # a malformed line is named before torch loads (seconds)
     base, base_license = _base(args)
+    if args.sign_key is not None and not args.sign_key.is_file():
+        raise FileNotFoundError(f"--sign-key {args.sign_key}: no such file")
     try:
         import peft  # noqa: F401
         import torch  # noqa: F401
@@ -97,6 +101,14 @@ def run(args: argparse.Namespace) -> int:
     except (ConverterMissing, ConversionFailed) as exc:
         print(f"turnout: error: {exc}", file=sys.stderr)
         return 1
+    if args.sign_key is not None:
+        from turnout.adapter_manifest import AdapterRefused, sign
+
+        try:
+            print(f"turnout: signed: {sign(args.out, args.sign_key)}")
+        except (AdapterRefused, ValueError) as exc:
+            print(f"turnout: error: the adapter was written but not signed: {exc}", file=sys.stderr)
+            return 1
     print(f"turnout: adapter written to {args.out} (engines.NAME.adapter: {args.out})")
     print(summary(manifest))
     return 0

@@ -114,6 +114,9 @@ class LlamaCppEngineConfig(EngineConfigBase):
         None, description="a LoRA adapter folder written by `turnout tune` (manifest.json + adapter.gguf): loaded "
         "only if every file still has the sha256 its manifest records and it was trained on this engine's weights")
     adapter_scale: float = Field(1.0, gt=0, le=4, description="how strongly the adapter applies (llama.cpp's scale)")
+    adapter_public_keys: list[str] = Field(
+        default_factory=list, description="trusted P-256 public keys (PEM files): when set, the adapter must carry "
+        "an OpenSSF model-signing signature by one of them over its whole folder (extra 'sign')")
     license: str | None = "apache-2.0"
     pricing: Pricing = Pricing(hourly_cost=0.05)
 
@@ -172,7 +175,8 @@ class LlamaCppEngine(Engine):
         check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         lora: dict[str, Any] = {}
         if self.cfg.adapter:
-            gguf, _ = adapter_manifest.verify(Path(self.cfg.adapter), base_sha256=digest)
+            gguf, _ = adapter_manifest.verify(Path(self.cfg.adapter), base_sha256=digest,
+                                              public_keys=self.cfg.adapter_public_keys)
             lora = {"lora_path": str(gguf), "lora_scale": self.cfg.adapter_scale}
         llm = Llama(
             model_path=str(path),
