@@ -88,9 +88,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rc_first = first.wait(timeout=120)
     first.stderr.close()
     steps = [line for line in lines if line.startswith("step ")]
-    resumed = subprocess.run(_tune_cmd(dataset, out, "--resume"), capture_output=True, text=True, env=env,
+    sign: list[str] = []
+    public = None
+    if importlib.util.find_spec("model_signing") is not None:  # the sign extra: the run signs its folder
+        private, public = _keypair(tmp, "trusted")
+        sign = ["--sign-key", str(private)]
+    resumed = subprocess.run(_tune_cmd(dataset, out, "--resume", *sign), capture_output=True, text=True, env=env,
                              timeout=1800)
-    return {"dataset": dataset, "out": out, "rc_first": rc_first, "first_steps": steps, "resumed": resumed}
+    return {"dataset": dataset, "out": out, "rc_first": rc_first, "first_steps": steps, "resumed": resumed,
+            "public_key": public}
 
 
 @pytest.mark.slow
@@ -136,7 +142,11 @@ def _ask(gw: Any, question: str) -> str:
 @pytest.mark.slow
 def test_the_embedded_engine_answers_with_the_adapter(trained: dict[str, Any], gateway_factory) -> None:  # type: ignore[no-untyped-def]
     assert trained["resumed"].returncode == 0, trained["resumed"].stderr[-2000:]
-    tuned = gateway_factory(_local(trained["out"]))
+    config = _local(trained["out"])
+    if trained["public_key"] is not None:  # signed by the run (--sign-key): the engine checks the signature too
+        assert (trained["out"] / am.SIGNATURE).is_file() and "turnout: signed:" in trained["resumed"].stdout
+        config["engines"]["local"]["adapter_public_keys"] = [str(trained["public_key"])]
+    tuned = gateway_factory(config)
     ready = httpx.get(tuned.url + "/readyz")
     assert ready.status_code == 200 and "with adapter" in ready.text
     base = gateway_factory(_local(None))

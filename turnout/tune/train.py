@@ -206,11 +206,11 @@ def train(model: Any, examples: list[Example], hyper: Hyper, out: Path, fingerpr
     peft_model.save_pretrained(str(out / "peft"))
     shutil.rmtree(ckpt, ignore_errors=True)  # the run finished: nothing left to resume
     return {"steps": total, "resumed_at": progress.first_step, "losses": [round(x, 5) for x in losses],
-            "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5) if losses else None,
+            "final_loss": round(losses[-1], 5) if losses else None,
             "seconds": round(seconds, 2), "s_per_step": round(seconds / max(1, len(losses)), 3),
             "device": dev, "threads": torch.get_num_threads(),
             "trainable_parameters": sum(p.numel() for p in params),
-            "trained_tokens": sum(e.trained_tokens for e in examples)}
+            "assistant_tokens": sum(e.trained_tokens for e in examples)}
 
 
 def _checkpoint(peft_model: Any, optimizer: Any, scheduler: Any, ckpt: Path, step: int,
