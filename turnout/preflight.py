@@ -78,6 +78,8 @@ def weight_problems(cfg: TurnoutConfig) -> list[Problem]:
         where = f"guards ({rec.engine})" if rec.engine.startswith("guard:") else f"engines.{rec.engine}"
         if rec.refused:
             out.append(Problem("error", f"{where}.license", f"{rec.refused}; the engine would not start"))
+        if rec.adapter_refused:
+            out.append(Problem("error", f"{where}.adapter", f"{rec.adapter_refused}; the engine would not start"))
         if rec.error:
             out.append(Problem("error", where, f"model file: {rec.error}"))
         elif rec.status == "MISMATCH":

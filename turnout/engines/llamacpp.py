@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from turnout import adapter_manifest
 from turnout.config import EngineConfigBase, Pricing
 from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
@@ -109,6 +110,13 @@ class LlamaCppEngineConfig(EngineConfigBase):
         "token (bench/llama_threads.py)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="pin: the engine refuses to start if its weights have another sha256")
+    adapter: str | None = Field(
+        None, description="a LoRA adapter folder written by `turnout tune` (manifest.json + adapter.gguf): loaded "
+        "only if every file still has the sha256 its manifest records and it was trained on this engine's weights")
+    adapter_scale: float = Field(1.0, gt=0, le=4, description="how strongly the adapter applies (llama.cpp's scale)")
+    adapter_public_keys: list[str] = Field(
+        default_factory=list, description="trusted P-256 public keys (PEM files): when set, the adapter must carry "
+        "an OpenSSF model-signing signature by one of them over its whole folder (extra 'sign')")
     license: str | None = "apache-2.0"
     pricing: Pricing = Pricing(hourly_cost=0.05)
 
@@ -152,7 +160,6 @@ class LlamaCppEngine(Engine):
             if not path.is_file():
                 raise FileNotFoundError(f"model file {path} does not exist")
             self._llm, digest = await asyncio.to_thread(self._load, path)
-            check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None
             self._error = f"cannot load {self.path}: {exc}"
@@ -160,20 +167,31 @@ class LlamaCppEngine(Engine):
         self.info = _with_checksum(self.info, digest)
 
     def _load(self, path: Path) -> tuple[Any, str]:
+        """The model (with its adapter, if configured) once its weights match the pin and the adapter
+        its manifest: both are checked before llama.cpp reads a byte of them."""
         from llama_cpp import Llama
 
+        digest = sha256_file(path)
+        check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
+        lora: dict[str, Any] = {}
+        if self.cfg.adapter:
+            gguf, _ = adapter_manifest.verify(Path(self.cfg.adapter), base_sha256=digest,
+                                              public_keys=self.cfg.adapter_public_keys)
+            lora = {"lora_path": str(gguf), "lora_scale": self.cfg.adapter_scale}
         llm = Llama(
             model_path=str(path),
             n_ctx=self.cfg.n_ctx,
             n_threads=self.cfg.n_threads or default_threads(),
             verbose=False,
+            **lora,
         )
-        return llm, sha256_file(path)
+        return llm, digest
 
     async def ready(self) -> tuple[bool, str]:
         if self._llm is None:
             return False, self._error or "not loaded"
-        return True, f"{self.path.name if self.path else '?'} loaded"
+        adapter = f" with adapter {self.cfg.adapter}" if self.cfg.adapter else ""
+        return True, f"{self.path.name if self.path else '?'} loaded{adapter}"
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
