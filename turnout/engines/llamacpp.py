@@ -160,9 +160,9 @@ class LlamaCppEngine(Engine):
         self.info = _with_checksum(self.info, digest)
 
     def _load(self, path: Path) -> tuple[Any, str]:
-        from llama_cpp import Llama
+        from turnout.engines.llamacpp_prefix import ScheduledLlama  # imports llama_cpp: only when a model loads
 
-        llm = Llama(
+        llm = ScheduledLlama(  # identical requests score identically, whatever the context held before
             model_path=str(path),
             n_ctx=self.cfg.n_ctx,
             n_threads=self.cfg.n_threads or default_threads(),
