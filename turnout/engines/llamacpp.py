@@ -4,7 +4,8 @@ One llama.cpp context answers one request at a time, on a worker thread, so the 
 loop never blocks. Generation stops as soon as the caller stops listening (client
 disconnect or cancelled cascade). A logits processor records the log-probability of each
 chosen token: that gives cascades their confidence signal and clients ``logprobs`` without
-``logits_all=True`` (which costs about 2.5x memory and time).
+``logits_all=True`` (which costs about 2.5x memory and time). The context reuses earlier prompts
+only in whole blocks (``turnout.engines.llamacpp_prefix``), so identical requests score identically.
 
 Tools (OpenAI ``tools`` / ``tool_choice``) are shown to the model in its prompt and its answer
 is constrained by a grammar built from the functions' JSON schemas; see
