@@ -4,7 +4,8 @@ One llama.cpp context answers one request at a time, on a worker thread, so the 
 loop never blocks. Generation stops as soon as the caller stops listening (client
 disconnect or cancelled cascade). A logits processor records the log-probability of each
 chosen token: that gives cascades their confidence signal and clients ``logprobs`` without
-``logits_all=True`` (which costs about 2.5x memory and time).
+``logits_all=True`` (which costs about 2.5x memory and time). The context reuses earlier prompts
+only in whole blocks (``turnout.engines.llamacpp_prefix``), so identical requests score identically.
 
 Tools (OpenAI ``tools`` / ``tool_choice``) are shown to the model in its prompt and its answer
 is constrained by a grammar built from the functions' JSON schemas; see
@@ -169,7 +170,7 @@ class LlamaCppEngine(Engine):
     def _load(self, path: Path) -> tuple[Any, str]:
         """The model (with its adapter, if configured) once its weights match the pin and the adapter
         its manifest: both are checked before llama.cpp reads a byte of them."""
-        from llama_cpp import Llama
+        from turnout.engines.llamacpp_prefix import ScheduledLlama  # imports llama_cpp: only when a model loads
 
         digest = sha256_file(path)
         check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
@@ -178,7 +179,7 @@ class LlamaCppEngine(Engine):
             gguf, _ = adapter_manifest.verify(Path(self.cfg.adapter), base_sha256=digest,
                                               public_keys=self.cfg.adapter_public_keys)
             lora = {"lora_path": str(gguf), "lora_scale": self.cfg.adapter_scale}
-        llm = Llama(
+        llm = ScheduledLlama(  # identical requests score identically, whatever the context held before
             model_path=str(path),
             n_ctx=self.cfg.n_ctx,
             n_threads=self.cfg.n_threads or default_threads(),
