@@ -73,8 +73,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="replay this outcome data set as live traffic through the learning loop (shadow labels, "
                    "judge, retraining, promotion gate) and print APGR/CPT50 of the serving router against labels; "
                    "see turnout.evals.replay")
-    p.add_argument("--sampling", choices=("uncertainty", "uniform"), default="uncertainty",
-                   help="with --replay: which weak-answered requests are shadowed (default uncertainty)")
+    p.add_argument("--sampling", choices=("uniform", "uncertainty"), default="uniform",
+                   help="with --replay: which weak-answered requests are shadowed (default uniform, as the gateway)")
     p.add_argument("--label-budget", type=int, default=1000, help="with --replay: labels to collect (default 1000)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="RouteLLM data folder (default: $TURNOUT_DATA_DIR or ../shared/data/routellm)")
