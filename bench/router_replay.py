@@ -174,10 +174,19 @@ def main() -> None:
         means[sampling] = [float(np.nanmean(apgr[:, j])) for j in range(len(checkpoints))]
         pgr_means[sampling] = [float(np.nanmean(pgr[:, j])) for j in range(len(checkpoints))]
         final = [curve[-1] for _, _, curve, _ in mine]
+        # promotions that made the test APGR worse: than the router before, than the starting one
+        worse = below = total = 0
+        for _, _, curve, _ in mine:
+            for before, after in zip(curve, curve[1:], strict=False):
+                if after.promotions > before.promotions:
+                    total += 1
+                    worse += after.apgr < before.apgr
+                    below += after.apgr < curve[0].apgr
         print(f"\n{sampling} sampling: mean over folds {args.folds}; at the end "
               f"{np.mean([p.labels for p in final]):.0f} labels, {np.mean([p.promotions for p in final]):.1f} "
               f"promotions, {np.mean([p.refusals for p in final]):.1f} refusals, strong share on the test slice "
-              f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%")
+              f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%; of {total} promotions {worse} lowered the "
+              f"test APGR, {below} below the starting router's")
         print(f"{'labels':>6} {'APGR':>6} {'sd':>6} {'CPT50':>6} {'PGR@20%':>7} {'sd':>6} {'shadow calls':>12}")
         for j, c in enumerate(checkpoints):
             print(f"{c:>6} {np.nanmean(apgr[:, j]):>6.3f} {np.nanstd(apgr[:, j]):>6.3f} "
