@@ -327,7 +327,7 @@ def test_gate_refuses_a_noisy_candidate_and_promotes_a_clearly_better_one() -> N
     refused = promoted = 0
     for seed in range(20):  # small slices, where one quarter's comparison is a coin toss
         idx = np.random.default_rng(seed).choice(n, 80, replace=False)
-        v = gate(same[idx], signal[idx], weak[idx], strong[idx], confidence=0.9, seed=seed)
+        v = gate(same[idx], signal[idx], weak[idx], strong[idx], confidence=0.9, rounds=200, seed=seed)
         refused += not v.promote
         promoted += evaluate_scores(same[idx], weak[idx], strong[idx]).apgr > evaluate_scores(
             signal[idx], weak[idx], strong[idx]).apgr
