@@ -8,7 +8,8 @@ trained on another, and report APGR / CPT50 of the serving router against the la
 The loop refits ``--family`` (default ``auto``, as the gateway: chosen by cross-validation on its
 labels; it needs MiniLM vectors of every target prompt, long for MMLU's 14k on a small machine),
 gated at ``--confidence`` (default 0.9, as the gateway). The starting router is ``--initial-family``
-(default tfidf-lr) fitted on all of ``--source``, its threshold at the 80th percentile of its scores there (20 % strong calls); or ``--artifact R.npz``.
+(default tfidf-lr) fitted on all of ``--source``, its threshold at the 80th percentile of its
+scores there (20 % strong calls); or ``--artifact R.npz``.
 Each fold of five over the target's distinct prompts is, in turn, the untouched test slice; the
 other four are the traffic (see turnout/evals/replay.py). For each sampling the curve is the mean
 over those folds of the serving router's test APGR / CPT50 after N labels (the last point at or
