@@ -373,8 +373,16 @@ def test_learning_defaults_are_the_measured_ones() -> None:
 
     assert ShadowConfig().sampling == "uniform" and ShadowPolicy().sampling == "uniform"
     assert ShadowSampler(0.1).sampling == "uniform" and ReplayConfig().sampling == "uniform"
+    from turnout.config import RouteConfig, StorageConfig
+    from turnout.routing.upkeep import fit_command
+
     r = RetrainConfig()
     assert (r.family, r.folds, r.confidence) == ("auto", 5, 0.9) and ReplayConfig().family == "auto"
+    route = RouteConfig(chain=["a", "b"], strategy="learned", router="reg")
+    cmd = " ".join(fit_command("auto", route, r, StorageConfig()))
+    assert "--family auto --folds 5 --confidence 0.9" in cmd and "--embedding" not in cmd
+    fast = " ".join(fit_command("auto", route, RetrainConfig(embedding="minilm-onnx"), StorageConfig()))
+    assert "--embedding minilm-onnx" in fast
 
 
 def test_a_promoted_candidate_is_refitted_on_every_label() -> None:

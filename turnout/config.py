@@ -314,6 +314,10 @@ class RetrainConfig(_Strict):
     min_new_labels: int = Field(200, ge=1, description="labels of the route since the last fit needed to fit again")
     family: str = Field("auto", description="router family of the candidate (`turnout eval router --help`), or "
                         "auto: the family and its regularisation chosen by cross-validation on the route's labels")
+    embedding: Literal["minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32"] | None = Field(
+        None, description="prompt embedding of the embedding families (default minilm, about 30 ms a request on a "
+        "CPU core; minilm-onnx 9 ms, minilm-static 0.2 ms: docs/routing-eval.md). The family auto may choose one "
+        "of them: the request path then pays for it")
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds over the labels (family choice and gate)")
     confidence: float = Field(0.9, ge=0.5, lt=1.0, description="promote only when the candidate's APGR gain over "
                               "the serving router, on labels it never trained on, is above 0 at this lower bound "

@@ -60,6 +60,8 @@ def fit_command(alias: str, route: RouteConfig, retrain: RetrainConfig, storage:
         cmd += ["--db", str(storage.sqlite_path)]
     if retrain.warm_start:
         cmd += ["--warm-start", retrain.warm_start]
+    if retrain.embedding:
+        cmd += ["--embedding", retrain.embedding]
     return cmd
 
 
