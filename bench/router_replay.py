@@ -3,10 +3,13 @@ trained on another, and report APGR / CPT50 of the serving router against the la
 
     OMP_NUM_THREADS=1 python bench/router_replay.py --source mmlu --target gsm8k
     OMP_NUM_THREADS=1 python bench/router_replay.py --source mmlu --target mt_bench --budget 60
-    OMP_NUM_THREADS=1 python bench/router_replay.py --source gsm8k --target mmlu
+    OMP_NUM_THREADS=1 python bench/router_replay.py --source gsm8k --target mmlu --family tfidf-lr
 
-The starting router is ``--initial-family`` (default tfidf-lr) fitted on all of ``--source``, its
-threshold at the 80th percentile of its scores there (20 % strong calls); or ``--artifact R.npz``.
+The loop refits ``--family`` (default ``auto``, as the gateway: chosen by cross-validation on its
+labels; it needs MiniLM vectors of every target prompt, long for MMLU's 14k on a small machine),
+gated at ``--confidence`` (default 0.9, as the gateway). The starting router is ``--initial-family``
+(default tfidf-lr) fitted on all of ``--source``, its threshold at the 80th percentile of its
+scores there (20 % strong calls); or ``--artifact R.npz``.
 Each fold of five over the target's distinct prompts is, in turn, the untouched test slice; the
 other four are the traffic (see turnout/evals/replay.py). For each sampling the curve is the mean
 over those folds of the serving router's test APGR / CPT50 after N labels (the last point at or
@@ -53,7 +56,7 @@ def _one(job: tuple[str, int]) -> tuple[str, int, list[Any], list[str]]:
     sampling, fold = job
     a = _STATE["args"]
     cfg = ReplayConfig(family=a.family, sampling=sampling, label_budget=a.budget, test_fold=fold, seed=fold,
-                       retrain_every=a.retrain_every, explore=a.explore)
+                       retrain_every=a.retrain_every, explore=a.explore, confidence=a.confidence)
     result = replay(_STATE["target"], _STATE["initial"], cfg, _STATE["embed"], _STATE["source"])
     return sampling, fold, result.curve, result.events
 
@@ -78,11 +81,15 @@ def main() -> None:
     parser.add_argument("--target", default="gsm8k")
     parser.add_argument("--artifact", type=Path, default=None)
     parser.add_argument("--initial-family", default="tfidf-lr")
-    parser.add_argument("--family", default="hybrid-stats", help="family the loop refits")
+    parser.add_argument("--family", default="auto", help="family the loop refits, or auto (chosen by CV on its labels)")
+    parser.add_argument("--confidence", type=float, default=0.9,
+                        help="the gate's lower bound on the APGR gain (0.5: the point estimate)")
+    parser.add_argument("--reference-family", default=None,
+                        help="family of the in-domain reference (default: --family, hybrid-stats for auto)")
     parser.add_argument("--embedding", default="minilm-onnx-fp32", help="same vectors as minilm, faster")
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--samplings", nargs="+", default=["uncertainty", "uniform"])
+    parser.add_argument("--samplings", nargs="+", default=["uniform", "uncertainty"])
     parser.add_argument("--retrain-every", type=int, default=100)
     parser.add_argument("--explore", type=float, default=0.2, help="uncertainty sampling: uniform share of picks")
     parser.add_argument("--reference", type=float, default=None, help="in-domain 5-fold APGR of the target")
@@ -100,9 +107,12 @@ def main() -> None:
     from turnout.routing.learned import LearnedRouter, fit_final, make_embedder
     from turnout.routing.scorers import make_scorer
 
+    if args.reference_family is None:
+        args.reference_family = "hybrid-stats" if args.family == "auto" else args.family
     cache = Path(".turnout/cache")
     target = load_dataset(args.target, args.data_dir)
-    needs_emb = make_scorer(args.family).uses_embeddings or make_scorer(args.initial_family).uses_embeddings
+    needs_emb = args.family == "auto" or make_scorer(args.family).uses_embeddings or make_scorer(
+        args.initial_family).uses_embeddings
     encoder: Any = None
     if needs_emb:
         encoder = CachedOnly(args.embedding) if args.cached_only else make_embedder(args.embedding, cache)
@@ -131,15 +141,15 @@ def main() -> None:
     ref = []
     for fold in args.folds:  # the same test slices as the replays, the family fitted on all the rest
         train, test = prompt_folds(target.prompts, 5, fold)[fold]
-        scorer = make_scorer(args.family)
+        scorer = make_scorer(args.reference_family)
         tp = [target.prompts[i] for i in train]
         scorer.fit(tp, embed(tp) if (embed and scorer.uses_embeddings) else None, target.weak[train],
                    target.strong[train])
         sp = [target.prompts[i] for i in test]
         s = scorer.predict(sp, embed(sp) if (embed and scorer.uses_embeddings) else None)
         ref.append(evaluate_scores(s, target.weak[test], target.strong[test]).apgr)
-    print(f"in-domain reference: {args.family} fitted on all {len(train)} traffic prompts' outcomes, same test "
-          f"slices: mean APGR {np.mean(ref):.3f} (sd {np.std(ref):.3f})")
+    print(f"in-domain reference: {args.reference_family} fitted on all {len(train)} traffic prompts' outcomes, "
+          f"same test slices: mean APGR {np.mean(ref):.3f} (sd {np.std(ref):.3f})")
     if args.reference_only:
         return
     means: dict[str, list[float]] = {}
@@ -167,10 +177,19 @@ def main() -> None:
         means[sampling] = [float(np.nanmean(apgr[:, j])) for j in range(len(checkpoints))]
         pgr_means[sampling] = [float(np.nanmean(pgr[:, j])) for j in range(len(checkpoints))]
         final = [curve[-1] for _, _, curve, _ in mine]
+        # promotions that made the test APGR worse: than the router before, than the starting one
+        worse = below = total = 0
+        for _, _, curve, _ in mine:
+            for before, after in zip(curve, curve[1:], strict=False):
+                if after.promotions > before.promotions:
+                    total += 1
+                    worse += after.apgr < before.apgr
+                    below += after.apgr < curve[0].apgr
         print(f"\n{sampling} sampling: mean over folds {args.folds}; at the end "
               f"{np.mean([p.labels for p in final]):.0f} labels, {np.mean([p.promotions for p in final]):.1f} "
               f"promotions, {np.mean([p.refusals for p in final]):.1f} refusals, strong share on the test slice "
-              f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%")
+              f"{np.mean([p.escalation_share for p in final]) * 100:.1f}%; of {total} promotions {worse} lowered the "
+              f"test APGR, {below} below the starting router's")
         print(f"{'labels':>6} {'APGR':>6} {'sd':>6} {'CPT50':>6} {'PGR@20%':>7} {'sd':>6} {'shadow calls':>12}")
         for j, c in enumerate(checkpoints):
             print(f"{c:>6} {np.nanmean(apgr[:, j]):>6.3f} {np.nanstd(apgr[:, j]):>6.3f} "

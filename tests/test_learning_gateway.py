@@ -124,7 +124,7 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
     for i, (p, w, s) in enumerate(zip(traffic.prompts, traffic.weak, traffic.strong, strict=True)):
         store.add_sync(Label("acme", "auto", p, "small", "big", "shadow", "labels", w, s, f"t{i}", ts=1000.0 + i))
     store._conn.close()
-    common = ["--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db)]
+    common = ["--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db), "--family", "tfidf-lr"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli("router", *args, env=ENV, cwd=tmp_path)
@@ -137,6 +137,11 @@ def test_shadow_labels_fit_promote_refuse_rollback(gateway_factory, fakes: tuple
     noisy = tmp_path / "opposite.csv"
     public = synthetic(2000, seed=9)
     write_outcomes(noisy, public)
+    store = SQLiteLabels(gw.db)  # newer labels: the gate compares only on labels r0002 never learned from
+    newer = synthetic(60, seed=17, flip=True)
+    for i, (p, w, s) in enumerate(zip(newer.prompts, newer.weak, newer.strong, strict=True)):
+        store.add_sync(Label("acme", "auto", p, "small", "big", "shadow", "labels", w, s, f"n{i}", ts=time.time() + i))
+    store._conn.close()
     worse = cli("fit", "--from-traffic", *common, "--warm-start", str(noisy))
     assert worse.returncode == 3 and "refused r0003" in worse.stdout, worse.stderr + worse.stdout
     assert resolve(reg.folder).name == "r0002.npz"

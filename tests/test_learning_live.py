@@ -191,7 +191,7 @@ def test_retrain_needs_a_registry_folder_and_a_learned_route(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="belong to strategy 'learned'"):
         TurnoutConfig.model_validate(rules)
     for bad in ({"reload_s": -1}, {"retrain": {"every_s": 0}}, {"retrain": {"min_new_labels": 0}},
-                {"retrain": {"holdout": 1.0}}, {"retrain": {"every": 60}}):
+                {"retrain": {"confidence": 1.0}}, {"retrain": {"every": 60}}):
         with pytest.raises(ValueError):
             TurnoutConfig.model_validate(learned("http://127.0.0.1:9", "http://127.0.0.1:9", artifact, bad))
 

@@ -299,8 +299,10 @@ class ShadowConfig(_Strict):
 
     share: float = Field(0.05, ge=0.0, le=1.0, description="of the requests the weak engine answered")
     daily_budget_usd: float = Field(1.0, ge=0.0, description="cap on the shadow calls' cost per UTC day")
-    sampling: Literal["uncertainty", "uniform"] = Field(
-        "uncertainty", description="uncertainty: the prompts scored nearest the threshold first; uniform: any")
+    sampling: Literal["uniform", "uncertainty"] = Field(
+        "uniform", description="uniform (the default: it beat uncertainty-first in every replay, "
+        "docs/routing-eval.md): any weak-answered request alike; uncertainty: the prompts scored nearest the "
+        "threshold first")
     judge: str = Field("exact",
                        pattern=r"^(exact|schema|llm:[A-Za-z0-9_.:-]+)(\+(exact|schema|llm:[A-Za-z0-9_.:-]+))*$",
                        description="who compares the two answers, '+'-separated, the first that can tell wins: "
@@ -316,8 +318,16 @@ class RetrainConfig(_Strict):
 
     every_s: float = Field(3600.0, ge=1.0, description="seconds between checks for new labels")
     min_new_labels: int = Field(200, ge=1, description="labels of the route since the last fit needed to fit again")
-    family: str = Field("tfidf-lr", description="router family of the candidate (`turnout eval router --help`)")
-    holdout: float = Field(0.25, gt=0.0, lt=1.0, description="newest share of labels held out for the gate")
+    family: str = Field("auto", description="router family of the candidate (`turnout eval router --help`), or "
+                        "auto: the family and its regularisation chosen by cross-validation on the route's labels")
+    embedding: Literal["minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32"] | None = Field(
+        None, description="prompt embedding of the embedding families (default minilm, about 30 ms a request on a "
+        "CPU core; minilm-onnx 9 ms, minilm-static 0.2 ms: docs/routing-eval.md). The family auto may choose one "
+        "of them: the request path then pays for it")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds over the labels (family choice and gate)")
+    confidence: float = Field(0.9, ge=0.5, lt=1.0, description="promote only when the candidate's APGR gain over "
+                              "the serving router, on labels it never trained on, is above 0 at this lower bound "
+                              "(paired bootstrap)")
     warm_start: str | None = Field(None, description="a public outcome data set (mmlu, gsm8k, mt_bench or a CSV) "
                                    "added to the training labels")
     timeout_s: float = Field(1800.0, gt=0.0, description="a fit still running after this long is stopped")

@@ -1,14 +1,16 @@
 """`turnout router`: retrain a route's learned router from its traffic labels, list, roll back.
 
     turnout router fit --from-traffic --alias auto [--db FILE | --dsn DSN] [--registry DIR]
-                       [--family tfidf-lr] [--embedding minilm] [--target-escalation 0.2]
+                       [--family auto] [--embedding minilm] [--target-escalation 0.2] [--folds 5] [--confidence 0.9]
                        [--warm-start mmlu] [--baseline R.npz] [--since DAYS] [--min-new-labels N] [--json]
     turnout router history --alias auto [--registry DIR] [--json]
     turnout router rollback --alias auto [--registry DIR]
 
-``fit`` trains a candidate on the route's labels (``route_labels``, see turnout.ledger.labels),
-holds out the newest quarter, and promotes the candidate only if it beats the serving router there
-(APGR higher, CPT50 no higher) and its scores spread; every fitted artifact is kept in the
+``fit`` trains a candidate on the route's labels (``route_labels``, see turnout.ledger.labels):
+with ``--family auto`` (the default) the family and its regularisation are chosen by k-fold
+cross-validation on those labels; the candidate is promoted only if its out-of-fold APGR beats the
+serving router's on the labels that router never trained on, at the lower ``--confidence`` bound
+of a paired bootstrap, and its scores spread (turnout.evals.selection); every fitted artifact is kept in the
 registry (``.turnout/routers/<alias>/`` by default) with its provenance, and ``history.jsonl``
 records each decision. Point the route's ``router:`` at the registry folder to serve its current
 artifact: a running gateway serves a promotion or a rollback within ``learning.reload_s`` (5 s by
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="read labels from PostgreSQL at this DSN instead (default $TURNOUT_DSN: keeps a "
                           "password off the command line, where other users of the host can read it)")
     fit.add_argument("--schema", default="public")
-    fit.add_argument("--family", default="tfidf-lr", help="router family (turnout eval router --help lists them)")
+    fit.add_argument("--family", default="auto", help="router family (turnout eval router --help lists them), or "
+                     "auto (the default): chosen with its regularisation by cross-validation on the labels")
     fit.add_argument("--embedding", default=None, help="prompt embedding for embedding families (default minilm)")
     fit.add_argument("--target-escalation", type=float, default=0.2, metavar="RATE",
                      help="share of recent traffic the new threshold sends to the strong engine (default 0.2)")
@@ -55,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fit.add_argument("--data-dir", type=Path, default=None, help="folder of the public data sets")
     fit.add_argument("--baseline", type=Path, default=None, metavar="R.npz",
                      help="the router serving now, when the registry has none yet (e.g. the route's artifact)")
-    fit.add_argument("--holdout", type=float, default=0.25, help="newest share of labels held out (default 0.25)")
+    fit.add_argument("--folds", type=int, default=5, help="cross-validation folds over the labels (default 5)")
+    fit.add_argument("--confidence", type=float, default=0.9,
+                     help="promote when the APGR gain's lower bound at this confidence is above 0 (default 0.9)")
     fit.add_argument("--since", type=float, default=None, metavar="DAYS", help="only labels of the last N days")
     fit.add_argument("--min-new-labels", type=int, default=None, metavar="N",
                      help="fit only if N labels arrived since the last fit (else exit 4)")
@@ -110,9 +115,11 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace, registry: Any) -> int:
-    from turnout.evals.retrain import retrain, traffic_dataset
+    from turnout.evals.retrain import label_times, retrain, traffic_dataset
+    from turnout.evals.selection import AUTO, GRID
     from turnout.routing.learned import LearnedRouter
     from turnout.routing.scorers import make_scorer
+    from turnout.weights import minilm_available
 
     rows = _labels(args)
     if args.min_new_labels is not None:
@@ -137,14 +144,19 @@ def _fit(args: argparse.Namespace, registry: Any) -> int:
         warm = load_dataset(args.warm_start, args.data_dir or default_data_dir())
     embed = None
     embedding = None
-    if make_scorer(args.family).uses_embeddings:
+    if not (args.folds >= 2 and 0.5 <= args.confidence < 1.0):
+        raise ValueError("--folds must be at least 2 and --confidence in [0.5, 1)")
+    wants_emb = any(make_scorer(f).uses_embeddings for f, _ in GRID) if args.family == AUTO else (
+        make_scorer(args.family).uses_embeddings)
+    if wants_emb and (args.family != AUTO or args.embedding or minilm_available()):
         from turnout.embedding.embeddings import DEFAULT_EMBEDDING
         from turnout.routing.learned import make_embedder
 
         embedding = args.embedding or DEFAULT_EMBEDDING
         encoder = make_embedder(embedding)
         embed = encoder.encode
-    outcome = retrain(data, current, args.family, args.target_escalation, embed, embedding, warm, args.holdout)
+    outcome = retrain(data, current, args.family, args.target_escalation, embed, embedding, warm,
+                      times=label_times(rows), folds=args.folds, confidence=args.confidence)
     path = None
     if outcome.candidate is not None:
         path = registry.add(outcome.candidate)

@@ -10,8 +10,9 @@ requests, a "day"), a share is shadowed to the strong engine (:mod:`turnout.rout
 sampler: uniformly, or nearest the threshold first with a little uniform exploration) within the
 label budget, and a judge that reads the data set's outcomes labels the pair (the loopback
 engines answer right or wrong as the labels say). Every ``retrain_every`` labels the router is
-refitted from the labels and promoted only through the gate of :mod:`turnout.evals.retrain`
-(better APGR and CPT50 on the newest labels, scores that spread).
+refitted from the labels (``family: auto``: the family chosen by cross-validation on them) and
+promoted only through the gate of :mod:`turnout.evals.retrain` (an APGR gain whose lower bound,
+paired bootstrap over the labels the serving router never saw, is above zero; scores that spread).
 
 Reported against the number of labels: APGR and CPT(50%) of the serving router on a test slice
 of the data set that the loop never sees (one fold of five over distinct prompts), its PGR at the
@@ -32,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from turnout.evals.datasets import RoutingDataset
-from turnout.evals.retrain import retrain, traffic_dataset
+from turnout.evals.retrain import label_times, retrain, traffic_dataset
 from turnout.evals.router_cv import prompt_folds
 from turnout.evals.routing_metrics import evaluate_scores, pgr_at
+from turnout.evals.selection import DEFAULT_CONFIDENCE
 from turnout.routing.learned import LearnedRouter
 from turnout.routing.shadow import pick_for_shadow
 from turnout.routing.threshold import ThresholdTracker
@@ -44,14 +46,15 @@ EmbedFn = Callable[[list[str]], np.ndarray]
 
 @dataclass
 class ReplayConfig:
-    family: str = "hybrid-stats"
-    sampling: str = "uncertainty"       # uncertainty | uniform
+    family: str = "auto"                # a family, or auto: chosen by cross-validation on the labels
+    sampling: str = "uniform"           # uniform | uncertainty (docs/routing-eval.md: uniform learns faster)
     label_budget: int = 1000
     shadow_share: float = 0.25          # share of a period's weak-answered requests shadowed
     batch: int = 200                    # requests per period
     retrain_every: int = 100            # labels between refits
     target_escalation: float = 0.2
     explore: float = 0.2                # uncertainty sampling: share of picks drawn uniformly
+    confidence: float = DEFAULT_CONFIDENCE  # the promotion gate's bound (0.5: promote on the point estimate)
     test_fold: int = 0                  # which of 5 folds is the untouched test slice
     seed: int = 0
     max_requests: int = 50_000
@@ -169,12 +172,13 @@ def replay(target: RoutingDataset, initial: LearnedRouter, cfg: ReplayConfig, em
             shadow_calls += 1
             cost += float(target.strong_cost[row]) if target.strong_cost is not None else 0.0
             label_rows.append({"prompt": target.prompts[row], "weak_score": float(target.weak[row]),
-                               "strong_score": float(target.strong[row]), "source": "replay"})
+                               "strong_score": float(target.strong[row]), "source": "replay",
+                               "ts": float(len(label_rows) + 1)})
             since_fit += 1
         if since_fit >= cfg.retrain_every or (len(label_rows) >= cfg.label_budget and since_fit):
             since_fit = 0
             outcome = retrain(traffic_dataset(label_rows, "traffic"), serving, cfg.family, cfg.target_escalation,
-                              embed, "replay")
+                              embed, "replay", times=label_times(label_rows), confidence=cfg.confidence)
             if outcome.promote and outcome.candidate is not None:
                 promotions += 1
                 serving, name = outcome.candidate, f"r{promotions:04d}"

@@ -2,22 +2,24 @@
 
     rows = labels.rows(alias)                          # turnout.ledger.labels
     data = traffic_dataset(rows, alias)                # prompt, weak and strong outcome per label
-    result = retrain(data, current, family="tfidf-lr", target_escalation=0.2)
+    result = retrain(data, current, family="auto", target_escalation=0.2, times=label_times(rows))
     if result.promote: registry.promote(...)           # turnout.routing.artifacts
 
-The newest ``holdout`` share of labels (by time, whole prompts) is held out; the candidate is
-fitted on the older labels (optionally with a public data set added, the warm start) and both the
-candidate and the current router are scored on the held-out slice. The candidate is promoted only
-if its APGR is higher and its CPT(50%) no higher than the current router's there, and only if its
-scores spread (:func:`turnout.routing.learned.check_spread`). Its threshold is the ``1 - r``
-quantile of its scores on the held-out prompts: recent traffic, the population it will serve.
-Provenance (label counts by source, data sha256, date, metrics of both) goes into the artifact.
+Every decision comes from k-fold cross-validation on the labels (:mod:`turnout.evals.selection`):
+with ``family="auto"`` the family and its regularisation are the ones with the best out-of-fold
+APGR; the candidate's out-of-fold scores are compared with the serving router's on the labels
+that router never trained on, and the candidate is promoted only if a paired bootstrap puts the
+lower ``confidence`` bound of its APGR gain above zero, and only if its scores spread
+(:func:`turnout.routing.learned.check_spread`). The candidate is then fitted on every label (and
+the warm start, a public data set, if given); its threshold is the ``1 - r`` quantile of its
+scores on the newest quarter of the prompts: recent traffic, the population it will serve.
+Provenance (label counts by source, data sha256, date, the family chosen and every one tried,
+the gate's figures) goes into the artifact.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from turnout.evals.datasets import RoutingDataset
-from turnout.evals.routing_metrics import RouterMetrics, evaluate_scores
+from turnout.evals.routing_metrics import RouterMetrics
+from turnout.evals.selection import AUTO, DEFAULT_CONFIDENCE, DEFAULT_FOLDS, candidates, choose, gate
 from turnout.ledger.labels import counts_by_source
 from turnout.routing.learned import (
     DegenerateRouter,
@@ -38,8 +41,17 @@ from turnout.routing.learned import (
 from turnout.routing.scorers import make_scorer
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-MIN_LABELS = 40        # below this a held-out slice says nothing
-DEFAULT_HOLDOUT = 0.25
+MIN_LABELS = 40        # below this cross-validation says nothing
+MIN_UNSEEN = 40        # labels the serving router never trained on, needed to compare with it
+RECENT = 0.25          # the newest share of prompts the threshold is calibrated on
+
+
+def _kept(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Rows that count: of several feedback labels on one request only the last."""
+    last_feedback = {str(r["request_id"]): i for i, r in enumerate(rows)
+                     if r["source"] == "feedback" and r.get("request_id")}
+    return [i for i, r in enumerate(rows)
+            if not (r["source"] == "feedback" and r.get("request_id") and last_feedback[str(r["request_id"])] != i)]
 
 
 def traffic_dataset(rows: Sequence[dict[str, Any]], name: str = "traffic") -> RoutingDataset:
@@ -47,12 +59,9 @@ def traffic_dataset(rows: Sequence[dict[str, Any]], name: str = "traffic") -> Ro
     (user feedback on the weak answer, a pairwise judge) takes the other as 1.0 (good): the row
     then says whether the weak answer sufficed, which is what the router ranks by. Of several
     feedback labels on one request only the last counts (a later feedback replaces the earlier)."""
-    last_feedback = {str(r["request_id"]): i for i, r in enumerate(rows)
-                     if r["source"] == "feedback" and r.get("request_id")}
     prompts, weak, strong, groups = [], [], [], []
-    for i, r in enumerate(rows):
-        if r["source"] == "feedback" and r.get("request_id") and last_feedback[str(r["request_id"])] != i:
-            continue
+    for i in _kept(rows):
+        r = rows[i]
         prompts.append(str(r["prompt"]))
         weak.append(1.0 if r["weak_score"] is None else float(r["weak_score"]))
         strong.append(1.0 if r["strong_score"] is None else float(r["strong_score"]))
@@ -61,7 +70,25 @@ def traffic_dataset(rows: Sequence[dict[str, Any]], name: str = "traffic") -> Ro
                           groups=groups, source="route_labels")
 
 
-def recent_split(data: RoutingDataset, holdout: float = DEFAULT_HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
+def label_times(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Each :func:`traffic_dataset` row's time (``ts``; its position where a row has none)."""
+    return np.asarray([float(rows[i].get("ts") or i) for i in _kept(rows)], dtype=float)
+
+
+def unseen_by(current: LearnedRouter | None, times: np.ndarray) -> np.ndarray:
+    """Which labels ``current`` never trained on: those newer than the newest it was fitted on
+    (``training_data.newest_label_ts``); for an older traffic artifact without it, all but its
+    first ``traffic_rows``; for a router fitted elsewhere (a public data set), all."""
+    td = (current.metadata.get("training_data") or {}) if current is not None else {}
+    if td.get("newest_label_ts") is not None:
+        return np.asarray(times > float(td["newest_label_ts"]))
+    mask = np.ones(len(times), dtype=bool)
+    if td.get("traffic_rows"):
+        mask[: int(td["traffic_rows"])] = False
+    return mask
+
+
+def recent_split(data: RoutingDataset, holdout: float = RECENT) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) row indices: the newest ``holdout`` share of distinct prompts is held out,
     and every row of a held-out prompt with it (rows are oldest first)."""
     if not 0.0 < holdout < 1.0:
@@ -88,21 +115,6 @@ class Outcome:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def _cpt(m: RouterMetrics) -> float:
-    return 1.0 if math.isnan(m.cpt50) else m.cpt50
-
-
-def gate(candidate: RouterMetrics, current: RouterMetrics | None, margin: float = 0.0) -> tuple[bool, str]:
-    """Promote only a candidate better on the held-out slice: higher APGR, CPT(50%) no higher."""
-    if current is None:
-        return True, "no router serves yet"
-    if candidate.apgr > current.apgr + margin and _cpt(candidate) <= _cpt(current):
-        return True, (f"held-out APGR {candidate.apgr:.3f} > {current.apgr:.3f}, "
-                      f"CPT50 {_cpt(candidate):.3f} <= {_cpt(current):.3f}")
-    return False, (f"not better on the held-out slice: APGR {candidate.apgr:.3f} vs current {current.apgr:.3f}, "
-                   f"CPT50 {_cpt(candidate):.3f} vs {_cpt(current):.3f}")
-
-
 def _score(router: LearnedRouter, prompts: list[str], embed: EmbedFn | None) -> np.ndarray:
     emb = embed(prompts) if (router.scorer.uses_embeddings and embed is not None) else None
     if router.scorer.uses_embeddings and emb is None:
@@ -113,79 +125,80 @@ def _score(router: LearnedRouter, prompts: list[str], embed: EmbedFn | None) -> 
 def retrain(
     data: RoutingDataset,
     current: LearnedRouter | None,
-    family: str = "tfidf-lr",
+    family: str = AUTO,
     target_escalation: float = 0.2,
     embed: EmbedFn | None = None,
     embedding: str | None = None,
     warm_start: RoutingDataset | None = None,
-    holdout: float = DEFAULT_HOLDOUT,
+    times: np.ndarray | None = None,
+    folds: int = DEFAULT_FOLDS,
+    confidence: float = DEFAULT_CONFIDENCE,
     min_labels: int = MIN_LABELS,
     margin: float = 0.0,
-    refit_all: bool = True,
 ) -> Outcome:
-    """Fit a candidate on the older labels, gate it against ``current`` on the newest ones; a
-    candidate that passes is refitted on every label (``refit_all``) before it is returned: the gate
-    judged the procedure on held-out labels, the artifact served should not waste them."""
+    """Choose the family (``auto``) and gate the candidate by ``folds``-fold cross-validation on
+    ``data``; the candidate is fitted on every label. ``times``: each label's time
+    (:func:`label_times`; default its position), which says the labels ``current`` never trained
+    on (:func:`unseen_by`), the only ones the two are compared on."""
     if len(data) < min_labels:
-        return Outcome(False, f"{len(data)} labels; at least {min_labels} are needed to fit and hold out",
+        return Outcome(False, f"{len(data)} labels; at least {min_labels} are needed to cross-validate",
                        None, None, None)
-    train, held = recent_split(data, holdout)
-    tr = data.subset(train)
-    ho = data.subset(held)
-    if float(np.ptp(ho.weak - ho.strong)) == 0.0:
-        return Outcome(False, "the held-out labels are all alike (no gap to recover): collect more", None, None, None)
-    prompts, weak, strong = list(tr.prompts), tr.weak, tr.strong
+    if float(np.ptp(data.weak - data.strong)) == 0.0:
+        return Outcome(False, "the labels are all alike (no gap to recover): collect more", None, None, None)
+    times = np.arange(len(data), dtype=float) if times is None else np.asarray(times, dtype=float)
+    unseen = unseen_by(current, times)
+    if current is not None and int(unseen.sum()) < MIN_UNSEEN:
+        return Outcome(False, f"{int(unseen.sum())} labels the serving router never trained on; at least "
+                       f"{MIN_UNSEEN} are needed to compare with it", None, None, None)
+    options = candidates(family, embed is not None)
+    if family != AUTO and make_scorer(family).uses_embeddings and embed is None:
+        raise ValueError(f"router family {family!r} needs prompt embeddings: give an embedding")
+    needs_emb = any(make_scorer(f).uses_embeddings for f, _ in options)
+    emb = embed(list(data.prompts)) if needs_emb and embed is not None else None
+    warm_emb = embed(list(warm_start.prompts)) if needs_emb and embed is not None and warm_start else None
+    choice, oof, tried = choose(options, data, emb, warm_start, warm_emb, folds)
+    rows = np.flatnonzero(unseen)
+    ev = data.subset(rows)
+    cur_scores = _score(current, list(ev.prompts), embed) if current is not None else None
+    verdict = gate(oof[rows], cur_scores, ev.weak, ev.strong, confidence, margin)
+    promote, reason = verdict.promote, verdict.reason
+    prompts, weak, strong = list(data.prompts), data.weak, data.strong
+    x = emb
     if warm_start is not None:
         prompts = list(warm_start.prompts) + prompts
         weak, strong = np.concatenate([warm_start.weak, weak]), np.concatenate([warm_start.strong, strong])
-    scorer = make_scorer(family)
-    if scorer.uses_embeddings and embed is None:
-        raise ValueError(f"router family {family!r} needs prompt embeddings: give an embedding")
-    scorer.fit(prompts, embed(prompts) if scorer.uses_embeddings and embed else None, weak, strong)
+        x = np.vstack([warm_emb, emb]) if emb is not None and warm_emb is not None else None
+    scorer = make_scorer(choice.family, **choice.params)
+    scorer.fit(prompts, x if scorer.uses_embeddings else None, weak, strong)
     candidate = LearnedRouter(scorer, 0.5, {"embedding": embedding} if scorer.uses_embeddings else {})
-    cand_scores = _score(candidate, list(ho.prompts), embed)
-    current_metrics = None
-    if current is not None:
-        cur_scores = _score(current, list(ho.prompts), embed)
-        try:
-            check_spread(cur_scores, "the held-out slice")
-            current_metrics = evaluate_scores(cur_scores, ho.weak, ho.strong)
-        except DegenerateRouter:
-            current_metrics = evaluate_scores(cur_scores, ho.weak, ho.strong)  # a constant router: APGR ~0.5
-    cand_metrics = evaluate_scores(cand_scores, ho.weak, ho.strong)
+    _, recent = recent_split(data, RECENT)
+    recent_scores = _score(candidate, [data.prompts[i] for i in recent], embed)
+    candidate.threshold = float(np.quantile(recent_scores, 1.0 - target_escalation))
     try:
-        check_spread(cand_scores, f"the held-out slice of {len(ho)} recent labels")
+        check_spread(oof[rows], f"the {len(rows)} labels of the gate")
+        check_spread(recent_scores, f"the newest {len(recent)} labels")
     except DegenerateRouter as exc:
-        return Outcome(False, str(exc), candidate, cand_metrics, current_metrics)
-    promote, reason = gate(cand_metrics, current_metrics, margin)
-    if promote and refit_all:
-        prompts, weak, strong = list(data.prompts), data.weak, data.strong
-        if warm_start is not None:
-            prompts = list(warm_start.prompts) + prompts
-            weak, strong = np.concatenate([warm_start.weak, weak]), np.concatenate([warm_start.strong, strong])
-        scorer = make_scorer(family)
-        scorer.fit(prompts, embed(prompts) if scorer.uses_embeddings and embed else None, weak, strong)
-        candidate = LearnedRouter(scorer, 0.5, candidate.metadata)
-        cand_scores = _score(candidate, list(ho.prompts), embed)
-    candidate.threshold = float(np.quantile(cand_scores, 1.0 - target_escalation))
-    rows_by_source = counts_by_source([{"source": g} for g in data.groups or []])
+        promote, reason = False, str(exc)
     provenance = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model_family": family,
+        "model_family": choice.family,
         "features": features_of(scorer),
         **(embedding_metadata(scorer, embedding) if scorer.uses_embeddings and embedding else {}),
         "training_data": {"name": "traffic" + (f"+{warm_start.name}" if warm_start else ""), "rows": len(prompts),
                           "sha256": data_fingerprint(prompts, weak, strong),
-                          "labels_by_source": rows_by_source,
-                          "traffic_rows": len(data) if promote and refit_all else len(tr),
-                          "refit_on_all_labels": bool(promote and refit_all),
+                          "labels_by_source": counts_by_source([{"source": g} for g in data.groups or []]),
+                          "traffic_rows": len(data), "refit_on_all_labels": True,
+                          "newest_label_ts": float(times.max()),
                           "warm_start": {"name": warm_start.name, "rows": len(warm_start)} if warm_start else None},
-        "holdout": {"rows": len(ho), "share": holdout, "candidate": cand_metrics.as_dict(),
-                    "current": current_metrics.as_dict() if current_metrics else None},
-        "metrics": cand_metrics.as_dict(),
+        "selection": {"asked": family, "folds": folds, "chosen": choice.label, "params": choice.params,
+                      "cv_apgr": {c.label: round(c.apgr, 4) for c in tried}},
+        "gate": {"promote": promote, "reason": reason, "rows": verdict.rows, "confidence": confidence,
+                 "difference": verdict.difference, "lower_bound": verdict.lower,
+                 "candidate": verdict.candidate.as_dict(),
+                 "current": verdict.current.as_dict() if verdict.current else None},
+        "metrics": verdict.candidate.as_dict(),
         "target": {"kind": "escalation_rate", "value": target_escalation},
-        "gate": {"promote": promote, "reason": reason},
         "score": "(1 + P(strong right) - P(weak right)) / 2: the strong model's expected gain in [0, 1]",
     }
     candidate.metadata.update(provenance)
-    return Outcome(promote, reason, candidate, cand_metrics, current_metrics, provenance)
+    return Outcome(promote, reason, candidate, verdict.candidate, verdict.current, provenance)

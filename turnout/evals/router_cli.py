@@ -72,9 +72,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--replay", default=None, metavar="DATASET",
                    help="replay this outcome data set as live traffic through the learning loop (shadow labels, "
                    "judge, retraining, promotion gate) and print APGR/CPT50 of the serving router against labels; "
-                   "see turnout.evals.replay")
-    p.add_argument("--sampling", choices=("uncertainty", "uniform"), default="uncertainty",
-                   help="with --replay: which weak-answered requests are shadowed (default uncertainty)")
+                   "the loop refits the first --router's family (default: auto, chosen by cross-validation on its "
+                   "labels, as the gateway does); see turnout.evals.replay")
+    p.add_argument("--sampling", choices=("uniform", "uncertainty"), default="uniform",
+                   help="with --replay: which weak-answered requests are shadowed (default uniform, as the gateway)")
     p.add_argument("--label-budget", type=int, default=1000, help="with --replay: labels to collect (default 1000)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="RouteLLM data folder (default: $TURNOUT_DATA_DIR or ../shared/data/routellm)")
@@ -332,14 +333,16 @@ def run_replay(args: argparse.Namespace) -> int:
     from turnout.evals.replay import ReplayConfig, embed_lookup, render, replay
     from turnout.routing.learned import LearnedRouter
     from turnout.routing.scorers import make_scorer
+    from turnout.weights import minilm_available
 
     if args.artifact is None:
         raise ValueError("--replay needs --artifact: the router serving at the start (trained on another data set)")
     target = load_dataset(args.replay, args.data_dir or default_data_dir())
     initial = LearnedRouter.load(args.artifact)
-    family = (args.router or ["hybrid-stats"])[0]
+    family = (args.router or ["auto"])[0]  # auto: the loop chooses by cross-validation, as the gateway's default
     embed = None
-    if make_scorer(family).uses_embeddings or initial.scorer.uses_embeddings:
+    wants_emb = minilm_available() if family == "auto" else make_scorer(family).uses_embeddings
+    if wants_emb or initial.scorer.uses_embeddings:
         kind = str(initial.metadata.get("embedding") or args.embedding or DEFAULT_EMBEDDING)
         emb = _embeddings(target, args.cache_dir or default_cache_dir(), kind)
         embed = embed_lookup(target.prompts, emb)

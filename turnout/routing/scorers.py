@@ -25,7 +25,7 @@ Each family's fitted state is a flat dict of numpy arrays so artifacts need no p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from scipy import sparse
@@ -377,8 +377,13 @@ FAMILIES: dict[str, type[Scorer]] = {
 }
 
 
-def make_scorer(family: str) -> Scorer:
+def make_scorer(family: str, **params: float) -> Scorer:
+    """A new, unfitted scorer of ``family``; ``params`` are its constructor's (e.g. ``c``, the
+    inverse regularisation strength of its logistic regressions). Only fitting reads them: an
+    artifact stores the fitted arrays, so loading needs the family alone."""
     try:
-        return FAMILIES[family]()
+        cls: Any = FAMILIES[family]
     except KeyError:
         raise ValueError(f"unknown router family {family!r}: choose from {', '.join(FAMILIES)}") from None
+    scorer: Scorer = cls(**params)
+    return scorer

@@ -8,9 +8,12 @@ the strong engine in the background, after the client has its answer; a judge
 - only requests that may go remote: never one the guards marked ``sensitive``/``restricted``
   (kept local); the prompt stored and sent is the pseudonymized copy (:func:`labelable_prompt`);
 - a budget in USD per UTC day caps the shadow calls' cost (estimated before, counted after);
-- exploration prefers the prompts the router is least sure about: those scored nearest the
-  threshold (:class:`ShadowSampler`), with a share drawn uniformly so the labels still cover
-  the whole range; ``sampling="uniform"`` draws all uniformly.
+- which requests: by default any weak-answered request alike (``sampling="uniform"``); with
+  ``sampling="uncertainty"`` the prompts scored nearest the threshold first
+  (:class:`ShadowSampler`), with a share drawn uniformly so the labels still cover the whole
+  range. Uniform is the default because it learned as fast or faster in every replay
+  (docs/routing-eval.md): the labels are noisy 0/1 outcomes, one near the threshold tells little
+  more than any other, and a sample bunched in one score band biases the refit and the gate.
 
 ``turnout.learning.LearningLoop.after`` calls, after the answer was recorded::
 
@@ -39,7 +42,7 @@ from turnout.ledger.labels import Label
 from turnout.routing.judge import Judge
 
 log = logging.getLogger("turnout.routing.shadow")
-SAMPLINGS = ("uncertainty", "uniform")
+SAMPLINGS = ("uniform", "uncertainty")
 
 
 def pick_for_shadow(candidates: Sequence[tuple[float, float]], n: int, sampling: str, explore: float,
@@ -67,7 +70,7 @@ class ShadowSampler:
     ``share * (1 - explore)`` of the recent ``window`` distances is picked; any candidate also with
     probability ``share * explore``. Until ``warm`` distances were seen, uniformly at ``share``."""
 
-    def __init__(self, share: float, sampling: str = "uncertainty", explore: float = 0.2, window: int = 500,
+    def __init__(self, share: float, sampling: str = "uniform", explore: float = 0.2, window: int = 500,
                  warm: int = 20, seed: int | None = None) -> None:
         if not 0.0 <= share <= 1.0 or not 0.0 <= explore <= 1.0:
             raise ValueError("share and explore must be in [0, 1]")
@@ -119,7 +122,7 @@ class LabelStore(Protocol):
 class ShadowPolicy:
     share: float = 0.05                 # of weak-answered requests
     daily_budget_usd: float = 1.0
-    sampling: str = "uncertainty"
+    sampling: str = "uniform"
     explore: float = 0.2
 
 

@@ -50,7 +50,8 @@ def fit_command(alias: str, route: RouteConfig, retrain: RetrainConfig, storage:
     """The ``turnout router fit`` command line the schedule runs for ``alias``."""
     assert route.router is not None
     cmd = [sys.executable, "-m", "turnout", "router", "fit", "--from-traffic", "--alias", alias,
-           "--registry", str(route.router), "--family", retrain.family, "--holdout", str(retrain.holdout),
+           "--registry", str(route.router), "--family", retrain.family, "--folds", str(retrain.folds),
+           "--confidence", str(retrain.confidence),
            "--target-escalation", str(route.target_escalation or DEFAULT_TARGET),
            "--min-new-labels", str(retrain.min_new_labels), "--json"]
     if storage.postgres_dsn:  # the DSN itself goes in the environment (fit_env): argv is readable by anyone on the host
@@ -59,6 +60,8 @@ def fit_command(alias: str, route: RouteConfig, retrain: RetrainConfig, storage:
         cmd += ["--db", str(storage.sqlite_path)]
     if retrain.warm_start:
         cmd += ["--warm-start", retrain.warm_start]
+    if retrain.embedding:
+        cmd += ["--embedding", retrain.embedding]
     return cmd
 
 
