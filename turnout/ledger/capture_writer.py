@@ -33,6 +33,7 @@ from turnout.ledger.capture import (
     insert_postgres,
     insert_sqlite,
 )
+from turnout.ledger.writer import next_batch
 
 log = logging.getLogger("turnout.capture")
 _STOP = object()
@@ -70,26 +71,10 @@ class CaptureWriter(ABC):
         """Commit ``rows`` and ``later`` in one transaction (opening ``conn`` if None); return the
         connection to reuse."""
 
-    def _batch(self) -> list[Any] | None:
-        item = self._q.get()
-        if item is _STOP:
-            return None
-        batch = [item]
-        while len(batch) < self.max_batch:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is _STOP:
-                self._q.put(_STOP)  # finish this batch, then stop
-                break
-            batch.append(nxt)
-        return batch
-
     def _run(self) -> None:
         conn: Any = None
         try:
-            while (batch := self._batch()) is not None:
+            while (batch := next_batch(self._q, self.max_batch, _STOP)) is not None:
                 later = [i for i in batch if isinstance(i, LaterAnswer)]
                 rows = finish(i for i in batch if not isinstance(i, LaterAnswer))
                 try:

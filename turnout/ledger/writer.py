@@ -15,6 +15,26 @@ from turnout.ledger.base import LedgerRow
 _STOP = object()
 
 
+def next_batch(q: queue.SimpleQueue[Any], max_batch: int, stop: object) -> list[Any] | None:
+    """What a writer thread commits next: the first item (waited for) and whatever else is queued,
+    up to ``max_batch``; None once ``stop`` is first in line (a ``stop`` after queued items ends the
+    batch and is put back, so what was queued before it is written)."""
+    item = q.get()
+    if item is stop:
+        return None
+    batch = [item]
+    while len(batch) < max_batch:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is stop:
+            q.put(stop)  # finish this batch, then stop
+            break
+        batch.append(nxt)
+    return batch
+
+
 class GroupCommitWriter(ABC):
     max_batch = 512
 
@@ -44,20 +64,7 @@ class GroupCommitWriter(ABC):
         await fut
 
     def _next_batch(self) -> list[Any] | None:
-        item = self._q.get()
-        if item is _STOP:
-            return None
-        batch = [item]
-        while len(batch) < self.max_batch:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is _STOP:
-                self._q.put(_STOP)  # finish this batch, then stop
-                break
-            batch.append(nxt)
-        return batch
+        return next_batch(self._q, self.max_batch, _STOP)
 
     def _run(self) -> None:
         conn: Any = None
