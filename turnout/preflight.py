@@ -40,10 +40,8 @@ def router_problems(cfg: TurnoutConfig, missing_only: bool = False) -> list[Prob
     """Learned routes whose ``router:`` (an artifact file or a registry folder) does not load;
     ``missing_only`` (``turnout serve``): only a path that does not exist at all (a typo). A
     broken artifact or an empty registry does not stop the gateway: the route is served by its
-    rules, visibly (``turnout.routing.serving``)."""
-    from turnout.routing.artifacts import resolve
-    from turnout.routing.learned import LearnedRouter
-
+    rules, visibly (``turnout.routing.serving``). The router modules (numpy, scipy: the ``router``
+    extra) are imported only to load an artifact, so `turnout serve` starts without them."""
     out = []
     for alias, route in cfg.routes.items():
         scheduled = route.learning is not None and route.learning.retrain is not None
@@ -59,6 +57,9 @@ def router_problems(cfg: TurnoutConfig, missing_only: bool = False) -> list[Prob
                                        "(make one with `turnout eval router` or `turnout router fit`)"))
                 continue
             try:
+                from turnout.routing.artifacts import resolve
+                from turnout.routing.learned import LearnedRouter
+
                 LearnedRouter.load(resolve(route.router))
             except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
                 out.append(Problem("error", f"routes.{alias}.router", f"{exc} (make one with `turnout eval router`)"))
