@@ -21,6 +21,7 @@ import yaml
 from turnout.testing.procs import Proc, start_server
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the groups it schedules by
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs ``-n auto --dist loadgroup``), tests spread one by one over
     the workers, except where a module shares state between its tests: a test that uses a module- or
