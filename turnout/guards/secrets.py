@@ -80,6 +80,8 @@ _CANDIDATE = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_=-]{24,}(?![A-Za-z0-
 _HEX = re.compile(r"[0-9a-fA-F]+")
 # base64 wrapped at a fixed width over several lines (MIME parts, embedded files): a file, not a key
 _WRAPPED_BLOB = re.compile(r"(?m)^([A-Za-z0-9+/]{60,76})\r?\n(?:[A-Za-z0-9+/]{60,76}\r?\n)*[A-Za-z0-9+/]*={0,2}$")
+# a line of base64 key material (PEM wraps at 64, OpenSSH at 70): a header alone is a marker
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=]{40,}")
 _ENCRYPTED_KEY = re.compile(r"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED")
 # base64 prefixes of binary formats that are never a credential by themselves
 _BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"PK\x03\x04", b"\x1f\x8b", b"BM", b"II*\x00",
@@ -353,7 +355,8 @@ class SecretsGuard:
                                             or non_secret_name(text[m.start():s])
                                             or code_value(text, m.start(), s, e)):
                     continue
-                if typ == "PRIVATE_KEY" and encrypted and _ENCRYPTED_KEY.search(m.group(0)):
+                if typ == "PRIVATE_KEY" and (encrypted and _ENCRYPTED_KEY.search(m.group(0))
+                                             or not _KEY_MATERIAL.search(text, m.start(), m.end())):
                     continue
                 found.append(Finding("secret", typ, s, e, score, f"{self.name}.pattern"))
         for typ, s, e, score in format_spans(text):
@@ -375,8 +378,8 @@ class SecretsGuard:
                 found.append(f)
         if self.detect_secrets:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
-                if encrypted and f.type == "PRIVATE_KEY":
-                    continue
+                if f.type == "PRIVATE_KEY" and (encrypted or not _KEY_MATERIAL.search(text[f.end: f.end + 200])):
+                    continue  # a header with no key after it: a marker in code or docs, not a key
                 if f.type in _DS_VALUE_TYPES:
                     name = _name_before(text, f.start)
                     if (_looks_like_placeholder(text[f.start:f.end]) or non_secret_name(name)
@@ -414,7 +417,7 @@ class SecretsGuard:
         prefixes = _format_prefixes(self.catalogue.prefixes)
         out = []
         for f in found:
-            value = text[f.start:f.end].lstrip("\"'`").lower()
+            value = re.sub(r"^[\w.-]*=", "", text[f.start:f.end].lstrip("\"'`")).lower()  # NAME=value read whole
             if (f.type in _GENERIC_TYPES and any(value.startswith(p) for p in prefixes)
                     and not any(g.type not in _GENERIC_TYPES and g.start < f.end and f.start < g.end for g in found)):
                 continue

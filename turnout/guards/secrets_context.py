@@ -26,7 +26,7 @@ SECRET_PARTS = ("passw", "passwd", "secret", "token", "apikey", "credential", "p
                 "signingkey", "authkey", "pwd")
 # a word that makes the whole name something other than a secret
 NON_SECRET_WORDS = frozenset({
-    "public", "pub", "publishable", "csrf", "xsrf", "primary", "foreign", "sort", "partition", "cache",
+    "public", "pub", "publishable", "csrf", "xsrf", "authenticity", "primary", "foreign", "sort", "partition", "cache",
     "idempotency", "next", "page", "pagination", "continuation", "cancellation", "sync", "tokenizer", "tokenize",
     "tokens", "tokenized", "keyboard", "hotkey", "monkey", "turkey", "jsonwebtoken", "author", "authors", "keys",
     "nonce", "salt", "checksum", "integrity", "fingerprint", "thumbprint", "digest", "sha", "md5",
