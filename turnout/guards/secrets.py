@@ -204,16 +204,18 @@ class Catalogue:
     global_allow: tuple[re.Pattern[str], ...]
     global_stopwords: tuple[str, ...]
     skipped: tuple[str, ...]   # rule ids not used: scoped to file paths, or no Python regex
-
-    @property
-    def prefixes(self) -> frozenset[str]:
-        """Keywords of the provider rules (3+ characters): a token starting with one is that provider's."""
-        return _prefixes(self.rules)
+    prefixes: tuple[str, ...] = ()         # keywords of the provider rules, 3+ characters
+    format_prefixes: tuple[str, ...] = ()  # those that are a key's own prefix (``format_prefixes``)
 
 
-@lru_cache(maxsize=4)
-def _prefixes(rules: tuple[Rule, ...]) -> frozenset[str]:
-    return frozenset(k for r in rules if not r.id.startswith("generic") for k in r.keywords if len(k) >= 3)
+def format_prefixes(keywords: frozenset[str]) -> tuple[str, ...]:
+    """Catalogue keywords that are a key's own prefix (``ghp_``, ``xoxb``, ``dapi``): not an English
+    word (``test_``, ``curl``), not a provider's name (``heroku``, ``datadog``: 6+ letters only)."""
+    from turnout.guards.deobfuscate import _english_words
+
+    eng = _english_words()
+    return tuple(sorted(k for k in keywords if re.sub(r"[^a-z]", "", k) not in eng and k[0].isalnum()
+                        and (len(k) <= 5 or not k.isalpha())))
 
 
 @lru_cache(maxsize=4)
@@ -239,8 +241,10 @@ def load_catalogue(path: Path = CATALOGUE) -> Catalogue:
                           tuple(k.lower() for k in r.get("keywords", [])), tuple(allow["secret"]),
                           tuple(allow["match"]), tuple(allow["line"]), tuple(stop)))
     g = doc.get("allowlist", {})
+    prefixes = frozenset(k for r in rules if not r.id.startswith("generic") for k in r.keywords if len(k) >= 3)
     return Catalogue(tuple(rules), tuple(c for c in (_compile(x) for x in g.get("regexes", [])) if c is not None),
-                     tuple(s.lower() for s in g.get("stopwords", [])), tuple(skipped))
+                     tuple(s.lower() for s in g.get("stopwords", [])), tuple(skipped), tuple(sorted(prefixes)),
+                     format_prefixes(prefixes))
 
 
 def _secret_span(m: re.Match[str], group: int) -> tuple[int, int]:
@@ -414,11 +418,11 @@ class SecretsGuard:
         the provider's format decides, as ``_catalogue_disagrees`` does for detect-secrets."""
         if self.catalogue is None:
             return found
-        prefixes = _format_prefixes(self.catalogue.prefixes)
+        prefixes = self.catalogue.format_prefixes
         out = []
         for f in found:
             value = re.sub(r"^[\w.-]*=", "", text[f.start:f.end].lstrip("\"'`")).lower()  # NAME=value read whole
-            if (f.type in _GENERIC_TYPES and any(value.startswith(p) for p in prefixes)
+            if (f.type in _GENERIC_TYPES and value.startswith(prefixes)
                     and not any(g.type not in _GENERIC_TYPES and g.start < f.end and f.start < g.end for g in found)):
                 continue
             out.append(f)
@@ -432,24 +436,13 @@ class SecretsGuard:
         if self.catalogue is None:
             return False
         low = token.lower()
-        if not any(low.startswith(k) for k in self.catalogue.prefixes):
+        if not low.startswith(self.catalogue.prefixes):
             return False
         return not any(g.detector.endswith(".gitleaks") and g.start < f.end and f.start < g.end for g in found)
 
 
 # findings that name no provider (as ``evals.guards_cli.GENERIC_SECRET_TYPES``)
 _GENERIC_TYPES = frozenset({"PASSWORD", "HIGH_ENTROPY_STRING", "SECRET_KEYWORD", "GENERIC_API_KEY", "API_KEY"})
-
-
-@lru_cache(maxsize=4)
-def _format_prefixes(keywords: frozenset[str]) -> tuple[str, ...]:
-    """Catalogue keywords that are a key's own prefix (``ghp_``, ``xoxb``, ``dapi``): not an English
-    word (``test_``, ``curl``), not a provider's name (``heroku``, ``datadog``: 6+ letters only)."""
-    from turnout.guards.deobfuscate import _english_words
-
-    eng = _english_words()
-    return tuple(sorted(k for k in keywords if re.sub(r"[^a-z]", "", k) not in eng and k[0].isalnum()
-                        and (len(k) <= 5 or not k.isalpha())))
 
 
 _ELLIPSIS = ("...", "\u2026")  # a token cut short in documentation ("eyJhbGciOi...")
