@@ -406,6 +406,7 @@ def test_a_provider_body_made_of_words_is_not_a_key() -> None:
 
 def test_the_catalogue_decides_on_its_own_prefix() -> None:
     assert _types("xoxb-12345-abcd234") == []             # detect-secrets' Slack rule; Slack's format says no
+    assert _types('"token3": "xoxp-1234-1234-1234-' + rnd(32, HEX) + '"') == []  # generic-api-key is no provider
     real = "xoxb-" + rnd(12, DIGITS) + "-" + rnd(13, DIGITS) + "-" + rnd(24)
     assert _types(real) == ["SLACK_BOT_TOKEN"]
 

@@ -438,7 +438,8 @@ class SecretsGuard:
         low = token.lower()
         if not low.startswith(self.catalogue.prefixes):
             return False
-        return not any(g.detector.endswith(".gitleaks") and g.start < f.end and f.start < g.end for g in found)
+        return not any(g.detector.endswith(".gitleaks") and g.type not in _GENERIC_TYPES
+                       and g.start < f.end and f.start < g.end for g in found)
 
 
 # findings that name no provider (as ``evals.guards_cli.GENERIC_SECRET_TYPES``)
