@@ -25,6 +25,10 @@ entropy logic for credentials no provider rule names.
    with supporting context (``secrets_context``: a secret-like name, a credential prefix or a
    credential word nearby): a bare random string in code or a binary is not a secret.
 
+Provider matches (1, 3, 4) must be tokens (``secrets_shape``): nothing glued before them, a body
+that is not English words; where both tools know a key prefix the catalogue's stricter format
+decides, and a generic finding on such a prefix that no provider format accepts is a near-miss.
+
 A secret is never something to pseudonymize: policy keeps the request off remote engines
 (or refuses it), so recall matters more than precision here.
 """
@@ -282,7 +286,7 @@ def catalogue_findings(text: str, cat: Catalogue, detector: str) -> list[Finding
                 continue
             if rule.allow_line and any(a.search(_line(text, s, e)) for a in rule.allow_line):
                 continue
-            if not rule.id.startswith("generic") and glued(text, s, e, right=False) and s == m.start():
+            if not rule.id.startswith("generic") and s == m.start() and glued(text, s):
                 continue  # glpat- + 20 of a longer string: part of another token (secrets_shape)
             typ = rule.id.upper().replace("-", "_")
             score = 0.8 if rule.id.startswith("generic") else 0.95
@@ -393,7 +397,7 @@ class SecretsGuard:
                 if _filler(token) or _FILLER_WORDS.search(token + " " + text[f.start:f.end]):
                     continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
                 if f.type not in _DS_VALUE_TYPES and f.type != "PRIVATE_KEY" and (
-                        glued(text, f.start, f.end, right=False) or not_a_token(text, f.start, f.end)
+                        glued(text, f.start) or not_a_token(text, f.start, f.end)
                         or self._catalogue_disagrees(token, f, found)):
                     continue  # a loose provider rule on part of a longer word, or on a sample
                 found.append(f)
