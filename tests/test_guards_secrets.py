@@ -372,3 +372,78 @@ def test_mysql_password_on_the_command_line(text: str, value: str) -> None:
                                   'mysql -u root -p -e "select 1"'])
 def test_mysql_prompted_password_is_not_a_secret(text: str) -> None:
     assert SecretsGuard().inspect(text) == []
+
+
+# ---------------------------------------------------------------- issue 25: provider near-misses (secrets25)
+# Principles for any provider (secrets_shape): each false positive gone, a true positive of the same shape kept.
+
+DIGITS = string.digits
+
+
+def _types(text: str) -> list[str]:
+    return [f.type for f in SecretsGuard().inspect(text)]
+
+
+def test_a_provider_match_glued_to_a_longer_word_is_not_a_key() -> None:
+    tail = rnd(35, string.ascii_letters + string.digits + "_-")
+    bot = rnd(9, DIGITS) + ":" + tail
+    assert _types(f"build clm{bot} done") == []            # detect-secrets' Telegram rule has no boundary
+    assert _types(f"bot {bot} done") == ["TELEGRAM_BOT_TOKEN"]
+    assert _types(f'"msg":"token\\n{bot}"') == ["TELEGRAM_BOT_TOKEN"]  # an escape written as text is a boundary
+
+
+def test_a_provider_body_made_of_words_is_not_a_key() -> None:
+    from turnout.guards.secrets_shape import word_body
+
+    assert _types("ref 99344324:AgencyIdentificationCodeContentType here") == []
+    assert word_body("AgencyIdentificationCodeContentType") and not word_body("AKIA" + rnd(16, UP))
+    rng = random.Random(11)  # random bodies never read as words, in any alphabet
+    for alphabet in (string.ascii_letters + string.digits, string.ascii_lowercase + string.digits,
+                     string.ascii_lowercase):
+        assert not any(word_body("".join(rng.choice(alphabet) for _ in range(n))) for n in (8, 16, 32)
+                       for _ in range(2000))
+
+
+def test_the_catalogue_decides_on_its_own_prefix() -> None:
+    assert _types("xoxb-12345-abcd234") == []             # detect-secrets' Slack rule; Slack's format says no
+    assert _types('"token3": "xoxp-1234-1234-1234-' + rnd(32, HEX) + '"') == []  # generic-api-key is no provider
+    real = "xoxb-" + rnd(12, DIGITS) + "-" + rnd(13, DIGITS) + "-" + rnd(24)
+    assert _types(real) == ["SLACK_BOT_TOKEN"]
+
+
+NEAR_MISSES = [  # (template, the provider's prefix + a body of the wrong length or alphabet, a well-formed key)
+    ('api_token = "{}"', "ghp_" + rnd(20), "ghp_" + rnd(36)),
+    ("DATABRICKS_TOKEN={}", "dapi" + rnd(31, HEX) + "z", "dapi" + rnd(32, HEX)),
+]
+
+
+@pytest.mark.parametrize("template,near,full", NEAR_MISSES)
+def test_a_near_miss_of_a_provider_format_is_not_a_generic_secret(template: str, near: str, full: str) -> None:
+    assert _types(template.format(near)) == [], near
+    text = template.format(full)
+    found = SecretsGuard().inspect(text)
+    assert _covers(text, full, found) and not {f.type for f in found} & {"PASSWORD", "HIGH_ENTROPY_STRING"}
+    plain = rnd(20)  # no provider prefix: the generic rules still find it
+    assert _covers(template.format(plain), plain, SecretsGuard().inspect(template.format(plain)))
+
+
+@pytest.mark.parametrize("text", ["not_secret = notapassword", 'password = "notasecret"', "NO_PASSWORD: hunter2x",
+                                  'authenticity_token = "' + rnd(40) + '"'])
+def test_values_that_deny_being_secrets_are_not_flagged(text: str) -> None:
+    assert _types(text) == [], text
+
+
+@pytest.mark.parametrize("template,value", [("secret = {}", "Kx9vLmQ2pass"), ('password = "{}"', "n0tT00s3cret"),
+                                            ("DB_PASSWORD: {}", "hunter2x"), ('auth_token = "{}"', rnd(40))])
+def test_the_same_shapes_with_a_secret_are_found(template: str, value: str) -> None:
+    text = template.format(value)
+    assert _covers(text, value, SecretsGuard().inspect(text)), text
+
+
+@pytest.mark.parametrize("text", ['if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):',
+                                  "MARKERS = ['BEGIN OPENSSH PRIVATE KEY', 'BEGIN EC PRIVATE KEY']"])
+def test_a_private_key_header_without_key_material_is_a_marker(text: str) -> None:
+    assert _types(text) == [], text
+    body = "\n".join(rnd(64, string.ascii_letters + string.digits + "+/") for _ in range(3))
+    key = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----"
+    assert "PRIVATE_KEY" in _types(key)

@@ -25,6 +25,10 @@ entropy logic for credentials no provider rule names.
    with supporting context (``secrets_context``: a secret-like name, a credential prefix or a
    credential word nearby): a bare random string in code or a binary is not a secret.
 
+Provider matches (1, 3, 4) must be tokens (``secrets_shape``): nothing glued before them, a body
+that is not English words; where both tools know a key prefix the catalogue's stricter format
+decides, and a generic finding on such a prefix that no provider format accepts is a near-miss.
+
 A secret is never something to pseudonymize: policy keeps the request off remote engines
 (or refuses it), so recall matters more than precision here.
 """
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from turnout.guards.base import Finding
 from turnout.guards.secrets_context import code_value, has_context, non_secret_name
 from turnout.guards.secrets_formats import format_spans
+from turnout.guards.secrets_shape import glued, word_body, word_like
 
 if TYPE_CHECKING:
     from turnout.config import GuardsConfig
@@ -79,6 +84,8 @@ _CANDIDATE = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_=-]{24,}(?![A-Za-z0-
 _HEX = re.compile(r"[0-9a-fA-F]+")
 # base64 wrapped at a fixed width over several lines (MIME parts, embedded files): a file, not a key
 _WRAPPED_BLOB = re.compile(r"(?m)^([A-Za-z0-9+/]{60,76})\r?\n(?:[A-Za-z0-9+/]{60,76}\r?\n)*[A-Za-z0-9+/]*={0,2}$")
+# a line of base64 key material (PEM wraps at 64, OpenSSH at 70): a header alone is a marker
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=]{40,}")
 _ENCRYPTED_KEY = re.compile(r"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED")
 # base64 prefixes of binary formats that are never a credential by themselves
 _BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"PK\x03\x04", b"\x1f\x8b", b"BM", b"II*\x00",
@@ -121,18 +128,6 @@ def high_entropy(token: str) -> bool:
     digits = sum(c.isdigit() for c in token)
     return (shannon_entropy(token) >= 4.2 and 0 < digits < len(token) * 0.8 and not word_like(token)
             and not binary_blob(token))
-
-
-_RUNS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-
-
-def word_like(token: str) -> bool:
-    """Words and numbers joined (``id-Gost28147-89-None-KeyMeshing``, ``rc0.15.0_20231217-SNAPSHOT``):
-    their letter / digit / case runs average 3.5 characters or more, which fewer than 1 in 1,000
-    random base62 or base64url tokens of 24+ characters reach (a random token changes class every
-    ~2 characters)."""
-    runs = _RUNS.findall(token)
-    return bool(runs) and sum(map(len, runs)) / len(runs) >= 3.5
 
 
 # ---------------------------------------------------------------- the gitleaks catalogue
@@ -213,6 +208,18 @@ class Catalogue:
     global_allow: tuple[re.Pattern[str], ...]
     global_stopwords: tuple[str, ...]
     skipped: tuple[str, ...]   # rule ids not used: scoped to file paths, or no Python regex
+    prefixes: tuple[str, ...] = ()         # keywords of the provider rules, 3+ characters
+    format_prefixes: tuple[str, ...] = ()  # those that are a key's own prefix (``format_prefixes``)
+
+
+def format_prefixes(keywords: frozenset[str]) -> tuple[str, ...]:
+    """Catalogue keywords that are a key's own prefix (``ghp_``, ``xoxb``, ``dapi``): not an English
+    word (``test_``, ``curl``), not a provider's name (``heroku``, ``datadog``: 6+ letters only)."""
+    from turnout.guards.deobfuscate import _english_words
+
+    eng = _english_words()
+    return tuple(sorted(k for k in keywords if re.sub(r"[^a-z]", "", k) not in eng and k[0].isalnum()
+                        and (len(k) <= 5 or not k.isalpha())))
 
 
 @lru_cache(maxsize=4)
@@ -238,8 +245,10 @@ def load_catalogue(path: Path = CATALOGUE) -> Catalogue:
                           tuple(k.lower() for k in r.get("keywords", [])), tuple(allow["secret"]),
                           tuple(allow["match"]), tuple(allow["line"]), tuple(stop)))
     g = doc.get("allowlist", {})
+    prefixes = frozenset(k for r in rules if not r.id.startswith("generic") for k in r.keywords if len(k) >= 3)
     return Catalogue(tuple(rules), tuple(c for c in (_compile(x) for x in g.get("regexes", [])) if c is not None),
-                     tuple(s.lower() for s in g.get("stopwords", [])), tuple(skipped))
+                     tuple(s.lower() for s in g.get("stopwords", [])), tuple(skipped), tuple(sorted(prefixes)),
+                     format_prefixes(prefixes))
 
 
 def _secret_span(m: re.Match[str], group: int) -> tuple[int, int]:
@@ -277,6 +286,8 @@ def catalogue_findings(text: str, cat: Catalogue, detector: str) -> list[Finding
                 continue
             if rule.allow_line and any(a.search(_line(text, s, e)) for a in rule.allow_line):
                 continue
+            if not rule.id.startswith("generic") and s == m.start() and glued(text, s):
+                continue  # glpat- + 20 of a longer string: part of another token (secrets_shape)
             typ = rule.id.upper().replace("-", "_")
             score = 0.8 if rule.id.startswith("generic") else 0.95
             out.append(Finding("secret", typ, s, e, score, detector))
@@ -352,11 +363,14 @@ class SecretsGuard:
                                             or non_secret_name(text[m.start():s])
                                             or code_value(text, m.start(), s, e)):
                     continue
-                if typ == "PRIVATE_KEY" and encrypted and _ENCRYPTED_KEY.search(m.group(0)):
+                if typ == "PRIVATE_KEY" and (encrypted and _ENCRYPTED_KEY.search(m.group(0))
+                                             or not _KEY_MATERIAL.search(text, m.start(), m.end())):
                     continue
                 found.append(Finding("secret", typ, s, e, score, f"{self.name}.pattern"))
         for typ, s, e, score in format_spans(text):
             if typ in _VALUE_TYPES and _looks_like_placeholder(text[s:e]):
+                continue
+            if typ not in _VALUE_TYPES and not_a_token(text, s, e):
                 continue
             found.append(Finding("secret", typ, s, e, score, f"{self.name}.format"))
         if self.catalogue is not None:
@@ -367,11 +381,13 @@ class SecretsGuard:
                                                      or word_like(text[f.start:f.end])
                                                      or non_secret_name(_name_before(text, f.start))):
                     continue
+                if not f.type.startswith("GENERIC") and not_a_token(text, f.start, f.end):
+                    continue
                 found.append(f)
         if self.detect_secrets:
             for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
-                if encrypted and f.type == "PRIVATE_KEY":
-                    continue
+                if f.type == "PRIVATE_KEY" and (encrypted or not _KEY_MATERIAL.search(text[f.end: f.end + 200])):
+                    continue  # a header with no key after it: a marker in code or docs, not a key
                 if f.type in _DS_VALUE_TYPES:
                     name = _name_before(text, f.start)
                     if (_looks_like_placeholder(text[f.start:f.end]) or non_secret_name(name)
@@ -380,6 +396,10 @@ class SecretsGuard:
                 token = _token_at(text, f.start, f.end)
                 if _filler(token) or _FILLER_WORDS.search(token + " " + text[f.start:f.end]):
                     continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
+                if f.type not in _DS_VALUE_TYPES and f.type != "PRIVATE_KEY" and (
+                        glued(text, f.start) or not_a_token(text, f.start, f.end)
+                        or self._catalogue_disagrees(token, f, found)):
+                    continue  # a loose provider rule on part of a longer word, or on a sample
                 found.append(f)
         if self.entropy:
             pem = [(m.start(), m.end())
@@ -393,7 +413,41 @@ class SecretsGuard:
                         and not text.startswith(_ELLIPSIS, m.end()) and has_context(text, m.start(), m.end())):
                     found.append(Finding("secret", "HIGH_ENTROPY_STRING", m.start(), m.end(), 0.6,
                                          f"{self.name}.entropy"))
-        return _dedupe(found)
+        return _dedupe(self._drop_provider_near_misses(text, found))
+
+    def _drop_provider_near_misses(self, text: str, found: list[Finding]) -> list[Finding]:
+        """A generic finding (a keyed value, high entropy) that starts with a provider's own prefix
+        (``dapi``, ``ghp_``, ``xoxb-``) where no provider format matched is a near-miss of that
+        format (wrong length or alphabet: a sample, a truncated or made-up key), not a generic secret:
+        the provider's format decides, as ``_catalogue_disagrees`` does for detect-secrets."""
+        if self.catalogue is None:
+            return found
+        prefixes = self.catalogue.format_prefixes
+        out = []
+        for f in found:
+            value = re.sub(r"^[\w.-]*=", "", text[f.start:f.end].lstrip("\"'`")).lower()  # NAME=value read whole
+            if (f.type in _GENERIC_TYPES and value.startswith(prefixes)
+                    and not any(g.type not in _GENERIC_TYPES and g.start < f.end and f.start < g.end for g in found)):
+                continue
+            out.append(f)
+        return out
+
+
+    def _catalogue_disagrees(self, token: str, f: Finding, found: list[Finding]) -> bool:
+        """Both tools know the provider (a catalogue rule is keyed on the token's own prefix:
+        ``xoxb``, ``glpat-``, ``akia``) and the catalogue, whose formats are stricter and kept
+        current, found nothing there: the catalogue decides (``xoxb-12345-abcd234``)."""
+        if self.catalogue is None:
+            return False
+        low = token.lower()
+        if not low.startswith(self.catalogue.prefixes):
+            return False
+        return not any(g.detector.endswith(".gitleaks") and g.type not in _GENERIC_TYPES
+                       and g.start < f.end and f.start < g.end for g in found)
+
+
+# findings that name no provider (as ``evals.guards_cli.GENERIC_SECRET_TYPES``)
+_GENERIC_TYPES = frozenset({"PASSWORD", "HIGH_ENTROPY_STRING", "SECRET_KEYWORD", "GENERIC_API_KEY", "API_KEY"})
 
 
 _ELLIPSIS = ("...", "\u2026")  # a token cut short in documentation ("eyJhbGciOi...")
@@ -402,7 +456,8 @@ _VALUE_TYPES = frozenset({"PASSWORD", "BEARER_TOKEN", "CREDENTIAL_IN_URL", "SQL_
 _DS_VALUE_TYPES = frozenset({"SECRET_KEYWORD", "BASIC_AUTH_CREDENTIALS"})  # detect-secrets' typed-in values
 _CODE_VALUE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+|[A-Za-z_][\w.]*\(.*|.*\)")
 _PLACEHOLDER_WORDS = re.compile(r"(?i)fake|dummy|example|sample|placeholder|insert|your[_-]?|[_-]here\b|changeme|"
-                                r"redacted|xxxx|\*\*\*|\.\.\.|\u2026")
+                                r"redacted|xxxx|\*\*\*|\.\.\.|\u2026|"
+                                r"not[_-]?(?:a[_-]?)?(?:real|valid|secret|password|passwd|token|key)")
 # in a random-looking token: filler words (AWS's documented AKIA...EXAMPLE pair stays a finding, as
 # tests/test_tasks_units.py expects of the output guards)
 _FILLER_WORDS = re.compile(r"(?i)fake|dummy|placeholder|your[_-]?(?:api|secret|token|key|access)|[_-]here\b|"
@@ -452,6 +507,11 @@ def _sequential(v: str) -> bool:
 def _filler(v: str) -> bool:
     """One character makes most of the value (``hf_xxxxxxxx``, ``glc_1111...``, ``aaaa``)."""
     return len(set(v)) == 1 or len(v) >= 6 and Counter(v).most_common(1)[0][1] > 0.6 * len(v)
+
+
+def not_a_token(text: str, start: int, end: int) -> bool:
+    """A provider-format match whose random body reads as words (``secrets_shape.word_body``)."""
+    return word_body(_token_at(text, start, end))
 
 
 def _name_before(text: str, start: int) -> str:

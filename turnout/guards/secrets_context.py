@@ -26,7 +26,7 @@ SECRET_PARTS = ("passw", "passwd", "secret", "token", "apikey", "credential", "p
                 "signingkey", "authkey", "pwd")
 # a word that makes the whole name something other than a secret
 NON_SECRET_WORDS = frozenset({
-    "public", "pub", "publishable", "csrf", "xsrf", "primary", "foreign", "sort", "partition", "cache",
+    "public", "pub", "publishable", "csrf", "xsrf", "authenticity", "primary", "foreign", "sort", "partition", "cache",
     "idempotency", "next", "page", "pagination", "continuation", "cancellation", "sync", "tokenizer", "tokenize",
     "tokens", "tokenized", "keyboard", "hotkey", "monkey", "turkey", "jsonwebtoken", "author", "authors", "keys",
     "nonce", "salt", "checksum", "integrity", "fingerprint", "thumbprint", "digest", "sha", "md5",
@@ -42,6 +42,8 @@ NON_SECRET_LAST = frozenset({
 # ``invalidKey``, ``nonMatchingToken``, ``EXAMPLE_SECRET``. "test" alone is not one: CI passwords are real.
 MADE_UP_PARTS = ("fake", "dummy", "mock", "bogus", "invalid", "wrong", "placeholder", "example", "sample",
                  "nonmatching", "notmatching", "notreal")
+# a name that starts by denying it (``not_secret``, ``NO_PASSWORD``, ``nonSecretKey``)
+NEGATIONS = frozenset({"not", "no", "non"})
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _IDENT = re.compile(r"[A-Za-z_$@][\w$@.-]*")
 # a credential-like prefix on the token itself
@@ -65,7 +67,7 @@ def non_secret_name(name: str) -> bool:
         return False
     joined = "".join(words)
     return (any(w in NON_SECRET_WORDS for w in words) or words[-1] in NON_SECRET_LAST
-            or any(p in joined for p in MADE_UP_PARTS))
+            or any(p in joined for p in MADE_UP_PARTS) or words[0] in NEGATIONS)
 
 
 def secret_name(name: str) -> bool:
