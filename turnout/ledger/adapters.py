@@ -255,7 +255,8 @@ class _Registry:
         newest registered before it."""
         rows = [r for r in self.list(function) if r.id != exclude and r.evaluation is not None]
         promoted = [r for r in rows if r.status == "promoted"]
-        return (promoted or rows or [None])[-1]
+        found = promoted or rows
+        return found[-1] if found else None
 
     def close(self) -> None:
         raise NotImplementedError

@@ -127,4 +127,5 @@ def evaluate(adapter: Path, base: LlamaCppEngineConfig, fn: Function | None, var
     if validation is not None:
         out["validation_file"] = str(validation)
         out["validation_sha256"] = hashlib.sha256(validation.read_bytes()).hexdigest()
-    return json.loads(json.dumps(out))  # plain JSON types, as the manifest keeps them
+    as_json: dict[str, Any] = json.loads(json.dumps(out))  # plain JSON types, as the manifest keeps them
+    return as_json

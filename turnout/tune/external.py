@@ -76,8 +76,8 @@ def run_trainer(command: list[str], *, dataset: Path, out: Path, base: Path, set
     convert_s = None
     if not gguf.is_file():
         if not has_peft:
-            raise TrainerFailed(f"tune.command: the trainer left neither {am.GGUF} nor {am.PEFT_DIR}/adapter_config.json "
-                                f"and adapter_model.safetensors in {out}")
+            raise TrainerFailed(f"tune.command: the trainer left neither {am.GGUF} nor {am.PEFT_DIR}/ "
+                                f"(adapter_config.json and adapter_model.safetensors) in {out}")
         if config_dir is None:
             raise TrainerFailed(f"tune.command: the trainer left only PEFT files; converting them to {am.GGUF} "
                                 "needs the base model's config.json (--base-config DIR) and the tune extra")
