@@ -133,7 +133,7 @@ def test_a_gated_adapter_goes_on_canary_then_promote_and_rollback_are_audited(tm
     out = run_cli("adapters", "promote", row["id"], "--config", str(config), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["status"] == "promoted"
     out = run_cli("adapters", "promote", row["id"], "--config", str(config))
-    assert out.returncode == 2 and "is promoted; promoted needs it canary" in out.stderr
+    assert out.returncode == 2 and "is promoted; promote takes a registered adapter" in out.stderr
     out = run_cli("adapters", "rollback", row["id"][:6], "--config", str(config), "--reason", "test", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["status"] == "rolled_back"
     shown = run_cli("adapters", "show", row["id"], "--config", str(config))

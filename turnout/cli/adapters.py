@@ -235,6 +235,7 @@ def _register_folder(cfg: Any, registry: Any, folder: Path, function: str | None
 
 
 def promote_cmd(args: argparse.Namespace) -> int:
+    from turnout.ledger.adapters import RegistryError
     from turnout.tune import gate
 
     cfg = _config(args)
@@ -245,6 +246,9 @@ def promote_cmd(args: argparse.Namespace) -> int:
         folder = Path(args.adapter)
         row = _register_folder(cfg, registry, folder, args.function, args.by) if folder.is_dir() \
             else registry.get(args.adapter)
+        if row.status not in ("registered", "canary"):
+            raise RegistryError(f"adapter {row.id} is {row.status}; promote takes a registered adapter (the gate, then "
+                                "a canary) or one on canary (all traffic)")
         if row.status == "canary":
             done = registry.transition(row.id, "promoted", by=args.by, reason="promoted by an operator")
             _print(args, done.as_dict(), f"turnout: adapter {done.id} promoted: fn:{done.function} variant "
