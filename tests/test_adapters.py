@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def test_a_gated_adapter_goes_on_canary_then_promote_and_rollback_are_audited(tm
     assert report["gate"]["passed"], report["gate"]
     # the canary engine must load this very folder
     (tmp_path / "other").mkdir()
-    other = _write_config(tmp_path / "other", tmp_path / "elsewhere", fns)
+    other = _write_config(tmp_path / "other", tmp_path / "elsewhere", fns, gate={"min_gain": 0.0})
     out = run_cli("adapters", "promote", str(neutral), "--config", str(other))
     assert out.returncode == 2 and "point it at the candidate" in out.stderr
     out = run_cli("adapters", "promote", str(neutral), "--config", str(config), "--share", "0.25", "--json")
@@ -198,6 +199,8 @@ def _greet_function(root: Path) -> Path:
     (folder / "input.schema.json").write_text(json.dumps(
         {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}))
     (folder / "user.j2").write_text("Say: {{ text }}")
+    (folder / "golden.jsonl").write_text(json.dumps({"id": "g1", "variables": {"text": "world"}, "contains": "world"})
+                                         + "\n")
     return root / "fns"
 
 
@@ -374,3 +377,54 @@ def test_adapters_cli_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "no adapter nope in the registry" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("adapters", "list", "--db", str(db), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []
+
+
+# ---- the scheduled mode ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_schedule_trains_evaluates_and_gates_under_its_lock(gateway_factory: Any, upstream: Upstream,
+                                                                tmp_path: Path) -> None:
+    from turnout.ledger.capture import open_captures
+    from turnout.tune.schedule import round_lock
+
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    good = {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1", "model": "fake-frontier",
+            "api_key_env": "TURNOUT_TEST_FRONTIER_KEY", "resilience": dict(FAST_RESILIENCE),
+            "terms": {"train_on_outputs": "allowed"}}
+    work = tmp_path / "work"
+    local = {"dialect": "llamacpp", "n_ctx": 512, "terms": {"train_on_outputs": "allowed"}}
+    cfg: dict[str, Any] = {
+        "engines": {"good": good, "local": local},
+        "routes": {"auto": {"chain": ["good"]}}, "guards": {"enabled": False},
+        "functions": {"path": str(_greet_function(tmp_path))}, "capture": {"functions": {"greet": "on"}},
+        "tune": {"trainer": "command", "every_s": 3600, "min_new_examples": 3, "function": "greet",
+                 "tenants": ["anonymous"], "workdir": str(work), "tune_args": ["--rank", "4"],
+                 "command": [sys.executable, str(script), "{dataset}", "{out}", "{config}",
+                             str(FIXTURES / "neutral.gguf"), "gguf"]}}
+    gw = gateway_factory(cfg)
+    cfg["storage"] = {"sqlite_path": str(gw.db)}
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    for i in range(3):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json={
+            "model": "fn:greet", "messages": [{"role": "user", "content": json.dumps({"text": f"line {i}"})}],
+            "metadata": {"episode": f"s{i}"}})
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 20
+    while len(open_captures(db=gw.db).rows()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the capture writer commits after the request's ledger row
+    with round_lock(work):  # another scheduler's round is running: this one skips
+        out = run_cli("adapters", "schedule", "--once", "--config", str(config))
+    assert out.returncode == 0 and "another round holds the schedule's lock" in out.stdout
+    out = run_cli("adapters", "schedule", "--once", "--config", str(config), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    outcome = json.loads(out.stdout)
+    # the neutral adapter scores exactly as the base: min_gain 0.01 refuses it
+    assert outcome["result"] == "trained" and outcome["status"] == "refused" and outcome["examples"] == 3, outcome
+    manifest = json.loads((Path(outcome["folder"]) / "adapter" / am.MANIFEST).read_text())
+    assert manifest["trainer"]["kind"] == "command" and manifest["hyperparameters"]["rank"] == 4
+    assert manifest["dataset"]["card"] is not None and manifest["evaluation"]["function"] == "greet"
+    events = _audit(gw.db)
+    assert [(e["action"], e["by"]) for e in events] == [("registered", "schedule"), ("refused", "schedule")]
+    out = run_cli("adapters", "schedule", "--once", "--config", str(config))
+    assert out.returncode == 0 and "0 new captured calls of fn:greet; 3 needed" in out.stdout

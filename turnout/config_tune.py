@@ -68,6 +68,21 @@ class TuneConfig(_Strict):
         "{validation}, {out}, {base} and {config} (a JSON file of the settings); it must leave adapter.gguf or "
         "peft/ (adapter_config.json, adapter_model.safetensors) in {out}")
     timeout_s: float = Field(6 * 3600.0, gt=0, description="an external trainer still running after this is stopped")
+    every_s: float | None = Field(None, gt=0, description="the scheduled mode (`turnout adapters schedule`): seconds "
+                                  "between rounds; each builds a dataset, trains, evaluates and gates a new adapter "
+                                  "when min_new_examples were captured since the last round, and runs the watcher")
+    min_new_examples: int = Field(200, ge=1, description="captured calls of the function since the last round that a "
+                                  "round needs before it trains")
+    function: str | None = Field(None, description="the scheduled mode: the function whose traffic trains the adapter "
+                                 "and whose golden set gates it")
+    tenants: list[str] = Field(default_factory=list, description="the scheduled mode: the tenants whose traffic goes "
+                               "in (['*']: all; an adapter trained on several tenants' traffic answers all of them)")
+    workdir: str = Field(".turnout/adapters", description="the scheduled mode: where each round's dataset and adapter "
+                         "go (one folder a round) and its lock")
+    sign_key: str | None = Field(None, description="the scheduled mode: a P-256 private key (PEM) the adapters are "
+                                 "signed with")
+    tune_args: list[str] = Field(default_factory=list, description="the scheduled mode: more `turnout tune` arguments "
+                                 "(e.g. [--epochs, '2', --rank, '16'])")
     gate: GateConfig = Field(default_factory=lambda: GateConfig.model_validate({}))
     canary: CanaryConfig = Field(default_factory=lambda: CanaryConfig.model_validate({}))
 
@@ -77,6 +92,9 @@ class TuneConfig(_Strict):
 
         if self.trainer == "command" and not self.command:
             raise ValueError("tune.command: trainer: command needs the trainer's argv -> add command: [...]")
+        if self.every_s is not None and (not self.function or not self.tenants):
+            raise ValueError("tune.every_s: the scheduled mode needs tune.function and tune.tenants -> name the "
+                             "function and the tenants (or ['*']) whose traffic trains the adapter")
         for arg in self.command or []:
             for _, name, _, _ in string.Formatter().parse(arg):
                 if name is not None and name not in TRAINER_FIELDS:

@@ -14,6 +14,10 @@
         compare each canary's variant with the variant it copies (invalid-output rate, escalation rate,
         mean feedback satisfaction, over first attempts since the canary began); promote it to all
         traffic once both have tune.canary.min_samples, or roll it back on a regression
+    turnout adapters schedule --config F [--once]
+        the loop unattended (tune.every_s): when tune.min_new_examples calls of tune.function were captured
+        since the last round, build a dataset, train (child processes, under a lock), evaluate, gate and
+        register the adapter; then the watcher's round
     turnout adapters list|show [ID] --config F [--json]
 
 Every step is an audit-chain entry (`turnout audit verify`). Operator commands: they need the database
@@ -73,6 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--json", action="store_true")
     store_args(w)
     w.set_defaults(func=watch_cmd)
+    sc = asub.add_parser("schedule", help="the loop unattended: build, tune, evaluate and gate every tune.every_s "
+                         "when tune.min_new_examples were captured; the watcher each round")
+    sc.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
+    sc.add_argument("--json", action="store_true")
+    store_args(sc)
+    sc.set_defaults(func=schedule_cmd)
     ls = asub.add_parser("list", help="the registry's adapters")
     ls.add_argument("--function", default=None)
     ls.add_argument("--json", action="store_true")
@@ -206,32 +216,35 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 # ---- promote / rollback -------------------------------------------------------------------------------
-def _register_folder(cfg: Any, registry: Any, folder: Path, function: str | None, by: str) -> Any:
-    from turnout import adapter_manifest as am
-
+def _canary_engine(cfg: Any) -> tuple[str, Any]:
     engine = cfg.tune.canary.engine
     if engine is None:
         raise ValueError("tune.canary.engine is not set: name the llamacpp engine whose adapter: is the candidate's "
                          "folder (the canary answers through it)")
-    ecfg = cfg.engines[engine]
+    return engine, cfg.engines[engine]
+
+
+def _check_canary_engine(cfg: Any, folder: Path) -> str:
+    """The canary engine, once it is sure to load this very adapter: its ``adapter:`` is the folder, and
+    the folder passes the checks the engine makes (files, base weights, signature by its trusted keys)."""
+    from turnout import adapter_manifest as am
+
+    engine, ecfg = _canary_engine(cfg)
     if not ecfg.adapter or Path(ecfg.adapter).resolve() != folder.resolve():
         raise ValueError(f"engines.{engine}.adapter is {ecfg.adapter or 'not set'}, not {folder}: point it at the "
                          "candidate and restart the gateway, so the canary engine loads this adapter")
-    # what the canary engine will check when it loads it: files, base weights, signature
-    _, manifest = am.verify(folder, base_sha256=_weights_sha256(ecfg), public_keys=ecfg.adapter_public_keys)
-    evaluation = manifest.get("evaluation")
-    if not isinstance(evaluation, dict):
-        raise ValueError(f"{folder}: the manifest holds no evaluation; run `turnout adapters eval {folder} "
-                         "--function NAME` (before signing)")
-    function = function or evaluation.get("function")
-    if not function:
-        raise ValueError("--function: the evaluation names no function (the canary is a variant of one)")
-    from turnout.weights import sha256_file
+    am.verify(folder, base_sha256=_weights_sha256(ecfg), public_keys=ecfg.adapter_public_keys)
+    return str(engine)
 
-    digest = sha256_file(folder / am.MANIFEST)
-    return registry.register(adapter_id=digest[:16], function=function, path=str(folder.resolve()),
-                             manifest_sha256=digest, base_sha256=(manifest.get("base") or {}).get("sha256"),
-                             evaluation=evaluation, by=by)
+
+def register_folder(cfg: Any, registry: Any, folder: Path, function: str | None, by: str) -> Any:
+    """Register an evaluated folder and apply the gate (``turnout.tune.gate.register``), checked against the
+    canary engine's weights and keys (else the first llamacpp engine's)."""
+    from turnout.tune import gate
+
+    _, ecfg = _base_engine(cfg, None)
+    return gate.register(registry, folder, function, base_sha256=_weights_sha256(ecfg),
+                         public_keys=list(ecfg.adapter_public_keys), gate=cfg.tune.gate, by=by)
 
 
 def promote_cmd(args: argparse.Namespace) -> int:
@@ -244,8 +257,12 @@ def promote_cmd(args: argparse.Namespace) -> int:
     registry = open_registry(args)
     try:
         folder = Path(args.adapter)
-        row = _register_folder(cfg, registry, folder, args.function, args.by) if folder.is_dir() \
+        row = register_folder(cfg, registry, folder, args.function, args.by) if folder.is_dir() \
             else registry.get(args.adapter)
+        if row.status == "refused":
+            reasons = (row.reason or "") or "; ".join(gate.verdict(row.evaluation or {}, cfg.tune.gate)["reasons"])
+            print(f"turnout: adapter {row.id} refused by the gate: {reasons}", file=sys.stderr)
+            return 3
         if row.status not in ("registered", "canary"):
             raise RegistryError(f"adapter {row.id} is {row.status}; promote takes a registered adapter (the gate, then "
                                 "a canary) or one on canary (all traffic)")
@@ -255,19 +272,17 @@ def promote_cmd(args: argparse.Namespace) -> int:
                    f"{done.variant} takes all traffic")
             return 0
         evaluation = row.evaluation or {}
-        verdict = gate.verdict(evaluation, cfg.tune.gate)
+        verdict = gate.verdict(evaluation, cfg.tune.gate)  # under the configuration as it is now
         if not verdict["passed"]:
             done = registry.transition(row.id, "refused", by=args.by, reason="; ".join(verdict["reasons"]),
                                        audit={"gate": verdict})
             print(f"turnout: adapter {done.id} refused by the gate: {'; '.join(verdict['reasons'])}", file=sys.stderr)
             return 3
+        engine = _check_canary_engine(cfg, Path(row.path))
         fn = _function(cfg, row.function)
         source = args.variant or evaluation.get("variant")
         if source not in fn.variants:
             raise ValueError(f"--variant: fn:{fn.name} has no variant {source!r} ({', '.join(fn.variants)})")
-        engine = cfg.tune.canary.engine
-        if engine is None:
-            raise ValueError("tune.canary.engine is not set")
         share = args.share if args.share is not None else cfg.tune.canary.share
         done = registry.transition(row.id, "canary", by=args.by, reason="passed the gate",
                                    canary=(engine, f"adapter-{row.id[:8]}", source, share), audit={"gate": verdict})
@@ -324,6 +339,37 @@ def watch_cmd(args: argparse.Namespace) -> int:
             time.sleep(args.every)
     finally:
         registry.close()
+
+
+def schedule_cmd(args: argparse.Namespace) -> int:
+    from turnout.cli.data import open_store
+    from turnout.tune.schedule import run_round
+
+    cfg = _config(args)
+    if not args.config:
+        raise ValueError("--config is required: the schedule runs `turnout dataset build` and `turnout tune` on it")
+    if cfg.tune.every_s is None and not args.once:
+        raise ValueError("tune.every_s is not set: set it (seconds between rounds) or give --once")
+    if not cfg.tune.function or not cfg.tune.tenants:
+        raise ValueError("the scheduled mode needs tune.function and tune.tenants")
+    registry, captures = open_registry(args), open_store(args)
+    try:
+        while True:
+            outcome = run_round(Path(args.config), cfg, captures, lambda folder: register_folder(
+                cfg, registry, folder, cfg.tune.function, "schedule"))
+            _print(args, outcome, f"turnout: schedule: {outcome['result']}"
+                   + (f" adapter {outcome['adapter']} ({outcome['status']})" if outcome.get("adapter") else "")
+                   + f": {outcome['reason']}")
+            for d in watch_once(cfg, registry):
+                _print(args, d, f"turnout: adapter {d['adapter']} (fn:{d['function']}): {d['action']}: "
+                       f"{'; '.join(d['reasons'])}")
+            sys.stdout.flush()
+            if args.once:
+                return 0 if outcome["result"] != "failed" else 1
+            time.sleep(cfg.tune.every_s)
+    finally:
+        registry.close()
+        captures.close()
 
 
 # ---- list / show -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ previous adapter of the same function in the registry (its promoted one, else it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from turnout.config_tune import GateConfig
@@ -78,3 +79,31 @@ def changelog(evaluation: dict[str, Any], previous: tuple[str, dict[str, Any]] |
             parts.append(text)
     entry["summary"] = "; ".join(parts) or "no evaluation"
     return entry
+
+
+def register(registry: Any, folder: Path, function: str | None, *, base_sha256: str | None,
+             public_keys: list[str], gate: GateConfig, by: str) -> Any:
+    """Add an evaluated adapter folder to the registry (after the checks its engine will make: files, base
+    weights, signature) and apply the gate: a refusal is recorded (status ``refused``, an audit entry with
+    the reasons). Returns the registry row."""
+    from turnout import adapter_manifest as am
+    from turnout.weights import sha256_file
+
+    _, manifest = am.verify(folder, base_sha256=base_sha256, public_keys=public_keys)
+    evaluation = manifest.get("evaluation")
+    if not isinstance(evaluation, dict):
+        raise ValueError(f"{folder}: the manifest holds no evaluation; run `turnout adapters eval {folder} "
+                         "--function NAME` (before signing)")
+    function = function or evaluation.get("function")
+    if not function:
+        raise ValueError("--function: the evaluation names no function (the canary is a variant of one)")
+    digest = sha256_file(folder / am.MANIFEST)
+    row = registry.register(adapter_id=digest[:16], function=function, path=str(folder.resolve()),
+                            manifest_sha256=digest, base_sha256=(manifest.get("base") or {}).get("sha256"),
+                            evaluation=evaluation, by=by)
+    if row.status == "registered":
+        result = verdict(evaluation, gate)
+        if not result["passed"]:
+            row = registry.transition(row.id, "refused", by=by, reason="; ".join(result["reasons"]),
+                                      audit={"gate": result})
+    return row
