@@ -9,6 +9,11 @@ dequantized by transformers; the loss is taken on the assistant turns only. The 
 adapter as GGUF (engines.NAME.adapter: DIR loads it) and as PEFT safetensors, and a manifest of the
 inputs' and outputs' sha256. Progress (loss, s/step, ETA) goes to stderr; a checkpoint every
 --save-every steps lets --resume continue an interrupted run exactly.
+
+With --function (and --config), the adapter and its base are scored on the function's golden set and the
+validation slice through llama.cpp, and the evaluation, the gate's verdict and a changelog entry go into
+the manifest before --sign-key signs it (`turnout adapters eval`, docs/ownership.md). With --config whose
+tune.trainer is `command`, an external trainer (tune.command, an argv) trains instead: no torch needed.
 """
 
 from __future__ import annotations
