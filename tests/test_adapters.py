@@ -377,6 +377,21 @@ def test_adapters_cli_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "no adapter nope in the registry" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("adapters", "list", "--db", str(db), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []
+    fns = _pick_function(tmp_path)
+    adapter = _adapter(tmp_path / "a", "neutral")
+    config = _write_config(tmp_path, adapter, fns)
+    (adapter / am.SIGNATURE).write_bytes(b"x")
+    out = run_cli("adapters", "eval", str(adapter), "--config", str(config), "--function", "pick")
+    assert out.returncode == 2 and "is signed: an evaluation changes its manifest" in out.stderr
+    (adapter / am.SIGNATURE).unlink()
+    data = bytearray((adapter / am.GGUF).read_bytes())
+    data[-1] ^= 1
+    (adapter / am.GGUF).write_bytes(bytes(data))  # changed after it was written: refused before llama.cpp reads it
+    for argv in (("eval", str(adapter), "--function", "pick"), ("promote", str(adapter))):
+        out = run_cli("adapters", *argv, "--config", str(config))
+        assert out.returncode == 2 and "changed after" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("adapters", "eval", str(adapter), "--config", str(config), "--function", "nope")
+    assert out.returncode == 2 and "no function 'nope'" in out.stderr
 
 
 # ---- the scheduled mode ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--sign-key", type=Path, default=None, help="sign the folder once the manifest is written")
     e.add_argument("--json", action="store_true")
     store_args(e)
-    e.set_defaults(func=evaluate_cmd)
+    e.set_defaults(func=_one_line(evaluate_cmd))
     pr = asub.add_parser("promote", help="gate an adapter and start its canary, or promote its canary to all traffic")
     pr.add_argument("adapter", help="an adapter folder, or the id of a registered adapter")
     pr.add_argument("--function", default=None, help="default: the function its evaluation names")
@@ -63,39 +64,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pr.add_argument("--by", default=by)
     pr.add_argument("--json", action="store_true")
     store_args(pr)
-    pr.set_defaults(func=promote_cmd)
+    pr.set_defaults(func=_one_line(promote_cmd))
     rb = asub.add_parser("rollback", help="take an adapter off traffic")
     rb.add_argument("adapter")
     rb.add_argument("--reason", default="rolled back by an operator")
     rb.add_argument("--by", default=by)
     rb.add_argument("--json", action="store_true")
     store_args(rb)
-    rb.set_defaults(func=rollback_cmd)
+    rb.set_defaults(func=_one_line(rollback_cmd))
     w = asub.add_parser("watch", help="promote or roll back canaries from their traffic")
     w.add_argument("--once", action="store_true", help="look once and exit (for cron)")
     w.add_argument("--every", type=float, default=60.0, help="seconds between looks (default 60)")
     w.add_argument("--json", action="store_true")
     store_args(w)
-    w.set_defaults(func=watch_cmd)
+    w.set_defaults(func=_one_line(watch_cmd))
     sc = asub.add_parser("schedule", help="the loop unattended: build, tune, evaluate and gate every tune.every_s "
                          "when tune.min_new_examples were captured; the watcher each round")
     sc.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
     sc.add_argument("--json", action="store_true")
     store_args(sc)
-    sc.set_defaults(func=schedule_cmd)
+    sc.set_defaults(func=_one_line(schedule_cmd))
     ls = asub.add_parser("list", help="the registry's adapters")
     ls.add_argument("--function", default=None)
     ls.add_argument("--json", action="store_true")
     store_args(ls)
-    ls.set_defaults(func=list_cmd)
+    ls.set_defaults(func=_one_line(list_cmd))
     sh = asub.add_parser("show", help="one adapter: its evaluation, canary and status")
     sh.add_argument("adapter")
     sh.add_argument("--json", action="store_true")
     store_args(sh)
-    sh.set_defaults(func=show_cmd)
+    sh.set_defaults(func=_one_line(show_cmd))
 
 
 # ---- shared ----------------------------------------------------------------------------------------
+def _one_line(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An adapter the engine would refuse (files changed, other weights, no trusted signature) is one line
+    and exit 2, like other bad input."""
+
+    def run(args: argparse.Namespace) -> int:
+        from turnout.adapter_manifest import AdapterRefused
+
+        try:
+            return command(args)
+        except AdapterRefused as exc:
+            print(f"turnout: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _config(args: argparse.Namespace) -> Any:
     from turnout.config import load_config
 

@@ -111,12 +111,16 @@ def run(args: argparse.Namespace) -> int:
             return done
         manifest = done
     if args.function is not None:
+        from turnout.adapter_manifest import AdapterRefused
         from turnout.cli.adapters import evaluate_and_record, open_registry
 
         registry = open_registry(args, create=False)
         try:
             manifest = evaluate_and_record(cfg, args.out, function=args.function, variant=args.variant,
                                            validation=args.validation, engine=args.engine, registry=registry)
+        except AdapterRefused as exc:
+            print(f"turnout: error: the adapter was written but not evaluated: {exc}", file=sys.stderr)
+            return 1
         finally:
             if registry is not None:
                 registry.close()
