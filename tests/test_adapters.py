@@ -443,3 +443,49 @@ def test_the_schedule_trains_evaluates_and_gates_under_its_lock(gateway_factory:
     assert [(e["action"], e["by"]) for e in events] == [("registered", "schedule"), ("refused", "schedule")]
     out = run_cli("adapters", "schedule", "--once", "--config", str(config))
     assert out.returncode == 0 and "0 new captured calls of fn:greet; 3 needed" in out.stdout
+
+
+# ---- the gate's and the watcher's rules, on figures -----------------------------------------------------
+def test_the_gate_needs_a_gain_on_every_slice_evaluated_and_no_check_regression() -> None:
+    from turnout.config_tune import GateConfig
+    from turnout.tune.gate import changelog, verdict
+
+    gate = GateConfig.model_validate({"min_gain": 0.05, "max_check_regression": 0.1})
+
+    def ev(golden: float | None, validation: float, checks: dict[str, float]) -> dict[str, Any]:
+        part: dict[str, Any] = {"validation": {"rate": validation}}
+        if golden is not None:
+            part["golden"] = {"rate": golden, "checks": checks}
+        return part
+
+    good = {"base": ev(0.5, 0.4, {"schema": 1.0}), "adapter": ev(0.6, 0.5, {"schema": 0.95})}
+    assert verdict(good, gate)["passed"]
+    worse_validation = {"base": ev(0.5, 0.4, {}), "adapter": ev(0.9, 0.42, {})}
+    assert verdict(worse_validation, gate)["reasons"] == [
+        "validation: the adapter scores 0.420, the base 0.400; the gate needs at least 0.450 (tune.gate.min_gain 0.05)"]
+    check_regressed = {"base": ev(0.5, 0.4, {"schema": 1.0}), "adapter": ev(0.9, 0.9, {"schema": 0.8})}
+    assert verdict(check_regressed, gate)["reasons"][0].startswith("check schema: passes 0.800 with the adapter")
+    assert not verdict({"base": {}, "adapter": {}}, gate)["passed"]  # nothing evaluated: never passes
+    entry = changelog(good, ("prev0001", {"adapter": ev(0.55, 0.5, {})}))
+    assert entry["golden"] == {"adapter": 0.6, "base": 0.5, "vs_base": 0.1, "previous": 0.55, "vs_previous": 0.05}
+    assert entry["summary"].startswith("golden 0.600 (+0.100 vs base) (+0.050 vs prev0001)")
+
+
+def test_the_watcher_rolls_back_on_escalations_or_judged_outcomes_and_waits_for_samples() -> None:
+    from turnout.config_tune import CanaryConfig
+    from turnout.tune.canary_watch import decide
+
+    cfg = CanaryConfig.model_validate({"min_samples": 10})
+
+    def m(first: int, invalid: float, escalation: float, judged: int = 0, sat: float | None = None) -> dict[str, Any]:
+        return {"first": first, "invalid_rate": invalid, "escalation_rate": escalation, "judged": judged,
+                "satisfaction": sat}
+
+    assert decide({"c": m(9, 0, 0), "v1": m(50, 0, 0)}, "c", "v1", cfg)[0] == "wait"
+    action, why = decide({"c": m(10, 0.0, 0.2), "v1": m(10, 0.0, 0.1)}, "c", "v1", cfg)
+    assert action == "rolled_back" and why[0].startswith("escalation rate 0.200 against 0.100")
+    action, why = decide({"c": m(10, 0, 0, 10, 0.5), "v1": m(10, 0, 0, 10, 0.8)}, "c", "v1", cfg)
+    assert action == "rolled_back" and why[0].startswith("satisfaction 0.500 against 0.800")
+    action, why = decide({"c": m(10, 0, 0, 3, 0.1), "v1": m(10, 0, 0, 10, 0.9)}, "c", "v1", cfg)
+    assert action == "promoted" and "too few judged answers" in why[0]  # 3 judged: not compared yet
+    assert decide({"c": m(10, 0.04, 0.0), "v1": m(10, 0.0, 0.0)}, "c", "v1", cfg)[0] == "promoted"  # within 0.05
