@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import FAST_RESILIENCE, Gateway, Upstream
+from tests.conftest import FAST_RESILIENCE, PG_DSN, Gateway, Upstream
 from tests.runcli import run_cli
 from turnout import adapter_manifest as am
 from turnout.engines.smollm2 import smollm2_gguf
@@ -76,8 +76,8 @@ def _write_config(tmp: Path, adapter: Path, fns: Path, **tune: Any) -> Path:
     return path
 
 
-def _audit(db: Path) -> list[dict[str, Any]]:
-    with open_audit_log(db=db) as log:
+def _audit(db: Path | None = None, dsn: str | None = None, schema: str = "public") -> list[dict[str, Any]]:
+    with open_audit_log(db=db, dsn=dsn, schema=schema) as log:
         result = log.verify()
         assert result.ok, str(result)
         return [r.payload for r in log.tail(100_000) if r.payload.get("event") == "adapter"]
@@ -150,8 +150,6 @@ def test_a_gated_adapter_goes_on_canary_then_promote_and_rollback_are_audited(tm
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     if request.param == "sqlite":
         return {"db": tmp_path / "t.sqlite"}
-    from tests.conftest import PG_DSN
-
     return {"dsn": PG_DSN, "schema": request.getfixturevalue("pg_schema")}
 
 
@@ -204,21 +202,28 @@ def _greet_function(root: Path) -> Path:
     return root / "fns"
 
 
-def _canary_gateway(gateway_factory: Any, upstream: Upstream, tmp: Path) -> tuple[Gateway, Path]:
+def _canary_gateway(gateway_factory: Any, upstream: Upstream, tmp: Path,
+                    where: dict[str, Any] | None = None) -> tuple[Gateway, Path, dict[str, Any]]:
+    """A gateway whose fn:greet may get a canary; ``where``: its store (default: its SQLite file)."""
     def engine(model: str) -> dict[str, Any]:
         return {"dialect": "openai", "locality": "remote", "base_url": upstream.url + "/v1", "model": model,
                 "api_key_env": "TURNOUT_TEST_FRONTIER_KEY", "resilience": dict(FAST_RESILIENCE)}
 
-    cfg = {"engines": {"good": engine("fake-frontier"), "bad": engine("fake-frontier@diverge"),
-                       "good2": engine("fake-frontier")},
-           "routes": {"auto": {"chain": ["good"]}}, "guards": {"enabled": False},
-           "functions": {"path": str(_greet_function(tmp))},
-           "tune": {"canary": {"min_samples": 4, "reload_s": 0}}}
+    cfg: dict[str, Any] = {
+        "engines": {"good": engine("fake-frontier"), "bad": engine("fake-frontier@diverge"),
+                    "good2": engine("fake-frontier")},
+        "routes": {"auto": {"chain": ["good"]}}, "guards": {"enabled": False},
+        "functions": {"path": str(_greet_function(tmp))},
+        "tune": {"canary": {"min_samples": 4, "reload_s": 0}}}
+    if where and "dsn" in where:
+        cfg["storage"] = {"postgres_dsn": where["dsn"], "postgres_schema": where["schema"]}
     gw = gateway_factory(cfg)
-    cfg["storage"] = {"sqlite_path": str(gw.db)}  # the CLI's view of the gateway's database
+    if not where or "dsn" not in where:
+        where = {"db": gw.db}
+        cfg["storage"] = {"sqlite_path": str(gw.db)}  # the CLI's view of the gateway's database
     path = tmp / "cli.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return gw, path
+    return gw, path, where
 
 
 def _call(gw: Gateway, episode: str) -> httpx.Response:
@@ -227,8 +232,8 @@ def _call(gw: Gateway, episode: str) -> httpx.Response:
         "metadata": {"episode": episode}})
 
 
-def _start_canary(db: Path, adapter: str, engine: str, share: float) -> str:
-    store = open_adapters(db=db)
+def _start_canary(where: dict[str, Any], adapter: str, engine: str, share: float) -> str:
+    store = open_adapters(**where)
     try:
         store.register(adapter_id=adapter, function="greet", path="/adapters/" + adapter, manifest_sha256=adapter * 4,
                        base_sha256=None, evaluation={"function": "greet"}, by="test")
@@ -247,34 +252,36 @@ def _variants(gw: Gateway, prefix: str, n: int) -> list[str]:
     return out
 
 
-def test_a_canary_that_regresses_is_rolled_back_by_the_watcher(gateway_factory: Any, upstream: Upstream,
-                                                               tmp_path: Path) -> None:
-    gw, config = _canary_gateway(gateway_factory, upstream, tmp_path)
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_canary_that_regresses_is_rolled_back_by_the_watcher(store: str, gateway_factory: Any, upstream: Upstream,
+                                                               tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    pg = {"dsn": PG_DSN, "schema": request.getfixturevalue("pg_schema")} if store == "postgres" else None
+    gw, config, where = _canary_gateway(gateway_factory, upstream, tmp_path, pg)
     assert _call(gw, "warm").status_code == 200  # the ledger exists
-    variant = _start_canary(gw.db, "badcafe0", "bad", 0.5)
+    variant = _start_canary(where, "badcafe0", "bad", 0.5)
     seen = _variants(gw, "before", 24)
     assert seen.count(variant) >= 4 and seen.count("v1") >= 4, seen  # both variants served, sticky per episode
     assert _call(gw, "before-0").headers["x-turnout-variant"] == seen[0]
-    rows = [r for r in gw.ledger() if r["variant"] == variant]
-    outcomes = {(r["function_attempt"], r["function_outcome"].split(":")[0]) for r in rows}
-    # the injected regression: the canary's answers fail the check, retried, then escalated to the good engine
-    assert outcomes == {("first", "invalid"), ("retry", "invalid"), ("escalated", "valid")}
+    if store == "sqlite":
+        rows = [r for r in gw.ledger() if r["variant"] == variant]
+        outcomes = {(r["function_attempt"], r["function_outcome"].split(":")[0]) for r in rows}
+        # the injected regression: the canary's answers fail the check, retried, then escalated to the good engine
+        assert outcomes == {("first", "invalid"), ("retry", "invalid"), ("escalated", "valid")}
     out = run_cli("adapters", "watch", "--once", "--config", str(config), "--json")
     assert out.returncode == 0, out.stderr
     decision = json.loads(out.stdout)
     assert decision["action"] == "rolled_back" and "invalid rate 1.000 against 0.000" in decision["reasons"][0]
     assert decision["metrics"][variant]["escalation_rate"] == 1.0 and decision["metrics"]["v1"]["invalid"] == 0
     assert set(_variants(gw, "after", 8)) == {"v1"}  # reload_s 0: off traffic at once, old episodes too
-    events = _audit(gw.db)
+    events = _audit(where.get("db"), where.get("dsn"), where.get("schema", "public"))
     assert [e["action"] for e in events] == ["registered", "canary", "rolled_back"]
     assert events[-1]["by"] == "watcher" and events[-1]["metrics"][variant]["first"] >= 4
-    assert run_cli("audit", "verify", "--db", str(gw.db)).returncode == 0
 
 
 def test_a_healthy_canary_is_promoted_to_all_traffic(gateway_factory: Any, upstream: Upstream, tmp_path: Path) -> None:
-    gw, config = _canary_gateway(gateway_factory, upstream, tmp_path)
+    gw, config, where = _canary_gateway(gateway_factory, upstream, tmp_path)
     assert _call(gw, "warm").status_code == 200
-    variant = _start_canary(gw.db, "g00dcafe", "good2", 0.5)
+    variant = _start_canary(where, "g00dcafe", "good2", 0.5)
     out = run_cli("adapters", "watch", "--once", "--config", str(config), "--json")
     assert json.loads(out.stdout)["action"] == "wait"  # too few calls yet
     seen = _variants(gw, "e", 24)
@@ -287,9 +294,9 @@ def test_a_healthy_canary_is_promoted_to_all_traffic(gateway_factory: Any, upstr
 
 def test_a_registry_naming_an_unknown_engine_is_ignored(gateway_factory: Any, upstream: Upstream,
                                                       tmp_path: Path) -> None:
-    gw, _ = _canary_gateway(gateway_factory, upstream, tmp_path)
+    gw, _, where = _canary_gateway(gateway_factory, upstream, tmp_path)
     assert _call(gw, "warm").status_code == 200
-    _start_canary(gw.db, "0dd0dd00", "nosuchengine", 0.5)
+    _start_canary(where, "0dd0dd00", "nosuchengine", 0.5)
     assert set(_variants(gw, "x", 6)) == {"v1"}
     assert "nosuchengine" in gw.proc.output() and "Traceback" not in gw.proc.output()
 
