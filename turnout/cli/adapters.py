@@ -347,9 +347,15 @@ def watch_cmd(args: argparse.Namespace) -> int:
     registry = open_registry(args)
     try:
         while True:
-            for d in watch_once(cfg, registry):
-                _print(args, d, f"turnout: adapter {d['adapter']} (fn:{d['function']}): {d['action']}: "
-                       f"{'; '.join(d['reasons'])}")
+            try:
+                for d in watch_once(cfg, registry):
+                    _print(args, d, f"turnout: adapter {d['adapter']} (fn:{d['function']}): {d['action']}: "
+                           f"{'; '.join(d['reasons'])}")
+            except Exception as exc:  # noqa: BLE001 - a process keeps watching; --once says it and fails
+                if args.once:
+                    raise
+                print(f"turnout: error: this round of the watcher failed ({type(exc).__name__}: {exc}); the next "
+                      f"one is in {args.every:g} s", file=sys.stderr)
             sys.stdout.flush()
             if args.once:
                 return 0
@@ -372,12 +378,24 @@ def schedule_cmd(args: argparse.Namespace) -> int:
     registry, captures = open_registry(args), open_store(args)
     try:
         while True:
-            outcome = run_round(Path(args.config), cfg, captures, lambda folder: register_folder(
-                cfg, registry, folder, cfg.tune.function, "schedule"))
+            try:
+                outcome = run_round(Path(args.config), cfg, captures, lambda folder: register_folder(
+                    cfg, registry, folder, cfg.tune.function, "schedule"))
+            except Exception as exc:  # noqa: BLE001 - a process keeps its schedule; --once says it and fails
+                if args.once:
+                    raise
+                outcome = {"result": "failed", "reason": f"{type(exc).__name__}: {exc}", "adapter": None}
             _print(args, outcome, f"turnout: schedule: {outcome['result']}"
                    + (f" adapter {outcome['adapter']} ({outcome['status']})" if outcome.get("adapter") else "")
                    + f": {outcome['reason']}")
-            for d in watch_once(cfg, registry):
+            try:
+                decisions = watch_once(cfg, registry)
+            except Exception as exc:  # noqa: BLE001 - as above
+                if args.once:
+                    raise
+                decisions = []
+                print(f"turnout: error: the watcher's round failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            for d in decisions:
                 _print(args, d, f"turnout: adapter {d['adapter']} (fn:{d['function']}): {d['action']}: "
                        f"{'; '.join(d['reasons'])}")
             sys.stdout.flush()
