@@ -31,6 +31,7 @@ from pydantic import (
 
 from turnout import plugins
 from turnout.config_capture import CaptureConfig, CaptureMode, DistillationPolicy, OutputTerms, capture_mode
+from turnout.config_tune import TuneConfig
 from turnout.weights import minilm_available
 
 # turnout.routing.confidence.SIGNALS (kept here as a Literal so that the file is checked at start-up)
@@ -590,6 +591,7 @@ class TurnoutConfig(_Strict):
     policy: PolicyConfig = PolicyConfig()
     tasks: TasksConfig = TasksConfig()
     capture: CaptureConfig = CaptureConfig()
+    tune: TuneConfig = Field(default_factory=lambda: TuneConfig.model_validate({}))
 
     @field_validator("engines", mode="wrap")
     @classmethod
@@ -650,6 +652,10 @@ class TurnoutConfig(_Strict):
         if lp is not None and any(self.engines[e].locality != "local" for e in self.routes[lp].chain):
             raise ValueError(f"tasks.local_planner_route: route {lp!r} has remote engines; it plans sensitive tasks, "
                              "so its chain must be all local")
+        canary = self.tune.canary.engine
+        if canary is not None and (canary not in names or self.engines[canary].dialect != "llamacpp"):
+            raise ValueError(f"tune.canary.engine: {canary!r} is not a llamacpp engine of this file -> name the engine "
+                             "whose adapter: is the candidate's folder")
         for i, name in enumerate(self.policy.distillation.allow):
             if name not in names:
                 raise ValueError(f"policy.distillation.allow[{i}] names unknown engine {name!r}; engines are "

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 COMMANDS = ["serve", "chat", "usage", "config", "eval", "cost", "keys", "audit", "models", "functions", "router",
-            "tasks", "guards", "data", "dataset", "tune"]
+            "tasks", "guards", "data", "dataset", "tune", "adapters"]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -9,6 +9,11 @@ dequantized by transformers; the loss is taken on the assistant turns only. The 
 adapter as GGUF (engines.NAME.adapter: DIR loads it) and as PEFT safetensors, and a manifest of the
 inputs' and outputs' sha256. Progress (loss, s/step, ETA) goes to stderr; a checkpoint every
 --save-every steps lets --resume continue an interrupted run exactly.
+
+With --function (and --config), the adapter and its base are scored on the function's golden set and the
+validation slice through llama.cpp, and the evaluation, the gate's verdict and a changelog entry go into
+the manifest before --sign-key signs it (`turnout adapters eval`, docs/ownership.md). With --config whose
+tune.trainer is `command`, an external trainer (tune.command, an argv) trains instead: no torch needed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +47,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--sign-key", type=Path, default=None,
                    help="P-256 private key (PEM): sign the folder with OpenSSF model-signing (extra 'sign')")
     p.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"), default="f32", help="GGUF adapter dtype")
+    p.add_argument("--function", default=None, help="evaluate the adapter against its base on this function's golden "
+                   "set and the validation slice, into the manifest, before signing (needs --config)")
+    p.add_argument("--variant", default=None, help="with --function: the variant that renders the golden inputs")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="with --function: validation JSONL (default: validation.jsonl beside --dataset)")
+    p.add_argument("--base-config", type=Path, default=None, help="trainer: command: the base model's config.json "
+                   "folder, to convert a PEFT-only result to GGUF")
     p.set_defaults(func=run)
 
 
@@ -79,6 +92,73 @@ def run(args: argparse.Namespace) -> int:
     base, base_license = _base(args)
     if args.sign_key is not None and not args.sign_key.is_file():
         raise FileNotFoundError(f"--sign-key {args.sign_key}: no such file")
+    if args.function is not None and args.config is None:
+        raise ValueError("--function needs --config (its functions.path holds the golden set)")
+    from turnout.config import load_config
+
+    cfg = load_config(args.config) if args.config else None
+    if cfg is not None and cfg.tune.trainer == "command":
+        from turnout.tune.external import TrainerFailed
+
+        try:
+            manifest = _external(args, cfg, base, base_license)
+        except TrainerFailed as exc:
+            print(f"turnout: error: {exc}", file=sys.stderr)
+            return 1
+    else:
+        done = _builtin(args, base, base_license)
+        if isinstance(done, int):
+            return done
+        manifest = done
+    if args.function is not None:
+        from turnout.adapter_manifest import AdapterRefused
+        from turnout.cli.adapters import evaluate_and_record, open_registry
+
+        registry = open_registry(args, create=False)
+        try:
+            manifest = evaluate_and_record(cfg, args.out, function=args.function, variant=args.variant,
+                                           validation=args.validation, engine=args.engine, registry=registry)
+        except AdapterRefused as exc:
+            print(f"turnout: error: the adapter was written but not evaluated: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if registry is not None:
+                registry.close()
+        print(f"turnout: evaluated: {manifest['changelog']['summary']}; gate "
+              f"{'passed' if manifest['gate']['passed'] else 'refuses: ' + '; '.join(manifest['gate']['reasons'])}")
+    if args.sign_key is not None:
+        from turnout.adapter_manifest import AdapterRefused, sign
+
+        try:
+            print(f"turnout: signed: {sign(args.out, args.sign_key)}")
+        except (AdapterRefused, ValueError) as exc:
+            print(f"turnout: error: the adapter was written but not signed: {exc}", file=sys.stderr)
+            return 1
+    print(f"turnout: adapter written to {args.out} (engines.NAME.adapter: {args.out})")
+    if "training" in manifest:
+        from turnout.tune.run import summary
+
+        print(summary(manifest))
+    return 0
+
+
+def _hyper_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"rank": args.rank, "alpha": args.alpha or 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
+            "steps": args.steps, "batch": args.batch, "max_tokens": args.max_tokens, "seed": args.seed,
+            "targets": [t for t in args.targets.split(",") if t]}
+
+
+def _external(args: argparse.Namespace, cfg: Any, base: Path, base_license: str | None) -> dict[str, Any]:
+    """tune.trainer: command: the external trainer writes the adapter; turnout writes its manifest."""
+    from turnout.tune.external import run_trainer
+
+    assert cfg.tune.command is not None
+    return run_trainer(cfg.tune.command, dataset=args.dataset, out=args.out, base=base,
+                       settings=_hyper_settings(args), timeout_s=cfg.tune.timeout_s, base_license=base_license,
+                       config_dir=args.base_config)
+
+
+def _builtin(args: argparse.Namespace, base: Path, base_license: str | None) -> dict[str, Any] | int:
     try:
         import peft  # noqa: F401
         import torch  # noqa: F401
@@ -89,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from turnout.engines.llamacpp import default_threads
     from turnout.tune.convert import ConversionFailed, ConverterMissing
-    from turnout.tune.run import summary, tune
+    from turnout.tune.run import tune
     from turnout.tune.train import Hyper
 
     hyper = Hyper(rank=args.rank, alpha=args.alpha or 2 * args.rank, lr=args.lr, epochs=args.epochs,
@@ -101,14 +181,4 @@ def run(args: argparse.Namespace) -> int:
     except (ConverterMissing, ConversionFailed) as exc:
         print(f"turnout: error: {exc}", file=sys.stderr)
         return 1
-    if args.sign_key is not None:
-        from turnout.adapter_manifest import AdapterRefused, sign
-
-        try:
-            print(f"turnout: signed: {sign(args.out, args.sign_key)}")
-        except (AdapterRefused, ValueError) as exc:
-            print(f"turnout: error: the adapter was written but not signed: {exc}", file=sys.stderr)
-            return 1
-    print(f"turnout: adapter written to {args.out} (engines.NAME.adapter: {args.out})")
-    print(summary(manifest))
-    return 0
+    return manifest

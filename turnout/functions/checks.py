@@ -95,3 +95,22 @@ def problem(fn: Function, answer: str | None, variables: dict[str, Any]) -> str 
         if why is not None:
             return why
     return None
+
+
+def each(fn: Function, answer: str | None, variables: dict[str, Any]) -> dict[str, bool]:
+    """Whether the answer passes each of the function's checks, by name: ``output_schema`` (when the
+    function has one) and each check's name (``checks[i]`` without one). For a gate that must see
+    one check regress even when another failed first (:func:`problem` stops at the first)."""
+    out: dict[str, bool] = {}
+    parsed: Any = _MISSING
+    if answer is not None and fn.output_schema is not None:
+        try:
+            parsed = parse_json(answer)
+            out["output_schema"] = not any(True for _ in fn.validator("output").iter_errors(parsed))
+        except ValueError:
+            out["output_schema"] = False
+    elif fn.output_schema is not None:
+        out["output_schema"] = False
+    for i, c in enumerate(fn.spec.checks):
+        out[c.name or f"checks[{i}]"] = answer is not None and _check(c, i, answer, parsed, variables) is None
+    return out

@@ -24,6 +24,7 @@ from turnout.call import Call
 from turnout.engines.base import ChatResult, Delta
 from turnout.errors import InvalidRequest, NotFound, PayloadTooLarge, TurnoutError
 from turnout.functions import checks, experiment, render
+from turnout.functions.canary import Canaries, with_canary
 from turnout.functions.spec import Function, Variant
 from turnout.ledger.capture import variables_digest
 from turnout.ledger.tags import FunctionTag
@@ -104,6 +105,8 @@ class FunctionRunner:
         self.gw = gateway
         self.functions = functions
         self.query = query  # read-only SQL over the ledger: sticky episodes and bandit evidence
+        cfg = gateway.cfg
+        self.canaries = Canaries(query, set(cfg.engines), cfg.tune.canary.reload_s)  # adapters on canary
 
     def get(self, name: str) -> Function:
         fn = self.functions.get(name)
@@ -122,14 +125,17 @@ class FunctionRunner:
     async def assign(self, fn: Function, tenant: str, episode: str | None) -> Variant:
         import asyncio
 
+        live = await asyncio.to_thread(self.canaries.live, fn)
+        variants = {**fn.variants, **({live.variant.name: live.variant} if live is not None and live.share > 0 else {})}
         if episode is not None and self.query is not None:
             seen = await asyncio.to_thread(experiment.sticky, self.query, fn.name, tenant, episode)
-            if seen in fn.variants:
-                return fn.variants[seen]
-        alloc = await asyncio.to_thread(self.allocation, fn, tenant)
-        return fn.variants[experiment.pick(alloc.shares, experiment.draw(fn.name, tenant, episode))]
+            if seen in variants and (live is None or live.share < 1 or seen == live.variant.name):
+                return variants[seen]
+        alloc = with_canary(await asyncio.to_thread(self.allocation, fn, tenant), live)
+        return variants[experiment.pick(alloc.shares, experiment.draw(fn.name, tenant, episode))]
 
     def allocation(self, fn: Function, tenant: str | None) -> experiment.Allocation:
+        """The experiment's own shares (an adapter's canary is added by :meth:`assign`)."""
         if fn.spec.experiment.mode == "weights":
             return experiment.allocate(fn)
         return experiment.allocate(fn, experiment.evidence_for(fn, self.query, tenant))
