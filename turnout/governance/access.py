@@ -17,12 +17,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
 from turnout.governance.key_store import KeyTables
 from turnout.governance.keys import ROLES, ApiKey, check_key, hash_key, same_person
-from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
+from turnout.governance.limits import (
+    Limiter,
+    MemoryLimiter,
+    RedisLimiter,
+    Reservation,
+    SQLiteLimiter,
+    Windows,
+    to_micros,
+)
 
 if TYPE_CHECKING:
     from turnout.ledger.base import Ledger
@@ -33,21 +42,30 @@ OPEN_TENANT = "anonymous"
 MAX_TOKEN_CHARS = 512
 
 
-def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
-    """Redis for several replicas; otherwise in-memory counters whose day and month spend
-    start from what the ledger recorded, so a restart does not reset a budget."""
+def open_limiter(redis_url: str | None, ledger: Ledger, shared_db: str | Path | None = None) -> Limiter:
+    """Redis for several replicas; else, with ``shared_db`` (several worker processes on one host:
+    ``turnout serve --workers N``), counters in that SQLite file, each step one ``BEGIN IMMEDIATE``
+    transaction; otherwise in-memory counters. Day and month spend start from what the ledger
+    recorded, so a restart does not reset a budget."""
     if redis_url:
         return RedisLimiter(redis_url)
     from datetime import UTC, datetime
 
-    limiter = MemoryLimiter()
     now = time.time()
     w = Windows.at(now)
     day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    spent: dict[tuple[str, str, str], int] = {}
     for kind, window, since in (("usd_day", w.day, day), ("usd_month", w.month, day.replace(day=1))):
         for key_id, costs in ledger.spend_since(since.timestamp()).items():
             # each request was settled in whole micro-dollars, rounded up: count them the same way
-            limiter.seed(key_id, kind, window, sum(to_micros(c) for c in costs))
+            spent[(key_id, kind, window)] = sum(to_micros(c) for c in costs)
+    if shared_db is not None:
+        shared = SQLiteLimiter(shared_db)
+        shared.seed(spent)
+        return shared
+    limiter = MemoryLimiter()
+    for (key_id, kind, window), value in spent.items():
+        limiter.seed(key_id, kind, window, value)
     return limiter
 
 

@@ -27,8 +27,9 @@ A request whose estimate alone exceeds a limit can never pass and is refused wit
 Backends: :class:`MemoryLimiter` (the embedded default: one process, counters in memory,
 day and month spend seeded from the ledger at start-up, so budgets survive restarts; no
 I/O on the request path), :class:`SQLiteLimiter` (the gateway's SQLite file, ``BEGIN
-IMMEDIATE``; exact across processes on one host, at the cost of two write transactions per
-request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
+IMMEDIATE``; exact across processes on one host, at the cost of two or three write
+transactions per request of a key with limits: what ``turnout serve --workers N`` uses without
+Redis) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
 Windows are computed from the gateway's clock
 (``now``), so replicas sharing Redis need synchronised clocks (NTP).
 """
@@ -243,6 +244,15 @@ class SQLiteLimiter(Limiter):
         self._conn = sqlite.connect(self.path)
         self._lock = threading.Lock()
         sqlite.migrate(self._conn, "limits_migrations", MIGRATIONS)
+
+    def seed(self, spent: dict[tuple[str, str, str], int]) -> None:
+        """Start day and month windows ((key_id, kind, window) -> micro-dollars) from what the ledger
+        says was spent, keeping a counter that is already higher (requests in flight, or another
+        worker's seed): every worker of a gateway seeds at start-up, and none lowers a counter."""
+        with self._lock, sqlite.immediate(self._conn) as c:
+            c.executemany("INSERT INTO limits_counters (key_id, kind, window, value) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (key_id, kind, window) DO UPDATE SET value = MAX(value, excluded.value)",
+                          [(*slot, value) for slot, value in spent.items()])
 
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
                        windows: Windows, requests: int = 1) -> list[str]:

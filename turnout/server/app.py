@@ -216,7 +216,9 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         mode = cfg.auth
         if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
             mode, _ = resolve_mode(None, True, len(keys.list()))  # every key ever held counts
-        access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
+        # several worker processes (turnout serve --workers N) share one set of counters: in the SQLite file
+        shared = cfg.storage.sqlite_path if isinstance(cfg.server.workers, int) and cfg.server.workers > 1 else None
+        access = Access(keys, open_limiter(cfg.storage.redis_url, ledger, shared), mode=mode)
         app.state.sessions = Sessions(keys)  # the browser pages' logins, in the same store as the keys
         guards = build_guards(cfg, stores.guard_examples) if cfg.guards.enabled else None
         provider = None

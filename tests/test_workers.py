@@ -1,0 +1,188 @@
+"""`turnout serve --workers 2`: two gateway processes behind one port, sharing budgets, the audit
+chain, API-key revocations and metrics (real processes: the gateway with its two workers, the
+OpenAI-wire stand-in upstream; keys made with `turnout keys`; the chain checked with `turnout
+audit verify`)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Upstream
+from tests.keyed import cli, cli_key, frontier_config, serve, write_config
+from tests.runcli import run_cli
+from turnout.config import ConfigError, parse_config
+from turnout.server.workers import resolve_workers
+from turnout.testing.procs import Proc
+
+# 10 words in, max_tokens 4: the echo answers "echo: w1 w2 w3", 4 completion tokens, so a request's actual
+# cost is its estimate (input is free here): $0.00004 each, and a $0.0002 daily budget admits exactly 5
+PRICING = {"input_per_m": 0.0, "output_per_m": 10.0}
+WORDS = "one two three four five six seven eight nine ten"
+BODY = {"model": "auto", "messages": [{"role": "user", "content": WORDS}], "max_tokens": 4}
+
+
+Served = tuple[Proc, Path, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("workers")
+    cfg = frontier_config(upstream.url, tmp)
+    cfg["engines"]["frontier"]["pricing"] = PRICING
+    config = write_config(tmp, cfg)
+    keys = {
+        "admin": cli_key(config, "ops", "--roles", "admin"),
+        "budget": cli_key(config, "budget", "--usd-day", "0.0002"),
+        "counted": cli_key(config, "counted"),
+        "revoked": cli_key(config, "leaver"),
+        "chain": cli_key(config, "chain"),
+    }
+    proc = serve(config, "--workers", "2")
+    try:
+        yield proc, config, keys
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()
+
+
+def by_worker(url: str, want: int = 2, attempts: int = 200) -> dict[str, httpx.Client]:
+    """One client per worker process, keyed by its pid: a client keeps its one connection, and so
+    its worker; new connections are made until ``want`` workers have answered."""
+    clients: dict[str, httpx.Client] = {}
+    for _ in range(attempts):
+        client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
+        pid = client.get("/healthz").headers["x-turnout-worker"]
+        if pid in clients:
+            client.close()
+            continue
+        clients[pid] = client
+        if len(clients) == want:
+            return clients
+    raise AssertionError(f"only workers {sorted(clients)} answered {attempts} new connections")
+
+
+def worker_of(client: httpx.Client) -> str:
+    return client.get("/healthz").headers["x-turnout-worker"]
+
+
+def chat(client: httpx.Client, key: dict[str, Any], **over: Any) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={**BODY, **over},
+                       headers={"Authorization": f"Bearer {key['key']}"})
+
+
+def test_two_worker_processes_answer_on_one_port(gateway: Served) -> None:
+    proc, _, keys = gateway
+    clients = by_worker(proc.url)
+    assert str(proc.pid) not in clients  # the workers are children; the parent only supervises
+    for pid, client in clients.items():
+        r = chat(client, keys["counted"])
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "echo: one two three"
+        assert worker_of(client) == pid  # the same connection, the same worker
+    assert "2 worker process(es)" in proc.output()
+
+
+def test_a_budget_is_spent_exactly_once_across_workers(gateway: Served) -> None:
+    proc, _, keys = gateway
+    a, b = by_worker(proc.url).values()
+    first = [chat(a, keys["budget"]), chat(b, keys["budget"])]  # one on each worker before the rush
+    with ThreadPoolExecutor(2) as pool:  # then 7 more through each worker at once
+        rushes = [pool.submit(lambda c=c: [chat(c, keys["budget"]) for _ in range(7)]) for c in (a, b)]
+        rest = [r for f in rushes for r in f.result()]
+    statuses = [r.status_code for r in first + rest]
+    assert statuses.count(200) == 5, statuses  # $0.0002 / $0.00004: counters in one process each would admit 10
+    assert statuses.count(429) == 11, statuses
+    refused = next(r for r in rest if r.status_code == 429).json()["error"]
+    assert refused["code"] == "budget_exceeded"
+    admin = {"Authorization": f"Bearer {keys['admin']['key']}"}
+    usage = a.get("/v1/turnout/usage", params={"tenant": "budget"}, headers=admin)
+    assert usage.status_code == 200, usage.text
+
+
+def test_one_audit_chain_verifies_after_concurrent_requests(gateway: Served) -> None:
+    proc, config, keys = gateway
+    clients = list(by_worker(proc.url).values())
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: chat(clients[i % 2], keys["chain"]).status_code, range(40)))
+    assert results == [200] * 40
+    db = str(config.parent / "turnout.sqlite")
+    verified = run_cli("audit", "verify", "--db", db)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        entries = conn.execute("SELECT COUNT(*) FROM audit_entries").fetchone()[0]
+        rows = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        chained = conn.execute("SELECT COUNT(*) FROM requests WHERE tenant = 'chain'").fetchone()[0]
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM audit_entries ORDER BY seq")]
+    assert chained == 40
+    assert entries >= rows and seqs == list(range(1, len(seqs) + 1))  # one chain, no gap, no fork
+
+
+def _requests_total(text: str, tenant: str) -> float:
+    pattern = re.compile(r'^turnout_requests_total\{([^}]*)\} (\S+)$', re.MULTILINE)
+    return sum(float(v) for labels, v in pattern.findall(text) if f'tenant="{tenant}"' in labels)
+
+
+def test_metrics_are_summed_over_the_workers(gateway: Served) -> None:
+    proc, _, keys = gateway
+    a, b = by_worker(proc.url).values()
+    admin = {"Authorization": f"Bearer {keys['admin']['key']}"}
+    before = _requests_total(a.get("/metrics", headers=admin).text, "counted")
+    for _ in range(3):
+        assert chat(a, keys["counted"]).status_code == 200
+    for _ in range(5):
+        assert chat(b, keys["counted"]).status_code == 200
+    seen_a, seen_b = (c.get("/metrics", headers=admin) for c in (a, b))
+    assert seen_a.status_code == seen_b.status_code == 200
+    assert _requests_total(seen_a.text, "counted") == before + 8
+    assert _requests_total(seen_b.text, "counted") == before + 8  # whichever worker answers the scrape
+    assert "turnout_in_flight" in seen_a.text
+    refused = a.get("/metrics", headers={"Authorization": f"Bearer {keys['counted']['key']}"})
+    assert refused.status_code == 403  # a user key may not read metrics, on any worker
+
+
+def test_a_revoked_key_is_refused_by_every_worker(gateway: Served) -> None:
+    proc, config, keys = gateway
+    a, b = by_worker(proc.url).values()
+    leaver = keys["revoked"]
+    assert chat(a, leaver).status_code == chat(b, leaver).status_code == 200  # cached on both workers
+    admin = {"Authorization": f"Bearer {keys['admin']['key']}"}
+    revoked = a.delete(f"/v1/turnout/keys/{leaver['key_id']}", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    assert chat(a, leaver).status_code == 401  # the worker that revoked it: at once
+    deadline = time.monotonic() + 30  # the other: once its cached lookup lapses (KEY_CACHE_S)
+    while chat(b, leaver).status_code != 401:
+        assert time.monotonic() < deadline, "the other worker still takes a revoked key"
+        time.sleep(0.2)
+    for client in (a, b):
+        r = chat(client, leaver)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "key_revoked", r.text
+    assert chat(b, keys["counted"]).status_code == 200  # other keys still work there
+    listed = cli(config, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_workers_argument_and_auto() -> None:
+    bad = run_cli("serve", "--workers", "0")
+    assert bad.returncode == 2 and "1 to 256" in bad.stderr
+    remote = parse_config({"engines": {"up": {"dialect": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                               "model": "m", "locality": "remote"}},
+                           "routes": {"auto": {"chain": ["up"]}}}, "test")
+    n, why = resolve_workers("auto", remote)
+    assert n >= 1 and "one per core" in why
+    local = parse_config({"engines": {"local": {"dialect": "llamacpp"}}, "routes": {"auto": {"chain": ["local"]}}},
+                         "test")
+    n, why = resolve_workers("auto", local)
+    assert n == 1 and "local" in why
+    assert resolve_workers(3, local)[0] == 3
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config({"server": {"workers": 0}}, "test")
