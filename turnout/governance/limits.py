@@ -241,10 +241,12 @@ MIGRATIONS: list[sqlite.Migration] = [
 class SQLiteLimiter(Limiter):
     """Counters in the gateway's SQLite file (table ``limits_counters``).
 
-    Each step is one ``BEGIN IMMEDIATE`` transaction. When the file's write lock is free it runs
-    at once on the caller's thread (tens of microseconds; no hop to a worker thread, which costs
-    more than the transaction); when another process or thread holds it, the step waits for it in
-    a worker thread, so the event loop never waits on a lock."""
+    Each step is one ``BEGIN IMMEDIATE`` transaction, taken in turn with the ledger's writer
+    (``sqlitedb.WriteLock``). When the file's write lock is free the step runs at once on the
+    caller's thread (tens of microseconds; a hop to a worker thread costs more than the
+    transaction); when another process or thread holds it, the step waits in a worker thread, so
+    the event loop never waits on a lock.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else sqlite.default_db_path()
@@ -253,12 +255,18 @@ class SQLiteLimiter(Limiter):
         sqlite.migrate(self._conn, "limits_migrations", MIGRATIONS)
         self._now = sqlite.connect(self.path)  # the same file, never waiting: SQLITE_BUSY at once
         self._now.execute("PRAGMA busy_timeout = 0")
+        self._turn = sqlite.WriteLock(self.path)  # the writers' queue between processes
 
     async def _write(self, step: Callable[..., Any], *args: Any) -> Any:
         """``step(conn, *args)`` in a write transaction: here if the write lock is free, else in a thread."""
         if self._lock.acquire(blocking=False):
             try:
-                done, result = self._try_now(step, *args)
+                done, result = False, None
+                if self._turn.acquire(blocking=False):
+                    try:
+                        done, result = self._try_now(step, *args)
+                    finally:
+                        self._turn.release()
             finally:
                 self._lock.release()
             if done:
@@ -283,7 +291,7 @@ class SQLiteLimiter(Limiter):
         return True, result
 
     def _wait_and_write(self, step: Callable[..., Any], *args: Any) -> Any:
-        with self._lock, sqlite.immediate(self._conn) as c:
+        with self._lock, self._turn.held(), sqlite.immediate(self._conn) as c:
             return step(c, *args)
 
     def seed(self, spent: dict[tuple[str, str, str], int]) -> None:
@@ -345,6 +353,7 @@ class SQLiteLimiter(Limiter):
     async def close(self) -> None:
         self._now.close()
         self._conn.close()
+        self._turn.close()
 
 
 class MemoryLimiter(Limiter):
