@@ -129,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     listening = f"listening on http://{shown}:{bound}"
     if workers > 1:
         from turnout.server import workers as multi
+        from turnout.server.app import load_functions
+
+        load_functions(cfg)  # a broken function stops start-up here, in one line, before any worker starts
 
         spec = {"config": args.config, "db": args.db, "auth": cfg.auth, "workers": workers,
                 "log_level": args.log_level}

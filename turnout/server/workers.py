@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -116,22 +117,28 @@ def app() -> Any:
     def ready(_: Any) -> None:
         (folder / "ready" / str(os.getpid())).touch()
 
-    return create_app(worker_config(spec), on_ready=ready)
+    try:
+        return create_app(worker_config(spec), on_ready=ready)
+    except Exception as exc:  # the parent checked the same configuration: something changed since
+        logging.getLogger("turnout.server").error("worker %d did not start: %s", os.getpid(), exc)
+        sys.exit(3)  # uvicorn's code for a failed start-up: its supervisor stops rather than restart it in a loop
 
 
-def announce_when_ready(folder: Path, workers: int, line: str, stop: threading.Event) -> threading.Thread:
-    """Print ``line`` once ``workers`` workers have started (a thread of the parent)."""
+def announce_when_ready(folder: Path, workers: int, line: str, stop: threading.Event) -> threading.Event:
+    """Print ``line`` once ``workers`` workers have started (a thread of the parent); the event
+    returned is set then."""
+    announced = threading.Event()
 
     def wait() -> None:
         while not stop.is_set():
             if len(list((folder / "ready").iterdir())) >= workers:
                 print(line, flush=True)
+                announced.set()
                 return
             time.sleep(0.05)
 
-    t = threading.Thread(target=wait, name="turnout-workers-ready", daemon=True)
-    t.start()
-    return t
+    threading.Thread(target=wait, name="turnout-workers-ready", daemon=True).start()
+    return announced
 
 
 def uvicorn_config(workers: int, **options: Any) -> uvicorn.Config:
@@ -143,7 +150,8 @@ def uvicorn_config(workers: int, **options: Any) -> uvicorn.Config:
 
 def serve(config: uvicorn.Config, sock: socket.socket, folder: Path, workers: int, line: str) -> int:
     """Run ``workers`` worker processes on ``sock`` until SIGINT or SIGTERM (uvicorn's supervisor:
-    a worker that dies is restarted; one that fails its start-up stops them all). 0 once stopped."""
+    a worker that dies is restarted; one that fails its start-up stops them all). 0 once stopped;
+    3 (uvicorn's code for a failed start-up) when the workers never all started."""
     from uvicorn.supervisors import Multiprocess
 
     supervise: Any = Multiprocess  # its signature changed in uvicorn 0.5x: the parent no longer names the target
@@ -151,6 +159,6 @@ def serve(config: uvicorn.Config, sock: socket.socket, folder: Path, workers: in
         supervisor = supervise(config, target=uvicorn.Server(config).run, sockets=[sock])
     else:
         supervisor = supervise(config, sockets=[sock])
-    announce_when_ready(folder, workers, line, supervisor.should_exit)
+    announced = announce_when_ready(folder, workers, line, supervisor.should_exit)
     supervisor.run()
-    return 0
+    return 0 if announced.is_set() else 3
