@@ -43,6 +43,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Ite
         "budget": cli_key(config, "budget", "--usd-day", "0.0002"),
         "counted": cli_key(config, "counted"),
         "revoked": cli_key(config, "leaver"),
+        "cli_revoked": cli_key(config, "leaver2"),
         "chain": cli_key(config, "chain"),
     }
     proc = serve(config, "--workers", "2")
@@ -153,22 +154,24 @@ def test_metrics_are_summed_over_the_workers(gateway: Served) -> None:
 def test_a_revoked_key_is_refused_by_every_worker(gateway: Served) -> None:
     proc, config, keys = gateway
     a, b = by_worker(proc.url).values()
-    leaver = keys["revoked"]
-    assert chat(a, leaver).status_code == chat(b, leaver).status_code == 200  # cached on both workers
+    leaver, cli_revoked = keys["revoked"], keys["cli_revoked"]
+    for key in (leaver, cli_revoked):
+        assert chat(a, key).status_code == chat(b, key).status_code == 200  # cached on both workers
     admin = {"Authorization": f"Bearer {keys['admin']['key']}"}
     revoked = a.delete(f"/v1/turnout/keys/{leaver['key_id']}", headers=admin)
     assert revoked.status_code == 200, revoked.text
-    assert chat(a, leaver).status_code == 401  # the worker that revoked it: at once
-    deadline = time.monotonic() + 30  # the other: once its cached lookup lapses (KEY_CACHE_S)
-    while chat(b, leaver).status_code != 401:
-        assert time.monotonic() < deadline, "the other worker still takes a revoked key"
-        time.sleep(0.2)
-    for client in (a, b):
+    for client in (a, b):  # through the API of one worker: every worker, from its next request
         r = chat(client, leaver)
         assert r.status_code == 401 and r.json()["error"]["code"] == "key_revoked", r.text
-    assert chat(b, keys["counted"]).status_code == 200  # other keys still work there
-    listed = cli(config, "list", "--json")
-    assert listed.returncode == 0, listed.stderr
+    assert chat(b, cli_revoked).status_code == 200  # other keys still work there
+    # revoked from a shell (no worker told): every worker once its cached lookup lapses (KEY_CACHE_S)
+    assert cli(config, "revoke", cli_revoked["key_id"]).returncode == 0
+    deadline = time.monotonic() + 30
+    while chat(a, cli_revoked).status_code != 401 or chat(b, cli_revoked).status_code != 401:
+        assert time.monotonic() < deadline, "a worker still takes a key revoked from the shell"
+        time.sleep(0.2)
+    for client in (a, b):
+        assert chat(client, cli_revoked).json()["error"]["code"] == "key_revoked"
 
 
 def test_workers_argument_and_auto() -> None:
@@ -186,3 +189,38 @@ def test_workers_argument_and_auto() -> None:
     assert resolve_workers(3, local)[0] == 3
     with pytest.raises(ConfigError, match="workers"):
         parse_config({"server": {"workers": 0}}, "test")
+
+
+# What each worker's retraining round does (turnout.cli.router.run_fit): under the registry's fit lock, count the
+# labels new since the last fit, fit only past the minimum, and record the fit with the count it used.
+ROUND = """
+import sys, time
+from pathlib import Path
+from turnout.routing.artifacts import Registry
+
+registry = Registry(Path(sys.argv[1]))
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts its round at once
+with registry.lock():
+    new = 120 - registry.labels_at_last_fit()
+    if new < 100:
+        print("skipped")
+    else:
+        time.sleep(0.5)  # the fit
+        registry.record("refused", None, labels=120)
+        print("fitted")
+"""
+
+
+def test_one_retrain_per_round_across_worker_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    start_at = time.time() + 1.5  # all three are up by then
+    procs = [subprocess.Popen([sys.executable, "-c", ROUND, str(tmp_path / "router"), str(start_at)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+    assert sorted(o.strip() for o, _ in outs) == ["fitted", "skipped", "skipped"]
+    from turnout.routing.artifacts import Registry
+
+    assert [e["event"] for e in Registry(tmp_path / "router").history()] == ["refused"]

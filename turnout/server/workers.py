@@ -12,8 +12,10 @@ socket. What the workers share, and how:
 * **Ledger and audit chain**: already safe across processes (the ledger writer appends each
   batch's rows and their hash-chained entries under ``BEGIN IMMEDIATE``, reading the chain's head
   inside that transaction; PostgreSQL locks the head row).
-* **API keys and sessions**: one store; each worker caches lookups for ``KEY_CACHE_S`` (2 s), the
-  bound on how long a key revoked through one worker still works on another.
+* **API keys and sessions**: one store; each worker caches lookups for ``KEY_CACHE_S`` (2 s). A
+  key revoked or rotated (a session ended) through one worker bumps a counter in the run's folder
+  (``turnout.governance.epoch``), so every worker drops its cache at its next request; a change
+  made outside the gateway (``turnout keys revoke``) reaches every worker within ``KEY_CACHE_S``.
 * **Metrics**: prometheus_client's multiprocess mode, in a folder of this run (``metrics/``):
   ``/metrics`` on any worker sums every worker's counters and histograms.
 * **The retraining schedule**: each worker runs it; a fit takes the registry's ``fit.lock``
@@ -118,7 +120,7 @@ def app() -> Any:
         (folder / "ready" / str(os.getpid())).touch()
 
     try:
-        return create_app(worker_config(spec), on_ready=ready)
+        return create_app(worker_config(spec), on_ready=ready, run_dir=folder)
     except Exception as exc:  # the parent checked the same configuration: something changed since
         logging.getLogger("turnout.server").error("worker %d did not start: %s", os.getpid(), exc)
         sys.exit(3)  # uvicorn's code for a failed start-up: its supervisor stops rather than restart it in a loop
