@@ -120,7 +120,9 @@ class WriteLock:
             self.release()
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:  # once: a second close must not close a descriptor that was reused meanwhile
+            os.close(self._fd)
+            self._fd = -1
 
 
 def record_applied(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> None:

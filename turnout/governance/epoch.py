@@ -37,5 +37,7 @@ class KeyEpoch:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
+        if self._fd >= 0:  # once: a second close must not close a descriptor that was reused meanwhile
+            self._map.close()
+            os.close(self._fd)
+            self._fd = -1
