@@ -224,3 +224,17 @@ def test_one_retrain_per_round_across_worker_processes(tmp_path: Path) -> None:
     from turnout.routing.artifacts import Registry
 
     assert [e["event"] for e in Registry(tmp_path / "router").history()] == ["refused"]
+
+
+def test_the_key_epoch_is_one_counter_for_every_process_that_maps_it(tmp_path: Path) -> None:
+    from turnout.governance.epoch import KeyEpoch
+
+    first, second = KeyEpoch(tmp_path / "keys.epoch"), KeyEpoch(tmp_path / "keys.epoch")
+    assert first.value() == second.value() == 0
+    first.bump()
+    second.bump()
+    assert first.value() == second.value() == 2
+    first.close()
+    first.close()  # twice: harmless
+    assert KeyEpoch(tmp_path / "keys.epoch").value() == 2  # a worker started later sees it
+    second.close()

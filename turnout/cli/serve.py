@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from turnout.server.workers import resolve_workers
 
     workers, workers_why = resolve_workers(args.workers or cfg.server.workers, cfg)
+    cfg.server.workers = workers  # what the gateway runs as (one process: its counters in memory)
     print(
         f"turnout: {len(cfg.engines)} engine(s) ({', '.join(cfg.engines)}), routes {', '.join(cfg.routes)}; "
         f"ledger {cfg.storage.sqlite_path}; {workers_why}",
