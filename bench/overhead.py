@@ -2,7 +2,8 @@
 OpenAI-compatible upstream, side by side with the upstream directly and (when installed)
 LiteLLM's proxy configured the same way.
 
-    python bench/overhead.py [--duration 10] [--concurrency 1 50] [--workers 1 2] [--litellm PATH_TO_litellm]
+    python bench/overhead.py [--duration 10] [--concurrency 1 50] [--workers 1 2] [--guards --unique]
+                             [--litellm PATH_TO_litellm]
 
 The load comes from wrk (Debian package `wrk`): a C client, so the client costs far less
 CPU than the servers it measures. turnout runs its full pipeline: API-key auth with rate
@@ -11,7 +12,8 @@ audit chain, and Prometheus metrics; ``--guards`` adds the PII, secret and injec
 detectors (``--pii-model``: the PII transformer, spaCy or both on every request), which cost
 far more than the rest; ``--capture`` turns capture on for both routes (every request's text and
 answer kept for datasets, written with its ledger row: turnout.capture). ``--workers 1 2`` runs
-one turnout per count (``turnout serve --workers N``), side by side. Everything shares this
+one turnout per count (``turnout serve --workers N``), side by side; ``--unique`` makes every
+request's prompt different (with ``--guards``, what the guards cost on traffic that never repeats). Everything shares this
 machine's cores, so figures are comparable within one run, not across machines.
 
 Besides req/s and latency, each row has the CPU the server's processes (a gateway's parent and
@@ -44,11 +46,19 @@ LITELLM_KEY = "sk-turnout-bench-0123456789abcdef0123456789abcdef"  # auth on for
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello from the bench"}], "max_tokens": 16}
 
 
-def wrk(url: str, concurrency: int, duration: float, body: dict, headers: dict[str, str]) -> dict[str, float]:
+def wrk(url: str, concurrency: int, duration: float, body: dict, headers: dict[str, str],
+        unique: bool = False) -> dict[str, float]:
+    """``unique``: each request's prompt ends in its own number (no two alike: nothing the gateway
+    or its guards could cache)."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
                  f'wrk.headers["Content-Type"] = "application/json"\n{hdrs}')
+    if unique:  # the body's last prompt text gets " #<n>"; wrk's own counter per connection thread
+        head, tail = json.dumps(body).rsplit('"}]', 1)
+        script.write(f'counter = 0\nrequest = function()\n  counter = counter + 1\n'
+                     f'  return wrk.format(nil, nil, nil, {json.dumps(head)} .. " #" .. counter .. '
+                     f'{json.dumps(chr(34) + "}]" + tail)})\nend\n')
     script.close()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency",
@@ -139,6 +149,8 @@ def main() -> int:
     ap.add_argument("--pii-model", choices=("rampart", "spacy", "both"), default="rampart",
                     help="the PII guard's statistical model, with --guards")
     ap.add_argument("--capture", action="store_true", help="capture every request for datasets (routes' capture: on)")
+    ap.add_argument("--unique", action="store_true",
+                    help="every request's prompt different (with --guards: what guards cost on real traffic)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="turnout's worker processes (turnout serve --workers N); several: one gateway each")
     ap.add_argument("--litellm", default=os.environ.get("LITELLM_PYTHON"),
@@ -165,9 +177,9 @@ def main() -> int:
         for c in args.concurrency:
             for name, (proc, headers) in targets.items():
                 url = proc.url + "/v1/chat/completions"
-                wrk(url, c, 2, BODY, headers)  # warm-up
+                wrk(url, c, 2, BODY, headers, args.unique)  # warm-up
                 cpu = cpu_seconds(proc.pid)
-                results[(name, c)] = r = wrk(url, c, args.duration, BODY, headers)
+                results[(name, c)] = r = wrk(url, c, args.duration, BODY, headers, args.unique)
                 served = r["rps"] * max(1, round(args.duration))
                 r["cpu_us"] = (cpu_seconds(proc.pid) - cpu) / served * 1e6 if served else float("nan")
                 print(f"  measured {name:<16} c={c:<3} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  "
