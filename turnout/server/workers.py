@@ -56,6 +56,7 @@ DIR_ENV = "TURNOUT_WORKERS_DIR"
 # be set): loading models holds the GIL for seconds on a busy machine, so a worker gets this long
 HEALTHCHECK_S = 60
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+THREADS_ENV = "OMP_NUM_THREADS"
 IN_PROCESS_DIALECTS = ("llamacpp",)  # engines that load a model into the gateway process
 
 
@@ -71,22 +72,30 @@ def resolve_workers(requested: int | str, cfg: TurnoutConfig) -> tuple[int, str]
     if local:
         return 1, (f"1 worker process (auto: engine(s) {', '.join(local)} load a model into each worker; "
                    "set --workers N to run more)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores, f"{cores} worker process(es) (auto: one per core)"
+    n = cores()
+    return n, f"{n} worker process(es) (auto: one per core)"
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
 def run_folder(spec: dict[str, Any]) -> Iterator[Path]:
     """The run's folder, with ``spec.json`` written and the environment the workers inherit set
-    (the metrics folder before any worker imports prometheus_client); removed afterwards."""
+    (the metrics folder before any worker imports prometheus_client; unless set, ``OMP_NUM_THREADS``
+    to the cores divided among the workers, for the guard and embedding models' ONNX Runtime and
+    numpy); removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="turnout-workers-"))
-    saved = {k: os.environ.get(k) for k in (DIR_ENV, METRICS_ENV)}
+    saved = {k: os.environ.get(k) for k in (DIR_ENV, METRICS_ENV, THREADS_ENV)}
     try:
         (folder / "metrics").mkdir()
         (folder / "ready").mkdir()
         (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         os.environ[DIR_ENV] = str(folder)
         os.environ[METRICS_ENV] = str(folder / "metrics")
+        os.environ.setdefault(THREADS_ENV, str(max(1, cores() // int(spec["workers"]))))
         yield folder
     finally:
         for k, v in saved.items():
