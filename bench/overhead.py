@@ -13,8 +13,8 @@ detectors (``--pii-model``: the PII transformer, spaCy or both on every request)
 far more than the rest; ``--capture`` turns capture on for both routes (every request's text and
 answer kept for datasets, written with its ledger row: turnout.capture). ``--workers 1 2`` runs
 one turnout per count (``turnout serve --workers N``), side by side; ``--unique`` makes every
-request's prompt different (with ``--guards``, what the guards cost on traffic that never repeats). Everything shares this
-machine's cores, so figures are comparable within one run, not across machines.
+request's prompt different (with ``--guards``, what the guards cost on traffic that never repeats).
+Everything shares this machine's cores, so figures are comparable within one run, not across machines.
 
 Besides req/s and latency, each row has the CPU the server's processes (a gateway's parent and
 its workers) used during the measured run, per request (``CPU us/req``, from /proc: user +
