@@ -174,6 +174,35 @@ def test_a_revoked_key_is_refused_by_every_worker(gateway: Served) -> None:
         assert chat(client, cli_revoked).json()["error"]["code"] == "key_revoked"
 
 
+def test_a_worker_that_dies_is_replaced_and_its_counts_kept(gateway: Served) -> None:
+    import os
+    import signal
+
+    proc, _, keys = gateway
+    admin = {"Authorization": f"Bearer {keys['admin']['key']}"}
+    clients = by_worker(proc.url)
+    a, b = clients.values()
+    victim = next(iter(clients))
+    assert chat(a, keys["counted"]).status_code == 200  # counted by the worker about to die
+    before = _requests_total(b.get("/metrics", headers=admin).text, "counted")
+    os.kill(int(victim), signal.SIGKILL)
+    deadline = time.monotonic() + 180  # the supervisor starts a new worker (a model-free start: seconds)
+    while True:
+        try:
+            pids = set(by_worker(proc.url, attempts=40))
+        except (AssertionError, httpx.HTTPError):
+            pids = set()
+        if len(pids) == 2 and victim not in pids:
+            break
+        assert time.monotonic() < deadline, f"no replacement worker; answering: {pids}"
+        time.sleep(0.5)
+    c, d = by_worker(proc.url).values()
+    assert chat(c, keys["counted"]).status_code == chat(d, keys["counted"]).status_code == 200
+    after = _requests_total(c.get("/metrics", headers=admin).text, "counted")
+    assert after == before + 2  # the dead worker's requests still count
+    assert "in_flight" in c.get("/metrics", headers=admin).text
+
+
 def test_workers_argument_and_auto() -> None:
     bad = run_cli("serve", "--workers", "0")
     assert bad.returncode == 2 and "1 to 256" in bad.stderr

@@ -9,9 +9,11 @@ socket. What the workers share, and how:
 * **Limits and budgets**: Redis when ``storage.redis_url`` is set; otherwise the counters live in
   the SQLite file (``turnout.governance.limits.SQLiteLimiter``, each step one ``BEGIN IMMEDIATE``
   transaction), so a budget is exact over every worker.
-* **Ledger and audit chain**: already safe across processes (the ledger writer appends each
-  batch's rows and their hash-chained entries under ``BEGIN IMMEDIATE``, reading the chain's head
-  inside that transaction; PostgreSQL locks the head row).
+* **Ledger and audit chain**: safe across processes (the ledger writer appends each batch's rows
+  and their hash-chained entries under ``BEGIN IMMEDIATE``, reading the chain's head inside that
+  transaction; PostgreSQL locks the head row). The busy writers take the file's write lock in turn
+  through ``sqlitedb.WriteLock`` (``flock``: a waiter wakes at once, where SQLite's busy handler
+  sleeps up to 100 ms between tries).
 * **API keys and sessions**: one store; each worker caches lookups for ``KEY_CACHE_S`` (2 s). A
   key revoked or rotated (a session ended) through one worker bumps a counter in the run's folder
   (``turnout.governance.epoch``), so every worker drops its cache at its next request; a change
@@ -22,12 +24,15 @@ socket. What the workers share, and how:
   (``flock``) and re-counts the labels under it, so one fit runs per round and the others skip.
 * **The embedded llama.cpp model**: each worker loads its own context. The weights are
   memory-mapped, so their pages are shared by the workers; the KV cache and compute buffers are
-  not (``bench/workers.py`` measures both). Hence ``--workers auto`` serves with one worker when a
+  not (``bench/workers_memory.py`` measures both: about 430 MiB private per worker of the
+  embedded setup, guards included). Hence ``--workers auto`` serves with one worker when a
   llama.cpp engine is configured.
 
 The run's folder (``tempfile.mkdtemp``, mode 0700) holds the arguments the workers need
-(``spec.json``), the metrics files and one ``ready/<pid>`` file per worker that has started; the
-parent prints ``listening on`` once every worker is ready, and removes the folder when it stops.
+(``spec.json``), the metrics files, the key epoch and one ``ready/<pid>`` file per worker that has
+started; the parent prints ``listening on`` once every worker is ready, and removes the folder when
+it stops. Unless set, ``OMP_NUM_THREADS`` is the cores divided among the workers (the guard and
+embedding models' ONNX Runtime sessions follow it).
 """
 
 from __future__ import annotations
