@@ -267,3 +267,29 @@ def test_the_key_epoch_is_one_counter_for_every_process_that_maps_it(tmp_path: P
     first.close()  # twice: harmless
     assert KeyEpoch(tmp_path / "keys.epoch").value() == 2  # a worker started later sees it
     second.close()
+
+
+def test_two_workers_on_postgresql_share_one_chain_and_one_budget(tmp_path: Path, upstream: Upstream,
+                                                                    pg_schema: str) -> None:
+    """The ledger, audit log and keys in PostgreSQL (appends serialise on the head row), limits in the
+    SQLite file the workers share."""
+    from tests.conftest import PG_DSN
+
+    cfg = frontier_config(upstream.url, tmp_path)
+    cfg["engines"]["frontier"]["pricing"] = PRICING
+    cfg["storage"] = {"sqlite_path": str(tmp_path / "limits.sqlite"), "postgres_dsn": PG_DSN,
+                      "postgres_schema": pg_schema}
+    config = write_config(tmp_path, cfg)
+    budget = cli_key(config, "budget", "--usd-day", "0.0002")
+    proc = serve(config, "--workers", "2")
+    try:
+        a, b = by_worker(proc.url).values()
+        with ThreadPoolExecutor(2) as pool:
+            rushes = [pool.submit(lambda c=c: [chat(c, budget) for _ in range(6)]) for c in (a, b)]
+            statuses = [r.status_code for f in rushes for r in f.result()]
+    finally:
+        proc.stop()
+    assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+    verified = run_cli("audit", "verify", "--dsn", PG_DSN, "--schema", pg_schema)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Traceback" not in proc.output()
