@@ -50,8 +50,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Ite
     try:
         yield proc, config, keys
     finally:
+        for client in _OPEN:
+            client.close()
         proc.stop()
     assert "Traceback" not in proc.output()
+
+
+_OPEN: list[httpx.Client] = []  # closed when the module's gateway stops
 
 
 def by_worker(url: str, want: int = 2, attempts: int = 200) -> dict[str, httpx.Client]:
@@ -60,6 +65,7 @@ def by_worker(url: str, want: int = 2, attempts: int = 200) -> dict[str, httpx.C
     clients: dict[str, httpx.Client] = {}
     for _ in range(attempts):
         client = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
+        _OPEN.append(client)
         pid = client.get("/healthz").headers["x-turnout-worker"]
         if pid in clients:
             client.close()
