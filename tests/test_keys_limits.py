@@ -20,7 +20,7 @@ from tests.runcli import run_cli
 from turnout.errors import AuthenticationFailed, NotFound, PermissionDenied, RateLimited
 from turnout.governance.key_store import SQLiteKeyStore
 from turnout.governance.keys import Limits, hash_key
-from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SQLiteLimiter
+from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, SQLiteLimiter, Windows
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -319,3 +319,24 @@ def test_admitted_then_extended_by_its_cost(backend: str, tmp_path: Path) -> Non
         assert (await lim.usage("k", now=T0 + 60))["rpm"] == 1
 
     run(_with_limiter(backend, tmp_path, body))
+
+
+def test_sqlite_seed_from_the_ledger_never_lowers_a_counter(tmp_path: Path) -> None:
+    """Every worker of `turnout serve --workers N` seeds today's spend from the ledger at start-up:
+    a seed raises a counter to the ledger's figure, never lowers one already higher."""
+    async def body() -> None:
+        first, second = SQLiteLimiter(tmp_path / "t.sqlite"), SQLiteLimiter(tmp_path / "t.sqlite")
+        w = Windows.at(T0)
+        first.seed({("k", "usd_day", w.day): 100_000, ("k", "usd_month", w.month): 100_000})
+        second.seed({("k", "usd_day", w.day): 40_000})  # a worker that read the ledger before the last rows
+        assert (await second.usage("k", now=T0))["usd_day"] == 100_000
+        limits = Limits(usd_per_day=0.25)
+        assert isinstance(await _try(second, "k", limits, cost=0.15, now=T0), Reservation)
+        refused = await _try(first, "k", limits, cost=0.01, now=T0)  # 0.25 spent, on either connection
+        assert isinstance(refused, RateLimited) and refused.code == "budget_exceeded"
+        second.seed({("k", "usd_day", w.day): 300_000})  # a ledger that holds more than the counter: it wins
+        assert (await first.usage("k", now=T0))["usd_day"] == 300_000
+        await first.close()
+        await second.close()
+
+    run(body())

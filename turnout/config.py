@@ -452,6 +452,9 @@ class ServerConfig(_Strict):
     max_input_chars: int = Field(200_000, ge=1, description="the most characters of input a request may carry "
                                  "(a route's max_input_chars overrides it); more is refused with 413 before any "
                                  "guard runs")
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        1, description="gateway processes behind the one port (`turnout serve --workers`); auto: one per core, or 1 "
+        "when an engine runs llama.cpp in the gateway (each worker would load its own context)")
 
 
 class TracingConfig(_Strict):

@@ -1,7 +1,15 @@
 """Prometheus metrics. Label values come from bounded sets: route aliases and engines
-from config, tenants from API keys (others folded into "other"), statuses from a list."""
+from config, tenants from API keys (others folded into "other"), statuses from a list.
+
+Several worker processes (``turnout serve --workers N``) share one set of series through
+prometheus_client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set before the workers
+start, each writes its values to memory-mapped files there, and :meth:`Metrics.exposed` reads
+them all back, counters and histograms summed over the workers (gauges as each declares)."""
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -43,7 +51,8 @@ class Metrics:
                                        "(auth: keys), by HTTP status; not in the ledger", ["status"], registry=r)
         self.cache = Counter("turnout_cache_lookups", "Answer cache lookups by result (miss, exact, semantic)",
                              ["result"], registry=r)
-        self.in_flight = Gauge("turnout_in_flight", "Requests being handled", registry=r)
+        self.in_flight = Gauge("turnout_in_flight", "Requests being handled", registry=r,
+                               multiprocess_mode="livesum")  # several workers: the sum over those alive
 
     def route(self, alias: str | None) -> str:
         return alias if alias in self.routes or alias in self.engines else "unknown"
@@ -53,3 +62,44 @@ class Metrics:
 
     def tenant(self, name: str) -> str:
         return name if name in self.tenants else "other"
+
+    def exposed(self) -> CollectorRegistry:
+        """What ``/metrics`` shows: this registry, or with several worker processes a registry
+        that reads every worker's values (prometheus_client's multiprocess mode)."""
+        if not multiprocess():
+            return self.registry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return merged
+
+
+def multiprocess() -> bool:
+    """Whether this process writes its metrics for several worker processes to share."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges (``turnout_in_flight``) of worker processes that are gone (a crash or a
+    restart leaves their files behind); their counters stay, so totals never go backwards."""
+    from pathlib import Path
+
+    from prometheus_client import multiprocess
+
+    for f in Path(folder).glob("gauge_live*_*.db"):
+        pid = f.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):  # another worker's scrape removed it first
+                multiprocess.mark_process_dead(int(pid), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

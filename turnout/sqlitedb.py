@@ -82,6 +82,49 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+class WriteLock:
+    """A lock between processes beside a SQLite file (``<file>-lock``, ``flock``), taken by the busy
+    writers (the ledger's writer thread, the shared limiter) before ``BEGIN IMMEDIATE``.
+
+    SQLite's own busy handler polls for the write lock with sleeps that grow to 100 ms, so between
+    several worker processes writing all the time a waiting writer sleeps long after the lock was
+    released (and can miss it again); a blocked ``flock`` wakes as soon as the holder lets go. Each
+    instance is its own open file, so two of them exclude each other within a process as well; one
+    instance is not for threads at once (hold a ``threading.Lock`` around it)."""
+
+    def __init__(self, db: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{os.fspath(db)}-lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        if self._fd >= 0:  # once: a second close must not close a descriptor that was reused meanwhile
+            os.close(self._fd)
+            self._fd = -1
+
+
 def record_applied(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> None:
     """Create the bookkeeping ``table`` if need be and record ``names`` as applied, in the caller's
     transaction: for a component that adopts a file its older code had set up another way."""

@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +20,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=None, help="port (default from config: 8000; 0 picks a free one)")
     p.add_argument("--db", default=os.environ.get("TURNOUT_DB"), help="SQLite file for ledger and keys (embedded mode)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workers", default=None, type=_workers,
+                   help="gateway processes behind the port: N, or auto (one per core; 1 when a llama.cpp engine "
+                   "runs in the gateway). Default from config server.workers: 1")
     p.set_defaults(func=run)
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', got {text!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"expected 1 to 256 worker processes, got {n}")
+    return n
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from turnout.config import load_config
-    from turnout.server.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
@@ -97,29 +112,41 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
+    from turnout.server.workers import resolve_workers
+
+    workers, workers_why = resolve_workers(args.workers or cfg.server.workers, cfg)
+    cfg.server.workers = workers  # what the gateway runs as (one process: its counters in memory)
     print(
         f"turnout: {len(cfg.engines)} engine(s) ({', '.join(cfg.engines)}), routes {', '.join(cfg.routes)}; "
-        f"ledger {cfg.storage.sqlite_path}",
+        f"ledger {cfg.storage.sqlite_path}; {workers_why}",
         flush=True,
     )
+    options: dict[str, Any] = {
+        "log_level": args.log_level, "access_log": False, "loop": "uvloop", "http": "httptools",
+        "timeout_graceful_shutdown": 30, "lifespan": "on",
+        "proxy_headers": False,  # no proxy is trusted unless one is configured in front
+        "server_header": False,
+    }
+    listening = f"listening on http://{shown}:{bound}"
+    if workers > 1:
+        from turnout.server import workers as multi
+        from turnout.server.app import load_functions
+
+        load_functions(cfg)  # a broken function stops start-up here, in one line, before any worker starts
+
+        spec = {"config": args.config, "db": args.db, "auth": cfg.auth, "workers": workers,
+                "log_level": args.log_level}
+        with multi.run_folder(spec) as folder:
+            return multi.serve(multi.uvicorn_config(workers, **options), sock, folder, workers, listening)
+
+    from turnout.server.app import create_app
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                print(f"listening on http://{shown}:{bound}", flush=True)
+                print(listening, flush=True)
 
-    config = uvicorn.Config(
-        create_app(cfg),
-        log_level=args.log_level,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=30,
-        lifespan="on",
-        proxy_headers=False,  # no proxy is trusted unless one is configured in front
-        server_header=False,
-    )
-    server = Server(config)
+    server = Server(uvicorn.Config(create_app(cfg), **options))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # 3: startup failed (uvicorn's code), the reason is logged above

@@ -10,6 +10,8 @@ The mode is fixed at start-up (:func:`resolve_mode`) and never follows the key t
 Lookups are cached for ``ttl`` seconds (by hash, never plaintext), so a key revoked or
 rotated through any replica stops working on every replica within ``ttl`` (KEY_CACHE_S);
 a new key works at once (an unknown token is not remembered as unknown for long either).
+The worker processes of one ``turnout serve --workers N`` share a :class:`KeyEpoch`: a key
+revoked or rotated through one of them is refused by all of them from their next request.
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from turnout.errors import AuthenticationFailed, PermissionDenied
+from turnout.governance.epoch import KeyEpoch
 from turnout.governance.key_store import KeyTables
 from turnout.governance.keys import ROLES, ApiKey, check_key, hash_key, same_person
-from turnout.governance.limits import Limiter, MemoryLimiter, RedisLimiter, Reservation, Windows, to_micros
+from turnout.governance.limits import (
+    Limiter,
+    MemoryLimiter,
+    RedisLimiter,
+    Reservation,
+    SQLiteLimiter,
+    Windows,
+    to_micros,
+)
 
 if TYPE_CHECKING:
     from turnout.ledger.base import Ledger
@@ -33,21 +45,30 @@ OPEN_TENANT = "anonymous"
 MAX_TOKEN_CHARS = 512
 
 
-def open_limiter(redis_url: str | None, ledger: Ledger) -> Limiter:
-    """Redis for several replicas; otherwise in-memory counters whose day and month spend
-    start from what the ledger recorded, so a restart does not reset a budget."""
+def open_limiter(redis_url: str | None, ledger: Ledger, shared_db: str | Path | None = None) -> Limiter:
+    """Redis for several replicas; else, with ``shared_db`` (several worker processes on one host:
+    ``turnout serve --workers N``), counters in that SQLite file, each step one ``BEGIN IMMEDIATE``
+    transaction; otherwise in-memory counters. Day and month spend start from what the ledger
+    recorded, so a restart does not reset a budget."""
     if redis_url:
         return RedisLimiter(redis_url)
     from datetime import UTC, datetime
 
-    limiter = MemoryLimiter()
     now = time.time()
     w = Windows.at(now)
     day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    spent: dict[tuple[str, str, str], int] = {}
     for kind, window, since in (("usd_day", w.day, day), ("usd_month", w.month, day.replace(day=1))):
         for key_id, costs in ledger.spend_since(since.timestamp()).items():
             # each request was settled in whole micro-dollars, rounded up: count them the same way
-            limiter.seed(key_id, kind, window, sum(to_micros(c) for c in costs))
+            spent[(key_id, kind, window)] = sum(to_micros(c) for c in costs)
+    if shared_db is not None:
+        shared = SQLiteLimiter(shared_db)
+        shared.seed(spent)
+        return shared
+    limiter = MemoryLimiter()
+    for (key_id, kind, window), value in spent.items():
+        limiter.seed(key_id, kind, window, value)
     return limiter
 
 
@@ -112,15 +133,22 @@ OPEN = Principal(OPEN_TENANT, ROLES, all_tenants=True)
 
 
 class Access:
-    def __init__(self, keys: KeyTables, limiter: Limiter, mode: Mode = "keys", ttl: float = KEY_CACHE_S) -> None:
+    def __init__(self, keys: KeyTables, limiter: Limiter, mode: Mode = "keys", ttl: float = KEY_CACHE_S,
+                 epoch: KeyEpoch | None = None) -> None:
+        """``epoch``: shared by the worker processes of one gateway (a revocation through any of
+        them empties every worker's cache at its next request)."""
         if mode not in ("keys", "open"):
             raise ValueError(f"auth mode must be 'keys' or 'open', got {mode!r}")
         self.keys, self.limiter, self.mode, self.ttl = keys, limiter, mode, ttl
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self.epoch, self._seen = epoch, epoch.value() if epoch is not None else 0
 
     async def _lookup(self, token: str) -> ApiKey | None:
         if len(token) > MAX_TOKEN_CHARS:
             return None
+        if self.epoch is not None and (seen := self.epoch.value()) != self._seen:  # revoked through another worker
+            self._cache.clear()
+            self._seen = seen
         digest, now = hash_key(token), time.monotonic()
         hit = self._cache.get(digest)
         if hit is None or hit[0] < now:
@@ -131,8 +159,12 @@ class Access:
         return hit[1]
 
     def forget(self, key_id: str) -> None:
-        """Drop this replica's cached lookups of a key (after revoking or rotating it here)."""
+        """Drop this replica's cached lookups of a key (after revoking or rotating it here), and
+        with an ``epoch`` every other worker's."""
         self._cache = {d: hit for d, hit in self._cache.items() if hit[1] is None or hit[1].key_id != key_id}
+        if self.epoch is not None:
+            self.epoch.bump()
+            self._seen = self.epoch.value()  # this worker's cache is already right
 
     async def principal(self, token: str | None, roles: tuple[str, ...], route: str | None = None) -> Principal:
         """The caller, if it holds one of ``roles`` (and may use ``route``); raises 401/403.

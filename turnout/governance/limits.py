@@ -27,8 +27,9 @@ A request whose estimate alone exceeds a limit can never pass and is refused wit
 Backends: :class:`MemoryLimiter` (the embedded default: one process, counters in memory,
 day and month spend seeded from the ledger at start-up, so budgets survive restarts; no
 I/O on the request path), :class:`SQLiteLimiter` (the gateway's SQLite file, ``BEGIN
-IMMEDIATE``; exact across processes on one host, at the cost of two write transactions per
-request) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
+IMMEDIATE``; exact across processes on one host, at the cost of two or three write
+transactions per request of a key with limits: what ``turnout serve --workers N`` uses without
+Redis) and :class:`RedisLimiter` (one Lua script per step; exact across gateway replicas).
 Windows are computed from the gateway's clock
 (``now``), so replicas sharing Redis need synchronised clocks (NTP).
 """
@@ -38,9 +39,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import sqlite3
 import threading
 import time as _time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -236,44 +239,100 @@ MIGRATIONS: list[sqlite.Migration] = [
 
 
 class SQLiteLimiter(Limiter):
-    """Counters in the gateway's SQLite file (table ``limits_counters``)."""
+    """Counters in the gateway's SQLite file (table ``limits_counters``).
+
+    Each step is one ``BEGIN IMMEDIATE`` transaction, taken in turn with the ledger's writer
+    (``sqlitedb.WriteLock``). When the file's write lock is free the step runs at once on the
+    caller's thread (tens of microseconds; a hop to a worker thread costs more than the
+    transaction); when another process or thread holds it, the step waits in a worker thread, so
+    the event loop never waits on a lock.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else sqlite.default_db_path()
         self._conn = sqlite.connect(self.path)
         self._lock = threading.Lock()
         sqlite.migrate(self._conn, "limits_migrations", MIGRATIONS)
+        self._now = sqlite.connect(self.path)  # the same file, never waiting: SQLITE_BUSY at once
+        self._now.execute("PRAGMA busy_timeout = 0")
+        self._turn = sqlite.WriteLock(self.path)  # the writers' queue between processes
+
+    async def _write(self, step: Callable[..., Any], *args: Any) -> Any:
+        """``step(conn, *args)`` in a write transaction: here if the write lock is free, else in a thread."""
+        if self._lock.acquire(blocking=False):
+            try:
+                done, result = False, None
+                if self._turn.acquire(blocking=False):
+                    try:
+                        done, result = self._try_now(step, *args)
+                    finally:
+                        self._turn.release()
+            finally:
+                self._lock.release()
+            if done:
+                return result
+        return await asyncio.to_thread(self._wait_and_write, step, *args)
+
+    def _try_now(self, step: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        c = self._now
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # busy: another process is writing
+            return False, None
+        try:
+            result = step(c, *args)
+            c.execute("COMMIT")
+        except sqlite3.OperationalError:  # the commit was busy (a checkpoint): undone, so done again in a thread
+            c.execute("ROLLBACK")
+            return False, None
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return True, result
+
+    def _wait_and_write(self, step: Callable[..., Any], *args: Any) -> Any:
+        with self._lock, self._turn.held(), sqlite.immediate(self._conn) as c:
+            return step(c, *args)
+
+    def seed(self, spent: dict[tuple[str, str, str], int]) -> None:
+        """Start day and month windows ((key_id, kind, window) -> micro-dollars) from what the ledger
+        says was spent, keeping a counter that is already higher (requests in flight, or another
+        worker's seed): every worker of a gateway seeds at start-up, and none lowers a counter."""
+        with self._lock, sqlite.immediate(self._conn) as c:
+            c.executemany("INSERT INTO limits_counters (key_id, kind, window, value) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (key_id, kind, window) DO UPDATE SET value = MAX(value, excluded.value)",
+                          [(*slot, value) for slot, value in spent.items()])
 
     async def _reserve(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
                        windows: Windows, requests: int = 1) -> list[str]:
-        return await asyncio.to_thread(self._reserve_sync, key_id, caps, tokens, micros, windows, requests)
+        failed: list[str] = await self._write(self._reserve_in, key_id, caps, tokens, micros, windows, requests)
+        return failed
 
-    def _reserve_sync(self, key_id: str, caps: dict[str, int | None], tokens: int, micros: int,
-                      windows: Windows, requests: int = 1) -> list[str]:
+    def _reserve_in(self, c: sqlite3.Connection, key_id: str, caps: dict[str, int | None], tokens: int,
+                    micros: int, windows: Windows, requests: int) -> list[str]:
         add = {"rpm": requests, "tpm": tokens, "usd_day": micros, "usd_month": micros}
-        with self._lock, sqlite.immediate(self._conn) as c:
-            used = self._counters(c, key_id, windows)
-            failed = [k for k in KINDS if caps[k] is not None and used[k] + add[k] > caps[k]]  # type: ignore[operator]
-            if failed:
-                return failed
-            if requests:  # minute windows other than the current one are over: drop them as we go
-                c.execute("DELETE FROM limits_counters WHERE key_id = ? AND kind IN ('rpm', 'tpm') AND window <> ?",
-                          (key_id, windows.minute))
-            for k in KINDS:
-                c.execute("INSERT INTO limits_counters (key_id, kind, window, value) VALUES (?, ?, ?, ?) "
-                          "ON CONFLICT (key_id, kind, window) DO UPDATE SET value = value + excluded.value",
-                          (key_id, k, windows.of(k), add[k]))
+        used = self._counters(c, key_id, windows)
+        failed = [k for k in KINDS if caps[k] is not None and used[k] + add[k] > caps[k]]  # type: ignore[operator]
+        if failed:
+            return failed
+        if requests:  # minute windows other than the current one are over: drop them as we go
+            c.execute("DELETE FROM limits_counters WHERE key_id = ? AND kind IN ('rpm', 'tpm') AND window <> ?",
+                      (key_id, windows.minute))
+        c.executemany("INSERT INTO limits_counters (key_id, kind, window, value) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (key_id, kind, window) DO UPDATE SET value = value + excluded.value",
+                      [(key_id, k, windows.of(k), add[k]) for k in KINDS if add[k] or requests])
         return []
 
     async def _adjust(self, key_id: str, windows: Windows, d_tokens: int, d_micros: int) -> None:
-        await asyncio.to_thread(self._adjust_sync, key_id, windows, d_tokens, d_micros)
+        await self._write(self._adjust_in, key_id, windows, d_tokens, d_micros)
 
-    def _adjust_sync(self, key_id: str, windows: Windows, d_tokens: int, d_micros: int) -> None:
-        with self._lock, sqlite.immediate(self._conn) as c:
-            for kind, delta in (("tpm", d_tokens), ("usd_day", d_micros), ("usd_month", d_micros)):
-                # UPDATE only: a window already dropped stays dropped
-                c.execute("UPDATE limits_counters SET value = MAX(0, value + ?) "
-                          "WHERE key_id = ? AND kind = ? AND window = ?", (delta, key_id, kind, windows.of(kind)))
+    @staticmethod
+    def _adjust_in(c: sqlite3.Connection, key_id: str, windows: Windows, d_tokens: int, d_micros: int) -> None:
+        # UPDATE only: a window already dropped stays dropped
+        c.executemany("UPDATE limits_counters SET value = MAX(0, value + ?) "
+                      "WHERE key_id = ? AND kind = ? AND window = ?",
+                      [(delta, key_id, kind, windows.of(kind))
+                       for kind, delta in (("tpm", d_tokens), ("usd_day", d_micros), ("usd_month", d_micros)) if delta])
 
     async def _read(self, key_id: str, windows: Windows) -> dict[str, int]:
         def read() -> dict[str, int]:
@@ -292,7 +351,9 @@ class SQLiteLimiter(Limiter):
         return used
 
     async def close(self) -> None:
+        self._now.close()
         self._conn.close()
+        self._turn.close()
 
 
 class MemoryLimiter(Limiter):

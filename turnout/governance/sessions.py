@@ -30,6 +30,7 @@ from turnout import sqlitedb as sqlite
 from turnout.errors import AuthenticationFailed
 from turnout.governance import clock
 from turnout.governance.access import KEY_CACHE_S
+from turnout.governance.epoch import KeyEpoch
 from turnout.governance.key_store import KEY_COLUMNS, KEY_NCOL, KeyTables, PostgresKeyStore, SQLiteKeyStore, row_to_key
 from turnout.governance.keys import ApiKey, check_key, hash_key
 
@@ -78,9 +79,11 @@ class NewSession:
 class Sessions:
     """Sessions in the same store (and connection) as the keys they were opened with."""
 
-    def __init__(self, keys: KeyTables, ttl: float = KEY_CACHE_S) -> None:
+    def __init__(self, keys: KeyTables, ttl: float = KEY_CACHE_S, epoch: KeyEpoch | None = None) -> None:
+        """``epoch``: shared by the worker processes of one gateway, as ``Access``'s."""
         self.keys, self.ttl = keys, ttl
         self._cache: dict[str, tuple[float, tuple[ApiKey, str] | None]] = {}
+        self.epoch, self._seen = epoch, epoch.value() if epoch is not None else 0
         if not isinstance(keys, SQLiteKeyStore | PostgresKeyStore):
             raise TypeError(f"no session table for a key store of type {type(keys).__name__}")
         keys.migrate("sessions_migrations", MIGRATIONS, pg_migrations)
@@ -108,13 +111,21 @@ class Sessions:
         digest = hash_key(token)
         self._cache.pop(digest, None)
         with self.keys.tx() as c:
-            done = c.execute("UPDATE browser_sessions SET ended_at = $1 WHERE session_hash = $2 AND ended_at IS NULL",
-                             (clock.iso(clock.now()), digest))
-            return bool(done.rowcount)
+            ended = bool(c.execute("UPDATE browser_sessions SET ended_at = $1 WHERE session_hash = $2 "
+                                   "AND ended_at IS NULL", (clock.iso(clock.now()), digest)).rowcount)
+        self._bump()
+        return ended
 
     def forget(self, key_id: str) -> None:
         """Drop this replica's cached sessions of a key (after revoking it here)."""
         self._cache = {d: hit for d, hit in self._cache.items() if hit[1] is None or hit[1][0].key_id != key_id}
+        self._bump()
+
+    def _bump(self) -> None:
+        """Tell the other workers (an ``epoch``) to drop their cached lookups."""
+        if self.epoch is not None:
+            self.epoch.bump()
+            self._seen = self.epoch.value()
 
     def _lookup(self, digest: str) -> tuple[ApiKey, str] | None:
         rows = self.keys.read(f"SELECT {KEY_COLUMNS}, s.expires_at, b.expires_at, b.ended_at FROM browser_sessions b "
@@ -132,6 +143,9 @@ class Sessions:
         """The key behind a live session, which must itself still be usable; raises
         AuthenticationFailed (unknown, ended or expired session; revoked or expired key)."""
         found = None
+        if self.epoch is not None and (seen := self.epoch.value()) != self._seen:  # ended through another worker
+            self._cache.clear()
+            self._seen = seen
         if _SESSION_SHAPE.match(token):
             digest, now = hash_key(token), time.monotonic()
             hit = self._cache.get(digest)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -152,8 +151,11 @@ class RampartNer:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS, stride=STRIDE)
+        from turnout.embedding.minilm_onnx import default_threads
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)  # 2 threads: half the latency here
+        # 2 threads: half the latency here; $OMP_NUM_THREADS when set (turnout serve --workers N: cores / N)
+        opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
         source = source_file(path)
         digest = sha256_file(source)

@@ -100,14 +100,19 @@ class SQLiteCaptureWriter(CaptureWriter):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
+        self._turn = sqlitedb.WriteLock(self.path)  # in turn with the ledger's writer, in every worker process
 
     def _write(self, conn: Any, rows: list[CaptureRow], later: list[LaterAnswer]) -> Any:
         conn = conn or sqlitedb.connect(self.path)
-        with sqlitedb.immediate(conn) as c:
+        with self._turn.held(), sqlitedb.immediate(conn) as c:
             insert_sqlite(c, rows, self.purge)
             for a in later:
                 add_answer(sqlitedb.Numbered(c), "", a.request_id, a.answer, a.answered_score)
         return conn
+
+    def close(self, timeout: float = 10.0) -> None:
+        super().close(timeout)
+        self._turn.close()
 
 
 class PostgresCaptureWriter(CaptureWriter):

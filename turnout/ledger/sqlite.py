@@ -100,21 +100,23 @@ class SQLiteLedger(GroupCommitWriter):
         sqlitedb.migrate(conn, "capture_migrations", CAPTURE_MIGRATIONS)
         conn.close()
         self.captures = SQLiteCaptureWriter(self.path)
+        self._turn = sqlitedb.WriteLock(self.path)
         self._start("turnout-ledger")
 
     def _write(self, conn: sqlite3.Connection | None, rows: list[LedgerRow]) -> sqlite3.Connection:
         conn = conn or sqlitedb.connect(self.path)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(_INSERT, [row.values() for row in rows])
-            if self.audit:
-                for row in rows:
-                    sqlite_append(conn, row.audit_payload(), utc_now())
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        with self._turn.held():  # several worker processes: in turn, woken at once (sqlitedb.WriteLock)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT, [row.values() for row in rows])
+                if self.audit:
+                    for row in rows:
+                        sqlite_append(conn, row.audit_payload(), utc_now())
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
         return conn
 
     def keep(self, capture: PendingCapture) -> None:
@@ -126,6 +128,7 @@ class SQLiteLedger(GroupCommitWriter):
     async def close(self) -> None:
         await super().close()
         await asyncio.to_thread(self.captures.close)
+        self._turn.close()
 
     def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         return read_rows(self.path, since)

@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # a cascade-only gateway builds these metrics without the `ro
     from turnout.routing.threshold import ThresholdTracker
 
 WINDOW = 1000  # requests the escalation share's moving average is about
+# several worker processes (turnout.metrics): a gauge shows the value its worker set last, the one answering a scrape
+# for those set at scrape time; the counters are summed over the workers
+_LAST: dict[str, Any] = {"multiprocess_mode": "mostrecent"}
 
 
 class _Share:
@@ -60,9 +63,9 @@ class DriftMetrics:
         from prometheus_client import Counter, Gauge
 
         self.threshold = Gauge("turnout_router_threshold", "Learned router threshold: served (tracked on recent "
-                               "traffic) and the artifact's", ["route", "kind"], registry=registry)
+                               "traffic) and the artifact's", ["route", "kind"], registry=registry, **_LAST)
         self.target = Gauge("turnout_router_target_escalation", "Configured share of strong calls", ["route"],
-                            registry=registry)
+                            registry=registry, **_LAST)
         self.decisions = Counter("turnout_router_decisions", "Answered requests a learned router scored or a cascade "
                                  "drafted", ["route", "tenant"], registry=registry)
         self.escalated = Counter("turnout_router_escalated", "Of those, sent to the strong engine (served), and those "
@@ -70,13 +73,13 @@ class DriftMetrics:
                                  registry=registry)
         self.share = Gauge("turnout_router_escalation_share", "Share of the tenant's recent requests on the route "
                            "sent to the strong engine: by the served threshold, and by the artifact's",
-                           ["route", "tenant", "kind"], registry=registry)
+                           ["route", "tenant", "kind"], registry=registry, **_LAST)
         self.shadow = Gauge("turnout_shadow_requests", "Shadow evaluation counts since start",
-                            ["route", "tenant", "result"], registry=registry)
+                            ["route", "tenant", "result"], registry=registry, **_LAST)
         self.agreement = Gauge("turnout_shadow_agreement", "Shadow labels where the weak answer was as good as the "
-                               "strong one / shadow labels", ["route", "tenant"], registry=registry)
+                               "strong one / shadow labels", ["route", "tenant"], registry=registry, **_LAST)
         self.spend = Gauge("turnout_shadow_spend_usd", "Spent on the tenant's shadow calls today (UTC)", ["tenant"],
-                           registry=registry)
+                           registry=registry, **_LAST)
         self.retrains = Counter("turnout_router_retrains", "Rounds of the retraining schedule by result (promoted, "
                                 "refused, skipped, failed)", ["route", "result"], registry=registry)
         self._shares: dict[tuple[str, str, str], _Share] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,6 +20,7 @@ from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
 from turnout.governance.access import Access, open_limiter, resolve_mode
+from turnout.governance.epoch import KeyEpoch
 from turnout.governance.key_store import open_key_store
 from turnout.governance.sessions import Sessions
 from turnout.guards.step import Guards
@@ -200,9 +202,10 @@ def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
 
 
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
-               span_exporter: Any = None) -> ChatFastPath:
+               span_exporter: Any = None, run_dir: Path | None = None) -> ChatFastPath:
     """The gateway as an ASGI app. ``span_exporter`` (tests) receives every span, whatever
-    ``tracing.exporter`` says."""
+    ``tracing.exporter`` says. ``run_dir``: the folder the worker processes of one ``turnout serve
+    --workers N`` share (``turnout.server.workers``)."""
     fns = load_functions(cfg)  # before anything starts: a broken function stops start-up
 
     @contextlib.asynccontextmanager
@@ -216,8 +219,11 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         mode = cfg.auth
         if mode is None:  # `turnout serve` decides it (and checks the address); in-process apps are not on a network
             mode, _ = resolve_mode(None, True, len(keys.list()))  # every key ever held counts
-        access = Access(keys, open_limiter(cfg.storage.redis_url, ledger), mode=mode)
-        app.state.sessions = Sessions(keys)  # the browser pages' logins, in the same store as the keys
+        # several worker processes (turnout serve --workers N) share one set of counters: in the SQLite file
+        shared = cfg.storage.sqlite_path if isinstance(cfg.server.workers, int) and cfg.server.workers > 1 else None
+        epoch = KeyEpoch(run_dir / "keys.epoch") if run_dir is not None else None  # revocations reach every worker
+        access = Access(keys, open_limiter(cfg.storage.redis_url, ledger, shared), mode=mode, epoch=epoch)
+        app.state.sessions = Sessions(keys, epoch=epoch)  # the browser pages' logins, in the same store as the keys
         guards = build_guards(cfg, stores.guard_examples) if cfg.guards.enabled else None
         provider = None
         if cfg.tracing.exporter != "none" or span_exporter is not None:
@@ -248,6 +254,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             for engine in engines.values():
                 await engine.close()
             await access.close()
+            if epoch is not None:
+                epoch.close()
             await stores.close()
             if store is not None:
                 store.close()

@@ -11,6 +11,7 @@ upstream's address, a weights path, an unset variable's name) is shown only to a
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +27,8 @@ from turnout.server.authz import VIEW, authorization, principal, tenant_filter
 
 
 async def healthz(_: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    # which worker process answered (turnout serve --workers N): for an operator, or a test, to tell them apart
+    return JSONResponse({"status": "ok"}, headers={"x-turnout-worker": str(os.getpid())})
 
 
 async def readyz(request: Request) -> Response:
@@ -76,5 +78,6 @@ async def metrics(request: Request) -> Response:
     tenant = None if "metrics" in principal(request).roles else tenant_filter(request)  # a scraper: every tenant
     if gw.learning is not None:  # the learning loop's drift gauges, set at scrape time
         gw.learning.update_metrics()
-    source: Any = gw.metrics.registry if tenant is None else TenantView(gw.metrics.registry, tenant)
+    registry = gw.metrics.exposed()  # several workers: every worker's series, summed
+    source: Any = registry if tenant is None else TenantView(registry, tenant)
     return Response(generate_latest(source), media_type=CONTENT_TYPE_LATEST)
