@@ -46,8 +46,8 @@ from turnout.call import Call
 from turnout.capture import Capturer
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
-from turnout.engines.pool_metrics import PoolCollector
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
+from turnout.engines.pool_metrics import PoolCollector
 from turnout.errors import (
     EngineError,
     InvalidRequest,

@@ -1,6 +1,6 @@
 """Extension points: dialects (``turnout.engines``), routing strategies (``turnout.strategies``),
-guards (``turnout.guards``) and a pool's balance strategies (``turnout.balancers``) are found by name through entry points, the built-ins exactly like
-a third party's plugin (turnout registers
+guards (``turnout.guards``) and a pool's balance strategies (``turnout.balancers``) are found by
+name through entry points, the built-ins exactly like a third party's plugin (turnout registers
 its own in pyproject.toml). A plugin is a distribution whose metadata names an object::
 
     [project.entry-points."turnout.engines"]

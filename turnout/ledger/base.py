@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine",
            "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd",
            "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
-           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals", "endpoint"]
+           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals",
+           "endpoint"]
 
 
 @dataclass(slots=True)
