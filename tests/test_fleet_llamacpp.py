@@ -46,7 +46,8 @@ def until(check: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
 
 def llama_server(port: int | None = None) -> Proc:
     return start_server("llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
-                        "--n_ctx", "512", "--n_threads", "1", "--host", "127.0.0.1", port=port,
+                        "--n_ctx", "512", "--n_threads", "1", "--interrupt_requests", "false", "--host", "127.0.0.1",
+                        port=port,
                         ready_pattern="Uvicorn running on", timeout=180, python=PYTHON)
 
 
