@@ -150,6 +150,20 @@ def test_prefix_index_matches_leading_blocks_and_stays_bounded() -> None:
     assert len(idx.blocks) == 4 and idx.match(hashes) == 0  # least recently used went first
 
 
+def test_an_endpoint_is_ejected_after_consecutive_failures_and_readmitted_after_its_cooldown() -> None:
+    e = _eps(1)[0]
+    assert not e.failure(3) and not e.failure(3)
+    e.succeeded()  # a success in between: consecutive failures start again
+    assert not e.failure(3) and not e.failure(3, request=False)
+    assert e.failure(3) and e.state == "ejected" and not e.eligible
+    assert (e.failed, e.ejections) == (4, 1)  # the probe's failure is not a failed request
+    assert not e.cooled(60.0) and e.cooled(0.0)
+    e.readmit()
+    assert e.state == "up" and e.failures == 0 and e.readmissions == 1
+    e.draining = True
+    assert e.state == "draining" and not e.eligible
+
+
 VLLM_METRICS = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
 # TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{model_name="Qwen/Qwen2.5-7B-Instruct"} 7.0

@@ -96,9 +96,9 @@ class Endpoint:
         self.failures = 0
         self.served += 1
 
-    def failure(self, eject_after: int) -> bool:
-        """A failed request; True when it ejected the endpoint."""
-        self.failed += 1
+    def failure(self, eject_after: int, request: bool = True) -> bool:
+        """A failed request (or, ``request`` false, a failed probe); True when it ejected the endpoint."""
+        self.failed += int(request)
         self.failures += 1
         if self.healthy and self.failures >= eject_after:
             self.eject()

@@ -146,8 +146,9 @@ class PoolEngine(Engine):
             up = [e for e in self.endpoints if e.eligible and e not in tried]
             if not up:
                 states = ", ".join(f"{e.name}: {'tried' if e in tried else e.state}" for e in self.endpoints)
-                raise EngineUnavailable(f"no endpoint of the pool can take the request ({states})", engine=self.name,
-                                        reason="no endpoint up", retry_after=self.settings.cooldown_s or 1.0)
+                raise self.spent(EngineUnavailable(f"no endpoint of the pool can take the request ({states})",
+                                                   engine=self.name, reason="no endpoint up",
+                                                   retry_after=self.settings.cooldown_s or 1.0))
             threshold = self.settings.queue_threshold
             open_ = [e for e in up if not e.saturated(threshold)]
             if not open_ and self.may_spill():
@@ -163,8 +164,9 @@ class PoolEngine(Engine):
                 return e
             left = until - loop.time()
             if left <= 0:
-                raise EngineUnavailable(f"every endpoint of the pool stayed full for {self.settings.max_wait_s:g}s",
-                                        engine=self.name, reason="pool full", retry_after=1.0)
+                raise self.spent(EngineUnavailable(
+                    f"every endpoint of the pool stayed full for {self.settings.max_wait_s:g}s", engine=self.name,
+                    reason="pool full", retry_after=1.0))
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
             self.waiting += 1
@@ -176,6 +178,13 @@ class PoolEngine(Engine):
                 self.waiting -= 1
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
+
+    @staticmethod
+    def spent(exc: EngineError) -> EngineError:
+        """``exc`` after the pool tried what it could: the chain moves on now, no retry on this engine
+        (its ``ResilientEngine`` would only wait and place the request again)."""
+        exc.retryable = False
+        return exc
 
     @staticmethod
     def may_spill() -> bool:

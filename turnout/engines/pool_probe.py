@@ -121,7 +121,7 @@ class Prober:
                             e.name)
                 pool.wake(all_waiters=True)
         elif e.healthy:
-            if e.failure(self.settings.eject_after):
+            if e.failure(self.settings.eject_after, request=False):
                 pool.balancer.forget(e)
                 log.warning("engine %s: endpoint %s ejected (probe failed: %s)", pool.name, e.name,
                             "no answer" if got is None else f"HTTP {got[0]}")
