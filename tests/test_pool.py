@@ -365,6 +365,9 @@ def test_spill_over_when_every_endpoint_is_saturated_never_for_sensitive(
     assert '"code": "spill"' in row["hops"] or '"code":"spill"' in row["hops"]
     assert metric(gw, "turnout_spills_total", route="burst", engine="tight") == 1.0
     assert metric(gw, "turnout_pool_spills_total", engine="tight") == 1.0
+    stats = httpx.get(gw.url + "/v1/dashboard/stats", timeout=10).json()
+    assert stats["spills"]["burst"]["spilled"] == 1 and stats["spills"]["burst"]["requests"] == 4
+    assert "queue" not in stats["spills"]  # the route that never spills has no row
 
 
 def test_draining_lets_the_request_in_flight_finish(gw: Gateway, replicas: list[Upstream], clean: None) -> None:

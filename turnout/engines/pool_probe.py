@@ -1,8 +1,10 @@
 """A pool's health prober: every ``probe_interval_s`` each endpoint is probed (``GET`` its
 ``probe_path``; any 2xx within ``probe_timeout_s`` is healthy). A failed probe counts as a failure
-toward ejection; a successful one re-admits an ejected endpoint once ``cooldown_s`` have passed since
-its ejection (so an endpoint that failed gets no traffic until it answers again, and one that
-flaps waits out its cool-down each time).
+toward ejection, except a probe that times out while the endpoint is answering requests of ours (a
+server that answers probes only between requests, as llama-cpp-python's: busy, not dead; a hung one
+is found once those requests time out); a successful one re-admits an ejected endpoint once
+``cooldown_s`` have passed since its ejection (so an endpoint that failed gets no traffic until it
+answers again, and one that flaps waits out its cool-down each time).
 
 With ``server_metrics: auto`` the same round reads the server's Prometheus ``/metrics`` (at the
 url's origin) for its queue depth, requests running and KV-cache use: vLLM, the llama.cpp server
@@ -101,19 +103,24 @@ class Prober:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 log.error("engine %s: probing endpoint %s failed: %r", self.pool.name, e.name, r)
 
-    async def _get(self, url: str, limit: int = 64 * 1024) -> tuple[int, bytes] | None:
+    async def _get(self, url: str, limit: int = 64 * 1024) -> tuple[int, bytes] | str:
+        """(status, body), or why there is none: 'timeout' or 'no answer'."""
         assert self.session is not None
         try:
             async with asyncio.timeout(self.settings.probe_timeout_s):
                 async with self.session.get(url) as resp:
                     return resp.status, await resp.content.read(limit)
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
+        except TimeoutError:
+            return "timeout"
+        except (aiohttp.ClientError, OSError):
+            return "no answer"
 
     async def probe(self, e: Endpoint) -> None:
         got = await self._get(probe_url(e.cfg.url, self.settings.probe_path))
-        ok = got is not None and 200 <= got[0] < 300
+        ok = not isinstance(got, str) and 200 <= got[0] < 300
         pool = self.pool
+        if got == "timeout" and e.in_flight:
+            return  # busy with our requests (a server that answers probes only between them): no verdict
         if ok:
             if not e.healthy and e.cooled(self.settings.cooldown_s):
                 e.readmit()
@@ -124,13 +131,13 @@ class Prober:
             if e.failure(self.settings.eject_after, request=False):
                 pool.balancer.forget(e)
                 log.warning("engine %s: endpoint %s ejected (probe failed: %s)", pool.name, e.name,
-                            "no answer" if got is None else f"HTTP {got[0]}")
+                            got if isinstance(got, str) else f"HTTP {got[0]}")
         if ok and e.name not in self.no_metrics:
             await self.read_metrics(e)
 
     async def read_metrics(self, e: Endpoint) -> None:
         got = await self._get(metrics_url(e.cfg.url), MAX_METRICS_BYTES)
-        if got is None:
+        if isinstance(got, str):
             return
         status, body = got
         if status == 404:
