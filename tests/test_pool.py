@@ -16,10 +16,12 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import Gateway, Upstream, module_gateway
 from turnout.config import ConfigError, parse_config
@@ -71,6 +73,19 @@ def test_config_takes_base_url_or_endpoints_not_both_nor_neither() -> None:
         assert words in str(err.value), str(err.value)
     with pytest.raises(ConfigError, match="round_robin, least_outstanding, p2c, prefix"):
         parse_config({"engines": {"p": _engine_cfg(endpoints=two, balance="fastest")}})
+
+
+def test_the_worked_configurations_in_docs_fleet_md_are_valid() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in doc.split("```yaml\n")[1:]]
+    assert len(blocks) == 2  # four vLLM replicas; llama.cpp servers
+    frontier = {"dialect": "openai", "locality": "remote", "base_url": "https://api.example/v1", "model": "m"}
+    for block in blocks:
+        data = yaml.safe_load(block)
+        data["engines"].setdefault("frontier", frontier)
+        cfg = parse_config(data, "docs/fleet.md")
+        assert cfg.engines["local"].endpoints and cfg.engines["local"].balance == "prefix"  # type: ignore[attr-defined]
+        assert cfg.routes["auto"].spill is True
 
 
 def _eps(*weights: float, in_flight: tuple[int, ...] = ()) -> list[Endpoint]:

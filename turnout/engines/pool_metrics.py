@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from turnout.engines.admission import Refused
 from turnout.engines.base import Engine
 from turnout.engines.pool import PoolEngine
 
@@ -29,9 +30,12 @@ STATES = ("up", "ejected", "draining")
 
 
 def pool_of(engine: Engine) -> PoolEngine | None:
-    """The pool inside an engine's wrappers (``ResilientEngine``, ``Refused``), or None."""
+    """The pool inside an engine's wrappers (``ResilientEngine``), or None (a ``Refused`` engine was
+    never started: it has no pool to report)."""
     seen: Engine | None = engine
     while seen is not None:
+        if isinstance(seen, Refused):
+            return None
         if isinstance(seen, PoolEngine):
             return seen
         seen = getattr(seen, "inner", None)
