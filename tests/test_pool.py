@@ -418,3 +418,40 @@ def test_pool_admin_api_answers_unknown_names_with_openai_errors(gw: Gateway) ->
         assert set(r.json()["error"]) == {"message", "type", "param", "code"} and r.json()["error"]["code"] == code
     assert re.fullmatch(r"\d+/\d+ endpoints up.*", httpx.get(gw.url + "/readyz", timeout=10).json()["engines"]["rr"]
                         .get("detail", "3/3 endpoints up"))
+
+
+def test_the_endpoint_column_in_both_ledgers_and_their_audit_chains(pg_schema: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.conftest import PG_DSN
+    from tests.runcli import run_cli
+    from turnout.ledger.base import LedgerRow
+    from turnout.ledger.postgres import PostgresLedger
+    from turnout.ledger.postgres import read_rows as pg_rows
+    from turnout.ledger.sqlite import SQLiteLedger, read_rows
+
+    rows = [LedgerRow(ts=time.time(), request_id=f"r{i}", tenant="acme", alias="auto", status="ok", http_status=200,
+                      engine="fleet", locality="local", endpoint=ep, labels=lab)
+            for i, (ep, lab) in enumerate((("gpu-1:8000", ""), (None, "spill")))]
+
+    async def write(ledger: Any) -> None:
+        try:
+            for row in rows:
+                await ledger.record(row)
+        finally:
+            await ledger.close()
+
+    asyncio.run(write(SQLiteLedger(tmp_path / "l.sqlite")))
+    asyncio.run(write(PostgresLedger(PG_DSN, schema=pg_schema)))
+    for got in (read_rows(tmp_path / "l.sqlite"), pg_rows(PG_DSN, schema=pg_schema)):
+        assert [(r["endpoint"], r["labels"]) for r in got] == [("gpu-1:8000", ""), (None, "spill")]
+    verify = run_cli("audit", "verify", "--db", str(tmp_path / "l.sqlite"), cwd=tmp_path)
+    assert verify.returncode == 0 and "ok: 2 entries" in verify.stdout, verify.stdout + verify.stderr
+    pg_verify = run_cli("audit", "verify", "--dsn", PG_DSN, "--schema", pg_schema, cwd=tmp_path)
+    assert pg_verify.returncode == 0 and "ok: 2 entries" in pg_verify.stdout, pg_verify.stdout + pg_verify.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:  # the endpoint is part of what the chain commits to
+        db.execute("UPDATE requests SET endpoint = 'gpu-2:8000' WHERE request_id = 'r0'")
+    edited = run_cli("audit", "verify", "--db", str(tmp_path / "l.sqlite"), cwd=tmp_path)
+    assert edited.returncode != 0 and "r0" in edited.stdout + edited.stderr
