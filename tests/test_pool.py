@@ -350,7 +350,7 @@ def _hold(gw: Gateway, model: str, n: int, pool: str) -> list[cf.Future[httpx.Re
 def test_spill_over_when_every_endpoint_is_saturated_never_for_sensitive(
         gw: Gateway, replicas: list[Upstream], overflow: Upstream, clean: None) -> None:
     for up in replicas[:2]:
-        up.queue({"name": "ok", "delay_ms": 4000})  # each endpoint of `tight` holds one request (max_concurrency 1)
+        up.queue({"name": "ok", "delay_ms": 6000})  # each endpoint of `tight` holds one request (max_concurrency 1)
     held = _hold(gw, "burst", 2, "tight")
     before = len(gw.ledger())
     spilled = chat(gw, "burst", [{"role": "user", "content": "spill me"}])
