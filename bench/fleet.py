@@ -176,8 +176,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['strategy']} | {r['requests']} | {r['endpoints']} | {r['sent']:,} | {r['evaluated']:,} | "
               f"{r['reused']:.0%} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | {r['tokens_s']:.2f} |")
-    base = rows[0]
-    for r in rows[1:]:
+    base = next((r for r in rows if r["strategy"] == "round_robin"), rows[0])
+    for r in rows:
+        if r is base:
+            continue
         print(f"{r['strategy']} vs {base['strategy']}: "
               f"prompt tokens evaluated x{r['evaluated'] / base['evaluated']:.2f}, "
               f"TTFT p99 x{r['ttft_p99'] / base['ttft_p99']:.2f}, TTFT p50 x{r['ttft_p50'] / base['ttft_p50']:.2f}, "
