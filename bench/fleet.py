@@ -2,7 +2,7 @@
 placement over the same llama.cpp servers, in one run (docs/fleet.md).
 
     python bench/fleet.py [--servers 3] [--conversations 9] [--clients 3] [--max-tokens 12]
-                          [--strategies round_robin,least_outstanding,prefix]
+                          [--strategies round_robin,least_outstanding,prefix] [--load-slack 2]
 
 The workload: MT-Bench's two-turn questions (../shared/data/routellm/mt_bench/question.jsonl), each a
 conversation behind one application's long system prompt (the same for all but its last words, the
@@ -128,7 +128,8 @@ def run(strategy: str, convs: list[list[str]], args: argparse.Namespace, work: P
                "engines": {"fleet": {
                    "dialect": "openai", "locality": "local", "model": "smollm2", "balance": strategy,
                    "endpoints": [{"url": p.url + "/v1", "max_concurrency": 4} for p in servers],
-                   "pool": {"server_metrics": "none", "probe_interval_s": 2},
+                   "pool": {"server_metrics": "none", "probe_interval_s": 2,
+                            "options": {"load_slack": args.load_slack} if strategy == "prefix" else {}},
                    "resilience": {"timeout": 600, "first_token_timeout": 600, "idle_timeout": 600, "retries": 0}}}}
         (here / "turnout.yaml").write_text(yaml.safe_dump(cfg))
         gw = start_server("turnout", "serve", "--config", str(here / "turnout.yaml"), "--db", str(here / "l.sqlite"),
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--strategies", default="round_robin,least_outstanding,prefix")
+    ap.add_argument("--load-slack", type=float, default=2.0, help="prefix: pool.options.load_slack")
     ap.add_argument("--data", default=os.environ.get("TURNOUT_DATA_DIR", "../shared/data/routellm") +
                     "/mt_bench/question.jsonl")
     args = ap.parse_args()
