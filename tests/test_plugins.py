@@ -36,6 +36,9 @@ codewords = turnout_shout:CodewordGuard
 
 [turnout.strategies]
 last-first = turnout_shout:LastFirstStrategy
+
+[turnout.balancers]
+pinned = turnout_shout:PinnedBalancer
 """
 
 
@@ -95,6 +98,7 @@ def test_pyproject_registers_the_builtins_as_plugins_register() -> None:
     assert meta[plugins.ENGINES] == plugins.BUILTIN[plugins.ENGINES]
     assert meta[plugins.GUARDS] == plugins.BUILTIN[plugins.GUARDS]
     assert meta[plugins.STRATEGIES] == plugins.BUILTIN[plugins.STRATEGIES]
+    assert meta[plugins.BALANCERS] == plugins.BUILTIN[plugins.BALANCERS]
 
 
 def test_an_unknown_dialect_or_guard_is_refused_naming_the_registered_ones() -> None:
@@ -267,3 +271,17 @@ def test_config_check_validates_a_plugin_strategys_own_settings(site: Path, tmp_
     text = without.stdout + without.stderr
     assert without.returncode != 0 and "Traceback" not in text
     assert "unknown routing strategy 'last-first' -> use a registered one: rules, learned, cascade" in text
+
+
+def test_a_plugin_balance_strategy_places_a_pools_requests(gateway: Any, upstream: Upstream) -> None:
+    cfg = _config(upstream)
+    cfg["engines"]["pair"] = {"dialect": "openai", "locality": "local", "model": "fake-local", "balance": "pinned",
+                              "endpoints": [{"url": upstream.url + "/v1", "name": n} for n in ("one", "two")],
+                              "pool": {"options": {"endpoint": "two"}}, "resilience": dict(FAST_RESILIENCE)}
+    gw: Gateway = gateway(cfg)
+    got = [_chat(gw, "pair", "hello there") for _ in range(3)]
+    assert all(r.status_code == 200 for r in got), got[0].text
+    assert [r.headers["x-turnout-endpoint"] for r in got] == ["two", "two", "two"]
+    cfg["engines"]["pair"]["balance"] = "pinned-nowhere"
+    with pytest.raises(ConfigError, match="unknown balance strategy 'pinned-nowhere'"):
+        parse_config(cfg)

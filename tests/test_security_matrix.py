@@ -60,12 +60,17 @@ SPECS: dict[tuple[str, str], tuple[str, Any, int]] = {
     ("POST", "/v1/turnout/keys"): ("/v1/turnout/keys", {"tenant": "made-by-matrix"}, 201),
     ("DELETE", "/v1/turnout/keys/{key_id}"): ("/v1/turnout/keys/{victim}", None, 200),
     ("POST", "/v1/turnout/keys/{key_id}/rotate"): ("/v1/turnout/keys/{rotated}/rotate", {"overlap_s": 60}, 200),
+    ("GET", "/v1/turnout/pools"): ("/v1/turnout/pools", None, 200),
+    ("POST", "/v1/turnout/pools/{engine}/{endpoint}/drain"): ("/v1/turnout/pools/frontier/none/drain", None, 404),
+    ("POST", "/v1/turnout/pools/{engine}/{endpoint}/resume"): ("/v1/turnout/pools/frontier/none/resume", None, 404),
 }
 ROLE_CALLERS = ("admin", "viewer", "approver", "user", "metrics", "tenant-admin", "other-tenant")
 # A tenant's admin (not the operator's all-tenants admin) on the rows whose request above acts
 # on another tenant (team-c, made-by-matrix) or on the gateway's own settings.
 TENANT_ADMIN = {("GET", "/v1/turnout/config"): 403, ("POST", "/v1/turnout/keys"): 403,
-                ("DELETE", "/v1/turnout/keys/{key_id}"): 404, ("POST", "/v1/turnout/keys/{key_id}/rotate"): 404}
+                ("DELETE", "/v1/turnout/keys/{key_id}"): 404, ("POST", "/v1/turnout/keys/{key_id}/rotate"): 404,
+                ("GET", "/v1/turnout/pools"): 403, ("POST", "/v1/turnout/pools/{engine}/{endpoint}/drain"): 403,
+                ("POST", "/v1/turnout/pools/{engine}/{endpoint}/resume"): 403}
 BAD_CALLERS = ("no key", "unknown key", "malformed", "revoked", "expired")
 
 

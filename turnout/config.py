@@ -383,6 +383,10 @@ class RouteConfig(_Strict):
     hedge: HedgeConfig | None = Field(
         None, description="streams: race the second engine if the first is slow to its first token (off by default; "
         "costs a second request whenever it fires; docs/reliability.md)")
+    spill: bool = Field(
+        False, description="when every endpoint of a pool engine in the chain is past its queue threshold, pass the "
+        "request on to the chain's next engine instead of queueing (never a sensitive request, nor one the guards "
+        "keep local); the hop 'spill' is in the ledger and x-turnout-fallbacks (docs/fleet.md)")
     max_input_chars: int | None = Field(
         None, ge=1, description="the most characters of input (messages, tool calls; a function's rendered prompt) "
         "a request on this route may carry; more is refused with 413 before any guard runs (default: "

@@ -525,7 +525,9 @@ def measure_configured_engine(cfg: Any, name: str, concurrency: int = 4, request
     hourly = ecfg.pricing.hourly_cost or None
     if ecfg.dialect == "openai":
         key = os.environ.get(ecfg.api_key_env) if ecfg.api_key_env else None
-        m = measure_tokens_per_second(ecfg.base_url, ecfg.model, concurrency, requests, max_tokens, api_key=key, **kw)
+        # a pool (endpoints): one replica's throughput, the first endpoint's (docs/fleet.md)
+        url = ecfg.base_url or ecfg.endpoints[0].url
+        m = measure_tokens_per_second(url, ecfg.model, concurrency, requests, max_tokens, api_key=key, **kw)
         return m, hourly
     if ecfg.dialect != "llamacpp":
         raise ValueError(f"engine {name!r} speaks {ecfg.dialect!r}: --measure takes an 'openai' or 'llamacpp' engine "

@@ -15,6 +15,7 @@
     └── EngineError                      502 upstream failure, one engine, one attempt
         ├── EngineUnavailable            connection refused / reset, queue full
         │   └── CircuitOpen              the engine's circuit is open (the attempts this request made first)
+        ├── PoolSaturated                every endpoint of a pool past its queue threshold: spill over
         ├── EngineTimeout                connect, first-token or total timeout
         ├── EngineRateLimited            upstream 429 (retry_after)
         ├── EngineStatusError            upstream non-2xx (status kept; 503 keeps retry_after)
@@ -180,6 +181,17 @@ class CircuitOpen(EngineUnavailable):
     def __init__(self, message: str, *, attempts: list[EngineError] | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.attempts = list(attempts or ())
+
+
+class PoolSaturated(EngineError):
+    """Every endpoint of a pool (``turnout.engines.pool``) is past its queue threshold and the
+    request may move on to the next engine of its chain instead of queueing (spill-over). Not a
+    failure of the engine: never retried on it, never counted against its circuit breaker."""
+
+    status = 503
+    code = "spill"
+    unreachable = True
+    retryable = False
 
 
 class EngineTimeout(EngineError):

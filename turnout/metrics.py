@@ -33,6 +33,9 @@ class Metrics:
                               ["route", "engine"], buckets=LATENCY_BUCKETS, registry=r)
         self.fallbacks = Counter("turnout_fallbacks", "Failed hops before an answer or error", ["route", "engine"],
                                  registry=r)
+        self.spills = Counter("turnout_spills", "Requests a saturated pool engine passed on to the next engine of "
+                              "the route's chain (spill-over); spill rate = this / turnout_requests",
+                              ["route", "engine"], registry=r)
         self.escalations = Counter("turnout_escalations", "Cascade escalations to a stronger engine", ["route"],
                                    registry=r)
         self.guard_findings = Counter("turnout_guard_findings", "Guard findings by kind", ["kind"], registry=r)

@@ -47,6 +47,7 @@ from turnout.capture import Capturer
 from turnout.config import TurnoutConfig
 from turnout.engines import stack
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
+from turnout.engines.pool_metrics import PoolCollector
 from turnout.errors import (
     EngineError,
     InvalidRequest,
@@ -61,7 +62,7 @@ from turnout.guards.step import Guards, redact
 from turnout.learning import LearningLoop
 from turnout.ledger.base import Ledger
 from turnout.metrics import Metrics
-from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
+from turnout.protocol import SENSITIVE_LEVELS, ChatMessage, ChatRequest, EmbeddingRequest
 from turnout.recorder import Recorder
 from turnout.retrieval import VectorStore, context_message
 from turnout.routing import cascade
@@ -92,6 +93,7 @@ class Gateway:
         self.store = store    # the shared vector store; None: retrieval off
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
+        self.metrics.registry.register(PoolCollector(engines))  # per-endpoint rows of pool engines
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
@@ -349,6 +351,7 @@ class Gateway:
         d = call.decision
         assert d is not None
         call.trail.prompt_estimate = req.estimated_tokens()
+        call.trail.may_spill = self.may_spill(call)
         strategy = self.strategies.get(d.alias)
         if strategy is None or strategy.name != d.strategy:  # a rule's own chain: fallback along it
             return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer)
@@ -357,6 +360,15 @@ class Gateway:
             return strategy.stack(d, leaves, call.trail)
 
         return stack.build(d.chain, self.engines, call.guard, call.trail, self.tracer, shape)
+
+    def may_spill(self, call: Call) -> bool:
+        """Whether a saturated pool may pass this request on to the next engine of its chain: its route
+        says ``spill``, and it is neither sensitive nor kept on local engines by the guards."""
+        d = call.decision
+        route = self.cfg.routes.get(d.alias) if d is not None else None
+        if route is None or not route.spill or d is None or d.confined:
+            return False
+        return call.sensitivity not in SENSITIVE_LEVELS and not call.labels & SENSITIVE_LEVELS
 
     # ==== the answer in hand (whole, or a stream's assembled at its end): scan, judge, keep ====
     async def conclude(self, call: Call, req: ChatRequest, result: ChatResult, streamed: bool = False) -> None:

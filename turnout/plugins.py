@@ -1,6 +1,6 @@
-"""Extension points: dialects (``turnout.engines``), routing strategies (``turnout.strategies``)
-and guards (``turnout.guards``) are found by name through entry points, the built-ins exactly like
-a third party's plugin (turnout registers
+"""Extension points: dialects (``turnout.engines``), routing strategies (``turnout.strategies``),
+guards (``turnout.guards``) and a pool's balance strategies (``turnout.balancers``) are found by
+name through entry points, the built-ins exactly like a third party's plugin (turnout registers
 its own in pyproject.toml). A plugin is a distribution whose metadata names an object::
 
     [project.entry-points."turnout.engines"]
@@ -11,6 +11,9 @@ its own in pyproject.toml). A plugin is a distribution whose metadata names an o
 
     [project.entry-points."turnout.guards"]
     acme = "acme_guard:AcmeGuard"                  # a guard class with ``from_config``
+
+    [project.entry-points."turnout.balancers"]
+    gpu_aware = "acme_fleet:GpuAware"              # a turnout.engines.balance.Balancer subclass
 
 Low level on purpose (stdlib only): configuration validation asks it which dialects, strategies
 and guards exist, and loads only the ones a configuration names.
@@ -26,6 +29,7 @@ from typing import Any
 ENGINES = "turnout.engines"
 STRATEGIES = "turnout.strategies"
 GUARDS = "turnout.guards"
+BALANCERS = "turnout.balancers"
 
 # turnout's own entries, as pyproject.toml declares them: used when running from a source tree
 # that was never installed (or installed before an entry was added); an installed distribution's
@@ -46,6 +50,12 @@ BUILTIN: dict[str, dict[str, str]] = {
         "secrets": "turnout.guards.secrets:SecretsGuard",
         "pii": "turnout.guards.pii:PiiGuard",
         "injection": "turnout.guards.injection:InjectionGuard",
+    },
+    BALANCERS: {
+        "round_robin": "turnout.engines.balance:RoundRobin",
+        "least_outstanding": "turnout.engines.balance:LeastOutstanding",
+        "p2c": "turnout.engines.balance:PowerOfTwo",
+        "prefix": "turnout.engines.prefix:PrefixAware",
     },
 }
 

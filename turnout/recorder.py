@@ -90,6 +90,7 @@ class Recorder:
             return
         self._count(call, cost, latency)  # the request metrics stay the ledger's sums
         hops = call.trail.hops
+        spilled = any(h.code == "spill" for h in hops)  # a saturated pool passed it on (turnout.engines.pool)
         row = LedgerRow(
             ts=call.ts,
             request_id=call.request_id,
@@ -101,6 +102,7 @@ class Recorder:
             score=d.score if d else None,
             threshold=d.threshold if d else None,
             engine=e.name if e else None,
+            endpoint=call.trail.endpoint,
             locality=e.locality if e else None,
             hops=orjson.dumps([_hop(call, h) for h in hops]).decode(),
             prompt_tokens=u.prompt_tokens,
@@ -113,7 +115,7 @@ class Recorder:
             http_status=call.http_status,
             stream=int(call.stream),
             error=scrub(call.error, ERROR_CHARS),
-            labels=",".join(sorted(call.labels)),
+            labels=",".join(sorted(call.labels | ({"spill"} if spilled else set()))),
             key_id=call.key.key_id if call.key else None,
             trace_id=call.trace_id,
             signals=orjson.dumps(d.signals).decode() if d is not None and d.signals else None,
@@ -144,6 +146,9 @@ class Recorder:
             m.ttft.labels(route, engine).observe(call.ttft)
         if call.trail.hops:
             m.fallbacks.labels(route, engine).inc(len(call.trail.hops))
+            for h in call.trail.hops:
+                if h.code == "spill":
+                    m.spills.labels(route, m.engine(h.engine)).inc()
         if d is not None and d.escalated:
             m.escalations.labels(route).inc()
         if call.http_status >= 400:

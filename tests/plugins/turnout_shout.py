@@ -5,17 +5,20 @@ test suite installs this module with a ``*.dist-info/entry_points.txt`` on a gat
 - dialect ``shout``: a local engine that answers the last user message upper-cased, followed by
   its own required config field ``suffix`` (and ``repeat``, how many times);
 - guard ``codewords``: reports kind ``codename`` for each word of its own option ``words``;
-- strategy ``last-first``: tries a route's chain from its last engine (its own ``options.why``).
+- strategy ``last-first``: tries a route's chain from its last engine (its own ``options.why``);
+- balance strategy ``pinned``: a pool sends every request to the endpoint its ``pool.options.endpoint``
+  names while that one may take it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from turnout.config import EngineConfigBase, GuardsConfig
+from turnout.engines.balance import Balancer
 from turnout.engines.base import ChatResult, Delta, Engine, EngineInfo, Usage
 from turnout.guards.base import Finding
 from turnout.protocol import ChatRequest
@@ -96,3 +99,12 @@ class LastFirstStrategy(Strategy):
     async def decide(self, d: Decision, req: ChatRequest) -> None:
         d.chain = d.chain[::-1]
         d.reason = f"last-first: {self.route.options['why']}"
+
+
+class PinnedBalancer(Balancer):
+    """A pool's balance strategy: the endpoint named by ``pool.options.endpoint``, else the first."""
+
+    name = "pinned"
+
+    def pick(self, req: ChatRequest, candidates: Sequence[Any]) -> Any:
+        return next((e for e in candidates if e.name == self.options.get("endpoint")), candidates[0])

@@ -39,7 +39,7 @@ def why_refused(ecfg: Any, policy: LicensePolicy) -> str | None:
     if (why := license_refusal(ecfg, policy)) is not None:
         return f"refused by policy.licenses: {why}"
     if (var := missing_key(ecfg)) is not None:
-        where = getattr(ecfg, "base_url", "the provider")
+        where = getattr(ecfg, "base_url", None) or "the provider"
         return (f"environment variable {var} (api_key_env) is not set: not sending requests to {where} "
                 "without credentials")
     return None

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, Usage, aclose
-from turnout.engines.trail import Trail
+from turnout.engines.trail import Trail, placing
 from turnout.engines.wrapper import WrapperEngine
 from turnout.protocol import ChatRequest
 from turnout.tracing import genai_attributes
@@ -30,7 +30,7 @@ class InstrumentedEngine(WrapperEngine):
     async def chat(self, req: ChatRequest) -> ChatResult:
         attempt = self.trail.begin(self.info)
         try:
-            with self._span("chat") as span:
+            with self._span("chat") as span, placing(self.trail, attempt):
                 result = await self.inner.chat(req)
                 if span is not None:
                     span.set_attributes(genai_attributes(self.inner, result.usage, result.finish_reason))
@@ -46,7 +46,7 @@ class InstrumentedEngine(WrapperEngine):
         agen = self.inner.stream(req)
         pieces = 0
         try:
-            with self._span("chat"):
+            with self._span("chat"), placing(self.trail, attempt):
                 first = await anext(agen)
             attempt.ok = True
             d: Delta | None = first

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from turnout.config import EngineConfigBase
+from turnout.config_pool import PoolFields
 from turnout.engines.base import ChatResult, Delta, EmbeddingResult, Engine, EngineInfo, Usage
 from turnout.engines.http import (
     loads_event,
@@ -30,15 +31,23 @@ from turnout.protocol import ChatRequest, is_prefill
 _TURNOUT_ONLY = {"metadata"}
 
 
-class OpenAIEngineConfig(EngineConfigBase):
+class OpenAIEngineConfig(PoolFields, EngineConfigBase):
     dialect: Literal["openai"]
-    base_url: str = Field(description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1")
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8001/v1 for vLLM, https://api.openai.com/v1 "
+                                 "(or `endpoints`: a pool of several servers, docs/fleet.md)")
     model: str = Field(description="the upstream's model name")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     supports_tools: bool = True
     embedding_model: str | None = Field(
         None, description="the upstream's embedding model: set it to serve /v1/embeddings through this engine")
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OpenAIEngineConfig:
+        if (self.base_url is None) == (self.endpoints is None):
+            raise ValueError("base_url: give either base_url (one server) or endpoints (a pool of servers), not both "
+                             "nor neither -> keep one of them")
+        return self
 
 
 class OpenAIEngine(Engine):
@@ -62,6 +71,7 @@ class OpenAIEngine(Engine):
             # llama.cpp server accept it (continue_final_message): set continuation: prefill there.
             continuation=cfg.continuation or "restart",
         )
+        assert cfg.base_url is not None, "a pool's entry builds one engine per endpoint (turnout.engines.pool)"
         self.provider = Provider(cfg.base_url, headers=credential(cfg.api_key_env),
                                  connect_timeout=cfg.resilience.connect_timeout,
                                  max_concurrency=cfg.resilience.max_concurrency)

@@ -1,7 +1,8 @@
 """Engines are found by dialect through the ``turnout.engines`` entry-point group; the
 built-in dialects register themselves there exactly as a plugin would (pyproject.toml), and
 ``turnout.plugins`` resolves the name. A dialect's engine class carries its own configuration
-model (``config_model``), which ``turnout.config`` validates each engine entry against."""
+model (``config_model``), which ``turnout.config`` validates each engine entry against. An entry
+that lists ``endpoints`` becomes a pool of that dialect's engines (``turnout.engines.pool``)."""
 
 from __future__ import annotations
 
@@ -19,4 +20,13 @@ def engine_class(dialect: str) -> type[Engine]:
 
 
 def build_engine(name: str, cfg: EngineConfigBase) -> ResilientEngine:
-    return ResilientEngine(engine_class(cfg.dialect)(name, cfg), cfg.resilience)
+    """The engine of an entry, inside its ``ResilientEngine``; an entry with ``endpoints`` is a pool
+    (``turnout.engines.pool``) of one dialect engine per endpoint."""
+    cls = engine_class(cfg.dialect)
+    endpoints = getattr(cfg, "endpoints", None)
+    if not endpoints:
+        return ResilientEngine(cls(name, cfg), cfg.resilience)
+    from turnout.engines.pool import PoolEngine
+
+    members = [cls(name, cfg.model_copy(update={"base_url": ep.url, "endpoints": None})) for ep in endpoints]
+    return ResilientEngine(PoolEngine(name, cfg, members), cfg.resilience)

@@ -9,11 +9,19 @@ cancelled hedge (its prompt). Its cost and its ``usage`` (the ledger's tokens, a
 ``usage`` the client gets) sum the same attempts, so a client that bills from ``usage`` bills
 what turnout paid; ``split`` says which of those tokens reached the client. The engine of
 record is the last one whose output the client got.
+
+A pool engine (``turnout.engines.pool``) reads the attempt being made (``placing``, a context
+variable set around each call by ``InstrumentedEngine``): whether the request may spill over to
+the next engine of its chain (``Trail.may_spill``, decided by the pipeline), and it writes there
+the endpoint that answered (the ledger's ``endpoint``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from turnout.engines.base import EngineInfo, Usage
@@ -31,6 +39,7 @@ class Attempt:
     ok: bool = False                  # produced a complete answer (or, for a stream, its first delta)
     discarded: bool = False           # its output never reached the client (a restart that diverged)
     charged: bool = False             # billed for its prompt though it produced nothing (a cancelled hedge)
+    endpoint: str | None = None       # a pool's endpoint that answered (turnout.engines.pool)
 
     @property
     def produced(self) -> bool:
@@ -61,6 +70,7 @@ class Trail:
     attempts: list[Attempt] = field(default_factory=list)
     hops: list[EngineError] = field(default_factory=list)
     rescues: list[Rescue] = field(default_factory=list)
+    may_spill: bool = False           # a saturated pool may pass the request on (route spill, not sensitive)
 
     def begin(self, engine: EngineInfo) -> Attempt:
         attempt = Attempt(engine)
@@ -87,6 +97,12 @@ class Trail:
     def engine(self) -> EngineInfo | None:
         a = self.answered
         return a.engine if a is not None else None
+
+    @property
+    def endpoint(self) -> str | None:
+        """The pool endpoint that answered (None: not a pool, or no answer)."""
+        a = self.answered
+        return a.endpoint if a is not None else None
 
     @property
     def billed(self) -> list[Attempt]:
@@ -120,6 +136,24 @@ class Trail:
 
     def cost(self) -> float:
         return sum(a.cost() for a in self.billed)
+
+
+_PLACING: ContextVar[tuple[Trail, Attempt] | None] = ContextVar("turnout_placing", default=None)
+
+
+@contextlib.contextmanager
+def placing(trail: Trail, attempt: Attempt) -> Iterator[None]:
+    """Within this block, the engine called is making ``attempt`` of ``trail``'s request."""
+    token = _PLACING.set((trail, attempt))
+    try:
+        yield
+    finally:
+        _PLACING.reset(token)
+
+
+def current() -> tuple[Trail, Attempt] | None:
+    """The request's trail and the attempt being made now (None outside a request's stack)."""
+    return _PLACING.get()
 
 
 def _total(attempts: list[Attempt]) -> Usage:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 COLUMNS = ["ts", "request_id", "tenant", "alias", "rule", "reason", "strategy", "score", "threshold", "engine",
            "locality", "hops", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cost_usd",
            "baseline_cost_usd", "status", "http_status", "stream", "error", "labels", "trace_id", "key_id",
-           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals"]
+           "function", "variant", "template_hash", "episode", "function_attempt", "function_outcome", "signals",
+           "endpoint"]
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class LedgerRow:
     function_attempt: str | None = None  # first | retry | escalated
     function_outcome: str | None = None  # valid | unchecked | invalid: <why>
     signals: str | None = None           # cascade: the weak draft's confidence signals, JSON
+    endpoint: str | None = None          # a pool engine's endpoint that answered (turnout.engines.pool)
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in COLUMNS)

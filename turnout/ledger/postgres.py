@@ -94,6 +94,9 @@ def migrations(s: str) -> list[tuple[str, list[str]]]:
         ("0005_requests_signals", [
             f"ALTER TABLE {s}.requests ADD COLUMN signals TEXT",
         ]),
+        ("0006_requests_endpoint", [
+            f"ALTER TABLE {s}.requests ADD COLUMN endpoint TEXT",
+        ]),
     ]
 
 

@@ -83,6 +83,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0005_requests_signals", [  # a cascade's confidence signals of the weak draft (JSON), for routers to learn from
         "ALTER TABLE requests ADD COLUMN signals TEXT",
     ]),
+    ("0006_requests_endpoint", [  # a pool engine's endpoint that answered (turnout.engines.pool)
+        "ALTER TABLE requests ADD COLUMN endpoint TEXT",
+    ]),
 ]
 
 

@@ -23,6 +23,8 @@ Definitions (also returned under ``definitions``):
   quality** = mean weak-answer score of the labels made in the bucket that judged it (shadow,
   feedback, a cascade's escalation as 0); **shadow agreement** = share of the bucket's shadow
   labels where the weak answer was as good as the strong one (as ``turnout usage``).
+* **spill rate**, per route over the window (from the ledger's ``labels``): the share of its requests
+  a saturated pool engine passed on to the next engine of the chain (label ``spill``; docs/fleet.md).
 * **guard flag rate**, per route over the window (from the ledger's ``labels``): the share of
   requests the injection guard flagged, enforced and in shadow apart, and of those it blocked or,
   in shadow, would have blocked (docs/guards.md, "Shadow mode and learning from traffic").
@@ -56,6 +58,8 @@ DEFINITIONS = {
     "judged_local_quality": "mean weak-answer score of the routing labels that judged it (shadow calls, feedback, "
                             "a cascade's escalation as 0), by the time they were labelled",
     "shadow_agreement": "shadow labels where the weak answer was as good as the strong one / shadow labels",
+    "spill_rate": "requests a saturated pool engine passed on to the next engine of the route's chain (label spill) "
+                  "/ requests, per route (docs/fleet.md)",
     "guard_flag_rate": "requests the injection guard flagged (label injection) / requests, enforced and in shadow "
                        "apart; blocked: refused by it; would block: in shadow, would have been refused",
 }
@@ -69,13 +73,14 @@ def _has(label: str) -> str:
 _GUARD_SQL = (f"SELECT alias, COUNT(*), SUM(CASE WHEN {_has('injection')} AND NOT {_has('injection_shadow')} "
               f"THEN 1 ELSE 0 END), SUM(CASE WHEN {_has('injection_blocked')} THEN 1 ELSE 0 END), "
               f"SUM(CASE WHEN {_has('injection_shadow')} THEN 1 ELSE 0 END), "
-              f"SUM(CASE WHEN {_has('injection_would_block')} THEN 1 ELSE 0 END) FROM requests")
+              f"SUM(CASE WHEN {_has('injection_would_block')} THEN 1 ELSE 0 END), "
+              f"SUM(CASE WHEN {_has('spill')} THEN 1 ELSE 0 END) FROM requests")
 
 
 def guard_rates(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
     """Per route: requests, and the injection guard's flagged / blocked counts and rates, by mode."""
     out: dict[str, Any] = {}
-    for alias, n, flagged, blocked, sh_flagged, sh_block in rows:
+    for alias, n, flagged, blocked, sh_flagged, sh_block, *_ in rows:
         n, flagged, blocked, sh_flagged, sh_block = (int(x or 0) for x in (n, flagged, blocked, sh_flagged, sh_block))
         out[str(alias)] = {"requests": n,
                            "enforce": {"flagged": flagged, "blocked": blocked, "flag_rate": _ratio(flagged, n),
@@ -83,6 +88,15 @@ def guard_rates(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
                            "shadow": {"flagged": sh_flagged, "would_block": sh_block,
                                       "flag_rate": _ratio(sh_flagged, n), "would_block_rate": _ratio(sh_block, n)}}
     return out
+
+def spill_rates(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Per route with any: requests, and those a saturated pool passed on to the next engine (spill)."""
+    out: dict[str, Any] = {}
+    for alias, n, *_, spilled in rows:
+        if spilled:
+            out[str(alias)] = {"requests": int(n), "spilled": int(spilled), "spill_rate": _ratio(int(spilled), int(n))}
+    return out
+
 
 # a failed hop other than a hedge's loser: more hops ('{"engine"' opens each, engine the first key)
 # than '"hedge_lost"' codes in the hops JSON (neither sequence can occur inside an escaped string)
@@ -181,9 +195,13 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "buckets": [origin + i * b for i in range(n)],
         **series,
         "drift": _drift(n, groups, labels),
-        "guards": guard_rates(query(f"{_GUARD_SQL} {where} GROUP BY alias", wparams)),
+        **_per_route(query(f"{_GUARD_SQL} {where} GROUP BY alias", wparams)),
         "definitions": DEFINITIONS,
     }
+
+
+def _per_route(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    return {"guards": guard_rates(rows), "spills": spill_rates(rows)}
 
 
 def _has_labels(query: Query, dialect: str) -> bool:
@@ -232,7 +250,8 @@ def _drift(n: int, groups: list[tuple[Any, ...]], labels: list[tuple[Any, ...]])
 def _empty(hours: float | None, since: float | None, now: float) -> dict[str, Any]:
     return {"hours": hours, "since": since, "origin": now, "until": now, "bucket_seconds": BUCKETS[0], "buckets": [],
             "traffic": [], "series": {}, "totals": _totals_from({}, 0, 0.0), "satisfaction_by_route": {},
-            "drift": {"routes": {}}, "guards": {}, "definitions": DEFINITIONS}
+            "drift": {"routes": {}}, "guards": {}, "spills": {},
+            "definitions": DEFINITIONS}
 
 
 def _ratio(a: float, b: float) -> float | None:

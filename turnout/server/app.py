@@ -37,6 +37,7 @@ from turnout.server import (
     health,
     models,
     openapi,
+    pools,
     session,
     tasks,
 )
@@ -288,6 +289,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         Route("/dashboard/login", session.login, methods=["POST"]),
         Route("/dashboard/logout", session.logout, methods=["POST"]),
         *(Route(path, fn, methods=[method]) for path, fn, method in tasks.ROUTES_SPEC),
+        *(Route(path, fn, methods=[method]) for path, fn, method in pools.ROUTES_SPEC),
     ]
     starlette = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     starlette.router.redirect_slashes = False  # its redirect's Location comes from the Host header: 404 instead

@@ -110,6 +110,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "create a key (its secret is shown once); a metrics key needs an all-tenants admin"),
     Endpoint("DELETE", "/v1/turnout/keys/{key_id}", ADMIN, "tenant/all", "revoke a key"),
     Endpoint("POST", "/v1/turnout/keys/{key_id}/rotate", ADMIN, "tenant/all", "a new secret, old one overlaps"),
+    Endpoint("GET", "/v1/turnout/pools", ADMIN, "operator", "the endpoints of every pool engine and their state"),
+    Endpoint("POST", "/v1/turnout/pools/{engine}/{endpoint}/drain", ADMIN, "operator",
+             "take an endpoint out of rotation; its requests in flight finish"),
+    Endpoint("POST", "/v1/turnout/pools/{engine}/{endpoint}/resume", ADMIN, "operator", "put it back in rotation"),
 )
 
 

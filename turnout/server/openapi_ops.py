@@ -1,5 +1,5 @@
 """The OpenAPI paths beside inference (``turnout.server.openapi`` holds those): feedback, usage
-and function reports, the running configuration, API keys, metrics, the dashboard and the
+and function reports, the running configuration, API keys, pools, the dashboard and the
 browser pages. Request bodies are the handlers' own pydantic models, so the document states
 the validation the server runs; 401 and 403 come from ``turnout.server.authz`` (``_secured``)."""
 
@@ -45,6 +45,20 @@ USAGE_REPORT = {"type": "object", "required": ["object", "tenant", "hours"],
 REPORT = {"type": "object", "description": "the report of `turnout functions report`", "additionalProperties": True}
 STATS = {"type": "object", "description": "the dashboard's figures (turnout.ledger.stats)",
          "additionalProperties": True}
+POOL_ENDPOINT = {"type": "object", "required": ["name", "state", "in_flight"],
+                 "description": "one endpoint of a pool engine (turnout.engines.pool)",
+                 "properties": {"object": {"const": "pool_endpoint"}, "engine": _STRING, "name": _STRING,
+                                "state": {"enum": ["up", "ejected", "draining"]}, "in_flight": {"type": "integer"},
+                                "weight": {"type": "number"}, "max_concurrency": {"type": "integer"},
+                                "served": {"type": "integer"}, "failed": {"type": "integer"},
+                                "ejections": {"type": "integer"}, "readmissions": {"type": "integer"},
+                                "server": {"type": ["object", "null"], "additionalProperties": True}}}
+POOL_LIST = {"type": "object", "required": ["object", "data"],
+             "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+                 "type": "object", "properties": {
+                     "engine": _STRING, "balance": _STRING, "waiting": {"type": "integer"},
+                     "spills": {"type": "integer"},
+                     "endpoints": {"type": "array", "items": {"$ref": "#/components/schemas/PoolEndpoint"}}}}}}}
 CONFIG = {"type": "object", "description": "the running configuration, secrets masked",
           "additionalProperties": True}
 
@@ -65,7 +79,8 @@ def schemas() -> dict[str, Any]:
 
     out: dict[str, Any] = {"Feedback": FEEDBACK, "ApiKey": API_KEY, "ApiKeySecret": API_KEY_SECRET,
                            "ApiKeyList": API_KEY_LIST, "UsageReport": USAGE_REPORT, "FunctionReport": REPORT,
-                           "DashboardStats": STATS, "RunningConfig": CONFIG}
+                           "DashboardStats": STATS, "RunningConfig": CONFIG, "PoolEndpoint": POOL_ENDPOINT,
+                           "PoolList": POOL_LIST}
     models: tuple[type[BaseModel], ...] = (FeedbackBody, CreateBody, RotateBody)
     for model in models:
         model_schema = model.model_json_schema(ref_template=REF)
@@ -92,6 +107,9 @@ def paths(errors: dict[str, str], error_response: Any) -> dict[str, Any]:
 
     key_id = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    engine = {"name": "engine", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    endpoint = {"name": "endpoint", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    no_endpoint = "no pool engine of that name, or no endpoint of that name in it"
     body_codes = ("400", "413", "415")
     no_key = "no API key with that id in the caller's tenant"
     return {
@@ -108,6 +126,11 @@ def paths(errors: dict[str, str], error_response: Any) -> dict[str, Any]:
         "/v1/turnout/keys/{key_id}/rotate": {"post": op(
             "rotateKey", "ApiKeySecret", [key_id], (*body_codes, "404"), "RotateBody", required=False,
             e404=no_key)},
+        "/v1/turnout/pools": {"get": op("listPools", "PoolList", [], ())},
+        "/v1/turnout/pools/{engine}/{endpoint}/drain": {"post": op(
+            "drainEndpoint", "PoolEndpoint", [engine, endpoint], ("404",), e404=no_endpoint)},
+        "/v1/turnout/pools/{engine}/{endpoint}/resume": {"post": op(
+            "resumeEndpoint", "PoolEndpoint", [engine, endpoint], ("404",), e404=no_endpoint)},
         "/v1/dashboard/stats": {"get": op("getDashboardStats", "DashboardStats", [HOURS, TENANT], ("400",))},
         "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
             "description": "Prometheus metrics: a metrics key every tenant's, a viewer key its own tenant's",

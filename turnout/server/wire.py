@@ -33,8 +33,13 @@ def headers(call: Call) -> dict[str, str]:
     if engine is not None:
         h["x-turnout-engine"] = engine.name
         h["x-turnout-locality"] = engine.locality
+        if (endpoint := call.trail.endpoint) is not None:
+            h["x-turnout-endpoint"] = endpoint
     if call.trail.hops:
         h["x-turnout-fallbacks"] = ",".join(f"{e.engine}:{e.code}" for e in call.trail.hops)
+        spill = next((e for e in call.trail.hops if e.code == "spill"), None)
+        if spill is not None:  # a saturated pool passed the request on (turnout.engines.pool)
+            h["x-turnout-spill"] = f"{spill.engine}: {spill.reason}"
     if call.trace_id:
         h["x-turnout-trace-id"] = call.trace_id
     if call.cache is not None:
