@@ -68,6 +68,12 @@ def flipped(n: int, seed: int) -> list[tuple[str, float, float]]:
     return list(zip(d.prompts, d.weak.tolist(), d.strong.tolist(), strict=True))
 
 
+# The family of the synthetic routers these tests serve. `--family auto` (the default) cross-validates every
+# family and encodes every label with MiniLM (~17 s of CPU a fit here); it is tested in test_learning_loop.py, and
+# these tests are about what a fit does in a running gateway, not which family it picks.
+TFIDF = ("--family", "tfidf-lr")
+
+
 def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("router", *args, env=ENV, cwd=tmp)
 
@@ -92,7 +98,8 @@ def test_promotion_rollback_and_a_broken_artifact_are_served_without_restart(  #
 
     # promoted by the CLI while the gateway serves: the next requests are scored by r0002
     add_labels(gw.db, flipped(240, seed=7), start=1000.0)
-    fit = cli(tmp_path, "fit", "--from-traffic", "--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db))
+    fit = cli(tmp_path, "fit", "--from-traffic", "--alias", "auto", "--registry", str(reg.folder), "--db", str(gw.db),
+              *TFIDF)
     assert fit.returncode == 0 and "promoted r0002" in fit.stdout, fit.stdout + fit.stderr
     second = artifact_id(reg.folder / "r0002.npz")
     r = until(lambda: served_by(gw.url, second), "the promoted artifact")
@@ -141,7 +148,8 @@ def test_the_schedule_retrains_promotes_and_refuses_in_the_running_gateway(  # t
     reg.promote(reg.add(router_on(synthetic(300, seed=8))))
     first = artifact_id(reg.folder / "r0001.npz")
     gw = gateway_factory(learned(weak.url, strong.url, reg.folder, {
-        "reload_s": 30, "retrain": {"every_s": 1, "min_new_labels": 100}}))  # promotions load at once, not on a tick
+        # reload_s 30: promotions load at once, not on a tick
+        "reload_s": 30, "retrain": {"every_s": 1, "min_new_labels": 100, "family": "tfidf-lr"}}))
     assert ask(gw.url, PROBE).headers["x-turnout-router"] == first
 
     def retrains(result: str) -> float:
@@ -202,7 +210,7 @@ def test_fit_min_new_labels_skips_until_enough_arrived(tmp_path: Path) -> None:
     db = tmp_path / "labels.sqlite"
     add_labels(db, flipped(60, seed=5), start=10.0)
     common = ["fit", "--from-traffic", "--alias", "auto", "--registry", str(reg.folder), "--db", str(db),
-              "--min-new-labels", "100"]
+              "--min-new-labels", "100", *TFIDF]
     skip = cli(tmp_path, *common, "--json")
     assert skip.returncode == 4 and '"skipped": true' in skip.stdout and '"new_labels": 60' in skip.stdout
     add_labels(db, flipped(180, seed=6), start=100.0)
