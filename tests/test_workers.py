@@ -116,9 +116,11 @@ def test_a_budget_is_spent_exactly_once_across_workers(gateway: Served) -> None:
 
 def test_one_audit_chain_verifies_after_concurrent_requests(gateway: Served) -> None:
     proc, config, keys = gateway
-    clients = list(by_worker(proc.url).values())
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: chat(clients[i % 2], keys["chain"]).status_code, range(40)))
+    clients = list(by_worker(proc.url).values()) + list(by_worker(proc.url).values())  # two per worker
+    # one thread per client: an httpx client's single connection is not shared between threads
+    with ThreadPoolExecutor(len(clients)) as pool:
+        batches = list(pool.map(lambda c: [chat(c, keys["chain"]).status_code for _ in range(10)], clients))
+    results = [status for batch in batches for status in batch]
     assert results == [200] * 40
     db = str(config.parent / "turnout.sqlite")
     verified = run_cli("audit", "verify", "--db", db)
