@@ -125,7 +125,7 @@ TASKS: dict[str, Task] = {
 
 
 def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: bool, adapter: Path | None,
-                   public_key: Path | None, threshold: float = -1e9) -> Path:
+                   public_key: Path | None, threshold: float = -1e9, cascade: float | None = None) -> Path:
     small: dict[str, Any] = {"dialect": "llamacpp", "n_ctx": 2048,
                              "terms": {"train_on_outputs": "allowed", "source": "SmolLM2: Apache-2.0"}}
     if adapter is not None:
@@ -138,7 +138,11 @@ def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: boo
                     "pricing": {"input_per_m": 0.15, "output_per_m": 0.60}, "terms": STAND_IN_TERMS},
         },
         # triage (classify_prompt): local first, escalating a label whose least likely token is under threshold
-        "routes": {"private": {"chain": ["small"]}, "strong": {"chain": ["big"]},
+        # private (extract_contact): the embedded engine alone, or with --cascade a cascade to the stand-in
+        "routes": {"private": {"chain": ["small"]} if cascade is None else
+                   {"chain": ["small", "big"], "strategy": "cascade", "threshold": cascade,
+                    "confidence_signal": "min_logprob"},
+                   "strong": {"chain": ["big"]},
                    "triage": {"chain": ["small", "big"], "strategy": "cascade", "threshold": threshold,
                               "confidence_signal": "min_logprob"}},
         "guards": {"enabled": False},
@@ -153,7 +157,7 @@ def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: boo
 
 
 def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, capture: bool,
-            adapter: Path | None = None, threshold: float = -1e9) -> list[dict[str, Any]]:
+            adapter: Path | None = None, threshold: float = -1e9, cascade: float | None = None) -> list[dict[str, Any]]:
     """Each item through the gateway's function endpoint (the stand-in primed with its gold answer);
     each result is also appended to DB.results.jsonl as it comes (a run cut short keeps its part)."""
     partial = db.with_suffix(".results.jsonl").open("w", encoding="utf-8")
@@ -161,7 +165,7 @@ def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, captu
 
     up = start_server("turnout.testing.upstream")
     cfg = gateway_config(task, work, db, up.url, capture, adapter,
-                         work / "key.pub.pem" if adapter else None, threshold)
+                         work / "key.pub.pem" if adapter else None, threshold, cascade)
     gw = start_server("turnout", "serve", "--config", str(cfg), timeout=180)
     results = []
     try:
@@ -282,6 +286,8 @@ def main() -> int:
     r.add_argument("--slice", choices=("validation", "heldout"), required=True)
     r.add_argument("--adapter", default=None, help="the tag of an adapter of the tune step")
     r.add_argument("--threshold", type=float, default=-1e9, help="triage route: the cascade's min_logprob threshold")
+    r.add_argument("--cascade", type=float, default=None,
+                   help="pii: make the private route a min_logprob cascade to the stand-in at this threshold")
     r.add_argument("--name", default=None, help="the result file's name (default SLICE-ADAPTER)")
     th = sub.add_parser("thresholds", help="the triage threshold from a replay kept all local (validation only)")
     th.add_argument("--replay", required=True, help="a replay's result file, run with the default threshold")
@@ -350,7 +356,8 @@ def main() -> int:
         name = args.name or f"{args.slice}-{args.adapter or 'base'}"
         db = work / f"{name}.sqlite"
         db.unlink(missing_ok=True)
-        res = traffic(task, work, splits[args.slice], db, capture=False, adapter=adapter, threshold=args.threshold)
+        res = traffic(task, work, splits[args.slice], db, capture=False, adapter=adapter, threshold=args.threshold,
+                      cascade=args.cascade)
         for r, sig in zip(res, signals(db, task.function), strict=True):
             r["min_logprob"] = sig
         out = {"slice": args.slice, "adapter": args.adapter, **summarize(res, ledger_figures(db, task.function)),
