@@ -1,13 +1,15 @@
 """The ownership loop measured end to end (issue 26 item 6): traffic -> capture -> `turnout dataset
 build` -> `turnout tune` -> a signed adapter served by the embedded engine -> held-out replay.
 
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii traffic      # (a) captured traffic
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii build        # (b) turnout dataset build
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii tune --tag r8 --steps 60   # (c) turnout tune
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii replay --slice validation --adapter r8
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii replay --slice heldout            # the base
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii replay --slice heldout --adapter r8
-    python bench/ownership_loop.py --task pii --work /tmp/loop-pii report --adapter r8
+    B="python bench/ownership_loop.py --task pii --work /tmp/loop-pii"
+    $B traffic                                  # (a) training traffic through the gateway, captured
+    $B build                                    # (b) turnout dataset build --sources distill
+    $B tune --tag r8qv -- --rank 8 --lr 2e-3 --epochs 6      # (c) turnout tune --sign-key (key made here)
+    $B replay --slice heldout                   # the base, capture off
+    $B replay --slice validation --adapter r8qv --cascade=-1e9 --name val-all-local   # signals, all local
+    $B thresholds --replay val-all-local.json   # the cascade threshold, from validation only
+    $B replay --slice heldout --adapter r8qv --cascade=-0.04  # (d) models verify, serve, replay
+    $B report --adapter r8qv                    # the held-out table
 
 Every step is what a user runs: real `turnout serve` processes on loopback, the function endpoint
 (``fn:NAME``), the gateway's capture and ledger (SQLite), the `turnout dataset build`, `turnout tune`
