@@ -1,0 +1,409 @@
+"""The ownership loop measured end to end (issue 26 item 6): traffic -> capture -> `turnout dataset
+build` -> `turnout tune` -> a signed adapter served by the embedded engine -> held-out replay.
+
+    B="python bench/ownership_loop.py --task pii --work /tmp/loop-pii"
+    $B traffic                                  # (a) training traffic through the gateway, captured
+    $B build                                    # (b) turnout dataset build --sources distill
+    $B tune --tag r8qv -- --rank 8 --lr 2e-3 --epochs 6      # (c) turnout tune --sign-key (key made here)
+    $B replay --slice heldout                   # the base, capture off
+    $B replay --slice validation --adapter r8qv --cascade=-1e9 --name val-all-local   # signals, all local
+    $B thresholds --replay val-all-local.json   # the cascade threshold, from validation only
+    $B replay --slice heldout --adapter r8qv --cascade=-0.04  # (d) models verify, serve, replay
+    $B report --adapter r8qv                    # the held-out table
+
+Every step is what a user runs: real `turnout serve` processes on loopback, the function endpoint
+(``fn:NAME``), the gateway's capture and ledger (SQLite), the `turnout dataset build`, `turnout tune`
+and `turnout models verify` commands. Hyper-parameters are chosen on the validation slice; the
+held-out slice is replayed once per candidate that is reported.
+
+Tasks (data under /work/shared/data; the split is by sentence *template* where the data has them, so
+held-out inputs are of shapes the adapter never saw):
+
+- ``pii``: the function of bench/functions_extraction.py (bench/functions/extract_contact): the first
+  PERSON and EMAIL_ADDRESS of presidio-research's synthetic sentences; templates split 60/10/30.
+- ``injection``: bench/functions_triage/classify_prompt: is a prompt a jailbreak attempt or benign
+  (jackhhao/llm-warden's labelled prompts, up to 1,500 characters; no templates: a random split).
+
+The "frontier" is a stand-in (named as such everywhere): the loopback OpenAI upstream of
+turnout.testing answers each escalation with the data set's gold label, so its accuracy is 1.0 by
+construction and it declares ``terms: {train_on_outputs: allowed}`` (a real provider's terms may
+forbid distillation; `turnout dataset build` refuses those unless policy.distillation allows them).
+Escalations are priced as gpt-4o-mini ($0.15 / $0.60 per 1M tokens); the local engine at the
+llamacpp default TCO price, $0.05 an hour while busy (turnout.results: busy seconds x hourly cost),
+on this shared 2-core machine. All-frontier cost: the ledger's baseline cost of each request's first
+attempt (the same tokens at the frontier's price).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TURNOUT_SHARED_DATA", "/work/shared/data"))
+STAND_IN_TERMS = {"train_on_outputs": "allowed",
+                  "source": "bench stand-in: answers with the data set's gold labels (no provider terms apply)"}
+
+
+def same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return str(a).strip().casefold() == str(b).strip().casefold()
+
+
+@dataclass
+class Task:
+    name: str
+    function: str
+    functions: str  # the folder under bench/ that holds it (functions.path)
+
+    def items(self) -> list[dict[str, Any]]:  # each: variables, gold, group
+        raise NotImplementedError
+
+    def correct(self, answer: Any, gold: dict[str, Any]) -> bool:
+        return isinstance(answer, dict) and all(same(answer.get(k), v) for k, v in gold.items())
+
+    def split(self, seed: int, sizes: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+        """train / validation / heldout: disjoint inputs; disjoint groups (templates) where the data has them."""
+        items = self.items()
+        rng = random.Random(seed)
+        groups = sorted({it["group"] for it in items}, key=str)
+        rng.shuffle(groups)
+        cut1, cut2 = int(len(groups) * 0.6), int(len(groups) * 0.7)
+        where = {g: ("train" if i < cut1 else "validation" if i < cut2 else "heldout") for i, g in enumerate(groups)}
+        out: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "heldout": []}
+        seen: set[str] = set()
+        shuffled = items[:]
+        rng.shuffle(shuffled)
+        for it in shuffled:
+            key = json.dumps(it["variables"], sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            out[where[it["group"]]].append(it)
+        return {k: v[:sizes[k]] for k, v in out.items()}
+
+
+class Pii(Task):
+    def items(self) -> list[dict[str, Any]]:
+        records = json.loads((SHARED / "pii" / "data_synth_dataset_v2.json").read_text(encoding="utf-8"))
+        out = []
+        for r in records:
+            first: dict[str, str] = {}
+            for s in r["spans"]:
+                first.setdefault(s["entity_type"], s["entity_value"])
+            out.append({"variables": {"text": r["full_text"]}, "group": r["template_id"],
+                        "gold": {"person": first.get("PERSON"), "email": first.get("EMAIL_ADDRESS")}})
+        return out
+
+
+class Injection(Task):
+    def items(self) -> list[dict[str, Any]]:
+        with (SHARED / "injection" / "jailbreak_dataset_train.csv").open(encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if 0 < len(r["prompt"]) <= 1500]
+        return [{"variables": {"prompt": r["prompt"]}, "group": i, "gold": {"label": r["type"]}}
+                for i, r in enumerate(rows)]
+
+
+TASKS: dict[str, Task] = {
+    "pii": Pii("pii", "extract_contact", "functions"),
+    "injection": Injection("injection", "classify_prompt", "functions_triage"),
+}
+
+
+def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: bool, adapter: Path | None,
+                   public_key: Path | None, threshold: float = -1e9, cascade: float | None = None) -> Path:
+    small: dict[str, Any] = {"dialect": "llamacpp", "n_ctx": 2048,
+                             "terms": {"train_on_outputs": "allowed", "source": "SmolLM2: Apache-2.0"}}
+    if adapter is not None:
+        small["adapter"] = str(adapter)
+        small["adapter_public_keys"] = [str(public_key)]
+    cfg: dict[str, Any] = {
+        "engines": {
+            "small": small,
+            "big": {"dialect": "openai", "locality": "remote", "base_url": upstream + "/v1", "model": "stand-in",
+                    "pricing": {"input_per_m": 0.15, "output_per_m": 0.60}, "terms": STAND_IN_TERMS},
+        },
+        # triage (classify_prompt): local first, escalating a label whose least likely token is under threshold
+        # private (extract_contact): the embedded engine alone, or with --cascade a cascade to the stand-in
+        "routes": {"private": {"chain": ["small"]} if cascade is None else
+                   {"chain": ["small", "big"], "strategy": "cascade", "threshold": cascade,
+                    "confidence_signal": "min_logprob"},
+                   "strong": {"chain": ["big"]},
+                   "triage": {"chain": ["small", "big"], "strategy": "cascade", "threshold": threshold,
+                              "confidence_signal": "min_logprob"}},
+        "guards": {"enabled": False},
+        "functions": {"path": str(ROOT / "bench" / task.functions)},
+        "storage": {"sqlite_path": str(db)},
+    }
+    if capture:
+        cfg["capture"] = {"functions": {task.function: "on"}}
+    path = work / f"turnout-{db.stem}.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, capture: bool,
+            adapter: Path | None = None, threshold: float = -1e9, cascade: float | None = None) -> list[dict[str, Any]]:
+    """Each item through the gateway's function endpoint (the stand-in primed with its gold answer);
+    each result is also appended to DB.results.jsonl as it comes (a run cut short keeps its part)."""
+    partial = db.with_suffix(".results.jsonl").open("w", encoding="utf-8")
+    from turnout.testing.procs import start_server
+
+    up = start_server("turnout.testing.upstream")
+    cfg = gateway_config(task, work, db, up.url, capture, adapter,
+                         work / "key.pub.pem" if adapter else None, threshold, cascade)
+    gw = start_server("turnout", "serve", "--config", str(cfg), timeout=180)
+    results = []
+    try:
+        with httpx.Client(timeout=300) as client:
+            ready = client.get(gw.url + "/readyz")
+            if adapter is not None and (ready.status_code != 200 or "adapter" not in ready.text):
+                raise SystemExit(f"the engine did not load the adapter: {ready.status_code} {ready.text[:300]}")
+            for i, it in enumerate(items):
+                client.post(up.url + "/__control/reset")
+                client.post(up.url + "/__control/scenarios",
+                            json={"replies": {"stand-in": [json.dumps(it["gold"])]}})
+                t0 = time.perf_counter()
+                resp = client.post(gw.url + "/v1/chat/completions", json={
+                    "model": f"fn:{task.function}",
+                    "messages": [{"role": "user", "content": json.dumps(it["variables"])}]})
+                h = resp.headers
+                answer = json.loads(resp.json()["choices"][0]["message"]["content"]) if resp.status_code == 200 \
+                    else None
+                ok = task.correct(answer, it["gold"])
+                results.append({"engine": h.get("x-turnout-engine"), "attempts": h.get("x-turnout-function-attempts"),
+                                "status": resp.status_code, "correct": ok, "answer": answer, "gold": it["gold"],
+                                "s": round(time.perf_counter() - t0, 3)})
+                partial.write(json.dumps(results[-1]) + "\n")
+                partial.flush()
+                print(f"{i + 1:>4}/{len(items)} {h.get('x-turnout-engine')!s:<6} {'ok ' if ok else 'bad'} "
+                      f"{json.dumps(answer)[:60]}  gold {json.dumps(it['gold'])[:50]}", file=sys.stderr)
+    finally:
+        partial.close()
+        gw.stop()
+        up.stop()
+    return results
+
+
+def ledger_figures(db: Path, function: str) -> dict[str, Any]:
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT function_attempt, engine, cost_usd, baseline_cost_usd, latency_ms FROM requests "
+                        "WHERE function = ?", (function,)).fetchall()
+    conn.close()
+    firsts = [r for r in rows if r[0] == "first"]
+    return {"rows": len(rows), "requests": len(firsts), "hybrid_usd": sum(r[2] for r in rows),
+            "frontier_usd": sum(r[3] for r in firsts),
+            "local_usd": sum(r[2] for r in rows if r[1] == "small"),
+            "attempts": dict(Counter(r[0] for r in rows))}
+
+
+def summarize(results: list[dict[str, Any]], ledger: dict[str, Any]) -> dict[str, Any]:
+    n = len(results)
+    local = [r for r in results if r["engine"] == "small"]
+    per = 1000 / max(ledger["requests"], 1)
+    return {"n": n, "local": len(local), "local_share": len(local) / n,
+            "local_correct": sum(r["correct"] for r in local),
+            "local_accuracy": sum(r["correct"] for r in local) / max(len(local), 1),
+            "hybrid_accuracy": sum(r["correct"] for r in results) / n,
+            "errors": sum(r["status"] != 200 for r in results),
+            "hybrid_usd_per_1k": ledger["hybrid_usd"] * per, "frontier_usd_per_1k": ledger["frontier_usd"] * per,
+            "local_usd_per_1k": ledger["local_usd"] * per, "ledger": ledger,
+            "mean_s": sum(r["s"] for r in results) / n}
+
+
+def signals(db: Path, function: str) -> list[float | None]:
+    """The weak draft's min_logprob of each request's first attempt, in order (cascade routes only)."""
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT signals FROM requests WHERE function = ? AND function_attempt = 'first' "
+                        "ORDER BY rowid", (function,)).fetchall()
+    conn.close()
+    return [json.loads(r[0]).get("min_logprob") if r[0] else None for r in rows]
+
+
+def thresholds(results: list[dict[str, Any]], target: float) -> None:
+    """For each candidate threshold: the share kept local and the accuracy of what is kept (escalations
+    answered by the stand-in are correct by construction); the lowest threshold reaching ``target``
+    hybrid-equivalent accuracy on the local answers is printed last."""
+    scored = sorted(((r["min_logprob"] if r["min_logprob"] is not None else -1e9), r["correct"]) for r in results)
+    n = len(scored)
+    best = None
+    print("threshold  kept_local  local_accuracy  hybrid_accuracy")
+    for i in range(n + 1):
+        t = scored[i][0] if i < n else 0.0
+        kept = [c for s, c in scored if s >= t]
+        acc = sum(kept) / len(kept) if kept else 1.0
+        hybrid = (sum(kept) + (n - len(kept))) / n
+        print(f"{t:9.4f}  {len(kept) / n:10.3f}  {acc:14.3f}  {hybrid:15.3f}")
+        if best is None and hybrid >= target:
+            best = (t, len(kept) / n, hybrid)
+    print(f"chosen: threshold {best[0]:.4f} keeps {best[1]:.3f} local, hybrid accuracy {best[2]:.3f}" if best
+          else "no threshold reaches the target")
+
+
+def engine_accuracy(results: list[dict[str, Any]]) -> float:
+    """The local model's own accuracy: local answers kept and correct, over all items (an escalated
+    item counts as wrong for the local model)."""
+    return sum(r["correct"] for r in results if r["engine"] == "small") / len(results)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "turnout", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default="pii")
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--n-train", type=int, default=160)
+    ap.add_argument("--n-val", type=int, default=40)
+    ap.add_argument("--n-heldout", type=int, default=100)
+    sub = ap.add_subparsers(dest="step", required=True)
+    a = sub.add_parser("traffic", help="(a) training traffic through the gateway, captured")
+    a.add_argument("--threshold", type=float, default=-1e9, help="triage route: the cascade's min_logprob threshold")
+    b = sub.add_parser("build", help="(b) turnout dataset build")
+    b.add_argument("--validation", type=float, default=0.0)
+    b.add_argument("--sources", default="distill", help="turnout dataset build --sources")
+    t = sub.add_parser("tune", help="(c) turnout tune (signed)")
+    t.add_argument("--tag", required=True)
+    t.add_argument("--dataset", default="dataset/train.jsonl")
+    t.add_argument("tune_args", nargs=argparse.REMAINDER, help="passed to turnout tune (--steps, --rank, --lr ...)")
+    r = sub.add_parser("replay", help="(d) replay a slice through the base or a served adapter, capture off")
+    r.add_argument("--slice", choices=("validation", "heldout"), required=True)
+    r.add_argument("--adapter", default=None, help="the tag of an adapter of the tune step")
+    r.add_argument("--threshold", type=float, default=-1e9, help="triage route: the cascade's min_logprob threshold")
+    r.add_argument("--cascade", type=float, default=None,
+                   help="pii: make the private route a min_logprob cascade to the stand-in at this threshold")
+    r.add_argument("--name", default=None, help="the result file's name (default SLICE-ADAPTER)")
+    th = sub.add_parser("thresholds", help="the triage threshold from a replay kept all local (validation only)")
+    th.add_argument("--replay", required=True, help="a replay's result file, run with the default threshold")
+    th.add_argument("--target", type=float, default=0.98, help="accuracy the local answers kept must reach")
+    p = sub.add_parser("report", help="the held-out table: base replay vs adapter replay")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--base-name", default="heldout-base", help="the base's replay file (without .json)")
+    p.add_argument("--adapter-name", default=None, help="the adapter's replay file (default heldout-ADAPTER)")
+    args = ap.parse_args()
+    task = TASKS[args.task]
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    splits = task.split(args.seed, {"train": args.n_train, "validation": args.n_val, "heldout": args.n_heldout})
+    if args.step == "traffic":
+        db = work / "traffic.sqlite"
+        if db.exists():
+            raise SystemExit(f"{db} exists: the traffic step runs once per work folder")
+        keys = {k: {json.dumps(i["variables"], sort_keys=True) for i in v} for k, v in splits.items()}
+        assert not (keys["train"] & keys["heldout"]) and not (keys["validation"] & keys["heldout"])
+        t0 = time.perf_counter()
+        res = traffic(task, work, splits["train"], db, capture=True, threshold=args.threshold)
+        out = {"split": {k: len(v) for k, v in splits.items()},
+               "groups": {k: len({i["group"] for i in v}) for k, v in splits.items()},
+               "wall_s": round(time.perf_counter() - t0, 1), **summarize(res, ledger_figures(db, task.function))}
+        (work / "traffic.json").write_text(json.dumps({"summary": out, "results": res}, indent=1))
+        print(json.dumps(out, indent=1))
+    elif args.step == "build":
+        cfg = work / "turnout-traffic.yaml"
+        cfg_args = ["--sources", args.sources]
+        done = cli("dataset", "build", "--config", str(cfg), "--tenant", "anonymous", "--function", task.function,
+                   "--validation", str(args.validation), "--out", str(work / "dataset"), "--json", *cfg_args)
+        print(done.stdout[-3000:], done.stderr[-2000:])
+        return done.returncode
+    elif args.step == "tune":
+        key = work / "key.pem"
+        if not key.exists():
+            subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+                           check=True)
+            subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(work / "key.pub.pem")],
+                           check=True, capture_output=True)
+        out = work / f"adapter-{args.tag}"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        extra = [a for a in args.tune_args if a != "--"]
+        proc = subprocess.run([sys.executable, "-m", "turnout", "tune", "--dataset", str(work / args.dataset),
+                               "--out", str(out), "--seed", "7", "--threads", "2", "--sign-key", str(key), *extra],
+                              cwd=ROOT, text=True, stdout=subprocess.PIPE)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(proc.stdout)
+        if proc.returncode != 0:
+            return proc.returncode
+        fig = {"tag": args.tag, "args": extra, "wall_s": round(time.perf_counter() - t0, 1),
+               "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+               "load_avg": os.getloadavg()}
+        (out.parent / f"tune-{args.tag}.json").write_text(json.dumps(fig, indent=1))
+        print(json.dumps(fig))
+    elif args.step == "replay":
+        adapter = work / f"adapter-{args.adapter}" if args.adapter else None
+        if adapter is not None:  # the CI gate a user runs before serving: manifest, base, signature
+            cfg = gateway_config(task, work, work / "verify.sqlite", "http://127.0.0.1:9", False, adapter,
+                                 work / "key.pub.pem")
+            v = cli("models", "verify", "--config", str(cfg))
+            print(v.stdout.strip(), v.stderr.strip()[-500:])
+            if v.returncode != 0:
+                return v.returncode
+        name = args.name or f"{args.slice}-{args.adapter or 'base'}"
+        db = work / f"{name}.sqlite"
+        db.unlink(missing_ok=True)
+        res = traffic(task, work, splits[args.slice], db, capture=False, adapter=adapter, threshold=args.threshold,
+                      cascade=args.cascade)
+        for r, sig in zip(res, signals(db, task.function), strict=True):
+            r["min_logprob"] = sig
+        out = {"slice": args.slice, "adapter": args.adapter, **summarize(res, ledger_figures(db, task.function)),
+               "engine_accuracy": engine_accuracy(res)}
+        (work / f"{name}.json").write_text(json.dumps({"summary": out, "results": res}, indent=1))
+        print(json.dumps(out, indent=1))
+    elif args.step == "thresholds":
+        res = json.loads((work / args.replay).read_text())["results"]
+        thresholds(res, args.target)
+    elif args.step == "report":
+        report(work, args.adapter, args.base_name, args.adapter_name)
+    return 0
+
+
+def report(work: Path, tag: str, base_name: str = "heldout-base", adapter_name: str | None = None) -> None:
+    """The held-out table (markdown): the base and the adapter, each as its own replay file."""
+    base = json.loads((work / f"{base_name}.json").read_text())["summary"]
+    ad = json.loads((work / f"{adapter_name or 'heldout-' + tag}.json").read_text())["summary"]
+    manifest = json.loads((work / f"adapter-{tag}" / "manifest.json").read_text())
+    card = json.loads((work / "dataset" / "card.json").read_text())
+    rows = [
+        ("held-out requests", base["n"], ad["n"]),
+        ("local model's accuracy (kept local and correct / all)", f"{base['engine_accuracy']:.3f}",
+         f"{ad['engine_accuracy']:.3f}"),
+        ("handled locally", f"{base['local']} ({base['local_share']:.1%})", f"{ad['local']} ({ad['local_share']:.1%})"),
+        ("accuracy of the local answers kept", f"{base['local_accuracy']:.3f}", f"{ad['local_accuracy']:.3f}"),
+        ("hybrid accuracy (stand-in: 1.000)", f"{base['hybrid_accuracy']:.3f}", f"{ad['hybrid_accuracy']:.3f}"),
+        ("hybrid $ / 1k requests", f"{base['hybrid_usd_per_1k']:.4f}", f"{ad['hybrid_usd_per_1k']:.4f}"),
+        ("  of which local (TCO: busy s x $0.05/h)", f"{base['local_usd_per_1k']:.4f}",
+         f"{ad['local_usd_per_1k']:.4f}"),
+        ("all-frontier $ / 1k requests", f"{base['frontier_usd_per_1k']:.4f}", f"{ad['frontier_usd_per_1k']:.4f}"),
+        ("mean latency s", f"{base['mean_s']:.2f}", f"{ad['mean_s']:.2f}"),
+    ]
+    print(f"| held-out | base | adapter {tag} |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    t = manifest["training"]
+    print(f"\ndataset: {card['counts']}\ntraining: {manifest['hyperparameters']} on {t['device']}: steps {t['steps']}, "
+          f"s/step {t['s_per_step']}, final loss {t['final_loss']}, total {t['total_s']} s")
+    tune = work / f"tune-{tag}.json"
+    if tune.is_file():
+        print(f"turnout tune here: {json.loads(tune.read_text())}")
+    print("adapter files: " + ", ".join(f"{k} {v['bytes']:,} B" for k, v in manifest["files"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
