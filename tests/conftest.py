@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,24 +22,50 @@ import yaml
 
 from turnout.testing.procs import Proc, start_server
 
+# A module's shared tests split into at most one group per worker, of about this many tests each: one group of
+# the security matrix's 432 tests kept one worker busy long after the others had finished; a few more starts of
+# its gateway (~1.3 s of CPU each) cost far less.
+GROUP_SIZE = 50
+
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the groups it schedules by
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs ``-n auto --dist loadgroup``), tests spread one by one over
-    the workers, except where a module shares state between its tests: a test that uses a module- or
-    class-scoped fixture defined in its own module stays with its module's other such tests on one worker,
-    so that fixture (often a gateway with its models) starts once. Session fixtures start once per worker."""
+    """Under pytest-xdist (`make test` runs ``-n 3 --dist loadgroup``), tests spread one by one over the
+    workers, except where a module shares state between its tests: a test that uses a module- or class-scoped
+    fixture defined in its own module stays with its module's other such tests on one worker, so that fixture
+    (often a gateway with its models) starts once — or, for a module of more than ``GROUP_SIZE`` such tests, in
+    consecutive slices, one per worker at most, so that the fixture starts once a slice. Session fixtures start
+    once per worker. Every worker computes the same groups from the same collection."""
+    shared: dict[str, list[pytest.Item]] = {}
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:
             continue
         module_id = item.nodeid.split("::", 1)[0]
-        shared = any(
-            fixturedef.scope in ("module", "class") and fixturedef.baseid.startswith(module_id)
-            for fixturedefs in info.name2fixturedefs.values() for fixturedef in fixturedefs
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(module_id))
+        if any(fixturedef.scope in ("module", "class") and fixturedef.baseid.startswith(module_id)
+               for fixturedefs in info.name2fixturedefs.values() for fixturedef in fixturedefs):
+            shared.setdefault(module_id, []).append(item)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for module_id, group in shared.items():
+        slices = max(1, min(workers, math.ceil(len(group) / GROUP_SIZE)))
+        for i, item in enumerate(group):
+            name = module_id if slices == 1 else f"{module_id}#{i * slices // len(group)}"
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+T = TypeVar("T")
+
+
+def until(check: Callable[[], T | None], what: str, timeout: float = 90.0, every: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy (behaviour, not timing: the deadline is generous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(every)
 
 
 def redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:

@@ -15,33 +15,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Gateway, module_gateway
+from tests.conftest import Gateway, module_gateway, until
 from turnout.engines.smollm2 import smollm2_gguf
 from turnout.testing.procs import Proc, start_server
 
-T = TypeVar("T")
 PYTHON = os.environ.get("TURNOUT_LLAMA_SERVER_PYTHON") or sys.executable
 SLOW = {"timeout": 120, "first_token_timeout": 120, "idle_timeout": 60, "retries": 0, "breaker_failures": 1000}
 POOL = {"probe_interval_s": 0.5, "probe_timeout_s": 5, "eject_after": 2, "cooldown_s": 1}
-
-
-def until(check: Callable[[], T | None], what: str, timeout: float = 90.0) -> T:
-    """Poll ``check`` until it returns something truthy (behaviour, not timing: the deadline is generous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def llama_server(port: int | None = None) -> Proc:

@@ -8,15 +8,15 @@ import json
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 
+from tests.conftest import until
 from tests.runcli import run_cli
 from tests.test_learning_gateway import ask, config, labels_of
 from tests.test_learning_loop import ENV, router_on, synthetic
@@ -27,7 +27,6 @@ from turnout.routing.serving import artifact_id
 from turnout.server.openapi import READY
 from turnout.testing.procs import Proc, control, start_server
 
-T = TypeVar("T")
 PROBE = "explain the river and the city and the fruit please"
 
 
@@ -36,18 +35,6 @@ def pair() -> Iterator[tuple[Proc, Proc]]:
     """A weak and a strong loopback OpenAI-compatible fake."""
     with start_server("turnout.testing.upstream") as weak, start_server("turnout.testing.upstream") as strong:
         yield weak, strong
-
-
-def until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll ``check`` until it returns something truthy (behaviour, not timing: the deadline is generous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def served_by(url: str, artifact: str) -> httpx.Response | None:

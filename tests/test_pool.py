@@ -15,15 +15,15 @@ import concurrent.futures as cf
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import Gateway, Upstream, module_gateway
+from tests.conftest import Gateway, Upstream, module_gateway, until
 from turnout.config import ConfigError, parse_config
 from turnout.config_pool import EndpointConfig
 from turnout.engines.balance import LeastOutstanding, PowerOfTwo, RoundRobin
@@ -34,21 +34,8 @@ from turnout.engines.prefix import PrefixAware, PrefixIndex, block_hashes
 from turnout.protocol import ChatRequest
 from turnout.testing.procs import start_server
 
-T = TypeVar("T")
 SYSTEM = ("You are the support assistant of a company that sells garden tools. Answer briefly, politely, "
           "and only about the company's products, orders and deliveries. ") * 3
-
-
-def until(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something truthy (behaviour, not timing: the deadline is generous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 # ==== units ===================================================================================
