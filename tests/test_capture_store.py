@@ -107,7 +107,7 @@ def test_rows_answers_retention_and_erasure(backend: dict[str, Any]) -> None:
         assert not store.add_answer("nope", CapturedAnswer("frontier", "remote", "shadow", "x"))
         a2 = next(r for r in store.rows(tenants=["acme"]) if r["request_id"] == "a2")
         assert [(a["role"], a["score"]) for a in a2["answers"]] == [("answer", 0.0), ("shadow", 1.0)]
-        # the capture writer deleted the expired row in its first batch (not only hidden from reads)
+        # the expired row was never stored (not only hidden from reads), whichever batch carried it
         assert "old" not in {r["request_id"] for r in store.rows(now=now - 3600)}
         assert store.purge_expired() == 0
         with pytest.raises(ValueError):

@@ -232,9 +232,17 @@ class Purge:
         return True
 
 
+def _unexpired(rows: Sequence[CaptureRow]) -> list[CaptureRow]:
+    """A row whose retention ran out before the writer reached it is never stored: the periodic purge
+    would only delete it later, and a read in between must not see it either."""
+    now = time.time()
+    return [r for r in rows if r.expires_ts >= now]
+
+
 def insert_sqlite(conn: Any, rows: Sequence[CaptureRow], purge: Purge | None = None) -> None:
     """Insert captured rows in the caller's transaction (the capture writer's), and delete expired ones when due."""
     n = sqlitedb.Numbered(conn)
+    rows = _unexpired(rows)
     if rows:
         n.executemany(_INSERT.format(t=""), [r.values() for r in rows])
         n.executemany(_INSERT_ANSWER.format(t=""), [a for r in rows for a in r.answer_values()])
@@ -244,6 +252,7 @@ def insert_sqlite(conn: Any, rows: Sequence[CaptureRow], purge: Purge | None = N
 
 def insert_postgres(cur: Any, schema: str, rows: Sequence[CaptureRow], purge: Purge | None = None) -> None:
     t = f"{schema}."
+    rows = _unexpired(rows)
     if rows:
         cur.executemany(_INSERT.format(t=t), [r.values() for r in rows])
         answers = [a for r in rows for a in r.answer_values()]
