@@ -31,8 +31,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from turnout.config import EngineConfigBase
 from turnout.config_pool import EndpointConfig, PoolConfig
@@ -44,6 +44,8 @@ from turnout.engines.pool_probe import Prober
 from turnout.engines.trail import current
 from turnout.errors import EngineContextTooLong, EngineError, EngineUnavailable, PoolSaturated
 from turnout.protocol import ChatRequest
+
+R = TypeVar("R")
 
 log = logging.getLogger("turnout.engines.pool")
 
@@ -207,13 +209,15 @@ class PoolEngine(Engine):
         return not any(e.eligible and e not in tried for e in self.endpoints)
 
     # ==== the Engine interface ===============================================================
-    async def chat(self, req: ChatRequest) -> ChatResult:
+    async def _answered(self, req: ChatRequest, call: Callable[[Engine], Awaitable[R]]) -> R:
+        """``call`` on the endpoint the balancer places ``req`` on; on an endpoint's failure, again on
+        another one while any is left (a whole answer: nothing reached the client yet)."""
         tried: list[Endpoint] = []
         while True:
             e = await self.place(req, tried)
             self.note(e)
             try:
-                result = await e.engine.chat(req)
+                result = await call(e.engine)
             except EngineError as exc:
                 if not self.failed(e, exc):
                     raise
@@ -225,6 +229,9 @@ class PoolEngine(Engine):
                 self.release(e)
             e.succeeded()
             return result
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        return await self._answered(req, lambda engine: engine.chat(req))
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
         """Failover between endpoints before the first delta; after it, the endpoint's slot is
@@ -272,20 +279,4 @@ class PoolEngine(Engine):
     async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         req = ChatRequest.model_validate({"model": self.name, "messages": [{"role": "user", "content": "".join(
             texts[:1])}]})  # placed like a chat request whose prompt is the first text
-        tried: list[Endpoint] = []
-        while True:
-            e = await self.place(req, tried)
-            self.note(e)
-            try:
-                result = await e.engine.embed(texts, dimensions)
-            except EngineError as exc:
-                if not self.failed(e, exc):
-                    raise
-                tried.append(e)
-                if self.last_chance(tried):
-                    raise
-                continue
-            finally:
-                self.release(e)
-            e.succeeded()
-            return result
+        return await self._answered(req, lambda engine: engine.embed(texts, dimensions))
