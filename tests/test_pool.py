@@ -239,12 +239,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory, replicas: list[Upstream], overf
             "rr": pool("round_robin", (2, 1, 1)),
             "sticky": pool("prefix", (1, 1, 1)),
             "tight": pool("least_outstanding", (1, 1), max_concurrency=1),
+            "vectors": {**pool("round_robin", (1, 1)), "embedding_model": "fake-embed"},
             "overflow": {"dialect": "openai", "locality": "local", "model": "fake-overflow",
                          "base_url": overflow.url + "/v1", "resilience": dict(FAST)},
         },
         "routes": {
             "burst": {"chain": ["tight", "overflow"], "spill": True},
             "queue": {"chain": ["tight", "overflow"]},
+            "embed": {"chain": ["vectors"]},
         },
         "guards": {"enabled": False},
     }
@@ -394,6 +396,25 @@ def test_draining_lets_the_request_in_flight_finish(gw: Gateway, replicas: list[
     back = httpx.post(f"{gw.url}/v1/turnout/pools/rr/{busy}/resume", timeout=10)
     assert back.status_code == 200 and back.json()["state"] == "up"
     assert busy in {chat(gw, "rr").headers["x-turnout-endpoint"] for _ in range(4)}
+
+
+def test_embeddings_fail_over_to_another_endpoint_of_the_pool(gw: Gateway, replicas: list[Upstream],
+                                                             clean: None) -> None:
+    """A replica that fails an embeddings call before answering: the pool asks the other one, once."""
+    body = {"model": "embed", "input": ["a first text", "a second"]}
+
+    def asked(up: Upstream) -> int:
+        return sum(r["path"] == "/v1/embeddings" for r in up.requests())
+
+    first = httpx.post(gw.url + "/v1/embeddings", json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    served = next(u for u in replicas[:2] if asked(u) == 1)
+    other = next(u for u in replicas[:2] if u is not served)  # round-robin over two: the other one is next
+    other.queue("503")
+    again = httpx.post(gw.url + "/v1/embeddings", json=body, timeout=60)
+    assert again.status_code == 200, again.text
+    assert [len(d["embedding"]) for d in again.json()["data"]] == [len(d["embedding"]) for d in first.json()["data"]]
+    assert (asked(other), asked(served)) == (1, 2)  # the failing replica asked once, its turn taken by the other
 
 
 def test_pool_admin_api_answers_unknown_names_with_openai_errors(gw: Gateway) -> None:
