@@ -458,6 +458,9 @@ def test_a_fixed_length_format_does_not_match_a_longer_token() -> None:
     bot = rnd(9, DIGITS) + ":A" + rnd(34, alnum)
     assert _types(f"bot {bot} done") == ["TELEGRAM_BOT_TOKEN"]
     assert _types(f"bot {bot}/sendMessage") == ["TELEGRAM_BOT_TOKEN"]  # "/" is not in the run's class
+    square = "sq0csp-" + rnd(43, alnum)  # detect-secrets' Square class holds "\\": an escape written as text ends it
+    assert _types(f'{{"config.ini": "SQUARE_TOKEN={square}\\nDEBUG=1"}}') == ["SQUARE_OAUTH_SECRET"]
+    assert _types(f"x {square}\\qq y") == []
     assert _types(f"bot {bot}{rnd(5, alnum)} done") == []
 
 

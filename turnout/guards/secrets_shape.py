@@ -13,9 +13,10 @@ that hold for any provider, because every issued key is a separate, random token
   run of exactly *n* characters of one class (``glsoat-[0-9a-zA-Z_-]{20}``, ``ghp_[0-9a-zA-Z]{36}``,
   Telegram's ``\\d{8,10}:[0-9A-Za-z_-]{35}``) does not match a token whose run goes on past *n*
   (``glsoat-`` + 51): that is another, longer string, not this format. Only the last run's own
-  class counts (a ``/`` or ``.`` after it ends the token), and not for formats whose provider has
-  lengthened the run since the rule was written (``GROWN``: Discord's HMAC part, 27 characters
-  in detect-secrets' rule, can be longer since 2022; Stripe's and OpenAI's newer, longer keys).
+  class counts (a ``/``, ``.`` or an escape written as text after it ends the token), and not for
+  formats whose provider has lengthened the run since the rule was written (``GROWN``: Discord's
+  HMAC part, 27 characters in detect-secrets' rule, can be longer since 2022; Stripe's and
+  OpenAI's newer, longer keys).
   Open-ended formats (``{43,56}``, ``+``, gitleaks' terminator groups) already say where they end.
 - **random body** (``word_body``): the longest alphanumeric run of a key is random; made of
   English words split at case changes (``AgencyIdentificationCodeContentType``) it is an
@@ -46,6 +47,7 @@ _RUNS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _SEGMENT = re.compile(r"[A-Za-z0-9]+")
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 _ESCAPE_BEFORE = re.compile(r"(?:\\[nrtu]|%[0-9A-Fa-f]{2})$")
+_ESCAPE_AFTER = re.compile(r"\\[nrtu]|%[0-9A-Fa-f]{2}")  # the same on the right: "...<key>\nNEXT=..."
 
 
 def word_like(token: str) -> bool:
@@ -89,7 +91,8 @@ def fixed_tail(pattern: str, ignore_case: bool = False) -> re.Pattern[str] | Non
 def runs_on(text: str, end: int, tail: re.Pattern[str] | None) -> bool:
     """The character after a fixed-length match continues its last run: the token is longer than
     the format, so the match is the start of another string (``glimt-`` + 25 of ``glimt-`` + 29)."""
-    return tail is not None and end < len(text) and tail.fullmatch(text[end]) is not None
+    return (tail is not None and end < len(text) and tail.fullmatch(text[end]) is not None
+            and not _ESCAPE_AFTER.match(text, end))
 
 
 def _body(token: str) -> str:
