@@ -26,8 +26,11 @@ entropy logic for credentials no provider rule names.
    credential word nearby): a bare random string in code or a binary is not a secret.
 
 Provider matches (1, 3, 4) must be tokens (``secrets_shape``): nothing glued before them, a body
-that is not English words; where both tools know a key prefix the catalogue's stricter format
-decides, and a generic finding on such a prefix that no provider format accepts is a near-miss.
+that is not English words, no run past a format's fixed length (``glimt-`` + 29 is not ``glimt-``
++ 25), a JWT header that is JSON; where both tools know a key prefix the catalogue's stricter
+format decides (its length only where it fixes one the provider does not), and a generic finding
+on such a prefix, or on a match that ran past its length, is a near-miss. A value that spells
+*example* (AWS's documented ``AKIA...EXAMPLE`` pair) is documentation, whatever finds it.
 
 A secret is never something to pseudonymize: policy keeps the request off remote engines
 (or refuses it), so recall matters more than precision here.
@@ -513,7 +516,7 @@ _PLACEHOLDER_WORDS = re.compile(r"(?i)fake|dummy|example|sample|placeholder|inse
                                 r"not[_-]?(?:a[_-]?)?(?:real|valid|secret|password|passwd|token|key)")
 # a value that spells "example" is documentation, whatever its format: AWS documents its key pair as
 # AKIAIOSFODNN7EXAMPLE / wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY (gitleaks allowlists .+EXAMPLE$); seven
-# letters in this order are not in a random token (about 1 in 10^10 for a 40-character base64 one)
+# letters in this order are not in a random token (about 1 in 10^9 for a 40-character base64 one)
 _EXAMPLE = re.compile(r"(?i)example")
 # in a random-looking token: filler words
 _FILLER_WORDS = re.compile(r"(?i)fake|dummy|placeholder|your[_-]?(?:api|secret|token|key|access)|[_-]here\b|"
