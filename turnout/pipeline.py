@@ -95,8 +95,8 @@ class Gateway:
         self.metrics = Metrics(set(cfg.routes), set(engines))
         self.metrics.registry.register(PoolCollector(engines))  # per-endpoint rows of pool engines
         if guards is not None:
-            cache = self.metrics.guard_cache
-            guards.observe_cache(lambda model, hit: cache.labels(model, "hit" if hit else "miss").inc())
+            lookups = self.metrics.guard_cache
+            guards.observe_cache(lambda model, hit: lookups.labels(model, "hit" if hit else "miss").inc())
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)
