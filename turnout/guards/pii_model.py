@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from turnout.guards.pii_lexicon import NATIONALITIES, Cand
-from turnout.guards.resultcache import ResultCache
 from turnout.model_cache import cache_dir, cached_file, quantize_int8
 from turnout.weights import check_pin, sha256_file
 
@@ -167,16 +166,9 @@ class RampartNer:
         self.labels = {int(k): v for k, v in config["id2label"].items()}
         self._outside = next(i for i, lab in self.labels.items() if lab == "O")
         self.min_prob = min_prob
-        # a text's tokens, once per process: a system prompt or a conversation's history comes back
-        # with every request (turnout.guards.resultcache)
-        self.cache: ResultCache[tuple[tuple[int, int, str, float], ...]] = ResultCache("pii")
-        self._identity = f"{digest}|{self.file.name}|{min_prob}"
 
     def tokens(self, text: str) -> list[tuple[int, int, str, float]]:
         """(start, end, label, probability) of every token not labelled ``O``, over all windows."""
-        return list(self.cache.get_or_compute(self.cache.key(self._identity, text), lambda: tuple(self._tokens(text))))
-
-    def _tokens(self, text: str) -> list[tuple[int, int, str, float]]:
         first = self.tokenizer.encode(text)
         out: dict[tuple[int, int], tuple[str, float]] = {}
         for enc in [first, *first.overflowing]:
