@@ -193,8 +193,8 @@ def session_options(threads: int | None = None) -> Any:
     """ONNX Runtime options for a model run by request threads: ``threads`` intra-op threads
     (default :func:`default_threads`), one inter-op thread, and no spinning. An idle intra-op
     thread otherwise spins for work between the ops of a run and after it: with 2 threads that
-    made a guard model cost 1.8x the CPU of one thread for the same windows; without spinning,
-    1.05x, at the latency of two threads (bench/guard_batching.py --threads)."""
+    made a guard model cost 1.8-1.9x the CPU of one thread for the same windows; without spinning,
+    1.07-1.14x, at the latency of two threads (``python bench/guard_batching.py --threads``)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
