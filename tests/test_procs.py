@@ -55,6 +55,16 @@ def test_a_forked_server_reports_its_exit_code_and_a_kill(tmp_path: Path) -> Non
             alive.stop()
 
 
+def test_a_start_with_its_own_python_path_is_executed(tmp_path: Path) -> None:
+    """sys.path is set when an interpreter starts: a forked server would not see a PYTHONPATH of its own."""
+    proc, seen = _started(tmp_path, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    try:
+        assert isinstance(proc.popen, subprocess.Popen)
+        assert seen["env"]["PYTHONPATH"].startswith(str(tmp_path))
+    finally:
+        proc.stop()
+
+
 def test_starts_that_need_a_fresh_interpreter_are_executed(tmp_path: Path) -> None:
     other = os.path.realpath(sys.executable)  # another path to the same interpreter: not the forkserver's
     assert other != sys.executable or pytest.skip("the interpreter is not reached through a link here")

@@ -98,8 +98,12 @@ def preload_forkserver(modules: Sequence[str]) -> None:
 
 
 def _forked(python: str, args: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether a start can be forked: not for another interpreter, uvicorn's worker processes, or an
+    environment read when the interpreter starts (PYTHONPATH, ...) or when prometheus_client is imported."""
     return bool(_FORKSERVER) and python == sys.executable and "--workers" not in args \
-        and "PROMETHEUS_MULTIPROC_DIR" not in env  # read when prometheus_client is imported
+        and "PROMETHEUS_MULTIPROC_DIR" not in env \
+        and all(env.get(k) == os.environ.get(k) for k in {*env, *os.environ} if k.startswith("PYTHON")
+                and k != "PYTHONUNBUFFERED")
 
 
 def _run_forked(module: str, args: list[str], env: dict[str, str], cwd: str | None, log_path: str) -> None:
