@@ -78,6 +78,16 @@ def test_closed_loop_of_one_client_never_queues_and_is_exact() -> None:
     assert r.utilisation == pytest.approx(1.0)
 
 
+def test_turns_may_have_their_own_message_lengths() -> None:
+    s = parse_spec({
+        "arrivals": {"clients": 1, "conversations": 2}, "conversation": {"turns": 3},
+        "lengths": {"user": {"fixed": 5}, "answer": {"fixed": 10}, "by_turn": [{"fixed": 100}, {"fixed": 40}]},
+        "replica": {"prefill_tps": 100, "decode_tps": 10, "cache": False}, "replicas": [1]})
+    (r,) = simulate(s)
+    # prompts: 100; 100 + 10 + 40 = 150; 150 + 10 + 5 (turn 3 takes user) = 165
+    assert r.prompt_tokens == 2 * (100 + 150 + 165)
+
+
 def test_the_cache_evaluates_only_the_new_part_of_a_conversation() -> None:
     base = {"arrivals": {"clients": 1, "conversations": 5}, "conversation": {"turns": 3, "system_tokens": 50},
             "lengths": {"user": {"fixed": 20}, "answer": {"fixed": 10}},

@@ -164,6 +164,12 @@ class Conversation(_Strict):
 class Lengths(_Strict):
     user: Length = Field(description="tokens of each turn's new message (a single-turn request's whole prompt)")
     answer: Length
+    by_turn: list[Length] | None = Field(None, min_length=1, description="the new message of turn 1, 2, ... when "
+                                         "turns differ (a first message that opens a task, a fixed follow-up); "
+                                         "later turns take user")
+
+    def user_of(self, turn: int) -> Length:
+        return self.by_turn[turn] if self.by_turn is not None and turn < len(self.by_turn) else self.user
 
 
 class Replica(_Strict):
@@ -448,7 +454,7 @@ class Simulation:
         self.next_conv += 1
         rng = random.Random(f"{self.spec.seed}:conv:{cid}")
         lengths, turns = self.spec.lengths, self.spec.conversation.turns
-        return _Conv(cid, [max(1, lengths.user.draw(rng)) for _ in range(turns)],
+        return _Conv(cid, [max(1, lengths.user_of(k).draw(rng)) for k in range(turns)],
                      [max(1, lengths.answer.draw(rng)) for _ in range(turns)])
 
     def request(self, conv: _Conv) -> _Req:

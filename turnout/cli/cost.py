@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--prefill-tps", type=float, default=None, help="prompt tokens/s of one replica")
     s.add_argument("--decode-tps", type=float, default=None, help="answer tokens/s of one stream, slots busy")
     s.add_argument("--slots", type=int, default=None, help="requests one replica runs at once")
+    s.add_argument("--overhead-s", type=float, default=None, help="seconds per request before its prefill")
     s.add_argument("--hourly-cost", type=float, default=None, help="USD per replica-hour")
     s.add_argument("--balance", default=None, help="the balance strategy (round_robin, least_outstanding, p2c, "
                    "prefix, a plugin's)")
@@ -148,7 +149,7 @@ def _sim_spec(args: argparse.Namespace) -> Any:
         data["conversation"] = {**dict(data.get("conversation") or {}), "turns": 1}
     replica = dict(data.get("replica") or {})
     for flag, key in (("prefill_tps", "prefill_tps"), ("decode_tps", "decode_tps"), ("slots", "slots"),
-                      ("hourly_cost", "hourly_cost")):
+                      ("overhead_s", "overhead_s"), ("hourly_cost", "hourly_cost")):
         if getattr(args, flag) is not None:
             replica[key] = getattr(args, flag)
     data["replica"] = replica
