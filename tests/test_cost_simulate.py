@@ -211,6 +211,7 @@ def test_round_robin_spreads_evenly_and_least_outstanding_follows_load() -> None
     (spec(replicas=[0, 2]), "counts from 1"),
     (spec(replica={"speed": 3}), "replica.speed"),
     ([1, 2], "must be a mapping"),
+    (spec(arrivals={"rate": 1e6}, duration_s=86_400), "more than the"),
 ])
 def test_bad_specs_are_refused_with_what_is_wrong(data: Any, message: str) -> None:
     with pytest.raises(SimSpecError, match=message):

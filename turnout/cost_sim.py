@@ -65,6 +65,7 @@ from turnout.engines.endpoint import Endpoint, ServerLoad
 from turnout.protocol import ChatMessage, ChatRequest
 
 HOURS = 24
+MAX_REQUESTS = 10_000_000  # a run's bound (about 30 s of CPU per million requests and replica count, least_outstanding)
 CHARS_PER_TOKEN = 4  # the synthetic prompts the prefix strategy hashes: ~4 characters per token, as in English
 
 
@@ -220,6 +221,12 @@ class SimSpec(_Strict):
             raise ValueError("replicas: counts from 1 to 1024")
         if self.arrivals.clients is not None and self.duration_s is not None:
             raise ValueError("duration_s is for open arrivals; a closed loop runs until its conversations are done")
+        a = self.arrivals
+        conversations = a.conversations if a.clients is not None else self.conversation_rate() * self.horizon * (
+            a.burst.factor if a.burst.factor > 1 else 1.0)
+        if (conversations or 0) * self.conversation.turns > MAX_REQUESTS:
+            raise ValueError(f"about {(conversations or 0) * self.conversation.turns:.3g} requests: more than the "
+                             f"{MAX_REQUESTS:.0e} a run simulates; shorten duration_s or lower the rate")
         return self
 
     @property
