@@ -134,6 +134,17 @@ def test_without_spill_a_short_fleet_queues_instead() -> None:
     assert short.ttft_p99_s is not None and ample.ttft_p99_s is not None and short.ttft_p99_s > ample.ttft_p99_s
 
 
+def test_servers_that_publish_their_queue_saturate_at_the_queue_threshold() -> None:
+    # rho 0.9 on one replica with room for 1000 requests: only the server's queue reading can saturate it
+    s = spec(duration_s=20_000, arrivals={"rate": 0.9}, pool={"spill": True, "queue_threshold": 2})
+    (blind,) = simulate(parse_spec(s))
+    (published,) = simulate(parse_spec({**s, "pool": {"spill": True, "queue_threshold": 2, "server_metrics": True}}))
+    assert blind.spilled == 0
+    assert published.spilled > 0.05 * published.requests
+    assert published.queue_p99_s is not None and blind.queue_p99_s is not None
+    assert published.queue_p99_s <= 2.0 + 1e-9 < blind.queue_p99_s  # at most 2 waiting 1 s answers ahead
+
+
 def test_bursts_and_the_daily_curve_shape_the_arrivals() -> None:
     flat = parse_spec(spec(duration_s=86_400, arrivals={"rate": 0.2}))
     night = [1.0] * 12 + [0.0] * 12

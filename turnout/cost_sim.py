@@ -345,7 +345,7 @@ class _Unserved(Engine):
         raise NotImplementedError("a simulated endpoint serves no requests")
 
 
-_LOAD_ONLY = (RoundRobin, LeastOutstanding, PowerOfTwo)  # built-ins that never read the request
+_LOAD_ONLY = (RoundRobin, LeastOutstanding, PowerOfTwo)  # built-ins that never read the request: no text built
 _PLACEHOLDER = ChatRequest(model="sim", messages=[ChatMessage(role="user", content="x")])
 
 
@@ -442,7 +442,7 @@ class Simulation:
             self.balancer: Balancer = balancer_class(spec.pool.balance)(options)
         except (ValueError, TypeError, plugins.PluginError) as exc:
             raise SimSpecError(f"pool.balance {spec.pool.balance}: {exc}") from None
-        self.needs_text = not isinstance(self.balancer, _LOAD_ONLY)
+        self.needs_text = type(self.balancer) not in _LOAD_ONLY  # a subclass (a plugin) may read the request
         self.events: list[tuple[float, int, str, Any]] = []
         self.seq = 0
         self.now = 0.0
