@@ -8,6 +8,9 @@
     turnout cost --measure local --config turnout.yaml --daily-tokens 5M [--requests 8 --max-tokens 64]
                  # a configured engine by name: 'openai' dialect over HTTP, embedded 'llamacpp' in-process;
                  # its pricing.hourly_cost is the default --hourly-cost
+    turnout cost simulate --example                      # sizing by simulation: latency and spill vs replicas
+    turnout cost simulate --spec fleet.yaml [--config turnout.yaml --route auto] [--from-ledger DB]
+                          [--replicas 1-6] [--seed N] [--json]
 
 Bad input exits 2 with one clear line; a measurement where no request succeeds exits 1.
 """
@@ -45,6 +48,141 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--config", metavar="FILE",
                    help="turnout.yaml holding --measure's engine (default: the embedded setup)")
     p.set_defaults(func=run)
+    sims = p.add_subparsers(dest="cost_command", metavar="simulate")
+    s = sims.add_parser("simulate", help="size a fleet by discrete-event simulation (docs/fleet.md)",
+                        description=SIMULATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--spec", metavar="FILE", help="the simulation spec (YAML or JSON: arrivals, conversation, lengths, "
+                   "replica, pool, frontier, replicas, seed)")
+    s.add_argument("--example", action="store_true", help="the blueprint's example: 60M tokens/day on 1..6 replicas")
+    s.add_argument("--config", metavar="FILE", help="turnout.yaml: the pool's balance, pool settings, "
+                   "max_concurrency and hourly cost, the route's spill and the frontier's prices")
+    s.add_argument("--route", metavar="NAME", help="the route of --config (default: the first whose chain starts "
+                   "with a pool)")
+    s.add_argument("--from-ledger", metavar="DB", help="prompt and answer lengths from a ledger (SQLite) instead")
+    s.add_argument("--replicas", metavar="N", help="replica counts: 4, 1-6 or 1,2,4 (default: the spec's)")
+    s.add_argument("--seed", type=int, default=None, help="the random seed (default: the spec's)")
+    s.add_argument("--duration", metavar="S", type=float, default=None, help="seconds simulated (open arrivals)")
+    s.add_argument("--prefill-tps", type=float, default=None, help="prompt tokens/s of one replica")
+    s.add_argument("--decode-tps", type=float, default=None, help="answer tokens/s of one stream, slots busy")
+    s.add_argument("--slots", type=int, default=None, help="requests one replica runs at once")
+    s.add_argument("--overhead-s", type=float, default=None, help="seconds per request before its prefill")
+    s.add_argument("--hourly-cost", type=float, default=None, help="USD per replica-hour")
+    s.add_argument("--balance", default=None, help="the balance strategy (round_robin, least_outstanding, p2c, "
+                   "prefix, a plugin's)")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(func=run_simulate)
+
+
+SIMULATE_HELP = """`turnout cost simulate`: TTFT, queueing, utilisation, spill rate and cost per 1M output tokens
+of a local fleet at each replica count, by a seeded discrete-event simulation (turnout/cost_sim.py) that places
+requests with the pool's own balance strategy and spills to the frontier when every replica is saturated.
+Flags override the spec; --config overrides its pool, prices and spill. Bad input exits 2 with one line."""
+
+
+def _replica_counts(text: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi or lo)
+            if a < 1 or b < a:
+                raise ValueError
+            out.extend(range(a, b + 1))
+    except ValueError:
+        raise ValueError(f"--replicas: {text!r}: give counts >= 1 as 4, 1-6 or 1,2,4") from None
+    if len(out) > 64:
+        raise ValueError(f"--replicas: {text!r}: at most 64 counts")
+    return out
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from turnout import cost_sim
+
+    try:
+        spec = _sim_spec(args)
+        results = cost_sim.simulate(spec)
+    except ValueError as exc:
+        print(f"turnout cost simulate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"spec": spec.model_dump(), "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        _print_simulation(spec, results)
+    return 0
+
+
+def _sim_spec(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    import yaml
+
+    from turnout import cost_sim
+
+    if bool(args.spec) == bool(args.example):
+        raise ValueError("give one of --spec FILE and --example")
+    data: dict[str, Any]
+    if args.example:
+        data = json.loads(json.dumps(cost_sim.EXAMPLE))
+    else:
+        path = Path(args.spec)
+        if not path.is_file():
+            raise ValueError(f"--spec: no such file: {args.spec}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--spec {args.spec}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--spec {args.spec}: the spec must be a mapping (arrivals, lengths, replica, ...)")
+        data = loaded
+    if args.config:
+        from turnout.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except (ConfigError, FileNotFoundError) as exc:
+            raise ValueError(f"--config: {exc}") from None
+        data = cost_sim.from_config(data, cfg, args.route)
+    elif args.route:
+        raise ValueError("--route needs --config")
+    if args.from_ledger:
+        data["lengths"] = cost_sim.lengths_from_ledger(args.from_ledger).model_dump(exclude_none=True)
+        data["conversation"] = {**dict(data.get("conversation") or {}), "turns": 1}
+    replica = dict(data.get("replica") or {})
+    for flag, key in (("prefill_tps", "prefill_tps"), ("decode_tps", "decode_tps"), ("slots", "slots"),
+                      ("overhead_s", "overhead_s"), ("hourly_cost", "hourly_cost")):
+        if getattr(args, flag) is not None:
+            replica[key] = getattr(args, flag)
+    data["replica"] = replica
+    if args.balance is not None:
+        data["pool"] = {**dict(data.get("pool") or {}), "balance": args.balance}
+    if args.replicas is not None:
+        data["replicas"] = _replica_counts(args.replicas)
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.duration is not None:
+        data["duration_s"] = args.duration
+    return cost_sim.parse_spec(data)
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _print_simulation(spec: Any, results: list[Any]) -> None:
+    a, r, p = spec.arrivals, spec.replica, spec.pool
+    load = (f"{a.clients} clients x {a.conversations} conversations" if a.clients is not None
+            else f"{spec.conversation_rate():.3g} conversations/s over {spec.horizon:g} s")
+    print(f"{load}, {spec.conversation.turns} turn(s) each; replica: {r.slots} slot(s), prefill {r.prefill_tps:g} "
+          f"tok/s, decode {r.decode_tps:g} tok/s per stream, ${r.hourly_cost:g}/hour; balance {p.balance}, "
+          f"spill {'on' if p.spill else 'off'} (seed {spec.seed})")
+    print("| replicas | requests | TTFT p50 s | TTFT p99 s | queue p99 s | utilisation | spill rate | refused "
+          "| output tok/s | $/1M output tokens (local + spill) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for x in results:
+        per_m = "-" if x.cost_per_million is None else (
+            f"{_usd(x.cost_per_million)} ({_usd(x.local_cost)} + {_usd(x.spill_cost)})")
+        print(f"| {x.replicas} | {x.requests:,} | {_s(x.ttft_p50_s)} | {_s(x.ttft_p99_s)} | {_s(x.queue_p99_s)} | "
+              f"{x.utilisation:.0%} | {x.spill_rate:.1%} | {x.refused:,} | {x.tokens_per_s:,.1f} | {per_m} |")
 
 
 def _amount(args: argparse.Namespace, name: str, default: float | None = None) -> float | None:
