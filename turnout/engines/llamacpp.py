@@ -168,8 +168,9 @@ class LlamaCppEngine(Engine):
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None
             self._error = f"cannot load {self.path}: {exc}"
-            if isinstance(exc, adapter_manifest.AdapterRefused):
+            if isinstance(exc, adapter_manifest.AdapterRefused):  # the kind first: the ledger keeps the start
                 self._refusal = f"its adapter was refused: {exc.kind}"
+                self._error = f"{self._refusal}: {exc}"
             raise
         self.info = _with_checksum(self.info, digest)
 
