@@ -222,35 +222,89 @@ def test_promote_still_takes_a_canary_engine_whose_adapter_is_configured(tmp_pat
         parse_config({**base, "tune": {"canary": {"auto": True}}})
 
 
-def test_the_engine_refuses_an_unsigned_adapter_when_it_trusts_keys_and_keeps_answering(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    """One embedded engine in this process for the tests below (its first answer is the costly one)."""
     from turnout.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
+
+    started = LlamaCppEngine("t", LlamaCppEngineConfig.model_validate(
+        {"dialect": "llamacpp", "n_ctx": 512, "n_threads": 1}))
+    asyncio.run(started.start())
+    yield started
+    asyncio.run(started.close())
+
+
+def _chat(engine: Any) -> str:
     from turnout.protocol import ChatRequest
+
+    return str(asyncio.run(engine.chat(ChatRequest.model_validate({"model": "x", **PROMPT}))).content)
+
+
+def test_the_engine_refuses_an_unsigned_adapter_when_it_trusts_keys_and_keeps_answering(engine: Any,
+                                                                                        tmp_path: Path) -> None:
+    from turnout.engines.llamacpp import LlamaCppEngine, LlamaCppEngineConfig
 
     folder = _adapter(tmp_path / "u", "noise")
     key = tmp_path / "trusted.pub.pem"
     key.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")  # never read: no signature to check
-    req = ChatRequest.model_validate({"model": "x", **PROMPT})
+    before = _chat(engine)
+    plain = engine.cfg
+    engine.cfg = plain.model_copy(update={"adapter_public_keys": [str(key)]})  # as if configured with the key
+    try:
+        with pytest.raises(am.AdapterRefused, match="unsigned") as refused:
+            asyncio.run(engine.use_adapter("u1", folder))
+    finally:
+        engine.cfg = plain
+    assert refused.value.kind == "unsigned" and engine.adapter is None
+    assert _chat(engine) == before
+    ok, detail = asyncio.run(engine.ready())
+    assert ok and "adapter u1 refused: " in detail and "with adapter" not in detail
+    static = LlamaCppEngine("s", LlamaCppEngineConfig.model_validate({"dialect": "llamacpp", "adapter": str(folder)}))
+    with pytest.raises(ValueError, match="has a configured adapter"):
+        asyncio.run(static.use_adapter("x", folder))
 
-    async def run() -> None:
-        engine = LlamaCppEngine("t", LlamaCppEngineConfig.model_validate(
-            {"dialect": "llamacpp", "n_ctx": 512, "n_threads": 1, "adapter_public_keys": [str(key)]}))
-        await engine.start()
-        try:
-            before = (await engine.chat(req)).content
-            with pytest.raises(am.AdapterRefused, match="unsigned") as refused:
-                await engine.use_adapter("u1", folder)
-            assert refused.value.kind == "unsigned" and engine.adapter is None
-            assert (await engine.chat(req)).content == before
-            ok, detail = await engine.ready()
-            assert ok and "adapter u1 refused: " in detail
-            static = LlamaCppEngine("s", LlamaCppEngineConfig.model_validate({"dialect": "llamacpp",
-                                                                            "adapter": str(folder)}))
-            with pytest.raises(ValueError, match="has a configured adapter"):
-                await static.use_adapter("x", folder)
-        finally:
-            await engine.close()
 
-    asyncio.run(run())
+def test_the_sync_loads_a_live_adapter_before_serving_and_keeps_it_while_the_registry_is_unreadable(
+        engine: Any, tmp_path: Path) -> None:
+    from turnout.functions.hot_adapters import HotAdapters
+    from turnout.ledger.stats import sqlite_query
+
+    db = tmp_path / "t.sqlite"
+    folder = _adapter(tmp_path / "n", "noise")
+    store = open_adapters(db=db)
+    store.register(adapter_id="n1", function="say", path=str(folder), manifest_sha256="n" * 64, base_sha256=None,
+                   evaluation=None, by="test")
+    store.transition("n1", "canary", by="test", canary=("t", "adapter-n1", "v1", 0.5))
+    store.transition("n1", "promoted", by="test")  # e.g. the gateway restarts with an adapter promoted
+    readable = [True]
+
+    def query(sql: str, params: Any) -> Any:
+        if not readable[0]:
+            raise OSError("disk I/O error")
+        return sqlite_query(db)(sql, params)
+
+    base = _chat(engine)
+    hot = HotAdapters(query, {"t": engine}, 60.0)
+
+    async def begin() -> None:
+        await hot.start()  # the first look happens before it returns: before the gateway serves
+        assert hot.serving("t") == "n1" and hot.generation == 1
+        await hot.close()
+
+    try:
+        asyncio.run(begin())
+        tuned = _chat(engine)
+        assert tuned != base
+        readable[0] = False
+        asyncio.run(hot.sync())  # a database hiccup is not a rollback
+        assert hot.serving("t") == "n1" and _chat(engine) == tuned
+        readable[0] = True
+        store.transition("n1", "rolled_back", by="test")
+        asyncio.run(hot.sync())
+        assert hot.serving("t") is None and hot.generation == 2
+        assert _chat(engine) == base
+    finally:
+        store.close()
 
 
 @pytest.mark.slow

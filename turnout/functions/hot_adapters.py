@@ -137,13 +137,19 @@ class HotAdapters:
 
     async def _loop(self) -> None:
         while True:
+            await asyncio.sleep(self.period_s)
             try:
                 await self.sync()
             except Exception:  # a bug must not stop the loop; the next look tries again
                 log.exception("the adapter sync failed")
-            await asyncio.sleep(self.period_s)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """One look before the gateway serves (a promoted adapter answers from the first request after a
+        restart), then one every ``period_s``."""
+        try:
+            await self.sync()
+        except Exception:  # noqa: BLE001 - the loop tries again
+            log.exception("the adapter sync failed")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="turnout-hot-adapters")
 
     async def close(self) -> None:

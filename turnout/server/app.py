@@ -244,7 +244,7 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         # the canary engine's adapter, from the adapter registry at run time (no restart)
         app.state.hot_adapters = hot = HotAdapters.build(cfg, engines, stores.query)
         if hot is not None:
-            hot.start()
+            await hot.start()
         if on_ready:
             on_ready(gateway)
         try:
