@@ -114,7 +114,9 @@ class LlamaCppEngineConfig(EngineConfigBase):
                                description="pin: the engine refuses to start if its weights have another sha256")
     adapter: str | None = Field(
         None, description="a LoRA adapter folder written by `turnout tune` (manifest.json + adapter.gguf): loaded "
-        "only if every file still has the sha256 its manifest records and it was trained on this engine's weights")
+        "only if every file still has the sha256 its manifest records and it was trained on this engine's weights; "
+        "leave it unset on the canary engine (tune.canary.engine): the gateway then loads the adapter the registry "
+        "puts on canary at run time, with the same checks")
     adapter_scale: float = Field(1.0, gt=0, le=4, description="how strongly the adapter applies (llama.cpp's scale)")
     adapter_public_keys: list[str] = Field(
         default_factory=list, description="trusted P-256 public keys (PEM files): when set, the adapter must carry "
