@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import FAST_RESILIENCE, Gateway, Upstream, module_gateway, until
+from tests.conftest import FAST_RESILIENCE, PG_DSN, Gateway, Upstream, module_gateway, until
 from tests.runcli import run_cli
 from turnout import adapter_manifest as am
 from turnout.engines.smollm2 import smollm2_gguf
@@ -305,6 +305,43 @@ def test_the_sync_loads_a_live_adapter_before_serving_and_keeps_it_while_the_reg
         assert _chat(engine) == base
     finally:
         store.close()
+
+
+def test_on_postgres_a_refused_adapter_is_rolled_back_by_the_gateway_and_a_good_one_served(
+        engine: Any, tmp_path: Path, pg_schema: str) -> None:
+    from turnout.config import parse_config
+    from turnout.functions.hot_adapters import HotAdapters
+    from turnout.functions.stats import ledger_query
+
+    cfg = parse_config({"engines": {"t": {"dialect": "llamacpp"}}, "tune": {"canary": {"engine": "t"}},
+                        "storage": {"postgres_dsn": PG_DSN, "postgres_schema": pg_schema}})
+    hot = HotAdapters.build(cfg, {"t": engine}, ledger_query(cfg))
+    assert hot is not None and hot.engines == {"t"}
+    good, bad = _adapter(tmp_path / "good", "noise"), _adapter(tmp_path / "bad", "noise")
+    _flip_last_byte(bad / am.GGUF)
+    store = open_adapters(dsn=PG_DSN, schema=pg_schema)
+    try:
+        for n, folder in (("bad1", bad), ("good1", good)):
+            store.register(adapter_id=n, function="say", path=str(folder), manifest_sha256=n * 8, base_sha256=None,
+                           evaluation=None, by="test")
+        store.transition("bad1", "canary", by="test", canary=("t", "adapter-bad1", "v1", 0.5))
+        asyncio.run(hot.sync())
+        assert hot.serving("t") is None and store.get("bad1").status == "rolled_back"
+        assert "refused to load it" in (store.get("bad1").reason or "")
+        store.transition("good1", "canary", by="test", canary=("t", "adapter-good1", "v1", 0.5))
+        asyncio.run(hot.sync())
+        assert hot.serving("t") == "good1"
+        store.transition("good1", "rolled_back", by="test")
+        asyncio.run(hot.sync())
+        assert hot.serving("t") is None
+    finally:
+        store.close()
+    with open_audit_log(dsn=PG_DSN, schema=pg_schema) as log:
+        assert log.verify().ok
+        steps = [(r.payload["adapter"], r.payload["action"], r.payload["by"]) for r in log.tail(50)
+                 if r.payload.get("event") == "adapter" and r.payload["action"] != "registered"]
+    assert steps == [("bad1", "canary", "test"), ("bad1", "rolled_back", "gateway"), ("good1", "canary", "test"),
+                     ("good1", "rolled_back", "test")]
 
 
 @pytest.mark.slow
