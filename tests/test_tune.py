@@ -214,12 +214,15 @@ def test_the_engine_refuses_a_changed_adapter(change: str, tmp_path: Path, gatew
     if change == "flip_a_byte":
         _flip_one_byte(adapter / am.GGUF)
     expected = "changed after" if change == "flip_a_byte" else "trained on weights with sha256 c"
+    kind = "a file changed after it was written" if change == "flip_a_byte" else "trained on other weights"
     gw = gateway_factory(_local(adapter))
     ready = httpx.get(gw.url + "/readyz")
     assert ready.status_code == 503 and expected in ready.text
     r = httpx.post(gw.url + "/v1/chat/completions",
                    json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-    assert r.status_code == 503 and "local: engine_unavailable" in r.json()["error"]["message"]
+    # not just engine_unavailable: the kind of refusal, in words a caller may read (no path, no digest)
+    assert r.status_code == 503 and f"local: adapter_refused (its adapter was refused: {kind})" in r.json()[
+        "error"]["message"]
     assert "Traceback" not in gw.proc.output()
 
 

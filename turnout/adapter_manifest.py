@@ -35,7 +35,12 @@ PEFT_DIR = "peft"
 
 
 class AdapterRefused(RuntimeError):
-    """The adapter folder is incomplete, changed since it was written, or made for other weights."""
+    """The adapter folder is incomplete, changed since it was written, or made for other weights.
+    ``kind`` says which, in words a caller may read (no path, no digest): the message says the rest."""
+
+    def __init__(self, message: str, kind: str = "invalid manifest") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -54,7 +59,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
-        raise AdapterRefused(f"adapter {folder}: no {MANIFEST} (write adapters with `turnout tune`)")
+        raise AdapterRefused(f"adapter {folder}: no {MANIFEST} (write adapters with `turnout tune`)", "no manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -78,7 +83,7 @@ def _model_signing() -> None:
         import model_signing  # noqa: F401
     except ImportError as exc:
         raise AdapterRefused(f"signed adapters need the OpenSSF model-signing library ({exc.name} is missing): "
-                             "pip install 'turnout[sign]'") from exc
+                             "pip install 'turnout[sign]'", "signature library missing") from exc
 
 
 def sign(folder: Path, private_key: Path) -> Path:
@@ -99,7 +104,7 @@ def check_signature(folder: Path, public_keys: list[str]) -> str:
     signature = folder.resolve() / SIGNATURE
     if not signature.is_file():
         raise AdapterRefused(f"adapter {folder}: unsigned ({SIGNATURE} missing) and the engine trusts only "
-                             "signed adapters (adapter_public_keys); sign it: turnout tune --sign-key KEY")
+                             "signed adapters (adapter_public_keys); sign it: turnout tune --sign-key KEY", "unsigned")
     _model_signing()
     from model_signing import verifying
 
@@ -113,9 +118,10 @@ def check_signature(folder: Path, public_keys: list[str]) -> str:
             errors.append(str(exc))
     changed = next((e for e in errors if e.startswith("Signature mismatch")), None)  # files, not keys
     if changed is not None:
-        raise AdapterRefused(f"adapter {folder}: the files differ from what was signed ({changed[:300]})")
+        raise AdapterRefused(f"adapter {folder}: the files differ from what was signed ({changed[:300]})",
+                             "files differ from what was signed")
     raise AdapterRefused(f"adapter {folder}: signed by none of the trusted keys (adapter_public_keys: "
-                         f"{', '.join(public_keys)})")
+                         f"{', '.join(public_keys)})", "not signed by a trusted key")
 
 
 def verify(folder: Path, base_sha256: str | None = None,
@@ -133,15 +139,17 @@ def verify(folder: Path, base_sha256: str | None = None,
         if not path.is_relative_to(root):
             raise AdapterRefused(f"adapter {folder}: the manifest names a file outside the folder ({name})")
         if not path.is_file():
-            raise AdapterRefused(f"adapter {folder}: {name} is missing")
+            raise AdapterRefused(f"adapter {folder}: {name} is missing", "a file is missing")
         digest = sha256_file(path)
         if digest != entry.get("sha256"):
             raise AdapterRefused(f"adapter {folder}: {name} has sha256 {digest}, the manifest says "
-                                 f"{entry.get('sha256')}: the file changed after `turnout tune` wrote it")
+                                 f"{entry.get('sha256')}: the file changed after `turnout tune` wrote it",
+                                 "a file changed after it was written")
     base = (manifest.get("base") or {}).get("sha256")
     if base_sha256 is not None and base != base_sha256:
         raise AdapterRefused(f"adapter {folder}: trained on weights with sha256 {base}, but this engine runs "
-                             f"{base_sha256}; train it again on this engine's model (turnout tune)")
+                             f"{base_sha256}; train it again on this engine's model (turnout tune)",
+                             "trained on other weights")
     if public_keys:
         check_signature(folder, public_keys)
     return folder / GGUF, manifest

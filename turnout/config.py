@@ -663,7 +663,11 @@ class TurnoutConfig(_Strict):
         canary = self.tune.canary.engine
         if canary is not None and (canary not in names or self.engines[canary].dialect != "llamacpp"):
             raise ValueError(f"tune.canary.engine: {canary!r} is not a llamacpp engine of this file -> name the engine "
-                             "whose adapter: is the candidate's folder")
+                             "the canary answers through (without adapter:, the gateway loads the registry's adapter "
+                             "into it at run time)")
+        if self.tune.canary.auto and (canary is None or getattr(self.engines[canary], "adapter", None)):
+            raise ValueError("tune.canary.auto: the scheduler starts canaries only on a canary engine whose adapter "
+                             "comes from the registry -> set tune.canary.engine to a llamacpp engine without adapter:")
         for i, name in enumerate(self.policy.distillation.allow):
             if name not in names:
                 raise ValueError(f"policy.distillation.allow[{i}] names unknown engine {name!r}; engines are "

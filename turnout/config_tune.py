@@ -6,8 +6,9 @@ the gate an adapter must pass, and its canary.
       command: [python, train.py, "{dataset}", "{out}"]
       gate: {min_gain: 0.01, max_check_regression: 0.0}
       canary:
-        engine: local_tuned             # a llamacpp engine whose `adapter:` is the candidate's folder
-        share: 0.1
+        engine: local_tuned             # a llamacpp engine without `adapter:`: it loads the registry's
+        share: 0.1                      #   adapter at run time (or one whose `adapter:` is the candidate)
+        auto: false                     # the scheduled mode starts the canary itself once the gate passes
         min_samples: 20
         max_invalid_increase: 0.05
         max_escalation_increase: 0.05
@@ -45,8 +46,10 @@ class CanaryConfig(_Strict):
     """The adapter as a variant of its function's experiment, on a share of the traffic, watched by
     ``turnout adapters watch``: promoted to all traffic, or rolled back on a regression."""
 
-    engine: str | None = Field(None, description="a llamacpp engine of this file whose `adapter:` is the candidate's "
-                               "folder: the canary variant answers through it")
+    engine: str | None = Field(None, description="a llamacpp engine of this file the canary variant answers through: "
+                               "without `adapter:`, the gateway loads the adapter the registry puts on canary (or "
+                               "promotes) into it at run time, and takes it off on a rollback; with `adapter:`, that "
+                               "folder must be the candidate's (loaded when the gateway starts)")
     share: float = Field(0.1, gt=0, lt=1, description="the canary variant's share of the function's new episodes")
     min_samples: int = Field(20, ge=1, description="first-attempt calls each variant needs before the watcher decides")
     max_invalid_increase: float = Field(0.05, ge=0, le=1, description="roll back when the canary's invalid-output "
@@ -56,7 +59,11 @@ class CanaryConfig(_Strict):
     max_satisfaction_drop: float = Field(0.1, ge=0, le=1, description="roll back when its mean judged outcome "
                                          "(feedback satisfaction) is lower than the base variant's by more than this")
     reload_s: float = Field(5.0, ge=0, description="seconds the gateway keeps what the adapter registry says about "
-                            "a function's canary before it reads it again")
+                            "a function's canary before it reads it again (and between two looks for the canary "
+                            "engine's adapter, at least 0.2)")
+    auto: bool = Field(False, description="the scheduled mode (`turnout adapters schedule`) starts the canary of an "
+                       "adapter that passed the gate itself, on `share` of traffic (needs a canary engine without "
+                       "`adapter:`); off: the adapter waits, registered, for `turnout adapters promote`")
 
 
 class TuneConfig(_Strict):

@@ -8,7 +8,8 @@
     turnout adapters promote DIR|ID --config F [--function NAME] [--variant V] [--share S]
         register the adapter; refuse it (exit 3, an audit entry) unless its evaluation passes tune.gate;
         else start its canary: a copy of variant V answering through tune.canary.engine on S of the
-        function's new episodes. An adapter already on canary: promote it to all traffic.
+        function's new episodes (a canary engine without adapter: loads it at run time, no restart).
+        An adapter already on canary: promote it to all traffic.
     turnout adapters rollback ID --config F [--reason TEXT]     take it off traffic
     turnout adapters watch --config F [--once | --every S]
         compare each canary's variant with the variant it copies (invalid-output rate, escalation rate,
@@ -17,7 +18,7 @@
     turnout adapters schedule --config F [--once]
         the loop unattended (tune.every_s): when tune.min_new_examples calls of tune.function were captured
         since the last round, build a dataset, train (child processes, under a lock), evaluate, gate and
-        register the adapter; then the watcher's round
+        register the adapter, and with tune.canary.auto start its canary; then the watcher's round
     turnout adapters list|show [ID] --config F [--json]
 
 Every step is an audit-chain entry (`turnout audit verify`). Operator commands: they need the database
@@ -242,16 +243,40 @@ def _canary_engine(cfg: Any) -> tuple[str, Any]:
 
 
 def _check_canary_engine(cfg: Any, folder: Path) -> str:
-    """The canary engine, once it is sure to load this very adapter: its ``adapter:`` is the folder, and
-    the folder passes the checks the engine makes (files, base weights, signature by its trusted keys)."""
+    """The canary engine, once it is sure to load this very adapter: the folder passes the checks the engine
+    makes (files, base weights, signature by its trusted keys), and an engine with ``adapter:`` configured
+    names this folder (one without takes the registry's adapter at run time)."""
     from turnout import adapter_manifest as am
 
     engine, ecfg = _canary_engine(cfg)
-    if not ecfg.adapter or Path(ecfg.adapter).resolve() != folder.resolve():
-        raise ValueError(f"engines.{engine}.adapter is {ecfg.adapter or 'not set'}, not {folder}: point it at the "
-                         "candidate and restart the gateway, so the canary engine loads this adapter")
+    if ecfg.adapter and Path(ecfg.adapter).resolve() != folder.resolve():
+        raise ValueError(f"engines.{engine}.adapter is {ecfg.adapter}, not {folder}: point it at the candidate and "
+                         f"restart the gateway, or remove engines.{engine}.adapter so that the gateway loads the "
+                         "registry's adapter into that engine at run time")
     am.verify(folder, base_sha256=_weights_sha256(ecfg), public_keys=ecfg.adapter_public_keys)
     return str(engine)
+
+
+def start_canary(cfg: Any, registry: Any, row: Any, variant: str | None, share: float | None, by: str) -> Any:
+    """A registered adapter that passes the gate (under the configuration as it is now) on canary: a copy of
+    ``variant`` (default: the evaluated one) answering through the canary engine on ``share`` (default
+    ``tune.canary.share``) of the function's new episodes. Returns the row (``refused`` when the gate says
+    no). Shared by `turnout adapters promote` and the scheduled mode (``tune.canary.auto``)."""
+    from turnout.tune import gate
+
+    evaluation = row.evaluation or {}
+    verdict = gate.verdict(evaluation, cfg.tune.gate)
+    if not verdict["passed"]:
+        return registry.transition(row.id, "refused", by=by, reason="; ".join(verdict["reasons"]),
+                                   audit={"gate": verdict})
+    engine = _check_canary_engine(cfg, Path(row.path))
+    fn = _function(cfg, row.function)
+    source = variant or evaluation.get("variant")
+    if source not in fn.variants:
+        raise ValueError(f"--variant: fn:{fn.name} has no variant {source!r} ({', '.join(fn.variants)})")
+    share = share if share is not None else cfg.tune.canary.share
+    return registry.transition(row.id, "canary", by=by, reason="passed the gate",
+                               canary=(engine, f"adapter-{row.id[:8]}", source, share), audit={"gate": verdict})
 
 
 def register_folder(cfg: Any, registry: Any, folder: Path, function: str | None, by: str) -> Any:
@@ -288,25 +313,17 @@ def promote_cmd(args: argparse.Namespace) -> int:
             _print(args, done.as_dict(), f"turnout: adapter {done.id} promoted: fn:{done.function} variant "
                    f"{done.variant} takes all traffic")
             return 0
-        evaluation = row.evaluation or {}
-        verdict = gate.verdict(evaluation, cfg.tune.gate)  # under the configuration as it is now
-        if not verdict["passed"]:
-            done = registry.transition(row.id, "refused", by=args.by, reason="; ".join(verdict["reasons"]),
-                                       audit={"gate": verdict})
-            print(f"turnout: adapter {done.id} refused by the gate: {'; '.join(verdict['reasons'])}", file=sys.stderr)
-            return 3
-        engine = _check_canary_engine(cfg, Path(row.path))
-        fn = _function(cfg, row.function)
-        source = args.variant or evaluation.get("variant")
-        if source not in fn.variants:
-            raise ValueError(f"--variant: fn:{fn.name} has no variant {source!r} ({', '.join(fn.variants)})")
-        share = args.share if args.share is not None else cfg.tune.canary.share
-        done = registry.transition(row.id, "canary", by=args.by, reason="passed the gate",
-                                   canary=(engine, f"adapter-{row.id[:8]}", source, share), audit={"gate": verdict})
+        done = start_canary(cfg, registry, row, args.variant, args.share, args.by)
     finally:
         registry.close()
+    if done.status == "refused":
+        print(f"turnout: adapter {done.id} refused by the gate: {done.reason}", file=sys.stderr)
+        return 3
+    how = "loaded it at start" if getattr(cfg.engines[done.engine], "adapter", None) else \
+        "loads it within tune.canary.reload_s, no restart"
     _print(args, done.as_dict(), f"turnout: adapter {done.id} on canary: fn:{done.function} variant {done.variant} "
-           f"(a copy of {source} through {engine}) on {share:.0%} of new episodes; `turnout adapters watch` decides")
+           f"(a copy of {done.from_variant} through {done.engine}; the gateway {how}) on {done.share:.0%} of new "
+           "episodes; `turnout adapters watch` decides")
     return 0
 
 
@@ -380,7 +397,9 @@ def schedule_cmd(args: argparse.Namespace) -> int:
         while True:
             try:
                 outcome = run_round(Path(args.config), cfg, captures, lambda folder: register_folder(
-                    cfg, registry, folder, cfg.tune.function, "schedule"))
+                    cfg, registry, folder, cfg.tune.function, "schedule"),
+                    (lambda row: start_canary(cfg, registry, row, None, None, "schedule"))
+                    if cfg.tune.canary.auto else None)
             except Exception as exc:  # noqa: BLE001 - a process keeps its schedule; --once says it and fails
                 if args.once:
                     raise

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from turnout import adapter_manifest
 from turnout.config import EngineConfigBase, Pricing
+from turnout.engines import llamacpp_adapter as lora
 from turnout.engines import llamacpp_tools as tools
 from turnout.engines.base import ChatResult, Confidence, Delta, Engine, EngineInfo, Usage
 from turnout.engines.smollm2 import packaged_gguf
@@ -113,7 +114,9 @@ class LlamaCppEngineConfig(EngineConfigBase):
                                description="pin: the engine refuses to start if its weights have another sha256")
     adapter: str | None = Field(
         None, description="a LoRA adapter folder written by `turnout tune` (manifest.json + adapter.gguf): loaded "
-        "only if every file still has the sha256 its manifest records and it was trained on this engine's weights")
+        "only if every file still has the sha256 its manifest records and it was trained on this engine's weights; "
+        "leave it unset on the canary engine (tune.canary.engine): the gateway then loads the adapter the registry "
+        "puts on canary at run time, with the same checks")
     adapter_scale: float = Field(1.0, gt=0, le=4, description="how strongly the adapter applies (llama.cpp's scale)")
     adapter_public_keys: list[str] = Field(
         default_factory=list, description="trusted P-256 public keys (PEM files): when set, the adapter must carry "
@@ -152,6 +155,9 @@ class LlamaCppEngine(Engine):
         self._llm: Any = None
         self._lock = threading.Lock()
         self._error: str | None = None
+        self._refusal: str | None = None  # the configured adapter's refusal, in words a caller may read
+        self.adapter: lora.Loaded | None = None  # what the context applies now
+        self.refused: tuple[str, str] | None = None  # the last adapter use_adapter refused: (key, why)
 
     async def start(self) -> None:
         try:
@@ -164,6 +170,9 @@ class LlamaCppEngine(Engine):
         except Exception as exc:  # reported by /readyz and on each request, never a crash
             self._llm = None
             self._error = f"cannot load {self.path}: {exc}"
+            if isinstance(exc, adapter_manifest.AdapterRefused):  # the kind first: the ledger keeps the start
+                self._refusal = f"its adapter was refused: {exc.kind}"
+                self._error = f"{self._refusal}: {exc}"
             raise
         self.info = _with_checksum(self.info, digest)
 
@@ -174,25 +183,67 @@ class LlamaCppEngine(Engine):
 
         digest = sha256_file(path)
         check_pin(f"engine {self.info.name!r}", self.cfg.sha256, digest)
-        lora: dict[str, Any] = {}
-        if self.cfg.adapter:
-            gguf, _ = adapter_manifest.verify(Path(self.cfg.adapter), base_sha256=digest,
-                                              public_keys=self.cfg.adapter_public_keys)
-            lora = {"lora_path": str(gguf), "lora_scale": self.cfg.adapter_scale}
+        verified = lora.verify(Path(self.cfg.adapter), self.cfg.adapter, digest, self.cfg.adapter_public_keys) \
+            if self.cfg.adapter else None
         llm = ScheduledLlama(  # identical requests score identically, whatever the context held before
             model_path=str(path),
             n_ctx=self.cfg.n_ctx,
             n_threads=self.cfg.n_threads or default_threads(),
             verbose=False,
-            **lora,
         )
+        if verified is not None:
+            try:
+                self.adapter = lora.load(llm, verified)
+                lora.attach(llm, self.adapter, self.cfg.adapter_scale)
+            except BaseException:
+                llm.close()
+                raise
         return llm, digest
+
+    @property
+    def hot(self) -> bool:
+        """Whether its adapter may change at run time (``use_adapter``): no ``adapter:`` is configured."""
+        return self.cfg.adapter is None
+
+    async def use_adapter(self, key: str | None, folder: Path | None = None) -> lora.Loaded | None:
+        """Answer with the adapter in ``folder`` (``key``: what to call it, the registry's id) from the next
+        request on, or with the base weights alone (``key`` None). The folder passes the checks a configured
+        adapter passes at start (every file's sha256, this engine's weights, a signature by
+        ``adapter_public_keys``) before llama.cpp reads it; checked and loaded off the event loop, swapped in
+        between two requests. AdapterRefused leaves the engine answering as it did."""
+        if not self.hot:
+            raise ValueError(f"engine {self.info.name!r} has a configured adapter ({self.cfg.adapter})")
+        if self._llm is None:
+            raise EngineUnavailable(self._error or "model not loaded", engine=self.info.name)
+        if key == (self.adapter.key if self.adapter is not None else None):
+            return self.adapter
+        try:
+            verified = None if key is None else await asyncio.to_thread(
+                lora.verify, folder or Path(key), key, self.info.weights_sha256, self.cfg.adapter_public_keys)
+            return await asyncio.to_thread(self._swap, verified)
+        except adapter_manifest.AdapterRefused as exc:
+            self.refused = (key or "", str(exc))
+            raise
+
+    def _swap(self, verified: lora.Verified | None) -> lora.Loaded | None:
+        with self._lock:  # no request runs while the context's adapters change
+            llm = self._llm_or_raise()
+            new = lora.load(llm, verified) if verified is not None else None
+            try:
+                lora.attach(llm, new, self.cfg.adapter_scale)
+            except BaseException:
+                lora.free(new)
+                raise
+            old, self.adapter = self.adapter, new
+            lora.free(old)
+        return new
 
     async def ready(self) -> tuple[bool, str]:
         if self._llm is None:
             return False, self._error or "not loaded"
-        adapter = f" with adapter {self.cfg.adapter}" if self.cfg.adapter else ""
-        return True, f"{self.path.name if self.path else '?'} loaded{adapter}"
+        adapter = f" with adapter {self.adapter.key}" if self.adapter is not None else ""
+        refused = f"; adapter {self.refused[0]} refused: {self.refused[1]}" if self.refused else ""
+        return True, f"{self.path.name if self.path else '?'} loaded{adapter}{refused}"
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
@@ -275,6 +326,9 @@ class LlamaCppEngine(Engine):
 
     def _llm_or_raise(self) -> Any:
         if self._llm is None:
+            if self._refusal is not None:  # the configured adapter failed its checks: say so, not just "unavailable"
+                raise EngineUnavailable(self._error or "adapter refused", engine=self.info.name, code="adapter_refused",
+                                        reason=self._refusal)
             raise EngineUnavailable(self._error or "model not loaded", engine=self.info.name)
         return self._llm
 

@@ -12,6 +12,11 @@ ledger's read-only query, at most every ``tune.canary.reload_s`` seconds per fun
 A registry that names an engine the gateway does not run, or a variant the function does not have, is
 ignored (logged once): the function keeps its own variants. A database without the registry table
 (no adapter was ever registered) is the same as no canary.
+
+On a canary engine whose adapter comes from the registry (``turnout.functions.hot_adapters``), the
+adapter is live only once that engine answers with it: until it has checked and loaded it -- and never,
+when it refused it -- the function keeps its own variants. What was read is kept ``reload_s``, or until
+the engine swaps adapters.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from turnout.functions.experiment import Allocation, Query
 from turnout.functions.spec import Function, Variant
+
+if TYPE_CHECKING:
+    from turnout.functions.hot_adapters import HotAdapters
 
 log = logging.getLogger("turnout.functions")
 
@@ -42,11 +51,13 @@ class Live:
 class Canaries:
     """What the registry says is live, per function, read at most every ``reload_s``."""
 
-    def __init__(self, query: Query | None, engines: set[str], reload_s: float = 5.0) -> None:
+    def __init__(self, query: Query | None, engines: set[str], reload_s: float = 5.0,
+                 hot: HotAdapters | None = None) -> None:
         self.query = query
         self.engines = engines
         self.reload_s = reload_s
-        self._cache: dict[str, tuple[float, Live | None]] = {}
+        self.hot = hot  # the engines whose adapter comes from the registry
+        self._cache: dict[str, tuple[float, int, Live | None]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -54,13 +65,14 @@ class Canaries:
         if self.query is None:
             return None
         now = time.monotonic()
+        generation = self.hot.generation if self.hot is not None else 0
         with self._lock:
             hit = self._cache.get(fn.name)
-        if hit is not None and now - hit[0] < self.reload_s:
-            return hit[1]
+        if hit is not None and now - hit[0] < self.reload_s and hit[1] == generation:
+            return hit[2]
         found = self._read(fn)
         with self._lock:
-            self._cache[fn.name] = (now, found)
+            self._cache[fn.name] = (now, generation, found)
         return found
 
     def _read(self, fn: Function) -> Live | None:
@@ -77,6 +89,8 @@ class Canaries:
                 self._warn(f"{fn.name}:{adapter}", f"fn:{fn.name}: adapter {adapter} is {status} through engine "
                            f"{engine!r} from variant {source!r}, which this gateway does not have; ignored")
                 continue
+            if self.hot is not None and engine in self.hot.engines and self.hot.serving(engine) != adapter:
+                return None  # not loaded yet, or refused: the function's own variants answer
             spec = base.spec.model_copy(update={"route": engine, "weight": 0.0})
             return Live(str(adapter), dataclasses.replace(base, name=str(variant), spec=spec),
                         1.0 if status == "promoted" else float(share or 0.0), str(status))

@@ -25,6 +25,7 @@ from turnout.engines.base import ChatResult, Delta
 from turnout.errors import InvalidRequest, NotFound, PayloadTooLarge, TurnoutError
 from turnout.functions import checks, experiment, render
 from turnout.functions.canary import Canaries, with_canary
+from turnout.functions.hot_adapters import HotAdapters
 from turnout.functions.spec import Function, Variant
 from turnout.ledger.capture import variables_digest
 from turnout.ledger.tags import FunctionTag
@@ -101,12 +102,14 @@ def invocation_of(req: ChatRequest) -> Invocation:
 
 
 class FunctionRunner:
-    def __init__(self, gateway: Gateway, functions: dict[str, Function], query: experiment.Query | None) -> None:
+    def __init__(self, gateway: Gateway, functions: dict[str, Function], query: experiment.Query | None,
+                 hot: HotAdapters | None = None) -> None:
         self.gw = gateway
         self.functions = functions
         self.query = query  # read-only SQL over the ledger: sticky episodes and bandit evidence
         cfg = gateway.cfg
-        self.canaries = Canaries(query, set(cfg.engines), cfg.tune.canary.reload_s)  # adapters on canary
+        # adapters on canary; ``hot``: the canary engine whose adapter the registry sets at run time
+        self.canaries = Canaries(query, set(cfg.engines), cfg.tune.canary.reload_s, hot)
 
     def get(self, name: str) -> Function:
         fn = self.functions.get(name)

@@ -19,6 +19,7 @@ from turnout.engines.admission import Refused, why_refused
 from turnout.engines.base import Engine
 from turnout.engines.registry import build_engine
 from turnout.errors import Overloaded
+from turnout.functions.hot_adapters import HotAdapters
 from turnout.governance.access import Access, open_limiter, resolve_mode
 from turnout.governance.epoch import KeyEpoch
 from turnout.governance.key_store import open_key_store
@@ -240,6 +241,10 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             gateway.learning.start()
         runner = start_tasks(cfg, gateway)
         app.state.tasks = runner
+        # the canary engine's adapter, from the adapter registry at run time (no restart)
+        app.state.hot_adapters = hot = HotAdapters.build(cfg, engines, stores.query)
+        if hot is not None:
+            await hot.start()
         if on_ready:
             on_ready(gateway)
         try:
@@ -248,6 +253,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             await gateway.drain()  # rows of requests whose clients left, still being written
             if gateway.learning is not None:  # shadow calls in flight finish while the engines are open
                 await gateway.learning.close()
+            if hot is not None:
+                await hot.close()
             await runner.stop()
             runner.store.close()
             if runner.audit is not None:

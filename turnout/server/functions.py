@@ -27,7 +27,7 @@ def runner_of(request: Request) -> FunctionRunner:
     if runner is None:
         stores = getattr(state, "stores", None)
         runner = FunctionRunner(state.gateway, getattr(state, "functions", None) or {},
-                                stores.query if stores is not None else None)
+                                stores.query if stores is not None else None, getattr(state, "hot_adapters", None))
         state.function_runner = runner
     return runner
 

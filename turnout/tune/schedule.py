@@ -7,7 +7,8 @@ round that trained (``WORKDIR/state.json``):
 2. ``turnout tune`` into ``WORKDIR/<round>/adapter`` (built in, or ``trainer: command``), evaluated
    against the base with ``--function`` and signed with ``tune.sign_key`` when set;
 3. the adapter registered and gated (``turnout.tune.gate.register``): ``refused`` with an audit entry, or
-   ``registered``, waiting for its canary (``turnout adapters promote``, once the canary engine loads it).
+   ``registered``; with ``tune.canary.auto`` its canary starts at once (the gateway loads it into the canary
+   engine at run time), else it waits for ``turnout adapters promote``.
 
 Steps 1 and 2 run as child processes (``python -m turnout ...``), as the router's retrain does: the
 training's CPU, memory and any crash stay out of the scheduler. A file lock (``WORKDIR/schedule.lock``)
@@ -70,9 +71,10 @@ def _tail(done: subprocess.CompletedProcess[str]) -> str:
     return lines[-1] if lines else f"exit {done.returncode}"
 
 
-def run_round(config: Path, cfg: Any, captures: Any, register: Any) -> dict[str, Any]:
+def run_round(config: Path, cfg: Any, captures: Any, register: Any, start: Any = None) -> dict[str, Any]:
     """One round of the schedule; ``{"result": trained|skipped|failed, "reason": ..., "adapter": ...}``.
-    ``captures``: the capture store (counts the new examples); ``register(folder)``: registers and gates."""
+    ``captures``: the capture store (counts the new examples); ``register(folder)``: registers and gates;
+    ``start(row)`` (``tune.canary.auto``): starts the canary of an adapter that passed the gate."""
     tune = cfg.tune
     assert tune.function is not None
     workdir = Path(tune.workdir)
@@ -102,8 +104,19 @@ def run_round(config: Path, cfg: Any, captures: Any, register: Any) -> dict[str,
         if trained.returncode != 0:
             return {"result": "failed", "reason": f"tune: {_tail(trained)}", "adapter": None}
         row = register(folder / "adapter")
-        reason = row.reason if row.status == "refused" else (
-            "passed the gate; start its canary: point the canary engine's adapter at "
-            f"{folder / 'adapter'}, restart, then `turnout adapters promote {row.id}`")
+        waiting = None
+        if start is not None and row.status == "registered":
+            try:
+                row = start(row)
+            except Exception as exc:  # noqa: BLE001 - e.g. another canary of the function: it waits, registered
+                waiting = f"{type(exc).__name__}: {exc}"
+        if row.status == "refused":
+            reason = row.reason
+        elif row.status == "canary":
+            reason = (f"passed the gate; on canary through {row.engine} on {row.share:.0%} of new episodes (the "
+                      "gateway loads it, no restart); the watcher decides")
+        else:
+            reason = (f"passed the gate; its canary did not start ({waiting}); " if waiting else "passed the gate; ") \
+                + f"start it with `turnout adapters promote {row.id}`"
         return {"result": "trained", "status": row.status, "reason": reason, "adapter": row.id,
                 "examples": new, "folder": str(folder)}
