@@ -105,7 +105,8 @@ class Pii(Task):
         out = []
         for r in records:
             first: dict[str, str] = {}
-            for s in r["spans"]:
+            # the first span *in the text* (presidio lists spans in no reading order: often the last first)
+            for s in sorted(r["spans"], key=lambda s: s["start_position"]):
                 first.setdefault(s["entity_type"], s["entity_value"])
             out.append({"variables": {"text": r["full_text"]}, "group": r["template_id"],
                         "gold": {"person": first.get("PERSON"), "email": first.get("EMAIL_ADDRESS")}})
