@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +126,28 @@ TASKS: dict[str, Task] = {
 }
 
 
+LOCAL_HOURLY = 0.05  # the llamacpp engine's default TCO price (turnout.engines.llamacpp), USD an hour busy
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: bool, adapter: Path | None,
-                   public_key: Path | None, threshold: float = -1e9, cascade: float | None = None) -> Path:
+                   public_key: Path | None, threshold: float = -1e9, cascade: float | None = None,
+                   via_frontier: bool = False) -> Path:
     small: dict[str, Any] = {"dialect": "llamacpp", "n_ctx": 2048,
                              "terms": {"train_on_outputs": "allowed", "source": "SmolLM2: Apache-2.0"}}
     if adapter is not None:
@@ -142,12 +161,13 @@ def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: boo
         },
         # triage (classify_prompt): local first, escalating a label whose least likely token is under threshold
         # private (extract_contact): the embedded engine alone, or with --cascade a cascade to the stand-in
-        "routes": {"private": {"chain": ["small"]} if cascade is None else
+        "routes": {"private": {"chain": ["big"]} if via_frontier else {"chain": ["small"]} if cascade is None else
                    {"chain": ["small", "big"], "strategy": "cascade", "threshold": cascade,
                     "confidence_signal": "min_logprob"},
                    "strong": {"chain": ["big"]},
-                   "triage": {"chain": ["small", "big"], "strategy": "cascade", "threshold": threshold,
-                              "confidence_signal": "min_logprob"}},
+                   "triage": {"chain": ["big"]} if via_frontier else
+                   {"chain": ["small", "big"], "strategy": "cascade", "threshold": threshold,
+                    "confidence_signal": "min_logprob"}},
         "guards": {"enabled": False},
         "functions": {"path": str(ROOT / "bench" / task.functions)},
         "storage": {"sqlite_path": str(db)},
@@ -160,15 +180,20 @@ def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: boo
 
 
 def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, capture: bool,
-            adapter: Path | None = None, threshold: float = -1e9, cascade: float | None = None) -> list[dict[str, Any]]:
+            adapter: Path | None = None, threshold: float = -1e9, cascade: float | None = None,
+            via_frontier: bool = False) -> list[dict[str, Any]]:
     """Each item through the gateway's function endpoint (the stand-in primed with its gold answer);
-    each result is also appended to DB.results.jsonl as it comes (a run cut short keeps its part)."""
-    partial = db.with_suffix(".results.jsonl").open("w", encoding="utf-8")
+    each result is also appended to DB.results.jsonl as it comes (a run cut short keeps its part).
+    ``cpu_s``: the CPU seconds the gateway's processes spent on the request (the local engine runs one
+    llama.cpp thread by default on this machine, so this is about the engine's busy time on a quiet one)."""
+    import httpx
+
     from turnout.testing.procs import start_server
 
+    partial = db.with_suffix(".results.jsonl").open("w", encoding="utf-8")
     up = start_server("turnout.testing.upstream")
     cfg = gateway_config(task, work, db, up.url, capture, adapter,
-                         work / "key.pub.pem" if adapter else None, threshold, cascade)
+                         work / "key.pub.pem" if adapter else None, threshold, cascade, via_frontier)
     gw = start_server("turnout", "serve", "--config", str(cfg), timeout=180)
     results = []
     try:
@@ -180,7 +205,7 @@ def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, captu
                 client.post(up.url + "/__control/reset")
                 client.post(up.url + "/__control/scenarios",
                             json={"replies": {"stand-in": [json.dumps(it["gold"])]}})
-                t0 = time.perf_counter()
+                cpu0, t0 = tree_cpu_s(gw.pid), time.perf_counter()
                 resp = client.post(gw.url + "/v1/chat/completions", json={
                     "model": f"fn:{task.function}",
                     "messages": [{"role": "user", "content": json.dumps(it["variables"])}]})
@@ -190,7 +215,8 @@ def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, captu
                 ok = task.correct(answer, it["gold"])
                 results.append({"engine": h.get("x-turnout-engine"), "attempts": h.get("x-turnout-function-attempts"),
                                 "status": resp.status_code, "correct": ok, "answer": answer, "gold": it["gold"],
-                                "s": round(time.perf_counter() - t0, 3)})
+                                "s": round(time.perf_counter() - t0, 3),
+                                "cpu_s": round(tree_cpu_s(gw.pid) - cpu0, 3), "load_avg": os.getloadavg()[0]})
                 partial.write(json.dumps(results[-1]) + "\n")
                 partial.flush()
                 print(f"{i + 1:>4}/{len(items)} {h.get('x-turnout-engine')!s:<6} {'ok ' if ok else 'bad'} "
@@ -218,14 +244,22 @@ def summarize(results: list[dict[str, Any]], ledger: dict[str, Any]) -> dict[str
     n = len(results)
     local = [r for r in results if r["engine"] == "small"]
     per = 1000 / max(ledger["requests"], 1)
-    return {"n": n, "local": len(local), "local_share": len(local) / n,
-            "local_correct": sum(r["correct"] for r in local),
-            "local_accuracy": sum(r["correct"] for r in local) / max(len(local), 1),
-            "hybrid_accuracy": sum(r["correct"] for r in results) / n,
-            "errors": sum(r["status"] != 200 for r in results),
-            "hybrid_usd_per_1k": ledger["hybrid_usd"] * per, "frontier_usd_per_1k": ledger["frontier_usd"] * per,
-            "local_usd_per_1k": ledger["local_usd"] * per, "ledger": ledger,
-            "mean_s": sum(r["s"] for r in results) / n}
+    out: dict[str, Any] = {
+        "n": n, "local": len(local), "local_share": len(local) / n,
+        "local_correct": sum(r["correct"] for r in local),
+        "local_accuracy": sum(r["correct"] for r in local) / max(len(local), 1),
+        "hybrid_accuracy": sum(r["correct"] for r in results) / n,
+        "errors": sum(r["status"] != 200 for r in results),
+        "hybrid_usd_per_1k": ledger["hybrid_usd"] * per, "frontier_usd_per_1k": ledger["frontier_usd"] * per,
+        "local_usd_per_1k": ledger["local_usd"] * per, "ledger": ledger,
+        "mean_s": sum(r["s"] for r in results) / n}
+    if ledger["local_usd"] > 0:  # the local part priced on CPU seconds instead of wall busy seconds
+        cpu = sum(r.get("cpu_s", 0.0) for r in results)
+        local_cpu = cpu * LOCAL_HOURLY / 3600
+        out.update({"gateway_cpu_s": cpu, "mean_cpu_s": cpu / n, "local_usd_per_1k_cpu": local_cpu * per,
+                    "hybrid_usd_per_1k_cpu": (ledger["hybrid_usd"] - ledger["local_usd"] + local_cpu) * per,
+                    "mean_load_avg": sum(r.get("load_avg", 0.0) for r in results) / n})
+    return out
 
 
 def signals(db: Path, function: str) -> list[float | None]:
@@ -263,6 +297,64 @@ def engine_accuracy(results: list[dict[str, Any]]) -> float:
     return sum(r["correct"] for r in results if r["engine"] == "small") / len(results)
 
 
+def ensure_key(work: Path) -> Path:
+    """The P-256 signing key of this work folder (made once, with openssl); key.pub.pem beside it."""
+    key = work / "key.pem"
+    if not key.exists():
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+                       check=True)
+        subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(work / "key.pub.pem")],
+                       check=True, capture_output=True)
+    return key
+
+
+def answers_equal(answer: str, gold: str) -> bool:
+    """Two JSON answers with the same keys and values (values compared as ``same``), or equal text."""
+    try:
+        a, g = json.loads(answer), json.loads(gold)
+    except ValueError:
+        return answer.strip() == gold.strip()
+    if not isinstance(a, dict) or not isinstance(g, dict):
+        return bool(a == g)
+    return a.keys() == g.keys() and all(same(a[k], g[k]) for k in g)
+
+
+def gpu_eval(base: Path, data: Path, adapters: list[Path], batch: int = 32) -> None:
+    """Greedy answers (transformers, no grammar) of the base and of each adapter to the prompts of a dataset
+    file, against its last answers. For choosing between adapters before the gateway's replays; the figures
+    reported are the gateway's (llama.cpp, grammar-constrained), not these."""
+    import torch
+    from peft import PeftModel
+
+    from turnout.tune.train import device, load_base
+
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").split("\n") if line.strip()]
+    model, tok = load_base(base, None)
+    model.to(device()).eval()
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    pad = tok.pad_token_id
+    for adapter in [None, *adapters]:
+        m = PeftModel.from_pretrained(model, str(adapter / "peft")) if adapter else model
+        m.eval()
+        right, t0 = 0, time.perf_counter()
+        for i in range(0, len(rows), batch):
+            chunk = rows[i:i + batch]
+            enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = m.generate(**{k: v.to(m.device) for k, v in enc.items()}, max_new_tokens=48, do_sample=False,
+                                 pad_token_id=pad)
+            for r, g in zip(chunk, gen[:, enc["input_ids"].shape[1]:], strict=True):
+                text = tok.decode(g, skip_special_tokens=True)
+                right += answers_equal(text, r["messages"][-1]["content"])
+        print(json.dumps({"adapter": str(adapter) if adapter else "base", "n": len(rows), "right": right,
+                          "accuracy": round(right / len(rows), 4), "s": round(time.perf_counter() - t0, 1)}),
+              flush=True)
+        if adapter is not None:
+            model = m.unload()
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "turnout", *args], capture_output=True, text=True, cwd=ROOT)
 
@@ -278,9 +370,17 @@ def main() -> int:
     sub = ap.add_subparsers(dest="step", required=True)
     a = sub.add_parser("traffic", help="(a) training traffic through the gateway, captured")
     a.add_argument("--threshold", type=float, default=-1e9, help="triage route: the cascade's min_logprob threshold")
+    a.add_argument("--slice", choices=("train", "validation"), default="train",
+                   help="validation: the validation slice's traffic, captured into its own database, for `build "
+                        "--db validation` (a selection set: never trained on)")
+    a.add_argument("--via", choices=("local", "frontier"), default="local",
+                   help="local: the function's route as served (the base first, escalating); frontier: every call "
+                        "to the stand-in, the gateway before any adapter (its answers are then source `checked`)")
     b = sub.add_parser("build", help="(b) turnout dataset build")
     b.add_argument("--validation", type=float, default=0.0)
     b.add_argument("--sources", default="distill", help="turnout dataset build --sources")
+    b.add_argument("--db", default="traffic", help="the traffic step's database (traffic, traffic-validation)")
+    b.add_argument("--out", default="dataset", help="the folder under --work")
     t = sub.add_parser("tune", help="(c) turnout tune (signed)")
     t.add_argument("--tag", required=True)
     t.add_argument("--dataset", default="dataset/train.jsonl")
@@ -295,6 +395,14 @@ def main() -> int:
     th = sub.add_parser("thresholds", help="the triage threshold from a replay kept all local (validation only)")
     th.add_argument("--replay", required=True, help="a replay's result file, run with the default threshold")
     th.add_argument("--target", type=float, default=0.98, help="accuracy the local answers kept must reach")
+    g = sub.add_parser("gpu-eval", help="selection on a GPU (or CPU): greedy answers of the base and of adapters' "
+                       "PEFT weights (transformers) to a built dataset's prompts, scored against its answers")
+    g.add_argument("--base", type=Path, required=True, help="the base GGUF")
+    g.add_argument("--data", type=Path, required=True, help="a dataset file (prompt + messages), e.g. the "
+                   "validation traffic's build")
+    g.add_argument("adapters", nargs="*", type=Path, help="adapter folders (each with peft/)")
+    s = sub.add_parser("sign", help="sign an adapter folder trained elsewhere (what turnout tune --sign-key does)")
+    s.add_argument("--tag", required=True)
     p = sub.add_parser("report", help="the held-out table: base replay vs adapter replay")
     p.add_argument("--adapter", required=True)
     p.add_argument("--base-name", default="heldout-base", help="the base's replay file (without .json)")
@@ -303,34 +411,31 @@ def main() -> int:
     task = TASKS[args.task]
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    splits = task.split(args.seed, {"train": args.n_train, "validation": args.n_val, "heldout": args.n_heldout})
+    splits = task.split(args.seed, {"train": args.n_train, "validation": args.n_val, "heldout": args.n_heldout}) \
+        if args.step in ("traffic", "replay") else {}
     if args.step == "traffic":
-        db = work / "traffic.sqlite"
+        db = work / ("traffic.sqlite" if args.slice == "train" else f"traffic-{args.slice}.sqlite")
         if db.exists():
             raise SystemExit(f"{db} exists: the traffic step runs once per work folder")
         keys = {k: {json.dumps(i["variables"], sort_keys=True) for i in v} for k, v in splits.items()}
         assert not (keys["train"] & keys["heldout"]) and not (keys["validation"] & keys["heldout"])
         t0 = time.perf_counter()
-        res = traffic(task, work, splits["train"], db, capture=True, threshold=args.threshold)
+        res = traffic(task, work, splits[args.slice], db, capture=True, threshold=args.threshold,
+                      via_frontier=args.via == "frontier")
         out = {"split": {k: len(v) for k, v in splits.items()},
                "groups": {k: len({i["group"] for i in v}) for k, v in splits.items()},
                "wall_s": round(time.perf_counter() - t0, 1), **summarize(res, ledger_figures(db, task.function))}
-        (work / "traffic.json").write_text(json.dumps({"summary": out, "results": res}, indent=1))
+        db.with_suffix(".json").write_text(json.dumps({"summary": out, "results": res}, indent=1))
         print(json.dumps(out, indent=1))
     elif args.step == "build":
-        cfg = work / "turnout-traffic.yaml"
+        cfg = work / f"turnout-{args.db}.yaml"
         cfg_args = ["--sources", args.sources]
         done = cli("dataset", "build", "--config", str(cfg), "--tenant", "anonymous", "--function", task.function,
-                   "--validation", str(args.validation), "--out", str(work / "dataset"), "--json", *cfg_args)
+                   "--validation", str(args.validation), "--out", str(work / args.out), "--json", *cfg_args)
         print(done.stdout[-3000:], done.stderr[-2000:])
         return done.returncode
     elif args.step == "tune":
-        key = work / "key.pem"
-        if not key.exists():
-            subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
-                           check=True)
-            subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-out", str(work / "key.pub.pem")],
-                           check=True, capture_output=True)
+        key = ensure_key(work)
         out = work / f"adapter-{args.tag}"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -367,12 +472,22 @@ def main() -> int:
                "engine_accuracy": engine_accuracy(res)}
         (work / f"{name}.json").write_text(json.dumps({"summary": out, "results": res}, indent=1))
         print(json.dumps(out, indent=1))
+    elif args.step == "gpu-eval":
+        gpu_eval(args.base, args.data, args.adapters)
+    elif args.step == "sign":
+        from turnout.adapter_manifest import sign
+
+        print(sign(work / f"adapter-{args.tag}", ensure_key(work)))
     elif args.step == "thresholds":
         res = json.loads((work / args.replay).read_text())["results"]
         thresholds(res, args.target)
     elif args.step == "report":
         report(work, args.adapter, args.base_name, args.adapter_name)
     return 0
+
+
+def _get(summary: dict[str, Any], key: str, digits: int = 4) -> str:
+    return f"{summary[key]:.{digits}f}" if key in summary else "-"
 
 
 def report(work: Path, tag: str, base_name: str = "heldout-base", adapter_name: str | None = None) -> None:
@@ -392,7 +507,13 @@ def report(work: Path, tag: str, base_name: str = "heldout-base", adapter_name: 
         ("  of which local (TCO: busy s x $0.05/h)", f"{base['local_usd_per_1k']:.4f}",
          f"{ad['local_usd_per_1k']:.4f}"),
         ("all-frontier $ / 1k requests", f"{base['frontier_usd_per_1k']:.4f}", f"{ad['frontier_usd_per_1k']:.4f}"),
+        ("hybrid $ / 1k, local priced on CPU seconds", _get(base, "hybrid_usd_per_1k_cpu"),
+         _get(ad, "hybrid_usd_per_1k_cpu")),
+        ("  of which local (gateway CPU s x $0.05/h)", _get(base, "local_usd_per_1k_cpu"),
+         _get(ad, "local_usd_per_1k_cpu")),
         ("mean latency s", f"{base['mean_s']:.2f}", f"{ad['mean_s']:.2f}"),
+        ("mean gateway CPU s a request", _get(base, "mean_cpu_s", 3), _get(ad, "mean_cpu_s", 3)),
+        ("mean load average during the replay", _get(base, "mean_load_avg", 1), _get(ad, "mean_load_avg", 1)),
     ]
     print(f"| held-out | base | adapter {tag} |\n|---|---|---|")
     for r in rows:
