@@ -253,12 +253,10 @@ def summarize(results: list[dict[str, Any]], ledger: dict[str, Any]) -> dict[str
         "hybrid_usd_per_1k": ledger["hybrid_usd"] * per, "frontier_usd_per_1k": ledger["frontier_usd"] * per,
         "local_usd_per_1k": ledger["local_usd"] * per, "ledger": ledger,
         "mean_s": sum(r["s"] for r in results) / n}
-    if ledger["local_usd"] > 0:  # the local part priced on CPU seconds instead of wall busy seconds
-        cpu = sum(r.get("cpu_s", 0.0) for r in results)
-        local_cpu = cpu * LOCAL_HOURLY / 3600
-        out.update({"gateway_cpu_s": cpu, "mean_cpu_s": cpu / n, "local_usd_per_1k_cpu": local_cpu * per,
-                    "hybrid_usd_per_1k_cpu": (ledger["hybrid_usd"] - ledger["local_usd"] + local_cpu) * per,
-                    "mean_load_avg": sum(r.get("load_avg", 0.0) for r in results) / n})
+    if all("cpu_s" in r for r in results):
+        cpu = sum(r["cpu_s"] for r in results)
+        out.update({"gateway_cpu_s": cpu, "mean_cpu_s": cpu / n,
+                    "mean_load_avg": sum(r["load_avg"] for r in results) / n})
     return out
 
 
@@ -392,6 +390,8 @@ def main() -> int:
     r.add_argument("--cascade", type=float, default=None,
                    help="pii: make the private route a min_logprob cascade to the stand-in at this threshold")
     r.add_argument("--name", default=None, help="the result file's name (default SLICE-ADAPTER)")
+    r.add_argument("--via", choices=("local", "frontier"), default="local",
+                   help="frontier: every call to the stand-in (the all-frontier cost of the same requests)")
     th = sub.add_parser("thresholds", help="the triage threshold from a replay kept all local (validation only)")
     th.add_argument("--replay", required=True, help="a replay's result file, run with the default threshold")
     th.add_argument("--target", type=float, default=0.98, help="accuracy the local answers kept must reach")
@@ -403,10 +403,9 @@ def main() -> int:
     g.add_argument("adapters", nargs="*", type=Path, help="adapter folders (each with peft/)")
     s = sub.add_parser("sign", help="sign an adapter folder trained elsewhere (what turnout tune --sign-key does)")
     s.add_argument("--tag", required=True)
-    p = sub.add_parser("report", help="the held-out table: base replay vs adapter replay")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--base-name", default="heldout-base", help="the base's replay file (without .json)")
-    p.add_argument("--adapter-name", default=None, help="the adapter's replay file (default heldout-ADAPTER)")
+    p = sub.add_parser("report", help="the held-out table: one column per replay")
+    p.add_argument("names", nargs="+", help="replay files (without .json), e.g. heldout-base heldout-r8")
+    p.add_argument("--frontier-name", default="heldout-frontier", help="the replay with --via frontier")
     args = ap.parse_args()
     task = TASKS[args.task]
     work: Path = args.work
@@ -465,7 +464,7 @@ def main() -> int:
         db = work / f"{name}.sqlite"
         db.unlink(missing_ok=True)
         res = traffic(task, work, splits[args.slice], db, capture=False, adapter=adapter, threshold=args.threshold,
-                      cascade=args.cascade)
+                      cascade=args.cascade, via_frontier=args.via == "frontier")
         for r, sig in zip(res, signals(db, task.function), strict=True):
             r["min_logprob"] = sig
         out = {"slice": args.slice, "adapter": args.adapter, **summarize(res, ledger_figures(db, task.function)),
@@ -482,49 +481,73 @@ def main() -> int:
         res = json.loads((work / args.replay).read_text())["results"]
         thresholds(res, args.target)
     elif args.step == "report":
-        report(work, args.adapter, args.base_name, args.adapter_name)
+        report(work, task.function, args.names, args.frontier_name)
     return 0
 
 
-def _get(summary: dict[str, Any], key: str, digits: int = 4) -> str:
-    return f"{summary[key]:.{digits}f}" if key in summary else "-"
+def request_costs(db: Path, function: str) -> list[float]:
+    """Each request's ledger cost, in order (a replay through the stand-in: one row a request)."""
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT cost_usd FROM requests WHERE function = ? AND function_attempt = 'first' "
+                        "ORDER BY rowid", (function,)).fetchall()
+    conn.close()
+    return [r[0] for r in rows]
 
 
-def report(work: Path, tag: str, base_name: str = "heldout-base", adapter_name: str | None = None) -> None:
-    """The held-out table (markdown): the base and the adapter, each as its own replay file."""
-    base = json.loads((work / f"{base_name}.json").read_text())["summary"]
-    ad = json.loads((work / f"{adapter_name or 'heldout-' + tag}.json").read_text())["summary"]
-    manifest = json.loads((work / f"adapter-{tag}" / "manifest.json").read_text())
-    card = json.loads((work / "dataset" / "card.json").read_text())
-    rows = [
-        ("held-out requests", base["n"], ad["n"]),
-        ("local model's accuracy (kept local and correct / all)", f"{base['engine_accuracy']:.3f}",
-         f"{ad['engine_accuracy']:.3f}"),
-        ("handled locally", f"{base['local']} ({base['local_share']:.1%})", f"{ad['local']} ({ad['local_share']:.1%})"),
-        ("accuracy of the local answers kept", f"{base['local_accuracy']:.3f}", f"{ad['local_accuracy']:.3f}"),
-        ("hybrid accuracy (stand-in: 1.000)", f"{base['hybrid_accuracy']:.3f}", f"{ad['hybrid_accuracy']:.3f}"),
-        ("hybrid $ / 1k requests", f"{base['hybrid_usd_per_1k']:.4f}", f"{ad['hybrid_usd_per_1k']:.4f}"),
-        ("  of which local (TCO: busy s x $0.05/h)", f"{base['local_usd_per_1k']:.4f}",
-         f"{ad['local_usd_per_1k']:.4f}"),
-        ("all-frontier $ / 1k requests", f"{base['frontier_usd_per_1k']:.4f}", f"{ad['frontier_usd_per_1k']:.4f}"),
-        ("hybrid $ / 1k, local priced on CPU seconds", _get(base, "hybrid_usd_per_1k_cpu"),
-         _get(ad, "hybrid_usd_per_1k_cpu")),
-        ("  of which local (gateway CPU s x $0.05/h)", _get(base, "local_usd_per_1k_cpu"),
-         _get(ad, "local_usd_per_1k_cpu")),
-        ("mean latency s", f"{base['mean_s']:.2f}", f"{ad['mean_s']:.2f}"),
-        ("mean gateway CPU s a request", _get(base, "mean_cpu_s", 3), _get(ad, "mean_cpu_s", 3)),
-        ("mean load average during the replay", _get(base, "mean_load_avg", 1), _get(ad, "mean_load_avg", 1)),
-    ]
-    print(f"| held-out | base | adapter {tag} |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} |")
-    t = manifest["training"]
-    print(f"\ndataset: {card['counts']}\ntraining: {manifest['hyperparameters']} on {t['device']}: steps {t['steps']}, "
-          f"s/step {t['s_per_step']}, final loss {t['final_loss']}, total {t['total_s']} s")
-    tune = work / f"tune-{tag}.json"
-    if tune.is_file():
-        print(f"turnout tune here: {json.loads(tune.read_text())}")
-    print("adapter files: " + ", ".join(f"{k} {v['bytes']:,} B" for k, v in manifest["files"].items()))
+def costs(replay: dict[str, Any], frontier: list[float]) -> dict[str, float]:
+    """$ / 1k requests of a replay: the ledger's hybrid cost (local engine: wall busy seconds x $0.05/h), its
+    frontier part (each escalated request at what the all-frontier replay paid for that very request), the
+    local part as the ledger has it (the rest) and as CPU seconds of the gateway x $0.05/h would price it."""
+    res, summ = replay["results"], replay["summary"]
+    n = len(res)
+    per = 1000 / n
+    remote = sum(f for r, f in zip(res, frontier, strict=True) if r["engine"] != "small")
+    cpu = sum(r.get("cpu_s", 0.0) for r in res) * LOCAL_HOURLY / 3600
+    return {"hybrid": summ["ledger"]["hybrid_usd"] * per, "remote": remote * per,
+            "local_wall": (summ["ledger"]["hybrid_usd"] - remote) * per, "local_cpu": cpu * per,
+            "hybrid_cpu": (remote + cpu) * per, "all_frontier": sum(frontier) * per}
+
+
+def report(work: Path, function: str, names: list[str], frontier_name: str) -> None:
+    """The held-out table (markdown), one column per replay file (the base's, the adapter's ...), with the
+    all-frontier cost of the same requests from the replay through the stand-in (`replay --via frontier`)."""
+    frontier = request_costs(work / f"{frontier_name}.sqlite", function)
+    reps = [json.loads((work / f"{n}.json").read_text()) for n in names]
+    for r in reps:  # per request figures (replays written before summarize kept them)
+        n = len(r["results"])
+        r["summary"]["mean_cpu_s"] = sum(x.get("cpu_s", 0.0) for x in r["results"]) / n
+        r["summary"]["mean_load_avg"] = sum(x.get("load_avg", 0.0) for x in r["results"]) / n
+    cols = [(r["summary"], costs(r, frontier)) for r in reps]
+
+    def row(label: str, f: Any) -> str:
+        return f"| {label} | " + " | ".join(f(s, c) for s, c in cols) + " |"
+
+    print("| held-out | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for label, f in [
+        ("requests", lambda s, c: str(s["n"])),
+        ("handled locally", lambda s, c: f"{s['local']} ({s['local_share']:.1%})"),
+        ("accuracy of the local answers kept", lambda s, c: f"{s['local_accuracy']:.3f}"),
+        ("hybrid accuracy (stand-in: 1.000)", lambda s, c: f"{s['hybrid_accuracy']:.3f}"),
+        ("hybrid $ / 1k, the ledger (local: wall busy s x $0.05/h)", lambda s, c: f"{c['hybrid']:.4f}"),
+        ("  of which frontier / local", lambda s, c: f"{c['remote']:.4f} / {c['local_wall']:.4f}"),
+        ("hybrid $ / 1k, local priced on gateway CPU s x $0.05/h", lambda s, c: f"{c['hybrid_cpu']:.4f}"),
+        ("  of which local", lambda s, c: f"{c['local_cpu']:.4f}"),
+        ("all-frontier $ / 1k (the same requests through the stand-in)", lambda s, c: f"{c['all_frontier']:.4f}"),
+        ("mean latency s / gateway CPU s a request", lambda s, c: f"{s['mean_s']:.2f} / {s['mean_cpu_s']:.2f}"),
+        ("mean load average (2 cores)", lambda s, c: f"{s['mean_load_avg']:.1f}"),
+    ]:
+        print(row(label, f))
+    for n in names:
+        tag = json.loads((work / f"{n}.json").read_text())["summary"].get("adapter")
+        if not tag:
+            continue
+        m = json.loads((work / f"adapter-{tag}" / "manifest.json").read_text())
+        t = m["training"]
+        print(f"\n{n}: adapter {tag}: {m['hyperparameters']} on {t['device']}: steps {t['steps']}, s/step "
+              f"{t['s_per_step']}, training {t.get('seconds')} s, final loss {t['final_loss']}, "
+              f"total {t['total_s']} s; "
+              f"dataset {m['dataset']['examples']} examples, {m['dataset']['tokens']} tokens; files " +
+              ", ".join(f"{k} {v['bytes']:,} B" for k, v in m["files"].items()))
 
 
 if __name__ == "__main__":
