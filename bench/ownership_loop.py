@@ -2,14 +2,18 @@
 build` -> `turnout tune` -> a signed adapter served by the embedded engine -> held-out replay.
 
     B="python bench/ownership_loop.py --task pii --work /tmp/loop-pii"
-    $B traffic                                  # (a) training traffic through the gateway, captured
-    $B build                                    # (b) turnout dataset build --sources distill
-    $B tune --tag r8qv -- --rank 8 --lr 2e-3 --epochs 6      # (c) turnout tune --sign-key (key made here)
-    $B replay --slice heldout                   # the base, capture off
-    $B replay --slice validation --adapter r8qv --cascade=-1e9 --name val-all-local   # signals, all local
+    $B traffic --via frontier                   # (a) training traffic through the gateway, captured
+    $B traffic --via frontier --slice validation          # the selection set, its own database
+    $B build --sources checked                  # (b) turnout dataset build
+    $B build --sources checked --db traffic-validation --out dataset-val
+    $B tune --tag r8 -- --rank 8 --lr 2e-3 --epochs 3 --batch 8   # (c) turnout tune --sign-key (key made here)
+    #   or on a GPU: bench/data/ownership_device.sh, then `$B sign --tag TAG` here; `gpu-eval` scores candidates
+    $B replay --slice heldout --name heldout-base              # the base, capture off
+    $B replay --slice heldout --via frontier --name heldout-frontier   # all-frontier, the same requests
+    $B replay --slice validation --adapter r8 --cascade=-1e9 --name val-all-local   # signals, all local
     $B thresholds --replay val-all-local.json   # the cascade threshold, from validation only
-    $B replay --slice heldout --adapter r8qv --cascade=-0.04  # (d) models verify, serve, replay
-    $B report --adapter r8qv                    # the held-out table
+    $B replay --slice heldout --adapter r8 --cascade=-0.04 --name heldout-r8  # (d) models verify, serve, replay
+    $B report heldout-base heldout-r8           # the held-out table
 
 Every step is what a user runs: real `turnout serve` processes on loopback, the function endpoint
 (``fn:NAME``), the gateway's capture and ledger (SQLite), the `turnout dataset build`, `turnout tune`
@@ -20,7 +24,7 @@ Tasks (data under /work/shared/data; the split is by sentence *template* where t
 held-out inputs are of shapes the adapter never saw):
 
 - ``pii``: the function of bench/functions_extraction.py (bench/functions/extract_contact): the first
-  PERSON and EMAIL_ADDRESS of presidio-research's synthetic sentences; templates split 60/10/30.
+  PERSON and EMAIL_ADDRESS in the text of presidio-research's synthetic sentences; templates split 60/10/30.
 - ``injection``: bench/functions_triage/classify_prompt: is a prompt a jailbreak attempt or benign
   (jackhhao/llm-warden's labelled prompts, up to 1,500 characters; no templates: a random split).
 
@@ -29,9 +33,9 @@ turnout.testing answers each escalation with the data set's gold label, so its a
 construction and it declares ``terms: {train_on_outputs: allowed}`` (a real provider's terms may
 forbid distillation; `turnout dataset build` refuses those unless policy.distillation allows them).
 Escalations are priced as gpt-4o-mini ($0.15 / $0.60 per 1M tokens); the local engine at the
-llamacpp default TCO price, $0.05 an hour while busy (turnout.results: busy seconds x hourly cost),
-on this shared 2-core machine. All-frontier cost: the ledger's baseline cost of each request's first
-attempt (the same tokens at the frontier's price).
+llamacpp default TCO price, $0.05 an hour while busy (turnout.results: busy seconds x hourly cost; the
+ledger's busy time is wall time, so `report` also prices the local part on the gateway's CPU seconds).
+All-frontier cost: the same requests replayed through the stand-in (``replay --via frontier``).
 """
 
 from __future__ import annotations
