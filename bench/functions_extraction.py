@@ -4,9 +4,10 @@ model (SmolLM2-135M, grammar-constrained JSON), escalating answers that fail its
     python bench/functions_extraction.py [--n 60] [--seed 7] [--data PATH]
 
 Data: presidio-research's synthetic PII sentences (/work/shared/data/pii, MIT), each labelled
-with its spans; the gold answer is the first PERSON and the first EMAIL_ADDRESS span (null when
-there is none). Function: bench/functions/extract_contact (output schema; checks: values copied
-from the text, an e-mail's shape; escalate_on: invalid_output -> route ``strong``).
+with its spans; the gold answer is the first PERSON and the first EMAIL_ADDRESS span in the text (by
+position: presidio does not list spans in reading order), null when there is none. Function:
+bench/functions/extract_contact (output schema; checks: values copied from the text, an e-mail's shape;
+escalate_on: invalid_output -> route ``strong``).
 
 The "frontier" is a stand-in: no paid API is reachable here, so the loopback OpenAI upstream
 answers each escalation with the labelled answer. Accuracy on escalated items is therefore
@@ -43,7 +44,7 @@ def items(path: Path, n: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for r in records[:n]:
         first = {}
-        for s in r["spans"]:
+        for s in sorted(r["spans"], key=lambda s: s["start_position"]):  # the first in the text, not the first listed
             first.setdefault(s["entity_type"], s["entity_value"])
         out.append({"text": r["full_text"],
                     "gold": {"person": first.get("PERSON"), "email": first.get("EMAIL_ADDRESS")}})
