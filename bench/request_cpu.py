@@ -90,12 +90,14 @@ STEPS: list[tuple[str, frozenset[str] | None, str]] = [
     ("turnout/engines/http.py", None, "call: upstream answer"),
     ("turnout/engines/", None, "call: engine stack"),
     ("turnout/tracing.py", None, "pipeline glue"),
+    ("bootstrap.py", frozenset({"on_gc"}), "garbage collection"),  # the bench's callback, at a collection's end
 ]
 # the main thread's innermost Python frame while uvloop runs (its C code: sockets, HTTP parsing by
 # httptools, callbacks' scheduling) and while it waits in epoll: not told apart by a Python sampler
 LOOP_IN_C = "asyncio/runners.py:run"
-LIBS = ("uvicorn", "h11", "httptools", "starlette", "aiohttp", "yarl", "multidict", "pydantic", "prometheus_client",
-        "orjson", "asyncio", "sqlite3", "logging", "opentelemetry", "turnout", "json", "concurrent", "threading")
+LIBS = ("bootstrap.py", "uvicorn", "h11", "httptools", "starlette", "aiohttp", "yarl", "multidict", "pydantic",
+        "prometheus_client", "orjson", "asyncio", "sqlite3", "logging", "opentelemetry", "turnout", "json",
+        "concurrent", "threading")
 
 # Run in the gateway's process: sys.path gets the checkout, a control thread starts, then
 # `turnout serve` runs as `python -m turnout` would. While the file <out>.gc exists the garbage
@@ -114,12 +116,10 @@ gc_time = [0.0, 0.0, 0.0]
 gc_count = [0, 0, 0]
 gc_t = [0.0]
 
-def on_gc(phase, info):  # the collector's own CPU time, by generation
-    if not gc_on[0]:
-        return
+def on_gc(phase, info):  # the collector's own CPU time, by generation (collections never overlap)
     if phase == "start":
-        gc_t[0] = time.thread_time()
-    else:
+        gc_t[0] = time.thread_time()  # always: the flag may turn on between a start and its stop
+    elif gc_on[0]:
         gc_time[info["generation"]] += time.thread_time() - gc_t[0]
         gc_count[info["generation"]] += 1
 
@@ -297,7 +297,8 @@ def main() -> int:
                 libs[library(stack)] += count * per_sample
             samples[name] = (steps, libs, data["ticks"], r["cpu_us"])
             print(f"  sampled {name:<10} {r['rps']:>7.0f} req/s  CPU {r['cpu_us']:>6.0f} us/req  "
-                  f"{sum(steps.values()):.0f} us/req sampled in Python, of {data['ticks']} ticks", file=sys.stderr)
+                  f"{sum(steps.values()):.0f} us/req of thread samples (GIL waits too), of {data['ticks']} ticks",
+                  file=sys.stderr)
     finally:
         for p in procs:
             p.stop()
