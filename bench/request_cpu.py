@@ -8,10 +8,12 @@ Setup (as bench/overhead.py's, guards off): the zero-latency OpenAI-wire stand-i
 limits, rules routing, the SQLite ledger with the audit chain and Prometheus metrics; wrk
 drives ``POST /v1/chat/completions`` at ``--concurrency`` connections.
 
-Each checkout gets two measured runs:
+Each checkout gets ``--rounds`` plain runs (alternated between checkouts; the median counts) and
+one sampled run:
 
-1. **Plain** (nothing added to the gateway): requests/s and the gateway process's CPU per
-   request (user + system time from /proc, all its threads).
+1. **Plain** (nothing added to turnout's work): requests/s, the gateway process's CPU per request
+   (user + system time from /proc, all its threads), and the garbage collector's own CPU time per
+   request by generation (``gc.callbacks`` installed by the bench's bootstrap).
 2. **Sampled**: the same load with an in-process sampling profiler (a thread that reads
    ``sys._current_frames()`` every 1/``--rate`` s, started by the bench's bootstrap, not by
    turnout). Each sample of a thread that is not idle (blocked in the event loop's ``select``, a
@@ -20,11 +22,11 @@ Each checkout gets two measured runs:
    uvicorn's and aiohttp's work is theirs wherever it is called from); what matches nothing is
    ``other``.
 
-A step's CPU us/request is its share of the samples times the plain run's CPU per request: the
-per-step figures are **derived from a profile**, their sum is the measured total. The sampler
-costs the gateway a few percent (its own run's CPU per request is printed too). Samples are taken
-when the sampler gets the GIL, so a step that holds the GIL in C code for long is seen at its end;
-for the gateway's many short steps the shares are what a GIL-holding-samples profile shows.
+A step's CPU us/request is its share of the samples times the plain runs' CPU per request: the
+per-step figures are **derived from a profile**, their sum is the measured total. uvloop's C code
+(sockets, httptools) has no Python frame: its time is spread over the rows. The sampler costs the
+gateway about a quarter more CPU (its run's CPU per request is printed too); samples are taken
+when the sampler gets the GIL (switch interval 0.2 ms while sampling), so read shares.
 
 Everything shares this machine's cores: compare the columns of one run, not runs.
 """
