@@ -254,10 +254,10 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
             gateway.learning.start()
         runner = start_tasks(cfg, gateway)
         app.state.tasks = runner
+        if own_process:  # before on_ready: a worker is ready once this is done
+            tune_collector()
         if on_ready:
             on_ready(gateway)
-        if own_process:
-            tune_collector()
         try:
             yield
         finally:
