@@ -110,7 +110,8 @@ def main() -> int:
     finally:
         up.terminate()
         up.wait(10)
-    print(f"\nc={args.concurrency}, {args.duration:.0f} s x {args.rounds} rounds, load average {os.getloadavg()[0]:.1f}")
+    print(f"\nc={args.concurrency}, {args.duration:.0f} s x {args.rounds} rounds, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'client':<12}{'CPU us/req':>12}{'req/s':>9}")
     med = {n: sorted(rs)[len(rs) // 2] for n, rs in results.items()}
     for name, (cpu, rps) in med.items():
