@@ -22,10 +22,13 @@ one sampled run:
    uvicorn's and aiohttp's work is theirs wherever it is called from); what matches nothing is
    ``other``.
 
-A step's CPU us/request is its share of the samples times the plain runs' CPU per request: the
-per-step figures are **derived from a profile**, their sum is the measured total. uvloop's C code
-(sockets, httptools) has no Python frame: its time is spread over the rows. The sampler costs the
-gateway about a quarter more CPU (its run's CPU per request is printed too); samples are taken
+Each thread's CPU is measured in the plain runs (``/proc/self/task``: the event loop's thread,
+the ledger writer's, the worker threads of ``asyncio.to_thread``), and shared out over the steps
+by that thread's samples: a step's CPU us/request is **derived from a profile**, its thread's
+total is measured, and the rows add up to the process's measured total (what no live thread
+accounts for, e.g. threads that ended, is its own row). uvloop's C code (sockets, httptools) has
+no Python frame: its time is spread over the event loop thread's rows. The sampler costs the
+gateway about a third more CPU (its run's CPU per request is printed too); samples are taken
 when the sampler gets the GIL (switch interval 0.2 ms while sampling), so read shares.
 
 Everything shares this machine's cores: compare the columns of one run, not runs.
@@ -97,6 +100,7 @@ STEPS: list[tuple[str, frozenset[str] | None, str]] = [
 # the main thread's innermost Python frame while uvloop runs (its C code: sockets, HTTP parsing by
 # httptools, callbacks' scheduling) and while it waits in epoll: not told apart by a Python sampler
 LOOP_IN_C = "asyncio/runners.py:run"
+REST = "threads that ended during the run, process-wide work"
 LIBS = ("bootstrap.py", "uvicorn", "h11", "httptools", "starlette", "aiohttp", "yarl", "multidict", "pydantic",
         "prometheus_client", "orjson", "asyncio", "sqlite3", "logging", "opentelemetry", "turnout", "json",
         "concurrent", "threading")
@@ -156,18 +160,34 @@ def sample():
                    "stacks": [[names.get(t, str(t)), [c.co_filename + ":" + c.co_name for c in s], k]
                               for (t, s), k in counts.items()]}, fh)
 
+def thread_cpu():  # seconds of user + system time of each live thread, by name (from /proc)
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[t.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
 def control():
+    cpu0 = {}
     while True:
         time.sleep(0.05)
         if os.path.exists(out + ".on"):
             sample()
         elif os.path.exists(out + ".gc") and not gc_on[0]:
             gc_time[:], gc_count[:] = [0.0, 0.0, 0.0], [0, 0, 0]
+            cpu0 = thread_cpu()
             gc_on[0] = True
         elif gc_on[0] and not os.path.exists(out + ".gc"):
             gc_on[0] = False
             with open(out + ".gc.json", "w") as fh:
-                json.dump({"gc_s": gc_time, "gc_n": gc_count}, fh)
+                cpu1 = thread_cpu()
+                json.dump({"gc_s": gc_time, "gc_n": gc_count,
+                           "threads": {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}}, fh)
 
 threading.Thread(target=control, name="bench-sampler", daemon=True).start()
 runpy.run_module("turnout", run_name="__main__", alter_sys=True)
@@ -257,7 +277,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="turnout-request-cpu-"))
     procs: list[Proc] = []
     plain: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
-    samples: dict[str, tuple[collections.Counter[str], collections.Counter[str], int, float]] = {}
+    samples: dict[str, tuple[dict[str, collections.Counter[str]], dict[str, collections.Counter[str]], int, float]] = {}
     try:
         up = start_server("turnout.testing.upstream", "--model", "fake-echo")
         procs.append(up)
@@ -279,6 +299,7 @@ def main() -> int:
                 served = r["rps"] * max(1, round(args.duration))
                 r["gc_us"] = [t / served * 1e6 for t in stats["gc_s"]]  # type: ignore[assignment]
                 r["gc_n"] = stats["gc_n"]
+                r["threads"] = {k: v / served * 1e6 for k, v in stats["threads"].items()}  # type: ignore[assignment]
                 plain[name].append(r)
                 print(f"  plain   {name:<10} {r['rps']:>7.0f} req/s  CPU {r['cpu_us']:>6.0f} us/req  "
                       f"p50 {r['p50']:.2f} ms  errors {r['errors']:.0f}", file=sys.stderr)
@@ -288,19 +309,17 @@ def main() -> int:
             r = measure(gw, key, args.concurrency, args.duration)
             on.unlink()
             data = _wait_json(sampled)
-            steps: collections.Counter[str] = collections.Counter()
-            libs: collections.Counter[str] = collections.Counter()
-            served = r["rps"] * max(1, round(args.duration))
-            per_sample = data["elapsed"] / data["ticks"] / served * 1e6  # us of one thread's time per request
+            steps: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+            libs: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
             for thread, stack, count in data["stacks"]:
                 if thread == "MainThread" and stack[0].endswith(LOOP_IN_C):
-                    continue  # uvloop's C code or idle: not told apart; the remainder below
-                steps[classify(stack)] += count * per_sample
-                libs[library(stack)] += count * per_sample
+                    continue  # uvloop's C code or idle: not told apart
+                steps[thread][classify(stack)] += count
+                libs[thread][library(stack)] += count
             samples[name] = (steps, libs, data["ticks"], r["cpu_us"])
+            busy = sum(sum(c.values()) for c in steps.values())
             print(f"  sampled {name:<10} {r['rps']:>7.0f} req/s  CPU {r['cpu_us']:>6.0f} us/req  "
-                  f"{sum(steps.values()):.0f} us/req of thread samples (GIL waits too), of {data['ticks']} ticks",
-                  file=sys.stderr)
+                  f"{busy} busy thread samples in {data['ticks']} ticks", file=sys.stderr)
     finally:
         for p in procs:
             p.stop()
@@ -309,23 +328,32 @@ def main() -> int:
     print(f"\nc={args.concurrency}, {args.duration:.0f} s per run, {args.rounds} plain run(s) per checkout (median); "
           f"load average {os.getloadavg()[0]:.1f}")
     print("checkouts: " + ", ".join(f"{n} = {r}" for n, r in zip(names, roots, strict=True)))
+    mid = {n: sorted(plain[n], key=lambda r: r["cpu_us"])[len(plain[n]) // 2] for n in names}
     for title, which in (("step", 0), ("library (innermost frame)", 1)):
-        for n in names:  # the measured total is the plain run's; what the sampler did not see is the rest
-            counter = samples[n][which]
-            seen = sum(counter.values())
-            for k in counter:  # each its share of the samples, of the measured total
-                counter[k] *= cpu[n] / seen if seen else 0.0
-        rows = sorted({k for n in names for k in samples[n][which]},
-                      key=lambda k: -max(samples[n][which][k] for n in names))
+        table: dict[str, collections.Counter[str]] = {}
+        for n in names:  # each thread's measured CPU, shared out by its samples
+            rows: collections.Counter[str] = collections.Counter()
+            threads: dict[str, float] = mid[n]["threads"]  # type: ignore[assignment]
+            for thread, counter in samples[n][which].items():
+                seen = sum(counter.values())
+                for k, v in counter.items():
+                    rows[k] += v / seen * threads.get(thread, 0.0)
+            for thread, us in threads.items():
+                if thread not in samples[n][which] and thread != "bench-sampler":
+                    rows[f"thread {thread} (not sampled)"] += us
+            rows[REST] = cpu[n] - sum(rows.values())
+            table[n] = rows
+        keys = sorted({k for n in names for k in table[n]}, key=lambda k: -max(table[n][k] for n in names))
         head = "".join(f"{n + ' us':>12}{'share':>7}" for n in names)
         print(f"\n{'CPU per request, by ' + title:<58}{head}")
-        for k in rows:
-            cells = "".join(f"{samples[n][which][k]:>12.0f}{samples[n][which][k] / cpu[n]:>7.1%}" for n in names)
-            print(f"{k:<58}{cells}")
+        for k in keys:
+            print(f"{k:<58}" + "".join(f"{table[n][k]:>12.0f}{table[n][k] / cpu[n]:>7.1%}" for n in names))
         print(f"{'total (measured, plain run)':<58}" + "".join(f"{cpu[n]:>12.0f}{'':>7}" for n in names))
+    print(f"\n{'CPU per request, by thread (measured, /proc)':<58}")
+    for t in sorted({t for n in names for t, us in mid[n]["threads"].items() if us >= 1}):  # type: ignore[attr-defined]
+        print(f"{t:<58}" + "".join(f"{mid[n]['threads'].get(t, 0.0):>12.0f}{'':>7}" for n in names))  # type: ignore[attr-defined]
     print(f"\n{'req/s (plain run)':<58}" + "".join(f"{rps[n]:>12.0f}{'':>7}" for n in names))
     print(f"{'CPU us/req with the sampler on':<58}" + "".join(f"{samples[n][3]:>12.0f}{'':>7}" for n in names))
-    mid = {n: sorted(plain[n], key=lambda r: r["cpu_us"])[len(plain[n]) // 2] for n in names}
     print(f"{'of which garbage collection, gen 0/1/2 (us/req)':<58}"
           + "".join(f"{'/'.join(f'{t:.0f}' for t in mid[n]['gc_us']):>19}" for n in names))
     print(f"{'collections during the run, gen 0/1/2':<58}"
