@@ -20,13 +20,19 @@ import httpx
 import pytest
 import yaml
 
-from turnout.testing.procs import Proc, start_server
+from turnout.testing.procs import Proc, preload_forkserver, start_server
 
 # One thread for the math libraries (onnxruntime's guard models, numpy's BLAS) in this process and every process
 # the tests start, unless the caller set it: the suite runs 3 workers on 2 cores, and these libraries' extra threads
 # spin while they wait for a core (measured on the guard tests: 48.9 s of CPU with the default 2 threads, 36.3 s
 # with one, the same wall time). `turnout serve --workers` sets the same variable for the same reason.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The servers the tests start (gateways, stand-ins) are forked from one process per worker that imported the
+# gateway and its engines once (tests/preload.py): a start then skips the interpreter's own start and ~1 s of
+# imports. Each server is still a process of its own, run by the same entry point as `python -m turnout`;
+# tests/test_cli_start.py starts the command line itself.
+preload_forkserver(["tests.preload"])
 
 # A module's shared tests split into at most one group per worker, of about this many tests each: one group of
 # the security matrix's 432 tests kept one worker busy long after the others had finished; a few more starts of

@@ -190,3 +190,27 @@ def test_secrets_slice() -> None:
 def test_requires_a_file() -> None:
     proc = run_cli("eval", "guards", cwd=ROOT)
     assert proc.returncode == 2 and "--pii" in proc.stderr
+
+
+def test_secrets_clean_negatives_exclude_values_labelled_credentials(tmp_path: Path) -> None:
+    """A negative that holds, as a whole token, a value another record labels a credential is not a
+    clean negative (decided from the labels, before the guard runs); the clean rate counts any finding."""
+    rng = random.Random(8)
+    key = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(40))
+    other = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(40))
+    rows = [{"text": f'cloudflare_api_key = "{key}"', "secrets": [{"value": key}], "negative_for": "cf-a",
+             "source": "made@x"},
+            {"text": f'cloudflare_api_key = "{key}"', "secrets": [], "negative_for": "cf-b", "source": "made@x"},
+            {"text": f"_authToken={key}", "secrets": [], "negative_for": "cf-b", "source": "made@x"},  # "=" assigns
+            {"text": f"id {key}xyz", "secrets": [], "negative_for": "cf-b", "source": "made@x"},  # a longer token
+            {"text": f'api_key = "{other}"', "secrets": [], "negative_for": "cf-b", "source": "made@x"},
+            {"text": "nothing here", "secrets": [], "negative_for": "cf-b", "source": "made@x"}]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    misses = tmp_path / "m.jsonl"
+    out = _run("--secrets", str(path), "--misses", str(misses))["secrets"]["by_source"]["all"]
+    assert (out["negatives"], out["clean_negatives"]) == (5, 3)
+    assert out["clean_negatives_flagged"] == 1 and out["clean_negative_flag_rate"] == round(1 / 3, 4)
+    fps = [json.loads(line) for line in misses.read_text(encoding="utf-8").splitlines()]
+    assert {f["record"]: f["clean"] for f in fps}[4] is True and {f["record"]: f["clean"] for f in fps}[1] is False
+    assert "clean" in _proc_table("--secrets", str(path))

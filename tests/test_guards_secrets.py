@@ -447,3 +447,79 @@ def test_a_private_key_header_without_key_material_is_a_marker(text: str) -> Non
     body = "\n".join(rnd(64, string.ascii_letters + string.digits + "+/") for _ in range(3))
     key = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----"
     assert "PRIVATE_KEY" in _types(key)
+
+
+def test_a_fixed_length_format_does_not_match_a_longer_token() -> None:
+    """glimt- is 25 characters in both tools, Telegram's secret part 35: a token whose last run goes on
+    is a longer string, not that format; a character outside the run's class ends the token."""
+    alnum = string.ascii_letters + string.digits
+    assert _types("glimt-" + rnd(29, alnum)) == []
+    assert _types("glimt-" + rnd(25, alnum)) == ["GITLAB_INCOMING_MAIL_TOKEN"]
+    bot = rnd(9, DIGITS) + ":A" + rnd(34, alnum)
+    assert _types(f"bot {bot} done") == ["TELEGRAM_BOT_TOKEN"]
+    assert _types(f"bot {bot}/sendMessage") == ["TELEGRAM_BOT_TOKEN"]  # "/" is not in the run's class
+    square = "sq0csp-" + rnd(43, alnum)  # detect-secrets' Square class holds "\\": an escape written as text ends it
+    assert _types(f'{{"config.ini": "SQUARE_TOKEN={square}\\nDEBUG=1"}}') == ["SQUARE_OAUTH_SECRET"]
+    assert _types(f"x {square}\\qq y") == []
+    assert _types(f"bot {bot}{rnd(5, alnum)} done") == []
+
+
+def test_a_generic_finding_on_a_provider_match_that_ran_on_is_a_near_miss() -> None:
+    """As for a provider prefix: the provider's format (here its fixed length) decides; the same
+    random value without the provider's shape is still a generic secret."""
+    alnum = string.ascii_letters + string.digits
+    assert _types(f'telegram_api_token = "{rnd(9, DIGITS)}:A{rnd(35, alnum)}"') == []
+    plain = rnd(36, alnum)
+    text = f'telegram_api_token = "{plain}"'
+    assert _covers(text, plain, SecretsGuard().inspect(text))
+
+
+def test_where_the_catalogue_fixes_a_shorter_length_detect_secrets_decides() -> None:
+    """gitleaks pins glsoat- to 20 and glagent- to 50 characters; detect-secrets' GitLab rules take
+    20-50 and 50-1024 (GitLab's agent tokens are 50 or more): its range decides on a longer token."""
+    body = string.ascii_letters + string.digits + "_"
+    agent = "glagent-" + rnd(64, body)
+    assert _covers(agent, agent, SecretsGuard().inspect(agent))
+    assert _types("glsoat-" + rnd(39, body)) == ["GITLAB_TOKEN"]
+    assert _types("glsoat-" + rnd(51, body)) == []  # past both tools' lengths
+
+
+def test_a_grown_format_keeps_its_longer_tokens() -> None:
+    """Discord's token signature, 27 characters in detect-secrets' rule, can be longer since 2022."""
+    alnum = string.ascii_letters + string.digits
+    token = "M" + rnd(25, alnum) + "." + rnd(6, alnum) + "." + rnd(38, alnum)
+    assert _types(f"client.run('{token}')") == ["DISCORD_BOT_TOKEN"]
+
+
+def test_fixed_tail_reads_only_fixed_lengths() -> None:
+    from turnout.guards.secrets_shape import fixed_tail, runs_on
+
+    tail = fixed_tail(r"glsoat-[0-9a-zA-Z_\-]{20}")
+    assert tail is not None and runs_on("x_", 1, tail) and not runs_on("x.", 1, tail) and not runs_on("x", 1, tail)
+    assert fixed_tail(r"hooks.slack.com/services/[A-Za-z0-9+/]{43,56}") is None
+    assert fixed_tail(r"([a-f0-9]{64})(?:[\x60'\"\s;]|\\[nr]|$)") is None  # gitleaks' terminator says where it ends
+    upper = fixed_tail(r"(?i)CLOJARS_[a-z0-9]{60}", ignore_case=True)
+    assert upper is not None and upper.fullmatch("Q")
+
+
+def test_documented_example_values_are_not_secrets() -> None:
+    """AWS documents its key pair with EXAMPLE in both halves; the same shapes with random values are found."""
+    example_id, example_secret = "AKIAIOSFODNN7" + "EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY"
+    assert _types(f'aws_access_key_id = "{example_id}"\naws_secret_access_key = "{example_secret}"') == []
+    key_id, secret = "AKIA" + rnd(16, UP), rnd(40, string.ascii_letters + string.digits + "/+")
+    text = f'aws_access_key_id = "{key_id}"\naws_secret_access_key = "{secret}"'
+    found = SecretsGuard().inspect(text)
+    assert _covers(text, key_id, found) and _covers(text, secret, found)
+
+
+def test_a_jwt_needs_a_json_header() -> None:
+    from turnout.guards.secrets_shape import jwt_header_ok
+
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(b'{"sub":"1234567890"}').decode().rstrip("=")
+    sig = rnd(43, string.ascii_letters + string.digits + "_-")
+    assert jwt_header_ok(f"{header}.{payload}.{sig}")
+    assert _types(f"{header}.{payload}.{sig}") == ["JWT"]
+    cut = header[:-1]  # the header cut short: '{"alg":"HS256","typ":"JWT"' is not JSON
+    assert not jwt_header_ok(f"{cut}.{payload}.{sig}") and _types(f"{cut}.{payload}.{sig}") == []
+    assert not jwt_header_ok("eyJhbasdGciOiJIUadd." + payload)

@@ -945,7 +945,8 @@ def test_sensitive_task_plans_locally(tmp_path: Path, fake: Proc, toolbox: Proc)
     cfg = with_local_planner(config(fake.url, toolbox.url, tmp_path), fake.url)
     cfg["guards"] = {"enabled": True, "detectors": ["secrets"], "actions": {"secret": "keep_local"}}
     gw = start(tmp_path, cfg, PEOPLE)
-    aws = "key AKIAIOSFODNN7EXAMPLE secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    # a made-up key pair (AWS's documented ...EXAMPLE pair is documentation, not a secret)
+    aws = "key AKIA" + "Q3VJ7ZK2MWX4RT5N secret wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYQ3VJ7ZK2MWX"
     with gw.proc:
         labelled = gw.call("POST", "/v1/turnout/tasks", "alice", {"goal": "summarise the record",
                                                                   "inputs": {"record": "Jane Roe, F32.1"},

@@ -125,8 +125,8 @@ def test_tool_arguments_pass_schema_and_output_guards() -> None:
     with pytest.raises(ToolError, match="placeholder"):
         check_arguments("send", cfg.parameters, {"to": "<PERSON_7f3a>"}, scan)
     with pytest.raises(ToolError, match="output guards"):
-        check_arguments("send", cfg.parameters, {"to": "a@b.example", "body": "key AKIAIOSFODNN7EXAMPLE secret "
-                                      "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, scan)
+        check_arguments("send", cfg.parameters, {"to": "a@b.example", "body": "key AKIA" + "Q3VJ7ZK2MWX4RT5N secret "
+                                      "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYQ3VJ7ZK2MWX"}, scan)
 
 
 def test_lease_one_winner_and_lapsed_lease(tmp_path: Path) -> None:

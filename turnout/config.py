@@ -183,12 +183,13 @@ class GuardsConfig(_Strict):
     budget_ms: float = Field(1000.0, gt=0, description="time budget for all detectors on one request (plus "
                              "budget_ms_per_kchar per 1,000 characters, up to max_budget_ms)")
     budget_ms_per_kchar: float = Field(400.0, ge=0, description="budget added per 1,000 characters inspected")
-    max_budget_ms: float = Field(5000.0, gt=0, description="the most any one inspection may take, however long the "
-                                 "text; past it the request is kept local (fail closed)")
+    max_budget_ms: float = Field(5000.0, gt=0, description="the most work any one inspection may do, however long "
+                                 "the text (past it the request is kept local: fail closed), and the longest one of "
+                                 "its steps may wait for a worker (then 429 guards_busy)")
     workers: int = Field(2, ge=1, le=64, description="threads that run the detectors, shared by the tenants in turn")
     tenant_share: int | None = Field(None, ge=1, description="workers one tenant may hold at once (default: all "
                                      "but one, so one tenant's flood never takes every worker)")
-    max_queued_per_tenant: int = Field(32, ge=1, description="inspections of one tenant that may wait for its "
+    max_queued_per_tenant: int = Field(128, ge=1, description="inspections of one tenant that may wait for its "
                                        "share; more are answered 429 guards_busy")
     injection_threshold: float | None = Field(None, ge=0, le=1, description="block at or above; default: calibrated")
     output: Literal["record", "redact", "block"] = Field("record", description="what output findings do (non-streamed)")

@@ -45,6 +45,9 @@ class Metrics:
             "turnout_guard_verdicts", "Requests a guard kind flagged, or would block (verdict=blocked), by route and "
             "mode (shadow: never acted on); flag rate = this / turnout_guard_inspected",
             ["route", "kind", "mode", "verdict"], registry=r)
+        self.guard_cache = Counter("turnout_guard_cache_lookups", "Guard model results looked up by text digest, by "
+                                   "model and result (hit: the text was scored before; turnout.guards.resultcache)",
+                                   ["model", "result"], registry=r)
         self.errors = Counter("turnout_errors", "Errors by HTTP status", ["route", "status"], registry=r)
         self.ledger_failures = Counter("turnout_ledger_write_failures", "Ledger rows that could not be written",
                                        registry=r)

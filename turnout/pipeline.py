@@ -94,6 +94,9 @@ class Gateway:
         self.router = RulesRouter(cfg)
         self.metrics = Metrics(set(cfg.routes), set(engines))
         self.metrics.registry.register(PoolCollector(engines))  # per-endpoint rows of pool engines
+        if guards is not None:
+            lookups = self.metrics.guard_cache
+            guards.observe_cache(lambda model, hit: lookups.labels(model, "hit" if hit else "miss").inc())
         remote = [e.info for e in engines.values() if e.info.locality == "remote"]
         baseline = max(remote, key=lambda i: i.input_per_m + i.output_per_m, default=None)
         self.recorder = Recorder(ledger, self.metrics, access, baseline)

@@ -189,6 +189,22 @@ def default_threads() -> int:
         return min(2, os.cpu_count() or 1)
 
 
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime options for a model run by request threads: ``threads`` intra-op threads
+    (default :func:`default_threads`), one inter-op thread, and no spinning. An idle intra-op
+    thread otherwise spins for work between the ops of a run and after it: with 2 threads that
+    made a guard model cost 1.8-1.9x the CPU of one thread for the same windows; without spinning,
+    1.07-1.14x, at the latency of two threads (``python bench/guard_batching.py --threads``)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxMiniLM:
     """``encode(texts) -> (n, 384)`` unit-norm float32 embeddings through onnxruntime."""
 
@@ -210,10 +226,8 @@ class OnnxMiniLM:
         self.window = Truncations(max_length, long_text)
         self._sha256 = weights_sha256(self.folder)
         self.file = model_file(self.variant, self.folder, self._sha256, cache)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.file), session_options(threads),
+                                            providers=["CPUExecutionProvider"])
         # one text per run for int8 (see the module docstring), length-sorted batches for fp32
         self.batch_size = 1 if int8 else 32
         self.cache_key = f"{MODEL_NAME}|{max_length}|onnx-{self.variant}-g{GRAPH_VERSION}" + (

@@ -23,7 +23,10 @@ negative; a line without ``text``, such as a provenance note, is skipped): per-f
 file with a credential has a finding), per-value recall (a finding covers at least half of the
 value) and the share of negative files with a finding, per source, per split and per family:
 *flagged* counts any finding, *by rule* only a generic one or one of the negative's own provider
-(``counts_against``: the fixtures' negatives are negatives for one named rule only).
+(``counts_against``: the fixtures' negatives are negatives for one named rule only), and *clean*:
+any finding (what the guard does to a request: it stays local) on the negatives that hold no
+value the file labels a credential in a positive record (``holds_labelled_credential``: decided
+from the labels alone, before the guard runs). The clean rate is the headline false-positive rate.
 A record's family is its ``family`` field, else the provider of its rule (``rule`` or
 ``negative_for``: a gitleaks id up to its first dash, a detect-secrets class without
 ``Detector``, onto one name per provider by ``FAMILY_ALIASES``). ``secret_split`` hashes the
@@ -38,6 +41,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -398,12 +402,33 @@ def load_secret_records(path: str) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r.get("text"), str)]
 
 
+LABELLED_VALUE_MIN = 16  # shorter labelled values are words ("password") or near-misses' own prefixes
+# a value inside a longer token is not that value: base64 / base64url characters either side ("=" only after
+# it, as padding: before it, "=" assigns)
+_EDGE_BEFORE, _EDGE_AFTER = r"[A-Za-z0-9_+/.-]", r"[A-Za-z0-9_+/=.-]"
+
+
+def labelled_credentials(records: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """Every value of 16+ characters that a positive record of the file labels a credential."""
+    return frozenset(str(s["value"]) for r in records for s in r.get("secrets", [])
+                     if s.get("value") and len(str(s["value"])) >= LABELLED_VALUE_MIN)
+
+
+def holds_labelled_credential(text: str, labelled: frozenset[str]) -> bool:
+    """``text`` holds, as a whole token, a value the file labels a credential elsewhere: a negative
+    the corpus contradicts (gitleaks lists sibling rules' positives as each other's negatives;
+    detect-secrets marks one value positive or negative by file type or plugin limit)."""
+    return any(v in text and re.search(f"(?<!{_EDGE_BEFORE}){re.escape(v)}(?!{_EDGE_AFTER})", text)
+               for v in labelled)
+
+
 def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, split: str = "all",
                  misses: TextIO | None = None) -> dict[str, Any]:
     from turnout.evals.guards_metrics import percentile
     from turnout.guards.secrets import SecretsGuard
 
     records = load_secret_records(path)
+    labelled = labelled_credentials(records)  # from the whole file, before the split
     if split != "all":
         records = [r for r in records if secret_split(secret_family(r)) == split]
     if limit:
@@ -415,7 +440,8 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, 
 
     def bump(table: dict[str, dict[str, int]], group: str, key: str, by: int = 1) -> None:
         g = table.setdefault(group, {"files": 0, "files_flagged": 0, "values": 0, "values_covered": 0,
-                                     "negatives": 0, "negatives_flagged": 0, "negatives_flagged_by_rule": 0})
+                                     "negatives": 0, "negatives_flagged": 0, "negatives_flagged_by_rule": 0,
+                                     "clean_negatives": 0, "clean_negatives_flagged": 0})
         g[key] += by
 
     for n, r in enumerate(_progress(records, len(records), "secrets", progress)):
@@ -428,6 +454,7 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, 
         where = [(groups, g) for g in {"all", part, f"split:{secret_split(fam)}"}] + [(families, fam)]
         values = [s.get("value") for s in r.get("secrets", [])]
         against = [counts_against(r, f.type, f.detector) for f in found] if not values else []
+        clean = not values and not holds_labelled_credential(text, labelled)
         for table, group in where:
             if values:
                 bump(table, group, "files")
@@ -436,6 +463,8 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, 
                 bump(table, group, "negatives")
                 bump(table, group, "negatives_flagged", int(bool(found)))
                 bump(table, group, "negatives_flagged_by_rule", int(any(against)))
+                bump(table, group, "clean_negatives", int(clean))
+                bump(table, group, "clean_negatives_flagged", int(clean and bool(found)))
         for v in values:
             if not v:
                 continue
@@ -458,7 +487,8 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, 
                 misses.write(json.dumps({"guard": "secrets", "record": n, "what": "false_positive", "type": f.type,
                                          "family": fam, "text": text[f.start:f.end],
                                          "context": _context(text, f.start, f.end),
-                                         "negative_for": r.get("negative_for"), "counts_by_rule": counts},
+                                         "negative_for": r.get("negative_for"), "counts_by_rule": counts,
+                                         "clean": clean},
                                         ensure_ascii=False) + "\n")
 
     def rates(g: dict[str, int]) -> dict[str, Any]:
@@ -467,7 +497,9 @@ def eval_secrets(path: str, *, limit: int | None = None, progress: bool = True, 
                 "value_recall": round(g["values_covered"] / g["values"], 4) if g["values"] else None,
                 "negative_flag_rate": round(g["negatives_flagged"] / g["negatives"], 4) if g["negatives"] else None,
                 "negative_flag_rate_by_rule": (round(g["negatives_flagged_by_rule"] / g["negatives"], 4)
-                                               if g["negatives"] else None)}
+                                               if g["negatives"] else None),
+                "clean_negative_flag_rate": (round(g["clean_negatives_flagged"] / g["clean_negatives"], 4)
+                                             if g["clean_negatives"] else None)}
 
     return {"file": path, "records": len(records), "split": split,
             "by_source": {k: rates(v) for k, v in sorted(groups.items())},
@@ -581,19 +613,22 @@ def format_report(report: dict[str, Any], per_family: bool = False) -> str:
     if sec:
         lines.append(f"Secrets  {sec['file']}  ({sec['records']} snippets, split {sec.get('split', 'all')})")
         lines.append(f"  {'source':<28}{'files':>7}{'file recall':>13}{'values':>8}{'value recall':>14}"
-                     f"{'negatives':>11}{'flagged':>9}{'by rule':>9}")
+                     f"{'negatives':>11}{'flagged':>9}{'by rule':>9}{'clean':>7}{'flagged':>9}")
 
         def row(name: str, v: dict[str, Any]) -> str:
             return (f"  {name:<28}{v['files']:>7}{_f(v['file_recall']):>13}{v['values']:>8}"
                     f"{_f(v['value_recall']):>14}{v['negatives']:>11}{_f(v['negative_flag_rate']):>9}"
-                    f"{_f(v.get('negative_flag_rate_by_rule')):>9}")
+                    f"{_f(v.get('negative_flag_rate_by_rule')):>9}{v.get('clean_negatives', 0):>7}"
+                    f"{_f(v.get('clean_negative_flag_rate')):>9}")
 
         lines.extend(row(k, v) for k, v in sec["by_source"].items())
         if per_family:
             lines.append(f"  per family ({len(sec['by_family'])}; split in brackets)")
             lines.extend(row(f"{k} [{v['split']}]", v) for k, v in sec["by_family"].items())
-        lines.append("  flagged: negatives with any finding; by rule: with a finding of the negative's own rule "
-                     "or a generic one (not another provider's credential format)")
+        lines.append("  flagged: negatives with any finding (what the guard does: the request stays local); by rule: "
+                     "with a finding of the negative's own rule or a generic one")
+        lines.append("  clean: negatives holding no value the file labels a credential elsewhere; flagged: of those, "
+                     "with any finding (the headline false-positive rate)")
         lat = sec["latency_ms"]
         lines.append(f"  latency per snippet: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
     return "\n".join(lines)

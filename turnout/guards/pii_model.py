@@ -151,12 +151,11 @@ class RampartNer:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS, stride=STRIDE)
-        from turnout.embedding.minilm_onnx import default_threads
+        from turnout.embedding.minilm_onnx import session_options
 
-        opts = ort.SessionOptions()
-        # 2 threads: half the latency here; $OMP_NUM_THREADS when set (turnout serve --workers N: cores / N)
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
+        # 2 threads, not spinning: half the latency here at the CPU of one; $OMP_NUM_THREADS when set
+        # (turnout serve --workers N: cores / N)
+        opts = session_options(threads)
         source = source_file(path)
         digest = sha256_file(source)
         check_pin("guards.pii_model 'rampart'", pin, digest)

@@ -10,9 +10,13 @@ it; it is thread-safe. Per request::
         texts = scanner.apply(p, texts, verdict)            # placeholders in, restore later
 
 All guards together run under one time budget (``budget_ms`` plus ``budget_ms_per_kchar``
-for every 1,000 characters inspected, never more than ``max_budget_ms``). A guard that raises
+for every 1,000 characters inspected, never more than ``max_budget_ms``) of work. A guard that raises
 or runs past it makes the inspection carry ``error``, which policy treats as "not safe for
 remote" (fail closed).
+
+The budget is the time the inspection's units run on a worker, not their wait for one (issue 28:
+counting the wait turned queueing under load into fail-closed refusals); a unit that cannot start
+within ``max_budget_ms`` answers 429 ``guards_busy`` instead.
 
 Bounded work (issue 23, H1): the scanner cuts each text into windows of ``WINDOW_CHARS``
 (overlapping by ``OVERLAP_CHARS``, so a finding across a cut is still whole in one window) and
@@ -67,8 +71,9 @@ WINDOW_CHARS = 2000
 OVERLAP_CHARS = 200
 # the longest any one inspection may run, however long the text (guards.max_budget_ms)
 MAX_BUDGET_MS = 5000.0
-# inspections of one tenant that may wait for its share of the workers before it gets a 429
-MAX_QUEUED = 32
+# inspections of one tenant that may wait for its share of the workers before it gets a 429: 32 turned
+# 50 concurrent requests of one key into refusals (issue 28); the gateway holds 512 at most
+MAX_QUEUED = 128
 
 
 def _inspector(guard: Guard, tenant: str) -> Callable[[str], list[Finding]]:
@@ -110,6 +115,8 @@ class _Run:
     skip: Mapping[int, AbstractSet[str]] = field(default_factory=dict)  # text -> finding kinds not wanted
     insp: Inspection = field(default_factory=Inspection)
     started: float | None = None       # when its first unit started on a worker
+    spent: float = 0.0                 # seconds its finished units ran
+    running_since: float | None = None  # when the unit running now started
     failed: set[str] = field(default_factory=set)
     whole: dict[tuple[int, str, str], int] = field(default_factory=dict)  # -> index in findings
 
@@ -128,16 +135,22 @@ class _Run:
             self.insp.timings_ms[guard.name] = round((time.perf_counter() - t0) * 1000, 3)
 
     def remaining(self) -> float:
-        """Seconds left of the budget (the whole budget until the first unit started)."""
-        if self.started is None:
-            return self.budget / 1000.0
-        return self.started + self.budget / 1000.0 - time.perf_counter()
+        """Seconds left of the budget: the budget less the time its units have run. Waiting for a
+        worker is not counted: under load an inspection queues, it does not fail closed (issue 28)."""
+        running = time.perf_counter() - self.running_since if self.running_since is not None else 0.0
+        return self.budget / 1000.0 - self.spent - running
 
     def timed(self, fn: Callable[[str], list[Finding]]) -> Callable[[str], list[Finding]]:
         def run(piece: str) -> list[Finding]:
+            t0 = time.perf_counter()
             if self.started is None:
-                self.started = time.perf_counter()
-            return fn(piece)
+                self.started = t0
+            self.running_since = t0
+            try:
+                return fn(piece)
+            finally:
+                self.running_since = None
+                self.spent += time.perf_counter() - t0
         return run
 
     def add(self, u: _Unit, found: list[Finding]) -> None:
@@ -249,9 +262,9 @@ class Scanner:
     async def inspect_async(self, texts: Sequence[str], tenant: str,
                             skip: Mapping[int, AbstractSet[str]] | None = None) -> Inspection:
         """:meth:`inspect_messages` for the event loop, on ``tenant``'s share of the workers.
-        Its budget starts when its first unit starts; waiting for that is bounded by
-        ``max_budget_ms``, and a tenant whose inspections cannot start in that time, or that has
-        ``max_queued`` of them waiting, is answered 429 (its own flood, not others', holds it)."""
+        Its budget counts the time its units run; each unit's wait for a worker is bounded by
+        ``max_budget_ms``, and a tenant whose units cannot start in that time, or that has
+        ``max_queued`` inspections waiting, is answered 429 (its own flood, not others', holds it)."""
         run = _Run(self, texts, self.budget_for(texts), dict(skip or {}))
         runs = self._runs.setdefault(tenant, set())
         if sum(r.started is None for r in runs) >= self.max_queued:
@@ -264,10 +277,7 @@ class Scanner:
                     continue
                 fut = self._pool.submit(tenant, run.timed(_inspector(u.guard, tenant)), u.piece)
                 try:
-                    if run.started is None:  # its first unit: waits for the tenant's turn
-                        found = await self._first(run, fut, tenant)
-                    else:
-                        found = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, run.remaining()))
+                    found = await self._unit(run, fut, tenant)
                 except TimeoutError:
                     fut.cancel()
                     run.fail(u, run.late(u, spent=False))
@@ -284,12 +294,12 @@ class Scanner:
                 self._runs.pop(tenant, None)
         return run.insp
 
-    async def _first(self, run: _Run, fut: cf.Future[list[Finding]], tenant: str) -> list[Finding]:
-        """The first unit's findings: it may wait its turn up to ``max_budget_ms`` (looked at
-        every 50 ms), then run within the budget."""
+    async def _unit(self, run: _Run, fut: cf.Future[list[Finding]], tenant: str) -> list[Finding]:
+        """A unit's findings: it may wait its turn up to ``max_budget_ms`` (looked at every 50 ms),
+        then run within what is left of the budget."""
         waited = asyncio.wrap_future(fut)
         give_up = time.perf_counter() + self.max_budget_ms / 1000.0
-        while run.started is None:
+        while not (fut.running() or fut.done()):
             left = give_up - time.perf_counter()
             if left <= 0:
                 if fut.cancel():  # never started: the tenant's share stayed busy

@@ -26,8 +26,11 @@ entropy logic for credentials no provider rule names.
    credential word nearby): a bare random string in code or a binary is not a secret.
 
 Provider matches (1, 3, 4) must be tokens (``secrets_shape``): nothing glued before them, a body
-that is not English words; where both tools know a key prefix the catalogue's stricter format
-decides, and a generic finding on such a prefix that no provider format accepts is a near-miss.
+that is not English words, no run past a format's fixed length (``glimt-`` + 29 is not ``glimt-``
++ 25), a JWT header that is JSON; where both tools know a key prefix the catalogue's stricter
+format decides (its length only where it fixes one the provider does not), and a generic finding
+on such a prefix, or on a match that ran past its length, is a near-miss. A value that spells
+*example* (AWS's documented ``AKIA...EXAMPLE`` pair) is documentation, whatever finds it.
 
 A secret is never something to pseudonymize: policy keeps the request off remote engines
 (or refuses it), so recall matters more than precision here.
@@ -49,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from turnout.guards.base import Finding
 from turnout.guards.secrets_context import code_value, has_context, non_secret_name
 from turnout.guards.secrets_formats import format_spans
-from turnout.guards.secrets_shape import glued, word_body, word_like
+from turnout.guards.secrets_shape import GROWN, fixed_tail, glued, jwt_header_ok, runs_on, word_body, word_like
 
 if TYPE_CHECKING:
     from turnout.config import GuardsConfig
@@ -190,6 +193,7 @@ class Rule:
     allow_match: tuple[re.Pattern[str], ...]    # regexes on the whole match
     allow_line: tuple[re.Pattern[str], ...]     # regexes on the line
     stopwords: tuple[str, ...]
+    fixed_tail: re.Pattern[str] | None = None   # the last run's class, where the format fixes its length
 
 
 def _compile(p: str) -> re.Pattern[str] | None:
@@ -243,7 +247,8 @@ def load_catalogue(path: Path = CATALOGUE) -> Catalogue:
             stop.extend(s.lower() for s in a.get("stopwords", []))
         rules.append(Rule(r["id"], rx, int(r.get("secretGroup", 0)), float(r.get("entropy", 0.0)),
                           tuple(k.lower() for k in r.get("keywords", [])), tuple(allow["secret"]),
-                          tuple(allow["match"]), tuple(allow["line"]), tuple(stop)))
+                          tuple(allow["match"]), tuple(allow["line"]), tuple(stop),
+                          fixed_tail(r["regex"], "(?i)" in r["regex"])))
     g = doc.get("allowlist", {})
     prefixes = frozenset(k for r in rules if not r.id.startswith("generic") for k in r.keywords if len(k) >= 3)
     return Catalogue(tuple(rules), tuple(c for c in (_compile(x) for x in g.get("regexes", [])) if c is not None),
@@ -266,7 +271,10 @@ def _line(text: str, s: int, e: int) -> str:
     return text[a: b if b >= 0 else len(text)]
 
 
-def catalogue_findings(text: str, cat: Catalogue, detector: str) -> list[Finding]:
+def catalogue_findings(text: str, cat: Catalogue, detector: str,
+                       ran_on: list[tuple[int, int]] | None = None) -> list[Finding]:
+    """Findings of the catalogue's rules; ``ran_on`` collects the spans of provider matches dropped
+    only because the token runs past the rule's fixed length (``secrets_shape.runs_on``)."""
     low = text.lower()
     out: list[Finding] = []
     for rule in cat.rules:
@@ -288,6 +296,10 @@ def catalogue_findings(text: str, cat: Catalogue, detector: str) -> list[Finding
                 continue
             if not rule.id.startswith("generic") and s == m.start() and glued(text, s):
                 continue  # glpat- + 20 of a longer string: part of another token (secrets_shape)
+            if not rule.id.startswith("generic") and runs_on(text, m.end(), rule.fixed_tail):
+                if ran_on is not None:
+                    ran_on.append((s, e))
+                continue  # glsoat- + 20 of glsoat- + 51: longer than the format (secrets_shape)
             typ = rule.id.upper().replace("-", "_")
             score = 0.8 if rule.id.startswith("generic") else 0.95
             out.append(Finding("secret", typ, s, e, score, detector))
@@ -310,7 +322,33 @@ def detect_secrets_plugins() -> tuple[object, ...]:
     return tuple(mapping[t]() for t in sorted(mapping) if t not in _DS_SKIP)
 
 
-def detect_secrets_findings(text: str, detector: str, max_line: int = 2000) -> list[Finding]:
+@lru_cache(maxsize=1)
+def _plugin_tails() -> dict[str, tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]]:
+    """Per detect-secrets secret type: its fixed-length patterns and their last run's class
+    (``secrets_shape.fixed_tail``; not for ``GROWN`` formats)."""
+    out: dict[str, tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]] = {}
+    for p in detect_secrets_plugins():
+        typ = str(getattr(p, "secret_type", ""))
+        if typ in GROWN:
+            continue
+        pairs = []
+        for rx in getattr(p, "denylist", ()):
+            if isinstance(rx, re.Pattern) and (tail := fixed_tail(rx.pattern, bool(rx.flags & re.IGNORECASE))):
+                pairs.append((rx, tail))
+        if pairs:
+            out[typ] = tuple(pairs)
+    return out
+
+
+def _runs_past_format(line: str, typ: str, end: int) -> bool:
+    """A fixed-length detect-secrets pattern ends at ``end`` and the token goes on (``runs_on``)."""
+    return any(m.end() == end and runs_on(line, end, tail)
+               for rx, tail in _plugin_tails().get(typ, ()) for m in rx.finditer(line))
+
+
+def detect_secrets_findings(text: str, detector: str, max_line: int = 2000,
+                            ran_on: list[tuple[int, int]] | None = None) -> list[Finding]:
+    """Findings of detect-secrets' plugins, line by line; ``ran_on`` as in ``catalogue_findings``."""
     out: list[Finding] = []
     plugins = detect_secrets_plugins()
     pos = 0
@@ -320,7 +358,10 @@ def detect_secrets_findings(text: str, detector: str, max_line: int = 2000) -> l
                 for found in p.analyze_line(filename="request.txt", line=line, line_number=n):  # type: ignore[attr-defined]
                     value = found.secret_value
                     i = line.find(value) if value else -1
-                    if i >= 0:
+                    if i >= 0 and _runs_past_format(line, found.type, i + len(value)):
+                        if ran_on is not None:
+                            ran_on.append((pos + i, pos + i + len(value)))
+                    elif i >= 0:
                         typ = re.sub(r"\W+", "_", found.type).strip("_").upper()
                         score = 0.75 if found.type == "Secret Keyword" else 0.9
                         out.append(Finding("secret", typ, pos + i, pos + i + len(value), score, detector))
@@ -352,6 +393,8 @@ class SecretsGuard:
 
     def inspect(self, text: str) -> list[Finding]:
         found: list[Finding] = []
+        cat_ran_on: list[tuple[int, int]] = []  # provider matches longer than their format (secrets_shape)
+        ds_ran_on: list[tuple[int, int]] = []
         encrypted = bool(_ENCRYPTED_KEY.search(text))
         for typ, rx, score in PATTERNS:
             for m in rx.finditer(text):
@@ -374,7 +417,7 @@ class SecretsGuard:
                 continue
             found.append(Finding("secret", typ, s, e, score, f"{self.name}.format"))
         if self.catalogue is not None:
-            for f in catalogue_findings(text, self.catalogue, f"{self.name}.gitleaks"):
+            for f in catalogue_findings(text, self.catalogue, f"{self.name}.gitleaks", cat_ran_on):
                 if f.type in ("PRIVATE_KEY",) and encrypted:
                     continue
                 if f.type.startswith("GENERIC") and (_looks_like_placeholder(text[f.start:f.end])
@@ -383,9 +426,11 @@ class SecretsGuard:
                     continue
                 if not f.type.startswith("GENERIC") and not_a_token(text, f.start, f.end):
                     continue
+                if f.type == "JWT" and not jwt_header_ok(text[f.start:f.end]):
+                    continue  # a header that is not JSON: not a usable token (secrets_shape)
                 found.append(f)
         if self.detect_secrets:
-            for f in detect_secrets_findings(text, f"{self.name}.detect_secrets"):
+            for f in detect_secrets_findings(text, f"{self.name}.detect_secrets", ran_on=ds_ran_on):
                 if f.type == "PRIVATE_KEY" and (encrypted or not _KEY_MATERIAL.search(text[f.end: f.end + 200])):
                     continue  # a header with no key after it: a marker in code or docs, not a key
                 if f.type in _DS_VALUE_TYPES:
@@ -398,7 +443,7 @@ class SecretsGuard:
                     continue  # ghp_xxxx..., sk-YOUR_KEY_HERE: a prefix followed by filler
                 if f.type not in _DS_VALUE_TYPES and f.type != "PRIVATE_KEY" and (
                         glued(text, f.start) or not_a_token(text, f.start, f.end)
-                        or self._catalogue_disagrees(token, f, found)):
+                        or self._catalogue_disagrees(token, f, found, cat_ran_on)):
                     continue  # a loose provider rule on part of a longer word, or on a sample
                 found.append(f)
         if self.entropy:
@@ -413,34 +458,45 @@ class SecretsGuard:
                         and not text.startswith(_ELLIPSIS, m.end()) and has_context(text, m.start(), m.end())):
                     found.append(Finding("secret", "HIGH_ENTROPY_STRING", m.start(), m.end(), 0.6,
                                          f"{self.name}.entropy"))
-        return _dedupe(self._drop_provider_near_misses(text, found))
+        found = [f for f in found if not _EXAMPLE.search(text[f.start:f.end])]
+        return _dedupe(self._drop_provider_near_misses(text, found, cat_ran_on + ds_ran_on))
 
-    def _drop_provider_near_misses(self, text: str, found: list[Finding]) -> list[Finding]:
+    def _drop_provider_near_misses(self, text: str, found: list[Finding],
+                                   ran_on: list[tuple[int, int]]) -> list[Finding]:
         """A generic finding (a keyed value, high entropy) that starts with a provider's own prefix
         (``dapi``, ``ghp_``, ``xoxb-``) where no provider format matched is a near-miss of that
         format (wrong length or alphabet: a sample, a truncated or made-up key), not a generic secret:
-        the provider's format decides, as ``_catalogue_disagrees`` does for detect-secrets."""
+        the provider's format decides, as ``_catalogue_disagrees`` does for detect-secrets. The same
+        for a generic finding on a provider match that ran past its format's fixed length
+        (``ran_on``: ``telegram_api_token = "<id>:A<36>"``, Telegram's secret part has 35)."""
         if self.catalogue is None:
             return found
         prefixes = self.catalogue.format_prefixes
         out = []
         for f in found:
-            value = re.sub(r"^[\w.-]*=", "", text[f.start:f.end].lstrip("\"'`")).lower()  # NAME=value read whole
-            if (f.type in _GENERIC_TYPES and value.startswith(prefixes)
-                    and not any(g.type not in _GENERIC_TYPES and g.start < f.end and f.start < g.end for g in found)):
-                continue
+            if f.type in _GENERIC_TYPES and not any(g.type not in _GENERIC_TYPES and g.start < f.end and f.start < g.end
+                                                    for g in found):
+                value = re.sub(r"^[\w.-]*=", "", text[f.start:f.end].lstrip("\"'`")).lower()  # NAME=value whole
+                if value.startswith(prefixes) or any(a < f.end and f.start < b for a, b in ran_on):
+                    continue
             out.append(f)
         return out
 
 
-    def _catalogue_disagrees(self, token: str, f: Finding, found: list[Finding]) -> bool:
+    def _catalogue_disagrees(self, token: str, f: Finding, found: list[Finding],
+                             ran_on: list[tuple[int, int]]) -> bool:
         """Both tools know the provider (a catalogue rule is keyed on the token's own prefix:
         ``xoxb``, ``glpat-``, ``akia``) and the catalogue, whose formats are stricter and kept
-        current, found nothing there: the catalogue decides (``xoxb-12345-abcd234``)."""
+        current, found nothing there: the catalogue decides (``xoxb-12345-abcd234``). Not where
+        the catalogue's format matched but fixes a shorter length than the provider issues
+        (``ran_on``: gitleaks' ``glagent-`` + exactly 50, GitLab's agent tokens have 50 to 1024):
+        detect-secrets' length decides there."""
         if self.catalogue is None:
             return False
         low = token.lower()
         if not low.startswith(self.catalogue.prefixes):
+            return False
+        if any(a < f.end and f.start < b for a, b in ran_on):
             return False
         return not any(g.detector.endswith(".gitleaks") and g.type not in _GENERIC_TYPES
                        and g.start < f.end and f.start < g.end for g in found)
@@ -458,8 +514,11 @@ _CODE_VALUE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+|[A-Za-z_][\w.]*\(
 _PLACEHOLDER_WORDS = re.compile(r"(?i)fake|dummy|example|sample|placeholder|insert|your[_-]?|[_-]here\b|changeme|"
                                 r"redacted|xxxx|\*\*\*|\.\.\.|\u2026|"
                                 r"not[_-]?(?:a[_-]?)?(?:real|valid|secret|password|passwd|token|key)")
-# in a random-looking token: filler words (AWS's documented AKIA...EXAMPLE pair stays a finding, as
-# tests/test_tasks_units.py expects of the output guards)
+# a value that spells "example" is documentation, whatever its format: AWS documents its key pair as
+# AKIAIOSFODNN7EXAMPLE / wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY (gitleaks allowlists .+EXAMPLE$); seven
+# letters in this order are not in a random token (about 1 in 10^9 for a 40-character base64 one)
+_EXAMPLE = re.compile(r"(?i)example")
+# in a random-looking token: filler words
 _FILLER_WORDS = re.compile(r"(?i)fake|dummy|placeholder|your[_-]?(?:api|secret|token|key|access)|[_-]here\b|"
                            r"changeme|redacted|xxxx|\.\.\.")
 _CONSTANT = re.compile(r"[A-Z][A-Z0-9]*(?:[_-][A-Z0-9]+)+|[a-z]+(?:_[a-z]+)+")  # DB_PASSWORD, new_password

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from turnout.errors import PolicyBlocked
 from turnout.guards.base import Action, Finding, Inspection, Verdict
 from turnout.guards.policy import GuardPolicy, Outcome, decide, outcomes
 from turnout.guards.pseudonymize import Pseudonymizer, StreamRestorer
+from turnout.guards.resultcache import ResultCache
 from turnout.guards.scanner import Scanner
 from turnout.protocol import ChatMessage, ChatRequest, EmbeddingRequest
 from turnout.results import ChatResult, Delta, EngineInfo
@@ -147,6 +148,21 @@ class Guards:
         self.examples = examples            # SQLiteGuardExamples (turnout.ledger.guard_examples), or None
         self.benign_sample = benign_sample  # share of unflagged chat requests whose top window is kept too
         self.injection: Any = next((g for g in scanner.guards if hasattr(g, "evidence")), None)
+
+    def caches(self) -> list[ResultCache[Any]]:
+        """The result caches of the detectors' models (a detector's ``cache``, or its recognisers')."""
+        found: list[ResultCache[Any]] = []
+        for g in self.scanner.guards:
+            for part in (g, *getattr(g, "recognisers", {}).values()):
+                cache = getattr(part, "cache", None)
+                if isinstance(cache, ResultCache) and cache not in found:
+                    found.append(cache)
+        return found
+
+    def observe_cache(self, observe: Callable[[str, bool], None]) -> None:
+        """Call ``observe(model, hit)`` on every lookup of a detector model's result cache (metrics)."""
+        for cache in self.caches():
+            cache.observe = observe
 
     async def inspect(self, req: ChatRequest | EmbeddingRequest, *, block: bool = True,
                       authored: Sequence[ChatMessage] = (), tenant: str = "-") -> Inspection:

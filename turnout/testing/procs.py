@@ -11,13 +11,22 @@ Works for the fake upstreams and for the gateway itself, since each prints
 
 Output (stdout and stderr) goes to a temporary file; on a failed start the error carries
 its tail, and :meth:`Proc.output` reads it for debugging.
+
+A test suite that starts hundreds of servers can call :func:`preload_forkserver` once: servers are then
+forked from a process that imported their modules already, which skips the interpreter's start and the
+imports (most of a gateway's start). Each is still a process of its own, running the same entry point
+as ``python -m module`` (its pid and session, signals, exit code, output); starts that need a fresh
+interpreter (another ``python``, ``--workers``, a Prometheus multiprocess directory) are executed as before.
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing
+import multiprocessing.context
 import os
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -41,10 +50,83 @@ class ServerStartError(RuntimeError):
     """The server exited or did not print its ready line in time."""
 
 
+class ForkedPopen:
+    """The part of :class:`subprocess.Popen` that :class:`Proc` and tests use, for a server forked by
+    the forkserver (a :class:`multiprocessing.Process`; its exit code follows Popen's: ``-N`` for signal N)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, args: Sequence[str]) -> None:
+        self.process, self.args = process, list(args)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+_FORKSERVER: list[multiprocessing.context.ForkServerContext] = []
+
+
+def preload_forkserver(modules: Sequence[str]) -> None:
+    """Start later servers (this process's :func:`start_server` calls) from a forkserver that imports
+    ``modules`` once, when the first server starts."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(modules))
+    _FORKSERVER[:] = [ctx]
+
+
+def _forked(python: str, args: Sequence[str], env: Mapping[str, str]) -> bool:
+    return bool(_FORKSERVER) and python == sys.executable and "--workers" not in args \
+        and "PROMETHEUS_MULTIPROC_DIR" not in env  # read when prometheus_client is imported
+
+
+def _run_forked(module: str, args: list[str], env: dict[str, str], cwd: str | None, log_path: str) -> None:
+    """In the forked child: what ``python -m module *args`` would do, in a session of its own, with its
+    output in ``log_path`` and exactly ``env`` as its environment."""
+    os.setsid()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        atexit._run_exitfuncs()  # as an interpreter's exit would; multiprocessing's child ends in os._exit
+
+
 class Proc:
     """A started server: ``url``, ``port``, ``pid``, ``stop()``, ``output()``; a context manager."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: str, url: str, port: int) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | ForkedPopen, log_path: str, url: str, port: int) -> None:
         self.popen = popen
         self.log_path = log_path
         self.url = url
@@ -149,16 +231,24 @@ def _start(
     full_env["PYTHONUNBUFFERED"] = "1"
     if env:
         full_env.update(env)
-    with os.fdopen(fd, "wb") as log:
-        popen = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            start_new_session=True,
-            cwd=cwd,
-        )
+    popen: subprocess.Popen[bytes] | ForkedPopen
+    if _forked(python, args, full_env):
+        os.close(fd)
+        process = _FORKSERVER[0].Process(target=_run_forked, args=(module, list(argv[3:]), full_env, cwd, log_path),
+                                         name=module)
+        process.start()
+        popen = ForkedPopen(process, argv)
+    else:
+        with os.fdopen(fd, "wb") as log:
+            popen = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                start_new_session=True,
+                cwd=cwd,
+            )
     deadline = time.monotonic() + timeout
     while True:
         text = _read(log_path)
@@ -216,4 +306,5 @@ def control(url: str, action: str, body: Any = None, timeout: float = 10.0) -> A
         return json.loads(resp.read())
 
 
-__all__: Sequence[str] = ["Proc", "ServerStartError", "control", "free_port", "start_server"]
+__all__: Sequence[str] = ["ForkedPopen", "Proc", "ServerStartError", "control", "free_port", "preload_forkserver",
+                          "start_server"]
