@@ -339,7 +339,7 @@ def main() -> int:
                 for k, v in counter.items():
                     rows[k] += v / seen * threads.get(thread, 0.0)
             for thread, us in threads.items():
-                if thread not in samples[n][which] and thread != "bench-sampler":
+                if thread not in samples[n][which] and thread != "bench-sampler" and us >= 1:
                     rows[f"thread {thread} (not sampled)"] += us
             rows[REST] = cpu[n] - sum(rows.values())
             table[n] = rows
