@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from turnout.call import Call
-from turnout.engines.base import EngineInfo
+from turnout.engines.base import EngineInfo, Usage
 from turnout.errors import CircuitOpen, EngineError
 from turnout.governance.access import Access
 from turnout.guards.scrub import scrub
@@ -49,11 +51,24 @@ def _hop(call: Call, h: EngineError) -> dict[str, object]:
     return hop
 
 
+@dataclass(slots=True)
+class _Series:
+    """One label set's metric children (route, engine, tenant and status)."""
+
+    requests: Any
+    tokens_in: Any
+    tokens_out: Any
+    cost: Any
+    latency: Any
+    ttft: Any
+
+
 class Recorder:
     def __init__(self, ledger: Ledger, metrics: Metrics, access: Access | None, baseline: EngineInfo | None) -> None:
         self.ledger, self.metrics, self.access, self.baseline = ledger, metrics, access, baseline
         self._unlogged: dict[int, int] = {}  # refusals without a key since the last log line, by status
         self._logged_at = -ANONYMOUS_LOG_EVERY_S
+        self._children: dict[tuple[str, str, str, str], _Series] = {}
         scrub("")  # builds the secrets catalogue now, not in the first failed request's record step
 
     def anonymous(self, call: Call) -> bool:
@@ -88,7 +103,7 @@ class Recorder:
         if self.anonymous(call):  # counted apart and logged; never a row nor an audit entry
             self.unauthenticated(call.http_status, call.error or "", "chat or embeddings")
             return
-        self._count(call, cost, latency)  # the request metrics stay the ledger's sums
+        self._count(call, cost, latency, u)  # the request metrics stay the ledger's sums
         hops = call.trail.hops
         spilled = any(h.code == "spill" for h in hops)  # a saturated pool passed it on (turnout.engines.pool)
         row = LedgerRow(
@@ -130,20 +145,33 @@ class Recorder:
         if call.capture is not None:  # queued, written off the request path (turnout.ledger.capture_writer)
             self.ledger.keep(call.capture)
 
-    def _count(self, call: Call, cost: float, latency: float) -> None:
-        m, d, e, u = self.metrics, call.decision, call.trail.engine, call.trail.usage
+    def _series(self, route: str, engine: str, tenant: str, status: str) -> _Series:
+        """The metrics' children of one label set, looked up once: prometheus_client's ``labels()``
+        costs about as much as the ``inc()`` itself. Bounded as the labels are (``Metrics``)."""
+        key = (route, engine, tenant, status)
+        series = self._children.get(key)
+        if series is None:
+            m = self.metrics
+            series = self._children[key] = _Series(
+                m.requests.labels(route, engine, tenant, status), m.tokens.labels(route, engine, tenant, "in"),
+                m.tokens.labels(route, engine, tenant, "out"), m.cost.labels(route, engine, tenant),
+                m.latency.labels(route, engine), m.ttft.labels(route, engine))
+        return series
+
+    def _count(self, call: Call, cost: float, latency: float, u: Usage) -> None:
+        m, d, e = self.metrics, call.decision, call.trail.engine
         route = m.route(d.alias if d else None)
         engine = m.engine(e.name if e else None)
-        tenant = m.tenant(call.tenant)
-        m.requests.labels(route, engine, tenant, call.status).inc()
+        s = self._series(route, engine, m.tenant(call.tenant), call.status)
+        s.requests.inc()
         if u.prompt_tokens or u.completion_tokens:
-            m.tokens.labels(route, engine, tenant, "in").inc(u.prompt_tokens)
-            m.tokens.labels(route, engine, tenant, "out").inc(u.completion_tokens)
+            s.tokens_in.inc(u.prompt_tokens)
+            s.tokens_out.inc(u.completion_tokens)
         if cost:
-            m.cost.labels(route, engine, tenant).inc(cost)
-        m.latency.labels(route, engine).observe(latency)
+            s.cost.inc(cost)
+        s.latency.observe(latency)
         if call.ttft is not None:
-            m.ttft.labels(route, engine).observe(call.ttft)
+            s.ttft.observe(call.ttft)
         if call.trail.hops:
             m.fallbacks.labels(route, engine).inc(len(call.trail.hops))
             for h in call.trail.hops:

@@ -147,6 +147,6 @@ def run(args: argparse.Namespace) -> int:
             if self.started:
                 print(listening, flush=True)
 
-    server = Server(uvicorn.Config(create_app(cfg), **options))
+    server = Server(uvicorn.Config(create_app(cfg, own_process=True), **options))
     server.run(sockets=[sock])
     return 0 if server.started else 3  # 3: startup failed (uvicorn's code), the reason is logged above

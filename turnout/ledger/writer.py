@@ -76,8 +76,11 @@ class GroupCommitWriter(ABC):
                 except BaseException as exc:  # noqa: BLE001 - a failed batch fails each of its requests' awaits
                     error = exc
                     conn = self._recover(conn)
-                for _, loop, fut in batch:
-                    loop.call_soon_threadsafe(_settle, fut, error)
+                waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+                for _, loop, fut in batch:  # one wake-up of each event loop per batch, not one per row
+                    waiting.setdefault(loop, []).append(fut)
+                for loop, futs in waiting.items():
+                    loop.call_soon_threadsafe(_settle, futs, error)
         finally:
             if conn is not None:
                 self._close_conn(conn)
@@ -87,10 +90,11 @@ class GroupCommitWriter(ABC):
         await asyncio.to_thread(self._thread.join, 10)
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+def _settle(futs: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)

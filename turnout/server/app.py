@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -203,11 +204,24 @@ def start_tasks(cfg: TurnoutConfig, gateway: Gateway) -> TaskRunner:
     return runner
 
 
+def tune_collector() -> None:
+    """What start-up built (config, engines, models, routes, metrics) lives as long as the process:
+    collected once, then frozen, so full collections no longer scan it; and young-generation
+    collections every 10,000 allocations instead of 700. Measured at c=50 (bench/request_cpu.py,
+    docs/performance.md): the collector's CPU per request from about 150 us (305 young, 28 middle
+    and 2 full collections in 6 s) to about 1 (one young collection)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = None,
-               span_exporter: Any = None, run_dir: Path | None = None) -> ChatFastPath:
+               span_exporter: Any = None, run_dir: Path | None = None, own_process: bool = False) -> ChatFastPath:
     """The gateway as an ASGI app. ``span_exporter`` (tests) receives every span, whatever
     ``tracing.exporter`` says. ``run_dir``: the folder the worker processes of one ``turnout serve
-    --workers N`` share (``turnout.server.workers``)."""
+    --workers N`` share (``turnout.server.workers``). ``own_process``: serving is this process's
+    only job (``turnout serve``), so the garbage collector is tuned for it once started
+    (``tune_collector``); an app run inside another program (tests, ``turnout chat``) leaves it alone."""
     fns = load_functions(cfg)  # before anything starts: a broken function stops start-up
 
     @contextlib.asynccontextmanager
@@ -245,6 +259,8 @@ def create_app(cfg: TurnoutConfig, on_ready: Callable[[Gateway], None] | None = 
         app.state.hot_adapters = hot = HotAdapters.build(cfg, engines, stores.query)
         if hot is not None:
             await hot.start()
+        if own_process:  # before on_ready: a worker is ready once this is done
+            tune_collector()
         if on_ready:
             on_ready(gateway)
         try:

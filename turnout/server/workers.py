@@ -134,7 +134,7 @@ def app() -> Any:
         (folder / "ready" / str(os.getpid())).touch()
 
     try:
-        return create_app(worker_config(spec), on_ready=ready, run_dir=folder)
+        return create_app(worker_config(spec), on_ready=ready, run_dir=folder, own_process=True)
     except Exception as exc:  # the parent checked the same configuration: something changed since
         logging.getLogger("turnout.server").error("worker %d did not start: %s", os.getpid(), exc)
         sys.exit(3)  # uvicorn's code for a failed start-up: its supervisor stops rather than restart it in a loop
