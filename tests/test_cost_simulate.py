@@ -339,3 +339,12 @@ def test_cli_lengths_from_a_real_gateway_ledger(gateway_factory: Any, upstream: 
     doc = json.loads(out.stdout)
     assert sorted(doc["spec"]["lengths"]["user"]["samples"]) == sorted(lengths.user.samples)
     assert doc["spec"]["conversation"]["turns"] == 1
+
+
+def test_the_spec_in_docs_fleet_md_is_the_example_spec() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b.split("```", 1)[0]) for b in doc.split("```yaml\n")[1:]]
+    specs = [b for b in blocks if "engines" not in b]
+    assert len(specs) == 1
+    # the example leaves duration_s to its default, a day; the page spells it out
+    assert cost_sim.parse_spec(specs[0]) == cost_sim.parse_spec({**cost_sim.EXAMPLE, "duration_s": 86400})
