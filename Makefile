@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.turnout-installed
 # Test workers: most of a test's time is spent waiting on the processes it starts, so more workers than
-# cores pays (docs/testing.md has the figures: 3 was fastest on 2 cores); `make test TEST_WORKERS=0` runs in one process.
-TEST_WORKERS ?= 3
+# cores pays (docs/testing.md has the figures: 4 is fastest on 2 cores now that servers are forked from a
+# preloaded forkserver); `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 4
 
 .PHONY: install run test lint bench fuzz soak clean
 
