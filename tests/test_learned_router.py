@@ -7,19 +7,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import numpy as np
 import pytest
 
 from tests.runcli import run_cli
+from turnout.config import ConfigError, RetrainConfig, RouterFamily, parse_config
 from turnout.evals.datasets import RoutingDataset
 from turnout.evals.router_cv import check_disjoint, cross_val_scores, prompt_folds
 from turnout.evals.routing_metrics import evaluate_scores
 from turnout.routing.answer_check import answer_features, plain_number
 from turnout.routing.features import MATH_STAT_NAMES, math_stats
 from turnout.routing.learned import ARTIFACT_FORMAT, LearnedRouter, build_metadata, calibrate, fit_final
-from turnout.routing.scorers import EmbeddingKNN, Hybrid, HybridStats, Stacked, TfidfLR
+from turnout.routing.scorers import FAMILIES, EmbeddingKNN, Hybrid, HybridStats, Stacked, TfidfLR
 
 REPO = Path(__file__).resolve().parents[1]
 EASY = ["capital", "colour", "animal", "river", "city", "fruit", "planet", "song"]
@@ -251,3 +252,13 @@ def test_weak_answer_cascade_reads_prompt_and_response() -> None:
     assert np.all(scores[data.weak == 0] > scores[data.weak == 1].max())
     oracle = evaluate_scores(data.strong - data.weak, data.weak, data.strong).apgr
     assert evaluate_scores(scores, data.weak, data.strong).apgr == pytest.approx(oracle, abs=0.01)
+
+
+def test_a_retrain_schedule_names_a_family_that_exists() -> None:
+    """The config's list of families is the scorers' own (plus auto), so a typo is refused when the file is
+    read rather than by the first fit, an hour into serving."""
+    assert set(get_args(RouterFamily)) == {"auto", *FAMILIES}
+    assert RetrainConfig(family="tfidf-lr").family == "tfidf-lr"
+    with pytest.raises(ConfigError, match="retrain.family: Input should be .*'tfidf-lr'"):
+        parse_config({"engines": {"local": {"dialect": "llamacpp"}},
+                      "routes": {"auto": {"chain": ["local"], "learning": {"retrain": {"family": "tfidf_lr"}}}}})

@@ -37,6 +37,9 @@ from turnout.weights import minilm_available
 # turnout.routing.confidence.SIGNALS (kept here as a Literal so that the file is checked at start-up)
 ConfidenceSignal = Literal["mean_logprob", "min_logprob", "p10_logprob", "neg_entropy", "high_prob_share",
                            "answer_logprob", "option_prob", "verifier", "agreement", "combined"]
+# turnout.routing.scorers.FAMILIES, and auto (kept here as a Literal so that a retrain schedule naming no family
+# is refused when the file is read, not at its first fit an hour later; the router modules need numpy)
+RouterFamily = Literal["auto", "tfidf-lr", "emb-knn", "emb-lr", "hybrid", "hybrid-stats", "stacked"]
 
 
 class ConfigError(ValueError):
@@ -320,8 +323,9 @@ class RetrainConfig(_Strict):
 
     every_s: float = Field(3600.0, ge=1.0, description="seconds between checks for new labels")
     min_new_labels: int = Field(200, ge=1, description="labels of the route since the last fit needed to fit again")
-    family: str = Field("auto", description="router family of the candidate (`turnout eval router --help`), or "
-                        "auto: the family and its regularisation chosen by cross-validation on the route's labels")
+    family: RouterFamily = Field("auto", description="router family of the candidate (`turnout eval router "
+                                 "--help`), or auto: the family and its regularisation chosen by cross-validation on "
+                                 "the route's labels")
     embedding: Literal["minilm", "minilm-static", "minilm-onnx", "minilm-onnx-fp32"] | None = Field(
         None, description="prompt embedding of the embedding families (default minilm, about 30 ms a request on a "
         "CPU core; minilm-onnx 9 ms, minilm-static 0.2 ms: docs/routing-eval.md). The family auto may choose one "
