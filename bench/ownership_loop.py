@@ -58,6 +58,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.overhead import cpu_seconds  # noqa: E402  (a process's CPU with its live descendants, from /proc)
+
 SHARED = Path(os.environ.get("TURNOUT_SHARED_DATA", "/work/shared/data"))
 STAND_IN_TERMS = {"train_on_outputs": "allowed",
                   "source": "bench stand-in: answers with the data set's gold labels (no provider terms apply)"}
@@ -133,22 +137,6 @@ TASKS: dict[str, Task] = {
 LOCAL_HOURLY = 0.05  # the llamacpp engine's default TCO price (turnout.engines.llamacpp), USD an hour busy
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
 def gateway_config(task: Task, work: Path, db: Path, upstream: str, capture: bool, adapter: Path | None,
                    public_key: Path | None, threshold: float = -1e9, cascade: float | None = None,
                    via_frontier: bool = False) -> Path:
@@ -209,7 +197,7 @@ def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, captu
                 client.post(up.url + "/__control/reset")
                 client.post(up.url + "/__control/scenarios",
                             json={"replies": {"stand-in": [json.dumps(it["gold"])]}})
-                cpu0, t0 = tree_cpu_s(gw.pid), time.perf_counter()
+                cpu0, t0 = cpu_seconds(gw.pid), time.perf_counter()
                 resp = client.post(gw.url + "/v1/chat/completions", json={
                     "model": f"fn:{task.function}",
                     "messages": [{"role": "user", "content": json.dumps(it["variables"])}]})
@@ -220,7 +208,7 @@ def traffic(task: Task, work: Path, items: list[dict[str, Any]], db: Path, captu
                 results.append({"engine": h.get("x-turnout-engine"), "attempts": h.get("x-turnout-function-attempts"),
                                 "status": resp.status_code, "correct": ok, "answer": answer, "gold": it["gold"],
                                 "s": round(time.perf_counter() - t0, 3),
-                                "cpu_s": round(tree_cpu_s(gw.pid) - cpu0, 3), "load_avg": os.getloadavg()[0]})
+                                "cpu_s": round(cpu_seconds(gw.pid) - cpu0, 3), "load_avg": os.getloadavg()[0]})
                 partial.write(json.dumps(results[-1]) + "\n")
                 partial.flush()
                 print(f"{i + 1:>4}/{len(items)} {h.get('x-turnout-engine')!s:<6} {'ok ' if ok else 'bad'} "
