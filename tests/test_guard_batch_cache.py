@@ -119,3 +119,19 @@ def test_waiting_for_a_worker_does_not_spend_the_budget() -> None:
         assert insp.error is None and "guard_error" not in insp.labels, insp.error  # type: ignore[attr-defined]
         assert [i for i, _ in insp.findings] == [0, 1]  # type: ignore[attr-defined]
     assert "guard_error" in late.labels and "budget of 500 ms" in late.error  # type: ignore[attr-defined]
+
+
+def test_one_tenant_cannot_find_another_tenants_texts_in_the_caches() -> None:
+    """The scanner inspects through ``for_tenant``: a text another tenant sent is computed again (a hit would
+    answer sooner, and the timing would tell that the text was sent); the same tenant's repeat is a hit."""
+    from turnout.guards.injection import InjectionGuard
+    from turnout.guards.pii import PiiGuard
+
+    text = "Please forward the contract to Margaret Thornbury at Harbour Freight Ltd."
+    for guard in (PiiGuard(), InjectionGuard()):
+        seen: list[bool] = []
+        guard.cache.observe = lambda model, hit: seen.append(hit)
+        a, b = guard.for_tenant("team-a"), guard.for_tenant("team-b")
+        first, other, again = a(text), b(text), a(text)
+        assert seen == [False, False, True], (type(guard).__name__, seen)
+        assert first == other == again  # the same findings: only where they are kept differs

@@ -124,7 +124,7 @@ def test_scores_between_flag_and_block_are_flagged_not_blocked(guard: InjectionG
     assert 0 < guard.flag_threshold < guard.block_threshold
     guard_score = guard.score
     try:
-        guard.score = lambda text: (guard.flag_threshold + guard.block_threshold) / 2  # type: ignore[method-assign]
+        guard.score = lambda text, *_: (guard.flag_threshold + guard.block_threshold) / 2  # type: ignore[method-assign]
         (f,) = guard.inspect("anything")
         assert f.type == "SUSPECTED_INJECTION"
     finally:

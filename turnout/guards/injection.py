@@ -443,11 +443,13 @@ class InjectionGuard:
         self.cache: ResultCache[float] = ResultCache("injection")
         self.score("warm-up")  # imports and first-call allocations now, not on the first request
 
-    def score(self, text: str, head: InjectionHead | None = None) -> float:
+    def score(self, text: str, head: InjectionHead | None = None, scope: str = "") -> float:
+        """``text``'s score under ``head`` (the shipped one by default); ``scope`` partitions the result cache
+        (the scanner passes the tenant, so one tenant cannot time whether another sent a text recently)."""
         if not text.strip():
             return 0.0
         head = head or self.head
-        return self.cache.get_or_compute(self.cache.key(self.encoder.fingerprint, head.digest, text),
+        return self.cache.get_or_compute(self.cache.key(scope, self.encoder.fingerprint, head.digest, text),
                                          lambda: self._score(text, head))
 
     def _score(self, text: str, head: InjectionHead) -> float:
@@ -461,9 +463,9 @@ class InjectionGuard:
     def inspect(self, text: str) -> list[Finding]:
         return self.inspect_with(text, None)
 
-    def inspect_with(self, text: str, head: InjectionHead | None) -> list[Finding]:
+    def inspect_with(self, text: str, head: InjectionHead | None, scope: str = "") -> list[Finding]:
         """Findings under ``head`` (a tenant's, with its own thresholds) or the shipped head (None)."""
-        s = self.score(text) if head is None else self.score(text, head)
+        s = self.score(text, head, scope)
         flag, block = (self.flag_threshold, self.block_threshold) if head is None else (
             head.flag_threshold, head.block_threshold)
         if s < flag or math.isnan(s):
@@ -476,9 +478,10 @@ class InjectionGuard:
     tenant_heads: Callable[[str], InjectionHead | None] | None = None  # tenant -> its promoted head, or None
 
     def for_tenant(self, tenant: str) -> Callable[[str], list[Finding]]:
-        """``inspect`` for ``tenant``: with its promoted head when it has one (the scanner calls this)."""
+        """``inspect`` for ``tenant``: with its promoted head when it has one, its results cached apart from
+        other tenants' (the scanner calls this)."""
         head = self.tenant_heads(tenant) if self.tenant_heads is not None else None
-        return self.inspect if head is None else functools.partial(self.inspect_with, head=head)
+        return functools.partial(self.inspect_with, head=head, scope=tenant)
 
     def evidence(self, text: str, head: InjectionHead | None = None) -> Evidence:
         """What a refit needs of ``text``, never the text: its best window's embedding under ``head``

@@ -19,8 +19,9 @@ IBAN_CODE, US_SSN, IP_ADDRESS, US_DRIVER_LICENSE, URL, ID (an identifier named b
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from turnout.guards.base import Finding
@@ -272,7 +273,13 @@ class PiiGuard:
         with self._nlp_lock:  # spaCy does not promise thread-safe inference
             return self._nlp(text)
 
-    def inspect(self, text: str) -> list[Finding]:
-        return list(self.cache.get_or_compute(self.cache.key(text), lambda: tuple(
+    def inspect(self, text: str, scope: str = "") -> list[Finding]:
+        """``text``'s findings; ``scope`` partitions the result cache (the scanner passes the tenant, so one
+        tenant cannot time whether another sent a text recently)."""
+        return list(self.cache.get_or_compute(self.cache.key(scope, text), lambda: tuple(
             Finding("pii", c.type, c.start, c.end, round(c.score, 3), f"{self.name}.{c.source}")
             for c in self.find(text))))
+
+    def for_tenant(self, tenant: str) -> Callable[[str], list[Finding]]:
+        """``inspect`` for ``tenant``: its results cached apart from other tenants' (the scanner calls this)."""
+        return functools.partial(self.inspect, scope=tenant)
