@@ -22,13 +22,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 HEDGE_LOST = "hedge_lost"  # the hop a hedge's slower engine leaves (turnout.engines.fallback): not an escalation
+NOT_FAILED = (HEDGE_LOST, "spill")  # nor is a saturated pool's spill (turnout.engines.pool): load, counted apart
 
 
 def escalated(r: dict[str, Any]) -> bool:
     """Answered by an engine other than the first it would have tried (turnout.ledger.stats)."""
     if r.get("engine") is None:
         return False
-    if any(h.get("code") != HEDGE_LOST for h in json.loads(r.get("hops") or "[]")):  # a hedge's loser is no failure
+    if any(h.get("code") not in NOT_FAILED for h in json.loads(r.get("hops") or "[]")):  # nor a hedge's loser, a spill
         return True
     if r.get("strategy") == "cascade":
         return r.get("locality") == "remote"
