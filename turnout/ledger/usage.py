@@ -141,6 +141,7 @@ def render(summary: dict[str, Any]) -> str:
                          f"{lb['label_cost_usd']:>10.4f}  {sources}")
     lines.append("saved = cost of sending the same tokens to the most expensive remote engine, minus actual cost")
     lines.append("satisfaction = mean feedback score, 0..1 (thumbs up 1, down 0; rating n of 5 -> (n-1)/4), (count)")
-    lines.append("escalated = answered by another engine than the first it would have tried: fallback, a cascade "
+    lines.append("escalated = answered by another engine than the first it would have tried: fallback (not a "
+                 "saturated pool's spill), a cascade "
                  "answered remotely, or a learned router's score at or above its threshold")
     return "\n".join(lines)
