@@ -13,7 +13,9 @@ Definitions (also returned under ``definitions``):
   not a failure), or its strategy is
   ``cascade`` and a remote engine answered (a cascade starts local), or its strategy is
   ``learned`` and the router's score reached the threshold (sent to the strong engines). The ledger does not
-  keep the chain itself, so this is read from ``hops``, ``strategy`` and ``locality``.
+  keep the chain itself, so this is read from ``hops``, ``strategy`` and ``locality``. A spill (the hop
+  ``spill``: a saturated pool passed the request on, a matter of load, not of the request) is not a
+  failed hop: a request whose only hops are spills is not escalated; it counts in the spill rate.
   **escalation rate** = escalated / requests that got an engine's answer.
 * **latency p50/p95**: nearest-rank percentiles of ``latency_ms`` over ok requests.
 * **saved**: ``baseline_cost_usd - cost_usd`` (baseline: the same tokens at the priciest remote engine).
@@ -23,8 +25,9 @@ Definitions (also returned under ``definitions``):
   quality** = mean weak-answer score of the labels made in the bucket that judged it (shadow,
   feedback, a cascade's escalation as 0); **shadow agreement** = share of the bucket's shadow
   labels where the weak answer was as good as the strong one (as ``turnout usage``).
-* **spill rate**, per route over the window (from the ledger's ``labels``): the share of its requests
-  a saturated pool engine passed on to the next engine of the chain (label ``spill``; docs/fleet.md).
+* **spill rate** = spilled / requests, per bucket, over the window, and per route over the window (from
+  the ledger's ``labels``): the share of requests a saturated pool engine passed on to the next engine
+  of the chain (label ``spill``; docs/fleet.md).
 * **guard flag rate**, per route over the window (from the ledger's ``labels``): the share of
   requests the injection guard flagged, enforced and in shadow apart, and of those it blocked or,
   in shadow, would have blocked (docs/guards.md, "Shadow mode and learning from traffic").
@@ -48,8 +51,8 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 DEFINITIONS = {
     "local_share": "answered requests served by a local engine / answered requests",
     "escalated": "answered by an engine other than the first it would have tried: failed hops before the answer "
-                 "(fallback; a hedge's cancelled loser is not one), or strategy 'cascade' answered by a remote engine, "
-                 "or strategy 'learned' with the "
+                 "(fallback; a hedge's cancelled loser is not one, nor a saturated pool's spill: see spill_rate), "
+                 "or strategy 'cascade' answered by a remote engine, or strategy 'learned' with the "
                  "router's score at or above its threshold",
     "escalation_rate": "escalated / requests that got an engine's answer",
     "latency": "nearest-rank p50/p95 of latency_ms over ok requests",
@@ -59,7 +62,7 @@ DEFINITIONS = {
                             "a cascade's escalation as 0), by the time they were labelled",
     "shadow_agreement": "shadow labels where the weak answer was as good as the strong one / shadow labels",
     "spill_rate": "requests a saturated pool engine passed on to the next engine of the route's chain (label spill) "
-                  "/ requests, per route (docs/fleet.md)",
+                  "/ requests, per bucket and per route (docs/fleet.md); a spill is not an escalation",
     "guard_flag_rate": "requests the injection guard flagged (label injection) / requests, enforced and in shadow "
                        "apart; blocked: refused by it; would block: in shadow, would have been refused",
 }
@@ -98,10 +101,13 @@ def spill_rates(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
     return out
 
 
-# a failed hop other than a hedge's loser: more hops ('{"engine"' opens each, engine the first key)
-# than '"hedge_lost"' codes in the hops JSON (neither sequence can occur inside an escaped string)
-_FAILED_HOP = ("((LENGTH(hops) - LENGTH(REPLACE(hops, '{\"engine\"', ''))) * 12 > "
-               "(LENGTH(hops) - LENGTH(REPLACE(hops, '\"hedge_lost\"', ''))) * 9)")
+# a failed hop other than a hedge's loser or a spill: more hops ('{"engine"' opens each, 9 characters,
+# engine the first key) than '"hedge_lost"' codes (12) plus '"code":"spill"' codes (14; the recorder's
+# orjson writes no spaces) in the hops JSON (none of these sequences can occur inside an escaped string).
+# Compared times 252 (9 * 28 = 12 * 21 = 14 * 18) to stay in integers.
+_FAILED_HOP = ("((LENGTH(hops) - LENGTH(REPLACE(hops, '{\"engine\"', ''))) * 28 > "
+               "(LENGTH(hops) - LENGTH(REPLACE(hops, '\"hedge_lost\"', ''))) * 21 + "
+               "(LENGTH(hops) - LENGTH(REPLACE(hops, '\"code\":\"spill\"', ''))) * 18)")
 _ESCALATED = (f"(engine IS NOT NULL AND ({_FAILED_HOP} OR (strategy = 'cascade' AND locality = 'remote') "
               "OR (strategy = 'learned' AND score IS NOT NULL AND threshold IS NOT NULL AND score >= threshold)))")
 
@@ -158,7 +164,8 @@ def compute(query: Query, dialect: str, hours: float | None = None, now: float |
         "SUM(CASE WHEN status = 'ok' AND locality = 'local' THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN engine IS NOT NULL THEN 1 ELSE 0 END), "
         f"SUM(CASE WHEN {_ESCALATED} THEN 1 ELSE 0 END), "
-        "SUM(cost_usd), SUM(baseline_cost_usd), SUM(prompt_tokens), SUM(completion_tokens) "
+        "SUM(cost_usd), SUM(baseline_cost_usd), SUM(prompt_tokens), SUM(completion_tokens), "
+        f"SUM(CASE WHEN {_has('spill')} THEN 1 ELSE 0 END) "
         f"FROM requests {where} GROUP BY 1, 2, 3",
         params)
 
@@ -266,7 +273,7 @@ def _series(n: int, groups: list[tuple[Any, ...]], ranked: list[tuple[Any, ...]]
 
     traffic: dict[tuple[str, str], list[int]] = {}
     keys = ("requests", "ok", "local", "answered", "escalated", "cost_usd", "baseline_cost_usd",
-            "prompt_tokens", "completion_tokens")
+            "prompt_tokens", "completion_tokens", "spilled")
     per: dict[str, list[Any]] = {k: zero() for k in keys}
     totals: dict[str, float] = defaultdict(float)
     for k, alias, engine, *vals in groups:
@@ -304,6 +311,8 @@ def _series(n: int, groups: list[tuple[Any, ...]], ranked: list[tuple[Any, ...]]
             "local_share": [_ratio(a, b) for a, b in zip(per["local"], per["ok"])],
             "escalated": per["escalated"],
             "escalation_rate": [_ratio(a, b) for a, b in zip(per["escalated"], per["answered"])],
+            "spilled": per["spilled"],
+            "spill_rate": [_ratio(a, b) for a, b in zip(per["spilled"], per["requests"])],
             "cost_usd": [float(x) for x in per["cost_usd"]],
             "baseline_cost_usd": [float(x) for x in per["baseline_cost_usd"]],
             "saved_usd": [float(b - c) for c, b in zip(per["cost_usd"], per["baseline_cost_usd"])],
@@ -325,6 +334,8 @@ def _totals_from(t: dict[str, float], fb_count: int, fb_sum: float) -> dict[str,
         "local_share": _ratio(t.get("local", 0), t.get("ok", 0)),
         "escalated": int(t.get("escalated", 0)),
         "escalation_rate": _ratio(t.get("escalated", 0), t.get("answered", 0)),
+        "spilled": int(t.get("spilled", 0)),
+        "spill_rate": _ratio(t.get("spilled", 0), t.get("requests", 0)),
         "cost_usd": cost,
         "baseline_cost_usd": base,
         "saved_usd": base - cost,

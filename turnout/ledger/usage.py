@@ -22,13 +22,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 HEDGE_LOST = "hedge_lost"  # the hop a hedge's slower engine leaves (turnout.engines.fallback): not an escalation
+NOT_FAILED = (HEDGE_LOST, "spill")  # nor is a saturated pool's spill (turnout.engines.pool): load, counted apart
 
 
 def escalated(r: dict[str, Any]) -> bool:
     """Answered by an engine other than the first it would have tried (turnout.ledger.stats)."""
     if r.get("engine") is None:
         return False
-    if any(h.get("code") != HEDGE_LOST for h in json.loads(r.get("hops") or "[]")):  # a hedge's loser is no failure
+    if any(h.get("code") not in NOT_FAILED for h in json.loads(r.get("hops") or "[]")):  # nor a hedge's loser, a spill
         return True
     if r.get("strategy") == "cascade":
         return r.get("locality") == "remote"
@@ -140,6 +141,7 @@ def render(summary: dict[str, Any]) -> str:
                          f"{lb['label_cost_usd']:>10.4f}  {sources}")
     lines.append("saved = cost of sending the same tokens to the most expensive remote engine, minus actual cost")
     lines.append("satisfaction = mean feedback score, 0..1 (thumbs up 1, down 0; rating n of 5 -> (n-1)/4), (count)")
-    lines.append("escalated = answered by another engine than the first it would have tried: fallback, a cascade "
+    lines.append("escalated = answered by another engine than the first it would have tried: fallback (not a "
+                 "saturated pool's spill), a cascade "
                  "answered remotely, or a learned router's score at or above its threshold")
     return "\n".join(lines)
