@@ -7,9 +7,10 @@ The mode is fixed at start-up (:func:`resolve_mode`) and never follows the key t
   no key is 401, also when the store holds no key at all.
 * ``open``: every caller is tenant ``anonymous`` with every role; only on loopback.
 
-Lookups are cached for ``ttl`` seconds (by hash, never plaintext), so a key revoked or
-rotated through any replica stops working on every replica within ``ttl`` (KEY_CACHE_S);
-a new key works at once (an unknown token is not remembered as unknown for long either).
+Lookups are cached for ``ttl`` seconds (by hash, never plaintext; the requests that miss the
+cache together share one lookup of their key), so a key revoked or rotated through any replica
+stops working on every replica within ``ttl`` (KEY_CACHE_S); a new key works at once (an
+unknown token is not remembered as unknown for long either).
 The worker processes of one ``turnout serve --workers N`` share a :class:`KeyEpoch`: a key
 revoked or rotated through one of them is refused by all of them from their next request.
 """
@@ -141,27 +142,59 @@ class Access:
             raise ValueError(f"auth mode must be 'keys' or 'open', got {mode!r}")
         self.keys, self.limiter, self.mode, self.ttl = keys, limiter, mode, ttl
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        # one lookup in flight per digest, which every request with that key awaits (no herd on the store when
+        # a cached entry lapses); ``_generation`` counts forgets, so a lookup begun before one is not cached
+        self._inflight: dict[str, asyncio.Task[ApiKey | None]] = {}
+        self._generation = 0
         self.epoch, self._seen = epoch, epoch.value() if epoch is not None else 0
 
     async def _lookup(self, token: str) -> ApiKey | None:
         if len(token) > MAX_TOKEN_CHARS:
             return None
         if self.epoch is not None and (seen := self.epoch.value()) != self._seen:  # revoked through another worker
-            self._cache.clear()
+            self._drop_all()
             self._seen = seen
-        digest, now = hash_key(token), time.monotonic()
+        digest = hash_key(token)
         hit = self._cache.get(digest)
-        if hit is None or hit[0] < now:
-            key = await asyncio.to_thread(self.keys.lookup_by_plaintext, token)
+        if hit is not None and hit[0] >= time.monotonic():
+            return hit[1]
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._fetch(token, digest, self._generation))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda done: self._landed(digest, done))
+        # shielded: a caller that goes away (its client disconnected) does not cancel the others' lookup
+        return await asyncio.shield(task)
+
+    async def _fetch(self, token: str, digest: str, generation: int) -> ApiKey | None:
+        """One lookup in the store, cached unless a key was forgotten meanwhile (it may have read the key
+        before its revocation); a lookup that fails is not cached and fails every request awaiting it."""
+        expires = time.monotonic() + self.ttl
+        key = await asyncio.to_thread(self.keys.lookup_by_plaintext, token)
+        if generation == self._generation:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = hit = (now + self.ttl, key)
-        return hit[1]
+            self._cache[digest] = (expires, key)
+        return key
+
+    def _landed(self, digest: str, task: asyncio.Task[ApiKey | None]) -> None:
+        if self._inflight.get(digest) is task:
+            del self._inflight[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have gone before it failed
+
+    def _drop_all(self) -> None:
+        self._cache.clear()
+        self._inflight.clear()  # a later request looks up afresh rather than await a lookup begun before
+        self._generation += 1
 
     def forget(self, key_id: str) -> None:
         """Drop this replica's cached lookups of a key (after revoking or rotating it here), and
-        with an ``epoch`` every other worker's."""
+        with an ``epoch`` every other worker's. A lookup in flight is not cached, and requests
+        after this one look up afresh."""
         self._cache = {d: hit for d, hit in self._cache.items() if hit[1] is None or hit[1].key_id != key_id}
+        self._inflight.clear()
+        self._generation += 1
         if self.epoch is not None:
             self.epoch.bump()
             self._seen = self.epoch.value()  # this worker's cache is already right

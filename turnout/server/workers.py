@@ -30,9 +30,12 @@ socket. What the workers share, and how:
 
 The run's folder (``tempfile.mkdtemp``, mode 0700) holds the arguments the workers need
 (``spec.json``), the metrics files, the key epoch and one ``ready/<pid>`` file per worker that has
-started; the parent prints ``listening on`` once every worker is ready, and removes the folder when
-it stops. Unless set, ``OMP_NUM_THREADS`` is the cores divided among the workers (the guard and
-embedding models' ONNX Runtime sessions follow it).
+started serving (written from uvicorn's ``callback_notify``, which runs once the worker's server
+accepts on the socket, after the gateway's start-up); the parent listens on the socket before any
+worker starts (a connection waits in the backlog, never refused), prints ``listening on`` once
+every worker accepts, and removes the folder when it stops. Unless set, ``OMP_NUM_THREADS`` is
+the cores divided among the workers (the guard and embedding models' ONNX Runtime sessions follow
+it).
 """
 
 from __future__ import annotations
@@ -122,22 +125,27 @@ def worker_config(spec: dict[str, Any]) -> TurnoutConfig:
 
 
 def app() -> Any:
-    """uvicorn's application factory in each worker: the gateway of the run's configuration, which
-    marks this worker ready in the run's folder once its start-up is over."""
+    """uvicorn's application factory in each worker: the gateway of the run's configuration."""
     from turnout.server.app import create_app
 
     folder = Path(os.environ[DIR_ENV])
     spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
     logging.basicConfig(level=spec["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def ready(_: Any) -> None:
-        (folder / "ready" / str(os.getpid())).touch()
-
     try:
-        return create_app(worker_config(spec), on_ready=ready, run_dir=folder, own_process=True)
+        return create_app(worker_config(spec), run_dir=folder, own_process=True)
     except Exception as exc:  # the parent checked the same configuration: something changed since
         logging.getLogger("turnout.server").error("worker %d did not start: %s", os.getpid(), exc)
         sys.exit(3)  # uvicorn's code for a failed start-up: its supervisor stops rather than restart it in a loop
+
+
+async def accepting() -> None:
+    """Mark this worker ready in the run's folder: uvicorn's ``callback_notify``, which a worker's
+    server calls from its main loop, so first once the gateway's start-up is over *and* the worker
+    serves the shared socket (the gateway's own ``on_ready`` comes before uvicorn starts serving),
+    then every ``timeout_notify`` seconds (touching the file again changes nothing)."""
+    with contextlib.suppress(OSError):  # the folder goes when the parent stops
+        (Path(os.environ[DIR_ENV]) / "ready" / str(os.getpid())).touch()
 
 
 def announce_when_ready(folder: Path, workers: int, line: str, stop: threading.Event) -> threading.Event:
@@ -161,7 +169,8 @@ def uvicorn_config(workers: int, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration of a run of ``workers`` processes, each building :func:`app`."""
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         options["timeout_worker_healthcheck"] = HEALTHCHECK_S
-    return uvicorn.Config("turnout.server.workers:app", factory=True, workers=workers, **options)
+    return uvicorn.Config("turnout.server.workers:app", factory=True, workers=workers, callback_notify=accepting,
+                          **options)
 
 
 def serve(config: uvicorn.Config, sock: socket.socket, folder: Path, workers: int, line: str) -> int:
@@ -170,6 +179,9 @@ def serve(config: uvicorn.Config, sock: socket.socket, folder: Path, workers: in
     3 (uvicorn's code for a failed start-up) when the workers never all started."""
     from uvicorn.supervisors import Multiprocess
 
+    # listen before any worker starts (a worker's server would, on its first create_server): a connection
+    # that comes while workers start or restart waits in the backlog instead of being refused
+    sock.listen(config.backlog)
     supervise: Any = Multiprocess  # its signature changed in uvicorn 0.5x: the parent no longer names the target
     if "target" in inspect.signature(Multiprocess).parameters:
         supervisor = supervise(config, target=uvicorn.Server(config).run, sockets=[sock])
