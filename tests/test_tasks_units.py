@@ -390,8 +390,8 @@ def test_authored_messages_skip_only_the_injection_check() -> None:
     # the injection detector does not even read an authored message (its time stays the user's)
     injection = next(g for g in guards.scanner.guards if g.name == "injection")
     read: list[str] = []
-    real = injection.inspect
-    injection.inspect = lambda text: read.append(text) or real(text)  # type: ignore[method-assign]
+    real = injection.inspect_with  # what the scanner calls, through for_tenant
+    injection.inspect_with = lambda text, head, scope="": read.append(text) or real(text, head, scope)  # type: ignore[method-assign]
     asyncio.run(guards.inspect(ChatRequest(model="m", messages=[ours, also, user]), authored=[ours, also]))
     assert read == [user.content], read
     guards.scanner.close()
