@@ -306,7 +306,8 @@ def test_two_workers_on_postgresql_share_one_chain_and_one_budget(tmp_path: Path
 def test_every_worker_accepts_once_listening_on_is_printed(tmp_path: Path, upstream: Upstream) -> None:
     """``listening on`` means every worker serves the port (the parent listens before any worker starts, and a
     worker counts as ready once its server accepts, not when the gateway's start-up ends): requests sent the
-    moment the line is printed, each on a new connection, all succeed; several starts, as a start is a race."""
+    moment the line is printed, each on a new connection, all succeed. (The gap this closed was a few event-loop
+    turns wide and did not show from outside even before the fix; one start keeps the promise checked.)"""
     config = write_config(tmp_path, frontier_config(upstream.url, tmp_path))
     key = cli_key(config, "early")
     headers = {"Authorization": f"Bearer {key['key']}"}
@@ -317,16 +318,15 @@ def test_every_worker_accepts_once_listening_on_is_printed(tmp_path: Path, upstr
                 return client.get("/healthz").status_code
             return client.post("/v1/chat/completions", json=BODY, headers=headers).status_code
 
-    for _ in range(3):
-        proc = serve(config, "--workers", "2")
-        try:
-            with ThreadPoolExecutor(8) as pool:
-                statuses = list(pool.map(lambda i: fresh(i, proc.url), range(8)))
-            assert statuses == [200] * 8, statuses
-            answered = by_worker(proc.url)
-            assert len(answered) == 2  # both workers answer
-            for client in answered.values():
-                client.close()
-        finally:
-            proc.stop()
-        assert "Traceback" not in proc.output()
+    proc = serve(config, "--workers", "2")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda i: fresh(i, proc.url), range(8)))
+        assert statuses == [200] * 8, statuses
+        answered = by_worker(proc.url)
+        assert len(answered) == 2  # both workers answer
+        for client in answered.values():
+            client.close()
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()
