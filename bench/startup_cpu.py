@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose turnout to start (default: this one)")
     ap.add_argument("--forkserver", action="store_true", help="fork each start as the test suite does")
     args = ap.parse_args()
+    if args.forkserver and args.root.resolve() != ROOT:
+        ap.error("--forkserver starts this checkout's turnout (the suite's way); --root needs the command line")
     if args.forkserver:
         preload_forkserver(["tests.preload"])
     closed = f"http://127.0.0.1:{free_port()}"
